@@ -1,0 +1,5 @@
+import sys
+
+from mmfree.cli import main
+
+sys.exit(main())

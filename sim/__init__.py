@@ -1,0 +1,1 @@
+"""mmfree.sim: cocotb benches, Verilator runs, and the cycle/performance model."""

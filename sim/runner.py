@@ -1,0 +1,159 @@
+"""Run Amaranth designs as Verilog under cocotb + Verilator: the one place that knows how.
+
+* :func:`verilog_file` turns an Amaranth component into a Verilog file (cached by content hash).
+* :func:`build` compiles Verilog with Verilator through cocotb's official runner, once per content hash
+  (builds are reused across runs and processes, guarded by a file lock).
+* :func:`run` runs a cocotb test module against a build and returns its results; failures raise.
+* :func:`axi_prefix_kwargs` settles the bus-name mapping: Amaranth names the ports of a signature
+  member ``m_axi`` as ``m_axi__arvalid``; cocotbext-axi finds them with ``bus_separator="__"``.
+
+Data goes into and out of a cocotb test through files named by environment variables (see :func:`run`).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import sys
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping
+
+from mmfree import MmfreeError
+from mmfree.config import cache_dir
+from mmfree.toolchain import verilator_env
+
+#: Verilator flags for Amaranth's generated Verilog (it trips WIDTHEXPAND/CASEINCOMPLETE lint warnings).
+VERILATOR_ARGS = ["-Wno-fatal", "-Wno-lint", "-Wno-style", "-Wno-CASEINCOMPLETE", "-O3",
+                  "--x-assign", "fast", "--x-initial", "fast", "--noassert"]
+
+#: The separator Amaranth puts between a signature member and its port names.
+AMARANTH_BUS_SEPARATOR = "__"
+
+
+def axi_prefix_kwargs() -> dict:
+    """Keyword arguments for cocotbext-axi ``*Bus.from_prefix(dut, prefix, **kw)`` on Amaranth ports."""
+    return {"bus_separator": AMARANTH_BUS_SEPARATOR}
+
+
+def _digest(*parts: str | bytes) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p if isinstance(p, bytes) else p.encode())
+        h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+@contextmanager
+def _locked(path: Path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def verilog_text(component, name: str, ports=None) -> str:
+    """Verilog for an Amaranth ``wiring.Component`` (or an Elaboratable with explicit ``ports``)."""
+    from amaranth.back import verilog
+
+    if ports is None:
+        return verilog.convert(component, name=name, emit_src=False)
+    return verilog.convert(component, name=name, ports=ports, emit_src=False)
+
+
+def verilog_file(component, name: str, ports=None, directory: Path | None = None) -> Path:
+    """Write the component's Verilog to ``<cache>/verilog/<name>-<hash>.v`` (or ``directory``) and return it."""
+    text = verilog_text(component, name, ports)
+    directory = directory or cache_dir() / "verilog"
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}-{_digest(text)}.v"
+    if not path.exists():
+        tmp = path.with_suffix(f".v.{os.getpid()}.tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    return path
+
+
+@dataclass
+class Build:
+    """A compiled Verilator model: where it lives and what it was built from."""
+
+    toplevel: str
+    build_dir: Path
+    sources: list[Path]
+    waves: bool
+
+
+def build(sources: Iterable[Path], toplevel: str, waves: bool = False, extra_args: Iterable[str] = ()) -> Build:
+    """Compile ``sources`` with Verilator (reused when the same sources were built before).
+
+    ``waves=True`` builds with FST tracing (a separate build directory).
+    """
+    from cocotb_tools.runner import get_runner
+
+    verilator_env()
+    sources = [Path(s).resolve() for s in sources]
+    args = list(VERILATOR_ARGS) + list(extra_args)
+    if waves:
+        args += ["--trace-fst", "--trace-structs"]
+    key = _digest(toplevel, *(s.read_bytes() for s in sources), *args, str(waves))
+    build_dir = cache_dir() / "verilator" / f"{toplevel}-{key}"
+    done = build_dir / ".built"
+    with _locked(cache_dir() / "verilator" / f".{toplevel}-{key}.lock"):
+        if not done.exists():
+            runner = get_runner("verilator")
+            try:
+                runner.build(sources=sources, hdl_toplevel=toplevel, build_dir=build_dir, build_args=args,
+                             waves=waves, always=True, timescale=("1ns", "1ps"))
+            except (SystemExit, Exception) as exc:
+                raise MmfreeError(f"Verilator build of {toplevel} failed ({exc}); see the log above") from exc
+            done.write_text("ok\n")
+    return Build(toplevel, build_dir, sources, waves)
+
+
+def run(b: Build, test_module: str, env: Mapping[str, str] | None = None, testcase: str | None = None,
+        test_dir: Path | None = None, seed: int | None = 1, quiet: bool = True) -> Path:
+    """Run the cocotb ``test_module`` (an importable module name) on build ``b``.
+
+    ``env`` is passed to the test (use it to name input/output files). Returns the results XML path.
+    Raises :class:`MmfreeError` when any cocotb test failed.
+    """
+    from cocotb_tools.runner import get_results, get_runner
+
+    verilator_env()
+    runner = get_runner("verilator")
+    test_dir = Path(test_dir or b.build_dir)
+    extra_env = dict(env or {})
+    # make the project importable inside the simulator process
+    extra_env["PYTHONPATH"] = os.pathsep.join(p for p in [os.environ.get("PYTHONPATH", "")] + sys.path if p)
+    if quiet:
+        extra_env.setdefault("COCOTB_LOG_LEVEL", "WARNING")
+    results = test_dir / f"results-{os.getpid()}-{_digest(test_module, str(testcase))}.xml"
+    pytest_name = os.environ.pop("PYTEST_CURRENT_TEST", None)  # we check results ourselves
+    try:
+        runner.test(test_module=test_module, hdl_toplevel=b.toplevel, hdl_toplevel_lang="verilog",
+                    build_dir=b.build_dir, test_dir=test_dir,
+                    extra_env=extra_env, testcase=testcase, waves=b.waves, seed=seed, results_xml=str(results))
+    except SystemExit as exc:
+        raise MmfreeError(f"simulation of {b.toplevel} exited with {exc.code}") from exc
+    finally:
+        if pytest_name is not None:
+            os.environ["PYTEST_CURRENT_TEST"] = pytest_name
+    n_tests, n_failed = get_results(results)
+    if n_tests == 0:
+        raise MmfreeError(f"no cocotb test ran from {test_module} (check the module name and testcase)")
+    if n_failed:
+        raise MmfreeError(f"{n_failed} of {n_tests} cocotb tests in {test_module} failed on {b.toplevel}; "
+                          f"results: {results}")
+    return results
+
+
+def read_json(path: str | os.PathLike) -> dict:
+    with open(path) as fh:
+        return json.load(fh)
