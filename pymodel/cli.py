@@ -1,7 +1,165 @@
-"""Command-line glue for this area (see ``mmfree.cli``)."""
+"""`mmfree generate`, `mmfree train`, `mmfree export`, `mmfree eval` (the pymodel area's commands)."""
 
 from __future__ import annotations
 
+import sys
+
+from mmfree import MmfreeError
+from mmfree.cli import add_subcommand, print_json
+
+MODEL_HELP = "checkpoint directory (HF layout: config.json + model.safetensors) or 'default' (the embedded model)"
+
 
 def register(sub) -> None:
-    """Add this area's subcommands to the ``mmfree`` parser."""
+    p = add_subcommand(
+        sub, "generate", _generate, "generate text with the float model or the integer reference",
+        "Encodes --prompt with the checkpoint's tokenizer (or takes --prompt-ids), then decodes\n"
+        "--max-new-tokens tokens. --backend float runs the PyTorch model; --backend int runs the\n"
+        "bit-exact integer reference on an exported image (exported on the fly when --model is a float\n"
+        "checkpoint). Temperature 0 is greedy. --json prints {tokens, text, prompt_ids, tokens_per_s, ...}.",
+    )
+    p.add_argument("--model", default="default", help=MODEL_HELP + ", or an export directory for --backend int")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--prompt", default=None, help="prompt text")
+    src.add_argument("--prompt-ids", default=None, help="comma-separated prompt token ids (skips the tokenizer)")
+    p.add_argument("--max-new-tokens", type=int, default=40, help="tokens to generate")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; > 0 samples")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold in (0, 1]")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--backend", choices=["float", "int", "hardware-float"], default="float",
+                   help="float: PyTorch (official fake quantization); int: the integer reference; "
+                        "hardware-float: PyTorch in hardware-exact mode")
+    p.add_argument("--draft", choices=["none", "trigram"], default="none",
+                   help="speculative decoding with the trigram drafter (int backend)")
+    p.add_argument("--max-draft", type=int, default=4, help="draft tokens per verification step")
+    p.add_argument("--trigram-table", default=None, help="trigram table file (default: the model's own)")
+    p.add_argument("--stop-at-eos", action="store_true", help="stop after the end-of-sequence token")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = add_subcommand(
+        sub, "train", _train, "train a ternary model (CPU here; CUDA and torchrun multi-GPU where available)",
+        "Text corpus -> tokenizer (a byte-level BPE is trained unless --tokenizer is given) -> packed\n"
+        "token stream -> AdamW with warm-up, cosine decay, the LR halved at the midpoint and weight decay\n"
+        "off for the second half. Writes OUT/model (HF layout, with tokenizer.json and training.json)\n"
+        "and resumable checkpoints in OUT/checkpoints/last, atomically. Without --corpus it trains on\n"
+        "the Python standard library's sources and pydoc topics (how the default model was made).\n"
+        "Several processes: `torchrun --nproc_per_node N -m mmfree.cli train ...`.",
+    )
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--corpus", nargs="*", default=[], help="text files or directories (default: the Python stdlib)")
+    p.add_argument("--tokenizer", default=None, help="tokenizer.json or checkpoint dir to reuse instead of training a BPE")
+    p.add_argument("--vocab-size", type=int, default=4096, help="vocabulary of the trained BPE")
+    p.add_argument("--init", default=None, help="start from this checkpoint (fine-tuning) instead of random weights")
+    p.add_argument("--hidden-size", type=int, default=240)
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--intermediate-size", type=int, default=640)
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--batch-size", type=int, default=16, help="sequences per step, all processes together")
+    p.add_argument("--seq-len", type=int, default=256)
+    p.add_argument("--lr", type=float, default=4e-3, help="peak learning rate")
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--eval-every", type=int, default=200)
+    p.add_argument("--save-every", type=int, default=200)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="autocast dtype")
+    p.add_argument("--numerics", choices=["fake", "hardware"], default="fake",
+                   help="fake: the official fake quantization; hardware: train on exactly what the hardware computes")
+    p.add_argument("--kernels", choices=["auto", "naive", "triton"], default="auto",
+                   help="auto: Triton on CUDA, plain torch elsewhere")
+    p.add_argument("--grad-checkpointing", action="store_true", help="recompute layers in backward to save memory")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the training summary as JSON at the end")
+
+
+def _load_prompt(args, tok_source):
+    if args.prompt_ids is not None:
+        try:
+            return [int(x) for x in args.prompt_ids.split(",") if x.strip()], None
+        except ValueError:
+            raise MmfreeError(f"--prompt-ids must be comma-separated integers, got {args.prompt_ids!r}") from None
+    from mmfree.pymodel.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(tok_source)
+    text = args.prompt if args.prompt is not None else ""
+    ids = tok.encode(text)
+    if not ids:
+        raise MmfreeError("the prompt encodes to no tokens; give --prompt TEXT or --prompt-ids")
+    return ids, tok
+
+
+def _generate(args) -> int:
+    from mmfree.pymodel.generate import TorchBackend, generate
+
+    if args.max_new_tokens < 0:
+        raise MmfreeError("--max-new-tokens must be >= 0")
+    if args.temperature < 0:
+        raise MmfreeError("--temperature must be >= 0")
+    if not 0 < args.top_p <= 1:
+        raise MmfreeError("--top-p must be in (0, 1]")
+    extra = {}
+    if args.backend in ("float", "hardware-float"):
+        if args.draft != "none":
+            raise MmfreeError("--draft trigram runs on --backend int (and on `mmfree sim`)")
+        from mmfree.pymodel.checkpoint import load_model
+
+        model = load_model(args.model)
+        if args.backend == "hardware-float":
+            model.numerics = "hardware"
+        backend = TorchBackend(model)
+        tok_source = args.model
+    else:
+        from mmfree.pymodel.intmodel import IntBackend, open_int_model
+
+        im, tok_source = open_int_model(args.model)
+        backend = IntBackend(im)
+    prompt_ids, tok = _load_prompt(args, tok_source)
+    eos = 2 if args.stop_at_eos else None
+    try:
+        if args.draft == "trigram":
+            from mmfree.pymodel.speculative import speculative_generate
+
+            res = speculative_generate(backend.model, prompt_ids, args.max_new_tokens, max_draft=args.max_draft,
+                                       temperature=args.temperature, top_p=args.top_p, seed=args.seed,
+                                       table=args.trigram_table, model_dir=tok_source, eos_id=eos)
+            extra = res.extra
+        else:
+            res = generate(backend, prompt_ids, args.max_new_tokens, args.temperature, args.top_p, args.seed, eos)
+    except ValueError as exc:
+        raise MmfreeError(str(exc)) from exc
+    text = tok.decode(res.tokens) if tok is not None else None
+    if args.json:
+        print_json({"backend": args.backend, "prompt_ids": res.prompt_ids, "tokens": res.tokens, "text": text,
+                    "seconds": res.seconds, "tokens_per_s": res.tokens_per_s, **extra})
+    else:
+        if tok is not None:
+            sys.stdout.write((args.prompt or "") + text + "\n")
+        else:
+            print(" ".join(map(str, res.tokens)))
+        print(f"[{len(res.tokens)} tokens, {res.tokens_per_s:.1f} tok/s, backend {args.backend}"
+              + (f", {extra['mean_accepted']:.2f} tokens per verification step" if "mean_accepted" in extra else "")
+              + "]", file=sys.stderr)
+    return 0
+
+
+def _train(args) -> int:
+    from mmfree.pymodel.train import TrainConfig, train
+
+    for name in ("steps", "batch_size", "seq_len", "hidden_size", "layers", "eval_every", "save_every"):
+        if getattr(args, name) <= 0:
+            raise MmfreeError(f"--{name.replace('_', '-')} must be positive")
+    tc = TrainConfig(out=args.out, corpus=args.corpus, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
+                     init=args.init, hidden_size=args.hidden_size, num_hidden_layers=args.layers,
+                     intermediate_size=args.intermediate_size, steps=args.steps, batch_size=args.batch_size,
+                     seq_len=args.seq_len, lr=args.lr, warmup=min(args.warmup, args.steps),
+                     weight_decay=args.weight_decay, eval_every=args.eval_every, save_every=args.save_every,
+                     seed=args.seed, device=args.device, dtype=args.dtype, numerics=args.numerics,
+                     kernels=args.kernels, grad_checkpointing=args.grad_checkpointing, resume=args.resume,
+                     threads=args.threads, progress=not args.no_progress and not args.json)
+    summary = train(tc, log=(lambda *a: print(*a, file=sys.stderr)) if args.json else print)
+    if args.json:
+        print_json(summary)
+    return 0

@@ -1,0 +1,169 @@
+"""Load and save checkpoints in the Hugging Face layout the released MMfreeLM models use.
+
+A checkpoint is a directory with ``config.json`` (``model_type: "hgrn_bit"``) and either
+``model.safetensors`` or shards listed by ``model.safetensors.index.json``; ``tokenizer.json`` may sit
+beside them. fp32, bf16 and fp16 tensors load. Pickle files (``*.bin``) are refused: they can run code.
+No network access: a path that does not exist is an error, never a download.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from mmfree import MmfreeError
+from mmfree.atomic import atomic_path
+from mmfree.pymodel.config import MMFreeConfig
+
+#: Name that means "the model embedded in this package".
+DEFAULT = "default"
+
+
+def default_model_dir() -> Path:
+    return Path(__file__).resolve().parent / "default_model"
+
+
+def resolve(path: str | os.PathLike) -> Path:
+    """``"default"`` -> the embedded model's directory; anything else must be an existing directory."""
+    if str(path) == DEFAULT:
+        d = default_model_dir()
+        if not (d / "config.json").exists():
+            raise MmfreeError(f"the embedded default model is missing from {d}; reinstall mmfree or retrain it "
+                              "(docs/default-model.md has the command)")
+        return d
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise MmfreeError(f"model path {p} does not exist (mmfree never downloads; fetch the checkpoint first, "
+                          "e.g. `huggingface-cli download ridger/MMfreeLM-370M --local-dir DIR`)")
+    if p.is_file():
+        raise MmfreeError(f"{p} is a file; pass the checkpoint directory that holds config.json")
+    return p
+
+
+def _safetensor_files(d: Path) -> list[Path]:
+    index = d / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as exc:
+            raise MmfreeError(f"{index} is not a valid safetensors index ({exc})") from exc
+        files = sorted({d / f for f in weight_map.values()})
+        missing = [f.name for f in files if not f.exists()]
+        if missing:
+            raise MmfreeError(f"{index} lists shards that are missing: {', '.join(missing)}")
+        return files
+    single = d / "model.safetensors"
+    if single.exists():
+        return [single]
+    pickles = sorted(p.name for p in d.glob("*.bin"))
+    if pickles:
+        raise MmfreeError(f"{d} holds only pickle weights ({', '.join(pickles)}); mmfree loads safetensors only, "
+                          "because pickle files can execute code. Convert once in a trusted environment, e.g. "
+                          "`python -c \"import torch, safetensors.torch as s; "
+                          "s.save_file(torch.load('pytorch_model.bin', weights_only=True), 'model.safetensors')\"`")
+    raise MmfreeError(f"no model.safetensors (or model.safetensors.index.json) in {d}")
+
+
+def read_state_dict(d: Path) -> dict:
+    from safetensors.torch import load_file
+
+    sd = {}
+    for f in _safetensor_files(d):
+        sd.update(load_file(str(f)))
+    return sd
+
+
+def expected_shapes(cfg: MMFreeConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor of the official state dict with its shape."""
+    d, I, V, L = cfg.hidden_size, cfg.intermediate, cfg.vocab_size, cfg.num_hidden_layers
+    shapes: dict[str, tuple[int, ...]] = {"model.embeddings.weight": (V, d), "model.norm.weight": (d,)}
+    if cfg.use_lower_bound:
+        shapes["model.lower_bounds"] = (L, d)
+    for i in range(L):
+        p = f"model.layers.{i}."
+        shapes[p + "attn_norm.weight"] = (d,)
+        for proj in ("i_proj", "f_proj", "g_proj", "o_proj"):
+            shapes[p + f"attn.{proj}.weight"] = (d, d)
+            shapes[p + f"attn.{proj}.norm.weight"] = (d,)
+        shapes[p + "attn.g_norm.weight"] = (d,)
+        shapes[p + "mlp_norm.weight"] = (d,)
+        shapes[p + "mlp.gate_proj.weight"] = (2 * I, d)
+        shapes[p + "mlp.gate_proj.norm.weight"] = (d,)
+        shapes[p + "mlp.down_proj.weight"] = (d, I)
+        shapes[p + "mlp.down_proj.norm.weight"] = (I,)
+    if not cfg.tie_word_embeddings:
+        shapes["lm_head.weight"] = (V, d)
+    shapes["lm_head.norm.weight"] = (d,)
+    return shapes
+
+
+def check_state_dict(sd: dict, cfg: MMFreeConfig, where: str = "checkpoint") -> None:
+    """Raise one error that lists every missing, unexpected and mis-shaped tensor."""
+    import torch
+
+    exp = expected_shapes(cfg)
+    problems = []
+    for name, shape in exp.items():
+        if name not in sd:
+            problems.append(f"missing {name} (expected shape {list(shape)})")
+        elif tuple(sd[name].shape) != shape:
+            problems.append(f"{name}: expected shape {list(shape)}, found {list(sd[name].shape)}")
+    tied_ok = {"lm_head.weight"} if cfg.tie_word_embeddings else set()
+    for name in sorted(set(sd) - set(exp) - tied_ok):
+        problems.append(f"unexpected {name} (shape {list(sd[name].shape)})")
+    for name, t in sd.items():
+        if name in exp and not t.is_floating_point():
+            problems.append(f"{name}: expected a float tensor, found {t.dtype}")
+        elif name in exp and tuple(t.shape) == exp[name] and not torch.isfinite(t.float()).all():
+            problems.append(f"{name}: contains NaN or inf")
+    if problems:
+        raise MmfreeError(f"{where} does not match the config ({cfg.num_hidden_layers} layers, d={cfg.hidden_size}, "
+                          f"I={cfg.intermediate}, V={cfg.vocab_size}):\n  " + "\n  ".join(problems))
+
+
+def load_model(path: str | os.PathLike = DEFAULT, dtype=None, device="cpu"):
+    """Load a checkpoint directory (or ``"default"``) into :class:`MMFreeForCausalLM`, in eval mode.
+
+    ``dtype`` defaults to float32 whatever the file holds. Raises :class:`MmfreeError` with every
+    mismatch listed when tensors are missing, unexpected or mis-shaped.
+    """
+    import torch
+
+    from mmfree.pymodel.model import MMFreeForCausalLM
+
+    d = resolve(path)
+    if not (d / "config.json").exists():
+        raise MmfreeError(f"no config.json in {d}; is this a MatMul-free LM checkpoint directory?")
+    cfg = MMFreeConfig.from_json(d / "config.json")
+    sd = read_state_dict(d)
+    check_state_dict(sd, cfg, where=str(d))
+    model = MMFreeForCausalLM(cfg)
+    sd = {k: v.to(dtype or torch.float32) for k, v in sd.items()}
+    if cfg.tie_word_embeddings:
+        sd.pop("lm_head.weight", None)
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    missing = [m for m in missing if not (cfg.tie_word_embeddings and m == "lm_head.weight")]
+    assert not missing and not unexpected, (missing, unexpected)  # check_state_dict covered these
+    model.source_dir = d
+    return model.to(device).eval()
+
+
+def save_model(model, path: str | os.PathLike, tokenizer_file: str | os.PathLike | None = None,
+               dtype=None, extra_files: dict[str, bytes] | None = None) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` (+ ``tokenizer.json``) atomically to directory ``path``."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    sd = {k: v.detach().to(dtype or v.dtype).contiguous().cpu() for k, v in model.state_dict().items()}
+    if model.config.tie_word_embeddings:
+        sd.pop("lm_head.weight", None)
+    with atomic_path(path) as tmp:
+        tmp.mkdir()
+        (tmp / "config.json").write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
+        save_file(sd, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        if tokenizer_file is not None:
+            (tmp / "tokenizer.json").write_bytes(Path(tokenizer_file).read_bytes())
+        for name, data in (extra_files or {}).items():
+            (tmp / name).write_bytes(data)
+    return path

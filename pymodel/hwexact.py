@@ -1,0 +1,140 @@
+"""Hardware-exact mode of the float model: the forward pass computes exactly what the integer reference
+(and so the hardware) computes, the backward pass flows through the float model's operations.
+
+Every value is carried twice: as the exact integer of the pipeline (torch int64, produced by the very
+primitives of :mod:`mmfree.pymodel.numerics`) and as a float surrogate computed by the float model's
+own modules. After each operation the surrogate's forward value is replaced by the integer result
+(``s + (int_value - s).detach()``), a straight-through estimator per operation. So the forward pass
+equals :class:`mmfree.pymodel.intmodel.IntModel` bit for bit, and gradients are those of the float
+model evaluated at the hardware's values.
+
+The integer parameters are re-derived from the current float weights at every call (as ``mmfree export``
+would derive them), so training in this mode trains exactly the weights the hardware will run.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from mmfree.pymodel import layout as LY
+from mmfree.pymodel import numerics as N
+
+SCALE = float(1 << N.ACT_FRAC)
+
+
+def _ste(surrogate: torch.Tensor, exact_int: torch.Tensor) -> torch.Tensor:
+    """Forward value ``exact_int / 2**16`` (in float64, exact), gradient of ``surrogate``."""
+    exact = exact_int.to(torch.float64) / SCALE
+    if not surrogate.requires_grad:
+        return exact
+    return surrogate + (exact - surrogate.to(torch.float64)).detach().to(surrogate.dtype)
+
+
+class _Params:
+    """Integer parameters of the current weights, as torch tensors on the model's device."""
+
+    def __init__(self, model):
+        from mmfree.pymodel.export import int_params
+
+        arrays, consts = int_params(model)
+        dev = model.model.embeddings.weight.device
+        self.consts = consts
+        self.t = {}
+        self.v = {}
+        for name, a in arrays.items():
+            if name.endswith(".w"):
+                self.t[name] = torch.from_numpy(a).to(dev, torch.float32)
+            else:
+                self.v[name] = torch.from_numpy(a.astype("int64")).to(dev)
+
+
+def params_of(model) -> _Params:
+    """The integer parameters of the model's current weights (re-derived only after the weights change)."""
+    key = tuple((p.data_ptr(), p._version) for p in model.parameters())
+    cached = getattr(model, "_hw_params_cache", None)
+    if cached is None or cached[0] != key:
+        cached = (key, _Params(model))
+        model._hw_params_cache = cached
+    return cached[1]
+
+
+def hardware_forward(model, input_ids: torch.Tensor, state=None):
+    """Logits ``[B, T, V]`` (float64 values equal to the integer logits / 2**16) and the new state.
+
+    ``state.h`` holds ACT values / 2**16 (float64, exact). Token ids out of range raise ``ValueError``.
+    """
+    from mmfree.pymodel.model import MMFreeState, hgrn_recurrence
+
+    model.check_ids(input_ids)
+    cfg = model.config
+    dims = LY.Dims.of(cfg)
+    P = params_of(model)
+    specs = {b.name: b for b in LY.bitlinears(dims)}
+    B, T = input_ids.shape
+    d, I = dims.d, dims.inter
+    layers = model.model.layers
+    lbs = model.lower_bounds()
+
+    def bitlinear(name, module, u_int, surrogate_in):
+        spec = specs[name]
+        codes, Pm, S = N.quantize(u_int, P.v[spec.n], P.v[spec.nw])
+        with torch.autocast(device_type=codes.device.type, enabled=False):
+            acc = (codes.to(torch.float32) @ P.t[spec.w].T).to(torch.int64)     # exact: |acc| < 2**24
+        c = P.consts[name]
+        M, shift = N.output_multiplier(Pm, S, c["c_m"], c["c_e"])
+        out_int = N.dequantize(acc, M, shift)
+        return out_int, _ste(module(surrogate_in), out_int)
+
+    # embedding (int codes; the surrogate is the float embedding)
+    ids = input_ids
+    codes = P.v["embed.codes"][ids]                                         # [B, T, d]
+    shift = P.v["embed.shift"][ids].unsqueeze(-1)
+    x_int = N.embed(codes, shift)
+    x = _ste(model.model.embeddings(ids), x_int)
+    new_h = []
+    for li, (layer, lb) in enumerate(zip(layers, lbs)):
+        p = f"layers.{li}."
+        attn = layer.attn
+        a_sur = layer.attn_norm(x)
+        outs = {}
+        for proj in ("i_proj", "f_proj", "g_proj"):
+            outs[proj] = bitlinear(p + f"attn.{proj}", getattr(attn, proj), x_int, a_sur)
+        (i_int, i_f), (f_int, f_f), (g_int, g_f) = outs["i_proj"], outs["f_proj"], outs["g_proj"]
+        # gates: g_rate = 1 - f (Q0.31), s = SiLU(i) (ACT)
+        rate_int = N.forget_rate(f_int, P.v[p + "attn.one_minus_lb"])
+        s_int = N.silu(i_int)
+        f_sur = torch.sigmoid(f_f)
+        if lb is not None:
+            f_sur = lb + (1 - lb) * f_sur
+        rate_sur = 1 - f_sur
+        rate = rate_sur + (rate_int.to(torch.float64) / N.ONE_Q31 - rate_sur.to(torch.float64)).detach().to(rate_sur.dtype) \
+            if rate_sur.requires_grad else rate_int.to(torch.float64) / N.ONE_Q31
+        s = _ste(F.silu(i_f), s_int)
+        # recurrence, integer: h <- h + g (s - h), sequentially in time
+        h0_int = None if state is None else torch.round(state.h[li].to(torch.float64) * SCALE).to(torch.int64)
+        h_int = torch.empty_like(s_int)
+        h = torch.zeros_like(s_int[:, 0]) if h0_int is None else h0_int
+        for t in range(T):
+            h = N.hgrn_update(h, s_int[:, t], rate_int[:, t])
+            h_int[:, t] = h
+        h0_sur = None if state is None else state.h[li].to(s.dtype)
+        h_sur, _ = hgrn_recurrence((1 - rate).to(s.dtype), (rate * s).to(s.dtype), h0_sur)
+        hh = _ste(h_sur, h_int)
+        new_h.append(h_int[:, -1].to(torch.float64) / SCALE)
+        # output gate and o_proj: u = g * SiLU(h) (Q32 product), pre-norm g_norm
+        sh_int = N.silu(h_int)
+        u_int = N.mul_act(g_int, sh_int)
+        o_sur_in = attn.g_norm(g_f) * F.silu(hh)
+        o_int, o = bitlinear(p + "attn.o_proj", attn.o_proj, u_int, o_sur_in)
+        x_int = N.saturate(x_int + o_int)
+        x = _ste(x + o, x_int)
+        # channel mixer
+        gu_int, gu = bitlinear(p + "mlp.gate_proj", layer.mlp.gate_proj, x_int, layer.mlp_norm(x))
+        gate_int, up_int = gu_int[..., :I], gu_int[..., I:]
+        dn_in_int = N.mul_act(N.silu(gate_int), up_int)
+        dn_int, dn = bitlinear(p + "mlp.down_proj", layer.mlp.down_proj, dn_in_int, F.silu(gu[..., :I]) * gu[..., I:])
+        x_int = N.saturate(x_int + dn_int)
+        x = _ste(x + dn, x_int)
+    logits_int, logits = bitlinear("lm_head", model.lm_head, x_int, model.model.norm(x))
+    return logits, MMFreeState(new_h)

@@ -1,0 +1,291 @@
+"""The bit-exact integer reference: the oracle every hardware path is compared to.
+
+``IntModel`` runs a decode step of an exported image (:mod:`mmfree.pymodel.layout`) with the primitives
+of :mod:`mmfree.pymodel.numerics` on numpy integers; no torch. One step for one token::
+
+    x  = embed(token)                                          ACT (Q15.16 int32)
+    for each layer:
+        (codes_i, codes_f, codes_g) = quantize(x; attn_norm.n, {i,f,g}.nw)       int8 codes
+        i, f, g = dequantize(T_{i,f,g} @ codes, M, shift)        ternary accumulate, per-token multiplier
+        g_rate = forget_rate(f, 1 - lb)                          Q0.31
+        h = hgrn_update(h, silu(i), g_rate)                      h + g (SiLU(i) - h)
+        u = g * silu(h)                                          Q32 product
+        x = saturate(x + BitLinear_o(u; g_norm.n, o.nw))
+        gate | up = BitLinear_gate(x; mlp_norm.n, gate.nw)
+        x = saturate(x + BitLinear_down(silu(gate) * up; ones, down.nw))
+    logits = BitLinear_head(x; norm.n, lm_head.nw)             ACT
+
+The ternary products run through float32 BLAS: the codes are integers in [-127, 127], the weights in
+{-1, 0, 1}, and every partial sum stays below 127 * K < 2**24, so float32 holds them exactly (asserted
+at load). ``verify`` processes k tokens with one pass over the weights and returns the state after
+every position, which is exactly k sequential ``step`` calls.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mmfree import MmfreeError
+from mmfree.pymodel import layout as LY
+from mmfree.pymodel import numerics as N
+
+
+@dataclass
+class IntState:
+    """Recurrent state: ``h`` int64 ``[L, d]`` holding ACT (int32-range) values."""
+
+    h: np.ndarray
+
+    def copy(self) -> "IntState":
+        return IntState(self.h.copy())
+
+
+class ImageError(MmfreeError):
+    pass
+
+
+def read_manifest(path: Path) -> dict:
+    mf = path / "manifest.json"
+    if not mf.exists():
+        raise ImageError(f"no manifest.json in {path}: not an mmfree export (create one with `mmfree export`)")
+    try:
+        m = json.loads(mf.read_text())
+    except json.JSONDecodeError as exc:
+        raise ImageError(f"{mf} is not valid JSON: {exc}") from exc
+    if m.get("format") != LY.FORMAT:
+        raise ImageError(f"{mf}: format {m.get('format')!r} is not {LY.FORMAT!r}")
+    if m.get("format_version") != LY.FORMAT_VERSION:
+        raise ImageError(f"{mf}: image format version {m.get('format_version')} but this mmfree reads "
+                         f"version {LY.FORMAT_VERSION}; re-export with `mmfree export`")
+    if m.get("spec_version") != N.SPEC_VERSION:
+        raise ImageError(f"{mf}: numerics spec version {m.get('spec_version')} but this mmfree implements "
+                         f"version {N.SPEC_VERSION}; re-export with `mmfree export`")
+    if m.get("row_align_bytes") != N.ROW_ALIGN_BYTES:
+        raise ImageError(f"{mf}: row alignment {m.get('row_align_bytes')} bytes, expected {N.ROW_ALIGN_BYTES}")
+    return m
+
+
+class IntModel:
+    """An exported model on the integer reference. Create with :meth:`load`."""
+
+    def __init__(self, manifest: dict, blob: np.ndarray, path: Path | None = None):
+        from mmfree.pymodel.config import MMFreeConfig
+
+        self.manifest = manifest
+        self.path = path
+        self.config = MMFreeConfig.from_dict(manifest["config"])
+        self.dims = LY.Dims.of(self.config)
+        self.vocab_size = self.dims.vocab
+        self._blob = blob
+        self._check_tensors()
+        self.consts = manifest["bitlinears"]
+        self._ternary: dict[str, np.ndarray] = {}
+        self.bitlinear_specs = {b.name: b for b in LY.bitlinears(self.dims)}
+        if max(self.dims.d, self.dims.inter) > N.MAX_K_FLOAT32_EXACT:
+            raise ImageError("projection width exceeds the float32-exact accumulator bound of the reference")
+
+    # ---- loading ------------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | os.PathLike, verify_checksums: bool = True) -> "IntModel":
+        """Open an image directory; refuses (with the reason) on version, shape or checksum mismatch."""
+        path = Path(path)
+        if not path.is_dir():
+            raise ImageError(f"{path} is not an export directory (create one with `mmfree export`)")
+        m = read_manifest(path)
+        wb = path / "weights.bin"
+        if not wb.exists():
+            raise ImageError(f"{wb} is missing")
+        if wb.stat().st_size != m["weights_bytes"]:
+            raise ImageError(f"{wb} has {wb.stat().st_size} bytes, the manifest says {m['weights_bytes']}; "
+                             "the export is incomplete or was modified")
+        blob = np.fromfile(wb, dtype=np.uint8)
+        if verify_checksums:
+            digest = hashlib.sha256(blob.tobytes()).hexdigest()
+            if digest != m["weights_sha256"]:
+                bad = [name for name, t in m["tensors"].items()
+                       if hashlib.sha256(blob[t["offset"]:t["offset"] + t["nbytes"]].tobytes()).hexdigest() != t["sha256"]]
+                raise ImageError(f"{wb} fails its checksum (tensors changed: {', '.join(bad) or 'padding only'}); "
+                                 "re-export the model")
+        return cls(m, blob, path)
+
+    def _check_tensors(self) -> None:
+        expected = {t.name: t for t in LY.tensors(self.dims, self.manifest["row_align_bytes"])}
+        have = self.manifest["tensors"]
+        problems = []
+        for name, t in expected.items():
+            if name not in have:
+                problems.append(f"missing {name}")
+            elif tuple(have[name]["shape"]) != t.shape or have[name]["dtype"] != t.dtype:
+                problems.append(f"{name}: expected {t.dtype}{list(t.shape)}, manifest has "
+                                f"{have[name]['dtype']}{have[name]['shape']}")
+        problems += [f"unexpected {n}" for n in sorted(set(have) - set(expected))]
+        if problems:
+            raise ImageError("the manifest does not match the layout of its config:\n  " + "\n  ".join(problems))
+        if not np.array_equal(self.tensor("lut.sigmoid_tail"), N.sigmoid_tail_table()) or \
+                not np.array_equal(self.tensor("lut.rsqrt"), N.rsqrt_table()):
+            raise ImageError("the image's lookup tables differ from this numerics spec; re-export the model")
+
+    def tensor(self, name: str) -> np.ndarray:
+        t = self.manifest["tensors"][name]
+        raw = self._blob[t["offset"]:t["offset"] + t["nbytes"]]
+        return raw.view(t["dtype"]).reshape(t["shape"])
+
+    def vec(self, name: str) -> np.ndarray:
+        return self.tensor(name).astype(np.int64)
+
+    def ternary(self, name: str) -> np.ndarray:
+        """The ternary matrix ``[N, K]`` of BitLinear ``name`` as float32 (cached)."""
+        w = self._ternary.get(name)
+        if w is None:
+            spec = self.bitlinear_specs[name]
+            w = N.unpack_ternary(self.tensor(spec.w), spec.K).astype(np.float32)
+            self._ternary[name] = w
+        return w
+
+    def warm(self) -> "IntModel":
+        """Unpack every matrix now (otherwise each is unpacked on first use)."""
+        for name in self.bitlinear_specs:
+            self.ternary(name)
+        return self
+
+    # ---- building blocks ----------------------------------------------------------------------------------
+    def bitlinear(self, name: str, u: np.ndarray) -> np.ndarray:
+        """ACT output ``[k, N]`` of BitLinear ``name`` for inputs ``u`` int64 ``[k, K]``."""
+        spec = self.bitlinear_specs[name]
+        codes, P, S = N.quantize(u, self.vec(spec.n), self.vec(spec.nw))
+        return self.matvec(name, codes, P, S)
+
+    def matvec(self, name: str, codes: np.ndarray, P: np.ndarray, S: np.ndarray) -> np.ndarray:
+        c = self.consts[name]
+        acc = (codes.astype(np.float32) @ self.ternary(name).T).astype(np.int64)   # exact, see module doc
+        M, shift = N.output_multiplier(P, S, c["c_m"], c["c_e"])
+        return N.dequantize(acc, M, shift)
+
+    def embed(self, tokens: np.ndarray) -> np.ndarray:
+        codes = self.tensor("embed.codes")[tokens].astype(np.int64)
+        shift = self.tensor("embed.shift")[tokens].astype(np.int64)[:, None]
+        return N.embed(codes, shift)
+
+    def check_tokens(self, tokens) -> np.ndarray:
+        t = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        if t.size == 0:
+            raise ValueError("no tokens given")
+        bad = t[(t < 0) | (t >= self.vocab_size)]
+        if bad.size:
+            raise ValueError(f"token ids {sorted(set(bad.tolist()))[:8]} are outside the vocabulary [0, {self.vocab_size})")
+        return t
+
+    # ---- the model ------------------------------------------------------------------------------------------
+    def initial_state(self) -> IntState:
+        return IntState(np.zeros((self.dims.layers, self.dims.d), dtype=np.int64))
+
+    def forward(self, h0: np.ndarray, tokens, taps: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """k tokens in one pass over the weights. Returns (h after each position ``[k, L, d]``, logits ``[k, V]``).
+
+        ``taps``, when a dict, receives every intermediate vector by name (for hardware debugging).
+        """
+        tokens = self.check_tokens(tokens)
+        k = len(tokens)
+        I = self.dims.inter
+        x = self.embed(tokens)                                                   # [k, d]
+        hs = np.zeros((k, self.dims.layers, self.dims.d), dtype=np.int64)
+
+        def tap(name, v):
+            if taps is not None:
+                taps[name] = v.copy()
+
+        tap("embed", x)
+        for li in range(self.dims.layers):
+            p = f"layers.{li}."
+            n = self.vec(p + "attn_norm.n")
+            up, _ = N.normalize_input(x)
+            # i, f, g share the input and its pre-norm: one sum of squares, three code vectors
+            zs = N.rshift_round(up * n, N.Z_SHIFT)
+            S = np.sum(zs * zs, axis=-1, keepdims=True)
+            out = {}
+            for proj in ("i_proj", "f_proj", "g_proj"):
+                pw = up * self.vec(p + f"attn.{proj}.nw")
+                P = np.max(np.abs(pw), axis=-1, keepdims=True)
+                out[proj] = self.matvec(p + f"attn.{proj}", N.codes_from(pw, P), P, S)
+                tap(p + f"attn.{proj}", out[proj])
+            rate = N.forget_rate(out["f_proj"], self.vec(p + "attn.one_minus_lb"))
+            s = N.silu(out["i_proj"])
+            h = h0[li].copy()
+            for t in range(k):                                                   # elementwise in time
+                h = N.hgrn_update(h, s[t], rate[t])
+                hs[t, li] = h
+            tap(p + "attn.h", hs[:, li])
+            u = N.mul_act(out["g_proj"], N.silu(hs[:, li]))
+            o = self.bitlinear(p + "attn.o_proj", u)
+            tap(p + "attn.o_proj", o)
+            x = N.saturate(x + o)
+            gu = self.bitlinear(p + "mlp.gate_proj", x)
+            tap(p + "mlp.gate_proj", gu)
+            down = self.bitlinear(p + "mlp.down_proj", N.mul_act(N.silu(gu[:, :I]), gu[:, I:]))
+            tap(p + "mlp.down_proj", down)
+            x = N.saturate(x + down)
+            tap(p + "out", x)
+        logits = self.bitlinear("lm_head", x)
+        tap("logits", logits)
+        return hs, logits
+
+    def step(self, state: IntState, token: int) -> tuple[IntState, np.ndarray]:
+        """One token: returns (new state, int logits ``[V]`` in ACT)."""
+        hs, logits = self.forward(state.h, [token])
+        return IntState(hs[-1]), logits[0]
+
+    def prefill(self, state: IntState, tokens) -> tuple[IntState, np.ndarray]:
+        """Feed a prompt; returns (state after the last token, logits of the last token)."""
+        hs, logits = self.forward(state.h, tokens)
+        return IntState(hs[-1]), logits[-1]
+
+    def verify(self, state: IntState, tokens) -> tuple[list[IntState], np.ndarray]:
+        """k tokens in one weight pass: (state after each position, logits ``[k, V]``)."""
+        hs, logits = self.forward(state.h, tokens)
+        return [IntState(h) for h in hs], logits
+
+    def greedy(self, logits: np.ndarray) -> np.ndarray:
+        return N.argmax(logits)
+
+
+class IntBackend:
+    """:class:`IntModel` as a decoding backend for :func:`mmfree.pymodel.generate.generate`."""
+
+    def __init__(self, model: IntModel):
+        self.model = model
+        self.vocab_size = model.vocab_size
+        self.state = model.initial_state()
+
+    def reset(self):
+        self.state = self.model.initial_state()
+
+    def feed(self, ids):
+        self.state, logits = self.model.prefill(self.state, ids)
+        return N.act_to_float(logits)
+
+
+def open_int_model(model: str) -> tuple[IntModel, str]:
+    """An IntModel from an export directory, or from a float checkpoint / "default" (exported into the
+    cache on first use). Returns (model, directory to take the tokenizer from)."""
+    p = Path(model)
+    if str(model) != "default" and (p / "manifest.json").exists():
+        return IntModel.load(p), str(p)
+    from mmfree.config import cache_dir
+    from mmfree.pymodel.checkpoint import resolve
+    from mmfree.pymodel.export import export_checkpoint
+
+    src = resolve(model)
+    key = hashlib.sha256()
+    for f in sorted(src.glob("*.safetensors")) + [src / "config.json"]:
+        key.update(f.read_bytes())
+    key.update(f"spec{N.SPEC_VERSION}-fmt{LY.FORMAT_VERSION}".encode())
+    out = cache_dir() / "exports" / key.hexdigest()[:16]
+    if not (out / "manifest.json").exists():
+        export_checkpoint(str(model), out)
+    return IntModel.load(out), str(out if (out / "tokenizer.json").exists() else src)
