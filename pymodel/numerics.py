@@ -59,8 +59,11 @@ RSQRT_FIRST = 1 << (RSQRT_INDEX_BITS - 2)            # 64: index of m = 1/4
 RSQRT_ENTRIES = (1 << RSQRT_INDEX_BITS) - RSQRT_FIRST + 1  # 193
 #: Embedding rows: int16 codes with one power-of-two shift per row (x = code * 2**shift in ACT).
 EMB_BITS = 16
+#: Longest BitLinear input the spec allows: accumulators |acc| <= 127 * K fit 23 bits + sign.
+MAX_K = 1 << 15
 #: The ternary accumulator stays exact in float32 BLAS while |acc| <= 127 * K < 2**24.
 MAX_K_FLOAT32_EXACT = (1 << 24) // CODE_MAX
+ACC_BITS = 24
 
 # ---- packed ternary weights ------------------------------------------------------------------------
 #: Five trits per byte: byte = sum_i (t_i + 1) * 3**i, t_0 the lowest column. 1.6 bits per weight.
@@ -321,10 +324,29 @@ def output_multiplier(P, S, c_m: int, c_e: int):
     return _where(valid, M, M * 0), _where(valid, shift, shift * 0)
 
 
+def saturating_shift_left(v, s):
+    """``saturate(v * 2**s)`` for s >= 0, without intermediate overflow (|v| < 2**62)."""
+    if isinstance(s, (int, np.integer)):
+        s = v * 0 + int(s)
+    s = _where(s > 32, s * 0 + 32, s)
+    small = s <= 31
+    lim = _pow2(_where(small, 31 - s, s * 0))             # v * 2**s >= 2**31  <=>  v >= 2**(31 - s)
+    pos = v >= lim
+    neg = _where(small, v < -lim, v < 0)                   # v * 2**s < -2**31 (s = 32: any v < 0)
+    safe = _where(pos | neg, v * 0, v)
+    out = safe << _where(small, s, s * 0)
+    return _where(pos, v * 0 + INT32_MAX, _where(neg, v * 0 + INT32_MIN, out))
+
+
 def dequantize(acc, M, shift):
-    """BitLinear output in ACT: ``saturate(shift_round(acc * M, shift))``. Shifts beyond 62 give 0."""
-    shift = min(shift, 62) if isinstance(shift, (int, np.integer)) else _where(shift > 62, shift * 0 + 62, shift)
-    return saturate(shift_round(acc * M, shift))
+    """BitLinear output in ACT: ``saturate(rshift_round(acc * M, shift))`` for shift >= 0 (shifts above 62
+    act as 62, i.e. give 0), ``saturating_shift_left(acc * M, -shift)`` for shift < 0."""
+    v = acc * M
+    if isinstance(shift, (int, np.integer)):
+        return saturate(rshift_round(v, min(int(shift), 62))) if shift >= 0 else saturating_shift_left(v, -int(shift))
+    right = saturate(rshift_round(v, _where(shift > 62, shift * 0 + 62, _clip0(shift))))
+    left = saturating_shift_left(v, _clip0(-shift))
+    return _where(shift >= 0, right, left)
 
 
 def argmax(logits):
@@ -339,8 +361,10 @@ def argmax(logits):
 
 
 def embed(codes, shift):
-    """Embedding row in ACT: ``code << shift`` (shift >= 0) or ``rshift_round(code, -shift)``."""
-    return shift_round(codes, -shift)
+    """Embedding row in ACT: ``saturate(code << shift)`` (shift >= 0) or ``rshift_round(code, -shift)``."""
+    right = rshift_round(codes, _clip0(-shift))
+    left = saturating_shift_left(codes, _clip0(shift))
+    return _where(shift >= 0, left, right)
 
 
 # ======================================================================================================
