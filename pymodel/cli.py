@@ -37,6 +37,18 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = add_subcommand(
+        sub, "export", _export, "turn a float checkpoint into the hardware image (packed ternary weights, scales, LUTs)",
+        "Writes OUT/manifest.json (config, layout, per-tensor offsets and sha256, per-BitLinear constants,\n"
+        "format and numerics-spec versions) and OUT/weights.bin (ternary weights at 1.6 bits/weight, int16\n"
+        "norm vectors, int16 embedding rows, lookup tables), plus tokenizer.json when the checkpoint has one.\n"
+        "The image is what the integer reference, the RTL simulation, the HLS harness and the board load.\n"
+        "Formats: docs/numerics.md. The directory is written atomically.",
+    )
+    p.add_argument("--model", default="default", help=MODEL_HELP)
+    p.add_argument("--out", required=True, help="output directory (replaced atomically if it exists)")
+    p.add_argument("--json", action="store_true", help="print a summary as JSON")
+
+    p = add_subcommand(
         sub, "train", _train, "train a ternary model (CPU here; CUDA and torchrun multi-GPU where available)",
         "Text corpus -> tokenizer (a byte-level BPE is trained unless --tokenizer is given) -> packed\n"
         "token stream -> AdamW with warm-up, cosine decay, the LR halved at the midpoint and weight decay\n"
@@ -142,6 +154,28 @@ def _generate(args) -> int:
         print(f"[{len(res.tokens)} tokens, {res.tokens_per_s:.1f} tok/s, backend {args.backend}"
               + (f", {extra['mean_accepted']:.2f} tokens per verification step" if "mean_accepted" in extra else "")
               + "]", file=sys.stderr)
+    return 0
+
+
+def _export(args) -> int:
+    from pathlib import Path
+
+    from mmfree.pymodel.export import export_checkpoint
+    from mmfree.pymodel.intmodel import read_manifest
+
+    out = export_checkpoint(args.model, args.out)
+    m = read_manifest(Path(out))
+    n_weights = sum(c["K"] * c["N"] for c in m["bitlinears"].values())
+    summary = {"out": str(out), "weights_bytes": m["weights_bytes"], "packed_weight_bytes": m["packed_weight_bytes"],
+               "ternary_weights": n_weights, "bits_per_weight": m["bits_per_weight"],
+               "spec_version": m["spec_version"], "format_version": m["format_version"],
+               "weights_sha256": m["weights_sha256"]}
+    if args.json:
+        print_json(summary)
+    else:
+        print(f"exported {args.model} -> {out}: {n_weights / 1e6:.2f}M ternary weights in "
+              f"{m['packed_weight_bytes'] / 2**20:.2f} MiB ({m['bits_per_weight']} bits/weight), image "
+              f"{m['weights_bytes'] / 2**20:.2f} MiB, spec v{m['spec_version']}")
     return 0
 
 

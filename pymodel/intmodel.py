@@ -185,13 +185,20 @@ class IntModel:
     def initial_state(self) -> IntState:
         return IntState(np.zeros((self.dims.layers, self.dims.d), dtype=np.int64))
 
-    def forward(self, h0: np.ndarray, tokens, taps: dict | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def forward(self, h0: np.ndarray, tokens, taps: dict | None = None, parents=None) -> tuple[np.ndarray, np.ndarray]:
         """k tokens in one pass over the weights. Returns (h after each position ``[k, L, d]``, logits ``[k, V]``).
 
+        ``parents`` (optional, length k) makes the k tokens a tree: token j continues from the state after
+        token ``parents[j]`` (``-1``: from ``h0``), with ``parents[j] < j``. Default: a chain (``j - 1``).
         ``taps``, when a dict, receives every intermediate vector by name (for hardware debugging).
         """
         tokens = self.check_tokens(tokens)
         k = len(tokens)
+        if parents is None:
+            parents = list(range(-1, k - 1))
+        parents = [int(q) for q in parents]
+        if len(parents) != k or any(not -1 <= q < j for j, q in enumerate(parents)):
+            raise ValueError(f"parents must have {k} entries with -1 <= parents[j] < j, got {parents}")
         I = self.dims.inter
         x = self.embed(tokens)                                                   # [k, d]
         hs = np.zeros((k, self.dims.layers, self.dims.d), dtype=np.int64)
@@ -216,10 +223,9 @@ class IntModel:
                 tap(p + f"attn.{proj}", out[proj])
             rate = N.forget_rate(out["f_proj"], self.vec(p + "attn.one_minus_lb"))
             s = N.silu(out["i_proj"])
-            h = h0[li].copy()
             for t in range(k):                                                   # elementwise in time
-                h = N.hgrn_update(h, s[t], rate[t])
-                hs[t, li] = h
+                prev = h0[li] if parents[t] < 0 else hs[parents[t], li]
+                hs[t, li] = N.hgrn_update(prev, s[t], rate[t])
             tap(p + "attn.h", hs[:, li])
             u = N.mul_act(out["g_proj"], N.silu(hs[:, li]))
             o = self.bitlinear(p + "attn.o_proj", u)
@@ -245,9 +251,11 @@ class IntModel:
         hs, logits = self.forward(state.h, tokens)
         return IntState(hs[-1]), logits[-1]
 
-    def verify(self, state: IntState, tokens) -> tuple[list[IntState], np.ndarray]:
-        """k tokens in one weight pass: (state after each position, logits ``[k, V]``)."""
-        hs, logits = self.forward(state.h, tokens)
+    def verify(self, state: IntState, tokens, parents=None) -> tuple[list[IntState], np.ndarray]:
+        """k tokens in one weight pass: (state after each position, logits ``[k, V]``).
+
+        With ``parents`` the tokens form a tree (see :meth:`forward`): a whole draft tree in one pass."""
+        hs, logits = self.forward(state.h, tokens, parents=parents)
         return [IntState(h) for h in hs], logits
 
     def greedy(self, logits: np.ndarray) -> np.ndarray:

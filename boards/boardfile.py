@@ -1,0 +1,105 @@
+"""Board descriptions: data in ``boards/<name>/board.json``, validated on load.
+
+A board file names the FPGA part and family, the PL resources, the DDR (type, size, bus width, rate,
+peak bandwidth), the PS high-performance ports, the default clock and the power-measurement method.
+``load_board("custom:PATH")`` (or a path to a JSON file) reads a user's own description; every field
+is checked, and an inconsistent one (e.g. peak bandwidth that is not width x rate) is refused with
+its name.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from mmfree import MmfreeError
+
+BOARDS_DIR = Path(__file__).resolve().parent
+BOARD_NAMES = ("pynq-z2", "kv260", "zcu104")
+
+_REQUIRED = {
+    "name": str, "part": str, "family": str, "ps": str, "pl": dict, "ddr": dict, "hp_ports": dict, "clock_mhz": (int, float),
+}
+_PL = ("lut", "ff", "dsp", "bram36", "uram")
+_DDR = ("size_mb", "width_bits", "rate_mts", "peak_gbps")
+
+
+@dataclass(frozen=True)
+class Board:
+    name: str
+    part: str
+    family: str          # "xc7" or "xcup" (Yosys synth_xilinx -family)
+    ps: str              # "zynq7" or "zynqmp"
+    pl: dict             # lut, ff, dsp, bram36, uram
+    ddr: dict            # size_mb, width_bits, rate_mts, peak_gbps, ...
+    hp_ports: dict       # names, width_bits, protocol, max_burst_beats, used
+    clock_mhz: float
+    raw: dict
+
+    @property
+    def ddr_peak_bytes_per_s(self) -> float:
+        return self.ddr["peak_gbps"] * 1e9
+
+    @property
+    def ddr_usable_bytes(self) -> int:
+        return int((self.ddr["size_mb"] - self.ddr.get("os_reserved_mb", 0)) * 2**20)
+
+
+def _check(d: dict, where: str) -> Board:
+    problems = []
+    for key, typ in _REQUIRED.items():
+        if key not in d:
+            problems.append(f"missing field '{key}'")
+        elif not isinstance(d[key], typ) or isinstance(d[key], bool):
+            problems.append(f"field '{key}' must be {typ}, got {d[key]!r}")
+    if problems:
+        raise MmfreeError(f"board file {where}: " + "; ".join(problems))
+    for k in _PL:
+        v = d["pl"].get(k)
+        if not isinstance(v, int) or v < 0:
+            problems.append(f"field 'pl.{k}' must be a non-negative integer, got {v!r}")
+    for k in _DDR:
+        v = d["ddr"].get(k)
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or v <= 0:
+            problems.append(f"field 'ddr.{k}' must be a positive number, got {v!r}")
+    hp = d["hp_ports"]
+    if not isinstance(hp.get("width_bits"), int) or hp.get("width_bits") not in (32, 64, 128):
+        problems.append(f"field 'hp_ports.width_bits' must be 32, 64 or 128, got {hp.get('width_bits')!r}")
+    if d["family"] not in ("xc7", "xcup"):
+        problems.append(f"field 'family' must be 'xc7' or 'xcup', got {d['family']!r}")
+    if d["ps"] not in ("zynq7", "zynqmp"):
+        problems.append(f"field 'ps' must be 'zynq7' or 'zynqmp', got {d['ps']!r}")
+    if d["clock_mhz"] <= 0:
+        problems.append(f"field 'clock_mhz' must be positive, got {d['clock_mhz']!r}")
+    if problems:
+        raise MmfreeError(f"board file {where}: " + "; ".join(problems))
+    ddr = d["ddr"]
+    expected = ddr["width_bits"] / 8 * ddr["rate_mts"] / 1000
+    if abs(ddr["peak_gbps"] - expected) > 0.01 * expected:
+        raise MmfreeError(f"board file {where}: field 'ddr.peak_gbps' is {ddr['peak_gbps']} GB/s but "
+                          f"width x rate = {ddr['width_bits']} bits x {ddr['rate_mts']} MT/s = {expected:.3f} GB/s; "
+                          "fix one of the three")
+    return Board(d["name"], d["part"], d["family"], d["ps"], dict(d["pl"]), dict(d["ddr"]), dict(hp),
+                 float(d["clock_mhz"]), d)
+
+
+def load_board(name: str) -> Board:
+    """A shipped board by name (pynq-z2, kv260, zcu104), or ``custom:PATH`` / a path to a board JSON file."""
+    if name.startswith("custom:"):
+        path = Path(name[len("custom:"):])
+    elif name in BOARD_NAMES:
+        path = BOARDS_DIR / name / "board.json"
+    else:
+        path = Path(name)
+        if not path.suffix == ".json" or not path.exists():
+            raise MmfreeError(f"unknown board {name!r}: choose one of {', '.join(BOARD_NAMES)} or custom:PATH.json")
+    if not path.exists():
+        raise MmfreeError(f"board file {path} does not exist")
+    try:
+        d = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise MmfreeError(f"board file {path} is not valid JSON: {exc}") from exc
+    if not isinstance(d, dict):
+        raise MmfreeError(f"board file {path} must hold a JSON object")
+    return _check(d, str(path))

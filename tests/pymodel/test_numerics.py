@@ -1,0 +1,325 @@
+"""Property tests of every numerics primitive against an exact model of what the spec says.
+
+The "high-precision model" is written here independently with Python integers and Fractions (exact),
+following docs/numerics.md; the numpy (and torch) primitives must equal it exactly. Where the spec
+approximates a real function (sigmoid, rsqrt, the output scale) the documented error bounds are
+checked against mpmath-free float64 math with margins stated in the spec.
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from mmfree.pymodel import numerics as N
+
+I32 = st.integers(N.INT32_MIN, N.INT32_MAX)
+SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def floor_div(a: Fraction | int) -> int:
+    return math.floor(Fraction(a))
+
+
+def exact_rshift_round(x: int, s: int) -> int:
+    return x if s == 0 else floor_div(Fraction(x, 1) / 2**s + Fraction(1, 2))
+
+
+def exact_sat(x: int) -> int:
+    return max(N.INT32_MIN, min(N.INT32_MAX, x))
+
+
+def arr(*xs):
+    return np.array(xs, dtype=np.int64)
+
+
+# ---- rounding, shifting, saturation ---------------------------------------------------------------
+@SETTINGS
+@given(x=st.integers(-(2**60), 2**60), s=st.integers(0, 62))
+def test_rshift_round_is_round_half_up(x, s):
+    assert int(N.rshift_round(arr(x), s)[0]) == exact_rshift_round(x, s)
+    assert int(N.rshift_round(arr(x), arr(s))[0]) == exact_rshift_round(x, s)
+
+
+@pytest.mark.parametrize("x,s,expected", [(3, 1, 2), (-3, 1, -1), (1, 1, 1), (-1, 1, 0), (5, 2, 1), (6, 2, 2), (-6, 2, -1)])
+def test_rshift_round_ties(x, s, expected):
+    assert int(N.rshift_round(arr(x), s)[0]) == expected
+
+
+@SETTINGS
+@given(v=st.integers(-(2**45), 2**45), s=st.integers(0, 45))
+def test_saturating_shift_left(v, s):
+    expected = exact_sat(v * 2**s)
+    assert int(N.saturating_shift_left(arr(v), s)[0]) == expected
+    assert int(N.saturating_shift_left(arr(v), arr(s))[0]) == expected
+
+
+@SETTINGS
+@given(x=st.integers(0, 2**63 - 1))
+def test_bitlen_exact(x):
+    assert int(N.bitlen(arr(x))[0]) == x.bit_length()
+    assert int(N.bitlen(torch.tensor([x]))[0]) == x.bit_length()
+
+
+def test_bitlen_at_powers_of_two():
+    xs = [0] + [2**k + d for k in range(63) for d in (-1, 0, 1) if 0 <= 2**k + d < 2**63]
+    assert N.bitlen(np.array(xs, dtype=np.int64)).tolist() == [x.bit_length() for x in xs]
+
+
+# ---- sigmoid, SiLU, gates, recurrence ---------------------------------------------------------------
+def exact_tail(a: int) -> int:
+    """The spec's sigmoid tail: table + interpolation, floor of the interpolation product."""
+    t = N.sigmoid_tail_table()
+    a = min(a, (N.SIG_RANGE << N.ACT_FRAC) - 1)
+    i, f = a >> N.SIG_INDEX_SHIFT, a & ((1 << N.SIG_INDEX_SHIFT) - 1)
+    e0, e1 = int(t[i]), int(t[i + 1])
+    return e0 - floor_div(Fraction((e0 - e1) * f, 2**N.SIG_INDEX_SHIFT))
+
+
+def exact_sigmoid_q31(x: int) -> int:
+    e = exact_tail(abs(x))
+    return 2**31 - e if x >= 0 else e
+
+
+@SETTINGS
+@given(x=I32)
+def test_sigmoid_and_silu_match_spec(x):
+    assert int(N.sigmoid_q31(arr(x))[0]) == exact_sigmoid_q31(x)
+    assert int(N.silu(arr(x))[0]) == exact_rshift_round(x * exact_sigmoid_q31(x), 31)
+
+
+def test_sigmoid_table_contents():
+    t = N.sigmoid_tail_table()
+    assert t.shape == (N.SIG_ENTRIES,) and t[0] == 2**30
+    for i in (0, 1, 37, 256, 512):
+        assert int(t[i]) == round(2**31 / (1 + math.exp(i / 32)))
+    assert np.all(np.diff(t.astype(np.int64)) <= 0)
+
+
+def test_sigmoid_error_bounds_documented():
+    x = np.arange(-20 * 65536, 20 * 65536, 811, dtype=np.int64)
+    ref = 1 / (1 + np.exp(-x / 65536))
+    assert np.abs(N.sigmoid_q31(x) / 2**31 - ref).max() <= 1.2e-5
+    assert np.abs(N.silu(x) / 65536 - x / 65536 * ref).max() <= 2.7e-5
+    a = np.arange(0, 10 * 65536, 613, dtype=np.int64)
+    tail_ref = 1 / (1 + np.exp(a / 65536))
+    assert (np.abs(N.sigmoid_tail(a) / 2**31 - tail_ref) / tail_ref).max() <= 1.3e-4
+
+
+@SETTINGS
+@given(f=I32, olb=st.integers(0, 2**31))
+def test_forget_rate_matches_spec(f, olb):
+    s = exact_tail(abs(f)) if f >= 0 else 2**31 - exact_tail(abs(f))
+    assert int(N.forget_rate(arr(f), arr(olb))[0]) == exact_rshift_round(olb * s, 31)
+
+
+@SETTINGS
+@given(h=I32, s=I32, g=st.integers(0, 2**31))
+def test_hgrn_update_matches_spec_and_saturates(h, s, g):
+    expected = exact_sat(h + exact_rshift_round(g * (s - h), 31))
+    assert int(N.hgrn_update(arr(h), arr(s), arr(g))[0]) == expected
+
+
+def test_hgrn_update_extremes():
+    h = arr(N.INT32_MAX, N.INT32_MIN, 0, N.INT32_MAX)
+    s = arr(N.INT32_MIN, N.INT32_MAX, N.INT32_MAX, N.INT32_MAX)
+    g = arr(2**31, 2**31, 2**31, 0)
+    assert N.hgrn_update(h, s, g).tolist() == [N.INT32_MIN, N.INT32_MAX, N.INT32_MAX, N.INT32_MAX]
+
+
+# ---- the BitLinear quantizer ------------------------------------------------------------------------
+vectors = st.integers(1, 70).flatmap(lambda k: st.tuples(
+    st.lists(st.integers(-(2**62) + 1, 2**62 - 1) | st.integers(-300, 300), min_size=k, max_size=k),
+    st.lists(st.integers(-(2**15) + 1, 2**15 - 1), min_size=k, max_size=k),
+    st.lists(st.integers(-(2**15) + 1, 2**15 - 1), min_size=k, max_size=k)))
+
+
+def exact_quantize(u, n, nw):
+    mu = max(abs(v) for v in u)
+    sh = max(0, mu.bit_length() - 16)
+    up = [exact_rshift_round(v, sh) for v in u]
+    assert all(abs(v) <= 2**16 for v in up)
+    z = [a * b for a, b in zip(up, n)]
+    p = [a * b for a, b in zip(up, nw)]
+    S = sum(exact_rshift_round(v, 15) ** 2 for v in z)
+    P = max(abs(v) for v in p)
+    if P == 0:
+        return [0] * len(u), P, S
+    k = P.bit_length() + 17
+    R = (127 << k) // P
+    q = []
+    for v in p:
+        mag = min(127, floor_div(Fraction(abs(v) * R, 2**k) + Fraction(1, 2)))
+        q.append(-mag if v < 0 else mag)
+    return q, P, S
+
+
+@SETTINGS
+@given(vec=vectors)
+def test_quantize_matches_spec(vec):
+    u, n, nw = vec
+    q, P, S = N.quantize(np.array(u, dtype=np.int64), np.array(n, dtype=np.int64), np.array(nw, dtype=np.int64))
+    eq, eP, eS = exact_quantize(u, n, nw)
+    assert q.tolist() == eq and int(P[0]) == eP and int(S[0]) == eS
+    if eP:  # the largest |p| maps to exactly +-127
+        assert max(abs(v) for v in eq) == 127
+
+
+def test_quantize_rounds_half_away_from_zero():
+    # p = +-1 and +-3 with P = 254: 127 * 1/254 = 0.5 exactly -> 1 and -1
+    u = np.array([[1, -1, 3, -3, 254]], dtype=np.int64)
+    ones = np.ones(5, dtype=np.int64)
+    q, _, _ = N.quantize(u, ones, ones)
+    assert q.tolist() == [[1, -1, 2, -2, 127]]
+
+
+def test_quantize_zero_vector_gives_zero():
+    q, P, S = N.quantize(np.zeros((2, 7), dtype=np.int64), np.ones(7, dtype=np.int64), np.ones(7, dtype=np.int64))
+    assert not q.any() and not P.any() and not S.any()
+
+
+# ---- rsqrt, output scale ------------------------------------------------------------------------------
+def exact_rsqrt(S: int):
+    b = S.bit_length()
+    k = (b - 31) // 2
+    Sn = S >> (2 * k) if k >= 0 else S << (-2 * k)
+    assert 2**30 <= Sn < 2**32
+    t = N.rsqrt_table()
+    j = (Sn >> 24) - N.RSQRT_FIRST
+    frac = Sn & (2**24 - 1)
+    t0, t1 = int(t[j]), int(t[j + 1])
+    return t0 - (((t0 - t1) * frac) >> 24), k
+
+
+@SETTINGS
+@given(S=st.integers(1, 2**48 - 1))
+def test_rsqrt_matches_spec_and_bound(S):
+    r, k = N.rsqrt(arr(S))
+    er, ek = exact_rsqrt(S)
+    assert (int(r[0]), int(k[0])) == (er, ek)
+    assert abs(er * 2.0 ** -(46 + ek) * math.sqrt(S) - 1) <= 2.3e-5
+
+
+@SETTINGS
+@given(P=st.integers(1, 2**31 - 1), S=st.integers(1, 2**48 - 1), c=st.floats(1e-6, 1e3), acc=st.integers(-(2**22), 2**22))
+def test_output_scale_matches_spec_and_bound(P, S, c, acc):
+    c_m, c_e = N.constant_from_float(c)
+    M, shift = N.output_multiplier(arr(P), arr(S), c_m, c_e)
+    r, k = exact_rsqrt(S)
+    b = exact_rshift_round(c_m * r, 16)
+    m = b * P
+    em = m.bit_length()
+    eM = exact_rshift_round(m, em - 16)
+    eshift = 30 + k - em - c_e
+    assert (int(M[0]), int(shift[0])) == (eM, eshift)
+    assert 2**15 <= eM <= 2**16
+    out = int(N.dequantize(arr(acc), M, shift)[0])
+    expected = exact_sat(exact_rshift_round(acc * eM, min(eshift, 62)) if eshift >= 0 else acc * eM * 2**-eshift)
+    assert out == expected
+    real = acc * c_m * 2.0**c_e * P / math.sqrt(S) * 65536
+    if 1e3 < abs(real) < 2**31 - 1e3:
+        assert abs(out - real) / abs(real) <= 4e-5 + 1 / abs(real)
+
+
+def test_output_multiplier_zero_inputs():
+    M, shift = N.output_multiplier(arr(0, 5), arr(7, 0), 40000, -20)
+    assert M.tolist() == [0, 0] and shift.tolist() == [0, 0]
+    assert N.dequantize(arr(123, -5), M, shift).tolist() == [0, 0]
+
+
+# ---- embedding, argmax, float conversions ------------------------------------------------------------
+@SETTINGS
+@given(code=st.integers(-(2**15) + 1, 2**15 - 1), shift=st.integers(-20, 20))
+def test_embed_matches_spec(code, shift):
+    expected = exact_sat(code * 2**shift) if shift >= 0 else exact_rshift_round(code, -shift)
+    assert int(N.embed(arr(code), arr(shift))[0]) == expected
+
+
+def test_argmax_lowest_index_on_ties():
+    x = np.array([[3, 7, 7, 1], [-5, -5, -9, -5]], dtype=np.int64)
+    assert N.argmax(x).tolist() == [1, 0]
+    assert N.argmax(torch.tensor(x)).tolist() == [1, 0]
+
+
+@SETTINGS
+@given(v=st.lists(st.floats(-1e4, 1e4, allow_nan=False), min_size=1, max_size=40))
+def test_vector_from_float_normalised(v):
+    m, F = N.vector_from_float(np.array(v))
+    mx = max(abs(x) for x in v)
+    if mx == 0:
+        assert not m.any()
+        return
+    assume(mx > 1e-30)
+    assert 2**14 <= np.abs(m.astype(np.int64)).max() < 2**15
+    assert np.abs(m * 2.0**-F - np.array(v)).max() <= 2.0 ** -(F + 1) * 1.0000001
+
+
+@SETTINGS
+@given(c=st.floats(1e-30, 1e30))
+def test_constant_from_float(c):
+    m, e = N.constant_from_float(c)
+    assert 2**15 <= m < 2**16
+    assert abs(m * 2.0**e / c - 1) <= 2**-16
+
+
+def test_constant_from_float_rejects_nonpositive():
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError):
+            N.constant_from_float(bad)
+
+
+@SETTINGS
+@given(rows=st.lists(st.lists(st.floats(-50, 50, allow_nan=False), min_size=8, max_size=8), min_size=1, max_size=6))
+def test_embedding_codes_in_range(rows):
+    e = np.array(rows)
+    codes, shift = N.embedding_from_float(e)
+    mx = np.abs(codes.astype(np.int64)).max(axis=1)
+    nz = np.abs(e).max(axis=1) > 1e-30
+    assert np.all(mx[nz] < 2**15) and np.all(mx[nz] >= 2**14 - 1)
+
+
+# ---- packing -------------------------------------------------------------------------------------
+@SETTINGS
+@given(n=st.integers(1, 9), k=st.integers(1, 200), seed=st.integers(0, 2**16))
+def test_pack_round_trip_and_density(n, k, seed):
+    t = np.random.default_rng(seed).integers(-1, 2, size=(n, k))
+    packed = N.pack_ternary(t)
+    assert packed.shape == (n, N.row_bytes(k)) and packed.shape[1] % N.ROW_ALIGN_BYTES == 0
+    assert packed.max() <= 242
+    np.testing.assert_array_equal(N.unpack_ternary(packed, k), t)
+
+
+def test_pack_known_bytes():
+    # t = [-1, 0, 1, 1, -1] -> digits 0,1,2,2,0 -> 0 + 3 + 18 + 54 + 0 = 75; padding trits are 0 -> digit 1
+    assert N.pack_ternary(np.array([[-1, 0, 1, 1, -1, 0]]))[0, :2].tolist() == [75, 121]
+    assert N.row_bytes(1024) == 208 and N.row_bytes(80) == 16 and N.row_bytes(81) == 32
+
+
+def test_pack_rejects_non_ternary():
+    with pytest.raises(ValueError, match="outside"):
+        N.pack_ternary(np.array([[0, 2]]))
+    with pytest.raises(ValueError, match="positive"):
+        N.row_bytes(0)
+
+
+# ---- numpy and torch give the same bits -----------------------------------------------------------------
+def test_torch_and_numpy_primitives_agree():
+    rng = np.random.default_rng(0)
+    x = rng.integers(N.INT32_MIN, N.INT32_MAX, size=(3, 61), dtype=np.int64)
+    g = rng.integers(0, 2**31, size=(3, 61), dtype=np.int64)
+    n = rng.integers(-(2**15) + 1, 2**15, size=61, dtype=np.int64)
+    T = torch.from_numpy
+    for fn, args in [(N.silu, (x,)), (N.sigmoid_q31, (x,)), (N.forget_rate, (x, g)), (N.hgrn_update, (x, x[::-1].copy(), g)),
+                     (N.normalize_input, (x * 1000,)), (N.quantize, (x, n, n[::-1].copy()))]:
+        a = fn(*args)
+        b = fn(*[T(v) for v in args])
+        a = a if isinstance(a, tuple) else (a,)
+        b = b if isinstance(b, tuple) else (b,)
+        for u, v in zip(a, b):
+            np.testing.assert_array_equal(np.asarray(u), v.numpy())
