@@ -1,0 +1,170 @@
+"""The accelerator's host interface: top-level ports, the AXI4-Lite register map and error codes.
+
+This module is the contract between the gateware (:mod:`mmfree.rtl`), the simulated board
+(:mod:`mmfree.sim`) and the PYNQ driver (:mod:`mmfree.boards.driver`). Everything that crosses the
+boundary is defined here once; ``docs/accelerator.md`` explains it.
+
+Execution model: the host places a program (compiled from an exported model's manifest) and the
+model image (``weights.bin``) in DDR, plus its own work buffers (token ids, parents, start state,
+per-position output states, logits). It writes their addresses to the registers below, the number
+of tokens ``k`` of this run, and sets ``CONTROL.START``. The accelerator runs the program for the k
+tokens in one pass over the weights, writes the state after every position (so the host can commit
+any prefix by pointing the next run's ``STATE_IN`` at one of them) and the logits, sets
+``STATUS.DONE`` (and the interrupt when enabled), and reports counters. On any fault it stops with
+``STATUS.ERROR`` and an error code; it never hangs waiting on a bad request.
+
+Buffer formats (all little-endian, all base addresses 64-byte aligned):
+
+====================  ===============================  ==============================================
+register              points at                        format
+====================  ===============================  ==============================================
+PROG_BASE             program                          compiled instruction stream (see the ISA doc)
+DATA_BASE             model image                      ``weights.bin`` of ``mmfree export``
+TOKENS                token ids of this run            uint32[k]
+PARENTS               tree parents (``FLAGS.TREE``)    int32[k], -1 = start state, else < own index
+STATE_IN              start state                      int32[L][d] (ACT)
+STATE_OUT             state after every position       int32[k][L][d]
+LOGITS                logits (``FLAGS.WRITE_LOGITS``)  int32[k][V] (ACT)
+ARGMAX_OUT            greedy token per position        uint32[k]
+====================  ===============================  ==============================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Bumped when a register, bit or error code changes meaning. The driver refuses a bitstream whose
+#: VERSION register (or .hwh metadata) differs in the major number.
+REGMAP_VERSION_MAJOR = 1
+REGMAP_VERSION_MINOR = 0
+REGMAP_VERSION = (REGMAP_VERSION_MAJOR << 16) | REGMAP_VERSION_MINOR
+
+#: ``ID`` register value: ASCII "MMFR".
+ID_MAGIC = 0x4D4D4652
+
+#: IP-XACT identity of the packaged accelerator (the PYNQ driver binds to it).
+VLNV = "mmfree.org:mmfree:mmfree_accel:1.0"
+
+#: Top-level port names of the accelerator module (Amaranth names signature members ``a__b``).
+TOP_NAME = "mmfree_accel"
+PORT_CLK = "clk"
+PORT_RST = "rst"                 # active-high synchronous reset
+PORT_AXI_MASTER = "m_axi"        # AXI4 master to DDR: m_axi__araddr, m_axi__rdata, ...
+PORT_AXI_LITE = "s_axil"         # AXI4-Lite slave: s_axil__awaddr, ...
+PORT_IRQ = "irq"                 # level-high interrupt, cleared by writing IRQ_STATUS
+CSR_ADDR_BITS = 12               # 4 KiB register window
+ALIGN = 64                       # every base address must be a multiple of this
+
+
+@dataclass(frozen=True)
+class Reg:
+    name: str
+    offset: int
+    access: str      # "ro", "rw", "wo", "w1c"
+    doc: str
+
+
+REGISTERS: tuple[Reg, ...] = (
+    Reg("ID", 0x000, "ro", "ID_MAGIC"),
+    Reg("VERSION", 0x004, "ro", "REGMAP_VERSION: major << 16 | minor"),
+    Reg("HW_CONFIG", 0x008, "ro", "bits 7:0 bus bytes per beat, 15:8 lanes (trits per cycle), 23:16 max tokens k"),
+    Reg("HW_LIMITS", 0x00C, "ro", "bits 15:0 max width (d, and I) in units of 16 elements; 31:16 reserved"),
+    Reg("CONTROL", 0x010, "wo", "bit 0 START, bit 1 SOFT_RESET (abort and clear), bit 2 IRQ_ENABLE (sticky)"),
+    Reg("STATUS", 0x014, "ro", "bit 0 BUSY, bit 1 DONE, bit 2 ERROR, bit 3 IRQ_ENABLED"),
+    Reg("ERROR_CODE", 0x018, "ro", "0 = none, else an ERR_* code in bits 7:0 and detail in 31:8"),
+    Reg("IRQ_STATUS", 0x01C, "w1c", "bit 0 DONE or ERROR interrupt pending; write 1 to clear"),
+    Reg("PROG_BASE_LO", 0x020, "rw", ""), Reg("PROG_BASE_HI", 0x024, "rw", ""),
+    Reg("DATA_BASE_LO", 0x028, "rw", ""), Reg("DATA_BASE_HI", 0x02C, "rw", ""),
+    Reg("TOKENS_LO", 0x030, "rw", ""), Reg("TOKENS_HI", 0x034, "rw", ""),
+    Reg("PARENTS_LO", 0x038, "rw", ""), Reg("PARENTS_HI", 0x03C, "rw", ""),
+    Reg("STATE_IN_LO", 0x040, "rw", ""), Reg("STATE_IN_HI", 0x044, "rw", ""),
+    Reg("STATE_OUT_LO", 0x048, "rw", ""), Reg("STATE_OUT_HI", 0x04C, "rw", ""),
+    Reg("LOGITS_LO", 0x050, "rw", ""), Reg("LOGITS_HI", 0x054, "rw", ""),
+    Reg("ARGMAX_OUT_LO", 0x058, "rw", ""), Reg("ARGMAX_OUT_HI", 0x05C, "rw", ""),
+    Reg("MEM_LO_LO", 0x060, "rw", "lowest DDR address the accelerator may touch"), Reg("MEM_LO_HI", 0x064, "rw", ""),
+    Reg("MEM_HI_LO", 0x068, "rw", "one past the highest DDR address it may touch"), Reg("MEM_HI_HI", 0x06C, "rw", ""),
+    Reg("NUM_TOKENS", 0x070, "rw", "k, 1..max tokens"),
+    Reg("FLAGS", 0x074, "rw", "bit 0 WRITE_LOGITS, bit 1 TREE (use PARENTS; else a chain)"),
+    Reg("ARGMAX", 0x078, "ro", "greedy token of the last position of the last run"),
+    Reg("PC", 0x07C, "ro", "program counter (byte offset from PROG_BASE) of the current/faulting instruction"),
+    Reg("CYCLES_LO", 0x080, "ro", "clock cycles of the last run (START to DONE)"), Reg("CYCLES_HI", 0x084, "ro", ""),
+    Reg("STALLS_LO", 0x088, "ro", "cycles the weight stream waited for DDR data"), Reg("STALLS_HI", 0x08C, "ro", ""),
+    Reg("RD_BYTES_LO", 0x090, "ro", "bytes read from DDR in the last run"), Reg("RD_BYTES_HI", 0x094, "ro", ""),
+    Reg("WR_BYTES_LO", 0x098, "ro", "bytes written to DDR in the last run"), Reg("WR_BYTES_HI", 0x09C, "ro", ""),
+)
+REG = {r.name: r for r in REGISTERS}
+OFFSET = {r.name: r.offset for r in REGISTERS}
+
+# CONTROL bits
+CTRL_START = 1 << 0
+CTRL_SOFT_RESET = 1 << 1
+CTRL_IRQ_ENABLE = 1 << 2
+# STATUS bits
+STAT_BUSY = 1 << 0
+STAT_DONE = 1 << 1
+STAT_ERROR = 1 << 2
+STAT_IRQ_ENABLED = 1 << 3
+# FLAGS bits
+FLAG_WRITE_LOGITS = 1 << 0
+FLAG_TREE = 1 << 1
+
+#: 64-bit address registers, by the name without the _LO/_HI suffix.
+ADDRESS_REGS = ("PROG_BASE", "DATA_BASE", "TOKENS", "PARENTS", "STATE_IN", "STATE_OUT", "LOGITS", "ARGMAX_OUT",
+                "MEM_LO", "MEM_HI")
+
+# Error codes (ERROR_CODE bits 7:0). Detail bits 31:8 say more where noted.
+ERR_NONE = 0
+ERR_ADDRESS_RANGE = 1     # a DDR access outside [MEM_LO, MEM_HI); detail: which base register (index in ADDRESS_REGS)
+ERR_UNALIGNED = 2         # a base address not a multiple of ALIGN; detail: index in ADDRESS_REGS
+ERR_TOKEN_RANGE = 3       # a token id >= vocabulary; detail: position in the run
+ERR_BAD_INSTRUCTION = 4   # unknown opcode or bad operand; detail: opcode
+ERR_NUM_TOKENS = 5        # NUM_TOKENS == 0 or > max tokens
+ERR_BAD_PARENT = 6        # FLAGS.TREE and parents[j] not in [-1, j); detail: position
+ERR_AXI = 7               # DDR returned SLVERR/DECERR
+ERR_TOO_WIDE = 8          # the program asks for a vector wider than the hardware holds (HW_LIMITS)
+ERR_PROGRAM = 9           # the program ran past its end without HALT
+
+ERROR_MESSAGES = {
+    ERR_ADDRESS_RANGE: "a DDR access fell outside [MEM_LO, MEM_HI): the program, image or a buffer does not fit the "
+                       "configured address window",
+    ERR_UNALIGNED: f"a base address register is not {ALIGN}-byte aligned",
+    ERR_TOKEN_RANGE: "a token id is outside the model's vocabulary",
+    ERR_BAD_INSTRUCTION: "the program holds an unknown or malformed instruction (program/bitstream mismatch?)",
+    ERR_NUM_TOKENS: "NUM_TOKENS is 0 or larger than the hardware's maximum tokens per pass",
+    ERR_BAD_PARENT: "a tree parent index is not in [-1, position)",
+    ERR_AXI: "the DDR interface returned an AXI error response",
+    ERR_TOO_WIDE: "the model is wider than this bitstream's on-chip buffers (HW_LIMITS)",
+    ERR_PROGRAM: "the program ran past its end without HALT",
+}
+
+
+def error_message(code_register: int) -> str:
+    """Human-readable text of an ERROR_CODE register value."""
+    code, detail = code_register & 0xFF, code_register >> 8
+    if code == ERR_NONE:
+        return "no error"
+    text = ERROR_MESSAGES.get(code, f"unknown error code {code}")
+    if code in (ERR_ADDRESS_RANGE, ERR_UNALIGNED) and detail < len(ADDRESS_REGS):
+        text += f" (register {ADDRESS_REGS[detail]})"
+    elif code in (ERR_TOKEN_RANGE, ERR_BAD_PARENT):
+        text += f" (position {detail})"
+    elif detail:
+        text += f" (detail {detail})"
+    return f"error {code}: {text}"
+
+
+def decode_hw_config(value: int) -> dict:
+    return {"bus_bytes": value & 0xFF, "lanes": (value >> 8) & 0xFF, "max_tokens": (value >> 16) & 0xFF}
+
+
+def encode_hw_config(bus_bytes: int, lanes: int, max_tokens: int) -> int:
+    for name, v in (("bus_bytes", bus_bytes), ("lanes", lanes), ("max_tokens", max_tokens)):
+        if not 0 < v < 256:
+            raise ValueError(f"{name} must be in 1..255, got {v}")
+    return bus_bytes | (lanes << 8) | (max_tokens << 16)
+
+
+def buffer_sizes(d: int, layers: int, vocab: int, k: int) -> dict[str, int]:
+    """Bytes of each host work buffer for a run of k tokens (before 64-byte alignment)."""
+    return {"TOKENS": 4 * k, "PARENTS": 4 * k, "STATE_IN": 4 * layers * d, "STATE_OUT": 4 * k * layers * d,
+            "LOGITS": 4 * k * vocab, "ARGMAX_OUT": 4 * k}
