@@ -63,7 +63,7 @@ def main() -> int:
         lf = lf[0].double().numpy()
         hs, li = im.forward(h, chunk)
         h = hs[-1]
-        li = li / 65536.0
+        li = im.to_float(li)
         agree += int(np.sum(lf.argmax(-1) == li.argmax(-1)))
         rows = np.arange(len(chunk))
         nll_f -= float(log_softmax(lf)[rows, target].sum())

@@ -39,6 +39,59 @@ def ternarize(weight) -> tuple[np.ndarray, float]:
     return t, float(1.0 / sw)
 
 
+FORMATS_KEY = "mmfree_formats"
+
+
+def calibrate(model, n_tokens: int = 512, seed: int = 0) -> dict[str, int]:
+    """Fixed-point formats for a model: ``{"res_frac", "act_frac"}`` from the largest magnitudes the float
+    model produces on ``n_tokens`` seeded random tokens (plus the whole embedding table), with
+    ``numerics.CALIBRATION_MARGIN_BITS`` of headroom. Deterministic: a function of the weights only."""
+    import torch
+
+    from mmfree.pymodel.model import BitLinear
+
+    cfg = model.config
+    ids = torch.from_numpy(np.random.default_rng(seed).integers(0, cfg.vocab_size, n_tokens)).view(1, -1)
+    seen = {"res": float(model.model.embeddings.weight.detach().abs().max()), "act": 0.0}
+    hooks = []
+    for name, mod in model.named_modules():
+        if isinstance(mod, BitLinear):
+            kind = LY.output_format(name)
+
+            def hook(m, i, o, kind=kind):
+                seen[kind] = max(seen[kind], float(o.detach().abs().max()))
+
+            hooks.append(mod.register_forward_hook(hook))
+    for layer in model.model.layers:
+        def res_hook(m, i, o):
+            seen["res"] = max(seen["res"], float(o[0].detach().abs().max()))
+
+        hooks.append(layer.register_forward_hook(res_hook))
+    numerics, model.numerics = model.numerics, "fake"
+    try:
+        with torch.no_grad():
+            model(ids.to(model.model.embeddings.weight.device))
+    finally:
+        model.numerics = numerics
+        for h in hooks:
+            h.remove()
+    return {"res_frac": N.frac_for(seen["res"]), "act_frac": N.frac_for(seen["act"])}
+
+
+def formats_of(model) -> dict[str, int]:
+    """The model's fixed-point formats: stored in its config (``config.extra["mmfree_formats"]``, saved with
+    the checkpoint) or calibrated once and stored there, so export and hardware-exact training agree."""
+    fm = model.config.extra.get(FORMATS_KEY)
+    if fm is None:
+        fm = calibrate(model)
+        model.config.extra[FORMATS_KEY] = fm
+    for key in ("res_frac", "act_frac"):
+        if not isinstance(fm.get(key), int) or not N.FRAC_MIN <= fm[key] <= N.FRAC_MAX:
+            raise MmfreeError(f"config key {FORMATS_KEY}.{key} must be an integer in [{N.FRAC_MIN}, {N.FRAC_MAX}], "
+                              f"got {fm.get(key)!r}; delete it to recalibrate")
+    return {"res_frac": fm["res_frac"], "act_frac": fm["act_frac"]}
+
+
 def int_params(model) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
     """Every integer parameter the pipeline uses, by layout name, with ternary matrices unpacked
     (int8 ``[N, K]`` under the ``.w`` names), and the per-BitLinear constants. Used by the export and by
@@ -59,8 +112,8 @@ def int_params(model) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
         arrays[name] = m
         exps[name] = F
 
-    codes, shift = N.embedding_from_float(sd["model.embeddings.weight"])
-    arrays["embed.codes"], arrays["embed.shift"] = codes, shift
+    formats = formats_of(model)
+    arrays["embed"] = N.fixed_from_float(sd["model.embeddings.weight"], formats["res_frac"])
     if cfg.use_lower_bound:
         lbw = torch.from_numpy(sd["model.lower_bounds"]).softmax(0)
         lb = (lbw.cumsum(0) - lbw[0]).numpy()
@@ -95,9 +148,11 @@ def int_params(model) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
         own = sd[torch_name + ".norm.weight"]
         vec(bl.nw, pre[bl.name] * own)
         F_n, F_nw = exps[bl.n], exps[bl.nw]
-        C = alpha * math.sqrt(bl.K) / N.CODE_MAX * 2.0 ** (F_n - F_nw - N.Z_SHIFT)
+        F_out = formats[LY.output_format(bl.name) + "_frac"]
+        C = alpha * math.sqrt(bl.K) / N.CODE_MAX * 2.0 ** (F_n - F_nw - N.Z_SHIFT + F_out - 16)
         c_m, c_e = N.constant_from_float(C)
-        consts[bl.name] = {"K": bl.K, "N": bl.N, "alpha": alpha, "F_n": F_n, "F_nw": F_nw, "c_m": c_m, "c_e": c_e,
+        consts[bl.name] = {"K": bl.K, "N": bl.N, "alpha": alpha, "F_n": F_n, "F_nw": F_nw, "F_out": F_out,
+                           "c_m": c_m, "c_e": c_e,
                            "nonzero_fraction": float(np.count_nonzero(t)) / t.size}
     arrays["lut.sigmoid_tail"] = N.sigmoid_tail_table()
     arrays["lut.rsqrt"] = N.rsqrt_table()
@@ -136,6 +191,7 @@ def export_model(model, out: str | os.PathLike, tokenizer_file: str | os.PathLik
         "format": LY.FORMAT, "format_version": LY.FORMAT_VERSION, "spec_version": N.SPEC_VERSION,
         "row_align_bytes": N.ROW_ALIGN_BYTES, "source": source,
         "config": cfg.to_dict(),
+        "formats": formats_of(model),
         "dims": {"vocab": dims.vocab, "d": dims.d, "inter": dims.inter, "layers": dims.layers},
         "bitlinears": consts, "tensors": table, "weights_bytes": total,
         "weights_sha256": hashlib.sha256(bytes(blob)).hexdigest(),

@@ -20,12 +20,9 @@ import torch.nn.functional as F
 from mmfree.pymodel import layout as LY
 from mmfree.pymodel import numerics as N
 
-SCALE = float(1 << N.ACT_FRAC)
-
-
-def _ste(surrogate: torch.Tensor, exact_int: torch.Tensor) -> torch.Tensor:
-    """Forward value ``exact_int / 2**16`` (in float64, exact), gradient of ``surrogate``."""
-    exact = exact_int.to(torch.float64) / SCALE
+def _ste(surrogate: torch.Tensor, exact_int: torch.Tensor, frac: int) -> torch.Tensor:
+    """Forward value ``exact_int / 2**frac`` (in float64, exact), gradient of ``surrogate``."""
+    exact = exact_int.to(torch.float64) / float(1 << frac)
     if not surrogate.requires_grad:
         return exact
     return surrogate + (exact - surrogate.to(torch.float64)).detach().to(surrogate.dtype)
@@ -35,9 +32,11 @@ class _Params:
     """Integer parameters of the current weights, as torch tensors on the model's device."""
 
     def __init__(self, model):
-        from mmfree.pymodel.export import int_params
+        from mmfree.pymodel.export import formats_of, int_params
 
         arrays, consts = int_params(model)
+        fm = formats_of(model)
+        self.res_frac, self.act_frac = fm["res_frac"], fm["act_frac"]
         dev = model.model.embeddings.weight.device
         self.consts = consts
         self.t = {}
@@ -60,9 +59,9 @@ def params_of(model) -> _Params:
 
 
 def hardware_forward(model, input_ids: torch.Tensor, state=None):
-    """Logits ``[B, T, V]`` (float64 values equal to the integer logits / 2**16) and the new state.
+    """Logits ``[B, T, V]`` (float64 values equal to the integer logits / 2**act_frac) and the new state.
 
-    ``state.h`` holds ACT values / 2**16 (float64, exact). Token ids out of range raise ``ValueError``.
+    ``state.h`` holds the integer h / 2**act_frac (float64, exact). Token ids out of range raise ``ValueError``.
     """
     from mmfree.pymodel.model import MMFreeState, hgrn_recurrence
 
@@ -75,6 +74,7 @@ def hardware_forward(model, input_ids: torch.Tensor, state=None):
     d, I = dims.d, dims.inter
     layers = model.model.layers
     lbs = model.lower_bounds()
+    RF, AF = P.res_frac, P.act_frac
 
     def bitlinear(name, module, u_int, surrogate_in):
         spec = specs[name]
@@ -84,14 +84,12 @@ def hardware_forward(model, input_ids: torch.Tensor, state=None):
         c = P.consts[name]
         M, shift = N.output_multiplier(Pm, S, c["c_m"], c["c_e"])
         out_int = N.dequantize(acc, M, shift)
-        return out_int, _ste(module(surrogate_in), out_int)
+        return out_int, _ste(module(surrogate_in), out_int, RF if LY.output_format(name) == "res" else AF)
 
     # embedding (int codes; the surrogate is the float embedding)
     ids = input_ids
-    codes = P.v["embed.codes"][ids]                                         # [B, T, d]
-    shift = P.v["embed.shift"][ids].unsqueeze(-1)
-    x_int = N.embed(codes, shift)
-    x = _ste(model.model.embeddings(ids), x_int)
+    x_int = P.v["embed"][ids]                                               # [B, T, d], Q(res_frac)
+    x = _ste(model.model.embeddings(ids), x_int, RF)
     new_h = []
     for li, (layer, lb) in enumerate(zip(layers, lbs)):
         p = f"layers.{li}."
@@ -102,17 +100,17 @@ def hardware_forward(model, input_ids: torch.Tensor, state=None):
             outs[proj] = bitlinear(p + f"attn.{proj}", getattr(attn, proj), x_int, a_sur)
         (i_int, i_f), (f_int, f_f), (g_int, g_f) = outs["i_proj"], outs["f_proj"], outs["g_proj"]
         # gates: g_rate = 1 - f (Q0.31), s = SiLU(i) (ACT)
-        rate_int = N.forget_rate(f_int, P.v[p + "attn.one_minus_lb"])
-        s_int = N.silu(i_int)
+        rate_int = N.forget_rate(f_int, P.v[p + "attn.one_minus_lb"], AF)
+        s_int = N.silu(i_int, AF)
         f_sur = torch.sigmoid(f_f)
         if lb is not None:
             f_sur = lb + (1 - lb) * f_sur
         rate_sur = 1 - f_sur
         rate = rate_sur + (rate_int.to(torch.float64) / N.ONE_Q31 - rate_sur.to(torch.float64)).detach().to(rate_sur.dtype) \
             if rate_sur.requires_grad else rate_int.to(torch.float64) / N.ONE_Q31
-        s = _ste(F.silu(i_f), s_int)
+        s = _ste(F.silu(i_f), s_int, AF)
         # recurrence, integer: h <- h + g (s - h), sequentially in time
-        h0_int = None if state is None else torch.round(state.h[li].to(torch.float64) * SCALE).to(torch.int64)
+        h0_int = None if state is None else torch.round(state.h[li].to(torch.float64) * float(1 << AF)).to(torch.int64)
         h_int = torch.empty_like(s_int)
         h = torch.zeros_like(s_int[:, 0]) if h0_int is None else h0_int
         for t in range(T):
@@ -120,21 +118,21 @@ def hardware_forward(model, input_ids: torch.Tensor, state=None):
             h_int[:, t] = h
         h0_sur = None if state is None else state.h[li].to(s.dtype)
         h_sur, _ = hgrn_recurrence((1 - rate).to(s.dtype), (rate * s).to(s.dtype), h0_sur)
-        hh = _ste(h_sur, h_int)
-        new_h.append(h_int[:, -1].to(torch.float64) / SCALE)
+        hh = _ste(h_sur, h_int, AF)
+        new_h.append(h_int[:, -1].to(torch.float64) / float(1 << AF))
         # output gate and o_proj: u = g * SiLU(h) (Q32 product), pre-norm g_norm
-        sh_int = N.silu(h_int)
+        sh_int = N.silu(h_int, AF)
         u_int = N.mul_act(g_int, sh_int)
         o_sur_in = attn.g_norm(g_f) * F.silu(hh)
         o_int, o = bitlinear(p + "attn.o_proj", attn.o_proj, u_int, o_sur_in)
         x_int = N.saturate(x_int + o_int)
-        x = _ste(x + o, x_int)
+        x = _ste(x + o, x_int, RF)
         # channel mixer
         gu_int, gu = bitlinear(p + "mlp.gate_proj", layer.mlp.gate_proj, x_int, layer.mlp_norm(x))
         gate_int, up_int = gu_int[..., :I], gu_int[..., I:]
-        dn_in_int = N.mul_act(N.silu(gate_int), up_int)
+        dn_in_int = N.mul_act(N.silu(gate_int, AF), up_int)
         dn_int, dn = bitlinear(p + "mlp.down_proj", layer.mlp.down_proj, dn_in_int, F.silu(gu[..., :I]) * gu[..., I:])
         x_int = N.saturate(x_int + dn_int)
-        x = _ste(x + dn, x_int)
+        x = _ste(x + dn, x_int, RF)
     logits_int, logits = bitlinear("lm_head", model.lm_head, x_int, model.model.norm(x))
     return logits, MMFreeState(new_h)

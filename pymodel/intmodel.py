@@ -3,17 +3,17 @@
 ``IntModel`` runs a decode step of an exported image (:mod:`mmfree.pymodel.layout`) with the primitives
 of :mod:`mmfree.pymodel.numerics` on numpy integers; no torch. One step for one token::
 
-    x  = embed(token)                                          ACT (Q15.16 int32)
+    x  = embed(token)                                          int32 Q(res_frac)
     for each layer:
         (codes_i, codes_f, codes_g) = quantize(x; attn_norm.n, {i,f,g}.nw)       int8 codes
-        i, f, g = dequantize(T_{i,f,g} @ codes, M, shift)        ternary accumulate, per-token multiplier
+        i, f, g = dequantize(T_{i,f,g} @ codes, M, shift)        ternary accumulate, per-token multiplier; Q(act_frac)
         g_rate = forget_rate(f, 1 - lb)                          Q0.31
         h = hgrn_update(h, silu(i), g_rate)                      h + g (SiLU(i) - h)
         u = g * silu(h)                                          Q32 product
         x = saturate(x + BitLinear_o(u; g_norm.n, o.nw))
         gate | up = BitLinear_gate(x; mlp_norm.n, gate.nw)
         x = saturate(x + BitLinear_down(silu(gate) * up; ones, down.nw))
-    logits = BitLinear_head(x; norm.n, lm_head.nw)             ACT
+    logits = BitLinear_head(x; norm.n, lm_head.nw)             int32 Q(act_frac)
 
 The ternary products run through float32 BLAS: the codes are integers in [-127, 127], the weights in
 {-1, 0, 1}, and every partial sum stays below 127 * K < 2**24, so float32 holds them exactly (asserted
@@ -38,7 +38,7 @@ from mmfree.pymodel import numerics as N
 
 @dataclass
 class IntState:
-    """Recurrent state: ``h`` int64 ``[L, d]`` holding ACT (int32-range) values."""
+    """Recurrent state: ``h`` int64 ``[L, d]`` holding int32 values in Q(act_frac)."""
 
     h: np.ndarray
 
@@ -85,6 +85,12 @@ class IntModel:
         self._blob = blob
         self._check_tensors()
         self.consts = manifest["bitlinears"]
+        fm = manifest.get("formats") or {}
+        for key in ("res_frac", "act_frac"):
+            if not isinstance(fm.get(key), int) or not N.FRAC_MIN <= fm[key] <= N.FRAC_MAX:
+                raise ImageError(f"manifest formats.{key} must be an integer in [{N.FRAC_MIN}, {N.FRAC_MAX}], "
+                                 f"got {fm.get(key)!r}")
+        self.res_frac, self.act_frac = fm["res_frac"], fm["act_frac"]
         self._ternary: dict[str, np.ndarray] = {}
         self.bitlinear_specs = {b.name: b for b in LY.bitlinears(self.dims)}
         if max(self.dims.d, self.dims.inter) > N.MAX_K_FLOAT32_EXACT:
@@ -156,7 +162,7 @@ class IntModel:
 
     # ---- building blocks ----------------------------------------------------------------------------------
     def bitlinear(self, name: str, u: np.ndarray) -> np.ndarray:
-        """ACT output ``[k, N]`` of BitLinear ``name`` for inputs ``u`` int64 ``[k, K]``."""
+        """Output ``[k, N]`` (int32 values in the BitLinear's output format) for inputs ``u`` int64 ``[k, K]``."""
         spec = self.bitlinear_specs[name]
         codes, P, S = N.quantize(u, self.vec(spec.n), self.vec(spec.nw))
         return self.matvec(name, codes, P, S)
@@ -168,9 +174,12 @@ class IntModel:
         return N.dequantize(acc, M, shift)
 
     def embed(self, tokens: np.ndarray) -> np.ndarray:
-        codes = self.tensor("embed.codes")[tokens].astype(np.int64)
-        shift = self.tensor("embed.shift")[tokens].astype(np.int64)[:, None]
-        return N.embed(codes, shift)
+        """Embedding rows ``[k, d]`` in Q(res_frac)."""
+        return self.tensor("embed")[tokens].astype(np.int64)
+
+    def to_float(self, values: np.ndarray, kind: str = "act") -> np.ndarray:
+        """Integer activations (``kind`` "act": logits, gates, h; "res": residual) as floats, for reporting."""
+        return N.act_to_float(values, self.act_frac if kind == "act" else self.res_frac)
 
     def check_tokens(self, tokens) -> np.ndarray:
         t = np.asarray(tokens, dtype=np.int64).reshape(-1)
@@ -221,19 +230,20 @@ class IntModel:
                 P = np.max(np.abs(pw), axis=-1, keepdims=True)
                 out[proj] = self.matvec(p + f"attn.{proj}", N.codes_from(pw, P), P, S)
                 tap(p + f"attn.{proj}", out[proj])
-            rate = N.forget_rate(out["f_proj"], self.vec(p + "attn.one_minus_lb"))
-            s = N.silu(out["i_proj"])
+            af = self.act_frac
+            rate = N.forget_rate(out["f_proj"], self.vec(p + "attn.one_minus_lb"), af)
+            s = N.silu(out["i_proj"], af)
             for t in range(k):                                                   # elementwise in time
                 prev = h0[li] if parents[t] < 0 else hs[parents[t], li]
                 hs[t, li] = N.hgrn_update(prev, s[t], rate[t])
             tap(p + "attn.h", hs[:, li])
-            u = N.mul_act(out["g_proj"], N.silu(hs[:, li]))
+            u = N.mul_act(out["g_proj"], N.silu(hs[:, li], af))
             o = self.bitlinear(p + "attn.o_proj", u)
             tap(p + "attn.o_proj", o)
             x = N.saturate(x + o)
             gu = self.bitlinear(p + "mlp.gate_proj", x)
             tap(p + "mlp.gate_proj", gu)
-            down = self.bitlinear(p + "mlp.down_proj", N.mul_act(N.silu(gu[:, :I]), gu[:, I:]))
+            down = self.bitlinear(p + "mlp.down_proj", N.mul_act(N.silu(gu[:, :I], af), gu[:, I:]))
             tap(p + "mlp.down_proj", down)
             x = N.saturate(x + down)
             tap(p + "out", x)
@@ -242,7 +252,7 @@ class IntModel:
         return hs, logits
 
     def step(self, state: IntState, token: int) -> tuple[IntState, np.ndarray]:
-        """One token: returns (new state, int logits ``[V]`` in ACT)."""
+        """One token: returns (new state, int logits ``[V]`` in Q(act_frac))."""
         hs, logits = self.forward(state.h, [token])
         return IntState(hs[-1]), logits[0]
 
@@ -275,7 +285,7 @@ class IntBackend:
 
     def feed(self, ids):
         self.state, logits = self.model.prefill(self.state, ids)
-        return N.act_to_float(logits)
+        return self.model.to_float(logits)
 
 
 def open_int_model(model: str) -> tuple[IntModel, str]:
@@ -293,6 +303,8 @@ def open_int_model(model: str) -> tuple[IntModel, str]:
     for f in sorted(src.glob("*.safetensors")) + [src / "config.json"]:
         key.update(f.read_bytes())
     key.update(f"spec{N.SPEC_VERSION}-fmt{LY.FORMAT_VERSION}".encode())
+    for mod in ("numerics.py", "layout.py", "export.py"):   # any change to the spec invalidates cached exports
+        key.update((Path(__file__).parent / mod).read_bytes())
     out = cache_dir() / "exports" / key.hexdigest()[:16]
     if not (out / "manifest.json").exists():
         export_checkpoint(str(model), out)

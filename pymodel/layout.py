@@ -29,7 +29,7 @@ ALIGN = 64
 @dataclass(frozen=True)
 class TensorSpec:
     name: str
-    dtype: str          # numpy dtype string: "int16", "uint8", "uint32", "int8"
+    dtype: str          # numpy dtype string: "int32", "uint8", "uint32"
     shape: tuple[int, ...]
 
     @property
@@ -44,8 +44,8 @@ class BitLinearSpec:
     name: str           # e.g. "layers.0.attn.i_proj", "lm_head"
     K: int
     N: int
-    n: str              # pre-norm weight vector (int16 [K])
-    nw: str             # pre-norm weight * own norm weight (int16 [K])
+    n: str              # pre-norm weight vector (18-bit mantissas in int32 [K])
+    nw: str             # pre-norm weight * own norm weight (18-bit mantissas in int32 [K])
     w: str              # packed ternary matrix (uint8 [N, row_bytes(K)])
 
 
@@ -59,6 +59,15 @@ class Dims:
     @classmethod
     def of(cls, cfg) -> "Dims":
         return cls(cfg.vocab_size, cfg.hidden_size, cfg.intermediate, cfg.num_hidden_layers)
+
+
+#: BitLinears whose output is added to the residual stream (output format res_frac); all others use act_frac.
+RESIDUAL_OUTPUTS = ("attn.o_proj", "mlp.down_proj")
+
+
+def output_format(name: str) -> str:
+    """"res" or "act": the fixed-point format of a BitLinear's output."""
+    return "res" if name.endswith(RESIDUAL_OUTPUTS) else "act"
 
 
 def bitlinears(dims: Dims) -> list[BitLinearSpec]:
@@ -83,23 +92,23 @@ def tensors(dims: Dims, row_align_bytes: int = N.ROW_ALIGN_BYTES) -> list[Tensor
     def packed(name, n, k):
         return TensorSpec(name, "uint8", (n, N.row_bytes(k, row_align_bytes)))
 
-    ts = [TensorSpec("embed.codes", "int16", (V, d)), TensorSpec("embed.shift", "int8", (V,))]
+    ts = [TensorSpec("embed", "int32", (V, d))]
     for i in range(dims.layers):
         p = f"layers.{i}."
-        ts += [TensorSpec(p + "attn_norm.n", "int16", (d,))]
-        ts += [TensorSpec(p + f"attn.{proj}.nw", "int16", (d,)) for proj in ("i_proj", "f_proj", "g_proj")]
+        ts += [TensorSpec(p + "attn_norm.n", "int32", (d,))]
+        ts += [TensorSpec(p + f"attn.{proj}.nw", "int32", (d,)) for proj in ("i_proj", "f_proj", "g_proj")]
         ts += [packed(p + f"attn.{proj}.w", d, d) for proj in ("i_proj", "f_proj", "g_proj")]
         ts += [TensorSpec(p + "attn.one_minus_lb", "uint32", (d,)),
-               TensorSpec(p + "attn.g_norm.n", "int16", (d,)),
-               TensorSpec(p + "attn.o_proj.nw", "int16", (d,)),
+               TensorSpec(p + "attn.g_norm.n", "int32", (d,)),
+               TensorSpec(p + "attn.o_proj.nw", "int32", (d,)),
                packed(p + "attn.o_proj.w", d, d),
-               TensorSpec(p + "mlp_norm.n", "int16", (d,)),
-               TensorSpec(p + "mlp.gate_proj.nw", "int16", (d,)),
+               TensorSpec(p + "mlp_norm.n", "int32", (d,)),
+               TensorSpec(p + "mlp.gate_proj.nw", "int32", (d,)),
                packed(p + "mlp.gate_proj.w", 2 * I, d),
-               TensorSpec(p + "mlp.down_proj.n", "int16", (I,)),
-               TensorSpec(p + "mlp.down_proj.nw", "int16", (I,)),
+               TensorSpec(p + "mlp.down_proj.n", "int32", (I,)),
+               TensorSpec(p + "mlp.down_proj.nw", "int32", (I,)),
                packed(p + "mlp.down_proj.w", d, I)]
-    ts += [TensorSpec("norm.n", "int16", (d,)), TensorSpec("lm_head.nw", "int16", (d,)), packed("lm_head.w", V, d)]
+    ts += [TensorSpec("norm.n", "int32", (d,)), TensorSpec("lm_head.nw", "int32", (d,)), packed("lm_head.w", V, d)]
     ts += [TensorSpec("lut.sigmoid_tail", "uint32", (N.SIG_ENTRIES,)),
            TensorSpec("lut.rsqrt", "uint32", (N.RSQRT_ENTRIES,))]
     return ts

@@ -27,38 +27,43 @@ import numpy as np
 SPEC_VERSION = 1
 
 # ---- formats -----------------------------------------------------------------------------------------
-#: Fractional bits of the activation format ACT = signed Q15.16 in int32: residual stream, BitLinear
-#: outputs (i, f, g, gate, up, o, down, logits), the recurrent state h and SiLU outputs.
-ACT_FRAC = 16
+#: Activation values are int32 fixed point with a per-model number of fractional bits chosen at export by
+#: calibration (``res_frac`` for the residual stream x and the o/down outputs added to it, ``act_frac`` for
+#: every other vector: i, f, g, gate, up, h, SiLU outputs, logits). Both lie in [FRAC_MIN, FRAC_MAX].
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+FRAC_MIN = 8
+FRAC_MAX = 28
+#: Calibration keeps this many bits of headroom above the largest magnitude it observed (8x).
+CALIBRATION_MARGIN_BITS = 3
 #: int8 activation codes are symmetric: -127..127 (-128 never occurs).
 CODE_MAX = 127
-#: Per-channel vectors (RMSNorm weights and their products) are int16 mantissas with one exponent per
-#: vector, normalised so that max |mantissa| lies in [2**14, 2**15).
-VEC_BITS = 16
-#: A BitLinear input u is first normalised so that |u'| <= 2**U_BITS.
-U_BITS = 16
-#: z = u' * n is reduced by Z_SHIFT before squaring into the sum of squares S (S < 2**48).
-Z_SHIFT = 15
-#: Extra bits of the activation reciprocal: R = (127 << (bitlen(P) + RECIP_EXTRA)) // P.
-RECIP_EXTRA = 17
-#: Output multiplier mantissa M lies in [2**(M_BITS-1), 2**M_BITS] (fits one 18x25 DSP with the accumulator).
-M_BITS = 16
+#: Per-channel vectors (RMSNorm weights and their products) are signed 18-bit mantissas (one DSP operand,
+#: stored as int32) with one exponent per vector, normalised so that max |mantissa| lies in [2**16, 2**17).
+VEC_BITS = 18
+#: A BitLinear input u is first normalised so that |u'| <= 2**U_BITS (25-bit signed: one DSP operand).
+U_BITS = 23
+#: z = u' * n (|z| < 2**40) is reduced by Z_SHIFT before squaring into the sum of squares S (S < 2**48).
+Z_SHIFT = 24
+#: Extra bits of the activation reciprocal: R = (127 << (bitlen(P) + RECIP_EXTRA)) // P (R < 2**22).
+RECIP_EXTRA = 14
+#: P is reduced to this many bits before it enters the output multiplier.
+P_BITS = 24
+#: Output multiplier mantissa M lies in [2**(M_BITS-1), 2**M_BITS]; the per-BitLinear constant mantissa
+#: c_m lies in [2**(M_BITS-1), 2**M_BITS).
+M_BITS = 24
 #: Sigmoid/gate values are unsigned Q0.31.
 SIG_FRAC = 31
 ONE_Q31 = 1 << SIG_FRAC
-#: Sigmoid tail table E(a) = sigmoid(-a) for a in [0, SIG_RANGE], SIG_STEPS_LOG2 entries per unit.
+#: Sigmoid tail table E(a) = sigmoid(-a) for a in [0, SIG_RANGE], 2**SIG_STEPS_LOG2 entries per unit;
+#: the table index of a magnitude a in Q(frac) is ``a >> (frac - SIG_STEPS_LOG2)``.
 SIG_RANGE = 16
 SIG_STEPS_LOG2 = 5
-SIG_INDEX_SHIFT = ACT_FRAC - SIG_STEPS_LOG2          # Q16 magnitude >> 11 = table index
 SIG_ENTRIES = SIG_RANGE * (1 << SIG_STEPS_LOG2) + 1  # 513 (the last entry is the interpolation end point)
 #: Reciprocal square root table over m in [1/4, 1] in steps of 1/256, values rsqrt(m) in Q30.
 RSQRT_FRAC = 30
-RSQRT_INDEX_BITS = 8
-RSQRT_FIRST = 1 << (RSQRT_INDEX_BITS - 2)            # 64: index of m = 1/4
-RSQRT_ENTRIES = (1 << RSQRT_INDEX_BITS) - RSQRT_FIRST + 1  # 193
-#: Embedding rows: int16 codes with one power-of-two shift per row (x = code * 2**shift in ACT).
-EMB_BITS = 16
+RSQRT_INDEX_BITS = 10
+RSQRT_FIRST = 1 << (RSQRT_INDEX_BITS - 2)            # 256: index of m = 1/4
+RSQRT_ENTRIES = (1 << RSQRT_INDEX_BITS) - RSQRT_FIRST + 1  # 769
 #: Longest BitLinear input the spec allows: accumulators |acc| <= 127 * K fit 23 bits + sign.
 MAX_K = 1 << 15
 #: The ternary accumulator stays exact in float32 BLAS while |acc| <= 127 * K < 2**24.
@@ -187,7 +192,7 @@ def sigmoid_tail_table() -> np.ndarray:
 
 @lru_cache(maxsize=1)
 def rsqrt_table() -> np.ndarray:
-    """T[j] = round(2**30 / sqrt((j + 64) / 256)), j = 0..192, uint32 (Q2.30): rsqrt over m in [1/4, 1]."""
+    """T[j] = round(2**30 / sqrt((j + 256) / 1024)), j = 0..768, uint32 (Q2.30): rsqrt over m in [1/4, 1]."""
     vals = [round(2**RSQRT_FRAC / math.sqrt((j + RSQRT_FIRST) / (1 << RSQRT_INDEX_BITS))) for j in range(RSQRT_ENTRIES)]
     t = np.array(vals, dtype=np.uint32)
     t.setflags(write=False)
@@ -195,68 +200,74 @@ def rsqrt_table() -> np.ndarray:
 
 
 # ---- nonlinearities ---------------------------------------------------------------------------------
-def sigmoid_tail(a):
-    """sigmoid(-a) in Q0.31 for a >= 0 in ACT (Q16); a >= 16 uses the last entry.
+def sigmoid_tail(a, frac: int):
+    """sigmoid(-a) in Q0.31 for a >= 0 in Q(frac); a >= 16 uses the last table interval.
 
-    Linear interpolation between table entries: ``E[i] - (((E[i] - E[i+1]) * f) >> 11)`` with
-    ``i = a >> 11``, ``f = a & 2047``.
+    Linear interpolation: ``E[i] - (((E[i] - E[i+1]) * f) >> t)`` with ``t = frac - 5``, ``i = a >> t``,
+    ``f = a & (2**t - 1)``.
     """
+    t = frac - SIG_STEPS_LOG2
+    if not SIG_STEPS_LOG2 < frac <= FRAC_MAX:
+        raise ValueError(f"frac must be in ({SIG_STEPS_LOG2}, {FRAC_MAX}], got {frac}")
     table = sigmoid_tail_table()
-    limit = SIG_RANGE << ACT_FRAC
+    limit = SIG_RANGE << frac
     a = _where(a >= limit, limit - 1, a)
-    idx = a >> SIG_INDEX_SHIFT
-    frac = a & ((1 << SIG_INDEX_SHIFT) - 1)
+    idx = a >> t
+    f = a & ((1 << t) - 1)
     e0 = _take(table, idx)
     e1 = _take(table, idx + 1)
-    return e0 - (((e0 - e1) * frac) >> SIG_INDEX_SHIFT)
+    return e0 - (((e0 - e1) * f) >> t)
 
 
-def sigmoid_q31(x):
-    """sigmoid(x) in Q0.31 for x in ACT: ``E(|x|)`` for x < 0, ``2**31 - E(x)`` for x >= 0."""
-    e = sigmoid_tail(_abs(x))
+def sigmoid_q31(x, frac: int):
+    """sigmoid(x) in Q0.31 for x in Q(frac): ``E(|x|)`` for x < 0, ``2**31 - E(x)`` for x >= 0."""
+    e = sigmoid_tail(_abs(x), frac)
     return _where(x >= 0, ONE_Q31 - e, e)
 
 
-def silu(x):
-    """SiLU(x) = x * sigmoid(x): ACT in, ACT out: ``rshift_round(x * sigmoid_q31(x), 31)``."""
-    return rshift_round(x * sigmoid_q31(x), SIG_FRAC)
+def silu(x, frac: int):
+    """SiLU(x) = x * sigmoid(x), Q(frac) in and out: ``rshift_round(x * sigmoid_q31(x), 31)``."""
+    return rshift_round(x * sigmoid_q31(x, frac), SIG_FRAC)
 
 
-def forget_rate(f_pre, one_minus_lb):
-    """g = 1 - f = (1 - lb) * sigmoid(-f_pre) in Q0.31. ``one_minus_lb`` is Q0.31 (2**31 means lb = 0)."""
-    s = _where(f_pre >= 0, sigmoid_tail(_abs(f_pre)), ONE_Q31 - sigmoid_tail(_abs(f_pre)))
+def forget_rate(f_pre, one_minus_lb, frac: int):
+    """g = 1 - f = (1 - lb) * sigmoid(-f_pre) in Q0.31 (f_pre in Q(frac); ``one_minus_lb`` Q0.31, 2**31 = no bound)."""
+    e = sigmoid_tail(_abs(f_pre), frac)
+    s = _where(f_pre >= 0, e, ONE_Q31 - e)
     return rshift_round(one_minus_lb * s, SIG_FRAC)
 
 
 def hgrn_update(h, s, g):
-    """The MLGRU step in the form ``h + g * (s - h)`` (= f h + (1-f) s): ACT h, s; Q0.31 g; int32 saturated."""
+    """The MLGRU step in the form ``h + g * (s - h)`` (= f h + (1-f) s): h, s in Q(act_frac); g Q0.31; int32 saturated."""
     return saturate(h + rshift_round(g * (s - h), SIG_FRAC))
 
 
 def mul_act(a, b):
-    """Product of two ACT values kept at full precision (Q32 in int64): the input of a BitLinear."""
+    """Product of two int32 activations kept at full precision (int64): the input of a BitLinear."""
     return a * b
 
 
 # ---- the BitLinear quantizer and its output scale ----------------------------------------------------------
 def normalize_input(u):
-    """u' = rshift_round(u, max(0, bitlen(max|u|) - 16)) along the last axis, so |u'| <= 2**16.
+    """u' = u * 2**-sh along the last axis with ``sh = bitlen(max|u|) - U_BITS``: a rounding right shift
+    (``rshift_round``) when sh > 0, an exact left shift when sh < 0, so max |u'| is in [2**22, 2**23].
 
-    Returns (u', shift). A BitLinear's output does not depend on the scale of its input, so any
-    integer vector (ACT or a Q32 product) can feed it.
+    Returns (u', sh). A BitLinear's output does not depend on the scale of its input, so any integer
+    vector (an activation or a product of two) can feed it; normalising keeps full precision either way.
+    An all-zero u stays zero.
     """
     mu = _amax(_abs(u), axis=-1, keepdims=True)
-    sh = _clip0(bitlen(mu) - U_BITS)
-    return rshift_round(u, sh), sh
+    sh = _where(mu > 0, bitlen(mu) - U_BITS, mu * 0)
+    return shift_round(u, sh), sh
 
 
 def quantize(u, n, nw):
     """The activation side of a BitLinear whose input went through RMSNorm(weight n) before it.
 
-    ``u``: int64 ``[..., K]`` (any scale); ``n``, ``nw``: int16 mantissas ``[K]`` of the pre-norm weight and
+    ``u``: int64 ``[..., K]`` (any scale); ``n``, ``nw``: 18-bit mantissas ``[K]`` of the pre-norm weight and
     of the product (pre-norm weight * the BitLinear's own norm weight). Returns
     ``(codes int64 [..., K] in -127..127, P [..., 1], S [..., 1])`` with ``P = max|p|`` (p = u' nw) and
-    ``S = sum(rshift_round(u' n, 15)**2)``. RMSNorm's 1/rms and eps drop out: codes depend only on the
+    ``S = sum(rshift_round(u' n, Z_SHIFT)**2)``. RMSNorm's 1/rms and eps drop out: codes depend only on the
     direction of p, and the output scale uses P / sqrt(S) (see :func:`output_multiplier`).
     """
     up, _ = normalize_input(u)
@@ -270,7 +281,7 @@ def quantize(u, n, nw):
 
 def codes_from(p, P):
     """int8 codes ``sign(p) * min(127, round_half_away(127 |p| / P))`` via the reciprocal
-    ``R = (127 << (bitlen(P) + 17)) // P``; P == 0 gives zeros."""
+    ``R = (127 << (bitlen(P) + RECIP_EXTRA)) // P``; P == 0 gives zeros."""
     b = bitlen(P)
     k = b + RECIP_EXTRA
     Psafe = _where(P > 0, P, P * 0 + 1)
@@ -283,17 +294,18 @@ def codes_from(p, P):
 
 def rsqrt(S):
     """(r, k) with rsqrt(S) ~= r * 2**-(46 + k): S is normalised to S' = S >> 2k (or << -2k) in [2**30, 2**32),
-    r = rsqrt(S' / 2**32) in Q2.30 by table look-up with linear interpolation. S must be > 0."""
+    r = rsqrt(S' / 2**32) in Q2.30 by table look-up on the top RSQRT_INDEX_BITS bits of S' with linear
+    interpolation on the remaining ones. S must be > 0."""
     b = bitlen(S)
     k = (b - 31) >> 1                       # floor((b - 31) / 2): S >> 2k has 31 or 32 bits
     Sn = shift_round_floor(S, 2 * k)
-    idx = Sn >> 24                           # 64..255
-    frac = Sn & ((1 << 24) - 1)
+    low = 32 - RSQRT_INDEX_BITS
+    j = (Sn >> low) - RSQRT_FIRST
+    frac = Sn & ((1 << low) - 1)
     table = rsqrt_table()
-    j = idx - RSQRT_FIRST
     t0 = _take(table, j)
     t1 = _take(table, j + 1)
-    return t0 - (((t0 - t1) * frac) >> 24), k
+    return t0 - (((t0 - t1) * frac) >> low), k
 
 
 def shift_round_floor(x, s):
@@ -304,23 +316,25 @@ def shift_round_floor(x, s):
 
 
 def output_multiplier(P, S, c_m: int, c_e: int):
-    """Per-token multiplier ``(M, shift)`` of a BitLinear: ``out = shift_round(acc * M, shift)`` in ACT.
+    """Per-token multiplier ``(M, shift)`` of a BitLinear: ``out = dequantize(acc, M, shift)``.
 
-    The real output is ``acc * C * P / sqrt(S)``, where the export-time constant ``C = c_m * 2**c_e``
-    holds ``alpha * sqrt(K) / 127 * 2**(F_n - F_nw - 15)``. Integer steps:
-    ``(r, k) = rsqrt(S)`` (rsqrt(S) ~= r 2**-(46+k)); ``b = rshift_round(c_m * r, 16)``; ``m = b * P``;
-    ``M = rshift_round(m, bitlen(m) - 16)`` (M in [2**15, 2**16]); ``shift = 30 + k - bitlen(m) - c_e``.
+    The real output is ``acc * C * P / sqrt(S)``; the export-time constant ``C = c_m * 2**c_e`` holds
+    ``alpha * sqrt(K) / 127 * 2**(F_n - F_nw - Z_SHIFT) * 2**(F_out - 16)`` so that the result is the
+    output in Q(F_out). Integer steps: ``(r, k) = rsqrt(S)`` (rsqrt(S) ~= r 2**-(46+k));
+    ``b = rshift_round(c_m * r, 24)``; ``ps = max(0, bitlen(P) - 24)``; ``m = b * rshift_round(P, ps)``;
+    ``M = rshift_round(m, bitlen(m) - 24)`` (M in [2**23, 2**24]); ``shift = 30 + k - bitlen(m) - c_e - ps``.
     Where P or S is 0 the output is 0 (M = 0, shift = 0).
     """
     valid = (P > 0) & (S > 0)
     Ssafe = _where(valid, S, S * 0 + (1 << 31))
     Psafe = _where(valid, P, P * 0 + 1)
     r, k = rsqrt(Ssafe)
-    b = rshift_round(c_m * r, 16)
-    m = b * Psafe
+    b = rshift_round(c_m * r, M_BITS)
+    ps = _clip0(bitlen(Psafe) - P_BITS)
+    m = b * rshift_round(Psafe, ps)
     em = bitlen(m)
     M = rshift_round(m, em - M_BITS)
-    shift = 30 + k - em - c_e
+    shift = 30 + k - em - c_e - ps
     return _where(valid, M, M * 0), _where(valid, shift, shift * 0)
 
 
@@ -339,7 +353,7 @@ def saturating_shift_left(v, s):
 
 
 def dequantize(acc, M, shift):
-    """BitLinear output in ACT: ``saturate(rshift_round(acc * M, shift))`` for shift >= 0 (shifts above 62
+    """BitLinear output (in its Q(F_out)): ``saturate(rshift_round(acc * M, shift))`` for shift >= 0 (shifts above 62
     act as 62, i.e. give 0), ``saturating_shift_left(acc * M, -shift)`` for shift < 0."""
     v = acc * M
     if isinstance(shift, (int, np.integer)):
@@ -358,13 +372,6 @@ def argmax(logits):
         idx = torch.arange(logits.shape[-1], device=logits.device)
         return torch.where(logits == mx, idx, logits.shape[-1]).amin(-1)
     return np.argmax(logits, axis=-1)
-
-
-def embed(codes, shift):
-    """Embedding row in ACT: ``saturate(code << shift)`` (shift >= 0) or ``rshift_round(code, -shift)``."""
-    right = rshift_round(codes, _clip0(-shift))
-    left = saturating_shift_left(codes, _clip0(shift))
-    return _where(shift >= 0, left, right)
 
 
 # ======================================================================================================
@@ -420,27 +427,27 @@ def unpack_ternary(packed: np.ndarray, k: int) -> np.ndarray:
 # export-time conversions from float (the only place floats meet the formats)
 # ======================================================================================================
 def vector_from_float(v: np.ndarray) -> tuple[np.ndarray, int]:
-    """A per-channel float vector as int16 mantissas and its exponent F: ``v ~= m * 2**-F``,
-    max |m| in [2**14, 2**15). An all-zero vector gives zeros and F = 0."""
+    """A per-channel float vector as VEC_BITS-bit mantissas (int32) and its exponent F: ``v ~= m * 2**-F``,
+    max |m| in [2**(VEC_BITS-2), 2**(VEC_BITS-1)). An all-zero vector gives zeros and F = 0."""
     v = np.asarray(v, dtype=np.float64)
     mx = float(np.max(np.abs(v))) if v.size else 0.0
     if mx == 0.0:
-        return np.zeros(v.shape, dtype=np.int16), 0
+        return np.zeros(v.shape, dtype=np.int32), 0
     F = (VEC_BITS - 2) - math.floor(math.log2(mx))
-    m = np.rint(v * 2.0**F)
+    m = np.rint(np.ldexp(v, F))
     if np.max(np.abs(m)) >= 2 ** (VEC_BITS - 1):   # log2 rounding at an exact power of two
         F -= 1
-        m = np.rint(v * 2.0**F)
-    return m.astype(np.int16), F
+        m = np.rint(np.ldexp(v, F))
+    return m.astype(np.int32), F
 
 
 def constant_from_float(c: float) -> tuple[int, int]:
-    """A positive constant as ``(c_m, c_e)``, ``c ~= c_m * 2**c_e``, c_m in [2**15, 2**16)."""
+    """A positive constant as ``(c_m, c_e)``, ``c ~= c_m * 2**c_e``, c_m in [2**(M_BITS-1), 2**M_BITS)."""
     if not (c > 0 and math.isfinite(c)):
         raise ValueError(f"scale constant must be positive and finite, got {c}")
-    e = math.floor(math.log2(c)) - 15
+    e = math.floor(math.log2(c)) - (M_BITS - 1)
     m = round(c / 2.0**e)
-    if m >= 2**16:
+    if m >= 2**M_BITS:
         m, e = round(c / 2.0 ** (e + 1)), e + 1
     return int(m), int(e)
 
@@ -451,22 +458,23 @@ def q31_from_float(x: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(x * ONE_Q31), 0, ONE_Q31).astype(np.int64)
 
 
-def embedding_from_float(e: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Embedding ``[V, d]`` as int16 codes and a per-row shift (int8) with ``x = code * 2**shift`` in ACT."""
-    e = np.asarray(e, dtype=np.float64)
-    mx = np.max(np.abs(e), axis=1)
-    shift = np.zeros(e.shape[0], dtype=np.int64)
-    nz = mx > 0
-    # want max|code| = mx * 2**(16 - shift) in [2**14, 2**15)
-    shift[nz] = np.floor(np.log2(mx[nz])).astype(np.int64) + ACT_FRAC - (EMB_BITS - 2)
-    codes = np.rint(e * np.exp2(ACT_FRAC - shift)[:, None])
-    over = np.max(np.abs(codes), axis=1) >= 2 ** (EMB_BITS - 1)
-    if over.any():
-        shift[over] += 1
-        codes[over] = np.rint(e[over] * np.exp2(ACT_FRAC - shift[over])[:, None])
-    return codes.astype(np.int16), shift.astype(np.int8)
+def frac_for(max_abs: float) -> int:
+    """Fractional bits for values up to ``max_abs`` with CALIBRATION_MARGIN_BITS of headroom in int32
+    (``max_abs * 2**margin < 2**30``), clamped to [FRAC_MIN, FRAC_MAX]."""
+    if not (max_abs >= 0 and math.isfinite(max_abs)):
+        raise ValueError(f"calibration magnitude must be finite, got {max_abs}")
+    if max_abs == 0:
+        return FRAC_MAX
+    f = 30 - CALIBRATION_MARGIN_BITS - math.floor(math.log2(max_abs)) - 1
+    return max(FRAC_MIN, min(FRAC_MAX, f))
 
 
-def act_to_float(x) -> np.ndarray:
-    """ACT integers as floats (for reporting and sampling only)."""
-    return np.asarray(x, dtype=np.float64) / (1 << ACT_FRAC)
+def fixed_from_float(x: np.ndarray, frac: int) -> np.ndarray:
+    """Floats as int32 fixed point Q(frac), rounded to nearest and saturated (the embedding table)."""
+    x = np.asarray(x, dtype=np.float64)
+    return np.clip(np.rint(x * 2.0**frac), INT32_MIN, INT32_MAX).astype(np.int32)
+
+
+def act_to_float(x, frac: int) -> np.ndarray:
+    """Q(frac) integers as floats (for reporting and sampling only)."""
+    return np.asarray(x, dtype=np.float64) / (1 << frac)

@@ -48,8 +48,8 @@ def test_hardware_float_mode_equals_int_reference(exported, which):
             hw = model(torch.tensor(ids)[None])[0].numpy()
     finally:
         model.numerics = "fake"
-    np.testing.assert_array_equal(np.round(hw * 65536).astype(np.int64), logits)
-    assert np.all(hw * 65536 == np.round(hw * 65536))  # the float values are exactly the integers
+    np.testing.assert_array_equal(np.round(hw * 2**im.act_frac).astype(np.int64), logits)
+    assert np.all(hw * 2**im.act_frac == np.round(hw * 2**im.act_frac))  # the float values are exactly the integers
 
 
 @pytest.mark.parametrize("which", range(len(CONFIGS)))
@@ -169,7 +169,7 @@ def test_shape_mismatch_refused(exported, tmp_path):
     m = json.loads((d / "manifest.json").read_text())
     m["tensors"]["norm.n"]["shape"] = [7]
     (d / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(ImageError, match="norm.n: expected int16\\[60\\]"):
+    with pytest.raises(ImageError, match="norm.n: expected int32\\[60\\]"):
         IntModel.load(d)
 
 
