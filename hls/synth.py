@@ -38,12 +38,19 @@ class BoardPart:
     clock_ns: float      # the board's default fabric clock (boards/<name>/board.json clock_mhz)
 
 
-#: The FPGA parts of the supported boards (the same parts as boards/*/board.json).
-BOARDS = {
-    "pynq-z2": BoardPart("pynq-z2", "xc7z020clg400-1", 10.0),
-    "kv260": BoardPart("kv260", "xck26-sfvc784-2LV-c", 4.0),
-    "zcu104": BoardPart("zcu104", "xczu7ev-ffvc1156-2-e", 4.0),
-}
+def _boards() -> dict[str, BoardPart]:
+    """The FPGA parts and default clocks of the supported boards, read from boards/*/board.json."""
+    from mmfree.boards.boardfile import BOARD_NAMES, load_board
+
+    out = {}
+    for name in BOARD_NAMES:
+        b = load_board(name)
+        out[name] = BoardPart(name, b.part, 1000.0 / b.clock_mhz)
+    return out
+
+
+#: The FPGA parts of the supported boards (data: boards/<name>/board.json).
+BOARDS = _boards()
 #: Top-level kernels, each one Vitis project and one IP.
 TOPS = ("mmfree_ternary_matvec", "mmfree_rmsnorm_quantize", "mmfree_dequantize", "mmfree_mlgru",
         "mmfree_bitlinear", "mmfree_layer")

@@ -10,7 +10,8 @@ ROOT = Path(__file__).resolve().parents[2]
 FORBIDDEN = {
     "pymodel": ("mmfree.rtl", "mmfree.hls", "mmfree.sim", "mmfree.boards"),
     "rtl": ("mmfree.sim", "mmfree.boards", "mmfree.hls"),
-    "hls": ("mmfree.rtl", "mmfree.sim", "mmfree.boards"),
+    # hls may read board data (mmfree.boards.boardfile), nothing else of the hardware side
+    "hls": ("mmfree.rtl", "mmfree.sim", "mmfree.boards.driver", "mmfree.boards.cli"),
 }
 
 
