@@ -4,16 +4,24 @@ Recipe (Zhu et al., "Scalable MatMul-free Language Modeling", after BitNet b1.58
 cosine decay, the learning rate halved at the midpoint and weight decay switched off for the second
 half; large peak learning rates are needed to flip ternary weights.
 
-Runs on CPU (single process) and on CUDA; under ``torchrun`` each rank trains on its own slice of the
-batch with DistributedDataParallel (gloo on CPU, nccl on GPU). Checkpoints are written atomically in the
-Hugging Face layout and training resumes from the last complete one.
+Runs on CPU (single process, the plain torch path) and on CUDA (the fused Triton kernels of
+:mod:`mmfree.pymodel.kernels`, bf16 autocast with ``dtype="bfloat16"``, optional gradient checkpointing).
+Under ``torchrun`` each rank trains on its own slice of the batch with DistributedDataParallel (gloo on
+CPU, nccl on GPU), or with FSDP (``parallel="fsdp"``, chosen by ``"auto"`` when the model and its AdamW
+state do not fit one GPU). Every evaluation logs throughput (tokens/s of training steps) and peak memory
+(CUDA allocator peak, or the process's peak RSS on CPU). Checkpoints are written atomically in the Hugging
+Face layout and training resumes from the last complete one, bit for bit as if it had not stopped
+(batches are a function of the step; the tokenizer comes from the checkpoint). Out-of-memory and other
+bad input end with an :class:`~mmfree.MmfreeError` that says what to change.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -57,6 +65,7 @@ class TrainConfig:
     grad_checkpointing: bool = False
     resume: bool = False
     kernels: str = "auto"                            # auto | naive | triton
+    parallel: str = "auto"                           # several processes: auto | ddp | fsdp
     threads: int | None = None
     progress: bool = True
 
@@ -100,6 +109,16 @@ def _init_distributed(device: str) -> None:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
 
 
+def _broadcast_object(obj):
+    """rank 0's ``obj`` on every rank (identity in a single process)."""
+    d = _dist()
+    if not d:
+        return obj
+    box = [obj]
+    d.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 # ---- data ---------------------------------------------------------------------------------------
 @dataclass
 class Corpus:
@@ -109,18 +128,26 @@ class Corpus:
     tokenizer_json: str
 
 
-def prepare_corpus(tc: TrainConfig, log=print) -> Corpus:
-    from mmfree.pymodel.tokenizer import load_tokenizer, train_bpe
+def prepare_corpus(tc: TrainConfig, log=print, tokenizer_source: str | None = None) -> Corpus:
+    """Read, split and tokenize the corpus. The tokenizer comes from ``tokenizer_source`` (a resumed
+    checkpoint), ``tc.tokenizer``, ``tc.init``, or is trained on rank 0 and sent to the other ranks."""
+    from tokenizers import Tokenizer as HFTokenizer
+
+    from mmfree.pymodel.tokenizer import Tokenizer, load_tokenizer, train_bpe
 
     docs = D.file_documents(tc.corpus) if tc.corpus else D.stdlib_documents()
     train_docs, val_docs = D.split(docs)
-    if tc.tokenizer:
-        tok = load_tokenizer(tc.tokenizer)
-    elif tc.init:
-        tok = load_tokenizer(tc.init)
+    if not train_docs:      # the split put every document in validation: hold out the last one only
+        train_docs, val_docs = docs[:-1] or docs, docs[-1:]
+    source = tokenizer_source or tc.tokenizer or tc.init
+    if source:
+        tok = load_tokenizer(source)
     else:
-        log(f"training a byte-level BPE tokenizer (vocab {tc.vocab_size}) on {len(train_docs)} documents")
-        tok = train_bpe((d.text for d in train_docs), tc.vocab_size)
+        text = None
+        if _rank() == 0:
+            log(f"training a byte-level BPE tokenizer (vocab {tc.vocab_size}) on {len(train_docs)} documents")
+            text = train_bpe((d.text for d in train_docs), tc.vocab_size)._tok.to_str()
+        tok = Tokenizer(HFTokenizer.from_str(_broadcast_object(text)))
     eos = tok.token_id("</s>")
     if eos is None:
         eos = 2
@@ -167,40 +194,178 @@ def evaluate(model, windows: torch.Tensor, device, batch: int = 16) -> float:
 
 
 # ---- checkpoints ----------------------------------------------------------------------------------
+#: Options a resumed run must share with the run that wrote the checkpoint (the model, the data and the
+#: schedule); the others (steps, devices, kernels, logging) may change.
+RESUME_KEYS = ("corpus", "tokenizer", "vocab_size", "init", "hidden_size", "num_hidden_layers", "intermediate_size",
+               "batch_size", "seq_len", "lr", "min_lr_ratio", "warmup", "weight_decay", "grad_clip", "seed", "numerics")
+
+
 def _ckpt_dir(tc: TrainConfig) -> Path:
     return Path(tc.out) / "checkpoints" / "last"
 
 
-def save_checkpoint(model, opt, step: int, tc: TrainConfig, corpus: Corpus, history: list) -> None:
+class _Snapshot:
+    """A model's config and a (gathered) state dict, in the shape :func:`save_model` reads."""
+
+    def __init__(self, config, state: dict):
+        self.config = config
+        self._state = state
+
+    def state_dict(self):
+        return self._state
+
+
+def _full_state(model, fsdp: bool) -> dict:
+    """The whole model's state dict on CPU (collective under FSDP: every rank must call it)."""
+    if fsdp:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    raw = model.module if hasattr(model, "module") else model
+    return {k: v.detach().cpu() for k, v in raw.state_dict().items()}
+
+
+def _optim_state(model, opt, fsdp: bool) -> dict:
+    if fsdp:
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        return get_optimizer_state_dict(model, opt, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    return opt.state_dict()
+
+
+def save_checkpoint(model, opt, step: int, tc: TrainConfig, corpus: Corpus, history: list, fsdp: bool = False,
+                    parallel: str = "single") -> None:
+    """Write OUT/checkpoints/last atomically (model, tokenizer, optimizer, trainer state); rank 0 writes."""
+    if not fsdp and _rank() != 0:          # DDP: rank 0 holds the same weights; FSDP gathers collectively
+        return
+    state = _full_state(model, fsdp)
+    optim = _optim_state(model, opt, fsdp)
     if _rank() != 0:
         return
     raw = model.module if hasattr(model, "module") else model
     path = _ckpt_dir(tc)
-    state = {"step": step, "train_config": asdict(tc), "history": history}
+    meta = {"step": step, "train_config": asdict(tc), "history": history, "parallel": parallel}
     with atomic_path(path) as tmp:
-        save_model(raw, tmp, extra_files={"tokenizer.json": corpus.tokenizer_json.encode(),
-                                          "trainer_state.json": json.dumps(state, indent=2).encode()})
-        torch.save(opt.state_dict(), tmp / "optimizer.pt")
+        save_model(_Snapshot(raw.config, state), tmp,
+                   extra_files={"tokenizer.json": corpus.tokenizer_json.encode(),
+                                "trainer_state.json": json.dumps(meta, indent=2).encode()})
+        torch.save(optim, tmp / "optimizer.pt")
 
 
-def load_checkpoint(model, opt, tc: TrainConfig) -> tuple[int, list]:
-    from safetensors.torch import load_file
-
+def read_trainer_state(tc: TrainConfig) -> dict:
+    """The last complete checkpoint's trainer state, checked against ``tc`` (MmfreeError names the differences)."""
     path = _ckpt_dir(tc)
     if not (path / "trainer_state.json").exists():
         raise MmfreeError(f"--resume: no complete checkpoint in {path}; start without --resume")
     state = json.loads((path / "trainer_state.json").read_text())
-    raw = model.module if hasattr(model, "module") else model
-    raw.load_state_dict(load_file(str(path / "model.safetensors")), strict=False)
-    opt.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
+    old = state.get("train_config", {})
+    now = asdict(tc)
+    diff = [f"{k}: checkpoint {old.get(k)!r}, now {now[k]!r}" for k in RESUME_KEYS if k in old and old[k] != now[k]]
+    if diff:
+        raise MmfreeError(f"--resume: the options differ from the run that wrote {path}:\n  " + "\n  ".join(diff)
+                          + "\npass the same options (they are in trainer_state.json there), or train into a new --out")
+    return state
+
+
+def load_checkpoint(model, opt, tc: TrainConfig, fsdp: bool = False, parallel: str = "single") -> tuple[int, list]:
+    """Load the last complete checkpoint into ``model`` and ``opt``; returns (step, history)."""
+    from safetensors.torch import load_file
+
+    path = _ckpt_dir(tc)
+    state = read_trainer_state(tc)
+    was = state.get("parallel", "single")
+    if (was == "fsdp") != fsdp:
+        raise MmfreeError(f"--resume: {path} was written by a {was} run and this run is {parallel}; "
+                          f"resume with the same parallelism (--parallel {'fsdp' if was == 'fsdp' else 'ddp'})")
+    sd = load_file(str(path / "model.safetensors"))
+    optim = torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu")
+    if fsdp:
+        from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                             set_optimizer_state_dict)
+
+        opts = StateDictOptions(full_state_dict=True)
+        set_model_state_dict(model, sd, options=opts)
+        set_optimizer_state_dict(model, opt, optim, options=opts)
+    else:
+        raw = model.module if hasattr(model, "module") else model
+        missing, unexpected = raw.load_state_dict(sd, strict=False)
+        missing = [m for m in missing if not (raw.config.tie_word_embeddings and m == "lm_head.weight")]
+        if missing or unexpected:
+            raise MmfreeError(f"--resume: {path} does not match the model (missing {missing[:4]}, "
+                              f"unexpected {unexpected[:4]}); train into a new --out")
+        opt.load_state_dict(optim)
     return int(state["step"]), list(state.get("history", []))
+
+
+def param_digest(model) -> str:
+    """sha256 of every parameter's bytes, in order (to check that the ranks hold the same weights)."""
+    raw = model.module if hasattr(model, "module") else model
+    h = hashlib.sha256()
+    for name, p in raw.named_parameters():
+        h.update(name.encode())
+        h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+# ---- memory and errors ----------------------------------------------------------------------------
+def peak_memory_gb(device: torch.device) -> tuple[float, str]:
+    """(peak GiB, what was measured): the CUDA allocator's peak, or the process's peak RSS on CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30, "cuda"
+    try:
+        import resource
+
+        kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return kb * (1 if sys.platform == "darwin" else 1024) / 2**30, "rss"
+    except ImportError:                                          # pragma: no cover - Windows
+        return float("nan"), "rss"
+
+
+def is_oom(exc: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the CPU allocator's "can't allocate memory" RuntimeError."""
+    if isinstance(exc, getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)):
+        return True
+    msg = str(exc)
+    return isinstance(exc, RuntimeError) and ("out of memory" in msg or "can't allocate memory" in msg)
+
+
+def oom_message(tc: TrainConfig, device, world: int, n_params: int, step: int) -> str:
+    per = tc.batch_size // world
+    hints = [f"lower --batch-size (now {tc.batch_size}) or --seq-len (now {tc.seq_len})"]
+    if not tc.grad_checkpointing:
+        hints.append("add --grad-checkpointing")
+    if device.type == "cuda":
+        if tc.dtype != "bfloat16":
+            hints.append("use --dtype bfloat16")
+        if tc.kernels == "naive":
+            hints.append("use --kernels triton (the fused kernels keep no float copies of the quantized activations)")
+        hints.append("spread the batch over more GPUs with torchrun (FSDP shards the weights and AdamW state when "
+                     "the model does not fit one GPU)")
+    return (f"out of memory on {device} at step {step} ({per} sequences x {tc.seq_len} tokens per process, "
+            f"{n_params / 1e6:.1f}M parameters): " + "; ".join(hints))
+
+
+def _fsdp_needed(model, device: torch.device) -> bool:
+    """Weights + grads + AdamW moments (16 bytes per parameter) above half the GPU's memory."""
+    if device.type != "cuda":
+        return False
+    total = torch.cuda.get_device_properties(device).total_memory
+    return 16 * model.num_parameters() > total // 2
 
 
 # ---- the loop -------------------------------------------------------------------------------------
 def train(tc: TrainConfig, log=print) -> dict:
-    """Train and write the final model to ``tc.out``; returns a summary (losses, perplexities, speed)."""
+    """Train and write the final model to ``tc.out``; returns a summary (losses, perplexities, speed, memory).
+
+    Under torchrun every rank calls this; rank 0 logs and writes files, and the summary of every rank carries
+    ``rank_digests`` (one sha256 of the final weights per rank; training fails if they differ under DDP).
+    """
     if tc.numerics not in ("fake", "hardware"):
         raise MmfreeError(f"--numerics must be 'fake' or 'hardware', got {tc.numerics!r}")
+    if tc.parallel not in ("auto", "ddp", "fsdp"):
+        raise MmfreeError(f"parallel must be auto, ddp or fsdp, got {tc.parallel!r}")
+    if tc.dtype not in ("float32", "bfloat16"):
+        raise MmfreeError(f"--dtype must be float32 or bfloat16, got {tc.dtype!r}")
     if tc.device.startswith("cuda") and not torch.cuda.is_available():
         raise MmfreeError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
     if tc.threads:
@@ -213,13 +378,17 @@ def train(tc: TrainConfig, log=print) -> dict:
                           else f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
     say = log if rank == 0 else (lambda *a, **k: None)
 
-    corpus = prepare_corpus(tc, say)
-    if tc.init:
+    resume_state = read_trainer_state(tc) if tc.resume else None
+    corpus = prepare_corpus(tc, say, tokenizer_source=str(_ckpt_dir(tc)) if resume_state else None)
+    if resume_state:        # the checkpoint's config: it carries what export calibrated (fixed-point formats)
+        model = MMFreeForCausalLM(MMFreeConfig.from_json(_ckpt_dir(tc) / "config.json"))
+    elif tc.init:
         from mmfree.pymodel.checkpoint import load_model
 
         model = load_model(tc.init)
         if model.config.vocab_size != corpus.tokenizer.vocab_size:
-            raise MmfreeError(f"--init model has vocab {model.config.vocab_size}, the tokenizer {corpus.tokenizer.vocab_size}")
+            raise MmfreeError(f"--init model has vocab {model.config.vocab_size}, the tokenizer "
+                              f"{corpus.tokenizer.vocab_size}; pass the model's own tokenizer with --tokenizer")
     else:
         cfg = MMFreeConfig(vocab_size=corpus.tokenizer.vocab_size, hidden_size=tc.hidden_size,
                            num_hidden_layers=tc.num_hidden_layers, intermediate_size=tc.intermediate_size,
@@ -230,12 +399,42 @@ def train(tc: TrainConfig, log=print) -> dict:
         raise MmfreeError(f"--seq-len {tc.seq_len} exceeds the model's max_position_embeddings "
                           f"({model.config.max_position_embeddings}); lower --seq-len")
     model.numerics = tc.numerics
-    model.to(device).train()
+    n_params = model.num_parameters()
+    try:
+        model.to(device).train()
+    except Exception as exc:
+        if is_oom(exc):
+            raise MmfreeError(oom_message(tc, device, world, n_params, 0)) from exc
+        raise
     from mmfree.pymodel.kernels import install
 
     kernel_note = install(model, tc.kernels, device)
     if tc.grad_checkpointing:
         _enable_checkpointing(model)
+    parallel = "single"
+    ddp = model
+    if world > 1:
+        parallel = tc.parallel if tc.parallel != "auto" else ("fsdp" if _fsdp_needed(model, device) else "ddp")
+        if parallel == "fsdp":
+            if tc.numerics == "hardware":
+                raise MmfreeError("--numerics hardware re-derives the integer weights from the whole model on every "
+                                  "rank, so it runs with DDP only; use --parallel ddp (or fewer, larger GPUs)")
+            try:
+                from torch.distributed.fsdp import fully_shard
+            except ImportError:                                  # torch < 2.6
+                from torch.distributed._composable.fsdp import fully_shard
+
+            for layer in model.model.layers:
+                fully_shard(layer)
+            fully_shard(model)
+        else:
+            from torch.nn.parallel import DistributedDataParallel
+
+            # a one-layer model never uses its lower bounds (layer 0 has none): tell DDP so
+            unused = model.config.use_lower_bound and model.config.num_hidden_layers == 1
+            ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                          find_unused_parameters=unused)
+    fsdp = parallel == "fsdp"
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (decay if p.ndim == 2 and "embeddings" not in name else no_decay).append(p)
@@ -243,18 +442,13 @@ def train(tc: TrainConfig, log=print) -> dict:
                              {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr, betas=(0.9, 0.95), eps=1e-8)
     start, history = 0, []
     if tc.resume:
-        start, history = load_checkpoint(model, opt, tc)
+        start, history = load_checkpoint(model, opt, tc, fsdp=fsdp, parallel=parallel)
         say(f"resuming from step {start} ({_ckpt_dir(tc)})")
-    ddp = model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     val_windows = eval_windows(corpus.val, tc.seq_len, tc.eval_tokens)
-    n_params = model.num_parameters()
     say(f"model: {model.config.num_hidden_layers} layers, d={model.config.hidden_size}, I={model.config.intermediate}, "
         f"V={model.config.vocab_size}, {n_params / 1e6:.2f}M parameters; {len(corpus.train)} train / "
-        f"{len(corpus.val)} val tokens; {world} process(es) on {device}; numerics {tc.numerics}; kernels: {kernel_note}")
+        f"{len(corpus.val)} val tokens; {world} process(es) on {device} ({parallel}); numerics {tc.numerics}; "
+        f"dtype {tc.dtype}; kernels: {kernel_note}" + ("; gradient checkpointing" if tc.grad_checkpointing else ""))
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if tc.dtype == "bfloat16" else _null()
     per_rank = tc.batch_size // world
     bar = None
@@ -262,65 +456,101 @@ def train(tc: TrainConfig, log=print) -> dict:
         from tqdm import tqdm
 
         bar = tqdm(total=tc.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
-    t0, tokens_done = time.perf_counter(), 0
+    train_time, tokens_done = 0.0, 0
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     loss_val = float("nan")
-    for step in range(start, tc.steps):
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, tc)
-            if g["weight_decay"]:
-                g["weight_decay"] = weight_decay_at(step, tc)
-        batch = batch_at(corpus.train, step, tc.batch_size, tc.seq_len, tc.seed)[rank * per_rank:(rank + 1) * per_rank]
-        batch = batch.to(device)
-        with autocast:
-            logits = ddp(batch[:, :-1])                                  # [B, T, V]
-            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), batch[:, 1:].flatten())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if tc.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-        opt.step()
-        loss_val = float(loss.detach())
-        if not math.isfinite(loss_val):
-            raise MmfreeError(f"training diverged at step {step} (loss {loss_val}); lower --lr")
-        tokens_done += tc.batch_size * tc.seq_len
+    step = start
+    try:
+        for step in range(start, tc.steps):
+            ts = time.perf_counter()
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step, tc)
+                if g["weight_decay"]:
+                    g["weight_decay"] = weight_decay_at(step, tc)
+            batch = batch_at(corpus.train, step, tc.batch_size, tc.seq_len, tc.seed)
+            batch = batch[rank * per_rank:(rank + 1) * per_rank].to(device)
+            with autocast:
+                logits = ddp(batch[:, :-1])                                  # [B, T, V]
+                loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), batch[:, 1:].flatten())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if tc.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+            opt.step()
+            loss_val = float(loss.detach())
+            train_time += time.perf_counter() - ts
+            if not math.isfinite(loss_val):
+                raise MmfreeError(f"training diverged at step {step} (loss {loss_val}); lower --lr")
+            tokens_done += tc.batch_size * tc.seq_len
+            tok_s = tokens_done / max(train_time, 1e-9)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_val:.3f}", lr=f"{lr_at(step, tc):.1e}", tok_s=f"{tok_s:.0f}")
+            last = step + 1 == tc.steps
+            if (step + 1) % tc.eval_every == 0 or last:
+                vl = evaluate(ddp if fsdp else model, val_windows, device)
+                mem, kind = peak_memory_gb(device)
+                rec = {"step": step + 1, "train_loss": loss_val, "val_loss": vl, "val_ppl": math.exp(vl),
+                       "tokens_per_s": tok_s, "peak_mem_gb": mem, "peak_mem_kind": kind}
+                history.append(rec)
+                msg = (f"step {step + 1}: train loss {loss_val:.3f}, val loss {vl:.3f}, val ppl {math.exp(vl):.2f}, "
+                       f"{tok_s:.0f} tok/s, peak {'GPU' if kind == 'cuda' else 'RSS'} {mem:.2f} GiB")
+                (bar.write if bar is not None else say)(msg)
+            if (step + 1) % tc.save_every == 0 or last:
+                save_checkpoint(ddp if fsdp else model, opt, step + 1, tc, corpus, history, fsdp=fsdp,
+                                parallel=parallel)
+    except KeyboardInterrupt:
         if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_val:.3f}", lr=f"{lr_at(step, tc):.1e}",
-                            tok_s=f"{tokens_done / (time.perf_counter() - t0):.0f}")
-        last = step + 1 == tc.steps
-        if (step + 1) % tc.eval_every == 0 or last:
-            vl = evaluate(model, val_windows, device)
-            rec = {"step": step + 1, "train_loss": loss_val, "val_loss": vl, "val_ppl": math.exp(vl),
-                   "tokens_per_s": tokens_done / (time.perf_counter() - t0)}
-            if device.type == "cuda":
-                rec["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
-            history.append(rec)
-            msg = f"step {step + 1}: train loss {loss_val:.3f}, val loss {vl:.3f}, val ppl {math.exp(vl):.2f}, {rec['tokens_per_s']:.0f} tok/s"
-            if "peak_mem_gb" in rec:
-                msg += f", peak {rec['peak_mem_gb']:.2f} GiB"
-            (bar.write if bar is not None else say)(msg)
-        if (step + 1) % tc.save_every == 0 or last:
-            save_checkpoint(model, opt, step + 1, tc, corpus, history)
+            bar.close()
+        done = _last_saved_step(tc)
+        say(f"interrupted at step {step}; the last complete checkpoint is "
+            + (f"step {done} in {_ckpt_dir(tc)}: continue with --resume" if done is not None else "none yet"))
+        raise
+    except Exception as exc:
+        if is_oom(exc):
+            raise MmfreeError(oom_message(tc, device, world, n_params, step)) from exc
+        raise
     if bar is not None:
         bar.close()
     unigram = D.unigram_perplexity(corpus.train, val_windows[:, 1:].flatten().numpy(), corpus.tokenizer.vocab_size)
+    mem, kind = peak_memory_gb(device)
+    digests = [param_digest(model)] if not fsdp else []         # FSDP shards: no per-rank copy to compare
+    d = _dist()
+    if d and not fsdp:
+        digests = [None] * world
+        d.all_gather_object(digests, param_digest(model))
     summary = {"steps": tc.steps, "final_train_loss": loss_val, "history": history,
                "val_ppl": history[-1]["val_ppl"] if history else None, "unigram_val_ppl": unigram,
-               "parameters": n_params, "world_size": world}
+               "parameters": n_params, "world_size": world, "parallel": parallel, "kernels": kernel_note,
+               "tokens_per_s": tokens_done / train_time if train_time else None,
+               "peak_mem_gb": mem, "peak_mem_kind": kind, "rank_digests": digests if not fsdp else None}
+    if not fsdp and len(set(digests)) > 1:
+        raise MmfreeError(f"the ranks hold different weights after training (digests {sorted(set(digests))}); "
+                          "DistributedDataParallel should keep them identical: report this with the command line")
+    state = _full_state(ddp if fsdp else model, fsdp) if fsdp or rank == 0 else None
     if rank == 0:
-        model.numerics = "fake"
+        raw = model
         with atomic_path(Path(tc.out) / "model") as tmp:
-            save_model(model, tmp, extra_files={"tokenizer.json": corpus.tokenizer_json.encode(),
-                                                "training.json": json.dumps({"train_config": asdict(tc), **summary},
-                                                                            indent=2).encode()})
+            save_model(_Snapshot(raw.config, state), tmp,
+                       extra_files={"tokenizer.json": corpus.tokenizer_json.encode(),
+                                    "training.json": json.dumps({"train_config": asdict(tc), **summary},
+                                                                indent=2).encode()})
         say(f"validation perplexity {summary['val_ppl']:.2f} (unigram baseline on the same split: {unigram:.2f}); "
-            f"model written to {Path(tc.out) / 'model'}")
-    d = _dist()
+            f"{summary['tokens_per_s'] or 0:.0f} tok/s, peak {'GPU' if kind == 'cuda' else 'RSS'} {mem:.2f} GiB; "
+            f"model written to {Path(tc.out) / 'model'}" if summary["val_ppl"] is not None else
+            f"nothing left to train (checkpoint at step {start}); model written to {Path(tc.out) / 'model'}")
+    model.numerics = "fake"
     if d:
         d.barrier()
     return summary
+
+
+def _last_saved_step(tc: TrainConfig) -> int | None:
+    try:
+        return int(json.loads((_ckpt_dir(tc) / "trainer_state.json").read_text())["step"])
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 class _null:

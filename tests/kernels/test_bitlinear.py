@@ -1,0 +1,122 @@
+"""Fused BitLinear (fake-quant numerics): Triton kernels vs their naive twins, outputs and gradients by name."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from mmfree.pymodel.kernels import bitlinear as FB  # noqa: E402
+from mmfree.pymodel.model import TernaryLinearSTE, rms_norm  # noqa: E402
+from tests.kernels._tol import assert_close  # noqa: E402
+
+# (batch, time, K, N): odd sizes, a single decode token, K over several 32-wide tiles
+SHAPES = [(2, 63, 60, 84), (1, 1, 60, 37), (3, 5, 100, 33)]
+
+
+def _inputs(shape, dtype, device, seed=0, zero_row=False):
+    B, T, K, N = shape
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, T, K, generator=g)
+    if zero_row:
+        x[0, 0] = 0                                    # an all-zero token: s = 127 / 1e-5, codes 0, output 0
+    nw = 1 + 0.3 * torch.randn(K, generator=g)
+    w = 0.05 * torch.randn(N, K, generator=g)
+    return (x.to(device, dtype).requires_grad_(), nw.to(device).requires_grad_(), w.to(device).requires_grad_())
+
+
+def _flip_allowance(x, nw, w, eps):
+    """Extra output tolerance for codes that round differently in kernel and twin (exact rounding ties
+    only): one code step, 1 / (s * sw), per flipped code in a row, relative to the output's scale."""
+    x2 = x.detach().reshape(-1, x.shape[-1])
+    q, _, s = FB.act_quant(x2, nw.detach(), eps)
+    qn, _, sn = FB.act_quant_naive(x2, nw, eps)
+    flips = (q != qn)
+    if not flips.any():
+        return 0.0
+    y = (x2.float() * torch.rsqrt(x2.float().pow(2).mean(-1, keepdim=True) + eps)) * nw.detach().float()
+    v = y * sn[:, None]
+    dist = (v - v.floor() - 0.5).abs()
+    assert (dist[flips] < 1e-3).all(), "codes differ away from a rounding tie"
+    _, sw = FB.ternarize_naive(w)
+    ref = FB.bitlinear_naive(x.detach(), nw.detach(), w.detach(), eps)
+    per_row = flips.sum(-1).float() / (sn * sw)
+    return per_row.max().item() / ref.abs().max().item()
+
+
+def _run(fn, x, nw, w, g, eps=1e-8):
+    out = fn(x, nw, w, eps)
+    dx, dnw, dw = torch.autograd.grad(out, (x, nw, w), g)
+    return {"out": out, "dx": dx, "dnorm_w": dnw, "dw": dw}
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}T{}K{}N{}".format(*s))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_fused_matches_naive(shape, dtype, device):
+    x, nw, w = _inputs(shape, dtype, device, zero_row=shape[0] > 1)
+    g = torch.randn(*shape[:2], shape[3], generator=torch.Generator().manual_seed(1)).to(device, dtype)
+    got = _run(FB.bitlinear, x, nw, w, g)
+    ref = _run(FB.bitlinear_naive, x, nw, w, g)
+    assert got["out"].dtype == dtype
+    extra = _flip_allowance(x, nw, w, 1e-8)
+    for name in ("out", "dx", "dnorm_w", "dw"):
+        assert_close(name, got[name], ref[name], dtype, extra=extra if name == "out" else 0.0)
+    if shape[0] > 1:
+        assert torch.equal(got["out"][0, 0], torch.zeros_like(got["out"][0, 0]))
+
+
+def test_torch_backward_gemms_match(device):
+    """bwd_gemm="torch" (cuBLAS on a GPU) computes the same gradients as the Triton GEMMs."""
+    x, nw, w = _inputs(SHAPES[0], torch.float32, device)
+    g = torch.randn(*SHAPES[0][:2], SHAPES[0][3]).to(device)
+    got = _run(FB.bitlinear_torch_bwd, x, nw, w, g)
+    ref = _run(FB.bitlinear, x, nw, w, g)
+    for name in ("out", "dx", "dnorm_w", "dw"):
+        assert_close(name, got[name], ref[name], torch.float32)
+
+
+def test_matches_the_model_path(device):
+    """The kernel's contract is the float model's BitLinear: rms_norm then TernaryLinearSTE (fp32)."""
+    x, nw, w = _inputs(SHAPES[0], torch.float32, device, seed=3)
+    g = torch.randn(*SHAPES[0][:2], SHAPES[0][3]).to(device)
+    got = _run(FB.bitlinear, x, nw, w, g)
+    ref = _run(lambda x, nw, w, eps: TernaryLinearSTE.apply(rms_norm(x, nw, eps), w), x, nw, w, g)
+    extra = _flip_allowance(x, nw, w, 1e-8)
+    for name in ("out", "dx", "dnorm_w", "dw"):
+        assert_close(name, got[name], ref[name], torch.float32, extra=extra if name == "out" else 0.0)
+
+
+def test_codes_and_scales(device):
+    """The quantizer kernel's codes equal the twin's; rstd and s agree to fp32 rounding."""
+    x, nw, w = _inputs((2, 63, 60, 84), torch.float32, device, seed=5)
+    x2 = x.detach().reshape(-1, 60)
+    q, rstd, s = FB.act_quant(x2, nw.detach(), 1e-8)
+    qn, rstdn, sn = FB.act_quant_naive(x2, nw, 1e-8)
+    assert q.dtype == torch.int8 and q.abs().max() <= 127
+    assert torch.equal(q.cpu(), qn.cpu())
+    assert_close("out", rstd, rstdn, torch.float32)
+    assert_close("out", s, sn, torch.float32)
+    sw = FB.weight_scale(w)
+    t = FB.ternarize(w, sw)
+    tn, swn = FB.ternarize_naive(w)
+    assert torch.equal(t.cpu(), tn.cpu())
+    assert abs(sw.item() - swn.item()) <= 1e-6 * swn.item()
+
+
+def test_autocast_bf16_output(device):
+    """Under autocast the output comes in the autocast dtype, computed from the exact integer product."""
+    x, nw, w = _inputs((1, 9, 60, 84), torch.float32, device)
+    g = torch.randn(1, 9, 84).to(device, torch.bfloat16)
+    with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+        got = _run(FB.bitlinear, x, nw, w, g)
+        ref = _run(FB.bitlinear_naive, x, nw, w, g)
+    assert got["out"].dtype == torch.bfloat16 and got["dx"].dtype == torch.float32
+    for name in ("out", "dx", "dnorm_w", "dw"):
+        assert_close(name, got[name], ref[name], torch.bfloat16)
+
+
+def test_shape_mismatch_is_a_clear_error(device):
+    x, nw, w = _inputs((1, 3, 60, 84), torch.float32, device)
+    with pytest.raises(ValueError, match="expected \\[N, 60\\]"):
+        FB.bitlinear(x, nw, w[:, :50], 1e-8)
