@@ -81,6 +81,8 @@ def register(sub) -> None:
     p.add_argument("--kernels", choices=["auto", "naive", "triton"], default="auto",
                    help="auto: Triton on CUDA, plain torch elsewhere")
     p.add_argument("--grad-checkpointing", action="store_true", help="recompute layers in backward to save memory")
+    p.add_argument("--parallel", choices=["auto", "ddp", "fsdp"], default="auto",
+                   help="several processes: DistributedDataParallel, or FSDP when the model does not fit (auto)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -191,7 +193,8 @@ def _train(args) -> int:
                      seq_len=args.seq_len, lr=args.lr, warmup=min(args.warmup, args.steps),
                      weight_decay=args.weight_decay, eval_every=args.eval_every, save_every=args.save_every,
                      seed=args.seed, device=args.device, dtype=args.dtype, numerics=args.numerics,
-                     kernels=args.kernels, grad_checkpointing=args.grad_checkpointing, resume=args.resume,
+                     kernels=args.kernels, grad_checkpointing=args.grad_checkpointing, parallel=args.parallel,
+                     resume=args.resume,
                      threads=args.threads, progress=not args.no_progress and not args.json)
     summary = train(tc, log=(lambda *a: print(*a, file=sys.stderr)) if args.json else print)
     if args.json:

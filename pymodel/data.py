@@ -28,8 +28,9 @@ class Document:
 
 
 def is_validation(name: str) -> bool:
-    """Whether document ``name`` (``pkg/mod.py`` or ``pydoc_data:topic``) belongs to the held-out split."""
-    top = name.split("/")[0].split(":")[0].removesuffix(".py")
+    """Whether document ``name`` belongs to the held-out split. ``name`` is relative to its corpus root
+    (``pkg/mod.py``, ``mod.py`` or ``pydoc_data:topic``); a whole top-level package goes one way."""
+    top = name.lstrip("/").split("/")[0].split(":")[0].removesuffix(".py")
     return zlib.crc32(top.encode()) % VAL_BUCKETS == 0
 
 
@@ -63,13 +64,16 @@ def file_documents(paths: Iterable[str | Path]) -> list[Document]:
         p = Path(path)
         if p.is_dir():
             files = sorted(f for f in p.rglob("*") if f.suffix in (".py", ".txt", ".md") and f.is_file())
+            root = p
         elif p.is_file():
             files = [p]
+            root = p.parent
         else:
             raise MmfreeError(f"corpus path {p} does not exist")
         for f in files:
             try:
-                docs.append(Document(f.as_posix(), f.read_text(encoding="utf-8")))
+                # names relative to the corpus root, so the validation split keys on the module, not the path
+                docs.append(Document(f.relative_to(root).as_posix(), f.read_text(encoding="utf-8")))
             except UnicodeDecodeError:
                 raise MmfreeError(f"{f} is not UTF-8 text; pass text files only") from None
     if not docs:
@@ -80,7 +84,7 @@ def file_documents(paths: Iterable[str | Path]) -> list[Document]:
 def split(docs: list[Document]) -> tuple[list[Document], list[Document]]:
     train = [d for d in docs if not is_validation(d.name)]
     val = [d for d in docs if is_validation(d.name)]
-    if not val:  # tiny corpora: hold out the last document
+    if not val or not train:  # tiny corpora, or everything in one bucket: hold out the last document only
         train, val = docs[:-1] or docs, docs[-1:]
     return train, val
 

@@ -63,7 +63,7 @@ def hardware_forward(model, input_ids: torch.Tensor, state=None):
 
     ``state.h`` holds the integer h / 2**act_frac (float64, exact). Token ids out of range raise ``ValueError``.
     """
-    from mmfree.pymodel.model import MMFreeState, hgrn_recurrence
+    from mmfree.pymodel.model import MMFreeState
 
     model.check_ids(input_ids)
     cfg = model.config
@@ -75,16 +75,21 @@ def hardware_forward(model, input_ids: torch.Tensor, state=None):
     layers = model.model.layers
     lbs = model.lower_bounds()
     RF, AF = P.res_frac, P.act_frac
+    hk = getattr(model, "hw_kernels", None)   # fused integer kernels (mmfree.pymodel.kernels), same results
 
     def bitlinear(name, module, u_int, surrogate_in):
         spec = specs[name]
+        c = P.consts[name]
+        frac = RF if LY.output_format(name) == "res" else AF
+        if hk is not None:
+            return hk.bitlinear(u_int, P.v[spec.n], P.v[spec.nw], P.t[spec.w], c["c_m"], c["c_e"], surrogate_in,
+                                module, frac)
         codes, Pm, S = N.quantize(u_int, P.v[spec.n], P.v[spec.nw])
         with torch.autocast(device_type=codes.device.type, enabled=False):
             acc = (codes.to(torch.float32) @ P.t[spec.w].T).to(torch.int64)     # exact: |acc| < 2**24
-        c = P.consts[name]
         M, shift = N.output_multiplier(Pm, S, c["c_m"], c["c_e"])
         out_int = N.dequantize(acc, M, shift)
-        return out_int, _ste(module(surrogate_in), out_int, RF if LY.output_format(name) == "res" else AF)
+        return out_int, _ste(module(surrogate_in), out_int, frac)
 
     # embedding (int codes; the surrogate is the float embedding)
     ids = input_ids
@@ -111,13 +116,16 @@ def hardware_forward(model, input_ids: torch.Tensor, state=None):
         s = _ste(F.silu(i_f), s_int, AF)
         # recurrence, integer: h <- h + g (s - h), sequentially in time
         h0_int = None if state is None else torch.round(state.h[li].to(torch.float64) * float(1 << AF)).to(torch.int64)
-        h_int = torch.empty_like(s_int)
-        h = torch.zeros_like(s_int[:, 0]) if h0_int is None else h0_int
-        for t in range(T):
-            h = N.hgrn_update(h, s_int[:, t], rate_int[:, t])
-            h_int[:, t] = h
+        if hk is not None:
+            h_int = hk.hgrn(s_int, rate_int, h0_int)
+        else:
+            h_int = torch.empty_like(s_int)
+            h = torch.zeros_like(s_int[:, 0]) if h0_int is None else h0_int
+            for t in range(T):
+                h = N.hgrn_update(h, s_int[:, t], rate_int[:, t])
+                h_int[:, t] = h
         h0_sur = None if state is None else state.h[li].to(s.dtype)
-        h_sur, _ = hgrn_recurrence((1 - rate).to(s.dtype), (rate * s).to(s.dtype), h0_sur)
+        h_sur, _ = attn.recurrence((1 - rate).to(s.dtype), (rate * s).to(s.dtype), h0_sur)
         hh = _ste(h_sur, h_int, AF)
         new_h.append(h_int[:, -1].to(torch.float64) / float(1 << AF))
         # output gate and o_proj: u = g * SiLU(h) (Q32 product), pre-norm g_norm

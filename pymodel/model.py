@@ -207,6 +207,9 @@ class MLGRU(nn.Module):
         self.g_norm = RMSNorm(d, cfg.rms_norm_eps)
         self.o_proj = BitLinear(d, d, eps)
         self.recurrence = hgrn_recurrence
+        #: optional fused "gates + scan" kernel (i_pre, f_pre, lower_bound, h0) -> (h, h_last), set by
+        #: mmfree.pymodel.kernels.install; None uses gates() and the recurrence
+        self.mixer = None
 
     def gates(self, a: torch.Tensor, lower_bound: torch.Tensor | None):
         f = torch.sigmoid(self.f_proj(a))
@@ -219,6 +222,9 @@ class MLGRU(nn.Module):
         return self.o_proj(self.g_norm(self.g_proj(a)) * F.silu(h))
 
     def forward(self, a, lower_bound=None, h0=None):
+        if self.mixer is not None and a.shape[1] > 1:
+            h, h_last = self.mixer(self.i_proj(a), self.f_proj(a), lower_bound, h0)
+            return self.output(a, h), h_last
         f, c = self.gates(a, lower_bound)
         if a.shape[1] == 1:                                   # decoding: one step of the recurrence
             cdt = _compute_dtype(c)

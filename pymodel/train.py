@@ -137,8 +137,6 @@ def prepare_corpus(tc: TrainConfig, log=print, tokenizer_source: str | None = No
 
     docs = D.file_documents(tc.corpus) if tc.corpus else D.stdlib_documents()
     train_docs, val_docs = D.split(docs)
-    if not train_docs:      # the split put every document in validation: hold out the last one only
-        train_docs, val_docs = docs[:-1] or docs, docs[-1:]
     source = tokenizer_source or tc.tokenizer or tc.init
     if source:
         tok = load_tokenizer(source)
