@@ -1,7 +1,108 @@
-"""Command-line glue for this area (see ``mmfree.cli``)."""
+"""Command-line glue for this area (see ``mmfree.cli``): ``mmfree rtl verilog`` and ``mmfree rtl estimate``.
+
+Nothing heavy is imported at module level (Amaranth loads only when a command runs).
+"""
 
 from __future__ import annotations
+
+import sys
+
+from mmfree import MmfreeError
+from mmfree.cli import add_subcommand, print_json
 
 
 def register(sub) -> None:
     """Add this area's subcommands to the ``mmfree`` parser."""
+    p = add_subcommand(
+        sub, "rtl", None, "gateware of the accelerator: write Verilog, estimate resources",
+        "The compute units of the ternary accelerator (Amaranth, mmfree.rtl): the ternary matvec engine\n"
+        "(parameterised by --lanes and --tokens) and the vector units (quantizer passes, output multiplier,\n"
+        "dequantize, sigmoid/SiLU, MLGRU update, gated product, residual add, argmax). See docs/rtl.md.",
+    )
+    rsub = p.add_subparsers(dest="rtl_command", metavar="RTL_COMMAND")
+    rsub.required = True
+
+    v = add_subcommand(rsub, "verilog", _verilog, "write the Verilog of every compute unit",
+                       "Writes DIR/<unit>.v for every unit (one top module each, Amaranth port names a__b)\n"
+                       "and DIR/units.json listing them with their ports.")
+    v.add_argument("--out", required=True, help="output directory")
+    _matvec_args(v)
+    v.add_argument("--json", action="store_true", help="print the list of files as JSON")
+
+    e = add_subcommand(rsub, "estimate", _estimate, "resource estimate per unit (Yosys synth_xilinx: LUT, FF, DSP, BRAM)",
+                       "Synthesises each unit out of context with Yosys synth_xilinx (-flatten) for each --family\n"
+                       "(xc7: 7-series, xcup: UltraScale+) and prints LUT, FF, DSP and BRAM (36 Kb blocks).\n"
+                       "Needs Yosys with synth_xilinx on PATH (`apt-get install yosys`) or $MMFREE_YOSYS.")
+    _matvec_args(e)
+    e.add_argument("--family", action="append", choices=["xc7", "xcup"], default=None,
+                   help="device family (repeat for several; default: both)")
+    e.add_argument("--units", default=None, help="comma-separated unit names (default: all)")
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _matvec_args(p) -> None:
+    p.add_argument("--lanes", type=int, default=80, help="matvec weights per beat: 5, 10, 20, 40 or 80 (80 = 128-bit bus)")
+    p.add_argument("--tokens", type=int, default=1, help="matvec token vectors per weight pass (k)")
+    p.add_argument("--max-k", type=int, default=4096, help="matvec longest row (code memory depth)")
+    p.add_argument("--banks", type=int, default=2, help="matvec code memory banks")
+
+
+def _units(args) -> dict:
+    from mmfree.rtl.catalog import all_units
+    from mmfree.rtl.matvec import TernaryMatVec
+
+    try:   # construct once to turn bad parameters into a user error before any work
+        TernaryMatVec(lanes=args.lanes, tokens=args.tokens, max_k=args.max_k, banks=args.banks)._MustUse__silence = True
+    except ValueError as exc:
+        raise MmfreeError(str(exc)) from None
+    return all_units(args.lanes, args.tokens, max_k=args.max_k, banks=args.banks)
+
+
+def _verilog(args) -> int:
+    import json
+    from pathlib import Path
+
+    from amaranth.back import verilog
+
+    from mmfree.atomic import write_bytes
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    listing = {}
+    for name, factory in _units(args).items():
+        unit = factory()
+        text = verilog.convert(unit, name=name, emit_src=False)
+        path = out / f"{name}.v"
+        write_bytes(path, text.encode())
+        listing[name] = {"file": str(path), "ports": sorted(unit.signature.members.keys())}
+    write_bytes(out / "units.json", (json.dumps(listing, indent=2) + "\n").encode())
+    if args.json:
+        print_json(listing)
+    else:
+        for name, info in listing.items():
+            print(f"{info['file']}")
+    return 0
+
+
+def _estimate(args) -> int:
+    from mmfree.rtl.estimate import FAMILIES, estimate_units, find_yosys, yosys_version
+
+    yosys = find_yosys()
+    units = _units(args)
+    if args.units:
+        wanted = [u.strip() for u in args.units.split(",") if u.strip()]
+        bad = [u for u in wanted if u not in units]
+        if bad:
+            raise MmfreeError(f"unknown unit(s) {', '.join(bad)}; units: {', '.join(units)}")
+        units = {u: units[u] for u in wanted}
+    families = tuple(args.family or FAMILIES)
+    progress = None if args.json else (lambda what: print(f"  synth_xilinx {what} ...", file=sys.stderr, flush=True))
+    res = estimate_units(units, families, yosys, progress)
+    if args.json:
+        print_json({"yosys": yosys_version(yosys), "families": list(families), "units": res})
+        return 0
+    print(f"Yosys {yosys_version(yosys)} synth_xilinx -flatten (out of context); BRAM in 36 Kb blocks")
+    print(f"{'unit':<22}" + "".join(f"{fam + ' ' + k:>12}" for fam in families for k in ("LUT", "FF", "DSP", "BRAM")))
+    for name, per in res.items():
+        print(f"{name:<22}" + "".join(f"{per[f][k]:>12g}" for f in families for k in ("LUT", "FF", "DSP", "BRAM")))
+    return 0

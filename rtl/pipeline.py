@@ -1,0 +1,188 @@
+"""Building blocks shared by the compute units: a global-enable stream pipeline and integer helpers.
+
+:class:`Pipeline` turns a chain of combinational steps into a pipelined stream unit that accepts one
+element per cycle. Contract of every pipeline it builds:
+
+* input ``i`` and output ``o`` are :class:`amaranth.lib.stream` interfaces (``valid``/``ready``/``payload``);
+* all stage registers advance together when ``en = ~o.valid | o.ready`` (the output slot is free or is
+  being emitted); ``i.ready = en``. So at steady state with ``o.ready`` high one element enters and one
+  leaves every cycle; a stalled output freezes the whole pipeline (bubbles included) and nothing is lost;
+* synchronous memory read ports are enabled with ``en``, so their data register is one more stage.
+
+``i.ready`` depends combinationally on ``o.ready`` (a stream sink may do that); a unit that must break
+the path puts a skid buffer after it.
+
+The expression helpers (:func:`rshift_round`, :func:`saturate`, :func:`bitlen`, ...) build Amaranth
+values whose integer semantics are the functions of the same name in :mod:`mmfree.pymodel.numerics`
+for the operand widths they are given.
+"""
+
+from __future__ import annotations
+
+from amaranth import Cat, Const, Mux, Signal, Value, signed
+
+
+#: Attributes for table ROMs: ask synthesis for block RAM (Yosys otherwise builds 513-entry tables from LUTs).
+ROM_ATTRS = {"rom_style": "block"}
+
+
+class Pipeline:
+    """A global-enable pipeline between stream interfaces ``i`` and ``o`` inside module ``m``.
+
+    Values of the current stage live in a dict-like namespace: ``p["x"] = expr`` names a value of the
+    current stage, ``p["x"]`` reads it, :meth:`next` registers every named value into the next stage.
+    Registers that nothing reads are removed by synthesis, so carrying everything costs nothing.
+    ``i`` needs only ``valid`` and ``ready`` (a unit may gate its own front end and pass a stand-in).
+    """
+
+    def __init__(self, m, i, o, name: str = "p"):
+        self.m = m
+        self.i = i
+        self.o = o
+        self.name = name
+        self.en = Signal(name=f"{name}_en")
+        self.valid = i.valid          # valid bit of the current stage (stage 0: the input handshake)
+        self.depth = 0
+        self.valids: list[Value] = []     # valid bit of every stage register (for a unit's busy flag)
+        self._values: dict[str, Value] = {}
+        self._reads: dict[str, Value] = {}
+        self._finished = False
+
+    # ---- the namespace of the current stage ---------------------------------------------------------
+    def __setitem__(self, name: str, value) -> None:
+        self._values[name] = Value.cast(value)
+
+    def __getitem__(self, name: str) -> Value:
+        return self._values[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._values
+
+    @property
+    def fire(self) -> Value:
+        """High when the element of the current stage moves on this cycle (valid and enabled)."""
+        return self.valid & self.en
+
+    def read(self, port, addr, name: str) -> None:
+        """Look up ``addr`` in a synchronous memory read ``port``; the data is ``p[name]`` after :meth:`next`."""
+        self.m.d.comb += [port.addr.eq(addr), port.en.eq(self.en)]
+        self._reads[name] = port.data
+
+    def next(self) -> None:
+        """Register every value of the current stage (and its valid bit) into a new stage."""
+        self.depth += 1
+        m = self.m
+        v = Signal(name=f"{self.name}{self.depth}_valid")
+        with m.If(self.en):
+            m.d.sync += v.eq(self.valid)
+        regs = {}
+        for key, val in self._values.items():
+            r = Signal(val.shape(), name=f"{self.name}{self.depth}_{key}")
+            with m.If(self.en):
+                m.d.sync += r.eq(val)
+            regs[key] = r
+        self.valids.append(v)
+        regs.update(self._reads)
+        self._reads = {}
+        self._values = regs
+        self.valid = v
+
+    def finish(self, when=None, **fields) -> None:
+        """Drive the output payload fields from the current stage and close the handshake.
+
+        ``when`` (optional): the output is valid only for elements where it is high; the others are
+        dropped (reductions emit once per vector).
+        """
+        if self._finished:
+            raise RuntimeError("pipeline finished twice")
+        self._finished = True
+        m = self.m
+        for key, val in fields.items():
+            m.d.comb += getattr(self.o.payload, key).eq(val)
+        valid = self.valid if when is None else self.valid & when
+        m.d.comb += [
+            self.o.valid.eq(valid),
+            self.en.eq(~self.o.valid | self.o.ready),
+            self.i.ready.eq(self.en),
+        ]
+
+
+# ---- integer helpers: numerics semantics on Amaranth values ---------------------------------------------
+def width_for(n: int) -> int:
+    """Bits of an unsigned value holding 0..n."""
+    return max(1, int(n).bit_length())
+
+
+def absval(x: Value) -> Value:
+    """|x| as an unsigned value of the same width (|INT_MIN| = 2**(w-1) fits)."""
+    x = Value.cast(x)
+    if not x.shape().signed:
+        return x
+    w = x.shape().width
+    return Mux(x < 0, -x, x).as_unsigned()[:w]
+
+
+def rshift_round(x: Value, s, max_s: int = 0) -> Value:
+    """``floor((x + 2**(s-1)) / 2**s)`` (``x`` where ``s == 0``) for an unsigned shift ``s <= max_s``
+    (a Value) or a constant ``s`` (an int).
+
+    The sum is one bit wider than its operands, so it never overflows."""
+    x = Value.cast(x)
+    if isinstance(s, int):
+        return x if s == 0 else (x + (1 << (s - 1))) >> s
+    s = Value.cast(s)
+    half = (Const(1, max_s + 1) << s)[: max_s + 1] >> 1     # 2**(s-1), or 0 for s == 0
+    return (x + half) >> s
+
+
+def to_signed(x: Value) -> Value:
+    """An unsigned value as a signed one of the same numeric value (one bit wider)."""
+    x = Value.cast(x)
+    if x.shape().signed:
+        return x
+    return Cat(x, Const(0, 1)).as_signed()
+
+
+def saturate(x: Value, bits: int = 32) -> Value:
+    """Clamp a signed value to ``bits``-bit two's complement (numerics.saturate for bits = 32)."""
+    x = Value.cast(x)
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return Mux(x > hi, Const(hi, signed(bits)), Mux(x < lo, Const(lo, signed(bits)), x[:bits].as_signed()))
+
+
+def bitlen(x: Value) -> Value:
+    """numerics.bitlen of an unsigned value: index of the highest set bit + 1 (0 for 0).
+
+    A balanced tree of ``log2(width)`` levels (a long priority chain is slow to simulate)."""
+    x = Value.cast(x)
+    w = x.shape().width
+    out_w = width_for(w)
+    if w == 1:
+        return x[0:1]
+    half = w // 2
+    lo, hi = x[:half], x[half:]
+    return Mux(hi != 0, (bitlen(hi) + half)[:out_w], bitlen(lo))
+
+
+def clamp_max(x: Value, hi: int) -> Value:
+    """min(x, hi) for an unsigned ``x``, in ``width_for(hi)`` bits."""
+    x = Value.cast(x)
+    return Mux(x > hi, Const(hi, width_for(hi)), x[:width_for(hi)])
+
+
+def check_int(*args) -> int:
+    """``check_int([owner,] name, value, legal, ok)``: raise ``ValueError`` naming ``name`` and its
+    ``legal`` values unless ``ok(value)`` (an int, not a bool).
+
+    ``owner`` (optional) is the component being constructed: a rejected one is never elaborated, so
+    its "created but never used" warning is silenced."""
+    owner, (name, value, legal, ok) = (None, args) if isinstance(args[0], str) else (args[0], args[1:])
+    if isinstance(value, bool) or not isinstance(value, int) or not ok(value):
+        if owner is not None:
+            owner._MustUse__silence = True
+        raise ValueError(f"{name} must be {legal}, got {value!r}")
+    return value
+
+
+__all__ = ["ROM_ATTRS", "Pipeline", "absval", "bitlen", "check_int", "clamp_max", "rshift_round", "saturate",
+           "to_signed", "width_for"]
