@@ -20,6 +20,7 @@ from mmfree import MmfreeError, __version__
 AREAS = [
     "mmfree.cli_core",
     "mmfree.pymodel.cli",
+    "mmfree.pymodel.cli_trigram",
     "mmfree.rtl.cli",
     "mmfree.sim.cli",
     "mmfree.boards.cli",

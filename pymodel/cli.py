@@ -31,7 +31,8 @@ def register(sub) -> None:
                         "hardware-float: PyTorch in hardware-exact mode")
     p.add_argument("--draft", choices=["none", "trigram"], default="none",
                    help="speculative decoding with the trigram drafter (int backend)")
-    p.add_argument("--max-draft", type=int, default=4, help="draft tokens per verification step")
+    p.add_argument("--max-draft", type=int, default=4, help="draft tree depth (tokens per path) per verification step")
+    p.add_argument("--draft-nodes", type=int, default=None, help="draft tree size (nodes per verification step)")
     p.add_argument("--trigram-table", default=None, help="trigram table file (default: the model's own)")
     p.add_argument("--stop-at-eos", action="store_true", help="stop after the end-of-sequence token")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -136,7 +137,8 @@ def _generate(args) -> int:
         if args.draft == "trigram":
             from mmfree.pymodel.speculative import speculative_generate
 
-            res = speculative_generate(backend.model, prompt_ids, args.max_new_tokens, max_draft=args.max_draft,
+            extra_kw = {} if args.draft_nodes is None else {"max_nodes": args.draft_nodes}
+            res = speculative_generate(backend.model, prompt_ids, args.max_new_tokens, max_draft=args.max_draft, **extra_kw,
                                        temperature=args.temperature, top_p=args.top_p, seed=args.seed,
                                        table=args.trigram_table, model_dir=tok_source, eos_id=eos)
             extra = res.extra

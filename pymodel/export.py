@@ -149,7 +149,7 @@ def int_params(model) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
         vec(bl.nw, pre[bl.name] * own)
         F_n, F_nw = exps[bl.n], exps[bl.nw]
         F_out = formats[LY.output_format(bl.name) + "_frac"]
-        C = alpha * math.sqrt(bl.K) / N.CODE_MAX * 2.0 ** (F_n - F_nw - N.Z_SHIFT + F_out - 16)
+        C = alpha * math.sqrt(bl.K) / N.CODE_MAX * 2.0 ** (F_n - F_nw + F_out - 16)
         c_m, c_e = N.constant_from_float(C)
         consts[bl.name] = {"K": bl.K, "N": bl.N, "alpha": alpha, "F_n": F_n, "F_nw": F_nw, "F_out": F_out,
                            "c_m": c_m, "c_e": c_e,

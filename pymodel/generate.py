@@ -60,11 +60,17 @@ def generate(backend, prompt_ids, max_new_tokens: int, temperature: float = 0.0,
 
 
 class TorchBackend:
-    """The float model (``numerics`` "fake" or "hardware") as a decoding backend."""
+    """The float model (``numerics`` "fake" or "hardware") as a decoding backend.
+
+    Decoding one token of a small model is latency-bound: below d = 1024 it runs on one CPU thread
+    (several threads spin against each other and, on a busy machine, run many times slower).
+    """
 
     def __init__(self, model):
         import torch
 
+        if model.config.hidden_size < 1024 and next(model.parameters()).device.type == "cpu":
+            torch.set_num_threads(1)
         self.torch = torch
         self.model = model.eval()
         self.vocab_size = model.config.vocab_size

@@ -84,10 +84,10 @@ def hardware_forward(model, input_ids: torch.Tensor, state=None):
         if hk is not None:
             return hk.bitlinear(u_int, P.v[spec.n], P.v[spec.nw], P.t[spec.w], c["c_m"], c["c_e"], surrogate_in,
                                 module, frac)
-        codes, Pm, S = N.quantize(u_int, P.v[spec.n], P.v[spec.nw])
+        codes, Pm, S, sz = N.quantize(u_int, P.v[spec.n], P.v[spec.nw])
         with torch.autocast(device_type=codes.device.type, enabled=False):
             acc = (codes.to(torch.float32) @ P.t[spec.w].T).to(torch.int64)     # exact: |acc| < 2**24
-        M, shift = N.output_multiplier(Pm, S, c["c_m"], c["c_e"])
+        M, shift = N.output_multiplier(Pm, S, sz, c["c_m"], c["c_e"])
         out_int = N.dequantize(acc, M, shift)
         return out_int, _ste(module(surrogate_in), out_int, frac)
 

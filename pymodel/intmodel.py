@@ -164,13 +164,13 @@ class IntModel:
     def bitlinear(self, name: str, u: np.ndarray) -> np.ndarray:
         """Output ``[k, N]`` (int32 values in the BitLinear's output format) for inputs ``u`` int64 ``[k, K]``."""
         spec = self.bitlinear_specs[name]
-        codes, P, S = N.quantize(u, self.vec(spec.n), self.vec(spec.nw))
-        return self.matvec(name, codes, P, S)
+        codes, P, S, sz = N.quantize(u, self.vec(spec.n), self.vec(spec.nw))
+        return self.matvec(name, codes, P, S, sz)
 
-    def matvec(self, name: str, codes: np.ndarray, P: np.ndarray, S: np.ndarray) -> np.ndarray:
+    def matvec(self, name: str, codes: np.ndarray, P: np.ndarray, S: np.ndarray, sz: np.ndarray) -> np.ndarray:
         c = self.consts[name]
         acc = (codes.astype(np.float32) @ self.ternary(name).T).astype(np.int64)   # exact, see module doc
-        M, shift = N.output_multiplier(P, S, c["c_m"], c["c_e"])
+        M, shift = N.output_multiplier(P, S, sz, c["c_m"], c["c_e"])
         return N.dequantize(acc, M, shift)
 
     def embed(self, tokens: np.ndarray) -> np.ndarray:
@@ -222,13 +222,12 @@ class IntModel:
             n = self.vec(p + "attn_norm.n")
             up, _ = N.normalize_input(x)
             # i, f, g share the input and its pre-norm: one sum of squares, three code vectors
-            zs = N.rshift_round(up * n, N.Z_SHIFT)
-            S = np.sum(zs * zs, axis=-1, keepdims=True)
+            S, sz = N.sum_squares(up * n)
             out = {}
             for proj in ("i_proj", "f_proj", "g_proj"):
                 pw = up * self.vec(p + f"attn.{proj}.nw")
                 P = np.max(np.abs(pw), axis=-1, keepdims=True)
-                out[proj] = self.matvec(p + f"attn.{proj}", N.codes_from(pw, P), P, S)
+                out[proj] = self.matvec(p + f"attn.{proj}", N.codes_from(pw, P), P, S, sz)
                 tap(p + f"attn.{proj}", out[proj])
             af = self.act_frac
             rate = N.forget_rate(out["f_proj"], self.vec(p + "attn.one_minus_lb"), af)

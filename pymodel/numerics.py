@@ -37,15 +37,18 @@ FRAC_MAX = 28
 CALIBRATION_MARGIN_BITS = 3
 #: int8 activation codes are symmetric: -127..127 (-128 never occurs).
 CODE_MAX = 127
-#: Per-channel vectors (RMSNorm weights and their products) are signed 18-bit mantissas (one DSP operand,
-#: stored as int32) with one exponent per vector, normalised so that max |mantissa| lies in [2**16, 2**17).
-VEC_BITS = 18
-#: A BitLinear input u is first normalised so that |u'| <= 2**U_BITS (25-bit signed: one DSP operand).
-U_BITS = 23
-#: z = u' * n (|z| < 2**40) is reduced by Z_SHIFT before squaring into the sum of squares S (S < 2**48).
-Z_SHIFT = 24
-#: Extra bits of the activation reciprocal: R = (127 << (bitlen(P) + RECIP_EXTRA)) // P (R < 2**22).
-RECIP_EXTRA = 14
+#: Per-channel vectors (RMSNorm weights and their products) are signed 31-bit mantissas in int32 with one
+#: exponent per vector, normalised so that max |mantissa| lies in [2**29, 2**30).
+VEC_BITS = 31
+#: A BitLinear input u is first normalised so that max |u'| lies in [2**29, 2**30]: z = u'n and p = u'nw
+#: then stay below 2**60 (int64).
+U_BITS = 30
+#: z is normalised by its own maximum to ZS_BITS bits before squaring: S = sum zs**2 < 2**62 for K <= 2**16.
+ZS_BITS = 23
+#: p is normalised by its maximum to P_CODE_BITS bits before the codes are computed.
+P_CODE_BITS = 32
+#: Extra bits of the activation reciprocal: R = (127 << (bitlen(P') + RECIP_EXTRA)) // P' (R < 2**30).
+RECIP_EXTRA = 22
 #: P is reduced to this many bits before it enters the output multiplier.
 P_BITS = 24
 #: Output multiplier mantissa M lies in [2**(M_BITS-1), 2**M_BITS]; the per-BitLinear constant mantissa
@@ -57,8 +60,8 @@ ONE_Q31 = 1 << SIG_FRAC
 #: Sigmoid tail table E(a) = sigmoid(-a) for a in [0, SIG_RANGE], 2**SIG_STEPS_LOG2 entries per unit;
 #: the table index of a magnitude a in Q(frac) is ``a >> (frac - SIG_STEPS_LOG2)``.
 SIG_RANGE = 16
-SIG_STEPS_LOG2 = 5
-SIG_ENTRIES = SIG_RANGE * (1 << SIG_STEPS_LOG2) + 1  # 513 (the last entry is the interpolation end point)
+SIG_STEPS_LOG2 = 8
+SIG_ENTRIES = SIG_RANGE * (1 << SIG_STEPS_LOG2) + 1  # 4097 (the last entry is the interpolation end point)
 #: Reciprocal square root table over m in [1/4, 1] in steps of 1/256, values rsqrt(m) in Q30.
 RSQRT_FRAC = 30
 RSQRT_INDEX_BITS = 10
@@ -250,7 +253,7 @@ def mul_act(a, b):
 # ---- the BitLinear quantizer and its output scale ----------------------------------------------------------
 def normalize_input(u):
     """u' = u * 2**-sh along the last axis with ``sh = bitlen(max|u|) - U_BITS``: a rounding right shift
-    (``rshift_round``) when sh > 0, an exact left shift when sh < 0, so max |u'| is in [2**22, 2**23].
+    (``rshift_round``) when sh > 0, an exact left shift when sh < 0, so max |u'| is in [2**29, 2**30].
 
     Returns (u', sh). A BitLinear's output does not depend on the scale of its input, so any integer
     vector (an activation or a product of two) can feed it; normalising keeps full precision either way.
@@ -261,29 +264,42 @@ def normalize_input(u):
     return shift_round(u, sh), sh
 
 
+def sum_squares(z):
+    """(S, sz): ``S = sum(rshift_round(z, sz)**2)`` along the last axis with
+    ``sz = max(0, bitlen(max|z|) - ZS_BITS)``, so every term has at most 23 bits before squaring."""
+    Z = _amax(_abs(z), axis=-1, keepdims=True)
+    sz = _clip0(bitlen(Z) - ZS_BITS)
+    zs = rshift_round(z, sz)
+    return _sum(zs * zs, axis=-1, keepdims=True), sz
+
+
 def quantize(u, n, nw):
     """The activation side of a BitLinear whose input went through RMSNorm(weight n) before it.
 
-    ``u``: int64 ``[..., K]`` (any scale); ``n``, ``nw``: 18-bit mantissas ``[K]`` of the pre-norm weight and
+    ``u``: int64 ``[..., K]`` (any scale); ``n``, ``nw``: 31-bit mantissas ``[K]`` of the pre-norm weight and
     of the product (pre-norm weight * the BitLinear's own norm weight). Returns
-    ``(codes int64 [..., K] in -127..127, P [..., 1], S [..., 1])`` with ``P = max|p|`` (p = u' nw) and
-    ``S = sum(rshift_round(u' n, Z_SHIFT)**2)``. RMSNorm's 1/rms and eps drop out: codes depend only on the
-    direction of p, and the output scale uses P / sqrt(S) (see :func:`output_multiplier`).
+    ``(codes int64 [..., K] in -127..127, P [..., 1], S [..., 1], sz [..., 1])`` with ``P = max|p|``
+    (p = u' nw) and ``(S, sz) = sum_squares(u' n)``. RMSNorm's 1/rms and eps drop out: codes depend only
+    on the direction of p, and the output scale uses P / sqrt(S 4**sz) (see :func:`output_multiplier`).
     """
     up, _ = normalize_input(u)
-    z = up * n
+    S, sz = sum_squares(up * n)
     p = up * nw
-    zs = rshift_round(z, Z_SHIFT)
-    S = _sum(zs * zs, axis=-1, keepdims=True)
     P = _amax(_abs(p), axis=-1, keepdims=True)
-    return codes_from(p, P), P, S
+    return codes_from(p, P), P, S, sz
 
 
 def codes_from(p, P):
-    """int8 codes ``sign(p) * min(127, round_half_away(127 |p| / P))`` via the reciprocal
-    ``R = (127 << (bitlen(P) + RECIP_EXTRA)) // P``; P == 0 gives zeros."""
-    b = bitlen(P)
-    k = b + RECIP_EXTRA
+    """int8 codes ``sign(p) * min(127, round_half_away(127 |p| / P))``; P == 0 gives zeros.
+
+    p and P are first reduced to P_CODE_BITS bits (``sp = max(0, bitlen(P) - 32)``,
+    ``p' = rshift_round(p, sp)``, ``P' = rshift_round(P, sp)``); then the reciprocal
+    ``R = (127 << k) // P'`` with ``k = bitlen(P') + RECIP_EXTRA`` and ``|q| = (|p'| R + 2**(k-1)) >> k``.
+    """
+    sp = _clip0(bitlen(P) - P_CODE_BITS)
+    p = rshift_round(p, sp)
+    P = rshift_round(P, sp)
+    k = bitlen(P) + RECIP_EXTRA
     Psafe = _where(P > 0, P, P * 0 + 1)
     R = (CODE_MAX * _pow2(k)) // Psafe
     mag = (_abs(p) * R + (_pow2(k) >> 1)) >> k
@@ -293,9 +309,12 @@ def codes_from(p, P):
 
 
 def rsqrt(S):
-    """(r, k) with rsqrt(S) ~= r * 2**-(46 + k): S is normalised to S' = S >> 2k (or << -2k) in [2**30, 2**32),
-    r = rsqrt(S' / 2**32) in Q2.30 by table look-up on the top RSQRT_INDEX_BITS bits of S' with linear
-    interpolation on the remaining ones. S must be > 0."""
+    """(r, k) with rsqrt(S) ~= r * 2**-(46 + k), S > 0.
+
+    S is normalised to S' = S >> 2k (or << -2k) in [2**30, 2**32); r0 = rsqrt(S' / 2**32) in Q2.30 from
+    the table (top RSQRT_INDEX_BITS bits of S', linear interpolation on the rest), then one Newton step:
+    ``t = (r0 * r0) >> 30``; ``v = ((S' >> 2) * t) >> 30``; ``r = (r0 * (3 * 2**30 - v)) >> 31``.
+    """
     b = bitlen(S)
     k = (b - 31) >> 1                       # floor((b - 31) / 2): S >> 2k has 31 or 32 bits
     Sn = shift_round_floor(S, 2 * k)
@@ -305,7 +324,10 @@ def rsqrt(S):
     table = rsqrt_table()
     t0 = _take(table, j)
     t1 = _take(table, j + 1)
-    return t0 - (((t0 - t1) * frac) >> low), k
+    r0 = t0 - (((t0 - t1) * frac) >> low)
+    t = (r0 * r0) >> RSQRT_FRAC
+    v = ((Sn >> 2) * t) >> RSQRT_FRAC
+    return (r0 * (3 * (1 << RSQRT_FRAC) - v)) >> (RSQRT_FRAC + 1), k
 
 
 def shift_round_floor(x, s):
@@ -315,15 +337,15 @@ def shift_round_floor(x, s):
     return _where(s >= 0, x >> _clip0(s), x << _clip0(-s))
 
 
-def output_multiplier(P, S, c_m: int, c_e: int):
+def output_multiplier(P, S, sz, c_m: int, c_e: int):
     """Per-token multiplier ``(M, shift)`` of a BitLinear: ``out = dequantize(acc, M, shift)``.
 
-    The real output is ``acc * C * P / sqrt(S)``; the export-time constant ``C = c_m * 2**c_e`` holds
-    ``alpha * sqrt(K) / 127 * 2**(F_n - F_nw - Z_SHIFT) * 2**(F_out - 16)`` so that the result is the
-    output in Q(F_out). Integer steps: ``(r, k) = rsqrt(S)`` (rsqrt(S) ~= r 2**-(46+k));
-    ``b = rshift_round(c_m * r, 24)``; ``ps = max(0, bitlen(P) - 24)``; ``m = b * rshift_round(P, ps)``;
-    ``M = rshift_round(m, bitlen(m) - 24)`` (M in [2**23, 2**24]); ``shift = 30 + k - bitlen(m) - c_e - ps``.
-    Where P or S is 0 the output is 0 (M = 0, shift = 0).
+    The real output is ``acc * C * 2**16 * P / sqrt(S * 4**sz)`` (in Q(F_out) units), where the
+    export-time constant ``C = c_m * 2**c_e`` holds ``alpha * sqrt(K) / 127 * 2**(F_n - F_nw) * 2**(F_out - 16)``.
+    Integer steps: ``(r, k) = rsqrt(S)`` (rsqrt(S) ~= r 2**-(46+k)); ``b = rshift_round(c_m * r, 24)``;
+    ``ps = max(0, bitlen(P) - 24)``; ``m = b * rshift_round(P, ps)``; ``M = rshift_round(m, bitlen(m) - 24)``
+    (M in [2**23, 2**24]); ``shift = 30 + k + sz - bitlen(m) - ps - c_e``. Where P or S is 0 the output
+    is 0 (M = 0, shift = 0).
     """
     valid = (P > 0) & (S > 0)
     Ssafe = _where(valid, S, S * 0 + (1 << 31))
@@ -334,7 +356,7 @@ def output_multiplier(P, S, c_m: int, c_e: int):
     m = b * rshift_round(Psafe, ps)
     em = bitlen(m)
     M = rshift_round(m, em - M_BITS)
-    shift = 30 + k - em - c_e - ps
+    shift = 30 + k + sz - em - ps - c_e
     return _where(valid, M, M * 0), _where(valid, shift, shift * 0)
 
 
