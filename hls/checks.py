@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from mmfree.hls import csim as C
 from mmfree.hls import vectors as V
 from mmfree.pymodel import numerics as N
 
@@ -84,9 +85,9 @@ def kernel_checks(sim, seed: int = 0, n: int = 20000) -> list[Check]:
     out.add(lambda: compare("hgrn_update", K, sim.hgrn_update(h, s, g), N.hgrn_update(h, s, g)))
 
     # ---- output multiplier and dequantize
-    P, S, c_m, c_e = V.multiplier_inputs(rng, n)
-    M_ref, sh_ref = N.output_multiplier(P, S, c_m, c_e)
-    M, sh = sim.output_multiplier(P, S, c_m, c_e)
+    P, S, sz, c_m, c_e = V.multiplier_inputs(rng, n)
+    M_ref, sh_ref = N.output_multiplier(P, S, sz, c_m, c_e)
+    M, sh = sim.output_multiplier(P, S, sz, c_m, c_e)
     out.add(lambda: compare("output_multiplier.M", K, M, M_ref))
     out.add(lambda: compare("output_multiplier.shift", K, sh, sh_ref))
     acc = V.accumulators(rng, n)
@@ -102,11 +103,15 @@ def kernel_checks(sim, seed: int = 0, n: int = 20000) -> list[Check]:
         ref_up, ref_sh = N.normalize_input(u)
         out.add(lambda: compare(f"normalize_input[K={k}, |u|<2^{bits}]", K, np.append(up, ush),
                                 np.append(ref_up, ref_sh)))
+        zbits = int(rng.integers(0, C.P_MAX.bit_length() + 1))
+        z = V.z_values(rng, k, zbits)
+        out.add(lambda: compare(f"sum_squares[K={k}, |z|<2^{zbits}]", K, np.array(sim.sum_squares(z)),
+                                np.concatenate(N.sum_squares(z))))
         nv, nwv = V.vec_values(rng, k), V.vec_values(rng, k)
-        codes, Pq, Sq = sim.quantize(u, nv, nwv)
-        rc, rP, rS = N.quantize(u, nv, nwv)
-        out.add(lambda: compare(f"rmsnorm_quantize[K={k}]", K, np.append(codes, [Pq, Sq]),
-                                np.concatenate([rc, rP, rS])))
+        codes, Pq, Sq, szq = sim.quantize(u, nv, nwv)
+        rc, rP, rS, rsz = N.quantize(u, nv, nwv)
+        out.add(lambda: compare(f"rmsnorm_quantize[K={k}]", K, np.append(codes, [Pq, Sq, szq]),
+                                np.concatenate([rc, rP, rS, rsz])))
         p = rng.integers(-int(rP[0]), int(rP[0]), size=k, endpoint=True) if rP[0] else np.zeros(k, np.int64)
         out.add(lambda: compare(f"codes_from[K={k}]", K, sim.codes_from(p, int(rP[0])), N.codes_from(p, rP[0])))
 
@@ -125,9 +130,9 @@ def kernel_checks(sim, seed: int = 0, n: int = 20000) -> list[Check]:
     # ---- dequantize kernel (stream) and the whole-BitLinear kernel
     for k, rows in ((60, 63), (1000, 7), (63, 1000)):
         accs = V.accumulators(rng, rows, k)
-        Pk, Sk, cmk, cek = (int(a[-1]) for a in V.multiplier_inputs(rng, 200))
-        y, Mk, shk = sim.dequantize_rows(accs, Pk, Sk, cmk, cek)
-        rM, rsh = N.output_multiplier(np.int64(Pk), np.int64(Sk), cmk, cek)
+        Pk, Sk, szk, cmk, cek = (int(a[-1]) for a in V.multiplier_inputs(rng, 200))
+        y, Mk, shk = sim.dequantize_rows(accs, Pk, Sk, szk, cmk, cek)
+        rM, rsh = N.output_multiplier(np.int64(Pk), np.int64(Sk), np.int64(szk), cmk, cek)
         out.add(lambda: compare(f"dequantize_kernel[N={rows}]", K, np.append(y, [Mk, shk]),
                                 np.append(N.dequantize(accs, rM, rsh), [rM, rsh])))
         image, offs, ref = V.bitlinear_case(rng, k, rows)

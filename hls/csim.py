@@ -39,7 +39,7 @@ TB_SOURCE = "tb_main.cpp"
 #: C++14: what Vitis HLS compiles; warnings on, except HLS pragmas and loop labels (HLS names loops by them).
 CXXFLAGS = ["-std=c++14", "-O2", "-Wall", "-Wextra", "-Wno-unknown-pragmas", "-Wno-unused-label"]
 LIB_NAME = "libmmfree_hls.so"
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 #: Kernel status codes (mmfree_hls.h).
 STATUS = {
@@ -54,9 +54,12 @@ INT32_LO, INT32_HI = N.INT32_MIN, N.INT32_MAX
 U_LIMIT = 1 << 62
 #: Per-channel mantissas (pre-norm weight n, folded weight nw): signed VEC_BITS-bit values.
 VEC_LO, VEC_HI = -(1 << (N.VEC_BITS - 1)), (1 << (N.VEC_BITS - 1)) - 1
-#: Largest P = max|u' * nw| the quantizer can produce, and the sum-of-squares bound of the spec.
+#: Largest P = max|u' * nw| (and max|u' * n|) the quantizer can produce: 2**U_BITS * 2**(VEC_BITS-1).
 P_MAX = (1 << N.U_BITS) << (N.VEC_BITS - 1)
-S_MAX = (1 << 48) - 1
+#: The sum of squares (numerics.sum_squares) of at most MAX_K terms of at most 2**ZS_BITS each, and its
+#: shift: sz = max(0, bitlen(max|z|) - ZS_BITS) <= bitlen(P_MAX) - ZS_BITS.
+S_MAX = N.MAX_K << (2 * N.ZS_BITS)
+SZ_MAX = P_MAX.bit_length() - N.ZS_BITS
 #: The BitLinear constant's mantissa range (numerics.constant_from_float) and a generous exponent bound.
 CM_LO, CM_HI = 1 << (N.M_BITS - 1), (1 << N.M_BITS) - 1
 CE_ABS = (1 << 20) - 1
@@ -202,15 +205,16 @@ _SIGNATURES = {
     "mmfree_csim_silu": ([_P(_I64), _P(_I64), _I64, ctypes.c_int], None),
     "mmfree_csim_forget_rate": ([_P(_I64), _P(_I64), _P(_I64), _I64, ctypes.c_int], None),
     "mmfree_csim_hgrn_update": ([_P(_I64), _P(_I64), _P(_I64), _P(_I64), _I64], None),
-    "mmfree_csim_output_multiplier": ([_P(_I64)] * 6 + [_I64], None),
+    "mmfree_csim_output_multiplier": ([_P(_I64)] * 7 + [_I64], None),
     "mmfree_csim_dequantize_values": ([_P(_I64)] * 4 + [_I64], None),
     "mmfree_csim_normalize_input": ([_P(_I64), ctypes.c_int, _P(_I64), _P(_I64)], ctypes.c_int),
+    "mmfree_csim_sum_squares": ([_P(_I64), ctypes.c_int, _P(_I64), _P(_I64)], ctypes.c_int),
     "mmfree_csim_codes_from": ([_P(_I64), ctypes.c_int, _I64, _P(_I8)], ctypes.c_int),
     "mmfree_csim_ternary_matvec": ([_P(_U8), _P(_I8), _P(_I32), ctypes.c_int, ctypes.c_int], ctypes.c_int),
-    "mmfree_csim_rmsnorm_quantize": ([_P(_I64), "vec", "vec", _P(_I8), _P(_I64), _P(_I64), ctypes.c_int],
+    "mmfree_csim_rmsnorm_quantize": ([_P(_I64), "vec", "vec", _P(_I8), _P(_I64), _P(_I64), _P(_I32), ctypes.c_int],
                                      ctypes.c_int),
-    "mmfree_csim_dequantize": ([_P(_I32), _P(_I32), _I64, _I64, _I32, _I32, _P(_I32), _P(_I32), ctypes.c_int],
-                               ctypes.c_int),
+    "mmfree_csim_dequantize": ([_P(_I32), _P(_I32), _I64, _I64, _I32, _I32, _I32, _P(_I32), _P(_I32),
+                                ctypes.c_int], ctypes.c_int),
     "mmfree_csim_mlgru": ([_P(_I32), _P(_I32), _P(_I32), "gate", _P(_I32), _P(_I64), ctypes.c_int, ctypes.c_int],
                           ctypes.c_int),
     "mmfree_csim_bitlinear": ([_P(_U8), _U32, _U32, _U32, _I32, _I32, _P(_I64), _P(_I32), ctypes.c_int,
@@ -312,15 +316,16 @@ class CSim:
         _same_shape(h=h, s=s, g=g)
         return self._map(self.lib.mmfree_csim_hgrn_update, h, s, g)
 
-    def output_multiplier(self, P, S, c_m, c_e) -> tuple[np.ndarray, np.ndarray]:
-        """(M, shift) per element: ``P`` in [0, P_MAX], ``S`` in [0, 2**48), ``c_m`` in [2**(M_BITS-1), 2**M_BITS),
-        ``|c_e| < 2**20`` (arrays of one shape; scalars broadcast)."""
-        P, S, c_m, c_e = np.broadcast_arrays(*(np.asarray(a) for a in (P, S, c_m, c_e)))
+    def output_multiplier(self, P, S, sz, c_m, c_e) -> tuple[np.ndarray, np.ndarray]:
+        """(M, shift) per element: ``P`` in [0, P_MAX], ``S`` in [0, S_MAX], its shift ``sz`` in [0, SZ_MAX],
+        ``c_m`` in [2**(M_BITS-1), 2**M_BITS), ``|c_e| < 2**20`` (arrays of one shape; scalars broadcast)."""
+        P, S, sz, c_m, c_e = np.broadcast_arrays(*(np.asarray(a) for a in (P, S, sz, c_m, c_e)))
         P = _ints("P", P, 0, P_MAX, None)
         S = _ints("S", S, 0, S_MAX, None)
+        sz = _ints("sz", sz, 0, SZ_MAX, None)
         c_m = _ints("c_m", c_m, CM_LO, CM_HI, None)
         c_e = _ints("c_e", c_e, -CE_ABS, CE_ABS, None)
-        flat = [np.ascontiguousarray(a.reshape(-1)) for a in (P, S, c_m, c_e)]
+        flat = [np.ascontiguousarray(a.reshape(-1)) for a in (P, S, sz, c_m, c_e)]
         M = np.empty(flat[0].size, dtype=np.int64)
         sh = np.empty_like(M)
         self.lib.mmfree_csim_output_multiplier(*[_ptr(a, _I64) for a in flat], _ptr(M, _I64), _ptr(sh, _I64), M.size)
@@ -345,6 +350,16 @@ class CSim:
         self._status("normalize_input", self.lib.mmfree_csim_normalize_input(_ptr(u, _I64), len(u), _ptr(out, _I64),
                                                                              _ptr(sh, _I64)))
         return out, int(sh[0])
+
+    def sum_squares(self, z) -> tuple[int, int]:
+        """(S, sz) of a 1-D ``z`` (|z| <= P_MAX, the largest u' * n): numerics.sum_squares."""
+        z = _ints("z", z, -P_MAX, P_MAX)
+        self._k("sum_squares", len(z), "len(z)", limit=N.MAX_K)
+        S = np.zeros(1, dtype=np.int64)
+        sz = np.zeros(1, dtype=np.int64)
+        self._status("sum_squares", self.lib.mmfree_csim_sum_squares(_ptr(z, _I64), len(z), _ptr(S, _I64),
+                                                                     _ptr(sz, _I64)))
+        return int(S[0]), int(sz[0])
 
     def codes_from(self, p, P: int) -> np.ndarray:
         """int8 codes of a 1-D ``p`` with ``P = max|p|`` (0 <= P <= P_MAX, |p| <= P)."""
@@ -382,8 +397,8 @@ class CSim:
             _ptr(w, _U8), _ptr(c8, _I8), _ptr(acc, _I32), n, k))
         return acc.astype(np.int64)
 
-    def quantize(self, u, n, nw) -> tuple[np.ndarray, int, int]:
-        """``mmfree_rmsnorm_quantize``: (codes ``[K]``, P, S) of a 1-D input ``u`` (|u| < 2**62) with the
+    def quantize(self, u, n, nw) -> tuple[np.ndarray, int, int, int]:
+        """``mmfree_rmsnorm_quantize``: (codes ``[K]``, P, S, sz) of a 1-D input ``u`` (|u| < 2**62) with the
         pre-norm weight ``n`` and folded weight ``nw`` (both ``[K]``, signed VEC_BITS-bit mantissas)."""
         u = _ints("u", u, -U_LIMIT + 1, U_LIMIT - 1)
         n = _ints("n", n, VEC_LO, VEC_HI)
@@ -397,19 +412,21 @@ class CSim:
         codes = np.empty(k, dtype=np.int8)
         P = np.zeros(1, dtype=np.int64)
         S = np.zeros(1, dtype=np.int64)
+        sz = np.zeros(1, dtype=np.int32)
         self._status("mmfree_rmsnorm_quantize", self.lib.mmfree_csim_rmsnorm_quantize(
             _ptr(u, _I64), _ptr(nv, np.ctypeslib.as_ctypes_type(vt)),
-            _ptr(nwv, np.ctypeslib.as_ctypes_type(vt)), _ptr(codes, _I8), _ptr(P, _I64), _ptr(S, _I64), k))
-        return codes.astype(np.int64), int(P[0]), int(S[0])
+            _ptr(nwv, np.ctypeslib.as_ctypes_type(vt)), _ptr(codes, _I8), _ptr(P, _I64), _ptr(S, _I64),
+            _ptr(sz, _I32), k))
+        return codes.astype(np.int64), int(P[0]), int(S[0]), int(sz[0])
 
-    def dequantize_rows(self, acc, P: int, S: int, c_m: int, c_e: int) -> tuple[np.ndarray, int, int]:
+    def dequantize_rows(self, acc, P: int, S: int, sz: int, c_m: int, c_e: int) -> tuple[np.ndarray, int, int]:
         """``mmfree_dequantize``: (outputs ``[N]``, M, shift) of accumulators ``[N]`` for one token's
-        (P, S) and the BitLinear constant (c_m, c_e); ranges as in :meth:`output_multiplier`."""
+        (P, S, sz) and the BitLinear constant (c_m, c_e); ranges as in :meth:`output_multiplier`."""
         acc = _ints("acc", acc, -N.CODE_MAX * N.MAX_K, N.CODE_MAX * N.MAX_K)
         if len(acc) == 0:
             raise ValueError("dequantize: no accumulators given")
-        for name, v, lo, hi in (("P", P, 0, P_MAX), ("S", S, 0, S_MAX), ("c_m", c_m, CM_LO, CM_HI),
-                                ("c_e", c_e, -CE_ABS, CE_ABS)):
+        for name, v, lo, hi in (("P", P, 0, P_MAX), ("S", S, 0, S_MAX), ("sz", sz, 0, SZ_MAX),
+                                ("c_m", c_m, CM_LO, CM_HI), ("c_e", c_e, -CE_ABS, CE_ABS)):
             if not lo <= int(v) <= hi:
                 raise ValueError(f"dequantize: {name}={v} is outside [{lo}, {hi}]")
         a32 = acc.astype(np.int32)
@@ -417,8 +434,8 @@ class CSim:
         M = np.zeros(1, dtype=np.int32)
         sh = np.zeros(1, dtype=np.int32)
         self._status("mmfree_dequantize", self.lib.mmfree_csim_dequantize(
-            _ptr(a32, _I32), _ptr(y, _I32), int(P), int(S), int(c_m), int(c_e), _ptr(M, _I32), _ptr(sh, _I32),
-            len(acc)))
+            _ptr(a32, _I32), _ptr(y, _I32), int(P), int(S), int(sz), int(c_m), int(c_e), _ptr(M, _I32),
+            _ptr(sh, _I32), len(acc)))
         return y.astype(np.int64), int(M[0]), int(sh[0])
 
     def mlgru(self, i, f, g, one_minus_lb, h, act_frac: int) -> tuple[np.ndarray, np.ndarray]:

@@ -123,9 +123,11 @@ def header_text() -> str:
         out.append(f"#define MMFREE_{k} {_literal(v)}")
     out.append("")
     out.append("// ---- lookup tables ----")
-    out.append("// sigmoid tail E[i] = round(sigmoid(-i/32) * 2^31), Q0.31 (numerics.sigmoid_tail_table)")
+    out.append(f"// sigmoid tail E[i] = round(sigmoid(-i/{1 << N.SIG_STEPS_LOG2}) * 2^{N.SIG_FRAC}), "
+               f"i = 0..{N.SIG_ENTRIES - 1}, Q0.{N.SIG_FRAC} (numerics.sigmoid_tail_table)")
     out.append(_table("uint32_t", "MMFREE_SIGMOID_TAIL", N.sigmoid_tail_table()))
-    out.append("// rsqrt over m in [1/4, 1], Q2.30 (numerics.rsqrt_table)")
+    out.append(f"// rsqrt over m in [1/4, 1] in steps of 1/{1 << N.RSQRT_INDEX_BITS}, Q2.{N.RSQRT_FRAC} "
+               "(numerics.rsqrt_table)")
     out.append(_table("uint32_t", "MMFREE_RSQRT_TABLE", N.rsqrt_table()))
     out.append("// trits of each packed byte value, [byte * TRITS_PER_BYTE + i] (numerics.trit_decode_table)")
     out.append(_table("int8_t", "MMFREE_TRIT_DECODE", N.trit_decode_table(), per_line=N.TRITS_PER_BYTE * 4))

@@ -106,11 +106,11 @@ def make_vectors(model) -> dict[str, tuple[dict[str, np.ndarray], dict[str, int]
 
     # the i_proj BitLinear, step by step
     n, nw = model.vec(p + "attn_norm.n"), model.vec(p + "attn.i_proj.nw")
-    codes, P, S = N.quantize(x_in, n, nw)
-    P, S = int(P[0]), int(S[0])
+    codes, P, S, sz = N.quantize(x_in, n, nw)
+    P, S, sz = int(P[0]), int(S[0]), int(sz[0])
     out["mmfree_rmsnorm_quantize"] = (
         {"u": x_in.astype(np.int64), "n": n.astype(vt), "nw": nw.astype(vt), "expect_codes": codes.astype(np.int8)},
-        {"k": d, "expect_P": P, "expect_S": S})
+        {"k": d, "expect_P": P, "expect_S": S, "expect_sz": sz})
     packed = model.tensor(p + "attn.i_proj.w")
     acc = N.unpack_ternary(packed, d).astype(np.int64) @ codes
     out["mmfree_ternary_matvec"] = (
@@ -118,13 +118,14 @@ def make_vectors(model) -> dict[str, tuple[dict[str, np.ndarray], dict[str, int]
          "expect_acc": acc.astype(np.int32)},
         {"n": d, "k": d})
     c = model.consts[p + "attn.i_proj"]
-    M, sh = N.output_multiplier(np.int64(P), np.int64(S), c["c_m"], c["c_e"])
+    M, sh = N.output_multiplier(np.int64(P), np.int64(S), np.int64(sz), c["c_m"], c["c_e"])
     y = N.dequantize(acc, M, sh)
     if not np.array_equal(y, taps[p + "attn.i_proj"][t]):
         raise AssertionError("i_proj recomputed from numerics differs from IntModel's tap")
     out["mmfree_dequantize"] = (
         {"acc": acc.astype(np.int32), "expect_y": y.astype(np.int32)},
-        {"n": d, "P": P, "S": S, "c_m": c["c_m"], "c_e": c["c_e"], "expect_M": int(M), "expect_shift": int(sh)})
+        {"n": d, "P": P, "S": S, "sz": sz, "c_m": c["c_m"], "c_e": c["c_e"], "expect_M": int(M),
+         "expect_shift": int(sh)})
 
     # the MLGRU step
     i, f, g = (taps[p + f"attn.{q}_proj"][t] for q in "ifg")

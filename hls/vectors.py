@@ -60,6 +60,14 @@ def u_values(rng: np.random.Generator, n: int, bits: int) -> np.ndarray:
     return _mix(rng, special, n, -lim, lim)
 
 
+def z_values(rng: np.random.Generator, n: int, bits: int) -> np.ndarray:
+    """Products u' * n (the input of the sum of squares) with magnitudes up to 2**bits, at most P_MAX
+    (= 2**(U_BITS + VEC_BITS - 1)), the extreme first."""
+    lim = min((1 << bits) - 1, C.P_MAX) if bits > 0 else 0
+    special = [lim, -lim] if rng.integers(2) else [-lim]
+    return _mix(rng, special, n, -lim, lim)
+
+
 def ternary(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
     """A ternary matrix ``[n, k]`` with an all -1 and an all +1 row when n allows."""
     t = rng.integers(-1, 1, size=(n, k), endpoint=True).astype(np.int8)
@@ -75,17 +83,18 @@ def codes(rng: np.random.Generator, k: int) -> np.ndarray:
 
 
 def multiplier_inputs(rng: np.random.Generator, n: int) -> tuple[np.ndarray, ...]:
-    """(P, S, c_m, c_e) arrays: zeros, powers of two (and their neighbours) and the maxima first, then
-    log-uniform values so that small magnitudes are as common as large ones."""
+    """(P, S, sz, c_m, c_e) arrays: zeros, powers of two (and their neighbours) and the maxima first, then
+    log-uniform values so that small magnitudes are as common as large ones; sz over its whole range."""
     pw = [0, 1, 2, 3]
-    for b in range(1, 48):
+    for b in range(1, 63):
         pw += [(1 << b) - 1, 1 << b, (1 << b) + 1]
     logu = (lambda top: np.minimum((2.0 ** rng.uniform(0, np.log2(top), size=n)).astype(np.int64), top))
     P = _mix(rng, pw + [C.P_MAX], n, 0, C.P_MAX, logu(C.P_MAX))
     S = rng.permutation(_mix(rng, pw + [C.S_MAX], n, 0, C.S_MAX, logu(C.S_MAX)))
+    sz = rng.permutation(_mix(rng, [0, 1, C.SZ_MAX], n, 0, C.SZ_MAX))
     c_m = _mix(rng, [C.CM_LO, C.CM_HI], n, C.CM_LO, C.CM_HI)
     c_e = rng.integers(-60, 20, size=n, endpoint=True, dtype=np.int64)
-    return P, S, c_m, c_e
+    return P, S, sz, c_m, c_e
 
 
 #: Every activation format the nonlinearities accept.
@@ -123,9 +132,9 @@ def bitlinear_case(rng: np.random.Generator, k: int, rows: int):
         image[o:o + len(p)] = np.frombuffer(p, dtype=np.uint8)
 
     def reference(u):
-        codes, P, S = N.quantize(np.asarray(u, dtype=np.int64), n, nw)
+        codes, P, S, sz = N.quantize(np.asarray(u, dtype=np.int64), n, nw)
         acc = N.unpack_ternary(packed, k).astype(np.int64) @ codes
-        M, sh = N.output_multiplier(P, S, c_m, c_e)
+        M, sh = N.output_multiplier(P, S, sz, c_m, c_e)
         return N.dequantize(acc, M, sh)
 
     return image, (offs[0], offs[1], offs[2], c_m, c_e), reference

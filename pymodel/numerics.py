@@ -31,7 +31,7 @@ SPEC_VERSION = 1
 #: calibration (``res_frac`` for the residual stream x and the o/down outputs added to it, ``act_frac`` for
 #: every other vector: i, f, g, gate, up, h, SiLU outputs, logits). Both lie in [FRAC_MIN, FRAC_MAX].
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
-FRAC_MIN = 8
+FRAC_MIN = 9          # > SIG_STEPS_LOG2: the sigmoid index needs at least one fractional bit left
 FRAC_MAX = 28
 #: Calibration keeps this many bits of headroom above the largest magnitude it observed (8x).
 CALIBRATION_MARGIN_BITS = 3
@@ -54,6 +54,9 @@ P_BITS = 24
 #: Output multiplier mantissa M lies in [2**(M_BITS-1), 2**M_BITS]; the per-BitLinear constant mantissa
 #: c_m lies in [2**(M_BITS-1), 2**M_BITS).
 M_BITS = 24
+#: The output multiplier's shift is OUT_SHIFT_BASE + k + sz - bitlen(m) - ps - c_e
+#: (= RSQRT_SCALE_EXP - 16: the rsqrt scale less the 2**16 folded into the constant C).
+OUT_SHIFT_BASE = 30
 #: Sigmoid/gate values are unsigned Q0.31.
 SIG_FRAC = 31
 ONE_Q31 = 1 << SIG_FRAC
@@ -62,7 +65,9 @@ ONE_Q31 = 1 << SIG_FRAC
 SIG_RANGE = 16
 SIG_STEPS_LOG2 = 8
 SIG_ENTRIES = SIG_RANGE * (1 << SIG_STEPS_LOG2) + 1  # 4097 (the last entry is the interpolation end point)
-#: Reciprocal square root table over m in [1/4, 1] in steps of 1/256, values rsqrt(m) in Q30.
+#: Reciprocal square root table over m in [1/4, 1] in steps of 1/1024, values rsqrt(m) in Q2.30; rsqrt(S) is
+#: returned as r * 2**-(RSQRT_SCALE_EXP + k).
+RSQRT_SCALE_EXP = 46
 RSQRT_FRAC = 30
 RSQRT_INDEX_BITS = 10
 RSQRT_FIRST = 1 << (RSQRT_INDEX_BITS - 2)            # 256: index of m = 1/4
@@ -186,7 +191,8 @@ def bitlen(x):
 # ---- lookup tables ------------------------------------------------------------------------------------
 @lru_cache(maxsize=1)
 def sigmoid_tail_table() -> np.ndarray:
-    """E[i] = round(sigmoid(-i / 32) * 2**31), i = 0..512, uint32 (Q0.31). E[0] = 2**30."""
+    """E[i] = round(sigmoid(-i / 2**SIG_STEPS_LOG2) * 2**31), i = 0..SIG_ENTRIES-1 (0..4096), uint32 (Q0.31).
+    E[0] = 2**30."""
     vals = [round(2**SIG_FRAC / (1.0 + math.exp(i / (1 << SIG_STEPS_LOG2)))) for i in range(SIG_ENTRIES)]
     t = np.array(vals, dtype=np.uint32)
     t.setflags(write=False)
@@ -195,7 +201,8 @@ def sigmoid_tail_table() -> np.ndarray:
 
 @lru_cache(maxsize=1)
 def rsqrt_table() -> np.ndarray:
-    """T[j] = round(2**30 / sqrt((j + 256) / 1024)), j = 0..768, uint32 (Q2.30): rsqrt over m in [1/4, 1]."""
+    """T[j] = round(2**30 / sqrt((j + 256) / 1024)), j = 0..768, uint32 (Q2.30): rsqrt over m in [1/4, 1]
+    in steps of 1/1024."""
     vals = [round(2**RSQRT_FRAC / math.sqrt((j + RSQRT_FIRST) / (1 << RSQRT_INDEX_BITS))) for j in range(RSQRT_ENTRIES)]
     t = np.array(vals, dtype=np.uint32)
     t.setflags(write=False)
@@ -206,8 +213,8 @@ def rsqrt_table() -> np.ndarray:
 def sigmoid_tail(a, frac: int):
     """sigmoid(-a) in Q0.31 for a >= 0 in Q(frac); a >= 16 uses the last table interval.
 
-    Linear interpolation: ``E[i] - (((E[i] - E[i+1]) * f) >> t)`` with ``t = frac - 5``, ``i = a >> t``,
-    ``f = a & (2**t - 1)``.
+    Linear interpolation: ``E[i] - (((E[i] - E[i+1]) * f) >> t)`` with ``t = frac - SIG_STEPS_LOG2``,
+    ``i = a >> t``, ``f = a & (2**t - 1)``.
     """
     t = frac - SIG_STEPS_LOG2
     if not SIG_STEPS_LOG2 < frac <= FRAC_MAX:
@@ -356,7 +363,7 @@ def output_multiplier(P, S, sz, c_m: int, c_e: int):
     m = b * rshift_round(Psafe, ps)
     em = bitlen(m)
     M = rshift_round(m, em - M_BITS)
-    shift = 30 + k + sz - em - ps - c_e
+    shift = OUT_SHIFT_BASE + k + sz - em - ps - c_e
     return _where(valid, M, M * 0), _where(valid, shift, shift * 0)
 
 

@@ -30,7 +30,7 @@ bool drained(hls::stream<T> &s) {
 
 }  // namespace
 
-#define MMFREE_CSIM_ABI 1
+#define MMFREE_CSIM_ABI 2
 #define GUARD_BEGIN try {
 #define GUARD_END                                  \
   }                                                \
@@ -71,9 +71,9 @@ void mmfree_csim_hgrn_update(const int64_t *h, const int64_t *s, const int64_t *
   for (int64_t i = 0; i < count; ++i) out[i] = hgrn_update(h[i], s[i], g[i]);
 }
 
-void mmfree_csim_output_multiplier(const int64_t *P, const int64_t *S, const int64_t *c_m, const int64_t *c_e,
-                                   int64_t *M, int64_t *shift, int64_t count) {
-  for (int64_t i = 0; i < count; ++i) output_multiplier(P[i], S[i], c_m[i], c_e[i], M[i], shift[i]);
+void mmfree_csim_output_multiplier(const int64_t *P, const int64_t *S, const int64_t *sz, const int64_t *c_m,
+                                   const int64_t *c_e, int64_t *M, int64_t *shift, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) output_multiplier(P[i], S[i], sz[i], c_m[i], c_e[i], M[i], shift[i]);
 }
 
 void mmfree_csim_dequantize_values(const int64_t *acc, const int64_t *M, const int64_t *shift, int64_t *out,
@@ -91,6 +91,22 @@ int mmfree_csim_normalize_input(const int64_t *u, int k, int64_t *up_out, int64_
   for (int i = 0; i < k; ++i) ub[i] = u[i];
   *shift = normalize_vec(ub, up, k);
   for (int i = 0; i < k; ++i) up_out[i] = up[i];
+  return MMFREE_OK;
+  GUARD_END
+}
+
+// numerics.sum_squares of one vector z (|z| <= 2^(U_BITS+VEC_BITS-1)), with the kernels' scalar steps.
+int mmfree_csim_sum_squares(const int64_t *z, int k, int64_t *S, int64_t *sz) {
+  GUARD_BEGIN
+  if (k <= 0) return MMFREE_ERR_SIZE;
+  if (k > MMFREE_MAX_K) return MMFREE_ERR_SPEC;
+  int64_t Z = 0;
+  for (int i = 0; i < k; ++i) Z = iabs(z[i]) > Z ? iabs(z[i]) : Z;
+  const int shift = sumsq_shift(Z);
+  int64_t acc = 0;
+  for (int i = 0; i < k; ++i) acc += sumsq_term(z[i], shift);
+  *S = acc;
+  *sz = shift;
   return MMFREE_OK;
   GUARD_END
 }
@@ -122,12 +138,12 @@ int mmfree_csim_ternary_matvec(const uint8_t *w, const int8_t *codes, int32_t *a
 }
 
 int mmfree_csim_rmsnorm_quantize(const int64_t *u, const mmfree_vec_t *n, const mmfree_vec_t *nw, int8_t *codes,
-                                 int64_t *P, int64_t *S, int k) {
+                                 int64_t *P, int64_t *S, int32_t *sz, int k) {
   GUARD_BEGIN
   hls::stream<int64_t> us;
   hls::stream<int8_t> cs;
   for (int i = 0; i < k; ++i) us.write(u[i]);
-  const int rc = mmfree_rmsnorm_quantize(us, n, nw, cs, P, S, k);
+  const int rc = mmfree_rmsnorm_quantize(us, n, nw, cs, P, S, sz, k);
   if (rc != MMFREE_OK) return rc;
   for (int i = 0; i < k; ++i) {
     if (cs.empty()) return fail("mmfree_rmsnorm_quantize wrote fewer codes than inputs");
@@ -138,13 +154,13 @@ int mmfree_csim_rmsnorm_quantize(const int64_t *u, const mmfree_vec_t *n, const 
   GUARD_END
 }
 
-int mmfree_csim_dequantize(const int32_t *acc, int32_t *y, int64_t P, int64_t S, int32_t c_m, int32_t c_e,
-                           int32_t *M, int32_t *shift, int n) {
+int mmfree_csim_dequantize(const int32_t *acc, int32_t *y, int64_t P, int64_t S, int32_t sz, int32_t c_m,
+                           int32_t c_e, int32_t *M, int32_t *shift, int n) {
   GUARD_BEGIN
   hls::stream<int32_t> as;
   hls::stream<int32_t> ys;
   for (int r = 0; r < n; ++r) as.write(acc[r]);
-  const int rc = mmfree_dequantize(as, ys, P, S, c_m, c_e, M, shift, n);
+  const int rc = mmfree_dequantize(as, ys, P, S, sz, c_m, c_e, M, shift, n);
   if (rc != MMFREE_OK) return rc;
   for (int r = 0; r < n; ++r) {
     if (ys.empty()) return fail("mmfree_dequantize wrote fewer outputs than inputs");

@@ -47,15 +47,15 @@ read_u:
 
 namespace {
 
-// One of i/f/g: codes of u' * nw against the shared S, ternary product, dequantize.
-void attn_proj(const uint8_t *image, uint64_t off_nw, uint64_t off_w, int64_t c_m, int64_t c_e, int64_t S,
-               const int32_t up[MMFREE_MAX_KBUF], int d, int32_t out[MMFREE_MAX_D],
+// One of i/f/g: codes of u' * nw against the shared sum of squares (S, sz), ternary product, dequantize.
+void attn_proj(const uint8_t *image, uint64_t off_nw, uint64_t off_w, int64_t c_m, int64_t c_e,
+               const SumSq &ss, const int32_t up[MMFREE_MAX_KBUF], int d, int32_t out[MMFREE_MAX_D],
                mmfree_vec_t nwb[MMFREE_MAX_KBUF], int8_t codes[MMFREE_MAX_KBUF]) {
 #pragma HLS INLINE
   load_vec(image, off_nw, d, nwb);
   const int64_t P = codes_vec(up, nwb, d, codes);
   int64_t M, shift;
-  output_multiplier(P, S, c_m, c_e, M, shift);
+  output_multiplier(P, ss.S, ss.sz, c_m, c_e, M, shift);
   matvec_dequant_local(image, off_w, codes, d, d, M, shift, out);
 }
 
@@ -123,16 +123,16 @@ load_state:
     ub[j] = x[j];
   }
 
-  // ---- i, f, g: one normalisation of x and one sum of squares (attn_norm), three code vectors ----
+  // ---- i, f, g: one normalisation of x and one sum of squares (S, sz; attn_norm), three code vectors ----
   normalize_vec(ub, up, d);
   load_vec(image, offs[MMFREE_LB_ATTN_I_PROJ_N], d, nb);
-  const int64_t S = sumsq_vec(up, nb, d);
+  const SumSq ss = sumsq_vec(up, nb, d);
   attn_proj(image, offs[MMFREE_LB_ATTN_I_PROJ_NW], offs[MMFREE_LB_ATTN_I_PROJ_W],
-            consts[2 * MMFREE_LB_ATTN_I_PROJ], consts[2 * MMFREE_LB_ATTN_I_PROJ + 1], S, up, d, ib, nwb, codes);
+            consts[2 * MMFREE_LB_ATTN_I_PROJ], consts[2 * MMFREE_LB_ATTN_I_PROJ + 1], ss, up, d, ib, nwb, codes);
   attn_proj(image, offs[MMFREE_LB_ATTN_F_PROJ_NW], offs[MMFREE_LB_ATTN_F_PROJ_W],
-            consts[2 * MMFREE_LB_ATTN_F_PROJ], consts[2 * MMFREE_LB_ATTN_F_PROJ + 1], S, up, d, fb, nwb, codes);
+            consts[2 * MMFREE_LB_ATTN_F_PROJ], consts[2 * MMFREE_LB_ATTN_F_PROJ + 1], ss, up, d, fb, nwb, codes);
   attn_proj(image, offs[MMFREE_LB_ATTN_G_PROJ_NW], offs[MMFREE_LB_ATTN_G_PROJ_W],
-            consts[2 * MMFREE_LB_ATTN_G_PROJ], consts[2 * MMFREE_LB_ATTN_G_PROJ + 1], S, up, d, gb, nwb, codes);
+            consts[2 * MMFREE_LB_ATTN_G_PROJ], consts[2 * MMFREE_LB_ATTN_G_PROJ + 1], ss, up, d, gb, nwb, codes);
 
   // ---- recurrence and gated output: u = g * silu(h) ----
 recurrence:

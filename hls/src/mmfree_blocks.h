@@ -79,20 +79,37 @@ norm_shift_loop:
   return sh;
 }
 
-// S = sum rshift_round(u' n, Z_SHIFT)^2 (S < 2^48 for K <= MAX_K, docs/numerics.md).
-inline int64_t sumsq_vec(const int32_t up[MMFREE_MAX_KBUF], const mmfree_vec_t n[MMFREE_MAX_KBUF], int k) {
-  int64_t S = 0;
+// The sum of squares of z = u' n (numerics.sum_squares): the maximum |z| gives sz, a second pass sums the
+// squares of rshift_round(z, sz) (S < 2^62 for K <= MAX_K, docs/numerics.md). z is recomputed in each pass
+// (one DSP product) instead of being buffered.
+struct SumSq {
+  int64_t S;
+  int sz;
+};
+
+inline SumSq sumsq_vec(const int32_t up[MMFREE_MAX_KBUF], const mmfree_vec_t n[MMFREE_MAX_KBUF], int k) {
+  int64_t Z = 0;
+sumsq_max_loop:
+  for (int i = 0; i < k; ++i) {
+#pragma HLS PIPELINE II=1
+    MMFREE_PRAGMA(HLS LOOP_TRIPCOUNT min=1 max=MMFREE_MAX_KBUF)
+    const int64_t a = iabs((int64_t)up[i] * n[i]);
+    if (a > Z) Z = a;
+  }
+  SumSq out;
+  out.sz = sumsq_shift(Z);
+  out.S = 0;
 sumsq_loop:
   for (int i = 0; i < k; ++i) {
 #pragma HLS PIPELINE II=1
     MMFREE_PRAGMA(HLS LOOP_TRIPCOUNT min=1 max=MMFREE_MAX_KBUF)
-    const int64_t zs = rshift_round((int64_t)up[i] * n[i], (int)MMFREE_Z_SHIFT);
-    S += zs * zs;
+    out.S += sumsq_term((int64_t)up[i] * n[i], out.sz);
   }
-  return S;
+  return out;
 }
 
-// codes of p = u' nw; returns P = max|p|.
+// codes of p = u' nw (numerics.codes_from: p reduced to P_CODE_BITS bits, then the reciprocal); returns
+// P = max|p| (before the reduction: the output multiplier takes the full P).
 inline int64_t codes_vec(const int32_t up[MMFREE_MAX_KBUF], const mmfree_vec_t nw[MMFREE_MAX_KBUF], int k,
                          int8_t codes[MMFREE_MAX_KBUF]) {
   int64_t P = 0;
@@ -136,11 +153,11 @@ inline void bitlinear_local(const uint8_t *image, uint64_t off_n, uint64_t off_n
 #pragma HLS INLINE
   normalize_vec(u, up, k);
   load_vec(image, off_n, k, n_buf);
-  const int64_t S = sumsq_vec(up, n_buf, k);
+  const SumSq ss = sumsq_vec(up, n_buf, k);
   load_vec(image, off_nw, k, nw_buf);
   const int64_t P = codes_vec(up, nw_buf, k, codes);
   int64_t M, shift;
-  output_multiplier(P, S, c_m, c_e, M, shift);
+  output_multiplier(P, ss.S, ss.sz, c_m, c_e, M, shift);
   matvec_dequant_local(image, off_w, codes, k, n, M, shift, y);
 }
 

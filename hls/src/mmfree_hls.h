@@ -109,12 +109,13 @@ static_assert(MMFREE_MAX_KBUF <= MMFREE_MAX_K, "buffers larger than the numerics
 int mmfree_ternary_matvec(const uint8_t *w, hls::stream<int8_t> &codes, hls::stream<int32_t> &acc, int n, int k);
 
 // RMSNorm folded into the BitLinear quantizer: u (k int64, axis in, |u| < 2^62) -> codes (axis out),
-// P = max|p| and S = sum of squares (s_axilite out). n, nw: per-channel mantissas (mmfree_vec_t, m_axi).
+// P = max|p|, the sum of squares S and its shift sz (s_axilite out). n, nw: per-channel mantissas
+// (mmfree_vec_t, m_axi).
 int mmfree_rmsnorm_quantize(hls::stream<int64_t> &u, const mmfree_vec_t *n, const mmfree_vec_t *nw,
-                            hls::stream<int8_t> &codes, int64_t *P, int64_t *S, int k);
+                            hls::stream<int8_t> &codes, int64_t *P, int64_t *S, int32_t *sz, int k);
 
-// Output multiplier (M, shift) from (P, S, c_m, c_e) and the dequantized outputs of n accumulators.
-int mmfree_dequantize(hls::stream<int32_t> &acc, hls::stream<int32_t> &y, int64_t P, int64_t S,
+// Output multiplier (M, shift) from (P, S, sz, c_m, c_e) and the dequantized outputs of n accumulators.
+int mmfree_dequantize(hls::stream<int32_t> &acc, hls::stream<int32_t> &y, int64_t P, int64_t S, int32_t sz,
                       int32_t c_m, int32_t c_e, int32_t *M, int32_t *shift, int n);
 
 // MLGRU elementwise step over d channels, activations in Q(act_frac): rate = forget_rate(f, 1-lb),

@@ -122,12 +122,15 @@ void tb_quantize() {
   hls::stream<int8_t> cs("codes");
   for (int i = 0; i < k; ++i) us.write(u[i]);
   int64_t P = -1, S = -1;
-  if (check_status("mmfree_rmsnorm_quantize", mmfree_rmsnorm_quantize(us, &n[0], &nw[0], cs, &P, &S, k))) return;
+  int32_t sz = -1;
+  if (check_status("mmfree_rmsnorm_quantize", mmfree_rmsnorm_quantize(us, &n[0], &nw[0], cs, &P, &S, &sz, k)))
+    return;
   std::vector<int8_t> codes;
   while (!cs.empty()) codes.push_back(cs.read());
   expect_eq("codes", codes, load<int8_t>("expect_codes"));
   expect_scalar("P", P, sc(s, "expect_P"));
   expect_scalar("S", S, sc(s, "expect_S"));
+  expect_scalar("sz", sz, sc(s, "expect_sz"));
 }
 
 void tb_dequantize() {
@@ -137,8 +140,9 @@ void tb_dequantize() {
   hls::stream<int32_t> as("acc"), ys("y");
   for (int i = 0; i < n; ++i) as.write(acc[i]);
   int32_t M = -1, shift = -1;
-  if (check_status("mmfree_dequantize", mmfree_dequantize(as, ys, sc(s, "P"), sc(s, "S"), (int32_t)sc(s, "c_m"),
-                                                          (int32_t)sc(s, "c_e"), &M, &shift, n)))
+  if (check_status("mmfree_dequantize", mmfree_dequantize(as, ys, sc(s, "P"), sc(s, "S"), (int32_t)sc(s, "sz"),
+                                                          (int32_t)sc(s, "c_m"), (int32_t)sc(s, "c_e"), &M, &shift,
+                                                          n)))
     return;
   std::vector<int32_t> y;
   while (!ys.empty()) y.push_back(ys.read());

@@ -59,7 +59,13 @@ def test_elementwise_shapes_and_ranges(sim):
     with pytest.raises(ValueError, match=r"x has values in \[0, 2147483648\]"):
         sim.silu(np.array([0, 2**31]), 16)
     with pytest.raises(ValueError, match="c_m has values"):
-        sim.output_multiplier(1, 1, 5, 0)
+        sim.output_multiplier(1, 1, 0, 5, 0)
+    with pytest.raises(ValueError, match=r"sz has values in \[39, 39\], outside the allowed \[0, 38\]"):
+        sim.output_multiplier(1, 1, C.SZ_MAX + 1, C.CM_LO, 0)
+    with pytest.raises(ValueError, match=r"z has values"):
+        sim.sum_squares(np.array([0, C.P_MAX + 1]))
+    with pytest.raises(ValueError, match=r"len\(z\) must be positive"):
+        sim.sum_squares(np.zeros(0, np.int64))
     with pytest.raises(ValueError, match=r"P=-1 is outside \[0, "):
         sim.codes_from(np.array([5, 6]), -1)
     with pytest.raises(ValueError, match=r"p has values in \[5, 6\], outside the allowed \[-5, 5\]"):
@@ -68,9 +74,11 @@ def test_elementwise_shapes_and_ranges(sim):
 
 def test_dequantize_rows_checks(sim):
     with pytest.raises(ValueError, match="no accumulators"):
-        sim.dequantize_rows(np.zeros(0, np.int64), 1, 1, C.CM_LO, 0)
+        sim.dequantize_rows(np.zeros(0, np.int64), 1, 1, 0, C.CM_LO, 0)
     with pytest.raises(ValueError, match="c_e=9999999"):
-        sim.dequantize_rows(np.zeros(3, np.int64), 1, 1, C.CM_LO, 9999999)
+        sim.dequantize_rows(np.zeros(3, np.int64), 1, 1, 0, C.CM_LO, 9999999)
+    with pytest.raises(ValueError, match="sz=-1"):
+        sim.dequantize_rows(np.zeros(3, np.int64), 1, 1, -1, C.CM_LO, 0)
 
 
 def test_bitlinear_image_spans(sim, rng):

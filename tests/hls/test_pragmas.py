@@ -28,8 +28,8 @@ def preprocessed(tmp_path_factory):
 
 
 #: Pointer arguments that are single results in the AXI-Lite register file, not memory.
-SCALAR_OUTPUTS = {("mmfree_rmsnorm_quantize", "P"), ("mmfree_rmsnorm_quantize", "S"), ("mmfree_dequantize", "M"),
-                  ("mmfree_dequantize", "shift")}
+SCALAR_OUTPUTS = {("mmfree_rmsnorm_quantize", "P"), ("mmfree_rmsnorm_quantize", "S"), ("mmfree_rmsnorm_quantize", "sz"),
+                  ("mmfree_dequantize", "M"), ("mmfree_dequantize", "shift")}
 
 
 def _params(top: str) -> list[tuple[str, str]]:
