@@ -4,9 +4,12 @@ the gated product, the residual add, and the greedy argmax.
 All are pipelined stream units (one element per cycle at steady state, see
 :class:`mmfree.rtl.pipeline.Pipeline`) with an input stream ``i`` and an output stream ``o``; every
 payload carries a ``last`` bit that marks the end of a vector and is passed through unchanged.
-The sigmoid-based units share one design: the tail table :func:`numerics.sigmoid_tail_table` in a
-dual-port ROM (513 x 31 bits, half a BRAM18) read at ``i`` and ``i + 1`` in the same cycle, and one
-25 x (frac - 5) interpolation multiply (:func:`numerics.sigmoid_tail`). Activations are int32 fixed point
+The sigmoid-based units share one design: the tail table :func:`numerics.sigmoid_tail_table`
+(``SIG_ENTRIES`` = 4097 entries of 31 bits) read at ``i`` and ``i + 1`` in the same cycle, and one
+31 x (frac - SIG_STEPS_LOG2) interpolation multiply (:func:`numerics.sigmoid_tail`). The index ``i`` never
+exceeds ``SIG_ENTRIES - 2``, so the ROM holds the first ``SIG_ENTRIES - 1`` = 4096 entries (a power of
+two: 4 RAMB36 as a dual-port ROM instead of 8 for 4097 words) and the end point ``E[4096]``, read only as
+``E[i + 1]`` for the last interval, is a constant selected by a register. Activations are int32 fixed point
 Q(frac) with a per-model ``frac`` in [FRAC_MIN, FRAC_MAX]; the sigmoid-based units take ``frac`` in the
 payload (``unsigned(5)``, constant in practice, but carried per element so that back-to-back operations
 on different formats never mix).
@@ -46,7 +49,8 @@ def sigmoid_tail_stages(m: Module, p: Pipeline, a: str, out: str, name: str, fra
     Takes 4 stages; the ROM ``name`` becomes a submodule of ``m``.
     """
     table = [int(v) for v in N.sigmoid_tail_table()]
-    rom = Memory(shape=unsigned(N.SIG_FRAC), depth=len(table), init=table, attrs=ROM_ATTRS)
+    body, end = table[:-1], table[-1]          # the index is at most len(table) - 2: body[i], body[i + 1] or end
+    rom = Memory(shape=unsigned(N.SIG_FRAC), depth=len(body), init=body, attrs=ROM_ATTRS)
     m.submodules[name] = rom
     rp0, rp1 = rom.read_port(), rom.read_port()
     aw = len(p[a])
@@ -55,13 +59,16 @@ def sigmoid_tail_stages(m: Module, p: Pipeline, a: str, out: str, name: str, fra
     p[f"{name}_t"] = (p[frac] - N.SIG_STEPS_LOG2)[:len(p[frac])]
     p.next()
     t = p[f"{name}_t"]
-    idx = (p[f"{name}_ac"] >> t)[:width_for(len(table) - 1)]
+    iw = width_for(len(body) - 1)
+    idx = (p[f"{name}_ac"] >> t)[:iw]
     p.read(rp0, idx, f"{name}_e0")
-    p.read(rp1, idx + 1, f"{name}_e1")
+    p.read(rp1, (idx + 1)[:iw], f"{name}_b1")
+    p[f"{name}_end"] = idx == len(body) - 1
     tmax = N.FRAC_MAX - N.SIG_STEPS_LOG2
     p[f"{name}_f"] = (p[f"{name}_ac"] & ((Const(1, tmax + 1) << t) - 1))[:tmax]
     p.next()
-    e0, e1 = p[f"{name}_e0"], p[f"{name}_e1"]
+    e0 = p[f"{name}_e0"]
+    e1 = Mux(p[f"{name}_end"], end, p[f"{name}_b1"])
     p[f"{name}_prod"] = (e0 - e1)[:N.SIG_FRAC] * p[f"{name}_f"]
     p.next()
     p[out] = (p[f"{name}_e0"] - (p[f"{name}_prod"] >> p[f"{name}_t"]))[:N.SIG_FRAC]

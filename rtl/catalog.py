@@ -15,9 +15,9 @@ from mmfree.rtl.matvec import TernaryMatVec
 #: name -> (factory, one-line role). Stream units have ports ``i``/``o``.
 VECTOR_UNITS: dict[str, tuple[Callable, str]] = {
     "max_abs": (Q.MaxAbs, "quantizer pass 1: max|u| and the normalising shift (one result per vector)"),
-    "quant_stats": (Q.QuantStats, "quantizer pass 2: p = u'*nw per element, S and P per vector"),
-    "codes_from_p": (Q.CodesFromP, "quantizer pass 3: int8 codes (reciprocal once per vector, then 1/cycle)"),
-    "output_multiplier": (Q.OutputMultiplier, "per-token (M, shift) from P, S and the BitLinear constant"),
+    "quant_stats": (Q.QuantStats, "quantizer passes 2 and 3: p, z per element; P, max|z|, sz (pass 2) and S (pass 3) per vector"),
+    "codes_from_p": (Q.CodesFromP, "quantizer pass 3: int8 codes from p reduced to 32 bits (reciprocal once per vector, then 1/cycle)"),
+    "output_multiplier": (Q.OutputMultiplier, "per-token (M, shift) from P, S, sz and the BitLinear constant (rsqrt: table + Newton step)"),
     "dequantize": (Q.Dequantize, "BitLinear output: sat(round(acc * M >> shift))"),
     "sigmoid": (A.Sigmoid, "sigmoid in Q0.31 (tail table + interpolation)"),
     "silu": (A.Silu, "SiLU in ACT"),

@@ -1,20 +1,26 @@
 """The BitLinear activation side and its output scale, as streaming units.
 
-A BitLinear input vector ``u`` (int64, any scale) becomes int8 codes in passes over an on-chip buffer,
-because two quantities need the whole vector first (see docs/numerics.md and docs/rtl.md):
+A BitLinear input vector ``u`` (int64, any scale) becomes int8 codes in three passes over an on-chip
+buffer, one element per cycle each, because three per-vector maxima are needed before the per-element
+work can finish (see docs/numerics.md and docs/rtl.md):
 
-=========  =======================  ==============================================================
-pass       unit                     what it computes
-=========  =======================  ==============================================================
-1          :class:`MaxAbs`          ``max|u|`` and the normalising shift (or fused into the unit
-                                    that produced ``u``: it only watches the stream)
-2          :class:`QuantStats`      per element ``p = u'*nw``; running ``S = sum rshift_round(u'*n, 15)**2``
-                                    and ``P = max|p|`` (final on the element marked ``last``)
-3          :class:`CodesFromP`      ``codes_from(p, P)``: the reciprocal ``R`` once per vector
-                                    (:class:`Reciprocal`, sequential), then :class:`Codes` per element
-=========  =======================  ==============================================================
+=========  =========================  ==============================================================
+pass       unit                       what it computes
+=========  =========================  ==============================================================
+1          :class:`MaxAbs`            ``max|u|`` and the normalising shift ``sh`` (or fused into the
+                                      unit that produced ``u``: it only watches the stream)
+2          :class:`QuantStats`        per element ``u' = u 2**-sh``, ``z = u'*n``, ``p = u'*nw``; per
+                                      vector ``Z = max|z|`` with the sum-of-squares shift
+                                      ``sz = max(0, bitlen(Z) - ZS_BITS)`` and ``P = max|p|``; then
+                                      :class:`Reciprocal` turns ``P`` into ``(R, k, sp)`` (sequential,
+                                      once per vector, while pass 2 of the next vector runs)
+3          :class:`QuantStats` again  with pass 2's ``sz`` in its input: ``S = sum rshift_round(z, sz)**2``
+           + :class:`Codes`           (final on ``last``), and its ``p`` -> :func:`numerics.codes_from`
+                                      with ``(R, k, sp)``; :class:`CodesFromP` is Reciprocal + Codes
+                                      in one unit for a top that stores ``p`` instead
+=========  =========================  ==============================================================
 
-Per token and BitLinear, :class:`OutputMultiplier` turns ``(P, S, c_m, c_e)`` into ``(M, shift)`` and
+Per token and BitLinear, :class:`OutputMultiplier` turns ``(P, S, sz, c_m, c_e)`` into ``(M, shift)`` and
 :class:`Dequantize` applies it to every accumulator.
 
 Every unit here is a :class:`wiring.Component` with an input stream ``i`` and an output stream ``o``
@@ -33,7 +39,7 @@ from mmfree.pymodel import numerics as N
 from mmfree.rtl.pipeline import ROM_ATTRS, Pipeline, absval, bitlen, rshift_round, saturate, to_signed, width_for
 
 # ---- widths of the stream fields (all derived from the numerics spec) -----------------------------------
-#: A BitLinear input u: int64 (ACT int32 values or Q32 products of two ACT values, |u| <= 2**62).
+#: A BitLinear input u: int64 (int32 activations or products of two, |u| <= 2**62).
 U_WIDTH = 64
 #: Normalising shift sh = bitlen(max|u|) - U_BITS: right shifts up to bitlen(2**63) - U_BITS, left shifts
 #: down to 1 - U_BITS (max|u| = 1).
@@ -47,12 +53,22 @@ VEC_WIDTH = N.VEC_BITS
 #: p = u' * nw: |p| < 2**(U_BITS + VEC_BITS - 1); P = max |p| unsigned in that many bits.
 PMAX_WIDTH = N.U_BITS + N.VEC_BITS - 1
 P_WIDTH = PMAX_WIDTH + 1
-#: zs = rshift_round(u' * n, Z_SHIFT): |zs| <= 2**ZS_BITS; S = sum zs**2 over at most MAX_K elements.
-ZS_BITS = PMAX_WIDTH - N.Z_SHIFT
+#: z = u' * n and Z = max |z|: the same widths as p and P.
+Z_WIDTH = P_WIDTH
+ZMAX_WIDTH = PMAX_WIDTH
+#: Sum-of-squares shift sz = max(0, bitlen(Z) - ZS_BITS) <= SZ_MAX; zs = rshift_round(z, sz) has
+#: |zs| <= 2**ZS_BITS, and S = sum zs**2 over at most MAX_K elements.
+ZS_BITS = N.ZS_BITS
+SZ_MAX = ZMAX_WIDTH - ZS_BITS
+SZ_WIDTH = width_for(SZ_MAX)
 S_WIDTH = 2 * ZS_BITS + N.MAX_K.bit_length()
-#: Reciprocal R = (127 << k) // P <= 127 * 2**(RECIP_EXTRA + 1), k = bitlen(P) + RECIP_EXTRA.
+#: Code reduction sp = max(0, bitlen(P) - P_CODE_BITS) <= SP_MAX; P' = rshift_round(P, sp) <= 2**P_CODE_BITS.
+SP_MAX = PMAX_WIDTH - N.P_CODE_BITS
+SP_WIDTH = width_for(SP_MAX)
+PC_WIDTH = N.P_CODE_BITS + 1
+#: Reciprocal R = (127 << k) // P' <= 127 * 2**(RECIP_EXTRA + 1), k = bitlen(P') + RECIP_EXTRA <= K_MAX.
 R_WIDTH = (N.CODE_MAX << (N.RECIP_EXTRA + 1)).bit_length()
-K_MAX = PMAX_WIDTH + N.RECIP_EXTRA
+K_MAX = PC_WIDTH + N.RECIP_EXTRA
 #: Output multiplier: M in [2**(M_BITS-1), 2**M_BITS]; c_m in [2**(M_BITS-1), 2**M_BITS); c_e int8; shift int10.
 MULT_WIDTH = N.M_BITS + 1
 CM_WIDTH = N.M_BITS
@@ -104,21 +120,33 @@ class MaxAbs(wiring.Component):
         return m
 
 
-class QuantStats(wiring.Component):
-    """Pass 2 of the quantizer (:func:`numerics.quantize` without the codes).
+def _sz_of(Z):
+    """numerics.sum_squares's shift ``max(0, bitlen(Z) - ZS_BITS)`` of an unsigned ``Z``."""
+    bl = bitlen(Z)
+    return Mux(bl > ZS_BITS, bl - ZS_BITS, 0)[:SZ_WIDTH]
 
-    * ``i``: ``{u: signed(64), n, nw: signed(VEC_WIDTH), shift: signed(U_SHIFT_WIDTH), last}``; ``shift``
-      is :class:`MaxAbs`'s for this vector, ``n``/``nw`` the pre-norm and folded weights
-      (|n|, |nw| < 2**(VEC_BITS - 1), as exported).
-    * ``o``: ``{p: signed(P_WIDTH), S: unsigned(S_WIDTH), P: unsigned(PMAX_WIDTH), last}`` for every element:
-      ``p = u' * nw`` with ``u' = rshift_round(u, shift)`` (``u << -shift`` for a negative shift);
-      ``S`` and ``P`` are running values of ``sum rshift_round(u' * n, Z_SHIFT)**2`` and ``max|p|``
-      that are final on the ``last`` element.
+
+class QuantStats(wiring.Component):
+    """Passes 2 and 3 of the quantizer (:func:`numerics.quantize` without the codes): per element
+    ``u' = u 2**-shift``, ``z = u'*n``, ``p = u'*nw``, and running per-vector values that are final on the
+    element marked ``last``.
+
+    * ``i``: ``{u: signed(64), n, nw: signed(VEC_WIDTH), shift: signed(U_SHIFT_WIDTH), last,
+      sz: unsigned(SZ_WIDTH)}``; ``shift`` is :class:`MaxAbs`'s for this vector (``u' = rshift_round(u, shift)``,
+      ``u << -shift`` for a negative shift), ``n``/``nw`` the pre-norm and folded weights
+      (|n|, |nw| < 2**(VEC_BITS - 1), as exported), ``sz`` the vector's sum-of-squares shift (from
+      ``o.sz`` of pass 2; only ``o.S`` depends on it).
+    * ``o``: ``{p: signed(P_WIDTH), S: unsigned(S_WIDTH), P: unsigned(PMAX_WIDTH), last, z: signed(Z_WIDTH),
+      Z: unsigned(ZMAX_WIDTH), sz: unsigned(SZ_WIDTH)}`` for every element: ``p``, ``z`` of this element;
+      running ``P = max|p|``, ``Z = max|z|`` and ``o.sz = max(0, bitlen(Z) - ZS_BITS)`` (pass 2's results),
+      and ``S = sum rshift_round(z, i.sz)**2`` (pass 3's result: :func:`numerics.sum_squares` when ``i.sz``
+      is this vector's ``o.sz``; with a smaller ``i.sz`` it is meaningless).
     """
 
     IN = _layout(u=signed(U_WIDTH), n=signed(VEC_WIDTH), nw=signed(VEC_WIDTH),
-                 shift=signed(U_SHIFT_WIDTH), last=1)
-    OUT = _layout(p=signed(P_WIDTH), S=unsigned(S_WIDTH), P=unsigned(PMAX_WIDTH), last=1)
+                 shift=signed(U_SHIFT_WIDTH), last=1, sz=unsigned(SZ_WIDTH))
+    OUT = _layout(p=signed(P_WIDTH), S=unsigned(S_WIDTH), P=unsigned(PMAX_WIDTH), last=1,
+                  z=signed(Z_WIDTH), Z=unsigned(ZMAX_WIDTH), sz=unsigned(SZ_WIDTH))
 
     def __init__(self):
         super().__init__({"i": In(stream.Signature(self.IN)), "o": Out(stream.Signature(self.OUT))})
@@ -126,7 +154,7 @@ class QuantStats(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         p = Pipeline(m, self.i, self.o)
-        for f in ("u", "n", "nw", "shift", "last"):
+        for f in ("u", "n", "nw", "shift", "sz", "last"):
             p[f] = getattr(self.i.payload, f)
         p.next()
         sh = p["shift"]
@@ -134,72 +162,89 @@ class QuantStats(wiring.Component):
         left = p["u"] << Mux(sh < 0, -sh, 0)[:width_for(-U_SHIFT_MIN)]
         p["up"] = Mux(sh < 0, left[:UP_WIDTH], right[:UP_WIDTH]).as_signed()
         p.next()
-        p["z"] = p["up"] * p["n"]
+        # two UP_WIDTH x VEC_WIDTH products (several DSPs each)
+        p["zv"] = (p["up"] * p["n"])[:Z_WIDTH].as_signed()
         p["pv"] = (p["up"] * p["nw"])[:P_WIDTH].as_signed()
         p.next()
-        p["zs"] = rshift_round(p["z"], N.Z_SHIFT)[:ZS_BITS + 2].as_signed()
+        p["az"] = absval(p["zv"])[:ZMAX_WIDTH]
         p["ap"] = absval(p["pv"])[:PMAX_WIDTH]
+        p["zs"] = rshift_round(p["zv"], p["sz"], SZ_MAX)[:ZS_BITS + 2].as_signed()
         p.next()
         p["sq"] = (p["zs"] * p["zs"]).as_unsigned()[:2 * ZS_BITS + 1]
         p.next()
         s_run = Signal(S_WIDTH)
         p_run = Signal(PMAX_WIDTH)
+        z_run = Signal(ZMAX_WIDTH)
         s_new = (s_run + p["sq"])[:S_WIDTH]
         p_new = Mux(p["ap"] > p_run, p["ap"], p_run)
+        z_new = Mux(p["az"] > z_run, p["az"], z_run)
         with m.If(p.fire):
-            m.d.sync += [s_run.eq(Mux(p["last"], 0, s_new)), p_run.eq(Mux(p["last"], 0, p_new))]
-        p["S"] = s_new
-        p["P"] = p_new
+            m.d.sync += [s_run.eq(Mux(p["last"], 0, s_new)), p_run.eq(Mux(p["last"], 0, p_new)),
+                         z_run.eq(Mux(p["last"], 0, z_new))]
+        p["S"], p["P"], p["Z"] = s_new, p_new, z_new
         p.next()
-        p.finish(p=p["pv"], S=p["S"], P=p["P"], last=p["last"])
+        p["szo"] = _sz_of(p["Z"])
+        p.next()
+        p.finish(p=p["pv"], z=p["zv"], S=p["S"], P=p["P"], Z=p["Z"], sz=p["szo"], last=p["last"])
         return m
 
 
 class Reciprocal(wiring.Component):
-    """The activation reciprocal of :func:`numerics.codes_from`: ``R = (127 << k) // P``, ``k = bitlen(P) + 17``.
+    """The activation reciprocal of :func:`numerics.codes_from`: ``P`` reduced to ``P_CODE_BITS`` bits
+    (``sp = max(0, bitlen(P) - P_CODE_BITS)``, ``P' = rshift_round(P, sp)``), then
+    ``R = (127 << k) // P'`` with ``k = bitlen(P') + RECIP_EXTRA``.
 
-    Sequential restoring division, one quotient bit per cycle: with ``P`` normalised to
-    ``Pn = P << (W - bitlen(P))`` in [2**(W-1), 2**W) (W = PMAX_WIDTH), ``R = (127 << (W + RECIP_EXTRA)) // Pn``
-    has ``R_WIDTH`` bits. Latency ``R_WIDTH + 3`` cycles; one division at a time (it runs once per vector).
+    Sequential restoring division, one quotient bit per cycle: with ``P'`` normalised to
+    ``Pn = P' << (W - bitlen(P'))`` in [2**(W-1), 2**W) (W = PC_WIDTH), ``R = (127 << (W + RECIP_EXTRA)) // Pn``
+    has ``R_WIDTH`` bits. Latency ``R_WIDTH + 4`` cycles; one division at a time (it runs once per vector).
 
-    * ``i``: ``{P: unsigned(PMAX_WIDTH)}``; ``o``: ``{R: unsigned(R_WIDTH), k: unsigned(6)}``; ``P = 0`` gives
-      ``R = 0, k = 0`` (all codes zero).
+    * ``i``: ``{P: unsigned(PMAX_WIDTH)}``;
+    * ``o``: ``{R: unsigned(R_WIDTH), k: unsigned(width_for(K_MAX)), sp: unsigned(SP_WIDTH)}``; ``P = 0`` gives
+      ``R = 0, k = 0, sp = 0`` (all codes zero). :class:`Codes` takes all three.
     """
 
     IN = _layout(P=unsigned(PMAX_WIDTH))
-    OUT = _layout(R=unsigned(R_WIDTH), k=unsigned(width_for(K_MAX)))
+    OUT = _layout(R=unsigned(R_WIDTH), k=unsigned(width_for(K_MAX)), sp=unsigned(SP_WIDTH))
 
     def __init__(self):
         super().__init__({"i": In(stream.Signature(self.IN)), "o": Out(stream.Signature(self.OUT))})
 
     def elaborate(self, platform):
         m = Module()
-        pn = Signal(PMAX_WIDTH)
-        rem = Signal(PMAX_WIDTH + 1)
+        W = PC_WIDTH
+        P = Signal(PMAX_WIDTH)
+        sp = Signal(SP_WIDTH)
+        pc = Signal(W)
+        pn = Signal(W)
+        rem = Signal(W + 1)
         q = Signal(R_WIDTH)
         k = Signal(width_for(K_MAX))
         count = Signal(range(R_WIDTH + 1))
-        bl = Signal(width_for(PMAX_WIDTH))
-        P = Signal(PMAX_WIDTH)
-        m.d.comb += bl.eq(bitlen(P))
-        rem2 = Signal(PMAX_WIDTH + 2)
+        blp = Signal(width_for(PMAX_WIDTH))
+        bl = Signal(width_for(W))
+        m.d.comb += [blp.eq(bitlen(P)), bl.eq(bitlen(pc))]
+        sp_new = Mux(blp > N.P_CODE_BITS, blp - N.P_CODE_BITS, 0)[:SP_WIDTH]
+        rem2 = Signal(W + 2)
         m.d.comb += rem2.eq(rem << 1)
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.i.ready.eq(1)
                 with m.If(self.i.valid):
                     m.d.sync += P.eq(self.i.payload.P)
-                    m.next = "NORM"
+                    m.next = "REDUCE"
+            with m.State("REDUCE"):
+                m.d.sync += [sp.eq(sp_new), pc.eq(rshift_round(P, sp_new, SP_MAX)[:W])]
+                m.next = "NORM"
             with m.State("NORM"):
-                with m.If(P == 0):
+                with m.If(pc == 0):
                     m.d.sync += [q.eq(0), k.eq(0)]
                     m.next = "DONE"
                 with m.Else():
                     m.d.sync += [
-                        pn.eq((P << (PMAX_WIDTH - bl).as_unsigned()[:6])[:PMAX_WIDTH]),
+                        pn.eq((pc << (W - bl).as_unsigned()[:width_for(W)])[:W]),
                         k.eq(bl + N.RECIP_EXTRA),
                         # numerator 127 << (W + RECIP_EXTRA): its low R_WIDTH bits are zeros
-                        rem.eq(N.CODE_MAX << (PMAX_WIDTH + N.RECIP_EXTRA - R_WIDTH)),
+                        rem.eq(N.CODE_MAX << (W + N.RECIP_EXTRA - R_WIDTH)),
                         q.eq(0),
                         count.eq(R_WIDTH),
                     ]
@@ -213,21 +258,25 @@ class Reciprocal(wiring.Component):
                 with m.If(count == 1):
                     m.next = "DONE"
             with m.State("DONE"):
-                m.d.comb += [self.o.valid.eq(1), self.o.payload.R.eq(q), self.o.payload.k.eq(k)]
+                m.d.comb += [self.o.valid.eq(1), self.o.payload.R.eq(q), self.o.payload.k.eq(k),
+                             self.o.payload.sp.eq(sp)]
                 with m.If(self.o.ready):
                     m.next = "IDLE"
         return m
 
 
 class Codes(wiring.Component):
-    """Pass 3 of the quantizer, per element: ``q = sign(p) * min(127, (|p| * R + 2**(k-1)) >> k)``.
+    """Pass 3 of the quantizer, per element (:func:`numerics.codes_from` given the reciprocal):
+    ``p' = rshift_round(p, sp)``, ``q = sign(p') * min(127, (|p'| * R + 2**(k-1)) >> k)``.
 
-    * ``i``: ``{p: signed(P_WIDTH), R: unsigned(R_WIDTH), k: unsigned(6), last}`` with ``R, k`` from
-      :class:`Reciprocal` for this vector's ``P``;
-    * ``o``: ``{q: signed(8), last}``.
+    * ``i``: ``{p: signed(P_WIDTH), R: unsigned(R_WIDTH), k: unsigned(width_for(K_MAX)), last,
+      sp: unsigned(SP_WIDTH)}`` with ``R, k, sp`` from :class:`Reciprocal` for this vector's ``P``
+      (``|p| <= P``);
+    * ``o``: ``{q: signed(8), last}``. One (P_CODE_BITS + 1) x R_WIDTH multiply.
     """
 
-    IN = _layout(p=signed(P_WIDTH), R=unsigned(R_WIDTH), k=unsigned(width_for(K_MAX)), last=1)
+    IN = _layout(p=signed(P_WIDTH), R=unsigned(R_WIDTH), k=unsigned(width_for(K_MAX)), last=1,
+                 sp=unsigned(SP_WIDTH))
     OUT = _layout(q=signed(8), last=1)
 
     def __init__(self):
@@ -236,11 +285,14 @@ class Codes(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         p = Pipeline(m, self.i, self.o)
-        for f in ("p", "R", "k", "last"):
+        for f in ("p", "R", "k", "sp", "last"):
             p[f] = getattr(self.i.payload, f)
         p.next()
-        p["neg"] = p["p"] < 0
-        p["ap"] = absval(p["p"])
+        # |p| <= P gives |p'| <= P' <= 2**P_CODE_BITS: PC_WIDTH + 1 bits signed
+        p["pc"] = rshift_round(p["p"], p["sp"], SP_MAX)[:PC_WIDTH + 1].as_signed()
+        p.next()
+        p["neg"] = p["pc"] < 0
+        p["ap"] = absval(p["pc"])[:PC_WIDTH]
         p.next()
         p["prod"] = p["ap"] * p["R"]
         p.next()
@@ -257,9 +309,9 @@ class CodesFromP(wiring.Component):
     """Pass 3 as one unit: :func:`numerics.codes_from` per element from ``p`` and its vector's ``P``.
 
     The first element of every vector (the one after a ``last``) waits for :class:`Reciprocal`
-    (``R_WIDTH + 4`` cycles); the rest stream at one element per cycle through :class:`Codes`.
+    (``R_WIDTH + 5`` cycles); the rest stream at one element per cycle through :class:`Codes`.
     ``P`` must be the same on every element of a vector. A top that wants no bubble runs
-    :class:`Reciprocal` ahead of time and feeds :class:`Codes` itself.
+    :class:`Reciprocal` ahead of time (at the end of pass 2) and feeds :class:`Codes` itself.
 
     * ``i``: ``{p: signed(P_WIDTH), P: unsigned(PMAX_WIDTH), last}``; ``o``: ``{q: signed(8), last}``.
     """
@@ -278,6 +330,7 @@ class CodesFromP(wiring.Component):
         asked = Signal()
         R = Signal(R_WIDTH)
         k = Signal(width_for(K_MAX))
+        sp = Signal(SP_WIDTH)
         m.d.comb += [
             recip.i.payload.P.eq(self.i.payload.P),
             recip.i.valid.eq(self.i.valid & ~have & ~asked),
@@ -287,12 +340,14 @@ class CodesFromP(wiring.Component):
             codes.i.payload.last.eq(self.i.payload.last),
             codes.i.payload.R.eq(R),
             codes.i.payload.k.eq(k),
+            codes.i.payload.sp.eq(sp),
             self.i.ready.eq(have & codes.i.ready),
         ]
         with m.If(recip.i.valid & recip.i.ready):
             m.d.sync += asked.eq(1)
         with m.If(recip.o.valid):
-            m.d.sync += [R.eq(recip.o.payload.R), k.eq(recip.o.payload.k), have.eq(1), asked.eq(0)]
+            m.d.sync += [R.eq(recip.o.payload.R), k.eq(recip.o.payload.k), sp.eq(recip.o.payload.sp),
+                         have.eq(1), asked.eq(0)]
         with m.If(self.i.valid & self.i.ready & self.i.payload.last):
             m.d.sync += have.eq(0)
         wiring.connect(m, codes.o, wiring.flipped(self.o))
@@ -301,20 +356,24 @@ class CodesFromP(wiring.Component):
 
 class OutputMultiplier(wiring.Component):
     """Per-token output multiplier of a BitLinear: :func:`numerics.output_multiplier` (with
-    :func:`numerics.rsqrt` and its table :func:`numerics.rsqrt_table` in a dual-port ROM), pipelined,
-    one token per cycle.
+    :func:`numerics.rsqrt`: its table :func:`numerics.rsqrt_table` in a dual-port ROM, linear
+    interpolation, one Newton step), pipelined, one token per cycle.
 
-    * ``i``: ``{S: unsigned(S_WIDTH), P: unsigned(PMAX_WIDTH), c_m: unsigned(M_BITS), c_e: signed(8)}``
-      with ``c_m`` in [2**(M_BITS-1), 2**M_BITS) (the export's per-BitLinear constant);
+    * ``i``: ``{S: unsigned(S_WIDTH), P: unsigned(PMAX_WIDTH), c_m: unsigned(M_BITS), c_e: signed(8),
+      sz: unsigned(SZ_WIDTH)}`` with ``(S, sz)`` of :func:`numerics.sum_squares` (:class:`QuantStats`)
+      and ``c_m`` in [2**(M_BITS-1), 2**M_BITS) (the export's per-BitLinear constant);
     * ``o``: ``{M: unsigned(M_BITS + 1), shift: signed(10)}``; ``P == 0`` or ``S == 0`` gives
       ``M = 0, shift = 0``.
     """
 
-    IN = _layout(S=unsigned(S_WIDTH), P=unsigned(PMAX_WIDTH), c_m=unsigned(CM_WIDTH), c_e=signed(CE_WIDTH))
+    IN = _layout(S=unsigned(S_WIDTH), P=unsigned(PMAX_WIDTH), c_m=unsigned(CM_WIDTH), c_e=signed(CE_WIDTH),
+                 sz=unsigned(SZ_WIDTH))
     OUT = _layout(M=unsigned(MULT_WIDTH), shift=signed(SHIFT_WIDTH))
     #: rsqrt normalises S to SN_BITS bits; the top RSQRT_INDEX_BITS index the table, the rest interpolate.
     SN_BITS = 32
     FRAC_BITS = SN_BITS - N.RSQRT_INDEX_BITS
+    #: Table values rsqrt(m) in Q2.30 for m in [1/4, 1]: at most 2**31.
+    R_BITS = N.RSQRT_FRAC + 2
 
     def __init__(self):
         super().__init__({"i": In(stream.Signature(self.IN)), "o": Out(stream.Signature(self.OUT))})
@@ -322,8 +381,8 @@ class OutputMultiplier(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         table = [int(v) for v in N.rsqrt_table()]
-        m.submodules.rom = rom = Memory(shape=unsigned(N.RSQRT_FRAC + 2), depth=len(table), init=table,
-                                        attrs=ROM_ATTRS)
+        RB, F = self.R_BITS, N.RSQRT_FRAC
+        m.submodules.rom = rom = Memory(shape=unsigned(RB), depth=len(table), init=table, attrs=ROM_ATTRS)
         rp0, rp1 = rom.read_port(), rom.read_port()
         SN, FR = self.SN_BITS, self.FRAC_BITS
         p = Pipeline(m, self.i, self.o)
@@ -333,6 +392,7 @@ class OutputMultiplier(wiring.Component):
         p["P"] = Mux(p["ok"], P, 1)
         p["c_m"] = self.i.payload.c_m
         p["c_e"] = self.i.payload.c_e
+        p["sz"] = self.i.payload.sz
         p.next()
         # rsqrt: k = floor((bitlen(S) - 31) / 2); Sn = S >> 2k (or << -2k) has 31 or 32 bits
         p["k"] = ((to_signed(bitlen(p["S"])) - (SN - 1)) >> 1)[:6].as_signed()
@@ -350,13 +410,25 @@ class OutputMultiplier(wiring.Component):
         p.read(rp1, j + 1, "t1")
         p["frac"] = p["Sn"][:FR]
         p.next()
-        p["prod"] = (p["t0"] - p["t1"])[:N.RSQRT_FRAC + 2] * p["frac"]
+        p["prod"] = (p["t0"] - p["t1"])[:RB] * p["frac"]
         p.next()
-        p["r"] = (p["t0"] - (p["prod"] >> FR))[:N.RSQRT_FRAC + 2]
+        p["r0"] = (p["t0"] - (p["prod"] >> FR))[:RB]
+        p.next()
+        # one Newton step: t = r0**2 >> 30; v = ((Sn >> 2) * t) >> 30; r = (r0 * (3 * 2**30 - v)) >> 31.
+        # r0 is within 3e-6 of rsqrt, so v stays within 1e-5 of 2**30 and 3 * 2**30 - v is positive.
+        p["t"] = (p["r0"] * p["r0"]) >> F
+        p.next()
+        p["vp"] = (p["Sn"] >> 2) * p["t"]
+        p.next()
+        p["d"] = (Const(3 << F, F + 2) - (p["vp"] >> F))[:F + 2]
+        p.next()
+        p["rp"] = p["r0"] * p["d"]
+        p.next()
+        p["r"] = (p["rp"] >> (F + 1))[:RB]
         p.next()
         p["cr"] = p["c_m"] * p["r"]
         p.next()
-        p["b"] = rshift_round(p["cr"], N.M_BITS)[:N.RSQRT_FRAC + 3]
+        p["b"] = rshift_round(p["cr"], N.M_BITS)[:RB + 1]
         p.next()
         p["mm"] = p["b"] * p["Pr"]
         p.next()
@@ -364,7 +436,7 @@ class OutputMultiplier(wiring.Component):
         p.next()
         sh = (p["em"] - N.M_BITS)[:7]
         p["M"] = rshift_round(p["mm"], sh, len(p["mm"]))[:MULT_WIDTH]
-        p["shift"] = (N.RSQRT_FRAC + p["k"] - p["em"] - p["c_e"] - p["ps"])[:SHIFT_WIDTH].as_signed()
+        p["shift"] = (N.RSQRT_FRAC + p["k"] + p["sz"] - p["em"] - p["ps"] - p["c_e"])[:SHIFT_WIDTH].as_signed()
         p.next()
         p.finish(M=Mux(p["ok"], p["M"], 0), shift=Mux(p["ok"], p["shift"], 0))
         return m

@@ -2,9 +2,9 @@
 
 Integer contract (:func:`hw_bitlinear_int`), equal element for element to::
 
-    codes, P, S = numerics.quantize(u, n, nw)                 # normalise u, z = u'n, p = u'nw, S, P, int8 codes
-    acc         = codes @ t.T                                 # int32, exact
-    M, shift    = numerics.output_multiplier(P, S, c_m, c_e)  # rsqrt table, per-token multiplier
+    codes, P, S, sz = numerics.quantize(u, n, nw)                 # normalise u, z = u'n, p = u'nw, (S, sz), P, int8 codes
+    acc             = codes @ t.T                                 # int32, exact
+    M, shift        = numerics.output_multiplier(P, S, sz, c_m, c_e)  # rsqrt table + Newton, per-token multiplier
     out         = numerics.dequantize(acc, M, shift)          # Q(frac), saturated to int32
 
 ``u`` is int64 ``[..., K]`` (activations or products of two), ``n``/``nw`` the spec's VEC_BITS-bit mantissas
@@ -79,10 +79,11 @@ def _sat_shift_left(v, s):
 # =============================================================================================
 @triton.jit
 def _hw_quant_kernel(U, NV, NWV, RSQ, CODES, PP, SS, MUL, SHIFT, M, K, stride_u, stride_c, c_m, c_e,
-                     U_BITS: tl.constexpr, Z_SHIFT: tl.constexpr, RECIP_EXTRA: tl.constexpr, CODE_MAX: tl.constexpr,
-                     P_BITS: tl.constexpr, M_BITS: tl.constexpr, RSQRT_FIRST: tl.constexpr, RSQRT_LOW: tl.constexpr,
-                     BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Rows of u: numerics.quantize (codes, P, S) and numerics.output_multiplier (M, shift)."""
+                     U_BITS: tl.constexpr, ZS_BITS: tl.constexpr, P_CODE_BITS: tl.constexpr,
+                     RECIP_EXTRA: tl.constexpr, CODE_MAX: tl.constexpr, P_BITS: tl.constexpr, M_BITS: tl.constexpr,
+                     RSQRT_FIRST: tl.constexpr, RSQRT_LOW: tl.constexpr, RSQRT_FRAC: tl.constexpr,
+                     OUT_SHIFT_BASE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Rows of u: numerics.quantize (codes, P, S, sz) and numerics.output_multiplier (M, shift)."""
     pid = tl.program_id(0)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_K)
@@ -98,19 +99,25 @@ def _hw_quant_kernel(U, NV, NWV, RSQ, CODES, PP, SS, MUL, SHIFT, M, K, stride_u,
     up = tl.where(sh >= 0, _rshift_round(u, tl.maximum(sh, 0)), u << tl.maximum(-sh, 0))
     z = up * n[None, :]
     p = up * nw[None, :]
-    zs = (z + (1 << (Z_SHIFT - 1))) >> Z_SHIFT                    # rshift_round(z, Z_SHIFT)
+    # sum_squares: every term reduced to ZS_BITS bits by the row's shift sz before squaring
+    Z = tl.max(tl.abs(z), axis=1)
+    sz = tl.maximum(_bitlen(Z) - ZS_BITS, 0)
+    zs = _rshift_round(z, sz[:, None] + tl.zeros((BLOCK_M, BLOCK_K), tl.int64))
     S = tl.sum(zs * zs, axis=1)
     P = tl.max(tl.abs(p), axis=1)
-    # codes_from(p, P): reciprocal R = (CODE_MAX << k) // P, k = bitlen(P) + RECIP_EXTRA
-    k = _bitlen(P) + RECIP_EXTRA
-    Psafe = tl.where(P > 0, P, 1)
+    # codes_from(p, P): p and P reduced to P_CODE_BITS bits, reciprocal R = (CODE_MAX << k) // P', k = bitlen(P') + RECIP_EXTRA
+    sp = tl.maximum(_bitlen(P) - P_CODE_BITS, 0)
+    pr = _rshift_round(p, sp[:, None] + tl.zeros((BLOCK_M, BLOCK_K), tl.int64))
+    Pr = _rshift_round(P, sp)
+    k = _bitlen(Pr) + RECIP_EXTRA
+    Psafe = tl.where(Pr > 0, Pr, 1)
     R = (CODE_MAX * _pow2(k)) // Psafe
-    mag = (tl.abs(p) * R[:, None] + (_pow2(k) >> 1)[:, None]) >> k[:, None]
+    mag = (tl.abs(pr) * R[:, None] + (_pow2(k) >> 1)[:, None]) >> k[:, None]
     mag = tl.minimum(mag, CODE_MAX)
-    q = tl.where(p < 0, -mag, mag)
-    q = tl.where((P > 0)[:, None], q, 0)
+    q = tl.where(pr < 0, -mag, mag)
+    q = tl.where((Pr > 0)[:, None], q, 0)
     tl.store(CODES + rows[:, None] * stride_c + cols[None, :], q.to(tl.int8), mask=mask)
-    # output_multiplier(P, S, c_m, c_e), with rsqrt(S) by table look-up
+    # output_multiplier(P, S, sz, c_m, c_e): rsqrt(S) by table look-up and one Newton step
     valid = (P > 0) & (S > 0)
     Sv = tl.where(valid, S, 2147483648)
     Pv = tl.where(valid, P, 1)
@@ -120,13 +127,16 @@ def _hw_quant_kernel(U, NV, NWV, RSQ, CODES, PP, SS, MUL, SHIFT, M, K, stride_u,
     frac = Sn & ((1 << RSQRT_LOW) - 1)
     t0 = tl.load(RSQ + j, mask=rmask, other=0)
     t1 = tl.load(RSQ + j + 1, mask=rmask, other=0)
-    r = t0 - (((t0 - t1) * frac) >> RSQRT_LOW)
+    r0 = t0 - (((t0 - t1) * frac) >> RSQRT_LOW)
+    t = (r0 * r0) >> RSQRT_FRAC
+    v = ((Sn >> 2) * t) >> RSQRT_FRAC
+    r = (r0 * (3 * (1 << RSQRT_FRAC) - v)) >> (RSQRT_FRAC + 1)
     b = (c_m * r + (1 << (M_BITS - 1))) >> M_BITS                # rshift_round(c_m * r, M_BITS)
     ps = tl.maximum(_bitlen(Pv) - P_BITS, 0)
     m = b * _rshift_round(Pv, ps)
     em = _bitlen(m)
     Mv = _rshift_round(m, tl.maximum(em - M_BITS, 0))
-    shift = 30 + kk - em - c_e - ps
+    shift = OUT_SHIFT_BASE + kk + sz - em - c_e - ps
     tl.store(PP + rows, P, mask=rmask)
     tl.store(SS + rows, S, mask=rmask)
     tl.store(MUL + rows, tl.where(valid, Mv, 0), mask=rmask)
@@ -174,8 +184,9 @@ def _rsqrt_table(device) -> torch.Tensor:
 _TABLES: dict[str, torch.Tensor] = {}
 
 #: The numerics constants the quantizer kernel is specialised on (read from the spec module, never copied).
-_SPEC = dict(U_BITS=N.U_BITS, Z_SHIFT=N.Z_SHIFT, RECIP_EXTRA=N.RECIP_EXTRA, CODE_MAX=N.CODE_MAX,
-             P_BITS=N.P_BITS, M_BITS=N.M_BITS, RSQRT_FIRST=N.RSQRT_FIRST, RSQRT_LOW=32 - N.RSQRT_INDEX_BITS)
+_SPEC = dict(U_BITS=N.U_BITS, ZS_BITS=N.ZS_BITS, P_CODE_BITS=N.P_CODE_BITS, RECIP_EXTRA=N.RECIP_EXTRA,
+             CODE_MAX=N.CODE_MAX, P_BITS=N.P_BITS, M_BITS=N.M_BITS, RSQRT_FIRST=N.RSQRT_FIRST,
+             RSQRT_LOW=32 - N.RSQRT_INDEX_BITS, RSQRT_FRAC=N.RSQRT_FRAC, OUT_SHIFT_BASE=N.OUT_SHIFT_BASE)
 
 
 def _check_k(K: int) -> None:
@@ -280,16 +291,16 @@ def hw_bitlinear(u, n, nw, t, c_m, c_e, x_sur, norm_w, w, eps, frac: int):
 # =============================================================================================
 def hw_quantize_naive(u, n, nw, c_m, c_e):
     """Twin of :func:`hw_quantize`: ``numerics.quantize`` and ``numerics.output_multiplier``."""
-    codes, P, S = N.quantize(u.to(torch.int64), n.to(torch.int64), nw.to(torch.int64))
-    Mul, Sh = N.output_multiplier(P, S, int(c_m), int(c_e))
+    codes, P, S, sz = N.quantize(u.to(torch.int64), n.to(torch.int64), nw.to(torch.int64))
+    Mul, Sh = N.output_multiplier(P, S, sz, int(c_m), int(c_e))
     return codes.to(torch.int8), P[..., 0], S[..., 0], Mul[..., 0], Sh[..., 0]
 
 
 def hw_bitlinear_int_naive(u, n, nw, t, c_m, c_e):
     """Twin of :func:`hw_bitlinear_int`, as :mod:`mmfree.pymodel.hwexact` computes it."""
-    codes, P, S = N.quantize(u.to(torch.int64), n.to(torch.int64), nw.to(torch.int64))
+    codes, P, S, sz = N.quantize(u.to(torch.int64), n.to(torch.int64), nw.to(torch.int64))
     acc = (codes.to(torch.float32) @ t.to(torch.float32).T).to(torch.int64)     # exact: |acc| < 2**24
-    M, shift = N.output_multiplier(P, S, int(c_m), int(c_e))
+    M, shift = N.output_multiplier(P, S, sz, int(c_m), int(c_e))
     return N.dequantize(acc, M, shift)
 
 

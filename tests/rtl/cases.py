@@ -173,10 +173,16 @@ def output_multiplier(rng, n):
     P = np.floor(np.exp2(rng.uniform(0, Q.PMAX_WIDTH, n))).astype(np.int64)
     S = np.where(rng.random(n) < 0.05, rng.choice([0, 1, (1 << Q.S_WIDTH) - 1], n), S)
     P = np.where(rng.random(n) < 0.05, rng.choice([0, 1, (1 << Q.PMAX_WIDTH) - 1], n), P)
+    # S in the rsqrt's interesting spots: just below / at powers of two (odd and even bit lengths)
+    edge = np.left_shift(np.int64(1), rng.integers(1, Q.S_WIDTH, n)) + rng.integers(-2, 2, n)
+    S = np.where(rng.random(n) < 0.1, np.clip(edge, 0, (1 << Q.S_WIDTH) - 1), S)
     c_m = rng.integers(1 << (N.M_BITS - 1), 1 << N.M_BITS, n)
+    c_m = np.where(rng.random(n) < 0.05, rng.choice([1 << (N.M_BITS - 1), (1 << N.M_BITS) - 1], n), c_m)
     c_e = rng.integers(-(1 << (Q.CE_WIDTH - 1)), 1 << (Q.CE_WIDTH - 1), n)
-    M, shift = N.output_multiplier(P, S, c_m, c_e)
-    ins = {"S": S, "P": P, "c_m": c_m, "c_e": c_e}
+    sz = np.where(rng.random(n) < 0.3, 0, rng.integers(0, Q.SZ_MAX + 1, n))
+    sz = np.where(rng.random(n) < 0.05, Q.SZ_MAX, sz)
+    M, shift = N.output_multiplier(P, S, sz, c_m, c_e)
+    ins = {"S": S, "P": P, "c_m": c_m, "c_e": c_e, "sz": sz}
 
     def check(got):
         _eq(got["M"], M, "M")
@@ -228,28 +234,60 @@ def max_abs(rng, n_vectors, sizes=None):
     return Case({"u": u, "last": last}, len(vecs), check, len(vecs))
 
 
-def quant_stats(rng, n_vectors, sizes=None):
-    sizes = sizes or vector_sizes(rng, n_vectors)
+def _vec_weights(rng, size):
+    """A 31-bit norm-weight vector: full range with extremes, small magnitudes (so that max|z| is small and
+    the sum-of-squares shift is 0), or all zero."""
     vmax = (1 << (N.VEC_BITS - 1)) - 1
-    vecs, ns, nws, shifts, ps, Ss, Ps = [], [], [], [], [], [], []
+    kind = rng.integers(0, 6)
+    if kind <= 2:
+        return _mix(rng, size, -vmax, vmax, extremes=(-vmax, vmax, 0, 1, -1))
+    if kind <= 4:
+        top = int(np.exp2(rng.uniform(0, N.VEC_BITS - 1)))
+        return rng.integers(-top, top + 1, size)
+    return np.zeros(size, dtype=np.int64)
+
+
+def quant_stats(rng, n_vectors, sizes=None):
+    """Passes 2 and 3 in one run: ``sz`` in the input is the vector's own (as pass 2 would give it), so
+    every output field is checked: p, z per element; P, Z, sz, S per vector."""
+    sizes = sizes or vector_sizes(rng, n_vectors)
+    vecs, ns, nws, shifts, szs, ps, zs, Ss, Ps, Zs, szv = [], [], [], [], [], [], [], [], [], [], []
     for s in sizes:
         u = _u_vector(rng, s)
-        n = _mix(rng, s, -vmax, vmax, extremes=(-vmax, vmax, 0))
-        nw = _mix(rng, s, -vmax, vmax, extremes=(-vmax, vmax, 0))
+        n = _vec_weights(rng, s)
+        nw = _vec_weights(rng, s)
         up, sh = N.normalize_input(u)
-        _, P, S = N.quantize(u, n, nw)
+        _, P, S, sz = N.quantize(u, n, nw)
+        z = up * n
+        S2, sz2 = N.sum_squares(z)
+        assert int(S2[0]) == int(S[0]) and int(sz2[0]) == int(sz[0])
         vecs.append(u), ns.append(n), nws.append(nw)
-        shifts.append(np.full(s, int(sh[0]))), ps.append(up * nw), Ss.append(int(S[0])), Ps.append(int(P[0]))
+        shifts.append(np.full(s, int(sh[0]))), szs.append(np.full(s, int(sz[0])))
+        ps.append(up * nw), zs.append(z)
+        Ss.append(int(S[0])), Ps.append(int(P[0])), Zs.append(int(np.max(np.abs(z)))), szv.append(int(sz[0]))
     u, last = _concat(vecs)
     ends = np.flatnonzero(last)
 
     def check(got):
         _eq(got["p"], np.concatenate(ps), "p")
+        _eq(got["z"], np.concatenate(zs), "z")
         _eq(got["S"][ends], Ss, "S")
         _eq(got["P"][ends], Ps, "P")
+        _eq(got["Z"][ends], Zs, "Z")
+        _eq(got["sz"][ends], szv, "sz")
         _eq(got["last"], last, "last")
-    ins = {"u": u, "n": np.concatenate(ns), "nw": np.concatenate(nws), "shift": np.concatenate(shifts), "last": last}
+    ins = {"u": u, "n": np.concatenate(ns), "nw": np.concatenate(nws), "shift": np.concatenate(shifts),
+           "sz": np.concatenate(szs), "last": last}
     return Case(ins, len(u), check, len(vecs))
+
+
+def _p_top(rng, pmax):
+    """max|p| of a test vector: tiny, log-uniform, the code reduction's boundaries (P' rounds up to
+    2**P_CODE_BITS at 2**(P_CODE_BITS + 1) - 1), or the largest."""
+    pc = N.P_CODE_BITS
+    picks = [1, 2, 127, pmax, int(np.exp2(rng.uniform(0, Q.PMAX_WIDTH))), (1 << pc) - 1, 1 << pc,
+             (1 << (pc + 1)) - 1, (1 << (pc + 1)) - 2, 1 << (pc + 1), (1 << (pc + 2)) - 1]
+    return max(1, min(int(rng.choice(picks)), pmax))
 
 
 def codes_from_p(rng, n_vectors, sizes=None):
@@ -257,14 +295,20 @@ def codes_from_p(rng, n_vectors, sizes=None):
     pmax = (1 << Q.PMAX_WIDTH) - 1
     vecs, Pv, codes = [], [], []
     for s in sizes:
-        kind = rng.integers(0, 4)
+        kind = rng.integers(0, 5)
         if kind == 0:
             p = np.zeros(s, dtype=np.int64)
         else:
-            top = int(rng.choice([1, 2, 127, pmax, int(np.exp2(rng.uniform(0, Q.PMAX_WIDTH)))]))
-            top = max(1, min(top, pmax))
+            top = _p_top(rng, pmax)
             p = rng.integers(-top, top + 1, s)
             if kind == 1:
+                p[rng.integers(0, s)] = top * rng.choice([-1, 1])
+            elif kind == 2:
+                # rounding ties of the reduction p' = rshift_round(p, sp)
+                sp = max(0, top.bit_length() - N.P_CODE_BITS)
+                if sp:
+                    p = (p >> sp << sp) + (1 << (sp - 1))
+                    p = np.clip(p, -top, top)
                 p[rng.integers(0, s)] = top * rng.choice([-1, 1])
         P = np.max(np.abs(p), keepdims=True)
         vecs.append(p), Pv.append(np.full(s, int(P[0]))), codes.append(N.codes_from(p, P))

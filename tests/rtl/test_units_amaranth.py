@@ -7,9 +7,10 @@ from mmfree.rtl.catalog import VECTOR_UNITS
 from tests.rtl.cases import CASES, make_case
 from tests.rtl.streams import pack, run_unit, unpack
 
-#: default run: elements per element-wise unit, vectors per reduction (odd sizes 1, 2, 60, 63, 1000 included)
-DEFAULT = {"element": 1000, "vector": 60}
-SLOW = {"element": 5000, "vector": 1000}
+#: default run: elements per element-wise unit, vectors per reduction (odd sizes 1, 2, 60, 63, 1000 included,
+#: then random sizes 1..12); about 40 s for every unit with and without stalls
+DEFAULT = {"element": 2000, "vector": 1000}
+SLOW = {"element": 20000, "vector": 5000}
 
 
 def _run(name, count, stall, seed):

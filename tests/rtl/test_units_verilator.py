@@ -16,7 +16,7 @@ pytestmark = pytest.mark.sim
 
 SLOW = os.environ.get("MMFREE_SLOW") == "1"
 #: per run (one with stalls, one without): elements per element-wise unit, vectors per reduction
-COUNTS = {"element": 20000, "vector": 2000} if SLOW else {"element": 1200, "vector": 150}
+COUNTS = {"element": 20000, "vector": 5000} if SLOW else {"element": 2000, "vector": 1000}
 #: (lanes, tokens, max_k) of the matvec engines in the harness, and the matrices each multiplies per run
 MATVECS = ((80, 4, 1024), (40, 1, 1024), (5, 2, 128))
 SHAPES = {
