@@ -1,0 +1,408 @@
+"""The trigram draft engine: online table update and draft trees in hardware, bit for bit as
+:mod:`mmfree.pymodel.trigram` (its module docstring and ``docs/speculative.md`` are the specification).
+
+:class:`DraftEngine` holds the **bigram fallback** ``bigram[V][KB]`` on chip (one :class:`Memory` word
+per row, ``32 * KB`` bits, slot ``k`` in bits ``32k .. 32k+31``) and reaches the **trigram table**
+``trig[2**S][W][1 + K]`` in DDR through a line-granular memory port. Every geometry and counter constant
+(``S``, ``W``, ``K``, ``KB``, ``inc``, ``cmax``) comes from :class:`~mmfree.pymodel.trigram.TableParams`,
+the hash multiplier and the word formats from the reference module; nothing is retyped here.
+
+Ports (all streams are :mod:`amaranth.lib.stream` interfaces)
+-------------------------------------------------------------
+``cmd`` (in) ``{op, a, b, c, has_prev}``
+    ``op = UPDATE`` (0): ``update(a if has_prev else None, b, c)``.
+    ``op = DRAFT`` (1): ``draft_tree(table, a if has_prev else None, root=b, template)``; ``c`` unused.
+    Commands run one at a time, in order; ``cmd.ready`` is high only when the engine is idle.
+``draft`` (out) ``{token, parent, last}``
+    The tree of one DRAFT command in tree order: node 0 is the root (``parent = -1``), then the surviving
+    template nodes (``parent < index``); ``last`` marks the final node. Exactly the ``(tokens, parents)``
+    of :func:`~mmfree.pymodel.trigram.draft_tree`.
+``bigram_wr`` (in) ``{row, data}``
+    Loads one bigram row (the ``KB`` slot words of the table file, slot 0 in the low bits); taken only
+    while idle, before any waiting command. The host/DMA loads the fallback with it after reset.
+``busy`` (out): a command is being executed.
+
+The DDR memory port (line granular)
+-----------------------------------
+A *line* is one way: ``1 + K`` little-endian words = ``LINE_BITS = 32 * (1 + K)`` bits (512 bits, one
+64-byte burst for the default ``K = 15``), word 0 in the low bits. Lines are addressed by their *line
+index* ``set * W + way`` in ``trig`` (the byte address is ``trigram_offset + 4 * (1 + K) * index``
+within the table file image; ``trigram_offset`` is a multiple of 64).
+
+``rd_req`` (out) ``{addr, count}``
+    Read ``count`` consecutive lines starting at line ``addr`` (the engine always asks for one whole set:
+    ``addr = set * W``, ``count = W``; one INCR burst of ``W * LINE_BYTES`` bytes, 256 bytes by default).
+    At most one request is outstanding: the next one is issued only after all lines of this one arrived.
+``rd_resp`` (in) ``LINE_BITS``
+    The lines of the request, in address order, one per handshake.
+``wr`` (out) ``{addr, data}``
+    Write one whole line (all byte strobes set) at line index ``addr``. At most one write per UPDATE.
+
+Ordering contract: a read requested after a ``wr`` handshake must return the written data. An AXI adapter
+(:class:`mmfree.rtl.axi.AxiReader` client for ``rd_req``/``rd_resp`` with a ``LINE_BITS / bus`` word
+gearbox, :class:`~mmfree.rtl.axi.AxiWriter` for ``wr``) meets it by holding ``rd_req`` while a write
+response (B) is outstanding; the engine never issues a read in the cycle of a write handshake.
+
+Schedule (one command at a time; measured cycles in ``docs/speculative.md``)
+----------------------------------------------------------------------------
+UPDATE: read bigram row ``b`` (2 cycles), bump and write it back; then, with a previous token, request
+the set, take its ``W`` lines (way match on the key, victim = smallest slot-0 count, lowest way first),
+and write back the bumped way (hit) or the fresh way ``key, (c, min(inc, cmax)), 0...`` (miss).
+DRAFT: walk the template (held as constants: the ``(parent, rank)`` pairs of
+:func:`~mmfree.pymodel.trigram.make_template`), one template node per cycle; a node whose parent tree
+node's successor list is not the one in the list registers starts a lookup of that node (trigram set read
+when it has a context, and its bigram row), then picks the ``rank``-th successor combinationally
+(trigram slots in order, then bigram slots not already listed). The successor list of one node at a time
+is kept: a breadth-first template visits the children of a node consecutively, and a re-lookup of the
+same node (any other template order) returns the same list because the table does not change during a
+draft. When the template is done the tree is streamed out, one node per cycle.
+
+Bump (the compare-and-swap chain of the reference, as one combinational step on a row of ``n`` slots):
+the first slot that is empty or holds ``c`` is the target (none: the last slot); its new count is
+``min(cmax, count + inc)`` on a hit, ``min(inc, cmax)`` otherwise; it lands at position ``q`` = one below
+the lowest-placed slot above the target whose count is ``>=`` the new count (0 if none), and the slots
+``q .. target-1`` move down by one.
+"""
+
+from __future__ import annotations
+
+from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory, MemoryData
+from amaranth.lib.wiring import In, Out
+
+from mmfree.pymodel import trigram as T
+from mmfree.rtl.pipeline import check_int, width_for
+
+#: ``cmd.op`` values.
+UPDATE = 0
+DRAFT = 1
+
+TOKEN = unsigned(16)              # token ids are 16-bit (T.MAX_VOCAB)
+COUNT_BITS = 16                   # slot = token << T.TOKEN_SHIFT | count (count in the low T.TOKEN_SHIFT bits)
+assert T.TOKEN_SHIFT == COUNT_BITS and T.COUNT_MASK == (1 << COUNT_BITS) - 1
+
+
+def _slot_count(w):
+    return w[:COUNT_BITS]
+
+
+def _slot_token(w):
+    return w[COUNT_BITS:32]
+
+
+class Bump(wiring.Component):
+    """Combinational ``_bump(row, c, inc, cmax)`` of the reference on a row of ``n`` slot words: ``words``
+    (slot ``j`` in bits ``32j .. 32j+31``) and the token ``c`` in, the bumped row ``out``.
+
+    The first slot that is empty or holds ``c`` is the target (none: the last slot); its new count is
+    ``min(cmax, count + inc)`` on a hit, ``min(inc, cmax)`` otherwise; the compare-and-swap chain ends
+    with the new slot at ``q`` = one below the lowest-placed slot above the target whose count is
+    ``>=`` the new count (0 if none), and the slots ``q .. target-1`` one further down."""
+
+    def __init__(self, n: int, inc: int, cmax: int):
+        self.n, self.inc, self.cmax = n, inc, cmax
+        super().__init__({"words": In(32 * n), "c": In(TOKEN), "out": Out(32 * n)})
+
+    def elaborate(self, platform):
+        m = Module()
+        n, c = self.n, self.c
+        words = [self.words[32 * j:32 * (j + 1)] for j in range(n)]
+        cnt = [_slot_count(w) for w in words]
+        tok = [_slot_token(w) for w in words]
+        stop = [(cnt[j] == 0) | (tok[j] == c) for j in range(n)]     # empty or c (an empty slot stops first)
+        hit = Signal()
+        pos = Signal(range(n))
+        m.d.comb += pos.eq(n - 1)                                      # none stops: replace the last slot
+        for j in reversed(range(n)):                                   # the first stop wins
+            with m.If(stop[j]):
+                m.d.comb += [pos.eq(j), hit.eq(cnt[j] != 0)]
+        old = Signal(COUNT_BITS)
+        m.d.comb += old.eq(Array(cnt)[pos])
+        summed = old + self.inc
+        newcnt = Signal(COUNT_BITS)
+        m.d.comb += newcnt.eq(Mux(hit, Mux(summed > self.cmax, self.cmax, summed), min(self.inc, self.cmax)))
+        new = Cat(newcnt, c)
+        q = Signal(range(n))                                           # landing position after the move-up
+        for k in range(n - 1):                                         # the highest blocker above pos wins
+            with m.If((k < pos) & (cnt[k] >= newcnt)):
+                m.d.comb += q.eq(k + 1)
+        out = []
+        for j in range(n):
+            if j == 0:
+                out.append(Mux(q == 0, new, words[0]))
+            else:
+                out.append(Mux(q == j, new, Mux((j > q) & (j <= pos), words[j - 1], words[j])))
+        m.d.comb += self.out.eq(Cat(*out))
+        return m
+
+
+class SuccessorList(wiring.Component):
+    """The successor list of one context, from its trigram slots ``line`` (``K`` words; used when ``hit``)
+    and its bigram row ``row`` (``KB`` words): ``n_t`` trigram successors (the occupied prefix) and
+    ``keep``, the bigram slots that extend the list (occupied and not already listed). The list is
+    ``line[0 .. n_t)`` then the kept bigram slots in order."""
+
+    def __init__(self, K: int, KB: int):
+        self.K, self.KB = K, KB
+        super().__init__({"line": In(32 * K), "hit": In(1), "row": In(32 * KB),
+                          "n_t": Out(range(K + 1)), "keep": Out(KB)})
+
+    def elaborate(self, platform):
+        m = Module()
+        K, KB = self.K, self.KB
+        t_cnt = [self.line[32 * i:32 * i + COUNT_BITS] for i in range(K)]
+        t_tok = [self.line[32 * i + COUNT_BITS:32 * (i + 1)] for i in range(K)]
+        g_cnt = [self.row[32 * k:32 * k + COUNT_BITS] for k in range(KB)]
+        g_tok = [self.row[32 * k + COUNT_BITS:32 * (k + 1)] for k in range(KB)]
+        t_occ, acc = [], self.hit
+        for i in range(K):
+            acc = acc & (t_cnt[i] != 0)
+            t_occ.append(acc)
+        g_occ, acc = [], Const(1)
+        for k in range(KB):
+            acc = acc & (g_cnt[k] != 0)
+            g_occ.append(acc)
+        m.d.comb += self.n_t.eq(sum(t_occ))
+        for k in range(KB):
+            dup = Const(0)
+            for i in range(K):
+                dup = dup | (t_occ[i] & (t_tok[i] == g_tok[k]))
+            for k2 in range(k):
+                dup = dup | (g_occ[k2] & (g_tok[k2] == g_tok[k]))
+            m.d.comb += self.keep[k].eq(g_occ[k] & ~dup)
+        return m
+
+
+class PickRank(wiring.Component):
+    """The ``rank``-th entry of a :class:`SuccessorList` (``ok`` low when the list is shorter)."""
+
+    def __init__(self, K: int, KB: int, rank_width: int):
+        self.K, self.KB = K, KB
+        super().__init__({"line": In(32 * K), "row": In(32 * KB), "n_t": In(range(K + 1)), "keep": In(KB),
+                          "rank": In(rank_width), "ok": Out(1), "token": Out(TOKEN)})
+
+    def elaborate(self, platform):
+        m = Module()
+        rank = self.rank
+        for i in range(self.K):
+            with m.If((i < self.n_t) & (rank == i)):
+                m.d.comb += [self.ok.eq(1), self.token.eq(self.line[32 * i + COUNT_BITS:32 * (i + 1)])]
+        before = Const(0, width_for(self.KB))
+        for k in range(self.KB):
+            with m.If(self.keep[k] & (rank == self.n_t + before)):
+                m.d.comb += [self.ok.eq(1), self.token.eq(self.row[32 * k + COUNT_BITS:32 * (k + 1)])]
+            before = before + self.keep[k]
+        return m
+
+
+class DraftEngine(wiring.Component):
+    """The trigram draft engine (see the module docstring for ports, memory contract and schedule).
+
+    ``vocab_size``: rows of the on-chip bigram memory; ``params``: the table geometry and counter rules
+    (:class:`~mmfree.pymodel.trigram.TableParams`); ``template``: the draft template, ``(parent, rank)``
+    pairs (default ``make_template(4, DEFAULT_MAX_NODES)``, the software default). ``bigram_init``
+    (optional, ``uint32 [V, KB]``): initial contents of the bigram memory (simulation, or a ROM-like
+    preload); otherwise it starts empty and is loaded through ``bigram_wr``.
+    """
+
+    def __init__(self, vocab_size: int = 4096, params: T.TableParams | None = None, template=None,
+                 bigram_init=None):
+        self.params = p = (params or T.TableParams()).check()
+        check_int(self, "vocab_size", vocab_size, f"an integer in [1, {T.MAX_VOCAB}]",
+                  lambda v: 1 <= v <= T.MAX_VOCAB)
+        self.vocab_size = vocab_size
+        if template is None:
+            template = T.make_template(4, T.DEFAULT_MAX_NODES)
+        template = tuple((int(a), int(r)) for a, r in template)
+        for i, (par, rank) in enumerate(template, start=1):
+            if not 0 <= par < i or rank < 0:
+                self._MustUse__silence = True
+                raise ValueError(f"template entry {i} = ({par}, {rank}): the parent must be in [0, {i}) and the "
+                                 "rank >= 0")
+        self.template = template
+        self.n_nodes = len(template) + 1                      # tree nodes at most (root included)
+        self.LINE_WORDS = 1 + p.slots
+        self.LINE_BITS = 32 * self.LINE_WORDS
+        self.ROW_BITS = 32 * p.bigram_slots
+        self.n_lines = p.n_sets * p.ways
+        self.ADDR = unsigned(width_for(self.n_lines - 1))
+        self.NODE = unsigned(width_for(self.n_nodes - 1))
+        self.PARENT = signed(width_for(self.n_nodes - 1) + 1)
+        self.CMD = data.StructLayout({"op": 1, "a": TOKEN, "b": TOKEN, "c": TOKEN, "has_prev": 1})
+        self.DRAFT = data.StructLayout({"token": TOKEN, "parent": self.PARENT, "last": 1})
+        self.RDREQ = data.StructLayout({"addr": self.ADDR, "count": unsigned(width_for(p.ways))})
+        self.WR = data.StructLayout({"addr": self.ADDR, "data": unsigned(self.LINE_BITS)})
+        self.BIGRAM_WR = data.StructLayout({"row": unsigned(width_for(vocab_size - 1)),
+                                            "data": unsigned(self.ROW_BITS)})
+        init = [0] * vocab_size
+        if bigram_init is not None:
+            import numpy as np
+
+            arr = np.asarray(bigram_init, dtype=np.uint64).reshape(vocab_size, p.bigram_slots)
+            init = [sum(int(w) << (32 * k) for k, w in enumerate(row)) for row in arr]
+        #: the on-chip bigram fallback (simulation: ``ctx.get(engine.bigram_data[row])``)
+        self.bigram_data = MemoryData(shape=unsigned(self.ROW_BITS), depth=vocab_size, init=init)
+        super().__init__({
+            "cmd": In(stream.Signature(self.CMD)),
+            "draft": Out(stream.Signature(self.DRAFT)),
+            "bigram_wr": In(stream.Signature(self.BIGRAM_WR)),
+            "rd_req": Out(stream.Signature(self.RDREQ)),
+            "rd_resp": In(stream.Signature(unsigned(self.LINE_BITS))),
+            "wr": Out(stream.Signature(self.WR)),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self.params
+        W, K, KB, N = p.ways, p.slots, p.bigram_slots, self.n_nodes
+        m.submodules.bigram = mem = Memory(data=self.bigram_data)
+        wp = mem.write_port()
+        rp = mem.read_port(transparent_for=(wp,))
+
+        # ---- command registers and the lookup context -------------------------------------------
+        op = Signal()
+        c = Signal(TOKEN)
+        prev, has_prev = Signal(TOKEN), Signal()
+        lk_a, lk_b, lk_has = Signal(TOKEN), Signal(TOKEN), Signal()
+        key = Cat(lk_b, lk_a)                                       # a << 16 | b
+        prod = Signal(32)
+        m.d.comb += prod.eq((key * T.HASH_MULT)[:32])                # Fibonacci hash: one 32x32 multiply
+        set_idx = prod[32 - p.sets_log2:32]
+        base = Signal(self.ADDR)
+        m.d.comb += base.eq(set_idx * W)
+        m.d.comb += [rp.addr.eq(lk_b), rp.en.eq(1)]
+
+        # ---- set scan: way match and victim ---------------------------------------------------------
+        way = Signal(range(W))
+        hit, hit_way = Signal(), Signal(range(W))
+        hit_line = Signal(self.LINE_BITS)
+        vict, min_cnt = Signal(range(W)), Signal(COUNT_BITS)
+        line_in = self.rd_resp.payload
+
+        # ---- update datapath: bumped bigram row, bumped / fresh trigram way ----------------------
+        m.submodules.row_bump = row_bump = Bump(KB, p.inc, p.cmax)
+        m.submodules.line_bump = line_bump = Bump(K, p.inc, p.cmax)
+        m.d.comb += [row_bump.words.eq(rp.data), row_bump.c.eq(c), line_bump.words.eq(hit_line[32:]),
+                     line_bump.c.eq(c)]
+        fresh = Cat(key, Const(min(p.inc, p.cmax), COUNT_BITS), c, Const(0, 32 * (K - 1)))
+        m.d.comb += [wp.addr.eq(lk_b), wp.data.eq(row_bump.out)]
+
+        # ---- draft state: tree arrays, template constants, the successor list -------------------------
+        tokens = Array(Signal(TOKEN, name=f"tok{i}") for i in range(N))
+        parents = Array(Signal(self.NODE, name=f"par{i}") for i in range(N))
+        map_ok = Array(Signal(name=f"mok{i}") for i in range(N))          # template node -> tree node
+        map_idx = Array(Signal(self.NODE, name=f"mix{i}") for i in range(N))
+        tpl_par = Array(Const(par, self.NODE) for par, _ in ((0, 0),) + self.template)
+        max_rank = max([r for _, r in self.template], default=0)
+        tpl_rank = Array(Const(r, width_for(max_rank)) for _, r in ((0, 0),) + self.template)
+        ti = Signal(range(N + 1))                                          # template node being placed
+        nt = Signal(range(N + 1))                                          # tree nodes so far
+        oi = Signal(self.NODE)                                             # output index
+        cache_ok, cache_j = Signal(), Signal(self.NODE)
+        s_hit = Signal()                                                   # the list's trigram part exists
+        s_line = Signal(32 * K)                                            # its slots
+        s_row = Signal(self.ROW_BITS)                                      # the bigram row
+
+        tp = tpl_par[ti]
+        rank = tpl_rank[ti]
+        j_ok, j = map_ok[tp], map_idx[tp]
+
+        # the rank-th successor of the kept list: trigram slots (occupied prefix), then new bigram slots
+        m.submodules.succ = succ = SuccessorList(K, KB)
+        m.submodules.pick = pick = PickRank(K, KB, width_for(max_rank))
+        m.d.comb += [succ.line.eq(s_line), succ.hit.eq(s_hit), succ.row.eq(s_row),
+                     pick.line.eq(s_line), pick.row.eq(s_row), pick.n_t.eq(succ.n_t), pick.keep.eq(succ.keep),
+                     pick.rank.eq(rank)]
+        sel_ok, sel_tok = pick.ok, pick.token
+
+        # ---- streams ---------------------------------------------------------------------------------
+        cmdp = self.cmd.payload
+        m.d.comb += [
+            self.rd_req.payload.addr.eq(base), self.rd_req.payload.count.eq(W),
+            self.wr.payload.addr.eq(base + Mux(hit, hit_way, vict)),
+            self.wr.payload.data.eq(Mux(hit, Cat(hit_line[:32], line_bump.out), fresh)),
+            self.draft.payload.token.eq(tokens[oi]),
+            self.draft.payload.parent.eq(Mux(oi == 0, -1, parents[oi])),
+            self.draft.payload.last.eq(oi == nt - 1),
+        ]
+
+        with m.FSM() as fsm:
+            with m.State("IDLE"):
+                m.d.comb += [self.bigram_wr.ready.eq(1), self.cmd.ready.eq(~self.bigram_wr.valid)]
+                with m.If(self.bigram_wr.valid):
+                    m.d.comb += [wp.addr.eq(self.bigram_wr.payload.row), wp.data.eq(self.bigram_wr.payload.data),
+                                 wp.en.eq(1)]
+                with m.Elif(self.cmd.valid):
+                    m.d.sync += [op.eq(cmdp.op), c.eq(cmdp.c), prev.eq(cmdp.a), has_prev.eq(cmdp.has_prev),
+                                 lk_a.eq(cmdp.a), lk_b.eq(cmdp.b), lk_has.eq(cmdp.has_prev)]
+                    with m.If(cmdp.op == UPDATE):
+                        m.next = "U_ROW"
+                    with m.Else():
+                        m.d.sync += [tokens[0].eq(cmdp.b), map_ok[0].eq(1), map_idx[0].eq(0), nt.eq(1), ti.eq(1),
+                                     cache_ok.eq(0)]
+                        m.next = "D_NODE"
+            with m.State("U_ROW"):                      # bigram row b is being read
+                m.next = "U_BUMP"
+            with m.State("U_BUMP"):                     # ... and written back bumped
+                m.d.comb += wp.en.eq(1)
+                with m.If(lk_has):
+                    m.next = "LOOK"
+                with m.Else():
+                    m.next = "IDLE"
+            with m.State("LOOK"):                       # request the set of (lk_a, lk_b); or only the row
+                with m.If(lk_has):
+                    m.d.comb += self.rd_req.valid.eq(1)
+                    with m.If(self.rd_req.ready):
+                        m.d.sync += [way.eq(0), hit.eq(0)]
+                        m.next = "SCAN"
+                with m.Else():
+                    m.d.sync += hit.eq(0)
+                    m.next = "ROW"
+            with m.State("SCAN"):                       # the W lines of the set
+                m.d.comb += self.rd_resp.ready.eq(1)
+                with m.If(self.rd_resp.valid):
+                    with m.If(~hit & (line_in[:32] == key)):
+                        m.d.sync += [hit.eq(1), hit_way.eq(way), hit_line.eq(line_in)]
+                    cnt0 = line_in[32:32 + COUNT_BITS]
+                    with m.If((way == 0) | (cnt0 < min_cnt)):
+                        m.d.sync += [min_cnt.eq(cnt0), vict.eq(way)]
+                    m.d.sync += way.eq(way + 1)
+                    with m.If(way == W - 1):
+                        with m.If(op == UPDATE):
+                            m.next = "U_WRITE"
+                        with m.Else():
+                            m.next = "ROW"
+            with m.State("U_WRITE"):
+                m.d.comb += self.wr.valid.eq(1)
+                with m.If(self.wr.ready):
+                    m.next = "IDLE"
+            with m.State("ROW"):                        # the list of tree node cache_j is complete
+                m.d.sync += [s_hit.eq(hit), s_line.eq(hit_line[32:]), s_row.eq(rp.data), cache_ok.eq(1)]
+                m.next = "D_NODE"
+            with m.State("D_NODE"):                     # place template node ti
+                with m.If(ti == N):
+                    m.d.sync += oi.eq(0)
+                    m.next = "D_OUT"
+                with m.Elif(~j_ok):
+                    m.d.sync += [map_ok[ti].eq(0), ti.eq(ti + 1)]
+                with m.Elif(cache_ok & (cache_j == j)):
+                    with m.If(sel_ok):
+                        m.d.sync += [tokens[nt].eq(sel_tok), parents[nt].eq(j), map_ok[ti].eq(1),
+                                     map_idx[ti].eq(nt), nt.eq(nt + 1)]
+                    with m.Else():
+                        m.d.sync += map_ok[ti].eq(0)
+                    m.d.sync += ti.eq(ti + 1)
+                with m.Else():                           # look up the successors of tree node j
+                    m.d.sync += [lk_b.eq(tokens[j]), lk_a.eq(Mux(j == 0, prev, tokens[parents[j]])),
+                                 lk_has.eq((j != 0) | has_prev), cache_j.eq(j), cache_ok.eq(0)]
+                    m.next = "LOOK"
+            with m.State("D_OUT"):
+                m.d.comb += self.draft.valid.eq(1)
+                with m.If(self.draft.ready):
+                    m.d.sync += oi.eq(oi + 1)
+                    with m.If(oi == nt - 1):
+                        m.next = "IDLE"
+        m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
+        return m
