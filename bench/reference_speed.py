@@ -61,7 +61,11 @@ def main() -> int:
     ap.add_argument("--skip-370m", action="store_true")
     ap.add_argument("--record", action="store_true", help="write the table into docs/numerics.md")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads for the float model (default 1: on a shared 2-core machine more threads "
+                         "spin and measure the scheduler, not the model; numpy BLAS follows OMP_NUM_THREADS)")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     rows = []
     model = load_model("default")
     im, _ = open_int_model("default")
