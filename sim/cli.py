@@ -1,7 +1,99 @@
-"""Command-line glue for this area (see ``mmfree.cli``)."""
+"""Command-line glue for this area (see ``mmfree.cli``): ``mmfree sim``."""
 
 from __future__ import annotations
+
+import sys
+
+from mmfree import MmfreeError
+from mmfree.cli import add_subcommand, print_json
 
 
 def register(sub) -> None:
     """Add this area's subcommands to the ``mmfree`` parser."""
+    p = add_subcommand(
+        sub, "sim", _sim, "generate on the accelerator RTL (Verilator) and check it bit for bit",
+        "Compiles the model into an accelerator program and DDR image, builds the accelerator RTL with\n"
+        "Verilator (cached), and generates --tokens tokens greedily: the prompt goes through the\n"
+        "accelerator k tokens per pass, then one pass per token (or, with --k > 1, the last token plus\n"
+        "k-1 drafted ones, of which the agreeing prefix is kept). Every pass is replayed on the integer\n"
+        "reference and every logit, argmax and state compared exactly.\n\n"
+        "DDR is a Verilog model with a fixed bandwidth of one bus beat per cycle (16 bytes) and\n"
+        "--latency cycles per read burst. Reports bit_exact, the tokens and text, cycles (total and per\n"
+        "generated token), bytes read from DDR, stall cycles and the roofline fraction: bytes that must\n"
+        "move per token / 16 bytes per cycle / cycles per token (docs/sim.md defines both).\n"
+        "--json prints one object (keys in docs/sim.md); --waves writes an FST waveform (slow).",
+    )
+    p.add_argument("--model", default="default",
+                   help="'default' (the embedded model), a checkpoint directory or an `mmfree export` directory")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--prompt", default=None, help="prompt text (encoded with the model's tokenizer)")
+    src.add_argument("--prompt-ids", default=None, help="comma-separated prompt token ids")
+    p.add_argument("--tokens", type=int, default=16, help="tokens to generate")
+    p.add_argument("--k", type=int, default=1, help="tokens per pass (1..4 in the simulated build)")
+    p.add_argument("--latency", type=int, default=24, help="simulated DDR read latency in cycles")
+    p.add_argument("--no-logits", action="store_true",
+                   help="do not write logits to DDR (argmax and states are still compared)")
+    p.add_argument("--memory", choices=["hdl", "python"], default="hdl",
+                   help="hdl: Verilog DDR model (fast); python: cocotbext-axi AxiRam (protocol checks, slow)")
+    p.add_argument("--waves", action="store_true", help="write an FST waveform and print its path")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _sim(args) -> int:
+    from mmfree.sim.accel import simulate_generation
+
+    if args.tokens < 1:
+        raise MmfreeError("--tokens must be >= 1")
+    from mmfree.sim.accel import DEFAULT_HW, MAX_RD_LATENCY, MAX_SIM_POSITIONS
+
+    if not 1 <= args.latency <= MAX_RD_LATENCY:
+        raise MmfreeError(f"--latency must be 1..{MAX_RD_LATENCY} cycles, got {args.latency}")
+    if not 1 <= args.k <= DEFAULT_HW.max_tokens:
+        raise MmfreeError(f"--k must be 1..{DEFAULT_HW.max_tokens} (tokens per pass of the simulated build), "
+                          f"got {args.k}")
+    if args.tokens > MAX_SIM_POSITIONS:
+        raise MmfreeError(f"--tokens {args.tokens}: a simulation runs at most {MAX_SIM_POSITIONS} positions")
+    if args.prompt_ids is not None:
+        try:
+            prompt = [int(x) for x in args.prompt_ids.split(",") if x.strip()]
+        except ValueError:
+            raise MmfreeError(f"--prompt-ids must be comma-separated integers, got {args.prompt_ids!r}") from None
+    else:
+        from mmfree.pymodel.intmodel import open_int_model
+        from mmfree.pymodel.tokenizer import load_tokenizer
+
+        _, tok_dir = open_int_model(args.model)
+        try:
+            tok = load_tokenizer(tok_dir)
+        except Exception as exc:
+            raise MmfreeError(f"the model has no usable tokenizer ({exc}); give --prompt-ids") from None
+        prompt = tok.encode(args.prompt if args.prompt is not None else "def ")
+    if not prompt:
+        raise MmfreeError("the prompt encodes to no tokens; give --prompt TEXT or --prompt-ids")
+    if len(prompt) + args.tokens > MAX_SIM_POSITIONS:
+        raise MmfreeError(f"the prompt is {len(prompt)} tokens; with --tokens {args.tokens} that is "
+                          f"{len(prompt) + args.tokens} positions, a simulation runs at most {MAX_SIM_POSITIONS} "
+                          f"(shorten the prompt or --tokens)")
+    res = simulate_generation(args.model, prompt, args.tokens, progress=(not args.json) or sys.stderr.isatty(),
+                              k=args.k, waves=args.waves,
+                              memory=args.memory, rd_latency=args.latency, write_logits=not args.no_logits)
+    if args.json:
+        print_json(res)
+    else:
+        text = res.get("text")
+        print(f"bit_exact: {res['bit_exact']}")
+        print(f"tokens:    {res['tokens']}")
+        if text is not None:
+            print(f"text:      {text!r}")
+        cpt = res["cycles_per_token"]
+        per = f"{cpt:.0f} per generated token" if cpt is not None else "no decode pass"
+        print(f"cycles:    {res['cycles']} total (simulated), {per} ({res['passes']} passes, k={res['k']})")
+        print(f"DDR:       {res['ddr_bytes']} bytes read, {res['ddr_write_bytes']} written, "
+              f"{res['stall_cycles']} weight-stall cycles")
+        if res["roofline_fraction"] is not None:
+            print(f"roofline:  {res['roofline_fraction']:.3f} of {res['bus_bytes_per_cycle']} bytes/cycle (simulated)")
+        if res.get("waves"):
+            print(f"waves:     {res['waves']}")
+        for p in res.get("problems", []):
+            print(f"MISMATCH:  {p}", file=sys.stderr)
+    return 0 if res["bit_exact"] else 1

@@ -1,0 +1,1209 @@
+"""The mmfree driver: the one host program for the accelerator, on every transport.
+
+Layers, bottom up:
+
+* **Transports** (:class:`Transport`): how the host reaches one accelerator. Five operations and one
+  attribute, nothing else::
+
+      read32(offset) -> int              AXI4-Lite read of a CSR (offsets: mmfree.rtl.regmap.OFFSET)
+      write32(offset, value)             AXI4-Lite write
+      write_mem(addr, data: bytes)       host write into DDR (the accelerator's address space), made
+                                         visible to the accelerator before it returns (cache flush)
+      read_mem(addr, n) -> bytes         host read from DDR, fresh from memory (cache invalidate)
+      wait_irq(timeout_s) -> bool        block until the interrupt line is high; False on time-out
+      mem_window -> (lo, hi)             the DDR range the host may hand to the accelerator
+
+  :class:`PynqTransport` is the board (``pynq.MMIO`` through the IP's ``mmio``, one contiguous
+  ``pynq.allocate`` buffer as the DDR window, the IP's interrupt or STATUS polling). The simulated board
+  (:class:`mmfree.sim.accel.SyncBoard`: the RTL under Verilator + cocotb) and the ISA emulator
+  (:class:`mmfree.sim.emulator.EmulatedBoard`) have the same methods; :class:`BoardTransport` wraps any of
+  them with the argument checks every transport makes. ``isinstance(x, Transport)`` is true for any object
+  with the five methods and ``mem_window``.
+* :class:`AccelHost`: places a compiled model (:mod:`mmfree.rtl.compiler`) and its work buffers in the
+  window, programs the base registers once, and runs passes of k tokens (:meth:`AccelHost.run`), returning
+  logits, argmax and the state after every position. States live in two areas used in turn, so committing
+  a prefix is pointing the next pass's ``STATE_IN`` at one position of the last ``STATE_OUT`` (no copy).
+* :func:`generate`: greedy generation over passes, with drafts verified k tokens per pass (prompt lookup
+  by default, or a :class:`TrigramDrafter` tree); the output always equals plain greedy decoding.
+* :class:`Accelerator`: the high-level object: model in (``"default"``, an export or checkpoint
+  directory, an :class:`~mmfree.pymodel.intmodel.IntModel` or a :class:`~mmfree.rtl.compiler.Compiled`),
+  text or tokens out, counters; :meth:`Accelerator.from_bitstream` opens a PYNQ overlay.
+* PYNQ glue: :func:`register_pynq_driver` defines ``MmfreeAccelIP`` (a ``pynq.DefaultIP`` bound to
+  :data:`mmfree.rtl.regmap.VLNV`); :func:`check_hwh` checks a bitstream's ``.hwh`` before it is loaded.
+
+PYNQ is optional: nothing here imports it until a PYNQ object is asked for, and then a missing ``pynq``
+is a clear :class:`~mmfree.MmfreeError`. Every wait has a time-out.
+"""
+
+from __future__ import annotations
+
+import abc
+import os
+import struct
+import sys
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from mmfree import MmfreeError
+from mmfree.rtl import regmap as RM
+from mmfree.rtl.compiler import Compiled, HwConfig
+
+PYNQ_MISSING = "pynq is not installed: this runs on a PYNQ board image (pip install -e '.[board]')"
+
+#: Names the accelerator's interrupt pin may have in an overlay (PYNQ makes it an attribute of the IP):
+#: ``interrupt`` in the IP built by :mod:`mmfree.boards.build`, ``irq`` for the bare top.
+IRQ_PINS = ("interrupt", RM.PORT_IRQ)
+
+
+# ======================================================================================================
+# transports
+# ======================================================================================================
+class Transport(abc.ABC):
+    """How the host reaches one accelerator: CSR access, DDR access, the interrupt (module docstring).
+
+    Contract every transport keeps:
+
+    * ``read32``/``write32`` take a byte offset that is a multiple of 4 inside the 4 KiB CSR window
+      (``regmap.CSR_ADDR_BITS``) and 32-bit values; reads have no side effects except where the register
+      map says so.
+    * ``write_mem(addr, data)`` / ``read_mem(addr, n)`` take addresses in the accelerator's address space
+      and refuse (:class:`MmfreeError`) any range outside ``mem_window``. After ``write_mem`` returns the
+      accelerator sees the data; ``read_mem`` returns what the accelerator wrote (caches handled inside).
+    * ``wait_irq(timeout_s)`` returns True as soon as the interrupt line is high (also when it already
+      was), False after ``timeout_s`` seconds (simulated seconds in simulation); it never blocks longer.
+    * ``mem_window`` is ``(lo, hi)``: the DDR the host owns and may give to the accelerator (MEM_LO/MEM_HI).
+    * ``close()`` releases what the transport allocated (buffers); the default does nothing.
+    """
+
+    mem_window: tuple[int, int]
+    #: a word for messages and JSON: "pynq", "sim", "emulator", ...
+    kind: str = "transport"
+
+    @abc.abstractmethod
+    def read32(self, offset: int) -> int: ...
+
+    @abc.abstractmethod
+    def write32(self, offset: int, value: int) -> None: ...
+
+    @abc.abstractmethod
+    def write_mem(self, addr: int, data: bytes) -> None: ...
+
+    @abc.abstractmethod
+    def read_mem(self, addr: int, n: int) -> bytes: ...
+
+    @abc.abstractmethod
+    def wait_irq(self, timeout_s: float) -> bool: ...
+
+    def close(self) -> None:
+        """Release buffers; the transport is unusable afterwards."""
+
+    # ---- checks shared by the transports ----------------------------------------------------------------
+    @staticmethod
+    def check_offset(offset: int) -> int:
+        offset = int(offset)
+        if offset % 4 or not 0 <= offset < (1 << RM.CSR_ADDR_BITS):
+            raise MmfreeError(f"CSR offset {offset:#x} is not a 32-bit register inside the "
+                              f"{1 << RM.CSR_ADDR_BITS}-byte register window")
+        return offset
+
+    def check_range(self, addr: int, n: int) -> None:
+        lo, hi = self.mem_window
+        if n < 0 or addr < lo or addr + n > hi:
+            raise MmfreeError(f"host DDR access [{addr:#x}, {addr + n:#x}) is outside the transport's "
+                              f"window [{lo:#x}, {hi:#x})")
+
+    @classmethod
+    def __subclasshook__(cls, other):
+        if cls is Transport:
+            names = ("read32", "write32", "write_mem", "read_mem", "wait_irq")
+            if all(any(n in vars(b) for b in other.__mro__) for n in names) and \
+                    any("mem_window" in vars(b) or "mem_window" in getattr(b, "__annotations__", {})
+                        for b in other.__mro__):
+                return True
+        return NotImplemented
+
+
+def _has_transport_shape(obj) -> bool:
+    return all(callable(getattr(obj, n, None)) for n in ("read32", "write32", "write_mem", "read_mem", "wait_irq")) \
+        and hasattr(obj, "mem_window")
+
+
+class BoardTransport(Transport):
+    """Any object with the transport methods (the simulated board :class:`mmfree.sim.accel.SyncBoard`, the
+    emulator :class:`mmfree.sim.emulator.EmulatedBoard`) as a :class:`Transport` that makes the same
+    argument checks as :class:`PynqTransport`, so host code tested in simulation breaks the same way."""
+
+    def __init__(self, board, kind: str = "board"):
+        if not _has_transport_shape(board):
+            raise MmfreeError(f"{type(board).__name__} is not a transport: it needs read32, write32, write_mem, "
+                              "read_mem, wait_irq and mem_window")
+        self.board, self.kind = board, kind
+        self.mem_window = tuple(int(x) for x in board.mem_window)
+
+    def read32(self, offset: int) -> int:
+        return int(self.board.read32(self.check_offset(offset))) & 0xFFFFFFFF
+
+    def write32(self, offset: int, value: int) -> None:
+        self.board.write32(self.check_offset(offset), int(value) & 0xFFFFFFFF)
+
+    def write_mem(self, addr: int, data: bytes) -> None:
+        data = bytes(data)
+        self.check_range(addr, len(data))
+        self.board.write_mem(addr, data)
+
+    def read_mem(self, addr: int, n: int) -> bytes:
+        self.check_range(addr, n)
+        out = bytes(self.board.read_mem(addr, n))
+        if len(out) != n:
+            raise MmfreeError(f"the {self.kind} board returned {len(out)} bytes for a {n}-byte read at {addr:#x}")
+        return out
+
+    def wait_irq(self, timeout_s: float) -> bool:
+        return bool(self.board.wait_irq(timeout_s))
+
+
+def as_transport(board, kind: str | None = None) -> Transport:
+    """``board`` if it already is a :class:`Transport` subclass instance, else :class:`BoardTransport` around it."""
+    if Transport in type(board).__mro__:
+        return board
+    return BoardTransport(board, kind or type(board).__name__)
+
+
+def _pynq():
+    import warnings
+
+    try:
+        with warnings.catch_warnings():            # pynq's own imports warn about pkg_resources
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import pynq
+    except ImportError:
+        raise MmfreeError(PYNQ_MISSING) from None
+    return pynq
+
+
+class PynqTransport(Transport):
+    """The accelerator on a PYNQ board.
+
+    ``ip``: the overlay's accelerator (a ``pynq.DefaultIP``, e.g. :func:`register_pynq_driver`'s
+    ``MmfreeAccelIP``; its ``mmio`` is the CSR window). ``mem_bytes``: size of the DDR window, one
+    physically contiguous ``pynq.allocate`` buffer (uint8) whose device address is ``mem_window[0]``.
+    Host writes are flushed and host reads invalidated over the bytes touched (the buffer is cacheable on
+    Zynq). ``use_interrupt``: wait on the IP's interrupt (PYNQ's ``Interrupt``, needs the AXI interrupt
+    controller of the block design) when present; else, or with False, poll STATUS every
+    ``poll_s`` seconds. Every wait ends after its time-out.
+    """
+
+    kind = "pynq"
+
+    def __init__(self, ip, mem_bytes: int, use_interrupt: bool = True, poll_s: float = 1e-4, buffer=None):
+        pynq = _pynq()
+        if mem_bytes <= 0:
+            raise MmfreeError(f"the DDR window must be > 0 bytes, got {mem_bytes}")
+        self.ip, self.mmio, self.poll_s = ip, ip.mmio, poll_s
+        mem_bytes = -(-int(mem_bytes) // RM.ALIGN) * RM.ALIGN
+        try:
+            self.buf = buffer if buffer is not None else pynq.allocate(shape=(mem_bytes,), dtype=np.uint8)
+        except Exception as exc:       # CMA exhausted, no device, ...
+            raise MmfreeError(f"pynq.allocate of a {mem_bytes / 2**20:.1f} MiB contiguous DDR buffer failed ({exc}); "
+                              "free other buffers, or raise the CMA size of the board image") from exc
+        lo = int(self.buf.device_address)
+        if lo % RM.ALIGN:
+            raise MmfreeError(f"pynq.allocate returned a buffer at {lo:#x}, not {RM.ALIGN}-byte aligned")
+        self.mem_window = (lo, lo + int(self.buf.nbytes))
+        self.irq = next((getattr(ip, n) for n in IRQ_PINS if getattr(ip, n, None) is not None), None) \
+            if use_interrupt else None
+
+    def read32(self, offset: int) -> int:
+        return int(self.mmio.read(self.check_offset(offset))) & 0xFFFFFFFF
+
+    def write32(self, offset: int, value: int) -> None:
+        self.mmio.write(self.check_offset(offset), int(value) & 0xFFFFFFFF)
+
+    def _view(self, addr: int, n: int):
+        self.check_range(addr, n)
+        off = addr - self.mem_window[0]
+        return self.buf[off:off + n]
+
+    def write_mem(self, addr: int, data: bytes) -> None:
+        data = bytes(data)
+        view = self._view(addr, len(data))
+        view[:] = np.frombuffer(data, dtype=np.uint8)
+        view.flush()               # a slice flushes just its own bytes
+
+    def read_mem(self, addr: int, n: int) -> bytes:
+        view = self._view(addr, n)
+        view.invalidate()
+        return view.tobytes()
+
+    def wait_irq(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        if self.irq is not None and not self._loop_running():
+            import asyncio
+
+            async def wait():
+                try:
+                    await asyncio.wait_for(self.irq.wait(), timeout_s)
+                    return True
+                except asyncio.TimeoutError:
+                    return False
+
+            if self.read32(RM.OFFSET["IRQ_STATUS"]) & 1:
+                return True
+            return asyncio.run(wait()) or bool(self.read32(RM.OFFSET["IRQ_STATUS"]) & 1)
+        # no interrupt, or inside a running event loop (a Jupyter cell): poll STATUS
+        while True:
+            if self.read32(RM.OFFSET["STATUS"]) & (RM.STAT_DONE | RM.STAT_ERROR):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(self.poll_s)
+
+    @staticmethod
+    def _loop_running() -> bool:
+        import asyncio
+
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        return True
+
+    def close(self) -> None:
+        buf, self.buf = getattr(self, "buf", None), None
+        if buf is not None and hasattr(buf, "freebuffer"):
+            buf.freebuffer()
+
+
+# ======================================================================================================
+# PYNQ: the IP driver class, the .hwh checks, the overlay
+# ======================================================================================================
+_IP_CLASS = None
+
+
+def register_pynq_driver():
+    """Define (once) and return ``MmfreeAccelIP``, a ``pynq.DefaultIP`` subclass with ``bindto = [VLNV]``:
+    ``pynq.Overlay`` then gives the accelerator this class. Raises MmfreeError without pynq."""
+    global _IP_CLASS
+    if _IP_CLASS is not None:
+        return _IP_CLASS
+    pynq = _pynq()
+
+    class MmfreeAccelIP(pynq.DefaultIP):
+        """The mmfree accelerator in a PYNQ overlay (``overlay.mmfree_accel_0``).
+
+        ``ip.transport(mem_bytes)`` -> :class:`PynqTransport`; ``ip.version``, ``ip.hw_config`` read the
+        identity registers; ``ip.accelerator(model)`` -> :class:`Accelerator` on this IP."""
+
+        bindto = [RM.VLNV]
+
+        def __init__(self, description):
+            super().__init__(description=description)
+
+        @property
+        def version(self) -> tuple[int, int]:
+            v = self.read(RM.OFFSET["VERSION"])
+            return v >> 16, v & 0xFFFF
+
+        @property
+        def hw_config(self) -> dict:
+            return dict(RM.decode_hw_config(self.read(RM.OFFSET["HW_CONFIG"])),
+                        max_width=16 * (self.read(RM.OFFSET["HW_LIMITS"]) & 0xFFFF))
+
+        def transport(self, mem_bytes: int, **kw) -> PynqTransport:
+            return PynqTransport(self, mem_bytes, **kw)
+
+        def accelerator(self, model="default", **kw) -> "Accelerator":
+            return Accelerator.on_ip(self, model, **kw)
+
+    MmfreeAccelIP.__module__ = __name__
+    MmfreeAccelIP.__qualname__ = "MmfreeAccelIP"
+    _IP_CLASS = MmfreeAccelIP
+    return MmfreeAccelIP
+
+
+def __getattr__(name):       # module attribute ``MmfreeAccelIP`` on demand (needs pynq)
+    if name == "MmfreeAccelIP":
+        return register_pynq_driver()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+if "pynq" in sys.modules:    # pynq already imported (a board notebook): bind before any Overlay is made
+    try:
+        register_pynq_driver()
+    except Exception:         # a broken pynq must not break importing the driver
+        pass
+
+
+@dataclass
+class HwhInfo:
+    """What :func:`check_hwh` found in a bitstream's ``.hwh``."""
+
+    hwh: Path
+    instance: str                      # the accelerator's block-design instance name
+    regmap_version: int
+    parameters: dict[str, str]
+    part: str | None = None
+
+
+def _hwh_int(text: str) -> int:
+    t = text.strip().lower().replace("_", "")
+    if t.startswith("0b"):
+        return int(t[2:], 2)
+    if t.startswith("0x"):
+        return int(t, 16)
+    if "'h" in t:
+        return int(t.split("'h", 1)[1], 16)
+    return int(t)
+
+
+def check_hwh(bitstream, board=None) -> HwhInfo:
+    """Refuse a bitstream before it touches the hardware: its ``.hwh`` must sit next to it (PYNQ naming:
+    ``X.bit`` + ``X.hwh``), hold the accelerator (VLNV :data:`regmap.VLNV`) and declare a register-map
+    version whose major number is this driver's. ``board`` (a :class:`mmfree.boards.boardfile.Board`), when
+    given, must match the ``.hwh``'s part."""
+    bit = Path(bitstream)
+    if bit.suffix != ".bit":
+        raise MmfreeError(f"{bit} is not a .bit file; give the bitstream written by `mmfree build` (X.bit with X.hwh)")
+    if not bit.is_file():
+        raise MmfreeError(f"bitstream {bit} does not exist")
+    hwh = bit.with_suffix(".hwh")
+    if not hwh.is_file():
+        raise MmfreeError(f"{hwh.name} is missing next to {bit}: PYNQ needs the hardware handoff file beside the "
+                          "bitstream (same name, .hwh); copy it from the build's output folder")
+    try:
+        root = ET.parse(hwh).getroot()
+    except ET.ParseError as exc:
+        raise MmfreeError(f"{hwh} is not a valid .hwh (XML) file: {exc}") from None
+    module = None
+    for m in root.iter("MODULE"):
+        if m.get("VLNV") == RM.VLNV or (m.get("VLNV") or "").rpartition(":")[0] == RM.VLNV.rpartition(":")[0]:
+            module = m
+            break
+    if module is None:
+        found = sorted({m.get("VLNV") for m in root.iter("MODULE") if m.get("VLNV")})
+        raise MmfreeError(f"{hwh.name} describes another design: no {RM.VLNV} IP in it "
+                          f"(found {', '.join(found[:6]) or 'no IP'}); "
+                          "build the overlay with `mmfree build`")
+    params = {p.get("NAME"): p.get("VALUE") for p in module.iter("PARAMETER") if p.get("NAME")}
+    raw = params.get("REGMAP_VERSION") or params.get("C_REGMAP_VERSION")
+    if raw is None:
+        raise MmfreeError(f"{hwh.name}: the {RM.VLNV} IP declares no REGMAP_VERSION parameter; rebuild the "
+                          "overlay with this version of `mmfree build`")
+    try:
+        version = _hwh_int(raw)
+    except ValueError:
+        raise MmfreeError(f"{hwh.name}: REGMAP_VERSION {raw!r} is not a number") from None
+    if version >> 16 != RM.REGMAP_VERSION_MAJOR:
+        raise MmfreeError(f"{hwh.name}: the bitstream implements register map {version >> 16}.{version & 0xFFFF}, this "
+                          f"driver speaks {RM.REGMAP_VERSION_MAJOR}.{RM.REGMAP_VERSION_MINOR}: rebuild the bitstream "
+                          "(`mmfree build`) or install the matching mmfree")
+    part = device = None
+    for sysinfo in root.iter("SYSTEMINFO"):
+        device = (sysinfo.get("DEVICE") or "").lower() or None
+        if device:
+            part = device + (sysinfo.get("PACKAGE") or "").lower() + (sysinfo.get("SPEEDGRADE") or "").lower()
+    if board is not None and device is not None:
+        dev = device[2:] if device.startswith("xc") else device
+        if dev not in board.part.lower():
+            raise MmfreeError(f"{hwh.name} was built for the device {device}, the {board.name} has {board.part}: "
+                              f"build the overlay for this board (`mmfree build --board {board.name}`)")
+    return HwhInfo(hwh, module.get("INSTANCE") or module.get("FULLNAME", "").lstrip("/"), version, params, part)
+
+
+NO_BOARD = ("no PYNQ board here: pynq found no device (it needs a PYNQ board image with its XRT/pynq environment); "
+            "run this on the board, or use `mmfree run --board sim` for the simulated board")
+
+
+def pynq_device():
+    """The active pynq device; MmfreeError (:data:`PYNQ_MISSING` / :data:`NO_BOARD`) when there is none."""
+    pynq = _pynq()
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            devices = pynq.Device.devices
+            dev = pynq.Device.active_device if devices else None
+        except Exception:
+            dev = None
+    if dev is None:
+        raise MmfreeError(NO_BOARD)
+    return dev
+
+
+def load_overlay(bitstream, board=None, download: bool = True):
+    """Check the ``.hwh`` (:func:`check_hwh`), bind the driver, ``pynq.Overlay(bitstream)``. Returns
+    (overlay, the accelerator IP object, HwhInfo)."""
+    info = check_hwh(bitstream, board)
+    pynq = _pynq()
+    pynq_device()
+    register_pynq_driver()
+    try:
+        ov = pynq.Overlay(str(Path(bitstream).resolve()), download=download)
+    except Exception as exc:
+        raise MmfreeError(f"pynq could not load the overlay {bitstream}: {exc} (is this a PYNQ board with the "
+                          "board's xrt/pynq environment sourced?)") from exc
+    ip = getattr(ov, info.instance, None)
+    if ip is None:
+        vln = RM.VLNV.rpartition(":")[0]
+        cands = [k for k, v in getattr(ov, "ip_dict", {}).items() if v.get("type", "").startswith(vln)]
+        if not cands:
+            raise MmfreeError(f"the overlay has no {RM.VLNV} IP (ip_dict: {', '.join(getattr(ov, 'ip_dict', {}))})")
+        ip = getattr(ov, cands[0])
+    return ov, ip, info
+
+
+class AccelRunError(MmfreeError):
+    """The accelerator reported ``STATUS.ERROR``; ``code``/``detail`` are ERROR_CODE's fields."""
+
+    def __init__(self, register: int, pc: int = 0):
+        self.code, self.detail, self.pc = register & 0xFF, register >> 8, pc
+        super().__init__(f"the accelerator stopped with {RM.error_message(register)} (PC {pc:#x})")
+
+
+@dataclass
+class PassResult:
+    tokens: list[int]
+    argmax: np.ndarray          # [k] uint32
+    logits: np.ndarray | None   # [k, V] int64 (ACT) when written
+    states: np.ndarray          # [k, L, d] int64 (ACT): the state after each position
+    cycles: int
+    stalls: int
+    rd_bytes: int
+    wr_bytes: int
+    state_addrs: list[int]      # DDR address of the state after each position
+
+
+def _align(n: int, a: int = RM.ALIGN) -> int:
+    return -(-n // a) * a
+
+
+def host_layout(compiled: Compiled, max_tokens: int, mem_window: tuple[int, int]) -> tuple[dict[str, int], int]:
+    """Where :class:`AccelHost` puts everything in the DDR window: the program, the host work buffers
+    (TOKENS, PARENTS, ARGMAX_OUT, two state areas STATE_A/STATE_B, LOGITS), then the model image
+    (``DATA_BASE``) last. Returns (name -> address, end address)."""
+    dims = compiled.dims
+    sizes = RM.buffer_sizes(dims.d, dims.layers, dims.vocab, max_tokens)
+    lo, hi = mem_window
+    layout = [("PROG_BASE", len(compiled.program)), ("TOKENS", sizes["TOKENS"]), ("PARENTS", sizes["PARENTS"]),
+              ("ARGMAX_OUT", sizes["ARGMAX_OUT"]), ("STATE_A", sizes["STATE_OUT"]), ("STATE_B", sizes["STATE_OUT"]),
+              ("LOGITS", sizes["LOGITS"]), ("DATA_BASE", len(compiled.image))]
+    addr: dict[str, int] = {}
+    pos = _align(lo)
+    for name, n in layout:
+        addr[name] = pos
+        pos = _align(pos + n)
+    if pos > hi:
+        raise MmfreeError(f"the model and its buffers need {pos - lo} bytes of DDR, the window has {hi - lo}")
+    return addr, pos
+
+
+class AccelHost:
+    """Owns the accelerator on one board for one compiled model (see the module docstring).
+
+    ``board``: a :class:`Transport` or any object of that shape (kept as ``self.board``; every access goes
+    through ``self.transport``, which makes the transport checks). ``timeout_s``: the longest one pass may
+    take before it is aborted (SOFT_RESET) and reported."""
+
+    def __init__(self, board, compiled: Compiled, timeout_s: float = 60.0):
+        self.board, self.c, self.timeout_s = board, compiled, timeout_s
+        self.transport = t = as_transport(board)
+        if t.read32(RM.OFFSET["ID"]) != RM.ID_MAGIC:
+            raise MmfreeError("no mmfree accelerator answers at this CSR window (ID register mismatch): wrong "
+                              "overlay, or the bitstream is not loaded")
+        version = t.read32(RM.OFFSET["VERSION"])
+        if version >> 16 != RM.REGMAP_VERSION_MAJOR:
+            raise MmfreeError(f"the accelerator implements register map {version >> 16}.{version & 0xFFFF}, this "
+                              f"host speaks {RM.REGMAP_VERSION_MAJOR}.{RM.REGMAP_VERSION_MINOR}")
+        hwc = RM.decode_hw_config(t.read32(RM.OFFSET["HW_CONFIG"]))
+        self.hw = HwConfig(bus_bytes=hwc["bus_bytes"], max_tokens=hwc["max_tokens"],
+                           max_width=16 * (t.read32(RM.OFFSET["HW_LIMITS"]) & 0xFFFF))
+        dims = compiled.dims
+        self.d, self.L, self.V = dims.d, dims.layers, dims.vocab
+        if max(dims.d, dims.inter) > self.hw.max_width:
+            raise MmfreeError(f"the model is {max(dims.d, dims.inter)} wide; this bitstream's buffers hold "
+                              f"{self.hw.max_width} (HW_LIMITS): build one with a larger max width")
+        self.addr, self.mem_end = host_layout(compiled, self.hw.max_tokens, t.mem_window)
+        t.write_mem(self.addr["PROG_BASE"], compiled.program)
+        t.write_mem(self.addr["DATA_BASE"], compiled.image)
+        for name in ("PROG_BASE", "DATA_BASE", "TOKENS", "PARENTS", "LOGITS", "ARGMAX_OUT"):
+            self.set_addr(name, self.addr[name])
+        self.set_addr("MEM_LO", t.mem_window[0])
+        self.set_addr("MEM_HI", t.mem_window[1])
+        t.write32(RM.OFFSET["IRQ_STATUS"], 1)
+        t.write32(RM.OFFSET["CONTROL"], RM.CTRL_IRQ_ENABLE)
+        self.state_in = self.addr["STATE_A"]
+        self.next_out = self.addr["STATE_B"]
+        self.reset_state()
+
+    def set_addr(self, name: str, value: int) -> None:
+        self.transport.write32(RM.OFFSET[name + "_LO"], value & 0xFFFFFFFF)
+        self.transport.write32(RM.OFFSET[name + "_HI"], value >> 32)
+
+    def reg64(self, name: str) -> int:
+        t = self.transport
+        return t.read32(RM.OFFSET[name + "_LO"]) | (t.read32(RM.OFFSET[name + "_HI"]) << 32)
+
+    def reset_state(self, h: np.ndarray | None = None) -> None:
+        """Start a new sequence (zero state, or ``h`` int [L, d])."""
+        h = np.zeros((self.L, self.d), dtype=np.int64) if h is None else np.asarray(h)
+        if h.shape != (self.L, self.d):
+            raise MmfreeError(f"a start state is [{self.L}, {self.d}], got {list(h.shape)}")
+        self.state_in = self.addr["STATE_A"]
+        self.next_out = self.addr["STATE_B"]
+        self.transport.write_mem(self.state_in, h.astype("<i4").tobytes())
+
+    def commit(self, result: PassResult, position: int) -> None:
+        """Continue the next pass from the state after ``position`` of ``result`` (no copy)."""
+        a = result.state_addrs[position]
+        self.state_in = a
+        area_a, area_b = self.addr["STATE_A"], self.addr["STATE_B"]
+        in_a = area_a <= a < area_b
+        self.next_out = area_b if in_a else area_a
+
+    def run(self, tokens, parents=None, write_logits: bool = True, commit_last: bool = True,
+            num_tokens: int | None = None, timeout_s: float | None = None) -> PassResult:
+        """One pass of k = len(tokens) tokens (a chain, or a tree with ``parents``). The state after the last
+        position becomes the next start state when ``commit_last``. ``num_tokens`` overrides the NUM_TOKENS
+        register (tests of the hardware's checks). A pass that does not finish within ``timeout_s`` (default:
+        the host's) is aborted with SOFT_RESET and reported; a pass the hardware stops with an error raises
+        :class:`AccelRunError` (code, detail, PC)."""
+        b, k = self.transport, len(tokens)
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        if not 1 <= k <= self.hw.max_tokens:
+            raise MmfreeError(f"a pass takes 1..{self.hw.max_tokens} tokens, got {k}")
+        b.write_mem(self.addr["TOKENS"], struct.pack(f"<{k}I", *[int(t) & 0xFFFFFFFF for t in tokens]))
+        flags = RM.FLAG_WRITE_LOGITS if write_logits else 0
+        if parents is not None:
+            if len(parents) != k:
+                raise MmfreeError(f"{k} tokens need {k} parents, got {len(parents)}")
+            b.write_mem(self.addr["PARENTS"], struct.pack(f"<{k}i", *[int(q) for q in parents]))
+            flags |= RM.FLAG_TREE
+        self.set_addr("STATE_IN", self.state_in)
+        self.set_addr("STATE_OUT", self.next_out)
+        b.write32(RM.OFFSET["NUM_TOKENS"], k if num_tokens is None else num_tokens)
+        b.write32(RM.OFFSET["FLAGS"], flags)
+        b.write32(RM.OFFSET["CONTROL"], RM.CTRL_START | RM.CTRL_IRQ_ENABLE)
+        if not b.wait_irq(timeout_s):
+            status, pc = b.read32(RM.OFFSET["STATUS"]), b.read32(RM.OFFSET["PC"])
+            b.write32(RM.OFFSET["CONTROL"], RM.CTRL_SOFT_RESET | RM.CTRL_IRQ_ENABLE)     # abort: never left running
+            b.write32(RM.OFFSET["IRQ_STATUS"], 1)
+            raise MmfreeError(f"the accelerator did not finish within {timeout_s:g} s (STATUS {status:#x}, "
+                              f"PC {pc:#x}); it was aborted with SOFT_RESET. Raise the time-out for big models")
+        b.write32(RM.OFFSET["IRQ_STATUS"], 1)
+        status = b.read32(RM.OFFSET["STATUS"])
+        if status & RM.STAT_ERROR:
+            raise AccelRunError(b.read32(RM.OFFSET["ERROR_CODE"]), b.read32(RM.OFFSET["PC"]))
+        if not status & RM.STAT_DONE:
+            raise MmfreeError(f"interrupt without DONE or ERROR (STATUS {status:#x})")
+        stride = self.c.state_stride
+        out = self.next_out
+        raw = b.read_mem(out, k * stride)
+        states = np.stack([np.frombuffer(raw[t * stride:t * stride + 4 * self.L * self.d], dtype="<i4")
+                           .reshape(self.L, self.d) for t in range(k)]).astype(np.int64)
+        argmax = np.frombuffer(b.read_mem(self.addr["ARGMAX_OUT"], 4 * k), dtype="<u4").astype(np.int64)
+        logits = None
+        if write_logits:
+            logits = np.frombuffer(b.read_mem(self.addr["LOGITS"], 4 * k * self.V), dtype="<i4") \
+                .reshape(k, self.V).astype(np.int64)
+        res = PassResult([int(t) for t in tokens], argmax, logits, states,
+                         self.reg64("CYCLES"), self.reg64("STALLS"), self.reg64("RD_BYTES"), self.reg64("WR_BYTES"),
+                         [out + t * stride for t in range(k)])
+        if commit_last:
+            self.commit(res, k - 1)
+        return res
+
+
+# ======================================================================================================
+# drafters, generation and scripted passes (any board)
+# ======================================================================================================
+def draft_tokens(context: list[int], n: int) -> list[int]:
+    """Prompt-lookup drafts: the ``n`` tokens that followed the most recent earlier occurrence of the last
+    token of ``context`` (padded by repeating the last token). Deterministic and model-free."""
+    last = context[-1]
+    for i in range(len(context) - 2, -1, -1):
+        if context[i] == last:
+            follow = context[i + 1:i + 1 + n]
+            return (follow + [last] * n)[:n]
+    return [last] * n
+
+
+class Drafter:
+    """Proposes the tokens of one verification pass. ``draft(context, k)`` returns ``(tokens, parents)``:
+    ``tokens[0] == context[-1]`` (the last committed token, not yet fed), at most k tokens, ``parents``
+    None for a chain or one parent index per token (``-1`` for the root, else ``< own index``).
+    ``start(prompt)`` and ``commit(context, token)`` let an adaptive drafter learn what is committed."""
+
+    name = "drafter"
+
+    def start(self, prompt: list[int]) -> None:
+        pass
+
+    def draft(self, context: list[int], k: int) -> tuple[list[int], list[int] | None]:
+        raise NotImplementedError
+
+    def commit(self, context: list[int], token: int) -> None:
+        pass
+
+
+class PromptLookupDrafter(Drafter):
+    """The default: the last token plus the k-1 tokens that followed its previous occurrence
+    (:func:`draft_tokens`), a chain."""
+
+    name = "lookup"
+
+    def draft(self, context, k):
+        return [context[-1]] + draft_tokens(context, k - 1), None
+
+
+class TrigramDrafter(Drafter):
+    """Draft trees from the trigram drafter :mod:`mmfree.pymodel.trigram` (docs/speculative.md): the tree
+    template of ``max_nodes = k - 1`` draft nodes and depth ``k - 1`` (or ``template``), expanded from the
+    table; with ``adapt`` (default) a private copy of the table learns the prompt and every committed token,
+    exactly as :func:`mmfree.pymodel.speculative.speculative_generate` does."""
+
+    name = "trigram"
+
+    def __init__(self, table, adapt: bool = True, template=None):
+        from mmfree.pymodel import trigram as TG
+
+        if not isinstance(table, TG.TrigramTable):
+            table = TG.TrigramTable.load(table)
+        self.TG, self.table, self.adapt, self.template = TG, table.copy(), adapt, template
+        self._templates: dict[int, tuple] = {}
+
+    @classmethod
+    def for_model(cls, model, table=None, model_dir=None, log=None, **kw) -> "TrigramDrafter":
+        """The model's own table (:func:`mmfree.pymodel.speculative.resolve_table`; built and cached on first
+        use) or ``table`` (a TrigramTable or file), checked against the model's vocabulary and tokenizer."""
+        from mmfree.pymodel.speculative import resolve_table
+
+        t, _, notices = resolve_table(model, table, model_dir, log=log)
+        for n in notices:
+            (log or (lambda m: print(f"mmfree: {m}", file=sys.stderr)))(n)
+        return cls(t, **kw)
+
+    def start(self, prompt):
+        if self.adapt:
+            self.table.observe(list(prompt))
+
+    def draft(self, context, k):
+        if self.table.is_empty or k <= 1:
+            return [context[-1]], None
+        template = self.template
+        if template is None:
+            template = self._templates.get(k) or self._templates.setdefault(k, self.TG.make_template(k - 1, k - 1))
+        toks, parents = self.TG.draft_tree(self.table, context[-2] if len(context) >= 2 else None, context[-1],
+                                           template)
+        toks, parents = toks[:k], parents[:k]
+        return toks, (None if parents == list(range(-1, len(toks) - 1)) else parents)
+
+    def commit(self, context, token):
+        if self.adapt:
+            self.table.update(context[-2] if len(context) >= 2 else None, context[-1], token)
+
+
+def _record(res: PassResult, commit: int, prefill: bool, emitted: int, **extra) -> dict:
+    rec = {"tokens": res.tokens, "commit": commit, "prefill": prefill, "emitted": emitted, "cycles": res.cycles,
+           "stalls": res.stalls, "rd_bytes": res.rd_bytes, "wr_bytes": res.wr_bytes,
+           "argmax": res.argmax, "states": res.states, "logits": res.logits}
+    rec.update(extra)
+    return rec
+
+
+def generate(host: AccelHost, prompt: list[int], n_tokens: int, k: int = 1, write_logits: bool = True,
+             progress=None, drafter: Drafter | None = None) -> tuple[list[int], list[dict]]:
+    """Greedy generation on the accelerator: the prompt in passes of up to k tokens, then decode passes.
+
+    With ``k == 1`` every decode pass feeds the last token. With ``k > 1`` a pass feeds the last token and
+    up to k-1 drafts from ``drafter`` (default :class:`PromptLookupDrafter`: a chain of prompt-lookup
+    drafts, :func:`draft_tokens`; a :class:`TrigramDrafter` drafts a tree, run with FLAGS.TREE). From the
+    root, the model's own next token (the argmax) is emitted and, when it equals a drafted child, that child
+    is accepted and the walk goes on from it; the state after the last accepted node is committed without a
+    copy (:meth:`AccelHost.commit`). The output equals plain greedy decoding. Returns (tokens, passes); each
+    pass record holds tokens, parents (trees), commit, prefill, emitted, counters and the arrays read back.
+    """
+    prompt = [int(t) for t in prompt]
+    if not prompt:
+        raise MmfreeError("the prompt is empty; give at least one token")
+    if n_tokens < 1:
+        raise MmfreeError(f"n_tokens must be >= 1, got {n_tokens}")
+    if not 1 <= k <= host.hw.max_tokens:
+        raise MmfreeError(f"k must be in 1..{host.hw.max_tokens} (this bitstream's tokens per pass), got {k}")
+    drafter = drafter if drafter is not None else PromptLookupDrafter()
+    drafter.start(prompt)
+    seq = list(prompt)
+    host.reset_state()
+    passes: list[dict] = []
+    res = None
+    for i in range(0, len(prompt), k):
+        chunk = prompt[i:i + k]
+        res = host.run(chunk, write_logits=write_logits)
+        passes.append(_record(res, len(chunk) - 1, True, 0))
+    out = [int(res.argmax[-1])]
+    drafter.commit(seq, out[-1])
+    seq.append(out[-1])
+    passes[-1]["emitted"] = 1
+    if progress:
+        progress(out[-1])
+    while len(out) < n_tokens:
+        if k == 1:
+            toks, parents = [out[-1]], None
+        else:
+            toks, parents = drafter.draft(seq, k)
+            if not toks or toks[0] != out[-1] or len(toks) > k:
+                raise MmfreeError(f"the {drafter.name} drafter returned {toks}: it must start with the last token "
+                                  f"{out[-1]} and hold at most {k} tokens")
+        res = host.run(toks, parents=parents, write_logits=write_logits, commit_last=False)
+        pa = parents if parents is not None else list(range(-1, len(toks) - 1))
+        node, new = 0, []
+        while True:
+            tok = int(res.argmax[node])
+            new.append(tok)
+            kids = [j for j in range(node + 1, len(toks)) if pa[j] == node and toks[j] == tok]
+            if not kids:
+                break
+            node = kids[0]
+        host.commit(res, node)
+        new = new[:n_tokens - len(out)]
+        for t in new:
+            drafter.commit(seq, t)
+            seq.append(t)
+        out += new
+        extra = {"parents": list(parents)} if parents is not None else {}
+        passes.append(_record(res, node, False, len(new), **extra))
+        if progress:
+            for t in new:
+                progress(t)
+    return out, passes
+
+
+def run_script(host: AccelHost, steps: list[dict]) -> list[dict]:
+    """Run scripted passes (tests): each step is ``{"tokens", "parents"?, "h0"? (start state [L, d]),
+    "commit"? (position, default the last), "write_logits"?, "regs"? (CSR overrides for this step, e.g. a
+    bad base address), "num_tokens"? (NUM_TOKENS override), "program"? (hex of a patched program written
+    over the real one for this step)}``. A step that makes the accelerator report an error records
+    ``{"error": code, "detail": detail, "message": text}``; the overrides are undone after every step."""
+    out = []
+    t = host.transport
+    for st in steps:
+        if "program" in st:
+            t.write_mem(host.addr["PROG_BASE"], bytes.fromhex(st["program"]))
+        if "h0" in st:
+            host.reset_state(np.asarray(st["h0"], dtype=np.int64))
+        saved = {}
+        for name, v in st.get("regs", {}).items():
+            if name in RM.ADDRESS_REGS:
+                saved[name] = host.reg64(name)
+                host.set_addr(name, int(v))
+            else:
+                saved[name] = t.read32(RM.OFFSET[name])
+                t.write32(RM.OFFSET[name], int(v))
+        try:
+            res = host.run(st["tokens"], parents=st.get("parents"), write_logits=st.get("write_logits", True),
+                           commit_last=False, num_tokens=st.get("num_tokens"))
+        except AccelRunError as exc:
+            out.append({"error": exc.code, "detail": exc.detail, "message": str(exc), "tokens": list(st["tokens"])})
+        else:
+            commit = st.get("commit", len(st["tokens"]) - 1)
+            host.commit(res, commit)
+            out.append(_record(res, commit, False, 0, parents=st.get("parents")))
+        for name, v in saved.items():
+            if name in RM.ADDRESS_REGS:
+                host.set_addr(name, v)
+            else:
+                t.write32(RM.OFFSET[name], v)
+        if "program" in st:
+            t.write_mem(host.addr["PROG_BASE"], host.c.program)
+    return out
+
+
+# ======================================================================================================
+# the high-level object
+# ======================================================================================================
+def open_model(model) -> tuple[Compiled, object | None, str | None]:
+    """(compiled program + image, the IntModel or None, tokenizer directory or None) of ``model``:
+    ``"default"``, an export or checkpoint directory, an ``IntModel``, a ``Compiled``, or a directory written
+    by :meth:`Compiled.save` (``compiled.json``)."""
+    from mmfree.rtl.compiler import compile_model
+
+    if isinstance(model, tuple) and len(model) == 3 and isinstance(model[0], Compiled):
+        return model                      # already opened
+    if isinstance(model, Compiled):
+        return model, None, None
+    if isinstance(model, (str, os.PathLike)):
+        p = Path(model)
+        if str(model) != "default" and (p / "compiled.json").is_file():
+            return Compiled.load(p), None, None
+        from mmfree.pymodel.intmodel import open_int_model
+
+        if str(model) != "default" and not p.exists():
+            raise MmfreeError(f"model {model!r} not found: give 'default', an `mmfree export` directory or a "
+                              "checkpoint directory")
+        im, tok_dir = open_int_model(str(model))
+        return compile_model(im), im, tok_dir
+    if hasattr(model, "dims") and hasattr(model, "forward"):
+        path = getattr(model, "path", None)
+        return compile_model(model), model, str(path) if path is not None else None
+    raise MmfreeError(f"cannot run a {type(model).__name__} on the accelerator: give 'default', a model directory, "
+                      "an IntModel or a Compiled")
+
+
+def ddr_needed(compiled: Compiled, max_tokens: int) -> int:
+    """Bytes of DDR :class:`AccelHost` needs for ``compiled`` (program, host buffers, image), 64-byte aligned."""
+    _, end = host_layout(compiled, max_tokens, (0, 1 << 62))
+    return end
+
+
+def check_fits(compiled: Compiled, board, max_tokens: int = 4) -> int:
+    """Refuse a model whose program, buffers and image exceed the board's usable DDR (``Board.ddr_usable_bytes``:
+    DDR size less what the OS keeps) before anything is allocated. Returns the bytes needed."""
+    need = ddr_needed(compiled, max_tokens)
+    have = board.ddr_usable_bytes
+    if need > have:
+        raise MmfreeError(f"the model needs {need / 2**20:.1f} MiB of DDR (image {len(compiled.image) / 2**20:.1f} MiB "
+                          f"+ buffers), the {board.name} leaves {have / 2**20:.0f} MiB to the accelerator "
+                          f"({board.ddr['size_mb']} MB DDR less {board.ddr.get('os_reserved_mb', 0)} MB for the OS): "
+                          "use a smaller model or a board with more DDR")
+    return need
+
+
+@dataclass
+class Generation:
+    """What :meth:`Accelerator.generate` returns."""
+
+    prompt: list[int]
+    tokens: list[int]
+    text: str | None
+    passes: list[dict] = field(repr=False)
+    draft: str | None
+    k: int
+    seconds: float
+
+    @property
+    def counters(self) -> dict:
+        """Sums over the passes: ``cycles``, ``stalls``, ``rd_bytes``, ``wr_bytes``, ``passes``,
+        ``prefill_passes``, ``decode_passes``, ``verify_steps`` (decode passes that carried drafts),
+        ``mean_accepted`` (tokens emitted per decode pass; 1.0 without drafts)."""
+        dec = [p for p in self.passes if not p["prefill"]]
+        verify = [p for p in dec if len(p["tokens"]) > 1]
+        emitted = sum(p["emitted"] for p in dec)
+        return {"cycles": sum(p["cycles"] for p in self.passes), "stalls": sum(p["stalls"] for p in self.passes),
+                "rd_bytes": sum(p["rd_bytes"] for p in self.passes),
+                "wr_bytes": sum(p["wr_bytes"] for p in self.passes),
+                "passes": len(self.passes), "prefill_passes": len(self.passes) - len(dec), "decode_passes": len(dec),
+                "verify_steps": len(verify), "mean_accepted": emitted / len(dec) if dec else 0.0}
+
+    def as_dict(self) -> dict:
+        return dict({"prompt_ids": self.prompt, "tokens": self.tokens, "text": self.text, "draft": self.draft,
+                     "k": self.k, "wall_s": self.seconds}, **self.counters)
+
+
+class Accelerator:
+    """The accelerator with a model loaded: text or tokens in, greedy tokens out, counters.
+
+    ``transport``: a :class:`Transport` (or any board of that shape); ``model``: see :func:`open_model`;
+    ``board``: a board name or :class:`~mmfree.boards.boardfile.Board`, whose DDR the model must fit;
+    ``timeout_s``: the longest one pass may take; ``write_logits``: also write every pass's logits to DDR
+    (for comparisons; the argmax is always written). ``tokenizer``: a directory with ``tokenizer.json`` (by
+    default the model's). On a PYNQ board use :meth:`from_bitstream` (or ``overlay.mmfree_accel_0.accelerator()``).
+    """
+
+    def __init__(self, transport, model="default", board=None, timeout_s: float = 60.0, write_logits: bool = False,
+                 tokenizer=None):
+        self.compiled, self.model, tok_dir = open_model(model)
+        if board is not None:
+            from mmfree.boards.boardfile import load_board
+
+            self.board = load_board(board) if isinstance(board, str) else board
+            check_fits(self.compiled, self.board)
+        else:
+            self.board = None
+        self.transport = as_transport(transport)
+        self.host = AccelHost(self.transport, self.compiled, timeout_s=timeout_s)
+        self.write_logits = write_logits
+        self.tokenizer_dir = tokenizer if tokenizer is not None else tok_dir
+        self._tok = None
+        self.last: Generation | None = None
+
+    # ---- opening on a PYNQ board --------------------------------------------------------------------------
+    @classmethod
+    def on_ip(cls, ip, model="default", board=None, timeout_s: float = 60.0, use_interrupt: bool = True,
+              **kw) -> "Accelerator":
+        """On an overlay's accelerator IP: checks the model fits ``board`` and allocates exactly the DDR it needs
+        (one ``pynq.allocate`` buffer) before writing anything."""
+        opened = open_model(model)
+        compiled, im, tok_dir = opened
+        if board is not None:
+            from mmfree.boards.boardfile import load_board
+
+            board = load_board(board) if isinstance(board, str) else board
+            check_fits(compiled, board)
+        max_tokens = RM.decode_hw_config(ip.read(RM.OFFSET["HW_CONFIG"]))["max_tokens"] or 1
+        transport = PynqTransport(ip, ddr_needed(compiled, max_tokens), use_interrupt=use_interrupt)
+        try:
+            acc = cls(transport, opened, board=board, timeout_s=timeout_s, tokenizer=kw.pop("tokenizer", tok_dir),
+                      **kw)
+        except BaseException:
+            transport.close()
+            raise
+        return acc
+
+    @classmethod
+    def from_bitstream(cls, bitstream, model="default", board=None, download: bool = True, **kw) -> "Accelerator":
+        """Check ``X.hwh`` next to ``X.bit`` (:func:`check_hwh`), refuse a model larger than the board's DDR, load
+        the overlay with pynq, and open the accelerator on it."""
+        from mmfree.boards.boardfile import load_board
+
+        b = load_board(board) if isinstance(board, str) else board
+        model = open_model(model)                      # once: compiling a large model takes a while
+        if b is not None:
+            check_fits(model[0], b)                    # before the overlay is touched
+        ov, ip, _ = load_overlay(bitstream, b, download=download)
+        acc = cls.on_ip(ip, model, board=b, **kw)
+        acc.overlay = ov
+        return acc
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ---- tokens and text ------------------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        return self.compiled.dims.vocab
+
+    @property
+    def tokenizer(self):
+        if self._tok is None:
+            if self.tokenizer_dir is None:
+                raise MmfreeError("this model has no tokenizer: give token ids")
+            from mmfree.pymodel.tokenizer import load_tokenizer
+
+            try:
+                self._tok = load_tokenizer(self.tokenizer_dir)
+            except Exception as exc:
+                raise MmfreeError(f"the model has no usable tokenizer ({exc}); give token ids") from None
+        return self._tok
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text))
+
+    def decode_text(self, ids) -> str | None:
+        try:
+            return self.tokenizer.decode(list(ids))
+        except MmfreeError:
+            return None
+
+    def check_prompt(self, prompt) -> list[int]:
+        ids = self.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
+        if not ids:
+            raise MmfreeError("the prompt is empty (or encodes to no tokens); give text or at least one token id")
+        bad = [t for t in ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise MmfreeError(f"prompt token ids {bad[:8]} are outside the vocabulary [0, {self.vocab_size})")
+        return ids
+
+    # ---- running ----------------------------------------------------------------------------------------------
+    def prefill(self, prompt) -> int:
+        """Start a new sequence with ``prompt`` (text or ids), k tokens per pass; returns the first greedy token.
+        The state after the prompt is committed: :meth:`step` continues from it."""
+        ids = self.check_prompt(prompt)
+        self.host.reset_state()
+        k = self.host.hw.max_tokens
+        res = None
+        for i in range(0, len(ids), k):
+            res = self.host.run(ids[i:i + k], write_logits=self.write_logits)
+        return int(res.argmax[-1])
+
+    def step(self, token: int) -> int:
+        """Feed one token (a plain decode pass); returns the next greedy token."""
+        if not 0 <= int(token) < self.vocab_size:
+            raise MmfreeError(f"token {token} is outside the vocabulary [0, {self.vocab_size})")
+        return int(self.host.run([int(token)], write_logits=self.write_logits).argmax[0])
+
+    def verify(self, tokens, parents=None) -> PassResult:
+        """One speculative verification pass of a chain or tree (``parents``) of up to ``max_tokens`` tokens from
+        the committed state, nothing committed; :meth:`commit` a node afterwards."""
+        toks = [int(t) for t in tokens]
+        bad = [t for t in toks if not 0 <= t < self.vocab_size]
+        if bad:
+            raise MmfreeError(f"token ids {bad[:8]} are outside the vocabulary [0, {self.vocab_size})")
+        return self.host.run(toks, parents=parents, write_logits=self.write_logits, commit_last=False)
+
+    def commit(self, result: PassResult, node: int) -> None:
+        self.host.commit(result, node)
+
+    def drafter(self, draft: str | None, table=None) -> Drafter | None:
+        """A drafter by name: None (no drafts), "lookup" (prompt lookup), "trigram" (the model's table, or
+        ``table``)."""
+        if draft in (None, "none"):
+            return None
+        if draft == "lookup":
+            return PromptLookupDrafter()
+        if draft == "trigram":
+            if table is not None and self.model is None:
+                return TrigramDrafter(table)
+            if self.model is None:
+                raise MmfreeError("trigram drafts need the model (its vocabulary and tokenizer) or a table file")
+            return TrigramDrafter.for_model(self.model, table, self.tokenizer_dir)
+        raise MmfreeError(f"unknown drafter {draft!r}: choose lookup or trigram")
+
+    def generate(self, prompt, n_tokens: int, draft: str | Drafter | None = None, k: int | None = None,
+                 table=None, progress=None) -> Generation:
+        """Generate ``n_tokens`` greedily after ``prompt`` (text or ids). ``draft``: None (one token per decode
+        pass), "lookup" or "trigram" (or a :class:`Drafter`), verified ``k`` tokens per pass (default: the
+        bitstream's max with drafts, else 1). The tokens are those of plain greedy decoding either way."""
+        ids = self.check_prompt(prompt)
+        dr = draft if isinstance(draft, Drafter) else self.drafter(draft, table)
+        if k is None:
+            k = self.host.hw.max_tokens if dr is not None else 1
+        if dr is None and k > 1:
+            dr = PromptLookupDrafter()
+        t0 = time.perf_counter()
+        toks, passes = generate(self.host, ids, n_tokens, k=k, write_logits=self.write_logits, progress=progress,
+                                drafter=dr)
+        text = self.decode_text(toks) if self.tokenizer_dir is not None else None
+        self.last = Generation(ids, toks, text, passes, dr.name if dr is not None else None, k,
+                               time.perf_counter() - t0)
+        return self.last
+
+    @property
+    def hw(self) -> HwConfig:
+        return self.host.hw
+
+
+# ======================================================================================================
+# the same driver on the simulated board (RTL under Verilator + cocotb)
+# ======================================================================================================
+def greedy_reference(im, prompt: list[int], n_tokens: int) -> list[int]:
+    """Plain greedy decoding on the integer reference (the oracle): prompt in one pass, one token per step."""
+    state, logits = im.prefill(im.initial_state(), prompt)
+    out = []
+    while True:
+        out.append(int(np.argmax(logits)))       # lowest id on ties, as the hardware's argmax
+        if len(out) >= n_tokens:
+            return out
+        state, logits = im.step(state, out[-1])
+
+
+class _stdout_to_stderr:
+    """Point file descriptor 1 at stderr for a block (child processes too), so ``--json`` output stays clean."""
+
+    def __enter__(self):
+        sys.stdout.flush()
+        try:
+            self.saved = os.dup(1)
+            os.dup2(2, 1)
+        except OSError:
+            self.saved = None
+        return self
+
+    def __exit__(self, *exc):
+        if self.saved is not None:
+            sys.stdout.flush()
+            os.dup2(self.saved, 1)
+            os.close(self.saved)
+
+
+def run_sim(model="default", prompt="def ", n_tokens: int = 8, draft: str | None = None, k: int | None = None,
+            table=None, inject: list[dict] | None = None, write_logits: bool = True, timeout_s: float = 60.0,
+            hw: HwConfig | None = None, progress=None, workdir=None) -> dict:
+    """Run :class:`Accelerator` on the simulated board (one simulator process: :func:`mmfree.sim.accel.run_job`
+    with the bench's "run" job) and check it against the integer reference.
+
+    Returns the dict ``mmfree run --board sim --json`` prints: ``tokens``, ``text``, the counters
+    (:attr:`Generation.counters`), ``bit_exact`` (every pass's argmax, states and, when written, logits equal
+    ``IntModel.forward`` on the same tokens, parents and start state, AND the tokens equal plain greedy decoding
+    on IntModel), ``problems``, ``reference_tokens``, ``inject`` (results of the injected steps), ``wall_s``."""
+    import tempfile
+
+    from mmfree.sim.accel import DEFAULT_HW, replay_and_compare, run_job
+
+    hw = hw or DEFAULT_HW
+    compiled, im, tok_dir = open_model(model)
+    if im is None:
+        raise MmfreeError("the simulated board compares with the integer reference: give 'default', an export or a "
+                          "checkpoint directory (not a compiled directory)")
+    acc_tok = None
+    if isinstance(prompt, str):
+        from mmfree.pymodel.tokenizer import load_tokenizer
+
+        if tok_dir is None:
+            raise MmfreeError("the model has no tokenizer: give token ids")
+        acc_tok = load_tokenizer(tok_dir)
+        ids = list(acc_tok.encode(prompt))
+    else:
+        ids = [int(t) for t in prompt]
+    if not ids:
+        raise MmfreeError("the prompt is empty (or encodes to no tokens)")
+    bad = [t for t in ids if not 0 <= t < compiled.dims.vocab]
+    if bad:
+        raise MmfreeError(f"prompt token ids {bad[:8]} are outside the vocabulary [0, {compiled.dims.vocab})")
+    if n_tokens < 1:
+        raise MmfreeError(f"--tokens must be >= 1, got {n_tokens}")
+    if draft not in (None, "none", "lookup", "trigram"):
+        raise MmfreeError(f"unknown drafter {draft!r}: choose lookup or trigram")
+    draft = None if draft == "none" else draft
+    k = k if k is not None else (hw.max_tokens if draft else 1)
+    if not 1 <= k <= hw.max_tokens:
+        raise MmfreeError(f"--k must be in 1..{hw.max_tokens} (the simulated build's tokens per pass), got {k}")
+    if max(compiled.dims.d, compiled.dims.inter) > hw.max_width:
+        raise MmfreeError(f"the model is {max(compiled.dims.d, compiled.dims.inter)} wide; the simulated build holds "
+                          f"{hw.max_width}")
+    with tempfile.TemporaryDirectory(prefix="mmfree-run-sim-") as td:
+        td = Path(td)
+        compiled.save(td / "compiled")
+        job = {"kind": "run", "compiled": str(td / "compiled"), "prompt": ids, "n_tokens": n_tokens, "k": k,
+               "draft": draft, "write_logits": write_logits, "timeout_s": timeout_s,
+               # simulated seconds at the modelled clock, capped as SimSession's default: a hang costs minutes
+               "max_wait_cycles": int(min(timeout_s * 250e6, 50_000_000)), "progress": False}
+        if draft == "trigram":
+            dr = TrigramDrafter.for_model(im, table, tok_dir)
+            dr.table.save(td / "trigram.bin")
+            job["table"] = str(td / "trigram.bin")
+        if inject:
+            job["inject"] = inject
+        with _stdout_to_stderr():       # the simulator prints to fd 1; keep stdout for the JSON
+            res = run_job(job, hw=hw, workdir=Path(workdir) if workdir else td / "run", progress=progress)
+    arrays = res.get("arrays", {})
+    passes = []
+    for i, p in enumerate(res["passes"]):
+        q = dict(p)
+        q["logits"] = arrays.get(f"logits{i}")
+        q["states"] = arrays[f"states{i}"]
+        q["argmax"] = arrays[f"argmax{i}"]
+        passes.append(q)
+    ok, problems = replay_and_compare(im, passes)
+    ref = greedy_reference(im, ids, n_tokens)
+    if res["tokens"] != ref:
+        ok = False
+        problems.insert(0, f"tokens {res['tokens']} differ from IntModel greedy decoding {ref}")
+    text = None
+    try:
+        if acc_tok is None and tok_dir is not None:
+            from mmfree.pymodel.tokenizer import load_tokenizer
+
+            acc_tok = load_tokenizer(tok_dir)
+        text = acc_tok.decode(res["tokens"]) if acc_tok is not None else None
+    except Exception:
+        text = None
+    out = {"board": "sim", "tokens": res["tokens"], "text": text, "prompt_ids": ids, "draft": draft, "k": k}
+    out.update(res["counters"])
+    out.update({"bit_exact": ok, "problems": problems[:20], "reference_tokens": ref,
+                "model": {"d": compiled.dims.d, "inter": compiled.dims.inter, "layers": compiled.dims.layers,
+                          "vocab": compiled.dims.vocab},
+                "hw": {"bus_bytes": hw.bus_bytes, "max_tokens": hw.max_tokens, "max_width": hw.max_width},
+                "wall_s": res["wall_s"]})
+    if "inject" in res:
+        out["inject"] = res["inject"]
+    return out

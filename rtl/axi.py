@@ -1,0 +1,370 @@
+"""AXI4 master read/write engines, the AXI4-Lite signature, and word gearboxes for the accelerator's DMAs.
+
+* :func:`axi4_signature` / :func:`axil_signature`: the bus signatures as seen from the master
+  (Amaranth names the ports ``m_axi__araddr``...; cocotbext-axi finds them with ``bus_separator="__"``).
+* :class:`AxiReader`: one AXI4 read master shared by several *clients*. A client hands in commands
+  ``{addr, beats}`` (bus-beat aligned) and receives the beats, in order, on its own stream. Commands are
+  cut into INCR bursts of at most ``max_burst`` beats that never cross a 4 KiB boundary; a burst is
+  issued only when the client's data FIFO has room reserved for all of it, so ``rready`` is always high
+  and a slow client never blocks another one's data. Bursts stay outstanding back to back (up to
+  ``max_outstanding``); lower client index = higher priority.
+* :class:`AxiWriter`: one AXI4 write master: commands ``{addr, beats}`` and a data stream
+  ``{data, strb}``; the same burst rules; counts outstanding responses.
+* :class:`WordUnpacker` / :class:`WordPacker`: bus beats <-> records of 32-bit words with a start offset,
+  so vectors may start at any 4-byte aligned address.
+
+Both engines stop issuing on ``abort`` and still complete what is on the bus (reads are drained; a
+started write burst is finished with zero strobes), then report ``quiet``: the AXI rule that every
+issued transaction completes holds, and nothing hangs.
+"""
+
+from __future__ import annotations
+
+from amaranth import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.lib import data, fifo, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from mmfree.rtl.pipeline import check_int, width_for
+
+BURST_BOUNDARY = 4096
+BEATS_WIDTH = 24          # beats per command (16 M beats)
+MAX_BURST_LEGAL = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+def axi4_signature(addr_width: int, data_width: int, id_width: int = 1) -> wiring.Signature:
+    """AXI4 (full) as seen from the master: AW, W, B, AR, R channels with their usual signal names."""
+    sb = data_width // 8
+    return wiring.Signature({
+        "awid": Out(id_width), "awaddr": Out(addr_width), "awlen": Out(8), "awsize": Out(3), "awburst": Out(2),
+        "awlock": Out(1), "awcache": Out(4), "awprot": Out(3), "awvalid": Out(1), "awready": In(1),
+        "wdata": Out(data_width), "wstrb": Out(sb), "wlast": Out(1), "wvalid": Out(1), "wready": In(1),
+        "bid": In(id_width), "bresp": In(2), "bvalid": In(1), "bready": Out(1),
+        "arid": Out(id_width), "araddr": Out(addr_width), "arlen": Out(8), "arsize": Out(3), "arburst": Out(2),
+        "arlock": Out(1), "arcache": Out(4), "arprot": Out(3), "arvalid": Out(1), "arready": In(1),
+        "rid": In(id_width), "rdata": In(data_width), "rresp": In(2), "rlast": In(1), "rvalid": In(1),
+        "rready": Out(1),
+    })
+
+
+def axil_signature(addr_width: int, data_width: int = 32) -> wiring.Signature:
+    """AXI4-Lite as seen from the master."""
+    return wiring.Signature({
+        "awaddr": Out(addr_width), "awprot": Out(3), "awvalid": Out(1), "awready": In(1),
+        "wdata": Out(data_width), "wstrb": Out(data_width // 8), "wvalid": Out(1), "wready": In(1),
+        "bresp": In(2), "bvalid": In(1), "bready": Out(1),
+        "araddr": Out(addr_width), "arprot": Out(3), "arvalid": Out(1), "arready": In(1),
+        "rdata": In(data_width), "rresp": In(2), "rvalid": In(1), "rready": Out(1),
+    })
+
+
+def cmd_layout(addr_width: int) -> data.StructLayout:
+    return data.StructLayout({"addr": unsigned(addr_width), "beats": unsigned(BEATS_WIDTH)})
+
+
+def _burst_len(addr, beats_left, bus_bytes: int, max_burst: int, m: Module, name: str):
+    """Beats of the next burst: min(max_burst, beats_left, beats to the next 4 KiB boundary)."""
+    to_boundary = Signal(range(BURST_BOUNDARY // bus_bytes + 1), name=f"{name}_tob")
+    m.d.comb += to_boundary.eq((BURST_BOUNDARY - addr[:12]) >> (bus_bytes.bit_length() - 1))
+    n = Signal(range(max_burst + 1), name=f"{name}_len")
+    lim = Mux(to_boundary < max_burst, to_boundary, max_burst)
+    m.d.comb += n.eq(Mux(beats_left < lim, beats_left, lim))
+    return n
+
+
+class AxiReader(wiring.Component):
+    """Read master shared by clients (see the module docstring).
+
+    Parameters: ``addr_width``; ``bus_bytes`` (data width / 8: 8 or 16); ``fifo_depths``: one data FIFO
+    depth (beats) per client, each at least ``max_burst``; ``max_burst`` (beats, a power of two <= 256;
+    16 is the safe choice on Zynq HP ports); ``max_outstanding`` bursts in flight.
+
+    Ports: ``axi`` (the AR and R members of :func:`axi4_signature` are used, AW/W/B are left to
+    :class:`AxiWriter`); per client ``c<i>_cmd`` (in) and ``c<i>_data`` (out); ``abort`` (in): cancel
+    every command and issue nothing more; ``quiet`` (out): no burst outstanding and none being issued;
+    ``error`` (out, sticky): an R beat carried SLVERR/DECERR; ``beats`` (out): a pulse per R beat.
+    """
+
+    def __init__(self, addr_width: int = 40, bus_bytes: int = 16, fifo_depths=(32,), max_burst: int = 16,
+                 max_outstanding: int = 16, id_width: int = 1):
+        check_int("bus_bytes", bus_bytes, "8 or 16", lambda v: v in (8, 16))
+        check_int("max_burst", max_burst, f"one of {MAX_BURST_LEGAL}", lambda v: v in MAX_BURST_LEGAL)
+        check_int("addr_width", addr_width, "an integer in 13..64", lambda v: 13 <= v <= 64)
+        check_int("max_outstanding", max_outstanding, "an integer in 1..256", lambda v: 1 <= v <= 256)
+        if not fifo_depths or any(not isinstance(d, int) or d < max_burst for d in fifo_depths):
+            raise ValueError(f"fifo_depths must be a non-empty list of integers >= max_burst ({max_burst}), "
+                             f"got {fifo_depths!r}")
+        self.addr_width, self.bus_bytes, self.max_burst = addr_width, bus_bytes, max_burst
+        self.fifo_depths, self.max_outstanding, self.id_width = list(fifo_depths), max_outstanding, id_width
+        members = {"axi": Out(axi4_signature(addr_width, 8 * bus_bytes, id_width)),
+                   "abort": In(1), "quiet": Out(1), "error": Out(1), "beats": Out(1)}
+        for i in range(len(fifo_depths)):
+            members[f"c{i}_cmd"] = In(stream.Signature(cmd_layout(addr_width)))
+            members[f"c{i}_data"] = Out(stream.Signature(unsigned(8 * bus_bytes)))
+        super().__init__(members)
+
+    def elaborate(self, platform):
+        m = Module()
+        axi, n = self.axi, len(self.fifo_depths)
+        bb = self.bus_bytes
+        m.d.comb += [axi.arsize.eq(bb.bit_length() - 1), axi.arburst.eq(1), axi.arid.eq(0), axi.arcache.eq(0b0011),
+                     axi.arprot.eq(0), axi.arlock.eq(0), axi.rready.eq(1)]
+        tagw = width_for(max(1, n - 1))
+        # tags: client of each outstanding burst; first-word fall-through (an R beat can follow its AR by one cycle)
+        m.submodules.tags = tags = fifo.SyncFIFO(width=tagw, depth=self.max_outstanding)
+        fifos, reserved, active, addr, left, want, lens = [], [], [], [], [], [], []
+        for i, depth in enumerate(self.fifo_depths):
+            f = fifo.SyncFIFOBuffered(width=8 * bb, depth=depth)
+            m.submodules[f"fifo{i}"] = f
+            fifos.append(f)
+            cmd, out = getattr(self, f"c{i}_cmd"), getattr(self, f"c{i}_data")
+            m.d.comb += [out.payload.eq(f.r_data), out.valid.eq(f.r_rdy), f.r_en.eq(out.ready)]
+            res = Signal(range(depth + 1), name=f"reserved{i}")
+            act = Signal(name=f"active{i}")
+            a = Signal(self.addr_width, name=f"addr{i}")
+            lft = Signal(BEATS_WIDTH, name=f"left{i}")
+            blen = _burst_len(a, lft, bb, self.max_burst, m, f"c{i}")
+            w = Signal(name=f"want{i}")
+            # room for the whole burst: what is stored + what is on its way + this burst
+            m.d.comb += w.eq(act & ~self.abort & (f.level + res + blen <= depth))
+            m.d.comb += cmd.ready.eq(~act & ~self.abort)
+            reserved.append(res), active.append(act), addr.append(a), left.append(lft), want.append(w), lens.append(blen)
+
+        # ---- AR issue: a registered request, lowest client index first -----------------------------------
+        ar_pending = Signal()
+        ar_client = Signal(tagw)
+        issue = Signal()
+        pick = Signal(tagw)
+        anyw = Signal()
+        for i in reversed(range(n)):
+            with m.If(want[i]):
+                m.d.comb += [pick.eq(i), anyw.eq(1)]
+        room = (tags.level + ar_pending) < self.max_outstanding
+        m.d.comb += issue.eq(anyw & (~ar_pending | axi.arready) & room & ~self.abort)
+        with m.If(axi.arvalid & axi.arready):
+            m.d.sync += ar_pending.eq(0)
+        with m.If(issue):
+            m.d.sync += [ar_pending.eq(1), ar_client.eq(pick)]
+            for i in range(n):
+                with m.If(pick == i):
+                    m.d.sync += [axi.araddr.eq(addr[i]), axi.arlen.eq(lens[i] - 1)]
+        m.d.comb += [axi.arvalid.eq(ar_pending), tags.w_data.eq(ar_client), tags.w_en.eq(axi.arvalid & axi.arready)]
+        # tags are pushed at the AR handshake; a pending AR already reserved its FIFO space below
+
+        # ---- per-client command state ----------------------------------------------------------------------
+        rfire = axi.rvalid & axi.rready
+        for i in range(n):
+            cmd = getattr(self, f"c{i}_cmd")
+            took = issue & (pick == i)
+            arrived = rfire & (tags.r_data == i) & tags.r_rdy
+            m.d.sync += reserved[i].eq(reserved[i] + Mux(took, lens[i], 0) - arrived)
+            with m.If(cmd.valid & cmd.ready):
+                m.d.sync += [addr[i].eq(cmd.payload.addr), left[i].eq(cmd.payload.beats),
+                             active[i].eq(cmd.payload.beats != 0)]
+            with m.Elif(took):
+                m.d.sync += [addr[i].eq(addr[i] + (lens[i] << (bb.bit_length() - 1))), left[i].eq(left[i] - lens[i])]
+                with m.If(left[i] == lens[i]):
+                    m.d.sync += active[i].eq(0)
+            with m.If(self.abort):
+                m.d.sync += active[i].eq(0)
+            m.d.comb += [fifos[i].w_data.eq(axi.rdata), fifos[i].w_en.eq(arrived)]
+        m.d.comb += tags.r_en.eq(rfire & axi.rlast)
+        err = Signal()
+        with m.If(rfire & (axi.rresp != 0)):
+            m.d.sync += err.eq(1)
+        m.d.comb += [self.error.eq(err), self.beats.eq(rfire), self.quiet.eq(~tags.r_rdy & ~ar_pending)]
+        return m
+
+
+class AxiWriter(wiring.Component):
+    """Write master: ``cmd`` ``{addr, beats}`` (beat aligned) and ``data`` ``{data, strb}`` beats, in order.
+
+    Bursts as in :class:`AxiReader`; AW of a burst, then its W beats. ``quiet``: no command active and every
+    B response received. ``error`` (sticky): a B response was not OKAY. ``beats``: a pulse per W beat.
+    """
+
+    def __init__(self, addr_width: int = 40, bus_bytes: int = 16, max_burst: int = 16, id_width: int = 1):
+        check_int("bus_bytes", bus_bytes, "8 or 16", lambda v: v in (8, 16))
+        check_int("max_burst", max_burst, f"one of {MAX_BURST_LEGAL}", lambda v: v in MAX_BURST_LEGAL)
+        self.addr_width, self.bus_bytes, self.max_burst, self.id_width = addr_width, bus_bytes, max_burst, id_width
+        self.DATA = data.StructLayout({"data": unsigned(8 * bus_bytes), "strb": unsigned(bus_bytes)})
+        super().__init__({
+            "axi": Out(axi4_signature(addr_width, 8 * bus_bytes, id_width)),
+            "cmd": In(stream.Signature(cmd_layout(addr_width))),
+            "data": In(stream.Signature(self.DATA)),
+            "abort": In(1), "quiet": Out(1), "error": Out(1), "beats": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        axi, bb = self.axi, self.bus_bytes
+        m.d.comb += [axi.awsize.eq(bb.bit_length() - 1), axi.awburst.eq(1), axi.awid.eq(0), axi.awcache.eq(0b0011),
+                     axi.awprot.eq(0), axi.awlock.eq(0), axi.bready.eq(1)]
+        addr = Signal(self.addr_width)
+        left = Signal(BEATS_WIDTH)
+        blen = _burst_len(addr, left, bb, self.max_burst, m, "w")
+        wleft = Signal(range(self.max_burst + 1))
+        outstanding = Signal(8)
+        err = Signal()
+        aw_fire = axi.awvalid & axi.awready
+        w_fire = axi.wvalid & axi.wready
+        b_fire = axi.bvalid & axi.bready
+        m.d.sync += outstanding.eq(outstanding + aw_fire - b_fire)
+        with m.If(b_fire & (axi.bresp != 0)):
+            m.d.sync += err.eq(1)
+        idle = Signal()
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += [self.cmd.ready.eq(~self.abort), idle.eq(1)]
+                with m.If(self.cmd.valid & ~self.abort & (self.cmd.payload.beats != 0)):
+                    m.d.sync += [addr.eq(self.cmd.payload.addr), left.eq(self.cmd.payload.beats)]
+                    m.next = "AW"
+            with m.State("AW"):
+                with m.If(self.abort):
+                    m.next = "IDLE"
+                with m.Elif(outstanding != 255):
+                    m.d.comb += [axi.awvalid.eq(1), axi.awaddr.eq(addr), axi.awlen.eq(blen - 1)]
+                    with m.If(axi.awready):
+                        m.d.sync += [wleft.eq(blen), addr.eq(addr + (blen << (bb.bit_length() - 1))),
+                                     left.eq(left - blen)]
+                        m.next = "W"
+            with m.State("W"):
+                # after an abort the burst is completed with empty strobes and the data stream is ignored
+                m.d.comb += [
+                    axi.wvalid.eq(Mux(self.abort, 1, self.data.valid)),
+                    axi.wdata.eq(self.data.payload.data),
+                    axi.wstrb.eq(Mux(self.abort, 0, self.data.payload.strb)),
+                    axi.wlast.eq(wleft == 1),
+                    self.data.ready.eq(axi.wready & ~self.abort),
+                ]
+                with m.If(w_fire):
+                    m.d.sync += wleft.eq(wleft - 1)
+                    with m.If(wleft == 1):
+                        with m.If((left == 0) | self.abort):
+                            m.next = "IDLE"
+                        with m.Else():
+                            m.next = "AW"
+        m.d.comb += [self.error.eq(err), self.beats.eq(w_fire),
+                     self.quiet.eq((outstanding == 0) & idle)]
+        return m
+
+
+class WordUnpacker(wiring.Component):
+    """Bus beats -> records of ``fields`` 32-bit words (1..``max_fields``), one record per cycle.
+
+    ``start`` (a pulse) begins a transfer of ``nbeats`` beats: ``skip`` words of the first beat are dropped
+    (a vector that starts inside a beat), ``fields`` words make a record. ``beat`` is the client's data
+    stream (exactly ``nbeats`` beats are taken); ``rec`` carries ``{w: max_fields x 32 bits}`` (word 0
+    first). Words after the last record of a transfer are the caller's to ignore (it counts records and
+    starts the next transfer with ``start``).
+    """
+
+    def __init__(self, bus_bytes: int = 16, max_fields: int = 4):
+        check_int("bus_bytes", bus_bytes, "8 or 16", lambda v: v in (8, 16))
+        check_int("max_fields", max_fields, "an integer in 1..8", lambda v: 1 <= v <= 8)
+        self.bus_words = bus_bytes // 4
+        self.max_fields = max_fields
+        self.REC = data.StructLayout({"w": data.ArrayLayout(unsigned(32), max_fields)})
+        super().__init__({
+            "start": In(1), "skip": In(range(self.bus_words)), "fields": In(range(max_fields + 1)),
+            "nbeats": In(BEATS_WIDTH),
+            "beat": In(stream.Signature(unsigned(8 * bus_bytes))),
+            "rec": Out(stream.Signature(self.REC)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        bw, mf = self.bus_words, self.max_fields
+        cap = mf + bw
+        words = [Signal(32, name=f"w{i}") for i in range(cap)]
+        count = Signal(range(cap + 1))
+        skip = Signal(range(bw))
+        fields = Signal(range(mf + 1))
+        first = Signal()
+        nleft = Signal(BEATS_WIDTH)
+        with m.If(self.start):
+            m.d.sync += [count.eq(0), skip.eq(self.skip), fields.eq(self.fields), first.eq(1), nleft.eq(self.nbeats)]
+        emit = Signal()
+        take = Signal()
+        m.d.comb += [emit.eq(~self.start & (count >= fields) & (fields != 0)), self.rec.valid.eq(emit)]
+        for i in range(mf):
+            m.d.comb += self.rec.payload.w[i].eq(words[i])
+        popped = Mux(emit & self.rec.ready, fields, 0)
+        remain = count - popped
+        m.d.comb += take.eq(~self.start & (remain + bw <= cap) & (nleft != 0))
+        m.d.comb += self.beat.ready.eq(take)
+        drop = Mux(first, skip, 0)
+        beat_words = [self.beat.payload[32 * i: 32 * i + 32] for i in range(bw)]
+        # new contents: the remaining words shifted down, then the beat's words after the dropped ones
+        for i in range(cap):
+            kept = Signal(32, name=f"kept{i}")
+            # word i of the shifted old buffer
+            m.d.comb += kept.eq(0)
+            for s in range(mf + 1):
+                with m.If(popped == s):
+                    if i + s < cap:
+                        m.d.comb += kept.eq(words[i + s])
+            new = Signal(32, name=f"new{i}")
+            m.d.comb += new.eq(kept)
+            with m.If(self.beat.valid & take):
+                for j in range(bw):
+                    for d in range(bw):
+                        # beat word j lands at remain + j - d when d words are dropped
+                        with m.If((drop == d) & (j >= d)):
+                            with m.If(remain + j - d == i):
+                                m.d.comb += new.eq(beat_words[j])
+            m.d.sync += words[i].eq(new)
+        with m.If(~self.start):
+            with m.If(self.beat.valid & take):
+                m.d.sync += [count.eq(remain + bw - drop), first.eq(0), nleft.eq(nleft - 1)]
+            with m.Else():
+                m.d.sync += count.eq(remain)
+        return m
+
+
+class WordPacker(wiring.Component):
+    """32-bit words -> bus beats with byte strobes, for the store DMA.
+
+    ``start`` (pulse) begins a transfer of ``count`` words whose first word sits ``lead`` words into its
+    beat; the first beat carries empty strobes below it and the last beat above the end. ``word`` in,
+    ``beat`` out (``{data, strb}``, :class:`AxiWriter` ``data`` layout); ``busy`` until the last beat left.
+    """
+
+    def __init__(self, bus_bytes: int = 16):
+        check_int("bus_bytes", bus_bytes, "8 or 16", lambda v: v in (8, 16))
+        self.bus_words = bus_bytes // 4
+        self.BEAT = data.StructLayout({"data": unsigned(8 * bus_bytes), "strb": unsigned(bus_bytes)})
+        super().__init__({
+            "start": In(1), "lead": In(range(self.bus_words)), "count": In(BEATS_WIDTH),
+            "word": In(stream.Signature(unsigned(32))),
+            "beat": Out(stream.Signature(self.BEAT)),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        bw = self.bus_words
+        pos = Signal(range(bw))
+        left = Signal(BEATS_WIDTH)
+        buf = Signal(32 * bw)
+        strb = Signal(bw)
+        full = Signal()
+        m.d.comb += [self.beat.valid.eq(full), self.beat.payload.data.eq(buf), self.busy.eq(full | (left != 0))]
+        m.d.comb += self.beat.payload.strb.eq(Cat(*[Mux(strb[i], Const(0xF, 4), Const(0, 4)) for i in range(bw)]))
+        with m.If(self.beat.valid & self.beat.ready):
+            m.d.sync += [full.eq(0), strb.eq(0)]
+        can = ~full | self.beat.ready
+        m.d.comb += self.word.ready.eq(can & (left != 0) & ~self.start)
+        with m.If(self.start):
+            m.d.sync += [pos.eq(self.lead), left.eq(self.count), strb.eq(0), full.eq(0)]
+        with m.Elif(self.word.valid & self.word.ready):
+            base_strb = Mux(full, 0, strb)     # a beat leaving this cycle starts a fresh one
+            for i in range(bw):
+                with m.If(pos == i):
+                    m.d.sync += buf.word_select(i, 32).eq(self.word.payload)
+            m.d.sync += strb.eq(base_strb | (1 << pos))
+            m.d.sync += left.eq(left - 1)
+            with m.If((pos == bw - 1) | (left == 1)):
+                m.d.sync += [full.eq(1), pos.eq(0)]
+            with m.Else():
+                m.d.sync += pos.eq(pos + 1)
+        return m

@@ -1,0 +1,327 @@
+"""The model compiler: an exported image (manifest + tensors, via :class:`mmfree.pymodel.intmodel.IntModel`)
+-> the accelerator program (:mod:`mmfree.rtl.isa`) and the DDR memory image it runs on.
+
+Memory image (``DATA_BASE``), every block 64-byte aligned, in execution order so the weight stream
+reads consecutive addresses:
+
+==================  ==================================================================================
+block               contents
+==================  ==================================================================================
+``embed``           V rows of ``embed_stride(d)`` bytes: d int32 values (Q(res_frac)), padded to 16 bytes
+per layer ``l``     ``norm_ifg`` records (n, nw_i, nw_f, nw_g) int32 x d; ``lb`` uint32 x d;
+                    ``w_i``, ``w_f``, ``w_g`` packed ternary rows (the export's format);
+                    ``norm_o`` (g_norm.n, o.nw) x d; ``w_o``; ``norm_gate`` (mlp_norm.n, gate.nw) x d;
+                    ``w_gate`` (2I rows: gate then up); ``norm_down`` (down.n, down.nw) x I; ``w_down``
+head                ``norm_head`` (norm.n, lm_head.nw) x d; ``w_head`` (V rows)
+==================  ==================================================================================
+
+Norm vectors become int32 records whatever their export dtype (sign-extended), so one DMA beat carries
+one element of every vector a quantizer pass needs. Packed weights are copied byte for byte.
+
+The program addresses the image through ``DATA_BASE`` and the host buffers through their base
+registers (``STATE_IN``, ``STATE_OUT``, ``LOGITS``, ``ARGMAX_OUT``); see :func:`compile_model`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mmfree import MmfreeError
+from mmfree.pymodel import layout as LY
+from mmfree.pymodel import numerics as N
+from mmfree.rtl import isa as I
+from mmfree.rtl import regmap as RM
+
+ALIGN = 64
+
+
+
+#: How many MATVECs ahead the compiled program PREFETCHes weight rows (< ``isa.PREFETCH_DEPTH``, the most
+#: PREFETCHes that may wait). Measured on the RTL (bench/sim_roofline.py shapes, k = 1): 3 ahead instead of 1
+#: changed cycles per token by -0.7 % .. +1.3 % (the weight queues, not the number of prefetches, bound how
+#: far the stream runs ahead), so the program prefetches one MATVEC ahead.
+PREFETCH_AHEAD = 1
+
+def _align(n: int, a: int = ALIGN) -> int:
+    return -(-n // a) * a
+
+
+def embed_stride(d: int) -> int:
+    """Bytes of one embedding row in the image: d int32 values padded to 16 bytes (one 128-bit beat)."""
+    return _align(4 * d, 16)
+
+
+@dataclass(frozen=True)
+class HwConfig:
+    """Build parameters of one accelerator (one bitstream), as its HW_CONFIG/HW_LIMITS registers report.
+
+    ``bus_bytes``: AXI data width in bytes (8 or 16); ``max_tokens``: k per pass; ``max_width``: the
+    widest vector (d and I) the on-chip buffers hold, a power of two (reported in units of
+    :data:`isa.WIDTH_UNIT`); ``matvec_engines``: ternary engines working on alternate rows (2 consume
+    weights twice as fast as the bus delivers them, so prefetched rows catch up after vector passes).
+    """
+
+    bus_bytes: int = 16
+    max_tokens: int = 4
+    max_width: int = 4096
+    matvec_engines: int = 2
+
+    def __post_init__(self):
+        if self.bus_bytes not in (8, 16):
+            raise ValueError(f"bus_bytes must be 8 or 16 (a 64- or 128-bit AXI bus), got {self.bus_bytes}")
+        if not isinstance(self.max_tokens, int) or not 1 <= self.max_tokens <= 16:
+            raise ValueError(f"max_tokens must be an integer in 1..16, got {self.max_tokens}")
+        if self.matvec_engines not in (1, 2):
+            raise ValueError(f"matvec_engines must be 1 or 2, got {self.matvec_engines}")
+        if not isinstance(self.max_width, int) or self.max_width < I.WIDTH_UNIT \
+                or self.max_width & (self.max_width - 1) or self.max_width > N.MAX_K:
+            raise ValueError(f"max_width must be a power of two in {I.WIDTH_UNIT}..{N.MAX_K}, got {self.max_width}")
+
+    @property
+    def lanes(self) -> int:
+        """Ternary weights per cycle of one engine: one bus beat of packed trits."""
+        return self.bus_bytes * N.TRITS_PER_BYTE
+
+    @property
+    def hw_config_reg(self) -> int:
+        return RM.encode_hw_config(self.bus_bytes, self.lanes * self.matvec_engines, self.max_tokens)
+
+    @property
+    def hw_limits_reg(self) -> int:
+        return self.max_width // I.WIDTH_UNIT
+
+
+@dataclass
+class Compiled:
+    """A compiled model: the program, the DDR image, and what the host needs to run it."""
+
+    program: bytes
+    image: bytes
+    dims: LY.Dims
+    symbols: dict[str, int]            # block name -> byte offset in the image
+    state_stride: int                  # bytes between positions in STATE_OUT (64-byte aligned)
+    head_chunk: int                    # head rows per MATVEC (logits staged on chip)
+    max_width: int                     # widest vector (elements)
+    instrs: list = field(default_factory=list)
+
+    @property
+    def vocab(self) -> int:
+        return self.dims.vocab
+
+    def buffer_sizes(self, k: int) -> dict[str, int]:
+        return RM.buffer_sizes(self.dims.d, self.dims.layers, self.dims.vocab, k)
+
+    def save(self, out) -> None:
+        """Write ``program.bin``, ``image.bin`` and ``compiled.json`` into directory ``out`` (atomically)."""
+        import json
+        from pathlib import Path
+
+        from mmfree.atomic import atomic_path
+
+        with atomic_path(Path(out)) as tmp:
+            tmp.mkdir()
+            (tmp / "program.bin").write_bytes(self.program)
+            (tmp / "image.bin").write_bytes(self.image)
+            meta = {"dims": {"vocab": self.dims.vocab, "d": self.dims.d, "inter": self.dims.inter,
+                             "layers": self.dims.layers},
+                    "symbols": self.symbols, "state_stride": self.state_stride, "head_chunk": self.head_chunk,
+                    "max_width": self.max_width, "isa_version": I.ISA_VERSION}
+            (tmp / "compiled.json").write_text(json.dumps(meta, indent=1) + "\n")
+
+    @classmethod
+    def load(cls, path) -> "Compiled":
+        import json
+        from pathlib import Path
+
+        path = Path(path)
+        meta = json.loads((path / "compiled.json").read_text())
+        if meta.get("isa_version") != I.ISA_VERSION:
+            raise MmfreeError(f"{path} was compiled for ISA version {meta.get('isa_version')}, this is {I.ISA_VERSION}")
+        dims = LY.Dims(**meta["dims"])
+        program = (path / "program.bin").read_bytes()
+        return cls(program, (path / "image.bin").read_bytes(), dims, meta["symbols"], meta["state_stride"],
+                   meta["head_chunk"], meta["max_width"], I.disassemble(program)[1])
+
+
+def head_chunk_rows(dims: LY.Dims) -> int:
+    """Head rows per MATVEC: the widest vector of the model (so the logits fit a T buffer), a multiple of 16."""
+    w = max(dims.d, dims.inter)
+    return max(I.WIDTH_UNIT, (w // I.WIDTH_UNIT) * I.WIDTH_UNIT)
+
+
+def compile_model(model) -> Compiled:
+    """Compile an :class:`IntModel` (an exported image) into a program and a DDR image.
+
+    The program is independent of the hardware build: it needs ``max_width >= max(d, I)`` (checked by the
+    hardware against HW_LIMITS, ``ERR_TOO_WIDE``) and runs with any k up to the build's ``max_tokens``.
+    """
+    dims = model.dims
+    d, inter, V, L = dims.d, dims.inter, dims.vocab, dims.layers
+    if max(d, inter) > N.MAX_K:
+        raise MmfreeError(f"model width {max(d, inter)} exceeds the numerics limit MAX_K = {N.MAX_K}")
+    consts = model.consts
+    blob = bytearray()
+    sym: dict[str, int] = {}
+
+    def place(name: str, data: bytes) -> int:
+        off = _align(len(blob))
+        blob.extend(bytes(off - len(blob)))
+        blob.extend(data)
+        sym[name] = off
+        return off
+
+    def records(*names: str) -> bytes:
+        cols = [model.tensor(n).astype(np.int64) for n in names]
+        for n, c in zip(names, cols):
+            if c.min() < -(1 << 31) or c.max() >= 1 << 31:
+                raise MmfreeError(f"vector {n} does not fit int32")
+        return np.stack(cols, axis=1).astype("<i4").tobytes()
+
+    # ---- embedding rows ------------------------------------------------------------------------------------
+    stride = embed_stride(d)
+    table = np.zeros((V, stride // 4), dtype="<i4")
+    table[:, :d] = model.embed(np.arange(V))
+    place("embed", table.tobytes())
+
+    def weights(bl: str) -> bytes:
+        spec = model.bitlinear_specs[bl]
+        return np.ascontiguousarray(model.tensor(spec.w)).tobytes()
+
+    for li in range(L):
+        p = f"layers.{li}."
+        place(f"{p}norm_ifg", records(p + "attn_norm.n", p + "attn.i_proj.nw", p + "attn.f_proj.nw", p + "attn.g_proj.nw"))
+        place(f"{p}lb", model.tensor(p + "attn.one_minus_lb").astype("<u4").tobytes())
+        for proj in ("i", "f", "g"):
+            place(f"{p}w_{proj}", weights(p + f"attn.{proj}_proj"))
+        place(f"{p}norm_o", records(p + "attn.g_norm.n", p + "attn.o_proj.nw"))
+        place(f"{p}w_o", weights(p + "attn.o_proj"))
+        place(f"{p}norm_gate", records(p + "mlp_norm.n", p + "mlp.gate_proj.nw"))
+        place(f"{p}w_gate", weights(p + "mlp.gate_proj"))
+        place(f"{p}norm_down", records(p + "mlp.down_proj.n", p + "mlp.down_proj.nw"))
+        place(f"{p}w_down", weights(p + "mlp.down_proj"))
+    place("norm_head", records("norm.n", "lm_head.nw"))
+    place("w_head", weights("lm_head"))
+    blob.extend(bytes(_align(len(blob)) - len(blob)))
+
+    # ---- the program ----------------------------------------------------------------------------------------
+    DATA, SIN, SOUT, LOG, ARG = (I.BASE[n] for n in ("DATA_BASE", "STATE_IN", "STATE_OUT", "LOGITS", "ARGMAX_OUT"))
+    prog: list[I.Instr] = []
+
+    def emit(op, **args):
+        prog.append(I.Instr(op, args))
+
+    def setc(slot, name):
+        c = consts[name]
+        emit("SETC", slot=slot, c_m=int(c["c_m"]), c_e=int(c["c_e"]))
+
+    # every MATVEC's rows are PREFETCHed PREFETCH_AHEAD MATVECs earlier, so the weight stream runs on through
+    # the vector passes in between, also past short matrices (in program order: the hardware matches them)
+    mv_list: list[tuple] = []
+
+    def mv_operands(bl, wname, row0=0, rows=None):
+        spec = model.bitlinear_specs[bl]
+        rows = spec.N if rows is None else rows
+        return dict(base=DATA, offset=sym[wname] + row0 * N.row_bytes(spec.K), rows=rows, count=spec.K)
+
+    def matvec(bl, epi, wname, dst=0, bank=0, flags=0, row0=0, rows=None):
+        ops = mv_operands(bl, wname, row0, rows)
+        emit("MATVEC", bank=bank, slot=bank, epi=epi, flags=flags | I.PREFETCHED, dst=dst, **ops)
+        nxt = next_matvec.pop(0) if next_matvec else None
+        if nxt is not None:
+            emit("PREFETCH", **nxt)
+
+    # the MATVECs in execution order (for the PREFETCH that follows each one)
+    order = []
+    for li in range(L):
+        p = f"layers.{li}."
+        order += [mv_operands(p + f"attn.{x}_proj", p + f"w_{x}") for x in ("i", "f", "g")]
+        order += [mv_operands(p + "attn.o_proj", p + "w_o"),
+                  mv_operands(p + "mlp.gate_proj", p + "w_gate", rows=inter),
+                  mv_operands(p + "mlp.gate_proj", p + "w_gate", row0=inter, rows=inter),
+                  mv_operands(p + "mlp.down_proj", p + "w_down")]
+    chunk = head_chunk_rows(dims)
+    order += [mv_operands("lm_head", "w_head", row0=r0, rows=min(chunk, V - r0)) for r0 in range(0, V, chunk)]
+    next_matvec = order[PREFETCH_AHEAD:]
+    state_stride = RM.state_stride(d, L)
+    for ops in order[:PREFETCH_AHEAD]:
+        emit("PREFETCH", **ops)
+    emit("SETF", act_frac=model.act_frac)
+    emit("EMBED", base=DATA, offset=sym["embed"], count=d, stride16=stride // 16, vocab=V)
+    for li in range(L):
+        p = f"layers.{li}."
+        # the quantizer's statistics stream in with their norm records; LB and H0 are needed only by HGRN
+        emit("LOAD", dst=I.LD_NORM, fields=4, base=DATA, offset=sym[p + "norm_ifg"], count=d)
+        for slot, proj in enumerate(("i", "f", "g")):
+            setc(slot, p + f"attn.{proj}_proj")
+        emit("QSTATS", src=I.SRC_X, nproj=3, count=d)
+        emit("LOAD", dst=I.LD_LB, fields=1, base=DATA, offset=sym[p + "lb"], count=d)
+        emit("LOAD", dst=I.LD_H0, fields=1, base=SIN, offset=li * d * 4, count=d)
+        emit("QCODES", src=I.SRC_X, slot=0, bank=0, count=d)
+        matvec(p + "attn.i_proj", I.EPI_STORE, p + "w_i", dst=0, bank=0)
+        # f and g codes go into banks 1 and 2 while the engine multiplies i
+        emit("QCODES", src=I.SRC_X, slot=1, bank=1, count=d)
+        emit("QCODES", src=I.SRC_X, slot=2, bank=2, count=d)
+        matvec(p + "attn.f_proj", I.EPI_STORE, p + "w_f", dst=1, bank=1)
+        matvec(p + "attn.g_proj", I.EPI_STORE, p + "w_g", dst=2, bank=2)
+        emit("LOAD", dst=I.LD_NORM, fields=2, base=DATA, offset=sym[p + "norm_o"], count=d)
+        emit("HGRN", count=d)
+        emit("STORE", src=I.ST_H, base=SOUT, offset=li * d * 4, count=d, tstride=state_stride)
+        setc(0, p + "attn.o_proj")
+        emit("QSTATS", src=I.SRC_A, nproj=1, count=d)
+        emit("QCODES", src=I.SRC_A, slot=0, bank=0, count=d)
+        matvec(p + "attn.o_proj", I.EPI_RESID, p + "w_o")
+        emit("LOAD", dst=I.LD_NORM, fields=2, base=DATA, offset=sym[p + "norm_gate"], count=d)
+        setc(0, p + "mlp.gate_proj")
+        emit("QSTATS", src=I.SRC_X, nproj=1, count=d)
+        emit("QCODES", src=I.SRC_X, slot=0, bank=0, count=d)
+        matvec(p + "mlp.gate_proj", I.EPI_STORE, p + "w_gate", dst=0, rows=inter)
+        matvec(p + "mlp.gate_proj", I.EPI_GLU, p + "w_gate", row0=inter, rows=inter)
+        emit("LOAD", dst=I.LD_NORM, fields=2, base=DATA, offset=sym[p + "norm_down"], count=inter)
+        setc(0, p + "mlp.down_proj")
+        emit("QSTATS", src=I.SRC_A, nproj=1, count=inter)
+        emit("QCODES", src=I.SRC_A, slot=0, bank=0, count=inter)
+        matvec(p + "mlp.down_proj", I.EPI_RESID, p + "w_down")
+    emit("LOAD", dst=I.LD_NORM, fields=2, base=DATA, offset=sym["norm_head"], count=d)
+    setc(0, "lm_head")
+    emit("QSTATS", src=I.SRC_X, nproj=1, count=d)
+    emit("QCODES", src=I.SRC_X, slot=0, bank=0, count=d)
+    starts = list(range(0, V, chunk))
+    pending = None
+    for c, r0 in enumerate(starts):
+        rows = min(chunk, V - r0)
+        flags = (I.HEAD_FIRST if c == 0 else 0) | (I.HEAD_LAST if c == len(starts) - 1 else 0)
+        dst = c % 2
+        matvec("lm_head", I.EPI_HEAD, "w_head", dst=dst, flags=flags, row0=r0, rows=rows)
+        if pending is not None:
+            emit("STORE", **pending)
+        pending = dict(src=I.ST_T0 + dst, flags=I.STORE_IF_LOGITS, base=LOG, offset=r0 * 4, count=rows, tstride=V * 4)
+    emit("STORE", **pending)
+    emit("STORE", src=I.ST_ARG, base=ARG, offset=0, count=1, tstride=4)
+    emit("HALT")
+    width = max(d, inter, chunk)
+    return Compiled(I.assemble(prog, width), bytes(blob), dims, sym, state_stride, chunk, width, prog)
+
+
+def must_move_bytes(dims: LY.Dims, k: int = 1, write_logits: bool = True) -> int:
+    """Bytes that must cross the DDR interface for one pass of ``k`` tokens: the one definition the
+    roofline fraction of ``mmfree sim`` divides by (docs/sim.md).
+
+    * the packed ternary weights of every BitLinear at 5 trits per byte **without** row padding
+      (``ceil(K / 5)`` bytes per row), once per pass;
+    * once per pass: every norm vector (n and nw of each BitLinear, the head's included) and
+      ``1 - lb`` at their export size, and the start state (L x d int32);
+    * per token: the token id (uint32), its embedding row (at its export size), the state
+      after it (L x d int32), its argmax (uint32) and, when they are written, its logits (V int32).
+
+    Row padding, instruction fetch and the int32 widening of norm records are overheads of this design
+    and do not count.
+    """
+    weights = LY.weight_bytes_per_token(dims, padded=False)
+    vec = sum(t.nbytes for t in LY.tensors(dims)
+              if t.name.endswith((".n", ".nw", "one_minus_lb")))
+    d, L, V = dims.d, dims.layers, dims.vocab
+    emb_row = sum(t.nbytes for t in LY.tensors(dims) if t.name.startswith("embed")) // V
+    per_token = 4 + emb_row + 4 * L * d + 4 + (4 * V if write_logits else 0)
+    return weights + vec + 4 * L * d + k * per_token

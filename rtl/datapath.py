@@ -1,0 +1,796 @@
+"""The accelerator's datapath: on-chip vector buffers, the four engines that execute dispatched instructions,
+and the compute units of :mod:`mmfree.rtl.matvec`, :mod:`mmfree.rtl.quantize` and :mod:`mmfree.rtl.activation`
+wired between them. What each instruction computes is defined by :class:`mmfree.sim.emulator.Emulator`.
+
+Engines (each finishes its instructions in order and pulses ``done_pulse[engine]``):
+
+* **load** (``LOAD``): DMA records of 1..4 int32 words into H0 / LB / N+NW0..2 through
+  :class:`~mmfree.rtl.axi.WordUnpacker`; a fill counter per buffer lets readers start on the first element.
+* **store** (``STORE``): per token, buffer words -> :class:`~mmfree.rtl.axi.WordPacker` -> AXI writes
+  (any 4-byte aligned address); done when every write response is in.
+* **vector** (``EMBED``, ``QSTATS``, ``QCODES``, ``HGRN``): element passes over the buffers, one element
+  per cycle, token by token. QSTATS feeds up to three :class:`QuantStats` in lock step and keeps each
+  token's ``P`` and sum-of-squares shift ``sz`` and the code reciprocal (:class:`Reciprocal`, queued);
+  QCODES streams one slot's codes into a bank of the ternary engines and, in the same pass, sums the
+  squares and turns ``(P, S, sz)`` into ``(M, shift)`` (:class:`OutputMultiplier`); HGRN
+  runs :class:`MlgruUpdate` then :class:`GatedProduct` and waits for each token's states before the next
+  token (tree parents read them).
+* **matvec** (``MATVEC``): the weight stream of the next command is requested while the current one runs;
+  :class:`TernaryMatVec` rows -> per-token serialiser -> :class:`Dequantize` -> epilogue (STORE into T0-2,
+  RESID ``X = sat(X + y)``, GLU ``A = silu(T0) * y``, HEAD logits into T0/T1 with a running
+  :class:`Argmax` per token).
+
+Writers of X and A keep each token's normalising shift up to date with a :class:`MaxAbs` per token.
+"""
+
+from __future__ import annotations
+
+from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, fifo, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from mmfree.pymodel import numerics as N
+from mmfree.rtl import activation as A
+from mmfree.rtl import isa as I
+from mmfree.rtl import regmap as RM
+from mmfree.rtl import quantize as Q
+from mmfree.rtl.axi import BEATS_WIDTH, WordPacker, WordUnpacker, cmd_layout
+from mmfree.rtl.compiler import HwConfig
+from mmfree.rtl.matvec import TernaryMatVec
+from mmfree.rtl.pipeline import width_for
+from mmfree.rtl.sequencer import ENGINE_ID, dispatch_layout, fetch_layout, field
+
+#: Argmax index width: vocabularies up to 2**24.
+MAX_VOCAB = 1 << 24
+
+
+def mv_cmd_fire(mv):
+    return mv.cmd.valid & mv.cmd.ready
+
+
+class Datapath(wiring.Component):
+    def __init__(self, hw: HwConfig, addr_width: int = 40, weight_fifo_beats: int = 2048):
+        self.hw, self.addr_width, self.weight_fifo_beats = hw, addr_width, weight_fifo_beats
+        K = hw.max_tokens
+        self.kbits = width_for(K)
+        bb = hw.bus_bytes
+        super().__init__({
+            "issue": In(1), "dispatch": In(dispatch_layout(addr_width)),
+            "done_pulse": Out(4),
+            "error": Out(1), "error_code": Out(32),
+            "k": In(range(K + 1)), "write_logits": In(1),
+            "tokens": In(data.ArrayLayout(unsigned(32), K)),
+            "parents": In(data.ArrayLayout(signed(self.kbits + 1), K)),
+            "act_frac": In(8),
+            "c_m": In(data.ArrayLayout(unsigned(32), I.SLOTS)),
+            "c_e": In(data.ArrayLayout(signed(32), I.SLOTS)),
+            "vec_cmd": Out(stream.Signature(cmd_layout(addr_width))),
+            "vec_data": In(stream.Signature(unsigned(8 * bb))),
+            "load_cmd": Out(stream.Signature(cmd_layout(addr_width))),
+            "load_data": In(stream.Signature(unsigned(8 * bb))),
+            "fetch": In(stream.Signature(fetch_layout(addr_width))),
+            "w_cmd": Out(stream.Signature(cmd_layout(addr_width))),
+            "w_data": In(stream.Signature(unsigned(8 * bb))),
+            "st_cmd": Out(stream.Signature(cmd_layout(addr_width))),
+            "st_data": Out(stream.Signature(data.StructLayout({"data": unsigned(8 * bb), "strb": unsigned(bb)}))),
+            "wr_quiet": In(1),
+            "stall": Out(1),
+            "arg_last": Out(32),
+        })
+
+    # ------------------------------------------------------------------------------------------------------
+    def elaborate(self, platform):
+        m = Module()
+        hw = self.hw
+        K, W, bb = hw.max_tokens, hw.max_width, hw.bus_bytes
+        wbits = W.bit_length() - 1
+        kb = width_for(K - 1)
+        lg_bb = bb.bit_length() - 1
+        bw = bb // 4
+        d = self.dispatch
+        k = self.k
+
+        def taddr(t, j):
+            return Cat(j[:wbits], t[:kb]) if K > 1 else j[:wbits]
+
+        # ---- buffers ----------------------------------------------------------------------------------------
+        def mem(name, shape, per_token):
+            mm = Memory(shape=shape, depth=(W << kb) if (per_token and K > 1) else W, init=[])
+            m.submodules["buf_" + name] = mm
+            return mm
+
+        VEC = signed(Q.VEC_WIDTH)
+        bX, bA, bH = mem("x", signed(32), True), mem("a", signed(64), True), mem("h", signed(32), True)
+        bT = [mem(f"t{i}", signed(32), True) for i in range(3)]
+        bH0, bLB = mem("h0", signed(32), False), mem("lb", unsigned(32), False)
+        bN = mem("n", VEC, False)
+        bNW = [mem(f"nw{i}", VEC, False) for i in range(I.SLOTS)]
+        xw, aw, hw_, h0w, lbw, nw_ = bX.write_port(), bA.write_port(), bH.write_port(), bH0.write_port(), \
+            bLB.write_port(), bN.write_port()
+        tw = [b.write_port() for b in bT]
+        nww = [b.write_port() for b in bNW]
+        xr1, xr2 = bX.read_port(), bX.read_port()
+        ar1 = bA.read_port()
+        hr1, hr2 = bH.read_port(), bH.read_port()
+        h0r, lbr, nr = bH0.read_port(), bLB.read_port(), bN.read_port()
+        t0r1, t0r2, t0r3 = bT[0].read_port(), bT[0].read_port(), bT[0].read_port()
+        t1r1, t1r2 = bT[1].read_port(), bT[1].read_port()
+        t2r1 = bT[2].read_port()
+        nwr = [b.read_port() for b in bNW]
+
+        # ---- shared per-token state -------------------------------------------------------------------------
+        SHW = Q.U_SHIFT_WIDTH
+        shx = Array(Signal(signed(SHW), name=f"shx{t}") for t in range(K))
+        sha = Array(Signal(signed(SHW), name=f"sha{t}") for t in range(K))
+        Mr = Array(Array(Signal(Q.MULT_WIDTH, name=f"M{p}_{t}") for t in range(K)) for p in range(I.SLOTS))
+        Sr = Array(Array(Signal(signed(Q.SHIFT_WIDTH), name=f"S{p}_{t}") for t in range(K)) for p in range(I.SLOTS))
+        Rr = Array(Array(Signal(Q.R_WIDTH, name=f"R{p}_{t}") for t in range(K)) for p in range(I.SLOTS))
+        KRr = Array(Array(Signal(width_for(Q.K_MAX), name=f"KR{p}_{t}") for t in range(K)) for p in range(I.SLOTS))
+        SPr = Array(Array(Signal(Q.SP_WIDTH, name=f"SP{p}_{t}") for t in range(K)) for p in range(I.SLOTS))
+        Pr = Array(Array(Signal(Q.PMAX_WIDTH, name=f"P{p}_{t}") for t in range(K)) for p in range(I.SLOTS))
+        SZr = Array(Array(Signal(Q.SZ_WIDTH, name=f"SZ{p}_{t}") for t in range(K)) for p in range(I.SLOTS))
+        arg = Array(Signal(32, name=f"arg{t}") for t in range(K))
+        m.d.comb += self.arg_last.eq(arg[k - 1])
+        tokens = Array(self.tokens[t] for t in range(K))
+        parents = Array(self.parents[t] for t in range(K))
+
+        done = Signal(4)
+        m.d.comb += self.done_pulse.eq(done)
+        m.d.sync += done.eq(0)
+        err = Signal()
+        err_code = Signal(32)
+        m.d.comb += [self.error.eq(err), self.error_code.eq(err_code)]
+
+        def raise_error(code, detail):
+            with m.If(~err):
+                m.d.sync += [err.eq(1), err_code.eq(code | (detail << 8))]
+
+        def issued(engine):
+            return self.issue & (d.engine == ENGINE_ID[engine])
+
+        # MaxAbs per token for X and A (inputs OR-ed: their writers never run at the same time)
+        mx_x = [Q.MaxAbs() for _ in range(K)]
+        mx_a = [Q.MaxAbs() for _ in range(K)]
+        for t in range(K):
+            m.submodules[f"maxabs_x{t}"] = mx_x[t]
+            m.submodules[f"maxabs_a{t}"] = mx_a[t]
+            m.d.comb += [mx_x[t].o.ready.eq(1), mx_a[t].o.ready.eq(1)]
+            with m.If(mx_x[t].o.valid):
+                m.d.sync += shx[t].eq(mx_x[t].o.payload.shift)
+            with m.If(mx_a[t].o.valid):
+                m.d.sync += sha[t].eq(mx_a[t].o.payload.shift)
+        mx_x_out = Signal(range(K + 1))
+        mx_a_out = Signal(range(K + 1))
+        m.d.comb += [mx_x_out.eq(sum(mx_x[t].o.valid for t in range(K))), mx_a_out.eq(sum(mx_a[t].o.valid for t in range(K)))]
+        mx_x_in = [(Signal(name=f"mxx_v{t}"), Signal(signed(64), name=f"mxx_u{t}"), Signal(name=f"mxx_l{t}"))
+                   for t in range(K)]
+        mx_a_in = [(Signal(name=f"mxa_v{t}"), Signal(signed(64), name=f"mxa_u{t}"), Signal(name=f"mxa_l{t}"))
+                   for t in range(K)]
+        for t in range(K):
+            for unit, (v, u, last) in ((mx_x[t], mx_x_in[t]), (mx_a[t], mx_a_in[t])):
+                m.d.comb += [unit.i.valid.eq(v), unit.i.payload.u.eq(u), unit.i.payload.last.eq(last)]
+
+        def feed_max(ins, t, value, last, when):
+            for tt in range(K):
+                v, u, lst = ins[tt]
+                with m.If(when & (t == tt)):
+                    m.d.comb += [v.eq(1), u.eq(value), lst.eq(last)]
+
+        # ---- fill counters of LOAD destinations ---------------------------------------------------------------
+        fill_bufs = [I.BUF_H0, I.BUF_LB, I.BUF_N, I.BUF_NW0, I.BUF_NW1, I.BUF_NW2]
+        filled = {b: Signal(range(W + 1), name=f"filled_{I.BUFFERS[b]}") for b in fill_bufs}
+        loading = {b: Signal(name=f"loading_{I.BUFFERS[b]}") for b in fill_bufs}
+
+        self._load_engine(m, d, issued, done, filled, loading, h0w, lbw, nw_, nww)
+        self._store_engine(m, d, issued, done, k, hr2, t0r3, t1r2, arg, taddr)
+        engines = [TernaryMatVec(lanes=hw.lanes, tokens=K, max_k=W, banks=I.BANKS, max_rows=W)
+                   for _ in range(hw.matvec_engines)]
+        for e, eng in enumerate(engines):
+            m.submodules[f"matvec{e}"] = eng
+        self._vector_engine(m, d, issued, done, k, tokens, parents, filled, loading, raise_error, taddr,
+                            shx, sha, Mr, Sr, Rr, KRr, SPr, Pr, SZr, xw, aw, hw_, xr1, ar1, hr1, h0r, lbr, nr, nwr,
+                            t0r1, t1r1, t2r1, mx_x_in, mx_a_in, mx_x_out, mx_a_out, feed_max, engines)
+        self._matvec_engine(m, d, issued, done, k, Mr, Sr, arg, taddr, xw, aw, tw, xr2, t0r2,
+                            mx_x_in, mx_a_in, mx_x_out, mx_a_out, feed_max, engines)
+        return m
+
+    # ------------------------------------------------------------------------------------------------------
+    def _load_engine(self, m, d, issued, done, filled, loading, h0w, lbw, nw_, nww):
+        hw = self.hw
+        bb, lg_bb = hw.bus_bytes, hw.bus_bytes.bit_length() - 1
+        m.submodules.ld_unpack = up = WordUnpacker(bus_bytes=bb, max_fields=1 + I.SLOTS)
+        wiring.connect(m, wiring.flipped(self.load_data), up.beat)
+        busy = Signal()
+        dst = Signal(2)
+        fields = Signal(3)
+        count = Signal(32)
+        j = Signal(32)
+        cmd_v = Signal()
+        cmd_a = Signal(self.addr_width)
+        cmd_n = Signal(BEATS_WIDTH)
+        m.d.comb += [self.load_cmd.valid.eq(cmd_v), self.load_cmd.payload.addr.eq(cmd_a),
+                     self.load_cmd.payload.beats.eq(cmd_n)]
+        with m.If(self.load_cmd.valid & self.load_cmd.ready):
+            m.d.sync += cmd_v.eq(0)
+        start = Signal()
+        m.d.sync += start.eq(0)
+        m.d.comb += up.start.eq(start)
+        skip = Signal(range(bb // 4))
+        nb = Signal(BEATS_WIDTH)
+        m.d.comb += [up.skip.eq(skip), up.fields.eq(fields), up.nbeats.eq(nb)]
+        with m.If(issued("load")):
+            fl = field(Cat(d.w0, d.w1, d.w2, d.w3), "fields", "LOAD")
+            cnt = field(Cat(d.w0, d.w1, d.w2, d.w3), "count", "LOAD")
+            dd = field(Cat(d.w0, d.w1, d.w2, d.w3), "dst", "LOAD")
+            sk = d.addr[2:lg_bb]
+            words = cnt * fl
+            nbe = (sk + words + (bb // 4 - 1)) >> (lg_bb - 2)
+            m.d.sync += [busy.eq(1), dst.eq(dd), fields.eq(fl), count.eq(cnt), j.eq(0), cmd_v.eq(1),
+                         cmd_a.eq(Cat(Const(0, lg_bb), d.addr[lg_bb:])), cmd_n.eq(nbe), start.eq(1), skip.eq(sk),
+                         nb.eq(nbe)]
+            targets = {I.LD_H0: [I.BUF_H0], I.LD_LB: [I.BUF_LB]}
+            for dv, bufs in targets.items():
+                with m.If(dd == dv):
+                    for b in bufs:
+                        m.d.sync += [filled[b].eq(0), loading[b].eq(1)]
+            with m.If(dd == I.LD_NORM):
+                m.d.sync += [filled[I.BUF_N].eq(0), loading[I.BUF_N].eq(1)]
+                for p in range(I.SLOTS):
+                    with m.If(fl > p + 1):
+                        m.d.sync += [filled[I.BUF_NW0 + p].eq(0), loading[I.BUF_NW0 + p].eq(1)]
+        rec = up.rec
+        m.d.comb += rec.ready.eq(1)
+        take = rec.valid & busy & ~start
+        w = rec.payload.w
+        m.d.comb += [h0w.addr.eq(j), h0w.data.eq(w[0]), lbw.addr.eq(j), lbw.data.eq(w[0]),
+                     nw_.addr.eq(j), nw_.data.eq(w[0])]
+        for p in range(I.SLOTS):
+            m.d.comb += [nww[p].addr.eq(j), nww[p].data.eq(w[1 + p])]
+        with m.If(take):
+            m.d.sync += j.eq(j + 1)
+            with m.Switch(dst):
+                with m.Case(I.LD_H0):
+                    m.d.comb += h0w.en.eq(1)
+                    m.d.sync += filled[I.BUF_H0].eq(j + 1)
+                with m.Case(I.LD_LB):
+                    m.d.comb += lbw.en.eq(1)
+                    m.d.sync += filled[I.BUF_LB].eq(j + 1)
+                with m.Case(I.LD_NORM):
+                    m.d.comb += nw_.en.eq(1)
+                    m.d.sync += filled[I.BUF_N].eq(j + 1)
+                    for p in range(I.SLOTS):
+                        with m.If(fields > p + 1):
+                            m.d.comb += nww[p].en.eq(1)
+                            m.d.sync += filled[I.BUF_NW0 + p].eq(j + 1)
+            with m.If(j + 1 == count):
+                m.d.sync += [busy.eq(0), done[ENGINE_ID["load"]].eq(1)]
+                for b in loading:
+                    m.d.sync += loading[b].eq(0)
+
+    # ------------------------------------------------------------------------------------------------------
+    def _store_engine(self, m, d, issued, done, k, hr2, t0r3, t1r2, arg, taddr):
+        hw = self.hw
+        bb, lg_bb, bw = hw.bus_bytes, hw.bus_bytes.bit_length() - 1, hw.bus_bytes // 4
+        K = hw.max_tokens
+        m.submodules.st_pack = pk = WordPacker(bus_bytes=bb)
+        wiring.connect(m, pk.beat, wiring.flipped(self.st_data))
+        m.submodules.st_words = wq = fifo.SyncFIFOBuffered(width=32, depth=4)
+        m.d.comb += [pk.word.payload.eq(wq.r_data), pk.word.valid.eq(wq.r_rdy), wq.r_en.eq(pk.word.ready)]
+        src = Signal(2)
+        count = Signal(32)
+        tstride = Signal(32)
+        addr = Signal(self.addr_width + 32)
+        t = Signal(range(K + 1))
+        j = Signal(32)
+        pend = Signal()
+        cmd_v = Signal()
+        cmd_a = Signal(self.addr_width)
+        cmd_n = Signal(BEATS_WIDTH)
+        m.d.comb += [self.st_cmd.valid.eq(cmd_v), self.st_cmd.payload.addr.eq(cmd_a), self.st_cmd.payload.beats.eq(cmd_n)]
+        with m.If(self.st_cmd.valid & self.st_cmd.ready):
+            m.d.sync += cmd_v.eq(0)
+        pstart = Signal()
+        m.d.sync += pstart.eq(0)
+        lead = Signal(range(bw))
+        m.d.comb += [pk.start.eq(pstart), pk.lead.eq(lead), pk.count.eq(count)]
+        ir = Cat(d.w0, d.w1, d.w2, d.w3)
+        # word source: one buffer read per cycle while the word queue has room
+        rd = Signal()
+        m.d.comb += [hr2.addr.eq(taddr(t, j)), t0r3.addr.eq(taddr(t, j)), t1r2.addr.eq(taddr(t, j))]
+        m.d.sync += pend.eq(rd)
+        word = Mux(src == I.ST_H, hr2.data, Mux(src == I.ST_T0, t0r3.data, Mux(src == I.ST_T1, t1r2.data, 0)))
+        argw = Signal(32)
+        m.d.sync += argw.eq(arg[t])
+        m.d.comb += [wq.w_data.eq(Mux(src == I.ST_ARG, argw, word)), wq.w_en.eq(pend)]
+        with m.FSM(name="store"):
+            with m.State("IDLE"):
+                with m.If(issued("store")):
+                    m.d.sync += [src.eq(field(ir, "src", "STORE")), count.eq(field(ir, "count", "STORE")),
+                                 tstride.eq(field(ir, "tstride", "STORE")), addr.eq(d.addr), t.eq(0)]
+                    with m.If(d.skip_store):
+                        m.d.sync += done[ENGINE_ID["store"]].eq(1)
+                    with m.Else():
+                        m.next = "TOKEN"
+            with m.State("TOKEN"):
+                with m.If(~pk.busy & ~cmd_v & ~wq.r_rdy & ~pend):
+                    ld = addr[2:lg_bb]
+                    nbe = (ld + count + (bw - 1)) >> (lg_bb - 2)
+                    m.d.sync += [cmd_v.eq(1), cmd_a.eq(Cat(Const(0, lg_bb), addr[lg_bb:self.addr_width])),
+                                 cmd_n.eq(nbe), pstart.eq(1), lead.eq(ld), j.eq(0)]
+                    m.next = "WORDS"
+            with m.State("WORDS"):
+                with m.If(~pstart & (wq.level + pend < 3)):
+                    m.d.comb += rd.eq(1)
+                    m.d.sync += j.eq(j + 1)
+                    with m.If(j + 1 == count):
+                        m.d.sync += [t.eq(t + 1), addr.eq(addr + tstride)]
+                        with m.If(t + 1 == k):
+                            m.next = "FINISH"
+                        with m.Else():
+                            m.next = "TOKEN"
+            with m.State("FINISH"):
+                with m.If(~pk.busy & ~cmd_v & ~wq.r_rdy & ~pend & self.wr_quiet):
+                    m.d.sync += done[ENGINE_ID["store"]].eq(1)
+                    m.next = "IDLE"
+
+    # ------------------------------------------------------------------------------------------------------
+    def _vector_engine(self, m, d, issued, done, k, tokens, parents, filled, loading, raise_error, taddr,
+                       shx, sha, Mr, Sr, Rr, KRr, SPr, Pr, SZr, xw, aw, hw_, xr1, ar1, hr1, h0r, lbr, nr, nwr,
+                       t0r1, t1r1, t2r1, mx_x_in, mx_a_in, mx_x_out, mx_a_out, feed_max, engines):
+        hw = self.hw
+        K, W, bb = hw.max_tokens, hw.max_width, hw.bus_bytes
+        lg_bb = bb.bit_length() - 1
+        ir = Cat(d.w0, d.w1, d.w2, d.w3)
+        op = Signal(8)
+        busy = Signal()
+        src = Signal()
+        nproj = Signal(2)
+        slot = Signal(2)
+        bank = Signal(2)
+        count = Signal(range(W + 1))
+        vocab = Signal(32)
+        stride = Signal(20)
+        eaddr = Signal(self.addr_width)
+        OPC = I.OPCODE
+        with m.If(issued("vector")):
+            m.d.sync += [op.eq(d.op), busy.eq(1)]
+            with m.Switch(d.op):
+                with m.Case(OPC["QSTATS"]):
+                    m.d.sync += [src.eq(field(ir, "src", "QSTATS")), nproj.eq(field(ir, "nproj", "QSTATS")),
+                                 count.eq(field(ir, "count", "QSTATS"))]
+                with m.Case(OPC["QCODES"]):
+                    m.d.sync += [src.eq(field(ir, "src", "QCODES")), slot.eq(field(ir, "slot", "QCODES")),
+                                 bank.eq(field(ir, "bank", "QCODES")), count.eq(field(ir, "count", "QCODES"))]
+                with m.Case(OPC["HGRN"]):
+                    m.d.sync += count.eq(field(ir, "count", "HGRN"))
+                with m.Case(OPC["EMBED"]):
+                    m.d.sync += [count.eq(field(ir, "count", "EMBED")), vocab.eq(field(ir, "vocab", "EMBED")),
+                                 stride.eq(field(ir, "stride16", "EMBED") << 4), eaddr.eq(d.addr)]
+        is_ = {name: busy & (op == OPC[name]) for name in ("QSTATS", "QCODES", "HGRN", "EMBED")}
+
+        # ---- issue counters (QSTATS, QCODES, HGRN) ---------------------------------------------------------
+        ti = Signal(range(K + 1))
+        ji = Signal(range(W + 1))
+        all_issued = Signal()
+        start = Signal()        # first cycle of an instruction: counters are being cleared
+        m.d.sync += start.eq(issued("vector"))
+        with m.If(issued("vector")):
+            m.d.sync += [ti.eq(0), ji.eq(0), all_issued.eq(0)]
+
+        def need(b):
+            """This instruction reads LOAD-filled buffer b."""
+            c = Const(0, 1)
+            if b == I.BUF_N:
+                c = is_["QSTATS"] | is_["QCODES"]
+            elif b in (I.BUF_NW0, I.BUF_NW1, I.BUF_NW2):
+                p = b - I.BUF_NW0
+                c = (is_["QSTATS"] & (nproj > p)) | (is_["QCODES"] & (slot == p))
+            elif b in (I.BUF_H0, I.BUF_LB):
+                c = is_["HGRN"]
+            return c
+
+        fill_ok = Signal()
+        starving = Signal()
+        ok = Const(1, 1)
+        starve = Const(0, 1)
+        for b in filled:
+            short = need(b) & (ji >= filled[b])
+            ok = ok & ~short
+            starve = starve | (short & ~loading[b])
+        m.d.comb += [fill_ok.eq(ok), starving.eq(starve)]
+        hg_inflight = Signal(range(W + 2))
+        pass_ops = is_["QSTATS"] | is_["QCODES"] | is_["HGRN"]
+        token_gate = ~is_["HGRN"] | (ji != 0) | (ti == 0) | (hg_inflight == 0)
+        fire = Signal()
+        m.d.comb += fire.eq(pass_ops & ~start & ~all_issued & fill_ok & token_gate)
+        with m.If(pass_ops & ~start & ~all_issued & starving):
+            raise_error(RM.ERR_NOT_LOADED, op)
+        with m.If(fire):
+            with m.If(ji + 1 == count):
+                m.d.sync += [ji.eq(0), ti.eq(ti + 1)]
+                with m.If(ti + 1 == k):
+                    m.d.sync += all_issued.eq(1)
+            with m.Else():
+                m.d.sync += ji.eq(ji + 1)
+        # reads for the element being issued; its data is there in stage 1
+        ra = taddr(ti, ji)
+        par = parents[ti]
+        m.d.comb += [xr1.addr.eq(ra), ar1.addr.eq(ra), nr.addr.eq(ji), h0r.addr.eq(ji), lbr.addr.eq(ji),
+                     hr1.addr.eq(taddr(par[:width_for(K - 1)].as_unsigned(), ji)),
+                     t0r1.addr.eq(ra), t1r1.addr.eq(ra), t2r1.addr.eq(ra)]
+        for p in range(I.SLOTS):
+            m.d.comb += nwr[p].addr.eq(ji)
+        s1_v, s1_t, s1_j, s1_last, s1_root = Signal(), Signal(range(K)), Signal(range(W)), Signal(), Signal()
+        m.d.sync += [s1_v.eq(fire), s1_t.eq(ti), s1_j.eq(ji), s1_last.eq(ji + 1 == count), s1_root.eq(par < 0)]
+
+        # ---- QSTATS / QCODES: QuantStats per slot ------------------------------------------------------------
+        # QSTATS (all slots < nproj in lock step): P = max|u' nw_p| and the sum-of-squares shift sz of
+        # z = u' n per token, then the code reciprocal (R, k, sp) of P (queued: one division at a time).
+        # QCODES (one slot): the codes into a bank, S = sum rshift_round(z, sz)**2, then (M, shift) of the slot.
+        qs = [Q.QuantStats() for _ in range(I.SLOTS)]
+        rc = [Q.Reciprocal() for _ in range(I.SLOTS)]
+        rcq = [fifo.SyncFIFO(width=Q.PMAX_WIDTH, depth=K + 1) for _ in range(I.SLOTS)]
+        pr_cnt = [Signal(range(K + 1), name=f"pr_cnt{p}") for p in range(I.SLOTS)]
+        rc_cnt = [Signal(range(K + 1), name=f"rc_cnt{p}") for p in range(I.SLOTS)]
+        u_val = Mux(src, ar1.data, xr1.data)
+        sh_val = Mux(src, sha[s1_t], shx[s1_t])
+        for p in range(I.SLOTS):
+            m.submodules[f"qstats{p}"] = qs[p]
+            m.submodules[f"recip{p}"] = rc[p]
+            m.submodules[f"recipq{p}"] = rcq[p]
+            active = (is_["QSTATS"] & (nproj > p)) | (is_["QCODES"] & (slot == p))
+            pl = qs[p].i.payload
+            m.d.comb += [qs[p].i.valid.eq(s1_v & active), pl.u.eq(u_val), pl.n.eq(nr.data), pl.nw.eq(nwr[p].data),
+                         pl.shift.eq(sh_val), pl.sz.eq(SZr[p][s1_t]), pl.last.eq(s1_last), qs[p].o.ready.eq(1)]
+            fin = qs[p].o.valid & qs[p].o.payload.last & is_["QSTATS"]
+            with m.If(fin):
+                m.d.sync += [Pr[p][pr_cnt[p]].eq(qs[p].o.payload.P), SZr[p][pr_cnt[p]].eq(qs[p].o.payload.sz),
+                             pr_cnt[p].eq(pr_cnt[p] + 1)]
+            m.d.comb += [rcq[p].w_en.eq(fin), rcq[p].w_data.eq(qs[p].o.payload.P),
+                         rc[p].i.valid.eq(rcq[p].r_rdy), rc[p].i.payload.P.eq(rcq[p].r_data),
+                         rcq[p].r_en.eq(rc[p].i.ready), rc[p].o.ready.eq(1)]
+            with m.If(rc[p].o.valid):
+                m.d.sync += [Rr[p][rc_cnt[p]].eq(rc[p].o.payload.R), KRr[p][rc_cnt[p]].eq(rc[p].o.payload.k),
+                             SPr[p][rc_cnt[p]].eq(rc[p].o.payload.sp), rc_cnt[p].eq(rc_cnt[p] + 1)]
+            with m.If(issued("vector")):
+                m.d.sync += [pr_cnt[p].eq(0), rc_cnt[p].eq(0)]
+        stats_done = all_issued
+        for p in range(I.SLOTS):
+            stats_done = stats_done & ((nproj <= p) | ((pr_cnt[p] == k) & (rc_cnt[p] == k)))
+
+        # QCODES: the slot's p stream -> Codes -> the ternary engines' code banks; S -> OutputMultiplier
+        m.submodules.codes = cd = Q.Codes()
+        m.submodules.outmul = om = Q.OutputMultiplier()
+        qo = Array(q.o for q in qs)[slot]
+        tq = Signal(range(K + 1))
+        with m.If(issued("vector")):
+            m.d.sync += tq.eq(0)
+        m.d.comb += [cd.i.valid.eq(qo.valid & is_["QCODES"]), cd.i.payload.p.eq(qo.payload.p),
+                     cd.i.payload.R.eq(Rr[slot][tq]), cd.i.payload.k.eq(KRr[slot][tq]),
+                     cd.i.payload.sp.eq(SPr[slot][tq]), cd.i.payload.last.eq(qo.payload.last), cd.o.ready.eq(1)]
+        vec_end = qo.valid & qo.payload.last & is_["QCODES"]
+        with m.If(vec_end):
+            m.d.sync += tq.eq(tq + 1)
+        m.d.comb += [om.i.valid.eq(vec_end), om.i.payload.S.eq(qo.payload.S), om.i.payload.P.eq(Pr[slot][tq]),
+                     om.i.payload.sz.eq(SZr[slot][tq]), om.i.payload.c_m.eq(self.c_m[slot]),
+                     om.i.payload.c_e.eq(self.c_e[slot]), om.o.ready.eq(1)]
+        om_cnt = Signal(range(K + 1))
+        with m.If(issued("vector")):
+            m.d.sync += om_cnt.eq(0)
+        with m.If(om.o.valid):
+            m.d.sync += [Mr[slot][om_cnt].eq(om.o.payload.M), Sr[slot][om_cnt].eq(om.o.payload.shift),
+                         om_cnt.eq(om_cnt + 1)]
+        tc = Signal(range(K + 1))
+        jc = Signal(range(W + 1))
+        with m.If(issued("vector")):
+            m.d.sync += [tc.eq(0), jc.eq(0)]
+        for mv in engines:                  # every engine holds the same codes
+            act = mv.act
+            m.d.comb += [act.valid.eq(cd.o.valid), act.payload.code.eq(cd.o.payload.q), act.payload.token.eq(tc),
+                         act.payload.bank.eq(bank), act.payload.first.eq(jc == 0)]
+        with m.If(cd.o.valid):
+            with m.If(jc + 1 == count):
+                m.d.sync += [jc.eq(0), tc.eq(tc + 1)]
+            with m.Else():
+                m.d.sync += jc.eq(jc + 1)
+        codes_done = all_issued & (tc == k) & (om_cnt == k)
+
+        # ---- HGRN ---------------------------------------------------------------------------------------------
+        m.submodules.mlgru = mg = A.MlgruUpdate()
+        m.submodules.gp_h = gp = A.GatedProduct()
+        m.submodules.gq = gq = fifo.SyncFIFOBuffered(width=32, depth=64)
+        hv = s1_v & is_["HGRN"]
+        m.d.comb += [mg.i.valid.eq(hv), mg.i.payload.h.eq(Mux(s1_root, h0r.data, hr1.data)),
+                     mg.i.payload.i.eq(t0r1.data), mg.i.payload.f.eq(t1r1.data),
+                     mg.i.payload.one_minus_lb.eq(lbr.data), mg.i.payload.frac.eq(self.act_frac),
+                     mg.i.payload.last.eq(s1_last), mg.o.ready.eq(1),
+                     gq.w_en.eq(hv), gq.w_data.eq(t2r1.data)]
+        th, jh = Signal(range(K + 1)), Signal(range(W + 1))
+        ta, ja = Signal(range(K + 1)), Signal(range(W + 1))
+        with m.If(issued("vector")):
+            m.d.sync += [th.eq(0), jh.eq(0), ta.eq(0), ja.eq(0)]
+        m.d.comb += [hw_.addr.eq(taddr(th, jh)), hw_.data.eq(mg.o.payload.h), hw_.en.eq(mg.o.valid & is_["HGRN"])]
+        m.d.comb += [gp.i.valid.eq(mg.o.valid & is_["HGRN"]), gp.i.payload.a.eq(gq.r_data.as_signed()),
+                     gp.i.payload.b.eq(mg.o.payload.h), gp.i.payload.frac.eq(self.act_frac),
+                     gp.i.payload.last.eq(mg.o.payload.last), gq.r_en.eq(mg.o.valid & is_["HGRN"]),
+                     gp.o.ready.eq(1)]
+        with m.If(mg.o.valid & is_["HGRN"]):
+            with m.If(jh + 1 == count):
+                m.d.sync += [jh.eq(0), th.eq(th + 1)]
+            with m.Else():
+                m.d.sync += jh.eq(jh + 1)
+        m.d.sync += hg_inflight.eq(hg_inflight + (fire & is_["HGRN"]) - (mg.o.valid & is_["HGRN"]))
+        with m.If(issued("vector")):
+            m.d.sync += hg_inflight.eq(0)
+        hg_a = gp.o.valid & is_["HGRN"]
+        with m.If(hg_a):
+            with m.If(ja + 1 == count):
+                m.d.sync += [ja.eq(0), ta.eq(ta + 1)]
+            with m.Else():
+                m.d.sync += ja.eq(ja + 1)
+        feed_max(mx_a_in, ta, gp.o.payload.u, ja + 1 == count, hg_a)
+        v_aw_en = Signal()
+        m.d.comb += v_aw_en.eq(hg_a)
+        mxa_cnt = Signal(range(K + 1))
+        with m.If(issued("vector")):
+            m.d.sync += mxa_cnt.eq(0)
+        with m.Elif(is_["HGRN"]):
+            m.d.sync += mxa_cnt.eq(mxa_cnt + mx_a_out)
+        hgrn_done = all_issued & (ta == k) & (mxa_cnt == k)
+
+        # ---- EMBED ---------------------------------------------------------------------------------------------
+        m.submodules.emb_unpack = eu = WordUnpacker(bus_bytes=bb, max_fields=1)
+        wiring.connect(m, wiring.flipped(self.vec_data), eu.beat)
+        te = Signal(range(K + 1))
+        je = Signal(range(W + 1))
+        e_cmd_v = Signal()
+        e_cmd_a = Signal(self.addr_width)
+        e_cmd_n = Signal(BEATS_WIDTH)
+        m.d.comb += [self.vec_cmd.valid.eq(e_cmd_v), self.vec_cmd.payload.addr.eq(e_cmd_a),
+                     self.vec_cmd.payload.beats.eq(e_cmd_n)]
+        with m.If(self.vec_cmd.valid & self.vec_cmd.ready):
+            m.d.sync += e_cmd_v.eq(0)
+        e_start = Signal()
+        e_skip = Signal(range(bb // 4))
+        e_nb = Signal(BEATS_WIDTH)
+        m.d.sync += e_start.eq(0)
+        m.d.comb += [eu.start.eq(e_start), eu.skip.eq(e_skip), eu.fields.eq(1), eu.nbeats.eq(e_nb)]
+        e_rows = Signal()          # a row is being received
+        mxx_cnt = Signal(range(K + 1))
+        with m.If(issued("vector")):
+            m.d.sync += [te.eq(0), je.eq(0), e_rows.eq(0), mxx_cnt.eq(0)]
+        with m.Elif(is_["EMBED"]):
+            m.d.sync += mxx_cnt.eq(mxx_cnt + mx_x_out)
+        tok = tokens[te]
+        row_addr = Signal(self.addr_width + 32)
+        m.d.comb += row_addr.eq(eaddr + tok * stride)
+        with m.If(is_["EMBED"] & ~start & ~e_rows & (te != k) & ~e_cmd_v):
+            with m.If(tok >= vocab):
+                raise_error(RM.ERR_TOKEN_RANGE, te)
+            with m.Else():
+                sk = row_addr[2:lg_bb]
+                nbe = (sk + count + (bb // 4 - 1)) >> (lg_bb - 2)
+                m.d.sync += [e_cmd_v.eq(1), e_cmd_a.eq(Cat(Const(0, lg_bb), row_addr[lg_bb:self.addr_width])),
+                             e_cmd_n.eq(nbe), e_start.eq(1), e_skip.eq(sk), e_nb.eq(nbe), e_rows.eq(1), je.eq(0)]
+        erec = eu.rec
+        m.d.comb += erec.ready.eq(1)
+        e_take = erec.valid & is_["EMBED"] & e_rows & ~e_start
+        with m.If(e_take):
+            with m.If(je + 1 == count):
+                m.d.sync += [je.eq(0), te.eq(te + 1), e_rows.eq(0)]
+            with m.Else():
+                m.d.sync += je.eq(je + 1)
+        feed_max(mx_x_in, te, erec.payload.w[0].as_signed(), je + 1 == count, e_take)
+        embed_done = (te == k) & ~e_rows & (mxx_cnt == k)
+
+        # ---- buffer writes owned by this engine ------------------------------------------------------------------
+        self._v_xw = (e_take, taddr(te, je), erec.payload.w[0].as_signed())
+        self._v_aw = (hg_a, taddr(ta, ja), gp.o.payload.u)
+
+        # ---- completion -----------------------------------------------------------------------------------------
+        fin = Signal()
+        m.d.comb += fin.eq(~start & ((is_["QSTATS"] & stats_done) | (is_["QCODES"] & codes_done)
+                                     | (is_["HGRN"] & hgrn_done) | (is_["EMBED"] & embed_done)))
+        with m.If(fin):
+            m.d.sync += [busy.eq(0), done[ENGINE_ID["vector"]].eq(1)]
+
+    # ------------------------------------------------------------------------------------------------------
+    def _matvec_engine(self, m, d, issued, done, k, Mr, Sr, arg, taddr, xw, aw, tw, xr2, t0r2,
+                       mx_x_in, mx_a_in, mx_x_out, mx_a_out, feed_max, engines):
+        hw = self.hw
+        K, W, E = hw.max_tokens, hw.max_width, hw.matvec_engines
+        ir = Cat(d.w0, d.w1, d.w2, d.w3)
+
+        # ---- weight fetch: queue of fetches -> reader command; route queue -> row router -> engine queues ------
+        FL = data.StructLayout({"addr": unsigned(self.addr_width), "rows": unsigned(32), "bpr": unsigned(16)})
+        m.submodules.fetchq = fq = fifo.SyncFIFO(width=FL.size, depth=I.PREFETCH_DEPTH)
+        m.submodules.routeq = rq = fifo.SyncFIFO(width=48, depth=I.PREFETCH_DEPTH + 1)
+        m.d.comb += [fq.w_data.eq(self.fetch.payload), fq.w_en.eq(self.fetch.valid), self.fetch.ready.eq(fq.w_rdy)]
+        head = Signal(FL)
+        m.d.comb += head.eq(fq.r_data)
+        m.d.comb += [self.w_cmd.valid.eq(fq.r_rdy & rq.w_rdy), self.w_cmd.payload.addr.eq(head.addr),
+                     self.w_cmd.payload.beats.eq(head.rows * head.bpr)]
+        took = self.w_cmd.valid & self.w_cmd.ready
+        m.d.comb += [fq.r_en.eq(took), rq.w_en.eq(took), rq.w_data.eq(Cat(head.rows, head.bpr))]
+        r_rows, r_bpr = rq.r_data[:32], rq.r_data[32:48]
+        wq = [fifo.SyncFIFOBuffered(width=8 * hw.bus_bytes, depth=self.weight_fifo_beats) for _ in range(E)]
+        for e in range(E):
+            m.submodules[f"wq{e}"] = wq[e]
+        r_beat, r_row = Signal(16), Signal(32)
+        r_eng = Signal(range(E)) if E > 1 else Const(0, 1)
+        src = self.w_data
+        sel_rdy = Array(q.w_rdy for q in wq)[r_eng] if E > 1 else wq[0].w_rdy
+        move = src.valid & rq.r_rdy & sel_rdy
+        m.d.comb += src.ready.eq(rq.r_rdy & sel_rdy)
+        for e in range(E):
+            m.d.comb += [wq[e].w_data.eq(src.payload), wq[e].w_en.eq(move & (r_eng == e))]
+        row_end = r_beat + 1 == r_bpr
+        with m.If(move):
+            m.d.sync += r_beat.eq(r_beat + 1)
+            with m.If(row_end):
+                m.d.sync += [r_beat.eq(0), r_row.eq(r_row + 1)]
+                if E > 1:
+                    m.d.sync += r_eng.eq(r_eng + 1)
+                with m.If(r_row + 1 == r_rows):
+                    m.d.sync += [r_row.eq(0)]
+                    if E > 1:
+                        m.d.sync += r_eng.eq(0)
+        m.d.comb += rq.r_en.eq(move & row_end & (r_row + 1 == r_rows))
+        for e in range(E):
+            m.d.comb += [engines[e].weights.payload.eq(wq[e].r_data), engines[e].weights.valid.eq(wq[e].r_rdy),
+                         wq[e].r_en.eq(engines[e].weights.ready)]
+
+        # ---- compute queue: 2 entries, entry 0 the oldest ----------------------------------------------------
+        EL = data.StructLayout({"rows": unsigned(32), "bpr": unsigned(16), "bank": unsigned(2), "slot": unsigned(2),
+                                "epi": unsigned(2), "flags": unsigned(2), "dst": unsigned(2)})
+        ent = [Signal(EL, name=f"mv_e{i}") for i in range(2)]
+        val = [Signal(name=f"mv_v{i}") for i in range(2)]
+        new = Signal(EL)
+        m.d.comb += [new.rows.eq(field(ir, "rows", "MATVEC")), new.bpr.eq(d.bpr),
+                     new.bank.eq(field(ir, "bank", "MATVEC")), new.slot.eq(field(ir, "slot", "MATVEC")),
+                     new.epi.eq(field(ir, "epi", "MATVEC")), new.flags.eq(field(ir, "flags", "MATVEC")[:2]),
+                     new.dst.eq(field(ir, "dst", "MATVEC"))]
+        finish = Signal()
+        push = issued("matvec")
+        with m.If(finish):
+            m.d.sync += [ent[0].eq(ent[1]), val[0].eq(val[1]), val[1].eq(0)]
+        with m.If(push):
+            with m.If(~val[0] | (finish & ~val[1])):
+                m.d.sync += [ent[0].eq(new), val[0].eq(1)]
+            with m.Else():
+                m.d.sync += [ent[1].eq(new), val[1].eq(1)]
+
+        # compute: one command at a time on all engines (engine e takes rows e, e + E, ...); the epilogue is
+        # drained before the next command starts
+        cur = ent[0]
+        started = Signal()
+        go = [Signal(name=f"mv_go{e}") for e in range(E)]
+        rows_e = [((cur.rows + (E - 1 - e)) >> (E.bit_length() - 1)) if E > 1 else cur.rows for e in range(E)]
+        for e in range(E):
+            mv = engines[e]
+            m.d.comb += [mv.cmd.valid.eq(val[0] & ~started & ~go[e]), mv.cmd.payload.rows.eq(rows_e[e]),
+                         mv.cmd.payload.beats.eq(cur.bpr), mv.cmd.payload.bank.eq(cur.bank)]
+            with m.If(mv.cmd.valid & mv.cmd.ready):
+                m.d.sync += go[e].eq(1)
+        all_go = Const(1, 1)
+        for e in range(E):
+            all_go = all_go & (go[e] | (mv_cmd_fire(engines[e])))
+        with m.If(val[0] & ~started & all_go):
+            m.d.sync += started.eq(1)
+            for e in range(E):
+                m.d.sync += go[e].eq(0)
+        with m.If(finish):
+            m.d.sync += started.eq(0)
+        need_e = [Signal(BEATS_WIDTH, name=f"need{e}") for e in range(E)]
+        stall = Const(0, 1)
+        for e in range(E):
+            fire_w = engines[e].weights.valid & engines[e].weights.ready
+            with m.If(engines[e].cmd.valid & engines[e].cmd.ready):
+                m.d.sync += need_e[e].eq(rows_e[e] * cur.bpr)
+            with m.Elif(fire_w):
+                m.d.sync += need_e[e].eq(need_e[e] - 1)
+            stall = stall | ((need_e[e] != 0) & ~wq[e].r_rdy)
+        m.d.comb += self.stall.eq(stall)
+
+        # merge rows in order (row r from engine r % E) -> serialiser: one token's accumulator per cycle
+        mrow = Signal(range(E)) if E > 1 else Const(0, 1)
+        outs = [engines[e].out for e in range(E)]
+        o_valid = Array(o.valid for o in outs)[mrow] if E > 1 else outs[0].valid
+        held = Signal()
+        st = Signal(range(K))
+        accs = Array(Signal(signed(N.ACC_BITS), name=f"acc{t}") for t in range(K))
+        last_tok = st == k - 1
+        take = Signal()
+        m.d.comb += take.eq(~held | last_tok)
+        for e in range(E):
+            m.d.comb += outs[e].ready.eq(take & (mrow == e))
+        o_fire = o_valid & take
+        with m.If(held):
+            m.d.sync += st.eq(st + 1)
+            with m.If(last_tok):
+                m.d.sync += [held.eq(0), st.eq(0)]
+        with m.If(o_fire):
+            m.d.sync += [held.eq(1), st.eq(0)]
+            if E > 1:
+                m.d.sync += mrow.eq(mrow + 1)
+            for e in range(E):
+                with m.If(mrow == e):
+                    for t in range(K):
+                        m.d.sync += accs[t].eq(outs[e].payload.acc[t])
+        with m.If(finish):
+            if E > 1:
+                m.d.sync += mrow.eq(0)
+        m.submodules.dequant = dq = Q.Dequantize()
+        m.d.comb += [dq.i.valid.eq(held), dq.i.payload.acc.eq(accs[st]), dq.i.payload.M.eq(Mr[cur.slot][st]),
+                     dq.i.payload.shift.eq(Sr[cur.slot][st]), dq.i.payload.last.eq(0), dq.o.ready.eq(1)]
+        # E1: the dequantised element (t1, r1)
+        t1, r1 = Signal(range(K + 1)), Signal(32)
+        y = dq.o.payload.y
+        v1 = dq.o.valid
+        with m.If(v1):
+            with m.If(t1 + 1 == k):
+                m.d.sync += [t1.eq(0), r1.eq(r1 + 1)]
+            with m.Else():
+                m.d.sync += t1.eq(t1 + 1)
+        epi = cur.epi
+        lastrow1 = r1 + 1 == cur.rows
+        for i in range(3):
+            m.d.comb += [tw[i].addr.eq(taddr(t1, r1)), tw[i].data.eq(y),
+                         tw[i].en.eq(v1 & ((epi == I.EPI_STORE) | (epi == I.EPI_HEAD)) & (cur.dst == i))]
+        argm = [A.Argmax(max_len=MAX_VOCAB) for _ in range(K)]
+        arg_out = Signal(range(K + 1))
+        m.d.comb += arg_out.eq(sum(a.o.valid for a in argm))
+        for t in range(K):
+            m.submodules[f"argmax{t}"] = argm[t]
+            m.d.comb += [argm[t].i.valid.eq(v1 & (epi == I.EPI_HEAD) & (t1 == t)), argm[t].i.payload.x.eq(y),
+                         argm[t].i.payload.last.eq(lastrow1 & cur.flags[1]), argm[t].o.ready.eq(1)]
+            with m.If(argm[t].o.valid):
+                m.d.sync += arg[t].eq(argm[t].o.payload.index)
+        m.d.comb += [xr2.addr.eq(taddr(t1, r1)), t0r2.addr.eq(taddr(t1, r1))]
+        v2, y2, t2, r2 = Signal(), Signal(signed(32)), Signal(range(K + 1)), Signal(32)
+        m.d.sync += [v2.eq(v1 & ((epi == I.EPI_RESID) | (epi == I.EPI_GLU))), y2.eq(y), t2.eq(t1), r2.eq(r1)]
+        # E2 -> residual add / gated product
+        m.submodules.resadd = ra = A.ResidualAdd()
+        m.submodules.gp_g = gg = A.GatedProduct()
+        m.d.comb += [ra.i.valid.eq(v2 & (epi == I.EPI_RESID)), ra.i.payload.x.eq(xr2.data), ra.i.payload.y.eq(y2),
+                     ra.i.payload.last.eq(0), ra.o.ready.eq(1),
+                     gg.i.valid.eq(v2 & (epi == I.EPI_GLU)), gg.i.payload.a.eq(y2), gg.i.payload.b.eq(t0r2.data),
+                     gg.i.payload.frac.eq(self.act_frac), gg.i.payload.last.eq(0), gg.o.ready.eq(1)]
+        t3, r3 = Signal(range(K + 1)), Signal(32)
+        v3 = ra.o.valid | gg.o.valid
+        with m.If(v3):
+            with m.If(t3 + 1 == k):
+                m.d.sync += [t3.eq(0), r3.eq(r3 + 1)]
+            with m.Else():
+                m.d.sync += t3.eq(t3 + 1)
+        lastrow3 = r3 + 1 == cur.rows
+        feed_max(mx_x_in, t3, ra.o.payload.z, lastrow3, ra.o.valid)
+        feed_max(mx_a_in, t3, gg.o.payload.u, lastrow3, gg.o.valid)
+        # X and A write ports are shared with the vector engine (never active together)
+        vx_en, vx_addr, vx_data = self._v_xw
+        va_en, va_addr, va_data = self._v_aw
+        m.d.comb += [xw.en.eq(vx_en | ra.o.valid), xw.addr.eq(Mux(vx_en, vx_addr, taddr(t3, r3))),
+                     xw.data.eq(Mux(vx_en, vx_data, ra.o.payload.z)),
+                     aw.en.eq(va_en | gg.o.valid), aw.addr.eq(Mux(va_en, va_addr, taddr(t3, r3))),
+                     aw.data.eq(Mux(va_en, va_data, gg.o.payload.u))]
+        # completion: every element of every row finalised, plus the per-token reductions
+        fin_elems = Signal(32)          # elements finalised (rows * k at the end)
+        red_cnt = Signal(range(K + 1))
+        final_now = Mux((epi == I.EPI_RESID) | (epi == I.EPI_GLU), v3, v1)
+        with m.If(started):
+            m.d.sync += fin_elems.eq(fin_elems + final_now)
+            with m.Switch(epi):
+                with m.Case(I.EPI_RESID):
+                    m.d.sync += red_cnt.eq(red_cnt + mx_x_out)
+                with m.Case(I.EPI_GLU):
+                    m.d.sync += red_cnt.eq(red_cnt + mx_a_out)
+                with m.Case(I.EPI_HEAD):
+                    m.d.sync += red_cnt.eq(red_cnt + arg_out)
+        need_red = (epi == I.EPI_RESID) | (epi == I.EPI_GLU) | ((epi == I.EPI_HEAD) & cur.flags[1])
+        total = Signal(32)
+        m.d.comb += total.eq(cur.rows * k)
+        m.d.comb += finish.eq(started & (fin_elems == total) & (~need_red | (red_cnt == k)))
+        with m.If(finish):
+            m.d.sync += [fin_elems.eq(0), red_cnt.eq(0), t1.eq(0), r1.eq(0), t3.eq(0), r3.eq(0),
+                         done[ENGINE_ID["matvec"]].eq(1)]

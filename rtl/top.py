@@ -1,0 +1,117 @@
+"""``mmfree_accel``: the whole accelerator, one bitstream for every model size.
+
+Ports (names from :mod:`mmfree.rtl.regmap`): ``clk``, ``rst`` (active-high synchronous), ``s_axil``
+(AXI4-Lite slave, the CSRs), ``m_axi`` (AXI4 master to DDR, ``8 * bus_bytes`` data bits), ``irq``.
+
+Inside::
+
+    s_axil -> CsrBlock --start/regs--> Sequencer --dispatch--> Datapath (load | store | vector | matvec)
+                                          |  ctl client            | vec, load, weight clients | store
+                                          +--------> AxiReader <---+                           AxiWriter --> m_axi
+                                                                   (priority ctl > vec > load > weights)
+
+The sequencer resets the datapath and the AXI engines (``core_rst``) at every START and after an abort.
+Counters: CYCLES (START to DONE/ERROR), STALLS (the ternary engine waited for weight data), RD_BYTES /
+WR_BYTES (AXI data beats x bus width).
+"""
+
+from __future__ import annotations
+
+from amaranth import Module, ResetInserter, Signal
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from mmfree.rtl import regmap as RM
+from mmfree.rtl.axi import AxiReader, AxiWriter, axi4_signature, axil_signature
+from mmfree.rtl.compiler import HwConfig
+from mmfree.rtl.csr import CsrBlock
+from mmfree.rtl.datapath import Datapath
+from mmfree.rtl.pipeline import check_int
+from mmfree.rtl.sequencer import Sequencer
+
+CLIENT_CTL, CLIENT_VEC, CLIENT_LOAD, CLIENT_W = range(4)
+
+
+class MmfreeAccel(wiring.Component):
+    """The accelerator top. Parameters: ``hw`` (:class:`mmfree.rtl.compiler.HwConfig`: bus width, max tokens,
+    max width), ``addr_width`` of the AXI master, ``max_burst`` beats (16: the Zynq HP-port safe choice),
+    ``weight_fifo_beats`` (the weight queue of each ternary engine: how far prefetched rows run ahead),
+    ``max_outstanding`` reads."""
+
+    def __init__(self, hw: HwConfig | None = None, addr_width: int = 40, max_burst: int = 16,
+                 weight_fifo_beats: int = 2048, max_outstanding: int = 16):
+        hw = hw or HwConfig()
+        check_int("addr_width", addr_width, "an integer in 32..64", lambda v: 32 <= v <= 64)
+        check_int("weight_fifo_beats", weight_fifo_beats, f"an integer >= max_burst ({max_burst})",
+                  lambda v: v >= max_burst)
+        self.hw, self.addr_width, self.max_burst = hw, addr_width, max_burst
+        self.weight_fifo_beats, self.max_outstanding = weight_fifo_beats, max_outstanding
+        super().__init__({
+            RM.PORT_AXI_LITE: In(axil_signature(RM.CSR_ADDR_BITS)),
+            RM.PORT_AXI_MASTER: Out(axi4_signature(addr_width, 8 * hw.bus_bytes)),
+            RM.PORT_IRQ: Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        hw = self.hw
+        core_rst = Signal()
+        m.submodules.csr = csr = CsrBlock(hw.hw_config_reg, hw.hw_limits_reg)
+        m.submodules.seq = seq = Sequencer(hw, self.addr_width)
+        rd = AxiReader(self.addr_width, hw.bus_bytes, fifo_depths=(32, 32, 64, 64),
+                       max_burst=self.max_burst, max_outstanding=self.max_outstanding)
+        wr = AxiWriter(self.addr_width, hw.bus_bytes, max_burst=self.max_burst)
+        dp = Datapath(hw, self.addr_width, weight_fifo_beats=self.weight_fifo_beats)
+        m.submodules.reader = ResetInserter(core_rst)(rd)
+        m.submodules.writer = ResetInserter(core_rst)(wr)
+        m.submodules.datapath = ResetInserter(core_rst)(dp)
+        m.d.comb += core_rst.eq(seq.core_rst)
+
+        # ---- buses ----------------------------------------------------------------------------------------
+        wiring.connect(m, wiring.flipped(getattr(self, RM.PORT_AXI_LITE)), csr.s_axil)
+        m.d.comb += getattr(self, RM.PORT_IRQ).eq(csr.irq)
+        maxi = getattr(self, RM.PORT_AXI_MASTER)
+        for name, member in maxi.signature.members.items():
+            src = rd.axi if name.startswith(("ar", "r")) else wr.axi     # AR/R: reader; AW/W/B: writer
+            outer, inner = getattr(maxi, name), getattr(src, name)
+            m.d.comb += (outer.eq(inner) if member.flow == Out else inner.eq(outer))
+
+        # ---- CSR <-> sequencer ------------------------------------------------------------------------------
+        for name in RM.ADDRESS_REGS:
+            m.d.comb += getattr(seq, "reg_" + name.lower()).eq(getattr(csr, "reg_" + name.lower()))
+        m.d.comb += [seq.start.eq(csr.start), seq.soft_reset.eq(csr.soft_reset), seq.num_tokens.eq(csr.num_tokens),
+                     seq.flags.eq(csr.flags), csr.finished.eq(seq.finished),
+                     csr.in_status.eq(seq.busy * RM.STAT_BUSY | seq.done * RM.STAT_DONE | seq.error * RM.STAT_ERROR),
+                     csr.in_error_code.eq(seq.error_code), csr.in_argmax.eq(seq.argmax), csr.in_pc.eq(seq.pc),
+                     csr.in_cycles.eq(seq.cycles)]
+        stalls, rd_bytes, wr_bytes = Signal(64), Signal(64), Signal(64)
+        with m.If(seq.start & ~seq.busy):
+            m.d.sync += [stalls.eq(0), rd_bytes.eq(0), wr_bytes.eq(0)]
+        with m.Elif(seq.busy):
+            m.d.sync += [stalls.eq(stalls + dp.stall), rd_bytes.eq(rd_bytes + rd.beats * hw.bus_bytes),
+                         wr_bytes.eq(wr_bytes + wr.beats * hw.bus_bytes)]
+        m.d.comb += [csr.in_stalls.eq(stalls), csr.in_rd_bytes.eq(rd_bytes), csr.in_wr_bytes.eq(wr_bytes)]
+
+        # ---- sequencer <-> AXI engines ------------------------------------------------------------------------
+        wiring.connect(m, seq.ctl_cmd, rd.c0_cmd)
+        wiring.connect(m, rd.c0_data, seq.ctl_data)
+        abort = seq.axi_abort
+        m.d.comb += [rd.abort.eq(abort), wr.abort.eq(abort), seq.rd_quiet.eq(rd.quiet), seq.wr_quiet.eq(wr.quiet),
+                     seq.rd_error.eq(rd.error), seq.wr_error.eq(wr.error)]
+
+        # ---- sequencer <-> datapath -----------------------------------------------------------------------------
+        m.d.comb += [dp.issue.eq(seq.issue), dp.dispatch.eq(seq.dispatch), seq.done_pulse.eq(dp.done_pulse),
+                     seq.dp_error.eq(dp.error), seq.dp_error_code.eq(dp.error_code), dp.k.eq(seq.k),
+                     dp.write_logits.eq(seq.write_logits), dp.tokens.eq(seq.tokens), dp.parents.eq(seq.parents),
+                     dp.act_frac.eq(seq.act_frac), dp.c_m.eq(seq.c_m), dp.c_e.eq(seq.c_e),
+                     seq.dp_arg_last.eq(dp.arg_last), dp.wr_quiet.eq(wr.quiet)]
+        wiring.connect(m, dp.vec_cmd, rd.c1_cmd)
+        wiring.connect(m, rd.c1_data, dp.vec_data)
+        wiring.connect(m, dp.load_cmd, rd.c2_cmd)
+        wiring.connect(m, rd.c2_data, dp.load_data)
+        wiring.connect(m, seq.fetch, dp.fetch)
+        wiring.connect(m, dp.w_cmd, rd.c3_cmd)
+        wiring.connect(m, rd.c3_data, dp.w_data)
+        wiring.connect(m, dp.st_cmd, wr.cmd)
+        wiring.connect(m, dp.st_data, wr.data)
+        return m

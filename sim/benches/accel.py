@@ -1,0 +1,108 @@
+"""cocotb bench of the whole accelerator: the reference host (:mod:`mmfree.boards.driver`) drives the RTL through
+the simulated board (:class:`mmfree.sim.accel.SimSession`) as a PYNQ driver would drive the real one.
+
+The job comes from the JSON file named by ``MMFREE_ACCEL_JOB`` (written by :func:`mmfree.sim.accel.run_job`):
+
+* ``compiled``: a directory written by :meth:`mmfree.rtl.compiler.Compiled.save`;
+* ``kind``: ``"generate"`` (``prompt``, ``n_tokens``, ``k``, ``write_logits``: :func:`mmfree.boards.driver.generate`
+  on :class:`~mmfree.boards.driver.AccelHost`), ``"script"`` (``steps``, see :func:`mmfree.boards.driver.run_script`)
+  or ``"run"``: the board-level driver :class:`mmfree.boards.driver.Accelerator` over a
+  :class:`~mmfree.boards.driver.BoardTransport` around the simulated board, exactly as ``mmfree run --board B``
+  drives a PYNQ board (``prompt``, ``n_tokens``, ``k``, ``draft``: null, ``"lookup"`` or ``"trigram"`` with
+  ``table`` a trigram table file, ``write_logits``, ``timeout_s``, and ``inject``: scripted steps run after
+  the generation, e.g. a bad base address or a token id outside the vocabulary, each recorded as its error
+  code, detail and message or its argmax);
+* ``memory`` ("hdl" or "python"), ``pause_seed`` (random AXI pauses with the Python memory), ``workdir``.
+
+Results go to ``job_result.json`` (tokens, per-pass counters, errors) and ``job_arrays.npz`` (logits,
+argmax and states of every pass) in ``workdir``; the comparison with IntModel happens outside.
+"""
+
+import json
+import os
+import traceback
+from pathlib import Path
+
+import cocotb
+import numpy as np
+from cocotb.task import bridge
+
+from mmfree.rtl.compiler import Compiled
+from mmfree.sim.accel import SimSession, SyncBoard
+from mmfree.boards.driver import (AccelHost, Accelerator, BoardTransport, PromptLookupDrafter, TrigramDrafter,
+                                  generate, run_script)
+
+
+def _run_job(board, job, compiled, progress):
+    """The "run" kind: the high-level driver, as on a board."""
+    acc = Accelerator(BoardTransport(board, kind="sim"), compiled, timeout_s=job.get("timeout_s", 60.0),
+                      write_logits=job.get("write_logits", True))
+    draft = job.get("draft")
+    if draft == "trigram":
+        drafter = TrigramDrafter(job["table"], adapt=job.get("adapt", True))
+    elif draft == "lookup":
+        drafter = PromptLookupDrafter()
+    else:
+        drafter = None
+    g = acc.generate(job["prompt"], job["n_tokens"], draft=drafter, k=job.get("k"), progress=progress)
+    out = {"tokens": g.tokens, "passes": g.passes, "counters": g.counters, "k": g.k, "draft": g.draft}
+    if job.get("inject"):
+        inject = []
+        for rec in run_script(acc.host, job["inject"]):
+            inject.append({key: (v.tolist() if key == "argmax" else v) for key, v in rec.items()
+                           if key in ("error", "detail", "message", "tokens", "argmax", "cycles")})
+        out["inject"] = inject
+    return out
+
+
+def _host_job(board, job, compiled):
+    step = [0]
+
+    def progress(tok):
+        step[0] += 1
+        if job.get("progress"):         # the parent process polls this for its progress bar
+            (Path(job["workdir"]) / "progress.txt").write_text(str(step[0]))
+
+    if job["kind"] == "run":
+        return _run_job(board, job, compiled, progress)
+    host = AccelHost(board, compiled, timeout_s=job.get("timeout_s", 60.0))
+    if job["kind"] == "generate":
+        tokens, passes = generate(host, job["prompt"], job["n_tokens"], k=job.get("k", 1),
+                                  write_logits=job.get("write_logits", True), progress=progress)
+        return {"tokens": tokens, "passes": passes}
+    if job["kind"] == "script":
+        return {"tokens": [], "passes": run_script(host, job["steps"])}
+    raise ValueError(f"unknown job kind {job['kind']!r}")
+
+
+@cocotb.test()
+async def accel_job(dut):
+    job = json.loads(Path(os.environ["MMFREE_ACCEL_JOB"]).read_text())
+    wd = Path(job["workdir"])
+    session = SimSession(dut, memory=job["memory"], workdir=wd, pause_seed=job.get("pause_seed"),
+                         bus_bytes=job["bus_bytes"], max_wait_cycles=job.get("max_wait_cycles", 50_000_000))
+    await session.start()
+    board = SyncBoard(session)
+    compiled = Compiled.load(job["compiled"])
+    try:
+        res = await bridge(_host_job)(board, job, compiled)
+    except Exception as exc:
+        (wd / "job_result.json").write_text(json.dumps({"error": f"{type(exc).__name__}: {exc}",
+                                                        "traceback": traceback.format_exc()}))
+        raise
+    arrays = {}
+    meta = []
+    for i, p in enumerate(res["passes"]):
+        q = {}
+        for key, v in p.items():
+            if isinstance(v, np.ndarray):
+                arrays[f"{key}{i}"] = v
+            elif v is None and key == "logits":
+                continue
+            else:
+                q[key] = v
+        meta.append(q)
+    np.savez(wd / "job_arrays.npz", **arrays)
+    extra = {key: res[key] for key in ("counters", "inject", "k", "draft") if key in res}
+    (wd / "job_result.json").write_text(json.dumps(dict({"tokens": res["tokens"], "passes": meta}, **extra),
+                                                   default=int))

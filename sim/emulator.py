@@ -1,0 +1,535 @@
+"""ISA-level emulator of the accelerator: runs a compiled program (:mod:`mmfree.rtl.isa`) on a DDR model
+with the primitives of :mod:`mmfree.pymodel.numerics`, one instruction at a time.
+
+It is the accelerator's second implementation, independent of the RTL: it validates the compiler against
+:class:`mmfree.pymodel.intmodel.IntModel` (bit-exact), it defines what every instruction computes for the
+RTL tests, and it reports per-instruction work (:class:`TraceEntry`) for the performance model.
+
+The checks the hardware makes (base alignment, address window, token range, parents, operand legality,
+widths, program end) raise :class:`AccelError` with the hardware's error code from
+:mod:`mmfree.rtl.regmap`, in the hardware's order. Program mistakes the hardware cannot see (reading
+codes of another width, an out-of-order head) raise :class:`ProgramError`.
+
+:class:`EmulatedBoard` wraps it in the board interface of :mod:`mmfree.sim.accel` (CSR read32/write32,
+DDR write/read, wait for the interrupt), so host code runs unchanged on the emulator and on the RTL.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mmfree import MmfreeError
+from mmfree.pymodel import numerics as N
+from mmfree.rtl import isa as I
+from mmfree.rtl import regmap as RM
+from mmfree.rtl.compiler import HwConfig
+
+
+class AccelError(MmfreeError):
+    """The accelerator stopped with ``STATUS.ERROR``: ``code`` (an ``ERR_*``) and ``detail`` as in ERROR_CODE."""
+
+    def __init__(self, code: int, detail: int = 0, pc: int | None = None):
+        self.code, self.detail, self.pc = code, detail, pc
+        where = f" at program byte {pc}" if pc is not None else ""
+        super().__init__(RM.error_message(code | (detail << 8)) + where)
+
+    @property
+    def register(self) -> int:
+        return self.code | (self.detail << 8)
+
+
+class ProgramError(MmfreeError):
+    """The program is malformed in a way the hardware does not detect (its behaviour would be undefined)."""
+
+
+class Ddr:
+    """A byte-addressed DDR window ``[base, base + size)``. Unpacked ternary matrices are cached per address
+    range and dropped when anything writes over them."""
+
+    def __init__(self, base: int, size: int):
+        if base % RM.ALIGN or size <= 0:
+            raise ValueError(f"DDR base must be {RM.ALIGN}-byte aligned and size positive, got {base:#x}, {size}")
+        self.base, self.size = base, size
+        self.data = bytearray(size)
+        self._ternary: dict[tuple[int, int, int], np.ndarray] = {}
+
+    @property
+    def end(self) -> int:
+        return self.base + self.size
+
+    def _span(self, addr: int, n: int) -> int:
+        if addr < self.base or addr + n > self.end or n < 0:
+            raise MmfreeError(f"DDR access [{addr:#x}, {addr + n:#x}) outside the memory [{self.base:#x}, {self.end:#x})")
+        return addr - self.base
+
+    def write(self, addr: int, data: bytes) -> None:
+        o = self._span(addr, len(data))
+        self.data[o:o + len(data)] = data
+        if self._ternary:
+            end = addr + len(data)
+            for key in [k for k in self._ternary if k[0] < end and addr < k[0] + k[1] * N.row_bytes(k[2])]:
+                del self._ternary[key]
+
+    def read(self, addr: int, n: int) -> bytes:
+        o = self._span(addr, n)
+        return bytes(self.data[o:o + n])
+
+    def words(self, addr: int, n: int, dtype: str) -> np.ndarray:
+        return np.frombuffer(self.read(addr, 4 * n), dtype=dtype).astype(np.int64)
+
+    def ternary(self, addr: int, rows: int, k: int) -> np.ndarray:
+        key = (addr, rows, k)
+        w = self._ternary.get(key)
+        if w is None:
+            rb = N.row_bytes(k)
+            raw = np.frombuffer(self.read(addr, rows * rb), dtype=np.uint8).reshape(rows, rb)
+            w = N.unpack_ternary(raw, k).astype(np.float32)
+            self._ternary[key] = w
+        return w
+
+
+@dataclass
+class TraceEntry:
+    """Work of one executed instruction: what the performance model prices."""
+
+    pc: int
+    instr: I.Instr
+    elements: int = 0          # vector elements processed (all tokens)
+    rows: int = 0              # ternary rows
+    beats: int = 0             # weight bus beats (padded rows)
+    bytes_read: int = 0
+    bytes_written: int = 0
+
+
+@dataclass
+class RunStats:
+    instructions: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
+    trace: list[TraceEntry] = field(default_factory=list)
+
+
+class Emulator:
+    """The accelerator's architectural state and program execution. Registers are set in ``regs``
+    (64-bit values by the names of :data:`regmap.ADDRESS_REGS`, and ``NUM_TOKENS``, ``FLAGS``); :meth:`run`
+    executes the program at ``PROG_BASE`` and returns :class:`RunStats`, or raises :class:`AccelError`."""
+
+    def __init__(self, hw: HwConfig, ddr: Ddr, trace: bool = False):
+        self.hw, self.ddr, self.trace = hw, ddr, trace
+        self.regs: dict[str, int] = {name: 0 for name in RM.ADDRESS_REGS}
+        self.regs.update(NUM_TOKENS=1, FLAGS=0)
+        self.regs["MEM_LO"], self.regs["MEM_HI"] = ddr.base, ddr.end
+        self.argmax_last = 0
+        self.pc = 0
+
+    # ---- helpers ----------------------------------------------------------------------------------------
+    def _range(self, base_idx: int, addr: int, n: int) -> None:
+        if addr < self.regs["MEM_LO"] or addr + n > self.regs["MEM_HI"]:
+            raise AccelError(RM.ERR_ADDRESS_RANGE, base_idx, self.pc)
+
+    def _filled(self, buf: int, n: int, ins: I.Instr) -> None:
+        if self.filled[buf] < n:
+            raise AccelError(RM.ERR_NOT_LOADED, I.OPCODE[ins.op], self.pc)
+
+    @staticmethod
+    def _shift(v: np.ndarray) -> int:
+        return int(np.asarray(N.normalize_input(v)[1]).reshape(-1)[0])
+
+    # ---- a run --------------------------------------------------------------------------------------------
+    def run(self) -> RunStats:
+        """Execute the program at PROG_BASE (see the class docstring)."""
+        try:
+            return self._run()
+        except MmfreeError as exc:
+            if isinstance(exc, (AccelError, ProgramError)):
+                raise
+            # the address lies inside [MEM_LO, MEM_HI) but no memory answers there: a DECERR on the bus
+            raise AccelError(RM.ERR_AXI, 0, self.pc) from exc
+
+    def _run(self) -> RunStats:
+        hw, regs = self.hw, self.regs
+        stats = RunStats()
+        self.pc = 0
+        k = regs["NUM_TOKENS"]
+        if not 1 <= k <= hw.max_tokens:
+            raise AccelError(RM.ERR_NUM_TOKENS)
+        tree = bool(regs["FLAGS"] & RM.FLAG_TREE)
+        logits_on = bool(regs["FLAGS"] & RM.FLAG_WRITE_LOGITS)
+        for i, name in enumerate(RM.ADDRESS_REGS):
+            if name == "PARENTS" and not tree or name == "LOGITS" and not logits_on:
+                continue
+            if regs[name] % RM.ALIGN:
+                raise AccelError(RM.ERR_UNALIGNED, i)
+        prog = regs["PROG_BASE"]
+        self._range(I.BASE["PROG_BASE"], prog, I.HEADER_BYTES)
+        try:
+            header = I.Header.decode(self.ddr.read(prog, I.HEADER_BYTES))
+        except I.IsaError:
+            raise AccelError(RM.ERR_BAD_INSTRUCTION, 0) from None
+        if header.version != I.ISA_VERSION:
+            raise AccelError(RM.ERR_BAD_INSTRUCTION, 0)
+        if header.width_units * I.WIDTH_UNIT > hw.max_width:
+            raise AccelError(RM.ERR_TOO_WIDE, header.width_units)
+        self._range(I.BASE["PROG_BASE"], prog, I.HEADER_BYTES + header.n_instr * I.INSTR_BYTES)
+        self._range(I.BASE["TOKENS"], regs["TOKENS"], 4 * k)
+        self.tokens = self.ddr.words(regs["TOKENS"], k, "<u4")
+        stats.bytes_read += 4 * k
+        if tree:
+            self._range(I.BASE["PARENTS"], regs["PARENTS"], 4 * k)
+            self.parents = self.ddr.words(regs["PARENTS"], k, "<i4")
+            stats.bytes_read += 4 * k
+            for j, q in enumerate(self.parents):
+                if not -1 <= q < j:
+                    raise AccelError(RM.ERR_BAD_PARENT, j)
+        else:
+            self.parents = np.arange(-1, k - 1)
+        W, K = hw.max_width, hw.max_tokens
+        self.k = k
+        self.buf = {b: np.zeros((K, W) if b in I.PER_TOKEN else (W,), dtype=np.int64) for b in range(len(I.BUFFERS))}
+        self.filled = {b: 0 for b in I.STREAMED}
+        self.codes = np.zeros((I.BANKS, K, W), dtype=np.int64)
+        self.codes_len = [0] * I.BANKS
+        self.sh = {I.RES_SHX: np.zeros(K, dtype=np.int64), I.RES_SHA: np.zeros(K, dtype=np.int64)}
+        self.const = [(0, 0)] * I.SLOTS
+        self.P = np.zeros((I.SLOTS, K), dtype=np.int64)
+        self.M = np.zeros((I.SLOTS, K), dtype=np.int64)
+        self.SHIFT = np.zeros((I.SLOTS, K), dtype=np.int64)
+        self.SZ = np.zeros((I.SLOTS, K), dtype=np.int64)
+        self.arg_best = np.zeros(K, dtype=np.int64)
+        self.arg_index = np.zeros(K, dtype=np.int64)
+        self.arg_count = 0
+        self.arg = np.zeros(K, dtype=np.int64)
+        self.frac = None
+        self.prefetches: list[tuple[int, int, int]] = []
+        for n in range(header.n_instr + 1):
+            self.pc = I.HEADER_BYTES + n * I.INSTR_BYTES
+            if n == header.n_instr:
+                raise AccelError(RM.ERR_PROGRAM, 0, self.pc)
+            raw = self.ddr.read(prog + self.pc, I.INSTR_BYTES)
+            stats.bytes_read += I.INSTR_BYTES
+            try:
+                ins = I.Instr.decode(raw)
+            except I.IsaError:
+                raise AccelError(RM.ERR_BAD_INSTRUCTION, raw[0], self.pc) from None
+            stats.instructions += 1
+            if ins.op == "HALT":
+                break
+            self.check(ins)
+            entry = TraceEntry(self.pc, ins)
+            getattr(self, "_op_" + ins.op.lower())(ins, entry)
+            stats.bytes_read += entry.bytes_read
+            stats.bytes_written += entry.bytes_written
+            if self.trace:
+                stats.trace.append(entry)
+        self.argmax_last = int(self.arg[k - 1])
+        return stats
+
+    # ---- the checks of the decoder, in the hardware's order -----------------------------------------------
+    def check(self, ins: I.Instr) -> tuple[int | None, int]:
+        """The decoder's checks of one instruction (docs/accelerator.md), in order: operand legality
+        (ERR_BAD_INSTRUCTION), widths (ERR_TOO_WIDE), address alignment (ERR_BAD_INSTRUCTION), then the
+        DDR window (ERR_ADDRESS_RANGE). Returns ``(address, span)`` of its DDR operand (``None`` if it has
+        none or a STORE is skipped because FLAGS.WRITE_LOGITS is clear), or raises :class:`AccelError`."""
+        op, a = ins.op, ins
+        bad = AccelError(RM.ERR_BAD_INSTRUCTION, I.OPCODE[op], self.pc)
+        base_ok = a["base"] < I.BASE["MEM_LO"]
+        legal = {
+            "HALT": True, "SYNC": True,
+            "SETC": a["slot"] < I.SLOTS,
+            "SETF": N.SIG_STEPS_LOG2 < a["act_frac"] <= N.FRAC_MAX,
+            "LOAD": a["dst"] <= I.LD_NORM and (2 <= a["fields"] <= 1 + I.SLOTS if a["dst"] == I.LD_NORM
+                                              else a["fields"] == 1) and a["count"] >= 1 and base_ok,
+            "STORE": a["src"] <= I.ST_ARG and not a["flags"] & ~I.STORE_IF_LOGITS and a["count"] >= 1 and base_ok
+                     and (a["src"] != I.ST_ARG or a["count"] == 1),
+            "EMBED": a["count"] >= 1 and a["vocab"] >= 1 and 16 * a["stride16"] >= 4 * a["count"] and base_ok,
+            "QSTATS": a["src"] <= I.SRC_A and 1 <= a["nproj"] <= I.SLOTS and a["count"] >= 1,
+            "QCODES": a["src"] <= I.SRC_A and a["slot"] < I.SLOTS and a["bank"] < I.BANKS and a["count"] >= 1,
+            "HGRN": a["count"] >= 1,
+            "MATVEC": a["bank"] < I.BANKS and a["slot"] < I.SLOTS and a["epi"] <= I.EPI_HEAD and a["dst"] <= I.DST_T2
+                      and not a["flags"] & ~(I.HEAD_FIRST | I.HEAD_LAST | I.PREFETCHED)
+                      and ((a["flags"] & (I.HEAD_FIRST | I.HEAD_LAST)) == 0 or a["epi"] == I.EPI_HEAD)
+                      and a["rows"] >= 1 and a["count"] >= 1 and base_ok,
+            "PREFETCH": a["rows"] >= 1 and a["count"] >= 1 and base_ok,
+        }[op]
+        if not legal:
+            raise bad
+        W = self.hw.max_width
+        if a["count"] > W or (op in ("MATVEC", "PREFETCH") and a["rows"] > W):
+            raise AccelError(RM.ERR_TOO_WIDE, 0, self.pc)
+        if op not in ("LOAD", "STORE", "EMBED", "MATVEC", "PREFETCH"):
+            return None, 0
+        addr = self.regs[RM.ADDRESS_REGS[a["base"]]] + a["offset"]
+        if addr % (N.ROW_ALIGN_BYTES if op in ("MATVEC", "PREFETCH") else 4) or (op == "STORE" and a["tstride"] % 4):
+            raise bad
+        if op == "STORE" and a["flags"] & I.STORE_IF_LOGITS and not self.regs["FLAGS"] & RM.FLAG_WRITE_LOGITS:
+            return None, 0
+        span = {"LOAD": lambda: 4 * a["count"] * a["fields"],
+                "STORE": lambda: (self.k - 1) * a["tstride"] + 4 * a["count"],
+                "EMBED": lambda: a["vocab"] * 16 * a["stride16"],
+                "MATVEC": lambda: a["rows"] * N.row_bytes(a["count"]),
+                "PREFETCH": lambda: a["rows"] * N.row_bytes(a["count"])}[op]()
+        self._range(a["base"], addr, span)
+        return addr, span
+
+    # ---- instructions -------------------------------------------------------------------------------------
+    def _op_sync(self, ins, e):
+        pass
+
+    def _op_setf(self, ins, e):
+        self.frac = ins["act_frac"]
+
+    def _frac(self) -> int:
+        if self.frac is None:
+            raise ProgramError(f"instruction at byte {self.pc} needs the activation format, but no SETF ran before it")
+        return self.frac
+
+    def _op_setc(self, ins, e):
+        self.const[ins["slot"]] = (ins["c_m"], ins["c_e"])
+
+    def _op_load(self, ins, e):
+        dst, f, n = ins["dst"], ins["fields"], ins["count"]
+        addr, _ = self.check(ins)
+        e.bytes_read = 4 * n * f
+        e.elements = n
+        if dst == I.LD_NORM:
+            rec = self.ddr.words(addr, n * f, "<i4").reshape(n, f)
+            targets = [I.BUF_N] + [I.BUF_NW0 + p for p in range(f - 1)]
+            for c, b in enumerate(targets):
+                self.buf[b][:n] = rec[:, c]
+                self.filled[b] = n
+        else:
+            b = I.BUF_H0 if dst == I.LD_H0 else I.BUF_LB
+            self.buf[b][:n] = self.ddr.words(addr, n, "<i4" if dst == I.LD_H0 else "<u4")
+            self.filled[b] = n
+
+    def _op_store(self, ins, e):
+        src, n, k = ins["src"], ins["count"], self.k
+        addr, _ = self.check(ins)
+        if addr is None:
+            return
+        ts = ins["tstride"]
+        for t in range(k):
+            if src == I.ST_ARG:
+                data = struct.pack("<I", int(self.arg[t]))
+            else:
+                b = {I.ST_H: I.BUF_H, I.ST_T0: I.BUF_T0, I.ST_T1: I.BUF_T1}[src]
+                data = self.buf[b][t, :n].astype("<i4").tobytes()
+            self.ddr.write(addr + t * ts, data)
+        e.bytes_written = 4 * n * k
+        e.elements = n * k
+
+    def _op_embed(self, ins, e):
+        n, V, stride = ins["count"], ins["vocab"], ins["stride16"] * 16
+        addr, _ = self.check(ins)
+        X = self.buf[I.BUF_X]
+        for t in range(self.k):
+            tok = int(self.tokens[t])
+            if tok >= V:
+                raise AccelError(RM.ERR_TOKEN_RANGE, t, self.pc)
+            X[t, :n] = self.ddr.words(addr + tok * stride, n, "<i4")
+            self.sh[I.RES_SHX][t] = self._shift(X[t, :n])
+        e.elements = n * self.k
+        e.bytes_read = self.k * 4 * n
+
+    def _src(self, ins):
+        if ins["src"] == I.SRC_X:
+            return self.buf[I.BUF_X], self.sh[I.RES_SHX]
+        return self.buf[I.BUF_A], self.sh[I.RES_SHA]
+
+    def _op_qstats(self, ins, e):
+        """Per token: u' = u * 2**-sh, ``P_p = max|u' nw_p|`` and the sum-of-squares shift ``sz`` of
+        ``z = u' n`` (numerics.sum_squares) for every slot p < nproj."""
+        self.check(ins)
+        n, npj = ins["count"], ins["nproj"]
+        src, sh = self._src(ins)
+        for b in [I.BUF_N] + [I.BUF_NW0 + p for p in range(npj)]:
+            self._filled(b, n, ins)
+        nvec = self.buf[I.BUF_N][:n]
+        for t in range(self.k):
+            up = N.shift_round(src[t, :n], int(sh[t]))
+            _, sz = N.sum_squares(up * nvec)
+            for p in range(npj):
+                self.P[p, t] = int(np.max(np.abs(up * self.buf[I.BUF_NW0 + p][:n])))
+                self.SZ[p, t] = int(np.asarray(sz).reshape(-1)[0])
+        e.elements = n * self.k
+
+    def _op_qcodes(self, ins, e):
+        """Per token: the codes of slot ``slot`` into ``bank``, ``S = sum rshift_round(u' n, sz)**2`` and the
+        slot's output multiplier ``(M, shift) = output_multiplier(P, S, sz, c_m, c_e)``."""
+        self.check(ins)
+        n, slot, bank = ins["count"], ins["slot"], ins["bank"]
+        src, sh = self._src(ins)
+        self._filled(I.BUF_N, n, ins)
+        self._filled(I.BUF_NW0 + slot, n, ins)
+        nvec, nw = self.buf[I.BUF_N][:n], self.buf[I.BUF_NW0 + slot][:n]
+        c_m, c_e = self.const[slot]
+        for t in range(self.k):
+            up = N.shift_round(src[t, :n], int(sh[t]))
+            P, sz = np.int64(self.P[slot, t]), int(self.SZ[slot, t])
+            self.codes[bank, t, :n] = N.codes_from(up * nw, P)
+            zs = N.rshift_round(up * nvec, sz)
+            S = np.int64(np.sum(zs * zs))
+            M, shift = N.output_multiplier(P, S, np.int64(sz), c_m, c_e)
+            self.M[slot, t], self.SHIFT[slot, t] = int(M), int(shift)
+        self.codes_len[bank] = n
+        e.elements = n * self.k
+
+    def _op_hgrn(self, ins, e):
+        self.check(ins)
+        n = ins["count"]
+        self._filled(I.BUF_H0, n, ins)
+        self._filled(I.BUF_LB, n, ins)
+        H, A = self.buf[I.BUF_H], self.buf[I.BUF_A]
+        lb = self.buf[I.BUF_LB][:n]
+        af = self._frac()
+        for t in range(self.k):
+            q = int(self.parents[t])
+            prev = self.buf[I.BUF_H0][:n] if q < 0 else H[q, :n]
+            rate = N.forget_rate(self.buf[I.BUF_T1][t, :n], lb, af)
+            H[t, :n] = N.hgrn_update(prev, N.silu(self.buf[I.BUF_T0][t, :n], af), rate)
+            A[t, :n] = N.mul_act(self.buf[I.BUF_T2][t, :n], N.silu(H[t, :n], af))
+            self.sh[I.RES_SHA][t] = self._shift(A[t, :n])
+        e.elements = n * self.k
+
+    def _op_prefetch(self, ins, e):
+        addr, _ = self.check(ins)
+        if len(self.prefetches) == I.PREFETCH_DEPTH:
+            raise ProgramError(f"PREFETCH at byte {self.pc}: {I.PREFETCH_DEPTH} prefetches are already waiting for "
+                               "their MATVECs (the hardware would wait forever)")
+        self.prefetches.append((addr, ins["rows"], ins["count"]))
+        e.bytes_read = ins["rows"] * N.row_bytes(ins["count"])
+
+    def _op_matvec(self, ins, e):
+        addr, _ = self.check(ins)
+        if ins["flags"] & I.PREFETCHED:
+            if not self.prefetches or self.prefetches[0] != (addr, ins["rows"], ins["count"]):
+                raise AccelError(RM.ERR_BAD_INSTRUCTION, I.OPCODE["MATVEC"], self.pc)
+            self.prefetches.pop(0)
+        elif self.prefetches:
+            raise AccelError(RM.ERR_BAD_INSTRUCTION, I.OPCODE["MATVEC"], self.pc)
+        bank, slot, epi, flags, dst = ins["bank"], ins["slot"], ins["epi"], ins["flags"], ins["dst"]
+        rows, n = ins["rows"], ins["count"]
+        rb = N.row_bytes(n)
+        if self.codes_len[bank] != n:
+            raise ProgramError(f"MATVEC at byte {self.pc} multiplies {n}-wide rows with bank {bank} holding "
+                               f"{self.codes_len[bank]}-wide codes")
+        k = self.k
+        w = self.ddr.ternary(addr, rows, n)
+        acc = (self.codes[bank, :k, :n].astype(np.float32) @ w.T).astype(np.int64)
+        y = N.dequantize(acc, self.M[slot, :k, None], self.SHIFT[slot, :k, None])
+        if epi == I.EPI_STORE:
+            self.buf[I.BUF_T0 + dst][:k, :rows] = y
+        elif epi == I.EPI_GLU:
+            A = self.buf[I.BUF_A]
+            A[:k, :rows] = N.mul_act(N.silu(self.buf[I.BUF_T0][:k, :rows], self._frac()), y)
+            for t in range(k):
+                self.sh[I.RES_SHA][t] = self._shift(A[t, :rows])
+        elif epi == I.EPI_RESID:
+            X = self.buf[I.BUF_X]
+            X[:k, :rows] = N.saturate(X[:k, :rows] + y)
+            for t in range(k):
+                self.sh[I.RES_SHX][t] = self._shift(X[t, :rows])
+        else:
+            self.buf[I.BUF_T0 + dst][:k, :rows] = y
+            if flags & I.HEAD_FIRST:
+                self.arg_count = 0
+            for t in range(k):
+                j = int(N.argmax(y[t]))
+                if self.arg_count == 0 or y[t, j] > self.arg_best[t]:
+                    self.arg_best[t], self.arg_index[t] = y[t, j], self.arg_count + j
+            self.arg_count += rows
+            if flags & I.HEAD_LAST:
+                self.arg[:k] = self.arg_index[:k]
+        e.rows, e.beats = rows, rows * rb // self.hw.bus_bytes
+        e.bytes_read = 0 if flags & I.PREFETCHED else rows * rb
+        e.elements = rows * k
+
+
+class EmulatedBoard:
+    """The emulator behind the board interface of :mod:`mmfree.sim.accel` (CSR + DDR + interrupt).
+
+    Writing ``CONTROL.START`` runs the program to completion at once; the status, counters and the
+    interrupt then read as the hardware leaves them (cycle counters stay 0: the emulator has no clock).
+    """
+
+    def __init__(self, hw: HwConfig, mem_base: int = 0x4000_0000, mem_size: int = 64 << 20):
+        self.hw = hw
+        self.ddr = Ddr(mem_base, mem_size)
+        self.emu = Emulator(hw, self.ddr)
+        self.csr: dict[str, int] = {r.name: 0 for r in RM.REGISTERS}
+        self.csr.update(ID=RM.ID_MAGIC, VERSION=RM.REGMAP_VERSION, HW_CONFIG=hw.hw_config_reg,
+                        HW_LIMITS=hw.hw_limits_reg, NUM_TOKENS=1)
+        self.irq_enabled = False
+        self.last_stats: RunStats | None = None
+
+    @property
+    def mem_window(self) -> tuple[int, int]:
+        return self.ddr.base, self.ddr.end
+
+    def write32(self, offset: int, value: int) -> None:
+        reg = {r.offset: r for r in RM.REGISTERS}.get(offset)
+        if reg is None or reg.access == "ro":
+            return
+        value &= 0xFFFFFFFF
+        if reg.name == "CONTROL":
+            if value & RM.CTRL_IRQ_ENABLE:
+                self.irq_enabled = True
+            if value & RM.CTRL_SOFT_RESET:
+                self.csr["STATUS"] = 0
+                self.csr["ERROR_CODE"] = 0
+                self.csr["IRQ_STATUS"] = 0
+            if value & RM.CTRL_START:
+                self._start()
+            return
+        if reg.name == "IRQ_STATUS":
+            self.csr["IRQ_STATUS"] &= ~value
+            return
+        self.csr[reg.name] = value
+
+    def read32(self, offset: int) -> int:
+        reg = {r.offset: r for r in RM.REGISTERS}.get(offset)
+        if reg is None:
+            return 0
+        if reg.name == "STATUS":
+            return self.csr["STATUS"] | (RM.STAT_IRQ_ENABLED if self.irq_enabled else 0)
+        return self.csr[reg.name]
+
+    def _reg64(self, name: str) -> int:
+        return self.csr[name + "_LO"] | (self.csr[name + "_HI"] << 32)
+
+    def _start(self) -> None:
+        emu = self.emu
+        for name in RM.ADDRESS_REGS:
+            emu.regs[name] = self._reg64(name)
+        emu.regs["NUM_TOKENS"] = self.csr["NUM_TOKENS"]
+        emu.regs["FLAGS"] = self.csr["FLAGS"]
+        try:
+            stats = emu.run()
+        except AccelError as exc:
+            self.csr["STATUS"] = RM.STAT_ERROR
+            self.csr["ERROR_CODE"] = exc.register
+            self.csr["PC"] = exc.pc or 0
+        else:
+            self.last_stats = stats
+            self.csr["STATUS"] = RM.STAT_DONE
+            self.csr["ERROR_CODE"] = 0
+            self.csr["ARGMAX"] = emu.argmax_last
+            for name, v in (("RD_BYTES", stats.bytes_read), ("WR_BYTES", stats.bytes_written)):
+                self.csr[name + "_LO"], self.csr[name + "_HI"] = v & 0xFFFFFFFF, v >> 32
+        if self.irq_enabled:
+            self.csr["IRQ_STATUS"] = 1
+
+    def write_mem(self, addr: int, data: bytes) -> None:
+        self.ddr.write(addr, bytes(data))
+
+    def read_mem(self, addr: int, n: int) -> bytes:
+        return self.ddr.read(addr, n)
+
+    def wait_irq(self, timeout_s: float = 10.0) -> bool:
+        return bool(self.csr["IRQ_STATUS"])
+
+    def wait_done(self, timeout_s: float = 10.0) -> int:
+        return self.read32(RM.OFFSET["STATUS"])

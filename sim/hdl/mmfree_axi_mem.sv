@@ -1,0 +1,180 @@
+// mmfree simulated DDR: an AXI4 slave memory with fixed bandwidth and latency, for Verilator runs.
+//
+// * One data beat per cycle: an R beat every cycle while bursts are ready (back-to-back bursts keep the
+//   bus busy), a W beat every cycle; with SHARED_BW=1 both share one data bus (the bandwidth is DATA_W/8
+//   bytes per cycle in total): a W beat on offer goes first and the R beat waits, unless that R beat was
+//   already offered (VALID never drops before its handshake).
+// * READ_LATENCY cycles from AR acceptance to the burst's first beat; up to OUTSTANDING reads in flight
+//   (their latencies overlap). B follows the last W beat of a burst after WRITE_LATENCY cycles. Both can
+//   be changed per run with +MMFREE_RD_LATENCY=<n> / +MMFREE_WR_LATENCY=<n> (no rebuild).
+// * Addresses outside [MEM_BASE, MEM_BASE + 2**MEM_WORDS_LOG2 * DATA_W/8) answer DECERR (reads give 0,
+//   writes are dropped). INCR bursts only (the accelerator issues nothing else).
+// * Backdoor for the host model (no AXI cycles): a pulse on bd_load reads the hex file named by the
+//   plusarg +MMFREE_MEMFILE=<path> into the memory ($readmemh, "@index" lines place the words); a pulse
+//   on bd_dump writes beats [bd_start, bd_start + bd_count) to +MMFREE_DUMPFILE=<path> ($writememh).
+module mmfree_axi_mem #(
+    parameter int ADDR_W = 40,
+    parameter int DATA_W = 128,
+    parameter int ID_W = 1,
+    parameter longint MEM_BASE = 64'h4000_0000,
+    parameter int MEM_WORDS_LOG2 = 22,
+    parameter int READ_LATENCY = 24,
+    parameter int WRITE_LATENCY = 8,
+    parameter int OUTSTANDING = 16,
+    parameter int SHARED_BW = 1
+) (
+    input  logic clk,
+    input  logic rst,
+    input  logic [ID_W-1:0] awid, input logic [ADDR_W-1:0] awaddr, input logic [7:0] awlen,
+    input  logic [2:0] awsize, input logic [1:0] awburst, input logic awvalid, output logic awready,
+    input  logic [DATA_W-1:0] wdata, input logic [DATA_W/8-1:0] wstrb, input logic wlast, input logic wvalid,
+    output logic wready,
+    output logic [ID_W-1:0] bid, output logic [1:0] bresp, output logic bvalid, input logic bready,
+    input  logic [ID_W-1:0] arid, input logic [ADDR_W-1:0] araddr, input logic [7:0] arlen,
+    input  logic [2:0] arsize, input logic [1:0] arburst, input logic arvalid, output logic arready,
+    output logic [ID_W-1:0] rid, output logic [DATA_W-1:0] rdata, output logic [1:0] rresp, output logic rlast,
+    output logic rvalid, input logic rready,
+    input  logic bd_load, input logic bd_dump, input logic [63:0] bd_start, input logic [63:0] bd_count
+);
+    localparam int BB = DATA_W / 8;
+    localparam int SH = $clog2(BB);
+    localparam longint WORDS = 64'd1 << MEM_WORDS_LOG2;
+    localparam int QW = $clog2(OUTSTANDING);
+
+    logic [DATA_W-1:0] mem [0:WORDS-1];
+    string memfile, dumpfile;
+    int rd_lat, wr_lat;
+    initial begin
+        if (!$value$plusargs("MMFREE_MEMFILE=%s", memfile)) memfile = "mmfree_mem.hex";
+        if (!$value$plusargs("MMFREE_DUMPFILE=%s", dumpfile)) dumpfile = "mmfree_dump.hex";
+        if (!$value$plusargs("MMFREE_RD_LATENCY=%d", rd_lat)) rd_lat = READ_LATENCY;
+        if (!$value$plusargs("MMFREE_WR_LATENCY=%d", wr_lat)) wr_lat = WRITE_LATENCY;
+    end
+    always @(posedge clk) begin
+        if (bd_load) $readmemh(memfile, mem);
+        if (bd_dump) $writememh(dumpfile, mem, bd_start, bd_start + bd_count - 1);
+    end
+
+    logic [63:0] now;
+    always @(posedge clk) now <= rst ? 64'd0 : now + 64'd1;
+
+    localparam logic [63:0] BASE_U = 64'(MEM_BASE);
+    localparam logic [63:0] WORDS_U = 64'(WORDS);
+
+    // ---- reads ------------------------------------------------------------------------------------------
+    logic [ADDR_W-1:0] rq_addr [0:OUTSTANDING-1];
+    logic [7:0] rq_len [0:OUTSTANDING-1];
+    logic [ID_W-1:0] rq_id [0:OUTSTANDING-1];
+    logic [63:0] rq_time [0:OUTSTANDING-1];
+    logic [QW:0] rq_count;
+    logic [QW-1:0] rq_head, rq_tail;
+    logic [7:0] r_beat;
+    logic [ADDR_W-1:0] r_cur;
+    logic r_ok;
+
+    assign arready = !rst && (rq_count < OUTSTANDING);
+    wire r_head_ready = (rq_count != 0) && (now >= rq_time[rq_head]);
+    assign r_cur = rq_addr[rq_head] + ADDR_W'({r_beat, {SH{1'b0}}});
+    // (inline, unsigned: no function shared between the read and the write side)
+    wire [63:0] r_abs = {{(64-ADDR_W){1'b0}}, r_cur};
+    wire [63:0] r_index = (r_abs - BASE_U) >> SH;
+    assign r_ok = (r_abs >= BASE_U) && (r_index < WORDS_U);
+    // one data bus (SHARED_BW): a W beat on offer goes first (a DDR controller drains its write buffer
+    // between read bursts; giving reads strict priority starved the logits writes behind the weight stream),
+    // except that an R beat already offered and not yet taken stays valid (AXI: VALID never drops)
+    logic r_hold;                // rvalid is driven in the write section (it depends on the W side)
+    assign rid = rq_id[rq_head];
+    assign rlast = r_beat == rq_len[rq_head];
+    assign rresp = r_ok ? 2'b00 : 2'b11;
+    assign rdata = r_ok ? mem[r_index] : '0;
+    wire r_fire = rvalid && rready;
+    wire ar_fire = arvalid && arready;
+
+    always @(posedge clk) begin
+        if (rst) begin
+            rq_count <= '0; rq_head <= '0; rq_tail <= '0; r_beat <= '0; r_hold <= 1'b0;
+        end else begin
+            r_hold <= rvalid && !rready;
+            if (ar_fire) begin
+                rq_addr[rq_tail] <= araddr;
+                rq_len[rq_tail] <= arlen;
+                rq_id[rq_tail] <= arid;
+                rq_time[rq_tail] <= now + 64'(rd_lat);
+                rq_tail <= rq_tail + 1'b1;
+            end
+            if (r_fire) begin
+                if (rlast) begin
+                    r_beat <= '0;
+                    rq_head <= rq_head + 1'b1;
+                end else begin
+                    r_beat <= r_beat + 1'b1;
+                end
+            end
+            rq_count <= rq_count + (ar_fire ? 1 : 0) - ((r_fire && rlast) ? 1 : 0);
+        end
+    end
+
+    // ---- writes ---------------------------------------------------------------------------------------
+    logic [ADDR_W-1:0] wq_addr [0:OUTSTANDING-1];
+    logic [ID_W-1:0] wq_id [0:OUTSTANDING-1];
+    logic [QW:0] wq_count;
+    logic [QW-1:0] wq_head, wq_tail;
+    logic [7:0] w_beat;
+    logic w_bad;
+    logic [ID_W-1:0] bq_id [0:OUTSTANDING-1];
+    logic [1:0] bq_resp [0:OUTSTANDING-1];
+    logic [63:0] bq_time [0:OUTSTANDING-1];
+    logic [QW:0] bq_count;
+    logic [QW-1:0] bq_head, bq_tail;
+
+    assign awready = !rst && (wq_count < OUTSTANDING);
+    assign wready = !rst && (wq_count != 0) && (bq_count < OUTSTANDING) && !(SHARED_BW != 0 && r_hold);
+    wire [ADDR_W-1:0] w_cur = wq_addr[wq_head] + ADDR_W'({w_beat, {SH{1'b0}}});
+    wire [63:0] w_abs = {{(64-ADDR_W){1'b0}}, w_cur};
+    wire [63:0] w_index = (w_abs - BASE_U) >> SH;
+    wire w_ok = (w_abs >= BASE_U) && (w_index < WORDS_U);
+    wire w_fire = wvalid && wready;
+    wire aw_fire = awvalid && awready;
+    assign bvalid = (bq_count != 0) && (now >= bq_time[bq_head]);
+    assign bid = bq_id[bq_head];
+    assign bresp = bq_resp[bq_head];
+    wire b_fire = bvalid && bready;
+    wire w_offer = wvalid && (wq_count != 0) && (bq_count < OUTSTANDING);
+    assign rvalid = r_head_ready && (r_hold || !(SHARED_BW != 0 && w_offer));
+
+    always @(posedge clk) begin
+        if (rst) begin
+            wq_count <= '0; wq_head <= '0; wq_tail <= '0; w_beat <= '0; w_bad <= 1'b0;
+            bq_count <= '0; bq_head <= '0; bq_tail <= '0;
+        end else begin
+            if (aw_fire) begin
+                wq_addr[wq_tail] <= awaddr;
+                wq_id[wq_tail] <= awid;
+                wq_tail <= wq_tail + 1'b1;
+            end
+            if (w_fire) begin
+                if (w_ok) begin
+                    for (int i = 0; i < BB; i++)
+                        if (wstrb[i])
+                            mem[w_index][8*i +: 8] <= wdata[8*i +: 8];
+                end
+                if (wlast) begin
+                    w_beat <= '0;
+                    wq_head <= wq_head + 1'b1;
+                    bq_id[bq_tail] <= wq_id[wq_head];
+                    bq_resp[bq_tail] <= (w_bad || !w_ok) ? 2'b11 : 2'b00;
+                    bq_time[bq_tail] <= now + 64'(wr_lat);
+                    bq_tail <= bq_tail + 1'b1;
+                    w_bad <= 1'b0;
+                end else begin
+                    w_beat <= w_beat + 1'b1;
+                    if (!w_ok) w_bad <= 1'b1;
+                end
+            end
+            // the B queue is a FIFO like the others: each response leaves its own entry
+            if (b_fire) bq_head <= bq_head + 1'b1;
+            wq_count <= wq_count + (aw_fire ? 1 : 0) - ((w_fire && wlast) ? 1 : 0);
+            bq_count <= bq_count + ((w_fire && wlast) ? 1 : 0) - (b_fire ? 1 : 0);
+        end
+    end
+endmodule

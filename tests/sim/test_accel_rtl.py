@@ -1,0 +1,161 @@
+"""The whole accelerator RTL under Verilator + cocotb, driven through its AXI4-Lite CSRs with DDR in the
+HDL memory model (or cocotbext-axi's AxiRam with random pauses), every result compared exactly with
+IntModel. One Verilator build (cached under build/verilator) serves every test here."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mmfree.rtl.compiler import compile_model
+from tests.sim import helpers as H
+
+pytestmark = pytest.mark.sim
+
+
+def _script(im, steps, memory="hdl", pause_seed=None, rd_latency=24):
+    from mmfree.sim.accel import run_job
+
+    with tempfile.TemporaryDirectory(prefix="mmfree-rtl-test-") as td:
+        td = Path(td)
+        compile_model(im).save(td / "compiled")
+        job = {"kind": "script", "compiled": str(td / "compiled"), "steps": steps, "max_wait_cycles": 5_000_000}
+        if pause_seed is not None:
+            job["pause_seed"] = pause_seed
+        res = run_job(job, memory=memory, rd_latency=rd_latency, workdir=td / "run")
+    out = []
+    arrays = res.get("arrays", {})
+    for i, p in enumerate(res["passes"]):
+        q = dict(p)
+        for key in ("logits", "states", "argmax"):
+            if f"{key}{i}" in arrays:
+                q[key] = arrays[f"{key}{i}"]
+        out.append(q)
+    return out, res
+
+
+@pytest.mark.parametrize("shape", sorted(H.SHAPES))
+def test_rtl_bit_exact_chains_and_trees(shape):
+    """d in {64, 96, 200}, 1-3 layers, odd vocabularies; k = 1 and 4; chains and a tree; random start
+    states; committed prefixes."""
+    im = H.load(shape)
+    steps = H.chain_and_tree_steps(im, np.random.default_rng(7))
+    results, _ = _script(im, steps)
+    H.replay_steps(im, steps, results)
+
+
+def test_rtl_generation_matches_reference():
+    """`simulate_generation` on a random model: greedy tokens, every pass bit-exact, k = 1 and k = 4."""
+    from mmfree.sim.accel import simulate_generation
+
+    path = H.export_random("d96")
+    im = H.load("d96")
+    prompt = [3, 7, 3, 9]
+    state, logits = im.prefill(im.initial_state(), prompt)
+    ref = []
+    for _ in range(6):
+        ref.append(int(np.argmax(logits)))
+        state, logits = im.step(state, ref[-1])
+    for k in (1, 4):
+        r = simulate_generation(str(path), prompt, 6, progress=False, k=k)
+        assert r["bit_exact"], r["problems"]
+        assert r["tokens"] == ref
+        for key in ("cycles", "cycles_per_token", "ddr_bytes", "stall_cycles", "roofline_fraction"):
+            assert r[key] is not None and r[key] >= 0
+        assert 0 < r["roofline_fraction"] <= 1
+
+
+def test_rtl_error_codes_and_recovery():
+    """Bad inputs give the emulator's error code and detail, nothing hangs, the next pass is exact."""
+    from mmfree.sim.accel import DEFAULT_HW, SIM_MEM_BASE, SIM_MEM_BYTES
+
+    im = H.load("d64")
+    c = compile_model(im)
+    cases = H.error_steps(c, DEFAULT_HW, (SIM_MEM_BASE, SIM_MEM_BASE + SIM_MEM_BYTES))
+    results, _ = _script(im, [st for st, _ in cases])
+    for (st, exp), res in zip(cases, results):
+        if exp is None:
+            assert "error" not in res, (st, res)
+            H.replay_steps(im, [st], [res])
+        else:
+            assert (res.get("error"), res.get("detail")) == exp, (st, res)
+
+
+def test_rtl_axi_protocol_with_random_pauses():
+    """cocotbext-axi AxiRam with random pauses on every AXI channel (back-pressure and read latency) checks
+    the protocol (4 KiB rule, burst sizes) while the results stay bit-exact."""
+    im = H.load("d64")
+    rng = np.random.default_rng(3)
+    L, d, V = im.dims.layers, im.dims.d, im.dims.vocab
+    steps = [{"tokens": [5, 9], "h0": rng.integers(-(1 << 18), 1 << 18, size=(L, d)).tolist()},
+             {"tokens": [int(t) for t in rng.integers(0, V, 3)], "parents": [-1, 0, 0]}]
+    results, _ = _script(im, steps, memory="python", pause_seed=11)
+    H.replay_steps(im, steps, results)
+
+
+def test_rtl_latency_does_not_change_results():
+    im = H.load("d64")
+    steps = [{"tokens": [4, 2], "h0": np.zeros((im.dims.layers, im.dims.d), dtype=np.int64).tolist()}]
+    fast, _ = _script(im, steps, rd_latency=2)
+    slow, _ = _script(im, steps, rd_latency=120)
+    H.replay_steps(im, steps, fast)
+    H.replay_steps(im, steps, slow)
+    assert slow[0]["cycles"] > fast[0]["cycles"]
+
+
+@pytest.mark.slow
+def test_rtl_64bit_bus_bit_exact():
+    """A 64-bit AXI build (its own Verilator build: slow the first time) on two shapes, k up to 2."""
+    from mmfree.rtl.compiler import HwConfig
+    from mmfree.sim.accel import run_job
+
+    hw = HwConfig(bus_bytes=8, max_tokens=2, max_width=1024)
+    for shape in ("d64", "d200"):
+        im = H.load(shape)
+        L, d, V = im.dims.layers, im.dims.d, im.dims.vocab
+        rng = np.random.default_rng(5)
+        steps = [{"tokens": [3, 8], "h0": rng.integers(-(1 << 18), 1 << 18, size=(L, d)).tolist()},
+                 {"tokens": [V - 1, 0], "parents": [-1, -1]}, {"tokens": [7]}]
+        with tempfile.TemporaryDirectory(prefix="mmfree-rtl64-") as td:
+            td = Path(td)
+            compile_model(im).save(td / "compiled")
+            res = run_job({"kind": "script", "compiled": str(td / "compiled"), "steps": steps}, hw=hw,
+                          workdir=td / "run")
+        arrays = res["arrays"]
+        results = [dict(p, **{key: arrays[f"{key}{i}"] for key in ("logits", "states", "argmax")})
+                   for i, p in enumerate(res["passes"])]
+        H.replay_steps(im, steps, results)
+
+
+def test_rtl_wait_times_out_with_a_clear_message():
+    """Every wait is bounded: a pass that cannot finish in the cycle budget ends the run with the host's
+    time-out message (STATUS and PC), not a hang."""
+    from mmfree import MmfreeError
+    from mmfree.sim.accel import run_job
+
+    im = H.load("d64")
+    with tempfile.TemporaryDirectory(prefix="mmfree-rtl-timeout-") as td:
+        td = Path(td)
+        compile_model(im).save(td / "compiled")
+        job = {"kind": "script", "compiled": str(td / "compiled"), "steps": [{"tokens": [1]}], "max_wait_cycles": 300}
+        with pytest.raises(MmfreeError, match=r"did not finish within .*STATUS 0x\w+, PC 0x\w+"):
+            run_job(job, workdir=td / "run")
+
+
+def test_rtl_sim_cli_json_is_one_object():
+    """`mmfree sim --json` on a random export: stdout is exactly one JSON object (the simulator's own output
+    goes to stderr), bit-exact, exit status 0."""
+    import json
+    import subprocess
+    import sys
+
+    path = H.export_random("d64")
+    out = subprocess.run([sys.executable, "-m", "mmfree", "sim", "--model", str(path), "--prompt-ids", "3,1",
+                          "--tokens", "3", "--json"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads(out.stdout)
+    assert res["bit_exact"] is True and len(res["tokens"]) == 3
+    assert res["cycles_per_token"] > 0 and 0 < res["roofline_fraction"] <= 1
