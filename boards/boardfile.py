@@ -23,6 +23,9 @@ _REQUIRED = {
 }
 _PL = ("lut", "ff", "dsp", "bram36", "uram")
 _DDR = ("size_mb", "width_bits", "rate_mts", "peak_gbps")
+#: power measurement methods (boards/power.py readers) and the power-model fields (boards/power_model.py)
+_POWER_METHODS = ("hwmon", "pynq_rails", "none")
+_POWER_WATTS = ("pl_static_w", "ps_w", "board_idle_w")
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,21 @@ def _check(d: dict, where: str) -> Board:
         problems.append(f"field 'ps' must be 'zynq7' or 'zynqmp', got {d['ps']!r}")
     if d["clock_mhz"] <= 0:
         problems.append(f"field 'clock_mhz' must be positive, got {d['clock_mhz']!r}")
+    power = d.get("power")
+    if power is not None:
+        if not isinstance(power, dict):
+            problems.append(f"field 'power' must be an object, got {power!r}")
+        else:
+            if power.get("method") not in _POWER_METHODS:
+                problems.append(f"field 'power.method' must be one of {', '.join(_POWER_METHODS)}, "
+                                f"got {power.get('method')!r}")
+            for key in _POWER_WATTS:
+                v = power.get(key)
+                if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0):
+                    problems.append(f"field 'power.{key}' must be a non-negative number of watts, got {v!r}")
+    psc = d.get("ps_config", {})
+    if not isinstance(psc, dict) or any(not isinstance(k, str) or not isinstance(v, str) for k, v in psc.items()):
+        problems.append("field 'ps_config' must map Vivado PS CONFIG names to string values")
     if problems:
         raise MmfreeError(f"board file {where}: " + "; ".join(problems))
     ddr = d["ddr"]

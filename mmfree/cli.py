@@ -23,7 +23,9 @@ AREAS = [
     "mmfree.pymodel.cli_trigram",
     "mmfree.rtl.cli",
     "mmfree.sim.cli",
+    "mmfree.sim.cli_perf",
     "mmfree.boards.cli",
+    "mmfree.boards.cli_energy",
     "mmfree.hls.cli",
 ]
 

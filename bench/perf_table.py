@@ -1,0 +1,172 @@
+"""Modeled decode speed of the MatMul-free LMs (370M, 1.3B, 2.7B) on every shipped board, next to the published
+anchors and the physical limit, from the performance model (mmfree.sim.perf.predict).
+
+    python bench/perf_table.py [--k 1] [--accept-len A] [--json] [--record]
+    python bench/perf_table.py --units        # re-run Yosys on the units the resource estimate composes
+
+--record writes the table into docs/performance.md (section "projections") and the plot docs/img/perf.png
+(tokens/s vs model size per board, with each board's DDR roofline and physical limit).
+--units runs ``mmfree rtl estimate`` (Yosys synth_xilinx; minutes) for the matvec engines the boards use and
+the vector units, and writes boards/data/unit_resources.json with the commands that produced it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ROOT, command_line, write_section  # noqa: E402
+
+MODELS = ("370M", "1.3B", "2.7B")
+BOARDS = ("pynq-z2", "kv260", "zcu104")
+#: Published reference points (../shared/official-model.md), each labeled with how it was obtained.
+ANCHORS = [
+    {"what": "BitNet-2B port on KV260 (fabric ternary mat-vec, 250 MHz)", "board": "kv260", "params_b": 2.0,
+     "tokens_per_s": 16.8, "label": "measured (published)"},
+    {"what": "TeLLMe ternary LLM on KV260 (upper figure)", "board": "kv260", "params_b": None,
+     "tokens_per_s": 25.0, "label": "measured (published)"},
+    {"what": "MatMul-free paper FPGA figure, 1.3B at 13 W", "board": None, "params_b": 1.3,
+     "tokens_per_s": 24.0, "label": "projected (published, from one 60 MHz core on a Stratix 10)"},
+]
+UNIT_FILE = ROOT / "boards" / "data" / "unit_resources.json"
+#: The Yosys runs behind boards/data/unit_resources.json (the accelerator's matvec engines have 3 code banks
+#: and max_k = max_width 4096).
+UNIT_COMMANDS = [
+    ["mmfree", "rtl", "estimate", "--lanes", "80", "--tokens", "1", "--banks", "3", "--units", "matvec_l80_k1",
+     "--family", "xcup", "--json"],
+    ["mmfree", "rtl", "estimate", "--lanes", "80", "--tokens", "4", "--banks", "3", "--units", "matvec_l80_k4",
+     "--family", "xcup", "--json"],
+    ["mmfree", "rtl", "estimate", "--lanes", "40", "--tokens", "1", "--banks", "3", "--units", "matvec_l40_k1",
+     "--family", "xc7", "--json"],
+    ["mmfree", "rtl", "estimate", "--units", "max_abs,quant_stats,codes_from_p,output_multiplier,dequantize,"
+     "mlgru_update,gated_product,residual_add,argmax", "--json"],
+]
+
+
+def run_units() -> int:
+    from mmfree.atomic import write_text
+
+    merged = {"source": "Yosys synth_xilinx -flatten per unit (mmfree rtl estimate); see 'commands'",
+              "commands": [], "units": {}}
+    for cmd in UNIT_COMMANDS:
+        print("running: " + " ".join(cmd), file=sys.stderr, flush=True)
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode != 0:
+            print(out.stderr, file=sys.stderr)
+            return 1
+        res = json.loads(out.stdout)
+        merged["yosys"] = res.get("yosys")
+        merged["commands"].append(" ".join(cmd))
+        for unit, fams in res["units"].items():
+            merged["units"].setdefault(unit, {}).update(fams)
+    write_text(UNIT_FILE, json.dumps(merged, indent=1) + "\n")
+    print(f"wrote {UNIT_FILE}", file=sys.stderr)
+    return 0
+
+
+def rows(k: int = 1, accept_len: float | None = None) -> list[dict]:
+    from mmfree.boards.boardfile import load_board
+    from mmfree.sim.perf import predict
+
+    out = []
+    for b in BOARDS:
+        board = load_board(b)
+        for m in MODELS:
+            r = predict(m, board, k=k, accept_len=accept_len)
+            out.append({"model": m, "board": b, "clock_mhz": r["clock_mhz"], "bus_bits": 8 * r["hw"]["bus_bytes"],
+                        "k": k, "accept_len": r["accept_len"], "tokens_per_s": r["tokens_per_s"],
+                        "bytes_per_token": r["bytes_per_token"], "ternary_weights": r["model"]["ternary_weights"],
+                        "ddr_gbps": r["ddr_bytes_per_s"] / 1e9, "peak_gbps": r["ddr_peak_bytes_per_s"] / 1e9,
+                        "roofline_tokens_per_s": r["roofline_tokens_per_s"],
+                        "physical_limit_tokens_per_s": r["physical_limit_tokens_per_s"],
+                        "fraction_of_roofline": r["fraction_of_roofline"],
+                        "port_roofline_tokens_per_s": r["port_roofline_tokens_per_s"],
+                        "fits": r["fits"], "problems": r["problems"], "phases": r["phases"],
+                        "bus_limited_by": r["bus_limited_by"]})
+    return out
+
+
+def table(rs: list[dict]) -> str:
+    out = ["| model | board | clock | bus | tokens/s (modeled) | DDR MB/token (modeled) | DDR GB/s used / peak | "
+           "DDR roofline tok/s (1.6 bit) | physical limit tok/s (log2 3 bit) | of roofline | fits |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rs:
+        fits = "yes" if r["fits"] else "no: " + "; ".join(r["problems"])
+        out.append(f"| {r['model']} | {r['board']} | {r['clock_mhz']:g} MHz | {r['bus_bits']}-bit | "
+                   f"{r['tokens_per_s']:.2f} | {r['bytes_per_token'] / 1e6:.0f} | {r['ddr_gbps']:.2f} / "
+                   f"{r['peak_gbps']:.1f} | {r['roofline_tokens_per_s']:.1f} | {r['physical_limit_tokens_per_s']:.1f} | "
+                   f"{100 * r['fraction_of_roofline']:.0f} % | {fits} |")
+    out += ["", "| published anchor | board | tokens/s | label |", "|---|---|---|---|"]
+    for a in ANCHORS:
+        out.append(f"| {a['what']} | {a['board'] or '-'} | {a['tokens_per_s']:g} | {a['label']} |")
+    return "\n".join(out)
+
+
+def plot(rs: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mmfree.atomic import atomic_path
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    colors = {"pynq-z2": "tab:green", "kv260": "tab:blue", "zcu104": "tab:orange"}
+    for b in BOARDS:
+        br = [r for r in rs if r["board"] == b]
+        x = [r["ternary_weights"] / 1e9 for r in br]
+        ax.plot(x, [r["tokens_per_s"] for r in br], "o-", color=colors[b], label=f"{b}: modeled (this design)")
+        ax.plot(x, [r["roofline_tokens_per_s"] for r in br], "--", color=colors[b], alpha=0.7,
+                label=f"{b}: DDR roofline (1.6 bit/weight)")
+        ax.plot(x, [r["physical_limit_tokens_per_s"] for r in br], ":", color=colors[b], alpha=0.7)
+        for r, xx in zip(br, x):
+            if not r["fits"]:
+                ax.plot([xx], [r["tokens_per_s"]], "x", color="red", markersize=10)
+    for a in ANCHORS:
+        if a["params_b"]:
+            ax.plot([a["params_b"]], [a["tokens_per_s"]], "*", markersize=12,
+                    label=f"{a['what']} ({a['label'].split(' ')[0]})")
+    ax.set_xlabel("ternary weights (billions)")
+    ax.set_ylabel("decode tokens/s (k = 1)")
+    ax.set_yscale("log")
+    ax.set_title("mmfree accelerator, modeled (dotted: physical limit at log2(3) bit; x: does not fit)", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=6.5, loc="upper right")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--k", type=int, default=1)
+    ap.add_argument("--accept-len", type=float, default=None)
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--record", action="store_true", help="write docs/performance.md and docs/img/perf.png")
+    ap.add_argument("--units", action="store_true", help="re-run Yosys for boards/data/unit_resources.json")
+    args = ap.parse_args()
+    if args.units:
+        return run_units()
+    rs = rows(args.k, args.accept_len)
+    text = table(rs)
+    if args.json:
+        print(json.dumps(rs, indent=1))
+    else:
+        print(text)
+    if args.record:
+        plot(rs, ROOT / "docs" / "img" / "perf.png")
+        body = (f"Modeled with `{command_line()}` (mmfree.sim.perf.predict: each board's default clock and HP-port "
+                f"width, k = {args.k}, greedy decode without logits written, the assumptions listed below):\n\n"
+                + text + "\n\n![tokens/s vs model size](img/perf.png)")
+        write_section("performance.md", "projections", body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""Command-line glue for ``mmfree perf`` (the performance model, :mod:`mmfree.sim.perf`)."""
+
+from __future__ import annotations
+
+from mmfree import MmfreeError
+from mmfree.cli import add_subcommand, print_json
+
+
+def register(sub) -> None:
+    """Add ``mmfree perf`` to the ``mmfree`` parser."""
+    p = add_subcommand(
+        sub, "perf", _perf, "project decode speed of a model on a board (modeled)",
+        "Models the accelerator (mmfree.sim.perf: the compiler's program replayed on an instruction-level\n"
+        "timing model of the RTL, validated against Verilator runs, docs/performance.md) for a model shape\n"
+        "on a board, and prints cycles per token by phase (weight streaming, vector passes, LM head,\n"
+        "loads/stores, control, host handshake), tokens/s, DDR bytes per token and achieved bandwidth vs the\n"
+        "board's peak, the DDR roofline, whether the model fits the board's DDR, on-chip memory and the\n"
+        "design's estimated LUT/FF/DSP/BRAM/URAM vs the part.\n\n"
+        "Inputs: --model (370M, 1.3B, 2.7B, default, an export or checkpoint directory); --board (a shipped\n"
+        "board or custom:PATH.json, validated: a missing or inconsistent field is named). Outputs: a table,\n"
+        "or with --json one object (keys in docs/performance.md). Every number is modeled; the board-level\n"
+        "assumptions (HP-port and DDR efficiency, read latency, host time per pass) are listed.\n"
+        "Exit status 0, or 3 when the model or the design does not fit the board (the reasons are printed).",
+    )
+    p.add_argument("--model", default="1.3B", help="370M | 1.3B | 2.7B | default | PATH (export or checkpoint directory)")
+    p.add_argument("--board", default="kv260", help="pynq-z2 | kv260 | zcu104 | custom:PATH.json")
+    p.add_argument("--clock-mhz", type=float, default=None, help="fabric clock (default: the board file's clock_mhz)")
+    p.add_argument("--lanes", type=int, default=None,
+                   help="ternary weights per cycle per engine (5 x bus bytes: 80 for 128-bit, 40 for 64-bit); "
+                        "sets the bus width when --bus-bits is not given")
+    p.add_argument("--bus-bits", type=int, default=None, choices=[64, 128],
+                   help="AXI data width (default: the board's HP port width, at most 128)")
+    p.add_argument("--engines", type=int, default=2, choices=[1, 2], help="ternary matvec engines")
+    p.add_argument("--k", type=int, default=1, help="tokens per pass (the build's max_tokens)")
+    p.add_argument("--accept-len", type=float, default=None,
+                   help="tokens emitted per pass with speculative decoding (1..k; default 1)")
+    p.add_argument("--write-logits", action="store_true", help="every pass writes all logits to DDR")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _perf(args) -> int:
+    from mmfree.boards.boardfile import load_board
+    from mmfree.sim import perf as P
+
+    if args.k < 1 or args.k > 16:
+        raise MmfreeError(f"--k must be in 1..16, got {args.k}")
+    dims = P.dims_for(args.model)
+    board = load_board(args.board)
+    bus_bits = args.bus_bits
+    if args.lanes is not None:
+        if args.lanes not in (40, 80):
+            raise MmfreeError(f"--lanes must be 40 (64-bit bus) or 80 (128-bit bus), got {args.lanes}")
+        if bus_bits is not None and bus_bits != args.lanes // 5 * 8:
+            raise MmfreeError(f"--lanes {args.lanes} needs --bus-bits {args.lanes // 5 * 8}, got {bus_bits}")
+        bus_bits = args.lanes // 5 * 8
+    hw = P.default_hw(dims, board, args.k, bus_bits=bus_bits, matvec_engines=args.engines)
+    r = P.predict(dims, board, args.clock_mhz, hw=hw, k=args.k, accept_len=args.accept_len,
+                  write_logits=args.write_logits)
+    if args.json:
+        print_json(r)
+    else:
+        print(render(r))
+    return 0 if r["fits"] else 3
+
+
+def render(r: dict) -> str:
+    """The human-readable table of a :func:`mmfree.sim.perf.predict` result."""
+    m, hw = r["model"], r["hw"]
+    lines = [f"model     d={m['d']} I={m['inter']} L={m['layers']} V={m['vocab']} "
+             f"({m['ternary_weights'] / 1e6:.0f}M ternary weights)",
+             f"board     {r['board']} ({r['part']}) at {r['clock_mhz']:g} MHz; build: {8 * hw['bus_bytes']}-bit bus, "
+             f"{hw['matvec_engines']} x {hw['lanes']} lanes, k={r['k']} (max {hw['max_tokens']}), "
+             f"max_width {hw['max_width']}",
+             "all numbers modeled (mmfree.sim.perf; assumptions below)", ""]
+    total = r["cycles_per_pass"]
+    lines.append(f"{'phase':<16}{'cycles/pass':>14}{'share':>8}")
+    for name, c in r["phases"].items():
+        lines.append(f"{name:<16}{c:>14,.0f}{100 * c / total:>7.1f}%")
+    lines.append(f"{'total':<16}{total:>14,.0f}")
+    lines.append("")
+    rows = [("tokens/s", f"{r['tokens_per_s']:.2f}  (accept length {r['accept_len']:g} per pass)"),
+            ("cycles/token", f"{r['cycles_per_token']:,.0f}"),
+            ("DDR bytes/token", f"{r['bytes_per_token'] / 1e6:.1f} MB (must move {r['must_move_bytes_per_token'] / 1e6:.1f} MB)"),
+            ("DDR bandwidth", f"{r['ddr_bytes_per_s'] / 1e9:.2f} GB/s = {100 * r['ddr_fraction_of_peak']:.0f} % of "
+                              f"{r['ddr_peak_bytes_per_s'] / 1e9:.1f} GB/s peak (bus limited by {r['bus_limited_by']})"),
+            ("DDR roofline", f"{r['roofline_tokens_per_s']:.1f} tok/s (peak / packed weights at 1.6 bits); "
+                             f"this design reaches {100 * r['fraction_of_roofline']:.0f} %"),
+            ("physical limit", f"{r['physical_limit_tokens_per_s']:.1f} tok/s (peak / weights at log2(3) bits)"),
+            ("port roofline", f"{r['port_roofline_tokens_per_s']:.1f} tok/s ({r['port_bytes_per_s'] / 1e9:.1f} GB/s: "
+                              f"one {8 * hw['bus_bytes']}-bit port x clock)"),
+            ("DDR memory", f"{r['memory']['needed_bytes'] / 2**20:,.0f} MiB needed of "
+                           f"{r['memory']['usable_bytes'] / 2**20:,.0f} MiB usable: "
+                           f"{'fits' if r['memory']['fits'] else 'DOES NOT FIT'}")]
+    res = r["resources"]
+    util = res.get("utilisation", {})
+    rows.append(("resources", ", ".join(f"{k.upper()} {res[k]:,} ({100 * util[k]:.0f} %)" if util.get(k, 0) != float("inf")
+                                       else f"{k.upper()} {res[k]:,} (part has none)"
+                                       for k in ("lut", "ff", "dsp", "bram36", "uram"))
+                 + f": {'fits' if res['fits'] else 'DOES NOT FIT'}"))
+    rows.append(("on-chip memory", f"{res['onchip_bits'] / 8 / 1024:,.0f} KiB"))
+    for k, v in rows:
+        lines.append(f"{k:<16}{v}")
+    lines.append(f"{'fits':<16}{'yes' if r['fits'] else 'NO'}")
+    for p in r["problems"]:
+        lines.append(f"  problem: {p}")
+    lines.append("")
+    lines.append("assumptions:")
+    for name, a in r["assumptions"].items():
+        lines.append(f"  {name} = {a['value']:.3g}: {a['source']}")
+    return "\n".join(lines)

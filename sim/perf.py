@@ -1,0 +1,764 @@
+"""Analytical performance model of the accelerator (``mmfree.rtl.top.MmfreeAccel``): cycles per pass of k
+tokens, by phase, for any model shape, build (:class:`mmfree.rtl.compiler.HwConfig`), clock and board.
+
+Why a model: a 1.3B model takes millions of cycles per token, too many to simulate in Verilator for every
+configuration. The model replays **the program the compiler emits** (:func:`program`, checked against
+:func:`mmfree.rtl.compiler.compile_model` by the tests) on an instruction-level timing model of the RTL:
+
+* the sequencer (``rtl/sequencer.py``) fetches, decodes, checks and dispatches one instruction per
+  :data:`RTL_TIMING` ``dispatch`` cycles (FETCH, DECODE, RANGE, WAIT states), in order, and holds an
+  instruction while its engine is full or an earlier unfinished instruction writes what it reads or
+  touches what it writes (``isa.resources``; LOAD destinations are read as they fill);
+* engines (``rtl/datapath.py``): the vector engine handles one element per cycle, token by token
+  (QSTATS, QCODES, HGRN; EMBED copies rows over the bus); the load engine streams norm records at
+  bus speed; the store engine writes one word per cycle; the matvec engine runs one MATVEC at a time on
+  ``matvec_engines`` ternary engines that each take one bus beat per cycle, behind a serialiser that
+  emits one token's result per cycle (a row costs at least k cycles);
+* the AXI read port moves ``rate`` beats per cycle (1.0 in the simulated DDR; on a board, the port and
+  DDR efficiency of :data:`ASSUMPTIONS`); program fetch, embedding rows, LOADs and STOREs go first, the
+  weight stream takes the rest, runs ahead of the MATVECs (PREFETCH) until the weight queues
+  (``matvec_engines x weight_fifo_beats`` beats) are full.
+
+Fixed latencies of the pipelines (:data:`RTL_TIMING`) are read from the RTL where the code states them
+and calibrated on RTL runs otherwise (``bench/perf_validate.py`` prints model vs RTL; the test
+``tests/sim/test_perf.py`` asserts 5 %).
+
+Public API: :func:`predict` (the dict ``mmfree perf`` prints), :func:`pass_cycles` (the core: cycles of
+one pass, phases, bytes), :func:`dims_for`, :func:`program`, :func:`image_bytes`, :func:`onchip_memories`,
+:func:`estimate_resources`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mmfree import MmfreeError
+from mmfree.pymodel import layout as LY
+from mmfree.pymodel import numerics as N
+from mmfree.rtl import isa as I
+from mmfree.rtl import regmap as RM
+from mmfree.rtl.compiler import HwConfig, embed_stride, head_chunk_rows, must_move_bytes
+
+# ======================================================================================================
+# constants: RTL timing (cycles) and board assumptions
+# ======================================================================================================
+#: Fixed pipeline latencies of the RTL in cycles. ``dispatch``: FETCH + DECODE + RANGE + WAIT, the four
+#: sequencer states every instruction passes (rtl/sequencer.py). ``recip``: Reciprocal, R_WIDTH + 4
+#: cycles per vector (rtl/quantize.py docstring). The others are end-to-end pipeline depths of the units
+#: behind each engine (issue -> last result written -> done pulse -> scoreboard clear), estimated from the
+#: code; the three marked "fitted" were fitted (coordinate search, max |error|) to the RTL runs recorded
+#: in boards/data/perf_validation.json (bench/perf_validate.py), so those runs are not independent of them.
+RTL_TIMING = {
+    "dispatch": 4,          # cycles per instruction in the sequencer FSM
+    "done": 2,              # engine done pulse -> scoreboard slot free -> visible in WAIT
+    "start": 12,            # START -> header, token and program requests (plus 3 read latencies)
+    "halt": 6,              # HALT: DRAIN + QUIESCE (plus the write-response latency)
+    "qstats_tail": 38,      # QuantStats pipeline after the last element (plus the reciprocal); fitted
+    "qcodes_tail": 30,      # QuantStats -> Codes -> OutputMultiplier after the last element; fitted
+    "hgrn_token": 16,       # MlgruUpdate drain between tokens (tree parents read the states); fitted
+    "hgrn_tail": 12,        # GatedProduct + MaxAbs after the last token
+    "embed_row": 4,         # per embedding row: command, unpacker, besides the read latency
+    "load_tail": 3,         # unpacker + fill counter after the last beat
+    "store_token": 4,       # per token of a STORE: command, packer start
+    "mv_gap": 2,            # between MATVEC commands on the ternary engines
+    "mv_store": 14,         # ternary engine + serialiser + Dequantize + write (epilogue STORE / HEAD)
+    "mv_resid": 20,         # ... + ResidualAdd + MaxAbs (epilogue RESID)
+    "mv_glu": 24,           # ... + GatedProduct + MaxAbs (epilogue GLU)
+}
+#: The Reciprocal's latency (rtl/quantize.py: R_WIDTH + 4 cycles, one division at a time).
+try:
+    from mmfree.rtl.quantize import R_WIDTH as _R_WIDTH  # noqa: E402  (imports amaranth)
+except Exception:  # pragma: no cover - amaranth is a core dependency
+    _R_WIDTH = 16
+RTL_TIMING["recip"] = _R_WIDTH + 4
+
+#: Reader FIFO of the weight client in rtl/top.py (beats): part of the prefetch capacity.
+WEIGHT_CLIENT_FIFO = 64
+#: Weight queue per ternary engine (``MmfreeAccel(weight_fifo_beats=2048)``).
+WEIGHT_FIFO_BEATS = 2048
+
+#: Board-level assumptions of the modeled (not simulated) numbers. Each: value, source.
+ASSUMPTIONS = {
+    "hp_port_efficiency": (0.90, "fraction of an HP port's width x clock that its AXI read channel sustains with "
+                                 "16-beat bursts and 16 outstanding reads; assumption (not measured here: the "
+                                 "simulated DDR delivers 1.0); Zynq HP ports are commonly quoted at 85-95 %"),
+    "ddr_efficiency": (12.7 / 19.2, "fraction of the DDR peak a streaming PL reader achieves: 12.7 of 19.2 GB/s "
+                                    "measured by the BitNet-2B port on KV260 (../shared/official-model.md); "
+                                    "applied to every board"),
+    "rd_latency_ns": (120.0, "DDR read latency seen by the PL through the PS interconnect (assumption; the RTL "
+                             "simulation uses 24 cycles = 96 ns at 250 MHz)"),
+    "host_us_per_pass": (30.0, "host handshake per pass: write NUM_TOKENS/tokens, START, wait for the interrupt, "
+                               "read ARGMAX (PYNQ MMIO + a userspace interrupt; assumption, unmeasured)"),
+    "glue_fraction": (0.30, "LUT/FF of the sequencer, AXI engines, CSRs, buffer muxes and FIFO control on top of "
+                            "the Yosys-estimated compute units (assumption: the whole top was not synthesised)"),
+}
+
+
+def assumption(name: str) -> float:
+    return ASSUMPTIONS[name][0]
+
+
+# ======================================================================================================
+# model shapes
+# ======================================================================================================
+def dims_for(name) -> LY.Dims:
+    """Model shape from ``370M`` / ``1.3B`` / ``2.7B`` (``mmfree.pymodel.config.PRESETS``), ``default`` (the
+    embedded model), an ``mmfree export`` directory (manifest.json), a checkpoint directory (config.json),
+    or a :class:`~mmfree.pymodel.layout.Dims` (returned as is)."""
+    from mmfree.pymodel.config import PRESETS, MMFreeConfig
+
+    if isinstance(name, LY.Dims):
+        return name
+    name = str(name)
+    if name in PRESETS:
+        return LY.Dims.of(MMFreeConfig.preset(name))
+    if name == "default":
+        from mmfree.pymodel.checkpoint import resolve
+
+        return LY.Dims.of(MMFreeConfig.from_json(resolve("default") / "config.json"))
+    p = Path(name).expanduser()
+    if (p / "manifest.json").exists():
+        try:
+            return LY.Dims(**json.loads((p / "manifest.json").read_text())["dims"])
+        except (KeyError, TypeError, json.JSONDecodeError) as exc:
+            raise MmfreeError(f"{p / 'manifest.json'} has no readable 'dims' ({exc}); re-export the model") from None
+    if (p / "config.json").exists():
+        return LY.Dims.of(MMFreeConfig.from_json(p / "config.json"))
+    if p.is_file() and p.suffix == ".json":
+        return LY.Dims.of(MMFreeConfig.from_json(p))
+    raise MmfreeError(f"--model {name!r}: not one of {', '.join(PRESETS)}, 'default', an export directory "
+                      "(manifest.json) or a checkpoint directory (config.json)")
+
+
+def _pow2(n: int) -> int:
+    return 1 << max(0, (n - 1).bit_length())
+
+
+def default_hw(dims: LY.Dims, board=None, k: int = 1, bus_bits: int | None = None,
+               matvec_engines: int = 2) -> HwConfig:
+    """The build a board would get for this model: bus width of the board's HP ports (at most 128 bits)
+    unless ``bus_bits``, ``max_tokens = k`` (at least 1), ``max_width`` the power of two covering d, I and
+    the head chunk (at least 64)."""
+    if bus_bits is None:
+        bus_bits = min(128, board.hp_ports["width_bits"]) if board is not None else 128
+    if bus_bits not in (64, 128):
+        raise MmfreeError(f"--bus-bits must be 64 or 128 (the accelerator's AXI widths), got {bus_bits}")
+    width = max(64, _pow2(max(dims.d, dims.inter, head_chunk_rows(dims))))
+    if width > N.MAX_K:
+        raise MmfreeError(f"model width {max(dims.d, dims.inter)} exceeds the numerics limit {N.MAX_K}")
+    return HwConfig(bus_bytes=bus_bits // 8, max_tokens=max(1, k), max_width=width, matvec_engines=matvec_engines)
+
+
+# ======================================================================================================
+# the program (mirrors mmfree.rtl.compiler.compile_model; tests compare the two)
+# ======================================================================================================
+def program(dims: LY.Dims) -> list[I.Instr]:
+    """The decode-step program :func:`mmfree.rtl.compiler.compile_model` emits for a model of shape
+    ``dims``, without the data (offsets and constants are 0): the same instructions, in the same order,
+    with the same operands that timing depends on (counts, rows, K, sources, banks, epilogues, flags)."""
+    d, inter, V, L = dims.d, dims.inter, dims.vocab, dims.layers
+    prog: list[I.Instr] = []
+
+    def emit(op, **a):
+        prog.append(I.Instr(op, a))
+
+    def mv(rows, K):
+        return dict(base=I.BASE["DATA_BASE"], offset=0, rows=rows, count=K)
+
+    order = []
+    for _ in range(L):
+        order += [mv(d, d)] * 4 + [mv(inter, d), mv(inter, d), mv(d, inter)]
+    chunk = head_chunk_rows(dims)
+    order += [mv(min(chunk, V - r0), d) for r0 in range(0, V, chunk)]
+    nxt = order[1:]
+
+    def matvec(rows, K, epi, dst=0, bank=0, flags=0):
+        emit("MATVEC", bank=bank, slot=bank, epi=epi, flags=flags | I.PREFETCHED, dst=dst, **mv(rows, K))
+        if nxt:
+            emit("PREFETCH", **nxt.pop(0))
+
+    emit("PREFETCH", **order[0])
+    emit("SETF", act_frac=0)
+    emit("EMBED", count=d, stride16=embed_stride(d) // 16, vocab=V)
+    for _ in range(L):
+        emit("LOAD", dst=I.LD_NORM, fields=4, count=d)
+        for slot in range(3):
+            emit("SETC", slot=slot)
+        emit("QSTATS", src=I.SRC_X, nproj=3, count=d)
+        emit("LOAD", dst=I.LD_LB, fields=1, count=d)
+        emit("LOAD", dst=I.LD_H0, fields=1, count=d)
+        emit("QCODES", src=I.SRC_X, slot=0, bank=0, count=d)
+        matvec(d, d, I.EPI_STORE, dst=0, bank=0)
+        emit("QCODES", src=I.SRC_X, slot=1, bank=1, count=d)
+        emit("QCODES", src=I.SRC_X, slot=2, bank=2, count=d)
+        matvec(d, d, I.EPI_STORE, dst=1, bank=1)
+        matvec(d, d, I.EPI_STORE, dst=2, bank=2)
+        emit("LOAD", dst=I.LD_NORM, fields=2, count=d)
+        emit("HGRN", count=d)
+        emit("STORE", src=I.ST_H, count=d, tstride=RM.state_stride(d, L))
+        emit("SETC", slot=0)
+        emit("QSTATS", src=I.SRC_A, nproj=1, count=d)
+        emit("QCODES", src=I.SRC_A, slot=0, bank=0, count=d)
+        matvec(d, d, I.EPI_RESID)
+        emit("LOAD", dst=I.LD_NORM, fields=2, count=d)
+        emit("SETC", slot=0)
+        emit("QSTATS", src=I.SRC_X, nproj=1, count=d)
+        emit("QCODES", src=I.SRC_X, slot=0, bank=0, count=d)
+        matvec(inter, d, I.EPI_STORE, dst=0)
+        matvec(inter, d, I.EPI_GLU)
+        emit("LOAD", dst=I.LD_NORM, fields=2, count=inter)
+        emit("SETC", slot=0)
+        emit("QSTATS", src=I.SRC_A, nproj=1, count=inter)
+        emit("QCODES", src=I.SRC_A, slot=0, bank=0, count=inter)
+        matvec(d, inter, I.EPI_RESID)
+    emit("LOAD", dst=I.LD_NORM, fields=2, count=d)
+    emit("SETC", slot=0)
+    emit("QSTATS", src=I.SRC_X, nproj=1, count=d)
+    emit("QCODES", src=I.SRC_X, slot=0, bank=0, count=d)
+    starts = list(range(0, V, chunk))
+    pending = None
+    for c, r0 in enumerate(starts):
+        rows = min(chunk, V - r0)
+        flags = (I.HEAD_FIRST if c == 0 else 0) | (I.HEAD_LAST if c == len(starts) - 1 else 0)
+        matvec(rows, d, I.EPI_HEAD, dst=c % 2, flags=flags)
+        if pending is not None:
+            emit("STORE", **pending)
+        pending = dict(src=I.ST_T0 + c % 2, flags=I.STORE_IF_LOGITS, count=rows, tstride=V * 4)
+    emit("STORE", **pending)
+    emit("STORE", src=I.ST_ARG, count=1, tstride=4)
+    emit("HALT")
+    return prog
+
+
+def image_bytes(dims: LY.Dims) -> int:
+    """Bytes of the DDR image :func:`mmfree.rtl.compiler.compile_model` builds (every block 64-byte aligned)."""
+    d, inter, V, L = dims.d, dims.inter, dims.vocab, dims.layers
+
+    def al(n):
+        return -(-n // 64) * 64
+
+    rb_d, rb_i = N.row_bytes(d), N.row_bytes(inter)
+    per_layer = (al(16 * d) + al(4 * d) + 3 * al(d * rb_d) + al(8 * d) + al(d * rb_d) + al(8 * d)
+                 + al(2 * inter * rb_d) + al(8 * inter) + al(d * rb_i))
+    return al(V * embed_stride(d)) + L * per_layer + al(8 * d) + al(V * rb_d)
+
+
+def ternary_weights(dims: LY.Dims) -> int:
+    """Number of ternary weights (every BitLinear, the head included)."""
+    return sum(b.N * b.K for b in LY.bitlinears(dims))
+
+
+# ======================================================================================================
+# the timing model
+# ======================================================================================================
+class _Bus:
+    """The AXI read port: priority transfers (program, embedding rows, LOAD, STORE) as busy intervals; the
+    weight stream uses the free time. Times in cycles, ``rate`` beats per cycle."""
+
+    def __init__(self, rate: float):
+        self.rate = rate
+        self.busy: list[list[float]] = []       # sorted, disjoint [start, end)
+        self.end = 0.0
+        self.beats = 0.0
+
+    def reserve(self, t: float, beats: float) -> tuple[float, float]:
+        s = max(t, self.end)
+        e = s + beats / self.rate
+        self.beats += beats
+        if self.busy and self.busy[-1][1] >= s - 1e-9:
+            self.busy[-1][1] = e
+        else:
+            self.busy.append([s, e])
+        self.end = e
+        return s, e
+
+    def free(self, a: float, b: float) -> float:
+        if b <= a:
+            return 0.0
+        f = b - a
+        for s, e in reversed(self.busy):
+            if e <= a:
+                break
+            f -= max(0.0, min(b, e) - max(a, s))
+        return f
+
+    def advance(self, a: float, cycles: float) -> float:
+        """The earliest T with ``free(a, T) == cycles``."""
+        t, need = a, cycles
+        for s, e in self.busy:
+            if e <= t:
+                continue
+            if s > t:
+                if s - t >= need:
+                    return t + need
+                need -= s - t
+            t = max(t, e)
+        return t + need
+
+
+@dataclass
+class _Mv:
+    req: float          # PREFETCH (or MATVEC) dispatch: the weight request
+    dispatch: float
+    beats: float
+    bpr: int
+    rows: int
+    lat: int
+    head: bool
+    S: float = 0.0
+    F: float = 0.0
+    E: float = 0.0
+
+
+@dataclass
+class PassTiming:
+    """Cycles of one pass and where they went (see :func:`pass_cycles`)."""
+
+    cycles: float
+    phases: dict
+    bus_beats: float
+    weight_beats: float
+    instructions: int
+    matvec_busy: float
+    intervals: dict = field(default_factory=dict, repr=False)
+
+
+def pass_cycles(dims: LY.Dims, hw: HwConfig, k: int = 1, rate: float = 1.0, rd_latency: float = 24,
+                write_logits: bool = True, weight_fifo_beats: int = WEIGHT_FIFO_BEATS,
+                prog: list[I.Instr] | None = None, timing: dict | None = None) -> PassTiming:
+    """Cycles from START to DONE (the CYCLES register) of one pass of ``k`` tokens.
+
+    ``rate``: AXI beats per cycle the memory sustains (1.0 = the simulated DDR); ``rd_latency``: cycles
+    from a read request to its first beat; ``prog``: the program (default :func:`program`); ``timing``:
+    overrides of :data:`RTL_TIMING`. Phases (cycles, summing to the total): ``weight_stream`` (the ternary
+    engines run or wait for weights, layers), ``lm_head`` (the same for the head), ``vector`` (the vector
+    engine runs, the ternary engines idle), ``load_store`` (only LOAD/STORE/EMBED traffic), ``control``
+    (start, dispatch, drain: nothing else runs)."""
+    if not 1 <= k <= hw.max_tokens:
+        raise MmfreeError(f"k = {k} is outside 1..max_tokens = {hw.max_tokens} of the build")
+    if max(dims.d, dims.inter) > hw.max_width:
+        raise MmfreeError(f"the model is {max(dims.d, dims.inter)} wide but the build's max_width is {hw.max_width}")
+    T = dict(RTL_TIMING, **(timing or {}))
+    prog = program(dims) if prog is None else prog
+    bb, E = hw.bus_bytes, hw.matvec_engines
+    L = float(rd_latency)
+    cap = E * weight_fifo_beats + WEIGHT_CLIENT_FIFO
+    bus = _Bus(rate)
+    ivals: dict[str, list] = {"matvec": [], "head": [], "vector": [], "load_store": []}
+
+    # program fetch: START reads the header, the tokens, then the program in 16-beat bursts
+    t = T["start"] + 3 * L
+    bus.reserve(0, 1 + math.ceil(4 * k / bb))
+    n_instr = len(prog)
+    fetched = 0
+
+    inflight: list[tuple] = []                # (engine, finish_fn, rd, wr)
+    engine_last: dict[str, float] = {"load": 0.0, "store": 0.0, "vector": 0.0}
+    fill_end: dict[int, float] = {}
+    mvs: list[_Mv] = []
+    state = {"settled": 0, "F": 0.0, "E": 0.0}
+    pending_req: list[float] = []
+    slots = {"load": 1, "store": 1, "vector": 1, "matvec": 2}
+
+    def chain(now: float):
+        """(Re)compute start, delivery end and finish of the MATVECs not yet settled."""
+        F_prev, E_prev = state["F"], state["E"]
+        for j in range(state["settled"], len(mvs)):
+            m = mvs[j]
+            c = min(float(E), m.bpr / k)
+            S = max(m.dispatch + 1, E_prev + T["mv_gap"])
+            a = max(m.req + 1 + L, F_prev)
+            B = m.beats
+            pre = min(B, cap, bus.free(a, S) * rate) if a < S else 0.0
+            if pre >= B - 1e-9:
+                F = bus.advance(a, B / rate)
+            else:
+                F = bus.advance(max(S, a), (B - pre) / rate)
+                if B > cap and c < rate:
+                    F = max(F, S + (B - cap) / c)
+            m.S, m.F = S, F
+            m.E = max(S + B / c, F + 1) + m.lat + k
+            F_prev, E_prev = F, m.E
+            if j == state["settled"] and m.E <= now and m.F <= now:
+                state.update(settled=j + 1, F=m.F, E=m.E)
+
+    def finish_of(entry, now):
+        eng, fin = entry[0], entry[1]
+        if eng == "matvec":
+            chain(now)
+            return mvs[fin].E
+        return fin
+
+    weight_beats = 0.0
+    for idx, ins in enumerate(prog):
+        # fetch: the ctl client pulls the program in bursts of 16 instructions as its queue drains
+        if idx >= fetched:
+            n = min(16, n_instr - fetched)
+            _, e = bus.reserve(t, n * 16 / bb)
+            if idx == 0:
+                t = max(t, e - (n - 1) * 16 / bb / rate)
+            fetched += n
+        op = ins.op
+        if op == "HALT":
+            break
+        t_wait = t + T["dispatch"] - 1                 # FETCH, DECODE, RANGE -> WAIT
+        eng = I.engine_of(op) if op not in ("SETC", "SETF", "SYNC", "PREFETCH") else None
+        if op == "PREFETCH":
+            pending_req.append(t_wait)
+            td = t_wait
+            t = td + 1
+            continue
+        rd, wr = I.resources(ins)
+        rd_chk = rd - set(I.STREAMED)
+        td = t_wait
+        # hazards: an earlier unfinished instruction writes what this reads, or touches what this writes
+        for entry in inflight:
+            e_rd, e_wr = entry[2], entry[3]
+            if (rd_chk & e_wr) or (wr & (e_rd | e_wr)) or (STORE_WAITS_FOR_MATVEC and op == "STORE" and entry[0] == "matvec"):
+                td = max(td, finish_of(entry, td) + T["done"])
+        if eng is not None:
+            mine = [e for e in inflight if e[0] == eng]
+            if len(mine) >= slots[eng]:
+                fins = sorted(finish_of(e, td) for e in mine)
+                td = max(td, fins[len(mine) - slots[eng]] + T["done"])
+        if op == "MATVEC" and not (ins["flags"] & I.PREFETCHED):
+            pending_req.append(td)
+        inflight = [e for e in inflight if finish_of(e, td) + T["done"] > td]
+        start = td + 1
+        fin = None
+        if op == "LOAD":
+            start = max(start, engine_last["load"])
+            beats = math.ceil(4 * ins["count"] * ins["fields"] / bb)
+            s, e = bus.reserve(start + L, beats)
+            fin = e + T["load_tail"]
+            for b in I.resources(ins)[1]:
+                fill_end[b] = fin
+            ivals["load_store"].append((s, fin))
+        elif op == "STORE":
+            start = max(start, engine_last["store"])
+            skip = ins["flags"] & I.STORE_IF_LOGITS and not write_logits
+            if skip:
+                fin = start + 1
+            else:
+                n = ins["count"]
+                dur = k * (n + T["store_token"])
+                bus.reserve(start + T["store_token"], k * math.ceil(4 * n / bb))
+                fin = start + dur + T["store_token"]
+                ivals["load_store"].append((start, fin))
+        elif op == "EMBED":
+            start = max(start, engine_last["vector"])
+            tt = start
+            for _ in range(k):
+                _, e = bus.reserve(tt + T["embed_row"] + L, math.ceil(4 * ins["count"] / bb))
+                tt = e + 1
+            fin = tt + T["hgrn_tail"]
+            ivals["load_store"].append((start, fin))
+        elif op in ("QSTATS", "QCODES", "HGRN"):
+            start = max(start, engine_last["vector"])
+            n = ins["count"]
+            need = [b for b in rd if b in I.STREAMED]
+            ready = max([fill_end.get(b, 0.0) for b in need], default=0.0)
+            if op == "HGRN":
+                first = max(start + n, ready + 1)
+                fin = first + T["hgrn_token"] + (k - 1) * (n + T["hgrn_token"]) + T["hgrn_tail"]
+            else:
+                first = max(start + n, ready + 1)
+                issued = first + (k - 1) * n
+                if op == "QSTATS":
+                    fin = issued + T["qstats_tail"] + T["recip"] + max(0, T["recip"] - n) * (k - 1)
+                else:
+                    fin = issued + T["qcodes_tail"]
+            ivals["vector"].append((start, fin))
+        elif op == "MATVEC":
+            K = ins["count"]
+            bpr = N.row_bytes(K) // bb
+            rows = ins["rows"]
+            epi = ins["epi"]
+            lat = {I.EPI_STORE: T["mv_store"], I.EPI_HEAD: T["mv_store"], I.EPI_RESID: T["mv_resid"],
+                   I.EPI_GLU: T["mv_glu"]}[epi]
+            req = pending_req.pop(0) if pending_req else td
+            mvs.append(_Mv(req, td, rows * bpr, bpr, rows, lat, epi == I.EPI_HEAD))
+            weight_beats += rows * bpr
+            fin = len(mvs) - 1
+        if eng is not None:
+            if eng != "matvec":
+                engine_last[eng] = fin
+            inflight.append((eng, fin, rd, wr))
+        t = td + 1
+
+    # HALT: every engine idle and the writes answered
+    chain(float("inf"))
+    end = max([t + T["dispatch"] - 1] + [finish_of(e, float("inf")) for e in inflight]
+              + [m.E for m in mvs] + list(engine_last.values()))
+    total = end + T["halt"] + RM_WR_LATENCY
+    for m in mvs:
+        ivals["head" if m.head else "matvec"].append((m.S, m.E))
+    phases = _partition(total, ivals)
+    return PassTiming(total, phases, bus.beats + weight_beats, weight_beats, len(prog),
+                      sum(m.E - m.S for m in mvs), ivals)
+
+
+#: Write-response latency of the simulated DDR (sim/accel.py DEFAULT_WR_LATENCY): HALT waits for it.
+RM_WR_LATENCY = 8
+#: Measured, not derived: in the RTL a STORE does not overlap a running MATVEC (bench/perf_validate.py: with
+#: logits written, the head of a d=240, V=4096 model costs about one cycle per logit on top of the head's
+#: weight stream). The model serialises them; the remaining gap (logits written, k = 1, V >> d) is listed in
+#: docs/performance.md.
+STORE_WAITS_FOR_MATVEC = True
+
+
+def _partition(total: float, ivals: dict) -> dict:
+    """Split [0, total) by the busiest activity: matvec > head > vector > load/store > control."""
+    order = [("weight_stream", "matvec"), ("lm_head", "head"), ("vector", "vector"), ("load_store", "load_store")]
+    pts = {0.0, total}
+    for v in ivals.values():
+        for s, e in v:
+            pts.update((min(max(s, 0.0), total), min(max(e, 0.0), total)))
+    pts = sorted(pts)
+    # per class: merged intervals, for fast membership
+    merged = {}
+    for cls, v in ivals.items():
+        mm = []
+        for s, e in sorted(v):
+            if mm and s <= mm[-1][1]:
+                mm[-1][1] = max(mm[-1][1], e)
+            else:
+                mm.append([s, e])
+        merged[cls] = mm
+    out = {name: 0.0 for name, _ in order}
+    out["control"] = 0.0
+    ptr = {cls: 0 for cls in merged}
+    for a, b in zip(pts, pts[1:]):
+        mid = (a + b) / 2
+        for name, cls in order:
+            mm, i = merged[cls], ptr[cls]
+            while i < len(mm) and mm[i][1] <= mid:
+                i += 1
+            ptr[cls] = i
+            if i < len(mm) and mm[i][0] <= mid:
+                out[name] += b - a
+                break
+        else:
+            out["control"] += b - a
+    return out
+
+
+# ======================================================================================================
+# on-chip memory and resources
+# ======================================================================================================
+_BRAM_SHAPES = ((32768, 1), (16384, 2), (8192, 4), (4096, 9), (2048, 18), (1024, 36), (512, 72))
+
+
+def bram36_for(depth: int, width: int) -> int:
+    """RAMB36 blocks for one memory of ``depth`` x ``width`` bits (best of the 7-series/UltraScale aspect ratios)."""
+    return min(math.ceil(depth / dd) * math.ceil(width / ww) for dd, ww in _BRAM_SHAPES)
+
+
+def uram_for(depth: int, width: int) -> int:
+    """URAM288 blocks (4096 x 72) for one memory."""
+    return math.ceil(depth / 4096) * math.ceil(width / 72)
+
+
+def onchip_memories(hw: HwConfig, weight_fifo_beats: int = WEIGHT_FIFO_BEATS) -> list[dict]:
+    """The memories of the datapath (rtl/datapath.py, rtl/matvec.py, rtl/top.py): name, depth, width, bits."""
+    K, W, bb, E = hw.max_tokens, hw.max_width, hw.bus_bytes, hw.matvec_engines
+    pt = W * K
+    mems = [("X", pt, 32), ("A", pt, 64), ("H", pt, 32), ("T0", pt, 32), ("T1", pt, 32), ("T2", pt, 32),
+            ("H0", W, 32), ("LB", W, 32), ("N", W, N.VEC_BITS)]
+    mems += [(f"NW{p}", W, N.VEC_BITS) for p in range(I.SLOTS)]
+    lanes = hw.lanes
+    for e in range(E):
+        mems.append((f"weight_queue{e}", weight_fifo_beats, 8 * bb))
+        for t in range(K):
+            mems.append((f"codes{e}_t{t}", I.BANKS * math.ceil(W / lanes), 8 * lanes))
+    for i, dpt in enumerate((32, 32, 64, 64)):
+        mems.append((f"axi_rd_fifo{i}", dpt, 8 * bb))
+    return [{"name": n, "depth": dd, "width": w, "bits": dd * w} for n, dd, w in mems]
+
+
+def _unit_table() -> dict:
+    path = Path(__file__).resolve().parent.parent / "boards" / "data" / "unit_resources.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise MmfreeError(f"the recorded unit estimates {path} are missing or unreadable ({exc}); "
+                          "regenerate them with `python bench/perf_table.py --units`") from None
+
+
+def estimate_resources(hw: HwConfig, family: str, part: dict | None = None) -> dict:
+    """LUT/FF/DSP of the accelerator composed from the Yosys estimates of its units
+    (boards/data/unit_resources.json) times how many the datapath instantiates, plus
+    ``glue_fraction`` for the control logic; BRAM/URAM from :func:`onchip_memories`. With ``part`` (a
+    board's ``pl`` dict) also what fits."""
+    tab = _unit_table()
+    units = tab["units"]
+    K, E = hw.max_tokens, hw.matvec_engines
+    mv_name = f"matvec_l{hw.lanes}_k{K}"
+    counts = {"quant_stats": I.SLOTS, "codes_from_p": I.SLOTS, "output_multiplier": 1, "dequantize": 1,
+              "mlgru_update": 1, "gated_product": 2, "residual_add": 1, "argmax": K, "max_abs": 2 * K}
+    logic = {"LUT": 0.0, "FF": 0.0, "DSP": 0.0}
+    notes = []
+    if mv_name in units and family in units[mv_name]:
+        mv = units[mv_name][family]
+        for key in logic:
+            logic[key] += E * mv[key]
+    else:
+        # scale the recorded matvec engine linearly in lanes x k (docs/rtl.md: ~linear)
+        ref_name = max((n for n in units if n.startswith("matvec_") and family in units[n]),
+                       key=lambda n: int(n.split("_l")[1].split("_")[0]) * int(n.split("_k")[1]), default=None)
+        if ref_name is None:
+            raise MmfreeError(f"no recorded matvec estimate for family {family}; run `python bench/perf_table.py --units`")
+        rl, rk = int(ref_name.split("_l")[1].split("_")[0]), int(ref_name.split("_k")[1])
+        f = (hw.lanes * K) / (rl * rk)
+        for key in logic:
+            logic[key] += E * units[ref_name][family][key] * f
+        notes.append(f"{mv_name} not recorded: scaled from {ref_name} by lanes x k ({f:.2f})")
+    for name, n in counts.items():
+        u = units.get(name, {}).get(family)
+        if u is None:
+            notes.append(f"unit {name} not recorded for {family}: not counted")
+            continue
+        for key in logic:
+            logic[key] += n * u[key]
+    glue = assumption("glue_fraction")
+    logic["LUT"] *= 1 + glue
+    logic["FF"] *= 1 + glue
+    mems = onchip_memories(hw)
+    bram_all = sum(bram36_for(m["depth"], m["width"]) for m in mems)
+    res = {"lut": int(round(logic["LUT"])), "ff": int(round(logic["FF"])), "dsp": int(round(logic["DSP"])),
+           "bram36_if_all_bram": bram_all, "onchip_bits": sum(m["bits"] for m in mems), "notes": notes,
+           "source": tab.get("source", "")}
+    if part is not None:
+        # put the largest memories in URAM (where the part has it), the rest in BRAM
+        uram_left = part.get("uram", 0)
+        bram = 0
+        uram = 0
+        for m in sorted(mems, key=lambda m: -m["bits"]):
+            u = uram_for(m["depth"], m["width"])
+            b = bram36_for(m["depth"], m["width"])
+            if uram_left >= u and m["depth"] >= 4096 and u * 72 * 4096 <= 1.5 * b * 36864:
+                uram += u
+                uram_left -= u
+            else:
+                bram += b
+        res.update(bram36=bram, uram=uram)
+        fit = {"lut": res["lut"] <= part["lut"], "ff": res["ff"] <= part["ff"], "dsp": res["dsp"] <= part["dsp"],
+               "bram36": bram <= part["bram36"], "uram": uram <= part.get("uram", 0)}
+        res["fit"] = fit
+        res["fits"] = all(fit.values())
+        res["part"] = {k: part[k] for k in ("lut", "ff", "dsp", "bram36", "uram")}
+        res["utilisation"] = {k: (res[k] / part[k] if part[k] else (0.0 if res[k] == 0 else float("inf")))
+                              for k in ("lut", "ff", "dsp", "bram36", "uram")}
+    return res
+
+
+# ======================================================================================================
+# predict
+# ======================================================================================================
+def predict(dims, board, clock_mhz: float | None = None, hw: HwConfig | None = None, k: int = 1,
+            accept_len: float | None = None, write_logits: bool = False) -> dict:
+    """Modeled decode speed of a model on a board.
+
+    ``dims``: a :class:`~mmfree.pymodel.layout.Dims` or anything :func:`dims_for` takes; ``board``: a name
+    or ``custom:PATH`` for :func:`mmfree.boards.boardfile.load_board`, or a ``Board``; ``clock_mhz``:
+    fabric clock (default the board's); ``hw``: the build (default :func:`default_hw`); ``k``: tokens
+    per pass; ``accept_len``: tokens emitted per pass (1..k; default 1: no draft accepted);
+    ``write_logits``: whether passes write all logits to DDR (default no: greedy decode needs the argmax).
+
+    Returns a dict: ``tokens_per_s``, ``cycles_per_token``, ``cycles_per_pass``, ``bytes_per_token``
+    (DDR bytes the design moves per emitted token), ``must_move_bytes_per_token``, ``phases`` (cycles per
+    pass by phase, the host handshake included), ``ddr_bytes_per_s`` (achieved), ``ddr_fraction_of_peak``,
+    ``roofline_tokens_per_s`` (DDR peak / packed ternary weight bytes per token at 5 trits per byte),
+    ``physical_limit_tokens_per_s`` (DDR peak / weights at log2(3) bits), ``fraction_of_roofline``,
+    ``port_roofline_tokens_per_s`` (bus width x clock / the design's bytes per pass, per emitted token),
+    ``fits`` (DDR, width and resources), ``memory`` (image vs usable DDR), ``onchip_bits``, ``resources``
+    (LUT/FF/DSP/BRAM/URAM needed vs the part), ``problems`` (why it does not fit), ``assumptions``.
+    Modeled numbers: nothing here is measured.
+    """
+    from mmfree.boards.boardfile import Board, load_board
+
+    dims = dims_for(dims)
+    b = board if isinstance(board, Board) else load_board(str(board))
+    clock = float(clock_mhz if clock_mhz is not None else b.clock_mhz)
+    if clock <= 0:
+        raise MmfreeError(f"--clock-mhz must be positive, got {clock}")
+    if hw is None:
+        hw = default_hw(dims, b, k)
+    if not 1 <= k <= hw.max_tokens:
+        raise MmfreeError(f"k = {k} must be in 1..{hw.max_tokens} (the build's max_tokens)")
+    A = 1.0 if accept_len is None else float(accept_len)
+    if not 1 <= A <= k:
+        raise MmfreeError(f"--accept-len {A} must be in 1..k = {k} (tokens emitted per pass)")
+    problems = []
+    if max(dims.d, dims.inter) > hw.max_width:
+        problems.append(f"the model is {max(dims.d, dims.inter)} wide, the build's max_width is {hw.max_width}")
+        hw = HwConfig(hw.bus_bytes, hw.max_tokens, _pow2(max(dims.d, dims.inter)), hw.matvec_engines)
+    clock_hz = clock * 1e6
+    peak = b.ddr_peak_bytes_per_s
+    port_eff, ddr_eff = assumption("hp_port_efficiency"), assumption("ddr_efficiency")
+    port_bps = hw.bus_bytes * clock_hz
+    rate = min(port_eff, ddr_eff * peak / port_bps)
+    limiter = "hp_port" if port_eff <= ddr_eff * peak / port_bps else "ddr"
+    lat = assumption("rd_latency_ns") * 1e-9 * clock_hz
+    pt = pass_cycles(dims, hw, k, rate=rate, rd_latency=lat, write_logits=write_logits)
+    host = assumption("host_us_per_pass") * 1e-6 * clock_hz
+    cycles_pass = pt.cycles + host
+    seconds_pass = cycles_pass / clock_hz
+    tps = A / seconds_pass
+    phases = {name: round(v, 1) for name, v in pt.phases.items()}
+    phases["host_handshake"] = round(host, 1)
+    bytes_pass = pt.bus_beats * hw.bus_bytes
+    packed = LY.weight_bytes_per_token(dims, padded=False)
+    n_tern = ternary_weights(dims)
+    roofline = peak / packed
+    physical = peak / (n_tern * math.log2(3) / 8)
+    img = image_bytes(dims)
+    bufs = sum(RM.buffer_sizes(dims.d, dims.layers, dims.vocab, k).values())
+    prog_bytes = I.HEADER_BYTES + I.INSTR_BYTES * len(program(dims))
+    need = img + bufs + prog_bytes
+    usable = b.ddr_usable_bytes
+    mem_fits = need <= usable
+    if not mem_fits:
+        problems.append(f"the model needs {need / 2**20:.0f} MiB of DDR (image {img / 2**20:.0f} MiB + buffers + "
+                        f"program) but {b.name} leaves {usable / 2**20:.0f} MiB to the accelerator "
+                        f"({b.ddr['size_mb']} MB - {b.ddr.get('os_reserved_mb', 0)} MB reserved for the OS)")
+    res = estimate_resources(hw, b.family, b.pl)
+    if not res["fits"]:
+        over = [f"{key} {res[key]} > {b.pl[key]}" for key, ok in res["fit"].items() if not ok]
+        problems.append("the design's estimated resources exceed the part: " + ", ".join(over))
+    return {
+        "model": {"d": dims.d, "inter": dims.inter, "layers": dims.layers, "vocab": dims.vocab,
+                  "ternary_weights": n_tern},
+        "board": b.name, "part": b.part, "clock_mhz": clock,
+        "hw": {"bus_bytes": hw.bus_bytes, "max_tokens": hw.max_tokens, "max_width": hw.max_width,
+               "matvec_engines": hw.matvec_engines, "lanes": hw.lanes},
+        "k": k, "accept_len": A, "write_logits": write_logits,
+        "label": "modeled",
+        "tokens_per_s": tps,
+        "cycles_per_pass": cycles_pass,
+        "cycles_per_token": cycles_pass / A,
+        "phases": phases,
+        "bytes_per_token": bytes_pass / A,
+        "must_move_bytes_per_token": must_move_bytes(dims, k, write_logits) / A,
+        "packed_weight_bytes": packed,
+        "ddr_bytes_per_s": bytes_pass / seconds_pass,
+        "ddr_peak_bytes_per_s": peak,
+        "ddr_fraction_of_peak": bytes_pass / seconds_pass / peak,
+        "bus_rate_beats_per_cycle": rate, "bus_limited_by": limiter,
+        "port_bytes_per_s": port_bps,
+        "roofline_tokens_per_s": roofline,
+        "physical_limit_tokens_per_s": physical,
+        "fraction_of_roofline": tps / roofline,
+        "port_roofline_tokens_per_s": port_bps * A / bytes_pass,
+        "memory": {"image_bytes": img, "buffer_bytes": bufs, "program_bytes": prog_bytes, "needed_bytes": need,
+                   "usable_bytes": usable, "fits": mem_fits},
+        "onchip_bits": res["onchip_bits"],
+        "resources": res,
+        "fits": mem_fits and res["fits"] and not any("wide" in p for p in problems),
+        "problems": problems,
+        "assumptions": {name: {"value": v, "source": s} for name, (v, s) in ASSUMPTIONS.items()},
+        "rtl_timing": dict(RTL_TIMING),
+    }

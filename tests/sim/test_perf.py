@@ -1,0 +1,200 @@
+"""The performance model (mmfree.sim.perf) and `mmfree perf`: program mirror, image size, predictions,
+bad input; the RTL validation (marker sim) runs the accelerator on small shapes and compares cycles."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mmfree import MmfreeError
+from mmfree.pymodel.layout import Dims
+from mmfree.sim import perf as P
+
+ROOT = Path(__file__).resolve().parents[2]
+#: (config, run) the model misses by more than 5 %: logits written at k = 1 with V >> d (docs/performance.md)
+KNOWN_GAPS = {("d240-default-shape", "1")}
+KEYS = ("rows", "count", "src", "nproj", "slot", "bank", "epi", "flags", "dst", "fields", "tstride", "vocab", "stride16")
+
+
+@pytest.fixture(scope="module")
+def default_compiled():
+    from mmfree.pymodel.intmodel import open_int_model
+    from mmfree.rtl.compiler import compile_model
+
+    im, _ = open_int_model("default")
+    return im, compile_model(im)
+
+
+def test_program_mirrors_the_compiler(default_compiled):
+    im, c = default_compiled
+    prog = P.program(im.dims)
+    assert [i.op for i in prog] == [i.op for i in c.instrs]
+    for a, b in zip(c.instrs, prog):
+        assert {k: a[k] for k in KEYS} == {k: b[k] for k in KEYS}, (a, b)
+    assert P.image_bytes(im.dims) == len(c.image)
+
+
+def test_compiled_program_gives_the_same_cycles(default_compiled):
+    from mmfree.sim.accel import DEFAULT_HW
+
+    im, c = default_compiled
+    for k in (1, 4):
+        a = P.pass_cycles(im.dims, DEFAULT_HW, k).cycles
+        b = P.pass_cycles(im.dims, DEFAULT_HW, k, prog=c.instrs).cycles
+        assert a == b
+
+
+def test_dims_for():
+    assert P.dims_for("1.3B") == Dims(32000, 2048, 5632, 24)
+    assert P.dims_for("370M") == Dims(32000, 1024, 2816, 24)
+    assert P.dims_for("2.7B") == Dims(32000, 2560, 6912, 32)
+    assert P.dims_for("default") == Dims(4096, 240, 640, 4)
+    with pytest.raises(MmfreeError, match="not one of"):
+        P.dims_for("/nonexistent/model")
+
+
+def test_dims_for_export_dir(tmp_path):
+    (tmp_path / "manifest.json").write_text(json.dumps({"dims": {"vocab": 97, "d": 64, "inter": 172, "layers": 1}}))
+    assert P.dims_for(str(tmp_path)) == Dims(97, 64, 172, 1)
+
+
+def test_predict_keys_and_phases():
+    r = P.predict("1.3B", "kv260", clock_mhz=250)
+    for key in ("tokens_per_s", "cycles_per_token", "bytes_per_token", "roofline_tokens_per_s", "fits", "phases",
+                "ddr_bytes_per_s", "onchip_bits", "resources", "assumptions"):
+        assert key in r
+    assert r["label"] == "modeled"
+    assert abs(sum(r["phases"].values()) - r["cycles_per_pass"]) < 1.0 + 1e-6 * r["cycles_per_pass"]
+    assert r["fits"] and not r["problems"]
+    assert r["tokens_per_s"] == pytest.approx(250e6 / r["cycles_per_token"])
+    # every assumption printed with its source
+    assert all(a["source"] for a in r["assumptions"].values())
+
+
+def test_kv260_13b_against_its_rooflines():
+    """The design streams one 128-bit HP port: it reaches >= 90 % of that port's roofline, which is far below
+    the DDR roofline (reported honestly: fraction_of_roofline)."""
+    r = P.predict("1.3B", "kv260", clock_mhz=250)
+    assert r["bus_limited_by"] == "hp_port"
+    assert r["tokens_per_s"] >= 0.9 * r["port_roofline_tokens_per_s"] * P.assumption("hp_port_efficiency")
+    assert r["tokens_per_s"] <= r["roofline_tokens_per_s"] <= r["physical_limit_tokens_per_s"] * 1.01
+    assert r["fraction_of_roofline"] == pytest.approx(r["tokens_per_s"] / r["roofline_tokens_per_s"])
+
+
+def test_bandwidth_bound_scaling():
+    """Halving the clock roughly halves tokens/s when the port binds; k with full acceptance multiplies it."""
+    a = P.predict("370M", "kv260", clock_mhz=250)
+    b = P.predict("370M", "kv260", clock_mhz=125)
+    assert 0.45 < b["tokens_per_s"] / a["tokens_per_s"] < 0.55
+    c = P.predict("370M", "kv260", clock_mhz=250, k=4, accept_len=4)
+    assert c["tokens_per_s"] > 3 * a["tokens_per_s"]
+
+
+def test_model_too_big_for_ddr():
+    r = P.predict("1.3B", "pynq-z2")
+    assert not r["fits"]
+    assert any("MiB of DDR" in p and "pynq-z2" in p for p in r["problems"])
+
+
+def test_bad_arguments():
+    with pytest.raises(MmfreeError, match="accept-len"):
+        P.predict("370M", "kv260", k=2, accept_len=3)
+    with pytest.raises(MmfreeError, match="clock"):
+        P.predict("370M", "kv260", clock_mhz=0)
+
+
+def _board(tmp_path, **edits):
+    d = json.loads((ROOT / "boards" / "kv260" / "board.json").read_text())
+    for path, v in edits.items():
+        node = d
+        keys = path.split(".")
+        for k in keys[:-1]:
+            node = node[k]
+        if v is None:
+            del node[keys[-1]]
+        else:
+            node[keys[-1]] = v
+    f = tmp_path / "b.json"
+    f.write_text(json.dumps(d))
+    return f"custom:{f}"
+
+
+def test_bad_board_files(tmp_path):
+    with pytest.raises(MmfreeError, match="'ddr.peak_gbps'"):
+        P.predict("370M", _board(tmp_path, **{"ddr.peak_gbps": 30.0}))
+    with pytest.raises(MmfreeError, match="'pl'"):
+        P.predict("370M", _board(tmp_path, pl=None))
+    with pytest.raises(MmfreeError, match="'hp_ports.width_bits'"):
+        P.predict("370M", _board(tmp_path, **{"hp_ports.width_bits": 96}))
+
+
+def test_resources_and_onchip():
+    from mmfree.rtl.compiler import HwConfig
+
+    hw = HwConfig(bus_bytes=16, max_tokens=4, max_width=4096)
+    mems = P.onchip_memories(hw)
+    assert sum(m["bits"] for m in mems) > 4096 * 4 * 32 * 6
+    assert P.bram36_for(4096 * 4, 32) == 16
+    assert P.bram36_for(512, 72) == 1
+    part = {"lut": 117120, "ff": 234240, "dsp": 1248, "bram36": 144, "uram": 64}
+    r = P.estimate_resources(hw, "xcup", part)
+    assert r["lut"] > 10000 and r["dsp"] > 0 and set(r["fit"]) == {"lut", "ff", "dsp", "bram36", "uram"}
+    tiny = dict(part, bram36=10, uram=0)
+    assert not P.estimate_resources(hw, "xcup", tiny)["fits"]
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "mmfree", *args], capture_output=True, text=True, cwd=ROOT)
+
+
+def test_cli_json_and_table(tmp_path):
+    out = _cli("perf", "--model", "1.3B", "--board", "kv260", "--clock-mhz", "250", "--json")
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)
+    assert r["tokens_per_s"] > 0 and r["fits"] is True and "assumptions" in r
+    out = _cli("perf", "--model", "370M", "--board", "zcu104", "--k", "4", "--accept-len", "2.5")
+    assert out.returncode == 0, out.stderr
+    assert "tokens/s" in out.stdout and "weight_stream" in out.stdout
+    out = _cli("perf", "--model", "2.7B", "--board", "pynq-z2")
+    assert out.returncode == 3 and "DOES NOT FIT" in out.stdout
+    out = _cli("perf", "--model", "370M", "--board", _board(tmp_path, **{"ddr.rate_mts": 3200}))
+    assert out.returncode == 1 and "ddr.peak_gbps" in out.stderr
+
+
+def test_recorded_rtl_cycles_within_5_percent():
+    """The model against the RTL cycles recorded by bench/perf_validate.py --record (no simulation here)."""
+    rec = json.loads((ROOT / "boards" / "data" / "perf_validation.json").read_text())
+    from mmfree.sim.accel import DEFAULT_HW
+
+    n = 0
+    for name, runs in rec["runs"].items():
+        c = rec["configs"][name]
+        dims = Dims(c["vocab"], c["d"], c["inter"], c["layers"])
+        for key, v in runs.items():
+            k, wl = int(key.split("-")[0]), not key.endswith("-nologits")
+            m = P.pass_cycles(dims, DEFAULT_HW, k, rate=1.0, rd_latency=rec["rd_latency"], write_logits=wl)
+            tol = 0.12 if (name, key) in KNOWN_GAPS else 0.05
+            assert abs(m.cycles - v["cycles"]) <= tol * v["cycles"], (name, key, m.cycles, v["cycles"])
+            n += 1
+    assert n >= 16
+
+
+@pytest.mark.sim
+def test_model_against_rtl():
+    """Runs the accelerator RTL (Verilator) on 4 shapes, k = 1 and 4: the model within 5 % of CYCLES."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import perf_validate as V
+    finally:
+        sys.path.pop(0)
+    for name in ("d64", "d96", "d200", "d512"):
+        meas = V.rtl_cycles(name, (1, 4))
+        for k in (1, 4):
+            for wl in (True, False):
+                rtl = meas[V.run_key(k, wl)]["cycles"]
+                m = V.model_cycles(name, k, wl)
+                assert abs(m - rtl) <= 0.05 * rtl, (name, k, wl, m, rtl)
