@@ -1,7 +1,210 @@
-"""Command-line glue for this area (see ``mmfree.cli``)."""
+"""Command-line glue for this area (see ``mmfree.cli``): ``mmfree build``, ``mmfree flash``, ``mmfree run``.
+
+Nothing heavy is imported at module level (Amaranth, pynq and the simulator load only when a command runs).
+"""
 
 from __future__ import annotations
+
+import sys
+
+from mmfree import MmfreeError
+from mmfree.cli import add_subcommand, print_json
+
+RUN_BOARDS = ("sim", "pynq-z2", "kv260", "zcu104")
 
 
 def register(sub) -> None:
     """Add this area's subcommands to the ``mmfree`` parser."""
+    b = add_subcommand(
+        sub, "build", _build, "write (and with Vivado, run) the bitstream build for a PYNQ board",
+        "Generates the accelerator's Verilog (Amaranth), packages it as Vivado IP (VLNV\n"
+        "mmfree.org:mmfree:mmfree_accel:1.0), writes the block design (Zynq PS, the accelerator on the\n"
+        "board's HP port through a SmartConnect, AXI4-Lite control and an AXI interrupt controller on the\n"
+        "GP port, the PS fabric clock) and a batch TCL that synthesises, implements, writes the bitstream and\n"
+        "copies mmfree_<board>.bit with its .hwh (PYNQ naming). Runs Vivado when it is on PATH; otherwise\n"
+        "stops after writing the project and prints the command to run where Vivado is. --estimate adds a\n"
+        "Yosys synth_xilinx estimate for the board's family (cached; long the first time) and refuses a\n"
+        "design that does not fit. docs/boards.md.",
+    )
+    b.add_argument("--board", required=True, help="pynq-z2, kv260, zcu104 or custom:PATH.json")
+    b.add_argument("--out", required=True, help="output folder")
+    b.add_argument("--clock-mhz", type=float, default=None, help="fabric clock (default: the board file's)")
+    b.add_argument("--max-width", type=int, default=4096, help="widest vector the build holds (8192 for 2.7B)")
+    b.add_argument("--estimate", action="store_true", help="Yosys resource estimate and fit check (slow, cached)")
+    b.add_argument("--no-vivado", action="store_true", help="only write the project, even when Vivado is on PATH")
+    b.add_argument("--json", action="store_true", help="print one JSON object")
+
+    f = add_subcommand(
+        sub, "flash", _flash, "check a bitstream's .hwh and download it to the PYNQ board (pynq.Overlay)",
+        "Before touching the hardware: the .hwh must sit next to the .bit (same name), describe the\n"
+        "mmfree accelerator (its VLNV) and declare this driver's register-map major version; then\n"
+        "pynq.Overlay(X.bit) downloads it and the accelerator's ID/VERSION registers are read back.\n"
+        "Needs pynq on a PYNQ board image.",
+    )
+    f.add_argument("--board", required=True, help="pynq-z2, kv260, zcu104 or custom:PATH.json")
+    f.add_argument("--bitstream", required=True, help="X.bit with X.hwh beside it")
+    f.add_argument("--check-only", action="store_true", help="check the files, do not download")
+    f.add_argument("--json", action="store_true", help="print one JSON object")
+
+    r = add_subcommand(
+        sub, "run", _run, "generate text with the accelerator on a board or on the simulated board",
+        "Runs the driver (mmfree.boards.driver.Accelerator) on --board: a PYNQ board (the overlay given by\n"
+        "--bitstream, or the one already loaded) or 'sim', the accelerator RTL under Verilator + cocotb with\n"
+        "the very same driver code. Greedy decoding; --draft trigram (or lookup) verifies drafts --k tokens\n"
+        "per pass and still produces the plain greedy tokens. With --board sim every pass is compared with\n"
+        "the integer reference (bit_exact). --json keys: tokens, text, cycles, rd_bytes, stalls, passes,\n"
+        "verify_steps, mean_accepted (and bit_exact for sim).",
+    )
+    r.add_argument("--board", required=True, help="sim, pynq-z2, kv260, zcu104 (or custom:PATH.json)")
+    r.add_argument("--model", default="default", help="'default', an `mmfree export` or a checkpoint directory")
+    src = r.add_mutually_exclusive_group()
+    src.add_argument("--prompt", default=None, help="prompt text (the model's tokenizer)")
+    src.add_argument("--prompt-ids", default=None, help="comma-separated prompt token ids")
+    r.add_argument("--tokens", type=int, default=16, help="tokens to generate")
+    r.add_argument("--draft", choices=["none", "lookup", "trigram"], default="none", help="drafter")
+    r.add_argument("--k", type=int, default=None, help="tokens per pass (default: the build's max with drafts, else 1)")
+    r.add_argument("--bitstream", default=None, help="board only: X.bit to load (default: the loaded overlay)")
+    r.add_argument("--timeout", type=float, default=60.0, help="seconds one pass may take")
+    r.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+# ---- build -------------------------------------------------------------------------------------------------------
+def _build(args) -> int:
+    from mmfree.boards.build import build
+
+    say = (lambda m: print(f"[mmfree build] {m}", file=sys.stderr, flush=True))
+    res = build(args.board, args.out, clock_mhz=args.clock_mhz, do_estimate=args.estimate,
+                run_vivado=False if args.no_vivado else None, max_width=args.max_width, progress=say)
+    if args.json:
+        print_json(res)
+        return 0
+    cfg = res["config"]
+    print(f"board:     {cfg['board']} ({cfg['part']}), accelerator at {cfg['clock_mhz']:g} MHz, "
+          f"{8 * cfg['bus_bytes']}-bit {cfg['hp_port']}, CSRs on {cfg['gp_port']}")
+    print(f"project:   {args.out} ({', '.join(res['files'])}, build.json)")
+    est = res.get("estimate")
+    if est:
+        c = est["counts"]
+        print(f"estimate:  Yosys {est['yosys']} synth_xilinx -family {est['family']}: LUT {c['LUT']} (+{c['LUTRAM']} "
+              f"LUTRAM), FF {c['FF']}, DSP {c['DSP']}, BRAM36 {c['BRAM']:g}")
+        for k, v in est["fit"].items():
+            print(f"           {k:<5} {100 * v['fraction']:5.1f}% of {v['available']}")
+        for w in est.get("warnings", []):
+            print(f"warning:   {w}", file=sys.stderr)
+    if res["vivado"] == "ran":
+        print(f"bitstream: {res['bitstream_path']}\nhwh:       {res['hwh_path']}")
+    else:
+        print(res["message"])
+    return 0
+
+
+# ---- flash ----------------------------------------------------------------------------------------------------------
+def _flash(args) -> int:
+    from mmfree.boards.boardfile import load_board
+    from mmfree.boards.driver import check_hwh, load_overlay
+    from mmfree.rtl import regmap as RM
+
+    board = load_board(args.board)
+    info = check_hwh(args.bitstream, board)
+    out = {"bitstream": args.bitstream, "hwh": str(info.hwh), "instance": info.instance,
+           "regmap_version": f"{info.regmap_version >> 16}.{info.regmap_version & 0xFFFF}", "part": info.part,
+           "downloaded": False}
+    if not args.check_only:
+        ov, ip, _ = load_overlay(args.bitstream, board)
+        ident, version = ip.read(RM.OFFSET["ID"]), ip.read(RM.OFFSET["VERSION"])
+        if ident != RM.ID_MAGIC:
+            raise MmfreeError(f"the overlay loaded but {info.instance} does not answer (ID {ident:#x}, expected "
+                              f"{RM.ID_MAGIC:#x}): the fabric clock or reset is not running")
+        out.update(downloaded=True, hw_version=f"{version >> 16}.{version & 0xFFFF}",
+                   hw_config=RM.decode_hw_config(ip.read(RM.OFFSET["HW_CONFIG"])))
+    if args.json:
+        print_json(out)
+    else:
+        for k, v in out.items():
+            print(f"{k + ':':<16}{v}")
+    return 0
+
+
+# ---- run -------------------------------------------------------------------------------------------------------------
+def _prompt(args):
+    if args.prompt_ids is not None:
+        try:
+            ids = [int(x) for x in args.prompt_ids.split(",") if x.strip()]
+        except ValueError:
+            raise MmfreeError(f"--prompt-ids must be comma-separated integers, got {args.prompt_ids!r}") from None
+        if not ids:
+            raise MmfreeError("--prompt-ids is empty")
+        return ids
+    return args.prompt if args.prompt is not None else "def "
+
+
+def _print_run(res: dict, args) -> None:
+    if args.json:
+        print_json(res)
+        return
+    if "bit_exact" in res:
+        print(f"bit_exact: {res['bit_exact']}")
+    print(f"tokens:    {res['tokens']}")
+    if res.get("text") is not None:
+        print(f"text:      {res['text']!r}")
+    print(f"passes:    {res['passes']} ({res['decode_passes']} decode, {res['verify_steps']} verifying drafts, "
+          f"{res['mean_accepted']:.2f} tokens per decode pass)")
+    print(f"counters:  {res['cycles']} cycles, {res['rd_bytes']} bytes read, {res['stalls']} stall cycles")
+    for p in res.get("problems", []):
+        print(f"MISMATCH:  {p}", file=sys.stderr)
+
+
+def _run(args) -> int:
+    if args.tokens < 1:
+        raise MmfreeError("--tokens must be >= 1")
+    if args.timeout <= 0:
+        raise MmfreeError("--timeout must be > 0")
+    draft = None if args.draft == "none" else args.draft
+    prompt = _prompt(args)
+    if args.board == "sim":
+        from mmfree.boards.driver import run_sim
+
+        say = None if args.json else (lambda m: print(f"[mmfree run] {m}", file=sys.stderr, flush=True))
+        res = run_sim(args.model, prompt, args.tokens, draft=draft, k=args.k, timeout_s=args.timeout, progress=say)
+        _print_run(res, args)
+        return 0 if res["bit_exact"] else 1
+    if args.board not in RUN_BOARDS and not args.board.startswith("custom:") and not args.board.endswith(".json"):
+        raise MmfreeError(f"unknown board {args.board!r}: choose one of {', '.join(RUN_BOARDS)}")
+    return _run_board(args, prompt, draft)
+
+
+def _run_board(args, prompt, draft) -> int:
+    from mmfree.boards.boardfile import load_board
+    from mmfree.boards.driver import Accelerator, check_fits, open_model
+
+    board = load_board(args.board)
+    model = open_model(args.model)
+    compiled, im, tok_dir = model
+    check_fits(compiled, board)                       # before touching the hardware
+    if args.bitstream:
+        acc = Accelerator.from_bitstream(args.bitstream, model, board=board, timeout_s=args.timeout, tokenizer=tok_dir)
+    else:
+        acc = _attach_loaded_overlay(model, board, args.timeout, tok_dir)
+    with acc:
+        g = acc.generate(prompt, args.tokens, draft=draft, k=args.k)
+    res = dict(g.as_dict(), board=board.name, clock_mhz=board.clock_mhz)
+    _print_run(res, args)
+    return 0
+
+
+def _attach_loaded_overlay(model, board, timeout, tok_dir):
+    """The accelerator of the overlay PYNQ reports as loaded (``pynq.PL.bitfile_name``)."""
+    from pathlib import Path
+
+    from mmfree.boards.driver import Accelerator, _pynq, pynq_device
+
+    pynq = _pynq()
+    pynq_device()
+    try:
+        bitfile = pynq.PL.bitfile_name
+    except Exception as exc:
+        raise MmfreeError(f"pynq cannot tell which overlay is loaded ({exc}): give --bitstream X.bit") from None
+    if not bitfile or not Path(bitfile).exists():
+        raise MmfreeError("no overlay is loaded: give --bitstream X.bit (or run `mmfree flash` first)")
+    return Accelerator.from_bitstream(bitfile, model, board=board, download=False, timeout_s=timeout,
+                                      tokenizer=tok_dir)

@@ -1,0 +1,376 @@
+"""The driver (mmfree.boards.driver): transports, AccelHost, generation with drafts, the high-level Accelerator.
+
+Most tests run the driver against the ISA emulator board (fast, no RTL); the ``sim`` tests run the very same
+driver on the accelerator RTL under Verilator (the simulated board), two simulator runs in all. Every result
+is compared with the integer reference by exact equality."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from mmfree import MmfreeError
+from mmfree.boards import driver as D
+from mmfree.rtl import regmap as RM
+from mmfree.sim.accel import DEFAULT_HW
+from mmfree.sim.emulator import EmulatedBoard
+
+PROMPT = "def "
+N_TOKENS = 10
+
+
+@pytest.fixture(scope="module")
+def model():
+    from mmfree.pymodel.intmodel import open_int_model
+    from mmfree.pymodel.tokenizer import load_tokenizer
+
+    im, tok_dir = open_int_model("default")
+    ids = load_tokenizer(tok_dir).encode(PROMPT)
+    return im, tok_dir, ids
+
+
+@pytest.fixture(scope="module")
+def reference(model):
+    im, _, ids = model
+    return D.greedy_reference(im, ids, N_TOKENS)
+
+
+def _acc(model, board=None, **kw):
+    im, tok_dir, _ = model
+    return D.Accelerator(board or EmulatedBoard(DEFAULT_HW), im, tokenizer=tok_dir, **kw)
+
+
+# ---- transports ------------------------------------------------------------------------------------------------
+def test_transport_contract():
+    b = EmulatedBoard(DEFAULT_HW)
+    assert isinstance(b, D.Transport)                  # structural: any object with the five methods
+    assert not isinstance(object(), D.Transport)
+    t = D.as_transport(b, "emulator")
+    assert isinstance(t, D.BoardTransport) and t.mem_window == b.mem_window
+    assert D.as_transport(t) is t
+    assert t.read32(RM.OFFSET["ID"]) == RM.ID_MAGIC
+    with pytest.raises(MmfreeError, match="not a 32-bit register"):
+        t.read32(0x2)
+    with pytest.raises(MmfreeError, match="not a 32-bit register"):
+        t.write32(1 << RM.CSR_ADDR_BITS, 0)
+    lo, hi = t.mem_window
+    with pytest.raises(MmfreeError, match="outside the transport's window"):
+        t.write_mem(hi - 4, b"12345678")
+    with pytest.raises(MmfreeError, match="outside the transport's window"):
+        t.read_mem(lo - 16, 16)
+    with pytest.raises(MmfreeError, match="not a transport"):
+        D.BoardTransport(object())
+
+
+def test_import_needs_no_pynq():
+    code = ("import sys, mmfree.boards.driver as d; assert 'pynq' not in sys.modules; "
+            "import mmfree.boards.cli, mmfree.boards.build; assert 'pynq' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_pynq_missing_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pynq", None)          # import pynq -> ImportError
+    monkeypatch.setattr(D, "_IP_CLASS", None)
+    for what in (lambda: D.MmfreeAccelIP, D.register_pynq_driver, lambda: D.PynqTransport(object(), 1024)):
+        with pytest.raises(MmfreeError, match=r"pynq is not installed: this runs on a PYNQ board image \(pip install"):
+            what()
+
+
+def test_ip_class_binds_to_the_vlnv():
+    pynq = pytest.importorskip("pynq")
+    cls = D.register_pynq_driver()
+    assert issubclass(cls, pynq.DefaultIP) and cls.bindto == [RM.VLNV]
+    from pynq.overlay import _ip_drivers
+
+    assert _ip_drivers[RM.VLNV] is cls
+    assert D.MmfreeAccelIP is cls
+
+
+class _FakePynq:
+    """pynq's MMIO, allocate and cache maintenance modelled over the emulator board: the buffer is host memory,
+    the emulator's DDR is what the accelerator sees; only flush() copies host -> DDR and only invalidate()
+    copies DDR -> host, so a driver that forgets either gets wrong results."""
+
+    def __init__(self, hw=DEFAULT_HW, phys=0x3000_0000, size=16 << 20):
+        self.board = EmulatedBoard(hw, mem_base=phys, mem_size=size)
+        self.flushes = self.invalidates = 0
+        fake = self
+        base_holder = {}
+
+        class Buf(np.ndarray):
+            def _addr(self):
+                return phys + self.__array_interface__["data"][0] - base_holder["ptr"]
+
+            def flush(self):
+                fake.flushes += 1
+                fake.board.write_mem(self._addr(), self.tobytes())
+
+            def invalidate(self):
+                fake.invalidates += 1
+                self[:] = np.frombuffer(fake.board.read_mem(self._addr(), self.nbytes), dtype=np.uint8)
+
+            def freebuffer(self):
+                fake.freed = True
+
+        def allocate(shape, dtype):
+            assert dtype == np.uint8 and shape[0] <= size
+            buf = np.zeros(shape, dtype=dtype).view(Buf)
+            buf.device_address = phys
+            base_holder["ptr"] = buf.__array_interface__["data"][0]
+            return buf
+
+        self.module = types.SimpleNamespace(allocate=allocate)
+        self.ip = types.SimpleNamespace(mmio=types.SimpleNamespace(read=self.board.read32, write=self.board.write32),
+                                        read=self.board.read32, irq=None)
+
+
+def test_pynq_transport_runs_the_model_bit_exact(model, reference, monkeypatch):
+    """PynqTransport (MMIO, one pynq.allocate buffer, flush/invalidate, polling) under the whole driver."""
+    fake = _FakePynq()
+    monkeypatch.setattr(D, "_pynq", lambda: fake.module)
+    im, tok_dir, ids = model
+    acc = D.Accelerator.on_ip(fake.ip, im, board="kv260", tokenizer=tok_dir, use_interrupt=False)
+    assert isinstance(acc.transport, D.PynqTransport)
+    lo, hi = acc.transport.mem_window
+    assert lo == 0x3000_0000 and hi - lo == D.ddr_needed(acc.compiled, DEFAULT_HW.max_tokens)
+    g = acc.generate(PROMPT, N_TOKENS)
+    assert g.tokens == reference
+    assert fake.flushes > 0 and fake.invalidates > 0
+    g2 = acc.generate(ids, N_TOKENS, draft="trigram", k=4)
+    assert g2.tokens == reference and g2.counters["verify_steps"] > 0
+    acc.close()
+    assert fake.freed
+
+
+class _FakeIrq:
+    """pynq.Interrupt's shape: ``await wait()`` returns when the line goes high."""
+
+    def __init__(self, delay):
+        self.delay, self.waits = delay, 0
+
+    async def wait(self):
+        import asyncio
+
+        self.waits += 1
+        await asyncio.sleep(self.delay)
+
+
+def test_pynq_transport_waits_with_time_outs(monkeypatch):
+    import asyncio
+    import time as _time
+
+    fake = _FakePynq()
+    monkeypatch.setattr(D, "_pynq", lambda: fake.module)
+    t = D.PynqTransport(fake.ip, 4096, use_interrupt=False, poll_s=1e-3)
+    t0 = _time.monotonic()
+    assert t.wait_irq(0.05) is False                   # nothing started: STATUS never shows DONE
+    assert 0.04 < _time.monotonic() - t0 < 2
+    # through the IP's interrupt (asyncio, with a time-out)
+    fake.ip.interrupt = _FakeIrq(10.0)
+    t = D.PynqTransport(fake.ip, 4096)
+    assert t.irq is fake.ip.interrupt
+    t0 = _time.monotonic()
+    assert t.wait_irq(0.05) is False and fake.ip.interrupt.waits == 1 and _time.monotonic() - t0 < 2
+    fake.ip.interrupt.delay = 0.0
+    assert t.wait_irq(1.0) is True
+    # inside a running event loop (a Jupyter cell) it polls instead of nesting asyncio.run
+    fake.ip.interrupt.waits = 0
+
+    async def in_loop():
+        return t.wait_irq(0.05)
+
+    assert asyncio.run(in_loop()) is False and fake.ip.interrupt.waits == 0
+
+
+# ---- AccelHost and generate -------------------------------------------------------------------------------------
+def test_generate_default_is_prompt_lookup_as_before(model, reference):
+    """``generate`` without a drafter keeps its meaning: prompt-lookup chains of exactly k tokens."""
+    im, _, ids = model
+    from mmfree.rtl.compiler import compile_model
+
+    host = D.AccelHost(EmulatedBoard(DEFAULT_HW), compile_model(im))
+    toks, passes = D.generate(host, ids, N_TOKENS, k=4)
+    assert toks == reference
+    done = 0
+    for p in passes:
+        if not p["prefill"]:
+            seq = list(ids) + toks[:done]
+            assert len(p["tokens"]) == 4 and "parents" not in p
+            assert p["tokens"] == [seq[-1]] + D.draft_tokens(seq, 3)
+        done += p["emitted"]
+    toks1, passes1 = D.generate(host, ids, N_TOKENS)
+    assert toks1 == reference and len(passes1) == len(ids) + N_TOKENS - 1
+
+
+class _BranchyDrafter(D.Drafter):
+    """A tree with two children at the root: the reference's token and a wrong one, in both orders."""
+
+    name = "branchy"
+
+    def __init__(self, truth):
+        self.truth, self.flip = truth, False
+
+    def draft(self, context, k):
+        nxt = self.truth.get(tuple(context))
+        self.flip = not self.flip
+        wrong = (nxt or 0) + 1
+        kids = [wrong, nxt] if self.flip else [nxt, wrong]
+        if nxt is None:
+            return [context[-1]], None
+        return [context[-1]] + kids[:k - 1], [-1, 0, 0][:k]
+
+
+def test_tree_drafts_give_greedy_tokens(model, reference):
+    im, _, ids = model
+    truth = {}
+    seq = list(ids)
+    for t in reference:
+        truth[tuple(seq)] = t
+        seq.append(t)
+    acc = _acc(model, write_logits=True)
+    g = acc.generate(ids, N_TOKENS, draft=_BranchyDrafter(truth), k=3)
+    assert g.tokens == reference
+    trees = [p for p in g.passes if "parents" in p]
+    assert trees and all(p["parents"] == [-1, 0, 0] for p in trees)
+    # replay every pass on the integer reference: logits, argmax, states
+    from mmfree.sim.accel import replay_and_compare
+
+    ok, problems = replay_and_compare(im, g.passes)
+    assert ok, problems
+
+
+def test_accelerator_on_emulator(model, reference):
+    acc = _acc(model)
+    g = acc.generate(PROMPT, N_TOKENS)
+    assert g.tokens == reference and g.text == acc.decode_text(reference)
+    c = g.counters
+    assert c["verify_steps"] == 0 and c["mean_accepted"] == 1.0 and c["rd_bytes"] > 0
+    assert c["passes"] == c["prefill_passes"] + c["decode_passes"]
+    for draft in ("trigram", "lookup"):
+        g2 = acc.generate(PROMPT, N_TOKENS, draft=draft, k=4)
+        assert g2.tokens == reference, draft
+        assert g2.counters["verify_steps"] == g2.counters["decode_passes"] > 0
+    # step by step: prefill + step give the same tokens
+    tok = acc.prefill(PROMPT)
+    out = [tok]
+    while len(out) < N_TOKENS:
+        out.append(acc.step(out[-1]))
+    assert out == reference
+
+
+def test_trigram_run_matches_reference_speculative_loop(model, reference):
+    """The driver's trigram tree passes emit exactly what pymodel.speculative does (same table, same template)."""
+    from mmfree.pymodel.speculative import speculative_generate
+
+    im, _, ids = model
+    acc = _acc(model)
+    g = acc.generate(ids, N_TOKENS, draft="trigram", k=4)
+    ref = speculative_generate(im, ids, N_TOKENS, max_draft=3, max_nodes=3, log=lambda m: None)
+    assert ref.tokens == g.tokens == reference
+    assert ref.extra["verify_steps"] == g.counters["verify_steps"]
+
+
+def test_bad_inputs_refused_before_the_hardware(model):
+    acc = _acc(model)
+    with pytest.raises(MmfreeError, match="outside the vocabulary"):
+        acc.generate([1, acc.vocab_size], 2)
+    with pytest.raises(MmfreeError, match="empty"):
+        acc.generate([], 2)
+    with pytest.raises(MmfreeError, match="k must be in 1..4"):
+        acc.generate([1], 2, k=5)
+    with pytest.raises(MmfreeError, match="unknown drafter"):
+        acc.generate([1], 2, draft="bigram")
+
+
+def test_hardware_error_is_an_exception_with_code(model):
+    acc = _acc(model)
+    msg = r"error 3: a token id is outside the model's vocabulary \(position 1\)"
+    with pytest.raises(D.AccelRunError, match=msg) as ei:
+        acc.host.run([1, acc.vocab_size + 7])
+    assert (ei.value.code, ei.value.detail) == (RM.ERR_TOKEN_RANGE, 1)
+    bad_base = acc.host.addr["DATA_BASE"] + 8
+    rec = D.run_script(acc.host, [{"tokens": [1], "regs": {"DATA_BASE": bad_base}}, {"tokens": [1]}])
+    assert (rec[0]["error"], rec[0]["detail"]) == (RM.ERR_UNALIGNED, RM.ADDRESS_REGS.index("DATA_BASE"))
+    assert "register DATA_BASE" in rec[0]["message"]
+    assert "error" not in rec[1]                      # the next pass runs normally
+
+
+class _StuckBoard(EmulatedBoard):
+    """START is swallowed: the accelerator never finishes."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.controls = []
+
+    def write32(self, offset, value):
+        if offset == RM.OFFSET["CONTROL"]:
+            self.controls.append(value)
+            if value & RM.CTRL_START:
+                return
+        super().write32(offset, value)
+
+
+def test_timeout_aborts_and_reports(model):
+    board = _StuckBoard(DEFAULT_HW)
+    acc = _acc(model, board=board, timeout_s=0.01)
+    with pytest.raises(MmfreeError, match=r"did not finish within 0.01 s .*aborted with SOFT_RESET"):
+        acc.generate([1], 2)
+    assert board.controls[-1] & RM.CTRL_SOFT_RESET
+
+
+def test_model_larger_than_board_ddr_is_refused(model):
+    class Untouchable:
+        mem_window = (0, 1 << 40)
+
+        def __getattr__(self, name):
+            raise AssertionError(f"the hardware was touched ({name})")
+
+    class Huge:
+        def __len__(self):
+            return 400 << 20
+
+    from mmfree.rtl.compiler import compile_model
+
+    c = compile_model(model[0])
+    big = D.Compiled(c.program, Huge(), c.dims, c.symbols, c.state_stride, c.head_chunk, c.max_width)
+    with pytest.raises(MmfreeError, match=r"needs 400\.\d MiB of DDR .* the pynq-z2 leaves 320 MiB"):
+        D.Accelerator(Untouchable(), big, board="pynq-z2")
+    from mmfree.boards.boardfile import load_board
+
+    assert D.check_fits(c, load_board("pynq-z2")) == D.ddr_needed(c, 4)
+
+
+# ---- the simulated board: the same driver on the RTL (Verilator + cocotb) ---------------------------------------
+@pytest.fixture(scope="module")
+def sim_speculative():
+    """One simulator run: trigram drafts with k = 4, then injected hardware errors and a recovery pass."""
+    return D.run_sim("default", PROMPT, N_TOKENS, draft="trigram", k=4, inject=[
+        {"tokens": [5000]},                                        # token id >= vocabulary (4096)
+        {"tokens": [1], "regs": {"TOKENS": 0x4000_0000 + 4}},      # a misaligned base address
+        {"tokens": [1]},                                           # recovers
+    ])
+
+
+@pytest.mark.sim
+def test_sim_speculative_trigram_is_greedy(sim_speculative, reference):
+    r = sim_speculative
+    assert r["bit_exact"], r["problems"]
+    assert r["tokens"] == reference == r["reference_tokens"]
+    assert r["draft"] == "trigram" and r["k"] == 4
+    assert r["verify_steps"] > 0 and r["mean_accepted"] > 1.0
+    assert r["passes"] < N_TOKENS                     # fewer weight passes than plain decoding
+    assert r["cycles"] > 0 and r["rd_bytes"] > 0
+
+
+@pytest.mark.sim
+def test_sim_injected_errors_raise_with_code_and_recover(sim_speculative):
+    bad_token, unaligned, ok = sim_speculative["inject"]
+    assert (bad_token["error"], bad_token["detail"]) == (RM.ERR_TOKEN_RANGE, 0)
+    assert "a token id is outside the model's vocabulary (position 0)" in bad_token["message"]
+    assert (unaligned["error"], unaligned["detail"]) == (RM.ERR_UNALIGNED, RM.ADDRESS_REGS.index("TOKENS"))
+    assert "register TOKENS" in unaligned["message"]
+    assert "error" not in ok and ok["cycles"] > 0

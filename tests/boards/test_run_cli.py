@@ -1,0 +1,61 @@
+"""`mmfree run`: the driver on the simulated board (the RTL under Verilator, one simulator run) bit-exact with
+IntModel, and the board paths' clear refusals on a machine without a board."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mmfree.cli import main
+
+KEYS = ("tokens", "text", "cycles", "rd_bytes", "stalls", "passes", "verify_steps", "mean_accepted", "bit_exact")
+
+
+@pytest.mark.sim
+def test_run_sim_default_model_is_intmodel_greedy(capfd):
+    """capfd: the simulator's own output must not reach stdout (it would break --json)."""
+    from mmfree.boards.driver import greedy_reference
+    from mmfree.pymodel.intmodel import open_int_model
+    from mmfree.pymodel.tokenizer import load_tokenizer
+
+    im, tok_dir = open_int_model("default")
+    tok = load_tokenizer(tok_dir)
+    ref = greedy_reference(im, tok.encode("def "), 8)
+    rc = main(["run", "--board", "sim", "--model", "default", "--prompt", "def ", "--tokens", "8", "--json"])
+    res = json.loads(capfd.readouterr().out)
+    assert rc == 0
+    for key in KEYS:
+        assert key in res, key
+    assert res["bit_exact"] is True, res["problems"]
+    assert res["tokens"] == ref and res["text"] == tok.decode(ref)
+    assert res["verify_steps"] == 0 and res["mean_accepted"] == 1.0
+    assert res["passes"] == len(tok.encode("def ")) + 8 - 1
+    assert res["cycles"] > 0 and res["rd_bytes"] > 0 and res["stalls"] >= 0
+
+
+def test_run_on_a_board_without_one_says_so(capsys):
+    rc = main(["run", "--board", "kv260", "--prompt-ids", "1,2", "--tokens", "2"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "no PYNQ board here" in err or "pynq is not installed: this runs on a PYNQ board image" in err
+
+
+def test_run_bad_arguments(capsys):
+    for argv, msg in ((["--prompt-ids", "1,x"], "--prompt-ids must be comma-separated integers"),
+                      (["--tokens", "0"], "--tokens must be >= 1"),
+                      (["--timeout", "0"], "--timeout must be > 0")):
+        rc = main(["run", "--board", "sim", *argv])
+        assert rc == 1 and msg in capsys.readouterr().err
+    rc = main(["run", "--board", "zedboard", "--prompt-ids", "1"])
+    assert rc == 1 and "unknown board 'zedboard'" in capsys.readouterr().err
+
+
+def test_run_sim_refuses_bad_prompts_before_simulating(capsys, monkeypatch):
+    import mmfree.sim.accel as SA
+
+    monkeypatch.setattr(SA, "run_job", lambda *a, **k: pytest.fail("the simulator was started"))
+    rc = main(["run", "--board", "sim", "--prompt-ids", "1,99999", "--tokens", "2"])
+    assert rc == 1 and "outside the vocabulary [0, 4096)" in capsys.readouterr().err
+    rc = main(["run", "--board", "sim", "--prompt-ids", "1", "--k", "9", "--draft", "trigram"])
+    assert rc == 1 and "--k must be in 1..4" in capsys.readouterr().err
