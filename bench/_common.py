@@ -1,4 +1,4 @@
-"""Helpers shared by the bench scripts: recording results into docs/ between markers."""
+"""Helpers shared by the bench scripts: recording results into docs/ between markers, random model exports."""
 
 from __future__ import annotations
 
@@ -27,3 +27,36 @@ def write_section(doc: str, marker: str, body: str) -> None:
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     write_text(path, text)
+
+
+def export_random_model(name: str, d: int, inter: int, layers: int, vocab: int, subdir: str) -> Path:
+    """A random model of that shape (seed 0; norm weights near 1, projection weights 0.05 sigma, unit-variance
+    embedding), exported once per numerics/layout/export/model source under ``build/<subdir>/`` (cached)."""
+    import hashlib
+
+    from mmfree.config import PACKAGE_ROOT, cache_dir
+
+    h = hashlib.sha256()
+    for mod in ("numerics.py", "layout.py", "export.py", "model.py"):
+        h.update((PACKAGE_ROOT / "pymodel" / mod).read_bytes())
+    out = cache_dir() / subdir / f"{name}-{h.hexdigest()[:12]}"
+    if not (out / "manifest.json").exists():
+        import torch
+
+        from mmfree.pymodel.config import MMFreeConfig
+        from mmfree.pymodel.export import export_model
+        from mmfree.pymodel.model import MMFreeForCausalLM
+
+        torch.manual_seed(0)
+        model = MMFreeForCausalLM(MMFreeConfig(vocab_size=vocab, hidden_size=d, num_hidden_layers=layers,
+                                               intermediate_size=inter)).eval()
+        with torch.no_grad():
+            for pname, p in model.named_parameters():
+                if pname.endswith("norm.weight"):
+                    p.copy_(1 + 0.3 * torch.randn_like(p))
+                elif pname.endswith("proj.weight") or pname == "lm_head.weight":
+                    p.copy_(torch.randn_like(p) * 0.05)
+                elif pname == "model.embeddings.weight":
+                    p.copy_(torch.randn_like(p))
+        export_model(model, out)
+    return out

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, command_line, write_section  # noqa: E402
+from _common import ROOT, command_line, export_random_model, write_section  # noqa: E402
 
 #: name -> (d, intermediate, layers, vocab): small shapes that simulate in seconds, plus wider ones
 #: where the weight stream dominates as in full-size models.
@@ -39,35 +39,8 @@ DATA_FILE = ROOT / "boards" / "data" / "perf_validation.json"
 
 def export_config(name: str) -> Path:
     """A random model of shape CONFIGS[name], exported once per numerics/export source (cached)."""
-    import hashlib
-
-    from mmfree.config import PACKAGE_ROOT, cache_dir
-
     d, inter, L, V = CONFIGS[name]
-    h = hashlib.sha256()
-    for mod in ("numerics.py", "layout.py", "export.py", "model.py"):
-        h.update((PACKAGE_ROOT / "pymodel" / mod).read_bytes())
-    out = cache_dir() / "perf-exports" / f"{name}-{h.hexdigest()[:12]}"
-    if not (out / "manifest.json").exists():
-        import torch
-
-        from mmfree.pymodel.config import MMFreeConfig
-        from mmfree.pymodel.export import export_model
-        from mmfree.pymodel.model import MMFreeForCausalLM
-
-        torch.manual_seed(0)
-        model = MMFreeForCausalLM(MMFreeConfig(vocab_size=V, hidden_size=d, num_hidden_layers=L,
-                                               intermediate_size=inter)).eval()
-        with torch.no_grad():
-            for pname, p in model.named_parameters():
-                if pname.endswith("norm.weight"):
-                    p.copy_(1 + 0.3 * torch.randn_like(p))
-                elif pname.endswith("proj.weight") or pname == "lm_head.weight":
-                    p.copy_(torch.randn_like(p) * 0.05)
-                elif pname == "model.embeddings.weight":
-                    p.copy_(torch.randn_like(p))
-        export_model(model, out)
-    return out
+    return export_random_model(name, d, inter, L, V, "perf-exports")
 
 
 def run_key(k: int, write_logits: bool) -> str:

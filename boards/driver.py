@@ -1127,7 +1127,7 @@ def run_sim(model="default", prompt="def ", n_tokens: int = 8, draft: str | None
     on IntModel), ``problems``, ``reference_tokens``, ``inject`` (results of the injected steps), ``wall_s``."""
     import tempfile
 
-    from mmfree.sim.accel import DEFAULT_HW, replay_and_compare, run_job
+    from mmfree.sim.accel import DEFAULT_HW, passes_from_result, replay_and_compare, run_job
 
     hw = hw or DEFAULT_HW
     compiled, im, tok_dir = open_model(model)
@@ -1175,14 +1175,7 @@ def run_sim(model="default", prompt="def ", n_tokens: int = 8, draft: str | None
             job["inject"] = inject
         with _stdout_to_stderr():       # the simulator prints to fd 1; keep stdout for the JSON
             res = run_job(job, hw=hw, workdir=Path(workdir) if workdir else td / "run", progress=progress)
-    arrays = res.get("arrays", {})
-    passes = []
-    for i, p in enumerate(res["passes"]):
-        q = dict(p)
-        q["logits"] = arrays.get(f"logits{i}")
-        q["states"] = arrays[f"states{i}"]
-        q["argmax"] = arrays[f"argmax{i}"]
-        passes.append(q)
+    passes = passes_from_result(res)
     ok, problems = replay_and_compare(im, passes)
     ref = greedy_reference(im, ids, n_tokens)
     if res["tokens"] != ref:

@@ -542,7 +542,7 @@ def simulate_generation(model="default", prompt_ids=(1,), n_tokens: int = 16, pr
         res = run_job(job, hw=hw, memory=memory, waves=waves, rd_latency=rd_latency,
                       workdir=td / "run" if not waves else Path(tempfile.mkdtemp(prefix="mmfree-waves-")),
                       progress=say if progress else None)
-    passes = _passes_from(res)
+    passes = passes_from_result(res)
     say("comparing with the integer reference")
     ok, problems = replay_and_compare(im, passes)
     decode = [p for p in passes if not p["prefill"]]
@@ -581,7 +581,8 @@ def simulate_generation(model="default", prompt_ids=(1,), n_tokens: int = 16, pr
     return out
 
 
-def _passes_from(res: dict) -> list[dict]:
+def passes_from_result(res: dict) -> list[dict]:
+    """The passes of a :func:`run_job` result with their arrays (logits or None, states, argmax) attached."""
     arrays = res.get("arrays", {})
     passes = []
     for i, p in enumerate(res["passes"]):
