@@ -95,8 +95,13 @@ def dynamic_watts(resources: dict, clock_mhz: float, family: str, activity: dict
     """Dynamic PL power by resource class (watts). ``activity``: toggle rates (:func:`measure_activity`);
     ``duty``: fraction of time the matvec engines (``matvec``) and the vector units (``vector``) work."""
     c = COEFFS[family]
-    # the ternary engines dominate LUT/FF; they toggle with the weight stream while they run
-    a_logic = activity["weight_bus"] * duty["matvec"] + activity["codes"] * duty["vector"] * 0.5
+    if "rtl_toggle" in activity:
+        # simulated: mean toggles per signal bit per busy cycle of the whole RTL (Verilator --coverage-toggle on
+        # the default model, bench/rtl_toggles.py); assumed to carry over to bigger models
+        a_logic = activity["rtl_toggle"]["mean_toggles_per_bit_per_cycle"]
+    else:
+        # fallback: the ternary engines toggle with the weight stream while they run
+        a_logic = activity["weight_bus"] * duty["matvec"] + activity["codes"] * duty["vector"] * 0.5
     a_mem = 0.5 * max(duty["matvec"], duty["vector"])         # a port enabled about every other cycle
     w = {
         "lut": resources["lut"] * c["lut"] * a_logic * clock_mhz * 1e-6,
@@ -142,7 +147,8 @@ def model_energy(dims, board, clock_mhz: float | None = None, k: int = 1, accept
             "reason": "", "label": "modeled",
             "breakdown_w": {**{k: round(v, 4) for k, v in dyn.items()}, "ddr": ddr_w,
                             "pl_static": pw["pl_static_w"], "ps": pw["ps_w"], "board_idle": idle},
-            "activity": {k: act[k] for k in ("weight_bus", "nonzero_trits", "codes")}, "duty": duty,
+            "activity": {**{k: act[k] for k in ("weight_bus", "nonzero_trits", "codes")},
+                         "rtl_toggle": act.get("rtl_toggle", {}).get("mean_toggles_per_bit_per_cycle")}, "duty": duty,
             "fits": p["fits"], "problems": p["problems"]}
 
 
@@ -161,6 +167,8 @@ def main(argv=None) -> int:
     if args.record:
         from mmfree.atomic import write_text
 
+        if ACTIVITY_FILE.exists() and "rtl_toggle" in (prev := json.loads(ACTIVITY_FILE.read_text())):
+            a["rtl_toggle"] = prev["rtl_toggle"]          # written by bench/rtl_toggles.py --record
         write_text(ACTIVITY_FILE, json.dumps(a, indent=1) + "\n")
     return 0
 

@@ -160,9 +160,12 @@ def _accel_verilog(hw: HwConfig, progress=None) -> Path:
     return v
 
 
-def build_accel(hw: HwConfig = DEFAULT_HW, memory: str = "hdl", waves: bool = False, progress=None):
+def build_accel(hw: HwConfig = DEFAULT_HW, memory: str = "hdl", waves: bool = False, progress=None,
+                toggle_coverage: bool = False):
     """Verilog + Verilator build of the accelerator with its simulation top ``mmfree_accel_tb`` (cached).
-    The same build runs with the HDL DDR model (``memory="hdl"``) or cocotbext-axi's AxiRam ("python")."""
+    The same build runs with the HDL DDR model (``memory="hdl"``) or cocotbext-axi's AxiRam ("python").
+    ``toggle_coverage=True`` builds with Verilator's ``--coverage-toggle`` (a separate, slower build): every run
+    then writes ``coverage.dat`` (toggle counts of every signal bit) into its work directory."""
     from mmfree.sim import runner
 
     if memory not in ("hdl", "python"):
@@ -182,7 +185,8 @@ def build_accel(hw: HwConfig = DEFAULT_HW, memory: str = "hdl", waves: bool = Fa
     sources, top = [v, HDL_DIR / "mmfree_axi_mem.sv", wp, vlt], "mmfree_accel_tb"
     if progress:
         progress("building with Verilator (cached after the first time)")
-    return runner.build(sources, top, waves=waves, extra_args=TB_BUILD_ARGS)
+    extra = TB_BUILD_ARGS + (["--coverage-toggle"] if toggle_coverage else [])
+    return runner.build(sources, top, waves=waves, extra_args=extra)
 
 
 # ======================================================================================================
@@ -423,11 +427,13 @@ def _run_with_bar(fn, progress_file: Path, total: int) -> None:
 
 
 def run_job(job: dict, hw: HwConfig = DEFAULT_HW, memory: str = "hdl", waves: bool = False,
-            rd_latency: int = DEFAULT_RD_LATENCY, workdir: str | os.PathLike | None = None, progress=None) -> dict:
+            rd_latency: int = DEFAULT_RD_LATENCY, workdir: str | os.PathLike | None = None, progress=None,
+            toggle_coverage: bool = False) -> dict:
     """Run one job (see :mod:`mmfree.sim.benches.accel`) on the RTL in a fresh simulator; returns its results.
 
-    ``waves=True`` writes ``dump.fst`` into ``workdir`` (and builds a traced model)."""
-    b = build_accel(hw, memory=memory, waves=waves, progress=progress)
+    ``waves=True`` writes ``dump.fst`` into ``workdir`` (and builds a traced model); ``toggle_coverage=True``
+    writes Verilator's ``coverage.dat`` there (give a ``workdir`` to keep it)."""
+    b = build_accel(hw, memory=memory, waves=waves, progress=progress, toggle_coverage=toggle_coverage)
     own = workdir is None
     wd = Path(tempfile.mkdtemp(prefix="mmfree-sim-")) if own else Path(workdir)
     wd.mkdir(parents=True, exist_ok=True)
