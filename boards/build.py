@@ -84,13 +84,20 @@ class BuildConfig:
         return f"mmfree_{self.board.replace('-', '_')}"
 
 
-def config_for(board, clock_mhz: float | None = None, max_width: int = 4096, max_tokens: int = 4) -> BuildConfig:
+#: Widest vector of a build when neither the caller nor the board file (``build.max_width``) says.
+DEFAULT_MAX_WIDTH = 4096
+
+
+def config_for(board, clock_mhz: float | None = None, max_width: int | None = None, max_tokens: int = 4) -> BuildConfig:
     """The build parameters of ``board`` (a name or :class:`~mmfree.boards.boardfile.Board`): AXI width from its
-    HP ports, the fabric clock (default: the board file's, at most ``max_clock_mhz``), the ports used."""
+    HP ports, the fabric clock (default: the board file's, at most ``max_clock_mhz``), the ports used, the widest
+    vector (default: the board file's ``build.max_width``, else :data:`DEFAULT_MAX_WIDTH`)."""
     from mmfree.boards.boardfile import load_board
     from mmfree.rtl.compiler import HwConfig
 
     b = load_board(board) if isinstance(board, str) else board
+    if max_width is None:
+        max_width = int((b.raw.get("build") or {}).get("max_width", DEFAULT_MAX_WIDTH))
     clock = float(clock_mhz if clock_mhz is not None else b.clock_mhz)
     top = float(b.raw.get("max_clock_mhz", b.clock_mhz))
     if not 10 <= clock <= top:
@@ -574,7 +581,7 @@ def write_project(cfg: BuildConfig, out: Path, verilog: Path, est: dict | None =
 
 
 def build(board: str, out, clock_mhz: float | None = None, do_estimate: bool = False, run_vivado: bool | None = None,
-          max_width: int = 4096, max_tokens: int = 4, progress=None) -> dict:
+          max_width: int | None = None, max_tokens: int = 4, progress=None) -> dict:
     """``mmfree build``: write the project; run Vivado when it is on PATH (``run_vivado`` None) or when asked.
     Returns the manifest plus ``vivado`` ("ran", or "not found" with ``message``) and ``bitstream`` paths."""
     from mmfree.boards.boardfile import load_board

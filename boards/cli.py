@@ -29,7 +29,9 @@ def register(sub) -> None:
     b.add_argument("--board", required=True, help="pynq-z2, kv260, zcu104 or custom:PATH.json")
     b.add_argument("--out", required=True, help="output folder")
     b.add_argument("--clock-mhz", type=float, default=None, help="fabric clock (default: the board file's)")
-    b.add_argument("--max-width", type=int, default=4096, help="widest vector the build holds (8192 for 2.7B)")
+    b.add_argument("--max-width", type=int, default=None,
+                   help="widest vector (d and I) the build holds: 4096 for 370M/1.3B, 8192 for 2.7B; default: the "
+                        "board file's build.max_width (PYNQ-Z2: 1024, what fits its BRAM), else 4096")
     b.add_argument("--estimate", action="store_true", help="Yosys resource estimate and fit check (slow, cached)")
     b.add_argument("--no-vivado", action="store_true", help="only write the project, even when Vivado is on PATH")
     b.add_argument("--json", action="store_true", help="print one JSON object")
