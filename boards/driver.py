@@ -1127,7 +1127,8 @@ def run_sim(model="default", prompt="def ", n_tokens: int = 8, draft: str | None
     on IntModel), ``problems``, ``reference_tokens``, ``inject`` (results of the injected steps), ``wall_s``."""
     import tempfile
 
-    from mmfree.sim.accel import DEFAULT_HW, passes_from_result, replay_and_compare, run_job
+    from mmfree.sim.accel import (DEFAULT_HW, check_prompt_ids, check_width, passes_from_result,
+                                  replay_and_compare, run_job)
 
     hw = hw or DEFAULT_HW
     compiled, im, tok_dir = open_model(model)
@@ -1144,11 +1145,7 @@ def run_sim(model="default", prompt="def ", n_tokens: int = 8, draft: str | None
         ids = list(acc_tok.encode(prompt))
     else:
         ids = [int(t) for t in prompt]
-    if not ids:
-        raise MmfreeError("the prompt is empty (or encodes to no tokens)")
-    bad = [t for t in ids if not 0 <= t < compiled.dims.vocab]
-    if bad:
-        raise MmfreeError(f"prompt token ids {bad[:8]} are outside the vocabulary [0, {compiled.dims.vocab})")
+    check_prompt_ids(ids, compiled.dims.vocab)
     if n_tokens < 1:
         raise MmfreeError(f"--tokens must be >= 1, got {n_tokens}")
     if draft not in (None, "none", "lookup", "trigram"):
@@ -1157,9 +1154,7 @@ def run_sim(model="default", prompt="def ", n_tokens: int = 8, draft: str | None
     k = k if k is not None else (hw.max_tokens if draft else 1)
     if not 1 <= k <= hw.max_tokens:
         raise MmfreeError(f"--k must be in 1..{hw.max_tokens} (the simulated build's tokens per pass), got {k}")
-    if max(compiled.dims.d, compiled.dims.inter) > hw.max_width:
-        raise MmfreeError(f"the model is {max(compiled.dims.d, compiled.dims.inter)} wide; the simulated build holds "
-                          f"{hw.max_width}")
+    check_width(compiled.dims, hw)
     with tempfile.TemporaryDirectory(prefix="mmfree-run-sim-") as td:
         td = Path(td)
         compiled.save(td / "compiled")

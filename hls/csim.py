@@ -14,18 +14,17 @@ It keeps its buffers in static storage: one call at a time per process.
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import hashlib
 import json
 import os
 import shutil
 import subprocess
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 from mmfree import MmfreeError
+from mmfree.atomic import file_lock
 from mmfree.hls import spec as SP
 from mmfree.pymodel import numerics as N
 
@@ -87,17 +86,6 @@ def compiler_version(cxx: str) -> str:
     return (out.stdout or out.stderr).splitlines()[0] if (out.stdout or out.stderr) else cxx
 
 
-@contextmanager
-def _locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def define_flags(defines: dict[str, int]) -> list[str]:
     return [f"-D{k}={v}" for k, v in defines.items()]
 
@@ -139,7 +127,7 @@ def build_library(max_d: int = N.MAX_K, max_i: int = N.MAX_K, sanitize: bool = F
     lib = out / LIB_NAME
     if lib.exists():
         return lib, False
-    with _locked(root / ".build.lock"):
+    with file_lock(root / ".build.lock"):
         if lib.exists():
             return lib, False
         from mmfree.atomic import atomic_path

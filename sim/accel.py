@@ -469,6 +469,22 @@ def run_job(job: dict, hw: HwConfig = DEFAULT_HW, memory: str = "hdl", waves: bo
 # ======================================================================================================
 # generation with the oracle comparison
 # ======================================================================================================
+def check_prompt_ids(ids: list[int], vocab: int) -> None:
+    """Refuse an empty prompt or token ids outside ``[0, vocab)`` (MmfreeError), before anything is built."""
+    if not ids:
+        raise MmfreeError("the prompt is empty (or encodes to no tokens); give at least one token")
+    bad = [t for t in ids if not 0 <= t < vocab]
+    if bad:
+        raise MmfreeError(f"prompt token ids {bad[:8]} are outside the vocabulary [0, {vocab})")
+
+
+def check_width(dims, hw: HwConfig) -> None:
+    """Refuse a model wider (d or I) than the build's buffers (MmfreeError)."""
+    width = max(dims.d, dims.inter)
+    if width > hw.max_width:
+        raise MmfreeError(f"the model is {width} wide; the simulated build holds {hw.max_width} (HW_LIMITS)")
+
+
 def compile_to_dir(model, out: Path) -> Compiled:
     from mmfree.rtl.compiler import compile_model
 
@@ -515,11 +531,7 @@ def simulate_generation(model="default", prompt_ids=(1,), n_tokens: int = 16, pr
     say("loading the model")
     im, tok_dir = open_int_model(str(model))
     prompt = [int(t) for t in prompt_ids]
-    if not prompt:
-        raise MmfreeError("the prompt is empty; give at least one token")
-    bad = [t for t in prompt if not 0 <= t < im.vocab_size]
-    if bad:
-        raise MmfreeError(f"prompt token ids {bad[:8]} are outside the vocabulary [0, {im.vocab_size})")
+    check_prompt_ids(prompt, im.vocab_size)
     if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 1:
         raise MmfreeError(f"the number of tokens to generate must be an integer >= 1, got {n_tokens!r}")
     if len(prompt) + n_tokens > MAX_SIM_POSITIONS:
@@ -533,9 +545,7 @@ def simulate_generation(model="default", prompt_ids=(1,), n_tokens: int = 16, pr
         raise MmfreeError(f"the DDR read latency must be 1..{MAX_RD_LATENCY} cycles, got {rd_latency}")
     if memory not in ("hdl", "python"):
         raise MmfreeError(f"memory must be 'hdl' or 'python', got {memory!r}")
-    if max(im.dims.d, im.dims.inter) > hw.max_width:
-        raise MmfreeError(f"the model is {max(im.dims.d, im.dims.inter)} wide; the simulated build holds "
-                          f"{hw.max_width} (HW_LIMITS)")
+    check_width(im.dims, hw)
     with tempfile.TemporaryDirectory(prefix="mmfree-gen-") as td:
         td = Path(td)
         say("compiling the model")

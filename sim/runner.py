@@ -12,7 +12,6 @@ Data goes into and out of a cocotb test through files named by environment varia
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -23,6 +22,7 @@ from pathlib import Path
 from typing import Iterable, Mapping
 
 from mmfree import MmfreeError
+from mmfree.atomic import file_lock
 from mmfree.config import cache_dir
 from mmfree.toolchain import verilator_env
 
@@ -45,17 +45,6 @@ def _digest(*parts: str | bytes) -> str:
         h.update(p if isinstance(p, bytes) else p.encode())
         h.update(b"\0")
     return h.hexdigest()[:16]
-
-
-@contextmanager
-def _locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def verilog_text(component, name: str, ports=None) -> str:
@@ -146,7 +135,7 @@ def build(sources: Iterable[Path], toplevel: str, waves: bool = False, extra_arg
     key = _digest(toplevel, *(s.read_bytes() for s in sources), *args, str(waves), *([opt] if opt else []))
     build_dir = cache_dir() / "verilator" / f"{toplevel}-{key}"
     done = build_dir / ".built"
-    with _locked(cache_dir() / "verilator" / f".{toplevel}-{key}.lock"):
+    with file_lock(cache_dir() / "verilator" / f".{toplevel}-{key}.lock"):
         if not done.exists():
             runner = get_runner("verilator")
             try:
