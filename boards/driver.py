@@ -521,7 +521,8 @@ class AccelHost:
                               f"host speaks {RM.REGMAP_VERSION_MAJOR}.{RM.REGMAP_VERSION_MINOR}")
         hwc = RM.decode_hw_config(t.read32(RM.OFFSET["HW_CONFIG"]))
         self.hw = HwConfig(bus_bytes=hwc["bus_bytes"], max_tokens=hwc["max_tokens"],
-                           max_width=16 * (t.read32(RM.OFFSET["HW_LIMITS"]) & 0xFFFF))
+                           max_width=16 * (t.read32(RM.OFFSET["HW_LIMITS"]) & 0xFFFF),
+                           weight_ports=hwc["weight_ports"])
         dims = compiled.dims
         self.d, self.L, self.V = dims.d, dims.layers, dims.vocab
         if max(dims.d, dims.inter) > self.hw.max_width:

@@ -61,6 +61,13 @@ def cmd_layout(addr_width: int) -> data.StructLayout:
     return data.StructLayout({"addr": unsigned(addr_width), "beats": unsigned(BEATS_WIDTH)})
 
 
+def row_cmd_layout(addr_width: int) -> data.StructLayout:
+    """A strided read: ``rows`` rows of ``beats`` beats each, row ``i`` starting at ``addr + i * stride``
+    (bytes, bus-beat aligned). Bursts never cross a row end. ``rows == 0`` or ``beats == 0`` reads nothing."""
+    return data.StructLayout({"addr": unsigned(addr_width), "beats": unsigned(BEATS_WIDTH), "rows": unsigned(32),
+                              "stride": unsigned(addr_width)})
+
+
 def _burst_len(addr, beats_left, bus_bytes: int, max_burst: int, m: Module, name: str):
     """Beats of the next burst: min(max_burst, beats_left, beats to the next 4 KiB boundary)."""
     to_boundary = Signal(range(BURST_BOUNDARY // bus_bytes + 1), name=f"{name}_tob")
@@ -76,7 +83,8 @@ class AxiReader(wiring.Component):
 
     Parameters: ``addr_width``; ``bus_bytes`` (data width / 8: 8 or 16); ``fifo_depths``: one data FIFO
     depth (beats) per client, each at least ``max_burst``; ``max_burst`` (beats, a power of two <= 256;
-    16 is the safe choice on Zynq HP ports); ``max_outstanding`` bursts in flight.
+    16 is the safe choice on Zynq HP ports); ``max_outstanding`` bursts in flight; ``row_clients``: indices
+    of clients whose commands are strided (:func:`row_cmd_layout`) instead of :func:`cmd_layout`.
 
     Ports: ``axi`` (the AR and R members of :func:`axi4_signature` are used, AW/W/B are left to
     :class:`AxiWriter`); per client ``c<i>_cmd`` (in) and ``c<i>_data`` (out); ``abort`` (in): cancel
@@ -85,7 +93,7 @@ class AxiReader(wiring.Component):
     """
 
     def __init__(self, addr_width: int = 40, bus_bytes: int = 16, fifo_depths=(32,), max_burst: int = 16,
-                 max_outstanding: int = 16, id_width: int = 1):
+                 max_outstanding: int = 16, id_width: int = 1, row_clients=()):
         check_int("bus_bytes", bus_bytes, "8 or 16", lambda v: v in (8, 16))
         check_int("max_burst", max_burst, f"one of {MAX_BURST_LEGAL}", lambda v: v in MAX_BURST_LEGAL)
         check_int("addr_width", addr_width, "an integer in 13..64", lambda v: 13 <= v <= 64)
@@ -95,10 +103,14 @@ class AxiReader(wiring.Component):
                              f"got {fifo_depths!r}")
         self.addr_width, self.bus_bytes, self.max_burst = addr_width, bus_bytes, max_burst
         self.fifo_depths, self.max_outstanding, self.id_width = list(fifo_depths), max_outstanding, id_width
+        self.row_clients = frozenset(row_clients)
+        if not self.row_clients <= set(range(len(self.fifo_depths))):
+            raise ValueError(f"row_clients must be client indices below {len(self.fifo_depths)}, got {sorted(row_clients)}")
         members = {"axi": Out(axi4_signature(addr_width, 8 * bus_bytes, id_width)),
                    "abort": In(1), "quiet": Out(1), "error": Out(1), "beats": Out(1)}
         for i in range(len(fifo_depths)):
-            members[f"c{i}_cmd"] = In(stream.Signature(cmd_layout(addr_width)))
+            lay = row_cmd_layout(addr_width) if i in self.row_clients else cmd_layout(addr_width)
+            members[f"c{i}_cmd"] = In(stream.Signature(lay))
             members[f"c{i}_data"] = Out(stream.Signature(unsigned(8 * bus_bytes)))
         super().__init__(members)
 
@@ -157,13 +169,34 @@ class AxiReader(wiring.Component):
             took = issue & (pick == i)
             arrived = rfire & (tags.r_data == i) & tags.r_rdy
             m.d.sync += reserved[i].eq(reserved[i] + Mux(took, lens[i], 0) - arrived)
-            with m.If(cmd.valid & cmd.ready):
-                m.d.sync += [addr[i].eq(cmd.payload.addr), left[i].eq(cmd.payload.beats),
-                             active[i].eq(cmd.payload.beats != 0)]
-            with m.Elif(took):
-                m.d.sync += [addr[i].eq(addr[i] + (lens[i] << (bb.bit_length() - 1))), left[i].eq(left[i] - lens[i])]
-                with m.If(left[i] == lens[i]):
-                    m.d.sync += active[i].eq(0)
+            if i in self.row_clients:
+                # strided: `left` counts the current row's beats; the next row starts `stride` after this one
+                row_addr = Signal(self.addr_width, name=f"row_addr{i}")
+                rows_left, bpr = Signal(32, name=f"rows_left{i}"), Signal(BEATS_WIDTH, name=f"bpr{i}")
+                stride = Signal(self.addr_width, name=f"stride{i}")
+                with m.If(cmd.valid & cmd.ready):
+                    m.d.sync += [addr[i].eq(cmd.payload.addr), row_addr.eq(cmd.payload.addr),
+                                 left[i].eq(cmd.payload.beats), bpr.eq(cmd.payload.beats),
+                                 rows_left.eq(cmd.payload.rows), stride.eq(cmd.payload.stride),
+                                 active[i].eq((cmd.payload.beats != 0) & (cmd.payload.rows != 0))]
+                with m.Elif(took):
+                    with m.If(left[i] == lens[i]):
+                        m.d.sync += [rows_left.eq(rows_left - 1), row_addr.eq(row_addr + stride),
+                                     addr[i].eq(row_addr + stride), left[i].eq(bpr)]
+                        with m.If(rows_left == 1):
+                            m.d.sync += active[i].eq(0)
+                    with m.Else():
+                        m.d.sync += [addr[i].eq(addr[i] + (lens[i] << (bb.bit_length() - 1))),
+                                     left[i].eq(left[i] - lens[i])]
+            else:
+                with m.If(cmd.valid & cmd.ready):
+                    m.d.sync += [addr[i].eq(cmd.payload.addr), left[i].eq(cmd.payload.beats),
+                                 active[i].eq(cmd.payload.beats != 0)]
+                with m.Elif(took):
+                    m.d.sync += [addr[i].eq(addr[i] + (lens[i] << (bb.bit_length() - 1))),
+                                 left[i].eq(left[i] - lens[i])]
+                    with m.If(left[i] == lens[i]):
+                        m.d.sync += active[i].eq(0)
             with m.If(self.abort):
                 m.d.sync += active[i].eq(0)
             m.d.comb += [fifos[i].w_data.eq(axi.rdata), fifos[i].w_en.eq(arrived)]

@@ -60,13 +60,17 @@ class HwConfig:
     ``bus_bytes``: AXI data width in bytes (8 or 16); ``max_tokens``: k per pass; ``max_width``: the
     widest vector (d and I) the on-chip buffers hold, a power of two (reported in units of
     :data:`isa.WIDTH_UNIT`); ``matvec_engines``: ternary engines working on alternate rows (2 consume
-    weights twice as fast as the bus delivers them, so prefetched rows catch up after vector passes).
+    weights twice as fast as the bus delivers them, so prefetched rows catch up after vector passes);
+    ``weight_ports``: AXI masters the weight stream is spread over (1, 2 or 4; ``m_axi`` plus
+    ``m_axi_w1``..): port ``p`` reads rows ``p, p + P, ...`` of every matrix (strided bursts, one row per
+    burst group, so the DDR image is the same for every build) into its own ``matvec_engines`` engines.
     """
 
     bus_bytes: int = 16
     max_tokens: int = 4
     max_width: int = 4096
     matvec_engines: int = 2
+    weight_ports: int = 1
 
     def __post_init__(self):
         if self.bus_bytes not in (8, 16):
@@ -75,6 +79,8 @@ class HwConfig:
             raise ValueError(f"max_tokens must be an integer in 1..16, got {self.max_tokens}")
         if self.matvec_engines not in (1, 2):
             raise ValueError(f"matvec_engines must be 1 or 2, got {self.matvec_engines}")
+        if self.weight_ports not in (1, 2, 4):
+            raise ValueError(f"weight_ports must be 1, 2 or 4, got {self.weight_ports}")
         if not isinstance(self.max_width, int) or self.max_width < I.WIDTH_UNIT \
                 or self.max_width & (self.max_width - 1) or self.max_width > N.MAX_K:
             raise ValueError(f"max_width must be a power of two in {I.WIDTH_UNIT}..{N.MAX_K}, got {self.max_width}")
@@ -86,7 +92,13 @@ class HwConfig:
 
     @property
     def hw_config_reg(self) -> int:
-        return RM.encode_hw_config(self.bus_bytes, self.lanes * self.matvec_engines, self.max_tokens)
+        return RM.encode_hw_config(self.bus_bytes, self.lanes * self.matvec_engines, self.max_tokens,
+                                   self.weight_ports)
+
+    @property
+    def engines(self) -> int:
+        """Ternary engines in all: ``matvec_engines`` per weight port."""
+        return self.matvec_engines * self.weight_ports
 
     @property
     def hw_limits_reg(self) -> int:

@@ -35,7 +35,7 @@ from mmfree.rtl import activation as A
 from mmfree.rtl import isa as I
 from mmfree.rtl import regmap as RM
 from mmfree.rtl import quantize as Q
-from mmfree.rtl.axi import BEATS_WIDTH, WordPacker, WordUnpacker, cmd_layout
+from mmfree.rtl.axi import BEATS_WIDTH, WordPacker, WordUnpacker, cmd_layout, row_cmd_layout
 from mmfree.rtl.compiler import HwConfig
 from mmfree.rtl.matvec import TernaryMatVec
 from mmfree.rtl.pipeline import width_for
@@ -70,8 +70,8 @@ class Datapath(wiring.Component):
             "load_cmd": Out(stream.Signature(cmd_layout(addr_width))),
             "load_data": In(stream.Signature(unsigned(8 * bb))),
             "fetch": In(stream.Signature(fetch_layout(addr_width))),
-            "w_cmd": Out(stream.Signature(cmd_layout(addr_width))),
-            "w_data": In(stream.Signature(unsigned(8 * bb))),
+            **{f"w{p}_cmd": Out(stream.Signature(row_cmd_layout(addr_width))) for p in range(hw.weight_ports)},
+            **{f"w{p}_data": In(stream.Signature(unsigned(8 * bb))) for p in range(hw.weight_ports)},
             "st_cmd": Out(stream.Signature(cmd_layout(addr_width))),
             "st_data": Out(stream.Signature(data.StructLayout({"data": unsigned(8 * bb), "strb": unsigned(bb)}))),
             "wr_quiet": In(1),
@@ -185,7 +185,7 @@ class Datapath(wiring.Component):
         self._load_engine(m, d, issued, done, filled, loading, h0w, lbw, nw_, nww)
         self._store_engine(m, d, issued, done, k, hr2, t0r3, t1r2, arg, taddr)
         engines = [TernaryMatVec(lanes=hw.lanes, tokens=K, max_k=W, banks=I.BANKS, max_rows=W)
-                   for _ in range(hw.matvec_engines)]
+                   for _ in range(hw.engines)]
         for e, eng in enumerate(engines):
             m.submodules[f"matvec{e}"] = eng
         self._vector_engine(m, d, issued, done, k, tokens, parents, filled, loading, raise_error, taddr,
@@ -599,44 +599,71 @@ class Datapath(wiring.Component):
     def _matvec_engine(self, m, d, issued, done, k, Mr, Sr, arg, taddr, xw, aw, tw, xr2, t0r2,
                        mx_x_in, mx_a_in, mx_x_out, mx_a_out, feed_max, engines):
         hw = self.hw
-        K, W, E = hw.max_tokens, hw.max_width, hw.matvec_engines
+        K, W, E, P = hw.max_tokens, hw.max_width, hw.engines, hw.weight_ports
+        EPP = hw.matvec_engines
         ir = Cat(d.w0, d.w1, d.w2, d.w3)
 
-        # ---- weight fetch: queue of fetches -> reader command; route queue -> row router -> engine queues ------
+        # ---- weight fetch: each fetch goes to every weight port's queue; port p reads rows p, p + P, ... of it
+        # (one strided command: a burst group per row; with one port one contiguous command) into its route
+        # queue -> row router -> its engines' queues (engine e takes rows e, e + E, ...; port p feeds engines
+        # p, p + P, ..., alternating per row)
         FL = data.StructLayout({"addr": unsigned(self.addr_width), "rows": unsigned(32), "bpr": unsigned(16)})
-        m.submodules.fetchq = fq = fifo.SyncFIFO(width=FL.size, depth=I.PREFETCH_DEPTH)
-        m.submodules.routeq = rq = fifo.SyncFIFO(width=48, depth=I.PREFETCH_DEPTH + 1)
-        m.d.comb += [fq.w_data.eq(self.fetch.payload), fq.w_en.eq(self.fetch.valid), self.fetch.ready.eq(fq.w_rdy)]
-        head = Signal(FL)
-        m.d.comb += head.eq(fq.r_data)
-        m.d.comb += [self.w_cmd.valid.eq(fq.r_rdy & rq.w_rdy), self.w_cmd.payload.addr.eq(head.addr),
-                     self.w_cmd.payload.beats.eq(head.rows * head.bpr)]
-        took = self.w_cmd.valid & self.w_cmd.ready
-        m.d.comb += [fq.r_en.eq(took), rq.w_en.eq(took), rq.w_data.eq(Cat(head.rows, head.bpr))]
-        r_rows, r_bpr = rq.r_data[:32], rq.r_data[32:48]
         wq = [fifo.SyncFIFOBuffered(width=8 * hw.bus_bytes, depth=self.weight_fifo_beats) for _ in range(E)]
         for e in range(E):
             m.submodules[f"wq{e}"] = wq[e]
-        r_beat, r_row = Signal(16), Signal(32)
-        r_eng = Signal(range(E)) if E > 1 else Const(0, 1)
-        src = self.w_data
-        sel_rdy = Array(q.w_rdy for q in wq)[r_eng] if E > 1 else wq[0].w_rdy
-        move = src.valid & rq.r_rdy & sel_rdy
-        m.d.comb += src.ready.eq(rq.r_rdy & sel_rdy)
-        for e in range(E):
-            m.d.comb += [wq[e].w_data.eq(src.payload), wq[e].w_en.eq(move & (r_eng == e))]
-        row_end = r_beat + 1 == r_bpr
-        with m.If(move):
-            m.d.sync += r_beat.eq(r_beat + 1)
-            with m.If(row_end):
-                m.d.sync += [r_beat.eq(0), r_row.eq(r_row + 1)]
-                if E > 1:
-                    m.d.sync += r_eng.eq(r_eng + 1)
-                with m.If(r_row + 1 == r_rows):
-                    m.d.sync += [r_row.eq(0)]
-                    if E > 1:
-                        m.d.sync += r_eng.eq(0)
-        m.d.comb += rq.r_en.eq(move & row_end & (r_row + 1 == r_rows))
+        fqs = [fifo.SyncFIFO(width=FL.size, depth=I.PREFETCH_DEPTH) for _ in range(P)]
+        all_rdy = Const(1, 1)
+        for p in range(P):
+            m.submodules[f"fetchq{p}"] = fqs[p]
+            all_rdy = all_rdy & fqs[p].w_rdy
+        m.d.comb += self.fetch.ready.eq(all_rdy)
+        sh_bus = hw.bus_bytes.bit_length() - 1
+        sh_p = P.bit_length() - 1
+        for p in range(P):
+            fq = fqs[p]
+            m.submodules[f"routeq{p}"] = rq = fifo.SyncFIFO(width=48, depth=I.PREFETCH_DEPTH + 1)
+            m.d.comb += [fq.w_data.eq(self.fetch.payload), fq.w_en.eq(self.fetch.valid & all_rdy)]
+            head = Signal(FL, name=f"fetch_head{p}")
+            m.d.comb += head.eq(fq.r_data)
+            cmd = getattr(self, f"w{p}_cmd")
+            rows_p = Signal(32, name=f"rows_p{p}")
+            if P == 1:
+                m.d.comb += [rows_p.eq(head.rows), cmd.payload.addr.eq(head.addr),
+                             cmd.payload.beats.eq(head.rows * head.bpr), cmd.payload.rows.eq(1),
+                             cmd.payload.stride.eq(0)]
+            else:
+                rb = Signal(self.addr_width, name=f"row_bytes{p}")
+                m.d.comb += [rb.eq(head.bpr << sh_bus), rows_p.eq((head.rows + (P - 1 - p)) >> sh_p),
+                             cmd.payload.addr.eq(head.addr + rb * p), cmd.payload.beats.eq(head.bpr),
+                             cmd.payload.rows.eq(rows_p), cmd.payload.stride.eq(rb << sh_p)]
+            # a port with no rows of this matrix (rows < P) drops the fetch without a command
+            empty = (rows_p == 0) | (head.bpr == 0)
+            m.d.comb += cmd.valid.eq(fq.r_rdy & rq.w_rdy & ~empty)
+            took = (cmd.valid & cmd.ready)
+            m.d.comb += [fq.r_en.eq(took | (fq.r_rdy & empty)), rq.w_en.eq(took),
+                         rq.w_data.eq(Cat(rows_p, head.bpr))]
+            r_rows, r_bpr = rq.r_data[:32], rq.r_data[32:48]
+            mine = [wq[p + j * P] for j in range(EPP)]
+            r_beat, r_row = Signal(16, name=f"r_beat{p}"), Signal(32, name=f"r_row{p}")
+            r_eng = Signal(range(EPP), name=f"r_eng{p}") if EPP > 1 else Const(0, 1)
+            src = getattr(self, f"w{p}_data")
+            sel_rdy = Array(q.w_rdy for q in mine)[r_eng] if EPP > 1 else mine[0].w_rdy
+            move = src.valid & rq.r_rdy & sel_rdy
+            m.d.comb += src.ready.eq(rq.r_rdy & sel_rdy)
+            for j, q in enumerate(mine):
+                m.d.comb += [q.w_data.eq(src.payload), q.w_en.eq(move & (r_eng == j))]
+            row_end = r_beat + 1 == r_bpr
+            with m.If(move):
+                m.d.sync += r_beat.eq(r_beat + 1)
+                with m.If(row_end):
+                    m.d.sync += [r_beat.eq(0), r_row.eq(r_row + 1)]
+                    if EPP > 1:
+                        m.d.sync += r_eng.eq(r_eng + 1)
+                    with m.If(r_row + 1 == r_rows):
+                        m.d.sync += [r_row.eq(0)]
+                        if EPP > 1:
+                            m.d.sync += r_eng.eq(0)
+            m.d.comb += rq.r_en.eq(move & row_end & (r_row + 1 == r_rows))
         for e in range(E):
             m.d.comb += [engines[e].weights.payload.eq(wq[e].r_data), engines[e].weights.valid.eq(wq[e].r_rdy),
                          wq[e].r_en.eq(engines[e].weights.ready)]

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 #: Bumped when a register, bit or error code changes meaning. The driver refuses a bitstream whose
 #: VERSION register (or .hwh metadata) differs in the major number.
 REGMAP_VERSION_MAJOR = 2
-REGMAP_VERSION_MINOR = 0
+REGMAP_VERSION_MINOR = 1
 REGMAP_VERSION = (REGMAP_VERSION_MAJOR << 16) | REGMAP_VERSION_MINOR
 
 #: ``ID`` register value: ASCII "MMFR".
@@ -59,6 +59,16 @@ PORT_RST = "rst"                 # active-high synchronous reset
 PORT_AXI_MASTER = "m_axi"        # AXI4 master to DDR: m_axi__araddr, m_axi__rdata, ...
 PORT_AXI_LITE = "s_axil"         # AXI4-Lite slave: s_axil__awaddr, ...
 PORT_IRQ = "irq"                 # level-high interrupt, cleared by writing IRQ_STATUS
+#: Most AXI masters the accelerator streams weights through (``m_axi`` and ``m_axi_w1`` .. ``m_axi_w3``).
+MAX_WEIGHT_PORTS = 4
+
+
+def weight_port(p: int) -> str:
+    """Name of weight port ``p`` (1 .. weight_ports - 1): an extra read-only AXI4 master (``m_axi_w1__araddr``...,
+    the write channels held idle). Port 0 is ``m_axi`` itself, which also carries every other transfer."""
+    if not 1 <= p < MAX_WEIGHT_PORTS:
+        raise ValueError(f"weight port must be in 1..{MAX_WEIGHT_PORTS - 1}, got {p}")
+    return f"{PORT_AXI_MASTER}_w{p}"
 CSR_ADDR_BITS = 12               # 4 KiB register window
 ALIGN = 64                       # every base address must be a multiple of this
 
@@ -74,8 +84,9 @@ class Reg:
 REGISTERS: tuple[Reg, ...] = (
     Reg("ID", 0x000, "ro", "ID_MAGIC"),
     Reg("VERSION", 0x004, "ro", "REGMAP_VERSION: major << 16 | minor"),
-    Reg("HW_CONFIG", 0x008, "ro", "bits 7:0 bus bytes per beat, 15:8 lanes (trits per cycle, all ternary engines "
-                                  "together), 23:16 max tokens k"),
+    Reg("HW_CONFIG", 0x008, "ro", "bits 7:0 bus bytes per beat, 15:8 lanes per weight port (trits per cycle of "
+                                  "one port's ternary engines), 23:16 max tokens k, 27:24 weight ports (AXI "
+                                  "masters streaming weights; 0 reads as 1)"),
     Reg("HW_LIMITS", 0x00C, "ro", "bits 15:0 max width (d, and I) in units of 16 elements; 31:16 reserved"),
     Reg("CONTROL", 0x010, "wo", "bit 0 START, bit 1 SOFT_RESET (abort and clear), bit 2 IRQ_ENABLE (sticky)"),
     Reg("STATUS", 0x014, "ro", "bit 0 BUSY, bit 1 DONE, bit 2 ERROR, bit 3 IRQ_ENABLED"),
@@ -175,14 +186,18 @@ def error_message(code_register: int) -> str:
 
 
 def decode_hw_config(value: int) -> dict:
-    return {"bus_bytes": value & 0xFF, "lanes": (value >> 8) & 0xFF, "max_tokens": (value >> 16) & 0xFF}
+    """HW_CONFIG fields; ``lanes`` is per weight port, ``weight_ports`` at least 1."""
+    return {"bus_bytes": value & 0xFF, "lanes": (value >> 8) & 0xFF, "max_tokens": (value >> 16) & 0xFF,
+            "weight_ports": max(1, (value >> 24) & 0xF)}
 
 
-def encode_hw_config(bus_bytes: int, lanes: int, max_tokens: int) -> int:
+def encode_hw_config(bus_bytes: int, lanes: int, max_tokens: int, weight_ports: int = 1) -> int:
     for name, v in (("bus_bytes", bus_bytes), ("lanes", lanes), ("max_tokens", max_tokens)):
         if not 0 < v < 256:
             raise ValueError(f"{name} must be in 1..255, got {v}")
-    return bus_bytes | (lanes << 8) | (max_tokens << 16)
+    if not 1 <= weight_ports <= MAX_WEIGHT_PORTS:
+        raise ValueError(f"weight_ports must be in 1..{MAX_WEIGHT_PORTS}, got {weight_ports}")
+    return bus_bytes | (lanes << 8) | (max_tokens << 16) | (weight_ports << 24)
 
 
 def state_stride(d: int, layers: int) -> int:

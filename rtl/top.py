@@ -1,7 +1,9 @@
 """``mmfree_accel``: the whole accelerator, one bitstream for every model size.
 
 Ports (names from :mod:`mmfree.rtl.regmap`): ``clk``, ``rst`` (active-high synchronous), ``s_axil``
-(AXI4-Lite slave, the CSRs), ``m_axi`` (AXI4 master to DDR, ``8 * bus_bytes`` data bits), ``irq``.
+(AXI4-Lite slave, the CSRs), ``m_axi`` (AXI4 master to DDR, ``8 * bus_bytes`` data bits), ``irq``; with
+``hw.weight_ports = P > 1`` also ``m_axi_w1`` .. ``m_axi_w{P-1}``: read-only AXI4 masters (same width; AW/W
+idle) that stream rows ``p, p + P, ...`` of every weight matrix while ``m_axi`` streams rows ``0, P, ...``.
 
 Inside::
 
@@ -49,6 +51,7 @@ class MmfreeAccel(wiring.Component):
         super().__init__({
             RM.PORT_AXI_LITE: In(axil_signature(RM.CSR_ADDR_BITS)),
             RM.PORT_AXI_MASTER: Out(axi4_signature(addr_width, 8 * hw.bus_bytes)),
+            **{RM.weight_port(p): Out(axi4_signature(addr_width, 8 * hw.bus_bytes)) for p in range(1, hw.weight_ports)},
             RM.PORT_IRQ: Out(1),
         })
 
@@ -59,12 +62,17 @@ class MmfreeAccel(wiring.Component):
         m.submodules.csr = csr = CsrBlock(hw.hw_config_reg, hw.hw_limits_reg)
         m.submodules.seq = seq = Sequencer(hw, self.addr_width)
         rd = AxiReader(self.addr_width, hw.bus_bytes, fifo_depths=(32, 32, 64, 64),
-                       max_burst=self.max_burst, max_outstanding=self.max_outstanding)
+                       max_burst=self.max_burst, max_outstanding=self.max_outstanding, row_clients=(CLIENT_W,))
+        # weight ports 1..P-1: a reader each, one strided client (the rows p, p + P, ... of every matrix)
+        wrd = [AxiReader(self.addr_width, hw.bus_bytes, fifo_depths=(64,), max_burst=self.max_burst,
+                         max_outstanding=self.max_outstanding, row_clients=(0,)) for _ in range(1, hw.weight_ports)]
         wr = AxiWriter(self.addr_width, hw.bus_bytes, max_burst=self.max_burst)
         dp = Datapath(hw, self.addr_width, weight_fifo_beats=self.weight_fifo_beats)
         m.submodules.reader = ResetInserter(core_rst)(rd)
         m.submodules.writer = ResetInserter(core_rst)(wr)
         m.submodules.datapath = ResetInserter(core_rst)(dp)
+        for p, r in enumerate(wrd, start=1):
+            m.submodules[f"reader_w{p}"] = ResetInserter(core_rst)(r)
         m.d.comb += core_rst.eq(seq.core_rst)
 
         # ---- buses ----------------------------------------------------------------------------------------
@@ -75,7 +83,19 @@ class MmfreeAccel(wiring.Component):
             src = rd.axi if name.startswith(("ar", "r")) else wr.axi     # AR/R: reader; AW/W/B: writer
             outer, inner = getattr(maxi, name), getattr(src, name)
             m.d.comb += (outer.eq(inner) if member.flow == Out else inner.eq(outer))
-
+        for p, r in enumerate(wrd, start=1):           # read-only masters: AW/W idle, B always accepted
+            port = getattr(self, RM.weight_port(p))
+            for name, member in port.signature.members.items():
+                outer = getattr(port, name)
+                if name.startswith(("ar", "r")):
+                    inner = getattr(r.axi, name)
+                    m.d.comb += (outer.eq(inner) if member.flow == Out else inner.eq(outer))
+                elif name == "bready":
+                    m.d.comb += outer.eq(1)
+                elif name in ("awsize",):
+                    m.d.comb += outer.eq(hw.bus_bytes.bit_length() - 1)
+                elif name == "awburst":
+                    m.d.comb += outer.eq(1)
         # ---- CSR <-> sequencer ------------------------------------------------------------------------------
         for name in RM.ADDRESS_REGS:
             m.d.comb += getattr(seq, "reg_" + name.lower()).eq(getattr(csr, "reg_" + name.lower()))
@@ -88,7 +108,8 @@ class MmfreeAccel(wiring.Component):
         with m.If(seq.start & ~seq.busy):
             m.d.sync += [stalls.eq(0), rd_bytes.eq(0), wr_bytes.eq(0)]
         with m.Elif(seq.busy):
-            m.d.sync += [stalls.eq(stalls + dp.stall), rd_bytes.eq(rd_bytes + rd.beats * hw.bus_bytes),
+            m.d.sync += [stalls.eq(stalls + dp.stall),
+                         rd_bytes.eq(rd_bytes + sum(r.beats for r in [rd, *wrd]) * hw.bus_bytes),
                          wr_bytes.eq(wr_bytes + wr.beats * hw.bus_bytes)]
         m.d.comb += [csr.in_stalls.eq(stalls), csr.in_rd_bytes.eq(rd_bytes), csr.in_wr_bytes.eq(wr_bytes)]
 
@@ -96,8 +117,12 @@ class MmfreeAccel(wiring.Component):
         wiring.connect(m, seq.ctl_cmd, rd.c0_cmd)
         wiring.connect(m, rd.c0_data, seq.ctl_data)
         abort = seq.axi_abort
-        m.d.comb += [rd.abort.eq(abort), wr.abort.eq(abort), seq.rd_quiet.eq(rd.quiet), seq.wr_quiet.eq(wr.quiet),
-                     seq.rd_error.eq(rd.error), seq.wr_error.eq(wr.error)]
+        rd_quiet, rd_error = rd.quiet, rd.error
+        for r in wrd:
+            m.d.comb += r.abort.eq(abort)
+            rd_quiet, rd_error = rd_quiet & r.quiet, rd_error | r.error
+        m.d.comb += [rd.abort.eq(abort), wr.abort.eq(abort), seq.rd_quiet.eq(rd_quiet), seq.wr_quiet.eq(wr.quiet),
+                     seq.rd_error.eq(rd_error), seq.wr_error.eq(wr.error)]
 
         # ---- sequencer <-> datapath -----------------------------------------------------------------------------
         m.d.comb += [dp.issue.eq(seq.issue), dp.dispatch.eq(seq.dispatch), seq.done_pulse.eq(dp.done_pulse),
@@ -110,8 +135,11 @@ class MmfreeAccel(wiring.Component):
         wiring.connect(m, dp.load_cmd, rd.c2_cmd)
         wiring.connect(m, rd.c2_data, dp.load_data)
         wiring.connect(m, seq.fetch, dp.fetch)
-        wiring.connect(m, dp.w_cmd, rd.c3_cmd)
-        wiring.connect(m, rd.c3_data, dp.w_data)
+        wiring.connect(m, dp.w0_cmd, rd.c3_cmd)
+        wiring.connect(m, rd.c3_data, dp.w0_data)
+        for p, r in enumerate(wrd, start=1):
+            wiring.connect(m, getattr(dp, f"w{p}_cmd"), r.c0_cmd)
+            wiring.connect(m, r.c0_data, getattr(dp, f"w{p}_data"))
         wiring.connect(m, dp.st_cmd, wr.cmd)
         wiring.connect(m, dp.st_data, wr.data)
         return m

@@ -12,6 +12,9 @@
 // * Backdoor for the host model (no AXI cycles): a pulse on bd_load reads the hex file named by the
 //   plusarg +MMFREE_MEMFILE=<path> into the memory ($readmemh, "@index" lines place the words); a pulse
 //   on bd_dump writes beats [bd_start, bd_start + bd_count) to +MMFREE_DUMPFILE=<path> ($writememh).
+// * XR extra read-only ports (x_*: the fields of each packed side by side, port i in slice i), one per
+//   extra weight master of the accelerator: each has its own queue, latency and one R beat per cycle
+//   (an HP port of its own; the DDR's aggregate bandwidth is not modelled here).
 module mmfree_axi_mem #(
     parameter int ADDR_W = 40,
     parameter int DATA_W = 128,
@@ -21,7 +24,9 @@ module mmfree_axi_mem #(
     parameter int READ_LATENCY = 24,
     parameter int WRITE_LATENCY = 8,
     parameter int OUTSTANDING = 16,
-    parameter int SHARED_BW = 1
+    parameter int SHARED_BW = 1,
+    parameter int XR = 0,
+    parameter int XN = (XR > 0) ? XR : 1
 ) (
     input  logic clk,
     input  logic rst,
@@ -34,7 +39,10 @@ module mmfree_axi_mem #(
     input  logic [2:0] arsize, input logic [1:0] arburst, input logic arvalid, output logic arready,
     output logic [ID_W-1:0] rid, output logic [DATA_W-1:0] rdata, output logic [1:0] rresp, output logic rlast,
     output logic rvalid, input logic rready,
-    input  logic bd_load, input logic bd_dump, input logic [63:0] bd_start, input logic [63:0] bd_count
+    input  logic bd_load, input logic bd_dump, input logic [63:0] bd_start, input logic [63:0] bd_count,
+    input  logic [XN*ADDR_W-1:0] x_araddr, input logic [XN*8-1:0] x_arlen, input logic [XN-1:0] x_arvalid,
+    output logic [XN-1:0] x_arready, output logic [XN*DATA_W-1:0] x_rdata, output logic [XN*2-1:0] x_rresp,
+    output logic [XN-1:0] x_rlast, output logic [XN-1:0] x_rvalid, input logic [XN-1:0] x_rready
 );
     localparam int BB = DATA_W / 8;
     localparam int SH = $clog2(BB);
@@ -175,6 +183,59 @@ module mmfree_axi_mem #(
             if (b_fire) bq_head <= bq_head + 1'b1;
             wq_count <= wq_count + (aw_fire ? 1 : 0) - ((w_fire && wlast) ? 1 : 0);
             bq_count <= bq_count + ((w_fire && wlast) ? 1 : 0) - (b_fire ? 1 : 0);
+        end
+    end
+    // ---- extra read-only ports ------------------------------------------------------------------------------
+    for (genvar x = 0; x < XN; x++) begin : xr
+        if (x < XR) begin : port
+            logic [ADDR_W-1:0] q_addr [0:OUTSTANDING-1];
+            logic [7:0] q_len [0:OUTSTANDING-1];
+            logic [63:0] q_time [0:OUTSTANDING-1];
+            logic [QW:0] q_count;
+            logic [QW-1:0] q_head, q_tail;
+            logic [7:0] beat;
+            wire ar_v = x_arvalid[x];
+            wire ar_r = !rst && (q_count < OUTSTANDING);
+            assign x_arready[x] = ar_r;
+            wire [ADDR_W-1:0] cur = q_addr[q_head] + ADDR_W'({beat, {SH{1'b0}}});
+            wire [63:0] abs_a = {{(64-ADDR_W){1'b0}}, cur};
+            wire [63:0] idx = (abs_a - BASE_U) >> SH;
+            wire ok = (abs_a >= BASE_U) && (idx < WORDS_U);
+            wire valid = (q_count != 0) && (now >= q_time[q_head]);
+            wire last = beat == q_len[q_head];
+            assign x_rvalid[x] = valid;
+            assign x_rlast[x] = last;
+            assign x_rresp[2*x +: 2] = ok ? 2'b00 : 2'b11;
+            assign x_rdata[DATA_W*x +: DATA_W] = ok ? mem[idx] : '0;
+            wire fire = valid && x_rready[x];
+            wire a_fire = ar_v && ar_r;
+            always @(posedge clk) begin
+                if (rst) begin
+                    q_count <= '0; q_head <= '0; q_tail <= '0; beat <= '0;
+                end else begin
+                    if (a_fire) begin
+                        q_addr[q_tail] <= x_araddr[ADDR_W*x +: ADDR_W];
+                        q_len[q_tail] <= x_arlen[8*x +: 8];
+                        q_time[q_tail] <= now + 64'(rd_lat);
+                        q_tail <= q_tail + 1'b1;
+                    end
+                    if (fire) begin
+                        if (last) begin
+                            beat <= '0;
+                            q_head <= q_head + 1'b1;
+                        end else begin
+                            beat <= beat + 1'b1;
+                        end
+                    end
+                    q_count <= q_count + (a_fire ? 1 : 0) - ((fire && last) ? 1 : 0);
+                end
+            end
+        end else begin : none
+            assign x_arready[x] = 1'b0;
+            assign x_rvalid[x] = 1'b0;
+            assign x_rlast[x] = 1'b0;
+            assign x_rresp[2*x +: 2] = 2'b00;
+            assign x_rdata[DATA_W*x +: DATA_W] = '0;
         end
     end
 endmodule

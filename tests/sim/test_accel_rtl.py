@@ -130,6 +130,28 @@ def test_rtl_64bit_bus_bit_exact():
         H.replay_steps(im, steps, results)
 
 
+def test_rtl_weight_ports_bit_exact():
+    """The four-weight-port build (sim.accel.PORTS4_HW, its own Verilator build, shared with the perf
+    validation): port p reads rows p, p + 4, ... of every matrix into its own two engines. Every shape (d
+    64/96/200: row counts that are not a multiple of the 8 engines, odd vocabularies), chains and trees, k up
+    to 4, bit-exact."""
+    from mmfree.sim.accel import PORTS4_HW, run_job
+
+    hw = PORTS4_HW
+    for shape in sorted(H.SHAPES):
+        im = H.load(shape)
+        steps = H.chain_and_tree_steps(im, np.random.default_rng(11))
+        with tempfile.TemporaryDirectory(prefix="mmfree-rtl-ports-") as td:
+            td = Path(td)
+            compile_model(im).save(td / "compiled")
+            res = run_job({"kind": "script", "compiled": str(td / "compiled"), "steps": steps}, hw=hw,
+                          workdir=td / "run")
+        arrays = res["arrays"]
+        results = [dict(p, **{key: arrays[f"{key}{i}"] for key in ("logits", "states", "argmax") if f"{key}{i}" in arrays})
+                   for i, p in enumerate(res["passes"])]
+        H.replay_steps(im, steps, results)
+
+
 def test_rtl_wait_times_out_with_a_clear_message():
     """Every wait is bounded: a pass that cannot finish in the cycle budget ends the run with the host's
     time-out message (STATUS and PC), not a hang."""

@@ -101,6 +101,60 @@ def test_reader_two_clients(seed):
         assert (addr % 4096) + ln * BUS <= 4096, f"burst at {addr:#x} x{ln} crosses 4 KiB"
 
 
+@pytest.mark.parametrize("seed", [0, 1])
+def test_reader_strided_rows(seed):
+    """A strided client (one weight port's rows p, p + P, ...): rows of `beats` beats at `stride` bytes apart,
+    in order; no burst crosses a row end or a 4 KiB boundary; rows == 0 reads nothing."""
+    base = 0x10000
+    mem = _mem(1 << 15, seed)
+    rng = random.Random(seed)
+    dut = AxiReader(addr_width=32, bus_bytes=BUS, fifo_depths=(16, 32), max_burst=16, max_outstanding=4,
+                    row_clients=(1,))
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    bursts = []
+    sim.add_testbench(_slave_read(dut, mem, base, random.Random(seed + 3), bursts), background=True)
+    # (addr, beats per row, rows, stride): 26-beat rows 4 rows apart crossing 4 KiB, 3-beat rows, no rows
+    cmds = [(base + 0x0C00 + 16 * 26, 26, 5, 4 * 16 * 26), (base + 0x4000, 3, 7, 2 * 48), (base + 0x5000, 4, 0, 64),
+            (base + 0x6000, 1, 3, 16)]
+    got = []
+
+    async def tb(ctx):
+        cmd, dat = dut.c1_cmd, dut.c1_data
+        for addr, beats, rows, stride in cmds:
+            ctx.set(cmd.payload.addr, addr)
+            ctx.set(cmd.payload.beats, beats)
+            ctx.set(cmd.payload.rows, rows)
+            ctx.set(cmd.payload.stride, stride)
+            ctx.set(cmd.valid, 1)
+            await ctx.tick().until(cmd.ready)
+            ctx.set(cmd.valid, 0)
+            n = 0
+            while n < beats * rows:
+                ready = rng.random() > 0.4
+                ctx.set(dat.ready, ready)
+                _, _, v, d = await ctx.tick().sample(dat.valid, dat.payload)
+                if v and ready:
+                    got.append(d)
+                    n += 1
+            ctx.set(dat.ready, 0)
+
+    sim.add_testbench(tb)
+    sim.run()
+    exp, row_ends = [], set()
+    for addr, beats, rows, stride in cmds:
+        for r in range(rows):
+            for b in range(beats):
+                a = addr + r * stride + b * BUS - base
+                exp.append(int.from_bytes(mem[a:a + BUS], "little"))
+            row_ends.add((addr + r * stride, addr + r * stride + beats * BUS))
+    assert got == exp
+    for addr, ln in bursts:
+        assert 1 <= ln <= 16
+        assert (addr % 4096) + ln * BUS <= 4096, f"burst at {addr:#x} x{ln} crosses 4 KiB"
+        assert any(s <= addr and addr + ln * BUS <= e for s, e in row_ends), f"burst at {addr:#x} x{ln} leaves its row"
+
+
 def test_writer_bursts_and_strobes():
     base = 0x20000
     mem = bytearray(1 << 14)
