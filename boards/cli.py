@@ -18,13 +18,13 @@ def register(sub) -> None:
     b = add_subcommand(
         sub, "build", _build, "write (and with Vivado, run) the bitstream build for a PYNQ board",
         "Generates the accelerator's Verilog (Amaranth), packages it as Vivado IP (VLNV\n"
-        "mmfree.org:mmfree:mmfree_accel:1.0), writes the block design (Zynq PS, the accelerator on the\n"
-        "board's HP port through a SmartConnect, AXI4-Lite control and an AXI interrupt controller on the\n"
-        "GP port, the PS fabric clock) and a batch TCL that synthesises, implements, writes the bitstream and\n"
-        "copies mmfree_<board>.bit with its .hwh (PYNQ naming). Runs Vivado when it is on PATH; otherwise\n"
-        "stops after writing the project and prints the command to run where Vivado is. --estimate adds a\n"
-        "Yosys synth_xilinx estimate for the board's family (cached; long the first time) and refuses a\n"
-        "design that does not fit. docs/boards.md.",
+        "mmfree.org:mmfree:mmfree_accel:1.0), writes the block design (Zynq PS, each AXI master of the\n"
+        "accelerator on its own HP port through a SmartConnect (--weight-ports: m_axi and m_axi_w1..),\n"
+        "AXI4-Lite control and an AXI interrupt controller on the GP port, the PS fabric clock) and a batch\n"
+        "TCL that synthesises, implements, writes the bitstream and copies mmfree_<board>.bit with its .hwh\n"
+        "(PYNQ naming). Runs Vivado when it is on PATH; otherwise stops after writing the project and prints\n"
+        "the command to run where Vivado is. --estimate adds a Yosys synth_xilinx estimate for the board's\n"
+        "family (cached; long the first time) and refuses a design that does not fit. docs/boards.md.",
     )
     b.add_argument("--board", required=True, help="pynq-z2, kv260, zcu104 or custom:PATH.json")
     b.add_argument("--out", required=True, help="output folder")
@@ -32,6 +32,9 @@ def register(sub) -> None:
     b.add_argument("--max-width", type=int, default=None,
                    help="widest vector (d and I) the build holds: 4096 for 370M/1.3B, 8192 for 2.7B; default: the "
                         "board file's build.max_width (PYNQ-Z2: 1024, what fits its BRAM), else 4096")
+    b.add_argument("--weight-ports", type=int, default=None, metavar="N",
+                   help="AXI masters streaming weights, one HP port each: 1, 2 or 4, at most the board's HP ports; "
+                        "default: the board file's build.weight_ports (KV260, ZCU104: 4; PYNQ-Z2: 1)")
     b.add_argument("--estimate", action="store_true", help="Yosys resource estimate and fit check (slow, cached)")
     b.add_argument("--no-vivado", action="store_true", help="only write the project, even when Vivado is on PATH")
     b.add_argument("--json", action="store_true", help="print one JSON object")
@@ -76,13 +79,15 @@ def _build(args) -> int:
 
     say = (lambda m: print(f"[mmfree build] {m}", file=sys.stderr, flush=True))
     res = build(args.board, args.out, clock_mhz=args.clock_mhz, do_estimate=args.estimate,
-                run_vivado=False if args.no_vivado else None, max_width=args.max_width, progress=say)
+                run_vivado=False if args.no_vivado else None, max_width=args.max_width,
+                weight_ports=args.weight_ports, progress=say)
     if args.json:
         print_json(res)
         return 0
     cfg = res["config"]
     print(f"board:     {cfg['board']} ({cfg['part']}), accelerator at {cfg['clock_mhz']:g} MHz, "
-          f"{8 * cfg['bus_bytes']}-bit {cfg['hp_port']}, CSRs on {cfg['gp_port']}")
+          f"{cfg['weight_ports']} x {8 * cfg['bus_bytes']}-bit AXI master ({', '.join(cfg['hp_ports'])}), CSRs on "
+          f"{cfg['gp_port']}")
     print(f"project:   {args.out} ({', '.join(res['files'])}, build.json)")
     est = res.get("estimate")
     if est:

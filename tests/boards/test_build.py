@@ -2,10 +2,13 @@
 
 Vivado is not on this machine: the build tests stop at the TCL/IP stage and check that the message says so
 (a fake `vivado` on PATH checks the run path). The generated TCL is checked per board for the part, board
-part, PS IP, HP/GP ports, clock, interrupt, write_bitstream and the .bit/.hwh export."""
+part, PS IP, HP/GP ports, clock, interrupt, write_bitstream and the .bit/.hwh export, and run under Tcl with
+Vivado's commands stubbed (syntax, and which master reaches which HP port); multi-port builds (weight ports
+m_axi_w1..) get one SmartConnect, HP port and DDR mapping per AXI master."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
@@ -22,7 +25,7 @@ from mmfree.cli import main
 from mmfree.rtl import regmap as RM
 
 BOARDS = {
-    # board: (part, board part, PS IP, HP port, HP width, GP port, clock pin, irq pin, address width)
+    # board: (part, board part, PS IP, m_axi's HP port, HP width, GP port, clock pin, irq pin, address width)
     "pynq-z2": ("xc7z020clg400-1", None, "processing_system7:5.5", "S_AXI_HP0", 64, "M_AXI_GP0", "FCLK_CLK0",
                 "IRQ_F2P", 32),
     "kv260": ("xck26-sfvc784-2LV-c", "xilinx.com:kv260_som:part0:1.4", "zynq_ultra_ps_e", "S_AXI_HP0_FPD", 128,
@@ -30,6 +33,13 @@ BOARDS = {
     "zcu104": ("xczu7ev-ffvc1156-2-e", "xilinx.com:zcu104:part0:1.1", "zynq_ultra_ps_e", "S_AXI_HP0_FPD", 128,
                "M_AXI_HPM0_FPD", "pl_clk0", "pl_ps_irq0", 40),
 }
+#: board: (weight ports, the HP port of each AXI master, m_axi first) from the board file
+PORTS = {
+    "pynq-z2": (1, ["S_AXI_HP0"]),
+    "kv260": (4, ["S_AXI_HP0_FPD", "S_AXI_HP1_FPD", "S_AXI_HP2_FPD", "S_AXI_HP3_FPD"]),
+    "zcu104": (4, ["S_AXI_HP0_FPD", "S_AXI_HP1_FPD", "S_AXI_HP2_FPD", "S_AXI_HP3_FPD"]),
+}
+MASTERS = ["m_axi", "m_axi_w1", "m_axi_w2", "m_axi_w3"]
 
 
 @pytest.mark.parametrize("board", sorted(BOARDS))
@@ -37,6 +47,8 @@ def test_config_per_board(board):
     part, bpart, _, hp, width, gp, _, _, aw = BOARDS[board]
     cfg = B.config_for(board)
     assert (cfg.part, cfg.board_part, cfg.hp_port, cfg.gp_port, cfg.addr_width) == (part, bpart, hp, gp, aw)
+    assert (cfg.weight_ports, cfg.hp_ports) == PORTS[board] and cfg.hp_ports[0] == hp
+    assert cfg.hw.weight_ports == cfg.weight_ports and cfg.hw.engines == cfg.hw.matvec_engines * cfg.weight_ports
     assert cfg.bus_bytes * 8 == width == load_board(board).hp_ports["width_bits"]
     assert cfg.clock_mhz == load_board(board).clock_mhz
     assert B.config_for(board, clock_mhz=50).clock_mhz == 50
@@ -61,6 +73,10 @@ def test_tcl_structure_per_board(board):
     assert f"set_property version {ver}" in pkg
     assert f"-part {part}" in pkg
     assert "ipx::associate_bus_interfaces -busif m_axi -clock ap_clk" in pkg
+    n_ports, hps = PORTS[board]
+    for m in MASTERS[1:n_ports]:
+        assert f"ipx::associate_bus_interfaces -busif {m} -clock ap_clk" in pkg
+    assert f"WEIGHT_PORTS {n_ports}" in pkg
     assert "ipx::associate_bus_interfaces -busif s_axil -clock ap_clk" in pkg
     assert f"REGMAP_VERSION 0x{RM.REGMAP_VERSION:08x}" in pkg and "ipx::save_core" in pkg
     # the block design: PS, ports, clock, interrupt, the accelerator and its address map
@@ -70,6 +86,13 @@ def test_tcl_structure_per_board(board):
     assert "xilinx.com:ip:smartconnect:1.0 smartconnect_hp" in bd and "smartconnect_gp" in bd
     assert "connect_bd_intf_net [get_bd_intf_pins $acc/m_axi] [get_bd_intf_pins $sc_hp/S00_AXI]" in bd
     assert "connect_bd_intf_net [get_bd_intf_pins $sc_hp/M00_AXI] $hp_port" in bd
+    assert bd.count("xilinx.com:ip:smartconnect:1.0 smartconnect_hp") == n_ports      # one per AXI master
+    for m, port in zip(MASTERS[1:n_ports], hps[1:]):
+        x = m[len("m_axi"):]
+        assert f"set hp_port{x} [get_bd_intf_pins $ps/{port}]" in bd
+        assert f"connect_bd_intf_net [get_bd_intf_pins $acc/{m}] [get_bd_intf_pins $sc_hp{x}/S00_AXI]" in bd
+        assert f"connect_bd_intf_net [get_bd_intf_pins $sc_hp{x}/M00_AXI] $hp_port{x}" in bd
+        assert f"assign_bd_address -target_address_space [get_bd_addr_spaces $acc/{m}] $seg" in bd
     assert "connect_bd_intf_net [get_bd_intf_pins $sc_gp/M00_AXI] [get_bd_intf_pins $acc/s_axil]" in bd
     assert f"$ps/{clk}]" in bd and f"$ps/{irq}]" in bd
     assert "connect_bd_net [get_bd_pins $acc/interrupt] [get_bd_pins $cat/In0]" in bd
@@ -77,18 +100,22 @@ def test_tcl_structure_per_board(board):
     assert "connect_bd_net $aresetn [get_bd_pins $acc/ap_rst_n]" in bd
     assert "assign_bd_address" in bd and "exclude_bd_addr_seg" in bd and "validate_bd_design" in bd
     if ps_ip.startswith("processing_system7"):
-        n = hp[-1]
         assert "CONFIG.PCW_FPGA0_PERIPHERAL_FREQMHZ {125}" in bd
-        assert f"CONFIG.PCW_USE_S_AXI_HP{n} {{1}}" in bd and f"CONFIG.PCW_S_AXI_HP{n}_DATA_WIDTH {{{width}}}" in bd
+        for n in range(4):
+            assert (f"CONFIG.PCW_USE_S_AXI_HP{n} {{1}}" in bd) == (n < n_ports)
+            assert (f"CONFIG.PCW_S_AXI_HP{n}_DATA_WIDTH {{{width}}}" in bd) == (n < n_ports)
         assert "CONFIG.PCW_USE_M_AXI_GP0 {1}" in bd and "CONFIG.PCW_IRQ_F2P_INTR {1}" in bd
         assert "CONFIG.PCW_UIPARAM_DDR_PARTNO" in bd          # no board part: DDR from the board file
         assert "set_property board_part" not in top
     else:
         assert "CONFIG.PSU__CRL_APB__PL0_REF_CTRL__FREQMHZ {187.5}" in bd
         assert "apply_board_preset \"1\"" in bd
-        assert "CONFIG.PSU__USE__S_AXI_GP2 {1}" in bd and f"CONFIG.PSU__SAXIGP2__DATA_WIDTH {{{width}}}" in bd
+        for n in range(4):                  # HP<n>_FPD is S_AXI_GP<n+2>
+            assert (f"CONFIG.PSU__USE__S_AXI_GP{n + 2} {{1}}" in bd) == (n < n_ports)
+            assert (f"CONFIG.PSU__SAXIGP{n + 2}__DATA_WIDTH {{{width}}}" in bd) == (n < n_ports)
+            assert (f"[get_bd_pins $ps/saxihp{n}_fpd_aclk]" in bd) == (n < n_ports)
         assert "CONFIG.PSU__USE__M_AXI_GP0 {1}" in bd and "CONFIG.PSU__USE__IRQ0 {1}" in bd
-        assert "saxihp0_fpd_aclk" in bd and "maxihpm0_fpd_aclk" in bd
+        assert "maxihpm0_fpd_aclk" in bd
         assert f"set_property board_part {bpart} [current_project]" in top
     # the batch flow
     assert f"create_project -force {cfg.basename} $here/vivado -part {part}" in top
@@ -113,17 +140,36 @@ def test_wrapper_ports_follow_the_regmap():
     assert ".rst(~ap_rst_n)" in v and f".{RM.PORT_AXI_MASTER}__araddr(m_axi_araddr)" in v
     z2 = B.wrapper_verilog(B.config_for("pynq-z2"))
     assert "output wire [31:0] m_axi_araddr" in z2 and "input  wire [63:0] m_axi_rdata" in z2
+    # weight ports: the kv260 build has 4 AXI masters with the m_axi signature, the pynq-z2 build one
+    assert "parameter WEIGHT_PORTS = 4" in v and "parameter WEIGHT_PORTS = 1" in z2
+    assert not re.search(r"m_axi_w\d", z2) and "ASSOCIATED_BUSIF m_axi:s_axil," in z2
+    assert "ASSOCIATED_BUSIF m_axi:m_axi_w1:m_axi_w2:m_axi_w3:s_axil," in v
+    maxi, _ = B._axi_ports(cfg)
+    for m in MASTERS:
+        for name, width, d in maxi:
+            io = "output" if d == "o" else "input "
+            assert f"{io} wire [{width - 1}:0] {m}_{name}," in v or f"{io} wire [{width - 1}:0] {m}_{name}\n" in v
+            assert f"(* X_INTERFACE_INFO = \"xilinx.com:interface:aximm:1.0 {m} {name.upper()}\" *)" in v
+            assert f".{m}__{name}({m}_{name})" in v
+    assert "output wire [39:0] m_axi_w3_araddr" in v and "input  wire [127:0] m_axi_w1_rdata" in v
+    assert v.count("PROTOCOL AXI4, DATA_WIDTH 128, ADDR_WIDTH 40") == 4
+    assert "m_axi_w4" not in v
+    two = B.wrapper_verilog(B.config_for("pynq-z2", weight_ports=2))
+    assert "output wire [31:0] m_axi_w1_araddr" in two and "m_axi_w2_" not in two
 
 
 @pytest.mark.sim
-def test_wrapper_lints_with_verilator(tmp_path):
-    """The wrapper is legal Verilog against a port-compatible stub of the core (Verilator --lint-only)."""
+@pytest.mark.parametrize("board", ["pynq-z2", "kv260"])
+def test_wrapper_lints_with_verilator(tmp_path, board):
+    """The wrapper is legal Verilog against a port-compatible stub of the core (Verilator --lint-only); the kv260
+    build has the four AXI masters m_axi, m_axi_w1 .. m_axi_w3."""
     from mmfree.toolchain import verilator_env
 
-    cfg = B.config_for("pynq-z2")
+    cfg = B.config_for(board)
     maxi, axil = B._axi_ports(cfg)
     ports = ["input clk", "input rst", f"output {RM.PORT_IRQ}"]
-    ports += [f"{'output' if d == 'o' else 'input'} [{w - 1}:0] {RM.PORT_AXI_MASTER}__{n}" for n, w, d in maxi]
+    ports += [f"{'output' if d == 'o' else 'input'} [{w - 1}:0] {m}__{n}" for m in B.masters(cfg.weight_ports)
+              for n, w, d in maxi]
     ports += [f"{'output' if d == 'o' else 'input'} [{w - 1}:0] {RM.PORT_AXI_LITE}__{n}" for n, w, d in axil]
     outs = [p.split()[-1] for p in ports if p.startswith("output")]
     stub = (f"module {RM.TOP_NAME}({', '.join(p.split()[-1] for p in ports)});\n"
@@ -135,6 +181,155 @@ def test_wrapper_lints_with_verilator(tmp_path):
                           "-Wno-UNUSEDPARAM", "-Wno-SYMRSVDWORD", "--top-module", B.TOP, "top.v", "stub.v"],
                          cwd=tmp_path, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def _tcl_calls(script: str) -> list[list[str]]:
+    """Run a generated TCL script under Tcl (tkinter) with every Vivado command stubbed: a stub records its call and
+    returns its last argument (so ``[get_bd_intf_pins $ps/S_AXI_HP1]`` is ``<ps>/S_AXI_HP1``), except
+    ``get_bd_addr_segs``, which offers a DDR and an OCM segment under its object, and the ``ipx::get_*`` look-ups,
+    which find nothing (the scripts' create-if-missing branches run). ``file`` is stubbed too: nothing touches disk.
+    A syntax error, an unset variable or an unbalanced brace fails the run."""
+    tkinter = pytest.importorskip("tkinter")
+    tcl = tkinter.Tcl()
+    tcl.eval(r"""
+        set ::calls {}
+        proc unknown {args} { lappend ::calls $args; return [lindex $args end] }
+        rename file {}
+        proc file {args} { lappend ::calls [linsert $args 0 file]; return [lindex $args end] }
+        proc get_bd_addr_segs {args} {
+            lappend ::calls [linsert $args 0 get_bd_addr_segs]
+            set o [lindex $args end]
+            return [list $o/SEG_DDR_LOW $o/SEG_OCM]
+        }
+        namespace eval ipx {}
+        foreach c {get_address_spaces get_memory_maps get_address_blocks get_user_parameters} {
+            proc ipx::$c {args} "lappend ::calls \[linsert \$args 0 ipx::$c\]; return {}"
+        }
+    """)
+    assert tcl.eval(f"info complete {{{script}}}") == "1"
+    tcl.eval(script)
+    return [list(tcl.splitlist(c)) for c in tcl.splitlist(tcl.eval("set ::calls"))]
+
+
+@pytest.mark.parametrize("board,weight_ports", [("pynq-z2", None), ("kv260", None), ("zcu104", None),
+                                                ("pynq-z2", 4), ("kv260", 2), ("zcu104", 1)])
+def test_tcl_runs_and_wires_each_master_to_its_hp_port(board, weight_ports):
+    """block_design.tcl and package_ip.tcl run under Tcl (stubbed Vivado); each AXI master goes through its own
+    SmartConnect to its own HP port, gets that port's DDR segment and no other; the PS enables exactly those
+    HP ports and clocks them; the IP associates every master with ap_clk."""
+    cfg = B.config_for(board, weight_ports=weight_ports)
+    n = cfg.weight_ports
+    assert n == (weight_ports or PORTS[board][0]) and len(cfg.hp_ports) == n
+    calls = _tcl_calls(B.block_design_tcl(cfg))
+    ps = "processing_system7_0" if cfg.ps == "zynq7" else "zynq_ultra_ps_e_0"
+    intf = [c[1:] for c in calls if c[0] == "connect_bd_intf_net"]
+    cells = [c[-1] for c in calls if c[0] == "create_bd_cell" and "xilinx.com:ip:smartconnect:1.0" in c]
+    assert sorted(cells) == sorted(["smartconnect_gp"] + [f"smartconnect_hp{m[5:]}" for m in MASTERS[:n]])
+    assign = [(c[c.index("-target_address_space") + 1], c[-1]) for c in calls if c[0] == "assign_bd_address"
+              and "-offset" not in c]
+    excluded = [c[1] for c in calls if c[0] == "exclude_bd_addr_seg"]
+    for m, port in zip(MASTERS[:n], cfg.hp_ports):
+        sc = f"smartconnect_hp{m[5:]}"
+        assert [f"{B.INSTANCE}/{m}", f"{sc}/S00_AXI"] in intf, m
+        assert [f"{sc}/M00_AXI", f"{ps}/{port}"] in intf, m
+        assert (f"{B.INSTANCE}/{m}", f"{ps}/{port}/SEG_DDR_LOW") in assign, m
+        assert f"{B.INSTANCE}/{m}/SEG_OCM" in excluded, m
+    assert len(assign) == n and len(excluded) == n
+    # the PS: exactly the used HP ports enabled (at the bus width) and clocked by the fabric clock
+    props = " ".join(" ".join(c) for c in calls if c[0] == "set_property" and c[1] == "-dict")
+    clocked = next(c for c in calls if c[0] == "connect_bd_net" and c[1] == (
+        f"{ps}/FCLK_CLK0" if cfg.ps == "zynq7" else f"{ps}/pl_clk0") and len(c) > 3)
+    for port in cfg.hp_ports:
+        i = B.hp_port_index(cfg.ps, port)
+        if cfg.ps == "zynq7":
+            assert f"CONFIG.PCW_USE_S_AXI_HP{i} 1" in props and f"CONFIG.PCW_S_AXI_HP{i}_DATA_WIDTH 64" in props
+            assert f"{ps}/{port}_ACLK" in clocked
+        else:
+            assert f"CONFIG.PSU__USE__S_AXI_GP{i} 1" in props and f"CONFIG.PSU__SAXIGP{i}__DATA_WIDTH 128" in props
+            assert f"{ps}/saxihp{i - 2}_fpd_aclk" in clocked
+    use = re.findall(r"CONFIG\.PCW_USE_S_AXI_HP\d 1|CONFIG\.PSU__USE__S_AXI_GP\d 1", props)
+    assert len(use) == n
+    # the IP package
+    pkg = _tcl_calls(B.package_ip_tcl(cfg))
+    assoc = [c[2] for c in pkg if c[0] == "ipx::associate_bus_interfaces" and c[1] == "-busif"]
+    assert assoc == MASTERS[:n] + ["s_axil"]
+    spaces = [c[1] for c in pkg if c[0] == "ipx::add_address_space"]
+    assert spaces == MASTERS[:n]
+    assert sum(c[:3] == ["set_property", "range", str(1 << cfg.addr_width)] for c in pkg) == n
+    assert sum(c[:3] == ["set_property", "width", str(8 * cfg.bus_bytes)] for c in pkg) == n
+
+
+def _board_file(tmp_path, board="kv260", build=None, **hp) -> str:
+    """A custom board file: ``board``'s with ``build`` (None: removed) and hp_ports fields changed (None: removed)."""
+    d = copy.deepcopy(load_board(board).raw)
+    if build is None:
+        d.pop("build", None)
+    else:
+        d["build"] = build
+    for k, v in hp.items():
+        if v is None:
+            d["hp_ports"].pop(k, None)
+        else:
+            d["hp_ports"][k] = v
+    p = tmp_path / f"{board}-custom.json"
+    p.write_text(json.dumps(d))
+    return f"custom:{p}"
+
+
+def test_weight_ports_default_and_override(tmp_path):
+    # no build.weight_ports and no hp_ports.used: one port, the first HP port
+    cfg = B.config_for(_board_file(tmp_path, build=None, used=None))
+    assert (cfg.weight_ports, cfg.hp_ports) == (1, ["S_AXI_HP0_FPD"])
+    # build.weight_ports without hp_ports.used: the first N names
+    cfg = B.config_for(_board_file(tmp_path, build={"weight_ports": 2}, used=None))
+    assert (cfg.weight_ports, cfg.hp_ports) == (2, ["S_AXI_HP0_FPD", "S_AXI_HP1_FPD"])
+    # an explicit order is kept, m_axi on the first
+    order = ["S_AXI_HP3_FPD", "S_AXI_HP0_FPD"]
+    cfg = B.config_for(_board_file(tmp_path, build={"weight_ports": 2}, used=order))
+    assert cfg.hp_ports == order
+    # --weight-ports: the first N of hp_ports.used, then the other names
+    assert B.config_for(_board_file(tmp_path, build={"weight_ports": 2}, used=order),
+                        weight_ports=4).hp_ports == order + ["S_AXI_HP1_FPD", "S_AXI_HP2_FPD"]
+    assert B.config_for("kv260", weight_ports=1).hp_ports == ["S_AXI_HP0_FPD"]
+    assert B.config_for("kv260", weight_ports=2).hp_ports == ["S_AXI_HP0_FPD", "S_AXI_HP1_FPD"]
+    assert B.config_for("pynq-z2", weight_ports=4).hp_ports == ["S_AXI_HP0", "S_AXI_HP1", "S_AXI_HP2", "S_AXI_HP3"]
+    # the build parameters follow
+    one, four = B.config_for("kv260", weight_ports=1), B.config_for("kv260")
+    assert B._source_key(one) != B._source_key(four)
+    assert one.hw.weight_ports == 1 and four.hw.weight_ports == 4
+
+
+@pytest.mark.parametrize("build,hp,needle", [
+    ({"weight_ports": 4}, {"used": ["S_AXI_HP0_FPD"]},
+     r"field 'hp_ports.used' lists 1 HP port\(s\) .* but build.weight_ports is 4: list exactly one distinct port"),
+    ({"weight_ports": 1}, {"used": ["S_AXI_HP0_FPD", "S_AXI_HP1_FPD"]},
+     r"field 'hp_ports.used' lists 2 HP port\(s\)"),
+    ({"weight_ports": 2}, {"used": ["S_AXI_HP0_FPD", "S_AXI_HP9_FPD"]},
+     r"field 'hp_ports.used' names 'S_AXI_HP9_FPD', which is not one of hp_ports.names \(S_AXI_HP0_FPD, "),
+    ({"weight_ports": 2}, {"used": ["S_AXI_HP1_FPD", "S_AXI_HP1_FPD"]},
+     r"field 'hp_ports.used' names S_AXI_HP1_FPD more than once: each AXI master needs its own HP port"),
+    ({"weight_ports": 3}, {}, r"field 'build.weight_ports' must be 1, 2 or 4 .*got 3; set it to one of those"),
+    ({"weight_ports": True}, {}, r"field 'build.weight_ports' must be 1, 2 or 4"),
+    ({"weight_ports": 2.0}, {}, r"field 'build.weight_ports' must be 1, 2 or 4"),
+    ({"weight_ports": 4}, {"names": ["S_AXI_HP0_FPD", "S_AXI_HP1_FPD"], "used": None},
+     r"field 'build.weight_ports' is 4 but hp_ports.names lists only 2 HP port\(s\)"),
+    ({"weight_ports": 1}, {"names": ["S_AXI_ACP_FPD"], "used": None},
+     r"field 'hp_ports.names': 'S_AXI_ACP_FPD' is not a zynqmp PS slave port this build can use"),
+    ({"weight_ports": 1}, {"used": "S_AXI_HP0_FPD"}, r"field 'hp_ports.used' must be a list of HP port names"),
+])
+def test_bad_weight_port_fields_name_the_field(tmp_path, build, hp, needle):
+    with pytest.raises(MmfreeError, match=r"board file kv260: " + needle):
+        B.config_for(_board_file(tmp_path, build=build, **hp))
+
+
+def test_weight_ports_option_is_checked(tmp_path, capsys):
+    with pytest.raises(MmfreeError, match=r"--weight-ports 3: the accelerator streams weights through 1, 2 or 4"):
+        B.config_for("kv260", weight_ports=3)
+    two = _board_file(tmp_path, build={"weight_ports": 2}, names=["S_AXI_HP0_FPD", "S_AXI_HP1_FPD"], used=None)
+    with pytest.raises(MmfreeError, match=r"--weight-ports 4 is more than the 2 HP port\(s\) of the kv260 .*at most 2"):
+        B.config_for(two, weight_ports=4)
+    assert main(["build", "--board", "kv260", "--out", str(tmp_path / "o"), "--weight-ports", "3", "--no-vivado"]) == 1
+    assert "--weight-ports 3" in capsys.readouterr().err
 
 
 @pytest.fixture
@@ -166,13 +361,17 @@ def test_build_without_vivado_stops_after_the_project(board, tmp_path, stub_veri
     for rel in res["files"] + ["build.json"]:
         assert (out / rel).is_file(), rel
     assert (out / "hdl" / "mmfree_accel.v").read_text() == stub_verilog.read_text()
-    assert json.loads((out / "build.json").read_text())["regmap_version"] == \
-        f"{RM.REGMAP_VERSION_MAJOR}.{RM.REGMAP_VERSION_MINOR}"
+    manifest = json.loads((out / "build.json").read_text())
+    assert manifest["regmap_version"] == f"{RM.REGMAP_VERSION_MAJOR}.{RM.REGMAP_VERSION_MINOR}"
+    assert (manifest["config"]["weight_ports"], manifest["config"]["hp_ports"]) == PORTS[board]
+    assert ("m_axi_w1_araddr" in (out / "hdl" / f"{B.TOP}.v").read_text()) == (PORTS[board][0] > 1)
     assert not list(out.glob(".*.tmp"))                         # nothing half-written left behind
     # the human-readable form says the same
     assert main(["build", "--board", board, "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert "Vivado is not on PATH" in text and cmd in text
+    assert f"{PORTS[board][0]} x {8 * manifest['config']['bus_bytes']}-bit AXI master ({', '.join(PORTS[board][1])})" \
+        in text
 
 
 def test_build_runs_vivado_when_on_path(tmp_path, stub_verilog, monkeypatch, capsys):
@@ -187,9 +386,14 @@ def test_build_runs_vivado_when_on_path(tmp_path, stub_verilog, monkeypatch, cap
     assert main(["build", "--board", "kv260", "--out", str(tmp_path / "o"), "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["vivado"] == "ran" and Path(res["bitstream_path"]).is_file() and Path(res["hwh_path"]).is_file()
-    # --no-vivado writes the project only
-    assert main(["build", "--board", "kv260", "--out", str(tmp_path / "p"), "--no-vivado", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["vivado"] == "not found"
+    # --no-vivado writes the project only; --weight-ports overrides the board file's 4
+    assert main(["build", "--board", "kv260", "--out", str(tmp_path / "p"), "--no-vivado", "--weight-ports", "2",
+                 "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["vivado"] == "not found"
+    assert (res["config"]["weight_ports"], res["config"]["hp_ports"]) == (2, ["S_AXI_HP0_FPD", "S_AXI_HP1_FPD"])
+    bd = (tmp_path / "p" / "tcl" / "block_design.tcl").read_text()
+    assert "$acc/m_axi_w1]" in bd and "m_axi_w2" not in bd and "S_AXI_HP2_FPD" not in bd
 
 
 def test_estimate_fit_check():
@@ -335,10 +539,12 @@ def test_quickstart_notebook_is_valid():
     nbformat.validate(nbformat.reads(path.read_text(), as_version=4))
 
 
-def test_wrapper_matches_the_generated_accelerator():
-    """Every port of the Amaranth-generated ``mmfree_accel`` (pynq-z2 build: 64-bit bus, 32-bit addresses) is
-    connected by the IP top with its width (the Verilog is generated once per RTL change, ~40 s)."""
-    cfg = B.config_for("pynq-z2")
+@pytest.mark.parametrize("weight_ports", [1, 2])
+def test_wrapper_matches_the_generated_accelerator(weight_ports):
+    """Every port of the Amaranth-generated ``mmfree_accel`` (pynq-z2 build: 64-bit bus, 32-bit addresses; one
+    and two weight ports) is connected by the IP top with its width (the Verilog is generated once per RTL change,
+    ~20 s each)."""
+    cfg = B.config_for("pynq-z2", weight_ports=weight_ports)
     core = B.accel_verilog(cfg).read_text()
     header = re.search(rf"module {RM.TOP_NAME}\((.*?)\);", core, re.S)
     assert header, "no mmfree_accel module in the generated Verilog"
@@ -353,6 +559,7 @@ def test_wrapper_matches_the_generated_accelerator():
             continue
         width = [int(x.group(2)) + 1 if x.group(2) else 1 for x in (m, w)]
         assert m.group(1) == w.group(1).strip() and width[0] == width[1], name
+    assert any(p.startswith("m_axi_w1__") for p in ports) == (weight_ports > 1)
 
 
 def test_record_estimates_rewrites_the_docs_table(tmp_path, monkeypatch):
