@@ -78,6 +78,7 @@ def rows(k: int = 1, accept_len: float | None = None) -> list[dict]:
         for m in MODELS:
             r = predict(m, board, k=k, accept_len=accept_len)
             out.append({"model": m, "board": b, "clock_mhz": r["clock_mhz"], "bus_bits": 8 * r["hw"]["bus_bytes"],
+                        "weight_ports": r["hw"]["weight_ports"],
                         "k": k, "accept_len": r["accept_len"], "tokens_per_s": r["tokens_per_s"],
                         "bytes_per_token": r["bytes_per_token"], "ternary_weights": r["model"]["ternary_weights"],
                         "ddr_gbps": r["ddr_bytes_per_s"] / 1e9, "peak_gbps": r["ddr_peak_bytes_per_s"] / 1e9,
@@ -91,12 +92,12 @@ def rows(k: int = 1, accept_len: float | None = None) -> list[dict]:
 
 
 def table(rs: list[dict]) -> str:
-    out = ["| model | board | clock | bus | tokens/s (modeled) | DDR MB/token (modeled) | DDR GB/s used / peak | "
+    out = ["| model | board | clock | weight ports x bus | tokens/s (modeled) | DDR MB/token (modeled) | DDR GB/s used / peak | "
            "DDR roofline tok/s (1.6 bit) | physical limit tok/s (log2 3 bit) | of roofline | fits |",
            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rs:
         fits = "yes" if r["fits"] else "no: " + "; ".join(r["problems"])
-        out.append(f"| {r['model']} | {r['board']} | {r['clock_mhz']:g} MHz | {r['bus_bits']}-bit | "
+        out.append(f"| {r['model']} | {r['board']} | {r['clock_mhz']:g} MHz | {r['weight_ports']} x {r['bus_bits']}-bit | "
                    f"{r['tokens_per_s']:.2f} | {r['bytes_per_token'] / 1e6:.0f} | {r['ddr_gbps']:.2f} / "
                    f"{r['peak_gbps']:.1f} | {r['roofline_tokens_per_s']:.1f} | {r['physical_limit_tokens_per_s']:.1f} | "
                    f"{100 * r['fraction_of_roofline']:.0f} % | {fits} |")
@@ -161,8 +162,8 @@ def main() -> int:
         print(text)
     if args.record:
         plot(rs, ROOT / "docs" / "img" / "perf.png")
-        body = (f"Modeled with `{command_line()}` (mmfree.sim.perf.predict: each board's default clock and HP-port "
-                f"width, k = {args.k}, greedy decode without logits written, the assumptions listed below):\n\n"
+        body = (f"Modeled with `{command_line()}` (mmfree.sim.perf.predict: each board's default clock, HP-port "
+                f"width and weight ports (board file build.weight_ports), k = {args.k}, greedy decode without logits written, the assumptions listed below):\n\n"
                 + text + "\n\n![tokens/s vs model size](img/perf.png)")
         write_section("performance.md", "projections", body)
     return 0

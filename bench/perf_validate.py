@@ -5,7 +5,10 @@ on the RTL in Verilator (``mmfree.sim.accel.run_job``, the HDL DDR model: 16 byt
 cycles, logits written); the CYCLES register of each pass is compared with
 ``mmfree.sim.perf.pass_cycles(dims, hw, k, rate=1.0, rd_latency=24, write_logits=True)``.
 
-    python bench/perf_validate.py [--configs d64,d96,...] [--k 1,4] [--json] [--record]
+    python bench/perf_validate.py [--configs d64,d96,...] [--k 1,4] [--hw default|ports4] [--json] [--record]
+
+``--hw ports4``: the four-weight-port build (``sim.accel.PORTS4_HW``: m_axi + m_axi_w1..3, each at 16 bytes
+per cycle in the simulated DDR); recorded under ``runs_by_hw["ports4"]``.
 
 --record writes the table into docs/performance.md (section "validation") and the measured cycles into
 boards/data/perf_validation.json (read by tests/sim/test_perf.py's fast check of the recorded numbers).
@@ -34,6 +37,8 @@ CONFIGS = {
     "d1024-370M-width": (1024, 2816, 1, 512),
 }
 RD_LATENCY = 24
+#: Builds the bench can validate: name -> sim.accel constant.
+HW_NAMES = ("default", "ports4")
 DATA_FILE = ROOT / "boards" / "data" / "perf_validation.json"
 
 
@@ -51,7 +56,13 @@ def parse_key(key: str) -> tuple[int, bool]:
     return int(key.split("-")[0]), not key.endswith("-nologits")
 
 
-def rtl_cycles(name: str, ks=(1, 4)) -> dict:
+def hw_for(hw_name: str):
+    from mmfree.sim.accel import DEFAULT_HW, PORTS4_HW
+
+    return {"default": DEFAULT_HW, "ports4": PORTS4_HW}[hw_name]
+
+
+def rtl_cycles(name: str, ks=(1, 4), hw_name: str = "default") -> dict:
     """{run_key(k, write_logits): counters of one pass of k tokens} measured on the RTL (a pass of each k,
     from the zero state, with and without logits written)."""
     from mmfree.pymodel.intmodel import IntModel
@@ -66,7 +77,8 @@ def rtl_cycles(name: str, ks=(1, 4)) -> dict:
         td = Path(td)
         compile_model(im).save(td / "compiled")
         res = run_job({"kind": "script", "compiled": str(td / "compiled"), "steps": steps,
-                       "max_wait_cycles": 20_000_000}, rd_latency=RD_LATENCY, workdir=td / "run")
+                       "max_wait_cycles": 20_000_000}, hw=hw_for(hw_name), rd_latency=RD_LATENCY,
+                      workdir=td / "run")
     if res.get("error"):
         raise RuntimeError(f"{name}: the RTL run failed: {res['error']}")
     out = {}
@@ -77,21 +89,20 @@ def rtl_cycles(name: str, ks=(1, 4)) -> dict:
     return out
 
 
-def model_cycles(name: str, k: int, write_logits: bool = True) -> float:
+def model_cycles(name: str, k: int, write_logits: bool = True, hw_name: str = "default") -> float:
     from mmfree.pymodel.layout import Dims
-    from mmfree.sim.accel import DEFAULT_HW
     from mmfree.sim.perf import pass_cycles
 
     d, inter, L, V = CONFIGS[name]
-    return pass_cycles(Dims(V, d, inter, L), DEFAULT_HW, k, rate=1.0, rd_latency=RD_LATENCY,
+    return pass_cycles(Dims(V, d, inter, L), hw_for(hw_name), k, rate=1.0, rd_latency=RD_LATENCY,
                        write_logits=write_logits).cycles
 
 
 def table(rows: list[dict]) -> str:
-    out = ["| config | d | I | L | V | k | logits written | RTL cycles (simulated) | model cycles (modeled) | error |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+    out = ["| build | config | d | I | L | V | k | logits written | RTL cycles (simulated) | model cycles (modeled) | error |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        out.append(f"| {r['config']} | {r['d']} | {r['inter']} | {r['layers']} | {r['vocab']} | {r['k']} | "
+        out.append(f"| {r['hw']} | {r['config']} | {r['d']} | {r['inter']} | {r['layers']} | {r['vocab']} | {r['k']} | "
                    f"{'yes' if r['logits'] else 'no'} | "
                    f"{r['rtl_cycles']} | {r['model_cycles']:.0f} | {100 * r['error']:+.1f} % |")
     return "\n".join(out)
@@ -101,6 +112,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, from {', '.join(CONFIGS)}")
     ap.add_argument("--k", default="1,4", help="tokens per pass")
+    ap.add_argument("--hw", default="default", help="comma-separated builds: default (one weight port), ports4")
     ap.add_argument("--from-record", action="store_true",
                     help="do not simulate: compare the model with the RTL cycles recorded in boards/data/perf_validation.json")
     ap.add_argument("--json", action="store_true")
@@ -108,53 +120,83 @@ def main() -> int:
     args = ap.parse_args()
     ks = tuple(int(x) for x in args.k.split(","))
     recorded = json.loads(DATA_FILE.read_text()) if DATA_FILE.exists() else {"runs": {}}
-    rows = []
-    for name in [c.strip() for c in args.configs.split(",") if c.strip()]:
+    hws = [h.strip() for h in args.hw.split(",") if h.strip()]
+    for h in hws:
+        if h not in HW_NAMES:
+            print(f"unknown build {h!r}; choose from {', '.join(HW_NAMES)}", file=sys.stderr)
+            return 2
+    names = [c.strip() for c in args.configs.split(",") if c.strip()]
+    for name in names:
         if name not in CONFIGS:
             print(f"unknown config {name!r}; choose from {', '.join(CONFIGS)}", file=sys.stderr)
             return 2
-        t0 = time.perf_counter()
-        if args.from_record:
-            meas = dict(recorded["runs"].get(name, {}))
-        else:
-            meas = rtl_cycles(name, ks)
-            recorded["runs"][name] = meas
-        d, inter, L, V = CONFIGS[name]
-        for key in sorted(meas):
-            k, wl = parse_key(key)
-            if k not in ks:
-                continue
-            mc = model_cycles(name, k, wl)
-            rc = meas[key]["cycles"]
-            row = {"config": name, "d": d, "inter": inter, "layers": L, "vocab": V, "k": k, "logits": wl,
-                   "rtl_cycles": rc,
-                   "model_cycles": mc, "error": (mc - rc) / rc, "wall_s": time.perf_counter() - t0}
-            rows.append(row)
-            print(json.dumps(row), file=sys.stderr, flush=True)
+    rows = []
+    for hw_name in hws:
+        for name in names:
+            t0 = time.perf_counter()
+            store = recorded_runs(recorded, hw_name)
+            if args.from_record:
+                meas = dict(store.get(name, {}))
+            else:
+                meas = rtl_cycles(name, ks, hw_name)
+                store[name] = meas
+            for r in compare(hw_name, name, meas, ks):
+                r["wall_s"] = time.perf_counter() - t0
+                rows.append(r)
+                print(json.dumps(r), file=sys.stderr, flush=True)
     text = table(rows)
     if args.json:
         print(json.dumps(rows, indent=1))
     else:
         print(text)
-    if args.record and args.from_record:
-        body = (f"RTL cycles measured with `{recorded.get('command')}` (Verilator, 128-bit bus, simulated DDR: 16 bytes "
-                f"per cycle, read latency {RD_LATENCY} cycles; one pass of k tokens from the zero state); model "
-                f"cycles from `{command_line()}` (`mmfree.sim.perf.pass_cycles` with the same bus).\n\n" + text)
-        write_section("performance.md", "validation", body)
-    if args.record and not args.from_record:
+    if args.record:
         from mmfree.atomic import write_text
 
-        recorded["command"] = command_line()
-        recorded["rd_latency"] = RD_LATENCY
-        recorded["configs"] = {n: dict(zip(("d", "inter", "layers", "vocab"), CONFIGS[n])) for n in recorded["runs"]}
-        write_text(DATA_FILE, json.dumps(recorded, indent=1) + "\n")
-        body = (f"RTL cycles measured with `{command_line()}` (Verilator, 128-bit bus, simulated DDR: 16 bytes per "
-                f"cycle, read latency {RD_LATENCY} cycles; one pass of k tokens from the zero state, logits "
-                "written); model: `mmfree.sim.perf.pass_cycles` with the same bus.\n\n" + text)
+        if not args.from_record:
+            recorded.setdefault("commands", {})
+            for h in hws:
+                recorded["commands"][h] = command_line()
+            if "default" in hws:
+                recorded["command"] = command_line()
+            recorded["rd_latency"] = RD_LATENCY
+            recorded["configs"] = {n: dict(zip(("d", "inter", "layers", "vocab"), CONFIGS[n])) for n in CONFIGS}
+            write_text(DATA_FILE, json.dumps(recorded, indent=1) + "\n")
+        # the docs table: every recorded run of every build, against the model as it is now
+        all_rows = [r for h in HW_NAMES for n in CONFIGS
+                    for r in compare(h, n, recorded_runs(recorded, h).get(n, {}), (1, 4))]
+        cmds = {"default": recorded.get("command"), **recorded.get("commands", {})}
+        body = ("RTL cycles (simulated: Verilator, 128-bit bus, simulated DDR 16 bytes per cycle per port, read latency "
+                f"{RD_LATENCY} cycles; one pass of k tokens from the zero state) measured with "
+                + "; ".join(f"`{c}` ({h})" for h, c in cmds.items() if c)
+                + f"; model cycles (modeled) from `mmfree.sim.perf.pass_cycles` with the same bus, compared by "
+                  "`python bench/perf_validate.py --from-record --hw default,ports4 --record`. Builds: `default` = one "
+                  "weight port, 2 ternary engines; `ports4` = four weight ports (m_axi + m_axi_w1..3), 8 engines.\n\n"
+                + table(all_rows))
         write_section("performance.md", "validation", body)
     worst = max((abs(r["error"]) for r in rows), default=0.0)
     print(f"worst error {100 * worst:.1f} %", file=sys.stderr)
     return 0 if worst <= 0.05 else 1
+
+
+def recorded_runs(recorded: dict, hw_name: str) -> dict:
+    """The recorded RTL runs of one build: ``runs`` (the default build) or ``runs_by_hw[hw_name]``."""
+    if hw_name == "default":
+        return recorded.setdefault("runs", {})
+    return recorded.setdefault("runs_by_hw", {}).setdefault(hw_name, {})
+
+
+def compare(hw_name: str, name: str, meas: dict, ks) -> list[dict]:
+    d, inter, L, V = CONFIGS[name]
+    out = []
+    for key in sorted(meas):
+        k, wl = parse_key(key)
+        if k not in ks:
+            continue
+        mc = model_cycles(name, k, wl, hw_name)
+        rc = meas[key]["cycles"]
+        out.append({"hw": hw_name, "config": name, "d": d, "inter": inter, "layers": L, "vocab": V, "k": k,
+                    "logits": wl, "rtl_cycles": rc, "model_cycles": mc, "error": (mc - rc) / rc})
+    return out
 
 
 if __name__ == "__main__":

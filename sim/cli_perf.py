@@ -30,7 +30,10 @@ def register(sub) -> None:
                         "sets the bus width when --bus-bits is not given")
     p.add_argument("--bus-bits", type=int, default=None, choices=[64, 128],
                    help="AXI data width (default: the board's HP port width, at most 128)")
-    p.add_argument("--engines", type=int, default=2, choices=[1, 2], help="ternary matvec engines")
+    p.add_argument("--engines", type=int, default=2, choices=[1, 2], help="ternary matvec engines per weight port")
+    p.add_argument("--weight-ports", type=int, default=None, choices=[1, 2, 4],
+                   help="AXI masters streaming weights, each on its own HP port (default: the board file's "
+                        "build.weight_ports, else 1)")
     p.add_argument("--k", type=int, default=1, help="tokens per pass (the build's max_tokens)")
     p.add_argument("--accept-len", type=float, default=None,
                    help="tokens emitted per pass with speculative decoding (1..k; default 1)")
@@ -53,7 +56,8 @@ def _perf(args) -> int:
         if bus_bits is not None and bus_bits != args.lanes // 5 * 8:
             raise MmfreeError(f"--lanes {args.lanes} needs --bus-bits {args.lanes // 5 * 8}, got {bus_bits}")
         bus_bits = args.lanes // 5 * 8
-    hw = P.default_hw(dims, board, args.k, bus_bits=bus_bits, matvec_engines=args.engines)
+    hw = P.default_hw(dims, board, args.k, bus_bits=bus_bits, matvec_engines=args.engines,
+                      weight_ports=args.weight_ports)
     r = P.predict(dims, board, args.clock_mhz, hw=hw, k=args.k, accept_len=args.accept_len,
                   write_logits=args.write_logits)
     if args.json:
@@ -69,7 +73,7 @@ def render(r: dict) -> str:
     lines = [f"model     d={m['d']} I={m['inter']} L={m['layers']} V={m['vocab']} "
              f"({m['ternary_weights'] / 1e6:.0f}M ternary weights)",
              f"board     {r['board']} ({r['part']}) at {r['clock_mhz']:g} MHz; build: {8 * hw['bus_bytes']}-bit bus, "
-             f"{hw['matvec_engines']} x {hw['lanes']} lanes, k={r['k']} (max {hw['max_tokens']}), "
+             f"{hw['weight_ports']} port(s) x {hw['matvec_engines']} x {hw['lanes']} lanes, k={r['k']} (max {hw['max_tokens']}), "
              f"max_width {hw['max_width']}",
              "all numbers modeled (mmfree.sim.perf; assumptions below)", ""]
     total = r["cycles_per_pass"]

@@ -138,10 +138,10 @@ def _pow2(n: int) -> int:
 
 
 def default_hw(dims: LY.Dims, board=None, k: int = 1, bus_bits: int | None = None,
-               matvec_engines: int = 2) -> HwConfig:
+               matvec_engines: int = 2, weight_ports: int | None = None) -> HwConfig:
     """The build a board would get for this model: bus width of the board's HP ports (at most 128 bits)
     unless ``bus_bits``, ``max_tokens = k`` (at least 1), ``max_width`` the power of two covering d, I and
-    the head chunk (at least 64)."""
+    the head chunk (at least 64), ``weight_ports`` the board file's ``build.weight_ports`` (default 1)."""
     if bus_bits is None:
         bus_bits = min(128, board.hp_ports["width_bits"]) if board is not None else 128
     if bus_bits not in (64, 128):
@@ -149,7 +149,10 @@ def default_hw(dims: LY.Dims, board=None, k: int = 1, bus_bits: int | None = Non
     width = max(64, _pow2(max(dims.d, dims.inter, head_chunk_rows(dims))))
     if width > N.MAX_K:
         raise MmfreeError(f"model width {max(dims.d, dims.inter)} exceeds the numerics limit {N.MAX_K}")
-    return HwConfig(bus_bytes=bus_bits // 8, max_tokens=max(1, k), max_width=width, matvec_engines=matvec_engines)
+    if weight_ports is None:
+        weight_ports = int((board.raw.get("build") or {}).get("weight_ports", 1)) if board is not None else 1
+    return HwConfig(bus_bytes=bus_bits // 8, max_tokens=max(1, k), max_width=width, matvec_engines=matvec_engines,
+                    weight_ports=weight_ports)
 
 
 # ======================================================================================================
@@ -343,7 +346,10 @@ def pass_cycles(dims: LY.Dims, hw: HwConfig, k: int = 1, rate: float = 1.0, rd_l
         raise MmfreeError(f"the model is {max(dims.d, dims.inter)} wide but the build's max_width is {hw.max_width}")
     T = dict(RTL_TIMING, **(timing or {}))
     prog = program(dims) if prog is None else prog
-    bb, E = hw.bus_bytes, hw.matvec_engines
+    # With P weight ports the model follows port 0 (``m_axi``): it carries the program, embedding rows, LOADs
+    # and STOREs besides rows 0, P, 2P, ... of each matrix, so it is the last to finish a matrix; ports 1..P-1
+    # stream their rows in parallel at the same rate. E: engines on one port.
+    bb, E, P = hw.bus_bytes, hw.matvec_engines, hw.weight_ports
     L = float(rd_latency)
     cap = E * weight_fifo_beats + WEIGHT_CLIENT_FIFO
     bus = _Bus(rate)
@@ -368,7 +374,7 @@ def pass_cycles(dims: LY.Dims, hw: HwConfig, k: int = 1, rate: float = 1.0, rd_l
         F_prev, E_prev = state["F"], state["E"]
         for j in range(state["settled"], len(mvs)):
             m = mvs[j]
-            c = min(float(E), m.bpr / k)
+            c = min(float(E), m.bpr / (k * P))        # beats of port 0 per cycle (a row per k cycles in all)
             S = max(m.dispatch + 1, E_prev + T["mv_gap"])
             a = max(m.req + 1 + L, F_prev)
             B = m.beats
@@ -480,7 +486,7 @@ def pass_cycles(dims: LY.Dims, hw: HwConfig, k: int = 1, rate: float = 1.0, rd_l
             lat = {I.EPI_STORE: T["mv_store"], I.EPI_HEAD: T["mv_store"], I.EPI_RESID: T["mv_resid"],
                    I.EPI_GLU: T["mv_glu"]}[epi]
             req = pending_req.pop(0) if pending_req else td
-            mvs.append(_Mv(req, td, rows * bpr, bpr, rows, lat, epi == I.EPI_HEAD))
+            mvs.append(_Mv(req, td, -(-rows // P) * bpr, bpr, rows, lat, epi == I.EPI_HEAD))
             weight_beats += rows * bpr
             fin = len(mvs) - 1
         if eng is not None:
@@ -564,7 +570,7 @@ def uram_for(depth: int, width: int) -> int:
 
 def onchip_memories(hw: HwConfig, weight_fifo_beats: int = WEIGHT_FIFO_BEATS) -> list[dict]:
     """The memories of the datapath (rtl/datapath.py, rtl/matvec.py, rtl/top.py): name, depth, width, bits."""
-    K, W, bb, E = hw.max_tokens, hw.max_width, hw.bus_bytes, hw.matvec_engines
+    K, W, bb, E = hw.max_tokens, hw.max_width, hw.bus_bytes, hw.engines
     pt = W * K
     mems = [("X", pt, 32), ("A", pt, 64), ("H", pt, 32), ("T0", pt, 32), ("T1", pt, 32), ("T2", pt, 32),
             ("H0", W, 32), ("LB", W, 32), ("N", W, N.VEC_BITS)]
@@ -574,7 +580,7 @@ def onchip_memories(hw: HwConfig, weight_fifo_beats: int = WEIGHT_FIFO_BEATS) ->
         mems.append((f"weight_queue{e}", weight_fifo_beats, 8 * bb))
         for t in range(K):
             mems.append((f"codes{e}_t{t}", I.BANKS * math.ceil(W / lanes), 8 * lanes))
-    for i, dpt in enumerate((32, 32, 64, 64)):
+    for i, dpt in enumerate((32, 32, 64, 64) + (64,) * (hw.weight_ports - 1)):
         mems.append((f"axi_rd_fifo{i}", dpt, 8 * bb))
     return [{"name": n, "depth": dd, "width": w, "bits": dd * w} for n, dd, w in mems]
 
@@ -595,7 +601,7 @@ def estimate_resources(hw: HwConfig, family: str, part: dict | None = None) -> d
     board's ``pl`` dict) also what fits."""
     tab = _unit_table()
     units = tab["units"]
-    K, E = hw.max_tokens, hw.matvec_engines
+    K, E = hw.max_tokens, hw.engines
     mv_name = f"matvec_l{hw.lanes}_k{K}"
     counts = {"quant_stats": I.SLOTS, "codes_from_p": I.SLOTS, "output_multiplier": 1, "dequantize": 1,
               "mlgru_update": 1, "gated_product": 2, "residual_add": 1, "argmax": K, "max_abs": 2 * K}
@@ -632,10 +638,12 @@ def estimate_resources(hw: HwConfig, family: str, part: dict | None = None) -> d
            "bram36_if_all_bram": bram_all, "onchip_bits": sum(m["bits"] for m in mems), "notes": notes,
            "source": tab.get("source", "")}
     if part is not None:
-        # put the largest memories in URAM (where the part has it), the rest in BRAM
+        # put the largest memories in URAM (where the part has it), the rest in BRAM; then, while BRAM is over
+        # the part, move the memories that save the most BRAM per URAM block (a ram_style choice in the build)
         uram_left = part.get("uram", 0)
         bram = 0
         uram = 0
+        in_bram = []
         for m in sorted(mems, key=lambda m: -m["bits"]):
             u = uram_for(m["depth"], m["width"])
             b = bram36_for(m["depth"], m["width"])
@@ -644,6 +652,12 @@ def estimate_resources(hw: HwConfig, family: str, part: dict | None = None) -> d
                 uram_left -= u
             else:
                 bram += b
+                in_bram.append((b / u, u, b))
+        for _, u, b in sorted(in_bram, reverse=True):
+            if bram <= part["bram36"]:
+                break
+            if u <= uram_left:
+                bram, uram, uram_left = bram - b, uram + u, uram_left - u
         res.update(bram36=bram, uram=uram)
         fit = {"lut": res["lut"] <= part["lut"], "ff": res["ff"] <= part["ff"], "dsp": res["dsp"] <= part["dsp"],
                "bram36": bram <= part["bram36"], "uram": uram <= part.get("uram", 0)}
@@ -673,7 +687,8 @@ def predict(dims, board, clock_mhz: float | None = None, hw: HwConfig | None = N
     pass by phase, the host handshake included), ``ddr_bytes_per_s`` (achieved), ``ddr_fraction_of_peak``,
     ``roofline_tokens_per_s`` (DDR peak / packed ternary weight bytes per token at 5 trits per byte),
     ``physical_limit_tokens_per_s`` (DDR peak / weights at log2(3) bits), ``fraction_of_roofline``,
-    ``port_roofline_tokens_per_s`` (bus width x clock / the design's bytes per pass, per emitted token),
+    ``port_roofline_tokens_per_s`` (weight ports x bus width x clock / the design's bytes per pass, per emitted
+    token), ``bus_rate_beats_per_cycle`` (per port),
     ``fits`` (DDR, width and resources), ``memory`` (image vs usable DDR), ``onchip_bits``, ``resources``
     (LUT/FF/DSP/BRAM/URAM needed vs the part), ``problems`` (why it does not fit), ``assumptions``.
     Modeled numbers: nothing here is measured.
@@ -695,12 +710,13 @@ def predict(dims, board, clock_mhz: float | None = None, hw: HwConfig | None = N
     problems = []
     if max(dims.d, dims.inter) > hw.max_width:
         problems.append(f"the model is {max(dims.d, dims.inter)} wide, the build's max_width is {hw.max_width}")
-        hw = HwConfig(hw.bus_bytes, hw.max_tokens, _pow2(max(dims.d, dims.inter)), hw.matvec_engines)
+        hw = HwConfig(hw.bus_bytes, hw.max_tokens, _pow2(max(dims.d, dims.inter)), hw.matvec_engines,
+                      hw.weight_ports)
     clock_hz = clock * 1e6
     peak = b.ddr_peak_bytes_per_s
     port_eff, ddr_eff = assumption("hp_port_efficiency"), assumption("ddr_efficiency")
-    port_bps = hw.bus_bytes * clock_hz
-    rate = min(port_eff, ddr_eff * peak / port_bps)
+    port_bps = hw.bus_bytes * clock_hz * hw.weight_ports       # all weight ports together
+    rate = min(port_eff, ddr_eff * peak / port_bps)            # beats per cycle on each port
     limiter = "hp_port" if port_eff <= ddr_eff * peak / port_bps else "ddr"
     lat = assumption("rd_latency_ns") * 1e-9 * clock_hz
     pt = pass_cycles(dims, hw, k, rate=rate, rd_latency=lat, write_logits=write_logits)
@@ -734,7 +750,7 @@ def predict(dims, board, clock_mhz: float | None = None, hw: HwConfig | None = N
                   "ternary_weights": n_tern},
         "board": b.name, "part": b.part, "clock_mhz": clock,
         "hw": {"bus_bytes": hw.bus_bytes, "max_tokens": hw.max_tokens, "max_width": hw.max_width,
-               "matvec_engines": hw.matvec_engines, "lanes": hw.lanes},
+               "matvec_engines": hw.matvec_engines, "weight_ports": hw.weight_ports, "lanes": hw.lanes},
         "k": k, "accept_len": A, "write_logits": write_logits,
         "label": "modeled",
         "tokens_per_s": tps,

@@ -16,7 +16,10 @@ from mmfree.sim import perf as P
 
 ROOT = Path(__file__).resolve().parents[2]
 #: (config, run) the model may miss by more than 5 % (docs/performance.md): none since the DDR model drains writes first
-KNOWN_GAPS: set = set()
+#: (build, config, run) recorded outside 5 %, allowed 12 %: the four-port build on the smallest shape (d 64, one
+#: 16-byte beat per row, so every row is its own 1-beat burst on each port): the model prices ~17 cycles per
+#: matrix more than the RTL spends (+6.1 % of a 2,498-cycle pass). Every other recorded run is within 5 %.
+KNOWN_GAPS: set = {("ports4", "d64", "1-nologits")}
 KEYS = ("rows", "count", "src", "nproj", "slot", "bank", "epi", "flags", "dst", "fields", "tstride", "vocab", "stride16")
 
 
@@ -76,21 +79,29 @@ def test_predict_keys_and_phases():
 
 
 def test_kv260_13b_against_its_rooflines():
-    """The design streams one 128-bit HP port: it reaches >= 90 % of that port's roofline, which is far below
-    the DDR roofline (reported honestly: fraction_of_roofline)."""
+    """One 128-bit weight port: >= 90 % of that port's roofline, far below the DDR roofline. The board's
+    four-port build: DDR-bound, within 10 % of the ceiling the published DDR efficiency leaves (reported
+    honestly: fraction_of_roofline)."""
+    dims = P.dims_for("1.3B")
+    one = P.predict(dims, "kv260", clock_mhz=250, hw=P.default_hw(dims, None, 1, weight_ports=1))
+    assert one["bus_limited_by"] == "hp_port" and one["hw"]["weight_ports"] == 1
+    assert one["tokens_per_s"] >= 0.9 * one["port_roofline_tokens_per_s"] * P.assumption("hp_port_efficiency")
     r = P.predict("1.3B", "kv260", clock_mhz=250)
-    assert r["bus_limited_by"] == "hp_port"
-    assert r["tokens_per_s"] >= 0.9 * r["port_roofline_tokens_per_s"] * P.assumption("hp_port_efficiency")
+    assert r["hw"]["weight_ports"] == 4 and r["bus_limited_by"] == "ddr"
+    assert r["tokens_per_s"] > 3 * one["tokens_per_s"]
+    assert r["tokens_per_s"] >= 0.9 * P.assumption("ddr_efficiency") * r["roofline_tokens_per_s"]
     assert r["tokens_per_s"] <= r["roofline_tokens_per_s"] <= r["physical_limit_tokens_per_s"] * 1.01
     assert r["fraction_of_roofline"] == pytest.approx(r["tokens_per_s"] / r["roofline_tokens_per_s"])
 
 
 def test_bandwidth_bound_scaling():
     """Halving the clock roughly halves tokens/s when the port binds; k with full acceptance multiplies it."""
-    a = P.predict("370M", "kv260", clock_mhz=250)
-    b = P.predict("370M", "kv260", clock_mhz=125)
+    dims = P.dims_for("370M")
+    hw1 = P.default_hw(dims, None, 1, weight_ports=1)
+    a = P.predict(dims, "kv260", clock_mhz=250, hw=hw1)
+    b = P.predict(dims, "kv260", clock_mhz=125, hw=hw1)
     assert 0.45 < b["tokens_per_s"] / a["tokens_per_s"] < 0.55
-    c = P.predict("370M", "kv260", clock_mhz=250, k=4, accept_len=4)
+    c = P.predict(dims, "kv260", clock_mhz=250, k=4, accept_len=4, hw=P.default_hw(dims, None, 4, weight_ports=1))
     assert c["tokens_per_s"] > 3 * a["tokens_per_s"]
 
 
@@ -168,33 +179,37 @@ def test_cli_json_and_table(tmp_path):
 def test_recorded_rtl_cycles_within_5_percent():
     """The model against the RTL cycles recorded by bench/perf_validate.py --record (no simulation here)."""
     rec = json.loads((ROOT / "boards" / "data" / "perf_validation.json").read_text())
-    from mmfree.sim.accel import DEFAULT_HW
+    from mmfree.sim.accel import DEFAULT_HW, PORTS4_HW
 
-    n = 0
-    for name, runs in rec["runs"].items():
-        c = rec["configs"][name]
-        dims = Dims(c["vocab"], c["d"], c["inter"], c["layers"])
-        for key, v in runs.items():
-            k, wl = int(key.split("-")[0]), not key.endswith("-nologits")
-            m = P.pass_cycles(dims, DEFAULT_HW, k, rate=1.0, rd_latency=rec["rd_latency"], write_logits=wl)
-            tol = 0.12 if (name, key) in KNOWN_GAPS else 0.05
-            assert abs(m.cycles - v["cycles"]) <= tol * v["cycles"], (name, key, m.cycles, v["cycles"])
-            n += 1
-    assert n >= 16
+    n = {"default": 0, "ports4": 0}
+    builds = [("default", DEFAULT_HW, rec["runs"]), ("ports4", PORTS4_HW, rec.get("runs_by_hw", {}).get("ports4", {}))]
+    for hw_name, hw, runs_of in builds:
+        for name, runs in runs_of.items():
+            c = rec["configs"][name]
+            dims = Dims(c["vocab"], c["d"], c["inter"], c["layers"])
+            for key, v in runs.items():
+                k, wl = int(key.split("-")[0]), not key.endswith("-nologits")
+                m = P.pass_cycles(dims, hw, k, rate=1.0, rd_latency=rec["rd_latency"], write_logits=wl)
+                tol = 0.12 if (hw_name, name, key) in KNOWN_GAPS else 0.05
+                assert abs(m.cycles - v["cycles"]) <= tol * v["cycles"], (hw_name, name, key, m.cycles, v["cycles"])
+                n[hw_name] += 1
+    assert n["default"] >= 16 and n["ports4"] >= 16, n
 
 
 @pytest.mark.sim
 def test_model_against_rtl():
-    """Runs the accelerator RTL (Verilator) on 4 shapes, k = 1 and 4: the model within 5 % of CYCLES."""
+    """Runs the accelerator RTL (Verilator) on 4 shapes (and 2 on the four-weight-port build), k = 1 and 4: the
+    model within 5 % of CYCLES."""
     sys.path.insert(0, str(ROOT / "bench"))
     try:
         import perf_validate as V
     finally:
         sys.path.pop(0)
-    for name in ("d64", "d96", "d200", "d512"):
-        meas = V.rtl_cycles(name, (1, 4))
-        for k in (1, 4):
-            for wl in (True, False):
-                rtl = meas[V.run_key(k, wl)]["cycles"]
-                m = V.model_cycles(name, k, wl)
-                assert abs(m - rtl) <= 0.05 * rtl, (name, k, wl, m, rtl)
+    for hw_name, names in (("default", ("d64", "d96", "d200", "d512")), ("ports4", ("d96", "d512"))):
+        for name in names:
+            meas = V.rtl_cycles(name, (1, 4), hw_name)
+            for k in (1, 4):
+                for wl in (True, False):
+                    rtl = meas[V.run_key(k, wl)]["cycles"]
+                    m = V.model_cycles(name, k, wl, hw_name)
+                    assert abs(m - rtl) <= 0.05 * rtl, (hw_name, name, k, wl, m, rtl)
