@@ -79,13 +79,15 @@ class BuildConfig:
     ps_config: dict = field(default_factory=dict)
     #: AXI masters the weight stream is spread over (1, 2 or 4; HwConfig.weight_ports)
     weight_ports: int = 1
+    #: ternary engines per weight port (1 or 2; HwConfig.matvec_engines)
+    matvec_engines: int = 2
 
     @property
     def hw(self):
         from mmfree.rtl.compiler import HwConfig
 
         return HwConfig(bus_bytes=self.bus_bytes, max_tokens=self.max_tokens, max_width=self.max_width,
-                        weight_ports=self.weight_ports)
+                        weight_ports=self.weight_ports, matvec_engines=self.matvec_engines)
 
     @property
     def hp_port(self) -> str:
@@ -207,19 +209,24 @@ def config_for(board, clock_mhz: float | None = None, max_width: int | None = No
         raise MmfreeError(f"--clock-mhz {clock:g} is outside 10..{top:g} MHz for the {b.name} "
                           f"(board file max_clock_mhz); choose a lower clock")
     n_ports, used = _ports_for(b, weight_ports)
+    engines = (b.raw.get("build") or {}).get("matvec_engines", 2)
+    if type(engines) is not int or engines not in (1, 2):
+        raise MmfreeError(f"board file {b.name}: field 'build.matvec_engines' must be 1 or 2 (ternary engines per "
+                          f"weight port), got {engines!r}; set it or remove it (default 2)")
     gp = b.raw.get("gp_port")
     if not gp:
         raise MmfreeError(f"board file {b.name}: field 'gp_port' (the PS master port for the AXI4-Lite CSRs) is "
                           "missing")
     bus_bytes = b.hp_ports["width_bits"] // 8
     try:
-        HwConfig(bus_bytes=bus_bytes, max_tokens=max_tokens, max_width=max_width, weight_ports=n_ports)
+        HwConfig(bus_bytes=bus_bytes, max_tokens=max_tokens, max_width=max_width, weight_ports=n_ports,
+                 matvec_engines=engines)
     except ValueError as exc:
         raise MmfreeError(f"{b.name}: {exc}") from None
     return BuildConfig(board=b.name, part=b.part, family=b.family, ps=b.ps, board_part=b.raw.get("vivado_board_part"),
                        clock_mhz=clock, bus_bytes=bus_bytes, max_tokens=max_tokens, max_width=max_width,
                        addr_width=ADDR_WIDTH[b.ps], hp_ports=used, gp_port=gp,
-                       ps_config=dict(b.raw.get("ps_config") or {}), weight_ports=n_ports)
+                       ps_config=dict(b.raw.get("ps_config") or {}), weight_ports=n_ports, matvec_engines=engines)
 
 
 # ======================================================================================================
@@ -231,6 +238,7 @@ def _source_key(cfg: BuildConfig) -> str:
     from mmfree.config import PACKAGE_ROOT
 
     h = hashlib.sha256(repr((cfg.bus_bytes, cfg.max_tokens, cfg.max_width, cfg.addr_width, cfg.weight_ports,
+                             cfg.matvec_engines,
                              amaranth.__version__)).encode())
     for f in sorted((PACKAGE_ROOT / "rtl").glob("*.py")) + [PACKAGE_ROOT / "pymodel" / "numerics.py",
                                                             PACKAGE_ROOT / "pymodel" / "layout.py"]:
@@ -654,7 +662,8 @@ def estimate(cfg: BuildConfig, verilog: Path | None = None, progress=None, timeo
     res = {"family": cfg.family, "yosys": ver, "source_key": _source_key(cfg),
            "created": time.strftime("%Y-%m-%d %H:%M"),
            "bus_bytes": cfg.bus_bytes, "max_tokens": cfg.max_tokens,
-           "max_width": cfg.max_width, "addr_width": cfg.addr_width, "weight_ports": cfg.weight_ports, "counts": counts,
+           "max_width": cfg.max_width, "addr_width": cfg.addr_width, "weight_ports": cfg.weight_ports,
+           "matvec_engines": cfg.matvec_engines, "counts": counts,
            "seconds": round(time.perf_counter() - t0, 1),
            "command": f"yosys -p 'read_verilog mmfree_accel.v; synth_xilinx -family {cfg.family} -top "
                       f"{RM.TOP_NAME} -flatten; stat'"}
@@ -673,8 +682,9 @@ def latest_estimate(cfg: BuildConfig) -> dict | None:
         except (OSError, ValueError):
             continue
         if (e.get("family"), e.get("bus_bytes"), e.get("max_tokens"), e.get("max_width"), e.get("addr_width"),
-                e.get("weight_ports", 1)) == \
-                (cfg.family, cfg.bus_bytes, cfg.max_tokens, cfg.max_width, cfg.addr_width, cfg.weight_ports):
+                e.get("weight_ports", 1), e.get("matvec_engines", 2)) == \
+                (cfg.family, cfg.bus_bytes, cfg.max_tokens, cfg.max_width, cfg.addr_width, cfg.weight_ports,
+                 cfg.matvec_engines):
             mtime = f.stat().st_mtime
             if best is None or mtime > best[0]:
                 e.setdefault("created", time.strftime("%Y-%m-%d %H:%M", time.localtime(mtime)))
@@ -793,7 +803,8 @@ def estimates_markdown(boards=("pynq-z2", "kv260", "zcu104"), progress=None, lat
         cfg = config_for(b)
         est = latest_estimate(cfg) if latest else None
         what = (f"{8 * cfg.bus_bytes}-bit bus, k = {cfg.max_tokens}, width {cfg.max_width}, "
-                f"{cfg.weight_ports} weight port{'s' if cfg.weight_ports > 1 else ''}")
+                f"{cfg.weight_ports} weight port{'s' if cfg.weight_ports > 1 else ''} x {cfg.matvec_engines} "
+                f"engine{'s' if cfg.matvec_engines > 1 else ''}")
         if est is None and not run_missing:
             rows.append(f"| {name} ({b.part}) | {what} | {cfg.family} | not estimated yet: `mmfree build --board "
                         f"{name} --out DIR --estimate --no-vivado` |" + " |" * 9)

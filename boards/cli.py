@@ -30,7 +30,7 @@ def register(sub) -> None:
     b.add_argument("--out", required=True, help="output folder")
     b.add_argument("--clock-mhz", type=float, default=None, help="fabric clock (default: the board file's)")
     b.add_argument("--max-width", type=int, default=None,
-                   help="widest vector (d and I) the build holds: 4096 for 370M/1.3B, 8192 for 2.7B; default: the "
+                   help="widest vector (d and I) the build holds: 4096 for 370M (I = 2816), 8192 for 1.3B (I = 5632) and 2.7B (I = 6912); default: the "
                         "board file's build.max_width (PYNQ-Z2: 1024, what fits its BRAM), else 4096")
     b.add_argument("--weight-ports", type=int, default=None, metavar="N",
                    help="AXI masters streaming weights, one HP port each: 1, 2 or 4, at most the board's HP ports; "

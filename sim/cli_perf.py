@@ -30,7 +30,8 @@ def register(sub) -> None:
                         "sets the bus width when --bus-bits is not given")
     p.add_argument("--bus-bits", type=int, default=None, choices=[64, 128],
                    help="AXI data width (default: the board's HP port width, at most 128)")
-    p.add_argument("--engines", type=int, default=2, choices=[1, 2], help="ternary matvec engines per weight port")
+    p.add_argument("--engines", type=int, default=None, choices=[1, 2],
+                   help="ternary matvec engines per weight port (default: the board file's build.matvec_engines, else 2)")
     p.add_argument("--weight-ports", type=int, default=None, choices=[1, 2, 4],
                    help="AXI masters streaming weights, each on its own HP port (default: the board file's "
                         "build.weight_ports, else 1)")

@@ -138,10 +138,11 @@ def _pow2(n: int) -> int:
 
 
 def default_hw(dims: LY.Dims, board=None, k: int = 1, bus_bits: int | None = None,
-               matvec_engines: int = 2, weight_ports: int | None = None) -> HwConfig:
+               matvec_engines: int | None = None, weight_ports: int | None = None) -> HwConfig:
     """The build a board would get for this model: bus width of the board's HP ports (at most 128 bits)
     unless ``bus_bits``, ``max_tokens = k`` (at least 1), ``max_width`` the power of two covering d, I and
-    the head chunk (at least 64), ``weight_ports`` the board file's ``build.weight_ports`` (default 1)."""
+    the head chunk (at least 64), ``weight_ports`` and ``matvec_engines`` the board file's
+    ``build.weight_ports`` (default 1) and ``build.matvec_engines`` (default 2) unless given."""
     if bus_bits is None:
         bus_bits = min(128, board.hp_ports["width_bits"]) if board is not None else 128
     if bus_bits not in (64, 128):
@@ -149,8 +150,11 @@ def default_hw(dims: LY.Dims, board=None, k: int = 1, bus_bits: int | None = Non
     width = max(64, _pow2(max(dims.d, dims.inter, head_chunk_rows(dims))))
     if width > N.MAX_K:
         raise MmfreeError(f"model width {max(dims.d, dims.inter)} exceeds the numerics limit {N.MAX_K}")
+    build = (board.raw.get("build") or {}) if board is not None else {}
     if weight_ports is None:
-        weight_ports = int((board.raw.get("build") or {}).get("weight_ports", 1)) if board is not None else 1
+        weight_ports = int(build.get("weight_ports", 1))
+    if matvec_engines is None:
+        matvec_engines = int(build.get("matvec_engines", 2))
     return HwConfig(bus_bytes=bus_bits // 8, max_tokens=max(1, k), max_width=width, matvec_engines=matvec_engines,
                     weight_ports=weight_ports)
 
@@ -712,6 +716,10 @@ def predict(dims, board, clock_mhz: float | None = None, hw: HwConfig | None = N
         problems.append(f"the model is {max(dims.d, dims.inter)} wide, the build's max_width is {hw.max_width}")
         hw = HwConfig(hw.bus_bytes, hw.max_tokens, _pow2(max(dims.d, dims.inter)), hw.matvec_engines,
                       hw.weight_ports)
+    board_width = (b.raw.get("build") or {}).get("max_width")
+    if isinstance(board_width, int) and max(dims.d, dims.inter) > board_width:
+        problems.append(f"the model is {max(dims.d, dims.inter)} wide but the {b.name} build holds vectors up to "
+                        f"{board_width} (board file build.max_width: what its whole-design estimate fits)")
     clock_hz = clock * 1e6
     peak = b.ddr_peak_bytes_per_s
     port_eff, ddr_eff = assumption("hp_port_efficiency"), assumption("ddr_efficiency")

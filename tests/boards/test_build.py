@@ -35,7 +35,7 @@ BOARDS = {
 }
 #: board: (weight ports, the HP port of each AXI master, m_axi first) from the board file
 PORTS = {
-    "pynq-z2": (1, ["S_AXI_HP0"]),
+    "pynq-z2": (2, ["S_AXI_HP0", "S_AXI_HP2"]),
     "kv260": (4, ["S_AXI_HP0_FPD", "S_AXI_HP1_FPD", "S_AXI_HP2_FPD", "S_AXI_HP3_FPD"]),
     "zcu104": (4, ["S_AXI_HP0_FPD", "S_AXI_HP1_FPD", "S_AXI_HP2_FPD", "S_AXI_HP3_FPD"]),
 }
@@ -102,8 +102,9 @@ def test_tcl_structure_per_board(board):
     if ps_ip.startswith("processing_system7"):
         assert "CONFIG.PCW_FPGA0_PERIPHERAL_FREQMHZ {125}" in bd
         for n in range(4):
-            assert (f"CONFIG.PCW_USE_S_AXI_HP{n} {{1}}" in bd) == (n < n_ports)
-            assert (f"CONFIG.PCW_S_AXI_HP{n}_DATA_WIDTH {{{width}}}" in bd) == (n < n_ports)
+            used = f"S_AXI_HP{n}" in hps
+            assert (f"CONFIG.PCW_USE_S_AXI_HP{n} {{1}}" in bd) == used
+            assert (f"CONFIG.PCW_S_AXI_HP{n}_DATA_WIDTH {{{width}}}" in bd) == used
         assert "CONFIG.PCW_USE_M_AXI_GP0 {1}" in bd and "CONFIG.PCW_IRQ_F2P_INTR {1}" in bd
         assert "CONFIG.PCW_UIPARAM_DDR_PARTNO" in bd          # no board part: DDR from the board file
         assert "set_property board_part" not in top
@@ -140,9 +141,12 @@ def test_wrapper_ports_follow_the_regmap():
     assert ".rst(~ap_rst_n)" in v and f".{RM.PORT_AXI_MASTER}__araddr(m_axi_araddr)" in v
     z2 = B.wrapper_verilog(B.config_for("pynq-z2"))
     assert "output wire [31:0] m_axi_araddr" in z2 and "input  wire [63:0] m_axi_rdata" in z2
-    # weight ports: the kv260 build has 4 AXI masters with the m_axi signature, the pynq-z2 build one
-    assert "parameter WEIGHT_PORTS = 4" in v and "parameter WEIGHT_PORTS = 1" in z2
-    assert not re.search(r"m_axi_w\d", z2) and "ASSOCIATED_BUSIF m_axi:s_axil," in z2
+    # weight ports: the kv260 build has 4 AXI masters with the m_axi signature, the pynq-z2 build two, a
+    # one-port build one
+    assert "parameter WEIGHT_PORTS = 4" in v and "parameter WEIGHT_PORTS = 2" in z2
+    assert "m_axi_w1_" in z2 and "m_axi_w2_" not in z2
+    one = B.wrapper_verilog(B.config_for("pynq-z2", weight_ports=1))
+    assert not re.search(r"m_axi_w\d", one) and "ASSOCIATED_BUSIF m_axi:s_axil," in one
     assert "ASSOCIATED_BUSIF m_axi:m_axi_w1:m_axi_w2:m_axi_w3:s_axil," in v
     maxi, _ = B._axi_ports(cfg)
     for m in MASTERS:
@@ -292,7 +296,11 @@ def test_weight_ports_default_and_override(tmp_path):
                         weight_ports=4).hp_ports == order + ["S_AXI_HP1_FPD", "S_AXI_HP2_FPD"]
     assert B.config_for("kv260", weight_ports=1).hp_ports == ["S_AXI_HP0_FPD"]
     assert B.config_for("kv260", weight_ports=2).hp_ports == ["S_AXI_HP0_FPD", "S_AXI_HP1_FPD"]
-    assert B.config_for("pynq-z2", weight_ports=4).hp_ports == ["S_AXI_HP0", "S_AXI_HP1", "S_AXI_HP2", "S_AXI_HP3"]
+    assert B.config_for("pynq-z2", weight_ports=4).hp_ports == ["S_AXI_HP0", "S_AXI_HP2", "S_AXI_HP1", "S_AXI_HP3"]
+    # engines per port from the board file: the PYNQ-Z2 keeps two engines in all (2 ports x 1)
+    z2 = B.config_for("pynq-z2")
+    assert (z2.hw.weight_ports, z2.hw.matvec_engines, z2.hw.engines) == (2, 1, 2)
+    assert B.config_for("kv260").hw.engines == 8
     # the build parameters follow
     one, four = B.config_for("kv260", weight_ports=1), B.config_for("kv260")
     assert B._source_key(one) != B._source_key(four)

@@ -108,11 +108,12 @@ def test_rtl_latency_does_not_change_results():
 
 @pytest.mark.slow
 def test_rtl_64bit_bus_bit_exact():
-    """A 64-bit AXI build (its own Verilator build: slow the first time) on two shapes, k up to 2."""
+    """A 64-bit AXI build shaped like the PYNQ-Z2's (two weight ports, one engine each; its own Verilator
+    build: slow the first time) on two shapes, k up to 2."""
     from mmfree.rtl.compiler import HwConfig
     from mmfree.sim.accel import run_job
 
-    hw = HwConfig(bus_bytes=8, max_tokens=2, max_width=1024)
+    hw = HwConfig(bus_bytes=8, max_tokens=2, max_width=1024, weight_ports=2, matvec_engines=1)
     for shape in ("d64", "d200"):
         im = H.load(shape)
         L, d, V = im.dims.layers, im.dims.d, im.dims.vocab
