@@ -599,7 +599,7 @@ def simulate_generation(model="default", prompt_ids=(1,), n_tokens: int = 16, pr
     decode = [p for p in passes if not p["prefill"]]
     dec_cycles = sum(p["cycles"] for p in decode)
     dec_tokens = sum(p["emitted"] for p in decode)
-    bpc = hw.bus_bytes
+    bpc = hw.bus_bytes * hw.weight_ports          # every weight port delivers a beat per cycle in the simulated DDR
     must = sum(must_move_bytes(im.dims, len(p["tokens"]), write_logits) for p in decode)
     total_cycles = sum(p["cycles"] for p in passes)
     out = {
@@ -615,6 +615,7 @@ def simulate_generation(model="default", prompt_ids=(1,), n_tokens: int = 16, pr
         "roofline_fraction": (must / bpc) / dec_cycles if dec_cycles else None,
         "model": {"d": im.dims.d, "inter": im.dims.inter, "layers": im.dims.layers, "vocab": im.dims.vocab},
         "hw": {"bus_bytes": hw.bus_bytes, "max_tokens": hw.max_tokens, "max_width": hw.max_width,
+               "weight_ports": hw.weight_ports, "matvec_engines": hw.matvec_engines,
                "rd_latency": rd_latency, "memory": memory},
         "wall_s": res["wall_s"],
     }

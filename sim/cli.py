@@ -35,6 +35,9 @@ def register(sub) -> None:
                    help="do not write logits to DDR (argmax and states are still compared)")
     p.add_argument("--memory", choices=["hdl", "python"], default="hdl",
                    help="hdl: Verilog DDR model (fast); python: cocotbext-axi AxiRam (protocol checks, slow)")
+    p.add_argument("--weight-ports", type=int, choices=[1, 2, 4], default=1,
+                   help="AXI masters streaming weights in the simulated build (4: the KV260/ZCU104 build; each "
+                        "other value is its own Verilator build, minutes the first time)")
     p.add_argument("--waves", action="store_true", help="write an FST waveform and print its path")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -74,8 +77,14 @@ def _sim(args) -> int:
         raise MmfreeError(f"the prompt is {len(prompt)} tokens; with --tokens {args.tokens} that is "
                           f"{len(prompt) + args.tokens} positions, a simulation runs at most {MAX_SIM_POSITIONS} "
                           f"(shorten the prompt or --tokens)")
+    import dataclasses
+
+    hw = dataclasses.replace(DEFAULT_HW, weight_ports=args.weight_ports)
+    if args.weight_ports > 1 and args.memory == "python":
+        raise MmfreeError("--memory python serves one AXI master; use --memory hdl with --weight-ports "
+                          f"{args.weight_ports}")
     res = simulate_generation(args.model, prompt, args.tokens, progress=(not args.json) or sys.stderr.isatty(),
-                              k=args.k, waves=args.waves,
+                              k=args.k, waves=args.waves, hw=hw,
                               memory=args.memory, rd_latency=args.latency, write_logits=not args.no_logits)
     if args.json:
         print_json(res)

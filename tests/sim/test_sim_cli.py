@@ -46,6 +46,7 @@ def _err(capsys, *argv):
     (["--prompt-ids", "-1"], "outside the vocabulary"),
     (["--prompt", ""], "no tokens"),
     (["--prompt-ids", ",".join(["5"] * 2047), "--tokens", "2"], "shorten the prompt"),
+    (["--prompt-ids", "1", "--weight-ports", "4", "--memory", "python"], "serves one AXI master"),
 ])
 def test_sim_cli_errors(capsys, argv, needle):
     assert needle in _err(capsys, *argv)
