@@ -167,7 +167,7 @@ def test_cli_json_and_table(tmp_path):
     assert out.returncode == 0, out.stderr
     r = json.loads(out.stdout)
     assert r["tokens_per_s"] > 0 and r["fits"] is True and "assumptions" in r
-    out = _cli("perf", "--model", "370M", "--board", "zcu104", "--k", "4", "--accept-len", "2.5")
+    out = _cli("perf", "--model", "370M", "--board", "zcu104", "--k", "4", "--accept-len", "2.5", "--engines", "1")
     assert out.returncode == 0, out.stderr
     assert "tokens/s" in out.stdout and "weight_stream" in out.stdout
     out = _cli("perf", "--model", "2.7B", "--board", "pynq-z2")
