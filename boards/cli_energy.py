@@ -38,6 +38,10 @@ def register(sub) -> None:
     p.add_argument("--tokens", type=int, default=16, help="tokens to generate per prompt")
     p.add_argument("--board", default="kv260", help="board for fpga-model / board rows (pynq-z2 | kv260 | zcu104 | custom:PATH)")
     p.add_argument("--clock-mhz", type=float, default=None, help="fabric clock for fpga-model (default: the board's)")
+    p.add_argument("--k", type=int, default=1,
+                   help="fpga-model: tokens per pass of the modeled build (speculative verification; default 1)")
+    p.add_argument("--accept-len", type=float, default=None,
+                   help="fpga-model: tokens emitted per pass, 1..k (measured by bench/speculative.py; default 1)")
     p.add_argument("--json", action="store_true", help="print a JSON list of rows")
     p.add_argument("--plot", default=None, help="write a bar chart of J/token to this PNG")
 
@@ -152,11 +156,13 @@ def gpu_row(model: str, prompts_file, n_tokens: int, counter=None) -> dict:
             "reason": "above-idle needs an idle baseline (not taken)"}
 
 
-def fpga_model_row(model: str, board: str, clock_mhz) -> dict:
+def fpga_model_row(model: str, board: str, clock_mhz, k: int = 1, accept_len: float | None = None) -> dict:
     from mmfree.boards.power_model import model_energy
     from mmfree.sim.perf import dims_for
 
-    row = model_energy(dims_for(model), board, clock_mhz)
+    row = model_energy(dims_for(model), board, clock_mhz, k=k, accept_len=accept_len)
+    if k > 1:
+        row["method"] += f"; k = {k} speculative passes, {accept_len or 1:g} tokens emitted per pass (assumed)"
     if not row["fits"]:
         row["reason"] = "modeled, but the model does not fit: " + "; ".join(row["problems"])
     return row
@@ -201,7 +207,7 @@ def run(args) -> list[dict]:
             elif be == "gpu":
                 rows.append(gpu_row(args.model, args.prompts, args.tokens))
             elif be == "fpga-model":
-                rows.append(fpga_model_row(args.model, args.board, args.clock_mhz))
+                rows.append(fpga_model_row(args.model, args.board, args.clock_mhz, args.k, args.accept_len))
             else:
                 rows.append(board_row(args.board))
         except MmfreeError as exc:

@@ -59,11 +59,12 @@ class HwConfig:
 
     ``bus_bytes``: AXI data width in bytes (8 or 16); ``max_tokens``: k per pass; ``max_width``: the
     widest vector (d and I) the on-chip buffers hold, a power of two (reported in units of
-    :data:`isa.WIDTH_UNIT`); ``matvec_engines``: ternary engines working on alternate rows (2 consume
-    weights twice as fast as the bus delivers them, so prefetched rows catch up after vector passes);
-    ``weight_ports``: AXI masters the weight stream is spread over (1, 2 or 4; ``m_axi`` plus
-    ``m_axi_w1``..): port ``p`` reads rows ``p, p + P, ...`` of every matrix (strided bursts, one row per
-    burst group, so the DDR image is the same for every build) into its own ``matvec_engines`` engines.
+    :data:`isa.WIDTH_UNIT`); ``matvec_engines``: rows per weight port the lock-step ternary engine computes side
+    by side (its ways; 2 consume weights twice as fast as one port delivers them, so prefetched rows catch
+    up after vector passes); ``weight_ports``: AXI masters the weight stream is spread over (1, 2 or 4;
+    ``m_axi`` plus ``m_axi_w1``..): port ``p`` reads rows ``p, p + P, ...`` of every matrix (strided bursts,
+    one row per burst group, so the DDR image is the same for every build) into its ``matvec_engines``
+    weight queues; row ``r`` is way ``r mod (weight_ports x matvec_engines)``.
     """
 
     bus_bytes: int = 16

@@ -15,8 +15,10 @@ Engines (each finishes its instructions in order and pulses ``done_pulse[engine]
   squares and turns ``(P, S, sz)`` into ``(M, shift)`` (:class:`OutputMultiplier`); HGRN
   runs :class:`MlgruUpdate` then :class:`GatedProduct` and waits for each token's states before the next
   token (tree parents read them).
-* **matvec** (``MATVEC``): the weight stream of the next command is requested while the current one runs;
-  :class:`TernaryMatVec` rows -> per-token serialiser -> :class:`Dequantize` -> epilogue (STORE into T0-2,
+* **matvec** (``MATVEC``): the weight stream of the next command is requested while the current one runs
+  (each weight port reads its rows ``p, p + P, ...`` into its weight queues); one lock-step
+  :class:`TernaryMatVec` with ``hw.engines`` ways takes a beat of ``hw.engines`` rows side by side ->
+  serialiser (the group's rows in order, one token per cycle) -> :class:`Dequantize` -> epilogue (STORE into T0-2,
   RESID ``X = sat(X + y)``, GLU ``A = silu(T0) * y``, HEAD logits into T0/T1 with a running
   :class:`Argmax` per token).
 
@@ -184,8 +186,8 @@ class Datapath(wiring.Component):
 
         self._load_engine(m, d, issued, done, filled, loading, h0w, lbw, nw_, nww)
         self._store_engine(m, d, issued, done, k, hr2, t0r3, t1r2, arg, taddr)
-        engines = [TernaryMatVec(lanes=hw.lanes, tokens=K, max_k=W, banks=I.BANKS, max_rows=W)
-                   for _ in range(hw.engines)]
+        # one lock-step engine computing hw.engines rows side by side (one code memory read serves them all)
+        engines = [TernaryMatVec(lanes=hw.lanes, tokens=K, max_k=W, banks=I.BANKS, max_rows=W, ways=hw.engines)]
         for e, eng in enumerate(engines):
             m.submodules[f"matvec{e}"] = eng
         self._vector_engine(m, d, issued, done, k, tokens, parents, filled, loading, raise_error, taddr,
@@ -664,9 +666,6 @@ class Datapath(wiring.Component):
                         if EPP > 1:
                             m.d.sync += r_eng.eq(0)
             m.d.comb += rq.r_en.eq(move & row_end & (r_row + 1 == r_rows))
-        for e in range(E):
-            m.d.comb += [engines[e].weights.payload.eq(wq[e].r_data), engines[e].weights.valid.eq(wq[e].r_rdy),
-                         wq[e].r_en.eq(engines[e].weights.ready)]
 
         # ---- compute queue: 2 entries, entry 0 the oldest ----------------------------------------------------
         EL = data.StructLayout({"rows": unsigned(32), "bpr": unsigned(16), "bank": unsigned(2), "slot": unsigned(2),
@@ -688,68 +687,79 @@ class Datapath(wiring.Component):
             with m.Else():
                 m.d.sync += [ent[1].eq(new), val[1].eq(1)]
 
-        # compute: one command at a time on all engines (engine e takes rows e, e + E, ...); the epilogue is
-        # drained before the next command starts
+        # compute: one command at a time on the lock-step engine (way w of group g is row g * E + w, from queue
+        # w); the epilogue is drained before the next command starts
         cur = ent[0]
+        mv = engines[0]
         started = Signal()
-        go = [Signal(name=f"mv_go{e}") for e in range(E)]
-        rows_e = [((cur.rows + (E - 1 - e)) >> (E.bit_length() - 1)) if E > 1 else cur.rows for e in range(E)]
-        for e in range(E):
-            mv = engines[e]
-            m.d.comb += [mv.cmd.valid.eq(val[0] & ~started & ~go[e]), mv.cmd.payload.rows.eq(rows_e[e]),
-                         mv.cmd.payload.beats.eq(cur.bpr), mv.cmd.payload.bank.eq(cur.bank)]
-            with m.If(mv.cmd.valid & mv.cmd.ready):
-                m.d.sync += go[e].eq(1)
-        all_go = Const(1, 1)
-        for e in range(E):
-            all_go = all_go & (go[e] | (mv_cmd_fire(engines[e])))
-        with m.If(val[0] & ~started & all_go):
+        sh_e = E.bit_length() - 1
+        m.d.comb += [mv.cmd.valid.eq(val[0] & ~started),
+                     mv.cmd.payload.rows.eq((cur.rows + (E - 1)) >> sh_e if E > 1 else cur.rows),
+                     mv.cmd.payload.beats.eq(cur.bpr), mv.cmd.payload.bank.eq(cur.bank)]
+        with m.If(mv_cmd_fire(mv)):
             m.d.sync += started.eq(1)
-            for e in range(E):
-                m.d.sync += go[e].eq(0)
         with m.If(finish):
             m.d.sync += started.eq(0)
-        need_e = [Signal(BEATS_WIDTH, name=f"need{e}") for e in range(E)]
-        stall = Const(0, 1)
-        for e in range(E):
-            fire_w = engines[e].weights.valid & engines[e].weights.ready
-            with m.If(engines[e].cmd.valid & engines[e].cmd.ready):
-                m.d.sync += need_e[e].eq(rows_e[e] * cur.bpr)
-            with m.Elif(fire_w):
-                m.d.sync += need_e[e].eq(need_e[e] - 1)
-            stall = stall | ((need_e[e] != 0) & ~wq[e].r_rdy)
-        m.d.comb += self.stall.eq(stall)
+        # feed: a group's beat goes in when every present way's queue has it (the last group of a matrix whose
+        # rows are not a multiple of E has absent ways: zero weights, nothing popped, results dropped)
+        feed_left = Signal(32)          # rows of the command not yet fed (group by group)
+        feed_beat = Signal(16)
+        present = [Signal(name=f"mv_present{w}") for w in range(E)]
+        all_in = Const(1, 1)
+        for w in range(E):
+            m.d.comb += present[w].eq(feed_left > w)
+            all_in = all_in & (~present[w] | wq[w].r_rdy)
+        feeding = Signal()
+        m.d.comb += feeding.eq(started & (feed_left != 0))
+        m.d.comb += [mv.weights.valid.eq(feeding & all_in),
+                     mv.weights.payload.eq(Cat(*[Mux(present[w], wq[w].r_data, 0) for w in range(E)]))]
+        w_fire = mv.weights.valid & mv.weights.ready
+        for w in range(E):
+            m.d.comb += wq[w].r_en.eq(w_fire & present[w])
+        with m.If(mv_cmd_fire(mv)):
+            m.d.sync += [feed_left.eq(cur.rows), feed_beat.eq(0)]
+        with m.Elif(w_fire):
+            with m.If(feed_beat + 1 == cur.bpr):
+                m.d.sync += [feed_beat.eq(0), feed_left.eq(Mux(feed_left > E, feed_left - E, 0))]
+            with m.Else():
+                m.d.sync += feed_beat.eq(feed_beat + 1)
+        m.d.comb += self.stall.eq(feeding & ~all_in)
 
-        # merge rows in order (row r from engine r % E) -> serialiser: one token's accumulator per cycle
-        mrow = Signal(range(E)) if E > 1 else Const(0, 1)
-        outs = [engines[e].out for e in range(E)]
-        o_valid = Array(o.valid for o in outs)[mrow] if E > 1 else outs[0].valid
+        # serialiser: a group of up to E rows -> one row's token result per cycle, rows in order
+        out = mv.out
         held = Signal()
         st = Signal(range(K))
-        accs = Array(Signal(signed(N.ACC_BITS), name=f"acc{t}") for t in range(K))
+        sw = Signal(range(E)) if E > 1 else Const(0, 1)
+        n_in = Signal(range(E + 1))                 # rows present in the held group
+        out_left = Signal(32)                       # rows of the command not yet taken from the engine
+        accs = Array(Signal(signed(N.ACC_BITS), name=f"acc{n}") for n in range(E * K))
         last_tok = st == k - 1
+        last_el = last_tok & ((sw + 1 == n_in) if E > 1 else Const(1, 1))
         take = Signal()
-        m.d.comb += take.eq(~held | last_tok)
-        for e in range(E):
-            m.d.comb += outs[e].ready.eq(take & (mrow == e))
-        o_fire = o_valid & take
+        m.d.comb += [take.eq(~held | last_el), out.ready.eq(take)]
+        o_fire = out.valid & take
         with m.If(held):
             m.d.sync += st.eq(st + 1)
             with m.If(last_tok):
-                m.d.sync += [held.eq(0), st.eq(0)]
+                m.d.sync += st.eq(0)
+                if E > 1:
+                    m.d.sync += sw.eq(sw + 1)
+            with m.If(last_el):
+                m.d.sync += held.eq(0)
+                if E > 1:
+                    m.d.sync += sw.eq(0)
+        with m.If(mv_cmd_fire(mv)):
+            m.d.sync += out_left.eq(cur.rows)
         with m.If(o_fire):
-            m.d.sync += [held.eq(1), st.eq(0)]
+            m.d.sync += [held.eq(1), st.eq(0), n_in.eq(Mux(out_left > E, E, out_left)),
+                         out_left.eq(Mux(out_left > E, out_left - E, 0))]
             if E > 1:
-                m.d.sync += mrow.eq(mrow + 1)
-            for e in range(E):
-                with m.If(mrow == e):
-                    for t in range(K):
-                        m.d.sync += accs[t].eq(outs[e].payload.acc[t])
-        with m.If(finish):
-            if E > 1:
-                m.d.sync += mrow.eq(0)
+                m.d.sync += sw.eq(0)
+            for n in range(E * K):
+                m.d.sync += accs[n].eq(out.payload.acc[n])
         m.submodules.dequant = dq = Q.Dequantize()
-        m.d.comb += [dq.i.valid.eq(held), dq.i.payload.acc.eq(accs[st]), dq.i.payload.M.eq(Mr[cur.slot][st]),
+        m.d.comb += [dq.i.valid.eq(held), dq.i.payload.acc.eq(accs[sw * K + st] if E > 1 else accs[st]),
+                     dq.i.payload.M.eq(Mr[cur.slot][st]),
                      dq.i.payload.shift.eq(Sr[cur.slot][st]), dq.i.payload.last.eq(0), dq.o.ready.eq(1)]
         # E1: the dequantised element (t1, r1)
         t1, r1 = Signal(range(K + 1)), Signal(32)

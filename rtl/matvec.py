@@ -83,18 +83,25 @@ class TernaryMatVec(wiring.Component):
     tokens : k >= 1 token vectors served by each weight fetch.
     max_k : the longest row (input length) the code memory holds, 1 .. numerics.MAX_K.
     banks : code memory banks >= 1.
-    max_rows : the most rows one command may have, >= 1.
+    max_rows : the most rows (row groups with ``ways > 1``) one command may have, >= 1.
+    ways : rows computed side by side in lock step, >= 1: a ``weights`` beat carries one beat of each of
+        ``ways`` rows (way ``w`` in bits ``8 * beat_bytes * w ...``), all at the same column position, so
+        one read of the code memories serves every way (the memories are not replicated per way). A
+        command's ``rows`` counts row groups; ``out.acc`` holds ``ways x tokens`` sums, way-major
+        (``acc[w * tokens + t]``). ``ways = 1`` is the plain engine.
     """
 
     def __init__(self, lanes: int = 80, tokens: int = 1, max_k: int = 4096, banks: int = 2,
-                 max_rows: int = (1 << 20) - 1):
+                 max_rows: int = (1 << 20) - 1, ways: int = 1):
         check_int(self, "lanes", lanes, f"one of {LEGAL_LANES} (a multiple of {N.TRITS_PER_BYTE} trits whose "
                   f"byte count divides the {N.ROW_ALIGN_BYTES}-byte row group)", lambda v: v in LEGAL_LANES)
         check_int(self, "tokens", tokens, "an integer >= 1", lambda v: v >= 1)
         check_int(self, "max_k", max_k, f"an integer in 1..{N.MAX_K}", lambda v: 1 <= v <= N.MAX_K)
         check_int(self, "banks", banks, "an integer >= 1", lambda v: v >= 1)
         check_int(self, "max_rows", max_rows, "an integer >= 1", lambda v: v >= 1)
+        check_int(self, "ways", ways, "an integer >= 1", lambda v: v >= 1)
         self.lanes, self.tokens, self.max_k, self.banks, self.max_rows = lanes, tokens, max_k, banks, max_rows
+        self.ways = ways
         self.beat_bytes = lanes // N.TRITS_PER_BYTE
         self.words = beats_per_row(max_k, lanes)          # beat positions per bank
         self.word_bits = max(1, ceil_log2(self.words))
@@ -103,11 +110,11 @@ class TernaryMatVec(wiring.Component):
                                       "bank": unsigned(self.bank_bits), "first": 1})
         self.CMD = data.StructLayout({"rows": unsigned(width_for(max_rows)), "beats": unsigned(width_for(self.words)),
                                       "bank": unsigned(self.bank_bits)})
-        self.OUT = data.StructLayout({"acc": data.ArrayLayout(signed(N.ACC_BITS), tokens), "last": 1})
+        self.OUT = data.StructLayout({"acc": data.ArrayLayout(signed(N.ACC_BITS), tokens * ways), "last": 1})
         super().__init__({
             "act": In(stream.Signature(self.ACT)),
             "cmd": In(stream.Signature(self.CMD)),
-            "weights": In(stream.Signature(unsigned(8 * self.beat_bytes))),
+            "weights": In(stream.Signature(unsigned(8 * self.beat_bytes * ways))),
             "out": Out(stream.Signature(self.OUT)),
             "busy": Out(1),
         })
@@ -185,48 +192,49 @@ class TernaryMatVec(wiring.Component):
             p.read(rp, Cat(beat[:self.word_bits], bank), f"codes{t}")
         p.next()
         rom_words = decode_rom_words()
-        for b in range(self.beat_bytes):
-            rom = Memory(shape=unsigned(2 * N.TRITS_PER_BYTE), depth=len(rom_words), init=rom_words)
-            m.submodules[f"trits{b}"] = rom
-            port = rom.read_port(domain="comb")
-            m.d.comb += port.addr.eq(p["bytes"][8 * b: 8 * b + 8])
-            p[f"pn{b}"] = port.data
+        R, bb = self.ways, self.beat_bytes
+        for w in range(R):
+            for b in range(bb):
+                rom = Memory(shape=unsigned(2 * N.TRITS_PER_BYTE), depth=len(rom_words), init=rom_words)
+                m.submodules[f"trits{w}_{b}" if R > 1 else f"trits{b}"] = rom
+                port = rom.read_port(domain="comb")
+                m.d.comb += port.addr.eq(p["bytes"][8 * (w * bb + b): 8 * (w * bb + b) + 8])
+                p[f"pn{w}_{b}"] = port.data
         p.next()
-        terms = {t: [] for t in range(k)}
-        for j in range(L):
-            b, i = divmod(j, N.TRITS_PER_BYTE)
-            pos = p[f"pn{b}"][i]
-            neg = p[f"pn{b}"][N.TRITS_PER_BYTE + i]
-            for t in range(k):
-                code = p[f"codes{t}"][8 * j: 8 * j + 8].as_signed()
-                name = f"v{t}_{j}"
-                p[name] = Mux(pos, code, Mux(neg, -code, 0))[:9].as_signed()
-                terms[t].append(name)
+        keys = [(w, t) for w in range(R) for t in range(k)]
+        terms = {key: [] for key in keys}
+        for w in range(R):
+            for j in range(L):
+                b, i = divmod(j, N.TRITS_PER_BYTE)
+                pos = p[f"pn{w}_{b}"][i]
+                neg = p[f"pn{w}_{b}"][N.TRITS_PER_BYTE + i]
+                for t in range(k):
+                    code = p[f"codes{t}"][8 * j: 8 * j + 8].as_signed()
+                    name = f"v{w}_{t}_{j}"
+                    p[name] = Mux(pos, code, Mux(neg, -code, 0))[:9].as_signed()
+                    terms[(w, t)].append(name)
         p.next()
         level = 0
-        while len(terms[0]) > 1:
+        while len(terms[keys[0]]) > 1:
             level += 1
-            for t in range(k):
+            for (w, t) in keys:
                 new = []
-                for g in range(0, len(terms[t]), TREE_FANIN):
-                    group = terms[t][g:g + TREE_FANIN]
+                for g in range(0, len(terms[(w, t)]), TREE_FANIN):
+                    group = terms[(w, t)][g:g + TREE_FANIN]
                     total = p[group[0]]
                     for nm in group[1:]:
                         total = total + p[nm]
-                    name = f"s{level}_{t}_{g // TREE_FANIN}"
+                    name = f"s{level}_{w}_{t}_{g // TREE_FANIN}"
                     p[name] = total
                     new.append(name)
-                terms[t] = new
+                terms[(w, t)] = new
             p.next()
-        accs = []
-        for t in range(k):
-            acc = Signal(signed(N.ACC_BITS), name=f"acc{t}")
-            new = (Mux(p["first"], 0, acc) + p[terms[t][0]])[:N.ACC_BITS].as_signed()
+        for n, (w, t) in enumerate(keys):
+            acc = Signal(signed(N.ACC_BITS), name=f"acc{w}_{t}" if R > 1 else f"acc{t}")
+            new = (Mux(p["first"], 0, acc) + p[terms[(w, t)][0]])[:N.ACC_BITS].as_signed()
             with m.If(p.fire):
                 m.d.sync += acc.eq(new)
-            accs.append(new)
-        for t in range(k):
-            m.d.comb += self.out.payload.acc[t].eq(accs[t])
+            m.d.comb += self.out.payload.acc[n].eq(new)
         p.finish(when=p["rowend"], last=p["lastrow"])
         busy = active
         for v in p.valids:

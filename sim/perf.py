@@ -11,8 +11,8 @@ configuration. The model replays **the program the compiler emits** (:func:`prog
   touches what it writes (``isa.resources``; LOAD destinations are read as they fill);
 * engines (``rtl/datapath.py``): the vector engine handles one element per cycle, token by token
   (QSTATS, QCODES, HGRN; EMBED copies rows over the bus); the load engine streams norm records at
-  bus speed; the store engine writes one word per cycle; the matvec engine runs one MATVEC at a time on
-  ``matvec_engines`` ternary engines that each take one bus beat per cycle, behind a serialiser that
+  bus speed; the store engine writes one word per cycle; the matvec engine runs one MATVEC at a time on a
+  lock-step engine whose ``matvec_engines`` ways per port each take one bus beat per cycle, behind a serialiser that
   emits one token's result per cycle (a row costs at least k cycles);
 * the AXI read port moves ``rate`` beats per cycle (1.0 in the simulated DDR; on a board, the port and
   DDR efficiency of :data:`ASSUMPTIONS`); program fetch, embedding rows, LOADs and STOREs go first, the
@@ -586,8 +586,8 @@ def onchip_memories(hw: HwConfig, weight_fifo_beats: int = WEIGHT_FIFO_BEATS) ->
     lanes = hw.lanes
     for e in range(E):
         mems.append((f"weight_queue{e}", weight_fifo_beats, 8 * bb))
-        for t in range(K):
-            mems.append((f"codes{e}_t{t}", I.BANKS * math.ceil(W / lanes), 8 * lanes))
+    for t in range(K):          # one lock-step engine: its E ways share one set of code memories
+        mems.append((f"codes_t{t}", I.BANKS * math.ceil(W / lanes), 8 * lanes))
     for i, dpt in enumerate((32, 32, 64, 64) + (64,) * (hw.weight_ports - 1)):
         mems.append((f"axi_rd_fifo{i}", dpt, 8 * bb))
     return [{"name": n, "depth": dd, "width": w, "bits": dd * w} for n, dd, w in mems]

@@ -47,3 +47,18 @@ def test_energy_table_and_shapes():
 def test_energy_bad_backend():
     out = _cli("--backends", "cpu,tpu")
     assert out.returncode == 1 and "tpu" in out.stderr
+
+
+def test_energy_speculative_fpga_model_row():
+    """--k/--accept-len: the modeled row of a k-token build emitting accept-len tokens per pass: more tokens/s
+    and fewer J/token than plain decode, labeled with the assumption; a bad accept length is refused."""
+    plain = json.loads(_cli("--model", "1.3B", "--backends", "fpga-model", "--board", "kv260", "--json").stdout)[0]
+    out = _cli("--model", "1.3B", "--backends", "fpga-model", "--board", "kv260", "--k", "2", "--accept-len", "1.75",
+               "--json")
+    assert out.returncode == 0, out.stderr
+    spec = json.loads(out.stdout)[0]
+    assert spec["available"] and spec["tokens_per_s"] > 1.5 * plain["tokens_per_s"]
+    assert spec["joules_per_token"] < plain["joules_per_token"] and "k = 2" in spec["method"]
+    bad = _cli("--model", "1.3B", "--backends", "fpga-model", "--board", "kv260", "--k", "2", "--accept-len", "3",
+               "--json")
+    assert "accept-len" in bad.stdout + bad.stderr

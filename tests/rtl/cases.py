@@ -382,7 +382,9 @@ def matvec_job(dut, rng, shapes) -> MatvecJob:
     ``c`` are loaded into its bank before the commands start (so at most ``banks`` commands)."""
     from mmfree.rtl.matvec import beats_per_row
 
-    L, k = dut.lanes, dut.tokens
+    L, k, R = dut.lanes, dut.tokens, dut.ways
+    if any(rows % R for rows, _ in shapes):
+        raise ValueError(f"rows must be a multiple of ways = {R}")
     if len(shapes) > dut.banks:
         raise ValueError("one bank per command")
     acts, cmds, beats, accs, lasts = {}, [], [], [], []
@@ -398,12 +400,15 @@ def matvec_job(dut, rng, shapes) -> MatvecJob:
             acts.setdefault("token", []).extend([t] * K)
             acts.setdefault("bank", []).extend([bank] * K)
             acts.setdefault("first", []).extend([1] + [0] * (K - 1))
-        cmds.append((rows, beats_per_row(K, L), bank))
-        packed = N.pack_ternary(W).reshape(-1, L // N.TRITS_PER_BYTE)
-        beats += [int.from_bytes(bytes(b), "little") for b in packed]
+        bpr = beats_per_row(K, L)
+        cmds.append((rows // R, bpr, bank))
+        packed = N.pack_ternary(W).reshape(rows, bpr, L // N.TRITS_PER_BYTE)
+        for g in range(rows // R):          # a beat carries the same column beat of the group's R rows
+            for b in range(bpr):
+                beats.append(int.from_bytes(b"".join(bytes(packed[g * R + w, b]) for w in range(R)), "little"))
         # the reference: exact integer products (as IntModel computes them)
         accs.append(W.astype(np.int64) @ codes.T.astype(np.int64))
-        lasts.append(np.r_[np.zeros(rows - 1, dtype=np.int64), 1])
+        lasts.append(np.r_[np.zeros(rows // R - 1, dtype=np.int64), 1])
     act = pack(dut.ACT, **{f: np.array(v) for f, v in acts.items()})
     cmd = pack(dut.CMD, rows=[c[0] for c in cmds], beats=[c[1] for c in cmds], bank=[c[2] for c in cmds])
     return MatvecJob(act, cmd, beats, np.concatenate(accs), np.concatenate(lasts))
@@ -412,5 +417,9 @@ def matvec_job(dut, rng, shapes) -> MatvecJob:
 def matvec_unpack(dut, words):
     """Raw ``out`` payloads -> (acc ``[rows, tokens]``, last)."""
     got = unpack(dut.OUT, words)
-    acc = np.stack([got[f"acc{t}"] for t in range(dut.tokens)], axis=1) if words else np.zeros((0, dut.tokens))
-    return acc, got["last"]
+    k, R = dut.tokens, dut.ways
+    if not words:
+        return np.zeros((0, k)), got["last"]
+    # acc[w * k + t] of each group -> rows g * R + w
+    acc = np.stack([np.stack([got[f"acc{w * k + t}"] for t in range(k)], axis=1) for w in range(R)], axis=1)
+    return acc.reshape(-1, k), got["last"]

@@ -65,6 +65,28 @@ def test_matvec_matches_reference(lanes, tokens, shapes, stall):
         assert beat_cycles[-1] - beat_cycles[0] + 1 == len(job.weights)
 
 
+WAYS = [  # lanes, tokens, ways, [(rows, K) per command]
+    (5, 2, 2, [(6, 63), (4, 1)]),
+    (80, 4, 8, [(16, 1000), (8, 63)]),
+    (40, 3, 3, [(9, 60), (6, 99)]),
+]
+
+
+@pytest.mark.parametrize("stall", [0.0, 0.35], ids=["nostall", "stall"])
+@pytest.mark.parametrize("lanes,tokens,ways,shapes", WAYS, ids=[f"l{c[0]}_k{c[1]}_w{c[2]}" for c in WAYS])
+def test_matvec_ways_share_the_codes(lanes, tokens, ways, shapes, stall):
+    """`ways` rows side by side: every row exact, one group per beat position, the stream never waits."""
+    rng = np.random.default_rng(lanes * 7 + ways)
+    dut = TernaryMatVec(lanes=lanes, tokens=tokens, max_k=1024, banks=2, ways=ways)
+    job = matvec_job(dut, rng, shapes)
+    out, beat_cycles = simulate(dut, job, stall, seed=ways)
+    produced, last = matvec_unpack(dut, out)
+    np.testing.assert_array_equal(produced, job.acc)
+    np.testing.assert_array_equal(last, job.last)
+    if not stall:
+        assert beat_cycles[-1] - beat_cycles[0] + 1 == len(job.weights)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("lanes", LEGAL_LANES)
 @pytest.mark.parametrize("tokens", [1, 4])
@@ -96,7 +118,7 @@ def test_beats_per_row():
     ({"lanes": 15}, "lanes"), ({"lanes": 0}, "lanes"), ({"lanes": 7}, "lanes"), ({"lanes": 160}, "lanes"),
     ({"lanes": 30}, "lanes"), ({"tokens": 0}, "tokens"), ({"max_k": 0}, "max_k"),
     ({"max_k": N.MAX_K + 1}, "max_k"), ({"banks": 0}, "banks"), ({"max_rows": 0}, "max_rows"),
-    ({"lanes": 80.0}, "lanes"),
+    ({"lanes": 80.0}, "lanes"), ({"ways": 0}, "ways"),
 ])
 def test_illegal_parameters_are_named(kw, name):
     with pytest.raises(ValueError, match=name) as exc:
