@@ -33,7 +33,7 @@ def simulate(dut, job, stall, seed=0):
             t += 1
 
     async def sink(ctx):
-        await collect(ctx, dut.out, len(job.acc), stall, seed + 4, out, cycles)
+        await collect(ctx, dut.out, len(job.last), stall, seed + 4, out, cycles)
 
     for tb in (loader, weights, watch, sink):
         sim.add_testbench(tb)
@@ -67,8 +67,9 @@ def test_matvec_matches_reference(lanes, tokens, shapes, stall):
 
 WAYS = [  # lanes, tokens, ways, [(rows, K) per command]
     (5, 2, 2, [(6, 63), (4, 1)]),
-    (80, 4, 8, [(16, 1000), (8, 63)]),
+    (10, 2, 8, [(16, 100), (8, 63)]),
     (40, 3, 3, [(9, 60), (6, 99)]),
+    (80, 4, 8, [(16, 1000), (8, 63)]),          # the four-port accelerator's engine
 ]
 
 

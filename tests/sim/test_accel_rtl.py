@@ -16,8 +16,9 @@ from tests.sim import helpers as H
 pytestmark = pytest.mark.sim
 
 
-def _script(im, steps, memory="hdl", pause_seed=None, rd_latency=24):
-    from mmfree.sim.accel import run_job
+def _script(im, steps, memory="hdl", pause_seed=None, rd_latency=24, hw=None):
+    """Run scripted passes on the RTL (the default build, or ``hw``): (passes with their arrays, raw result)."""
+    from mmfree.sim.accel import DEFAULT_HW, run_job
 
     with tempfile.TemporaryDirectory(prefix="mmfree-rtl-test-") as td:
         td = Path(td)
@@ -25,7 +26,7 @@ def _script(im, steps, memory="hdl", pause_seed=None, rd_latency=24):
         job = {"kind": "script", "compiled": str(td / "compiled"), "steps": steps, "max_wait_cycles": 5_000_000}
         if pause_seed is not None:
             job["pause_seed"] = pause_seed
-        res = run_job(job, memory=memory, rd_latency=rd_latency, workdir=td / "run")
+        res = run_job(job, hw=hw or DEFAULT_HW, memory=memory, rd_latency=rd_latency, workdir=td / "run")
     out = []
     arrays = res.get("arrays", {})
     for i, p in enumerate(res["passes"]):
@@ -111,7 +112,6 @@ def test_rtl_64bit_bus_bit_exact():
     """A 64-bit AXI build shaped like the PYNQ-Z2's (two weight ports, one engine each; its own Verilator
     build: slow the first time) on two shapes, k up to 2."""
     from mmfree.rtl.compiler import HwConfig
-    from mmfree.sim.accel import run_job
 
     hw = HwConfig(bus_bytes=8, max_tokens=2, max_width=1024, weight_ports=2, matvec_engines=1)
     for shape in ("d64", "d200"):
@@ -120,14 +120,7 @@ def test_rtl_64bit_bus_bit_exact():
         rng = np.random.default_rng(5)
         steps = [{"tokens": [3, 8], "h0": rng.integers(-(1 << 18), 1 << 18, size=(L, d)).tolist()},
                  {"tokens": [V - 1, 0], "parents": [-1, -1]}, {"tokens": [7]}]
-        with tempfile.TemporaryDirectory(prefix="mmfree-rtl64-") as td:
-            td = Path(td)
-            compile_model(im).save(td / "compiled")
-            res = run_job({"kind": "script", "compiled": str(td / "compiled"), "steps": steps}, hw=hw,
-                          workdir=td / "run")
-        arrays = res["arrays"]
-        results = [dict(p, **{key: arrays[f"{key}{i}"] for key in ("logits", "states", "argmax")})
-                   for i, p in enumerate(res["passes"])]
+        results, _ = _script(im, steps, hw=hw)
         H.replay_steps(im, steps, results)
 
 
@@ -136,20 +129,12 @@ def test_rtl_weight_ports_bit_exact():
     validation): port p reads rows p, p + 4, ... of every matrix into its own two engines. Every shape (d
     64/96/200: row counts that are not a multiple of the 8 engines, odd vocabularies), chains and trees, k up
     to 4, bit-exact."""
-    from mmfree.sim.accel import PORTS4_HW, run_job
+    from mmfree.sim.accel import PORTS4_HW
 
-    hw = PORTS4_HW
     for shape in sorted(H.SHAPES):
         im = H.load(shape)
         steps = H.chain_and_tree_steps(im, np.random.default_rng(11))
-        with tempfile.TemporaryDirectory(prefix="mmfree-rtl-ports-") as td:
-            td = Path(td)
-            compile_model(im).save(td / "compiled")
-            res = run_job({"kind": "script", "compiled": str(td / "compiled"), "steps": steps}, hw=hw,
-                          workdir=td / "run")
-        arrays = res["arrays"]
-        results = [dict(p, **{key: arrays[f"{key}{i}"] for key in ("logits", "states", "argmax") if f"{key}{i}" in arrays})
-                   for i, p in enumerate(res["passes"])]
+        results, _ = _script(im, steps, hw=PORTS4_HW)
         H.replay_steps(im, steps, results)
 
 
