@@ -1097,25 +1097,6 @@ def greedy_reference(im, prompt: list[int], n_tokens: int) -> list[int]:
         state, logits = im.step(state, out[-1])
 
 
-class _stdout_to_stderr:
-    """Point file descriptor 1 at stderr for a block (child processes too), so ``--json`` output stays clean."""
-
-    def __enter__(self):
-        sys.stdout.flush()
-        try:
-            self.saved = os.dup(1)
-            os.dup2(2, 1)
-        except OSError:
-            self.saved = None
-        return self
-
-    def __exit__(self, *exc):
-        if self.saved is not None:
-            sys.stdout.flush()
-            os.dup2(self.saved, 1)
-            os.close(self.saved)
-
-
 def run_sim(model="default", prompt="def ", n_tokens: int = 8, draft: str | None = None, k: int | None = None,
             table=None, inject: list[dict] | None = None, write_logits: bool = True, timeout_s: float = 60.0,
             hw: HwConfig | None = None, progress=None, workdir=None) -> dict:
@@ -1130,6 +1111,7 @@ def run_sim(model="default", prompt="def ", n_tokens: int = 8, draft: str | None
 
     from mmfree.sim.accel import (DEFAULT_HW, check_prompt_ids, check_width, passes_from_result,
                                   replay_and_compare, run_job)
+    from mmfree.sim.runner import stdout_to_stderr
 
     hw = hw or DEFAULT_HW
     compiled, im, tok_dir = open_model(model)
@@ -1169,7 +1151,7 @@ def run_sim(model="default", prompt="def ", n_tokens: int = 8, draft: str | None
             job["table"] = str(td / "trigram.bin")
         if inject:
             job["inject"] = inject
-        with _stdout_to_stderr():       # the simulator prints to fd 1; keep stdout for the JSON
+        with stdout_to_stderr():        # the simulator prints to fd 1; keep stdout for the JSON
             res = run_job(job, hw=hw, workdir=Path(workdir) if workdir else td / "run", progress=progress)
     passes = passes_from_result(res)
     ok, problems = replay_and_compare(im, passes)

@@ -406,24 +406,17 @@ def _run_sim(b, test_module: str, env: dict, plusargs: list[str], test_dir: Path
     pytest_name = os.environ.pop("PYTEST_CURRENT_TEST", None)
     # the simulator process writes to our file descriptor 1 ("Verilog $finish", cocotb's log): point it at
     # stderr for the run, so stdout carries only our own output (`mmfree sim --json` prints one object)
-    sys.stdout.flush()
-    saved_stdout = None
+    from mmfree.sim.runner import stdout_to_stderr
+
     try:
-        saved_stdout = os.dup(1)
-        os.dup2(2, 1)
-    except OSError:
-        saved_stdout = None
-    try:
-        get_runner("verilator").test(test_module=test_module, hdl_toplevel=b.toplevel, hdl_toplevel_lang="verilog",
-                                     build_dir=b.build_dir, test_dir=test_dir, extra_env=extra, waves=waves,
-                                     plusargs=plusargs, seed=1, results_xml=str(results))
+        with stdout_to_stderr():
+            get_runner("verilator").test(test_module=test_module, hdl_toplevel=b.toplevel,
+                                         hdl_toplevel_lang="verilog", build_dir=b.build_dir, test_dir=test_dir,
+                                         extra_env=extra, waves=waves, plusargs=plusargs, seed=1,
+                                         results_xml=str(results))
     except SystemExit as exc:
         raise MmfreeError(f"the simulation exited with {exc.code}") from exc
     finally:
-        if saved_stdout is not None:
-            sys.stdout.flush()
-            os.dup2(saved_stdout, 1)
-            os.close(saved_stdout)
         if pytest_name is not None:
             os.environ["PYTEST_CURRENT_TEST"] = pytest_name
     n_tests, n_failed = get_results(results)

@@ -117,6 +117,25 @@ def _env(changes: Mapping[str, str]):
                 os.environ[k] = v
 
 
+@contextmanager
+def stdout_to_stderr():
+    """Point file descriptor 1 at stderr for the block, child processes included (Verilator's build report,
+    the simulator's own prints), so a command's stdout carries only its own output (``--json``: one object)."""
+    sys.stdout.flush()
+    try:
+        saved = os.dup(1)
+        os.dup2(2, 1)
+    except OSError:
+        saved = None
+    try:
+        yield
+    finally:
+        if saved is not None:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+
+
 def build(sources: Iterable[Path], toplevel: str, waves: bool = False, extra_args: Iterable[str] = (),
           opt: str | None = None) -> Build:
     """Compile ``sources`` with Verilator (reused when the same sources were built before).
@@ -139,7 +158,7 @@ def build(sources: Iterable[Path], toplevel: str, waves: bool = False, extra_arg
         if not done.exists():
             runner = get_runner("verilator")
             try:
-                with _env(_make_overrides(opt)):
+                with _env(_make_overrides(opt)), stdout_to_stderr():
                     runner.build(sources=sources, hdl_toplevel=toplevel, build_dir=build_dir, build_args=args,
                                  waves=waves, always=True, timescale=("1ns", "1ps"))
             except (SystemExit, Exception) as exc:
