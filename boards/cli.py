@@ -35,6 +35,10 @@ def register(sub) -> None:
     b.add_argument("--weight-ports", type=int, default=None, metavar="N",
                    help="AXI masters streaming weights, one HP port each: 1, 2 or 4, at most the board's HP ports; "
                         "default: the board file's build.weight_ports (KV260, ZCU104: 4; PYNQ-Z2: 1)")
+    b.add_argument("--max-tokens", type=int, default=4, metavar="K",
+                   help="tokens per pass the build verifies (speculative decoding: k - 1 drafted tokens), 1..16; "
+                        "each token adds a copy of the vector buffers and code memories (docs/performance.md: "
+                        "a KV260 1.3B build fits at k <= 2)")
     b.add_argument("--estimate", action="store_true", help="Yosys resource estimate and fit check (slow, cached)")
     b.add_argument("--no-vivado", action="store_true", help="only write the project, even when Vivado is on PATH")
     b.add_argument("--json", action="store_true", help="print one JSON object")
@@ -80,7 +84,7 @@ def _build(args) -> int:
     say = (lambda m: print(f"[mmfree build] {m}", file=sys.stderr, flush=True))
     res = build(args.board, args.out, clock_mhz=args.clock_mhz, do_estimate=args.estimate,
                 run_vivado=False if args.no_vivado else None, max_width=args.max_width,
-                weight_ports=args.weight_ports, progress=say)
+                max_tokens=args.max_tokens, weight_ports=args.weight_ports, progress=say)
     if args.json:
         print_json(res)
         return 0

@@ -402,6 +402,13 @@ def test_build_runs_vivado_when_on_path(tmp_path, stub_verilog, monkeypatch, cap
     assert (res["config"]["weight_ports"], res["config"]["hp_ports"]) == (2, ["S_AXI_HP0_FPD", "S_AXI_HP1_FPD"])
     bd = (tmp_path / "p" / "tcl" / "block_design.tcl").read_text()
     assert "$acc/m_axi_w1]" in bd and "m_axi_w2" not in bd and "S_AXI_HP2_FPD" not in bd
+    # --max-tokens: a k = 2 build (what the 1.3B KV260 projection assumes), wide enough for 1.3B; 0 refused
+    assert main(["build", "--board", "kv260", "--out", str(tmp_path / "k2"), "--no-vivado", "--max-tokens", "2",
+                 "--max-width", "8192", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert (res["config"]["max_tokens"], res["config"]["max_width"]) == (2, 8192)
+    assert main(["build", "--board", "kv260", "--out", str(tmp_path / "k0"), "--no-vivado", "--max-tokens", "0"]) == 1
+    assert "max_tokens must be an integer in 1..16" in capsys.readouterr().err
 
 
 def test_estimate_fit_check():
