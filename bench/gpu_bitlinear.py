@@ -28,6 +28,7 @@ import os
 import statistics
 import sys
 import time
+import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -135,6 +136,12 @@ def bench_bitlinear(K: int, N: int, tokens: int, dev, args) -> dict:
             res[name] = measure(step, dev, args.warmup, args.iters)
         except torch.cuda.OutOfMemoryError:
             res[name] = {"ms": None, "peak_mib": None, "error": "out of memory"}
+        except Exception as exc:                     # recorded, not fatal: the other rows still run
+            traceback.print_exc()
+            res[name] = {"ms": None, "peak_mib": None, "error": f"{type(exc).__name__}: {str(exc)[:160]}"}
+        r = res[name]                                # progress: a run cut short still shows what it measured
+        print(f"  {name}: " + (r.get("error") or f"{r['ms']:.3f} ms, peak {_fmt(r['peak_mib'], '.0f')} MiB"),
+              file=sys.stderr)
         grad.clear()
         if dev.type == "cuda":
             torch.cuda.empty_cache()
@@ -177,6 +184,7 @@ def bench_scan(B: int, T: int, D: int, dev, args) -> dict:
     for name, fn in impls.items():
         iters = max(1, args.iters // 5) if name.startswith("naive") else args.iters
         out[name] = measure(run(fn), dev, 1, iters)
+        print(f"  {name}: {out[name]['ms']:.3f} ms", file=sys.stderr)
     return out
 
 
@@ -212,11 +220,20 @@ def main(argv=None) -> int:
         from _common import command_line, write_section
 
         write_section("training.md", "gpu-bitlinear", f"Measured with `{command_line()}` on {device_name}:\n\n{text}")
-    return 0
+    failed = [f"{label} {name}" for label, res in results["bitlinear"].items() for name, r in res.items()
+              if r.get("error") and name != "fla" and r["error"] != "out of memory"]
+    if failed:
+        print("failed: " + ", ".join(failed), file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _fmt(v, spec):
     return "-" if v is None else format(v, spec)
+
+
+def _cell(text: str) -> str:
+    """One line of text that a Markdown table cell can hold."""
+    return " ".join(text.split()).replace("|", "/")
 
 
 def report(results: dict) -> str:
@@ -229,7 +246,8 @@ def report(results: dict) -> str:
             sp_fla = fla["ms"] / r["ms"] if fla and fla.get("ms") and r.get("ms") else None
             sp_nv = naive["ms"] / r["ms"] if naive and naive.get("ms") and r.get("ms") else None
             mem = r["peak_mib"] / fla["peak_mib"] if fla and fla.get("peak_mib") and r.get("peak_mib") else None
-            lines.append(f"| {label} | {name} | {_fmt(r.get('ms'), '.3f')} | {_fmt(r.get('peak_mib'), '.0f')} | "
+            ms = _fmt(r.get("ms"), ".3f") if not r.get("error") else "failed: " + _cell(r["error"])
+            lines.append(f"| {label} | {name} | {ms} | {_fmt(r.get('peak_mib'), '.0f')} | "
                          f"{_fmt(sp_fla, '.2f')} | {_fmt(sp_nv, '.2f')} | {_fmt(mem, '.2f')} |")
         ours = res.get("ours")
         if fla and fla.get("ms") and ours and ours.get("ms"):

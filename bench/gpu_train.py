@@ -33,6 +33,7 @@ import json
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -102,6 +103,10 @@ def run_config(cfg, kernels: str, dtype: str, ckpt: bool, args, dev) -> dict:
                 "kernels": note}
     except torch.cuda.OutOfMemoryError:
         return {"tokens_per_s": None, "step_s": None, "peak_gib": None, "error": "out of memory", "kernels": note}
+    except Exception as exc:                          # recorded, not fatal: the other configurations still run
+        traceback.print_exc()
+        err = " ".join(f"{type(exc).__name__}: {str(exc)[:160]}".split()).replace("|", "/")
+        return {"tokens_per_s": None, "step_s": None, "peak_gib": None, "error": "failed: " + err, "kernels": note}
     finally:
         del model, opt
         gc.collect()
@@ -228,7 +233,9 @@ def main(argv=None) -> int:
         res = {}
         for name, kernels, dtype, ckpt in chosen:
             print(f"{preset} {name} ...", file=sys.stderr)
-            res[name] = run_config(cfg, kernels, dtype, ckpt, args, dev)
+            res[name] = r = run_config(cfg, kernels, dtype, ckpt, args, dev)
+            print("  " + (r.get("error") or f"{r['tokens_per_s']:.0f} tok/s, peak "       # progress: a run cut
+                  + ("-" if r["peak_gib"] is None else f"{r['peak_gib']:.2f} GiB")), file=sys.stderr)  # short shows it
         results["presets"][preset] = res
     text = report(results)
     print(json.dumps(results, indent=2) if args.json else text)
@@ -236,7 +243,11 @@ def main(argv=None) -> int:
         from _common import command_line, write_section
 
         write_section("training.md", "gpu-train", f"Measured with `{command_line()}` on {device_name}:\n\n{text}")
-    return 0
+    failed = [f"{preset} {name}" for preset, res in results["presets"].items() for name, r in res.items()
+              if r.get("error", "out of memory") != "out of memory"]
+    if failed:
+        print("failed: " + ", ".join(failed), file=sys.stderr)
+    return 1 if failed else 0
 
 
 def report(results: dict) -> str:

@@ -100,7 +100,7 @@ def _fwd_gemm_kernel(Q, T, S, SW, OUT, M, N, K, stride_q, stride_t, stride_o, EM
         kk = k0 + rk
         a = tl.load(Q + rm[:, None] * stride_q + kk[None, :], mask=(rm[:, None] < M) & (kk[None, :] < K), other=0)
         b = tl.load(T + rn[None, :] * stride_t + kk[:, None], mask=(rn[None, :] < N) & (kk[:, None] < K), other=0)
-        acc = tl.dot(a, b, acc)
+        acc = tl.dot(a, b, acc, out_dtype=tl.int32)      # Triton 3.6 needs out_dtype for an int32 acc
     s = tl.load(S + rm, mask=rm < M, other=1.0)
     sw = tl.load(SW)
     out = acc.to(tl.float32) / (s[:, None] * sw)

@@ -157,7 +157,7 @@ def _hw_gemm_kernel(CODES, T, MUL, SHIFT, OUT, M, N, K, stride_c, stride_t, stri
         kk = k0 + rk
         a = tl.load(CODES + rm[:, None] * stride_c + kk[None, :], mask=(rm[:, None] < M) & (kk[None, :] < K), other=0)
         b = tl.load(T + rn[None, :] * stride_t + kk[:, None], mask=(rn[None, :] < N) & (kk[:, None] < K), other=0)
-        acc = tl.dot(a, b, acc)
+        acc = tl.dot(a, b, acc, out_dtype=tl.int32)      # Triton 3.6 needs out_dtype for an int32 acc
     mul = tl.load(MUL + rm, mask=rm < M, other=0)
     shift = tl.load(SHIFT + rm, mask=rm < M, other=0)
     v = acc.to(tl.int64) * mul[:, None]

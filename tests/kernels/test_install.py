@@ -57,15 +57,15 @@ def test_model_on_triton_matches_the_torch_path(device):
 
 
 @pytest.mark.parametrize("numerics", ["fake", pytest.param("hardware", marks=pytest.mark.slow)])
-def test_train_runs_on_the_triton_kernels(tmp_path, numerics):
-    """`mmfree train --kernels triton` (here in the interpreter): the loop, the kernels and the hardware-exact
-    mode's surrogates together, two steps and a checkpoint."""
+def test_train_runs_on_the_triton_kernels(tmp_path, numerics, device):
+    """`mmfree train --kernels triton` (in the interpreter on a CPU, natively on a GPU): the loop, the kernels
+    and the hardware-exact mode's surrogates together, two steps and a checkpoint."""
     from mmfree.pymodel.train import train
     from tests.pymodel.test_train import make_corpus, tiny
 
     corpus = make_corpus(tmp_path / "c")
     s = train(tiny(tmp_path / "o", corpus, kernels="triton", numerics=numerics, steps=2, seq_len=16, batch_size=4,
-                   eval_tokens=64))
+                   eval_tokens=64, device=device))
     assert s["kernels"].startswith("triton")
     assert torch.isfinite(torch.tensor(s["final_train_loss"]))
     assert (tmp_path / "o" / "checkpoints" / "last" / "trainer_state.json").exists()
