@@ -9,18 +9,20 @@ Engines (each finishes its instructions in order and pulses ``done_pulse[engine]
 * **store** (``STORE``): per token, buffer words -> :class:`~mmfree.rtl.axi.WordPacker` -> AXI writes
   (any 4-byte aligned address); done when every write response is in.
 * **vector** (``EMBED``, ``QSTATS``, ``QCODES``, ``HGRN``): element passes over the buffers, one element
-  per cycle, token by token. QSTATS feeds up to three :class:`QuantStats` in lock step and keeps each
-  token's ``P`` and sum-of-squares shift ``sz`` and the code reciprocal (:class:`Reciprocal`, queued);
-  QCODES streams one slot's codes into a bank of the ternary engines and, in the same pass, sums the
-  squares and turns ``(P, S, sz)`` into ``(M, shift)`` (:class:`OutputMultiplier`); HGRN
-  runs :class:`MlgruUpdate` then :class:`GatedProduct` and waits for each token's states before the next
-  token (tree parents read them).
+  per cycle. QSTATS and QCODES handle every token of an element in the same cycle (the per-token buffers
+  are one memory per token): QSTATS feeds up to three :class:`QuantStats` per token in lock step and keeps
+  each token's ``P``, sum-of-squares shift ``sz`` and code reciprocal (a :class:`Reciprocal` per slot and
+  token); QCODES streams one slot's codes of every token into a bank of the ternary engine (one column
+  position per cycle) and, in the same pass, sums the squares and turns ``(P, S, sz)`` into ``(M, shift)``
+  (one :class:`OutputMultiplier`, the tokens in turn); HGRN runs :class:`MlgruUpdate` then
+  :class:`GatedProduct` token by token and waits for each token's states before the next token (tree
+  parents read them); EMBED copies one token's row after another.
 * **matvec** (``MATVEC``): the weight stream of the next command is requested while the current one runs
   (each weight port reads its rows ``p, p + P, ...`` into its weight queues); one lock-step
   :class:`TernaryMatVec` with ``hw.engines`` ways takes a beat of ``hw.engines`` rows side by side ->
-  serialiser (the group's rows in order, one token per cycle) -> :class:`Dequantize` -> epilogue (STORE into T0-2,
-  RESID ``X = sat(X + y)``, GLU ``A = silu(T0) * y``, HEAD logits into T0/T1 with a running
-  :class:`Argmax` per token).
+  serialiser (the group's rows in order, one row per cycle with every token of it) -> a :class:`Dequantize`
+  per token -> epilogue per token (STORE into T0-2, RESID ``X = sat(X + y)``, GLU ``A = silu(T0) * y``, HEAD
+  logits into T0/T1 with a running :class:`Argmax` per token).
 
 Writers of X and A keep each token's normalising shift up to date with a :class:`MaxAbs` per token.
 """
@@ -45,6 +47,11 @@ from mmfree.rtl.sequencer import ENGINE_ID, dispatch_layout, fetch_layout, field
 
 #: Argmax index width: vocabularies up to 2**24.
 MAX_VOCAB = 1 << 24
+
+
+def token_word(ports, t):
+    """The word read by token ``t``'s port of a per-token buffer (one read port per token memory)."""
+    return Array(port.data for port in ports)[t] if len(ports) > 1 else ports[0].data
 
 
 def mv_cmd_fire(mv):
@@ -86,39 +93,41 @@ class Datapath(wiring.Component):
         m = Module()
         hw = self.hw
         K, W, bb = hw.max_tokens, hw.max_width, hw.bus_bytes
-        wbits = W.bit_length() - 1
-        kb = width_for(K - 1)
         lg_bb = bb.bit_length() - 1
         bw = bb // 4
         d = self.dispatch
         k = self.k
 
-        def taddr(t, j):
-            return Cat(j[:wbits], t[:kb]) if K > 1 else j[:wbits]
-
         # ---- buffers ----------------------------------------------------------------------------------------
-        def mem(name, shape, per_token):
-            mm = Memory(shape=shape, depth=(W << kb) if (per_token and K > 1) else W, init=[])
+        # Per-token vectors (X, A, H, T0-2) are K memories of W words, token t's vector in memory t, so the
+        # QSTATS / QCODES passes and the matvec epilogue handle every token of an element in the same cycle;
+        # shared vectors (H0, LB, N, NW0-2) are one memory each.
+        def mem(name, shape):
+            mm = Memory(shape=shape, depth=W, init=[])
             m.submodules["buf_" + name] = mm
             return mm
 
+        def tmem(name, shape, reads):
+            """Token t's memory of buffer ``name``: (write ports [t], read ports [r][t])."""
+            mems = [mem(f"{name}_t{t}", shape) for t in range(K)]
+            return [mm.write_port() for mm in mems], [[mm.read_port() for mm in mems] for _ in range(reads)]
+
         VEC = signed(Q.VEC_WIDTH)
-        bX, bA, bH = mem("x", signed(32), True), mem("a", signed(64), True), mem("h", signed(32), True)
-        bT = [mem(f"t{i}", signed(32), True) for i in range(3)]
-        bH0, bLB = mem("h0", signed(32), False), mem("lb", unsigned(32), False)
-        bN = mem("n", VEC, False)
-        bNW = [mem(f"nw{i}", VEC, False) for i in range(I.SLOTS)]
-        xw, aw, hw_, h0w, lbw, nw_ = bX.write_port(), bA.write_port(), bH.write_port(), bH0.write_port(), \
-            bLB.write_port(), bN.write_port()
-        tw = [b.write_port() for b in bT]
+        xw, (xr1, xr2) = tmem("x", signed(32), 2)
+        aw, (ar1,) = tmem("a", signed(64), 1)
+        hw_, (hr1, hr2) = tmem("h", signed(32), 2)
+        tw, tr = [], []
+        for i, reads in enumerate((3, 2, 1)):
+            w_, r_ = tmem(f"t{i}", signed(32), reads)
+            tw.append(w_)
+            tr.append(r_)
+        (t0r1, t0r2, t0r3), (t1r1, t1r2), (t2r1,) = tr
+        bH0, bLB = mem("h0", signed(32)), mem("lb", unsigned(32))
+        bN = mem("n", VEC)
+        bNW = [mem(f"nw{i}", VEC) for i in range(I.SLOTS)]
+        h0w, lbw, nw_ = bH0.write_port(), bLB.write_port(), bN.write_port()
         nww = [b.write_port() for b in bNW]
-        xr1, xr2 = bX.read_port(), bX.read_port()
-        ar1 = bA.read_port()
-        hr1, hr2 = bH.read_port(), bH.read_port()
         h0r, lbr, nr = bH0.read_port(), bLB.read_port(), bN.read_port()
-        t0r1, t0r2, t0r3 = bT[0].read_port(), bT[0].read_port(), bT[0].read_port()
-        t1r1, t1r2 = bT[1].read_port(), bT[1].read_port()
-        t2r1 = bT[2].read_port()
         nwr = [b.read_port() for b in bNW]
 
         # ---- shared per-token state -------------------------------------------------------------------------
@@ -185,15 +194,15 @@ class Datapath(wiring.Component):
         loading = {b: Signal(name=f"loading_{I.BUFFERS[b]}") for b in fill_bufs}
 
         self._load_engine(m, d, issued, done, filled, loading, h0w, lbw, nw_, nww)
-        self._store_engine(m, d, issued, done, k, hr2, t0r3, t1r2, arg, taddr)
+        self._store_engine(m, d, issued, done, k, hr2, t0r3, t1r2, arg)
         # one lock-step engine computing hw.engines rows side by side (one code memory read serves them all)
         engines = [TernaryMatVec(lanes=hw.lanes, tokens=K, max_k=W, banks=I.BANKS, max_rows=W, ways=hw.engines)]
         for e, eng in enumerate(engines):
             m.submodules[f"matvec{e}"] = eng
-        self._vector_engine(m, d, issued, done, k, tokens, parents, filled, loading, raise_error, taddr,
+        self._vector_engine(m, d, issued, done, k, tokens, parents, filled, loading, raise_error,
                             shx, sha, Mr, Sr, Rr, KRr, SPr, Pr, SZr, xw, aw, hw_, xr1, ar1, hr1, h0r, lbr, nr, nwr,
                             t0r1, t1r1, t2r1, mx_x_in, mx_a_in, mx_x_out, mx_a_out, feed_max, engines)
-        self._matvec_engine(m, d, issued, done, k, Mr, Sr, arg, taddr, xw, aw, tw, xr2, t0r2,
+        self._matvec_engine(m, d, issued, done, k, Mr, Sr, arg, xw, aw, tw, xr2, t0r2,
                             mx_x_in, mx_a_in, mx_x_out, mx_a_out, feed_max, engines)
         return m
 
@@ -271,7 +280,7 @@ class Datapath(wiring.Component):
                     m.d.sync += loading[b].eq(0)
 
     # ------------------------------------------------------------------------------------------------------
-    def _store_engine(self, m, d, issued, done, k, hr2, t0r3, t1r2, arg, taddr):
+    def _store_engine(self, m, d, issued, done, k, hr2, t0r3, t1r2, arg):
         hw = self.hw
         bb, lg_bb, bw = hw.bus_bytes, hw.bus_bytes.bit_length() - 1, hw.bus_bytes // 4
         K = hw.max_tokens
@@ -297,11 +306,16 @@ class Datapath(wiring.Component):
         lead = Signal(range(bw))
         m.d.comb += [pk.start.eq(pstart), pk.lead.eq(lead), pk.count.eq(count)]
         ir = Cat(d.w0, d.w1, d.w2, d.w3)
-        # word source: one buffer read per cycle while the word queue has room
+        # word source: one buffer read per cycle while the word queue has room (every token's memory is
+        # read at j; the word is token t's, t as it was at the read)
         rd = Signal()
-        m.d.comb += [hr2.addr.eq(taddr(t, j)), t0r3.addr.eq(taddr(t, j)), t1r2.addr.eq(taddr(t, j))]
-        m.d.sync += pend.eq(rd)
-        word = Mux(src == I.ST_H, hr2.data, Mux(src == I.ST_T0, t0r3.data, Mux(src == I.ST_T1, t1r2.data, 0)))
+        t_rd = Signal.like(t)
+        for ports in (hr2, t0r3, t1r2):
+            for port in ports:
+                m.d.comb += port.addr.eq(j)
+        m.d.sync += [pend.eq(rd), t_rd.eq(t)]
+        word = Mux(src == I.ST_H, token_word(hr2, t_rd),
+                   Mux(src == I.ST_T0, token_word(t0r3, t_rd), Mux(src == I.ST_T1, token_word(t1r2, t_rd), 0)))
         argw = Signal(32)
         m.d.sync += argw.eq(arg[t])
         m.d.comb += [wq.w_data.eq(Mux(src == I.ST_ARG, argw, word)), wq.w_en.eq(pend)]
@@ -337,7 +351,7 @@ class Datapath(wiring.Component):
                     m.next = "IDLE"
 
     # ------------------------------------------------------------------------------------------------------
-    def _vector_engine(self, m, d, issued, done, k, tokens, parents, filled, loading, raise_error, taddr,
+    def _vector_engine(self, m, d, issued, done, k, tokens, parents, filled, loading, raise_error,
                        shx, sha, Mr, Sr, Rr, KRr, SPr, Pr, SZr, xw, aw, hw_, xr1, ar1, hr1, h0r, lbr, nr, nwr,
                        t0r1, t1r1, t2r1, mx_x_in, mx_a_in, mx_x_out, mx_a_out, feed_max, engines):
         hw = self.hw
@@ -408,111 +422,129 @@ class Datapath(wiring.Component):
         m.d.comb += fire.eq(pass_ops & ~start & ~all_issued & fill_ok & token_gate)
         with m.If(pass_ops & ~start & ~all_issued & starving):
             raise_error(RM.ERR_NOT_LOADED, op)
+        par_ops = is_["QSTATS"] | is_["QCODES"]     # every token of an element at once
         with m.If(fire):
             with m.If(ji + 1 == count):
                 m.d.sync += [ji.eq(0), ti.eq(ti + 1)]
-                with m.If(ti + 1 == k):
+                with m.If(par_ops | (ti + 1 == k)):
                     m.d.sync += all_issued.eq(1)
             with m.Else():
                 m.d.sync += ji.eq(ji + 1)
-        # reads for the element being issued; its data is there in stage 1
-        ra = taddr(ti, ji)
+        # reads for the element being issued (every token's memory at ji); its data is there in stage 1
         par = parents[ti]
-        m.d.comb += [xr1.addr.eq(ra), ar1.addr.eq(ra), nr.addr.eq(ji), h0r.addr.eq(ji), lbr.addr.eq(ji),
-                     hr1.addr.eq(taddr(par[:width_for(K - 1)].as_unsigned(), ji)),
-                     t0r1.addr.eq(ra), t1r1.addr.eq(ra), t2r1.addr.eq(ra)]
+        for ports in (xr1, ar1, hr1, t0r1, t1r1, t2r1):
+            for port in ports:
+                m.d.comb += port.addr.eq(ji)
+        m.d.comb += [nr.addr.eq(ji), h0r.addr.eq(ji), lbr.addr.eq(ji)]
         for p in range(I.SLOTS):
             m.d.comb += nwr[p].addr.eq(ji)
         s1_v, s1_t, s1_j, s1_last, s1_root = Signal(), Signal(range(K)), Signal(range(W)), Signal(), Signal()
-        m.d.sync += [s1_v.eq(fire), s1_t.eq(ti), s1_j.eq(ji), s1_last.eq(ji + 1 == count), s1_root.eq(par < 0)]
+        s1_par = Signal(range(K))
+        m.d.sync += [s1_v.eq(fire), s1_t.eq(ti), s1_j.eq(ji), s1_last.eq(ji + 1 == count), s1_root.eq(par < 0),
+                     s1_par.eq(par[:width_for(K - 1)].as_unsigned())]
 
-        # ---- QSTATS / QCODES: QuantStats per slot ------------------------------------------------------------
-        # QSTATS (all slots < nproj in lock step): P = max|u' nw_p| and the sum-of-squares shift sz of
-        # z = u' n per token, then the code reciprocal (R, k, sp) of P (queued: one division at a time).
-        # QCODES (one slot): the codes into a bank, S = sum rshift_round(z, sz)**2, then (M, shift) of the slot.
-        qs = [Q.QuantStats() for _ in range(I.SLOTS)]
-        rc = [Q.Reciprocal() for _ in range(I.SLOTS)]
-        rcq = [fifo.SyncFIFO(width=Q.PMAX_WIDTH, depth=K + 1) for _ in range(I.SLOTS)]
-        pr_cnt = [Signal(range(K + 1), name=f"pr_cnt{p}") for p in range(I.SLOTS)]
-        rc_cnt = [Signal(range(K + 1), name=f"rc_cnt{p}") for p in range(I.SLOTS)]
-        u_val = Mux(src, ar1.data, xr1.data)
-        sh_val = Mux(src, sha[s1_t], shx[s1_t])
-        for p in range(I.SLOTS):
-            m.submodules[f"qstats{p}"] = qs[p]
-            m.submodules[f"recip{p}"] = rc[p]
-            m.submodules[f"recipq{p}"] = rcq[p]
-            active = (is_["QSTATS"] & (nproj > p)) | (is_["QCODES"] & (slot == p))
-            pl = qs[p].i.payload
-            m.d.comb += [qs[p].i.valid.eq(s1_v & active), pl.u.eq(u_val), pl.n.eq(nr.data), pl.nw.eq(nwr[p].data),
-                         pl.shift.eq(sh_val), pl.sz.eq(SZr[p][s1_t]), pl.last.eq(s1_last), qs[p].o.ready.eq(1)]
-            fin = qs[p].o.valid & qs[p].o.payload.last & is_["QSTATS"]
-            with m.If(fin):
-                m.d.sync += [Pr[p][pr_cnt[p]].eq(qs[p].o.payload.P), SZr[p][pr_cnt[p]].eq(qs[p].o.payload.sz),
-                             pr_cnt[p].eq(pr_cnt[p] + 1)]
-            m.d.comb += [rcq[p].w_en.eq(fin), rcq[p].w_data.eq(qs[p].o.payload.P),
-                         rc[p].i.valid.eq(rcq[p].r_rdy), rc[p].i.payload.P.eq(rcq[p].r_data),
-                         rcq[p].r_en.eq(rc[p].i.ready), rc[p].o.ready.eq(1)]
-            with m.If(rc[p].o.valid):
-                m.d.sync += [Rr[p][rc_cnt[p]].eq(rc[p].o.payload.R), KRr[p][rc_cnt[p]].eq(rc[p].o.payload.k),
-                             SPr[p][rc_cnt[p]].eq(rc[p].o.payload.sp), rc_cnt[p].eq(rc_cnt[p] + 1)]
-            with m.If(issued("vector")):
-                m.d.sync += [pr_cnt[p].eq(0), rc_cnt[p].eq(0)]
+        # ---- QSTATS / QCODES: QuantStats per slot and token ----------------------------------------------------
+        # QSTATS (all slots < nproj in lock step, all tokens < k side by side): P = max|u' nw_p| and the
+        # sum-of-squares shift sz of z = u' n per token, then the code reciprocal (R, k, sp) of P.
+        # QCODES (one slot): every token's codes into a bank, S = sum rshift_round(z, sz)**2, then (M, shift)
+        # of the slot per token (one OutputMultiplier, tokens in turn).
+        qs = [[Q.QuantStats() for _ in range(K)] for _ in range(I.SLOTS)]
+        rc = [[Q.Reciprocal() for _ in range(K)] for _ in range(I.SLOTS)]
+        got_p = [[Signal(name=f"got_p{p}_{t}") for t in range(K)] for p in range(I.SLOTS)]
+        got_r = [[Signal(name=f"got_r{p}_{t}") for t in range(K)] for p in range(I.SLOTS)]
+        rc_req = [[Signal(name=f"rc_req{p}_{t}") for t in range(K)] for p in range(I.SLOTS)]
         stats_done = all_issued
         for p in range(I.SLOTS):
-            stats_done = stats_done & ((nproj <= p) | ((pr_cnt[p] == k) & (rc_cnt[p] == k)))
+            active = (is_["QSTATS"] & (nproj > p)) | (is_["QCODES"] & (slot == p))
+            for t in range(K):
+                q, r = qs[p][t], rc[p][t]
+                m.submodules[f"qstats{p}_{t}"] = q
+                m.submodules[f"recip{p}_{t}"] = r
+                pl = q.i.payload
+                m.d.comb += [q.i.valid.eq(s1_v & active & (t < k)),
+                             pl.u.eq(Mux(src, ar1[t].data, xr1[t].data)), pl.n.eq(nr.data), pl.nw.eq(nwr[p].data),
+                             pl.shift.eq(Mux(src, sha[t], shx[t])), pl.sz.eq(SZr[p][t]), pl.last.eq(s1_last),
+                             q.o.ready.eq(1)]
+                fin = q.o.valid & q.o.payload.last & is_["QSTATS"]
+                with m.If(fin):
+                    m.d.sync += [Pr[p][t].eq(q.o.payload.P), SZr[p][t].eq(q.o.payload.sz), got_p[p][t].eq(1),
+                                 rc_req[p][t].eq(1)]
+                m.d.comb += [r.i.valid.eq(rc_req[p][t]), r.i.payload.P.eq(Pr[p][t]), r.o.ready.eq(1)]
+                with m.If(r.i.valid & r.i.ready):
+                    m.d.sync += rc_req[p][t].eq(0)
+                with m.If(r.o.valid):
+                    m.d.sync += [Rr[p][t].eq(r.o.payload.R), KRr[p][t].eq(r.o.payload.k),
+                                 SPr[p][t].eq(r.o.payload.sp), got_r[p][t].eq(1)]
+                with m.If(issued("vector")):
+                    m.d.sync += [got_p[p][t].eq(0), got_r[p][t].eq(0)]
+                stats_done = stats_done & ((nproj <= p) | (t >= k) | (got_p[p][t] & got_r[p][t]))
 
-        # QCODES: the slot's p stream -> Codes -> the ternary engines' code banks; S -> OutputMultiplier
-        m.submodules.codes = cd = Q.Codes()
+        # QCODES: the slot's p streams -> Codes per token -> the ternary engine's code banks (every token of a
+        # column at once); S -> OutputMultiplier, one token per cycle
+        cds = [Q.Codes() for _ in range(K)]
         m.submodules.outmul = om = Q.OutputMultiplier()
-        qo = Array(q.o for q in qs)[slot]
-        tq = Signal(range(K + 1))
-        with m.If(issued("vector")):
-            m.d.sync += tq.eq(0)
-        m.d.comb += [cd.i.valid.eq(qo.valid & is_["QCODES"]), cd.i.payload.p.eq(qo.payload.p),
-                     cd.i.payload.R.eq(Rr[slot][tq]), cd.i.payload.k.eq(KRr[slot][tq]),
-                     cd.i.payload.sp.eq(SPr[slot][tq]), cd.i.payload.last.eq(qo.payload.last), cd.o.ready.eq(1)]
-        vec_end = qo.valid & qo.payload.last & is_["QCODES"]
+        qos = [Array(qs[p][t].o for p in range(I.SLOTS))[slot] for t in range(K)]
+        S_lat = Array(Signal.like(qs[0][0].o.payload.S, name=f"S_lat{t}") for t in range(K))
+        for t, (cd, qo) in enumerate(zip(cds, qos)):
+            m.submodules[f"codes{t}"] = cd
+            m.d.comb += [cd.i.valid.eq(qo.valid & is_["QCODES"]), cd.i.payload.p.eq(qo.payload.p),
+                         cd.i.payload.R.eq(Rr[slot][t]), cd.i.payload.k.eq(KRr[slot][t]),
+                         cd.i.payload.sp.eq(SPr[slot][t]), cd.i.payload.last.eq(qo.payload.last), cd.o.ready.eq(1)]
+        vec_end = qos[0].valid & qos[0].payload.last & is_["QCODES"]
+        om_t = Signal(range(K + 1))         # next token into the OutputMultiplier (k: none left)
         with m.If(vec_end):
-            m.d.sync += tq.eq(tq + 1)
-        m.d.comb += [om.i.valid.eq(vec_end), om.i.payload.S.eq(qo.payload.S), om.i.payload.P.eq(Pr[slot][tq]),
-                     om.i.payload.sz.eq(SZr[slot][tq]), om.i.payload.c_m.eq(self.c_m[slot]),
-                     om.i.payload.c_e.eq(self.c_e[slot]), om.o.ready.eq(1)]
+            m.d.sync += om_t.eq(0)
+            for t in range(K):
+                m.d.sync += S_lat[t].eq(qos[t].payload.S)
+        om_go = Signal()
+        with m.If(issued("vector")):
+            m.d.sync += om_go.eq(0)
+        with m.Elif(vec_end):
+            m.d.sync += om_go.eq(1)
+        m.d.comb += [om.i.valid.eq(om_go & (om_t < k)), om.i.payload.S.eq(S_lat[om_t]),
+                     om.i.payload.P.eq(Pr[slot][om_t]), om.i.payload.sz.eq(SZr[slot][om_t]),
+                     om.i.payload.c_m.eq(self.c_m[slot]), om.i.payload.c_e.eq(self.c_e[slot]), om.o.ready.eq(1)]
+        with m.If(om.i.valid & om.i.ready):
+            m.d.sync += om_t.eq(om_t + 1)
         om_cnt = Signal(range(K + 1))
         with m.If(issued("vector")):
             m.d.sync += om_cnt.eq(0)
         with m.If(om.o.valid):
             m.d.sync += [Mr[slot][om_cnt].eq(om.o.payload.M), Sr[slot][om_cnt].eq(om.o.payload.shift),
                          om_cnt.eq(om_cnt + 1)]
-        tc = Signal(range(K + 1))
         jc = Signal(range(W + 1))
+        c_done = Signal()
         with m.If(issued("vector")):
-            m.d.sync += [tc.eq(0), jc.eq(0)]
+            m.d.sync += [jc.eq(0), c_done.eq(0)]
         for mv in engines:                  # every engine holds the same codes
             act = mv.act
-            m.d.comb += [act.valid.eq(cd.o.valid), act.payload.code.eq(cd.o.payload.q), act.payload.token.eq(tc),
-                         act.payload.bank.eq(bank), act.payload.first.eq(jc == 0)]
-        with m.If(cd.o.valid):
+            m.d.comb += [act.valid.eq(cds[0].o.valid), act.payload.bank.eq(bank), act.payload.first.eq(jc == 0)]
+            for t in range(K):
+                m.d.comb += [act.payload.code[t].eq(cds[t].o.payload.q), act.payload.en[t].eq(t < k)]
+        with m.If(cds[0].o.valid):
             with m.If(jc + 1 == count):
-                m.d.sync += [jc.eq(0), tc.eq(tc + 1)]
+                m.d.sync += [jc.eq(0), c_done.eq(1)]
             with m.Else():
                 m.d.sync += jc.eq(jc + 1)
-        codes_done = all_issued & (tc == k) & (om_cnt == k)
+        codes_done = all_issued & c_done & (om_cnt == k)
 
-        # ---- HGRN ---------------------------------------------------------------------------------------------
+        # ---- HGRN (token by token: a token's parent state is its tree parent's, computed just before) ----------
         m.submodules.mlgru = mg = A.MlgruUpdate()
         m.submodules.gp_h = gp = A.GatedProduct()
         m.submodules.gq = gq = fifo.SyncFIFOBuffered(width=32, depth=64)
         hv = s1_v & is_["HGRN"]
-        m.d.comb += [mg.i.valid.eq(hv), mg.i.payload.h.eq(Mux(s1_root, h0r.data, hr1.data)),
-                     mg.i.payload.i.eq(t0r1.data), mg.i.payload.f.eq(t1r1.data),
+        m.d.comb += [mg.i.valid.eq(hv), mg.i.payload.h.eq(Mux(s1_root, h0r.data, token_word(hr1, s1_par))),
+                     mg.i.payload.i.eq(token_word(t0r1, s1_t)), mg.i.payload.f.eq(token_word(t1r1, s1_t)),
                      mg.i.payload.one_minus_lb.eq(lbr.data), mg.i.payload.frac.eq(self.act_frac),
                      mg.i.payload.last.eq(s1_last), mg.o.ready.eq(1),
-                     gq.w_en.eq(hv), gq.w_data.eq(t2r1.data)]
+                     gq.w_en.eq(hv), gq.w_data.eq(token_word(t2r1, s1_t))]
         th, jh = Signal(range(K + 1)), Signal(range(W + 1))
         ta, ja = Signal(range(K + 1)), Signal(range(W + 1))
         with m.If(issued("vector")):
             m.d.sync += [th.eq(0), jh.eq(0), ta.eq(0), ja.eq(0)]
-        m.d.comb += [hw_.addr.eq(taddr(th, jh)), hw_.data.eq(mg.o.payload.h), hw_.en.eq(mg.o.valid & is_["HGRN"])]
+        for t in range(K):
+            m.d.comb += [hw_[t].addr.eq(jh), hw_[t].data.eq(mg.o.payload.h),
+                         hw_[t].en.eq(mg.o.valid & is_["HGRN"] & (th == t))]
         m.d.comb += [gp.i.valid.eq(mg.o.valid & is_["HGRN"]), gp.i.payload.a.eq(gq.r_data.as_signed()),
                      gp.i.payload.b.eq(mg.o.payload.h), gp.i.payload.frac.eq(self.act_frac),
                      gp.i.payload.last.eq(mg.o.payload.last), gq.r_en.eq(mg.o.valid & is_["HGRN"]),
@@ -587,8 +619,8 @@ class Datapath(wiring.Component):
         embed_done = (te == k) & ~e_rows & (mxx_cnt == k)
 
         # ---- buffer writes owned by this engine ------------------------------------------------------------------
-        self._v_xw = (e_take, taddr(te, je), erec.payload.w[0].as_signed())
-        self._v_aw = (hg_a, taddr(ta, ja), gp.o.payload.u)
+        self._v_xw = (e_take, te, je, erec.payload.w[0].as_signed())
+        self._v_aw = (hg_a, ta, ja, gp.o.payload.u)
 
         # ---- completion -----------------------------------------------------------------------------------------
         fin = Signal()
@@ -598,7 +630,7 @@ class Datapath(wiring.Component):
             m.d.sync += [busy.eq(0), done[ENGINE_ID["vector"]].eq(1)]
 
     # ------------------------------------------------------------------------------------------------------
-    def _matvec_engine(self, m, d, issued, done, k, Mr, Sr, arg, taddr, xw, aw, tw, xr2, t0r2,
+    def _matvec_engine(self, m, d, issued, done, k, Mr, Sr, arg, xw, aw, tw, xr2, t0r2,
                        mx_x_in, mx_a_in, mx_x_out, mx_a_out, feed_max, engines):
         hw = self.hw
         K, W, E, P = hw.max_tokens, hw.max_width, hw.engines, hw.weight_ports
@@ -725,25 +757,20 @@ class Datapath(wiring.Component):
                 m.d.sync += feed_beat.eq(feed_beat + 1)
         m.d.comb += self.stall.eq(feeding & ~all_in)
 
-        # serialiser: a group of up to E rows -> one row's token result per cycle, rows in order
+        # serialiser: a group of up to E rows -> one row per cycle (every token of it side by side), rows in order
         out = mv.out
         held = Signal()
-        st = Signal(range(K))
         sw = Signal(range(E)) if E > 1 else Const(0, 1)
         n_in = Signal(range(E + 1))                 # rows present in the held group
         out_left = Signal(32)                       # rows of the command not yet taken from the engine
         accs = Array(Signal(signed(N.ACC_BITS), name=f"acc{n}") for n in range(E * K))
-        last_tok = st == k - 1
-        last_el = last_tok & ((sw + 1 == n_in) if E > 1 else Const(1, 1))
+        last_el = (sw + 1 == n_in) if E > 1 else Const(1, 1)
         take = Signal()
         m.d.comb += [take.eq(~held | last_el), out.ready.eq(take)]
         o_fire = out.valid & take
         with m.If(held):
-            m.d.sync += st.eq(st + 1)
-            with m.If(last_tok):
-                m.d.sync += st.eq(0)
-                if E > 1:
-                    m.d.sync += sw.eq(sw + 1)
+            if E > 1:
+                m.d.sync += sw.eq(sw + 1)
             with m.If(last_el):
                 m.d.sync += held.eq(0)
                 if E > 1:
@@ -751,72 +778,81 @@ class Datapath(wiring.Component):
         with m.If(mv_cmd_fire(mv)):
             m.d.sync += out_left.eq(cur.rows)
         with m.If(o_fire):
-            m.d.sync += [held.eq(1), st.eq(0), n_in.eq(Mux(out_left > E, E, out_left)),
+            m.d.sync += [held.eq(1), n_in.eq(Mux(out_left > E, E, out_left)),
                          out_left.eq(Mux(out_left > E, out_left - E, 0))]
             if E > 1:
                 m.d.sync += sw.eq(0)
             for n in range(E * K):
                 m.d.sync += accs[n].eq(out.payload.acc[n])
-        m.submodules.dequant = dq = Q.Dequantize()
-        m.d.comb += [dq.i.valid.eq(held), dq.i.payload.acc.eq(accs[sw * K + st] if E > 1 else accs[st]),
-                     dq.i.payload.M.eq(Mr[cur.slot][st]),
-                     dq.i.payload.shift.eq(Sr[cur.slot][st]), dq.i.payload.last.eq(0), dq.o.ready.eq(1)]
-        # E1: the dequantised element (t1, r1)
-        t1, r1 = Signal(range(K + 1)), Signal(32)
-        y = dq.o.payload.y
-        v1 = dq.o.valid
+        # per token: Dequantize -> epilogue (tokens >= k compute but write nothing)
+        dqs = [Q.Dequantize() for _ in range(K)]
+        for t, dq in enumerate(dqs):
+            m.submodules[f"dequant{t}"] = dq
+            acc_t = Array(accs[w * K + t] for w in range(E))[sw] if E > 1 else accs[t]
+            m.d.comb += [dq.i.valid.eq(held), dq.i.payload.acc.eq(acc_t), dq.i.payload.M.eq(Mr[cur.slot][t]),
+                         dq.i.payload.shift.eq(Sr[cur.slot][t]), dq.i.payload.last.eq(0), dq.o.ready.eq(1)]
+        # E1: the dequantised row r1 (y[t] per token)
+        r1 = Signal(32)
+        ys = [dq.o.payload.y for dq in dqs]
+        v1 = dqs[0].o.valid
         with m.If(v1):
-            with m.If(t1 + 1 == k):
-                m.d.sync += [t1.eq(0), r1.eq(r1 + 1)]
-            with m.Else():
-                m.d.sync += t1.eq(t1 + 1)
+            m.d.sync += r1.eq(r1 + 1)
         epi = cur.epi
         lastrow1 = r1 + 1 == cur.rows
         for i in range(3):
-            m.d.comb += [tw[i].addr.eq(taddr(t1, r1)), tw[i].data.eq(y),
-                         tw[i].en.eq(v1 & ((epi == I.EPI_STORE) | (epi == I.EPI_HEAD)) & (cur.dst == i))]
+            for t in range(K):
+                m.d.comb += [tw[i][t].addr.eq(r1), tw[i][t].data.eq(ys[t]),
+                             tw[i][t].en.eq(v1 & (t < k) & ((epi == I.EPI_STORE) | (epi == I.EPI_HEAD))
+                                            & (cur.dst == i))]
         argm = [A.Argmax(max_len=MAX_VOCAB) for _ in range(K)]
         arg_out = Signal(range(K + 1))
         m.d.comb += arg_out.eq(sum(a.o.valid for a in argm))
         for t in range(K):
             m.submodules[f"argmax{t}"] = argm[t]
-            m.d.comb += [argm[t].i.valid.eq(v1 & (epi == I.EPI_HEAD) & (t1 == t)), argm[t].i.payload.x.eq(y),
+            m.d.comb += [argm[t].i.valid.eq(v1 & (epi == I.EPI_HEAD) & (t < k)), argm[t].i.payload.x.eq(ys[t]),
                          argm[t].i.payload.last.eq(lastrow1 & cur.flags[1]), argm[t].o.ready.eq(1)]
             with m.If(argm[t].o.valid):
                 m.d.sync += arg[t].eq(argm[t].o.payload.index)
-        m.d.comb += [xr2.addr.eq(taddr(t1, r1)), t0r2.addr.eq(taddr(t1, r1))]
-        v2, y2, t2, r2 = Signal(), Signal(signed(32)), Signal(range(K + 1)), Signal(32)
-        m.d.sync += [v2.eq(v1 & ((epi == I.EPI_RESID) | (epi == I.EPI_GLU))), y2.eq(y), t2.eq(t1), r2.eq(r1)]
-        # E2 -> residual add / gated product
-        m.submodules.resadd = ra = A.ResidualAdd()
-        m.submodules.gp_g = gg = A.GatedProduct()
-        m.d.comb += [ra.i.valid.eq(v2 & (epi == I.EPI_RESID)), ra.i.payload.x.eq(xr2.data), ra.i.payload.y.eq(y2),
-                     ra.i.payload.last.eq(0), ra.o.ready.eq(1),
-                     gg.i.valid.eq(v2 & (epi == I.EPI_GLU)), gg.i.payload.a.eq(y2), gg.i.payload.b.eq(t0r2.data),
-                     gg.i.payload.frac.eq(self.act_frac), gg.i.payload.last.eq(0), gg.o.ready.eq(1)]
-        t3, r3 = Signal(range(K + 1)), Signal(32)
-        v3 = ra.o.valid | gg.o.valid
+            m.d.comb += [xr2[t].addr.eq(r1), t0r2[t].addr.eq(r1)]
+        v2, r2 = Signal(), Signal(32)
+        y2 = [Signal(signed(32), name=f"y2_{t}") for t in range(K)]
+        m.d.sync += [v2.eq(v1 & ((epi == I.EPI_RESID) | (epi == I.EPI_GLU))), r2.eq(r1)]
+        m.d.sync += [y2[t].eq(ys[t]) for t in range(K)]
+        # E2 -> residual add / gated product per token
+        ras = [A.ResidualAdd() for _ in range(K)]
+        ggs = [A.GatedProduct() for _ in range(K)]
+        for t in range(K):
+            ra, gg = ras[t], ggs[t]
+            m.submodules[f"resadd{t}"] = ra
+            m.submodules[f"gp_g{t}"] = gg
+            m.d.comb += [ra.i.valid.eq(v2 & (epi == I.EPI_RESID)), ra.i.payload.x.eq(xr2[t].data),
+                         ra.i.payload.y.eq(y2[t]), ra.i.payload.last.eq(0), ra.o.ready.eq(1),
+                         gg.i.valid.eq(v2 & (epi == I.EPI_GLU)), gg.i.payload.a.eq(y2[t]),
+                         gg.i.payload.b.eq(t0r2[t].data), gg.i.payload.frac.eq(self.act_frac),
+                         gg.i.payload.last.eq(0), gg.o.ready.eq(1)]
+        r3 = Signal(32)
+        v3 = ras[0].o.valid | ggs[0].o.valid
         with m.If(v3):
-            with m.If(t3 + 1 == k):
-                m.d.sync += [t3.eq(0), r3.eq(r3 + 1)]
-            with m.Else():
-                m.d.sync += t3.eq(t3 + 1)
+            m.d.sync += r3.eq(r3 + 1)
         lastrow3 = r3 + 1 == cur.rows
-        feed_max(mx_x_in, t3, ra.o.payload.z, lastrow3, ra.o.valid)
-        feed_max(mx_a_in, t3, gg.o.payload.u, lastrow3, gg.o.valid)
-        # X and A write ports are shared with the vector engine (never active together)
-        vx_en, vx_addr, vx_data = self._v_xw
-        va_en, va_addr, va_data = self._v_aw
-        m.d.comb += [xw.en.eq(vx_en | ra.o.valid), xw.addr.eq(Mux(vx_en, vx_addr, taddr(t3, r3))),
-                     xw.data.eq(Mux(vx_en, vx_data, ra.o.payload.z)),
-                     aw.en.eq(va_en | gg.o.valid), aw.addr.eq(Mux(va_en, va_addr, taddr(t3, r3))),
-                     aw.data.eq(Mux(va_en, va_data, gg.o.payload.u))]
-        # completion: every element of every row finalised, plus the per-token reductions
-        fin_elems = Signal(32)          # elements finalised (rows * k at the end)
+        for t in range(K):
+            feed_max(mx_x_in, t, ras[t].o.payload.z, lastrow3, ras[t].o.valid & (t < k))
+            feed_max(mx_a_in, t, ggs[t].o.payload.u, lastrow3, ggs[t].o.valid & (t < k))
+        # X and A write ports are shared with the vector engine (never active together): EMBED and HGRN
+        # write one token at a time, the epilogue every token of a row
+        vx_en, vx_t, vx_j, vx_data = self._v_xw
+        va_en, va_t, va_j, va_data = self._v_aw
+        for t in range(K):
+            m.d.comb += [xw[t].en.eq((vx_en & (vx_t == t)) | (ras[t].o.valid & (t < k))),
+                         xw[t].addr.eq(Mux(vx_en, vx_j, r3)), xw[t].data.eq(Mux(vx_en, vx_data, ras[t].o.payload.z)),
+                         aw[t].en.eq((va_en & (va_t == t)) | (ggs[t].o.valid & (t < k))),
+                         aw[t].addr.eq(Mux(va_en, va_j, r3)), aw[t].data.eq(Mux(va_en, va_data, ggs[t].o.payload.u))]
+        # completion: every row finalised, plus the per-token reductions
+        fin_rows = Signal(32)
         red_cnt = Signal(range(K + 1))
         final_now = Mux((epi == I.EPI_RESID) | (epi == I.EPI_GLU), v3, v1)
         with m.If(started):
-            m.d.sync += fin_elems.eq(fin_elems + final_now)
+            m.d.sync += fin_rows.eq(fin_rows + final_now)
             with m.Switch(epi):
                 with m.Case(I.EPI_RESID):
                     m.d.sync += red_cnt.eq(red_cnt + mx_x_out)
@@ -825,9 +861,6 @@ class Datapath(wiring.Component):
                 with m.Case(I.EPI_HEAD):
                     m.d.sync += red_cnt.eq(red_cnt + arg_out)
         need_red = (epi == I.EPI_RESID) | (epi == I.EPI_GLU) | ((epi == I.EPI_HEAD) & cur.flags[1])
-        total = Signal(32)
-        m.d.comb += total.eq(cur.rows * k)
-        m.d.comb += finish.eq(started & (fin_elems == total) & (~need_red | (red_cnt == k)))
+        m.d.comb += finish.eq(started & (fin_rows == cur.rows) & (~need_red | (red_cnt == k)))
         with m.If(finish):
-            m.d.sync += [fin_elems.eq(0), red_cnt.eq(0), t1.eq(0), r1.eq(0), t3.eq(0), r3.eq(0),
-                         done[ENGINE_ID["matvec"]].eq(1)]
+            m.d.sync += [fin_rows.eq(0), red_cnt.eq(0), r1.eq(0), r3.eq(0), done[ENGINE_ID["matvec"]].eq(1)]

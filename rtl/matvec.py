@@ -22,10 +22,11 @@ Only the emission of a row result can stall the weight stream (when ``out`` is n
 
 Interfaces (streams, ``amaranth.lib.stream``):
 
-* ``act`` (in): ``{code: signed(8), token, bank, first}``: codes of one token vector in column order,
-  one per cycle, always accepted; ``first`` marks column 0 (resets the write position). Positions past
-  the vector's end in its last word hold stale codes; they meet the zero trits of the row padding.
-  Writing a bank while a command reads it is the sequencer's error.
+* ``act`` (in): ``{code: tokens x signed(8), en: tokens bits, bank, first}``: one column position per
+  cycle, always accepted; token ``t``'s code ``code[t]`` is written where ``en[t]`` is set (all tokens of a
+  position at once, or one token vector after another with one bit set); ``first`` marks column 0 (resets
+  the write position). Positions past the vector's end in its last word hold stale codes; they meet the
+  zero trits of the row padding. Writing a bank while a command reads it is the sequencer's error.
 * ``cmd`` (in): ``{rows, beats, bank}``: multiply the matrix that follows on ``weights`` (``rows`` rows of
   ``beats`` beats each) by the codes in ``bank``. Accepted when idle or together with the last beat of
   the running command (back-to-back commands cost no cycle). ``rows == 0`` or ``beats == 0`` is a no-op.
@@ -106,7 +107,7 @@ class TernaryMatVec(wiring.Component):
         self.words = beats_per_row(max_k, lanes)          # beat positions per bank
         self.word_bits = max(1, ceil_log2(self.words))
         self.bank_bits = width_for(banks - 1)
-        self.ACT = data.StructLayout({"code": CODE, "token": unsigned(width_for(tokens - 1)),
+        self.ACT = data.StructLayout({"code": data.ArrayLayout(CODE, tokens), "en": unsigned(tokens),
                                       "bank": unsigned(self.bank_bits), "first": 1})
         self.CMD = data.StructLayout({"rows": unsigned(width_for(max_rows)), "beats": unsigned(width_for(self.words)),
                                       "bank": unsigned(self.bank_bits)})
@@ -129,24 +130,25 @@ class TernaryMatVec(wiring.Component):
             m.submodules[f"codes{t}"] = mem
             mems.append((mem.write_port(), mem.read_port()))
 
-        # ---- code loading: one code per cycle, sequential positions ------------------------------------
-        # Each token has its own memory of `lanes` codes per word, written whole: a staging register
-        # collects the word's codes so far and every accepted code writes the staging word with the new
-        # code in its lane. Lanes after the last code of a vector keep stale codes; they face the zero
+        # ---- code loading: one column position per cycle for every enabled token --------------------------
+        # Each token has its own memory of `lanes` codes per word, written whole: a staging register per
+        # token collects the word's codes so far and every accepted code writes the staging word with the
+        # new code in its lane. Lanes after the last code of a vector keep stale codes; they face the zero
         # trits of the row padding, so they never count.
         lane = Signal(range(L))
         word = Signal(self.word_bits)
-        stage = Signal(L * 8)
         a = self.act.payload
         cur_lane = Mux(a.first, 0, lane)
         cur_word = Mux(a.first, 0, word)
-        new_word = Cat(*[Mux(cur_lane == j, a.code.as_unsigned(), stage[8 * j: 8 * j + 8]) for j in range(L)])
         m.d.comb += self.act.ready.eq(1)
         for t, (wp, _) in enumerate(mems):
+            stage = Signal(L * 8, name=f"stage{t}")
+            new_word = Cat(*[Mux(cur_lane == j, a.code[t].as_unsigned(), stage[8 * j: 8 * j + 8]) for j in range(L)])
             m.d.comb += [wp.addr.eq(Cat(cur_word, a.bank)), wp.data.eq(new_word),
-                         wp.en.eq(self.act.valid & (a.token == t))]
+                         wp.en.eq(self.act.valid & a.en[t])]
+            with m.If(self.act.valid & a.en[t]):
+                m.d.sync += stage.eq(new_word)
         with m.If(self.act.valid):
-            m.d.sync += stage.eq(new_word)
             with m.If(cur_lane == L - 1):
                 m.d.sync += [lane.eq(0), word.eq(cur_word + 1)]
             with m.Else():

@@ -290,10 +290,11 @@ def _p_top(rng, pmax):
     return max(1, min(int(rng.choice(picks)), pmax))
 
 
-def codes_from_p(rng, n_vectors, sizes=None):
-    sizes = sizes or vector_sizes(rng, n_vectors)
+def _p_vectors(rng, sizes):
+    """Test vectors of pass-3 products ``p`` (zeros, random, extremes, rounding ties of the reduction), their
+    ``P = max|p|`` and the reference codes."""
     pmax = (1 << Q.PMAX_WIDTH) - 1
-    vecs, Pv, codes = [], [], []
+    vecs, Ps, codes = [], [], []
     for s in sizes:
         kind = rng.integers(0, 5)
         if kind == 0:
@@ -311,13 +312,56 @@ def codes_from_p(rng, n_vectors, sizes=None):
                     p = np.clip(p, -top, top)
                 p[rng.integers(0, s)] = top * rng.choice([-1, 1])
         P = np.max(np.abs(p), keepdims=True)
-        vecs.append(p), Pv.append(np.full(s, int(P[0]))), codes.append(N.codes_from(p, P))
+        vecs.append(p), Ps.append(int(P[0])), codes.append(N.codes_from(p, P))
+    return vecs, Ps, codes
+
+
+def _reciprocal_ref(P: int) -> tuple[int, int, int]:
+    """(R, k, sp) of :func:`numerics.codes_from` for one ``P`` (Python integers: ``127 << k`` exceeds int64);
+    ``P = 0`` gives zeros."""
+    if P == 0:
+        return 0, 0, 0
+    sp = max(0, P.bit_length() - N.P_CODE_BITS)
+    Pr = int(N.rshift_round(P, sp))
+    k = Pr.bit_length() + N.RECIP_EXTRA
+    return (N.CODE_MAX << k) // Pr, k, sp
+
+
+def codes_from_p(rng, n_vectors, sizes=None):
+    vecs, Ps, codes = _p_vectors(rng, sizes or vector_sizes(rng, n_vectors))
     p, last = _concat(vecs)
 
     def check(got):
         _eq(got["q"], np.concatenate(codes), "q")
         _eq(got["last"], last, "last")
-    return Case({"p": p, "P": np.concatenate(Pv), "last": last}, len(p), check, len(vecs))
+    P = np.concatenate([np.full(len(v), P) for v, P in zip(vecs, Ps)])
+    return Case({"p": p, "P": P, "last": last}, len(p), check, len(vecs))
+
+
+def reciprocal(rng, n_vectors):
+    pmax = (1 << Q.PMAX_WIDTH) - 1
+    P = [0, 1, pmax] + [_p_top(rng, pmax) for _ in range(max(0, n_vectors - 3))]
+    P = P[:n_vectors]
+    ref = [_reciprocal_ref(int(x)) for x in P]
+
+    def check(got):
+        _eq(got["R"], [r[0] for r in ref], "R")
+        _eq(got["k"], [r[1] for r in ref], "k")
+        _eq(got["sp"], [r[2] for r in ref], "sp")
+    return Case({"P": np.array(P, dtype=np.int64)}, len(P), check, len(P))
+
+
+def codes(rng, n_vectors, sizes=None):
+    """Pass 3 given the reciprocal (R, k, sp) of each vector's P, as :class:`Reciprocal` produces it."""
+    vecs, Ps, want = _p_vectors(rng, sizes or vector_sizes(rng, n_vectors))
+    p, last = _concat(vecs)
+    rks = [_reciprocal_ref(P) for P in Ps]
+    per = {f: np.concatenate([np.full(len(v), rk[i]) for v, rk in zip(vecs, rks)]) for i, f in enumerate("Rks")}
+
+    def check(got):
+        _eq(got["q"], np.concatenate(want), "q")
+        _eq(got["last"], last, "last")
+    return Case({"p": p, "R": per["R"], "k": per["k"], "sp": per["s"], "last": last}, len(p), check, len(vecs))
 
 
 def argmax(rng, n_vectors, sizes=None):
@@ -352,6 +396,8 @@ CASES = {
     "max_abs": (max_abs, "vector"),
     "quant_stats": (quant_stats, "vector"),
     "codes_from_p": (codes_from_p, "vector"),
+    "reciprocal": (reciprocal, "vector"),
+    "codes": (codes, "vector"),
     "argmax": (argmax, "vector"),
 }
 
@@ -395,11 +441,19 @@ def matvec_job(dut, rng, shapes) -> MatvecJob:
         if kind == 0:
             codes = rng.choice([-N.CODE_MAX, N.CODE_MAX], (k, K))     # accumulator extremes
         bank = c % dut.banks
-        for t in range(k):
-            acts.setdefault("code", []).extend(codes[t])
-            acts.setdefault("token", []).extend([t] * K)
+        if c % 2 == 0:          # every token's code of a position at once (the datapath's QCODES)
+            for t in range(k):
+                acts.setdefault(f"code{t}", []).extend(codes[t])
+            acts.setdefault("en", []).extend([(1 << k) - 1] * K)
             acts.setdefault("bank", []).extend([bank] * K)
             acts.setdefault("first", []).extend([1] + [0] * (K - 1))
+        else:                   # one token vector after another
+            for t in range(k):
+                for tt in range(k):
+                    acts.setdefault(f"code{tt}", []).extend(codes[t] if tt == t else [0] * K)
+                acts.setdefault("en", []).extend([1 << t] * K)
+                acts.setdefault("bank", []).extend([bank] * K)
+                acts.setdefault("first", []).extend([1] + [0] * (K - 1))
         bpr = beats_per_row(K, L)
         cmds.append((rows // R, bpr, bank))
         packed = N.pack_ternary(W).reshape(rows, bpr, L // N.TRITS_PER_BYTE)
