@@ -44,7 +44,7 @@ UNIT_COMMANDS = [
      "--family", "xcup", "--json"],
     ["mmfree", "rtl", "estimate", "--lanes", "40", "--tokens", "1", "--banks", "3", "--units", "matvec_l40_k1",
      "--family", "xc7", "--json"],
-    ["mmfree", "rtl", "estimate", "--units", "max_abs,quant_stats,codes_from_p,output_multiplier,dequantize,"
+    ["mmfree", "rtl", "estimate", "--units", "max_abs,quant_stats,codes_from_p,reciprocal,codes,output_multiplier,dequantize,"
      "mlgru_update,gated_product,residual_add,argmax", "--json"],
 ]
 

@@ -9,11 +9,11 @@ configuration. The model replays **the program the compiler emits** (:func:`prog
   :data:`RTL_TIMING` ``dispatch`` cycles (FETCH, DECODE, RANGE, WAIT states), in order, and holds an
   instruction while its engine is full or an earlier unfinished instruction writes what it reads or
   touches what it writes (``isa.resources``; LOAD destinations are read as they fill);
-* engines (``rtl/datapath.py``): the vector engine handles one element per cycle, token by token
-  (QSTATS, QCODES, HGRN; EMBED copies rows over the bus); the load engine streams norm records at
-  bus speed; the store engine writes one word per cycle; the matvec engine runs one MATVEC at a time on a
-  lock-step engine whose ``matvec_engines`` ways per port each take one bus beat per cycle, behind a serialiser that
-  emits one token's result per cycle (a row costs at least k cycles);
+* engines (``rtl/datapath.py``): the vector engine handles one element per cycle for every token at once
+  in QSTATS and QCODES, token by token in HGRN (EMBED copies rows over the bus); the load engine streams norm
+  records at bus speed; the store engine writes one word per cycle; the matvec engine runs one MATVEC at a
+  time on a lock-step engine whose ``matvec_engines`` ways per port each take one bus beat per cycle, behind a
+  serialiser that emits one row (every token of it) per cycle;
 * the AXI read port moves ``rate`` beats per cycle (1.0 in the simulated DDR; on a board, the port and
   DDR efficiency of :data:`ASSUMPTIONS`); program fetch, embedding rows, LOADs and STOREs go first, the
   weight stream takes the rest, runs ahead of the MATVECs (PREFETCH) until the weight queues
@@ -49,7 +49,7 @@ from mmfree.rtl.compiler import HwConfig, embed_stride, head_chunk_rows, must_mo
 #: sequencer states every instruction passes (rtl/sequencer.py). ``recip``: Reciprocal, R_WIDTH + 4
 #: cycles per vector (rtl/quantize.py docstring). The others are end-to-end pipeline depths of the units
 #: behind each engine (issue -> last result written -> done pulse -> scoreboard clear), estimated from the
-#: code; the three marked "fitted" were fitted (coordinate search, max |error|) to the RTL runs recorded
+#: code; the four marked "fitted" were fitted (coordinate search, max |error|) to the RTL runs recorded
 #: in boards/data/perf_validation.json (bench/perf_validate.py), so those runs are not independent of them.
 RTL_TIMING = {
     "dispatch": 4,          # cycles per instruction in the sequencer FSM
@@ -63,6 +63,7 @@ RTL_TIMING = {
     "embed_row": 4,         # per embedding row: command, unpacker, besides the read latency
     "load_tail": 3,         # unpacker + fill counter after the last beat
     "store_token": 4,       # per token of a STORE: command, packer start
+    "store_word": 1.25,     # cycles per word of a STORE (word queue + packer: a bubble per beat); fitted
     "mv_gap": 2,            # between MATVEC commands on the ternary engines
     "mv_store": 14,         # ternary engine + serialiser + Dequantize + write (epilogue STORE / HEAD)
     "mv_resid": 20,         # ... + ResidualAdd + MaxAbs (epilogue RESID)
@@ -382,7 +383,7 @@ def pass_cycles(dims: LY.Dims, hw: HwConfig, k: int = 1, rate: float = 1.0, rd_l
         F_prev, E_prev = state["F"], state["E"]
         for j in range(state["settled"], len(mvs)):
             m = mvs[j]
-            c = min(float(E), m.bpr / (k * P))        # beats of port 0 per cycle (a row per k cycles in all)
+            c = min(float(E), m.bpr / P)              # beats of port 0 per cycle (a row per cycle in all)
             S = max(m.dispatch + 1, E_prev + T["mv_gap"])
             a = max(m.req + 1 + L, F_prev)
             B = m.beats
@@ -394,7 +395,7 @@ def pass_cycles(dims: LY.Dims, hw: HwConfig, k: int = 1, rate: float = 1.0, rd_l
                 if B > cap and c < rate:
                     F = max(F, S + (B - cap) / c)
             m.S, m.F = S, F
-            m.E = max(S + B / c, F + 1) + m.lat + k
+            m.E = max(S + B / c, F + 1) + m.lat + 1
             F_prev, E_prev = F, m.E
             if j == state["settled"] and m.E <= now and m.F <= now:
                 state.update(settled=j + 1, F=m.F, E=m.E)
@@ -458,7 +459,7 @@ def pass_cycles(dims: LY.Dims, hw: HwConfig, k: int = 1, rate: float = 1.0, rd_l
                 fin = start + 1
             else:
                 n = ins["count"]
-                dur = k * (n + T["store_token"])
+                dur = k * (n * T["store_word"] + T["store_token"])
                 bus.reserve(start + T["store_token"], k * math.ceil(4 * n / bb))
                 fin = start + dur + T["store_token"]
                 ivals["load_store"].append((start, fin))
@@ -478,13 +479,12 @@ def pass_cycles(dims: LY.Dims, hw: HwConfig, k: int = 1, rate: float = 1.0, rd_l
             if op == "HGRN":
                 first = max(start + n, ready + 1)
                 fin = first + T["hgrn_token"] + (k - 1) * (n + T["hgrn_token"]) + T["hgrn_tail"]
-            else:
-                first = max(start + n, ready + 1)
-                issued = first + (k - 1) * n
+            else:                                       # every token of an element at once
+                issued = max(start + n, ready + 1)
                 if op == "QSTATS":
-                    fin = issued + T["qstats_tail"] + T["recip"] + max(0, T["recip"] - n) * (k - 1)
+                    fin = issued + T["qstats_tail"] + T["recip"]
                 else:
-                    fin = issued + T["qcodes_tail"]
+                    fin = issued + T["qcodes_tail"] + (k - 1)      # one OutputMultiplier, tokens in turn
             ivals["vector"].append((start, fin))
         elif op == "MATVEC":
             K = ins["count"]
@@ -579,9 +579,10 @@ def uram_for(depth: int, width: int) -> int:
 def onchip_memories(hw: HwConfig, weight_fifo_beats: int = WEIGHT_FIFO_BEATS) -> list[dict]:
     """The memories of the datapath (rtl/datapath.py, rtl/matvec.py, rtl/top.py): name, depth, width, bits."""
     K, W, bb, E = hw.max_tokens, hw.max_width, hw.bus_bytes, hw.engines
-    pt = W * K
-    mems = [("X", pt, 32), ("A", pt, 64), ("H", pt, 32), ("T0", pt, 32), ("T1", pt, 32), ("T2", pt, 32),
-            ("H0", W, 32), ("LB", W, 32), ("N", W, N.VEC_BITS)]
+    # per-token vectors: one memory of W words per token
+    mems = [(f"{v}_t{t}", W, w) for v, w in (("X", 32), ("A", 64), ("H", 32), ("T0", 32), ("T1", 32), ("T2", 32))
+            for t in range(K)]
+    mems += [("H0", W, 32), ("LB", W, 32), ("N", W, N.VEC_BITS)]
     mems += [(f"NW{p}", W, N.VEC_BITS) for p in range(I.SLOTS)]
     lanes = hw.lanes
     for e in range(E):
@@ -611,8 +612,12 @@ def estimate_resources(hw: HwConfig, family: str, part: dict | None = None) -> d
     units = tab["units"]
     K, E = hw.max_tokens, hw.engines
     mv_name = f"matvec_l{hw.lanes}_k{K}"
-    counts = {"quant_stats": I.SLOTS, "codes_from_p": I.SLOTS, "output_multiplier": 1, "dequantize": 1,
-              "mlgru_update": 1, "gated_product": 2, "residual_add": 1, "argmax": K, "max_abs": 2 * K}
+    # the token-parallel datapath (rtl/datapath.py): QuantStats and Reciprocal per slot and token; Codes,
+    # Dequantize, ResidualAdd and the GLU's GatedProduct per token; one OutputMultiplier, MlgruUpdate and HGRN
+    # GatedProduct
+    counts = {"quant_stats": I.SLOTS * K, "reciprocal": I.SLOTS * K, "codes": K, "output_multiplier": 1,
+              "dequantize": K, "mlgru_update": 1, "gated_product": 1 + K, "residual_add": K, "argmax": K,
+              "max_abs": 2 * K}
     logic = {"LUT": 0.0, "FF": 0.0, "DSP": 0.0}
     notes = []
     if mv_name in units and family in units[mv_name]:
