@@ -101,6 +101,8 @@ class BuildConfig:
 
 #: Widest vector of a build when neither the caller nor the board file (``build.max_width``) says.
 DEFAULT_MAX_WIDTH = 4096
+#: Tokens per pass of a build whose board file names no ``build.max_tokens``.
+DEFAULT_MAX_TOKENS = 4
 #: AXI masters a build may stream weights through (HwConfig.weight_ports)
 WEIGHT_PORT_CHOICES = (1, 2, 4)
 
@@ -190,11 +192,12 @@ def _check_ports(b, ports: list[str]) -> list[str]:
     return ports
 
 
-def config_for(board, clock_mhz: float | None = None, max_width: int | None = None, max_tokens: int = 4,
+def config_for(board, clock_mhz: float | None = None, max_width: int | None = None, max_tokens: int | None = None,
                weight_ports: int | None = None) -> BuildConfig:
     """The build parameters of ``board`` (a name or :class:`~mmfree.boards.boardfile.Board`): AXI width from its
     HP ports, the fabric clock (default: the board file's, at most ``max_clock_mhz``), the widest vector
-    (default: the board file's ``build.max_width``, else :data:`DEFAULT_MAX_WIDTH`), the weight ports (default:
+    (default: the board file's ``build.max_width``, else :data:`DEFAULT_MAX_WIDTH`), the tokens per pass
+    (default: the board file's ``build.max_tokens``, else :data:`DEFAULT_MAX_TOKENS`), the weight ports (default:
     the board file's ``build.weight_ports``, else 1) and the HP port of each AXI master (``hp_ports.used``,
     default the first ``weight_ports`` of ``hp_ports.names``; see :func:`_ports_for` for the override)."""
     from mmfree.boards.boardfile import load_board
@@ -203,6 +206,12 @@ def config_for(board, clock_mhz: float | None = None, max_width: int | None = No
     b = load_board(board) if isinstance(board, str) else board
     if max_width is None:
         max_width = int((b.raw.get("build") or {}).get("max_width", DEFAULT_MAX_WIDTH))
+    if max_tokens is None:
+        max_tokens = (b.raw.get("build") or {}).get("max_tokens", DEFAULT_MAX_TOKENS)
+        if type(max_tokens) is not int or not 1 <= max_tokens <= 16:
+            raise MmfreeError(f"board file {b.name}: field 'build.max_tokens' must be an integer in 1..16 (tokens per "
+                              f"pass of the build), got {max_tokens!r}; set it or remove it (default "
+                              f"{DEFAULT_MAX_TOKENS})")
     clock = float(clock_mhz if clock_mhz is not None else b.clock_mhz)
     top = float(b.raw.get("max_clock_mhz", b.clock_mhz))
     if not 10 <= clock <= top:

@@ -35,10 +35,10 @@ def register(sub) -> None:
     b.add_argument("--weight-ports", type=int, default=None, metavar="N",
                    help="AXI masters streaming weights, one HP port each: 1, 2 or 4, at most the board's HP ports; "
                         "default: the board file's build.weight_ports (KV260, ZCU104: 4; PYNQ-Z2: 1)")
-    b.add_argument("--max-tokens", type=int, default=4, metavar="K",
+    b.add_argument("--max-tokens", type=int, default=None, metavar="K",
                    help="tokens per pass the build verifies (speculative decoding: k - 1 drafted tokens), 1..16; "
-                        "each token adds a copy of the vector buffers and code memories (docs/performance.md: "
-                        "a KV260 1.3B build fits at k <= 2)")
+                        "each token adds a copy of the vector buffers, code memories and per-token vector units; "
+                        "default: the board file's build.max_tokens (KV260, PYNQ-Z2: 2; ZCU104: 4)")
     b.add_argument("--estimate", action="store_true", help="Yosys resource estimate and fit check (slow, cached)")
     b.add_argument("--no-vivado", action="store_true", help="only write the project, even when Vivado is on PATH")
     b.add_argument("--json", action="store_true", help="print one JSON object")
@@ -61,8 +61,8 @@ def register(sub) -> None:
         "--bitstream, or the one already loaded) or 'sim', the accelerator RTL under Verilator + cocotb with\n"
         "the very same driver code. Greedy decoding; --draft trigram (or lookup) verifies drafts --k tokens\n"
         "per pass and still produces the plain greedy tokens. With --board sim every pass is compared with\n"
-        "the integer reference (bit_exact). --json keys: tokens, text, cycles, rd_bytes, stalls, passes,\n"
-        "verify_steps, mean_accepted (and bit_exact for sim).",
+        "the integer reference (bit_exact). --json keys: tokens, text, cycles (prefill_cycles +\n"
+        "decode_cycles), rd_bytes, stalls, passes, verify_steps, mean_accepted (and bit_exact for sim).",
     )
     r.add_argument("--board", required=True, help="sim, pynq-z2, kv260, zcu104 (or custom:PATH.json)")
     r.add_argument("--model", default="default", help="'default', an `mmfree export` or a checkpoint directory")
@@ -74,6 +74,9 @@ def register(sub) -> None:
     r.add_argument("--k", type=int, default=None, help="tokens per pass (default: the build's max with drafts, else 1)")
     r.add_argument("--bitstream", default=None, help="board only: X.bit to load (default: the loaded overlay)")
     r.add_argument("--timeout", type=float, default=60.0, help="seconds one pass may take")
+    r.add_argument("--no-logits", action="store_true",
+                   help="do not write each token's logits to DDR (greedy decoding reads only the on-chip argmax; "
+                        "with --board sim the states and argmax are still compared)")
     r.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -176,7 +179,8 @@ def _run(args) -> int:
         from mmfree.boards.driver import run_sim
 
         say = None if args.json else (lambda m: print(f"[mmfree run] {m}", file=sys.stderr, flush=True))
-        res = run_sim(args.model, prompt, args.tokens, draft=draft, k=args.k, timeout_s=args.timeout, progress=say)
+        res = run_sim(args.model, prompt, args.tokens, draft=draft, k=args.k, timeout_s=args.timeout, progress=say,
+                      write_logits=not args.no_logits)
         _print_run(res, args)
         return 0 if res["bit_exact"] else 1
     if args.board not in RUN_BOARDS and not args.board.startswith("custom:") and not args.board.endswith(".json"):
@@ -196,6 +200,7 @@ def _run_board(args, prompt, draft) -> int:
         acc = Accelerator.from_bitstream(args.bitstream, model, board=board, timeout_s=args.timeout, tokenizer=tok_dir)
     else:
         acc = _attach_loaded_overlay(model, board, args.timeout, tok_dir)
+    acc.write_logits = not args.no_logits
     with acc:
         g = acc.generate(prompt, args.tokens, draft=draft, k=args.k)
     res = dict(g.as_dict(), board=board.name, clock_mhz=board.clock_mhz)

@@ -889,7 +889,8 @@ class Generation:
     def counters(self) -> dict:
         """Sums over the passes: ``cycles``, ``stalls``, ``rd_bytes``, ``wr_bytes``, ``passes``,
         ``prefill_passes``, ``decode_passes``, ``verify_steps`` (decode passes that carried drafts),
-        ``mean_accepted`` (tokens emitted per decode pass; 1.0 without drafts)."""
+        ``mean_accepted`` (tokens emitted per decode pass; 1.0 without drafts), ``prefill_cycles`` and
+        ``decode_cycles`` (``cycles`` split by pass kind)."""
         dec = [p for p in self.passes if not p["prefill"]]
         verify = [p for p in dec if len(p["tokens"]) > 1]
         emitted = sum(p["emitted"] for p in dec)
@@ -897,7 +898,9 @@ class Generation:
                 "rd_bytes": sum(p["rd_bytes"] for p in self.passes),
                 "wr_bytes": sum(p["wr_bytes"] for p in self.passes),
                 "passes": len(self.passes), "prefill_passes": len(self.passes) - len(dec), "decode_passes": len(dec),
-                "verify_steps": len(verify), "mean_accepted": emitted / len(dec) if dec else 0.0}
+                "verify_steps": len(verify), "mean_accepted": emitted / len(dec) if dec else 0.0,
+                "prefill_cycles": sum(p["cycles"] for p in self.passes if p["prefill"]),
+                "decode_cycles": sum(p["cycles"] for p in dec)}
 
     def as_dict(self) -> dict:
         return dict({"prompt_ids": self.prompt, "tokens": self.tokens, "text": self.text, "draft": self.draft,

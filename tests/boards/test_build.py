@@ -590,3 +590,15 @@ def test_record_estimates_rewrites_the_docs_table(tmp_path, monkeypatch):
     assert text.endswith("<!-- estimates:end -->\nafter\n")
     assert "old" not in text and "| pynq-z2 (xc7z020clg400-1) **does not fit** |" in text     # 60100 LUT > 53200
     assert "| kv260 (xck26-sfvc784-2LV-c) | 128-bit bus" in text and "| zcu104 (" in text
+
+
+def test_max_tokens_from_the_board_file(tmp_path):
+    """build.max_tokens sets the tokens per pass unless --max-tokens is given; a bad value names the field."""
+    assert B.config_for("kv260").max_tokens == 2
+    assert B.config_for("pynq-z2").max_tokens == 2
+    assert B.config_for("zcu104").max_tokens == B.DEFAULT_MAX_TOKENS == 4
+    assert B.config_for("kv260", max_tokens=4).max_tokens == 4
+    assert B.config_for(_board_file(tmp_path, build=None, used=None)).max_tokens == B.DEFAULT_MAX_TOKENS
+    for bad in (0, 17, "2", 2.0):
+        with pytest.raises(MmfreeError, match=r"build\.max_tokens.*1\.\.16"):
+            B.config_for(_board_file(tmp_path, build={"weight_ports": 4, "max_tokens": bad}))

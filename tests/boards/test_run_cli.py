@@ -59,3 +59,18 @@ def test_run_sim_refuses_bad_prompts_before_simulating(capsys, monkeypatch):
     assert rc == 1 and "outside the vocabulary [0, 4096)" in capsys.readouterr().err
     rc = main(["run", "--board", "sim", "--prompt-ids", "1", "--k", "9", "--draft", "trigram"])
     assert rc == 1 and "--k must be in 1..4" in capsys.readouterr().err
+
+
+@pytest.mark.sim
+def test_run_sim_trigram_without_logits(capfd):
+    """--draft trigram --no-logits: the same greedy tokens, bit-exact states and argmax, no logits written (fewer
+    bytes written than with them), and the cycles split into prefill and decode."""
+    args = ["run", "--board", "sim", "--model", "default", "--prompt", "def ", "--tokens", "6", "--draft", "trigram",
+            "--json"]
+    with_logits = (main(args), json.loads(capfd.readouterr().out))
+    without = (main(args + ["--no-logits"]), json.loads(capfd.readouterr().out))
+    for rc, res in (with_logits, without):
+        assert rc == 0 and res["bit_exact"] is True, res["problems"]
+        assert res["cycles"] == res["prefill_cycles"] + res["decode_cycles"]
+    assert without[1]["tokens"] == with_logits[1]["tokens"]
+    assert without[1]["wr_bytes"] < with_logits[1]["wr_bytes"]
