@@ -56,9 +56,9 @@ RTL_TIMING = {
     "done": 2,              # engine done pulse -> scoreboard slot free -> visible in WAIT
     "start": 12,            # START -> header, token and program requests (plus 3 read latencies)
     "halt": 6,              # HALT: DRAIN + QUIESCE (plus the write-response latency)
-    "qstats_tail": 38,      # QuantStats pipeline after the last element (plus the reciprocal); fitted
-    "qcodes_tail": 30,      # QuantStats -> Codes -> OutputMultiplier after the last element; fitted
-    "hgrn_token": 16,       # MlgruUpdate drain between tokens (tree parents read the states); fitted
+    "qstats_tail": 18,      # QuantStats pipeline after the last element (plus the reciprocal); fitted
+    "qcodes_tail": 29,      # QuantStats -> Codes -> OutputMultiplier after the last element; fitted
+    "hgrn_token": 22,       # MlgruUpdate drain between tokens (tree parents read the states); fitted
     "hgrn_tail": 12,        # GatedProduct + MaxAbs after the last token
     "embed_row": 4,         # per embedding row: command, unpacker, besides the read latency
     "load_tail": 3,         # unpacker + fill counter after the last beat
@@ -466,9 +466,9 @@ def pass_cycles(dims: LY.Dims, hw: HwConfig, k: int = 1, rate: float = 1.0, rd_l
         elif op == "EMBED":
             start = max(start, engine_last["vector"])
             tt = start
-            for _ in range(k):
-                _, e = bus.reserve(tt + T["embed_row"] + L, math.ceil(4 * ins["count"] / bb))
-                tt = e + 1
+            for _ in range(k):      # a row per token; the unpacker writes one word of it per cycle
+                s0, e = bus.reserve(tt + T["embed_row"] + L, math.ceil(4 * ins["count"] / bb))
+                tt = max(e, s0 + ins["count"]) + 1
             fin = tt + T["hgrn_tail"]
             ivals["load_store"].append((start, fin))
         elif op in ("QSTATS", "QCODES", "HGRN"):
