@@ -720,7 +720,7 @@ def check_fit(counts: dict, board) -> list[str]:
     over = [f"{k} {v['used']:g} of {v['available']}" for k, v in rep.items() if v["fraction"] > FIT_LIMIT]
     if over:
         raise MmfreeError(f"the accelerator does not fit the {board.name} ({board.part}): {', '.join(over)} "
-                          "(Yosys estimate); build with a smaller --max-width, or choose a larger board")
+                          "(Yosys estimate); build with a smaller --max-width or --max-tokens, or choose a larger board")
     warn = [f"{k} at {100 * v['fraction']:.0f}% of the part: placement and timing may fail"
             for k, v in rep.items() if v["fraction"] > WARN_LIMIT]
     bram36 = board.pl["bram36"]
