@@ -13,8 +13,73 @@
 //   plusarg +MMFREE_MEMFILE=<path> into the memory ($readmemh, "@index" lines place the words); a pulse
 //   on bd_dump writes beats [bd_start, bd_start + bd_count) to +MMFREE_DUMPFILE=<path> ($writememh).
 // * XR extra read-only ports (x_*: the fields of each packed side by side, port i in slice i), one per
-//   extra weight master of the accelerator: each has its own queue, latency and one R beat per cycle
-//   (an HP port of its own; the DDR's aggregate bandwidth is not modelled here).
+//   extra weight master of the accelerator: each has its own queue (mmfree_axi_rq, as the main port's),
+//   latency and one R beat per cycle (an HP port of its own; the DDR's aggregate bandwidth is not modelled
+//   here).
+// One AXI read channel's request queue (the main port and each extra read-only port): up to OUTSTANDING
+// bursts, each served READ_LATENCY (rd_lat) cycles after its AR handshake, beat by beat as `take` pulses.
+// The owner reads mem[index] (0 and DECERR where !ok) and decides when the head beat is valid.
+module mmfree_axi_rq #(
+    parameter int ADDR_W = 40,
+    parameter int ID_W = 1,
+    parameter int OUTSTANDING = 16,
+    parameter int SH = 4,
+    parameter logic [63:0] BASE = 64'h0,
+    parameter logic [63:0] WORDS = 64'h0
+) (
+    input  logic clk,
+    input  logic rst,
+    input  logic [63:0] now,
+    input  int rd_lat,
+    input  logic [ID_W-1:0] arid, input logic [ADDR_W-1:0] araddr, input logic [7:0] arlen,
+    input  logic arvalid, output logic arready,
+    input  logic take,                      // the head beat leaves this cycle
+    output logic head_ready,                // the head burst's latency has passed
+    output logic [ID_W-1:0] id, output logic last, output logic ok, output logic [63:0] index
+);
+    localparam int QW = $clog2(OUTSTANDING);
+    logic [ADDR_W-1:0] q_addr [0:OUTSTANDING-1];
+    logic [7:0] q_len [0:OUTSTANDING-1];
+    logic [ID_W-1:0] q_id [0:OUTSTANDING-1];
+    logic [63:0] q_time [0:OUTSTANDING-1];
+    logic [QW:0] q_count;
+    logic [QW-1:0] q_head, q_tail;
+    logic [7:0] beat;
+
+    assign arready = !rst && (q_count < OUTSTANDING);
+    assign head_ready = (q_count != 0) && (now >= q_time[q_head]);
+    wire [ADDR_W-1:0] cur = q_addr[q_head] + ADDR_W'({beat, {SH{1'b0}}});
+    wire [63:0] abs_a = {{(64-ADDR_W){1'b0}}, cur};
+    assign index = (abs_a - BASE) >> SH;
+    assign ok = (abs_a >= BASE) && (index < WORDS);
+    assign id = q_id[q_head];
+    assign last = beat == q_len[q_head];
+    wire a_fire = arvalid && arready;
+
+    always @(posedge clk) begin
+        if (rst) begin
+            q_count <= '0; q_head <= '0; q_tail <= '0; beat <= '0;
+        end else begin
+            if (a_fire) begin
+                q_addr[q_tail] <= araddr;
+                q_len[q_tail] <= arlen;
+                q_id[q_tail] <= arid;
+                q_time[q_tail] <= now + 64'(rd_lat);
+                q_tail <= q_tail + 1'b1;
+            end
+            if (take) begin
+                if (last) begin
+                    beat <= '0;
+                    q_head <= q_head + 1'b1;
+                end else begin
+                    beat <= beat + 1'b1;
+                end
+            end
+            q_count <= q_count + (a_fire ? 1 : 0) - ((take && last) ? 1 : 0);
+        end
+    end
+endmodule
+
 module mmfree_axi_mem #(
     parameter int ADDR_W = 40,
     parameter int DATA_W = 128,
@@ -70,57 +135,21 @@ module mmfree_axi_mem #(
     localparam logic [63:0] WORDS_U = 64'(WORDS);
 
     // ---- reads ------------------------------------------------------------------------------------------
-    logic [ADDR_W-1:0] rq_addr [0:OUTSTANDING-1];
-    logic [7:0] rq_len [0:OUTSTANDING-1];
-    logic [ID_W-1:0] rq_id [0:OUTSTANDING-1];
-    logic [63:0] rq_time [0:OUTSTANDING-1];
-    logic [QW:0] rq_count;
-    logic [QW-1:0] rq_head, rq_tail;
-    logic [7:0] r_beat;
-    logic [ADDR_W-1:0] r_cur;
-    logic r_ok;
-
-    assign arready = !rst && (rq_count < OUTSTANDING);
-    wire r_head_ready = (rq_count != 0) && (now >= rq_time[rq_head]);
-    assign r_cur = rq_addr[rq_head] + ADDR_W'({r_beat, {SH{1'b0}}});
-    // (inline, unsigned: no function shared between the read and the write side)
-    wire [63:0] r_abs = {{(64-ADDR_W){1'b0}}, r_cur};
-    wire [63:0] r_index = (r_abs - BASE_U) >> SH;
-    assign r_ok = (r_abs >= BASE_U) && (r_index < WORDS_U);
+    logic r_head_ready, r_ok;
+    logic [63:0] r_index;
     // one data bus (SHARED_BW): a W beat on offer goes first (a DDR controller drains its write buffer
     // between read bursts; giving reads strict priority starved the logits writes behind the weight stream),
     // except that an R beat already offered and not yet taken stays valid (AXI: VALID never drops)
     logic r_hold;                // rvalid is driven in the write section (it depends on the W side)
-    assign rid = rq_id[rq_head];
-    assign rlast = r_beat == rq_len[rq_head];
+    wire r_fire = rvalid && rready;
+    mmfree_axi_rq #(.ADDR_W(ADDR_W), .ID_W(ID_W), .OUTSTANDING(OUTSTANDING), .SH(SH), .BASE(BASE_U),
+                    .WORDS(WORDS_U)) rq (
+        .clk(clk), .rst(rst), .now(now), .rd_lat(rd_lat), .arid(arid), .araddr(araddr), .arlen(arlen),
+        .arvalid(arvalid), .arready(arready), .take(r_fire), .head_ready(r_head_ready), .id(rid),
+        .last(rlast), .ok(r_ok), .index(r_index));
     assign rresp = r_ok ? 2'b00 : 2'b11;
     assign rdata = r_ok ? mem[r_index] : '0;
-    wire r_fire = rvalid && rready;
-    wire ar_fire = arvalid && arready;
-
-    always @(posedge clk) begin
-        if (rst) begin
-            rq_count <= '0; rq_head <= '0; rq_tail <= '0; r_beat <= '0; r_hold <= 1'b0;
-        end else begin
-            r_hold <= rvalid && !rready;
-            if (ar_fire) begin
-                rq_addr[rq_tail] <= araddr;
-                rq_len[rq_tail] <= arlen;
-                rq_id[rq_tail] <= arid;
-                rq_time[rq_tail] <= now + 64'(rd_lat);
-                rq_tail <= rq_tail + 1'b1;
-            end
-            if (r_fire) begin
-                if (rlast) begin
-                    r_beat <= '0;
-                    rq_head <= rq_head + 1'b1;
-                end else begin
-                    r_beat <= r_beat + 1'b1;
-                end
-            end
-            rq_count <= rq_count + (ar_fire ? 1 : 0) - ((r_fire && rlast) ? 1 : 0);
-        end
-    end
+    always @(posedge clk) r_hold <= rst ? 1'b0 : (rvalid && !rready);
 
     // ---- writes ---------------------------------------------------------------------------------------
     logic [ADDR_W-1:0] wq_addr [0:OUTSTANDING-1];
@@ -188,48 +217,19 @@ module mmfree_axi_mem #(
     // ---- extra read-only ports ------------------------------------------------------------------------------
     for (genvar x = 0; x < XN; x++) begin : xr
         if (x < XR) begin : port
-            logic [ADDR_W-1:0] q_addr [0:OUTSTANDING-1];
-            logic [7:0] q_len [0:OUTSTANDING-1];
-            logic [63:0] q_time [0:OUTSTANDING-1];
-            logic [QW:0] q_count;
-            logic [QW-1:0] q_head, q_tail;
-            logic [7:0] beat;
-            wire ar_v = x_arvalid[x];
-            wire ar_r = !rst && (q_count < OUTSTANDING);
-            assign x_arready[x] = ar_r;
-            wire [ADDR_W-1:0] cur = q_addr[q_head] + ADDR_W'({beat, {SH{1'b0}}});
-            wire [63:0] abs_a = {{(64-ADDR_W){1'b0}}, cur};
-            wire [63:0] idx = (abs_a - BASE_U) >> SH;
-            wire ok = (abs_a >= BASE_U) && (idx < WORDS_U);
-            wire valid = (q_count != 0) && (now >= q_time[q_head]);
-            wire last = beat == q_len[q_head];
+            logic valid, last, ok;
+            logic [63:0] idx;
+            logic [0:0] unused_id;
+            mmfree_axi_rq #(.ADDR_W(ADDR_W), .ID_W(1), .OUTSTANDING(OUTSTANDING), .SH(SH), .BASE(BASE_U),
+                            .WORDS(WORDS_U)) q (
+                .clk(clk), .rst(rst), .now(now), .rd_lat(rd_lat), .arid(1'b0),
+                .araddr(x_araddr[ADDR_W*x +: ADDR_W]), .arlen(x_arlen[8*x +: 8]), .arvalid(x_arvalid[x]),
+                .arready(x_arready[x]), .take(valid && x_rready[x]), .head_ready(valid), .id(unused_id),
+                .last(last), .ok(ok), .index(idx));
             assign x_rvalid[x] = valid;
             assign x_rlast[x] = last;
             assign x_rresp[2*x +: 2] = ok ? 2'b00 : 2'b11;
             assign x_rdata[DATA_W*x +: DATA_W] = ok ? mem[idx] : '0;
-            wire fire = valid && x_rready[x];
-            wire a_fire = ar_v && ar_r;
-            always @(posedge clk) begin
-                if (rst) begin
-                    q_count <= '0; q_head <= '0; q_tail <= '0; beat <= '0;
-                end else begin
-                    if (a_fire) begin
-                        q_addr[q_tail] <= x_araddr[ADDR_W*x +: ADDR_W];
-                        q_len[q_tail] <= x_arlen[8*x +: 8];
-                        q_time[q_tail] <= now + 64'(rd_lat);
-                        q_tail <= q_tail + 1'b1;
-                    end
-                    if (fire) begin
-                        if (last) begin
-                            beat <= '0;
-                            q_head <= q_head + 1'b1;
-                        end else begin
-                            beat <= beat + 1'b1;
-                        end
-                    end
-                    q_count <= q_count + (a_fire ? 1 : 0) - ((fire && last) ? 1 : 0);
-                end
-            end
         end else begin : none
             assign x_arready[x] = 1'b0;
             assign x_rvalid[x] = 1'b0;
