@@ -163,7 +163,9 @@ def _print_run(res: dict, args) -> None:
         print(f"text:      {res['text']!r}")
     print(f"passes:    {res['passes']} ({res['decode_passes']} decode, {res['verify_steps']} verifying drafts, "
           f"{res['mean_accepted']:.2f} tokens per decode pass)")
-    print(f"counters:  {res['cycles']} cycles, {res['rd_bytes']} bytes read, {res['stalls']} stall cycles")
+    split = (f" ({res['prefill_cycles']} prefill + {res['decode_cycles']} decode)"
+             if "decode_cycles" in res else "")
+    print(f"counters:  {res['cycles']} cycles{split}, {res['rd_bytes']} bytes read, {res['stalls']} stall cycles")
     for p in res.get("problems", []):
         print(f"MISMATCH:  {p}", file=sys.stderr)
 
