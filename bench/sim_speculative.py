@@ -15,7 +15,7 @@ argmax, which the accelerator computes on chip; the states and argmax of every p
 The defaults are bench/speculative.py's prompt and output lengths (the integer-reference acceptance figures);
 about 30 minutes of simulation on one core (the plain runs are ~10 M cycles per prompt).
 
---record writes the results into docs/speculative.md (section ``sim-speedup``). Simulated numbers: the
+--record writes the results into docs/speculative.md (section ``sim-speedup``; ``sim-speedup-kK`` for another --k). Simulated numbers: the
 HDL DDR model delivers one 128-bit beat per cycle after 24 cycles of latency (sim/accel.py).
 """
 
@@ -81,8 +81,13 @@ def main() -> int:
     if args.json:
         print(json.dumps(res, indent=2))
     if args.record:
-        write_section("speculative.md", "sim-speedup", render(res, command_line()))
+        write_section("speculative.md", section(args.k), render(res, command_line()))
     return 0
+
+
+def section(k: int) -> str:
+    """The docs/speculative.md section a run with k tokens per pass records into."""
+    return "sim-speedup" if k == 4 else f"sim-speedup-k{k}"
 
 
 def render(res: dict, cmd: str) -> str:
