@@ -196,14 +196,13 @@ class Datapath(wiring.Component):
         self._load_engine(m, d, issued, done, filled, loading, h0w, lbw, nw_, nww)
         self._store_engine(m, d, issued, done, k, hr2, t0r3, t1r2, arg)
         # one lock-step engine computing hw.engines rows side by side (one code memory read serves them all)
-        engines = [TernaryMatVec(lanes=hw.lanes, tokens=K, max_k=W, banks=I.BANKS, max_rows=W, ways=hw.engines)]
-        for e, eng in enumerate(engines):
-            m.submodules[f"matvec{e}"] = eng
+        m.submodules.matvec0 = mv = TernaryMatVec(lanes=hw.lanes, tokens=K, max_k=W, banks=I.BANKS, max_rows=W,
+                                                  ways=hw.engines)
         self._vector_engine(m, d, issued, done, k, tokens, parents, filled, loading, raise_error,
                             shx, sha, Mr, Sr, Rr, KRr, SPr, Pr, SZr, xw, aw, hw_, xr1, ar1, hr1, h0r, lbr, nr, nwr,
-                            t0r1, t1r1, t2r1, mx_x_in, mx_a_in, mx_x_out, mx_a_out, feed_max, engines)
+                            t0r1, t1r1, t2r1, mx_x_in, mx_a_in, mx_x_out, mx_a_out, feed_max, mv)
         self._matvec_engine(m, d, issued, done, k, Mr, Sr, arg, xw, aw, tw, xr2, t0r2,
-                            mx_x_in, mx_a_in, mx_x_out, mx_a_out, feed_max, engines)
+                            mx_x_in, mx_a_in, mx_x_out, mx_a_out, feed_max, mv)
         return m
 
     # ------------------------------------------------------------------------------------------------------
@@ -353,7 +352,7 @@ class Datapath(wiring.Component):
     # ------------------------------------------------------------------------------------------------------
     def _vector_engine(self, m, d, issued, done, k, tokens, parents, filled, loading, raise_error,
                        shx, sha, Mr, Sr, Rr, KRr, SPr, Pr, SZr, xw, aw, hw_, xr1, ar1, hr1, h0r, lbr, nr, nwr,
-                       t0r1, t1r1, t2r1, mx_x_in, mx_a_in, mx_x_out, mx_a_out, feed_max, engines):
+                       t0r1, t1r1, t2r1, mx_x_in, mx_a_in, mx_x_out, mx_a_out, feed_max, mv):
         hw = self.hw
         K, W, bb = hw.max_tokens, hw.max_width, hw.bus_bytes
         lg_bb = bb.bit_length() - 1
@@ -438,9 +437,9 @@ class Datapath(wiring.Component):
         m.d.comb += [nr.addr.eq(ji), h0r.addr.eq(ji), lbr.addr.eq(ji)]
         for p in range(I.SLOTS):
             m.d.comb += nwr[p].addr.eq(ji)
-        s1_v, s1_t, s1_j, s1_last, s1_root = Signal(), Signal(range(K)), Signal(range(W)), Signal(), Signal()
+        s1_v, s1_t, s1_last, s1_root = Signal(), Signal(range(K)), Signal(), Signal()
         s1_par = Signal(range(K))
-        m.d.sync += [s1_v.eq(fire), s1_t.eq(ti), s1_j.eq(ji), s1_last.eq(ji + 1 == count), s1_root.eq(par < 0),
+        m.d.sync += [s1_v.eq(fire), s1_t.eq(ti), s1_last.eq(ji + 1 == count), s1_root.eq(par < 0),
                      s1_par.eq(par[:width_for(K - 1)].as_unsigned())]
 
         # ---- QSTATS / QCODES: QuantStats per slot and token ----------------------------------------------------
@@ -450,7 +449,6 @@ class Datapath(wiring.Component):
         # of the slot per token (one OutputMultiplier, tokens in turn).
         qs = [[Q.QuantStats() for _ in range(K)] for _ in range(I.SLOTS)]
         rc = [[Q.Reciprocal() for _ in range(K)] for _ in range(I.SLOTS)]
-        got_p = [[Signal(name=f"got_p{p}_{t}") for t in range(K)] for p in range(I.SLOTS)]
         got_r = [[Signal(name=f"got_r{p}_{t}") for t in range(K)] for p in range(I.SLOTS)]
         rc_req = [[Signal(name=f"rc_req{p}_{t}") for t in range(K)] for p in range(I.SLOTS)]
         stats_done = all_issued
@@ -467,8 +465,7 @@ class Datapath(wiring.Component):
                              q.o.ready.eq(1)]
                 fin = q.o.valid & q.o.payload.last & is_["QSTATS"]
                 with m.If(fin):
-                    m.d.sync += [Pr[p][t].eq(q.o.payload.P), SZr[p][t].eq(q.o.payload.sz), got_p[p][t].eq(1),
-                                 rc_req[p][t].eq(1)]
+                    m.d.sync += [Pr[p][t].eq(q.o.payload.P), SZr[p][t].eq(q.o.payload.sz), rc_req[p][t].eq(1)]
                 m.d.comb += [r.i.valid.eq(rc_req[p][t]), r.i.payload.P.eq(Pr[p][t]), r.o.ready.eq(1)]
                 with m.If(r.i.valid & r.i.ready):
                     m.d.sync += rc_req[p][t].eq(0)
@@ -476,8 +473,9 @@ class Datapath(wiring.Component):
                     m.d.sync += [Rr[p][t].eq(r.o.payload.R), KRr[p][t].eq(r.o.payload.k),
                                  SPr[p][t].eq(r.o.payload.sp), got_r[p][t].eq(1)]
                 with m.If(issued("vector")):
-                    m.d.sync += [got_p[p][t].eq(0), got_r[p][t].eq(0)]
-                stats_done = stats_done & ((nproj <= p) | (t >= k) | (got_p[p][t] & got_r[p][t]))
+                    m.d.sync += got_r[p][t].eq(0)
+                # the reciprocal is requested only at this instruction's P, so its result implies both
+                stats_done = stats_done & ((nproj <= p) | (t >= k) | got_r[p][t])
 
         # QCODES: the slot's p streams -> Codes per token -> the ternary engine's code banks (every token of a
         # column at once); S -> OutputMultiplier, one token per cycle
@@ -516,11 +514,10 @@ class Datapath(wiring.Component):
         c_done = Signal()
         with m.If(issued("vector")):
             m.d.sync += [jc.eq(0), c_done.eq(0)]
-        for mv in engines:                  # every engine holds the same codes
-            act = mv.act
-            m.d.comb += [act.valid.eq(cds[0].o.valid), act.payload.bank.eq(bank), act.payload.first.eq(jc == 0)]
-            for t in range(K):
-                m.d.comb += [act.payload.code[t].eq(cds[t].o.payload.q), act.payload.en[t].eq(t < k)]
+        act = mv.act
+        m.d.comb += [act.valid.eq(cds[0].o.valid), act.payload.bank.eq(bank), act.payload.first.eq(jc == 0)]
+        for t in range(K):
+            m.d.comb += [act.payload.code[t].eq(cds[t].o.payload.q), act.payload.en[t].eq(t < k)]
         with m.If(cds[0].o.valid):
             with m.If(jc + 1 == count):
                 m.d.sync += [jc.eq(0), c_done.eq(1)]
@@ -631,7 +628,7 @@ class Datapath(wiring.Component):
 
     # ------------------------------------------------------------------------------------------------------
     def _matvec_engine(self, m, d, issued, done, k, Mr, Sr, arg, xw, aw, tw, xr2, t0r2,
-                       mx_x_in, mx_a_in, mx_x_out, mx_a_out, feed_max, engines):
+                       mx_x_in, mx_a_in, mx_x_out, mx_a_out, feed_max, mv):
         hw = self.hw
         K, W, E, P = hw.max_tokens, hw.max_width, hw.engines, hw.weight_ports
         EPP = hw.matvec_engines
@@ -722,7 +719,6 @@ class Datapath(wiring.Component):
         # compute: one command at a time on the lock-step engine (way w of group g is row g * E + w, from queue
         # w); the epilogue is drained before the next command starts
         cur = ent[0]
-        mv = engines[0]
         started = Signal()
         sh_e = E.bit_length() - 1
         m.d.comb += [mv.cmd.valid.eq(val[0] & ~started),
@@ -814,9 +810,9 @@ class Datapath(wiring.Component):
             with m.If(argm[t].o.valid):
                 m.d.sync += arg[t].eq(argm[t].o.payload.index)
             m.d.comb += [xr2[t].addr.eq(r1), t0r2[t].addr.eq(r1)]
-        v2, r2 = Signal(), Signal(32)
+        v2 = Signal()
         y2 = [Signal(signed(32), name=f"y2_{t}") for t in range(K)]
-        m.d.sync += [v2.eq(v1 & ((epi == I.EPI_RESID) | (epi == I.EPI_GLU))), r2.eq(r1)]
+        m.d.sync += v2.eq(v1 & ((epi == I.EPI_RESID) | (epi == I.EPI_GLU)))
         m.d.sync += [y2[t].eq(ys[t]) for t in range(K)]
         # E2 -> residual add / gated product per token
         ras = [A.ResidualAdd() for _ in range(K)]
