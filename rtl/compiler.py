@@ -64,7 +64,9 @@ class HwConfig:
     up after vector passes); ``weight_ports``: AXI masters the weight stream is spread over (1, 2 or 4;
     ``m_axi`` plus ``m_axi_w1``..): port ``p`` reads rows ``p, p + P, ...`` of every matrix (strided bursts,
     one row per burst group, so the DDR image is the same for every build) into its ``matvec_engines``
-    weight queues; row ``r`` is way ``r mod (weight_ports x matvec_engines)``.
+    weight queues; row ``r`` is way ``r mod (weight_ports x matvec_engines)``; ``draft_vocab``: rows of the
+    on-chip bigram fallback of the trigram draft engine that runs the draft-verify loop (0: no engine;
+    tables of at most that many tokens, default :class:`~mmfree.pymodel.trigram.TableParams`).
     """
 
     bus_bytes: int = 16
@@ -72,6 +74,7 @@ class HwConfig:
     max_width: int = 4096
     matvec_engines: int = 2
     weight_ports: int = 1
+    draft_vocab: int = 0
 
     def __post_init__(self):
         if self.bus_bytes not in (8, 16):
@@ -85,6 +88,11 @@ class HwConfig:
         if not isinstance(self.max_width, int) or self.max_width < I.WIDTH_UNIT \
                 or self.max_width & (self.max_width - 1) or self.max_width > N.MAX_K:
             raise ValueError(f"max_width must be a power of two in {I.WIDTH_UNIT}..{N.MAX_K}, got {self.max_width}")
+        if not isinstance(self.draft_vocab, int) or not 0 <= self.draft_vocab <= 1 << 16:
+            raise ValueError(f"draft_vocab must be 0 (no draft engine) or a vocabulary size up to 65536, "
+                             f"got {self.draft_vocab}")
+        if self.draft_vocab and self.max_tokens < 2:
+            raise ValueError("a draft engine needs max_tokens >= 2 (the root and at least one drafted token per pass)")
 
     @property
     def lanes(self) -> int:
@@ -104,6 +112,24 @@ class HwConfig:
     @property
     def hw_limits_reg(self) -> int:
         return self.max_width // I.WIDTH_UNIT
+
+    @property
+    def draft_params(self):
+        """The draft engine's :class:`~mmfree.pymodel.trigram.TableParams` (None without an engine)."""
+        if not self.draft_vocab:
+            return None
+        from mmfree.pymodel.trigram import TableParams
+
+        return TableParams()
+
+    @property
+    def draft_regs(self) -> dict[str, int]:
+        """DRAFT_CONFIG, DRAFT_VOCAB and DRAFT_COUNTERS as this build reports them (all 0 without an engine)."""
+        p = self.draft_params
+        if p is None:
+            return {"DRAFT_CONFIG": 0, "DRAFT_VOCAB": 0, "DRAFT_COUNTERS": 0}
+        return {"DRAFT_CONFIG": RM.encode_draft_config(p.sets_log2, p.ways, p.slots, p.bigram_slots),
+                "DRAFT_VOCAB": self.draft_vocab, "DRAFT_COUNTERS": p.inc | (p.cmax << 16)}
 
 
 @dataclass

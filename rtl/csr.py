@@ -2,7 +2,8 @@
 
 * ``rw`` registers are stored here and exported to the core (64-bit address registers as one value).
 * ``ro`` registers read the core's status inputs (``ID``/``VERSION``/``HW_*`` are constants).
-* ``CONTROL`` (write-only) produces one-cycle ``start`` / ``soft_reset`` pulses; its IRQ_ENABLE bit is sticky.
+* ``CONTROL`` (write-only) produces one-cycle ``start`` / ``soft_reset`` / ``generate`` pulses; its IRQ_ENABLE
+  bit is sticky.
 * ``IRQ_STATUS`` (write 1 to clear) is set by the core's ``finished`` pulse (a run ended, DONE or ERROR);
   the ``irq`` output is ``IRQ_STATUS & IRQ_ENABLE``, level high.
 
@@ -21,21 +22,30 @@ from mmfree.rtl.axi import axil_signature
 
 #: Registers the core provides (read-only values); 64-bit counters are split into _LO/_HI here.
 STATUS_INPUTS = {"STATUS": 32, "ERROR_CODE": 32, "ARGMAX": 32, "PC": 32,
-                 "CYCLES": 64, "STALLS": 64, "RD_BYTES": 64, "WR_BYTES": 64}
+                 "CYCLES": 64, "STALLS": 64, "RD_BYTES": 64, "WR_BYTES": 64,
+                 "GEN_COUNT": 32, "GEN_PASSES": 32, "GEN_NODES": 32, "GEN_CYCLES": 64, "GEN_STATE": 64}
+#: 32-bit rw registers of the draft-verify loop exported to the core (lower-case names)
+GEN_VALUE_REGS = ("GEN_N", "GEN_CONTEXT", "GEN_EOS", "STATE_STRIDE")
 
 
 class CsrBlock(wiring.Component):
-    """AXI4-Lite slave over the register map. ``hw_config``/``hw_limits``: the constant HW_* values."""
+    """AXI4-Lite slave over the register map. ``hw_config``/``hw_limits``: the constant HW_* values;
+    ``draft_regs``: the constant DRAFT_* values (:attr:`mmfree.rtl.compiler.HwConfig.draft_regs`; all 0 if
+    not given)."""
 
-    def __init__(self, hw_config: int, hw_limits: int, addr_width: int = RM.CSR_ADDR_BITS):
+    def __init__(self, hw_config: int, hw_limits: int, addr_width: int = RM.CSR_ADDR_BITS,
+                 draft_regs: dict[str, int] | None = None):
         self.hw_config, self.hw_limits, self.addr_width = hw_config, hw_limits, addr_width
+        self.draft_regs = dict(draft_regs or {"DRAFT_CONFIG": 0, "DRAFT_VOCAB": 0, "DRAFT_COUNTERS": 0})
         members = {
             "s_axil": In(axil_signature(addr_width)),
-            "start": Out(1), "soft_reset": Out(1), "irq_enable": Out(1), "irq": Out(1),
+            "start": Out(1), "soft_reset": Out(1), "generate": Out(1), "irq_enable": Out(1), "irq": Out(1),
             "num_tokens": Out(32), "flags": Out(32), "finished": In(1),
         }
-        for name in RM.ADDRESS_REGS:
+        for name in RM.ADDRESS_REGS + RM.GEN_ADDRESS_REGS:
             members["reg_" + name.lower()] = Out(64)
+        for name in GEN_VALUE_REGS:
+            members[name.lower()] = Out(32)
         for name, w in STATUS_INPUTS.items():
             members["in_" + name.lower()] = In(w)
         super().__init__(members)
@@ -47,8 +57,10 @@ class CsrBlock(wiring.Component):
         for r in RM.REGISTERS:
             if r.access == "rw":
                 store[r.name] = Signal(32, name="r_" + r.name.lower(), init=1 if r.name == "NUM_TOKENS" else 0)
-        for name in RM.ADDRESS_REGS:
+        for name in RM.ADDRESS_REGS + RM.GEN_ADDRESS_REGS:
             m.d.comb += getattr(self, "reg_" + name.lower()).eq(store[name + "_LO"] | (store[name + "_HI"] << 32))
+        for name in GEN_VALUE_REGS:
+            m.d.comb += getattr(self, name.lower()).eq(store[name])
         m.d.comb += [self.num_tokens.eq(store["NUM_TOKENS"]), self.flags.eq(store["FLAGS"])]
         irq_en = Signal()
         pending = Signal()
@@ -68,8 +80,9 @@ class CsrBlock(wiring.Component):
         do_write = aw_ok & w_ok & ~b_pend
         start = Signal()
         soft = Signal()
-        m.d.comb += [self.start.eq(start), self.soft_reset.eq(soft)]
-        m.d.sync += [start.eq(0), soft.eq(0)]
+        gen = Signal()
+        m.d.comb += [self.start.eq(start), self.soft_reset.eq(soft), self.generate.eq(gen)]
+        m.d.sync += [start.eq(0), soft.eq(0), gen.eq(0)]
         with m.If(self.finished):
             m.d.sync += pending.eq(1)
         with m.If(do_write):
@@ -81,7 +94,7 @@ class CsrBlock(wiring.Component):
                         if r.access == "rw":
                             m.d.sync += store[r.name].eq(w_data)
                         elif r.name == "CONTROL":
-                            m.d.sync += [start.eq(w_data[0]), soft.eq(w_data[1])]
+                            m.d.sync += [start.eq(w_data[0]), soft.eq(w_data[1]), gen.eq(w_data[3])]
                             with m.If(w_data[2]):
                                 m.d.sync += irq_en.eq(1)
                         elif r.name == "IRQ_STATUS":
@@ -104,7 +117,7 @@ class CsrBlock(wiring.Component):
 
     def _read_value(self, name: str, store, irq_en, pending):
         consts = {"ID": RM.ID_MAGIC, "VERSION": RM.REGMAP_VERSION, "HW_CONFIG": self.hw_config,
-                  "HW_LIMITS": self.hw_limits}
+                  "HW_LIMITS": self.hw_limits, **self.draft_regs}
         if name in consts:
             return consts[name]
         if name in store:

@@ -86,6 +86,7 @@ class Datapath(wiring.Component):
             "wr_quiet": In(1),
             "stall": Out(1),
             "arg_last": Out(32),
+            "args": Out(data.ArrayLayout(unsigned(32), K)),       # every token's argmax (the draft-verify loop)
         })
 
     # ------------------------------------------------------------------------------------------------------
@@ -143,6 +144,8 @@ class Datapath(wiring.Component):
         SZr = Array(Array(Signal(Q.SZ_WIDTH, name=f"SZ{p}_{t}") for t in range(K)) for p in range(I.SLOTS))
         arg = Array(Signal(32, name=f"arg{t}") for t in range(K))
         m.d.comb += self.arg_last.eq(arg[k - 1])
+        for t in range(K):
+            m.d.comb += self.args[t].eq(arg[t])
         tokens = Array(self.tokens[t] for t in range(K))
         parents = Array(self.parents[t] for t in range(K))
 

@@ -21,6 +21,9 @@ Ports (all streams are :mod:`amaranth.lib.stream` interfaces)
     Loads one bigram row (the ``KB`` slot words of the table file, slot 0 in the low bits); taken only
     while idle, before any waiting command. The host/DMA loads the fallback with it after reset.
 ``busy`` (out): a command is being executed.
+``dump``, ``dump_row`` (in), ``dump_data`` (out)
+    Read the bigram memory back (the table write-back): while idle, ``dump`` high presents ``dump_row``;
+    its row is on ``dump_data`` in the next cycle.
 
 The DDR memory port (line granular)
 -----------------------------------
@@ -251,6 +254,7 @@ class DraftEngine(wiring.Component):
             "rd_resp": In(stream.Signature(unsigned(self.LINE_BITS))),
             "wr": Out(stream.Signature(self.WR)),
             "busy": Out(1),
+            "dump": In(1), "dump_row": In(self.BIGRAM_WR.members["row"]), "dump_data": Out(self.ROW_BITS),
         })
 
     def elaborate(self, platform):
@@ -331,6 +335,8 @@ class DraftEngine(wiring.Component):
         with m.FSM() as fsm:
             with m.State("IDLE"):
                 m.d.comb += [self.bigram_wr.ready.eq(1), self.cmd.ready.eq(~self.bigram_wr.valid)]
+                with m.If(self.dump):
+                    m.d.comb += rp.addr.eq(self.dump_row)
                 with m.If(self.bigram_wr.valid):
                     m.d.comb += [wp.addr.eq(self.bigram_wr.payload.row), wp.data.eq(self.bigram_wr.payload.data),
                                  wp.en.eq(1)]
@@ -404,5 +410,5 @@ class DraftEngine(wiring.Component):
                     m.d.sync += oi.eq(oi + 1)
                     with m.If(oi == nt - 1):
                         m.next = "IDLE"
-        m.d.comb += self.busy.eq(~fsm.ongoing("IDLE"))
+        m.d.comb += [self.busy.eq(~fsm.ongoing("IDLE")), self.dump_data.eq(rp.data)]
         return m

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 #: Bumped when a register, bit or error code changes meaning. The driver refuses a bitstream whose
 #: VERSION register (or .hwh metadata) differs in the major number.
 REGMAP_VERSION_MAJOR = 2
-REGMAP_VERSION_MINOR = 1
+REGMAP_VERSION_MINOR = 2
 REGMAP_VERSION = (REGMAP_VERSION_MAJOR << 16) | REGMAP_VERSION_MINOR
 
 #: ``ID`` register value: ASCII "MMFR".
@@ -115,6 +115,33 @@ REGISTERS: tuple[Reg, ...] = (
     Reg("RD_BYTES_HI", 0x094, "ro", ""),
     Reg("WR_BYTES_LO", 0x098, "ro", "bytes written to DDR in the last run (AXI W beats x bus bytes)"),
     Reg("WR_BYTES_HI", 0x09C, "ro", ""),
+    # ---- the on-chip draft-verify loop (CONTROL.GENERATE; builds with a draft engine, DRAFT_VOCAB != 0) ----
+    Reg("TABLE_BASE_LO", 0x0A0, "rw", "trigram lines of the draft table (the table file's trig array as it is: "
+                                      "2**S x W lines of 4 (1 + K) bytes)"), Reg("TABLE_BASE_HI", 0x0A4, "rw", ""),
+    Reg("BIGRAM_BASE_LO", 0x0A8, "rw", "bigram rows: DRAFT_VOCAB rows of 4 KB bytes (rows past the table's "
+                                       "vocabulary zero); loaded at GENERATE, written back at its end"),
+    Reg("BIGRAM_BASE_HI", 0x0AC, "rw", ""),
+    Reg("GEN_OUT_LO", 0x0B0, "rw", "emitted tokens, uint32[GEN_N]"), Reg("GEN_OUT_HI", 0x0B4, "rw", ""),
+    Reg("STATE_ALT_LO", 0x0B8, "rw", "second state area (max tokens positions): passes alternate STATE_OUT and "
+                                     "STATE_ALT"), Reg("STATE_ALT_HI", 0x0BC, "rw", ""),
+    Reg("GEN_N", 0x0C0, "rw", "tokens to emit, >= 1"),
+    Reg("GEN_CONTEXT", 0x0C4, "rw", "bits 15:0 the last committed token (not yet fed; the first pass's root), "
+                                    "31:16 the token before it"),
+    Reg("GEN_EOS", 0x0C8, "rw", "bit 31 enable, bits 15:0 a token that ends the generation (emitted, then stop)"),
+    Reg("STATE_STRIDE", 0x0CC, "rw", "bytes between positions in STATE_OUT (state_stride(d, L)), a multiple of "
+                                     "ALIGN"),
+    Reg("DRAFT_CONFIG", 0x0D0, "ro", "0: no draft engine; else bits 7:0 sets_log2, 15:8 ways, 23:16 slots, "
+                                     "31:24 bigram_slots (TableParams)"),
+    Reg("DRAFT_VOCAB", 0x0D4, "ro", "rows of the on-chip bigram fallback (0: no draft engine)"),
+    Reg("DRAFT_COUNTERS", 0x0D8, "ro", "bits 15:0 inc, 31:16 cmax (TableParams); 0: no draft engine"),
+    Reg("GEN_COUNT", 0x0DC, "ro", "tokens emitted by the last GENERATE"),
+    Reg("GEN_PASSES", 0x0E0, "ro", "verification passes of the last GENERATE"),
+    Reg("GEN_NODES", 0x0E4, "ro", "draft tree nodes (roots included) fed by the last GENERATE"),
+    Reg("GEN_CYCLES_LO", 0x0E8, "ro", "clock cycles of the last GENERATE (CONTROL to DONE: table load, drafts, "
+                                      "passes, updates, table write-back)"),
+    Reg("GEN_CYCLES_HI", 0x0EC, "ro", ""),
+    Reg("GEN_STATE_LO", 0x0F0, "ro", "address of the state after the last committed node of the last GENERATE (a "
+                                     "STATE_IN to go on from)"), Reg("GEN_STATE_HI", 0x0F4, "ro", ""),
 )
 REG = {r.name: r for r in REGISTERS}
 OFFSET = {r.name: r.offset for r in REGISTERS}
@@ -123,6 +150,7 @@ OFFSET = {r.name: r.offset for r in REGISTERS}
 CTRL_START = 1 << 0
 CTRL_SOFT_RESET = 1 << 1
 CTRL_IRQ_ENABLE = 1 << 2
+CTRL_GENERATE = 1 << 3         # run the on-chip draft-verify loop (docs/speculative.md)
 # STATUS bits
 STAT_BUSY = 1 << 0
 STAT_DONE = 1 << 1
@@ -135,6 +163,8 @@ FLAG_TREE = 1 << 1
 #: 64-bit address registers, by the name without the _LO/_HI suffix.
 ADDRESS_REGS = ("PROG_BASE", "DATA_BASE", "TOKENS", "PARENTS", "STATE_IN", "STATE_OUT", "LOGITS", "ARGMAX_OUT",
                 "MEM_LO", "MEM_HI")
+#: 64-bit address registers of the draft-verify loop; error details count on from ``len(ADDRESS_REGS)``.
+GEN_ADDRESS_REGS = ("TABLE_BASE", "BIGRAM_BASE", "GEN_OUT", "STATE_ALT")
 
 # Error codes (ERROR_CODE bits 7:0). Detail bits 31:8 say more where noted.
 ERR_NONE = 0
@@ -150,6 +180,8 @@ ERR_TOO_WIDE = 8          # the program asks for a vector wider than the hardwar
                           # program header's width in units of 16 (0 when an instruction's operand is too wide)
 ERR_PROGRAM = 9           # the program ran past its end without HALT
 ERR_NOT_LOADED = 10       # an instruction read an on-chip buffer beyond what the program LOADed into it; detail: opcode
+ERR_NO_DRAFT = 11         # CONTROL.GENERATE on a build without a draft engine (DRAFT_VOCAB == 0)
+ERR_GEN_CONFIG = 12       # GENERATE with GEN_N == 0 (detail 0), or STATE_STRIDE 0 / not a multiple of ALIGN (detail 1)
 
 ERROR_MESSAGES = {
     ERR_ADDRESS_RANGE: "a DDR access fell outside [MEM_LO, MEM_HI): the program, image or a buffer does not fit the "
@@ -163,6 +195,9 @@ ERROR_MESSAGES = {
     ERR_TOO_WIDE: "the model is wider than this bitstream's on-chip buffers (HW_LIMITS)",
     ERR_PROGRAM: "the program ran past its end without HALT",
     ERR_NOT_LOADED: "an instruction read an on-chip buffer beyond what the program loaded into it (compiler bug)",
+    ERR_NO_DRAFT: "GENERATE needs a bitstream with the draft engine (DRAFT_VOCAB is 0): rebuild with one, or draft on "
+                  "the host",
+    ERR_GEN_CONFIG: "a draft-verify loop register is invalid",
 }
 
 
@@ -172,8 +207,11 @@ def error_message(code_register: int) -> str:
     if code == ERR_NONE:
         return "no error"
     text = ERROR_MESSAGES.get(code, f"unknown error code {code}")
-    if code in (ERR_ADDRESS_RANGE, ERR_UNALIGNED) and detail < len(ADDRESS_REGS):
-        text += f" (register {ADDRESS_REGS[detail]})"
+    if code in (ERR_ADDRESS_RANGE, ERR_UNALIGNED) and detail < len(ADDRESS_REGS) + len(GEN_ADDRESS_REGS):
+        text += f" (register {(ADDRESS_REGS + GEN_ADDRESS_REGS)[detail]})"
+    elif code == ERR_GEN_CONFIG and detail in (0, 1):
+        text += " (" + ("GEN_N is 0: ask for at least one token" if detail == 0 else
+                        f"STATE_STRIDE must be a non-zero multiple of {ALIGN}") + ")"
     elif code in (ERR_TOKEN_RANGE, ERR_BAD_PARENT):
         text += f" (position {detail})"
     elif code in (ERR_BAD_INSTRUCTION, ERR_NOT_LOADED) and detail:
@@ -210,3 +248,19 @@ def buffer_sizes(d: int, layers: int, vocab: int, k: int) -> dict[str, int]:
     """Bytes of each host work buffer for a run of k tokens (before 64-byte alignment)."""
     return {"TOKENS": 4 * k, "PARENTS": 4 * k, "STATE_IN": 4 * layers * d, "STATE_OUT": k * state_stride(d, layers),
             "LOGITS": 4 * k * vocab, "ARGMAX_OUT": 4 * k}
+
+
+def encode_draft_config(sets_log2: int, ways: int, slots: int, bigram_slots: int) -> int:
+    """DRAFT_CONFIG of a build whose draft engine has these TableParams fields (each 1..255)."""
+    for name, v in (("sets_log2", sets_log2), ("ways", ways), ("slots", slots), ("bigram_slots", bigram_slots)):
+        if not 0 < v < 256:
+            raise ValueError(f"{name} must be in 1..255, got {v}")
+    return sets_log2 | (ways << 8) | (slots << 16) | (bigram_slots << 24)
+
+
+def decode_draft_config(config: int, counters: int) -> dict | None:
+    """The draft engine's table geometry and counter rules from DRAFT_CONFIG / DRAFT_COUNTERS (None: no engine)."""
+    if config == 0:
+        return None
+    return {"sets_log2": config & 0xFF, "ways": (config >> 8) & 0xFF, "slots": (config >> 16) & 0xFF,
+            "bigram_slots": config >> 24, "inc": counters & 0xFFFF, "cmax": counters >> 16}

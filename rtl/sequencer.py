@@ -127,6 +127,9 @@ class Sequencer(wiring.Component):
             "c_m": Out(data.ArrayLayout(unsigned(32), I.SLOTS)),
             "c_e": Out(data.ArrayLayout(signed(32), I.SLOTS)),
             "dp_arg_last": In(32),
+            # the draft-verify loop's passes: tokens and parents from the loop, not from TOKENS / PARENTS
+            "ext": In(1), "ext_tokens": In(data.ArrayLayout(unsigned(32), k)),
+            "ext_parents": In(data.ArrayLayout(signed(self.kbits + 1), k)),
         })
 
     def elaborate(self, platform):
@@ -149,6 +152,7 @@ class Sequencer(wiring.Component):
         finished = Signal()
         k = Signal(range(K + 1))
         tree, wlog = Signal(), Signal()
+        ext = Signal()                     # this run's tokens / parents come from ext_tokens / ext_parents
         tokens = Array(Signal(32, name=f"tok{t}") for t in range(K))
         parents = Array(Signal(signed(self.kbits + 1), name=f"par{t}") for t in range(K))
         act_frac = Signal(8)
@@ -387,7 +391,7 @@ class Sequencer(wiring.Component):
                                  core_rst.eq(1), stop_requested.eq(0),
                                  k.eq(self.num_tokens[:self.kbits + 1]),
                                  tree.eq(self.flags[1]), wlog.eq(self.flags[0]),
-                                 act_frac.eq(0)]
+                                 act_frac.eq(0), ext.eq(self.ext)]
                     for es in slots:
                         m.d.sync += sb_valid[es].eq(0)
                     m.d.sync += pq_n.eq(0)
@@ -403,7 +407,9 @@ class Sequencer(wiring.Component):
                         nm = RM.ADDRESS_REGS[i]
                         cond = regs[i][:6] != 0
                         if nm == "PARENTS":
-                            cond = cond & tree
+                            cond = cond & tree & ~ext
+                        if nm == "TOKENS":
+                            cond = cond & ~ext
                         if nm == "LOGITS":
                             cond = cond & wlog
                         with m.If(cond):
@@ -429,6 +435,10 @@ class Sequencer(wiring.Component):
             with m.State("PROGRANGE"):
                 with m.If(~in_window(regs[0], I.HEADER_BYTES + (n_instr << 4))):
                     fail(RM.ERR_ADDRESS_RANGE, I.BASE["PROG_BASE"])
+                with m.Elif(ext):
+                    for t in range(K):
+                        m.d.sync += [tokens[t].eq(self.ext_tokens[t]), parents[t].eq(self.ext_parents[t])]
+                    m.next = "PROGREQ"
                 with m.Elif(~in_window(regs[I.BASE["TOKENS"]], k << 2)):
                     fail(RM.ERR_ADDRESS_RANGE, I.BASE["TOKENS"])
                 with m.Elif(tree & ~in_window(regs[I.BASE["PARENTS"]], k << 2)):

@@ -12,14 +12,19 @@ Inside::
                                           +--------> AxiReader <---+                           AxiWriter --> m_axi
                                                                    (priority ctl > vec > load > weights)
 
-The sequencer resets the datapath and the AXI engines (``core_rst``) at every START and after an abort.
+``GenLoop`` (:mod:`mmfree.rtl.genloop`, CONTROL.GENERATE) runs the on-chip draft-verify loop: it drives the
+sequencer's passes (their tokens and parents on chip) and, while no pass runs, owns the control read client
+and the write master; STATUS / ERROR_CODE show the loop's state after a GENERATE, the sequencer's after a START.
+
+The sequencer resets the datapath and the AXI engines (``core_rst``) at every START and after an abort; the
+loop does so between its passes.
 Counters: CYCLES (START to DONE/ERROR), STALLS (the ternary engine waited for weight data), RD_BYTES /
 WR_BYTES (AXI data beats x bus width).
 """
 
 from __future__ import annotations
 
-from amaranth import Module, ResetInserter, Signal
+from amaranth import Module, Mux, ResetInserter, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -28,6 +33,7 @@ from mmfree.rtl.axi import AxiReader, AxiWriter, axi4_signature, axil_signature
 from mmfree.rtl.compiler import HwConfig
 from mmfree.rtl.csr import CsrBlock
 from mmfree.rtl.datapath import Datapath
+from mmfree.rtl.genloop import GenLoop
 from mmfree.rtl.pipeline import check_int
 from mmfree.rtl.sequencer import Sequencer
 
@@ -59,7 +65,8 @@ class MmfreeAccel(wiring.Component):
         m = Module()
         hw = self.hw
         core_rst = Signal()
-        m.submodules.csr = csr = CsrBlock(hw.hw_config_reg, hw.hw_limits_reg)
+        m.submodules.csr = csr = CsrBlock(hw.hw_config_reg, hw.hw_limits_reg, draft_regs=hw.draft_regs)
+        m.submodules.gen = gen = GenLoop(hw, self.addr_width)
         m.submodules.seq = seq = Sequencer(hw, self.addr_width)
         rd = AxiReader(self.addr_width, hw.bus_bytes, fifo_depths=(32, 32, 64, 64),
                        max_burst=self.max_burst, max_outstanding=self.max_outstanding, row_clients=(CLIENT_W,))
@@ -73,7 +80,7 @@ class MmfreeAccel(wiring.Component):
         m.submodules.datapath = ResetInserter(core_rst)(dp)
         for p, r in enumerate(wrd, start=1):
             m.submodules[f"reader_w{p}"] = ResetInserter(core_rst)(r)
-        m.d.comb += core_rst.eq(seq.core_rst)
+        m.d.comb += core_rst.eq(seq.core_rst | gen.core_rst)
 
         # ---- buses ----------------------------------------------------------------------------------------
         wiring.connect(m, wiring.flipped(getattr(self, RM.PORT_AXI_LITE)), csr.s_axil)
@@ -96,14 +103,40 @@ class MmfreeAccel(wiring.Component):
                     m.d.comb += outer.eq(hw.bus_bytes.bit_length() - 1)
                 elif name == "awburst":
                     m.d.comb += outer.eq(1)
-        # ---- CSR <-> sequencer ------------------------------------------------------------------------------
+        # ---- CSR <-> sequencer and the draft-verify loop ---------------------------------------------------------
+        looping = gen.busy                 # a GENERATE runs: its passes take their inputs from the loop
         for name in RM.ADDRESS_REGS:
-            m.d.comb += getattr(seq, "reg_" + name.lower()).eq(getattr(csr, "reg_" + name.lower()))
-        m.d.comb += [seq.start.eq(csr.start), seq.soft_reset.eq(csr.soft_reset), seq.num_tokens.eq(csr.num_tokens),
-                     seq.flags.eq(csr.flags), csr.finished.eq(seq.finished),
-                     csr.in_status.eq(seq.busy * RM.STAT_BUSY | seq.done * RM.STAT_DONE | seq.error * RM.STAT_ERROR),
-                     csr.in_error_code.eq(seq.error_code), csr.in_argmax.eq(seq.argmax), csr.in_pc.eq(seq.pc),
-                     csr.in_cycles.eq(seq.cycles)]
+            v = getattr(csr, "reg_" + name.lower())
+            if name == "STATE_IN":
+                v = Mux(looping, gen.pass_state_in, v)
+            elif name == "STATE_OUT":
+                v = Mux(looping, gen.pass_state_out, v)
+            m.d.comb += getattr(seq, "reg_" + name.lower()).eq(v)
+        for name in RM.GEN_ADDRESS_REGS + ("STATE_IN", "STATE_OUT", "MEM_LO", "MEM_HI"):
+            m.d.comb += getattr(gen, "reg_" + name.lower()).eq(getattr(csr, "reg_" + name.lower()))
+        gen_mode = Signal()                # the last command was GENERATE: STATUS and ERROR_CODE are the loop's
+        go = csr.generate & ~seq.busy & ~looping
+        with m.If(go):
+            m.d.sync += gen_mode.eq(1)
+        with m.Elif(csr.start & ~looping):
+            m.d.sync += gen_mode.eq(0)
+        m.d.comb += [seq.start.eq((csr.start & ~looping) | gen.pass_start), seq.soft_reset.eq(csr.soft_reset),
+                     seq.num_tokens.eq(Mux(looping, gen.pass_k, csr.num_tokens)),
+                     seq.flags.eq(Mux(looping, (csr.flags & RM.FLAG_WRITE_LOGITS) | RM.FLAG_TREE, csr.flags)),
+                     seq.ext.eq(looping), seq.ext_tokens.eq(gen.pass_tokens), seq.ext_parents.eq(gen.pass_parents),
+                     gen.go.eq(go), gen.soft_reset.eq(csr.soft_reset), gen.gen_n.eq(csr.gen_n),
+                     gen.gen_context.eq(csr.gen_context), gen.gen_eos.eq(csr.gen_eos),
+                     gen.state_stride.eq(csr.state_stride),
+                     gen.seq_busy.eq(seq.busy), gen.seq_finished.eq(seq.finished), gen.seq_error.eq(seq.error),
+                     gen.seq_error_code.eq(seq.error_code), gen.args.eq(dp.args),
+                     csr.finished.eq(gen.finished | (seq.finished & ~looping)),
+                     csr.in_status.eq(Mux(gen_mode,
+                                          gen.busy * RM.STAT_BUSY | gen.done * RM.STAT_DONE | gen.error * RM.STAT_ERROR,
+                                          seq.busy * RM.STAT_BUSY | seq.done * RM.STAT_DONE | seq.error * RM.STAT_ERROR)),
+                     csr.in_error_code.eq(Mux(gen_mode, gen.error_code, seq.error_code)),
+                     csr.in_argmax.eq(seq.argmax), csr.in_pc.eq(seq.pc), csr.in_cycles.eq(seq.cycles),
+                     csr.in_gen_count.eq(gen.count), csr.in_gen_passes.eq(gen.passes), csr.in_gen_nodes.eq(gen.nodes),
+                     csr.in_gen_cycles.eq(gen.cycles), csr.in_gen_state.eq(gen.gen_state)]
         stalls, rd_bytes, wr_bytes = Signal(64), Signal(64), Signal(64)
         with m.If(seq.start & ~seq.busy):
             m.d.sync += [stalls.eq(0), rd_bytes.eq(0), wr_bytes.eq(0)]
@@ -113,16 +146,22 @@ class MmfreeAccel(wiring.Component):
                          wr_bytes.eq(wr_bytes + wr.beats * hw.bus_bytes)]
         m.d.comb += [csr.in_stalls.eq(stalls), csr.in_rd_bytes.eq(rd_bytes), csr.in_wr_bytes.eq(wr_bytes)]
 
-        # ---- sequencer <-> AXI engines ------------------------------------------------------------------------
-        wiring.connect(m, seq.ctl_cmd, rd.c0_cmd)
-        wiring.connect(m, rd.c0_data, seq.ctl_data)
-        abort = seq.axi_abort
+        # ---- sequencer / loop <-> AXI engines: the control client is the sequencer's while it runs -----------------
+        sel = seq.busy
+        m.d.comb += [rd.c0_cmd.valid.eq(Mux(sel, seq.ctl_cmd.valid, gen.rd_cmd.valid)),
+                     rd.c0_cmd.payload.eq(Mux(sel, seq.ctl_cmd.payload, gen.rd_cmd.payload)),
+                     seq.ctl_cmd.ready.eq(sel & rd.c0_cmd.ready), gen.rd_cmd.ready.eq(~sel & rd.c0_cmd.ready),
+                     seq.ctl_data.payload.eq(rd.c0_data.payload), gen.rd_data.payload.eq(rd.c0_data.payload),
+                     seq.ctl_data.valid.eq(sel & rd.c0_data.valid), gen.rd_data.valid.eq(~sel & rd.c0_data.valid),
+                     rd.c0_data.ready.eq(Mux(sel, seq.ctl_data.ready, gen.rd_data.ready))]
+        abort = seq.axi_abort | gen.axi_abort
         rd_quiet, rd_error = rd.quiet, rd.error
         for r in wrd:
             m.d.comb += r.abort.eq(abort)
             rd_quiet, rd_error = rd_quiet & r.quiet, rd_error | r.error
         m.d.comb += [rd.abort.eq(abort), wr.abort.eq(abort), seq.rd_quiet.eq(rd_quiet), seq.wr_quiet.eq(wr.quiet),
-                     seq.rd_error.eq(rd_error), seq.wr_error.eq(wr.error)]
+                     seq.rd_error.eq(rd_error), seq.wr_error.eq(wr.error), gen.rd_quiet.eq(rd_quiet),
+                     gen.wr_quiet.eq(wr.quiet)]
 
         # ---- sequencer <-> datapath -----------------------------------------------------------------------------
         m.d.comb += [dp.issue.eq(seq.issue), dp.dispatch.eq(seq.dispatch), seq.done_pulse.eq(dp.done_pulse),
@@ -140,6 +179,11 @@ class MmfreeAccel(wiring.Component):
         for p, r in enumerate(wrd, start=1):
             wiring.connect(m, getattr(dp, f"w{p}_cmd"), r.c0_cmd)
             wiring.connect(m, r.c0_data, getattr(dp, f"w{p}_data"))
-        wiring.connect(m, dp.st_cmd, wr.cmd)
-        wiring.connect(m, dp.st_data, wr.data)
+        # the write master: the datapath's stores during a pass, the loop's writes between passes
+        m.d.comb += [wr.cmd.valid.eq(Mux(sel, dp.st_cmd.valid, gen.wr_cmd.valid)),
+                     wr.cmd.payload.eq(Mux(sel, dp.st_cmd.payload, gen.wr_cmd.payload)),
+                     dp.st_cmd.ready.eq(sel & wr.cmd.ready), gen.wr_cmd.ready.eq(~sel & wr.cmd.ready),
+                     wr.data.valid.eq(Mux(sel, dp.st_data.valid, gen.wr_data.valid)),
+                     wr.data.payload.eq(Mux(sel, dp.st_data.payload, gen.wr_data.payload)),
+                     dp.st_data.ready.eq(sel & wr.data.ready), gen.wr_data.ready.eq(~sel & wr.data.ready)]
         return m
