@@ -62,7 +62,14 @@ def register(sub) -> None:
         "the very same driver code. Greedy decoding; --draft trigram (or lookup) verifies drafts --k tokens\n"
         "per pass and still produces the plain greedy tokens. With --board sim every pass is compared with\n"
         "the integer reference (bit_exact). --json keys: tokens, text, cycles (prefill_cycles +\n"
-        "decode_cycles), rd_bytes, stalls, passes, verify_steps, mean_accepted (and bit_exact for sim).",
+        "decode_cycles), rd_bytes, stalls, passes, verify_steps, mean_accepted (and bit_exact for sim).\n"
+        "--draft trigram --onchip: the accelerator runs the whole draft-verify loop itself (CONTROL.GENERATE,\n"
+        "a bitstream with the draft engine; docs/speculative.md): the host prefills, uploads the table and\n"
+        "waits for one interrupt. Extra keys: onchip, gen_count, gen_passes (verification passes), gen_nodes\n"
+        "(tree nodes fed), gen_cycles, mean_draft_nodes, partial_counters (rd_bytes, wr_bytes and stalls then\n"
+        "count only the loop's last pass). With --board sim the loop's passes are not read back: bit_exact\n"
+        "compares the prefill passes with IntModel, and the tokens, gen_passes and the adapted table with\n"
+        "pymodel's speculative_generate (reference_verify_steps).",
     )
     r.add_argument("--board", required=True, help="sim, pynq-z2, kv260, zcu104 (or custom:PATH.json)")
     r.add_argument("--model", default="default", help="'default', an `mmfree export` or a checkpoint directory")
@@ -72,6 +79,9 @@ def register(sub) -> None:
     r.add_argument("--tokens", type=int, default=16, help="tokens to generate")
     r.add_argument("--draft", choices=["none", "lookup", "trigram"], default="none", help="drafter")
     r.add_argument("--k", type=int, default=None, help="tokens per pass (default: the build's max with drafts, else 1)")
+    r.add_argument("--onchip", action="store_true",
+                   help="with --draft trigram: draft, verify and adapt the table on the accelerator (CONTROL.GENERATE; "
+                        "needs a bitstream with the draft engine), one interrupt for the whole generation")
     r.add_argument("--bitstream", default=None, help="board only: X.bit to load (default: the loaded overlay)")
     r.add_argument("--timeout", type=float, default=60.0, help="seconds one pass may take")
     r.add_argument("--no-logits", action="store_true",
@@ -166,6 +176,10 @@ def _print_run(res: dict, args) -> None:
     split = (f" ({res['prefill_cycles']} prefill + {res['decode_cycles']} decode)"
              if "decode_cycles" in res else "")
     print(f"counters:  {res['cycles']} cycles{split}, {res['rd_bytes']} bytes read, {res['stalls']} stall cycles")
+    if res.get("onchip") and "gen_passes" in res:
+        print(f"on chip:   {res['gen_count']} tokens in {res['gen_passes']} passes ({res['gen_nodes']} tree nodes, "
+              f"{res['mean_draft_nodes']:.2f} drafts per pass), {res['gen_cycles']} cycles; bytes and stalls count "
+              "the loop's last pass only")
     for p in res.get("problems", []):
         print(f"MISMATCH:  {p}", file=sys.stderr)
 
@@ -176,13 +190,15 @@ def _run(args) -> int:
     if args.timeout <= 0:
         raise MmfreeError("--timeout must be > 0")
     draft = None if args.draft == "none" else args.draft
+    if args.onchip and draft != "trigram":
+        raise MmfreeError("--onchip runs the accelerator's trigram draft engine: give --draft trigram")
     prompt = _prompt(args)
     if args.board == "sim":
         from mmfree.boards.driver import run_sim
 
         say = None if args.json else (lambda m: print(f"[mmfree run] {m}", file=sys.stderr, flush=True))
         res = run_sim(args.model, prompt, args.tokens, draft=draft, k=args.k, timeout_s=args.timeout, progress=say,
-                      write_logits=not args.no_logits)
+                      write_logits=not args.no_logits, onchip=args.onchip)
         _print_run(res, args)
         return 0 if res["bit_exact"] else 1
     if args.board not in RUN_BOARDS and not args.board.startswith("custom:") and not args.board.endswith(".json"):
@@ -204,7 +220,7 @@ def _run_board(args, prompt, draft) -> int:
         acc = _attach_loaded_overlay(model, board, args.timeout, tok_dir)
     acc.write_logits = not args.no_logits
     with acc:
-        g = acc.generate(prompt, args.tokens, draft=draft, k=args.k)
+        g = acc.generate(prompt, args.tokens, draft=draft, k=args.k, onchip=args.onchip)
     res = dict(g.as_dict(), board=board.name, clock_mhz=board.clock_mhz)
     _print_run(res, args)
     return 0

@@ -25,6 +25,8 @@ Layers, bottom up:
   a prefix is pointing the next pass's ``STATE_IN`` at one position of the last ``STATE_OUT`` (no copy).
 * :func:`generate`: greedy generation over passes, with drafts verified k tokens per pass (prompt lookup
   by default, or a :class:`TrigramDrafter` tree); the output always equals plain greedy decoding.
+  :func:`generate_onchip` (``generate(..., onchip=True)``): the same with the whole draft-verify loop on
+  the accelerator (``CONTROL.GENERATE``, builds with a draft engine; docs/speculative.md).
 * :class:`Accelerator`: the high-level object: model in (``"default"``, an export or checkpoint
   directory, an :class:`~mmfree.pymodel.intmodel.IntModel` or a :class:`~mmfree.rtl.compiler.Compiled`),
   text or tokens out, counters; :meth:`Accelerator.from_bitstream` opens a PYNQ overlay.
@@ -482,16 +484,43 @@ def _align(n: int, a: int = RM.ALIGN) -> int:
     return -(-n // a) * a
 
 
-def host_layout(compiled: Compiled, max_tokens: int, mem_window: tuple[int, int]) -> tuple[dict[str, int], int]:
+#: Tokens one GENERATE writes at most (the GEN_OUT area); :func:`generate_onchip` runs longer generations as
+#: several GENERATEs, each going on from the last one's GEN_STATE and table.
+GEN_OUT_TOKENS = 4096
+
+
+def read_draft_engine(read32) -> dict | None:
+    """The accelerator's draft engine from DRAFT_CONFIG / DRAFT_COUNTERS / DRAFT_VOCAB (``read32(offset)``):
+    :func:`regmap.decode_draft_config`'s dict plus ``vocab`` (bigram rows), or None for a build without one
+    (either register 0, as a register map 2.1 bitstream reads)."""
+    vocab = int(read32(RM.OFFSET["DRAFT_VOCAB"]))
+    eng = RM.decode_draft_config(int(read32(RM.OFFSET["DRAFT_CONFIG"])), int(read32(RM.OFFSET["DRAFT_COUNTERS"])))
+    return dict(eng, vocab=vocab) if eng is not None and vocab else None
+
+
+def draft_area_bytes(draft: dict) -> dict[str, int]:
+    """Bytes of the on-chip loop's DDR areas for a draft engine (:func:`read_draft_engine`): TABLE_BASE (the
+    trigram lines, ``2**S W 4 (1 + K)``), BIGRAM_BASE (``vocab`` rows of ``4 KB``) and GEN_OUT
+    (:data:`GEN_OUT_TOKENS` uint32)."""
+    return {"TABLE_BASE": (1 << draft["sets_log2"]) * draft["ways"] * 4 * (1 + draft["slots"]),
+            "BIGRAM_BASE": draft["vocab"] * 4 * draft["bigram_slots"], "GEN_OUT": 4 * GEN_OUT_TOKENS}
+
+
+def host_layout(compiled: Compiled, max_tokens: int, mem_window: tuple[int, int],
+                draft: dict | None = None) -> tuple[dict[str, int], int]:
     """Where :class:`AccelHost` puts everything in the DDR window: the program, the host work buffers
     (TOKENS, PARENTS, ARGMAX_OUT, two state areas STATE_A/STATE_B, LOGITS), then the model image
-    (``DATA_BASE``) last. Returns (name -> address, end address)."""
+    (``DATA_BASE``), and with a draft engine (``draft``: :func:`read_draft_engine`) the on-chip loop's
+    TABLE_BASE, BIGRAM_BASE and GEN_OUT after it (so every other address is the same with or without an
+    engine; the loop's second state area is STATE_A or STATE_B). Returns (name -> address, end address)."""
     dims = compiled.dims
     sizes = RM.buffer_sizes(dims.d, dims.layers, dims.vocab, max_tokens)
     lo, hi = mem_window
     layout = [("PROG_BASE", len(compiled.program)), ("TOKENS", sizes["TOKENS"]), ("PARENTS", sizes["PARENTS"]),
               ("ARGMAX_OUT", sizes["ARGMAX_OUT"]), ("STATE_A", sizes["STATE_OUT"]), ("STATE_B", sizes["STATE_OUT"]),
               ("LOGITS", sizes["LOGITS"]), ("DATA_BASE", len(compiled.image))]
+    if draft is not None:
+        layout += list(draft_area_bytes(draft).items())
     addr: dict[str, int] = {}
     pos = _align(lo)
     for name, n in layout:
@@ -507,7 +536,8 @@ class AccelHost:
 
     ``board``: a :class:`Transport` or any object of that shape (kept as ``self.board``; every access goes
     through ``self.transport``, which makes the transport checks). ``timeout_s``: the longest one pass may
-    take before it is aborted (SOFT_RESET) and reported."""
+    take before it is aborted (SOFT_RESET) and reported. ``draft``: the bitstream's draft engine
+    (:func:`read_draft_engine`; None without one), read at start-up with the other identity registers."""
 
     def __init__(self, board, compiled: Compiled, timeout_s: float = 60.0):
         self.board, self.c, self.timeout_s = board, compiled, timeout_s
@@ -520,15 +550,16 @@ class AccelHost:
             raise MmfreeError(f"the accelerator implements register map {version >> 16}.{version & 0xFFFF}, this "
                               f"host speaks {RM.REGMAP_VERSION_MAJOR}.{RM.REGMAP_VERSION_MINOR}")
         hwc = RM.decode_hw_config(t.read32(RM.OFFSET["HW_CONFIG"]))
+        self.draft = read_draft_engine(t.read32)
         self.hw = HwConfig(bus_bytes=hwc["bus_bytes"], max_tokens=hwc["max_tokens"],
                            max_width=16 * (t.read32(RM.OFFSET["HW_LIMITS"]) & 0xFFFF),
-                           weight_ports=hwc["weight_ports"])
+                           weight_ports=hwc["weight_ports"], draft_vocab=self.draft["vocab"] if self.draft else 0)
         dims = compiled.dims
         self.d, self.L, self.V = dims.d, dims.layers, dims.vocab
         if max(dims.d, dims.inter) > self.hw.max_width:
             raise MmfreeError(f"the model is {max(dims.d, dims.inter)} wide; this bitstream's buffers hold "
                               f"{self.hw.max_width} (HW_LIMITS): build one with a larger max width")
-        self.addr, self.mem_end = host_layout(compiled, self.hw.max_tokens, t.mem_window)
+        self.addr, self.mem_end = host_layout(compiled, self.hw.max_tokens, t.mem_window, self.draft)
         t.write_mem(self.addr["PROG_BASE"], compiled.program)
         t.write_mem(self.addr["DATA_BASE"], compiled.image)
         for name in ("PROG_BASE", "DATA_BASE", "TOKENS", "PARENTS", "LOGITS", "ARGMAX_OUT"):
@@ -560,11 +591,41 @@ class AccelHost:
 
     def commit(self, result: PassResult, position: int) -> None:
         """Continue the next pass from the state after ``position`` of ``result`` (no copy)."""
-        a = result.state_addrs[position]
-        self.state_in = a
+        self.commit_state(result.state_addrs[position])
+
+    def state_area(self, addr: int) -> int:
+        """The state area (STATE_A or STATE_B) that holds the state at ``addr``."""
         area_a, area_b = self.addr["STATE_A"], self.addr["STATE_B"]
-        in_a = area_a <= a < area_b
-        self.next_out = area_b if in_a else area_a
+        return area_a if area_a <= addr < area_b else area_b
+
+    def commit_state(self, addr: int) -> None:
+        """Continue the next pass from the state at ``addr`` (a position of STATE_A or STATE_B); the next pass
+        writes the other area."""
+        self.state_in = addr
+        self.next_out = self.addr["STATE_B"] if self.state_area(addr) == self.addr["STATE_A"] else self.addr["STATE_A"]
+
+    def start_and_wait(self, control: int, timeout_s: float) -> None:
+        """Write ``control`` (CTRL_START or CTRL_GENERATE; IRQ_ENABLE is added) to CONTROL and wait for the
+        interrupt. Not finished within ``timeout_s``: aborted with SOFT_RESET and reported (MmfreeError);
+        STATUS.ERROR: :class:`AccelRunError` (code, detail, PC)."""
+        b = self.transport
+        b.write32(RM.OFFSET["CONTROL"], control | RM.CTRL_IRQ_ENABLE)
+        if not b.wait_irq(timeout_s):
+            status, pc = b.read32(RM.OFFSET["STATUS"]), b.read32(RM.OFFSET["PC"])
+            where = ""
+            if control & RM.CTRL_GENERATE:
+                where = (f", GEN_COUNT {b.read32(RM.OFFSET['GEN_COUNT'])}, GEN_PASSES "
+                         f"{b.read32(RM.OFFSET['GEN_PASSES'])}")
+            b.write32(RM.OFFSET["CONTROL"], RM.CTRL_SOFT_RESET | RM.CTRL_IRQ_ENABLE)     # abort: never left running
+            b.write32(RM.OFFSET["IRQ_STATUS"], 1)
+            raise MmfreeError(f"the accelerator did not finish within {timeout_s:g} s (STATUS {status:#x}, "
+                              f"PC {pc:#x}{where}); it was aborted with SOFT_RESET. Raise the time-out for big models")
+        b.write32(RM.OFFSET["IRQ_STATUS"], 1)
+        status = b.read32(RM.OFFSET["STATUS"])
+        if status & RM.STAT_ERROR:
+            raise AccelRunError(b.read32(RM.OFFSET["ERROR_CODE"]), b.read32(RM.OFFSET["PC"]))
+        if not status & RM.STAT_DONE:
+            raise MmfreeError(f"interrupt without DONE or ERROR (STATUS {status:#x})")
 
     def run(self, tokens, parents=None, write_logits: bool = True, commit_last: bool = True,
             num_tokens: int | None = None, timeout_s: float | None = None) -> PassResult:
@@ -588,19 +649,7 @@ class AccelHost:
         self.set_addr("STATE_OUT", self.next_out)
         b.write32(RM.OFFSET["NUM_TOKENS"], k if num_tokens is None else num_tokens)
         b.write32(RM.OFFSET["FLAGS"], flags)
-        b.write32(RM.OFFSET["CONTROL"], RM.CTRL_START | RM.CTRL_IRQ_ENABLE)
-        if not b.wait_irq(timeout_s):
-            status, pc = b.read32(RM.OFFSET["STATUS"]), b.read32(RM.OFFSET["PC"])
-            b.write32(RM.OFFSET["CONTROL"], RM.CTRL_SOFT_RESET | RM.CTRL_IRQ_ENABLE)     # abort: never left running
-            b.write32(RM.OFFSET["IRQ_STATUS"], 1)
-            raise MmfreeError(f"the accelerator did not finish within {timeout_s:g} s (STATUS {status:#x}, "
-                              f"PC {pc:#x}); it was aborted with SOFT_RESET. Raise the time-out for big models")
-        b.write32(RM.OFFSET["IRQ_STATUS"], 1)
-        status = b.read32(RM.OFFSET["STATUS"])
-        if status & RM.STAT_ERROR:
-            raise AccelRunError(b.read32(RM.OFFSET["ERROR_CODE"]), b.read32(RM.OFFSET["PC"]))
-        if not status & RM.STAT_DONE:
-            raise MmfreeError(f"interrupt without DONE or ERROR (STATUS {status:#x})")
+        self.start_and_wait(RM.CTRL_START, timeout_s)
         stride = self.c.state_stride
         out = self.next_out
         raw = b.read_mem(out, k * stride)
@@ -707,6 +756,17 @@ class TrigramDrafter(Drafter):
         if self.adapt:
             self.table.update(context[-2] if len(context) >= 2 else None, context[-1], token)
 
+    def check_onchip(self, host: "AccelHost") -> None:
+        """Refuse what the on-chip loop cannot do as this drafter would: it always adapts the table and drafts
+        the tree ``make_template(K - 1, K - 1)`` of the build's K."""
+        K = host.hw.max_tokens
+        if not self.adapt:
+            raise MmfreeError("the on-chip draft-verify loop always adapts the table; draft on the host (without "
+                              "--onchip) to keep it fixed")
+        if self.template is not None and tuple(map(tuple, self.template)) != self.TG.make_template(K - 1, K - 1):
+            raise MmfreeError(f"the on-chip loop drafts the tree make_template({K - 1}, {K - 1}) of this bitstream "
+                              "(K = max tokens per pass); draft on the host (without --onchip) for another template")
+
 
 def _record(res: PassResult, commit: int, prefill: bool, emitted: int, **extra) -> dict:
     rec = {"tokens": res.tokens, "commit": commit, "prefill": prefill, "emitted": emitted, "cycles": res.cycles,
@@ -717,7 +777,7 @@ def _record(res: PassResult, commit: int, prefill: bool, emitted: int, **extra) 
 
 
 def generate(host: AccelHost, prompt: list[int], n_tokens: int, k: int = 1, write_logits: bool = True,
-             progress=None, drafter: Drafter | None = None) -> tuple[list[int], list[dict]]:
+             progress=None, drafter: Drafter | None = None, onchip: bool = False) -> tuple[list[int], list[dict]]:
     """Greedy generation on the accelerator: the prompt in passes of up to k tokens, then decode passes.
 
     With ``k == 1`` every decode pass feeds the last token. With ``k > 1`` a pass feeds the last token and
@@ -727,7 +787,17 @@ def generate(host: AccelHost, prompt: list[int], n_tokens: int, k: int = 1, writ
     is accepted and the walk goes on from it; the state after the last accepted node is committed without a
     copy (:meth:`AccelHost.commit`). The output equals plain greedy decoding. Returns (tokens, passes); each
     pass record holds tokens, parents (trees), commit, prefill, emitted, counters and the arrays read back.
+
+    ``onchip``: the draft-verify loop runs on the accelerator instead (:func:`generate_onchip` with the
+    :class:`TrigramDrafter`'s table; the prompt still goes in passes of up to k tokens).
     """
+    if onchip:
+        if not isinstance(drafter, TrigramDrafter):
+            raise MmfreeError("the on-chip loop drafts with the accelerator's trigram engine: give a TrigramDrafter "
+                              f"(draft='trigram'), not {type(drafter).__name__ if drafter else 'no drafter'}")
+        drafter.check_onchip(host)
+        return generate_onchip(host, prompt, n_tokens, drafter.table, write_logits=write_logits, progress=progress,
+                               k=k)
     prompt = [int(t) for t in prompt]
     if not prompt:
         raise MmfreeError("the prompt is empty; give at least one token")
@@ -780,6 +850,137 @@ def generate(host: AccelHost, prompt: list[int], n_tokens: int, k: int = 1, writ
         if progress:
             for t in new:
                 progress(t)
+    return out, passes
+
+
+NO_DRAFT_ENGINE = ("this bitstream has no draft engine (DRAFT_VOCAB = 0): rebuild with draft_vocab, or draft on the "
+                   "host without --onchip")
+
+
+def check_draft_table(host: AccelHost, table) -> None:
+    """Refuse (MmfreeError naming the problem and the fix) a :class:`~mmfree.pymodel.trigram.TrigramTable` the
+    bitstream's draft engine cannot run: no engine (:data:`NO_DRAFT_ENGINE`), another geometry or other counter
+    rules than DRAFT_CONFIG / DRAFT_COUNTERS (sets_log2, ways, slots, bigram_slots, inc, cmax), a vocabulary
+    larger than DRAFT_VOCAB or smaller than the model's (the table must hold every token the model emits)."""
+    eng = host.draft
+    if eng is None:
+        raise MmfreeError(NO_DRAFT_ENGINE)
+    fields = ("sets_log2", "ways", "slots", "bigram_slots", "inc", "cmax")
+    diff = [f for f in fields if getattr(table.params, f) != eng[f]]
+    if diff:
+        flags = " ".join(f"--{f.replace('_', '-')} {eng[f]}" for f in fields if f != "cmax")
+        raise MmfreeError(f"the table was built with {', '.join(f'{f}={getattr(table.params, f)}' for f in diff)}; "
+                          f"this bitstream's draft engine uses {', '.join(f'{f}={eng[f]}' for f in diff)}: rebuild "
+                          f"the table with `mmfree trigram build {flags}`"
+                          + (f" and cmax={eng['cmax']}" if "cmax" in diff else ""))
+    if host.V > eng["vocab"]:
+        raise MmfreeError(f"the model has {host.V} tokens, this bitstream's draft engine holds DRAFT_VOCAB = "
+                          f"{eng['vocab']}: rebuild it with draft_vocab >= {host.V}, or draft on the host without "
+                          "--onchip")
+    if table.vocab_size > eng["vocab"]:
+        raise MmfreeError(f"the table was built for {table.vocab_size} tokens, this bitstream's draft engine holds "
+                          f"DRAFT_VOCAB = {eng['vocab']}: build the table for this model (`mmfree trigram build "
+                          "--model MODEL --out FILE`)")
+    if table.vocab_size < host.V:
+        raise MmfreeError(f"the table was built for {table.vocab_size} tokens, the model has {host.V}: build the "
+                          "table for this model (`mmfree trigram build --model MODEL --out FILE`)")
+
+
+def generate_onchip(host: AccelHost, prompt: list[int], n_tokens: int, table, eos_id: int | None = None,
+                    write_logits: bool = False, progress=None, k: int | None = None) -> tuple[list[int], list[dict]]:
+    """Greedy generation with the draft-verify loop on the accelerator (``CONTROL.GENERATE``, docs/speculative.md
+    "The on-chip draft-verify loop").
+
+    The prompt goes in host passes of up to ``k`` tokens (default: the build's max tokens) exactly as
+    :func:`generate` does; the first token is the last prefill pass's argmax. ``table`` (a
+    :class:`~mmfree.pymodel.trigram.TrigramTable`: the host's copy, updated in place) learns the prompt and the
+    first token (``observe(prompt)``, ``update(prev, last, first)``, as ``speculative_generate`` does before its
+    first draft), is checked against the engine (:func:`check_draft_table`, before any pass) and copied to DDR
+    (the trigram lines as they are, the bigram rows padded to DRAFT_VOCAB); one GENERATE emits the rest (several
+    GENERATEs of up to :data:`GEN_OUT_TOKENS` tokens for longer runs, each from the last one's GEN_STATE). Then the
+    table the engine adapted is read back into ``table`` and GEN_STATE becomes the host's STATE_IN, so host passes
+    or another call go on from there.
+
+    Stops after ``n_tokens`` tokens, or after ``eos_id`` (emitted, GEN_EOS). Returns (tokens, records): the
+    prefill passes recorded as :func:`generate` records them, then one record per GENERATE: ``onchip`` True,
+    ``tokens`` [] (the host fed nothing), ``emitted_tokens``, ``emitted`` = ``count`` (GEN_COUNT), ``gen_passes``,
+    ``gen_nodes`` (tree nodes fed, roots included), ``gen_cycles`` (= ``cycles``), ``state`` (GEN_STATE), and
+    ``stalls``/``rd_bytes``/``wr_bytes`` of its last pass only (the hardware keeps no sums over a GENERATE). The
+    tokens equal plain greedy decoding; with one GENERATE, ``gen_passes`` equals ``speculative_generate``'s
+    ``verify_steps`` (``max_draft = max_nodes = K - 1``) and the table read back its adapted table.
+
+    Errors: MmfreeError for a bitstream without a draft engine or a table it cannot run (before anything runs);
+    :class:`AccelRunError` when the accelerator stops with an error (the host's table is then not read back); a
+    time-out (``host.timeout_s`` per token asked for) aborts the loop with SOFT_RESET (MmfreeError)."""
+    prompt = [int(t) for t in prompt]
+    if not prompt:
+        raise MmfreeError("the prompt is empty; give at least one token")
+    if n_tokens < 1:
+        raise MmfreeError(f"n_tokens must be >= 1, got {n_tokens}")
+    k = host.hw.max_tokens if k is None else k
+    if not 1 <= k <= host.hw.max_tokens:
+        raise MmfreeError(f"k must be in 1..{host.hw.max_tokens} (this bitstream's tokens per pass), got {k}")
+    if eos_id is not None and not 0 <= eos_id < host.V:
+        raise MmfreeError(f"eos_id {eos_id} is outside the vocabulary [0, {host.V})")
+    check_draft_table(host, table)
+    eng, b, addr = host.draft, host.transport, host.addr
+    host.reset_state()
+    passes: list[dict] = []
+    res = None
+    for i in range(0, len(prompt), k):
+        chunk = prompt[i:i + k]
+        res = host.run(chunk, write_logits=write_logits)
+        passes.append(_record(res, len(chunk) - 1, True, 0))
+    out = [int(res.argmax[-1])]
+    passes[-1]["emitted"] = 1
+    table.observe(prompt)
+    table.update(prompt[-2] if len(prompt) >= 2 else None, prompt[-1], out[0])
+    if progress:
+        progress(out[0])
+    if n_tokens == 1 or out[0] == eos_id:
+        return out, passes
+    bigram = np.zeros((eng["vocab"], eng["bigram_slots"]), dtype="<u4")
+    bigram[:table.vocab_size] = table.bigram
+    b.write_mem(addr["TABLE_BASE"], table.trig.astype("<u4").tobytes())
+    b.write_mem(addr["BIGRAM_BASE"], bigram.tobytes())
+    for name in ("TABLE_BASE", "BIGRAM_BASE", "GEN_OUT"):
+        host.set_addr(name, addr[name])
+    b.write32(RM.OFFSET["GEN_EOS"], (1 << 31 | eos_id) if eos_id is not None else 0)
+    b.write32(RM.OFFSET["STATE_STRIDE"], host.c.state_stride)
+    b.write32(RM.OFFSET["FLAGS"], RM.FLAG_WRITE_LOGITS if write_logits else 0)
+    seq = prompt + out
+    stride, K = host.c.state_stride, host.hw.max_tokens
+    positions = {area + j * stride for area in (addr["STATE_A"], addr["STATE_B"]) for j in range(K)}
+    while len(out) < n_tokens and out[-1] != eos_id:
+        n = min(n_tokens - len(out), GEN_OUT_TOKENS)
+        host.set_addr("STATE_IN", host.state_in)
+        host.set_addr("STATE_OUT", host.next_out)                     # the first pass's; STATE_IN is not in it
+        host.set_addr("STATE_ALT", host.state_area(host.state_in))
+        b.write32(RM.OFFSET["GEN_N"], n)
+        b.write32(RM.OFFSET["GEN_CONTEXT"], seq[-2] << 16 | seq[-1])
+        host.start_and_wait(RM.CTRL_GENERATE, host.timeout_s * n)
+        count, state = b.read32(RM.OFFSET["GEN_COUNT"]), host.reg64("GEN_STATE")
+        new = [int(t) for t in np.frombuffer(b.read_mem(addr["GEN_OUT"], 4 * count), dtype="<u4")] \
+            if 1 <= count <= n else []
+        if not new or not (count == n or new[-1] == eos_id) or eos_id in new[:-1] or state not in positions:
+            raise MmfreeError(f"GENERATE finished inconsistently: GEN_COUNT {count} for GEN_N {n} (tokens {new[:8]}, "
+                              f"EOS {eos_id}), GEN_STATE {state:#x} (a position of STATE_A or STATE_B expected); "
+                              "the bitstream does not keep the on-chip loop's contract (docs/speculative.md)")
+        host.commit_state(state)
+        passes.append({"onchip": True, "tokens": [], "emitted_tokens": new, "prefill": False, "emitted": count,
+                       "count": count, "gen_passes": b.read32(RM.OFFSET["GEN_PASSES"]),
+                       "gen_nodes": b.read32(RM.OFFSET["GEN_NODES"]), "gen_cycles": host.reg64("GEN_CYCLES"),
+                       "cycles": host.reg64("GEN_CYCLES"), "stalls": host.reg64("STALLS"),
+                       "rd_bytes": host.reg64("RD_BYTES"), "wr_bytes": host.reg64("WR_BYTES"), "state": state})
+        out += new
+        seq += new
+        if progress:
+            for t in new:
+                progress(t)
+    trig = np.frombuffer(b.read_mem(addr["TABLE_BASE"], table.trig.nbytes), dtype="<u4")
+    table.trig[...] = trig.reshape(table.trig.shape)
+    bigram = np.frombuffer(b.read_mem(addr["BIGRAM_BASE"], bigram.nbytes), dtype="<u4").reshape(bigram.shape)
+    table.bigram[...] = bigram[:table.vocab_size]
     return out, passes
 
 
@@ -854,9 +1055,10 @@ def open_model(model) -> tuple[Compiled, object | None, str | None]:
                       "an IntModel or a Compiled")
 
 
-def ddr_needed(compiled: Compiled, max_tokens: int) -> int:
-    """Bytes of DDR :class:`AccelHost` needs for ``compiled`` (program, host buffers, image), 64-byte aligned."""
-    _, end = host_layout(compiled, max_tokens, (0, 1 << 62))
+def ddr_needed(compiled: Compiled, max_tokens: int, draft: dict | None = None) -> int:
+    """Bytes of DDR :class:`AccelHost` needs for ``compiled`` (program, host buffers, image, and the on-chip
+    loop's areas for a draft engine ``draft``: :func:`read_draft_engine`), 64-byte aligned."""
+    _, end = host_layout(compiled, max_tokens, (0, 1 << 62), draft)
     return end
 
 
@@ -890,17 +1092,35 @@ class Generation:
         """Sums over the passes: ``cycles``, ``stalls``, ``rd_bytes``, ``wr_bytes``, ``passes``,
         ``prefill_passes``, ``decode_passes``, ``verify_steps`` (decode passes that carried drafts),
         ``mean_accepted`` (tokens emitted per decode pass; 1.0 without drafts), ``prefill_cycles`` and
-        ``decode_cycles`` (``cycles`` split by pass kind)."""
+        ``decode_cycles`` (``cycles`` split by pass kind).
+
+        With the on-chip loop (:func:`generate_onchip` records) its passes count as decode passes and as
+        verification steps (every one carries a tree, as ``speculative_generate`` counts them), its GEN_CYCLES as
+        decode cycles, and these are added: ``onchip`` True, ``gen_count``, ``gen_passes``, ``gen_nodes`` (roots
+        included), ``gen_cycles``, ``mean_draft_nodes`` (draft nodes per pass, roots not counted) and
+        ``partial_counters``: ``stalls``, ``rd_bytes`` and ``wr_bytes`` hold only each GENERATE's last pass."""
         dec = [p for p in self.passes if not p["prefill"]]
-        verify = [p for p in dec if len(p["tokens"]) > 1]
+        gen = [p for p in dec if p.get("onchip")]
+        host_dec = [p for p in dec if not p.get("onchip")]
+        gen_passes = sum(p["gen_passes"] for p in gen)
+        n_dec = len(host_dec) + gen_passes
+        verify = len([p for p in host_dec if len(p["tokens"]) > 1]) + gen_passes
         emitted = sum(p["emitted"] for p in dec)
-        return {"cycles": sum(p["cycles"] for p in self.passes), "stalls": sum(p["stalls"] for p in self.passes),
-                "rd_bytes": sum(p["rd_bytes"] for p in self.passes),
-                "wr_bytes": sum(p["wr_bytes"] for p in self.passes),
-                "passes": len(self.passes), "prefill_passes": len(self.passes) - len(dec), "decode_passes": len(dec),
-                "verify_steps": len(verify), "mean_accepted": emitted / len(dec) if dec else 0.0,
-                "prefill_cycles": sum(p["cycles"] for p in self.passes if p["prefill"]),
-                "decode_cycles": sum(p["cycles"] for p in dec)}
+        out = {"cycles": sum(p["cycles"] for p in self.passes), "stalls": sum(p["stalls"] for p in self.passes),
+               "rd_bytes": sum(p["rd_bytes"] for p in self.passes),
+               "wr_bytes": sum(p["wr_bytes"] for p in self.passes),
+               "passes": len(self.passes) - len(dec) + n_dec, "prefill_passes": len(self.passes) - len(dec),
+               "decode_passes": n_dec, "verify_steps": verify, "mean_accepted": emitted / n_dec if n_dec else 0.0,
+               "prefill_cycles": sum(p["cycles"] for p in self.passes if p["prefill"]),
+               "decode_cycles": sum(p["cycles"] for p in dec)}
+        if gen:
+            nodes = sum(p["gen_nodes"] for p in gen)
+            out.update(onchip=True, gen_count=sum(p["count"] for p in gen), gen_passes=gen_passes, gen_nodes=nodes,
+                       gen_cycles=sum(p["gen_cycles"] for p in gen),
+                       mean_draft_nodes=(nodes - gen_passes) / gen_passes if gen_passes else 0.0,
+                       partial_counters="stalls, rd_bytes and wr_bytes count only the last pass of each on-chip "
+                                        "GENERATE (the hardware keeps no sums over the loop)")
+        return out
 
     def as_dict(self) -> dict:
         return dict({"prompt_ids": self.prompt, "tokens": self.tokens, "text": self.text, "draft": self.draft,
@@ -948,7 +1168,8 @@ class Accelerator:
             board = load_board(board) if isinstance(board, str) else board
             check_fits(compiled, board)
         max_tokens = RM.decode_hw_config(ip.read(RM.OFFSET["HW_CONFIG"]))["max_tokens"] or 1
-        transport = PynqTransport(ip, ddr_needed(compiled, max_tokens), use_interrupt=use_interrupt)
+        need = ddr_needed(compiled, max_tokens, read_draft_engine(ip.read))
+        transport = PynqTransport(ip, need, use_interrupt=use_interrupt)
         try:
             acc = cls(transport, opened, board=board, timeout_s=timeout_s, tokenizer=kw.pop("tokenizer", tok_dir),
                       **kw)
@@ -1063,11 +1284,19 @@ class Accelerator:
         raise MmfreeError(f"unknown drafter {draft!r}: choose lookup or trigram")
 
     def generate(self, prompt, n_tokens: int, draft: str | Drafter | None = None, k: int | None = None,
-                 table=None, progress=None) -> Generation:
+                 table=None, progress=None, onchip: bool = False) -> Generation:
         """Generate ``n_tokens`` greedily after ``prompt`` (text or ids). ``draft``: None (one token per decode
         pass), "lookup" or "trigram" (or a :class:`Drafter`), verified ``k`` tokens per pass (default: the
-        bitstream's max with drafts, else 1). The tokens are those of plain greedy decoding either way."""
+        bitstream's max with drafts, else 1). The tokens are those of plain greedy decoding either way.
+
+        ``onchip``: the accelerator runs the draft-verify loop itself (:func:`generate_onchip`; a bitstream with
+        a draft engine; ``draft`` "trigram" or None, or a :class:`TrigramDrafter`, whose table it adapts); ``k``
+        then only sizes the prefill passes, the loop's passes hold up to the build's max tokens."""
         ids = self.check_prompt(prompt)
+        if onchip and draft is None:
+            draft = "trigram"
+        if onchip and self.host.draft is None:             # before the table is built or loaded
+            raise MmfreeError(NO_DRAFT_ENGINE)
         dr = draft if isinstance(draft, Drafter) else self.drafter(draft, table)
         if k is None:
             k = self.host.hw.max_tokens if dr is not None else 1
@@ -1075,7 +1304,7 @@ class Accelerator:
             dr = PromptLookupDrafter()
         t0 = time.perf_counter()
         toks, passes = generate(self.host, ids, n_tokens, k=k, write_logits=self.write_logits, progress=progress,
-                                drafter=dr)
+                                drafter=dr, onchip=onchip)
         text = self.decode_text(toks) if self.tokenizer_dir is not None else None
         self.last = Generation(ids, toks, text, passes, dr.name if dr is not None else None, k,
                                time.perf_counter() - t0)
@@ -1102,14 +1331,21 @@ def greedy_reference(im, prompt: list[int], n_tokens: int) -> list[int]:
 
 def run_sim(model="default", prompt="def ", n_tokens: int = 8, draft: str | None = None, k: int | None = None,
             table=None, inject: list[dict] | None = None, write_logits: bool = True, timeout_s: float = 60.0,
-            hw: HwConfig | None = None, progress=None, workdir=None) -> dict:
+            hw: HwConfig | None = None, progress=None, workdir=None, onchip: bool = False) -> dict:
     """Run :class:`Accelerator` on the simulated board (one simulator process: :func:`mmfree.sim.accel.run_job`
     with the bench's "run" job) and check it against the integer reference.
 
     Returns the dict ``mmfree run --board sim --json`` prints: ``tokens``, ``text``, the counters
     (:attr:`Generation.counters`), ``bit_exact`` (every pass's argmax, states and, when written, logits equal
     ``IntModel.forward`` on the same tokens, parents and start state, AND the tokens equal plain greedy decoding
-    on IntModel), ``problems``, ``reference_tokens``, ``inject`` (results of the injected steps), ``wall_s``."""
+    on IntModel), ``problems``, ``reference_tokens``, ``inject`` (results of the injected steps), ``wall_s``.
+
+    ``onchip`` (with ``draft="trigram"``; the build needs ``hw.draft_vocab``): the draft-verify loop runs on the
+    accelerator (CONTROL.GENERATE). Its passes are never read back, so only the prefill passes are replayed on
+    IntModel (``replayed`` says so); ``bit_exact`` then also needs the tokens, GEN_PASSES and the table read back
+    to equal ``speculative_generate(max_draft = max_nodes = K - 1)`` from the same starting table (its tokens,
+    ``verify_steps`` -> ``reference_verify_steps``, and its adapted table: the starting table after
+    ``observe(prompt + tokens)``, the updates it makes in that order)."""
     import tempfile
 
     from mmfree.sim.accel import (DEFAULT_HW, check_prompt_ids, check_width, passes_from_result,
@@ -1137,6 +1373,13 @@ def run_sim(model="default", prompt="def ", n_tokens: int = 8, draft: str | None
     if draft not in (None, "none", "lookup", "trigram"):
         raise MmfreeError(f"unknown drafter {draft!r}: choose lookup or trigram")
     draft = None if draft == "none" else draft
+    if onchip and draft != "trigram":
+        raise MmfreeError("--onchip runs the accelerator's trigram draft engine: give --draft trigram")
+    if onchip and not hw.draft_vocab:
+        raise MmfreeError(NO_DRAFT_ENGINE)
+    if onchip and k is not None and k != hw.max_tokens:
+        raise MmfreeError(f"--k does not apply to --onchip: the on-chip loop verifies up to the build's "
+                          f"{hw.max_tokens} tokens per pass")
     k = k if k is not None else (hw.max_tokens if draft else 1)
     if not 1 <= k <= hw.max_tokens:
         raise MmfreeError(f"--k must be in 1..{hw.max_tokens} (the simulated build's tokens per pass), got {k}")
@@ -1147,21 +1390,30 @@ def run_sim(model="default", prompt="def ", n_tokens: int = 8, draft: str | None
         job = {"kind": "run", "compiled": str(td / "compiled"), "prompt": ids, "n_tokens": n_tokens, "k": k,
                "draft": draft, "write_logits": write_logits, "timeout_s": timeout_s,
                # simulated seconds at the modelled clock, capped as SimSession's default: a hang costs minutes
-               "max_wait_cycles": int(min(timeout_s * 250e6, 50_000_000)), "progress": False}
+               # (one GENERATE waits for all its passes: the cap grows with the tokens asked for)
+               "max_wait_cycles": int(min(timeout_s * 250e6, 50_000_000)) * (n_tokens if onchip else 1),
+               "progress": False, "onchip": onchip}
+        start_table = None
         if draft == "trigram":
             dr = TrigramDrafter.for_model(im, table, tok_dir)
             dr.table.save(td / "trigram.bin")
             job["table"] = str(td / "trigram.bin")
+            start_table = dr.table
         if inject:
             job["inject"] = inject
         with stdout_to_stderr():        # the simulator prints to fd 1; keep stdout for the JSON
             res = run_job(job, hw=hw, workdir=Path(workdir) if workdir else td / "run", progress=progress)
     passes = passes_from_result(res)
-    ok, problems = replay_and_compare(im, passes)
+    ok, problems = replay_and_compare(im, [p for p in passes if not p.get("onchip")])
     ref = greedy_reference(im, ids, n_tokens)
     if res["tokens"] != ref:
         ok = False
         problems.insert(0, f"tokens {res['tokens']} differ from IntModel greedy decoding {ref}")
+    onchip_check = {}
+    if onchip:
+        spec_ok, spec_problems, onchip_check = _check_onchip(im, ids, n_tokens, hw.max_tokens, start_table, res)
+        ok = ok and spec_ok
+        problems += spec_problems
     text = None
     try:
         if acc_tok is None and tok_dir is not None:
@@ -1171,13 +1423,48 @@ def run_sim(model="default", prompt="def ", n_tokens: int = 8, draft: str | None
         text = acc_tok.decode(res["tokens"]) if acc_tok is not None else None
     except Exception:
         text = None
-    out = {"board": "sim", "tokens": res["tokens"], "text": text, "prompt_ids": ids, "draft": draft, "k": k}
+    out = {"board": "sim", "tokens": res["tokens"], "text": text, "prompt_ids": ids, "draft": draft, "k": k,
+           "onchip": onchip}
     out.update(res["counters"])
+    out.update(onchip_check)
     out.update({"bit_exact": ok, "problems": problems[:20], "reference_tokens": ref,
                 "model": {"d": compiled.dims.d, "inter": compiled.dims.inter, "layers": compiled.dims.layers,
                           "vocab": compiled.dims.vocab},
-                "hw": {"bus_bytes": hw.bus_bytes, "max_tokens": hw.max_tokens, "max_width": hw.max_width},
+                "hw": {"bus_bytes": hw.bus_bytes, "max_tokens": hw.max_tokens, "max_width": hw.max_width,
+                       "draft_vocab": hw.draft_vocab},
                 "wall_s": res["wall_s"]})
     if "inject" in res:
         out["inject"] = res["inject"]
     return out
+
+
+def _check_onchip(im, ids: list[int], n_tokens: int, K: int, start_table, res: dict) -> tuple[bool, list[str], dict]:
+    """The on-chip loop of a :func:`run_sim` result against ``speculative_generate`` on IntModel from the same
+    starting table (template ``make_template(K - 1, K - 1)`` given explicitly: the reference would draft nothing
+    from a table that starts empty, the hardware drafts from what the prompt taught it). Returns (ok, problems,
+    fields for the JSON)."""
+    from mmfree.pymodel import trigram as TG
+    from mmfree.pymodel.speculative import speculative_generate
+
+    spec = speculative_generate(im, ids, n_tokens, max_draft=K - 1, max_nodes=K - 1, table=start_table,
+                                template=TG.make_template(K - 1, K - 1), log=lambda m: None)
+    expect = start_table.copy()
+    expect.observe(list(ids) + list(spec.tokens))
+    problems = []
+    if res["tokens"] != spec.tokens:
+        problems.append(f"tokens {res['tokens']} differ from speculative_generate's {spec.tokens}")
+    gen_passes = res["counters"].get("gen_passes", 0)          # no GENERATE when the prefill gave every token
+    if gen_passes != spec.extra["verify_steps"]:
+        problems.append(f"GEN_PASSES {gen_passes} differs from speculative_generate's verify_steps "
+                        f"{spec.extra['verify_steps']}")
+    arrays = res.get("arrays", {})
+    for name, exp in (("trig", expect.trig), ("bigram", expect.bigram)):
+        got = arrays.get(f"table_{name}")
+        if got is None or got.shape != exp.shape or not np.array_equal(got, exp):
+            problems.append(f"the {name} array read back after GENERATE differs from the reference's adapted table"
+                            + ("" if got is None or got.shape != exp.shape else
+                               f" ({int(np.count_nonzero(got != exp))} words)"))
+    fields = {"replayed": "prefill passes only: the on-chip loop's passes are not read back (checked instead: the "
+                          "tokens, GEN_PASSES and the adapted table against speculative_generate)",
+              "reference_verify_steps": spec.extra["verify_steps"]}
+    return not problems, problems, fields

@@ -39,7 +39,7 @@ HDL_DIR = Path(__file__).resolve().parent / "hdl"
 SIM_MEM_BASE = 0x4000_0000
 SIM_MEM_BYTES = 64 << 20
 #: The default simulated build: 128-bit AXI, up to 4 tokens per pass, vectors up to 4096 wide.
-DEFAULT_HW = HwConfig(bus_bytes=16, max_tokens=4, max_width=4096)
+DEFAULT_HW = HwConfig(bus_bytes=16, max_tokens=4, max_width=4096, draft_vocab=4096)
 #: The same with four weight ports (``m_axi`` + ``m_axi_w1..3``, 8 ternary engines): the KV260/ZCU104 build.
 PORTS4_HW = HwConfig(bus_bytes=16, max_tokens=4, max_width=4096, weight_ports=4)
 #: Modelled clock for converting host time-outs into simulated cycles (KV260 fabric clock).
@@ -478,12 +478,8 @@ def run_job(job: dict, hw: HwConfig = DEFAULT_HW, memory: str = "hdl", waves: bo
         _run_with_bar(lambda: _run_sim(b, "mmfree.sim.benches.accel", env, plus, wd, waves), wd / "progress.txt", total)
     else:
         _run_sim(b, "mmfree.sim.benches.accel", env, plus, wd, waves)
-    res = json.loads((wd / "job_result.json").read_text())
+    res = load_job_result(wd)
     res["wall_s"] = time.perf_counter() - t0
-    arrays = wd / "job_arrays.npz"
-    if arrays.exists():
-        with np.load(arrays) as z:
-            res["arrays"] = {k: z[k] for k in z.files}
     if waves:
         fst = sorted(wd.rglob("*.fst"))
         res["waves"] = str(fst[0]) if fst else None
@@ -491,6 +487,16 @@ def run_job(job: dict, hw: HwConfig = DEFAULT_HW, memory: str = "hdl", waves: bo
         import shutil
 
         shutil.rmtree(wd, ignore_errors=True)
+    return res
+
+
+def load_job_result(wd: Path) -> dict:
+    """A job's ``job_result.json`` with the arrays of ``job_arrays.npz`` (when written) as ``arrays``."""
+    res = json.loads((wd / "job_result.json").read_text())
+    arrays = wd / "job_arrays.npz"
+    if arrays.exists():
+        with np.load(arrays) as z:
+            res["arrays"] = {k: z[k] for k in z.files}
     return res
 
 
@@ -627,11 +633,15 @@ def simulate_generation(model="default", prompt_ids=(1,), n_tokens: int = 16, pr
 
 
 def passes_from_result(res: dict) -> list[dict]:
-    """The passes of a :func:`run_job` result with their arrays (logits or None, states, argmax) attached."""
+    """The passes of a :func:`run_job` result with their arrays (logits or None, states, argmax) attached; an
+    on-chip GENERATE's record (``onchip``) has none (nothing of its passes is read back) and stays as it is."""
     arrays = res.get("arrays", {})
     passes = []
     for i, p in enumerate(res["passes"]):
         q = dict(p)
+        if q.get("onchip"):
+            passes.append(q)
+            continue
         q["logits"] = arrays.get(f"logits{i}")
         q["states"] = arrays[f"states{i}"]
         q["argmax"] = arrays[f"argmax{i}"]

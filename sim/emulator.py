@@ -11,7 +11,9 @@ widths, program end) raise :class:`AccelError` with the hardware's error code fr
 codes of another width, an out-of-order head) raise :class:`ProgramError`.
 
 :class:`EmulatedBoard` wraps it in the board interface of :mod:`mmfree.sim.accel` (CSR read32/write32,
-DDR write/read, wait for the interrupt), so host code runs unchanged on the emulator and on the RTL.
+DDR write/read, wait for the interrupt), so host code runs unchanged on the emulator and on the RTL. Its
+``CONTROL.GENERATE`` is the executable statement of the on-chip draft-verify loop (docs/speculative.md, "The
+on-chip draft-verify loop"): :meth:`EmulatedBoard._generate`.
 """
 
 from __future__ import annotations
@@ -139,27 +141,33 @@ class Emulator:
         return int(np.asarray(N.normalize_input(v)[1]).reshape(-1)[0])
 
     # ---- a run --------------------------------------------------------------------------------------------
-    def run(self) -> RunStats:
-        """Execute the program at PROG_BASE (see the class docstring)."""
+    def run(self, tokens=None, parents=None) -> RunStats:
+        """Execute the program at PROG_BASE (see the class docstring).
+
+        ``tokens`` (and ``parents``, a tree; None: a chain) given: the pass's tokens come from the chip
+        itself, as the on-chip draft-verify loop feeds them: NUM_TOKENS is ``len(tokens)``, FLAGS.TREE
+        is set by ``parents``, and TOKENS/PARENTS are neither checked nor read."""
         try:
-            return self._run()
+            return self._run(tokens, parents)
         except MmfreeError as exc:
             if isinstance(exc, (AccelError, ProgramError)):
                 raise
             # the address lies inside [MEM_LO, MEM_HI) but no memory answers there: a DECERR on the bus
             raise AccelError(RM.ERR_AXI, 0, self.pc) from exc
 
-    def _run(self) -> RunStats:
+    def _run(self, tokens=None, parents=None) -> RunStats:
         hw, regs = self.hw, self.regs
         stats = RunStats()
         self.pc = 0
-        k = regs["NUM_TOKENS"]
+        on_chip = tokens is not None
+        k = len(tokens) if on_chip else regs["NUM_TOKENS"]
         if not 1 <= k <= hw.max_tokens:
             raise AccelError(RM.ERR_NUM_TOKENS)
-        tree = bool(regs["FLAGS"] & RM.FLAG_TREE)
+        tree = parents is not None if on_chip else bool(regs["FLAGS"] & RM.FLAG_TREE)
         logits_on = bool(regs["FLAGS"] & RM.FLAG_WRITE_LOGITS)
         for i, name in enumerate(RM.ADDRESS_REGS):
-            if name == "PARENTS" and not tree or name == "LOGITS" and not logits_on:
+            if name == "PARENTS" and not tree or name == "LOGITS" and not logits_on \
+                    or on_chip and name in ("TOKENS", "PARENTS"):
                 continue
             if regs[name] % RM.ALIGN:
                 raise AccelError(RM.ERR_UNALIGNED, i)
@@ -174,13 +182,19 @@ class Emulator:
         if header.width_units * I.WIDTH_UNIT > hw.max_width:
             raise AccelError(RM.ERR_TOO_WIDE, header.width_units)
         self._range(I.BASE["PROG_BASE"], prog, I.HEADER_BYTES + header.n_instr * I.INSTR_BYTES)
-        self._range(I.BASE["TOKENS"], regs["TOKENS"], 4 * k)
-        self.tokens = self.ddr.words(regs["TOKENS"], k, "<u4")
-        stats.bytes_read += 4 * k
-        if tree:
-            self._range(I.BASE["PARENTS"], regs["PARENTS"], 4 * k)
-            self.parents = self.ddr.words(regs["PARENTS"], k, "<i4")
+        if on_chip:
+            self.tokens = np.asarray(tokens, dtype=np.int64)
+        else:
+            self._range(I.BASE["TOKENS"], regs["TOKENS"], 4 * k)
+            self.tokens = self.ddr.words(regs["TOKENS"], k, "<u4")
             stats.bytes_read += 4 * k
+        if tree:
+            if on_chip:
+                self.parents = np.asarray(parents, dtype=np.int64)
+            else:
+                self._range(I.BASE["PARENTS"], regs["PARENTS"], 4 * k)
+                self.parents = self.ddr.words(regs["PARENTS"], k, "<i4")
+                stats.bytes_read += 4 * k
             for j, q in enumerate(self.parents):
                 if not -1 <= q < j:
                     raise AccelError(RM.ERR_BAD_PARENT, j)
@@ -451,8 +465,10 @@ class Emulator:
 class EmulatedBoard:
     """The emulator behind the board interface of :mod:`mmfree.sim.accel` (CSR + DDR + interrupt).
 
-    Writing ``CONTROL.START`` runs the program to completion at once; the status, counters and the
-    interrupt then read as the hardware leaves them (cycle counters stay 0: the emulator has no clock).
+    Writing ``CONTROL.START`` runs the program to completion at once, ``CONTROL.GENERATE`` the whole
+    on-chip draft-verify loop (:meth:`_generate`; a build with ``hw.draft_vocab``); the status, counters
+    and the interrupt then read as the hardware leaves them (cycle counters, GEN_CYCLES included, stay 0:
+    the emulator has no clock).
     """
 
     def __init__(self, hw: HwConfig, mem_base: int = 0x4000_0000, mem_size: int = 64 << 20):
@@ -461,7 +477,7 @@ class EmulatedBoard:
         self.emu = Emulator(hw, self.ddr)
         self.csr: dict[str, int] = {r.name: 0 for r in RM.REGISTERS}
         self.csr.update(ID=RM.ID_MAGIC, VERSION=RM.REGMAP_VERSION, HW_CONFIG=hw.hw_config_reg,
-                        HW_LIMITS=hw.hw_limits_reg, NUM_TOKENS=1)
+                        HW_LIMITS=hw.hw_limits_reg, NUM_TOKENS=1, **hw.draft_regs)
         self.irq_enabled = False
         self.last_stats: RunStats | None = None
 
@@ -481,8 +497,10 @@ class EmulatedBoard:
                 self.csr["STATUS"] = 0
                 self.csr["ERROR_CODE"] = 0
                 self.csr["IRQ_STATUS"] = 0
-            if value & RM.CTRL_START:
-                self._start()
+            if value & RM.CTRL_GENERATE:
+                self._finish(self._generate)
+            elif value & RM.CTRL_START:
+                self._finish(self._pass)
             return
         if reg.name == "IRQ_STATUS":
             self.csr["IRQ_STATUS"] &= ~value
@@ -500,27 +518,132 @@ class EmulatedBoard:
     def _reg64(self, name: str) -> int:
         return self.csr[name + "_LO"] | (self.csr[name + "_HI"] << 32)
 
-    def _start(self) -> None:
-        emu = self.emu
-        for name in RM.ADDRESS_REGS:
-            emu.regs[name] = self._reg64(name)
-        emu.regs["NUM_TOKENS"] = self.csr["NUM_TOKENS"]
-        emu.regs["FLAGS"] = self.csr["FLAGS"]
+    def _set64(self, name: str, value: int) -> None:
+        self.csr[name + "_LO"], self.csr[name + "_HI"] = value & 0xFFFFFFFF, value >> 32
+
+    def _finish(self, work) -> None:
+        """Run ``work`` (a pass or GENERATE); then STATUS.DONE, or STATUS.ERROR with ERROR_CODE and PC, and the
+        interrupt when enabled."""
         try:
-            stats = emu.run()
+            work()
         except AccelError as exc:
             self.csr["STATUS"] = RM.STAT_ERROR
             self.csr["ERROR_CODE"] = exc.register
             self.csr["PC"] = exc.pc or 0
         else:
-            self.last_stats = stats
             self.csr["STATUS"] = RM.STAT_DONE
             self.csr["ERROR_CODE"] = 0
-            self.csr["ARGMAX"] = emu.argmax_last
-            for name, v in (("RD_BYTES", stats.bytes_read), ("WR_BYTES", stats.bytes_written)):
-                self.csr[name + "_LO"], self.csr[name + "_HI"] = v & 0xFFFFFFFF, v >> 32
         if self.irq_enabled:
             self.csr["IRQ_STATUS"] = 1
+
+    def _pass(self, tokens=None, parents=None, state_in: int | None = None, state_out: int | None = None) -> None:
+        """One pass with the registers as the host set them; the on-chip loop gives its own tokens, parents
+        and state addresses (:meth:`Emulator.run`). Sets ARGMAX and the byte counters; raises AccelError."""
+        emu = self.emu
+        for name in RM.ADDRESS_REGS:
+            emu.regs[name] = self._reg64(name)
+        emu.regs["NUM_TOKENS"] = self.csr["NUM_TOKENS"]
+        emu.regs["FLAGS"] = self.csr["FLAGS"]
+        if state_in is not None:
+            emu.regs["STATE_IN"], emu.regs["STATE_OUT"] = state_in, state_out
+        stats = emu.run(tokens, parents)
+        self.last_stats = stats
+        self.csr["ARGMAX"] = emu.argmax_last
+        self._set64("RD_BYTES", stats.bytes_read)
+        self._set64("WR_BYTES", stats.bytes_written)
+
+    # ---- CONTROL.GENERATE: the on-chip draft-verify loop ------------------------------------------------------
+    def _generate(self) -> None:
+        """The draft-verify loop of docs/speculative.md ("The on-chip draft-verify loop"), step for step:
+
+        1. the checks, first failure wins (ERR_NO_DRAFT; ERR_GEN_CONFIG 0 / 1; ERR_UNALIGNED, then
+           ERR_ADDRESS_RANGE, for TABLE_BASE, BIGRAM_BASE, GEN_OUT, STATE_ALT with detail
+           ``len(ADDRESS_REGS) + i``), before any DDR access;
+        2. the bigram rows (DRAFT_VOCAB of them) loaded from BIGRAM_BASE (the table is a
+           :class:`TrigramTable` over the DDR arrays, geometry ``hw.draft_params``);
+        3. until GEN_N tokens are out or the enabled EOS is: draft ``make_template(K - 1, K - 1)`` from
+           ``(prev, root)``, one tree pass from ``cur`` into ``out``, walk the accepted path (update the table,
+           write the set's lines back, GEN_OUT[count] = the token), commit the last node walked, swap
+           STATE_OUT / STATE_ALT;
+        4. the bigram rows written back, GEN_STATE = the committed state.
+
+        A pass error stops the loop with that error (GEN_COUNT/PASSES/NODES then count what was done)."""
+        hw, csr, p = self.hw, self.csr, self.hw.draft_params
+        if p is None:
+            raise AccelError(RM.ERR_NO_DRAFT)
+        n_out, stride = csr["GEN_N"], csr["STATE_STRIDE"]
+        if n_out == 0:
+            raise AccelError(RM.ERR_GEN_CONFIG, 0)
+        if stride == 0 or stride % RM.ALIGN:
+            raise AccelError(RM.ERR_GEN_CONFIG, 1)
+        spans = {"TABLE_BASE": p.n_sets * p.ways * 4 * (1 + p.slots),
+                 "BIGRAM_BASE": -(-hw.draft_vocab * 4 * p.bigram_slots // RM.ALIGN) * RM.ALIGN,
+                 "GEN_OUT": 4 * n_out, "STATE_ALT": hw.max_tokens * stride}
+        base = {name: self._reg64(name) for name in RM.GEN_ADDRESS_REGS}
+        detail = {name: len(RM.ADDRESS_REGS) + i for i, name in enumerate(RM.GEN_ADDRESS_REGS)}
+        for name in RM.GEN_ADDRESS_REGS:
+            if base[name] % RM.ALIGN:
+                raise AccelError(RM.ERR_UNALIGNED, detail[name])
+        lo, hi = self._reg64("MEM_LO"), self._reg64("MEM_HI")
+        for name in RM.GEN_ADDRESS_REGS:
+            if base[name] < lo or base[name] + spans[name] > hi:
+                raise AccelError(RM.ERR_ADDRESS_RANGE, detail[name])
+        for name in ("GEN_COUNT", "GEN_PASSES", "GEN_NODES"):
+            csr[name] = 0
+        try:
+            self._set64("GEN_STATE", self._loop(p, base, n_out, stride))
+        except (AccelError, ProgramError):
+            raise
+        except MmfreeError as exc:          # inside [MEM_LO, MEM_HI) but no memory answers: DECERR
+            raise AccelError(RM.ERR_AXI) from exc
+
+    def _loop(self, p, base: dict[str, int], n_out: int, stride: int) -> int:
+        """Steps 2 to 4 of :meth:`_generate`; returns the committed state's address (GEN_STATE)."""
+        from mmfree.pymodel import trigram as TG
+
+        hw, csr = self.hw, self.csr
+        line = 4 * (1 + p.slots)
+        trig = np.frombuffer(self.ddr.read(base["TABLE_BASE"], p.n_sets * p.ways * line), dtype="<u4")
+        big = np.frombuffer(self.ddr.read(base["BIGRAM_BASE"], hw.draft_vocab * 4 * p.bigram_slots), dtype="<u4")
+        table = TG.TrigramTable(p, hw.draft_vocab, None, trig.reshape(p.n_sets, p.ways, 1 + p.slots).copy(),
+                                big.reshape(hw.draft_vocab, p.bigram_slots).copy())
+        template = TG.make_template(hw.max_tokens - 1, hw.max_tokens - 1)
+        prev, root = csr["GEN_CONTEXT"] >> 16, csr["GEN_CONTEXT"] & 0xFFFF
+        eos = csr["GEN_EOS"] & 0xFFFF if csr["GEN_EOS"] >> 31 else None
+        outs = (self._reg64("STATE_OUT"), base["STATE_ALT"])      # the first pass writes STATE_OUT
+        cur, count, done = self._reg64("STATE_IN"), 0, False
+        while not done:
+            try:                            # a token without a bigram row: GEN_CONTEXT or a table slot
+                if root >= hw.draft_vocab:
+                    raise IndexError(root)
+                toks, parents = TG.draft_tree(table, prev, root, template)
+            except IndexError:
+                raise ProgramError(f"GENERATE met a token >= DRAFT_VOCAB ({hw.draft_vocab}) in GEN_CONTEXT or in a "
+                                   "table slot: its bigram row does not exist (undefined in the contract)") from None
+            out = outs[csr["GEN_PASSES"] % 2]
+            self._pass(toks, parents, cur, out)
+            csr["GEN_PASSES"] += 1
+            csr["GEN_NODES"] += len(toks)
+            node = 0
+            while True:                     # the walk: emit the node's argmax, go on to the child drafting it
+                t = int(self.emu.arg[node])
+                table.update(prev, root, t)
+                s = TG.set_index(prev, root, p.sets_log2)
+                self.ddr.write(base["TABLE_BASE"] + s * p.ways * line, table.trig[s].astype("<u4").tobytes())
+                self.ddr.write(base["GEN_OUT"] + 4 * count, struct.pack("<I", t))
+                count += 1
+                csr["GEN_COUNT"] = count
+                prev, root = root, t
+                if count == n_out or t == eos:
+                    done = True
+                    break
+                kids = [j for j in range(node + 1, len(toks)) if parents[j] == node and toks[j] == t]
+                if not kids:
+                    break
+                node = kids[0]
+            cur = out + node * stride
+        self.ddr.write(base["BIGRAM_BASE"], table.bigram.astype("<u4").tobytes())
+        return cur
 
     def write_mem(self, addr: int, data: bytes) -> None:
         self.ddr.write(addr, bytes(data))

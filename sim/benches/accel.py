@@ -9,9 +9,11 @@ The job comes from the JSON file named by ``MMFREE_ACCEL_JOB`` (written by :func
   or ``"run"``: the board-level driver :class:`mmfree.boards.driver.Accelerator` over a
   :class:`~mmfree.boards.driver.BoardTransport` around the simulated board, exactly as ``mmfree run --board B``
   drives a PYNQ board (``prompt``, ``n_tokens``, ``k``, ``draft``: null, ``"lookup"`` or ``"trigram"`` with
-  ``table`` a trigram table file, ``write_logits``, ``timeout_s``, and ``inject``: scripted steps run after
-  the generation, e.g. a bad base address or a token id outside the vocabulary, each recorded as its error
-  code, detail and message or its argmax);
+  ``table`` a trigram table file, ``write_logits``, ``timeout_s``, ``onchip``: the draft-verify loop on the
+  accelerator (``Accelerator.generate(..., onchip=True)``; the table it adapted comes back as the arrays
+  ``table_trig`` and ``table_bigram``), and ``inject``: scripted steps run after the generation, e.g. a bad
+  base address or a token id outside the vocabulary, each recorded as its error code, detail and message or
+  its argmax);
 * ``memory`` ("hdl" or "python"), ``pause_seed`` (random AXI pauses with the Python memory), ``workdir``.
 
 Results go to ``job_result.json`` (tokens, per-pass counters, errors) and ``job_arrays.npz`` (logits,
@@ -44,8 +46,14 @@ def _run_job(board, job, compiled, progress):
         drafter = PromptLookupDrafter()
     else:
         drafter = None
-    g = acc.generate(job["prompt"], job["n_tokens"], draft=drafter, k=job.get("k"), progress=progress)
-    out = {"tokens": g.tokens, "passes": g.passes, "counters": g.counters, "k": g.k, "draft": g.draft}
+    onchip = bool(job.get("onchip"))
+    if onchip and drafter is None:
+        raise ValueError("an onchip job drafts with the trigram engine: it needs draft 'trigram' and a table file")
+    g = acc.generate(job["prompt"], job["n_tokens"], draft=drafter, k=job.get("k"), progress=progress, onchip=onchip)
+    out = {"tokens": g.tokens, "passes": g.passes, "counters": g.counters, "k": g.k, "draft": g.draft,
+           "onchip": onchip}
+    if onchip:
+        out["arrays"] = {"table_trig": drafter.table.trig, "table_bigram": drafter.table.bigram}
     if job.get("inject"):
         inject = []
         for rec in run_script(acc.host, job["inject"]):
@@ -90,7 +98,14 @@ async def accel_job(dut):
         (wd / "job_result.json").write_text(json.dumps({"error": f"{type(exc).__name__}: {exc}",
                                                         "traceback": traceback.format_exc()}))
         raise
-    arrays = {}
+    save_result(wd, res)
+
+
+def save_result(wd: Path, res: dict) -> None:
+    """Write a job's result as :func:`mmfree.sim.accel.load_job_result` reads it: ``job_arrays.npz`` (every
+    ndarray of the pass records as ``{key}{i}``, plus the result's own ``arrays``) and ``job_result.json``
+    (the rest)."""
+    arrays = dict(res.get("arrays", {}))
     meta = []
     for i, p in enumerate(res["passes"]):
         q = {}
@@ -103,6 +118,6 @@ async def accel_job(dut):
                 q[key] = v
         meta.append(q)
     np.savez(wd / "job_arrays.npz", **arrays)
-    extra = {key: res[key] for key in ("counters", "inject", "k", "draft") if key in res}
+    extra = {key: res[key] for key in ("counters", "inject", "k", "draft", "onchip") if key in res}
     (wd / "job_result.json").write_text(json.dumps(dict({"tokens": res["tokens"], "passes": meta}, **extra),
                                                    default=int))

@@ -136,7 +136,7 @@ def test_pynq_transport_runs_the_model_bit_exact(model, reference, monkeypatch):
     acc = D.Accelerator.on_ip(fake.ip, im, board="kv260", tokenizer=tok_dir, use_interrupt=False)
     assert isinstance(acc.transport, D.PynqTransport)
     lo, hi = acc.transport.mem_window
-    assert lo == 0x3000_0000 and hi - lo == D.ddr_needed(acc.compiled, DEFAULT_HW.max_tokens)
+    assert lo == 0x3000_0000 and hi - lo == D.ddr_needed(acc.compiled, DEFAULT_HW.max_tokens, acc.host.draft)
     g = acc.generate(PROMPT, N_TOKENS)
     assert g.tokens == reference
     assert fake.flushes > 0 and fake.invalidates > 0
@@ -144,6 +144,26 @@ def test_pynq_transport_runs_the_model_bit_exact(model, reference, monkeypatch):
     assert g2.tokens == reference and g2.counters["verify_steps"] > 0
     acc.close()
     assert fake.freed
+
+
+def test_pynq_transport_runs_the_onchip_loop(model, reference, monkeypatch):
+    """The on-chip loop through PynqTransport: the table and registers go out through flushes, GEN_OUT and the
+    adapted table come back through invalidates; the DDR window includes the loop's areas."""
+    fake = _FakePynq()
+    monkeypatch.setattr(D, "_pynq", lambda: fake.module)
+    im, tok_dir, ids = model
+    acc = D.Accelerator.on_ip(fake.ip, im, tokenizer=tok_dir, use_interrupt=False)
+    assert acc.host.draft is not None and acc.host.mem_end == acc.transport.mem_window[1]
+    dr = D.TrigramDrafter.for_model(im, None, tok_dir)
+    start = dr.table.copy()
+    g = acc.generate(ids, N_TOKENS, draft=dr, onchip=True)
+    assert g.tokens == reference and g.counters["onchip"] and g.counters["gen_count"] == N_TOKENS - 1
+    expect = start.copy()
+    expect.observe(list(ids) + reference)
+    np.testing.assert_array_equal(dr.table.trig, expect.trig)
+    np.testing.assert_array_equal(dr.table.bigram, expect.bigram)
+    assert acc.generate(PROMPT, N_TOKENS, onchip=True).tokens == reference        # draft="trigram" implied
+    acc.close()
 
 
 class _FakeIrq:

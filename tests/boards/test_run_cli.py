@@ -4,6 +4,8 @@ IntModel, and the board paths' clear refusals on a machine without a board."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -74,3 +76,36 @@ def test_run_sim_trigram_without_logits(capfd):
         assert res["cycles"] == res["prefill_cycles"] + res["decode_cycles"]
     assert without[1]["tokens"] == with_logits[1]["tokens"]
     assert without[1]["wr_bytes"] < with_logits[1]["wr_bytes"]
+
+
+def test_run_onchip_bad_arguments(capsys, monkeypatch):
+    import mmfree.sim.accel as SA
+
+    monkeypatch.setattr(SA, "run_job", lambda *a, **k: pytest.fail("the simulator was started"))
+    for argv, msg in ((["--onchip"], "--onchip runs the accelerator's trigram draft engine: give --draft trigram"),
+                      (["--onchip", "--draft", "lookup"], "give --draft trigram"),
+                      (["--onchip", "--draft", "trigram", "--k", "2"], "--k does not apply to --onchip")):
+        rc = main(["run", "--board", "sim", "--prompt-ids", "1,2", "--tokens", "4", *argv])
+        assert rc == 1 and msg in capsys.readouterr().err, argv
+    help_text = subprocess.run([sys.executable, "-m", "mmfree", "run", "--help"], capture_output=True, text=True).stdout
+    assert "--onchip" in help_text and "gen_passes" in help_text
+
+
+@pytest.mark.sim
+def test_run_sim_onchip_is_the_reference_speculative_loop(capfd):
+    """The RTL's GENERATE through the driver: the greedy tokens, GEN_PASSES equal to speculative_generate's
+    verify_steps, the adapted table word for word (all inside bit_exact), the prefill passes replayed."""
+    from mmfree.boards.driver import greedy_reference
+    from mmfree.pymodel.intmodel import open_int_model
+    from mmfree.pymodel.tokenizer import load_tokenizer
+
+    im, tok_dir = open_int_model("default")
+    ref = greedy_reference(im, load_tokenizer(tok_dir).encode("def "), 16)
+    rc = main(["run", "--board", "sim", "--model", "default", "--prompt", "def ", "--tokens", "16", "--draft",
+               "trigram", "--onchip", "--no-logits", "--json"])
+    res = json.loads(capfd.readouterr().out)
+    assert rc == 0 and res["bit_exact"] is True, res["problems"]
+    assert res["tokens"] == ref and res["onchip"] is True and res["gen_count"] == 15
+    assert res["gen_passes"] == res["reference_verify_steps"] == res["verify_steps"] < 15
+    assert res["gen_cycles"] > 0 and res["cycles"] == res["prefill_cycles"] + res["decode_cycles"]
+    assert "prefill passes only" in res["replayed"]
