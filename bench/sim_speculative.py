@@ -10,12 +10,17 @@ and on all passes. Logits are not written to DDR unless --write-logits (greedy d
 argmax, which the accelerator computes on chip; the states and argmax of every pass are still compared).
 
     python bench/sim_speculative.py [--model default] [--prompts 4] [--prompt-tokens 64] [--new-tokens 128]
-                                    [--k 4] [--write-logits] [--record] [--json]
+                                    [--k 4 | --onchip] [--write-logits] [--record] [--json]
+
+--onchip runs the speculative side as one CONTROL.GENERATE per prompt (the draft-verify loop on the
+accelerator, docs/speculative.md): its decode cycles are GEN_CYCLES, which also count the drafts, the table
+updates and the table's load and write-back; k is the build's max tokens.
 
 The defaults are bench/speculative.py's prompt and output lengths (the integer-reference acceptance figures);
 about 30 minutes of simulation on one core (the plain runs are ~10 M cycles per prompt).
 
---record writes the results into docs/speculative.md (section ``sim-speedup``; ``sim-speedup-kK`` for another --k). Simulated numbers: the
+--record writes the results into docs/speculative.md (section ``sim-speedup``; ``sim-speedup-kK`` for another --k,
+``sim-speedup-onchip`` with --onchip). Simulated numbers: the
 HDL DDR model delivers one 128-bit beat per cycle after 24 cycles of latency (sim/accel.py).
 """
 
@@ -42,6 +47,8 @@ def main() -> int:
     ap.add_argument("--prompt-tokens", type=int, default=64)
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--k", type=int, default=4, help="tokens per verification pass (the build's max_tokens or less)")
+    ap.add_argument("--onchip", action="store_true",
+                    help="draft and verify on the accelerator (CONTROL.GENERATE) instead of drafting on the host")
     ap.add_argument("--write-logits", action="store_true",
                     help="also write every token's logits to DDR (what bit-exact logit checks need; greedy decoding "
                          "reads only the argmax, so the default leaves them out)")
@@ -56,7 +63,8 @@ def main() -> int:
     t0 = time.perf_counter()
     for i, ids in enumerate(prompts):
         plain = run_sim(args.model, ids, args.new_tokens, draft=None, k=1, write_logits=args.write_logits)
-        spec = run_sim(args.model, ids, args.new_tokens, draft="trigram", k=args.k, write_logits=args.write_logits)
+        spec = run_sim(args.model, ids, args.new_tokens, draft="trigram", k=None if args.onchip else args.k,
+                       write_logits=args.write_logits, onchip=args.onchip)
         for name, r in (("plain", plain), ("trigram", spec)):
             if not r["bit_exact"]:
                 raise SystemExit(f"prompt {i}: the {name} run is not bit-exact: {r['problems'][:3]}")
@@ -72,7 +80,8 @@ def main() -> int:
             f"({row['plain_decode_cycles'] / row['spec_decode_cycles']:.2f}x), {row['mean_accepted']:.2f} tokens/pass")
     tot = {key: sum(r[key] for r in rows) for key in rows[0] if key not in ("prompt", "mean_accepted")}
     res = {"model": args.model, "prompts": len(prompts), "prompt_tokens": args.prompt_tokens,
-           "new_tokens": args.new_tokens, "k": args.k, "write_logits": args.write_logits, "rows": rows, "totals": tot,
+           "new_tokens": args.new_tokens, "k": spec["k"], "onchip": args.onchip, "write_logits": args.write_logits,
+           "rows": rows, "totals": tot,
            "tokens_per_pass": sum(r["mean_accepted"] * r["spec_decode_passes"] for r in rows) / tot["spec_decode_passes"],
            "speedup_decode": tot["plain_decode_cycles"] / tot["spec_decode_cycles"],
            "speedup_all": tot["plain_cycles"] / tot["spec_cycles"], "wall_s": time.perf_counter() - t0}
@@ -81,7 +90,8 @@ def main() -> int:
     if args.json:
         print(json.dumps(res, indent=2))
     if args.record:
-        write_section("speculative.md", section(args.k), render(res, command_line()))
+        write_section("speculative.md", "sim-speedup-onchip" if args.onchip else section(args.k),
+                      render(res, command_line()))
     return 0
 
 
@@ -95,11 +105,16 @@ def render(res: dict, cmd: str) -> str:
     lines = [f"Simulated (Verilator, the HDL DDR model: one 128-bit beat per cycle, 24 cycles read latency), model "
              f"`{res['model']}`, {res['prompts']} held-out prompts of {res['prompt_tokens']} tokens, "
              f"{res['new_tokens']} new tokens each, trigram tree drafts verified k = {res['k']} tokens per pass, "
+             + ("drafted on the accelerator (one CONTROL.GENERATE per prompt: the speculative decode cycles are "
+                "GEN_CYCLES, drafts, table updates and the table's load and write-back included; the loop's passes "
+                "are checked through the tokens, GEN_PASSES and the adapted table against speculative_generate), "
+                if res.get("onchip") else "drafted on the host between passes (not counted), ")
              + ("logits written to DDR every pass. " if res["write_logits"] else
                 "logits not written (greedy decoding reads each token's argmax; states and argmax are compared). ")
              +
-             "Every pass of both runs bit-exact with the integer reference; the speculative tokens equal the "
-             "plain greedy tokens.", "",
+             ("Every host-started pass of both runs bit-exact with the integer reference; " if res.get("onchip") else
+              "Every pass of both runs bit-exact with the integer reference; ")
+             + "the speculative tokens equal the plain greedy tokens.", "",
              "| prompt | plain decode cycles | speculative decode cycles | speedup | tokens / decode pass |",
              "|---|---|---|---|---|"]
     for r in res["rows"]:
