@@ -776,6 +776,20 @@ def _record(res: PassResult, commit: int, prefill: bool, emitted: int, **extra) 
     return rec
 
 
+def _prefill(host: AccelHost, prompt: list[int], k: int, write_logits: bool) -> tuple[list[int], list[dict]]:
+    """A new sequence: the prompt in passes of up to k tokens. Returns ([the first token], the pass records,
+    the last one marked as emitting it)."""
+    host.reset_state()
+    passes: list[dict] = []
+    res = None
+    for i in range(0, len(prompt), k):
+        chunk = prompt[i:i + k]
+        res = host.run(chunk, write_logits=write_logits)
+        passes.append(_record(res, len(chunk) - 1, True, 0))
+    passes[-1]["emitted"] = 1
+    return [int(res.argmax[-1])], passes
+
+
 def generate(host: AccelHost, prompt: list[int], n_tokens: int, k: int = 1, write_logits: bool = True,
              progress=None, drafter: Drafter | None = None, onchip: bool = False) -> tuple[list[int], list[dict]]:
     """Greedy generation on the accelerator: the prompt in passes of up to k tokens, then decode passes.
@@ -808,17 +822,9 @@ def generate(host: AccelHost, prompt: list[int], n_tokens: int, k: int = 1, writ
     drafter = drafter if drafter is not None else PromptLookupDrafter()
     drafter.start(prompt)
     seq = list(prompt)
-    host.reset_state()
-    passes: list[dict] = []
-    res = None
-    for i in range(0, len(prompt), k):
-        chunk = prompt[i:i + k]
-        res = host.run(chunk, write_logits=write_logits)
-        passes.append(_record(res, len(chunk) - 1, True, 0))
-    out = [int(res.argmax[-1])]
+    out, passes = _prefill(host, prompt, k, write_logits)
     drafter.commit(seq, out[-1])
     seq.append(out[-1])
-    passes[-1]["emitted"] = 1
     if progress:
         progress(out[-1])
     while len(out) < n_tokens:
@@ -924,15 +930,7 @@ def generate_onchip(host: AccelHost, prompt: list[int], n_tokens: int, table, eo
         raise MmfreeError(f"eos_id {eos_id} is outside the vocabulary [0, {host.V})")
     check_draft_table(host, table)
     eng, b, addr = host.draft, host.transport, host.addr
-    host.reset_state()
-    passes: list[dict] = []
-    res = None
-    for i in range(0, len(prompt), k):
-        chunk = prompt[i:i + k]
-        res = host.run(chunk, write_logits=write_logits)
-        passes.append(_record(res, len(chunk) - 1, True, 0))
-    out = [int(res.argmax[-1])]
-    passes[-1]["emitted"] = 1
+    out, passes = _prefill(host, prompt, k, write_logits)
     table.observe(prompt)
     table.update(prompt[-2] if len(prompt) >= 2 else None, prompt[-1], out[0])
     if progress:

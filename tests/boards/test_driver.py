@@ -18,6 +18,7 @@ from mmfree.boards import driver as D
 from mmfree.rtl import regmap as RM
 from mmfree.sim.accel import DEFAULT_HW
 from mmfree.sim.emulator import EmulatedBoard
+from tests.sim import helpers as H
 
 PROMPT = "def "
 N_TOKENS = 10
@@ -319,23 +320,8 @@ def test_hardware_error_is_an_exception_with_code(model):
     assert "error" not in rec[1]                      # the next pass runs normally
 
 
-class _StuckBoard(EmulatedBoard):
-    """START is swallowed: the accelerator never finishes."""
-
-    def __init__(self, *a, **kw):
-        super().__init__(*a, **kw)
-        self.controls = []
-
-    def write32(self, offset, value):
-        if offset == RM.OFFSET["CONTROL"]:
-            self.controls.append(value)
-            if value & RM.CTRL_START:
-                return
-        super().write32(offset, value)
-
-
 def test_timeout_aborts_and_reports(model):
-    board = _StuckBoard(DEFAULT_HW)
+    board = H.stuck_board(DEFAULT_HW, RM.CTRL_START)     # START is swallowed: never finishes
     acc = _acc(model, board=board, timeout_s=0.01)
     with pytest.raises(MmfreeError, match=r"did not finish within 0.01 s .*aborted with SOFT_RESET"):
         acc.generate([1], 2)

@@ -145,3 +145,25 @@ def error_steps(compiled, hw, mem_window) -> list[tuple[dict, tuple[int, int] | 
         out.append((st, exp))
         out.append((dict(good), None))
     return out
+
+
+def stuck_board(hw, swallow: int):
+    """An :class:`~mmfree.sim.emulator.EmulatedBoard` that swallows CONTROL writes with any ``swallow`` bit
+    (CTRL_START or CTRL_GENERATE): the accelerator never finishes them. ``board.controls`` lists every CONTROL
+    value written."""
+    from mmfree.rtl import regmap as RM
+    from mmfree.sim.emulator import EmulatedBoard
+
+    class StuckBoard(EmulatedBoard):
+        def __init__(self):
+            super().__init__(hw)
+            self.controls = []
+
+        def write32(self, offset, value):
+            if offset == RM.OFFSET["CONTROL"]:
+                self.controls.append(value)
+                if value & swallow:
+                    return
+            super().write32(offset, value)
+
+    return StuckBoard()

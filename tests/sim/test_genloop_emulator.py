@@ -19,6 +19,7 @@ from mmfree.rtl import regmap as RM
 from mmfree.rtl.compiler import HwConfig
 from mmfree.sim.accel import DEFAULT_HW
 from mmfree.sim.emulator import EmulatedBoard
+from tests.sim import helpers as H
 
 K = DEFAULT_HW.max_tokens
 N = 24
@@ -350,20 +351,8 @@ def test_pass_error_stops_the_loop_with_it(armed, model):
 
 
 def test_timeout_aborts_generate_with_soft_reset(model):
-    class Stuck(EmulatedBoard):
-        def __init__(self, *a, **kw):
-            super().__init__(*a, **kw)
-            self.controls = []
-
-        def write32(self, offset, value):
-            if offset == RM.OFFSET["CONTROL"]:
-                self.controls.append(value)
-                if value & RM.CTRL_GENERATE:
-                    return
-            super().write32(offset, value)
-
     compiled, im, tok, start = model
-    board = Stuck(DEFAULT_HW)
+    board = H.stuck_board(DEFAULT_HW, RM.CTRL_GENERATE)
     host = D.AccelHost(board, compiled, timeout_s=0.001)
     with pytest.raises(MmfreeError, match=r"did not finish within 0.005 s .*aborted with SOFT_RESET"):
         D.generate_onchip(host, [1, 2], 6, start.copy())
