@@ -481,8 +481,8 @@ def run_job(job: dict, hw: HwConfig = DEFAULT_HW, memory: str = "hdl", waves: bo
     res = load_job_result(wd)
     res["wall_s"] = time.perf_counter() - t0
     if waves:
-        fst = sorted(wd.rglob("*.fst"))
-        res["waves"] = str(fst[0]) if fst else None
+        dumps = sorted(wd.rglob("*.fst")) + sorted(wd.rglob("*.vcd"))
+        res["waves"] = str(dumps[0]) if dumps else None
     elif own:
         import shutil
 

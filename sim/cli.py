@@ -21,7 +21,7 @@ def register(sub) -> None:
         "--latency cycles per read burst. Reports bit_exact, the tokens and text, cycles (total and per\n"
         "generated token), bytes read from DDR, stall cycles and the roofline fraction: bytes that must\n"
         "move per token / 16 bytes per cycle / cycles per token (docs/sim.md defines both).\n"
-        "--json prints one object (keys in docs/sim.md); --waves writes an FST waveform (slow).",
+        "--json prints one object (keys in docs/sim.md); --waves writes a waveform (FST; VCD where the lz4 headers Verilator's FST writer needs are missing; slow).",
     )
     p.add_argument("--model", default="default",
                    help="'default' (the embedded model), a checkpoint directory or an `mmfree export` directory")
@@ -38,7 +38,7 @@ def register(sub) -> None:
     p.add_argument("--weight-ports", type=int, choices=[1, 2, 4], default=1,
                    help="AXI masters streaming weights in the simulated build (4: the KV260/ZCU104 build; each "
                         "other value is its own Verilator build, minutes the first time)")
-    p.add_argument("--waves", action="store_true", help="write an FST waveform and print its path")
+    p.add_argument("--waves", action="store_true", help="write a waveform (FST, or VCD without the lz4 headers) and print its path")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 

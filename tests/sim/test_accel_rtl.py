@@ -183,3 +183,17 @@ def test_rtl_sim_cli_json_is_one_object():
     res = json.loads(out.stdout)
     assert res["bit_exact"] is True and len(res["tokens"]) == 3
     assert res["cycles_per_token"] > 0 and 0 < res["roofline_fraction"] <= 1
+
+
+@pytest.mark.slow
+def test_rtl_waves_on_request():
+    """``waves=True`` (``mmfree sim --waves``): a traced build writes a waveform file, FST or, where Verilator's
+    FST writer cannot compile (no lz4 headers), VCD; the run is still compared with IntModel."""
+    from mmfree.sim.accel import simulate_generation
+    from mmfree.sim.runner import wave_format
+
+    res = simulate_generation(str(H.export_random("d64")), [3, 7], 1, progress=False, waves=True)
+    assert res["bit_exact"], res.get("problems")
+    wave = Path(res["waves"])
+    assert wave.suffix == "." + wave_format() and wave.stat().st_size > 10_000
+    wave.unlink()
