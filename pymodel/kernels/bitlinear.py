@@ -4,11 +4,16 @@ Contract (the ``BitLinear.kernel`` hook, ``kernel(x, norm_w, w, eps)``): the val
 ``TernaryLinearSTE.apply(rms_norm(x, norm_w, eps), w)`` of :mod:`mmfree.pymodel.model`::
 
     y   = (x * rsqrt(mean(x**2) + eps)) * norm_w        fp32, rounded to x's dtype like rms_norm does
-    s   = 127 / max(max|y|, 1e-5)                       per token
+    s   = 127 / max(max|y|, 1e-5)                       per token, as torch's 127.0 / t: 127 * (IEEE 1 / t)
     q   = clamp(round_half_even(y * s), -128, 127)      int8 codes
     sw  = 1 / max(mean|w|, 1e-5)                        per tensor
     t   = clamp(round_half_even(w * sw), -1, 1)         int8 ternary
     out = (q @ t.T) / (s * sw)                          the integer product is exact (int32 accumulator)
+
+Given rstd, the codes and s are defined bit for bit (elementwise IEEE operations and a max), on a GPU as
+in the interpreter; rstd itself is a float reduction in the device's summation order, so it matches the
+twin's to fp32 rounding, and a code may differ from the twin's only where that last bit moves y * s (or,
+for bf16 x, y) across a rounding tie. The tests check the codes exactly at the kernel's rstd.
 
 Backward is straight-through on both roundings: ``dy = g @ t / sw``, then the RMSNorm backward gives
 ``dx`` and ``dnorm_w``; ``dw = g.T @ (q / s)``.
@@ -60,13 +65,18 @@ def _act_quant_kernel(X, NW, Q, RSTD, S, M, K, stride_x, stride_q, eps,
     mask = rmask[:, None] & cmask[None, :]
     x = tl.load(X + rows[:, None] * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
     nw = tl.load(NW + cols, mask=cmask, other=0.0).to(tl.float32)
-    ms = tl.sum(x * x, axis=1) / K
-    rstd = 1.0 / tl.sqrt_rn(ms + eps)
+    # Divisions are IEEE (div_rn): Triton's plain fp32 '/' (and tl.fdiv before Triton 3.9, which ignores
+    # ieee_rounding) is an approximate division on NVIDIA GPUs (div.full.f32, up to 2 ulp off; the
+    # interpreter's is exact), and s must be torch's value bit for bit, so that the codes are the exact
+    # function of rstd that the twin computes (ties of y * s round the same way).
+    one = tl.zeros((BLOCK_M,), tl.float32) + 1.0
+    ms = tl.math.div_rn(tl.sum(x * x, axis=1), tl.zeros((BLOCK_M,), tl.float32) + K)
+    rstd = tl.math.div_rn(one, tl.sqrt_rn(ms + eps))
     y = (x * rstd[:, None]) * nw[None, :]
     if ROUND_Y:                                   # rms_norm returns x's dtype: quantize what it returns
         y = cast(y, X.dtype.element_ty, EMU).to(tl.float32)
     amax = tl.max(tl.abs(y), axis=1)
-    s = 127.0 * (1.0 / tl.maximum(amax, 1e-5))    # as torch computes 127.0 / tensor
+    s = 127.0 * tl.math.div_rn(one, tl.maximum(amax, 1e-5))   # torch: 127.0 / t = t.reciprocal() * 127
     tl.store(RSTD + rows, rstd, mask=rmask)
     tl.store(S + rows, s, mask=rmask)
     if STORE_Q:
@@ -341,11 +351,18 @@ def bitlinear_torch_bwd(x, norm_w, w, eps):
 # =============================================================================================
 # naive twins (plain torch, autograd through torch ops)
 # =============================================================================================
-def act_quant_naive(x2: torch.Tensor, norm_w: torch.Tensor, eps: float):
-    """Twin of :func:`act_quant`: (codes as int8, rstd, s) with the model's rms_norm arithmetic."""
+def act_quant_naive(x2: torch.Tensor, norm_w: torch.Tensor, eps: float, rstd: torch.Tensor | None = None):
+    """Twin of :func:`act_quant`: (codes as int8, rstd, s) with the model's rms_norm arithmetic.
+
+    rstd is a float reduction whose summation order is the device's (the kernel's and torch's differ in the
+    last bits); everything after it is elementwise or a max and defined exactly. Given ``rstd`` (the
+    kernel's, ``[M]``), this returns the codes and s that the kernel must produce bit for bit."""
     cdt = torch.float64 if x2.dtype == torch.float64 else torch.float32
     x32 = x2.detach().to(cdt)
-    rstd = torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    if rstd is None:
+        rstd = torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    else:
+        rstd = rstd.detach().to(x32.device, cdt).reshape(-1, 1)
     y = ((x32 * rstd) * norm_w.detach().to(cdt)).to(x2.dtype).to(cdt)
     s = 127.0 / y.abs().amax(-1, keepdim=True).clamp(min=1e-5)
     q = (y * s).round().clamp(-128, 127)
