@@ -776,6 +776,19 @@ def _record(res: PassResult, commit: int, prefill: bool, emitted: int, **extra) 
     return rec
 
 
+def _check_request(host: AccelHost, prompt, n_tokens: int, k: int) -> list[int]:
+    """The prompt as ints; MmfreeError for an empty prompt, ``n_tokens < 1`` or k outside the bitstream's
+    1..max tokens per pass."""
+    prompt = [int(t) for t in prompt]
+    if not prompt:
+        raise MmfreeError("the prompt is empty; give at least one token")
+    if n_tokens < 1:
+        raise MmfreeError(f"n_tokens must be >= 1, got {n_tokens}")
+    if not 1 <= k <= host.hw.max_tokens:
+        raise MmfreeError(f"k must be in 1..{host.hw.max_tokens} (this bitstream's tokens per pass), got {k}")
+    return prompt
+
+
 def _prefill(host: AccelHost, prompt: list[int], k: int, write_logits: bool) -> tuple[list[int], list[dict]]:
     """A new sequence: the prompt in passes of up to k tokens. Returns ([the first token], the pass records,
     the last one marked as emitting it)."""
@@ -812,13 +825,7 @@ def generate(host: AccelHost, prompt: list[int], n_tokens: int, k: int = 1, writ
         drafter.check_onchip(host)
         return generate_onchip(host, prompt, n_tokens, drafter.table, write_logits=write_logits, progress=progress,
                                k=k)
-    prompt = [int(t) for t in prompt]
-    if not prompt:
-        raise MmfreeError("the prompt is empty; give at least one token")
-    if n_tokens < 1:
-        raise MmfreeError(f"n_tokens must be >= 1, got {n_tokens}")
-    if not 1 <= k <= host.hw.max_tokens:
-        raise MmfreeError(f"k must be in 1..{host.hw.max_tokens} (this bitstream's tokens per pass), got {k}")
+    prompt = _check_request(host, prompt, n_tokens, k)
     drafter = drafter if drafter is not None else PromptLookupDrafter()
     drafter.start(prompt)
     seq = list(prompt)
@@ -918,14 +925,8 @@ def generate_onchip(host: AccelHost, prompt: list[int], n_tokens: int, table, eo
     Errors: MmfreeError for a bitstream without a draft engine or a table it cannot run (before anything runs);
     :class:`AccelRunError` when the accelerator stops with an error (the host's table is then not read back); a
     time-out (``host.timeout_s`` per token asked for) aborts the loop with SOFT_RESET (MmfreeError)."""
-    prompt = [int(t) for t in prompt]
-    if not prompt:
-        raise MmfreeError("the prompt is empty; give at least one token")
-    if n_tokens < 1:
-        raise MmfreeError(f"n_tokens must be >= 1, got {n_tokens}")
     k = host.hw.max_tokens if k is None else k
-    if not 1 <= k <= host.hw.max_tokens:
-        raise MmfreeError(f"k must be in 1..{host.hw.max_tokens} (this bitstream's tokens per pass), got {k}")
+    prompt = _check_request(host, prompt, n_tokens, k)
     if eos_id is not None and not 0 <= eos_id < host.V:
         raise MmfreeError(f"eos_id {eos_id} is outside the vocabulary [0, {host.V})")
     check_draft_table(host, table)

@@ -181,8 +181,6 @@ class GenLoop(wiring.Component):
         with m.If(eng_mem):
             m.d.comb += [rd_cmd.valid.eq(eng.rd_req.valid & ~rd_hold), eng.rd_req.ready.eq(rd_cmd.ready & ~rd_hold),
                          g_take.eq(eng.rd_resp.ready & gfull)]
-        eng_wr_take = Signal()
-        m.d.comb += eng.wr.ready.eq(eng_wr_take)
 
         # ---- draft and pass registers -------------------------------------------------------------------
         tok = Array(Signal(16, name=f"dtok{i}") for i in range(K))
@@ -363,22 +361,19 @@ class GenLoop(wiring.Component):
                 with m.If(wl_free & self.wr_quiet):
                     m.d.sync += [busy.eq(0), done.eq(1), fin.eq(1)]
                     m.next = "IDLE"
-            with m.State("FAIL"):                          # stop the AXI engines, then report
-                m.d.comb += [abort.eq(1), self.rd_data.ready.eq(1)]
-                with m.If(self.rd_quiet & self.wr_quiet & ~self.seq_busy):
-                    m.d.sync += [busy.eq(0), err.eq(1), fin.eq(1), core_rst.eq(1), eng_rst.eq(1), wl_busy.eq(0),
-                                 wl_cmd.eq(0), gfull.eq(0), gcnt.eq(0)]
-                    m.next = "IDLE"
-            with m.State("ABORT"):                         # SOFT_RESET: stop without an error
-                m.d.comb += [abort.eq(1), self.rd_data.ready.eq(1)]
-                with m.If(self.rd_quiet & self.wr_quiet & ~self.seq_busy):
-                    m.d.sync += [busy.eq(0), core_rst.eq(1), eng_rst.eq(1), wl_busy.eq(0), wl_cmd.eq(0),
-                                 gfull.eq(0), gcnt.eq(0), code.eq(0)]
-                    m.next = "IDLE"
+            for name, is_error in (("FAIL", 1), ("ABORT", 0)):   # an error, or SOFT_RESET (no error, no interrupt)
+                with m.State(name):                        # stop the AXI engines, drain the reads, then report
+                    m.d.comb += [abort.eq(1), self.rd_data.ready.eq(1)]
+                    with m.If(self.rd_quiet & self.wr_quiet & ~self.seq_busy):
+                        m.d.sync += [busy.eq(0), err.eq(is_error), fin.eq(is_error), core_rst.eq(1), eng_rst.eq(1),
+                                     wl_busy.eq(0), wl_cmd.eq(0), gfull.eq(0), gcnt.eq(0)]
+                        if not is_error:
+                            m.d.sync += code.eq(0)
+                        m.next = "IDLE"
         # the engine's line writes go through the write unit whenever it is free (any state but the
         # bigram write-back, which never overlaps an engine command)
         with m.If(eng_mem & eng.wr.valid & wl_free):
-            m.d.comb += [eng_wr_take.eq(1), wl_start.eq(1),
+            m.d.comb += [eng.wr.ready.eq(1), wl_start.eq(1),
                          wl_s_addr.eq(table_base + eng.wr.payload.addr * LINE_BYTES), wl_s_beats.eq(BPL),
                          wl_s_data.eq(eng.wr.payload.data), wl_s_strb.eq((1 << bb) - 1)]
         return m
