@@ -28,6 +28,7 @@ from amaranth import Module, Mux, ResetInserter, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from mmfree.rtl import params as P
 from mmfree.rtl import regmap as RM
 from mmfree.rtl.axi import AxiReader, AxiWriter, axi4_signature, axil_signature
 from mmfree.rtl.compiler import HwConfig
@@ -46,8 +47,8 @@ class MmfreeAccel(wiring.Component):
     ``weight_fifo_beats`` (the weight queue of each ternary engine: how far prefetched rows run ahead),
     ``max_outstanding`` reads."""
 
-    def __init__(self, hw: HwConfig | None = None, addr_width: int = 40, max_burst: int = 16,
-                 weight_fifo_beats: int = 2048, max_outstanding: int = 16):
+    def __init__(self, hw: HwConfig | None = None, addr_width: int = 40, max_burst: int = P.MAX_BURST,
+                 weight_fifo_beats: int = P.WEIGHT_FIFO_BEATS, max_outstanding: int = P.MAX_OUTSTANDING):
         hw = hw or HwConfig()
         check_int("addr_width", addr_width, "an integer in 32..64", lambda v: 32 <= v <= 64)
         check_int("weight_fifo_beats", weight_fifo_beats, f"an integer >= max_burst ({max_burst})",
@@ -68,10 +69,10 @@ class MmfreeAccel(wiring.Component):
         m.submodules.csr = csr = CsrBlock(hw.hw_config_reg, hw.hw_limits_reg, draft_regs=hw.draft_regs)
         m.submodules.gen = gen = GenLoop(hw, self.addr_width)
         m.submodules.seq = seq = Sequencer(hw, self.addr_width)
-        rd = AxiReader(self.addr_width, hw.bus_bytes, fifo_depths=(32, 32, 64, 64),
+        rd = AxiReader(self.addr_width, hw.bus_bytes, fifo_depths=P.MAIN_READER_FIFO_DEPTHS,
                        max_burst=self.max_burst, max_outstanding=self.max_outstanding, row_clients=(CLIENT_W,))
         # weight ports 1..P-1: a reader each, one strided client (the rows p, p + P, ... of every matrix)
-        wrd = [AxiReader(self.addr_width, hw.bus_bytes, fifo_depths=(64,), max_burst=self.max_burst,
+        wrd = [AxiReader(self.addr_width, hw.bus_bytes, fifo_depths=(P.WEIGHT_CLIENT_FIFO,), max_burst=self.max_burst,
                          max_outstanding=self.max_outstanding, row_clients=(0,)) for _ in range(1, hw.weight_ports)]
         wr = AxiWriter(self.addr_width, hw.bus_bytes, max_burst=self.max_burst)
         dp = Datapath(hw, self.addr_width, weight_fifo_beats=self.weight_fifo_beats)

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from mmfree import MmfreeError
+from mmfree.rtl import params as PARAMS
 from mmfree.rtl import regmap as RM
 from mmfree.rtl.compiler import Compiled, HwConfig
 
@@ -47,7 +48,7 @@ CLOCK_HZ = 250e6
 CLOCK_PERIOD_NS = 4
 ADDR_WIDTH = 40
 DEFAULT_RD_LATENCY = 24
-DEFAULT_WR_LATENCY = 8
+DEFAULT_WR_LATENCY = PARAMS.SIM_WR_LATENCY
 #: Longest DDR read latency a run accepts (cycles per burst).
 MAX_RD_LATENCY = 4096
 #: Most positions (prompt + generated tokens) one :func:`simulate_generation` runs: every pass is a

@@ -39,6 +39,7 @@ from mmfree import MmfreeError
 from mmfree.pymodel import layout as LY
 from mmfree.pymodel import numerics as N
 from mmfree.rtl import isa as I
+from mmfree.rtl import params as PARAMS
 from mmfree.rtl import regmap as RM
 from mmfree.rtl.compiler import HwConfig, embed_stride, head_chunk_rows, must_move_bytes
 
@@ -77,9 +78,9 @@ except Exception:  # pragma: no cover - amaranth is a core dependency
 RTL_TIMING["recip"] = _R_WIDTH + 4
 
 #: Reader FIFO of the weight client in rtl/top.py (beats): part of the prefetch capacity.
-WEIGHT_CLIENT_FIFO = 64
+WEIGHT_CLIENT_FIFO = PARAMS.WEIGHT_CLIENT_FIFO
 #: Weight queue per ternary engine (``MmfreeAccel(weight_fifo_beats=2048)``).
-WEIGHT_FIFO_BEATS = 2048
+WEIGHT_FIFO_BEATS = PARAMS.WEIGHT_FIFO_BEATS
 
 #: Board-level assumptions of the modeled (not simulated) numbers. Each: value, source.
 ASSUMPTIONS = {
@@ -516,7 +517,7 @@ def pass_cycles(dims: LY.Dims, hw: HwConfig, k: int = 1, rate: float = 1.0, rd_l
 
 
 #: Write-response latency of the simulated DDR (sim/accel.py DEFAULT_WR_LATENCY): HALT waits for it.
-RM_WR_LATENCY = 8
+RM_WR_LATENCY = PARAMS.SIM_WR_LATENCY
 #: Whether a STORE waits for a running MATVEC. It did under the first simulated DDR, which served reads before
 #: writes (so logits writes queued behind the weight stream); the DDR model now drains writes first, as a DDR
 #: controller does between read bursts, and a STORE overlaps the next head chunk's MATVEC (bench/perf_validate.py:
