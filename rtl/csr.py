@@ -4,6 +4,9 @@
 * ``ro`` registers read the core's status inputs (``ID``/``VERSION``/``HW_*`` are constants).
 * ``CONTROL`` (write-only) produces one-cycle ``start`` / ``soft_reset`` / ``generate`` pulses; its IRQ_ENABLE
   bit is sticky.
+* Registers with bit fields (:attr:`mmfree.rtl.regmap.Reg.fields`) are read and written through their
+  :func:`layout` (a ``data.StructLayout`` derived from the field table): ``STATUS``, ``CONTROL``, ``IRQ_STATUS``
+  here, ``GEN_CONTEXT`` / ``GEN_EOS`` exported to the loop as views.
 * ``IRQ_STATUS`` (write 1 to clear) is set by the core's ``finished`` pulse (a run ended, DONE or ERROR);
   the ``irq`` output is ``IRQ_STATUS & IRQ_ENABLE``, level high.
 
@@ -13,8 +16,10 @@ unknown offsets are ignored) and every read in the next cycle (unknown offsets r
 
 from __future__ import annotations
 
+from functools import cache
+
 from amaranth import Module, Signal
-from amaranth.lib import wiring
+from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from mmfree.rtl import regmap as RM
@@ -26,6 +31,24 @@ STATUS_INPUTS = {"STATUS": 32, "ERROR_CODE": 32, "ARGMAX": 32, "PC": 32,
                  "GEN_COUNT": 32, "GEN_PASSES": 32, "GEN_NODES": 32, "GEN_CYCLES": 64, "GEN_STATE": 64}
 #: 32-bit rw registers of the draft-verify loop exported to the core (lower-case names)
 GEN_VALUE_REGS = ("GEN_N", "GEN_CONTEXT", "GEN_EOS", "STATE_STRIDE")
+
+
+@cache
+def layout(name: str) -> data.StructLayout:
+    """The 32-bit ``data.StructLayout`` of register ``name``'s bit fields (:func:`mmfree.rtl.regmap.fields_of`),
+    reserved bits as ``_rsvd<lo>`` padding members; RegisterFieldError for a register without fields."""
+    fields = RM.fields_of(name)
+    if not fields:
+        raise RM.RegisterFieldError(f"register {name} has no bit fields")
+    members, at = {}, 0
+    for f in sorted(fields, key=lambda f: f.lo):
+        if f.lo > at:
+            members[f"_rsvd{at}"] = f.lo - at
+        members[f.name] = f.width
+        at = f.lo + f.width
+    if at < 32:
+        members[f"_rsvd{at}"] = 32 - at
+    return data.StructLayout(members)
 
 
 class CsrBlock(wiring.Component):
@@ -45,9 +68,9 @@ class CsrBlock(wiring.Component):
         for name in RM.ADDRESS_REGS + RM.GEN_ADDRESS_REGS:
             members["reg_" + name.lower()] = Out(64)
         for name in GEN_VALUE_REGS:
-            members[name.lower()] = Out(32)
+            members[name.lower()] = Out(layout(name) if RM.fields_of(name) else 32)
         for name, w in STATUS_INPUTS.items():
-            members["in_" + name.lower()] = In(w)
+            members["in_" + name.lower()] = In(layout(name) if name == "STATUS" else w)
         super().__init__(members)
 
     def elaborate(self, platform):
@@ -55,7 +78,7 @@ class CsrBlock(wiring.Component):
         bus = self.s_axil
         store: dict[str, Signal] = {}
         for r in RM.REGISTERS:
-            if r.access == "rw":
+            if r.access == RM.Access.RW:
                 store[r.name] = Signal(32, name="r_" + r.name.lower(), init=1 if r.name == "NUM_TOKENS" else 0)
         for name in RM.ADDRESS_REGS + RM.GEN_ADDRESS_REGS:
             m.d.comb += getattr(self, "reg_" + name.lower()).eq(store[name + "_LO"] | (store[name + "_HI"] << 32))
@@ -65,6 +88,8 @@ class CsrBlock(wiring.Component):
         irq_en = Signal()
         pending = Signal()
         m.d.comb += [self.irq_enable.eq(irq_en), self.irq.eq(pending & irq_en)]
+        status = Signal(layout("STATUS"))          # the core's STATUS with this block's IRQ_ENABLED
+        m.d.comb += [status.eq(self.in_status), status.irq_enabled.eq(irq_en)]
 
         # ---- writes -------------------------------------------------------------------------------------------
         aw_ok, w_ok, b_pend = Signal(), Signal(), Signal()
@@ -91,14 +116,15 @@ class CsrBlock(wiring.Component):
             with m.Switch(off):
                 for r in RM.REGISTERS:
                     with m.Case(r.offset >> 2):
-                        if r.access == "rw":
+                        if r.access == RM.Access.RW:
                             m.d.sync += store[r.name].eq(w_data)
                         elif r.name == "CONTROL":
-                            m.d.sync += [start.eq(w_data[0]), soft.eq(w_data[1]), gen.eq(w_data[3])]
-                            with m.If(w_data[2]):
+                            ctl = data.View(layout("CONTROL"), w_data)
+                            m.d.sync += [start.eq(ctl.start), soft.eq(ctl.soft_reset), gen.eq(ctl.generate)]
+                            with m.If(ctl.irq_enable):
                                 m.d.sync += irq_en.eq(1)
                         elif r.name == "IRQ_STATUS":
-                            with m.If(w_data[0] & ~self.finished):
+                            with m.If(data.View(layout("IRQ_STATUS"), w_data).pending & ~self.finished):
                                 m.d.sync += pending.eq(0)
 
         # ---- reads ----------------------------------------------------------------------------------------------
@@ -112,10 +138,10 @@ class CsrBlock(wiring.Component):
             with m.Switch(bus.araddr[2:self.addr_width]):
                 for r in RM.REGISTERS:
                     with m.Case(r.offset >> 2):
-                        m.d.sync += r_data.eq(self._read_value(r.name, store, irq_en, pending))
+                        m.d.sync += r_data.eq(self._read_value(r.name, store, status, pending))
         return m
 
-    def _read_value(self, name: str, store, irq_en, pending):
+    def _read_value(self, name: str, store, status, pending):
         consts = {"ID": RM.ID_MAGIC, "VERSION": RM.REGMAP_VERSION, "HW_CONFIG": self.hw_config,
                   "HW_LIMITS": self.hw_limits, **self.draft_regs}
         if name in consts:
@@ -123,7 +149,7 @@ class CsrBlock(wiring.Component):
         if name in store:
             return store[name]
         if name == "STATUS":
-            return self.in_status | (irq_en << 3)
+            return status
         if name == "IRQ_STATUS":
             return pending
         if name == "CONTROL":

@@ -35,6 +35,7 @@ from mmfree.pymodel import trigram as T
 from mmfree.rtl import regmap as RM
 from mmfree.rtl.axi import cmd_layout
 from mmfree.rtl.compiler import HwConfig
+from mmfree.rtl.csr import layout
 from mmfree.rtl.draft import DRAFT, UPDATE, DraftEngine
 from mmfree.rtl.pipeline import width_for
 
@@ -59,7 +60,7 @@ class GenLoop(wiring.Component):
         super().__init__({
             "go": In(1), "soft_reset": In(1),
             **regs,
-            "gen_n": In(32), "gen_context": In(32), "gen_eos": In(32), "state_stride": In(32),
+            "gen_n": In(32), "gen_context": In(layout("GEN_CONTEXT")), "gen_eos": In(layout("GEN_EOS")), "state_stride": In(32),
             "busy": Out(1), "done": Out(1), "error": Out(1), "error_code": Out(32), "finished": Out(1),
             "count": Out(32), "passes": Out(32), "nodes": Out(32), "cycles": Out(64), "gen_state": Out(64),
             # the sequencer and the datapath
@@ -201,7 +202,7 @@ class GenLoop(wiring.Component):
         for j in reversed(range(1, K)):
             with m.If((j < n) & (par[j] == node) & (tok[j] == t_now)):
                 m.d.comb += [child_ok.eq(1), child.eq(j)]
-        stop = ((count + 1) == self.gen_n) | (self.gen_eos[31] & (t_now == self.gen_eos[:16]))
+        stop = ((count + 1) == self.gen_n) | (self.gen_eos.enable & (t_now == self.gen_eos.token))
 
         def fail(c, detail=0):
             m.d.sync += code.eq(c | (detail << 8))
@@ -232,7 +233,7 @@ class GenLoop(wiring.Component):
                 with m.If(self.go):
                     m.d.sync += [busy.eq(1), done.eq(0), err.eq(0), code.eq(0), cycles.eq(0), count.eq(0),
                                  passes.eq(0), nodes.eq(0), cur.eq(self.reg_state_in), side.eq(0),
-                                 root.eq(self.gen_context[:16]), prev.eq(self.gen_context[16:32])]
+                                 root.eq(self.gen_context.root), prev.eq(self.gen_context.prev)]
                     m.next = "CHECK"
                 with m.Elif(self.soft_reset):
                     m.d.sync += [done.eq(0), err.eq(0), code.eq(0)]

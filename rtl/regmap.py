@@ -38,13 +38,17 @@ FLAGS.WRITE_LOGITS, MEM_LO and MEM_HI always) must be ALIGN-byte aligned (``ERR_
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
+from typing import Callable
+
+from mmfree import MmfreeError
 
 #: Bumped when a register, bit or error code changes meaning. The driver refuses a bitstream whose
 #: VERSION register (or .hwh metadata) differs in the major number.
 REGMAP_VERSION_MAJOR = 2
 REGMAP_VERSION_MINOR = 2
-REGMAP_VERSION = (REGMAP_VERSION_MAJOR << 16) | REGMAP_VERSION_MINOR
+REGMAP_VERSION = (REGMAP_VERSION_MAJOR << 16) | REGMAP_VERSION_MINOR    # the VERSION register's fields
 
 #: ``ID`` register value: ASCII "MMFR".
 ID_MAGIC = 0x4D4D4652
@@ -73,92 +77,209 @@ CSR_ADDR_BITS = 12               # 4 KiB register window
 ALIGN = 64                       # every base address must be a multiple of this
 
 
+class Access(str, enum.Enum):
+    """What the host may do with a register (a ``str`` enum: ``Access.RW == "rw"``)."""
+    RO = "ro"        # read only (writes ignored)
+    RW = "rw"        # stored, read back
+    WO = "wo"        # write only (reads 0): CONTROL's pulses
+    W1C = "w1c"      # write 1 to clear
+
+
+@dataclass(frozen=True)
+class Field:
+    """One bit field of a register: bits ``lo .. lo + width - 1``, an unsigned integer."""
+    name: str
+    lo: int
+    width: int
+
+    @property
+    def mask(self) -> int:
+        return ((1 << self.width) - 1) << self.lo
+
+
 @dataclass(frozen=True)
 class Reg:
+    """One 32-bit register: byte offset, host access, description and (for the registers that have them) its bit
+    fields, lowest first (bits no field names are reserved: written 0, read 0)."""
     name: str
     offset: int
-    access: str      # "ro", "rw", "wo", "w1c"
+    access: Access
     doc: str
+    fields: tuple[Field, ...] = ()
+
+
+def _f(*spec: tuple[str, int, int]) -> tuple[Field, ...]:
+    return tuple(Field(*s) for s in spec)
 
 
 REGISTERS: tuple[Reg, ...] = (
-    Reg("ID", 0x000, "ro", "ID_MAGIC"),
-    Reg("VERSION", 0x004, "ro", "REGMAP_VERSION: major << 16 | minor"),
-    Reg("HW_CONFIG", 0x008, "ro", "bits 7:0 bus bytes per beat, 15:8 lanes per weight port (trits per cycle of "
-                                  "one port's ternary engines), 23:16 max tokens k, 27:24 weight ports (AXI "
-                                  "masters streaming weights; 0 reads as 1)"),
-    Reg("HW_LIMITS", 0x00C, "ro", "bits 15:0 max width (d, and I) in units of 16 elements; 31:16 reserved"),
-    Reg("CONTROL", 0x010, "wo", "bit 0 START, bit 1 SOFT_RESET (abort and clear), bit 2 IRQ_ENABLE (sticky)"),
-    Reg("STATUS", 0x014, "ro", "bit 0 BUSY, bit 1 DONE, bit 2 ERROR, bit 3 IRQ_ENABLED"),
-    Reg("ERROR_CODE", 0x018, "ro", "0 = none, else an ERR_* code in bits 7:0 and detail in 31:8"),
-    Reg("IRQ_STATUS", 0x01C, "w1c", "bit 0 DONE or ERROR interrupt pending; write 1 to clear"),
-    Reg("PROG_BASE_LO", 0x020, "rw", ""), Reg("PROG_BASE_HI", 0x024, "rw", ""),
-    Reg("DATA_BASE_LO", 0x028, "rw", ""), Reg("DATA_BASE_HI", 0x02C, "rw", ""),
-    Reg("TOKENS_LO", 0x030, "rw", ""), Reg("TOKENS_HI", 0x034, "rw", ""),
-    Reg("PARENTS_LO", 0x038, "rw", ""), Reg("PARENTS_HI", 0x03C, "rw", ""),
-    Reg("STATE_IN_LO", 0x040, "rw", ""), Reg("STATE_IN_HI", 0x044, "rw", ""),
-    Reg("STATE_OUT_LO", 0x048, "rw", ""), Reg("STATE_OUT_HI", 0x04C, "rw", ""),
-    Reg("LOGITS_LO", 0x050, "rw", ""), Reg("LOGITS_HI", 0x054, "rw", ""),
-    Reg("ARGMAX_OUT_LO", 0x058, "rw", ""), Reg("ARGMAX_OUT_HI", 0x05C, "rw", ""),
-    Reg("MEM_LO_LO", 0x060, "rw", "lowest DDR address the accelerator may touch"), Reg("MEM_LO_HI", 0x064, "rw", ""),
-    Reg("MEM_HI_LO", 0x068, "rw", "one past the highest DDR address it may touch"), Reg("MEM_HI_HI", 0x06C, "rw", ""),
-    Reg("NUM_TOKENS", 0x070, "rw", "k, 1..max tokens"),
-    Reg("FLAGS", 0x074, "rw", "bit 0 WRITE_LOGITS (the program's logits STOREs run), bit 1 TREE (use PARENTS; "
-                              "else a chain)"),
-    Reg("ARGMAX", 0x078, "ro", "greedy token of the last position of the last run"),
-    Reg("PC", 0x07C, "ro", "byte offset from PROG_BASE of the instruction being decoded (the faulting one for "
-                           "decode errors; for an engine's error, the one decoded when it was reported)"),
-    Reg("CYCLES_LO", 0x080, "ro", "clock cycles of the last run (START to DONE)"), Reg("CYCLES_HI", 0x084, "ro", ""),
-    Reg("STALLS_LO", 0x088, "ro", "cycles a ternary engine with rows to do waited for weight data"),
-    Reg("STALLS_HI", 0x08C, "ro", ""),
-    Reg("RD_BYTES_LO", 0x090, "ro", "bytes read from DDR in the last run (AXI R beats x bus bytes)"),
-    Reg("RD_BYTES_HI", 0x094, "ro", ""),
-    Reg("WR_BYTES_LO", 0x098, "ro", "bytes written to DDR in the last run (AXI W beats x bus bytes)"),
-    Reg("WR_BYTES_HI", 0x09C, "ro", ""),
+    Reg("ID", 0x000, Access.RO, "ID_MAGIC"),
+    Reg("VERSION", 0x004, Access.RO, "REGMAP_VERSION: major << 16 | minor",
+        _f(("minor", 0, 16), ("major", 16, 16))),
+    Reg("HW_CONFIG", 0x008, Access.RO, "bits 7:0 bus bytes per beat, 15:8 lanes per weight port (trits per cycle of "
+                                        "one port's ternary engines), 23:16 max tokens k, 27:24 weight ports (AXI "
+                                        "masters streaming weights; 0 reads as 1)",
+        _f(("bus_bytes", 0, 8), ("lanes", 8, 8), ("max_tokens", 16, 8), ("weight_ports", 24, 4))),
+    Reg("HW_LIMITS", 0x00C, Access.RO, "bits 15:0 max width (d, and I) in units of 16 elements; 31:16 reserved",
+        _f(("width_units", 0, 16))),
+    Reg("CONTROL", 0x010, Access.WO, "bit 0 START, bit 1 SOFT_RESET (abort and clear), bit 2 IRQ_ENABLE (sticky), "
+                                     "bit 3 GENERATE (the on-chip draft-verify loop)",
+        _f(("start", 0, 1), ("soft_reset", 1, 1), ("irq_enable", 2, 1), ("generate", 3, 1))),
+    Reg("STATUS", 0x014, Access.RO, "bit 0 BUSY, bit 1 DONE, bit 2 ERROR, bit 3 IRQ_ENABLED",
+        _f(("busy", 0, 1), ("done", 1, 1), ("error", 2, 1), ("irq_enabled", 3, 1))),
+    Reg("ERROR_CODE", 0x018, Access.RO, "0 = none, else an ERR_* code in bits 7:0 and detail in 31:8",
+        _f(("code", 0, 8), ("detail", 8, 24))),
+    Reg("IRQ_STATUS", 0x01C, Access.W1C, "bit 0 DONE or ERROR interrupt pending; write 1 to clear",
+        _f(("pending", 0, 1))),
+    Reg("PROG_BASE_LO", 0x020, Access.RW, ""), Reg("PROG_BASE_HI", 0x024, Access.RW, ""),
+    Reg("DATA_BASE_LO", 0x028, Access.RW, ""), Reg("DATA_BASE_HI", 0x02C, Access.RW, ""),
+    Reg("TOKENS_LO", 0x030, Access.RW, ""), Reg("TOKENS_HI", 0x034, Access.RW, ""),
+    Reg("PARENTS_LO", 0x038, Access.RW, ""), Reg("PARENTS_HI", 0x03C, Access.RW, ""),
+    Reg("STATE_IN_LO", 0x040, Access.RW, ""), Reg("STATE_IN_HI", 0x044, Access.RW, ""),
+    Reg("STATE_OUT_LO", 0x048, Access.RW, ""), Reg("STATE_OUT_HI", 0x04C, Access.RW, ""),
+    Reg("LOGITS_LO", 0x050, Access.RW, ""), Reg("LOGITS_HI", 0x054, Access.RW, ""),
+    Reg("ARGMAX_OUT_LO", 0x058, Access.RW, ""), Reg("ARGMAX_OUT_HI", 0x05C, Access.RW, ""),
+    Reg("MEM_LO_LO", 0x060, Access.RW, "lowest DDR address the accelerator may touch"), Reg("MEM_LO_HI", 0x064, Access.RW, ""),
+    Reg("MEM_HI_LO", 0x068, Access.RW, "one past the highest DDR address it may touch"), Reg("MEM_HI_HI", 0x06C, Access.RW, ""),
+    Reg("NUM_TOKENS", 0x070, Access.RW, "k, 1..max tokens"),
+    Reg("FLAGS", 0x074, Access.RW, "bit 0 WRITE_LOGITS (the program's logits STOREs run), bit 1 TREE (use PARENTS; "
+                                    "else a chain)",
+        _f(("write_logits", 0, 1), ("tree", 1, 1))),
+    Reg("ARGMAX", 0x078, Access.RO, "greedy token of the last position of the last run"),
+    Reg("PC", 0x07C, Access.RO, "byte offset from PROG_BASE of the instruction being decoded (the faulting one for "
+                                 "decode errors; for an engine's error, the one decoded when it was reported)"),
+    Reg("CYCLES_LO", 0x080, Access.RO, "clock cycles of the last run (START to DONE)"), Reg("CYCLES_HI", 0x084, Access.RO, ""),
+    Reg("STALLS_LO", 0x088, Access.RO, "cycles a ternary engine with rows to do waited for weight data"),
+    Reg("STALLS_HI", 0x08C, Access.RO, ""),
+    Reg("RD_BYTES_LO", 0x090, Access.RO, "bytes read from DDR in the last run (AXI R beats x bus bytes)"),
+    Reg("RD_BYTES_HI", 0x094, Access.RO, ""),
+    Reg("WR_BYTES_LO", 0x098, Access.RO, "bytes written to DDR in the last run (AXI W beats x bus bytes)"),
+    Reg("WR_BYTES_HI", 0x09C, Access.RO, ""),
     # ---- the on-chip draft-verify loop (CONTROL.GENERATE; builds with a draft engine, DRAFT_VOCAB != 0) ----
-    Reg("TABLE_BASE_LO", 0x0A0, "rw", "trigram lines of the draft table (the table file's trig array as it is: "
-                                      "2**S x W lines of 4 (1 + K) bytes)"), Reg("TABLE_BASE_HI", 0x0A4, "rw", ""),
-    Reg("BIGRAM_BASE_LO", 0x0A8, "rw", "bigram rows: DRAFT_VOCAB rows of 4 KB bytes (rows past the table's "
-                                       "vocabulary zero); loaded at GENERATE, written back at its end"),
-    Reg("BIGRAM_BASE_HI", 0x0AC, "rw", ""),
-    Reg("GEN_OUT_LO", 0x0B0, "rw", "emitted tokens, uint32[GEN_N]"), Reg("GEN_OUT_HI", 0x0B4, "rw", ""),
-    Reg("STATE_ALT_LO", 0x0B8, "rw", "second state area (max tokens positions): passes alternate STATE_OUT and "
-                                     "STATE_ALT"), Reg("STATE_ALT_HI", 0x0BC, "rw", ""),
-    Reg("GEN_N", 0x0C0, "rw", "tokens to emit, >= 1"),
-    Reg("GEN_CONTEXT", 0x0C4, "rw", "bits 15:0 the last committed token (not yet fed; the first pass's root), "
-                                    "31:16 the token before it"),
-    Reg("GEN_EOS", 0x0C8, "rw", "bit 31 enable, bits 15:0 a token that ends the generation (emitted, then stop)"),
-    Reg("STATE_STRIDE", 0x0CC, "rw", "bytes between positions in STATE_OUT (state_stride(d, L)), a multiple of "
-                                     "ALIGN"),
-    Reg("DRAFT_CONFIG", 0x0D0, "ro", "0: no draft engine; else bits 7:0 sets_log2, 15:8 ways, 23:16 slots, "
-                                     "31:24 bigram_slots (TableParams)"),
-    Reg("DRAFT_VOCAB", 0x0D4, "ro", "rows of the on-chip bigram fallback (0: no draft engine)"),
-    Reg("DRAFT_COUNTERS", 0x0D8, "ro", "bits 15:0 inc, 31:16 cmax (TableParams); 0: no draft engine"),
-    Reg("GEN_COUNT", 0x0DC, "ro", "tokens emitted by the last GENERATE"),
-    Reg("GEN_PASSES", 0x0E0, "ro", "verification passes of the last GENERATE"),
-    Reg("GEN_NODES", 0x0E4, "ro", "draft tree nodes (roots included) fed by the last GENERATE"),
-    Reg("GEN_CYCLES_LO", 0x0E8, "ro", "clock cycles of the last GENERATE (CONTROL to DONE: table load, drafts, "
-                                      "passes, updates, table write-back)"),
-    Reg("GEN_CYCLES_HI", 0x0EC, "ro", ""),
-    Reg("GEN_STATE_LO", 0x0F0, "ro", "address of the state after the last committed node of the last GENERATE (a "
-                                     "STATE_IN to go on from)"), Reg("GEN_STATE_HI", 0x0F4, "ro", ""),
+    Reg("TABLE_BASE_LO", 0x0A0, Access.RW, "trigram lines of the draft table (the table file's trig array as it is: "
+                                            "2**S x W lines of 4 (1 + K) bytes)"), Reg("TABLE_BASE_HI", 0x0A4, Access.RW, ""),
+    Reg("BIGRAM_BASE_LO", 0x0A8, Access.RW, "bigram rows: DRAFT_VOCAB rows of 4 KB bytes (rows past the table's "
+                                             "vocabulary zero); loaded at GENERATE, written back at its end"),
+    Reg("BIGRAM_BASE_HI", 0x0AC, Access.RW, ""),
+    Reg("GEN_OUT_LO", 0x0B0, Access.RW, "emitted tokens, uint32[GEN_N]"), Reg("GEN_OUT_HI", 0x0B4, Access.RW, ""),
+    Reg("STATE_ALT_LO", 0x0B8, Access.RW, "second state area (max tokens positions): passes alternate STATE_OUT and "
+                                           "STATE_ALT"), Reg("STATE_ALT_HI", 0x0BC, Access.RW, ""),
+    Reg("GEN_N", 0x0C0, Access.RW, "tokens to emit, >= 1"),
+    Reg("GEN_CONTEXT", 0x0C4, Access.RW, "bits 15:0 the last committed token (not yet fed; the first pass's root), "
+                                          "31:16 the token before it",
+        _f(("root", 0, 16), ("prev", 16, 16))),
+    Reg("GEN_EOS", 0x0C8, Access.RW, "bit 31 enable, bits 15:0 a token that ends the generation (emitted, then stop)",
+        _f(("token", 0, 16), ("enable", 31, 1))),
+    Reg("STATE_STRIDE", 0x0CC, Access.RW, "bytes between positions in STATE_OUT (state_stride(d, L)), a multiple of "
+                                           "ALIGN"),
+    Reg("DRAFT_CONFIG", 0x0D0, Access.RO, "0: no draft engine; else bits 7:0 sets_log2, 15:8 ways, 23:16 slots, "
+                                           "31:24 bigram_slots (TableParams)",
+        _f(("sets_log2", 0, 8), ("ways", 8, 8), ("slots", 16, 8), ("bigram_slots", 24, 8))),
+    Reg("DRAFT_VOCAB", 0x0D4, Access.RO, "rows of the on-chip bigram fallback (0: no draft engine)"),
+    Reg("DRAFT_COUNTERS", 0x0D8, Access.RO, "bits 15:0 inc, 31:16 cmax (TableParams); 0: no draft engine",
+        _f(("inc", 0, 16), ("cmax", 16, 16))),
+    Reg("GEN_COUNT", 0x0DC, Access.RO, "tokens emitted by the last GENERATE"),
+    Reg("GEN_PASSES", 0x0E0, Access.RO, "verification passes of the last GENERATE"),
+    Reg("GEN_NODES", 0x0E4, Access.RO, "draft tree nodes (roots included) fed by the last GENERATE"),
+    Reg("GEN_CYCLES_LO", 0x0E8, Access.RO, "clock cycles of the last GENERATE (CONTROL to DONE: table load, drafts, "
+                                            "passes, updates, table write-back)"),
+    Reg("GEN_CYCLES_HI", 0x0EC, Access.RO, ""),
+    Reg("GEN_STATE_LO", 0x0F0, Access.RO, "address of the state after the last committed node of the last GENERATE (a "
+                                           "STATE_IN to go on from)"), Reg("GEN_STATE_HI", 0x0F4, Access.RO, ""),
 )
 REG = {r.name: r for r in REGISTERS}
 OFFSET = {r.name: r.offset for r in REGISTERS}
 
-# CONTROL bits
-CTRL_START = 1 << 0
-CTRL_SOFT_RESET = 1 << 1
-CTRL_IRQ_ENABLE = 1 << 2
-CTRL_GENERATE = 1 << 3         # run the on-chip draft-verify loop (docs/speculative.md)
-# STATUS bits
-STAT_BUSY = 1 << 0
-STAT_DONE = 1 << 1
-STAT_ERROR = 1 << 2
-STAT_IRQ_ENABLED = 1 << 3
-# FLAGS bits
-FLAG_WRITE_LOGITS = 1 << 0
-FLAG_TREE = 1 << 1
+
+
+class RegisterFieldError(MmfreeError, ValueError):
+    """A register name, field name or field value that the register map does not have room for."""
+
+
+def fields_of(name: str) -> tuple[Field, ...]:
+    """The bit fields of register ``name`` (empty for a plain 32-bit value); RegisterFieldError for an unknown name."""
+    if name not in REG:
+        raise RegisterFieldError(f"unknown register {name!r}: choose one of regmap.REGISTERS")
+    return REG[name].fields
+
+
+def encode(name: str, **fields: int) -> int:
+    """The 32-bit value of register ``name`` with these fields (others 0), e.g. ``encode("CONTROL", start=1)``.
+    RegisterFieldError names the register and field when a field is unknown or its value does not fit."""
+    known = {f.name: f for f in fields_of(name)}
+    value = 0
+    for key, v in fields.items():
+        if key not in known:
+            raise RegisterFieldError(f"register {name} has no field {key!r}; its fields: {', '.join(known) or 'none'}")
+        f = known[key]
+        v = int(v)
+        if not 0 <= v < 1 << f.width:
+            raise RegisterFieldError(f"{name}.{key} must be in 0..{(1 << f.width) - 1} ({f.width} bits), got {v}")
+        value |= v << f.lo
+    return value
+
+
+def decode(name: str, value: int) -> dict[str, int]:
+    """Every field of register ``name`` read from its 32-bit ``value`` (reserved bits ignored)."""
+    return {f.name: (int(value) >> f.lo) & ((1 << f.width) - 1) for f in fields_of(name)}
+
+
+class Registers:
+    """Host access to the register map by name over two 32-bit bus functions (MMIO, the simulated board, the
+    emulator): ``read32(offset) -> int`` and ``write32(offset, value)``, offsets in bytes from the window's base.
+
+    * ``read(name)`` the 32-bit value; ``fields(name)`` its decoded fields (a dict);
+    * ``write(name, value)`` or ``write(name, **fields)`` (the fields encoded, the others 0);
+    * ``read64(name)`` / ``write64(name, value)`` a 64-bit register by the name without ``_LO`` / ``_HI``
+      (``read64("CYCLES")``, ``write64("PROG_BASE", addr)``), low word first.
+
+    Unknown names, fields or values that do not fit raise :class:`RegisterFieldError`."""
+
+    def __init__(self, read32: Callable[[int], int], write32: Callable[[int, int], None]):
+        self._read32, self._write32 = read32, write32
+
+    @staticmethod
+    def offset(name: str) -> int:
+        fields_of(name)
+        return REG[name].offset
+
+    def read(self, name: str) -> int:
+        return int(self._read32(self.offset(name)))
+
+    def fields(self, name: str) -> dict[str, int]:
+        return decode(name, self.read(name))
+
+    def write(self, name: str, value: int | None = None, **fields: int) -> None:
+        if (value is None) == (not fields):
+            raise RegisterFieldError(f"write {name}: give either a value or its fields (one of the two)")
+        if value is None:
+            value = encode(name, **fields)
+        if not 0 <= int(value) < 1 << 32:
+            raise RegisterFieldError(f"{name} is a 32-bit register, got {value}")
+        self._write32(self.offset(name), int(value))
+
+    def read64(self, name: str) -> int:
+        lo = self.read(name + "_LO")
+        return lo | (self.read(name + "_HI") << 32)
+
+    def write64(self, name: str, value: int) -> None:
+        if not 0 <= int(value) < 1 << 64:
+            raise RegisterFieldError(f"{name} is a 64-bit register, got {value}")
+        self.write(name + "_LO", int(value) & 0xFFFFFFFF)
+        self.write(name + "_HI", int(value) >> 32)
+
+
+# CONTROL, STATUS and FLAGS bits as masks (derived from the field tables above)
+CTRL_START = encode("CONTROL", start=1)
+CTRL_SOFT_RESET = encode("CONTROL", soft_reset=1)
+CTRL_IRQ_ENABLE = encode("CONTROL", irq_enable=1)
+CTRL_GENERATE = encode("CONTROL", generate=1)        # run the on-chip draft-verify loop (docs/speculative.md)
+STAT_BUSY = encode("STATUS", busy=1)
+STAT_DONE = encode("STATUS", done=1)
+STAT_ERROR = encode("STATUS", error=1)
+STAT_IRQ_ENABLED = encode("STATUS", irq_enabled=1)
+FLAG_WRITE_LOGITS = encode("FLAGS", write_logits=1)
+FLAG_TREE = encode("FLAGS", tree=1)
 
 #: 64-bit address registers, by the name without the _LO/_HI suffix.
 ADDRESS_REGS = ("PROG_BASE", "DATA_BASE", "TOKENS", "PARENTS", "STATE_IN", "STATE_OUT", "LOGITS", "ARGMAX_OUT",
@@ -203,7 +324,7 @@ ERROR_MESSAGES = {
 
 def error_message(code_register: int) -> str:
     """Human-readable text of an ERROR_CODE register value."""
-    code, detail = code_register & 0xFF, code_register >> 8
+    code, detail = decode("ERROR_CODE", code_register).values()
     if code == ERR_NONE:
         return "no error"
     text = ERROR_MESSAGES.get(code, f"unknown error code {code}")
@@ -225,17 +346,19 @@ def error_message(code_register: int) -> str:
 
 def decode_hw_config(value: int) -> dict:
     """HW_CONFIG fields; ``lanes`` is per weight port, ``weight_ports`` at least 1."""
-    return {"bus_bytes": value & 0xFF, "lanes": (value >> 8) & 0xFF, "max_tokens": (value >> 16) & 0xFF,
-            "weight_ports": max(1, (value >> 24) & 0xF)}
+    out = decode("HW_CONFIG", value)
+    out["weight_ports"] = max(1, out["weight_ports"])
+    return out
 
 
 def encode_hw_config(bus_bytes: int, lanes: int, max_tokens: int, weight_ports: int = 1) -> int:
+    """HW_CONFIG of a build (bus_bytes, lanes, max_tokens each 1..255; weight_ports 1..MAX_WEIGHT_PORTS)."""
     for name, v in (("bus_bytes", bus_bytes), ("lanes", lanes), ("max_tokens", max_tokens)):
         if not 0 < v < 256:
-            raise ValueError(f"{name} must be in 1..255, got {v}")
+            raise RegisterFieldError(f"{name} must be in 1..255, got {v}")
     if not 1 <= weight_ports <= MAX_WEIGHT_PORTS:
-        raise ValueError(f"weight_ports must be in 1..{MAX_WEIGHT_PORTS}, got {weight_ports}")
-    return bus_bytes | (lanes << 8) | (max_tokens << 16) | (weight_ports << 24)
+        raise RegisterFieldError(f"weight_ports must be in 1..{MAX_WEIGHT_PORTS}, got {weight_ports}")
+    return encode("HW_CONFIG", bus_bytes=bus_bytes, lanes=lanes, max_tokens=max_tokens, weight_ports=weight_ports)
 
 
 def state_stride(d: int, layers: int) -> int:
@@ -254,13 +377,12 @@ def encode_draft_config(sets_log2: int, ways: int, slots: int, bigram_slots: int
     """DRAFT_CONFIG of a build whose draft engine has these TableParams fields (each 1..255)."""
     for name, v in (("sets_log2", sets_log2), ("ways", ways), ("slots", slots), ("bigram_slots", bigram_slots)):
         if not 0 < v < 256:
-            raise ValueError(f"{name} must be in 1..255, got {v}")
-    return sets_log2 | (ways << 8) | (slots << 16) | (bigram_slots << 24)
+            raise RegisterFieldError(f"{name} must be in 1..255, got {v}")
+    return encode("DRAFT_CONFIG", sets_log2=sets_log2, ways=ways, slots=slots, bigram_slots=bigram_slots)
 
 
 def decode_draft_config(config: int, counters: int) -> dict | None:
     """The draft engine's table geometry and counter rules from DRAFT_CONFIG / DRAFT_COUNTERS (None: no engine)."""
     if config == 0:
         return None
-    return {"sets_log2": config & 0xFF, "ways": (config >> 8) & 0xFF, "slots": (config >> 16) & 0xFF,
-            "bigram_slots": config >> 24, "inc": counters & 0xFFFF, "cmax": counters >> 16}
+    return {**decode("DRAFT_CONFIG", config), **decode("DRAFT_COUNTERS", counters)}

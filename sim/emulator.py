@@ -163,8 +163,9 @@ class Emulator:
         k = len(tokens) if on_chip else regs["NUM_TOKENS"]
         if not 1 <= k <= hw.max_tokens:
             raise AccelError(RM.ERR_NUM_TOKENS)
-        tree = parents is not None if on_chip else bool(regs["FLAGS"] & RM.FLAG_TREE)
-        logits_on = bool(regs["FLAGS"] & RM.FLAG_WRITE_LOGITS)
+        flags = RM.decode("FLAGS", regs["FLAGS"])
+        tree = parents is not None if on_chip else bool(flags["tree"])
+        logits_on = bool(flags["write_logits"])
         for i, name in enumerate(RM.ADDRESS_REGS):
             if name == "PARENTS" and not tree or name == "LOGITS" and not logits_on \
                     or on_chip and name in ("TOKENS", "PARENTS"):
@@ -278,7 +279,8 @@ class Emulator:
         addr = self.regs[RM.ADDRESS_REGS[a["base"]]] + a["offset"]
         if addr % (N.ROW_ALIGN_BYTES if op in ("MATVEC", "PREFETCH") else 4) or (op == "STORE" and a["tstride"] % 4):
             raise bad
-        if op == "STORE" and a["flags"] & I.STORE_IF_LOGITS and not self.regs["FLAGS"] & RM.FLAG_WRITE_LOGITS:
+        logits_on = RM.decode("FLAGS", self.regs["FLAGS"])["write_logits"]
+        if op == "STORE" and a["flags"] & I.STORE_IF_LOGITS and not logits_on:
             return None, 0
         span = {"LOAD": lambda: 4 * a["count"] * a["fields"],
                 "STORE": lambda: (self.k - 1) * a["tstride"] + 4 * a["count"],
@@ -487,23 +489,25 @@ class EmulatedBoard:
 
     def write32(self, offset: int, value: int) -> None:
         reg = {r.offset: r for r in RM.REGISTERS}.get(offset)
-        if reg is None or reg.access == "ro":
+        if reg is None or reg.access == RM.Access.RO:
             return
         value &= 0xFFFFFFFF
         if reg.name == "CONTROL":
-            if value & RM.CTRL_IRQ_ENABLE:
+            ctl = RM.decode("CONTROL", value)
+            if ctl["irq_enable"]:
                 self.irq_enabled = True
-            if value & RM.CTRL_SOFT_RESET:
+            if ctl["soft_reset"]:
                 self.csr["STATUS"] = 0
                 self.csr["ERROR_CODE"] = 0
                 self.csr["IRQ_STATUS"] = 0
-            if value & RM.CTRL_GENERATE:
+            if ctl["generate"]:
                 self._finish(self._generate)
-            elif value & RM.CTRL_START:
+            elif ctl["start"]:
                 self._finish(self._pass)
             return
         if reg.name == "IRQ_STATUS":
-            self.csr["IRQ_STATUS"] &= ~value
+            if RM.decode("IRQ_STATUS", value)["pending"]:
+                self.csr["IRQ_STATUS"] = 0
             return
         self.csr[reg.name] = value
 
@@ -512,7 +516,7 @@ class EmulatedBoard:
         if reg is None:
             return 0
         if reg.name == "STATUS":
-            return self.csr["STATUS"] | (RM.STAT_IRQ_ENABLED if self.irq_enabled else 0)
+            return self.csr["STATUS"] | RM.encode("STATUS", irq_enabled=int(self.irq_enabled))
         return self.csr[reg.name]
 
     def _reg64(self, name: str) -> int:
@@ -527,14 +531,14 @@ class EmulatedBoard:
         try:
             work()
         except AccelError as exc:
-            self.csr["STATUS"] = RM.STAT_ERROR
+            self.csr["STATUS"] = RM.encode("STATUS", error=1)
             self.csr["ERROR_CODE"] = exc.register
             self.csr["PC"] = exc.pc or 0
         else:
-            self.csr["STATUS"] = RM.STAT_DONE
+            self.csr["STATUS"] = RM.encode("STATUS", done=1)
             self.csr["ERROR_CODE"] = 0
         if self.irq_enabled:
-            self.csr["IRQ_STATUS"] = 1
+            self.csr["IRQ_STATUS"] = RM.encode("IRQ_STATUS", pending=1)
 
     def _pass(self, tokens=None, parents=None, state_in: int | None = None, state_out: int | None = None) -> None:
         """One pass with the registers as the host set them; the on-chip loop gives its own tokens, parents
@@ -608,8 +612,9 @@ class EmulatedBoard:
         table = TG.TrigramTable(p, hw.draft_vocab, None, trig.reshape(p.n_sets, p.ways, 1 + p.slots).copy(),
                                 big.reshape(hw.draft_vocab, p.bigram_slots).copy())
         template = TG.make_template(hw.max_tokens - 1, hw.max_tokens - 1)
-        prev, root = csr["GEN_CONTEXT"] >> 16, csr["GEN_CONTEXT"] & 0xFFFF
-        eos = csr["GEN_EOS"] & 0xFFFF if csr["GEN_EOS"] >> 31 else None
+        ctx, eos = RM.decode("GEN_CONTEXT", csr["GEN_CONTEXT"]), RM.decode("GEN_EOS", csr["GEN_EOS"])
+        prev, root = ctx["prev"], ctx["root"]
+        eos = eos["token"] if eos["enable"] else None
         outs = (self._reg64("STATE_OUT"), base["STATE_ALT"])      # the first pass writes STATE_OUT
         cur, count, done = self._reg64("STATE_IN"), 0, False
         while not done:

@@ -17,6 +17,7 @@ from collections import deque
 
 import numpy as np
 import pytest
+from amaranth import Value
 from amaranth.sim import Simulator
 
 from mmfree.pymodel import trigram as T
@@ -103,7 +104,8 @@ def run_loop(model: ToyModel, table: T.TrigramTable, context: tuple[int, int], n
     mem[BIGRAM:BIGRAM + big.nbytes] = np.frombuffer(big.tobytes(), np.uint8)
     r = {"STATE_IN": STATE_ALT + STRIDE, "STATE_OUT": STATE_OUT, "STATE_ALT": STATE_ALT, "TABLE_BASE": TABLE,
          "BIGRAM_BASE": BIGRAM, "GEN_OUT": GEN_OUT, "MEM_LO": MEM_LO, "MEM_HI": MEM_HI, "GEN_N": n,
-         "GEN_CONTEXT": context[0] << 16 | context[1], "GEN_EOS": (1 << 31 | eos) if eos is not None else 0,
+         "GEN_CONTEXT": RM.encode("GEN_CONTEXT", prev=context[0], root=context[1]),
+         "GEN_EOS": RM.encode("GEN_EOS", enable=1, token=eos) if eos is not None else 0,
          "STATE_STRIDE": STRIDE}
     r.update(regs or {})
     out = {"pass_log": [], "finished": False, "cycles": 0}
@@ -113,7 +115,7 @@ def run_loop(model: ToyModel, table: T.TrigramTable, context: tuple[int, int], n
         for name in RM.GEN_ADDRESS_REGS + ("STATE_IN", "STATE_OUT", "MEM_LO", "MEM_HI"):
             ctx.set(getattr(dut, "reg_" + name.lower()), r[name])
         for name in ("GEN_N", "GEN_CONTEXT", "GEN_EOS", "STATE_STRIDE"):
-            ctx.set(getattr(dut, name.lower()), r[name])
+            ctx.set(Value.cast(getattr(dut, name.lower())), r[name])     # GEN_CONTEXT, GEN_EOS: layout views
         ctx.set(dut.go, 1)
         await ctx.tick()
         ctx.set(dut.go, 0)
