@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.mmfree-installed
 # pytest workers: the suite is CPU-bound; MMFREE_JOBS=1 for a serial run
 JOBS   ?= $(or $(MMFREE_JOBS),2)
 
-.PHONY: demo test test-all venv clean
+.PHONY: demo test test-all wheel-check lint lint-fix venv clean
 
 venv: $(STAMP)
 
@@ -34,6 +34,29 @@ test: $(STAMP)
 # everything, the slow tests too
 test-all: $(STAMP)
 	MMFREE_SLOW=1 $(BIN)/python -m pytest -n $(JOBS) --dist loadgroup
+
+# The built wheel, installed into a fresh venv (torch pinned first, then the wheel with its `sim` extra), runs the
+# simulator and the demo from another directory: catches package data missing from the wheel and paths that only
+# resolve in a checkout. Its caches go to the user cache dir (XDG_CACHE_HOME, here inside WHEEL_DIR, reused
+# between runs: entries are keyed by content), never into site-packages.
+WHEEL_DIR ?= build/wheel-check
+wheel-check: $(STAMP)
+	rm -rf $(WHEEL_DIR)/dist $(WHEEL_DIR)/venv $(WHEEL_DIR)/run
+	$(BIN)/python -m pip wheel -q --no-deps --no-build-isolation -w $(WHEEL_DIR)/dist .
+	$(PYTHON) -m venv $(WHEEL_DIR)/venv
+	$(WHEEL_DIR)/venv/bin/python -m pip install -q --upgrade pip
+	$(WHEEL_DIR)/venv/bin/python -m pip install -q "torch==2.13.0"
+	$(WHEEL_DIR)/venv/bin/python -m pip install -q "$$(ls $(WHEEL_DIR)/dist/mmfree-*.whl)[sim]"
+	mkdir -p $(WHEEL_DIR)/run
+	cd $(WHEEL_DIR)/run && env -u MMFREE_CACHE -u PYTHONPATH XDG_CACHE_HOME="$(abspath $(WHEEL_DIR))/cache" \
+	  ../venv/bin/mmfree sim --model default --tokens 2 --json > sim.json
+	$(WHEEL_DIR)/venv/bin/python -c "import json, sys; r = json.load(open(sys.argv[1])); \
+	  assert r['bit_exact'] is True, r; print('wheel-check: mmfree sim bit_exact', r['tokens'])" $(WHEEL_DIR)/run/sim.json
+	cd $(WHEEL_DIR)/run && env -u MMFREE_CACHE -u PYTHONPATH XDG_CACHE_HOME="$(abspath $(WHEEL_DIR))/cache" \
+	  ../venv/bin/mmfree demo
+	$(WHEEL_DIR)/venv/bin/python -c "import mmfree, pathlib, sys; \
+	  site = pathlib.Path(mmfree.__file__).parent.parent; assert 'site-packages' in str(site), site; \
+	  assert not (site / 'build').exists(), 'a cache landed in site-packages'; print('wheel-check: ok', site)"
 
 clean:
 	rm -rf build .pytest_cache

@@ -34,11 +34,13 @@ def export_random_model(name: str, d: int, inter: int, layers: int, vocab: int, 
     embedding), exported once per numerics/layout/export/model source under ``build/<subdir>/`` (cached)."""
     import hashlib
 
-    from mmfree.config import PACKAGE_ROOT, cache_dir
+    from importlib import resources
+
+    from mmfree.config import cache_dir
 
     h = hashlib.sha256()
     for mod in ("numerics.py", "layout.py", "export.py", "model.py"):
-        h.update((PACKAGE_ROOT / "pymodel" / mod).read_bytes())
+        h.update(resources.files("mmfree.pymodel").joinpath(mod).read_bytes())
     out = cache_dir() / subdir / f"{name}-{h.hexdigest()[:12]}"
     if not (out / "manifest.json").exists():
         import torch

@@ -244,22 +244,17 @@ def config_for(board, clock_mhz: float | None = None, max_width: int | None = No
 def _source_key(cfg: BuildConfig) -> str:
     import amaranth
 
-    from mmfree.config import PACKAGE_ROOT
+    from mmfree.config import RTL_SOURCES, source_digest
 
-    h = hashlib.sha256(repr((cfg.bus_bytes, cfg.max_tokens, cfg.max_width, cfg.addr_width, cfg.weight_ports,
-                             cfg.matvec_engines,
-                             amaranth.__version__)).encode())
-    for f in sorted((PACKAGE_ROOT / "rtl").glob("*.py")) + [PACKAGE_ROOT / "pymodel" / "numerics.py",
-                                                            PACKAGE_ROOT / "pymodel" / "layout.py"]:
-        h.update(f.name.encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()[:16]
+    return source_digest(*RTL_SOURCES, extra=repr((cfg.bus_bytes, cfg.max_tokens, cfg.max_width, cfg.addr_width,
+                                                   cfg.weight_ports, cfg.matvec_engines, amaranth.__version__)))
 
 
 def _cache_root() -> Path:
-    from mmfree.config import PACKAGE_ROOT
+    from mmfree.config import cache_dir
 
-    return Path(os.environ.get("MMFREE_BUILD_CACHE", PACKAGE_ROOT / "build")) / "boards"
+    env = os.environ.get("MMFREE_BUILD_CACHE")
+    return (Path(env) if env else cache_dir()) / "boards"
 
 
 def accel_verilog(cfg: BuildConfig, progress=None) -> Path:
@@ -837,9 +832,12 @@ def estimates_markdown(boards=("pynq-z2", "kv260", "zcu104"), progress=None, lat
 
 def record_estimates(doc=None, progress=None, run_missing: bool = True) -> Path:
     """Rewrite the table between ``<!-- estimates:begin -->`` and ``<!-- estimates:end -->`` in docs/boards.md."""
-    from mmfree.config import PACKAGE_ROOT
+    from mmfree.config import checkout_root
 
-    doc = Path(doc) if doc else PACKAGE_ROOT / "docs" / "boards.md"
+    if doc is None and checkout_root() is None:
+        raise MmfreeError("record_estimates rewrites docs/boards.md of a source checkout; this mmfree is installed "
+                          "without one: pass doc=PATH")
+    doc = Path(doc) if doc else checkout_root() / "docs" / "boards.md"
     text = doc.read_text()
     begin, end = "<!-- estimates:begin -->", "<!-- estimates:end -->"
     if begin not in text or end not in text:

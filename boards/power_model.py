@@ -22,13 +22,14 @@ counts the dynamic PL and DDR energy only.
 from __future__ import annotations
 
 import json
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
 from mmfree import MmfreeError
 
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(str(resources.files("mmfree.boards")))
 ACTIVITY_FILE = ROOT / "data" / "activity.json"
 
 #: Dynamic-power coefficients: microwatts per MHz per resource at activity 1.0 (every output toggling every

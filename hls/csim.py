@@ -19,6 +19,7 @@ import json
 import os
 import shutil
 import subprocess
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ from mmfree.atomic import file_lock
 from mmfree.hls import spec as SP
 from mmfree.pymodel import numerics as N
 
-SRC_DIR = Path(__file__).resolve().parent / "src"
+SRC_DIR = Path(str(resources.files("mmfree.hls") / "src"))
 #: The synthesisable kernel sources (every Vitis project adds all of them; set_top picks one).
 KERNEL_SOURCES = ["ternary_matvec.cpp", "quantize.cpp", "mlgru.cpp", "layer.cpp"]
 HEADERS = ["mmfree_hls.h", "mmfree_numerics.h", "mmfree_blocks.h"]

@@ -19,6 +19,7 @@ import re
 import shutil
 import subprocess
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ from mmfree.hls import csim as C
 from mmfree.hls import spec as SP
 from mmfree.pymodel import numerics as N
 
-TCL_TEMPLATE = Path(__file__).resolve().parent / "tcl" / "hls_project.tcl.in"
+TCL_TEMPLATE = Path(str(resources.files("mmfree.hls") / "tcl" / "hls_project.tcl.in"))
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -303,7 +304,7 @@ def open_int_model(model: str) -> tuple[IntModel, str]:
         key.update(f.read_bytes())
     key.update(f"spec{N.SPEC_VERSION}-fmt{LY.FORMAT_VERSION}".encode())
     for mod in ("numerics.py", "layout.py", "export.py"):   # any change to the spec invalidates cached exports
-        key.update((Path(__file__).parent / mod).read_bytes())
+        key.update(resources.files("mmfree.pymodel").joinpath(mod).read_bytes())
     out = cache_dir() / "exports" / key.hexdigest()[:16]
     if not (out / "manifest.json").exists():
         export_checkpoint(str(model), out)

@@ -23,7 +23,14 @@ from mmfree.pymodel import numerics as N
 
 FORMAT = "mmfree-image"
 FORMAT_VERSION = 1
+#: Alignment of everything placed in DDR, in bytes (one 64-byte burst line): tensors in weights.bin, blocks
+#: of the accelerator's image, the draft tables, the host buffers (``rtl.regmap.ALIGN``).
 ALIGN = 64
+
+
+def round_up(n: int, a: int = ALIGN) -> int:
+    """``n`` rounded up to a multiple of ``a`` (default :data:`ALIGN`)."""
+    return -(-n // a) * a
 
 
 @dataclass(frozen=True)
@@ -118,10 +125,10 @@ def offsets(specs: list[TensorSpec]) -> tuple[dict[str, int], int]:
     """Byte offset of each tensor (64-byte aligned) and the total size of weights.bin."""
     off, pos = {}, 0
     for t in specs:
-        pos = -(-pos // ALIGN) * ALIGN
+        pos = round_up(pos)
         off[t.name] = pos
         pos += t.nbytes
-    return off, -(-pos // ALIGN) * ALIGN
+    return off, round_up(pos)
 
 
 def weight_bytes_per_token(dims: Dims, row_align_bytes: int = N.ROW_ALIGN_BYTES, padded: bool = True) -> int:

@@ -1,7 +1,7 @@
 """The model compiler: an exported image (manifest + tensors, via :class:`mmfree.pymodel.intmodel.IntModel`)
 -> the accelerator program (:mod:`mmfree.rtl.isa`) and the DDR memory image it runs on.
 
-Memory image (``DATA_BASE``), every block 64-byte aligned, in execution order so the weight stream
+Memory image (``DATA_BASE``), every block ``LY.ALIGN`` (64) bytes aligned, in execution order so the weight stream
 reads consecutive addresses:
 
 ==================  ==================================================================================
@@ -19,7 +19,9 @@ Norm vectors become int32 records whatever their export dtype (sign-extended), s
 one element of every vector a quantizer pass needs. Packed weights are copied byte for byte.
 
 The program addresses the image through ``DATA_BASE`` and the host buffers through their base
-registers (``STATE_IN``, ``STATE_OUT``, ``LOGITS``, ``ARGMAX_OUT``); see :func:`compile_model`.
+registers (``STATE_IN``, ``STATE_OUT``, ``LOGITS``, ``ARGMAX_OUT``). :func:`compile_model` is
+:func:`plan_image` (where each block goes) + :func:`build_image` (the bytes) + :func:`emit_program` (the
+instructions); the performance model runs the same planner and emitter without a model.
 """
 
 from __future__ import annotations
@@ -34,23 +36,16 @@ from mmfree.pymodel import numerics as N
 from mmfree.rtl import isa as I
 from mmfree.rtl import regmap as RM
 
-ALIGN = 64
-
-
-
 #: How many MATVECs ahead the compiled program PREFETCHes weight rows (< ``isa.PREFETCH_DEPTH``, the most
 #: PREFETCHes that may wait). Measured on the RTL (bench/sim_roofline.py shapes, k = 1): 3 ahead instead of 1
 #: changed cycles per token by -0.7 % .. +1.3 % (the weight queues, not the number of prefetches, bound how
 #: far the stream runs ahead), so the program prefetches one MATVEC ahead.
 PREFETCH_AHEAD = 1
 
-def _align(n: int, a: int = ALIGN) -> int:
-    return -(-n // a) * a
-
 
 def embed_stride(d: int) -> int:
     """Bytes of one embedding row in the image: d int32 values padded to 16 bytes (one 128-bit beat)."""
-    return _align(4 * d, 16)
+    return LY.round_up(4 * d, 16)
 
 
 @dataclass(frozen=True)
@@ -190,26 +185,42 @@ def head_chunk_rows(dims: LY.Dims) -> int:
     return max(I.WIDTH_UNIT, (w // I.WIDTH_UNIT) * I.WIDTH_UNIT)
 
 
-def compile_model(model) -> Compiled:
-    """Compile an :class:`IntModel` (an exported image) into a program and a DDR image.
+@dataclass(frozen=True)
+class ImagePlan:
+    """Where every block of the DDR image goes (:func:`plan_image`): byte offsets and sizes, no data."""
 
-    The program is independent of the hardware build: it needs ``max_width >= max(d, I)`` (checked by the
-    hardware against HW_LIMITS, ``ERR_TOO_WIDE``) and runs with any k up to the build's ``max_tokens``.
-    """
-    dims = model.dims
-    d, inter, V, L = dims.d, dims.inter, dims.vocab, dims.layers
-    if max(d, inter) > N.MAX_K:
-        raise MmfreeError(f"model width {max(d, inter)} exceeds the numerics limit MAX_K = {N.MAX_K}")
-    consts = model.consts
-    blob = bytearray()
-    sym: dict[str, int] = {}
+    symbols: dict[str, int]            # block name -> byte offset in the image (LY.ALIGN-byte aligned)
+    sizes: dict[str, int]              # block name -> bytes of data (before padding)
+    size: int                          # bytes of the whole image (a multiple of LY.ALIGN)
 
-    def place(name: str, data: bytes) -> int:
-        off = _align(len(blob))
-        blob.extend(bytes(off - len(blob)))
-        blob.extend(data)
-        sym[name] = off
-        return off
+
+def _image_blocks(dims: LY.Dims) -> list[tuple[str, int]]:
+    """The image's blocks in DDR (= execution) order with their sizes in bytes (module docstring)."""
+    d, inter, V = dims.d, dims.inter, dims.vocab
+    rb_d, rb_i = N.row_bytes(d), N.row_bytes(inter)
+    blocks = [("embed", V * embed_stride(d))]
+    for li in range(dims.layers):
+        p = f"layers.{li}."
+        blocks += [(p + "norm_ifg", 4 * 4 * d), (p + "lb", 4 * d),
+                   (p + "w_i", d * rb_d), (p + "w_f", d * rb_d), (p + "w_g", d * rb_d),
+                   (p + "norm_o", 2 * 4 * d), (p + "w_o", d * rb_d),
+                   (p + "norm_gate", 2 * 4 * d), (p + "w_gate", 2 * inter * rb_d),
+                   (p + "norm_down", 2 * 4 * inter), (p + "w_down", d * rb_i)]
+    return blocks + [("norm_head", 2 * 4 * d), ("w_head", V * rb_d)]
+
+
+def plan_image(dims: LY.Dims) -> ImagePlan:
+    """The DDR image's layout for a model of shape ``dims``: every block ``LY.ALIGN``-byte aligned."""
+    symbols, sizes, pos = {}, {}, 0
+    for name, nbytes in _image_blocks(dims):
+        pos = LY.round_up(pos)
+        symbols[name], sizes[name] = pos, nbytes
+        pos += nbytes
+    return ImagePlan(symbols, sizes, LY.round_up(pos))
+
+
+def _image_block_data(model, name: str) -> bytes:
+    """The bytes of image block ``name`` (see :func:`_image_blocks`) from an :class:`IntModel`."""
 
     def records(*names: str) -> bytes:
         cols = [model.tensor(n).astype(np.int64) for n in names]
@@ -218,129 +229,202 @@ def compile_model(model) -> Compiled:
                 raise MmfreeError(f"vector {n} does not fit int32")
         return np.stack(cols, axis=1).astype("<i4").tobytes()
 
-    # ---- embedding rows ------------------------------------------------------------------------------------
-    stride = embed_stride(d)
-    table = np.zeros((V, stride // 4), dtype="<i4")
-    table[:, :d] = model.embed(np.arange(V))
-    place("embed", table.tobytes())
-
     def weights(bl: str) -> bytes:
-        spec = model.bitlinear_specs[bl]
-        return np.ascontiguousarray(model.tensor(spec.w)).tobytes()
+        return np.ascontiguousarray(model.tensor(model.bitlinear_specs[bl].w)).tobytes()
 
-    for li in range(L):
-        p = f"layers.{li}."
-        place(f"{p}norm_ifg", records(p + "attn_norm.n", p + "attn.i_proj.nw", p + "attn.f_proj.nw", p + "attn.g_proj.nw"))
-        place(f"{p}lb", model.tensor(p + "attn.one_minus_lb").astype("<u4").tobytes())
-        for proj in ("i", "f", "g"):
-            place(f"{p}w_{proj}", weights(p + f"attn.{proj}_proj"))
-        place(f"{p}norm_o", records(p + "attn.g_norm.n", p + "attn.o_proj.nw"))
-        place(f"{p}w_o", weights(p + "attn.o_proj"))
-        place(f"{p}norm_gate", records(p + "mlp_norm.n", p + "mlp.gate_proj.nw"))
-        place(f"{p}w_gate", weights(p + "mlp.gate_proj"))
-        place(f"{p}norm_down", records(p + "mlp.down_proj.n", p + "mlp.down_proj.nw"))
-        place(f"{p}w_down", weights(p + "mlp.down_proj"))
-    place("norm_head", records("norm.n", "lm_head.nw"))
-    place("w_head", weights("lm_head"))
-    blob.extend(bytes(_align(len(blob)) - len(blob)))
+    if name == "embed":
+        d = model.dims.d
+        table = np.zeros((model.dims.vocab, embed_stride(d) // 4), dtype="<i4")
+        table[:, :d] = model.embed(np.arange(model.dims.vocab))
+        return table.tobytes()
+    if name == "norm_head":
+        return records("norm.n", "lm_head.nw")
+    if name == "w_head":
+        return weights("lm_head")
+    p, block = name.rsplit(".", 1)
+    p += "."
+    return {
+        "norm_ifg": lambda: records(p + "attn_norm.n", p + "attn.i_proj.nw", p + "attn.f_proj.nw",
+                                    p + "attn.g_proj.nw"),
+        "lb": lambda: model.tensor(p + "attn.one_minus_lb").astype("<u4").tobytes(),
+        "w_i": lambda: weights(p + "attn.i_proj"), "w_f": lambda: weights(p + "attn.f_proj"),
+        "w_g": lambda: weights(p + "attn.g_proj"),
+        "norm_o": lambda: records(p + "attn.g_norm.n", p + "attn.o_proj.nw"),
+        "w_o": lambda: weights(p + "attn.o_proj"),
+        "norm_gate": lambda: records(p + "mlp_norm.n", p + "mlp.gate_proj.nw"),
+        "w_gate": lambda: weights(p + "mlp.gate_proj"),
+        "norm_down": lambda: records(p + "mlp.down_proj.n", p + "mlp.down_proj.nw"),
+        "w_down": lambda: weights(p + "mlp.down_proj"),
+    }[block]()
 
-    # ---- the program ----------------------------------------------------------------------------------------
-    DATA, SIN, SOUT, LOG, ARG = (I.BASE[n] for n in ("DATA_BASE", "STATE_IN", "STATE_OUT", "LOGITS", "ARGMAX_OUT"))
-    prog: list[I.Instr] = []
 
-    def emit(op, **args):
-        prog.append(I.Instr(op, args))
+def build_image(model, plan: ImagePlan) -> bytes:
+    """The DDR image of an :class:`IntModel` laid out by ``plan`` (:func:`plan_image` of its dims).
+    Raises :class:`MmfreeError` when a tensor's size disagrees with the plan (a corrupt export)."""
+    image = bytearray(plan.size)
+    for name, off in plan.symbols.items():
+        data = _image_block_data(model, name)
+        if len(data) != plan.sizes[name]:
+            raise MmfreeError(f"image block {name}: the export holds {len(data)} bytes, its shape needs "
+                              f"{plan.sizes[name]}; re-export the model")
+        image[off:off + len(data)] = data
+    return bytes(image)
 
-    def setc(slot, name):
-        c = consts[name]
-        emit("SETC", slot=slot, c_m=int(c["c_m"]), c_e=int(c["c_e"]))
 
-    # every MATVEC's rows are PREFETCHed PREFETCH_AHEAD MATVECs earlier, so the weight stream runs on through
-    # the vector passes in between, also past short matrices (in program order: the hardware matches them)
-    mv_list: list[tuple] = []
+class _Emitter:
+    """Builds the instruction list; every MATVEC's rows are PREFETCHed :data:`PREFETCH_AHEAD` MATVECs
+    earlier (in program order: the hardware matches them), so the weight stream runs on through the vector
+    passes in between, also past short matrices."""
 
-    def mv_operands(bl, wname, row0=0, rows=None):
-        spec = model.bitlinear_specs[bl]
+    def __init__(self, dims: LY.Dims, symbols: dict[str, int], consts: dict | None):
+        self.dims, self.sym, self.consts = dims, symbols, consts
+        self.specs = {b.name: b for b in LY.bitlinears(dims)}
+        self.prog: list[I.Instr] = []
+        self.next_matvec: list[dict] = []
+
+    def emit(self, op: str, **args) -> None:
+        self.prog.append(I.Instr(op, args))
+
+    def setc(self, slot: int, bl: str) -> None:
+        """SETC of BitLinear ``bl``'s output constants (0 without constants: a timing-only program)."""
+        c = self.consts[bl] if self.consts is not None else {"c_m": 0, "c_e": 0}
+        self.emit("SETC", slot=slot, c_m=int(c["c_m"]), c_e=int(c["c_e"]))
+
+    def mv_operands(self, bl: str, block: str, row0: int = 0, rows: int | None = None) -> dict:
+        spec = self.specs[bl]
         rows = spec.N if rows is None else rows
-        return dict(base=DATA, offset=sym[wname] + row0 * N.row_bytes(spec.K), rows=rows, count=spec.K)
+        return dict(base=I.BASE["DATA_BASE"], offset=self.sym[block] + row0 * N.row_bytes(spec.K), rows=rows,
+                    count=spec.K)
 
-    def matvec(bl, epi, wname, dst=0, bank=0, flags=0, row0=0, rows=None):
-        ops = mv_operands(bl, wname, row0, rows)
-        emit("MATVEC", bank=bank, slot=bank, epi=epi, flags=flags | I.PREFETCHED, dst=dst, **ops)
-        nxt = next_matvec.pop(0) if next_matvec else None
-        if nxt is not None:
-            emit("PREFETCH", **nxt)
+    def matvec(self, bl: str, epi: int, block: str, dst=0, bank=0, flags=0, row0=0, rows=None) -> None:
+        """MATVEC (its rows already prefetched), then the PREFETCH of the MATVEC ``PREFETCH_AHEAD`` later."""
+        self.emit("MATVEC", bank=bank, slot=bank, epi=epi, flags=flags | I.PREFETCHED, dst=dst,
+                  **self.mv_operands(bl, block, row0, rows))
+        if self.next_matvec:
+            self.emit("PREFETCH", **self.next_matvec.pop(0))
 
-    # the MATVECs in execution order (for the PREFETCH that follows each one)
-    order = []
-    for li in range(L):
-        p = f"layers.{li}."
-        order += [mv_operands(p + f"attn.{x}_proj", p + f"w_{x}") for x in ("i", "f", "g")]
-        order += [mv_operands(p + "attn.o_proj", p + "w_o"),
-                  mv_operands(p + "mlp.gate_proj", p + "w_gate", rows=inter),
-                  mv_operands(p + "mlp.gate_proj", p + "w_gate", row0=inter, rows=inter),
-                  mv_operands(p + "mlp.down_proj", p + "w_down")]
-    chunk = head_chunk_rows(dims)
-    order += [mv_operands("lm_head", "w_head", row0=r0, rows=min(chunk, V - r0)) for r0 in range(0, V, chunk)]
-    next_matvec = order[PREFETCH_AHEAD:]
-    state_stride = RM.state_stride(d, L)
-    for ops in order[:PREFETCH_AHEAD]:
-        emit("PREFETCH", **ops)
-    emit("SETF", act_frac=model.act_frac)
-    emit("EMBED", base=DATA, offset=sym["embed"], count=d, stride16=stride // 16, vocab=V)
-    for li in range(L):
-        p = f"layers.{li}."
+    def matvec_order(self) -> list[dict]:
+        """The operands of every MATVEC in execution order (what the PREFETCHes request)."""
+        inter, V = self.dims.inter, self.dims.vocab
+        order = []
+        for li in range(self.dims.layers):
+            p = f"layers.{li}."
+            order += [self.mv_operands(p + f"attn.{x}_proj", p + f"w_{x}") for x in ("i", "f", "g")]
+            order += [self.mv_operands(p + "attn.o_proj", p + "w_o"),
+                      self.mv_operands(p + "mlp.gate_proj", p + "w_gate", rows=inter),
+                      self.mv_operands(p + "mlp.gate_proj", p + "w_gate", row0=inter, rows=inter),
+                      self.mv_operands(p + "mlp.down_proj", p + "w_down")]
+        chunk = head_chunk_rows(self.dims)
+        return order + [self.mv_operands("lm_head", "w_head", row0=r0, rows=min(chunk, V - r0))
+                        for r0 in range(0, V, chunk)]
+
+    def layer(self, li: int) -> None:
+        """One MLGRU layer + GLU: quantize, i/f/g MATVECs, HGRN, o_proj, gate/up, down_proj."""
+        d, inter, L = self.dims.d, self.dims.inter, self.dims.layers
+        DATA, SIN, SOUT = (I.BASE[n] for n in ("DATA_BASE", "STATE_IN", "STATE_OUT"))
+        p, emit, sym = f"layers.{li}.", self.emit, self.sym
         # the quantizer's statistics stream in with their norm records; LB and H0 are needed only by HGRN
         emit("LOAD", dst=I.LD_NORM, fields=4, base=DATA, offset=sym[p + "norm_ifg"], count=d)
         for slot, proj in enumerate(("i", "f", "g")):
-            setc(slot, p + f"attn.{proj}_proj")
+            self.setc(slot, p + f"attn.{proj}_proj")
         emit("QSTATS", src=I.SRC_X, nproj=3, count=d)
         emit("LOAD", dst=I.LD_LB, fields=1, base=DATA, offset=sym[p + "lb"], count=d)
         emit("LOAD", dst=I.LD_H0, fields=1, base=SIN, offset=li * d * 4, count=d)
         emit("QCODES", src=I.SRC_X, slot=0, bank=0, count=d)
-        matvec(p + "attn.i_proj", I.EPI_STORE, p + "w_i", dst=0, bank=0)
+        self.matvec(p + "attn.i_proj", I.EPI_STORE, p + "w_i", dst=0, bank=0)
         # f and g codes go into banks 1 and 2 while the engine multiplies i
         emit("QCODES", src=I.SRC_X, slot=1, bank=1, count=d)
         emit("QCODES", src=I.SRC_X, slot=2, bank=2, count=d)
-        matvec(p + "attn.f_proj", I.EPI_STORE, p + "w_f", dst=1, bank=1)
-        matvec(p + "attn.g_proj", I.EPI_STORE, p + "w_g", dst=2, bank=2)
+        self.matvec(p + "attn.f_proj", I.EPI_STORE, p + "w_f", dst=1, bank=1)
+        self.matvec(p + "attn.g_proj", I.EPI_STORE, p + "w_g", dst=2, bank=2)
         emit("LOAD", dst=I.LD_NORM, fields=2, base=DATA, offset=sym[p + "norm_o"], count=d)
         emit("HGRN", count=d)
-        emit("STORE", src=I.ST_H, base=SOUT, offset=li * d * 4, count=d, tstride=state_stride)
-        setc(0, p + "attn.o_proj")
+        emit("STORE", src=I.ST_H, base=SOUT, offset=li * d * 4, count=d, tstride=RM.state_stride(d, L))
+        self.setc(0, p + "attn.o_proj")
         emit("QSTATS", src=I.SRC_A, nproj=1, count=d)
         emit("QCODES", src=I.SRC_A, slot=0, bank=0, count=d)
-        matvec(p + "attn.o_proj", I.EPI_RESID, p + "w_o")
+        self.matvec(p + "attn.o_proj", I.EPI_RESID, p + "w_o")
         emit("LOAD", dst=I.LD_NORM, fields=2, base=DATA, offset=sym[p + "norm_gate"], count=d)
-        setc(0, p + "mlp.gate_proj")
+        self.setc(0, p + "mlp.gate_proj")
         emit("QSTATS", src=I.SRC_X, nproj=1, count=d)
         emit("QCODES", src=I.SRC_X, slot=0, bank=0, count=d)
-        matvec(p + "mlp.gate_proj", I.EPI_STORE, p + "w_gate", dst=0, rows=inter)
-        matvec(p + "mlp.gate_proj", I.EPI_GLU, p + "w_gate", row0=inter, rows=inter)
+        self.matvec(p + "mlp.gate_proj", I.EPI_STORE, p + "w_gate", dst=0, rows=inter)
+        self.matvec(p + "mlp.gate_proj", I.EPI_GLU, p + "w_gate", row0=inter, rows=inter)
         emit("LOAD", dst=I.LD_NORM, fields=2, base=DATA, offset=sym[p + "norm_down"], count=inter)
-        setc(0, p + "mlp.down_proj")
+        self.setc(0, p + "mlp.down_proj")
         emit("QSTATS", src=I.SRC_A, nproj=1, count=inter)
         emit("QCODES", src=I.SRC_A, slot=0, bank=0, count=inter)
-        matvec(p + "mlp.down_proj", I.EPI_RESID, p + "w_down")
-    emit("LOAD", dst=I.LD_NORM, fields=2, base=DATA, offset=sym["norm_head"], count=d)
-    setc(0, "lm_head")
-    emit("QSTATS", src=I.SRC_X, nproj=1, count=d)
-    emit("QCODES", src=I.SRC_X, slot=0, bank=0, count=d)
-    starts = list(range(0, V, chunk))
-    pending = None
-    for c, r0 in enumerate(starts):
-        rows = min(chunk, V - r0)
-        flags = (I.HEAD_FIRST if c == 0 else 0) | (I.HEAD_LAST if c == len(starts) - 1 else 0)
-        dst = c % 2
-        matvec("lm_head", I.EPI_HEAD, "w_head", dst=dst, flags=flags, row0=r0, rows=rows)
-        if pending is not None:
-            emit("STORE", **pending)
-        pending = dict(src=I.ST_T0 + dst, flags=I.STORE_IF_LOGITS, base=LOG, offset=r0 * 4, count=rows, tstride=V * 4)
-    emit("STORE", **pending)
-    emit("STORE", src=I.ST_ARG, base=ARG, offset=0, count=1, tstride=4)
-    emit("HALT")
-    width = max(d, inter, chunk)
-    return Compiled(I.assemble(prog, width), bytes(blob), dims, sym, state_stride, chunk, width, prog)
+        self.matvec(p + "mlp.down_proj", I.EPI_RESID, p + "w_down")
+
+    def head(self) -> None:
+        """Final norm + the LM head in chunks of :func:`head_chunk_rows` rows (alternating T buffers, each
+        chunk's logits STOREd while the next one multiplies), then the argmax."""
+        d, V = self.dims.d, self.dims.vocab
+        LOG, ARG = I.BASE["LOGITS"], I.BASE["ARGMAX_OUT"]
+        self.emit("LOAD", dst=I.LD_NORM, fields=2, base=I.BASE["DATA_BASE"], offset=self.sym["norm_head"], count=d)
+        self.setc(0, "lm_head")
+        self.emit("QSTATS", src=I.SRC_X, nproj=1, count=d)
+        self.emit("QCODES", src=I.SRC_X, slot=0, bank=0, count=d)
+        chunk = head_chunk_rows(self.dims)
+        starts = list(range(0, V, chunk))
+        pending = None
+        for c, r0 in enumerate(starts):
+            rows = min(chunk, V - r0)
+            flags = (I.HEAD_FIRST if c == 0 else 0) | (I.HEAD_LAST if c == len(starts) - 1 else 0)
+            dst = c % 2
+            self.matvec("lm_head", I.EPI_HEAD, "w_head", dst=dst, flags=flags, row0=r0, rows=rows)
+            if pending is not None:
+                self.emit("STORE", **pending)
+            pending = dict(src=I.ST_T0 + dst, flags=I.STORE_IF_LOGITS, base=LOG, offset=r0 * 4, count=rows,
+                           tstride=V * 4)
+        self.emit("STORE", **pending)
+        self.emit("STORE", src=I.ST_ARG, base=ARG, offset=0, count=1, tstride=4)
+
+
+def emit_program(dims: LY.Dims, symbols: dict[str, int] | None = None, consts: dict | None = None,
+                 act_frac: int = 0) -> list[I.Instr]:
+    """The decode-step program for a model of shape ``dims`` over the image laid out as ``symbols``
+    (default :func:`plan_image` of ``dims``).
+
+    ``consts`` (BitLinear name -> ``{"c_m", "c_e"}``, :attr:`IntModel.consts`) and ``act_frac`` fill SETC and
+    SETF; without them (0) the program is the same instruction for instruction, every operand its timing
+    depends on included: what the performance model (:mod:`mmfree.sim.perf`) replays.
+    """
+    if max(dims.d, dims.inter) > N.MAX_K:
+        raise MmfreeError(f"model width {max(dims.d, dims.inter)} exceeds the numerics limit MAX_K = {N.MAX_K}")
+    em = _Emitter(dims, plan_image(dims).symbols if symbols is None else symbols, consts)
+    order = em.matvec_order()
+    em.next_matvec = order[PREFETCH_AHEAD:]
+    for ops in order[:PREFETCH_AHEAD]:
+        em.emit("PREFETCH", **ops)
+    em.emit("SETF", act_frac=act_frac)
+    em.emit("EMBED", base=I.BASE["DATA_BASE"], offset=em.sym["embed"], count=dims.d,
+            stride16=embed_stride(dims.d) // 16, vocab=dims.vocab)
+    for li in range(dims.layers):
+        em.layer(li)
+    em.head()
+    em.emit("HALT")
+    return em.prog
+
+
+def compile_model(model) -> Compiled:
+    """Compile an :class:`IntModel` (an exported image) into a program and a DDR image.
+
+    The program is independent of the hardware build: it needs ``max_width >= max(d, I)`` (checked by the
+    hardware against HW_LIMITS, ``ERR_TOO_WIDE``) and runs with any k up to the build's ``max_tokens``.
+    Raises :class:`MmfreeError` for a model wider than ``numerics.MAX_K`` or an export whose tensors do not
+    fit its shape.
+    """
+    dims = model.dims
+    if max(dims.d, dims.inter) > N.MAX_K:
+        raise MmfreeError(f"model width {max(dims.d, dims.inter)} exceeds the numerics limit MAX_K = {N.MAX_K}")
+    plan = plan_image(dims)
+    image = build_image(model, plan)
+    prog = emit_program(dims, plan.symbols, model.consts, model.act_frac)
+    chunk = head_chunk_rows(dims)
+    width = max(dims.d, dims.inter, chunk)
+    return Compiled(I.assemble(prog, width), image, dims, dict(plan.symbols), RM.state_stride(dims.d, dims.layers),
+                    chunk, width, prog)
 
 
 def must_move_bytes(dims: LY.Dims, k: int = 1, write_logits: bool = True) -> int:

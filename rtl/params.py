@@ -21,3 +21,18 @@ MAX_BURST = 16
 MAX_OUTSTANDING = 16
 #: Write-response latency of the simulated DDR, in cycles: HALT waits for the last response.
 SIM_WR_LATENCY = 8
+#: Instructions each engine may hold at once in the sequencer's scoreboard (``rtl/sequencer.py``): the matvec
+#: engine queues a second MATVEC behind the running one. The cycle model stalls dispatch on the same counts.
+ENGINE_SLOTS = {"load": 1, "store": 1, "vector": 1, "matvec": 2}
+
+# ---- the simulated board (sim/accel.py, sim/benches) and the cycle model's defaults ----------------------------
+#: Clock the simulation models (the KV260 fabric clock): converts host time-outs into simulated cycles.
+SIM_CLOCK_HZ = 250e6
+#: Its period in ns (cocotb's Clock).
+SIM_CLOCK_PERIOD_NS = round(1e9 / SIM_CLOCK_HZ)
+#: Read latency of the simulated DDR, in cycles from a burst request to its first beat.
+SIM_RD_LATENCY = 24
+#: The most cycles one wait for the interrupt simulates (a cap on host time-outs converted to cycles).
+SIM_MAX_WAIT_CYCLES = 50_000_000
+#: The most cycles one AXI4-Lite register access may take in simulation before it is reported as hung.
+SIM_CSR_TIMEOUT_CYCLES = 10_000

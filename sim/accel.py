@@ -26,6 +26,7 @@ import os
 import sys
 import tempfile
 import time
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,8 @@ from mmfree.rtl import params as PARAMS
 from mmfree.rtl import regmap as RM
 from mmfree.rtl.compiler import Compiled, HwConfig
 
-HDL_DIR = Path(__file__).resolve().parent / "hdl"
+#: The installed Verilog/SystemVerilog sources of the simulation top (package data of ``mmfree.sim``).
+HDL_DIR = Path(str(resources.files("mmfree.sim") / "hdl"))
 #: The simulated DDR window: base address and size (64 MiB).
 SIM_MEM_BASE = 0x4000_0000
 SIM_MEM_BYTES = 64 << 20
@@ -44,10 +46,10 @@ DEFAULT_HW = HwConfig(bus_bytes=16, max_tokens=4, max_width=4096, draft_vocab=40
 #: The same with four weight ports (``m_axi`` + ``m_axi_w1..3``, 8 ternary engines): the KV260/ZCU104 build.
 PORTS4_HW = HwConfig(bus_bytes=16, max_tokens=4, max_width=4096, weight_ports=4)
 #: Modelled clock for converting host time-outs into simulated cycles (KV260 fabric clock).
-CLOCK_HZ = 250e6
-CLOCK_PERIOD_NS = 4
+CLOCK_HZ = PARAMS.SIM_CLOCK_HZ
+CLOCK_PERIOD_NS = PARAMS.SIM_CLOCK_PERIOD_NS
 ADDR_WIDTH = 40
-DEFAULT_RD_LATENCY = 24
+DEFAULT_RD_LATENCY = PARAMS.SIM_RD_LATENCY
 DEFAULT_WR_LATENCY = PARAMS.SIM_WR_LATENCY
 #: Longest DDR read latency a run accepts (cycles per burst).
 MAX_RD_LATENCY = 4096
@@ -161,19 +163,11 @@ TB_BUILD_ARGS = ["--no-public-flat-rw"]
 def _rtl_source_key(hw: HwConfig) -> str:
     """A digest of everything the accelerator's Verilog depends on: the RTL and numerics sources and the
     build parameters (so an unchanged design skips the Amaranth -> Verilog conversion)."""
-    import hashlib
-
     import amaranth
 
-    from mmfree.config import PACKAGE_ROOT
+    from mmfree.config import RTL_SOURCES, source_digest
 
-    h = hashlib.sha256()
-    h.update(repr((hw, ADDR_WIDTH, amaranth.__version__)).encode())
-    for f in sorted((PACKAGE_ROOT / "rtl").glob("*.py")) + [PACKAGE_ROOT / "pymodel" / "numerics.py",
-                                                            PACKAGE_ROOT / "pymodel" / "layout.py"]:
-        h.update(f.name.encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()[:16]
+    return source_digest(*RTL_SOURCES, extra=repr((hw, ADDR_WIDTH, amaranth.__version__)))
 
 
 def _accel_verilog(hw: HwConfig, progress=None) -> Path:
@@ -237,7 +231,7 @@ class SimSession:
     back-pressure and read latency (cocotbext-axi pause generators); ``None`` for none.
     """
 
-    def __init__(self, dut, memory: str = "hdl", workdir: str | os.PathLike = ".", max_wait_cycles: int = 50_000_000,
+    def __init__(self, dut, memory: str = "hdl", workdir: str | os.PathLike = ".", max_wait_cycles: int = PARAMS.SIM_MAX_WAIT_CYCLES,
                  pause_seed: int | None = None, bus_bytes: int = 16):
         self.dut, self.memory, self.workdir = dut, memory, Path(workdir)
         self.max_wait_cycles, self.pause_seed, self.bus_bytes = max_wait_cycles, pause_seed, bus_bytes
@@ -289,7 +283,7 @@ class SimSession:
 
     # ---- CSRs --------------------------------------------------------------------------------------------
     #: cycles an AXI4-Lite access may take before it is reported as a hang
-    CSR_TIMEOUT_CYCLES = 10_000
+    CSR_TIMEOUT_CYCLES = PARAMS.SIM_CSR_TIMEOUT_CYCLES
 
     async def read32(self, offset: int) -> int:
         return await self._csr(self.csr.read_dword(offset), f"read of CSR {offset:#x}")
@@ -364,7 +358,7 @@ class SimSession:
 
     # ---- the interrupt ------------------------------------------------------------------------------------
     async def wait_irq(self, timeout_s: float = 10.0) -> bool:
-        """Simulate until ``irq`` is high, at most ``min(timeout_s * 250 MHz, max_wait_cycles)`` cycles."""
+        """Simulate until ``irq`` is high, at most ``min(timeout_s * CLOCK_HZ, max_wait_cycles)`` cycles."""
         from cocotb.triggers import First, RisingEdge, Timer
 
         if int(self.dut.irq.value):

@@ -2,8 +2,8 @@
 tokens, by phase, for any model shape, build (:class:`mmfree.rtl.compiler.HwConfig`), clock and board.
 
 Why a model: a 1.3B model takes millions of cycles per token, too many to simulate in Verilator for every
-configuration. The model replays **the program the compiler emits** (:func:`program`, checked against
-:func:`mmfree.rtl.compiler.compile_model` by the tests) on an instruction-level timing model of the RTL:
+configuration. The model replays **the program the compiler emits** (:func:`mmfree.rtl.compiler.emit_program`,
+the compiler's own emitter, run without the model's data) on an instruction-level timing model of the RTL:
 
 * the sequencer (``rtl/sequencer.py``) fetches, decodes, checks and dispatches one instruction per
   :data:`RTL_TIMING` ``dispatch`` cycles (FETCH, DECODE, RANGE, WAIT states), in order, and holds an
@@ -24,7 +24,7 @@ and calibrated on RTL runs otherwise (``bench/perf_validate.py`` prints model vs
 ``tests/sim/test_perf.py`` asserts 5 %).
 
 Public API: :func:`predict` (the dict ``mmfree perf`` prints), :func:`pass_cycles` (the core: cycles of
-one pass, phases, bytes), :func:`dims_for`, :func:`program`, :func:`image_bytes`, :func:`onchip_memories`,
+one pass, phases, bytes), :func:`dims_for`, :func:`onchip_memories`,
 :func:`estimate_resources`.
 """
 
@@ -41,7 +41,7 @@ from mmfree.pymodel import numerics as N
 from mmfree.rtl import isa as I
 from mmfree.rtl import params as PARAMS
 from mmfree.rtl import regmap as RM
-from mmfree.rtl.compiler import HwConfig, embed_stride, head_chunk_rows, must_move_bytes
+from mmfree.rtl.compiler import HwConfig, emit_program, head_chunk_rows, must_move_bytes, plan_image
 
 # ======================================================================================================
 # constants: RTL timing (cycles) and board assumptions
@@ -165,100 +165,6 @@ def default_hw(dims: LY.Dims, board=None, k: int = 1, bus_bits: int | None = Non
                     weight_ports=weight_ports)
 
 
-# ======================================================================================================
-# the program (mirrors mmfree.rtl.compiler.compile_model; tests compare the two)
-# ======================================================================================================
-def program(dims: LY.Dims) -> list[I.Instr]:
-    """The decode-step program :func:`mmfree.rtl.compiler.compile_model` emits for a model of shape
-    ``dims``, without the data (offsets and constants are 0): the same instructions, in the same order,
-    with the same operands that timing depends on (counts, rows, K, sources, banks, epilogues, flags)."""
-    d, inter, V, L = dims.d, dims.inter, dims.vocab, dims.layers
-    prog: list[I.Instr] = []
-
-    def emit(op, **a):
-        prog.append(I.Instr(op, a))
-
-    def mv(rows, K):
-        return dict(base=I.BASE["DATA_BASE"], offset=0, rows=rows, count=K)
-
-    order = []
-    for _ in range(L):
-        order += [mv(d, d)] * 4 + [mv(inter, d), mv(inter, d), mv(d, inter)]
-    chunk = head_chunk_rows(dims)
-    order += [mv(min(chunk, V - r0), d) for r0 in range(0, V, chunk)]
-    nxt = order[1:]
-
-    def matvec(rows, K, epi, dst=0, bank=0, flags=0):
-        emit("MATVEC", bank=bank, slot=bank, epi=epi, flags=flags | I.PREFETCHED, dst=dst, **mv(rows, K))
-        if nxt:
-            emit("PREFETCH", **nxt.pop(0))
-
-    emit("PREFETCH", **order[0])
-    emit("SETF", act_frac=0)
-    emit("EMBED", count=d, stride16=embed_stride(d) // 16, vocab=V)
-    for _ in range(L):
-        emit("LOAD", dst=I.LD_NORM, fields=4, count=d)
-        for slot in range(3):
-            emit("SETC", slot=slot)
-        emit("QSTATS", src=I.SRC_X, nproj=3, count=d)
-        emit("LOAD", dst=I.LD_LB, fields=1, count=d)
-        emit("LOAD", dst=I.LD_H0, fields=1, count=d)
-        emit("QCODES", src=I.SRC_X, slot=0, bank=0, count=d)
-        matvec(d, d, I.EPI_STORE, dst=0, bank=0)
-        emit("QCODES", src=I.SRC_X, slot=1, bank=1, count=d)
-        emit("QCODES", src=I.SRC_X, slot=2, bank=2, count=d)
-        matvec(d, d, I.EPI_STORE, dst=1, bank=1)
-        matvec(d, d, I.EPI_STORE, dst=2, bank=2)
-        emit("LOAD", dst=I.LD_NORM, fields=2, count=d)
-        emit("HGRN", count=d)
-        emit("STORE", src=I.ST_H, count=d, tstride=RM.state_stride(d, L))
-        emit("SETC", slot=0)
-        emit("QSTATS", src=I.SRC_A, nproj=1, count=d)
-        emit("QCODES", src=I.SRC_A, slot=0, bank=0, count=d)
-        matvec(d, d, I.EPI_RESID)
-        emit("LOAD", dst=I.LD_NORM, fields=2, count=d)
-        emit("SETC", slot=0)
-        emit("QSTATS", src=I.SRC_X, nproj=1, count=d)
-        emit("QCODES", src=I.SRC_X, slot=0, bank=0, count=d)
-        matvec(inter, d, I.EPI_STORE, dst=0)
-        matvec(inter, d, I.EPI_GLU)
-        emit("LOAD", dst=I.LD_NORM, fields=2, count=inter)
-        emit("SETC", slot=0)
-        emit("QSTATS", src=I.SRC_A, nproj=1, count=inter)
-        emit("QCODES", src=I.SRC_A, slot=0, bank=0, count=inter)
-        matvec(d, inter, I.EPI_RESID)
-    emit("LOAD", dst=I.LD_NORM, fields=2, count=d)
-    emit("SETC", slot=0)
-    emit("QSTATS", src=I.SRC_X, nproj=1, count=d)
-    emit("QCODES", src=I.SRC_X, slot=0, bank=0, count=d)
-    starts = list(range(0, V, chunk))
-    pending = None
-    for c, r0 in enumerate(starts):
-        rows = min(chunk, V - r0)
-        flags = (I.HEAD_FIRST if c == 0 else 0) | (I.HEAD_LAST if c == len(starts) - 1 else 0)
-        matvec(rows, d, I.EPI_HEAD, dst=c % 2, flags=flags)
-        if pending is not None:
-            emit("STORE", **pending)
-        pending = dict(src=I.ST_T0 + c % 2, flags=I.STORE_IF_LOGITS, count=rows, tstride=V * 4)
-    emit("STORE", **pending)
-    emit("STORE", src=I.ST_ARG, count=1, tstride=4)
-    emit("HALT")
-    return prog
-
-
-def image_bytes(dims: LY.Dims) -> int:
-    """Bytes of the DDR image :func:`mmfree.rtl.compiler.compile_model` builds (every block 64-byte aligned)."""
-    d, inter, V, L = dims.d, dims.inter, dims.vocab, dims.layers
-
-    def al(n):
-        return -(-n // 64) * 64
-
-    rb_d, rb_i = N.row_bytes(d), N.row_bytes(inter)
-    per_layer = (al(16 * d) + al(4 * d) + 3 * al(d * rb_d) + al(8 * d) + al(d * rb_d) + al(8 * d)
-                 + al(2 * inter * rb_d) + al(8 * inter) + al(d * rb_i))
-    return al(V * embed_stride(d)) + L * per_layer + al(8 * d) + al(V * rb_d)
-
-
 def ternary_weights(dims: LY.Dims) -> int:
     """Number of ternary weights (every BitLinear, the head included)."""
     return sum(b.N * b.K for b in LY.bitlinears(dims))
@@ -339,181 +245,230 @@ class PassTiming:
     intervals: dict = field(default_factory=dict, repr=False)
 
 
-def pass_cycles(dims: LY.Dims, hw: HwConfig, k: int = 1, rate: float = 1.0, rd_latency: float = 24,
+def pass_cycles(dims: LY.Dims, hw: HwConfig, k: int = 1, rate: float = 1.0, rd_latency: float = PARAMS.SIM_RD_LATENCY,
                 write_logits: bool = True, weight_fifo_beats: int = WEIGHT_FIFO_BEATS,
                 prog: list[I.Instr] | None = None, timing: dict | None = None) -> PassTiming:
     """Cycles from START to DONE (the CYCLES register) of one pass of ``k`` tokens.
 
     ``rate``: AXI beats per cycle the memory sustains (1.0 = the simulated DDR); ``rd_latency``: cycles
-    from a read request to its first beat; ``prog``: the program (default :func:`program`); ``timing``:
-    overrides of :data:`RTL_TIMING`. Phases (cycles, summing to the total): ``weight_stream`` (the ternary
-    engines run or wait for weights, layers), ``lm_head`` (the same for the head), ``vector`` (the vector
-    engine runs, the ternary engines idle), ``load_store`` (only LOAD/STORE/EMBED traffic), ``control``
-    (start, dispatch, drain: nothing else runs)."""
+    from a read request to its first beat; ``prog``: the program (default: the compiler's,
+    :func:`mmfree.rtl.compiler.emit_program`); ``timing``: overrides of :data:`RTL_TIMING`. Phases (cycles,
+    summing to the total): ``weight_stream`` (the ternary engines run or wait for weights, layers), ``lm_head``
+    (the same for the head), ``vector`` (the vector engine runs, the ternary engines idle), ``load_store``
+    (only LOAD/STORE/EMBED traffic), ``control`` (start, dispatch, drain: nothing else runs).
+    Raises :class:`MmfreeError` when ``k`` or the model's width do not fit the build."""
     if not 1 <= k <= hw.max_tokens:
         raise MmfreeError(f"k = {k} is outside 1..max_tokens = {hw.max_tokens} of the build")
     if max(dims.d, dims.inter) > hw.max_width:
         raise MmfreeError(f"the model is {max(dims.d, dims.inter)} wide but the build's max_width is {hw.max_width}")
-    T = dict(RTL_TIMING, **(timing or {}))
-    prog = program(dims) if prog is None else prog
-    # With P weight ports the model follows port 0 (``m_axi``): it carries the program, embedding rows, LOADs
-    # and STOREs besides rows 0, P, 2P, ... of each matrix, so it is the last to finish a matrix; ports 1..P-1
-    # stream their rows in parallel at the same rate. E: engines on one port.
-    bb, E, P = hw.bus_bytes, hw.matvec_engines, hw.weight_ports
-    L = float(rd_latency)
-    cap = E * weight_fifo_beats + WEIGHT_CLIENT_FIFO
-    bus = _Bus(rate)
-    ivals: dict[str, list] = {"matvec": [], "head": [], "vector": [], "load_store": []}
+    prog = emit_program(dims) if prog is None else prog
+    run = _Pass(hw, k, rate, rd_latency, write_logits, weight_fifo_beats, dict(RTL_TIMING, **(timing or {})))
+    for idx, ins in enumerate(prog):
+        run.fetch(idx, len(prog))
+        if ins.op == "HALT":
+            break
+        run.dispatch(ins)
+    return run.halt(len(prog))
 
-    # program fetch: START reads the header, the tokens, then the program in 16-beat bursts
-    t = T["start"] + 3 * L
-    bus.reserve(0, 1 + math.ceil(4 * k / bb))
-    n_instr = len(prog)
-    fetched = 0
 
-    inflight: list[tuple] = []                # (engine, finish_fn, rd, wr)
-    engine_last: dict[str, float] = {"load": 0.0, "store": 0.0, "vector": 0.0}
-    fill_end: dict[int, float] = {}
-    mvs: list[_Mv] = []
-    state = {"settled": 0, "F": 0.0, "E": 0.0}
-    pending_req: list[float] = []
-    slots = {"load": 1, "store": 1, "vector": 1, "matvec": 2}
+class _Pass:
+    """One pass replayed instruction by instruction (:func:`pass_cycles`). Times in cycles from START.
 
-    def chain(now: float):
+    With P weight ports the model follows port 0 (``m_axi``): it carries the program, embedding rows, LOADs and
+    STOREs besides rows 0, P, 2P, ... of each matrix, so it is the last to finish a matrix; ports 1..P-1 stream
+    their rows in parallel at the same rate. E: engines on one port."""
+
+    def __init__(self, hw: HwConfig, k: int, rate: float, rd_latency: float, write_logits: bool,
+                 weight_fifo_beats: int, T: dict):
+        self.T, self.k, self.rate, self.write_logits = T, k, rate, write_logits
+        self.bb, self.E, self.P = hw.bus_bytes, hw.matvec_engines, hw.weight_ports
+        self.L = float(rd_latency)
+        self.cap = self.E * weight_fifo_beats + WEIGHT_CLIENT_FIFO     # weight beats prefetch may run ahead
+        self.bus = _Bus(rate)
+        self.ivals: dict[str, list] = {"matvec": [], "head": [], "vector": [], "load_store": []}
+        self.inflight: list[tuple] = []                 # (engine, finish or MATVEC index, rd, wr)
+        self.engine_last: dict[str, float] = {"load": 0.0, "store": 0.0, "vector": 0.0}
+        self.fill_end: dict[int, float] = {}            # streamed buffer -> when its LOAD has filled it
+        self.mvs: list[_Mv] = []
+        self.settled, self.settled_F, self.settled_E = 0, 0.0, 0.0   # MATVECs whose timing can no longer move
+        self.pending_req: list[float] = []              # PREFETCH dispatch times not yet matched to a MATVEC
+        self.weight_beats = 0.0
+        self.fetched = 0
+        # START reads the header and the tokens, then the program in 16-beat bursts
+        self.t = T["start"] + 3 * self.L
+        self.bus.reserve(0, 1 + math.ceil(4 * k / self.bb))
+
+    # ---- the matvec engine's chain of MATVECs ----------------------------------------------------------------
+    def chain(self, now: float) -> None:
         """(Re)compute start, delivery end and finish of the MATVECs not yet settled."""
-        F_prev, E_prev = state["F"], state["E"]
-        for j in range(state["settled"], len(mvs)):
-            m = mvs[j]
-            c = min(float(E), m.bpr / P)              # beats of port 0 per cycle (a row per cycle in all)
+        T, L, rate, bus = self.T, self.L, self.rate, self.bus
+        F_prev, E_prev = self.settled_F, self.settled_E
+        for j in range(self.settled, len(self.mvs)):
+            m = self.mvs[j]
+            c = min(float(self.E), m.bpr / self.P)              # beats of port 0 per cycle (a row per cycle in all)
             S = max(m.dispatch + 1, E_prev + T["mv_gap"])
             a = max(m.req + 1 + L, F_prev)
             B = m.beats
-            pre = min(B, cap, bus.free(a, S) * rate) if a < S else 0.0
+            pre = min(B, self.cap, bus.free(a, S) * rate) if a < S else 0.0
             if pre >= B - 1e-9:
                 F = bus.advance(a, B / rate)
             else:
                 F = bus.advance(max(S, a), (B - pre) / rate)
-                if B > cap and c < rate:
-                    F = max(F, S + (B - cap) / c)
+                if B > self.cap and c < rate:
+                    F = max(F, S + (B - self.cap) / c)
             m.S, m.F = S, F
             m.E = max(S + B / c, F + 1) + m.lat + 1
             F_prev, E_prev = F, m.E
-            if j == state["settled"] and m.E <= now and m.F <= now:
-                state.update(settled=j + 1, F=m.F, E=m.E)
+            if j == self.settled and m.E <= now and m.F <= now:
+                self.settled, self.settled_F, self.settled_E = j + 1, m.F, m.E
 
-    def finish_of(entry, now):
+    def finish_of(self, entry: tuple, now: float) -> float:
         eng, fin = entry[0], entry[1]
         if eng == "matvec":
-            chain(now)
-            return mvs[fin].E
+            self.chain(now)
+            return self.mvs[fin].E
         return fin
 
-    weight_beats = 0.0
-    for idx, ins in enumerate(prog):
-        # fetch: the ctl client pulls the program in bursts of 16 instructions as its queue drains
-        if idx >= fetched:
-            n = min(16, n_instr - fetched)
-            _, e = bus.reserve(t, n * 16 / bb)
-            if idx == 0:
-                t = max(t, e - (n - 1) * 16 / bb / rate)
-            fetched += n
-        op = ins.op
-        if op == "HALT":
-            break
-        t_wait = t + T["dispatch"] - 1                 # FETCH, DECODE, RANGE -> WAIT
-        eng = I.engine_of(op) if op not in ("SETC", "SETF", "SYNC", "PREFETCH") else None
-        if op == "PREFETCH":
-            pending_req.append(t_wait)
-            td = t_wait
-            t = td + 1
-            continue
-        rd, wr = I.resources(ins)
+    # ---- the sequencer --------------------------------------------------------------------------------------
+    def fetch(self, idx: int, n_instr: int) -> None:
+        """The ctl client pulls the program in bursts of 16 instructions as its queue drains."""
+        if idx < self.fetched:
+            return
+        n = min(16, n_instr - self.fetched)
+        _, e = self.bus.reserve(self.t, n * 16 / self.bb)
+        if idx == 0:
+            self.t = max(self.t, e - (n - 1) * 16 / self.bb / self.rate)
+        self.fetched += n
+
+    def wait_for(self, ins: I.Instr, eng: str | None, rd: set, wr: set, t_wait: float) -> float:
+        """Dispatch time: held while an earlier unfinished instruction writes what this reads or touches what
+        this writes, or while the engine's scoreboard slots (``params.ENGINE_SLOTS``) are full."""
+        T, op = self.T, ins.op
         rd_chk = rd - set(I.STREAMED)
         td = t_wait
-        # hazards: an earlier unfinished instruction writes what this reads, or touches what this writes
-        for entry in inflight:
+        for entry in self.inflight:
             e_rd, e_wr = entry[2], entry[3]
             if (rd_chk & e_wr) or (wr & (e_rd | e_wr)) or (STORE_WAITS_FOR_MATVEC and op == "STORE" and entry[0] == "matvec"):
-                td = max(td, finish_of(entry, td) + T["done"])
+                td = max(td, self.finish_of(entry, td) + T["done"])
         if eng is not None:
-            mine = [e for e in inflight if e[0] == eng]
-            if len(mine) >= slots[eng]:
-                fins = sorted(finish_of(e, td) for e in mine)
-                td = max(td, fins[len(mine) - slots[eng]] + T["done"])
+            mine = [e for e in self.inflight if e[0] == eng]
+            slots = PARAMS.ENGINE_SLOTS[eng]
+            if len(mine) >= slots:
+                fins = sorted(self.finish_of(e, td) for e in mine)
+                td = max(td, fins[len(mine) - slots] + T["done"])
+        return td
+
+    def dispatch(self, ins: I.Instr) -> None:
+        """Dispatch one instruction (not HALT) and start its engine."""
+        op = ins.op
+        t_wait = self.t + self.T["dispatch"] - 1                  # FETCH, DECODE, RANGE -> WAIT
+        if op == "PREFETCH":
+            self.pending_req.append(t_wait)
+            self.t = t_wait + 1
+            return
+        eng = I.engine_of(op) if op not in ("SETC", "SETF", "SYNC") else None
+        rd, wr = I.resources(ins)
+        td = self.wait_for(ins, eng, rd, wr, t_wait)
         if op == "MATVEC" and not (ins["flags"] & I.PREFETCHED):
-            pending_req.append(td)
-        inflight = [e for e in inflight if finish_of(e, td) + T["done"] > td]
+            self.pending_req.append(td)
+        self.inflight = [e for e in self.inflight if self.finish_of(e, td) + self.T["done"] > td]
         start = td + 1
         fin = None
         if op == "LOAD":
-            start = max(start, engine_last["load"])
-            beats = math.ceil(4 * ins["count"] * ins["fields"] / bb)
-            s, e = bus.reserve(start + L, beats)
-            fin = e + T["load_tail"]
-            for b in I.resources(ins)[1]:
-                fill_end[b] = fin
-            ivals["load_store"].append((s, fin))
+            fin = self.load(ins, start)
         elif op == "STORE":
-            start = max(start, engine_last["store"])
-            skip = ins["flags"] & I.STORE_IF_LOGITS and not write_logits
-            if skip:
-                fin = start + 1
-            else:
-                n = ins["count"]
-                dur = k * (n * T["store_word"] + T["store_token"])
-                bus.reserve(start + T["store_token"], k * math.ceil(4 * n / bb))
-                fin = start + dur + T["store_token"]
-                ivals["load_store"].append((start, fin))
+            fin = self.store(ins, start)
         elif op == "EMBED":
-            start = max(start, engine_last["vector"])
-            tt = start
-            for _ in range(k):      # a row per token; the unpacker writes one word of it per cycle
-                s0, e = bus.reserve(tt + T["embed_row"] + L, math.ceil(4 * ins["count"] / bb))
-                tt = max(e, s0 + ins["count"]) + 1
-            fin = tt + T["hgrn_tail"]
-            ivals["load_store"].append((start, fin))
+            fin = self.embed(ins, start)
         elif op in ("QSTATS", "QCODES", "HGRN"):
-            start = max(start, engine_last["vector"])
-            n = ins["count"]
-            need = [b for b in rd if b in I.STREAMED]
-            ready = max([fill_end.get(b, 0.0) for b in need], default=0.0)
-            if op == "HGRN":
-                first = max(start + n, ready + 1)
-                fin = first + T["hgrn_token"] + (k - 1) * (n + T["hgrn_token"]) + T["hgrn_tail"]
-            else:                                       # every token of an element at once
-                issued = max(start + n, ready + 1)
-                if op == "QSTATS":
-                    fin = issued + T["qstats_tail"] + T["recip"]
-                else:
-                    fin = issued + T["qcodes_tail"] + (k - 1)      # one OutputMultiplier, tokens in turn
-            ivals["vector"].append((start, fin))
+            fin = self.vector(ins, start, rd)
         elif op == "MATVEC":
-            K = ins["count"]
-            bpr = N.row_bytes(K) // bb
-            rows = ins["rows"]
-            epi = ins["epi"]
-            lat = {I.EPI_STORE: T["mv_store"], I.EPI_HEAD: T["mv_store"], I.EPI_RESID: T["mv_resid"],
-                   I.EPI_GLU: T["mv_glu"]}[epi]
-            req = pending_req.pop(0) if pending_req else td
-            mvs.append(_Mv(req, td, -(-rows // P) * bpr, bpr, rows, lat, epi == I.EPI_HEAD))
-            weight_beats += rows * bpr
-            fin = len(mvs) - 1
+            fin = self.matvec(ins, td)
         if eng is not None:
             if eng != "matvec":
-                engine_last[eng] = fin
-            inflight.append((eng, fin, rd, wr))
-        t = td + 1
+                self.engine_last[eng] = fin
+            self.inflight.append((eng, fin, rd, wr))
+        self.t = td + 1
 
-    # HALT: every engine idle and the writes answered
-    chain(float("inf"))
-    end = max([t + T["dispatch"] - 1] + [finish_of(e, float("inf")) for e in inflight]
-              + [m.E for m in mvs] + list(engine_last.values()))
-    total = end + T["halt"] + RM_WR_LATENCY
-    for m in mvs:
-        ivals["head" if m.head else "matvec"].append((m.S, m.E))
-    phases = _partition(total, ivals)
-    return PassTiming(total, phases, bus.beats + weight_beats, weight_beats, len(prog),
-                      sum(m.E - m.S for m in mvs), ivals)
+    # ---- the engines: each returns when the instruction finishes ------------------------------------------------
+    def load(self, ins: I.Instr, start: float) -> float:
+        """Norm records at bus speed."""
+        start = max(start, self.engine_last["load"])
+        beats = math.ceil(4 * ins["count"] * ins["fields"] / self.bb)
+        s, e = self.bus.reserve(start + self.L, beats)
+        fin = e + self.T["load_tail"]
+        for b in I.resources(ins)[1]:
+            self.fill_end[b] = fin
+        self.ivals["load_store"].append((s, fin))
+        return fin
+
+    def store(self, ins: I.Instr, start: float) -> float:
+        """One word per cycle (:data:`RTL_TIMING` ``store_word``) per token; logits skipped when not written."""
+        T, k = self.T, self.k
+        start = max(start, self.engine_last["store"])
+        if ins["flags"] & I.STORE_IF_LOGITS and not self.write_logits:
+            return start + 1
+        n = ins["count"]
+        dur = k * (n * T["store_word"] + T["store_token"])
+        self.bus.reserve(start + T["store_token"], k * math.ceil(4 * n / self.bb))
+        fin = start + dur + T["store_token"]
+        self.ivals["load_store"].append((start, fin))
+        return fin
+
+    def embed(self, ins: I.Instr, start: float) -> float:
+        """A row per token; the unpacker writes one word of it per cycle."""
+        start = max(start, self.engine_last["vector"])
+        tt = start
+        for _ in range(self.k):
+            s0, e = self.bus.reserve(tt + self.T["embed_row"] + self.L, math.ceil(4 * ins["count"] / self.bb))
+            tt = max(e, s0 + ins["count"]) + 1
+        fin = tt + self.T["hgrn_tail"]
+        self.ivals["load_store"].append((start, fin))
+        return fin
+
+    def vector(self, ins: I.Instr, start: float, rd: set) -> float:
+        """QSTATS / QCODES: every token of an element at once; HGRN: token by token. Streamed operands are
+        read as their LOAD fills them."""
+        T, k, op = self.T, self.k, ins.op
+        start = max(start, self.engine_last["vector"])
+        n = ins["count"]
+        ready = max([self.fill_end.get(b, 0.0) for b in rd if b in I.STREAMED], default=0.0)
+        if op == "HGRN":
+            first = max(start + n, ready + 1)
+            fin = first + T["hgrn_token"] + (k - 1) * (n + T["hgrn_token"]) + T["hgrn_tail"]
+        else:
+            issued = max(start + n, ready + 1)
+            if op == "QSTATS":
+                fin = issued + T["qstats_tail"] + T["recip"]
+            else:
+                fin = issued + T["qcodes_tail"] + (k - 1)      # one OutputMultiplier, tokens in turn
+        self.ivals["vector"].append((start, fin))
+        return fin
+
+    def matvec(self, ins: I.Instr, td: float) -> int:
+        """Queue a MATVEC on the chain (its timing settles in :meth:`chain`); returns its index."""
+        T = self.T
+        bpr = N.row_bytes(ins["count"]) // self.bb
+        rows, epi = ins["rows"], ins["epi"]
+        lat = {I.EPI_STORE: T["mv_store"], I.EPI_HEAD: T["mv_store"], I.EPI_RESID: T["mv_resid"],
+               I.EPI_GLU: T["mv_glu"]}[epi]
+        req = self.pending_req.pop(0) if self.pending_req else td
+        self.mvs.append(_Mv(req, td, -(-rows // self.P) * bpr, bpr, rows, lat, epi == I.EPI_HEAD))
+        self.weight_beats += rows * bpr
+        return len(self.mvs) - 1
+
+    def halt(self, n_instr: int) -> PassTiming:
+        """HALT: every engine idle and the writes answered; the pass's totals and phases."""
+        inf = float("inf")
+        self.chain(inf)
+        end = max([self.t + self.T["dispatch"] - 1] + [self.finish_of(e, inf) for e in self.inflight]
+                  + [m.E for m in self.mvs] + list(self.engine_last.values()))
+        total = end + self.T["halt"] + RM_WR_LATENCY
+        for m in self.mvs:
+            self.ivals["head" if m.head else "matvec"].append((m.S, m.E))
+        phases = _partition(total, self.ivals)
+        return PassTiming(total, phases, self.bus.beats + self.weight_beats, self.weight_beats, n_instr,
+                          sum(m.E - m.S for m in self.mvs), self.ivals)
 
 
 #: Write-response latency of the simulated DDR (sim/accel.py DEFAULT_WR_LATENCY): HALT waits for it.
@@ -596,7 +551,9 @@ def onchip_memories(hw: HwConfig, weight_fifo_beats: int = WEIGHT_FIFO_BEATS) ->
 
 
 def _unit_table() -> dict:
-    path = Path(__file__).resolve().parent.parent / "boards" / "data" / "unit_resources.json"
+    from importlib import resources
+
+    path = resources.files("mmfree.boards") / "data" / "unit_resources.json"
     try:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -752,9 +709,9 @@ def predict(dims, board, clock_mhz: float | None = None, hw: HwConfig | None = N
     n_tern = ternary_weights(dims)
     roofline = peak / packed
     physical = peak / (n_tern * math.log2(3) / 8)
-    img = image_bytes(dims)
+    img = plan_image(dims).size
     bufs = sum(RM.buffer_sizes(dims.d, dims.layers, dims.vocab, k).values())
-    prog_bytes = I.HEADER_BYTES + I.INSTR_BYTES * len(program(dims))
+    prog_bytes = I.HEADER_BYTES + I.INSTR_BYTES * len(emit_program(dims))
     need = img + bufs + prog_bytes
     usable = b.ddr_usable_bytes
     mem_fits = need <= usable

@@ -29,6 +29,7 @@ import cocotb
 import numpy as np
 from cocotb.task import bridge
 
+from mmfree.rtl import params as PARAMS
 from mmfree.rtl.compiler import Compiled
 from mmfree.sim.accel import SimSession, SyncBoard
 from mmfree.boards.driver import (AccelHost, Accelerator, BoardTransport, PromptLookupDrafter, TrigramDrafter,
@@ -88,7 +89,7 @@ async def accel_job(dut):
     job = json.loads(Path(os.environ["MMFREE_ACCEL_JOB"]).read_text())
     wd = Path(job["workdir"])
     session = SimSession(dut, memory=job["memory"], workdir=wd, pause_seed=job.get("pause_seed"),
-                         bus_bytes=job["bus_bytes"], max_wait_cycles=job.get("max_wait_cycles", 50_000_000))
+                         bus_bytes=job["bus_bytes"], max_wait_cycles=job.get("max_wait_cycles", PARAMS.SIM_MAX_WAIT_CYCLES))
     await session.start()
     board = SyncBoard(session)
     compiled = Compiled.load(job["compiled"])

@@ -22,11 +22,11 @@ def spec_digest() -> str:
     """A digest of the sources an export depends on (a changed spec invalidates cached exports)."""
     import hashlib
 
-    from mmfree.config import PACKAGE_ROOT
+    from importlib import resources
 
     h = hashlib.sha256()
     for mod in ("numerics.py", "layout.py", "export.py", "model.py", "config.py"):
-        h.update((PACKAGE_ROOT / "pymodel" / mod).read_bytes())
+        h.update(resources.files("mmfree.pymodel").joinpath(mod).read_bytes())
     return h.hexdigest()[:12]
 
 
