@@ -13,7 +13,8 @@ MODEL_HELP = "checkpoint directory (HF layout: config.json + model.safetensors) 
 def register(sub) -> None:
     p = add_subcommand(
         sub, "generate", _generate, "generate text with the float model or the integer reference",
-        "Encodes --prompt with the checkpoint's tokenizer (or takes --prompt-ids), then decodes\n"
+        "Encodes --prompt with the checkpoint's tokenizer (or takes --prompt-ids), adding BOS when its\n"
+        "tokenizer_config.json asks for it as transformers.AutoTokenizer does (the official checkpoints), then decodes\n"
         "--max-new-tokens tokens. --backend float runs the PyTorch model; --backend int runs the\n"
         "bit-exact integer reference on an exported image (exported on the fly when --model is a float\n"
         "checkpoint). Temperature 0 is greedy. --json prints {tokens, text, prompt_ids, tokens_per_s, ...}.",
@@ -100,7 +101,7 @@ def _load_prompt(args, tok_source):
 
     tok = load_tokenizer(tok_source)
     text = args.prompt if args.prompt is not None else ""
-    ids = tok.encode(text)
+    ids = tok.encode_prompt(text)   # with BOS where the checkpoint's tokenizer config asks for it
     if not ids:
         raise MmfreeError("the prompt encodes to no tokens; give --prompt TEXT or --prompt-ids")
     return ids, tok

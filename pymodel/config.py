@@ -43,8 +43,12 @@ class MMFreeConfig:
     hidden_act: str = "swish"
     max_position_embeddings: int = 2048
     rms_norm_eps: float = 1e-6
-    #: eps of the RMSNorm inside every BitLinear (the released ``BitLinear`` module uses 1e-8)
-    bitlinear_norm_eps: float = 1e-8
+    #: eps of the RMSNorm inside every BitLinear. The released ``HGRNBitForCausalLM`` builds every projection
+    #: as ``FusedBitLinear``, whose forward calls ``layer_norm_linear_quant_fn`` without ``eps``: the kernel's
+    #: default 1e-6 applies (the module's declared ``RMSNorm(eps=1e-8)`` is unused). Official config.json files
+    #: have no such key, so they load 1e-6; a checkpoint that states its own value (mmfree's default model was
+    #: trained with 1e-8) keeps it.
+    bitlinear_norm_eps: float = 1e-6
     use_cache: bool = True
     pad_token_id: int | None = None
     bos_token_id: int = 1

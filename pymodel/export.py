@@ -40,6 +40,8 @@ def ternarize(weight) -> tuple[np.ndarray, float]:
 
 
 FORMATS_KEY = "mmfree_formats"
+#: tokenizer files copied next to tokenizer.json into the image
+TOKENIZER_CONFIG_FILES = ("tokenizer_config.json", "special_tokens_map.json")
 
 
 def calibrate(model, n_tokens: int = 512, seed: int = 0) -> dict[str, int]:
@@ -204,6 +206,9 @@ def export_model(model, out: str | os.PathLike, tokenizer_file: str | os.PathLik
         (tmp / "weights.bin").write_bytes(bytes(blob))
         if tokenizer_file is not None and Path(tokenizer_file).exists():
             (tmp / "tokenizer.json").write_bytes(Path(tokenizer_file).read_bytes())
+            for extra in TOKENIZER_CONFIG_FILES:   # they decide whether prompts get BOS
+                if (Path(tokenizer_file).parent / extra).exists():
+                    (tmp / extra).write_bytes((Path(tokenizer_file).parent / extra).read_bytes())
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return out
 

@@ -308,4 +308,4 @@ def open_int_model(model: str) -> tuple[IntModel, str]:
     out = cache_dir() / "exports" / key.hexdigest()[:16]
     if not (out / "manifest.json").exists():
         export_checkpoint(str(model), out)
-    return IntModel.load(out), str(out if (out / "tokenizer.json").exists() else src)
+    return IntModel.load(out), str(src)   # the checkpoint's tokenizer files (tokenizer_config.json included)

@@ -69,10 +69,8 @@ class TernaryLinearSTE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, y, w):
         cdt = _compute_dtype(y)
-        s = 127.0 / y.detach().abs().amax(dim=-1, keepdim=True).to(cdt).clamp(min=1e-5)    # [..., 1]
-        q = (y.detach().to(cdt) * s).round().clamp(-128, 127)
-        sw = 1.0 / w.detach().abs().mean().to(cdt).clamp(min=1e-5)
-        t = (w.detach().to(cdt) * sw).round().clamp(-1, 1)
+        q, s = activation_codes(y, cdt)
+        t, sw = weight_codes(w, cdt)
         out = (q.to(y.dtype) @ t.to(y.dtype).T).to(cdt) / (s * sw)
         ctx.save_for_backward(q, s, t, sw)
         ctx.dtypes = (y.dtype, w.dtype)
@@ -89,6 +87,35 @@ class TernaryLinearSTE(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_w = (g.reshape(-1, g.shape[-1]).T @ (q / s).to(ydt).reshape(-1, q.shape[-1])).to(wdt)
         return grad_y, grad_w
+
+
+def activation_codes(y: torch.Tensor, cdt: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(q, s): int8 codes ``round(y * s).clamp(-128, 127)`` (as ``cdt``, ``[..., K]``) and s = 127 / max|y| ``[..., 1]``."""
+    s = 127.0 / y.detach().abs().amax(dim=-1, keepdim=True).to(cdt).clamp(min=1e-5)
+    return (y.detach().to(cdt) * s).round().clamp(-128, 127), s
+
+
+def weight_codes(w: torch.Tensor, cdt: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(t, sw): ternary codes ``round(w * sw).clamp(-1, 1)`` (as ``cdt``, ``[N, K]``) and sw = 1 / mean|w| (0-d)."""
+    sw = 1.0 / w.detach().abs().mean().to(cdt).clamp(min=1e-5)
+    return (w.detach().to(cdt) * sw).round().clamp(-1, 1), sw
+
+
+def ternary_linear_cached(y: torch.Tensor, t8: torch.Tensor, sw: torch.Tensor) -> torch.Tensor:
+    """Inference-only :class:`TernaryLinearSTE` forward on cached int8 codes ``t8 [N, K]`` and scale ``sw``.
+
+    Bit-identical to it for float32 and float64 ``y``: both compute the same integer accumulator exactly
+    (here int8 x int8 -> int32 on CPU, ``torch._int_mm``), then the same ``acc / (s * sw)``. One pass over
+    the int8 weights per call; no gradient.
+    """
+    cdt = _compute_dtype(y)
+    q, s = activation_codes(y, cdt)
+    if y.device.type == "cpu":
+        q8 = q.to(torch.int8).reshape(-1, q.shape[-1])
+        acc = torch._int_mm(q8, t8.T).reshape(*q.shape[:-1], t8.shape[0]).to(cdt)
+    else:
+        acc = (q.to(y.dtype) @ t8.to(y.dtype).T).to(cdt)
+    return (acc / (s * sw)).to(y.dtype)
 
 
 def _compute_dtype(t: torch.Tensor) -> torch.dtype:
@@ -119,7 +146,16 @@ class BitLinear(nn.Module):
 
     ``kernel`` may hold a fused implementation with the same contract (``kernel(x, norm_w, w, eps)``),
     installed by :func:`mmfree.pymodel.kernels.install`; ``None`` uses the plain torch path.
+
+    Inference cache: in eval mode with autograd off, the ternary codes (int8) and scale of the weight are
+    computed once per weight version and every call is one pass over them (:func:`ternary_linear_cached`,
+    bit-identical logits). The cache key is the weight's in-place version counter, storage, dtype and
+    device, so ``load_state_dict``, an optimizer step, any in-place edit or ``.to()`` invalidates it;
+    ``.train()`` drops it.
     """
+
+    #: False re-ternarises the weight on every call (the path before the cache; bench/reference_speed.py)
+    cache_codes = True
 
     def __init__(self, in_features: int, out_features: int, eps: float):
         super().__init__()
@@ -128,11 +164,31 @@ class BitLinear(nn.Module):
         self.weight = nn.Parameter(torch.empty(out_features, in_features))
         self.norm = RMSNorm(in_features, eps)
         self.kernel = None
+        self._codes = None    # (key, int8 codes [out, in], sw) of one weight version
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel is not None:
             return self.kernel(x, self.norm.weight, self.weight, self.norm.eps)
-        return TernaryLinearSTE.apply(self.norm(x), self.weight)
+        y = self.norm(x)
+        if (self.cache_codes and not self.training and not torch.is_grad_enabled()
+                and y.dtype in (torch.float32, torch.float64)):
+            return ternary_linear_cached(y, *self.cached_codes(_compute_dtype(y)))
+        return TernaryLinearSTE.apply(y, self.weight)
+
+    def cached_codes(self, cdt: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(int8 codes ``[out, in]``, sw) of the current weight for compute dtype ``cdt``, computed once per version."""
+        w = self.weight
+        key = (w._version, w.data_ptr(), w.dtype, w.device, cdt)
+        if self._codes is None or self._codes[0] != key:
+            self._codes = None                   # free the old copy before making the new one
+            with torch.no_grad():
+                t, sw = weight_codes(w, cdt)
+            self._codes = (key, t.to(torch.int8).contiguous(), sw)
+        return self._codes[1], self._codes[2]
+
+    def train(self, mode: bool = True):
+        self._codes = None
+        return super().train(mode)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}"
