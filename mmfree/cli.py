@@ -27,6 +27,7 @@ AREAS = [
     "mmfree.boards.cli",
     "mmfree.boards.cli_energy",
     "mmfree.hls.cli",
+    "mmfree.serve.cli",
 ]
 
 
