@@ -71,7 +71,7 @@ def run_units() -> int:
 
 
 def rows(k: int = 1, accept_len: float | None = None) -> list[dict]:
-    from mmfree.boards.boardfile import load_board
+    from mmfree.boardfile import load_board
     from mmfree.sim.perf import predict
 
     out = []

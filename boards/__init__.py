@@ -1,1 +1,1 @@
-"""mmfree.boards: PYNQ board descriptions, Vivado build scripts, the driver and its transports, power readers."""
+"""mmfree.boards: PYNQ board descriptions (data), Vivado build scripts, the PYNQ glue and ``Accelerator``, power readers."""

@@ -194,13 +194,13 @@ def _check_ports(b, ports: list[str]) -> list[str]:
 
 def config_for(board, clock_mhz: float | None = None, max_width: int | None = None, max_tokens: int | None = None,
                weight_ports: int | None = None) -> BuildConfig:
-    """The build parameters of ``board`` (a name or :class:`~mmfree.boards.boardfile.Board`): AXI width from its
+    """The build parameters of ``board`` (a name or :class:`~mmfree.boardfile.Board`): AXI width from its
     HP ports, the fabric clock (default: the board file's, at most ``max_clock_mhz``), the widest vector
     (default: the board file's ``build.max_width``, else :data:`DEFAULT_MAX_WIDTH`), the tokens per pass
     (default: the board file's ``build.max_tokens``, else :data:`DEFAULT_MAX_TOKENS`), the weight ports (default:
     the board file's ``build.weight_ports``, else 1) and the HP port of each AXI master (``hp_ports.used``,
     default the first ``weight_ports`` of ``hp_ports.names``; see :func:`_ports_for` for the override)."""
-    from mmfree.boards.boardfile import load_board
+    from mmfree.boardfile import load_board
     from mmfree.rtl.compiler import HwConfig
 
     b = load_board(board) if isinstance(board, str) else board
@@ -755,7 +755,7 @@ def build(board: str, out, clock_mhz: float | None = None, do_estimate: bool = F
     """``mmfree build``: write the project; run Vivado when it is on PATH (``run_vivado`` None) or when asked.
     ``weight_ports`` (``--weight-ports``) overrides the board file's ``build.weight_ports`` (:func:`config_for`).
     Returns the manifest plus ``vivado`` ("ran", or "not found" with ``message``) and ``bitstream`` paths."""
-    from mmfree.boards.boardfile import load_board
+    from mmfree.boardfile import load_board
 
     b = load_board(board)
     cfg = config_for(b, clock_mhz, max_width=max_width, max_tokens=max_tokens, weight_ports=weight_ports)
@@ -797,7 +797,7 @@ def estimates_markdown(boards=("pynq-z2", "kv260", "zcu104"), progress=None, lat
     """The resource table of docs/boards.md: the Yosys estimate of each board's build against its part. With
     ``latest`` the newest cached estimate of each build is used (see :func:`latest_estimate`); Yosys runs only
     for a build never estimated."""
-    from mmfree.boards.boardfile import load_board
+    from mmfree.boardfile import load_board
 
     rows = ["| board (part) | build | Yosys family | LUT | LUTRAM | FF | DSP | BRAM36 | LUT % | FF % | DSP % | "
             "BRAM % | synth time |", "|---" * 13 + "|"]

@@ -57,7 +57,7 @@ def register(sub) -> None:
 
     r = add_subcommand(
         sub, "run", _run, "generate text with the accelerator on a board or on the simulated board",
-        "Runs the driver (mmfree.boards.driver.Accelerator) on --board: a PYNQ board (the overlay given by\n"
+        "Runs the driver (mmfree.boards.accelerator.Accelerator) on --board: a PYNQ board (the overlay given by\n"
         "--bitstream, or the one already loaded) or 'sim', the accelerator RTL under Verilator + cocotb with\n"
         "the very same driver code. Greedy decoding; --draft trigram (or lookup) verifies drafts --k tokens\n"
         "per pass and still produces the plain greedy tokens. With --board sim every pass is compared with\n"
@@ -124,8 +124,8 @@ def _build(args) -> int:
 
 # ---- flash ----------------------------------------------------------------------------------------------------------
 def _flash(args) -> int:
-    from mmfree.boards.boardfile import load_board
-    from mmfree.boards.driver import check_hwh, load_overlay
+    from mmfree.boardfile import load_board
+    from mmfree.boards.pynq import check_hwh, load_overlay
     from mmfree.rtl import regmap as RM
 
     board = load_board(args.board)
@@ -194,7 +194,7 @@ def _run(args) -> int:
         raise MmfreeError("--onchip runs the accelerator's trigram draft engine: give --draft trigram")
     prompt = _prompt(args)
     if args.board == "sim":
-        from mmfree.boards.driver import run_sim
+        from mmfree.sim.run import run_sim
 
         say = None if args.json else (lambda m: print(f"[mmfree run] {m}", file=sys.stderr, flush=True))
         res = run_sim(args.model, prompt, args.tokens, draft=draft, k=args.k, timeout_s=args.timeout, progress=say,
@@ -207,8 +207,10 @@ def _run(args) -> int:
 
 
 def _run_board(args, prompt, draft) -> int:
-    from mmfree.boards.boardfile import load_board
-    from mmfree.boards.driver import Accelerator, check_fits, open_model
+    from mmfree.boardfile import load_board
+    from mmfree.boards.accelerator import Accelerator
+    from mmfree.host.layout import check_fits
+    from mmfree.host.session import open_model
 
     board = load_board(args.board)
     model = open_model(args.model)
@@ -230,7 +232,8 @@ def _attach_loaded_overlay(model, board, timeout, tok_dir):
     """The accelerator of the overlay PYNQ reports as loaded (``pynq.PL.bitfile_name``)."""
     from pathlib import Path
 
-    from mmfree.boards.driver import Accelerator, _pynq, pynq_device
+    from mmfree.boards.accelerator import Accelerator
+    from mmfree.boards.pynq import _pynq, pynq_device
 
     pynq = _pynq()
     pynq_device()

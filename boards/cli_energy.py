@@ -169,7 +169,7 @@ def fpga_model_row(model: str, board: str, clock_mhz, k: int = 1, accept_len: fl
 
 
 def board_row(board_name: str, hwmon_root="/sys/class/hwmon") -> dict:
-    from mmfree.boards.boardfile import load_board
+    from mmfree.boardfile import load_board
     from mmfree.boards.power import Hwmon, PynqRails
 
     b = load_board(board_name)

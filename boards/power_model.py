@@ -118,7 +118,7 @@ def model_energy(dims, board, clock_mhz: float | None = None, k: int = 1, accept
     """One modeled row for ``mmfree energy``: tokens/s, watts, J/token (gross and above idle) of the
     accelerator on ``board`` (a name or Board) for a model shape (anything :func:`mmfree.sim.perf.dims_for`
     takes)."""
-    from mmfree.boards.boardfile import Board, load_board
+    from mmfree.boardfile import Board, load_board
     from mmfree.sim.perf import predict
 
     b = board if isinstance(board, Board) else load_board(str(board))

@@ -41,7 +41,7 @@ class BoardPart:
 
 def _boards() -> dict[str, BoardPart]:
     """The FPGA parts and default clocks of the supported boards, read from boards/*/board.json."""
-    from mmfree.boards.boardfile import BOARD_NAMES, load_board
+    from mmfree.boardfile import BOARD_NAMES, load_board
 
     out = {}
     for name in BOARD_NAMES:

@@ -2,8 +2,8 @@
 
 The import namespace is one package assembled from the repository's top-level folders:
 ``mmfree.pymodel`` (float model, integer reference, export), ``mmfree.rtl`` (Amaranth gateware),
-``mmfree.sim`` (cocotb/Verilator benches, performance model), ``mmfree.boards`` (PYNQ boards,
-Vivado build, driver), ``mmfree.hls`` (C++ HLS kernels).
+``mmfree.host`` (the transport-agnostic host driver), ``mmfree.sim`` (cocotb/Verilator benches, emulator,
+performance model), ``mmfree.boards`` (PYNQ boards, Vivado build, PYNQ glue), ``mmfree.hls`` (C++ HLS kernels).
 """
 
 __version__ = "0.1.0"

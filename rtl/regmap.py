@@ -1,7 +1,7 @@
 """The accelerator's host interface: top-level ports, the AXI4-Lite register map and error codes.
 
 This module is the contract between the gateware (:mod:`mmfree.rtl`), the simulated board
-(:mod:`mmfree.sim`) and the PYNQ driver (:mod:`mmfree.boards.driver`). Everything that crosses the
+(:mod:`mmfree.sim`) and the PYNQ driver (:mod:`mmfree.host`, :mod:`mmfree.boards.pynq`). Everything that crosses the
 boundary is defined here once; ``docs/accelerator.md`` explains it.
 
 Execution model: the host places a program and the model's memory image (both produced by

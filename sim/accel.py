@@ -11,7 +11,7 @@ Pieces (docs/sim.md explains them):
 * :class:`SimSession` (inside a cocotb test) is the board: ``read32``/``write32`` on the AXI4-Lite CSRs
   (cocotbext-axi ``AxiLiteMaster``), ``write_mem``/``read_mem`` on DDR (a file backdoor into the HDL model,
   or ``AxiRam``'s memory), ``wait_irq`` with a cycle budget. :class:`SyncBoard` gives the same methods as
-  blocking calls for code run through ``cocotb.bridge`` (the reference host :mod:`mmfree.boards.driver`, and a
+  blocking calls for code run through ``cocotb.bridge`` (the reference host :mod:`mmfree.host`, and a
   PYNQ-driver transport later).
 * :func:`run_job` runs one job (a JSON description: which compiled model, which passes or which generation)
   in a fresh simulator process through the bench :mod:`mmfree.sim.benches.accel` and returns its results.
@@ -550,7 +550,7 @@ def simulate_generation(model="default", prompt_ids=(1,), n_tokens: int = 16, pr
 
     ``model``: "default", a checkpoint directory or an export directory. ``k`` > 1 feeds the prompt k
     tokens per pass and verifies k-1 drafted tokens per pass (prompt-lookup drafts; see
-    :func:`mmfree.boards.driver.generate`). Returns a dict with at least ``bit_exact``, ``tokens``, ``cycles``,
+    :func:`mmfree.host.generate.generate`). Returns a dict with at least ``bit_exact``, ``tokens``, ``cycles``,
     ``cycles_per_token``, ``ddr_bytes``, ``stall_cycles``, ``roofline_fraction`` (docs/sim.md lists all keys).
     """
     from mmfree.pymodel.intmodel import open_int_model
@@ -579,7 +579,7 @@ def simulate_generation(model="default", prompt_ids=(1,), n_tokens: int = 16, pr
         td = Path(td)
         say("compiling the model")
         c = compile_to_dir(im, td / "compiled")
-        from mmfree.boards.driver import host_layout
+        from mmfree.host.layout import host_layout
 
         host_layout(c, hw.max_tokens, (SIM_MEM_BASE, SIM_MEM_BASE + SIM_MEM_BYTES))   # fits the simulated DDR?
         job = {"kind": "generate", "compiled": str(td / "compiled"), "prompt": prompt, "n_tokens": n_tokens, "k": k,

@@ -43,7 +43,7 @@ def register(sub) -> None:
 
 
 def _perf(args) -> int:
-    from mmfree.boards.boardfile import load_board
+    from mmfree.boardfile import load_board
     from mmfree.sim import perf as P
 
     if args.k < 1 or args.k > 16:

@@ -651,7 +651,7 @@ def predict(dims, board, clock_mhz: float | None = None, hw: HwConfig | None = N
     """Modeled decode speed of a model on a board.
 
     ``dims``: a :class:`~mmfree.pymodel.layout.Dims` or anything :func:`dims_for` takes; ``board``: a name
-    or ``custom:PATH`` for :func:`mmfree.boards.boardfile.load_board`, or a ``Board``; ``clock_mhz``:
+    or ``custom:PATH`` for :func:`mmfree.boardfile.load_board`, or a ``Board``; ``clock_mhz``:
     fabric clock (default the board's); ``hw``: the build (default :func:`default_hw`); ``k``: tokens
     per pass; ``accept_len``: tokens emitted per pass (1..k; default 1: no draft accepted);
     ``write_logits``: whether passes write all logits to DDR (default no: greedy decode needs the argmax).
@@ -667,7 +667,7 @@ def predict(dims, board, clock_mhz: float | None = None, hw: HwConfig | None = N
     (LUT/FF/DSP/BRAM/URAM needed vs the part), ``problems`` (why it does not fit), ``assumptions``.
     Modeled numbers: nothing here is measured.
     """
-    from mmfree.boards.boardfile import Board, load_board
+    from mmfree.boardfile import Board, load_board
 
     dims = dims_for(dims)
     b = board if isinstance(board, Board) else load_board(str(board))

@@ -1,13 +1,13 @@
-"""cocotb bench of the whole accelerator: the reference host (:mod:`mmfree.boards.driver`) drives the RTL through
+"""cocotb bench of the whole accelerator: the reference host (:mod:`mmfree.host`) drives the RTL through
 the simulated board (:class:`mmfree.sim.accel.SimSession`) as a PYNQ driver would drive the real one.
 
 The job comes from the JSON file named by ``MMFREE_ACCEL_JOB`` (written by :func:`mmfree.sim.accel.run_job`):
 
 * ``compiled``: a directory written by :meth:`mmfree.rtl.compiler.Compiled.save`;
-* ``kind``: ``"generate"`` (``prompt``, ``n_tokens``, ``k``, ``write_logits``: :func:`mmfree.boards.driver.generate`
-  on :class:`~mmfree.boards.driver.AccelHost`), ``"script"`` (``steps``, see :func:`mmfree.boards.driver.run_script`)
-  or ``"run"``: the board-level driver :class:`mmfree.boards.driver.Accelerator` over a
-  :class:`~mmfree.boards.driver.BoardTransport` around the simulated board, exactly as ``mmfree run --board B``
+* ``kind``: ``"generate"`` (``prompt``, ``n_tokens``, ``k``, ``write_logits``: `mmfree.host.generate.generate`
+  on :class:`~mmfree.host.accel.AccelHost`), ``"script"`` (``steps``, see :func:`mmfree.host.generate.run_script`)
+  or ``"run"``: the host session :class:`mmfree.host.session.AccelSession` (what the board's ``Accelerator`` is
+  without its PYNQ constructors) over a :class:`~mmfree.host.transport.BoardTransport` around the simulated board, exactly as ``mmfree run --board B``
   drives a PYNQ board (``prompt``, ``n_tokens``, ``k``, ``draft``: null, ``"lookup"`` or ``"trigram"`` with
   ``table`` a trigram table file, ``write_logits``, ``timeout_s``, ``onchip``: the draft-verify loop on the
   accelerator (``Accelerator.generate(..., onchip=True)``; the table it adapted comes back as the arrays
@@ -32,13 +32,16 @@ from cocotb.task import bridge
 from mmfree.rtl import params as PARAMS
 from mmfree.rtl.compiler import Compiled
 from mmfree.sim.accel import SimSession, SyncBoard
-from mmfree.boards.driver import (AccelHost, Accelerator, BoardTransport, PromptLookupDrafter, TrigramDrafter,
-                                  generate, run_script)
+from mmfree.host.accel import AccelHost
+from mmfree.host.generate import generate, run_script
+from mmfree.host.session import AccelSession
+from mmfree.host.transport import BoardTransport
+from mmfree.pymodel.drafters import PromptLookupDrafter, TrigramDrafter
 
 
 def _run_job(board, job, compiled, progress):
     """The "run" kind: the high-level driver, as on a board."""
-    acc = Accelerator(BoardTransport(board, kind="sim"), compiled, timeout_s=job.get("timeout_s", 60.0),
+    acc = AccelSession(BoardTransport(board, kind="sim"), compiled, timeout_s=job.get("timeout_s", 60.0),
                       write_logits=job.get("write_logits", True))
     draft = job.get("draft")
     if draft == "trigram":

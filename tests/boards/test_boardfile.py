@@ -3,7 +3,7 @@ import json
 import pytest
 
 from mmfree import MmfreeError
-from mmfree.boards.boardfile import BOARD_NAMES, load_board
+from mmfree.boardfile import BOARD_NAMES, load_board
 
 
 @pytest.mark.parametrize("name", BOARD_NAMES)

@@ -20,7 +20,7 @@ import pytest
 
 from mmfree import MmfreeError
 from mmfree.boards import build as B
-from mmfree.boards.boardfile import load_board
+from mmfree.boardfile import load_board
 from mmfree.cli import main
 from mmfree.rtl import regmap as RM
 
@@ -459,7 +459,7 @@ def _flash(bit, capsys, board="kv260", *extra):
 
 
 def test_flash_checks_a_good_bitstream(tmp_path, capsys):
-    from mmfree.boards.driver import check_hwh
+    from mmfree.boards.pynq import check_hwh
 
     bit = _bit(tmp_path)
     info = check_hwh(bit, load_board("kv260"))
@@ -509,9 +509,10 @@ def test_flash_refuses_a_register_map_mismatch(tmp_path, capsys):
 
 def test_run_refuses_a_model_larger_than_the_board_ddr(tmp_path, capsys, monkeypatch):
     """Checked before any pynq or hardware access."""
-    from mmfree.boards import driver as D
+    from mmfree.boards import pynq as BP
+    from mmfree.host import session as HS
     from mmfree.pymodel.intmodel import open_int_model
-    from mmfree.rtl.compiler import compile_model
+    from mmfree.rtl.compiler import Compiled, compile_model
 
     c = compile_model(open_int_model("default")[0])
 
@@ -519,9 +520,9 @@ def test_run_refuses_a_model_larger_than_the_board_ddr(tmp_path, capsys, monkeyp
         def __len__(self):
             return 600 << 20
 
-    big = D.Compiled(c.program, Huge(), c.dims, c.symbols, c.state_stride, c.head_chunk, c.max_width)
-    monkeypatch.setattr(D, "open_model", lambda model: (big, None, None))
-    monkeypatch.setattr(D, "_pynq", lambda: pytest.fail("pynq was touched"))
+    big = Compiled(c.program, Huge(), c.dims, c.symbols, c.state_stride, c.head_chunk, c.max_width)
+    monkeypatch.setattr(HS, "open_model", lambda model: (big, None, None))
+    monkeypatch.setattr(BP, "_pynq", lambda: pytest.fail("pynq was touched"))
     rc = main(["run", "--board", "pynq-z2", "--model", "huge", "--prompt-ids", "1", "--tokens", "2"])
     err = capsys.readouterr().err
     assert rc == 1 and "the model needs 600." in err and "the pynq-z2 leaves 320 MiB" in err
@@ -531,7 +532,8 @@ def test_quickstart_notebook_is_valid():
     """Valid nbformat 4 JSON, code cells parse, and the driver API it calls exists."""
     import ast
 
-    from mmfree.boards import driver as D
+    from mmfree.boards.accelerator import Accelerator
+    from mmfree.boards.pynq import check_hwh
 
     path = Path(__file__).resolve().parents[2] / "boards" / "notebooks" / "quickstart.ipynb"
     nb = json.loads(path.read_text())
@@ -546,7 +548,7 @@ def test_quickstart_notebook_is_valid():
     text = "\n".join(code)
     for name in ("Accelerator.from_bitstream", "check_hwh", "acc.generate", "counters", "mean_accepted", "acc.close"):
         assert name in text, name
-    assert callable(D.Accelerator.from_bitstream) and callable(D.check_hwh)
+    assert callable(Accelerator.from_bitstream) and callable(check_hwh)
     try:
         import nbformat
     except ImportError:

@@ -1,4 +1,5 @@
-"""The driver (mmfree.boards.driver): transports, AccelHost, generation with drafts, the high-level Accelerator.
+"""The driver (mmfree.host, mmfree.boards.pynq / accelerator): transports, AccelHost, generation with drafts, the
+high-level Accelerator.
 
 Most tests run the driver against the ISA emulator board (fast, no RTL); the ``sim`` tests run the very same
 driver on the accelerator RTL under Verilator (the simulated board), two simulator runs in all. Every result
@@ -14,7 +15,15 @@ import numpy as np
 import pytest
 
 from mmfree import MmfreeError
-from mmfree.boards import driver as D
+from mmfree.boards import accelerator as BA
+from mmfree.boards import pynq as BP
+from mmfree.host import accel as HA
+from mmfree.host import generate as HG
+from mmfree.host import layout as HL
+from mmfree.host import transport as HT
+from mmfree.pymodel import drafters as DR
+from mmfree.rtl import compiler as RC
+from mmfree.sim import run as SR
 from mmfree.rtl import regmap as RM
 from mmfree.sim.accel import DEFAULT_HW
 from mmfree.sim.emulator import EmulatedBoard
@@ -37,22 +46,22 @@ def model():
 @pytest.fixture(scope="module")
 def reference(model):
     im, _, ids = model
-    return D.greedy_reference(im, ids, N_TOKENS)
+    return SR.greedy_reference(im, ids, N_TOKENS)
 
 
 def _acc(model, board=None, **kw):
     im, tok_dir, _ = model
-    return D.Accelerator(board or EmulatedBoard(DEFAULT_HW), im, tokenizer=tok_dir, **kw)
+    return BA.Accelerator(board or EmulatedBoard(DEFAULT_HW), im, tokenizer=tok_dir, **kw)
 
 
 # ---- transports ------------------------------------------------------------------------------------------------
 def test_transport_contract():
     b = EmulatedBoard(DEFAULT_HW)
-    assert isinstance(b, D.Transport)                  # structural: any object with the five methods
-    assert not isinstance(object(), D.Transport)
-    t = D.as_transport(b, "emulator")
-    assert isinstance(t, D.BoardTransport) and t.mem_window == b.mem_window
-    assert D.as_transport(t) is t
+    assert isinstance(b, HT.Transport)                  # structural: any object with the five methods
+    assert not isinstance(object(), HT.Transport)
+    t = HT.as_transport(b, "emulator")
+    assert isinstance(t, HT.BoardTransport) and t.mem_window == b.mem_window
+    assert HT.as_transport(t) is t
     assert t.read32(RM.OFFSET["ID"]) == RM.ID_MAGIC
     with pytest.raises(MmfreeError, match="not a 32-bit register"):
         t.read32(0x2)
@@ -64,31 +73,32 @@ def test_transport_contract():
     with pytest.raises(MmfreeError, match="outside the transport's window"):
         t.read_mem(lo - 16, 16)
     with pytest.raises(MmfreeError, match="not a transport"):
-        D.BoardTransport(object())
+        HT.BoardTransport(object())
 
 
 def test_import_needs_no_pynq():
-    code = ("import sys, mmfree.boards.driver as d; assert 'pynq' not in sys.modules; "
+    code = ("import sys, mmfree.host.session, mmfree.boards.pynq, mmfree.boards.accelerator; "
+            "assert 'pynq' not in sys.modules; "
             "import mmfree.boards.cli, mmfree.boards.build; assert 'pynq' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
 def test_pynq_missing_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "pynq", None)          # import pynq -> ImportError
-    monkeypatch.setattr(D, "_IP_CLASS", None)
-    for what in (lambda: D.MmfreeAccelIP, D.register_pynq_driver, lambda: D.PynqTransport(object(), 1024)):
+    monkeypatch.setattr(BP, "_IP_CLASS", None)
+    for what in (lambda: BP.MmfreeAccelIP, BP.register_pynq_driver, lambda: BP.PynqTransport(object(), 1024)):
         with pytest.raises(MmfreeError, match=r"pynq is not installed: this runs on a PYNQ board image \(pip install"):
             what()
 
 
 def test_ip_class_binds_to_the_vlnv():
     pynq = pytest.importorskip("pynq")
-    cls = D.register_pynq_driver()
+    cls = BP.register_pynq_driver()
     assert issubclass(cls, pynq.DefaultIP) and cls.bindto == [RM.VLNV]
     from pynq.overlay import _ip_drivers
 
     assert _ip_drivers[RM.VLNV] is cls
-    assert D.MmfreeAccelIP is cls
+    assert BP.MmfreeAccelIP is cls
 
 
 class _FakePynq:
@@ -132,12 +142,12 @@ class _FakePynq:
 def test_pynq_transport_runs_the_model_bit_exact(model, reference, monkeypatch):
     """PynqTransport (MMIO, one pynq.allocate buffer, flush/invalidate, polling) under the whole driver."""
     fake = _FakePynq()
-    monkeypatch.setattr(D, "_pynq", lambda: fake.module)
+    monkeypatch.setattr(BP, "_pynq", lambda: fake.module)
     im, tok_dir, ids = model
-    acc = D.Accelerator.on_ip(fake.ip, im, board="kv260", tokenizer=tok_dir, use_interrupt=False)
-    assert isinstance(acc.transport, D.PynqTransport)
+    acc = BA.Accelerator.on_ip(fake.ip, im, board="kv260", tokenizer=tok_dir, use_interrupt=False)
+    assert isinstance(acc.transport, BP.PynqTransport)
     lo, hi = acc.transport.mem_window
-    assert lo == 0x3000_0000 and hi - lo == D.ddr_needed(acc.compiled, DEFAULT_HW.max_tokens, acc.host.draft)
+    assert lo == 0x3000_0000 and hi - lo == HL.ddr_needed(acc.compiled, DEFAULT_HW.max_tokens, acc.host.draft)
     g = acc.generate(PROMPT, N_TOKENS)
     assert g.tokens == reference
     assert fake.flushes > 0 and fake.invalidates > 0
@@ -151,11 +161,11 @@ def test_pynq_transport_runs_the_onchip_loop(model, reference, monkeypatch):
     """The on-chip loop through PynqTransport: the table and registers go out through flushes, GEN_OUT and the
     adapted table come back through invalidates; the DDR window includes the loop's areas."""
     fake = _FakePynq()
-    monkeypatch.setattr(D, "_pynq", lambda: fake.module)
+    monkeypatch.setattr(BP, "_pynq", lambda: fake.module)
     im, tok_dir, ids = model
-    acc = D.Accelerator.on_ip(fake.ip, im, tokenizer=tok_dir, use_interrupt=False)
+    acc = BA.Accelerator.on_ip(fake.ip, im, tokenizer=tok_dir, use_interrupt=False)
     assert acc.host.draft is not None and acc.host.mem_end == acc.transport.mem_window[1]
-    dr = D.TrigramDrafter.for_model(im, None, tok_dir)
+    dr = DR.TrigramDrafter.for_model(im, None, tok_dir)
     start = dr.table.copy()
     g = acc.generate(ids, N_TOKENS, draft=dr, onchip=True)
     assert g.tokens == reference and g.counters["onchip"] and g.counters["gen_count"] == N_TOKENS - 1
@@ -185,14 +195,14 @@ def test_pynq_transport_waits_with_time_outs(monkeypatch):
     import time as _time
 
     fake = _FakePynq()
-    monkeypatch.setattr(D, "_pynq", lambda: fake.module)
-    t = D.PynqTransport(fake.ip, 4096, use_interrupt=False, poll_s=1e-3)
+    monkeypatch.setattr(BP, "_pynq", lambda: fake.module)
+    t = BP.PynqTransport(fake.ip, 4096, use_interrupt=False, poll_s=1e-3)
     t0 = _time.monotonic()
     assert t.wait_irq(0.05) is False                   # nothing started: STATUS never shows DONE
     assert 0.04 < _time.monotonic() - t0 < 2
     # through the IP's interrupt (asyncio, with a time-out)
     fake.ip.interrupt = _FakeIrq(10.0)
-    t = D.PynqTransport(fake.ip, 4096)
+    t = BP.PynqTransport(fake.ip, 4096)
     assert t.irq is fake.ip.interrupt
     t0 = _time.monotonic()
     assert t.wait_irq(0.05) is False and fake.ip.interrupt.waits == 1 and _time.monotonic() - t0 < 2
@@ -213,21 +223,21 @@ def test_generate_default_is_prompt_lookup_as_before(model, reference):
     im, _, ids = model
     from mmfree.rtl.compiler import compile_model
 
-    host = D.AccelHost(EmulatedBoard(DEFAULT_HW), compile_model(im))
-    toks, passes = D.generate(host, ids, N_TOKENS, k=4)
+    host = HA.AccelHost(EmulatedBoard(DEFAULT_HW), compile_model(im))
+    toks, passes = HG.generate(host, ids, N_TOKENS, k=4)
     assert toks == reference
     done = 0
     for p in passes:
         if not p["prefill"]:
             seq = list(ids) + toks[:done]
             assert len(p["tokens"]) == 4 and "parents" not in p
-            assert p["tokens"] == [seq[-1]] + D.draft_tokens(seq, 3)
+            assert p["tokens"] == [seq[-1]] + DR.draft_tokens(seq, 3)
         done += p["emitted"]
-    toks1, passes1 = D.generate(host, ids, N_TOKENS)
+    toks1, passes1 = HG.generate(host, ids, N_TOKENS)
     assert toks1 == reference and len(passes1) == len(ids) + N_TOKENS - 1
 
 
-class _BranchyDrafter(D.Drafter):
+class _BranchyDrafter(DR.Drafter):
     """A tree with two children at the root: the reference's token and a wrong one, in both orders."""
 
     name = "branchy"
@@ -310,11 +320,11 @@ def test_bad_inputs_refused_before_the_hardware(model):
 def test_hardware_error_is_an_exception_with_code(model):
     acc = _acc(model)
     msg = r"error 3: a token id is outside the model's vocabulary \(position 1\)"
-    with pytest.raises(D.AccelRunError, match=msg) as ei:
+    with pytest.raises(HA.AccelRunError, match=msg) as ei:
         acc.host.run([1, acc.vocab_size + 7])
     assert (ei.value.code, ei.value.detail) == (RM.ERR_TOKEN_RANGE, 1)
     bad_base = acc.host.addr["DATA_BASE"] + 8
-    rec = D.run_script(acc.host, [{"tokens": [1], "regs": {"DATA_BASE": bad_base}}, {"tokens": [1]}])
+    rec = HG.run_script(acc.host, [{"tokens": [1], "regs": {"DATA_BASE": bad_base}}, {"tokens": [1]}])
     assert (rec[0]["error"], rec[0]["detail"]) == (RM.ERR_UNALIGNED, RM.ADDRESS_REGS.index("DATA_BASE"))
     assert "register DATA_BASE" in rec[0]["message"]
     assert "error" not in rec[1]                      # the next pass runs normally
@@ -342,19 +352,19 @@ def test_model_larger_than_board_ddr_is_refused(model):
     from mmfree.rtl.compiler import compile_model
 
     c = compile_model(model[0])
-    big = D.Compiled(c.program, Huge(), c.dims, c.symbols, c.state_stride, c.head_chunk, c.max_width)
+    big = RC.Compiled(c.program, Huge(), c.dims, c.symbols, c.state_stride, c.head_chunk, c.max_width)
     with pytest.raises(MmfreeError, match=r"needs 400\.\d MiB of DDR .* the pynq-z2 leaves 320 MiB"):
-        D.Accelerator(Untouchable(), big, board="pynq-z2")
-    from mmfree.boards.boardfile import load_board
+        BA.Accelerator(Untouchable(), big, board="pynq-z2")
+    from mmfree.boardfile import load_board
 
-    assert D.check_fits(c, load_board("pynq-z2")) == D.ddr_needed(c, 4)
+    assert HL.check_fits(c, load_board("pynq-z2")) == HL.ddr_needed(c, 4)
 
 
 # ---- the simulated board: the same driver on the RTL (Verilator + cocotb) ---------------------------------------
 @pytest.fixture(scope="module")
 def sim_speculative():
     """One simulator run: trigram drafts with k = 4, then injected hardware errors and a recovery pass."""
-    return D.run_sim("default", PROMPT, N_TOKENS, draft="trigram", k=4, inject=[
+    return SR.run_sim("default", PROMPT, N_TOKENS, draft="trigram", k=4, inject=[
         {"tokens": [5000]},                                        # token id >= vocabulary (4096)
         {"tokens": [1], "regs": {"TOKENS": 0x4000_0000 + 4}},      # a misaligned base address
         {"tokens": [1]},                                           # recovers

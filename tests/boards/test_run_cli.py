@@ -17,7 +17,7 @@ KEYS = ("tokens", "text", "cycles", "rd_bytes", "stalls", "passes", "verify_step
 @pytest.mark.sim
 def test_run_sim_default_model_is_intmodel_greedy(capfd):
     """capfd: the simulator's own output must not reach stdout (it would break --json)."""
-    from mmfree.boards.driver import greedy_reference
+    from mmfree.sim.run import greedy_reference
     from mmfree.pymodel.intmodel import open_int_model
     from mmfree.pymodel.tokenizer import load_tokenizer
 
@@ -95,7 +95,7 @@ def test_run_onchip_bad_arguments(capsys, monkeypatch):
 def test_run_sim_onchip_is_the_reference_speculative_loop(capfd):
     """The RTL's GENERATE through the driver: the greedy tokens, GEN_PASSES equal to speculative_generate's
     verify_steps, the adapted table word for word (all inside bit_exact), the prefill passes replayed."""
-    from mmfree.boards.driver import greedy_reference
+    from mmfree.sim.run import greedy_reference
     from mmfree.pymodel.intmodel import open_int_model
     from mmfree.pymodel.tokenizer import load_tokenizer
 

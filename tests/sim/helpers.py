@@ -91,10 +91,10 @@ def slow_enabled() -> bool:
 
 def error_steps(compiled, hw, mem_window) -> list[tuple[dict, tuple[int, int] | None]]:
     """Bad inputs and the (code, detail) the accelerator must report, each followed by a good pass that
-    shows it recovered. Addresses follow :func:`mmfree.boards.driver.host_layout`."""
+    shows it recovered. Addresses follow :func:`mmfree.host.layout.host_layout`."""
     from mmfree.rtl import isa as I
     from mmfree.rtl import regmap as RM
-    from mmfree.boards.driver import host_layout
+    from mmfree.host.layout import host_layout
 
     addr, end = host_layout(compiled, hw.max_tokens, mem_window)
     V = compiled.dims.vocab

@@ -1,5 +1,5 @@
 """The on-chip draft-verify loop (CONTROL.GENERATE, docs/speculative.md) on the ISA emulator, through the one
-driver (:func:`mmfree.boards.driver.generate_onchip`): the default model, its own trigram table, compared with
+driver (:func:`mmfree.host.generate.generate_onchip`): the default model, its own trigram table, compared with
 plain greedy decoding and with ``pymodel.speculative.speculative_generate`` (tokens, verification passes and
 the adapted table, word for word), plus the loop's checks and error codes in the contract's order. No
 Verilator: every GENERATE here runs in a fraction of a second."""
@@ -12,7 +12,12 @@ import numpy as np
 import pytest
 
 from mmfree import MmfreeError
-from mmfree.boards import driver as D
+from mmfree.host import accel as HA
+from mmfree.host import generate as HG
+from mmfree.host import layout as HL
+from mmfree.host import session as HS
+from mmfree.pymodel import drafters as DR
+from mmfree.sim import run as SR
 from mmfree.pymodel import trigram as TG
 from mmfree.pymodel.speculative import speculative_generate
 from mmfree.rtl import regmap as RM
@@ -32,14 +37,14 @@ def model():
     """(compiled, IntModel, tokenizer, the model's own trigram table: never mutated, tests copy it)."""
     from mmfree.pymodel.tokenizer import load_tokenizer
 
-    compiled, im, tok_dir = D.open_model("default")
-    table = D.TrigramDrafter.for_model(im, None, tok_dir, log=lambda m: None).table
+    compiled, im, tok_dir = HS.open_model("default")
+    table = DR.TrigramDrafter.for_model(im, None, tok_dir, log=lambda m: None).table
     return compiled, im, load_tokenizer(tok_dir), table
 
 
 def _host(model, hw=DEFAULT_HW):
     board = EmulatedBoard(hw)
-    return board, D.AccelHost(board, model[0])
+    return board, HA.AccelHost(board, model[0])
 
 
 def _reference(im, ids, n, table, eos_id=None):
@@ -73,8 +78,8 @@ def test_onchip_is_greedy_and_the_reference_speculative_loop(model, prompt):
     ids = tok.encode(prompt)
     board, host = _host(model)
     table = start.copy()
-    toks, recs = D.generate_onchip(host, ids, N, table)
-    assert toks == D.greedy_reference(im, ids, N)
+    toks, recs = HG.generate_onchip(host, ids, N, table)
+    assert toks == SR.greedy_reference(im, ids, N)
     spec, adapted = _reference(im, ids, N, start)
     assert toks == spec.tokens
     gen = [r for r in recs if r.get("onchip")]
@@ -93,17 +98,17 @@ def test_onchip_is_greedy_and_the_reference_speculative_loop(model, prompt):
     assert not big[adapted.vocab_size:].any()
     _assert_table(table, adapted)
     # GEN_STATE is the state before the last token: a host pass feeding it gives the next greedy token
-    assert host.run([toks[-1]]).argmax[0] == D.greedy_reference(im, ids, N + 1)[-1]
+    assert host.run([toks[-1]]).argmax[0] == SR.greedy_reference(im, ids, N + 1)[-1]
 
 
 def test_eos_stops_after_emitting_it(model):
     compiled, im, tok, start = model
     ids = tok.encode(PROMPTS[0])
-    ref = D.greedy_reference(im, ids, N)
+    ref = SR.greedy_reference(im, ids, N)
     i = next(i for i in range(3, N) if ref[i] not in ref[:i])
     board, host = _host(model)
     table = start.copy()
-    toks, recs = D.generate_onchip(host, ids, N, table, eos_id=ref[i])
+    toks, recs = HG.generate_onchip(host, ids, N, table, eos_id=ref[i])
     assert toks == ref[:i + 1]
     assert board.read32(RM.OFFSET["GEN_COUNT"]) == i and board.read32(RM.OFFSET["GEN_EOS"]) == 1 << 31 | ref[i]
     spec, adapted = _reference(im, ids, N, start, eos_id=ref[i])
@@ -111,7 +116,7 @@ def test_eos_stops_after_emitting_it(model):
     _assert_table(table, adapted)
     # an EOS as the very first token: no GENERATE at all
     board, host = _host(model)
-    toks, recs = D.generate_onchip(host, ids, N, start.copy(), eos_id=ref[0])
+    toks, recs = HG.generate_onchip(host, ids, N, start.copy(), eos_id=ref[0])
     assert toks == ref[:1] and not any(r.get("onchip") for r in recs)
 
 
@@ -122,12 +127,12 @@ def test_generates_continue_from_gen_state_as_one_long_run(model, monkeypatch):
     ids = tok.encode(PROMPTS[1])
     board, host = _host(model)
     one = start.copy()
-    long_toks, long_recs = D.generate_onchip(host, ids, N, one)
-    monkeypatch.setattr(D, "GEN_OUT_TOKENS", 5)
+    long_toks, long_recs = HG.generate_onchip(host, ids, N, one)
+    monkeypatch.setattr(HL, "GEN_OUT_TOKENS", 5)
     board, host = _host(model)
     assert host.mem_end - host.addr["GEN_OUT"] == RM.ALIGN                 # 5 tokens, one line
     several = start.copy()
-    toks, recs = D.generate_onchip(host, ids, N, several)
+    toks, recs = HG.generate_onchip(host, ids, N, several)
     gen = [r for r in recs if r.get("onchip")]
     assert toks == long_toks and [r["count"] for r in gen] == [5, 5, 5, 5, 3]
     assert sum(r["gen_passes"] for r in gen) >= long_recs[-1]["gen_passes"]
@@ -146,8 +151,8 @@ def test_empty_table(model):
     for ids in ([tok.encode("x")[0]], tok.encode(PROMPTS[2])):
         board, host = _host(model)
         table = empty.copy()
-        toks, recs = D.generate_onchip(host, ids, 12, table)
-        assert toks == D.greedy_reference(im, ids, 12)
+        toks, recs = HG.generate_onchip(host, ids, 12, table)
+        assert toks == SR.greedy_reference(im, ids, 12)
         spec, adapted = _reference(im, ids, 12, empty)
         assert spec.tokens == toks and recs[-1]["gen_passes"] == spec.extra["verify_steps"]
         _assert_table(table, adapted)
@@ -158,8 +163,8 @@ def test_one_token_needs_no_generate(model):
     board, host = _host(model)
     table = start.copy()
     ids = tok.encode("def ")
-    toks, recs = D.generate_onchip(host, ids, 1, table)
-    assert toks == D.greedy_reference(im, ids, 1) and all(r["prefill"] for r in recs)
+    toks, recs = HG.generate_onchip(host, ids, 1, table)
+    assert toks == SR.greedy_reference(im, ids, 1) and all(r["prefill"] for r in recs)
     expect = start.copy()
     expect.observe(ids + toks)
     _assert_table(table, expect)
@@ -167,11 +172,11 @@ def test_one_token_needs_no_generate(model):
 
 def test_accelerator_generate_onchip_counters(model):
     compiled, im, tok, start = model
-    acc = D.Accelerator(EmulatedBoard(DEFAULT_HW), (compiled, im, None))
+    acc = HS.AccelSession(EmulatedBoard(DEFAULT_HW), (compiled, im, None))
     ids = tok.encode(PROMPTS[0])
-    g = acc.generate(ids, N, draft=D.TrigramDrafter(start), onchip=True)
-    host_g = acc.generate(ids, N, draft=D.TrigramDrafter(start))
-    assert g.tokens == host_g.tokens == D.greedy_reference(im, ids, N)
+    g = acc.generate(ids, N, draft=DR.TrigramDrafter(start), onchip=True)
+    host_g = acc.generate(ids, N, draft=DR.TrigramDrafter(start))
+    assert g.tokens == host_g.tokens == SR.greedy_reference(im, ids, N)
     c, gen = g.counters, g.passes[-1]
     assert c["onchip"] is True and c["gen_count"] == N - 1 and c["gen_passes"] == gen["gen_passes"]
     assert c["verify_steps"] == c["decode_passes"] == c["gen_passes"]
@@ -181,16 +186,16 @@ def test_accelerator_generate_onchip_counters(model):
     assert "last pass" in c["partial_counters"] and "onchip" not in host_g.counters
     assert g.as_dict()["gen_passes"] == c["gen_passes"] and g.draft == "trigram"
     # the drafter's table is the host's copy: it learned the generation
-    dr = D.TrigramDrafter(start)
+    dr = DR.TrigramDrafter(start)
     acc.generate(ids, N, draft=dr, onchip=True)
     expect = start.copy()
     expect.observe(ids + g.tokens)
     _assert_table(dr.table, expect)
     # what the host path cannot do on chip is refused
     with pytest.raises(MmfreeError, match="always adapts the table"):
-        acc.generate(ids, 4, draft=D.TrigramDrafter(start, adapt=False), onchip=True)
+        acc.generate(ids, 4, draft=DR.TrigramDrafter(start, adapt=False), onchip=True)
     with pytest.raises(MmfreeError, match=r"drafts the tree make_template\(3, 3\)"):
-        acc.generate(ids, 4, draft=D.TrigramDrafter(start, template=TG.make_template(2, 5)), onchip=True)
+        acc.generate(ids, 4, draft=DR.TrigramDrafter(start, template=TG.make_template(2, 5)), onchip=True)
     with pytest.raises(MmfreeError, match="give a TrigramDrafter"):
         acc.generate(ids, 4, draft="lookup", onchip=True)
 
@@ -200,17 +205,17 @@ def test_run_sim_onchip_check_catches_a_wrong_table(model):
     here on an emulator result: it passes, and a single wrong table word or pass count is reported."""
     compiled, im, tok, start = model
     ids = tok.encode(PROMPTS[0])
-    acc = D.Accelerator(EmulatedBoard(DEFAULT_HW), (compiled, im, None))
-    dr = D.TrigramDrafter(start)
+    acc = HS.AccelSession(EmulatedBoard(DEFAULT_HW), (compiled, im, None))
+    dr = DR.TrigramDrafter(start)
     g = acc.generate(ids, N, draft=dr, onchip=True)
     res = {"tokens": g.tokens, "counters": g.counters,
            "arrays": {"table_trig": dr.table.trig.copy(), "table_bigram": dr.table.bigram.copy()}}
-    ok, problems, fields = D._check_onchip(im, ids, N, K, start, res)
+    ok, problems, fields = SR._check_onchip(im, ids, N, K, start, res)
     assert ok, problems
     assert fields["reference_verify_steps"] == g.counters["gen_passes"] and "prefill passes only" in fields["replayed"]
     res["arrays"]["table_trig"].reshape(-1)[12345] ^= 1
     res["counters"] = dict(g.counters, gen_passes=g.counters["gen_passes"] + 1)
-    ok, problems, _ = D._check_onchip(im, ids, N, K, start, res)
+    ok, problems, _ = SR._check_onchip(im, ids, N, K, start, res)
     assert not ok and any("GEN_PASSES" in p for p in problems) and any("trig array" in p and "(1 words)" in p
                                                                         for p in problems)
 
@@ -225,13 +230,13 @@ def test_no_draft_engine(model):
         assert board.read32(RM.OFFSET[reg]) == 0
     msg = r"this bitstream has no draft engine \(DRAFT_VOCAB = 0\): rebuild with draft_vocab, or draft on the host"
     with pytest.raises(MmfreeError, match=msg):
-        D.generate_onchip(host, [1, 2], 4, start.copy())
+        HG.generate_onchip(host, [1, 2], 4, start.copy())
     assert board.last_stats is None                              # refused before any pass
-    acc = D.Accelerator(EmulatedBoard(hw), (compiled, im, None))
+    acc = HS.AccelSession(EmulatedBoard(hw), (compiled, im, None))
     with pytest.raises(MmfreeError, match=msg):
         acc.generate([1, 2], 4, onchip=True)
     # the raw register: GENERATE on such a build stops with ERR_NO_DRAFT
-    with pytest.raises(D.AccelRunError, match="GENERATE needs a bitstream with the draft engine") as ei:
+    with pytest.raises(HA.AccelRunError, match="GENERATE needs a bitstream with the draft engine") as ei:
         host.start_and_wait(RM.CTRL_GENERATE, 1.0)
     assert (ei.value.code, ei.value.detail) == (RM.ERR_NO_DRAFT, 0)
     assert board.read32(RM.OFFSET["STATUS"]) & RM.STAT_ERROR
@@ -245,7 +250,7 @@ def test_engine_identity_registers(model):
                               inc=p.inc, cmax=p.cmax, vocab=DEFAULT_HW.draft_vocab)
     lo, hi = host.transport.mem_window
     assert host.addr["DATA_BASE"] < host.addr["TABLE_BASE"] < host.addr["BIGRAM_BASE"] < host.addr["GEN_OUT"]
-    assert host.mem_end == D.ddr_needed(model[0], K, host.draft) + lo <= hi
+    assert host.mem_end == HL.ddr_needed(model[0], K, host.draft) + lo <= hi
     assert all(host.addr[n] % RM.ALIGN == 0 for n in RM.GEN_ADDRESS_REGS if n in host.addr)
 
 
@@ -256,21 +261,21 @@ def test_tables_the_engine_cannot_run_are_refused(model):
     with pytest.raises(MmfreeError, match=r"the table was built with sets_log2=12; this bitstream's draft engine "
                                           r"uses sets_log2=14: rebuild the table with `mmfree trigram build "
                                           r"--sets-log2 14 --ways 4 --slots 15 --bigram-slots 4 --inc 64`"):
-        D.generate_onchip(host, [1, 2], 4, other)
+        HG.generate_onchip(host, [1, 2], 4, other)
     with pytest.raises(MmfreeError, match="inc=32; .* uses inc=64"):
-        D.generate_onchip(host, [1, 2], 4, TG.TrigramTable.empty(im.vocab_size, TG.TableParams(inc=32)))
+        HG.generate_onchip(host, [1, 2], 4, TG.TrigramTable.empty(im.vocab_size, TG.TableParams(inc=32)))
     with pytest.raises(MmfreeError, match=r"built for 100 tokens, the model has 4096: build the table for this model"):
-        D.generate_onchip(host, [1, 2], 4, TG.TrigramTable.empty(100))
+        HG.generate_onchip(host, [1, 2], 4, TG.TrigramTable.empty(100))
     with pytest.raises(MmfreeError, match=r"built for 5000 tokens, this bitstream's draft engine holds DRAFT_VOCAB = "
                                           r"4096"):
-        D.generate_onchip(host, [1, 2], 4, TG.TrigramTable.empty(5000))
-    small = D.AccelHost(EmulatedBoard(HwConfig(max_tokens=4, draft_vocab=1024)), compiled)
+        HG.generate_onchip(host, [1, 2], 4, TG.TrigramTable.empty(5000))
+    small = HA.AccelHost(EmulatedBoard(HwConfig(max_tokens=4, draft_vocab=1024)), compiled)
     with pytest.raises(MmfreeError, match=r"the model has 4096 tokens, this bitstream's draft engine holds "
                                           r"DRAFT_VOCAB = 1024: rebuild it with draft_vocab >= 4096"):
-        D.generate_onchip(small, [1, 2], 4, start.copy())
+        HG.generate_onchip(small, [1, 2], 4, start.copy())
     assert board.last_stats is None                              # nothing ran
     with pytest.raises(MmfreeError, match=r"eos_id 4096 is outside the vocabulary"):
-        D.generate_onchip(host, [1, 2], 4, start.copy(), eos_id=4096)
+        HG.generate_onchip(host, [1, 2], 4, start.copy(), eos_id=4096)
 
 
 @pytest.fixture
@@ -280,7 +285,7 @@ def armed(model):
     but the model cannot embed."""
     compiled, im, tok, start = model
     board, host = _host(model, HwConfig(bus_bytes=16, max_tokens=K, max_width=4096, draft_vocab=8192))
-    D.generate_onchip(host, tok.encode("def "), 6, start.copy())
+    HG.generate_onchip(host, tok.encode("def "), 6, start.copy())
     return board, host
 
 
@@ -318,7 +323,7 @@ def test_generate_checks_in_order(armed, regs, expect):
             host.set_addr(name, value)
         else:
             board.write32(RM.OFFSET[name], v)
-    with pytest.raises(D.AccelRunError) as ei:
+    with pytest.raises(HA.AccelRunError) as ei:
         host.start_and_wait(RM.CTRL_GENERATE, 1.0)
     assert (ei.value.code, ei.value.detail) == expect
     if expect[0] in (RM.ERR_UNALIGNED, RM.ERR_ADDRESS_RANGE):
@@ -335,27 +340,27 @@ def test_pass_error_stops_the_loop_with_it(armed, model):
     row = host.addr["BIGRAM_BASE"] + root * 4 * host.draft["bigram_slots"]
     board.write_mem(row, struct.pack("<4I", 5000 << 16 | 255, 0, 0, 0))
     board.write32(RM.OFFSET["GEN_CONTEXT"], root)            # prev 0: no trigram way, the bigram row decides
-    with pytest.raises(D.AccelRunError, match=r"error 3: a token id is outside the model's vocabulary \(position 1\)"):
+    with pytest.raises(HA.AccelRunError, match=r"error 3: a token id is outside the model's vocabulary \(position 1\)"):
         host.start_and_wait(RM.CTRL_GENERATE, 1.0)
     assert board.read32(RM.OFFSET["GEN_PASSES"]) == 0 and board.read32(RM.OFFSET["GEN_COUNT"]) == 0
     # an ordinary register the passes use: the loop reports the pass's own check
     host.set_addr("DATA_BASE", host.addr["DATA_BASE"] + 4)
-    with pytest.raises(D.AccelRunError) as ei:
+    with pytest.raises(HA.AccelRunError) as ei:
         host.start_and_wait(RM.CTRL_GENERATE, 1.0)
     assert (ei.value.code, ei.value.detail) == (RM.ERR_UNALIGNED, RM.ADDRESS_REGS.index("DATA_BASE"))
     host.set_addr("DATA_BASE", host.addr["DATA_BASE"])
     # and the driver raises the same for a whole generation, then runs normally again
     compiled, im, tok, start = model
     ids = tok.encode("def ")
-    assert D.generate_onchip(host, ids, 6, start.copy())[0] == D.greedy_reference(im, ids, 6)
+    assert HG.generate_onchip(host, ids, 6, start.copy())[0] == SR.greedy_reference(im, ids, 6)
 
 
 def test_timeout_aborts_generate_with_soft_reset(model):
     compiled, im, tok, start = model
     board = H.stuck_board(DEFAULT_HW, RM.CTRL_GENERATE)
-    host = D.AccelHost(board, compiled, timeout_s=0.001)
+    host = HA.AccelHost(board, compiled, timeout_s=0.001)
     with pytest.raises(MmfreeError, match=r"did not finish within 0.005 s .*aborted with SOFT_RESET"):
-        D.generate_onchip(host, [1, 2], 6, start.copy())
+        HG.generate_onchip(host, [1, 2], 6, start.copy())
     assert board.controls[-1] & RM.CTRL_SOFT_RESET
 
 
@@ -366,7 +371,7 @@ def test_token_without_a_bigram_row_is_a_clear_emulator_error(model):
 
     compiled, im, tok, start = model
     board, host = _host(model)
-    D.generate_onchip(host, tok.encode("def "), 6, start.copy())
+    HG.generate_onchip(host, tok.encode("def "), 6, start.copy())
     root = board.read32(RM.OFFSET["GEN_CONTEXT"]) & 0xFFFF
     board.write_mem(host.addr["BIGRAM_BASE"] + root * 16, struct.pack("<4I", 5000 << 16 | 255, 0, 0, 0))
     board.write32(RM.OFFSET["GEN_CONTEXT"], root)
@@ -393,8 +398,8 @@ def test_bench_run_job_onchip_on_the_emulator_board(model, tmp_path):
     passes = SA.passes_from_result(res)
     assert res["onchip"] is True and [p.get("onchip", False) for p in passes] == [False] * -(-len(ids) // K) + [True]
     assert SA.replay_and_compare(im, [p for p in passes if not p.get("onchip")]) == (True, [])
-    assert res["tokens"] == D.greedy_reference(im, ids, 16)
-    ok, problems, fields = D._check_onchip(im, ids, 16, K, start, res)
+    assert res["tokens"] == SR.greedy_reference(im, ids, 16)
+    ok, problems, fields = SR._check_onchip(im, ids, 16, K, start, res)
     assert ok, problems
     assert res["counters"]["gen_passes"] == fields["reference_verify_steps"]
     with pytest.raises(ValueError, match="an onchip job drafts with the trigram engine"):

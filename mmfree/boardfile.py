@@ -1,4 +1,6 @@
-"""Board descriptions: data in ``boards/<name>/board.json``, validated on load.
+"""Board descriptions: data in ``boards/<name>/board.json`` (package data of ``mmfree.boards``, read as a
+resource), validated on load. This loader is in the base layer: rtl builds, the perf model (sim), hls and
+boards all read board files without importing :mod:`mmfree.boards`' code.
 
 A board file names the FPGA part and family, the PL resources, the DDR (type, size, bus width, rate,
 peak bandwidth), the PS high-performance ports, the default clock and the power-measurement method.
@@ -11,11 +13,11 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 from mmfree import MmfreeError
 
-BOARDS_DIR = Path(__file__).resolve().parent
 BOARD_NAMES = ("pynq-z2", "kv260", "zcu104")
 
 _REQUIRED = {
@@ -107,12 +109,12 @@ def load_board(name: str) -> Board:
     if name.startswith("custom:"):
         path = Path(name[len("custom:"):])
     elif name in BOARD_NAMES:
-        path = BOARDS_DIR / name / "board.json"
+        path = resources.files("mmfree.boards").joinpath(name).joinpath("board.json")
     else:
         path = Path(name)
         if not path.suffix == ".json" or not path.exists():
             raise MmfreeError(f"unknown board {name!r}: choose one of {', '.join(BOARD_NAMES)} or custom:PATH.json")
-    if not path.exists():
+    if not path.is_file():
         raise MmfreeError(f"board file {path} does not exist")
     try:
         d = json.loads(path.read_text())

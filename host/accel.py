@@ -1,0 +1,185 @@
+"""The host side of one accelerator: :class:`AccelHost` runs passes of k tokens on any :class:`Transport`.
+
+It places a compiled model (:mod:`mmfree.rtl.compiler`) and its work buffers in the window
+(:func:`mmfree.host.layout.host_layout`), programs the base registers once, and runs passes
+(:meth:`AccelHost.run`), returning a :class:`PassResult`: logits, argmax and the state after every position.
+States live in two areas used in turn, so committing a prefix is pointing the next pass's ``STATE_IN`` at one
+position of the last ``STATE_OUT`` (no copy). Every wait has a time-out."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+import numpy as np
+
+from mmfree import MmfreeError
+from mmfree.host.layout import host_layout
+from mmfree.host.transport import as_transport
+from mmfree.rtl import regmap as RM
+from mmfree.rtl.compiler import Compiled, HwConfig
+
+
+class AccelRunError(MmfreeError):
+    """The accelerator reported ``STATUS.ERROR``; ``code``/``detail`` are ERROR_CODE's fields."""
+
+    def __init__(self, register: int, pc: int = 0):
+        self.code, self.detail, self.pc = register & 0xFF, register >> 8, pc
+        super().__init__(f"the accelerator stopped with {RM.error_message(register)} (PC {pc:#x})")
+
+
+@dataclass
+class PassResult:
+    tokens: list[int]
+    argmax: np.ndarray          # [k] uint32
+    logits: np.ndarray | None   # [k, V] int64 (ACT) when written
+    states: np.ndarray          # [k, L, d] int64 (ACT): the state after each position
+    cycles: int
+    stalls: int
+    rd_bytes: int
+    wr_bytes: int
+    state_addrs: list[int]      # DDR address of the state after each position
+
+def read_draft_engine(read32) -> dict | None:
+    """The accelerator's draft engine from DRAFT_CONFIG / DRAFT_COUNTERS / DRAFT_VOCAB (``read32(offset)``):
+    :func:`regmap.decode_draft_config`'s dict plus ``vocab`` (bigram rows), or None for a build without one
+    (either register 0, as a register map 2.1 bitstream reads)."""
+    vocab = int(read32(RM.OFFSET["DRAFT_VOCAB"]))
+    eng = RM.decode_draft_config(int(read32(RM.OFFSET["DRAFT_CONFIG"])), int(read32(RM.OFFSET["DRAFT_COUNTERS"])))
+    return dict(eng, vocab=vocab) if eng is not None and vocab else None
+
+class AccelHost:
+    """Owns the accelerator on one board for one compiled model (see the module docstring).
+
+    ``board``: a :class:`Transport` or any object of that shape (kept as ``self.board``; every access goes
+    through ``self.transport``, which makes the transport checks). ``timeout_s``: the longest one pass may
+    take before it is aborted (SOFT_RESET) and reported. ``draft``: the bitstream's draft engine
+    (:func:`read_draft_engine`; None without one), read at start-up with the other identity registers."""
+
+    def __init__(self, board, compiled: Compiled, timeout_s: float = 60.0):
+        self.board, self.c, self.timeout_s = board, compiled, timeout_s
+        self.transport = t = as_transport(board)
+        if t.read32(RM.OFFSET["ID"]) != RM.ID_MAGIC:
+            raise MmfreeError("no mmfree accelerator answers at this CSR window (ID register mismatch): wrong "
+                              "overlay, or the bitstream is not loaded")
+        version = t.read32(RM.OFFSET["VERSION"])
+        if version >> 16 != RM.REGMAP_VERSION_MAJOR:
+            raise MmfreeError(f"the accelerator implements register map {version >> 16}.{version & 0xFFFF}, this "
+                              f"host speaks {RM.REGMAP_VERSION_MAJOR}.{RM.REGMAP_VERSION_MINOR}")
+        hwc = RM.decode_hw_config(t.read32(RM.OFFSET["HW_CONFIG"]))
+        self.draft = read_draft_engine(t.read32)
+        self.hw = HwConfig(bus_bytes=hwc["bus_bytes"], max_tokens=hwc["max_tokens"],
+                           max_width=16 * (t.read32(RM.OFFSET["HW_LIMITS"]) & 0xFFFF),
+                           weight_ports=hwc["weight_ports"], draft_vocab=self.draft["vocab"] if self.draft else 0)
+        dims = compiled.dims
+        self.d, self.L, self.V = dims.d, dims.layers, dims.vocab
+        if max(dims.d, dims.inter) > self.hw.max_width:
+            raise MmfreeError(f"the model is {max(dims.d, dims.inter)} wide; this bitstream's buffers hold "
+                              f"{self.hw.max_width} (HW_LIMITS): build one with a larger max width")
+        self.addr, self.mem_end = host_layout(compiled, self.hw.max_tokens, t.mem_window, self.draft)
+        t.write_mem(self.addr["PROG_BASE"], compiled.program)
+        t.write_mem(self.addr["DATA_BASE"], compiled.image)
+        for name in ("PROG_BASE", "DATA_BASE", "TOKENS", "PARENTS", "LOGITS", "ARGMAX_OUT"):
+            self.set_addr(name, self.addr[name])
+        self.set_addr("MEM_LO", t.mem_window[0])
+        self.set_addr("MEM_HI", t.mem_window[1])
+        t.write32(RM.OFFSET["IRQ_STATUS"], 1)
+        t.write32(RM.OFFSET["CONTROL"], RM.CTRL_IRQ_ENABLE)
+        self.state_in = self.addr["STATE_A"]
+        self.next_out = self.addr["STATE_B"]
+        self.reset_state()
+
+    def set_addr(self, name: str, value: int) -> None:
+        self.transport.write32(RM.OFFSET[name + "_LO"], value & 0xFFFFFFFF)
+        self.transport.write32(RM.OFFSET[name + "_HI"], value >> 32)
+
+    def reg64(self, name: str) -> int:
+        t = self.transport
+        return t.read32(RM.OFFSET[name + "_LO"]) | (t.read32(RM.OFFSET[name + "_HI"]) << 32)
+
+    def reset_state(self, h: np.ndarray | None = None) -> None:
+        """Start a new sequence (zero state, or ``h`` int [L, d])."""
+        h = np.zeros((self.L, self.d), dtype=np.int64) if h is None else np.asarray(h)
+        if h.shape != (self.L, self.d):
+            raise MmfreeError(f"a start state is [{self.L}, {self.d}], got {list(h.shape)}")
+        self.state_in = self.addr["STATE_A"]
+        self.next_out = self.addr["STATE_B"]
+        self.transport.write_mem(self.state_in, h.astype("<i4").tobytes())
+
+    def commit(self, result: PassResult, position: int) -> None:
+        """Continue the next pass from the state after ``position`` of ``result`` (no copy)."""
+        self.commit_state(result.state_addrs[position])
+
+    def state_area(self, addr: int) -> int:
+        """The state area (STATE_A or STATE_B) that holds the state at ``addr``."""
+        area_a, area_b = self.addr["STATE_A"], self.addr["STATE_B"]
+        return area_a if area_a <= addr < area_b else area_b
+
+    def commit_state(self, addr: int) -> None:
+        """Continue the next pass from the state at ``addr`` (a position of STATE_A or STATE_B); the next pass
+        writes the other area."""
+        self.state_in = addr
+        self.next_out = self.addr["STATE_B"] if self.state_area(addr) == self.addr["STATE_A"] else self.addr["STATE_A"]
+
+    def start_and_wait(self, control: int, timeout_s: float) -> None:
+        """Write ``control`` (CTRL_START or CTRL_GENERATE; IRQ_ENABLE is added) to CONTROL and wait for the
+        interrupt. Not finished within ``timeout_s``: aborted with SOFT_RESET and reported (MmfreeError);
+        STATUS.ERROR: :class:`AccelRunError` (code, detail, PC)."""
+        b = self.transport
+        b.write32(RM.OFFSET["CONTROL"], control | RM.CTRL_IRQ_ENABLE)
+        if not b.wait_irq(timeout_s):
+            status, pc = b.read32(RM.OFFSET["STATUS"]), b.read32(RM.OFFSET["PC"])
+            where = ""
+            if control & RM.CTRL_GENERATE:
+                where = (f", GEN_COUNT {b.read32(RM.OFFSET['GEN_COUNT'])}, GEN_PASSES "
+                         f"{b.read32(RM.OFFSET['GEN_PASSES'])}")
+            b.write32(RM.OFFSET["CONTROL"], RM.CTRL_SOFT_RESET | RM.CTRL_IRQ_ENABLE)     # abort: never left running
+            b.write32(RM.OFFSET["IRQ_STATUS"], 1)
+            raise MmfreeError(f"the accelerator did not finish within {timeout_s:g} s (STATUS {status:#x}, "
+                              f"PC {pc:#x}{where}); it was aborted with SOFT_RESET. Raise the time-out for big models")
+        b.write32(RM.OFFSET["IRQ_STATUS"], 1)
+        status = b.read32(RM.OFFSET["STATUS"])
+        if status & RM.STAT_ERROR:
+            raise AccelRunError(b.read32(RM.OFFSET["ERROR_CODE"]), b.read32(RM.OFFSET["PC"]))
+        if not status & RM.STAT_DONE:
+            raise MmfreeError(f"interrupt without DONE or ERROR (STATUS {status:#x})")
+
+    def run(self, tokens, parents=None, write_logits: bool = True, commit_last: bool = True,
+            num_tokens: int | None = None, timeout_s: float | None = None) -> PassResult:
+        """One pass of k = len(tokens) tokens (a chain, or a tree with ``parents``). The state after the last
+        position becomes the next start state when ``commit_last``. ``num_tokens`` overrides the NUM_TOKENS
+        register (tests of the hardware's checks). A pass that does not finish within ``timeout_s`` (default:
+        the host's) is aborted with SOFT_RESET and reported; a pass the hardware stops with an error raises
+        :class:`AccelRunError` (code, detail, PC)."""
+        b, k = self.transport, len(tokens)
+        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        if not 1 <= k <= self.hw.max_tokens:
+            raise MmfreeError(f"a pass takes 1..{self.hw.max_tokens} tokens, got {k}")
+        b.write_mem(self.addr["TOKENS"], struct.pack(f"<{k}I", *[int(t) & 0xFFFFFFFF for t in tokens]))
+        flags = RM.FLAG_WRITE_LOGITS if write_logits else 0
+        if parents is not None:
+            if len(parents) != k:
+                raise MmfreeError(f"{k} tokens need {k} parents, got {len(parents)}")
+            b.write_mem(self.addr["PARENTS"], struct.pack(f"<{k}i", *[int(q) for q in parents]))
+            flags |= RM.FLAG_TREE
+        self.set_addr("STATE_IN", self.state_in)
+        self.set_addr("STATE_OUT", self.next_out)
+        b.write32(RM.OFFSET["NUM_TOKENS"], k if num_tokens is None else num_tokens)
+        b.write32(RM.OFFSET["FLAGS"], flags)
+        self.start_and_wait(RM.CTRL_START, timeout_s)
+        stride = self.c.state_stride
+        out = self.next_out
+        raw = b.read_mem(out, k * stride)
+        states = np.stack([np.frombuffer(raw[t * stride:t * stride + 4 * self.L * self.d], dtype="<i4")
+                           .reshape(self.L, self.d) for t in range(k)]).astype(np.int64)
+        argmax = np.frombuffer(b.read_mem(self.addr["ARGMAX_OUT"], 4 * k), dtype="<u4").astype(np.int64)
+        logits = None
+        if write_logits:
+            logits = np.frombuffer(b.read_mem(self.addr["LOGITS"], 4 * k * self.V), dtype="<i4") \
+                .reshape(k, self.V).astype(np.int64)
+        res = PassResult([int(t) for t in tokens], argmax, logits, states,
+                         self.reg64("CYCLES"), self.reg64("STALLS"), self.reg64("RD_BYTES"), self.reg64("WR_BYTES"),
+                         [out + t * stride for t in range(k)])
+        if commit_last:
+            self.commit(res, k - 1)
+        return res

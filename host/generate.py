@@ -1,0 +1,286 @@
+"""Generation over passes on an :class:`~mmfree.host.accel.AccelHost`, on any transport.
+
+:func:`generate`: greedy generation with drafts verified k tokens per pass (prompt lookup by default, or a
+:class:`~mmfree.pymodel.drafters.TrigramDrafter` tree); the output always equals plain greedy decoding.
+:func:`generate_onchip` (``generate(..., onchip=True)``): the same with the whole draft-verify loop on the
+accelerator (``CONTROL.GENERATE``, builds with a draft engine; docs/speculative.md). :func:`run_script`:
+scripted passes with register overrides (tests)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mmfree import MmfreeError
+from mmfree.host.accel import AccelHost, AccelRunError, PassResult
+from mmfree.host import layout as LY
+from mmfree.pymodel.drafters import Drafter, PromptLookupDrafter, TrigramDrafter
+from mmfree.rtl import regmap as RM
+
+
+def _record(res: PassResult, commit: int, prefill: bool, emitted: int, **extra) -> dict:
+    rec = {"tokens": res.tokens, "commit": commit, "prefill": prefill, "emitted": emitted, "cycles": res.cycles,
+           "stalls": res.stalls, "rd_bytes": res.rd_bytes, "wr_bytes": res.wr_bytes,
+           "argmax": res.argmax, "states": res.states, "logits": res.logits}
+    rec.update(extra)
+    return rec
+
+
+def _check_request(host: AccelHost, prompt, n_tokens: int, k: int) -> list[int]:
+    """The prompt as ints; MmfreeError for an empty prompt, ``n_tokens < 1`` or k outside the bitstream's
+    1..max tokens per pass."""
+    prompt = [int(t) for t in prompt]
+    if not prompt:
+        raise MmfreeError("the prompt is empty; give at least one token")
+    if n_tokens < 1:
+        raise MmfreeError(f"n_tokens must be >= 1, got {n_tokens}")
+    if not 1 <= k <= host.hw.max_tokens:
+        raise MmfreeError(f"k must be in 1..{host.hw.max_tokens} (this bitstream's tokens per pass), got {k}")
+    return prompt
+
+
+def _prefill(host: AccelHost, prompt: list[int], k: int, write_logits: bool) -> tuple[list[int], list[dict]]:
+    """A new sequence: the prompt in passes of up to k tokens. Returns ([the first token], the pass records,
+    the last one marked as emitting it)."""
+    host.reset_state()
+    passes: list[dict] = []
+    res = None
+    for i in range(0, len(prompt), k):
+        chunk = prompt[i:i + k]
+        res = host.run(chunk, write_logits=write_logits)
+        passes.append(_record(res, len(chunk) - 1, True, 0))
+    passes[-1]["emitted"] = 1
+    return [int(res.argmax[-1])], passes
+
+
+def check_onchip_drafter(drafter: TrigramDrafter, host: AccelHost) -> None:
+    """Refuse what the on-chip loop cannot do as ``drafter`` would: it always adapts the table and drafts the
+    tree ``make_template(K - 1, K - 1)`` of the build's K (MmfreeError naming the fix)."""
+    from mmfree.pymodel import trigram as TG
+
+    K = host.hw.max_tokens
+    if not drafter.adapt:
+        raise MmfreeError("the on-chip draft-verify loop always adapts the table; draft on the host (without "
+                          "--onchip) to keep it fixed")
+    if drafter.template is not None and tuple(map(tuple, drafter.template)) != TG.make_template(K - 1, K - 1):
+        raise MmfreeError(f"the on-chip loop drafts the tree make_template({K - 1}, {K - 1}) of this bitstream "
+                          "(K = max tokens per pass); draft on the host (without --onchip) for another template")
+
+
+def generate(host: AccelHost, prompt: list[int], n_tokens: int, k: int = 1, write_logits: bool = True,
+             progress=None, drafter: Drafter | None = None, onchip: bool = False) -> tuple[list[int], list[dict]]:
+    """Greedy generation on the accelerator: the prompt in passes of up to k tokens, then decode passes.
+
+    With ``k == 1`` every decode pass feeds the last token. With ``k > 1`` a pass feeds the last token and
+    up to k-1 drafts from ``drafter`` (default :class:`PromptLookupDrafter`: a chain of prompt-lookup
+    drafts, :func:`draft_tokens`; a :class:`TrigramDrafter` drafts a tree, run with FLAGS.TREE). From the
+    root, the model's own next token (the argmax) is emitted and, when it equals a drafted child, that child
+    is accepted and the walk goes on from it; the state after the last accepted node is committed without a
+    copy (:meth:`AccelHost.commit`). The output equals plain greedy decoding. Returns (tokens, passes); each
+    pass record holds tokens, parents (trees), commit, prefill, emitted, counters and the arrays read back.
+
+    ``onchip``: the draft-verify loop runs on the accelerator instead (:func:`generate_onchip` with the
+    :class:`TrigramDrafter`'s table; the prompt still goes in passes of up to k tokens).
+    """
+    if onchip:
+        if not isinstance(drafter, TrigramDrafter):
+            raise MmfreeError("the on-chip loop drafts with the accelerator's trigram engine: give a TrigramDrafter "
+                              f"(draft='trigram'), not {type(drafter).__name__ if drafter else 'no drafter'}")
+        check_onchip_drafter(drafter, host)
+        return generate_onchip(host, prompt, n_tokens, drafter.table, write_logits=write_logits, progress=progress,
+                               k=k)
+    prompt = _check_request(host, prompt, n_tokens, k)
+    drafter = drafter if drafter is not None else PromptLookupDrafter()
+    drafter.start(prompt)
+    seq = list(prompt)
+    out, passes = _prefill(host, prompt, k, write_logits)
+    drafter.commit(seq, out[-1])
+    seq.append(out[-1])
+    if progress:
+        progress(out[-1])
+    while len(out) < n_tokens:
+        if k == 1:
+            toks, parents = [out[-1]], None
+        else:
+            toks, parents = drafter.draft(seq, k)
+            if not toks or toks[0] != out[-1] or len(toks) > k:
+                raise MmfreeError(f"the {drafter.name} drafter returned {toks}: it must start with the last token "
+                                  f"{out[-1]} and hold at most {k} tokens")
+        res = host.run(toks, parents=parents, write_logits=write_logits, commit_last=False)
+        pa = parents if parents is not None else list(range(-1, len(toks) - 1))
+        node, new = 0, []
+        while True:
+            tok = int(res.argmax[node])
+            new.append(tok)
+            kids = [j for j in range(node + 1, len(toks)) if pa[j] == node and toks[j] == tok]
+            if not kids:
+                break
+            node = kids[0]
+        host.commit(res, node)
+        new = new[:n_tokens - len(out)]
+        for t in new:
+            drafter.commit(seq, t)
+            seq.append(t)
+        out += new
+        extra = {"parents": list(parents)} if parents is not None else {}
+        passes.append(_record(res, node, False, len(new), **extra))
+        if progress:
+            for t in new:
+                progress(t)
+    return out, passes
+
+
+NO_DRAFT_ENGINE = ("this bitstream has no draft engine (DRAFT_VOCAB = 0): rebuild with draft_vocab, or draft on the "
+                   "host without --onchip")
+
+
+def check_draft_table(host: AccelHost, table) -> None:
+    """Refuse (MmfreeError naming the problem and the fix) a :class:`~mmfree.pymodel.trigram.TrigramTable` the
+    bitstream's draft engine cannot run: no engine (:data:`NO_DRAFT_ENGINE`), another geometry or other counter
+    rules than DRAFT_CONFIG / DRAFT_COUNTERS (sets_log2, ways, slots, bigram_slots, inc, cmax), a vocabulary
+    larger than DRAFT_VOCAB or smaller than the model's (the table must hold every token the model emits)."""
+    eng = host.draft
+    if eng is None:
+        raise MmfreeError(NO_DRAFT_ENGINE)
+    fields = ("sets_log2", "ways", "slots", "bigram_slots", "inc", "cmax")
+    diff = [f for f in fields if getattr(table.params, f) != eng[f]]
+    if diff:
+        flags = " ".join(f"--{f.replace('_', '-')} {eng[f]}" for f in fields if f != "cmax")
+        raise MmfreeError(f"the table was built with {', '.join(f'{f}={getattr(table.params, f)}' for f in diff)}; "
+                          f"this bitstream's draft engine uses {', '.join(f'{f}={eng[f]}' for f in diff)}: rebuild "
+                          f"the table with `mmfree trigram build {flags}`"
+                          + (f" and cmax={eng['cmax']}" if "cmax" in diff else ""))
+    if host.V > eng["vocab"]:
+        raise MmfreeError(f"the model has {host.V} tokens, this bitstream's draft engine holds DRAFT_VOCAB = "
+                          f"{eng['vocab']}: rebuild it with draft_vocab >= {host.V}, or draft on the host without "
+                          "--onchip")
+    if table.vocab_size > eng["vocab"]:
+        raise MmfreeError(f"the table was built for {table.vocab_size} tokens, this bitstream's draft engine holds "
+                          f"DRAFT_VOCAB = {eng['vocab']}: build the table for this model (`mmfree trigram build "
+                          "--model MODEL --out FILE`)")
+    if table.vocab_size < host.V:
+        raise MmfreeError(f"the table was built for {table.vocab_size} tokens, the model has {host.V}: build the "
+                          "table for this model (`mmfree trigram build --model MODEL --out FILE`)")
+
+
+def generate_onchip(host: AccelHost, prompt: list[int], n_tokens: int, table, eos_id: int | None = None,
+                    write_logits: bool = False, progress=None, k: int | None = None) -> tuple[list[int], list[dict]]:
+    """Greedy generation with the draft-verify loop on the accelerator (``CONTROL.GENERATE``, docs/speculative.md
+    "The on-chip draft-verify loop").
+
+    The prompt goes in host passes of up to ``k`` tokens (default: the build's max tokens) exactly as
+    :func:`generate` does; the first token is the last prefill pass's argmax. ``table`` (a
+    :class:`~mmfree.pymodel.trigram.TrigramTable`: the host's copy, updated in place) learns the prompt and the
+    first token (``observe(prompt)``, ``update(prev, last, first)``, as ``speculative_generate`` does before its
+    first draft), is checked against the engine (:func:`check_draft_table`, before any pass) and copied to DDR
+    (the trigram lines as they are, the bigram rows padded to DRAFT_VOCAB); one GENERATE emits the rest (several
+    GENERATEs of up to :data:`mmfree.host.layout.GEN_OUT_TOKENS` tokens for longer runs, each from the last one's
+    GEN_STATE). Then the table the engine adapted is read back into ``table`` and GEN_STATE becomes the host's STATE_IN, so host passes
+    or another call go on from there.
+
+    Stops after ``n_tokens`` tokens, or after ``eos_id`` (emitted, GEN_EOS). Returns (tokens, records): the
+    prefill passes recorded as :func:`generate` records them, then one record per GENERATE: ``onchip`` True,
+    ``tokens`` [] (the host fed nothing), ``emitted_tokens``, ``emitted`` = ``count`` (GEN_COUNT), ``gen_passes``,
+    ``gen_nodes`` (tree nodes fed, roots included), ``gen_cycles`` (= ``cycles``), ``state`` (GEN_STATE), and
+    ``stalls``/``rd_bytes``/``wr_bytes`` of its last pass only (the hardware keeps no sums over a GENERATE). The
+    tokens equal plain greedy decoding; with one GENERATE, ``gen_passes`` equals ``speculative_generate``'s
+    ``verify_steps`` (``max_draft = max_nodes = K - 1``) and the table read back its adapted table.
+
+    Errors: MmfreeError for a bitstream without a draft engine or a table it cannot run (before anything runs);
+    :class:`AccelRunError` when the accelerator stops with an error (the host's table is then not read back); a
+    time-out (``host.timeout_s`` per token asked for) aborts the loop with SOFT_RESET (MmfreeError)."""
+    k = host.hw.max_tokens if k is None else k
+    prompt = _check_request(host, prompt, n_tokens, k)
+    if eos_id is not None and not 0 <= eos_id < host.V:
+        raise MmfreeError(f"eos_id {eos_id} is outside the vocabulary [0, {host.V})")
+    check_draft_table(host, table)
+    eng, b, addr = host.draft, host.transport, host.addr
+    out, passes = _prefill(host, prompt, k, write_logits)
+    table.observe(prompt)
+    table.update(prompt[-2] if len(prompt) >= 2 else None, prompt[-1], out[0])
+    if progress:
+        progress(out[0])
+    if n_tokens == 1 or out[0] == eos_id:
+        return out, passes
+    bigram = np.zeros((eng["vocab"], eng["bigram_slots"]), dtype="<u4")
+    bigram[:table.vocab_size] = table.bigram
+    b.write_mem(addr["TABLE_BASE"], table.trig.astype("<u4").tobytes())
+    b.write_mem(addr["BIGRAM_BASE"], bigram.tobytes())
+    for name in ("TABLE_BASE", "BIGRAM_BASE", "GEN_OUT"):
+        host.set_addr(name, addr[name])
+    b.write32(RM.OFFSET["GEN_EOS"], (1 << 31 | eos_id) if eos_id is not None else 0)
+    b.write32(RM.OFFSET["STATE_STRIDE"], host.c.state_stride)
+    b.write32(RM.OFFSET["FLAGS"], RM.FLAG_WRITE_LOGITS if write_logits else 0)
+    seq = prompt + out
+    stride, K = host.c.state_stride, host.hw.max_tokens
+    positions = {area + j * stride for area in (addr["STATE_A"], addr["STATE_B"]) for j in range(K)}
+    while len(out) < n_tokens and out[-1] != eos_id:
+        n = min(n_tokens - len(out), LY.GEN_OUT_TOKENS)
+        host.set_addr("STATE_IN", host.state_in)
+        host.set_addr("STATE_OUT", host.next_out)                     # the first pass's; STATE_IN is not in it
+        host.set_addr("STATE_ALT", host.state_area(host.state_in))
+        b.write32(RM.OFFSET["GEN_N"], n)
+        b.write32(RM.OFFSET["GEN_CONTEXT"], seq[-2] << 16 | seq[-1])
+        host.start_and_wait(RM.CTRL_GENERATE, host.timeout_s * n)
+        count, state = b.read32(RM.OFFSET["GEN_COUNT"]), host.reg64("GEN_STATE")
+        new = [int(t) for t in np.frombuffer(b.read_mem(addr["GEN_OUT"], 4 * count), dtype="<u4")] \
+            if 1 <= count <= n else []
+        if not new or not (count == n or new[-1] == eos_id) or eos_id in new[:-1] or state not in positions:
+            raise MmfreeError(f"GENERATE finished inconsistently: GEN_COUNT {count} for GEN_N {n} (tokens {new[:8]}, "
+                              f"EOS {eos_id}), GEN_STATE {state:#x} (a position of STATE_A or STATE_B expected); "
+                              "the bitstream does not keep the on-chip loop's contract (docs/speculative.md)")
+        host.commit_state(state)
+        passes.append({"onchip": True, "tokens": [], "emitted_tokens": new, "prefill": False, "emitted": count,
+                       "count": count, "gen_passes": b.read32(RM.OFFSET["GEN_PASSES"]),
+                       "gen_nodes": b.read32(RM.OFFSET["GEN_NODES"]), "gen_cycles": host.reg64("GEN_CYCLES"),
+                       "cycles": host.reg64("GEN_CYCLES"), "stalls": host.reg64("STALLS"),
+                       "rd_bytes": host.reg64("RD_BYTES"), "wr_bytes": host.reg64("WR_BYTES"), "state": state})
+        out += new
+        seq += new
+        if progress:
+            for t in new:
+                progress(t)
+    trig = np.frombuffer(b.read_mem(addr["TABLE_BASE"], table.trig.nbytes), dtype="<u4")
+    table.trig[...] = trig.reshape(table.trig.shape)
+    bigram = np.frombuffer(b.read_mem(addr["BIGRAM_BASE"], bigram.nbytes), dtype="<u4").reshape(bigram.shape)
+    table.bigram[...] = bigram[:table.vocab_size]
+    return out, passes
+
+
+def run_script(host: AccelHost, steps: list[dict]) -> list[dict]:
+    """Run scripted passes (tests): each step is ``{"tokens", "parents"?, "h0"? (start state [L, d]),
+    "commit"? (position, default the last), "write_logits"?, "regs"? (CSR overrides for this step, e.g. a
+    bad base address), "num_tokens"? (NUM_TOKENS override), "program"? (hex of a patched program written
+    over the real one for this step)}``. A step that makes the accelerator report an error records
+    ``{"error": code, "detail": detail, "message": text}``; the overrides are undone after every step."""
+    out = []
+    t = host.transport
+    for st in steps:
+        if "program" in st:
+            t.write_mem(host.addr["PROG_BASE"], bytes.fromhex(st["program"]))
+        if "h0" in st:
+            host.reset_state(np.asarray(st["h0"], dtype=np.int64))
+        saved = {}
+        for name, v in st.get("regs", {}).items():
+            if name in RM.ADDRESS_REGS:
+                saved[name] = host.reg64(name)
+                host.set_addr(name, int(v))
+            else:
+                saved[name] = t.read32(RM.OFFSET[name])
+                t.write32(RM.OFFSET[name], int(v))
+        try:
+            res = host.run(st["tokens"], parents=st.get("parents"), write_logits=st.get("write_logits", True),
+                           commit_last=False, num_tokens=st.get("num_tokens"))
+        except AccelRunError as exc:
+            out.append({"error": exc.code, "detail": exc.detail, "message": str(exc), "tokens": list(st["tokens"])})
+        else:
+            commit = st.get("commit", len(st["tokens"]) - 1)
+            host.commit(res, commit)
+            out.append(_record(res, commit, False, 0, parents=st.get("parents")))
+        for name, v in saved.items():
+            if name in RM.ADDRESS_REGS:
+                host.set_addr(name, v)
+            else:
+                t.write32(RM.OFFSET[name], v)
+        if "program" in st:
+            t.write_mem(host.addr["PROG_BASE"], host.c.program)
+    return out

@@ -1,0 +1,248 @@
+"""A compiled model on one transport: text or tokens in, greedy tokens out, counters (:class:`AccelSession`).
+
+:func:`open_model` turns what a user names (``"default"``, an export or checkpoint directory, an ``IntModel``, a
+``Compiled``) into the compiled program + image; :class:`Generation` is what a generation returns. The PYNQ
+constructors live in :class:`mmfree.boards.accelerator.Accelerator` (a subclass)."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mmfree import MmfreeError
+from mmfree.host.accel import AccelHost, PassResult
+from mmfree.host.generate import NO_DRAFT_ENGINE, generate
+from mmfree.host.layout import check_fits
+from mmfree.host.transport import as_transport
+from mmfree.pymodel.drafters import Drafter, PromptLookupDrafter, TrigramDrafter
+from mmfree.rtl.compiler import Compiled, HwConfig
+
+
+def open_model(model) -> tuple[Compiled, object | None, str | None]:
+    """(compiled program + image, the IntModel or None, tokenizer directory or None) of ``model``:
+    ``"default"``, an export or checkpoint directory, an ``IntModel``, a ``Compiled``, or a directory written
+    by :meth:`Compiled.save` (``compiled.json``)."""
+    from mmfree.rtl.compiler import compile_model
+
+    if isinstance(model, tuple) and len(model) == 3 and isinstance(model[0], Compiled):
+        return model                      # already opened
+    if isinstance(model, Compiled):
+        return model, None, None
+    if isinstance(model, (str, os.PathLike)):
+        p = Path(model)
+        if str(model) != "default" and (p / "compiled.json").is_file():
+            return Compiled.load(p), None, None
+        from mmfree.pymodel.intmodel import open_int_model
+
+        if str(model) != "default" and not p.exists():
+            raise MmfreeError(f"model {model!r} not found: give 'default', an `mmfree export` directory or a "
+                              "checkpoint directory")
+        im, tok_dir = open_int_model(str(model))
+        return compile_model(im), im, tok_dir
+    if hasattr(model, "dims") and hasattr(model, "forward"):
+        path = getattr(model, "path", None)
+        return compile_model(model), model, str(path) if path is not None else None
+    raise MmfreeError(f"cannot run a {type(model).__name__} on the accelerator: give 'default', a model directory, "
+                      "an IntModel or a Compiled")
+
+@dataclass
+class Generation:
+    """What :meth:`Accelerator.generate` returns."""
+
+    prompt: list[int]
+    tokens: list[int]
+    text: str | None
+    passes: list[dict] = field(repr=False)
+    draft: str | None
+    k: int
+    seconds: float
+
+    @property
+    def counters(self) -> dict:
+        """Sums over the passes: ``cycles``, ``stalls``, ``rd_bytes``, ``wr_bytes``, ``passes``,
+        ``prefill_passes``, ``decode_passes``, ``verify_steps`` (decode passes that carried drafts),
+        ``mean_accepted`` (tokens emitted per decode pass; 1.0 without drafts), ``prefill_cycles`` and
+        ``decode_cycles`` (``cycles`` split by pass kind).
+
+        With the on-chip loop (:func:`generate_onchip` records) its passes count as decode passes and as
+        verification steps (every one carries a tree, as ``speculative_generate`` counts them), its GEN_CYCLES as
+        decode cycles, and these are added: ``onchip`` True, ``gen_count``, ``gen_passes``, ``gen_nodes`` (roots
+        included), ``gen_cycles``, ``mean_draft_nodes`` (draft nodes per pass, roots not counted) and
+        ``partial_counters``: ``stalls``, ``rd_bytes`` and ``wr_bytes`` hold only each GENERATE's last pass."""
+        dec = [p for p in self.passes if not p["prefill"]]
+        gen = [p for p in dec if p.get("onchip")]
+        host_dec = [p for p in dec if not p.get("onchip")]
+        gen_passes = sum(p["gen_passes"] for p in gen)
+        n_dec = len(host_dec) + gen_passes
+        verify = len([p for p in host_dec if len(p["tokens"]) > 1]) + gen_passes
+        emitted = sum(p["emitted"] for p in dec)
+        out = {"cycles": sum(p["cycles"] for p in self.passes), "stalls": sum(p["stalls"] for p in self.passes),
+               "rd_bytes": sum(p["rd_bytes"] for p in self.passes),
+               "wr_bytes": sum(p["wr_bytes"] for p in self.passes),
+               "passes": len(self.passes) - len(dec) + n_dec, "prefill_passes": len(self.passes) - len(dec),
+               "decode_passes": n_dec, "verify_steps": verify, "mean_accepted": emitted / n_dec if n_dec else 0.0,
+               "prefill_cycles": sum(p["cycles"] for p in self.passes if p["prefill"]),
+               "decode_cycles": sum(p["cycles"] for p in dec)}
+        if gen:
+            nodes = sum(p["gen_nodes"] for p in gen)
+            out.update(onchip=True, gen_count=sum(p["count"] for p in gen), gen_passes=gen_passes, gen_nodes=nodes,
+                       gen_cycles=sum(p["gen_cycles"] for p in gen),
+                       mean_draft_nodes=(nodes - gen_passes) / gen_passes if gen_passes else 0.0,
+                       partial_counters="stalls, rd_bytes and wr_bytes count only the last pass of each on-chip "
+                                        "GENERATE (the hardware keeps no sums over the loop)")
+        return out
+
+    def as_dict(self) -> dict:
+        return dict({"prompt_ids": self.prompt, "tokens": self.tokens, "text": self.text, "draft": self.draft,
+                     "k": self.k, "wall_s": self.seconds}, **self.counters)
+
+
+class AccelSession:
+    """The accelerator with a model loaded: text or tokens in, greedy tokens out, counters.
+
+    ``transport``: a :class:`Transport` (or any board of that shape); ``model``: see :func:`open_model`;
+    ``board``: a board name or :class:`~mmfree.boardfile.Board`, whose DDR the model must fit;
+    ``timeout_s``: the longest one pass may take; ``write_logits``: also write every pass's logits to DDR
+    (for comparisons; the argmax is always written). ``tokenizer``: a directory with ``tokenizer.json`` (by
+    default the model's). On a PYNQ board use :meth:`from_bitstream` (or ``overlay.mmfree_accel_0.accelerator()``).
+    """
+
+    def __init__(self, transport, model="default", board=None, timeout_s: float = 60.0, write_logits: bool = False,
+                 tokenizer=None):
+        self.compiled, self.model, tok_dir = open_model(model)
+        if board is not None:
+            from mmfree.boardfile import load_board
+
+            self.board = load_board(board) if isinstance(board, str) else board
+            check_fits(self.compiled, self.board)
+        else:
+            self.board = None
+        self.transport = as_transport(transport)
+        self.host = AccelHost(self.transport, self.compiled, timeout_s=timeout_s)
+        self.write_logits = write_logits
+        self.tokenizer_dir = tokenizer if tokenizer is not None else tok_dir
+        self._tok = None
+        self.last: Generation | None = None
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ---- tokens and text ------------------------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        return self.compiled.dims.vocab
+
+    @property
+    def tokenizer(self):
+        if self._tok is None:
+            if self.tokenizer_dir is None:
+                raise MmfreeError("this model has no tokenizer: give token ids")
+            from mmfree.pymodel.tokenizer import load_tokenizer
+
+            try:
+                self._tok = load_tokenizer(self.tokenizer_dir)
+            except Exception as exc:
+                raise MmfreeError(f"the model has no usable tokenizer ({exc}); give token ids") from None
+        return self._tok
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text))
+
+    def decode_text(self, ids) -> str | None:
+        try:
+            return self.tokenizer.decode(list(ids))
+        except MmfreeError:
+            return None
+
+    def check_prompt(self, prompt) -> list[int]:
+        ids = self.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
+        if not ids:
+            raise MmfreeError("the prompt is empty (or encodes to no tokens); give text or at least one token id")
+        bad = [t for t in ids if not 0 <= t < self.vocab_size]
+        if bad:
+            raise MmfreeError(f"prompt token ids {bad[:8]} are outside the vocabulary [0, {self.vocab_size})")
+        return ids
+
+    # ---- running ----------------------------------------------------------------------------------------------
+    def prefill(self, prompt) -> int:
+        """Start a new sequence with ``prompt`` (text or ids), k tokens per pass; returns the first greedy token.
+        The state after the prompt is committed: :meth:`step` continues from it."""
+        ids = self.check_prompt(prompt)
+        self.host.reset_state()
+        k = self.host.hw.max_tokens
+        res = None
+        for i in range(0, len(ids), k):
+            res = self.host.run(ids[i:i + k], write_logits=self.write_logits)
+        return int(res.argmax[-1])
+
+    def step(self, token: int) -> int:
+        """Feed one token (a plain decode pass); returns the next greedy token."""
+        if not 0 <= int(token) < self.vocab_size:
+            raise MmfreeError(f"token {token} is outside the vocabulary [0, {self.vocab_size})")
+        return int(self.host.run([int(token)], write_logits=self.write_logits).argmax[0])
+
+    def verify(self, tokens, parents=None) -> PassResult:
+        """One speculative verification pass of a chain or tree (``parents``) of up to ``max_tokens`` tokens from
+        the committed state, nothing committed; :meth:`commit` a node afterwards."""
+        toks = [int(t) for t in tokens]
+        bad = [t for t in toks if not 0 <= t < self.vocab_size]
+        if bad:
+            raise MmfreeError(f"token ids {bad[:8]} are outside the vocabulary [0, {self.vocab_size})")
+        return self.host.run(toks, parents=parents, write_logits=self.write_logits, commit_last=False)
+
+    def commit(self, result: PassResult, node: int) -> None:
+        self.host.commit(result, node)
+
+    def drafter(self, draft: str | None, table=None) -> Drafter | None:
+        """A drafter by name: None (no drafts), "lookup" (prompt lookup), "trigram" (the model's table, or
+        ``table``)."""
+        if draft in (None, "none"):
+            return None
+        if draft == "lookup":
+            return PromptLookupDrafter()
+        if draft == "trigram":
+            if table is not None and self.model is None:
+                return TrigramDrafter(table)
+            if self.model is None:
+                raise MmfreeError("trigram drafts need the model (its vocabulary and tokenizer) or a table file")
+            return TrigramDrafter.for_model(self.model, table, self.tokenizer_dir)
+        raise MmfreeError(f"unknown drafter {draft!r}: choose lookup or trigram")
+
+    def generate(self, prompt, n_tokens: int, draft: str | Drafter | None = None, k: int | None = None,
+                 table=None, progress=None, onchip: bool = False) -> Generation:
+        """Generate ``n_tokens`` greedily after ``prompt`` (text or ids). ``draft``: None (one token per decode
+        pass), "lookup" or "trigram" (or a :class:`Drafter`), verified ``k`` tokens per pass (default: the
+        bitstream's max with drafts, else 1). The tokens are those of plain greedy decoding either way.
+
+        ``onchip``: the accelerator runs the draft-verify loop itself (:func:`generate_onchip`; a bitstream with
+        a draft engine; ``draft`` "trigram" or None, or a :class:`TrigramDrafter`, whose table it adapts); ``k``
+        then only sizes the prefill passes, the loop's passes hold up to the build's max tokens."""
+        ids = self.check_prompt(prompt)
+        if onchip and draft is None:
+            draft = "trigram"
+        if onchip and self.host.draft is None:             # before the table is built or loaded
+            raise MmfreeError(NO_DRAFT_ENGINE)
+        dr = draft if isinstance(draft, Drafter) else self.drafter(draft, table)
+        if k is None:
+            k = self.host.hw.max_tokens if dr is not None else 1
+        if dr is None and k > 1:
+            dr = PromptLookupDrafter()
+        t0 = time.perf_counter()
+        toks, passes = generate(self.host, ids, n_tokens, k=k, write_logits=self.write_logits, progress=progress,
+                                drafter=dr, onchip=onchip)
+        text = self.decode_text(toks) if self.tokenizer_dir is not None else None
+        self.last = Generation(ids, toks, text, passes, dr.name if dr is not None else None, k,
+                               time.perf_counter() - t0)
+        return self.last
+
+    @property
+    def hw(self) -> HwConfig:
+        return self.host.hw

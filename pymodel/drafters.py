@@ -1,0 +1,95 @@
+"""Drafters: what the host proposes for one verification pass (docs/speculative.md).
+
+:class:`Drafter` is the contract; :class:`PromptLookupDrafter` (the default, :func:`draft_tokens`) drafts a
+chain, :class:`TrigramDrafter` a tree from the trigram table (:mod:`mmfree.pymodel.trigram`), adapting a
+private copy of it exactly as :func:`mmfree.pymodel.speculative.speculative_generate` does."""
+
+from __future__ import annotations
+
+import sys
+
+
+def draft_tokens(context: list[int], n: int) -> list[int]:
+    """Prompt-lookup drafts: the ``n`` tokens that followed the most recent earlier occurrence of the last
+    token of ``context`` (padded by repeating the last token). Deterministic and model-free."""
+    last = context[-1]
+    for i in range(len(context) - 2, -1, -1):
+        if context[i] == last:
+            follow = context[i + 1:i + 1 + n]
+            return (follow + [last] * n)[:n]
+    return [last] * n
+
+
+class Drafter:
+    """Proposes the tokens of one verification pass. ``draft(context, k)`` returns ``(tokens, parents)``:
+    ``tokens[0] == context[-1]`` (the last committed token, not yet fed), at most k tokens, ``parents``
+    None for a chain or one parent index per token (``-1`` for the root, else ``< own index``).
+    ``start(prompt)`` and ``commit(context, token)`` let an adaptive drafter learn what is committed."""
+
+    name = "drafter"
+
+    def start(self, prompt: list[int]) -> None:
+        pass
+
+    def draft(self, context: list[int], k: int) -> tuple[list[int], list[int] | None]:
+        raise NotImplementedError
+
+    def commit(self, context: list[int], token: int) -> None:
+        pass
+
+
+class PromptLookupDrafter(Drafter):
+    """The default: the last token plus the k-1 tokens that followed its previous occurrence
+    (:func:`draft_tokens`), a chain."""
+
+    name = "lookup"
+
+    def draft(self, context, k):
+        return [context[-1]] + draft_tokens(context, k - 1), None
+
+
+class TrigramDrafter(Drafter):
+    """Draft trees from the trigram drafter :mod:`mmfree.pymodel.trigram` (docs/speculative.md): the tree
+    template of ``max_nodes = k - 1`` draft nodes and depth ``k - 1`` (or ``template``), expanded from the
+    table; with ``adapt`` (default) a private copy of the table learns the prompt and every committed token,
+    exactly as :func:`mmfree.pymodel.speculative.speculative_generate` does."""
+
+    name = "trigram"
+
+    def __init__(self, table, adapt: bool = True, template=None):
+        from mmfree.pymodel import trigram as TG
+
+        if not isinstance(table, TG.TrigramTable):
+            table = TG.TrigramTable.load(table)
+        self.TG, self.table, self.adapt, self.template = TG, table.copy(), adapt, template
+        self._templates: dict[int, tuple] = {}
+
+    @classmethod
+    def for_model(cls, model, table=None, model_dir=None, log=None, **kw) -> "TrigramDrafter":
+        """The model's own table (:func:`mmfree.pymodel.speculative.resolve_table`; built and cached on first
+        use) or ``table`` (a TrigramTable or file), checked against the model's vocabulary and tokenizer."""
+        from mmfree.pymodel.speculative import resolve_table
+
+        t, _, notices = resolve_table(model, table, model_dir, log=log)
+        for n in notices:
+            (log or (lambda m: print(f"mmfree: {m}", file=sys.stderr)))(n)
+        return cls(t, **kw)
+
+    def start(self, prompt):
+        if self.adapt:
+            self.table.observe(list(prompt))
+
+    def draft(self, context, k):
+        if self.table.is_empty or k <= 1:
+            return [context[-1]], None
+        template = self.template
+        if template is None:
+            template = self._templates.get(k) or self._templates.setdefault(k, self.TG.make_template(k - 1, k - 1))
+        toks, parents = self.TG.draft_tree(self.table, context[-2] if len(context) >= 2 else None, context[-1],
+                                           template)
+        toks, parents = toks[:k], parents[:k]
+        return toks, (None if parents == list(range(-1, len(toks) - 1)) else parents)
+
+    def commit(self, context, token):
+        if self.adapt:
+            self.table.update(context[-2] if len(context) >= 2 else None, context[-1], token)

@@ -1,0 +1,166 @@
+"""The host on the simulated board (RTL under Verilator + cocotb) with its reference check: :func:`run_sim` (what
+``mmfree run --board sim`` runs), :func:`greedy_reference`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mmfree import MmfreeError
+from mmfree.host.generate import NO_DRAFT_ENGINE
+from mmfree.host.session import open_model
+from mmfree.pymodel.drafters import TrigramDrafter
+from mmfree.rtl.compiler import HwConfig
+
+
+def greedy_reference(im, prompt: list[int], n_tokens: int) -> list[int]:
+    """Plain greedy decoding on the integer reference (the oracle): prompt in one pass, one token per step."""
+    state, logits = im.prefill(im.initial_state(), prompt)
+    out = []
+    while True:
+        out.append(int(np.argmax(logits)))       # lowest id on ties, as the hardware's argmax
+        if len(out) >= n_tokens:
+            return out
+        state, logits = im.step(state, out[-1])
+
+
+def run_sim(model="default", prompt="def ", n_tokens: int = 8, draft: str | None = None, k: int | None = None,
+            table=None, inject: list[dict] | None = None, write_logits: bool = True, timeout_s: float = 60.0,
+            hw: HwConfig | None = None, progress=None, workdir=None, onchip: bool = False) -> dict:
+    """Run :class:`Accelerator` on the simulated board (one simulator process: :func:`mmfree.sim.accel.run_job`
+    with the bench's "run" job) and check it against the integer reference.
+
+    Returns the dict ``mmfree run --board sim --json`` prints: ``tokens``, ``text``, the counters
+    (:attr:`Generation.counters`), ``bit_exact`` (every pass's argmax, states and, when written, logits equal
+    ``IntModel.forward`` on the same tokens, parents and start state, AND the tokens equal plain greedy decoding
+    on IntModel), ``problems``, ``reference_tokens``, ``inject`` (results of the injected steps), ``wall_s``.
+
+    ``onchip`` (with ``draft="trigram"``; the build needs ``hw.draft_vocab``): the draft-verify loop runs on the
+    accelerator (CONTROL.GENERATE). Its passes are never read back, so only the prefill passes are replayed on
+    IntModel (``replayed`` says so); ``bit_exact`` then also needs the tokens, GEN_PASSES and the table read back
+    to equal ``speculative_generate(max_draft = max_nodes = K - 1)`` from the same starting table (its tokens,
+    ``verify_steps`` -> ``reference_verify_steps``, and its adapted table: the starting table after
+    ``observe(prompt + tokens)``, the updates it makes in that order)."""
+    import tempfile
+
+    from mmfree.sim.accel import (DEFAULT_HW, check_prompt_ids, check_width, passes_from_result,
+                                  replay_and_compare, run_job)
+    from mmfree.sim.runner import stdout_to_stderr
+
+    hw = hw or DEFAULT_HW
+    compiled, im, tok_dir = open_model(model)
+    if im is None:
+        raise MmfreeError("the simulated board compares with the integer reference: give 'default', an export or a "
+                          "checkpoint directory (not a compiled directory)")
+    acc_tok = None
+    if isinstance(prompt, str):
+        from mmfree.pymodel.tokenizer import load_tokenizer
+
+        if tok_dir is None:
+            raise MmfreeError("the model has no tokenizer: give token ids")
+        acc_tok = load_tokenizer(tok_dir)
+        ids = list(acc_tok.encode(prompt))
+    else:
+        ids = [int(t) for t in prompt]
+    check_prompt_ids(ids, compiled.dims.vocab)
+    if n_tokens < 1:
+        raise MmfreeError(f"--tokens must be >= 1, got {n_tokens}")
+    if draft not in (None, "none", "lookup", "trigram"):
+        raise MmfreeError(f"unknown drafter {draft!r}: choose lookup or trigram")
+    draft = None if draft == "none" else draft
+    if onchip and draft != "trigram":
+        raise MmfreeError("--onchip runs the accelerator's trigram draft engine: give --draft trigram")
+    if onchip and not hw.draft_vocab:
+        raise MmfreeError(NO_DRAFT_ENGINE)
+    if onchip and k is not None and k != hw.max_tokens:
+        raise MmfreeError(f"--k does not apply to --onchip: the on-chip loop verifies up to the build's "
+                          f"{hw.max_tokens} tokens per pass")
+    k = k if k is not None else (hw.max_tokens if draft else 1)
+    if not 1 <= k <= hw.max_tokens:
+        raise MmfreeError(f"--k must be in 1..{hw.max_tokens} (the simulated build's tokens per pass), got {k}")
+    check_width(compiled.dims, hw)
+    with tempfile.TemporaryDirectory(prefix="mmfree-run-sim-") as td:
+        td = Path(td)
+        compiled.save(td / "compiled")
+        job = {"kind": "run", "compiled": str(td / "compiled"), "prompt": ids, "n_tokens": n_tokens, "k": k,
+               "draft": draft, "write_logits": write_logits, "timeout_s": timeout_s,
+               # simulated seconds at the modelled clock, capped as SimSession's default: a hang costs minutes
+               # (one GENERATE waits for all its passes: the cap grows with the tokens asked for)
+               "max_wait_cycles": int(min(timeout_s * 250e6, 50_000_000)) * (n_tokens if onchip else 1),
+               "progress": False, "onchip": onchip}
+        start_table = None
+        if draft == "trigram":
+            dr = TrigramDrafter.for_model(im, table, tok_dir)
+            dr.table.save(td / "trigram.bin")
+            job["table"] = str(td / "trigram.bin")
+            start_table = dr.table
+        if inject:
+            job["inject"] = inject
+        with stdout_to_stderr():        # the simulator prints to fd 1; keep stdout for the JSON
+            res = run_job(job, hw=hw, workdir=Path(workdir) if workdir else td / "run", progress=progress)
+    passes = passes_from_result(res)
+    ok, problems = replay_and_compare(im, [p for p in passes if not p.get("onchip")])
+    ref = greedy_reference(im, ids, n_tokens)
+    if res["tokens"] != ref:
+        ok = False
+        problems.insert(0, f"tokens {res['tokens']} differ from IntModel greedy decoding {ref}")
+    onchip_check = {}
+    if onchip:
+        spec_ok, spec_problems, onchip_check = _check_onchip(im, ids, n_tokens, hw.max_tokens, start_table, res)
+        ok = ok and spec_ok
+        problems += spec_problems
+    text = None
+    try:
+        if acc_tok is None and tok_dir is not None:
+            from mmfree.pymodel.tokenizer import load_tokenizer
+
+            acc_tok = load_tokenizer(tok_dir)
+        text = acc_tok.decode(res["tokens"]) if acc_tok is not None else None
+    except Exception:
+        text = None
+    out = {"board": "sim", "tokens": res["tokens"], "text": text, "prompt_ids": ids, "draft": draft, "k": k,
+           "onchip": onchip}
+    out.update(res["counters"])
+    out.update(onchip_check)
+    out.update({"bit_exact": ok, "problems": problems[:20], "reference_tokens": ref,
+                "model": {"d": compiled.dims.d, "inter": compiled.dims.inter, "layers": compiled.dims.layers,
+                          "vocab": compiled.dims.vocab},
+                "hw": {"bus_bytes": hw.bus_bytes, "max_tokens": hw.max_tokens, "max_width": hw.max_width,
+                       "draft_vocab": hw.draft_vocab},
+                "wall_s": res["wall_s"]})
+    if "inject" in res:
+        out["inject"] = res["inject"]
+    return out
+
+
+def _check_onchip(im, ids: list[int], n_tokens: int, K: int, start_table, res: dict) -> tuple[bool, list[str], dict]:
+    """The on-chip loop of a :func:`run_sim` result against ``speculative_generate`` on IntModel from the same
+    starting table (template ``make_template(K - 1, K - 1)`` given explicitly: the reference would draft nothing
+    from a table that starts empty, the hardware drafts from what the prompt taught it). Returns (ok, problems,
+    fields for the JSON)."""
+    from mmfree.pymodel import trigram as TG
+    from mmfree.pymodel.speculative import speculative_generate
+
+    spec = speculative_generate(im, ids, n_tokens, max_draft=K - 1, max_nodes=K - 1, table=start_table,
+                                template=TG.make_template(K - 1, K - 1), log=lambda m: None)
+    expect = start_table.copy()
+    expect.observe(list(ids) + list(spec.tokens))
+    problems = []
+    if res["tokens"] != spec.tokens:
+        problems.append(f"tokens {res['tokens']} differ from speculative_generate's {spec.tokens}")
+    gen_passes = res["counters"].get("gen_passes", 0)          # no GENERATE when the prefill gave every token
+    if gen_passes != spec.extra["verify_steps"]:
+        problems.append(f"GEN_PASSES {gen_passes} differs from speculative_generate's verify_steps "
+                        f"{spec.extra['verify_steps']}")
+    arrays = res.get("arrays", {})
+    for name, exp in (("trig", expect.trig), ("bigram", expect.bigram)):
+        got = arrays.get(f"table_{name}")
+        if got is None or got.shape != exp.shape or not np.array_equal(got, exp):
+            problems.append(f"the {name} array read back after GENERATE differs from the reference's adapted table"
+                            + ("" if got is None or got.shape != exp.shape else
+                               f" ({int(np.count_nonzero(got != exp))} words)"))
+    fields = {"replayed": "prefill passes only: the on-chip loop's passes are not read back (checked instead: the "
+                          "tokens, GEN_PASSES and the adapted table against speculative_generate)",
+              "reference_verify_steps": spec.extra["verify_steps"]}
+    return not problems, problems, fields
