@@ -324,7 +324,8 @@ def open_accelerator(board: str, model, bitstream=None, pass_timeout_s: float = 
     (anything ``open_model`` takes) loaded, on ``board``: ``"sim"`` (the ISA emulator with the default
     simulated build, :data:`mmfree.sim.accel.DEFAULT_HW`) or a PYNQ board name / ``custom:PATH.json`` with
     ``bitstream`` (X.bit with X.hwh). Returns (accelerator, IntModel, tokenizer directory)."""
-    from mmfree.boards.driver import Accelerator, open_model
+    from mmfree.boards.accelerator import Accelerator
+    from mmfree.host.session import open_model
 
     opened = open_model(model)
     compiled, im, tok_dir = opened
