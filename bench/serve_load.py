@@ -4,7 +4,8 @@ For each backend a real server process (`mmfree serve --port 0` on 127.0.0.1) is
 is sent alone, one after the other: its *single-request answer* (and the single-stream throughput). Then N
 clients (the official OpenAI client, asyncio) send M requests each at the same time; every response must equal
 its single-request answer token for token, and no request may fail. Then the server gets SIGTERM and must exit
-0. Requests alternate greedy and sampled (temperature 0.8, a seed per request) over 8 code prompts.
+0. Requests alternate greedy and sampled (temperature 0.8, a seed per request) over 8 code prompts; one warm-up
+request per server is not timed.
 
 Reported per backend: requests, errors, mismatches, p50/p99 latency (send to last byte), aggregate tokens/s
 under load, single-stream tokens/s, wall time. The bench exits 1 on any error or mismatch.
@@ -70,6 +71,7 @@ async def load(url: str, reqs: list[dict], clients: int, per_client: int, timeou
     from openai import AsyncOpenAI
 
     async with AsyncOpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=timeout) as ac:
+        await one(ac, dict(reqs[0], max_tokens=2))        # warm-up (weights unpacked, caches filled): not timed
         t0 = time.perf_counter()
         singles = [await one(ac, r) for r in reqs]        # alone, one after the other
         single_s = time.perf_counter() - t0
@@ -116,8 +118,10 @@ def run_backend(name: str, args, deadline: float) -> dict:
 
 
 def render(rows: list[dict]) -> str:
-    lines = [f"Measured on this machine ({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-             "shared), loopback, the embedded default model, trigram drafts on (int, board-sim). Command:",
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    lines = [f"Measured on this machine ({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs shared "
+             f"with other jobs, load average {load:.1f} at the end), loopback, the embedded default model, trigram "
+             "drafts on (int, board-sim), one warm-up request per server not timed. Command:",
              "", f"    {command_line()}", "",
              "| backend | clients x requests | max tokens | errors | mismatches | p50 latency | p99 latency | "
              "tokens/s under load | tokens/s one at a time | SIGTERM exit |",

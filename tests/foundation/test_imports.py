@@ -8,10 +8,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 FORBIDDEN = {
-    "pymodel": ("mmfree.rtl", "mmfree.hls", "mmfree.sim", "mmfree.boards"),
-    "rtl": ("mmfree.sim", "mmfree.boards", "mmfree.hls"),
+    "pymodel": ("mmfree.rtl", "mmfree.hls", "mmfree.sim", "mmfree.boards", "mmfree.serve"),
+    "rtl": ("mmfree.sim", "mmfree.boards", "mmfree.hls", "mmfree.serve"),
     # hls may read board data (mmfree.boards.boardfile), nothing else of the hardware side
-    "hls": ("mmfree.rtl", "mmfree.sim", "mmfree.boards.driver", "mmfree.boards.cli"),
+    "hls": ("mmfree.rtl", "mmfree.sim", "mmfree.boards.driver", "mmfree.boards.cli", "mmfree.serve"),
+    # the server (mmfree/serve) sits on top of every area: none of them imports it
+    "sim": ("mmfree.serve",),
+    "boards": ("mmfree.serve",),
 }
 
 
@@ -36,5 +39,27 @@ def test_import_direction(folder):
 
 
 def test_namespace_imports():
-    for name in ("mmfree.pymodel", "mmfree.rtl", "mmfree.sim", "mmfree.boards", "mmfree.hls"):
+    for name in ("mmfree.pymodel", "mmfree.rtl", "mmfree.sim", "mmfree.boards", "mmfree.hls", "mmfree.serve"):
         importlib.import_module(name)
+
+
+def test_serve_reaches_the_hardware_side_in_one_function():
+    """The server imports the accelerator driver (and the simulated board) only in engine.open_accelerator, so
+    moving the driver means changing one function."""
+    bad = []
+    for path in (ROOT / "mmfree" / "serve").rglob("*.py"):
+        tree = ast.parse(path.read_text(), str(path))
+        owner = {}                                      # node -> the innermost function that holds it
+        for fn in ast.walk(tree):
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for node in ast.walk(fn):
+                    if node is not fn:
+                        owner[node] = fn.name           # inner functions come later in the walk and win
+        for node in ast.walk(tree):
+            mods = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module] if isinstance(node, ast.ImportFrom) and node.module else []
+            where = owner.get(node, "module level")
+            if any(m.startswith(("mmfree.boards", "mmfree.sim", "mmfree.rtl")) for m in mods) \
+                    and where != "open_accelerator":
+                bad.append(f"{path.relative_to(ROOT)}: {where} imports {mods}")
+    assert not bad, "\n".join(bad)
