@@ -91,32 +91,7 @@ def create_app(engine: Engine, metrics: Metrics | None = None, drain_timeout_s: 
 
     app = FastAPI(title="mmfree serve", lifespan=lifespan)
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request, exc: RequestValidationError):
-        metrics.rejected("invalid")
-        err = exc.errors()[0] if exc.errors() else {}
-        if err.get("type") == "json_invalid":
-            return _error(400, f"the body is not valid JSON ({err.get('ctx', {}).get('error', 'parse error')})",
-                          "invalid_request_error")
-        loc = [str(x) for x in err.get("loc", ()) if x != "body"]
-        param = loc[0] if loc else None
-        what = "unknown field" if err.get("type") == "extra_forbidden" else "invalid value"
-        msg = f"{what} {param}: {err.get('msg', 'invalid')}" if param else f"invalid body: {err.get('msg', '')}"
-        return _error(400, msg, "invalid_request_error", param)
-
-    @app.exception_handler(BadRequest)
-    async def _bad(request, exc: BadRequest):
-        metrics.rejected("invalid")
-        return _error(400, str(exc), "invalid_request_error", exc.param)
-
-    @app.exception_handler(QueueFull)
-    async def _full(request, exc: QueueFull):
-        metrics.rejected("rejected")
-        return _error(429, str(exc), "rate_limit_error", None, "queue_full", {"Retry-After": str(exc.retry_after)})
-
-    @app.exception_handler(ShuttingDown)
-    async def _closing(request, exc: ShuttingDown):
-        return _error(503, str(exc), "server_error", None, "shutting_down")
+    _error_handlers(app, metrics)
 
     @app.get("/health")
     async def health():
@@ -166,6 +141,37 @@ def create_app(engine: Engine, metrics: Metrics | None = None, drain_timeout_s: 
     return app
 
 
+def _error_handlers(app: FastAPI, metrics: Metrics) -> None:
+    """OpenAI-shaped errors for bad bodies and fields (400), a full queue (429) and shutdown (503)."""
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request, exc: RequestValidationError):
+        metrics.rejected("invalid")
+        err = exc.errors()[0] if exc.errors() else {}
+        if err.get("type") == "json_invalid":
+            return _error(400, f"the body is not valid JSON ({err.get('ctx', {}).get('error', 'parse error')})",
+                          "invalid_request_error")
+        loc = [str(x) for x in err.get("loc", ()) if x != "body"]
+        param = loc[0] if loc else None
+        what = "unknown field" if err.get("type") == "extra_forbidden" else "invalid value"
+        msg = f"{what} {param}: {err.get('msg', 'invalid')}" if param else f"invalid body: {err.get('msg', '')}"
+        return _error(400, msg, "invalid_request_error", param)
+
+    @app.exception_handler(BadRequest)
+    async def _bad(request, exc: BadRequest):
+        metrics.rejected("invalid")
+        return _error(400, str(exc), "invalid_request_error", exc.param)
+
+    @app.exception_handler(QueueFull)
+    async def _full(request, exc: QueueFull):
+        metrics.rejected("rejected")
+        return _error(429, str(exc), "rate_limit_error", None, "queue_full", {"Retry-After": str(exc.retry_after)})
+
+    @app.exception_handler(ShuttingDown)
+    async def _closing(request, exc: ShuttingDown):
+        return _error(503, str(exc), "server_error", None, "shutting_down")
+
+
 async def _next(job, events: asyncio.Queue, request: Request | None = None) -> tuple:
     """The job's next event; ``("done", "timeout")`` when the decode loop has not answered by the deadline plus
     GRACE_S, ``("done", "cancelled")`` when ``request``'s client went away (both cancel the job)."""
@@ -182,7 +188,7 @@ async def _next(job, events: asyncio.Queue, request: Request | None = None) -> t
                 return ("done", "cancelled", {})
 
 
-def _usage(stats: dict, tokens: list[int], prompt_n: int) -> dict:
+def _usage(tokens: list[int], prompt_n: int) -> dict:
     n = len(tokens)
     return {"prompt_tokens": prompt_n, "completion_tokens": n, "total_tokens": prompt_n + n}
 
@@ -214,7 +220,7 @@ async def _complete(job, events, meta: dict, request: Request, backend: str):
             return _error(status, msg, "server_error" if status == 500 else code, None, code)
         text.append(stats.get("tail", ""))
         choice = {"index": 0, "text": "".join(text), "logprobs": None, "finish_reason": reason, "token_ids": tokens}
-        return dict(meta, choices=[choice], usage=_usage(stats, tokens, len(job.prompt_ids)),
+        return dict(meta, choices=[choice], usage=_usage(tokens, len(job.prompt_ids)),
                     system_fingerprint=None, mmfree=_mmfree(stats, backend))
 
 
@@ -237,7 +243,7 @@ async def _sse(job, events, meta: dict, include_usage: bool, backend: str):
             if reason in ("length", "stop"):
                 yield _chunk(meta, stats.get("tail", ""), [], reason)
                 if include_usage:
-                    usage = dict(meta, choices=[], usage=_usage(stats, tokens, len(job.prompt_ids)),
+                    usage = dict(meta, choices=[], usage=_usage(tokens, len(job.prompt_ids)),
                                  mmfree=_mmfree(stats, backend))
                     yield f"data: {json.dumps(usage)}\n\n"
             else:

@@ -511,6 +511,13 @@ class Engine:
                 job = self.running = self._waiting.popleft()
             try:
                 self._run(job)
+            except Exception as exc:                   # a bug of ours: report it, keep the loop alive
+                traceback.print_exc(file=sys.stderr)
+                job.finish_reason, job.error = "error", f"{type(exc).__name__}: {exc}"
+                try:
+                    job.sink(("done", "error", {"error": job.error}))
+                except Exception:
+                    pass
             finally:
                 with self._cv:
                     self.running = None
