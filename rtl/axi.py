@@ -401,3 +401,49 @@ class WordPacker(wiring.Component):
             with m.Else():
                 m.d.sync += pos.eq(pos + 1)
         return m
+
+
+class DmaReadClient(wiring.Component):
+    """One client of an :class:`AxiReader`: reads ``words`` 32-bit words from byte address ``addr`` (4-byte
+    aligned) and hands them on as records of ``fields`` words (a :class:`WordUnpacker`).
+
+    ``req`` (a pulse, with ``addr`` / ``words`` / ``fields``) registers the reader command (the beats that cover
+    the words, from the bus-aligned address) and restarts the unpacker the next cycle; a request replaces a
+    command the reader has not taken yet. ``cmd`` goes to the reader, its data comes back on ``beat``, the
+    records leave on ``rec`` (words after the last record are the caller's to ignore)."""
+
+    #: Width of the ``words`` input: wide enough for any request (count x fields) without truncation.
+    WORDS_WIDTH = 48
+
+    def __init__(self, addr_width: int, bus_bytes: int = 16, max_fields: int = 4):
+        self.addr_width, self.bus_bytes, self.max_fields = addr_width, bus_bytes, max_fields
+        self._unpacker = WordUnpacker(bus_bytes=bus_bytes, max_fields=max_fields)
+        super().__init__({
+            "req": In(1), "addr": In(addr_width), "words": In(self.WORDS_WIDTH), "fields": In(range(max_fields + 1)),
+            "cmd": Out(stream.Signature(cmd_layout(addr_width))),
+            "beat": In(stream.Signature(unsigned(8 * bus_bytes))),
+            "rec": Out(stream.Signature(self._unpacker.REC)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        bb = self.bus_bytes
+        lg_bb = bb.bit_length() - 1
+        m.submodules.unpack = up = self._unpacker
+        wiring.connect(m, wiring.flipped(self.beat), up.beat)
+        wiring.connect(m, wiring.flipped(self.rec), up.rec)
+        valid, start = Signal(), Signal()
+        addr = Signal(self.addr_width)
+        beats = Signal(BEATS_WIDTH)
+        skip, fields = Signal(range(bb // 4)), Signal(range(self.max_fields + 1))
+        m.d.comb += [self.cmd.valid.eq(valid), self.cmd.payload.addr.eq(addr), self.cmd.payload.beats.eq(beats),
+                     up.start.eq(start), up.skip.eq(skip), up.fields.eq(fields), up.nbeats.eq(beats)]
+        m.d.sync += start.eq(0)
+        with m.If(self.cmd.valid & self.cmd.ready):
+            m.d.sync += valid.eq(0)
+        with m.If(self.req):
+            sk = self.addr[2:lg_bb]
+            m.d.sync += [valid.eq(1), addr.eq(Cat(Const(0, lg_bb), self.addr[lg_bb:])),
+                         beats.eq((sk + self.words + (bb // 4 - 1)) >> (lg_bb - 2)), start.eq(1), skip.eq(sk),
+                         fields.eq(self.fields)]
+        return m

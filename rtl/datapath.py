@@ -41,9 +41,10 @@ from mmfree.rtl import regmap as RM
 from mmfree.rtl import quantize as Q
 from mmfree.rtl.axi import BEATS_WIDTH, WordPacker, WordUnpacker, cmd_layout, row_cmd_layout
 from mmfree.rtl.compiler import HwConfig
+from mmfree.rtl.decoder import ENGINE_ID, field
 from mmfree.rtl.matvec import TernaryMatVec
 from mmfree.rtl.pipeline import width_for
-from mmfree.rtl.sequencer import ENGINE_ID, dispatch_layout, fetch_layout, field
+from mmfree.rtl.sequencer import dispatch_layout, fetch_layout
 
 #: Argmax index width: vocabularies up to 2**24.
 MAX_VOCAB = 1 << 24
@@ -233,9 +234,9 @@ class Datapath(wiring.Component):
         nb = Signal(BEATS_WIDTH)
         m.d.comb += [up.skip.eq(skip), up.fields.eq(fields), up.nbeats.eq(nb)]
         with m.If(issued("load")):
-            fl = field(Cat(d.w0, d.w1, d.w2, d.w3), "fields", "LOAD")
-            cnt = field(Cat(d.w0, d.w1, d.w2, d.w3), "count", "LOAD")
-            dd = field(Cat(d.w0, d.w1, d.w2, d.w3), "dst", "LOAD")
+            fl = field(d.ir, "fields", "LOAD")
+            cnt = field(d.ir, "count", "LOAD")
+            dd = field(d.ir, "dst", "LOAD")
             sk = d.addr[2:lg_bb]
             words = cnt * fl
             nbe = (sk + words + (bb // 4 - 1)) >> (lg_bb - 2)
@@ -307,7 +308,7 @@ class Datapath(wiring.Component):
         m.d.sync += pstart.eq(0)
         lead = Signal(range(bw))
         m.d.comb += [pk.start.eq(pstart), pk.lead.eq(lead), pk.count.eq(count)]
-        ir = Cat(d.w0, d.w1, d.w2, d.w3)
+        ir = d.ir
         # word source: one buffer read per cycle while the word queue has room (every token's memory is
         # read at j; the word is token t's, t as it was at the read)
         rd = Signal()
@@ -359,7 +360,7 @@ class Datapath(wiring.Component):
         hw = self.hw
         K, W, bb = hw.max_tokens, hw.max_width, hw.bus_bytes
         lg_bb = bb.bit_length() - 1
-        ir = Cat(d.w0, d.w1, d.w2, d.w3)
+        ir = d.ir
         op = Signal(8)
         busy = Signal()
         src = Signal()
@@ -635,7 +636,7 @@ class Datapath(wiring.Component):
         hw = self.hw
         K, W, E, P = hw.max_tokens, hw.max_width, hw.engines, hw.weight_ports
         EPP = hw.matvec_engines
-        ir = Cat(d.w0, d.w1, d.w2, d.w3)
+        ir = d.ir
 
         # ---- weight fetch: each fetch goes to every weight port's queue; port p reads rows p, p + P, ... of it
         # (one strided command: a burst group per row; with one port one contiguous command) into its route

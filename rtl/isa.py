@@ -35,6 +35,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 
+from mmfree.pymodel import numerics as N
 from mmfree.rtl import regmap as RM
 
 #: Bumped when an opcode, field or semantic changes; programs record it in their header.
@@ -118,6 +119,59 @@ OPS: dict[str, tuple[int, tuple[Field, ...]]] = {
 }
 OPCODES = {code: name for name, (code, _) in OPS.items()}
 OPCODE = {name: code for name, (code, _) in OPS.items()}
+
+
+#: opcode name -> its operand legality, one expression over the operands (step 1 of the decoder's checks).
+#: ``a`` gives each operand as an attribute and ``a.select(c, x, y)`` (x where c, else y); the expressions use
+#: only comparisons joined by ``&`` / ``|``, so the same table runs on Python ints (the emulator,
+#: :class:`Operands`) and on Amaranth values (the RTL decoder, :mod:`mmfree.rtl.decoder`). An instruction is
+#: legal when its expression is true; HALT and SYNC have no operands to check.
+LEGAL = {
+    "HALT": lambda a: True,
+    "SYNC": lambda a: True,
+    "SETC": lambda a: a.slot < SLOTS,
+    "SETF": lambda a: (a.act_frac > N.SIG_STEPS_LOG2) & (a.act_frac <= N.FRAC_MAX),
+    "LOAD": lambda a: ((a.dst <= LD_NORM)
+                       & a.select(a.dst == LD_NORM, (a.fields >= 2) & (a.fields <= 1 + SLOTS), a.fields == 1)
+                       & (a.count != 0) & _base_ok(a)),
+    "STORE": lambda a: ((a.src <= ST_ARG) & ((a.flags & ~STORE_IF_LOGITS) == 0) & (a.count != 0) & _base_ok(a)
+                        & ((a.src != ST_ARG) | (a.count == 1))),
+    "EMBED": lambda a: (a.count != 0) & (a.vocab != 0) & ((a.stride16 << 4) >= (a.count << 2)) & _base_ok(a),
+    "QSTATS": lambda a: (a.src <= SRC_A) & (a.nproj >= 1) & (a.nproj <= SLOTS) & (a.count != 0),
+    "QCODES": lambda a: (a.src <= SRC_A) & (a.slot < SLOTS) & (a.bank < BANKS) & (a.count != 0),
+    "HGRN": lambda a: a.count != 0,
+    "MATVEC": lambda a: ((a.bank < BANKS) & (a.slot < SLOTS) & (a.epi <= EPI_HEAD) & (a.dst <= DST_T2)
+                         & ((a.flags & ~(HEAD_FIRST | HEAD_LAST | PREFETCHED)) == 0)
+                         & (((a.flags & (HEAD_FIRST | HEAD_LAST)) == 0) | (a.epi == EPI_HEAD))
+                         & (a.rows != 0) & (a.count != 0) & _base_ok(a)),
+    "PREFETCH": lambda a: (a.rows != 0) & (a.count != 0) & _base_ok(a),
+}
+
+
+def _base_ok(a):
+    """A DDR operand's base register is one the program may address (not MEM_LO / MEM_HI)."""
+    return a.base < BASE["MEM_LO"]
+
+
+class Operands:
+    """The operands of one :class:`Instr` as attributes, for :data:`LEGAL` on Python ints."""
+
+    def __init__(self, ins: "Instr"):
+        self._ins = ins
+
+    def __getattr__(self, name: str) -> int:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return self._ins[name]
+
+    @staticmethod
+    def select(cond, if_true, if_false):
+        return if_true if cond else if_false
+
+
+def legal(ins: "Instr") -> bool:
+    """Whether an instruction's operands are legal (:data:`LEGAL`; ERR_BAD_INSTRUCTION otherwise)."""
+    return bool(LEGAL[ins.op](Operands(ins)))
 
 
 class IsaError(ValueError):

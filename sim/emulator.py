@@ -250,26 +250,7 @@ class Emulator:
         none or a STORE is skipped because FLAGS.WRITE_LOGITS is clear), or raises :class:`AccelError`."""
         op, a = ins.op, ins
         bad = AccelError(RM.ERR_BAD_INSTRUCTION, I.OPCODE[op], self.pc)
-        base_ok = a["base"] < I.BASE["MEM_LO"]
-        legal = {
-            "HALT": True, "SYNC": True,
-            "SETC": a["slot"] < I.SLOTS,
-            "SETF": N.SIG_STEPS_LOG2 < a["act_frac"] <= N.FRAC_MAX,
-            "LOAD": a["dst"] <= I.LD_NORM and (2 <= a["fields"] <= 1 + I.SLOTS if a["dst"] == I.LD_NORM
-                                              else a["fields"] == 1) and a["count"] >= 1 and base_ok,
-            "STORE": a["src"] <= I.ST_ARG and not a["flags"] & ~I.STORE_IF_LOGITS and a["count"] >= 1 and base_ok
-                     and (a["src"] != I.ST_ARG or a["count"] == 1),
-            "EMBED": a["count"] >= 1 and a["vocab"] >= 1 and 16 * a["stride16"] >= 4 * a["count"] and base_ok,
-            "QSTATS": a["src"] <= I.SRC_A and 1 <= a["nproj"] <= I.SLOTS and a["count"] >= 1,
-            "QCODES": a["src"] <= I.SRC_A and a["slot"] < I.SLOTS and a["bank"] < I.BANKS and a["count"] >= 1,
-            "HGRN": a["count"] >= 1,
-            "MATVEC": a["bank"] < I.BANKS and a["slot"] < I.SLOTS and a["epi"] <= I.EPI_HEAD and a["dst"] <= I.DST_T2
-                      and not a["flags"] & ~(I.HEAD_FIRST | I.HEAD_LAST | I.PREFETCHED)
-                      and ((a["flags"] & (I.HEAD_FIRST | I.HEAD_LAST)) == 0 or a["epi"] == I.EPI_HEAD)
-                      and a["rows"] >= 1 and a["count"] >= 1 and base_ok,
-            "PREFETCH": a["rows"] >= 1 and a["count"] >= 1 and base_ok,
-        }[op]
-        if not legal:
+        if not I.legal(ins):                    # the one constraint table the RTL decoder is generated from
             raise bad
         W = self.hw.max_width
         if a["count"] > W or (op in ("MATVEC", "PREFETCH") and a["rows"] > W):

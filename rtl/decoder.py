@@ -1,0 +1,195 @@
+"""The instruction decoder, generated from the ISA table (:data:`mmfree.rtl.isa.OPS`, :data:`mmfree.rtl.isa.LEGAL`).
+
+* :func:`op_layout` / :func:`instr_layout`: every opcode's 128-bit instruction as a ``data.StructLayout`` of its
+  operands (at the word and bit :data:`isa.OPS` gives them, signed where marked), and the instruction register
+  as a ``data.UnionLayout`` of all of them plus ``opcode`` and ``raw``: ``ir.matvec.rows``, ``ir.load.base``.
+* :class:`Decoder`: the combinational decode of one instruction register, step by step as
+  :meth:`mmfree.sim.emulator.Emulator.check` does: known opcode, operand legality (:data:`isa.LEGAL`, the same
+  table the emulator evaluates on Python ints), widths, address and alignment, the DDR span, the engine and the
+  scoreboard read/write sets (:func:`resource_table`, from :func:`isa.resources`).
+"""
+
+from __future__ import annotations
+
+import itertools
+from functools import cache, reduce
+
+from amaranth import Array, Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from mmfree.pymodel import numerics as N
+from mmfree.rtl import isa as I
+from mmfree.rtl import regmap as RM
+
+#: Engines the sequencer dispatches to, in ``done_pulse`` / ``dispatch.engine`` order.
+ENGINES = ("load", "store", "vector", "matvec")
+ENGINE_ID = {name: i for i, name in enumerate(ENGINES)}
+#: Internal width of DDR addresses (base register + offset, before the window check).
+ADDR_INTERNAL = 64
+#: Operands that are sizes or values, never a choice between resources (left out of the read/write-set table).
+_VALUE_OPERANDS = ("offset", "count", "rows", "tstride", "c_m", "c_e", "vocab", "stride16", "act_frac")
+
+
+@cache
+def op_layout(op: str) -> data.StructLayout:
+    """The 128-bit instruction ``op`` as a layout: ``opcode`` (bits 7:0) and its operands from :data:`isa.OPS`,
+    gaps as ``_pad<bit>`` members."""
+    fields = sorted(((32 * f.word + f.lsb, f) for f in I.OPS[op][1]), key=lambda t: t[0])
+    members, at = {"opcode": unsigned(8)}, 8
+    for lo, f in fields:
+        if lo > at:
+            members[f"_pad{at}"] = unsigned(lo - at)
+        members[f.name] = signed(f.width) if f.signed else unsigned(f.width)
+        at = lo + f.width
+    if at < 8 * I.INSTR_BYTES:
+        members[f"_pad{at}"] = unsigned(8 * I.INSTR_BYTES - at)
+    return data.StructLayout(members)
+
+
+@cache
+def instr_layout() -> data.UnionLayout:
+    """The instruction register: ``raw`` (128 bits), ``opcode``, and one view per opcode (lower-case name)."""
+    return data.UnionLayout({"raw": unsigned(8 * I.INSTR_BYTES), "opcode": unsigned(8),
+                             **{op.lower(): op_layout(op) for op in I.OPS}})
+
+
+def field(ir, name: str, op: str):
+    """Operand ``name`` of instruction ``op`` in a 128-bit value (a view of :func:`instr_layout` or raw bits)."""
+    view = ir if isinstance(ir, data.View) else data.View(instr_layout(), ir)
+    return getattr(getattr(view, op.lower()), name)
+
+
+class _HwOperands:
+    """The operands of one opcode's view as attributes, for :data:`isa.LEGAL` on Amaranth values."""
+
+    def __init__(self, view):
+        self._view = view
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self._view, name)
+
+    @staticmethod
+    def select(cond, if_true, if_false):
+        return Mux(cond, if_true, if_false)
+
+
+def resource_table():
+    """For every opcode, the operand fields its read/write sets depend on and the sets for each of their
+    values: ``{op: (fields, {values: (read_mask, write_mask)})}`` computed with :func:`isa.resources`."""
+    table = {}
+    for op, (_, fields) in I.OPS.items():
+        ranges = {f.name: range(min(1 << f.width, 8)) for f in fields if f.name not in _VALUE_OPERANDS}
+        relevant = []
+        for name, r in ranges.items():
+            base = {n: 0 for n in ranges}
+            outs = set()
+            for v in r:
+                try:
+                    outs.add(tuple(map(frozenset, I.resources(I.Instr(op, dict(base, **{name: v}))))))
+                except KeyError:
+                    outs.add(None)
+            if len(outs) > 1:
+                relevant.append(name)
+        cases = {}
+        for values in itertools.product(*[ranges[n] for n in relevant]):
+            try:
+                rd, wr = I.resources(I.Instr(op, dict(zip(relevant, values))))
+            except KeyError:
+                continue
+            cases[values] = (sum(1 << b for b in rd), sum(1 << b for b in wr))
+        table[op] = (relevant, cases)
+    return table
+
+
+def _ops_with(name: str) -> list[str]:
+    return [op for op, (_, fields) in I.OPS.items() if any(f.name == name for f in fields)]
+
+
+class Decoder(wiring.Component):
+    """Combinational decode and checks of the instruction register ``ir`` (see the module docstring).
+
+    Inputs: ``ir``, the base registers ``bases`` (:data:`regmap.ADDRESS_REGS` order), this run's ``k`` and
+    ``write_logits``. Outputs, valid for every opcode: ``known``, ``legal``, ``too_wide``, ``has_addr``,
+    ``misaligned``, the DDR operand ``addr`` / ``base`` / ``span`` (bytes), ``bpr`` (bus beats per weight row),
+    ``count`` / ``rows``, ``skip_store`` (a STORE of logits while FLAGS.WRITE_LOGITS is clear), the target
+    ``engine`` (``to_engine`` = 0: the sequencer runs it) and the scoreboard ``rmask`` / ``wmask``."""
+
+    def __init__(self, max_width: int, max_tokens: int, bus_bytes: int):
+        self.max_width, self.bus_bytes = max_width, bus_bytes
+        super().__init__({
+            "ir": In(instr_layout()), "bases": In(data.ArrayLayout(unsigned(64), len(RM.ADDRESS_REGS))),
+            "k": In(range(max_tokens + 1)), "write_logits": In(1),
+            "known": Out(1), "legal": Out(1), "too_wide": Out(1), "has_addr": Out(1), "misaligned": Out(1),
+            "skip_store": Out(1), "addr": Out(ADDR_INTERNAL + 1), "base": Out(8), "span": Out(66), "bpr": Out(16),
+            "count": Out(32), "rows": Out(32),
+            "engine": Out(2), "to_engine": Out(1), "rmask": Out(I.N_RESOURCES), "wmask": Out(I.N_RESOURCES),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        ir, op = self.ir, self.ir.opcode
+        with m.Switch(op):
+            for name in I.OPS:
+                with m.Case(I.OPCODE[name]):
+                    m.d.comb += self.known.eq(1)
+                    m.d.comb += self.legal.eq(I.LEGAL[name](_HwOperands(getattr(ir, name.lower()))))
+                    if I.engine_of(name) in ENGINE_ID:
+                        m.d.comb += [self.engine.eq(ENGINE_ID[I.engine_of(name)]), self.to_engine.eq(1)]
+        for operand in ("count", "rows", "base"):
+            with m.Switch(op):
+                for name in _ops_with(operand):
+                    with m.Case(I.OPCODE[name]):
+                        m.d.comb += getattr(self, operand).eq(field(ir, operand, name))
+        self._resources(m)
+        self._address(m)
+        return m
+
+    def _resources(self, m):
+        """The scoreboard's read/write sets: a case per opcode and per value of the operands they depend on."""
+        ir = self.ir
+        with m.Switch(ir.opcode):
+            for name, (relevant, cases) in resource_table().items():
+                with m.Case(I.OPCODE[name]):
+                    if not relevant:
+                        r, w = cases[()]
+                        m.d.comb += [self.rmask.eq(r), self.wmask.eq(w)]
+                        continue
+                    with m.Switch(Cat(*[field(ir, n, name)[:3] for n in relevant])):
+                        for values, (r, w) in cases.items():
+                            with m.Case(reduce(lambda acc, iv: acc | iv[1] << (3 * iv[0]), enumerate(values), 0)):
+                                m.d.comb += [self.rmask.eq(r), self.wmask.eq(w)]
+
+    def _address(self, m):
+        """Widths (step 2), the DDR address and its alignment (step 3), the span (step 4)."""
+        ir, op, W = self.ir, self.ir.opcode, self.max_width
+        lg_bb = self.bus_bytes.bit_length() - 1
+        is_ = {name: op == I.OPCODE[name] for name in I.OPS}
+        is_mv = is_["MATVEC"] | is_["PREFETCH"]
+        count, rows = self.count, self.rows
+        m.d.comb += [self.too_wide.eq((count > W) | (is_mv & (rows > W))),
+                     self.has_addr.eq(is_["LOAD"] | is_["STORE"] | is_["EMBED"] | is_mv)]
+        offset = ir.load.offset                     # every DDR operand's offset is word 1
+        assert all((op_layout(o)["offset"].offset, op_layout(o)["offset"].width) == (32, 32) for o in _ops_with("offset"))
+        addr = self.addr
+        m.d.comb += addr.eq(Array(self.bases)[self.base[:3]] + offset)
+        row_align = (N.ROW_ALIGN_BYTES - 1).bit_length()
+        m.d.comb += [self.misaligned.eq(Mux(is_mv, addr[:row_align] != 0, addr[:2] != 0)
+                                        | (is_["STORE"] & (ir.store.tstride[:2] != 0))),
+                     self.skip_store.eq(is_["STORE"] & ir.store.flags[0] & ~self.write_logits)]
+        # span = mul_a * mul_b + mul_c
+        div5 = ((count[:16] + 4) * 52429) >> 18                     # ceil(count / 5), exact below 2**16
+        row_bytes = ((div5 + (N.ROW_ALIGN_BYTES - 1)) >> row_align) << row_align
+        mul_a, mul_b, mul_c = Signal(32), Signal(32), Signal(34)
+        with m.Switch(op):
+            with m.Case(I.OPCODE["LOAD"]):
+                m.d.comb += [mul_a.eq(count), mul_b.eq(ir.load.fields << 2), mul_c.eq(0)]
+            with m.Case(I.OPCODE["STORE"]):
+                m.d.comb += [mul_a.eq(self.k - 1), mul_b.eq(ir.store.tstride), mul_c.eq(count << 2)]
+            with m.Case(I.OPCODE["EMBED"]):
+                m.d.comb += [mul_a.eq(ir.embed.vocab), mul_b.eq(ir.embed.stride16 << 4), mul_c.eq(0)]
+            with m.Case(I.OPCODE["MATVEC"], I.OPCODE["PREFETCH"]):
+                m.d.comb += [mul_a.eq(rows), mul_b.eq(row_bytes), mul_c.eq(0)]
+        m.d.comb += [self.span.eq(mul_a * mul_b + mul_c), self.bpr.eq(row_bytes >> lg_bb)]
