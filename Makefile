@@ -58,5 +58,14 @@ wheel-check: $(STAMP)
 	  site = pathlib.Path(mmfree.__file__).parent.parent; assert 'site-packages' in str(site), site; \
 	  assert not (site / 'build').exists(), 'a cache landed in site-packages'; print('wheel-check: ok', site)"
 
+# The lint gate (ruff, configured in pyproject.toml [tool.ruff]); .ci/run runs it before the tests.
+lint: $(STAMP)
+	$(BIN)/python -m ruff check .
+
+# Safe automatic fixes only (import order, pyupgrade, unused imports ...); what remains is listed for a hand fix.
+lint-fix: $(STAMP)
+	$(BIN)/python -m ruff check --fix --exit-zero .
+	$(BIN)/python -m ruff check --statistics . || true
+
 clean:
 	rm -rf build .pytest_cache

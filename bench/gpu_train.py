@@ -108,7 +108,7 @@ def run_config(cfg, kernels: str, dtype: str, ckpt: bool, args, dev) -> dict:
         err = " ".join(f"{type(exc).__name__}: {str(exc)[:160]}".split()).replace("|", "/")
         return {"tokens_per_s": None, "step_s": None, "peak_gib": None, "error": "failed: " + err, "kernels": note}
     finally:
-        del model, opt
+        model = opt = None          # drop the references before the cache is emptied
         gc.collect()
         if dev.type == "cuda":
             torch.cuda.empty_cache()

@@ -9,6 +9,8 @@ import sys
 
 from mmfree import MmfreeError
 from mmfree.cli import add_subcommand, print_json
+from mmfree.cli_args import DEFAULT_PROMPT, add_board, add_json, add_model, add_prompt, board_defaults, parse_ids
+from mmfree.rtl import params as PARAMS
 
 RUN_BOARDS = ("sim", "pynq-z2", "kv260", "zcu104")
 
@@ -26,22 +28,25 @@ def register(sub) -> None:
         "the command to run where Vivado is. --estimate adds a Yosys synth_xilinx estimate for the board's\n"
         "family (cached; long the first time) and refuses a design that does not fit. docs/boards.md.",
     )
-    b.add_argument("--board", required=True, help="pynq-z2, kv260, zcu104 or custom:PATH.json")
+    add_board(b)
     b.add_argument("--out", required=True, help="output folder")
     b.add_argument("--clock-mhz", type=float, default=None, help="fabric clock (default: the board file's)")
     b.add_argument("--max-width", type=int, default=None,
-                   help="widest vector (d and I) the build holds: 4096 for 370M (I = 2816), 8192 for 1.3B (I = 5632) and 2.7B (I = 6912); default: the "
-                        "board file's build.max_width (PYNQ-Z2: 1024, what fits its BRAM), else 4096")
+                   help="widest vector (d and I) the build holds: 4096 for 370M (I = 2816), 8192 for 1.3B (I = 5632) and "
+                        "2.7B (I = 6912); default: the board file's build.max_width, else 4096 "
+                        f"({board_defaults('max_width', PARAMS.BOARD_MAX_WIDTH)})")
     b.add_argument("--weight-ports", type=int, default=None, metavar="N",
                    help="AXI masters streaming weights, one HP port each: 1, 2 or 4, at most the board's HP ports; "
-                        "default: the board file's build.weight_ports (KV260, ZCU104: 4; PYNQ-Z2: 1)")
+                        f"default: the board file's build.weight_ports, else {PARAMS.BOARD_WEIGHT_PORTS} "
+                        f"({board_defaults('weight_ports', PARAMS.BOARD_WEIGHT_PORTS)})")
     b.add_argument("--max-tokens", type=int, default=None, metavar="K",
                    help="tokens per pass the build verifies (speculative decoding: k - 1 drafted tokens), 1..16; "
                         "each token adds a copy of the vector buffers, code memories and per-token vector units; "
-                        "default: the board file's build.max_tokens (KV260, PYNQ-Z2: 2; ZCU104: 4)")
+                        f"default: the board file's build.max_tokens, else {PARAMS.BOARD_MAX_TOKENS} "
+                        f"({board_defaults('max_tokens', PARAMS.BOARD_MAX_TOKENS)})")
     b.add_argument("--estimate", action="store_true", help="Yosys resource estimate and fit check (slow, cached)")
     b.add_argument("--no-vivado", action="store_true", help="only write the project, even when Vivado is on PATH")
-    b.add_argument("--json", action="store_true", help="print one JSON object")
+    add_json(b)
 
     f = add_subcommand(
         sub, "flash", _flash, "check a bitstream's .hwh and download it to the PYNQ board (pynq.Overlay)",
@@ -50,10 +55,10 @@ def register(sub) -> None:
         "pynq.Overlay(X.bit) downloads it and the accelerator's ID/VERSION registers are read back.\n"
         "Needs pynq on a PYNQ board image.",
     )
-    f.add_argument("--board", required=True, help="pynq-z2, kv260, zcu104 or custom:PATH.json")
+    add_board(f)
     f.add_argument("--bitstream", required=True, help="X.bit with X.hwh beside it")
     f.add_argument("--check-only", action="store_true", help="check the files, do not download")
-    f.add_argument("--json", action="store_true", help="print one JSON object")
+    add_json(f)
 
     r = add_subcommand(
         sub, "run", _run, "generate text with the accelerator on a board or on the simulated board",
@@ -71,11 +76,9 @@ def register(sub) -> None:
         "compares the prefill passes with IntModel, and the tokens, gen_passes and the adapted table with\n"
         "pymodel's speculative_generate (reference_verify_steps).",
     )
-    r.add_argument("--board", required=True, help="sim, pynq-z2, kv260, zcu104 (or custom:PATH.json)")
-    r.add_argument("--model", default="default", help="'default', an `mmfree export` or a checkpoint directory")
-    src = r.add_mutually_exclusive_group()
-    src.add_argument("--prompt", default=None, help="prompt text (the model's tokenizer)")
-    src.add_argument("--prompt-ids", default=None, help="comma-separated prompt token ids")
+    add_board(r, sim=True)
+    add_model(r)
+    add_prompt(r)
     r.add_argument("--tokens", type=int, default=16, help="tokens to generate")
     r.add_argument("--draft", choices=["none", "lookup", "trigram"], default="none", help="drafter")
     r.add_argument("--k", type=int, default=None, help="tokens per pass (default: the build's max with drafts, else 1)")
@@ -87,14 +90,16 @@ def register(sub) -> None:
     r.add_argument("--no-logits", action="store_true",
                    help="do not write each token's logits to DDR (greedy decoding reads only the on-chip argmax; "
                         "with --board sim the states and argmax are still compared)")
-    r.add_argument("--json", action="store_true", help="print one JSON object")
+    add_json(r)
 
 
 # ---- build -------------------------------------------------------------------------------------------------------
 def _build(args) -> int:
     from mmfree.boards.build import build
 
-    say = (lambda m: print(f"[mmfree build] {m}", file=sys.stderr, flush=True))
+    def say(m):
+        print(f"[mmfree build] {m}", file=sys.stderr, flush=True)
+
     res = build(args.board, args.out, clock_mhz=args.clock_mhz, do_estimate=args.estimate,
                 run_vivado=False if args.no_vivado else None, max_width=args.max_width,
                 max_tokens=args.max_tokens, weight_ports=args.weight_ports, progress=say)
@@ -152,14 +157,8 @@ def _flash(args) -> int:
 # ---- run -------------------------------------------------------------------------------------------------------------
 def _prompt(args):
     if args.prompt_ids is not None:
-        try:
-            ids = [int(x) for x in args.prompt_ids.split(",") if x.strip()]
-        except ValueError:
-            raise MmfreeError(f"--prompt-ids must be comma-separated integers, got {args.prompt_ids!r}") from None
-        if not ids:
-            raise MmfreeError("--prompt-ids is empty")
-        return ids
-    return args.prompt if args.prompt is not None else "def "
+        return parse_ids(args.prompt_ids)
+    return args.prompt if args.prompt is not None else DEFAULT_PROMPT
 
 
 def _print_run(res: dict, args) -> None:

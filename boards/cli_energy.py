@@ -8,6 +8,7 @@ from pathlib import Path
 
 from mmfree import MmfreeError
 from mmfree.cli import add_subcommand, print_json
+from mmfree.cli_args import add_board, add_json, add_model
 
 BACKENDS = ("cpu", "gpu", "fpga-model", "board")
 ROW_KEYS = ("backend", "device", "tokens_per_s", "watts", "joules_per_token", "joules_per_token_above_idle",
@@ -31,18 +32,17 @@ def register(sub) -> None:
         "A backend that cannot run gives one row with available=false and the reason; the others still run.\n"
         "Output: a table, --json a list of rows (keys: " + ", ".join(ROW_KEYS) + "), --plot a bar chart PNG.",
     )
-    p.add_argument("--model", default="default",
-                   help="default | PATH (export or checkpoint directory) | 370M | 1.3B | 2.7B (fpga-model only)")
+    add_model(p, kinds=("default", "export", "checkpoint", "preset"), note="presets: fpga-model only")
     p.add_argument("--backends", default="cpu,gpu,fpga-model,board", help="comma-separated from " + ",".join(BACKENDS))
     p.add_argument("--prompts", default=None, help="text file, one prompt per line (default: 4 short code prompts)")
     p.add_argument("--tokens", type=int, default=16, help="tokens to generate per prompt")
-    p.add_argument("--board", default="kv260", help="board for fpga-model / board rows (pynq-z2 | kv260 | zcu104 | custom:PATH)")
+    add_board(p, default="kv260", note="the board of the fpga-model and board rows")
     p.add_argument("--clock-mhz", type=float, default=None, help="fabric clock for fpga-model (default: the board's)")
     p.add_argument("--k", type=int, default=1,
                    help="fpga-model: tokens per pass of the modeled build (speculative verification; default 1)")
     p.add_argument("--accept-len", type=float, default=None,
                    help="fpga-model: tokens emitted per pass, 1..k (measured by bench/speculative.py; default 1)")
-    p.add_argument("--json", action="store_true", help="print a JSON list of rows")
+    add_json(p, "a JSON list of rows")
     p.add_argument("--plot", default=None, help="write a bar chart of J/token to this PNG")
 
 
@@ -133,10 +133,9 @@ def gpu_row(model: str, prompts_file, n_tokens: int, counter=None) -> dict:
         return unavailable("gpu", nv.device, "torch is not installed", method, "GPU board (NVML)")
     if counter is None and not torch.cuda.is_available():
         return unavailable("gpu", nv.device, "torch has no CUDA device", method, "GPU board (NVML)")
-    from mmfree.pymodel.checkpoint import load_model
+    from mmfree.pymodel.checkpoint import load_model, resolve
     from mmfree.pymodel.generate import TorchBackend, generate
     from mmfree.pymodel.tokenizer import load_tokenizer
-    from mmfree.pymodel.checkpoint import resolve
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     m = load_model(model, device=dev)

@@ -60,7 +60,7 @@ def measure_activity(model: str = "default") -> dict:
     im, _ = open_int_model(model)
     flips = bits = 0
     nz = total = 0
-    for name, spec in im.bitlinear_specs.items():
+    for spec in im.bitlinear_specs.values():
         raw = np.ascontiguousarray(im.tensor(spec.w)).view(np.uint8)
         beats = raw.reshape(-1, 16)
         x = np.bitwise_xor(beats[1:], beats[:-1])

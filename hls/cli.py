@@ -6,6 +6,7 @@ import sys
 
 from mmfree import MmfreeError
 from mmfree.cli import add_subcommand, print_json
+from mmfree.cli_args import add_board, add_json, add_model
 
 _BOARDS = ("pynq-z2", "kv260", "zcu104")          # mmfree.hls.synth.BOARDS (kept import-free here)
 _TOPS = ("mmfree_ternary_matvec", "mmfree_rmsnorm_quantize", "mmfree_dequantize", "mmfree_mlgru",
@@ -31,12 +32,11 @@ def register(sub) -> None:
         "layer and the lm_head BitLinear kernel, compared tap by tap with IntModel.forward. Every\n"
         "comparison is exact. Exit status 1 when anything differs.",
     )
-    c.add_argument("--model", default="default",
-                   help="export directory, float checkpoint, 'default' (the embedded model) or 'none' (kernels only)")
+    add_model(c, note="or 'none' (kernels only)")
     c.add_argument("--tokens", type=int, default=3, help="tokens (a chain) to run through the model")
     c.add_argument("--seed", type=int, default=0, help="seed of the random kernel vectors and of the token ids")
     c.add_argument("--vectors", type=int, default=20000, help="values per elementwise kernel check")
-    c.add_argument("--json", action="store_true", help="print one JSON object {ok, library, checks: [...]}")
+    add_json(c, "one JSON object {ok, library, checks: [...]}")
 
     s = add_subcommand(
         hs, "synth", _synth,
@@ -46,17 +46,16 @@ def register(sub) -> None:
         "the board's FPGA part. Runs each script with vitis_hls when it is on PATH (unless --no-run);\n"
         "otherwise prints the exact commands to run on a machine that has it.",
     )
-    s.add_argument("--board", required=True, help="pynq-z2 (xc7z020clg400-1), kv260 (xck26-sfvc784-2LV-c) or "
-                                                  "zcu104 (xczu7ev-ffvc1156-2-e)")
-    s.add_argument("--out", required=True, help="output directory: new, empty, or an earlier `mmfree hls synth` output (replaced)")
-    s.add_argument("--model", default="default",
-                   help="export directory, float checkpoint or 'default': sizes the buffers, gives the vectors")
+    add_board(s)
+    s.add_argument("--out", required=True,
+                   help="output directory: new, empty, or an earlier `mmfree hls synth` output (replaced)")
+    add_model(s, note="sizes the buffers, gives the vectors")
     s.add_argument("--top", action="append", choices=_TOPS, default=None,
                    help="top-level kernel(s) to write (repeat the option; default: all)")
     s.add_argument("--steps", default=",".join(_STEPS), help="comma-separated subset of " + ",".join(_STEPS))
     s.add_argument("--clock-ns", type=float, default=None, help="target clock period (default: the board's clock)")
     s.add_argument("--no-run", action="store_true", help="only write the scripts, even when vitis_hls is present")
-    s.add_argument("--json", action="store_true", help="print one JSON object")
+    add_json(s)
 
 
 def _hls_help(args) -> int:

@@ -14,7 +14,6 @@ It is written at build time (``mmfree hls csim`` builds, ``mmfree hls synth`` pr
 
 from __future__ import annotations
 
-import hashlib
 import re
 
 import numpy as np
@@ -53,7 +52,9 @@ def layer_bitlinears() -> list[LY.BitLinearSpec]:
     out = []
     for b in LY.bitlinears(_probe_dims()):
         if b.name.startswith(prefix):
-            strip = (lambda s: s[len(prefix):])
+            def strip(s):
+                return s[len(prefix):]
+
             out.append(LY.BitLinearSpec(strip(b.name), b.K, b.N, strip(b.n), strip(b.nw), strip(b.w)))
     return out
 
@@ -162,10 +163,6 @@ def header_text() -> str:
     out.append("")
     out.append("#endif  // MMFREE_SPEC_H")
     return "\n".join(out) + "\n"
-
-
-def header_digest() -> str:
-    return hashlib.sha256(header_text().encode()).hexdigest()
 
 
 def tap_offsets(d: int, inter: int) -> dict[str, tuple[int, int]]:

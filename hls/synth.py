@@ -15,11 +15,9 @@ from the model the vectors come from. :func:`run_vitis` runs the scripts when ``
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -28,8 +26,6 @@ from mmfree import MmfreeError, __version__
 from mmfree.hls import csim as C
 from mmfree.hls import spec as SP
 from mmfree.pymodel import numerics as N
-
-TCL_TEMPLATE = Path(str(resources.files("mmfree.hls") / "tcl" / "hls_project.tcl.in"))
 
 
 @dataclass(frozen=True)
@@ -172,18 +168,13 @@ def _depths(top: str, arrays: dict[str, np.ndarray]) -> dict[str, int]:
 def tcl_text(top: str, board: BoardPart, defines: dict[str, int], steps: list[str], clock_ns: float,
              sources: list[str]) -> str:
     """One top's Vitis HLS script from the template (``hls/tcl/hls_project.tcl.in``)."""
-    text = TCL_TEMPLATE.read_text()
-    subs = {
+    from mmfree.template import render
+
+    return render("mmfree.hls", "tcl/hls_project.tcl.in", {
         "TOP": top, "BOARD": board.name, "BOARD_ID": board.name.replace("-", "_"), "PART": board.part,
         "CLOCK_NS": f"{clock_ns:g}", "STEPS": " ".join(steps), "DEFINES": " ".join(C.define_flags(defines)),
         "SOURCES": " ".join(sources), "TB": C.TB_SOURCE, "VENDOR": IP_VENDOR, "IP_VERSION": IP_VERSION,
-    }
-    for k, v in subs.items():
-        text = text.replace(f"@{k}@", v)
-    left = sorted(set(re.findall(r"@[A-Z_]+@", text)))
-    if left:
-        raise AssertionError(f"unfilled placeholders in the TCL template: {left}")
-    return text
+    })
 
 
 def _check_replaceable(out: Path) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from mmfree.hls import csim as C
+from mmfree.pymodel import layout as LY
 from mmfree.pymodel import numerics as N
 
 #: Odd and awkward vector sizes every size-dependent kernel is checked with.
@@ -124,7 +125,7 @@ def bitlinear_case(rng: np.random.Generator, k: int, rows: int):
     parts = [n.astype(vt).tobytes(), nw.astype(vt).tobytes(), packed.tobytes()]
     offs, pos = [], 0
     for p in parts:
-        pos = -(-pos // 64) * 64
+        pos = LY.round_up(pos)
         offs.append(pos)
         pos += len(p)
     image = np.zeros(pos, dtype=np.uint8)

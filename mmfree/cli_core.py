@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from mmfree.cli import add_subcommand, print_json
+from mmfree.cli_args import DEFAULT_PROMPT, add_json
 
 
 def register(sub) -> None:
@@ -14,17 +15,17 @@ def register(sub) -> None:
         "Yosys, g++, Vivado, Vitis HLS) and GPUs, with versions. Missing tools are reported as\n"
         "'not found' with the way to get them; this command never fails because a tool is missing.",
     )
-    p.add_argument("--json", action="store_true", help="print a JSON list of {name, found, version, detail, hint}")
+    add_json(p, "a JSON list of {name, found, version, detail, hint}")
     p = add_subcommand(
         sub, "demo", _demo, "the main job on the embedded default model: float, integer reference, RTL",
         "Generates text with the embedded default model three ways and checks they agree:\n"
         "the PyTorch float model, the bit-exact integer reference (numpy), and the accelerator RTL\n"
         "simulated cycle by cycle in Verilator. Prints the text, the agreement and the simulated cycles.",
     )
-    p.add_argument("--prompt", default="def ", help="prompt text")
+    p.add_argument("--prompt", default=DEFAULT_PROMPT, help="prompt text")
     p.add_argument("--tokens", type=int, default=16, help="tokens to generate on each backend")
     p.add_argument("--no-sim", action="store_true", help="skip the RTL simulation step")
-    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    add_json(p, "one JSON object instead of text")
 
 
 def _info(args) -> int:

@@ -1,6 +1,6 @@
 """Shared configuration: where things live on disk. Nothing here imports heavy packages.
 
-Everything the package reads from its own tree goes through :mod:`importlib.resources` (:func:`resource`,
+Everything the package reads from its own tree goes through :mod:`importlib.resources` (here
 :func:`source_digest`), so a wheel installed into site-packages works like a source checkout. Build caches
 live in the user's cache directory (:func:`cache_dir`), never inside site-packages.
 """
@@ -11,7 +11,6 @@ import hashlib
 import os
 import sys
 from importlib import resources
-from importlib.resources.abc import Traversable
 from pathlib import Path
 
 #: The directory holding the ``mmfree`` package's folders: the source checkout, or site-packages for a wheel.
@@ -59,28 +58,6 @@ def cache_dir() -> Path:
         root = checkout_root()
         path = root / "build" if root is not None and os.access(root, os.W_OK) else user_cache_dir()
     path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def resource(package: str, *parts: str) -> Traversable:
-    """A data file or folder shipped inside ``package`` (e.g. ``resource("mmfree.sim", "hdl", "x.sv")``)."""
-    node = resources.files(package)
-    for p in parts:
-        node = node / p
-    return node
-
-
-def resource_path(package: str, *parts: str) -> Path:
-    """Like :func:`resource`, as a file-system path (tools such as Verilator need one). The package is
-    installed as plain files (setuptools never zips it), so this is the file itself; raises
-    :class:`mmfree.MmfreeError` if the resource is missing from the installation."""
-    from mmfree import MmfreeError
-
-    node = resource(package, *parts)
-    path = Path(str(node))
-    if not path.exists():
-        raise MmfreeError(f"{package}: resource {'/'.join(parts)} is missing from this installation ({path}); "
-                          "reinstall mmfree (its package data must include it)")
     return path
 
 

@@ -6,8 +6,8 @@ import sys
 
 from mmfree import MmfreeError
 from mmfree.cli import add_subcommand, print_json
-
-MODEL_HELP = "checkpoint directory (HF layout: config.json + model.safetensors) or 'default' (the embedded model)"
+from mmfree.cli_args import add_json, add_model, add_prompt, choices, parse_ids
+from mmfree.pymodel.config import Kernels, Numerics, Parallel, TrainDtype
 
 
 def register(sub) -> None:
@@ -19,10 +19,8 @@ def register(sub) -> None:
         "bit-exact integer reference on an exported image (exported on the fly when --model is a float\n"
         "checkpoint). Temperature 0 is greedy. --json prints {tokens, text, prompt_ids, tokens_per_s, ...}.",
     )
-    p.add_argument("--model", default="default", help=MODEL_HELP + ", or an export directory for --backend int")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--prompt", default=None, help="prompt text")
-    src.add_argument("--prompt-ids", default=None, help="comma-separated prompt token ids (skips the tokenizer)")
+    add_model(p, note="an export directory for --backend int only")
+    add_prompt(p, default_text=None)
     p.add_argument("--max-new-tokens", type=int, default=40, help="tokens to generate")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy; > 0 samples")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold in (0, 1]")
@@ -36,7 +34,7 @@ def register(sub) -> None:
     p.add_argument("--draft-nodes", type=int, default=None, help="draft tree size (nodes per verification step)")
     p.add_argument("--trigram-table", default=None, help="trigram table file (default: the model's own)")
     p.add_argument("--stop-at-eos", action="store_true", help="stop after the end-of-sequence token")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_json(p)
 
     p = add_subcommand(
         sub, "export", _export, "turn a float checkpoint into the hardware image (packed ternary weights, scales, LUTs)",
@@ -46,9 +44,9 @@ def register(sub) -> None:
         "The image is what the integer reference, the RTL simulation, the HLS harness and the board load.\n"
         "Formats: docs/numerics.md. The directory is written atomically.",
     )
-    p.add_argument("--model", default="default", help=MODEL_HELP)
+    add_model(p, kinds=("default", "checkpoint"))
     p.add_argument("--out", required=True, help="output directory (replaced atomically if it exists)")
-    p.add_argument("--json", action="store_true", help="print a summary as JSON")
+    add_json(p, "a summary as JSON")
 
     p = add_subcommand(
         sub, "train", _train, "train a ternary model (CPU here; CUDA and torchrun multi-GPU where available)",
@@ -77,26 +75,23 @@ def register(sub) -> None:
     p.add_argument("--save-every", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="autocast dtype")
-    p.add_argument("--numerics", choices=["fake", "hardware"], default="fake",
+    p.add_argument("--dtype", choices=choices(TrainDtype), default="float32", help="autocast dtype")
+    p.add_argument("--numerics", choices=choices(Numerics), default="fake",
                    help="fake: the official fake quantization; hardware: train on exactly what the hardware computes")
-    p.add_argument("--kernels", choices=["auto", "naive", "triton"], default="auto",
+    p.add_argument("--kernels", choices=choices(Kernels), default="auto",
                    help="auto: Triton on CUDA, plain torch elsewhere")
     p.add_argument("--grad-checkpointing", action="store_true", help="recompute layers in backward to save memory")
-    p.add_argument("--parallel", choices=["auto", "ddp", "fsdp"], default="auto",
+    p.add_argument("--parallel", choices=choices(Parallel), default="auto",
                    help="several processes: DistributedDataParallel, or FSDP when the model does not fit (auto)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--json", action="store_true", help="print the training summary as JSON at the end")
+    add_json(p, "the training summary as JSON at the end")
 
 
 def _load_prompt(args, tok_source):
     if args.prompt_ids is not None:
-        try:
-            return [int(x) for x in args.prompt_ids.split(",") if x.strip()], None
-        except ValueError:
-            raise MmfreeError(f"--prompt-ids must be comma-separated integers, got {args.prompt_ids!r}") from None
+        return parse_ids(args.prompt_ids), None
     from mmfree.pymodel.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tok_source)

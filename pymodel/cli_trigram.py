@@ -6,6 +6,7 @@ import sys
 
 from mmfree import MmfreeError
 from mmfree.cli import add_subcommand, print_json
+from mmfree.cli_args import add_json, add_model
 
 
 def register(sub) -> None:
@@ -27,8 +28,7 @@ def register(sub) -> None:
         "the tokenizer's sha256 and the vocabulary size; generation refuses it for another model.\n"
         "Put it in the model directory as trigram.bin to make it the model's own table.",
     )
-    b.add_argument("--model", default="default",
-                   help="checkpoint directory, export directory or 'default' (its tokenizer and vocabulary)")
+    add_model(b, note="its tokenizer and vocabulary")
     b.add_argument("--corpus", nargs="*", default=[], help="text files or directories (default: the Python stdlib)")
     b.add_argument("--out", required=True, help="table file to write (e.g. MODEL_DIR/trigram.bin)")
     b.add_argument("--sets-log2", type=int, default=14, help="log2 of the number of hash sets")
@@ -37,14 +37,14 @@ def register(sub) -> None:
     b.add_argument("--bigram-slots", type=int, default=4, help="successors per token in the bigram fallback")
     b.add_argument("--inc", type=int, default=64, help="online increment per committed token (8-bit counters)")
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
-    b.add_argument("--json", action="store_true", help="print the table summary as JSON")
+    add_json(b, "the table summary as JSON")
 
     i = add_subcommand(ss, "info", _info, "print a table's header: tokenizer, vocabulary, geometry, fill",
                        "Reads and checks a table file (magic, format version, checksum). With --model it\n"
                        "also checks that the table belongs to that model's tokenizer and vocabulary.")
     i.add_argument("table", help="table file")
-    i.add_argument("--model", default=None, help="also check compatibility with this checkpoint/export/'default'")
-    i.add_argument("--json", action="store_true", help="print JSON")
+    add_model(i, default=None, note="also check that the table belongs to this model")
+    add_json(i, "JSON")
 
 
 def _usage(args) -> int:  # pragma: no cover - argparse requires an action

@@ -6,9 +6,17 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from mmfree import MmfreeError
+
+#: Forward-pass numerics of the float model: the official fake quantization, or hardware-exact.
+Numerics = Literal["fake", "hardware"]
+#: Training options (:class:`mmfree.pymodel.train.TrainConfig`, ``mmfree train``): autocast dtype, kernels,
+#: multi-process strategy.
+TrainDtype = Literal["float32", "bfloat16"]
+Kernels = Literal["auto", "naive", "triton"]
+Parallel = Literal["auto", "ddp", "fsdp"]
 
 #: Presets of the released checkpoints (``ridger/MMfreeLM-*``), for perf projections and random models.
 PRESETS: dict[str, dict[str, int]] = {
@@ -97,7 +105,7 @@ class MMFreeConfig:
 
     # ---- Hugging Face config.json -------------------------------------------------------------
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "MMFreeConfig":
+    def from_dict(cls, d: dict[str, Any]) -> MMFreeConfig:
         mt = d.get("model_type", "hgrn_bit")
         if mt != "hgrn_bit":
             raise MmfreeError(f"unknown model_type {mt!r}: mmfree reads MatMul-free LM checkpoints "
@@ -117,7 +125,7 @@ class MMFreeConfig:
         return d
 
     @classmethod
-    def from_json(cls, path: str | Path) -> "MMFreeConfig":
+    def from_json(cls, path: str | Path) -> MMFreeConfig:
         try:
             d = json.loads(Path(path).read_text())
         except json.JSONDecodeError as exc:
@@ -125,7 +133,7 @@ class MMFreeConfig:
         return cls.from_dict(d)
 
     @classmethod
-    def preset(cls, name: str, **overrides) -> "MMFreeConfig":
+    def preset(cls, name: str, **overrides) -> MMFreeConfig:
         if name not in PRESETS:
             raise MmfreeError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})

@@ -31,9 +31,10 @@ import torch
 
 from mmfree import MmfreeError
 from mmfree.atomic import atomic_path
+from mmfree.cli_args import check_choice
 from mmfree.pymodel import data as D
 from mmfree.pymodel.checkpoint import save_model
-from mmfree.pymodel.config import MMFreeConfig
+from mmfree.pymodel.config import Kernels, MMFreeConfig, Numerics, Parallel, TrainDtype
 from mmfree.pymodel.model import MMFreeForCausalLM
 
 
@@ -60,12 +61,12 @@ class TrainConfig:
     save_every: int = 200
     seed: int = 0
     device: str = "cpu"
-    dtype: str = "float32"                           # autocast dtype on CUDA: float32 | bfloat16
-    numerics: str = "fake"                           # fake | hardware
+    dtype: TrainDtype = "float32"                    # autocast dtype on CUDA
+    numerics: Numerics = "fake"
     grad_checkpointing: bool = False
     resume: bool = False
-    kernels: str = "auto"                            # auto | naive | triton
-    parallel: str = "auto"                           # several processes: auto | ddp | fsdp
+    kernels: Kernels = "auto"
+    parallel: Parallel = "auto"                      # several processes
     threads: int | None = None
     progress: bool = True
 
@@ -278,8 +279,11 @@ def load_checkpoint(model, opt, tc: TrainConfig, fsdp: bool = False, parallel: s
     sd = load_file(str(path / "model.safetensors"))
     optim = torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu")
     if fsdp:
-        from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                             set_optimizer_state_dict)
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_model_state_dict,
+            set_optimizer_state_dict,
+        )
 
         opts = StateDictOptions(full_state_dict=True)
         set_model_state_dict(model, sd, options=opts)
@@ -357,15 +361,69 @@ def train(tc: TrainConfig, log=print) -> dict:
 
     Under torchrun every rank calls this; rank 0 logs and writes files, and the summary of every rank carries
     ``rank_digests`` (one sha256 of the final weights per rank; training fails if they differ under DDP).
+    Bad options, a diverging loss and out-of-memory raise :class:`MmfreeError` saying what to change.
     """
-    if tc.numerics not in ("fake", "hardware"):
-        raise MmfreeError(f"--numerics must be 'fake' or 'hardware', got {tc.numerics!r}")
-    if tc.parallel not in ("auto", "ddp", "fsdp"):
-        raise MmfreeError(f"parallel must be auto, ddp or fsdp, got {tc.parallel!r}")
-    if tc.dtype not in ("float32", "bfloat16"):
-        raise MmfreeError(f"--dtype must be float32 or bfloat16, got {tc.dtype!r}")
+    _check_options(tc)
+    run = _setup(tc, log)
+    start, run.history = 0, []
+    if tc.resume:
+        start, run.history = load_checkpoint(run.model, run.opt, tc, fsdp=run.fsdp, parallel=run.parallel)
+        run.say(f"resuming from step {start} ({_ckpt_dir(tc)})")
+    run.val_windows = eval_windows(run.corpus.val, tc.seq_len, tc.eval_tokens)
+    _log_setup(run)
+    _train_loop(run, start)
+    summary = _summary(run)
+    _write_final_model(run, summary, start)
+    run.model.numerics = "fake"
+    d = _dist()
+    if d:
+        d.barrier()
+    return summary
+
+
+@dataclass
+class _Run:
+    """The state of one training run shared by the pieces of :func:`train`."""
+
+    tc: TrainConfig
+    corpus: Corpus
+    model: MMFreeForCausalLM
+    ddp: torch.nn.Module                # what the forward pass calls: the model, or its DDP/FSDP wrapper
+    opt: torch.optim.Optimizer
+    device: torch.device
+    rank: int
+    world: int
+    parallel: str                       # "single", "ddp" or "fsdp"
+    kernel_note: str
+    n_params: int
+    say: object
+    history: list = field(default_factory=list)
+    val_windows: torch.Tensor | None = None
+    train_time: float = 0.0
+    tokens_done: int = 0
+    loss_val: float = float("nan")
+
+    @property
+    def fsdp(self) -> bool:
+        return self.parallel == "fsdp"
+
+    @property
+    def evaluated(self):
+        """The module evaluation and checkpoints read: the FSDP wrapper (it gathers the shards), else the model."""
+        return self.ddp if self.fsdp else self.model
+
+
+def _check_options(tc: TrainConfig) -> None:
+    check_choice(tc.numerics, Numerics, "--numerics")
+    check_choice(tc.parallel, Parallel, "--parallel")
+    check_choice(tc.dtype, TrainDtype, "--dtype")
+    check_choice(tc.kernels, Kernels, "--kernels")
     if tc.device.startswith("cuda") and not torch.cuda.is_available():
         raise MmfreeError("--device cuda was asked for but no CUDA GPU is visible; use --device cpu")
+
+
+def _setup(tc: TrainConfig, log) -> _Run:
+    """Processes, corpus, model (new, ``--init`` or the checkpoint's), kernels, DDP/FSDP and the optimizer."""
     if tc.threads:
         torch.set_num_threads(tc.threads)
     _init_distributed(tc.device)
@@ -375,10 +433,30 @@ def train(tc: TrainConfig, log=print) -> dict:
     device = torch.device(tc.device if not tc.device.startswith("cuda") or world == 1
                           else f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
     say = log if rank == 0 else (lambda *a, **k: None)
-
     resume_state = read_trainer_state(tc) if tc.resume else None
     corpus = prepare_corpus(tc, say, tokenizer_source=str(_ckpt_dir(tc)) if resume_state else None)
-    if resume_state:        # the checkpoint's config: it carries what export calibrated (fixed-point formats)
+    model = _new_model(tc, corpus, resume_state)
+    n_params = model.num_parameters()
+    try:
+        model.to(device).train()
+    except Exception as exc:
+        if is_oom(exc):
+            raise MmfreeError(oom_message(tc, device, world, n_params, 0)) from exc
+        raise
+    from mmfree.pymodel.kernels import install
+
+    kernel_note = install(model, tc.kernels, device)
+    if tc.grad_checkpointing:
+        _enable_checkpointing(model)
+    ddp, parallel = _parallelize(model, tc, device, world)
+    return _Run(tc, corpus, model, ddp, _optimizer(model, tc), device, rank, world, parallel, kernel_note,
+                n_params, say)
+
+
+def _new_model(tc: TrainConfig, corpus: Corpus, resume_state) -> MMFreeForCausalLM:
+    """The model to train: the checkpoint's config on resume (it carries what export calibrated: fixed-point
+    formats), ``--init``'s weights, or a new model seeded with ``tc.seed``; in ``tc.numerics`` mode."""
+    if resume_state:
         model = MMFreeForCausalLM(MMFreeConfig.from_json(_ckpt_dir(tc) / "config.json"))
     elif tc.init:
         from mmfree.pymodel.checkpoint import load_model
@@ -397,151 +475,171 @@ def train(tc: TrainConfig, log=print) -> dict:
         raise MmfreeError(f"--seq-len {tc.seq_len} exceeds the model's max_position_embeddings "
                           f"({model.config.max_position_embeddings}); lower --seq-len")
     model.numerics = tc.numerics
-    n_params = model.num_parameters()
-    try:
-        model.to(device).train()
-    except Exception as exc:
-        if is_oom(exc):
-            raise MmfreeError(oom_message(tc, device, world, n_params, 0)) from exc
-        raise
-    from mmfree.pymodel.kernels import install
+    return model
 
-    kernel_note = install(model, tc.kernels, device)
-    if tc.grad_checkpointing:
-        _enable_checkpointing(model)
-    parallel = "single"
-    ddp = model
-    if world > 1:
-        parallel = tc.parallel if tc.parallel != "auto" else ("fsdp" if _fsdp_needed(model, device) else "ddp")
-        if parallel == "fsdp":
-            if tc.numerics == "hardware":
-                raise MmfreeError("--numerics hardware re-derives the integer weights from the whole model on every "
-                                  "rank, so it runs with DDP only; use --parallel ddp (or fewer, larger GPUs)")
-            try:
-                from torch.distributed.fsdp import fully_shard
-            except ImportError:                                  # torch < 2.6
-                from torch.distributed._composable.fsdp import fully_shard
 
-            for layer in model.model.layers:
-                fully_shard(layer)
-            fully_shard(model)
-        else:
-            from torch.nn.parallel import DistributedDataParallel
+def _parallelize(model, tc: TrainConfig, device: torch.device, world: int) -> tuple[torch.nn.Module, str]:
+    """(the module the forward pass calls, "single" | "ddp" | "fsdp"): FSDP shards every layer and the model
+    in place; DDP wraps the model."""
+    if world == 1:
+        return model, "single"
+    parallel = tc.parallel if tc.parallel != "auto" else ("fsdp" if _fsdp_needed(model, device) else "ddp")
+    if parallel == "fsdp":
+        if tc.numerics == "hardware":
+            raise MmfreeError("--numerics hardware re-derives the integer weights from the whole model on every "
+                              "rank, so it runs with DDP only; use --parallel ddp (or fewer, larger GPUs)")
+        try:
+            from torch.distributed.fsdp import fully_shard
+        except ImportError:                                  # torch < 2.6
+            from torch.distributed._composable.fsdp import fully_shard
 
-            # a one-layer model never uses its lower bounds (layer 0 has none): tell DDP so
-            unused = model.config.use_lower_bound and model.config.num_hidden_layers == 1
-            ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
-                                          find_unused_parameters=unused)
-    fsdp = parallel == "fsdp"
+        for layer in model.model.layers:
+            fully_shard(layer)
+        fully_shard(model)
+        return model, parallel
+    from torch.nn.parallel import DistributedDataParallel
+
+    # a one-layer model never uses its lower bounds (layer 0 has none): tell DDP so
+    unused = model.config.use_lower_bound and model.config.num_hidden_layers == 1
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                   find_unused_parameters=unused), parallel
+
+
+def _optimizer(model, tc: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay on the 2-D weights except the embeddings."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (decay if p.ndim == 2 and "embeddings" not in name else no_decay).append(p)
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr, betas=(0.9, 0.95), eps=1e-8)
-    start, history = 0, []
-    if tc.resume:
-        start, history = load_checkpoint(model, opt, tc, fsdp=fsdp, parallel=parallel)
-        say(f"resuming from step {start} ({_ckpt_dir(tc)})")
-    val_windows = eval_windows(corpus.val, tc.seq_len, tc.eval_tokens)
-    say(f"model: {model.config.num_hidden_layers} layers, d={model.config.hidden_size}, I={model.config.intermediate}, "
-        f"V={model.config.vocab_size}, {n_params / 1e6:.2f}M parameters; {len(corpus.train)} train / "
-        f"{len(corpus.val)} val tokens; {world} process(es) on {device} ({parallel}); numerics {tc.numerics}; "
-        f"dtype {tc.dtype}; kernels: {kernel_note}" + ("; gradient checkpointing" if tc.grad_checkpointing else ""))
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if tc.dtype == "bfloat16" else _null()
-    per_rank = tc.batch_size // world
+    return torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr, betas=(0.9, 0.95), eps=1e-8)
+
+
+def _log_setup(run: _Run) -> None:
+    tc, model, corpus = run.tc, run.model, run.corpus
+    run.say(f"model: {model.config.num_hidden_layers} layers, d={model.config.hidden_size}, "
+            f"I={model.config.intermediate}, V={model.config.vocab_size}, {run.n_params / 1e6:.2f}M parameters; "
+            f"{len(corpus.train)} train / {len(corpus.val)} val tokens; {run.world} process(es) on {run.device} "
+            f"({run.parallel}); numerics {tc.numerics}; dtype {tc.dtype}; kernels: {run.kernel_note}"
+            + ("; gradient checkpointing" if tc.grad_checkpointing else ""))
+
+
+def _train_loop(run: _Run, start: int) -> None:
+    """Steps ``start .. tc.steps - 1`` with evaluation and checkpoints; an interrupt says where to resume."""
+    tc = run.tc
     bar = None
-    if tc.progress and rank == 0:
+    if tc.progress and run.rank == 0:
         from tqdm import tqdm
 
         bar = tqdm(total=tc.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
-    train_time, tokens_done = 0.0, 0
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    loss_val = float("nan")
+    if run.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(run.device)
     step = start
     try:
         for step in range(start, tc.steps):
-            ts = time.perf_counter()
-            for g in opt.param_groups:
-                g["lr"] = lr_at(step, tc)
-                if g["weight_decay"]:
-                    g["weight_decay"] = weight_decay_at(step, tc)
-            batch = batch_at(corpus.train, step, tc.batch_size, tc.seq_len, tc.seed)
-            batch = batch[rank * per_rank:(rank + 1) * per_rank].to(device)
-            with autocast:
-                logits = ddp(batch[:, :-1])                                  # [B, T, V]
-                loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), batch[:, 1:].flatten())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if tc.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
-            opt.step()
-            loss_val = float(loss.detach())
-            train_time += time.perf_counter() - ts
-            if not math.isfinite(loss_val):
-                raise MmfreeError(f"training diverged at step {step} (loss {loss_val}); lower --lr")
-            tokens_done += tc.batch_size * tc.seq_len
-            tok_s = tokens_done / max(train_time, 1e-9)
+            _train_step(run, step)
+            tok_s = run.tokens_done / max(run.train_time, 1e-9)
             if bar is not None:
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss_val:.3f}", lr=f"{lr_at(step, tc):.1e}", tok_s=f"{tok_s:.0f}")
+                bar.set_postfix(loss=f"{run.loss_val:.3f}", lr=f"{lr_at(step, tc):.1e}", tok_s=f"{tok_s:.0f}")
             last = step + 1 == tc.steps
             if (step + 1) % tc.eval_every == 0 or last:
-                vl = evaluate(ddp if fsdp else model, val_windows, device)
-                mem, kind = peak_memory_gb(device)
-                rec = {"step": step + 1, "train_loss": loss_val, "val_loss": vl, "val_ppl": math.exp(vl),
-                       "tokens_per_s": tok_s, "peak_mem_gb": mem, "peak_mem_kind": kind}
-                history.append(rec)
-                msg = (f"step {step + 1}: train loss {loss_val:.3f}, val loss {vl:.3f}, val ppl {math.exp(vl):.2f}, "
-                       f"{tok_s:.0f} tok/s, peak {'GPU' if kind == 'cuda' else 'RSS'} {mem:.2f} GiB")
-                (bar.write if bar is not None else say)(msg)
+                _evaluate_and_log(run, step, tok_s, bar)
             if (step + 1) % tc.save_every == 0 or last:
-                save_checkpoint(ddp if fsdp else model, opt, step + 1, tc, corpus, history, fsdp=fsdp,
-                                parallel=parallel)
+                save_checkpoint(run.evaluated, run.opt, step + 1, tc, run.corpus, run.history, fsdp=run.fsdp,
+                                parallel=run.parallel)
     except KeyboardInterrupt:
         if bar is not None:
             bar.close()
         done = _last_saved_step(tc)
-        say(f"interrupted at step {step}; the last complete checkpoint is "
-            + (f"step {done} in {_ckpt_dir(tc)}: continue with --resume" if done is not None else "none yet"))
+        run.say(f"interrupted at step {step}; the last complete checkpoint is "
+                + (f"step {done} in {_ckpt_dir(tc)}: continue with --resume" if done is not None else "none yet"))
         raise
     except Exception as exc:
         if is_oom(exc):
-            raise MmfreeError(oom_message(tc, device, world, n_params, step)) from exc
+            raise MmfreeError(oom_message(tc, run.device, run.world, run.n_params, step)) from exc
         raise
     if bar is not None:
         bar.close()
-    unigram = D.unigram_perplexity(corpus.train, val_windows[:, 1:].flatten().numpy(), corpus.tokenizer.vocab_size)
-    mem, kind = peak_memory_gb(device)
-    digests = [param_digest(model)] if not fsdp else []         # FSDP shards: no per-rank copy to compare
+
+
+def _train_step(run: _Run, step: int) -> None:
+    """One optimizer step on this rank's slice of batch ``step`` (the schedule's LR and weight decay)."""
+    tc, opt = run.tc, run.opt
+    ts = time.perf_counter()
+    for g in opt.param_groups:
+        g["lr"] = lr_at(step, tc)
+        if g["weight_decay"]:
+            g["weight_decay"] = weight_decay_at(step, tc)
+    per_rank = tc.batch_size // run.world
+    batch = batch_at(run.corpus.train, step, tc.batch_size, tc.seq_len, tc.seed)
+    batch = batch[run.rank * per_rank:(run.rank + 1) * per_rank].to(run.device)
+    autocast = torch.autocast(run.device.type, dtype=torch.bfloat16) if tc.dtype == "bfloat16" else _null()
+    with autocast:
+        logits = run.ddp(batch[:, :-1])                                  # [B, T, V]
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), batch[:, 1:].flatten())
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if tc.grad_clip:
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), tc.grad_clip)
+    opt.step()
+    run.loss_val = float(loss.detach())
+    run.train_time += time.perf_counter() - ts
+    if not math.isfinite(run.loss_val):
+        raise MmfreeError(f"training diverged at step {step} (loss {run.loss_val}); lower --lr")
+    run.tokens_done += tc.batch_size * tc.seq_len
+
+
+def _evaluate_and_log(run: _Run, step: int, tok_s: float, bar) -> None:
+    """Validation loss, throughput and peak memory after ``step``: one ``history`` record and one log line."""
+    vl = evaluate(run.evaluated, run.val_windows, run.device)
+    mem, kind = peak_memory_gb(run.device)
+    run.history.append({"step": step + 1, "train_loss": run.loss_val, "val_loss": vl, "val_ppl": math.exp(vl),
+                        "tokens_per_s": tok_s, "peak_mem_gb": mem, "peak_mem_kind": kind})
+    msg = (f"step {step + 1}: train loss {run.loss_val:.3f}, val loss {vl:.3f}, val ppl {math.exp(vl):.2f}, "
+           f"{tok_s:.0f} tok/s, peak {'GPU' if kind == 'cuda' else 'RSS'} {mem:.2f} GiB")
+    (bar.write if bar is not None else run.say)(msg)
+
+
+def _summary(run: _Run) -> dict:
+    """The run's summary; under DDP the ranks' weight digests must agree."""
+    tc, corpus = run.tc, run.corpus
+    unigram = D.unigram_perplexity(corpus.train, run.val_windows[:, 1:].flatten().numpy(), corpus.tokenizer.vocab_size)
+    mem, kind = peak_memory_gb(run.device)
+    digests = [param_digest(run.model)] if not run.fsdp else []         # FSDP shards: no per-rank copy to compare
     d = _dist()
-    if d and not fsdp:
-        digests = [None] * world
-        d.all_gather_object(digests, param_digest(model))
-    summary = {"steps": tc.steps, "final_train_loss": loss_val, "history": history,
-               "val_ppl": history[-1]["val_ppl"] if history else None, "unigram_val_ppl": unigram,
-               "parameters": n_params, "world_size": world, "parallel": parallel, "kernels": kernel_note,
-               "tokens_per_s": tokens_done / train_time if train_time else None,
-               "peak_mem_gb": mem, "peak_mem_kind": kind, "rank_digests": digests if not fsdp else None}
-    if not fsdp and len(set(digests)) > 1:
+    if d and not run.fsdp:
+        digests = [None] * run.world
+        d.all_gather_object(digests, param_digest(run.model))
+    summary = {"steps": tc.steps, "final_train_loss": run.loss_val, "history": run.history,
+               "val_ppl": run.history[-1]["val_ppl"] if run.history else None, "unigram_val_ppl": unigram,
+               "parameters": run.n_params, "world_size": run.world, "parallel": run.parallel,
+               "kernels": run.kernel_note,
+               "tokens_per_s": run.tokens_done / run.train_time if run.train_time else None,
+               "peak_mem_gb": mem, "peak_mem_kind": kind, "rank_digests": digests if not run.fsdp else None}
+    if not run.fsdp and len(set(digests)) > 1:
         raise MmfreeError(f"the ranks hold different weights after training (digests {sorted(set(digests))}); "
                           "DistributedDataParallel should keep them identical: report this with the command line")
-    state = _full_state(ddp if fsdp else model, fsdp) if fsdp or rank == 0 else None
-    if rank == 0:
-        raw = model
-        with atomic_path(Path(tc.out) / "model") as tmp:
-            save_model(_Snapshot(raw.config, state), tmp,
-                       extra_files={"tokenizer.json": corpus.tokenizer_json.encode(),
-                                    "training.json": json.dumps({"train_config": asdict(tc), **summary},
-                                                                indent=2).encode()})
-        say(f"validation perplexity {summary['val_ppl']:.2f} (unigram baseline on the same split: {unigram:.2f}); "
-            f"{summary['tokens_per_s'] or 0:.0f} tok/s, peak {'GPU' if kind == 'cuda' else 'RSS'} {mem:.2f} GiB; "
-            f"model written to {Path(tc.out) / 'model'}" if summary["val_ppl"] is not None else
-            f"nothing left to train (checkpoint at step {start}); model written to {Path(tc.out) / 'model'}")
-    model.numerics = "fake"
-    if d:
-        d.barrier()
     return summary
+
+
+def _write_final_model(run: _Run, summary: dict, start: int) -> None:
+    """Rank 0 writes ``tc.out/model`` (HF layout, tokenizer.json, training.json) atomically and logs the result."""
+    tc = run.tc
+    state = _full_state(run.evaluated, run.fsdp) if run.fsdp or run.rank == 0 else None
+    if run.rank != 0:
+        return
+    out = Path(tc.out) / "model"
+    with atomic_path(out) as tmp:
+        save_model(_Snapshot(run.model.config, state), tmp,
+                   extra_files={"tokenizer.json": run.corpus.tokenizer_json.encode(),
+                                "training.json": json.dumps({"train_config": asdict(tc), **summary},
+                                                            indent=2).encode()})
+    kind = summary["peak_mem_kind"]
+    run.say(f"validation perplexity {summary['val_ppl']:.2f} (unigram baseline on the same split: "
+            f"{summary['unigram_val_ppl']:.2f}); {summary['tokens_per_s'] or 0:.0f} tok/s, peak "
+            f"{'GPU' if kind == 'cuda' else 'RSS'} {summary['peak_mem_gb']:.2f} GiB; model written to {out}"
+            if summary["val_ppl"] is not None else
+            f"nothing left to train (checkpoint at step {start}); model written to {out}")
 
 
 def _last_saved_step(tc: TrainConfig) -> int | None:

@@ -66,12 +66,13 @@ from pathlib import Path
 import numpy as np
 
 from mmfree import MmfreeError
+from mmfree.pymodel import layout as LY
 
 FORMAT = "mmfree-trigram"
 FORMAT_VERSION = 1
 MAGIC = b"MMFTRIGR"
 HEADER_BYTES = 4096                       # magic, u32 version, u32 JSON length, JSON, zero padding
-ALIGN = 64                                # array offsets are multiples of one DDR burst line
+ALIGN = LY.ALIGN                          # array offsets are multiples of one DDR burst line
 EMPTY_KEY = 0xFFFFFFFF
 HASH_MULT = 0x9E3779B1                    # floor(2**32 / golden ratio), odd
 MAX_VOCAB = 0xFFFF                        # token ids must fit 16 bits and never equal 0xFFFF
@@ -334,7 +335,7 @@ class TrigramTable:
     def header(self) -> dict:
         p = self.params
         big_bytes = self.bigram.nbytes
-        trig_off = HEADER_BYTES + -(-big_bytes // ALIGN) * ALIGN
+        trig_off = HEADER_BYTES + LY.round_up(big_bytes)
         return {
             "format": FORMAT, "format_version": FORMAT_VERSION,
             "vocab_size": self.vocab_size, "tokenizer_sha256": self.tokenizer_sha256,

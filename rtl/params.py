@@ -36,3 +36,13 @@ SIM_RD_LATENCY = 24
 SIM_MAX_WAIT_CYCLES = 50_000_000
 #: The most cycles one AXI4-Lite register access may take in simulation before it is reported as hung.
 SIM_CSR_TIMEOUT_CYCLES = 10_000
+
+# ---- board builds (boards/build.py) where the board file's ``build`` section says nothing ------------------------
+#: Widest vector of a build (``build.max_width``).
+BOARD_MAX_WIDTH = 4096
+#: Tokens per pass (``build.max_tokens``).
+BOARD_MAX_TOKENS = 4
+#: AXI masters streaming weights (``build.weight_ports``).
+BOARD_WEIGHT_PORTS = 1
+#: Ternary engines per weight port (``build.matvec_engines``).
+BOARD_MATVEC_ENGINES = 2

@@ -88,9 +88,9 @@ def tb_wrapper(hw: HwConfig, addr_width: int = ADDR_WIDTH) -> str:
     for n, (w, d) in axi.items():
         ports.append(f"{'output' if d == 'o' else 'input'} logic [{w - 1}:0] m_axi__{n}")
     lines = []
-    for n, (w, d) in axi.items():
+    for n, (w, _) in axi.items():
         lines.append(f"    logic [{w - 1}:0] a_{n}, d_{n};")
-    for n, (w, d) in axi.items():
+    for n, (_, d) in axi.items():
         if d == "o":       # accelerator output: to the top port always, to the DDR model unless external
             lines.append(f"    assign m_axi__{n} = a_{n};")
             gate = f"a_{n} & ~ext_mem" if n.endswith("valid") or n.endswith("ready") else f"a_{n}"
@@ -124,7 +124,7 @@ def tb_wrapper(hw: HwConfig, addr_width: int = ADDR_WIDTH) -> str:
                 lines.append(f"    logic [{w - 1}:0] {wp}_{n};")
                 lines.append(f"    assign {wp}_{n} = '0;")
     if P == 1:
-        for n, w in xr.items():
+        for n in xr:
             if n in ("arready", "rdata", "rresp", "rlast", "rvalid"):
                 continue
             lines.append(f"    assign x_{n} = '0;")
@@ -231,8 +231,8 @@ class SimSession:
     back-pressure and read latency (cocotbext-axi pause generators); ``None`` for none.
     """
 
-    def __init__(self, dut, memory: str = "hdl", workdir: str | os.PathLike = ".", max_wait_cycles: int = PARAMS.SIM_MAX_WAIT_CYCLES,
-                 pause_seed: int | None = None, bus_bytes: int = 16):
+    def __init__(self, dut, memory: str = "hdl", workdir: str | os.PathLike = ".",
+                 max_wait_cycles: int = PARAMS.SIM_MAX_WAIT_CYCLES, pause_seed: int | None = None, bus_bytes: int = 16):
         self.dut, self.memory, self.workdir = dut, memory, Path(workdir)
         self.max_wait_cycles, self.pause_seed, self.bus_bytes = max_wait_cycles, pause_seed, bus_bytes
         self.mem_window = (SIM_MEM_BASE, SIM_MEM_BASE + SIM_MEM_BYTES)

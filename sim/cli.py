@@ -6,6 +6,7 @@ import sys
 
 from mmfree import MmfreeError
 from mmfree.cli import add_subcommand, print_json
+from mmfree.cli_args import DEFAULT_PROMPT, add_json, add_model, add_prompt, parse_ids
 
 
 def register(sub) -> None:
@@ -21,13 +22,11 @@ def register(sub) -> None:
         "--latency cycles per read burst. Reports bit_exact, the tokens and text, cycles (total and per\n"
         "generated token), bytes read from DDR, stall cycles and the roofline fraction: bytes that must\n"
         "move per token / 16 bytes per cycle / cycles per token (docs/sim.md defines both).\n"
-        "--json prints one object (keys in docs/sim.md); --waves writes a waveform (FST; VCD where the lz4 headers Verilator's FST writer needs are missing; slow).",
+        "--json prints one object (keys in docs/sim.md); --waves writes a waveform (FST; VCD where the lz4\n"
+        "headers Verilator's FST writer needs are missing; slow).",
     )
-    p.add_argument("--model", default="default",
-                   help="'default' (the embedded model), a checkpoint directory or an `mmfree export` directory")
-    src = p.add_mutually_exclusive_group()
-    src.add_argument("--prompt", default=None, help="prompt text (encoded with the model's tokenizer)")
-    src.add_argument("--prompt-ids", default=None, help="comma-separated prompt token ids")
+    add_model(p)
+    add_prompt(p)
     p.add_argument("--tokens", type=int, default=16, help="tokens to generate")
     p.add_argument("--k", type=int, default=1, help="tokens per pass (1..4 in the simulated build)")
     p.add_argument("--latency", type=int, default=24, help="simulated DDR read latency in cycles")
@@ -38,8 +37,9 @@ def register(sub) -> None:
     p.add_argument("--weight-ports", type=int, choices=[1, 2, 4], default=1,
                    help="AXI masters streaming weights in the simulated build (4: the KV260/ZCU104 build; each "
                         "other value is its own Verilator build, minutes the first time)")
-    p.add_argument("--waves", action="store_true", help="write a waveform (FST, or VCD without the lz4 headers) and print its path")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--waves", action="store_true",
+                   help="write a waveform (FST, or VCD without the lz4 headers) and print its path")
+    add_json(p)
 
 
 def _sim(args) -> int:
@@ -57,10 +57,7 @@ def _sim(args) -> int:
     if args.tokens > MAX_SIM_POSITIONS:
         raise MmfreeError(f"--tokens {args.tokens}: a simulation runs at most {MAX_SIM_POSITIONS} positions")
     if args.prompt_ids is not None:
-        try:
-            prompt = [int(x) for x in args.prompt_ids.split(",") if x.strip()]
-        except ValueError:
-            raise MmfreeError(f"--prompt-ids must be comma-separated integers, got {args.prompt_ids!r}") from None
+        prompt = parse_ids(args.prompt_ids)
     else:
         from mmfree.pymodel.intmodel import open_int_model
         from mmfree.pymodel.tokenizer import load_tokenizer
@@ -70,7 +67,7 @@ def _sim(args) -> int:
             tok = load_tokenizer(tok_dir)
         except Exception as exc:
             raise MmfreeError(f"the model has no usable tokenizer ({exc}); give --prompt-ids") from None
-        prompt = tok.encode(args.prompt if args.prompt is not None else "def ")
+        prompt = tok.encode(args.prompt if args.prompt is not None else DEFAULT_PROMPT)
     if not prompt:
         raise MmfreeError("the prompt encodes to no tokens; give --prompt TEXT or --prompt-ids")
     if len(prompt) + args.tokens > MAX_SIM_POSITIONS:

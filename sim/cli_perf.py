@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from mmfree import MmfreeError
 from mmfree.cli import add_subcommand, print_json
+from mmfree.cli_args import add_board, add_json, add_model, board_defaults
+from mmfree.rtl import params as PARAMS
 
 
 def register(sub) -> None:
@@ -22,8 +24,8 @@ def register(sub) -> None:
         "assumptions (HP-port and DDR efficiency, read latency, host time per pass) are listed.\n"
         "Exit status 0, or 3 when the model or the design does not fit the board (the reasons are printed).",
     )
-    p.add_argument("--model", default="1.3B", help="370M | 1.3B | 2.7B | default | PATH (export or checkpoint directory)")
-    p.add_argument("--board", default="kv260", help="pynq-z2 | kv260 | zcu104 | custom:PATH.json")
+    add_model(p, default="1.3B", kinds=("preset", "default", "export", "checkpoint"))
+    add_board(p, default="kv260")
     p.add_argument("--clock-mhz", type=float, default=None, help="fabric clock (default: the board file's clock_mhz)")
     p.add_argument("--lanes", type=int, default=None,
                    help="ternary weights per cycle per engine (5 x bus bytes: 80 for 128-bit, 40 for 64-bit); "
@@ -31,15 +33,17 @@ def register(sub) -> None:
     p.add_argument("--bus-bits", type=int, default=None, choices=[64, 128],
                    help="AXI data width (default: the board's HP port width, at most 128)")
     p.add_argument("--engines", type=int, default=None, choices=[1, 2],
-                   help="ternary matvec engines per weight port (default: the board file's build.matvec_engines, else 2)")
+                   help="ternary matvec engines per weight port (default: the board file's build.matvec_engines, "
+                        f"else {PARAMS.BOARD_MATVEC_ENGINES}: {board_defaults('matvec_engines', PARAMS.BOARD_MATVEC_ENGINES)})")
     p.add_argument("--weight-ports", type=int, default=None, choices=[1, 2, 4],
                    help="AXI masters streaming weights, each on its own HP port (default: the board file's "
-                        "build.weight_ports, else 1)")
+                        f"build.weight_ports, else {PARAMS.BOARD_WEIGHT_PORTS}: "
+                        f"{board_defaults('weight_ports', PARAMS.BOARD_WEIGHT_PORTS)})")
     p.add_argument("--k", type=int, default=1, help="tokens per pass (the build's max_tokens)")
     p.add_argument("--accept-len", type=float, default=None,
                    help="tokens emitted per pass with speculative decoding (1..k; default 1)")
     p.add_argument("--write-logits", action="store_true", help="every pass writes all logits to DDR")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_json(p)
 
 
 def _perf(args) -> int:

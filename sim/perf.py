@@ -158,9 +158,9 @@ def default_hw(dims: LY.Dims, board=None, k: int = 1, bus_bits: int | None = Non
         raise MmfreeError(f"model width {max(dims.d, dims.inter)} exceeds the numerics limit {N.MAX_K}")
     build = (board.raw.get("build") or {}) if board is not None else {}
     if weight_ports is None:
-        weight_ports = int(build.get("weight_ports", 1))
+        weight_ports = int(build.get("weight_ports", PARAMS.BOARD_WEIGHT_PORTS))
     if matvec_engines is None:
-        matvec_engines = int(build.get("matvec_engines", 2))
+        matvec_engines = int(build.get("matvec_engines", PARAMS.BOARD_MATVEC_ENGINES))
     return HwConfig(bus_bytes=bus_bits // 8, max_tokens=max(1, k), max_width=width, matvec_engines=matvec_engines,
                     weight_ports=weight_ports)
 

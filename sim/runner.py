@@ -13,13 +13,12 @@ Data goes into and out of a cocotb test through files named by environment varia
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import sys
+from collections.abc import Iterable, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping
 
 from mmfree import MmfreeError
 from mmfree.atomic import file_lock
@@ -222,8 +221,3 @@ def run(b: Build, test_module: str, env: Mapping[str, str] | None = None, testca
         raise MmfreeError(f"{n_failed} of {n_tests} cocotb tests in {test_module} failed on {b.toplevel}; "
                           f"results: {results}")
     return results
-
-
-def read_json(path: str | os.PathLike) -> dict:
-    with open(path) as fh:
-        return json.load(fh)

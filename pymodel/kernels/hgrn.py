@@ -442,11 +442,6 @@ def hgrn_gated(i_pre: torch.Tensor, f_pre: torch.Tensor, lb: torch.Tensor | None
     return out, out[:, -1]
 
 
-def hgrn_chunked(f, c, h0=None):
-    """:func:`hgrn` forced to the chunked scan."""
-    return hgrn(f, c, h0, mode="chunk")
-
-
 def hgrn_hw_int(s: torch.Tensor, g: torch.Tensor, h0: torch.Tensor | None = None) -> torch.Tensor:
     """The integer MLGRU scan ``h_t = numerics.hgrn_update(h_{t-1}, s_t, g_t)`` (int64 ``[B, T, D]``)."""
     _check(s, g, h0, "hgrn_hw_int")

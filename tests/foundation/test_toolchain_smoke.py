@@ -6,7 +6,7 @@ import random
 import pytest
 
 from mmfree.sim import runner
-from mmfree.sim.smoke import AxisIncrement
+from tests.foundation.smoke_design import AxisIncrement
 
 
 @pytest.mark.sim
@@ -20,7 +20,7 @@ def test_axis_increment_under_verilator(tmp_path):
     rng = random.Random(0)
     words = [rng.randrange(2**width - 3) for _ in range(200)] + [0, 2**width - 4]
     out = tmp_path / "out.json"
-    runner.run(b, "mmfree.sim.benches.smoke", env={
+    runner.run(b, "tests.foundation.smoke_bench", env={
         "MMFREE_SMOKE_IN": json.dumps(words), "MMFREE_SMOKE_OUT": str(out), "MMFREE_SMOKE_WIDTH": str(width),
     })
     assert json.loads(out.read_text()) == [w + 3 for w in words]

@@ -126,6 +126,14 @@ def test_resume_checks_the_options(tmp_path, corpus):
 
 
 # ---- bad input ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("field,value,option", [("numerics", "exact", "--numerics"), ("parallel", "mpi", "--parallel"),
+                                                 ("dtype", "float16", "--dtype"), ("kernels", "cuda", "--kernels")])
+def test_typed_options_are_checked(tmp_path, field, value, option):
+    """TrainConfig's Literal-typed options are checked before anything runs (also when not from the CLI)."""
+    with pytest.raises(MmfreeError, match=f"{option} must be one of .*got '{value}'"):
+        train(TrainConfig(out=str(tmp_path / "o"), **{field: value}))
+
+
 def test_corpus_smaller_than_one_batch(tmp_path):
     files = make_corpus(tmp_path / "c", lines=20)
     with pytest.raises(MmfreeError, match="fewer than one batch.*lower --batch-size/--seq-len"):

@@ -1,5 +1,5 @@
 """The same units as generated Verilog under Verilator + cocotb: every vector unit and three matvec
-configurations in one harness (one build), all driven at once by mmfree.sim.benches.rtl_units, with and
+configurations in one harness (one build), all driven at once by tests.rtl.units_bench, with and
 without random valid/ready stalls; outputs compared with the reference exactly."""
 
 import json
@@ -29,8 +29,8 @@ STALL = {"nostall": 0.0, "stall": 0.3}
 
 @pytest.fixture(scope="module")
 def harness_build():
-    from mmfree.rtl.harness import units_harness
     from mmfree.sim import runner
+    from tests.rtl.harness import units_harness
 
     h = units_harness(MATVECS)
     v = runner.verilog_file(h, "rtl_units")
@@ -67,7 +67,7 @@ def run_result(request, harness_build, tmp_path_factory):
     d = tmp_path_factory.mktemp(f"rtl_{request.param}")
     spec = {"streams": streams, "max_cycles": 2_000_000, "out": str(d / "result.json")}
     (d / "job.json").write_text(json.dumps(spec))
-    runner.run(build, "mmfree.sim.benches.rtl_units", env={"MMFREE_RTL_JOB": str(d / "job.json")}, test_dir=d)
+    runner.run(build, "tests.rtl.units_bench", env={"MMFREE_RTL_JOB": str(d / "job.json")}, test_dir=d)
     result = json.loads((d / "result.json").read_text())
     return harness, cases, jobs, result, stall
 

@@ -46,6 +46,25 @@ def test_program_mirrors_the_compiler(default_compiled):
     assert plan_image(im.dims).symbols == c.symbols
 
 
+def test_image_block_of_the_wrong_size_is_refused(default_compiled):
+    """build_image checks every block against the plan: a truncated tensor (a corrupt export) is named."""
+    from mmfree.rtl.compiler import build_image, plan_image
+
+    im, c = default_compiled
+
+    class Truncated:
+        def __getattr__(self, name):
+            return getattr(im, name)
+
+        def tensor(self, name):
+            t = im.tensor(name)
+            return t[:-1] if name == "lm_head.w" else t
+
+    with pytest.raises(MmfreeError, match="image block w_head.*re-export"):
+        build_image(Truncated(), plan_image(im.dims))
+    assert build_image(im, plan_image(im.dims)) == c.image
+
+
 def test_compiled_program_gives_the_same_cycles(default_compiled):
     from mmfree.sim.accel import DEFAULT_HW
 

@@ -1,4 +1,4 @@
-"""cocotb bench for :class:`mmfree.sim.smoke.AxisIncrement`, driven through cocotbext-axi.
+"""cocotb bench for :class:`tests.foundation.smoke_design.AxisIncrement`, driven through cocotbext-axi.
 
 Inputs come from the environment: ``MMFREE_SMOKE_IN`` (JSON list of ints), ``MMFREE_SMOKE_OUT``
 (where the received words are written as JSON), ``MMFREE_SMOKE_WIDTH``.
