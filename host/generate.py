@@ -14,6 +14,7 @@ from mmfree import MmfreeError
 from mmfree.host.accel import AccelHost, AccelRunError, PassResult
 from mmfree.host import layout as LY
 from mmfree.pymodel.drafters import Drafter, PromptLookupDrafter, TrigramDrafter
+from mmfree.pymodel.speculative import accept_walk, greedy_pick
 from mmfree.rtl import regmap as RM
 
 
@@ -106,15 +107,7 @@ def generate(host: AccelHost, prompt: list[int], n_tokens: int, k: int = 1, writ
                 raise MmfreeError(f"the {drafter.name} drafter returned {toks}: it must start with the last token "
                                   f"{out[-1]} and hold at most {k} tokens")
         res = host.run(toks, parents=parents, write_logits=write_logits, commit_last=False)
-        pa = parents if parents is not None else list(range(-1, len(toks) - 1))
-        node, new = 0, []
-        while True:
-            tok = int(res.argmax[node])
-            new.append(tok)
-            kids = [j for j in range(node + 1, len(toks)) if pa[j] == node and toks[j] == tok]
-            if not kids:
-                break
-            node = kids[0]
+        new, node, _ = accept_walk(toks, parents, lambda i, cands: greedy_pick(res.argmax[i], cands))
         host.commit(res, node)
         new = new[:n_tokens - len(out)]
         for t in new:
