@@ -7,10 +7,9 @@ in, greedy tokens out, counters) plus the PYNQ constructors :meth:`Accelerator.o
 from __future__ import annotations
 
 from mmfree.boards.pynq import PynqTransport, load_overlay
-from mmfree.host.accel import read_draft_engine
+from mmfree.host.accel import read_draft_engine, read_identity
 from mmfree.host.layout import check_fits, ddr_needed
 from mmfree.host.session import AccelSession, open_model
-from mmfree.rtl import regmap as RM
 
 
 class Accelerator(AccelSession):
@@ -31,8 +30,9 @@ class Accelerator(AccelSession):
 
             board = load_board(board) if isinstance(board, str) else board
             check_fits(compiled, board)
-        max_tokens = RM.decode_hw_config(ip.read(RM.OFFSET["HW_CONFIG"]))["max_tokens"] or 1
-        need = ddr_needed(compiled, max_tokens, read_draft_engine(ip.read))
+        read32 = PynqTransport.csr_reader(ip)
+        max_tokens = read_identity(read32)["max_tokens"]
+        need = ddr_needed(compiled, max_tokens, read_draft_engine(read32))
         transport = PynqTransport(ip, need, use_interrupt=use_interrupt)
         try:
             acc = cls(transport, opened, board=board, timeout_s=timeout_s, tokenizer=kw.pop("tokenizer", tok_dir),

@@ -79,14 +79,17 @@ def register(sub) -> None:
     add_board(r, sim=True)
     add_model(r)
     add_prompt(r)
-    r.add_argument("--tokens", type=int, default=16, help="tokens to generate")
+    r.add_argument("--tokens", type=int, default=16,
+                   help="tokens to generate, >= 1; at most what the board's memory holds (--board sim: prompt + "
+                        "tokens <= 2048 simulated positions)")
     r.add_argument("--draft", choices=["none", "lookup", "trigram"], default="none", help="drafter")
     r.add_argument("--k", type=int, default=None, help="tokens per pass (default: the build's max with drafts, else 1)")
     r.add_argument("--onchip", action="store_true",
                    help="with --draft trigram: draft, verify and adapt the table on the accelerator (CONTROL.GENERATE; "
                         "needs a bitstream with the draft engine), one interrupt for the whole generation")
     r.add_argument("--bitstream", default=None, help="board only: X.bit to load (default: the loaded overlay)")
-    r.add_argument("--timeout", type=float, default=60.0, help="seconds one pass may take")
+    r.add_argument("--timeout", type=float, default=60.0,
+                   help="seconds one pass may take: finite, > 0 and at most a day (default 60)")
     r.add_argument("--no-logits", action="store_true",
                    help="do not write each token's logits to DDR (greedy decoding reads only the on-chip argmax; "
                         "with --board sim the states and argmax are still compared)")
@@ -184,10 +187,11 @@ def _print_run(res: dict, args) -> None:
 
 
 def _run(args) -> int:
-    if args.tokens < 1:
-        raise MmfreeError("--tokens must be >= 1")
-    if args.timeout <= 0:
-        raise MmfreeError("--timeout must be > 0")
+    from mmfree.host.errors import check_timeout
+    from mmfree.host.layout import check_n_tokens
+
+    check_n_tokens(args.tokens, name="--tokens")
+    check_timeout(args.timeout, "--timeout")
     draft = None if args.draft == "none" else args.draft
     if args.onchip and draft != "trigram":
         raise MmfreeError("--onchip runs the accelerator's trigram draft engine: give --draft trigram")
@@ -208,13 +212,14 @@ def _run(args) -> int:
 def _run_board(args, prompt, draft) -> int:
     from mmfree.boardfile import load_board
     from mmfree.boards.accelerator import Accelerator
-    from mmfree.host.layout import check_fits
+    from mmfree.host.layout import check_fits, check_n_tokens
     from mmfree.host.session import open_model
 
     board = load_board(args.board)
     model = open_model(args.model)
     compiled, im, tok_dir = model
     check_fits(compiled, board)                       # before touching the hardware
+    check_n_tokens(args.tokens, compiled, board, name="--tokens")
     if args.bitstream:
         acc = Accelerator.from_bitstream(args.bitstream, model, board=board, timeout_s=args.timeout, tokenizer=tok_dir)
     else:

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from mmfree import MmfreeError
-from mmfree.host.transport import Transport
+from mmfree.host.errors import check_timeout
+from mmfree.host.transport import Transport, mmio_errors
 from mmfree.rtl import regmap as RM
 
 
@@ -57,7 +58,7 @@ class PynqTransport(Transport):
         pynq = _pynq()
         if mem_bytes <= 0:
             raise MmfreeError(f"the DDR window must be > 0 bytes, got {mem_bytes}")
-        self.ip, self.mmio, self.poll_s = ip, ip.mmio, poll_s
+        self.ip, self.mmio, self.poll_s = ip, ip.mmio, check_timeout(poll_s, "poll_s")
         mem_bytes = -(-int(mem_bytes) // RM.ALIGN) * RM.ALIGN
         try:
             self.buf = buffer if buffer is not None else pynq.allocate(shape=(mem_bytes,), dtype=np.uint8)
@@ -71,11 +72,25 @@ class PynqTransport(Transport):
         self.irq = next((getattr(ip, n) for n in IRQ_PINS if getattr(ip, n, None) is not None), None) \
             if use_interrupt else None
 
+    @staticmethod
+    def csr_reader(ip):
+        """``read32(offset)`` over ``ip.read`` before a transport exists (sizing the DDR window), with the same
+        offset check and MMIO error as :meth:`read32`."""
+        def read32(offset: int) -> int:
+            offset = Transport.check_offset(offset)
+            with mmio_errors("read", offset):
+                return int(ip.read(offset)) & 0xFFFFFFFF
+        return read32
+
     def read32(self, offset: int) -> int:
-        return int(self.mmio.read(self.check_offset(offset))) & 0xFFFFFFFF
+        offset = self.check_offset(offset)
+        with mmio_errors("read", offset):
+            return int(self.mmio.read(offset)) & 0xFFFFFFFF
 
     def write32(self, offset: int, value: int) -> None:
-        self.mmio.write(self.check_offset(offset), int(value) & 0xFFFFFFFF)
+        offset = self.check_offset(offset)
+        with mmio_errors("write", offset):
+            self.mmio.write(offset, int(value) & 0xFFFFFFFF)
 
     def _view(self, addr: int, n: int):
         self.check_range(addr, n)
@@ -94,6 +109,7 @@ class PynqTransport(Transport):
         return view.tobytes()
 
     def wait_irq(self, timeout_s: float) -> bool:
+        timeout_s = check_timeout(timeout_s, max_s=None)
         deadline = time.monotonic() + timeout_s
         if self.irq is not None and not self._loop_running():
             import asyncio

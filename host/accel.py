@@ -14,18 +14,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from mmfree import MmfreeError
+from mmfree.host.errors import AccelRunError, check_timeout
 from mmfree.host.layout import host_layout
 from mmfree.host.transport import as_transport
 from mmfree.rtl import regmap as RM
 from mmfree.rtl.compiler import Compiled, HwConfig
 
 
-class AccelRunError(MmfreeError):
-    """The accelerator reported ``STATUS.ERROR``; ``code``/``detail`` are ERROR_CODE's fields."""
-
-    def __init__(self, register: int, pc: int = 0):
-        self.code, self.detail, self.pc = register & 0xFF, register >> 8, pc
-        super().__init__(f"the accelerator stopped with {RM.error_message(register)} (PC {pc:#x})")
+__all__ = ["AccelHost", "AccelRunError", "PassResult", "read_draft_engine", "read_identity"]
 
 
 @dataclass
@@ -40,6 +36,7 @@ class PassResult:
     wr_bytes: int
     state_addrs: list[int]      # DDR address of the state after each position
 
+
 def read_draft_engine(read32) -> dict | None:
     """The accelerator's draft engine from DRAFT_CONFIG / DRAFT_COUNTERS / DRAFT_VOCAB (``read32(offset)``):
     :func:`regmap.decode_draft_config`'s dict plus ``vocab`` (bigram rows), or None for a build without one
@@ -48,25 +45,42 @@ def read_draft_engine(read32) -> dict | None:
     eng = RM.decode_draft_config(int(read32(RM.OFFSET["DRAFT_CONFIG"])), int(read32(RM.OFFSET["DRAFT_COUNTERS"])))
     return dict(eng, vocab=vocab) if eng is not None and vocab else None
 
+
+def read_identity(read32) -> dict:
+    """Check the identity registers through ``read32(offset)`` and return HW_CONFIG's fields
+    (:func:`regmap.decode_hw_config`). MmfreeError when ID is not the accelerator's, VERSION is another register
+    map major version, or HW_CONFIG reads 0 or a zero bus width, lane count or tokens per pass (a build whose
+    parameters do not read back: nothing could be sized from it)."""
+    if read32(RM.OFFSET["ID"]) != RM.ID_MAGIC:
+        raise MmfreeError("no mmfree accelerator answers at this CSR window (ID register mismatch): wrong "
+                          "overlay, or the bitstream is not loaded")
+    version = read32(RM.OFFSET["VERSION"])
+    if version >> 16 != RM.REGMAP_VERSION_MAJOR:
+        raise MmfreeError(f"the accelerator implements register map {version >> 16}.{version & 0xFFFF}, this "
+                          f"host speaks {RM.REGMAP_VERSION_MAJOR}.{RM.REGMAP_VERSION_MINOR}")
+    raw = read32(RM.OFFSET["HW_CONFIG"])
+    hwc = RM.decode_hw_config(raw)
+    zero = [f for f in ("bus_bytes", "lanes", "max_tokens") if not hwc[f]]
+    if zero:
+        raise MmfreeError(f"HW_CONFIG reads {raw:#010x}: {', '.join(zero)} {'is' if len(zero) == 1 else 'are'} 0, "
+                          "so the host cannot size its buffers; the bitstream's build parameters do not read back "
+                          "(a broken or foreign build): rebuild it with `mmfree build` and load it again")
+    return hwc
+
+
 class AccelHost:
     """Owns the accelerator on one board for one compiled model (see the module docstring).
 
     ``board``: a :class:`Transport` or any object of that shape (kept as ``self.board``; every access goes
     through ``self.transport``, which makes the transport checks). ``timeout_s``: the longest one pass may
-    take before it is aborted (SOFT_RESET) and reported. ``draft``: the bitstream's draft engine
+    take before it is aborted (SOFT_RESET) and reported, finite and in (0, MAX_TIMEOUT_S] (MmfreeError otherwise).
+    The identity registers are checked first (:func:`read_identity`). ``draft``: the bitstream's draft engine
     (:func:`read_draft_engine`; None without one), read at start-up with the other identity registers."""
 
     def __init__(self, board, compiled: Compiled, timeout_s: float = 60.0):
-        self.board, self.c, self.timeout_s = board, compiled, timeout_s
+        self.board, self.c, self.timeout_s = board, compiled, check_timeout(timeout_s)
         self.transport = t = as_transport(board)
-        if t.read32(RM.OFFSET["ID"]) != RM.ID_MAGIC:
-            raise MmfreeError("no mmfree accelerator answers at this CSR window (ID register mismatch): wrong "
-                              "overlay, or the bitstream is not loaded")
-        version = t.read32(RM.OFFSET["VERSION"])
-        if version >> 16 != RM.REGMAP_VERSION_MAJOR:
-            raise MmfreeError(f"the accelerator implements register map {version >> 16}.{version & 0xFFFF}, this "
-                              f"host speaks {RM.REGMAP_VERSION_MAJOR}.{RM.REGMAP_VERSION_MINOR}")
-        hwc = RM.decode_hw_config(t.read32(RM.OFFSET["HW_CONFIG"]))
+        hwc = read_identity(t.read32)
         self.draft = read_draft_engine(t.read32)
         self.hw = HwConfig(bus_bytes=hwc["bus_bytes"], max_tokens=hwc["max_tokens"],
                            max_width=16 * (t.read32(RM.OFFSET["HW_LIMITS"]) & 0xFFFF),
@@ -126,6 +140,7 @@ class AccelHost:
         interrupt. Not finished within ``timeout_s``: aborted with SOFT_RESET and reported (MmfreeError);
         STATUS.ERROR: :class:`AccelRunError` (code, detail, PC)."""
         b = self.transport
+        timeout_s = check_timeout(timeout_s, max_s=None)
         b.write32(RM.OFFSET["CONTROL"], control | RM.CTRL_IRQ_ENABLE)
         if not b.wait_irq(timeout_s):
             status, pc = b.read32(RM.OFFSET["STATUS"]), b.read32(RM.OFFSET["PC"])
@@ -152,7 +167,7 @@ class AccelHost:
         the host's) is aborted with SOFT_RESET and reported; a pass the hardware stops with an error raises
         :class:`AccelRunError` (code, detail, PC)."""
         b, k = self.transport, len(tokens)
-        timeout_s = self.timeout_s if timeout_s is None else timeout_s
+        timeout_s = self.timeout_s if timeout_s is None else check_timeout(timeout_s)
         if not 1 <= k <= self.hw.max_tokens:
             raise MmfreeError(f"a pass takes 1..{self.hw.max_tokens} tokens, got {k}")
         b.write_mem(self.addr["TOKENS"], struct.pack(f"<{k}I", *[int(t) & 0xFFFFFFFF for t in tokens]))

@@ -14,13 +14,18 @@ from mmfree import MmfreeError
 from mmfree.host.accel import AccelHost, AccelRunError, PassResult
 from mmfree.host import layout as LY
 from mmfree.pymodel.drafters import Drafter, PromptLookupDrafter, TrigramDrafter
+from mmfree.pymodel.speculative import accept_walk, greedy_pick
 from mmfree.rtl import regmap as RM
 
 
-def _record(res: PassResult, commit: int, prefill: bool, emitted: int, **extra) -> dict:
+def _record(res: PassResult, commit: int, prefill: bool, emitted: int, keep_arrays: bool, **extra) -> dict:
+    """One pass record: tokens, commit, prefill, emitted, the counters, argmax and, only with ``keep_arrays``,
+    ``states`` and ``logits`` (the arrays read back; without them a record stays a few hundred bytes, so host
+    memory per generated token is bounded)."""
     rec = {"tokens": res.tokens, "commit": commit, "prefill": prefill, "emitted": emitted, "cycles": res.cycles,
-           "stalls": res.stalls, "rd_bytes": res.rd_bytes, "wr_bytes": res.wr_bytes,
-           "argmax": res.argmax, "states": res.states, "logits": res.logits}
+           "stalls": res.stalls, "rd_bytes": res.rd_bytes, "wr_bytes": res.wr_bytes, "argmax": res.argmax}
+    if keep_arrays:
+        rec.update(states=res.states, logits=res.logits)
     rec.update(extra)
     return rec
 
@@ -31,14 +36,15 @@ def _check_request(host: AccelHost, prompt, n_tokens: int, k: int) -> list[int]:
     prompt = [int(t) for t in prompt]
     if not prompt:
         raise MmfreeError("the prompt is empty; give at least one token")
-    if n_tokens < 1:
-        raise MmfreeError(f"n_tokens must be >= 1, got {n_tokens}")
+    if isinstance(n_tokens, bool) or not isinstance(n_tokens, (int, np.integer)) or n_tokens < 1:
+        raise MmfreeError(f"n_tokens must be >= 1 (an integer), got {n_tokens!r}")
     if not 1 <= k <= host.hw.max_tokens:
         raise MmfreeError(f"k must be in 1..{host.hw.max_tokens} (this bitstream's tokens per pass), got {k}")
     return prompt
 
 
-def _prefill(host: AccelHost, prompt: list[int], k: int, write_logits: bool) -> tuple[list[int], list[dict]]:
+def _prefill(host: AccelHost, prompt: list[int], k: int, write_logits: bool,
+             keep_arrays: bool) -> tuple[list[int], list[dict]]:
     """A new sequence: the prompt in passes of up to k tokens. Returns ([the first token], the pass records,
     the last one marked as emitting it)."""
     host.reset_state()
@@ -47,7 +53,7 @@ def _prefill(host: AccelHost, prompt: list[int], k: int, write_logits: bool) -> 
     for i in range(0, len(prompt), k):
         chunk = prompt[i:i + k]
         res = host.run(chunk, write_logits=write_logits)
-        passes.append(_record(res, len(chunk) - 1, True, 0))
+        passes.append(_record(res, len(chunk) - 1, True, 0, keep_arrays))
     passes[-1]["emitted"] = 1
     return [int(res.argmax[-1])], passes
 
@@ -67,7 +73,8 @@ def check_onchip_drafter(drafter: TrigramDrafter, host: AccelHost) -> None:
 
 
 def generate(host: AccelHost, prompt: list[int], n_tokens: int, k: int = 1, write_logits: bool = True,
-             progress=None, drafter: Drafter | None = None, onchip: bool = False) -> tuple[list[int], list[dict]]:
+             progress=None, drafter: Drafter | None = None, onchip: bool = False,
+             keep_arrays: bool = False) -> tuple[list[int], list[dict]]:
     """Greedy generation on the accelerator: the prompt in passes of up to k tokens, then decode passes.
 
     With ``k == 1`` every decode pass feeds the last token. With ``k > 1`` a pass feeds the last token and
@@ -76,7 +83,8 @@ def generate(host: AccelHost, prompt: list[int], n_tokens: int, k: int = 1, writ
     root, the model's own next token (the argmax) is emitted and, when it equals a drafted child, that child
     is accepted and the walk goes on from it; the state after the last accepted node is committed without a
     copy (:meth:`AccelHost.commit`). The output equals plain greedy decoding. Returns (tokens, passes); each
-    pass record holds tokens, parents (trees), commit, prefill, emitted, counters and the arrays read back.
+    pass record holds tokens, parents (trees), commit, prefill, emitted, counters, argmax and, with
+    ``keep_arrays`` only, the ``states`` and ``logits`` read back (host memory per token stays bounded without).
 
     ``onchip``: the draft-verify loop runs on the accelerator instead (:func:`generate_onchip` with the
     :class:`TrigramDrafter`'s table; the prompt still goes in passes of up to k tokens).
@@ -87,12 +95,13 @@ def generate(host: AccelHost, prompt: list[int], n_tokens: int, k: int = 1, writ
                               f"(draft='trigram'), not {type(drafter).__name__ if drafter else 'no drafter'}")
         check_onchip_drafter(drafter, host)
         return generate_onchip(host, prompt, n_tokens, drafter.table, write_logits=write_logits, progress=progress,
+                               keep_arrays=keep_arrays,
                                k=k)
     prompt = _check_request(host, prompt, n_tokens, k)
     drafter = drafter if drafter is not None else PromptLookupDrafter()
     drafter.start(prompt)
     seq = list(prompt)
-    out, passes = _prefill(host, prompt, k, write_logits)
+    out, passes = _prefill(host, prompt, k, write_logits, keep_arrays)
     drafter.commit(seq, out[-1])
     seq.append(out[-1])
     if progress:
@@ -106,15 +115,7 @@ def generate(host: AccelHost, prompt: list[int], n_tokens: int, k: int = 1, writ
                 raise MmfreeError(f"the {drafter.name} drafter returned {toks}: it must start with the last token "
                                   f"{out[-1]} and hold at most {k} tokens")
         res = host.run(toks, parents=parents, write_logits=write_logits, commit_last=False)
-        pa = parents if parents is not None else list(range(-1, len(toks) - 1))
-        node, new = 0, []
-        while True:
-            tok = int(res.argmax[node])
-            new.append(tok)
-            kids = [j for j in range(node + 1, len(toks)) if pa[j] == node and toks[j] == tok]
-            if not kids:
-                break
-            node = kids[0]
+        new, node, _ = accept_walk(toks, parents, lambda i, cands: greedy_pick(res.argmax[i], cands))
         host.commit(res, node)
         new = new[:n_tokens - len(out)]
         for t in new:
@@ -122,7 +123,7 @@ def generate(host: AccelHost, prompt: list[int], n_tokens: int, k: int = 1, writ
             seq.append(t)
         out += new
         extra = {"parents": list(parents)} if parents is not None else {}
-        passes.append(_record(res, node, False, len(new), **extra))
+        passes.append(_record(res, node, False, len(new), keep_arrays, **extra))
         if progress:
             for t in new:
                 progress(t)
@@ -163,7 +164,8 @@ def check_draft_table(host: AccelHost, table) -> None:
 
 
 def generate_onchip(host: AccelHost, prompt: list[int], n_tokens: int, table, eos_id: int | None = None,
-                    write_logits: bool = False, progress=None, k: int | None = None) -> tuple[list[int], list[dict]]:
+                    write_logits: bool = False, progress=None, k: int | None = None,
+                    keep_arrays: bool = False) -> tuple[list[int], list[dict]]:
     """Greedy generation with the draft-verify loop on the accelerator (``CONTROL.GENERATE``, docs/speculative.md
     "The on-chip draft-verify loop").
 
@@ -194,7 +196,7 @@ def generate_onchip(host: AccelHost, prompt: list[int], n_tokens: int, table, eo
         raise MmfreeError(f"eos_id {eos_id} is outside the vocabulary [0, {host.V})")
     check_draft_table(host, table)
     eng, b, addr = host.draft, host.transport, host.addr
-    out, passes = _prefill(host, prompt, k, write_logits)
+    out, passes = _prefill(host, prompt, k, write_logits, keep_arrays)
     table.observe(prompt)
     table.update(prompt[-2] if len(prompt) >= 2 else None, prompt[-1], out[0])
     if progress:
@@ -275,7 +277,7 @@ def run_script(host: AccelHost, steps: list[dict]) -> list[dict]:
         else:
             commit = st.get("commit", len(st["tokens"]) - 1)
             host.commit(res, commit)
-            out.append(_record(res, commit, False, 0, parents=st.get("parents")))
+            out.append(_record(res, commit, False, 0, True, parents=st.get("parents")))
         for name, v in saved.items():
             if name in RM.ADDRESS_REGS:
                 host.set_addr(name, v)

@@ -66,3 +66,41 @@ def check_fits(compiled: Compiled, board, max_tokens: int = 4) -> int:
                           f"({board.ddr['size_mb']} MB DDR less {board.ddr.get('os_reserved_mb', 0)} MB for the OS): "
                           "use a smaller model or a board with more DDR")
     return need
+
+
+#: Host bytes one generated token costs at most when no per-pass arrays are kept: its id in the output lists and
+#: its share of a pass record (a dict of about a dozen small fields and the argmax). An upper bound: measured
+#: about 1.3 KiB per pass record on CPython 3.11 (``tests/boards/test_driver.py::test_host_memory_per_token``).
+RECORD_BYTES_PER_TOKEN = 4096
+
+
+def host_bytes_per_token(compiled: Compiled, max_tokens: int, keep_arrays: bool = False) -> int:
+    """Host memory a generation keeps per generated token: :data:`RECORD_BYTES_PER_TOKEN`, plus with
+    ``keep_arrays`` the states and logits of a pass of ``max_tokens`` positions (int64: ``k (L d + V) 8`` bytes)."""
+    dims = compiled.dims
+    arrays = max_tokens * (dims.layers * dims.d + dims.vocab) * 8 if keep_arrays else 0
+    return RECORD_BYTES_PER_TOKEN + arrays
+
+
+def max_generation_tokens(compiled: Compiled, board, max_tokens: int = 4, keep_arrays: bool = False) -> int:
+    """The most tokens one generation may ask for on ``board`` (a :class:`~mmfree.boardfile.Board`): the board's
+    usable DDR (the host's memory on a Zynq) less what the accelerator's window takes (:func:`ddr_needed`),
+    divided by :func:`host_bytes_per_token`."""
+    free = board.ddr_usable_bytes - ddr_needed(compiled, max_tokens)
+    return max(0, free // host_bytes_per_token(compiled, max_tokens, keep_arrays))
+
+
+def check_n_tokens(n_tokens, compiled: Compiled | None = None, board=None, max_tokens: int = 4,
+                   keep_arrays: bool = False, name: str = "n_tokens") -> int:
+    """``n_tokens`` if it is an integer >= 1 and, with ``board``, at most :func:`max_generation_tokens`; else
+    MmfreeError naming ``name`` and the limit."""
+    if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 1:
+        raise MmfreeError(f"{name} must be >= 1 (an integer), got {n_tokens!r}")
+    if board is not None:
+        most = max_generation_tokens(compiled, board, max_tokens, keep_arrays)
+        if n_tokens > most:
+            raise MmfreeError(f"{name} {n_tokens} is more than the {board.name} can hold: at most {most} tokens "
+                              f"({host_bytes_per_token(compiled, max_tokens, keep_arrays)} host bytes each in "
+                              f"{board.ddr_usable_bytes / 2**20:.0f} MiB usable DDR less the model's window); "
+                              "generate in several calls")
+    return n_tokens

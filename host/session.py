@@ -14,7 +14,7 @@ from pathlib import Path
 from mmfree import MmfreeError
 from mmfree.host.accel import AccelHost, PassResult
 from mmfree.host.generate import NO_DRAFT_ENGINE, generate
-from mmfree.host.layout import check_fits
+from mmfree.host.layout import check_fits, check_n_tokens
 from mmfree.host.transport import as_transport
 from mmfree.pymodel.drafters import Drafter, PromptLookupDrafter, TrigramDrafter
 from mmfree.rtl.compiler import Compiled, HwConfig
@@ -217,14 +217,20 @@ class AccelSession:
         raise MmfreeError(f"unknown drafter {draft!r}: choose lookup or trigram")
 
     def generate(self, prompt, n_tokens: int, draft: str | Drafter | None = None, k: int | None = None,
-                 table=None, progress=None, onchip: bool = False) -> Generation:
+                 table=None, progress=None, onchip: bool = False, keep_arrays: bool = False) -> Generation:
         """Generate ``n_tokens`` greedily after ``prompt`` (text or ids). ``draft``: None (one token per decode
         pass), "lookup" or "trigram" (or a :class:`Drafter`), verified ``k`` tokens per pass (default: the
         bitstream's max with drafts, else 1). The tokens are those of plain greedy decoding either way.
 
         ``onchip``: the accelerator runs the draft-verify loop itself (:func:`generate_onchip`; a bitstream with
         a draft engine; ``draft`` "trigram" or None, or a :class:`TrigramDrafter`, whose table it adapts); ``k``
-        then only sizes the prefill passes, the loop's passes hold up to the build's max tokens."""
+        then only sizes the prefill passes, the loop's passes hold up to the build's max tokens.
+
+        ``keep_arrays``: keep every pass's states and logits in :attr:`Generation.passes` (for comparisons);
+        without it host memory per generated token is bounded (:func:`~mmfree.host.layout.host_bytes_per_token`),
+        and with a ``board`` ``n_tokens`` is limited to what its memory holds
+        (:func:`~mmfree.host.layout.max_generation_tokens`)."""
+        check_n_tokens(n_tokens, self.compiled, self.board, self.host.hw.max_tokens, keep_arrays)
         ids = self.check_prompt(prompt)
         if onchip and draft is None:
             draft = "trigram"
@@ -237,7 +243,7 @@ class AccelSession:
             dr = PromptLookupDrafter()
         t0 = time.perf_counter()
         toks, passes = generate(self.host, ids, n_tokens, k=k, write_logits=self.write_logits, progress=progress,
-                                drafter=dr, onchip=onchip)
+                                drafter=dr, onchip=onchip, keep_arrays=keep_arrays)
         text = self.decode_text(toks) if self.tokenizer_dir is not None else None
         self.last = Generation(ids, toks, text, passes, dr.name if dr is not None else None, k,
                                time.perf_counter() - t0)

@@ -20,8 +20,10 @@ five methods and ``mem_window``."""
 from __future__ import annotations
 
 import abc
+from contextlib import contextmanager
 
 from mmfree import MmfreeError
+from mmfree.host.errors import AccelRunError, check_timeout
 from mmfree.rtl import regmap as RM
 
 
@@ -38,6 +40,9 @@ class Transport(abc.ABC):
       accelerator sees the data; ``read_mem`` returns what the accelerator wrote (caches handled inside).
     * ``wait_irq(timeout_s)`` returns True as soon as the interrupt line is high (also when it already
       was), False after ``timeout_s`` seconds (simulated seconds in simulation); it never blocks longer.
+      ``timeout_s`` must be finite and > 0 (:func:`~mmfree.host.errors.check_timeout`, MmfreeError otherwise).
+    * an ``OSError`` from the CSR mapping (MMIO) is raised as :class:`~mmfree.host.errors.AccelRunError` naming
+      the register (:func:`mmio_errors`).
     * ``mem_window`` is ``(lo, hi)``: the DDR the host owns and may give to the accelerator (MEM_LO/MEM_HI).
     * ``close()`` releases what the transport allocated (buffers); the default does nothing.
     """
@@ -90,6 +95,15 @@ class Transport(abc.ABC):
         return NotImplemented
 
 
+@contextmanager
+def mmio_errors(op: str, offset: int):
+    """Turn an ``OSError`` of a CSR ``op`` ("read"/"write") at ``offset`` into :meth:`AccelRunError.mmio`."""
+    try:
+        yield
+    except OSError as exc:
+        raise AccelRunError.mmio(op, offset, exc) from exc
+
+
 def _has_transport_shape(obj) -> bool:
     return all(callable(getattr(obj, n, None)) for n in ("read32", "write32", "write_mem", "read_mem", "wait_irq")) \
         and hasattr(obj, "mem_window")
@@ -108,10 +122,14 @@ class BoardTransport(Transport):
         self.mem_window = tuple(int(x) for x in board.mem_window)
 
     def read32(self, offset: int) -> int:
-        return int(self.board.read32(self.check_offset(offset))) & 0xFFFFFFFF
+        offset = self.check_offset(offset)
+        with mmio_errors("read", offset):
+            return int(self.board.read32(offset)) & 0xFFFFFFFF
 
     def write32(self, offset: int, value: int) -> None:
-        self.board.write32(self.check_offset(offset), int(value) & 0xFFFFFFFF)
+        offset = self.check_offset(offset)
+        with mmio_errors("write", offset):
+            self.board.write32(offset, int(value) & 0xFFFFFFFF)
 
     def write_mem(self, addr: int, data: bytes) -> None:
         data = bytes(data)
@@ -126,7 +144,7 @@ class BoardTransport(Transport):
         return out
 
     def wait_irq(self, timeout_s: float) -> bool:
-        return bool(self.board.wait_irq(timeout_s))
+        return bool(self.board.wait_irq(check_timeout(timeout_s, max_s=None)))
 
 
 def as_transport(board, kind: str | None = None) -> Transport:

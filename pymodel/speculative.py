@@ -63,13 +63,49 @@ def accept_one_hot(p: np.ndarray, candidates, rng: np.random.Generator) -> tuple
     return int(rng.choice(len(r), p=r / mass)), -1
 
 
+def greedy_pick(token: int, candidates) -> tuple[int, int]:
+    """Greedy acceptance at one tree node: the model's token (its argmax) and the index of the first drafted
+    child that carries it (-1: none)."""
+    token = int(token)
+    return token, (candidates.index(token) if token in candidates else -1)
+
+
 def choose(logits_float: np.ndarray, candidates, temperature: float, top_p: float,
            rng: np.random.Generator) -> tuple[int, int]:
     """The next token at a tree node and the index of the matching candidate (-1: none)."""
     if temperature == 0:
-        tok = greedy(logits_float)
-        return tok, (candidates.index(tok) if tok in candidates else -1)
+        return greedy_pick(greedy(logits_float), candidates)
     return accept_one_hot(probabilities(logits_float, temperature, top_p), candidates, rng)
+
+
+def accept_walk(toks, parents, pick, emit=None) -> tuple[list[int], int, bool]:
+    """The acceptance walk over one verified draft tree: the one copy the reference loop, the host driver
+    (:func:`mmfree.host.generate.generate`), the emulator's on-chip loop and the tests use.
+
+    ``toks``: the pass's tokens, ``toks[0]`` the root (the pending token, fed, not drafted); ``parents``: one
+    parent index per token (``-1`` for the root, else ``< own index``), or None for a chain. From the root:
+    ``pick(node, candidates) -> (token, i)`` gives the token the model emits at ``node`` (from that node's
+    logits) and the index ``i`` of the drafted child it accepts among ``candidates`` (the node's children's
+    tokens in draft order; -1: none; greedy: :func:`greedy_pick`). ``emit(token) -> bool`` is called with every
+    emitted token in order; True ends the walk right after that token (a stop token, enough tokens). The walk
+    goes on from an accepted child and ends at the first node with no accepted child.
+
+    Returns ``(tokens, node, stopped)``: the emitted tokens (at least one), the last node walked (the one whose
+    state decoding continues from; ``len(tokens) - 1`` drafted nodes were accepted) and whether ``emit`` ended
+    the walk."""
+    n = len(toks)
+    kids: list[list[int]] = [[] for _ in range(n)]
+    for j in range(1, n):
+        kids[parents[j] if parents is not None else j - 1].append(j)
+    node, out = 0, []
+    while True:
+        tok, i = pick(node, [toks[j] for j in kids[node]])
+        out.append(int(tok))
+        if emit is not None and emit(int(tok)):
+            return out, node, True
+        if i < 0:
+            return out, node, False
+        node = kids[node][i]
 
 
 # ---- which table ------------------------------------------------------------------------------------------------
@@ -208,18 +244,9 @@ def speculative_generate(model, prompt_ids, max_new_tokens: int, max_draft: int 
         passes += 1
         steps += 1
         nodes += len(toks) - 1
-        kids: list[list[int]] = [[] for _ in toks]
-        for j in range(1, len(toks)):
-            kids[parents[j]].append(j)
-        node, depth = 0, 0
-        while True:
-            cands = [toks[j] for j in kids[node]]
-            tok, k = choose(model.to_float(logits[node]), cands, temperature, top_p, rng)
-            done = commit(tok)
-            if done or k < 0:
-                break
-            node = kids[node][k]
-            depth += 1
+        emitted, node, done = accept_walk(
+            toks, parents, lambda i, cands: choose(model.to_float(logits[i]), cands, temperature, top_p, rng), commit)
+        depth = len(emitted) - 1
         hist[depth] += 1
         drafted_accepted += depth
         state = states[node]

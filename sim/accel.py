@@ -527,6 +527,9 @@ def replay_and_compare(im, passes: list[dict]) -> tuple[bool, list[str]]:
     logit, argmax and state exactly. Returns (bit_exact, problems)."""
     problems = []
     h = im.initial_state().h
+    bare = [i for i, p in enumerate(passes) if "states" not in p]
+    if bare:
+        raise MmfreeError(f"passes {bare[:8]} carry no states to compare: generate with keep_arrays=True")
     for i, p in enumerate(passes):
         if p.get("reset"):
             h = im.initial_state().h

@@ -585,6 +585,7 @@ class EmulatedBoard:
     def _loop(self, p, base: dict[str, int], n_out: int, stride: int) -> int:
         """Steps 2 to 4 of :meth:`_generate`; returns the committed state's address (GEN_STATE)."""
         from mmfree.pymodel import trigram as TG
+        from mmfree.pymodel.speculative import accept_walk, greedy_pick
 
         hw, csr = self.hw, self.csr
         line = 4 * (1 + p.slots)
@@ -610,9 +611,8 @@ class EmulatedBoard:
             self._pass(toks, parents, cur, out)
             csr["GEN_PASSES"] += 1
             csr["GEN_NODES"] += len(toks)
-            node = 0
-            while True:                     # the walk: emit the node's argmax, go on to the child drafting it
-                t = int(self.emu.arg[node])
+            def emit(t: int) -> bool:       # each emitted token: update the table, write its set and GEN_OUT
+                nonlocal prev, root, count
                 table.update(prev, root, t)
                 s = TG.set_index(prev, root, p.sets_log2)
                 self.ddr.write(base["TABLE_BASE"] + s * p.ways * line, table.trig[s].astype("<u4").tobytes())
@@ -620,13 +620,10 @@ class EmulatedBoard:
                 count += 1
                 csr["GEN_COUNT"] = count
                 prev, root = root, t
-                if count == n_out or t == eos:
-                    done = True
-                    break
-                kids = [j for j in range(node + 1, len(toks)) if parents[j] == node and toks[j] == t]
-                if not kids:
-                    break
-                node = kids[0]
+                return count == n_out or t == eos
+
+            # the walk: emit the node's argmax, go on to the child drafting it
+            _, node, done = accept_walk(toks, parents, lambda i, cands: greedy_pick(self.emu.arg[i], cands), emit)
             cur = out + node * stride
         self.ddr.write(base["BIGRAM_BASE"], table.bigram.astype("<u4").tobytes())
         return cur

@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 
 from mmfree import MmfreeError
+from mmfree.host.errors import check_timeout
 from mmfree.host.generate import NO_DRAFT_ENGINE
+from mmfree.host.layout import check_n_tokens
 from mmfree.host.session import open_model
 from mmfree.pymodel.drafters import TrigramDrafter
 from mmfree.rtl.compiler import HwConfig
@@ -44,11 +46,12 @@ def run_sim(model="default", prompt="def ", n_tokens: int = 8, draft: str | None
     ``observe(prompt + tokens)``, the updates it makes in that order)."""
     import tempfile
 
-    from mmfree.sim.accel import (DEFAULT_HW, check_prompt_ids, check_width, passes_from_result,
-                                  replay_and_compare, run_job)
+    from mmfree.sim.accel import (DEFAULT_HW, MAX_SIM_POSITIONS, check_prompt_ids, check_width,
+                                  passes_from_result, replay_and_compare, run_job)
     from mmfree.sim.runner import stdout_to_stderr
 
     hw = hw or DEFAULT_HW
+    timeout_s = check_timeout(timeout_s, "timeout_s (--timeout)")
     compiled, im, tok_dir = open_model(model)
     if im is None:
         raise MmfreeError("the simulated board compares with the integer reference: give 'default', an export or a "
@@ -64,8 +67,12 @@ def run_sim(model="default", prompt="def ", n_tokens: int = 8, draft: str | None
     else:
         ids = [int(t) for t in prompt]
     check_prompt_ids(ids, compiled.dims.vocab)
-    if n_tokens < 1:
-        raise MmfreeError(f"--tokens must be >= 1, got {n_tokens}")
+    check_n_tokens(n_tokens, name="--tokens")
+    if len(ids) + n_tokens > MAX_SIM_POSITIONS:
+        raise MmfreeError(f"prompt ({len(ids)} tokens) + --tokens {n_tokens} = {len(ids) + n_tokens} positions; the "
+                          f"simulated board runs at most {MAX_SIM_POSITIONS} (every pass is a cycle-accurate run over "
+                          "all weights, and every pass's arrays are kept for the comparison): shorten the prompt or "
+                          "--tokens")
     if draft not in (None, "none", "lookup", "trigram"):
         raise MmfreeError(f"unknown drafter {draft!r}: choose lookup or trigram")
     draft = None if draft == "none" else draft

@@ -53,7 +53,8 @@ def _run_job(board, job, compiled, progress):
     onchip = bool(job.get("onchip"))
     if onchip and drafter is None:
         raise ValueError("an onchip job drafts with the trigram engine: it needs draft 'trigram' and a table file")
-    g = acc.generate(job["prompt"], job["n_tokens"], draft=drafter, k=job.get("k"), progress=progress, onchip=onchip)
+    g = acc.generate(job["prompt"], job["n_tokens"], draft=drafter, k=job.get("k"), progress=progress, onchip=onchip,
+                     keep_arrays=True)
     out = {"tokens": g.tokens, "passes": g.passes, "counters": g.counters, "k": g.k, "draft": g.draft,
            "onchip": onchip}
     if onchip:
@@ -80,7 +81,7 @@ def _host_job(board, job, compiled):
     host = AccelHost(board, compiled, timeout_s=job.get("timeout_s", 60.0))
     if job["kind"] == "generate":
         tokens, passes = generate(host, job["prompt"], job["n_tokens"], k=job.get("k", 1),
-                                  write_logits=job.get("write_logits", True), progress=progress)
+                                  write_logits=job.get("write_logits", True), progress=progress, keep_arrays=True)
         return {"tokens": tokens, "passes": passes}
     if job["kind"] == "script":
         return {"tokens": [], "passes": run_script(host, job["steps"])}

@@ -263,7 +263,7 @@ def test_tree_drafts_give_greedy_tokens(model, reference):
         truth[tuple(seq)] = t
         seq.append(t)
     acc = _acc(model, write_logits=True)
-    g = acc.generate(ids, N_TOKENS, draft=_BranchyDrafter(truth), k=3)
+    g = acc.generate(ids, N_TOKENS, draft=_BranchyDrafter(truth), k=3, keep_arrays=True)
     assert g.tokens == reference
     trees = [p for p in g.passes if "parents" in p]
     assert trees and all(p["parents"] == [-1, 0, 0] for p in trees)
@@ -358,6 +358,152 @@ def test_model_larger_than_board_ddr_is_refused(model):
     from mmfree.boardfile import load_board
 
     assert HL.check_fits(c, load_board("pynq-z2")) == HL.ddr_needed(c, 4)
+
+
+# ---- faults: time-outs, MMIO errors, identity registers, token limits (issue 22.4) ------------------------------
+BAD_TIMEOUTS = (float("nan"), float("inf"), -float("inf"), 0, 0.0, -1, True, "soon", None, 1e9)
+
+
+@pytest.mark.parametrize("bad", BAD_TIMEOUTS)
+def test_every_wait_needs_a_finite_positive_time_out(model, bad, monkeypatch):
+    """nan, inf, <= 0, non-numbers and more than a day are refused by every API that waits, before waiting."""
+    msg = r"must be > 0, finite"
+    with pytest.raises(MmfreeError, match=r"timeout_s must be > 0, finite and at most 86400 seconds"):
+        _acc(model, timeout_s=bad)
+    acc = _acc(model)
+    if bad is not None:                   # None: the host's own time-out
+        with pytest.raises(MmfreeError, match=msg):
+            acc.host.run([1], timeout_s=bad)
+    if bad != 1e9:                        # the transports take any finite positive wait (a GENERATE's is n x pass)
+        with pytest.raises(MmfreeError, match=msg):
+            HT.BoardTransport(EmulatedBoard(DEFAULT_HW)).wait_irq(bad)
+        fake = _FakePynq()
+        monkeypatch.setattr(BP, "_pynq", lambda: fake.module)
+        with pytest.raises(MmfreeError, match=msg):
+            BP.PynqTransport(fake.ip, 4096, use_interrupt=False).wait_irq(bad)
+        with pytest.raises(MmfreeError, match=r"poll_s must be > 0"):
+            BP.PynqTransport(fake.ip, 4096, use_interrupt=False, poll_s=bad)
+
+
+class _FailingBoard(EmulatedBoard):
+    """The emulator whose MMIO read or write of one register raises OSError (a lost mapping) once armed."""
+
+    def __init__(self, op, reg):
+        super().__init__(DEFAULT_HW)
+        self.op, self.offset, self.armed = op, RM.OFFSET[reg], False
+
+    def read32(self, offset):
+        if self.armed and self.op == "read" and offset == self.offset:
+            raise OSError(5, "Input/output error")
+        return super().read32(offset)
+
+    def write32(self, offset, value):
+        if self.armed and self.op == "write" and offset == self.offset:
+            raise OSError(5, "Input/output error")
+        super().write32(offset, value)
+
+
+@pytest.mark.parametrize("op,reg", [("read", "STATUS"), ("write", "CONTROL"), ("read", "CYCLES_LO")])
+def test_mmio_os_error_is_an_accel_run_error_naming_the_register(model, op, reg):
+    board = _FailingBoard(op, reg)
+    acc = _acc(model, board=board)
+    board.armed = True
+    with pytest.raises(HA.AccelRunError, match=rf"the {op} of accelerator register {reg} \(offset "
+                                              rf"{RM.OFFSET[reg]:#x}\) failed: \[Errno 5\]") as ei:
+        acc.generate([1], 2)
+    assert ei.value.register == reg and ei.value.code is None and isinstance(ei.value.__cause__, OSError)
+
+
+def test_mmio_os_error_through_pynq_transport(model, monkeypatch):
+    fake = _FakePynq()
+    monkeypatch.setattr(BP, "_pynq", lambda: fake.module)
+
+    def read(offset):
+        if offset == RM.OFFSET["HW_LIMITS"]:
+            raise OSError(14, "Bad address")
+        return fake.board.read32(offset)
+
+    fake.ip.mmio.read = fake.ip.read = read
+    im, tok_dir, _ = model
+    with pytest.raises(HA.AccelRunError, match=r"the read of accelerator register HW_LIMITS .* Bad address") as ei:
+        BA.Accelerator.on_ip(fake.ip, im, tokenizer=tok_dir, use_interrupt=False)
+    assert ei.value.register == "HW_LIMITS"
+
+
+def test_zero_hw_config_is_a_clear_error(model, monkeypatch):
+    """A bitstream whose HW_CONFIG reads 0 is refused before anything is sized or written, on every path."""
+    class ZeroConfig(EmulatedBoard):
+        def read32(self, offset):
+            return 0 if offset == RM.OFFSET["HW_CONFIG"] else super().read32(offset)
+
+        def write_mem(self, addr, data):
+            raise AssertionError("DDR was written")
+
+    msg = r"HW_CONFIG reads 0x00000000: bus_bytes, lanes, max_tokens are 0, so the host cannot size its buffers"
+    with pytest.raises(MmfreeError, match=msg):
+        _acc(model, board=ZeroConfig(DEFAULT_HW))
+    fake = _FakePynq()
+    fake.module.allocate = lambda **kw: pytest.fail("DDR was allocated")
+    monkeypatch.setattr(BP, "_pynq", lambda: fake.module)
+    fake.ip.read = ZeroConfig(DEFAULT_HW).read32
+    with pytest.raises(MmfreeError, match=msg):
+        BA.Accelerator.on_ip(fake.ip, model[0], use_interrupt=False)
+    # one field zero: named alone
+    one = EmulatedBoard(DEFAULT_HW)
+    one.csr["HW_CONFIG"] &= ~(0xFF << 16)
+    with pytest.raises(MmfreeError, match=r"max_tokens is 0"):
+        _acc(model, board=one)
+
+
+def test_tokens_bounded_by_the_board_memory(model):
+    from mmfree.boardfile import load_board
+
+    im = model[0]
+    acc = BA.Accelerator(EmulatedBoard(DEFAULT_HW), im, board="pynq-z2")
+    most = HL.max_generation_tokens(acc.compiled, load_board("pynq-z2"), DEFAULT_HW.max_tokens)
+    assert 10_000 < most < (512 << 20) // HL.RECORD_BYTES_PER_TOKEN
+    with pytest.raises(MmfreeError, match=rf"n_tokens {most + 1} is more than the pynq-z2 can hold: at most {most}"):
+        acc.generate([1], most + 1)
+    kept = HL.max_generation_tokens(acc.compiled, load_board("pynq-z2"), DEFAULT_HW.max_tokens, keep_arrays=True)
+    assert kept < most
+    with pytest.raises(MmfreeError, match=rf"at most {kept} tokens"):
+        acc.generate([1], kept + 1, keep_arrays=True)
+    for bad in (0, -3, 2.5, True, "8"):
+        with pytest.raises(MmfreeError, match=r"n_tokens must be >= 1 \(an integer\)"):
+            acc.generate([1], bad)
+
+
+def _deep_size(obj, seen=None) -> int:
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return 0
+    seen.add(id(obj))
+    n = sys.getsizeof(obj)
+    if isinstance(obj, np.ndarray):
+        return n
+    if isinstance(obj, dict):
+        n += sum(_deep_size(k, seen) + _deep_size(v, seen) for k, v in obj.items())
+    elif isinstance(obj, (list, tuple)):
+        n += sum(_deep_size(v, seen) for v in obj)
+    return n
+
+
+def test_host_memory_per_token(model, reference):
+    """Per-pass states and logits are kept only on request: without them a generation's records cost at most
+    RECORD_BYTES_PER_TOKEN host bytes per token (so 10,000 tokens stay tens of MB)."""
+    acc = _acc(model, write_logits=True)
+    g = acc.generate(PROMPT, N_TOKENS)
+    assert g.tokens == reference
+    assert all("states" not in p and "logits" not in p for p in g.passes)
+    per_token = _deep_size(g.passes) / N_TOKENS
+    assert per_token < HL.RECORD_BYTES_PER_TOKEN, per_token
+    kept = acc.generate(PROMPT, N_TOKENS, keep_arrays=True)
+    assert kept.tokens == reference and all(p["states"] is not None and p["logits"] is not None for p in kept.passes)
+    from mmfree.sim.accel import replay_and_compare
+
+    assert replay_and_compare(model[0], kept.passes) == (True, [])
+    with pytest.raises(MmfreeError, match=r"carry no states to compare: generate with keep_arrays=True"):
+        replay_and_compare(model[0], g.passes)
 
 
 # ---- the simulated board: the same driver on the RTL (Verilator + cocotb) ---------------------------------------

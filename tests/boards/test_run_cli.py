@@ -53,6 +53,35 @@ def test_run_bad_arguments(capsys):
     assert rc == 1 and "unknown board 'zedboard'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-1", "0", "1e9"])
+def test_run_timeout_must_be_finite_and_positive(capsys, monkeypatch, value):
+    """--timeout nan/inf/<= 0/more than a day: one clear error before anything runs, on every board."""
+    import mmfree.sim.accel as SA
+    from mmfree.boards import pynq as BP
+
+    monkeypatch.setattr(SA, "run_job", lambda *a, **k: pytest.fail("the simulator was started"))
+    monkeypatch.setattr(BP, "_pynq", lambda: pytest.fail("pynq was touched"))
+    for board in ("sim", "kv260"):
+        rc = main(["run", "--board", board, "--prompt-ids", "1", "--tokens", "2", f"--timeout={value}"])
+        err = capsys.readouterr().err
+        assert rc == 1 and "mmfree run: error: --timeout must be > 0, finite and at most 86400 seconds" in err, err
+
+
+def test_run_tokens_bounded_by_memory(capsys, monkeypatch):
+    """--tokens beyond what the board's memory (or the simulated board's positions) holds is refused up front."""
+    import mmfree.sim.accel as SA
+    from mmfree.boards import pynq as BP
+
+    monkeypatch.setattr(SA, "run_job", lambda *a, **k: pytest.fail("the simulator was started"))
+    monkeypatch.setattr(BP, "_pynq", lambda: pytest.fail("pynq was touched"))
+    rc = main(["run", "--board", "sim", "--prompt-ids", "1,2", "--tokens", "2047"])
+    assert rc == 1 and "prompt (2 tokens) + --tokens 2047 = 2049 positions; the simulated board runs at most 2048" \
+        in capsys.readouterr().err
+    rc = main(["run", "--board", "pynq-z2", "--prompt-ids", "1", "--tokens", str(10 ** 9)])
+    err = capsys.readouterr().err
+    assert rc == 1 and f"--tokens {10 ** 9} is more than the pynq-z2 can hold: at most" in err, err
+
+
 def test_run_sim_refuses_bad_prompts_before_simulating(capsys, monkeypatch):
     import mmfree.sim.accel as SA
 

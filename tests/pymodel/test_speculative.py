@@ -15,7 +15,7 @@ from mmfree.pymodel.export import export_model
 from mmfree.pymodel.generate import generate
 from mmfree.pymodel.intmodel import IntBackend, IntModel, IntState
 from mmfree.pymodel.sampling import probabilities
-from mmfree.pymodel.speculative import accept_one_hot, speculative_generate
+from mmfree.pymodel.speculative import accept_one_hot, accept_walk, greedy_pick, speculative_generate
 from mmfree.pymodel.trigram import TableParams, TrigramTable
 
 from .helpers import random_model
@@ -105,6 +105,26 @@ def test_greedy_accepts_non_first_children(models):
                              table=table, adapt=False)
     assert r.tokens == plain
     assert r.extra["mean_accepted"] > 2
+
+
+def test_accept_walk_is_the_one_walk():
+    """The acceptance walk every verifier shares: chains, trees (first matching child wins), the stop callback."""
+    argmax = {0: 7, 1: 8, 2: 9, 3: 4}
+    pick = lambda i, cands: greedy_pick(argmax[i], cands)    # noqa: E731
+    # a chain [5, 7, 8, 1]: 7 and 8 accepted, 9 != 1 leaves the tree at node 2
+    assert accept_walk([5, 7, 8, 1], None, pick) == ([7, 8, 9], 2, False)
+    # a tree: root children 3 (node 1) and 7 (node 2); node 2's child 9 (node 3) is accepted, node 3 emits 4
+    assert accept_walk([5, 3, 7, 9], [-1, 0, 0, 2], pick) == ([7, 9, 4], 3, False)
+    # two children with the accepted token: the first in draft order wins
+    assert accept_walk([5, 7, 7], [-1, 0, 0], pick) == ([7, 8], 1, False)
+    # nothing accepted: one token, the root's state
+    assert accept_walk([5, 1, 2], [-1, 0, 0], pick) == ([7], 0, False)
+    assert accept_walk([5], None, pick) == ([7], 0, False)
+    # emit ends the walk right after the token it returns True for (accepted or not)
+    seen = []
+    assert accept_walk([5, 7, 8, 1], None, pick, lambda t: seen.append(t) or t == 8) == ([7, 8], 1, True)
+    assert seen == [7, 8]
+    assert greedy_pick(np.int64(3), [1, 3, 3]) == (3, 1) and greedy_pick(2, []) == (2, -1)
 
 
 def test_eos_and_length_limits(models):

@@ -257,17 +257,17 @@ def test_loop_matches_speculative_generate(seed):
 
 def _last_node(model, seq, log, n):
     """The node the last pass's walk ends on (emitting n tokens over all passes)."""
-    seq, count, node = list(seq), 0, 0
+    from mmfree.pymodel.speculative import accept_walk, greedy_pick
+
+    seq, node = list(seq), 0
+
+    def emit(t):
+        seq.append(t)
+        return len(seq) - start == n
+
+    start = len(seq)
     for toks, pars, _, _ in log:
-        node = 0
-        while True:
-            t = model.next(seq)
-            seq.append(t)
-            count += 1
-            kids = [j for j in range(1, len(toks)) if pars[j] == node and toks[j] == t]
-            if count == n or not kids:
-                break
-            node = kids[0]
+        _, node, _ = accept_walk(toks, pars, lambda i, cands: greedy_pick(model.next(seq), cands), emit)
     return node
 
 
