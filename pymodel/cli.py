@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 
 from mmfree import MmfreeError
@@ -168,19 +169,28 @@ def _export(args) -> int:
     from mmfree.pymodel.export import export_checkpoint
     from mmfree.pymodel.intmodel import read_manifest
 
-    out = export_checkpoint(args.model, args.out)
+    from mmfree.pymodel.checkpoint import expected_shapes
+    from mmfree.pymodel.config import MMFreeConfig
+
+    out = export_checkpoint(args.model, args.out, progress=not args.json and sys.stderr.isatty())
     m = read_manifest(Path(out))
     n_weights = sum(c["K"] * c["N"] for c in m["bitlinears"].values())
+    cfg = MMFreeConfig.from_dict(m["config"])
+    n_params = sum(math.prod(s) for k, s in expected_shapes(cfg).items())
     summary = {"out": str(out), "weights_bytes": m["weights_bytes"], "packed_weight_bytes": m["packed_weight_bytes"],
                "ternary_weights": n_weights, "bits_per_weight": m["bits_per_weight"],
+               # measured on the image: packed rows with their padding / the whole weights.bin
+               "bits_per_ternary_weight": 8 * m["packed_weight_bytes"] / n_weights,
+               "parameters": n_params, "bits_per_parameter": 8 * m["weights_bytes"] / n_params,
                "spec_version": m["spec_version"], "format_version": m["format_version"],
                "weights_sha256": m["weights_sha256"]}
     if args.json:
         print_json(summary)
     else:
         print(f"exported {args.model} -> {out}: {n_weights / 1e6:.2f}M ternary weights in "
-              f"{m['packed_weight_bytes'] / 2**20:.2f} MiB ({m['bits_per_weight']} bits/weight), image "
-              f"{m['weights_bytes'] / 2**20:.2f} MiB, spec v{m['spec_version']}")
+              f"{m['packed_weight_bytes'] / 2**20:.2f} MiB ({summary['bits_per_ternary_weight']:.3f} bits/weight with "
+              f"row padding), image {m['weights_bytes'] / 2**20:.2f} MiB ({summary['bits_per_parameter']:.2f} bits per "
+              f"parameter), spec v{m['spec_version']}")
     return 0
 
 
