@@ -135,6 +135,7 @@ def _generate(args) -> int:
         backend = IntBackend(im)
     prompt_ids, tok = _load_prompt(args, tok_source)
     eos = 2 if args.stop_at_eos else None
+    stream = None if args.json else TextStream(tok, args.prompt or "")
     try:
         if args.draft == "trigram":
             from mmfree.pymodel.speculative import speculative_generate
@@ -142,10 +143,11 @@ def _generate(args) -> int:
             extra_kw = {} if args.draft_nodes is None else {"max_nodes": args.draft_nodes}
             res = speculative_generate(backend.model, prompt_ids, args.max_new_tokens, max_draft=args.max_draft, **extra_kw,
                                        temperature=args.temperature, top_p=args.top_p, seed=args.seed,
-                                       table=args.trigram_table, model_dir=tok_source, eos_id=eos)
+                                       table=args.trigram_table, model_dir=tok_source, eos_id=eos, progress=stream)
             extra = res.extra
         else:
-            res = generate(backend, prompt_ids, args.max_new_tokens, args.temperature, args.top_p, args.seed, eos)
+            res = generate(backend, prompt_ids, args.max_new_tokens, args.temperature, args.top_p, args.seed, eos,
+                           progress=stream)
     except ValueError as exc:
         raise MmfreeError(str(exc)) from exc
     text = tok.decode(res.tokens) if tok is not None else None
@@ -153,14 +155,45 @@ def _generate(args) -> int:
         print_json({"backend": args.backend, "prompt_ids": res.prompt_ids, "tokens": res.tokens, "text": text,
                     "seconds": res.seconds, "tokens_per_s": res.tokens_per_s, **extra})
     else:
-        if tok is not None:
-            sys.stdout.write((args.prompt or "") + text + "\n")
-        else:
-            print(" ".join(map(str, res.tokens)))
+        stream.finish()
         print(f"[{len(res.tokens)} tokens, {res.tokens_per_s:.1f} tok/s, backend {args.backend}"
               + (f", {extra['mean_accepted']:.2f} tokens per verification step" if "mean_accepted" in extra else "")
               + "]", file=sys.stderr)
     return 0
+
+
+class TextStream:
+    """Writes generated text to stdout as tokens arrive (``stream(token)``), then ``finish()`` ends the line.
+
+    Text is the tokenizer's decoding of all tokens so far; only the new suffix is written, and nothing while
+    the decoding ends in an incomplete UTF-8 sequence (U+FFFD). Without a tokenizer the ids are written.
+    The whole output equals ``prompt + decode(tokens) + "\\n"``.
+    """
+
+    def __init__(self, tok, prompt: str):
+        self.tok, self.tokens, self.shown = tok, [], ""
+        if tok is not None:
+            sys.stdout.write(prompt)
+            sys.stdout.flush()
+
+    def __call__(self, token: int) -> None:
+        self.tokens.append(int(token))
+        if self.tok is None:
+            sys.stdout.write(("" if len(self.tokens) == 1 else " ") + str(int(token)))
+        else:
+            text = self.tok.decode(self.tokens)
+            if text.endswith("\ufffd") or not text.startswith(self.shown):
+                return
+            sys.stdout.write(text[len(self.shown):])
+            self.shown = text
+        sys.stdout.flush()
+
+    def finish(self) -> None:
+        if self.tok is not None:
+            text = self.tok.decode(self.tokens)
+            sys.stdout.write(text[len(self.shown):] if text.startswith(self.shown) else "\n" + text)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
 
 
 def _export(args) -> int:
