@@ -52,6 +52,25 @@ def register(sub) -> None:
     p.add_argument("--json", action="store_true", help="print a summary as JSON")
 
     p = add_subcommand(
+        sub, "eval", _eval, "perplexity of several backends on a corpus, and their agreement (teacher forced)",
+        "Encodes the corpus with the model's tokenizer (documents separated by EOS), takes the first --tokens\n"
+        "tokens and scores them with every backend, window by window with the recurrent state carried:\n"
+        "perplexity per backend, and per pair of backends the top-1 agreement and the mean |logit difference|.\n"
+        "Backends: float (PyTorch, float32), float64 (the float model's own rounding floor), hardware-float\n"
+        "(PyTorch in hardware-exact mode), int (the integer reference on the exported image; the only one an\n"
+        "export directory can run). --corpus stdlib:val is the held-out split of the default model's corpus.\n"
+        "--json prints {model, corpus, tokens, backends: [{name, perplexity, mean_nll}], agreement: {\"a/b\":\n"
+        "{top1, mean_abs_logit_diff}}}.",
+    )
+    p.add_argument("--model", default="default", help=MODEL_HELP + ", or an export directory (int backend only)")
+    p.add_argument("--corpus", nargs="+", required=True, help="text files, directories (*.py, *.txt, *.md) or stdlib:val")
+    p.add_argument("--backends", default="float,int", help="comma-separated: float, float64, hardware-float, int")
+    p.add_argument("--tokens", type=int, default=5000, help="tokens to score")
+    p.add_argument("--window", type=int, default=512, help="tokens per forward call (state carried across)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+    p = add_subcommand(
         sub, "train", _train, "train a ternary model (CPU here; CUDA and torchrun multi-GPU where available)",
         "Text corpus -> tokenizer (a byte-level BPE is trained unless --tokenizer is given) -> packed\n"
         "token stream -> AdamW with warm-up, cosine decay, the LR halved at the midpoint and weight decay\n"
@@ -224,6 +243,23 @@ def _export(args) -> int:
               f"{m['packed_weight_bytes'] / 2**20:.2f} MiB ({summary['bits_per_ternary_weight']:.3f} bits/weight with "
               f"row padding), image {m['weights_bytes'] / 2**20:.2f} MiB ({summary['bits_per_parameter']:.2f} bits per "
               f"parameter), spec v{m['spec_version']}")
+    return 0
+
+
+def _eval(args) -> int:
+    from mmfree.pymodel.evaluate import evaluate_corpus
+
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    res = evaluate_corpus(args.model, args.corpus, backends, args.tokens, args.window,
+                          progress=not (args.no_progress or args.json))
+    if args.json:
+        print_json(res)
+        return 0
+    print(f"{res['tokens']} tokens of {', '.join(res['corpus'])}, teacher forced")
+    for b in res["backends"]:
+        print(f"  perplexity {b['name']:>14}: {b['perplexity']:.3f}")
+    for pair, a in res["agreement"].items():
+        print(f"  {pair:>22}: top-1 agreement {a['top1'] * 100:.2f} %, mean |logit diff| {a['mean_abs_logit_diff']:.3g}")
     return 0
 
 

@@ -69,17 +69,24 @@ class SafetensorsSource(StateDictSource):
             h = open_safetensors(f)
             for k in h.keys():
                 sl = h.get_slice(k)
-                self._where[k] = (h, f)
+                self._where[k] = f
                 shapes[k] = tuple(sl.get_shape())
                 floating[k] = sl.get_dtype() in ("F64", "F32", "BF16", "F16")
+            del h
         raise_problems(header_problems(shapes, floating, cfg), cfg, str(d))
 
     def __getitem__(self, name: str):
-        h, f = self._where[name]
+        # a fresh mapping per tensor: pages of the file read so far are unmapped (and leave the RSS) with it
+        from mmfree.pymodel.checkpoint import open_safetensors
+
+        f = self._where[name]
+        h = open_safetensors(f)
         try:
-            return h.get_tensor(name)
+            return h.get_tensor(name).clone()
         except Exception as exc:   # safetensors' own error types
             raise MmfreeError(f"{f}: reading {name} failed ({exc}); the file may be damaged: download it again") from exc
+        finally:
+            del h
 
 
 # ---- calibration -----------------------------------------------------------------------------------------
