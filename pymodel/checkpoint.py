@@ -41,7 +41,7 @@ def resolve(path: str | os.PathLike) -> Path:
     return p
 
 
-def _safetensor_files(d: Path) -> list[Path]:
+def safetensor_files(d: Path) -> list[Path]:
     index = d / "model.safetensors.index.json"
     if index.exists():
         try:
@@ -66,11 +66,14 @@ def _safetensor_files(d: Path) -> list[Path]:
 
 
 def read_state_dict(d: Path) -> dict:
-    from safetensors.torch import load_file
-
     sd = {}
-    for f in _safetensor_files(d):
-        sd.update(load_file(str(f)))
+    for f in safetensor_files(d):
+        h = open_safetensors(f)
+        try:
+            for k in h.keys():
+                sd[k] = h.get_tensor(k)
+        except Exception as exc:
+            raise MmfreeError(f"{f}: reading the tensors failed ({exc}); the file may be damaged: download it again") from exc
     return sd
 
 
@@ -98,28 +101,52 @@ def expected_shapes(cfg: MMFreeConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def check_state_dict(sd: dict, cfg: MMFreeConfig, where: str = "checkpoint") -> None:
-    """Raise one error that lists every missing, unexpected and mis-shaped tensor."""
-    import torch
-
+def header_problems(shapes: dict[str, tuple[int, ...]], floating: dict[str, bool], cfg: MMFreeConfig) -> list[str]:
+    """Every missing, unexpected, mis-shaped or non-float tensor, from names, shapes and dtypes alone."""
     exp = expected_shapes(cfg)
     problems = []
     for name, shape in exp.items():
-        if name not in sd:
+        if name not in shapes:
             problems.append(f"missing {name} (expected shape {list(shape)})")
-        elif tuple(sd[name].shape) != shape:
-            problems.append(f"{name}: expected shape {list(shape)}, found {list(sd[name].shape)}")
+        elif tuple(shapes[name]) != shape:
+            problems.append(f"{name}: expected shape {list(shape)}, found {list(shapes[name])}")
     tied_ok = {"lm_head.weight"} if cfg.tie_word_embeddings else set()
-    for name in sorted(set(sd) - set(exp) - tied_ok):
-        problems.append(f"unexpected {name} (shape {list(sd[name].shape)})")
-    for name, t in sd.items():
-        if name in exp and not t.is_floating_point():
-            problems.append(f"{name}: expected a float tensor, found {t.dtype}")
-        elif name in exp and tuple(t.shape) == exp[name] and not torch.isfinite(t.float()).all():
-            problems.append(f"{name}: contains NaN or inf")
+    for name in sorted(set(shapes) - set(exp) - tied_ok):
+        problems.append(f"unexpected {name} (shape {list(shapes[name])})")
+    for name in shapes:
+        if name in exp and not floating[name]:
+            problems.append(f"{name}: expected a float tensor (fp32, bf16 or fp16)")
+    return problems
+
+
+def raise_problems(problems: list[str], cfg: MMFreeConfig, where: str) -> None:
     if problems:
         raise MmfreeError(f"{where} does not match the config ({cfg.num_hidden_layers} layers, d={cfg.hidden_size}, "
                           f"I={cfg.intermediate}, V={cfg.vocab_size}):\n  " + "\n  ".join(problems))
+
+
+def check_state_dict(sd: dict, cfg: MMFreeConfig, where: str = "checkpoint") -> None:
+    """Raise one error that lists every missing, unexpected, mis-shaped and non-finite tensor."""
+    import torch
+
+    problems = header_problems({k: tuple(v.shape) for k, v in sd.items()},
+                               {k: v.is_floating_point() for k, v in sd.items()}, cfg)
+    exp = expected_shapes(cfg)
+    for name, t in sd.items():
+        if name in exp and t.is_floating_point() and tuple(t.shape) == exp[name] and not torch.isfinite(t.float()).all():
+            problems.append(f"{name}: contains NaN or inf")
+    raise_problems(problems, cfg, where)
+
+
+def open_safetensors(f: Path):
+    """``safetensors.safe_open`` (memory-mapped, torch) with one clear error for a damaged or truncated file."""
+    from safetensors import safe_open
+
+    try:
+        return safe_open(str(f), framework="pt")
+    except Exception as exc:   # safetensors raises its own SafetensorError / OSError for damaged files
+        raise MmfreeError(f"{f} is not a readable safetensors file ({exc}); it may be truncated or damaged: "
+                          "download it again") from exc
 
 
 def load_model(path: str | os.PathLike = DEFAULT, dtype=None, device="cpu"):

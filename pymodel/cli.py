@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 
 from mmfree import MmfreeError
@@ -47,6 +48,25 @@ def register(sub) -> None:
     add_model(p, kinds=("default", "checkpoint"))
     p.add_argument("--out", required=True, help="output directory (replaced atomically if it exists)")
     add_json(p, "a summary as JSON")
+
+    p = add_subcommand(
+        sub, "eval", _eval, "perplexity of several backends on a corpus, and their agreement (teacher forced)",
+        "Encodes the corpus with the model's tokenizer (documents separated by EOS), takes the first --tokens\n"
+        "tokens and scores them with every backend, window by window with the recurrent state carried:\n"
+        "perplexity per backend, and per pair of backends the top-1 agreement and the mean |logit difference|.\n"
+        "Backends: float (PyTorch, float32), float64 (the float model's own rounding floor), hardware-float\n"
+        "(PyTorch in hardware-exact mode), int (the integer reference on the exported image; the only one an\n"
+        "export directory can run). --corpus stdlib:val is the held-out split of the default model's corpus.\n"
+        "--json prints {model, corpus, tokens, backends: [{name, perplexity, mean_nll}], agreement: {\"a/b\":\n"
+        "{top1, mean_abs_logit_diff}}}.",
+    )
+    p.add_argument("--model", default="default", help=MODEL_HELP + ", or an export directory (int backend only)")
+    p.add_argument("--corpus", nargs="+", required=True, help="text files, directories (*.py, *.txt, *.md) or stdlib:val")
+    p.add_argument("--backends", default="float,int", help="comma-separated: float, float64, hardware-float, int")
+    p.add_argument("--tokens", type=int, default=5000, help="tokens to score")
+    p.add_argument("--window", type=int, default=512, help="tokens per forward call (state carried across)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = add_subcommand(
         sub, "train", _train, "train a ternary model (CPU here; CUDA and torchrun multi-GPU where available)",
@@ -129,6 +149,7 @@ def _generate(args) -> int:
         backend = IntBackend(im)
     prompt_ids, tok = _load_prompt(args, tok_source)
     eos = 2 if args.stop_at_eos else None
+    stream = None if args.json else TextStream(tok, args.prompt or "")
     try:
         if args.draft == "trigram":
             from mmfree.pymodel.speculative import speculative_generate
@@ -136,10 +157,11 @@ def _generate(args) -> int:
             extra_kw = {} if args.draft_nodes is None else {"max_nodes": args.draft_nodes}
             res = speculative_generate(backend.model, prompt_ids, args.max_new_tokens, max_draft=args.max_draft, **extra_kw,
                                        temperature=args.temperature, top_p=args.top_p, seed=args.seed,
-                                       table=args.trigram_table, model_dir=tok_source, eos_id=eos)
+                                       table=args.trigram_table, model_dir=tok_source, eos_id=eos, progress=stream)
             extra = res.extra
         else:
-            res = generate(backend, prompt_ids, args.max_new_tokens, args.temperature, args.top_p, args.seed, eos)
+            res = generate(backend, prompt_ids, args.max_new_tokens, args.temperature, args.top_p, args.seed, eos,
+                           progress=stream)
     except ValueError as exc:
         raise MmfreeError(str(exc)) from exc
     text = tok.decode(res.tokens) if tok is not None else None
@@ -147,14 +169,45 @@ def _generate(args) -> int:
         print_json({"backend": args.backend, "prompt_ids": res.prompt_ids, "tokens": res.tokens, "text": text,
                     "seconds": res.seconds, "tokens_per_s": res.tokens_per_s, **extra})
     else:
-        if tok is not None:
-            sys.stdout.write((args.prompt or "") + text + "\n")
-        else:
-            print(" ".join(map(str, res.tokens)))
+        stream.finish()
         print(f"[{len(res.tokens)} tokens, {res.tokens_per_s:.1f} tok/s, backend {args.backend}"
               + (f", {extra['mean_accepted']:.2f} tokens per verification step" if "mean_accepted" in extra else "")
               + "]", file=sys.stderr)
     return 0
+
+
+class TextStream:
+    """Writes generated text to stdout as tokens arrive (``stream(token)``), then ``finish()`` ends the line.
+
+    Text is the tokenizer's decoding of all tokens so far; only the new suffix is written, and nothing while
+    the decoding ends in an incomplete UTF-8 sequence (U+FFFD). Without a tokenizer the ids are written.
+    The whole output equals ``prompt + decode(tokens) + "\\n"``.
+    """
+
+    def __init__(self, tok, prompt: str):
+        self.tok, self.tokens, self.shown = tok, [], ""
+        if tok is not None:
+            sys.stdout.write(prompt)
+            sys.stdout.flush()
+
+    def __call__(self, token: int) -> None:
+        self.tokens.append(int(token))
+        if self.tok is None:
+            sys.stdout.write(("" if len(self.tokens) == 1 else " ") + str(int(token)))
+        else:
+            text = self.tok.decode(self.tokens)
+            if text.endswith("\ufffd") or not text.startswith(self.shown):
+                return
+            sys.stdout.write(text[len(self.shown):])
+            self.shown = text
+        sys.stdout.flush()
+
+    def finish(self) -> None:
+        if self.tok is not None:
+            text = self.tok.decode(self.tokens)
+            sys.stdout.write(text[len(self.shown):] if text.startswith(self.shown) else "\n" + text)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
 
 
 def _export(args) -> int:
@@ -163,19 +216,45 @@ def _export(args) -> int:
     from mmfree.pymodel.export import export_checkpoint
     from mmfree.pymodel.intmodel import read_manifest
 
-    out = export_checkpoint(args.model, args.out)
+    from mmfree.pymodel.checkpoint import expected_shapes
+    from mmfree.pymodel.config import MMFreeConfig
+
+    out = export_checkpoint(args.model, args.out, progress=not args.json and sys.stderr.isatty())
     m = read_manifest(Path(out))
     n_weights = sum(c["K"] * c["N"] for c in m["bitlinears"].values())
+    cfg = MMFreeConfig.from_dict(m["config"])
+    n_params = sum(math.prod(s) for k, s in expected_shapes(cfg).items())
     summary = {"out": str(out), "weights_bytes": m["weights_bytes"], "packed_weight_bytes": m["packed_weight_bytes"],
                "ternary_weights": n_weights, "bits_per_weight": m["bits_per_weight"],
+               # measured on the image: packed rows with their padding / the whole weights.bin
+               "bits_per_ternary_weight": 8 * m["packed_weight_bytes"] / n_weights,
+               "parameters": n_params, "bits_per_parameter": 8 * m["weights_bytes"] / n_params,
                "spec_version": m["spec_version"], "format_version": m["format_version"],
                "weights_sha256": m["weights_sha256"]}
     if args.json:
         print_json(summary)
     else:
         print(f"exported {args.model} -> {out}: {n_weights / 1e6:.2f}M ternary weights in "
-              f"{m['packed_weight_bytes'] / 2**20:.2f} MiB ({m['bits_per_weight']} bits/weight), image "
-              f"{m['weights_bytes'] / 2**20:.2f} MiB, spec v{m['spec_version']}")
+              f"{m['packed_weight_bytes'] / 2**20:.2f} MiB ({summary['bits_per_ternary_weight']:.3f} bits/weight with "
+              f"row padding), image {m['weights_bytes'] / 2**20:.2f} MiB ({summary['bits_per_parameter']:.2f} bits per "
+              f"parameter), spec v{m['spec_version']}")
+    return 0
+
+
+def _eval(args) -> int:
+    from mmfree.pymodel.evaluate import evaluate_corpus
+
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    res = evaluate_corpus(args.model, args.corpus, backends, args.tokens, args.window,
+                          progress=not (args.no_progress or args.json))
+    if args.json:
+        print_json(res)
+        return 0
+    print(f"{res['tokens']} tokens of {', '.join(res['corpus'])}, teacher forced")
+    for b in res["backends"]:
+        print(f"  perplexity {b['name']:>14}: {b['perplexity']:.3f}")
+    for pair, a in res["agreement"].items():
+        print(f"  {pair:>22}: top-1 agreement {a['top1'] * 100:.2f} %, mean |logit diff| {a['mean_abs_logit_diff']:.3g}")
     return 0
 
 

@@ -1,9 +1,13 @@
 """``mmfree export``: a float checkpoint -> the hardware image (see :mod:`mmfree.pymodel.layout`).
 
 The ternary codes are computed with exactly the float model's own operations (torch, float32), so the
-image holds the weights the float model uses. Norm weights become int16 vectors, RMSNorm pairs fold into
-one per-BitLinear constant, the embedding becomes int16 rows with a power-of-two shift, and the forget
-gate lower bounds become Q0.31 ``1 - lb`` vectors (all formats: :mod:`mmfree.pymodel.numerics`).
+image holds the weights the float model uses. Norm weights become 31-bit mantissa vectors, RMSNorm pairs
+fold into one per-BitLinear constant, the embedding becomes int32 fixed point, and the forget gate lower
+bounds become Q0.31 ``1 - lb`` vectors (all formats: :mod:`mmfree.pymodel.numerics`).
+
+Streaming: a checkpoint directory is read one tensor at a time from its memory-mapped safetensors files
+(calibration runs one layer at a time), and every image tensor is converted in blocks of rows and
+written as soon as it is made, so the working memory is about one layer, not the model.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import hashlib
 import json
 import math
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,63 +26,120 @@ from mmfree.atomic import atomic_path
 from mmfree.pymodel import layout as LY
 from mmfree.pymodel import numerics as N
 
-
-def _finite(name: str, a: np.ndarray) -> np.ndarray:
-    if not np.all(np.isfinite(a)):
-        raise MmfreeError(f"tensor {name} contains NaN or inf; the checkpoint is corrupt or training diverged")
-    return a
-
-
-def ternarize(weight) -> tuple[np.ndarray, float]:
-    """(ternary int8 ``[N, K]``, alpha) exactly as the float model's ``weight_quant`` computes them."""
-    import torch
-
-    w = weight.detach().to(torch.float32).cpu()
-    mean = w.abs().mean()
-    sw = 1.0 / mean.clamp(min=1e-5)
-    t = (w * sw).round().clamp(-1, 1).to(torch.int8).numpy()
-    return t, float(1.0 / sw)
-
-
 FORMATS_KEY = "mmfree_formats"
-#: tokenizer files copied next to tokenizer.json into the image
+#: tokenizer files copied next to tokenizer.json into the image (they decide whether prompts get BOS)
 TOKENIZER_CONFIG_FILES = ("tokenizer_config.json", "special_tokens_map.json")
+#: rows per block when the embedding or a ternary matrix is converted (bounds the export's working memory)
+ROW_BLOCK = 4096
 
 
+# ---- where the float tensors come from ----------------------------------------------------------------
+class StateDictSource:
+    """Float tensors by official name from an in-memory state dict (a loaded model), one at a time."""
+
+    def __init__(self, sd, cfg):
+        self.sd, self.cfg = sd, cfg
+
+    def get(self, name: str):
+        """Tensor ``name`` on the CPU as float32 (float64 stays float64); MmfreeError if it holds NaN or inf."""
+        import torch
+
+        if name == "lm_head.weight" and self.cfg.tie_word_embeddings:
+            name = "model.embeddings.weight"
+        t = self.sd[name].detach()
+        t = t.to("cpu", torch.float64 if t.dtype == torch.float64 else torch.float32)
+        if not torch.isfinite(t).all():
+            raise MmfreeError(f"tensor {name} contains NaN or inf; the checkpoint is corrupt or training diverged")
+        return t
+
+
+class SafetensorsSource(StateDictSource):
+    """Float tensors of a checkpoint directory, read one at a time from memory-mapped safetensors files.
+
+    Opening checks every name, shape and dtype against the config from the file headers alone (one
+    MmfreeError listing every problem); a truncated or damaged file is an MmfreeError naming it.
+    """
+
+    def __init__(self, d: Path, cfg):
+        from mmfree.pymodel.checkpoint import header_problems, open_safetensors, raise_problems, safetensor_files
+
+        self.cfg, self.sd, self._where = cfg, self, {}
+        shapes, floating = {}, {}
+        for f in safetensor_files(d):
+            h = open_safetensors(f)
+            for k in h.keys():
+                sl = h.get_slice(k)
+                self._where[k] = f
+                shapes[k] = tuple(sl.get_shape())
+                floating[k] = sl.get_dtype() in ("F64", "F32", "BF16", "F16")
+            del h
+        raise_problems(header_problems(shapes, floating, cfg), cfg, str(d))
+
+    def __getitem__(self, name: str):
+        # a fresh mapping per tensor: pages of the file read so far are unmapped (and leave the RSS) with it
+        from mmfree.pymodel.checkpoint import open_safetensors
+
+        f = self._where[name]
+        h = open_safetensors(f)
+        try:
+            return h.get_tensor(name).clone()
+        except Exception as exc:   # safetensors' own error types
+            raise MmfreeError(f"{f}: reading {name} failed ({exc}); the file may be damaged: download it again") from exc
+        finally:
+            del h
+
+
+# ---- calibration -----------------------------------------------------------------------------------------
 def calibrate(model, n_tokens: int = 512, seed: int = 0) -> dict[str, int]:
-    """Fixed-point formats for a model: ``{"res_frac", "act_frac"}`` from the largest magnitudes the float
-    model produces on ``n_tokens`` seeded random tokens (plus the whole embedding table), with
-    ``numerics.CALIBRATION_MARGIN_BITS`` of headroom. Deterministic: a function of the weights only."""
+    """Fixed-point formats of a loaded model (see :func:`calibrate_source`)."""
+    return calibrate_source(StateDictSource(model.state_dict(), model.config), model.config, n_tokens, seed)
+
+
+def calibrate_source(src, cfg, n_tokens: int = 512, seed: int = 0) -> dict[str, int]:
+    """Fixed-point formats ``{"res_frac", "act_frac"}`` from the largest magnitudes the float model (official
+    fake quantization, float32 CPU) produces on ``n_tokens`` seeded random tokens (plus the whole embedding
+    table), with ``numerics.CALIBRATION_MARGIN_BITS`` of headroom. Runs one layer at a time, each loaded from
+    ``src`` and dropped after use. Deterministic: a function of the weights only."""
     import torch
 
-    from mmfree.pymodel.model import BitLinear
+    from mmfree.pymodel.model import BitLinear, Block, RMSNorm, lower_bound_table
 
-    cfg = model.config
     ids = torch.from_numpy(np.random.default_rng(seed).integers(0, cfg.vocab_size, n_tokens)).view(1, -1)
-    seen = {"res": float(model.model.embeddings.weight.detach().abs().max()), "act": 0.0}
-    hooks = []
-    for name, mod in model.named_modules():
-        if isinstance(mod, BitLinear):
-            kind = LY.output_format(name)
+    emb = src.get("model.embeddings.weight")
+    seen = {"res": float(emb.abs().max()), "act": 0.0}
+    x = emb[ids]
+    del emb
+    L = cfg.num_hidden_layers
+    lbs = lower_bound_table(src.get("model.lower_bounds")) if cfg.use_lower_bound else [None] * L
 
-            def hook(m, i, o, kind=kind):
-                seen[kind] = max(seen[kind], float(o.detach().abs().max()))
+    def run(mod, prefix, *inputs):
+        mod.load_state_dict({k: src.get(prefix + k) for k in mod.state_dict()}, assign=True)
+        mod.eval()
+        hooks = [m.register_forward_hook(lambda m, i, o, kind=LY.output_format(name):
+                                         seen.__setitem__(kind, max(seen[kind], float(o.detach().abs().max()))))
+                 for name, m in mod.named_modules() if isinstance(m, BitLinear)]
+        try:
+            with torch.no_grad():
+                return mod(*inputs)
+        finally:
+            for h in hooks:
+                h.remove()
 
-            hooks.append(mod.register_forward_hook(hook))
-    for layer in model.model.layers:
-        def res_hook(m, i, o):
-            seen["res"] = max(seen["res"], float(o[0].detach().abs().max()))
-
-        hooks.append(layer.register_forward_hook(res_hook))
-    numerics, model.numerics = model.numerics, "fake"
-    try:
-        with torch.no_grad():
-            model(ids.to(model.model.embeddings.weight.device))
-    finally:
-        model.numerics = numerics
-        for h in hooks:
-            h.remove()
+    for i in range(L):
+        x, _ = run(Block(cfg, i), f"model.layers.{i}.", x, lbs[i], None)
+        seen["res"] = max(seen["res"], float(x.abs().max()))
+    x = run(RMSNorm(cfg.hidden_size, cfg.rms_norm_eps), "model.norm.", x)
+    run(BitLinear(cfg.hidden_size, cfg.vocab_size, cfg.bitlinear_norm_eps), "lm_head.", x)   # the head: "act"
     return {"res_frac": N.frac_for(seen["res"]), "act_frac": N.frac_for(seen["act"])}
+
+
+def _checked_formats(fm) -> dict[str, int]:
+    for key in ("res_frac", "act_frac"):
+        if not isinstance(fm, dict) or not isinstance(fm.get(key), int) or not N.FRAC_MIN <= fm[key] <= N.FRAC_MAX:
+            got = fm.get(key) if isinstance(fm, dict) else fm
+            raise MmfreeError(f"config key {FORMATS_KEY}.{key} must be an integer in [{N.FRAC_MIN}, {N.FRAC_MAX}], "
+                              f"got {got!r}; delete it to recalibrate")
+    return {"res_frac": fm["res_frac"], "act_frac": fm["act_frac"]}
 
 
 def formats_of(model) -> dict[str, int]:
@@ -87,135 +149,225 @@ def formats_of(model) -> dict[str, int]:
     if fm is None:
         fm = calibrate(model)
         model.config.extra[FORMATS_KEY] = fm
-    for key in ("res_frac", "act_frac"):
-        if not isinstance(fm.get(key), int) or not N.FRAC_MIN <= fm[key] <= N.FRAC_MAX:
-            raise MmfreeError(f"config key {FORMATS_KEY}.{key} must be an integer in [{N.FRAC_MIN}, {N.FRAC_MAX}], "
-                              f"got {fm.get(key)!r}; delete it to recalibrate")
-    return {"res_frac": fm["res_frac"], "act_frac": fm["act_frac"]}
+    return _checked_formats(fm)
+
+
+def _source_formats(src, cfg) -> dict[str, int]:
+    """Formats stored in the config, else calibrated from ``src`` and stored into ``cfg.extra``."""
+    if cfg.extra.get(FORMATS_KEY) is None:
+        cfg.extra[FORMATS_KEY] = calibrate_source(src, cfg)
+    return _checked_formats(cfg.extra[FORMATS_KEY])
+
+
+# ---- the integer tensors, one at a time -------------------------------------------------------------------
+def ternarize(weight) -> tuple[np.ndarray, float]:
+    """(ternary int8 ``[N, K]``, alpha) exactly as the float model's ``weight_codes`` computes them."""
+    t, alpha, _ = _ternary_blocks(weight.detach().float().cpu())
+    return np.concatenate(list(t)) if t else np.zeros(tuple(weight.shape), np.int8), alpha
+
+
+def _ternary_blocks(w):
+    """(list of int8 row blocks, alpha, nonzero count) of float32 ``w [N, K]`` with the float model's scale."""
+    import torch
+
+    from mmfree.pymodel.model import ternary_rows, weight_scale
+
+    sw = weight_scale(w, torch.float32)
+    blocks = [ternary_rows(w[r:r + ROW_BLOCK], sw).to(torch.int8).numpy() for r in range(0, w.shape[0], ROW_BLOCK)]
+    return blocks, float(1.0 / sw), sum(int(np.count_nonzero(b)) for b in blocks)
+
+
+class _Converter:
+    """Makes the image tensors of one model from a source, by layout name, in layout order.
+
+    The small vectors (norm weights, lower bounds) are read up front; each matrix is read when its image
+    tensor is made. ``consts`` collects the per-BitLinear constants as the matrices go by.
+    """
+
+    def __init__(self, src, cfg, formats: dict[str, int]):
+        self.src, self.cfg, self.formats = src, cfg, formats
+        self.dims = LY.Dims.of(cfg)
+        self.bls = {bl.w: bl for bl in LY.bitlinears(self.dims)}
+        self.consts: dict[str, dict] = {}
+        self.small: dict[str, np.ndarray] = {}
+        self.exps: dict[str, int] = {}
+        self.pre: dict[str, np.ndarray] = {}
+        self._vectors()
+
+    def _f64(self, name: str) -> np.ndarray:
+        import torch
+
+        return self.src.get(name).to(torch.float64).numpy()
+
+    def _vec(self, name: str, v: np.ndarray) -> None:
+        self.small[name], self.exps[name] = N.vector_from_float(v)
+
+    def _vectors(self) -> None:
+        import torch
+
+        from mmfree.pymodel.model import lower_bound_table
+
+        cfg = self.cfg
+        lbs = (lower_bound_table(torch.from_numpy(self._f64("model.lower_bounds"))) if cfg.use_lower_bound
+               else [None] * cfg.num_hidden_layers)
+        for i in range(cfg.num_hidden_layers):
+            p, q = f"model.layers.{i}.", f"layers.{i}."
+            # the released code applies no lower bound in layer 0 (its lb[0] is 0 anyway)
+            one_minus_lb = np.ones(cfg.hidden_size) if lbs[i] is None else 1.0 - lbs[i].numpy()
+            self.small[q + "attn.one_minus_lb"] = N.q31_from_float(one_minus_lb).astype(np.uint32)
+            attn_norm, g_norm, mlp_norm = (self._f64(p + k) for k in ("attn_norm.weight", "attn.g_norm.weight",
+                                                                      "mlp_norm.weight"))
+            self._vec(q + "attn_norm.n", attn_norm)
+            self._vec(q + "attn.g_norm.n", g_norm)
+            self._vec(q + "mlp_norm.n", mlp_norm)
+            self._vec(q + "mlp.down_proj.n", np.ones(cfg.intermediate))
+            for proj in ("i_proj", "f_proj", "g_proj"):
+                self.pre[q + f"attn.{proj}"] = attn_norm
+            self.pre[q + "attn.o_proj"] = g_norm
+            self.pre[q + "mlp.gate_proj"] = mlp_norm
+            self.pre[q + "mlp.down_proj"] = np.ones(cfg.intermediate)
+        self.pre["lm_head"] = self._f64("model.norm.weight")
+        self._vec("norm.n", self.pre["lm_head"])
+        for bl in self.bls.values():
+            self._vec(bl.nw, self.pre[bl.name] * self._f64(self._torch_name(bl) + ".norm.weight"))
+        self.small["lut.sigmoid_tail"] = N.sigmoid_tail_table()
+        self.small["lut.rsqrt"] = N.rsqrt_table()
+
+    @staticmethod
+    def _torch_name(bl) -> str:
+        return "lm_head" if bl.name == "lm_head" else "model." + bl.name
+
+    def blocks(self, name: str, pack: bool):
+        """The image tensor ``name`` as a list of row blocks (numpy; ternary matrices packed if ``pack``)."""
+        if name == "embed":
+            emb = self.src.get("model.embeddings.weight")
+            return [N.fixed_from_float(emb[r:r + ROW_BLOCK].double().numpy(), self.formats["res_frac"])
+                    for r in range(0, emb.shape[0], ROW_BLOCK)]
+        if name in self.bls:
+            return self._ternary(self.bls[name], pack)
+        return [self.small[name]]
+
+    def _ternary(self, bl, pack: bool) -> list[np.ndarray]:
+        tname = self._torch_name(bl)
+        w = self.src.get(tname + ".weight").float()
+        if float(w.abs().mean()) == 0.0:
+            raise MmfreeError(f"tensor {tname}.weight is all zeros: its ternary scale is zero, nothing to export")
+        t, alpha, nonzero = _ternary_blocks(w)
+        del w
+        F_n, F_nw = self.exps[bl.n], self.exps[bl.nw]
+        F_out = self.formats[LY.output_format(bl.name) + "_frac"]
+        C = alpha * math.sqrt(bl.K) / N.CODE_MAX * 2.0 ** (F_n - F_nw + F_out - 16)
+        c_m, c_e = N.constant_from_float(C)
+        self.consts[bl.name] = {"K": bl.K, "N": bl.N, "alpha": alpha, "F_n": F_n, "F_nw": F_nw, "F_out": F_out,
+                                "c_m": c_m, "c_e": c_e, "nonzero_fraction": nonzero / (bl.N * bl.K)}
+        return [N.pack_ternary(b) for b in t] if pack else t
 
 
 def int_params(model) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
     """Every integer parameter the pipeline uses, by layout name, with ternary matrices unpacked
-    (int8 ``[N, K]`` under the ``.w`` names), and the per-BitLinear constants. Used by the export and by
-    the hardware-exact training mode (which re-derives them from the current float weights each step)."""
-    import torch
-
-    cfg = model.config
-    dims = LY.Dims.of(cfg)
-    sd = {k: v.detach().to(torch.float64).cpu().numpy() for k, v in model.state_dict().items()}
-    for k, v in sd.items():
-        _finite(k, v)
-    arrays: dict[str, np.ndarray] = {}
-    consts: dict[str, dict] = {}
-    exps: dict[str, int] = {}
-
-    def vec(name, v):
-        m, F = N.vector_from_float(v)
-        arrays[name] = m
-        exps[name] = F
-
-    formats = formats_of(model)
-    arrays["embed"] = N.fixed_from_float(sd["model.embeddings.weight"], formats["res_frac"])
-    if cfg.use_lower_bound:
-        lbw = torch.from_numpy(sd["model.lower_bounds"]).softmax(0)
-        lb = (lbw.cumsum(0) - lbw[0]).numpy()
-    else:
-        lb = np.zeros((cfg.num_hidden_layers, cfg.hidden_size))
-    pre = {}
-    for i in range(cfg.num_hidden_layers):
-        p = f"model.layers.{i}."
-        q = f"layers.{i}."
-        # the released code applies no lower bound in layer 0 (its lb[0] is 0 anyway)
-        one_minus_lb = np.ones(cfg.hidden_size) if i == 0 else 1.0 - lb[i]
-        arrays[q + "attn.one_minus_lb"] = N.q31_from_float(one_minus_lb).astype(np.uint32)
-        vec(q + "attn_norm.n", sd[p + "attn_norm.weight"])
-        vec(q + "attn.g_norm.n", sd[p + "attn.g_norm.weight"])
-        vec(q + "mlp_norm.n", sd[p + "mlp_norm.weight"])
-        vec(q + "mlp.down_proj.n", np.ones(cfg.intermediate))
-        for proj in ("i_proj", "f_proj", "g_proj"):
-            pre[q + f"attn.{proj}"] = sd[p + "attn_norm.weight"]
-        pre[q + "attn.o_proj"] = sd[p + "attn.g_norm.weight"]
-        pre[q + "mlp.gate_proj"] = sd[p + "mlp_norm.weight"]
-        pre[q + "mlp.down_proj"] = np.ones(cfg.intermediate)
-    vec("norm.n", sd["model.norm.weight"])
-    pre["lm_head"] = sd["model.norm.weight"]
-    modules = model.bitlinears()
-    for bl in LY.bitlinears(dims):
-        torch_name = "lm_head" if bl.name == "lm_head" else "model." + bl.name
-        mod = modules[torch_name]
-        if float(mod.weight.detach().abs().mean()) == 0.0:
-            raise MmfreeError(f"tensor {torch_name}.weight is all zeros: its ternary scale is zero, nothing to export")
-        t, alpha = ternarize(mod.weight)
-        arrays[bl.w] = t
-        own = sd[torch_name + ".norm.weight"]
-        vec(bl.nw, pre[bl.name] * own)
-        F_n, F_nw = exps[bl.n], exps[bl.nw]
-        F_out = formats[LY.output_format(bl.name) + "_frac"]
-        C = alpha * math.sqrt(bl.K) / N.CODE_MAX * 2.0 ** (F_n - F_nw + F_out - 16)
-        c_m, c_e = N.constant_from_float(C)
-        consts[bl.name] = {"K": bl.K, "N": bl.N, "alpha": alpha, "F_n": F_n, "F_nw": F_nw, "F_out": F_out,
-                           "c_m": c_m, "c_e": c_e,
-                           "nonzero_fraction": float(np.count_nonzero(t)) / t.size}
-    arrays["lut.sigmoid_tail"] = N.sigmoid_tail_table()
-    arrays["lut.rsqrt"] = N.rsqrt_table()
-    return arrays, consts
+    (int8 ``[N, K]`` under the ``.w`` names), and the per-BitLinear constants. Used by the hardware-exact
+    training mode (which re-derives them from the current float weights each step); the same conversion
+    as the export."""
+    conv = _Converter(StateDictSource(model.state_dict(), model.config), model.config, formats_of(model))
+    arrays = {t.name: np.concatenate(conv.blocks(t.name, pack=False)) for t in LY.tensors(conv.dims)}
+    return arrays, conv.consts
 
 
 def image_arrays(model) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
     """All tensors of the image (by layout name, ternary matrices packed) and the per-BitLinear constants."""
-    arrays, consts = int_params(model)
-    for bl in LY.bitlinears(LY.Dims.of(model.config)):
-        arrays[bl.w] = N.pack_ternary(arrays[bl.w])
-    return arrays, consts
+    conv = _Converter(StateDictSource(model.state_dict(), model.config), model.config, formats_of(model))
+    arrays = {t.name: np.concatenate(conv.blocks(t.name, pack=True)) for t in LY.tensors(conv.dims)}
+    return arrays, conv.consts
 
 
-def export_model(model, out: str | os.PathLike, tokenizer_file: str | os.PathLike | None = None,
-                 source: str | None = None, progress: bool = False) -> Path:
-    """Write the image directory ``out`` atomically; returns its path."""
-    cfg = model.config
+# ---- writing ---------------------------------------------------------------------------------------------
+def _write_weights(f, conv: _Converter, progress: bool) -> tuple[dict, int, str]:
+    """Write weights.bin to the open file ``f`` tensor by tensor; returns (tensor table, size, sha256)."""
+    from tqdm import tqdm
+
+    specs = LY.tensors(conv.dims)
+    offs, total = LY.offsets(specs)
+    whole, pos, table = hashlib.sha256(), 0, {}
+    bar = tqdm(specs, desc="export", unit="tensor", file=sys.stderr, disable=not progress, leave=False)
+    for t in bar:
+        bar.set_postfix_str(t.name, refresh=False)
+        pad = bytes(offs[t.name] - pos)
+        f.write(pad)
+        whole.update(pad)
+        own, n, rows = hashlib.sha256(), 0, 0
+        for b in conv.blocks(t.name, pack=True):
+            b = np.ascontiguousarray(b, dtype=t.dtype)
+            rows += b.shape[0]
+            raw = memoryview(b).cast("B")
+            f.write(raw)
+            whole.update(raw)
+            own.update(raw)
+            n += len(raw)
+        if n != t.nbytes or (len(t.shape) > 1 and rows != t.shape[0]):
+            raise AssertionError(f"{t.name}: layout says {t.shape} ({t.nbytes} bytes), export made {n} bytes")
+        table[t.name] = {"offset": offs[t.name], "dtype": t.dtype, "shape": list(t.shape), "nbytes": n,
+                         "sha256": own.hexdigest()}
+        pos = offs[t.name] + n
+    tail = bytes(total - pos)
+    f.write(tail)
+    whole.update(tail)
+    return table, total, whole.hexdigest()
+
+
+def _tokenizer_files(tokenizer_file) -> dict[str, Path]:
+    """``tokenizer.json`` and the tokenizer config files beside it, by their name in the image."""
+    if tokenizer_file is None or not Path(tokenizer_file).exists():
+        return {}
+    files = {"tokenizer.json": Path(tokenizer_file)}
+    for name in TOKENIZER_CONFIG_FILES:
+        if (Path(tokenizer_file).parent / name).exists():
+            files[name] = Path(tokenizer_file).parent / name
+    return files
+
+
+def _export(src, cfg, out, tokenizer: dict[str, Path], source: str | None, progress: bool) -> Path:
     dims = LY.Dims.of(cfg)
     if cfg.hidden_size > N.MAX_K_FLOAT32_EXACT or cfg.intermediate > N.MAX_K_FLOAT32_EXACT:
         raise MmfreeError(f"projection width above {N.MAX_K_FLOAT32_EXACT} is outside the spec (accumulator bound)")
-    arrays, consts = image_arrays(model)
-    specs = LY.tensors(dims)
-    offs, total = LY.offsets(specs)
-    blob = bytearray(total)
-    table = {}
-    for t in specs:
-        a = np.ascontiguousarray(arrays[t.name], dtype=t.dtype)
-        if tuple(a.shape) != t.shape:
-            raise AssertionError(f"{t.name}: layout says {t.shape}, export made {a.shape}")
-        raw = a.tobytes()
-        blob[offs[t.name]:offs[t.name] + len(raw)] = raw
-        table[t.name] = {"offset": offs[t.name], "dtype": t.dtype, "shape": list(t.shape), "nbytes": len(raw),
-                         "sha256": hashlib.sha256(raw).hexdigest()}
-    manifest = {
-        "format": LY.FORMAT, "format_version": LY.FORMAT_VERSION, "spec_version": N.SPEC_VERSION,
-        "row_align_bytes": N.ROW_ALIGN_BYTES, "source": source,
-        "config": cfg.to_dict(),
-        "formats": formats_of(model),
-        "dims": {"vocab": dims.vocab, "d": dims.d, "inter": dims.inter, "layers": dims.layers},
-        "bitlinears": consts, "tensors": table, "weights_bytes": total,
-        "weights_sha256": hashlib.sha256(bytes(blob)).hexdigest(),
-        "packed_weight_bytes": LY.weight_bytes_per_token(dims),
-        "bits_per_weight": 8.0 / N.TRITS_PER_BYTE,
-    }
+    formats = _source_formats(src, cfg)
+    conv = _Converter(src, cfg, formats)
     out = Path(out)
     with atomic_path(out) as tmp:
         tmp.mkdir()
-        (tmp / "weights.bin").write_bytes(bytes(blob))
-        if tokenizer_file is not None and Path(tokenizer_file).exists():
-            (tmp / "tokenizer.json").write_bytes(Path(tokenizer_file).read_bytes())
-            for extra in TOKENIZER_CONFIG_FILES:   # they decide whether prompts get BOS
-                if (Path(tokenizer_file).parent / extra).exists():
-                    (tmp / extra).write_bytes((Path(tokenizer_file).parent / extra).read_bytes())
+        with open(tmp / "weights.bin", "wb") as f:
+            table, total, digest = _write_weights(f, conv, progress)
+        for name, path in tokenizer.items():
+            (tmp / name).write_bytes(path.read_bytes())
+        manifest = {
+            "format": LY.FORMAT, "format_version": LY.FORMAT_VERSION, "spec_version": N.SPEC_VERSION,
+            "row_align_bytes": N.ROW_ALIGN_BYTES, "source": source,
+            "config": cfg.to_dict(), "formats": formats,
+            "dims": {"vocab": dims.vocab, "d": dims.d, "inter": dims.inter, "layers": dims.layers},
+            "bitlinears": conv.consts, "tensors": table, "weights_bytes": total, "weights_sha256": digest,
+            "packed_weight_bytes": LY.weight_bytes_per_token(dims),
+            "bits_per_weight": 8.0 / N.TRITS_PER_BYTE,
+        }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return out
 
 
-def export_checkpoint(model_path: str, out: str | os.PathLike) -> Path:
-    from mmfree.pymodel.checkpoint import load_model, resolve
+def export_model(model, out: str | os.PathLike, tokenizer_file: str | os.PathLike | None = None,
+                 source: str | None = None, progress: bool = False) -> Path:
+    """Write the image directory ``out`` of a loaded model atomically; returns its path. The model's
+    formats are calibrated (and stored in its config) on first use."""
+    formats_of(model)
+    return _export(StateDictSource(model.state_dict(), model.config), model.config, out,
+                   _tokenizer_files(tokenizer_file), source, progress)
 
-    model = load_model(model_path)
+
+def export_checkpoint(model_path: str, out: str | os.PathLike, progress: bool = False) -> Path:
+    """Stream a checkpoint directory (or "default") into the image ``out``: tensors are read one at a time
+    from the memory-mapped safetensors files, converted and written, so memory stays near one layer."""
+    from mmfree.pymodel.checkpoint import resolve
+    from mmfree.pymodel.config import MMFreeConfig
+
     d = resolve(model_path)
-    return export_model(model, out, tokenizer_file=d / "tokenizer.json", source=str(model_path))
+    if not (d / "config.json").exists():
+        raise MmfreeError(f"no config.json in {d}; is this a MatMul-free LM checkpoint directory?")
+    cfg = MMFreeConfig.from_json(d / "config.json")
+    return _export(SafetensorsSource(d, cfg), cfg, out, _tokenizer_files(d / "tokenizer.json"), str(model_path), progress)

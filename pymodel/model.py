@@ -95,10 +95,20 @@ def activation_codes(y: torch.Tensor, cdt: torch.dtype) -> tuple[torch.Tensor, t
     return (y.detach().to(cdt) * s).round().clamp(-128, 127), s
 
 
+def weight_scale(w: torch.Tensor, cdt: torch.dtype) -> torch.Tensor:
+    """sw = 1 / max(mean|w|, 1e-5) as a 0-d ``cdt`` tensor (one scale per matrix)."""
+    return 1.0 / w.detach().abs().mean().to(cdt).clamp(min=1e-5)
+
+
+def ternary_rows(w: torch.Tensor, sw: torch.Tensor) -> torch.Tensor:
+    """Ternary codes ``round(w * sw).clamp(-1, 1)`` in sw's dtype; elementwise, so any block of rows may go alone."""
+    return (w.detach().to(sw.dtype) * sw).round().clamp(-1, 1)
+
+
 def weight_codes(w: torch.Tensor, cdt: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """(t, sw): ternary codes ``round(w * sw).clamp(-1, 1)`` (as ``cdt``, ``[N, K]``) and sw = 1 / mean|w| (0-d)."""
-    sw = 1.0 / w.detach().abs().mean().to(cdt).clamp(min=1e-5)
-    return (w.detach().to(cdt) * sw).round().clamp(-1, 1), sw
+    sw = weight_scale(w, cdt)
+    return ternary_rows(w, sw), sw
 
 
 def ternary_linear_cached(y: torch.Tensor, t8: torch.Tensor, sw: torch.Tensor) -> torch.Tensor:
@@ -335,6 +345,13 @@ class Backbone(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
 
+def lower_bound_table(lower_bounds: torch.Tensor) -> list[torch.Tensor | None]:
+    """``lb = softmax(lower_bounds, 0); lb = cumsum(lb) - lb[0]`` per layer (``[L, d]`` -> L x ``[d]``); layer 0: None."""
+    lb = lower_bounds.to(_compute_dtype(lower_bounds)).softmax(0)
+    lb = lb.cumsum(0) - lb[0]
+    return [None if i == 0 else lb[i] for i in range(lower_bounds.shape[0])]
+
+
 @dataclass
 class MMFreeState:
     """Recurrent decoding state: one ``h`` of shape ``[B, d]`` per layer (float32)."""
@@ -380,12 +397,9 @@ class MMFreeForCausalLM(nn.Module):
     # -- helpers -----------------------------------------------------------------------------------
     def lower_bounds(self) -> list[torch.Tensor | None]:
         """Per-layer forget-gate lower bound ``[d]`` (``None`` where the layer has none)."""
-        L = self.config.num_hidden_layers
         if not self.config.use_lower_bound:
-            return [None] * L
-        lb = self.model.lower_bounds.to(_compute_dtype(self.model.lower_bounds)).softmax(0)
-        lb = lb.cumsum(0) - lb[0]
-        return [None if i == 0 else lb[i] for i in range(L)]
+            return [None] * self.config.num_hidden_layers
+        return lower_bound_table(self.model.lower_bounds)
 
     def check_ids(self, input_ids: torch.Tensor) -> None:
         if input_ids.numel() and (int(input_ids.min()) < 0 or int(input_ids.max()) >= self.config.vocab_size):
