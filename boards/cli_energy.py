@@ -4,6 +4,7 @@ measured and where the boundary is (readers: :mod:`mmfree.boards.power`; model: 
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -28,9 +29,10 @@ def register(sub) -> None:
         sub, "energy", _energy, "energy per token across CPU, GPU and FPGA (measured where possible, else modeled)",
         "Generates --tokens tokens after each prompt on every backend asked for and reports tokens/s, average\n"
         "watts and joules per token (gross and above idle), with the measurement boundary and method:\n\n"
-        "  cpu         the integer reference on this CPU; energy from RAPL (/sys/class/powercap, package +\n"
-        "              dram, counter wrap handled) when readable, else 'unavailable' with the reason\n"
-        "              (tokens/s is still measured)\n"
+        "  cpu         the fast CPU decode (mmfree.hls.fastcpu: the integer reference in C++, 2-bit weights,\n"
+        "              exact); energy from --meter, else RAPL (/sys/class/powercap, package + dram, wraps\n"
+        "              and resets told apart) when readable and trusted, else 'unavailable' with the reason\n"
+        "              (tokens/s is still measured); a shape (370M/1.3B/2.7B) runs random weights\n"
         "  gpu         the float model on CUDA; energy from NVML's total-energy counter (nvidia-ml-py)\n"
         "  fpga-model  the accelerator on --board, modeled: mmfree.sim.perf + boards/power_model.py\n"
         "              (--model may be 370M/1.3B/2.7B here: no weights needed)\n"
@@ -66,6 +68,9 @@ def register(sub) -> None:
     p.add_argument("--idle-s", type=float, default=2.0,
                    help="seconds of idle measured with the same source before each measured run (0: not measured)")
     p.add_argument("--idle-w", type=float, default=None, help="state the idle watts instead of measuring them")
+    p.add_argument("--activity", default=None, metavar="SAIF",
+                   help="fpga-model: a SAIF file (Vivado write_saif, or a simulator's) whose toggle rate replaces the "
+                        "simulated RTL activity of the logic in the power model")
     p.add_argument("--threads", type=int, default=1,
                    help="threads of the fast CPU decode (default 1: on a shared machine more threads spin)")
 
@@ -248,11 +253,12 @@ def gpu_row(model: str, prompts_file, n_tokens: int, counter=None) -> dict:
             "reason": "above-idle needs an idle baseline (not taken)"}
 
 
-def fpga_model_row(model: str, board: str, clock_mhz, k: int = 1, accept_len: float | None = None) -> dict:
+def fpga_model_row(model: str, board: str, clock_mhz, k: int = 1, accept_len: float | None = None,
+                   saif: str | None = None) -> dict:
     from mmfree.boards.power_model import model_energy
     from mmfree.sim.perf import dims_for
 
-    row = model_energy(dims_for(model), board, clock_mhz, k=k, accept_len=accept_len)
+    row = model_energy(dims_for(model), board, clock_mhz, k=k, accept_len=accept_len, saif=saif)
     if k > 1:
         row["method"] += f"; k = {k} speculative passes, {accept_len or 1:g} tokens emitted per pass (assumed)"
     if not row["fits"]:
@@ -314,9 +320,9 @@ def gpu_fast_row(model: str, prompts_file, n_tokens: int, counter=None, device: 
                               f"graph: {tm.graphs}), {len(prompts)} prompts x {n_tokens} tokens", **fields)
 
 
-def fpga_compare_row(model: str, board: str, clock_mhz=None, k: int = 1, accept_len=None) -> dict:
+def fpga_compare_row(model: str, board: str, clock_mhz=None, k: int = 1, accept_len=None, saif=None) -> dict:
     """A modeled FPGA row of --compare (perf model + power model)."""
-    r = fpga_model_row(model, board, clock_mhz, k, accept_len)
+    r = fpga_model_row(model, board, clock_mhz, k, accept_len, saif)
     keep = ("tokens_per_s", "watts", "joules_per_token", "joules_per_token_above_idle", "boundary")
     return compare_row("fpga-model", r["device"], model=model, weights="none needed (modeled)", method="modeled",
                        reason=r["reason"], detail=r["method"], idle_watts=r["breakdown_w"]["board_idle"],
@@ -353,7 +359,8 @@ def compare(args) -> list[dict]:
     rows = [_guarded("cpu", lambda: cpu_fast_row(m, args.prompts, args.tokens, args.threads, args.meter,
                                                  args.meter_offset, args.idle_s, args.idle_w), m),
             _guarded("gpu", lambda: gpu_fast_row(m, args.prompts, args.tokens), m)]
-    rows += [_guarded("fpga-model", lambda b=b: fpga_compare_row(m, b, args.clock_mhz, args.k, args.accept_len), m)
+    rows += [_guarded("fpga-model", lambda b=b: fpga_compare_row(m, b, args.clock_mhz, args.k, args.accept_len,
+                                                                    args.activity), m)
              for b in boards]
     rows += [_guarded("board", lambda b=b: board_compare_row(m, b), m) for b in boards]
     return rows + published_rows()
@@ -373,6 +380,8 @@ def check_args(args) -> None:
         raise MmfreeError(f"--idle-w must be finite watts >= 0, got {args.idle_w}")
     if not math.isfinite(args.meter_offset):
         raise MmfreeError(f"--meter-offset must be finite seconds, got {args.meter_offset}")
+    if args.activity is not None and not Path(args.activity).is_file():
+        raise MmfreeError(f"--activity {args.activity}: no such file (a SAIF file from Vivado or a simulator)")
     if args.meter is not None and not Path(args.meter).is_file():
         raise MmfreeError(f"--meter {args.meter}: no such file (a CSV of timestamp,watts)")
 
@@ -398,7 +407,8 @@ def run(args) -> list[dict]:
             elif be == "gpu":
                 rows.append(gpu_row(args.model, args.prompts, args.tokens))
             elif be == "fpga-model":
-                rows.append(fpga_model_row(args.model, args.board, args.clock_mhz, args.k, args.accept_len))
+                rows.append(fpga_model_row(args.model, args.board, args.clock_mhz, args.k, args.accept_len,
+                                           args.activity))
             else:
                 rows.append(board_row(args.board))
         except MmfreeError as exc:
@@ -484,9 +494,12 @@ def plot_compare(rows: list[dict], path: str, model: str) -> None:
         raise MmfreeError("--plot needs matplotlib: pip install 'mmfree[plot]'") from None
     from mmfree.atomic import atomic_path
 
+    from matplotlib.ticker import LogLocator, NullFormatter
+
     have = [r for r in rows if r["joules_per_token"]]
     missing = [r for r in rows if not r["joules_per_token"]]
-    fig, ax = plt.subplots(figsize=(8, 0.42 * len(have) + 1.8 + 0.16 * len(missing)))
+    height = 0.42 * len(have) + 1.6 + 0.13 * len(missing)
+    fig, ax = plt.subplots(figsize=(8, height))
     y = list(range(len(have)))[::-1]
     for yi, r in zip(y, have):
         st = STYLE[r["method"]]
@@ -495,17 +508,24 @@ def plot_compare(rows: list[dict], path: str, model: str) -> None:
             ax.plot(r["joules_per_token_above_idle"], yi, marker="|", color="k", markersize=14, mew=2)
         if r["tokens_per_s"]:
             ax.text(r["joules_per_token"] * 1.08, yi, f"{r['tokens_per_s']:.3g} tok/s", va="center", fontsize=6)
-    ax.set_yticks(y, [f"{r['backend']}: {r['device'][:44]}" for r in have], fontsize=7)
+    labels = [f"{r['backend']}: {r['device'][:44]}" + (" (does not fit)" if r["method"] == "modeled" and r["reason"]
+                                                        else "") for r in have]
+    ax.set_yticks(y, labels, fontsize=7)
     ax.set_xscale("log")
+    js = [r["joules_per_token"] for r in have] + [r["joules_per_token_above_idle"] or 1 for r in have]
+    ax.set_xlim(10 ** math.floor(math.log10(min(js))), 10 ** math.ceil(math.log10(max(js) * 2)))
+    ax.xaxis.set_major_locator(LogLocator(base=10))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("J/token (log scale; black tick: above idle)")
     ax.set_title(f"energy per token, model {model}", fontsize=9)
     ax.legend(handles=[Patch(facecolor=v["color"], hatch=v["hatch"], edgecolor="k", label=k) for k, v in STYLE.items()],
               fontsize=7, loc="upper right")
-    note = "\n".join(f"no J/token - {r['backend']} {r['device'][:30]}: {(r['reason'] or r['detail'])[:90]}"
+    note = "\n".join(f"no J/token - {r['backend']} {r['device'][:30]}: {(r['reason'] or r['detail'])[:100]}"
                      for r in missing)
+    bottom = (0.12 * len(missing) + 0.1) / height if note else 0
     if note:
         fig.text(0.01, 0.01, note, fontsize=5.5, va="bottom")
-    fig.tight_layout(rect=(0, 0.12 * bool(note) + 0.018 * len(missing), 1, 1))
+    fig.tight_layout(rect=(0, bottom, 1, 1))
     with atomic_path(Path(path)) as tmp:
         fig.savefig(tmp, format="png", dpi=120)
     plt.close(fig)
