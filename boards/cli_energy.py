@@ -116,11 +116,12 @@ def compare_row(backend: str, device: str, **kw) -> dict:
     return row
 
 
-def _fast_cpu_model(model: str, prompts_file, threads: int):
-    """(FastIntModel, prompts as token ids, what the weights are) for a checkpoint/export or a shape."""
+def open_image(model: str, prompts_file):
+    """(IntModel, prompts as token ids, what the weights are) for a checkpoint/export, or random weights of a
+    shape (370M / 1.3B / 2.7B) with random prompt ids."""
     import numpy as np
 
-    from mmfree.hls.fastcpu import FastIntModel, random_image
+    from mmfree.hls.fastcpu import random_image
     from mmfree.pymodel import layout as LY
     from mmfree.pymodel.config import PRESETS, MMFreeConfig
     from mmfree.pymodel.intmodel import IntModel, open_int_model
@@ -130,10 +131,9 @@ def _fast_cpu_model(model: str, prompts_file, threads: int):
         im = IntModel(*random_image(LY.Dims.of(MMFreeConfig.preset(model))))
         rng = np.random.default_rng(0)
         prompts = [rng.integers(0, im.vocab_size, 4).tolist() for _ in range(len(DEFAULT_PROMPTS))]
-        return FastIntModel(im, threads=threads), prompts, \
-            f"random weights of the {model} shape (tokens/s only; no checkpoint of that size is here)"
+        return im, prompts, f"random weights of the {model} shape (tokens/s only; no checkpoint of that size is here)"
     im, tok_dir = open_int_model(model)
-    return FastIntModel(im, threads=threads), read_prompts(prompts_file, load_tokenizer(tok_dir)), "checkpoint"
+    return im, read_prompts(prompts_file, load_tokenizer(tok_dir)), "checkpoint"
 
 
 def measure_fields(work, measure, why_not: str, idle_s: float, idle_w) -> dict:
@@ -186,10 +186,11 @@ def cpu_fast_row(model: str, prompts_file, n_tokens: int, threads: int = 1, mete
                  idle_s: float = 2.0, idle_w=None, rapl_root="/sys/class/powercap") -> dict:
     """The fast CPU decode (:mod:`mmfree.hls.fastcpu`, exact integer reference) on this CPU: tokens/s
     measured; energy from --meter or RAPL when trusted, else unavailable with the reason."""
-    from mmfree.hls.fastcpu import FastBackend
+    from mmfree.hls.fastcpu import FastBackend, FastIntModel
     from mmfree.pymodel.generate import generate
 
-    fast, prompts, weights = _fast_cpu_model(model, prompts_file, threads)
+    im, prompts, weights = open_image(model, prompts_file)
+    fast = FastIntModel(im, threads=threads)
     fast.step(fast.initial_state(), prompts[0][0])                        # warm-up (first touch of the weights)
     backend = FastBackend(fast)
 
@@ -306,8 +307,8 @@ def gpu_fast_row(model: str, prompts_file, n_tokens: int, counter=None, device: 
     from mmfree.pymodel.fastgpu import TorchIntBackend, TorchIntModel
     from mmfree.pymodel.generate import generate
 
-    fast, prompts, weights = _fast_cpu_model(model, prompts_file, 1)
-    tm = TorchIntModel(fast.im, device=dev)
+    im, prompts, weights = open_image(model, prompts_file)
+    tm = TorchIntModel(im, device=dev)
     tm.step(tm.initial_state(), prompts[0][0])                          # warm-up, captures the CUDA graph
     backend = TorchIntBackend(tm)
 
