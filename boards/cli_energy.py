@@ -383,8 +383,10 @@ def check_args(args) -> None:
         raise MmfreeError(f"--meter-offset must be finite seconds, got {args.meter_offset}")
     if args.activity is not None and not Path(args.activity).is_file():
         raise MmfreeError(f"--activity {args.activity}: no such file (a SAIF file from Vivado or a simulator)")
-    if args.meter is not None and not Path(args.meter).is_file():
-        raise MmfreeError(f"--meter {args.meter}: no such file (a CSV of timestamp,watts)")
+    if args.meter is not None:
+        from mmfree.boards.power import Meter
+
+        Meter(args.meter, args.meter_offset).read()          # a malformed log is an error before any work
 
 
 def run(args) -> list[dict]:

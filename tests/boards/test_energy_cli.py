@@ -153,13 +153,12 @@ def test_compare_bad_inputs(args, why):
 
 
 def test_compare_bad_meter_file(tmp_path):
+    """A malformed meter log is refused before any work, naming the line."""
     p = tmp_path / "m.csv"
     p.write_text("1,2\n1,3\n")
     out = _cli("--compare", "--model", "default", "--tokens", "1", "--idle-s", "0", "--boards", "kv260", "--meter",
                str(p), "--json")
-    assert out.returncode == 0
-    cpu = json.loads(out.stdout)[0]
-    assert cpu["method"] == "unavailable" and "line 2" in cpu["reason"]
+    assert out.returncode == 1 and "line 2" in out.stderr and "Traceback" not in out.stderr
 
 
 @pytest.mark.slow
