@@ -407,7 +407,7 @@ def measure_nvml(fn: Callable[[], object], nvml: Nvml, min_window_s: float = NVM
     secs = time.perf_counter() - t0
     b = nvml.read()
     if secs < min_window_s:
-        raise MmfreeError(f"the GPU workload ran {secs:.3f} s, shorter than the {min_window_s} s NVML needs: "
+        raise Untrusted(f"the GPU workload ran {secs:.3f} s, shorter than the {min_window_s} s NVML needs: "
                           "generate more tokens (--tokens)")
     j = Nvml.joules(a, b)
     if j == 0:

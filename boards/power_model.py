@@ -92,6 +92,40 @@ def load_activity() -> dict:
                           "`python -m mmfree.boards.power_model --record`") from None
 
 
+_SAIF_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9, "ps": 1e-12, "fs": 1e-15}
+_SAIF_SKIP = ("clk", "clock", "rst", "reset", "aclk", "aresetn", "rst_n")
+
+
+def saif_activity(path, clock_mhz: float) -> dict:
+    """Mean toggles per net bit per clock cycle from a SAIF file (Vivado ``write_saif`` / ``report_power``
+    input, or any simulator's backward SAIF): ``sum(TC) / (nets x DURATION x TIMESCALE x f_clk)``, clock and
+    reset nets left out (as bench/rtl_toggles.py does). Raises MmfreeError naming what is missing."""
+    import re
+
+    p = Path(path)
+    if not p.is_file():
+        raise MmfreeError(f"--activity {path}: no such file (a SAIF file from Vivado or a simulator)")
+    text = p.read_text(errors="replace")
+    ts = re.search(r"\(TIMESCALE\s+(\d+)\s*([a-z]+)\s*\)", text)
+    du = re.search(r"\(DURATION\s+(\d+)\s*\)", text)
+    if ts is None or du is None or ts.group(2) not in _SAIF_UNITS:
+        raise MmfreeError(f"--activity {path}: no (TIMESCALE n unit) / (DURATION n): not a SAIF file")
+    seconds = int(du.group(1)) * int(ts.group(1)) * _SAIF_UNITS[ts.group(2)]
+    nets = toggles = 0
+    for name, attrs in re.findall(r"\(\s*([^\s()]+)\s+((?:\(\s*[A-Z][A-Z0-9]\s+\d+\s*\)\s*)+)\)", text):
+        tc = re.search(r"\(\s*TC\s+(\d+)\s*\)", attrs)
+        leaf = name.replace("\\", "").split("/")[-1].split("[")[0].lower()
+        if tc is None or leaf in _SAIF_SKIP:
+            continue
+        nets += 1
+        toggles += int(tc.group(1))
+    cycles = seconds * clock_mhz * 1e6
+    if nets == 0 or cycles <= 0:
+        raise MmfreeError(f"--activity {path}: no nets with a TC count, or a zero DURATION")
+    return {"mean_toggles_per_bit_per_cycle": toggles / (nets * cycles), "nets": nets, "cycles": cycles,
+            "source": f"SAIF {p.name} ({nets} nets, {cycles:.0f} cycles at {clock_mhz:g} MHz)"}
+
+
 def dynamic_watts(resources: dict, clock_mhz: float, family: str, activity: dict, duty: dict) -> dict:
     """Dynamic PL power by resource class (watts). ``activity``: toggle rates (:func:`measure_activity`);
     ``duty``: fraction of time the matvec engines (``matvec``) and the vector units (``vector``) work."""
@@ -114,10 +148,11 @@ def dynamic_watts(resources: dict, clock_mhz: float, family: str, activity: dict
     return w
 
 
-def model_energy(dims, board, clock_mhz: float | None = None, k: int = 1, accept_len: float | None = None) -> dict:
+def model_energy(dims, board, clock_mhz: float | None = None, k: int = 1, accept_len: float | None = None,
+                 saif: str | None = None) -> dict:
     """One modeled row for ``mmfree energy``: tokens/s, watts, J/token (gross and above idle) of the
     accelerator on ``board`` (a name or Board) for a model shape (anything :func:`mmfree.sim.perf.dims_for`
-    takes)."""
+    takes). ``saif``: a SAIF file whose measured toggle rate replaces the simulated RTL activity of the logic."""
     from mmfree.boardfile import Board, load_board
     from mmfree.sim.perf import predict
 
@@ -128,6 +163,8 @@ def model_energy(dims, board, clock_mhz: float | None = None, k: int = 1, accept
         if not isinstance(pw.get(key), (int, float)):
             raise MmfreeError(f"board file of {b.name}: field 'power.{key}' is needed for the power model")
     act = load_activity()
+    if saif is not None:
+        act = {**act, "rtl_toggle": saif_activity(saif, p["clock_mhz"])}
     total = p["cycles_per_pass"]
     ph = p["phases"]
     duty = {"matvec": (ph["weight_stream"] + ph["lm_head"]) / total, "vector": ph["vector"] / total}
@@ -144,7 +181,8 @@ def model_energy(dims, board, clock_mhz: float | None = None, k: int = 1, accept
     return {"backend": "fpga-model", "device": f"{b.name} ({b.part}) at {p['clock_mhz']:g} MHz",
             "tokens_per_s": tps, "watts": gross, "joules_per_token": gross / tps,
             "joules_per_token_above_idle": above / tps, "boundary": boundary,
-            "method": "modeled: mmfree.sim.perf + boards/power_model.py (docs/energy.md)", "available": True,
+            "method": "modeled: mmfree.sim.perf + boards/power_model.py (docs/energy.md)"
+                      + (f"; logic activity from {act['rtl_toggle']['source']}" if saif else ""), "available": True,
             "reason": "", "label": "modeled",
             "breakdown_w": {**{k: round(v, 4) for k, v in dyn.items()}, "ddr": ddr_w,
                             "pl_static": pw["pl_static_w"], "ps": pw["ps_w"], "board_idle": idle},

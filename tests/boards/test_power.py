@@ -308,3 +308,44 @@ def test_meter_measure_window_and_idle(tmp_path):
     out, m = PW.Meter(p).measure(lambda: time.sleep(0.2) or 7, idle_s=0.2)
     assert out == 7 and m.joules["meter"] == pytest.approx(12.5 * m.seconds, rel=1e-9)
     assert m.idle_watts == pytest.approx(12.5) and m.above_idle_joules() == pytest.approx(0.0, abs=1e-9)
+
+
+# ---- --activity SAIF -------------------------------------------------------------------------------------
+SAIF = """(SAIFILE
+(SAIFVERSION "2.0")
+(DIRECTION "backward")
+(TIMESCALE 1 ns)
+(DURATION 1000)
+(INSTANCE top
+   (NET
+      (clk (T0 500) (T1 500) (TX 0) (TC 2000) (IG 0))
+      (data\\[0\\] (T0 600) (T1 400) (TX 0) (TC 50) (IG 0))
+      (data\\[1\\] (T0 600) (T1 400) (TX 0) (TC 30) (IG 0))
+   )
+   (INSTANCE u0
+      (NET
+         (acc (T0 900) (T1 100) (TC 20))
+         (rst (T0 1000) (T1 0) (TC 0))
+      )
+   )
+)
+)
+"""
+
+
+def test_saif_activity_and_model(tmp_path):
+    p = tmp_path / "a.saif"
+    p.write_text(SAIF)
+    a = PM.saif_activity(p, 250.0)                   # 1000 ns at 250 MHz = 250 cycles; clk and rst left out
+    assert a["nets"] == 3 and a["cycles"] == pytest.approx(250)
+    assert a["mean_toggles_per_bit_per_cycle"] == pytest.approx(100 / (3 * 250))
+    base = PM.model_energy("1.3B", "kv260", 250)
+    r = PM.model_energy("1.3B", "kv260", 250, saif=str(p))
+    assert "SAIF a.saif" in r["method"] and r["activity"]["rtl_toggle"] == pytest.approx(100 / 750)
+    assert r["breakdown_w"]["lut"] > base["breakdown_w"]["lut"]          # 0.133 toggles/bit/cycle vs 0.037
+    bad = tmp_path / "b.saif"
+    bad.write_text("(SAIFILE (NET (x (TC 3))))")
+    with pytest.raises(MmfreeError, match="not a SAIF file"):
+        PM.saif_activity(bad, 250.0)
+    with pytest.raises(MmfreeError, match="no such file"):
+        PM.saif_activity(tmp_path / "none.saif", 250.0)

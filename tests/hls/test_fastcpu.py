@@ -81,3 +81,20 @@ def test_bad_inputs():
     fast = FC.FastIntModel(im)
     with pytest.raises(ValueError, match="outside the vocabulary"):
         fast.step(fast.initial_state(), im.vocab_size)
+
+
+def test_greedy_tokens_equal_mmfree_generate_backend_int():
+    """The CLI users compare with: `mmfree generate --backend int` (greedy) decodes the same tokens."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "mmfree", "generate", "--backend", "int", "--prompt", "def main(",
+                          "--max-new-tokens", "16", "--json"], capture_output=True, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr
+    want = json.loads(out.stdout)
+    im, _ = open_int_model("default")
+    got = generate(FC.FastBackend(FC.FastIntModel(im)), want["prompt_ids"], 16).tokens
+    assert got == want["tokens"]
