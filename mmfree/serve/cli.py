@@ -141,5 +141,6 @@ def _serve(args) -> int:
             sock.close()
     finally:
         engine.close(timeout_s=0)
+        backend.close()
     print("mmfree serve: stopped (requests in flight were finished)", file=sys.stderr, flush=True)
     return 0
