@@ -561,10 +561,10 @@ class Engine:
         job.sink(("delta", delta, tok))
         if text.stopped:
             raise _Stop("stop")
+        if time.monotonic() > job.deadline:           # first: past the deadline the HTTP side gives up too
+            raise _Stop("timeout")
         if job.cancelled:
             raise _Stop("cancelled")
-        if time.monotonic() > job.deadline:
-            raise _Stop("timeout")
 
     def _finish(self, job: Job, tail: str, passes: tuple[int, int], seconds: float) -> None:
         n = len(job.tokens)
