@@ -9,6 +9,7 @@ import sys
 
 from mmfree import MmfreeError
 from mmfree.cli import add_subcommand
+from mmfree.serve.engine import Limits          # standard library only: `mmfree --help` stays instant
 
 SERVE_MISSING = "the server needs FastAPI and uvicorn: pip install -e '.[serve]'"
 
@@ -54,10 +55,10 @@ def register(sub) -> None:
     p.add_argument("--draft-nodes", type=int, default=None,
                    help="draft tree size (as `mmfree generate --draft-nodes`; default: the drafter's)")
     p.add_argument("--trigram-table", default=None, help="trigram table file (default: the model's own)")
-    p.add_argument("--max-tokens", type=int, default=256, help="most completion tokens one request may ask for")
-    p.add_argument("--max-prompt-tokens", type=int, default=2048, help="most prompt tokens one request may send")
-    p.add_argument("--max-queue", type=int, default=16, help="most requests waiting behind the running one")
-    p.add_argument("--request-timeout", type=float, default=120.0,
+    p.add_argument("--max-tokens", type=int, default=Limits.max_tokens, help="most completion tokens one request may ask for")
+    p.add_argument("--max-prompt-tokens", type=int, default=Limits.max_prompt_tokens, help="most prompt tokens one request may send")
+    p.add_argument("--max-queue", type=int, default=Limits.max_queue, help="most requests waiting behind the running one")
+    p.add_argument("--request-timeout", type=float, default=Limits.request_timeout_s,
                    help="seconds from a request's arrival to its last token (queue wait included)")
     p.add_argument("--pass-timeout", type=float, default=60.0, help="board: seconds one accelerator pass may take")
     p.add_argument("--served-model-name", default=None,
@@ -104,8 +105,6 @@ def _listen(host: str, port: int):
 def _serve(args) -> int:
     import signal
 
-    from mmfree.serve.engine import Limits
-
     _check_args(args)
     limits = Limits(args.max_tokens, args.max_prompt_tokens, args.max_queue, args.request_timeout)
     limits.check()
@@ -142,5 +141,6 @@ def _serve(args) -> int:
             sock.close()
     finally:
         engine.close(timeout_s=0)
+        backend.close()
     print("mmfree serve: stopped (requests in flight were finished)", file=sys.stderr, flush=True)
     return 0

@@ -181,6 +181,10 @@ class BoardModel:
         self.vocab_size = intmodel.vocab_size
         self.path, self.manifest = getattr(intmodel, "path", None), getattr(intmodel, "manifest", None)
 
+    def close(self) -> None:
+        """Release the accelerator (a PYNQ board's DDR buffer)."""
+        self.acc.close()
+
     def passes_for(self, n_tokens: int) -> int:
         return -(-n_tokens // self.k)
 
@@ -232,6 +236,12 @@ class Backend:
 
     def describe(self) -> dict:
         return {"backend": self.name, "draft": self.draft or "none"}
+
+    def close(self) -> None:
+        """Release what the backend holds (the accelerator); it decodes no more afterwards."""
+        close = getattr(getattr(self, "model", None), "close", None)
+        if close is not None:
+            close()
 
 
 class FloatBackend(Backend):
@@ -552,10 +562,10 @@ class Engine:
         job.sink(("delta", delta, tok))
         if text.stopped:
             raise _Stop("stop")
+        if time.monotonic() > job.deadline:           # first: past the deadline the HTTP side gives up too
+            raise _Stop("timeout")
         if job.cancelled:
             raise _Stop("cancelled")
-        if time.monotonic() > job.deadline:
-            raise _Stop("timeout")
 
     def _finish(self, job: Job, tail: str, passes: tuple[int, int], seconds: float) -> None:
         n = len(job.tokens)

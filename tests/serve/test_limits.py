@@ -136,6 +136,18 @@ def test_disconnect_cancels_the_stream(int_backend):
         assert ok.choices[0].finish_reason == "length"
 
 
+def test_disconnect_cancels_a_plain_request(int_backend):
+    """A non-streaming client that gives up after 1 s: the server notices the closed connection and stops
+    decoding its request."""
+    with live(int_backend, max_tokens=256) as (server, _):
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(server.url + "/v1/completions", timeout=httpx.Timeout(10, read=1.0),
+                       json={"model": MODEL, "prompt": "def ", "max_tokens": 256})
+        _wait(lambda: metrics(server.url)[("mmfree_requests_total", "cancelled")] == 1,
+              what="the request to be cancelled")
+        assert metrics(server.url)[("mmfree_completion_tokens_total",)] < 256
+
+
 def test_failing_backend_costs_one_request(int_backend):
     """The board backend on a simulated board that swallows the first START (the pass never finishes): that
     request gets 500 naming the time-out, the next one is served, and its tokens are the reference's."""
