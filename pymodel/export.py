@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from mmfree import MmfreeError
-from mmfree.atomic import atomic_path
+from mmfree.atomic import check_output_dir, output_dir
 from mmfree.pymodel import layout as LY
 from mmfree.pymodel import numerics as N
 
@@ -167,9 +167,17 @@ def image_arrays(model) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
     return arrays, consts
 
 
+def check_export_out(out: str | os.PathLike, inputs=(), force: bool = False) -> Path:
+    """The ``--out`` checks of ``mmfree export`` (before any work): :func:`mmfree.atomic.check_output_dir`."""
+    return check_output_dir(out, "export", inputs=inputs, force=force)
+
+
 def export_model(model, out: str | os.PathLike, tokenizer_file: str | os.PathLike | None = None,
-                 source: str | None = None, progress: bool = False) -> Path:
-    """Write the image directory ``out`` atomically; returns its path."""
+                 source: str | None = None, progress: bool = False, force: bool = False) -> Path:
+    """Write the image directory ``out`` atomically; returns its path.
+
+    ``out`` must be new, empty, or (with ``force``) an earlier export; never the model's own directory."""
+    check_export_out(out, [getattr(model, "source_dir", None), tokenizer_file], force)
     cfg = model.config
     dims = LY.Dims.of(cfg)
     if cfg.hidden_size > N.MAX_K_FLOAT32_EXACT or cfg.intermediate > N.MAX_K_FLOAT32_EXACT:
@@ -198,9 +206,9 @@ def export_model(model, out: str | os.PathLike, tokenizer_file: str | os.PathLik
         "packed_weight_bytes": LY.weight_bytes_per_token(dims),
         "bits_per_weight": 8.0 / N.TRITS_PER_BYTE,
     }
+    seal_manifest(manifest)
     out = Path(out)
-    with atomic_path(out) as tmp:
-        tmp.mkdir()
+    with output_dir(out, "export") as tmp:
         (tmp / "weights.bin").write_bytes(bytes(blob))
         if tokenizer_file is not None and Path(tokenizer_file).exists():
             (tmp / "tokenizer.json").write_bytes(Path(tokenizer_file).read_bytes())
@@ -208,9 +216,25 @@ def export_model(model, out: str | os.PathLike, tokenizer_file: str | os.PathLik
     return out
 
 
-def export_checkpoint(model_path: str, out: str | os.PathLike) -> Path:
+def seal_manifest(manifest: dict) -> dict:
+    """Refuse constants the hardware cannot hold, then add the digest that covers the manifest (and through
+    ``weights_sha256`` the weights): :mod:`mmfree.pymodel.imagecheck`."""
+    from mmfree.pymodel import imagecheck as IC
+
+    for name, c in manifest["bitlinears"].items():
+        if not N.CE_MIN <= c["c_e"] <= N.CE_MAX:
+            raise MmfreeError(f"BitLinear {name}: its scale constant's exponent c_e = {c['c_e']} is outside the "
+                              f"hardware's [{N.CE_MIN}, {N.CE_MAX}] (docs/numerics.md); the weights or norm "
+                              "weights are extreme: check the checkpoint")
+    manifest[IC.DIGEST_KEY] = IC.manifest_digest(manifest)
+    return manifest
+
+
+def export_checkpoint(model_path: str, out: str | os.PathLike, force: bool = False) -> Path:
+    """``mmfree export``: checks ``out`` (see :func:`export_model`) before loading ``model_path``."""
     from mmfree.pymodel.checkpoint import load_model, resolve
 
-    model = load_model(model_path)
     d = resolve(model_path)
-    return export_model(model, out, tokenizer_file=d / "tokenizer.json", source=str(model_path))
+    check_export_out(out, [d], force)
+    model = load_model(model_path)
+    return export_model(model, out, tokenizer_file=d / "tokenizer.json", source=str(model_path), force=force)
