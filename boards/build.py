@@ -546,7 +546,10 @@ def check_fit(counts: dict, board) -> list[str]:
 # the whole build
 # ======================================================================================================
 def write_project(cfg: BuildConfig, out: Path, verilog: Path, est: dict | None = None) -> dict:
-    """Write every file of the build folder (atomically, one by one; build.json last). Returns the manifest."""
+    """Write the build folder atomically (a whole new folder swapped in; call :func:`check_out` first).
+    Returns the manifest (also written as build.json)."""
+    from mmfree.atomic import output_dir
+
     out = Path(out)
     files = {
         f"hdl/{RM.TOP_NAME}.v": Path(verilog).read_text(),
@@ -555,18 +558,29 @@ def write_project(cfg: BuildConfig, out: Path, verilog: Path, est: dict | None =
         "tcl/block_design.tcl": block_design_tcl(cfg),
         "build.tcl": build_tcl(cfg),
     }
-    for rel, text in files.items():
-        write_text(out / rel, text)
     manifest = {"board": cfg.board, "config": asdict(cfg), "vlnv": RM.VLNV, "instance": INSTANCE,
                 "regmap_version": f"{RM.REGMAP_VERSION_MAJOR}.{RM.REGMAP_VERSION_MINOR}",
                 "bitstream": f"{cfg.basename}.bit", "hwh": f"{cfg.basename}.hwh",
                 "vivado_command": vivado_command(out), "files": sorted(files), "estimate": est}
-    write_json(out / "build.json", manifest)
+    with output_dir(out, "build") as tmp:
+        for rel, text in files.items():
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp / rel).write_text(text)
+        (tmp / "build.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
 
+def check_out(out, force: bool = False, inputs=()) -> Path:
+    """``build --out`` (before any work): new, empty, or with ``force`` an earlier build folder
+    (:func:`mmfree.atomic.check_output_dir`)."""
+    from mmfree.atomic import check_output_dir
+
+    return check_output_dir(out, "build", inputs=inputs, force=force)
+
+
 def build(board: str, out, clock_mhz: float | None = None, do_estimate: bool = False, run_vivado: bool | None = None,
-          max_width: int | None = None, max_tokens: int = 4, progress=None, weight_ports: int | None = None) -> dict:
+          max_width: int | None = None, max_tokens: int = 4, progress=None, weight_ports: int | None = None,
+          force: bool = False) -> dict:
     """``mmfree build``: write the project; run Vivado when it is on PATH (``run_vivado`` None) or when asked.
     ``weight_ports`` (``--weight-ports``) overrides the board file's ``build.weight_ports`` (:func:`config_for`).
     Returns the manifest plus ``vivado`` ("ran", or "not found" with ``message``) and ``bitstream`` paths."""
@@ -574,9 +588,8 @@ def build(board: str, out, clock_mhz: float | None = None, do_estimate: bool = F
 
     b = load_board(board)
     cfg = config_for(b, clock_mhz, max_width=max_width, max_tokens=max_tokens, weight_ports=weight_ports)
+    check_out(out, force)
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise MmfreeError(f"--out {out} exists and is not a folder")
     say = progress or (lambda m: None)
     v = accel_verilog(cfg, say)
     est = None

@@ -29,7 +29,9 @@ def register(sub) -> None:
         "family (cached; long the first time) and refuses a design that does not fit. docs/boards.md.",
     )
     add_board(b)
-    b.add_argument("--out", required=True, help="output folder")
+    b.add_argument("--out", required=True, help="output folder: new or empty (an earlier build folder is replaced "
+                                              "atomically with --force)")
+    b.add_argument("--force", action="store_true", help="replace an earlier `mmfree build` folder at --out")
     b.add_argument("--clock-mhz", type=float, default=None, help="fabric clock (default: the board file's)")
     b.add_argument("--max-width", type=int, default=None,
                    help="widest vector (d and I) the build holds: 4096 for 370M (I = 2816), 8192 for 1.3B (I = 5632) and "
@@ -105,7 +107,7 @@ def _build(args) -> int:
 
     res = build(args.board, args.out, clock_mhz=args.clock_mhz, do_estimate=args.estimate,
                 run_vivado=False if args.no_vivado else None, max_width=args.max_width,
-                max_tokens=args.max_tokens, weight_ports=args.weight_ports, progress=say)
+                max_tokens=args.max_tokens, weight_ports=args.weight_ports, progress=say, force=args.force)
     if args.json:
         print_json(res)
         return 0

@@ -47,8 +47,9 @@ def register(sub) -> None:
         "otherwise prints the exact commands to run on a machine that has it.",
     )
     add_board(s)
-    s.add_argument("--out", required=True,
-                   help="output directory: new, empty, or an earlier `mmfree hls synth` output (replaced)")
+    s.add_argument("--out", required=True, help="output directory: new or empty (an earlier `mmfree hls synth` output "
+                                                "is replaced atomically with --force)")
+    s.add_argument("--force", action="store_true", help="replace an earlier `mmfree hls synth` output at --out")
     add_model(s, note="sizes the buffers, gives the vectors")
     s.add_argument("--top", action="append", choices=_TOPS, default=None,
                    help="top-level kernel(s) to write (repeat the option; default: all)")
@@ -126,9 +127,10 @@ def _synth(args) -> int:
 
     steps = [s.strip() for s in args.steps.split(",") if s.strip()]
     board = SY.board_part(args.board)          # refuse a bad board before loading the model
+    SY.check_out(args.out, force=args.force)   # and a bad --out
     model = _open_model(args.model)
     summary = SY.write_project(args.out, board.name, model, tops=args.top, steps=steps, clock_ns=args.clock_ns,
-                               model_name=args.model)
+                               model_name=args.model, force=args.force)
     tool = SY.vitis_tool()
     results = None
     if tool is not None and not args.no_run:

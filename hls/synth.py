@@ -177,21 +177,12 @@ def tcl_text(top: str, board: BoardPart, defines: dict[str, int], steps: list[st
     })
 
 
-def _check_replaceable(out: Path) -> None:
-    """``out`` may be replaced only when it is absent, empty, or a project this command wrote before."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise MmfreeError(f"{out} exists and is not a directory; choose another --out")
-    if not any(out.iterdir()):
-        return
-    try:
-        ours = json.loads((out / "manifest.json").read_text()).get("generator") == GENERATOR
-    except (OSError, ValueError, AttributeError):
-        ours = False
-    if not ours:
-        raise MmfreeError(f"{out} exists and is not a project written by `mmfree hls synth`; it would be replaced: "
-                          "choose a new or empty directory")
+def check_out(out, force: bool = True, inputs=()) -> Path:
+    """``out`` may be replaced only when it is absent, empty, or (with ``force``) a project this command wrote
+    before, and must not hold or sit inside an input (:func:`mmfree.atomic.check_output_dir`)."""
+    from mmfree.atomic import check_output_dir
+
+    return check_output_dir(out, GENERATOR.removeprefix("mmfree "), inputs=inputs, force=force)
 
 
 def vitis_tool() -> list[str] | None:
@@ -209,15 +200,16 @@ def commands(out: Path, tops: list[str]) -> list[str]:
 
 
 def write_project(out, board: str, model, tops=None, steps=None, clock_ns: float | None = None,
-                  model_name: str | None = None) -> dict:
+                  model_name: str | None = None, force: bool = True) -> dict:
     """Write the Vitis HLS project directory ``out`` atomically. An existing ``out`` is replaced only when it
-    is empty or was written by this function (else MmfreeError), Vitis results inside it included.
+    is empty or was written by this function (else MmfreeError), Vitis results inside it included; with
+    ``force=False`` (the CLI without ``--force``) an earlier project is refused too.
 
     ``board``: a name of :data:`BOARDS`; ``model``: the IntModel the vectors and buffer sizes come from;
     ``tops``/``steps``: subsets of :data:`TOPS`/:data:`STEPS` (default all); ``clock_ns``: the target
     clock (default: the board's). Returns the summary also written to ``manifest.json``.
     """
-    from mmfree.atomic import atomic_path
+    from mmfree.atomic import output_dir
 
     b = board_part(board)
     tops, steps = _tops(tops), _steps(steps)
@@ -228,7 +220,7 @@ def write_project(out, board: str, model, tops=None, steps=None, clock_ns: float
     if any(ch.isspace() for ch in str(out)):
         raise MmfreeError(f"the output path {out} contains whitespace; the Vitis test bench arguments cannot "
                           "carry it: choose a path without spaces")
-    _check_replaceable(out)
+    check_out(out, force, inputs=[model.path])
     limits = SP.limit_defines(model.dims.d, model.dims.inter)
     vectors = make_vectors(model)
     sources = list(C.KERNEL_SOURCES)
@@ -237,7 +229,7 @@ def write_project(out, board: str, model, tops=None, steps=None, clock_ns: float
                "dims": {"d": model.dims.d, "inter": model.dims.inter, "vocab": model.dims.vocab},
                "act_frac": model.act_frac, "mmfree": __version__, "sources": sources, "scripts": {},
                "commands": commands(out, tops)}
-    with atomic_path(out) as tmp:
+    with output_dir(out, GENERATOR.removeprefix("mmfree ")) as tmp:
         src = tmp / "src"
         src.mkdir(parents=True)
         for n in C.HEADERS + C.KERNEL_SOURCES + [C.TB_SOURCE]:

@@ -69,16 +69,27 @@ def print_json(obj) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Its temporary files live in one private folder removed at the end (a killed run's
+    folder is removed by the next run); SIGTERM/SIGHUP/Ctrl-C kill its child processes first
+    (:mod:`mmfree.procs`)."""
+    from mmfree import procs
+    from mmfree.atomic import process_tempdir
+
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        rc = args.func(args)
+        with procs.terminate_on_signals(), process_tempdir():
+            rc = args.func(args)
     except MmfreeError as exc:
         print(f"mmfree {args.command}: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        procs.kill_all()
         print(f"mmfree {args.command}: interrupted", file=sys.stderr)
         return 130
+    except procs.Terminated as exc:
+        print(f"mmfree {args.command}: terminated", file=sys.stderr)
+        return exc.status
     return int(rc or 0)
 
 

@@ -58,7 +58,7 @@ def add_json(p: argparse.ArgumentParser, what: str = "one JSON object") -> None:
 
 def board_help(sim: bool = False) -> str:
     """The shipped boards with their parts and fabric clocks, read from the board files, plus ``custom:PATH``."""
-    from mmfree.boards.boardfile import BOARD_NAMES, load_board
+    from mmfree.boardfile import BOARD_NAMES, load_board
 
     names = [f"{n} ({(b := load_board(n)).part}, {b.clock_mhz:g} MHz)" for n in BOARD_NAMES]
     return ", ".join((["sim (the accelerator RTL under Verilator)"] if sim else []) + names) + " or custom:PATH.json"
@@ -67,7 +67,7 @@ def board_help(sim: bool = False) -> str:
 def board_defaults(key: str, fallback) -> str:
     """``"pynq-z2: 2, kv260: 4, zcu104: 1"``: each shipped board file's ``build.<key>`` (``fallback`` where the
     file has none), for help texts that state a per-board default."""
-    from mmfree.boards.boardfile import BOARD_NAMES, load_board
+    from mmfree.boardfile import BOARD_NAMES, load_board
 
     return ", ".join(f"{n}: {(load_board(n).raw.get('build') or {}).get(key, fallback)}" for n in BOARD_NAMES)
 

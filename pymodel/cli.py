@@ -46,7 +46,9 @@ def register(sub) -> None:
         "Formats: docs/numerics.md. The directory is written atomically.",
     )
     add_model(p, kinds=("default", "checkpoint"))
-    p.add_argument("--out", required=True, help="output directory (replaced atomically if it exists)")
+    p.add_argument("--out", required=True, help="output directory: new or empty (an earlier export is replaced "
+                                                "atomically with --force; never the checkpoint's own directory)")
+    p.add_argument("--force", action="store_true", help="replace an earlier export at --out")
     add_json(p, "a summary as JSON")
 
     p = add_subcommand(
@@ -104,6 +106,7 @@ def register(sub) -> None:
     p.add_argument("--parallel", choices=choices(Parallel), default="auto",
                    help="several processes: DistributedDataParallel, or FSDP when the model does not fit (auto)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last")
+    p.add_argument("--force", action="store_true", help="replace an earlier `mmfree train` output at --out")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_json(p, "the training summary as JSON at the end")
@@ -219,7 +222,8 @@ def _export(args) -> int:
     from mmfree.pymodel.checkpoint import expected_shapes
     from mmfree.pymodel.config import MMFreeConfig
 
-    out = export_checkpoint(args.model, args.out, progress=not args.json and sys.stderr.isatty())
+    out = export_checkpoint(args.model, args.out, progress=not args.json and sys.stderr.isatty(),
+                            force=args.force)
     m = read_manifest(Path(out))
     n_weights = sum(c["K"] * c["N"] for c in m["bitlinears"].values())
     cfg = MMFreeConfig.from_dict(m["config"])
@@ -264,6 +268,8 @@ def _train(args) -> int:
     for name in ("steps", "batch_size", "seq_len", "hidden_size", "layers", "eval_every", "save_every"):
         if getattr(args, name) <= 0:
             raise MmfreeError(f"--{name.replace('_', '-')} must be positive")
+    if args.warmup < 0:
+        raise MmfreeError(f"--warmup must be >= 0, got {args.warmup}")
     tc = TrainConfig(out=args.out, corpus=args.corpus, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
                      init=args.init, hidden_size=args.hidden_size, num_hidden_layers=args.layers,
                      intermediate_size=args.intermediate_size, steps=args.steps, batch_size=args.batch_size,
@@ -271,7 +277,7 @@ def _train(args) -> int:
                      weight_decay=args.weight_decay, eval_every=args.eval_every, save_every=args.save_every,
                      seed=args.seed, device=args.device, dtype=args.dtype, numerics=args.numerics,
                      kernels=args.kernels, grad_checkpointing=args.grad_checkpointing, parallel=args.parallel,
-                     resume=args.resume,
+                     resume=args.resume, force=args.force,
                      threads=args.threads, progress=not args.no_progress and not args.json)
     summary = train(tc, log=(lambda *a: print(*a, file=sys.stderr)) if args.json else print)
     if args.json:

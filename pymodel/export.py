@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from mmfree import MmfreeError
-from mmfree.atomic import atomic_path
+from mmfree.atomic import check_output_dir, output_dir
 from mmfree.pymodel import layout as LY
 from mmfree.pymodel import numerics as N
 
@@ -325,6 +325,11 @@ def _tokenizer_files(tokenizer_file) -> dict[str, Path]:
     return files
 
 
+def check_export_out(out: str | os.PathLike, inputs=(), force: bool = False) -> Path:
+    """The ``--out`` checks of ``mmfree export`` (before any work): :func:`mmfree.atomic.check_output_dir`."""
+    return check_output_dir(out, "export", inputs=inputs, force=force)
+
+
 def _export(src, cfg, out, tokenizer: dict[str, Path], source: str | None, progress: bool) -> Path:
     dims = LY.Dims.of(cfg)
     if cfg.hidden_size > N.MAX_K_FLOAT32_EXACT or cfg.intermediate > N.MAX_K_FLOAT32_EXACT:
@@ -332,8 +337,7 @@ def _export(src, cfg, out, tokenizer: dict[str, Path], source: str | None, progr
     formats = _source_formats(src, cfg)
     conv = _Converter(src, cfg, formats)
     out = Path(out)
-    with atomic_path(out) as tmp:
-        tmp.mkdir()
+    with output_dir(out, "export") as tmp:
         with open(tmp / "weights.bin", "wb") as f:
             table, total, digest = _write_weights(f, conv, progress)
         for name, path in tokenizer.items():
@@ -347,26 +351,45 @@ def _export(src, cfg, out, tokenizer: dict[str, Path], source: str | None, progr
             "packed_weight_bytes": LY.weight_bytes_per_token(dims),
             "bits_per_weight": 8.0 / N.TRITS_PER_BYTE,
         }
+        seal_manifest(manifest)
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return out
 
 
 def export_model(model, out: str | os.PathLike, tokenizer_file: str | os.PathLike | None = None,
-                 source: str | None = None, progress: bool = False) -> Path:
+                 source: str | None = None, progress: bool = False, force: bool = False) -> Path:
     """Write the image directory ``out`` of a loaded model atomically; returns its path. The model's
-    formats are calibrated (and stored in its config) on first use."""
+    formats are calibrated (and stored in its config) on first use. ``out`` must be new, empty, or (with
+    ``force``) an earlier export; never the model's own directory."""
+    check_export_out(out, [getattr(model, "source_dir", None), tokenizer_file], force)
     formats_of(model)
     return _export(StateDictSource(model.state_dict(), model.config), model.config, out,
                    _tokenizer_files(tokenizer_file), source, progress)
 
 
-def export_checkpoint(model_path: str, out: str | os.PathLike, progress: bool = False) -> Path:
+def seal_manifest(manifest: dict) -> dict:
+    """Refuse constants the hardware cannot hold, then add the digest that covers the manifest (and through
+    ``weights_sha256`` the weights): :mod:`mmfree.pymodel.imagecheck`."""
+    from mmfree.pymodel import imagecheck as IC
+
+    for name, c in manifest["bitlinears"].items():
+        if not N.CE_MIN <= c["c_e"] <= N.CE_MAX:
+            raise MmfreeError(f"BitLinear {name}: its scale constant's exponent c_e = {c['c_e']} is outside the "
+                              f"hardware's [{N.CE_MIN}, {N.CE_MAX}] (docs/numerics.md); the weights or norm "
+                              "weights are extreme: check the checkpoint")
+    manifest[IC.DIGEST_KEY] = IC.manifest_digest(manifest)
+    return manifest
+
+
+def export_checkpoint(model_path: str, out: str | os.PathLike, progress: bool = False, force: bool = False) -> Path:
     """Stream a checkpoint directory (or "default") into the image ``out``: tensors are read one at a time
-    from the memory-mapped safetensors files, converted and written, so memory stays near one layer."""
+    from the memory-mapped safetensors files, converted and written, so memory stays near one layer.
+    ``out`` is checked (see :func:`export_model`) before anything is read."""
     from mmfree.pymodel.checkpoint import resolve
     from mmfree.pymodel.config import MMFreeConfig
 
     d = resolve(model_path)
+    check_export_out(out, [d], force)
     if not (d / "config.json").exists():
         raise MmfreeError(f"no config.json in {d}; is this a MatMul-free LM checkpoint directory?")
     cfg = MMFreeConfig.from_json(d / "config.json")

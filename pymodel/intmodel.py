@@ -34,7 +34,9 @@ import numpy as np
 
 from mmfree import MmfreeError
 from mmfree.pymodel import layout as LY
+from mmfree.pymodel import imagecheck as IC
 from mmfree.pymodel import numerics as N
+from mmfree.pymodel.imagecheck import ImageError
 
 
 @dataclass
@@ -47,18 +49,21 @@ class IntState:
         return IntState(self.h.copy())
 
 
-class ImageError(MmfreeError):
-    pass
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
 
 
 def read_manifest(path: Path) -> dict:
+    """The manifest of image directory ``path``, its versions and schema checked (:mod:`imagecheck`)."""
     mf = path / "manifest.json"
-    if not mf.exists():
+    if not mf.is_file():
         raise ImageError(f"no manifest.json in {path}: not an mmfree export (create one with `mmfree export`)")
     try:
-        m = json.loads(mf.read_text())
-    except json.JSONDecodeError as exc:
-        raise ImageError(f"{mf} is not valid JSON: {exc}") from exc
+        m = json.loads(mf.read_text(), parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError, OSError) as exc:
+        raise ImageError(f"{mf} is not valid JSON: {exc}; re-export the model with `mmfree export`") from None
+    if not isinstance(m, dict):
+        raise ImageError(f"{mf} must hold a JSON object, got {type(m).__name__}; re-export the model")
     if m.get("format") != LY.FORMAT:
         raise ImageError(f"{mf}: format {m.get('format')!r} is not {LY.FORMAT!r}")
     if m.get("format_version") != LY.FORMAT_VERSION:
@@ -69,7 +74,20 @@ def read_manifest(path: Path) -> dict:
                          f"version {N.SPEC_VERSION}; re-export with `mmfree export`")
     if m.get("row_align_bytes") != N.ROW_ALIGN_BYTES:
         raise ImageError(f"{mf}: row alignment {m.get('row_align_bytes')} bytes, expected {N.ROW_ALIGN_BYTES}")
+    IC.check_schema(m, str(mf))
     return m
+
+
+def _changed_tensors(table: dict, blob: np.ndarray) -> list[str]:
+    """Names of the tensors whose bytes differ from their recorded sha256 (for the error message)."""
+    bad = []
+    for name, t in table.items():
+        try:
+            if hashlib.sha256(blob[t["offset"]:t["offset"] + t["nbytes"]].tobytes()).hexdigest() != t["sha256"]:
+                bad.append(name)
+        except (KeyError, TypeError, ValueError):
+            bad.append(name)
+    return bad
 
 
 class IntModel:
@@ -84,14 +102,17 @@ class IntModel:
         self.dims = LY.Dims.of(self.config)
         self.vocab_size = self.dims.vocab
         self._blob = blob
-        self._check_tensors()
-        self.consts = manifest["bitlinears"]
         fm = manifest.get("formats") or {}
         for key in ("res_frac", "act_frac"):
-            if not isinstance(fm.get(key), int) or not N.FRAC_MIN <= fm[key] <= N.FRAC_MAX:
+            if not IC._is_int(fm.get(key)) or not N.FRAC_MIN <= fm[key] <= N.FRAC_MAX:
                 raise ImageError(f"manifest formats.{key} must be an integer in [{N.FRAC_MIN}, {N.FRAC_MAX}], "
                                  f"got {fm.get(key)!r}")
         self.res_frac, self.act_frac = fm["res_frac"], fm["act_frac"]
+        self._check_tensors()
+        IC.check_constants(manifest, self.dims, fm)
+        IC.check_values(self.tensor, self.dims)
+        IC.check_digest(manifest)
+        self.consts = manifest["bitlinears"]
         self._ternary: dict[str, np.ndarray] = {}
         self.bitlinear_specs = {b.name: b for b in LY.bitlinears(self.dims)}
         if max(self.dims.d, self.dims.inter) > N.MAX_K_FLOAT32_EXACT:
@@ -106,8 +127,8 @@ class IntModel:
             raise ImageError(f"{path} is not an export directory (create one with `mmfree export`)")
         m = read_manifest(path)
         wb = path / "weights.bin"
-        if not wb.exists():
-            raise ImageError(f"{wb} is missing")
+        if not wb.is_file():
+            raise ImageError(f"{wb} is missing; re-export the model with `mmfree export`")
         if wb.stat().st_size != m["weights_bytes"]:
             raise ImageError(f"{wb} has {wb.stat().st_size} bytes, the manifest says {m['weights_bytes']}; "
                              "the export is incomplete or was modified")
@@ -115,25 +136,16 @@ class IntModel:
         if verify_checksums:
             digest = hashlib.sha256(blob.tobytes()).hexdigest()
             if digest != m["weights_sha256"]:
-                bad = [name for name, t in m["tensors"].items()
-                       if hashlib.sha256(blob[t["offset"]:t["offset"] + t["nbytes"]].tobytes()).hexdigest() != t["sha256"]]
+                bad = _changed_tensors(m["tensors"], blob)
                 raise ImageError(f"{wb} fails its checksum (tensors changed: {', '.join(bad) or 'padding only'}); "
                                  "re-export the model")
         return cls(m, blob, path)
 
     def _check_tensors(self) -> None:
-        expected = {t.name: t for t in LY.tensors(self.dims, self.manifest["row_align_bytes"])}
-        have = self.manifest["tensors"]
-        problems = []
-        for name, t in expected.items():
-            if name not in have:
-                problems.append(f"missing {name}")
-            elif tuple(have[name]["shape"]) != t.shape or have[name]["dtype"] != t.dtype:
-                problems.append(f"{name}: expected {t.dtype}{list(t.shape)}, manifest has "
-                                f"{have[name]['dtype']}{have[name]['shape']}")
-        problems += [f"unexpected {n}" for n in sorted(set(have) - set(expected))]
-        if problems:
-            raise ImageError("the manifest does not match the layout of its config:\n  " + "\n  ".join(problems))
+        IC.check_layout(self.manifest, self.dims)
+        if self._blob.size != self.manifest["weights_bytes"]:
+            raise ImageError(f"weights.bin has {self._blob.size} bytes, the manifest says "
+                             f"{self.manifest['weights_bytes']}; the export is incomplete or was modified")
         if not np.array_equal(self.tensor("lut.sigmoid_tail"), N.sigmoid_tail_table()) or \
                 not np.array_equal(self.tensor("lut.rsqrt"), N.rsqrt_table()):
             raise ImageError("the image's lookup tables differ from this numerics spec; re-export the model")
@@ -307,5 +319,5 @@ def open_int_model(model: str) -> tuple[IntModel, str]:
         key.update(resources.files("mmfree.pymodel").joinpath(mod).read_bytes())
     out = cache_dir() / "exports" / key.hexdigest()[:16]
     if not (out / "manifest.json").exists():
-        export_checkpoint(str(model), out)
+        export_checkpoint(str(model), out, force=True)
     return IntModel.load(out), str(src)   # the checkpoint's tokenizer files (tokenizer_config.json included)

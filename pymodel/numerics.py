@@ -54,6 +54,10 @@ P_BITS = 24
 #: Output multiplier mantissa M lies in [2**(M_BITS-1), 2**M_BITS]; the per-BitLinear constant mantissa
 #: c_m lies in [2**(M_BITS-1), 2**M_BITS).
 M_BITS = 24
+#: The constant's exponent c_e is a signed CE_BITS-bit integer (the hardware's register width): c_e in
+#: [CE_MIN, CE_MAX]. Export refuses a model whose constant falls outside, the image loader refuses an image.
+CE_BITS = 8
+CE_MIN, CE_MAX = -(2 ** (CE_BITS - 1)), 2 ** (CE_BITS - 1) - 1
 #: The output multiplier's shift is OUT_SHIFT_BASE + k + sz - bitlen(m) - ps - c_e
 #: (= RSQRT_SCALE_EXP - 16: the rsqrt scale less the 2**16 folded into the constant C).
 OUT_SHIFT_BASE = 30

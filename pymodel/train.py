@@ -69,6 +69,48 @@ class TrainConfig:
     parallel: Parallel = "auto"                      # several processes
     threads: int | None = None
     progress: bool = True
+    force: bool = False                              # replace an earlier `mmfree train` output at ``out``
+
+
+def check_numbers(tc: TrainConfig) -> None:
+    """Refuse (MmfreeError naming the flag) a non-finite or out-of-range number before any work."""
+    def bad(flag, v, want):
+        raise MmfreeError(f"--{flag} must be {want}, got {v!r}")
+
+    for name in ("steps", "batch_size", "seq_len", "hidden_size", "num_hidden_layers", "eval_every", "save_every",
+                 "vocab_size", "eval_tokens"):
+        v = getattr(tc, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            bad(name.replace("num_hidden_layers", "layers").replace("_", "-"), v, "a positive integer")
+    for name in ("warmup", "seed"):
+        v = getattr(tc, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            bad(name, v, "an integer >= 0")
+    if tc.intermediate_size is not None and (not isinstance(tc.intermediate_size, int) or tc.intermediate_size <= 0):
+        bad("intermediate-size", tc.intermediate_size, "a positive integer")
+    if tc.threads is not None and (isinstance(tc.threads, bool) or not isinstance(tc.threads, int) or tc.threads < 1):
+        bad("threads", tc.threads, "an integer >= 1")
+    for name, lo, hi in (("lr", 0.0, 10.0), ("weight_decay", 0.0, 10.0), ("grad_clip", 0.0, 1e6),
+                         ("min_lr_ratio", 0.0, 1.0)):
+        v = getattr(tc, name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi \
+                or (name in ("lr", "grad_clip") and v == 0):
+            bad(name.replace("_", "-"), v, f"a finite number in {'(' if name in ('lr', 'grad_clip') else '['}{lo:g}, {hi:g}]")
+
+
+def check_out(tc: TrainConfig) -> Path:
+    """``--out`` before any work (:func:`mmfree.atomic.check_output_dir`): new, empty, or an earlier
+    ``mmfree train`` output continued with ``--resume`` or replaced with ``--force``; marks it as ours."""
+    from mmfree.atomic import MARKER, check_output_dir, write_json
+
+    inputs = [tc.init, tc.tokenizer, *tc.corpus]
+    out = check_output_dir(tc.out, "train", inputs=inputs, force=tc.force, reuse=tc.resume)
+    if tc.force and not tc.resume:
+        import shutil
+
+        shutil.rmtree(out / "checkpoints", ignore_errors=True)   # the replaced run's checkpoints
+    write_json(out / MARKER, {"kind": "train", "mmfree": __import__("mmfree").__version__})
+    return out
 
 
 def lr_at(step: int, tc: TrainConfig) -> float:
@@ -256,7 +298,17 @@ def read_trainer_state(tc: TrainConfig) -> dict:
     path = _ckpt_dir(tc)
     if not (path / "trainer_state.json").exists():
         raise MmfreeError(f"--resume: no complete checkpoint in {path}; start without --resume")
-    state = json.loads((path / "trainer_state.json").read_text())
+    try:
+        state = json.loads((path / "trainer_state.json").read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise MmfreeError(f"--resume: {path / 'trainer_state.json'} is unreadable ({exc}); the checkpoint is "
+                          "corrupt: train into a new --out, or rerun with --force to start over") from None
+    if not isinstance(state, dict) or isinstance(state.get("step"), bool) or not isinstance(state.get("step"), int) \
+            or state["step"] < 0 or not isinstance(state.get("train_config", {}), dict) \
+            or not isinstance(state.get("history", []), list):
+        raise MmfreeError(f"--resume: {path / 'trainer_state.json'} must be an object with an integer 'step' >= 0, "
+                          "a 'train_config' object and a 'history' list; the checkpoint is corrupt: train into a "
+                          "new --out, or rerun with --force to start over")
     old = state.get("train_config", {})
     now = asdict(tc)
     diff = [f"{k}: checkpoint {old.get(k)!r}, now {now[k]!r}" for k in RESUME_KEYS if k in old and old[k] != now[k]]
@@ -268,16 +320,13 @@ def read_trainer_state(tc: TrainConfig) -> dict:
 
 def load_checkpoint(model, opt, tc: TrainConfig, fsdp: bool = False, parallel: str = "single") -> tuple[int, list]:
     """Load the last complete checkpoint into ``model`` and ``opt``; returns (step, history)."""
-    from safetensors.torch import load_file
-
     path = _ckpt_dir(tc)
     state = read_trainer_state(tc)
     was = state.get("parallel", "single")
     if (was == "fsdp") != fsdp:
         raise MmfreeError(f"--resume: {path} was written by a {was} run and this run is {parallel}; "
                           f"resume with the same parallelism (--parallel {'fsdp' if was == 'fsdp' else 'ddp'})")
-    sd = load_file(str(path / "model.safetensors"))
-    optim = torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu")
+    sd, optim = _read_checkpoint_files(path)
     if fsdp:
         from torch.distributed.checkpoint.state_dict import (
             StateDictOptions,
@@ -290,13 +339,40 @@ def load_checkpoint(model, opt, tc: TrainConfig, fsdp: bool = False, parallel: s
         set_optimizer_state_dict(model, opt, optim, options=opts)
     else:
         raw = model.module if hasattr(model, "module") else model
-        missing, unexpected = raw.load_state_dict(sd, strict=False)
+        try:
+            missing, unexpected = raw.load_state_dict(sd, strict=False)
+        except RuntimeError as exc:         # mis-shaped tensors
+            raise MmfreeError(f"--resume: {path} does not match the model ({str(exc)[:300]}); "
+                              "train into a new --out") from None
         missing = [m for m in missing if not (raw.config.tie_word_embeddings and m == "lm_head.weight")]
         if missing or unexpected:
             raise MmfreeError(f"--resume: {path} does not match the model (missing {missing[:4]}, "
                               f"unexpected {unexpected[:4]}); train into a new --out")
-        opt.load_state_dict(optim)
+        try:
+            opt.load_state_dict(optim)
+        except (ValueError, KeyError, TypeError, RuntimeError) as exc:
+            raise MmfreeError(f"--resume: {path / 'optimizer.pt'} does not fit the model's optimizer ({exc}); "
+                              "train into a new --out, or rerun with --force to start over") from None
     return int(state["step"]), list(state.get("history", []))
+
+
+def _read_checkpoint_files(path: Path) -> tuple[dict, dict]:
+    """model.safetensors and optimizer.pt of a checkpoint; MmfreeError when either is missing or corrupt."""
+    from safetensors.torch import load_file
+
+    fix = "the checkpoint is corrupt: train into a new --out, or rerun with --force to start over"
+    try:
+        sd = load_file(str(path / "model.safetensors"))
+    except Exception as exc:       # safetensors raises its own SafetensorError, OSError, ...
+        raise MmfreeError(f"--resume: {path / 'model.safetensors'} is unreadable ({exc}); {fix}") from None
+    try:
+        optim = torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu")
+    except Exception as exc:       # pickle.UnpicklingError, RuntimeError, EOFError, OSError, ...
+        raise MmfreeError(f"--resume: {path / 'optimizer.pt'} is unreadable ({type(exc).__name__}: {exc}); "
+                          f"{fix}") from None
+    if not isinstance(optim, dict) or "state" not in optim or "param_groups" not in optim:
+        raise MmfreeError(f"--resume: {path / 'optimizer.pt'} is not an optimizer state ({fix})")
+    return sd, optim
 
 
 def param_digest(model) -> str:
@@ -414,6 +490,7 @@ class _Run:
 
 
 def _check_options(tc: TrainConfig) -> None:
+    check_numbers(tc)
     check_choice(tc.numerics, Numerics, "--numerics")
     check_choice(tc.parallel, Parallel, "--parallel")
     check_choice(tc.dtype, TrainDtype, "--dtype")
@@ -428,6 +505,8 @@ def _setup(tc: TrainConfig, log) -> _Run:
         torch.set_num_threads(tc.threads)
     _init_distributed(tc.device)
     rank, world = _rank(), _world()
+    if rank == 0:           # (torchrun ends the other ranks when rank 0 fails)
+        check_out(tc)
     if tc.batch_size % world:
         raise MmfreeError(f"--batch-size {tc.batch_size} must be divisible by the number of processes ({world})")
     device = torch.device(tc.device if not tc.device.startswith("cuda") or world == 1

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -32,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from mmfree import MmfreeError
+from mmfree.atomic import system_tempdir
 from mmfree.rtl import params as PARAMS
 from mmfree.rtl import regmap as RM
 from mmfree.rtl.compiler import Compiled, HwConfig
@@ -387,8 +389,9 @@ class SyncBoard:
 # running jobs in a simulator process
 # ======================================================================================================
 def _run_sim(b, test_module: str, env: dict, plusargs: list[str], test_dir: Path, waves: bool) -> None:
-    from cocotb_tools.runner import get_results, get_runner
+    from cocotb_tools.runner import get_results
 
+    from mmfree.sim.runner import verilator_runner
     from mmfree.toolchain import verilator_env
 
     verilator_env()
@@ -405,10 +408,10 @@ def _run_sim(b, test_module: str, env: dict, plusargs: list[str], test_dir: Path
 
     try:
         with stdout_to_stderr():
-            get_runner("verilator").test(test_module=test_module, hdl_toplevel=b.toplevel,
-                                         hdl_toplevel_lang="verilog", build_dir=b.build_dir, test_dir=test_dir,
-                                         extra_env=extra, waves=waves, plusargs=plusargs, seed=1,
-                                         results_xml=str(results))
+            verilator_runner().test(test_module=test_module, hdl_toplevel=b.toplevel,
+                                    hdl_toplevel_lang="verilog", build_dir=b.build_dir, test_dir=test_dir,
+                                    extra_env=extra, waves=waves, plusargs=plusargs, seed=1,
+                                    results_xml=str(results))
     except SystemExit as exc:
         raise MmfreeError(f"the simulation exited with {exc.code}") from exc
     finally:
@@ -458,8 +461,16 @@ def run_job(job: dict, hw: HwConfig = DEFAULT_HW, memory: str = "hdl", waves: bo
     writes Verilator's ``coverage.dat`` there (give a ``workdir`` to keep it)."""
     b = build_accel(hw, memory=memory, waves=waves, progress=progress, toggle_coverage=toggle_coverage)
     own = workdir is None
-    wd = Path(tempfile.mkdtemp(prefix="mmfree-sim-")) if own else Path(workdir)
+    wd = Path(tempfile.mkdtemp(prefix="mmfree-sim-", dir=system_tempdir() if waves else None)) if own else Path(workdir)
     wd.mkdir(parents=True, exist_ok=True)
+    try:
+        return _run_job_in(wd, job, b, hw, memory, waves, rd_latency, progress)
+    finally:
+        if own and not waves:
+            shutil.rmtree(wd, ignore_errors=True)
+
+
+def _run_job_in(wd: Path, job: dict, b, hw: HwConfig, memory: str, waves: bool, rd_latency: int, progress) -> dict:
     job = dict(job, memory=memory, workdir=str(wd), bus_bytes=hw.bus_bytes)
     (wd / "job.json").write_text(json.dumps(job))
     plus = [f"+MMFREE_MEMFILE={wd / 'mmfree_mem.hex'}", f"+MMFREE_DUMPFILE={wd / 'mmfree_dump.hex'}",
@@ -478,10 +489,6 @@ def run_job(job: dict, hw: HwConfig = DEFAULT_HW, memory: str = "hdl", waves: bo
     if waves:
         dumps = sorted(wd.rglob("*.fst")) + sorted(wd.rglob("*.vcd"))
         res["waves"] = str(dumps[0]) if dumps else None
-    elif own:
-        import shutil
-
-        shutil.rmtree(wd, ignore_errors=True)
     return res
 
 
@@ -588,7 +595,7 @@ def simulate_generation(model="default", prompt_ids=(1,), n_tokens: int = 16, pr
         job = {"kind": "generate", "compiled": str(td / "compiled"), "prompt": prompt, "n_tokens": n_tokens, "k": k,
                "write_logits": write_logits, "progress": bool(progress)}
         res = run_job(job, hw=hw, memory=memory, waves=waves, rd_latency=rd_latency,
-                      workdir=td / "run" if not waves else Path(tempfile.mkdtemp(prefix="mmfree-waves-")),
+                      workdir=td / "run" if not waves else Path(tempfile.mkdtemp(prefix="mmfree-waves-", dir=system_tempdir())),
                       progress=say if progress else None)
     passes = passes_from_result(res)
     say("comparing with the integer reference")

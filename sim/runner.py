@@ -153,6 +153,26 @@ def wave_format() -> str:
     return "fst" if any((d / "lz4.h").is_file() for d in dirs) else "vcd"
 
 
+def verilator_runner():
+    """cocotb's Verilator runner whose commands (the Verilator build's ``make``, the simulator) run through
+    :func:`mmfree.procs.run`: they die with this process (SIGKILL included) and never outlive a command."""
+    import subprocess
+
+    from cocotb_tools.runner import Verilator
+
+    from mmfree import procs
+
+    class GuardedVerilator(Verilator):
+        def _execute_cmds(self, cmds, cwd, stdout=None) -> None:
+            for cmd in cmds:
+                rc = procs.run(cmd, cwd=cwd, env=self.env, stdout=stdout,
+                               stderr=None if stdout is None else subprocess.STDOUT)
+                if rc != 0:     # the runner turns this into sys.exit(rc) after reading any results
+                    raise subprocess.CalledProcessError(rc, cmd)
+
+    return GuardedVerilator()
+
+
 def build(sources: Iterable[Path], toplevel: str, waves: bool = False, extra_args: Iterable[str] = (),
           opt: str | None = None) -> Build:
     """Compile ``sources`` with Verilator (reused when the same sources were built before).
@@ -162,8 +182,6 @@ def build(sources: Iterable[Path], toplevel: str, waves: bool = False, extra_arg
     optimisation level of the model (e.g. ``"-O0"``: a big design that runs few cycles builds several
     times faster); default: Verilator's own (``-Os``).
     """
-    from cocotb_tools.runner import get_runner
-
     verilator_env()
     sources = [Path(s).resolve() for s in sources]
     args = list(VERILATOR_ARGS) + list(extra_args)
@@ -175,7 +193,7 @@ def build(sources: Iterable[Path], toplevel: str, waves: bool = False, extra_arg
     done = build_dir / ".built"
     with file_lock(cache_dir() / "verilator" / f".{toplevel}-{key}.lock"):
         if not done.exists():
-            runner = get_runner("verilator")
+            runner = verilator_runner()
             try:
                 with _env(_make_overrides(opt)), stdout_to_stderr():
                     runner.build(sources=sources, hdl_toplevel=toplevel, build_dir=build_dir, build_args=args,
@@ -193,10 +211,10 @@ def run(b: Build, test_module: str, env: Mapping[str, str] | None = None, testca
     ``env`` is passed to the test (use it to name input/output files). Returns the results XML path.
     Raises :class:`MmfreeError` when any cocotb test failed.
     """
-    from cocotb_tools.runner import get_results, get_runner
+    from cocotb_tools.runner import get_results
 
     verilator_env()
-    runner = get_runner("verilator")
+    runner = verilator_runner()
     test_dir = Path(test_dir or b.build_dir)
     extra_env = dict(env or {})
     # make the project importable inside the simulator process

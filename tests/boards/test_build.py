@@ -375,7 +375,9 @@ def test_build_without_vivado_stops_after_the_project(board, tmp_path, stub_veri
     assert ("m_axi_w1_araddr" in (out / "hdl" / f"{B.TOP}.v").read_text()) == (PORTS[board][0] > 1)
     assert not list(out.glob(".*.tmp"))                         # nothing half-written left behind
     # the human-readable form says the same
-    assert main(["build", "--board", board, "--out", str(out)]) == 0
+    assert main(["build", "--board", board, "--out", str(out)]) == 1     # an earlier build: --force to replace
+    assert "pass --force" in capsys.readouterr().err
+    assert main(["build", "--board", board, "--out", str(out), "--force"]) == 0
     text = capsys.readouterr().out
     assert "Vivado is not on PATH" in text and cmd in text
     assert f"{PORTS[board][0]} x {8 * manifest['config']['bus_bytes']}-bit AXI master ({', '.join(PORTS[board][1])})" \

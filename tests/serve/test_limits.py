@@ -151,7 +151,8 @@ def test_disconnect_cancels_a_plain_request(int_backend):
 def test_failing_backend_costs_one_request(int_backend):
     """The board backend on a simulated board that swallows the first START (the pass never finishes): that
     request gets 500 naming the time-out, the next one is served, and its tokens are the reference's."""
-    from mmfree.boards.driver import Accelerator, open_model
+    from mmfree.boards.accelerator import Accelerator
+    from mmfree.host.session import open_model
     from mmfree.rtl import regmap as RM
     from mmfree.serve.engine import BoardModel, ReferenceBackend
     from mmfree.sim.accel import DEFAULT_HW
