@@ -39,14 +39,26 @@ def _layout(**fields) -> data.StructLayout:
     return data.StructLayout(fields)
 
 
+def _pipelined_arg(owner, pipelined) -> bool:
+    """Validate the ``pipelined`` constructor argument: ``False`` (the latency the datapath and the cycle model
+    assume) or ``True`` (multiplies split into DSP-sized registered pieces, shifts and adds in their own
+    stages: more latency, shorter paths; docs/rtl.md "Timing")."""
+    if not isinstance(pipelined, bool):
+        owner._MustUse__silence = True
+        raise ValueError(f"pipelined must be True or False, got {pipelined!r}")
+    return pipelined
+
+
 def _stream_ports(self, inl, outl):
     wiring.Component.__init__(self, {"i": In(stream.Signature(inl)), "o": Out(stream.Signature(outl))})
 
 
-def sigmoid_tail_stages(m: Module, p: Pipeline, a: str, out: str, name: str, frac: str = "frac") -> None:
+def sigmoid_tail_stages(m: Module, p: Pipeline, a: str, out: str, name: str, frac: str = "frac",
+                        pipelined: bool = False) -> None:
     """Add the stages of :func:`numerics.sigmoid_tail` to pipeline ``p``: ``p[out] = E(p[a])`` for the
     unsigned magnitude ``p[a]`` in Q(``p[frac]``); values at or above 16.0 use the last interval.
-    Takes 4 stages; the ROM ``name`` becomes a submodule of ``m``.
+    Takes 4 stages (``pipelined``: 7, with the difference, the split multiply and the shift registered);
+    the ROM ``name`` becomes a submodule of ``m``.
     """
     table = [int(v) for v in N.sigmoid_tail_table()]
     body, end = table[:-1], table[-1]          # the index is at most len(table) - 2: body[i], body[i + 1] or end
@@ -69,28 +81,37 @@ def sigmoid_tail_stages(m: Module, p: Pipeline, a: str, out: str, name: str, fra
     p.next()
     e0 = p[f"{name}_e0"]
     e1 = Mux(p[f"{name}_end"], end, p[f"{name}_b1"])
-    p[f"{name}_prod"] = (e0 - e1)[:N.SIG_FRAC] * p[f"{name}_f"]
+    p[f"{name}_diff"] = (e0 - e1)[:N.SIG_FRAC]
+    if pipelined:
+        p.next()
+    p.multiply(f"{name}_prod", p[f"{name}_diff"], p[f"{name}_f"], split=pipelined)
     p.next()
-    p[out] = (p[f"{name}_e0"] - (p[f"{name}_prod"] >> p[f"{name}_t"]))[:N.SIG_FRAC]
+    p[f"{name}_sh"] = p[f"{name}_prod"] >> p[f"{name}_t"]
+    if pipelined:
+        p.next()
+    p[out] = (p[f"{name}_e0"] - p[f"{name}_sh"])[:N.SIG_FRAC]
     p.next()
 
 
-def sigmoid_stages(m: Module, p: Pipeline, x: str, out: str, name: str, negate: bool = False) -> None:
+def sigmoid_stages(m: Module, p: Pipeline, x: str, out: str, name: str, negate: bool = False,
+                   pipelined: bool = False) -> None:
     """``p[out] = sigmoid_q31(p[x], frac)`` (or, with ``negate``, the ``sigmoid(-x)`` of
     :func:`numerics.forget_rate`): ``E(|x|)`` on one side of zero, ``2**31 - E(|x|)`` on the other."""
     p[f"{name}_a"] = absval(p[x])
     p[f"{name}_pos"] = p[x] >= 0
-    sigmoid_tail_stages(m, p, f"{name}_a", f"{name}_e", name)
+    if pipelined:
+        p.next()
+    sigmoid_tail_stages(m, p, f"{name}_a", f"{name}_e", name, pipelined=pipelined)
     e = p[f"{name}_e"]
     flip = ~p[f"{name}_pos"] if negate else p[f"{name}_pos"]
     p[out] = Mux(flip, N.ONE_Q31 - e, e)[:Q31.width]
 
 
-def silu_stages(m: Module, p: Pipeline, x: str, out: str, name: str) -> None:
+def silu_stages(m: Module, p: Pipeline, x: str, out: str, name: str, pipelined: bool = False) -> None:
     """``p[out] = silu(p[x], frac) = rshift_round(x * sigmoid_q31(x), 31)`` (int32)."""
-    sigmoid_stages(m, p, x, f"{name}_sig", name)
+    sigmoid_stages(m, p, x, f"{name}_sig", name, pipelined=pipelined)
     p.next()
-    p[f"{name}_xs"] = p[x] * p[f"{name}_sig"]
+    p.multiply(f"{name}_xs", p[x], p[f"{name}_sig"], split=pipelined)
     p.next()
     p[out] = rshift_round(p[f"{name}_xs"], N.SIG_FRAC)[:32].as_signed()
 
@@ -101,14 +122,15 @@ class Sigmoid(wiring.Component):
     IN = _layout(x=ACT, frac=FRAC, last=1)
     OUT = _layout(y=Q31, last=1)
 
-    def __init__(self):
+    def __init__(self, pipelined: bool = False):
+        self.pipelined = _pipelined_arg(self, pipelined)
         _stream_ports(self, self.IN, self.OUT)
 
     def elaborate(self, platform):
         m = Module()
         p = Pipeline(m, self.i, self.o)
         p["x"], p["frac"], p["last"] = self.i.payload.x, self.i.payload.frac, self.i.payload.last
-        sigmoid_stages(m, p, "x", "y", "sig")
+        sigmoid_stages(m, p, "x", "y", "sig", pipelined=self.pipelined)
         p.next()
         p.finish(y=p["y"], last=p["last"])
         return m
@@ -120,14 +142,15 @@ class Silu(wiring.Component):
     IN = _layout(x=ACT, frac=FRAC, last=1)
     OUT = _layout(y=ACT, last=1)
 
-    def __init__(self):
+    def __init__(self, pipelined: bool = False):
+        self.pipelined = _pipelined_arg(self, pipelined)
         _stream_ports(self, self.IN, self.OUT)
 
     def elaborate(self, platform):
         m = Module()
         p = Pipeline(m, self.i, self.o)
         p["x"], p["frac"], p["last"] = self.i.payload.x, self.i.payload.frac, self.i.payload.last
-        silu_stages(m, p, "x", "y", "silu")
+        silu_stages(m, p, "x", "y", "silu", pipelined=self.pipelined)
         p.next()
         p.finish(y=p["y"], last=p["last"])
         return m
@@ -144,7 +167,8 @@ class ForgetRate(wiring.Component):
     IN = _layout(f=ACT, one_minus_lb=Q31, frac=FRAC, last=1)
     OUT = _layout(g=Q31, last=1)
 
-    def __init__(self):
+    def __init__(self, pipelined: bool = False):
+        self.pipelined = _pipelined_arg(self, pipelined)
         _stream_ports(self, self.IN, self.OUT)
 
     def elaborate(self, platform):
@@ -152,11 +176,14 @@ class ForgetRate(wiring.Component):
         p = Pipeline(m, self.i, self.o)
         p["f"], p["oml"], p["last"] = self.i.payload.f, self.i.payload.one_minus_lb, self.i.payload.last
         p["frac"] = self.i.payload.frac
-        sigmoid_stages(m, p, "f", "s", "sig", negate=True)
+        sigmoid_stages(m, p, "f", "s", "sig", negate=True, pipelined=self.pipelined)
         p.next()
-        p["prod"] = p["oml"] * p["s"]
+        p.multiply("prod", p["oml"], p["s"], split=self.pipelined)
         p.next()
-        p.finish(g=rshift_round(p["prod"], N.SIG_FRAC)[:Q31.width], last=p["last"])
+        p["g"] = rshift_round(p["prod"], N.SIG_FRAC)[:Q31.width]
+        if self.pipelined:
+            p.next()
+        p.finish(g=p["g"], last=p["last"])
         return m
 
 
@@ -170,7 +197,8 @@ class HgrnUpdate(wiring.Component):
     IN = _layout(h=ACT, s=ACT, g=Q31, last=1)
     OUT = _layout(h=ACT, last=1)
 
-    def __init__(self):
+    def __init__(self, pipelined: bool = False):
+        self.pipelined = _pipelined_arg(self, pipelined)
         _stream_ports(self, self.IN, self.OUT)
 
     def elaborate(self, platform):
@@ -181,12 +209,20 @@ class HgrnUpdate(wiring.Component):
         p.next()
         p["d"] = p["s"] - p["h"]
         p.next()
-        p["prod"] = p["g"] * p["d"]
-        p.next()
-        p["t"] = rshift_round(p["prod"], N.SIG_FRAC)
-        p.next()
-        p.finish(h=saturate(p["h"] + p["t"]), last=p["last"])
+        _update_tail(p, self.pipelined)
         return m
+
+
+def _update_tail(p: Pipeline, pipelined: bool) -> None:
+    """``h' = saturate(h + rshift_round(g * d, 31))`` from ``p["g"], p["d"], p["h"]`` to the output."""
+    p.multiply("prod", p["g"], p["d"], split=pipelined)
+    p.next()
+    p["t"] = rshift_round(p["prod"], N.SIG_FRAC)
+    p.next()
+    p["hs"] = p["h"] + p["t"]
+    if pipelined:
+        p.next()
+    p.finish(h=saturate(p["hs"]), last=p["last"])
 
 
 class MlgruUpdate(wiring.Component):
@@ -199,7 +235,8 @@ class MlgruUpdate(wiring.Component):
     IN = _layout(h=ACT, i=ACT, f=ACT, one_minus_lb=Q31, frac=FRAC, last=1)
     OUT = _layout(h=ACT, last=1)
 
-    def __init__(self):
+    def __init__(self, pipelined: bool = False):
+        self.pipelined = _pipelined_arg(self, pipelined)
         _stream_ports(self, self.IN, self.OUT)
 
     def elaborate(self, platform):
@@ -210,22 +247,25 @@ class MlgruUpdate(wiring.Component):
         p["fa"] = absval(p["f"])
         p["fpos"] = p["f"] >= 0
         # two table look-ups (two ROMs), one after the other: simple, a few more registers
-        sigmoid_stages(m, p, "i", "isig", "isig")
-        sigmoid_tail_stages(m, p, "fa", "fe", "fsig")
+        sigmoid_stages(m, p, "i", "isig", "isig", pipelined=self.pipelined)
+        sigmoid_tail_stages(m, p, "fa", "fe", "fsig", pipelined=self.pipelined)
         p["rate_s"] = Mux(p["fpos"], p["fe"], N.ONE_Q31 - p["fe"])[:Q31.width]
-        p["xs"] = p["i"] * p["isig"]
-        p.next()
-        p["s"] = rshift_round(p["xs"], N.SIG_FRAC)[:32].as_signed()
-        p["rprod"] = p["one_minus_lb"] * p["rate_s"]
+        if self.pipelined:     # the two products of the gate, each split, one after the other
+            p.next()
+            p.multiply("xs", p["i"], p["isig"], split=True)
+            p.next()
+            p["s"] = rshift_round(p["xs"], N.SIG_FRAC)[:32].as_signed()
+            p.multiply("rprod", p["one_minus_lb"], p["rate_s"], split=True)
+        else:
+            p["xs"] = p["i"] * p["isig"]
+            p.next()
+            p["s"] = rshift_round(p["xs"], N.SIG_FRAC)[:32].as_signed()
+            p["rprod"] = p["one_minus_lb"] * p["rate_s"]
         p.next()
         p["g"] = rshift_round(p["rprod"], N.SIG_FRAC)[:Q31.width]
         p["d"] = p["s"] - p["h"]
         p.next()
-        p["prod"] = p["g"] * p["d"]
-        p.next()
-        p["t"] = rshift_round(p["prod"], N.SIG_FRAC)
-        p.next()
-        p.finish(h=saturate(p["h"] + p["t"]), last=p["last"])
+        _update_tail(p, self.pipelined)
         return m
 
 
@@ -239,7 +279,8 @@ class GatedProduct(wiring.Component):
     IN = _layout(a=ACT, b=ACT, frac=FRAC, last=1)
     OUT = _layout(u=PRODUCT, last=1)
 
-    def __init__(self):
+    def __init__(self, pipelined: bool = False):
+        self.pipelined = _pipelined_arg(self, pipelined)
         _stream_ports(self, self.IN, self.OUT)
 
     def elaborate(self, platform):
@@ -247,9 +288,10 @@ class GatedProduct(wiring.Component):
         p = Pipeline(m, self.i, self.o)
         p["a"], p["b"], p["last"] = self.i.payload.a, self.i.payload.b, self.i.payload.last
         p["frac"] = self.i.payload.frac
-        silu_stages(m, p, "b", "sb", "silu")
+        silu_stages(m, p, "b", "sb", "silu", pipelined=self.pipelined)
         p.next()
-        p["u"] = (p["a"] * p["sb"])[:64].as_signed()
+        p.multiply("ab", p["a"], p["sb"], split=self.pipelined)
+        p["u"] = p["ab"][:64].as_signed()
         p.next()
         p.finish(u=p["u"], last=p["last"])
         return m

@@ -31,6 +31,18 @@ VECTOR_UNITS: dict[str, tuple[Callable, str]] = {
     "argmax": (A.Argmax, "greedy token: argmax, lowest index on ties (one result per vector)"),
 }
 
+#: The pipelined variants (``pipelined=True``: shorter register-to-register paths, more latency; see
+#: docs/rtl.md "Timing"): name -> (factory, the unit it is a variant of). Same ports and numbers as that
+#: unit; the datapath instantiates the defaults, whose latencies the cycle model (sim/perf.py) is fitted to.
+PIPELINED: dict[str, tuple[Callable, str]] = {
+    f"{base}_p": ((lambda f=f: f(pipelined=True)), base)
+    for base, (f, _) in VECTOR_UNITS.items()
+    if base in ("sigmoid", "silu", "forget_rate", "hgrn_update", "mlgru_update", "gated_product",
+                "output_multiplier", "dequantize", "codes", "codes_from_p", "reciprocal")
+}
+#: name -> zero-argument factory of every pipelined variant.
+PIPELINED_VARIANTS: dict[str, Callable] = {name: f for name, (f, _) in PIPELINED.items()}
+
 
 def matvec(lanes: int = 80, tokens: int = 1, **kw) -> TernaryMatVec:
     return TernaryMatVec(lanes=lanes, tokens=tokens, **kw)

