@@ -9,7 +9,7 @@ they cannot go stale. Imports nothing heavy: ``mmfree --help`` stays instant.
 from __future__ import annotations
 
 import argparse
-from typing import Literal, get_args, get_origin
+from mmfree.options import check_choice, choices  # noqa: F401  (re-exported for the CLI modules)
 
 from mmfree import MmfreeError
 
@@ -81,15 +81,3 @@ def add_board(p: argparse.ArgumentParser, default: str | None = None, sim: bool 
         p.add_argument("--board", default=default, help=text)
 
 
-def check_choice(value, allowed, option: str):
-    """``value`` if it is one of ``allowed`` (a ``typing.Literal[...]`` type or a sequence), else
-    :class:`MmfreeError` naming ``option`` and the choices: the check a library entry point makes on a typed
-    option that may not have come through argparse (whose ``choices=`` should be ``choices(allowed)``)."""
-    if value not in choices(allowed):
-        raise MmfreeError(f"{option} must be one of {', '.join(map(repr, choices(allowed)))}, got {value!r}")
-    return value
-
-
-def choices(allowed) -> tuple:
-    """The values of a ``typing.Literal[...]`` type (or of a sequence), for argparse ``choices=``."""
-    return get_args(allowed) if get_origin(allowed) is Literal else tuple(allowed)

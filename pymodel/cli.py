@@ -62,7 +62,7 @@ def register(sub) -> None:
         "--json prints {model, corpus, tokens, backends: [{name, perplexity, mean_nll}], agreement: {\"a/b\":\n"
         "{top1, mean_abs_logit_diff}}}.",
     )
-    p.add_argument("--model", default="default", help=MODEL_HELP + ", or an export directory (int backend only)")
+    add_model(p, note="an export directory runs the int backend only")
     p.add_argument("--corpus", nargs="+", required=True, help="text files, directories (*.py, *.txt, *.md) or stdlib:val")
     p.add_argument("--backends", default="float,int", help="comma-separated: float, float64, hardware-float, int")
     p.add_argument("--tokens", type=int, default=5000, help="tokens to score")

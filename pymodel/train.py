@@ -31,7 +31,7 @@ import torch
 
 from mmfree import MmfreeError
 from mmfree.atomic import atomic_path
-from mmfree.cli_args import check_choice
+from mmfree.options import check_choice
 from mmfree.pymodel import data as D
 from mmfree.pymodel.checkpoint import save_model
 from mmfree.pymodel.config import Kernels, MMFreeConfig, Numerics, Parallel, TrainDtype
