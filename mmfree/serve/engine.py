@@ -367,12 +367,13 @@ def open_backend(backend: str, model: str = "default", board: str | None = None,
         raise MmfreeError(f"--draft must be auto, trigram or none, got {draft!r}")
     if (backend == "board") != (board is not None):
         raise MmfreeError("--board goes with --backend board (and --backend board needs --board sim or a board name)")
-    if max_draft < 1 or (draft_nodes is not None and draft_nodes < 1):
+    if draft != "none" and (max_draft < 1 or (draft_nodes is not None and draft_nodes < 1)):
         raise MmfreeError("--max-draft and --draft-nodes must be >= 1 (use --draft none for no drafts)")
     model_id = model_id or _model_id(model)
     if backend == "float":
-        if draft == "trigram":
-            raise MmfreeError("--draft trigram runs on --backend int and --backend board, not on the float model")
+        if draft == "trigram" or trigram_table is not None or draft_nodes is not None:
+            raise MmfreeError("trigram drafts (--draft trigram, --trigram-table, --draft-nodes) run on --backend int "
+                              "and --backend board, not on the float model")
         return FloatBackend(model, model_id)
     if backend == "int":
         from mmfree.pymodel.intmodel import open_int_model
