@@ -136,14 +136,12 @@ class TextStream:
 
 # ---- backends ---------------------------------------------------------------------------------------------------
 class _Counted:
-    """An IntModel (or :class:`BoardModel`) with its weight passes counted: ``prefill_passes`` (prompt)
-    and ``decode_passes`` (``verify``; ``prefill`` of one token after the first, as plain decoding feeds it).
-    Every other attribute is the model's."""
+    """An IntModel (or :class:`BoardModel`) with its weight passes counted into ``passes``: ``[0]`` prompt
+    passes (the first ``prefill`` after ``initial_state``), ``[1]`` decode passes (``verify``, and ``prefill``
+    of the next token as plain decoding feeds it). Every other attribute is the model's."""
 
-    def __init__(self, model):
-        self._m = model
-        self.prefill_passes = 0
-        self.decode_passes = 0
+    def __init__(self, model, passes: list[int]):
+        self._m, self.passes = model, passes
         self._fresh = False
 
     def __getattr__(self, name):
@@ -154,16 +152,12 @@ class _Counted:
         return self._m.initial_state()
 
     def prefill(self, state, tokens):
-        n = getattr(self._m, "passes_for", lambda k: 1)(len(tokens))
-        if self._fresh:
-            self.prefill_passes += n
-        else:
-            self.decode_passes += n
+        self.passes[0 if self._fresh else 1] += getattr(self._m, "passes_for", lambda k: 1)(len(tokens))
         self._fresh = False
         return self._m.prefill(state, tokens)
 
     def verify(self, state, tokens, parents=None):
-        self.decode_passes += 1
+        self.passes[1] += 1
         return self._m.verify(state, tokens, parents)
 
 
@@ -229,9 +223,10 @@ class Backend:
     def __init__(self, model_id: str, vocab_size: int, eos_id, tokenizer):
         self.model_id, self.vocab_size, self.eos_id, self.tokenizer = model_id, vocab_size, eos_id, tokenizer
 
-    def decode(self, ids: list[int], s: Sampling, emit: Callable[[int], None]) -> tuple[int, int]:
+    def decode(self, ids: list[int], s: Sampling, emit: Callable[[int], None], passes: list[int]) -> None:
         """Decode up to ``s.max_tokens`` tokens after ``ids``, calling ``emit(token)`` for each (it may raise to
-        stop early); stops after the end-of-sequence token. Returns (prefill passes, decode passes)."""
+        stop early); stops after the end-of-sequence token. ``passes`` ([prompt, decode] weight passes) is
+        counted up as the passes run, so it is right also when ``emit`` stops the decode."""
         raise NotImplementedError
 
     def describe(self) -> dict:
@@ -257,26 +252,27 @@ class FloatBackend(Backend):
         self.tb = TorchBackend(m)
         super().__init__(model_id, self.tb.vocab_size, getattr(m.config, "eos_token_id", None), _tokenizer(model))
 
-    def decode(self, ids, s, emit):
+    def decode(self, ids, s, emit, passes):
         from mmfree.pymodel.generate import generate
 
-        feed = _CountedFeed(self.tb)
-        generate(feed, ids, s.max_tokens, s.temperature, s.top_p, s.seed, self.eos_id, progress=emit)
-        return min(1, feed.calls), max(0, feed.calls - 1)
+        generate(_CountedFeed(self.tb, passes), ids, s.max_tokens, s.temperature, s.top_p, s.seed, self.eos_id,
+                 progress=emit)
 
 
 class _CountedFeed:
-    """A ``generate`` backend with its weight passes counted (``calls``; the first after ``reset`` is the prompt's)."""
+    """A ``generate`` backend with its weight passes counted into ``passes`` (the first feed after ``reset`` is
+    the prompt's pass, the others decode passes)."""
 
-    def __init__(self, backend):
-        self.b, self.vocab_size, self.calls = backend, backend.vocab_size, 0
+    def __init__(self, backend, passes: list[int]):
+        self.b, self.vocab_size, self.passes, self._fresh = backend, backend.vocab_size, passes, False
 
     def reset(self):
-        self.calls = 0
+        self._fresh = True
         self.b.reset()
 
     def feed(self, ids):
-        self.calls += 1
+        self.passes[0 if self._fresh else 1] += 1
+        self._fresh = False
         return self.b.feed(ids)
 
 
@@ -293,8 +289,8 @@ class ReferenceBackend(Backend):
         eos = ((getattr(model, "manifest", None) or {}).get("config") or {}).get("eos_token_id")
         super().__init__(model_id, model.vocab_size, eos, _tokenizer(tok_dir))
 
-    def decode(self, ids, s, emit):
-        m = _Counted(self.model)
+    def decode(self, ids, s, emit, passes):
+        m = _Counted(self.model, passes)
         if self.table is not None:
             from mmfree.pymodel import trigram as TG
             from mmfree.pymodel.speculative import speculative_generate
@@ -308,7 +304,6 @@ class ReferenceBackend(Backend):
             from mmfree.pymodel.intmodel import IntBackend
 
             generate(IntBackend(m), ids, s.max_tokens, s.temperature, s.top_p, s.seed, self.eos_id, progress=emit)
-        return m.prefill_passes, m.decode_passes
 
     def describe(self) -> dict:
         d = dict(super().describe(), **self.extra)
@@ -368,12 +363,13 @@ def open_backend(backend: str, model: str = "default", board: str | None = None,
         raise MmfreeError(f"--draft must be auto, trigram or none, got {draft!r}")
     if (backend == "board") != (board is not None):
         raise MmfreeError("--board goes with --backend board (and --backend board needs --board sim or a board name)")
-    if max_draft < 1 or (draft_nodes is not None and draft_nodes < 1):
+    if draft != "none" and (max_draft < 1 or (draft_nodes is not None and draft_nodes < 1)):
         raise MmfreeError("--max-draft and --draft-nodes must be >= 1 (use --draft none for no drafts)")
     model_id = model_id or _model_id(model)
     if backend == "float":
-        if draft == "trigram":
-            raise MmfreeError("--draft trigram runs on --backend int and --backend board, not on the float model")
+        if draft == "trigram" or trigram_table is not None or draft_nodes is not None:
+            raise MmfreeError("trigram drafts (--draft trigram, --trigram-table, --draft-nodes) run on --backend int "
+                              "and --backend board, not on the float model")
         return FloatBackend(model, model_id)
     if backend == "int":
         from mmfree.pymodel.intmodel import open_int_model
@@ -536,14 +532,14 @@ class Engine:
     def _run(self, job: Job) -> None:
         t0 = time.monotonic()
         text = TextStream(self.backend.tokenizer, job.stops)
-        passes = (0, 0)
+        passes = [0, 0]
         if t0 > job.deadline:
             job.finish_reason = "timeout"
         elif job.cancelled:
             job.finish_reason = "cancelled"
         else:
             try:
-                passes = self.backend.decode(job.prompt_ids, job.sampling, lambda tok: self._emit(job, text, tok))
+                self.backend.decode(job.prompt_ids, job.sampling, lambda tok: self._emit(job, text, tok), passes)
                 job.finish_reason = "stop" if job.tokens and job.tokens[-1] == self.backend.eos_id else "length"
             except _Stop as s:
                 job.finish_reason = s.reason
@@ -567,7 +563,7 @@ class Engine:
         if job.cancelled:
             raise _Stop("cancelled")
 
-    def _finish(self, job: Job, tail: str, passes: tuple[int, int], seconds: float) -> None:
+    def _finish(self, job: Job, tail: str, passes: list[int], seconds: float) -> None:
         n = len(job.tokens)
         job.stats = {"prompt_tokens": len(job.prompt_ids), "completion_tokens": n, "decode_s": seconds,
                      "queue_s": max(0.0, time.monotonic() - job.arrived - seconds),

@@ -71,6 +71,9 @@ def test_stop_string_cuts_the_text(int_server):
     c = cut.choices[0]
     assert c.finish_reason == "stop" and c.text == full.text[:full.text.index(stop)] == streamed
     assert _ids(c) == _ids(full)[:len(_ids(c))] and len(_ids(c)) < 12
+    stats = cut.model_extra["mmfree"]                 # passes are counted when a stop string ends the decode too
+    assert stats["prefill_passes"] == 1 and 1 <= stats["decode_passes"] <= len(_ids(c)) - 1
+    assert stats["accepted_drafts"] == len(_ids(c)) - 1 - stats["decode_passes"]
 
 
 def test_sixteen_concurrent_requests_all_correct(int_server, int_backend):

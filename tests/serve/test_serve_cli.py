@@ -42,6 +42,8 @@ def test_help_explains_everything(capsys):
     (["--board", "sim"], "--board"),
     (["--backend", "board"], "--board"),
     (["--backend", "float", "--draft", "trigram"], "--draft trigram"),
+    (["--backend", "float", "--trigram-table", "t.bin"], "--trigram-table"),
+    (["--trigram-table", "/nonexistent/t.bin"], "t.bin"),
     (["--max-draft", "0"], "--max-draft"),
     (["--bitstream", "x.bit"], "--bitstream"),
     (["--backend", "board", "--board", "kv260"], "--bitstream"),
