@@ -120,9 +120,7 @@ class Datapath(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         hw = self.hw
-        K, W, bb = hw.max_tokens, hw.max_width, hw.bus_bytes
-        lg_bb = bb.bit_length() - 1
-        bw = bb // 4
+        K, W = hw.max_tokens, hw.max_width
         d = self.dispatch
         k = self.k
 
@@ -245,7 +243,7 @@ class Datapath(wiring.Component):
     # ------------------------------------------------------------------------------------------------------
     def _load_engine(self, m, d, issued, done, filled, loading, h0w, lbw, nw_, nww):
         hw = self.hw
-        bb, lg_bb = hw.bus_bytes, hw.bus_bytes.bit_length() - 1
+        bb = hw.bus_bytes
         m.submodules.ld_dma = dma = DmaReadClient(self.addr_width, bb, max_fields=1 + I.SLOTS)
         wiring.connect(m, dma.cmd, wiring.flipped(self.load_cmd))
         wiring.connect(m, wiring.flipped(self.load_data), dma.beat)
@@ -378,7 +376,6 @@ class Datapath(wiring.Component):
                        t0r1, t1r1, t2r1, mx_x_in, mx_a_in, mx_x_out, mx_a_out, feed_max, mv):
         hw = self.hw
         K, W, bb = hw.max_tokens, hw.max_width, hw.bus_bytes
-        lg_bb = bb.bit_length() - 1
         ir = d.ir
         op = Signal(8)
         busy = Signal()
@@ -682,7 +679,7 @@ class Datapath(wiring.Component):
     def _matvec_engine(self, m, d, issued, done, k, Mr, Sr, arg, xarb, aarb, tw, xr2, t0r2,
                        mx_x_in, mx_a_in, mx_x_out, mx_a_out, feed_max, mv):
         hw = self.hw
-        K, W, E, P = hw.max_tokens, hw.max_width, hw.engines, hw.weight_ports
+        K, E, P = hw.max_tokens, hw.engines, hw.weight_ports
         EPP = hw.matvec_engines
         ir = d.ir
 
