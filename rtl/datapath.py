@@ -29,6 +29,8 @@ Writers of X and A keep each token's normalising shift up to date with a :class:
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.memory import Memory
@@ -39,7 +41,7 @@ from mmfree.rtl import activation as A
 from mmfree.rtl import isa as I
 from mmfree.rtl import regmap as RM
 from mmfree.rtl import quantize as Q
-from mmfree.rtl.axi import BEATS_WIDTH, WordPacker, WordUnpacker, cmd_layout, row_cmd_layout
+from mmfree.rtl.axi import BEATS_WIDTH, DmaReadClient, WordPacker, cmd_layout, row_cmd_layout
 from mmfree.rtl.compiler import HwConfig
 from mmfree.rtl.decoder import ENGINE_ID, field
 from mmfree.rtl.matvec import TernaryMatVec
@@ -57,6 +59,30 @@ def token_word(ports, t):
 
 def mv_cmd_fire(mv):
     return mv.cmd.valid & mv.cmd.ready
+
+
+class SharedWrite(wiring.Component):
+    """The write ports (one per token) of a per-token buffer that two engines write, never at the same time:
+    ``one_*`` writes one token's element (the vector engine: EMBED into X, HGRN into A), ``row_*`` every
+    token's element of a row (the matvec epilogue: ``row_en`` per token). ``one_en`` wins the address and data;
+    ``port[t]`` goes to token t's memory write port."""
+
+    def __init__(self, tokens: int, shape, depth: int):
+        self.tokens = tokens
+        port = data.StructLayout({"en": unsigned(1), "addr": unsigned(32), "data": shape})
+        super().__init__({
+            "one_en": In(1), "one_t": In(range(tokens + 1)), "one_addr": In(range(depth + 1)), "one_data": In(shape),
+            "row_en": In(tokens), "row_addr": In(32), "row_data": In(data.ArrayLayout(shape, tokens)),
+            "port": Out(port).array(tokens),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        for t in range(self.tokens):
+            m.d.comb += [self.port[t].en.eq((self.one_en & (self.one_t == t)) | self.row_en[t]),
+                         self.port[t].addr.eq(Mux(self.one_en, self.one_addr, self.row_addr)),
+                         self.port[t].data.eq(Mux(self.one_en, self.one_data, self.row_data[t]))]
+        return m
 
 
 class Datapath(wiring.Component):
@@ -94,9 +120,7 @@ class Datapath(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         hw = self.hw
-        K, W, bb = hw.max_tokens, hw.max_width, hw.bus_bytes
-        lg_bb = bb.bit_length() - 1
-        bw = bb // 4
+        K, W = hw.max_tokens, hw.max_width
         d = self.dispatch
         k = self.k
 
@@ -117,6 +141,13 @@ class Datapath(wiring.Component):
         VEC = signed(Q.VEC_WIDTH)
         xw, (xr1, xr2) = tmem("x", signed(32), 2)
         aw, (ar1,) = tmem("a", signed(64), 1)
+        # X and A: one writer at a time, the vector engine (one token) or the matvec epilogue (a row)
+        m.submodules.x_write = xarb = SharedWrite(K, signed(32), W)
+        m.submodules.a_write = aarb = SharedWrite(K, signed(64), W)
+        for arb, ports in ((xarb, xw), (aarb, aw)):
+            for t in range(K):
+                m.d.comb += [ports[t].en.eq(arb.port[t].en), ports[t].addr.eq(arb.port[t].addr),
+                             ports[t].data.eq(arb.port[t].data)]
         hw_, (hr1, hr2) = tmem("h", signed(32), 2)
         tw, tr = [], []
         for i, reads in enumerate((3, 2, 1)):
@@ -203,46 +234,32 @@ class Datapath(wiring.Component):
         m.submodules.matvec0 = mv = TernaryMatVec(lanes=hw.lanes, tokens=K, max_k=W, banks=I.BANKS, max_rows=W,
                                                   ways=hw.engines)
         self._vector_engine(m, d, issued, done, k, tokens, parents, filled, loading, raise_error,
-                            shx, sha, Mr, Sr, Rr, KRr, SPr, Pr, SZr, xw, aw, hw_, xr1, ar1, hr1, h0r, lbr, nr, nwr,
+                            shx, sha, Mr, Sr, Rr, KRr, SPr, Pr, SZr, xarb, aarb, hw_, xr1, ar1, hr1, h0r, lbr, nr, nwr,
                             t0r1, t1r1, t2r1, mx_x_in, mx_a_in, mx_x_out, mx_a_out, feed_max, mv)
-        self._matvec_engine(m, d, issued, done, k, Mr, Sr, arg, xw, aw, tw, xr2, t0r2,
+        self._matvec_engine(m, d, issued, done, k, Mr, Sr, arg, xarb, aarb, tw, xr2, t0r2,
                             mx_x_in, mx_a_in, mx_x_out, mx_a_out, feed_max, mv)
         return m
 
     # ------------------------------------------------------------------------------------------------------
     def _load_engine(self, m, d, issued, done, filled, loading, h0w, lbw, nw_, nww):
         hw = self.hw
-        bb, lg_bb = hw.bus_bytes, hw.bus_bytes.bit_length() - 1
-        m.submodules.ld_unpack = up = WordUnpacker(bus_bytes=bb, max_fields=1 + I.SLOTS)
-        wiring.connect(m, wiring.flipped(self.load_data), up.beat)
+        bb = hw.bus_bytes
+        m.submodules.ld_dma = dma = DmaReadClient(self.addr_width, bb, max_fields=1 + I.SLOTS)
+        wiring.connect(m, dma.cmd, wiring.flipped(self.load_cmd))
+        wiring.connect(m, wiring.flipped(self.load_data), dma.beat)
         busy = Signal()
         dst = Signal(2)
         fields = Signal(3)
         count = Signal(32)
         j = Signal(32)
-        cmd_v = Signal()
-        cmd_a = Signal(self.addr_width)
-        cmd_n = Signal(BEATS_WIDTH)
-        m.d.comb += [self.load_cmd.valid.eq(cmd_v), self.load_cmd.payload.addr.eq(cmd_a),
-                     self.load_cmd.payload.beats.eq(cmd_n)]
-        with m.If(self.load_cmd.valid & self.load_cmd.ready):
-            m.d.sync += cmd_v.eq(0)
-        start = Signal()
+        start = Signal()                       # the DMA client restarts its unpacker this cycle
         m.d.sync += start.eq(0)
-        m.d.comb += up.start.eq(start)
-        skip = Signal(range(bb // 4))
-        nb = Signal(BEATS_WIDTH)
-        m.d.comb += [up.skip.eq(skip), up.fields.eq(fields), up.nbeats.eq(nb)]
         with m.If(issued("load")):
-            fl = field(d.ir, "fields", "LOAD")
-            cnt = field(d.ir, "count", "LOAD")
-            dd = field(d.ir, "dst", "LOAD")
-            sk = d.addr[2:lg_bb]
-            words = cnt * fl
-            nbe = (sk + words + (bb // 4 - 1)) >> (lg_bb - 2)
-            m.d.sync += [busy.eq(1), dst.eq(dd), fields.eq(fl), count.eq(cnt), j.eq(0), cmd_v.eq(1),
-                         cmd_a.eq(Cat(Const(0, lg_bb), d.addr[lg_bb:])), cmd_n.eq(nbe), start.eq(1), skip.eq(sk),
-                         nb.eq(nbe)]
+            fl = d.ir.load.fields
+            cnt = d.ir.load.count
+            dd = d.ir.load.dst
+            m.d.comb += [dma.req.eq(1), dma.addr.eq(d.addr), dma.words.eq(cnt * fl), dma.fields.eq(fl)]
+            m.d.sync += [busy.eq(1), dst.eq(dd), fields.eq(fl), count.eq(cnt), j.eq(0), start.eq(1)]
             targets = {I.LD_H0: [I.BUF_H0], I.LD_LB: [I.BUF_LB]}
             for dv, bufs in targets.items():
                 with m.If(dd == dv):
@@ -253,7 +270,7 @@ class Datapath(wiring.Component):
                 for p in range(I.SLOTS):
                     with m.If(fl > p + 1):
                         m.d.sync += [filled[I.BUF_NW0 + p].eq(0), loading[I.BUF_NW0 + p].eq(1)]
-        rec = up.rec
+        rec = dma.rec
         m.d.comb += rec.ready.eq(1)
         take = rec.valid & busy & ~start
         w = rec.payload.w
@@ -355,11 +372,10 @@ class Datapath(wiring.Component):
 
     # ------------------------------------------------------------------------------------------------------
     def _vector_engine(self, m, d, issued, done, k, tokens, parents, filled, loading, raise_error,
-                       shx, sha, Mr, Sr, Rr, KRr, SPr, Pr, SZr, xw, aw, hw_, xr1, ar1, hr1, h0r, lbr, nr, nwr,
+                       shx, sha, Mr, Sr, Rr, KRr, SPr, Pr, SZr, xarb, aarb, hw_, xr1, ar1, hr1, h0r, lbr, nr, nwr,
                        t0r1, t1r1, t2r1, mx_x_in, mx_a_in, mx_x_out, mx_a_out, feed_max, mv):
         hw = self.hw
         K, W, bb = hw.max_tokens, hw.max_width, hw.bus_bytes
-        lg_bb = bb.bit_length() - 1
         ir = d.ir
         op = Signal(8)
         busy = Signal()
@@ -451,6 +467,42 @@ class Datapath(wiring.Component):
         # sum-of-squares shift sz of z = u' n per token, then the code reciprocal (R, k, sp) of P.
         # QCODES (one slot): every token's codes into a bank, S = sum rshift_round(z, sz)**2, then (M, shift)
         # of the slot per token (one OutputMultiplier, tokens in turn).
+        codes_done, fin, stats_done, t = self._vec_quant(SimpleNamespace(K=K, KRr=KRr, Mr=Mr, Pr=Pr, Rr=Rr, SPr=SPr,
+            SZr=SZr, Sr=Sr, W=W, all_issued=all_issued, ar1=ar1, bank=bank, count=count, is_=is_, issued=issued,
+            k=k, m=m, mv=mv, nproj=nproj, nr=nr, nwr=nwr, p=p, s1_last=s1_last, s1_v=s1_v, sha=sha, shx=shx,
+            slot=slot, src=src, xr1=xr1))
+
+        # ---- HGRN (token by token: a token's parent state is its tree parent's, computed just before) ----------
+        gp, hg_a, hgrn_done, ja, ta = self._vec_hgrn(SimpleNamespace(K=K, W=W, all_issued=all_issued, count=count,
+            feed_max=feed_max, fire=fire, h0r=h0r, hg_inflight=hg_inflight, hr1=hr1, hw_=hw_, is_=is_,
+            issued=issued, k=k, lbr=lbr, m=m, mx_a_in=mx_a_in, mx_a_out=mx_a_out, s1_last=s1_last, s1_par=s1_par,
+            s1_root=s1_root, s1_t=s1_t, s1_v=s1_v, t=t, t0r1=t0r1, t1r1=t1r1, t2r1=t2r1))
+
+        # ---- EMBED ---------------------------------------------------------------------------------------------
+        e_take, embed_done, erec, je, te = self._vec_embed(SimpleNamespace(K=K, W=W, bb=bb, count=count,
+            eaddr=eaddr, feed_max=feed_max, is_=is_, issued=issued, k=k, m=m, mx_x_in=mx_x_in, mx_x_out=mx_x_out,
+            raise_error=raise_error, start=start, stride=stride, tokens=tokens, vocab=vocab))
+
+        # ---- buffer writes owned by this engine ------------------------------------------------------------------
+        m.d.comb += [xarb.one_en.eq(e_take), xarb.one_t.eq(te), xarb.one_addr.eq(je),
+                     xarb.one_data.eq(erec.payload.w[0].as_signed()),
+                     aarb.one_en.eq(hg_a), aarb.one_t.eq(ta), aarb.one_addr.eq(ja), aarb.one_data.eq(gp.o.payload.u)]
+
+        # ---- completion -----------------------------------------------------------------------------------------
+        fin = Signal()
+        m.d.comb += fin.eq(~start & ((is_["QSTATS"] & stats_done) | (is_["QCODES"] & codes_done)
+                                     | (is_["HGRN"] & hgrn_done) | (is_["EMBED"] & embed_done)))
+        with m.If(fin):
+            m.d.sync += [busy.eq(0), done[ENGINE_ID["vector"]].eq(1)]
+
+    def _vec_quant(self, v):
+        """QSTATS / QCODES: QuantStats and Reciprocal per slot and token, Codes into the ternary engine's banks, (M,
+        shift) per token."""
+        (K, KRr, Mr, Pr, Rr, SPr, SZr, Sr, W, all_issued, ar1, bank, count, is_, issued, k, m, mv, nproj, nr,
+         nwr, p, s1_last, s1_v, sha, shx, slot, src, xr1) = (
+            v.K, v.KRr, v.Mr, v.Pr, v.Rr, v.SPr, v.SZr, v.Sr, v.W, v.all_issued, v.ar1, v.bank, v.count, v.is_,
+            v.issued, v.k, v.m, v.mv, v.nproj, v.nr, v.nwr, v.p, v.s1_last, v.s1_v, v.sha, v.shx, v.slot, v.src,
+            v.xr1)
         qs = [[Q.QuantStats() for _ in range(K)] for _ in range(I.SLOTS)]
         rc = [[Q.Reciprocal() for _ in range(K)] for _ in range(I.SLOTS)]
         got_r = [[Signal(name=f"got_r{p}_{t}") for t in range(K)] for p in range(I.SLOTS)]
@@ -528,8 +580,15 @@ class Datapath(wiring.Component):
             with m.Else():
                 m.d.sync += jc.eq(jc + 1)
         codes_done = all_issued & c_done & (om_cnt == k)
+        return codes_done, fin, stats_done, t
 
-        # ---- HGRN (token by token: a token's parent state is its tree parent's, computed just before) ----------
+    def _vec_hgrn(self, v):
+        """HGRN: the MLGRU update token by token (a token's parent state is its tree parent's), H and the gated A."""
+        (K, W, all_issued, count, feed_max, fire, h0r, hg_inflight, hr1, hw_, is_, issued, k, lbr, m, mx_a_in,
+         mx_a_out, s1_last, s1_par, s1_root, s1_t, s1_v, t, t0r1, t1r1, t2r1) = (
+            v.K, v.W, v.all_issued, v.count, v.feed_max, v.fire, v.h0r, v.hg_inflight, v.hr1, v.hw_, v.is_,
+            v.issued, v.k, v.lbr, v.m, v.mx_a_in, v.mx_a_out, v.s1_last, v.s1_par, v.s1_root, v.s1_t, v.s1_v,
+            v.t, v.t0r1, v.t1r1, v.t2r1)
         m.submodules.mlgru = mg = A.MlgruUpdate()
         m.submodules.gp_h = gp = A.GatedProduct()
         m.submodules.gq = gq = fifo.SyncFIFOBuffered(width=32, depth=64)
@@ -573,24 +632,21 @@ class Datapath(wiring.Component):
         with m.Elif(is_["HGRN"]):
             m.d.sync += mxa_cnt.eq(mxa_cnt + mx_a_out)
         hgrn_done = all_issued & (ta == k) & (mxa_cnt == k)
+        return gp, hg_a, hgrn_done, ja, ta
 
-        # ---- EMBED ---------------------------------------------------------------------------------------------
-        m.submodules.emb_unpack = eu = WordUnpacker(bus_bytes=bb, max_fields=1)
-        wiring.connect(m, wiring.flipped(self.vec_data), eu.beat)
+    def _vec_embed(self, v):
+        """EMBED: one DMA row per token into X (and its MaxAbs); the one-token writes of X and A."""
+        (K, W, bb, count, eaddr, feed_max, is_, issued, k, m, mx_x_in, mx_x_out, raise_error, start, stride,
+         tokens, vocab) = (
+            v.K, v.W, v.bb, v.count, v.eaddr, v.feed_max, v.is_, v.issued, v.k, v.m, v.mx_x_in, v.mx_x_out,
+            v.raise_error, v.start, v.stride, v.tokens, v.vocab)
+        m.submodules.emb_dma = dma = DmaReadClient(self.addr_width, bb, max_fields=1)
+        wiring.connect(m, dma.cmd, wiring.flipped(self.vec_cmd))
+        wiring.connect(m, wiring.flipped(self.vec_data), dma.beat)
         te = Signal(range(K + 1))
         je = Signal(range(W + 1))
-        e_cmd_v = Signal()
-        e_cmd_a = Signal(self.addr_width)
-        e_cmd_n = Signal(BEATS_WIDTH)
-        m.d.comb += [self.vec_cmd.valid.eq(e_cmd_v), self.vec_cmd.payload.addr.eq(e_cmd_a),
-                     self.vec_cmd.payload.beats.eq(e_cmd_n)]
-        with m.If(self.vec_cmd.valid & self.vec_cmd.ready):
-            m.d.sync += e_cmd_v.eq(0)
-        e_start = Signal()
-        e_skip = Signal(range(bb // 4))
-        e_nb = Signal(BEATS_WIDTH)
+        e_start = Signal()                     # the DMA client restarts its unpacker this cycle
         m.d.sync += e_start.eq(0)
-        m.d.comb += [eu.start.eq(e_start), eu.skip.eq(e_skip), eu.fields.eq(1), eu.nbeats.eq(e_nb)]
         e_rows = Signal()          # a row is being received
         mxx_cnt = Signal(range(K + 1))
         with m.If(issued("vector")):
@@ -600,15 +656,14 @@ class Datapath(wiring.Component):
         tok = tokens[te]
         row_addr = Signal(self.addr_width + 32)
         m.d.comb += row_addr.eq(eaddr + tok * stride)
-        with m.If(is_["EMBED"] & ~start & ~e_rows & (te != k) & ~e_cmd_v):
+        with m.If(is_["EMBED"] & ~start & ~e_rows & (te != k) & ~self.vec_cmd.valid):
             with m.If(tok >= vocab):
                 raise_error(RM.ERR_TOKEN_RANGE, te)
             with m.Else():
-                sk = row_addr[2:lg_bb]
-                nbe = (sk + count + (bb // 4 - 1)) >> (lg_bb - 2)
-                m.d.sync += [e_cmd_v.eq(1), e_cmd_a.eq(Cat(Const(0, lg_bb), row_addr[lg_bb:self.addr_width])),
-                             e_cmd_n.eq(nbe), e_start.eq(1), e_skip.eq(sk), e_nb.eq(nbe), e_rows.eq(1), je.eq(0)]
-        erec = eu.rec
+                m.d.comb += [dma.req.eq(1), dma.addr.eq(row_addr[:self.addr_width]), dma.words.eq(count),
+                             dma.fields.eq(1)]
+                m.d.sync += [e_start.eq(1), e_rows.eq(1), je.eq(0)]
+        erec = dma.rec
         m.d.comb += erec.ready.eq(1)
         e_take = erec.valid & is_["EMBED"] & e_rows & ~e_start
         with m.If(e_take):
@@ -618,23 +673,13 @@ class Datapath(wiring.Component):
                 m.d.sync += je.eq(je + 1)
         feed_max(mx_x_in, te, erec.payload.w[0].as_signed(), je + 1 == count, e_take)
         embed_done = (te == k) & ~e_rows & (mxx_cnt == k)
-
-        # ---- buffer writes owned by this engine ------------------------------------------------------------------
-        self._v_xw = (e_take, te, je, erec.payload.w[0].as_signed())
-        self._v_aw = (hg_a, ta, ja, gp.o.payload.u)
-
-        # ---- completion -----------------------------------------------------------------------------------------
-        fin = Signal()
-        m.d.comb += fin.eq(~start & ((is_["QSTATS"] & stats_done) | (is_["QCODES"] & codes_done)
-                                     | (is_["HGRN"] & hgrn_done) | (is_["EMBED"] & embed_done)))
-        with m.If(fin):
-            m.d.sync += [busy.eq(0), done[ENGINE_ID["vector"]].eq(1)]
+        return e_take, embed_done, erec, je, te
 
     # ------------------------------------------------------------------------------------------------------
-    def _matvec_engine(self, m, d, issued, done, k, Mr, Sr, arg, xw, aw, tw, xr2, t0r2,
+    def _matvec_engine(self, m, d, issued, done, k, Mr, Sr, arg, xarb, aarb, tw, xr2, t0r2,
                        mx_x_in, mx_a_in, mx_x_out, mx_a_out, feed_max, mv):
         hw = self.hw
-        K, W, E, P = hw.max_tokens, hw.max_width, hw.engines, hw.weight_ports
+        K, E, P = hw.max_tokens, hw.engines, hw.weight_ports
         EPP = hw.matvec_engines
         ir = d.ir
 
@@ -642,63 +687,7 @@ class Datapath(wiring.Component):
         # (one strided command: a burst group per row; with one port one contiguous command) into its route
         # queue -> row router -> its engines' queues (engine e takes rows e, e + E, ...; port p feeds engines
         # p, p + P, ..., alternating per row)
-        FL = data.StructLayout({"addr": unsigned(self.addr_width), "rows": unsigned(32), "bpr": unsigned(16)})
-        wq = [fifo.SyncFIFOBuffered(width=8 * hw.bus_bytes, depth=self.weight_fifo_beats) for _ in range(E)]
-        for e in range(E):
-            m.submodules[f"wq{e}"] = wq[e]
-        fqs = [fifo.SyncFIFO(width=FL.size, depth=I.PREFETCH_DEPTH) for _ in range(P)]
-        all_rdy = Const(1, 1)
-        for p in range(P):
-            m.submodules[f"fetchq{p}"] = fqs[p]
-            all_rdy = all_rdy & fqs[p].w_rdy
-        m.d.comb += self.fetch.ready.eq(all_rdy)
-        sh_bus = hw.bus_bytes.bit_length() - 1
-        sh_p = P.bit_length() - 1
-        for p in range(P):
-            fq = fqs[p]
-            m.submodules[f"routeq{p}"] = rq = fifo.SyncFIFO(width=48, depth=I.PREFETCH_DEPTH + 1)
-            m.d.comb += [fq.w_data.eq(self.fetch.payload), fq.w_en.eq(self.fetch.valid & all_rdy)]
-            head = Signal(FL, name=f"fetch_head{p}")
-            m.d.comb += head.eq(fq.r_data)
-            cmd = getattr(self, f"w{p}_cmd")
-            rows_p = Signal(32, name=f"rows_p{p}")
-            if P == 1:
-                m.d.comb += [rows_p.eq(head.rows), cmd.payload.addr.eq(head.addr),
-                             cmd.payload.beats.eq(head.rows * head.bpr), cmd.payload.rows.eq(1),
-                             cmd.payload.stride.eq(0)]
-            else:
-                rb = Signal(self.addr_width, name=f"row_bytes{p}")
-                m.d.comb += [rb.eq(head.bpr << sh_bus), rows_p.eq((head.rows + (P - 1 - p)) >> sh_p),
-                             cmd.payload.addr.eq(head.addr + rb * p), cmd.payload.beats.eq(head.bpr),
-                             cmd.payload.rows.eq(rows_p), cmd.payload.stride.eq(rb << sh_p)]
-            # a port with no rows of this matrix (rows < P) drops the fetch without a command
-            empty = (rows_p == 0) | (head.bpr == 0)
-            m.d.comb += cmd.valid.eq(fq.r_rdy & rq.w_rdy & ~empty)
-            took = (cmd.valid & cmd.ready)
-            m.d.comb += [fq.r_en.eq(took | (fq.r_rdy & empty)), rq.w_en.eq(took),
-                         rq.w_data.eq(Cat(rows_p, head.bpr))]
-            r_rows, r_bpr = rq.r_data[:32], rq.r_data[32:48]
-            mine = [wq[p + j * P] for j in range(EPP)]
-            r_beat, r_row = Signal(16, name=f"r_beat{p}"), Signal(32, name=f"r_row{p}")
-            r_eng = Signal(range(EPP), name=f"r_eng{p}") if EPP > 1 else Const(0, 1)
-            src = getattr(self, f"w{p}_data")
-            sel_rdy = Array(q.w_rdy for q in mine)[r_eng] if EPP > 1 else mine[0].w_rdy
-            move = src.valid & rq.r_rdy & sel_rdy
-            m.d.comb += src.ready.eq(rq.r_rdy & sel_rdy)
-            for j, q in enumerate(mine):
-                m.d.comb += [q.w_data.eq(src.payload), q.w_en.eq(move & (r_eng == j))]
-            row_end = r_beat + 1 == r_bpr
-            with m.If(move):
-                m.d.sync += r_beat.eq(r_beat + 1)
-                with m.If(row_end):
-                    m.d.sync += [r_beat.eq(0), r_row.eq(r_row + 1)]
-                    if EPP > 1:
-                        m.d.sync += r_eng.eq(r_eng + 1)
-                    with m.If(r_row + 1 == r_rows):
-                        m.d.sync += [r_row.eq(0)]
-                        if EPP > 1:
-                            m.d.sync += r_eng.eq(0)
-            m.d.comb += rq.r_en.eq(move & row_end & (r_row + 1 == r_rows))
+        wq, = self._mv_fetch(SimpleNamespace(E=E, EPP=EPP, P=P, hw=hw, m=m))
 
         # ---- compute queue: 2 entries, entry 0 the oldest ----------------------------------------------------
         EL = data.StructLayout({"rows": unsigned(32), "bpr": unsigned(16), "bank": unsigned(2), "slot": unsigned(2),
@@ -785,6 +774,81 @@ class Datapath(wiring.Component):
             for n in range(E * K):
                 m.d.sync += accs[n].eq(out.payload.acc[n])
         # per token: Dequantize -> epilogue (tokens >= k compute but write nothing)
+        self._mv_epilogue(SimpleNamespace(E=E, K=K, Mr=Mr, Sr=Sr, aarb=aarb, accs=accs, arg=arg, cur=cur, done=done,
+            feed_max=feed_max, finish=finish, held=held, k=k, m=m, mx_a_in=mx_a_in, mx_a_out=mx_a_out,
+            mx_x_in=mx_x_in, mx_x_out=mx_x_out, started=started, sw=sw, t0r2=t0r2, tw=tw, xarb=xarb, xr2=xr2))
+
+    def _mv_fetch(self, v):
+        """Weight fetch: each fetch goes to every weight port's queue (port p reads rows p, p + P, ... of it) and
+        its rows are routed to the lock-step engine's ways."""
+        (E, EPP, P, hw, m) = (
+            v.E, v.EPP, v.P, v.hw, v.m)
+        FL = data.StructLayout({"addr": unsigned(self.addr_width), "rows": unsigned(32), "bpr": unsigned(16)})
+        wq = [fifo.SyncFIFOBuffered(width=8 * hw.bus_bytes, depth=self.weight_fifo_beats) for _ in range(E)]
+        for e in range(E):
+            m.submodules[f"wq{e}"] = wq[e]
+        fqs = [fifo.SyncFIFO(width=FL.size, depth=I.PREFETCH_DEPTH) for _ in range(P)]
+        all_rdy = Const(1, 1)
+        for p in range(P):
+            m.submodules[f"fetchq{p}"] = fqs[p]
+            all_rdy = all_rdy & fqs[p].w_rdy
+        m.d.comb += self.fetch.ready.eq(all_rdy)
+        sh_bus = hw.bus_bytes.bit_length() - 1
+        sh_p = P.bit_length() - 1
+        for p in range(P):
+            fq = fqs[p]
+            m.submodules[f"routeq{p}"] = rq = fifo.SyncFIFO(width=48, depth=I.PREFETCH_DEPTH + 1)
+            m.d.comb += [fq.w_data.eq(self.fetch.payload), fq.w_en.eq(self.fetch.valid & all_rdy)]
+            head = Signal(FL, name=f"fetch_head{p}")
+            m.d.comb += head.eq(fq.r_data)
+            cmd = getattr(self, f"w{p}_cmd")
+            rows_p = Signal(32, name=f"rows_p{p}")
+            if P == 1:
+                m.d.comb += [rows_p.eq(head.rows), cmd.payload.addr.eq(head.addr),
+                             cmd.payload.beats.eq(head.rows * head.bpr), cmd.payload.rows.eq(1),
+                             cmd.payload.stride.eq(0)]
+            else:
+                rb = Signal(self.addr_width, name=f"row_bytes{p}")
+                m.d.comb += [rb.eq(head.bpr << sh_bus), rows_p.eq((head.rows + (P - 1 - p)) >> sh_p),
+                             cmd.payload.addr.eq(head.addr + rb * p), cmd.payload.beats.eq(head.bpr),
+                             cmd.payload.rows.eq(rows_p), cmd.payload.stride.eq(rb << sh_p)]
+            # a port with no rows of this matrix (rows < P) drops the fetch without a command
+            empty = (rows_p == 0) | (head.bpr == 0)
+            m.d.comb += cmd.valid.eq(fq.r_rdy & rq.w_rdy & ~empty)
+            took = (cmd.valid & cmd.ready)
+            m.d.comb += [fq.r_en.eq(took | (fq.r_rdy & empty)), rq.w_en.eq(took),
+                         rq.w_data.eq(Cat(rows_p, head.bpr))]
+            r_rows, r_bpr = rq.r_data[:32], rq.r_data[32:48]
+            mine = [wq[p + j * P] for j in range(EPP)]
+            r_beat, r_row = Signal(16, name=f"r_beat{p}"), Signal(32, name=f"r_row{p}")
+            r_eng = Signal(range(EPP), name=f"r_eng{p}") if EPP > 1 else Const(0, 1)
+            src = getattr(self, f"w{p}_data")
+            sel_rdy = Array(q.w_rdy for q in mine)[r_eng] if EPP > 1 else mine[0].w_rdy
+            move = src.valid & rq.r_rdy & sel_rdy
+            m.d.comb += src.ready.eq(rq.r_rdy & sel_rdy)
+            for j, q in enumerate(mine):
+                m.d.comb += [q.w_data.eq(src.payload), q.w_en.eq(move & (r_eng == j))]
+            row_end = r_beat + 1 == r_bpr
+            with m.If(move):
+                m.d.sync += r_beat.eq(r_beat + 1)
+                with m.If(row_end):
+                    m.d.sync += [r_beat.eq(0), r_row.eq(r_row + 1)]
+                    if EPP > 1:
+                        m.d.sync += r_eng.eq(r_eng + 1)
+                    with m.If(r_row + 1 == r_rows):
+                        m.d.sync += [r_row.eq(0)]
+                        if EPP > 1:
+                            m.d.sync += r_eng.eq(0)
+            m.d.comb += rq.r_en.eq(move & row_end & (r_row + 1 == r_rows))
+        return wq,
+
+    def _mv_epilogue(self, v):
+        """Per token: Dequantize, then the epilogue (store, head argmax, residual add, gated product) and
+        completion."""
+        (E, K, Mr, Sr, aarb, accs, arg, cur, done, feed_max, finish, held, k, m, mx_a_in, mx_a_out, mx_x_in,
+         mx_x_out, started, sw, t0r2, tw, xarb, xr2) = (
+            v.E, v.K, v.Mr, v.Sr, v.aarb, v.accs, v.arg, v.cur, v.done, v.feed_max, v.finish, v.held, v.k, v.m,
+            v.mx_a_in, v.mx_a_out, v.mx_x_in, v.mx_x_out, v.started, v.sw, v.t0r2, v.tw, v.xarb, v.xr2)
         dqs = [Q.Dequantize() for _ in range(K)]
         for t, dq in enumerate(dqs):
             m.submodules[f"dequant{t}"] = dq
@@ -838,15 +902,11 @@ class Datapath(wiring.Component):
         for t in range(K):
             feed_max(mx_x_in, t, ras[t].o.payload.z, lastrow3, ras[t].o.valid & (t < k))
             feed_max(mx_a_in, t, ggs[t].o.payload.u, lastrow3, ggs[t].o.valid & (t < k))
-        # X and A write ports are shared with the vector engine (never active together): EMBED and HGRN
-        # write one token at a time, the epilogue every token of a row
-        vx_en, vx_t, vx_j, vx_data = self._v_xw
-        va_en, va_t, va_j, va_data = self._v_aw
+        # X and A rows of the epilogue (SharedWrite: the vector engine's one-token writes never overlap them)
+        m.d.comb += [xarb.row_addr.eq(r3), aarb.row_addr.eq(r3)]
         for t in range(K):
-            m.d.comb += [xw[t].en.eq((vx_en & (vx_t == t)) | (ras[t].o.valid & (t < k))),
-                         xw[t].addr.eq(Mux(vx_en, vx_j, r3)), xw[t].data.eq(Mux(vx_en, vx_data, ras[t].o.payload.z)),
-                         aw[t].en.eq((va_en & (va_t == t)) | (ggs[t].o.valid & (t < k))),
-                         aw[t].addr.eq(Mux(va_en, va_j, r3)), aw[t].data.eq(Mux(va_en, va_data, ggs[t].o.payload.u))]
+            m.d.comb += [xarb.row_en[t].eq(ras[t].o.valid & (t < k)), xarb.row_data[t].eq(ras[t].o.payload.z),
+                         aarb.row_en[t].eq(ggs[t].o.valid & (t < k)), aarb.row_data[t].eq(ggs[t].o.payload.u)]
         # completion: every row finalised, plus the per-token reductions
         fin_rows = Signal(32)
         red_cnt = Signal(range(K + 1))

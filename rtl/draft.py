@@ -257,6 +257,32 @@ class DraftEngine(wiring.Component):
             "dump": In(1), "dump_row": In(self.BIGRAM_WR.members["row"]), "dump_data": Out(self.ROW_BITS),
         })
 
+    def _tree_arrays(self):
+        """The draft tree (tokens, parents), the template node -> tree node map, the template's constants."""
+        N = self.n_nodes
+        tokens = Array(Signal(TOKEN, name=f"tok{i}") for i in range(N))
+        parents = Array(Signal(self.NODE, name=f"par{i}") for i in range(N))
+        map_ok = Array(Signal(name=f"mok{i}") for i in range(N))          # template node -> tree node
+        map_idx = Array(Signal(self.NODE, name=f"mix{i}") for i in range(N))
+        tpl_par = Array(Const(par, self.NODE) for par, _ in ((0, 0),) + self.template)
+        tpl_rank = Array(Const(r, width_for(self._max_rank)) for _, r in ((0, 0),) + self.template)
+        return tokens, parents, map_ok, map_idx, tpl_par, tpl_rank
+
+    @property
+    def _max_rank(self) -> int:
+        return max([r for _, r in self.template], default=0)
+
+    def _successor(self, m, s_line, s_hit, s_row, rank):
+        """The rank-th successor of the kept list (trigram slots' occupied prefix, then new bigram slots):
+        (ok, token)."""
+        p = self.params
+        m.submodules.succ = succ = SuccessorList(p.slots, p.bigram_slots)
+        m.submodules.pick = pick = PickRank(p.slots, p.bigram_slots, width_for(self._max_rank))
+        m.d.comb += [succ.line.eq(s_line), succ.hit.eq(s_hit), succ.row.eq(s_row),
+                     pick.line.eq(s_line), pick.row.eq(s_row), pick.n_t.eq(succ.n_t), pick.keep.eq(succ.keep),
+                     pick.rank.eq(rank)]
+        return pick.ok, pick.token
+
     def elaborate(self, platform):
         m = Module()
         p = self.params
@@ -294,13 +320,7 @@ class DraftEngine(wiring.Component):
         m.d.comb += [wp.addr.eq(lk_b), wp.data.eq(row_bump.out)]
 
         # ---- draft state: tree arrays, template constants, the successor list -------------------------
-        tokens = Array(Signal(TOKEN, name=f"tok{i}") for i in range(N))
-        parents = Array(Signal(self.NODE, name=f"par{i}") for i in range(N))
-        map_ok = Array(Signal(name=f"mok{i}") for i in range(N))          # template node -> tree node
-        map_idx = Array(Signal(self.NODE, name=f"mix{i}") for i in range(N))
-        tpl_par = Array(Const(par, self.NODE) for par, _ in ((0, 0),) + self.template)
-        max_rank = max([r for _, r in self.template], default=0)
-        tpl_rank = Array(Const(r, width_for(max_rank)) for _, r in ((0, 0),) + self.template)
+        tokens, parents, map_ok, map_idx, tpl_par, tpl_rank = self._tree_arrays()
         ti = Signal(range(N + 1))                                          # template node being placed
         nt = Signal(range(N + 1))                                          # tree nodes so far
         oi = Signal(self.NODE)                                             # output index
@@ -313,13 +333,7 @@ class DraftEngine(wiring.Component):
         rank = tpl_rank[ti]
         j_ok, j = map_ok[tp], map_idx[tp]
 
-        # the rank-th successor of the kept list: trigram slots (occupied prefix), then new bigram slots
-        m.submodules.succ = succ = SuccessorList(K, KB)
-        m.submodules.pick = pick = PickRank(K, KB, width_for(max_rank))
-        m.d.comb += [succ.line.eq(s_line), succ.hit.eq(s_hit), succ.row.eq(s_row),
-                     pick.line.eq(s_line), pick.row.eq(s_row), pick.n_t.eq(succ.n_t), pick.keep.eq(succ.keep),
-                     pick.rank.eq(rank)]
-        sel_ok, sel_tok = pick.ok, pick.token
+        sel_ok, sel_tok = self._successor(m, s_line, s_hit, s_row, rank)
 
         # ---- streams ---------------------------------------------------------------------------------
         cmdp = self.cmd.payload

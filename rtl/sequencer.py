@@ -132,7 +132,7 @@ class Sequencer(wiring.Component):
     def _run_state(self, m) -> SimpleNamespace:
         """The run's registers (status, counters, tokens, parents, SETC / SETF values, the instruction register)
         and their outputs; ``fail(code, detail)`` records an error and goes to ABORT."""
-        hw, K = self.hw, self.hw.max_tokens
+        K = self.hw.max_tokens
         s = SimpleNamespace(
             busy=Signal(), done=Signal(), err=Signal(), code=Signal(32), pc=Signal(32), cycles=Signal(64),
             argmax=Signal(32), finished=Signal(), k=Signal(range(K + 1)), tree=Signal(), wlog=Signal(),

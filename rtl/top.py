@@ -24,6 +24,8 @@ WR_BYTES (AXI data beats x bus width).
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from amaranth import Module, Mux, ResetInserter, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
@@ -84,6 +86,35 @@ class MmfreeAccel(wiring.Component):
         m.d.comb += core_rst.eq(seq.core_rst | gen.core_rst)
 
         # ---- buses ----------------------------------------------------------------------------------------
+        self._buses(SimpleNamespace(csr=csr, hw=hw, m=m, rd=rd, wr=wr, wrd=wrd))
+        # ---- CSR <-> sequencer and the draft-verify loop ---------------------------------------------------------
+        self._control(SimpleNamespace(csr=csr, dp=dp, gen=gen, hw=hw, m=m, rd=rd, seq=seq, wr=wr, wrd=wrd))
+
+        # ---- sequencer / loop <-> AXI engines: the control client is the sequencer's while it runs -----------------
+        sel = seq.busy
+        m.d.comb += [rd.c0_cmd.valid.eq(Mux(sel, seq.ctl_cmd.valid, gen.rd_cmd.valid)),
+                     rd.c0_cmd.payload.eq(Mux(sel, seq.ctl_cmd.payload, gen.rd_cmd.payload)),
+                     seq.ctl_cmd.ready.eq(sel & rd.c0_cmd.ready), gen.rd_cmd.ready.eq(~sel & rd.c0_cmd.ready),
+                     seq.ctl_data.payload.eq(rd.c0_data.payload), gen.rd_data.payload.eq(rd.c0_data.payload),
+                     seq.ctl_data.valid.eq(sel & rd.c0_data.valid), gen.rd_data.valid.eq(~sel & rd.c0_data.valid),
+                     rd.c0_data.ready.eq(Mux(sel, seq.ctl_data.ready, gen.rd_data.ready))]
+        abort = seq.axi_abort | gen.axi_abort
+        rd_quiet, rd_error = rd.quiet, rd.error
+        for r in wrd:
+            m.d.comb += r.abort.eq(abort)
+            rd_quiet, rd_error = rd_quiet & r.quiet, rd_error | r.error
+        m.d.comb += [rd.abort.eq(abort), wr.abort.eq(abort), seq.rd_quiet.eq(rd_quiet), seq.wr_quiet.eq(wr.quiet),
+                     seq.rd_error.eq(rd_error), seq.wr_error.eq(wr.error), gen.rd_quiet.eq(rd_quiet),
+                     gen.wr_quiet.eq(wr.quiet)]
+
+        # ---- sequencer <-> datapath -----------------------------------------------------------------------------
+        self._datapath_wiring(SimpleNamespace(dp=dp, gen=gen, m=m, rd=rd, sel=sel, seq=seq, wr=wr, wrd=wrd))
+        return m
+
+    def _buses(self, v):
+        """The outer buses: AXI4-Lite to the CSR block, the IRQ, m_axi to the reader (AR/R) and the writer
+        (AW/W/B), each extra weight port to its reader (read-only: AW/W idle, B always accepted)."""
+        csr, hw, m, rd, wr, wrd = v.csr, v.hw, v.m, v.rd, v.wr, v.wrd
         wiring.connect(m, wiring.flipped(getattr(self, RM.PORT_AXI_LITE)), csr.s_axil)
         m.d.comb += getattr(self, RM.PORT_IRQ).eq(csr.irq)
         maxi = getattr(self, RM.PORT_AXI_MASTER)
@@ -104,7 +135,11 @@ class MmfreeAccel(wiring.Component):
                     m.d.comb += outer.eq(hw.bus_bytes.bit_length() - 1)
                 elif name == "awburst":
                     m.d.comb += outer.eq(1)
-        # ---- CSR <-> sequencer and the draft-verify loop ---------------------------------------------------------
+
+    def _control(self, ns):
+        """CSR <-> sequencer and the draft-verify loop (a GENERATE feeds the passes), STATUS of the last command,
+        the counters."""
+        csr, dp, gen, hw, m, rd, seq, wr, wrd = ns.csr, ns.dp, ns.gen, ns.hw, ns.m, ns.rd, ns.seq, ns.wr, ns.wrd
         looping = gen.busy                 # a GENERATE runs: its passes take their inputs from the loop
         for name in RM.ADDRESS_REGS:
             v = getattr(csr, "reg_" + name.lower())
@@ -147,24 +182,10 @@ class MmfreeAccel(wiring.Component):
                          wr_bytes.eq(wr_bytes + wr.beats * hw.bus_bytes)]
         m.d.comb += [csr.in_stalls.eq(stalls), csr.in_rd_bytes.eq(rd_bytes), csr.in_wr_bytes.eq(wr_bytes)]
 
-        # ---- sequencer / loop <-> AXI engines: the control client is the sequencer's while it runs -----------------
-        sel = seq.busy
-        m.d.comb += [rd.c0_cmd.valid.eq(Mux(sel, seq.ctl_cmd.valid, gen.rd_cmd.valid)),
-                     rd.c0_cmd.payload.eq(Mux(sel, seq.ctl_cmd.payload, gen.rd_cmd.payload)),
-                     seq.ctl_cmd.ready.eq(sel & rd.c0_cmd.ready), gen.rd_cmd.ready.eq(~sel & rd.c0_cmd.ready),
-                     seq.ctl_data.payload.eq(rd.c0_data.payload), gen.rd_data.payload.eq(rd.c0_data.payload),
-                     seq.ctl_data.valid.eq(sel & rd.c0_data.valid), gen.rd_data.valid.eq(~sel & rd.c0_data.valid),
-                     rd.c0_data.ready.eq(Mux(sel, seq.ctl_data.ready, gen.rd_data.ready))]
-        abort = seq.axi_abort | gen.axi_abort
-        rd_quiet, rd_error = rd.quiet, rd.error
-        for r in wrd:
-            m.d.comb += r.abort.eq(abort)
-            rd_quiet, rd_error = rd_quiet & r.quiet, rd_error | r.error
-        m.d.comb += [rd.abort.eq(abort), wr.abort.eq(abort), seq.rd_quiet.eq(rd_quiet), seq.wr_quiet.eq(wr.quiet),
-                     seq.rd_error.eq(rd_error), seq.wr_error.eq(wr.error), gen.rd_quiet.eq(rd_quiet),
-                     gen.wr_quiet.eq(wr.quiet)]
-
-        # ---- sequencer <-> datapath -----------------------------------------------------------------------------
+    def _datapath_wiring(self, v):
+        """Sequencer <-> datapath, the datapath's DMA clients to the readers, the write master shared by the stores
+        and the loop."""
+        dp, gen, m, rd, sel, seq, wr, wrd = v.dp, v.gen, v.m, v.rd, v.sel, v.seq, v.wr, v.wrd
         m.d.comb += [dp.issue.eq(seq.issue), dp.dispatch.eq(seq.dispatch), seq.done_pulse.eq(dp.done_pulse),
                      seq.dp_error.eq(dp.error), seq.dp_error_code.eq(dp.error_code), dp.k.eq(seq.k),
                      dp.write_logits.eq(seq.write_logits), dp.tokens.eq(seq.tokens), dp.parents.eq(seq.parents),
@@ -187,4 +208,3 @@ class MmfreeAccel(wiring.Component):
                      wr.data.valid.eq(Mux(sel, dp.st_data.valid, gen.wr_data.valid)),
                      wr.data.payload.eq(Mux(sel, dp.st_data.payload, gen.wr_data.payload)),
                      dp.st_data.ready.eq(sel & wr.data.ready), gen.wr_data.ready.eq(~sel & wr.data.ready)]
-        return m
