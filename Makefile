@@ -41,7 +41,8 @@ test-all: $(STAMP)
 # between runs: entries are keyed by content), never into site-packages.
 WHEEL_DIR ?= build/wheel-check
 wheel-check: $(STAMP)
-	rm -rf $(WHEEL_DIR)/dist $(WHEEL_DIR)/venv $(WHEEL_DIR)/run
+	# setuptools stages the package in build/lib and packs whatever it finds there: clear stale files first
+	rm -rf $(WHEEL_DIR)/dist $(WHEEL_DIR)/venv $(WHEEL_DIR)/run build/lib build/bdist.*
 	$(BIN)/python -m pip wheel -q --no-deps --no-build-isolation -w $(WHEEL_DIR)/dist .
 	$(PYTHON) -m venv $(WHEEL_DIR)/venv
 	$(WHEEL_DIR)/venv/bin/python -m pip install -q --upgrade pip
