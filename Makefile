@@ -41,7 +41,8 @@ test-all: $(STAMP)
 # between runs: entries are keyed by content), never into site-packages.
 WHEEL_DIR ?= build/wheel-check
 wheel-check: $(STAMP)
-	rm -rf $(WHEEL_DIR)/dist $(WHEEL_DIR)/venv $(WHEEL_DIR)/run
+	# setuptools stages the package in build/lib and packs whatever it finds there: clear stale files first
+	rm -rf $(WHEEL_DIR)/dist $(WHEEL_DIR)/venv $(WHEEL_DIR)/run build/lib build/bdist.*
 	$(BIN)/python -m pip wheel -q --no-deps --no-build-isolation -w $(WHEEL_DIR)/dist .
 	$(PYTHON) -m venv $(WHEEL_DIR)/venv
 	$(WHEEL_DIR)/venv/bin/python -m pip install -q --upgrade pip
@@ -54,9 +55,11 @@ wheel-check: $(STAMP)
 	  assert r['bit_exact'] is True, r; print('wheel-check: mmfree sim bit_exact', r['tokens'])" $(WHEEL_DIR)/run/sim.json
 	cd $(WHEEL_DIR)/run && env -u MMFREE_CACHE -u PYTHONPATH XDG_CACHE_HOME="$(abspath $(WHEEL_DIR))/cache" \
 	  ../venv/bin/mmfree demo
-	$(WHEEL_DIR)/venv/bin/python -c "import mmfree, pathlib, sys; \
+	cd $(WHEEL_DIR)/run && ../venv/bin/python -c "import mmfree, pathlib, sys; \
 	  site = pathlib.Path(mmfree.__file__).parent.parent; assert 'site-packages' in str(site), site; \
-	  assert not (site / 'build').exists(), 'a cache landed in site-packages'; print('wheel-check: ok', site)"
+	  assert not (site / 'build').exists(), 'a cache landed in site-packages'; \
+	  assert pathlib.Path('../cache/mmfree/verilator').is_dir(), 'no cache in the user cache dir'; \
+	  print('wheel-check: ok, ran from', site)"
 
 # The lint gate (ruff, configured in pyproject.toml [tool.ruff]); .ci/run runs it before the tests.
 lint: $(STAMP)

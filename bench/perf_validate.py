@@ -26,6 +26,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, command_line, export_random_model, write_section  # noqa: E402
 
+from mmfree.rtl import params as PARAMS  # noqa: E402
+
 #: name -> (d, intermediate, layers, vocab): small shapes that simulate in seconds, plus wider ones
 #: where the weight stream dominates as in full-size models.
 CONFIGS = {
@@ -36,7 +38,7 @@ CONFIGS = {
     "d512": (512, 1408, 1, 256),
     "d1024-370M-width": (1024, 2816, 1, 512),
 }
-RD_LATENCY = 24
+RD_LATENCY = PARAMS.SIM_RD_LATENCY                    # the simulated DDR's read latency (cycles)
 #: Builds the bench can validate: name -> sim.accel constant.
 HW_NAMES = ("default", "ports4")
 DATA_FILE = ROOT / "boards" / "data" / "perf_validation.json"
@@ -168,7 +170,7 @@ def main() -> int:
         body = ("RTL cycles (simulated: Verilator, 128-bit bus, simulated DDR 16 bytes per cycle per port, read latency "
                 f"{RD_LATENCY} cycles; one pass of k tokens from the zero state) measured with "
                 + "; ".join(f"`{c}` ({h})" for h, c in cmds.items() if c)
-                + f"; model cycles (modeled) from `mmfree.sim.perf.pass_cycles` with the same bus, compared by "
+                + "; model cycles (modeled) from `mmfree.sim.perf.pass_cycles` with the same bus, compared by "
                   "`python bench/perf_validate.py --from-record --hw default,ports4 --record`. Builds: `default` = one "
                   "weight port, 2 ternary engines; `ports4` = four weight ports (m_axi + m_axi_w1..3), 8 engines.\n\n"
                 + table(all_rows))

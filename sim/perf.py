@@ -681,21 +681,11 @@ def predict(dims, board, clock_mhz: float | None = None, hw: HwConfig | None = N
     A = 1.0 if accept_len is None else float(accept_len)
     if not 1 <= A <= k:
         raise MmfreeError(f"--accept-len {A} must be in 1..k = {k} (tokens emitted per pass)")
-    problems = []
-    if max(dims.d, dims.inter) > hw.max_width:
-        problems.append(f"the model is {max(dims.d, dims.inter)} wide, the build's max_width is {hw.max_width}")
-        hw = HwConfig(hw.bus_bytes, hw.max_tokens, _pow2(max(dims.d, dims.inter)), hw.matvec_engines,
-                      hw.weight_ports)
-    board_width = (b.raw.get("build") or {}).get("max_width")
-    if isinstance(board_width, int) and max(dims.d, dims.inter) > board_width:
-        problems.append(f"the model is {max(dims.d, dims.inter)} wide but the {b.name} build holds vectors up to "
-                        f"{board_width} (board file build.max_width: what its whole-design estimate fits)")
+    problems: list[str] = []
+    hw = _width_problems(dims, b, hw, problems)
     clock_hz = clock * 1e6
     peak = b.ddr_peak_bytes_per_s
-    port_eff, ddr_eff = assumption("hp_port_efficiency"), assumption("ddr_efficiency")
-    port_bps = hw.bus_bytes * clock_hz * hw.weight_ports       # all weight ports together
-    rate = min(port_eff, ddr_eff * peak / port_bps)            # beats per cycle on each port
-    limiter = "hp_port" if port_eff <= ddr_eff * peak / port_bps else "ddr"
+    rate, limiter, port_bps = _bus_rate(hw, peak, clock_hz)
     lat = assumption("rd_latency_ns") * 1e-9 * clock_hz
     pt = pass_cycles(dims, hw, k, rate=rate, rd_latency=lat, write_logits=write_logits)
     host = assumption("host_us_per_pass") * 1e-6 * clock_hz
@@ -709,16 +699,7 @@ def predict(dims, board, clock_mhz: float | None = None, hw: HwConfig | None = N
     n_tern = ternary_weights(dims)
     roofline = peak / packed
     physical = peak / (n_tern * math.log2(3) / 8)
-    img = plan_image(dims).size
-    bufs = sum(RM.buffer_sizes(dims.d, dims.layers, dims.vocab, k).values())
-    prog_bytes = I.HEADER_BYTES + I.INSTR_BYTES * len(emit_program(dims))
-    need = img + bufs + prog_bytes
-    usable = b.ddr_usable_bytes
-    mem_fits = need <= usable
-    if not mem_fits:
-        problems.append(f"the model needs {need / 2**20:.0f} MiB of DDR (image {img / 2**20:.0f} MiB + buffers + "
-                        f"program) but {b.name} leaves {usable / 2**20:.0f} MiB to the accelerator "
-                        f"({b.ddr['size_mb']} MB - {b.ddr.get('os_reserved_mb', 0)} MB reserved for the OS)")
+    memory = _ddr_memory(dims, k, b, problems)
     res = estimate_resources(hw, b.family, b.pl)
     if not res["fits"]:
         over = [f"{key} {res[key]} > {b.pl[key]}" for key, ok in res["fit"].items() if not ok]
@@ -747,12 +728,49 @@ def predict(dims, board, clock_mhz: float | None = None, hw: HwConfig | None = N
         "physical_limit_tokens_per_s": physical,
         "fraction_of_roofline": tps / roofline,
         "port_roofline_tokens_per_s": port_bps * A / bytes_pass,
-        "memory": {"image_bytes": img, "buffer_bytes": bufs, "program_bytes": prog_bytes, "needed_bytes": need,
-                   "usable_bytes": usable, "fits": mem_fits},
+        "memory": memory,
         "onchip_bits": res["onchip_bits"],
         "resources": res,
-        "fits": mem_fits and res["fits"] and not any("wide" in p for p in problems),
+        "fits": memory["fits"] and res["fits"] and not any("wide" in p for p in problems),
         "problems": problems,
         "assumptions": {name: {"value": v, "source": s} for name, (v, s) in ASSUMPTIONS.items()},
         "rtl_timing": dict(RTL_TIMING),
     }
+
+
+def _width_problems(dims: LY.Dims, b, hw: HwConfig, problems: list[str]) -> HwConfig:
+    """Notes in ``problems`` a model wider than the build or than the board file's ``build.max_width``; returns
+    the build widened to the model (so the rest can still be modeled)."""
+    if max(dims.d, dims.inter) > hw.max_width:
+        problems.append(f"the model is {max(dims.d, dims.inter)} wide, the build's max_width is {hw.max_width}")
+        hw = HwConfig(hw.bus_bytes, hw.max_tokens, _pow2(max(dims.d, dims.inter)), hw.matvec_engines,
+                      hw.weight_ports)
+    board_width = (b.raw.get("build") or {}).get("max_width")
+    if isinstance(board_width, int) and max(dims.d, dims.inter) > board_width:
+        problems.append(f"the model is {max(dims.d, dims.inter)} wide but the {b.name} build holds vectors up to "
+                        f"{board_width} (board file build.max_width: what its whole-design estimate fits)")
+    return hw
+
+
+def _bus_rate(hw: HwConfig, peak: float, clock_hz: float) -> tuple[float, str, float]:
+    """(beats per cycle on each weight port, what limits it: "hp_port" | "ddr", bytes/s of all weight ports)."""
+    port_eff, ddr_eff = assumption("hp_port_efficiency"), assumption("ddr_efficiency")
+    port_bps = hw.bus_bytes * clock_hz * hw.weight_ports       # all weight ports together
+    rate = min(port_eff, ddr_eff * peak / port_bps)            # beats per cycle on each port
+    limiter = "hp_port" if port_eff <= ddr_eff * peak / port_bps else "ddr"
+    return rate, limiter, port_bps
+
+
+def _ddr_memory(dims: LY.Dims, k: int, b, problems: list[str]) -> dict:
+    """DDR the accelerator needs (image, host buffers, program) against what the board leaves it."""
+    img = plan_image(dims).size
+    bufs = sum(RM.buffer_sizes(dims.d, dims.layers, dims.vocab, k).values())
+    prog_bytes = I.HEADER_BYTES + I.INSTR_BYTES * len(emit_program(dims))
+    need = img + bufs + prog_bytes
+    usable = b.ddr_usable_bytes
+    if need > usable:
+        problems.append(f"the model needs {need / 2**20:.0f} MiB of DDR (image {img / 2**20:.0f} MiB + buffers + "
+                        f"program) but {b.name} leaves {usable / 2**20:.0f} MiB to the accelerator "
+                        f"({b.ddr['size_mb']} MB - {b.ddr.get('os_reserved_mb', 0)} MB reserved for the OS)")
+    return {"image_bytes": img, "buffer_bytes": bufs, "program_bytes": prog_bytes, "needed_bytes": need,
+            "usable_bytes": usable, "fits": need <= usable}
