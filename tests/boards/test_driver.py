@@ -654,6 +654,43 @@ def test_no_interrupt_polls_status(model, reference, monkeypatch):
     acc.close()
 
 
+def test_sim_pynq_device_is_a_pynq_device(model, reference):
+    """The simulated pynq device plugs in where pynq lets a back end plug in: MMIO through REGISTER_RW, buffers as
+    pynq's own PynqBuffer whose flush/invalidate move bytes to and from the emulator's DDR."""
+    pynq = BP._pynq()
+    from pynq.buffer import PynqBuffer
+
+    from mmfree.sim.pynq_device import CSR_BASE, sim_pynq_device
+
+    dev, desc = sim_pynq_device(DEFAULT_HW)
+    assert isinstance(dev, pynq.Device) and dev.has_capability("REGISTER_RW")
+    ip = BP.register_pynq_driver()(desc)
+    assert ip.mmio.base_addr == CSR_BASE and ip.read(RM.OFFSET["ID"]) == RM.ID_MAGIC
+    buf = pynq.allocate(shape=(64,), dtype=np.uint8, target=dev)
+    assert isinstance(buf, PynqBuffer) and buf.device_address == dev.board.mem_window[0]
+    buf[8:12] = [1, 2, 3, 4]
+    assert dev.board.read_mem(buf.device_address + 8, 4) == bytes(4)          # not flushed yet
+    buf[8:12].flush()
+    assert dev.board.read_mem(buf.device_address + 8, 4) == bytes([1, 2, 3, 4])
+    dev.board.write_mem(buf.device_address + 16, b"\x09")
+    buf[16:17].invalidate()
+    assert buf[16] == 9
+    with pytest.raises(MmfreeError, match="outside the accelerator's 32-bit registers"):
+        dev.read_registers(CSR_BASE + (1 << RM.CSR_ADDR_BITS), 4)
+    im, tok_dir, _ = model
+    previous = vars(pynq.Device).get("_active_device")
+    pynq.Device.active_device = dev                      # pynq.allocate() without a target, as on a board
+    try:
+        with ip.accelerator(im, tokenizer=tok_dir, use_interrupt=False) as acc:
+            assert isinstance(acc.transport.buf, PynqBuffer)
+            assert acc.generate(PROMPT, N_TOKENS).tokens == reference
+    finally:
+        if previous is None:
+            del pynq.Device._active_device
+        else:
+            pynq.Device.active_device = previous
+
+
 # ---- safe stop (issue 19) ----------------------------------------------------------------------------------------
 def test_ctrl_c_mid_pass_aborts_before_the_buffers_are_freed(model, monkeypatch):
     """A real SIGINT while a pass runs: SOFT_RESET, IDLE, and only then the DMA buffer is freed."""
