@@ -152,8 +152,9 @@ class AccelHost:
 
     def abort(self) -> bool:
         """Stop whatever the accelerator runs: SOFT_RESET (IRQ_ENABLE kept), acknowledge the interrupt, then wait
-        up to :data:`ABORT_WAIT_S` for STATUS.BUSY to clear. True when it is idle. Every way out of a pass that
-        did not end cleanly (time-out, Ctrl-C, an error) goes through here before the host frees anything."""
+        up to :data:`ABORT_WAIT_S` for STATUS.BUSY to clear. True when it is idle. Every way out of a running pass
+        that did not end by itself (time-out, Ctrl-C, any exception while waiting, closing) goes through here
+        before the host frees anything."""
         t = self.transport
         t.write32(RM.OFFSET["CONTROL"], RM.CTRL_SOFT_RESET | RM.CTRL_IRQ_ENABLE)
         t.write32(RM.OFFSET["IRQ_STATUS"], 1)
@@ -174,8 +175,9 @@ class AccelHost:
     def start_and_wait(self, control: int, timeout_s: float) -> None:
         """Write ``control`` (CTRL_START or CTRL_GENERATE; IRQ_ENABLE is added) to CONTROL and wait for the
         interrupt. Not finished within ``timeout_s``: aborted (:meth:`abort`: SOFT_RESET, wait for IDLE) and
-        reported (MmfreeError); STATUS.ERROR: aborted the same way, then :class:`AccelRunError` (code, detail,
-        PC). Anything raised while waiting (KeyboardInterrupt, an MMIO error) aborts the pass before it goes on."""
+        reported (MmfreeError); STATUS.ERROR (the hardware stopped the pass itself and stays idle, ERROR_CODE
+        readable): :class:`AccelRunError` (code, detail, PC). Anything raised while waiting (KeyboardInterrupt, an
+        MMIO error) aborts the pass before it goes on."""
         b = self.transport
         timeout_s = check_timeout(timeout_s, max_s=None)
         b.write32(RM.OFFSET["CONTROL"], control | RM.CTRL_IRQ_ENABLE)
@@ -197,10 +199,8 @@ class AccelHost:
                               + ". Raise the time-out for big models")
         b.write32(RM.OFFSET["IRQ_STATUS"], 1)
         status = b.read32(RM.OFFSET["STATUS"])
-        if status & RM.STAT_ERROR:
-            err = AccelRunError(b.read32(RM.OFFSET["ERROR_CODE"]), b.read32(RM.OFFSET["PC"]))
-            self.abort()
-            raise err
+        if status & RM.STAT_ERROR:            # the hardware stopped itself; STATUS/ERROR_CODE stay readable
+            raise AccelRunError(b.read32(RM.OFFSET["ERROR_CODE"]), b.read32(RM.OFFSET["PC"]))
         if not status & RM.STAT_DONE:
             raise MmfreeError(f"interrupt without DONE or ERROR (STATUS {status:#x})")
 
