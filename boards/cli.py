@@ -12,7 +12,7 @@ from mmfree.cli import add_subcommand, print_json
 from mmfree.cli_args import DEFAULT_PROMPT, add_board, add_json, add_model, add_prompt, board_defaults, parse_ids
 from mmfree.rtl import params as PARAMS
 
-RUN_BOARDS = ("sim", "pynq-z2", "kv260", "zcu104")
+RUN_BOARDS = ("sim", "pynq-sim", "pynq-z2", "kv260", "zcu104")
 
 
 def register(sub) -> None:
@@ -76,9 +76,12 @@ def register(sub) -> None:
         "(tree nodes fed), gen_cycles, mean_draft_nodes, partial_counters (rd_bytes, wr_bytes and stalls then\n"
         "count only the loop's last pass). With --board sim the loop's passes are not read back: bit_exact\n"
         "compares the prefill passes with IntModel, and the tokens, gen_passes and the adapted table with\n"
-        "pymodel's speculative_generate (reference_verify_steps).",
+        "pymodel's speculative_generate (reference_verify_steps).\n"
+        "--board pynq-sim: the PYNQ path (pynq.DefaultIP, MMIO, allocate, PynqBuffer flush/invalidate) on a\n"
+        "simulated pynq.Device whose logic is the ISA emulator (mmfree.sim.pynq_device; no clock: cycle\n"
+        "counters read 0); bit_exact compares the tokens with IntModel greedy decoding.",
     )
-    add_board(r, sim=True)
+    add_board(r, sim=True, note="pynq-sim: the PYNQ path on a simulated pynq.Device")
     add_model(r)
     add_prompt(r)
     r.add_argument("--tokens", type=int, default=16,
@@ -206,6 +209,8 @@ def _run(args) -> int:
                       write_logits=not args.no_logits, onchip=args.onchip)
         _print_run(res, args)
         return 0 if res["bit_exact"] else 1
+    if args.board == "pynq-sim":
+        return _run_pynq_sim(args, prompt, draft)
     if args.board not in RUN_BOARDS and not args.board.startswith("custom:") and not args.board.endswith(".json"):
         raise MmfreeError(f"unknown board {args.board!r}: choose one of {', '.join(RUN_BOARDS)}")
     return _run_board(args, prompt, draft)
@@ -232,6 +237,41 @@ def _run_board(args, prompt, draft) -> int:
     res = dict(g.as_dict(), board=board.name, clock_mhz=board.clock_mhz)
     _print_run(res, args)
     return 0
+
+
+def _run_pynq_sim(args, prompt, draft) -> int:
+    """``--board pynq-sim``: pynq's own DefaultIP / MMIO / allocate over the simulated pynq device
+    (:mod:`mmfree.sim.pynq_device`), the tokens checked against IntModel greedy decoding."""
+    from mmfree.boards.accelerator import Accelerator
+    from mmfree.boards.pynq import _pynq, register_pynq_driver
+    from mmfree.host.session import open_model
+    from mmfree.sim.accel import DEFAULT_HW
+    from mmfree.sim.pynq_device import sim_pynq_device
+    from mmfree.sim.run import greedy_reference
+
+    pynq = _pynq()
+    model = open_model(args.model)
+    compiled, im, tok_dir = model
+    dev, desc = sim_pynq_device(DEFAULT_HW)
+    previous = vars(pynq.Device).get("_active_device")
+    pynq.Device.active_device = dev                   # pynq.allocate and MMIO find the device as on a board
+    try:
+        ip = register_pynq_driver()(desc)
+        with Accelerator.on_ip(ip, model, timeout_s=args.timeout, tokenizer=tok_dir, use_interrupt=False) as acc:
+            acc.write_logits = not args.no_logits
+            g = acc.generate(prompt, args.tokens, draft=draft, k=args.k, onchip=args.onchip)
+    finally:
+        if previous is None:
+            del pynq.Device._active_device
+        else:
+            pynq.Device.active_device = previous
+    res = dict(g.as_dict(), board="pynq-sim")
+    if im is not None:
+        ref = greedy_reference(im, g.prompt, args.tokens)
+        res.update(bit_exact=g.tokens == ref, reference_tokens=ref,
+                   problems=[] if g.tokens == ref else [f"tokens {g.tokens} differ from IntModel greedy {ref}"])
+    _print_run(res, args)
+    return 0 if res.get("bit_exact", True) else 1
 
 
 def _attach_loaded_overlay(model, board, timeout, tok_dir):

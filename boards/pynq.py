@@ -71,6 +71,9 @@ class PynqTransport(Transport):
         self.mem_window = (lo, lo + int(self.buf.nbytes))
         self.irq = next((getattr(ip, n) for n in IRQ_PINS if getattr(ip, n, None) is not None), None) \
             if use_interrupt else None
+        #: pynq's event loop for the interrupt (None without one): the loop current when the transport is made,
+        #: i.e. after the overlay loaded in this thread, where pynq registered the interrupt's UIO reader
+        self.loop = self._pynq_loop() if self.irq is not None else None
 
     @staticmethod
     def csr_reader(ip):
@@ -109,22 +112,18 @@ class PynqTransport(Transport):
         return view.tobytes()
 
     def wait_irq(self, timeout_s: float) -> bool:
+        """True once the interrupt line is high (IRQ_STATUS, or STATUS DONE/ERROR when polling), False after
+        ``timeout_s`` (finite, > 0). With the IP's interrupt, ``ip.interrupt.wait()`` runs on pynq's own event
+        loop (:attr:`loop`, the one pynq registered the interrupt's UIO reader on when the overlay loaded) with
+        ``loop.run_until_complete`` and a time-out; without an interrupt, inside a running event loop (a Jupyter
+        cell) or when that loop is gone, STATUS is polled every ``poll_s``."""
         timeout_s = check_timeout(timeout_s, max_s=None)
+        if self.irq is not None and self.read32(RM.OFFSET["IRQ_STATUS"]) & 1:
+            return True
+        loop = self._wait_loop()
+        if loop is not None:
+            return self._wait_on(loop, timeout_s) or bool(self.read32(RM.OFFSET["IRQ_STATUS"]) & 1)
         deadline = time.monotonic() + timeout_s
-        if self.irq is not None and not self._loop_running():
-            import asyncio
-
-            async def wait():
-                try:
-                    await asyncio.wait_for(self.irq.wait(), timeout_s)
-                    return True
-                except asyncio.TimeoutError:
-                    return False
-
-            if self.read32(RM.OFFSET["IRQ_STATUS"]) & 1:
-                return True
-            return asyncio.run(wait()) or bool(self.read32(RM.OFFSET["IRQ_STATUS"]) & 1)
-        # no interrupt, or inside a running event loop (a Jupyter cell): poll STATUS
         while True:
             if self.read32(RM.OFFSET["STATUS"]) & (RM.STAT_DONE | RM.STAT_ERROR):
                 return True
@@ -133,19 +132,56 @@ class PynqTransport(Transport):
             time.sleep(self.poll_s)
 
     @staticmethod
-    def _loop_running() -> bool:
+    def _pynq_loop():
+        """The thread's current event loop, as pynq's ``UioController`` takes it (``asyncio.get_event_loop()``)
+        when the overlay loads; None when the thread has none."""
+        import asyncio
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            try:
+                return asyncio.get_event_loop()
+            except RuntimeError:
+                return None
+
+    def _wait_loop(self):
+        """:attr:`loop` when the interrupt can be awaited on it now, else None (then STATUS is polled)."""
         import asyncio
 
+        loop = self.loop
+        if self.irq is None or loop is None or loop.is_closed() or loop.is_running():
+            return None
         try:
             asyncio.get_running_loop()
+            return None                 # another loop runs in this thread (a notebook cell): cannot nest
         except RuntimeError:
+            return loop
+
+    def _wait_on(self, loop, timeout_s: float) -> bool:
+        """``await ip.interrupt.wait()`` on ``loop`` for at most ``timeout_s``; True when it fired. Anything raised
+        meanwhile (Ctrl-C) cancels the wait on that loop before it goes on."""
+        import asyncio
+
+        task = loop.create_task(asyncio.wait_for(self.irq.wait(), timeout_s))
+        try:
+            loop.run_until_complete(task)
+            return True
+        except asyncio.TimeoutError:
             return False
-        return True
+        except BaseException:
+            task.cancel()
+            try:
+                loop.run_until_complete(asyncio.gather(task, return_exceptions=True))
+            except BaseException:
+                pass
+            raise
 
     def close(self) -> None:
         buf, self.buf = getattr(self, "buf", None), None
         if buf is not None and hasattr(buf, "freebuffer"):
             buf.freebuffer()
+
 
 _IP_CLASS = None
 
@@ -229,11 +265,47 @@ def _hwh_int(text: str) -> int:
     return int(t)
 
 
+#: Temperature grades a Vivado part name may end with (``-c``, ``-e``, ``-i``, ...); a .hwh does not record it.
+_TEMP_GRADES = ("", "c", "e", "i", "q", "m")
+
+
+def _norm_part(text: str) -> str:
+    return text.lower().replace("-", "").replace("_", "").strip()
+
+
+def same_part(hwh_part: str, board_part: str) -> bool:
+    """True when the .hwh's part (device + package + speed grade, :func:`_hwh_part`) is exactly the board's
+    Vivado part, up to the temperature grade the .hwh does not record: ``xck26`` ``sfvc784`` ``-2LV`` is
+    ``xck26-sfvc784-2LV-c``, ``7z020`` ``clg400`` ``-1`` is ``xc7z020clg400-1``; ``xczu7ev`` is not
+    ``xczu7eg``, and a device alone (no package, no speed grade) matches nothing."""
+    hw, bp = _norm_part(hwh_part), _norm_part(board_part)
+    return any(bp == hw + grade for grade in _TEMP_GRADES)
+
+
+def _hwh_part(root, name: str) -> tuple[str, str]:
+    """(device, part) from a .hwh's SYSTEMINFO (DEVICE, PACKAGE, SPEEDGRADE); MmfreeError when it is missing or
+    incomplete, since the part the bitstream was built for cannot then be checked."""
+    info = next(root.iter("SYSTEMINFO"), None)
+    if info is None:
+        raise MmfreeError(f"{name} has no SYSTEMINFO element, so the FPGA part the bitstream was built for is "
+                          "unknown; use the .hwh Vivado wrote for this bitstream (`mmfree build` copies it next to "
+                          "the .bit)")
+    fields = {k: (info.get(k) or "").strip() for k in ("DEVICE", "PACKAGE", "SPEEDGRADE")}
+    missing = [k for k, v in fields.items() if not v]
+    if missing:
+        raise MmfreeError(f"{name}: SYSTEMINFO lacks {', '.join(missing)}, so the FPGA part the bitstream was built "
+                          "for is unknown; use the .hwh Vivado wrote for this bitstream")
+    device = fields["DEVICE"].lower()
+    if not device.startswith(("xc", "xa", "xq")):
+        device = "xc" + device                      # Zynq-7000 .hwh files say DEVICE="7z020"
+    return device, device + fields["PACKAGE"].lower() + fields["SPEEDGRADE"].lower()
+
+
 def check_hwh(bitstream, board=None) -> HwhInfo:
     """Refuse a bitstream before it touches the hardware: its ``.hwh`` must sit next to it (PYNQ naming:
     ``X.bit`` + ``X.hwh``), hold the accelerator (VLNV :data:`regmap.VLNV`) and declare a register-map
-    version whose major number is this driver's. ``board`` (a :class:`mmfree.boardfile.Board`), when
-    given, must match the ``.hwh``'s part."""
+    version whose major number is this driver's, and name its part (SYSTEMINFO). ``board`` (a
+    :class:`mmfree.boardfile.Board`), when given, must have exactly that part (:func:`same_part`)."""
     bit = Path(bitstream)
     if bit.suffix != ".bit":
         raise MmfreeError(f"{bit} is not a .bit file; give the bitstream written by `mmfree build` (X.bit with X.hwh)")
@@ -270,16 +342,10 @@ def check_hwh(bitstream, board=None) -> HwhInfo:
         raise MmfreeError(f"{hwh.name}: the bitstream implements register map {version >> 16}.{version & 0xFFFF}, this "
                           f"driver speaks {RM.REGMAP_VERSION_MAJOR}.{RM.REGMAP_VERSION_MINOR}: rebuild the bitstream "
                           "(`mmfree build`) or install the matching mmfree")
-    part = device = None
-    for sysinfo in root.iter("SYSTEMINFO"):
-        device = (sysinfo.get("DEVICE") or "").lower() or None
-        if device:
-            part = device + (sysinfo.get("PACKAGE") or "").lower() + (sysinfo.get("SPEEDGRADE") or "").lower()
-    if board is not None and device is not None:
-        dev = device[2:] if device.startswith("xc") else device
-        if dev not in board.part.lower():
-            raise MmfreeError(f"{hwh.name} was built for the device {device}, the {board.name} has {board.part}: "
-                              f"build the overlay for this board (`mmfree build --board {board.name}`)")
+    device, part = _hwh_part(root, hwh.name)
+    if board is not None and not same_part(part, board.part):
+        raise MmfreeError(f"{hwh.name} was built for the device {device} (part {part}), the {board.name} has "
+                          f"{board.part}: build the overlay for this board (`mmfree build --board {board.name}`)")
     return HwhInfo(hwh, module.get("INSTANCE") or module.get("FULLNAME", "").lstrip("/"), version, params, part)
 
 

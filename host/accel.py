@@ -9,11 +9,13 @@ position of the last ``STATE_OUT`` (no copy). Every wait has a time-out."""
 from __future__ import annotations
 
 import struct
+import time
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 
-from mmfree import MmfreeError
+from mmfree import MmfreeError, MmfreeWarning
 from mmfree.host.errors import AccelRunError, check_timeout
 from mmfree.host.layout import host_layout
 from mmfree.host.transport import as_transport
@@ -21,7 +23,10 @@ from mmfree.rtl import regmap as RM
 from mmfree.rtl.compiler import Compiled, HwConfig
 
 
-__all__ = ["AccelHost", "AccelRunError", "PassResult", "read_draft_engine", "read_identity"]
+__all__ = ["ABORT_WAIT_S", "AccelHost", "AccelRunError", "PassResult", "read_draft_engine", "read_identity"]
+
+#: How long :meth:`AccelHost.abort` waits for STATUS.BUSY to clear after SOFT_RESET (the RTL needs a few cycles).
+ABORT_WAIT_S = 1.0
 
 
 @dataclass
@@ -81,6 +86,12 @@ class AccelHost:
         self.board, self.c, self.timeout_s = board, compiled, check_timeout(timeout_s)
         self.transport = t = as_transport(board)
         hwc = read_identity(t.read32)
+        if self.busy():
+            warnings.warn("the accelerator was BUSY when opened (a pass or GENERATE left running, e.g. by a process "
+                          "that was killed): it was reset with SOFT_RESET first", MmfreeWarning, stacklevel=2)
+            if not self.abort():
+                raise MmfreeError(f"the accelerator stays BUSY {ABORT_WAIT_S:g} s after SOFT_RESET: reload the "
+                                  "overlay (`mmfree flash`)")
         self.draft = read_draft_engine(t.read32)
         self.hw = HwConfig(bus_bytes=hwc["bus_bytes"], max_tokens=hwc["max_tokens"],
                            max_width=16 * (t.read32(RM.OFFSET["HW_LIMITS"]) & 0xFFFF),
@@ -135,26 +146,60 @@ class AccelHost:
         self.state_in = addr
         self.next_out = self.addr["STATE_B"] if self.state_area(addr) == self.addr["STATE_A"] else self.addr["STATE_A"]
 
+    def busy(self) -> bool:
+        """STATUS.BUSY: a pass or GENERATE is running."""
+        return bool(self.transport.read32(RM.OFFSET["STATUS"]) & RM.STAT_BUSY)
+
+    def abort(self) -> bool:
+        """Stop whatever the accelerator runs: SOFT_RESET (IRQ_ENABLE kept), acknowledge the interrupt, then wait
+        up to :data:`ABORT_WAIT_S` for STATUS.BUSY to clear. True when it is idle. Every way out of a running pass
+        that did not end by itself (time-out, Ctrl-C, any exception while waiting, closing) goes through here
+        before the host frees anything."""
+        t = self.transport
+        t.write32(RM.OFFSET["CONTROL"], RM.CTRL_SOFT_RESET | RM.CTRL_IRQ_ENABLE)
+        t.write32(RM.OFFSET["IRQ_STATUS"], 1)
+        deadline = time.monotonic() + ABORT_WAIT_S
+        while self.busy():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(1e-4)
+        return True
+
+    def _abort_quietly(self) -> None:
+        """:meth:`abort` while another exception is on its way out (Ctrl-C, a lost mapping): that one wins."""
+        try:
+            self.abort()
+        except Exception:
+            pass
+
     def start_and_wait(self, control: int, timeout_s: float) -> None:
         """Write ``control`` (CTRL_START or CTRL_GENERATE; IRQ_ENABLE is added) to CONTROL and wait for the
-        interrupt. Not finished within ``timeout_s``: aborted with SOFT_RESET and reported (MmfreeError);
-        STATUS.ERROR: :class:`AccelRunError` (code, detail, PC)."""
+        interrupt. Not finished within ``timeout_s``: aborted (:meth:`abort`: SOFT_RESET, wait for IDLE) and
+        reported (MmfreeError); STATUS.ERROR (the hardware stopped the pass itself and stays idle, ERROR_CODE
+        readable): :class:`AccelRunError` (code, detail, PC). Anything raised while waiting (KeyboardInterrupt, an
+        MMIO error) aborts the pass before it goes on."""
         b = self.transport
         timeout_s = check_timeout(timeout_s, max_s=None)
         b.write32(RM.OFFSET["CONTROL"], control | RM.CTRL_IRQ_ENABLE)
-        if not b.wait_irq(timeout_s):
+        try:
+            done = b.wait_irq(timeout_s)
+        except BaseException:
+            self._abort_quietly()
+            raise
+        if not done:
             status, pc = b.read32(RM.OFFSET["STATUS"]), b.read32(RM.OFFSET["PC"])
             where = ""
             if control & RM.CTRL_GENERATE:
                 where = (f", GEN_COUNT {b.read32(RM.OFFSET['GEN_COUNT'])}, GEN_PASSES "
                          f"{b.read32(RM.OFFSET['GEN_PASSES'])}")
-            b.write32(RM.OFFSET["CONTROL"], RM.CTRL_SOFT_RESET | RM.CTRL_IRQ_ENABLE)     # abort: never left running
-            b.write32(RM.OFFSET["IRQ_STATUS"], 1)
+            idle = self.abort()                                   # never left running
             raise MmfreeError(f"the accelerator did not finish within {timeout_s:g} s (STATUS {status:#x}, "
-                              f"PC {pc:#x}{where}); it was aborted with SOFT_RESET. Raise the time-out for big models")
+                              f"PC {pc:#x}{where}); it was aborted with SOFT_RESET"
+                              + ("" if idle else f" but stayed BUSY for {ABORT_WAIT_S:g} s: reload the overlay")
+                              + ". Raise the time-out for big models")
         b.write32(RM.OFFSET["IRQ_STATUS"], 1)
         status = b.read32(RM.OFFSET["STATUS"])
-        if status & RM.STAT_ERROR:
+        if status & RM.STAT_ERROR:            # the hardware stopped itself; STATUS/ERROR_CODE stay readable
             raise AccelRunError(b.read32(RM.OFFSET["ERROR_CODE"]), b.read32(RM.OFFSET["PC"]))
         if not status & RM.STAT_DONE:
             raise MmfreeError(f"interrupt without DONE or ERROR (STATUS {status:#x})")

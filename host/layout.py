@@ -70,7 +70,9 @@ def check_fits(compiled: Compiled, board, max_tokens: int = 4) -> int:
 
 #: Host bytes one generated token costs at most when no per-pass arrays are kept: its id in the output lists and
 #: its share of a pass record (a dict of about a dozen small fields and the argmax). An upper bound: measured
-#: about 1.3 KiB per pass record on CPython 3.11 (``tests/boards/test_driver.py::test_host_memory_per_token``).
+#: 581-700 bytes per token (default model, greedy, 10 and 100 tokens, CPython 3.11, records sized recursively with
+#: sys.getsizeof: ``python bench/host_memory.py``; 41.9-45.7 kB with
+#: ``keep_arrays``); the test asserts the bound.
 RECORD_BYTES_PER_TOKEN = 4096
 
 

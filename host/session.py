@@ -127,7 +127,15 @@ class AccelSession:
         self.last: Generation | None = None
 
     def close(self) -> None:
-        self.transport.close()
+        """Release the transport's buffers; a pass still running is aborted first (SOFT_RESET, wait for IDLE), so
+        the accelerator never writes into freed memory."""
+        try:
+            if self.host.busy():
+                self.host.abort()
+        except Exception:           # the mapping is gone: nothing more can be stopped from here
+            pass
+        finally:
+            self.transport.close()
 
     def __enter__(self):
         return self

@@ -501,6 +501,39 @@ def test_flash_refuses_a_hwh_for_another_design(tmp_path, capsys):
     assert rc == 1 and "built for the device xc7z020" in out.err
 
 
+def test_flash_compares_the_exact_part(tmp_path, capsys):
+    """The .hwh's device + package + speed grade must be the board's part (up to the temperature grade): another
+    speed grade or package, or a device name that only contains the board's, is refused."""
+    from mmfree.boards.pynq import check_hwh
+
+    for hwh, board in ((dict(device="xck26", package="sfvc784", speed="-2LV"), "kv260"),
+                       (dict(device="xczu7ev", package="ffvc1156", speed="-2"), "zcu104"),
+                       (dict(device="7z020", package="clg400", speed="-1"), "pynq-z2")):
+        assert check_hwh(_bit(tmp_path, **hwh), load_board(board)).part.startswith("xc")
+    # another speed grade, another package, a device name that is only a substring (the old check accepted it)
+    for hwh, why in ((dict(speed="-1"), "xck26sfvc784-1"), (dict(package="sfvc1156"), "xck26sfvc1156-2lv"),
+                     (dict(device="xck2"), "xck2sfvc784-2lv")):
+        rc, out = _flash(_bit(tmp_path, **hwh), capsys, "kv260")
+        assert rc == 1 and f"(part {why}), the kv260 has xck26-sfvc784-2LV-c" in out.err, out.err
+
+
+def test_flash_refuses_a_hwh_without_systeminfo(tmp_path, capsys):
+    bit = _bit(tmp_path)
+    hwh = bit.with_suffix(".hwh")
+    lines = hwh.read_text().splitlines(keepends=True)
+    hwh.write_text("".join(line for line in lines if "<SYSTEMINFO" not in line))
+    for board in ("kv260", None):
+        from mmfree.boards.pynq import check_hwh
+
+        with pytest.raises(MmfreeError, match=r"mmfree_kv260.hwh has no SYSTEMINFO element, so the FPGA part"):
+            check_hwh(bit, load_board(board) if board else None)
+    rc, out = _flash(bit, capsys)
+    assert rc == 1 and "has no SYSTEMINFO element" in out.err
+    write_hwh(hwh, package="")
+    rc, out = _flash(bit, capsys)
+    assert rc == 1 and "SYSTEMINFO lacks PACKAGE, so the FPGA part the bitstream was built for is unknown" in out.err
+
+
 def test_flash_refuses_a_register_map_mismatch(tmp_path, capsys):
     other = ((RM.REGMAP_VERSION_MAJOR + 1) << 16) | 0
     rc, out = _flash(_bit(tmp_path, version=f"0x{other:08x}"), capsys)

@@ -106,8 +106,8 @@ class _FakePynq:
     the emulator's DDR is what the accelerator sees; only flush() copies host -> DDR and only invalidate()
     copies DDR -> host, so a driver that forgets either gets wrong results."""
 
-    def __init__(self, hw=DEFAULT_HW, phys=0x3000_0000, size=16 << 20):
-        self.board = EmulatedBoard(hw, mem_base=phys, mem_size=size)
+    def __init__(self, hw=DEFAULT_HW, phys=0x3000_0000, size=16 << 20, board=None):
+        self.board = board if board is not None else EmulatedBoard(hw, mem_base=phys, mem_size=size)
         self.flushes = self.invalidates = 0
         fake = self
         base_holder = {}
@@ -126,6 +126,7 @@ class _FakePynq:
 
             def freebuffer(self):
                 fake.freed = True
+                getattr(fake.board, "events", []).append("free")
 
         def allocate(shape, dtype):
             assert dtype == np.uint8 and shape[0] <= size
@@ -504,6 +505,257 @@ def test_host_memory_per_token(model, reference):
     assert replay_and_compare(model[0], kept.passes) == (True, [])
     with pytest.raises(MmfreeError, match=r"carry no states to compare: generate with keep_arrays=True"):
         replay_and_compare(model[0], g.passes)
+
+
+# ---- the interrupt through pynq's real Interrupt class (issue 19) -----------------------------------------------
+PIN, RAW_IRQ = "mmfree_accel_0/interrupt", 121
+
+
+class _PtyUio:
+    """The missing hardware under pynq's interrupt stack: a UIO device node stood in for by a pseudo-terminal in
+    raw mode. pynq's own ``UioController`` opens the slave path exactly as it opens ``/dev/uioN`` and reads it on
+    its event loop; this "kernel + accelerator" thread reads the 4-byte enable words pynq writes, runs the
+    board's pending pass once the interrupt is enabled (the host is waiting) and then answers with the 4-byte
+    interrupt count while IRQ_STATUS is high, as the uio driver does (one interrupt per enable)."""
+
+    def __init__(self, board):
+        import os
+        import threading
+        import tty
+
+        self.board, self.fired, self.enables = board, 0, 0
+        self.master, self.slave = os.openpty()
+        tty.setraw(self.slave)
+        self.path = os.ttyname(self.slave)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        import os
+        import select
+        import struct
+
+        enabled = False
+        while not self.stop.is_set():
+            if select.select([self.master], [], [], 0.001)[0]:
+                data = os.read(self.master, 64)
+                assert data == b"\x00\x00\x00\x01" * (len(data) // 4), data      # pynq's "enable" word
+                self.enables += len(data) // 4
+                enabled = True
+            if enabled:
+                self.board.step()
+                if self.board.csr["IRQ_STATUS"] & 1:
+                    self.fired += 1
+                    os.write(self.master, struct.pack("<I", self.fired))
+                    enabled = False
+
+    def close(self):
+        import os
+
+        self.stop.set()
+        self.thread.join()
+        os.close(self.master)
+        os.close(self.slave)
+
+
+@pytest.fixture
+def pynq_irq():
+    """(a pynq.interrupt.Interrupt on the accelerator's pin, the busy board behind it, the UIO stand-in, the event
+    loop pynq registered it on). pynq's Device, Interrupt and UioController are the real classes; a pynq.Device
+    subclass carries the pin (a straight UIO interrupt, no AXI interrupt controller), made the active device."""
+    import asyncio
+    import gc
+
+    pynq = BP._pynq()
+    from pynq.interrupt import Interrupt, _InterruptController
+    from pynq.uio import UioController
+
+    class IrqDevice(pynq.Device):
+        def __init__(self):
+            super().__init__("mmfree-irq-test")
+            self.interrupt_pins = {PIN: {"controller": "", "parent": "", "index": 0, "raw_irq": RAW_IRQ,
+                                         "fullpath": PIN}}
+            self.interrupt_controllers, self.timestamp = {}, "mmfree-irq-test"
+
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)                        # the loop current when the overlay loads
+    board = H.busy_board(DEFAULT_HW, mem_base=0x3000_0000, mem_size=16 << 20)
+    uio = _PtyUio(board)
+    old = vars(pynq.Device).get("_active_device")
+    pynq.Device.active_device = IrqDevice()
+    ctrl = _InterruptController._uio_devices[RAW_IRQ] = UioController(uio.path)   # the device node for this IRQ
+    try:
+        yield Interrupt(PIN), board, uio, loop
+    finally:
+        _InterruptController._uio_devices.pop(RAW_IRQ, None)
+        loop.remove_reader(ctrl.uio)                    # the loop's reader holds the controller
+        del ctrl
+        gc.collect()                                    # UioController.__del__ (closes the node) on its own loop
+        if old is None:
+            del pynq.Device._active_device
+        else:
+            pynq.Device.active_device = old
+        uio.close()
+        asyncio.set_event_loop(None)
+        loop.close()
+
+
+def test_interrupt_wait_through_pynq_interrupt(model, reference, pynq_irq, monkeypatch):
+    """Every pass waits on pynq's real Interrupt, on pynq's loop, again and again (the old asyncio.run wait missed
+    the first interrupt and then failed with "bound to a different event loop")."""
+    irq, board, uio, loop = pynq_irq
+    fake = _FakePynq(board=board)
+    monkeypatch.setattr(BP, "_pynq", lambda: fake.module)
+    fake.ip.interrupt = irq
+    im, tok_dir, ids = model
+    acc = BA.Accelerator.on_ip(fake.ip, im, tokenizer=tok_dir)
+    assert acc.transport.irq is irq and acc.transport.loop is loop
+    g = acc.generate(PROMPT, N_TOKENS)
+    assert g.tokens == reference
+    assert uio.fired == len(g.passes) == uio.enables                 # each pass ended by its interrupt
+    g2 = acc.generate(ids, N_TOKENS, draft="trigram", k=4)
+    assert g2.tokens == reference and uio.fired == len(g.passes) + len(g2.passes)
+    acc.close()
+    assert fake.freed
+
+
+def test_interrupt_wait_times_out_and_recovers(model, pynq_irq, monkeypatch):
+    """A pass that never ends: the wait on pynq's Interrupt gives up after its time-out (twice, on the same loop),
+    the pass is aborted (SOFT_RESET, IDLE) and the next one runs through the interrupt again."""
+    import time as _time
+
+    irq, board, uio, loop = pynq_irq
+    fake = _FakePynq(board=board)
+    monkeypatch.setattr(BP, "_pynq", lambda: fake.module)
+    fake.ip.interrupt = irq
+    acc = BA.Accelerator.on_ip(fake.ip, model[0], timeout_s=0.05)
+    run = board.step
+    board.step = lambda: False                                        # the pass hangs
+    for _ in range(2):
+        t0 = _time.monotonic()
+        with pytest.raises(MmfreeError, match=r"did not finish within 0.05 s .*aborted with SOFT_RESET\."):
+            acc.host.run([1])
+        assert _time.monotonic() - t0 < 2
+        assert board.events[-3:] == ["start", "soft_reset", "idle"]
+    board.step = run
+    assert acc.host.run([1]).argmax.shape == (1,) and uio.fired == 1
+    acc.close()
+
+
+def test_no_interrupt_polls_status(model, reference, monkeypatch):
+    """An overlay without the interrupt pin (or use_interrupt=False): STATUS is polled."""
+    fake = _FakePynq()
+    monkeypatch.setattr(BP, "_pynq", lambda: fake.module)
+    im, tok_dir, _ = model
+    acc = BA.Accelerator.on_ip(fake.ip, im, tokenizer=tok_dir)       # fake.ip has no interrupt attribute
+    assert acc.transport.irq is None and acc.transport.loop is None
+    assert acc.generate(PROMPT, N_TOKENS).tokens == reference
+    acc.close()
+
+
+def test_sim_pynq_device_is_a_pynq_device(model, reference):
+    """The simulated pynq device plugs in where pynq lets a back end plug in: MMIO through REGISTER_RW, buffers as
+    pynq's own PynqBuffer whose flush/invalidate move bytes to and from the emulator's DDR."""
+    pynq = BP._pynq()
+    from pynq.buffer import PynqBuffer
+
+    from mmfree.sim.pynq_device import CSR_BASE, sim_pynq_device
+
+    dev, desc = sim_pynq_device(DEFAULT_HW)
+    assert isinstance(dev, pynq.Device) and dev.has_capability("REGISTER_RW")
+    ip = BP.register_pynq_driver()(desc)
+    assert ip.mmio.base_addr == CSR_BASE and ip.read(RM.OFFSET["ID"]) == RM.ID_MAGIC
+    buf = pynq.allocate(shape=(64,), dtype=np.uint8, target=dev)
+    assert isinstance(buf, PynqBuffer) and buf.device_address == dev.board.mem_window[0]
+    buf[8:12] = [1, 2, 3, 4]
+    assert dev.board.read_mem(buf.device_address + 8, 4) == bytes(4)          # not flushed yet
+    buf[8:12].flush()
+    assert dev.board.read_mem(buf.device_address + 8, 4) == bytes([1, 2, 3, 4])
+    dev.board.write_mem(buf.device_address + 16, b"\x09")
+    buf[16:17].invalidate()
+    assert buf[16] == 9
+    with pytest.raises(MmfreeError, match="outside the accelerator's 32-bit registers"):
+        dev.read_registers(CSR_BASE + (1 << RM.CSR_ADDR_BITS), 4)
+    im, tok_dir, _ = model
+    previous = vars(pynq.Device).get("_active_device")
+    pynq.Device.active_device = dev                      # pynq.allocate() without a target, as on a board
+    try:
+        with ip.accelerator(im, tokenizer=tok_dir, use_interrupt=False) as acc:
+            assert isinstance(acc.transport.buf, PynqBuffer)
+            assert acc.generate(PROMPT, N_TOKENS).tokens == reference
+    finally:
+        if previous is None:
+            del pynq.Device._active_device
+        else:
+            pynq.Device.active_device = previous
+
+
+# ---- safe stop (issue 19) ----------------------------------------------------------------------------------------
+def test_ctrl_c_mid_pass_aborts_before_the_buffers_are_freed(model, monkeypatch):
+    """A real SIGINT while a pass runs: SOFT_RESET, IDLE, and only then the DMA buffer is freed."""
+    import os
+    import signal
+    import threading
+
+    board = H.busy_board(DEFAULT_HW, finish=False, mem_base=0x3000_0000, mem_size=16 << 20)
+    fake = _FakePynq(board=board)
+    monkeypatch.setattr(BP, "_pynq", lambda: fake.module)
+    acc = BA.Accelerator.on_ip(fake.ip, model[0], use_interrupt=False, timeout_s=30)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    timer = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with acc:
+                timer.start()
+                acc.generate([1, 2], 4)
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGINT, previous)
+    assert board.events == ["start", "soft_reset", "idle", "free"], board.events
+
+
+def test_time_out_and_error_abort_before_free(model, monkeypatch):
+    board = H.busy_board(DEFAULT_HW, finish=False, mem_base=0x3000_0000, mem_size=16 << 20)
+    fake = _FakePynq(board=board)
+    monkeypatch.setattr(BP, "_pynq", lambda: fake.module)
+    with pytest.raises(MmfreeError, match="did not finish within 0.02 s"):
+        with BA.Accelerator.on_ip(fake.ip, model[0], use_interrupt=False, timeout_s=0.02) as acc:
+            acc.generate([1], 2)
+    assert board.events == ["start", "soft_reset", "idle", "free"], board.events
+    # a pass the hardware ends with an error has stopped itself: reported, nothing to abort, ERROR readable
+    rec = H.stuck_board(DEFAULT_HW, 0)                                # records CONTROL writes, swallows nothing
+    acc = _acc(model, board=rec)
+    with pytest.raises(HA.AccelRunError, match="outside the model's vocabulary"):
+        acc.host.run([1, acc.vocab_size])
+    assert rec.controls[-1] == RM.CTRL_START | RM.CTRL_IRQ_ENABLE and not acc.host.busy()
+    assert rec.read32(RM.OFFSET["STATUS"]) & RM.STAT_ERROR
+    assert acc.host.run([1]).argmax.shape == (1,)
+
+
+def test_close_aborts_a_running_pass_first(model, monkeypatch):
+    board = H.busy_board(DEFAULT_HW, finish=False, mem_base=0x3000_0000, mem_size=16 << 20)
+    fake = _FakePynq(board=board)
+    monkeypatch.setattr(BP, "_pynq", lambda: fake.module)
+    acc = BA.Accelerator.on_ip(fake.ip, model[0], use_interrupt=False)
+    acc.transport.write32(RM.OFFSET["CONTROL"], RM.CTRL_START)        # left running (e.g. a killed caller)
+    acc.close()
+    assert board.events == ["start", "soft_reset", "idle", "free"], board.events
+
+
+def test_opening_a_busy_accelerator_resets_it_and_says_so(model, reference):
+    from mmfree import MmfreeWarning
+
+    board = EmulatedBoard(DEFAULT_HW)
+    board.csr["STATUS"] = RM.STAT_BUSY                                  # a pass left running by another process
+    with pytest.warns(MmfreeWarning, match=r"was BUSY when opened .* reset with SOFT_RESET first"):
+        acc = _acc(model, board=board)
+    assert acc.generate(PROMPT, N_TOKENS).tokens == reference
+    stuck = H.busy_board(DEFAULT_HW, finish=False)
+    stuck.csr["STATUS"] = RM.STAT_BUSY
+    stuck.write32 = lambda offset, value: None                          # ignores SOFT_RESET: stays BUSY
+    with pytest.warns(MmfreeWarning), pytest.raises(MmfreeError, match=r"stays BUSY 1 s after SOFT_RESET: reload"):
+        _acc(model, board=stuck)
 
 
 # ---- the simulated board: the same driver on the RTL (Verilator + cocotb) ---------------------------------------

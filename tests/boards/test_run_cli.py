@@ -82,6 +82,25 @@ def test_run_tokens_bounded_by_memory(capsys, monkeypatch):
     assert rc == 1 and f"--tokens {10 ** 9} is more than the pynq-z2 can hold: at most" in err, err
 
 
+@pytest.mark.parametrize("extra", [[], ["--draft", "trigram", "--onchip"]])
+def test_run_pynq_sim_through_pynq_itself(capsys, extra):
+    """--board pynq-sim: pynq's DefaultIP, MMIO and allocate (real PynqBuffers, flush/invalidate) over the simulated
+    pynq device, the tokens equal to IntModel greedy decoding; pynq's active device is restored afterwards."""
+    pynq = pytest.importorskip("pynq")
+    from mmfree.pymodel.intmodel import open_int_model
+    from mmfree.pymodel.tokenizer import load_tokenizer
+    from mmfree.sim.run import greedy_reference
+
+    before = vars(pynq.Device).get("_active_device")
+    rc = main(["run", "--board", "pynq-sim", "--prompt", "def ", "--tokens", "10", "--json", *extra])
+    res = json.loads(capsys.readouterr().out)
+    im, tok_dir = open_int_model("default")
+    ref = greedy_reference(im, load_tokenizer(tok_dir).encode("def "), 10)
+    assert rc == 0 and res["bit_exact"] is True and res["tokens"] == ref == res["reference_tokens"]
+    assert res["board"] == "pynq-sim" and res.get("onchip", False) == bool(extra)
+    assert vars(pynq.Device).get("_active_device") is before
+
+
 def test_run_sim_refuses_bad_prompts_before_simulating(capsys, monkeypatch):
     import mmfree.sim.accel as SA
 

@@ -167,3 +167,52 @@ def stuck_board(hw, swallow: int):
             super().write32(offset, value)
 
     return StuckBoard()
+
+
+def busy_board(hw, finish: bool = True, **kw):
+    """An :class:`~mmfree.sim.emulator.EmulatedBoard` whose passes take time, as the hardware's do: CONTROL.START
+    (or GENERATE) sets STATUS.BUSY and returns; ``board.step()`` (called by a "hardware" thread, or a test) then
+    runs the pending pass to completion (DONE/ERROR and the interrupt), unless ``finish`` is False (a hung pass).
+    SOFT_RESET drops the pending pass and clears STATUS as the RTL does. ``board.events`` lists "start",
+    "soft_reset" and "idle" (a STATUS read with BUSY clear after a SOFT_RESET) in order."""
+    import threading
+
+    from mmfree.rtl import regmap as RM
+    from mmfree.sim.emulator import EmulatedBoard
+
+    class BusyBoard(EmulatedBoard):
+        def __init__(self):
+            super().__init__(hw, **kw)
+            self.pending, self.events, self.lock = None, [], threading.Lock()
+
+        def write32(self, offset, value):
+            with self.lock:
+                if offset == RM.OFFSET["CONTROL"] and value & RM.CTRL_SOFT_RESET:
+                    self.pending = None
+                    self.events.append("soft_reset")
+                if offset == RM.OFFSET["CONTROL"] and value & (RM.CTRL_START | RM.CTRL_GENERATE):
+                    self.events.append("start")
+                    super().write32(offset, value & ~(RM.CTRL_START | RM.CTRL_GENERATE))
+                    self.pending = value
+                    self.csr["STATUS"] = RM.STAT_BUSY
+                    return
+                super().write32(offset, value)
+
+        def read32(self, offset):
+            with self.lock:
+                value = super().read32(offset)
+                if offset == RM.OFFSET["STATUS"] and not value & RM.STAT_BUSY and self.events[-1:] == ["soft_reset"]:
+                    self.events.append("idle")
+                return value
+
+        def step(self) -> bool:
+            """Run the pending pass, if any (and ``finish``); True when one ran."""
+            with self.lock:
+                if self.pending is None or not finish:
+                    return False
+                value, self.pending = self.pending, None
+                self.csr["STATUS"] = 0
+                super().write32(RM.OFFSET["CONTROL"], value)
+                return True
+
+    return BusyBoard()
