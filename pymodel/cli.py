@@ -40,8 +40,9 @@ def register(sub) -> None:
     p = add_subcommand(
         sub, "export", _export, "turn a float checkpoint into the hardware image (packed ternary weights, scales, LUTs)",
         "Writes OUT/manifest.json (config, layout, per-tensor offsets and sha256, per-BitLinear constants,\n"
-        "format and numerics-spec versions) and OUT/weights.bin (ternary weights at 1.6 bits/weight, int16\n"
-        "norm vectors, int16 embedding rows, lookup tables), plus tokenizer.json when the checkpoint has one.\n"
+        "format and numerics-spec versions) and OUT/weights.bin (ternary weights at 1.6 bits/weight, 31-bit\n"
+        "norm-vector mantissas, int32 embedding rows, lookup tables), plus tokenizer.json (and its\n"
+        "tokenizer_config.json) when the checkpoint has them. Streams: one tensor in memory at a time.\n"
         "The image is what the integer reference, the RTL simulation, the HLS harness and the board load.\n"
         "Formats: docs/numerics.md. The directory is written atomically.",
     )

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,22 @@ FORMATS_KEY = "mmfree_formats"
 TOKENIZER_CONFIG_FILES = ("tokenizer_config.json", "special_tokens_map.json")
 #: rows per block when the embedding or a ternary matrix is converted (bounds the export's working memory)
 ROW_BLOCK = 4096
+
+
+@contextmanager
+def one_torch_thread():
+    """Run the block with one torch CPU thread (restored afterwards). torch's multi-threaded reductions
+    (``mean|w|`` over a matrix) group their partial sums by thread count, so a scale can move by an ulp;
+    with one thread every derived quantity (absmean scale, ternary codes, calibration maxima, c_m/c_e) is
+    a function of the weights alone, whatever thread count the caller runs."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 # ---- where the float tensors come from ----------------------------------------------------------------
@@ -147,7 +164,8 @@ def formats_of(model) -> dict[str, int]:
     the checkpoint) or calibrated once and stored there, so export and hardware-exact training agree."""
     fm = model.config.extra.get(FORMATS_KEY)
     if fm is None:
-        fm = calibrate(model)
+        with one_torch_thread():
+            fm = calibrate(model)
         model.config.extra[FORMATS_KEY] = fm
     return _checked_formats(fm)
 
@@ -268,8 +286,9 @@ def int_params(model) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
     (int8 ``[N, K]`` under the ``.w`` names), and the per-BitLinear constants. Used by the hardware-exact
     training mode (which re-derives them from the current float weights each step); the same conversion
     as the export."""
-    conv = _Converter(StateDictSource(model.state_dict(), model.config), model.config, formats_of(model))
-    arrays = {t.name: np.concatenate(conv.blocks(t.name, pack=False)) for t in LY.tensors(conv.dims)}
+    with one_torch_thread():     # the same numbers as the export, whatever the training's thread count
+        conv = _Converter(StateDictSource(model.state_dict(), model.config), model.config, formats_of(model))
+        arrays = {t.name: np.concatenate(conv.blocks(t.name, pack=False)) for t in LY.tensors(conv.dims)}
     return arrays, conv.consts
 
 
@@ -334,11 +353,12 @@ def _export(src, cfg, out, tokenizer: dict[str, Path], source: str | None, progr
     dims = LY.Dims.of(cfg)
     if cfg.hidden_size > N.MAX_K_FLOAT32_EXACT or cfg.intermediate > N.MAX_K_FLOAT32_EXACT:
         raise MmfreeError(f"projection width above {N.MAX_K_FLOAT32_EXACT} is outside the spec (accumulator bound)")
-    formats = _source_formats(src, cfg)
-    conv = _Converter(src, cfg, formats)
+    with one_torch_thread():
+        formats = _source_formats(src, cfg)
+        conv = _Converter(src, cfg, formats)
     out = Path(out)
     with output_dir(out, "export") as tmp:
-        with open(tmp / "weights.bin", "wb") as f:
+        with open(tmp / "weights.bin", "wb") as f, one_torch_thread():
             table, total, digest = _write_weights(f, conv, progress)
         for name, path in tokenizer.items():
             (tmp / name).write_bytes(path.read_bytes())

@@ -54,3 +54,20 @@ def test_export_json_reports_measured_bits(tmp_path, capsys):
     assert s["parameters"] == 4742560
     assert s["bits_per_parameter"] == pytest.approx(8 * s["weights_bytes"] / s["parameters"])
     assert s["weights_sha256"] == DEFAULT_IMAGE_SHA256
+
+
+def test_image_independent_of_thread_count(tmp_path):
+    """The export derives every quantity with one torch thread: 1, 2 and 4 caller threads give the same bytes
+    (torch's own mean|w| of a [5632, 1024] matrix differs between 1 and 2 threads on this machine class)."""
+    ck = random_checkpoint(tmp_path / "ck", seed=11, hidden_size=256, intermediate_size=2816, num_hidden_layers=1,
+                           vocab_size=300)
+    before = torch.get_num_threads()
+    images = []
+    try:
+        for n in (1, 2, 4):
+            torch.set_num_threads(n)
+            images.append((export_checkpoint(str(ck), tmp_path / f"img{n}") / "weights.bin").read_bytes())
+            assert torch.get_num_threads() == n          # restored after the export
+    finally:
+        torch.set_num_threads(before)
+    assert images[0] == images[1] == images[2]
