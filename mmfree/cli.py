@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import sys
 
 from mmfree import MmfreeError, __version__
@@ -68,6 +69,14 @@ def print_json(obj) -> None:
     sys.stdout.write("\n")
 
 
+def check_finite(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Usage error (exit 2) for a NaN or infinite value of any float option: no command has a use for one
+    (argparse's ``float`` accepts "nan", "inf"), and a NaN compares false with every range check."""
+    for dest, v in vars(args).items():
+        if isinstance(v, float) and not math.isfinite(v):
+            parser.error(f"argument --{dest.replace('_', '-')}: must be a finite number, got {v}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command. Its temporary files live in one private folder removed at the end (a killed run's
     folder is removed by the next run); SIGTERM/SIGHUP/Ctrl-C kill its child processes first
@@ -77,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    check_finite(parser, args)
     try:
         with procs.terminate_on_signals(), process_tempdir():
             rc = args.func(args)

@@ -48,6 +48,12 @@ def _info(args) -> int:
 
 
 def _demo(args) -> int:
+    from mmfree import MmfreeError
     from mmfree.demo import run_demo
+    from mmfree.sim.accel import MAX_SIM_POSITIONS
+
+    if not 1 <= args.tokens <= MAX_SIM_POSITIONS // 2:
+        raise MmfreeError(f"--tokens must be in 1..{MAX_SIM_POSITIONS // 2} (the demo simulates every token "
+                          f"cycle by cycle), got {args.tokens}")
 
     return run_demo(args, out=sys.stdout)

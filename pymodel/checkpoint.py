@@ -44,17 +44,13 @@ def resolve(path: str | os.PathLike) -> Path:
 def safetensor_files(d: Path) -> list[Path]:
     index = d / "model.safetensors.index.json"
     if index.exists():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError) as exc:
-            raise MmfreeError(f"{index} is not a valid safetensors index ({exc})") from exc
-        files = sorted({d / f for f in weight_map.values()})
-        missing = [f.name for f in files if not f.exists()]
+        files = _index_files(index, d)
+        missing = [f.name for f in files if not f.is_file()]
         if missing:
             raise MmfreeError(f"{index} lists shards that are missing: {', '.join(missing)}")
         return files
     single = d / "model.safetensors"
-    if single.exists():
+    if single.is_file():
         return [single]
     pickles = sorted(p.name for p in d.glob("*.bin"))
     if pickles:
@@ -63,6 +59,28 @@ def safetensor_files(d: Path) -> list[Path]:
                           "`python -c \"import torch, safetensors.torch as s; "
                           "s.save_file(torch.load('pytorch_model.bin', weights_only=True), 'model.safetensors')\"`")
     raise MmfreeError(f"no model.safetensors (or model.safetensors.index.json) in {d}")
+
+
+def _index_files(index: Path, d: Path) -> list[Path]:
+    """The shard files a ``model.safetensors.index.json`` names: a ``weight_map`` object of tensor name ->
+    file name, each a plain relative name inside ``d`` (absolute paths and ``..`` are refused)."""
+    fix = "restore the index from the checkpoint's source"
+    try:
+        weight_map = json.loads(index.read_text()).get("weight_map")
+    except (ValueError, UnicodeDecodeError, OSError, AttributeError) as exc:
+        raise MmfreeError(f"{index} is not a valid safetensors index ({exc}); {fix}") from None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise MmfreeError(f"{index}: 'weight_map' must be a non-empty object of tensor name -> shard file; {fix}")
+    files = set()
+    for name, f in weight_map.items():
+        if not isinstance(f, str) or not f or Path(f).is_absolute() or ".." in Path(f).parts:
+            raise MmfreeError(f"{index}: weight_map[{name!r}] = {f!r} must be a file name inside {d} "
+                              f"(no absolute path, no '..'); {fix}")
+        p = (d / f).resolve()
+        if d.resolve() not in p.parents:
+            raise MmfreeError(f"{index}: weight_map[{name!r}] = {f!r} points outside {d}; {fix}")
+        files.add(d / f)
+    return sorted(files)
 
 
 def read_state_dict(d: Path) -> dict:
@@ -162,6 +180,8 @@ def load_model(path: str | os.PathLike = DEFAULT, dtype=None, device="cpu"):
     d = resolve(path)
     if not (d / "config.json").exists():
         raise MmfreeError(f"no config.json in {d}; is this a MatMul-free LM checkpoint directory?")
+    if not (d / "config.json").is_file():
+        raise MmfreeError(f"{d / 'config.json'} is not a file; a checkpoint holds config.json as a JSON file")
     cfg = MMFreeConfig.from_json(d / "config.json")
     sd = read_state_dict(d)
     check_state_dict(sd, cfg, where=str(d))

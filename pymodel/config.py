@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +25,48 @@ PRESETS: dict[str, dict[str, int]] = {
     "1.3B": {"hidden_size": 2048, "num_hidden_layers": 24, "vocab_size": 32000},
     "2.7B": {"hidden_size": 2560, "num_hidden_layers": 32, "vocab_size": 32000},
 }
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+#: field -> (test, what it must be) for the JSON types of config.json (None allowed where it says so).
+_TYPES = {
+    "int": (_is_int, "an integer"),
+    "int|None": (lambda v: v is None or _is_int(v), "an integer or null"),
+    "bool": (lambda v: isinstance(v, bool), "true or false"),
+    "str": (lambda v: isinstance(v, str), "a string"),
+    "number": (_is_num, "a number"),
+}
+_FIELD_TYPES = {
+    "vocab_size": "int", "hidden_size": "int", "num_hidden_layers": "int", "attn_mode": "str", "num_heads": "int",
+    "expand_ratio": "int", "use_short_conv": "bool", "conv_size": "int", "share_conv_kernel": "bool",
+    "use_lower_bound": "bool", "hidden_ratio": "number", "intermediate_size": "int|None", "hidden_act": "str",
+    "max_position_embeddings": "int", "rms_norm_eps": "number", "bitlinear_norm_eps": "number",
+    "use_cache": "bool", "pad_token_id": "int|None", "bos_token_id": "int|None", "eos_token_id": "int|None",
+    "tie_word_embeddings": "bool", "initializer_range": "number", "fuse_cross_entropy": "bool",
+}
+
+
+def _type_problems(cfg) -> list[str]:
+    out = []
+    for name, kind in _FIELD_TYPES.items():
+        test, what = _TYPES[kind]
+        v = getattr(cfg, name)
+        if not test(v):
+            out.append(f"{name} must be {what}, got {type(v).__name__} {v!r}")
+    if not isinstance(cfg.extra, dict):
+        out.append("extra must be a dict")
+    return out
 
 
 @dataclass
@@ -79,11 +122,23 @@ class MMFreeConfig:
         return 256 * ((i + 255) // 256)
 
     def validate(self) -> None:
-        problems = []
+        """Types first (a JSON string "4" or "no" is refused, never coerced), then ranges, then support."""
+        problems = _type_problems(self)
+        if problems:
+            raise MmfreeError("invalid model config: " + "; ".join(problems)
+                              + " (fix config.json; the official values: docs/default-model.md)")
         for name in ("vocab_size", "hidden_size", "num_hidden_layers"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
                 problems.append(f"{name} must be a positive integer, got {v!r}")
+        for name in ("rms_norm_eps", "bitlinear_norm_eps"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and 0 < v < 1):
+                problems.append(f"{name} must be a finite number in (0, 1), got {v!r}")
+        if not (math.isfinite(self.hidden_ratio) and self.hidden_ratio > 0):
+            problems.append(f"hidden_ratio must be a positive number, got {self.hidden_ratio!r}")
+        if self.max_position_embeddings <= 0:
+            problems.append(f"max_position_embeddings must be a positive integer, got {self.max_position_embeddings!r}")
         if self.intermediate_size is not None and (not isinstance(self.intermediate_size, int) or self.intermediate_size <= 0):
             problems.append(f"intermediate_size must be a positive integer or null, got {self.intermediate_size!r}")
         if problems:
@@ -106,6 +161,9 @@ class MMFreeConfig:
     # ---- Hugging Face config.json -------------------------------------------------------------
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MMFreeConfig:
+        if not isinstance(d, dict):
+            raise MmfreeError(f"a model config must be a JSON object, got {type(d).__name__}; "
+                              "config.json is corrupt: restore it from the checkpoint's source")
         mt = d.get("model_type", "hgrn_bit")
         if mt != "hgrn_bit":
             raise MmfreeError(f"unknown model_type {mt!r}: mmfree reads MatMul-free LM checkpoints "
@@ -126,10 +184,12 @@ class MMFreeConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> MMFreeConfig:
+        if not Path(path).is_file():
+            raise MmfreeError(f"{path} is not a file; a checkpoint holds config.json as a JSON file")
         try:
-            d = json.loads(Path(path).read_text())
-        except json.JSONDecodeError as exc:
-            raise MmfreeError(f"{path} is not valid JSON: {exc}") from exc
+            d = json.loads(Path(path).read_text(), parse_constant=_no_constant)
+        except (ValueError, UnicodeDecodeError, OSError) as exc:
+            raise MmfreeError(f"{path} is not valid JSON: {exc}; restore it from the checkpoint's source") from None
         return cls.from_dict(d)
 
     @classmethod

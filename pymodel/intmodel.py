@@ -300,6 +300,26 @@ class IntBackend:
         return self.model.to_float(logits)
 
 
+def export_cache_key(src: Path) -> str:
+    """The cached export's key: a digest of EVERY input the export and its consumers read (config.json, the
+    safetensors index and shards, tokenizer.json and its config files, whose absence counts too) and of the
+    spec's sources."""
+    from mmfree.pymodel.checkpoint import safetensor_files
+    from mmfree.pymodel.export import TOKENIZER_CONFIG_FILES
+
+    key = hashlib.sha256()
+    files = [src / "config.json", src / "model.safetensors.index.json", *safetensor_files(src), src / "tokenizer.json",
+             *(src / name for name in TOKENIZER_CONFIG_FILES)]
+    for f in files:
+        key.update(f.name.encode() + b"\0")
+        key.update(f.read_bytes() if f.is_file() else b"<absent>")
+        key.update(b"\0")
+    key.update(f"spec{N.SPEC_VERSION}-fmt{LY.FORMAT_VERSION}".encode())
+    for mod in ("numerics.py", "layout.py", "export.py"):   # any change to the spec invalidates cached exports
+        key.update(resources.files("mmfree.pymodel").joinpath(mod).read_bytes())
+    return key.hexdigest()[:16]
+
+
 def open_int_model(model: str) -> tuple[IntModel, str]:
     """An IntModel from an export directory, or from a float checkpoint / "default" (exported into the
     cache on first use). Returns (model, directory to take the tokenizer from)."""
@@ -311,13 +331,8 @@ def open_int_model(model: str) -> tuple[IntModel, str]:
     from mmfree.pymodel.export import export_checkpoint
 
     src = resolve(model)
-    key = hashlib.sha256()
-    for f in sorted(src.glob("*.safetensors")) + [src / "config.json"]:
-        key.update(f.read_bytes())
-    key.update(f"spec{N.SPEC_VERSION}-fmt{LY.FORMAT_VERSION}".encode())
-    for mod in ("numerics.py", "layout.py", "export.py"):   # any change to the spec invalidates cached exports
-        key.update(resources.files("mmfree.pymodel").joinpath(mod).read_bytes())
-    out = cache_dir() / "exports" / key.hexdigest()[:16]
+    key = export_cache_key(src)
+    out = cache_dir() / "exports" / key
     if not (out / "manifest.json").exists():
         export_checkpoint(str(model), out, force=True)
     return IntModel.load(out), str(src)   # the checkpoint's tokenizer files (tokenizer_config.json included)
