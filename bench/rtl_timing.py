@@ -59,7 +59,7 @@ def latency_cycles(factory) -> int:
     return result["lat"]
 
 
-def rows_for(names: list[str], progress=True) -> list[dict]:
+def rows_for(names: list[str], progress=True, cached_only: bool = False) -> list[dict]:
     from mmfree.rtl import timing as T
     from mmfree.rtl.catalog import PIPELINED_VARIANTS, all_units
 
@@ -68,7 +68,7 @@ def rows_for(names: list[str], progress=True) -> list[dict]:
     rows = []
     for name in names:
         t0 = time.time()
-        row = T.unit_timing(name, units[name],
+        row = T.unit_timing(name, units[name], cached_only=cached_only,
                             progress=(lambda w: print(f"  {w} ...", file=sys.stderr, flush=True)) if progress else None)
         if not name.startswith("matvec"):
             row["latency_cycles"] = latency_cycles(units[name])
@@ -88,16 +88,64 @@ def table(rows: list[dict]) -> str:
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cp = r.get("critical_path") or {}
-        x, s = r["xilinx"]["xcup"], r["xilinx"]["xc7"]
+        x, s = r["xilinx"]["xcup"] or {}, r["xilinx"]["xc7"] or {}
         miss = lambda ok: "" if ok in (True, None) else " **miss**"  # noqa: E731
+        nr = "not run"
         out.append("| " + " | ".join([
             f"`{r['name']}`", str(r.get("latency_cycles", "-")),
-            T._fmt(r["fmax_mhz"], ".0f") + miss(r["meets"].get("ecp5_125mhz")),
+            (T._fmt(r["fmax_mhz"], ".0f") + miss(r["meets"].get("ecp5_125mhz"))) if r.get("ecp5") else nr,
             f"{cp['logic_ns']:.2f} / {cp['routing_ns']:.2f}" if cp else "-",
-            f"{x['lut_levels']}" + miss(r["meets"]["xcup_levels"]), f"{x['carry_cells']} / {x['dsp_cells']}",
-            T._fmt(x["est_fmax_mhz"], ".0f"),
-            f"{s['lut_levels']}" + miss(r["meets"]["xc7_levels"]), T._fmt(s["est_fmax_mhz"], ".0f"),
+            (f"{x['lut_levels']}" + miss(r["meets"]["xcup_levels"])) if x else nr,
+            f"{x['carry_cells']} / {x['dsp_cells']}" if x else "-", T._fmt(x.get("est_fmax_mhz"), ".0f"),
+            (f"{s['lut_levels']}" + miss(r["meets"]["xc7_levels"])) if s else nr, T._fmt(s.get("est_fmax_mhz"), ".0f"),
         ]) + " |")
+    return "\n".join(out)
+
+
+#: RTL_TIMING entries of the cycle model (sim/perf.py) -> the units on that path; a pipelined variant
+#: lengthens the entry by its extra latency (``recip``: the Reciprocal's).
+TIMING_UNITS = {
+    "qstats_tail": (), "recip": ("reciprocal",), "qcodes_tail": ("codes", "output_multiplier"),
+    "hgrn_token": ("mlgru_update",), "hgrn_tail": ("gated_product",), "mv_store": ("dequantize",),
+    "mv_resid": ("dequantize",), "mv_glu": ("dequantize", "gated_product"),
+}
+
+
+def cycle_effect() -> tuple[dict, list[dict]]:
+    """Modeled effect of building the datapath from the pipelined variants: ``(deltas, rows)`` with the
+    RTL_TIMING increments (from :func:`latency_cycles`) and, per validation config and k, the recorded RTL
+    cycles, the model's cycles with the current latencies and with the increments."""
+    from perf_validate import CONFIGS, DATA_FILE, RD_LATENCY, hw_for
+
+    from mmfree.pymodel.layout import Dims
+    from mmfree.rtl.catalog import PIPELINED_VARIANTS, all_units
+    from mmfree.sim.perf import RTL_TIMING, pass_cycles
+
+    units = all_units()
+    extra = {u: latency_cycles(PIPELINED_VARIANTS[f"{u}_p"]) - latency_cycles(units[u])
+             for u in {u for us in TIMING_UNITS.values() for u in us}}
+    deltas = {key: RTL_TIMING[key] + sum(extra[u] for u in us) for key, us in TIMING_UNITS.items() if us}
+    recorded = json.loads(DATA_FILE.read_text())["runs"]
+    rows = []
+    for name, (d, inter, L, V) in CONFIGS.items():
+        for k in (1, 4):
+            dims = Dims(V, d, inter, L)
+            base = pass_cycles(dims, hw_for("default"), k, rate=1.0, rd_latency=RD_LATENCY).cycles
+            piped = pass_cycles(dims, hw_for("default"), k, rate=1.0, rd_latency=RD_LATENCY, timing=deltas).cycles
+            rtl = recorded.get(name, {}).get(str(k), {}).get("cycles")
+            rows.append({"config": name, "k": k, "rtl_cycles": rtl, "model_cycles": round(base),
+                         "model_pipelined_cycles": round(piped), "increase_pct": round(100 * (piped / base - 1), 2)})
+    return {"extra_latency": extra, "timing": deltas}, rows
+
+
+def effect_table(eff: dict, rows: list[dict]) -> str:
+    ex = ", ".join(f"`{u}` +{n}" for u, n in sorted(eff["extra_latency"].items()))
+    out = [f"Extra latency of the variants (cycles, measured in amaranth.sim): {ex}.", "",
+           "| config | k | RTL cycles (simulated, recorded) | model, current units | model, pipelined units | change |",
+           "|---|---|---|---|---|---|"]
+    for r in rows:
+        out.append(f"| {r['config']} | {r['k']} | {r['rtl_cycles']} | {r['model_cycles']} | "
+                   f"{r['model_pipelined_cycles']} | +{r['increase_pct']:.2f} % |")
     return "\n".join(out)
 
 
@@ -108,8 +156,20 @@ def main(argv=None) -> int:
     ap.add_argument("--units", default=None, help="comma-separated base unit names (default: all)")
     ap.add_argument("--no-variants", action="store_true", help="skip the pipelined variants")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--cached-only", action="store_true",
+                    help="run no tool: results not in $MMFREE_CACHE/rtl-timing show as 'not run'")
     ap.add_argument("--record", action="store_true", help="write the table into docs/rtl.md")
+    ap.add_argument("--cycle-effect", action="store_true",
+                    help="only the modeled cycle-count effect of the pipelined variants (no tool runs)")
     args = ap.parse_args(argv)
+    if args.cycle_effect:
+        eff, rows = cycle_effect()
+        print(json.dumps({"effect": eff, "rows": rows}, indent=1) if args.json else effect_table(eff, rows))
+        if args.record:
+            write_section("rtl.md", "timing-cycles", f"Modeled with `{command_line()}` (sim/perf.py pass_cycles, "
+                          "the validation configurations of bench/perf_validate.py, default build, k = 1 and 4).\n\n"
+                          + effect_table(eff, rows))
+        return 0
     base = list(all_units())
     if args.units:
         base = [u.strip() for u in args.units.split(",") if u.strip()]
@@ -121,7 +181,7 @@ def main(argv=None) -> int:
     for b in base:
         names.append(b)
         names += [] if args.no_variants else [v for v, (_, of) in PIPELINED.items() if of == b]
-    rows = rows_for(names)
+    rows = rows_for(names, cached_only=args.cached_only)
     if args.json:
         print(json.dumps({"units": rows}, indent=2))
     else:

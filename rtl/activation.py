@@ -17,7 +17,7 @@ on different formats never mix).
 
 from __future__ import annotations
 
-from amaranth import Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -57,8 +57,8 @@ def sigmoid_tail_stages(m: Module, p: Pipeline, a: str, out: str, name: str, fra
                         pipelined: bool = False) -> None:
     """Add the stages of :func:`numerics.sigmoid_tail` to pipeline ``p``: ``p[out] = E(p[a])`` for the
     unsigned magnitude ``p[a]`` in Q(``p[frac]``); values at or above 16.0 use the last interval.
-    Takes 4 stages (``pipelined``: 7, with the difference, the split multiply and the shift registered);
-    the ROM ``name`` becomes a submodule of ``m``.
+    Takes 4 stages (``pipelined``: more, with the limit, the index, the ROM data, the difference, the split
+    multiply and the shift each registered); the ROM ``name`` becomes a submodule of ``m``.
     """
     table = [int(v) for v in N.sigmoid_tail_table()]
     body, end = table[:-1], table[-1]          # the index is at most len(table) - 2: body[i], body[i + 1] or end
@@ -67,18 +67,29 @@ def sigmoid_tail_stages(m: Module, p: Pipeline, a: str, out: str, name: str, fra
     rp0, rp1 = rom.read_port(), rom.read_port()
     aw = len(p[a])
     limit = (Const(N.SIG_RANGE, width_for(N.SIG_RANGE)) << p[frac])
+    if pipelined:             # the limit (a shift) registered before the compare
+        p[f"{name}_lim"] = limit
+        p.next()
+        limit = p[f"{name}_lim"]
     p[f"{name}_ac"] = Mux(p[a] >= limit, limit - 1, p[a])[:aw]
     p[f"{name}_t"] = (p[frac] - N.SIG_STEPS_LOG2)[:len(p[frac])]
     p.next()
     t = p[f"{name}_t"]
     iw = width_for(len(body) - 1)
-    idx = (p[f"{name}_ac"] >> t)[:iw]
+    tmax = N.FRAC_MAX - N.SIG_STEPS_LOG2
+    if pipelined:             # index and fraction registered; the mask 2**t - 1 as a thermometer code
+        p[f"{name}_idx"] = (p[f"{name}_ac"] >> t)[:iw]
+        p[f"{name}_f"] = (p[f"{name}_ac"] & Cat(*[t > j for j in range(tmax)]))[:tmax]
+        p.next()
+        idx = p[f"{name}_idx"]
+    else:
+        idx = (p[f"{name}_ac"] >> t)[:iw]
+        p[f"{name}_f"] = (p[f"{name}_ac"] & ((Const(1, tmax + 1) << t) - 1))[:tmax]
     p.read(rp0, idx, f"{name}_e0")
     p.read(rp1, (idx + 1)[:iw], f"{name}_b1")
     p[f"{name}_end"] = idx == len(body) - 1
-    tmax = N.FRAC_MAX - N.SIG_STEPS_LOG2
-    p[f"{name}_f"] = (p[f"{name}_ac"] & ((Const(1, tmax + 1) << t) - 1))[:tmax]
     p.next()
+    p.stage(pipelined)        # the block RAM's output registered before any logic
     e0 = p[f"{name}_e0"]
     e1 = Mux(p[f"{name}_end"], end, p[f"{name}_b1"])
     p[f"{name}_diff"] = (e0 - e1)[:N.SIG_FRAC]

@@ -139,6 +139,29 @@ class Pipeline:
         self.next()
         self[out] = self[f"{out}_xh"] >> self[s]
 
+    def bitlen(self, out: str, x: str, split: bool = False, group: int = 8) -> None:
+        """``p[out] = bitlen(p[x])`` (unsigned ``p[x]``); ``split=True`` takes two stages: per ``group``-bit
+        group a nonzero flag and the group's own bitlen (plus its offset) are registered, then the highest
+        nonzero group's is picked by a one-hot AND-OR (one more stage)."""
+        v = self[x]
+        w = len(v)
+        if not split or w <= group:
+            self[out] = bitlen(v)
+            return
+        groups = [v[lo:min(lo + group, w)] for lo in range(0, w, group)]
+        out_w = width_for(w)
+        n = len(groups)
+        self[f"{out}_nz"] = Cat(*[g != 0 for g in groups])
+        for j, g in enumerate(groups):        # bitlen within the group, offset by the group's position
+            self[f"{out}_g{j}"] = Mux(g != 0, (bitlen(g) + j * group)[:out_w], 0)
+        self.next()
+        nz = self[f"{out}_nz"]
+        res = Const(0, out_w)
+        for j in range(n):                    # one-hot: group j is the highest nonzero one
+            hit = nz[j] if j == n - 1 else nz[j] & (nz[j + 1:] == 0)
+            res = res | Mux(hit, self[f"{out}_g{j}"], 0)
+        self[out] = res
+
     def stage(self, split: bool) -> None:
         """:meth:`next` when ``split`` (a register a pipelined variant adds), nothing otherwise."""
         if split:

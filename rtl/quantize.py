@@ -423,15 +423,26 @@ class OutputMultiplier(wiring.Component):
         p.next()
         split = self.pipelined
         # rsqrt: k = floor((bitlen(S) - 31) / 2); Sn = S >> 2k (or << -2k) has 31 or 32 bits
-        p["k"] = ((to_signed(bitlen(p["S"])) - (SN - 1)) >> 1)[:6].as_signed()
-        pb = bitlen(p["P"])
+        p.bitlen("blS", "S", split)
+        p.bitlen("pb", "P", split)
+        p["k"] = ((to_signed(p["blS"]) - (SN - 1)) >> 1)[:6].as_signed()
+        pb = p["pb"]
         p["ps"] = Mux(pb > N.P_BITS, pb - N.P_BITS, 0)[:6]
         p.next()
         k2 = p["k"] * 2
         p["left"] = Mux(p["k"] < 0, -k2, 0)[:6]
         p["right"] = Mux(p["k"] < 0, 0, k2)[:6]
-        p.stage(split)
-        p["Sn"] = ((p["S"] << p["left"]) >> p["right"])[:SN]
+        if split:     # one of the shifts is 0: both in parallel, each in two 3-bit steps, then pick
+            p.next()
+            p["Sl1"] = (p["S"] << (p["left"] & 0b111000))[:SN]
+            p["Sr1"] = p["S"] >> (p["right"] & 0b111000)
+            p.next()
+            p["Sl"] = (p["Sl1"] << p["left"][:3])[:SN]
+            p["Sr"] = (p["Sr1"] >> p["right"][:3])[:SN]
+            p.next()
+            p["Sn"] = Mux(p["k"] < 0, p["Sl"], p["Sr"])
+        else:
+            p["Sn"] = ((p["S"] << p["left"]) >> p["right"])[:SN]
         p.shift_round("Prr", "P", "ps", PMAX_WIDTH, split)
         p["Pr"] = p["Prr"][:N.P_BITS + 1]
         p.next()
@@ -439,7 +450,11 @@ class OutputMultiplier(wiring.Component):
         p.read(rp0, j, "t0")
         p.read(rp1, j + 1, "t1")
         p["frac"] = p["Sn"][:FR]
+        if split:     # the exponent terms known so far, summed early (two adds per stage)
+            p["pre1"] = (N.RSQRT_FRAC + p["k"] + p["sz"])[:SHIFT_WIDTH + 2].as_signed()
         p.next()
+        if split:
+            p["pre"] = (p["pre1"] - p["ps"] - p["c_e"])[:SHIFT_WIDTH + 2].as_signed()
         p["dt"] = (p["t0"] - p["t1"])[:RB]
         p.stage(split)
         p.multiply("prod", p["dt"], p["frac"], split)
@@ -465,10 +480,13 @@ class OutputMultiplier(wiring.Component):
         p.next()
         p.multiply("mm", p["b"], p["Pr"], split)
         p.next()
-        p["em"] = bitlen(p["mm"])
+        p.bitlen("em", "mm", split)
         p.next()
         p["sh"] = (p["em"] - N.M_BITS)[:7]
-        p["shift"] = (N.RSQRT_FRAC + p["k"] + p["sz"] - p["em"] - p["ps"] - p["c_e"])[:SHIFT_WIDTH].as_signed()
+        if split:
+            p["shift"] = (p["pre"] - p["em"])[:SHIFT_WIDTH].as_signed()
+        else:
+            p["shift"] = (N.RSQRT_FRAC + p["k"] + p["sz"] - p["em"] - p["ps"] - p["c_e"])[:SHIFT_WIDTH].as_signed()
         p.stage(split)
         p.shift_round("Mr", "mm", "sh", len(p["mm"]), split)
         p["M"] = p["Mr"][:MULT_WIDTH]

