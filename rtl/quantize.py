@@ -233,7 +233,8 @@ class Reciprocal(wiring.Component):
         blp = Signal(width_for(PMAX_WIDTH))
         bl = Signal(width_for(W))
         blr = Signal(width_for(W))
-        m.d.comb += [blp.eq(bitlen(P)), bl.eq(blr if self.pipelined else bitlen(pc))]
+        blpr = Signal(width_for(PMAX_WIDTH))
+        m.d.comb += [blp.eq(blpr if self.pipelined else bitlen(P)), bl.eq(blr if self.pipelined else bitlen(pc))]
         sp_new = Mux(blp > N.P_CODE_BITS, blp - N.P_CODE_BITS, 0)[:SP_WIDTH]
         rem2 = Signal(W + 2)
         m.d.comb += rem2.eq(rem << 1)
@@ -242,8 +243,11 @@ class Reciprocal(wiring.Component):
                 m.d.comb += self.i.ready.eq(1)
                 with m.If(self.i.valid):
                     m.d.sync += P.eq(self.i.payload.P)
+                    m.next = "BITLEN_P" if self.pipelined else "REDUCE"
+            if self.pipelined:       # bitlen(P), sp, the shift and bitlen(pc) each in their own cycle
+                with m.State("BITLEN_P"):
+                    m.d.sync += blpr.eq(bitlen(P))
                     m.next = "REDUCE"
-            if self.pipelined:       # sp registered before the shift; bitlen(pc) registered before NORM
                 with m.State("REDUCE"):
                     m.d.sync += sp.eq(sp_new)
                     m.next = "SHIFT"

@@ -145,6 +145,7 @@ def _tiny():
 
 @pytest.mark.skipif(shutil.which("yosys") is None, reason="the Xilinx mapping needs a native yosys (apt-get install yosys)")
 def test_small_design_through_both_flows(tmp_path, monkeypatch):
+    """About 25 s of CPU (plus a one-time WebAssembly compile of the yowasp tools on a fresh machine)."""
     monkeypatch.setenv("MMFREE_CACHE", str(tmp_path))
     row = T.unit_timing("tiny_acc", _tiny, timeout=900)
     assert 125 < row["fmax_mhz"] < 1000 and row["critical_path"]["total_ns"] > 0
