@@ -82,35 +82,64 @@ def register(sub) -> None:
     )
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--corpus", nargs="*", default=[], help="text files or directories (default: the Python stdlib)")
+    p.add_argument("--data", default=None, help="a `mmfree data prepare` directory (instead of --corpus/--tokenizer)")
+    p.add_argument("--preset", default=None, choices=["370M", "1.3B", "2.7B"],
+                   help="official model shape and recipe (docs/training.md); flags given explicitly override it")
+    p.add_argument("--config", default=None, help="JSON/YAML file of TrainConfig fields (may name a preset); "
+                                                 "explicit flags override it")
+    p.add_argument("--grad-accum", type=int, default=None, help="micro-batches per optimizer step (default 1)")
+    p.add_argument("--keep", type=int, default=None,
+                   help="also keep the N newest checkpoints as OUT/checkpoints/step-* (default 0)")
+    p.add_argument("--log-dir", default=None, help="write train.jsonl and TensorBoard events here")
     p.add_argument("--tokenizer", default=None, help="tokenizer.json or checkpoint dir to reuse instead of training a BPE")
-    p.add_argument("--vocab-size", type=int, default=4096, help="vocabulary of the trained BPE")
+    p.add_argument("--vocab-size", type=int, default=None, help="vocabulary of the trained BPE (default 4096)")
     p.add_argument("--init", default=None, help="start from this checkpoint (fine-tuning) instead of random weights")
-    p.add_argument("--hidden-size", type=int, default=240)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--intermediate-size", type=int, default=640)
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch-size", type=int, default=16, help="sequences per step, all processes together")
-    p.add_argument("--seq-len", type=int, default=256)
-    p.add_argument("--lr", type=float, default=4e-3, help="peak learning rate")
-    p.add_argument("--warmup", type=int, default=100)
-    p.add_argument("--weight-decay", type=float, default=0.1)
-    p.add_argument("--eval-every", type=int, default=200)
-    p.add_argument("--save-every", type=int, default=200)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
-    p.add_argument("--dtype", choices=choices(TrainDtype), default="float32", help="autocast dtype")
-    p.add_argument("--numerics", choices=choices(Numerics), default="fake",
+    p.add_argument("--hidden-size", type=int, default=None, help="(default 240)")
+    p.add_argument("--layers", type=int, default=None, help="(default 4)")
+    p.add_argument("--intermediate-size", type=int, default=None, help="(default 640)")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default 2000)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="sequences per optimizer step, all processes and micro-batches together (default 16)")
+    p.add_argument("--seq-len", type=int, default=None, help="(default 256)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (default 4e-3)")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 100)")
+    p.add_argument("--weight-decay", type=float, default=None, help="(default 0.1)")
+    p.add_argument("--eval-every", type=int, default=None)
+    p.add_argument("--save-every", type=int, default=None)
+    p.add_argument("--seed", type=int, default=None, help="(default 0)")
+    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--dtype", choices=choices(TrainDtype), default=None, help="autocast dtype (default float32)")
+    p.add_argument("--numerics", choices=choices(Numerics), default=None,
                    help="fake: the official fake quantization; hardware: train on exactly what the hardware computes")
-    p.add_argument("--kernels", choices=choices(Kernels), default="auto",
+    p.add_argument("--kernels", choices=choices(Kernels), default=None,
                    help="auto: Triton on CUDA, plain torch elsewhere")
     p.add_argument("--grad-checkpointing", action="store_true", help="recompute layers in backward to save memory")
-    p.add_argument("--parallel", choices=choices(Parallel), default="auto",
+    p.add_argument("--parallel", choices=choices(Parallel), default=None,
                    help="several processes: DistributedDataParallel, or FSDP when the model does not fit (auto)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last")
     p.add_argument("--force", action="store_true", help="replace an earlier `mmfree train` output at --out")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_json(p, "the training summary as JSON at the end")
+
+    p = add_subcommand(sub, "data", None, "prepare training data (pre-tokenised memmap shards)")
+    q = add_subcommand(
+        p.add_subparsers(dest="data_cmd", required=True, metavar="{prepare}"), "prepare", _data_prepare,
+        "tokenise a corpus into uint16/uint32 memmap shards + meta.json for `mmfree train --data`",
+        "Documents: the blank-line-separated blocks of each --corpus file (one per row of --hf-dataset);\n"
+        "identical documents are merged, then a seeded hold-out of --val-fraction of them is validation,\n"
+        "so no document is in both splits. Writes OUT/train.bin, OUT/val.bin, OUT/tokenizer.json and\n"
+        "OUT/meta.json atomically. --hf-dataset reads local files / the local HF cache (HF_DATASETS_OFFLINE=1).",
+    )
+    q.add_argument("--corpus", nargs="+", default=None, help="text files or directories")
+    q.add_argument("--hf-dataset", default=None, help="Hugging Face dataset NAME[:SPLIT] with a 'text' column")
+    q.add_argument("--tokenizer", required=True, help="tokenizer.json or a checkpoint directory")
+    q.add_argument("--out", required=True, help="output directory: new or empty (an earlier one is replaced "
+                                                "with --force)")
+    q.add_argument("--val-fraction", type=float, default=0.1, help="share of the documents held out")
+    q.add_argument("--seed", type=int, default=0, help="seed of the hold-out")
+    q.add_argument("--force", action="store_true", help="replace an earlier `mmfree data prepare` output")
+    add_json(q, "meta.json's summary")
 
 
 def _load_prompt(args, tok_source):
@@ -217,11 +246,10 @@ class TextStream:
 def _export(args) -> int:
     from pathlib import Path
 
-    from mmfree.pymodel.export import export_checkpoint
-    from mmfree.pymodel.intmodel import read_manifest
-
     from mmfree.pymodel.checkpoint import expected_shapes
     from mmfree.pymodel.config import MMFreeConfig
+    from mmfree.pymodel.export import export_checkpoint
+    from mmfree.pymodel.intmodel import read_manifest
 
     out = export_checkpoint(args.model, args.out, progress=not args.json and sys.stderr.isatty(),
                             force=args.force)
@@ -263,23 +291,39 @@ def _eval(args) -> int:
     return 0
 
 
+def _data_prepare(args) -> int:
+    from mmfree.pymodel.shards import prepare
+
+    meta = prepare(args.out, args.tokenizer, corpus=args.corpus, hf_dataset=args.hf_dataset,
+                   val_fraction=args.val_fraction, seed=args.seed, force=args.force)
+    if args.json:
+        print_json(meta)
+    else:
+        print(f"{meta['train_documents']} train / {meta['val_documents']} val documents, {meta['train_tokens']} / "
+              f"{meta['val_tokens']} tokens ({meta['dtype']}), {meta['overlap_documents']} documents in both -> {args.out}")
+    return 0
+
+
 def _train(args) -> int:
     from mmfree.pymodel.train import TrainConfig, train
+    from mmfree.pymodel.trainlog import load_config, preset
 
-    for name in ("steps", "batch_size", "seq_len", "hidden_size", "layers", "eval_every", "save_every"):
-        if getattr(args, name) <= 0:
-            raise MmfreeError(f"--{name.replace('_', '-')} must be positive")
-    if args.warmup < 0:
-        raise MmfreeError(f"--warmup must be >= 0, got {args.warmup}")
-    tc = TrainConfig(out=args.out, corpus=args.corpus, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
-                     init=args.init, hidden_size=args.hidden_size, num_hidden_layers=args.layers,
-                     intermediate_size=args.intermediate_size, steps=args.steps, batch_size=args.batch_size,
-                     seq_len=args.seq_len, lr=args.lr, warmup=min(args.warmup, args.steps),
-                     weight_decay=args.weight_decay, eval_every=args.eval_every, save_every=args.save_every,
-                     seed=args.seed, device=args.device, dtype=args.dtype, numerics=args.numerics,
-                     kernels=args.kernels, grad_checkpointing=args.grad_checkpointing, parallel=args.parallel,
-                     resume=args.resume, force=args.force,
-                     threads=args.threads, progress=not args.no_progress and not args.json)
+    fields = load_config(args.config) if args.config else {}
+    if args.preset:
+        fields = {**preset(args.preset), **{k: v for k, v in fields.items() if k not in preset(args.preset)}}
+    flags = dict(corpus=args.corpus, data=args.data, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
+                 init=args.init, hidden_size=args.hidden_size, num_hidden_layers=args.layers,
+                 intermediate_size=args.intermediate_size, steps=args.steps, batch_size=args.batch_size,
+                 seq_len=args.seq_len, lr=args.lr, warmup=args.warmup, weight_decay=args.weight_decay,
+                 eval_every=args.eval_every, save_every=args.save_every, seed=args.seed, device=args.device,
+                 dtype=args.dtype, numerics=args.numerics, kernels=args.kernels, grad_accum=args.grad_accum,
+                 keep=args.keep, log_dir=args.log_dir, grad_checkpointing=args.grad_checkpointing or None,
+                 parallel=args.parallel, resume=args.resume or None, force=args.force or None, threads=args.threads)
+    fields.update({k: v for k, v in flags.items() if v is not None and v != []})
+    fields.setdefault("progress", not args.no_progress and not args.json)
+    tc = TrainConfig(out=args.out, **fields)
+    if isinstance(tc.warmup, int) and isinstance(tc.steps, int) and not isinstance(tc.warmup, bool):
+        tc.warmup = min(tc.warmup, tc.steps)
     summary = train(tc, log=(lambda *a: print(*a, file=sys.stderr)) if args.json else print)
     if args.json:
         print_json(summary)

@@ -33,15 +33,18 @@ from mmfree import MmfreeError
 from mmfree.atomic import atomic_path
 from mmfree.options import check_choice
 from mmfree.pymodel import data as D
+from mmfree.pymodel import shards as S
 from mmfree.pymodel.checkpoint import save_model
 from mmfree.pymodel.config import Kernels, MMFreeConfig, Numerics, Parallel, TrainDtype
 from mmfree.pymodel.model import MMFreeForCausalLM
+from mmfree.pymodel.trainlog import RunLog, mfu
 
 
 @dataclass
 class TrainConfig:
     out: str
     corpus: list[str] = field(default_factory=list)   # files/dirs; empty means the Python stdlib corpus
+    data: str | None = None                          # `mmfree data prepare` output (replaces corpus/tokenizer)
     tokenizer: str | None = None                     # tokenizer.json or checkpoint dir; None: train a BPE
     vocab_size: int = 4096                           # for a trained BPE
     init: str | None = None                          # start from this checkpoint instead of random weights
@@ -49,7 +52,8 @@ class TrainConfig:
     num_hidden_layers: int = 4
     intermediate_size: int | None = 640
     steps: int = 2000
-    batch_size: int = 16                             # sequences per step (global, across ranks)
+    batch_size: int = 16                             # sequences per optimizer step (global, across ranks)
+    grad_accum: int = 1                              # micro-batches per optimizer step (each rank)
     seq_len: int = 256
     lr: float = 4e-3
     min_lr_ratio: float = 0.1
@@ -70,6 +74,8 @@ class TrainConfig:
     threads: int | None = None
     progress: bool = True
     force: bool = False                              # replace an earlier `mmfree train` output at ``out``
+    keep: int = 0                                    # also keep the N newest checkpoints as checkpoints/step-*
+    log_dir: str | None = None                       # JSONL log (train.jsonl) and TensorBoard events here
 
 
 def check_numbers(tc: TrainConfig) -> None:
@@ -78,11 +84,11 @@ def check_numbers(tc: TrainConfig) -> None:
         raise MmfreeError(f"--{flag} must be {want}, got {v!r}")
 
     for name in ("steps", "batch_size", "seq_len", "hidden_size", "num_hidden_layers", "eval_every", "save_every",
-                 "vocab_size", "eval_tokens"):
+                 "vocab_size", "eval_tokens", "grad_accum"):
         v = getattr(tc, name)
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
             bad(name.replace("num_hidden_layers", "layers").replace("_", "-"), v, "a positive integer")
-    for name in ("warmup", "seed"):
+    for name in ("warmup", "seed", "keep"):
         v = getattr(tc, name)
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             bad(name, v, "an integer >= 0")
@@ -103,7 +109,7 @@ def check_out(tc: TrainConfig) -> Path:
     ``mmfree train`` output continued with ``--resume`` or replaced with ``--force``; marks it as ours."""
     from mmfree.atomic import MARKER, check_output_dir, write_json
 
-    inputs = [tc.init, tc.tokenizer, *tc.corpus]
+    inputs = [tc.init, tc.tokenizer, tc.data, *tc.corpus]
     out = check_output_dir(tc.out, "train", inputs=inputs, force=tc.force, reuse=tc.resume)
     if tc.force and not tc.resume:
         import shutil
@@ -169,6 +175,33 @@ class Corpus:
     val: np.ndarray
     tokenizer: object
     tokenizer_json: str
+    sharded: bool = False          # from `--data` (disjoint per-rank windows of :mod:`shards`), else batch_at
+
+
+def _check_sizes(tc: TrainConfig, train: np.ndarray, val: np.ndarray) -> None:
+    need = tc.seq_len + 1
+    if len(train) < tc.batch_size * need:
+        raise MmfreeError(f"the corpus has {len(train)} training tokens, fewer than one batch "
+                          f"({tc.batch_size} x {need}); add text or lower --batch-size/--seq-len")
+    if len(val) < need:
+        raise MmfreeError(f"the validation split has {len(val)} tokens, fewer than one sequence ({need}); "
+                          "add text or lower --seq-len")
+
+
+def open_data(tc: TrainConfig, tokenizer_source: str | None = None) -> Corpus:
+    """``--data``: the memory-mapped shards of ``mmfree data prepare`` and their tokenizer (a resumed run's
+    checkpoint tokenizer must be the same one: its sha256 is in meta.json)."""
+    from mmfree.pymodel.shards import _sha, open_shards
+    from mmfree.pymodel.tokenizer import load_tokenizer
+
+    sh = open_shards(tc.data)
+    tok = load_tokenizer(tokenizer_source or sh.path / "tokenizer.json")
+    tok_json = tok._tok.to_str()
+    if _sha(tok_json) != sh.meta.get("tokenizer_sha256"):
+        raise MmfreeError(f"--data {tc.data}: its tokenizer.json does not match the sha256 in meta.json (or the "
+                          "checkpoint's tokenizer differs); prepare the data again with the model's tokenizer")
+    _check_sizes(tc, sh.train, sh.val)
+    return Corpus(sh.train, sh.val, tok, tok_json, sharded=True)
 
 
 def prepare_corpus(tc: TrainConfig, log=print, tokenizer_source: str | None = None) -> Corpus:
@@ -178,6 +211,8 @@ def prepare_corpus(tc: TrainConfig, log=print, tokenizer_source: str | None = No
 
     from mmfree.pymodel.tokenizer import Tokenizer, load_tokenizer, train_bpe
 
+    if tc.data:
+        return open_data(tc, tokenizer_source)
     docs = D.file_documents(tc.corpus) if tc.corpus else D.stdlib_documents()
     train_docs, val_docs = D.split(docs)
     source = tokenizer_source or tc.tokenizer or tc.init
@@ -194,13 +229,7 @@ def prepare_corpus(tc: TrainConfig, log=print, tokenizer_source: str | None = No
         eos = 2
     train = D.tokenize(train_docs, tok, eos)
     val = D.tokenize(val_docs, tok, eos)
-    need = tc.seq_len + 1
-    if len(train) < tc.batch_size * need:
-        raise MmfreeError(f"the corpus has {len(train)} training tokens, fewer than one batch "
-                          f"({tc.batch_size} x {need}); add text or lower --batch-size/--seq-len")
-    if len(val) < need:
-        raise MmfreeError(f"the validation split has {len(val)} tokens, fewer than one sequence ({need}); "
-                          "add text or lower --seq-len")
+    _check_sizes(tc, train, val)
     return Corpus(train, val, tok, tok._tok.to_str())
 
 
@@ -220,16 +249,24 @@ def eval_windows(tokens: np.ndarray, seq_len: int, max_tokens: int) -> torch.Ten
 
 
 @torch.no_grad()
-def evaluate(model, windows: torch.Tensor, device, batch: int = 16) -> float:
-    """Mean next-token cross entropy (nats) over ``windows [N, T+1]``."""
+def evaluate(model, windows: torch.Tensor, device, batch: int = 16, sharded: bool = False) -> float:
+    """Mean next-token cross entropy (nats) over ``windows [N, T+1]``. ``sharded``: each rank of a torchrun
+    group evaluates its own windows (``rank::world``) and the sums are all-reduced (every rank gets the
+    mean over all windows); otherwise every rank evaluates all of them (FSDP: the forward is collective)."""
     model.eval()
+    d = _dist() if sharded else None
+    mine = windows[_rank()::_world()] if d else windows
     total, count = 0.0, 0
-    for i in range(0, len(windows), batch):
-        w = windows[i:i + batch].to(device)
+    for i in range(0, len(mine), batch):
+        w = mine[i:i + batch].to(device)
         logits = model(w[:, :-1])
         loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), w[:, 1:].flatten(), reduction="sum")
         total += float(loss)
         count += w[:, 1:].numel()
+    if d:
+        sums = torch.tensor([total, float(count)], dtype=torch.float64, device=device)
+        d.all_reduce(sums)
+        total, count = float(sums[0]), int(sums[1])
     model.train()
     return total / count
 
@@ -237,7 +274,7 @@ def evaluate(model, windows: torch.Tensor, device, batch: int = 16) -> float:
 # ---- checkpoints ----------------------------------------------------------------------------------
 #: Options a resumed run must share with the run that wrote the checkpoint (the model, the data and the
 #: schedule); the others (steps, devices, kernels, logging) may change.
-RESUME_KEYS = ("corpus", "tokenizer", "vocab_size", "init", "hidden_size", "num_hidden_layers", "intermediate_size",
+RESUME_KEYS = ("corpus", "data", "tokenizer", "vocab_size", "init", "hidden_size", "num_hidden_layers", "intermediate_size",
                "batch_size", "seq_len", "lr", "min_lr_ratio", "warmup", "weight_decay", "grad_clip", "seed", "numerics")
 
 
@@ -291,6 +328,20 @@ def save_checkpoint(model, opt, step: int, tc: TrainConfig, corpus: Corpus, hist
                    extra_files={"tokenizer.json": corpus.tokenizer_json.encode(),
                                 "trainer_state.json": json.dumps(meta, indent=2).encode()})
         torch.save(optim, tmp / "optimizer.pt")
+
+
+def keep_checkpoints(tc: TrainConfig, step: int) -> None:
+    """``--keep N``: copy checkpoints/last to checkpoints/step-NNNNNNNN (atomically) and delete all but the N
+    newest copies; rank 0 only. ``last`` stays what ``--resume`` reads."""
+    if not tc.keep or _rank() != 0:
+        return
+    import shutil
+
+    root = _ckpt_dir(tc).parent
+    with atomic_path(root / f"step-{step:08d}") as tmp:
+        shutil.copytree(_ckpt_dir(tc), tmp)
+    for old in sorted(root.glob("step-" + "[0-9]" * 8))[:-tc.keep]:
+        shutil.rmtree(old)
 
 
 def read_trainer_state(tc: TrainConfig) -> dict:
@@ -447,7 +498,11 @@ def train(tc: TrainConfig, log=print) -> dict:
         run.say(f"resuming from step {start} ({_ckpt_dir(tc)})")
     run.val_windows = eval_windows(run.corpus.val, tc.seq_len, tc.eval_tokens)
     _log_setup(run)
-    _train_loop(run, start)
+    run.log = RunLog(tc.log_dir, run.rank, resume=tc.resume)
+    try:
+        _train_loop(run, start)
+    finally:
+        run.log.close()
     summary = _summary(run)
     _write_final_model(run, summary, start)
     run.model.numerics = "fake"
@@ -478,6 +533,7 @@ class _Run:
     train_time: float = 0.0
     tokens_done: int = 0
     loss_val: float = float("nan")
+    log: RunLog | None = None
 
     @property
     def fsdp(self) -> bool:
@@ -507,8 +563,9 @@ def _setup(tc: TrainConfig, log) -> _Run:
     rank, world = _rank(), _world()
     if rank == 0:           # (torchrun ends the other ranks when rank 0 fails)
         check_out(tc)
-    if tc.batch_size % world:
-        raise MmfreeError(f"--batch-size {tc.batch_size} must be divisible by the number of processes ({world})")
+    if tc.batch_size % (world * tc.grad_accum):
+        raise MmfreeError(f"--batch-size {tc.batch_size} must be divisible by the number of processes ({world}) "
+                          f"times --grad-accum ({tc.grad_accum})")
     device = torch.device(tc.device if not tc.device.startswith("cuda") or world == 1
                           else f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
     say = log if rank == 0 else (lambda *a, **k: None)
@@ -617,6 +674,8 @@ def _train_loop(run: _Run, start: int) -> None:
         for step in range(start, tc.steps):
             _train_step(run, step)
             tok_s = run.tokens_done / max(run.train_time, 1e-9)
+            run.log.write("step", step + 1, loss=run.loss_val, lr=lr_at(step, tc), tokens_per_s=tok_s,
+                          mfu=mfu(tok_s, run.model, run.device))
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{run.loss_val:.3f}", lr=f"{lr_at(step, tc):.1e}", tok_s=f"{tok_s:.0f}")
@@ -626,6 +685,7 @@ def _train_loop(run: _Run, start: int) -> None:
             if (step + 1) % tc.save_every == 0 or last:
                 save_checkpoint(run.evaluated, run.opt, step + 1, tc, run.corpus, run.history, fsdp=run.fsdp,
                                 parallel=run.parallel)
+                keep_checkpoints(tc, step + 1)
     except KeyboardInterrupt:
         if bar is not None:
             bar.close()
@@ -649,33 +709,73 @@ def _train_step(run: _Run, step: int) -> None:
         g["lr"] = lr_at(step, tc)
         if g["weight_decay"]:
             g["weight_decay"] = weight_decay_at(step, tc)
-    per_rank = tc.batch_size // run.world
-    batch = batch_at(run.corpus.train, step, tc.batch_size, tc.seq_len, tc.seed)
-    batch = batch[run.rank * per_rank:(run.rank + 1) * per_rank].to(run.device)
-    autocast = torch.autocast(run.device.type, dtype=torch.bfloat16) if tc.dtype == "bfloat16" else _null()
-    with autocast:
-        logits = run.ddp(batch[:, :-1])                                  # [B, T, V]
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), batch[:, 1:].flatten())
+    batch = rank_batch(run, step).to(run.device)
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    loss = accumulate_grads(run.ddp, batch, tc.grad_accum, tc.dtype == "bfloat16")
     if tc.grad_clip:
         torch.nn.utils.clip_grad_norm_(run.model.parameters(), tc.grad_clip)
     opt.step()
-    run.loss_val = float(loss.detach())
+    run.loss_val = _mean_over_ranks(loss)
     run.train_time += time.perf_counter() - ts
     if not math.isfinite(run.loss_val):
         raise MmfreeError(f"training diverged at step {step} (loss {run.loss_val}); lower --lr")
     run.tokens_done += tc.batch_size * tc.seq_len
 
 
+def rank_batch(run: _Run, step: int) -> torch.Tensor:
+    """This rank's ``[batch_size / world, seq_len + 1]`` windows of step ``step`` (a function of the step only):
+    disjoint per-rank windows of the shards with ``--data`` (:func:`mmfree.pymodel.shards.window_starts`),
+    else this rank's slice of :func:`batch_at`."""
+    tc, per = run.tc, run.tc.batch_size // run.world
+    if run.corpus.sharded:
+        starts = S.window_starts(len(run.corpus.train), tc.seq_len, step, tc.batch_size, run.rank, run.world, tc.seed)
+        return S.windows(run.corpus.train, starts, tc.seq_len)
+    batch = batch_at(run.corpus.train, step, tc.batch_size, tc.seq_len, tc.seed)
+    return batch[run.rank * per:(run.rank + 1) * per]
+
+
+def accumulate_grads(module, batch: torch.Tensor, n: int, bf16: bool = False) -> torch.Tensor:
+    """Forward/backward ``batch [B, T+1]`` as ``n`` micro-batches of ``B / n`` sequences, each loss scaled by
+    ``1 / n``: the accumulated ``.grad`` is the gradient of the mean loss over the whole batch (up to float
+    summation order). DDP synchronises on the last micro-batch only. Returns the mean loss (detached)."""
+    from contextlib import nullcontext
+
+    micro = batch.shape[0] // n
+    total = torch.zeros((), dtype=torch.float64, device=batch.device)
+    for i in range(n):
+        w = batch[i * micro:(i + 1) * micro]
+        sync = nullcontext() if i == n - 1 or not hasattr(module, "no_sync") else module.no_sync()
+        autocast = torch.autocast(batch.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
+        with sync:
+            with autocast:
+                logits = module(w[:, :-1])                                   # [b, T, V]
+                loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), w[:, 1:].flatten()) / n
+            loss.backward()
+        total += loss.detach().double()
+    return total
+
+
+def _mean_over_ranks(loss: torch.Tensor) -> float:
+    """The loss averaged over the ranks (an all-reduce under torchrun), as a Python float."""
+    d = _dist()
+    if d:
+        loss = loss.float().clone()
+        d.all_reduce(loss)
+        loss /= d.get_world_size()
+    return float(loss)
+
+
 def _evaluate_and_log(run: _Run, step: int, tok_s: float, bar) -> None:
     """Validation loss, throughput and peak memory after ``step``: one ``history`` record and one log line."""
-    vl = evaluate(run.evaluated, run.val_windows, run.device)
+    vl = evaluate(run.evaluated, run.val_windows, run.device, sharded=not run.fsdp)
     mem, kind = peak_memory_gb(run.device)
+    util = mfu(tok_s, run.model, run.device)
     run.history.append({"step": step + 1, "train_loss": run.loss_val, "val_loss": vl, "val_ppl": math.exp(vl),
-                        "tokens_per_s": tok_s, "peak_mem_gb": mem, "peak_mem_kind": kind})
+                        "tokens_per_s": tok_s, "mfu": util, "peak_mem_gb": mem, "peak_mem_kind": kind})
+    run.log.write("eval", step + 1, **{k: v for k, v in run.history[-1].items() if k != "step"})
     msg = (f"step {step + 1}: train loss {run.loss_val:.3f}, val loss {vl:.3f}, val ppl {math.exp(vl):.2f}, "
-           f"{tok_s:.0f} tok/s, peak {'GPU' if kind == 'cuda' else 'RSS'} {mem:.2f} GiB")
+           f"{tok_s:.0f} tok/s, MFU {util if isinstance(util, str) else f'{util * 100:.1f} %'}, "
+           f"peak {'GPU' if kind == 'cuda' else 'RSS'} {mem:.2f} GiB")
     (bar.write if bar is not None else run.say)(msg)
 
 
@@ -726,14 +826,6 @@ def _last_saved_step(tc: TrainConfig) -> int | None:
         return int(json.loads((_ckpt_dir(tc) / "trainer_state.json").read_text())["step"])
     except (OSError, ValueError, KeyError):
         return None
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _enable_checkpointing(model) -> None:
