@@ -4,12 +4,9 @@ fits a board: :func:`host_layout`, :func:`draft_area_bytes`, :func:`ddr_needed`,
 from __future__ import annotations
 
 from mmfree import MmfreeError
+from mmfree.pymodel import layout as LY
 from mmfree.rtl import regmap as RM
 from mmfree.rtl.compiler import Compiled
-
-
-def _align(n: int, a: int = RM.ALIGN) -> int:
-    return -(-n // a) * a
 
 
 #: Tokens one GENERATE writes at most (the GEN_OUT area); :func:`generate_onchip` runs longer generations as
@@ -40,10 +37,10 @@ def host_layout(compiled: Compiled, max_tokens: int, mem_window: tuple[int, int]
     if draft is not None:
         layout += list(draft_area_bytes(draft).items())
     addr: dict[str, int] = {}
-    pos = _align(lo)
+    pos = LY.round_up(lo)
     for name, n in layout:
         addr[name] = pos
-        pos = _align(pos + n)
+        pos = LY.round_up(pos + n)
     if pos > hi:
         raise MmfreeError(f"the model and its buffers need {pos - lo} bytes of DDR, the window has {hi - lo}")
     return addr, pos

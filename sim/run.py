@@ -13,6 +13,7 @@ from mmfree.host.generate import NO_DRAFT_ENGINE
 from mmfree.host.layout import check_n_tokens
 from mmfree.host.session import open_model
 from mmfree.pymodel.drafters import TrigramDrafter
+from mmfree.rtl import params as PARAMS
 from mmfree.rtl.compiler import HwConfig
 
 
@@ -94,7 +95,7 @@ def run_sim(model="default", prompt="def ", n_tokens: int = 8, draft: str | None
                "draft": draft, "write_logits": write_logits, "timeout_s": timeout_s,
                # simulated seconds at the modelled clock, capped as SimSession's default: a hang costs minutes
                # (one GENERATE waits for all its passes: the cap grows with the tokens asked for)
-               "max_wait_cycles": int(min(timeout_s * 250e6, 50_000_000)) * (n_tokens if onchip else 1),
+               "max_wait_cycles": int(min(timeout_s * PARAMS.SIM_CLOCK_HZ, PARAMS.SIM_MAX_WAIT_CYCLES)) * (n_tokens if onchip else 1),
                "progress": False, "onchip": onchip}
         start_table = None
         if draft == "trigram":
