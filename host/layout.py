@@ -8,7 +8,6 @@ from mmfree.pymodel import layout as LY
 from mmfree.rtl import regmap as RM
 from mmfree.rtl.compiler import Compiled
 
-
 #: Tokens one GENERATE writes at most (the GEN_OUT area); :func:`generate_onchip` runs longer generations as
 #: several GENERATEs, each going on from the last one's GEN_STATE and table.
 GEN_OUT_TOKENS = 4096

@@ -47,8 +47,15 @@ def run_sim(model="default", prompt="def ", n_tokens: int = 8, draft: str | None
     ``observe(prompt + tokens)``, the updates it makes in that order)."""
     import tempfile
 
-    from mmfree.sim.accel import (DEFAULT_HW, MAX_SIM_POSITIONS, check_prompt_ids, check_width,
-                                  passes_from_result, replay_and_compare, run_job)
+    from mmfree.sim.accel import (
+        DEFAULT_HW,
+        MAX_SIM_POSITIONS,
+        check_prompt_ids,
+        check_width,
+        passes_from_result,
+        replay_and_compare,
+        run_job,
+    )
     from mmfree.sim.runner import stdout_to_stderr
 
     hw = hw or DEFAULT_HW
@@ -95,7 +102,8 @@ def run_sim(model="default", prompt="def ", n_tokens: int = 8, draft: str | None
                "draft": draft, "write_logits": write_logits, "timeout_s": timeout_s,
                # simulated seconds at the modelled clock, capped as SimSession's default: a hang costs minutes
                # (one GENERATE waits for all its passes: the cap grows with the tokens asked for)
-               "max_wait_cycles": int(min(timeout_s * PARAMS.SIM_CLOCK_HZ, PARAMS.SIM_MAX_WAIT_CYCLES)) * (n_tokens if onchip else 1),
+               "max_wait_cycles": int(min(timeout_s * PARAMS.SIM_CLOCK_HZ, PARAMS.SIM_MAX_WAIT_CYCLES))
+               * (n_tokens if onchip else 1),
                "progress": False, "onchip": onchip}
         start_table = None
         if draft == "trigram":
