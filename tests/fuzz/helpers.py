@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import signal
 from contextlib import contextmanager
-from pathlib import Path
 
 from hypothesis import HealthCheck, settings
 
@@ -74,7 +73,3 @@ def assert_clear(rc: int, err: str, cmd: str) -> None:
         assert f"mmfree {cmd}: error:" in err, err
     if rc == 2:
         assert "error:" in err, err
-
-
-def files_under(d: Path) -> set[str]:
-    return {str(p.relative_to(d)) for p in d.rglob("*")} if d.exists() else set()

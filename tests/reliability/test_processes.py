@@ -107,9 +107,10 @@ def test_stand_in_simulator_dies_with_the_command(tmp_path, sig):
 
 
 def test_procs_run_kills_the_group_on_an_exception():
+    import threading
+
     from mmfree import procs
 
-    import threading
     t = threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGUSR1))
     old = signal.signal(signal.SIGUSR1, lambda *a: (_ for _ in ()).throw(RuntimeError("stop")))
     try:
