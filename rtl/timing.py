@@ -123,7 +123,7 @@ def native_yosys() -> str:
 
 def _native_version(yosys: str) -> str:
     try:
-        return subprocess.run([yosys, "-V"], capture_output=True, text=True, timeout=60).stdout.strip()
+        return subprocess.run([yosys, "-V"], capture_output=True, text=True, timeout=60, check=False).stdout.strip()
     except (OSError, subprocess.SubprocessError) as exc:
         raise MmfreeError(f"{yosys} -V failed: {exc}") from None
 
@@ -132,7 +132,7 @@ def _run(cmd: list[str], cwd: Path, timeout: float, what: str) -> subprocess.Com
     """Run a tool niced (``nice -n 10``) in ``cwd``; a failure or timeout is one MmfreeError with the log tail."""
     nice = ["nice", "-n", "10"] if shutil.which("nice") else []
     try:
-        out = subprocess.run(nice + cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+        out = subprocess.run(nice + cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired as exc:
         raise MmfreeError(f"{what} took more than {timeout:.0f} s (raise --timeout)") from exc
     if out.returncode != 0:
@@ -520,7 +520,7 @@ def _endpoints(mod, cells, kind, arr, family, by) -> dict[str, _Arrival]:
             if c["port_directions"].get(port) == "input" and port not in ("C", "CLK", "CLKARDCLK", "CLKBWRCLK"):
                 for b in bits:
                     take(b, end)
-    for pname, p in mod["ports"].items():
+    for p in mod["ports"].values():
         if p["direction"] == "output":
             for b in p["bits"]:
                 take(b, "out")
@@ -603,6 +603,22 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["format_table", "BOARD_CLOCK_MHZ", "DELAY_MODEL", "NEXTPNR_ARGS", "TARGET_ECP5_MHZ", "TARGET_LUT_LEVELS",
-           "XILINX_FAMILIES", "ecp5_timing", "meets", "model_value", "native_yosys", "parse_nextpnr_log",
-           "parse_nextpnr_report", "unit_timing", "unit_verilog", "xilinx_paths", "xilinx_timing"]
+__all__ = [
+    "BOARD_CLOCK_MHZ",
+    "DELAY_MODEL",
+    "NEXTPNR_ARGS",
+    "TARGET_ECP5_MHZ",
+    "TARGET_LUT_LEVELS",
+    "XILINX_FAMILIES",
+    "ecp5_timing",
+    "format_table",
+    "meets",
+    "model_value",
+    "native_yosys",
+    "parse_nextpnr_log",
+    "parse_nextpnr_report",
+    "unit_timing",
+    "unit_verilog",
+    "xilinx_paths",
+    "xilinx_timing",
+]
