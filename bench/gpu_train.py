@@ -28,6 +28,7 @@ plus those activations. A projection of activation memory, not a measured GPU pe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -64,7 +65,7 @@ def run_config(cfg, kernels: str, dtype: str, ckpt: bool, args, dev) -> dict:
 
     from mmfree.pymodel.kernels import install
     from mmfree.pymodel.model import MMFreeForCausalLM
-    from mmfree.pymodel.train import _enable_checkpointing, _null
+    from mmfree.pymodel.train import _enable_checkpointing
 
     torch.manual_seed(0)
     model = MMFreeForCausalLM(cfg).to(dev).train()
@@ -74,7 +75,7 @@ def run_config(cfg, kernels: str, dtype: str, ckpt: bool, args, dev) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
     g = torch.Generator().manual_seed(0)
     batch = torch.randint(0, cfg.vocab_size, (args.batch, args.seq_len + 1), generator=g).to(dev)
-    autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if dtype == "bfloat16" else _null()
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if dtype == "bfloat16" else contextlib.nullcontext()
 
     def step():
         with autocast:
@@ -121,7 +122,6 @@ def saved_activation_bytes(cfg, kernels: str, dtype: str, tokens: int, dev) -> d
 
     from mmfree.pymodel.kernels import install
     from mmfree.pymodel.model import MMFreeForCausalLM
-    from mmfree.pymodel.train import _null
 
     torch.manual_seed(0)
     model = MMFreeForCausalLM(cfg).to(dev).train()
@@ -140,7 +140,7 @@ def saved_activation_bytes(cfg, kernels: str, dtype: str, tokens: int, dev) -> d
         return t
 
     ids = torch.randint(0, cfg.vocab_size, (1, tokens + 1), generator=torch.Generator().manual_seed(0)).to(dev)
-    autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if dtype == "bfloat16" else _null()
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if dtype == "bfloat16" else contextlib.nullcontext()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast:
         logits = model(ids[:, :-1])
         torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten())
