@@ -622,8 +622,11 @@ def _parallelize(model, tc: TrainConfig, device: torch.device, world: int) -> tu
     parallel = tc.parallel if tc.parallel != "auto" else ("fsdp" if _fsdp_needed(model, device) else "ddp")
     if parallel == "fsdp":
         if tc.numerics == "hardware":
-            raise MmfreeError("--numerics hardware re-derives the integer weights from the whole model on every "
-                              "rank, so it runs with DDP only; use --parallel ddp (or fewer, larger GPUs)")
+            # why not: each ternary scale is a mean over the whole matrix and hardware_forward reads every
+            # matrix outside the per-layer FSDP gather, so each rank would all-gather the whole model per step
+            raise MmfreeError("--numerics hardware derives the integer weights from whole matrices (one ternary "
+                              "scale per matrix) on every rank, which FSDP's sharded weights do not hold; it runs "
+                              "with DDP only: use --parallel ddp (or fewer, larger GPUs)")
         try:
             from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
         except ImportError:                                  # torch < 2.6
