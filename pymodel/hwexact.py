@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from mmfree.pymodel import layout as LY
 from mmfree.pymodel import numerics as N
 
+
 def _ste(surrogate: torch.Tensor, exact_int: torch.Tensor, frac: int) -> torch.Tensor:
     """Forward value ``exact_int / 2**frac`` (in float64, exact), gradient of ``surrogate``."""
     exact = exact_int.to(torch.float64) / float(1 << frac)
@@ -166,7 +167,7 @@ def hardware_forward(model, input_ids: torch.Tensor, state=None):
     P = params_of(model)
     specs = {b.name: b for b in LY.bitlinears(dims)}
     B, T = input_ids.shape
-    d, I = dims.d, dims.inter
+    I = dims.inter
     layers = model.model.layers
     lbs = model.lower_bounds()
     RF, AF = P.res_frac, P.act_frac
