@@ -8,6 +8,13 @@ CUDA memory of each configuration, measured one after the other in one process:
 * ``naive bf16``        kernels naive, bf16 autocast
 * ``triton bf16``       the fused Triton kernels, bf16 autocast
 * ``triton bf16 ckpt``  the same with gradient checkpointing per layer
+* ``hardware fp32``     hardware-exact QAT (``numerics="hardware"``, integer parameters derived on the device)
+
+with MFU (:mod:`mmfree.pymodel.trainlog`: 6 x BitLinear weights per token over the GPU's dense bf16 peak;
+"n/a" on CPU), the hardware-exact step over the fake-quant step (target <= 2x), and with ``--profile`` a
+torch.profiler per-kernel table of one step per configuration.
+Not here yet: the released ``HGRNBitForCausalLM`` restated with fla's kernels as a side-by-side baseline
+(fla does not import without a GPU, so it could not be written and checked on this machine).
 
 and the ratios against ``naive fp32``: the target is ``triton`` >= 61 % less memory on the 1.3B shape
 (the paper's 82 -> 32 GB). The step is the one ``mmfree train`` runs (autocast, cross entropy in fp32,
@@ -15,8 +22,8 @@ gradient clipping, AdamW with fp32 master weights).
 
     python bench/gpu_train.py [--presets 370M 1.3B] [--batch 2] [--seq-len 2048] [--steps 4] [--json] [--record]
 
-Needs a CUDA GPU (exits with a message otherwise); ``--smoke`` runs a tiny model on the CPU through the
-Triton interpreter, to check the script itself.
+Needs a CUDA GPU (exits with a message otherwise); ``--tiny`` (alias ``--smoke``) runs a tiny model on the
+CPU through the Triton interpreter, to check the script itself (tests/pymodel/test_bench_gpu_train.py).
 
 ``--saved-bytes`` runs anywhere (on a CPU through the Triton interpreter): it counts the bytes autograd keeps
 for the backward pass in one forward of a 2-layer model of each preset's shape (per token, for one layer and
@@ -28,6 +35,7 @@ plus those activations. A projection of activation memory, not a measured GPU pe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -39,7 +47,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 CONFIGS = [("naive fp32", "naive", "float32", False), ("naive bf16", "naive", "bfloat16", False),
-           ("triton bf16", "triton", "bfloat16", False), ("triton bf16 ckpt", "triton", "bfloat16", True)]
+           ("triton bf16", "triton", "bfloat16", False), ("triton bf16 ckpt", "triton", "bfloat16", True),
+           ("hardware fp32", "auto", "hardware", False)]
 
 
 def parse(argv=None):
@@ -52,7 +61,10 @@ def parse(argv=None):
                     ", ".join(repr(c[0]) for c in CONFIGS))
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--record", action="store_true", help="write the results into docs/training.md")
-    ap.add_argument("--smoke", action="store_true", help="tiny model on the CPU interpreter (checks the script)")
+    ap.add_argument("--smoke", "--tiny", dest="smoke", action="store_true",
+                    help="tiny model on the CPU interpreter (checks the script)")
+    ap.add_argument("--profile", action="store_true",
+                    help="a torch.profiler per-kernel table (top 15 by self device time) of one step per config")
     ap.add_argument("--saved-bytes", action="store_true",
                     help="count saved activations per token on any device and project the memory (see above)")
     ap.add_argument("--tokens", type=int, default=2, help="--saved-bytes: forwards of this many and 3x as many tokens")
@@ -64,17 +76,20 @@ def run_config(cfg, kernels: str, dtype: str, ckpt: bool, args, dev) -> dict:
 
     from mmfree.pymodel.kernels import install
     from mmfree.pymodel.model import MMFreeForCausalLM
-    from mmfree.pymodel.train import _enable_checkpointing, _null
+    from mmfree.pymodel.train import _enable_checkpointing
+    from mmfree.pymodel.trainlog import mfu
 
     torch.manual_seed(0)
     model = MMFreeForCausalLM(cfg).to(dev).train()
     note = install(model, kernels, dev)
+    if dtype == "hardware":                      # hardware-exact QAT: the forward is the integer pipeline's
+        model.numerics, dtype, note = "hardware", "float32", note + ", numerics hardware"
     if ckpt:
         _enable_checkpointing(model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
     g = torch.Generator().manual_seed(0)
     batch = torch.randint(0, cfg.vocab_size, (args.batch, args.seq_len + 1), generator=g).to(dev)
-    autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if dtype == "bfloat16" else _null()
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if dtype == "bfloat16" else contextlib.nullcontext()
 
     def step():
         with autocast:
@@ -99,8 +114,9 @@ def run_config(cfg, kernels: str, dtype: str, ckpt: bool, args, dev) -> dict:
             torch.cuda.synchronize(dev)
         sec = (time.perf_counter() - t0) / args.steps
         peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
-        return {"tokens_per_s": args.batch * args.seq_len / sec, "step_s": sec, "peak_gib": peak, "loss": loss,
-                "kernels": note}
+        tps = args.batch * args.seq_len / sec
+        return {"tokens_per_s": tps, "step_s": sec, "peak_gib": peak, "loss": loss, "kernels": note,
+                "mfu": mfu(tps, model, dev), "profile": profile_table(step, dev) if args.profile else None}
     except torch.cuda.OutOfMemoryError:
         return {"tokens_per_s": None, "step_s": None, "peak_gib": None, "error": "out of memory", "kernels": note}
     except Exception as exc:                          # recorded, not fatal: the other configurations still run
@@ -114,6 +130,17 @@ def run_config(cfg, kernels: str, dtype: str, ckpt: bool, args, dev) -> dict:
             torch.cuda.empty_cache()
 
 
+def profile_table(step, dev, rows: int = 15) -> str:
+    """torch.profiler's per-kernel table of one ``step()``: the top ``rows`` by self CUDA time (CPU time on CPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        step()
+    key = "self_cuda_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+    return prof.key_averages().table(sort_by=key, row_limit=rows)
+
+
 def saved_activation_bytes(cfg, kernels: str, dtype: str, tokens: int, dev) -> dict:
     """Bytes autograd saves for backward in one forward + loss over ``tokens`` tokens: {"layer": layer 1's,
     "rest": everything outside the layers (embedding, head, loss)}. Parameters themselves are not counted."""
@@ -121,7 +148,6 @@ def saved_activation_bytes(cfg, kernels: str, dtype: str, tokens: int, dev) -> d
 
     from mmfree.pymodel.kernels import install
     from mmfree.pymodel.model import MMFreeForCausalLM
-    from mmfree.pymodel.train import _null
 
     torch.manual_seed(0)
     model = MMFreeForCausalLM(cfg).to(dev).train()
@@ -140,7 +166,7 @@ def saved_activation_bytes(cfg, kernels: str, dtype: str, tokens: int, dev) -> d
         return t
 
     ids = torch.randint(0, cfg.vocab_size, (1, tokens + 1), generator=torch.Generator().manual_seed(0)).to(dev)
-    autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if dtype == "bfloat16" else _null()
+    autocast = torch.autocast(dev.type, dtype=torch.bfloat16) if dtype == "bfloat16" else contextlib.nullcontext()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast:
         logits = model(ids[:, :-1])
         torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten())
@@ -252,8 +278,8 @@ def main(argv=None) -> int:
 
 def report(results: dict) -> str:
     lines = [f"{results['batch']} x {results['seq_len']} tokens per step", "",
-             "| preset | configuration | tokens/s | peak GiB | speed vs naive fp32 | memory saved vs naive fp32 |",
-             "|---|---|---|---|---|---|"]
+             "| preset | configuration | tokens/s | MFU | peak GiB | speed vs naive fp32 | memory saved vs naive fp32 |",
+             "|---|---|---|---|---|---|---|"]
     verdicts = []
     for preset, res in results["presets"].items():
         base = res.get("naive fp32", {})
@@ -261,7 +287,9 @@ def report(results: dict) -> str:
             tps, peak = r.get("tokens_per_s"), r.get("peak_gib")
             sp = tps / base["tokens_per_s"] if tps and base.get("tokens_per_s") else None
             saved = 1 - peak / base["peak_gib"] if peak and base.get("peak_gib") else None
-            lines.append(f"| {preset} | {name} | {'-' if tps is None else f'{tps:.0f}'} | "
+            util = r.get("mfu")
+            util = "-" if util is None else util if isinstance(util, str) else f"{util:.1%}"
+            lines.append(f"| {preset} | {name} | {'-' if tps is None else f'{tps:.0f}'} | {util} | "
                          f"{r.get('error') or ('-' if peak is None else f'{peak:.2f}')} | "
                          f"{'-' if sp is None else f'{sp:.2f}'} | {'-' if saved is None else f'{saved:.0%}'} |")
             if preset == "1.3B" and name.startswith("triton") and saved is not None:
@@ -269,6 +297,14 @@ def report(results: dict) -> str:
                                 f"{'meets' if saved >= 0.61 else 'misses'} the target (>= 61 %)")
     if verdicts:
         lines += [""] + verdicts
+    for preset, res in results["presets"].items():
+        hw, fake = res.get("hardware fp32", {}), res.get("triton bf16") or res.get("naive fp32") or {}
+        if hw.get("step_s") and fake.get("step_s"):
+            lines.append(f"{preset}: hardware-exact step {hw['step_s'] / fake['step_s']:.2f}x the fake-quant step "
+                         "(target <= 2x)")
+        for name, r in res.items():
+            if r.get("profile"):
+                lines += ["", f"{preset} {name}: torch.profiler, one step", "", "```", r["profile"], "```"]
     return "\n".join(lines)
 
 

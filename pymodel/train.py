@@ -622,16 +622,23 @@ def _parallelize(model, tc: TrainConfig, device: torch.device, world: int) -> tu
     parallel = tc.parallel if tc.parallel != "auto" else ("fsdp" if _fsdp_needed(model, device) else "ddp")
     if parallel == "fsdp":
         if tc.numerics == "hardware":
-            raise MmfreeError("--numerics hardware re-derives the integer weights from the whole model on every "
-                              "rank, so it runs with DDP only; use --parallel ddp (or fewer, larger GPUs)")
+            # why not: each ternary scale is a mean over the whole matrix and hardware_forward reads every
+            # matrix outside the per-layer FSDP gather, so each rank would all-gather the whole model per step
+            raise MmfreeError("--numerics hardware derives the integer weights from whole matrices (one ternary "
+                              "scale per matrix) on every rank, which FSDP's sharded weights do not hold; it runs "
+                              "with DDP only: use --parallel ddp (or fewer, larger GPUs)")
         try:
-            from torch.distributed.fsdp import fully_shard
+            from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
         except ImportError:                                  # torch < 2.6
-            from torch.distributed._composable.fsdp import fully_shard
+            from torch.distributed._composable.fsdp import MixedPrecisionPolicy, fully_shard
 
+        # bf16 on GPU: FSDP gathers bf16 parameters and reduce-scatters float32 gradients (the float32 master
+        # weights and AdamW state stay sharded); on CPU (gloo) the plain autocast of the step applies
+        mp = {"mp_policy": MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)} \
+            if tc.dtype == "bfloat16" and device.type == "cuda" else {}
         for layer in model.model.layers:
-            fully_shard(layer)
-        fully_shard(model)
+            fully_shard(layer, **mp)
+        fully_shard(model, **mp)
         return model, parallel
     from torch.nn.parallel import DistributedDataParallel
 

@@ -23,17 +23,18 @@ import math
 from pathlib import Path
 
 from mmfree import MmfreeError
+from mmfree.pymodel.config import PRESETS as _CFG_PRESETS
 
 #: dense bf16 peak FLOP/s by CUDA device-name substring (published vendor figures)
 PEAK_BF16 = {"H200": 989.4e12, "H100 PCIe": 756e12, "H100": 989.4e12, "A100": 312e12}
 
-_OFFICIAL = dict(vocab_size=32000, seq_len=2048, batch_size=256, warmup=375, weight_decay=0.1, min_lr_ratio=0.1)
-#: TrainConfig fields of ``--preset`` (model shape and recipe; steps, data and devices come from the user)
-PRESETS = {
-    "370M": dict(_OFFICIAL, hidden_size=1024, num_hidden_layers=24, intermediate_size=2816, lr=4e-3),
-    "1.3B": dict(_OFFICIAL, hidden_size=2048, num_hidden_layers=24, intermediate_size=5632, lr=2.5e-3),
-    "2.7B": dict(_OFFICIAL, hidden_size=2560, num_hidden_layers=32, intermediate_size=6912, lr=1.5e-3),
-}
+#: the paper's peak learning rates by preset (arXiv:2406.02528, published)
+PEAK_LR = {"370M": 4e-3, "1.3B": 2.5e-3, "2.7B": 1.5e-3}
+#: mmfree's recipe choices shared by the presets (not from the paper; see the module docstring)
+_RECIPE = dict(seq_len=2048, batch_size=256, warmup=375, weight_decay=0.1, min_lr_ratio=0.1)
+#: TrainConfig fields of ``--preset``: the shape of :data:`mmfree.pymodel.config.PRESETS` (intermediate size
+#: None = the released code's formula: 2816 / 5632 / 6912), the recipe; steps, data and devices are the user's
+PRESETS = {name: dict(_RECIPE, **_CFG_PRESETS[name], intermediate_size=None, lr=lr) for name, lr in PEAK_LR.items()}
 
 
 def gemm_parameters(model) -> int:

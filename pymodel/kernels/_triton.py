@@ -115,6 +115,13 @@ def rint(v):
 
 
 @triton.jit
+def span64(pid, BLOCK: tl.constexpr):
+    """int64 indices ``pid * BLOCK .. pid * BLOCK + BLOCK - 1``: row offsets ``index * stride`` made from them
+    stay exact past 2**31 elements (a 32k-vocab head's output overflows int32 at >= 67,109 tokens per call)."""
+    return pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+
+
+@triton.jit
 def grouped_tile(pid, num_m, num_n, GROUP_M: tl.constexpr):
     """Tile coordinates of program ``pid`` with GROUP_M row tiles sharing column tiles (L2 reuse)."""
     in_group = GROUP_M * num_n

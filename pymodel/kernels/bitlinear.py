@@ -45,8 +45,21 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from mmfree.pymodel.kernels._triton import (autotune_gemm, cast, check_device, dot_operand, dot_precision, gemm_blocks,
-                                            grouped_tile, interpreting, num_sms, out_dtype_of, rint, row_block)
+from mmfree.pymodel.kernels._triton import (
+    autotune_gemm,
+    cast,
+    check_device,
+    dot_operand,
+    dot_precision,
+    gemm_blocks,
+    grouped_tile,
+    interpreting,
+    num_sms,
+    out_dtype_of,
+    rint,
+    row_block,
+    span64,
+)
 
 
 # =============================================================================================
@@ -58,7 +71,7 @@ def _act_quant_kernel(X, NW, Q, RSTD, S, M, K, stride_x, stride_q, eps,
                       BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     """Rows of X: rstd = rsqrt(mean(x^2) + eps), y = (x rstd) nw, s = 127 / max|y|, q = round(y s)."""
     pid = tl.program_id(0)
-    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows = span64(pid, BLOCK_M)
     cols = tl.arange(0, BLOCK_K)
     rmask = rows < M
     cmask = cols < K
@@ -87,7 +100,7 @@ def _act_quant_kernel(X, NW, Q, RSTD, S, M, K, stride_x, stride_q, eps,
 @triton.jit
 def _ternarize_kernel(W, SW, T, numel, BLOCK: tl.constexpr):
     """t = clamp(round(w * sw), -1, 1) as int8."""
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    offs = span64(tl.program_id(0), BLOCK)
     mask = offs < numel
     sw = tl.load(SW)
     w = tl.load(W + offs, mask=mask, other=0.0).to(tl.float32)
@@ -102,8 +115,8 @@ def _fwd_gemm_kernel(Q, T, S, SW, OUT, M, N, K, stride_q, stride_t, stride_o, EM
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     """out[m, n] = (sum_k q[m, k] t[n, k]) / (s[m] * sw): int8 tensor-core tiles, exact int32 accumulator."""
     pid_m, pid_n = grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rm = span64(pid_m, BLOCK_M)
+    rn = span64(pid_n, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     for k0 in range(0, K, BLOCK_K):
@@ -125,9 +138,9 @@ def _bwd_dy_kernel(G, T, SW, DY, M, N, K, stride_g, stride_t, stride_dy,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     """dy[m, k] = (sum_n g[m, n] t[n, k]) / sw. Tiles over (M, K), reduction over N."""
     pid_m, pid_k = grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(K, BLOCK_K), GROUP_M)
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rk = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    rn = tl.arange(0, BLOCK_N)
+    rm = span64(pid_m, BLOCK_M)
+    rk = span64(pid_k, BLOCK_K)
+    rn = tl.arange(0, BLOCK_N).to(tl.int64)
     acc = tl.zeros((BLOCK_M, BLOCK_K), dtype=tl.float32)
     for n0 in range(0, N, BLOCK_N):
         nn = n0 + rn
@@ -147,9 +160,9 @@ def _bwd_dw_kernel(G, Q, S, DW, M, N, K, stride_g, stride_q, stride_dw,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     """dw[n, k] = sum_m (g[m, n] / s[m]) q[m, k]. Tiles over (N, K), reduction over M (tokens)."""
     pid_n, pid_k = grouped_tile(tl.program_id(0), tl.cdiv(N, BLOCK_N), tl.cdiv(K, BLOCK_K), GROUP_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    rk = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)
-    rm = tl.arange(0, BLOCK_M)
+    rn = span64(pid_n, BLOCK_N)
+    rk = span64(pid_k, BLOCK_K)
+    rm = tl.arange(0, BLOCK_M).to(tl.int64)
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     for m0 in range(0, M, BLOCK_M):
         mm = m0 + rm
@@ -171,7 +184,7 @@ def _norm_bwd_kernel(X, NW, DY, RSTD, DX, DNW, M, K, stride_x, stride_dy, stride
     cmask = cols < K
     nw = tl.load(NW + cols, mask=cmask, other=0.0).to(tl.float32)
     dnw = tl.zeros((BLOCK_K,), dtype=tl.float32)
-    row0 = pid * rows_per_program
+    row0 = pid.to(tl.int64) * rows_per_program
     for i in range(0, rows_per_program):
         row = row0 + i
         m = cmask & ((cols * 0 + row) < M)

@@ -31,8 +31,15 @@ import triton.language as tl
 
 from mmfree.pymodel import numerics as N
 from mmfree.pymodel.kernels import bitlinear as FB
-from mmfree.pymodel.kernels._triton import (autotune_gemm, check_device, gemm_blocks, grouped_tile, out_dtype_of,
-                                            row_block)
+from mmfree.pymodel.kernels._triton import (
+    autotune_gemm,
+    check_device,
+    gemm_blocks,
+    grouped_tile,
+    out_dtype_of,
+    row_block,
+    span64,
+)
 
 
 # =============================================================================================
@@ -85,7 +92,7 @@ def _hw_quant_kernel(U, NV, NWV, RSQ, CODES, PP, SS, MUL, SHIFT, M, K, stride_u,
                      OUT_SHIFT_BASE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     """Rows of u: numerics.quantize (codes, P, S, sz) and numerics.output_multiplier (M, shift)."""
     pid = tl.program_id(0)
-    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows = span64(pid, BLOCK_M)
     cols = tl.arange(0, BLOCK_K)
     rmask = rows < M
     cmask = cols < K
@@ -149,8 +156,8 @@ def _hw_gemm_kernel(CODES, T, MUL, SHIFT, OUT, M, N, K, stride_c, stride_t, stri
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr):
     """out = numerics.dequantize(codes @ t.T, M, shift): int8 tiles, int32 accumulator, int64 epilogue."""
     pid_m, pid_n = grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(N, BLOCK_N), GROUP_M)
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rm = span64(pid_m, BLOCK_M)
+    rn = span64(pid_n, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)
     for k0 in range(0, K, BLOCK_K):

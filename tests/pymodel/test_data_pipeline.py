@@ -230,7 +230,10 @@ def test_presets_and_config_files(tmp_path, monkeypatch):
     assert main(["train", "--out", str(tmp_path / "o"), "--config", str(tmp_path / "c.json")]) == 0
     assert (got[1].hidden_size, got[1].lr, got[1].warmup, got[1].vocab_size) == (2048, 2.5e-3, 10, 32000)
     assert main(["train", "--out", str(tmp_path / "o"), "--preset", "2.7B", "--lr", "1e-3"]) == 0
-    assert (got[2].hidden_size, got[2].intermediate_size, got[2].lr) == (2560, 6912, 1e-3)
+    assert (got[2].hidden_size, got[2].intermediate_size, got[2].lr) == (2560, None, 1e-3)
+    from mmfree.pymodel.config import MMFreeConfig
+
+    assert [MMFreeConfig(hidden_size=TL.PRESETS[k]["hidden_size"]).intermediate for k in TL.PRESETS] == [2816, 5632, 6912]
     (tmp_path / "bad.json").write_text(json.dumps({"hiden_size": 3}))
     with pytest.raises(MmfreeError, match="unknown keys.*hiden_size"):
         TL.load_config(str(tmp_path / "bad.json"))
