@@ -162,7 +162,9 @@ class AccelSession:
         return self._tok
 
     def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text))
+        """Prompt ids of ``text`` with the special tokens the model's tokenizer config adds (BOS for the official
+        checkpoints), as every ``mmfree`` command encodes a prompt."""
+        return list(self.tokenizer.encode_prompt(text))
 
     def decode_text(self, ids) -> str | None:
         try:

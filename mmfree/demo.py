@@ -34,7 +34,7 @@ def run_demo(args, out) -> int:
     from mmfree.pymodel.tokenizer import load_tokenizer
 
     tok = load_tokenizer("default")
-    prompt_ids = tok.encode(args.prompt)
+    prompt_ids = tok.encode_prompt(args.prompt)
     model = load_model("default")
     cfg = model.config
     stage("model", True, f"embedded default model: {cfg.num_hidden_layers} layers, d={cfg.hidden_size}, "

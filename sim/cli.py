@@ -67,7 +67,7 @@ def _sim(args) -> int:
             tok = load_tokenizer(tok_dir)
         except Exception as exc:
             raise MmfreeError(f"the model has no usable tokenizer ({exc}); give --prompt-ids") from None
-        prompt = tok.encode(args.prompt if args.prompt is not None else DEFAULT_PROMPT)
+        prompt = tok.encode_prompt(args.prompt if args.prompt is not None else DEFAULT_PROMPT)
     if not prompt:
         raise MmfreeError("the prompt encodes to no tokens; give --prompt TEXT or --prompt-ids")
     if len(prompt) + args.tokens > MAX_SIM_POSITIONS:

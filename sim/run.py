@@ -71,7 +71,7 @@ def run_sim(model="default", prompt="def ", n_tokens: int = 8, draft: str | None
         if tok_dir is None:
             raise MmfreeError("the model has no tokenizer: give token ids")
         acc_tok = load_tokenizer(tok_dir)
-        ids = list(acc_tok.encode(prompt))
+        ids = list(acc_tok.encode_prompt(prompt))
     else:
         ids = [int(t) for t in prompt]
     check_prompt_ids(ids, compiled.dims.vocab)

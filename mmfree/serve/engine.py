@@ -481,7 +481,7 @@ class Engine:
         if isinstance(prompt, str):
             if b.tokenizer is None:
                 raise BadRequest("prompt", "this model has no tokenizer: give the prompt as a list of token ids")
-            ids = list(b.tokenizer.encode(prompt))
+            ids = list(b.tokenizer.encode_prompt(prompt))
         else:
             ids = [int(t) for t in prompt]
         if not ids:

@@ -104,3 +104,14 @@ def test_tokenizer_config_not_json(tmp_path, llama_ckpt):
     (ck / "tokenizer_config.json").write_text("{not json")
     with pytest.raises(MmfreeError, match="tokenizer_config.json is not valid JSON"):
         load_tokenizer(ck)
+
+
+def test_board_run_json_shows_bos(llama_ckpt, capsys):
+    """`mmfree run` (the host session's prompt encoding, as `mmfree sim` and `mmfree demo`) adds BOS like generate."""
+    pytest.importorskip("pynq")
+    assert main(["run", "--board", "pynq-sim", "--model", str(llama_ckpt), "--prompt", "def f3(x):", "--tokens", "1",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    tok = load_tokenizer(llama_ckpt)
+    assert out["prompt_ids"] == tok.encode_prompt("def f3(x):") and out["prompt_ids"][0] == 1
+    assert out["prompt_ids"][1:] == tok.encode("def f3(x):")
