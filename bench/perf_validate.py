@@ -37,7 +37,7 @@ CONFIGS = {
     "d240-default-shape": (240, 640, 4, 4096),
     "d512": (512, 1408, 1, 256),
     "d1024-370M-width": (1024, 2816, 1, 512),
-    "d2048-1.3B-width": (2048, 5632, 1, 256),
+    "d2048-1.3B-d": (2048, 4096, 1, 256),      # the 1.3B model's d; I capped at the 4096-wide builds
 }
 RD_LATENCY = PARAMS.SIM_RD_LATENCY                    # the simulated DDR's read latency (cycles)
 #: Builds the bench can validate: name -> sim.accel constant.

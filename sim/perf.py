@@ -275,18 +275,18 @@ def pass_cycles(dims: LY.Dims, hw: HwConfig, k: int = 1, rate: float = 1.0, rd_l
     return run.halt(len(prog))
 
 
-def stream_rate(rate: float, rd_latency: float, timing: dict | None = None) -> float:
-    """Weight beats per cycle one port sustains: the memory's ``rate`` (beats per cycle), or the outstanding-read
-    limit when the read latency is longer than the window covers: :data:`READ_WINDOW_BEATS` in flight per round
-    trip of ``rd_latency`` + ``timing["rd_turn"]`` cycles (a burst's room is freed beat by beat as it arrives,
-    a new request waits for a whole burst of room: :data:`RTL_TIMING`). Raises :class:`MmfreeError` on a
-    negative latency or a rate that is not positive."""
+def stream_rate(rate: float, rd_latency: float, timing: dict | None = None, window: int = READ_WINDOW_BEATS) -> float:
+    """Beats per cycle one read client sustains: the memory's ``rate`` (beats per cycle), or the outstanding-read
+    limit when the read latency is longer than the client's window covers: ``window`` beats in flight (default
+    :data:`READ_WINDOW_BEATS`, a weight port) per round trip of ``rd_latency`` + ``timing["rd_turn"]`` cycles
+    (a burst's room is freed beat by beat as it arrives, a new request waits for a whole burst of room:
+    :data:`RTL_TIMING`). Raises :class:`MmfreeError` on a negative latency or a rate that is not positive."""
     if not rate > 0:
         raise MmfreeError(f"the bus rate must be positive beats per cycle, got {rate}")
     if not rd_latency >= 0:
         raise MmfreeError(f"the read latency must be >= 0 cycles, got {rd_latency}")
     turn = (timing or RTL_TIMING)["rd_turn"]
-    return min(rate, READ_WINDOW_BEATS / (rd_latency + turn))
+    return min(rate, window / (rd_latency + turn))
 
 
 class _Pass:
@@ -302,6 +302,9 @@ class _Pass:
         self.bb, self.E, self.P = hw.bus_bytes, hw.matvec_engines, hw.weight_ports
         self.L = float(rd_latency)
         self.wrate = stream_rate(rate, rd_latency, T)                 # weight beats per cycle per port
+        vec_fifo, load_fifo = PARAMS.MAIN_READER_FIFO_DEPTHS[1:3]
+        self.vrate = stream_rate(rate, rd_latency, T, min(vec_fifo, PARAMS.MAX_OUTSTANDING * PARAMS.MAX_BURST))
+        self.lrate = stream_rate(rate, rd_latency, T, min(load_fifo, PARAMS.MAX_OUTSTANDING * PARAMS.MAX_BURST))
         self.cap = self.E * weight_fifo_beats + WEIGHT_CLIENT_FIFO     # weight beats prefetch may run ahead
         self.bus = _Bus(rate)
         self.ivals: dict[str, list] = {"matvec": [], "head": [], "vector": [], "load_store": []}
@@ -415,7 +418,7 @@ class _Pass:
         start = max(start, self.engine_last["load"])
         beats = math.ceil(4 * ins["count"] * ins["fields"] / self.bb)
         s, e = self.bus.reserve(start + self.L, beats)
-        fin = e + self.T["load_tail"]
+        fin = max(e, s + beats / self.lrate) + self.T["load_tail"]     # the LOAD client's outstanding-read limit
         for b in I.resources(ins)[1]:
             self.fill_end[b] = fin
         self.ivals["load_store"].append((s, fin))
@@ -439,8 +442,9 @@ class _Pass:
         start = max(start, self.engine_last["vector"])
         tt = start
         for _ in range(self.k):
-            s0, e = self.bus.reserve(tt + self.T["embed_row"] + self.L, math.ceil(4 * ins["count"] / self.bb))
-            tt = max(e, s0 + ins["count"]) + 1
+            beats = math.ceil(4 * ins["count"] / self.bb)
+            s0, e = self.bus.reserve(tt + self.T["embed_row"] + self.L, beats)
+            tt = max(e, s0 + beats / self.vrate, s0 + ins["count"]) + 1
         fin = tt + self.T["hgrn_tail"]
         self.ivals["load_store"].append((start, fin))
         return fin
