@@ -41,7 +41,7 @@ CONFIGS = {
 }
 RD_LATENCY = PARAMS.SIM_RD_LATENCY                    # the simulated DDR's read latency (cycles)
 #: Builds the bench can validate: name -> sim.accel constant.
-HW_NAMES = ("default", "ports4")
+HW_NAMES = ("default", "ports4", "pynqz2")
 DATA_FILE = ROOT / "boards" / "data" / "perf_validation.json"
 
 
@@ -66,7 +66,11 @@ def parse_key(key: str) -> tuple[int, bool, int]:
 def hw_for(hw_name: str):
     from mmfree.sim.accel import DEFAULT_HW, PORTS4_HW
 
-    return {"default": DEFAULT_HW, "ports4": PORTS4_HW}[hw_name]
+    from mmfree.rtl.compiler import HwConfig
+
+    # pynqz2: the 64-bit build shaped like the PYNQ-Z2's (tests/sim/test_accel_rtl.py test_rtl_64bit_bus_bit_exact)
+    pynqz2 = HwConfig(bus_bytes=8, max_tokens=2, max_width=1024, weight_ports=2, matvec_engines=1)
+    return {"default": DEFAULT_HW, "ports4": PORTS4_HW, "pynqz2": pynqz2}[hw_name]
 
 
 def rtl_cycles(name: str, ks=(1, 4), hw_name: str = "default", rd_latency: int = RD_LATENCY,
@@ -126,7 +130,8 @@ def main() -> int:
     ap.add_argument("--latency", default=str(RD_LATENCY),
                     help=f"comma-separated read latencies of the simulated DDR, cycles (default {RD_LATENCY})")
     ap.add_argument("--logits", default="yes,no", help="runs with logits written (yes), without (no), or both")
-    ap.add_argument("--hw", default="default", help="comma-separated builds: default (one weight port), ports4")
+    ap.add_argument("--hw", default="default", help="comma-separated builds: default (one weight port), ports4, "
+                                                     "pynqz2 (64-bit bus, 2 ports x 1 engine, max_tokens 2)")
     ap.add_argument("--from-record", action="store_true",
                     help="do not simulate: compare the model with the RTL cycles recorded in boards/data/perf_validation.json")
     ap.add_argument("--json", action="store_true")
@@ -186,16 +191,17 @@ def main() -> int:
             write_text(DATA_FILE, json.dumps(recorded, indent=1) + "\n")
         # the docs table: every recorded run of every build, against the model as it is now
         all_rows = [r for h in HW_NAMES for n in CONFIGS
-                    for r in compare(h, n, recorded_runs(recorded, h).get(n, {}), (1, 4))]
+                    for r in compare(h, n, recorded_runs(recorded, h).get(n, {}), (1, 2, 4))]
         all_rows.sort(key=lambda r: (r["rd_latency"] != RD_LATENCY, r["rd_latency"]))
         cmds = {"default": recorded.get("command"), **recorded.get("commands", {})}
-        body = ("RTL cycles (simulated: Verilator, 128-bit bus, simulated DDR 16 bytes per cycle per port, read latency "
+        body = ("RTL cycles (simulated: Verilator, 128-bit bus (64-bit for pynqz2), simulated DDR one beat per cycle per port, read latency "
                 f"{RD_LATENCY} cycles unless the table says otherwise; one pass of k tokens from the zero state) measured with "
                 + "; ".join(f"`{c}` ({h})" for h, c in cmds.items() if c)
                 + "".join(f"; `{c}`" for c in recorded.get("latency_commands", []))
                 + "; model cycles (modeled) from `mmfree.sim.perf.pass_cycles` with the same bus, compared by "
                   "`python bench/perf_validate.py --from-record --hw default,ports4 --record`. Builds: `default` = one "
-                  "weight port, 2 ternary engines; `ports4` = four weight ports (m_axi + m_axi_w1..3), 8 engines.\n\n"
+                  "weight port, 2 ternary engines; `ports4` = four weight ports (m_axi + m_axi_w1..3), 8 engines; `pynqz2` = "
+                  "64-bit bus, two weight ports x 1 engine, max_tokens 2, max_width 1024 (the PYNQ-Z2's shape).\n\n"
                 + table(all_rows))
         write_section("performance.md", "validation", body)
     worst = max((abs(r["error"]) for r in rows), default=0.0)
