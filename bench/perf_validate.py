@@ -37,10 +37,11 @@ CONFIGS = {
     "d240-default-shape": (240, 640, 4, 4096),
     "d512": (512, 1408, 1, 256),
     "d1024-370M-width": (1024, 2816, 1, 512),
+    "d2048-1.3B-d": (2048, 4096, 1, 256),      # the 1.3B model's d; I capped at the 4096-wide builds
 }
 RD_LATENCY = PARAMS.SIM_RD_LATENCY                    # the simulated DDR's read latency (cycles)
 #: Builds the bench can validate: name -> sim.accel constant.
-HW_NAMES = ("default", "ports4")
+HW_NAMES = ("default", "ports4", "pynqz2")
 DATA_FILE = ROOT / "boards" / "data" / "perf_validation.json"
 
 
@@ -50,36 +51,46 @@ def export_config(name: str) -> Path:
     return export_random_model(name, d, inter, L, V, "perf-exports")
 
 
-def run_key(k: int, write_logits: bool) -> str:
-    return f"{k}" if write_logits else f"{k}-nologits"
+def run_key(k: int, write_logits: bool, rd_latency: int = RD_LATENCY) -> str:
+    """``k``, ``k-nologits``; a run at another read latency than the simulated DDR's default ends ``@L<cycles>``."""
+    key = f"{k}" if write_logits else f"{k}-nologits"
+    return key if rd_latency == RD_LATENCY else f"{key}@L{rd_latency}"
 
 
-def parse_key(key: str) -> tuple[int, bool]:
-    return int(key.split("-")[0]), not key.endswith("-nologits")
+def parse_key(key: str) -> tuple[int, bool, int]:
+    """(k, write_logits, rd_latency) of a :func:`run_key`."""
+    base, _, lat = key.partition("@L")
+    return int(base.split("-")[0]), not base.endswith("-nologits"), int(lat) if lat else RD_LATENCY
 
 
 def hw_for(hw_name: str):
     from mmfree.sim.accel import DEFAULT_HW, PORTS4_HW
 
-    return {"default": DEFAULT_HW, "ports4": PORTS4_HW}[hw_name]
+    from mmfree.rtl.compiler import HwConfig
+
+    # pynqz2: the 64-bit build shaped like the PYNQ-Z2's (tests/sim/test_accel_rtl.py test_rtl_64bit_bus_bit_exact)
+    pynqz2 = HwConfig(bus_bytes=8, max_tokens=2, max_width=1024, weight_ports=2, matvec_engines=1)
+    return {"default": DEFAULT_HW, "ports4": PORTS4_HW, "pynqz2": pynqz2}[hw_name]
 
 
-def rtl_cycles(name: str, ks=(1, 4), hw_name: str = "default") -> dict:
-    """{run_key(k, write_logits): counters of one pass of k tokens} measured on the RTL (a pass of each k,
-    from the zero state, with and without logits written)."""
+def rtl_cycles(name: str, ks=(1, 4), hw_name: str = "default", rd_latency: int = RD_LATENCY,
+               logits=(True, False)) -> dict:
+    """{run_key(k, write_logits, rd_latency): counters of one pass of k tokens} measured on the RTL (a pass of
+    each k, from the zero state, with and without logits written) with the simulated DDR's read latency
+    ``rd_latency`` (cycles)."""
     from mmfree.pymodel.intmodel import IntModel
     from mmfree.rtl.compiler import compile_model
     from mmfree.sim.accel import run_job
 
     im = IntModel.load(export_config(name))
-    runs = [(k, wl) for wl in (True, False) for k in ks]
+    runs = [(k, wl) for wl in logits for k in ks]
     steps = [{"tokens": [(3 + 7 * j) % im.dims.vocab for j in range(k)], "h0": [[0] * im.dims.d] * im.dims.layers,
               "write_logits": wl} for k, wl in runs]
     with tempfile.TemporaryDirectory() as td:
         td = Path(td)
         compile_model(im).save(td / "compiled")
         res = run_job({"kind": "script", "compiled": str(td / "compiled"), "steps": steps,
-                       "max_wait_cycles": 20_000_000}, hw=hw_for(hw_name), rd_latency=RD_LATENCY,
+                       "max_wait_cycles": 20_000_000}, hw=hw_for(hw_name), rd_latency=rd_latency,
                       workdir=td / "run")
     if res.get("error"):
         raise RuntimeError(f"{name}: the RTL run failed: {res['error']}")
@@ -87,25 +98,27 @@ def rtl_cycles(name: str, ks=(1, 4), hw_name: str = "default") -> dict:
     for (k, wl), p in zip(runs, res["passes"]):
         if "error" in p:
             raise RuntimeError(f"{name} k={k}: the accelerator reported error {p['error']}")
-        out[run_key(k, wl)] = {"cycles": p["cycles"], "stalls": p["stalls"], "rd_bytes": p["rd_bytes"], "wr_bytes": p["wr_bytes"]}
+        out[run_key(k, wl, rd_latency)] = {"cycles": p["cycles"], "stalls": p["stalls"], "rd_bytes": p["rd_bytes"], "wr_bytes": p["wr_bytes"]}
     return out
 
 
-def model_cycles(name: str, k: int, write_logits: bool = True, hw_name: str = "default") -> float:
+def model_cycles(name: str, k: int, write_logits: bool = True, hw_name: str = "default",
+                 rd_latency: int = RD_LATENCY) -> float:
     from mmfree.pymodel.layout import Dims
     from mmfree.sim.perf import pass_cycles
 
     d, inter, L, V = CONFIGS[name]
-    return pass_cycles(Dims(V, d, inter, L), hw_for(hw_name), k, rate=1.0, rd_latency=RD_LATENCY,
+    return pass_cycles(Dims(V, d, inter, L), hw_for(hw_name), k, rate=1.0, rd_latency=rd_latency,
                        write_logits=write_logits).cycles
 
 
 def table(rows: list[dict]) -> str:
-    out = ["| build | config | d | I | L | V | k | logits written | RTL cycles (simulated) | model cycles (modeled) | error |",
-           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = ["| build | config | d | I | L | V | k | logits written | read latency (cycles) | RTL cycles (simulated) "
+           "| model cycles (modeled) | error |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         out.append(f"| {r['hw']} | {r['config']} | {r['d']} | {r['inter']} | {r['layers']} | {r['vocab']} | {r['k']} | "
-                   f"{'yes' if r['logits'] else 'no'} | "
+                   f"{'yes' if r['logits'] else 'no'} | {r['rd_latency']} | "
                    f"{r['rtl_cycles']} | {r['model_cycles']:.0f} | {100 * r['error']:+.1f} % |")
     return "\n".join(out)
 
@@ -114,13 +127,19 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, from {', '.join(CONFIGS)}")
     ap.add_argument("--k", default="1,4", help="tokens per pass")
-    ap.add_argument("--hw", default="default", help="comma-separated builds: default (one weight port), ports4")
+    ap.add_argument("--latency", default=str(RD_LATENCY),
+                    help=f"comma-separated read latencies of the simulated DDR, cycles (default {RD_LATENCY})")
+    ap.add_argument("--logits", default="yes,no", help="runs with logits written (yes), without (no), or both")
+    ap.add_argument("--hw", default="default", help="comma-separated builds: default (one weight port), ports4, "
+                                                     "pynqz2 (64-bit bus, 2 ports x 1 engine, max_tokens 2)")
     ap.add_argument("--from-record", action="store_true",
                     help="do not simulate: compare the model with the RTL cycles recorded in boards/data/perf_validation.json")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--record", action="store_true", help="write docs/performance.md and boards/data/perf_validation.json")
     args = ap.parse_args()
     ks = tuple(int(x) for x in args.k.split(","))
+    lats = tuple(int(x) for x in args.latency.split(","))
+    logits = tuple({"yes": True, "no": False}[x.strip()] for x in args.logits.split(","))
     recorded = json.loads(DATA_FILE.read_text()) if DATA_FILE.exists() else {"runs": {}}
     hws = [h.strip() for h in args.hw.split(",") if h.strip()]
     for h in hws:
@@ -140,9 +159,11 @@ def main() -> int:
             if args.from_record:
                 meas = dict(store.get(name, {}))
             else:
-                meas = rtl_cycles(name, ks, hw_name)
-                store[name] = meas
-            for r in compare(hw_name, name, meas, ks):
+                meas = {}
+                for lat in lats:
+                    meas.update(rtl_cycles(name, ks, hw_name, lat, logits))
+                store.setdefault(name, {}).update(meas)
+            for r in compare(hw_name, name, meas, ks, lats):
                 r["wall_s"] = time.perf_counter() - t0
                 rows.append(r)
                 print(json.dumps(r), file=sys.stderr, flush=True)
@@ -155,24 +176,32 @@ def main() -> int:
         from mmfree.atomic import write_text
 
         if not args.from_record:
-            recorded.setdefault("commands", {})
-            for h in hws:
-                recorded["commands"][h] = command_line()
-            if "default" in hws:
-                recorded["command"] = command_line()
+            if lats == (RD_LATENCY,):
+                recorded.setdefault("commands", {})
+                for h in hws:
+                    recorded["commands"][h] = command_line()
+                if "default" in hws:
+                    recorded["command"] = command_line()
+            else:                               # runs at other latencies: keep every command that added some
+                cmds = recorded.setdefault("latency_commands", [])
+                if command_line() not in cmds:
+                    cmds.append(command_line())
             recorded["rd_latency"] = RD_LATENCY
             recorded["configs"] = {n: dict(zip(("d", "inter", "layers", "vocab"), CONFIGS[n])) for n in CONFIGS}
             write_text(DATA_FILE, json.dumps(recorded, indent=1) + "\n")
         # the docs table: every recorded run of every build, against the model as it is now
         all_rows = [r for h in HW_NAMES for n in CONFIGS
-                    for r in compare(h, n, recorded_runs(recorded, h).get(n, {}), (1, 4))]
+                    for r in compare(h, n, recorded_runs(recorded, h).get(n, {}), (1, 2, 4))]
+        all_rows.sort(key=lambda r: (r["rd_latency"] != RD_LATENCY, r["rd_latency"]))
         cmds = {"default": recorded.get("command"), **recorded.get("commands", {})}
-        body = ("RTL cycles (simulated: Verilator, 128-bit bus, simulated DDR 16 bytes per cycle per port, read latency "
-                f"{RD_LATENCY} cycles; one pass of k tokens from the zero state) measured with "
+        body = ("RTL cycles (simulated: Verilator, 128-bit bus (64-bit for pynqz2), simulated DDR one beat per cycle per port, read latency "
+                f"{RD_LATENCY} cycles unless the table says otherwise; one pass of k tokens from the zero state) measured with "
                 + "; ".join(f"`{c}` ({h})" for h, c in cmds.items() if c)
+                + "".join(f"; `{c}`" for c in recorded.get("latency_commands", []))
                 + "; model cycles (modeled) from `mmfree.sim.perf.pass_cycles` with the same bus, compared by "
                   "`python bench/perf_validate.py --from-record --hw default,ports4 --record`. Builds: `default` = one "
-                  "weight port, 2 ternary engines; `ports4` = four weight ports (m_axi + m_axi_w1..3), 8 engines.\n\n"
+                  "weight port, 2 ternary engines; `ports4` = four weight ports (m_axi + m_axi_w1..3), 8 engines; `pynqz2` = "
+                  "64-bit bus, two weight ports x 1 engine, max_tokens 2, max_width 1024 (the PYNQ-Z2's shape).\n\n"
                 + table(all_rows))
         write_section("performance.md", "validation", body)
     worst = max((abs(r["error"]) for r in rows), default=0.0)
@@ -187,17 +216,19 @@ def recorded_runs(recorded: dict, hw_name: str) -> dict:
     return recorded.setdefault("runs_by_hw", {}).setdefault(hw_name, {})
 
 
-def compare(hw_name: str, name: str, meas: dict, ks) -> list[dict]:
+def compare(hw_name: str, name: str, meas: dict, ks, lats=None) -> list[dict]:
+    """Model against RTL for the recorded runs ``meas`` of one config with k in ``ks`` and read latency in
+    ``lats`` (None: every latency)."""
     d, inter, L, V = CONFIGS[name]
     out = []
     for key in sorted(meas):
-        k, wl = parse_key(key)
-        if k not in ks:
+        k, wl, lat = parse_key(key)
+        if k not in ks or (lats is not None and lat not in lats):
             continue
-        mc = model_cycles(name, k, wl, hw_name)
+        mc = model_cycles(name, k, wl, hw_name, lat)
         rc = meas[key]["cycles"]
         out.append({"hw": hw_name, "config": name, "d": d, "inter": inter, "layers": L, "vocab": V, "k": k,
-                    "logits": wl, "rtl_cycles": rc, "model_cycles": mc, "error": (mc - rc) / rc})
+                    "logits": wl, "rd_latency": lat, "rtl_cycles": rc, "model_cycles": mc, "error": (mc - rc) / rc})
     return out
 
 

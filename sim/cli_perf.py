@@ -43,6 +43,9 @@ def register(sub) -> None:
     p.add_argument("--accept-len", type=float, default=None,
                    help="tokens emitted per pass with speculative decoding (1..k; default 1)")
     p.add_argument("--write-logits", action="store_true", help="every pass writes all logits to DDR")
+    p.add_argument("--latency-ns", type=float, default=None,
+                   help="DDR read latency seen by the PL in ns (default: the rd_latency_ns assumption); each weight "
+                        "port keeps at most its read FIFO's beats in flight, so a long latency caps its rate")
     add_json(p)
 
 
@@ -64,7 +67,7 @@ def _perf(args) -> int:
     hw = P.default_hw(dims, board, args.k, bus_bits=bus_bits, matvec_engines=args.engines,
                       weight_ports=args.weight_ports)
     r = P.predict(dims, board, args.clock_mhz, hw=hw, k=args.k, accept_len=args.accept_len,
-                  write_logits=args.write_logits)
+                  write_logits=args.write_logits, latency_ns=args.latency_ns)
     if args.json:
         print_json(r)
     else:
@@ -89,6 +92,9 @@ def render(r: dict) -> str:
     lines.append("")
     rows = [("tokens/s", f"{r['tokens_per_s']:.2f}  (accept length {r['accept_len']:g} per pass)"),
             ("cycles/token", f"{r['cycles_per_token']:,.0f}"),
+            ("read latency", f"{r['rd_latency_ns']:g} ns = {r['rd_latency_cycles']:.0f} cycles: weight stream "
+                             f"{r['weight_stream_beats_per_cycle']:.2f} beats/cycle/port of "
+                             f"{r['bus_rate_beats_per_cycle']:.2f} the bus allows"),
             ("DDR bytes/token", f"{r['bytes_per_token'] / 1e6:.1f} MB (must move {r['must_move_bytes_per_token'] / 1e6:.1f} MB)"),
             ("DDR bandwidth", f"{r['ddr_bytes_per_s'] / 1e9:.2f} GB/s = {100 * r['ddr_fraction_of_peak']:.0f} % of "
                               f"{r['ddr_peak_bytes_per_s'] / 1e9:.1f} GB/s peak (bus limited by {r['bus_limited_by']})"),

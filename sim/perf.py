@@ -69,6 +69,7 @@ RTL_TIMING = {
     "mv_store": 14,         # ternary engine + serialiser + Dequantize + write (epilogue STORE / HEAD)
     "mv_resid": 20,         # ... + ResidualAdd + MaxAbs (epilogue RESID)
     "mv_glu": 24,           # ... + GatedProduct + MaxAbs (epilogue GLU)
+    "rd_turn": 16,          # weight read round trip besides the latency (a burst of room, AR register, FIFO)
 }
 #: The Reciprocal's latency (rtl/quantize.py: R_WIDTH + 4 cycles, one division at a time).
 try:
@@ -81,6 +82,9 @@ RTL_TIMING["recip"] = _R_WIDTH + 4
 WEIGHT_CLIENT_FIFO = PARAMS.WEIGHT_CLIENT_FIFO
 #: Weight queue per ternary engine (``MmfreeAccel(weight_fifo_beats=2048)``).
 WEIGHT_FIFO_BEATS = PARAMS.WEIGHT_FIFO_BEATS
+#: Weight beats one port can have requested and not yet received: its reader reserves FIFO room for a whole
+#: burst before issuing it and holds at most ``MAX_OUTSTANDING`` bursts (rtl/axi.py ``AxiReader``).
+READ_WINDOW_BEATS = min(WEIGHT_CLIENT_FIFO, PARAMS.MAX_OUTSTANDING * PARAMS.MAX_BURST)
 
 #: Board-level assumptions of the modeled (not simulated) numbers. Each: value, source.
 ASSUMPTIONS = {
@@ -271,6 +275,20 @@ def pass_cycles(dims: LY.Dims, hw: HwConfig, k: int = 1, rate: float = 1.0, rd_l
     return run.halt(len(prog))
 
 
+def stream_rate(rate: float, rd_latency: float, timing: dict | None = None, window: int = READ_WINDOW_BEATS) -> float:
+    """Beats per cycle one read client sustains: the memory's ``rate`` (beats per cycle), or the outstanding-read
+    limit when the read latency is longer than the client's window covers: ``window`` beats in flight (default
+    :data:`READ_WINDOW_BEATS`, a weight port) per round trip of ``rd_latency`` + ``timing["rd_turn"]`` cycles
+    (a burst's room is freed beat by beat as it arrives, a new request waits for a whole burst of room:
+    :data:`RTL_TIMING`). Raises :class:`MmfreeError` on a negative latency or a rate that is not positive."""
+    if not rate > 0:
+        raise MmfreeError(f"the bus rate must be positive beats per cycle, got {rate}")
+    if not rd_latency >= 0:
+        raise MmfreeError(f"the read latency must be >= 0 cycles, got {rd_latency}")
+    turn = (timing or RTL_TIMING)["rd_turn"]
+    return min(rate, window / (rd_latency + turn))
+
+
 class _Pass:
     """One pass replayed instruction by instruction (:func:`pass_cycles`). Times in cycles from START.
 
@@ -283,6 +301,10 @@ class _Pass:
         self.T, self.k, self.rate, self.write_logits = T, k, rate, write_logits
         self.bb, self.E, self.P = hw.bus_bytes, hw.matvec_engines, hw.weight_ports
         self.L = float(rd_latency)
+        self.wrate = stream_rate(rate, rd_latency, T)                 # weight beats per cycle per port
+        vec_fifo, load_fifo = PARAMS.MAIN_READER_FIFO_DEPTHS[1:3]
+        self.vrate = stream_rate(rate, rd_latency, T, min(vec_fifo, PARAMS.MAX_OUTSTANDING * PARAMS.MAX_BURST))
+        self.lrate = stream_rate(rate, rd_latency, T, min(load_fifo, PARAMS.MAX_OUTSTANDING * PARAMS.MAX_BURST))
         self.cap = self.E * weight_fifo_beats + WEIGHT_CLIENT_FIFO     # weight beats prefetch may run ahead
         self.bus = _Bus(rate)
         self.ivals: dict[str, list] = {"matvec": [], "head": [], "vector": [], "load_store": []}
@@ -301,7 +323,7 @@ class _Pass:
     # ---- the matvec engine's chain of MATVECs ----------------------------------------------------------------
     def chain(self, now: float) -> None:
         """(Re)compute start, delivery end and finish of the MATVECs not yet settled."""
-        T, L, rate, bus = self.T, self.L, self.rate, self.bus
+        T, L, rate, bus = self.T, self.L, self.wrate, self.bus
         F_prev, E_prev = self.settled_F, self.settled_E
         for j in range(self.settled, len(self.mvs)):
             m = self.mvs[j]
@@ -396,7 +418,7 @@ class _Pass:
         start = max(start, self.engine_last["load"])
         beats = math.ceil(4 * ins["count"] * ins["fields"] / self.bb)
         s, e = self.bus.reserve(start + self.L, beats)
-        fin = e + self.T["load_tail"]
+        fin = max(e, s + beats / self.lrate) + self.T["load_tail"]     # the LOAD client's outstanding-read limit
         for b in I.resources(ins)[1]:
             self.fill_end[b] = fin
         self.ivals["load_store"].append((s, fin))
@@ -420,8 +442,9 @@ class _Pass:
         start = max(start, self.engine_last["vector"])
         tt = start
         for _ in range(self.k):
-            s0, e = self.bus.reserve(tt + self.T["embed_row"] + self.L, math.ceil(4 * ins["count"] / self.bb))
-            tt = max(e, s0 + ins["count"]) + 1
+            beats = math.ceil(4 * ins["count"] / self.bb)
+            s0, e = self.bus.reserve(tt + self.T["embed_row"] + self.L, beats)
+            tt = max(e, s0 + beats / self.vrate, s0 + ins["count"]) + 1
         fin = tt + self.T["hgrn_tail"]
         self.ivals["load_store"].append((start, fin))
         return fin
@@ -545,7 +568,7 @@ def onchip_memories(hw: HwConfig, weight_fifo_beats: int = WEIGHT_FIFO_BEATS) ->
         mems.append((f"weight_queue{e}", weight_fifo_beats, 8 * bb))
     for t in range(K):          # one lock-step engine: its E ways share one set of code memories
         mems.append((f"codes_t{t}", I.BANKS * math.ceil(W / lanes), 8 * lanes))
-    for i, dpt in enumerate((32, 32, 64, 64) + (64,) * (hw.weight_ports - 1)):
+    for i, dpt in enumerate(PARAMS.MAIN_READER_FIFO_DEPTHS + (WEIGHT_CLIENT_FIFO,) * (hw.weight_ports - 1)):
         mems.append((f"axi_rd_fifo{i}", dpt, 8 * bb))
     return [{"name": n, "depth": dd, "width": w, "bits": dd * w} for n, dd, w in mems]
 
@@ -647,14 +670,16 @@ def estimate_resources(hw: HwConfig, family: str, part: dict | None = None) -> d
 # predict
 # ======================================================================================================
 def predict(dims, board, clock_mhz: float | None = None, hw: HwConfig | None = None, k: int = 1,
-            accept_len: float | None = None, write_logits: bool = False) -> dict:
+            accept_len: float | None = None, write_logits: bool = False, latency_ns: float | None = None) -> dict:
     """Modeled decode speed of a model on a board.
 
     ``dims``: a :class:`~mmfree.pymodel.layout.Dims` or anything :func:`dims_for` takes; ``board``: a name
     or ``custom:PATH`` for :func:`mmfree.boardfile.load_board`, or a ``Board``; ``clock_mhz``:
     fabric clock (default the board's); ``hw``: the build (default :func:`default_hw`); ``k``: tokens
     per pass; ``accept_len``: tokens emitted per pass (1..k; default 1: no draft accepted);
-    ``write_logits``: whether passes write all logits to DDR (default no: greedy decode needs the argmax).
+    ``write_logits``: whether passes write all logits to DDR (default no: greedy decode needs the argmax);
+    ``latency_ns``: DDR read latency seen by the PL, ns, >= 0 (default the ``rd_latency_ns`` assumption): with
+    the outstanding-read limit of :func:`stream_rate` it caps each weight port's rate.
 
     Returns a dict: ``tokens_per_s``, ``cycles_per_token``, ``cycles_per_pass``, ``bytes_per_token``
     (DDR bytes the design moves per emitted token), ``must_move_bytes_per_token``, ``phases`` (cycles per
@@ -686,7 +711,10 @@ def predict(dims, board, clock_mhz: float | None = None, hw: HwConfig | None = N
     clock_hz = clock * 1e6
     peak = b.ddr_peak_bytes_per_s
     rate, limiter, port_bps = _bus_rate(hw, peak, clock_hz)
-    lat = assumption("rd_latency_ns") * 1e-9 * clock_hz
+    lat_ns = assumption("rd_latency_ns") if latency_ns is None else float(latency_ns)
+    if not (lat_ns >= 0 and math.isfinite(lat_ns)):
+        raise MmfreeError(f"--latency-ns must be a finite number >= 0 (DDR read latency in ns), got {latency_ns}")
+    lat = lat_ns * 1e-9 * clock_hz
     pt = pass_cycles(dims, hw, k, rate=rate, rd_latency=lat, write_logits=write_logits)
     host = assumption("host_us_per_pass") * 1e-6 * clock_hz
     cycles_pass = pt.cycles + host
@@ -723,6 +751,8 @@ def predict(dims, board, clock_mhz: float | None = None, hw: HwConfig | None = N
         "ddr_peak_bytes_per_s": peak,
         "ddr_fraction_of_peak": bytes_pass / seconds_pass / peak,
         "bus_rate_beats_per_cycle": rate, "bus_limited_by": limiter,
+        "rd_latency_ns": lat_ns, "rd_latency_cycles": lat,
+        "weight_stream_beats_per_cycle": stream_rate(rate, lat),
         "port_bytes_per_s": port_bps,
         "roofline_tokens_per_s": roofline,
         "physical_limit_tokens_per_s": physical,

@@ -12,6 +12,7 @@ import pytest
 
 from mmfree import MmfreeError
 from mmfree.pymodel.layout import Dims
+from mmfree.rtl import params as PARAMS
 from mmfree.sim import perf as P
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -205,15 +206,21 @@ def test_recorded_rtl_cycles_within_5_percent():
     rec = json.loads((ROOT / "boards" / "data" / "perf_validation.json").read_text())
     from mmfree.sim.accel import DEFAULT_HW, PORTS4_HW
 
-    n = {"default": 0, "ports4": 0}
-    builds = [("default", DEFAULT_HW, rec["runs"]), ("ports4", PORTS4_HW, rec.get("runs_by_hw", {}).get("ports4", {}))]
+    from mmfree.rtl.compiler import HwConfig
+
+    n = {"default": 0, "ports4": 0, "pynqz2": 0}
+    pynqz2 = HwConfig(bus_bytes=8, max_tokens=2, max_width=1024, weight_ports=2, matvec_engines=1)
+    builds = [("default", DEFAULT_HW, rec["runs"]), ("ports4", PORTS4_HW, rec.get("runs_by_hw", {}).get("ports4", {})),
+              ("pynqz2", pynqz2, rec.get("runs_by_hw", {}).get("pynqz2", {}))]
     for hw_name, hw, runs_of in builds:
         for name, runs in runs_of.items():
             c = rec["configs"][name]
             dims = Dims(c["vocab"], c["d"], c["inter"], c["layers"])
             for key, v in runs.items():
-                k, wl = int(key.split("-")[0]), not key.endswith("-nologits")
-                m = P.pass_cycles(dims, hw, k, rate=1.0, rd_latency=rec["rd_latency"], write_logits=wl)
+                base, _, lat = key.partition("@L")           # runs at another read latency end "@L<cycles>"
+                k, wl = int(base.split("-")[0]), not base.endswith("-nologits")
+                lat = int(lat) if lat else rec["rd_latency"]
+                m = P.pass_cycles(dims, hw, k, rate=1.0, rd_latency=lat, write_logits=wl)
                 tol = 0.12 if (hw_name, name, key) in KNOWN_GAPS else 0.05
                 assert abs(m.cycles - v["cycles"]) <= tol * v["cycles"], (hw_name, name, key, m.cycles, v["cycles"])
                 n[hw_name] += 1
@@ -239,3 +246,43 @@ def test_model_against_rtl():
                     m = V.model_cycles(name, k, wl, hw_name)
                     tol = 0.12 if (hw_name, name, key) in KNOWN_GAPS else 0.05
                     assert abs(m - rtl) <= tol * rtl, (hw_name, name, k, wl, m, rtl)
+
+
+def test_stream_rate_outstanding_read_limit():
+    """A port keeps the bus rate while its read window covers the latency; beyond, window / round trip."""
+    turn = P.RTL_TIMING["rd_turn"]
+    W = P.READ_WINDOW_BEATS
+    assert W == min(PARAMS.WEIGHT_CLIENT_FIFO, PARAMS.MAX_OUTSTANDING * PARAMS.MAX_BURST)
+    assert P.stream_rate(1.0, 24) == 1.0 and P.stream_rate(0.5, 24) == 0.5
+    assert P.stream_rate(1.0, 75) == 1.0                         # 300 ns at 250 MHz: full rate (issue 27)
+    assert P.stream_rate(1.0, 125) >= 0.9                         # 500 ns
+    assert P.stream_rate(1.0, 1000) == pytest.approx(W / (1000 + turn))
+    rates = [P.stream_rate(1.0, L) for L in (24, 96, 300, 600, 1200)]
+    assert rates == sorted(rates, reverse=True)
+    for bad in ((0.0, 24), (1.0, -1), (1.0, float("nan"))):
+        with pytest.raises(MmfreeError):
+            P.stream_rate(*bad)
+
+
+def test_predict_latency_ns():
+    """Read latency is an input: tokens/s never rises with it and falls once the window no longer covers it."""
+    dims = P.dims_for("1.3B")
+    hw1 = P.default_hw(dims, None, 1, weight_ports=1)
+    tps = [P.predict(dims, "kv260", 250, hw=hw1, latency_ns=ns)["tokens_per_s"] for ns in (96, 300, 500, 4000)]
+    assert tps == sorted(tps, reverse=True)
+    assert tps[1] >= 0.99 * tps[0] and tps[3] < 0.5 * tps[0]
+    r = P.predict(dims, "kv260", 250, hw=hw1, latency_ns=300)
+    assert r["rd_latency_ns"] == 300 and r["rd_latency_cycles"] == pytest.approx(75)
+    for bad in (-1, float("inf"), float("nan")):
+        with pytest.raises(MmfreeError, match="--latency-ns"):
+            P.predict(dims, "kv260", 250, hw=hw1, latency_ns=bad)
+
+
+def test_cli_latency_ns():
+    out = subprocess.run([sys.executable, "-m", "mmfree", "perf", "--model", "370M", "--latency-ns", "600", "--json"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode in (0, 3), out.stderr
+    assert json.loads(out.stdout)["rd_latency_ns"] == 600
+    bad = subprocess.run([sys.executable, "-m", "mmfree", "perf", "--latency-ns", "-5"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and "mmfree perf: error: --latency-ns" in bad.stderr and "Traceback" not in bad.stderr
