@@ -789,7 +789,9 @@ def _evaluate_and_log(run: _Run, step: int, tok_s: float, bar) -> None:
 def _summary(run: _Run) -> dict:
     """The run's summary; under DDP the ranks' weight digests must agree."""
     tc, corpus = run.tc, run.corpus
-    unigram = D.unigram_perplexity(corpus.train, run.val_windows[:, 1:].flatten().numpy(), corpus.tokenizer.vocab_size)
+    # --data: the baseline's counts from at most the first 2**24 training tokens (the memory-mapped split may be huge)
+    unigram = D.unigram_perplexity(corpus.train[:1 << 24] if corpus.sharded else corpus.train,
+                                   run.val_windows[:, 1:].flatten().numpy(), corpus.tokenizer.vocab_size)
     mem, kind = peak_memory_gb(run.device)
     digests = [param_digest(run.model)] if not run.fsdp else []         # FSDP shards: no per-rank copy to compare
     d = _dist()

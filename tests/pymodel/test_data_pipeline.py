@@ -270,3 +270,25 @@ def test_flops_per_token_counts_the_gemm_weights():
     gemm = 4 * 32 * 32 + 2 * 64 * 32 + 32 * 64 + 100 * 32               # i/f/g/o, gate+up, down, head
     assert TL.flops_per_token(m) == 6 * gemm
     assert TL.mfu(1000.0, m, torch.device("cpu")) == "n/a"
+
+
+def test_torchrun_ddp_with_data_and_grad_accum(tmp_path, data_dir):
+    """Two gloo ranks on `--data` with `--grad-accum 2`: disjoint windows per rank, sharded evaluation, the
+    loss all-reduced, and both ranks end with the same weights; the validation loss equals a single-process
+    evaluation of the same final weights (the all-reduced sums cover every window once)."""
+    from tests.pymodel.test_train import _torchrun
+
+    out = tmp_path / "ddp"
+    r = _torchrun(["-m", "mmfree.cli", "train", "--out", str(out), "--data", str(data_dir), "--hidden-size", "32",
+                   "--layers", "1", "--intermediate-size", "64", "--steps", "4", "--batch-size", "8", "--seq-len", "32",
+                   "--warmup", "2", "--eval-every", "4", "--save-every", "4", "--grad-accum", "2", "--threads", "1",
+                   "--no-progress"], tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    info = json.loads((out / "model" / "training.json").read_text())
+    assert info["world_size"] == 2 and info["parallel"] == "ddp"
+    assert info["rank_digests"][0] == info["rank_digests"][1]
+    from mmfree.pymodel.checkpoint import load_model
+
+    model = load_model(str(out / "model"))
+    windows = TR.eval_windows(S.open_shards(str(data_dir)).val, 32, TrainConfig(out="").eval_tokens)
+    assert abs(TR.evaluate(model, windows, torch.device("cpu")) - info["history"][-1]["val_loss"]) < 1e-5
