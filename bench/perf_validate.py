@@ -6,6 +6,10 @@ cycles, logits written); the CYCLES register of each pass is compared with
 ``mmfree.sim.perf.pass_cycles(dims, hw, k, rate=1.0, rd_latency=24, write_logits=True)``.
 
     python bench/perf_validate.py [--configs d64,d96,...] [--k 1,4] [--hw default|ports4] [--json] [--record]
+    python bench/perf_validate.py --configs d64,d96 --hw default,ports4 --same-as-recorded
+
+``--same-as-recorded``: a refactoring check: simulate and require every counter (cycles, stalls, bytes) of every
+run to equal the one recorded in boards/data/perf_validation.json (exit 1 and the differences otherwise).
 
 ``--hw ports4``: the four-weight-port build (``sim.accel.PORTS4_HW``: m_axi + m_axi_w1..3, each at 16 bytes
 per cycle in the simulated DDR); recorded under ``runs_by_hw["ports4"]``.
@@ -134,6 +138,8 @@ def main() -> int:
                                                      "pynqz2 (64-bit bus, 2 ports x 1 engine, max_tokens 2)")
     ap.add_argument("--from-record", action="store_true",
                     help="do not simulate: compare the model with the RTL cycles recorded in boards/data/perf_validation.json")
+    ap.add_argument("--same-as-recorded", action="store_true",
+                    help="simulate and require the counters of every run to equal the recorded ones (exit 1 if not)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--record", action="store_true", help="write docs/performance.md and boards/data/perf_validation.json")
     args = ap.parse_args()
@@ -151,6 +157,8 @@ def main() -> int:
         if name not in CONFIGS:
             print(f"unknown config {name!r}; choose from {', '.join(CONFIGS)}", file=sys.stderr)
             return 2
+    if args.same_as_recorded:
+        return same_as_recorded(recorded, hws, names, ks)
     rows = []
     for hw_name in hws:
         for name in names:
@@ -207,6 +215,22 @@ def main() -> int:
     worst = max((abs(r["error"]) for r in rows), default=0.0)
     print(f"worst error {100 * worst:.1f} %", file=sys.stderr)
     return 0 if worst <= 0.05 else 1
+
+
+def same_as_recorded(recorded: dict, hws, names, ks) -> int:
+    """Simulate each (build, config) and compare every run's counters with the recorded ones; 0 if all equal."""
+    n = bad = 0
+    for hw_name in hws:
+        store = recorded_runs(recorded, hw_name)
+        for name in names:
+            for key, meas in rtl_cycles(name, ks, hw_name).items():
+                want = store.get(name, {}).get(key)
+                n += 1
+                bad += meas != want
+                print(f"{hw_name} {name} {key}: RTL {meas} recorded {want} {'same' if meas == want else 'DIFFERENT'}",
+                      flush=True)
+    print(f"{n} runs, {bad} different", flush=True)
+    return 1 if bad else 0
 
 
 def recorded_runs(recorded: dict, hw_name: str) -> dict:
