@@ -40,7 +40,8 @@ from mmfree.rtl.compiler import Compiled, HwConfig
 
 #: The installed Verilog/SystemVerilog sources of the simulation top (package data of ``mmfree.sim``).
 HDL_DIR = Path(str(resources.files("mmfree.sim") / "hdl"))
-#: The simulated DDR window: base address and size (64 MiB).
+#: The simulated DDR window: base address and smallest size (64 MiB). A run sizes its DDR to the model
+#: (:func:`sim_mem_bytes`); every model whose image and buffers fit 64 MiB shares one Verilator build.
 SIM_MEM_BASE = 0x4000_0000
 SIM_MEM_BYTES = 64 << 20
 #: The default simulated build: 128-bit AXI, up to 4 tokens per pass, vectors up to 4096 wide.
@@ -63,13 +64,29 @@ MAX_SIM_POSITIONS = 2048
 # ======================================================================================================
 # building
 # ======================================================================================================
-def tb_wrapper(hw: HwConfig, addr_width: int = ADDR_WIDTH) -> str:
-    """SystemVerilog top ``mmfree_accel_tb``: the accelerator, the HDL DDR model and the memory backdoor.
+def sim_mem_bytes(need: int) -> int:
+    """Simulated DDR size (bytes) for a run that needs ``need`` bytes (program, host buffers and image: see
+    :func:`mmfree.host.layout.ddr_needed`): the next power of two, at least :data:`SIM_MEM_BYTES`."""
+    return max(SIM_MEM_BYTES, 1 << max(0, int(need) - 1).bit_length())
+
+
+def check_mem_bytes(mem_bytes: int) -> int:
+    """Refuse a simulated DDR size that is not a power of two in 64 KiB..1 TiB (MmfreeError); returns it."""
+    if isinstance(mem_bytes, bool) or not isinstance(mem_bytes, int) or not (1 << 16) <= mem_bytes <= (1 << 40) \
+            or mem_bytes & (mem_bytes - 1):
+        raise MmfreeError(f"the simulated DDR size (mem_bytes) must be a power of two in 64 KiB..1 TiB, "
+                          f"got {mem_bytes!r}; leave it out to size it to the model")
+    return mem_bytes
+
+
+def tb_wrapper(hw: HwConfig, addr_width: int = ADDR_WIDTH, mem_bytes: int = SIM_MEM_BYTES) -> str:
+    """SystemVerilog top ``mmfree_accel_tb``: the accelerator, the HDL DDR model (``mem_bytes``, a power of
+    two, from :data:`SIM_MEM_BASE`) and the memory backdoor.
 
     With ``ext_mem`` high the accelerator's AXI master is routed to the top's own ``m_axi__*`` ports instead
     (for cocotbext-axi's AxiRam with random pauses): one build serves both kinds of run."""
     bb, P = hw.bus_bytes, hw.weight_ports
-    words_log2 = (SIM_MEM_BYTES // bb).bit_length() - 1
+    words_log2 = (check_mem_bytes(mem_bytes) // bb).bit_length() - 1
     axil = ["awaddr:12:i", "awprot:3:i", "awvalid:1:i", "awready:1:o", "wdata:32:i", "wstrb:4:i", "wvalid:1:i",
             "wready:1:o", "bresp:2:o", "bvalid:1:o", "bready:1:i", "araddr:12:i", "arprot:3:i", "arvalid:1:i",
             "arready:1:o", "rdata:32:o", "rresp:2:o", "rvalid:1:o", "rready:1:i"]
@@ -190,9 +207,10 @@ def _accel_verilog(hw: HwConfig, progress=None) -> Path:
 
 
 def build_accel(hw: HwConfig = DEFAULT_HW, memory: str = "hdl", waves: bool = False, progress=None,
-                toggle_coverage: bool = False):
+                toggle_coverage: bool = False, mem_bytes: int = SIM_MEM_BYTES):
     """Verilog + Verilator build of the accelerator with its simulation top ``mmfree_accel_tb`` (cached).
-    The same build runs with the HDL DDR model (``memory="hdl"``) or cocotbext-axi's AxiRam ("python").
+    The same build runs with the HDL DDR model (``memory="hdl"``, ``mem_bytes`` of it: each size is its own
+    build) or cocotbext-axi's AxiRam ("python").
     ``toggle_coverage=True`` builds with Verilator's ``--coverage-toggle`` (a separate, slower build): every run
     then writes ``coverage.dat`` (toggle counts of every signal bit) into its work directory."""
     from mmfree.sim import runner
@@ -203,7 +221,7 @@ def build_accel(hw: HwConfig = DEFAULT_HW, memory: str = "hdl", waves: bool = Fa
         raise MmfreeError(f"memory='python' (cocotbext-axi AxiRam on m_axi) serves one AXI master; this build has "
                           f"{hw.weight_ports} weight ports: use memory='hdl'")
     v = _accel_verilog(hw, progress)
-    wrapper = tb_wrapper(hw)
+    wrapper = tb_wrapper(hw, mem_bytes=mem_bytes)
     wp = runner.cache_dir() / "verilog" / f"mmfree_accel_tb-{runner._digest(wrapper)}.sv"
     if not wp.exists():
         from mmfree.atomic import write_text
@@ -230,14 +248,16 @@ class SimSession:
     ``dut``: the cocotb handle of the top built by :func:`build_accel`; ``memory``: "hdl" or "python";
     ``workdir``: where the backdoor files go; ``max_wait_cycles``: the most cycles one :meth:`wait_irq`
     simulates before it reports a time-out; ``pause_seed``: with the Python memory, random AXI
-    back-pressure and read latency (cocotbext-axi pause generators); ``None`` for none.
+    back-pressure and read latency (cocotbext-axi pause generators); ``None`` for none; ``mem_bytes``: the
+    simulated DDR's size, as the top was built (:func:`build_accel`).
     """
 
     def __init__(self, dut, memory: str = "hdl", workdir: str | os.PathLike = ".",
-                 max_wait_cycles: int = PARAMS.SIM_MAX_WAIT_CYCLES, pause_seed: int | None = None, bus_bytes: int = 16):
+                 max_wait_cycles: int = PARAMS.SIM_MAX_WAIT_CYCLES, pause_seed: int | None = None, bus_bytes: int = 16,
+                 mem_bytes: int = SIM_MEM_BYTES):
         self.dut, self.memory, self.workdir = dut, memory, Path(workdir)
         self.max_wait_cycles, self.pause_seed, self.bus_bytes = max_wait_cycles, pause_seed, bus_bytes
-        self.mem_window = (SIM_MEM_BASE, SIM_MEM_BASE + SIM_MEM_BYTES)
+        self.mem_window = (SIM_MEM_BASE, SIM_MEM_BASE + mem_bytes)
         self.memfile = self.workdir / "mmfree_mem.hex"
         self.dumpfile = self.workdir / "mmfree_dump.hex"
         self.ram = None
@@ -454,12 +474,14 @@ def _run_with_bar(fn, progress_file: Path, total: int) -> None:
 
 def run_job(job: dict, hw: HwConfig = DEFAULT_HW, memory: str = "hdl", waves: bool = False,
             rd_latency: int = DEFAULT_RD_LATENCY, workdir: str | os.PathLike | None = None, progress=None,
-            toggle_coverage: bool = False) -> dict:
+            toggle_coverage: bool = False, mem_bytes: int = SIM_MEM_BYTES) -> dict:
     """Run one job (see :mod:`mmfree.sim.benches.accel`) on the RTL in a fresh simulator; returns its results.
 
     ``waves=True`` writes ``dump.fst`` into ``workdir`` (and builds a traced model); ``toggle_coverage=True``
-    writes Verilator's ``coverage.dat`` there (give a ``workdir`` to keep it)."""
-    b = build_accel(hw, memory=memory, waves=waves, progress=progress, toggle_coverage=toggle_coverage)
+    writes Verilator's ``coverage.dat`` there (give a ``workdir`` to keep it); ``mem_bytes``: simulated DDR size."""
+    b = build_accel(hw, memory=memory, waves=waves, progress=progress, toggle_coverage=toggle_coverage,
+                    mem_bytes=mem_bytes)
+    job = dict(job, mem_bytes=mem_bytes)
     own = workdir is None
     wd = Path(tempfile.mkdtemp(prefix="mmfree-sim-", dir=system_tempdir() if waves else None)) if own else Path(workdir)
     wd.mkdir(parents=True, exist_ok=True)
@@ -555,8 +577,12 @@ def replay_and_compare(im, passes: list[dict]) -> tuple[bool, list[str]]:
 
 def simulate_generation(model="default", prompt_ids=(1,), n_tokens: int = 16, progress=True, k: int = 1,
                         waves: bool = False, hw: HwConfig = DEFAULT_HW, memory: str = "hdl",
-                        rd_latency: int = DEFAULT_RD_LATENCY, write_logits: bool = True) -> dict:
+                        rd_latency: int = DEFAULT_RD_LATENCY, write_logits: bool = True,
+                        mem_bytes: int | None = None) -> dict:
     """Generate ``n_tokens`` greedily on the simulated accelerator and check it against IntModel.
+
+    ``mem_bytes``: the simulated DDR's size (a power of two); ``None`` sizes it to the model's program, host
+    buffers and image (:func:`sim_mem_bytes`), so any model that fits the build's width runs.
 
     ``model``: "default", a checkpoint directory or an export directory. ``k`` > 1 feeds the prompt k
     tokens per pass and verifies k-1 drafted tokens per pass (prompt-lookup drafts; see
@@ -589,12 +615,14 @@ def simulate_generation(model="default", prompt_ids=(1,), n_tokens: int = 16, pr
         td = Path(td)
         say("compiling the model")
         c = compile_to_dir(im, td / "compiled")
-        from mmfree.host.layout import host_layout
+        from mmfree.host.layout import ddr_needed, host_layout
 
-        host_layout(c, hw.max_tokens, (SIM_MEM_BASE, SIM_MEM_BASE + SIM_MEM_BYTES))   # fits the simulated DDR?
+        if mem_bytes is None:
+            mem_bytes = sim_mem_bytes(ddr_needed(c, hw.max_tokens))
+        host_layout(c, hw.max_tokens, (SIM_MEM_BASE, SIM_MEM_BASE + check_mem_bytes(mem_bytes)))   # fits?
         job = {"kind": "generate", "compiled": str(td / "compiled"), "prompt": prompt, "n_tokens": n_tokens, "k": k,
                "write_logits": write_logits, "progress": bool(progress)}
-        res = run_job(job, hw=hw, memory=memory, waves=waves, rd_latency=rd_latency,
+        res = run_job(job, hw=hw, memory=memory, waves=waves, rd_latency=rd_latency, mem_bytes=mem_bytes,
                       workdir=td / "run" if not waves else Path(tempfile.mkdtemp(prefix="mmfree-waves-", dir=system_tempdir())),
                       progress=say if progress else None)
     passes = passes_from_result(res)
@@ -620,7 +648,7 @@ def simulate_generation(model="default", prompt_ids=(1,), n_tokens: int = 16, pr
         "model": {"d": im.dims.d, "inter": im.dims.inter, "layers": im.dims.layers, "vocab": im.dims.vocab},
         "hw": {"bus_bytes": hw.bus_bytes, "max_tokens": hw.max_tokens, "max_width": hw.max_width,
                "weight_ports": hw.weight_ports, "matvec_engines": hw.matvec_engines,
-               "rd_latency": rd_latency, "memory": memory},
+               "rd_latency": rd_latency, "memory": memory, "mem_bytes": mem_bytes},
         "wall_s": res["wall_s"],
     }
     if waves:

@@ -31,7 +31,7 @@ from cocotb.task import bridge
 
 from mmfree.rtl import params as PARAMS
 from mmfree.rtl.compiler import Compiled
-from mmfree.sim.accel import SimSession, SyncBoard
+from mmfree.sim.accel import SIM_MEM_BYTES, SimSession, SyncBoard
 from mmfree.host.accel import AccelHost
 from mmfree.host.generate import generate, run_script
 from mmfree.host.session import AccelSession
@@ -93,7 +93,7 @@ async def accel_job(dut):
     job = json.loads(Path(os.environ["MMFREE_ACCEL_JOB"]).read_text())
     wd = Path(job["workdir"])
     session = SimSession(dut, memory=job["memory"], workdir=wd, pause_seed=job.get("pause_seed"),
-                         bus_bytes=job["bus_bytes"], max_wait_cycles=job.get("max_wait_cycles", PARAMS.SIM_MAX_WAIT_CYCLES))
+                         bus_bytes=job["bus_bytes"], mem_bytes=job.get("mem_bytes", SIM_MEM_BYTES), max_wait_cycles=job.get("max_wait_cycles", PARAMS.SIM_MAX_WAIT_CYCLES))
     await session.start()
     board = SyncBoard(session)
     compiled = Compiled.load(job["compiled"])

@@ -74,11 +74,33 @@ def test_simulate_generation_checks_before_simulating():
             simulate_generation(**args)
 
 
-def test_simulate_generation_model_too_big_for_simulated_ddr(monkeypatch):
-    """A model whose image does not fit the 64 MiB simulated DDR is refused before the build."""
-    import mmfree.sim.accel as A
+def test_simulate_generation_model_too_big_for_simulated_ddr():
+    """A model whose image does not fit a simulated DDR of the size asked for is refused before the build."""
     from mmfree.sim.accel import simulate_generation
 
-    monkeypatch.setattr(A, "SIM_MEM_BYTES", 1 << 16)
     with pytest.raises(MmfreeError, match="bytes of DDR"):
-        simulate_generation("default", [1], 2, progress=False)
+        simulate_generation("default", [1], 2, progress=False, mem_bytes=1 << 16)
+
+
+@pytest.mark.parametrize("bad", [3 << 20, 1 << 10, 1 << 41, 2.0**26, True])
+def test_simulate_generation_bad_mem_bytes(bad):
+    from mmfree.sim.accel import simulate_generation
+
+    with pytest.raises(MmfreeError, match="mem_bytes"):
+        simulate_generation("default", [1], 2, progress=False, mem_bytes=bad)
+
+
+def test_simulated_ddr_sized_to_the_model():
+    """The default model keeps the 64 MiB DDR (and so its cached build); a 370M-shape image gets the next power
+    of two above its program, buffers and image."""
+    from mmfree.host.layout import ddr_needed
+    from mmfree.pymodel.intmodel import open_int_model
+    from mmfree.rtl.compiler import compile_model
+    from mmfree.sim.accel import DEFAULT_HW, SIM_MEM_BYTES, sim_mem_bytes, tb_wrapper
+
+    im, _ = open_int_model("default")
+    assert sim_mem_bytes(ddr_needed(compile_model(im), DEFAULT_HW.max_tokens)) == SIM_MEM_BYTES == 64 << 20
+    assert sim_mem_bytes(150 << 20) == 256 << 20 and sim_mem_bytes(256 << 20) == 256 << 20
+    assert sim_mem_bytes((256 << 20) + 1) == 512 << 20
+    assert tb_wrapper(DEFAULT_HW) == tb_wrapper(DEFAULT_HW, mem_bytes=64 << 20)     # the cached default build
+    assert ".MEM_WORDS_LOG2(24)" in tb_wrapper(DEFAULT_HW, mem_bytes=256 << 20)
