@@ -160,9 +160,11 @@ def main() -> int:
                 meas = dict(store.get(name, {}))
             else:
                 meas = {}
-                for lat in lats:
+                for lat in lats:                # recorded run by run: a long sweep keeps what it finished
                     meas.update(rtl_cycles(name, ks, hw_name, lat, logits))
-                store.setdefault(name, {}).update(meas)
+                    store.setdefault(name, {}).update(meas)
+                    if args.record:
+                        save_record(recorded, hws, lats)
             for r in compare(hw_name, name, meas, ks, lats):
                 r["wall_s"] = time.perf_counter() - t0
                 rows.append(r)
@@ -173,22 +175,9 @@ def main() -> int:
     else:
         print(text)
     if args.record:
-        from mmfree.atomic import write_text
 
         if not args.from_record:
-            if lats == (RD_LATENCY,):
-                recorded.setdefault("commands", {})
-                for h in hws:
-                    recorded["commands"][h] = command_line()
-                if "default" in hws:
-                    recorded["command"] = command_line()
-            else:                               # runs at other latencies: keep every command that added some
-                cmds = recorded.setdefault("latency_commands", [])
-                if command_line() not in cmds:
-                    cmds.append(command_line())
-            recorded["rd_latency"] = RD_LATENCY
-            recorded["configs"] = {n: dict(zip(("d", "inter", "layers", "vocab"), CONFIGS[n])) for n in CONFIGS}
-            write_text(DATA_FILE, json.dumps(recorded, indent=1) + "\n")
+            save_record(recorded, hws, lats)
         # the docs table: every recorded run of every build, against the model as it is now
         all_rows = [r for h in HW_NAMES for n in CONFIGS
                     for r in compare(h, n, recorded_runs(recorded, h).get(n, {}), (1, 2, 4))]
@@ -207,6 +196,25 @@ def main() -> int:
     worst = max((abs(r["error"]) for r in rows), default=0.0)
     print(f"worst error {100 * worst:.1f} %", file=sys.stderr)
     return 0 if worst <= 0.05 else 1
+
+
+def save_record(recorded: dict, hws, lats) -> None:
+    """Write ``recorded`` (with this command line) to :data:`DATA_FILE`."""
+    from mmfree.atomic import write_text
+
+    if lats == (RD_LATENCY,):
+        recorded.setdefault("commands", {})
+        for h in hws:
+            recorded["commands"][h] = command_line()
+        if "default" in hws:
+            recorded["command"] = command_line()
+    else:                               # runs at other latencies: keep every command that added some
+        cmds = recorded.setdefault("latency_commands", [])
+        if command_line() not in cmds:
+            cmds.append(command_line())
+    recorded["rd_latency"] = RD_LATENCY
+    recorded["configs"] = {n: dict(zip(("d", "inter", "layers", "vocab"), CONFIGS[n])) for n in CONFIGS}
+    write_text(DATA_FILE, json.dumps(recorded, indent=1) + "\n")
 
 
 def recorded_runs(recorded: dict, hw_name: str) -> dict:
