@@ -64,9 +64,8 @@ def parse_key(key: str) -> tuple[int, bool, int]:
 
 
 def hw_for(hw_name: str):
-    from mmfree.sim.accel import DEFAULT_HW, PORTS4_HW
-
     from mmfree.rtl.compiler import HwConfig
+    from mmfree.sim.accel import DEFAULT_HW, PORTS4_HW
 
     # pynqz2: the 64-bit build shaped like the PYNQ-Z2's (tests/sim/test_accel_rtl.py test_rtl_64bit_bus_bit_exact)
     pynqz2 = HwConfig(bus_bytes=8, max_tokens=2, max_width=1024, weight_ports=2, matvec_engines=1)
@@ -98,7 +97,8 @@ def rtl_cycles(name: str, ks=(1, 4), hw_name: str = "default", rd_latency: int =
     for (k, wl), p in zip(runs, res["passes"]):
         if "error" in p:
             raise RuntimeError(f"{name} k={k}: the accelerator reported error {p['error']}")
-        out[run_key(k, wl, rd_latency)] = {"cycles": p["cycles"], "stalls": p["stalls"], "rd_bytes": p["rd_bytes"], "wr_bytes": p["wr_bytes"]}
+        out[run_key(k, wl, rd_latency)] = {"cycles": p["cycles"], "stalls": p["stalls"], "rd_bytes": p["rd_bytes"],
+                                           "wr_bytes": p["wr_bytes"]}
     return out
 
 
@@ -175,7 +175,6 @@ def main() -> int:
     else:
         print(text)
     if args.record:
-
         if not args.from_record:
             save_record(recorded, hws, lats)
         # the docs table: every recorded run of every build, against the model as it is now
@@ -183,8 +182,9 @@ def main() -> int:
                     for r in compare(h, n, recorded_runs(recorded, h).get(n, {}), (1, 2, 4))]
         all_rows.sort(key=lambda r: (r["rd_latency"] != RD_LATENCY, r["rd_latency"]))
         cmds = {"default": recorded.get("command"), **recorded.get("commands", {})}
-        body = ("RTL cycles (simulated: Verilator, 128-bit bus (64-bit for pynqz2), simulated DDR one beat per cycle per port, read latency "
-                f"{RD_LATENCY} cycles unless the table says otherwise; one pass of k tokens from the zero state) measured with "
+        body = ("RTL cycles (simulated: Verilator, 128-bit bus (64-bit for pynqz2), simulated DDR one beat per cycle per "
+                f"port, read latency {RD_LATENCY} cycles unless the table says otherwise; one pass of k tokens from the "
+                "zero state) measured with "
                 + "; ".join(f"`{c}` ({h})" for h, c in cmds.items() if c)
                 + "".join(f"; `{c}`" for c in recorded.get("latency_commands", []))
                 + "; model cycles (modeled) from `mmfree.sim.perf.pass_cycles` with the same bus, compared by "

@@ -204,9 +204,8 @@ def test_cli_json_and_table(tmp_path):
 def test_recorded_rtl_cycles_within_5_percent():
     """The model against the RTL cycles recorded by bench/perf_validate.py --record (no simulation here)."""
     rec = json.loads((ROOT / "boards" / "data" / "perf_validation.json").read_text())
-    from mmfree.sim.accel import DEFAULT_HW, PORTS4_HW
-
     from mmfree.rtl.compiler import HwConfig
+    from mmfree.sim.accel import DEFAULT_HW, PORTS4_HW
 
     n = {"default": 0, "ports4": 0, "pynqz2": 0}
     pynqz2 = HwConfig(bus_bytes=8, max_tokens=2, max_width=1024, weight_ports=2, matvec_engines=1)
