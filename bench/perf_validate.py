@@ -68,9 +68,8 @@ def parse_key(key: str) -> tuple[int, bool, int]:
 
 
 def hw_for(hw_name: str):
-    from mmfree.sim.accel import DEFAULT_HW, PORTS4_HW
-
     from mmfree.rtl.compiler import HwConfig
+    from mmfree.sim.accel import DEFAULT_HW, PORTS4_HW
 
     # pynqz2: the 64-bit build shaped like the PYNQ-Z2's (tests/sim/test_accel_rtl.py test_rtl_64bit_bus_bit_exact)
     pynqz2 = HwConfig(bus_bytes=8, max_tokens=2, max_width=1024, weight_ports=2, matvec_engines=1)
@@ -102,7 +101,8 @@ def rtl_cycles(name: str, ks=(1, 4), hw_name: str = "default", rd_latency: int =
     for (k, wl), p in zip(runs, res["passes"]):
         if "error" in p:
             raise RuntimeError(f"{name} k={k}: the accelerator reported error {p['error']}")
-        out[run_key(k, wl, rd_latency)] = {"cycles": p["cycles"], "stalls": p["stalls"], "rd_bytes": p["rd_bytes"], "wr_bytes": p["wr_bytes"]}
+        out[run_key(k, wl, rd_latency)] = {"cycles": p["cycles"], "stalls": p["stalls"], "rd_bytes": p["rd_bytes"],
+                                           "wr_bytes": p["wr_bytes"]}
     return out
 
 
@@ -168,9 +168,11 @@ def main() -> int:
                 meas = dict(store.get(name, {}))
             else:
                 meas = {}
-                for lat in lats:
+                for lat in lats:                # recorded run by run: a long sweep keeps what it finished
                     meas.update(rtl_cycles(name, ks, hw_name, lat, logits))
-                store.setdefault(name, {}).update(meas)
+                    store.setdefault(name, {}).update(meas)
+                    if args.record:
+                        save_record(recorded, hws, lats)
             for r in compare(hw_name, name, meas, ks, lats):
                 r["wall_s"] = time.perf_counter() - t0
                 rows.append(r)
@@ -181,29 +183,16 @@ def main() -> int:
     else:
         print(text)
     if args.record:
-        from mmfree.atomic import write_text
-
         if not args.from_record:
-            if lats == (RD_LATENCY,):
-                recorded.setdefault("commands", {})
-                for h in hws:
-                    recorded["commands"][h] = command_line()
-                if "default" in hws:
-                    recorded["command"] = command_line()
-            else:                               # runs at other latencies: keep every command that added some
-                cmds = recorded.setdefault("latency_commands", [])
-                if command_line() not in cmds:
-                    cmds.append(command_line())
-            recorded["rd_latency"] = RD_LATENCY
-            recorded["configs"] = {n: dict(zip(("d", "inter", "layers", "vocab"), CONFIGS[n])) for n in CONFIGS}
-            write_text(DATA_FILE, json.dumps(recorded, indent=1) + "\n")
+            save_record(recorded, hws, lats)
         # the docs table: every recorded run of every build, against the model as it is now
         all_rows = [r for h in HW_NAMES for n in CONFIGS
                     for r in compare(h, n, recorded_runs(recorded, h).get(n, {}), (1, 2, 4))]
         all_rows.sort(key=lambda r: (r["rd_latency"] != RD_LATENCY, r["rd_latency"]))
         cmds = {"default": recorded.get("command"), **recorded.get("commands", {})}
-        body = ("RTL cycles (simulated: Verilator, 128-bit bus (64-bit for pynqz2), simulated DDR one beat per cycle per port, read latency "
-                f"{RD_LATENCY} cycles unless the table says otherwise; one pass of k tokens from the zero state) measured with "
+        body = ("RTL cycles (simulated: Verilator, 128-bit bus (64-bit for pynqz2), simulated DDR one beat per cycle per "
+                f"port, read latency {RD_LATENCY} cycles unless the table says otherwise; one pass of k tokens from the "
+                "zero state) measured with "
                 + "; ".join(f"`{c}` ({h})" for h, c in cmds.items() if c)
                 + "".join(f"; `{c}`" for c in recorded.get("latency_commands", []))
                 + "; model cycles (modeled) from `mmfree.sim.perf.pass_cycles` with the same bus, compared by "
@@ -231,6 +220,25 @@ def same_as_recorded(recorded: dict, hws, names, ks) -> int:
                       flush=True)
     print(f"{n} runs, {bad} different", flush=True)
     return 1 if bad else 0
+
+
+def save_record(recorded: dict, hws, lats) -> None:
+    """Write ``recorded`` (with this command line) to :data:`DATA_FILE`."""
+    from mmfree.atomic import write_text
+
+    if lats == (RD_LATENCY,):
+        recorded.setdefault("commands", {})
+        for h in hws:
+            recorded["commands"][h] = command_line()
+        if "default" in hws:
+            recorded["command"] = command_line()
+    else:                               # runs at other latencies: keep every command that added some
+        cmds = recorded.setdefault("latency_commands", [])
+        if command_line() not in cmds:
+            cmds.append(command_line())
+    recorded["rd_latency"] = RD_LATENCY
+    recorded["configs"] = {n: dict(zip(("d", "inter", "layers", "vocab"), CONFIGS[n])) for n in CONFIGS}
+    write_text(DATA_FILE, json.dumps(recorded, indent=1) + "\n")
 
 
 def recorded_runs(recorded: dict, hw_name: str) -> dict:

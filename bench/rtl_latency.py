@@ -50,6 +50,7 @@ def override_weight_fifo(depth: int) -> None:
 def rtl_rows(hws, lats) -> list[dict]:
     """One row per (build, latency): cycles, bytes read and the read bandwidth as a fraction of the ports' peak."""
     import perf_validate as V
+
     from mmfree.rtl import params as PARAMS
 
     rows = []

@@ -69,7 +69,8 @@ RTL_TIMING = {
     "mv_store": 14,         # ternary engine + serialiser + Dequantize + write (epilogue STORE / HEAD)
     "mv_resid": 20,         # ... + ResidualAdd + MaxAbs (epilogue RESID)
     "mv_glu": 24,           # ... + GatedProduct + MaxAbs (epilogue GLU)
-    "rd_turn": 16,          # weight read round trip besides the latency (a burst of room, AR register, FIFO)
+    "rd_turn": 20,          # read round trip besides the latency (a burst of room, AR register, FIFO): fitted to
+                            # bench/rtl_axi_latency.py (W / rate - L = 20.0 +- 0.2 for W = 64, 256; L = 48..300)
 }
 #: The Reciprocal's latency (rtl/quantize.py: R_WIDTH + 4 cycles, one division at a time).
 try:

@@ -204,9 +204,8 @@ def test_cli_json_and_table(tmp_path):
 def test_recorded_rtl_cycles_within_5_percent():
     """The model against the RTL cycles recorded by bench/perf_validate.py --record (no simulation here)."""
     rec = json.loads((ROOT / "boards" / "data" / "perf_validation.json").read_text())
-    from mmfree.sim.accel import DEFAULT_HW, PORTS4_HW
-
     from mmfree.rtl.compiler import HwConfig
+    from mmfree.sim.accel import DEFAULT_HW, PORTS4_HW
 
     n = {"default": 0, "ports4": 0, "pynqz2": 0}
     pynqz2 = HwConfig(bus_bytes=8, max_tokens=2, max_width=1024, weight_ports=2, matvec_engines=1)
@@ -286,3 +285,15 @@ def test_cli_latency_ns():
     bad = subprocess.run([sys.executable, "-m", "mmfree", "perf", "--latency-ns", "-5"],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 1 and "mmfree perf: error: --latency-ns" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("fifo,latency", [(64, 125), (PARAMS.WEIGHT_CLIENT_FIFO, 300)])
+def test_stream_rate_matches_the_axi_reader(fifo, latency):
+    """The outstanding-read limit of the model against the AXI reader's RTL (Amaranth simulator), cycle counts."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import rtl_axi_latency as B
+    finally:
+        sys.path.pop(0)
+    got = B.measure(fifo, latency, 1024, PARAMS.MAX_OUTSTANDING)["steady_beats_per_cycle"]
+    assert got == pytest.approx(P.stream_rate(1.0, latency, window=min(fifo, PARAMS.MAX_OUTSTANDING * 16)), abs=0.01)
