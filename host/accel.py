@@ -46,8 +46,9 @@ def read_draft_engine(read32) -> dict | None:
     """The accelerator's draft engine from DRAFT_CONFIG / DRAFT_COUNTERS / DRAFT_VOCAB (``read32(offset)``):
     :func:`regmap.decode_draft_config`'s dict plus ``vocab`` (bigram rows), or None for a build without one
     (either register 0, as a register map 2.1 bitstream reads)."""
-    vocab = int(read32(RM.OFFSET["DRAFT_VOCAB"]))
-    eng = RM.decode_draft_config(int(read32(RM.OFFSET["DRAFT_CONFIG"])), int(read32(RM.OFFSET["DRAFT_COUNTERS"])))
+    regs = RM.Registers(read32, None)
+    vocab = regs.read("DRAFT_VOCAB")
+    eng = RM.decode_draft_config(regs.read("DRAFT_CONFIG"), regs.read("DRAFT_COUNTERS"))
     return dict(eng, vocab=vocab) if eng is not None and vocab else None
 
 
@@ -56,14 +57,15 @@ def read_identity(read32) -> dict:
     (:func:`regmap.decode_hw_config`). MmfreeError when ID is not the accelerator's, VERSION is another register
     map major version, or HW_CONFIG reads 0 or a zero bus width, lane count or tokens per pass (a build whose
     parameters do not read back: nothing could be sized from it)."""
-    if read32(RM.OFFSET["ID"]) != RM.ID_MAGIC:
+    regs = RM.Registers(read32, None)
+    if regs.read("ID") != RM.ID_MAGIC:
         raise MmfreeError("no mmfree accelerator answers at this CSR window (ID register mismatch): wrong "
                           "overlay, or the bitstream is not loaded")
-    version = read32(RM.OFFSET["VERSION"])
+    version = regs.read("VERSION")
     if version >> 16 != RM.REGMAP_VERSION_MAJOR:
         raise MmfreeError(f"the accelerator implements register map {version >> 16}.{version & 0xFFFF}, this "
                           f"host speaks {RM.REGMAP_VERSION_MAJOR}.{RM.REGMAP_VERSION_MINOR}")
-    raw = read32(RM.OFFSET["HW_CONFIG"])
+    raw = regs.read("HW_CONFIG")
     hwc = RM.decode_hw_config(raw)
     zero = [f for f in ("bus_bytes", "lanes", "max_tokens") if not hwc[f]]
     if zero:
@@ -85,6 +87,7 @@ class AccelHost:
     def __init__(self, board, compiled: Compiled, timeout_s: float = 60.0):
         self.board, self.c, self.timeout_s = board, compiled, check_timeout(timeout_s)
         self.transport = t = as_transport(board)
+        self.regs = RM.Registers(t.read32, t.write32)      # every register access by name (rtl/regmap.py)
         hwc = read_identity(t.read32)
         if self.busy():
             warnings.warn("the accelerator was BUSY when opened (a pass or GENERATE left running, e.g. by a process "
@@ -94,7 +97,7 @@ class AccelHost:
                                   "overlay (`mmfree flash`)")
         self.draft = read_draft_engine(t.read32)
         self.hw = HwConfig(bus_bytes=hwc["bus_bytes"], max_tokens=hwc["max_tokens"],
-                           max_width=16 * (t.read32(RM.OFFSET["HW_LIMITS"]) & 0xFFFF),
+                           max_width=16 * (self.regs.read("HW_LIMITS") & 0xFFFF),
                            weight_ports=hwc["weight_ports"], draft_vocab=self.draft["vocab"] if self.draft else 0)
         dims = compiled.dims
         self.d, self.L, self.V = dims.d, dims.layers, dims.vocab
@@ -108,19 +111,17 @@ class AccelHost:
             self.set_addr(name, self.addr[name])
         self.set_addr("MEM_LO", t.mem_window[0])
         self.set_addr("MEM_HI", t.mem_window[1])
-        t.write32(RM.OFFSET["IRQ_STATUS"], 1)
-        t.write32(RM.OFFSET["CONTROL"], RM.CTRL_IRQ_ENABLE)
+        self.regs.write("IRQ_STATUS", 1)
+        self.regs.write("CONTROL", irq_enable=1)
         self.state_in = self.addr["STATE_A"]
         self.next_out = self.addr["STATE_B"]
         self.reset_state()
 
     def set_addr(self, name: str, value: int) -> None:
-        self.transport.write32(RM.OFFSET[name + "_LO"], value & 0xFFFFFFFF)
-        self.transport.write32(RM.OFFSET[name + "_HI"], value >> 32)
+        self.regs.write64(name, value)
 
     def reg64(self, name: str) -> int:
-        t = self.transport
-        return t.read32(RM.OFFSET[name + "_LO"]) | (t.read32(RM.OFFSET[name + "_HI"]) << 32)
+        return self.regs.read64(name)
 
     def reset_state(self, h: np.ndarray | None = None) -> None:
         """Start a new sequence (zero state, or ``h`` int [L, d])."""
@@ -148,16 +149,15 @@ class AccelHost:
 
     def busy(self) -> bool:
         """STATUS.BUSY: a pass or GENERATE is running."""
-        return bool(self.transport.read32(RM.OFFSET["STATUS"]) & RM.STAT_BUSY)
+        return bool(self.regs.fields("STATUS")["busy"])
 
     def abort(self) -> bool:
         """Stop whatever the accelerator runs: SOFT_RESET (IRQ_ENABLE kept), acknowledge the interrupt, then wait
         up to :data:`ABORT_WAIT_S` for STATUS.BUSY to clear. True when it is idle. Every way out of a running pass
         that did not end by itself (time-out, Ctrl-C, any exception while waiting, closing) goes through here
         before the host frees anything."""
-        t = self.transport
-        t.write32(RM.OFFSET["CONTROL"], RM.CTRL_SOFT_RESET | RM.CTRL_IRQ_ENABLE)
-        t.write32(RM.OFFSET["IRQ_STATUS"], 1)
+        self.regs.write("CONTROL", soft_reset=1, irq_enable=1)
+        self.regs.write("IRQ_STATUS", 1)
         deadline = time.monotonic() + ABORT_WAIT_S
         while self.busy():
             if time.monotonic() >= deadline:
@@ -180,28 +180,27 @@ class AccelHost:
         MMIO error) aborts the pass before it goes on."""
         b = self.transport
         timeout_s = check_timeout(timeout_s, max_s=None)
-        b.write32(RM.OFFSET["CONTROL"], control | RM.CTRL_IRQ_ENABLE)
+        self.regs.write("CONTROL", control | RM.CTRL_IRQ_ENABLE)
         try:
             done = b.wait_irq(timeout_s)
         except BaseException:
             self._abort_quietly()
             raise
         if not done:
-            status, pc = b.read32(RM.OFFSET["STATUS"]), b.read32(RM.OFFSET["PC"])
+            status, pc = self.regs.read("STATUS"), self.regs.read("PC")
             where = ""
             if control & RM.CTRL_GENERATE:
-                where = (f", GEN_COUNT {b.read32(RM.OFFSET['GEN_COUNT'])}, GEN_PASSES "
-                         f"{b.read32(RM.OFFSET['GEN_PASSES'])}")
+                where = f", GEN_COUNT {self.regs.read('GEN_COUNT')}, GEN_PASSES {self.regs.read('GEN_PASSES')}"
             idle = self.abort()                                   # never left running
             raise MmfreeError(f"the accelerator did not finish within {timeout_s:g} s (STATUS {status:#x}, "
                               f"PC {pc:#x}{where}); it was aborted with SOFT_RESET"
                               + ("" if idle else f" but stayed BUSY for {ABORT_WAIT_S:g} s: reload the overlay")
                               + ". Raise the time-out for big models")
-        b.write32(RM.OFFSET["IRQ_STATUS"], 1)
-        status = b.read32(RM.OFFSET["STATUS"])
-        if status & RM.STAT_ERROR:            # the hardware stopped itself; STATUS/ERROR_CODE stay readable
-            raise AccelRunError(b.read32(RM.OFFSET["ERROR_CODE"]), b.read32(RM.OFFSET["PC"]))
-        if not status & RM.STAT_DONE:
+        self.regs.write("IRQ_STATUS", 1)
+        status = self.regs.read("STATUS")
+        if RM.decode("STATUS", status)["error"]:   # the hardware stopped itself; STATUS/ERROR_CODE stay readable
+            raise AccelRunError(self.regs.read("ERROR_CODE"), self.regs.read("PC"))
+        if not RM.decode("STATUS", status)["done"]:
             raise MmfreeError(f"interrupt without DONE or ERROR (STATUS {status:#x})")
 
     def run(self, tokens, parents=None, write_logits: bool = True, commit_last: bool = True,
@@ -224,8 +223,8 @@ class AccelHost:
             flags |= RM.FLAG_TREE
         self.set_addr("STATE_IN", self.state_in)
         self.set_addr("STATE_OUT", self.next_out)
-        b.write32(RM.OFFSET["NUM_TOKENS"], k if num_tokens is None else num_tokens)
-        b.write32(RM.OFFSET["FLAGS"], flags)
+        self.regs.write("NUM_TOKENS", k if num_tokens is None else num_tokens)
+        self.regs.write("FLAGS", flags)
         self.start_and_wait(RM.CTRL_START, timeout_s)
         stride = self.c.state_stride
         out = self.next_out

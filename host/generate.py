@@ -209,9 +209,13 @@ def generate_onchip(host: AccelHost, prompt: list[int], n_tokens: int, table, eo
     b.write_mem(addr["BIGRAM_BASE"], bigram.tobytes())
     for name in ("TABLE_BASE", "BIGRAM_BASE", "GEN_OUT"):
         host.set_addr(name, addr[name])
-    b.write32(RM.OFFSET["GEN_EOS"], (1 << 31 | eos_id) if eos_id is not None else 0)
-    b.write32(RM.OFFSET["STATE_STRIDE"], host.c.state_stride)
-    b.write32(RM.OFFSET["FLAGS"], RM.FLAG_WRITE_LOGITS if write_logits else 0)
+    regs = host.regs
+    if eos_id is not None:
+        regs.write("GEN_EOS", enable=1, token=eos_id)
+    else:
+        regs.write("GEN_EOS", 0)
+    regs.write("STATE_STRIDE", host.c.state_stride)
+    regs.write("FLAGS", RM.FLAG_WRITE_LOGITS if write_logits else 0)
     seq = prompt + out
     stride, K = host.c.state_stride, host.hw.max_tokens
     positions = {area + j * stride for area in (addr["STATE_A"], addr["STATE_B"]) for j in range(K)}
@@ -220,10 +224,10 @@ def generate_onchip(host: AccelHost, prompt: list[int], n_tokens: int, table, eo
         host.set_addr("STATE_IN", host.state_in)
         host.set_addr("STATE_OUT", host.next_out)                     # the first pass's; STATE_IN is not in it
         host.set_addr("STATE_ALT", host.state_area(host.state_in))
-        b.write32(RM.OFFSET["GEN_N"], n)
-        b.write32(RM.OFFSET["GEN_CONTEXT"], seq[-2] << 16 | seq[-1])
+        regs.write("GEN_N", n)
+        regs.write("GEN_CONTEXT", prev=seq[-2], root=seq[-1])
         host.start_and_wait(RM.CTRL_GENERATE, host.timeout_s * n)
-        count, state = b.read32(RM.OFFSET["GEN_COUNT"]), host.reg64("GEN_STATE")
+        count, state = regs.read("GEN_COUNT"), regs.read64("GEN_STATE")
         new = [int(t) for t in np.frombuffer(b.read_mem(addr["GEN_OUT"], 4 * count), dtype="<u4")] \
             if 1 <= count <= n else []
         if not new or not (count == n or new[-1] == eos_id) or eos_id in new[:-1] or state not in positions:
@@ -232,8 +236,8 @@ def generate_onchip(host: AccelHost, prompt: list[int], n_tokens: int, table, eo
                               "the bitstream does not keep the on-chip loop's contract (docs/speculative.md)")
         host.commit_state(state)
         passes.append({"onchip": True, "tokens": [], "emitted_tokens": new, "prefill": False, "emitted": count,
-                       "count": count, "gen_passes": b.read32(RM.OFFSET["GEN_PASSES"]),
-                       "gen_nodes": b.read32(RM.OFFSET["GEN_NODES"]), "gen_cycles": host.reg64("GEN_CYCLES"),
+                       "count": count, "gen_passes": regs.read("GEN_PASSES"),
+                       "gen_nodes": regs.read("GEN_NODES"), "gen_cycles": regs.read64("GEN_CYCLES"),
                        "cycles": host.reg64("GEN_CYCLES"), "stalls": host.reg64("STALLS"),
                        "rd_bytes": host.reg64("RD_BYTES"), "wr_bytes": host.reg64("WR_BYTES"), "state": state})
         out += new
@@ -267,8 +271,8 @@ def run_script(host: AccelHost, steps: list[dict]) -> list[dict]:
                 saved[name] = host.reg64(name)
                 host.set_addr(name, int(v))
             else:
-                saved[name] = t.read32(RM.OFFSET[name])
-                t.write32(RM.OFFSET[name], int(v))
+                saved[name] = host.regs.read(name)
+                host.regs.write(name, int(v))
         try:
             res = host.run(st["tokens"], parents=st.get("parents"), write_logits=st.get("write_logits", True),
                            commit_last=False, num_tokens=st.get("num_tokens"))
@@ -282,7 +286,7 @@ def run_script(host: AccelHost, steps: list[dict]) -> list[dict]:
             if name in RM.ADDRESS_REGS:
                 host.set_addr(name, v)
             else:
-                t.write32(RM.OFFSET[name], v)
+                host.regs.write(name, v)
         if "program" in st:
             t.write_mem(host.addr["PROG_BASE"], host.c.program)
     return out
