@@ -51,6 +51,33 @@ class Board:
         return int((self.ddr["size_mb"] - self.ddr.get("os_reserved_mb", 0)) * 2**20)
 
 
+def _number(v, integer: bool = False) -> bool:
+    """A JSON number (an integer when ``integer``), never a bool."""
+    return isinstance(v, int if integer else (int, float)) and not isinstance(v, bool)
+
+
+def _optional_problems(d: dict) -> list[str]:
+    """The optional fields other modules compute with: present means well-typed and in range."""
+    problems = []
+    ddr, hp, build = d["ddr"], d["hp_ports"], d.get("build", {})
+    size = ddr.get("size_mb") if _number(ddr.get("size_mb")) else float("inf")      # its own check names it
+    if "os_reserved_mb" in ddr and not (_number(ddr["os_reserved_mb"]) and 0 <= ddr["os_reserved_mb"] < size):
+        problems.append(f"field 'ddr.os_reserved_mb' must be a number in [0, ddr.size_mb), got {ddr['os_reserved_mb']!r}")
+    if "max_burst_beats" in hp and not (_number(hp["max_burst_beats"], True) and hp["max_burst_beats"] >= 1):
+        problems.append(f"field 'hp_ports.max_burst_beats' must be a positive integer, got {hp['max_burst_beats']!r}")
+    for key in ("names", "used"):
+        if key in hp and not (isinstance(hp[key], list) and all(isinstance(n, str) for n in hp[key])):
+            problems.append(f"field 'hp_ports.{key}' must be a list of port names, got {hp[key]!r}")
+    if "max_clock_mhz" in d and not (_number(d["max_clock_mhz"]) and d["max_clock_mhz"] > 0):
+        problems.append(f"field 'max_clock_mhz' must be a positive number, got {d['max_clock_mhz']!r}")
+    if not isinstance(build, dict):
+        return problems + [f"field 'build' must be an object, got {build!r}"]
+    for key in ("weight_ports", "max_tokens", "max_width", "matvec_engines"):
+        if key in build and not (_number(build[key], True) and build[key] >= 1):
+            problems.append(f"field 'build.{key}' must be a positive integer, got {build[key]!r}")
+    return problems
+
+
 def _check(d: dict, where: str) -> Board:
     problems = []
     for key, typ in _REQUIRED.items():
@@ -62,7 +89,7 @@ def _check(d: dict, where: str) -> Board:
         raise MmfreeError(f"board file {where}: " + "; ".join(problems))
     for k in _PL:
         v = d["pl"].get(k)
-        if not isinstance(v, int) or v < 0:
+        if not _number(v, True) or v < 0:
             problems.append(f"field 'pl.{k}' must be a non-negative integer, got {v!r}")
     for k in _DDR:
         v = d["ddr"].get(k)
@@ -78,7 +105,7 @@ def _check(d: dict, where: str) -> Board:
     if d["clock_mhz"] <= 0:
         problems.append(f"field 'clock_mhz' must be positive, got {d['clock_mhz']!r}")
     power = d.get("power")
-    if power is not None:
+    if "power" in d:
         if not isinstance(power, dict):
             problems.append(f"field 'power' must be an object, got {power!r}")
         else:
@@ -89,6 +116,7 @@ def _check(d: dict, where: str) -> Board:
                 v = power.get(key)
                 if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0):
                     problems.append(f"field 'power.{key}' must be a non-negative number of watts, got {v!r}")
+    problems += _optional_problems(d)
     psc = d.get("ps_config", {})
     if not isinstance(psc, dict) or any(not isinstance(k, str) or not isinstance(v, str) for k, v in psc.items()):
         problems.append("field 'ps_config' must map Vivado PS CONFIG names to string values")

@@ -8,7 +8,6 @@ import copy
 import json
 from pathlib import Path
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -29,10 +28,6 @@ def _paths(obj, prefix=()):
             yield from _paths(v, prefix + (k,))
 
 
-@pytest.mark.xfail(reason="board-file validation gaps found by this fuzz (issue 22; boards/boardfile.py _check, owned "
-                          "by the board-file move): a non-number ddr.os_reserved_mb / hp_ports.width_bits / "
-                          "build.* reaches ddr_usable_bytes, sim.perf.default_hw and predict as a TypeError/ValueError",
-                   strict=False)
 @fuzz(2)
 @given(data=st.data())
 def test_board_file(tmp_path, capsys, data):
