@@ -33,7 +33,6 @@ def export_random_model(name: str, d: int, inter: int, layers: int, vocab: int, 
     """A random model of that shape (seed 0; norm weights near 1, projection weights 0.05 sigma, unit-variance
     embedding), exported once per numerics/layout/export/model source under ``build/<subdir>/`` (cached)."""
     import hashlib
-
     from importlib import resources
 
     from mmfree.config import cache_dir

@@ -165,7 +165,8 @@ def main() -> int:
     if args.record and args.k == 1:
         plot(rs, ROOT / "docs" / "img" / "perf.png")
         body = (f"Modeled with `{command_line()}` (mmfree.sim.perf.predict: each board's default clock, HP-port "
-                f"width and weight ports (board file build.weight_ports), k = {args.k}, greedy decode without logits written, the assumptions listed below):\n\n"
+                f"width and weight ports (board file build.weight_ports), k = {args.k}, greedy decode without logits "
+                f"written, the assumptions listed below):\n\n"
                 + text + "\n\n![tokens/s vs model size](img/perf.png)")
         write_section("performance.md", "projections", body)
     elif args.record:

@@ -89,7 +89,8 @@ def table(rows: list[dict]) -> str:
     for r in rows:
         cp = r.get("critical_path") or {}
         x, s = r["xilinx"]["xcup"] or {}, r["xilinx"]["xc7"] or {}
-        miss = lambda ok: "" if ok in (True, None) else " **miss**"
+        def miss(ok):
+            return "" if ok in (True, None) else " **miss**"
         nr = "not run"
         out.append("| " + " | ".join([
             f"`{r['name']}`", str(r.get("latency_cycles", "-")),
@@ -115,10 +116,11 @@ def cycle_effect() -> tuple[dict, list[dict]]:
     """Modeled effect of building the datapath from the pipelined variants: ``(deltas, rows)`` with the
     RTL_TIMING increments (from :func:`latency_cycles`) and, per validation config and k, the recorded RTL
     cycles, the model's cycles with the current latencies and with the increments."""
+    from perf_validate import CONFIGS, DATA_FILE, RD_LATENCY, hw_for
+
     from mmfree.pymodel.layout import Dims
     from mmfree.rtl.catalog import PIPELINED_VARIANTS, all_units
     from mmfree.sim.perf import RTL_TIMING, pass_cycles
-    from perf_validate import CONFIGS, DATA_FILE, RD_LATENCY, hw_for
 
     units = all_units()
     extra = {u: latency_cycles(PIPELINED_VARIANTS[f"{u}_p"]) - latency_cycles(units[u])

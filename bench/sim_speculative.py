@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import command_line, write_section  # noqa: E402
 from speculative import held_out_prompts  # noqa: E402
 
-from mmfree.sim.run import run_sim  # noqa: E402
 from mmfree.pymodel.intmodel import open_int_model  # noqa: E402
+from mmfree.sim.run import run_sim  # noqa: E402
 
 
 def main() -> int:

@@ -22,7 +22,6 @@ import time
 import zlib
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import command_line, write_section  # noqa: E402
 

@@ -20,7 +20,7 @@ class Accelerator(AccelSession):
     # ---- opening on a PYNQ board --------------------------------------------------------------------------
     @classmethod
     def on_ip(cls, ip, model="default", board=None, timeout_s: float = 60.0, use_interrupt: bool = True,
-              **kw) -> "Accelerator":
+              **kw) -> Accelerator:
         """On an overlay's accelerator IP: checks the model fits ``board`` and allocates exactly the DDR it needs
         (one ``pynq.allocate`` buffer) before writing anything."""
         opened = open_model(model)
@@ -43,7 +43,7 @@ class Accelerator(AccelSession):
         return acc
 
     @classmethod
-    def from_bitstream(cls, bitstream, model="default", board=None, download: bool = True, **kw) -> "Accelerator":
+    def from_bitstream(cls, bitstream, model="default", board=None, download: bool = True, **kw) -> Accelerator:
         """Check ``X.hwh`` next to ``X.bit`` (:func:`check_hwh`), refuse a model larger than the board's DDR, load
         the overlay with pynq, and open the accelerator on it."""
         from mmfree.boardfile import load_board

@@ -494,9 +494,9 @@ def plot_compare(rows: list[dict], path: str, model: str) -> None:
         from matplotlib.patches import Patch
     except ImportError:
         raise MmfreeError("--plot needs matplotlib: pip install 'mmfree[plot]'") from None
-    from mmfree.atomic import atomic_path
-
     from matplotlib.ticker import LogLocator, NullFormatter
+
+    from mmfree.atomic import atomic_path
 
     have = [r for r in rows if r["joules_per_token"]]
     missing = [r for r in rows if not r["joules_per_token"]]

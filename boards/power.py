@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from mmfree import MmfreeError
 
@@ -104,7 +104,7 @@ class Rapl:
         doms = self.domains()
         if not doms:
             return False, f"no RAPL package/dram domains under {self.root} (the CPU or hypervisor exposes none)"
-        for name, d in doms.items():
+        for _name, d in doms.items():
             try:
                 int((d / "energy_uj").read_text())
             except PermissionError:

@@ -21,7 +21,6 @@ from mmfree.host.errors import check_timeout
 from mmfree.host.transport import Transport, mmio_errors
 from mmfree.rtl import regmap as RM
 
-
 PYNQ_MISSING = "pynq is not installed: this runs on a PYNQ board image (pip install -e '.[board]')"
 
 #: Names the accelerator's interrupt pin may have in an overlay (PYNQ makes it an attribute of the IP):

@@ -233,7 +233,8 @@ def _random_packed(rng, n: int, k: int) -> np.ndarray:
 
 def random_image(dims: LY.Dims, seed: int = 0) -> tuple[dict, np.ndarray]:
     """(manifest, blob) of a valid image of shape ``dims`` from random integers: uniform random ternary
-    weights (2/3 non-zero; trained models have about 0.6), norm vectors near 1, lower bounds in [0, 1], constants sized like a trained
+    weights (2/3 non-zero; trained models have about 0.6), norm vectors near 1, lower bounds in [0, 1], constants
+    sized like a trained
     model's (alpha ~ 1/sqrt(K)). For timing only: its tokens mean nothing. Load with ``IntModel(*random_image(d))``."""
     from mmfree.pymodel.config import MMFreeConfig
 

@@ -89,7 +89,8 @@ def multiplier_inputs(rng: np.random.Generator, n: int) -> tuple[np.ndarray, ...
     pw = [0, 1, 2, 3]
     for b in range(1, 63):
         pw += [(1 << b) - 1, 1 << b, (1 << b) + 1]
-    logu = (lambda top: np.minimum((2.0 ** rng.uniform(0, np.log2(top), size=n)).astype(np.int64), top))
+    def logu(top):
+        return (np.minimum((2.0 ** rng.uniform(0, np.log2(top), size=n)).astype(np.int64), top))
     P = _mix(rng, pw + [C.P_MAX], n, 0, C.P_MAX, logu(C.P_MAX))
     S = rng.permutation(_mix(rng, pw + [C.S_MAX], n, 0, C.S_MAX, logu(C.S_MAX)))
     sz = rng.permutation(_mix(rng, [0, 1, C.SZ_MAX], n, 0, C.SZ_MAX))

@@ -22,7 +22,6 @@ from mmfree.host.transport import as_transport
 from mmfree.rtl import regmap as RM
 from mmfree.rtl.compiler import Compiled, HwConfig
 
-
 __all__ = ["ABORT_WAIT_S", "AccelHost", "AccelRunError", "PassResult", "read_draft_engine", "read_identity"]
 
 #: How long :meth:`AccelHost.abort` waits for STATUS.BUSY to clear after SOFT_RESET (the RTL needs a few cycles).

@@ -24,7 +24,7 @@ class AccelRunError(MmfreeError):
         super().__init__(f"the accelerator stopped with {RM.error_message(register)} (PC {pc:#x})")
 
     @classmethod
-    def mmio(cls, op: str, offset: int, exc: OSError) -> "AccelRunError":
+    def mmio(cls, op: str, offset: int, exc: OSError) -> AccelRunError:
         """A CSR ``op`` ("read" or "write") at byte ``offset`` that raised ``exc`` (an ``OSError`` from the MMIO
         mapping), as an error naming the register."""
         name = _REG_NAME.get(offset, f"at offset {offset:#x}")

@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from mmfree import MmfreeError
-from mmfree.host.accel import AccelHost, AccelRunError, PassResult
 from mmfree.host import layout as LY
+from mmfree.host.accel import AccelHost, AccelRunError, PassResult
 from mmfree.pymodel.drafters import Drafter, PromptLookupDrafter, TrigramDrafter
 from mmfree.pymodel.speculative import accept_walk, greedy_pick
 from mmfree.rtl import regmap as RM
@@ -176,7 +176,8 @@ def generate_onchip(host: AccelHost, prompt: list[int], n_tokens: int, table, eo
     first draft), is checked against the engine (:func:`check_draft_table`, before any pass) and copied to DDR
     (the trigram lines as they are, the bigram rows padded to DRAFT_VOCAB); one GENERATE emits the rest (several
     GENERATEs of up to :data:`mmfree.host.layout.GEN_OUT_TOKENS` tokens for longer runs, each from the last one's
-    GEN_STATE). Then the table the engine adapted is read back into ``table`` and GEN_STATE becomes the host's STATE_IN, so host passes
+    GEN_STATE). Then the table the engine adapted is read back into ``table`` and GEN_STATE becomes the host's
+    STATE_IN, so host passes
     or another call go on from there.
 
     Stops after ``n_tokens`` tokens, or after ``eos_id`` (emitted, GEN_EOS). Returns (tokens, records): the

@@ -66,7 +66,7 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     def wait_irq(self, timeout_s: float) -> bool: ...
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 (an optional hook: transports without buffers keep this no-op)
         """Release buffers; the transport is unusable afterwards."""
 
     # ---- checks shared by the transports ----------------------------------------------------------------

@@ -9,9 +9,9 @@ they cannot go stale. Imports nothing heavy: ``mmfree --help`` stays instant.
 from __future__ import annotations
 
 import argparse
-from mmfree.options import check_choice, choices  # noqa: F401  (re-exported for the CLI modules)
 
 from mmfree import MmfreeError
+from mmfree.options import check_choice, choices  # noqa: F401  (re-exported for the CLI modules)
 
 #: What ``--model`` may name, by kind (a command lists the kinds it accepts).
 MODEL_KINDS = {

@@ -14,8 +14,8 @@ import os
 import signal
 import subprocess
 import threading
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 PR_SET_PDEATHSIG = 1
 _live: dict[int, subprocess.Popen] = {}

@@ -149,7 +149,8 @@ def probe_all() -> list[Tool]:
         first = (_run([cxx, "--version"]) or "").splitlines()
         tools.append(Tool("g++", True, first[0] if first else None, cxx))
     else:
-        tools.append(Tool("g++", False, None, None, "a C++ compiler is needed by Verilator and the HLS C-simulation: apt-get install g++"))
+        tools.append(Tool("g++", False, None, None,
+                          "a C++ compiler is needed by Verilator and the HLS C-simulation: apt-get install g++"))
     for exe, what in (("vivado", "bitstream builds (`mmfree build`)"), ("vitis_hls", "HLS synthesis (`mmfree hls synth`)")):
         path = shutil.which(exe)
         if path:

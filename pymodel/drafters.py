@@ -65,7 +65,7 @@ class TrigramDrafter(Drafter):
         self._templates: dict[int, tuple] = {}
 
     @classmethod
-    def for_model(cls, model, table=None, model_dir=None, log=None, **kw) -> "TrigramDrafter":
+    def for_model(cls, model, table=None, model_dir=None, log=None, **kw) -> TrigramDrafter:
         """The model's own table (:func:`mmfree.pymodel.speculative.resolve_table`; built and cached on first
         use) or ``table`` (a TrigramTable or file), checked against the model's vocabulary and tokenizer."""
         from mmfree.pymodel.speculative import resolve_table

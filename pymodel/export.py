@@ -132,7 +132,7 @@ def calibrate_source(src, cfg, n_tokens: int = 512, seed: int = 0) -> dict[str, 
     def run(mod, prefix, *inputs):
         mod.load_state_dict({k: src.get(prefix + k) for k in mod.state_dict()}, assign=True)
         mod.eval()
-        hooks = [m.register_forward_hook(lambda m, i, o, kind=LY.output_format(name):
+        hooks = [m.register_forward_hook(lambda m, i, o, kind=LY.output_format(name):  # noqa: B008 (binds the loop's name)
                                          seen.__setitem__(kind, max(seen[kind], float(o.detach().abs().max()))))
                  for name, m in mod.named_modules() if isinstance(m, BitLinear)]
         try:

@@ -32,9 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mmfree import MmfreeError
-from mmfree.pymodel import layout as LY
 from mmfree.pymodel import imagecheck as IC
+from mmfree.pymodel import layout as LY
 from mmfree.pymodel import numerics as N
 from mmfree.pymodel.imagecheck import ImageError
 
@@ -45,7 +44,7 @@ class IntState:
 
     h: np.ndarray
 
-    def copy(self) -> "IntState":
+    def copy(self) -> IntState:
         return IntState(self.h.copy())
 
 
@@ -120,7 +119,7 @@ class IntModel:
 
     # ---- loading ------------------------------------------------------------------------------------
     @classmethod
-    def load(cls, path: str | os.PathLike, verify_checksums: bool = True) -> "IntModel":
+    def load(cls, path: str | os.PathLike, verify_checksums: bool = True) -> IntModel:
         """Open an image directory; refuses (with the reason) on version, shape or checksum mismatch."""
         path = Path(path)
         if not path.is_dir():
@@ -167,7 +166,7 @@ class IntModel:
             self._ternary[name] = w
         return w
 
-    def warm(self) -> "IntModel":
+    def warm(self) -> IntModel:
         """Unpack every matrix now (otherwise each is unpacked on first use)."""
         for name in self.bitlinear_specs:
             self.ternary(name)

@@ -64,7 +64,7 @@ class Dims:
     layers: int
 
     @classmethod
-    def of(cls, cfg) -> "Dims":
+    def of(cls, cfg) -> Dims:
         return cls(cfg.vocab_size, cfg.hidden_size, cfg.intermediate, cfg.num_hidden_layers)
 
 

@@ -358,7 +358,7 @@ class MMFreeState:
 
     h: list[torch.Tensor]
 
-    def clone(self) -> "MMFreeState":
+    def clone(self) -> MMFreeState:
         return MMFreeState([t.clone() for t in self.h])
 
 

@@ -98,7 +98,7 @@ class TableParams:
     inc: int = 64              # online increment per committed token
     cmax: int = 255            # saturation of every count (8-bit counter)
 
-    def check(self) -> "TableParams":
+    def check(self) -> TableParams:
         problems = []
         if not 1 <= self.sets_log2 <= 26:
             problems.append(f"sets_log2 must be in [1, 26], got {self.sets_log2}")
@@ -130,7 +130,8 @@ def set_index(a: int, b: int, sets_log2: int) -> int:
 
 def _set_index_array(keys: np.ndarray, sets_log2: int) -> np.ndarray:
     """Vectorised :func:`set_index` on ``uint64`` keys ``a << 16 | b`` (the product is reduced mod 2**32)."""
-    return (((keys.astype(np.uint64) * np.uint64(HASH_MULT)) & np.uint64(0xFFFFFFFF)) >> np.uint64(32 - sets_log2)).astype(np.int64)
+    low32 = (keys.astype(np.uint64) * np.uint64(HASH_MULT)) & np.uint64(0xFFFFFFFF)
+    return (low32 >> np.uint64(32 - sets_log2)).astype(np.int64)
 
 
 def tokenizer_sha256(path: str | os.PathLike | None) -> str | None:
@@ -219,7 +220,7 @@ class TrigramTable:
     # ---- construction ---------------------------------------------------------------------------------
     @classmethod
     def empty(cls, vocab_size: int, params: TableParams | None = None, tokenizer_sha256: str | None = None,
-              meta: dict | None = None) -> "TrigramTable":
+              meta: dict | None = None) -> TrigramTable:
         params = (params or TableParams()).check()
         if not 1 <= vocab_size <= MAX_VOCAB:
             raise ValueError(f"vocab_size must be in [1, {MAX_VOCAB}] (token ids are 16-bit), got {vocab_size}")
@@ -230,7 +231,7 @@ class TrigramTable:
 
     @classmethod
     def build(cls, tokens, vocab_size: int, params: TableParams | None = None, tokenizer_sha256: str | None = None,
-              meta: dict | None = None) -> "TrigramTable":
+              meta: dict | None = None) -> TrigramTable:
         """The offline table of a token stream (a 1-D integer array; ids in ``[0, vocab_size)``)."""
         t = cls.empty(vocab_size, params, tokenizer_sha256, meta)
         p = t.params
@@ -264,7 +265,7 @@ class TrigramTable:
             t.meta.setdefault("contexts_seen", int(len(heads)))
         return t
 
-    def copy(self) -> "TrigramTable":
+    def copy(self) -> TrigramTable:
         return TrigramTable(self.params, self.vocab_size, self.tokenizer_sha256, self.trig.copy(),
                             self.bigram.copy(), dict(self.meta))
 
@@ -370,7 +371,7 @@ class TrigramTable:
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "TrigramTable":
+    def load(cls, path: str | os.PathLike) -> TrigramTable:
         """Read a table file; refuses (with the reason and the fix) anything malformed or of another version."""
         p = Path(path)
         if not p.is_file():
@@ -378,7 +379,7 @@ class TrigramTable:
         return cls.from_bytes(p.read_bytes(), str(p))
 
     @classmethod
-    def from_bytes(cls, raw: bytes, where: str = "trigram table") -> "TrigramTable":
+    def from_bytes(cls, raw: bytes, where: str = "trigram table") -> TrigramTable:
         rebuild = "rebuild it with `mmfree trigram build`"
         if len(raw) < 16 or raw[:8] != MAGIC:
             raise TrigramError(f"{where} is not an mmfree trigram table (bad magic); {rebuild}")

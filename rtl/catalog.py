@@ -6,7 +6,7 @@ Importing this module imports Amaranth (it is not imported by ``mmfree --help``)
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from mmfree.rtl import activation as A
 from mmfree.rtl import quantize as Q
@@ -16,10 +16,13 @@ from mmfree.rtl.matvec import TernaryMatVec
 VECTOR_UNITS: dict[str, tuple[Callable, str]] = {
     "max_abs": (Q.MaxAbs, "quantizer pass 1: max|u| and the normalising shift (one result per vector)"),
     "quant_stats": (Q.QuantStats, "quantizer passes 2 and 3: p, z per element; P, max|z|, sz (pass 2) and S (pass 3) per vector"),
-    "codes_from_p": (Q.CodesFromP, "quantizer pass 3: int8 codes from p reduced to 32 bits (reciprocal once per vector, then 1/cycle)"),
-    "reciprocal": (Q.Reciprocal, "code reciprocal R, k, sp of a vector's P (serial division; one per slot and token in the datapath)"),
+    "codes_from_p": (Q.CodesFromP, "quantizer pass 3: int8 codes from p reduced to 32 bits "
+                                  "(reciprocal once per vector, then 1/cycle)"),
+    "reciprocal": (Q.Reciprocal, "code reciprocal R, k, sp of a vector's P "
+                                "(serial division; one per slot and token in the datapath)"),
     "codes": (Q.Codes, "quantizer pass 3 per element given the reciprocal: int8 codes (one per token in the datapath)"),
-    "output_multiplier": (Q.OutputMultiplier, "per-token (M, shift) from P, S, sz and the BitLinear constant (rsqrt: table + Newton step)"),
+    "output_multiplier": (Q.OutputMultiplier, "per-token (M, shift) from P, S, sz and the BitLinear constant "
+                                              "(rsqrt: table + Newton step)"),
     "dequantize": (Q.Dequantize, "BitLinear output: sat(round(acc * M >> shift))"),
     "sigmoid": (A.Sigmoid, "sigmoid in Q0.31 (tail table + interpolation)"),
     "silu": (A.Silu, "SiLU in ACT"),

@@ -92,7 +92,7 @@ def _verilog(args) -> int:
     if args.json:
         print_json(listing)
     else:
-        for name, info in listing.items():
+        for info in listing.values():
             print(f"{info['file']}")
     return 0
 

@@ -165,7 +165,7 @@ class Compiled:
             (tmp / "compiled.json").write_text(json.dumps(meta, indent=1) + "\n")
 
     @classmethod
-    def load(cls, path) -> "Compiled":
+    def load(cls, path) -> Compiled:
         import json
         from pathlib import Path
 

@@ -39,8 +39,8 @@ from amaranth.lib.wiring import In, Out
 from mmfree.pymodel import numerics as N
 from mmfree.rtl import activation as A
 from mmfree.rtl import isa as I
-from mmfree.rtl import regmap as RM
 from mmfree.rtl import quantize as Q
+from mmfree.rtl import regmap as RM
 from mmfree.rtl.axi import BEATS_WIDTH, DmaReadClient, WordPacker, cmd_layout, row_cmd_layout
 from mmfree.rtl.compiler import HwConfig
 from mmfree.rtl.decoder import ENGINE_ID, field

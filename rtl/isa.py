@@ -16,7 +16,8 @@ Machine model (``docs/accelerator.md`` explains it with the hardware):
 * **Code banks** 0..2 of the ternary engine (int8 codes of k token vectors).
 * **Scalar registers** per token: the normalising shifts of ``X`` and ``A`` (tracked by every unit
   that writes them); per projection slot 0..2 ``P`` and the sum-of-squares shift ``sz`` (QSTATS), the
-  code reciprocal, and ``(M, shift)`` (QCODES, which also sums the squares); the per-projection constants ``(c_m, c_e)`` (``SETC``), the model's
+  code reciprocal, and ``(M, shift)`` (QCODES, which also sums the squares); the per-projection constants
+  ``(c_m, c_e)`` (``SETC``), the model's
   activation format ``act_frac`` (``SETF``; the sigmoid/SiLU units index their table with it), and the argmax.
 
 Execution: instructions are issued in order to four engines (vector-load DMA, store DMA, vector
@@ -156,7 +157,7 @@ def _base_ok(a):
 class Operands:
     """The operands of one :class:`Instr` as attributes, for :data:`LEGAL` on Python ints."""
 
-    def __init__(self, ins: "Instr"):
+    def __init__(self, ins: Instr):
         self._ins = ins
 
     def __getattr__(self, name: str) -> int:
@@ -169,7 +170,7 @@ class Operands:
         return if_true if cond else if_false
 
 
-def legal(ins: "Instr") -> bool:
+def legal(ins: Instr) -> bool:
     """Whether an instruction's operands are legal (:data:`LEGAL`; ERR_BAD_INSTRUCTION otherwise)."""
     return bool(LEGAL[ins.op](Operands(ins)))
 
@@ -206,7 +207,7 @@ class Instr:
         return struct.pack("<4I", *words)
 
     @classmethod
-    def decode(cls, raw: bytes) -> "Instr":
+    def decode(cls, raw: bytes) -> Instr:
         words = struct.unpack("<4I", raw)
         code = words[0] & 0xFF
         if code not in OPCODES:
@@ -243,7 +244,7 @@ class Header:
         return struct.pack("<IHHII", PROGRAM_MAGIC, self.version, self.width_units, self.n_instr, 0)
 
     @classmethod
-    def decode(cls, raw: bytes) -> "Header":
+    def decode(cls, raw: bytes) -> Header:
         magic, version, width_units, n_instr, _ = struct.unpack("<IHHII", raw[:HEADER_BYTES])
         if magic != PROGRAM_MAGIC:
             raise IsaError(f"not an mmfree program (magic 0x{magic:08x})")

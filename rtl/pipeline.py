@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from amaranth import Cat, Const, Mux, Signal, Value, signed
 
-
 #: Attributes for table ROMs: ask synthesis for block RAM (Yosys otherwise builds the tables from LUTs).
 ROM_ATTRS = {"rom_style": "block"}
 

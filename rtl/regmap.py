@@ -6,7 +6,8 @@ boundary is defined here once; ``docs/accelerator.md`` explains it.
 
 Execution model: the host places a program and the model's memory image (both produced by
 :func:`mmfree.rtl.compiler.compile_model` from an exported model) in DDR, plus its own work buffers
-(token ids, parents, start state, per-position output states, logits). It writes their addresses to the registers below, the number
+(token ids, parents, start state, per-position output states, logits). It writes their addresses to the registers
+below, the number
 of tokens ``k`` of this run, and sets ``CONTROL.START``. The accelerator runs the program for the k
 tokens in one pass over the weights, writes the state after every position (so the host can commit
 any prefix by pointing the next run's ``STATE_IN`` at one of them) and the logits, sets
@@ -39,8 +40,8 @@ FLAGS.WRITE_LOGITS, MEM_LO and MEM_HI always) must be ALIGN-byte aligned (``ERR_
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from mmfree import MmfreeError
 

@@ -9,7 +9,7 @@ import sys
 
 from mmfree import MmfreeError
 from mmfree.cli import add_subcommand
-from mmfree.serve.engine import Limits          # standard library only: `mmfree --help` stays instant
+from mmfree.serve.engine import Limits  # standard library only: `mmfree --help` stays instant
 
 SERVE_MISSING = "the server needs FastAPI and uvicorn: pip install -e '.[serve]'"
 
@@ -56,7 +56,8 @@ def register(sub) -> None:
                    help="draft tree size (as `mmfree generate --draft-nodes`; default: the drafter's)")
     p.add_argument("--trigram-table", default=None, help="trigram table file (default: the model's own)")
     p.add_argument("--max-tokens", type=int, default=Limits.max_tokens, help="most completion tokens one request may ask for")
-    p.add_argument("--max-prompt-tokens", type=int, default=Limits.max_prompt_tokens, help="most prompt tokens one request may send")
+    p.add_argument("--max-prompt-tokens", type=int, default=Limits.max_prompt_tokens,
+                   help="most prompt tokens one request may send")
     p.add_argument("--max-queue", type=int, default=Limits.max_queue, help="most requests waiting behind the running one")
     p.add_argument("--request-timeout", type=float, default=Limits.request_timeout_s,
                    help="seconds from a request's arrival to its last token (queue wait included)")

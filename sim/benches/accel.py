@@ -7,7 +7,8 @@ The job comes from the JSON file named by ``MMFREE_ACCEL_JOB`` (written by :func
 * ``kind``: ``"generate"`` (``prompt``, ``n_tokens``, ``k``, ``write_logits``: `mmfree.host.generate.generate`
   on :class:`~mmfree.host.accel.AccelHost`), ``"script"`` (``steps``, see :func:`mmfree.host.generate.run_script`)
   or ``"run"``: the host session :class:`mmfree.host.session.AccelSession` (what the board's ``Accelerator`` is
-  without its PYNQ constructors) over a :class:`~mmfree.host.transport.BoardTransport` around the simulated board, exactly as ``mmfree run --board B``
+  without its PYNQ constructors) over a :class:`~mmfree.host.transport.BoardTransport` around the simulated board,
+  exactly as ``mmfree run --board B``
   drives a PYNQ board (``prompt``, ``n_tokens``, ``k``, ``draft``: null, ``"lookup"`` or ``"trigram"`` with
   ``table`` a trigram table file, ``write_logits``, ``timeout_s``, ``onchip``: the draft-verify loop on the
   accelerator (``Accelerator.generate(..., onchip=True)``; the table it adapted comes back as the arrays
@@ -29,14 +30,14 @@ import cocotb
 import numpy as np
 from cocotb.task import bridge
 
-from mmfree.rtl import params as PARAMS
-from mmfree.rtl.compiler import Compiled
-from mmfree.sim.accel import SIM_MEM_BYTES, SimSession, SyncBoard
 from mmfree.host.accel import AccelHost
 from mmfree.host.generate import generate, run_script
 from mmfree.host.session import AccelSession
 from mmfree.host.transport import BoardTransport
 from mmfree.pymodel.drafters import PromptLookupDrafter, TrigramDrafter
+from mmfree.rtl import params as PARAMS
+from mmfree.rtl.compiler import Compiled
+from mmfree.sim.accel import SIM_MEM_BYTES, SimSession, SyncBoard
 
 
 def _run_job(board, job, compiled, progress):

@@ -19,7 +19,7 @@ def test_board_facts():
 
 
 def _custom(tmp_path, **changes):
-    d = json.loads((load_board("kv260").raw and json.dumps(load_board("kv260").raw)))
+    d = json.loads(load_board("kv260").raw and json.dumps(load_board("kv260").raw))
     for k, v in changes.items():
         if "." in k:
             a, b = k.split(".")

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from mmfree import MmfreeError
-from mmfree.boards import build as B
 from mmfree.boardfile import load_board
+from mmfree.boards import build as B
 from mmfree.cli import main
 from mmfree.rtl import regmap as RM
 

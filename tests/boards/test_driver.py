@@ -23,8 +23,8 @@ from mmfree.host import layout as HL
 from mmfree.host import transport as HT
 from mmfree.pymodel import drafters as DR
 from mmfree.rtl import compiler as RC
-from mmfree.sim import run as SR
 from mmfree.rtl import regmap as RM
+from mmfree.sim import run as SR
 from mmfree.sim.accel import DEFAULT_HW
 from mmfree.sim.emulator import EmulatedBoard
 from tests.sim import helpers as H

@@ -238,7 +238,7 @@ def test_hwmon_sensor_dying_mid_run(tmp_path):
 @pytest.mark.parametrize("bad", ["-5000000", "nan"])
 def test_hwmon_nonsense_reading(tmp_path, bad):
     _hwmon_tree(tmp_path, bad)
-    h = PW.Hwmon(tmp_path / "hwmon")
+    PW.Hwmon(tmp_path / "hwmon")
     with pytest.raises(PW.Untrusted, match="sensor"):
         PW.measure_sampled(lambda: None, lambda: float(bad) / 1e6, interval_s=0.005)
 

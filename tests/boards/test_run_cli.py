@@ -17,9 +17,9 @@ KEYS = ("tokens", "text", "cycles", "rd_bytes", "stalls", "passes", "verify_step
 @pytest.mark.sim
 def test_run_sim_default_model_is_intmodel_greedy(capfd):
     """capfd: the simulator's own output must not reach stdout (it would break --json)."""
-    from mmfree.sim.run import greedy_reference
     from mmfree.pymodel.intmodel import open_int_model
     from mmfree.pymodel.tokenizer import load_tokenizer
+    from mmfree.sim.run import greedy_reference
 
     im, tok_dir = open_int_model("default")
     tok = load_tokenizer(tok_dir)
@@ -143,9 +143,9 @@ def test_run_onchip_bad_arguments(capsys, monkeypatch):
 def test_run_sim_onchip_is_the_reference_speculative_loop(capfd):
     """The RTL's GENERATE through the driver: the greedy tokens, GEN_PASSES equal to speculative_generate's
     verify_steps, the adapted table word for word (all inside bit_exact), the prefill passes replayed."""
-    from mmfree.sim.run import greedy_reference
     from mmfree.pymodel.intmodel import open_int_model
     from mmfree.pymodel.tokenizer import load_tokenizer
+    from mmfree.sim.run import greedy_reference
 
     im, tok_dir = open_int_model("default")
     ref = greedy_reference(im, load_tokenizer(tok_dir).encode("def "), 16)

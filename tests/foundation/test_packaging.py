@@ -7,10 +7,10 @@ run by .ci/run; these are its fast, in-process parts.
 from __future__ import annotations
 
 import json
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 from mmfree import MmfreeError
 from mmfree import config as C

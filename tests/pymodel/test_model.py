@@ -68,7 +68,8 @@ def naive_reference(sd: dict, cfg: dict, ids: list[int]) -> torch.Tensor:
     return torch.stack(out)
 
 
-@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"d{c['hidden_size']}-L{c['num_hidden_layers']}-lb{int(c.get('use_lower_bound', True))}")
+@pytest.mark.parametrize("cfg", CONFIGS,
+                         ids=lambda c: f"d{c['hidden_size']}-L{c['num_hidden_layers']}-lb{int(c.get('use_lower_bound', True))}")
 def test_parallel_step_and_naive_agree(tmp_path, cfg):
     ckpt = random_checkpoint(tmp_path / "m", seed=1, **cfg)
     model = load_model(ckpt)

@@ -347,7 +347,7 @@ def test_cli_generate_draft_trigram(models, tmp_path, capsys):
     assert "vocabulary of 50 tokens" in capsys.readouterr().err
 
 
-# ---- the default model ------------------------------------------------------------------------------------------------------------
+# ---- the default model ----------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def default_model():
     from mmfree.pymodel.intmodel import open_int_model

@@ -83,7 +83,7 @@ def test_build_keeps_most_frequent_contexts_per_set():
     t = TrigramTable.build(stream, 16, p)
     # the true trigram counts of the stream (including the ones across the repeated pattern)
     tri = {}
-    for x, y, z in zip(stream[:-2], stream[1:-1], stream[2:]):
+    for x, y, _z in zip(stream[:-2], stream[1:-1], stream[2:]):
         tri[(int(x), int(y))] = tri.get((int(x), int(y)), 0) + 1
     for s in range(2):
         members = [c for c in tri if set_index(c[0], c[1], 1) == s]

@@ -8,8 +8,8 @@ Verilator/cocotb runs. Inputs mix uniform values over the whole format with satu
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

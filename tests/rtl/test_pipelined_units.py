@@ -7,11 +7,11 @@ import pytest
 from amaranth import Module, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
+
 from mmfree.rtl import activation as A
 from mmfree.rtl import quantize as Q
 from mmfree.rtl.catalog import PIPELINED, VECTOR_UNITS
 from mmfree.rtl.pipeline import Pipeline
-
 from tests.rtl.cases import CASES, make_case
 from tests.rtl.streams import pack, run_unit, unpack
 

@@ -6,9 +6,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from mmfree.rtl import timing as T
 
 from mmfree.cli import main
+from mmfree.rtl import timing as T
 
 DATA = Path(__file__).parent / "data"
 

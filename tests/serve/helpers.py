@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 
+
 class LiveServer:
     """uvicorn serving ``app`` in a thread on a socket bound to 127.0.0.1:0; ``url`` is http://127.0.0.1:PORT."""
 

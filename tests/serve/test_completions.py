@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 
 import httpx
+import openai
 import pytest
 
 from tests.serve.helpers import generate_cli, live, metrics
@@ -108,7 +109,7 @@ def test_health_models_and_metrics(int_backend):
     with live(int_backend, max_queue=3, max_tokens=32) as (server, _):
         client = server.client()
         client.completions.create(model=MODEL, prompt="def ", max_tokens=8, temperature=0)
-        with pytest.raises(Exception):
+        with pytest.raises(openai.BadRequestError):
             client.completions.create(model=MODEL, prompt="def ", max_tokens=0)
         health = httpx.get(server.url + "/health").json()
         m = metrics(server.url)

@@ -21,7 +21,6 @@ SHAPES = {
 def spec_digest() -> str:
     """A digest of the sources an export depends on (a changed spec invalidates cached exports)."""
     import hashlib
-
     from importlib import resources
 
     h = hashlib.sha256()
@@ -92,9 +91,9 @@ def slow_enabled() -> bool:
 def error_steps(compiled, hw, mem_window) -> list[tuple[dict, tuple[int, int] | None]]:
     """Bad inputs and the (code, detail) the accelerator must report, each followed by a good pass that
     shows it recovered. Addresses follow :func:`mmfree.host.layout.host_layout`."""
+    from mmfree.host.layout import host_layout
     from mmfree.rtl import isa as I
     from mmfree.rtl import regmap as RM
-    from mmfree.host.layout import host_layout
 
     addr, end = host_layout(compiled, hw.max_tokens, mem_window)
     V = compiled.dims.vocab

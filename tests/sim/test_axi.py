@@ -260,7 +260,7 @@ def test_word_unpacker(fields, skip, bus):
             ctx.set(dut.beat.valid, 0)
 
     async def sink(ctx):
-        for n, words, beats in transfers:
+        for n, _words, beats in transfers:
             ctx.set(dut.start, 1)
             ctx.set(dut.skip, skip)
             ctx.set(dut.fields, fields)
@@ -281,7 +281,7 @@ def test_word_unpacker(fields, skip, bus):
     sim.add_testbench(sink)
     sim.run()
     assert len(got) == len(transfers)
-    for (n, words, _), recs in zip(transfers, got):
+    for (_, words, _), recs in zip(transfers, got):
         assert [w for r in recs for w in r] == words
 
 

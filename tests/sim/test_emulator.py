@@ -7,13 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from mmfree.host.accel import AccelHost
+from mmfree.host.generate import generate, run_script
 from mmfree.pymodel import layout as LY
 from mmfree.rtl import isa as I
 from mmfree.rtl import regmap as RM
 from mmfree.rtl.compiler import HwConfig, compile_model, must_move_bytes
 from mmfree.sim.emulator import EmulatedBoard
-from mmfree.host.accel import AccelHost
-from mmfree.host.generate import generate, run_script
 from tests.sim import helpers as H
 
 HW = HwConfig(bus_bytes=16, max_tokens=4, max_width=1024)

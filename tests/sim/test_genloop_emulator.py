@@ -17,11 +17,11 @@ from mmfree.host import generate as HG
 from mmfree.host import layout as HL
 from mmfree.host import session as HS
 from mmfree.pymodel import drafters as DR
-from mmfree.sim import run as SR
 from mmfree.pymodel import trigram as TG
 from mmfree.pymodel.speculative import speculative_generate
 from mmfree.rtl import regmap as RM
 from mmfree.rtl.compiler import HwConfig
+from mmfree.sim import run as SR
 from mmfree.sim.accel import DEFAULT_HW
 from mmfree.sim.emulator import EmulatedBoard
 from tests.sim import helpers as H
