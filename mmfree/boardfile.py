@@ -59,21 +59,30 @@ def _number(v, integer: bool = False) -> bool:
 def _optional_problems(d: dict) -> list[str]:
     """The optional fields other modules compute with: present means well-typed and in range."""
     problems = []
-    ddr, hp, build = d["ddr"], d["hp_ports"], d.get("build", {})
+    ddr, hp = d["ddr"], d["hp_ports"]
+    build = {} if d.get("build") is None else d["build"]
     size = ddr.get("size_mb") if _number(ddr.get("size_mb")) else float("inf")      # its own check names it
     if "os_reserved_mb" in ddr and not (_number(ddr["os_reserved_mb"]) and 0 <= ddr["os_reserved_mb"] < size):
         problems.append(f"field 'ddr.os_reserved_mb' must be a number in [0, ddr.size_mb), got {ddr['os_reserved_mb']!r}")
     if "max_burst_beats" in hp and not (_number(hp["max_burst_beats"], True) and hp["max_burst_beats"] >= 1):
         problems.append(f"field 'hp_ports.max_burst_beats' must be a positive integer, got {hp['max_burst_beats']!r}")
     for key in ("names", "used"):
-        if key in hp and not (isinstance(hp[key], list) and all(isinstance(n, str) for n in hp[key])):
-            problems.append(f"field 'hp_ports.{key}' must be a list of port names, got {hp[key]!r}")
+        v = hp.get(key)
+        if v is not None and not (isinstance(v, list) and all(isinstance(n, str) for n in v)):
+            problems.append(f"field 'hp_ports.{key}' must be a list of HP port names, got {v!r}")
     if "max_clock_mhz" in d and not (_number(d["max_clock_mhz"]) and d["max_clock_mhz"] > 0):
         problems.append(f"field 'max_clock_mhz' must be a positive number, got {d['max_clock_mhz']!r}")
     if not isinstance(build, dict):
         return problems + [f"field 'build' must be an object, got {build!r}"]
-    for key in ("weight_ports", "max_tokens", "max_width", "matvec_engines"):
-        if key in build and not (_number(build[key], True) and build[key] >= 1):
+    wp = build.get("weight_ports")
+    if wp is not None and not (_number(wp, True) and wp in (1, 2, 4)):
+        problems.append(f"field 'build.weight_ports' must be 1, 2 or 4 (AXI masters streaming weights), got {wp!r}; "
+                        "set it to one of those")
+    mt = build.get("max_tokens")
+    if mt is not None and not (_number(mt, True) and 1 <= mt <= 16):
+        problems.append(f"field 'build.max_tokens' must be an integer in 1..16, got {mt!r}")
+    for key in ("max_width", "matvec_engines"):
+        if build.get(key) is not None and not (_number(build[key], True) and build[key] >= 1):
             problems.append(f"field 'build.{key}' must be a positive integer, got {build[key]!r}")
     return problems
 
@@ -116,12 +125,14 @@ def _check(d: dict, where: str) -> Board:
                 v = power.get(key)
                 if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or v < 0):
                     problems.append(f"field 'power.{key}' must be a non-negative number of watts, got {v!r}")
-    problems += _optional_problems(d)
     psc = d.get("ps_config", {})
     if not isinstance(psc, dict) or any(not isinstance(k, str) or not isinstance(v, str) for k, v in psc.items()):
         problems.append("field 'ps_config' must map Vivado PS CONFIG names to string values")
     if problems:
         raise MmfreeError(f"board file {where}: " + "; ".join(problems))
+    optional = _optional_problems(d)
+    if optional:              # named by the board, as `mmfree build` names the build fields it checks
+        raise MmfreeError(f"board file {d['name']}: " + "; ".join(optional))
     ddr = d["ddr"]
     expected = ddr["width_bits"] / 8 * ddr["rate_mts"] / 1000
     if abs(ddr["peak_gbps"] - expected) > 0.01 * expected:
