@@ -236,7 +236,10 @@ def random_image(dims: LY.Dims, seed: int = 0) -> tuple[dict, np.ndarray]:
     weights (2/3 non-zero; trained models have about 0.6), norm vectors near 1, lower bounds in [0, 1], constants
     sized like a trained
     model's (alpha ~ 1/sqrt(K)). For timing only: its tokens mean nothing. Load with ``IntModel(*random_image(d))``."""
+    import hashlib
+
     from mmfree.pymodel.config import MMFreeConfig
+    from mmfree.pymodel.export import seal_manifest
 
     rng = np.random.default_rng(seed)
     cfg = MMFreeConfig(vocab_size=dims.vocab, hidden_size=dims.d, num_hidden_layers=dims.layers,
@@ -275,7 +278,11 @@ def random_image(dims: LY.Dims, seed: int = 0) -> tuple[dict, np.ndarray]:
                 "row_align_bytes": N.ROW_ALIGN_BYTES, "source": f"random (seed {seed})", "config": cfg.to_dict(),
                 "formats": formats, "dims": {"vocab": dims.vocab, "d": dims.d, "inter": dims.inter,
                                              "layers": dims.layers},
-                "bitlinears": consts, "tensors": tensors, "weights_bytes": total, "weights_sha256": ""}
+                "bitlinears": consts, "tensors": tensors, "weights_bytes": total,
+                "weights_sha256": hashlib.sha256(bytes(blob)).hexdigest()}
+    for t in specs:
+        tensors[t.name]["sha256"] = hashlib.sha256(bytes(blob[offs[t.name]:offs[t.name] + t.nbytes])).hexdigest()
+    seal_manifest(manifest)           # a valid image: IntModel.load checks every byte of it
     return manifest, blob
 
 

@@ -62,7 +62,14 @@ def test_run_timeout_must_be_finite_and_positive(capsys, monkeypatch, value):
     monkeypatch.setattr(SA, "run_job", lambda *a, **k: pytest.fail("the simulator was started"))
     monkeypatch.setattr(BP, "_pynq", lambda: pytest.fail("pynq was touched"))
     for board in ("sim", "kv260"):
-        rc = main(["run", "--board", board, "--prompt-ids", "1", "--tokens", "2", f"--timeout={value}"])
+        argv = ["run", "--board", board, "--prompt-ids", "1", "--tokens", "2", f"--timeout={value}"]
+        if value in ("nan", "inf", "-inf"):         # not a number to range-check: a usage error (mmfree.cli.check_finite)
+            with pytest.raises(SystemExit) as exc:
+                main(argv)
+            err = capsys.readouterr().err
+            assert exc.value.code == 2 and "argument --timeout: must be a finite number" in err, err
+            continue
+        rc = main(argv)
         err = capsys.readouterr().err
         assert rc == 1 and "mmfree run: error: --timeout must be > 0, finite and at most 86400 seconds" in err, err
 

@@ -121,7 +121,7 @@ def run_cli(argv: list[str]) -> int:
     (["train", "--out", "OUT", "--lr", "-1"], 1, "--lr must be a finite number in (0, 10]"),
     (["train", "--out", "OUT", "--weight-decay", "inf"], 2, "--weight-decay: must be a finite number"),
     (["train", "--out", "OUT", "--threads", "-2"], 1, "--threads must be an integer >= 1"),
-    (["train", "--out", "OUT", "--warmup", "-1"], 1, "--warmup must be >= 0"),
+    (["train", "--out", "OUT", "--warmup", "-1"], 1, "--warmup must be an integer >= 0"),
     (["perf", "--clock-mhz", "nan", "--json"], 2, "--clock-mhz: must be a finite number"),
     (["build", "--board", "kv260", "--out", "OUT", "--clock-mhz", "nan"], 2, "--clock-mhz: must be a finite"),
     (["generate", "--temperature", "nan"], 2, "--temperature: must be a finite number"),
