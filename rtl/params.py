@@ -9,12 +9,11 @@ from __future__ import annotations
 
 #: Reader FIFO of a weight client (the main port's CLIENT_W and each extra weight port), in beats. The reader
 #: issues a burst only when this FIFO has room for all of it, so it bounds the beats in flight: a port keeps
-#: its full rate (a beat per cycle) while the read latency is below about this depth minus a burst (256 ->
-#: ~240 cycles, 960 ns at 250 MHz; 64 collapsed above ~44 cycles: docs/performance.md "read latency").
-#: 256 x 128 bits is 2 RAMB36 (512 x 72) per weight port; 64 beats already took 2 in the BRAM count of
-#: ``mmfree.sim.perf.onchip_memories`` (a LUTRAM build of 64 beats would need none). Also part of the
-#: prefetch capacity the cycle model counts.
-WEIGHT_CLIENT_FIFO = 256
+#: its full rate (a beat per cycle) while the read latency is below about this depth minus a burst (64
+#: beats: ~44 cycles). 256 beats held full rate to ~240 cycles but changed cycle counts at the default
+#: latency (more weight bursts ahead of the LOAD reads on the main port): withdrawn, docs/performance.md
+#: "Read latency". Also part of the prefetch capacity the cycle model counts.
+WEIGHT_CLIENT_FIFO = 64
 #: Reader FIFO depth of each control-port client of the main AXI reader, in bus beats, by client index
 #: (CLIENT_CTL, CLIENT_VEC, CLIENT_LOAD, CLIENT_W in :mod:`mmfree.rtl.top`).
 MAIN_READER_FIFO_DEPTHS = (32, 32, 64, WEIGHT_CLIENT_FIFO)
