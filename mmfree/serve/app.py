@@ -172,6 +172,10 @@ def _error_handlers(app: FastAPI, metrics: Metrics) -> None:
         return _error(503, str(exc), "server_error", None, "shutting_down")
 
 
+#: How often a waiting request looks at its client's connection (seconds).
+DISCONNECT_CHECK_S = 0.5
+
+
 async def _next(job, events: asyncio.Queue, request: Request | None = None) -> tuple:
     """The job's next event; ``("done", "timeout")`` when the decode loop has not answered by the deadline plus
     GRACE_S, ``("done", "cancelled")`` when ``request``'s client went away (both cancel the job)."""
@@ -180,12 +184,17 @@ async def _next(job, events: asyncio.Queue, request: Request | None = None) -> t
         if left <= 0:
             job.cancel()
             return ("done", "timeout", {})
-        try:
-            return await asyncio.wait_for(events.get(), timeout=min(left, 0.5))
-        except asyncio.TimeoutError:
-            if request is not None and await request.is_disconnected():
+        # the client is checked every DISCONNECT_CHECK_S also while events keep coming (a fast backend emits
+        # a token more often than that, and a plain request's events are not seen by its client)
+        if request is not None and time.monotonic() >= job.next_disconnect_check:
+            job.next_disconnect_check = time.monotonic() + DISCONNECT_CHECK_S
+            if await request.is_disconnected():
                 job.cancel()
                 return ("done", "cancelled", {})
+        try:
+            return await asyncio.wait_for(events.get(), timeout=min(left, DISCONNECT_CHECK_S))
+        except asyncio.TimeoutError:
+            continue
 
 
 def _usage(tokens: list[int], prompt_n: int) -> dict:

@@ -420,6 +420,7 @@ class Job:
     error: str | None = None
     stats: dict = field(default_factory=dict)
     arrived: float = field(default_factory=time.monotonic)
+    next_disconnect_check: float = 0.0          # the HTTP side's next look at the client (monotonic seconds)
     _cancel: threading.Event = field(default_factory=threading.Event)
 
     def cancel(self) -> None:
