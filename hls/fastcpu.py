@@ -34,7 +34,7 @@ from mmfree import MmfreeError
 from mmfree.hls import spec as SP
 from mmfree.pymodel import layout as LY
 from mmfree.pymodel import numerics as N
-from mmfree.pymodel.intmodel import IntModel, IntState
+from mmfree.pymodel.intmodel import IntBackend, IntModel, IntState
 
 HERE = Path(__file__).resolve().parent
 SOURCES = [HERE / "cpu" / "fast_decode.cpp", HERE / "cpu" / "ternary_gemv.cpp", HERE / "src" / "mmfree_numerics.h"]
@@ -236,8 +236,6 @@ def random_image(dims: LY.Dims, seed: int = 0) -> tuple[dict, np.ndarray]:
     weights (2/3 non-zero; trained models have about 0.6), norm vectors near 1, lower bounds in [0, 1], constants
     sized like a trained
     model's (alpha ~ 1/sqrt(K)). For timing only: its tokens mean nothing. Load with ``IntModel(*random_image(d))``."""
-    import hashlib
-
     from mmfree.pymodel.config import MMFreeConfig
     from mmfree.pymodel.export import seal_manifest
 
@@ -286,17 +284,6 @@ def random_image(dims: LY.Dims, seed: int = 0) -> tuple[dict, np.ndarray]:
     return manifest, blob
 
 
-class FastBackend:
-    """:class:`FastIntModel` as a decoding backend for :func:`mmfree.pymodel.generate.generate`."""
-
-    def __init__(self, model: FastIntModel):
-        self.model = model
-        self.vocab_size = model.vocab_size
-        self.state = model.initial_state()
-
-    def reset(self):
-        self.state = self.model.initial_state()
-
-    def feed(self, ids):
-        self.state, logits = self.model.prefill(self.state, ids)
-        return self.model.to_float(logits)
+class FastBackend(IntBackend):
+    """:class:`FastIntModel` as a decoding backend for :func:`mmfree.pymodel.generate.generate` (it has
+    IntModel's decode interface, so the integer reference's backend serves it)."""

@@ -20,7 +20,7 @@ import numpy as np
 
 from mmfree import MmfreeError
 from mmfree.pymodel import numerics as N
-from mmfree.pymodel.intmodel import IntModel, IntState
+from mmfree.pymodel.intmodel import IntBackend, IntModel, IntState
 
 
 class TorchIntModel:
@@ -133,16 +133,6 @@ class TorchIntModel:
         return state, logits
 
 
-class TorchIntBackend:
-    """:class:`TorchIntModel` as a decoding backend for :func:`mmfree.pymodel.generate.generate`."""
-
-    def __init__(self, model: TorchIntModel):
-        self.model, self.vocab_size = model, model.vocab_size
-        self.state = model.initial_state()
-
-    def reset(self):
-        self.state = self.model.initial_state()
-
-    def feed(self, ids):
-        self.state, logits = self.model.prefill(self.state, ids)
-        return self.model.to_float(logits)
+class TorchIntBackend(IntBackend):
+    """:class:`TorchIntModel` as a decoding backend for :func:`mmfree.pymodel.generate.generate` (it has
+    IntModel's decode interface, so the integer reference's backend serves it)."""

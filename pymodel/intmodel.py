@@ -284,7 +284,8 @@ class IntModel:
 
 
 class IntBackend:
-    """:class:`IntModel` as a decoding backend for :func:`mmfree.pymodel.generate.generate`."""
+    """:class:`IntModel` (or any model with its ``initial_state`` / ``prefill`` / ``to_float`` / ``vocab_size``)
+    as a decoding backend for :func:`mmfree.pymodel.generate.generate`."""
 
     def __init__(self, model: IntModel):
         self.model = model
