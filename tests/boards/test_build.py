@@ -556,7 +556,13 @@ def test_run_refuses_a_model_larger_than_the_board_ddr(tmp_path, capsys, monkeyp
             return 600 << 20
 
     big = Compiled(c.program, Huge(), c.dims, c.symbols, c.state_stride, c.head_chunk, c.max_width)
-    monkeypatch.setattr(HS, "open_model", lambda model: (big, None, None))
+    from mmfree.boards import accelerator as BA
+    from mmfree.sim import run as SR
+
+    # every module that binds open_model by name gets the patch and has it undone (a module first imported
+    # under the patch would otherwise keep the fake for the rest of the process)
+    for mod in (HS, BA, SR):
+        monkeypatch.setattr(mod, "open_model", lambda model: (big, None, None))
     monkeypatch.setattr(BP, "_pynq", lambda: pytest.fail("pynq was touched"))
     rc = main(["run", "--board", "pynq-z2", "--model", "huge", "--prompt-ids", "1", "--tokens", "2"])
     err = capsys.readouterr().err
