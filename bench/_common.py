@@ -61,3 +61,22 @@ def export_random_model(name: str, d: int, inter: int, layers: int, vocab: int, 
                     p.copy_(torch.randn_like(p))
         export_model(model, out)
     return out
+
+
+def deep_size(obj, seen=None) -> int:
+    """Bytes a Python object graph holds (``sys.getsizeof`` of every dict / list / tuple reached; a numpy array
+    counts as its own ``getsizeof``, data included); each object once."""
+    import numpy as np
+
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return 0
+    seen.add(id(obj))
+    n = sys.getsizeof(obj)
+    if isinstance(obj, np.ndarray):
+        return n
+    if isinstance(obj, dict):
+        n += sum(deep_size(k, seen) + deep_size(v, seen) for k, v in obj.items())
+    elif isinstance(obj, (list, tuple)):
+        n += sum(deep_size(v, seen) for v in obj)
+    return n

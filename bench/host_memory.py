@@ -6,8 +6,7 @@ token of the pass records, sized recursively with ``sys.getsizeof`` (numpy array
 """
 
 import sys
-
-import numpy as np
+from pathlib import Path
 
 from mmfree.host.layout import RECORD_BYTES_PER_TOKEN
 from mmfree.host.session import AccelSession
@@ -15,20 +14,8 @@ from mmfree.pymodel.intmodel import open_int_model
 from mmfree.sim.accel import DEFAULT_HW
 from mmfree.sim.emulator import EmulatedBoard
 
-
-def deep_size(obj, seen=None) -> int:
-    seen = set() if seen is None else seen
-    if id(obj) in seen:
-        return 0
-    seen.add(id(obj))
-    n = sys.getsizeof(obj)
-    if isinstance(obj, np.ndarray):
-        return n
-    if isinstance(obj, dict):
-        n += sum(deep_size(k, seen) + deep_size(v, seen) for k, v in obj.items())
-    elif isinstance(obj, (list, tuple)):
-        n += sum(deep_size(v, seen) for v in obj)
-    return n
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import deep_size  # noqa: E402
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -474,19 +475,14 @@ def test_tokens_bounded_by_the_board_memory(model):
             acc.generate([1], bad)
 
 
-def _deep_size(obj, seen=None) -> int:
-    seen = set() if seen is None else seen
-    if id(obj) in seen:
-        return 0
-    seen.add(id(obj))
-    n = sys.getsizeof(obj)
-    if isinstance(obj, np.ndarray):
-        return n
-    if isinstance(obj, dict):
-        n += sum(_deep_size(k, seen) + _deep_size(v, seen) for k, v in obj.items())
-    elif isinstance(obj, (list, tuple)):
-        n += sum(_deep_size(v, seen) for v in obj)
-    return n
+def _deep_size(obj) -> int:
+    """bench/_common.deep_size: the same measure the host-memory bench records."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    try:
+        from _common import deep_size
+    finally:
+        sys.path.pop(0)
+    return deep_size(obj)
 
 
 def test_host_memory_per_token(model, reference):
