@@ -374,6 +374,12 @@ def check_args(args) -> None:
         raise MmfreeError("--tokens must be >= 1")
     if not isinstance(args.threads, int) or args.threads < 1:
         raise MmfreeError(f"--threads must be >= 1, got {args.threads}")
+    if args.clock_mhz is not None and not (math.isfinite(args.clock_mhz) and args.clock_mhz > 0):
+        raise MmfreeError(f"--clock-mhz must be a finite clock in MHz > 0, got {args.clock_mhz}")
+    if args.k < 1:
+        raise MmfreeError(f"--k must be >= 1 tokens per pass, got {args.k}")
+    if args.accept_len is not None and not (math.isfinite(args.accept_len) and 1 <= args.accept_len <= args.k):
+        raise MmfreeError(f"--accept-len must be in 1..--k ({args.k}), got {args.accept_len}")
     if not (math.isfinite(args.idle_s) and args.idle_s >= 0):
         raise MmfreeError(f"--idle-s must be a finite number of seconds >= 0, got {args.idle_s}")
     if args.idle_w is not None and not (math.isfinite(args.idle_w) and args.idle_w >= 0):

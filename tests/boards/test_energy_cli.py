@@ -170,3 +170,12 @@ def test_compare_1p3b_acceptance():
     assert out.returncode == 0, out.stderr
     cpu = _check_rows(json.loads(out.stdout))
     assert "1.3B" in cpu["weights"]
+
+
+def test_energy_bad_model_flags_are_errors():
+    """--clock-mhz <= 0 and --k < 1 are one clear error (exit 1), not an 'unavailable' row with exit 0."""
+    for flags, field in ((("--clock-mhz", "-1"), "--clock-mhz"),
+                         (("--k", "0"), "--k")):
+        out = _cli("--model", "370M", "--backends", "fpga-model", "--json", *flags)
+        assert out.returncode == 1, (flags, out.stdout)
+        assert f"mmfree energy: error: {field}" in out.stderr and "Traceback" not in out.stderr
