@@ -202,11 +202,12 @@ def main(argv=None) -> int:
         return 2
     dev = torch.device("cpu" if args.smoke else "cuda")
     device_name = "CPU (Triton interpreter, smoke)" if args.smoke else torch.cuda.get_device_name(dev)
-    results = {"device": device_name, "tokens": args.tokens, "bitlinear": {}, "scan": {}}
+    results = {"device": device_name, "tokens": args.tokens, "bitlinear": {}, "scan": {}, "shapes": {}}
     for preset in (["tiny"] if args.smoke else args.presets):
         for label, K, N in bitlinear_cases(preset, args.smoke):
             print(f"BitLinear {label}, {args.tokens} tokens ...", file=sys.stderr)
             results["bitlinear"][label] = bench_bitlinear(K, N, args.tokens, dev, args)
+            results["shapes"][label] = [N, K]
         from mmfree.pymodel.config import MMFreeConfig
 
         D = 60 if args.smoke else MMFreeConfig.preset(preset).hidden_size
@@ -263,7 +264,28 @@ def report(results: dict) -> str:
             lines.append(f"| {label} | {name} | {_fmt(r['ms'], '.3f')} | {_fmt(sp, '.2f')} |")
     if verdicts:
         lines += [""] + verdicts
+    table = bwd_gemm_table(results)
+    if table:
+        lines += ["", "bwd_gemm table (paste into mmfree.pymodel.kernels.bitlinear.BWD_GEMM_TABLE):", "```", *table, "```"]
     return "\n".join(lines)
+
+
+def bwd_gemm_table(results: dict) -> list[str]:
+    """The backward-GEMM backend per shape class from the ``ours`` (Triton) and ``ours-cublas`` rows: cuBLAS
+    unless Triton was faster on every measured shape of the class; one line per class, with the timings."""
+    from mmfree.pymodel.kernels.bitlinear import shape_class
+
+    won: dict[tuple, list] = {}
+    for label, res in results["bitlinear"].items():
+        tri, cub = (res.get(k, {}).get("ms") for k in ("ours", "ours-cublas"))
+        if tri and cub and label in results.get("shapes", {}):
+            won.setdefault(shape_class(*results["shapes"][label]), []).append((label, tri, cub))
+    lines = []
+    for cls, rows in sorted(won.items()):
+        backend = "triton" if all(t < c for _, t, c in rows) else "torch"
+        why = "; ".join(f"{label}: Triton {t:.3f}, cuBLAS {c:.3f}" for label, t, c in rows)
+        lines.append(f"    {cls!r}: {backend!r},   # {why}")
+    return lines
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
 kernel (Triton)                        naive twin (plain torch)                    hook it serves
 =====================================  ==========================================  =====================================
 ``bitlinear.bitlinear``                ``bitlinear.bitlinear_naive``               ``BitLinear.kernel`` (fake quant)
+``bitlinear.bitlinear_auto``           ``bitlinear.bitlinear_naive``               the above, backward GEMMs per shape class
 ``bitlinear.act_quant``                ``bitlinear.act_quant_naive``               (inside the above)
 ``bitlinear.ternarize``                ``bitlinear.ternarize_naive``               (inside the above)
 ``hgrn.hgrn`` (seq / chunk scan)       ``hgrn.hgrn_naive``                         ``MLGRU.recurrence``
@@ -15,7 +16,9 @@ kernel (Triton)                        naive twin (plain torch)                 
 =====================================  ==========================================  =====================================
 
 :func:`install` picks the implementation for a device: the Triton kernels on CUDA (when Triton imports),
-the model's own torch path elsewhere. This module imports neither torch nor triton at import time, and
+the model's own torch path elsewhere. The installed BitLinear is ``bitlinear_auto``: its two backward GEMMs
+run on cuBLAS or Triton as ``bitlinear.BWD_GEMM_TABLE`` says for the weight's shape class (measured).
+This module imports neither torch nor triton at import time, and
 ``install(..., "auto")`` on a CPU never imports triton.
 """
 
@@ -94,10 +97,10 @@ def install(model, which: str = "auto", device=None) -> str:
     from mmfree.pymodel.model import hgrn_recurrence
 
     if use:
-        from mmfree.pymodel.kernels.bitlinear import bitlinear
+        from mmfree.pymodel.kernels.bitlinear import bitlinear_auto
         from mmfree.pymodel.kernels.hgrn import hgrn, hgrn_gated
     for m in model.bitlinears().values():
-        m.kernel = bitlinear if use else None
+        m.kernel = bitlinear_auto if use else None   # backward GEMMs per shape class
     fused_gates = False
     for layer in model.model.layers:
         attn = layer.attn
