@@ -6,6 +6,7 @@ kernel (Triton)                        naive twin (plain torch)                 
 ``bitlinear.bitlinear``                ``bitlinear.bitlinear_naive``               ``BitLinear.kernel`` (fake quant)
 ``bitlinear.bitlinear_auto``           ``bitlinear.bitlinear_naive``               the above, backward GEMMs per shape class
 ``bitlinear.act_quant``                ``bitlinear.act_quant_naive``               (inside the above)
+``ifg.ifg`` (i/f/g, one input pass)    ``ifg.ifg_naive``                           (not installed yet: no MLGRU hook)
 ``bitlinear.ternarize``                ``bitlinear.ternarize_naive``               (inside the above)
 ``hgrn.hgrn`` (seq / chunk scan)       ``hgrn.hgrn_naive``                         ``MLGRU.recurrence``
 ``hgrn.hgrn_gated`` (seq / chunk)      ``hgrn.hgrn_gated_naive``                   ``MLGRU.mixer`` (when the model has it)
