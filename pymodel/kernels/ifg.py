@@ -14,9 +14,8 @@ one GEMM without a block-diagonal operand). Backward: per projection ``dy_p = g_
 :func:`bitlinear.bwd_backend`), the RMSNorm backward per projection summed in fp32 (``dx``), ``dnorm_w_p``,
 and ``dw_p = g_p.T (q_p / s_p)`` with the codes recomputed by the same one-pass row kernel.
 
-:func:`ifg_naive` is the plain-torch twin (three :func:`bitlinear.bitlinear_naive`). Not installed into the
-model yet: ``MLGRU`` calls its three projections separately (``install`` would need an MLGRU hook that takes
-the three pre-activations at once).
+:func:`ifg_naive` is the plain-torch twin (three :func:`bitlinear.bitlinear_naive`). ``install`` sets it as
+``MLGRU.ifg`` (sequences of more than one token; decoding keeps the three BitLinears).
 """
 
 from __future__ import annotations
