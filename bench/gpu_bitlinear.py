@@ -11,7 +11,8 @@ fp32 master weights and an fp32 input (the residual stream), for:
 * ``fla``          fla-core's ``fla.modules.fused_bitlinear.FusedBitLinear`` (when installed)
 
 then the MLGRU gates + scan at ``[tokens / 2048, 2048, d]``: the model's torch path, our sequential and
-chunked scans, and the gate-fused scans. Prints ratios measured in the same run (speed vs fla and naive,
+chunked scans, the gate-fused scans, and fla-core's ``chunk_hgrn`` / ``fused_recurrent_hgrn`` (when installed).
+Prints ratios measured in the same run (speed vs fla and naive,
 memory vs fla); the target is ``ours`` >= 1.2x fla's speed at no more memory.
 
     python bench/gpu_bitlinear.py [--presets 370M 1.3B] [--tokens 16384] [--iters 10] [--json] [--record]
@@ -180,6 +181,19 @@ def bench_scan(B: int, T: int, D: int, dev, args) -> dict:
         "ours gated seq": lambda: hgrn_gated(i_pre, f_pre, lb, mode="seq")[0],
         "ours gated chunk": lambda: hgrn_gated(i_pre, f_pre, lb, mode="chunk")[0],
     }
+    try:                                             # fla-core's HGRN scans (gates in torch, g = log f)
+        from fla.ops.hgrn import chunk_hgrn, fused_recurrent_hgrn
+
+        def fla_scan(fn):
+            def run_fla():
+                f, c = gates_naive(i_pre, f_pre, lb)
+                return fn(c, f.float().log().to(c.dtype))[0]
+            return run_fla
+
+        impls["fla chunk_hgrn (torch gates)"] = fla_scan(chunk_hgrn)
+        impls["fla fused_recurrent_hgrn (torch gates)"] = fla_scan(fused_recurrent_hgrn)
+    except Exception as exc:                         # not installed, or no GPU build
+        print(f"  (fla-core HGRN scans unavailable: {type(exc).__name__}: {exc})", file=sys.stderr)
     out = {}
     for name, fn in impls.items():
         iters = max(1, args.iters // 5) if name.startswith("naive") else args.iters
