@@ -11,7 +11,8 @@ fp32 master weights and an fp32 input (the residual stream), for:
 * ``fla``          fla-core's ``fla.modules.fused_bitlinear.FusedBitLinear`` (when installed)
 
 then the MLGRU gates + scan at ``[tokens / 2048, 2048, d]``: the model's torch path, our sequential and
-chunked scans, and the gate-fused scans. Prints ratios measured in the same run (speed vs fla and naive,
+chunked scans, the gate-fused scans, and fla-core's ``chunk_hgrn`` / ``fused_recurrent_hgrn`` (when installed).
+Prints ratios measured in the same run (speed vs fla and naive,
 memory vs fla); the target is ``ours`` >= 1.2x fla's speed at no more memory.
 
     python bench/gpu_bitlinear.py [--presets 370M 1.3B] [--tokens 16384] [--iters 10] [--json] [--record]
@@ -180,6 +181,19 @@ def bench_scan(B: int, T: int, D: int, dev, args) -> dict:
         "ours gated seq": lambda: hgrn_gated(i_pre, f_pre, lb, mode="seq")[0],
         "ours gated chunk": lambda: hgrn_gated(i_pre, f_pre, lb, mode="chunk")[0],
     }
+    try:                                             # fla-core's HGRN scans (gates in torch, g = log f)
+        from fla.ops.hgrn import chunk_hgrn, fused_recurrent_hgrn
+
+        def fla_scan(fn):
+            def run_fla():
+                f, c = gates_naive(i_pre, f_pre, lb)
+                return fn(c, f.float().log().to(c.dtype))[0]
+            return run_fla
+
+        impls["fla chunk_hgrn (torch gates)"] = fla_scan(chunk_hgrn)
+        impls["fla fused_recurrent_hgrn (torch gates)"] = fla_scan(fused_recurrent_hgrn)
+    except Exception as exc:                         # not installed, or no GPU build
+        print(f"  (fla-core HGRN scans unavailable: {type(exc).__name__}: {exc})", file=sys.stderr)
     out = {}
     for name, fn in impls.items():
         iters = max(1, args.iters // 5) if name.startswith("naive") else args.iters
@@ -202,11 +216,12 @@ def main(argv=None) -> int:
         return 2
     dev = torch.device("cpu" if args.smoke else "cuda")
     device_name = "CPU (Triton interpreter, smoke)" if args.smoke else torch.cuda.get_device_name(dev)
-    results = {"device": device_name, "tokens": args.tokens, "bitlinear": {}, "scan": {}}
+    results = {"device": device_name, "tokens": args.tokens, "bitlinear": {}, "scan": {}, "shapes": {}}
     for preset in (["tiny"] if args.smoke else args.presets):
         for label, K, N in bitlinear_cases(preset, args.smoke):
             print(f"BitLinear {label}, {args.tokens} tokens ...", file=sys.stderr)
             results["bitlinear"][label] = bench_bitlinear(K, N, args.tokens, dev, args)
+            results["shapes"][label] = [N, K]
         from mmfree.pymodel.config import MMFreeConfig
 
         D = 60 if args.smoke else MMFreeConfig.preset(preset).hidden_size
@@ -263,7 +278,28 @@ def report(results: dict) -> str:
             lines.append(f"| {label} | {name} | {_fmt(r['ms'], '.3f')} | {_fmt(sp, '.2f')} |")
     if verdicts:
         lines += [""] + verdicts
+    table = bwd_gemm_table(results)
+    if table:
+        lines += ["", "bwd_gemm table (paste into mmfree.pymodel.kernels.bitlinear.BWD_GEMM_TABLE):", "```", *table, "```"]
     return "\n".join(lines)
+
+
+def bwd_gemm_table(results: dict) -> list[str]:
+    """The backward-GEMM backend per shape class from the ``ours`` (Triton) and ``ours-cublas`` rows: cuBLAS
+    unless Triton was faster on every measured shape of the class; one line per class, with the timings."""
+    from mmfree.pymodel.kernels.bitlinear import shape_class
+
+    won: dict[tuple, list] = {}
+    for label, res in results["bitlinear"].items():
+        tri, cub = (res.get(k, {}).get("ms") for k in ("ours", "ours-cublas"))
+        if tri and cub and label in results.get("shapes", {}):
+            won.setdefault(shape_class(*results["shapes"][label]), []).append((label, tri, cub))
+    lines = []
+    for cls, rows in sorted(won.items()):
+        backend = "triton" if all(t < c for _, t, c in rows) else "torch"
+        why = "; ".join(f"{label}: Triton {t:.3f}, cuBLAS {c:.3f}" for label, t, c in rows)
+        lines.append(f"    {cls!r}: {backend!r},   # {why}")
+    return lines
 
 
 if __name__ == "__main__":

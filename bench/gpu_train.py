@@ -10,17 +10,21 @@ CUDA memory of each configuration, measured one after the other in one process:
 * ``triton bf16 ckpt``  the same with gradient checkpointing per layer
 * ``hardware fp32``     hardware-exact QAT (``numerics="hardware"``, integer parameters derived on the device)
 
+* ``released bf16``     the released ``HGRNBitForCausalLM`` (matmulfreellm), bf16 autocast: not installable
+                        from PyPI, so restated op for op in ``bench/released_hgrn.py``, on fla-core's kernels
+                        where fla imports (a GPU), plain torch elsewhere (the row's note says which)
+
 with MFU (:mod:`mmfree.pymodel.trainlog`: 6 x BitLinear weights per token over the GPU's dense bf16 peak;
-"n/a" on CPU), the hardware-exact step over the fake-quant step (target <= 2x), and with ``--profile`` a
-torch.profiler per-kernel table of one step per configuration.
-Not here yet: the released ``HGRNBitForCausalLM`` restated with fla's kernels as a side-by-side baseline
-(fla does not import without a GPU, so it could not be written and checked on this machine).
+"n/a" on CPU), the hardware-exact step over the fake-quant step (target <= 2x), mmfree's fused step over the
+released model's (target >= 1.3x its tokens/s at <= its peak memory), and with ``--profile`` a
+torch.profiler per-kernel table of one step per configuration. Defaults: 8 x 2048 = 16,384 tokens per step,
+20 timed steps after 2 warm-ups; the slow naive rows (a Python loop over time) only with ``--configs``.
 
 and the ratios against ``naive fp32``: the target is ``triton`` >= 61 % less memory on the 1.3B shape
 (the paper's 82 -> 32 GB). The step is the one ``mmfree train`` runs (autocast, cross entropy in fp32,
 gradient clipping, AdamW with fp32 master weights).
 
-    python bench/gpu_train.py [--presets 370M 1.3B] [--batch 2] [--seq-len 2048] [--steps 4] [--json] [--record]
+    python bench/gpu_train.py [--presets 370M 1.3B] [--batch 8] [--seq-len 2048] [--steps 20] [--json] [--record]
 
 Needs a CUDA GPU (exits with a message otherwise); ``--tiny`` (alias ``--smoke``) runs a tiny model on the
 CPU through the Triton interpreter, to check the script itself (tests/pymodel/test_bench_gpu_train.py).
@@ -48,16 +52,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 CONFIGS = [("naive fp32", "naive", "float32", False), ("naive bf16", "naive", "bfloat16", False),
            ("triton bf16", "triton", "bfloat16", False), ("triton bf16 ckpt", "triton", "bfloat16", True),
-           ("hardware fp32", "auto", "hardware", False)]
+           ("hardware fp32", "auto", "hardware", False), ("released bf16", "released", "bfloat16", False)]
+#: what runs without --configs (the naive rows take ~6 s per step: a Python loop over the sequence)
+DEFAULT_CONFIGS = ["released bf16", "triton bf16", "triton bf16 ckpt", "hardware fp32"]
 
 
 def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--presets", nargs="+", default=["370M", "1.3B"])
-    ap.add_argument("--batch", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq-len", type=int, default=2048)
-    ap.add_argument("--steps", type=int, default=4, help="timed steps (after 2 warm-up steps)")
-    ap.add_argument("--configs", nargs="+", default=[c[0] for c in CONFIGS], help="subset of: " +
+    ap.add_argument("--steps", type=int, default=20, help="timed steps (after 2 warm-up steps)")
+    ap.add_argument("--configs", nargs="+", default=None, help="default: " + ", ".join(DEFAULT_CONFIGS)
+                    + " (--saved-bytes: every mmfree configuration); a subset of: " +
                     ", ".join(repr(c[0]) for c in CONFIGS))
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--record", action="store_true", help="write the results into docs/training.md")
@@ -80,8 +87,17 @@ def run_config(cfg, kernels: str, dtype: str, ckpt: bool, args, dev) -> dict:
     from mmfree.pymodel.trainlog import mfu
 
     torch.manual_seed(0)
-    model = MMFreeForCausalLM(cfg).to(dev).train()
-    note = install(model, kernels, dev)
+    if kernels == "released":
+        from released_hgrn import BitLinear as ReleasedBitLinear
+        from released_hgrn import ReleasedHGRNBitForCausalLM
+
+        model = ReleasedHGRNBitForCausalLM(cfg, dev).to(dev).train()
+        note = "released HGRNBitForCausalLM restated, " + model.ops["name"]
+        gemm = sum(m.weight.numel() for m in model.modules() if isinstance(m, ReleasedBitLinear))
+    else:
+        model = MMFreeForCausalLM(cfg).to(dev).train()
+        note = install(model, kernels, dev)
+        gemm = None
     if dtype == "hardware":                      # hardware-exact QAT: the forward is the integer pipeline's
         model.numerics, dtype, note = "hardware", "float32", note + ", numerics hardware"
     if ckpt:
@@ -116,7 +132,8 @@ def run_config(cfg, kernels: str, dtype: str, ckpt: bool, args, dev) -> dict:
         peak = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None
         tps = args.batch * args.seq_len / sec
         return {"tokens_per_s": tps, "step_s": sec, "peak_gib": peak, "loss": loss, "kernels": note,
-                "mfu": mfu(tps, model, dev), "profile": profile_table(step, dev) if args.profile else None}
+                "mfu": mfu(tps, model, dev) if gemm is None else _mfu(tps, gemm, dev),
+                "profile": profile_table(step, dev) if args.profile else None}
     except torch.cuda.OutOfMemoryError:
         return {"tokens_per_s": None, "step_s": None, "peak_gib": None, "error": "out of memory", "kernels": note}
     except Exception as exc:                          # recorded, not fatal: the other configurations still run
@@ -128,6 +145,13 @@ def run_config(cfg, kernels: str, dtype: str, ckpt: bool, args, dev) -> dict:
         gc.collect()
         if dev.type == "cuda":
             torch.cuda.empty_cache()
+
+
+def _mfu(tokens_per_s: float, gemm_weights: int, dev):
+    from mmfree.pymodel.trainlog import peak_flops
+
+    peak = peak_flops(dev)
+    return "n/a" if peak is None else tokens_per_s * 6 * gemm_weights / peak
 
 
 def profile_table(step, dev, rows: int = 15) -> str:
@@ -206,7 +230,7 @@ def main_saved_bytes(args) -> int:
         L = full.num_hidden_layers
         base = None
         for name, kernels, dtype, ckpt in CONFIGS:
-            if name not in args.configs:
+            if kernels == "released" or (args.configs is not None and name not in args.configs):
                 continue
             print(f"{preset} {name} ...", file=sys.stderr)
             a = saved_activation_bytes(cfg, kernels, dtype, t1, dev)
@@ -251,7 +275,7 @@ def main(argv=None) -> int:
 
     dev = torch.device("cpu" if args.smoke else "cuda")
     device_name = "CPU (Triton interpreter, smoke)" if args.smoke else torch.cuda.get_device_name(dev)
-    chosen = [c for c in CONFIGS if c[0] in args.configs]
+    chosen = [c for c in CONFIGS if c[0] in (args.configs or DEFAULT_CONFIGS)]
     results = {"device": device_name, "batch": args.batch, "seq_len": args.seq_len, "presets": {}}
     for preset in (["tiny"] if args.smoke else args.presets):
         cfg = (MMFreeConfig(vocab_size=97, hidden_size=32, num_hidden_layers=1, intermediate_size=64) if args.smoke
@@ -298,6 +322,14 @@ def report(results: dict) -> str:
     if verdicts:
         lines += [""] + verdicts
     for preset, res in results["presets"].items():
+        ours, rel = res.get("triton bf16", {}), res.get("released bf16", {})
+        if ours.get("tokens_per_s") and rel.get("tokens_per_s"):
+            sp = ours["tokens_per_s"] / rel["tokens_per_s"]
+            mem = (ours["peak_gib"] / rel["peak_gib"]) if ours.get("peak_gib") and rel.get("peak_gib") else None
+            ok = sp >= 1.3 and mem is not None and mem <= 1.0
+            lines.append(f"{preset}: triton bf16 {sp:.2f}x the released model's tokens/s at "
+                         f"{'-' if mem is None else f'{mem:.2f}x'} its peak memory -> "
+                         f"{'meets' if ok else 'misses'} the target (>= 1.3x, <= 1.0x)")
         hw, fake = res.get("hardware fp32", {}), res.get("triton bf16") or res.get("naive fp32") or {}
         if hw.get("step_s") and fake.get("step_s"):
             lines.append(f"{preset}: hardware-exact step {hw['step_s'] / fake['step_s']:.2f}x the fake-quant step "

@@ -1,7 +1,17 @@
 """``mmfree export``: a float checkpoint -> the hardware image (see :mod:`mmfree.pymodel.layout`).
 
-The ternary codes are computed with exactly the float model's own operations (torch, float32), so the
-image holds the weights the float model uses. Norm weights become 31-bit mantissa vectors, RMSNorm pairs
+The image is a pure function of the checkpoint: every quantity derived from the weights (absmean scale,
+ternary codes, norm vectors, lower bounds, embedding, c_m/c_e) comes from :class:`_Converter`, written
+with operations whose result does not depend on thread count, BLAS or device: exact integer sums,
+elementwise IEEE operations (each correctly rounded on every device), fixed-order float64 sums, and
+host scalar arithmetic. The hardware-exact training mode (:func:`mmfree.pymodel.hwexact.device_int_params`)
+runs the same converter on the model's device: one implementation. The one float forward pass, the
+calibration of the fixed-point formats, runs on the CPU with one torch thread (:func:`one_torch_thread`).
+
+Ternary codes follow the float model's formula ``round(w * sw).clamp(-1, 1)``, ``sw = 1 / mean|w|``, with
+``mean|w|`` computed exactly (:func:`absmean`) instead of by torch's float32 reduction, whose rounding moves
+with thread count and device; the fake-quant float model keeps torch's mean, so its scale can differ from
+the image's by one float32 ulp. Norm weights become 31-bit mantissa vectors, RMSNorm pairs
 fold into one per-BitLinear constant, the embedding becomes int32 fixed point, and the forget gate lower
 bounds become Q0.31 ``1 - lb`` vectors (all formats: :mod:`mmfree.pymodel.numerics`).
 
@@ -36,10 +46,10 @@ ROW_BLOCK = 4096
 
 @contextmanager
 def one_torch_thread():
-    """Run the block with one torch CPU thread (restored afterwards). torch's multi-threaded reductions
-    (``mean|w|`` over a matrix) group their partial sums by thread count, so a scale can move by an ulp;
-    with one thread every derived quantity (absmean scale, ternary codes, calibration maxima, c_m/c_e) is
-    a function of the weights alone, whatever thread count the caller runs."""
+    """Run the block with one torch CPU thread (restored afterwards). Used only around the calibration's
+    float forward pass (RMSNorm row sums, vectorised SiLU/sigmoid whose SIMD/scalar split follows the
+    threads' chunking): with one thread its maxima are a function of the weights alone. Every other derived
+    quantity is thread-independent by construction and needs no such pinning."""
     import torch
 
     n = torch.get_num_threads()
@@ -52,19 +62,23 @@ def one_torch_thread():
 
 # ---- where the float tensors come from ----------------------------------------------------------------
 class StateDictSource:
-    """Float tensors by official name from an in-memory state dict (a loaded model), one at a time."""
+    """Float tensors by official name from an in-memory state dict (a loaded model), one at a time, on
+    ``device`` (default: the CPU)."""
 
-    def __init__(self, sd, cfg):
-        self.sd, self.cfg = sd, cfg
+    def __init__(self, sd, cfg, device=None):
+        import torch
+
+        self.sd, self.cfg, self.device = sd, cfg, torch.device("cpu" if device is None else device)
 
     def get(self, name: str):
-        """Tensor ``name`` on the CPU as float32 (float64 stays float64); MmfreeError if it holds NaN or inf."""
+        """Tensor ``name`` on the source's device as float32 (float64 stays float64); MmfreeError if it holds
+        NaN or inf."""
         import torch
 
         if name == "lm_head.weight" and self.cfg.tie_word_embeddings:
             name = "model.embeddings.weight"
         t = self.sd[name].detach()
-        t = t.to("cpu", torch.float64 if t.dtype == torch.float64 else torch.float32)
+        t = t.to(self.device, torch.float64 if t.dtype == torch.float64 else torch.float32)
         if not torch.isfinite(t).all():
             raise MmfreeError(f"tensor {name} contains NaN or inf; the checkpoint is corrupt or training diverged")
         return t
@@ -78,9 +92,11 @@ class SafetensorsSource(StateDictSource):
     """
 
     def __init__(self, d: Path, cfg):
+        import torch
+
         from mmfree.pymodel.checkpoint import header_problems, open_safetensors, raise_problems, safetensor_files
 
-        self.cfg, self.sd, self._where = cfg, self, {}
+        self.cfg, self.sd, self._where, self.device = cfg, self, {}, torch.device("cpu")
         shapes, floating = {}, {}
         for f in safetensor_files(d):
             h = open_safetensors(f)
@@ -177,29 +193,125 @@ def _source_formats(src, cfg) -> dict[str, int]:
     return _checked_formats(cfg.extra[FORMATS_KEY])
 
 
-# ---- the integer tensors, one at a time -------------------------------------------------------------------
-def ternarize(weight) -> tuple[np.ndarray, float]:
-    """(ternary int8 ``[N, K]``, alpha) exactly as the float model's ``weight_codes`` computes them."""
-    t, alpha, _ = _ternary_blocks(weight.detach().float().cpu())
-    return np.concatenate(list(t)) if t else np.zeros(tuple(weight.shape), np.int8), alpha
+# ---- the integer parameters: one implementation, the same bits on every device ------------------------------
+#: elements per chunk of the exact |w| sum (bounds the int64 temporary on a GPU)
+SUM_CHUNK = 1 << 24
+#: fdlibm's split of ln 2: k * _LN2_HI is exact for |k| < 2**20
+_LN2_HI, _LN2_LO = 6.93147180369123816490e-01, 1.90821492927058770002e-10
 
 
-def _ternary_blocks(w):
-    """(list of int8 row blocks, alpha, nonzero count) of float32 ``w [N, K]`` with the float model's scale."""
+def absmean(w) -> float:
+    """``mean |w|`` of a float tensor (any shape, any device) as a Python float, the same bits for any thread
+    count, BLAS or device: each ``|w|`` is cut to a fixed-point grid ``2**-S`` fixed by ``max|w|`` and the
+    element count (elementwise, exact scaling), the integers are summed exactly in int64 (order-free), and the
+    sum is divided on the host. ``S`` leaves the sum below 2**62, so the result is within 2**-30 relative of the
+    true mean (1.3B-width matrices: ~2**-33). 0.0 for an all-zero or empty tensor."""
     import torch
 
-    from mmfree.pymodel.model import ternary_rows, weight_scale
+    a = w.detach().reshape(-1)
+    n = a.numel()
+    mx = float(a.abs().max()) if n else 0.0
+    if mx == 0.0:
+        return 0.0
+    S = 62 - math.frexp(mx)[1] - max(1, (n - 1).bit_length())     # max|w| < 2**E, n <= 2**ceil(log2 n)
+    scale = torch.tensor(2.0 ** S, dtype=torch.float64, device=a.device)
+    total = 0
+    for r in range(0, n, SUM_CHUNK):
+        part = a[r:r + SUM_CHUNK].to(torch.float64).abs()
+        total += int(torch.floor(part * scale).to(torch.int64).sum())
+    return math.ldexp(float(total), -S) / n
 
-    sw = weight_scale(w, torch.float32)
-    blocks = [ternary_rows(w[r:r + ROW_BLOCK], sw).to(torch.int8).numpy() for r in range(0, w.shape[0], ROW_BLOCK)]
-    return blocks, float(1.0 / sw), sum(int(np.count_nonzero(b)) for b in blocks)
+
+def ternary_scale(mean: float, device) -> tuple[object, float]:
+    """(sw, alpha) of a weight matrix from its :func:`absmean`: the float model's ``sw = 1 / max(mean|w|, 1e-5)``
+    in float32, as a 0-d float32 tensor on ``device``, and ``alpha = 1 / sw`` (a float32 value)."""
+    import torch
+
+    m32 = max(np.float32(mean), np.float32(1e-5))
+    sw = np.float32(1.0) / m32
+    return torch.tensor(float(sw), dtype=torch.float32, device=device), float(np.float32(1.0) / sw)
+
+
+def _exp_nonpositive(x):
+    """``exp(x)`` of a float64 tensor with ``x <= 0``, from IEEE basic operations only, each its own torch op
+    (no fused multiply-add), so every device gives the same bits: ``x = k ln2 + r`` (Cody-Waite), a degree-13
+    Taylor polynomial in ``|r| <= ln2 / 2`` (truncation < 2**-57), times ``2**k`` built from its bits.
+    Results below 2**-1022 are 0."""
+    import torch
+
+    k = torch.round(x * (1.0 / math.log(2.0)))
+    r = (x - k * _LN2_HI) - k * _LN2_LO
+    p = torch.full_like(r, 1.0 / math.factorial(13))
+    for j in range(12, -1, -1):
+        p = p * r
+        p = p + 1.0 / math.factorial(j)
+    kc = torch.clamp(k, min=-1022).to(torch.int64)
+    two_k = torch.bitwise_left_shift(kc + 1023, 52).view(torch.float64)
+    return torch.where(k < -1022, torch.zeros_like(p), p * two_k)
+
+
+def one_minus_lb_codes(lower_bounds) -> list:
+    """Q0.31 ``1 - lb`` (int64 ``[d]`` per layer) of the lower-bound parameter ``[L, d]`` (float64, any device):
+    ``lb = softmax(lower_bounds, 0); lb = cumsum(lb) - lb[0]`` as the float model, with :func:`_exp_nonpositive`
+    and sums in layer order (fixed), so the codes do not depend on the device. Layer 0 has no lower bound: 2**31."""
+    import torch
+
+    x = lower_bounds.to(torch.float64)
+    mx = x[0]
+    for i in range(1, x.shape[0]):
+        mx = torch.maximum(mx, x[i])
+    e = [_exp_nonpositive(x[i] - mx) for i in range(x.shape[0])]
+    total = e[0]
+    for t in e[1:]:
+        total = total + t
+    lb = [t / total for t in e]
+    out, c = [torch.full_like(x[0], N.ONE_Q31, dtype=torch.int64)], lb[0]
+    for i in range(1, x.shape[0]):
+        c = c + lb[i]
+        out.append(torch.clamp(torch.round((1.0 - (c - lb[0])) * N.ONE_Q31), 0, N.ONE_Q31).to(torch.int64))
+    return out
+
+
+def int_vector(v) -> tuple[object, int]:
+    """:func:`mmfree.pymodel.numerics.vector_from_float` on a float64 tensor on any device (int32 mantissas, F):
+    max (exact), log2 of a host scalar, exact ldexp, round half to even."""
+    import torch
+
+    mx = float(v.abs().max()) if v.numel() else 0.0
+    if mx == 0.0:
+        return torch.zeros(v.shape, dtype=torch.int32, device=v.device), 0
+    F = (N.VEC_BITS - 2) - math.floor(math.log2(mx))
+    m = torch.round(v * 2.0 ** F)
+    if float(m.abs().max()) >= 2 ** (N.VEC_BITS - 1):                 # log2 rounding at an exact power of two
+        F -= 1
+        m = torch.round(v * 2.0 ** F)
+    return m.to(torch.int32), F
+
+
+def embed_codes(emb, res_frac: int):
+    """:func:`mmfree.pymodel.numerics.fixed_from_float` on a float64 tensor (any device): int32 Q(res_frac)."""
+    import torch
+
+    return torch.clamp(torch.round(emb * 2.0 ** res_frac), N.INT32_MIN, N.INT32_MAX).to(torch.int32)
+
+
+def ternarize(weight) -> tuple[np.ndarray, float]:
+    """(ternary int8 ``[N, K]``, alpha) of a weight matrix, as the image holds them."""
+    import torch
+
+    from mmfree.pymodel.model import ternary_rows
+
+    w = weight.detach().float().cpu()
+    sw, alpha = ternary_scale(absmean(w), w.device)
+    return ternary_rows(w, sw).to(torch.int8).numpy(), alpha
 
 
 class _Converter:
-    """Makes the image tensors of one model from a source, by layout name, in layout order.
+    """Makes the integer tensors of one model from a source, by layout name, in layout order, as torch tensors
+    on the source's device (the export: CPU; hardware-exact training: the model's device).
 
-    The small vectors (norm weights, lower bounds) are read up front; each matrix is read when its image
-    tensor is made. ``consts`` collects the per-BitLinear constants as the matrices go by.
+    The small vectors (norm weights, lower bounds) are read up front; each matrix is read when its tensor is
+    made. ``consts`` collects the per-BitLinear constants as the matrices go by.
     """
 
     def __init__(self, src, cfg, formats: dict[str, int]):
@@ -207,70 +319,71 @@ class _Converter:
         self.dims = LY.Dims.of(cfg)
         self.bls = {bl.w: bl for bl in LY.bitlinears(self.dims)}
         self.consts: dict[str, dict] = {}
-        self.small: dict[str, np.ndarray] = {}
+        self.small: dict = {}
         self.exps: dict[str, int] = {}
-        self.pre: dict[str, np.ndarray] = {}
+        self.pre: dict = {}
         self._vectors()
 
-    def _f64(self, name: str) -> np.ndarray:
+    def _f64(self, name: str):
         import torch
 
-        return self.src.get(name).to(torch.float64).numpy()
+        return self.src.get(name).to(torch.float64)
 
-    def _vec(self, name: str, v: np.ndarray) -> None:
-        self.small[name], self.exps[name] = N.vector_from_float(v)
+    def _vec(self, name: str, v) -> None:
+        self.small[name], self.exps[name] = int_vector(v)
 
     def _vectors(self) -> None:
-        import torch
-
-        from mmfree.pymodel.model import lower_bound_table
-
         cfg = self.cfg
-        lbs = (lower_bound_table(torch.from_numpy(self._f64("model.lower_bounds"))) if cfg.use_lower_bound
+        ones_d = self._f64("model.norm.weight").new_ones(cfg.hidden_size)
+        lbs = (one_minus_lb_codes(self._f64("model.lower_bounds")) if cfg.use_lower_bound
                else [None] * cfg.num_hidden_layers)
         for i in range(cfg.num_hidden_layers):
             p, q = f"model.layers.{i}.", f"layers.{i}."
             # the released code applies no lower bound in layer 0 (its lb[0] is 0 anyway)
-            one_minus_lb = np.ones(cfg.hidden_size) if lbs[i] is None else 1.0 - lbs[i].numpy()
-            self.small[q + "attn.one_minus_lb"] = N.q31_from_float(one_minus_lb).astype(np.uint32)
-            attn_norm, g_norm, mlp_norm = (self._f64(p + k) for k in ("attn_norm.weight", "attn.g_norm.weight",
-                                                                      "mlp_norm.weight"))
-            self._vec(q + "attn_norm.n", attn_norm)
-            self._vec(q + "attn.g_norm.n", g_norm)
-            self._vec(q + "mlp_norm.n", mlp_norm)
-            self._vec(q + "mlp.down_proj.n", np.ones(cfg.intermediate))
+            self.small[q + "attn.one_minus_lb"] = (lbs[i] if lbs[i] is not None
+                                                   else ones_d.new_full((cfg.hidden_size,), N.ONE_Q31).long())
+            norms = {"attn_norm": self._f64(p + "attn_norm.weight"), "attn.g_norm": self._f64(p + "attn.g_norm.weight"),
+                     "mlp_norm": self._f64(p + "mlp_norm.weight"), "mlp.down_proj": ones_d.new_ones(cfg.intermediate)}
+            for k, v in norms.items():
+                self._vec(q + k + ".n", v)
             for proj in ("i_proj", "f_proj", "g_proj"):
-                self.pre[q + f"attn.{proj}"] = attn_norm
-            self.pre[q + "attn.o_proj"] = g_norm
-            self.pre[q + "mlp.gate_proj"] = mlp_norm
-            self.pre[q + "mlp.down_proj"] = np.ones(cfg.intermediate)
+                self.pre[q + f"attn.{proj}"] = norms["attn_norm"]
+            self.pre[q + "attn.o_proj"], self.pre[q + "mlp.gate_proj"] = norms["attn.g_norm"], norms["mlp_norm"]
+            self.pre[q + "mlp.down_proj"] = norms["mlp.down_proj"]
         self.pre["lm_head"] = self._f64("model.norm.weight")
         self._vec("norm.n", self.pre["lm_head"])
         for bl in self.bls.values():
             self._vec(bl.nw, self.pre[bl.name] * self._f64(self._torch_name(bl) + ".norm.weight"))
-        self.small["lut.sigmoid_tail"] = N.sigmoid_tail_table()
-        self.small["lut.rsqrt"] = N.rsqrt_table()
 
     @staticmethod
     def _torch_name(bl) -> str:
         return "lm_head" if bl.name == "lm_head" else "model." + bl.name
 
-    def blocks(self, name: str, pack: bool):
-        """The image tensor ``name`` as a list of row blocks (numpy; ternary matrices packed if ``pack``)."""
+    def blocks(self, name: str) -> list:
+        """The integer tensor ``name`` as a list of row blocks (torch; ternary matrices as int8 codes)."""
         if name == "embed":
             emb = self.src.get("model.embeddings.weight")
-            return [N.fixed_from_float(emb[r:r + ROW_BLOCK].double().numpy(), self.formats["res_frac"])
+            return [embed_codes(emb[r:r + ROW_BLOCK].double(), self.formats["res_frac"])
                     for r in range(0, emb.shape[0], ROW_BLOCK)]
         if name in self.bls:
-            return self._ternary(self.bls[name], pack)
+            return self._ternary(self.bls[name])
+        if name in ("lut.sigmoid_tail", "lut.rsqrt"):
+            return [_lut(name, self.src.device)]
         return [self.small[name]]
 
-    def _ternary(self, bl, pack: bool) -> list[np.ndarray]:
+    def _ternary(self, bl) -> list:
+        import torch
+
+        from mmfree.pymodel.model import ternary_rows
+
         tname = self._torch_name(bl)
         w = self.src.get(tname + ".weight").float()
-        if float(w.abs().mean()) == 0.0:
+        mean = absmean(w)
+        if mean == 0.0:
             raise MmfreeError(f"tensor {tname}.weight is all zeros: its ternary scale is zero, nothing to export")
-        t, alpha, nonzero = _ternary_blocks(w)
+        sw, alpha = ternary_scale(mean, w.device)
+        t = [ternary_rows(w[r:r + ROW_BLOCK], sw).to(torch.int8) for r in range(0, w.shape[0], ROW_BLOCK)]
+        nonzero = sum(int(b.count_nonzero()) for b in t)
         del w
         F_n, F_nw = self.exps[bl.n], self.exps[bl.nw]
         F_out = self.formats[LY.output_format(bl.name) + "_frac"]
@@ -278,25 +391,52 @@ class _Converter:
         c_m, c_e = N.constant_from_float(C)
         self.consts[bl.name] = {"K": bl.K, "N": bl.N, "alpha": alpha, "F_n": F_n, "F_nw": F_nw, "F_out": F_out,
                                 "c_m": c_m, "c_e": c_e, "nonzero_fraction": nonzero / (bl.N * bl.K)}
-        return [N.pack_ternary(b) for b in t] if pack else t
+        return t
+
+
+_LUTS: dict = {}
+
+
+def _lut(name: str, device):
+    """The pipeline's lookup tables (constants of the spec, not weights) as torch tensors, made once per device."""
+    import torch
+
+    key = (name, str(device))
+    if key not in _LUTS:
+        table = N.sigmoid_tail_table() if name == "lut.sigmoid_tail" else N.rsqrt_table()
+        _LUTS[key] = torch.tensor(table, device=device)
+    return _LUTS[key]
+
+
+def converted(model, device=None) -> tuple[dict, dict[str, dict]]:
+    """Every integer tensor of the model by layout name (torch, on ``device``, default the CPU; ternary matrices
+    unpacked int8 ``[N, K]``) and the per-BitLinear constants: the conversion the export writes."""
+    conv = _Converter(StateDictSource(model.state_dict(), model.config, device), model.config, formats_of(model))
+    import torch
+
+    tensors = {}
+    for t in LY.tensors(conv.dims):
+        b = conv.blocks(t.name)
+        tensors[t.name] = b[0] if len(b) == 1 else torch.cat(b)
+    return tensors, conv.consts
 
 
 def int_params(model) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
-    """Every integer parameter the pipeline uses, by layout name, with ternary matrices unpacked
-    (int8 ``[N, K]`` under the ``.w`` names), and the per-BitLinear constants. Used by the hardware-exact
-    training mode (which re-derives them from the current float weights each step); the same conversion
-    as the export."""
-    with one_torch_thread():     # the same numbers as the export, whatever the training's thread count
-        conv = _Converter(StateDictSource(model.state_dict(), model.config), model.config, formats_of(model))
-        arrays = {t.name: np.concatenate(conv.blocks(t.name, pack=False)) for t in LY.tensors(conv.dims)}
-    return arrays, conv.consts
+    """Every integer parameter the pipeline uses, by layout name, as numpy (ternary matrices unpacked int8
+    ``[N, K]`` under the ``.w`` names, one_minus_lb uint32, as in the image), and the per-BitLinear constants."""
+    tensors, consts = converted(model)
+    return {n: _image_numpy(n, t) for n, t in tensors.items()}, consts
+
+
+def _image_numpy(name: str, t) -> np.ndarray:
+    a = t.numpy()
+    return a.astype(np.uint32) if name.endswith("one_minus_lb") else a
 
 
 def image_arrays(model) -> tuple[dict[str, np.ndarray], dict[str, dict]]:
     """All tensors of the image (by layout name, ternary matrices packed) and the per-BitLinear constants."""
-    conv = _Converter(StateDictSource(model.state_dict(), model.config), model.config, formats_of(model))
-    arrays = {t.name: np.concatenate(conv.blocks(t.name, pack=True)) for t in LY.tensors(conv.dims)}
-    return arrays, conv.consts
+    arrays, consts = int_params(model)
+    return {n: N.pack_ternary(a) if n.endswith(".w") else a for n, a in arrays.items()}, consts
 
 
 # ---- writing ---------------------------------------------------------------------------------------------
@@ -314,8 +454,9 @@ def _write_weights(f, conv: _Converter, progress: bool) -> tuple[dict, int, str]
         f.write(pad)
         whole.update(pad)
         own, n, rows = hashlib.sha256(), 0, 0
-        for b in conv.blocks(t.name, pack=True):
-            b = np.ascontiguousarray(b, dtype=t.dtype)
+        for b in conv.blocks(t.name):
+            b = b.numpy()
+            b = np.ascontiguousarray(N.pack_ternary(b) if t.name in conv.bls else b, dtype=t.dtype)
             rows += b.shape[0]
             raw = memoryview(b).cast("B")
             f.write(raw)
@@ -353,12 +494,12 @@ def _export(src, cfg, out, tokenizer: dict[str, Path], source: str | None, progr
     dims = LY.Dims.of(cfg)
     if cfg.hidden_size > N.MAX_K_FLOAT32_EXACT or cfg.intermediate > N.MAX_K_FLOAT32_EXACT:
         raise MmfreeError(f"projection width above {N.MAX_K_FLOAT32_EXACT} is outside the spec (accumulator bound)")
-    with one_torch_thread():
+    with one_torch_thread():                 # the calibration's float forward pass only
         formats = _source_formats(src, cfg)
-        conv = _Converter(src, cfg, formats)
+    conv = _Converter(src, cfg, formats)
     out = Path(out)
     with output_dir(out, "export") as tmp:
-        with open(tmp / "weights.bin", "wb") as f, one_torch_thread():
+        with open(tmp / "weights.bin", "wb") as f:
             table, total, digest = _write_weights(f, conv, progress)
         for name, path in tokenizer.items():
             (tmp / name).write_bytes(path.read_bytes())

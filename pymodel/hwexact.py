@@ -8,13 +8,12 @@ own modules. After each operation the surrogate's forward value is replaced by t
 equals :class:`mmfree.pymodel.intmodel.IntModel` bit for bit, and gradients are those of the float
 model evaluated at the hardware's values.
 
-The integer parameters are re-derived from the current float weights at every call (as ``mmfree export``
-would derive them), so training in this mode trains exactly the weights the hardware will run.
+The integer parameters are re-derived from the current float weights at every call by the export's own
+conversion on the model's device (:func:`device_int_params`), whose results do not depend on device or
+thread count, so training in this mode trains exactly the weights the hardware will run.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
@@ -45,103 +44,27 @@ class _Params:
         self.v = {n: a.to(torch.int64) for n, a in arrays.items() if not n.endswith(".w")}
 
 
-def _vector(v: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """:func:`mmfree.pymodel.numerics.vector_from_float` on a float64 device tensor (int32 mantissas, F);
-    the same float64 operations (max, log2 of a scalar, exact ldexp, round half to even)."""
-    mx = float(v.abs().max()) if v.numel() else 0.0                  # a scalar, not a tensor copy
-    if mx == 0.0:
-        return torch.zeros(v.shape, dtype=torch.int32, device=v.device), 0
-    F = (N.VEC_BITS - 2) - math.floor(math.log2(mx))
-    m = torch.round(torch.ldexp(v, torch.tensor(float(F), dtype=torch.float64, device=v.device)))
-    if float(m.abs().max()) >= 2 ** (N.VEC_BITS - 1):                 # log2 rounding at an exact power of two
-        F -= 1
-        m = torch.round(torch.ldexp(v, torch.tensor(float(F), dtype=torch.float64, device=v.device)))
-    return m.to(torch.int32), F
-
-
-def _f64(t: torch.Tensor) -> torch.Tensor:
-    """As :class:`mmfree.pymodel.export.StateDictSource` reads a tensor (float32, float64 kept), then float64."""
-    t = t.detach()
-    return t.to(torch.float64 if t.dtype == torch.float64 else torch.float32).to(torch.float64)
-
-
-def _small_vectors(model, cfg, dims) -> tuple[dict, dict, dict]:
-    """(int vectors by layout name, their exponents, the pre-norm float64 vector of each BitLinear): the
-    vector part of the export's ``_Converter`` with torch ops on the model's device."""
-    from mmfree.pymodel.model import lower_bound_table
-
-    m, small, exps, pre = model.model, {}, {}, {}
-    lbs = lower_bound_table(_f64(m.lower_bounds)) if cfg.use_lower_bound else [None] * cfg.num_hidden_layers
-    for i, layer in enumerate(m.layers):
-        q = f"layers.{i}."
-        ones_d = torch.ones(cfg.hidden_size, dtype=torch.float64, device=m.embeddings.weight.device)
-        one_minus_lb = ones_d if lbs[i] is None else 1.0 - lbs[i]
-        small[q + "attn.one_minus_lb"] = torch.clamp(torch.round(one_minus_lb * N.ONE_Q31), 0, N.ONE_Q31).to(torch.int64)
-        norms = {"attn_norm": _f64(layer.attn_norm.weight), "attn.g_norm": _f64(layer.attn.g_norm.weight),
-                 "mlp_norm": _f64(layer.mlp_norm.weight), "mlp.down_proj": ones_d.new_ones(cfg.intermediate)}
-        for k, v in norms.items():
-            small[q + k + ".n"], exps[q + k + ".n"] = _vector(v)
-        for proj in ("i_proj", "f_proj", "g_proj"):
-            pre[q + f"attn.{proj}"] = norms["attn_norm"]
-        pre[q + "attn.o_proj"], pre[q + "mlp.gate_proj"] = norms["attn.g_norm"], norms["mlp_norm"]
-        pre[q + "mlp.down_proj"] = norms["mlp.down_proj"]
-    pre["lm_head"] = _f64(m.norm.weight)
-    small["norm.n"], exps["norm.n"] = _vector(pre["lm_head"])
-    for bl in LY.bitlinears(dims):
-        module = model.lm_head if bl.name == "lm_head" else model.model.get_submodule(bl.name)
-        small[bl.nw], exps[bl.nw] = _vector(pre[bl.name] * _f64(module.norm.weight))
-    return small, exps, pre
-
-
-_LUTS: dict = {}
-
-
 def _luts(device) -> dict[str, torch.Tensor]:
     """The pipeline's lookup tables (constants, not weights), made once per device."""
-    if str(device) not in _LUTS:
-        _LUTS[str(device)] = {"lut.sigmoid_tail": torch.tensor(N.sigmoid_tail_table(), device=device),
-                              "lut.rsqrt": torch.tensor(N.rsqrt_table(), device=device)}
-    return _LUTS[str(device)]
+    from mmfree.pymodel.export import _lut
+
+    return {name: _lut(name, device) for name in ("lut.sigmoid_tail", "lut.rsqrt")}
 
 
 def device_int_params(model, formats: dict) -> tuple[dict[str, torch.Tensor], dict[str, dict]]:
-    """Every integer parameter of the pipeline (as :func:`mmfree.pymodel.export.int_params`, bit for bit) as
-    torch tensors on the model's device: int8 ternary codes ``[N, K]`` under the ``.w`` names, int32 vectors,
-    int64 Q0.31 lower bounds, the int32 embedding, and the per-BitLinear constants. No tensor is copied to the
-    host; a few scalars are (each matrix's alpha and each vector's max, for the exponents).
+    """Every integer parameter of the pipeline as torch tensors on the model's device, by layout name: int8
+    ternary codes ``[N, K]`` under the ``.w`` names, int32 vectors, int64 Q0.31 lower bounds, the int32
+    embedding, and the per-BitLinear constants. It is the export's own conversion
+    (:func:`mmfree.pymodel.export.converted`, one implementation) run on the device: exact integer sums,
+    elementwise IEEE operations and fixed-order float64 sums, so the bits equal the CPU export's on any device
+    and thread count. No tensor is copied to the host; a few scalars are (each matrix's max|w| and exact
+    |w| sum, each vector's max). ``formats`` must be the model's stored formats. MmfreeError for an all-zero
+    matrix or a non-finite weight, as the export."""
+    from mmfree.pymodel.export import converted, formats_of
 
-    On CUDA the per-matrix mean |w| is a float32 reduction whose order may differ from the CPU's, so equality
-    with a CPU export holds where that mean rounds alike (checked on CPU here; on a GPU, see docs/training.md).
-    MmfreeError for an all-zero matrix, as the export."""
-    from mmfree import MmfreeError
-    from mmfree.pymodel.model import ternary_rows, weight_scale
-
-    cfg, dims = model.config, LY.Dims.of(model.config)
-    small, exps, _ = _small_vectors(model, cfg, dims)
-    small.update(_luts(model.model.embeddings.weight.device))
-    emb = _f64(model.model.embeddings.weight)
-    out = {"embed": torch.clamp(torch.round(emb * 2.0 ** formats["res_frac"]), N.INT32_MIN, N.INT32_MAX).to(torch.int32)}
-    consts = {}
-    for bl in LY.bitlinears(dims):
-        module = model.lm_head if bl.name == "lm_head" else model.model.get_submodule(bl.name)
-        w = module.weight.detach().float()
-        mean = float(w.abs().mean())
-        if not math.isfinite(mean):
-            raise MmfreeError(f"tensor {bl.name}.weight contains NaN or inf; training diverged: lower --lr")
-        if mean == 0.0:
-            raise MmfreeError(f"tensor {bl.name}.weight is all zeros: its ternary scale is zero, nothing to export")
-        sw = weight_scale(w, torch.float32)
-        t = ternary_rows(w, sw).to(torch.int8)
-        alpha = float(1.0 / sw)
-        F_n, F_nw = exps[bl.n], exps[bl.nw]
-        F_out = formats[LY.output_format(bl.name) + "_frac"]
-        c_m, c_e = N.constant_from_float(alpha * math.sqrt(bl.K) / N.CODE_MAX * 2.0 ** (F_n - F_nw + F_out - 16))
-        consts[bl.name] = {"K": bl.K, "N": bl.N, "alpha": alpha, "F_n": F_n, "F_nw": F_nw, "F_out": F_out,
-                           "c_m": c_m, "c_e": c_e, "nonzero_fraction": int(t.count_nonzero()) / (bl.N * bl.K)}
-        out[bl.w] = t
-    dev = emb.device
-    out.update({k: v.to(dev) for k, v in small.items()})
-    return {t.name: out[t.name] for t in LY.tensors(dims)}, consts
+    if formats != formats_of(model):
+        raise ValueError(f"formats {formats} are not the model's stored formats {formats_of(model)}")
+    return converted(model, model.model.embeddings.weight.device)
 
 
 def params_of(model) -> _Params:

@@ -276,22 +276,36 @@ class MLGRU(nn.Module):
         #: optional fused "gates + scan" kernel (i_pre, f_pre, lower_bound, h0) -> (h, h_last), set by
         #: mmfree.pymodel.kernels.install; None uses gates() and the recurrence
         self.mixer = None
+        #: optional fused i/f/g projections (a, norm weights [3, d], weights [3, d, d], eps) -> [3, ..., d]
+        #: (one pass over ``a``; mmfree.pymodel.kernels.ifg), set by install; None calls the three BitLinears
+        self.ifg = None
 
-    def gates(self, a: torch.Tensor, lower_bound: torch.Tensor | None):
-        f = torch.sigmoid(self.f_proj(a))
+    def gates(self, a: torch.Tensor, lower_bound: torch.Tensor | None, pre=None):
+        """(f, c) from ``a``, or from the projections ``pre = (i_pre, f_pre, g_pre)`` when given."""
+        f = torch.sigmoid(self.f_proj(a) if pre is None else pre[1])
         if lower_bound is not None:
             f = lower_bound + (1 - lower_bound) * f
-        c = F.silu(self.i_proj(a)) * (1 - f)
+        c = F.silu(self.i_proj(a) if pre is None else pre[0]) * (1 - f)
         return f, c
 
-    def output(self, a: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        return self.o_proj(self.g_norm(self.g_proj(a)) * F.silu(h))
+    def output(self, a: torch.Tensor, h: torch.Tensor, pre=None) -> torch.Tensor:
+        return self.o_proj(self.g_norm(self.g_proj(a) if pre is None else pre[2]) * F.silu(h))
+
+    def projections(self, a: torch.Tensor):
+        """(i_pre, f_pre, g_pre) through the fused ``ifg`` kernel (one pass over ``a``), or None without it."""
+        if self.ifg is None or a.shape[1] == 1:
+            return None
+        ps = (self.i_proj, self.f_proj, self.g_proj)
+        return self.ifg(a, torch.stack([p.norm.weight for p in ps]), torch.stack([p.weight for p in ps]),
+                        self.i_proj.norm.eps).unbind(0)
 
     def forward(self, a, lower_bound=None, h0=None):
+        pre = self.projections(a)
         if self.mixer is not None and a.shape[1] > 1:
-            h, h_last = self.mixer(self.i_proj(a), self.f_proj(a), lower_bound, h0)
-            return self.output(a, h), h_last
-        f, c = self.gates(a, lower_bound)
+            i_pre, f_pre = (self.i_proj(a), self.f_proj(a)) if pre is None else pre[:2]
+            h, h_last = self.mixer(i_pre, f_pre, lower_bound, h0)
+            return self.output(a, h, pre), h_last
+        f, c = self.gates(a, lower_bound, pre)
         if a.shape[1] == 1:                                   # decoding: one step of the recurrence
             cdt = _compute_dtype(c)
             h = c.to(cdt) if h0 is None else f.to(cdt) * h0.unsqueeze(1) + c.to(cdt)
@@ -300,7 +314,7 @@ class MLGRU(nn.Module):
         # the sequential update is bit-identical to `step`, so parallel and token-by-token decoding
         # quantize identically
         h, h_last = self.recurrence(f, c, h0)
-        return self.output(a, h), h_last
+        return self.output(a, h, pre), h_last
 
 
 class GLU(nn.Module):

@@ -614,6 +614,16 @@ def _new_model(tc: TrainConfig, corpus: Corpus, resume_state) -> MMFreeForCausal
     return model
 
 
+#: Why ``--numerics hardware`` is refused under FSDP (checked: ``tests/pymodel/test_train.py``).
+HARDWARE_FSDP_REFUSAL = (
+    "--numerics hardware does not run under FSDP: its forward pass (mmfree.pymodel.hwexact.hardware_forward) "
+    "computes the whole model in one function that reads every layer's parameters directly, never calling the "
+    "layers' forward, so FSDP's per-layer all-gather (a pre-forward hook) never runs and each rank would see "
+    "only its 1/world_size row shard of every matrix, and FSDP's post-backward reduce-scatter would never see "
+    "the gradients. Use --parallel ddp (every rank holds the whole model; the integer parameters are derived "
+    "identically on every rank and device)")
+
+
 def _parallelize(model, tc: TrainConfig, device: torch.device, world: int) -> tuple[torch.nn.Module, str]:
     """(the module the forward pass calls, "single" | "ddp" | "fsdp"): FSDP shards every layer and the model
     in place; DDP wraps the model."""
@@ -622,11 +632,7 @@ def _parallelize(model, tc: TrainConfig, device: torch.device, world: int) -> tu
     parallel = tc.parallel if tc.parallel != "auto" else ("fsdp" if _fsdp_needed(model, device) else "ddp")
     if parallel == "fsdp":
         if tc.numerics == "hardware":
-            # why not: each ternary scale is a mean over the whole matrix and hardware_forward reads every
-            # matrix outside the per-layer FSDP gather, so each rank would all-gather the whole model per step
-            raise MmfreeError("--numerics hardware derives the integer weights from whole matrices (one ternary "
-                              "scale per matrix) on every rank, which FSDP's sharded weights do not hold; it runs "
-                              "with DDP only: use --parallel ddp (or fewer, larger GPUs)")
+            raise MmfreeError(HARDWARE_FSDP_REFUSAL)
         try:
             from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
         except ImportError:                                  # torch < 2.6

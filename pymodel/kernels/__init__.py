@@ -4,7 +4,9 @@
 kernel (Triton)                        naive twin (plain torch)                    hook it serves
 =====================================  ==========================================  =====================================
 ``bitlinear.bitlinear``                ``bitlinear.bitlinear_naive``               ``BitLinear.kernel`` (fake quant)
+``bitlinear.bitlinear_auto``           ``bitlinear.bitlinear_naive``               the above, backward GEMMs per shape class
 ``bitlinear.act_quant``                ``bitlinear.act_quant_naive``               (inside the above)
+``ifg.ifg`` (i/f/g, one input pass)    ``ifg.ifg_naive``                           ``MLGRU.ifg``
 ``bitlinear.ternarize``                ``bitlinear.ternarize_naive``               (inside the above)
 ``hgrn.hgrn`` (seq / chunk scan)       ``hgrn.hgrn_naive``                         ``MLGRU.recurrence``
 ``hgrn.hgrn_gated`` (seq / chunk)      ``hgrn.hgrn_gated_naive``                   ``MLGRU.mixer`` (when the model has it)
@@ -15,7 +17,9 @@ kernel (Triton)                        naive twin (plain torch)                 
 =====================================  ==========================================  =====================================
 
 :func:`install` picks the implementation for a device: the Triton kernels on CUDA (when Triton imports),
-the model's own torch path elsewhere. This module imports neither torch nor triton at import time, and
+the model's own torch path elsewhere. The installed BitLinear is ``bitlinear_auto``: its two backward GEMMs
+run on cuBLAS or Triton as ``bitlinear.BWD_GEMM_TABLE`` says for the weight's shape class (measured).
+This module imports neither torch nor triton at import time, and
 ``install(..., "auto")`` on a CPU never imports triton.
 """
 
@@ -77,7 +81,7 @@ def install(model, which: str = "auto", device=None) -> str:
 
     ``which``: ``"triton"`` (an error when Triton cannot run on the device), ``"naive"`` (the model's plain
     torch path), ``"auto"`` (Triton on CUDA when it imports, else naive). Sets every ``BitLinear.kernel``,
-    every ``MLGRU.recurrence``, ``MLGRU.mixer`` where the model has that hook, and ``model.hw_kernels``
+    every ``MLGRU.recurrence``, ``MLGRU.mixer`` and ``MLGRU.ifg`` where the model has those hooks, and ``model.hw_kernels``
     (read by the hardware-exact mode where it has that hook). ``device`` defaults to the model's.
     """
     import torch
@@ -94,14 +98,17 @@ def install(model, which: str = "auto", device=None) -> str:
     from mmfree.pymodel.model import hgrn_recurrence
 
     if use:
-        from mmfree.pymodel.kernels.bitlinear import bitlinear
+        from mmfree.pymodel.kernels.bitlinear import bitlinear_auto
         from mmfree.pymodel.kernels.hgrn import hgrn, hgrn_gated
+        from mmfree.pymodel.kernels.ifg import ifg
     for m in model.bitlinears().values():
-        m.kernel = bitlinear if use else None
+        m.kernel = bitlinear_auto if use else None   # backward GEMMs per shape class
     fused_gates = False
     for layer in model.model.layers:
         attn = layer.attn
         attn.recurrence = hgrn if use else hgrn_recurrence
+        if hasattr(attn, "ifg"):
+            attn.ifg = ifg if use else None
         if hasattr(attn, "mixer"):
             attn.mixer = hgrn_gated if use else None
             fused_gates = use

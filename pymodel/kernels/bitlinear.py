@@ -361,6 +361,38 @@ def bitlinear_torch_bwd(x, norm_w, w, eps):
     return bitlinear(x, norm_w, w, eps, bwd_gemm="torch")
 
 
+#: The backward-GEMM backend of each BitLinear shape class (:func:`shape_class`): cuBLAS (``"torch"``) unless
+#: the Triton GEMMs won. Filled from ``bench/gpu_bitlinear.py`` (rows ``ours`` = Triton vs ``ours-cublas``; it
+#: prints this table as ``bwd_gemm table``; needs a GPU), measured 2026-11-26 on one H100 80GB HBM3, 16,384
+#: tokens, bf16 autocast, fwd+bwd ms (docs/training.md, GPU benchmarks). A class with no measurement: cuBLAS.
+BWD_GEMM_TABLE = {
+    ("square", "small"): "triton",   # 370M d->d 1024x1024: Triton 1.423, cuBLAS 1.448 (within 2 %)
+    ("square", "large"): "torch",    # 1.3B d->d 2048x2048: Triton 2.053, cuBLAS 1.703
+    ("wide", "large"): "torch",      # 370M gate 1024->5632: 2.560 vs 1.904; 1.3B gate 2048->11264: 5.984 vs 4.170
+    ("narrow", "small"): "triton",   # 370M down 2816->1024: Triton 1.850, cuBLAS 1.952
+    ("narrow", "large"): "torch",    # 1.3B down 5632->2048: Triton 4.064, cuBLAS 3.726
+}
+#: weight elements from which a shape class is "large" (2**22: a 2048 x 2048 matrix)
+LARGE_WEIGHT = 1 << 22
+
+
+def shape_class(N: int, K: int) -> tuple[str, str]:
+    """(``"square"`` (N == K) | ``"wide"`` (N > K) | ``"narrow"`` (N < K), ``"small"`` | ``"large"``
+    (N * K >= :data:`LARGE_WEIGHT`)) of a BitLinear weight ``[N, K]``."""
+    kind = "square" if N == K else "wide" if N > K else "narrow"
+    return kind, "large" if N * K >= LARGE_WEIGHT else "small"
+
+
+def bwd_backend(N: int, K: int) -> str:
+    """The backward-GEMM backend (``"triton"`` | ``"torch"``) :data:`BWD_GEMM_TABLE` gives a weight ``[N, K]``."""
+    return BWD_GEMM_TABLE.get(shape_class(N, K), "torch")
+
+
+def bitlinear_auto(x, norm_w, w, eps):
+    """:func:`bitlinear` with the backward GEMMs of :func:`bwd_backend` for ``w``'s shape (what ``install`` sets)."""
+    return bitlinear(x, norm_w, w, eps, bwd_gemm=bwd_backend(*w.shape))
+
+
 # =============================================================================================
 # naive twins (plain torch, autograd through torch ops)
 # =============================================================================================

@@ -157,3 +157,46 @@ def test_shape_mismatch_is_a_clear_error(device):
     x, nw, w = _inputs((1, 3, 60, 84), torch.float32, device)
     with pytest.raises(ValueError, match="expected \\[N, 60\\]"):
         FB.bitlinear(x, nw, w[:, :50], 1e-8)
+
+
+# ---- the default backward backend per shape class (issue 24) ------------------------------------------------------
+def test_shape_classes_and_the_measured_table():
+    assert FB.shape_class(1024, 1024) == ("square", "small") and FB.shape_class(2048, 2048) == ("square", "large")
+    assert FB.shape_class(11264, 2048) == ("wide", "large") and FB.shape_class(1024, 2816) == ("narrow", "small")
+    assert FB.bwd_backend(1024, 2816) == "triton" and FB.bwd_backend(2048, 5632) == "torch"
+    assert FB.bwd_backend(84, 60) == "torch"                   # ("wide", "small"): not measured -> cuBLAS
+    assert set(FB.BWD_GEMM_TABLE.values()) <= {"triton", "torch"}
+
+
+@pytest.mark.parametrize("N,K", [(84, 60), (37, 60)], ids=["wide-small-cublas", "narrow-small-triton"])
+def test_auto_backend_matches_naive(N, K, device):
+    """bitlinear_auto (what install() sets) on a cuBLAS-class and a Triton-class shape: outputs and gradients
+    equal the naive twin's, and the same as the explicitly chosen backend's."""
+    x, nw, w = _inputs((2, 7, K, N), torch.float32, device, seed=9)
+    g = torch.randn(2, 7, N, generator=torch.Generator().manual_seed(2)).to(device)
+    got = _run(FB.bitlinear_auto, x, nw, w, g)
+    ref = _run(FB.bitlinear_naive, x, nw, w, g)
+    same = _run(lambda *a: FB.bitlinear(*a, bwd_gemm=FB.bwd_backend(N, K)), x, nw, w, g)
+    extra = _flip_allowance(x, nw, w, 1e-8)
+    for name in ("out", "dx", "dnorm_w", "dw"):
+        assert_close(name, got[name], ref[name], torch.float32, extra=extra if name == "out" else 0.0)
+        assert torch.equal(got[name], same[name]), name
+
+
+def test_bench_prints_the_table_from_its_rows():
+    """bench/gpu_bitlinear.py turns its ours / ours-cublas rows into BWD_GEMM_TABLE lines (GPU run: the bench)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "gpu_bitlinear.py"
+    spec = importlib.util.spec_from_file_location("gpu_bitlinear", path)
+    gb = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gb)
+    res = {"bitlinear": {"a": {"ours": {"ms": 1.0}, "ours-cublas": {"ms": 2.0}},
+                         "b": {"ours": {"ms": 3.0}, "ours-cublas": {"ms": 2.0}},
+                         "c": {"ours": {"ms": 1.0}, "ours-cublas": {"ms": 1.5}}},
+           "shapes": {"a": [1024, 2816], "b": [2048, 2048], "c": [1024, 1024]}}
+    lines = gb.bwd_gemm_table(res)
+    assert lines[0].startswith("    ('narrow', 'small'): 'triton',")
+    assert lines[1].startswith("    ('square', 'large'): 'torch',") and "Triton 3.000, cuBLAS 2.000" in lines[1]
+    assert lines[2].startswith("    ('square', 'small'): 'triton',")

@@ -45,6 +45,10 @@ def test_model_on_triton_matches_the_torch_path(device):
     note = install(model, "triton", device)
     assert note.startswith("triton")
     assert all(m.kernel is not None for m in model.bitlinears().values())
+    from mmfree.pymodel.kernels.bitlinear import bitlinear_auto
+
+    assert all(m.kernel is bitlinear_auto for m in model.bitlinears().values())   # per-shape backward backend
+    assert all(layer.attn.ifg is not None for layer in model.model.layers)         # fused i/f/g projections
     assert model.hw_kernels is not None
     out = model(ids)
     grads = torch.autograd.grad(out, list(model.parameters()), g)

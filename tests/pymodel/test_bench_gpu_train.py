@@ -22,12 +22,45 @@ def _run(configs: list[str]) -> dict:
 
 
 def test_gpu_train_bench_tiny():
-    res = _run(["naive fp32", "hardware fp32"])
+    res = _run(["naive fp32", "hardware fp32", "released bf16"])
     rows = res["presets"]["tiny"]
-    assert set(rows) == {"naive fp32", "hardware fp32"}
+    assert set(rows) == {"naive fp32", "hardware fp32", "released bf16"}
     for r in rows.values():
         assert r["tokens_per_s"] > 0 and r["mfu"] == "n/a" and "Self CPU" in r["profile"]
     assert "numerics hardware" in rows["hardware fp32"]["kernels"]
+    assert rows["released bf16"]["kernels"] == "released HGRNBitForCausalLM restated, plain torch"
+
+
+def _released(model):
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        from released_hgrn import ReleasedHGRNBitForCausalLM
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    rel = ReleasedHGRNBitForCausalLM(model.config)
+    rel.load_state_dict(model.state_dict(), strict=True)       # the released parameter names, one for one
+    return rel
+
+
+def test_released_restatement_computes_the_official_model():
+    """The restated released model (bench/released_hgrn.py, plain torch ops on a CPU) and mmfree's float model
+    (fake numerics, the official arithmetic) give the same logits and gradients on the same weights, to float
+    rounding: mmfree computes the integer product exactly, the released code a float GEMM of dequantised values."""
+    import torch
+
+    from tests.pymodel.helpers import random_model
+
+    model = random_model(4, vocab_size=97, hidden_size=48, num_hidden_layers=3, intermediate_size=96,
+                         bitlinear_norm_eps=1e-8).double()          # the released BitLinear hard-codes 1e-8
+    rel = _released(model).double()
+    ids = torch.randint(0, 97, (2, 11), generator=torch.Generator().manual_seed(0))
+    a, b = model(ids), rel(ids)
+    torch.testing.assert_close(b, a, rtol=1e-9, atol=1e-9)
+    g = torch.randn(a.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    ga = torch.autograd.grad(a, list(model.parameters()), g)
+    gb = dict(zip([n for n, _ in rel.named_parameters()], torch.autograd.grad(b, list(rel.parameters()), g)))
+    for (name, _), x in zip(model.named_parameters(), ga):
+        torch.testing.assert_close(gb[name], x, rtol=1e-7, atol=1e-9, msg=name)
 
 
 @pytest.mark.slow

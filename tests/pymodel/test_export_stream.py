@@ -57,7 +57,7 @@ def test_export_json_reports_measured_bits(tmp_path, capsys):
 
 
 def test_image_independent_of_thread_count(tmp_path):
-    """The export derives every quantity with one torch thread: 1, 2 and 4 caller threads give the same bytes
+    """The export derives every quantity thread-independently: 1, 2 and 4 caller threads give the same bytes
     (torch's own mean|w| of a [5632, 1024] matrix differs between 1 and 2 threads on this machine class)."""
     ck = random_checkpoint(tmp_path / "ck", seed=11, hidden_size=256, intermediate_size=2816, num_hidden_layers=1,
                            vocab_size=300)

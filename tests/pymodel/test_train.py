@@ -241,3 +241,15 @@ def test_torchrun_fsdp_two_processes(tmp_path, corpus):
     r = _torchrun([str(script), json.dumps(dict(kw, steps=6, resume=True))], tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert json.loads((tmp_path / "fsdp" / "model" / "training.json").read_text())["steps"] == 6
+
+
+def test_hardware_numerics_under_fsdp_is_refused_with_the_reason(tmp_path, corpus):
+    """FSDP shards every layer and gathers it in the layer's pre-forward hook; hardware_forward never calls a
+    layer's forward, so it is refused (before any sharding) with that reason and the way out (DDP)."""
+    from mmfree.pymodel.config import MMFreeConfig
+    from mmfree.pymodel.model import MMFreeForCausalLM
+
+    model = MMFreeForCausalLM(MMFreeConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1))
+    tc = tiny(tmp_path / "h", corpus, numerics="hardware", parallel="fsdp")
+    with pytest.raises(MmfreeError, match="does not run under FSDP.*pre-forward hook.*--parallel ddp"):
+        TR._parallelize(model, tc, torch.device("cpu"), 2)
