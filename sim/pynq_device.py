@@ -381,9 +381,10 @@ def _device_class():
 _DEVICE_CLASS = None
 
 
-def new_device(mem_size: int = MEM_SIZE):
-    """An unprogrammed simulated PYNQ device (``pynq.Overlay(bit, device=dev)`` programs it)."""
-    return _device_class()(mem_size=mem_size)
+def new_device(mem_size: int | None = None):
+    """An unprogrammed simulated PYNQ device with ``mem_size`` bytes of DDR (default :data:`MEM_SIZE`);
+    ``pynq.Overlay(bit)`` with it active programs it."""
+    return _device_class()(mem_size=MEM_SIZE if mem_size is None else mem_size)
 
 
 def sim_pynq_device(hw: HwConfig, mem_base: int = MEM_BASE, mem_size: int = MEM_SIZE):
