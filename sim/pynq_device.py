@@ -395,3 +395,14 @@ def sim_pynq_device(hw: HwConfig, mem_base: int = MEM_BASE, mem_size: int = MEM_
             "fullpath": "mmfree_accel_0", "interrupts": {}, "gpio": {}, "parameters": {}, "registers": {},
             "driver": None, "state": None, "bdtype": None}
     return dev, desc
+
+
+def activate(mem_size: int | None = None):
+    """Make a new simulated device pynq's active device (what a PYNQ board image's device probe gives), so
+    unchanged board code (``pynq.Overlay("mmfree_kv260.bit")``, a notebook) runs on it. Returns the device; an
+    IPython startup file calling this turns a Jupyter kernel into a simulated board (the notebook test does)."""
+    dev = new_device(mem_size)
+    import pynq
+
+    pynq.Device.active_device = dev
+    return dev
