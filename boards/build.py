@@ -549,6 +549,7 @@ def write_project(cfg: BuildConfig, out: Path, verilog: Path, est: dict | None =
     """Write the build folder atomically (a whole new folder swapped in; call :func:`check_out` first).
     Returns the manifest (also written as build.json)."""
     from mmfree.atomic import output_dir
+    from mmfree.boards.hwh import sim_files
 
     out = Path(out)
     files = {
@@ -558,6 +559,7 @@ def write_project(cfg: BuildConfig, out: Path, verilog: Path, est: dict | None =
         "tcl/block_design.tcl": block_design_tcl(cfg),
         "build.tcl": build_tcl(cfg),
     }
+    files.update(sim_files(cfg, cfg.hw, cfg.clock_mhz, cfg.basename))   # the simulated device's .bit/.hwh
     manifest = {"board": cfg.board, "config": asdict(cfg), "vlnv": RM.VLNV, "instance": INSTANCE,
                 "regmap_version": f"{RM.REGMAP_VERSION_MAJOR}.{RM.REGMAP_VERSION_MINOR}",
                 "bitstream": f"{cfg.basename}.bit", "hwh": f"{cfg.basename}.hwh",

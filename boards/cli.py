@@ -77,9 +77,12 @@ def register(sub) -> None:
         "count only the loop's last pass). With --board sim the loop's passes are not read back: bit_exact\n"
         "compares the prefill passes with IntModel, and the tokens, gen_passes and the adapted table with\n"
         "pymodel's speculative_generate (reference_verify_steps).\n"
-        "--board pynq-sim: the PYNQ path (pynq.DefaultIP, MMIO, allocate, PynqBuffer flush/invalidate) on a\n"
-        "simulated pynq.Device whose logic is the ISA emulator (mmfree.sim.pynq_device; no clock: cycle\n"
-        "counters read 0); bit_exact compares the tokens with IntModel greedy decoding.",
+        "--board pynq-sim: the PYNQ path on a simulated pynq.Device whose logic is the ISA emulator\n"
+        "(mmfree.sim.pynq_device; no clock: cycle counters read 0): pynq.Overlay loads the generated .hwh of a\n"
+        "simulated build (--bitstream sim/mmfree_<board>.bit from `mmfree build`, default: the simulator's\n"
+        "build), binds MmfreeAccelIP (DefaultIP), allocates with pynq.allocate and waits on pynq's Interrupt;\n"
+        "bit_exact compares the tokens with IntModel greedy decoding. Extra keys: overlay, ip, wait,\n"
+        "interrupts (interrupts delivered through pynq's UioController).",
     )
     add_board(r, sim=True, note="pynq-sim: the PYNQ path on a simulated pynq.Device")
     add_model(r)
@@ -92,7 +95,9 @@ def register(sub) -> None:
     r.add_argument("--onchip", action="store_true",
                    help="with --draft trigram: draft, verify and adapt the table on the accelerator (CONTROL.GENERATE; "
                         "needs a bitstream with the draft engine), one interrupt for the whole generation")
-    r.add_argument("--bitstream", default=None, help="board only: X.bit to load (default: the loaded overlay)")
+    r.add_argument("--bitstream", default=None,
+                   help="X.bit to load (default: the loaded overlay); pynq-sim: a simulated build's "
+                        "sim/mmfree_<board>.bit (default: one for the simulator's build)")
     r.add_argument("--timeout", type=float, default=60.0,
                    help="seconds one pass may take: finite, > 0 and at most a day (default 60)")
     r.add_argument("--no-logits", action="store_true",
@@ -240,32 +245,24 @@ def _run_board(args, prompt, draft) -> int:
 
 
 def _run_pynq_sim(args, prompt, draft) -> int:
-    """``--board pynq-sim``: pynq's own DefaultIP / MMIO / allocate over the simulated pynq device
-    (:mod:`mmfree.sim.pynq_device`), the tokens checked against IntModel greedy decoding."""
+    """``--board pynq-sim``: ``pynq.Overlay`` of a simulated build (``--bitstream``, or the simulator's default
+    build) on the simulated pynq device (:func:`mmfree.boards.pynq.sim_overlay`), then pynq's own DefaultIP / MMIO
+    / allocate / Interrupt; the tokens checked against IntModel greedy decoding."""
     from mmfree.boards.accelerator import Accelerator
-    from mmfree.boards.pynq import _pynq, register_pynq_driver
+    from mmfree.boards.pynq import sim_overlay
     from mmfree.host.session import open_model
-    from mmfree.sim.accel import DEFAULT_HW
-    from mmfree.sim.pynq_device import sim_pynq_device
     from mmfree.sim.run import greedy_reference
 
-    pynq = _pynq()
     model = open_model(args.model)
     compiled, im, tok_dir = model
-    dev, desc = sim_pynq_device(DEFAULT_HW)
-    previous = vars(pynq.Device).get("_active_device")
-    pynq.Device.active_device = dev                   # pynq.allocate and MMIO find the device as on a board
-    try:
-        ip = register_pynq_driver()(desc)
-        with Accelerator.on_ip(ip, model, timeout_s=args.timeout, tokenizer=tok_dir, use_interrupt=False) as acc:
+    with sim_overlay(args.bitstream) as (ov, ip, dev):
+        with Accelerator.on_ip(ip, model, timeout_s=args.timeout, tokenizer=tok_dir) as acc:
             acc.write_logits = not args.no_logits
             g = acc.generate(prompt, args.tokens, draft=draft, k=args.k, onchip=args.onchip)
-    finally:
-        if previous is None:
-            del pynq.Device._active_device
-        else:
-            pynq.Device.active_device = previous
-    res = dict(g.as_dict(), board="pynq-sim")
+            interrupts = dev.uio.count if dev.uio is not None else 0
+            waits = "interrupt" if acc.transport.irq is not None else "polling STATUS"
+    res = dict(g.as_dict(), board="pynq-sim", overlay=str(ov.bitfile_name), ip=type(ip).__name__, wait=waits,
+               interrupts=interrupts)
     if im is not None:
         ref = greedy_reference(im, g.prompt, args.tokens)
         res.update(bit_exact=g.tokens == ref, reference_tokens=ref,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sys
 import time
 import xml.etree.ElementTree as ET
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -359,10 +360,9 @@ def pynq_device():
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        try:
-            devices = pynq.Device.devices
-            dev = pynq.Device.active_device if devices else None
-        except Exception:
+        try:                                   # a device made active by hand (the simulated one), else the probed
+            dev = pynq.Device.active_device
+        except Exception:                      # "No Devices Found"
             dev = None
     if dev is None:
         raise MmfreeError(NO_BOARD)
@@ -389,3 +389,51 @@ def load_overlay(bitstream, board=None, download: bool = True):
             raise MmfreeError(f"the overlay has no {RM.VLNV} IP (ip_dict: {', '.join(getattr(ov, 'ip_dict', {}))})")
         ip = getattr(ov, cands[0])
     return ov, ip, info
+
+
+@contextmanager
+def sim_overlay(bitstream=None, interrupt: bool = True):
+    """``pynq.Overlay`` on the simulated PYNQ device (:mod:`mmfree.sim.pynq_device`), made pynq's active device for
+    the duration, as a board's is. ``bitstream``: a simulated build's ``.bit`` (``mmfree build`` writes
+    ``sim/mmfree_<board>.bit`` + ``.hwh``); None: one for the simulator's default build (``DEFAULT_HW``, the KV260
+    part, its clock) written to a temporary folder, with the interrupt wired (``interrupt=False``: the overlay
+    without the interrupt controller, so the driver polls STATUS). Goes through :func:`load_overlay` (the .hwh
+    checked against the build's board). Yields (overlay, the accelerator IP, the device); the device's interrupt
+    node is closed and the previous active device restored on the way out."""
+    import asyncio
+    import tempfile
+
+    from mmfree.boardfile import load_board
+    from mmfree.sim.pynq_device import new_device, read_sim_bitstream
+
+    pynq = _pynq()
+    with tempfile.TemporaryDirectory(prefix="mmfree-pynq-sim-") as tmp:
+        if bitstream is None:
+            from mmfree.boards.hwh import write_sim_overlay
+            from mmfree.sim.accel import DEFAULT_HW
+
+            b = load_board("kv260")
+            bitstream = write_sim_overlay(tmp, b, DEFAULT_HW, b.clock_mhz, interrupt=interrupt)
+        elif not Path(bitstream).is_file():
+            raise MmfreeError(f"bitstream {bitstream} does not exist")
+        board = load_board(read_sim_bitstream(bitstream)["board"])
+        loop = PynqTransport._pynq_loop()
+        own_loop = loop is None or loop.is_closed()
+        if own_loop:                             # pynq registers the interrupt on the thread's current loop
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+        previous = vars(pynq.Device).get("_active_device")
+        dev = new_device()
+        pynq.Device.active_device = dev
+        try:
+            ov, ip, _ = load_overlay(bitstream, board)
+            yield ov, ip, dev
+        finally:
+            dev.close()
+            if previous is None:
+                del pynq.Device._active_device
+            else:
+                pynq.Device.active_device = previous
+            if own_loop:
+                asyncio.set_event_loop(None)
+                loop.close()

@@ -27,6 +27,7 @@ AREAS = [
     "mmfree.sim.cli_perf",
     "mmfree.boards.cli",
     "mmfree.boards.cli_energy",
+    "mmfree.boards.cli_doctor",
     "mmfree.hls.cli",
     "mmfree.serve.cli",
 ]
