@@ -4,6 +4,8 @@ anchors and the physical limit, from the performance model (mmfree.sim.perf.pred
     python bench/perf_table.py [--k 1] [--accept-len A] [--json] [--record]
 
 --record with --k > 1 writes the section "projections-k<k>" instead (no plot).
+    python bench/perf_table.py --streams [--record]   # multi-stream passes (modeled forest build), section
+                                                      # "projections-streams"
     python bench/perf_table.py --units        # re-run Yosys on the units the resource estimate composes
 
 --record writes the table into docs/performance.md (section "projections") and the plot docs/img/perf.png
@@ -93,6 +95,46 @@ def rows(k: int = 1, accept_len: float | None = None) -> list[dict]:
     return out
 
 
+#: Multi-stream rows: (model, board, streams B, tokens per stream per pass k, tokens emitted per stream per pass).
+#: 1.75 and 2.63: the trigram acceptance measured at k = 2 and k = 4 (docs/performance.md "Speculative passes").
+STREAM_CASES = [(m, b, B, 1, None) for b in ("kv260", "zcu104") for m in ("370M", "1.3B") for B in (1, 2, 3, 4, 8)] + \
+    [("1.3B", b, B, k, a) for b in ("kv260", "zcu104") for B, k, a in ((2, 2, 1.75), (4, 2, 1.75), (2, 4, 2.63),
+                                                                     (4, 4, 2.63))]
+
+
+def stream_rows() -> list[dict]:
+    """One row per :data:`STREAM_CASES` entry: :func:`mmfree.sim.perf_streams.predict_streams` (modeled)."""
+    from mmfree.boardfile import load_board
+    from mmfree.sim.perf_streams import predict_streams
+
+    out = []
+    for m, b, B, k, a in STREAM_CASES:
+        r = predict_streams(m, load_board(b), B, k, a)
+        out.append({"model": m, "board": b, "streams": B, "k": k, "accept_len": r["accept_len"],
+                    "max_tokens": r["hw"]["max_tokens"], "weight_ports": r["hw"]["weight_ports"],
+                    "max_width": r["hw"]["max_width"], "cycles_per_pass": r["cycles_per_pass"],
+                    "aggregate_tokens_per_s": r["aggregate_tokens_per_s"],
+                    "per_stream_tokens_per_s": r["per_stream_tokens_per_s"],
+                    "single_stream_tokens_per_s": r["single_stream_tokens_per_s"],
+                    "speedup_vs_single_stream": r["speedup_vs_single_stream"], "lut": r["resources"]["lut"],
+                    "bram36": r["resources"]["bram36"], "fits": r["fits"], "problems": r["problems"]})
+    return out
+
+
+def stream_table(rs: list[dict]) -> str:
+    out = ["| model | board | streams B | k per stream (accept) | build `--max-tokens` | cycles/pass (modeled) | "
+           "aggregate tok/s (modeled) | per stream | x single stream | LUT / BRAM36 | fits |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rs:
+        fits = "yes" if r["fits"] else "no: " + "; ".join(p.replace("the design's estimated resources exceed the part: ",
+                                                                     "") for p in r["problems"])
+        out.append(f"| {r['model']} | {r['board']} | {r['streams']} | {r['k']} ({r['accept_len']:g}) | "
+                   f"{r['max_tokens']} | {r['cycles_per_pass']:,.0f} | {r['aggregate_tokens_per_s']:.1f} | "
+                   f"{r['per_stream_tokens_per_s']:.1f} | {r['speedup_vs_single_stream']:.2f} | "
+                   f"{r['lut'] / 1000:.0f} k / {r['bram36']} | {fits} |")
+    return "\n".join(out)
+
+
 def table(rs: list[dict]) -> str:
     out = ["| model | board | clock | weight ports x bus | tokens/s (modeled) | DDR MB/token (modeled) | DDR GB/s used / peak | "
            "DDR roofline tok/s (1.6 bit) | physical limit tok/s (log2 3 bit) | of roofline | fits |",
@@ -153,9 +195,20 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--record", action="store_true", help="write docs/performance.md and docs/img/perf.png")
     ap.add_argument("--units", action="store_true", help="re-run Yosys for boards/data/unit_resources.json")
+    ap.add_argument("--streams", action="store_true", help="multi-stream rows (section projections-streams)")
     args = ap.parse_args()
     if args.units:
         return run_units()
+    if args.streams:
+        srs = stream_rows()
+        print(json.dumps(srs, indent=1) if args.json else stream_table(srs))
+        if args.record:
+            body = (f"Modeled with `{command_line()}` (mmfree.sim.perf_streams.predict_streams: the forest build "
+                    "specified below, not built; each board's clock, bus and weight ports, greedy decode without "
+                    "logits written; the single-stream column is plain decoding, k = 1, on the same build with "
+                    "max_tokens 1):\n\n" + stream_table(srs))
+            write_section("performance.md", "projections-streams", body)
+        return 0
     rs = rows(args.k, args.accept_len)
     text = table(rs)
     if args.json:

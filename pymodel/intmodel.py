@@ -18,7 +18,8 @@ of :mod:`mmfree.pymodel.numerics` on numpy integers; no torch. One step for one 
 The ternary products run through float32 BLAS: the codes are integers in [-127, 127], the weights in
 {-1, 0, 1}, and every partial sum stays below 127 * K < 2**24, so float32 holds them exactly (asserted
 at load). ``verify`` processes k tokens with one pass over the weights and returns the state after
-every position, which is exactly k sequential ``step`` calls.
+every position, which is exactly k sequential ``step`` calls. ``verify_forest`` does the same for B
+independent streams (each with its own start state) in one pass: a forest instead of a tree.
 """
 
 from __future__ import annotations
@@ -211,15 +212,24 @@ class IntModel:
 
         ``parents`` (optional, length k) makes the k tokens a tree: token j continues from the state after
         token ``parents[j]`` (``-1``: from ``h0``), with ``parents[j] < j``. Default: a chain (``j - 1``).
+        With ``h0`` of shape ``[B, L, d]`` (B independent streams) the tokens form a forest: a root
+        ``parents[j] = -1 - s`` continues from stream ``s``'s start state ``h0[s]`` (:func:`forest_of`).
         ``taps``, when a dict, receives every intermediate vector by name (for hardware debugging).
         """
         tokens = self.check_tokens(tokens)
         k = len(tokens)
+        h0 = np.asarray(h0)
+        starts = h0 if h0.ndim == 3 else h0[None]
+        if starts.shape[1:] != (self.dims.layers, self.dims.d):
+            raise ValueError(f"start state must be [L, d] or [B, L, d] with L, d = {self.dims.layers}, "
+                             f"{self.dims.d}; got shape {tuple(h0.shape)}")
         if parents is None:
             parents = list(range(-1, k - 1))
         parents = [int(q) for q in parents]
-        if len(parents) != k or any(not -1 <= q < j for j, q in enumerate(parents)):
-            raise ValueError(f"parents must have {k} entries with -1 <= parents[j] < j, got {parents}")
+        B = len(starts)
+        if len(parents) != k or any(not -B <= q < j for j, q in enumerate(parents)):
+            raise ValueError(f"parents must have {k} entries with -{B} <= parents[j] < j "
+                             f"(-1 - s: a root of stream s of {B}), got {parents}")
         I = self.dims.inter
         x = self.embed(tokens)                                                   # [k, d]
         hs = np.zeros((k, self.dims.layers, self.dims.d), dtype=np.int64)
@@ -245,7 +255,7 @@ class IntModel:
             rate = N.forget_rate(out["f_proj"], self.vec(p + "attn.one_minus_lb"), af)
             s = N.silu(out["i_proj"], af)
             for t in range(k):                                                   # elementwise in time
-                prev = h0[li] if parents[t] < 0 else hs[parents[t], li]
+                prev = starts[-1 - parents[t], li] if parents[t] < 0 else hs[parents[t], li]
                 hs[t, li] = N.hgrn_update(prev, s[t], rate[t])
             tap(p + "attn.h", hs[:, li])
             u = N.mul_act(out["g_proj"], N.silu(hs[:, li], af))
@@ -279,8 +289,46 @@ class IntModel:
         hs, logits = self.forward(state.h, tokens, parents=parents)
         return [IntState(h) for h in hs], logits
 
+    def verify_forest(self, states, tokens, parents) -> tuple[list[IntState], np.ndarray]:
+        """B independent streams in one weight pass: a forest of k tokens (:func:`forest_of`).
+
+        ``states``: the B streams' start states (``IntState`` each); ``parents[j] = -1 - s`` makes token j a
+        root continuing from ``states[s]``, otherwise ``0 <= parents[j] < j`` as in :meth:`verify`. Returns
+        (state after each position, logits ``[k, V]``), exactly what each stream's own :meth:`verify` gives
+        for its tokens. Raises ``ValueError`` for no states or a parent outside ``[-B, j)``."""
+        states = list(states)
+        if not states:
+            raise ValueError("verify_forest needs at least one stream state")
+        hs, logits = self.forward(np.stack([s.h for s in states]), tokens, parents=parents)
+        return [IntState(h) for h in hs], logits
+
     def greedy(self, logits: np.ndarray) -> np.ndarray:
         return N.argmax(logits)
+
+
+def forest_of(trees) -> tuple[list[int], list[int], list[int]]:
+    """Merge B per-stream trees into one forest pass (:meth:`IntModel.verify_forest`).
+
+    ``trees``: one ``(tokens, parents)`` per stream, ``parents`` None for a chain or one index per token
+    (``-1`` for the stream's root(s), else ``< own index``), as :meth:`IntModel.verify` takes them. Returns
+    ``(tokens, parents, offsets)``: the concatenated tokens, their parents in the forest (a root of stream s
+    becomes ``-1 - s``, the others shifted by the stream's offset) and each stream's first position
+    (``offsets[s]``; stream s holds positions ``offsets[s] .. offsets[s + 1] - 1``, ``offsets[B]`` = k).
+    Raises ``ValueError`` for a stream with no tokens or a bad parent list."""
+    tokens, parents, offsets = [], [], []
+    for s, (toks, par) in enumerate(trees):
+        toks = [int(t) for t in toks]
+        n = len(toks)
+        if n == 0:
+            raise ValueError(f"stream {s} has no tokens; give every stream at least one")
+        par = list(range(-1, n - 1)) if par is None else [int(q) for q in par]
+        if len(par) != n or any(not -1 <= q < j for j, q in enumerate(par)):
+            raise ValueError(f"stream {s}: parents must have {n} entries with -1 <= parents[j] < j, got {par}")
+        base = len(tokens)
+        offsets.append(base)
+        tokens += toks
+        parents += [-1 - s if q < 0 else base + q for q in par]
+    return tokens, parents, offsets + [len(tokens)]
 
 
 class IntBackend:

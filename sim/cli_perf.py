@@ -42,6 +42,10 @@ def register(sub) -> None:
     p.add_argument("--k", type=int, default=1, help="tokens per pass (the build's max_tokens)")
     p.add_argument("--accept-len", type=float, default=None,
                    help="tokens emitted per pass with speculative decoding (1..k; default 1)")
+    p.add_argument("--streams", type=int, default=None,
+                   help="B independent sequences sharing every weight pass (a forest of B trees of --k tokens; "
+                        "modeled forest build of docs/performance.md 'Multi-stream passes', max_tokens = B x k): "
+                        "tokens/s counts all streams, next to the single-stream figure")
     p.add_argument("--write-logits", action="store_true", help="every pass writes all logits to DDR")
     p.add_argument("--latency-ns", type=float, default=None,
                    help="DDR read latency seen by the PL in ns (default: the rd_latency_ns assumption); each weight "
@@ -64,15 +68,34 @@ def _perf(args) -> int:
         if bus_bits is not None and bus_bits != args.lanes // 5 * 8:
             raise MmfreeError(f"--lanes {args.lanes} needs --bus-bits {args.lanes // 5 * 8}, got {bus_bits}")
         bus_bits = args.lanes // 5 * 8
-    hw = P.default_hw(dims, board, args.k, bus_bits=bus_bits, matvec_engines=args.engines,
-                      weight_ports=args.weight_ports)
-    r = P.predict(dims, board, args.clock_mhz, hw=hw, k=args.k, accept_len=args.accept_len,
-                  write_logits=args.write_logits, latency_ns=args.latency_ns)
+    if args.streams is not None:
+        r = _streams(args, dims, board, bus_bits)
+    else:
+        hw = P.default_hw(dims, board, args.k, bus_bits=bus_bits, matvec_engines=args.engines,
+                          weight_ports=args.weight_ports)
+        r = P.predict(dims, board, args.clock_mhz, hw=hw, k=args.k, accept_len=args.accept_len,
+                      write_logits=args.write_logits, latency_ns=args.latency_ns)
     if args.json:
         print_json(r)
     else:
         print(render(r))
     return 0 if r["fits"] else 3
+
+
+def _streams(args, dims, board, bus_bits) -> dict:
+    """``--streams B``: :func:`mmfree.sim.perf_streams.predict_streams` on the build of B x k tokens per pass."""
+    from mmfree.sim import perf as P
+    from mmfree.sim.perf_streams import MAX_STREAMS, predict_streams
+
+    if not 1 <= args.streams <= MAX_STREAMS:
+        raise MmfreeError(f"--streams must be in 1..{MAX_STREAMS}, got {args.streams}")
+    if args.streams * args.k > 16:
+        raise MmfreeError(f"--streams {args.streams} x --k {args.k} = {args.streams * args.k} tokens per pass; a build "
+                          "holds at most 16: lower --streams or --k")
+    hw = P.default_hw(dims, board, args.streams * args.k, bus_bits=bus_bits, matvec_engines=args.engines,
+                      weight_ports=args.weight_ports)
+    return predict_streams(dims, board, args.streams, args.k, args.accept_len, hw=hw, clock_mhz=args.clock_mhz,
+                           write_logits=args.write_logits, latency_ns=args.latency_ns)
 
 
 def render(r: dict) -> str:
@@ -90,7 +113,15 @@ def render(r: dict) -> str:
         lines.append(f"{name:<16}{c:>14,.0f}{100 * c / total:>7.1f}%")
     lines.append(f"{'total':<16}{total:>14,.0f}")
     lines.append("")
-    rows = [("tokens/s", f"{r['tokens_per_s']:.2f}  (accept length {r['accept_len']:g} per pass)"),
+    rows = [("tokens/s", f"{r['tokens_per_s']:.2f}  (accept length {r['accept_len']:g} per pass)")]
+    if "streams" in r:
+        rows = [("tokens/s", f"{r['tokens_per_s']:.2f} aggregate over {r['streams']} streams "
+                             f"({r['per_stream_tokens_per_s']:.2f} each, accept length {r['accept_len']:g} per stream "
+                             f"per pass, {r['forest_nodes']} tokens per pass)"),
+                ("single stream", f"{r['single_stream_tokens_per_s']:.2f} tok/s (k = 1, same build with max_tokens 1): "
+                                  f"x{r['speedup_vs_single_stream']:.2f} aggregate"),
+                ("forest build", r["forest_build"])]
+    rows += [
             ("cycles/token", f"{r['cycles_per_token']:,.0f}"),
             ("read latency", f"{r['rd_latency_ns']:g} ns = {r['rd_latency_cycles']:.0f} cycles: weight stream "
                              f"{r['weight_stream_beats_per_cycle']:.2f} beats/cycle/port of "

@@ -671,7 +671,8 @@ def estimate_resources(hw: HwConfig, family: str, part: dict | None = None) -> d
 # predict
 # ======================================================================================================
 def predict(dims, board, clock_mhz: float | None = None, hw: HwConfig | None = None, k: int = 1,
-            accept_len: float | None = None, write_logits: bool = False, latency_ns: float | None = None) -> dict:
+            accept_len: float | None = None, write_logits: bool = False, latency_ns: float | None = None,
+            prog: list[I.Instr] | None = None) -> dict:
     """Modeled decode speed of a model on a board.
 
     ``dims``: a :class:`~mmfree.pymodel.layout.Dims` or anything :func:`dims_for` takes; ``board``: a name
@@ -680,7 +681,8 @@ def predict(dims, board, clock_mhz: float | None = None, hw: HwConfig | None = N
     per pass; ``accept_len``: tokens emitted per pass (1..k; default 1: no draft accepted);
     ``write_logits``: whether passes write all logits to DDR (default no: greedy decode needs the argmax);
     ``latency_ns``: DDR read latency seen by the PL, ns, >= 0 (default the ``rd_latency_ns`` assumption): with
-    the outstanding-read limit of :func:`stream_rate` it caps each weight port's rate.
+    the outstanding-read limit of :func:`stream_rate` it caps each weight port's rate; ``prog``: the program
+    (default the compiler's; :mod:`mmfree.sim.perf_streams` passes the multi-stream one).
 
     Returns a dict: ``tokens_per_s``, ``cycles_per_token``, ``cycles_per_pass``, ``bytes_per_token``
     (DDR bytes the design moves per emitted token), ``must_move_bytes_per_token``, ``phases`` (cycles per
@@ -716,7 +718,7 @@ def predict(dims, board, clock_mhz: float | None = None, hw: HwConfig | None = N
     if not (lat_ns >= 0 and math.isfinite(lat_ns)):
         raise MmfreeError(f"--latency-ns must be a finite number >= 0 (DDR read latency in ns), got {latency_ns}")
     lat = lat_ns * 1e-9 * clock_hz
-    pt = pass_cycles(dims, hw, k, rate=rate, rd_latency=lat, write_logits=write_logits)
+    pt = pass_cycles(dims, hw, k, rate=rate, rd_latency=lat, write_logits=write_logits, prog=prog)
     host = assumption("host_us_per_pass") * 1e-6 * clock_hz
     cycles_pass = pt.cycles + host
     seconds_pass = cycles_pass / clock_hz
