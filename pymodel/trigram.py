@@ -652,6 +652,20 @@ GUIDED_MAX_CHILDREN = 8         # M: successors kept per expanded node (ranks 0.
 GUIDED_FRONTIER = 32            # F: candidates held at once; a full frontier drops its lowest
 GUIDED_MAX_NODES = 255          # largest n_nodes (draft nodes per step) the rule accepts
 TREE_RULES = ("count-guided", "template")
+DEFAULT_TREE_RULE = "template"  # the rule wherever none is named (bench/speculative.py --tree-rules decides)
+
+
+def check_tree_rule(rule, template=None) -> str:
+    """``rule`` (one of TREE_RULES; None: the default, or "template" when a ``template`` is given); MmfreeError
+    naming ``tree_rule`` otherwise, or when a template is given with the count-guided rule."""
+    if rule is None:
+        return "template" if template is not None else DEFAULT_TREE_RULE
+    if rule not in TREE_RULES:
+        raise TrigramError(f"tree_rule must be one of {', '.join(TREE_RULES)}, got {rule!r}")
+    if rule == "count-guided" and template is not None:
+        raise TrigramError("tree_rule 'count-guided' chooses its own tree shape: give no template, or "
+                           "tree_rule 'template'")
+    return rule
 
 
 def guided_child_scores(parent_score: int, counts) -> list[int]:
