@@ -58,15 +58,26 @@ def _prefill(host: AccelHost, prompt: list[int], k: int, write_logits: bool,
     return [int(res.argmax[-1])], passes
 
 
+def onchip_tree_rule(host: AccelHost) -> str:
+    """The tree rule of the bitstream's draft engine: its DRAFT_CONFIG's ``tree_rule`` where the register map
+    reports one, else "template" (``make_template(K - 1, K - 1)``, the engine of register map 2.2)."""
+    return (host.draft or {}).get("tree_rule", "template")
+
+
 def check_onchip_drafter(drafter: TrigramDrafter, host: AccelHost) -> None:
-    """Refuse what the on-chip loop cannot do as ``drafter`` would: it always adapts the table and drafts the
-    tree ``make_template(K - 1, K - 1)`` of the build's K (MmfreeError naming the fix)."""
+    """Refuse what the on-chip loop cannot do as ``drafter`` would: it always adapts the table and drafts with
+    its engine's tree rule (:func:`onchip_tree_rule`; the template rule's tree is ``make_template(K - 1, K - 1)``
+    of the build's K). A drafter that asked for no rule takes the engine's. MmfreeError naming the fix."""
     from mmfree.pymodel import trigram as TG
 
     K = host.hw.max_tokens
     if not drafter.adapt:
         raise MmfreeError("the on-chip draft-verify loop always adapts the table; draft on the host (without "
                           "--onchip) to keep it fixed")
+    rule = onchip_tree_rule(host)
+    if drafter.tree_rule_given not in (None, rule):
+        raise MmfreeError(f"this bitstream's draft engine drafts {rule} trees, not {drafter.tree_rule_given}; draft "
+                          "on the host (without --onchip) for that rule, or leave the tree rule unset")
     if drafter.template is not None and tuple(map(tuple, drafter.template)) != TG.make_template(K - 1, K - 1):
         raise MmfreeError(f"the on-chip loop drafts the tree make_template({K - 1}, {K - 1}) of this bitstream "
                           "(K = max tokens per pass); draft on the host (without --onchip) for another template")

@@ -49,16 +49,21 @@ class PromptLookupDrafter(Drafter):
 
 
 class TrigramDrafter(Drafter):
-    """Draft trees from the trigram drafter :mod:`mmfree.pymodel.trigram` (docs/speculative.md): the tree
-    template of ``max_nodes = k - 1`` draft nodes and depth ``k - 1`` (or ``template``), expanded from the
-    table; with ``adapt`` (default) a private copy of the table learns the prompt and every committed token,
-    exactly as :func:`mmfree.pymodel.speculative.speculative_generate` does."""
+    """Draft trees from the trigram drafter :mod:`mmfree.pymodel.trigram` (docs/speculative.md), ``k - 1``
+    draft nodes per pass. ``tree_rule`` "count-guided": :func:`~mmfree.pymodel.trigram.draft_tree_guided`;
+    "template": the tree template of ``k - 1`` nodes and depth ``k - 1`` (or ``template``) expanded from the
+    table; None: :data:`~mmfree.pymodel.trigram.DEFAULT_TREE_RULE` ("template" when ``template`` is given).
+    With ``adapt`` (default) a private copy of the table learns the prompt and every committed token, exactly
+    as :func:`mmfree.pymodel.speculative.speculative_generate` does. ``tree_rule_given`` keeps what was
+    asked (None: the default), so the on-chip loop can run its engine's rule instead."""
 
     name = "trigram"
 
-    def __init__(self, table, adapt: bool = True, template=None):
+    def __init__(self, table, adapt: bool = True, template=None, tree_rule: str | None = None):
         from mmfree.pymodel import trigram as TG
 
+        self.tree_rule = TG.check_tree_rule(tree_rule, template)
+        self.tree_rule_given = tree_rule
         if not isinstance(table, TG.TrigramTable):
             table = TG.TrigramTable.load(table)
         self.TG, self.table, self.adapt, self.template = TG, table.copy(), adapt, template
@@ -82,11 +87,14 @@ class TrigramDrafter(Drafter):
     def draft(self, context, k):
         if self.table.is_empty or k <= 1:
             return [context[-1]], None
+        prev = context[-2] if len(context) >= 2 else None
+        if self.tree_rule == "count-guided":
+            toks, parents = self.TG.draft_tree_guided(self.table, prev, context[-1], k - 1)
+            return toks, (None if parents == list(range(-1, len(toks) - 1)) else parents)
         template = self.template
         if template is None:
             template = self._templates.get(k) or self._templates.setdefault(k, self.TG.make_template(k - 1, k - 1))
-        toks, parents = self.TG.draft_tree(self.table, context[-2] if len(context) >= 2 else None, context[-1],
-                                           template)
+        toks, parents = self.TG.draft_tree(self.table, prev, context[-1], template)
         toks, parents = toks[:k], parents[:k]
         return toks, (None if parents == list(range(-1, len(toks) - 1)) else parents)
 

@@ -51,6 +51,33 @@ template node 0 is the root (the committed token not yet fed to the model) and t
 (token before the parent, parent token). A node whose rank exceeds its parent's successor list, or
 whose parent was dropped, is dropped. :func:`make_template` picks the ``max_nodes`` rank paths of
 highest integer score (product of per-rank weights) up to depth ``max_depth``.
+
+Count-guided draft tree (:func:`draft_tree_guided`, the rule ``"count-guided"``): the ``n`` draft nodes
+(``n = k - 1`` for ``k`` tokens per pass, ``0 <= n <= 255``) of highest estimated path probability,
+chosen best-first from the table's integer counts. Constants: ``S0 = 1 << 16`` (the root's score,
+probability 1 in Q16), ``M = 8`` (successors kept per node), ``F = 32`` (frontier entries).
+
+* *Merged counts* (:meth:`TrigramTable.successor_counts`): the successor list of a node as above, each
+  token with a count: a trigram token its slot's count; a bigram token appended after a stored trigram
+  way its bigram count ``>> 2`` (``BIGRAM_BACKOFF_SHIFT``, the backoff discount; it may be 0); with no
+  stored way (a miss, or no previous token) the bigram counts unchanged. Trigram and bigram rows count on
+  one scale (offline weight ``one`` for a certain successor, online ``+inc`` per committed token).
+* *Expanding* a node of score ``S`` (context: the token before it, its token): keep the first ``M``
+  entries of its merged list (ranks ``0..M-1``), ``T`` = the sum of their counts; if ``T > 0``,
+  ``r = (1 << 32) // T`` (one reciprocal per expansion) and child ``i`` gets the score
+  ``(S * c_i * r) >> 32``. No other division. A child never scores above its parent. Each child becomes a
+  *candidate* ``(score, creation number, parent node, token)``, inserted in rank order; creation numbers
+  count up from 0 over the whole draft. After each insertion, a frontier of more than ``F`` candidates
+  drops its lowest-scored one (ties: the latest created).
+* *Loop*: expand the root (score ``S0``, context ``(prev, root)``). While fewer than ``n`` nodes are
+  chosen and the frontier is not empty: *choose* the candidate of highest score (ties: the earliest
+  created), remove it from the frontier, append it to the tree (its token; its parent's tree index), and,
+  if fewer than ``n`` nodes are now chosen, expand it. A token may appear under several parents; the
+  children of one node are distinct tokens.
+* *Output*: ``tokens[0] = root``, ``parents[0] = -1``, then the chosen nodes in choice order (so
+  ``parents[j] < j``); ``1 + n`` entries unless the frontier ran empty. Lookups per draft: one per
+  chosen node except the last, plus the root's (at most ``n``). The tree for ``n`` is the first
+  ``1 + n`` entries of the tree for any larger ``n``; chosen scores never increase in choice order.
 """
 
 from __future__ import annotations
@@ -80,6 +107,7 @@ TABLE_FILE = "trigram.bin"                # the model's own table, looked up nex
 
 COUNT_MASK = 0xFFFF
 TOKEN_SHIFT = 16
+BIGRAM_BACKOFF_SHIFT = 2                  # a bigram count appended after a trigram way's slots counts 1/4
 
 
 class TrigramError(MmfreeError):
@@ -153,6 +181,17 @@ def _slot_tokens(row) -> list[int]:
         if w & COUNT_MASK == 0:
             break
         out.append(w >> TOKEN_SHIFT)
+    return out
+
+
+def _slot_pairs(row) -> list[tuple[int, int]]:
+    """``(token, count)`` of the occupied prefix of a slot row (stops at the first count 0)."""
+    out = []
+    for w in row:
+        w = int(w)
+        if w & COUNT_MASK == 0:
+            break
+        out.append((w >> TOKEN_SHIFT, w & COUNT_MASK))
     return out
 
 
@@ -289,10 +328,27 @@ class TrigramTable:
 
     def successors(self, a: int | None, b: int) -> list[int]:
         """Trigram successors of ``(a, b)`` then the bigram successors of ``b`` not already listed."""
-        out = self.trigram_successors(a, b) if a is not None else []
-        for c in self.bigram_successors(b):
-            if c not in out:
-                out.append(c)
+        return [c for c, _ in self.successor_counts(a, b)]
+
+    def successor_counts(self, a: int | None, b: int) -> list[tuple[int, int]]:
+        """:meth:`successors` with the count of each token on the merged scale: ``(token, count)`` pairs.
+
+        A trigram token carries its slot's count (the low 16 bits of the slot word). A bigram token appended
+        after a stored trigram way carries its bigram slot's count ``>> BIGRAM_BACKOFF_SHIFT`` (the backoff
+        discount; may be 0); without a stored way (a miss, or ``a`` None) the bigram tokens carry their counts
+        unchanged. Both rows count on one scale (offline ``one`` per certain successor, online ``inc`` per
+        committed token), so the counts of the list are comparable."""
+        out: list[tuple[int, int]] = []
+        if a is not None:
+            s, w = self._find_way(a, b)
+            if w >= 0:
+                out = _slot_pairs(self.trig[s, w, 1:])
+        shift = BIGRAM_BACKOFF_SHIFT if out else 0
+        listed = {c for c, _ in out}
+        for c, n in _slot_pairs(self.bigram[b]):
+            if c not in listed:
+                listed.add(c)
+                out.append((c, n >> shift))
         return out
 
     @property
@@ -587,4 +643,83 @@ def draft_tree(table: TrigramTable, prev: int | None, root: int, template) -> tu
         tokens.append(lst[rank])
         parents.append(j)
         node.append(len(tokens) - 1)
+    return tokens, parents
+
+
+# ---- count-guided draft trees ----------------------------------------------------------------------------------
+GUIDED_ROOT_SCORE = 1 << 16     # S0: the root's score, probability 1 in Q16
+GUIDED_MAX_CHILDREN = 8         # M: successors kept per expanded node (ranks 0..M-1)
+GUIDED_FRONTIER = 32            # F: candidates held at once; a full frontier drops its lowest
+GUIDED_MAX_NODES = 255          # largest n_nodes (draft nodes per step) the rule accepts
+TREE_RULES = ("count-guided", "template")
+DEFAULT_TREE_RULE = "template"  # the rule wherever none is named (bench/speculative.py --tree-rules decides)
+
+
+def check_tree_rule(rule, template=None) -> str:
+    """``rule`` (one of TREE_RULES; None: the default, or "template" when a ``template`` is given); MmfreeError
+    naming ``tree_rule`` otherwise, or when a template is given with the count-guided rule."""
+    if rule is None:
+        return "template" if template is not None else DEFAULT_TREE_RULE
+    if rule not in TREE_RULES:
+        raise TrigramError(f"tree_rule must be one of {', '.join(TREE_RULES)}, got {rule!r}")
+    if rule == "count-guided" and template is not None:
+        raise TrigramError("tree_rule 'count-guided' chooses its own tree shape: give no template, or "
+                           "tree_rule 'template'")
+    return rule
+
+
+def guided_child_scores(parent_score: int, counts) -> list[int]:
+    """Child scores of one expansion: ``(parent_score * c * r) >> 32`` with ``r = (1 << 32) // sum(counts)``.
+
+    ``counts`` are the kept successors' counts (at most ``GUIDED_MAX_CHILDREN``, each in [1, 0xFFFF]); one
+    reciprocal per expansion, no other division. A child never scores above its parent."""
+    total = sum(counts)
+    if total == 0:
+        return []
+    r = (1 << 32) // total
+    return [(parent_score * c * r) >> 32 for c in counts]
+
+
+def check_guided_nodes(n_nodes) -> int:
+    """``n_nodes`` as an int in [0, GUIDED_MAX_NODES]; MmfreeError naming the field otherwise."""
+    if isinstance(n_nodes, bool) or not isinstance(n_nodes, (int, np.integer)) \
+            or not 0 <= int(n_nodes) <= GUIDED_MAX_NODES:
+        raise TrigramError(f"n_nodes (draft nodes per step, k - 1) must be an integer in [0, {GUIDED_MAX_NODES}], "
+                           f"got {n_nodes!r}")
+    return int(n_nodes)
+
+
+def draft_tree_guided(table: TrigramTable, prev: int | None, root: int, n_nodes: int
+                      ) -> tuple[list[int], list[int]]:
+    """The count-guided draft tree from ``root`` (the next token to feed; ``prev`` the token before it or
+    None): the ``n_nodes`` nodes of highest estimated path probability, chosen best-first (the rule of the
+    module docstring and docs/speculative.md, "Count-guided trees").
+
+    Returns (tokens, parents) as :func:`draft_tree`: ``tokens[0] == root``, ``parents[0] == -1``, then
+    the chosen nodes in choice order, ``parents[j] < j``; at most ``1 + n_nodes`` entries (fewer when the
+    frontier runs empty). ``n_nodes`` in [0, GUIDED_MAX_NODES] (MmfreeError otherwise)."""
+    n_nodes = check_guided_nodes(n_nodes)
+    tokens, parents = [int(root)], [-1]
+    if n_nodes == 0:
+        return tokens, parents
+    frontier: list[tuple[int, int, int, int]] = []          # (score, creation number, parent node, token)
+    created = 0
+    score = GUIDED_ROOT_SCORE
+    j = 0                                                    # the node just chosen
+    while len(tokens) <= n_nodes:
+        before = prev if j == 0 else tokens[parents[j]]
+        kept = table.successor_counts(before, tokens[j])[:GUIDED_MAX_CHILDREN]
+        for (tok, _), s in zip(kept, guided_child_scores(score, [c for _, c in kept])):
+            frontier.append((s, created, j, tok))
+            created += 1
+            if len(frontier) > GUIDED_FRONTIER:             # drop the lowest score, the latest created on ties
+                frontier.remove(min(frontier, key=lambda e: (e[0], -e[1])))
+        if not frontier:
+            break
+        best = max(frontier, key=lambda e: (e[0], -e[1]))  # highest score, the earliest created on ties
+        frontier.remove(best)
+        score, _, parent, tok = best
+        tokens.append(tok)
+        parents.append(parent)
+        j = len(tokens) - 1
     return tokens, parents

@@ -399,3 +399,139 @@ def test_build_for_model_counts_the_tokenized_corpus(tok_checkpoint):
     np.testing.assert_array_equal(t.trig, ref.trig)
     np.testing.assert_array_equal(t.bigram, ref.bigram)
     assert replace(p) == t.params
+
+
+# ---- count-guided draft trees -------------------------------------------------------------------------------------------
+def _put_way(t: TrigramTable, a: int, b: int, pairs) -> None:
+    """Store context (a, b) with slots ``pairs`` [(token, count), ...] in the first unused way of its set."""
+    s = set_index(a, b, t.params.sets_log2)
+    w = [int(k) for k in t.trig[s, :, 0]].index(EMPTY_KEY)
+    t.trig[s, w, 0] = a << 16 | b
+    for i, (c, n) in enumerate(pairs):
+        t.trig[s, w, 1 + i] = c << 16 | n
+
+
+def _put_bigram(t: TrigramTable, b: int, pairs) -> None:
+    for i, (c, n) in enumerate(pairs):
+        t.bigram[b, i] = c << 16 | n
+
+
+def test_successor_counts_merge_scale():
+    t = TrigramTable.empty(12, TableParams(sets_log2=4, ways=2, slots=3, bigram_slots=3))
+    _put_way(t, 1, 2, [(3, 48), (5, 16)])
+    _put_bigram(t, 2, [(3, 40), (7, 32), (8, 3)])
+    # after a stored way the appended bigram counts are shifted right by 2 (3 >> 2 == 0 stays listed)
+    assert t.successor_counts(1, 2) == [(3, 48), (5, 16), (7, 8), (8, 0)]
+    assert t.successors(1, 2) == [3, 5, 7, 8]
+    # no stored way (a miss, or no previous token): the bigram counts as they are
+    assert t.successor_counts(0, 2) == t.successor_counts(None, 2) == [(3, 40), (7, 32), (8, 3)]
+    assert t.successor_counts(None, 11) == []
+
+
+def test_guided_child_scores_formula():
+    r = (1 << 32) // 72
+    assert TG.guided_child_scores(65536, [48, 16, 8]) == [(65536 * c * r) >> 32 for c in (48, 16, 8)] \
+        == [43690, 14563, 7281]
+    assert TG.guided_child_scores(65536, [64]) == [65536]          # a certain successor keeps its parent's score
+    assert TG.guided_child_scores(65536, [255]) == [65535]         # one reciprocal: floor rounding, never above
+    assert TG.guided_child_scores(1000, []) == []
+
+
+def test_draft_tree_guided_hand_example():
+    t = TrigramTable.empty(12, TableParams(sets_log2=4, ways=2, slots=3, bigram_slots=3))
+    _put_way(t, 1, 2, [(3, 48), (5, 16)])          # root context: 3 (43690), 5 (14563), then 7 (bigram 32 >> 2)
+    _put_bigram(t, 2, [(3, 40), (7, 32)])
+    _put_way(t, 2, 3, [(4, 64)])                   # 3 -> 4 certain: 4 keeps 43690
+    _put_bigram(t, 5, [(9, 10)])                   # (2, 5) not stored: bigram row 5, count as is -> 9 keeps 14563
+    assert TG.draft_tree_guided(t, 1, 2, 0) == ([2], [-1])
+    assert TG.draft_tree_guided(t, 1, 2, 1) == ([2, 3], [-1, 0])
+    assert TG.draft_tree_guided(t, 1, 2, 4) == ([2, 3, 4, 5, 9], [-1, 0, 1, 0, 3])
+    # 4 has no successors; the frontier runs empty after 7: fewer nodes than asked
+    assert TG.draft_tree_guided(t, 1, 2, 10) == ([2, 3, 4, 5, 9, 7], [-1, 0, 1, 0, 3, 0])
+    # no previous token: the root's list is bigram row 2 unshifted: 3 (40/72), 7 (32/72); 3's context (2, 3)
+    assert TG.draft_tree_guided(t, None, 2, 3) == ([2, 3, 4, 7], [-1, 0, 1, 0])
+    assert TG.draft_tree_guided(t, 1, 11, 3) == ([11], [-1])       # nothing known after 11
+
+
+def test_draft_tree_guided_ties_and_frontier_limit():
+    # root 1 after 0: 8 children 10..17 of equal count; child 10 + i has 8 children 100 + 8 i .. 107 + 8 i
+    t = TrigramTable.empty(200, TableParams(sets_log2=6, ways=4, slots=8, bigram_slots=1))
+    _put_way(t, 0, 1, [(10 + i, 1) for i in range(8)])
+    for i in range(8):
+        _put_way(t, 1, 10 + i, [(100 + 8 * i + j, 5) for j in range(8)])
+    toks, parents = TG.draft_tree_guided(t, 0, 1, 200)
+    # equal scores: earliest created first, so the children in rank order, each expanded when chosen
+    assert toks[1:9] == list(range(10, 18)) and parents[1:9] == [0] * 8
+    # 64 grandchildren of equal score were created into a frontier of F = 32 that also held the unchosen
+    # children: after child 13 was expanded it held 14..17 and 28 grandchildren (100..127, the 4 created last
+    # dropped); each later expansion kept only its first grandchild (each further insertion drops the latest)
+    assert TG.GUIDED_FRONTIER == 32
+    assert toks[9:] == list(range(100, 128)) + [132, 140, 148, 156]
+    assert parents[9:] == [1 + j // 8 for j in range(28)] + [5, 6, 7, 8]
+    assert TG.draft_tree_guided(t, 0, 1, 12) == (toks[:13], parents[:13])
+
+
+def test_draft_tree_guided_keeps_at_most_M_successors():
+    t = TrigramTable.empty(64, TableParams(sets_log2=4, ways=2, slots=12, bigram_slots=1))
+    _put_way(t, 0, 1, [(10 + i, 100 - i) for i in range(12)])
+    toks, _ = TG.draft_tree_guided(t, 0, 1, 20)
+    assert TG.GUIDED_MAX_CHILDREN == 8 and toks[1:] == list(range(10, 18))
+
+
+def _restated_guided(t, prev, root, n):
+    """Independent restatement: the frontier as a list kept sorted best-first by (-score, creation)."""
+    import bisect
+
+    toks, par, front, made = [root], [-1], [], 0
+    j, score = 0, 65536
+    while len(toks) <= n:
+        lst = t.successor_counts(prev if j == 0 else toks[par[j]], toks[j])[:8]
+        total = sum(c for _, c in lst)
+        for tok, c in lst:
+            bisect.insort(front, (-(score * c * ((1 << 32) // total) >> 32), made, j, tok))
+            made += 1
+            del front[32:]
+        if not front:
+            break
+        neg, _, p, tok = front.pop(0)
+        score = -neg
+        toks.append(tok)
+        par.append(p)
+        j = len(toks) - 1
+    return toks, par
+
+
+def test_draft_tree_guided_matches_restatement_on_random_tables():
+    rng = np.random.default_rng(7)
+    p = TableParams(sets_log2=3, ways=3, slots=7, bigram_slots=3)
+    for _ in range(30):
+        t = TrigramTable.empty(24, p)
+        # random slot words: unsorted, counts above cmax, duplicate bigram tokens, keys in wrong sets
+        t.trig[:, :, 0] = rng.integers(0, 24, t.trig[:, :, 0].shape) << 16 | rng.integers(0, 24, t.trig[:, :, 0].shape)
+        t.trig[:, :, 1:] = rng.integers(0, 24, t.trig[:, :, 1:].shape) << 16 | rng.integers(0, 300, t.trig[:, :, 1:].shape)
+        t.bigram[:] = rng.integers(0, 24, t.bigram.shape) << 16 | rng.integers(0, 70000, t.bigram.shape) % 65536
+        for _ in range(10):
+            prev = None if rng.random() < 0.2 else int(rng.integers(0, 24))
+            root, n = int(rng.integers(0, 24)), int(rng.integers(0, 60))
+            toks, parents = TG.draft_tree_guided(t, prev, root, n)
+            assert (toks, parents) == _restated_guided(t, prev, root, n)
+            assert len(toks) <= n + 1 and all(0 <= q < j for j, q in enumerate(parents) if j)
+            for j in range(len(toks)):          # siblings are distinct tokens (the acceptance walk needs it)
+                kids = [toks[i] for i in range(len(toks)) if parents[i] == j]
+                assert len(kids) == len(set(kids))
+
+
+def test_draft_tree_guided_on_a_built_table_prefers_likely_paths():
+    stream = np.array(([1, 2, 3, 4, 5] * 20 + [1, 2, 6, 7] * 3) * 2)
+    t = TrigramTable.build(stream, 16, TableParams(sets_log2=5, ways=2, slots=4, bigram_slots=2))
+    toks, parents = TG.draft_tree_guided(t, 1, 2, 4)
+    # the frequent chain 3 4 5 1 beats the rare branch 6 at k = 5: a chain, unlike the template's bushy tree
+    assert toks == [2, 3, 4, 5, 1] and parents == [-1, 0, 1, 2, 3]
+    assert draft_tree(t, 1, 2, make_template(4, 4))[0] != toks
+
+
+@pytest.mark.parametrize("bad", [-1, 256, 1.5, True, "3", None])
+def test_draft_tree_guided_refuses_bad_n_nodes(bad):
+    t = TrigramTable.empty(12, TableParams(sets_log2=4, ways=2, slots=3, bigram_slots=2))
+    with pytest.raises(MmfreeError, match=r"n_nodes .*\[0, 255\]"):
+        TG.draft_tree_guided(t, 1, 2, bad)
