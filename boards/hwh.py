@@ -8,7 +8,7 @@ block design of :mod:`mmfree.boards.build`:
 * SYSTEMINFO: the board's exact part (DEVICE, PACKAGE, SPEEDGRADE), so :func:`mmfree.boards.pynq.check_hwh`
   checks it as it checks Vivado's;
 * the Zynq UltraScale+ PS (``zynq_ultra_ps_e``) with PL clock 0 at the build's clock (requested and
-  achieved MHz, divisors from the 1499.985 MHz IOPLL as Vivado computes them) and its memory map: the
+  achieved MHz, the divisor pair from the 1499.985 MHz IOPLL nearest the request) and its memory map: the
   accelerator's 4 KiB ``s_axil`` window and the AXI interrupt controller on the GP port;
 * the accelerator ``mmfree_accel_0`` (VLNV :data:`regmap.VLNV`) with the build parameters (REGMAP_VERSION,
   BUS_BYTES, MAX_TOKENS, MAX_WIDTH, WEIGHT_PORTS, ...) and every register and bit field of
@@ -70,7 +70,7 @@ def split_part(part: str) -> tuple[str, str, str]:
 
 def clock_divisors(clock_mhz: float) -> tuple[int, int, float]:
     """(DIVISOR0, DIVISOR1, achieved MHz) for a PL clock from the IOPLL: the divisor product nearest the request,
-    as Vivado and PYNQ choose it (``mmfree build --clock-mhz 250`` runs at 249.9975 MHz)."""
+    as PYNQ's Clocks picks it (``mmfree build --clock-mhz 250`` runs at 249.9975 MHz)."""
     best = min(((a, b) for a in range(1, 64) for b in range(1, 64)),
                key=lambda d: (abs(IOPLL_MHZ / (d[0] * d[1]) - clock_mhz), d[1], d[0]))
     return best[0], best[1], round(IOPLL_MHZ / (best[0] * best[1]), 6)
