@@ -46,13 +46,14 @@ def test_generated_hwh_is_what_pynq_reads_from_vivados(tmp_path):
     """pynq's own parser finds the accelerator at its address with the build parameters, every register of
     rtl/regmap, the interrupt pin wired through the AXI interrupt controller to pl_ps_irq0 (IRQ 121), PL clock 0
     at the achieved rate; check_hwh accepts it for the KV260 and refuses it for another part."""
+    from mmfree.boards.build import CSR_BASE
     from mmfree.boards.hwh import clock_divisors, write_sim_overlay
     from mmfree.boards.pynq import check_hwh
 
     bit = write_sim_overlay(tmp_path, load_board("kv260"), DEFAULT_HW, 250.0)
     p = _parser(bit)
     ip = p.ip_dict["mmfree_accel_0"]
-    assert ip["type"] == RM.VLNV and ip["phys_addr"] == 0xA000_0000 and ip["addr_range"] == 1 << RM.CSR_ADDR_BITS
+    assert ip["type"] == RM.VLNV and ip["phys_addr"] == CSR_BASE["zynqmp"] and ip["addr_range"] == 1 << RM.CSR_ADDR_BITS
     assert int(ip["parameters"]["REGMAP_VERSION"], 16) == RM.REGMAP_VERSION
     assert int(ip["parameters"]["MAX_TOKENS"]) == DEFAULT_HW.max_tokens
     assert {n: r["address_offset"] for n, r in ip["registers"].items()} == RM.OFFSET
