@@ -195,7 +195,7 @@ def _source_formats(src, cfg) -> dict[str, int]:
 
 # ---- the integer parameters: one implementation, the same bits on every device ------------------------------
 #: elements per chunk of the exact |w| sum (bounds the int64 temporary on a GPU)
-SUM_CHUNK = 1 << 24
+SUM_CHUNK = 1 << 22
 #: fdlibm's split of ln 2: k * _LN2_HI is exact for |k| < 2**20
 _LN2_HI, _LN2_LO = 6.93147180369123816490e-01, 1.90821492927058770002e-10
 

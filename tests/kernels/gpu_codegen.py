@@ -26,6 +26,7 @@ def cases(quick: bool = False) -> list:
     from mmfree.pymodel.kernels import bitlinear as FB
     from mmfree.pymodel.kernels import bitlinear_hw as HW
     from mmfree.pymodel.kernels import hgrn as HG
+    from mmfree.pymodel.kernels import ifg as IFG
 
     P = _ptr
     out = []
@@ -33,6 +34,10 @@ def cases(quick: bool = False) -> list:
         out.append((FB._act_quant_kernel, dict(X=P(xdt), NW=P("fp32"), Q=P("i8"), RSTD=P("fp32"), S=P("fp32"),
                                                M="i32", K="i32", stride_x="i32", stride_q="i32", eps="fp32"),
                     dict(ROUND_Y=xdt == "bf16", STORE_Q=True, EMU=False, BLOCK_M=1, BLOCK_K=2048)))
+    for xdt in (("bf16",) if quick else ("fp32", "bf16")):
+        out.append((IFG._act_quant_multi_kernel, dict(X=P(xdt), NW=P("fp32"), Q=P("i8"), RSTD=P("fp32"), S=P("fp32"),
+                                                      M="i32", K="i32", stride_x="i32", eps="fp32"),
+                    dict(P=3, ROUND_Y=xdt == "bf16", STORE_Q=True, EMU=False, BLOCK_M=1, BLOCK_K=2048)))
     out.append((FB._ternarize_kernel, dict(W=P("fp32"), SW=P("fp32"), T=P("i8"), numel="i32"), dict(BLOCK=1024)))
     tiles = {k: [c.kwargs for c in v] for k, v in TT.GEMM_CONFIGS.items()}
     if quick:

@@ -15,12 +15,17 @@ from .helpers import random_checkpoint
 #: sha256 of the embedded default model's weights.bin (spec v1, format v1). It changes only when the
 #: model, the numerics spec or the layout changes; then every figure recorded from the image must be rechecked.
 DEFAULT_IMAGE_SHA256 = "4a9a1deac07d805a190810d4c33029bbe867dfd7e313f17a6082190cc6555303"
+#: ``image_sha256`` of the default model's manifest (covers weights_sha256 and every c_m/c_e). It moved when
+#: mean|w| became exact: torch's float32 mean had rounded 12 of the 25 matrices' scales one ulp away from the
+#: exact mean, so their c_m moved by 1 LSB (weights.bin, i.e. every ternary code, stayed the same).
+DEFAULT_MANIFEST_SHA256 = "2222ddae7e86d8f468b644a559f834323955bd5d9f1ece88c009cfebbb9054c6"
 
 
 def test_default_image_digest(tmp_path):
     export_checkpoint("default", tmp_path / "img")
     m = json.loads((tmp_path / "img" / "manifest.json").read_text())
     assert m["weights_sha256"] == DEFAULT_IMAGE_SHA256
+    assert m["image_sha256"] == DEFAULT_MANIFEST_SHA256
 
 
 @pytest.mark.parametrize("dtype,sharded,tied", [(None, False, False), (torch.bfloat16, True, False),
