@@ -332,9 +332,6 @@ class _Emitter:
         emit("QSTATS", src=I.SRC_X, nproj=3, count=d)
         emit("LOAD", dst=I.LD_LB, fields=1, base=DATA, offset=sym[p + "lb"], count=d)
         emit("LOAD", dst=I.LD_H0, fields=1, base=SIN, offset=li * d * 4, count=d)
-        stride = RM.state_stride(d, L)
-        for s in range(1, self.streams):        # stream s's start state, STATE_IN + s x state_stride, into its root
-            emit("LOAD", dst=I.LD_HROOT, fields=1, stream=s, base=SIN, offset=s * stride + li * d * 4, count=d)
         emit("QCODES", src=I.SRC_X, slot=0, bank=0, count=d)
         self.matvec(p + "attn.i_proj", I.EPI_STORE, p + "w_i", dst=0, bank=0)
         # f and g codes go into banks 1 and 2 while the engine multiplies i
@@ -342,6 +339,11 @@ class _Emitter:
         emit("QCODES", src=I.SRC_X, slot=2, bank=2, count=d)
         self.matvec(p + "attn.f_proj", I.EPI_STORE, p + "w_f", dst=1, bank=1)
         self.matvec(p + "attn.g_proj", I.EPI_STORE, p + "w_g", dst=2, bank=2)
+        # streams 1..B-1: their start states (STATE_IN + s x state_stride) into their roots' H, while f and g multiply
+        # (HGRN reads them whole: H is not a streamed buffer)
+        for s in range(1, self.streams):
+            emit("LOAD", dst=I.LD_HROOT, fields=1, stream=s, base=SIN,
+                 offset=s * RM.state_stride(d, L) + li * d * 4, count=d)
         emit("LOAD", dst=I.LD_NORM, fields=2, base=DATA, offset=sym[p + "norm_o"], count=d)
         emit("HGRN", count=d)
         emit("STORE", src=I.ST_H, base=SOUT, offset=li * d * 4, count=d, tstride=RM.state_stride(d, L))

@@ -98,18 +98,27 @@ def _sim_cli(*args):
 
 @pytest.mark.sim
 def test_rtl_streams_bit_exact_per_stream():
-    """`mmfree sim --streams 2` on the RTL (Verilator): every stream equals plain greedy decoding of its prompt,
-    every pass (prefill chains and forests of 2 roots) equals IntModel.forward from its start states."""
+    """`mmfree sim --streams 2` on the RTL (Verilator, d200: 3 layers, odd vocabulary): every stream equals plain
+    greedy decoding of its prompt, every pass (prefill chains and forests of 2 roots) equals IntModel.forward from
+    its start states; the cycle model of the forest pass is within 5 % of the RTL's."""
     import json
 
-    path = H.export_random("d64")
+    from mmfree.rtl import params as PARAMS
+    from mmfree.rtl.compiler import emit_program
+    from mmfree.sim import perf as P
+    from mmfree.sim.accel import DEFAULT_HW
+
+    path = H.export_random("d200")
     out = _sim_cli("--model", str(path), "--prompt-ids", "3,7,3,9;1,4", "--streams", "2", "--tokens", "4", "--json")
     assert out.returncode == 0, out.stderr[-3000:]
     r = json.loads(out.stdout)
-    im = H.load("d64")
+    im = H.load("d200")
     assert r["bit_exact"] is True and r["problems"] == []
     assert r["tokens"] == [_plain(im, [3, 7, 3, 9], 4), _plain(im, [1, 4], 4)]
     assert r["decode_passes"] == 3 and r["streams"] == 2
+    model = P.pass_cycles(im.dims, DEFAULT_HW, 2, rate=1.0, rd_latency=PARAMS.SIM_RD_LATENCY, write_logits=True,
+                          prog=emit_program(im.dims, streams=2)).cycles
+    assert abs(model - r["cycles_per_decode_pass"]) <= 0.05 * r["cycles_per_decode_pass"], (model, r)
 
 
 @pytest.mark.parametrize("args, needle", [
