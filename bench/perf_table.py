@@ -203,8 +203,9 @@ def main() -> int:
         srs = stream_rows()
         print(json.dumps(srs, indent=1) if args.json else stream_table(srs))
         if args.record:
-            body = (f"Modeled with `{command_line()}` (mmfree.sim.perf_streams.predict_streams: the forest build "
-                    "specified below, not built; each board's clock, bus and weight ports, greedy decode without "
+            body = (f"Modeled with `{command_line()}` (mmfree.sim.perf_streams.predict_streams: the forest program "
+                    "of ISA version 2, below, on a build of max_tokens = B x k; each board's clock, bus and weight "
+                    "ports, greedy decode without "
                     "logits written; the single-stream column is plain decoding, k = 1, on the same build with "
                     "max_tokens 1):\n\n" + stream_table(srs))
             write_section("performance.md", "projections-streams", body)

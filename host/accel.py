@@ -202,6 +202,47 @@ class AccelHost:
         if not RM.decode("STATUS", status)["done"]:
             raise MmfreeError(f"interrupt without DONE or ERROR (STATUS {status:#x})")
 
+    def read_state(self, addr: int) -> np.ndarray:
+        """The state (int64 ``[L, d]``) at DDR address ``addr`` (a position of STATE_A or STATE_B)."""
+        raw = self.transport.read_mem(addr, 4 * self.L * self.d)
+        return np.frombuffer(raw, dtype="<i4").reshape(self.L, self.d).astype(np.int64)
+
+    def run_forest(self, tokens, parents, starts, write_logits: bool = True) -> PassResult:
+        """One pass of B = ``len(starts)`` independent streams: a forest whose root ``parents[j] = -1 - s``
+        continues from stream s's start state (docs/accelerator.md "Multi-stream passes"; IntModel.verify_forest
+        defines the numbers). The compiled program must serve B streams (``Compiled.streams``, ``compile_model(...,
+        streams=B)``) and B <= the bitstream's max tokens.
+
+        ``starts``: each stream's start state, an int array ``[L, d]`` or the DDR address of a state written by
+        the previous pass (``PassResult.state_addrs``). Stream s's state is placed at ``STATE_IN + s x
+        state_stride`` of the area the first address lies in (STATE_A if none; a state already in its place is
+        not copied, so decoding one token per stream with the roots first copies nothing), the pass writes the
+        other area. Nothing is committed: the caller keeps each stream's state. MmfreeError for B outside
+        1..min(streams, max tokens) or a state of the wrong shape."""
+        B = len(starts)
+        limit = min(self.c.streams, self.hw.max_tokens)
+        if not 1 <= B <= limit:
+            raise MmfreeError(f"a forest pass takes 1..{limit} streams (the program serves {self.c.streams}: compile "
+                              f"it with streams=B; the bitstream verifies {self.hw.max_tokens} tokens), got {B}")
+        stride = self.c.state_stride
+        addrs = [a for a in starts if isinstance(a, (int, np.integer))]
+        area = self.state_area(int(addrs[0])) if addrs else self.addr["STATE_A"]
+        data = {}
+        for s, src in enumerate(starts):
+            dst = area + s * stride
+            if isinstance(src, (int, np.integer)):
+                if int(src) != dst:
+                    data[dst] = self.transport.read_mem(int(src), 4 * self.L * self.d)
+                continue
+            h = np.asarray(src)
+            if h.shape != (self.L, self.d):
+                raise MmfreeError(f"stream {s}'s start state is [{self.L}, {self.d}], got {list(h.shape)}")
+            data[dst] = h.astype("<i4").tobytes()
+        for dst, raw in data.items():                  # every source read before anything is overwritten
+            self.transport.write_mem(dst, raw)
+        self.commit_state(area)
+        return self.run(tokens, parents=parents, write_logits=write_logits, commit_last=False)
+
     def run(self, tokens, parents=None, write_logits: bool = True, commit_last: bool = True,
             num_tokens: int | None = None, timeout_s: float | None = None) -> PassResult:
         """One pass of k = len(tokens) tokens (a chain, or a tree with ``parents``). The state after the last

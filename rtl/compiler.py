@@ -139,6 +139,7 @@ class Compiled:
     head_chunk: int                    # head rows per MATVEC (logits staged on chip)
     max_width: int                     # widest vector (elements)
     instrs: list = field(default_factory=list)
+    streams: int = 1                   # independent streams one pass may carry (the program header's)
 
     @property
     def vocab(self) -> int:
@@ -175,8 +176,9 @@ class Compiled:
             raise MmfreeError(f"{path} was compiled for ISA version {meta.get('isa_version')}, this is {I.ISA_VERSION}")
         dims = LY.Dims(**meta["dims"])
         program = (path / "program.bin").read_bytes()
+        header, instrs = I.disassemble(program)
         return cls(program, (path / "image.bin").read_bytes(), dims, meta["symbols"], meta["state_stride"],
-                   meta["head_chunk"], meta["max_width"], I.disassemble(program)[1])
+                   meta["head_chunk"], meta["max_width"], instrs, header.streams)
 
 
 def head_chunk_rows(dims: LY.Dims) -> int:
@@ -276,8 +278,8 @@ class _Emitter:
     earlier (in program order: the hardware matches them), so the weight stream runs on through the vector
     passes in between, also past short matrices."""
 
-    def __init__(self, dims: LY.Dims, symbols: dict[str, int], consts: dict | None):
-        self.dims, self.sym, self.consts = dims, symbols, consts
+    def __init__(self, dims: LY.Dims, symbols: dict[str, int], consts: dict | None, streams: int = 1):
+        self.dims, self.sym, self.consts, self.streams = dims, symbols, consts, streams
         self.specs = {b.name: b for b in LY.bitlinears(dims)}
         self.prog: list[I.Instr] = []
         self.next_matvec: list[dict] = []
@@ -337,6 +339,11 @@ class _Emitter:
         emit("QCODES", src=I.SRC_X, slot=2, bank=2, count=d)
         self.matvec(p + "attn.f_proj", I.EPI_STORE, p + "w_f", dst=1, bank=1)
         self.matvec(p + "attn.g_proj", I.EPI_STORE, p + "w_g", dst=2, bank=2)
+        # streams 1..B-1: their start states (STATE_IN + s x state_stride) into their roots' H, while f and g multiply
+        # (HGRN reads them whole: H is not a streamed buffer)
+        for s in range(1, self.streams):
+            emit("LOAD", dst=I.LD_HROOT, fields=1, stream=s, base=SIN,
+                 offset=s * RM.state_stride(d, L) + li * d * 4, count=d)
         emit("LOAD", dst=I.LD_NORM, fields=2, base=DATA, offset=sym[p + "norm_o"], count=d)
         emit("HGRN", count=d)
         emit("STORE", src=I.ST_H, base=SOUT, offset=li * d * 4, count=d, tstride=RM.state_stride(d, L))
@@ -382,9 +389,13 @@ class _Emitter:
 
 
 def emit_program(dims: LY.Dims, symbols: dict[str, int] | None = None, consts: dict | None = None,
-                 act_frac: int = 0) -> list[I.Instr]:
+                 act_frac: int = 0, streams: int = 1) -> list[I.Instr]:
     """The decode-step program for a model of shape ``dims`` over the image laid out as ``symbols``
     (default :func:`plan_image` of ``dims``).
+
+    ``streams`` (1..:data:`isa.MAX_STREAMS`): independent streams a pass may carry (a forest: a root
+    ``parents[j] = -1 - s`` continues from stream s's start state, which the host places at ``STATE_IN + s x
+    state_stride``); every layer then LOADs streams 1..streams-1's start states into their roots (``LD_HROOT``).
 
     ``consts`` (BitLinear name -> ``{"c_m", "c_e"}``, :attr:`IntModel.consts`) and ``act_frac`` fill SETC and
     SETF; without them (0) the program is the same instruction for instruction, every operand its timing
@@ -392,7 +403,9 @@ def emit_program(dims: LY.Dims, symbols: dict[str, int] | None = None, consts: d
     """
     if max(dims.d, dims.inter) > N.MAX_K:
         raise MmfreeError(f"model width {max(dims.d, dims.inter)} exceeds the numerics limit MAX_K = {N.MAX_K}")
-    em = _Emitter(dims, plan_image(dims).symbols if symbols is None else symbols, consts)
+    if not isinstance(streams, int) or not 1 <= streams <= I.MAX_STREAMS:
+        raise MmfreeError(f"streams must be an integer in 1..{I.MAX_STREAMS}, got {streams!r}")
+    em = _Emitter(dims, plan_image(dims).symbols if symbols is None else symbols, consts, streams)
     order = em.matvec_order()
     em.next_matvec = order[PREFETCH_AHEAD:]
     for ops in order[:PREFETCH_AHEAD]:
@@ -407,8 +420,9 @@ def emit_program(dims: LY.Dims, symbols: dict[str, int] | None = None, consts: d
     return em.prog
 
 
-def compile_model(model) -> Compiled:
-    """Compile an :class:`IntModel` (an exported image) into a program and a DDR image.
+def compile_model(model, streams: int = 1) -> Compiled:
+    """Compile an :class:`IntModel` (an exported image) into a program and a DDR image; ``streams``: how many
+    independent streams one pass may carry (:func:`emit_program`; the build's ``max_tokens`` bounds it at run time).
 
     The program is independent of the hardware build: it needs ``max_width >= max(d, I)`` (checked by the
     hardware against HW_LIMITS, ``ERR_TOO_WIDE``) and runs with any k up to the build's ``max_tokens``.
@@ -420,11 +434,11 @@ def compile_model(model) -> Compiled:
         raise MmfreeError(f"model width {max(dims.d, dims.inter)} exceeds the numerics limit MAX_K = {N.MAX_K}")
     plan = plan_image(dims)
     image = build_image(model, plan)
-    prog = emit_program(dims, plan.symbols, model.consts, model.act_frac)
+    prog = emit_program(dims, plan.symbols, model.consts, model.act_frac, streams)
     chunk = head_chunk_rows(dims)
     width = max(dims.d, dims.inter, chunk)
-    return Compiled(I.assemble(prog, width), image, dims, dict(plan.symbols), RM.state_stride(dims.d, dims.layers),
-                    chunk, width, prog)
+    return Compiled(I.assemble(prog, width, streams), image, dims, dict(plan.symbols),
+                    RM.state_stride(dims.d, dims.layers), chunk, width, prog, streams)
 
 
 def must_move_bytes(dims: LY.Dims, k: int = 1, write_logits: bool = True) -> int:

@@ -228,20 +228,24 @@ class Datapath(wiring.Component):
         filled = {b: Signal(range(W + 1), name=f"filled_{I.BUFFERS[b]}") for b in fill_bufs}
         loading = {b: Signal(name=f"loading_{I.BUFFERS[b]}") for b in fill_bufs}
 
-        self._load_engine(m, d, issued, done, filled, loading, h0w, lbw, nw_, nww)
+        # LOAD HROOT: a stream's start state into the H memories of its roots (written by the load engine, merged
+        # with HGRN's writes in _vec_hgrn: the scoreboard never runs the two at once)
+        hroot = SimpleNamespace(we=Signal(K, name="hroot_we"), addr=Signal(range(W), name="hroot_addr"),
+                                data=Signal(signed(32), name="hroot_data"))
+        self._load_engine(m, d, issued, done, filled, loading, h0w, lbw, nw_, nww, hroot, parents)
         self._store_engine(m, d, issued, done, k, hr2, t0r3, t1r2, arg)
         # one lock-step engine computing hw.engines rows side by side (one code memory read serves them all)
         m.submodules.matvec0 = mv = TernaryMatVec(lanes=hw.lanes, tokens=K, max_k=W, banks=I.BANKS, max_rows=W,
                                                   ways=hw.engines)
         self._vector_engine(m, d, issued, done, k, tokens, parents, filled, loading, raise_error,
                             shx, sha, Mr, Sr, Rr, KRr, SPr, Pr, SZr, xarb, aarb, hw_, xr1, ar1, hr1, h0r, lbr, nr, nwr,
-                            t0r1, t1r1, t2r1, mx_x_in, mx_a_in, mx_x_out, mx_a_out, feed_max, mv)
+                            t0r1, t1r1, t2r1, mx_x_in, mx_a_in, mx_x_out, mx_a_out, feed_max, mv, hroot)
         self._matvec_engine(m, d, issued, done, k, Mr, Sr, arg, xarb, aarb, tw, xr2, t0r2,
                             mx_x_in, mx_a_in, mx_x_out, mx_a_out, feed_max, mv)
         return m
 
     # ------------------------------------------------------------------------------------------------------
-    def _load_engine(self, m, d, issued, done, filled, loading, h0w, lbw, nw_, nww):
+    def _load_engine(self, m, d, issued, done, filled, loading, h0w, lbw, nw_, nww, hroot, parents):
         hw = self.hw
         bb = hw.bus_bytes
         m.submodules.ld_dma = dma = DmaReadClient(self.addr_width, bb, max_fields=1 + I.SLOTS)
@@ -250,6 +254,7 @@ class Datapath(wiring.Component):
         busy = Signal()
         dst = Signal(2)
         fields = Signal(3)
+        stream = Signal(4)
         count = Signal(32)
         j = Signal(32)
         start = Signal()                       # the DMA client restarts its unpacker this cycle
@@ -259,7 +264,8 @@ class Datapath(wiring.Component):
             cnt = d.ir.load.count
             dd = d.ir.load.dst
             m.d.comb += [dma.req.eq(1), dma.addr.eq(d.addr), dma.words.eq(cnt * fl), dma.fields.eq(fl)]
-            m.d.sync += [busy.eq(1), dst.eq(dd), fields.eq(fl), count.eq(cnt), j.eq(0), start.eq(1)]
+            m.d.sync += [busy.eq(1), dst.eq(dd), fields.eq(fl), count.eq(cnt), j.eq(0), start.eq(1),
+                         stream.eq(d.ir.load.stream)]
             targets = {I.LD_H0: [I.BUF_H0], I.LD_LB: [I.BUF_LB]}
             for dv, bufs in targets.items():
                 with m.If(dd == dv):
@@ -274,6 +280,7 @@ class Datapath(wiring.Component):
         m.d.comb += rec.ready.eq(1)
         take = rec.valid & busy & ~start
         w = rec.payload.w
+        m.d.comb += [hroot.addr.eq(j), hroot.data.eq(w[0].as_signed())]
         m.d.comb += [h0w.addr.eq(j), h0w.data.eq(w[0]), lbw.addr.eq(j), lbw.data.eq(w[0]),
                      nw_.addr.eq(j), nw_.data.eq(w[0])]
         for p in range(I.SLOTS):
@@ -287,6 +294,9 @@ class Datapath(wiring.Component):
                 with m.Case(I.LD_LB):
                     m.d.comb += lbw.en.eq(1)
                     m.d.sync += filled[I.BUF_LB].eq(j + 1)
+                with m.Case(I.LD_HROOT):
+                    for t in range(len(hroot.we)):
+                        m.d.comb += hroot.we[t].eq(parents[t] == -1 - stream)
                 with m.Case(I.LD_NORM):
                     m.d.comb += nw_.en.eq(1)
                     m.d.sync += filled[I.BUF_N].eq(j + 1)
@@ -373,7 +383,7 @@ class Datapath(wiring.Component):
     # ------------------------------------------------------------------------------------------------------
     def _vector_engine(self, m, d, issued, done, k, tokens, parents, filled, loading, raise_error,
                        shx, sha, Mr, Sr, Rr, KRr, SPr, Pr, SZr, xarb, aarb, hw_, xr1, ar1, hr1, h0r, lbr, nr, nwr,
-                       t0r1, t1r1, t2r1, mx_x_in, mx_a_in, mx_x_out, mx_a_out, feed_max, mv):
+                       t0r1, t1r1, t2r1, mx_x_in, mx_a_in, mx_x_out, mx_a_out, feed_max, mv, hroot):
         hw = self.hw
         K, W, bb = hw.max_tokens, hw.max_width, hw.bus_bytes
         ir = d.ir
@@ -459,8 +469,9 @@ class Datapath(wiring.Component):
             m.d.comb += nwr[p].addr.eq(ji)
         s1_v, s1_t, s1_last, s1_root = Signal(), Signal(range(K)), Signal(), Signal()
         s1_par = Signal(range(K))
-        m.d.sync += [s1_v.eq(fire), s1_t.eq(ti), s1_last.eq(ji + 1 == count), s1_root.eq(par < 0),
-                     s1_par.eq(par[:width_for(K - 1)].as_unsigned())]
+        # a root of stream 0 (-1) reads H0; a root of stream s >= 1 (-1 - s) its own H (LOAD HROOT put it there)
+        m.d.sync += [s1_v.eq(fire), s1_t.eq(ti), s1_last.eq(ji + 1 == count), s1_root.eq(par == -1),
+                     s1_par.eq(Mux(par < -1, ti, par[:width_for(K - 1)].as_unsigned()))]
 
         # ---- QSTATS / QCODES: QuantStats per slot and token ----------------------------------------------------
         # QSTATS (all slots < nproj in lock step, all tokens < k side by side): P = max|u' nw_p| and the
@@ -476,6 +487,7 @@ class Datapath(wiring.Component):
         gp, hg_a, hgrn_done, ja, ta = self._vec_hgrn(SimpleNamespace(K=K, W=W, all_issued=all_issued, count=count,
             feed_max=feed_max, fire=fire, h0r=h0r, hg_inflight=hg_inflight, hr1=hr1, hw_=hw_, is_=is_,
             issued=issued, k=k, lbr=lbr, m=m, mx_a_in=mx_a_in, mx_a_out=mx_a_out, s1_last=s1_last, s1_par=s1_par,
+            hroot=hroot,
             s1_root=s1_root, s1_t=s1_t, s1_v=s1_v, t=t, t0r1=t0r1, t1r1=t1r1, t2r1=t2r1))
 
         # ---- EMBED ---------------------------------------------------------------------------------------------
@@ -602,9 +614,11 @@ class Datapath(wiring.Component):
         ta, ja = Signal(range(K + 1)), Signal(range(W + 1))
         with m.If(issued("vector")):
             m.d.sync += [th.eq(0), jh.eq(0), ta.eq(0), ja.eq(0)]
+        hr = v.hroot
         for t in range(K):
-            m.d.comb += [hw_[t].addr.eq(jh), hw_[t].data.eq(mg.o.payload.h),
-                         hw_[t].en.eq(mg.o.valid & is_["HGRN"] & (th == t))]
+            m.d.comb += [hw_[t].addr.eq(Mux(hr.we.any(), hr.addr, jh)), hw_[t].data.eq(Mux(hr.we.any(), hr.data,
+                                                                                           mg.o.payload.h)),
+                         hw_[t].en.eq((mg.o.valid & is_["HGRN"] & (th == t)) | hr.we[t])]
         m.d.comb += [gp.i.valid.eq(mg.o.valid & is_["HGRN"]), gp.i.payload.a.eq(gq.r_data.as_signed()),
                      gp.i.payload.b.eq(mg.o.payload.h), gp.i.payload.frac.eq(self.act_frac),
                      gp.i.payload.last.eq(mg.o.payload.last), gq.r_en.eq(mg.o.valid & is_["HGRN"]),

@@ -39,8 +39,9 @@ from dataclasses import dataclass, field
 from mmfree.pymodel import numerics as N
 from mmfree.rtl import regmap as RM
 
-#: Bumped when an opcode, field or semantic changes; programs record it in their header.
-ISA_VERSION = 1
+#: Bumped when an opcode, field or semantic changes; programs record it in their header. 2: multi-stream passes
+#: (LOAD destination HROOT, the header's stream count, roots ``-1 - s``).
+ISA_VERSION = 2
 #: Program header magic (the bytes "MMFP").
 PROGRAM_MAGIC = int.from_bytes(b"MMFP", "little")
 INSTR_BYTES = 16
@@ -58,9 +59,13 @@ BUFFERS = ("X", "A", "H", "H0", "T0", "T1", "T2", "LB", "N", "NW0", "NW1", "NW2"
 #: Buffers that hold one vector per token (the others hold one vector).
 PER_TOKEN = {BUF_X, BUF_A, BUF_H, BUF_T0, BUF_T1, BUF_T2}
 
-# LOAD destinations (operand A)
-LD_H0, LD_LB, LD_NORM = 0, 1, 2
-LOAD_DESTS = ("H0", "LB", "NORM")
+# LOAD destinations (operand A). HROOT: stream ``s``'s start state of the current layer into the H vector of
+# every token whose tree parent is ``-1 - s`` (a root of stream s, s >= 1); the MLGRU update of such a root reads
+# it there instead of H0 (multi-stream passes, docs/accelerator.md).
+LD_H0, LD_LB, LD_NORM, LD_HROOT = 0, 1, 2, 3
+LOAD_DESTS = ("H0", "LB", "NORM", "HROOT")
+#: Most streams one program serves (the header's ``streams``; LOAD ``stream`` is 4 bits).
+MAX_STREAMS = 16
 # STORE sources (operand A)
 ST_H, ST_T0, ST_T1, ST_ARG = 0, 1, 2, 3
 STORE_SRCS = ("H", "T0", "T1", "ARG")
@@ -105,7 +110,8 @@ OPS: dict[str, tuple[int, tuple[Field, ...]]] = {
     "SYNC": (0x02, ()),
     "SETC": (0x03, (_A("slot"), _f("c_m", 1, 0, 32), _f("c_e", 2, 0, 32, True))),
     "SETF": (0x04, (_A("act_frac"),)),
-    "LOAD": (0x10, (_A("dst"), _B("fields"), _C("base"), _f("offset", 1, 0, 32), _f("count", 2, 0, 32))),
+    "LOAD": (0x10, (_A("dst"), _f("fields", 0, 16, 4), _f("stream", 0, 20, 4), _C("base"), _f("offset", 1, 0, 32),
+                    _f("count", 2, 0, 32))),
     "STORE": (0x11, (_A("src"), _B("flags"), _C("base"), _f("offset", 1, 0, 32), _f("count", 2, 0, 32),
                       _f("tstride", 3, 0, 32))),
     "EMBED": (0x20, (_C("base"), _f("offset", 1, 0, 32), _f("count", 2, 0, 16), _f("stride16", 2, 16, 16),
@@ -132,8 +138,9 @@ LEGAL = {
     "SYNC": lambda a: True,
     "SETC": lambda a: a.slot < SLOTS,
     "SETF": lambda a: (a.act_frac > N.SIG_STEPS_LOG2) & (a.act_frac <= N.FRAC_MAX),
-    "LOAD": lambda a: ((a.dst <= LD_NORM)
+    "LOAD": lambda a: ((a.dst <= LD_HROOT)
                        & a.select(a.dst == LD_NORM, (a.fields >= 2) & (a.fields <= 1 + SLOTS), a.fields == 1)
+                       & a.select(a.dst == LD_HROOT, a.stream != 0, a.stream == 0)
                        & (a.count != 0) & _base_ok(a)),
     "STORE": lambda a: ((a.src <= ST_ARG) & ((a.flags & ~STORE_IF_LOGITS) == 0) & (a.count != 0) & _base_ok(a)
                         & ((a.src != ST_ARG) | (a.count == 1))),
@@ -232,29 +239,35 @@ def opcode_of(raw: bytes) -> int:
 @dataclass(frozen=True)
 class Header:
     """The 16-byte program header: magic, ISA version, the widest vector the program uses (in units of
-    :data:`WIDTH_UNIT`) and the number of instructions that follow."""
+    :data:`WIDTH_UNIT`), the number of instructions that follow and ``streams``, how many independent streams
+    the program's passes may carry (1..:data:`MAX_STREAMS`: it LOADs a start state per stream; tree parents
+    below ``-streams`` are refused, ERR_BAD_PARENT; 0 in a program reads as 1)."""
 
     n_instr: int
     width_units: int
     version: int = ISA_VERSION
+    streams: int = 1
 
     def encode(self) -> bytes:
         if not 0 < self.width_units < 1 << 16:
             raise IsaError(f"width_units must be in 1..65535, got {self.width_units}")
-        return struct.pack("<IHHII", PROGRAM_MAGIC, self.version, self.width_units, self.n_instr, 0)
+        if not 1 <= self.streams <= MAX_STREAMS:
+            raise IsaError(f"streams must be in 1..{MAX_STREAMS}, got {self.streams}")
+        return struct.pack("<IHHII", PROGRAM_MAGIC, self.version, self.width_units, self.n_instr, self.streams)
 
     @classmethod
     def decode(cls, raw: bytes) -> Header:
-        magic, version, width_units, n_instr, _ = struct.unpack("<IHHII", raw[:HEADER_BYTES])
+        magic, version, width_units, n_instr, streams = struct.unpack("<IHHII", raw[:HEADER_BYTES])
         if magic != PROGRAM_MAGIC:
             raise IsaError(f"not an mmfree program (magic 0x{magic:08x})")
-        return cls(n_instr, width_units, version)
+        return cls(n_instr, width_units, version, max(1, streams))
 
 
-def assemble(instrs: list[Instr], width: int) -> bytes:
-    """Header + encoded instructions. ``width``: the widest vector any instruction touches (elements)."""
+def assemble(instrs: list[Instr], width: int, streams: int = 1) -> bytes:
+    """Header + encoded instructions. ``width``: the widest vector any instruction touches (elements);
+    ``streams``: the streams the program serves (:class:`Header`)."""
     units = -(-width // WIDTH_UNIT)
-    return Header(len(instrs), units).encode() + b"".join(i.encode() for i in instrs)
+    return Header(len(instrs), units, streams=streams).encode() + b"".join(i.encode() for i in instrs)
 
 
 def disassemble(program: bytes) -> tuple[Header, list[Instr]]:
@@ -289,6 +302,8 @@ def resources(ins: Instr) -> tuple[set[int], set[int]]:
             return set(), {BUF_H0}
         if a["dst"] == LD_LB:
             return set(), {BUF_LB}
+        if a["dst"] == LD_HROOT:
+            return set(), {BUF_H}
         return set(), {BUF_N} | {BUF_NW0 + p for p in range(max(0, a["fields"] - 1))}
     if op == "STORE":
         src = {ST_H: BUF_H, ST_T0: BUF_T0, ST_T1: BUF_T1, ST_ARG: RES_ARG}[a["src"]]

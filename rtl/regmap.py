@@ -24,7 +24,9 @@ PROG_BASE             program                          16-byte header + 16-byte 
 DATA_BASE             model memory image               :func:`mmfree.rtl.compiler.compile_model`'s image
                                                        (not ``weights.bin``: re-laid for the DMAs)
 TOKENS                token ids of this run            uint32[k]
-PARENTS               tree parents (``FLAGS.TREE``)    int32[k], -1 = start state, else < own index
+PARENTS               tree parents (``FLAGS.TREE``)    int32[k], -1 = start state, else < own index;
+                                                       -1 - s: stream s's start state (a forest: the program
+                                                       header's ``streams`` > s; at STATE_IN + s x stride)
 STATE_IN              start state                      int32[L][d] (Q(act_frac))
 STATE_OUT             state after every position       k positions :func:`state_stride` bytes apart, each
                                                        int32[L][d]; any position is a valid STATE_IN
@@ -296,7 +298,7 @@ ERR_TOKEN_RANGE = 3       # a token id >= vocabulary; detail: position in the ru
 ERR_BAD_INSTRUCTION = 4   # unknown opcode, bad operand or misaligned operand address, a MATVEC that does not
                           # match its PREFETCH; detail: opcode (0: bad program header magic/version)
 ERR_NUM_TOKENS = 5        # NUM_TOKENS == 0 or > max tokens
-ERR_BAD_PARENT = 6        # FLAGS.TREE and parents[j] not in [-1, j); detail: position
+ERR_BAD_PARENT = 6        # FLAGS.TREE and parents[j] not in [-S, j), S = min(program streams, K); detail: position
 ERR_AXI = 7               # DDR returned SLVERR/DECERR
 ERR_TOO_WIDE = 8          # the program asks for a vector wider than the hardware holds (HW_LIMITS); detail: the
                           # program header's width in units of 16 (0 when an instruction's operand is too wide)
@@ -312,7 +314,7 @@ ERROR_MESSAGES = {
     ERR_TOKEN_RANGE: "a token id is outside the model's vocabulary",
     ERR_BAD_INSTRUCTION: "the program holds an unknown or malformed instruction (program/bitstream mismatch?)",
     ERR_NUM_TOKENS: "NUM_TOKENS is 0 or larger than the hardware's maximum tokens per pass",
-    ERR_BAD_PARENT: "a tree parent index is not in [-1, position)",
+    ERR_BAD_PARENT: "a tree parent index is not in [-streams, position) (-1 - s: a root of stream s)",
     ERR_AXI: "the DDR interface returned an AXI error response",
     ERR_TOO_WIDE: "the model is wider than this bitstream's on-chip buffers (HW_LIMITS)",
     ERR_PROGRAM: "the program ran past its end without HALT",

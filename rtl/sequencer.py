@@ -143,6 +143,7 @@ class Sequencer(wiring.Component):
             c_e=Array(Signal(signed(32), name=f"ce{p}") for p in range(I.SLOTS)),
             core_rst=Signal(), abort=Signal(), stop_requested=Signal(),   # SOFT_RESET while busy: no error code
             ir=Signal(instr_layout()), n_instr=Signal(32), n_fetched=Signal(32), widx=Signal(range(K + 1)),
+            roots=Signal(range(K + 1)),    # streams a tree parent may root in: min(header streams, K), at least 1
             addr_r=Signal(ADDR_INTERNAL + 1), span=Signal(66), bpr=Signal(16),
             regs=[getattr(self, "reg_" + n.lower()) for n in RM.ADDRESS_REGS])
         m.d.comb += [self.busy.eq(s.busy), self.done.eq(s.done), self.error.eq(s.err), self.error_code.eq(s.code),
@@ -228,7 +229,7 @@ class Sequencer(wiring.Component):
             m.d.comb += rec.ready.eq(1)
             with m.If(rec.valid):
                 w = rec.payload.w
-                m.d.sync += s.n_instr.eq(w[2])
+                m.d.sync += [s.n_instr.eq(w[2]), s.roots.eq(Mux(w[3] == 0, 1, Mux(w[3] > K, K, w[3])))]
                 with m.If((w[0] != I.PROGRAM_MAGIC) | (w[1][:16] != I.ISA_VERSION)):
                     fail(RM.ERR_BAD_INSTRUCTION, 0)
                 with m.Elif((w[1][16:32] << 4) > self.hw.max_width):
@@ -270,7 +271,7 @@ class Sequencer(wiring.Component):
             with m.If(rec.valid):
                 q = rec.payload.w[0].as_signed()
                 m.d.sync += [s.parents[s.widx].eq(q), s.widx.eq(s.widx + 1)]
-                with m.If((q < -1) | (q >= s.widx)):
+                with m.If((q + s.roots < 0) | (q >= s.widx)):       # -1 - s: a root of stream s < roots
                     fail(RM.ERR_BAD_PARENT, s.widx)
                 with m.Elif(s.widx == s.k - 1):
                     m.next = "PROGREQ"

@@ -575,6 +575,24 @@ def replay_and_compare(im, passes: list[dict]) -> tuple[bool, list[str]]:
     return not problems, problems
 
 
+def replay_forest(im, passes: list[dict]) -> tuple[bool, list[str]]:
+    """Replay multi-stream passes (:func:`mmfree.host.generate.generate_streams` records with ``starts``) on
+    IntModel, each from its own start states (``IntModel.forward`` with ``h0`` ``[B, L, d]`` and the pass's
+    parents), comparing every logit, argmax and state exactly. Returns (bit_exact, problems)."""
+    problems = []
+    for i, p in enumerate(passes):
+        if "starts" not in p:
+            raise MmfreeError(f"pass {i} carries no start states to compare: generate with keep_arrays=True")
+        hs, logits = im.forward(np.asarray(p["starts"], dtype=np.int64), p["tokens"], parents=p["parents"])
+        for name, exp, got in (("logits", logits, p.get("logits")), ("argmax", np.argmax(logits, -1), p["argmax"]),
+                               ("states", hs, p["states"])):
+            if got is None:
+                continue
+            if not np.array_equal(np.asarray(got), exp):
+                problems.append(f"pass {i} ({name}): {int(np.count_nonzero(np.asarray(got) != exp))} values differ")
+    return not problems, problems
+
+
 def simulate_generation(model="default", prompt_ids=(1,), n_tokens: int = 16, progress=True, k: int = 1,
                         waves: bool = False, hw: HwConfig = DEFAULT_HW, memory: str = "hdl",
                         rd_latency: int = DEFAULT_RD_LATENCY, write_logits: bool = True,
@@ -663,6 +681,67 @@ def simulate_generation(model="default", prompt_ids=(1,), n_tokens: int = 16, pr
         raise MmfreeError("the simulation produced no passes")
     del c
     return out
+
+
+def simulate_streams(model="default", prompts=((1,), (2,)), n_tokens: int = 8, progress=True,
+                     hw: HwConfig = DEFAULT_HW, rd_latency: int = DEFAULT_RD_LATENCY, write_logits: bool = True) -> dict:
+    """B = ``len(prompts)`` independent streams on the simulated accelerator, every decode pass one forest
+    (:func:`mmfree.host.generate.generate_streams`; the program compiled with ``streams=B``), checked against
+    IntModel: every stream's tokens equal plain greedy decoding of its prompt alone, every pass equals
+    ``IntModel.forward`` from its start states. Returns ``bit_exact``, ``problems``, ``streams``, ``tokens`` (per
+    stream), ``reference_tokens``, ``passes``, ``decode_passes``, ``cycles``, ``cycles_decode``,
+    ``cycles_per_decode_pass``, ``ddr_bytes``, ``model``, ``hw``, ``wall_s``. MmfreeError for B outside
+    1..max_tokens of the build, a prompt outside the vocabulary or too many positions."""
+    from mmfree.pymodel.intmodel import open_int_model
+    from mmfree.rtl.compiler import compile_model
+    from mmfree.sim.run import greedy_reference
+
+    say = _progress_fn(progress)
+    im, _ = open_int_model(str(model))
+    prompts = [[int(t) for t in p] for p in prompts]
+    B = len(prompts)
+    if not 1 <= B <= hw.max_tokens:
+        raise MmfreeError(f"--streams must be 1..{hw.max_tokens} (tokens per pass of the simulated build), got {B}")
+    if isinstance(n_tokens, bool) or not isinstance(n_tokens, int) or n_tokens < 1:
+        raise MmfreeError(f"the number of tokens to generate must be an integer >= 1, got {n_tokens!r}")
+    for s, p in enumerate(prompts):
+        if not p:
+            raise MmfreeError(f"stream {s}'s prompt is empty; give at least one token")
+        check_prompt_ids(p, im.vocab_size)
+        if len(p) + n_tokens > MAX_SIM_POSITIONS:
+            raise MmfreeError(f"stream {s}: prompt ({len(p)} tokens) + --tokens {n_tokens} is more than the "
+                              f"{MAX_SIM_POSITIONS} positions a simulation runs: shorten the prompt or --tokens")
+    check_width(im.dims, hw)
+    with tempfile.TemporaryDirectory(prefix="mmfree-streams-") as td:
+        td = Path(td)
+        say(f"compiling the model for {B} streams")
+        compile_model(im, streams=B).save(td / "compiled")
+        job = {"kind": "streams", "compiled": str(td / "compiled"), "prompts": prompts, "n_tokens": n_tokens,
+               "write_logits": write_logits, "progress": False}
+        res = run_job(job, hw=hw, rd_latency=rd_latency, workdir=td / "run", progress=say if progress else None)
+    arrays = res.get("arrays", {})
+    passes = []
+    for i, p in enumerate(res["passes"]):
+        passes.append(dict(p, logits=arrays.get(f"logits{i}"), states=arrays[f"states{i}"],
+                           argmax=arrays[f"argmax{i}"], starts=arrays[f"starts{i}"]))
+    say("comparing with the integer reference")
+    ok, problems = replay_forest(im, passes)
+    ref = [greedy_reference(im, p, n_tokens) for p in prompts]
+    for s, (got, exp) in enumerate(zip(res["tokens"], ref)):
+        if got != exp:
+            ok = False
+            problems.insert(0, f"stream {s}: tokens {got} differ from IntModel greedy decoding {exp}")
+    decode = [p for p in passes if not p["prefill"]]
+    dec_cycles = sum(p["cycles"] for p in decode)
+    return {"bit_exact": ok, "problems": problems[:20], "streams": B, "tokens": res["tokens"],
+            "reference_tokens": ref, "prompt_ids": prompts, "passes": len(passes), "decode_passes": len(decode),
+            "cycles": sum(p["cycles"] for p in passes), "cycles_decode": dec_cycles,
+            "cycles_per_decode_pass": dec_cycles / len(decode) if decode else None,
+            "ddr_bytes": sum(p["rd_bytes"] for p in passes),
+            "model": {"d": im.dims.d, "inter": im.dims.inter, "layers": im.dims.layers, "vocab": im.dims.vocab},
+            "hw": {"bus_bytes": hw.bus_bytes, "max_tokens": hw.max_tokens, "max_width": hw.max_width,
+                   "weight_ports": hw.weight_ports, "rd_latency": rd_latency},
+            "wall_s": res["wall_s"]}
 
 
 def passes_from_result(res: dict) -> list[dict]:

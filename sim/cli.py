@@ -29,6 +29,11 @@ def register(sub) -> None:
     add_prompt(p)
     p.add_argument("--tokens", type=int, default=16, help="tokens to generate")
     p.add_argument("--k", type=int, default=1, help="tokens per pass (1..4 in the simulated build)")
+    p.add_argument("--streams", type=int, default=None,
+                   help="B independent streams (1..4 in the simulated build) decoded together, every decode pass "
+                        "one forest of B roots (multi-stream passes, docs/accelerator.md); stream s's prompt is "
+                        "--prompt-ids 'a,b;c,d' (one list per stream, ';' between) or the prompt without its "
+                        "last s tokens. Each stream is checked against plain greedy decoding of its prompt"),
     p.add_argument("--latency", type=int, default=24, help="simulated DDR read latency in cycles")
     p.add_argument("--no-logits", action="store_true",
                    help="do not write logits to DDR (argmax and states are still compared)")
@@ -45,6 +50,8 @@ def register(sub) -> None:
 def _sim(args) -> int:
     from mmfree.sim.accel import simulate_generation
 
+    if args.streams is not None:
+        return _sim_streams(args)
     if args.tokens < 1:
         raise MmfreeError("--tokens must be >= 1")
     from mmfree.sim.accel import DEFAULT_HW, MAX_RD_LATENCY, MAX_SIM_POSITIONS
@@ -56,20 +63,7 @@ def _sim(args) -> int:
                           f"got {args.k}")
     if args.tokens > MAX_SIM_POSITIONS:
         raise MmfreeError(f"--tokens {args.tokens}: a simulation runs at most {MAX_SIM_POSITIONS} positions")
-    if args.prompt_ids is not None:
-        prompt = parse_ids(args.prompt_ids)
-    else:
-        from mmfree.pymodel.intmodel import open_int_model
-        from mmfree.pymodel.tokenizer import load_tokenizer
-
-        _, tok_dir = open_int_model(args.model)
-        try:
-            tok = load_tokenizer(tok_dir)
-        except Exception as exc:
-            raise MmfreeError(f"the model has no usable tokenizer ({exc}); give --prompt-ids") from None
-        prompt = tok.encode_prompt(args.prompt if args.prompt is not None else DEFAULT_PROMPT)
-    if not prompt:
-        raise MmfreeError("the prompt encodes to no tokens; give --prompt TEXT or --prompt-ids")
+    prompt = _prompt(args)
     if len(prompt) + args.tokens > MAX_SIM_POSITIONS:
         raise MmfreeError(f"the prompt is {len(prompt)} tokens; with --tokens {args.tokens} that is "
                           f"{len(prompt) + args.tokens} positions, a simulation runs at most {MAX_SIM_POSITIONS} "
@@ -86,20 +80,89 @@ def _sim(args) -> int:
     if args.json:
         print_json(res)
     else:
-        text = res.get("text")
+        _print(res)
+    return 0 if res["bit_exact"] else 1
+
+
+def _prompt(args) -> list[int]:
+    """The prompt's token ids: --prompt-ids, or --prompt (default DEFAULT_PROMPT) through the model's tokenizer."""
+    if args.prompt_ids is not None:
+        prompt = parse_ids(args.prompt_ids)
+    else:
+        from mmfree.pymodel.intmodel import open_int_model
+        from mmfree.pymodel.tokenizer import load_tokenizer
+
+        _, tok_dir = open_int_model(args.model)
+        try:
+            tok = load_tokenizer(tok_dir)
+        except Exception as exc:
+            raise MmfreeError(f"the model has no usable tokenizer ({exc}); give --prompt-ids") from None
+        prompt = tok.encode_prompt(args.prompt if args.prompt is not None else DEFAULT_PROMPT)
+    if not prompt:
+        raise MmfreeError("the prompt encodes to no tokens; give --prompt TEXT or --prompt-ids")
+    return prompt
+
+
+def _sim_streams(args) -> int:
+    """``mmfree sim --streams B``: :func:`mmfree.sim.accel.simulate_streams`."""
+    import dataclasses
+
+    from mmfree.sim.accel import DEFAULT_HW, simulate_streams
+
+    B = args.streams
+    if not 1 <= B <= DEFAULT_HW.max_tokens:
+        raise MmfreeError(f"--streams must be 1..{DEFAULT_HW.max_tokens} (tokens per pass of the simulated build), "
+                          f"got {B}")
+    for flag, bad in (("--k", args.k != 1), ("--waves", args.waves), ("--memory python", args.memory != "hdl")):
+        if bad:
+            raise MmfreeError(f"{flag} does not apply with --streams (one token per stream per decode pass, the HDL "
+                              "memory model); leave it out")
+    if args.tokens < 1:
+        raise MmfreeError("--tokens must be >= 1")
+    if args.prompt_ids is not None and ";" in args.prompt_ids:
+        prompts = [parse_ids(part) for part in args.prompt_ids.split(";")]
+        if len(prompts) != B:
+            raise MmfreeError(f"--prompt-ids gives {len(prompts)} prompts (';' between them) for --streams {B}: give "
+                              f"one per stream")
+    else:
+        prompt = _prompt(args)
+        if len(prompt) < B:
+            raise MmfreeError(f"the prompt is {len(prompt)} tokens; --streams {B} uses it without its last 0..{B - 1} "
+                              "tokens: give a longer prompt or one per stream (--prompt-ids 'a,b;c,d')")
+        prompts = [prompt[:len(prompt) - s] for s in range(B)]
+    hw = dataclasses.replace(DEFAULT_HW, weight_ports=args.weight_ports)
+    res = simulate_streams(args.model, prompts, args.tokens, progress=(not args.json) or sys.stderr.isatty(), hw=hw,
+                           rd_latency=args.latency, write_logits=not args.no_logits)
+    if args.json:
+        print_json(res)
+    else:
         print(f"bit_exact: {res['bit_exact']}")
-        print(f"tokens:    {res['tokens']}")
-        if text is not None:
-            print(f"text:      {text!r}")
-        cpt = res["cycles_per_token"]
-        per = f"{cpt:.0f} per generated token" if cpt is not None else "no decode pass"
-        print(f"cycles:    {res['cycles']} total (simulated), {per} ({res['passes']} passes, k={res['k']})")
-        print(f"DDR:       {res['ddr_bytes']} bytes read, {res['ddr_write_bytes']} written, "
-              f"{res['stall_cycles']} weight-stall cycles")
-        if res["roofline_fraction"] is not None:
-            print(f"roofline:  {res['roofline_fraction']:.3f} of {res['bus_bytes_per_cycle']} bytes/cycle (simulated)")
-        if res.get("waves"):
-            print(f"waves:     {res['waves']}")
+        for s, toks in enumerate(res["tokens"]):
+            print(f"stream {s}:  prompt {res['prompt_ids'][s]} -> {toks}")
+        cpp = res["cycles_per_decode_pass"]
+        print(f"cycles:    {res['cycles']} total (simulated), "
+              + (f"{cpp:.0f} per decode pass of {B} streams" if cpp is not None else "no decode pass")
+              + f" ({res['passes']} passes)")
         for p in res.get("problems", []):
             print(f"MISMATCH:  {p}", file=sys.stderr)
     return 0 if res["bit_exact"] else 1
+
+
+def _print(res: dict) -> None:
+    """The text report of a :func:`mmfree.sim.accel.simulate_generation` result."""
+    text = res.get("text")
+    print(f"bit_exact: {res['bit_exact']}")
+    print(f"tokens:    {res['tokens']}")
+    if text is not None:
+        print(f"text:      {text!r}")
+    cpt = res["cycles_per_token"]
+    per = f"{cpt:.0f} per generated token" if cpt is not None else "no decode pass"
+    print(f"cycles:    {res['cycles']} total (simulated), {per} ({res['passes']} passes, k={res['k']})")
+    print(f"DDR:       {res['ddr_bytes']} bytes read, {res['ddr_write_bytes']} written, "
+          f"{res['stall_cycles']} weight-stall cycles")
+    if res["roofline_fraction"] is not None:
+        print(f"roofline:  {res['roofline_fraction']:.3f} of {res['bus_bytes_per_cycle']} bytes/cycle (simulated)")
+    if res.get("waves"):
+        print(f"waves:     {res['waves']}")
+    for p in res.get("problems", []):
+        print(f"MISMATCH:  {p}", file=sys.stderr)

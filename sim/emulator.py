@@ -196,8 +196,9 @@ class Emulator:
                 self._range(I.BASE["PARENTS"], regs["PARENTS"], 4 * k)
                 self.parents = self.ddr.words(regs["PARENTS"], k, "<i4")
                 stats.bytes_read += 4 * k
+            roots = min(header.streams, hw.max_tokens)      # a root -1 - s of stream s < streams
             for j, q in enumerate(self.parents):
-                if not -1 <= q < j:
+                if not -roots <= q < j:
                     raise AccelError(RM.ERR_BAD_PARENT, j)
         else:
             self.parents = np.arange(-1, k - 1)
@@ -297,6 +298,11 @@ class Emulator:
             for c, b in enumerate(targets):
                 self.buf[b][:n] = rec[:, c]
                 self.filled[b] = n
+        elif dst == I.LD_HROOT:                              # stream s's start state into its roots' H
+            words = self.ddr.words(addr, n, "<i4")
+            for t in range(self.k):
+                if self.parents[t] == -1 - ins["stream"]:
+                    self.buf[I.BUF_H][t, :n] = words
         else:
             b = I.BUF_H0 if dst == I.LD_H0 else I.BUF_LB
             self.buf[b][:n] = self.ddr.words(addr, n, "<i4" if dst == I.LD_H0 else "<u4")
@@ -384,7 +390,8 @@ class Emulator:
         af = self._frac()
         for t in range(self.k):
             q = int(self.parents[t])
-            prev = self.buf[I.BUF_H0][:n] if q < 0 else H[q, :n]
+            # a root of stream 0 starts from H0, a root of stream s >= 1 from its own H (LOAD HROOT put it there)
+            prev = self.buf[I.BUF_H0][:n] if q == -1 else H[t if q < -1 else q, :n].copy()
             rate = N.forget_rate(self.buf[I.BUF_T1][t, :n], lb, af)
             H[t, :n] = N.hgrn_update(prev, N.silu(self.buf[I.BUF_T0][t, :n], af), rate)
             A[t, :n] = N.mul_act(self.buf[I.BUF_T2][t, :n], N.silu(H[t, :n], af))

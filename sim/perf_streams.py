@@ -1,13 +1,12 @@
 """Modeled multi-stream passes: B independent sequences verified in one weight pass (a forest, one tree per
 stream; :meth:`mmfree.pymodel.intmodel.IntModel.verify_forest` defines the numbers).
 
-Not built yet: the accelerator verifies one tree from one start state. The forest build this module prices is
-the one docs/performance.md "Multi-stream passes" specifies: each layer's start state is LOADed once per
-stream (stream 0 into H0 as today, stream ``s >= 1`` into the per-token H vector of its root, which the
-root's MLGRU update reads in place of H0 and then overwrites), a root ``parents[j] = -1 - s``; everything
-else is the tree pass of ``B x k`` tokens the RTL runs today, so the forest needs no extra memory. A forest
-pass is priced as :func:`mmfree.sim.perf.pass_cycles` of :func:`forest_program` (the compiler's program with
-the start-state LOAD repeated per stream) on a build of ``max_tokens = B x k``.
+The accelerator (ISA version 2, docs/accelerator.md "Multi-stream passes") runs a forest as a tree whose roots
+``parents[j] = -1 - s`` continue from stream s's start state: each layer LOADs stream 0's into H0 as before and
+stream ``s >= 1``'s into the per-token H vector of its root (``LOAD HROOT``), which the root's MLGRU update
+reads in place of H0 and then overwrites; everything else is the tree pass of ``B x k`` tokens, so a forest
+needs no extra memory. A forest pass is priced as :func:`mmfree.sim.perf.pass_cycles` of the compiler's program
+for B streams (:func:`forest_program`) on a build of ``max_tokens = B x k``.
 
 Public API: :func:`forest_program`, :func:`predict_streams` (what ``mmfree perf --streams B`` prints). Every
 number is modeled.
@@ -20,29 +19,20 @@ from dataclasses import replace
 from mmfree import MmfreeError
 from mmfree.pymodel import layout as LY
 from mmfree.rtl import isa as I
-from mmfree.rtl import regmap as RM
 from mmfree.rtl.compiler import HwConfig, emit_program
 
 #: Most streams per pass the model prices (a forest of B x k nodes must fit a build's max_tokens <= 16).
-MAX_STREAMS = 16
+MAX_STREAMS = I.MAX_STREAMS
 
 
 def forest_program(dims: LY.Dims, streams: int) -> list[I.Instr]:
-    """The decode-step program of a forest build for ``streams`` streams: :func:`emit_program` with every
-    start-state ``LOAD`` (destination H0) followed by one more per further stream (stream ``s`` at
-    ``s x state_stride`` past the first). The copies keep destination H0, read as it fills: the timing proxy
-    of the forest build's LOADs into the roots' H vectors, which are issued a layer's three i/f/g MATVECs
-    before the MLGRU update reads them. ``streams == 1`` is the plain program. Raises
-    :class:`MmfreeError` for ``streams`` outside 1..:data:`MAX_STREAMS`."""
+    """The decode-step program of ``streams`` streams: the compiler's (:func:`emit_program` with ``streams``),
+    which LOADs streams 1..B-1's start states into their roots (``LD_HROOT``) after each layer's ``LOAD H0``.
+    ``streams == 1`` is the plain program. Raises :class:`MmfreeError` for ``streams`` outside
+    1..:data:`MAX_STREAMS`."""
     if not isinstance(streams, int) or not 1 <= streams <= MAX_STREAMS:
         raise MmfreeError(f"--streams must be an integer in 1..{MAX_STREAMS}, got {streams!r}")
-    stride = RM.state_stride(dims.d, dims.layers)
-    out: list[I.Instr] = []
-    for ins in emit_program(dims):
-        out.append(ins)
-        if ins.op == "LOAD" and ins["dst"] == I.LD_H0:
-            out += [I.Instr("LOAD", dict(ins.args, offset=ins["offset"] + s * stride)) for s in range(1, streams)]
-    return out
+    return emit_program(dims, streams=streams)
 
 
 def _forest_hw(dims: LY.Dims, board, streams: int, k: int, hw: HwConfig | None) -> HwConfig:
@@ -96,6 +86,6 @@ def predict_streams(dims, board, streams: int, k: int = 1, accept_len: float | N
              per_stream_tokens_per_s=r["tokens_per_s"] / streams,
              single_stream_tokens_per_s=single["tokens_per_s"],
              speedup_vs_single_stream=r["tokens_per_s"] / single["tokens_per_s"],
-             forest_build="modeled: the forest RTL is specified (docs/performance.md 'Multi-stream passes'), "
-                          "not built")
+             forest_build="the forest program (ISA 2, LOAD HROOT per stream) on a build of max_tokens = B x k; "
+                          "modeled")
     return r

@@ -5,11 +5,12 @@ The job comes from the JSON file named by ``MMFREE_ACCEL_JOB`` (written by :func
 
 * ``compiled``: a directory written by :meth:`mmfree.rtl.compiler.Compiled.save`;
 * ``kind``: ``"generate"`` (``prompt``, ``n_tokens``, ``k``, ``write_logits``: `mmfree.host.generate.generate`
-  on :class:`~mmfree.host.accel.AccelHost`), ``"script"`` (``steps``, see :func:`mmfree.host.generate.run_script`)
-  or ``"run"``: the host session :class:`mmfree.host.session.AccelSession` (what the board's ``Accelerator`` is
-  without its PYNQ constructors) over a :class:`~mmfree.host.transport.BoardTransport` around the simulated board,
-  exactly as ``mmfree run --board B``
-  drives a PYNQ board (``prompt``, ``n_tokens``, ``k``, ``draft``: null, ``"lookup"`` or ``"trigram"`` with
+  on :class:`~mmfree.host.accel.AccelHost`), ``"script"`` (``steps``, see :func:`mmfree.host.generate.run_script`),
+  ``"streams"`` (``prompts``, ``n_tokens``: `mmfree.host.generate.generate_streams`, B streams in forest
+  passes; the compiled program serves B streams) or ``"run"``: the host session
+  :class:`mmfree.host.session.AccelSession` (what the board's ``Accelerator`` is without its PYNQ constructors)
+  over a :class:`~mmfree.host.transport.BoardTransport` around the simulated board, exactly as ``mmfree run
+  --board B`` drives a PYNQ board (``prompt``, ``n_tokens``, ``k``, ``draft``: null, ``"lookup"`` or ``"trigram"`` with
   ``table`` a trigram table file, ``write_logits``, ``timeout_s``, ``onchip``: the draft-verify loop on the
   accelerator (``Accelerator.generate(..., onchip=True)``; the table it adapted comes back as the arrays
   ``table_trig`` and ``table_bigram``), and ``inject``: scripted steps run after the generation, e.g. a bad
@@ -31,7 +32,7 @@ import numpy as np
 from cocotb.task import bridge
 
 from mmfree.host.accel import AccelHost
-from mmfree.host.generate import generate, run_script
+from mmfree.host.generate import generate, generate_streams, run_script
 from mmfree.host.session import AccelSession
 from mmfree.host.transport import BoardTransport
 from mmfree.pymodel.drafters import PromptLookupDrafter, TrigramDrafter
@@ -86,6 +87,11 @@ def _host_job(board, job, compiled):
         return {"tokens": tokens, "passes": passes}
     if job["kind"] == "script":
         return {"tokens": [], "passes": run_script(host, job["steps"])}
+    if job["kind"] == "streams":
+        tokens, passes = generate_streams(host, job["prompts"], job["n_tokens"],
+                                          write_logits=job.get("write_logits", True), keep_arrays=True,
+                                          progress=lambda s, tok: progress(tok))
+        return {"tokens": tokens, "passes": passes}
     raise ValueError(f"unknown job kind {job['kind']!r}")
 
 

@@ -19,22 +19,16 @@ from mmfree.sim.perf_streams import forest_program, predict_streams
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _h0_loads(prog):
-    return [ins for ins in prog if ins.op == "LOAD" and ins["dst"] == I.LD_H0]
-
-
-def test_forest_program_repeats_the_start_state_load_per_stream():
+def test_forest_program_is_the_compilers():
     dims = P.dims_for("370M")
     plain = emit_program(dims)
     assert [(i.op, i.args) for i in forest_program(dims, 1)] == [(i.op, i.args) for i in plain]
     three = forest_program(dims, 3)
-    assert len(three) == len(plain) + 2 * dims.layers
-    loads = _h0_loads(three)
+    assert [(i.op, i.args) for i in three] == [(i.op, i.args) for i in emit_program(dims, streams=3)]
+    loads = [ins for ins in three if ins.op == "LOAD" and ins["dst"] == I.LD_HROOT]
+    assert len(loads) == 2 * dims.layers and all(ins["count"] == dims.d for ins in loads)
     stride = RM.state_stride(dims.d, dims.layers)
-    assert [ins["offset"] for ins in loads[:3]] == [0, stride, 2 * stride]
-    assert all(ins["count"] == dims.d for ins in loads)
-    assert [i for i in three if not (i.op == "LOAD" and i["dst"] == I.LD_H0)] == \
-        [i for i in plain if not (i.op == "LOAD" and i["dst"] == I.LD_H0)]
+    assert [(ins["stream"], ins["offset"]) for ins in loads[:2]] == [(1, stride), (2, 2 * stride)]
 
 
 def test_one_stream_is_plain_decoding():
