@@ -681,8 +681,9 @@ def check_tree_rule(rule, template=None) -> str:
 def guided_child_scores(parent_score: int, counts) -> list[int]:
     """Child scores of one expansion: ``(parent_score * c * r) >> 32`` with ``r = (1 << 32) // sum(counts)``.
 
-    ``counts`` are the kept successors' counts (at most ``GUIDED_MAX_CHILDREN``, each in [1, 0xFFFF]); one
-    reciprocal per expansion, no other division. A child never scores above its parent."""
+    ``counts`` are the kept successors' merged counts (at most ``GUIDED_MAX_CHILDREN``, each >= 0: a slot's 16-bit
+    count, a discounted bigram count, or with the lookup source up to ``0xFFFF + LOOKUP_COUNT``); one reciprocal
+    per expansion, no other division; ``[]`` when they sum to 0. A child never scores above its parent."""
     total = sum(counts)
     if total == 0:
         return []
