@@ -54,6 +54,8 @@ def register(sub) -> None:
     p.add_argument("--max-draft", type=int, default=4, help="draft tree depth (as `mmfree generate --max-draft`)")
     p.add_argument("--draft-nodes", type=int, default=None,
                    help="draft tree size (as `mmfree generate --draft-nodes`; default: the drafter's)")
+    p.add_argument("--tree-rule", choices=["count-guided", "template"], default=None,   # trigram.TREE_RULES
+                   help="draft tree shape (as `mmfree generate --tree-rule`; default: docs/speculative.md)")
     p.add_argument("--trigram-table", default=None, help="trigram table file (default: the model's own)")
     p.add_argument("--max-tokens", type=int, default=Limits.max_tokens, help="most completion tokens one request may ask for")
     p.add_argument("--max-prompt-tokens", type=int, default=Limits.max_prompt_tokens,
@@ -119,7 +121,8 @@ def _serve(args) -> int:
     from mmfree.serve.metrics import Metrics
 
     backend = open_backend(args.backend, args.model, args.board, args.draft, args.max_draft, args.draft_nodes,
-                           args.trigram_table, args.bitstream, args.served_model_name, args.pass_timeout)
+                           args.trigram_table, args.bitstream, args.served_model_name, args.pass_timeout,
+                           tree_rule=args.tree_rule)
     metrics = Metrics()
     engine = Engine(backend, limits, metrics)
     drain = limits.request_timeout_s + GRACE_S

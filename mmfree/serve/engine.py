@@ -282,9 +282,10 @@ class ReferenceBackend(Backend):
     ``mmfree generate --backend int [--draft trigram]`` does."""
 
     def __init__(self, name: str, model, model_id: str, tok_dir, table=None, max_draft: int = 4,
-                 max_nodes: int | None = None, extra: dict | None = None):
+                 max_nodes: int | None = None, extra: dict | None = None, tree_rule: str | None = None):
         self.name, self.model, self.tok_dir, self.table = name, model, tok_dir, table
         self.draft = "trigram" if table is not None else None
+        self.tree_rule = tree_rule
         self.max_draft, self.max_nodes, self.extra = max_draft, max_nodes, extra or {}
         eos = ((getattr(model, "manifest", None) or {}).get("config") or {}).get("eos_token_id")
         super().__init__(model_id, model.vocab_size, eos, _tokenizer(tok_dir))
@@ -298,7 +299,8 @@ class ReferenceBackend(Backend):
             nodes = TG.DEFAULT_MAX_NODES if self.max_nodes is None else self.max_nodes
             speculative_generate(m, ids, s.max_tokens, max_draft=self.max_draft, max_nodes=nodes,
                                  temperature=s.temperature, top_p=s.top_p, seed=s.seed, table=self.table,
-                                 model_dir=self.tok_dir, eos_id=self.eos_id, progress=emit, log=lambda msg: None)
+                                 model_dir=self.tok_dir, eos_id=self.eos_id, progress=emit, log=lambda msg: None,
+                                 tree_rule=self.tree_rule)
         else:
             from mmfree.pymodel.generate import generate
             from mmfree.pymodel.intmodel import IntBackend
@@ -308,7 +310,10 @@ class ReferenceBackend(Backend):
     def describe(self) -> dict:
         d = dict(super().describe(), **self.extra)
         if self.draft:
-            d.update(max_draft=self.max_draft, draft_nodes=self.max_nodes)
+            from mmfree.pymodel import trigram as TG
+
+            d.update(max_draft=self.max_draft, draft_nodes=self.max_nodes,
+                     tree_rule=TG.check_tree_rule(self.tree_rule))
         return d
 
 
@@ -352,17 +357,25 @@ def open_accelerator(board: str, model, bitstream=None, pass_timeout_s: float = 
 
 def open_backend(backend: str, model: str = "default", board: str | None = None, draft: str = "auto",
                  max_draft: int = 4, draft_nodes: int | None = None, trigram_table=None, bitstream=None,
-                 model_id: str | None = None, pass_timeout_s: float = 60.0) -> Backend:
+                 model_id: str | None = None, pass_timeout_s: float = 60.0, tree_rule: str | None = None) -> Backend:
     """Load ``model`` on ``backend`` (see the module docstring). ``draft``: "auto" (trigram on int and board,
     none on float), "trigram" or "none"; ``max_draft``/``draft_nodes``: the draft tree (``mmfree generate``'s
-    --max-draft/--draft-nodes; on a board at most the build's tokens per pass minus one). MmfreeError naming
-    the flag for a bad combination."""
+    --max-draft/--draft-nodes; on a board at most the build's tokens per pass minus one); ``tree_rule``: the
+    draft tree shape (``mmfree generate --tree-rule``; None: the default). MmfreeError naming the flag for a bad
+    combination."""
     if backend not in BACKENDS:
         raise MmfreeError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     if draft not in ("auto", "trigram", "none"):
         raise MmfreeError(f"--draft must be auto, trigram or none, got {draft!r}")
     if (backend == "board") != (board is not None):
         raise MmfreeError("--board goes with --backend board (and --backend board needs --board sim or a board name)")
+    if tree_rule is not None:
+        from mmfree.pymodel import trigram as TG
+
+        TG.check_tree_rule(tree_rule)
+        if draft == "none" or backend == "float":
+            raise MmfreeError("--tree-rule chooses the shape of trigram draft trees: it needs trigram drafts "
+                              "(--backend int or board, --draft auto or trigram)")
     if draft != "none" and (max_draft < 1 or (draft_nodes is not None and draft_nodes < 1)):
         raise MmfreeError("--max-draft and --draft-nodes must be >= 1 (use --draft none for no drafts)")
     model_id = model_id or _model_id(model)
@@ -394,7 +407,7 @@ def open_backend(backend: str, model: str = "default", board: str | None = None,
 
         max_draft = min(max_draft, k - 1)
         draft_nodes = min(draft_nodes or TG.DEFAULT_MAX_NODES, k - 1)
-    return ReferenceBackend(backend, im, model_id, tok_dir, table, max_draft, draft_nodes, extra)
+    return ReferenceBackend(backend, im, model_id, tok_dir, table, max_draft, draft_nodes, extra, tree_rule)
 
 
 def _model_id(model: str) -> str:

@@ -323,6 +323,12 @@ def test_trigram_tree_rules_match_reference_speculative_loop(model, reference):
         assert ref.extra["verify_steps"] == g.counters["verify_steps"], rule
         assert g.tree_rule == rule and g.as_dict()["tree_rule"] == rule
     assert acc.generate(ids, N_TOKENS, draft="trigram", k=4).tree_rule == TG.DEFAULT_TREE_RULE
+    # the prompt-lookup source (host option): greedy all the same, and the steps drafters.replay predicts
+    def lookup():
+        return DR.TrigramDrafter.for_model(im, None, model[1], tree_rule="count-guided", lookup=True)
+    g = acc.generate(ids, N_TOKENS, draft=lookup(), k=4)
+    assert g.tokens == reference and g.tree_rule == "count-guided"
+    assert g.counters["verify_steps"] == DR.replay(lookup(), ids, reference, 4)["verify_steps"]
     assert "tree_rule" not in acc.generate(ids, N_TOKENS, draft="lookup", k=4).as_dict()
     with pytest.raises(MmfreeError, match="tree rule .* use --draft trigram"):
         acc.generate(ids, 4, draft="lookup", k=4, tree_rule="template")

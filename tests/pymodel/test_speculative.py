@@ -11,6 +11,7 @@ import torch
 
 import mmfree.cli as mcli
 from mmfree import MmfreeError
+from mmfree.pymodel import drafters as DR
 from mmfree.pymodel import trigram as TG
 from mmfree.pymodel.export import export_model
 from mmfree.pymodel.generate import generate
@@ -109,6 +110,27 @@ def test_greedy_equals_plain_greedy_count_guided(models, which):
             assert ex["mean_draft_nodes"] <= nodes and sum(ex["accepted_depth_histogram"]) == ex["verify_steps"]
             deep_accept += sum(ex["accepted_depth_histogram"][2:])
     assert deep_accept > 0
+
+
+@pytest.mark.parametrize("rule", ["template", "count-guided"])
+def test_replay_is_the_greedy_speculative_loop(models, rule):
+    """drafters.replay against the plain greedy output takes exactly the steps (and accepted depths) of greedy
+    speculative decoding, for both tree rules and several k: the bench's measurement method."""
+    im = models[1]
+    rng = np.random.default_rng(3)
+    table = own_output_table(im)
+    for _ in range(3):
+        prompt = rng.integers(0, im.vocab_size, int(rng.integers(1, 9))).tolist()
+        n = int(rng.integers(2, 40))
+        plain = generate(IntBackend(im), prompt, n).tokens
+        for k in (1, 2, 4, 8):
+            r = speculative_generate(im, prompt, n, max_draft=k - 1, max_nodes=k - 1, table=table, tree_rule=rule)
+            rep = DR.replay(DR.TrigramDrafter(table, tree_rule=rule), prompt, plain, k)
+            assert rep["verify_steps"] == r.extra["verify_steps"] and rep["emitted"] == len(plain) - 1, (k, n)
+            hist = r.extra["accepted_depth_histogram"]
+            assert rep["histogram"] + [0] * (len(hist) - k) == hist, (k, n)
+    with pytest.raises(MmfreeError, match="replay needs k >= 1"):
+        DR.replay(DR.TrigramDrafter(table), [1], [], 2)
 
 
 def test_tree_rule_default_and_bad_values(models):

@@ -58,3 +58,27 @@ def test_float_equals_generate():
     assert _ids(sampled) == generate_cli(*args, *SAMPLED_FLAGS)["tokens"]
     assert greedy.model_extra["mmfree"] == dict(greedy.model_extra["mmfree"], prefill_passes=1, decode_passes=5,
                                                 accepted_drafts=0)
+
+
+def test_int_backend_tree_rule():
+    """--tree-rule on the int backend: the rule is reported and used (greedy tokens as `mmfree generate --draft
+    trigram --tree-rule count-guided`); refused without trigram drafts or with an unknown name."""
+    from mmfree import MmfreeError
+    from mmfree.pymodel import trigram as TG
+    from mmfree.serve.engine import Sampling, open_backend
+
+    backend = open_backend("int", tree_rule="count-guided", draft_nodes=3)
+    assert backend.describe()["tree_rule"] == "count-guided"
+    assert open_backend("int").describe()["tree_rule"] == TG.DEFAULT_TREE_RULE
+    ids = backend.tokenizer.encode("def ")
+    got: list[int] = []
+    backend.decode(ids, Sampling(max_tokens=8, temperature=0.0), got.append, [0, 0])
+    args = ["--backend", "int", "--prompt-ids", ",".join(map(str, ids)), "--max-new-tokens", "8", "--draft", "trigram",
+            "--tree-rule", "count-guided", "--draft-nodes", "3"]
+    ref = generate_cli(*args)
+    assert got == ref["tokens"] and ref["tree_rule"] == "count-guided"
+    for kw in (dict(backend="float"), dict(backend="int", draft="none")):
+        with pytest.raises(MmfreeError, match="--tree-rule chooses the shape of trigram draft trees"):
+            open_backend(tree_rule="template", **kw)
+    with pytest.raises(MmfreeError, match="tree_rule must be one of"):
+        open_backend("int", tree_rule="widest")
