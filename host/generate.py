@@ -59,15 +59,16 @@ def _prefill(host: AccelHost, prompt: list[int], k: int, write_logits: bool,
 
 
 def check_onchip_drafter(drafter: TrigramDrafter, host: AccelHost) -> None:
-    """Refuse what the on-chip loop cannot do as ``drafter`` would: it always adapts the table and drafts the
-    tree ``make_template(K - 1, K - 1)`` of the build's K (MmfreeError naming the fix)."""
+    """Refuse what the on-chip loop cannot do as ``drafter`` would: it always adapts the table and drafts, by the
+    template rule, the tree ``make_template(K - 1, K - 1)`` of the build's K (MmfreeError naming the fix)."""
     from mmfree.pymodel import trigram as TG
 
     K = host.hw.max_tokens
     if not drafter.adapt:
         raise MmfreeError("the on-chip draft-verify loop always adapts the table; draft on the host (without "
                           "--onchip) to keep it fixed")
-    if drafter.template is not None and tuple(map(tuple, drafter.template)) != TG.make_template(K - 1, K - 1):
+    if (getattr(drafter, "tree_rule", None) or "template") == "template" and drafter.template is not None \
+            and tuple(map(tuple, drafter.template)) != TG.make_template(K - 1, K - 1):
         raise MmfreeError(f"the on-chip loop drafts the tree make_template({K - 1}, {K - 1}) of this bitstream "
                           "(K = max tokens per pass); draft on the host (without --onchip) for another template")
 
@@ -95,8 +96,8 @@ def generate(host: AccelHost, prompt: list[int], n_tokens: int, k: int = 1, writ
                               f"(draft='trigram'), not {type(drafter).__name__ if drafter else 'no drafter'}")
         check_onchip_drafter(drafter, host)
         return generate_onchip(host, prompt, n_tokens, drafter.table, write_logits=write_logits, progress=progress,
-                               keep_arrays=keep_arrays,
-                               k=k)
+                               keep_arrays=keep_arrays, k=k,
+                               tree_rule=getattr(drafter, "tree_rule", None) or "template")
     prompt = _check_request(host, prompt, n_tokens, k)
     drafter = drafter if drafter is not None else PromptLookupDrafter()
     drafter.start(prompt)
@@ -165,7 +166,7 @@ def check_draft_table(host: AccelHost, table) -> None:
 
 def generate_onchip(host: AccelHost, prompt: list[int], n_tokens: int, table, eos_id: int | None = None,
                     write_logits: bool = False, progress=None, k: int | None = None,
-                    keep_arrays: bool = False) -> tuple[list[int], list[dict]]:
+                    keep_arrays: bool = False, tree_rule: str = "template") -> tuple[list[int], list[dict]]:
     """Greedy generation with the draft-verify loop on the accelerator (``CONTROL.GENERATE``, docs/speculative.md
     "The on-chip draft-verify loop").
 
@@ -180,6 +181,11 @@ def generate_onchip(host: AccelHost, prompt: list[int], n_tokens: int, table, eo
     STATE_IN, so host passes
     or another call go on from there.
 
+    ``tree_rule``: the draft tree rule of every GENERATE (GEN_DRAFT.tree, :class:`~mmfree.rtl.regmap.TreeRule`):
+    ``"template"`` (the build's ``make_template(K - 1, K - 1)``) or ``"count-guided"`` (``draft_tree_guided``
+    with K - 1 nodes); another name, or a rule the bitstream lacks (register map 2.2 has the template only),
+    is refused before anything runs (MmfreeError naming the rules).
+
     Stops after ``n_tokens`` tokens, or after ``eos_id`` (emitted, GEN_EOS). Returns (tokens, records): the
     prefill passes recorded as :func:`generate` records them, then one record per GENERATE: ``onchip`` True,
     ``tokens`` [] (the host fed nothing), ``emitted_tokens``, ``emitted`` = ``count`` (GEN_COUNT), ``gen_passes``,
@@ -192,11 +198,15 @@ def generate_onchip(host: AccelHost, prompt: list[int], n_tokens: int, table, eo
     :class:`AccelRunError` when the accelerator stops with an error (the host's table is then not read back); a
     time-out (``host.timeout_s`` per token asked for) aborts the loop with SOFT_RESET (MmfreeError)."""
     k = host.hw.max_tokens if k is None else k
+    rule = RM.TreeRule.of(tree_rule)
     prompt = _check_request(host, prompt, n_tokens, k)
     if eos_id is not None and not 0 <= eos_id < host.V:
         raise MmfreeError(f"eos_id {eos_id} is outside the vocabulary [0, {host.V})")
     check_draft_table(host, table)
     eng, b, addr = host.draft, host.transport, host.addr
+    if rule.rule not in eng.get("tree_rules", ("template",)):
+        raise MmfreeError(f"this bitstream's draft engine drafts {' or '.join(eng['tree_rules'])} trees, not "
+                          f"{rule.rule} (register map 2.3 has GEN_DRAFT): rebuild it, or draft on the host")
     out, passes = _prefill(host, prompt, k, write_logits, keep_arrays)
     table.observe(prompt)
     table.update(prompt[-2] if len(prompt) >= 2 else None, prompt[-1], out[0])
@@ -216,6 +226,7 @@ def generate_onchip(host: AccelHost, prompt: list[int], n_tokens: int, table, eo
     else:
         regs.write("GEN_EOS", 0)
     regs.write("STATE_STRIDE", host.c.state_stride)
+    regs.write("GEN_DRAFT", tree=rule)
     regs.write("FLAGS", RM.FLAG_WRITE_LOGITS if write_logits else 0)
     seq = prompt + out
     stride, K = host.c.state_stride, host.hw.max_tokens
@@ -236,7 +247,8 @@ def generate_onchip(host: AccelHost, prompt: list[int], n_tokens: int, table, eo
                               f"EOS {eos_id}), GEN_STATE {state:#x} (a position of STATE_A or STATE_B expected); "
                               "the bitstream does not keep the on-chip loop's contract (docs/speculative.md)")
         host.commit_state(state)
-        passes.append({"onchip": True, "tokens": [], "emitted_tokens": new, "prefill": False, "emitted": count,
+        passes.append({"onchip": True, "tree_rule": rule.rule, "tokens": [], "emitted_tokens": new, "prefill": False,
+                       "emitted": count,
                        "count": count, "gen_passes": regs.read("GEN_PASSES"),
                        "gen_nodes": regs.read("GEN_NODES"), "gen_cycles": regs.read64("GEN_CYCLES"),
                        "cycles": host.reg64("GEN_CYCLES"), "stalls": host.reg64("STALLS"),
