@@ -9,14 +9,17 @@ the hash multiplier and the word formats from the reference module; nothing is r
 
 Ports (all streams are :mod:`amaranth.lib.stream` interfaces)
 -------------------------------------------------------------
-``cmd`` (in) ``{op, a, b, c, has_prev}``
+``cmd`` (in) ``{op, a, b, c, has_prev, rule}``
     ``op = UPDATE`` (0): ``update(a if has_prev else None, b, c)``.
-    ``op = DRAFT`` (1): ``draft_tree(table, a if has_prev else None, root=b, template)``; ``c`` unused.
+    ``op = DRAFT`` (1): ``rule = 0``: ``draft_tree(table, a if has_prev else None, root=b, template)``;
+    ``rule = 1`` (a build with ``guided``): ``draft_tree_guided(table, a if has_prev else None, root=b,
+    len(template))``, the count-guided tree of as many nodes as the template has; ``c`` unused.
     Commands run one at a time, in order; ``cmd.ready`` is high only when the engine is idle.
 ``draft`` (out) ``{token, parent, last}``
     The tree of one DRAFT command in tree order: node 0 is the root (``parent = -1``), then the surviving
-    template nodes (``parent < index``); ``last`` marks the final node. Exactly the ``(tokens, parents)``
-    of :func:`~mmfree.pymodel.trigram.draft_tree`.
+    template nodes, or the chosen nodes in choice order (``parent < index``); ``last`` marks the final node.
+    Exactly the ``(tokens, parents)`` of :func:`~mmfree.pymodel.trigram.draft_tree` /
+    :func:`~mmfree.pymodel.trigram.draft_tree_guided`.
 ``bigram_wr`` (in) ``{row, data}``
     Loads one bigram row (the ``KB`` slot words of the table file, slot 0 in the low bits); taken only
     while idle, before any waiting command. The host/DMA loads the fallback with it after reset.
@@ -59,6 +62,20 @@ when it has a context, and its bigram row), then picks the ``rank``-th successor
 is kept: a breadth-first template visits the children of a node consecutively, and a re-lookup of the
 same node (any other template order) returns the same list because the table does not change during a
 draft. When the template is done the tree is streamed out, one node per cycle.
+
+DRAFT, count-guided (``rule = 1``): the root, then each chosen node but the last, is *expanded*: its
+successor list is looked up as above (LOOK, SCAN, ROW), G_SUM adds the merged counts of its first
+``GUIDED_MAX_CHILDREN`` entries (one per cycle, the same :class:`PickRank` driven by a counter; a bigram
+count after trigram successors ``>> BIGRAM_BACKOFF_SHIFT``), G_DIV divides ``2**32`` by the sum (a
+restoring divider, one quotient bit per cycle, 33 cycles), then per child G_MUL (``count * r``), G_MUL2
+(``(score * (count * r)) >> 32``, the same 17 x 33 multiplier) and G_INS (into the lowest free slot of the
+``GUIDED_FRONTIER``-word candidate memory; full: G_MIN scans every slot for the worst, lowest score then
+latest created, and G_REPL overwrites it when the child scores higher, else the child is dropped). G_SEL
+scans the slots written so far for the best (highest score, earliest created; the creation number is
+stored with each candidate), G_PICK appends it to the tree, frees its slot and, below the node budget,
+starts its lookup. Cycles per draft: 1 + per expansion [lookup ``W + 2 + L`` (``2`` without a context) +
+children + 1 + (with children) 33 + 3 per child (``F + 4`` per child while the frontier is full) + 1] +
+per choice (slots in use + 1) + tree nodes (``tests/rtl/test_draft.py::guided_schedule_cycles``).
 
 Bump (the compare-and-swap chain of the reference, as one combinational step on a row of ``n`` slots):
 the first slot that is empty or holds ``c`` is the target (none: the last slot); its new count is
@@ -220,7 +237,9 @@ class DraftEngine(wiring.Component):
     (:class:`~mmfree.pymodel.trigram.TableParams`); ``template``: the draft template, ``(parent, rank)``
     pairs (default ``make_template(4, DEFAULT_MAX_NODES)``, the software default). ``bigram_init``
     (optional, ``uint32 [V, KB]``): initial contents of the bigram memory (simulation, or a ROM-like
-    preload); otherwise it starts empty and is loaded through ``bigram_wr``.
+    preload); otherwise it starts empty and is loaded through ``bigram_wr``. ``guided`` (default True): build
+    the count-guided rule (``cmd.rule = 1``; its node budget is ``len(template)``, at most
+    ``GUIDED_MAX_NODES``, ValueError otherwise); without it ``cmd.rule`` is ignored.
     """
 
     def __init__(self, vocab_size: int = 4096, params: T.TableParams | None = None, template=None,

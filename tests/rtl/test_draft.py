@@ -89,7 +89,8 @@ def run_engine(table: T.TrigramTable, stream: np.ndarray, steps: int, template, 
         g = gap()
         if g:
             ctx.set(port.ready, 0)
-            await ctx.tick().repeat(g)
+            for _ in range(g):  # (tick().repeat: a bench that ends suspended warns)
+                await ctx.tick()
         ctx.set(port.ready, 1)
         while not ctx.get(port.valid):          # sleep until the engine offers something
             await ctx.changed(port.valid)
@@ -106,12 +107,14 @@ def run_engine(table: T.TrigramTable, stream: np.ndarray, steps: int, template, 
             assert count == p.ways and addr % p.ways == 0, (addr, count)
             lines = [_line_int(ddr[addr + k]) for k in range(count)]
             if latency:
-                await ctx.tick().repeat(latency)
+                for _ in range(latency):  # (tick().repeat: a bench that ends suspended warns)
+                    await ctx.tick()
             for ln in lines:
                 g = gap()
                 if g:
                     ctx.set(dut.rd_resp.valid, 0)
-                    await ctx.tick().repeat(g)
+                    for _ in range(g):  # (tick().repeat: a bench that ends suspended warns)
+                        await ctx.tick()
                 ctx.set(dut.rd_resp.payload, ln)
                 ctx.set(dut.rd_resp.valid, 1)
                 while True:
@@ -130,7 +133,8 @@ def run_engine(table: T.TrigramTable, stream: np.ndarray, steps: int, template, 
     async def send(ctx, port, **fields):
         g = gap()
         if g:
-            await ctx.tick().repeat(g)
+            for _ in range(g):  # (tick().repeat: a bench that ends suspended warns)
+                await ctx.tick()
         for k, v in fields.items():
             ctx.set(getattr(port.payload, k), v)
         ctx.set(port.valid, 1)
@@ -305,9 +309,9 @@ def test_guided_matches_reference_corpus_table(n):
     latency 3: tokens and parents equal draft_tree_guided's at every step, the table tracks the reference."""
     table = _small_table(SMALL)
     stream = _tokens(shlex, SMALL_V)
-    run = run_engine(table, stream, 150, T.make_template(n, n), guided=True, stall=0.2, latency=3, seed=n,
-                     check_every=75)
-    assert run.steps == 150 and run.draft_nodes > 150 * (n - 1)        # mostly full trees
+    run = run_engine(table, stream, 100, T.make_template(n, n), guided=True, stall=0.2, latency=3, seed=n,
+                     check_every=50)
+    assert run.steps == 100 and run.draft_nodes > 100 * (n - 1)        # mostly full trees
 
 
 def _random_table(data, V: int = 12) -> T.TrigramTable:
@@ -389,7 +393,7 @@ def guided_schedule_cycles(table: T.TrigramTable, prev, root, n: int, latency: i
     return cycles + len(tokens)
 
 
-@pytest.mark.parametrize("n, latency", [(3, 0), (3, 30), (7, 0), (24, 0)])
+@pytest.mark.parametrize("n, latency", [(3, 0), (3, 30), (7, 0), pytest.param(24, 0, marks=pytest.mark.slow)])
 def test_guided_cycles_without_stalls(n, latency):
     """Count-guided DRAFT cycles with a memory that never stalls, exactly as scheduled (docs/speculative.md
     quotes them); the same engine's template drafts keep the template schedule (test_cycles_without_stalls)."""
