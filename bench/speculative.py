@@ -10,11 +10,25 @@ only) and a sampling run (temperature 0.8, multi-candidate rule) follow.
     python bench/speculative.py [--model default] [--prompts 32] [--new-tokens 128] [--record] [--json]
 
 --record writes the results into docs/speculative.md.
+
+    python bench/speculative.py --tree-rules [--prompts 32] [--new-tokens 128] [--record] [--json]
+
+--tree-rules compares the draft tree rules side by side instead (issue 28): the fixed template, the count-guided
+rule and the count-guided rule with the prompt-lookup source, at k = 2, 3, 4, 8 tokens per pass, greedy and
+sampled (temperature 0.7, top-p 0.95, the multi-candidate rule), on held-out code (third-party packages in the
+venv: sources neither the default model nor its table saw) and held-out English (the pydoc topics, validation
+split). Each prompt is decoded plainly once per decoding mode; every rule and k is then measured by replaying
+its drafts against that output (:func:`mmfree.pymodel.drafters.replay`: exact for greedy, the same distribution
+for the sampling rule), and the greedy figures of the first --check prompts are checked step for step against
+real speculative decoding on the integer reference. --record writes the table into docs/speculative.md
+("tree-rules").
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import importlib.util
 import json
 import platform
 import sys
@@ -26,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import command_line, write_section  # noqa: E402
 
 from mmfree.pymodel import data as D  # noqa: E402
+from mmfree.pymodel import drafters as DR  # noqa: E402
 from mmfree.pymodel.generate import generate  # noqa: E402
 from mmfree.pymodel.intmodel import IntBackend, open_int_model  # noqa: E402
 from mmfree.pymodel.speculative import model_table_path, speculative_generate  # noqa: E402
@@ -33,6 +48,13 @@ from mmfree.pymodel.tokenizer import load_tokenizer  # noqa: E402
 from mmfree.pymodel.trigram import TrigramTable  # noqa: E402
 
 SWEEP = [(1, 1), (2, 2), (4, 4), (4, 8), (4, 16), (4, 24), (6, 32), (8, 64)]
+#: Held-out code for --tree-rules: packages the project installs (pyproject dependencies), never in the corpus.
+CODE_PACKAGES = ("amaranth", "numpy", "torch", "tqdm")
+TREE_KS = (2, 3, 4, 8)
+#: (label, TrigramDrafter keywords) of the rules --tree-rules compares.
+TREE_RULES = (("template", dict(tree_rule="template")), ("count-guided", dict(tree_rule="count-guided")),
+              ("count-guided + lookup (host)", dict(tree_rule="count-guided", lookup=True)))
+SAMPLING = dict(temperature=0.7, top_p=0.95)
 
 
 def held_out_prompts(tok_dir: str, n: int, length: int, new_tokens: int) -> list[list[int]]:
@@ -50,6 +72,143 @@ def held_out_prompts(tok_dir: str, n: int, length: int, new_tokens: int) -> list
         start = zlib.crc32(d.name.encode()) % (len(ids) - length - new_tokens + 1)
         out.append(ids[start:start + length])
     return out
+
+
+def windows(docs, tok, n: int, length: int, new_tokens: int, what: str) -> list[list[int]]:
+    """``n`` prompt windows of ``length`` tokens, one per document, spread evenly over ``docs`` (those with room
+    for ``new_tokens`` more), each at a position fixed by a CRC32 of the document's name."""
+    encoded = [(d, tok.encode(d.text)) for d in docs]
+    encoded = [(d, ids) for d, ids in encoded if len(ids) >= length + new_tokens]
+    if len(encoded) < n:
+        raise SystemExit(f"only {len(encoded)} {what} documents are long enough; lower --prompts/--new-tokens")
+    out = []
+    for j in range(n):
+        d, ids = encoded[j * len(encoded) // n]
+        start = zlib.crc32(d.name.encode()) % (len(ids) - length - new_tokens + 1)
+        out.append(ids[start:start + length])
+    return out
+
+
+def package_documents(names=CODE_PACKAGES) -> tuple[list, dict]:
+    """The ``.py`` files of installed packages (test folders left out), interleaved package by package so an even
+    spread takes from each; and the packages' versions."""
+    per, versions = [], {}
+    for name in names:
+        spec = importlib.util.find_spec(name)
+        if spec is None or not spec.submodule_search_locations:
+            raise SystemExit(f"package {name} is not installed (it is a dependency of mmfree: pip install -e .)")
+        root = Path(list(spec.submodule_search_locations)[0])
+        files = [f for f in sorted(root.rglob("*.py"))
+                 if not {"tests", "test", "testing"} & set(f.relative_to(root).parts[:-1])]
+        docs = []
+        for f in files:
+            try:
+                docs.append(D.Document(f"{name}/{f.relative_to(root).as_posix()}", f.read_text(encoding="utf-8")))
+            except (UnicodeDecodeError, OSError):
+                continue
+        per.append(docs)
+        versions[name] = importlib.metadata.version(name)
+    mixed = [docs[i * len(docs) // 64] for i in range(64) for docs in per if docs]    # 64 evenly spaced per package
+    return mixed, versions
+
+
+def replay_all(table, prompts, outputs, k: int, **drafter_kw) -> dict:
+    steps = emitted = 0
+    for prompt, out in zip(prompts, outputs):
+        r = DR.replay(DR.TrigramDrafter(table, **drafter_kw), prompt, out, k)
+        steps += r["verify_steps"]
+        emitted += r["emitted"]
+    return {"tokens_per_step": emitted / steps, "verify_steps": steps, "emitted": emitted}
+
+
+def tree_rules(im, tok_dir, table, args, log) -> dict:
+    """The --tree-rules comparison (see the module docstring)."""
+    tok = load_tokenizer(tok_dir)
+    code_docs, versions = package_documents()
+    english = [d for d in D.split(D.stdlib_documents())[1] if d.name.startswith("pydoc_data:")]
+    domains = {"code": windows(code_docs, tok, args.prompts, args.prompt_tokens, args.new_tokens, "package"),
+               "English": windows(english, tok, args.prompts, args.prompt_tokens, args.new_tokens, "pydoc topic")}
+    res = {"model": args.model, "prompts": args.prompts, "prompt_tokens": args.prompt_tokens,
+           "new_tokens": args.new_tokens, "table_info": table.info(), "packages": versions, "sampling": SAMPLING,
+           "ks": list(TREE_KS), "rows": [], "checks": []}
+    backend, res["plain_decoder"] = plain_backend(im)
+    for domain, prompts in domains.items():
+        for mode, kw in (("greedy", {}), ("sampled", SAMPLING)):
+            t0 = time.perf_counter()
+            outs = [generate(backend, p, args.new_tokens, seed=1000 + i, **kw).tokens
+                    for i, p in enumerate(prompts)]
+            log(f"{domain}, {mode}: {len(prompts)} plain decodes in {time.perf_counter() - t0:.0f} s")
+            for label, dkw in TREE_RULES:
+                row = {"domain": domain, "decoding": mode, "rule": label,
+                       "k": {k: replay_all(table, prompts, outs, k, **dkw) for k in TREE_KS}}
+                res["rows"].append(row)
+                log(f"  {label:30s} " + "  ".join(f"k={k}: {r['tokens_per_step']:.2f}" for k, r in row["k"].items()))
+            if mode == "greedy" and domain == "code":
+                res["checks"] = check_against_real(im, table, prompts[:args.check], outs[:args.check])
+    return res
+
+
+def plain_backend(im):
+    """(backend, name) for the plain decodes: the fast CPU decoder (hls/fastcpu.py: logits equal to IntModel's,
+    about 30x faster on the default model) where it builds (g++), else the integer reference itself."""
+    from mmfree import MmfreeError
+
+    try:
+        from mmfree.hls.fastcpu import FastBackend, FastIntModel
+
+        return FastBackend(FastIntModel(im)), "fast CPU decoder, hls/fastcpu.py, whose logits equal IntModel's"
+    except (MmfreeError, OSError) as exc:
+        print(f"fast CPU decoder unavailable ({exc}); decoding with IntModel", file=sys.stderr)
+        return IntBackend(im), "IntModel"
+
+
+def check_against_real(im, table, prompts, outs, k: int = 4) -> list[dict]:
+    """Greedy speculative decoding on the integer reference for both rules: the tokens must equal the plain
+    output and the verification steps the replay's, else the bench fails."""
+    checks = []
+    for rule in ("template", "count-guided"):
+        for prompt, out in zip(prompts, outs):
+            r = speculative_generate(im, prompt, len(out), max_draft=k - 1, max_nodes=k - 1, table=table,
+                                     tree_rule=rule, log=lambda m: None)
+            rep = DR.replay(DR.TrigramDrafter(table, tree_rule=rule), prompt, out, k)
+            if r.tokens != out or r.extra["verify_steps"] != rep["verify_steps"] or \
+                    r.extra["accepted_depth_histogram"][:k] != rep["histogram"]:
+                raise SystemExit(f"replay and speculative decoding disagree ({rule}, k = {k}): "
+                                 f"{r.extra['verify_steps']} vs {rep['verify_steps']} steps")
+            checks.append({"rule": rule, "k": k, "verify_steps": rep["verify_steps"]})
+    return checks
+
+
+def render_tree_rules(res: dict, cmd: str) -> str:
+    ti = res["table_info"]
+    pk = ", ".join(f"{n} {v}" for n, v in res["packages"].items())
+    ks = res["ks"]
+    lines = [
+        f"Measured: model `{res['model']}`, integer reference; its own table ({ti['contexts']} contexts, built from "
+        f"{ti['meta'].get('tokens', '?')} stdlib training-split tokens), adapted online. Per domain "
+        f"{res['prompts']} prompts of {res['prompt_tokens']} tokens, {res['new_tokens']} new tokens each. Held-out "
+        f"code: {pk} (installed in the venv; never in the model's or the table's corpus). English: the pydoc topics "
+        "(validation split). Greedy, and sampled at temperature 0.7, top-p 0.95 (the multi-candidate rule; seed "
+        "1000 + prompt index). "
+        "Tokens per verification step (the greedy maximum is k):",
+        "",
+        "| held out | decoding | tree rule | " + " | ".join(f"k = {k}" for k in ks) + " |",
+        "|---|---|---|" + "---|" * len(ks),
+    ]
+    for r in res["rows"]:
+        vals = [r["k"][k]["tokens_per_step"] for k in ks]
+        lines.append(f"| {r['domain']} | {r['decoding']} | {r['rule']} | " + " | ".join(f"{v:.2f}" for v in vals)
+                     + " |")
+    n = len(res["checks"])
+    lines += ["", f"How: each prompt is decoded plainly once per decoding mode (by the {res['plain_decoder']}), "
+              "then each rule's drafts are replayed "
+              "against that output (`mmfree.pymodel.drafters.replay`): exact for greedy decoding; for sampling the "
+              "multi-candidate rule emits each token with the model's probability and accepts a drafted child exactly "
+              "when the emitted token is that child, so replaying a plain sample has the same distribution (the "
+              "sampled rows share their samples across rules and k). "
+              f"Checked: {n} greedy runs of real speculative decoding (k = 4, both rules) took exactly the replay's "
+              "verification steps.", "", f"Command: `{cmd}`"]
+    return "\n".join(lines)
 
 
 def repeated_trigram_fraction(prompts, outputs) -> float:
@@ -101,12 +260,22 @@ def main() -> int:
     ap.add_argument("--no-sweep", action="store_true", help="only the main configuration")
     ap.add_argument("--record", action="store_true", help="write the results into docs/speculative.md")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--tree-rules", action="store_true", help="compare the draft tree rules (module docstring)")
+    ap.add_argument("--check", type=int, default=2, help="--tree-rules: prompts checked against real decoding")
     args = ap.parse_args()
 
     im, tok_dir = open_int_model(args.model)
     im.warm()
     table_path = Path(args.table) if args.table else model_table_path(im, tok_dir)
     table = TrigramTable.load(table_path)
+    if args.tree_rules:
+        log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else (lambda *a: print(*a, flush=True))
+        res = tree_rules(im, tok_dir, table, args, log)
+        if args.json:
+            print(json.dumps(res, indent=2, default=str))
+        if args.record:
+            write_section("speculative.md", "tree-rules", render_tree_rules(res, command_line()))
+        return 0
     prompts = held_out_prompts(tok_dir, args.prompts, args.prompt_tokens, args.new_tokens)
     log = (lambda *a: print(*a, file=sys.stderr)) if args.json else print
     log(f"{len(prompts)} held-out prompts x {args.new_tokens} new tokens; table {table_path} "

@@ -89,6 +89,10 @@ def register(sub) -> None:
                         "tokens <= 2048 simulated positions)")
     r.add_argument("--draft", choices=["none", "lookup", "trigram"], default="none", help="drafter")
     r.add_argument("--k", type=int, default=None, help="tokens per pass (default: the build's max with drafts, else 1)")
+    r.add_argument("--tree-rule", choices=["count-guided", "template"], default=None,   # trigram.TREE_RULES
+                   help="with --draft trigram: the draft tree shape, count-guided (the k - 1 most likely nodes by the "
+                        "table's counts) or template (fixed rank paths); default: docs/speculative.md (on chip: the "
+                        "engine's)")
     r.add_argument("--onchip", action="store_true",
                    help="with --draft trigram: draft, verify and adapt the table on the accelerator (CONTROL.GENERATE; "
                         "needs a bitstream with the draft engine), one interrupt for the whole generation")
@@ -200,13 +204,15 @@ def _run(args) -> int:
     draft = None if args.draft == "none" else args.draft
     if args.onchip and draft != "trigram":
         raise MmfreeError("--onchip runs the accelerator's trigram draft engine: give --draft trigram")
+    if args.tree_rule is not None and draft != "trigram":
+        raise MmfreeError("--tree-rule chooses the shape of trigram draft trees: add --draft trigram")
     prompt = _prompt(args)
     if args.board == "sim":
         from mmfree.sim.run import run_sim
 
         say = None if args.json else (lambda m: print(f"[mmfree run] {m}", file=sys.stderr, flush=True))
         res = run_sim(args.model, prompt, args.tokens, draft=draft, k=args.k, timeout_s=args.timeout, progress=say,
-                      write_logits=not args.no_logits, onchip=args.onchip)
+                      write_logits=not args.no_logits, onchip=args.onchip, tree_rule=args.tree_rule)
         _print_run(res, args)
         return 0 if res["bit_exact"] else 1
     if args.board == "pynq-sim":
@@ -233,7 +239,7 @@ def _run_board(args, prompt, draft) -> int:
         acc = _attach_loaded_overlay(model, board, args.timeout, tok_dir)
     acc.write_logits = not args.no_logits
     with acc:
-        g = acc.generate(prompt, args.tokens, draft=draft, k=args.k, onchip=args.onchip)
+        g = acc.generate(prompt, args.tokens, draft=draft, k=args.k, onchip=args.onchip, tree_rule=args.tree_rule)
     res = dict(g.as_dict(), board=board.name, clock_mhz=board.clock_mhz)
     _print_run(res, args)
     return 0
@@ -259,7 +265,7 @@ def _run_pynq_sim(args, prompt, draft) -> int:
         ip = register_pynq_driver()(desc)
         with Accelerator.on_ip(ip, model, timeout_s=args.timeout, tokenizer=tok_dir, use_interrupt=False) as acc:
             acc.write_logits = not args.no_logits
-            g = acc.generate(prompt, args.tokens, draft=draft, k=args.k, onchip=args.onchip)
+            g = acc.generate(prompt, args.tokens, draft=draft, k=args.k, onchip=args.onchip, tree_rule=args.tree_rule)
     finally:
         if previous is None:
             del pynq.Device._active_device

@@ -58,16 +58,40 @@ def _prefill(host: AccelHost, prompt: list[int], k: int, write_logits: bool,
     return [int(res.argmax[-1])], passes
 
 
+def onchip_tree_rule(host: AccelHost, drafter=None) -> str:
+    """The tree rule GENERATE runs for ``drafter`` (GEN_DRAFT.tree): the drafter's rule
+    (:attr:`TrigramDrafter.tree_rule`; "template" without one). A drafter that asked for no rule
+    (``tree_rule_given`` None) gets "template" when the bitstream's engine lacks its default rule (``host.draft
+    ["tree_rules"]``: every :class:`~mmfree.rtl.regmap.TreeRule` from register map 2.3, the template only before);
+    :func:`check_onchip_drafter` refuses a rule the engine lacks."""
+    rules = (host.draft or {}).get("tree_rules", ("template",))
+    rule = getattr(drafter, "tree_rule", None) or "template"
+    if rule not in rules and getattr(drafter, "tree_rule_given", None) is None:
+        return "template"
+    return rule
+
+
+def _check_engine_rule(host: AccelHost, rule: str) -> None:
+    rules = (host.draft or {}).get("tree_rules", ("template",))
+    if rule not in rules:
+        raise MmfreeError(f"this bitstream's draft engine drafts {' or '.join(rules)} trees, not {rule} (register map "
+                          "2.3 has GEN_DRAFT): rebuild it, draft on the host (without --onchip) for that rule, or "
+                          "leave the tree rule unset")
+
+
 def check_onchip_drafter(drafter: TrigramDrafter, host: AccelHost) -> None:
-    """Refuse what the on-chip loop cannot do as ``drafter`` would: it always adapts the table and drafts, by the
-    template rule, the tree ``make_template(K - 1, K - 1)`` of the build's K (MmfreeError naming the fix)."""
+    """Refuse what the on-chip loop cannot do as ``drafter`` would: it always adapts the table and drafts with
+    the rule :func:`onchip_tree_rule` gives, which the engine must have; the template rule's tree is
+    ``make_template(K - 1, K - 1)`` of the build's K. MmfreeError naming the fix."""
     from mmfree.pymodel import trigram as TG
 
     K = host.hw.max_tokens
     if not drafter.adapt:
         raise MmfreeError("the on-chip draft-verify loop always adapts the table; draft on the host (without "
                           "--onchip) to keep it fixed")
-    if (getattr(drafter, "tree_rule", None) or "template") == "template" and drafter.template is not None \
+    rule = onchip_tree_rule(host, drafter)
+    _check_engine_rule(host, rule)
+    if rule == "template" and drafter.template is not None \
             and tuple(map(tuple, drafter.template)) != TG.make_template(K - 1, K - 1):
         raise MmfreeError(f"the on-chip loop drafts the tree make_template({K - 1}, {K - 1}) of this bitstream "
                           "(K = max tokens per pass); draft on the host (without --onchip) for another template")
@@ -97,7 +121,7 @@ def generate(host: AccelHost, prompt: list[int], n_tokens: int, k: int = 1, writ
         check_onchip_drafter(drafter, host)
         return generate_onchip(host, prompt, n_tokens, drafter.table, write_logits=write_logits, progress=progress,
                                keep_arrays=keep_arrays, k=k,
-                               tree_rule=getattr(drafter, "tree_rule", None) or "template")
+                               tree_rule=onchip_tree_rule(host, drafter))
     prompt = _check_request(host, prompt, n_tokens, k)
     drafter = drafter if drafter is not None else PromptLookupDrafter()
     drafter.start(prompt)
@@ -204,9 +228,7 @@ def generate_onchip(host: AccelHost, prompt: list[int], n_tokens: int, table, eo
         raise MmfreeError(f"eos_id {eos_id} is outside the vocabulary [0, {host.V})")
     check_draft_table(host, table)
     eng, b, addr = host.draft, host.transport, host.addr
-    if rule.rule not in eng.get("tree_rules", ("template",)):
-        raise MmfreeError(f"this bitstream's draft engine drafts {' or '.join(eng['tree_rules'])} trees, not "
-                          f"{rule.rule} (register map 2.3 has GEN_DRAFT): rebuild it, or draft on the host")
+    _check_engine_rule(host, rule.rule)
     out, passes = _prefill(host, prompt, k, write_logits, keep_arrays)
     table.observe(prompt)
     table.update(prompt[-2] if len(prompt) >= 2 else None, prompt[-1], out[0])

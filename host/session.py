@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mmfree import MmfreeError
 from mmfree.host.accel import AccelHost, PassResult
-from mmfree.host.generate import NO_DRAFT_ENGINE, generate
+from mmfree.host.generate import NO_DRAFT_ENGINE, generate, onchip_tree_rule
 from mmfree.host.layout import check_fits, check_n_tokens
 from mmfree.host.transport import as_transport
 from mmfree.pymodel.drafters import Drafter, PromptLookupDrafter, TrigramDrafter
@@ -58,6 +58,7 @@ class Generation:
     draft: str | None
     k: int
     seconds: float
+    tree_rule: str | None = None    # trigram drafts: the tree rule that drafted them (docs/speculative.md)
 
     @property
     def counters(self) -> dict:
@@ -95,8 +96,9 @@ class Generation:
         return out
 
     def as_dict(self) -> dict:
+        rule = {"tree_rule": self.tree_rule} if self.tree_rule is not None else {}
         return dict({"prompt_ids": self.prompt, "tokens": self.tokens, "text": self.text, "draft": self.draft,
-                     "k": self.k, "wall_s": self.seconds}, **self.counters)
+                     "k": self.k, "wall_s": self.seconds}, **rule, **self.counters)
 
 
 class AccelSession:
@@ -211,26 +213,31 @@ class AccelSession:
     def commit(self, result: PassResult, node: int) -> None:
         self.host.commit(result, node)
 
-    def drafter(self, draft: str | None, table=None) -> Drafter | None:
+    def drafter(self, draft: str | None, table=None, tree_rule: str | None = None) -> Drafter | None:
         """A drafter by name: None (no drafts), "lookup" (prompt lookup), "trigram" (the model's table, or
-        ``table``)."""
+        ``table``; ``tree_rule`` as :class:`TrigramDrafter`'s, refused with another drafter)."""
+        if tree_rule is not None and draft != "trigram":
+            raise MmfreeError("a tree rule (--tree-rule) chooses the shape of trigram draft trees: use --draft trigram")
         if draft in (None, "none"):
             return None
         if draft == "lookup":
             return PromptLookupDrafter()
         if draft == "trigram":
             if table is not None and self.model is None:
-                return TrigramDrafter(table)
+                return TrigramDrafter(table, tree_rule=tree_rule)
             if self.model is None:
                 raise MmfreeError("trigram drafts need the model (its vocabulary and tokenizer) or a table file")
-            return TrigramDrafter.for_model(self.model, table, self.tokenizer_dir)
+            return TrigramDrafter.for_model(self.model, table, self.tokenizer_dir, tree_rule=tree_rule)
         raise MmfreeError(f"unknown drafter {draft!r}: choose lookup or trigram")
 
     def generate(self, prompt, n_tokens: int, draft: str | Drafter | None = None, k: int | None = None,
-                 table=None, progress=None, onchip: bool = False, keep_arrays: bool = False) -> Generation:
+                 table=None, progress=None, onchip: bool = False, keep_arrays: bool = False,
+                 tree_rule: str | None = None) -> Generation:
         """Generate ``n_tokens`` greedily after ``prompt`` (text or ids). ``draft``: None (one token per decode
         pass), "lookup" or "trigram" (or a :class:`Drafter`), verified ``k`` tokens per pass (default: the
         bitstream's max with drafts, else 1). The tokens are those of plain greedy decoding either way.
+        ``tree_rule``: the trigram drafter's ("count-guided" or "template"; None: its default, or on chip the
+        engine's); :attr:`Generation.tree_rule` says which drafted.
 
         ``onchip``: the accelerator runs the draft-verify loop itself (:func:`generate_onchip`; a bitstream with
         a draft engine; ``draft`` "trigram" or None, or a :class:`TrigramDrafter`, whose table it adapts); ``k``
@@ -246,7 +253,10 @@ class AccelSession:
             draft = "trigram"
         if onchip and self.host.draft is None:             # before the table is built or loaded
             raise MmfreeError(NO_DRAFT_ENGINE)
-        dr = draft if isinstance(draft, Drafter) else self.drafter(draft, table)
+        if isinstance(draft, Drafter) and tree_rule is not None:
+            raise MmfreeError("give the tree rule to the TrigramDrafter itself (TrigramDrafter(..., tree_rule=...)), "
+                              "not beside a drafter object")
+        dr = draft if isinstance(draft, Drafter) else self.drafter(draft, table, tree_rule)
         if k is None:
             k = self.host.hw.max_tokens if dr is not None else 1
         if dr is None and k > 1:
@@ -255,8 +265,11 @@ class AccelSession:
         toks, passes = generate(self.host, ids, n_tokens, k=k, write_logits=self.write_logits, progress=progress,
                                 drafter=dr, onchip=onchip, keep_arrays=keep_arrays)
         text = self.decode_text(toks) if self.tokenizer_dir is not None else None
+        rule = None
+        if isinstance(dr, TrigramDrafter):
+            rule = onchip_tree_rule(self.host, dr) if onchip else dr.tree_rule
         self.last = Generation(ids, toks, text, passes, dr.name if dr is not None else None, k,
-                               time.perf_counter() - t0)
+                               time.perf_counter() - t0, rule)
         return self.last
 
     @property

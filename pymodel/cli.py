@@ -33,6 +33,9 @@ def register(sub) -> None:
                    help="speculative decoding with the trigram drafter (int backend)")
     p.add_argument("--max-draft", type=int, default=4, help="draft tree depth (tokens per path) per verification step")
     p.add_argument("--draft-nodes", type=int, default=None, help="draft tree size (nodes per verification step)")
+    p.add_argument("--tree-rule", choices=["count-guided", "template"], default=None,   # trigram.TREE_RULES
+                   help="draft tree shape: count-guided (the most likely nodes by the table's counts) or template "
+                        "(fixed rank paths, depth --max-draft); default: docs/speculative.md")
     p.add_argument("--trigram-table", default=None, help="trigram table file (default: the model's own)")
     p.add_argument("--stop-at-eos", action="store_true", help="stop after the end-of-sequence token")
     add_json(p)
@@ -166,8 +169,8 @@ def _generate(args) -> int:
         raise MmfreeError("--top-p must be in (0, 1]")
     extra = {}
     if args.backend in ("float", "hardware-float"):
-        if args.draft != "none":
-            raise MmfreeError("--draft trigram runs on --backend int (and on `mmfree sim`)")
+        if args.draft != "none" or args.tree_rule is not None:
+            raise MmfreeError("--draft trigram (and --tree-rule) runs on --backend int (and on `mmfree sim`)")
         from mmfree.pymodel.checkpoint import load_model
 
         model = load_model(args.model)
@@ -180,6 +183,8 @@ def _generate(args) -> int:
 
         im, tok_source = open_int_model(args.model)
         backend = IntBackend(im)
+    if args.tree_rule is not None and args.draft != "trigram":
+        raise MmfreeError("--tree-rule chooses the shape of trigram draft trees: add --draft trigram")
     prompt_ids, tok = _load_prompt(args, tok_source)
     eos = 2 if args.stop_at_eos else None
     stream = None if args.json else TextStream(tok, args.prompt or "")
@@ -190,7 +195,8 @@ def _generate(args) -> int:
             extra_kw = {} if args.draft_nodes is None else {"max_nodes": args.draft_nodes}
             res = speculative_generate(backend.model, prompt_ids, args.max_new_tokens, max_draft=args.max_draft, **extra_kw,
                                        temperature=args.temperature, top_p=args.top_p, seed=args.seed,
-                                       table=args.trigram_table, model_dir=tok_source, eos_id=eos, progress=stream)
+                                       table=args.trigram_table, model_dir=tok_source, eos_id=eos, progress=stream,
+                                       tree_rule=args.tree_rule)
             extra = res.extra
         else:
             res = generate(backend, prompt_ids, args.max_new_tokens, args.temperature, args.top_p, args.seed, eos,

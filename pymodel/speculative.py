@@ -179,19 +179,23 @@ def resolve_table(model, table=None, model_dir=None, log=None) -> tuple[TG.Trigr
 def speculative_generate(model, prompt_ids, max_new_tokens: int, max_draft: int = 4, temperature: float = 0.0,
                          top_p: float = 1.0, seed: int = 0, table=None, model_dir=None, eos_id: int | None = None,
                          max_nodes: int = TG.DEFAULT_MAX_NODES, adapt: bool = True, template=None,
-                         progress=None, log=None) -> GenerationResult:
+                         progress=None, log=None, tree_rule: str | None = None) -> GenerationResult:
     """Decode up to ``max_new_tokens`` tokens after ``prompt_ids`` with trigram draft trees.
 
     ``model`` is an :class:`IntModel` (logits become floats through ``model.to_float``, as in
     :class:`IntBackend`). ``max_draft`` is the tree depth (draft tokens per path, 0: no
     drafts), ``max_nodes`` the number of draft nodes per step (the tree is ``make_template(max_draft,
-    max_nodes)`` unless ``template`` is given). ``table``: see :func:`resolve_table`; it is copied, and
+    max_nodes)`` unless ``template`` is given) under ``tree_rule`` "template"; under "count-guided"
+    (:func:`~mmfree.pymodel.trigram.draft_tree_guided`) the ``max_nodes`` most likely nodes, any depth
+    (``max_draft`` 0 still means no drafts); None: :data:`~mmfree.pymodel.trigram.DEFAULT_TREE_RULE`.
+    ``table``: see :func:`resolve_table`; it is copied, and
     with ``adapt`` the copy learns the prompt's and the committed tokens' trigrams. ``eos_id``: stop
     after that token. ``log``: where notices go (default: stderr). Returns a GenerationResult with the
     same tokens as plain greedy decoding (temperature 0) or tokens from the model's own distribution
     (temperature > 0); ``extra`` holds ``verify_steps``, ``mean_accepted`` (tokens emitted per
-    verification step), ``model_passes``, ``plain_passes``, ``speedup_passes`` and the notices."""
+    verification step), ``model_passes``, ``plain_passes``, ``speedup_passes``, ``tree_rule`` and the notices."""
     ids = check_prompt(prompt_ids, model.vocab_size)
+    rule = TG.check_tree_rule(tree_rule, template)
     if max_new_tokens < 0:
         raise ValueError("max_new_tokens must be >= 0")
     if max_draft < 0:
@@ -206,19 +210,13 @@ def speculative_generate(model, prompt_ids, max_new_tokens: int, max_draft: int 
     tbl, where, notices = resolve_table(model, table, model_dir, log=say)
     for n in notices:
         say(n)
-    if template is None:
-        template = TG.make_template(max_draft, max_nodes) if not tbl.is_empty else ()
-    template = tuple((int(a), int(b)) for a, b in template)
-    if any(not 0 <= a <= i for i, (a, _) in enumerate(template)) or any(b < 0 for _, b in template) \
-            or len(set(template)) != len(template):
-        raise ValueError("template entries must be distinct (parent, rank) pairs with 0 <= parent <= own index "
-                         "and rank >= 0")
+    draft, n_draft, depth = _tree_drafter(rule, tbl, max_draft, max_nodes, template)
 
     rng = np.random.default_rng(seed)
     t0 = time.perf_counter()
     state, logits = model.prefill(model.initial_state(), ids)
     passes, steps, nodes, drafted_accepted = 1, 0, 0, 0
-    hist = [0] * (1 + max(max_draft, _depth(template)))
+    hist = [0] * (1 + max(max_draft, depth))
     out: list[int] = []
     seq = list(ids)                     # everything committed: prompt + output
     if adapt:
@@ -239,7 +237,7 @@ def speculative_generate(model, prompt_ids, max_new_tokens: int, max_draft: int 
         done = commit(tok)
     while not done:
         root = seq[-1]
-        toks, parents = TG.draft_tree(tbl, seq[-2] if len(seq) >= 2 else None, root, template)
+        toks, parents = draft(seq[-2] if len(seq) >= 2 else None, root)
         states, logits = model.verify(state, toks, parents)
         passes += 1
         steps += 1
@@ -255,7 +253,7 @@ def speculative_generate(model, prompt_ids, max_new_tokens: int, max_draft: int 
     emitted_in_steps = len(out) - 1 if out else 0
     plain = max(1, len(out))
     extra = {
-        "draft": "trigram", "table": where, "max_draft": max_draft, "max_nodes": len(template),
+        "draft": "trigram", "tree_rule": rule, "table": where, "max_draft": max_draft, "max_nodes": n_draft,
         "adapt": adapt, "verify_steps": steps,
         "mean_accepted": emitted_in_steps / steps if steps else 0.0,
         "mean_accepted_drafts": drafted_accepted / steps if steps else 0.0,
@@ -267,6 +265,24 @@ def speculative_generate(model, prompt_ids, max_new_tokens: int, max_draft: int 
     if notices:
         extra["notice"] = "; ".join(notices)
     return GenerationResult(ids, out, seconds, extra)
+
+
+def _tree_drafter(rule: str, tbl: TG.TrigramTable, max_draft: int, max_nodes: int, template):
+    """(draft(prev, root) -> (tokens, parents), draft nodes per step, deepest possible path) of a tree rule."""
+    if rule == "count-guided":
+        if max_nodes > TG.GUIDED_MAX_NODES:
+            raise ValueError(f"max_nodes (draft nodes per step) must be <= {TG.GUIDED_MAX_NODES} with the "
+                             f"count-guided tree rule, got {max_nodes}")
+        n = TG.check_guided_nodes(max_nodes if max_draft > 0 and not tbl.is_empty else 0)
+        return (lambda prev, root: TG.draft_tree_guided(tbl, prev, root, n)), n, n
+    if template is None:
+        template = TG.make_template(max_draft, max_nodes) if not tbl.is_empty else ()
+    template = tuple((int(a), int(b)) for a, b in template)
+    if any(not 0 <= a <= i for i, (a, _) in enumerate(template)) or any(b < 0 for _, b in template) \
+            or len(set(template)) != len(template):
+        raise ValueError("template entries must be distinct (parent, rank) pairs with 0 <= parent <= own index "
+                         "and rank >= 0")
+    return (lambda prev, root: TG.draft_tree(tbl, prev, root, template)), len(template), _depth(template)
 
 
 def _depth(template) -> int:

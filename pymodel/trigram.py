@@ -78,6 +78,13 @@ probability 1 in Q16), ``M = 8`` (successors kept per node), ``F = 32`` (frontie
   ``parents[j] < j``); ``1 + n`` entries unless the frontier ran empty. Lookups per draft: one per
   chosen node except the last, plus the root's (at most ``n``). The tree for ``n`` is the first
   ``1 + n`` entries of the tree for any larger ``n``; chosen scores never increase in choice order.
+
+Prompt-lookup source (host option, ``history`` given to :func:`draft_tree_guided`): at every expansion the
+context is ``history`` (the committed tokens, ending with the root) followed by the path from the root's
+child down to the node; its *follower* is the token after the most recent earlier occurrence (ending before
+the last token) of its last ``LOOKUP_MAX_N = 4`` tokens, else of its last ``LOOKUP_MIN_N = 3``, else none.
+The follower is moved (or inserted) first in the node's merged list with count ``LOOKUP_COUNT = 512`` plus
+its listed count (0 if it was not listed), before the first ``M`` entries are kept.
 """
 
 from __future__ import annotations
@@ -651,7 +658,24 @@ GUIDED_ROOT_SCORE = 1 << 16     # S0: the root's score, probability 1 in Q16
 GUIDED_MAX_CHILDREN = 8         # M: successors kept per expanded node (ranks 0..M-1)
 GUIDED_FRONTIER = 32            # F: candidates held at once; a full frontier drops its lowest
 GUIDED_MAX_NODES = 255          # largest n_nodes (draft nodes per step) the rule accepts
+LOOKUP_MAX_N = 4                # prompt-lookup source (host option): longest match tried, in tokens
+LOOKUP_MIN_N = 3                # shortest match accepted
+LOOKUP_COUNT = 512              # count the lookup follower adds on the merged scale (2 x cmax: it leads)
 TREE_RULES = ("count-guided", "template")
+DEFAULT_TREE_RULE = "template"  # the rule wherever none is named (bench/speculative.py --tree-rules decides)
+
+
+def check_tree_rule(rule, template=None) -> str:
+    """``rule`` (one of TREE_RULES; None: the default, or "template" when a ``template`` is given); MmfreeError
+    naming ``tree_rule`` otherwise, or when a template is given with the count-guided rule."""
+    if rule is None:
+        return "template" if template is not None else DEFAULT_TREE_RULE
+    if rule not in TREE_RULES:
+        raise TrigramError(f"tree_rule must be one of {', '.join(TREE_RULES)}, got {rule!r}")
+    if rule == "count-guided" and template is not None:
+        raise TrigramError("tree_rule 'count-guided' chooses its own tree shape: give no template, or "
+                           "tree_rule 'template'")
+    return rule
 
 
 def guided_child_scores(parent_score: int, counts) -> list[int]:
@@ -675,16 +699,46 @@ def check_guided_nodes(n_nodes) -> int:
     return int(n_nodes)
 
 
-def draft_tree_guided(table: TrigramTable, prev: int | None, root: int, n_nodes: int
-                      ) -> tuple[list[int], list[int]]:
+def lookup_follower(ctx: list[int]) -> int | None:
+    """The prompt-lookup source: the token that followed the most recent earlier occurrence of the last ``m``
+    tokens of ``ctx``, for ``m`` from LOOKUP_MAX_N down to LOOKUP_MIN_N (the longest match wins); None if none.
+    "Earlier" means the occurrence ends before the last token, so its follower is a token of ``ctx``."""
+    n = len(ctx)
+    for m in range(LOOKUP_MAX_N, LOOKUP_MIN_N - 1, -1):
+        if n < m + 1:
+            continue
+        tail = ctx[n - m:]
+        for i in range(n - m - 1, -1, -1):
+            if ctx[i:i + m] == tail:
+                return ctx[i + m]
+    return None
+
+
+def _merge_lookup(pairs: list[tuple[int, int]], follower: int | None) -> list[tuple[int, int]]:
+    """The merged list with the lookup follower first: its count + LOOKUP_COUNT if it was listed, else LOOKUP_COUNT."""
+    if follower is None:
+        return pairs
+    rest = [(c, n) for c, n in pairs if c != follower]
+    had = sum(n for c, n in pairs if c == follower)
+    return [(follower, had + LOOKUP_COUNT)] + rest
+
+
+def draft_tree_guided(table: TrigramTable, prev: int | None, root: int, n_nodes: int,
+                      history: list[int] | None = None) -> tuple[list[int], list[int]]:
     """The count-guided draft tree from ``root`` (the next token to feed; ``prev`` the token before it or
     None): the ``n_nodes`` nodes of highest estimated path probability, chosen best-first (the rule of the
     module docstring and docs/speculative.md, "Count-guided trees").
+
+    ``history`` (host option, None: off): the committed tokens, ending with ``root``; each expansion then also
+    merges the prompt-lookup source (:func:`lookup_follower` of ``history`` + the path to the node) into the
+    node's merged list before the first ``M`` are kept (docs/speculative.md, "More sources").
 
     Returns (tokens, parents) as :func:`draft_tree`: ``tokens[0] == root``, ``parents[0] == -1``, then
     the chosen nodes in choice order, ``parents[j] < j``; at most ``1 + n_nodes`` entries (fewer when the
     frontier runs empty). ``n_nodes`` in [0, GUIDED_MAX_NODES] (MmfreeError otherwise)."""
     n_nodes = check_guided_nodes(n_nodes)
+    if history is not None and (not len(history) or int(history[-1]) != int(root)):
+        raise TrigramError("history (the committed tokens) must end with root, the token the draft starts from")
     tokens, parents = [int(root)], [-1]
     if n_nodes == 0:
         return tokens, parents
@@ -694,7 +748,10 @@ def draft_tree_guided(table: TrigramTable, prev: int | None, root: int, n_nodes:
     j = 0                                                    # the node just chosen
     while len(tokens) <= n_nodes:
         before = prev if j == 0 else tokens[parents[j]]
-        kept = table.successor_counts(before, tokens[j])[:GUIDED_MAX_CHILDREN]
+        pairs = table.successor_counts(before, tokens[j])
+        if history is not None:
+            pairs = _merge_lookup(pairs, lookup_follower(list(history) + _path(tokens, parents, j)))
+        kept = pairs[:GUIDED_MAX_CHILDREN]
         for (tok, _), s in zip(kept, guided_child_scores(score, [c for _, c in kept])):
             frontier.append((s, created, j, tok))
             created += 1
@@ -709,3 +766,12 @@ def draft_tree_guided(table: TrigramTable, prev: int | None, root: int, n_nodes:
         parents.append(parent)
         j = len(tokens) - 1
     return tokens, parents
+
+
+def _path(tokens: list[int], parents: list[int], j: int) -> list[int]:
+    """The tokens from the root's child down to node ``j`` (empty for the root)."""
+    out = []
+    while j > 0:
+        out.append(tokens[j])
+        j = parents[j]
+    return out[::-1]

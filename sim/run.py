@@ -30,7 +30,8 @@ def greedy_reference(im, prompt: list[int], n_tokens: int) -> list[int]:
 
 def run_sim(model="default", prompt="def ", n_tokens: int = 8, draft: str | None = None, k: int | None = None,
             table=None, inject: list[dict] | None = None, write_logits: bool = True, timeout_s: float = 60.0,
-            hw: HwConfig | None = None, progress=None, workdir=None, onchip: bool = False) -> dict:
+            hw: HwConfig | None = None, progress=None, workdir=None, onchip: bool = False,
+            tree_rule: str | None = None) -> dict:
     """Run :class:`Accelerator` on the simulated board (one simulator process: :func:`mmfree.sim.accel.run_job`
     with the bench's "run" job) and check it against the integer reference.
 
@@ -107,9 +108,10 @@ def run_sim(model="default", prompt="def ", n_tokens: int = 8, draft: str | None
                "progress": False, "onchip": onchip}
         start_table = None
         if draft == "trigram":
-            dr = TrigramDrafter.for_model(im, table, tok_dir)
+            dr = TrigramDrafter.for_model(im, table, tok_dir, tree_rule=tree_rule)
             dr.table.save(td / "trigram.bin")
             job["table"] = str(td / "trigram.bin")
+            job["tree_rule"] = tree_rule
             start_table = dr.table
         if inject:
             job["inject"] = inject
@@ -137,6 +139,8 @@ def run_sim(model="default", prompt="def ", n_tokens: int = 8, draft: str | None
         text = None
     out = {"board": "sim", "tokens": res["tokens"], "text": text, "prompt_ids": ids, "draft": draft, "k": k,
            "onchip": onchip}
+    if res.get("tree_rule") is not None:
+        out["tree_rule"] = res["tree_rule"]
     out.update(res["counters"])
     out.update(onchip_check)
     out.update({"bit_exact": ok, "problems": problems[:20], "reference_tokens": ref,

@@ -50,7 +50,7 @@ def _run_job(board, job, compiled, progress):
                       write_logits=job.get("write_logits", True))
     draft = job.get("draft")
     if draft == "trigram":
-        drafter = TrigramDrafter(job["table"], adapt=job.get("adapt", True))
+        drafter = TrigramDrafter(job["table"], adapt=job.get("adapt", True), tree_rule=job.get("tree_rule"))
     elif draft == "lookup":
         drafter = PromptLookupDrafter()
     else:
@@ -61,7 +61,7 @@ def _run_job(board, job, compiled, progress):
     g = acc.generate(job["prompt"], job["n_tokens"], draft=drafter, k=job.get("k"), progress=progress, onchip=onchip,
                      keep_arrays=True)
     out = {"tokens": g.tokens, "passes": g.passes, "counters": g.counters, "k": g.k, "draft": g.draft,
-           "onchip": onchip}
+           "onchip": onchip, "tree_rule": g.tree_rule}
     if onchip:
         out["arrays"] = {"table_trig": drafter.table.trig, "table_bigram": drafter.table.bigram}
     if job.get("inject"):
@@ -135,6 +135,6 @@ def save_result(wd: Path, res: dict) -> None:
                 q[key] = v
         meta.append(q)
     np.savez(wd / "job_arrays.npz", **arrays)
-    extra = {key: res[key] for key in ("counters", "inject", "k", "draft", "onchip") if key in res}
+    extra = {key: res[key] for key in ("counters", "inject", "k", "draft", "onchip", "tree_rule") if key in res}
     (wd / "job_result.json").write_text(json.dumps(dict({"tokens": res["tokens"], "passes": meta}, **extra),
                                                    default=int))

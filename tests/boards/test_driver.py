@@ -307,6 +307,49 @@ def test_trigram_run_matches_reference_speculative_loop(model, reference):
     assert ref.extra["verify_steps"] == g.counters["verify_steps"]
 
 
+def test_trigram_tree_rules_match_reference_speculative_loop(model, reference):
+    """Both tree rules on the host drafter: the driver's passes emit what pymodel.speculative does with the same
+    rule at k - 1 = 3 nodes, the rule used is reported; a rule is refused with another drafter, an unknown one
+    by name, and on chip when the engine drafts another rule."""
+    from mmfree.pymodel import trigram as TG
+    from mmfree.pymodel.speculative import speculative_generate
+
+    im, _, ids = model
+    acc = _acc(model)
+    for rule in TG.TREE_RULES:
+        g = acc.generate(ids, N_TOKENS, draft="trigram", k=4, tree_rule=rule)
+        ref = speculative_generate(im, ids, N_TOKENS, max_draft=3, max_nodes=3, log=lambda m: None, tree_rule=rule)
+        assert ref.tokens == g.tokens == reference, rule
+        assert ref.extra["verify_steps"] == g.counters["verify_steps"], rule
+        assert g.tree_rule == rule and g.as_dict()["tree_rule"] == rule
+    assert acc.generate(ids, N_TOKENS, draft="trigram", k=4).tree_rule == TG.DEFAULT_TREE_RULE
+    # the prompt-lookup source (host option): greedy all the same, and the steps drafters.replay predicts
+    def lookup():
+        return DR.TrigramDrafter.for_model(im, None, model[1], tree_rule="count-guided", lookup=True)
+    g = acc.generate(ids, N_TOKENS, draft=lookup(), k=4)
+    assert g.tokens == reference and g.tree_rule == "count-guided"
+    assert g.counters["verify_steps"] == DR.replay(lookup(), ids, reference, 4)["verify_steps"]
+    assert "tree_rule" not in acc.generate(ids, N_TOKENS, draft="lookup", k=4).as_dict()
+    with pytest.raises(MmfreeError, match="tree rule .* use --draft trigram"):
+        acc.generate(ids, 4, draft="lookup", k=4, tree_rule="template")
+    with pytest.raises(MmfreeError, match="tree_rule must be one of count-guided, template, got 'deep'"):
+        acc.generate(ids, 4, draft="trigram", k=4, tree_rule="deep")
+    # on chip: a register map 2.3 engine runs either rule (GEN_DRAFT) as the reference loop does; a 2.2 bitstream
+    # drafts template trees only and refuses the other rule
+    for rule in TG.TREE_RULES:
+        g = acc.generate(ids, N_TOKENS, draft="trigram", tree_rule=rule, onchip=True)
+        ref = speculative_generate(im, ids, N_TOKENS, max_draft=3, max_nodes=3, log=lambda m: None, tree_rule=rule)
+        assert g.tokens == ref.tokens == reference and g.tree_rule == rule, rule
+        assert g.counters["gen_passes"] == ref.extra["verify_steps"], rule
+    old = EmulatedBoard(DEFAULT_HW)
+    old.csr["VERSION"] = RM.encode("VERSION", major=RM.REGMAP_VERSION_MAJOR, minor=2)
+    assert _acc(model, old).generate(ids, 4, draft="trigram", onchip=True).tree_rule == "template"
+    with pytest.raises(MmfreeError, match="draft engine drafts template trees, not count-guided"):
+        _acc(model, old).generate(ids, 4, draft="trigram", tree_rule="count-guided", onchip=True)
+    with pytest.raises(MmfreeError, match="give the tree rule to the TrigramDrafter itself"):
+        acc.generate(ids, 4, draft=DR.TrigramDrafter.for_model(im, None, model[1]), tree_rule="template")
+
+
 def test_bad_inputs_refused_before_the_hardware(model):
     acc = _acc(model)
     with pytest.raises(MmfreeError, match="outside the vocabulary"):

@@ -146,6 +146,19 @@ def test_run_onchip_bad_arguments(capsys, monkeypatch):
     assert "--onchip" in help_text and "gen_passes" in help_text
 
 
+def test_run_tree_rule_bad_arguments(capsys, monkeypatch):
+    import mmfree.sim.accel as SA
+
+    monkeypatch.setattr(SA, "run_job", lambda *a, **k: pytest.fail("the simulator was started"))
+    for argv in (["--tree-rule", "template"], ["--draft", "lookup", "--tree-rule", "count-guided"]):
+        rc = main(["run", "--board", "sim", "--prompt-ids", "1,2", "--tokens", "4", *argv])
+        assert rc == 1 and "--tree-rule chooses the shape of trigram draft trees: add --draft trigram" in \
+            capsys.readouterr().err, argv
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "--board", "sim", "--prompt-ids", "1", "--draft", "trigram", "--tree-rule", "widest"])
+    assert exc.value.code == 2 and "--tree-rule" in capsys.readouterr().err
+
+
 @pytest.mark.sim
 def test_run_sim_onchip_is_the_reference_speculative_loop(capfd):
     """The RTL's GENERATE through the driver: the greedy tokens, GEN_PASSES equal to speculative_generate's

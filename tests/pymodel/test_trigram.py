@@ -535,3 +535,43 @@ def test_draft_tree_guided_refuses_bad_n_nodes(bad):
     t = TrigramTable.empty(12, TableParams(sets_log2=4, ways=2, slots=3, bigram_slots=2))
     with pytest.raises(MmfreeError, match=r"n_nodes .*\[0, 255\]"):
         TG.draft_tree_guided(t, 1, 2, bad)
+
+
+# ---- the prompt-lookup source (host option) ------------------------------------------------------------------------------
+def test_lookup_follower_longest_most_recent_match():
+    assert TG.LOOKUP_MAX_N == 4 and TG.LOOKUP_MIN_N == 3
+    # the last 4 tokens 1 2 3 4 occurred before, followed by 9; a later 3-token match (2 3 4 -> 7) loses to it
+    assert TG.lookup_follower([1, 2, 3, 4, 9, 2, 3, 4, 7, 1, 2, 3, 4]) == 9
+    # only 3-token matches: the most recent wins
+    assert TG.lookup_follower([5, 2, 3, 4, 9, 6, 2, 3, 4, 7, 1, 2, 3, 4]) == 7
+    assert TG.lookup_follower([2, 3, 4, 9, 1, 3, 4]) is None          # 2 tokens are not enough
+    assert TG.lookup_follower([1, 2, 3]) is None and TG.lookup_follower([]) is None
+    assert TG.lookup_follower([7, 7, 7, 7]) == 7                       # overlapping occurrence (ends before the last)
+
+
+def test_draft_tree_guided_with_the_lookup_source():
+    t = TrigramTable.empty(12, TableParams(sets_log2=4, ways=2, slots=3, bigram_slots=3))
+    _put_way(t, 1, 2, [(3, 48), (5, 16)])
+    _put_bigram(t, 2, [(3, 40), (7, 32)])
+    _put_way(t, 2, 3, [(4, 64)])
+    _put_bigram(t, 5, [(9, 10)])
+    # no match: the plain rule
+    assert TG.draft_tree_guided(t, 1, 2, 4, history=[1, 2]) == TG.draft_tree_guided(t, 1, 2, 4)
+    # history 6 1 2 5 0 6 1 2: the root's follower 5 leads its list with 16 + 512 (score 59251 of 65536); the path
+    # extends the context: after 5 the match 6 1 2 5 gives 0 (512 against bigram 9's 10), after 0 the match
+    # 1 2 5 0 gives 6 (its only successor, the score carried over): a chain copying the history
+    hist = [6, 1, 2, 5, 0, 6, 1, 2]
+    assert TG.draft_tree_guided(t, 1, 2, 3, history=hist) == ([2, 5, 0, 6], [-1, 0, 1, 2])
+    assert TG.guided_child_scores(65536, [528, 48, 8])[0] == 59251
+    # the copy goes on (each follower certain, the score carried over) ahead of the root's other children
+    assert TG.draft_tree_guided(t, 1, 2, 6, history=hist) == ([2, 5, 0, 6, 1, 2, 5], [-1, 0, 1, 2, 3, 4, 5])
+    # a follower the table does not list enters with LOOKUP_COUNT; the path extends the context (5 then 9 ...)
+    hist = [0, 1, 2, 5, 9, 11, 0, 1, 2]
+    toks, parents = TG.draft_tree_guided(t, 1, 2, 3, history=hist)
+    assert toks == [2, 5, 9, 11] and parents == [-1, 0, 1, 2]
+    with pytest.raises(MmfreeError, match="history .* must end with root"):
+        TG.draft_tree_guided(t, 1, 2, 3, history=[2, 1])
+    with pytest.raises(MmfreeError, match="lookup .* needs tree_rule 'count-guided'"):
+        from mmfree.pymodel.drafters import TrigramDrafter
+
+        TrigramDrafter(t, tree_rule="template", lookup=True)
