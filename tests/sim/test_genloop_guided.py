@@ -21,7 +21,7 @@ from mmfree.host import generate as HG
 from mmfree.host import session as HS
 from mmfree.pymodel import drafters as DR
 from mmfree.pymodel import trigram as TG
-from mmfree.pymodel.speculative import accept_walk
+from mmfree.pymodel.speculative import accept_walk, speculative_generate
 from mmfree.rtl import regmap as RM
 from mmfree.sim import run as SR
 from mmfree.sim.accel import DEFAULT_HW
@@ -89,6 +89,9 @@ def test_emulator_guided_is_greedy_and_the_reference_walk(model):
     assert g["tree_rule"] == "count-guided" and board.read32(RM.OFFSET["GEN_DRAFT"]) == RM.TreeRule.COUNT_GUIDED
     assert (g["gen_passes"], g["gen_nodes"]) == (passes, nodes)
     assert passes < n - 1                                   # drafts were accepted
+    spec = speculative_generate(im, ids, n, max_draft=K - 1, max_nodes=K - 1, table=start, tree_rule="count-guided",
+                                log=lambda m: None)         # the reference loop agrees with the walk
+    assert spec.tokens == greedy and spec.extra["verify_steps"] == passes
     np.testing.assert_array_equal(table.trig, adapted.trig)
     np.testing.assert_array_equal(table.bigram, adapted.bigram)
     # the template rule on the same board: its own trees (GEN_DRAFT written back to 0)
