@@ -19,6 +19,10 @@ Memory paths (one AXI read client of ``bus_bytes`` beats, one write master):
   reads are held while it is busy or a write response is outstanding, which is the engine's ordering
   contract (a read after a write returns the written line).
 
+The tree rule of every draft is ``GEN_DRAFT.tree`` (:class:`~mmfree.rtl.regmap.TreeRule`, latched at
+CONTROL.GENERATE): the build's template ``make_template(K - 1, K - 1)`` or the count-guided tree of K - 1 nodes
+(the engine's ``cmd.rule``); a value no rule has fails the checks with ``ERR_GEN_CONFIG`` detail 2.
+
 A build without a draft engine (``hw.draft_vocab == 0``) keeps the registers and answers GENERATE with
 ``ERR_NO_DRAFT``.
 """
