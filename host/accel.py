@@ -43,12 +43,16 @@ class PassResult:
 
 def read_draft_engine(read32) -> dict | None:
     """The accelerator's draft engine from DRAFT_CONFIG / DRAFT_COUNTERS / DRAFT_VOCAB (``read32(offset)``):
-    :func:`regmap.decode_draft_config`'s dict plus ``vocab`` (bigram rows), or None for a build without one
-    (either register 0, as a register map 2.1 bitstream reads)."""
+    :func:`regmap.decode_draft_config`'s dict plus ``vocab`` (bigram rows) and ``tree_rules`` (the rules
+    GEN_DRAFT.tree selects: every :class:`regmap.TreeRule` from register map 2.3 on, only "template" before),
+    or None for a build without one (either register 0, as a register map 2.1 bitstream reads)."""
     regs = RM.Registers(read32, None)
     vocab = regs.read("DRAFT_VOCAB")
     eng = RM.decode_draft_config(regs.read("DRAFT_CONFIG"), regs.read("DRAFT_COUNTERS"))
-    return dict(eng, vocab=vocab) if eng is not None and vocab else None
+    if eng is None or not vocab:
+        return None
+    rules = tuple(r.rule for r in RM.TreeRule) if regs.fields("VERSION")["minor"] >= 3 else ("template",)
+    return dict(eng, vocab=vocab, tree_rules=rules)
 
 
 def read_identity(read32) -> dict:

@@ -59,27 +59,41 @@ def _prefill(host: AccelHost, prompt: list[int], k: int, write_logits: bool,
     return [int(res.argmax[-1])], passes
 
 
-def onchip_tree_rule(host: AccelHost) -> str:
-    """The tree rule of the bitstream's draft engine: its DRAFT_CONFIG's ``tree_rule`` where the register map
-    reports one, else "template" (``make_template(K - 1, K - 1)``, the engine of register map 2.2)."""
-    return (host.draft or {}).get("tree_rule", "template")
+def onchip_tree_rule(host: AccelHost, drafter=None) -> str:
+    """The tree rule GENERATE runs for ``drafter`` (GEN_DRAFT.tree): the drafter's rule
+    (:attr:`TrigramDrafter.tree_rule`; "template" without one). A drafter that asked for no rule
+    (``tree_rule_given`` None) gets "template" when the bitstream's engine lacks its default rule (``host.draft
+    ["tree_rules"]``: every :class:`~mmfree.rtl.regmap.TreeRule` from register map 2.3, the template only before);
+    :func:`check_onchip_drafter` refuses a rule the engine lacks."""
+    rules = (host.draft or {}).get("tree_rules", ("template",))
+    rule = getattr(drafter, "tree_rule", None) or "template"
+    if rule not in rules and getattr(drafter, "tree_rule_given", None) is None:
+        return "template"
+    return rule
+
+
+def _check_engine_rule(host: AccelHost, rule: str) -> None:
+    rules = (host.draft or {}).get("tree_rules", ("template",))
+    if rule not in rules:
+        raise MmfreeError(f"this bitstream's draft engine drafts {' or '.join(rules)} trees, not {rule} (register map "
+                          "2.3 has GEN_DRAFT): rebuild it, draft on the host (without --onchip) for that rule, or "
+                          "leave the tree rule unset")
 
 
 def check_onchip_drafter(drafter: TrigramDrafter, host: AccelHost) -> None:
     """Refuse what the on-chip loop cannot do as ``drafter`` would: it always adapts the table and drafts with
-    its engine's tree rule (:func:`onchip_tree_rule`; the template rule's tree is ``make_template(K - 1, K - 1)``
-    of the build's K). A drafter that asked for no rule takes the engine's. MmfreeError naming the fix."""
+    the rule :func:`onchip_tree_rule` gives, which the engine must have; the template rule's tree is
+    ``make_template(K - 1, K - 1)`` of the build's K. MmfreeError naming the fix."""
     from mmfree.pymodel import trigram as TG
 
     K = host.hw.max_tokens
     if not drafter.adapt:
         raise MmfreeError("the on-chip draft-verify loop always adapts the table; draft on the host (without "
                           "--onchip) to keep it fixed")
-    rule = onchip_tree_rule(host)
-    if drafter.tree_rule_given not in (None, rule):
-        raise MmfreeError(f"this bitstream's draft engine drafts {rule} trees, not {drafter.tree_rule_given}; draft "
-                          "on the host (without --onchip) for that rule, or leave the tree rule unset")
-    if drafter.template is not None and tuple(map(tuple, drafter.template)) != TG.make_template(K - 1, K - 1):
+    rule = onchip_tree_rule(host, drafter)
+    _check_engine_rule(host, rule)
+    if rule == "template" and drafter.template is not None \
+            and tuple(map(tuple, drafter.template)) != TG.make_template(K - 1, K - 1):
         raise MmfreeError(f"the on-chip loop drafts the tree make_template({K - 1}, {K - 1}) of this bitstream "
                           "(K = max tokens per pass); draft on the host (without --onchip) for another template")
 
@@ -107,8 +121,8 @@ def generate(host: AccelHost, prompt: list[int], n_tokens: int, k: int = 1, writ
                               f"(draft='trigram'), not {type(drafter).__name__ if drafter else 'no drafter'}")
         check_onchip_drafter(drafter, host)
         return generate_onchip(host, prompt, n_tokens, drafter.table, write_logits=write_logits, progress=progress,
-                               keep_arrays=keep_arrays,
-                               k=k)
+                               keep_arrays=keep_arrays, k=k,
+                               tree_rule=onchip_tree_rule(host, drafter))
     prompt = _check_request(host, prompt, n_tokens, k)
     drafter = drafter if drafter is not None else PromptLookupDrafter()
     drafter.start(prompt)
@@ -177,7 +191,7 @@ def check_draft_table(host: AccelHost, table) -> None:
 
 def generate_onchip(host: AccelHost, prompt: list[int], n_tokens: int, table, eos_id: int | None = None,
                     write_logits: bool = False, progress=None, k: int | None = None,
-                    keep_arrays: bool = False) -> tuple[list[int], list[dict]]:
+                    keep_arrays: bool = False, tree_rule: str = "template") -> tuple[list[int], list[dict]]:
     """Greedy generation with the draft-verify loop on the accelerator (``CONTROL.GENERATE``, docs/speculative.md
     "The on-chip draft-verify loop").
 
@@ -192,6 +206,11 @@ def generate_onchip(host: AccelHost, prompt: list[int], n_tokens: int, table, eo
     STATE_IN, so host passes
     or another call go on from there.
 
+    ``tree_rule``: the draft tree rule of every GENERATE (GEN_DRAFT.tree, :class:`~mmfree.rtl.regmap.TreeRule`):
+    ``"template"`` (the build's ``make_template(K - 1, K - 1)``) or ``"count-guided"`` (``draft_tree_guided``
+    with K - 1 nodes); another name, or a rule the bitstream lacks (register map 2.2 has the template only),
+    is refused before anything runs (MmfreeError naming the rules).
+
     Stops after ``n_tokens`` tokens, or after ``eos_id`` (emitted, GEN_EOS). Returns (tokens, records): the
     prefill passes recorded as :func:`generate` records them, then one record per GENERATE: ``onchip`` True,
     ``tokens`` [] (the host fed nothing), ``emitted_tokens``, ``emitted`` = ``count`` (GEN_COUNT), ``gen_passes``,
@@ -204,11 +223,13 @@ def generate_onchip(host: AccelHost, prompt: list[int], n_tokens: int, table, eo
     :class:`AccelRunError` when the accelerator stops with an error (the host's table is then not read back); a
     time-out (``host.timeout_s`` per token asked for) aborts the loop with SOFT_RESET (MmfreeError)."""
     k = host.hw.max_tokens if k is None else k
+    rule = RM.TreeRule.of(tree_rule)
     prompt = _check_request(host, prompt, n_tokens, k)
     if eos_id is not None and not 0 <= eos_id < host.V:
         raise MmfreeError(f"eos_id {eos_id} is outside the vocabulary [0, {host.V})")
     check_draft_table(host, table)
     eng, b, addr = host.draft, host.transport, host.addr
+    _check_engine_rule(host, rule.rule)
     out, passes = _prefill(host, prompt, k, write_logits, keep_arrays)
     table.observe(prompt)
     table.update(prompt[-2] if len(prompt) >= 2 else None, prompt[-1], out[0])
@@ -228,6 +249,7 @@ def generate_onchip(host: AccelHost, prompt: list[int], n_tokens: int, table, eo
     else:
         regs.write("GEN_EOS", 0)
     regs.write("STATE_STRIDE", host.c.state_stride)
+    regs.write("GEN_DRAFT", tree=rule)
     regs.write("FLAGS", RM.FLAG_WRITE_LOGITS if write_logits else 0)
     seq = prompt + out
     stride, K = host.c.state_stride, host.hw.max_tokens
@@ -248,7 +270,8 @@ def generate_onchip(host: AccelHost, prompt: list[int], n_tokens: int, table, eo
                               f"EOS {eos_id}), GEN_STATE {state:#x} (a position of STATE_A or STATE_B expected); "
                               "the bitstream does not keep the on-chip loop's contract (docs/speculative.md)")
         host.commit_state(state)
-        passes.append({"onchip": True, "tokens": [], "emitted_tokens": new, "prefill": False, "emitted": count,
+        passes.append({"onchip": True, "tree_rule": rule.rule, "tokens": [], "emitted_tokens": new, "prefill": False,
+                       "emitted": count,
                        "count": count, "gen_passes": regs.read("GEN_PASSES"),
                        "gen_nodes": regs.read("GEN_NODES"), "gen_cycles": regs.read64("GEN_CYCLES"),
                        "cycles": host.reg64("GEN_CYCLES"), "stalls": host.reg64("STALLS"),

@@ -267,7 +267,7 @@ class AccelSession:
         text = self.decode_text(toks) if self.tokenizer_dir is not None else None
         rule = None
         if isinstance(dr, TrigramDrafter):
-            rule = onchip_tree_rule(self.host) if onchip else dr.tree_rule
+            rule = onchip_tree_rule(self.host, dr) if onchip else dr.tree_rule
         self.last = Generation(ids, toks, text, passes, dr.name if dr is not None else None, k,
                                time.perf_counter() - t0, rule)
         return self.last

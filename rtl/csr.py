@@ -6,7 +6,7 @@
   bit is sticky.
 * Registers with bit fields (:attr:`mmfree.rtl.regmap.Reg.fields`) are read and written through their
   :func:`layout` (a ``data.StructLayout`` derived from the field table): ``STATUS``, ``CONTROL``, ``IRQ_STATUS``
-  here, ``GEN_CONTEXT`` / ``GEN_EOS`` exported to the loop as views.
+  here, ``GEN_CONTEXT`` / ``GEN_EOS`` / ``GEN_DRAFT`` exported to the loop as views.
 * ``IRQ_STATUS`` (write 1 to clear) is set by the core's ``finished`` pulse (a run ended, DONE or ERROR);
   the ``irq`` output is ``IRQ_STATUS & IRQ_ENABLE``, level high.
 
@@ -30,7 +30,7 @@ STATUS_INPUTS = {"STATUS": 32, "ERROR_CODE": 32, "ARGMAX": 32, "PC": 32,
                  "CYCLES": 64, "STALLS": 64, "RD_BYTES": 64, "WR_BYTES": 64,
                  "GEN_COUNT": 32, "GEN_PASSES": 32, "GEN_NODES": 32, "GEN_CYCLES": 64, "GEN_STATE": 64}
 #: 32-bit rw registers of the draft-verify loop exported to the core (lower-case names)
-GEN_VALUE_REGS = ("GEN_N", "GEN_CONTEXT", "GEN_EOS", "STATE_STRIDE")
+GEN_VALUE_REGS = ("GEN_N", "GEN_CONTEXT", "GEN_EOS", "STATE_STRIDE", "GEN_DRAFT")
 
 
 @cache

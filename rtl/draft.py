@@ -9,14 +9,17 @@ the hash multiplier and the word formats from the reference module; nothing is r
 
 Ports (all streams are :mod:`amaranth.lib.stream` interfaces)
 -------------------------------------------------------------
-``cmd`` (in) ``{op, a, b, c, has_prev}``
+``cmd`` (in) ``{op, a, b, c, has_prev, rule}``
     ``op = UPDATE`` (0): ``update(a if has_prev else None, b, c)``.
-    ``op = DRAFT`` (1): ``draft_tree(table, a if has_prev else None, root=b, template)``; ``c`` unused.
+    ``op = DRAFT`` (1): ``rule = 0``: ``draft_tree(table, a if has_prev else None, root=b, template)``;
+    ``rule = 1`` (a build with ``guided``): ``draft_tree_guided(table, a if has_prev else None, root=b,
+    len(template))``, the count-guided tree of as many nodes as the template has; ``c`` unused.
     Commands run one at a time, in order; ``cmd.ready`` is high only when the engine is idle.
 ``draft`` (out) ``{token, parent, last}``
     The tree of one DRAFT command in tree order: node 0 is the root (``parent = -1``), then the surviving
-    template nodes (``parent < index``); ``last`` marks the final node. Exactly the ``(tokens, parents)``
-    of :func:`~mmfree.pymodel.trigram.draft_tree`.
+    template nodes, or the chosen nodes in choice order (``parent < index``); ``last`` marks the final node.
+    Exactly the ``(tokens, parents)`` of :func:`~mmfree.pymodel.trigram.draft_tree` /
+    :func:`~mmfree.pymodel.trigram.draft_tree_guided`.
 ``bigram_wr`` (in) ``{row, data}``
     Loads one bigram row (the ``KB`` slot words of the table file, slot 0 in the low bits); taken only
     while idle, before any waiting command. The host/DMA loads the fallback with it after reset.
@@ -60,6 +63,20 @@ is kept: a breadth-first template visits the children of a node consecutively, a
 same node (any other template order) returns the same list because the table does not change during a
 draft. When the template is done the tree is streamed out, one node per cycle.
 
+DRAFT, count-guided (``rule = 1``): the root, then each chosen node but the last, is *expanded*: its
+successor list is looked up as above (LOOK, SCAN, ROW), G_SUM adds the merged counts of its first
+``GUIDED_MAX_CHILDREN`` entries (one per cycle, the same :class:`PickRank` driven by a counter; a bigram
+count after trigram successors ``>> BIGRAM_BACKOFF_SHIFT``), G_DIV divides ``2**32`` by the sum (a
+restoring divider, one quotient bit per cycle, 33 cycles), then per child G_MUL (``count * r``), G_MUL2
+(``(score * (count * r)) >> 32``, the same 17 x 33 multiplier) and G_INS (into the lowest free slot of the
+``GUIDED_FRONTIER``-word candidate memory; full: G_MIN scans every slot for the worst, lowest score then
+latest created, and G_REPL overwrites it when the child scores higher, else the child is dropped). G_SEL
+scans the slots written so far for the best (highest score, earliest created; the creation number is
+stored with each candidate), G_PICK appends it to the tree, frees its slot and, below the node budget,
+starts its lookup. Cycles per draft: 1 + per expansion [lookup ``W + 2 + L`` (``2`` without a context) +
+children + 1 + (with children) 33 + 3 per child (``F + 4`` per child while the frontier is full) + 1] +
+per choice (slots in use + 1) + tree nodes (``tests/rtl/test_draft.py::guided_schedule_cycles``).
+
 Bump (the compare-and-swap chain of the reference, as one combinational step on a row of ``n`` slots):
 the first slot that is empty or holds ``c`` is the target (none: the last slot); its new count is
 ``min(cmax, count + inc)`` on a hit, ``min(inc, cmax)`` otherwise; it lands at position ``q`` = one below
@@ -68,6 +85,8 @@ the lowest-placed slot above the target whose count is ``>=`` the new count (0 i
 """
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
@@ -82,6 +101,13 @@ UPDATE = 0
 DRAFT = 1
 
 TOKEN = unsigned(16)              # token ids are 16-bit (T.MAX_VOCAB)
+# the count-guided rule's constants: the reference's (draft_tree_guided)
+G_ROOT_SCORE = T.GUIDED_ROOT_SCORE     # the root's score
+G_RECIP_BITS = 32                      # reciprocal = 2**32 // (sum of the kept counts); the score shift
+G_CHILDREN = T.GUIDED_MAX_CHILDREN     # successors kept per expanded node
+G_FRONTIER = T.GUIDED_FRONTIER         # candidates held at most
+SCORE = unsigned(width_for(G_ROOT_SCORE))     # a child never scores above its parent
+assert T.guided_child_scores(1, [1]) == [(1 * 1 * ((1 << G_RECIP_BITS) // 1)) >> G_RECIP_BITS]
 COUNT_BITS = 16                   # slot = token << T.TOKEN_SHIFT | count (count in the low T.TOKEN_SHIFT bits)
 assert T.TOKEN_SHIFT == COUNT_BITS and T.COUNT_MASK == (1 << COUNT_BITS) - 1
 
@@ -178,23 +204,28 @@ class SuccessorList(wiring.Component):
 
 
 class PickRank(wiring.Component):
-    """The ``rank``-th entry of a :class:`SuccessorList` (``ok`` low when the list is shorter)."""
+    """The ``rank``-th entry of a :class:`SuccessorList`: its ``token`` and merged ``count``
+    (:meth:`~mmfree.pymodel.trigram.TrigramTable.successor_counts`: a trigram slot's count; a bigram slot's count,
+    ``>> BIGRAM_BACKOFF_SHIFT`` when trigram successors precede it); ``ok`` low when the list is shorter."""
 
     def __init__(self, K: int, KB: int, rank_width: int):
         self.K, self.KB = K, KB
         super().__init__({"line": In(32 * K), "row": In(32 * KB), "n_t": In(range(K + 1)), "keep": In(KB),
-                          "rank": In(rank_width), "ok": Out(1), "token": Out(TOKEN)})
+                          "rank": In(rank_width), "ok": Out(1), "token": Out(TOKEN), "count": Out(COUNT_BITS)})
 
     def elaborate(self, platform):
         m = Module()
         rank = self.rank
         for i in range(self.K):
             with m.If((i < self.n_t) & (rank == i)):
-                m.d.comb += [self.ok.eq(1), self.token.eq(self.line[32 * i + COUNT_BITS:32 * (i + 1)])]
+                m.d.comb += [self.ok.eq(1), self.token.eq(self.line[32 * i + COUNT_BITS:32 * (i + 1)]),
+                             self.count.eq(self.line[32 * i:32 * i + COUNT_BITS])]
         before = Const(0, width_for(self.KB))
         for k in range(self.KB):
             with m.If(self.keep[k] & (rank == self.n_t + before)):
-                m.d.comb += [self.ok.eq(1), self.token.eq(self.row[32 * k + COUNT_BITS:32 * (k + 1)])]
+                cnt = self.row[32 * k:32 * k + COUNT_BITS]       # after trigram successors: the backoff discount
+                m.d.comb += [self.ok.eq(1), self.token.eq(self.row[32 * k + COUNT_BITS:32 * (k + 1)]),
+                             self.count.eq(Mux(self.n_t != 0, cnt >> T.BIGRAM_BACKOFF_SHIFT, cnt))]
             before = before + self.keep[k]
         return m
 
@@ -206,11 +237,13 @@ class DraftEngine(wiring.Component):
     (:class:`~mmfree.pymodel.trigram.TableParams`); ``template``: the draft template, ``(parent, rank)``
     pairs (default ``make_template(4, DEFAULT_MAX_NODES)``, the software default). ``bigram_init``
     (optional, ``uint32 [V, KB]``): initial contents of the bigram memory (simulation, or a ROM-like
-    preload); otherwise it starts empty and is loaded through ``bigram_wr``.
+    preload); otherwise it starts empty and is loaded through ``bigram_wr``. ``guided`` (default True): build
+    the count-guided rule (``cmd.rule = 1``; its node budget is ``len(template)``, at most
+    ``GUIDED_MAX_NODES``, ValueError otherwise); without it ``cmd.rule`` is ignored.
     """
 
     def __init__(self, vocab_size: int = 4096, params: T.TableParams | None = None, template=None,
-                 bigram_init=None):
+                 bigram_init=None, guided: bool = True):
         self.params = p = (params or T.TableParams()).check()
         check_int(self, "vocab_size", vocab_size, f"an integer in [1, {T.MAX_VOCAB}]",
                   lambda v: 1 <= v <= T.MAX_VOCAB)
@@ -225,6 +258,10 @@ class DraftEngine(wiring.Component):
                                  "rank >= 0")
         self.template = template
         self.n_nodes = len(template) + 1                      # tree nodes at most (root included)
+        if guided and len(template) > T.GUIDED_MAX_NODES:
+            self._MustUse__silence = True
+            raise ValueError(f"the count-guided rule drafts at most {T.GUIDED_MAX_NODES} nodes (len(template)), "
+                             f"got a template of {len(template)}")
         self.LINE_WORDS = 1 + p.slots
         self.LINE_BITS = 32 * self.LINE_WORDS
         self.ROW_BITS = 32 * p.bigram_slots
@@ -232,7 +269,12 @@ class DraftEngine(wiring.Component):
         self.ADDR = unsigned(width_for(self.n_lines - 1))
         self.NODE = unsigned(width_for(self.n_nodes - 1))
         self.PARENT = signed(width_for(self.n_nodes - 1) + 1)
-        self.CMD = data.StructLayout({"op": 1, "a": TOKEN, "b": TOKEN, "c": TOKEN, "has_prev": 1})
+        #: the count-guided rule is built in (``cmd.rule``); without it ``rule`` is ignored (template drafts)
+        self.guided = bool(guided)
+        self.CMD = data.StructLayout({"op": 1, "a": TOKEN, "b": TOKEN, "c": TOKEN, "has_prev": 1, "rule": 1})
+        self.SEQ = unsigned(width_for(G_CHILDREN * self.n_nodes))
+        #: one frontier candidate: its score, token, tree parent and creation number
+        self.CAND = data.StructLayout({"score": SCORE, "token": TOKEN, "parent": self.NODE, "seq": self.SEQ})
         self.DRAFT = data.StructLayout({"token": TOKEN, "parent": self.PARENT, "last": 1})
         self.RDREQ = data.StructLayout({"addr": self.ADDR, "count": unsigned(width_for(p.ways))})
         self.WR = data.StructLayout({"addr": self.ADDR, "data": unsigned(self.LINE_BITS)})
@@ -270,18 +312,143 @@ class DraftEngine(wiring.Component):
 
     @property
     def _max_rank(self) -> int:
-        return max([r for _, r in self.template], default=0)
+        """The largest rank the successor picker is asked for (a template rank, or a guided child index)."""
+        return max([r for _, r in self.template] + ([G_CHILDREN] if self.guided else []), default=0)
 
     def _successor(self, m, s_line, s_hit, s_row, rank):
         """The rank-th successor of the kept list (trigram slots' occupied prefix, then new bigram slots):
-        (ok, token)."""
+        the :class:`PickRank` (``ok``, ``token``, ``count``)."""
         p = self.params
         m.submodules.succ = succ = SuccessorList(p.slots, p.bigram_slots)
         m.submodules.pick = pick = PickRank(p.slots, p.bigram_slots, width_for(self._max_rank))
         m.d.comb += [succ.line.eq(s_line), succ.hit.eq(s_hit), succ.row.eq(s_row),
                      pick.line.eq(s_line), pick.row.eq(s_row), pick.n_t.eq(succ.n_t), pick.keep.eq(succ.keep),
                      pick.rank.eq(rank)]
-        return pick.ok, pick.token
+        return pick
+
+    # ---- the count-guided rule ----------------------------------------------------------------------------------
+    def _guided_signals(self, m, g):
+        """The frontier (a ``G_FRONTIER``-word candidate memory with valid bits, scanned one slot per cycle),
+        the expansion's registers (children sum, reciprocal divider, child score) and the scan's best/worst."""
+        F = G_FRONTIER
+        m.submodules.frontier = mem = Memory(shape=self.CAND, depth=F, init=[])
+        g.rd, g.wr = mem.read_port(domain="comb"), mem.write_port()
+        g.valid = Signal(F)                          # slot holds a candidate
+        g.top = Signal(range(F + 1))                 # slots ever written this draft (the scans stop there)
+        g.full = Signal()                            # every slot holds one
+        g.si = Signal(range(F))                      # scan slot
+        g.seq = Signal(self.SEQ)                     # next creation number
+        g.score = Signal(SCORE)                      # the expanding node's score
+        g.jx = Signal(self.NODE)                     # ... and its tree index
+        g.tsum = Signal(COUNT_BITS + width_for(G_CHILDREN))
+        g.rem = Signal(len(g.tsum) + 1)              # restoring division of 2**G_RECIP_BITS by tsum
+        g.q = Signal(G_RECIP_BITS + 1)
+        g.dbit = Signal(range(G_RECIP_BITS + 1))
+        g.cr = Signal(G_RECIP_BITS + 1)              # count * reciprocal (<= 2**G_RECIP_BITS)
+        g.new = Signal(self.CAND)                    # the child being inserted
+        g.bok, g.bslot, g.best = Signal(), Signal(range(F)), Signal(self.CAND)    # selection scan
+        g.wslot, g.worst = Signal(range(F)), Signal(self.CAND)                   # eviction scan
+        free = Signal(range(F))                      # lowest free slot (when not full)
+        for i in reversed(range(F)):
+            with m.If(~g.valid[i]):
+                m.d.comb += free.eq(i)
+        g.free = free
+        m.d.comb += g.full.eq(g.valid.all())
+        # one multiplier for both products: count * reciprocal, then score * (count * reciprocal)
+        g.mul_hi = Signal()
+        ma = Mux(g.mul_hi, g.score, g.pick.count)
+        mb = Mux(g.mul_hi, g.cr, g.q)
+        g.prod = Signal(SCORE.width + G_RECIP_BITS + 1)
+        m.d.comb += [g.prod.eq(ma * mb), g.rd.addr.eq(g.si)]
+
+    def _guided_start(self, g):
+        """The sync assignments that begin a count-guided draft (the root expands first)."""
+        return [g.valid.eq(0), g.top.eq(0), g.seq.eq(0), g.score.eq(G_ROOT_SCORE), g.jx.eq(0), g.oi.eq(0)]
+
+    def _guided_states(self, m, g):
+        """G_SUM (the kept children's counts summed), G_DIV (the reciprocal), G_MUL/G_MUL2 (a child's score),
+        G_INS (into a free slot, else G_MIN/G_REPL: evict the worst if the child beats it), G_SEL/G_PICK (the best
+        candidate becomes the next tree node, whose successors are then looked up)."""
+        F, pick, c = G_FRONTIER, g.pick, g.rd.data
+        more = (g.gi != G_CHILDREN) & pick.ok
+        with m.State("G_SUM"):
+            with m.If(more):
+                m.d.sync += [g.tsum.eq(g.tsum + pick.count), g.gi.eq(g.gi + 1)]
+            with m.Elif(g.tsum == 0):
+                self._guided_select(m, g)
+            with m.Else():
+                m.d.sync += [g.rem.eq(0), g.q.eq(0), g.dbit.eq(0)]
+                m.next = "G_DIV"
+        with m.State("G_DIV"):                        # one quotient bit per cycle, most significant first
+            r2 = Cat(g.dbit == 0, g.rem)
+            ge = r2 >= g.tsum
+            m.d.sync += [g.rem.eq(Mux(ge, r2 - g.tsum, r2)), g.q.eq(Cat(ge, g.q)), g.dbit.eq(g.dbit + 1)]
+            with m.If(g.dbit == G_RECIP_BITS):
+                m.d.sync += g.gi.eq(0)
+                m.next = "G_MUL"
+        with m.State("G_MUL"):                        # child gi: count * reciprocal
+            with m.If(more):
+                m.d.sync += [g.cr.eq(g.prod), g.mul_hi.eq(1)]
+                m.next = "G_MUL2"
+            with m.Else():
+                self._guided_select(m, g)
+        with m.State("G_MUL2"):                       # ... times the parent's score, >> G_RECIP_BITS
+            m.d.sync += [g.new.score.eq(g.prod[G_RECIP_BITS:]), g.new.token.eq(pick.token), g.new.parent.eq(g.jx),
+                         g.new.seq.eq(g.seq), g.seq.eq(g.seq + 1), g.mul_hi.eq(0)]
+            m.next = "G_INS"
+        with m.State("G_INS"):
+            with m.If(~g.full):
+                m.d.comb += [g.wr.addr.eq(g.free), g.wr.data.eq(g.new), g.wr.en.eq(1)]
+                m.d.sync += [g.valid.bit_select(g.free, 1).eq(1), g.gi.eq(g.gi + 1)]
+                with m.If(g.free == g.top):
+                    m.d.sync += g.top.eq(g.top + 1)
+                m.next = "G_MUL"
+            with m.Else():
+                m.d.sync += g.si.eq(0)
+                m.next = "G_MIN"
+        with m.State("G_MIN"):                        # the worst candidate: lowest score, latest created
+            worse = (g.si == 0) | (c.score < g.worst.score) | ((c.score == g.worst.score) & (c.seq > g.worst.seq))
+            with m.If(worse):
+                m.d.sync += [g.worst.eq(c), g.wslot.eq(g.si)]
+            m.d.sync += g.si.eq(g.si + 1)
+            with m.If(g.si == F - 1):
+                m.next = "G_REPL"
+        with m.State("G_REPL"):                       # the child is the latest: it replaces only a lower score
+            with m.If(g.new.score > g.worst.score):
+                m.d.comb += [g.wr.addr.eq(g.wslot), g.wr.data.eq(g.new), g.wr.en.eq(1)]
+            m.d.sync += g.gi.eq(g.gi + 1)
+            m.next = "G_MUL"
+        with m.State("G_SEL"):                        # the best candidate: highest score, earliest created
+            vi = g.valid.bit_select(g.si, 1)
+            better = vi & (~g.bok | (c.score > g.best.score) | ((c.score == g.best.score) & (c.seq < g.best.seq)))
+            with m.If(better):
+                m.d.sync += [g.bok.eq(1), g.best.eq(c), g.bslot.eq(g.si)]
+            m.d.sync += g.si.eq(g.si + 1)
+            with m.If(g.si == g.top - 1):
+                m.next = "G_PICK"
+        with m.State("G_PICK"):
+            b, nt = g.best, g.nt
+            with m.If(~g.bok):
+                m.d.sync += g.oi.eq(0)
+                m.next = "D_OUT"
+            with m.Else():
+                m.d.sync += [g.tokens[nt].eq(b.token), g.parents[nt].eq(b.parent), g.valid.bit_select(g.bslot, 1).eq(0),
+                             nt.eq(nt + 1), g.score.eq(b.score), g.jx.eq(nt)]
+                with m.If(nt == self.n_nodes - 1):           # the budget: n_nodes - 1 drafted nodes
+                    m.d.sync += g.oi.eq(0)
+                    m.next = "D_OUT"
+                with m.Else():                                # look up the new node's successors
+                    m.d.sync += [g.lk_b.eq(b.token), g.lk_a.eq(g.tokens[b.parent]), g.lk_has.eq(1)]
+                    m.next = "LOOK"
+
+    @staticmethod
+    def _guided_select(m, g):
+        """Go on to the selection scan (none when no slot was ever written)."""
+        m.d.sync += [g.si.eq(0), g.bok.eq(0)]
+        with m.If(g.top == 0):
+            m.next = "G_PICK"
+        with m.Else():
+            m.next = "G_SEL"
 
     def elaborate(self, platform):
         m = Module()
@@ -330,10 +497,14 @@ class DraftEngine(wiring.Component):
         s_row = Signal(self.ROW_BITS)                                      # the bigram row
 
         tp = tpl_par[ti]
-        rank = tpl_rank[ti]
         j_ok, j = map_ok[tp], map_idx[tp]
-
-        sel_ok, sel_tok = self._successor(m, s_line, s_hit, s_row, rank)
+        g = SimpleNamespace(on=Signal(), gi=Signal(range(G_CHILDREN + 1)), tokens=tokens, parents=parents, nt=nt,
+                            oi=oi, lk_a=lk_a, lk_b=lk_b, lk_has=lk_has)
+        pick = self._successor(m, s_line, s_hit, s_row, Mux(g.on, g.gi, tpl_rank[ti]))
+        sel_ok, sel_tok = pick.ok, pick.token
+        g.pick = pick
+        if self.guided:
+            self._guided_signals(m, g)
 
         # ---- streams ---------------------------------------------------------------------------------
         cmdp = self.cmd.payload
@@ -359,9 +530,13 @@ class DraftEngine(wiring.Component):
                                  lk_a.eq(cmdp.a), lk_b.eq(cmdp.b), lk_has.eq(cmdp.has_prev)]
                     with m.If(cmdp.op == UPDATE):
                         m.next = "U_ROW"
+                    if self.guided:                      # (a build without the rule drafts the template)
+                        with m.Elif(cmdp.rule):
+                            m.d.sync += [tokens[0].eq(cmdp.b), nt.eq(1), g.on.eq(1), *self._guided_start(g)]
+                            m.next = "LOOK" if N > 1 else "D_OUT"
                     with m.Else():
                         m.d.sync += [tokens[0].eq(cmdp.b), map_ok[0].eq(1), map_idx[0].eq(0), nt.eq(1), ti.eq(1),
-                                     cache_ok.eq(0)]
+                                     cache_ok.eq(0), g.on.eq(0)]
                         m.next = "D_NODE"
             with m.State("U_ROW"):                      # bigram row b is being read
                 m.next = "U_BUMP"
@@ -400,7 +575,14 @@ class DraftEngine(wiring.Component):
                     m.next = "IDLE"
             with m.State("ROW"):                        # the list of tree node cache_j is complete
                 m.d.sync += [s_hit.eq(hit), s_line.eq(hit_line[32:]), s_row.eq(rp.data), cache_ok.eq(1)]
-                m.next = "D_NODE"
+                if self.guided:
+                    with m.If(g.on):
+                        m.d.sync += [g.gi.eq(0), g.tsum.eq(0)]
+                        m.next = "G_SUM"
+                    with m.Else():
+                        m.next = "D_NODE"
+                else:
+                    m.next = "D_NODE"
             with m.State("D_NODE"):                     # place template node ti
                 with m.If(ti == N):
                     m.d.sync += oi.eq(0)
@@ -418,6 +600,8 @@ class DraftEngine(wiring.Component):
                     m.d.sync += [lk_b.eq(tokens[j]), lk_a.eq(Mux(j == 0, prev, tokens[parents[j]])),
                                  lk_has.eq((j != 0) | has_prev), cache_j.eq(j), cache_ok.eq(0)]
                     m.next = "LOOK"
+            if self.guided:
+                self._guided_states(m, g)
             with m.State("D_OUT"):
                 m.d.comb += self.draft.valid.eq(1)
                 with m.If(self.draft.ready):

@@ -19,6 +19,10 @@ Memory paths (one AXI read client of ``bus_bytes`` beats, one write master):
   reads are held while it is busy or a write response is outstanding, which is the engine's ordering
   contract (a read after a write returns the written line).
 
+The tree rule of every draft is ``GEN_DRAFT.tree`` (:class:`~mmfree.rtl.regmap.TreeRule`, latched at
+CONTROL.GENERATE): the build's template ``make_template(K - 1, K - 1)`` or the count-guided tree of K - 1 nodes
+(the engine's ``cmd.rule``); a value no rule has fails the checks with ``ERR_GEN_CONFIG`` detail 2.
+
 A build without a draft engine (``hw.draft_vocab == 0``) keeps the registers and answers GENERATE with
 ``ERR_NO_DRAFT``.
 """
@@ -135,6 +139,7 @@ class GenLoop(wiring.Component):
             "go": In(1), "soft_reset": In(1),
             **regs,
             "gen_n": In(32), "gen_context": In(layout("GEN_CONTEXT")), "gen_eos": In(layout("GEN_EOS")), "state_stride": In(32),
+            "gen_draft": In(layout("GEN_DRAFT")),
             "busy": Out(1), "done": Out(1), "error": Out(1), "error_code": Out(32), "finished": Out(1),
             "count": Out(32), "passes": Out(32), "nodes": Out(32), "cycles": Out(64), "gen_state": Out(64),
             # the sequencer and the datapath
@@ -166,7 +171,7 @@ class GenLoop(wiring.Component):
             return m
         self._geometry(s)
         s.eng_rst = Signal()
-        s.eng = eng = DraftEngine(hw.draft_vocab, self.params, gen_template(hw.max_tokens))
+        s.eng = eng = DraftEngine(hw.draft_vocab, self.params, gen_template(hw.max_tokens))   # both tree rules
         m.submodules.engine = ResetInserter(s.eng_rst)(eng)
         m.d.sync += s.eng_rst.eq(0)
         m.submodules.gearbox = gb = LineGearbox(hw.bus_bytes, s.LINE_BYTES)
@@ -201,6 +206,7 @@ class GenLoop(wiring.Component):
     def _status(self, m) -> SimpleNamespace:
         """The loop's status registers and counters, driven onto the outputs."""
         s = SimpleNamespace(busy=Signal(), done=Signal(), err=Signal(), fin=Signal(), code=Signal(32),
+                            guided=Signal(),                   # this GENERATE's trees are count-guided (GEN_DRAFT)
                             cycles=Signal(64), count=Signal(32), passes=Signal(32), nodes=Signal(32),
                             cur=Signal(64),                    # the committed state (the next pass's STATE_IN)
                             core_rst=Signal(), abort=Signal())
@@ -267,7 +273,8 @@ class GenLoop(wiring.Component):
         s.row, s.sub = Signal(range(self.hw.draft_vocab + 1)), Signal(range(s.RPL))
         s.pack, s.line_i = Signal(8 * s.LINE_BYTES), Signal(range(s.n_bl + 1))
         ecmd = s.eng.cmd.payload
-        m.d.comb += [ecmd.a.eq(s.prev), ecmd.b.eq(s.root), ecmd.c.eq(s.t_now), ecmd.has_prev.eq(s.busy)]
+        m.d.comb += [ecmd.a.eq(s.prev), ecmd.b.eq(s.root), ecmd.c.eq(s.t_now), ecmd.has_prev.eq(s.busy),
+                     ecmd.rule.eq(s.guided)]
 
     def _fail(self, m, s, c, detail=0):
         m.d.sync += s.code.eq(c | (detail << 8))
@@ -282,7 +289,8 @@ class GenLoop(wiring.Component):
             with m.If(self.go):
                 m.d.sync += [s.busy.eq(1), s.done.eq(0), s.err.eq(0), s.code.eq(0), s.cycles.eq(0), s.count.eq(0),
                              s.passes.eq(0), s.nodes.eq(0), s.cur.eq(self.reg_state_in), s.side.eq(0),
-                             s.root.eq(self.gen_context.root), s.prev.eq(self.gen_context.prev)]
+                             s.root.eq(self.gen_context.root), s.prev.eq(self.gen_context.prev),
+                             s.guided.eq(self.gen_draft.tree == RM.TreeRule.COUNT_GUIDED)]
                 m.next = "CHECK"
             with m.Elif(self.soft_reset):
                 m.d.sync += [s.done.eq(0), s.err.eq(0), s.code.eq(0)]
@@ -300,6 +308,8 @@ class GenLoop(wiring.Component):
                 self._fail(m, s, RM.ERR_GEN_CONFIG, 0)
             with m.Elif((stride == 0) | (stride[:6] != 0)):
                 self._fail(m, s, RM.ERR_GEN_CONFIG, 1)
+            with m.Elif(self.gen_draft.tree > max(RM.TreeRule)):
+                self._fail(m, s, RM.ERR_GEN_CONFIG, 2)
             with m.Elif(bad_al != len(regs)):
                 self._fail(m, s, RM.ERR_UNALIGNED, bad_al + len(RM.ADDRESS_REGS))
             with m.Elif(bad_rg != len(regs)):

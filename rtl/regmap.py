@@ -50,7 +50,7 @@ from mmfree import MmfreeError
 #: Bumped when a register, bit or error code changes meaning. The driver refuses a bitstream whose
 #: VERSION register (or .hwh metadata) differs in the major number.
 REGMAP_VERSION_MAJOR = 2
-REGMAP_VERSION_MINOR = 2
+REGMAP_VERSION_MINOR = 3                  # 2.3: GEN_DRAFT (the draft tree rule of GENERATE)
 REGMAP_VERSION = (REGMAP_VERSION_MAJOR << 16) | REGMAP_VERSION_MINOR    # the VERSION register's fields
 
 #: ``ID`` register value: ASCII "MMFR".
@@ -88,12 +88,35 @@ class Access(str, enum.Enum):
     W1C = "w1c"      # write 1 to clear
 
 
+class TreeRule(enum.IntEnum):
+    """``GEN_DRAFT.tree``: how the draft engine shapes each tree of a GENERATE (docs/speculative.md).
+    TEMPLATE: the build's fixed template ``make_template(K - 1, K - 1)`` (``draft_tree``); COUNT_GUIDED: the
+    K - 1 nodes of highest estimated path probability (``draft_tree_guided``)."""
+    TEMPLATE = 0
+    COUNT_GUIDED = 1
+
+    @property
+    def rule(self) -> str:
+        """The reference's name of the rule (``mmfree.pymodel.trigram.TREE_RULES``)."""
+        return self.name.lower().replace("_", "-")
+
+    @classmethod
+    def of(cls, rule: str) -> TreeRule:
+        """The value of a rule named as the reference names it; RegisterFieldError for another name."""
+        for v in cls:
+            if v.rule == rule:
+                return v
+        raise RegisterFieldError(f"unknown draft tree rule {rule!r}: choose one of {', '.join(v.rule for v in cls)}")
+
+
 @dataclass(frozen=True)
 class Field:
-    """One bit field of a register: bits ``lo .. lo + width - 1``, an unsigned integer."""
+    """One bit field of a register: bits ``lo .. lo + width - 1``, an unsigned integer; ``values``: the
+    ``IntEnum`` of its legal values for an enumerated field (None: any value that fits)."""
     name: str
     lo: int
     width: int
+    values: type[enum.IntEnum] | None = None
 
     @property
     def mask(self) -> int:
@@ -189,6 +212,9 @@ REGISTERS: tuple[Reg, ...] = (
     Reg("GEN_CYCLES_HI", 0x0EC, Access.RO, ""),
     Reg("GEN_STATE_LO", 0x0F0, Access.RO, "address of the state after the last committed node of the last GENERATE (a "
                                            "STATE_IN to go on from)"), Reg("GEN_STATE_HI", 0x0F4, Access.RO, ""),
+    Reg("GEN_DRAFT", 0x0F8, Access.RW, "bits 1:0 tree: the draft tree rule of GENERATE (TreeRule: 0 the build's "
+                                        "template, 1 count-guided; others ERR_GEN_CONFIG detail 2)",
+        (Field("tree", 0, 2, TreeRule),)),
 )
 REG = {r.name: r for r in REGISTERS}
 OFFSET = {r.name: r.offset for r in REGISTERS}
@@ -218,6 +244,9 @@ def encode(name: str, **fields: int) -> int:
         v = int(v)
         if not 0 <= v < 1 << f.width:
             raise RegisterFieldError(f"{name}.{key} must be in 0..{(1 << f.width) - 1} ({f.width} bits), got {v}")
+        if f.values is not None and v not in set(f.values):
+            legal = ", ".join(f"{int(x)} ({x.name})" for x in f.values)
+            raise RegisterFieldError(f"{name}.{key} must be one of {legal}, got {v}")
         value |= v << f.lo
     return value
 
@@ -305,7 +334,8 @@ ERR_TOO_WIDE = 8          # the program asks for a vector wider than the hardwar
 ERR_PROGRAM = 9           # the program ran past its end without HALT
 ERR_NOT_LOADED = 10       # an instruction read an on-chip buffer beyond what the program LOADed into it; detail: opcode
 ERR_NO_DRAFT = 11         # CONTROL.GENERATE on a build without a draft engine (DRAFT_VOCAB == 0)
-ERR_GEN_CONFIG = 12       # GENERATE with GEN_N == 0 (detail 0), or STATE_STRIDE 0 / not a multiple of ALIGN (detail 1)
+ERR_GEN_CONFIG = 12       # GENERATE with GEN_N == 0 (detail 0), or STATE_STRIDE 0 / not a multiple of ALIGN (detail 1),
+                          # or GEN_DRAFT.tree not a TreeRule (detail 2)
 
 ERROR_MESSAGES = {
     ERR_ADDRESS_RANGE: "a DDR access fell outside [MEM_LO, MEM_HI): the program, image or a buffer does not fit the "
@@ -336,6 +366,8 @@ def error_message(code_register: int) -> str:
     elif code == ERR_GEN_CONFIG and detail in (0, 1):
         text += " (" + ("GEN_N is 0: ask for at least one token" if detail == 0 else
                         f"STATE_STRIDE must be a non-zero multiple of {ALIGN}") + ")"
+    elif code == ERR_GEN_CONFIG and detail == 2:
+        text += (" (GEN_DRAFT.tree must be " + " or ".join(f"{int(v)} ({v.rule})" for v in TreeRule) + ")")
     elif code in (ERR_TOKEN_RANGE, ERR_BAD_PARENT):
         text += f" (position {detail})"
     elif code in (ERR_BAD_INSTRUCTION, ERR_NOT_LOADED) and detail:

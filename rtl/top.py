@@ -162,7 +162,7 @@ class MmfreeAccel(wiring.Component):
                      seq.ext.eq(looping), seq.ext_tokens.eq(gen.pass_tokens), seq.ext_parents.eq(gen.pass_parents),
                      gen.go.eq(go), gen.soft_reset.eq(csr.soft_reset), gen.gen_n.eq(csr.gen_n),
                      gen.gen_context.eq(csr.gen_context), gen.gen_eos.eq(csr.gen_eos),
-                     gen.state_stride.eq(csr.state_stride),
+                     gen.state_stride.eq(csr.state_stride), gen.gen_draft.eq(csr.gen_draft),
                      gen.seq_busy.eq(seq.busy), gen.seq_finished.eq(seq.finished), gen.seq_error.eq(seq.error),
                      gen.seq_error_code.eq(seq.error_code), gen.args.eq(dp.args),
                      csr.finished.eq(gen.finished | (seq.finished & ~looping)),

@@ -548,15 +548,16 @@ class EmulatedBoard:
     def _generate(self) -> None:
         """The draft-verify loop of docs/speculative.md ("The on-chip draft-verify loop"), step for step:
 
-        1. the checks, first failure wins (ERR_NO_DRAFT; ERR_GEN_CONFIG 0 / 1; ERR_UNALIGNED, then
+        1. the checks, first failure wins (ERR_NO_DRAFT; ERR_GEN_CONFIG 0 / 1 / 2; ERR_UNALIGNED, then
            ERR_ADDRESS_RANGE, for TABLE_BASE, BIGRAM_BASE, GEN_OUT, STATE_ALT with detail
            ``len(ADDRESS_REGS) + i``), before any DDR access;
         2. the bigram rows (DRAFT_VOCAB of them) loaded from BIGRAM_BASE (the table is a
            :class:`TrigramTable` over the DDR arrays, geometry ``hw.draft_params``);
-        3. until GEN_N tokens are out or the enabled EOS is: draft ``make_template(K - 1, K - 1)`` from
-           ``(prev, root)``, one tree pass from ``cur`` into ``out``, walk the accepted path (update the table,
-           write the set's lines back, GEN_OUT[count] = the token), commit the last node walked, swap
-           STATE_OUT / STATE_ALT;
+        3. until GEN_N tokens are out or the enabled EOS is: draft from ``(prev, root)`` by the rule of
+           ``GEN_DRAFT.tree`` (:class:`~mmfree.rtl.regmap.TreeRule`: ``draft_tree`` with ``make_template(K - 1,
+           K - 1)``, or ``draft_tree_guided`` with K - 1 nodes), one tree pass from ``cur`` into ``out``, walk
+           the accepted path (update the table, write the set's lines back, GEN_OUT[count] = the token), commit
+           the last node walked, swap STATE_OUT / STATE_ALT;
         4. the bigram rows written back, GEN_STATE = the committed state.
 
         A pass error stops the loop with that error (GEN_COUNT/PASSES/NODES then count what was done)."""
@@ -568,6 +569,8 @@ class EmulatedBoard:
             raise AccelError(RM.ERR_GEN_CONFIG, 0)
         if stride == 0 or stride % RM.ALIGN:
             raise AccelError(RM.ERR_GEN_CONFIG, 1)
+        if RM.decode("GEN_DRAFT", csr["GEN_DRAFT"])["tree"] not in set(RM.TreeRule):
+            raise AccelError(RM.ERR_GEN_CONFIG, 2)
         spans = {"TABLE_BASE": p.n_sets * p.ways * 4 * (1 + p.slots),
                  "BIGRAM_BASE": -(-hw.draft_vocab * 4 * p.bigram_slots // RM.ALIGN) * RM.ALIGN,
                  "GEN_OUT": 4 * n_out, "STATE_ALT": hw.max_tokens * stride}
@@ -601,6 +604,7 @@ class EmulatedBoard:
         table = TG.TrigramTable(p, hw.draft_vocab, None, trig.reshape(p.n_sets, p.ways, 1 + p.slots).copy(),
                                 big.reshape(hw.draft_vocab, p.bigram_slots).copy())
         template = TG.make_template(hw.max_tokens - 1, hw.max_tokens - 1)
+        guided = RM.decode("GEN_DRAFT", csr["GEN_DRAFT"])["tree"] == RM.TreeRule.COUNT_GUIDED
         ctx, eos = RM.decode("GEN_CONTEXT", csr["GEN_CONTEXT"]), RM.decode("GEN_EOS", csr["GEN_EOS"])
         prev, root = ctx["prev"], ctx["root"]
         eos = eos["token"] if eos["enable"] else None
@@ -610,7 +614,8 @@ class EmulatedBoard:
             try:                            # a token without a bigram row: GEN_CONTEXT or a table slot
                 if root >= hw.draft_vocab:
                     raise IndexError(root)
-                toks, parents = TG.draft_tree(table, prev, root, template)
+                toks, parents = TG.draft_tree_guided(table, prev, root, hw.max_tokens - 1) if guided else \
+                    TG.draft_tree(table, prev, root, template)
             except IndexError:
                 raise ProgramError(f"GENERATE met a token >= DRAFT_VOCAB ({hw.draft_vocab}) in GEN_CONTEXT or in a "
                                    "table slot: its bigram row does not exist (undefined in the contract)") from None

@@ -5,12 +5,16 @@ The job comes from the JSON file named by ``MMFREE_ACCEL_JOB`` (written by :func
 
 * ``compiled``: a directory written by :meth:`mmfree.rtl.compiler.Compiled.save`;
 * ``kind``: ``"generate"`` (``prompt``, ``n_tokens``, ``k``, ``write_logits``: `mmfree.host.generate.generate`
-  on :class:`~mmfree.host.accel.AccelHost`), ``"script"`` (``steps``, see :func:`mmfree.host.generate.run_script`),
-  ``"streams"`` (``prompts``, ``n_tokens``: `mmfree.host.generate.generate_streams`, B streams in forest
-  passes; the compiled program serves B streams) or ``"run"``: the host session
+  on :class:`~mmfree.host.accel.AccelHost`), ``"onchip"`` (``prompt``, ``n_tokens``, ``table`` a trigram table
+  file, ``tree_rule`` the draft tree rule: :func:`mmfree.host.generate.generate_onchip`, logits not written; the
+  adapted table comes back as ``table_trig`` / ``table_bigram``), ``"script"`` (``steps``, see
+  :func:`mmfree.host.generate.run_script`), ``"streams"`` (``prompts``, ``n_tokens``:
+  `mmfree.host.generate.generate_streams`, B streams in forest passes; the compiled program serves B streams) or
+  ``"run"``: the host session
   :class:`mmfree.host.session.AccelSession` (what the board's ``Accelerator`` is without its PYNQ constructors)
-  over a :class:`~mmfree.host.transport.BoardTransport` around the simulated board, exactly as ``mmfree run
-  --board B`` drives a PYNQ board (``prompt``, ``n_tokens``, ``k``, ``draft``: null, ``"lookup"`` or ``"trigram"`` with
+  over a :class:`~mmfree.host.transport.BoardTransport` around the simulated board, exactly as
+  ``mmfree run --board B`` drives a PYNQ board
+  (``prompt``, ``n_tokens``, ``k``, ``draft``: null, ``"lookup"`` or ``"trigram"`` with
   ``table`` a trigram table file, ``write_logits``, ``timeout_s``, ``onchip``: the draft-verify loop on the
   accelerator (``Accelerator.generate(..., onchip=True)``; the table it adapted comes back as the arrays
   ``table_trig`` and ``table_bigram``), and ``inject``: scripted steps run after the generation, e.g. a bad
@@ -32,10 +36,11 @@ import numpy as np
 from cocotb.task import bridge
 
 from mmfree.host.accel import AccelHost
-from mmfree.host.generate import generate, generate_streams, run_script
+from mmfree.host.generate import generate, generate_onchip, generate_streams, run_script
 from mmfree.host.session import AccelSession
 from mmfree.host.transport import BoardTransport
 from mmfree.pymodel.drafters import PromptLookupDrafter, TrigramDrafter
+from mmfree.pymodel.trigram import TrigramTable
 from mmfree.rtl import params as PARAMS
 from mmfree.rtl.compiler import Compiled
 from mmfree.sim.accel import SIM_MEM_BYTES, SimSession, SyncBoard
@@ -85,6 +90,12 @@ def _host_job(board, job, compiled):
         tokens, passes = generate(host, job["prompt"], job["n_tokens"], k=job.get("k", 1),
                                   write_logits=job.get("write_logits", True), progress=progress, keep_arrays=True)
         return {"tokens": tokens, "passes": passes}
+    if job["kind"] == "onchip":
+        table = TrigramTable.load(job["table"])
+        tokens, passes = generate_onchip(host, job["prompt"], job["n_tokens"], table,
+                                         tree_rule=job.get("tree_rule", "template"), progress=progress,
+                                         keep_arrays=True)
+        return {"tokens": tokens, "passes": passes, "arrays": {"table_trig": table.trig, "table_bigram": table.bigram}}
     if job["kind"] == "script":
         return {"tokens": [], "passes": run_script(host, job["steps"])}
     if job["kind"] == "streams":

@@ -334,8 +334,18 @@ def test_trigram_tree_rules_match_reference_speculative_loop(model, reference):
         acc.generate(ids, 4, draft="lookup", k=4, tree_rule="template")
     with pytest.raises(MmfreeError, match="tree_rule must be one of count-guided, template, got 'deep'"):
         acc.generate(ids, 4, draft="trigram", k=4, tree_rule="deep")
+    # on chip: a register map 2.3 engine runs either rule (GEN_DRAFT) as the reference loop does; a 2.2 bitstream
+    # drafts template trees only and refuses the other rule
+    for rule in TG.TREE_RULES:
+        g = acc.generate(ids, N_TOKENS, draft="trigram", tree_rule=rule, onchip=True)
+        ref = speculative_generate(im, ids, N_TOKENS, max_draft=3, max_nodes=3, log=lambda m: None, tree_rule=rule)
+        assert g.tokens == ref.tokens == reference and g.tree_rule == rule, rule
+        assert g.counters["gen_passes"] == ref.extra["verify_steps"], rule
+    old = EmulatedBoard(DEFAULT_HW)
+    old.csr["VERSION"] = RM.encode("VERSION", major=RM.REGMAP_VERSION_MAJOR, minor=2)
+    assert _acc(model, old).generate(ids, 4, draft="trigram", onchip=True).tree_rule == "template"
     with pytest.raises(MmfreeError, match="draft engine drafts template trees, not count-guided"):
-        acc.generate(ids, 4, draft="trigram", tree_rule="count-guided", onchip=True)
+        _acc(model, old).generate(ids, 4, draft="trigram", tree_rule="count-guided", onchip=True)
     with pytest.raises(MmfreeError, match="give the tree rule to the TrigramDrafter itself"):
         acc.generate(ids, 4, draft=DR.TrigramDrafter.for_model(im, None, model[1]), tree_rule="template")
 

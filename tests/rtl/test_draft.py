@@ -21,9 +21,11 @@ import pytest
 from amaranth import Module, Signal
 from amaranth.back import verilog
 from amaranth.sim import Simulator
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mmfree.pymodel import trigram as T
-from mmfree.rtl.draft import DRAFT, UPDATE, DraftEngine
+from mmfree.rtl.draft import DRAFT, G_CHILDREN, G_FRONTIER, G_RECIP_BITS, UPDATE, DraftEngine
 
 
 # ---- token streams ----------------------------------------------------------------------------------------
@@ -57,13 +59,16 @@ def _int_words(value: int, n: int) -> np.ndarray:
 
 
 def run_engine(table: T.TrigramTable, stream: np.ndarray, steps: int, template, *, stall: float = 0.0,
-               latency: int = 0, seed: int = 0, check_every: int = 100, load_bigram: bool = True) -> Run:
+               latency: int = 0, seed: int = 0, check_every: int = 100, load_bigram: bool = True,
+               guided: bool = False, dut: DraftEngine | None = None) -> Run:
     """Draft + update for ``steps`` tokens of ``stream`` on the RTL engine and on ``table`` (mutated: it is
-    the reference that the engine must track). Asserts exact equality; returns the measurements."""
+    the reference that the engine must track). ``guided``: the drafts use the count-guided rule (budget
+    ``len(template)`` nodes) instead of the template. Asserts exact equality; returns the measurements."""
     p = table.params
     V = table.vocab_size
     ref = table
-    dut = DraftEngine(V, p, template, bigram_init=None if load_bigram else ref.bigram)
+    if dut is None:
+        dut = DraftEngine(V, p, template, bigram_init=None if load_bigram else ref.bigram)
     top = Module()
     top.submodules.dut = dut
     cyc = Signal(64)
@@ -84,7 +89,8 @@ def run_engine(table: T.TrigramTable, stream: np.ndarray, steps: int, template, 
         g = gap()
         if g:
             ctx.set(port.ready, 0)
-            await ctx.tick().repeat(g)
+            for _ in range(g):  # (tick().repeat: a bench that ends suspended warns)
+                await ctx.tick()
         ctx.set(port.ready, 1)
         while not ctx.get(port.valid):          # sleep until the engine offers something
             await ctx.changed(port.valid)
@@ -101,12 +107,14 @@ def run_engine(table: T.TrigramTable, stream: np.ndarray, steps: int, template, 
             assert count == p.ways and addr % p.ways == 0, (addr, count)
             lines = [_line_int(ddr[addr + k]) for k in range(count)]
             if latency:
-                await ctx.tick().repeat(latency)
+                for _ in range(latency):  # (tick().repeat: a bench that ends suspended warns)
+                    await ctx.tick()
             for ln in lines:
                 g = gap()
                 if g:
                     ctx.set(dut.rd_resp.valid, 0)
-                    await ctx.tick().repeat(g)
+                    for _ in range(g):  # (tick().repeat: a bench that ends suspended warns)
+                        await ctx.tick()
                 ctx.set(dut.rd_resp.payload, ln)
                 ctx.set(dut.rd_resp.valid, 1)
                 while True:
@@ -125,7 +133,8 @@ def run_engine(table: T.TrigramTable, stream: np.ndarray, steps: int, template, 
     async def send(ctx, port, **fields):
         g = gap()
         if g:
-            await ctx.tick().repeat(g)
+            for _ in range(g):  # (tick().repeat: a bench that ends suspended warns)
+                await ctx.tick()
         for k, v in fields.items():
             ctx.set(getattr(port.payload, k), v)
         ctx.set(port.valid, 1)
@@ -150,8 +159,12 @@ def run_engine(table: T.TrigramTable, stream: np.ndarray, steps: int, template, 
         for t in range(steps):
             prev = int(stream[t - 1]) if t > 0 else None
             root, nxt = int(stream[t]), int(stream[t + 1])
-            want_tok, want_par = T.draft_tree(ref, prev, root, template)
-            hs = await send(ctx, dut.cmd, op=DRAFT, a=prev or 0, b=root, c=0, has_prev=prev is not None)
+            if guided:
+                want_tok, want_par = T.draft_tree_guided(ref, prev, root, len(template))
+            else:
+                want_tok, want_par = T.draft_tree(ref, prev, root, template)
+            hs = await send(ctx, dut.cmd, op=DRAFT, a=prev or 0, b=root, c=0, has_prev=prev is not None,
+                            rule=int(guided))
             if last_update is not None:
                 run.update_cycles.append(hs - last_update)
             got_tok, got_par = [], []
@@ -289,6 +302,116 @@ def test_cycles_without_stalls(latency):
           f"{run.reads / steps - 1:.1f} set reads per draft)")
 
 
+# ---- the count-guided rule (draft_tree_guided) ---------------------------------------------------------------
+@pytest.mark.parametrize("n", [3, 7])
+def test_guided_matches_reference_corpus_table(n):
+    """Count-guided drafts of n nodes (k = 4 and k = 8) from a full corpus table with evictions, random stalls,
+    latency 3: tokens and parents equal draft_tree_guided's at every step, the table tracks the reference."""
+    table = _small_table(SMALL)
+    stream = _tokens(shlex, SMALL_V)
+    run = run_engine(table, stream, 100, T.make_template(n, n), guided=True, stall=0.2, latency=3, seed=n,
+                     check_every=50)
+    assert run.steps == 100 and run.draft_nodes > 100 * (n - 1)        # mostly full trees
+
+
+def _random_table(data, V: int = 12) -> T.TrigramTable:
+    """A small table of arbitrary words: occupied or empty keys (some of them the contexts drafted from),
+    slot counts 1..3 (a bigram count that the backoff shift makes 0), cmax, above cmax, 0xFFFF, empty slots;
+    bigram rows with duplicate tokens."""
+    p = T.TableParams(sets_log2=data.draw(st.integers(1, 2)), ways=data.draw(st.integers(1, 3)),
+                      slots=data.draw(st.integers(2, 9)), bigram_slots=data.draw(st.integers(1, 5)), inc=64,
+                      cmax=255)
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    t = T.TrigramTable.empty(V, p)
+    counts = [0, 1, 2, 3, 64, 255, 300, 0xFFFF]
+    toks = rng.integers(0, V, size=(p.n_sets, p.ways, p.slots))
+    t.trig[:, :, 1:] = (toks << 16 | rng.choice(counts, size=toks.shape)).astype(np.uint32)
+    a, b = rng.integers(0, V, size=(2, p.n_sets, p.ways))
+    t.trig[:, :, 0] = np.where(rng.random((p.n_sets, p.ways)) < 0.8, a << 16 | b, T.EMPTY_KEY).astype(np.uint32)
+    for s in range(p.n_sets):                      # make some keys the contexts their set is looked up for
+        for w in range(p.ways):
+            key = int(t.trig[s, w, 0])
+            if key != T.EMPTY_KEY:
+                t.trig[T.set_index(key >> 16, key & 0xFFFF, p.sets_log2), w, 0] = key
+    btok = rng.integers(0, V, size=(V, p.bigram_slots))
+    t.bigram[:] = (btok << 16 | rng.choice(counts, size=btok.shape)).astype(np.uint32)
+    return t
+
+
+@settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_guided_matches_reference_random_tables(data):
+    """Random tables, contexts and node budgets (1 .. 40: a full frontier and evictions from about 5 up):
+    exact tokens and parents of draft_tree_guided, the updates between the drafts exact too."""
+    table = _random_table(data)
+    n = data.draw(st.integers(1, 40), label="n_nodes")
+    stream = np.array(data.draw(st.lists(st.integers(0, table.vocab_size - 1), min_size=2, max_size=6)))
+    run = run_engine(table, stream, len(stream) - 1, T.make_template(n, n), guided=True,
+                     stall=data.draw(st.sampled_from([0.0, 0.3])), seed=n, check_every=len(stream))
+    assert run.steps == len(stream) - 1
+
+
+def guided_schedule_cycles(table: T.TrigramTable, prev, root, n: int, latency: int = 0) -> int:
+    """Cycles of one count-guided DRAFT with a memory that never stalls (answering ``latency`` cycles after a
+    request), from the engine's schedule: 1 (command) + per expansion [lookup W + 2 + latency (2 without a
+    context) + G_SUM (children + 1) + with children: G_DIV (33) + per child 3 (G_MUL, G_MUL2, G_INS) or, with
+    the frontier full, 2 + 1 + F + 1 (G_INS, G_MIN, G_REPL) + 1] + per selection (slots in use, high-water
+    mark, + 1) + 1 per tree node streamed out. Mirrors the slot allocation (lowest free slot)."""
+    W = table.params.ways
+    tokens, parents = [root], [-1]
+    slots: list = [None] * G_FRONTIER                # (score, seq, parent, token) per slot
+    top, seq, score, j, cycles = 0, 0, T.GUIDED_ROOT_SCORE, 0, 1
+    while n and len(tokens) <= n:
+        before = prev if j == 0 else tokens[parents[j]]
+        cycles += 2 + (W + latency if before is not None else 0)
+        kept = table.successor_counts(before, tokens[j])[:G_CHILDREN]
+        cycles += len(kept) + 1
+        if kept:
+            cycles += G_RECIP_BITS + 1 + 1
+        for (tok, _), sc in zip(kept, T.guided_child_scores(score, [c for _, c in kept])):
+            if None in slots:
+                i = slots.index(None)
+                slots[i], top = (sc, seq, j, tok), max(top, i + 1)
+                cycles += 3
+            else:
+                i = min(range(G_FRONTIER), key=lambda k: (slots[k][0], -slots[k][1]))
+                if sc > slots[i][0]:
+                    slots[i] = (sc, seq, j, tok)
+                cycles += 2 + 1 + G_FRONTIER + 1
+            seq += 1
+        cycles += top + 1
+        live = [k for k in range(G_FRONTIER) if slots[k] is not None]
+        if not live:
+            break
+        b = max(live, key=lambda k: (slots[k][0], -slots[k][1]))
+        score, _, par, tok = slots[b]
+        slots[b] = None
+        tokens.append(tok)
+        parents.append(par)
+        j = len(tokens) - 1
+    assert (tokens, parents) == T.draft_tree_guided(table, prev, root, n)
+    return cycles + len(tokens)
+
+
+@pytest.mark.parametrize("n, latency", [(3, 0), (3, 30), (7, 0), pytest.param(24, 0, marks=pytest.mark.slow)])
+def test_guided_cycles_without_stalls(n, latency):
+    """Count-guided DRAFT cycles with a memory that never stalls, exactly as scheduled (docs/speculative.md
+    quotes them); the same engine's template drafts keep the template schedule (test_cycles_without_stalls)."""
+    table = _small_table(SMALL)
+    stream = _tokens(shlex, SMALL_V)
+    steps = 60 if n < 24 else 20
+    expect, ref = [], table.copy()
+    for t in range(steps):
+        prev = int(stream[t - 1]) if t > 0 else None
+        expect.append(guided_schedule_cycles(ref, prev, int(stream[t]), n, latency))
+        ref.update(prev, int(stream[t]), int(stream[t + 1]))
+    run = run_engine(table, stream, steps, T.make_template(n, n), guided=True, latency=latency,
+                     check_every=steps)
+    assert run.draft_cycles == expect
+    print(f"\nguided n={n} latency {latency}: draft mean {np.mean(run.draft_cycles):.1f}, "
+          f"max {max(run.draft_cycles)} cycles (mean tree nodes {run.draft_nodes / run.steps:.1f})")
+
+
 def test_verilog_and_bad_parameters():
     text = verilog.convert(DraftEngine(SMALL_V, SMALL), name="draft_engine")
     for port in ("cmd__valid", "draft__payload", "rd_req__payload", "rd_resp__payload", "wr__payload",
@@ -300,6 +423,10 @@ def test_verilog_and_bad_parameters():
         DraftEngine(0, SMALL)
     with pytest.raises(ValueError, match="ways"):
         DraftEngine(16, T.TableParams(ways=0))
+    with pytest.raises(ValueError, match="count-guided rule drafts at most 255"):
+        DraftEngine(16, SMALL, template=T.make_template(256, 256))
+    assert DraftEngine(16, SMALL, template=T.make_template(256, 256), guided=False).n_nodes == 257
+    assert "frontier" not in verilog.convert(DraftEngine(16, SMALL, guided=False), name="draft_engine")
 
 
 @pytest.mark.sim

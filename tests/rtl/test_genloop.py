@@ -106,7 +106,7 @@ def run_loop(model: ToyModel, table: T.TrigramTable, context: tuple[int, int], n
          "BIGRAM_BASE": BIGRAM, "GEN_OUT": GEN_OUT, "MEM_LO": MEM_LO, "MEM_HI": MEM_HI, "GEN_N": n,
          "GEN_CONTEXT": RM.encode("GEN_CONTEXT", prev=context[0], root=context[1]),
          "GEN_EOS": RM.encode("GEN_EOS", enable=1, token=eos) if eos is not None else 0,
-         "STATE_STRIDE": STRIDE}
+         "STATE_STRIDE": STRIDE, "GEN_DRAFT": 0}
     r.update(regs or {})
     out = {"pass_log": [], "finished": False, "cycles": 0}
     seq_ctx = list(context)            # the sequence as the loop has committed it (for the fake model)
@@ -114,8 +114,8 @@ def run_loop(model: ToyModel, table: T.TrigramTable, context: tuple[int, int], n
     async def bench(ctx):
         for name in RM.GEN_ADDRESS_REGS + ("STATE_IN", "STATE_OUT", "MEM_LO", "MEM_HI"):
             ctx.set(getattr(dut, "reg_" + name.lower()), r[name])
-        for name in ("GEN_N", "GEN_CONTEXT", "GEN_EOS", "STATE_STRIDE"):
-            ctx.set(Value.cast(getattr(dut, name.lower())), r[name])     # GEN_CONTEXT, GEN_EOS: layout views
+        for name in ("GEN_N", "GEN_CONTEXT", "GEN_EOS", "STATE_STRIDE", "GEN_DRAFT"):
+            ctx.set(Value.cast(getattr(dut, name.lower())), r[name])     # GEN_CONTEXT, GEN_EOS, GEN_DRAFT: views
         ctx.set(dut.go, 1)
         await ctx.tick()
         ctx.set(dut.go, 0)
@@ -253,6 +253,60 @@ def test_loop_matches_speculative_generate(seed):
     assert got["gen_state"] == cur
     np.testing.assert_array_equal(got["trig"], adapted.trig)
     np.testing.assert_array_equal(got["bigram"], adapted.bigram)
+
+
+def guided_reference(model: ToyModel, prompt, start: T.TrigramTable, n: int):
+    """The loop with count-guided trees of K - 1 nodes from the toy model's greedy tokens: (every pass's
+    (tokens, parents), the adapted table). ``start`` already learned the prompt and the first token."""
+    from mmfree.pymodel.speculative import accept_walk
+
+    want = greedy(model, prompt, n)
+    t, seq, out, log = start.copy(), list(prompt) + want[:1], want[:1], []
+    while len(out) < n:
+        toks, parents = T.draft_tree_guided(t, seq[-2], seq[-1], K - 1)
+        log.append((toks, parents))
+
+        def pick(node, cands):
+            tok = want[len(out)]
+            return tok, cands.index(tok) if tok in cands else -1
+
+        def emit(tok):
+            t.update(seq[-2], seq[-1], tok)
+            seq.append(tok)
+            out.append(tok)
+            return len(out) == n
+
+        accept_walk(toks, parents, pick, emit)
+    return log, t
+
+
+@pytest.mark.parametrize("seed", [0])
+def test_loop_guided_trees_match_the_reference(seed):
+    """GEN_DRAFT.tree = COUNT_GUIDED: every pass's draft is draft_tree_guided's (K - 1 nodes) from the table as the
+    loop adapted it; tokens, GEN_PASSES / GEN_NODES and the table left in DDR exact."""
+    n = 40
+    model, prompt, table = _setup(seed)
+    first, start = _start(model, prompt, table)
+    ref_log, adapted = guided_reference(model, prompt, start, n)
+    got = run_loop(model, start, (prompt[-1], first), n - 1, seed=seed,
+                   regs={"GEN_DRAFT": RM.encode("GEN_DRAFT", tree=RM.TreeRule.COUNT_GUIDED)})
+    assert got["finished"] and got["done"] and not got["error"]
+    assert got["gen_out"] == greedy(model, prompt, n)[1:]
+    assert [(p[0], p[1]) for p in got["pass_log"]] == ref_log
+    assert got["passes"] == len(ref_log) and got["nodes"] == sum(len(p[0]) for p in ref_log)
+    np.testing.assert_array_equal(got["trig"], adapted.trig)
+    np.testing.assert_array_equal(got["bigram"], adapted.bigram)
+
+
+def test_bad_tree_rule_stops_before_any_access():
+    """GEN_DRAFT.tree 2 or 3 (no rule): ERR_GEN_CONFIG detail 2, after the GEN_N / STATE_STRIDE checks."""
+    model, prompt, table = _setup(0)
+    first, start = _start(model, prompt, table)
+    for regs, detail in (({"GEN_DRAFT": 2}, 2), ({"GEN_DRAFT": 3}, 2), ({"GEN_DRAFT": 3, "STATE_STRIDE": 0}, 1)):
+        got = run_loop(model, start, (prompt[-1], first), 8, regs=regs)
+        assert got["finished"] and got["error"] and not got["done"]
+        assert (got["error_code"] & 0xFF, got["error_code"] >> 8) == (RM.ERR_GEN_CONFIG, detail)
+        assert got["pass_log"] == [] and got["count"] == 0
 
 
 def _last_node(model, seq, log, n):

@@ -46,9 +46,15 @@ def test_masks_are_the_documented_bits():
 
 @pytest.mark.parametrize("reg", FIELDED, ids=lambda r: r.name)
 def test_encode_decode_round_trip(reg):
-    values = {f.name: (0x5A5A5A5A >> f.lo) & ((1 << f.width) - 1) for f in reg.fields}
+    values = {f.name: (0x5A5A5A5A >> f.lo) & ((1 << f.width) - 1) if f.values is None else int(max(f.values))
+              for f in reg.fields}
     assert RM.decode(reg.name, RM.encode(reg.name, **values)) == values
     assert RM.encode(reg.name) == 0
+    for f in reg.fields:                       # an enumerated field takes exactly its enum's values
+        if f.values is not None:
+            bad = next(v for v in range(1 << f.width) if v not in set(f.values))
+            with pytest.raises(RM.RegisterFieldError, match=f"{reg.name}.{f.name} must be one of"):
+                RM.encode(reg.name, **{f.name: bad})
 
 
 def test_hw_and_draft_config_helpers_use_the_tables():

@@ -247,7 +247,8 @@ def test_engine_identity_registers(model):
     p = TG.TableParams()
     assert board.read32(RM.OFFSET["DRAFT_VOCAB"]) == DEFAULT_HW.draft_vocab == host.hw.draft_vocab
     assert host.draft == dict(sets_log2=p.sets_log2, ways=p.ways, slots=p.slots, bigram_slots=p.bigram_slots,
-                              inc=p.inc, cmax=p.cmax, vocab=DEFAULT_HW.draft_vocab)
+                              inc=p.inc, cmax=p.cmax, vocab=DEFAULT_HW.draft_vocab,
+                              tree_rules=("template", "count-guided"))
     lo, hi = host.transport.mem_window
     assert host.addr["DATA_BASE"] < host.addr["TABLE_BASE"] < host.addr["BIGRAM_BASE"] < host.addr["GEN_OUT"]
     assert host.mem_end == HL.ddr_needed(model[0], K, host.draft) + lo <= hi
