@@ -48,7 +48,22 @@ UNIT_COMMANDS = [
      "--family", "xc7", "--json"],
     ["mmfree", "rtl", "estimate", "--units", "max_abs,quant_stats,codes_from_p,reciprocal,codes,output_multiplier,dequantize,"
      "mlgru_update,gated_product,residual_add,argmax", "--json"],
+    # the on-chip draft-verify loop (builds with a draft engine): GenLoop(DEFAULT_HW), the DraftEngine included
+    ["python", str(ROOT / "bench" / "perf_table.py"), "--genloop-unit"],
 ]
+
+
+def genloop_unit() -> int:
+    """Print ``{"yosys", "units": {"genloop": {"xc7": counts}}}``: Yosys synth_xilinx -family xc7 of GenLoop(DEFAULT_HW)
+    (V = 4096, k = 4, the draft engine included), as recorded in docs/speculative.md."""
+    from mmfree.rtl.estimate import estimate_units, find_yosys, yosys_version
+    from mmfree.rtl.genloop import GenLoop
+    from mmfree.sim.accel import DEFAULT_HW
+
+    yosys = find_yosys()
+    res = estimate_units({"genloop": lambda: GenLoop(DEFAULT_HW)}, ("xc7",), yosys)
+    print(json.dumps({"yosys": yosys_version(yosys), "units": res}))
+    return 0
 
 
 def run_units() -> int:
@@ -196,9 +211,12 @@ def main() -> int:
     ap.add_argument("--record", action="store_true", help="write docs/performance.md and docs/img/perf.png")
     ap.add_argument("--units", action="store_true", help="re-run Yosys for boards/data/unit_resources.json")
     ap.add_argument("--streams", action="store_true", help="multi-stream rows (section projections-streams)")
+    ap.add_argument("--genloop-unit", action="store_true", help="print the Yosys estimate of GenLoop (run by --units)")
     args = ap.parse_args()
     if args.units:
         return run_units()
+    if args.genloop_unit:
+        return genloop_unit()
     if args.streams:
         srs = stream_rows()
         print(json.dumps(srs, indent=1) if args.json else stream_table(srs))

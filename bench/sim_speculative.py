@@ -81,6 +81,7 @@ def main() -> int:
     tot = {key: sum(r[key] for r in rows) for key in rows[0] if key not in ("prompt", "mean_accepted")}
     res = {"model": args.model, "prompts": len(prompts), "prompt_tokens": args.prompt_tokens,
            "new_tokens": args.new_tokens, "k": spec["k"], "onchip": args.onchip, "write_logits": args.write_logits,
+           "build": build_text(spec["hw"]),
            "rows": rows, "totals": tot,
            "tokens_per_pass": sum(r["mean_accepted"] * r["spec_decode_passes"] for r in rows) / tot["spec_decode_passes"],
            "speedup_decode": tot["plain_decode_cycles"] / tot["spec_decode_cycles"],
@@ -100,9 +101,18 @@ def section(k: int) -> str:
     return "sim-speedup" if k == 4 else f"sim-speedup-k{k}"
 
 
+def build_text(hw: dict) -> str:
+    """The build a run was measured on, in words (``run_sim``'s ``hw``: the simulated default build, DEFAULT_HW)."""
+    return (f"the build `mmfree.sim.accel.DEFAULT_HW` ({8 * hw['bus_bytes']}-bit bus, up to "
+            f"{hw['max_tokens']} tokens per pass, width {hw['max_width']}, {hw.get('weight_ports', 1)} weight port x "
+            f"{hw.get('matvec_engines', 2)} engines, "
+            + (f"draft engine for {hw['draft_vocab']} tokens" if hw.get("draft_vocab") else "no draft engine") + ")")
+
+
 def render(res: dict, cmd: str) -> str:
     t = res["totals"]
-    lines = [f"Simulated (Verilator, the HDL DDR model: one 128-bit beat per cycle, 24 cycles read latency), model "
+    lines = [f"Simulated on {res['build']} (Verilator, the HDL DDR model: one 128-bit beat per cycle, 24 cycles read "
+             f"latency), model "
              f"`{res['model']}`, {res['prompts']} held-out prompts of {res['prompt_tokens']} tokens, "
              f"{res['new_tokens']} new tokens each, trigram tree drafts verified k = {res['k']} tokens per pass, "
              + ("drafted on the accelerator (one CONTROL.GENERATE per prompt: the speculative decode cycles are "

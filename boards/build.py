@@ -82,13 +82,23 @@ class BuildConfig:
     weight_ports: int = 1
     #: ternary engines per weight port (1 or 2; HwConfig.matvec_engines)
     matvec_engines: int = 2
+    #: rows of the trigram draft engine's on-chip bigram memory (HwConfig.draft_vocab; 0: no draft engine)
+    draft_vocab: int = 0
+    #: the fabric clock the PS really generates for ``clock_mhz`` (:func:`fabric_clock`)
+    fabric: dict = field(default_factory=dict)
 
     @property
     def hw(self):
         from mmfree.rtl.compiler import HwConfig
 
         return HwConfig(bus_bytes=self.bus_bytes, max_tokens=self.max_tokens, max_width=self.max_width,
-                        weight_ports=self.weight_ports, matvec_engines=self.matvec_engines)
+                        weight_ports=self.weight_ports, matvec_engines=self.matvec_engines,
+                        draft_vocab=self.draft_vocab)
+
+    @property
+    def freq_hz(self) -> int:
+        """FREQ_HZ of the fabric clock as the block design reports it (the IP's ``ap_clk`` declares the same)."""
+        return self.fabric["freq_hz"]
 
     @property
     def hp_port(self) -> str:
@@ -191,14 +201,73 @@ def _check_ports(b, ports: list[str]) -> list[str]:
     return ports
 
 
+#: The PLL feeding the PS fabric clock when a board file has no ``fabric_pll`` (the PS's documented defaults):
+#: ZynqMP IOPLL = PS_REF_CLK 33.333 MHz x 45 (FBDIV 90, DIV2) = 1499.985 MHz; Zynq-7000 IO PLL = PS_CLK
+#: 33.333333 MHz x 30 = 1000 MHz.
+DEFAULT_FABRIC_PLL = {"zynqmp": {"name": "IOPLL", "ref_mhz": 33.333, "mult": 45},
+                      "zynq7": {"name": "IO PLL", "ref_mhz": 33.333333, "mult": 30}}
+#: the fabric clock divides its PLL by two 6-bit divisors (PL0_REF_CTRL DIVISOR0/1 on ZynqMP, FPGA0_CLK_CTRL
+#: DIVISOR0/1 on Zynq-7000)
+FABRIC_DIVISORS = range(1, 64)
+
+
+def fabric_clock(board, clock_mhz: float) -> dict:
+    """The clock the PS really generates for a ``clock_mhz`` request: its PLL (board file ``fabric_pll``: ``ref_mhz``
+    x ``mult``, else :data:`DEFAULT_FABRIC_PLL`) divided by the divisor pair ``d0 x d1`` (1..63 each) that comes
+    nearest, the product smallest and ``d1`` smallest on ties. Vivado reports the result rounded to float32 with six decimals
+    (``PSU__CRL_APB__PL0_REF_CTRL__ACT_FREQMHZ {249.997498}`` for 250 on a ZynqMP: 1499.985 / 6), and the pin's
+    ``FREQ_HZ`` is that figure in Hz (249997498). Returns ``{"requested_mhz", "actual_mhz", "freq_hz", "divisors",
+    "pll": {name, ref_mhz, mult, mhz}}``."""
+    import numpy as np
+
+    pll = dict(DEFAULT_FABRIC_PLL[board.ps])
+    pll.update({k: v for k, v in (board.raw.get("fabric_pll") or {}).items() if k in ("name", "ref_mhz", "mult")})
+    for key in ("ref_mhz", "mult"):
+        if not (isinstance(pll[key], (int, float)) and not isinstance(pll[key], bool) and pll[key] > 0):
+            raise MmfreeError(f"board file {board.name}: field 'fabric_pll.{key}' must be a positive number (the PS "
+                              f"PLL feeding the fabric clock: ref_mhz x mult), got {pll[key]!r}")
+    pll_mhz = pll["ref_mhz"] * pll["mult"]
+    # nearest, then the smallest product, then DIVISOR1 = 1 where it can be (as Vivado sets PL0_REF_CTRL)
+    _, _, d1, d0 = min((abs(pll_mhz / (a * b) - clock_mhz), a * b, b, a)
+                       for a in FABRIC_DIVISORS for b in FABRIC_DIVISORS)
+    shown = f"{float(np.float32(pll_mhz / (d0 * d1))):.6f}"
+    return {"requested_mhz": clock_mhz, "actual_mhz": float(shown), "freq_hz": int(shown.replace(".", "")),
+            "divisors": [d0, d1], "pll": {**{k: pll[k] for k in ("name", "ref_mhz", "mult")}, "mhz": pll_mhz}}
+
+
+def _draft_vocab(b, draft_engine: bool | None, draft_vocab: int | None) -> int:
+    """Rows of the draft engine's bigram memory: ``draft_vocab`` (``--draft-vocab``, implies the engine), else with
+    ``draft_engine`` True the board file's ``build.draft_vocab`` or :data:`PARAMS.BOARD_DRAFT_VOCAB`; with it None
+    the board file's ``build.draft_vocab`` (0 or absent: no engine); with it False 0."""
+    board_v = (b.raw.get("build") or {}).get("draft_vocab", 0)
+    if type(board_v) is not int or not 0 <= board_v <= 65535:
+        raise MmfreeError(f"board file {b.name}: field 'build.draft_vocab' must be an integer in 0..65535 (rows of "
+                          f"the draft engine's bigram memory, at least the model's vocabulary; 0: no draft engine), "
+                          f"got {board_v!r}")
+    if draft_vocab is not None:
+        if draft_engine is False:
+            raise MmfreeError("--draft-vocab sizes the draft engine that --no-draft-engine leaves out: give one of them")
+        if type(draft_vocab) is not int or not 1 <= draft_vocab <= 65535:
+            raise MmfreeError(f"--draft-vocab {draft_vocab!r}: the draft engine's bigram memory holds 1..65535 rows "
+                              "(16-bit token ids); give at least the model's vocabulary (32000 for the MMfreeLM "
+                              "checkpoints, 4096 for the default model)")
+        return draft_vocab
+    if draft_engine is None:
+        return board_v
+    return (board_v or PARAMS.BOARD_DRAFT_VOCAB) if draft_engine else 0
+
+
 def config_for(board, clock_mhz: float | None = None, max_width: int | None = None, max_tokens: int | None = None,
-               weight_ports: int | None = None) -> BuildConfig:
+               weight_ports: int | None = None, draft_engine: bool | None = None,
+               draft_vocab: int | None = None) -> BuildConfig:
     """The build parameters of ``board`` (a name or :class:`~mmfree.boardfile.Board`): AXI width from its
     HP ports, the fabric clock (default: the board file's, at most ``max_clock_mhz``), the widest vector
     (default: the board file's ``build.max_width``, else :data:`DEFAULT_MAX_WIDTH`), the tokens per pass
     (default: the board file's ``build.max_tokens``, else :data:`DEFAULT_MAX_TOKENS`), the weight ports (default:
-    the board file's ``build.weight_ports``, else 1) and the HP port of each AXI master (``hp_ports.used``,
-    default the first ``weight_ports`` of ``hp_ports.names``; see :func:`_ports_for` for the override)."""
+    the board file's ``build.weight_ports``, else 1), the HP port of each AXI master (``hp_ports.used``,
+    default the first ``weight_ports`` of ``hp_ports.names``; see :func:`_ports_for` for the override), the draft
+    engine (``draft_engine`` / ``draft_vocab``, :func:`_draft_vocab`; default the board file's
+    ``build.draft_vocab``) and the fabric clock the PS really generates (:func:`fabric_clock`)."""
     from mmfree.boardfile import load_board
     from mmfree.rtl.compiler import HwConfig
 
@@ -226,15 +295,21 @@ def config_for(board, clock_mhz: float | None = None, max_width: int | None = No
         raise MmfreeError(f"board file {b.name}: field 'gp_port' (the PS master port for the AXI4-Lite CSRs) is "
                           "missing")
     bus_bytes = b.hp_ports["width_bits"] // 8
+    vocab = _draft_vocab(b, draft_engine, draft_vocab)
     try:
         HwConfig(bus_bytes=bus_bytes, max_tokens=max_tokens, max_width=max_width, weight_ports=n_ports,
                  matvec_engines=engines)
     except ValueError as exc:
         raise MmfreeError(f"{b.name}: {exc}") from None
+    if vocab and max_tokens < 2:
+        raise MmfreeError(f"{b.name}: the draft engine verifies at least one drafted token per pass, so it needs "
+                          f"--max-tokens >= 2 (this build has {max_tokens}); raise --max-tokens or build with "
+                          "--no-draft-engine")
     return BuildConfig(board=b.name, part=b.part, family=b.family, ps=b.ps, board_part=b.raw.get("vivado_board_part"),
                        clock_mhz=clock, bus_bytes=bus_bytes, max_tokens=max_tokens, max_width=max_width,
                        addr_width=ADDR_WIDTH[b.ps], hp_ports=used, gp_port=gp,
-                       ps_config=dict(b.raw.get("ps_config") or {}), weight_ports=n_ports, matvec_engines=engines)
+                       ps_config=dict(b.raw.get("ps_config") or {}), weight_ports=n_ports, matvec_engines=engines,
+                       draft_vocab=vocab, fabric=fabric_clock(b, clock))
 
 
 # ======================================================================================================
@@ -246,7 +321,8 @@ def _source_key(cfg: BuildConfig) -> str:
     from mmfree.config import RTL_SOURCES, source_digest
 
     return source_digest(*RTL_SOURCES, extra=repr((cfg.bus_bytes, cfg.max_tokens, cfg.max_width, cfg.addr_width,
-                                                   cfg.weight_ports, cfg.matvec_engines, amaranth.__version__)))
+                                                   cfg.weight_ports, cfg.matvec_engines, amaranth.__version__,
+                                                   cfg.draft_vocab, cfg.family)))
 
 
 def _cache_root() -> Path:
@@ -257,20 +333,37 @@ def _cache_root() -> Path:
 
 
 def accel_verilog(cfg: BuildConfig, progress=None) -> Path:
-    """The accelerator's Verilog (top ``mmfree_accel``) for this build, generated once per RTL change (cached)."""
+    """The accelerator's Verilog (top ``mmfree_accel``) for this build, generated once per RTL change (cached), with
+    ``(* ram_style = "ultra" *)`` on the memories :mod:`mmfree.rtl.memstyle` sends to URAM on this family. The
+    design's memories are recorded beside it (:func:`accel_memories`)."""
     path = _cache_root() / "verilog" / f"mmfree_accel-{_source_key(cfg)}.v"
-    if path.exists():
+    mems_path = path.with_suffix(".mems.json")
+    if path.exists() and mems_path.exists():
         return path
     from amaranth.back import verilog
 
+    from mmfree.rtl.memstyle import StylePlatform
     from mmfree.rtl.top import MmfreeAccel
 
     if progress:
         progress(f"generating the accelerator's Verilog (bus {8 * cfg.bus_bytes} bits, address {cfg.addr_width} bits, "
-                 f"{cfg.weight_ports} weight port(s); once per RTL change, a few minutes)")
-    text = verilog.convert(MmfreeAccel(cfg.hw, addr_width=cfg.addr_width), name=RM.TOP_NAME, emit_src=False)
+                 f"{cfg.weight_ports} weight port(s)"
+                 + (f", draft engine for {cfg.draft_vocab} tokens" if cfg.draft_vocab else "")
+                 + "; once per RTL change, a few minutes)")
+    plat = StylePlatform(cfg.family)
+    text = verilog.convert(MmfreeAccel(cfg.hw, addr_width=cfg.addr_width), name=RM.TOP_NAME, emit_src=False,
+                           platform=plat)
+    write_json(mems_path, [asdict(m) for m in plat.memories])
     write_text(path, text)
     return path
+
+
+def accel_memories(cfg: BuildConfig, progress=None) -> list:
+    """The memories of this build's accelerator (:class:`mmfree.rtl.memstyle.Mem`), as elaborated for its Verilog."""
+    from mmfree.rtl.memstyle import Mem
+
+    path = accel_verilog(cfg, progress).with_suffix(".mems.json")
+    return [Mem(**m) for m in json.loads(path.read_text())]
 
 
 def _axi_ports(cfg: BuildConfig) -> tuple[list[tuple[str, int, str]], list[tuple[str, int, str]]]:
@@ -303,7 +396,7 @@ def wrapper_verilog(cfg: BuildConfig) -> str:
     busif = ":".join(mnames + [RM.PORT_AXI_LITE])
     ports.append('(* X_INTERFACE_INFO = "xilinx.com:signal:clock:1.0 ap_clk CLK" *)\n'
                  f'(* X_INTERFACE_PARAMETER = "ASSOCIATED_BUSIF {busif}, ASSOCIATED_RESET ap_rst_n, '
-                 f'FREQ_HZ {int(round(cfg.clock_mhz * 1e6))}" *)\n    input  wire ap_clk')
+                 f'FREQ_HZ {cfg.freq_hz}" *)\n    input  wire ap_clk')
     ports.append('(* X_INTERFACE_INFO = "xilinx.com:signal:reset:1.0 ap_rst_n RST" *)\n'
                  '(* X_INTERFACE_PARAMETER = "POLARITY ACTIVE_LOW" *)\n    input  wire ap_rst_n')
     ports.append('(* X_INTERFACE_INFO = "xilinx.com:signal:interrupt:1.0 interrupt INTERRUPT" *)\n'
@@ -390,7 +483,7 @@ def _ps_block(cfg: BuildConfig) -> str:
         PS_CONFIG="".join(f"    CONFIG.{k} {{{v}}} \\\n" for k, v in cfg.ps_config.items()),
         HP_VARS="".join(f"set hp_port{_suffix(m)} [get_bd_intf_pins $ps/{hp}]\n"
                         for m, hp in zip(masters(cfg.weight_ports), cfg.hp_ports)),
-        CLOCK_MHZ=f"{cfg.clock_mhz:g}", GP_PORT=gp)
+        CLOCK_MHZ=f"{cfg.clock_mhz:g}", GP_PORT=gp, FREQ_HZ=cfg.freq_hz)
     idx = [hp_port_index(cfg.ps, hp) for hp in cfg.hp_ports]
     if cfg.ps == "zynq7":
         preset = "1" if cfg.board_part else "0"
@@ -512,40 +605,84 @@ def latest_estimate(cfg: BuildConfig) -> dict | None:
     return best[1] if best else None
 
 
+#: resource classes of a fit check, board-file ``pl`` key -> the name errors use
+CLASSES = {"lut": "LUT", "ff": "FF", "dsp": "DSP", "bram36": "BRAM36", "uram": "URAM"}
+#: what to change when a class overflows
+_FIX = {"lut": "lower --max-tokens or --weight-ports", "ff": "lower --max-tokens or --weight-ports",
+        "dsp": "lower --max-tokens or --weight-ports",
+        "bram36": "lower --max-width or --max-tokens, or build --no-draft-engine / a smaller --draft-vocab",
+        "uram": "lower --max-width or --max-tokens, or build --no-draft-engine / a smaller --draft-vocab"}
+
+
 def fit_report(counts: dict, board) -> dict:
-    """Use of each resource as a fraction of the part (BRAM in 36 Kb blocks; Yosys maps no URAM, so the
-    BRAM figure is compared with BRAM36 + 8 x URAM as the capacity Vivado could use)."""
+    """Use of each resource of a Yosys estimate (:func:`estimate`) as a fraction of the part: LUT (LUT + LUTRAM
+    cells), FF, DSP, BRAM (RAMB36 + RAMB18 / 2 against the part's BRAM36) and URAM (URAM288 cells: the memories
+    the build marks ``ram_style "ultra"``, :mod:`mmfree.rtl.memstyle`)."""
     pl = board.pl
-    lut_cap = pl["lut"]
-    cap = {"LUT": lut_cap, "FF": pl["ff"], "DSP": pl["dsp"], "BRAM": pl["bram36"] + 8 * pl.get("uram", 0)}
+    cap = {"LUT": pl["lut"], "FF": pl["ff"], "DSP": pl["dsp"], "BRAM": pl["bram36"], "URAM": pl.get("uram", 0)}
     used = {"LUT": counts.get("LUT", 0) + counts.get("LUTRAM", 0), "FF": counts.get("FF", 0),
-            "DSP": counts.get("DSP", 0), "BRAM": counts.get("BRAM", 0)}
-    return {k: {"used": used[k], "available": cap[k], "fraction": (used[k] / cap[k]) if cap[k] else float("inf")}
+            "DSP": counts.get("DSP", 0), "BRAM": counts.get("BRAM", 0), "URAM": counts.get("URAM", 0)}
+    return {k: {"used": used[k], "available": cap[k],
+                "fraction": (used[k] / cap[k]) if cap[k] else (0.0 if used[k] == 0 else float("inf"))}
             for k in cap}
 
 
 def check_fit(counts: dict, board) -> list[str]:
-    """Refuse (MmfreeError) a design that clearly does not fit; return warnings for a tight one."""
+    """Refuse (MmfreeError) a design whose Yosys estimate does not fit, naming each class that overflows and by how
+    much; return warnings for a tight one."""
     rep = fit_report(counts, board)
-    over = [f"{k} {v['used']:g} of {v['available']}" for k, v in rep.items() if v["fraction"] > FIT_LIMIT]
+    over = [f"{k} {v['used']:g} of {v['available']} (over by {v['used'] - v['available']:g})"
+            for k, v in rep.items() if v["fraction"] > FIT_LIMIT]
     if over:
         raise MmfreeError(f"the accelerator does not fit the {board.name} ({board.part}): {', '.join(over)} "
                           "(Yosys estimate); build with a smaller --max-width or --max-tokens, or choose a larger board")
-    warn = [f"{k} at {100 * v['fraction']:.0f}% of the part: placement and timing may fail"
+    return [f"{k} at {100 * v['fraction']:.0f}% of the part: placement and timing may fail"
             for k, v in rep.items() if v["fraction"] > WARN_LIMIT]
-    bram36 = board.pl["bram36"]
-    if counts.get("BRAM", 0) > bram36:
-        need = counts["BRAM"] - bram36
-        warn.append(f"BRAM: {counts['BRAM']:g} blocks of 36 Kb against {bram36} BRAM36 on the {board.part}: it fits only "
-                    f"if Vivado puts at least {need:g} blocks' worth of the deep buffers into URAM (ram_style "
-                    f"\"ultra\"; Yosys maps none)")
-    return warn
+
+
+def modeled_resources(cfg: BuildConfig, board, mems) -> dict:
+    """The modeled whole-design resources of a build: LUT, FF and DSP composed from the recorded Yosys unit estimates
+    (:func:`mmfree.sim.perf.estimate_resources`, the draft-verify loop included when the build has it), URAM288 and
+    RAMB36 from the build's own memories ``mems`` (:func:`accel_memories`) placed by the rule that sets their
+    ``ram_style`` (:func:`mmfree.rtl.memstyle.place`). Returns ``{"label": "modeled", "used", "available",
+    "fraction", "fits", "over", "memories", "notes"}`` (keys of ``used`` as the board file's ``pl``)."""
+    from mmfree.rtl.memstyle import place
+    from mmfree.sim.perf import estimate_resources
+
+    logic = estimate_resources(cfg.hw, cfg.family)
+    placed = place(mems, cfg.family)
+    used = {"lut": logic["lut"], "ff": logic["ff"], "dsp": logic["dsp"], "bram36": placed["bram36"],
+            "uram": placed["uram"]}
+    avail = {k: int(board.pl.get(k, 0)) for k in CLASSES}
+    frac = {k: used[k] / avail[k] if avail[k] else (0.0 if used[k] == 0 else float("inf")) for k in CLASSES}
+    over = {k: used[k] - avail[k] for k in CLASSES if used[k] > avail[k]}
+    kinds: dict[str, dict] = {}
+    for m in placed["memories"]:
+        e = kinds.setdefault(m["kind"], {"memories": 0, "uram": 0, "bram36": 0, "bits": 0})
+        e["memories"] += 1
+        e["uram"] += m["uram"]
+        e["bram36"] += m["bram36"]
+        e["bits"] += m["depth"] * m["width"]
+    return {"label": "modeled", "used": used, "available": avail, "fraction": frac, "fits": not over, "over": over,
+            "memories": kinds, "notes": logic["notes"] + [
+                "LUT/FF/DSP: recorded Yosys unit estimates x instances + glue_fraction (mmfree.sim.perf); URAM/BRAM36: "
+                "this build's memories under the ram_style rule of mmfree.rtl.memstyle (Vivado not run)"]}
+
+
+def check_modeled_fit(res: dict, board) -> None:
+    """Refuse (MmfreeError) a build whose modeled resources (:func:`modeled_resources`) exceed the part, naming each
+    class that overflows, by how much, and what to change."""
+    if res["fits"]:
+        return
+    what = "; ".join(f"{CLASSES[k]} {res['used'][k]:,} of {res['available'][k]:,} (over by {n:,}; {_FIX[k]})"
+                     for k, n in res["over"].items())
+    raise MmfreeError(f"the build does not fit the {board.name} ({board.part}), modeled: {what}")
 
 
 # ======================================================================================================
 # the whole build
 # ======================================================================================================
-def write_project(cfg: BuildConfig, out: Path, verilog: Path, est: dict | None = None) -> dict:
+def write_project(cfg: BuildConfig, out: Path, verilog: Path, est: dict | None = None, model: dict | None = None) -> dict:
     """Write the build folder atomically (a whole new folder swapped in; call :func:`check_out` first).
     Returns the manifest (also written as build.json)."""
     from mmfree.atomic import output_dir
@@ -563,7 +700,8 @@ def write_project(cfg: BuildConfig, out: Path, verilog: Path, est: dict | None =
     manifest = {"board": cfg.board, "config": asdict(cfg), "vlnv": RM.VLNV, "instance": INSTANCE,
                 "regmap_version": f"{RM.REGMAP_VERSION_MAJOR}.{RM.REGMAP_VERSION_MINOR}",
                 "bitstream": f"{cfg.basename}.bit", "hwh": f"{cfg.basename}.hwh",
-                "vivado_command": vivado_command(out), "files": sorted(files), "estimate": est}
+                "vivado_command": vivado_command(out), "files": sorted(files), "estimate": est,
+                "fabric_clock": cfg.fabric, "draft_vocab": cfg.draft_vocab, "modeled_resources": model}
     with output_dir(out, "build") as tmp:
         for rel, text in files.items():
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -582,24 +720,30 @@ def check_out(out, force: bool = False, inputs=()) -> Path:
 
 def build(board: str, out, clock_mhz: float | None = None, do_estimate: bool = False, run_vivado: bool | None = None,
           max_width: int | None = None, max_tokens: int = 4, progress=None, weight_ports: int | None = None,
-          force: bool = False) -> dict:
+          force: bool = False, draft_engine: bool | None = None, draft_vocab: int | None = None) -> dict:
     """``mmfree build``: write the project; run Vivado when it is on PATH (``run_vivado`` None) or when asked.
-    ``weight_ports`` (``--weight-ports``) overrides the board file's ``build.weight_ports`` (:func:`config_for`).
+    ``weight_ports`` (``--weight-ports``) overrides the board file's ``build.weight_ports``; ``draft_engine`` /
+    ``draft_vocab`` (``--draft-engine``, ``--no-draft-engine``, ``--draft-vocab``) the board file's
+    ``build.draft_vocab`` (:func:`config_for`). A build whose modeled resources (:func:`modeled_resources`) do not
+    fit the part is refused before anything is written, naming the class that overflows.
     Returns the manifest plus ``vivado`` ("ran", or "not found" with ``message``) and ``bitstream`` paths."""
     from mmfree.boardfile import load_board
 
     b = load_board(board)
-    cfg = config_for(b, clock_mhz, max_width=max_width, max_tokens=max_tokens, weight_ports=weight_ports)
+    cfg = config_for(b, clock_mhz, max_width=max_width, max_tokens=max_tokens, weight_ports=weight_ports,
+                     draft_engine=draft_engine, draft_vocab=draft_vocab)
     check_out(out, force)
     out = Path(out)
     say = progress or (lambda m: None)
     v = accel_verilog(cfg, say)
+    model = modeled_resources(cfg, b, accel_memories(cfg))
+    check_modeled_fit(model, b)
     est = None
     if do_estimate:
         est = estimate(cfg, v, say)
         est["fit"] = fit_report(est["counts"], b)
         est["warnings"] = check_fit(est["counts"], b)
-    manifest = write_project(cfg, out, v, est)
+    manifest = write_project(cfg, out, v, est, model)
     vivado = shutil.which("vivado")
     if run_vivado is None:
         run_vivado = vivado is not None

@@ -5,6 +5,7 @@ Nothing heavy is imported at module level (Amaranth, pynq and the simulator load
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from mmfree import MmfreeError
@@ -46,6 +47,15 @@ def register(sub) -> None:
                         "each token adds a copy of the vector buffers, code memories and per-token vector units; "
                         f"default: the board file's build.max_tokens, else {PARAMS.BOARD_MAX_TOKENS} "
                         f"({board_defaults('max_tokens', PARAMS.BOARD_MAX_TOKENS)})")
+    b.add_argument("--draft-engine", action=argparse.BooleanOptionalAction, default=None,
+                   help="include the trigram draft engine and the on-chip draft-verify loop (GenLoop: `mmfree run "
+                        "--draft trigram --onchip`; needs --max-tokens >= 2); its bigram memory goes to URAM on "
+                        "UltraScale+. Default: the board file's build.draft_vocab (0 or absent: none; "
+                        f"{board_defaults('draft_vocab', 0)})")
+    b.add_argument("--draft-vocab", type=int, default=None, metavar="V",
+                   help="rows of the draft engine's bigram memory, at least the model's vocabulary (implies "
+                        f"--draft-engine; default: the board file's build.draft_vocab, else {PARAMS.BOARD_DRAFT_VOCAB}, "
+                        "the MMfreeLM checkpoints' vocabulary)")
     b.add_argument("--estimate", action="store_true", help="Yosys resource estimate and fit check (slow, cached)")
     b.add_argument("--no-vivado", action="store_true", help="only write the project, even when Vivado is on PATH")
     add_json(b)
@@ -119,7 +129,8 @@ def _build(args) -> int:
 
     res = build(args.board, args.out, clock_mhz=args.clock_mhz, do_estimate=args.estimate,
                 run_vivado=False if args.no_vivado else None, max_width=args.max_width,
-                max_tokens=args.max_tokens, weight_ports=args.weight_ports, progress=say, force=args.force)
+                max_tokens=args.max_tokens, weight_ports=args.weight_ports, progress=say, force=args.force,
+                draft_engine=args.draft_engine, draft_vocab=args.draft_vocab)
     if args.json:
         print_json(res)
         return 0
@@ -127,12 +138,20 @@ def _build(args) -> int:
     print(f"board:     {cfg['board']} ({cfg['part']}), accelerator at {cfg['clock_mhz']:g} MHz, "
           f"{cfg['weight_ports']} x {8 * cfg['bus_bytes']}-bit AXI master ({', '.join(cfg['hp_ports'])}), CSRs on "
           f"{cfg['gp_port']}")
+    fab = res["fabric_clock"]
+    print(f"clock:     {fab['actual_mhz']:.6f} MHz from the PS ({fab['pll']['name']} {fab['pll']['mhz']:g} MHz / "
+          f"{fab['divisors'][0]} / {fab['divisors'][1]}), FREQ_HZ {fab['freq_hz']}")
+    print("draft:     " + (f"trigram draft engine, bigram memory of {res['draft_vocab']} tokens"
+                           if res["draft_vocab"] else "no draft engine (--draft-engine to add one)"))
+    mod = res["modeled_resources"]
+    print("modeled:   " + ", ".join(f"{k.upper()} {mod['used'][k]:,} of {mod['available'][k]:,}"
+                                    for k in mod["used"]) + ": fits")
     print(f"project:   {args.out} ({', '.join(res['files'])}, build.json)")
     est = res.get("estimate")
     if est:
         c = est["counts"]
         print(f"estimate:  Yosys {est['yosys']} synth_xilinx -family {est['family']}: LUT {c['LUT']} (+{c['LUTRAM']} "
-              f"LUTRAM), FF {c['FF']}, DSP {c['DSP']}, BRAM36 {c['BRAM']:g}")
+              f"LUTRAM), FF {c['FF']}, DSP {c['DSP']}, BRAM36 {c['BRAM']:g}, URAM {c.get('URAM', 0)}")
         for k, v in est["fit"].items():
             print(f"           {k:<5} {100 * v['fraction']:5.1f}% of {v['available']}")
         for w in est.get("warnings", []):

@@ -84,6 +84,19 @@ def _optional_problems(d: dict) -> list[str]:
     for key in ("max_width", "matvec_engines"):
         if build.get(key) is not None and not (_number(build[key], True) and build[key] >= 1):
             problems.append(f"field 'build.{key}' must be a positive integer, got {build[key]!r}")
+    dv = build.get("draft_vocab")
+    if dv is not None and not (_number(dv, True) and 0 <= dv <= 65535):
+        problems.append(f"field 'build.draft_vocab' must be an integer in 0..65535 (rows of the draft engine's bigram "
+                        f"memory; 0: no draft engine), got {dv!r}")
+    pll = d.get("fabric_pll")
+    if pll is not None:
+        if not isinstance(pll, dict):
+            problems.append(f"field 'fabric_pll' must be an object (name, ref_mhz, mult), got {pll!r}")
+        else:
+            for key in ("ref_mhz", "mult"):
+                if key in pll and not (_number(pll[key]) and pll[key] > 0):
+                    problems.append(f"field 'fabric_pll.{key}' must be a positive number (the PS PLL feeding the "
+                                    f"fabric clock is ref_mhz x mult), got {pll[key]!r}")
     return problems
 
 

@@ -67,6 +67,7 @@ _CELLS = [
     (re.compile(r"^DSP48E[12]$"), "DSP"),
     (re.compile(r"^RAMB36E[12]$"), "RAMB36"),
     (re.compile(r"^RAMB18E[12]$"), "RAMB18"),
+    (re.compile(r"^URAM288(_BASE)?$"), "URAM"),
     (re.compile(r"^CARRY(4|8)$"), "CARRY"),
     (re.compile(r"^MUXF[789]$"), "MUXF"),
 ]
@@ -74,7 +75,7 @@ _CELLS = [
 
 def parse_stat(text: str) -> dict:
     """Counts from Yosys ``stat`` output: LUT, LUTRAM (cells), FF, DSP, RAMB36, RAMB18, BRAM
-    (in 36 Kb blocks: RAMB36 + RAMB18 / 2), CARRY, MUXF, and every raw cell count."""
+    (in 36 Kb blocks: RAMB36 + RAMB18 / 2), URAM (URAM288 cells), CARRY, MUXF, and every raw cell count."""
     cells: dict[str, int] = {}
     for line in text.splitlines():
         m = re.match(r"^\s+(\$?[A-Za-z_][\w$]*)\s+(\d+)\s*$", line)          # Yosys 0.23: "  LUT6   570"
@@ -83,7 +84,7 @@ def parse_stat(text: str) -> dict:
             cells[m.group(1)] = cells.get(m.group(1), 0) + int(m.group(2))
         elif n:
             cells[n.group(2)] = cells.get(n.group(2), 0) + int(n.group(1))
-    res = {k: 0 for k in ("LUT", "LUTRAM", "FF", "DSP", "RAMB36", "RAMB18", "CARRY", "MUXF")}
+    res = {k: 0 for k in ("LUT", "LUTRAM", "FF", "DSP", "RAMB36", "RAMB18", "URAM", "CARRY", "MUXF")}
     for name, n in cells.items():
         for pat, kind in _CELLS:
             if pat.match(name):

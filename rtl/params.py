@@ -50,3 +50,6 @@ BOARD_MAX_TOKENS = 4
 BOARD_WEIGHT_PORTS = 1
 #: Ternary engines per weight port (``build.matvec_engines``).
 BOARD_MATVEC_ENGINES = 2
+#: Rows of the draft engine's bigram memory in a board build with ``--draft-engine`` and no ``build.draft_vocab``
+#: (HwConfig.draft_vocab): the MMfreeLM checkpoints' vocabulary (32000 tokens; the default model's 4096 fits too).
+BOARD_DRAFT_VOCAB = 32000

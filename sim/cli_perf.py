@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from mmfree import MmfreeError
 from mmfree.cli import add_subcommand, print_json
 from mmfree.cli_args import add_board, add_json, add_model, board_defaults
@@ -40,6 +42,10 @@ def register(sub) -> None:
                         f"build.weight_ports, else {PARAMS.BOARD_WEIGHT_PORTS}: "
                         f"{board_defaults('weight_ports', PARAMS.BOARD_WEIGHT_PORTS)})")
     p.add_argument("--k", type=int, default=1, help="tokens per pass (the build's max_tokens)")
+    p.add_argument("--draft-vocab", type=int, default=0, metavar="V",
+                   help="count a trigram draft engine with a bigram memory of V tokens (as `mmfree build "
+                        "--draft-engine`: its memory in URAM on UltraScale+, the draft-verify loop's logic); "
+                        "default 0: none. Its cycles are not modeled")
     p.add_argument("--accept-len", type=float, default=None,
                    help="tokens emitted per pass with speculative decoding (1..k; default 1)")
     p.add_argument("--streams", type=int, default=None,
@@ -68,11 +74,22 @@ def _perf(args) -> int:
         if bus_bits is not None and bus_bits != args.lanes // 5 * 8:
             raise MmfreeError(f"--lanes {args.lanes} needs --bus-bits {args.lanes // 5 * 8}, got {bus_bits}")
         bus_bits = args.lanes // 5 * 8
+    if args.draft_vocab:
+        if not 1 <= args.draft_vocab <= 65535:
+            raise MmfreeError(f"--draft-vocab must be in 1..65535 (16-bit token ids), got {args.draft_vocab}")
+        if args.k < 2:
+            raise MmfreeError("--draft-vocab: the draft engine verifies at least one drafted token per pass; give --k 2 "
+                              "or more")
+        if args.streams is not None:
+            raise MmfreeError("--draft-vocab with --streams: the forest build with an on-chip draft engine is not "
+                              "modeled; drop one of them")
     if args.streams is not None:
         r = _streams(args, dims, board, bus_bits)
     else:
         hw = P.default_hw(dims, board, args.k, bus_bits=bus_bits, matvec_engines=args.engines,
                           weight_ports=args.weight_ports)
+        if args.draft_vocab:
+            hw = dataclasses.replace(hw, draft_vocab=args.draft_vocab)
         r = P.predict(dims, board, args.clock_mhz, hw=hw, k=args.k, accept_len=args.accept_len,
                       write_logits=args.write_logits, latency_ns=args.latency_ns)
     if args.json:

@@ -42,6 +42,7 @@ from mmfree.rtl import isa as I
 from mmfree.rtl import params as PARAMS
 from mmfree.rtl import regmap as RM
 from mmfree.rtl.compiler import HwConfig, emit_program, head_chunk_rows, must_move_bytes, plan_image
+from mmfree.rtl.memstyle import bram36_for, uram_for  # noqa: F401  (re-exported: the model's block counts)
 
 # ======================================================================================================
 # constants: RTL timing (cycles) and board assumptions
@@ -543,21 +544,9 @@ def _partition(total: float, ivals: dict) -> dict:
 # ======================================================================================================
 # on-chip memory and resources
 # ======================================================================================================
-_BRAM_SHAPES = ((32768, 1), (16384, 2), (8192, 4), (4096, 9), (2048, 18), (1024, 36), (512, 72))
-
-
-def bram36_for(depth: int, width: int) -> int:
-    """RAMB36 blocks for one memory of ``depth`` x ``width`` bits (best of the 7-series/UltraScale aspect ratios)."""
-    return min(math.ceil(depth / dd) * math.ceil(width / ww) for dd, ww in _BRAM_SHAPES)
-
-
-def uram_for(depth: int, width: int) -> int:
-    """URAM288 blocks (4096 x 72) for one memory."""
-    return math.ceil(depth / 4096) * math.ceil(width / 72)
-
-
 def onchip_memories(hw: HwConfig, weight_fifo_beats: int = WEIGHT_FIFO_BEATS) -> list[dict]:
-    """The memories of the datapath (rtl/datapath.py, rtl/matvec.py, rtl/top.py): name, depth, width, bits."""
+    """The memories of the datapath (rtl/datapath.py, rtl/matvec.py, rtl/top.py) and, with ``hw.draft_vocab``, the
+    draft engine's bigram memory (rtl/draft.py): name, depth, width, bits."""
     K, W, bb, E = hw.max_tokens, hw.max_width, hw.bus_bytes, hw.engines
     # per-token vectors: one memory of W words per token
     mems = [(f"{v}_t{t}", W, w) for v, w in (("X", 32), ("A", 64), ("H", 32), ("T0", 32), ("T1", 32), ("T2", 32))
@@ -571,6 +560,8 @@ def onchip_memories(hw: HwConfig, weight_fifo_beats: int = WEIGHT_FIFO_BEATS) ->
         mems.append((f"codes_t{t}", I.BANKS * math.ceil(W / lanes), 8 * lanes))
     for i, dpt in enumerate(PARAMS.MAIN_READER_FIFO_DEPTHS + (WEIGHT_CLIENT_FIFO,) * (hw.weight_ports - 1)):
         mems.append((f"axi_rd_fifo{i}", dpt, 8 * bb))
+    if hw.draft_vocab:          # the trigram draft engine's bigram fallback (rtl/draft.py): one row per token
+        mems.append(("draft_bigram", hw.draft_vocab, 32 * hw.draft_params.bigram_slots))
     return [{"name": n, "depth": dd, "width": w, "bits": dd * w} for n, dd, w in mems]
 
 
@@ -588,8 +579,12 @@ def _unit_table() -> dict:
 def estimate_resources(hw: HwConfig, family: str, part: dict | None = None) -> dict:
     """LUT/FF/DSP of the accelerator composed from the Yosys estimates of its units
     (boards/data/unit_resources.json) times how many the datapath instantiates, plus
-    ``glue_fraction`` for the control logic; BRAM/URAM from :func:`onchip_memories`. With ``part`` (a
-    board's ``pl`` dict) also what fits."""
+    ``glue_fraction`` for the control logic (and the draft-verify loop, ``genloop``, with ``hw.draft_vocab``);
+    BRAM/URAM from :func:`onchip_memories` placed by the build's rule (:func:`mmfree.rtl.memstyle.place`: what the
+    build marks ``ram_style "ultra"`` in URAM, the rest in block RAM) plus the ``bram_calibration`` share. With
+    ``part`` (a board's ``pl`` dict) also what fits."""
+    from mmfree.rtl.memstyle import Mem, place
+
     tab = _unit_table()
     units = tab["units"]
     K, E = hw.max_tokens, hw.engines
@@ -617,8 +612,14 @@ def estimate_resources(hw: HwConfig, family: str, part: dict | None = None) -> d
         for key in logic:
             logic[key] += E * units[ref_name][family][key] * f
         notes.append(f"{mv_name} not recorded: scaled from {ref_name} by lanes x k ({f:.2f})")
+    if hw.draft_vocab:          # the on-chip draft-verify loop: GenLoop with its DraftEngine (rtl/genloop.py)
+        counts["genloop"] = 1
     for name, n in counts.items():
         u = units.get(name, {}).get(family)
+        if u is None and name == "genloop" and units.get(name):      # recorded for xc7 only: LUT6 on both families
+            other = next(iter(units[name]))
+            u = units[name][other]
+            notes.append(f"genloop: the {other} estimate stands in for {family} (not recorded)")
         if u is None:
             notes.append(f"unit {name} not recorded for {family}: not counted")
             continue
@@ -633,29 +634,15 @@ def estimate_resources(hw: HwConfig, family: str, part: dict | None = None) -> d
            "bram36_if_all_bram": bram_all, "onchip_bits": sum(m["bits"] for m in mems), "notes": notes,
            "source": tab.get("source", "")}
     if part is not None:
-        # put the largest memories in URAM (where the part has it), the rest in BRAM; then, while BRAM is over
-        # the part, move the memories that save the most BRAM per URAM block (a ram_style choice in the build)
-        uram_left = part.get("uram", 0)
-        bram = 0
-        uram = 0
-        in_bram = []
-        for m in sorted(mems, key=lambda m: -m["bits"]):
-            u = uram_for(m["depth"], m["width"])
-            b = bram36_for(m["depth"], m["width"])
-            if uram_left >= u and m["depth"] >= 4096 and u * 72 * 4096 <= 1.5 * b * 36864:
-                uram += u
-                uram_left -= u
-            else:
-                bram += b
-                in_bram.append((b / u, u, b))
-        unlisted = math.ceil((assumption("bram_calibration") - 1) * bram_all)
+        # the build's own placement (rtl/memstyle.py: ram_style "ultra" where the rule says so, the rest block RAM);
+        # the modeled list gives each memory one synchronous read and one write port
+        placed = place([Mem(m["name"], m["depth"], m["width"]) for m in mems], family)
+        bram, uram = placed["bram36"], placed["uram"]
+        # the calibration is of the datapath's memories (the draft engine's one memory is listed exactly)
+        unlisted = math.ceil((assumption("bram_calibration") - 1)
+                             * sum(bram36_for(m["depth"], m["width"]) for m in mems if m["name"] != "draft_bigram"))
         bram += unlisted
         res["bram36_unlisted"] = unlisted
-        for _, u, b in sorted(in_bram, reverse=True):
-            if bram <= part["bram36"]:
-                break
-            if u <= uram_left:
-                bram, uram, uram_left = bram - b, uram + u, uram_left - u
         res.update(bram36=bram, uram=uram)
         fit = {"lut": res["lut"] <= part["lut"], "ff": res["ff"] <= part["ff"], "dsp": res["dsp"] <= part["dsp"],
                "bram36": bram <= part["bram36"], "uram": uram <= part.get("uram", 0)}
@@ -733,7 +720,8 @@ def predict(dims, board, clock_mhz: float | None = None, hw: HwConfig | None = N
     memory = _ddr_memory(dims, k, b, problems)
     res = estimate_resources(hw, b.family, b.pl)
     if not res["fits"]:
-        over = [f"{key} {res[key]} > {b.pl[key]}" for key, ok in res["fit"].items() if not ok]
+        over = [f"{key.upper()} {res[key]:,} of {b.pl[key]:,} (over by {res[key] - b.pl[key]:,})"
+                for key, ok in res["fit"].items() if not ok]
         problems.append("the design's estimated resources exceed the part: " + ", ".join(over))
     return {
         "model": {"d": dims.d, "inter": dims.inter, "layers": dims.layers, "vocab": dims.vocab,

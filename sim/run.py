@@ -147,7 +147,8 @@ def run_sim(model="default", prompt="def ", n_tokens: int = 8, draft: str | None
                 "model": {"d": compiled.dims.d, "inter": compiled.dims.inter, "layers": compiled.dims.layers,
                           "vocab": compiled.dims.vocab},
                 "hw": {"bus_bytes": hw.bus_bytes, "max_tokens": hw.max_tokens, "max_width": hw.max_width,
-                       "draft_vocab": hw.draft_vocab},
+                       "draft_vocab": hw.draft_vocab, "weight_ports": hw.weight_ports,
+                       "matvec_engines": hw.matvec_engines},
                 "wall_s": res["wall_s"]})
     if "inject" in res:
         out["inject"] = res["inject"]

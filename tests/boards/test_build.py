@@ -346,6 +346,7 @@ def stub_verilog(tmp_path, monkeypatch):
     v = tmp_path / "stub_accel.v"
     v.write_text("module mmfree_accel(); endmodule\n")
     monkeypatch.setattr(B, "accel_verilog", lambda cfg, progress=None: v)
+    monkeypatch.setattr(B, "accel_memories", lambda cfg, progress=None: [])     # the modeled fit counts logic only
     return v
 
 
@@ -645,3 +646,95 @@ def test_max_tokens_from_the_board_file(tmp_path):
     for bad in (0, 17, "2", 2.0):
         with pytest.raises(MmfreeError, match=r"build\.max_tokens.*1\.\.16"):
             B.config_for(_board_file(tmp_path, build={"weight_ports": 4, "max_tokens": bad}))
+
+
+# ---- the fabric clock the PS really generates -------------------------------------------------------------------
+@pytest.mark.parametrize("board, mhz, act, divisors", [
+    # Vivado's figures for a ZynqMP (IOPLL 1499.985 MHz): PSU__CRL_APB__PL0_REF_CTRL__ACT_FREQMHZ 249.997498 with
+    # DIVISOR0 6 for 250; 99.999001 for 100 (FREQ_HZ 99999001 in KV260 designs); PCAP 187.498123 (/8) and
+    # 59.999401 (/25) in the same PS configurations
+    ("kv260", 250, 249.997498, [6, 1]), ("kv260", 100, 99.999001, [15, 1]), ("zcu104", 187.5, 187.498123, [8, 1]),
+    ("zcu104", 60, 59.999401, [25, 1]), ("kv260", 300, 299.997009, [5, 1]),
+    ("pynq-z2", 100, 100.0, [10, 1]),                     # 50 MHz PS_CLK x 20 = 1000 MHz IO PLL: exact
+])
+def test_fabric_clock_is_what_the_ps_generates(board, mhz, act, divisors):
+    f = B.fabric_clock(load_board(board), mhz)
+    assert (f["actual_mhz"], f["divisors"]) == (act, divisors)
+    assert f["freq_hz"] == round(act * 1e6)
+    cfg = B.config_for(board, clock_mhz=mhz)
+    assert f"FREQ_HZ {f['freq_hz']}\"" in B.wrapper_verilog(cfg)
+    bd = B.block_design_tcl(cfg)
+    assert f"if {{$ps_freq != {f['freq_hz']}}}" in bd and "exit 2" in bd
+
+
+def test_fabric_pll_field_is_checked(tmp_path):
+    d = copy.deepcopy(load_board("kv260").raw)
+    d["fabric_pll"] = {"ref_mhz": 33.333, "mult": -1}
+    p = tmp_path / "b.json"
+    p.write_text(json.dumps(d))
+    with pytest.raises(MmfreeError, match=r"fabric_pll\.mult.*positive number"):
+        B.config_for(f"custom:{p}")
+    d.pop("fabric_pll")                                    # absent: the PS's default PLL (33.333 MHz x 45)
+    p.write_text(json.dumps(d))
+    assert B.config_for(f"custom:{p}").fabric["actual_mhz"] == 249.997498
+
+
+# ---- the draft engine in a board build ----------------------------------------------------------------------------
+def test_draft_engine_option_and_board_default(tmp_path, capsys):
+    from mmfree.rtl import params as PARAMS
+
+    assert B.config_for("kv260").draft_vocab == B.config_for("zcu104").draft_vocab == 32000    # board files
+    assert B.config_for("pynq-z2").draft_vocab == 0
+    assert B.config_for("kv260", draft_engine=False).draft_vocab == 0
+    assert B.config_for("pynq-z2", draft_engine=True).draft_vocab == PARAMS.BOARD_DRAFT_VOCAB
+    assert B.config_for("pynq-z2", draft_vocab=4096).hw.draft_vocab == 4096
+    with pytest.raises(MmfreeError, match=r"--max-tokens >= 2.*--no-draft-engine"):
+        B.config_for("kv260", max_tokens=1)
+    assert B.config_for("kv260", max_tokens=1, draft_engine=False).draft_vocab == 0
+    for bad in (0, 70000, "4096"):
+        with pytest.raises(MmfreeError, match=r"--draft-vocab .*1\.\.65535"):
+            B.config_for("kv260", draft_vocab=bad)
+    with pytest.raises(MmfreeError, match="--no-draft-engine"):
+        B.config_for("kv260", draft_engine=False, draft_vocab=4096)
+    with pytest.raises(MmfreeError, match=r"build\.draft_vocab.*0\.\.65535"):
+        B.config_for(_board_file(tmp_path, build={"weight_ports": 4, "draft_vocab": -1}))
+    assert main(["build", "--board", "kv260", "--out", str(tmp_path / "x"), "--draft-vocab", "99999"]) == 1
+    assert "--draft-vocab 99999" in capsys.readouterr().err
+
+
+def test_build_refuses_a_design_that_does_not_fit(tmp_path, stub_verilog, monkeypatch, capsys):
+    """The modeled fit names each class that overflows, by how much and what to change; nothing is written."""
+    from mmfree.rtl.memstyle import Mem
+
+    _no_vivado_path(monkeypatch)
+    mems = [Mem("bigram", 32000, 128)] * 5                 # 5 x 16 URAM288 of the KV260's 64
+    monkeypatch.setattr(B, "accel_memories", lambda cfg, progress=None: mems)
+    out = tmp_path / "o"
+    assert main(["build", "--board", "kv260", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "mmfree build: error: the build does not fit the kv260 (xck26-sfvc784-2LV-c), modeled: URAM 80 of 64 " \
+           "(over by 16; " in err and "--no-draft-engine" in err
+    assert not out.exists()
+    monkeypatch.setattr(B, "accel_memories", lambda cfg, progress=None: mems[:1])
+    assert main(["build", "--board", "kv260", "--out", str(out), "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    mod = res["modeled_resources"]
+    assert mod["fits"] and mod["used"]["uram"] == 16 and mod["available"]["uram"] == 64 and mod["label"] == "modeled"
+    assert res["draft_vocab"] == 32000 and res["fabric_clock"]["freq_hz"] == 249997498
+    # the xc7 part has no URAM: the same memory is block RAM there (120 RAMB36 of the PYNQ-Z2's 140)
+    assert B.modeled_resources(B.config_for("pynq-z2"), load_board("pynq-z2"), mems[:1])["used"]["bram36"] == 120
+
+
+@pytest.mark.slow
+def test_kv260_draft_engine_build_fits():
+    """The acceptance build: `mmfree build --board kv260 --draft-engine` elaborated for real (the Verilog is cached
+    per RTL change; minutes the first time): its large memories carry ram_style "ultra" and its modeled
+    resources fit the K26."""
+    cfg = B.config_for("kv260", draft_engine=True)
+    text = B.accel_verilog(cfg).read_text()
+    mems = B.accel_memories(cfg)
+    res = B.modeled_resources(cfg, load_board("kv260"), mems)
+    assert res["fits"], res
+    marked = text.count('(* ram_style = "ultra" *)')
+    assert marked == res["memories"]["uram"]["memories"] >= 1 + 2 * cfg.weight_ports    # bigram + weight queues
+    assert any(m.depth == 32000 for m in mems)

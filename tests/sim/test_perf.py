@@ -299,3 +299,21 @@ def test_stream_rate_matches_the_axi_reader(fifo, latency):
         sys.path.pop(0)
     got = B.measure(fifo, latency, 1024, PARAMS.MAX_OUTSTANDING)["steady_beats_per_cycle"]
     assert got == pytest.approx(P.stream_rate(1.0, latency, window=min(fifo, PARAMS.MAX_OUTSTANDING * 16)), abs=0.01)
+
+
+def test_draft_engine_is_counted_and_overflow_named():
+    """A draft engine adds its bigram memory (URAM on UltraScale+ by the build's rule, block RAM on 7-series) and the
+    loop's logic; a build that does not fit names each class and by how much."""
+    from mmfree.boardfile import load_board
+    from mmfree.rtl.compiler import HwConfig
+
+    kv = load_board("kv260")
+    plain = P.estimate_resources(HwConfig(bus_bytes=16, max_tokens=2, weight_ports=4), "xcup", kv.pl)
+    draft = P.estimate_resources(HwConfig(bus_bytes=16, max_tokens=2, weight_ports=4, draft_vocab=32000), "xcup", kv.pl)
+    assert draft["uram"] - plain["uram"] == 16 and draft["bram36"] == plain["bram36"]
+    assert draft["lut"] > plain["lut"] and draft["fits"]
+    out = _cli("perf", "--model", "370M", "--board", "kv260", "--k", "4", "--draft-vocab", "32000", "--json")
+    assert out.returncode == 3, out.stderr
+    assert "LUT 1" in out.stdout and "(over by " in out.stdout
+    out = _cli("perf", "--model", "370M", "--board", "kv260", "--draft-vocab", "70000")
+    assert out.returncode == 1 and "--draft-vocab must be in 1..65535" in out.stderr
