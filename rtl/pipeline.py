@@ -138,10 +138,11 @@ class Pipeline:
         self.next()
         self[out] = self[f"{out}_xh"] >> self[s]
 
-    def bitlen(self, out: str, x: str, split: bool = False, group: int = 8) -> None:
+    def bitlen(self, out: str, x: str, split: bool = False, group: int = 8, hit_stage: bool = False) -> None:
         """``p[out] = bitlen(p[x])`` (unsigned ``p[x]``); ``split=True`` takes two stages: per ``group``-bit
         group a nonzero flag and the group's own bitlen (plus its offset) are registered, then the highest
-        nonzero group's is picked by a one-hot AND-OR (one more stage)."""
+        nonzero group's is picked by a one-hot AND-OR (one more stage). ``hit_stage=True`` (with ``split``)
+        also registers the one-hot "highest nonzero group" vector before the AND-OR (one more stage)."""
         v = self[x]
         w = len(v)
         if not split or w <= group:
@@ -155,10 +156,14 @@ class Pipeline:
             self[f"{out}_g{j}"] = Mux(g != 0, (bitlen(g) + j * group)[:out_w], 0)
         self.next()
         nz = self[f"{out}_nz"]
+        hits = [nz[j] if j == n - 1 else nz[j] & (nz[j + 1:] == 0) for j in range(n)]    # one-hot
+        if hit_stage:
+            self[f"{out}_hit"] = Cat(*hits)
+            self.next()
+            hits = list(self[f"{out}_hit"])
         res = Const(0, out_w)
-        for j in range(n):                    # one-hot: group j is the highest nonzero one
-            hit = nz[j] if j == n - 1 else nz[j] & (nz[j + 1:] == 0)
-            res = res | Mux(hit, self[f"{out}_g{j}"], 0)
+        for j in range(n):                    # group j is the highest nonzero one
+            res = res | Mux(hits[j], self[f"{out}_g{j}"], 0)
         self[out] = res
 
     def stage(self, split: bool) -> None:

@@ -205,7 +205,9 @@ class Reciprocal(wiring.Component):
 
     Sequential restoring division, one quotient bit per cycle: with ``P'`` normalised to
     ``Pn = P' << (W - bitlen(P'))`` in [2**(W-1), 2**W) (W = PC_WIDTH), ``R = (127 << (W + RECIP_EXTRA)) // Pn``
-    has ``R_WIDTH`` bits. Latency ``R_WIDTH + 4`` cycles; one division at a time (it runs once per vector).
+    has ``R_WIDTH`` bits. Latency ``R_WIDTH + 4`` cycles (``pipelined``: five more FSM states, so that no
+    step is more than a compare-and-subtract, an add or one shift); one division at a time (it runs once per
+    vector).
 
     * ``i``: ``{P: unsigned(PMAX_WIDTH)}``;
     * ``o``: ``{R: unsigned(R_WIDTH), k: unsigned(width_for(K_MAX)), sp: unsigned(SP_WIDTH)}``; ``P = 0`` gives
@@ -235,6 +237,10 @@ class Reciprocal(wiring.Component):
         blr = Signal(width_for(W))
         blpr = Signal(width_for(PMAX_WIDTH))
         m.d.comb += [blp.eq(blpr if self.pipelined else bitlen(P)), bl.eq(blr if self.pipelined else bitlen(pc))]
+        nshr = Signal(width_for(W))       # pipelined: W - bitlen(pc), registered
+        nsh = nshr if self.pipelined else (W - bl).as_unsigned()[:width_for(W)]
+        Ph = Signal(PMAX_WIDTH + 1)       # pipelined: P + 2**(sp-1), registered (rshift_round's add)
+        half_sp = (Const(1, SP_MAX + 1) << sp)[:SP_MAX + 1] >> 1
         sp_new = Mux(blp > N.P_CODE_BITS, blp - N.P_CODE_BITS, 0)[:SP_WIDTH]
         rem2 = Signal(W + 2)
         m.d.comb += rem2.eq(rem << 1)
@@ -250,12 +256,18 @@ class Reciprocal(wiring.Component):
                     m.next = "REDUCE"
                 with m.State("REDUCE"):
                     m.d.sync += sp.eq(sp_new)
+                    m.next = "ROUND"
+                with m.State("ROUND"):     # rshift_round as its add, then its shift
+                    m.d.sync += Ph.eq(P + half_sp)
                     m.next = "SHIFT"
                 with m.State("SHIFT"):
-                    m.d.sync += pc.eq(rshift_round(P, sp, SP_MAX)[:W])
+                    m.d.sync += pc.eq((Ph >> sp)[:W])
                     m.next = "BITLEN"
                 with m.State("BITLEN"):
                     m.d.sync += blr.eq(bitlen(pc))
+                    m.next = "NSH"
+                with m.State("NSH"):       # the normalising shift amount, registered before the shift
+                    m.d.sync += nshr.eq((W - blr).as_unsigned()[:width_for(W)])
                     m.next = "NORM"
             else:
                 with m.State("REDUCE"):
@@ -267,7 +279,7 @@ class Reciprocal(wiring.Component):
                     m.next = "DONE"
                 with m.Else():
                     m.d.sync += [
-                        pn.eq((pc << (W - bl).as_unsigned()[:width_for(W)])[:W]),
+                        pn.eq((pc << nsh)[:W]),
                         k.eq(bl + N.RECIP_EXTRA),
                         # numerator 127 << (W + RECIP_EXTRA): its low R_WIDTH bits are zeros
                         rem.eq(N.CODE_MAX << (W + N.RECIP_EXTRA - R_WIDTH)),
@@ -427,8 +439,8 @@ class OutputMultiplier(wiring.Component):
         p.next()
         split = self.pipelined
         # rsqrt: k = floor((bitlen(S) - 31) / 2); Sn = S >> 2k (or << -2k) has 31 or 32 bits
-        p.bitlen("blS", "S", split)
-        p.bitlen("pb", "P", split)
+        p.bitlen("blS", "S", split, hit_stage=split)
+        p.bitlen("pb", "P", split, hit_stage=split)
         p["k"] = ((to_signed(p["blS"]) - (SN - 1)) >> 1)[:6].as_signed()
         pb = p["pb"]
         p["ps"] = Mux(pb > N.P_BITS, pb - N.P_BITS, 0)[:6]
@@ -484,7 +496,7 @@ class OutputMultiplier(wiring.Component):
         p.next()
         p.multiply("mm", p["b"], p["Pr"], split)
         p.next()
-        p.bitlen("em", "mm", split)
+        p.bitlen("em", "mm", split, hit_stage=split)
         p.next()
         p["sh"] = (p["em"] - N.M_BITS)[:7]
         if split:

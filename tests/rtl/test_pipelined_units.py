@@ -79,7 +79,8 @@ def test_pipelined_must_be_bool(cls):
 
 
 class _Bitlen(wiring.Component):
-    def __init__(self, w):
+    def __init__(self, w, hit_stage=False):
+        self.hit_stage = hit_stage
         self.IN = data.StructLayout({"x": unsigned(w)})
         self.OUT = data.StructLayout({"y": unsigned(8)})
         super().__init__({"i": In(stream.Signature(self.IN)), "o": Out(stream.Signature(self.OUT))})
@@ -88,18 +89,19 @@ class _Bitlen(wiring.Component):
         m = Module()
         p = Pipeline(m, self.i, self.o)
         p["x"] = self.i.payload.x
-        p.bitlen("y", "x", split=True)
+        p.bitlen("y", "x", split=True, hit_stage=self.hit_stage)
         p.next()
         p.finish(y=p["y"])
         return m
 
 
+@pytest.mark.parametrize("hit_stage", [False, True], ids=["pick", "hitreg"])
 @pytest.mark.parametrize("w", [9, 50, 64])
-def test_split_bitlen_is_exact(w):
+def test_split_bitlen_is_exact(w, hit_stage):
     rng = np.random.default_rng(w)
     xs = [0, 1, (1 << w) - 1] + [1 << j for j in range(w)] + [(1 << j) - 1 for j in range(1, w)]
     xs += [int(rng.integers(0, 1 << 62)) >> int(rng.integers(0, 62)) for _ in range(100)]
     xs = [x % (1 << w) for x in xs]
-    dut = _Bitlen(w)
+    dut = _Bitlen(w, hit_stage)
     out = unpack(dut.OUT, run_unit(dut, pack(dut.IN, x=np.array(xs, dtype=object)), len(xs), stall=0.2, seed=2))
     assert [int(v) for v in out["y"]] == [x.bit_length() for x in xs]
