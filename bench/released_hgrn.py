@@ -6,8 +6,11 @@ re-statement of its training forward pass, op for op, from its source (``mmfreel
 ``mmfreelm/ops/bitnet.py``, ``mmfreelm/models/hgrn_bit/modeling_hgrn_bit.py``; see
 /work/shared/official-model.md), with the same parameter names (a mmfree checkpoint loads as is):
 
-* ``BitLinear`` (``mmfreelm.ops.bitnet.BitLinear``, what ``HGRNBitAttention`` and the MLP use): RMSNorm
-  (eps 1e-8), ``activation_quant`` (per token, ``127 / max|x|``, round, clamp [-128, 127], dequantised)
+* ``FusedBitLinear`` (``mmfreelm.ops.fusedbitnet.FusedBitLinear``, what ``HGRNBitAttention`` and the MLP
+  build): RMSNorm with eps 1e-6 (its forward calls ``layer_norm_linear_quant_fn`` without ``eps``, so the
+  kernel's default 1e-6 applies; the module's declared ``RMSNorm(eps=1e-8)`` is only used by the plain
+  ``BitLinear``: /work/shared/official-model.md), ``activation_quant`` (per token, ``127 / max|x|``, round,
+  clamp [-128, 127], dequantised)
   and ``weight_quant`` (``1 / mean|w|``, round, clamp [-1, 1], dequantised), both straight-through, then
   ``F.linear`` in the autocast dtype: the float GEMM, no integer kernel;
 * ``HGRNBitAttention``: ``i, f = i_proj(x), sigmoid(f_proj(x))``, ``f = lb + (1 - lb) f`` after layer 0,
@@ -72,6 +75,10 @@ def weight_quant(w):
     return (w * scale).round().clamp(-1, 1) / scale
 
 
+#: The eps the released fused BitLinear kernel actually uses (``layer_norm_linear_quant_fn``'s default).
+FUSED_NORM_EPS = 1e-6
+
+
 class _Norm(nn.Module):
     def __init__(self, d: int, eps: float, ops: dict):
         super().__init__()
@@ -82,11 +89,12 @@ class _Norm(nn.Module):
 
 
 class BitLinear(nn.Linear):
-    """``mmfreelm.ops.bitnet.BitLinear``: RMSNorm, straight-through activation and weight quantisation, F.linear."""
+    """``mmfreelm.ops.fusedbitnet.FusedBitLinear``: RMSNorm (eps 1e-6, the fused kernel's default), straight-through
+    activation and weight quantisation, F.linear."""
 
     def __init__(self, k: int, n: int, ops: dict):
         super().__init__(k, n, bias=False)
-        self.norm = _Norm(k, 1e-8, ops)
+        self.norm = _Norm(k, FUSED_NORM_EPS, ops)
 
     def forward(self, x):
         x = self.norm(x)
