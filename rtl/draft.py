@@ -450,14 +450,11 @@ class DraftEngine(wiring.Component):
         with m.Else():
             m.next = "G_SEL"
 
-    def elaborate(self, platform):
-        m = Module()
+    def _lookup_datapath(self, m, rp, wp) -> SimpleNamespace:
+        """The command registers, the lookup context and its set (the hash), the set scan's registers and the
+        update datapath (bumped bigram row, bumped / fresh trigram way), for :meth:`elaborate`."""
         p = self.params
-        W, K, KB, N = p.ways, p.slots, p.bigram_slots, self.n_nodes
-        m.submodules.bigram = mem = Memory(data=self.bigram_data)
-        wp = mem.write_port()
-        rp = mem.read_port(transparent_for=(wp,))
-
+        W, K, KB = p.ways, p.slots, p.bigram_slots
         # ---- command registers and the lookup context -------------------------------------------
         op = Signal()
         c = Signal(TOKEN)
@@ -485,6 +482,22 @@ class DraftEngine(wiring.Component):
                      line_bump.c.eq(c)]
         fresh = Cat(key, Const(min(p.inc, p.cmax), COUNT_BITS), c, Const(0, 32 * (K - 1)))
         m.d.comb += [wp.addr.eq(lk_b), wp.data.eq(row_bump.out)]
+        return SimpleNamespace(op=op, c=c, prev=prev, has_prev=has_prev, lk_a=lk_a, lk_b=lk_b, lk_has=lk_has,
+                               key=key, base=base, way=way, hit=hit, hit_way=hit_way, hit_line=hit_line, vict=vict,
+                               min_cnt=min_cnt, line_in=line_in, line_bump=line_bump, fresh=fresh)
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self.params
+        W, K, N = p.ways, p.slots, self.n_nodes
+        m.submodules.bigram = mem = Memory(data=self.bigram_data)
+        wp = mem.write_port()
+        rp = mem.read_port(transparent_for=(wp,))
+
+        x = self._lookup_datapath(m, rp, wp)
+        op, c, prev, has_prev, lk_a, lk_b, lk_has = x.op, x.c, x.prev, x.has_prev, x.lk_a, x.lk_b, x.lk_has
+        key, base, way, hit, hit_way, hit_line = x.key, x.base, x.way, x.hit, x.hit_way, x.hit_line
+        vict, min_cnt, line_in, line_bump, fresh = x.vict, x.min_cnt, x.line_in, x.line_bump, x.fresh
 
         # ---- draft state: tree arrays, template constants, the successor list -------------------------
         tokens, parents, map_ok, map_idx, tpl_par, tpl_rank = self._tree_arrays()
