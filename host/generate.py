@@ -34,6 +34,20 @@ def program_act_frac(program: bytes) -> int:
                       "probabilities: recompile the model with this mmfree")
 
 
+def check_sampling(temperature, top_p, seed) -> float:
+    """The temperature as a float; MmfreeError naming the option for a temperature that is not a finite number
+    >= 0, a top_p outside (0, 1], a seed that is not an integer >= 0."""
+    t = float(temperature) if isinstance(temperature, (int, float)) and not isinstance(temperature, bool) \
+        else float("nan")
+    if not (np.isfinite(t) and t >= 0):
+        raise MmfreeError(f"--temperature must be a finite number >= 0 (0: greedy), got {temperature!r}")
+    if isinstance(top_p, bool) or not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+        raise MmfreeError(f"--top-p must be in (0, 1], got {top_p!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise MmfreeError(f"--seed must be an integer >= 0, got {seed!r}")
+    return t
+
+
 class Sampler:
     """Host-side token choice from what a pass returns, exactly as the integer reference samples: greedy (the
     accelerator's argmax) at ``temperature == 0``; otherwise the pass's logits as IntModel's floats
@@ -44,14 +58,7 @@ class Sampler:
 
     def __init__(self, host: AccelHost, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
                  write_logits: bool = True):
-        t = float(temperature) if isinstance(temperature, (int, float)) and not isinstance(temperature, bool) \
-            else float("nan")
-        if not (np.isfinite(t) and t >= 0):
-            raise MmfreeError(f"--temperature must be a finite number >= 0 (0: greedy), got {temperature!r}")
-        if not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
-            raise MmfreeError(f"--top-p must be in (0, 1], got {top_p!r}")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise MmfreeError(f"--seed must be an integer >= 0, got {seed!r}")
+        t = check_sampling(temperature, top_p, seed)
         self.temperature, self.top_p = t, float(top_p)
         self.greedy = t == 0
         if not self.greedy and not write_logits:
