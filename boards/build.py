@@ -575,7 +575,7 @@ def estimate(cfg: BuildConfig, verilog: Path | None = None, progress=None, timeo
            "created": time.strftime("%Y-%m-%d %H:%M"),
            "bus_bytes": cfg.bus_bytes, "max_tokens": cfg.max_tokens,
            "max_width": cfg.max_width, "addr_width": cfg.addr_width, "weight_ports": cfg.weight_ports,
-           "matvec_engines": cfg.matvec_engines, "counts": counts,
+           "matvec_engines": cfg.matvec_engines, "draft_vocab": cfg.draft_vocab, "counts": counts,
            "seconds": round(time.perf_counter() - t0, 1),
            "command": f"yosys -p 'read_verilog mmfree_accel.v; synth_xilinx -family {cfg.family} -top "
                       f"{RM.TOP_NAME} -flatten; stat'"}
@@ -586,7 +586,8 @@ def estimate(cfg: BuildConfig, verilog: Path | None = None, progress=None, timeo
 def latest_estimate(cfg: BuildConfig) -> dict | None:
     """The newest cached estimate for this build's family and parameters, whatever RTL it was made from (the
     docs table uses it while the RTL moves on; ``estimate`` itself only reuses an exact match). An estimate that
-    records no ``weight_ports`` was made before multi-port builds: it counts as 1."""
+    records no ``weight_ports`` was made before multi-port builds: it counts as 1; one without ``draft_vocab`` had no
+    draft engine."""
     best = None
     for f in (_cache_root() / "estimate").glob("*.json"):
         try:
@@ -594,9 +595,9 @@ def latest_estimate(cfg: BuildConfig) -> dict | None:
         except (OSError, ValueError):
             continue
         if (e.get("family"), e.get("bus_bytes"), e.get("max_tokens"), e.get("max_width"), e.get("addr_width"),
-                e.get("weight_ports", 1), e.get("matvec_engines", 2)) == \
+                e.get("weight_ports", 1), e.get("matvec_engines", 2), e.get("draft_vocab", 0)) == \
                 (cfg.family, cfg.bus_bytes, cfg.max_tokens, cfg.max_width, cfg.addr_width, cfg.weight_ports,
-                 cfg.matvec_engines):
+                 cfg.matvec_engines, cfg.draft_vocab):
             mtime = f.stat().st_mtime
             if best is None or mtime > best[0]:
                 e.setdefault("created", time.strftime("%Y-%m-%d %H:%M", time.localtime(mtime)))
@@ -799,7 +800,8 @@ def estimates_markdown(boards=("pynq-z2", "kv260", "zcu104"), progress=None, lat
     keys = ", ".join(sorted({k for _, k in meta}))
     return ("\n".join(rows) + f"\n\nYosys {versions}; RTL source key and date of each estimate: {keys} "
             "(`mmfree.boards.build._source_key`: the RTL moves on, so rerun for the current numbers); "
-            "LUT % counts LUT + LUTRAM cells; BRAM % is against BRAM36 + 8 x URAM. Command: `mmfree build --board B "
+            "LUT % counts LUT + LUTRAM cells; BRAM % is against the part's BRAM36 (URAM288 cells, the memories the build "
+            "marks ram_style \"ultra\", are counted apart in the fit check). Command: `mmfree build --board B "
             "--out DIR --estimate --no-vivado` (or `python -m mmfree.boards.build --record-estimates`, which rewrites "
             "this table).")
 

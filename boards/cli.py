@@ -77,7 +77,9 @@ def register(sub) -> None:
         "Runs the driver (mmfree.boards.accelerator.Accelerator) on --board: a PYNQ board (the overlay given by\n"
         "--bitstream, or the one already loaded) or 'sim', the accelerator RTL under Verilator + cocotb with\n"
         "the very same driver code. Greedy decoding; --draft trigram (or lookup) verifies drafts --k tokens\n"
-        "per pass and still produces the plain greedy tokens. With --board sim every pass is compared with\n"
+        "per pass and still produces the plain greedy tokens. --temperature T (--top-p, --seed): the host samples\n"
+        "from each pass's logits exactly as `mmfree generate --backend int` (same seed, same tokens; not with\n"
+        "--onchip). With --board sim every pass is compared with\n"
         "the integer reference (bit_exact). --json keys: tokens, text, cycles (prefill_cycles +\n"
         "decode_cycles), rd_bytes, stalls, passes, verify_steps, mean_accepted (and bit_exact for sim).\n"
         "--draft trigram --onchip: the accelerator runs the whole draft-verify loop itself (CONTROL.GENERATE,\n"
@@ -101,6 +103,12 @@ def register(sub) -> None:
                    help="tokens to generate, >= 1; at most what the board's memory holds (--board sim: prompt + "
                         "tokens <= 2048 simulated positions)")
     r.add_argument("--draft", choices=["none", "lookup", "trigram"], default="none", help="drafter")
+    r.add_argument("--temperature", type=float, default=0.0,
+                   help="0 = greedy (the accelerator's argmax); > 0: the host samples from each pass's logits exactly "
+                        "as `mmfree generate --backend int` does (same --seed, same tokens; with --draft trigram the "
+                        "multi-candidate rule at drafted nodes); not with --onchip")
+    r.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling threshold in (0, 1] (with --temperature)")
+    r.add_argument("--seed", type=int, default=0, help="sampling seed (with --temperature)")
     r.add_argument("--k", type=int, default=None, help="tokens per pass (default: the build's max with drafts, else 1)")
     r.add_argument("--tree-rule", choices=["count-guided", "template"], default=None,   # trigram.TREE_RULES
                    help="with --draft trigram: the draft tree shape, count-guided (the k - 1 most likely nodes by the "
@@ -230,13 +238,22 @@ def _run(args) -> int:
         raise MmfreeError("--onchip runs the accelerator's trigram draft engine: give --draft trigram")
     if args.tree_rule is not None and draft != "trigram":
         raise MmfreeError("--tree-rule chooses the shape of trigram draft trees: add --draft trigram")
+    from mmfree.host.generate import ONCHIP_SAMPLING, check_sampling
+
+    args.temperature = check_sampling(args.temperature, args.top_p, args.seed)
+    if args.onchip and args.temperature:
+        raise MmfreeError(ONCHIP_SAMPLING)
+    if args.temperature and args.board == "pynq-sim":
+        raise MmfreeError("--temperature is not wired to --board pynq-sim yet: use --board sim (the same driver over "
+                          "the simulated RTL) or a board")
     prompt = _prompt(args)
     if args.board == "sim":
         from mmfree.sim.run import run_sim
 
         say = None if args.json else (lambda m: print(f"[mmfree run] {m}", file=sys.stderr, flush=True))
         res = run_sim(args.model, prompt, args.tokens, draft=draft, k=args.k, timeout_s=args.timeout, progress=say,
-                      write_logits=not args.no_logits, onchip=args.onchip, tree_rule=args.tree_rule)
+                      write_logits=not args.no_logits or bool(args.temperature), onchip=args.onchip,
+                      tree_rule=args.tree_rule, temperature=args.temperature, top_p=args.top_p, seed=args.seed)
         _print_run(res, args)
         return 0 if res["bit_exact"] else 1
     if args.board == "pynq-sim":
@@ -263,7 +280,8 @@ def _run_board(args, prompt, draft) -> int:
         acc = _attach_loaded_overlay(model, board, args.timeout, tok_dir)
     acc.write_logits = not args.no_logits
     with acc:
-        g = acc.generate(prompt, args.tokens, draft=draft, k=args.k, onchip=args.onchip, tree_rule=args.tree_rule)
+        g = acc.generate(prompt, args.tokens, draft=draft, k=args.k, onchip=args.onchip, tree_rule=args.tree_rule,
+                         temperature=args.temperature, top_p=args.top_p, seed=args.seed)
     res = dict(g.as_dict(), board=board.name, clock_mhz=board.clock_mhz)
     _print_run(res, args)
     return 0

@@ -15,8 +15,74 @@ from mmfree import MmfreeError
 from mmfree.host import layout as LY
 from mmfree.host.accel import AccelHost, AccelRunError, PassResult
 from mmfree.pymodel.drafters import Drafter, PromptLookupDrafter, TrigramDrafter
-from mmfree.pymodel.speculative import accept_walk, greedy_pick
+from mmfree.pymodel.numerics import act_to_float
+from mmfree.pymodel.sampling import sample
+from mmfree.pymodel.speculative import accept_walk, choose, greedy_pick
+from mmfree.rtl import isa as I
 from mmfree.rtl import regmap as RM
+
+#: what the on-chip loop cannot do
+ONCHIP_SAMPLING = ("--temperature: the on-chip draft-verify loop (GenLoop) emits each node's argmax and cannot sample; "
+                   "drop --onchip to sample on the host from the logits each pass returns, or use --temperature 0")
+
+
+def program_act_frac(program: bytes) -> int:
+    """The logits' fixed-point fraction bits: the ``act_frac`` of the program's SETF (what IntModel.to_float uses)."""
+    for ins in I.disassemble(program)[1]:
+        if ins.op == "SETF":
+            return int(ins.args["act_frac"])
+    raise MmfreeError("the compiled program has no SETF instruction, so its logits cannot be turned into "
+                      "probabilities: recompile the model with this mmfree")
+
+
+def check_sampling(temperature, top_p, seed) -> float:
+    """The temperature as a float; MmfreeError naming the option for a temperature that is not a finite number
+    >= 0, a top_p outside (0, 1], a seed that is not an integer >= 0."""
+    t = float(temperature) if isinstance(temperature, (int, float)) and not isinstance(temperature, bool) \
+        else float("nan")
+    if not (np.isfinite(t) and t >= 0):
+        raise MmfreeError(f"--temperature must be a finite number >= 0 (0: greedy), got {temperature!r}")
+    if isinstance(top_p, bool) or not (isinstance(top_p, (int, float)) and 0 < top_p <= 1):
+        raise MmfreeError(f"--top-p must be in (0, 1], got {top_p!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise MmfreeError(f"--seed must be an integer >= 0, got {seed!r}")
+    return t
+
+
+class Sampler:
+    """Host-side token choice from what a pass returns, exactly as the integer reference samples: greedy (the
+    accelerator's argmax) at ``temperature == 0``; otherwise the pass's logits as IntModel's floats
+    (:func:`program_act_frac`), ``pymodel.sampling.sample`` for a token with no drafts (as ``pymodel.generate``) and
+    the multi-candidate rule ``pymodel.speculative.choose`` at drafted nodes (as ``speculative_generate``), one
+    ``numpy.random.default_rng(seed)`` for the whole generation. Errors (MmfreeError): temperature not a finite
+    number >= 0, top_p outside (0, 1], a seed that is not an integer >= 0, sampling without logits written."""
+
+    def __init__(self, host: AccelHost, temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
+                 write_logits: bool = True):
+        t = check_sampling(temperature, top_p, seed)
+        self.temperature, self.top_p = t, float(top_p)
+        self.greedy = t == 0
+        if not self.greedy and not write_logits:
+            raise MmfreeError("sampling (--temperature > 0) reads every pass's logits: drop --no-logits")
+        self.frac = None if self.greedy else program_act_frac(host.c.program)
+        self.rng = np.random.default_rng(seed)
+
+    def _floats(self, res: PassResult, i: int) -> np.ndarray:
+        return act_to_float(res.logits[i], self.frac)
+
+    def first(self, res: PassResult) -> int:
+        """The token after the prompt, from the last prefill pass."""
+        if self.greedy:
+            return int(res.argmax[-1])
+        return sample(self._floats(res, len(res.tokens) - 1), self.temperature, self.top_p, self.rng)
+
+    def pick(self, res: PassResult, drafted: bool):
+        """``pick(i, candidates) -> (token, child index or -1)`` for :func:`accept_walk` over ``res``."""
+        if self.greedy:
+            return lambda i, cands: greedy_pick(res.argmax[i], cands)
+        if not drafted:
+            return lambda i, cands: (sample(self._floats(res, i), self.temperature, self.top_p, self.rng), -1)
+        return lambda i, cands: choose(self._floats(res, i), cands, self.temperature, self.top_p, self.rng)
 
 
 def _record(res: PassResult, commit: int, prefill: bool, emitted: int, keep_arrays: bool, **extra) -> dict:
@@ -45,9 +111,9 @@ def _check_request(host: AccelHost, prompt, n_tokens: int, k: int) -> list[int]:
 
 
 def _prefill(host: AccelHost, prompt: list[int], k: int, write_logits: bool,
-             keep_arrays: bool) -> tuple[list[int], list[dict]]:
-    """A new sequence: the prompt in passes of up to k tokens. Returns ([the first token], the pass records,
-    the last one marked as emitting it)."""
+             keep_arrays: bool, sampler: Sampler | None = None) -> tuple[list[int], list[dict]]:
+    """A new sequence: the prompt in passes of up to k tokens. Returns ([the first token] (the last pass's argmax,
+    or ``sampler``'s choice), the pass records, the last one marked as emitting it)."""
     host.reset_state()
     passes: list[dict] = []
     res = None
@@ -56,7 +122,7 @@ def _prefill(host: AccelHost, prompt: list[int], k: int, write_logits: bool,
         res = host.run(chunk, write_logits=write_logits)
         passes.append(_record(res, len(chunk) - 1, True, 0, keep_arrays))
     passes[-1]["emitted"] = 1
-    return [int(res.argmax[-1])], passes
+    return [sampler.first(res) if sampler is not None else int(res.argmax[-1])], passes
 
 
 def onchip_tree_rule(host: AccelHost, drafter=None) -> str:
@@ -100,22 +166,29 @@ def check_onchip_drafter(drafter: TrigramDrafter, host: AccelHost) -> None:
 
 def generate(host: AccelHost, prompt: list[int], n_tokens: int, k: int = 1, write_logits: bool = True,
              progress=None, drafter: Drafter | None = None, onchip: bool = False,
-             keep_arrays: bool = False) -> tuple[list[int], list[dict]]:
-    """Greedy generation on the accelerator: the prompt in passes of up to k tokens, then decode passes.
+             keep_arrays: bool = False, temperature: float = 0.0, top_p: float = 1.0,
+             seed: int = 0) -> tuple[list[int], list[dict]]:
+    """Generation on the accelerator: the prompt in passes of up to k tokens, then decode passes; greedy, or with
+    ``temperature > 0`` sampled on the host from each pass's logits exactly as the integer reference samples
+    (:class:`Sampler`: the same tokens as ``pymodel.generate`` with IntBackend at k = 1, and as
+    ``speculative_generate`` with the drafter's template for trigram drafts, for the same ``seed``).
 
     With ``k == 1`` every decode pass feeds the last token. With ``k > 1`` a pass feeds the last token and
     up to k-1 drafts from ``drafter`` (default :class:`PromptLookupDrafter`: a chain of prompt-lookup
     drafts, :func:`draft_tokens`; a :class:`TrigramDrafter` drafts a tree, run with FLAGS.TREE). From the
     root, the model's own next token (the argmax) is emitted and, when it equals a drafted child, that child
     is accepted and the walk goes on from it; the state after the last accepted node is committed without a
-    copy (:meth:`AccelHost.commit`). The output equals plain greedy decoding. Returns (tokens, passes); each
+    copy (:meth:`AccelHost.commit`). Greedy, the output equals plain greedy decoding. Returns (tokens, passes); each
     pass record holds tokens, parents (trees), commit, prefill, emitted, counters, argmax and, with
     ``keep_arrays`` only, the ``states`` and ``logits`` read back (host memory per token stays bounded without).
 
     ``onchip``: the draft-verify loop runs on the accelerator instead (:func:`generate_onchip` with the
     :class:`TrigramDrafter`'s table; the prompt still goes in passes of up to k tokens).
     """
+    sampler = Sampler(host, temperature, top_p, seed, write_logits)
     if onchip:
+        if not sampler.greedy:
+            raise MmfreeError(ONCHIP_SAMPLING)
         if not isinstance(drafter, TrigramDrafter):
             raise MmfreeError("the on-chip loop drafts with the accelerator's trigram engine: give a TrigramDrafter "
                               f"(draft='trigram'), not {type(drafter).__name__ if drafter else 'no drafter'}")
@@ -127,7 +200,7 @@ def generate(host: AccelHost, prompt: list[int], n_tokens: int, k: int = 1, writ
     drafter = drafter if drafter is not None else PromptLookupDrafter()
     drafter.start(prompt)
     seq = list(prompt)
-    out, passes = _prefill(host, prompt, k, write_logits, keep_arrays)
+    out, passes = _prefill(host, prompt, k, write_logits, keep_arrays, sampler)
     drafter.commit(seq, out[-1])
     seq.append(out[-1])
     if progress:
@@ -141,7 +214,7 @@ def generate(host: AccelHost, prompt: list[int], n_tokens: int, k: int = 1, writ
                 raise MmfreeError(f"the {drafter.name} drafter returned {toks}: it must start with the last token "
                                   f"{out[-1]} and hold at most {k} tokens")
         res = host.run(toks, parents=parents, write_logits=write_logits, commit_last=False)
-        new, node, _ = accept_walk(toks, parents, lambda i, cands: greedy_pick(res.argmax[i], cands))
+        new, node, _ = accept_walk(toks, parents, sampler.pick(res, drafted=k > 1))
         host.commit(res, node)
         new = new[:n_tokens - len(out)]
         for t in new:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mmfree import MmfreeError
 from mmfree.host.accel import AccelHost, PassResult
-from mmfree.host.generate import NO_DRAFT_ENGINE, generate, onchip_tree_rule
+from mmfree.host.generate import NO_DRAFT_ENGINE, ONCHIP_SAMPLING, generate, onchip_tree_rule
 from mmfree.host.layout import check_fits, check_n_tokens
 from mmfree.host.transport import as_transport
 from mmfree.pymodel.drafters import Drafter, PromptLookupDrafter, TrigramDrafter
@@ -232,7 +232,8 @@ class AccelSession:
 
     def generate(self, prompt, n_tokens: int, draft: str | Drafter | None = None, k: int | None = None,
                  table=None, progress=None, onchip: bool = False, keep_arrays: bool = False,
-                 tree_rule: str | None = None) -> Generation:
+                 tree_rule: str | None = None, temperature: float = 0.0, top_p: float = 1.0,
+                 seed: int = 0) -> Generation:
         """Generate ``n_tokens`` greedily after ``prompt`` (text or ids). ``draft``: None (one token per decode
         pass), "lookup" or "trigram" (or a :class:`Drafter`), verified ``k`` tokens per pass (default: the
         bitstream's max with drafts, else 1). The tokens are those of plain greedy decoding either way.
@@ -246,9 +247,15 @@ class AccelSession:
         ``keep_arrays``: keep every pass's states and logits in :attr:`Generation.passes` (for comparisons);
         without it host memory per generated token is bounded (:func:`~mmfree.host.layout.host_bytes_per_token`),
         and with a ``board`` ``n_tokens`` is limited to what its memory holds
-        (:func:`~mmfree.host.layout.max_generation_tokens`)."""
+        (:func:`~mmfree.host.layout.max_generation_tokens`).
+
+        ``temperature`` > 0 (with ``top_p``, ``seed``): the host samples from each pass's logits exactly as the integer
+        reference does (:class:`~mmfree.host.generate.Sampler`; every pass then writes its logits); refused with
+        ``onchip``."""
         check_n_tokens(n_tokens, self.compiled, self.board, self.host.hw.max_tokens, keep_arrays)
         ids = self.check_prompt(prompt)
+        if onchip and temperature:                          # before any table is built
+            raise MmfreeError(ONCHIP_SAMPLING)
         if onchip and draft is None:
             draft = "trigram"
         if onchip and self.host.draft is None:             # before the table is built or loaded
@@ -262,8 +269,10 @@ class AccelSession:
         if dr is None and k > 1:
             dr = PromptLookupDrafter()
         t0 = time.perf_counter()
-        toks, passes = generate(self.host, ids, n_tokens, k=k, write_logits=self.write_logits, progress=progress,
-                                drafter=dr, onchip=onchip, keep_arrays=keep_arrays)
+        logits = self.write_logits or bool(temperature)       # sampling reads every pass's logits
+        toks, passes = generate(self.host, ids, n_tokens, k=k, write_logits=logits, progress=progress,
+                                drafter=dr, onchip=onchip, keep_arrays=keep_arrays, temperature=temperature,
+                                top_p=top_p, seed=seed)
         text = self.decode_text(toks) if self.tokenizer_dir is not None else None
         rule = None
         if isinstance(dr, TrigramDrafter):

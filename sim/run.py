@@ -9,7 +9,7 @@ import numpy as np
 
 from mmfree import MmfreeError
 from mmfree.host.errors import check_timeout
-from mmfree.host.generate import NO_DRAFT_ENGINE
+from mmfree.host.generate import NO_DRAFT_ENGINE, ONCHIP_SAMPLING, check_sampling
 from mmfree.host.layout import check_n_tokens
 from mmfree.host.session import open_model
 from mmfree.pymodel.drafters import TrigramDrafter
@@ -28,10 +28,31 @@ def greedy_reference(im, prompt: list[int], n_tokens: int) -> list[int]:
         state, logits = im.step(state, out[-1])
 
 
+def sampling_reference(im, prompt: list[int], n_tokens: int, temperature: float, top_p: float, seed: int,
+                       table=None, k: int = 1, tree_rule: str | None = None) -> list[int]:
+    """What the integer reference samples for the same seed: ``pymodel.generate`` with IntBackend (no drafts, k = 1)
+    or ``speculative_generate`` from ``table`` (trigram drafts) with the driver's tree: the template
+    ``make_template(k - 1, k - 1)``, or ``k - 1`` count-guided nodes under ``tree_rule`` "count-guided"."""
+    from mmfree.pymodel import trigram as TG
+    from mmfree.pymodel.generate import generate
+    from mmfree.pymodel.intmodel import IntBackend
+    from mmfree.pymodel.speculative import speculative_generate
+
+    if table is None:
+        return generate(IntBackend(im), prompt, n_tokens, temperature, top_p, seed).tokens
+    if TG.check_tree_rule(tree_rule) == "count-guided":
+        shape = {"tree_rule": "count-guided", "max_draft": k - 1, "max_nodes": k - 1}
+    else:
+        shape = {"template": TG.make_template(k - 1, k - 1)}
+    return speculative_generate(im, prompt, n_tokens, temperature=temperature, top_p=top_p, seed=seed,
+                                table=table.copy(), log=lambda m: None, **shape).tokens
+
+
 def run_sim(model="default", prompt="def ", n_tokens: int = 8, draft: str | None = None, k: int | None = None,
             table=None, inject: list[dict] | None = None, write_logits: bool = True, timeout_s: float = 60.0,
             hw: HwConfig | None = None, progress=None, workdir=None, onchip: bool = False,
-            tree_rule: str | None = None) -> dict:
+            tree_rule: str | None = None, temperature: float = 0.0, top_p: float = 1.0,
+            seed: int = 0) -> dict:
     """Run :class:`Accelerator` on the simulated board (one simulator process: :func:`mmfree.sim.accel.run_job`
     with the bench's "run" job) and check it against the integer reference.
 
@@ -39,6 +60,10 @@ def run_sim(model="default", prompt="def ", n_tokens: int = 8, draft: str | None
     (:attr:`Generation.counters`), ``bit_exact`` (every pass's argmax, states and, when written, logits equal
     ``IntModel.forward`` on the same tokens, parents and start state, AND the tokens equal plain greedy decoding
     on IntModel), ``problems``, ``reference_tokens``, ``inject`` (results of the injected steps), ``wall_s``.
+
+    ``temperature`` > 0 (``top_p``, ``seed``): the host samples from each pass's logits as the reference does, and the
+    tokens must equal :func:`sampling_reference` (plain or trigram drafts; a lookup-drafted sample is checked for
+    bit-exact passes only, its tokens have no seeded reference); refused with ``onchip``.
 
     ``onchip`` (with ``draft="trigram"``; the build needs ``hw.draft_vocab``): the draft-verify loop runs on the
     accelerator (CONTROL.GENERATE). Its passes are never read back, so only the prefill passes are replayed on
@@ -89,6 +114,9 @@ def run_sim(model="default", prompt="def ", n_tokens: int = 8, draft: str | None
         raise MmfreeError("--onchip runs the accelerator's trigram draft engine: give --draft trigram")
     if onchip and not hw.draft_vocab:
         raise MmfreeError(NO_DRAFT_ENGINE)
+    temperature = check_sampling(temperature, top_p, seed)
+    if onchip and temperature:
+        raise MmfreeError(ONCHIP_SAMPLING)
     if onchip and k is not None and k != hw.max_tokens:
         raise MmfreeError(f"--k does not apply to --onchip: the on-chip loop verifies up to the build's "
                           f"{hw.max_tokens} tokens per pass")
@@ -105,7 +133,7 @@ def run_sim(model="default", prompt="def ", n_tokens: int = 8, draft: str | None
                # (one GENERATE waits for all its passes: the cap grows with the tokens asked for)
                "max_wait_cycles": int(min(timeout_s * PARAMS.SIM_CLOCK_HZ, PARAMS.SIM_MAX_WAIT_CYCLES))
                * (n_tokens if onchip else 1),
-               "progress": False, "onchip": onchip}
+               "progress": False, "onchip": onchip, "temperature": temperature, "top_p": top_p, "seed": seed}
         start_table = None
         if draft == "trigram":
             dr = TrigramDrafter.for_model(im, table, tok_dir, tree_rule=tree_rule)
@@ -119,10 +147,17 @@ def run_sim(model="default", prompt="def ", n_tokens: int = 8, draft: str | None
             res = run_job(job, hw=hw, workdir=Path(workdir) if workdir else td / "run", progress=progress)
     passes = passes_from_result(res)
     ok, problems = replay_and_compare(im, [p for p in passes if not p.get("onchip")])
-    ref = greedy_reference(im, ids, n_tokens)
+    if not temperature:
+        ref = greedy_reference(im, ids, n_tokens)
+        what = "IntModel greedy decoding"
+    elif draft != "lookup":
+        ref = sampling_reference(im, ids, n_tokens, temperature, top_p, seed, start_table, k, tree_rule)
+        what = f"IntModel sampling (temperature {temperature:g}, top-p {top_p:g}, seed {seed})"
+    else:
+        ref, what = res["tokens"], None
     if res["tokens"] != ref:
         ok = False
-        problems.insert(0, f"tokens {res['tokens']} differ from IntModel greedy decoding {ref}")
+        problems.insert(0, f"tokens {res['tokens']} differ from {what} {ref}")
     onchip_check = {}
     if onchip:
         spec_ok, spec_problems, onchip_check = _check_onchip(im, ids, n_tokens, hw.max_tokens, start_table, res)

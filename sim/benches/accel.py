@@ -61,7 +61,8 @@ def _run_job(board, job, compiled, progress):
     if onchip and drafter is None:
         raise ValueError("an onchip job drafts with the trigram engine: it needs draft 'trigram' and a table file")
     g = acc.generate(job["prompt"], job["n_tokens"], draft=drafter, k=job.get("k"), progress=progress, onchip=onchip,
-                     keep_arrays=True)
+                     keep_arrays=True, temperature=job.get("temperature", 0.0), top_p=job.get("top_p", 1.0),
+                     seed=job.get("seed", 0))
     out = {"tokens": g.tokens, "passes": g.passes, "counters": g.counters, "k": g.k, "draft": g.draft,
            "onchip": onchip, "tree_rule": g.tree_rule}
     if onchip:

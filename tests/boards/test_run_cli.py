@@ -177,3 +177,42 @@ def test_run_sim_onchip_is_the_reference_speculative_loop(capfd):
     assert res["gen_passes"] == res["reference_verify_steps"] == res["verify_steps"] < 15
     assert res["gen_cycles"] > 0 and res["cycles"] == res["prefill_cycles"] + res["decode_cycles"]
     assert "prefill passes only" in res["replayed"]
+
+
+@pytest.mark.sim
+@pytest.mark.parametrize("draft", ["none", "trigram"])
+def test_run_sim_samples_as_the_reference(capfd, draft):
+    """--temperature / --seed on the simulated RTL: the host samples from the logits each pass returns, so the tokens
+    equal the integer reference's sampling with the same seed (pymodel.generate, or speculative_generate with the
+    driver's k = 4 template for trigram drafts), and every pass is bit-exact."""
+    from mmfree.pymodel.intmodel import open_int_model
+    from mmfree.pymodel.tokenizer import load_tokenizer
+    from mmfree.sim.run import greedy_reference, sampling_reference
+
+    im, tok_dir = open_int_model("default")
+    ids = load_tokenizer(tok_dir).encode("def ")
+    rc = main(["run", "--board", "sim", "--model", "default", "--prompt", "def ", "--tokens", "6", "--draft", draft,
+               "--temperature", "1.2", "--seed", "11", "--json"])
+    res = json.loads(capfd.readouterr().out)
+    assert rc == 0 and res["bit_exact"] is True, res["problems"]
+    table = None
+    if draft == "trigram":
+        from mmfree.pymodel.drafters import TrigramDrafter
+
+        table = TrigramDrafter.for_model(im, None, tok_dir, log=lambda m: None).table
+    assert res["tokens"] == res["reference_tokens"] == sampling_reference(im, ids, 6, 1.2, 1.0, 11, table,
+                                                                           4 if table else 1)
+    assert res["tokens"] != greedy_reference(im, ids, 6)
+
+
+def test_run_sampling_bad_arguments(capsys, monkeypatch):
+    import mmfree.sim.accel as SA
+
+    monkeypatch.setattr(SA, "run_job", lambda *a, **k: pytest.fail("the simulator was started"))
+    for argv, msg in ((["--temperature", "-1"], "--temperature must be a finite number >= 0"),
+                      (["--temperature", "1", "--top-p", "1.5"], "--top-p must be in (0, 1]"),
+                      (["--temperature", "1", "--seed", "-2"], "--seed must be an integer >= 0"),
+                      (["--temperature", "0.7", "--draft", "trigram", "--onchip"], "GenLoop) emits each node's argmax "
+                                                                                  "and cannot sample")):
+        rc = main(["run", "--board", "sim", "--prompt-ids", "1,2", "--tokens", "4", *argv])
+        assert rc == 1 and msg in capsys.readouterr().err, argv

@@ -87,3 +87,10 @@ def test_draft_engine_bigram_memory_is_marked():
     big = [m for m in plat.memories if m.depth == 4096]
     assert len(big) == 1 and big[0].width == 128 and MS.ram_style(big[0], "xcup") == "ultra"
     assert re.search(r'\(\* ram_style = "ultra" \*\)\s*reg \[127:0\] \w+ \[4095:0\];', text)
+
+
+def test_parse_stat_counts_uram():
+    from mmfree.rtl.estimate import parse_stat
+
+    c = parse_stat("   Number of cells:  10\n     URAM288                         3\n     RAMB36E2   2\n     LUT6 5\n")
+    assert (c["URAM"], c["BRAM"], c["LUT"]) == (3, 2, 5)
