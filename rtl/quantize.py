@@ -244,6 +244,10 @@ class Reciprocal(wiring.Component):
         sp_new = Mux(blp > N.P_CODE_BITS, blp - N.P_CODE_BITS, 0)[:SP_WIDTH]
         rem2 = Signal(W + 2)
         m.d.comb += rem2.eq(rem << 1)
+        # pipelined: the compare is the borrow of the subtraction (one carry chain, not a compare beside it)
+        diff = Signal(W + 3)
+        if self.pipelined:
+            m.d.comb += diff.eq(rem2 - pn)
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.i.ready.eq(1)
@@ -288,8 +292,8 @@ class Reciprocal(wiring.Component):
                     ]
                     m.next = "DIV"
             with m.State("DIV"):
-                with m.If(rem2 >= pn):
-                    m.d.sync += [rem.eq(rem2 - pn), q.eq(_shl1(q, 1))]
+                with m.If(~diff[W + 2] if self.pipelined else rem2 >= pn):
+                    m.d.sync += [rem.eq(diff[:W + 1] if self.pipelined else rem2 - pn), q.eq(_shl1(q, 1))]
                 with m.Else():
                     m.d.sync += [rem.eq(rem2), q.eq(_shl1(q, 0))]
                 m.d.sync += count.eq(count - 1)
