@@ -114,9 +114,14 @@ def test_kv260_13b_against_its_rooflines():
     assert one["bus_limited_by"] == "hp_port" and one["hw"]["weight_ports"] == 1
     assert one["tokens_per_s"] >= 0.9 * one["port_roofline_tokens_per_s"] * P.assumption("hp_port_efficiency")
     r = P.predict("1.3B", "kv260", clock_mhz=250)
-    assert r["hw"]["weight_ports"] == 4 and r["bus_limited_by"] == "ddr"
+    # the published controller efficiency (sim/ddr.py: 16 of 19.2 GB/s) leaves 4 GB/s to each of 4 ports; each
+    # port's own cap (hp_port_efficiency between refreshes) binds first
+    assert r["hw"]["weight_ports"] == 4 and r["bus_limited_by"] == "hp_port"
+    assert r["ddr_model"]["aggregate_bytes_per_s"] == pytest.approx(16.0e9)
     assert r["tokens_per_s"] > 3 * one["tokens_per_s"]
-    assert r["tokens_per_s"] >= 0.9 * P.assumption("ddr_efficiency") * r["roofline_tokens_per_s"]
+    assert r["tokens_per_s"] >= 0.9 * r["bus_rate_beats_per_cycle"] * r["port_roofline_tokens_per_s"]
+    assert r["ddr_bytes_per_s"] <= r["ddr_model"]["aggregate_bytes_per_s"]
+    assert r["ideal_memory"]["tokens_per_s"] > r["tokens_per_s"]
     assert r["tokens_per_s"] <= r["roofline_tokens_per_s"] <= r["physical_limit_tokens_per_s"] * 1.01
     assert r["fraction_of_roofline"] == pytest.approx(r["tokens_per_s"] / r["roofline_tokens_per_s"])
 
@@ -228,6 +233,26 @@ def test_recorded_rtl_cycles_within_5_percent():
     assert n["default"] >= 16 and n["ports4"] >= 16, n
 
 
+def test_recorded_realistic_memory_runs_within_5_percent():
+    """The model against the RTL runs on the simulated DDR's realistic option (bench/perf_validate.py --memory
+    realistic --record): the model at the realistic memory's average bus rate and mean latency, within 5 %."""
+    rec = json.loads((ROOT / "boards" / "data" / "perf_validation.json").read_text())
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import perf_validate as V
+    finally:
+        sys.path.pop(0)
+    n = 0
+    for hw_name, runs_of in rec.get("realistic_runs", {}).items():
+        for name, runs in runs_of.items():
+            for key, v in runs.items():
+                k, wl, lat = V.parse_key(key)
+                m = V.model_cycles(name, k, wl, hw_name, lat, "realistic")
+                assert abs(m - v["cycles"]) <= 0.05 * v["cycles"], (hw_name, name, key, m, v["cycles"])
+                n += 1
+    assert n >= 8, n
+
+
 @pytest.mark.sim
 def test_model_against_rtl():
     """Runs the accelerator RTL (Verilator) on 4 shapes (and 2 on the four-weight-port build), k = 1 and 4: the
@@ -250,14 +275,21 @@ def test_model_against_rtl():
 
 
 def test_stream_rate_outstanding_read_limit():
-    """A port keeps the bus rate while its read window covers the latency; beyond, window / round trip."""
+    """A port keeps the bus rate while its read window covers the latency; the window follows the latency (the
+    base 64 beats at the simulated DDR's 24 cycles, latency + margin beyond, at most the FIFO / 16 bursts); beyond
+    that, window / round trip. Issue 27: full rate to >= 300 ns (75 cycles at 250 MHz), >= 0.9 at 500 ns."""
     turn = P.RTL_TIMING["rd_turn"]
-    W = P.READ_WINDOW_BEATS
-    assert W == min(PARAMS.WEIGHT_CLIENT_FIFO, PARAMS.MAX_OUTSTANDING * PARAMS.MAX_BURST)
+    cap = min(PARAMS.WEIGHT_CLIENT_FIFO, PARAMS.MAX_OUTSTANDING * PARAMS.MAX_BURST)
+    assert P.READ_WINDOW_BEATS == PARAMS.WEIGHT_WINDOW_BASE == P.read_window(PARAMS.SIM_RD_LATENCY)
+    assert [P.read_window(L) for L in (24, 48, 75, 96, 192, 300, 1000)] == [64, 80, 112, 128, 224, cap, cap]
     assert P.stream_rate(1.0, 24) == 1.0 and P.stream_rate(0.5, 24) == 0.5
-    assert P.stream_rate(1.0, W - turn) == 1.0                   # the window covers the round trip: full rate
-    assert P.stream_rate(1.0, 75) == pytest.approx(W / (75 + turn))   # 300 ns at 250 MHz with the 64-beat window
-    assert P.stream_rate(1.0, 1000) == pytest.approx(W / (1000 + turn))
+    assert all(P.stream_rate(1.0, L) == 1.0 for L in range(0, cap - turn + 1))
+    assert P.stream_rate(1.0, 75) == 1.0 and P.stream_rate(1.0, 125) >= 0.9
+    assert P.stream_rate(1.0, 300) == pytest.approx(cap / (300 + turn))
+    assert P.stream_rate(1.0, 1000) == pytest.approx(cap / (1000 + turn))
+    # short bursts (a strided row read of 3 beats per row): 16 outstanding bursts of 3 beats
+    assert P.read_window(300, P.row_burst(3)) == 16 * 3
+    assert P.row_burst(26) == 13 and P.row_burst(16) == 16
     rates = [P.stream_rate(1.0, L) for L in (24, 96, 300, 600, 1200)]
     assert rates == sorted(rates, reverse=True)
     for bad in ((0.0, 24), (1.0, -1), (1.0, float("nan"))):
@@ -289,13 +321,18 @@ def test_cli_latency_ns():
     assert bad.returncode == 1 and "mmfree perf: error: --latency-ns" in bad.stderr and "Traceback" not in bad.stderr
 
 
-@pytest.mark.parametrize("fifo,latency", [(64, 125), (PARAMS.WEIGHT_CLIENT_FIFO, 300)])
-def test_stream_rate_matches_the_axi_reader(fifo, latency):
-    """The outstanding-read limit of the model against the AXI reader's RTL (Amaranth simulator), cycle counts."""
+@pytest.mark.parametrize("fifo,latency,adaptive", [(64, 125, False), (PARAMS.WEIGHT_CLIENT_FIFO, 125, True),
+                                                     (PARAMS.WEIGHT_CLIENT_FIFO, 300, True)])
+def test_stream_rate_matches_the_axi_reader(fifo, latency, adaptive):
+    """The outstanding-read limit of the model against the AXI reader's RTL (Amaranth simulator), cycle counts:
+    a fixed 64-beat window and the weight clients' latency-following window (rtl/params.py)."""
     sys.path.insert(0, str(ROOT / "bench"))
     try:
         import rtl_axi_latency as B
     finally:
         sys.path.pop(0)
-    got = B.measure(fifo, latency, 1024, PARAMS.MAX_OUTSTANDING)["steady_beats_per_cycle"]
-    assert got == pytest.approx(P.stream_rate(1.0, latency, window=min(fifo, PARAMS.MAX_OUTSTANDING * 16)), abs=0.01)
+    got = B.measure(fifo, latency, 1024, PARAMS.MAX_OUTSTANDING, adaptive=adaptive)["steady_beats_per_cycle"]
+    window = None if adaptive else min(fifo, PARAMS.MAX_OUTSTANDING * 16)
+    assert got == pytest.approx(P.stream_rate(1.0, latency, window=window), abs=0.01)
+    if adaptive and latency == 125:
+        assert got >= 0.9                      # issue 27: >= 0.9 of the port's rate at 500 ns
