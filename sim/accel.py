@@ -593,11 +593,12 @@ def replay_and_compare(im, passes: list[dict]) -> tuple[bool, list[str]]:
 def simulate_generation(model="default", prompt_ids=(1,), n_tokens: int = 16, progress=True, k: int = 1,
                         waves: bool = False, hw: HwConfig = DEFAULT_HW, memory: str = "hdl",
                         rd_latency: int = DEFAULT_RD_LATENCY, write_logits: bool = True,
-                        mem_bytes: int | None = None) -> dict:
+                        mem_bytes: int | None = None, ddr_plusargs=()) -> dict:
     """Generate ``n_tokens`` greedily on the simulated accelerator and check it against IntModel.
 
     ``mem_bytes``: the simulated DDR's size (a power of two); ``None`` sizes it to the model's program, host
-    buffers and image (:func:`sim_mem_bytes`), so any model that fits the build's width runs.
+    buffers and image (:func:`sim_mem_bytes`), so any model that fits the build's width runs. ``ddr_plusargs``:
+    the simulated DDR's realistic option (:func:`mmfree.sim.ddr.sim_plusargs`; empty: the ideal memory).
 
     ``model``: "default", a checkpoint directory or an export directory. ``k`` > 1 feeds the prompt k
     tokens per pass and verifies k-1 drafted tokens per pass (prompt-lookup drafts; see
@@ -638,6 +639,7 @@ def simulate_generation(model="default", prompt_ids=(1,), n_tokens: int = 16, pr
         job = {"kind": "generate", "compiled": str(td / "compiled"), "prompt": prompt, "n_tokens": n_tokens, "k": k,
                "write_logits": write_logits, "progress": bool(progress)}
         res = run_job(job, hw=hw, memory=memory, waves=waves, rd_latency=rd_latency, mem_bytes=mem_bytes,
+                      ddr_plusargs=ddr_plusargs,
                       workdir=td / "run" if not waves else Path(tempfile.mkdtemp(prefix="mmfree-waves-", dir=system_tempdir())),
                       progress=say if progress else None)
     passes = passes_from_result(res)

@@ -79,3 +79,28 @@ def test_python_memory_pause_patterns():
     assert a == list(itertools.islice(D.ar_pauses(s), 1000)) and 0 < sum(a) < 1000
     with pytest.raises(MmfreeError, match="MMFREE_"):
         D.parse_plusargs(["+MMFREE_DDR_NUM=x"])
+
+
+@pytest.mark.sim
+@pytest.mark.slow
+@pytest.mark.parametrize("memory", ["hdl", "python"])
+def test_realistic_memory_is_bit_exact_and_slower(memory):
+    """Generation on the RTL with the realistic DDR (KV260 figures) stays bit-exact against IntModel, and takes
+    more cycles than on the ideal memory (refresh, 0.9 port rate, longer latency)."""
+    import sys
+
+    from mmfree.sim.accel import simulate_generation
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import perf_validate as V
+    finally:
+        sys.path.pop(0)
+    model = V.export_config("d64")
+    plus = V.realistic("default", 24)[0]
+    real = simulate_generation(model, [1, 2], 2, progress=False, memory=memory, ddr_plusargs=plus)
+    assert real["bit_exact"], real["problems"]
+    if memory == "hdl":
+        ideal = simulate_generation(model, [1, 2], 2, progress=False, memory=memory)
+        assert ideal["bit_exact"] and real["tokens"] == ideal["tokens"]
+        assert real["cycles"] > ideal["cycles"]
