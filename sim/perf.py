@@ -308,6 +308,14 @@ def stream_rate(rate: float, rd_latency: float, timing: dict | None = None, wind
     return min(rate, window / (rd_latency + turn))
 
 
+def _windowed(beats: float, window: float, rate: float, limited: float) -> float:
+    """Cycles from a read client's first beat to its last for a transfer of ``beats`` (its first request already
+    paid the latency): the first ``window`` beats were all requested at once and arrive at the bus ``rate``, the
+    rest at the outstanding-read limit ``limited`` (:func:`stream_rate`)."""
+    first = min(beats, window)
+    return first / rate + (beats - first) / limited
+
+
 class _Pass:
     """One pass replayed instruction by instruction (:func:`pass_cycles`). Times in cycles from START.
 
@@ -321,8 +329,10 @@ class _Pass:
         self.bb, self.E, self.P = hw.bus_bytes, hw.matvec_engines, hw.weight_ports
         self.L = float(rd_latency)
         vec_fifo, load_fifo = PARAMS.MAIN_READER_FIFO_DEPTHS[1:3]
-        self.vrate = stream_rate(rate, rd_latency, T, min(vec_fifo, PARAMS.MAX_OUTSTANDING * PARAMS.MAX_BURST))
-        self.lrate = stream_rate(rate, rd_latency, T, min(load_fifo, PARAMS.MAX_OUTSTANDING * PARAMS.MAX_BURST))
+        self.vwin = min(vec_fifo, PARAMS.MAX_OUTSTANDING * PARAMS.MAX_BURST)
+        self.lwin = min(load_fifo, PARAMS.MAX_OUTSTANDING * PARAMS.MAX_BURST)
+        self.vrate = stream_rate(rate, rd_latency, T, self.vwin)
+        self.lrate = stream_rate(rate, rd_latency, T, self.lwin)
         # weight beats prefetch may run ahead: the queues + the read window's base (a longer latency widens the window
         # but those beats are in flight, not stored ahead: counting them moved the 1.3B model by < 0.1 %)
         self.cap = self.E * weight_fifo_beats + READ_WINDOW_BEATS
@@ -465,7 +475,7 @@ class _Pass:
         for _ in range(self.k):
             beats = math.ceil(4 * ins["count"] / self.bb)
             s0, e = self.bus.reserve(tt + self.T["embed_row"] + self.L, beats)
-            tt = max(e, s0 + beats / self.vrate, s0 + ins["count"]) + 1
+            tt = max(e, s0 + _windowed(beats, self.vwin, self.rate, self.vrate), s0 + ins["count"]) + 1
         fin = tt + self.T["hgrn_tail"]
         self.ivals["load_store"].append((start, fin))
         return fin
