@@ -335,3 +335,19 @@ def test_stream_rate_matches_the_axi_reader(fifo, latency, adaptive):
     assert got == pytest.approx(P.stream_rate(1.0, latency, window=window), abs=0.01)
     if adaptive and latency == 125:
         assert got >= 0.9                      # issue 27: >= 0.9 of the port's rate at 500 ns
+
+
+def test_latency_window_is_the_old_window_at_short_latency():
+    """At the simulated DDR's 24 cycles the latency-following window stays at its 64-beat base: the reader with a
+    256-beat FIFO delivers every beat on the same cycle as the 64-beat design (why recorded cycle counts hold)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import rtl_axi_latency as B
+    finally:
+        sys.path.pop(0)
+    old = B.measure(64, PARAMS.SIM_RD_LATENCY, 512, PARAMS.MAX_OUTSTANDING)
+    new = B.measure(PARAMS.WEIGHT_CLIENT_FIFO, PARAMS.SIM_RD_LATENCY, 512, PARAMS.MAX_OUTSTANDING, adaptive=True)
+    assert new["cycles"] == old["cycles"]
+    fixed = B.measure(PARAMS.WEIGHT_CLIENT_FIFO, 96, 512, PARAMS.MAX_OUTSTANDING)
+    grown = B.measure(PARAMS.WEIGHT_CLIENT_FIFO, 96, 512, PARAMS.MAX_OUTSTANDING, adaptive=True)
+    assert grown["steady_beats_per_cycle"] == fixed["steady_beats_per_cycle"] == 1.0
