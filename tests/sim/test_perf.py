@@ -198,6 +198,9 @@ def test_cli_json_and_table(tmp_path):
     assert out.returncode == 0, out.stderr
     r = json.loads(out.stdout)
     assert r["tokens_per_s"] > 0 and r["fits"] is True and "assumptions" in r
+    # issue 23: the realistic-memory figure and the ideal-memory one side by side, the DDR model with its source
+    assert r["ideal_memory"]["tokens_per_s"] > r["tokens_per_s"] and r["ddr_model"]["source"]
+    assert r["ideal_memory"]["fraction_of_roofline"] > r["fraction_of_roofline"]
     out = _cli("perf", "--model", "370M", "--board", "zcu104", "--k", "4", "--accept-len", "2.5", "--engines", "1")
     assert out.returncode == 0, out.stderr
     assert "tokens/s" in out.stdout and "weight_stream" in out.stdout
