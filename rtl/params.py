@@ -12,7 +12,7 @@ from __future__ import annotations
 #: it; the window follows the measured read latency (``AxiReader(latency_windows=...)``):
 #: :data:`WEIGHT_WINDOW_BASE` beats while the latency is short, the latency + :data:`READ_WINDOW_MARGIN`
 #: (rounded up to a burst) once it is long, up to this depth (and ``MAX_OUTSTANDING`` bursts). 256 beats keep
-#: a port's full rate to ~230 cycles (920 ns at 250 MHz). A fixed 256-beat window changed cycle counts at
+#: a port's full rate to ~236 cycles (944 ns at 250 MHz). A fixed 256-beat window changed cycle counts at
 #: the default latency (weight bursts ahead of the LOAD reads on the main port): docs/performance.md
 #: "Read latency".
 WEIGHT_CLIENT_FIFO = 256

@@ -361,3 +361,13 @@ def test_latency_window_is_the_old_window_at_short_latency():
     fixed = B.measure(PARAMS.WEIGHT_CLIENT_FIFO, 96, 512, PARAMS.MAX_OUTSTANDING)
     grown = B.measure(PARAMS.WEIGHT_CLIENT_FIFO, 96, 512, PARAMS.MAX_OUTSTANDING, adaptive=True)
     assert grown["steady_beats_per_cycle"] == fixed["steady_beats_per_cycle"] == 1.0
+
+
+@pytest.mark.parametrize("windows", [{1: (64, 32)}, {0: (8, 32)}, {0: (512, 32)}, {0: (64, -1)}])
+def test_bad_latency_windows_are_refused(windows):
+    """AxiReader(latency_windows=...): a client that does not exist, a base below a burst or above the FIFO, a
+    negative margin: one ValueError naming the field (before anything is elaborated)."""
+    from mmfree.rtl.axi import AxiReader
+
+    with pytest.raises(ValueError, match="latency_windows"):
+        AxiReader(fifo_depths=(256,), latency_windows=windows)
