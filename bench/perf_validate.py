@@ -11,6 +11,11 @@ cycles, logits written); the CYCLES register of each pass is compared with
 ``--same-as-recorded``: a refactoring check: simulate and require every counter (cycles, stalls, bytes) of every
 run to equal the one recorded in boards/data/perf_validation.json (exit 1 and the differences otherwise).
 
+``--memory realistic``: the simulated DDR's realistic option (``mmfree.sim.ddr``: one shared controller with the
+published aggregate read efficiency, each port at ``hp_port_efficiency``, refresh stalls, a seeded latency spread)
+of the board each build is shaped for (default, ports4: KV260; pynqz2: PYNQ-Z2), against the model at the same
+average bus rate and mean latency; recorded under ``realistic_runs[build]``.
+
 ``--hw ports4``: the four-weight-port build (``sim.accel.PORTS4_HW``: m_axi + m_axi_w1..3, each at 16 bytes
 per cycle in the simulated DDR); recorded under ``runs_by_hw["ports4"]``.
 
@@ -49,6 +54,27 @@ HW_NAMES = ("default", "ports4", "pynqz2")
 DATA_FILE = ROOT / "boards" / "data" / "perf_validation.json"
 
 
+#: The board whose DDR a build's realistic-memory runs model (sim/ddr.py).
+REALISTIC_BOARD = {"default": "kv260", "ports4": "kv260", "pynqz2": "pynq-z2"}
+MEMORIES = ("ideal", "realistic")
+
+
+def realistic(hw_name: str, rd_latency: int) -> tuple[list[str], float, float]:
+    """The realistic memory of a build at base read latency ``rd_latency``: (plusargs of the simulated DDR, the
+    per-port beats per cycle they allow on average, their mean read latency in cycles), at the simulation's clock."""
+    from mmfree.boardfile import load_board
+    from mmfree.sim import ddr as D
+    from mmfree.sim import perf as P
+
+    hw = hw_for(hw_name)
+    plus = D.sim_plusargs(D.ddr_model(load_board(REALISTIC_BOARD[hw_name])), PARAMS.SIM_CLOCK_HZ, hw.bus_bytes,
+                          P.assumption("hp_port_efficiency"), rd_latency)
+    v = {a.split("=")[0][8:]: int(a.split("=")[1]) for a in plus}          # "+MMFREE_DDR_NUM=5" -> DDR_NUM: 5
+    between = min(v["PORT_NUM"] / v["PORT_DEN"], v["DDR_NUM"] / v["DDR_DEN"] / hw.weight_ports)
+    rate = between * (1 - v["REF_CYCLES"] / v["REF_PERIOD"])
+    return plus, rate, rd_latency + v["RD_JITTER"] / 2
+
+
 def export_config(name: str) -> Path:
     """A random model of shape CONFIGS[name], exported once per numerics/export source (cached)."""
     d, inter, L, V = CONFIGS[name]
@@ -77,10 +103,10 @@ def hw_for(hw_name: str):
 
 
 def rtl_cycles(name: str, ks=(1, 4), hw_name: str = "default", rd_latency: int = RD_LATENCY,
-               logits=(True, False)) -> dict:
+               logits=(True, False), memory: str = "ideal") -> dict:
     """{run_key(k, write_logits, rd_latency): counters of one pass of k tokens} measured on the RTL (a pass of
     each k, from the zero state, with and without logits written) with the simulated DDR's read latency
-    ``rd_latency`` (cycles)."""
+    ``rd_latency`` (cycles); ``memory``: "ideal" (the default simulated DDR) or "realistic" (:func:`realistic`)."""
     from mmfree.pymodel.intmodel import IntModel
     from mmfree.rtl.compiler import compile_model
     from mmfree.sim.accel import run_job
@@ -94,7 +120,7 @@ def rtl_cycles(name: str, ks=(1, 4), hw_name: str = "default", rd_latency: int =
         compile_model(im).save(td / "compiled")
         res = run_job({"kind": "script", "compiled": str(td / "compiled"), "steps": steps,
                        "max_wait_cycles": 20_000_000}, hw=hw_for(hw_name), rd_latency=rd_latency,
-                      workdir=td / "run")
+                      workdir=td / "run", ddr_plusargs=realistic(hw_name, rd_latency)[0] if memory == "realistic" else ())
     if res.get("error"):
         raise RuntimeError(f"{name}: the RTL run failed: {res['error']}")
     out = {}
@@ -107,21 +133,25 @@ def rtl_cycles(name: str, ks=(1, 4), hw_name: str = "default", rd_latency: int =
 
 
 def model_cycles(name: str, k: int, write_logits: bool = True, hw_name: str = "default",
-                 rd_latency: int = RD_LATENCY) -> float:
+                 rd_latency: int = RD_LATENCY, memory: str = "ideal") -> float:
+    """Modeled cycles of the pass :func:`rtl_cycles` runs (the realistic memory: its average rate, mean latency)."""
     from mmfree.pymodel.layout import Dims
     from mmfree.sim.perf import pass_cycles
 
     d, inter, L, V = CONFIGS[name]
-    return pass_cycles(Dims(V, d, inter, L), hw_for(hw_name), k, rate=1.0, rd_latency=rd_latency,
+    rate, lat = (1.0, rd_latency) if memory == "ideal" else realistic(hw_name, rd_latency)[1:]
+    return pass_cycles(Dims(V, d, inter, L), hw_for(hw_name), k, rate=rate, rd_latency=lat,
                        write_logits=write_logits).cycles
 
 
 def table(rows: list[dict]) -> str:
-    out = ["| build | config | d | I | L | V | k | logits written | read latency (cycles) | RTL cycles (simulated) "
+    out = ["| build | memory | config | d | I | L | V | k | logits written | read latency (cycles) | RTL cycles (simulated) "
            "| model cycles (modeled) | error |",
-           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+           "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        out.append(f"| {r['hw']} | {r['config']} | {r['d']} | {r['inter']} | {r['layers']} | {r['vocab']} | {r['k']} | "
+        mem = r.get("memory", "ideal")
+        mem = mem if mem == "ideal" else f"realistic ({REALISTIC_BOARD[r['hw']]})"
+        out.append(f"| {r['hw']} | {mem} | {r['config']} | {r['d']} | {r['inter']} | {r['layers']} | {r['vocab']} | {r['k']} | "
                    f"{'yes' if r['logits'] else 'no'} | {r['rd_latency']} | "
                    f"{r['rtl_cycles']} | {r['model_cycles']:.0f} | {100 * r['error']:+.1f} % |")
     return "\n".join(out)
@@ -136,6 +166,8 @@ def main() -> int:
     ap.add_argument("--logits", default="yes,no", help="runs with logits written (yes), without (no), or both")
     ap.add_argument("--hw", default="default", help="comma-separated builds: default (one weight port), ports4, "
                                                      "pynqz2 (64-bit bus, 2 ports x 1 engine, max_tokens 2)")
+    ap.add_argument("--memory", default="ideal", help="comma-separated: ideal (the default simulated DDR), realistic "
+                                                       "(its realistic option, the build's board DDR model)")
     ap.add_argument("--from-record", action="store_true",
                     help="do not simulate: compare the model with the RTL cycles recorded in boards/data/perf_validation.json")
     ap.add_argument("--same-as-recorded", action="store_true",
@@ -157,26 +189,17 @@ def main() -> int:
         if name not in CONFIGS:
             print(f"unknown config {name!r}; choose from {', '.join(CONFIGS)}", file=sys.stderr)
             return 2
+    mems = [m.strip() for m in args.memory.split(",") if m.strip()]
+    if any(m not in MEMORIES for m in mems):
+        print(f"unknown memory in {args.memory!r}; choose from {', '.join(MEMORIES)}", file=sys.stderr)
+        return 2
     if args.same_as_recorded:
         return same_as_recorded(recorded, hws, names, ks)
     rows = []
-    for hw_name in hws:
-        for name in names:
-            t0 = time.perf_counter()
-            store = recorded_runs(recorded, hw_name)
-            if args.from_record:
-                meas = dict(store.get(name, {}))
-            else:
-                meas = {}
-                for lat in lats:                # recorded run by run: a long sweep keeps what it finished
-                    meas.update(rtl_cycles(name, ks, hw_name, lat, logits))
-                    store.setdefault(name, {}).update(meas)
-                    if args.record:
-                        save_record(recorded, hws, lats)
-            for r in compare(hw_name, name, meas, ks, lats):
-                r["wall_s"] = time.perf_counter() - t0
-                rows.append(r)
-                print(json.dumps(r), file=sys.stderr, flush=True)
+    for mem in mems:
+        for hw_name in hws:
+            for name in names:
+                rows += measure_config(recorded, args, hw_name, name, ks, lats, logits, mem, hws)
     text = table(rows)
     if args.json:
         print(json.dumps(rows, indent=1))
@@ -186,9 +209,9 @@ def main() -> int:
         if not args.from_record:
             save_record(recorded, hws, lats)
         # the docs table: every recorded run of every build, against the model as it is now
-        all_rows = [r for h in HW_NAMES for n in CONFIGS
-                    for r in compare(h, n, recorded_runs(recorded, h).get(n, {}), (1, 2, 4))]
-        all_rows.sort(key=lambda r: (r["rd_latency"] != RD_LATENCY, r["rd_latency"]))
+        all_rows = [r for mem in MEMORIES for h in HW_NAMES for n in CONFIGS
+                    for r in compare(h, n, recorded_runs(recorded, h, mem).get(n, {}), (1, 2, 4), memory=mem)]
+        all_rows.sort(key=lambda r: (r["memory"] != "ideal", r["rd_latency"] != RD_LATENCY, r["rd_latency"]))
         cmds = {"default": recorded.get("command"), **recorded.get("commands", {})}
         body = ("RTL cycles (simulated: Verilator, 128-bit bus (64-bit for pynqz2), simulated DDR one beat per cycle per "
                 f"port, read latency {RD_LATENCY} cycles unless the table says otherwise; one pass of k tokens from the "
@@ -198,7 +221,10 @@ def main() -> int:
                 + "; model cycles (modeled) from `mmfree.sim.perf.pass_cycles` with the same bus, compared by "
                   "`python bench/perf_validate.py --from-record --hw default,ports4 --record`. Builds: `default` = one "
                   "weight port, 2 ternary engines; `ports4` = four weight ports (m_axi + m_axi_w1..3), 8 engines; `pynqz2` = "
-                  "64-bit bus, two weight ports x 1 engine, max_tokens 2, max_width 1024 (the PYNQ-Z2's shape).\n\n"
+                  "64-bit bus, two weight ports x 1 engine, max_tokens 2, max_width 1024 (the PYNQ-Z2's shape). Memory "
+                  "`ideal`: the default simulated DDR; `realistic (board)`: its realistic option with that board's DDR "
+                  "model (sim/ddr.py: aggregate cap, port cap, refresh, latency spread; the read latency column is the "
+                  "base, the model uses the mean), compared against the model at the same average rate.\n\n"
                 + table(all_rows))
         write_section("performance.md", "validation", body)
     worst = max((abs(r["error"]) for r in rows), default=0.0)
@@ -241,14 +267,37 @@ def save_record(recorded: dict, hws, lats) -> None:
     write_text(DATA_FILE, json.dumps(recorded, indent=1) + "\n")
 
 
-def recorded_runs(recorded: dict, hw_name: str) -> dict:
-    """The recorded RTL runs of one build: ``runs`` (the default build) or ``runs_by_hw[hw_name]``."""
+def measure_config(recorded: dict, args, hw_name: str, name: str, ks, lats, logits, mem: str, hws) -> list[dict]:
+    """Simulate (or, with ``--from-record``, read back) one build x config x memory at every latency; the rows."""
+    t0 = time.perf_counter()
+    store = recorded_runs(recorded, hw_name, mem)
+    if args.from_record:
+        meas = dict(store.get(name, {}))
+    else:
+        meas = {}
+        for lat in lats:                # recorded run by run: a long sweep keeps what it finished
+            meas.update(rtl_cycles(name, ks, hw_name, lat, logits, mem))
+            store.setdefault(name, {}).update(meas)
+            if args.record:
+                save_record(recorded, hws, lats)
+    rows = compare(hw_name, name, meas, ks, lats, memory=mem)
+    for r in rows:
+        r["wall_s"] = time.perf_counter() - t0
+        print(json.dumps(r), file=sys.stderr, flush=True)
+    return rows
+
+
+def recorded_runs(recorded: dict, hw_name: str, memory: str = "ideal") -> dict:
+    """The recorded RTL runs of one build: ``runs`` (the default build) or ``runs_by_hw[hw_name]``; with the
+    realistic memory ``realistic_runs[hw_name]``."""
+    if memory == "realistic":
+        return recorded.setdefault("realistic_runs", {}).setdefault(hw_name, {})
     if hw_name == "default":
         return recorded.setdefault("runs", {})
     return recorded.setdefault("runs_by_hw", {}).setdefault(hw_name, {})
 
 
-def compare(hw_name: str, name: str, meas: dict, ks, lats=None) -> list[dict]:
+def compare(hw_name: str, name: str, meas: dict, ks, lats=None, memory: str = "ideal") -> list[dict]:
     """Model against RTL for the recorded runs ``meas`` of one config with k in ``ks`` and read latency in
     ``lats`` (None: every latency)."""
     d, inter, L, V = CONFIGS[name]
@@ -257,9 +306,9 @@ def compare(hw_name: str, name: str, meas: dict, ks, lats=None) -> list[dict]:
         k, wl, lat = parse_key(key)
         if k not in ks or (lats is not None and lat not in lats):
             continue
-        mc = model_cycles(name, k, wl, hw_name, lat)
+        mc = model_cycles(name, k, wl, hw_name, lat, memory)
         rc = meas[key]["cycles"]
-        out.append({"hw": hw_name, "config": name, "d": d, "inter": inter, "layers": L, "vocab": V, "k": k,
+        out.append({"hw": hw_name, "memory": memory, "config": name, "d": d, "inter": inter, "layers": L, "vocab": V, "k": k,
                     "logits": wl, "rd_latency": lat, "rtl_cycles": rc, "model_cycles": mc, "error": (mc - rc) / rc})
     return out
 

@@ -6,7 +6,7 @@ later, one beat per cycle; the client takes a beat every cycle. Prints the stead
 (from beat ``--beats`` / 4 over whole multiples of the FIFO depth, so neither the first request's latency
 nor the grouping of the arrivals is counted) for each latency.
 
-    python bench/rtl_axi_latency.py [--fifo 64,256] [--latency 24,75,125,300] [--beats 2048] [--json]
+    python bench/rtl_axi_latency.py [--fifo 64,256] [--window fixed|latency] [--latency 24,75,125,300] [--beats 2048] [--json]
 """
 
 from __future__ import annotations
@@ -16,13 +16,21 @@ import json
 import sys
 
 
-def measure(fifo: int, latency: int, beats: int, max_outstanding: int) -> dict:
-    """Cycles at which each beat reached the client; the steady-state rate of the last 3/4 of them."""
+def measure(fifo: int, latency: int, beats: int, max_outstanding: int, adaptive: bool = False,
+            row_beats: int | None = None) -> dict:
+    """Cycles at which each beat reached the client; the steady-state rate of the last 3/4 of them.
+    ``adaptive``: the client's window follows the measured latency (``rtl/params.py`` WEIGHT_WINDOW_BASE and
+    READ_WINDOW_MARGIN, as the accelerator's weight clients) instead of being the whole FIFO. ``row_beats``: read
+    rows of that many beats (a strided client, as the weight clients: bursts end at each row's end) instead of
+    one contiguous command."""
     from amaranth.sim import Simulator
 
+    from mmfree.rtl import params as PARAMS
     from mmfree.rtl.axi import AxiReader
 
-    dut = AxiReader(addr_width=32, bus_bytes=16, fifo_depths=(fifo,), max_burst=16, max_outstanding=max_outstanding)
+    windows = {0: (min(fifo, PARAMS.WEIGHT_WINDOW_BASE), PARAMS.READ_WINDOW_MARGIN)} if adaptive else None
+    dut = AxiReader(addr_width=32, bus_bytes=16, fifo_depths=(fifo,), max_burst=16, max_outstanding=max_outstanding,
+                    latency_windows=windows, row_clients=(0,) if row_beats else ())
     sim = Simulator(dut)
     sim.add_clock(1e-8)
     axi, arrivals = dut.axi, []
@@ -49,7 +57,10 @@ def measure(fifo: int, latency: int, beats: int, max_outstanding: int) -> dict:
     async def client(ctx):
         cmd, dat = dut.c0_cmd, dut.c0_data
         ctx.set(cmd.payload.addr, 0x1000)
-        ctx.set(cmd.payload.beats, beats)
+        ctx.set(cmd.payload.beats, row_beats or beats)
+        if row_beats:
+            ctx.set(cmd.payload.rows, beats // row_beats)
+            ctx.set(cmd.payload.stride, 16 * row_beats)
         ctx.set(cmd.valid, 1)
         await ctx.tick().until(cmd.ready)
         ctx.set(cmd.valid, 0)
@@ -67,7 +78,7 @@ def measure(fifo: int, latency: int, beats: int, max_outstanding: int) -> dict:
     q = beats // 4                            # whole windows of beats: arrivals come in groups of `fifo`
     n = fifo * ((beats - 1 - q) // fifo) if beats - 1 - q >= fifo else beats - 1 - q
     rate = n / (arrivals[q + n] - arrivals[q])
-    return {"fifo": fifo, "max_outstanding": max_outstanding, "rd_latency": latency, "beats": beats,
+    return {"fifo": fifo, "adaptive": adaptive, "row_beats": row_beats, "max_outstanding": max_outstanding, "rd_latency": latency, "beats": beats,
             "cycles": arrivals[-1], "steady_beats_per_cycle": round(rate, 4)}
 
 
@@ -78,6 +89,8 @@ def main() -> int:
     ap.add_argument("--fifo", default=f"64,{PARAMS.WEIGHT_CLIENT_FIFO}", help="client FIFO depths, beats")
     ap.add_argument("--latency", default="24,75,125,300", help="read latencies, cycles")
     ap.add_argument("--beats", type=int, default=2048, help="beats read per run (>= 64)")
+    ap.add_argument("--window", default="fixed", choices=("fixed", "latency"),
+                    help="fixed: the whole FIFO; latency: the weight clients' latency-following window (rtl/params.py)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if args.beats < 64:
@@ -85,15 +98,16 @@ def main() -> int:
     rows = []
     for fifo in (int(x) for x in args.fifo.split(",")):
         for lat in (int(x) for x in args.latency.split(",")):
-            rows.append(measure(fifo, lat, args.beats, PARAMS.MAX_OUTSTANDING))
+            rows.append(measure(fifo, lat, args.beats, PARAMS.MAX_OUTSTANDING, adaptive=args.window == "latency"))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     if args.json:
         print(json.dumps(rows, indent=1))
     else:
-        print("| client FIFO (beats) | read latency (cycles) | ns at 250 MHz | beats per cycle (simulated) |")
-        print("|---|---|---|---|")
+        print("| client FIFO (beats) | window | read latency (cycles) | ns at 250 MHz | beats per cycle (simulated) |")
+        print("|---|---|---|---|---|")
         for r in rows:
-            print(f"| {r['fifo']} | {r['rd_latency']} | {4 * r['rd_latency']} | {r['steady_beats_per_cycle']:.3f} |")
+            print(f"| {r['fifo']} | {args.window} | {r['rd_latency']} | {4 * r['rd_latency']} | "
+                  f"{r['steady_beats_per_cycle']:.3f} |")
     return 0
 
 

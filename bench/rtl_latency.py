@@ -8,8 +8,10 @@ against the first latency. Builds and shapes: ``default`` (one weight port) on `
 model's d = 2048, intermediate 4096 = the 4096-wide build's max_width instead of 5632; vocabulary 256).
 
 ``--weight-fifo N`` (bench only): elaborate the RTL with an N-beat weight read FIFO instead of
-``rtl/params.py``'s ``WEIGHT_CLIENT_FIFO`` (64 reproduces the design before issue 27), under its own Verilog
-cache key.
+``rtl/params.py``'s ``WEIGHT_CLIENT_FIFO`` (64 reproduces the design before issue 27: the latency-following
+window cannot grow past the FIFO), under its own Verilog cache key. Rows record their window: ``fixed`` (the
+whole FIFO, the withdrawn 256-beat experiment and the 64-beat design) or ``latency`` (the window follows the
+measured read latency, ``WEIGHT_WINDOW_BASE`` .. the FIFO).
 
 ``--model``: tokens/s of the 1.3B model on the KV260 (``mmfree.sim.perf.predict``: the board's 4-port build
 and a 1-port build) against the read latency in ns.
@@ -59,7 +61,9 @@ def rtl_rows(hws, lats) -> list[dict]:
         for lat in lats:
             r = V.rtl_cycles(CONFIG_OF[hw_name], (1,), hw_name, lat, (False,))
             v = next(iter(r.values()))
+            window = "latency" if PARAMS.WEIGHT_CLIENT_FIFO > PARAMS.WEIGHT_WINDOW_BASE else "fixed"
             rows.append({"hw": hw_name, "config": CONFIG_OF[hw_name], "weight_fifo": PARAMS.WEIGHT_CLIENT_FIFO,
+                         "window": window,
                          "rd_latency": lat, "cycles": v["cycles"], "rd_bytes": v["rd_bytes"],
                          "bandwidth": v["rd_bytes"] / v["cycles"] / (16 * ports)})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
@@ -67,15 +71,21 @@ def rtl_rows(hws, lats) -> list[dict]:
 
 
 def rtl_table(rows: list[dict]) -> str:
-    out = ["| build | config | weight FIFO (beats) | read latency (cycles) | ns at 250 MHz | CYCLES (simulated) "
-           "| read bandwidth / port peak | vs 24 cycles |", "|---|---|---|---|---|---|---|---|"]
-    base = {(r["hw"], r["weight_fifo"]): r["cycles"] for r in rows if r["rd_latency"] == 24}
-    for r in sorted(rows, key=lambda r: (r["hw"], r["weight_fifo"], r["rd_latency"])):
-        b = base.get((r["hw"], r["weight_fifo"]))
+    out = ["| build | config | weight FIFO (beats) | window | read latency (cycles) | ns at 250 MHz | CYCLES (simulated) "
+           "| read bandwidth / port peak | vs 24 cycles |", "|---|---|---|---|---|---|---|---|---|"]
+    base = {_key(r)[:3]: r["cycles"] for r in rows if r["rd_latency"] == 24}
+    for r in sorted(rows, key=_key):
+        b = base.get(_key(r)[:3])
         rel = f"{b / r['cycles']:.2f}" if b else "-"
-        out.append(f"| {r['hw']} | {r['config']} | {r['weight_fifo']} | {r['rd_latency']} | {4 * r['rd_latency']} | "
+        out.append(f"| {r['hw']} | {r['config']} | {r['weight_fifo']} | {r.get('window', 'fixed')} | {r['rd_latency']} | "
+                   f"{4 * r['rd_latency']} | "
                    f"{r['cycles']} | {r['bandwidth']:.3f} | {rel} |")
     return "\n".join(out)
+
+
+def _key(r: dict) -> tuple:
+    """(build, FIFO depth, window kind, latency): what identifies a recorded row."""
+    return r["hw"], r["weight_fifo"], r.get("window", "fixed"), r["rd_latency"]
 
 
 def model_table() -> str:
@@ -127,8 +137,8 @@ def record_rtl(rows: list[dict]) -> None:
     from mmfree.atomic import write_text
 
     rec = json.loads(DATA_FILE.read_text()) if DATA_FILE.exists() else {"runs": [], "commands": []}
-    keep = {(r["hw"], r["weight_fifo"], r["rd_latency"]) for r in rows}
-    rec["runs"] = [r for r in rec["runs"] if (r["hw"], r["weight_fifo"], r["rd_latency"]) not in keep] + rows
+    keep = {_key(r) for r in rows}
+    rec["runs"] = [r for r in rec["runs"] if _key(r) not in keep] + rows
     if command_line() not in rec["commands"]:
         rec["commands"].append(command_line())
     write_text(DATA_FILE, json.dumps(rec, indent=1) + "\n")

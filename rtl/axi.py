@@ -84,7 +84,13 @@ class AxiReader(wiring.Component):
     Parameters: ``addr_width``; ``bus_bytes`` (data width / 8: 8 or 16); ``fifo_depths``: one data FIFO
     depth (beats) per client, each at least ``max_burst``; ``max_burst`` (beats, a power of two <= 256;
     16 is the safe choice on Zynq HP ports); ``max_outstanding`` bursts in flight; ``row_clients``: indices
-    of clients whose commands are strided (:func:`row_cmd_layout`) instead of :func:`cmd_layout`.
+    of clients whose commands are strided (:func:`row_cmd_layout`) instead of :func:`cmd_layout`;
+    ``latency_windows``: ``{client: (base, margin)}``, clients whose read window (beats stored + in flight;
+    otherwise the FIFO depth) follows the read latency: ``base`` beats until the reader has measured the
+    latency, then the measured latency + ``margin`` rounded up to ``max_burst``, between ``base`` and the
+    FIFO depth. The latency is measured on every burst issued while no other burst of this reader is
+    outstanding (AR handshake to its first R beat; the largest since reset counts): a short latency keeps
+    the window at ``base``, a long one gets the beats in flight that cover it.
 
     Ports: ``axi`` (the AR and R members of :func:`axi4_signature` are used, AW/W/B are left to
     :class:`AxiWriter`); per client ``c<i>_cmd`` (in) and ``c<i>_data`` (out); ``abort`` (in): cancel
@@ -93,7 +99,7 @@ class AxiReader(wiring.Component):
     """
 
     def __init__(self, addr_width: int = 40, bus_bytes: int = 16, fifo_depths=(32,), max_burst: int = 16,
-                 max_outstanding: int = 16, id_width: int = 1, row_clients=()):
+                 max_outstanding: int = 16, id_width: int = 1, row_clients=(), latency_windows=None):
         check_int("bus_bytes", bus_bytes, "8 or 16", lambda v: v in (8, 16))
         check_int("max_burst", max_burst, f"one of {MAX_BURST_LEGAL}", lambda v: v in MAX_BURST_LEGAL)
         check_int("addr_width", addr_width, "an integer in 13..64", lambda v: 13 <= v <= 64)
@@ -106,6 +112,11 @@ class AxiReader(wiring.Component):
         self.row_clients = frozenset(row_clients)
         if not self.row_clients <= set(range(len(self.fifo_depths))):
             raise ValueError(f"row_clients must be client indices below {len(self.fifo_depths)}, got {sorted(row_clients)}")
+        self.latency_windows = dict(latency_windows or {})
+        for i, (base, margin) in self.latency_windows.items():
+            if i not in range(len(self.fifo_depths)) or not max_burst <= base <= self.fifo_depths[i] or margin < 0:
+                raise ValueError(f"latency_windows[{i}] = ({base}, {margin}): the client must exist, its base must be in "
+                                 f"max_burst..its FIFO depth and its margin >= 0")
         members = {"axi": Out(axi4_signature(addr_width, 8 * bus_bytes, id_width)),
                    "abort": In(1), "quiet": Out(1), "error": Out(1), "beats": Out(1)}
         for i in range(len(fifo_depths)):
@@ -124,6 +135,7 @@ class AxiReader(wiring.Component):
         # tags: client of each outstanding burst; first-word fall-through (an R beat can follow its AR by one cycle)
         m.submodules.tags = tags = fifo.SyncFIFO(width=tagw, depth=self.max_outstanding)
         fifos, reserved, active, addr, left, want, lens = [], [], [], [], [], [], []
+        lat_max = self._latency(m, tags) if self.latency_windows else None
         for i, depth in enumerate(self.fifo_depths):
             f = fifo.SyncFIFOBuffered(width=8 * bb, depth=depth)
             m.submodules[f"fifo{i}"] = f
@@ -137,7 +149,8 @@ class AxiReader(wiring.Component):
             blen = _burst_len(a, lft, bb, self.max_burst, m, f"c{i}")
             w = Signal(name=f"want{i}")
             # room for the whole burst: what is stored + what is on its way + this burst
-            m.d.comb += w.eq(act & ~self.abort & (f.level + res + blen <= depth))
+            limit = self._window(m, i, depth, lat_max) if i in self.latency_windows else depth
+            m.d.comb += w.eq(act & ~self.abort & (f.level + res + blen <= limit))
             m.d.comb += cmd.ready.eq(~act & ~self.abort)
             reserved.append(res), active.append(act), addr.append(a), left.append(lft), want.append(w), lens.append(blen)
 
@@ -206,6 +219,33 @@ class AxiReader(wiring.Component):
             m.d.sync += err.eq(1)
         m.d.comb += [self.error.eq(err), self.beats.eq(rfire), self.quiet.eq(~tags.r_rdy & ~ar_pending)]
         return m
+
+    def _latency(self, m: Module, tags) -> Signal:
+        """The largest read latency measured since reset (cycles, saturating): from the AR handshake of a burst
+        issued while no burst is outstanding to its first R beat."""
+        top = max(d for d in self.fifo_depths)
+        lat_max, cnt, run = Signal(range(top + 1)), Signal(range(top + 1)), Signal()
+        axi = self.axi
+        with m.If(run):
+            m.d.sync += cnt.eq(Mux(cnt == top, top, cnt + 1))
+            with m.If(axi.rvalid & axi.rready):
+                m.d.sync += run.eq(0)
+                with m.If(cnt > lat_max):
+                    m.d.sync += lat_max.eq(cnt)
+        with m.Elif(axi.arvalid & axi.arready & (tags.level == 0)):
+            m.d.sync += [run.eq(1), cnt.eq(1)]
+        return lat_max
+
+    def _window(self, m: Module, i: int, depth: int, lat_max: Signal) -> Signal:
+        """Client ``i``'s read window (beats, registered): ``base`` or the measured latency + margin rounded up to a
+        burst, at most ``depth``."""
+        base, margin = self.latency_windows[i]
+        mb = self.max_burst
+        need = Signal(range(depth + margin + mb + 1), name=f"need{i}")
+        m.d.comb += need.eq(((lat_max + margin + mb - 1) >> (mb.bit_length() - 1)) << (mb.bit_length() - 1))
+        limit = Signal(range(depth + 1), name=f"window{i}", init=base)
+        m.d.sync += limit.eq(Mux(need <= base, base, Mux(need >= depth, depth, need)))
+        return limit
 
 
 class AxiWriter(wiring.Component):

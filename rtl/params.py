@@ -7,13 +7,21 @@ here once; the RTL (:mod:`mmfree.rtl.top`) takes its defaults from this module.
 
 from __future__ import annotations
 
-#: Reader FIFO of a weight client (the main port's CLIENT_W and each extra weight port), in beats. The reader
-#: issues a burst only when this FIFO has room for all of it, so it bounds the beats in flight: a port keeps
-#: its full rate (a beat per cycle) while the read latency is below about this depth minus a burst (64
-#: beats: ~44 cycles). 256 beats held full rate to ~240 cycles but changed cycle counts at the default
-#: latency (more weight bursts ahead of the LOAD reads on the main port): withdrawn, docs/performance.md
-#: "Read latency". Also part of the prefetch capacity the cycle model counts.
-WEIGHT_CLIENT_FIFO = 64
+#: Reader FIFO of a weight client (the main port's CLIENT_W and each extra weight port), in beats: the most
+#: beats it may have stored + in flight. The reader issues a burst only when its window has room for all of
+#: it; the window follows the measured read latency (``AxiReader(latency_windows=...)``):
+#: :data:`WEIGHT_WINDOW_BASE` beats while the latency is short, the latency + :data:`READ_WINDOW_MARGIN`
+#: (rounded up to a burst) once it is long, up to this depth (and ``MAX_OUTSTANDING`` bursts). 256 beats keep
+#: a port's full rate to ~236 cycles (944 ns at 250 MHz). A fixed 256-beat window changed cycle counts at
+#: the default latency (weight bursts ahead of the LOAD reads on the main port): docs/performance.md
+#: "Read latency".
+WEIGHT_CLIENT_FIFO = 256
+#: A weight client's window while the measured read latency + margin fits in it: the 64-beat window of the
+#: design before issue 27 (so cycle counts at the simulated DDR's 24 cycles are unchanged).
+WEIGHT_WINDOW_BASE = 64
+#: Beats a weight client's window holds beyond the measured read latency (a burst of room + the round trip's
+#: ~20 cycles besides the latency, sim/perf.py ``rd_turn``).
+READ_WINDOW_MARGIN = 32
 #: Reader FIFO depth of each control-port client of the main AXI reader, in bus beats, by client index
 #: (CLIENT_CTL, CLIENT_VEC, CLIENT_LOAD, CLIENT_W in :mod:`mmfree.rtl.top`).
 MAIN_READER_FIFO_DEPTHS = (32, 32, 64, WEIGHT_CLIENT_FIFO)

@@ -72,10 +72,13 @@ class MmfreeAccel(wiring.Component):
         m.submodules.gen = gen = GenLoop(hw, self.addr_width)
         m.submodules.seq = seq = Sequencer(hw, self.addr_width)
         rd = AxiReader(self.addr_width, hw.bus_bytes, fifo_depths=P.MAIN_READER_FIFO_DEPTHS,
-                       max_burst=self.max_burst, max_outstanding=self.max_outstanding, row_clients=(CLIENT_W,))
+                       max_burst=self.max_burst, max_outstanding=self.max_outstanding, row_clients=(CLIENT_W,),
+                       latency_windows={CLIENT_W: (P.WEIGHT_WINDOW_BASE, P.READ_WINDOW_MARGIN)})
         # weight ports 1..P-1: a reader each, one strided client (the rows p, p + P, ... of every matrix)
         wrd = [AxiReader(self.addr_width, hw.bus_bytes, fifo_depths=(P.WEIGHT_CLIENT_FIFO,), max_burst=self.max_burst,
-                         max_outstanding=self.max_outstanding, row_clients=(0,)) for _ in range(1, hw.weight_ports)]
+                         max_outstanding=self.max_outstanding, row_clients=(0,),
+                         latency_windows={0: (P.WEIGHT_WINDOW_BASE, P.READ_WINDOW_MARGIN)})
+               for _ in range(1, hw.weight_ports)]
         wr = AxiWriter(self.addr_width, hw.bus_bytes, max_burst=self.max_burst)
         dp = Datapath(hw, self.addr_width, weight_fifo_beats=self.weight_fifo_beats)
         m.submodules.reader = ResetInserter(core_rst)(rd)

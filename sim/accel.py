@@ -249,14 +249,17 @@ class SimSession:
     ``workdir``: where the backdoor files go; ``max_wait_cycles``: the most cycles one :meth:`wait_irq`
     simulates before it reports a time-out; ``pause_seed``: with the Python memory, random AXI
     back-pressure and read latency (cocotbext-axi pause generators); ``None`` for none; ``mem_bytes``: the
-    simulated DDR's size, as the top was built (:func:`build_accel`).
+    simulated DDR's size, as the top was built (:func:`build_accel`); ``ddr``: with the Python memory, the realistic
+    DDR's settings (:func:`mmfree.sim.ddr.parse_plusargs`) as R/AR pause patterns (refresh, rate, latency spread);
+    the HDL memory takes them as plusargs instead (:func:`run_job`).
     """
 
     def __init__(self, dut, memory: str = "hdl", workdir: str | os.PathLike = ".",
                  max_wait_cycles: int = PARAMS.SIM_MAX_WAIT_CYCLES, pause_seed: int | None = None, bus_bytes: int = 16,
-                 mem_bytes: int = SIM_MEM_BYTES):
+                 mem_bytes: int = SIM_MEM_BYTES, ddr: dict | None = None):
         self.dut, self.memory, self.workdir = dut, memory, Path(workdir)
         self.max_wait_cycles, self.pause_seed, self.bus_bytes = max_wait_cycles, pause_seed, bus_bytes
+        self.ddr = ddr
         self.mem_window = (SIM_MEM_BASE, SIM_MEM_BASE + mem_bytes)
         self.memfile = self.workdir / "mmfree_mem.hex"
         self.dumpfile = self.workdir / "mmfree_dump.hex"
@@ -299,6 +302,11 @@ class SimSession:
                 self.ram.write_if.b_channel.set_pause_generator(gen(s + 3, 0.3))
                 self.ram.read_if.ar_channel.set_pause_generator(gen(s + 4, 0.3))
                 self.ram.read_if.r_channel.set_pause_generator(gen(s + 5, 0.4))
+            elif self.ddr:
+                from mmfree.sim.ddr import ar_pauses, r_pauses
+
+                self.ram.read_if.r_channel.set_pause_generator(r_pauses(self.ddr))
+                self.ram.read_if.ar_channel.set_pause_generator(ar_pauses(self.ddr))
         await ClockCycles(dut.clk, 5)
         dut.rst.value = 0
         await ClockCycles(dut.clk, 2)
@@ -474,11 +482,13 @@ def _run_with_bar(fn, progress_file: Path, total: int) -> None:
 
 def run_job(job: dict, hw: HwConfig = DEFAULT_HW, memory: str = "hdl", waves: bool = False,
             rd_latency: int = DEFAULT_RD_LATENCY, workdir: str | os.PathLike | None = None, progress=None,
-            toggle_coverage: bool = False, mem_bytes: int = SIM_MEM_BYTES) -> dict:
+            toggle_coverage: bool = False, mem_bytes: int = SIM_MEM_BYTES, ddr_plusargs=()) -> dict:
     """Run one job (see :mod:`mmfree.sim.benches.accel`) on the RTL in a fresh simulator; returns its results.
 
     ``waves=True`` writes ``dump.fst`` into ``workdir`` (and builds a traced model); ``toggle_coverage=True``
-    writes Verilator's ``coverage.dat`` there (give a ``workdir`` to keep it); ``mem_bytes``: simulated DDR size."""
+    writes Verilator's ``coverage.dat`` there (give a ``workdir`` to keep it); ``mem_bytes``: simulated DDR size;
+    ``ddr_plusargs``: the HDL DDR model's realistic option (:func:`mmfree.sim.ddr.sim_plusargs`; none: the ideal
+    memory)."""
     b = build_accel(hw, memory=memory, waves=waves, progress=progress, toggle_coverage=toggle_coverage,
                     mem_bytes=mem_bytes)
     job = dict(job, mem_bytes=mem_bytes)
@@ -486,17 +496,22 @@ def run_job(job: dict, hw: HwConfig = DEFAULT_HW, memory: str = "hdl", waves: bo
     wd = Path(tempfile.mkdtemp(prefix="mmfree-sim-", dir=system_tempdir() if waves else None)) if own else Path(workdir)
     wd.mkdir(parents=True, exist_ok=True)
     try:
-        return _run_job_in(wd, job, b, hw, memory, waves, rd_latency, progress)
+        return _run_job_in(wd, job, b, hw, memory, waves, rd_latency, progress, tuple(ddr_plusargs))
     finally:
         if own and not waves:
             shutil.rmtree(wd, ignore_errors=True)
 
 
-def _run_job_in(wd: Path, job: dict, b, hw: HwConfig, memory: str, waves: bool, rd_latency: int, progress) -> dict:
+def _run_job_in(wd: Path, job: dict, b, hw: HwConfig, memory: str, waves: bool, rd_latency: int, progress,
+                ddr_plusargs: tuple = ()) -> dict:
     job = dict(job, memory=memory, workdir=str(wd), bus_bytes=hw.bus_bytes)
+    if ddr_plusargs and memory == "python":        # the Python memory takes them as pause patterns
+        from mmfree.sim.ddr import parse_plusargs
+
+        job["ddr"] = parse_plusargs(ddr_plusargs)
     (wd / "job.json").write_text(json.dumps(job))
     plus = [f"+MMFREE_MEMFILE={wd / 'mmfree_mem.hex'}", f"+MMFREE_DUMPFILE={wd / 'mmfree_dump.hex'}",
-            f"+MMFREE_RD_LATENCY={rd_latency}", f"+MMFREE_WR_LATENCY={DEFAULT_WR_LATENCY}"]
+            f"+MMFREE_RD_LATENCY={rd_latency}", f"+MMFREE_WR_LATENCY={DEFAULT_WR_LATENCY}", *ddr_plusargs]
     if progress:
         progress("simulating")
     t0 = time.perf_counter()
@@ -596,11 +611,12 @@ def replay_forest(im, passes: list[dict]) -> tuple[bool, list[str]]:
 def simulate_generation(model="default", prompt_ids=(1,), n_tokens: int = 16, progress=True, k: int = 1,
                         waves: bool = False, hw: HwConfig = DEFAULT_HW, memory: str = "hdl",
                         rd_latency: int = DEFAULT_RD_LATENCY, write_logits: bool = True,
-                        mem_bytes: int | None = None) -> dict:
+                        mem_bytes: int | None = None, ddr_plusargs=()) -> dict:
     """Generate ``n_tokens`` greedily on the simulated accelerator and check it against IntModel.
 
     ``mem_bytes``: the simulated DDR's size (a power of two); ``None`` sizes it to the model's program, host
-    buffers and image (:func:`sim_mem_bytes`), so any model that fits the build's width runs.
+    buffers and image (:func:`sim_mem_bytes`), so any model that fits the build's width runs. ``ddr_plusargs``:
+    the simulated DDR's realistic option (:func:`mmfree.sim.ddr.sim_plusargs`; empty: the ideal memory).
 
     ``model``: "default", a checkpoint directory or an export directory. ``k`` > 1 feeds the prompt k
     tokens per pass and verifies k-1 drafted tokens per pass (prompt-lookup drafts; see
@@ -641,6 +657,7 @@ def simulate_generation(model="default", prompt_ids=(1,), n_tokens: int = 16, pr
         job = {"kind": "generate", "compiled": str(td / "compiled"), "prompt": prompt, "n_tokens": n_tokens, "k": k,
                "write_logits": write_logits, "progress": bool(progress)}
         res = run_job(job, hw=hw, memory=memory, waves=waves, rd_latency=rd_latency, mem_bytes=mem_bytes,
+                      ddr_plusargs=ddr_plusargs,
                       workdir=td / "run" if not waves else Path(tempfile.mkdtemp(prefix="mmfree-waves-", dir=system_tempdir())),
                       progress=say if progress else None)
     passes = passes_from_result(res)

@@ -146,8 +146,13 @@ def render(r: dict) -> str:
             ("DDR bytes/token", f"{r['bytes_per_token'] / 1e6:.1f} MB (must move {r['must_move_bytes_per_token'] / 1e6:.1f} MB)"),
             ("DDR bandwidth", f"{r['ddr_bytes_per_s'] / 1e9:.2f} GB/s = {100 * r['ddr_fraction_of_peak']:.0f} % of "
                               f"{r['ddr_peak_bytes_per_s'] / 1e9:.1f} GB/s peak (bus limited by {r['bus_limited_by']})"),
+            ("DDR model", f"controller {r['ddr_model']['aggregate_bytes_per_s'] / 1e9:.1f} GB/s for all ports "
+                          f"(published efficiency {r['ddr_model']['read_efficiency']:.3f}), refresh "
+                          f"{100 * r['ddr_model']['refresh_fraction']:.1f} % (sim/ddr.py)"),
             ("DDR roofline", f"{r['roofline_tokens_per_s']:.1f} tok/s (peak / packed weights at 1.6 bits); "
-                             f"this design reaches {100 * r['fraction_of_roofline']:.0f} %"),
+                             f"this design reaches {100 * r['fraction_of_roofline']:.0f} %; against an ideal memory "
+                             f"{r['ideal_memory']['tokens_per_s']:.2f} tok/s = "
+                             f"{100 * r['ideal_memory']['fraction_of_roofline']:.0f} %"),
             ("physical limit", f"{r['physical_limit_tokens_per_s']:.1f} tok/s (peak / weights at log2(3) bits)"),
             ("port roofline", f"{r['port_roofline_tokens_per_s']:.1f} tok/s ({r['port_bytes_per_s'] / 1e9:.1f} GB/s: "
                               f"one {8 * hw['bus_bytes']}-bit port x clock)"),

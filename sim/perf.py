@@ -80,22 +80,37 @@ except Exception:  # pragma: no cover - amaranth is a core dependency
     _R_WIDTH = 16
 RTL_TIMING["recip"] = _R_WIDTH + 4
 
-#: Reader FIFO of the weight client in rtl/top.py (beats): part of the prefetch capacity.
+#: Reader FIFO of the weight client in rtl/top.py (beats): the most its latency-following window may grow to.
 WEIGHT_CLIENT_FIFO = PARAMS.WEIGHT_CLIENT_FIFO
 #: Weight queue per ternary engine (``MmfreeAccel(weight_fifo_beats=2048)``).
 WEIGHT_FIFO_BEATS = PARAMS.WEIGHT_FIFO_BEATS
-#: Weight beats one port can have requested and not yet received: its reader reserves FIFO room for a whole
-#: burst before issuing it and holds at most ``MAX_OUTSTANDING`` bursts (rtl/axi.py ``AxiReader``).
-READ_WINDOW_BEATS = min(WEIGHT_CLIENT_FIFO, PARAMS.MAX_OUTSTANDING * PARAMS.MAX_BURST)
+#: Weight beats one port may have requested and not yet received at the simulated DDR's latency (the window's
+#: base; :func:`read_window` gives it at any latency).
+READ_WINDOW_BEATS = min(PARAMS.WEIGHT_WINDOW_BASE, PARAMS.MAX_OUTSTANDING * PARAMS.MAX_BURST)
+
+
+def read_window(rd_latency: float, burst: float = PARAMS.MAX_BURST) -> float:
+    """Beats a weight port's reader may have requested and not yet received at a read latency of ``rd_latency``
+    cycles (rtl/axi.py ``AxiReader(latency_windows=...)``): ``WEIGHT_WINDOW_BASE`` or the latency +
+    ``READ_WINDOW_MARGIN`` rounded up to a burst, at most the FIFO depth, and at most ``MAX_OUTSTANDING`` bursts
+    of ``burst`` beats (the mean burst of the stream: a row of fewer than 16 beats is one short burst)."""
+    mb = PARAMS.MAX_BURST
+    need = mb * math.ceil((rd_latency + PARAMS.READ_WINDOW_MARGIN) / mb)
+    window = min(max(PARAMS.WEIGHT_WINDOW_BASE, need), WEIGHT_CLIENT_FIFO)
+    return min(window, PARAMS.MAX_OUTSTANDING * min(burst, mb))
+
+
+def row_burst(beats_per_row: int) -> float:
+    """Mean burst length (beats) of a strided weight read with rows of ``beats_per_row`` beats: bursts of at most
+    ``MAX_BURST`` beats that never cross a row end."""
+    return beats_per_row / max(1, math.ceil(beats_per_row / PARAMS.MAX_BURST)) if beats_per_row > 0 else PARAMS.MAX_BURST
 
 #: Board-level assumptions of the modeled (not simulated) numbers. Each: value, source.
 ASSUMPTIONS = {
     "hp_port_efficiency": (0.90, "fraction of an HP port's width x clock that its AXI read channel sustains with "
-                                 "16-beat bursts and 16 outstanding reads; assumption (not measured here: the "
-                                 "simulated DDR delivers 1.0); Zynq HP ports are commonly quoted at 85-95 %"),
-    "ddr_efficiency": (12.7 / 19.2, "fraction of the DDR peak a streaming PL reader achieves: 12.7 of 19.2 GB/s "
-                                    "measured by the BitNet-2B port on KV260 (../shared/official-model.md); "
-                                    "applied to every board"),
+                                 "16-beat bursts and 16 outstanding reads between DDR refreshes; assumption (not "
+                                 "measured here: the ideal simulated DDR delivers 1.0); Zynq HP ports are commonly "
+                                 "quoted at 85-95 %. The DDR itself: sim/ddr.py (published figures, per board)"),
     "rd_latency_ns": (120.0, "DDR read latency seen by the PL through the PS interconnect (assumption; the RTL "
                              "simulation uses 24 cycles = 96 ns at 250 MHz)"),
     "host_us_per_pass": (30.0, "host handshake per pass: write NUM_TOKENS/tokens, START, wait for the interrupt, "
@@ -233,6 +248,7 @@ class _Mv:
     rows: int
     lat: int
     head: bool
+    wrate: float = 1.0  # weight beats per cycle per port (the outstanding-read limit of this matrix's bursts)
     S: float = 0.0
     F: float = 0.0
     E: float = 0.0
@@ -277,18 +293,28 @@ def pass_cycles(dims: LY.Dims, hw: HwConfig, k: int = 1, rate: float = 1.0, rd_l
     return run.halt(len(prog))
 
 
-def stream_rate(rate: float, rd_latency: float, timing: dict | None = None, window: int = READ_WINDOW_BEATS) -> float:
+def stream_rate(rate: float, rd_latency: float, timing: dict | None = None, window: float | None = None,
+                burst: float = PARAMS.MAX_BURST) -> float:
     """Beats per cycle one read client sustains: the memory's ``rate`` (beats per cycle), or the outstanding-read
     limit when the read latency is longer than the client's window covers: ``window`` beats in flight (default
-    :data:`READ_WINDOW_BEATS`, a weight port) per round trip of ``rd_latency`` + ``timing["rd_turn"]`` cycles
+    :func:`read_window` at this latency, a weight port) per round trip of ``rd_latency`` + ``timing["rd_turn"]`` cycles
     (a burst's room is freed beat by beat as it arrives, a new request waits for a whole burst of room:
     :data:`RTL_TIMING`). Raises :class:`MmfreeError` on a negative latency or a rate that is not positive."""
     if not rate > 0:
         raise MmfreeError(f"the bus rate must be positive beats per cycle, got {rate}")
     if not rd_latency >= 0:
         raise MmfreeError(f"the read latency must be >= 0 cycles, got {rd_latency}")
-    turn = (timing or RTL_TIMING)["rd_turn"]
+    turn = (timing or RTL_TIMING)["rd_turn"] - PARAMS.MAX_BURST + burst    # a burst of room is part of the round trip
+    window = read_window(rd_latency, burst) if window is None else window
     return min(rate, window / (rd_latency + turn))
+
+
+def _windowed(beats: float, window: float, rate: float, limited: float) -> float:
+    """Cycles from a read client's first beat to its last for a transfer of ``beats`` (its first request already
+    paid the latency): the first ``window`` beats were all requested at once and arrive at the bus ``rate``, the
+    rest at the outstanding-read limit ``limited`` (:func:`stream_rate`)."""
+    first = min(beats, window)
+    return first / rate + (beats - first) / limited
 
 
 class _Pass:
@@ -303,11 +329,14 @@ class _Pass:
         self.T, self.k, self.rate, self.write_logits = T, k, rate, write_logits
         self.bb, self.E, self.P = hw.bus_bytes, hw.matvec_engines, hw.weight_ports
         self.L = float(rd_latency)
-        self.wrate = stream_rate(rate, rd_latency, T)                 # weight beats per cycle per port
         vec_fifo, load_fifo = PARAMS.MAIN_READER_FIFO_DEPTHS[1:3]
-        self.vrate = stream_rate(rate, rd_latency, T, min(vec_fifo, PARAMS.MAX_OUTSTANDING * PARAMS.MAX_BURST))
-        self.lrate = stream_rate(rate, rd_latency, T, min(load_fifo, PARAMS.MAX_OUTSTANDING * PARAMS.MAX_BURST))
-        self.cap = self.E * weight_fifo_beats + WEIGHT_CLIENT_FIFO     # weight beats prefetch may run ahead
+        self.vwin = min(vec_fifo, PARAMS.MAX_OUTSTANDING * PARAMS.MAX_BURST)
+        self.lwin = min(load_fifo, PARAMS.MAX_OUTSTANDING * PARAMS.MAX_BURST)
+        self.vrate = stream_rate(rate, rd_latency, T, self.vwin)
+        self.lrate = stream_rate(rate, rd_latency, T, self.lwin)
+        # weight beats prefetch may run ahead: the queues + the read window's base (a longer latency widens the window
+        # but those beats are in flight, not stored ahead: counting them moved the 1.3B model by < 0.1 %)
+        self.cap = self.E * weight_fifo_beats + READ_WINDOW_BEATS
         self.bus = _Bus(rate)
         self.ivals: dict[str, list] = {"matvec": [], "head": [], "vector": [], "load_store": []}
         self.inflight: list[tuple] = []                 # (engine, finish or MATVEC index, rd, wr)
@@ -325,10 +354,11 @@ class _Pass:
     # ---- the matvec engine's chain of MATVECs ----------------------------------------------------------------
     def chain(self, now: float) -> None:
         """(Re)compute start, delivery end and finish of the MATVECs not yet settled."""
-        T, L, rate, bus = self.T, self.L, self.wrate, self.bus
+        T, L, bus = self.T, self.L, self.bus
         F_prev, E_prev = self.settled_F, self.settled_E
         for j in range(self.settled, len(self.mvs)):
             m = self.mvs[j]
+            rate = m.wrate
             c = min(float(self.E), m.bpr / self.P)              # beats of port 0 per cycle (a row per cycle in all)
             S = max(m.dispatch + 1, E_prev + T["mv_gap"])
             a = max(m.req + 1 + L, F_prev)
@@ -446,7 +476,7 @@ class _Pass:
         for _ in range(self.k):
             beats = math.ceil(4 * ins["count"] / self.bb)
             s0, e = self.bus.reserve(tt + self.T["embed_row"] + self.L, beats)
-            tt = max(e, s0 + beats / self.vrate, s0 + ins["count"]) + 1
+            tt = max(e, s0 + _windowed(beats, self.vwin, self.rate, self.vrate), s0 + ins["count"]) + 1
         fin = tt + self.T["hgrn_tail"]
         self.ivals["load_store"].append((start, fin))
         return fin
@@ -478,7 +508,11 @@ class _Pass:
         lat = {I.EPI_STORE: T["mv_store"], I.EPI_HEAD: T["mv_store"], I.EPI_RESID: T["mv_resid"],
                I.EPI_GLU: T["mv_glu"]}[epi]
         req = self.pending_req.pop(0) if self.pending_req else td
-        self.mvs.append(_Mv(req, td, -(-rows // self.P) * bpr, bpr, rows, lat, epi == I.EPI_HEAD))
+        # this matrix's weight rate per port: one port reads a matrix as one contiguous command (16-beat bursts),
+        # several ports read their rows with a burst group per row (rtl/datapath.py weight fetch)
+        burst = row_burst(bpr) if self.P > 1 else PARAMS.MAX_BURST
+        wrate = stream_rate(self.rate, self.L, T, burst=burst)
+        self.mvs.append(_Mv(req, td, -(-rows // self.P) * bpr, bpr, rows, lat, epi == I.EPI_HEAD, wrate))
         self.weight_beats += rows * bpr
         return len(self.mvs) - 1
 
@@ -700,13 +734,14 @@ def predict(dims, board, clock_mhz: float | None = None, hw: HwConfig | None = N
     hw = _width_problems(dims, b, hw, problems)
     clock_hz = clock * 1e6
     peak = b.ddr_peak_bytes_per_s
-    rate, limiter, port_bps = _bus_rate(hw, peak, clock_hz)
+    rate, limiter, port_bps, ddr = _bus_rate(hw, b, clock_hz)
     lat_ns = assumption("rd_latency_ns") if latency_ns is None else float(latency_ns)
     if not (lat_ns >= 0 and math.isfinite(lat_ns)):
         raise MmfreeError(f"--latency-ns must be a finite number >= 0 (DDR read latency in ns), got {latency_ns}")
     lat = lat_ns * 1e-9 * clock_hz
     pt = pass_cycles(dims, hw, k, rate=rate, rd_latency=lat, write_logits=write_logits, prog=prog)
     host = assumption("host_us_per_pass") * 1e-6 * clock_hz
+    ideal = _ideal_memory(dims, hw, k, A, write_logits, host, clock_hz, peak / LY.weight_bytes_per_token(dims, padded=False))
     cycles_pass = pt.cycles + host
     seconds_pass = cycles_pass / clock_hz
     tps = A / seconds_pass
@@ -749,6 +784,8 @@ def predict(dims, board, clock_mhz: float | None = None, hw: HwConfig | None = N
         "physical_limit_tokens_per_s": physical,
         "fraction_of_roofline": tps / roofline,
         "port_roofline_tokens_per_s": port_bps * A / bytes_pass,
+        "ddr_model": ddr,
+        "ideal_memory": ideal,
         "memory": memory,
         "onchip_bits": res["onchip_bits"],
         "resources": res,
@@ -757,6 +794,17 @@ def predict(dims, board, clock_mhz: float | None = None, hw: HwConfig | None = N
         "assumptions": {name: {"value": v, "source": s} for name, (v, s) in ASSUMPTIONS.items()},
         "rtl_timing": dict(RTL_TIMING),
     }
+
+
+def _ideal_memory(dims: LY.Dims, hw: HwConfig, k: int, A: float, write_logits: bool, host: float, clock_hz: float,
+                  roofline: float) -> dict:
+    """The same build against an ideal memory (the simulated DDR's default: a beat per cycle on every port, no
+    refresh, ``SIM_RD_LATENCY`` cycles): tokens/s and the fraction of the DDR roofline (the figure ``mmfree sim``
+    reports as ``roofline_fraction`` is against such a memory)."""
+    pt = pass_cycles(dims, hw, k, rate=1.0, rd_latency=PARAMS.SIM_RD_LATENCY, write_logits=write_logits)
+    tps = A / ((pt.cycles + host) / clock_hz)
+    return {"label": "modeled, ideal memory", "bus_rate_beats_per_cycle": 1.0, "rd_latency_cycles": PARAMS.SIM_RD_LATENCY,
+            "tokens_per_s": tps, "fraction_of_roofline": tps / roofline}
 
 
 def _width_problems(dims: LY.Dims, b, hw: HwConfig, problems: list[str]) -> HwConfig:
@@ -773,13 +821,19 @@ def _width_problems(dims: LY.Dims, b, hw: HwConfig, problems: list[str]) -> HwCo
     return hw
 
 
-def _bus_rate(hw: HwConfig, peak: float, clock_hz: float) -> tuple[float, str, float]:
-    """(beats per cycle on each weight port, what limits it: "hp_port" | "ddr", bytes/s of all weight ports)."""
-    port_eff, ddr_eff = assumption("hp_port_efficiency"), assumption("ddr_efficiency")
+def _bus_rate(hw: HwConfig, board, clock_hz: float) -> tuple[float, str, float, dict]:
+    """(beats per cycle on each weight port, what limits it: "hp_port" | "ddr", bytes/s of all weight ports at full
+    rate, the DDR model as a dict). One shared controller (:func:`mmfree.sim.ddr.ddr_model`): each port gets its
+    own cap (``hp_port_efficiency`` between refreshes) or an equal share of the controller's aggregate, whichever
+    is lower."""
+    from mmfree.sim.ddr import ddr_model
+
+    ddr = ddr_model(board)
     port_bps = hw.bus_bytes * clock_hz * hw.weight_ports       # all weight ports together
-    rate = min(port_eff, ddr_eff * peak / port_bps)            # beats per cycle on each port
-    limiter = "hp_port" if port_eff <= ddr_eff * peak / port_bps else "ddr"
-    return rate, limiter, port_bps
+    port_rate = assumption("hp_port_efficiency") * (1 - ddr.refresh_fraction)
+    ddr_rate = ddr.aggregate_bytes_per_s / port_bps            # the controller's share per port, beats per cycle
+    limiter = "hp_port" if port_rate <= ddr_rate else "ddr"
+    return min(port_rate, ddr_rate), limiter, port_bps, ddr.as_dict()
 
 
 def _ddr_memory(dims: LY.Dims, k: int, b, problems: list[str]) -> dict:

@@ -113,7 +113,7 @@ async def accel_job(dut):
     wd = Path(job["workdir"])
     session = SimSession(dut, memory=job["memory"], workdir=wd, pause_seed=job.get("pause_seed"),
                          bus_bytes=job["bus_bytes"], mem_bytes=job.get("mem_bytes", SIM_MEM_BYTES),
-                         max_wait_cycles=job.get("max_wait_cycles", PARAMS.SIM_MAX_WAIT_CYCLES))
+                         max_wait_cycles=job.get("max_wait_cycles", PARAMS.SIM_MAX_WAIT_CYCLES), ddr=job.get("ddr"))
     await session.start()
     board = SyncBoard(session)
     compiled = Compiled.load(job["compiled"])

@@ -14,8 +14,15 @@
 //   on bd_dump writes beats [bd_start, bd_start + bd_count) to +MMFREE_DUMPFILE=<path> ($writememh).
 // * XR extra read-only ports (x_*: the fields of each packed side by side, port i in slice i), one per
 //   extra weight master of the accelerator: each has its own queue (mmfree_axi_rq, as the main port's),
-//   latency and one R beat per cycle (an HP port of its own; the DDR's aggregate bandwidth is not modelled
-//   here).
+//   latency and one R beat per cycle (an HP port of its own).
+// * Optional realistic DDR (plusargs, no rebuild; all 0 = off, the ideal memory above, cycle for cycle):
+//   +MMFREE_DDR_NUM=<n> +MMFREE_DDR_DEN=<d>: one shared controller moves at most n/d beats per cycle over all
+//   ports, reads and writes together (a credit counter: n per cycle, d per beat, capped at n + d);
+//   +MMFREE_PORT_NUM / +MMFREE_PORT_DEN: each port's reads at most that many beats per cycle;
+//   +MMFREE_REF_PERIOD=<p> +MMFREE_REF_CYCLES=<c>: refresh, no beat moves in the first c cycles of every p;
+//   +MMFREE_RD_JITTER=<j> +MMFREE_DDR_SEED=<s>: each burst's latency is READ_LATENCY + a uniform 0..j
+//   cycles from a per-port xorshift generator seeded by s (deterministic). Ports take shared credits in a
+//   fixed order (a W beat, the main port's R, then the extra ports).
 // One AXI read channel's request queue (the main port and each extra read-only port): up to OUTSTANDING
 // bursts, each served READ_LATENCY (rd_lat) cycles after its AR handshake, beat by beat as `take` pulses.
 // The owner reads mem[index] (0 and DECERR where !ok) and decides when the head beat is valid.
@@ -31,6 +38,8 @@ module mmfree_axi_rq #(
     input  logic rst,
     input  logic [63:0] now,
     input  int rd_lat,
+    input  int jitter,                      // extra latency per burst: uniform 0..jitter cycles (0: none)
+    input  logic [31:0] seed,
     input  logic [ID_W-1:0] arid, input logic [ADDR_W-1:0] araddr, input logic [7:0] arlen,
     input  logic arvalid, output logic arready,
     input  logic take,                      // the head beat leaves this cycle
@@ -55,16 +64,23 @@ module mmfree_axi_rq #(
     assign id = q_id[q_head];
     assign last = beat == q_len[q_head];
     wire a_fire = arvalid && arready;
+    logic [31:0] rnd;                       // xorshift32 state, one step per accepted burst
+    wire [31:0] r1 = rnd ^ (rnd << 13);
+    wire [31:0] r2 = r1 ^ (r1 >> 17);
+    wire [31:0] rnext = r2 ^ (r2 << 5);
+    wire [63:0] extra = (jitter > 0) ? 64'(rnext % (32'(jitter) + 32'd1)) : 64'd0;
 
     always @(posedge clk) begin
         if (rst) begin
             q_count <= '0; q_head <= '0; q_tail <= '0; beat <= '0;
+            rnd <= (seed == 32'd0) ? 32'h2545F491 : seed;
         end else begin
             if (a_fire) begin
                 q_addr[q_tail] <= araddr;
                 q_len[q_tail] <= arlen;
                 q_id[q_tail] <= arid;
-                q_time[q_tail] <= now + 64'(rd_lat);
+                q_time[q_tail] <= now + 64'(rd_lat) + extra;
+                if (jitter > 0) rnd <= rnext;
                 q_tail <= q_tail + 1'b1;
             end
             if (take) begin
@@ -117,7 +133,16 @@ module mmfree_axi_mem #(
     logic [DATA_W-1:0] mem [0:WORDS-1];
     string memfile, dumpfile;
     int rd_lat, wr_lat;
+    int ddr_num, ddr_den, port_num, port_den, ref_period, ref_cycles, rd_jitter, ddr_seed;
     initial begin
+        if (!$value$plusargs("MMFREE_DDR_NUM=%d", ddr_num)) ddr_num = 0;
+        if (!$value$plusargs("MMFREE_DDR_DEN=%d", ddr_den)) ddr_den = 1;
+        if (!$value$plusargs("MMFREE_PORT_NUM=%d", port_num)) port_num = 0;
+        if (!$value$plusargs("MMFREE_PORT_DEN=%d", port_den)) port_den = 1;
+        if (!$value$plusargs("MMFREE_REF_PERIOD=%d", ref_period)) ref_period = 0;
+        if (!$value$plusargs("MMFREE_REF_CYCLES=%d", ref_cycles)) ref_cycles = 0;
+        if (!$value$plusargs("MMFREE_RD_JITTER=%d", rd_jitter)) rd_jitter = 0;
+        if (!$value$plusargs("MMFREE_DDR_SEED=%d", ddr_seed)) ddr_seed = 1;
         if (!$value$plusargs("MMFREE_MEMFILE=%s", memfile)) memfile = "mmfree_mem.hex";
         if (!$value$plusargs("MMFREE_DUMPFILE=%s", dumpfile)) dumpfile = "mmfree_dump.hex";
         if (!$value$plusargs("MMFREE_RD_LATENCY=%d", rd_lat)) rd_lat = READ_LATENCY;
@@ -144,12 +169,51 @@ module mmfree_axi_mem #(
     wire r_fire = rvalid && rready;
     mmfree_axi_rq #(.ADDR_W(ADDR_W), .ID_W(ID_W), .OUTSTANDING(OUTSTANDING), .SH(SH), .BASE(BASE_U),
                     .WORDS(WORDS_U)) rq (
-        .clk(clk), .rst(rst), .now(now), .rd_lat(rd_lat), .arid(arid), .araddr(araddr), .arlen(arlen),
+        .clk(clk), .rst(rst), .now(now), .rd_lat(rd_lat), .jitter(rd_jitter), .seed(32'(ddr_seed)),
+        .arid(arid), .araddr(araddr), .arlen(arlen),
         .arvalid(arvalid), .arready(arready), .take(r_fire), .head_ready(r_head_ready), .id(rid),
         .last(rlast), .ok(r_ok), .index(r_index));
     assign rresp = r_ok ? 2'b00 : 2'b11;
     assign rdata = r_ok ? mem[r_index] : '0;
     always @(posedge clk) r_hold <= rst ? 1'b0 : (rvalid && !rready);
+
+    // ---- the realistic DDR's shared controller: refresh, aggregate and per-port beat rates ---------------------
+    localparam int NP = XN + 1;             // port 0: the main port's R, 1..XN: the extra ports
+    logic w_grant, m_grant;
+    logic [XN-1:0] x_grant, x_head, x_fire;
+    logic signed [63:0] cred;               // aggregate credits (DEN per beat)
+    logic signed [63:0] pcred [0:NP-1];     // per-port read credits
+    wire refreshing = (ref_period > 0) && ((now % 64'(ref_period)) < 64'(ref_cycles));
+    wire agg_on = ddr_num > 0, port_on = port_num > 0;
+    always_comb begin
+        automatic longint used = 0;
+        w_grant = !refreshing && (!agg_on || cred >= 64'(ddr_den));
+        if (agg_on && wvalid && w_grant) used = 1;     // a W beat on offer goes first
+        m_grant = !refreshing && (!agg_on || cred >= 64'(ddr_den) * (used + 1)) && (!port_on || pcred[0] >= 64'(port_den));
+        if (agg_on && r_head_ready && m_grant) used = used + 1;
+        for (int i = 0; i < XN; i++) begin
+            x_grant[i] = !refreshing && (!agg_on || cred >= 64'(ddr_den) * (used + 1))
+                         && (!port_on || pcred[i + 1] >= 64'(port_den));
+            if (agg_on && x_head[i] && x_grant[i]) used = used + 1;
+        end
+    end
+    always @(posedge clk) begin
+        if (rst) begin
+            cred <= '0;
+            for (int i = 0; i < NP; i++) pcred[i] <= '0;
+        end else begin
+            automatic longint beats = longint'(rvalid && rready) + longint'(wvalid && wready);
+            automatic longint c;
+            for (int i = 0; i < XN; i++) beats = beats + longint'(x_fire[i]);
+            c = cred + (refreshing ? 0 : ddr_num) - longint'(ddr_den) * beats;
+            cred <= (c > longint'(ddr_num + ddr_den)) ? longint'(ddr_num + ddr_den) : c;
+            for (int i = 0; i < NP; i++) begin
+                automatic longint f = (i == 0) ? longint'(rvalid && rready) : longint'(x_fire[(i == 0) ? 0 : i - 1]);
+                automatic longint pc = pcred[i] + port_num - longint'(port_den) * f;
+                pcred[i] <= (pc > longint'(port_num + port_den)) ? longint'(port_num + port_den) : pc;
+            end
+        end
+    end
 
     // ---- writes ---------------------------------------------------------------------------------------
     logic [ADDR_W-1:0] wq_addr [0:OUTSTANDING-1];
@@ -165,7 +229,7 @@ module mmfree_axi_mem #(
     logic [QW-1:0] bq_head, bq_tail;
 
     assign awready = !rst && (wq_count < OUTSTANDING);
-    assign wready = !rst && (wq_count != 0) && (bq_count < OUTSTANDING) && !(SHARED_BW != 0 && r_hold);
+    assign wready = !rst && (wq_count != 0) && (bq_count < OUTSTANDING) && !(SHARED_BW != 0 && r_hold) && w_grant;
     wire [ADDR_W-1:0] w_cur = wq_addr[wq_head] + ADDR_W'({w_beat, {SH{1'b0}}});
     wire [63:0] w_abs = {{(64-ADDR_W){1'b0}}, w_cur};
     wire [63:0] w_index = (w_abs - BASE_U) >> SH;
@@ -177,7 +241,7 @@ module mmfree_axi_mem #(
     assign bresp = bq_resp[bq_head];
     wire b_fire = bvalid && bready;
     wire w_offer = wvalid && (wq_count != 0) && (bq_count < OUTSTANDING);
-    assign rvalid = r_head_ready && (r_hold || !(SHARED_BW != 0 && w_offer));
+    assign rvalid = r_head_ready && (r_hold || (!(SHARED_BW != 0 && w_offer) && m_grant));
 
     always @(posedge clk) begin
         if (rst) begin
@@ -220,17 +284,24 @@ module mmfree_axi_mem #(
             logic valid, last, ok;
             logic [63:0] idx;
             logic [0:0] unused_id;
+            logic head;
             mmfree_axi_rq #(.ADDR_W(ADDR_W), .ID_W(1), .OUTSTANDING(OUTSTANDING), .SH(SH), .BASE(BASE_U),
                             .WORDS(WORDS_U)) q (
-                .clk(clk), .rst(rst), .now(now), .rd_lat(rd_lat), .arid(1'b0),
+                .clk(clk), .rst(rst), .now(now), .rd_lat(rd_lat), .jitter(rd_jitter),
+                .seed(32'(ddr_seed) + 32'(x + 1) * 32'h9E3779B9), .arid(1'b0),
                 .araddr(x_araddr[ADDR_W*x +: ADDR_W]), .arlen(x_arlen[8*x +: 8]), .arvalid(x_arvalid[x]),
-                .arready(x_arready[x]), .take(valid && x_rready[x]), .head_ready(valid), .id(unused_id),
+                .arready(x_arready[x]), .take(valid && x_rready[x]), .head_ready(head), .id(unused_id),
                 .last(last), .ok(ok), .index(idx));
+            assign x_head[x] = head;
+            assign valid = head && x_grant[x];
+            assign x_fire[x] = valid && x_rready[x];
             assign x_rvalid[x] = valid;
             assign x_rlast[x] = last;
             assign x_rresp[2*x +: 2] = ok ? 2'b00 : 2'b11;
             assign x_rdata[DATA_W*x +: DATA_W] = ok ? mem[idx] : '0;
         end else begin : none
+            assign x_head[x] = 1'b0;
+            assign x_fire[x] = 1'b0;
             assign x_arready[x] = 1'b0;
             assign x_rvalid[x] = 1'b0;
             assign x_rlast[x] = 1'b0;

@@ -16,11 +16,15 @@ from mmfree.rtl import params as PARAMS
 from mmfree.sim import perf as P
 
 ROOT = Path(__file__).resolve().parents[2]
-#: (build, config, run) recorded outside 5 %, allowed 12 % with a reason here. At 24 cycles of read latency none
-#: since the token-parallel datapath's re-validation (docs/performance.md "Validation"). d96 k = 4 at 300 cycles:
-#: the model is +7.9 % (it serialises some latency-bound small transfers that the RTL overlaps; the weight
-#: stream is right: d512 at 300 cycles is within 2.5 %); open (issue 27, item 3).
-KNOWN_GAPS: set = {("default", "d96", "4-nologits@L300")}
+#: (build, config, run) recorded outside 5 %, allowed 12 % with a reason here. None: the read-latency runs (48-300
+#: cycles, issue 27) are within 5 % since the model gives a vector read that fits its client's window the bus
+#: rate (d96 k = 4 at 300 cycles was +7.9 %, now +4.6 %).
+KNOWN_GAPS: set = set()
+#: The same for the realistic-memory runs. PYNQ-Z2 build on the PYNQ-Z2 DDR model, where the controller's aggregate
+#: (not the ports) binds: the model gives each port an equal share of it and charges port 0's logits writes at
+#: that share, while the simulated controller serves a W beat and the main port first (the model is +5.4 % and
+#: +6.8 % with logits written, +3.7 % without); open (issue 23).
+REALISTIC_KNOWN_GAPS: set = {("pynqz2", "d240-default-shape", "1"), ("pynqz2", "d240-default-shape", "2")}
 KEYS = ("rows", "count", "src", "nproj", "slot", "bank", "epi", "flags", "dst", "fields", "tstride", "vocab", "stride16")
 
 
@@ -114,9 +118,14 @@ def test_kv260_13b_against_its_rooflines():
     assert one["bus_limited_by"] == "hp_port" and one["hw"]["weight_ports"] == 1
     assert one["tokens_per_s"] >= 0.9 * one["port_roofline_tokens_per_s"] * P.assumption("hp_port_efficiency")
     r = P.predict("1.3B", "kv260", clock_mhz=250)
-    assert r["hw"]["weight_ports"] == 4 and r["bus_limited_by"] == "ddr"
+    # the published controller efficiency (sim/ddr.py: 16 of 19.2 GB/s) leaves 4 GB/s to each of 4 ports; each
+    # port's own cap (hp_port_efficiency between refreshes) binds first
+    assert r["hw"]["weight_ports"] == 4 and r["bus_limited_by"] == "hp_port"
+    assert r["ddr_model"]["aggregate_bytes_per_s"] == pytest.approx(16.0e9)
     assert r["tokens_per_s"] > 3 * one["tokens_per_s"]
-    assert r["tokens_per_s"] >= 0.9 * P.assumption("ddr_efficiency") * r["roofline_tokens_per_s"]
+    assert r["tokens_per_s"] >= 0.9 * r["bus_rate_beats_per_cycle"] * r["port_roofline_tokens_per_s"]
+    assert r["ddr_bytes_per_s"] <= r["ddr_model"]["aggregate_bytes_per_s"]
+    assert r["ideal_memory"]["tokens_per_s"] > r["tokens_per_s"]
     assert r["tokens_per_s"] <= r["roofline_tokens_per_s"] <= r["physical_limit_tokens_per_s"] * 1.01
     assert r["fraction_of_roofline"] == pytest.approx(r["tokens_per_s"] / r["roofline_tokens_per_s"])
 
@@ -194,6 +203,9 @@ def test_cli_json_and_table(tmp_path):
     assert out.returncode == 0, out.stderr
     r = json.loads(out.stdout)
     assert r["tokens_per_s"] > 0 and r["fits"] is True and "assumptions" in r
+    # issue 23: the realistic-memory figure and the ideal-memory one side by side, the DDR model with its source
+    assert r["ideal_memory"]["tokens_per_s"] > r["tokens_per_s"] and r["ddr_model"]["source"]
+    assert r["ideal_memory"]["fraction_of_roofline"] > r["fraction_of_roofline"]
     out = _cli("perf", "--model", "370M", "--board", "zcu104", "--k", "4", "--accept-len", "2.5", "--engines", "1")
     assert out.returncode == 0, out.stderr
     assert "tokens/s" in out.stdout and "weight_stream" in out.stdout
@@ -228,6 +240,28 @@ def test_recorded_rtl_cycles_within_5_percent():
     assert n["default"] >= 16 and n["ports4"] >= 16, n
 
 
+def test_recorded_realistic_memory_runs_within_5_percent():
+    """The model against the RTL runs on the simulated DDR's realistic option (bench/perf_validate.py --memory
+    realistic --record): the model at the realistic memory's average bus rate and mean latency, within 5 %
+    (12 % for the REALISTIC_KNOWN_GAPS)."""
+    rec = json.loads((ROOT / "boards" / "data" / "perf_validation.json").read_text())
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import perf_validate as V
+    finally:
+        sys.path.pop(0)
+    n = 0
+    for hw_name, runs_of in rec.get("realistic_runs", {}).items():
+        for name, runs in runs_of.items():
+            for key, v in runs.items():
+                k, wl, lat = V.parse_key(key)
+                m = V.model_cycles(name, k, wl, hw_name, lat, "realistic")
+                tol = 0.12 if (hw_name, name, key) in REALISTIC_KNOWN_GAPS else 0.05
+                assert abs(m - v["cycles"]) <= tol * v["cycles"], (hw_name, name, key, m, v["cycles"])
+                n += 1
+    assert n >= 8, n
+
+
 @pytest.mark.sim
 def test_model_against_rtl():
     """Runs the accelerator RTL (Verilator) on 4 shapes (and 2 on the four-weight-port build), k = 1 and 4: the
@@ -250,14 +284,21 @@ def test_model_against_rtl():
 
 
 def test_stream_rate_outstanding_read_limit():
-    """A port keeps the bus rate while its read window covers the latency; beyond, window / round trip."""
+    """A port keeps the bus rate while its read window covers the latency; the window follows the latency (the
+    base 64 beats at the simulated DDR's 24 cycles, latency + margin beyond, at most the FIFO / 16 bursts); beyond
+    that, window / round trip. Issue 27: full rate to >= 300 ns (75 cycles at 250 MHz), >= 0.9 at 500 ns."""
     turn = P.RTL_TIMING["rd_turn"]
-    W = P.READ_WINDOW_BEATS
-    assert W == min(PARAMS.WEIGHT_CLIENT_FIFO, PARAMS.MAX_OUTSTANDING * PARAMS.MAX_BURST)
+    cap = min(PARAMS.WEIGHT_CLIENT_FIFO, PARAMS.MAX_OUTSTANDING * PARAMS.MAX_BURST)
+    assert P.READ_WINDOW_BEATS == PARAMS.WEIGHT_WINDOW_BASE == P.read_window(PARAMS.SIM_RD_LATENCY)
+    assert [P.read_window(L) for L in (24, 48, 75, 96, 192, 300, 1000)] == [64, 80, 112, 128, 224, cap, cap]
     assert P.stream_rate(1.0, 24) == 1.0 and P.stream_rate(0.5, 24) == 0.5
-    assert P.stream_rate(1.0, W - turn) == 1.0                   # the window covers the round trip: full rate
-    assert P.stream_rate(1.0, 75) == pytest.approx(W / (75 + turn))   # 300 ns at 250 MHz with the 64-beat window
-    assert P.stream_rate(1.0, 1000) == pytest.approx(W / (1000 + turn))
+    assert all(P.stream_rate(1.0, L) == 1.0 for L in range(0, cap - turn + 1))
+    assert P.stream_rate(1.0, 75) == 1.0 and P.stream_rate(1.0, 125) >= 0.9
+    assert P.stream_rate(1.0, 300) == pytest.approx(cap / (300 + turn))
+    assert P.stream_rate(1.0, 1000) == pytest.approx(cap / (1000 + turn))
+    # short bursts (a strided row read of 3 beats per row): 16 outstanding bursts of 3 beats
+    assert P.read_window(300, P.row_burst(3)) == 16 * 3
+    assert P.row_burst(26) == 13 and P.row_burst(16) == 16
     rates = [P.stream_rate(1.0, L) for L in (24, 96, 300, 600, 1200)]
     assert rates == sorted(rates, reverse=True)
     for bad in ((0.0, 24), (1.0, -1), (1.0, float("nan"))):
@@ -289,16 +330,21 @@ def test_cli_latency_ns():
     assert bad.returncode == 1 and "mmfree perf: error: --latency-ns" in bad.stderr and "Traceback" not in bad.stderr
 
 
-@pytest.mark.parametrize("fifo,latency", [(64, 125), (PARAMS.WEIGHT_CLIENT_FIFO, 300)])
-def test_stream_rate_matches_the_axi_reader(fifo, latency):
-    """The outstanding-read limit of the model against the AXI reader's RTL (Amaranth simulator), cycle counts."""
+@pytest.mark.parametrize("fifo,latency,adaptive", [(64, 125, False), (PARAMS.WEIGHT_CLIENT_FIFO, 125, True),
+                                                     (PARAMS.WEIGHT_CLIENT_FIFO, 300, True)])
+def test_stream_rate_matches_the_axi_reader(fifo, latency, adaptive):
+    """The outstanding-read limit of the model against the AXI reader's RTL (Amaranth simulator), cycle counts:
+    a fixed 64-beat window and the weight clients' latency-following window (rtl/params.py)."""
     sys.path.insert(0, str(ROOT / "bench"))
     try:
         import rtl_axi_latency as B
     finally:
         sys.path.pop(0)
-    got = B.measure(fifo, latency, 1024, PARAMS.MAX_OUTSTANDING)["steady_beats_per_cycle"]
-    assert got == pytest.approx(P.stream_rate(1.0, latency, window=min(fifo, PARAMS.MAX_OUTSTANDING * 16)), abs=0.01)
+    got = B.measure(fifo, latency, 1024, PARAMS.MAX_OUTSTANDING, adaptive=adaptive)["steady_beats_per_cycle"]
+    window = None if adaptive else min(fifo, PARAMS.MAX_OUTSTANDING * 16)
+    assert got == pytest.approx(P.stream_rate(1.0, latency, window=window), abs=0.01)
+    if adaptive and latency == 125:
+        assert got >= 0.9                      # issue 27: >= 0.9 of the port's rate at 500 ns
 
 
 def test_draft_engine_is_counted_and_overflow_named():
@@ -317,3 +363,29 @@ def test_draft_engine_is_counted_and_overflow_named():
     assert "LUT 1" in out.stdout and "(over by " in out.stdout
     out = _cli("perf", "--model", "370M", "--board", "kv260", "--draft-vocab", "70000")
     assert out.returncode == 1 and "--draft-vocab must be in 1..65535" in out.stderr
+
+
+def test_latency_window_is_the_old_window_at_short_latency():
+    """At the simulated DDR's 24 cycles the latency-following window stays at its 64-beat base: the reader with a
+    256-beat FIFO delivers every beat on the same cycle as the 64-beat design (why recorded cycle counts hold)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import rtl_axi_latency as B
+    finally:
+        sys.path.pop(0)
+    old = B.measure(64, PARAMS.SIM_RD_LATENCY, 512, PARAMS.MAX_OUTSTANDING)
+    new = B.measure(PARAMS.WEIGHT_CLIENT_FIFO, PARAMS.SIM_RD_LATENCY, 512, PARAMS.MAX_OUTSTANDING, adaptive=True)
+    assert new["cycles"] == old["cycles"]
+    fixed = B.measure(PARAMS.WEIGHT_CLIENT_FIFO, 96, 512, PARAMS.MAX_OUTSTANDING)
+    grown = B.measure(PARAMS.WEIGHT_CLIENT_FIFO, 96, 512, PARAMS.MAX_OUTSTANDING, adaptive=True)
+    assert grown["steady_beats_per_cycle"] == fixed["steady_beats_per_cycle"] == 1.0
+
+
+@pytest.mark.parametrize("windows", [{1: (64, 32)}, {0: (8, 32)}, {0: (512, 32)}, {0: (64, -1)}])
+def test_bad_latency_windows_are_refused(windows):
+    """AxiReader(latency_windows=...): a client that does not exist, a base below a burst or above the FIFO, a
+    negative margin: one ValueError naming the field (before anything is elaborated)."""
+    from mmfree.rtl.axi import AxiReader
+
+    with pytest.raises(ValueError, match="latency_windows"):
+        AxiReader(fifo_depths=(256,), latency_windows=windows)
