@@ -59,6 +59,22 @@ def test_trigram_draft_sampling_equals_the_reference(model, temperature, top_p, 
     assert g.counters["decode_passes"] < N - 1          # drafts were accepted: the passes verified trees
 
 
+@pytest.mark.parametrize("temperature, top_p, seed", [(0.8, 1.0, 3), (0.7, 0.95, 9)])
+def test_count_guided_draft_sampling_equals_the_reference(model, temperature, top_p, seed):
+    """The count-guided tree rule under sampling: the host drafts K - 1 count-guided nodes per step, and
+    sim.run.sampling_reference (what `mmfree run --board sim` checks against) gives the same tokens."""
+    from mmfree.sim.run import sampling_reference
+
+    _, im, ids, table = model
+    g = _session(model).generate(ids, N, draft=DR.TrigramDrafter(table, tree_rule="count-guided"), k=K,
+                                 temperature=temperature, top_p=top_p, seed=seed)
+    assert g.tree_rule == "count-guided"
+    ref = speculative_generate(im, ids, N, temperature=temperature, top_p=top_p, seed=seed, table=table.copy(),
+                               tree_rule="count-guided", max_draft=K - 1, max_nodes=K - 1, log=lambda m: None)
+    assert g.tokens == ref.tokens == sampling_reference(im, ids, N, temperature, top_p, seed, table, K,
+                                                        "count-guided")
+
+
 def test_sampling_bad_input_and_onchip_refused(model):
     _, _, ids, table = model
     acc = _session(model)
