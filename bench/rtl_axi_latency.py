@@ -78,7 +78,8 @@ def measure(fifo: int, latency: int, beats: int, max_outstanding: int, adaptive:
     q = beats // 4                            # whole windows of beats: arrivals come in groups of `fifo`
     n = fifo * ((beats - 1 - q) // fifo) if beats - 1 - q >= fifo else beats - 1 - q
     rate = n / (arrivals[q + n] - arrivals[q])
-    return {"fifo": fifo, "adaptive": adaptive, "row_beats": row_beats, "max_outstanding": max_outstanding, "rd_latency": latency, "beats": beats,
+    return {"fifo": fifo, "adaptive": adaptive, "row_beats": row_beats, "max_outstanding": max_outstanding,
+            "rd_latency": latency, "beats": beats,
             "cycles": arrivals[-1], "steady_beats_per_cycle": round(rate, 4)}
 
 
