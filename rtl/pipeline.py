@@ -287,11 +287,18 @@ def bitlen_hits(nz: Value) -> list[Value]:
     return [nz[j] if j == n - 1 else nz[j] & (nz[j + 1:] == 0) for j in range(n)]
 
 
-def bitlen_pick(hits, gs: list[Value]) -> Value:
-    """The bitlen: the group value of the one-hot ``hits`` (0 when none is set), an AND-OR."""
-    res = Const(0, max(len(g) for g in gs))
-    for h, g in zip(hits, gs):
-        res = res | Mux(h, g, 0)
+def bitlen_pick(hits, gs: list[Value], tree: bool = False) -> Value:
+    """The bitlen: the group value of the one-hot ``hits`` (0 when none is set), an AND-OR; ``tree=True``
+    writes the OR as a balanced tree (a chain, as :meth:`Pipeline.bitlen` writes it, may be mapped as one)."""
+    w = max(len(g) for g in gs)
+    terms = [Mux(h, g, 0) for h, g in zip(hits, gs)]
+    if tree:
+        while len(terms) > 1:
+            terms = [terms[k] | terms[k + 1] if k + 1 < len(terms) else terms[k] for k in range(0, len(terms), 2)]
+        return terms[0][:w]
+    res = Const(0, w)
+    for t in terms:
+        res = res | t
     return res
 
 

@@ -265,7 +265,7 @@ class Reciprocal(wiring.Component):
                     m.d.sync += [nzP.eq(nzP_new)] + [r.eq(g) for r, g in zip(gP, gP_new)]
                     m.next = "BITLEN_P"
                 with m.State("BITLEN_P"):
-                    m.d.sync += blpr.eq(bitlen_pick(bitlen_hits(nzP), gP))
+                    m.d.sync += blpr.eq(bitlen_pick(bitlen_hits(nzP), gP, tree=True))
                     m.next = "REDUCE"
                 with m.State("REDUCE"):
                     m.d.sync += sp.eq(sp_new)
@@ -280,7 +280,7 @@ class Reciprocal(wiring.Component):
                     m.d.sync += [nzc.eq(nzc_new)] + [r.eq(g) for r, g in zip(gc, gc_new)]
                     m.next = "BITLEN"
                 with m.State("BITLEN"):
-                    m.d.sync += blr.eq(bitlen_pick(bitlen_hits(nzc), gc))
+                    m.d.sync += blr.eq(bitlen_pick(bitlen_hits(nzc), gc, tree=True))
                     m.next = "NSH"
                 with m.State("NSH"):       # the normalising shift amount, registered before the shift
                     m.d.sync += nshr.eq((W - blr).as_unsigned()[:width_for(W)])
