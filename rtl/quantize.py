@@ -206,8 +206,8 @@ class Reciprocal(wiring.Component):
 
     Sequential restoring division, one quotient bit per cycle: with ``P'`` normalised to
     ``Pn = P' << (W - bitlen(P'))`` in [2**(W-1), 2**W) (W = PC_WIDTH), ``R = (127 << (W + RECIP_EXTRA)) // Pn``
-    has ``R_WIDTH`` bits. Latency ``R_WIDTH + 4`` cycles (``pipelined``: seven more FSM states, so that no
-    step is more than a compare-and-subtract, an add, one shift or half a bitlen); one division at a time (it runs once per
+    has ``R_WIDTH`` bits. Latency ``R_WIDTH + 4`` cycles (``pipelined``: nine more FSM states, so that no
+    step is more than a compare-and-subtract, an add, one shift or a third of a bitlen); one division at a time (it runs once per
     vector).
 
     * ``i``: ``{P: unsigned(PMAX_WIDTH)}``;
@@ -240,7 +240,10 @@ class Reciprocal(wiring.Component):
         m.d.comb += [blp.eq(blpr if self.pipelined else bitlen(P)), bl.eq(blr if self.pipelined else bitlen(pc))]
         nzP_new, gP_new = bitlen_groups(P)      # pipelined: the two-step bitlens' group registers
         nzc_new, gc_new = bitlen_groups(pc)
-        nzP, nzc = Signal(len(nzP_new)), Signal(len(nzc_new))
+        nzP = Signal(len(nzP_new))
+        nzc = Signal(len(nzc_new))
+        hitP = Signal(len(nzP_new))     # the one-hot "highest nonzero byte", registered before the pick
+        hitc = Signal(len(nzc_new))
         gP = [Signal(len(g)) for g in gP_new]
         gc = [Signal(len(g)) for g in gc_new]
         nshr = Signal(width_for(W))       # pipelined: W - bitlen(pc), registered
@@ -263,9 +266,12 @@ class Reciprocal(wiring.Component):
             if self.pipelined:       # bitlen(P), sp, the shift and bitlen(pc) each in their own cycle
                 with m.State("GROUPS_P"):       # bitlen(P) in two steps: per byte, then the pick
                     m.d.sync += [nzP.eq(nzP_new)] + [r.eq(g) for r, g in zip(gP, gP_new)]
+                    m.next = "HITS_P"
+                with m.State("HITS_P"):
+                    m.d.sync += hitP.eq(Cat(*bitlen_hits(nzP)))
                     m.next = "BITLEN_P"
                 with m.State("BITLEN_P"):
-                    m.d.sync += blpr.eq(bitlen_pick(bitlen_hits(nzP), gP, tree=True))
+                    m.d.sync += blpr.eq(bitlen_pick(hitP, gP, tree=True))
                     m.next = "REDUCE"
                 with m.State("REDUCE"):
                     m.d.sync += sp.eq(sp_new)
@@ -278,9 +284,12 @@ class Reciprocal(wiring.Component):
                     m.next = "GROUPS"
                 with m.State("GROUPS"):         # bitlen(pc) in two steps, as bitlen(P)
                     m.d.sync += [nzc.eq(nzc_new)] + [r.eq(g) for r, g in zip(gc, gc_new)]
+                    m.next = "HITS"
+                with m.State("HITS"):
+                    m.d.sync += hitc.eq(Cat(*bitlen_hits(nzc)))
                     m.next = "BITLEN"
                 with m.State("BITLEN"):
-                    m.d.sync += blr.eq(bitlen_pick(bitlen_hits(nzc), gc, tree=True))
+                    m.d.sync += blr.eq(bitlen_pick(hitc, gc, tree=True))
                     m.next = "NSH"
                 with m.State("NSH"):       # the normalising shift amount, registered before the shift
                     m.d.sync += nshr.eq((W - blr).as_unsigned()[:width_for(W)])
