@@ -148,23 +148,19 @@ class Pipeline:
         if not split or w <= group:
             self[out] = bitlen(v)
             return
-        groups = [v[lo:min(lo + group, w)] for lo in range(0, w, group)]
-        out_w = width_for(w)
-        n = len(groups)
-        self[f"{out}_nz"] = Cat(*[g != 0 for g in groups])
-        for j, g in enumerate(groups):        # bitlen within the group, offset by the group's position
-            self[f"{out}_g{j}"] = Mux(g != 0, (bitlen(g) + j * group)[:out_w], 0)
+        nzv, gs = bitlen_groups(v, group)
+        n = len(gs)
+        self[f"{out}_nz"] = nzv
+        for j, g in enumerate(gs):
+            self[f"{out}_g{j}"] = g
         self.next()
         nz = self[f"{out}_nz"]
-        hits = [nz[j] if j == n - 1 else nz[j] & (nz[j + 1:] == 0) for j in range(n)]    # one-hot
+        hits = bitlen_hits(nz)
         if hit_stage:
             self[f"{out}_hit"] = Cat(*hits)
             self.next()
             hits = list(self[f"{out}_hit"])
-        res = Const(0, out_w)
-        for j in range(n):                    # group j is the highest nonzero one
-            res = res | Mux(hits[j], self[f"{out}_g{j}"], 0)
-        self[out] = res
+        self[out] = bitlen_pick(hits, [self[f"{out}_g{j}"] for j in range(n)])
 
     def stage(self, split: bool) -> None:
         """:meth:`next` when ``split`` (a register a pipelined variant adds), nothing otherwise."""
@@ -274,6 +270,38 @@ def bitlen(x: Value) -> Value:
     return Mux(hi != 0, (bitlen(hi) + half)[:out_w], bitlen(lo))
 
 
+def bitlen_groups(x: Value, group: int = 8) -> tuple[Value, list[Value]]:
+    """First half of a two-step bitlen of an unsigned ``x``: per ``group``-bit group (from the bottom) a
+    nonzero flag (``nz``, one bit per group) and the group's bitlen plus its offset (0 for a zero group),
+    each ``width_for(len(x))`` bits. :func:`bitlen_hits` then :func:`bitlen_pick` finish it."""
+    x = Value.cast(x)
+    w = len(x)
+    groups = [x[lo:min(lo + group, w)] for lo in range(0, w, group)]
+    gs = [Mux(g != 0, (bitlen(g) + j * group)[:width_for(w)], 0) for j, g in enumerate(groups)]
+    return Cat(*[g != 0 for g in groups]), gs
+
+
+def bitlen_hits(nz: Value) -> list[Value]:
+    """One-hot "highest nonzero group" bits from :func:`bitlen_groups`'s ``nz``."""
+    n = len(nz)
+    return [nz[j] if j == n - 1 else nz[j] & (nz[j + 1:] == 0) for j in range(n)]
+
+
+def bitlen_pick(hits, gs: list[Value], tree: bool = False) -> Value:
+    """The bitlen: the group value of the one-hot ``hits`` (0 when none is set), an AND-OR; ``tree=True``
+    writes the OR as a balanced tree (a chain, as :meth:`Pipeline.bitlen` writes it, may be mapped as one)."""
+    w = max(len(g) for g in gs)
+    terms = [Mux(h, g, 0) for h, g in zip(hits, gs)]
+    if tree:
+        while len(terms) > 1:
+            terms = [terms[k] | terms[k + 1] if k + 1 < len(terms) else terms[k] for k in range(0, len(terms), 2)]
+        return terms[0][:w]
+    res = Const(0, w)
+    for t in terms:
+        res = res | t
+    return res
+
+
 def clamp_max(x: Value, hi: int) -> Value:
     """min(x, hi) for an unsigned ``x``, in ``width_for(hi)`` bits."""
     x = Value.cast(x)
@@ -294,5 +322,5 @@ def check_int(*args) -> int:
     return value
 
 
-__all__ = ["MUL_CHUNK", "ROM_ATTRS", "Pipeline", "absval", "bitlen", "check_int", "clamp_max", "rshift_round", "saturate",
+__all__ = ["MUL_CHUNK", "ROM_ATTRS", "Pipeline", "absval", "bitlen", "bitlen_groups", "bitlen_hits", "bitlen_pick", "check_int", "clamp_max", "rshift_round", "saturate",
            "to_signed", "width_for"]

@@ -36,7 +36,8 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from mmfree.pymodel import numerics as N
-from mmfree.rtl.pipeline import ROM_ATTRS, Pipeline, absval, bitlen, rshift_round, saturate, to_signed, width_for
+from mmfree.rtl.pipeline import (ROM_ATTRS, Pipeline, absval, bitlen, bitlen_groups, bitlen_hits, bitlen_pick,
+                                 rshift_round, saturate, to_signed, width_for)
 
 # ---- widths of the stream fields (all derived from the numerics spec) -----------------------------------
 #: A BitLinear input u: int64 (int32 activations or products of two, |u| <= 2**62).
@@ -205,8 +206,8 @@ class Reciprocal(wiring.Component):
 
     Sequential restoring division, one quotient bit per cycle: with ``P'`` normalised to
     ``Pn = P' << (W - bitlen(P'))`` in [2**(W-1), 2**W) (W = PC_WIDTH), ``R = (127 << (W + RECIP_EXTRA)) // Pn``
-    has ``R_WIDTH`` bits. Latency ``R_WIDTH + 4`` cycles (``pipelined``: five more FSM states, so that no
-    step is more than a compare-and-subtract, an add or one shift); one division at a time (it runs once per
+    has ``R_WIDTH`` bits. Latency ``R_WIDTH + 4`` cycles (``pipelined``: nine more FSM states, so that no
+    step is more than a compare-and-subtract, an add, one shift or a third of a bitlen); one division at a time (it runs once per
     vector).
 
     * ``i``: ``{P: unsigned(PMAX_WIDTH)}``;
@@ -237,6 +238,14 @@ class Reciprocal(wiring.Component):
         blr = Signal(width_for(W))
         blpr = Signal(width_for(PMAX_WIDTH))
         m.d.comb += [blp.eq(blpr if self.pipelined else bitlen(P)), bl.eq(blr if self.pipelined else bitlen(pc))]
+        nzP_new, gP_new = bitlen_groups(P)      # pipelined: the two-step bitlens' group registers
+        nzc_new, gc_new = bitlen_groups(pc)
+        nzP = Signal(len(nzP_new))
+        nzc = Signal(len(nzc_new))
+        hitP = Signal(len(nzP_new))     # the one-hot "highest nonzero byte", registered before the pick
+        hitc = Signal(len(nzc_new))
+        gP = [Signal(len(g)) for g in gP_new]
+        gc = [Signal(len(g)) for g in gc_new]
         nshr = Signal(width_for(W))       # pipelined: W - bitlen(pc), registered
         nsh = nshr if self.pipelined else (W - bl).as_unsigned()[:width_for(W)]
         Ph = Signal(PMAX_WIDTH + 1)       # pipelined: P + 2**(sp-1), registered (rshift_round's add)
@@ -253,10 +262,16 @@ class Reciprocal(wiring.Component):
                 m.d.comb += self.i.ready.eq(1)
                 with m.If(self.i.valid):
                     m.d.sync += P.eq(self.i.payload.P)
-                    m.next = "BITLEN_P" if self.pipelined else "REDUCE"
+                    m.next = "GROUPS_P" if self.pipelined else "REDUCE"
             if self.pipelined:       # bitlen(P), sp, the shift and bitlen(pc) each in their own cycle
+                with m.State("GROUPS_P"):       # bitlen(P) in two steps: per byte, then the pick
+                    m.d.sync += [nzP.eq(nzP_new)] + [r.eq(g) for r, g in zip(gP, gP_new)]
+                    m.next = "HITS_P"
+                with m.State("HITS_P"):
+                    m.d.sync += hitP.eq(Cat(*bitlen_hits(nzP)))
+                    m.next = "BITLEN_P"
                 with m.State("BITLEN_P"):
-                    m.d.sync += blpr.eq(bitlen(P))
+                    m.d.sync += blpr.eq(bitlen_pick(hitP, gP, tree=True))
                     m.next = "REDUCE"
                 with m.State("REDUCE"):
                     m.d.sync += sp.eq(sp_new)
@@ -266,9 +281,15 @@ class Reciprocal(wiring.Component):
                     m.next = "SHIFT"
                 with m.State("SHIFT"):
                     m.d.sync += pc.eq((Ph >> sp)[:W])
+                    m.next = "GROUPS"
+                with m.State("GROUPS"):         # bitlen(pc) in two steps, as bitlen(P)
+                    m.d.sync += [nzc.eq(nzc_new)] + [r.eq(g) for r, g in zip(gc, gc_new)]
+                    m.next = "HITS"
+                with m.State("HITS"):
+                    m.d.sync += hitc.eq(Cat(*bitlen_hits(nzc)))
                     m.next = "BITLEN"
                 with m.State("BITLEN"):
-                    m.d.sync += blr.eq(bitlen(pc))
+                    m.d.sync += blr.eq(bitlen_pick(hitc, gc, tree=True))
                     m.next = "NSH"
                 with m.State("NSH"):       # the normalising shift amount, registered before the shift
                     m.d.sync += nshr.eq((W - blr).as_unsigned()[:width_for(W)])
