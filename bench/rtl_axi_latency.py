@@ -47,7 +47,7 @@ def measure(fifo: int, latency: int, beats: int, max_outstanding: int) -> dict:
                     n_left = queue[0][1] if queue else 0
 
     async def client(ctx):
-        cmd, dat = dut.c0_cmd, dut.c0_data
+        cmd, dat = dut.cmd[0], dut.data[0]
         ctx.set(cmd.payload.addr, 0x1000)
         ctx.set(cmd.payload.beats, beats)
         ctx.set(cmd.valid, 1)
