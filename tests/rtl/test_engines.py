@@ -9,14 +9,14 @@ import random
 
 import numpy as np
 import pytest
-from amaranth import Module
+from amaranth import Module, signed
 from amaranth.lib import wiring
 from amaranth.sim import Simulator
 
 from mmfree.pymodel import numerics as N
 from mmfree.rtl import isa as I
 from mmfree.rtl import regmap as RM
-from mmfree.rtl.buffers import NormTrack
+from mmfree.rtl.buffers import HWrite, NormTrack
 from mmfree.rtl.compiler import HwConfig
 from mmfree.rtl.engines import FILL_BUFS, LoadEngine, StoreEngine
 from mmfree.rtl.matvec import beats_per_row
@@ -194,6 +194,38 @@ def test_load_engine_hroot_writes_only_the_streams_roots(case):
     assert produced == expected
     assert any(expected) and not all(expected)
     assert fills == [[0] * (len(FILL_BUFS) + 1)] * len(loads)
+
+
+def test_h_write_merges_hroot_and_hgrn_with_hroot_first():
+    """HWrite: each token port writes when HGRN's port or HROOT's enable for that token is set; while any HROOT
+    enable is set every port takes HROOT's address and word (main's datapath order), otherwise HGRN's."""
+    K = 3
+    dut = HWrite(K, signed(32), 64)
+    sim = Simulator(dut)                          # combinational: no clock
+    rng = random.Random(5)
+    seen = []
+
+    async def bench(ctx):
+        for _ in range(60):
+            hg = [(rng.random() < 0.5, rng.randrange(64), rng.randrange(-(1 << 31), 1 << 31)) for _ in range(K)]
+            root = (rng.randrange(1 << K) if rng.random() < 0.5 else 0, rng.randrange(64),
+                    rng.randrange(-(1 << 31), 1 << 31))
+            for t, (en, addr, value) in enumerate(hg):
+                ctx.set(dut.hgrn[t].en, en)
+                ctx.set(dut.hgrn[t].addr, addr)
+                ctx.set(dut.hgrn[t].data, value)
+            ctx.set(dut.root.en, root[0])
+            ctx.set(dut.root.addr, root[1])
+            ctx.set(dut.root.data, root[2])
+            await ctx.delay(1e-9)
+            got = [(ctx.get(dut.port[t].en), ctx.get(dut.port[t].addr), ctx.get(dut.port[t].data)) for t in range(K)]
+            want = [(int(hg[t][0] or bool(root[0] >> t & 1)),) + (root[1:] if root[0] else hg[t][1:]) for t in range(K)]
+            seen.append(got == want)
+            await ctx.delay(1e-8)
+
+    sim.add_testbench(bench)
+    sim.run()
+    assert all(seen) and len(seen) == 60
 
 
 # ---- store -----------------------------------------------------------------------------------------------
