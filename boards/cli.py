@@ -288,13 +288,13 @@ def _run_pynq_sim(args, prompt, draft) -> int:
     """``--board pynq-sim``: ``pynq.Overlay`` of a simulated build (``--bitstream``, or the simulator's default
     build) on the simulated pynq device (:func:`mmfree.boards.pynq.sim_overlay`), then pynq's own DefaultIP / MMIO
     / allocate / Interrupt; the tokens checked against IntModel greedy decoding, or with ``--temperature`` against
-    the reference's seeded sampling (:func:`mmfree.sim.run.sampling_reference`; prompt-lookup drafts: not checked,
+    the reference's seeded sampling (:func:`mmfree.sim.run.expected_tokens`; prompt-lookup drafts: not checked,
     as ``--board sim``)."""
     from mmfree.boards.accelerator import Accelerator
     from mmfree.boards.pynq import sim_overlay
     from mmfree.host.session import open_model
     from mmfree.pymodel.drafters import TrigramDrafter
-    from mmfree.sim.run import greedy_reference, sampling_reference
+    from mmfree.sim.run import expected_tokens
 
     model = open_model(args.model)
     compiled, im, tok_dir = model
@@ -307,14 +307,13 @@ def _run_pynq_sim(args, prompt, draft) -> int:
             waits = "interrupt" if acc.transport.irq is not None else "polling STATUS"
     res = dict(g.as_dict(), board="pynq-sim", overlay=str(ov.bitfile_name), ip=type(ip).__name__, wait=waits,
                interrupts=interrupts)
-    if im is not None and not (args.temperature and draft == "lookup"):
-        if not args.temperature:
-            ref, what = greedy_reference(im, g.prompt, args.tokens), "IntModel greedy"
-        else:
-            table = TrigramDrafter.for_model(im, None, tok_dir, log=lambda m: None).table if draft == "trigram" else None
-            ref = sampling_reference(im, g.prompt, args.tokens, args.temperature, args.top_p, args.seed, table, g.k,
-                                     g.tree_rule)
-            what = f"IntModel sampling (seed {args.seed})"
+    ref = None
+    if im is not None:
+        table = (TrigramDrafter.for_model(im, None, tok_dir, log=lambda m: None).table
+                 if args.temperature and draft == "trigram" else None)
+        ref, what = expected_tokens(im, g.prompt, args.tokens, args.temperature, args.top_p, args.seed, draft, table,
+                                    g.k, g.tree_rule)
+    if ref is not None:
         res.update(bit_exact=g.tokens == ref, reference_tokens=ref,
                    problems=[] if g.tokens == ref else [f"tokens {g.tokens} differ from {what} {ref}"])
     _print_run(res, args)
