@@ -109,6 +109,21 @@ def place(mems, family: str) -> dict:
     return out
 
 
+def _init_is_zero(memory) -> bool:
+    """Whether every initial element of an ``amaranth.lib.memory.Memory`` is zero (plain integers, or the
+    elements of a shape-castable ``shape`` such as a ``data.StructLayout``, whose unset elements are None)."""
+    from amaranth.hdl import Const, ShapeCastable
+
+    shape = memory.shape
+    for v in memory.init:
+        if isinstance(shape, ShapeCastable):
+            if Const.cast(shape.const(v)).value != 0:
+                return False
+        elif v is not None and int(v) != 0:
+            return False
+    return True
+
+
 class StylePlatform:
     """An Amaranth platform stand-in for ``verilog.convert(..., platform=StylePlatform(family))``: every
     ``amaranth.lib.memory.Memory`` of the design passes through :meth:`get_memory` (the hook Amaranth's
@@ -123,8 +138,7 @@ class StylePlatform:
         from amaranth.hdl import Shape
         from amaranth.lib.memory import Memory
 
-        init = memory.init
-        zero = all(int(v) == 0 for v in init) if len(init) else True
+        zero = _init_is_zero(memory)
         sync = sum(1 for p in memory.read_ports if p.domain != "comb")
         where = memory.src_loc[0].rsplit("/", 1)[-1] + f":{memory.src_loc[1]}" if memory.src_loc else "?"
         mem = Mem(where, memory.depth, Shape.cast(memory.shape).width, sync_reads=sync,

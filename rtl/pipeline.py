@@ -322,5 +322,5 @@ def check_int(*args) -> int:
     return value
 
 
-__all__ = ["MUL_CHUNK", "ROM_ATTRS", "Pipeline", "absval", "bitlen", "bitlen_groups", "bitlen_hits", "bitlen_pick", "check_int", "clamp_max", "rshift_round", "saturate",
-           "to_signed", "width_for"]
+__all__ = ["MUL_CHUNK", "ROM_ATTRS", "Pipeline", "absval", "bitlen", "bitlen_groups", "bitlen_hits", "bitlen_pick",
+           "check_int", "clamp_max", "rshift_round", "saturate", "to_signed", "width_for"]

@@ -36,8 +36,19 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from mmfree.pymodel import numerics as N
-from mmfree.rtl.pipeline import (ROM_ATTRS, Pipeline, absval, bitlen, bitlen_groups, bitlen_hits, bitlen_pick,
-                                 rshift_round, saturate, to_signed, width_for)
+from mmfree.rtl.pipeline import (
+    ROM_ATTRS,
+    Pipeline,
+    absval,
+    bitlen,
+    bitlen_groups,
+    bitlen_hits,
+    bitlen_pick,
+    rshift_round,
+    saturate,
+    to_signed,
+    width_for,
+)
 
 # ---- widths of the stream fields (all derived from the numerics spec) -----------------------------------
 #: A BitLinear input u: int64 (int32 activations or products of two, |u| <= 2**62).

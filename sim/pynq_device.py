@@ -163,6 +163,201 @@ def read_sim_bitstream(path) -> dict:
     return rec
 
 
+class _SimDevice:
+    """The simulated device's behaviour (module docstring); :func:`_device_class` mixes it into a
+    ``pynq.Device`` subclass, so pynq is imported only when a device is made."""
+
+    def __init__(self, hw: HwConfig | None = None, csr_base: int = CSR_BASE, mem_base: int = MEM_BASE,
+                 mem_size: int = MEM_SIZE):
+        super().__init__("mmfree-pynq-sim")
+        self.name = "mmfree-pynq-sim"
+        self.mem_base, self.mem_size, self.csr_base = mem_base, mem_size, csr_base
+        self.lock = threading.RLock()
+        self.board, self.intc, self.intc_base, self.uio, self._uio_ctl = None, None, None, None, None
+        self.pending, self.build, self.bitfile_name, self.timestamp = None, None, None, ""
+        self.ip_dict, self.mem_dict, self.gpio_dict, self.interrupt_pins = {}, {}, {}, {}
+        self.interrupt_controllers, self.hierarchy_dict = {}, {}
+        if hw is not None:
+            self._program(hw, csr_base)
+            self.timestamp = "mmfree-pynq-sim"
+
+    # ---- programming: Overlay(X.bit) -------------------------------------------------------------------
+    def get_bitfile_metadata(self, bitfile_name: str, partial: bool = False):
+        """pynq's own parser of the ``.hwh`` beside ``bitfile_name`` (``RuntimeMetadataParser``, as
+        ``pynq.Overlay`` uses on a board)."""
+        from pynq.pl_server.embedded_device import RuntimeMetadataParser
+        from pynqmetadata.frontends import Metadata
+
+        hwh = Path(bitfile_name).with_suffix(".hwh")
+        if not hwh.is_file():
+            raise MmfreeError(f"{hwh.name} is missing next to {bitfile_name}")
+        parser = RuntimeMetadataParser(Metadata(input=hwh))
+        parser.refresh_hierarchy_dict()
+        return parser
+
+    def download(self, bitstream, parser=None):
+        """"Program" the simulated logic from a simulated build's ``.bit`` (:func:`read_sim_bitstream`) at the
+        addresses ``parser`` (the ``.hwh``) gives, attach the interrupt, then pynq's ``post_download``."""
+        rec = read_sim_bitstream(bitstream.bitfile_name)
+        parser = parser or self.get_bitfile_metadata(bitstream.bitfile_name)
+        vln = RM.VLNV.rpartition(":")[0]
+        accel = [v for v in parser.ip_dict.values() if str(v.get("type", "")).startswith(vln)]
+        if not accel:
+            raise MmfreeError(f"{bitstream.bitfile_name}: its .hwh has no {RM.VLNV} IP")
+        self.close()
+        self._program(rec["hwconfig"], int(accel[0]["phys_addr"]))
+        self.build = rec
+        intcs = [v for v in parser.ip_dict.values() if str(v.get("type", "")).startswith("xilinx.com:ip:axi_intc")]
+        if intcs and parser.interrupt_controllers:
+            self.intc, self.intc_base = AxiIntc(), int(intcs[0]["phys_addr"])
+            raw = next(iter(parser.interrupt_controllers.values()))["raw_irq"]
+            self._attach_uio(raw)
+        self.post_download(bitstream, parser)
+
+    def _program(self, hw: HwConfig, csr_base: int) -> None:
+        from mmfree.sim.emulator import EmulatedBoard
+
+        with self.lock:
+            self.board = EmulatedBoard(hw, mem_base=self.mem_base, mem_size=self.mem_size)
+            self.csr_base, self.pending, self._next = csr_base, None, self.mem_base
+            self.intc, self.intc_base = None, None
+
+    def _attach_uio(self, raw_irq: int) -> None:
+        """The UIO node of the PS interrupt line: a pty (:class:`PtyUio`) opened by pynq's ``UioController`` on
+        the current event loop (the one pynq's Interrupt waits on), registered for ``raw_irq``."""
+        import asyncio
+
+        from pynq.interrupt import _InterruptController
+        from pynq.uio import UioController
+
+        self.uio = PtyUio(self._on_uio_enable)
+        self._uio_ctl = UioController(self.uio.path)
+        self._uio_loop, self._raw_irq = asyncio.get_event_loop(), raw_irq
+        _InterruptController._uio_devices[raw_irq] = self._uio_ctl
+
+    def close(self) -> None:
+        """Detach the interrupt node (pynq's reader, the pty, its thread); the device stays usable by polling."""
+        from pynq.interrupt import _InterruptController
+
+        ctl, self._uio_ctl = self._uio_ctl, None
+        if ctl is not None:
+            if _InterruptController._uio_devices.get(self._raw_irq) is ctl:
+                del _InterruptController._uio_devices[self._raw_irq]
+            if not self._uio_loop.is_closed():
+                self._uio_loop.remove_reader(ctl.uio)     # pynq's UioController.__del__ closes its file
+        uio, self.uio = self.uio, None
+        if uio is not None:
+            uio.close()
+
+    # ---- the interrupt ---------------------------------------------------------------------------------
+    def _on_uio_enable(self) -> None:
+        with self.lock:
+            if self.uio is not None:
+                self.uio.enabled = True
+            self._finish_pending()                 # the host waits: the pass runs
+            self._update_irq()
+
+    def _update_irq(self) -> None:
+        if self.intc is None or self.board is None:
+            return
+        self.intc.sample(bool(self.board.csr["IRQ_STATUS"] & 1))
+        if self.intc.output and self.uio is not None:
+            self.uio.deliver()
+
+    # ---- the accelerator's passes ----------------------------------------------------------------------
+    def _finish_pending(self) -> None:
+        if self.pending is not None:
+            value, self.pending = self.pending, None
+            self.board.csr["STATUS"] = 0
+            self.board.write32(RM.OFFSET["CONTROL"], value)
+
+    def _accel_write(self, off: int, value: int) -> None:
+        if off == RM.OFFSET["CONTROL"]:
+            if value & RM.CTRL_SOFT_RESET:
+                self.pending = None
+            if value & (RM.CTRL_START | RM.CTRL_GENERATE):
+                self.board.write32(off, value & ~(RM.CTRL_START | RM.CTRL_GENERATE))
+                self.pending = value & ~RM.CTRL_SOFT_RESET
+                self.board.csr["STATUS"] = RM.STAT_BUSY
+                return
+        self.board.write32(off, value)
+
+    def _accel_read(self, off: int) -> int:
+        if off == RM.OFFSET["STATUS"]:
+            self._finish_pending()                 # the host polls: the pass runs
+        return self.board.read32(off) & 0xFFFFFFFF
+
+    # ---- MMIO (REGISTER_RW) ----------------------------------------------------------------------------
+    def _target(self, address: int, length: int):
+        """(kind, offset) of an MMIO access: "accel", "intc" or "ps"; MmfreeError outside them."""
+        if self.board is not None and self.csr_base <= address < self.csr_base + (1 << RM.CSR_ADDR_BITS):
+            kind, off, size = "accel", address - self.csr_base, 1 << RM.CSR_ADDR_BITS
+        elif self.intc is not None and self.intc_base <= address < self.intc_base + 0x1_0000:
+            kind, off, size = "intc", address - self.intc_base, 0x1_0000
+        elif any(b <= address < b + n for b, n in PS_CLOCK_WINDOWS):
+            kind, off, size = "ps", address, 1 << 64
+        else:
+            kind, off, size = None, 0, 0
+        if kind is None or length % 4 or off % 4 or (kind != "ps" and off + length > size):
+            raise MmfreeError(f"MMIO access [{address:#x}, +{length}) is outside the accelerator's 32-bit "
+                              f"registers at {self.csr_base:#x} (and the simulated device's other registers)")
+        return kind, off
+
+    def read_registers(self, address: int, length: int) -> bytes:
+        with self.lock:
+            kind, off = self._target(address, length)
+            words = []
+            for i in range(0, length, 4):
+                if kind == "accel":
+                    words.append(self._accel_read(off + i))
+                elif kind == "intc":
+                    self._update_irq()
+                    words.append(self.intc.read(off + i))
+                else:
+                    words.append(_ps_regs().get(off + i, 0))
+            self._update_irq()
+            return b"".join(struct.pack("<I", w & 0xFFFFFFFF) for w in words)
+
+    def write_registers(self, address: int, data: bytes) -> None:
+        with self.lock:
+            kind, off = self._target(address, len(data))
+            for i in range(0, len(data), 4):
+                v = struct.unpack_from("<I", data, i)[0]
+                if kind == "accel":
+                    self._accel_write(off + i, v)
+                elif kind == "intc":
+                    self.intc.write(off + i, v)
+                else:
+                    _ps_regs()[off + i] = v
+                self._update_irq()
+
+    # ---- DDR (pynq.allocate) ---------------------------------------------------------------------------
+    def allocate(self, shape, dtype, **kwargs):
+        """A ``PynqBuffer`` (host memory, cacheable) at the next free simulated DDR address, 4 KiB aligned."""
+        import numpy as np
+
+        if self.board is None:
+            raise MmfreeError("no overlay is loaded on the simulated pynq device: pynq.Overlay(X.bit) first")
+        from pynq.buffer import PynqBuffer
+
+        buf = PynqBuffer(shape, dtype, device=self, device_address=self._next, bo=self._next, coherent=False)
+        lo, hi = self.board.mem_window
+        if self._next + buf.nbytes > hi:
+            raise MmfreeError(f"the simulated DDR ({(hi - lo) >> 20} MiB) cannot hold another "
+                              f"{buf.nbytes / 2**20:.1f} MiB buffer")
+        self._next = -(-(self._next + buf.nbytes) // 4096) * 4096
+        np.asarray(buf)[...] = 0
+        return buf
+
+    def flush(self, bo, offset, ptr, size):
+        with self.lock:
+            self.board.write_mem(bo + offset, ctypes.string_at(ptr, size))
+
+    def invalidate(self, bo, offset, ptr, size):
+        with self.lock:
+            ctypes.memmove(ptr, self.board.read_mem(bo + offset, size), size)
+
+
 def _device_class():
     """Define (once) the ``pynq.Device`` subclass; pynq is imported only here."""
     global _DEVICE_CLASS
@@ -174,205 +369,17 @@ def _device_class():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             import pynq
-            from pynq.buffer import PynqBuffer
+            import pynq.buffer  # noqa: F401  (the device's allocate returns its PynqBuffer)
     except ImportError:
         raise MmfreeError("--board pynq-sim runs pynq's own MMIO and allocate: pip install pynq "
                           "(pip install -e '.[board]')") from None
     from pynq.ps import ZU_ARCH
 
-    class SimPynqDevice(pynq.Device):
+    class SimPynqDevice(_SimDevice, pynq.Device):
         """The accelerator's CSRs, its interrupt and DDR behind pynq's device interface (module docstring)."""
 
         capabilities = {"REGISTER_RW": True}
         arch = ZU_ARCH                     # pynq's Clocks then drives the ZynqMP clock registers
-
-        def __init__(self, hw: HwConfig | None = None, csr_base: int = CSR_BASE, mem_base: int = MEM_BASE,
-                     mem_size: int = MEM_SIZE):
-            super().__init__("mmfree-pynq-sim")
-            self.name = "mmfree-pynq-sim"
-            self.mem_base, self.mem_size, self.csr_base = mem_base, mem_size, csr_base
-            self.lock = threading.RLock()
-            self.board, self.intc, self.intc_base, self.uio, self._uio_ctl = None, None, None, None, None
-            self.pending, self.build, self.bitfile_name, self.timestamp = None, None, None, ""
-            self.ip_dict, self.mem_dict, self.gpio_dict, self.interrupt_pins = {}, {}, {}, {}
-            self.interrupt_controllers, self.hierarchy_dict = {}, {}
-            if hw is not None:
-                self._program(hw, csr_base)
-                self.timestamp = "mmfree-pynq-sim"
-
-        # ---- programming: Overlay(X.bit) -------------------------------------------------------------------
-        def get_bitfile_metadata(self, bitfile_name: str, partial: bool = False):
-            """pynq's own parser of the ``.hwh`` beside ``bitfile_name`` (``RuntimeMetadataParser``, as
-            ``pynq.Overlay`` uses on a board)."""
-            from pynq.pl_server.embedded_device import RuntimeMetadataParser
-            from pynqmetadata.frontends import Metadata
-
-            hwh = Path(bitfile_name).with_suffix(".hwh")
-            if not hwh.is_file():
-                raise MmfreeError(f"{hwh.name} is missing next to {bitfile_name}")
-            parser = RuntimeMetadataParser(Metadata(input=hwh))
-            parser.refresh_hierarchy_dict()
-            return parser
-
-        def download(self, bitstream, parser=None):
-            """"Program" the simulated logic from a simulated build's ``.bit`` (:func:`read_sim_bitstream`) at the
-            addresses ``parser`` (the ``.hwh``) gives, attach the interrupt, then pynq's ``post_download``."""
-            rec = read_sim_bitstream(bitstream.bitfile_name)
-            parser = parser or self.get_bitfile_metadata(bitstream.bitfile_name)
-            vln = RM.VLNV.rpartition(":")[0]
-            accel = [v for v in parser.ip_dict.values() if str(v.get("type", "")).startswith(vln)]
-            if not accel:
-                raise MmfreeError(f"{bitstream.bitfile_name}: its .hwh has no {RM.VLNV} IP")
-            self.close()
-            self._program(rec["hwconfig"], int(accel[0]["phys_addr"]))
-            self.build = rec
-            intcs = [v for v in parser.ip_dict.values() if str(v.get("type", "")).startswith("xilinx.com:ip:axi_intc")]
-            if intcs and parser.interrupt_controllers:
-                self.intc, self.intc_base = AxiIntc(), int(intcs[0]["phys_addr"])
-                raw = next(iter(parser.interrupt_controllers.values()))["raw_irq"]
-                self._attach_uio(raw)
-            self.post_download(bitstream, parser)
-
-        def _program(self, hw: HwConfig, csr_base: int) -> None:
-            from mmfree.sim.emulator import EmulatedBoard
-
-            with self.lock:
-                self.board = EmulatedBoard(hw, mem_base=self.mem_base, mem_size=self.mem_size)
-                self.csr_base, self.pending, self._next = csr_base, None, self.mem_base
-                self.intc, self.intc_base = None, None
-
-        def _attach_uio(self, raw_irq: int) -> None:
-            """The UIO node of the PS interrupt line: a pty (:class:`PtyUio`) opened by pynq's ``UioController`` on
-            the current event loop (the one pynq's Interrupt waits on), registered for ``raw_irq``."""
-            import asyncio
-
-            from pynq.interrupt import _InterruptController
-            from pynq.uio import UioController
-
-            self.uio = PtyUio(self._on_uio_enable)
-            self._uio_ctl = UioController(self.uio.path)
-            self._uio_loop, self._raw_irq = asyncio.get_event_loop(), raw_irq
-            _InterruptController._uio_devices[raw_irq] = self._uio_ctl
-
-        def close(self) -> None:
-            """Detach the interrupt node (pynq's reader, the pty, its thread); the device stays usable by polling."""
-            from pynq.interrupt import _InterruptController
-
-            ctl, self._uio_ctl = self._uio_ctl, None
-            if ctl is not None:
-                if _InterruptController._uio_devices.get(self._raw_irq) is ctl:
-                    del _InterruptController._uio_devices[self._raw_irq]
-                if not self._uio_loop.is_closed():
-                    self._uio_loop.remove_reader(ctl.uio)     # pynq's UioController.__del__ closes its file
-            uio, self.uio = self.uio, None
-            if uio is not None:
-                uio.close()
-
-        # ---- the interrupt ---------------------------------------------------------------------------------
-        def _on_uio_enable(self) -> None:
-            with self.lock:
-                if self.uio is not None:
-                    self.uio.enabled = True
-                self._finish_pending()                 # the host waits: the pass runs
-                self._update_irq()
-
-        def _update_irq(self) -> None:
-            if self.intc is None or self.board is None:
-                return
-            self.intc.sample(bool(self.board.csr["IRQ_STATUS"] & 1))
-            if self.intc.output and self.uio is not None:
-                self.uio.deliver()
-
-        # ---- the accelerator's passes ----------------------------------------------------------------------
-        def _finish_pending(self) -> None:
-            if self.pending is not None:
-                value, self.pending = self.pending, None
-                self.board.csr["STATUS"] = 0
-                self.board.write32(RM.OFFSET["CONTROL"], value)
-
-        def _accel_write(self, off: int, value: int) -> None:
-            if off == RM.OFFSET["CONTROL"]:
-                if value & RM.CTRL_SOFT_RESET:
-                    self.pending = None
-                if value & (RM.CTRL_START | RM.CTRL_GENERATE):
-                    self.board.write32(off, value & ~(RM.CTRL_START | RM.CTRL_GENERATE))
-                    self.pending = value & ~RM.CTRL_SOFT_RESET
-                    self.board.csr["STATUS"] = RM.STAT_BUSY
-                    return
-            self.board.write32(off, value)
-
-        def _accel_read(self, off: int) -> int:
-            if off == RM.OFFSET["STATUS"]:
-                self._finish_pending()                 # the host polls: the pass runs
-            return self.board.read32(off) & 0xFFFFFFFF
-
-        # ---- MMIO (REGISTER_RW) ----------------------------------------------------------------------------
-        def _target(self, address: int, length: int):
-            """(kind, offset) of an MMIO access: "accel", "intc" or "ps"; MmfreeError outside them."""
-            if self.board is not None and self.csr_base <= address < self.csr_base + (1 << RM.CSR_ADDR_BITS):
-                kind, off, size = "accel", address - self.csr_base, 1 << RM.CSR_ADDR_BITS
-            elif self.intc is not None and self.intc_base <= address < self.intc_base + 0x1_0000:
-                kind, off, size = "intc", address - self.intc_base, 0x1_0000
-            elif any(b <= address < b + n for b, n in PS_CLOCK_WINDOWS):
-                kind, off, size = "ps", address, 1 << 64
-            else:
-                kind, off, size = None, 0, 0
-            if kind is None or length % 4 or off % 4 or (kind != "ps" and off + length > size):
-                raise MmfreeError(f"MMIO access [{address:#x}, +{length}) is outside the accelerator's 32-bit "
-                                  f"registers at {self.csr_base:#x} (and the simulated device's other registers)")
-            return kind, off
-
-        def read_registers(self, address: int, length: int) -> bytes:
-            with self.lock:
-                kind, off = self._target(address, length)
-                words = []
-                for i in range(0, length, 4):
-                    if kind == "accel":
-                        words.append(self._accel_read(off + i))
-                    elif kind == "intc":
-                        self._update_irq()
-                        words.append(self.intc.read(off + i))
-                    else:
-                        words.append(_ps_regs().get(off + i, 0))
-                self._update_irq()
-                return b"".join(struct.pack("<I", w & 0xFFFFFFFF) for w in words)
-
-        def write_registers(self, address: int, data: bytes) -> None:
-            with self.lock:
-                kind, off = self._target(address, len(data))
-                for i in range(0, len(data), 4):
-                    v = struct.unpack_from("<I", data, i)[0]
-                    if kind == "accel":
-                        self._accel_write(off + i, v)
-                    elif kind == "intc":
-                        self.intc.write(off + i, v)
-                    else:
-                        _ps_regs()[off + i] = v
-                    self._update_irq()
-
-        # ---- DDR (pynq.allocate) ---------------------------------------------------------------------------
-        def allocate(self, shape, dtype, **kwargs):
-            """A ``PynqBuffer`` (host memory, cacheable) at the next free simulated DDR address, 4 KiB aligned."""
-            import numpy as np
-
-            if self.board is None:
-                raise MmfreeError("no overlay is loaded on the simulated pynq device: pynq.Overlay(X.bit) first")
-            buf = PynqBuffer(shape, dtype, device=self, device_address=self._next, bo=self._next, coherent=False)
-            lo, hi = self.board.mem_window
-            if self._next + buf.nbytes > hi:
-                raise MmfreeError(f"the simulated DDR ({(hi - lo) >> 20} MiB) cannot hold another "
-                                  f"{buf.nbytes / 2**20:.1f} MiB buffer")
-            self._next = -(-(self._next + buf.nbytes) // 4096) * 4096
-            np.asarray(buf)[...] = 0
-            return buf
-
-        def flush(self, bo, offset, ptr, size):
-            with self.lock:
-                self.board.write_mem(bo + offset, ctypes.string_at(ptr, size))
-
-        def invalidate(self, bo, offset, ptr, size):
-            with self.lock:
-                ctypes.memmove(ptr, self.board.read_mem(bo + offset, size), size)
 
     _DEVICE_CLASS = SimPynqDevice
     return SimPynqDevice

@@ -48,6 +48,19 @@ def sampling_reference(im, prompt: list[int], n_tokens: int, temperature: float,
                                 table=table.copy(), log=lambda m: None, **shape).tokens
 
 
+def expected_tokens(im, prompt: list[int], n_tokens: int, temperature: float, top_p: float, seed: int,
+                    draft: str | None, table=None, k: int = 1, tree_rule: str | None = None):
+    """(tokens, what they are) that a run must produce: IntModel greedy decoding, or with ``temperature`` > 0
+    :func:`sampling_reference` (``table`` the drafter's start table for trigram drafts). A sampled prompt-lookup
+    run has no reference: (None, None)."""
+    if not temperature:
+        return greedy_reference(im, prompt, n_tokens), "IntModel greedy decoding"
+    if draft == "lookup":
+        return None, None
+    return (sampling_reference(im, prompt, n_tokens, temperature, top_p, seed, table, k, tree_rule),
+            f"IntModel sampling (temperature {temperature:g}, top-p {top_p:g}, seed {seed})")
+
+
 def run_sim(model="default", prompt="def ", n_tokens: int = 8, draft: str | None = None, k: int | None = None,
             table=None, inject: list[dict] | None = None, write_logits: bool = True, timeout_s: float = 60.0,
             hw: HwConfig | None = None, progress=None, workdir=None, onchip: bool = False,
@@ -147,14 +160,9 @@ def run_sim(model="default", prompt="def ", n_tokens: int = 8, draft: str | None
             res = run_job(job, hw=hw, workdir=Path(workdir) if workdir else td / "run", progress=progress)
     passes = passes_from_result(res)
     ok, problems = replay_and_compare(im, [p for p in passes if not p.get("onchip")])
-    if not temperature:
-        ref = greedy_reference(im, ids, n_tokens)
-        what = "IntModel greedy decoding"
-    elif draft != "lookup":
-        ref = sampling_reference(im, ids, n_tokens, temperature, top_p, seed, start_table, k, tree_rule)
-        what = f"IntModel sampling (temperature {temperature:g}, top-p {top_p:g}, seed {seed})"
-    else:
-        ref, what = res["tokens"], None
+    ref, what = expected_tokens(im, ids, n_tokens, temperature, top_p, seed, draft, start_table, k, tree_rule)
+    if ref is None:                     # a sampled prompt-lookup run: no reference to compare with
+        ref = res["tokens"]
     if res["tokens"] != ref:
         ok = False
         problems.insert(0, f"tokens {res['tokens']} differ from {what} {ref}")

@@ -108,6 +108,29 @@ def test_run_pynq_sim_through_pynq_itself(capsys, extra):
     assert vars(pynq.Device).get("_active_device") is before
 
 
+@pytest.mark.parametrize("extra", [[], ["--draft", "trigram", "--k", "4"],
+                                   ["--draft", "trigram", "--k", "4", "--tree-rule", "count-guided"]])
+def test_run_pynq_sim_samples_like_the_reference(capsys, extra):
+    """--board pynq-sim --temperature/--top-p/--seed: the host samples from the passes' logits through pynq's stack,
+    token for token what the integer reference samples with the same seed (plain, template and count-guided trees)."""
+    pytest.importorskip("pynq")
+    from mmfree.pymodel.drafters import TrigramDrafter
+    from mmfree.pymodel.intmodel import open_int_model
+    from mmfree.pymodel.tokenizer import load_tokenizer
+    from mmfree.sim.run import greedy_reference, sampling_reference
+
+    rc = main(["run", "--board", "pynq-sim", "--prompt", "def ", "--tokens", "10", "--json", "--temperature", "0.9",
+               "--top-p", "0.95", "--seed", "5", *extra])
+    res = json.loads(capsys.readouterr().out)
+    im, tok_dir = open_int_model("default")
+    ids = load_tokenizer(tok_dir).encode("def ")
+    table = TrigramDrafter.for_model(im, None, tok_dir, log=lambda m: None).table if extra else None
+    rule = "count-guided" if "count-guided" in extra else None
+    ref = sampling_reference(im, ids, 10, 0.9, 0.95, 5, table, 4 if extra else 1, rule)
+    assert rc == 0 and res["bit_exact"] is True and res["tokens"] == ref == res["reference_tokens"]
+    assert ref != greedy_reference(im, ids, 10)           # the run sampled
+
+
 def test_run_sim_refuses_bad_prompts_before_simulating(capsys, monkeypatch):
     import mmfree.sim.accel as SA
 

@@ -94,3 +94,15 @@ def test_parse_stat_counts_uram():
 
     c = parse_stat("   Number of cells:  10\n     URAM288                         3\n     RAMB36E2   2\n     LUT6 5\n")
     assert (c["URAM"], c["BRAM"], c["LUT"]) == (3, 2, 5)
+
+
+def test_zero_init_of_plain_and_struct_memories():
+    """Unset elements of a struct-shaped memory (None) count as zero; any set bit makes the init non-zero."""
+    from amaranth.lib import data
+    from amaranth.lib.memory import Memory
+
+    lay = data.StructLayout({"a": 4, "b": 8})
+    assert MS._init_is_zero(Memory(shape=lay, depth=4, init=[]))
+    assert not MS._init_is_zero(Memory(shape=lay, depth=4, init=[{"a": 0, "b": 3}]))
+    assert MS._init_is_zero(Memory(shape=8, depth=4, init=[0, 0]))
+    assert not MS._init_is_zero(Memory(shape=8, depth=4, init=[0, 5]))
