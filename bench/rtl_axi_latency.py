@@ -30,7 +30,7 @@ def measure(fifo: int, latency: int, beats: int, max_outstanding: int, adaptive:
 
     windows = {0: (min(fifo, PARAMS.WEIGHT_WINDOW_BASE), PARAMS.READ_WINDOW_MARGIN)} if adaptive else None
     dut = AxiReader(addr_width=32, bus_bytes=16, fifo_depths=(fifo,), max_burst=16, max_outstanding=max_outstanding,
-                    latency_windows=windows, row_clients=(0,) if row_beats else ())
+                    latency_windows=windows, row_clients=1 if row_beats else 0)
     sim = Simulator(dut)
     sim.add_clock(1e-8)
     axi, arrivals = dut.axi, []
@@ -55,7 +55,7 @@ def measure(fifo: int, latency: int, beats: int, max_outstanding: int, adaptive:
                     n_left = queue[0][1] if queue else 0
 
     async def client(ctx):
-        cmd, dat = dut.c0_cmd, dut.c0_data
+        cmd, dat = dut.client_cmd(0), dut.data[0]
         ctx.set(cmd.payload.addr, 0x1000)
         ctx.set(cmd.payload.beats, row_beats or beats)
         if row_beats:

@@ -38,25 +38,10 @@ NUMERICS_MODES = ("fake", "hardware")
 
 
 # ---------------------------------------------------------------------------------------------
-# quantizers (official fake quantization, straight-through)
+# the quantized linear (the official fake quantization, straight-through):
+#   activation_quant(y) = round(y * s).clamp(-128, 127) / s with s = 127 / max|y| per token (int8 absmax),
+#   weight_quant(w) = round(w / a).clamp(-1, 1) * a with a = mean|w| per tensor (ternary)
 # ---------------------------------------------------------------------------------------------
-def activation_quant(y: torch.Tensor) -> torch.Tensor:
-    """Per-token absmax int8 fake quantization: ``round(y * s).clamp(-128, 127) / s``, s = 127/max|y|."""
-    scale = 127.0 / y.abs().amax(dim=-1, keepdim=True).clamp(min=1e-5)
-    return (y * scale).round().clamp(-128, 127) / scale
-
-
-def weight_quant(w: torch.Tensor) -> torch.Tensor:
-    """Per-tensor ternary fake quantization: ``round(w / a).clamp(-1, 1) * a``, a = mean|w|."""
-    scale = 1.0 / w.abs().mean().clamp(min=1e-5)
-    return (w * scale).round().clamp(-1, 1) / scale
-
-
-def ste(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """Forward ``q``, backward identity to ``x``."""
-    return x + (q - x).detach()
-
-
 class TernaryLinearSTE(torch.autograd.Function):
     """``activation_quant(y) @ weight_quant(w).T`` computed on the integer codes, straight-through backward.
 

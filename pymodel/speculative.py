@@ -109,6 +109,32 @@ def accept_walk(toks, parents, pick, emit=None) -> tuple[list[int], int, bool]:
 
 
 # ---- which table ------------------------------------------------------------------------------------------------
+def guided_greedy_passes(table: TG.TrigramTable, context: list[int], tokens: list[int], n_nodes: int):
+    """The on-chip draft-verify loop with count-guided trees (``GEN_DRAFT.tree = COUNT_GUIDED``), replayed from
+    the greedy tokens it must emit: ``context`` ends with ``tokens[0]`` (the token the host emitted before the
+    loop) and ``table`` has learned it; every pass drafts ``draft_tree_guided(table, a, b, n_nodes)`` from the
+    last two tokens, the walk accepts a drafted child when it is the next of ``tokens``, and the table learns
+    each emitted token. Returns ``(log, table)``: every pass's ``(tokens, parents)`` and the adapted copy of
+    ``table`` (the argument is not changed)."""
+    t, seq, out, log = table.copy(), list(context), list(tokens[:1]), []
+    while len(out) < len(tokens):
+        toks, parents = TG.draft_tree_guided(t, seq[-2], seq[-1], n_nodes)
+        log.append((toks, parents))
+
+        def pick(node, cands):
+            tok = tokens[len(out)]
+            return tok, cands.index(tok) if tok in cands else -1
+
+        def emit(tok):
+            t.update(seq[-2], seq[-1], tok)
+            seq.append(tok)
+            out.append(tok)
+            return len(out) == len(tokens)
+
+        accept_walk(toks, parents, pick, emit)
+    return log, t
+
+
 def _cache_path(vocab: int, tok_sha: str) -> Path:
     from mmfree.config import cache_dir
 

@@ -83,8 +83,8 @@ class AxiReader(wiring.Component):
 
     Parameters: ``addr_width``; ``bus_bytes`` (data width / 8: 8 or 16); ``fifo_depths``: one data FIFO
     depth (beats) per client, each at least ``max_burst``; ``max_burst`` (beats, a power of two <= 256;
-    16 is the safe choice on Zynq HP ports); ``max_outstanding`` bursts in flight; ``row_clients``: indices
-    of clients whose commands are strided (:func:`row_cmd_layout`) instead of :func:`cmd_layout`;
+    16 is the safe choice on Zynq HP ports); ``max_outstanding`` bursts in flight; ``row_clients``: how many
+    of the clients, the last ones, take strided commands (:func:`row_cmd_layout`) instead of :func:`cmd_layout`;
     ``latency_windows``: ``{client: (base, margin)}``, clients whose read window (beats stored + in flight;
     otherwise the FIFO depth) follows the read latency: ``base`` beats until the reader has measured the
     latency, then the measured latency + ``margin`` rounded up to ``max_burst``, between ``base`` and the
@@ -93,13 +93,15 @@ class AxiReader(wiring.Component):
     the window at ``base``, a long one gets the beats in flight that cover it.
 
     Ports: ``axi`` (the AR and R members of :func:`axi4_signature` are used, AW/W/B are left to
-    :class:`AxiWriter`); per client ``c<i>_cmd`` (in) and ``c<i>_data`` (out); ``abort`` (in): cancel
+    :class:`AxiWriter`); ``cmd[i]`` (in): the command stream of plain client ``i`` (``i`` below
+    ``n - row_clients``); ``row_cmd[j]`` (in): the command stream of strided client ``n - row_clients + j``;
+    ``data[i]`` (out): client ``i``'s beats (``i`` in ``0..n-1``, the priority order); ``abort`` (in): cancel
     every command and issue nothing more; ``quiet`` (out): no burst outstanding and none being issued;
     ``error`` (out, sticky): an R beat carried SLVERR/DECERR; ``beats`` (out): a pulse per R beat.
     """
 
     def __init__(self, addr_width: int = 40, bus_bytes: int = 16, fifo_depths=(32,), max_burst: int = 16,
-                 max_outstanding: int = 16, id_width: int = 1, row_clients=(), latency_windows=None):
+                 max_outstanding: int = 16, id_width: int = 1, row_clients: int = 0, latency_windows=None):
         check_int("bus_bytes", bus_bytes, "8 or 16", lambda v: v in (8, 16))
         check_int("max_burst", max_burst, f"one of {MAX_BURST_LEGAL}", lambda v: v in MAX_BURST_LEGAL)
         check_int("addr_width", addr_width, "an integer in 13..64", lambda v: 13 <= v <= 64)
@@ -109,21 +111,26 @@ class AxiReader(wiring.Component):
                              f"got {fifo_depths!r}")
         self.addr_width, self.bus_bytes, self.max_burst = addr_width, bus_bytes, max_burst
         self.fifo_depths, self.max_outstanding, self.id_width = list(fifo_depths), max_outstanding, id_width
-        self.row_clients = frozenset(row_clients)
-        if not self.row_clients <= set(range(len(self.fifo_depths))):
-            raise ValueError(f"row_clients must be client indices below {len(self.fifo_depths)}, got {sorted(row_clients)}")
+        n = len(self.fifo_depths)
+        check_int("row_clients", row_clients, f"an integer in 0..{n} (the last clients of fifo_depths)",
+                  lambda v: 0 <= v <= n)
+        self.row_clients, self.n_plain = row_clients, n - row_clients
         self.latency_windows = dict(latency_windows or {})
         for i, (base, margin) in self.latency_windows.items():
-            if i not in range(len(self.fifo_depths)) or not max_burst <= base <= self.fifo_depths[i] or margin < 0:
+            if i not in range(n) or not max_burst <= base <= self.fifo_depths[i] or margin < 0:
                 raise ValueError(f"latency_windows[{i}] = ({base}, {margin}): the client must exist, its base must be in "
                                  f"max_burst..its FIFO depth and its margin >= 0")
-        members = {"axi": Out(axi4_signature(addr_width, 8 * bus_bytes, id_width)),
-                   "abort": In(1), "quiet": Out(1), "error": Out(1), "beats": Out(1)}
-        for i in range(len(fifo_depths)):
-            lay = row_cmd_layout(addr_width) if i in self.row_clients else cmd_layout(addr_width)
-            members[f"c{i}_cmd"] = In(stream.Signature(lay))
-            members[f"c{i}_data"] = Out(stream.Signature(unsigned(8 * bus_bytes)))
-        super().__init__(members)
+        super().__init__({
+            "axi": Out(axi4_signature(addr_width, 8 * bus_bytes, id_width)),
+            "abort": In(1), "quiet": Out(1), "error": Out(1), "beats": Out(1),
+            "cmd": In(stream.Signature(cmd_layout(addr_width))).array(self.n_plain),
+            "row_cmd": In(stream.Signature(row_cmd_layout(addr_width))).array(row_clients),
+            "data": Out(stream.Signature(unsigned(8 * bus_bytes))).array(n),
+        })
+
+    def client_cmd(self, i: int):
+        """Client ``i``'s command stream: ``cmd[i]`` or, for a strided client, ``row_cmd[i - n_plain]``."""
+        return self.cmd[i] if i < self.n_plain else self.row_cmd[i - self.n_plain]
 
     def elaborate(self, platform):
         m = Module()
@@ -140,7 +147,7 @@ class AxiReader(wiring.Component):
             f = fifo.SyncFIFOBuffered(width=8 * bb, depth=depth)
             m.submodules[f"fifo{i}"] = f
             fifos.append(f)
-            cmd, out = getattr(self, f"c{i}_cmd"), getattr(self, f"c{i}_data")
+            cmd, out = self.client_cmd(i), self.data[i]
             m.d.comb += [out.payload.eq(f.r_data), out.valid.eq(f.r_rdy), f.r_en.eq(out.ready)]
             res = Signal(range(depth + 1), name=f"reserved{i}")
             act = Signal(name=f"active{i}")
@@ -178,11 +185,11 @@ class AxiReader(wiring.Component):
         # ---- per-client command state ----------------------------------------------------------------------
         rfire = axi.rvalid & axi.rready
         for i in range(n):
-            cmd = getattr(self, f"c{i}_cmd")
+            cmd = self.client_cmd(i)
             took = issue & (pick == i)
             arrived = rfire & (tags.r_data == i) & tags.r_rdy
             m.d.sync += reserved[i].eq(reserved[i] + Mux(took, lens[i], 0) - arrived)
-            if i in self.row_clients:
+            if i >= self.n_plain:
                 # strided: `left` counts the current row's beats; the next row starts `stride` after this one
                 row_addr = Signal(self.addr_width, name=f"row_addr{i}")
                 rows_left, bpr = Signal(32, name=f"rows_left{i}"), Signal(BEATS_WIDTH, name=f"bpr{i}")

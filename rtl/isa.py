@@ -63,19 +63,15 @@ PER_TOKEN = {BUF_X, BUF_A, BUF_H, BUF_T0, BUF_T1, BUF_T2}
 # every token whose tree parent is ``-1 - s`` (a root of stream s, s >= 1); the MLGRU update of such a root reads
 # it there instead of H0 (multi-stream passes, docs/accelerator.md).
 LD_H0, LD_LB, LD_NORM, LD_HROOT = 0, 1, 2, 3
-LOAD_DESTS = ("H0", "LB", "NORM", "HROOT")
 #: Most streams one program serves (the header's ``streams``; LOAD ``stream`` is 4 bits).
 MAX_STREAMS = 16
 # STORE sources (operand A)
 ST_H, ST_T0, ST_T1, ST_ARG = 0, 1, 2, 3
-STORE_SRCS = ("H", "T0", "T1", "ARG")
 STORE_IF_LOGITS = 1         # STORE operand B bit 0: only when FLAGS.WRITE_LOGITS is set
 # quantizer sources (operand A of QSTATS/QCODES)
 SRC_X, SRC_A = 0, 1
-QSRCS = ("X", "A")
 # ternary-engine epilogues (MATVEC ``epi``) and head flags (MATVEC ``flags``)
 EPI_STORE, EPI_GLU, EPI_RESID, EPI_HEAD = 0, 1, 2, 3
-EPILOGUES = ("STORE", "GLU", "RESID", "HEAD")
 HEAD_FIRST = 1              # first chunk of the head: restart the running argmax
 HEAD_LAST = 2               # last chunk: the argmax of every token is final (ARG written)
 PREFETCHED = 4              # the rows were requested by the oldest unmatched PREFETCH (same operands)
@@ -83,7 +79,6 @@ PREFETCHED = 4              # the rows were requested by the oldest unmatched PR
 PREFETCH_DEPTH = 4
 # MATVEC destinations (operand C bits 7:4) for STORE/HEAD epilogues
 DST_T0, DST_T1, DST_T2 = 0, 1, 2
-MV_DSTS = ("T0", "T1", "T2")
 #: Projection slots (SETC, QSTATS outputs, QCODES, MATVEC dequantisation) and code banks.
 SLOTS = 3
 BANKS = 3
@@ -230,10 +225,6 @@ class Instr:
 
     def __str__(self) -> str:
         return self.op + " " + ", ".join(f"{k}={v}" for k, v in self.args.items() if v or k in ("offset",))
-
-
-def opcode_of(raw: bytes) -> int:
-    return raw[0]
 
 
 @dataclass(frozen=True)

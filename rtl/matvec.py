@@ -75,6 +75,12 @@ def beats_per_row(k: int, lanes: int) -> int:
     return N.row_bytes(k) * N.TRITS_PER_BYTE // lanes
 
 
+def act_layout(tokens: int, banks: int) -> data.StructLayout:
+    """The ``act`` stream's payload: ``{code: tokens x signed(8), en: tokens bits, bank, first}``."""
+    return data.StructLayout({"code": data.ArrayLayout(CODE, tokens), "en": unsigned(tokens),
+                              "bank": unsigned(width_for(banks - 1)), "first": 1})
+
+
 class TernaryMatVec(wiring.Component):
     """Ternary matrix times k int8 code vectors, one weight beat per cycle (see the module docstring).
 
@@ -107,8 +113,7 @@ class TernaryMatVec(wiring.Component):
         self.words = beats_per_row(max_k, lanes)          # beat positions per bank
         self.word_bits = max(1, ceil_log2(self.words))
         self.bank_bits = width_for(banks - 1)
-        self.ACT = data.StructLayout({"code": data.ArrayLayout(CODE, tokens), "en": unsigned(tokens),
-                                      "bank": unsigned(self.bank_bits), "first": 1})
+        self.ACT = act_layout(tokens, banks)
         self.CMD = data.StructLayout({"rows": unsigned(width_for(max_rows)), "beats": unsigned(width_for(self.words)),
                                       "bank": unsigned(self.bank_bits)})
         self.OUT = data.StructLayout({"acc": data.ArrayLayout(signed(N.ACC_BITS), tokens * ways), "last": 1})

@@ -46,6 +46,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from mmfree import MmfreeError
+from mmfree.pymodel.layout import ALIGN as LAYOUT_ALIGN
+from mmfree.pymodel.layout import round_up
 
 #: Bumped when a register, bit or error code changes meaning. The driver refuses a bitstream whose
 #: VERSION register (or .hwh metadata) differs in the major number.
@@ -59,10 +61,9 @@ ID_MAGIC = 0x4D4D4652
 #: IP-XACT identity of the packaged accelerator (the PYNQ driver binds to it).
 VLNV = "mmfree.org:mmfree:mmfree_accel:1.0"
 
-#: Top-level port names of the accelerator module (Amaranth names signature members ``a__b``).
+#: Top-level port names of the accelerator module (Amaranth names signature members ``a__b``; clock ``clk``,
+#: active-high synchronous reset ``rst``).
 TOP_NAME = "mmfree_accel"
-PORT_CLK = "clk"
-PORT_RST = "rst"                 # active-high synchronous reset
 PORT_AXI_MASTER = "m_axi"        # AXI4 master to DDR: m_axi__araddr, m_axi__rdata, ...
 PORT_AXI_LITE = "s_axil"         # AXI4-Lite slave: s_axil__awaddr, ...
 PORT_IRQ = "irq"                 # level-high interrupt, cleared by writing IRQ_STATUS
@@ -77,7 +78,7 @@ def weight_port(p: int) -> str:
         raise ValueError(f"weight port must be in 1..{MAX_WEIGHT_PORTS - 1}, got {p}")
     return f"{PORT_AXI_MASTER}_w{p}"
 CSR_ADDR_BITS = 12               # 4 KiB register window
-ALIGN = 64                       # every base address must be a multiple of this
+ALIGN = LAYOUT_ALIGN             # every base address must be a multiple of this (pymodel.layout.ALIGN)
 
 
 class Access(str, enum.Enum):
@@ -399,7 +400,7 @@ def encode_hw_config(bus_bytes: int, lanes: int, max_tokens: int, weight_ports: 
 def state_stride(d: int, layers: int) -> int:
     """Bytes between consecutive positions in ``STATE_OUT``: one state (int32[L][d]) rounded up to ``ALIGN``,
     so the state after any position is itself a legal ``STATE_IN`` (commit a prefix without a copy)."""
-    return -(-4 * layers * d // ALIGN) * ALIGN
+    return round_up(4 * layers * d, ALIGN)
 
 
 def buffer_sizes(d: int, layers: int, vocab: int, k: int) -> dict[str, int]:

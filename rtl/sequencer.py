@@ -58,6 +58,25 @@ def fetch_layout(addr_width: int) -> data.StructLayout:
     return data.StructLayout({"addr": unsigned(addr_width), "rows": unsigned(32), "bpr": unsigned(16)})
 
 
+def datapath_signature(hw: HwConfig, addr_width: int) -> wiring.Signature:
+    """The sequencer -> datapath port, as the sequencer sees it: ``issue`` with ``dispatch`` (an instruction for
+    engine ``dispatch.engine``), ``fetch`` (weight fetches), the pass (``k``, ``write_logits``, ``tokens``,
+    ``parents``) and its constants (``act_frac``, ``c_m[p]``, ``c_e[p]``); back: ``done_pulse`` (one bit per
+    engine, :data:`~mmfree.rtl.decoder.ENGINE_ID` order), ``error`` / ``error_code`` (the datapath's sticky
+    error), ``arg_last`` (token k-1's argmax)."""
+    k = hw.max_tokens
+    return wiring.Signature({
+        "issue": Out(1), "dispatch": Out(dispatch_layout(addr_width)),
+        "fetch": Out(stream.Signature(fetch_layout(addr_width))),
+        "k": Out(range(k + 1)), "write_logits": Out(1),
+        "tokens": Out(data.ArrayLayout(unsigned(32), k)),
+        "parents": Out(data.ArrayLayout(signed(width_for(k) + 1), k)),
+        "act_frac": Out(8),
+        "c_m": Out(data.ArrayLayout(unsigned(32), I.SLOTS)), "c_e": Out(data.ArrayLayout(signed(32), I.SLOTS)),
+        "done_pulse": In(len(ENGINES)), "error": In(1), "error_code": In(32), "arg_last": In(32),
+    })
+
+
 class Sequencer(wiring.Component):
     """Run control + fetch/decode/check/dispatch (see the module docstring)."""
 
@@ -65,7 +84,6 @@ class Sequencer(wiring.Component):
         self.hw, self.addr_width = hw, addr_width
         k = hw.max_tokens
         self.kbits = width_for(k)
-        self.DISPATCH = dispatch_layout(addr_width)
         regs = {"reg_" + n.lower(): In(64) for n in RM.ADDRESS_REGS}
         super().__init__({
             **regs,
@@ -78,20 +96,9 @@ class Sequencer(wiring.Component):
             "ctl_data": In(stream.Signature(unsigned(8 * hw.bus_bytes))),
             # AXI engines
             "axi_abort": Out(1), "rd_quiet": In(1), "wr_quiet": In(1), "rd_error": In(1), "wr_error": In(1),
-            # datapath
-            "core_rst": Out(1),
-            "issue": Out(1), "dispatch": Out(self.DISPATCH),
-            # weight fetches (PREFETCH, or a MATVEC without one) for the ternary engine's weight queue
-            "fetch": Out(stream.Signature(fetch_layout(addr_width))),
-            "done_pulse": In(4),                     # one per engine (ENGINES order), in completion order
-            "dp_error": In(1), "dp_error_code": In(32),
-            "k": Out(range(k + 1)), "tree": Out(1), "write_logits": Out(1),
-            "tokens": Out(data.ArrayLayout(unsigned(32), k)),
-            "parents": Out(data.ArrayLayout(signed(self.kbits + 1), k)),
-            "act_frac": Out(8),
-            "c_m": Out(data.ArrayLayout(unsigned(32), I.SLOTS)),
-            "c_e": Out(data.ArrayLayout(signed(32), I.SLOTS)),
-            "dp_arg_last": In(32),
+            # the datapath (fetch: PREFETCH, or a MATVEC without one, for the ternary engine's weight queue)
+            "core_rst": Out(1), "tree": Out(1),
+            "dp": Out(datapath_signature(hw, addr_width)),
             # the draft-verify loop's passes: tokens and parents from the loop, not from TOKENS / PARENTS
             "ext": In(1), "ext_tokens": In(data.ArrayLayout(unsigned(32), k)),
             "ext_parents": In(data.ArrayLayout(signed(self.kbits + 1), k)),
@@ -112,15 +119,15 @@ class Sequencer(wiring.Component):
         s.ctl, s.dec, s.sb, s.pq, s.run_start = ctl, dec, sb, pq, run_start
         s.pq_head = data.View(PREFETCH_ENTRY, pq.r_data)
         m.d.comb += [dec.ir.eq(s.ir), dec.k.eq(s.k), dec.write_logits.eq(s.wlog), sb.clear.eq(run_start),
-                     sb.done_pulse.eq(self.done_pulse), sb.engine.eq(dec.engine), sb.rmask.eq(dec.rmask),
-                     sb.wmask.eq(dec.wmask), self.issue.eq(sb.issue)]
+                     sb.done_pulse.eq(self.dp.done_pulse), sb.engine.eq(dec.engine), sb.rmask.eq(dec.rmask),
+                     sb.wmask.eq(dec.wmask), self.dp.issue.eq(sb.issue)]
         for i, r in enumerate(s.regs):
             m.d.comb += dec.bases[i].eq(r)
-        d = self.dispatch
+        d, fetch = self.dp.dispatch, self.dp.fetch
         m.d.comb += [d.engine.eq(dec.engine), d.op.eq(s.ir.opcode), d.ir.eq(s.ir), d.addr.eq(s.addr_r[:self.addr_width]),
                      d.bpr.eq(s.bpr), d.skip_store.eq(dec.skip_store),
-                     self.fetch.payload.addr.eq(s.addr_r[:self.addr_width]), self.fetch.payload.rows.eq(dec.rows),
-                     self.fetch.payload.bpr.eq(s.bpr),
+                     fetch.payload.addr.eq(s.addr_r[:self.addr_width]), fetch.payload.rows.eq(dec.rows),
+                     fetch.payload.bpr.eq(s.bpr),
                      pq.w_data.eq(Cat(s.addr_r, dec.rows, dec.count))]
         with m.If(self.soft_reset & s.busy):
             m.d.sync += s.stop_requested.eq(1)
@@ -148,13 +155,13 @@ class Sequencer(wiring.Component):
             regs=[getattr(self, "reg_" + n.lower()) for n in RM.ADDRESS_REGS])
         m.d.comb += [self.busy.eq(s.busy), self.done.eq(s.done), self.error.eq(s.err), self.error_code.eq(s.code),
                      self.pc.eq(s.pc), self.cycles.eq(s.cycles), self.argmax.eq(s.argmax),
-                     self.finished.eq(s.finished), self.k.eq(s.k), self.tree.eq(s.tree),
-                     self.write_logits.eq(s.wlog), self.act_frac.eq(s.act_frac), self.core_rst.eq(s.core_rst),
+                     self.finished.eq(s.finished), self.dp.k.eq(s.k), self.tree.eq(s.tree),
+                     self.dp.write_logits.eq(s.wlog), self.dp.act_frac.eq(s.act_frac), self.core_rst.eq(s.core_rst),
                      self.axi_abort.eq(s.abort)]
         for t in range(K):
-            m.d.comb += [self.tokens[t].eq(s.tokens[t]), self.parents[t].eq(s.parents[t])]
+            m.d.comb += [self.dp.tokens[t].eq(s.tokens[t]), self.dp.parents[t].eq(s.parents[t])]
         for p in range(I.SLOTS):
-            m.d.comb += [self.c_m[p].eq(s.c_m[p]), self.c_e[p].eq(s.c_e[p])]
+            m.d.comb += [self.dp.c_m[p].eq(s.c_m[p]), self.dp.c_e[p].eq(s.c_e[p])]
         m.d.sync += [s.finished.eq(0), s.core_rst.eq(0)]
         with m.If(s.busy):
             m.d.sync += s.cycles.eq(s.cycles + 1)
@@ -180,8 +187,8 @@ class Sequencer(wiring.Component):
         error response (in this order); the body runs only when none is pending."""
         with m.If(s.stop_requested):
             m.next = "ABORT"
-        with m.Elif(self.dp_error):
-            s.fail(self.dp_error_code[:8], self.dp_error_code[8:32])
+        with m.Elif(self.dp.error):
+            s.fail(self.dp.error_code[:8], self.dp.error_code[8:32])
         with m.Elif(self.rd_error | self.wr_error):
             s.fail(RM.ERR_AXI)
         with m.Else():
@@ -327,7 +334,7 @@ class Sequencer(wiring.Component):
         with m.State("QUIESCE"):
             m.d.comb += s.abort.eq(1)
             with m.If(self.rd_quiet & self.wr_quiet):
-                m.d.sync += [s.busy.eq(0), s.done.eq(1), s.finished.eq(1), s.argmax.eq(self.dp_arg_last)]
+                m.d.sync += [s.busy.eq(0), s.done.eq(1), s.finished.eq(1), s.argmax.eq(self.dp.arg_last)]
                 m.next = "IDLE"
         with m.State("ABORT"):
             m.d.comb += s.abort.eq(1)
@@ -341,7 +348,7 @@ class Sequencer(wiring.Component):
     def _dispatch(self, m, s, prefetched):
         """WAIT, no abort pending: HALT drains; SYNC waits for every engine; PREFETCH queues its rows; any other
         instruction goes when the scoreboard sees no hazard and its engine has room (SETC / SETF run here)."""
-        dec, sb, op, opc, fetch = s.dec, s.sb, s.ir.opcode, I.OPCODE, self.fetch
+        dec, sb, op, opc, fetch = s.dec, s.sb, s.ir.opcode, I.OPCODE, self.dp.fetch
         raw = (dec.rmask & sb.inflight_wr & ~sum(1 << b for b in I.STREAMED)) != 0
         war = (dec.wmask & (sb.inflight_rd | sb.inflight_wr)) != 0
         next_instr = [s.pc.eq(s.pc + I.INSTR_BYTES)]

@@ -72,11 +72,11 @@ class MmfreeAccel(wiring.Component):
         m.submodules.gen = gen = GenLoop(hw, self.addr_width)
         m.submodules.seq = seq = Sequencer(hw, self.addr_width)
         rd = AxiReader(self.addr_width, hw.bus_bytes, fifo_depths=P.MAIN_READER_FIFO_DEPTHS,
-                       max_burst=self.max_burst, max_outstanding=self.max_outstanding, row_clients=(CLIENT_W,),
+                       max_burst=self.max_burst, max_outstanding=self.max_outstanding, row_clients=1,
                        latency_windows={CLIENT_W: (P.WEIGHT_WINDOW_BASE, P.READ_WINDOW_MARGIN)})
         # weight ports 1..P-1: a reader each, one strided client (the rows p, p + P, ... of every matrix)
         wrd = [AxiReader(self.addr_width, hw.bus_bytes, fifo_depths=(P.WEIGHT_CLIENT_FIFO,), max_burst=self.max_burst,
-                         max_outstanding=self.max_outstanding, row_clients=(0,),
+                         max_outstanding=self.max_outstanding, row_clients=1,
                          latency_windows={0: (P.WEIGHT_WINDOW_BASE, P.READ_WINDOW_MARGIN)})
                for _ in range(1, hw.weight_ports)]
         wr = AxiWriter(self.addr_width, hw.bus_bytes, max_burst=self.max_burst)
@@ -95,12 +95,13 @@ class MmfreeAccel(wiring.Component):
 
         # ---- sequencer / loop <-> AXI engines: the control client is the sequencer's while it runs -----------------
         sel = seq.busy
-        m.d.comb += [rd.c0_cmd.valid.eq(Mux(sel, seq.ctl_cmd.valid, gen.rd_cmd.valid)),
-                     rd.c0_cmd.payload.eq(Mux(sel, seq.ctl_cmd.payload, gen.rd_cmd.payload)),
-                     seq.ctl_cmd.ready.eq(sel & rd.c0_cmd.ready), gen.rd_cmd.ready.eq(~sel & rd.c0_cmd.ready),
-                     seq.ctl_data.payload.eq(rd.c0_data.payload), gen.rd_data.payload.eq(rd.c0_data.payload),
-                     seq.ctl_data.valid.eq(sel & rd.c0_data.valid), gen.rd_data.valid.eq(~sel & rd.c0_data.valid),
-                     rd.c0_data.ready.eq(Mux(sel, seq.ctl_data.ready, gen.rd_data.ready))]
+        ctl_cmd, ctl_data = rd.cmd[CLIENT_CTL], rd.data[CLIENT_CTL]
+        m.d.comb += [ctl_cmd.valid.eq(Mux(sel, seq.ctl_cmd.valid, gen.rd_cmd.valid)),
+                     ctl_cmd.payload.eq(Mux(sel, seq.ctl_cmd.payload, gen.rd_cmd.payload)),
+                     seq.ctl_cmd.ready.eq(sel & ctl_cmd.ready), gen.rd_cmd.ready.eq(~sel & ctl_cmd.ready),
+                     seq.ctl_data.payload.eq(ctl_data.payload), gen.rd_data.payload.eq(ctl_data.payload),
+                     seq.ctl_data.valid.eq(sel & ctl_data.valid), gen.rd_data.valid.eq(~sel & ctl_data.valid),
+                     ctl_data.ready.eq(Mux(sel, seq.ctl_data.ready, gen.rd_data.ready))]
         abort = seq.axi_abort | gen.axi_abort
         rd_quiet, rd_error = rd.quiet, rd.error
         for r in wrd:
@@ -189,21 +190,17 @@ class MmfreeAccel(wiring.Component):
         """Sequencer <-> datapath, the datapath's DMA clients to the readers, the write master shared by the stores
         and the loop."""
         dp, gen, m, rd, sel, seq, wr, wrd = v.dp, v.gen, v.m, v.rd, v.sel, v.seq, v.wr, v.wrd
-        m.d.comb += [dp.issue.eq(seq.issue), dp.dispatch.eq(seq.dispatch), seq.done_pulse.eq(dp.done_pulse),
-                     seq.dp_error.eq(dp.error), seq.dp_error_code.eq(dp.error_code), dp.k.eq(seq.k),
-                     dp.write_logits.eq(seq.write_logits), dp.tokens.eq(seq.tokens), dp.parents.eq(seq.parents),
-                     dp.act_frac.eq(seq.act_frac), dp.c_m.eq(seq.c_m), dp.c_e.eq(seq.c_e),
-                     seq.dp_arg_last.eq(dp.arg_last), dp.wr_quiet.eq(wr.quiet)]
-        wiring.connect(m, dp.vec_cmd, rd.c1_cmd)
-        wiring.connect(m, rd.c1_data, dp.vec_data)
-        wiring.connect(m, dp.load_cmd, rd.c2_cmd)
-        wiring.connect(m, rd.c2_data, dp.load_data)
-        wiring.connect(m, seq.fetch, dp.fetch)
-        wiring.connect(m, dp.w0_cmd, rd.c3_cmd)
-        wiring.connect(m, rd.c3_data, dp.w0_data)
-        for p, r in enumerate(wrd, start=1):
-            wiring.connect(m, getattr(dp, f"w{p}_cmd"), r.c0_cmd)
-            wiring.connect(m, r.c0_data, getattr(dp, f"w{p}_data"))
+        wiring.connect(m, seq.dp, dp.ctl)
+        m.d.comb += dp.wr_quiet.eq(wr.quiet)
+        wiring.connect(m, dp.vec_cmd, rd.cmd[CLIENT_VEC])
+        wiring.connect(m, rd.data[CLIENT_VEC], dp.vec_data)
+        wiring.connect(m, dp.load_cmd, rd.cmd[CLIENT_LOAD])
+        wiring.connect(m, rd.data[CLIENT_LOAD], dp.load_data)
+        wiring.connect(m, dp.w_cmd[0], rd.row_cmd[0])          # weight port 0: the main reader's CLIENT_W
+        wiring.connect(m, rd.data[CLIENT_W], dp.w_data[0])
+        for p, r in enumerate(wrd, start=1):                    # weight port p: reader_w<p>'s only client
+            wiring.connect(m, dp.w_cmd[p], r.row_cmd[0])
+            wiring.connect(m, r.data[0], dp.w_data[p])
         # the write master: the datapath's stores during a pass, the loop's writes between passes
         m.d.comb += [wr.cmd.valid.eq(Mux(sel, dp.st_cmd.valid, gen.wr_cmd.valid)),
                      wr.cmd.payload.eq(Mux(sel, dp.st_cmd.payload, gen.wr_cmd.payload)),

@@ -648,6 +648,3 @@ class EmulatedBoard:
 
     def wait_irq(self, timeout_s: float = 10.0) -> bool:
         return bool(self.csr["IRQ_STATUS"])
-
-    def wait_done(self, timeout_s: float = 10.0) -> int:
-        return self.read32(RM.OFFSET["STATUS"])

@@ -258,26 +258,10 @@ def test_loop_matches_speculative_generate(seed):
 def guided_reference(model: ToyModel, prompt, start: T.TrigramTable, n: int):
     """The loop with count-guided trees of K - 1 nodes from the toy model's greedy tokens: (every pass's
     (tokens, parents), the adapted table). ``start`` already learned the prompt and the first token."""
-    from mmfree.pymodel.speculative import accept_walk
+    from mmfree.pymodel.speculative import guided_greedy_passes
 
     want = greedy(model, prompt, n)
-    t, seq, out, log = start.copy(), list(prompt) + want[:1], want[:1], []
-    while len(out) < n:
-        toks, parents = T.draft_tree_guided(t, seq[-2], seq[-1], K - 1)
-        log.append((toks, parents))
-
-        def pick(node, cands):
-            tok = want[len(out)]
-            return tok, cands.index(tok) if tok in cands else -1
-
-        def emit(tok):
-            t.update(seq[-2], seq[-1], tok)
-            seq.append(tok)
-            out.append(tok)
-            return len(out) == n
-
-        accept_walk(toks, parents, pick, emit)
-    return log, t
+    return guided_greedy_passes(start, list(prompt) + want[:1], want, K - 1)
 
 
 @pytest.mark.parametrize("seed", [0])

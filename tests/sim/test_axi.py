@@ -68,7 +68,7 @@ def test_reader_two_clients(seed):
 
     def client(i):
         async def tb(ctx):
-            cmd, dat = getattr(dut, f"c{i}_cmd"), getattr(dut, f"c{i}_data")
+            cmd, dat = dut.cmd[i], dut.data[i]
             for addr, beats in cmds[i]:
                 ctx.set(cmd.payload.addr, addr)
                 ctx.set(cmd.payload.beats, beats)
@@ -109,7 +109,7 @@ def test_reader_strided_rows(seed):
     mem = _mem(1 << 15, seed)
     rng = random.Random(seed)
     dut = AxiReader(addr_width=32, bus_bytes=BUS, fifo_depths=(16, 32), max_burst=16, max_outstanding=4,
-                    row_clients=(1,))
+                    row_clients=1)
     sim = Simulator(dut)
     sim.add_clock(1e-8)
     bursts = []
@@ -120,7 +120,7 @@ def test_reader_strided_rows(seed):
     got = []
 
     async def tb(ctx):
-        cmd, dat = dut.c1_cmd, dut.c1_data
+        cmd, dat = dut.row_cmd[0], dut.data[1]
         for addr, beats, rows, stride in cmds:
             ctx.set(cmd.payload.addr, addr)
             ctx.set(cmd.payload.beats, beats)
@@ -333,3 +333,21 @@ def test_word_packer():
     for lead, words, flat, strb in out:
         assert flat[lead:lead + len(words)] == words
         assert strb == [0] * lead + [0xF] * len(words) + [0] * (len(strb) - lead - len(words))
+
+
+@pytest.mark.parametrize("kw, name", [({"row_clients": 3}, "row_clients"), ({"row_clients": -1}, "row_clients"),
+                                      ({"fifo_depths": (8,)}, "fifo_depths")])
+def test_reader_bad_parameters_are_named(kw, name):
+    """A reader with more strided clients than clients (or a FIFO below a burst) is refused, naming the field."""
+    args = {"addr_width": 32, "bus_bytes": BUS, "fifo_depths": (16, 32), "max_burst": 16, **kw}
+    with pytest.raises(ValueError, match=name):
+        AxiReader(**args)
+
+
+def test_reader_ports_are_arrays():
+    """Plain clients take ``cmd[i]``, the strided (last) ones ``row_cmd[j]``; every client's beats leave on
+    ``data[i]`` in priority order."""
+    dut = AxiReader(addr_width=32, bus_bytes=BUS, fifo_depths=(16, 16, 32), row_clients=1)
+    assert (len(dut.cmd), len(dut.row_cmd), len(dut.data)) == (2, 1, 3)
+    assert dut.client_cmd(2) is dut.row_cmd[0] and dut.client_cmd(1) is dut.cmd[1]
+    assert "rows" in dut.row_cmd[0].payload.shape().members and "rows" not in dut.cmd[0].payload.shape().members

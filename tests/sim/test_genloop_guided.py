@@ -4,7 +4,7 @@ its own trigram table:
 
 * on the ISA emulator (the loop's executable statement): the greedy tokens, and GEN_PASSES / GEN_NODES and the
   adapted table equal to an independent reference walk (:func:`guided_reference`: ``draft_tree_guided`` trees,
-  ``accept_walk`` over the known greedy tokens, the table updated per emitted token);
+  ``guided_greedy_passes``: ``accept_walk`` over the known greedy tokens, the table updated per emitted token);
 * under Verilator (the whole accelerator, ``sim/benches/accel.py``'s "onchip" job: the RTL DraftEngine inside
   GenLoop): the same tokens, counters and table, word for word;
 * GEN_DRAFT's bad values: the driver refuses an unknown rule, the emulator answers ERR_GEN_CONFIG detail 2.
@@ -21,7 +21,7 @@ from mmfree.host import generate as HG
 from mmfree.host import session as HS
 from mmfree.pymodel import drafters as DR
 from mmfree.pymodel import trigram as TG
-from mmfree.pymodel.speculative import accept_walk, speculative_generate
+from mmfree.pymodel.speculative import guided_greedy_passes, speculative_generate
 from mmfree.rtl import regmap as RM
 from mmfree.sim import run as SR
 from mmfree.sim.accel import DEFAULT_HW
@@ -43,29 +43,13 @@ def model():
 
 def guided_reference(table: TG.TrigramTable, ids: list[int], greedy: list[int]) -> tuple[int, int, TG.TrigramTable]:
     """(GEN_PASSES, GEN_NODES, adapted table) of the loop with count-guided trees of K - 1 nodes, from the greedy
-    tokens: the host teaches ``table`` the prompt and the first token, then every pass drafts
-    ``draft_tree_guided`` from the last two tokens and walks it (a drafted child is accepted when it is the next
-    greedy token), the table learning each emitted token."""
+    tokens: the host teaches ``table`` the prompt and the first token, then the loop as
+    :func:`mmfree.pymodel.speculative.guided_greedy_passes` replays it."""
     t = table.copy()
     t.observe(ids)
     t.update(ids[-2], ids[-1], greedy[0])
-    seq, out, passes, nodes = list(ids) + greedy[:1], greedy[:1], 0, 0
-    while len(out) < len(greedy):
-        toks, parents = TG.draft_tree_guided(t, seq[-2], seq[-1], K - 1)
-        passes, nodes = passes + 1, nodes + len(toks)
-
-        def pick(node, cands):
-            tok = greedy[len(out)]
-            return tok, cands.index(tok) if tok in cands else -1
-
-        def emit(tok):
-            t.update(seq[-2], seq[-1], tok)
-            seq.append(tok)
-            out.append(tok)
-            return len(out) == len(greedy)
-
-        accept_walk(toks, parents, pick, emit)
-    return passes, nodes, t
+    log, t = guided_greedy_passes(t, list(ids) + greedy[:1], greedy, K - 1)
+    return len(log), sum(len(toks) for toks, _ in log), t
 
 
 def _gen_record(recs):

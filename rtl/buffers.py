@@ -1,0 +1,205 @@
+"""The datapath's on-chip vector buffers and the two components that share them between engines.
+
+* :class:`VectorBuffers`: every buffer of :data:`mmfree.rtl.isa.BUFFERS` as memories of ``hw.max_width``
+  words. A per-token buffer (X, A, H, T0-2) is ``hw.max_tokens`` memories, token t's vector in memory t, so
+  an engine handles every token of an element in the same cycle; a shared buffer (H0, LB, N, NW0-2) is one
+  memory. Each reader engine has its own read ports (one per token memory); reads are synchronous (the data
+  is there the cycle after the address), writes take effect the next cycle.
+* :class:`WriteArbiter`: the write ports of X or A, which two engines write (never at the same time).
+* :class:`HWrite`: the write ports of H, which the vector engine (HGRN) and the load engine (LOAD HROOT, a
+  stream's start state into its roots' H) write (never at the same time).
+* :class:`NormTrack`: a :class:`~mmfree.rtl.quantize.MaxAbs` per token for X and for A, fed by the engines
+  that write them, keeping each token's normalising shift up to date.
+
+Every sharer has a fixed, documented priority: for X, A and the MaxAbs feeds the vector engine's request
+wins, for H the load engine's (LOAD HROOT). The sequencer's scoreboard never runs two writers of one buffer
+at once, so the priority never decides anything in a correct program; it is fixed so that no elaboration
+order can.
+"""
+
+from __future__ import annotations
+
+from amaranth import Module, Mux, signed, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.memory import Memory, ReadPort, WritePort
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+from mmfree.rtl import quantize as Q
+from mmfree.rtl.compiler import HwConfig
+
+VEC = signed(Q.VEC_WIDTH)
+#: Per-token buffers: name -> (word shape, reader engines; one set of K read ports each, in this order).
+TOKEN_BUFFERS = {
+    "x": (signed(32), ("vector", "matvec")),
+    "a": (signed(64), ("vector",)),
+    "h": (signed(32), ("vector", "store")),
+    "t0": (signed(32), ("vector", "matvec", "store")),
+    "t1": (signed(32), ("vector", "store")),
+    "t2": (signed(32), ("vector",)),
+}
+#: Shared buffers, written by LOAD and read by the vector engine: name -> word shape.
+SHARED_BUFFERS = {"h0": signed(32), "lb": unsigned(32), "n": VEC, "nw0": VEC, "nw1": VEC, "nw2": VEC}
+
+
+def read_port(shape, depth: int) -> wiring.Signature:
+    """A memory read port as the memory sees it (``addr`` in, ``data`` out); an engine holds it flipped (``In``)."""
+    return ReadPort.Signature(addr_width=ceil_log2(depth), shape=shape)
+
+
+def write_port(shape, depth: int) -> wiring.Signature:
+    """A memory write port as the memory sees it (``en``, ``addr``, ``data`` in); an engine holds it ``In``."""
+    return WritePort.Signature(addr_width=ceil_log2(depth), shape=shape)
+
+
+def one_write(tokens: int, shape, depth: int) -> wiring.Signature:
+    """One token's element write, as the writer sees it: ``en``, token ``t``, ``addr``, ``data``."""
+    return wiring.Signature({"en": Out(1), "t": Out(range(tokens + 1)), "addr": Out(range(depth + 1)),
+                             "data": Out(shape)})
+
+
+def row_write(tokens: int, shape) -> wiring.Signature:
+    """Every token's element of a row, as the writer sees it: ``en`` per token, one ``addr``, ``data`` per token."""
+    return wiring.Signature({"en": Out(tokens), "addr": Out(32), "data": Out(data.ArrayLayout(shape, tokens))})
+
+
+def root_write(tokens: int, shape, depth: int) -> wiring.Signature:
+    """One element into several tokens' memories (LOAD HROOT), as the writer sees it: ``en`` per token, one
+    ``addr``, one ``data``."""
+    return wiring.Signature({"en": Out(tokens), "addr": Out(ceil_log2(depth)), "data": Out(shape)})
+
+
+def maxabs_feed(tokens: int) -> wiring.Signature:
+    """Elements of X or A on their way into the buffer, as the writer sees them: per token ``valid``, the
+    element ``u`` and ``last`` (the vector's last element)."""
+    return wiring.Signature({"valid": Out(tokens), "u": Out(data.ArrayLayout(signed(64), tokens)),
+                             "last": Out(tokens)})
+
+
+class VectorBuffers(wiring.Component):
+    """The vector buffers of a build ``hw`` (see the module docstring). Ports, each as the memory sees it:
+
+    * per-token buffer ``b`` of :data:`TOKEN_BUFFERS`: ``b_w[t]`` (write), ``b_<reader>[t]`` (read) per reader;
+    * shared buffer ``b`` of :data:`SHARED_BUFFERS`: ``b_w`` and ``b_r``.
+    """
+
+    def __init__(self, hw: HwConfig):
+        self.hw = hw
+        K, W = hw.max_tokens, hw.max_width
+        members = {}
+        for name, (shape, readers) in TOKEN_BUFFERS.items():
+            members[f"{name}_w"] = Out(write_port(shape, W)).array(K)
+            for r in readers:
+                members[f"{name}_{r}"] = Out(read_port(shape, W)).array(K)
+        for name, shape in SHARED_BUFFERS.items():
+            members[f"{name}_w"] = Out(write_port(shape, W))
+            members[f"{name}_r"] = Out(read_port(shape, W))
+        super().__init__(members)
+
+    def elaborate(self, platform):
+        m = Module()
+        K, W = self.hw.max_tokens, self.hw.max_width
+
+        def memory(name, shape, write, reads):
+            m.submodules["buf_" + name] = mem = Memory(shape=shape, depth=W, init=[])
+            wiring.connect(m, wiring.flipped(write), mem.write_port())
+            for read in reads:
+                wiring.connect(m, wiring.flipped(read), mem.read_port())
+
+        for name, (shape, readers) in TOKEN_BUFFERS.items():
+            for t in range(K):
+                memory(f"{name}_t{t}", shape, getattr(self, f"{name}_w")[t],
+                       [getattr(self, f"{name}_{r}")[t] for r in readers])
+        for name, shape in SHARED_BUFFERS.items():
+            memory(name, shape, getattr(self, f"{name}_w"), [getattr(self, f"{name}_r")])
+        return m
+
+
+class WriteArbiter(wiring.Component):
+    """The write ports (one per token memory) of X or A, shared by the vector engine and the matvec epilogue.
+
+    ``one``: one token's element (the vector engine: EMBED into X, HGRN into A); ``row``: every enabled
+    token's element of a row (the matvec epilogue). Priority: ``one`` wins the address and the data of every
+    token port while ``one.en`` is set (the scoreboard never lets both write at once). ``port[t]`` goes to
+    token t's memory."""
+
+    def __init__(self, tokens: int, shape, depth: int):
+        self.tokens = tokens
+        super().__init__({
+            "one": In(one_write(tokens, shape, depth)),
+            "row": In(row_write(tokens, shape)),
+            "port": In(write_port(shape, depth)).array(tokens),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        one, row = self.one, self.row
+        for t in range(self.tokens):
+            m.d.comb += [self.port[t].en.eq((one.en & (one.t == t)) | row.en[t]),
+                         self.port[t].addr.eq(Mux(one.en, one.addr, row.addr)),
+                         self.port[t].data.eq(Mux(one.en, one.data, row.data[t]))]
+        return m
+
+
+class HWrite(wiring.Component):
+    """The write ports (one per token memory) of H, shared by the vector engine and the load engine.
+
+    ``hgrn[t]``: the vector engine's write of token t's memory (HGRN); ``root`` (:func:`root_write`): LOAD
+    HROOT's element into the memory of every token with ``en`` set (the roots of the loaded stream). Priority:
+    ``root`` wins the address and the data of every token port while any of its ``en`` is set (the scoreboard
+    never lets both write at once); a port writes when either enables it. ``port[t]`` goes to token t's memory."""
+
+    def __init__(self, tokens: int, shape, depth: int):
+        self.tokens = tokens
+        super().__init__({
+            "hgrn": Out(write_port(shape, depth)).array(tokens),
+            "root": In(root_write(tokens, shape, depth)),
+            "port": In(write_port(shape, depth)).array(tokens),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        root, any_root = self.root, self.root.en.any()
+        for t in range(self.tokens):
+            h = self.hgrn[t]
+            m.d.comb += [self.port[t].en.eq(h.en | root.en[t]),
+                         self.port[t].addr.eq(Mux(any_root, root.addr, h.addr)),
+                         self.port[t].data.eq(Mux(any_root, root.data, h.data))]
+        return m
+
+
+class NormTrack(wiring.Component):
+    """A :class:`~mmfree.rtl.quantize.MaxAbs` per token for X and for A, fed by the engines that write them.
+
+    ``x_feed[i]`` / ``a_feed[i]`` (:func:`maxabs_feed`): writer ``i``'s elements (0: the vector engine, 1: the
+    matvec epilogue; per token, the lower index wins while its ``valid`` is set; the scoreboard never lets
+    both feed at once). ``shx[t]`` / ``sha[t]``: token t's shift of its last finished X / A vector (a
+    register); ``x_done`` / ``a_done``: how many tokens' vectors finished this cycle."""
+
+    def __init__(self, tokens: int, feeders: int = 2):
+        self.tokens, self.feeders = tokens, feeders
+        shift = data.ArrayLayout(signed(Q.U_SHIFT_WIDTH), tokens)
+        super().__init__({
+            "x_feed": In(maxabs_feed(tokens)).array(feeders), "a_feed": In(maxabs_feed(tokens)).array(feeders),
+            "shx": Out(shift), "sha": Out(shift),
+            "x_done": Out(range(tokens + 1)), "a_done": Out(range(tokens + 1)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        K = self.tokens
+        for name, feeds, shift, done in (("x", self.x_feed, self.shx, self.x_done),
+                                         ("a", self.a_feed, self.sha, self.a_done)):
+            units = [Q.MaxAbs() for _ in range(K)]
+            for t, unit in enumerate(units):
+                m.submodules[f"maxabs_{name}{t}"] = unit
+                valid, u, last = 0, 0, 0
+                for f in reversed(feeds):          # the lower index wins
+                    valid = valid | f.valid[t]
+                    u, last = Mux(f.valid[t], f.u[t], u), Mux(f.valid[t], f.last[t], last)
+                m.d.comb += [unit.i.valid.eq(valid), unit.i.payload.u.eq(u), unit.i.payload.last.eq(last),
+                             unit.o.ready.eq(1)]
+                with m.If(unit.o.valid):
+                    m.d.sync += shift[t].eq(unit.o.payload.shift)
+            m.d.comb += done.eq(sum(unit.o.valid for unit in units))
+        return m
