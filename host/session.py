@@ -15,7 +15,7 @@ from mmfree import MmfreeError
 from mmfree.host.accel import AccelHost, PassResult
 from mmfree.host.generate import NO_DRAFT_ENGINE, ONCHIP_SAMPLING, generate, onchip_tree_rule
 from mmfree.host.layout import check_fits, check_n_tokens
-from mmfree.host.streams import generate_streams
+from mmfree.host.streams import StreamBatch, generate_streams
 from mmfree.host.transport import as_transport
 from mmfree.pymodel.drafters import Drafter, PromptLookupDrafter, TrigramDrafter
 from mmfree.rtl.compiler import Compiled, HwConfig
@@ -333,6 +333,13 @@ class AccelSession:
                                         temperature=temperature, top_p=top_p, seeds=seeds)
         texts = [self.decode_text(t) if self.tokenizer_dir is not None else None for t in toks]
         return StreamsGeneration(ids, toks, texts, passes, time.perf_counter() - t0)
+
+    def stream_batch(self, max_streams: int | None = None) -> StreamBatch:
+        """A :class:`~mmfree.host.streams.StreamBatch` on this accelerator: streams that join and leave at pass
+        boundaries (the server's continuous batching), at most ``max_streams`` at once (default: as many as the
+        compiled program and the bitstream's tokens per pass allow). Pass logits are written when
+        :attr:`write_logits` is set or a stream samples."""
+        return StreamBatch(self.host, max_streams, write_logits=self.write_logits)
 
     @property
     def hw(self) -> HwConfig:
