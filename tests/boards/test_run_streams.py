@@ -96,10 +96,16 @@ def test_run_streams_bad_usage(capsys):
 
 
 @pytest.mark.sim
-@pytest.mark.slow
 def test_run_sim_streams_on_the_rtl(capfd):
-    """--board sim --streams 2: the same host loop on the RTL under Verilator (one simulator run, the default
+    """--board sim --streams 2: the same host loop on the RTL under Verilator (one simulator run, the smallest test
     model): bit-exact per pass, per stream and in the pass count."""
-    rc = main(["run", "--board", "sim", "--streams", "2", "--prompt-ids", "3,7;1,4", "--tokens", "3", "--json"])
+    from tests.sim import helpers as H
+
+    path = H.export_random("d64")
+    rc = main(["run", "--board", "sim", "--model", str(path), "--streams", "2", "--prompt-ids", "3,7;1,4",
+               "--tokens", "3", "--json"])
     res = json.loads(capfd.readouterr().out)
-    assert rc == 0 and res["bit_exact"] is True and res["passes"] == res["reference_passes"] == 3
+    assert rc == 0 and res["bit_exact"] is True and res["problems"] == []
+    assert res["passes"] == res["reference_passes"] == 3 and res["board"] == "sim"
+    im = H.load("d64")
+    assert res["tokens"] == [generate(IntBackend(im), p, 3).tokens for p in ([3, 7], [1, 4])]
