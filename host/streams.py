@@ -124,8 +124,9 @@ class StreamBatch:
     def step(self) -> StepResult:
         """Run one pass over the batch: prompt chunks (while any stream has prompt tokens left) or one token per
         decoding stream (:func:`~mmfree.pymodel.multistream.plan_pass` with the build's max tokens). Streams that
-        are done leave the batch. MmfreeError for an empty batch; a pass error propagates (AccelRunError,
-        time-out) with the batch unchanged."""
+        are done leave the batch. MmfreeError for an empty batch; a pass error (AccelRunError, time-out)
+        propagates, and the batch cannot go on after it (the pass may have moved its streams' states): start a
+        new one."""
         if not self.streams:
             raise MmfreeError("the batch has no stream to run: add one first")
         host, live = self.host, self.streams
