@@ -190,3 +190,47 @@ def test_serve_command_reports_its_streams():
             proc.kill()
             proc.wait()
     assert health["streams"] == 2 and health["backend"] == "board" and health["draft"] == "none"
+
+
+def test_a_failed_pass_ends_its_requests_and_the_server_goes_on():
+    """A simulated board that swallows the second START (the shared decode pass never finishes): both requests in
+    it end with an error naming the time-out, and the next request runs in a fresh batch with its exact tokens."""
+    from mmfree.boards.accelerator import Accelerator
+    from mmfree.host.session import open_model
+    from mmfree.rtl import regmap as RM
+    from mmfree.serve.engine import Engine, Limits, StreamsBackend
+    from mmfree.sim.accel import DEFAULT_HW
+    from mmfree.sim.emulator import EmulatedBoard
+
+    class StuckOnce(EmulatedBoard):
+        starts = 0
+
+        def write32(self, offset, value):
+            if offset == RM.OFFSET["CONTROL"] and value & RM.CTRL_START:
+                self.starts += 1
+                if self.starts == 2:
+                    return
+            super().write32(offset, value)
+
+    opened = open_model("default", streams=2)
+    acc = Accelerator(StuckOnce(DEFAULT_HW), opened, timeout_s=0.05)
+    backend = StreamsBackend(acc, opened[1], MODEL, opened[2], 2)
+    engine = Engine(backend, Limits())
+    ids = backend.tokenizer.encode_prompt("def ")
+    jobs = [engine.prepare(ids, 6, temperature=0) for _ in range(3)]
+    done = [threading.Event() for _ in jobs]
+    for job, ev in zip(jobs, done):
+        job.sink = lambda e, ev=ev: e[0] == "done" and ev.set()
+    try:
+        with engine._cv:                       # both queued before the loop looks: they share the first pass
+            engine.submit(jobs[0])
+            engine.submit(jobs[1])
+        assert done[0].wait(60) and done[1].wait(60)
+        engine.submit(jobs[2])
+        assert done[2].wait(60)
+    finally:
+        engine.close(timeout_s=30)
+        backend.close()
+    assert [j.finish_reason for j in jobs] == ["error", "error", "length"]
+    assert "did not finish" in jobs[0].error and jobs[0].stats["prefill_passes"] == 1
+    assert jobs[2].tokens == _reference("def ", 6, {"temperature": 0})
