@@ -8,7 +8,10 @@ its single-request answer token for token, and no request may fail. Then the ser
 request per server is not timed.
 
 Reported per backend: requests, errors, mismatches, p50/p99 latency (send to last byte), aggregate tokens/s
-under load, single-stream tokens/s, wall time. The bench exits 1 on any error or mismatch.
+under load, single-stream tokens/s, the model's weight passes under load and one at a time (each response's
+``mmfree`` passes summed; with ``--max-streams`` the passes the server's batch loop ran, from ``/health``),
+wall time. The bench exits 1 on any error or mismatch. ``board-sim-streams``: the simulated board serving up to 4
+requests per weight pass (``--max-streams 4``, no drafts).
 
     python bench/serve_load.py [--backends int,board-sim] [--clients 4] [--requests 4] [--max-tokens 16]
                                [--deadline 1200] [--record] [--json]
@@ -34,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import command_line, write_section  # noqa: E402
 
 BACKENDS = {"int": ["--backend", "int"], "board-sim": ["--backend", "board", "--board", "sim"],
-            "float": ["--backend", "float"], "int-nodraft": ["--backend", "int", "--draft", "none"]}
+            "float": ["--backend", "float"], "int-nodraft": ["--backend", "int", "--draft", "none"],
+            "board-sim-streams": ["--backend", "board", "--board", "sim", "--max-streams", "4"]}
 PROMPTS = ["def ", "import ", "class ", "for i in ", "return ", "if x", "# ", "print("]
 MODEL = "mmfree-default"
 
@@ -57,14 +61,25 @@ def start_server(flags: list[str], max_queue: int, max_tokens: int, deadline: fl
     return proc, "http://127.0.0.1:" + line.split("127.0.0.1:")[1].split()[0]
 
 
-async def one(client, body: dict) -> tuple[list[int] | None, float, str | None]:
-    """(token ids or None, seconds, error or None) of one completion."""
+async def one(client, body: dict, passes: list | None = None) -> tuple[list[int] | None, float, str | None]:
+    """(token ids or None, seconds, error or None) of one completion; its weight passes (prefill + decode, the
+    response's ``mmfree`` object) are appended to ``passes``."""
     t0 = time.perf_counter()
     try:
         res = await client.completions.create(model=MODEL, **body)
+        if passes is not None:
+            m = res.model_extra.get("mmfree") or {}
+            passes.append(m.get("prefill_passes", 0) + m.get("decode_passes", 0))
         return res.choices[0].model_extra["token_ids"], time.perf_counter() - t0, None
     except Exception as exc:                              # counted, reported, and the bench fails
         return None, time.perf_counter() - t0, f"{type(exc).__name__}: {exc}"
+
+
+def batch_passes(url: str) -> int:
+    """Weight passes the server's multi-stream batch loop has run (``/health``; 0 with one stream at a time)."""
+    import httpx
+
+    return int(httpx.get(url + "/health", timeout=30).json().get("batch_passes", 0))
 
 
 async def load(url: str, reqs: list[dict], clients: int, per_client: int, timeout: float) -> dict:
@@ -72,17 +87,24 @@ async def load(url: str, reqs: list[dict], clients: int, per_client: int, timeou
 
     async with AsyncOpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=timeout) as ac:
         await one(ac, dict(reqs[0], max_tokens=2))        # warm-up (weights unpacked, caches filled): not timed
+        single_passes, load_passes = [], []
+        b0 = batch_passes(url)
         t0 = time.perf_counter()
-        singles = [await one(ac, r) for r in reqs]        # alone, one after the other
+        singles = [await one(ac, r, single_passes) for r in reqs]        # alone, one after the other
         single_s = time.perf_counter() - t0
+        b1 = batch_passes(url)
 
         async def client_run(c: int):
-            return [(i, await one(ac, reqs[i])) for i in range(c * per_client, (c + 1) * per_client)]
+            return [(i, await one(ac, reqs[i], load_passes)) for i in range(c * per_client, (c + 1) * per_client)]
 
         t0 = time.perf_counter()
         runs = await asyncio.gather(*[client_run(c) for c in range(clients)])
         load_s = time.perf_counter() - t0
-    return {"singles": singles, "single_s": single_s, "results": [x for run in runs for x in run], "load_s": load_s}
+        b2 = batch_passes(url)
+    batched = b2 > b0                                     # a --max-streams server: its loop counts shared passes
+    return {"singles": singles, "single_s": single_s, "results": [x for run in runs for x in run], "load_s": load_s,
+            "single_passes": b1 - b0 if batched else sum(single_passes),
+            "load_passes": b2 - b1 if batched else sum(load_passes)}
 
 
 def percentile(xs: list[float], q: float) -> float:
@@ -114,22 +136,26 @@ def run_backend(name: str, args, deadline: float) -> dict:
             "error_examples": errors[:3], "mismatches": mismatches, "exit_code": rc,
             "p50_s": percentile(lat, 50), "p99_s": percentile(lat, 99), "load_tokens": toks,
             "load_s": out["load_s"], "tokens_per_s": toks / out["load_s"] if out["load_s"] > 0 else 0.0,
-            "single_tokens_per_s": single_toks / out["single_s"] if out["single_s"] > 0 else 0.0}
+            "single_tokens_per_s": single_toks / out["single_s"] if out["single_s"] > 0 else 0.0,
+            "load_passes": out["load_passes"], "single_passes": out["single_passes"]}
 
 
 def render(rows: list[dict]) -> str:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     lines = [f"Measured on this machine ({platform.processor() or platform.machine()}, {os.cpu_count()} CPUs shared "
              f"with other jobs, load average {load:.1f} at the end), loopback, the embedded default model, trigram "
-             "drafts on (int, board-sim), one warm-up request per server not timed. Command:",
+             "drafts on (int, board-sim; board-sim-streams: --max-streams 4, no drafts), one warm-up request per "
+             "server not timed; board-sim rows run the ISA emulator (emulated: its tokens/s are this CPU's, not "
+             "the FPGA's; the weight passes are what the accelerator would run). Command:",
              "", f"    {command_line()}", "",
              "| backend | clients x requests | max tokens | errors | mismatches | p50 latency | p99 latency | "
-             "tokens/s under load | tokens/s one at a time | SIGTERM exit |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "tokens/s under load | tokens/s one at a time | weight passes under load | one at a time | SIGTERM exit |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['backend']} | {r['clients']} x {r['requests_per_client']} | {r['max_tokens']} | "
                      f"{r['errors']} | {r['mismatches']} | {r['p50_s']:.2f} s | {r['p99_s']:.2f} s | "
-                     f"{r['tokens_per_s']:.1f} | {r['single_tokens_per_s']:.1f} | {r['exit_code']} |")
+                     f"{r['tokens_per_s']:.1f} | {r['single_tokens_per_s']:.1f} | {r['load_passes']} | "
+                     f"{r['single_passes']} | {r['exit_code']} |")
     return "\n".join(lines)
 
 

@@ -1,8 +1,10 @@
 """The accelerator on a PYNQ board (or any transport): :class:`Accelerator`.
 
 :class:`Accelerator` is :class:`mmfree.host.session.AccelSession` (a compiled model on one transport: text or tokens
-in, greedy tokens out, counters) plus the PYNQ constructors :meth:`Accelerator.on_ip` and
-:meth:`Accelerator.from_bitstream` (``overlay.mmfree_accel_0.accelerator()`` calls the first)."""
+in, greedy tokens out, counters; several independent streams per pass with ``generate_streams`` and
+``stream_batch``, the model opened with ``open_model(model, streams=B)``) plus the PYNQ constructors
+:meth:`Accelerator.on_ip` and :meth:`Accelerator.from_bitstream` (``overlay.mmfree_accel_0.accelerator()`` calls
+the first)."""
 
 from __future__ import annotations
 

@@ -122,6 +122,12 @@ def register(sub) -> None:
                         "sim/mmfree_<board>.bit (default: one for the simulator's build)")
     r.add_argument("--timeout", type=float, default=60.0,
                    help="seconds one pass may take: finite, > 0 and at most a day (default 60)")
+    r.add_argument("--streams", type=int, default=None, metavar="B",
+                   help="B independent streams decoded together, every pass one forest (1..the build's max tokens; "
+                        "the program is compiled for B streams): stream s's prompt is one of --prompt-ids 'a,b;c,d' "
+                        "(';' between streams) or the prompt without its last s tokens; each stream gets the tokens "
+                        "of decoding it alone (sim and pynq-sim check them and the pass count against the integer "
+                        "reference); not with --draft, --k, --onchip")
     r.add_argument("--no-logits", action="store_true",
                    help="do not write each token's logits to DDR (greedy decoding reads only the on-chip argmax; "
                         "with --board sim the states and argmax are still compared)")
@@ -243,6 +249,8 @@ def _run(args) -> int:
     args.temperature = check_sampling(args.temperature, args.top_p, args.seed)
     if args.onchip and args.temperature:
         raise MmfreeError(ONCHIP_SAMPLING)
+    if args.streams is not None:
+        return _run_streams(args, draft)
     prompt = _prompt(args)
     if args.board == "sim":
         from mmfree.sim.run import run_sim
@@ -260,21 +268,148 @@ def _run(args) -> int:
     return _run_board(args, prompt, draft)
 
 
-def _run_board(args, prompt, draft) -> int:
+# ---- run --streams ------------------------------------------------------------------------------------------------
+def _check_streams_args(args, draft) -> int:
+    """``--streams B`` and the options it excludes; returns B."""
+    from mmfree.rtl.isa import MAX_STREAMS
+
+    B = args.streams
+    if not 1 <= B <= MAX_STREAMS:
+        raise MmfreeError(f"--streams must be 1..{MAX_STREAMS} (and at most the build's tokens per pass), got {B}")
+    for flag, bad in (("--draft", draft is not None), ("--onchip", args.onchip), ("--k", args.k not in (None, 1)),
+                      ("--tree-rule", args.tree_rule is not None)):
+        if bad:
+            raise MmfreeError(f"{flag} does not apply with --streams (every decode pass carries one token per "
+                              "stream); leave it out")
+    if args.board == "sim" and args.temperature:
+        raise MmfreeError("--temperature with --streams runs on --board pynq-sim and PYNQ boards; the simulated "
+                          "board's multi-stream run (Verilator) is greedy")
+    return B
+
+
+def _stream_ids(args, B: int, tok_dir) -> list[list[int]]:
+    """The B prompts as token ids (:func:`mmfree.cli_args.stream_prompts`; text through the model's tokenizer)."""
+    from mmfree.cli_args import stream_prompts
+
+    def one():
+        p = _prompt(args)
+        if not isinstance(p, str):
+            return p
+        if tok_dir is None:
+            raise MmfreeError("the model has no tokenizer: give --prompt-ids")
+        from mmfree.pymodel.tokenizer import load_tokenizer
+
+        return list(load_tokenizer(tok_dir).encode_prompt(p))
+
+    return stream_prompts(args.prompt_ids, B, one)
+
+
+def _run_streams(args, draft) -> int:
+    """``mmfree run --streams B``: --board sim (Verilator: :func:`mmfree.sim.accel.simulate_streams`), pynq-sim
+    (pynq's stack on the simulated device) or a PYNQ board, through :meth:`Accelerator.generate_streams`."""
+    B = _check_streams_args(args, draft)
+    if args.board == "sim":
+        from mmfree.pymodel.intmodel import open_int_model
+        from mmfree.sim.accel import simulate_streams
+
+        prompts = _stream_ids(args, B, open_int_model(args.model)[1])
+        say = None if args.json else (lambda m: print(f"[mmfree run] {m}", file=sys.stderr, flush=True))
+        res = dict(simulate_streams(args.model, prompts, args.tokens, progress=say or False,
+                                    write_logits=not args.no_logits), board="sim")
+        _print_streams(res, args)
+        return 0 if res["bit_exact"] else 1
+    if args.board != "pynq-sim" and args.board not in RUN_BOARDS and not args.board.startswith("custom:") \
+            and not args.board.endswith(".json"):
+        raise MmfreeError(f"unknown board {args.board!r}: choose one of {', '.join(RUN_BOARDS)}")
+    from mmfree.host.session import open_model
+
+    model = open_model(args.model, streams=B)
+    prompts = _stream_ids(args, B, model[2])
+    if args.board == "pynq-sim":
+        return _run_streams_pynq_sim(args, model, prompts)
+    acc = _open_board(args, model)
+    with acc:
+        _check_fits_streams(acc, B)
+        g = acc.generate_streams(prompts, args.tokens, args.temperature, args.top_p, [args.seed] * B)
+    _print_streams(dict(g.as_dict(), board=acc.board.name, clock_mhz=acc.board.clock_mhz), args)
+    return 0
+
+
+def _run_streams_pynq_sim(args, model, prompts) -> int:
+    """``--board pynq-sim --streams B``: the streams through pynq's Overlay / MMIO / allocate / Interrupt on the
+    simulated device, checked against the integer reference (:func:`mmfree.sim.run.check_streams`)."""
+    from mmfree.boards.accelerator import Accelerator
+    from mmfree.boards.pynq import sim_overlay
+    from mmfree.sim.run import check_streams
+
+    compiled, im, tok_dir = model
+    B = len(prompts)
+    with sim_overlay(args.bitstream) as (ov, ip, dev):
+        with Accelerator.on_ip(ip, model, timeout_s=args.timeout, tokenizer=tok_dir) as acc:
+            acc.write_logits = not args.no_logits
+            K = _check_fits_streams(acc, B)
+            g = acc.generate_streams(prompts, args.tokens, args.temperature, args.top_p, [args.seed] * B)
+            interrupts = dev.uio.count if dev.uio is not None else 0
+    res = dict(g.as_dict(), board="pynq-sim", overlay=str(ov.bitfile_name), ip=type(ip).__name__,
+               interrupts=interrupts, max_tokens=K)
+    if im is not None:
+        res.update(check_streams(im, g.prompts, args.tokens, K, g.tokens, len(g.passes), args.temperature,
+                                 args.top_p, [args.seed] * B))
+    _print_streams(res, args)
+    return 0 if res.get("bit_exact", True) else 1
+
+
+def _check_fits_streams(acc, B: int) -> int:
+    """The bitstream's tokens per pass K; MmfreeError naming --streams when B > K (a decode pass feeds one token
+    per stream)."""
+    K = acc.hw.max_tokens
+    if B > K:
+        raise MmfreeError(f"--streams {B}: this bitstream verifies {K} tokens per pass, so a pass carries at most {K} "
+                          f"streams: give --streams 1..{K} (or a build with --max-tokens >= {B})")
+    return K
+
+
+def _print_streams(res: dict, args) -> None:
+    if args.json:
+        print_json(res)
+        return
+    if "bit_exact" in res:
+        print(f"bit_exact: {res['bit_exact']}")
+    texts = res.get("texts") or [None] * len(res["tokens"])
+    for s, (p, toks) in enumerate(zip(res["prompt_ids"], res["tokens"])):
+        print(f"stream {s}:  prompt {p} -> {toks}" + (f" {texts[s]!r}" if texts[s] is not None else ""))
+    ref = f" (reference: {res['reference_passes']})" if "reference_passes" in res else ""
+    print(f"passes:    {res['passes']}{ref}, {res['decode_passes']} decode passes of up to {len(res['tokens'])} "
+          f"streams, {sum(map(len, res['tokens']))} tokens")
+    if "cycles" in res:
+        print(f"counters:  {res['cycles']} cycles" + (" (the pynq-sim device has no clock)"
+                                                      if res.get("board") == "pynq-sim" else ""))
+    for p in res.get("problems", []):
+        print(f"MISMATCH:  {p}", file=sys.stderr)
+
+
+def _open_board(args, model):
+    """The :class:`Accelerator` on a PYNQ board (``--bitstream``, else the overlay already loaded) with ``model``
+    (:func:`open_model`'s tuple), after checking it fits the board's DDR."""
     from mmfree.boardfile import load_board
     from mmfree.boards.accelerator import Accelerator
     from mmfree.host.layout import check_fits, check_n_tokens
-    from mmfree.host.session import open_model
 
     board = load_board(args.board)
-    model = open_model(args.model)
     compiled, im, tok_dir = model
     check_fits(compiled, board)                       # before touching the hardware
     check_n_tokens(args.tokens, compiled, board, name="--tokens")
     if args.bitstream:
-        acc = Accelerator.from_bitstream(args.bitstream, model, board=board, timeout_s=args.timeout, tokenizer=tok_dir)
-    else:
-        acc = _attach_loaded_overlay(model, board, args.timeout, tok_dir)
+        return Accelerator.from_bitstream(args.bitstream, model, board=board, timeout_s=args.timeout,
+                                          tokenizer=tok_dir)
+    return _attach_loaded_overlay(model, board, args.timeout, tok_dir)
+
+
+def _run_board(args, prompt, draft) -> int:
+    from mmfree.host.session import open_model
+
+    acc = _open_board(args, open_model(args.model))
+    board = acc.board
     acc.write_logits = not args.no_logits
     with acc:
         g = acc.generate(prompt, args.tokens, draft=draft, k=args.k, onchip=args.onchip, tree_rule=args.tree_rule,

@@ -4,8 +4,8 @@
 :class:`~mmfree.pymodel.drafters.TrigramDrafter` tree); the output always equals plain greedy decoding.
 :func:`generate_onchip` (``generate(..., onchip=True)``): the same with the whole draft-verify loop on the
 accelerator (``CONTROL.GENERATE``, builds with a draft engine; docs/speculative.md). :func:`generate_streams`:
-B independent sequences, every decode pass one forest over them. :func:`run_script`: scripted passes with
-register overrides (tests)."""
+B independent sequences, every pass one forest over them (:mod:`mmfree.host.streams`). :func:`run_script`:
+scripted passes with register overrides (tests)."""
 
 from __future__ import annotations
 
@@ -401,67 +401,9 @@ def run_script(host: AccelHost, steps: list[dict]) -> list[dict]:
     return out
 
 
-def generate_streams(host: AccelHost, prompts, n_tokens: int, write_logits: bool = True, keep_arrays: bool = False,
-                     progress=None) -> tuple[list[list[int]], list[dict]]:
-    """Greedy decoding of B = ``len(prompts)`` independent streams on the accelerator, every decode pass one
-    forest (:meth:`AccelHost.run_forest`): one token per stream still running, stream i's root ``-1 - i``.
+def generate_streams(host: AccelHost, prompts, n_tokens: int, **kw) -> tuple[list[list[int]], list[dict]]:
+    """B independent streams decoded together, every pass one forest: :func:`mmfree.host.streams.generate_streams`
+    (kept here under its first name; the multi-stream host lives in :mod:`mmfree.host.streams`)."""
+    from mmfree.host.streams import generate_streams as run
 
-    Each prompt is fed on its own first (passes of up to the bitstream's max tokens, from the zero state);
-    then every pass feeds every stream's last token. ``tokens[s]`` equals plain greedy decoding of
-    ``prompts[s]`` (``n_tokens`` tokens each). Returns (tokens per stream, pass records): each record as
-    :func:`generate` writes it plus ``streams`` (which stream each root belongs to), ``parents`` and, with
-    ``keep_arrays``, ``starts`` (the start states, int64 ``[B, L, d]``: every pass replays on its own).
-    ``progress(s, token)`` is called for every token. MmfreeError for no prompts, more streams than the compiled
-    program serves (``Compiled.streams``) or the bitstream's max tokens, an empty prompt or ``n_tokens < 1``."""
-    prompts = [_check_request(host, p, n_tokens, 1) for p in (prompts or [])]
-    B, K = len(prompts), host.hw.max_tokens
-    if not 1 <= B <= min(host.c.streams, K):
-        raise MmfreeError(f"{B} streams: the compiled program serves {host.c.streams} (compile with streams=B) and "
-                          f"this bitstream verifies {K} tokens per pass; give 1..{min(host.c.streams, K)} prompts")
-    zero = np.zeros((host.L, host.d), dtype=np.int64)
-    out: list[list[int]] = [[] for _ in range(B)]
-    passes: list[dict] = []
-    cur: list = []
-    for s, prompt in enumerate(prompts):                  # each prompt alone, a chain per pass
-        start = zero
-        for i in range(0, len(prompt), K):
-            chunk = prompt[i:i + K]
-            res = host.run_forest(chunk, list(range(-1, len(chunk) - 1)), [start], write_logits)
-            passes.append(_stream_record(res, _start_arrays(host, [start]) if keep_arrays else None, [s], None, True))
-            start = host.read_state(res.state_addrs[-1])
-        out[s].append(int(res.argmax[-1]))
-        cur.append(start)
-        passes[-1]["emitted"] = 1
-        if progress:
-            progress(s, out[s][-1])
-    live = [s for s in range(B) if len(out[s]) < n_tokens]
-    while live:
-        starts = [cur[s] for s in live]
-        parents = [-1 - i for i in range(len(live))]
-        kept = _start_arrays(host, starts) if keep_arrays else None      # before the pass moves them
-        res = host.run_forest([out[s][-1] for s in live], parents, starts, write_logits)
-        passes.append(_stream_record(res, kept, live, parents, False))
-        for i, s in enumerate(live):
-            cur[s] = res.state_addrs[i]
-            out[s].append(int(res.argmax[i]))
-            if progress:
-                progress(s, out[s][-1])
-        live = [s for s in live if len(out[s]) < n_tokens]
-        # a stream that stopped leaves the forest: the others' states move to their new places (copied once)
-    return out, passes
-
-
-def _start_arrays(host: AccelHost, starts) -> np.ndarray:
-    """The start states (arrays, or addresses read now) as int64 ``[B, L, d]``."""
-    return np.stack([host.read_state(int(a)) if isinstance(a, (int, np.integer)) else np.asarray(a, dtype=np.int64)
-                     for a in starts])
-
-
-def _stream_record(res: PassResult, starts, streams, parents, prefill: bool) -> dict:
-    """A :func:`generate_streams` pass record (:func:`_record` plus ``streams``, ``parents`` and, when kept,
-    ``starts``, the arrays read back with it)."""
-    rec = _record(res, len(res.tokens) - 1, prefill, 0 if prefill else len(streams), starts is not None,
-                  streams=list(streams), parents=parents if parents is not None else list(range(-1, len(res.tokens) - 1)))
-    if starts is not None:
-        rec["starts"] = starts
-    return rec
+    return run(host, prompts, n_tokens, **kw)

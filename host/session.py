@@ -15,15 +15,17 @@ from mmfree import MmfreeError
 from mmfree.host.accel import AccelHost, PassResult
 from mmfree.host.generate import NO_DRAFT_ENGINE, ONCHIP_SAMPLING, generate, onchip_tree_rule
 from mmfree.host.layout import check_fits, check_n_tokens
+from mmfree.host.streams import StreamBatch, generate_streams
 from mmfree.host.transport import as_transport
 from mmfree.pymodel.drafters import Drafter, PromptLookupDrafter, TrigramDrafter
 from mmfree.rtl.compiler import Compiled, HwConfig
 
 
-def open_model(model) -> tuple[Compiled, object | None, str | None]:
+def open_model(model, streams: int = 1) -> tuple[Compiled, object | None, str | None]:
     """(compiled program + image, the IntModel or None, tokenizer directory or None) of ``model``:
     ``"default"``, an export or checkpoint directory, an ``IntModel``, a ``Compiled``, or a directory written
-    by :meth:`Compiled.save` (``compiled.json``)."""
+    by :meth:`Compiled.save` (``compiled.json``). ``streams``: the independent streams one pass of the program
+    may carry (``compile_model(..., streams=)``; what is already compiled keeps its own)."""
     from mmfree.rtl.compiler import compile_model
 
     if isinstance(model, tuple) and len(model) == 3 and isinstance(model[0], Compiled):
@@ -40,10 +42,10 @@ def open_model(model) -> tuple[Compiled, object | None, str | None]:
             raise MmfreeError(f"model {model!r} not found: give 'default', an `mmfree export` directory or a "
                               "checkpoint directory")
         im, tok_dir = open_int_model(str(model))
-        return compile_model(im), im, tok_dir
+        return compile_model(im, streams), im, tok_dir
     if hasattr(model, "dims") and hasattr(model, "forward"):
         path = getattr(model, "path", None)
-        return compile_model(model), model, str(path) if path is not None else None
+        return compile_model(model, streams), model, str(path) if path is not None else None
     raise MmfreeError(f"cannot run a {type(model).__name__} on the accelerator: give 'default', a model directory, "
                       "an IntModel or a Compiled")
 
@@ -99,6 +101,37 @@ class Generation:
         rule = {"tree_rule": self.tree_rule} if self.tree_rule is not None else {}
         return dict({"prompt_ids": self.prompt, "tokens": self.tokens, "text": self.text, "draft": self.draft,
                      "k": self.k, "wall_s": self.seconds}, **rule, **self.counters)
+
+
+@dataclass
+class StreamsGeneration:
+    """What :meth:`AccelSession.generate_streams` returns: per stream its ``prompts``, ``tokens`` and ``texts``
+    (None without a tokenizer), the pass records (:func:`mmfree.host.streams.generate_streams`), ``seconds``."""
+
+    prompts: list[list[int]]
+    tokens: list[list[int]]
+    texts: list[str | None]
+    passes: list[dict] = field(repr=False)
+    seconds: float
+
+    @property
+    def counters(self) -> dict:
+        """Sums over the passes: ``passes``, ``prefill_passes`` (passes of prompt chunks), ``decode_passes``
+        (one token per decoding stream), ``tokens_per_decode_pass`` (tokens the decode passes emitted, per pass),
+        ``cycles``, ``prefill_cycles``, ``decode_cycles``, ``stalls``, ``rd_bytes``, ``wr_bytes``."""
+        dec = [p for p in self.passes if not p["prefill"]]
+        emitted = sum(p["emitted"] for p in dec)
+        out = {"passes": len(self.passes), "prefill_passes": len(self.passes) - len(dec), "decode_passes": len(dec),
+               "tokens_per_decode_pass": emitted / len(dec) if dec else 0.0}
+        for name in ("cycles", "stalls", "rd_bytes", "wr_bytes"):
+            out[name] = sum(p[name] for p in self.passes)
+        out["prefill_cycles"] = sum(p["cycles"] for p in self.passes if p["prefill"])
+        out["decode_cycles"] = out["cycles"] - out["prefill_cycles"]
+        return out
+
+    def as_dict(self) -> dict:
+        return dict({"streams": len(self.prompts), "prompt_ids": self.prompts, "tokens": self.tokens,
+                     "texts": self.texts, "wall_s": self.seconds}, **self.counters)
 
 
 class AccelSession:
@@ -280,6 +313,33 @@ class AccelSession:
         self.last = Generation(ids, toks, text, passes, dr.name if dr is not None else None, k,
                                time.perf_counter() - t0, rule)
         return self.last
+
+    def generate_streams(self, prompts, n_tokens: int, temperature: float = 0.0, top_p: float = 1.0, seeds=None,
+                         eos_id: int | None = None, keep_arrays: bool = False, progress=None) -> StreamsGeneration:
+        """Decode B = ``len(prompts)`` independent streams (text or ids each) together, every pass one forest
+        (:func:`mmfree.host.streams.generate_streams`): per stream the tokens of decoding its prompt alone, greedy
+        or with ``temperature`` > 0 sampled with its own generator (``seeds[s]``, default 0 each), stopping after
+        ``n_tokens`` or ``eos_id``. The model must be compiled for B streams (``open_model(model, streams=B)``)
+        and B at most the bitstream's tokens per pass. ``progress(s, token)`` for every token. MmfreeError for a
+        bad prompt, too many streams, ``n_tokens`` < 1 or more than the board's memory holds for B streams."""
+        ids = [self.check_prompt(p) for p in (prompts or [])]
+        if ids:
+            check_n_tokens(n_tokens, self.compiled, self.board, self.host.hw.max_tokens, keep_arrays)
+            check_n_tokens(n_tokens * len(ids), self.compiled, self.board, self.host.hw.max_tokens, keep_arrays,
+                           name=f"--tokens x {len(ids)} streams")
+        t0 = time.perf_counter()
+        toks, passes = generate_streams(self.host, ids, n_tokens, write_logits=self.write_logits,
+                                        keep_arrays=keep_arrays, progress=progress, eos_id=eos_id,
+                                        temperature=temperature, top_p=top_p, seeds=seeds)
+        texts = [self.decode_text(t) if self.tokenizer_dir is not None else None for t in toks]
+        return StreamsGeneration(ids, toks, texts, passes, time.perf_counter() - t0)
+
+    def stream_batch(self, max_streams: int | None = None) -> StreamBatch:
+        """A :class:`~mmfree.host.streams.StreamBatch` on this accelerator: streams that join and leave at pass
+        boundaries (the server's continuous batching), at most ``max_streams`` at once (default: as many as the
+        compiled program and the bitstream's tokens per pass allow). Pass logits are written when
+        :attr:`write_logits` is set or a stream samples."""
+        return StreamBatch(self.host, max_streams, write_logits=self.write_logits)
 
     @property
     def hw(self) -> HwConfig:

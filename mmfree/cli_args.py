@@ -51,6 +51,23 @@ def parse_ids(text: str, option: str = "--prompt-ids") -> list[int]:
     return ids
 
 
+def stream_prompts(prompt_ids: str | None, streams: int, one_prompt) -> list[list[int]]:
+    """The prompts of ``--streams B``: ``--prompt-ids 'a,b;c,d'`` (one per stream, ``;`` between them), else the
+    one prompt (``one_prompt()``: its token ids) without its last 0..B-1 tokens (stream s drops s tokens).
+    MmfreeError for another number of prompts than B, or a prompt shorter than B tokens."""
+    if prompt_ids is not None and ";" in prompt_ids:
+        prompts = [parse_ids(part) for part in prompt_ids.split(";")]
+        if len(prompts) != streams:
+            raise MmfreeError(f"--prompt-ids gives {len(prompts)} prompts (';' between them) for --streams {streams}: "
+                              "give one per stream")
+        return prompts
+    prompt = list(one_prompt())
+    if len(prompt) < streams:
+        raise MmfreeError(f"the prompt is {len(prompt)} tokens; --streams {streams} uses it without its last "
+                          f"0..{streams - 1} tokens: give a longer prompt or one per stream (--prompt-ids 'a,b;c,d')")
+    return [prompt[:len(prompt) - s] for s in range(streams)]
+
+
 def add_json(p: argparse.ArgumentParser, what: str = "one JSON object") -> None:
     """``--json``: print ``what`` instead of text."""
     p.add_argument("--json", action="store_true", help=f"print {what}")

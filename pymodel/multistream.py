@@ -10,6 +10,12 @@ forest while the others go on.
 Accounting: the prompts go in one pass (B chains), then one pass per decode step of the streams still
 running; with a drafter (``k > 1``) a stream's tree is its pending token plus up to ``k - 1`` drafts, and
 its acceptance walk is :func:`mmfree.pymodel.speculative.accept_walk` with the greedy rule.
+
+A pass of the accelerator holds at most its build's max tokens: ``max_nodes`` gives the reference the same
+budget, and :func:`plan_pass` (the one schedule, which the host's :class:`mmfree.host.streams.StreamBatch` uses
+too) decides what each pass carries: while any stream has prompt tokens left the pass carries prompt chunks
+only (streams in join order, each chunk as long as the budget left allows), otherwise one tree per decoding
+stream. With every prompt fitting one pass this is the unbudgeted schedule above.
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ class StreamsResult:
         return sum(map(len, self.tokens)) / self.passes if self.passes else 0.0
 
 
-def _check_streams(model, prompts, max_new_tokens: int, k: int, drafters) -> list[list[int]]:
+def _check_streams(model, prompts, max_new_tokens: int, k: int, drafters, max_nodes=None) -> list[list[int]]:
     if isinstance(prompts, (str, bytes)) or not hasattr(prompts, "__len__") or len(prompts) == 0:
         raise ValueError("prompts must be a non-empty list of token-id lists, one per stream")
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
@@ -46,51 +52,83 @@ def _check_streams(model, prompts, max_new_tokens: int, k: int, drafters) -> lis
         raise ValueError(f"k (tokens per stream per pass) must be an integer >= 1, got {k!r}")
     if drafters is not None and len(drafters) != len(prompts):
         raise ValueError(f"give one drafter per stream: {len(prompts)} prompts, {len(drafters)} drafters")
+    if max_nodes is not None and (isinstance(max_nodes, bool) or not isinstance(max_nodes, int)
+                                  or max_nodes < k * len(prompts)):
+        raise ValueError(f"max_nodes (tokens per pass) must be an integer >= k x streams = {k * len(prompts)} "
+                         f"(every decode pass carries one tree of up to k tokens per stream), got {max_nodes!r}")
     return [check_prompt(p, model.vocab_size) for p in prompts]
 
 
+def plan_pass(prompt_left, decoding, max_nodes: int | None = None) -> tuple[list[tuple[int, int]], list[int]]:
+    """What the next pass carries (the schedule of every multi-stream loop, reference and host alike).
+
+    ``prompt_left``: ``(stream, prompt tokens not fed yet)`` in join order (streams with 0 left may be listed);
+    ``decoding``: the streams whose prompt is in, in order; ``max_nodes``: tokens one pass holds (None: no
+    limit). Returns ``(chunks, roots)``: while any prompt has tokens left, ``chunks`` = ``(stream, n)`` prompt
+    chunks packed in join order up to ``max_nodes`` and ``roots`` = [] (prefill first: a stream reaches the
+    shared decode passes soonest, and every decode pass is one tree per decoding stream); otherwise ``chunks``
+    = [] and ``roots`` = ``decoding``. ``ValueError`` for ``max_nodes < 1``."""
+    if max_nodes is not None and max_nodes < 1:
+        raise ValueError(f"max_nodes must be >= 1, got {max_nodes}")
+    budget = max_nodes if max_nodes is not None else float("inf")
+    chunks = []
+    for s, left in prompt_left:
+        if left > 0 and budget > 0:
+            n = int(min(left, budget))
+            chunks.append((s, n))
+            budget -= n
+    return (chunks, []) if chunks else ([], list(decoding))
+
+
 def generate_streams(model, prompts, max_new_tokens: int, k: int = 1, drafters=None,
-                     eos_id: int | None = None) -> StreamsResult:
+                     eos_id: int | None = None, max_nodes: int | None = None) -> StreamsResult:
     """Greedy decoding of B = ``len(prompts)`` independent streams on :class:`IntModel` ``model``, every pass
-    one forest over all streams still running.
+    one forest over the streams still running.
 
     ``prompts``: one non-empty token-id list per stream; ``max_new_tokens``: tokens per stream (each stops
     earlier right after ``eos_id``); ``k``: tokens per stream per decode pass (1: plain decoding; > 1 with
     ``drafters``, one :class:`~mmfree.pymodel.drafters.Drafter` per stream, each given only its own stream's
-    context). ``tokens[s]`` equals plain greedy decoding of ``prompts[s]`` alone. Raises ``ValueError`` for an
-    empty prompt list or prompt, ids outside the vocabulary, a negative token count, ``k < 1`` or a drafter
-    count that is not B.
+    context); ``max_nodes``: tokens one pass holds (the accelerator build's max tokens; None: no limit), the
+    passes planned by :func:`plan_pass`. ``tokens[s]`` equals plain greedy decoding of ``prompts[s]`` alone.
+    Raises ``ValueError`` for an empty prompt list or prompt, ids outside the vocabulary, a negative token
+    count, ``k < 1``, a drafter count that is not B or ``max_nodes`` below ``k x B``.
     """
-    prompts = _check_streams(model, prompts, max_new_tokens, k, drafters)
+    prompts = _check_streams(model, prompts, max_new_tokens, k, drafters, max_nodes)
     B = len(prompts)
     out: list[list[int]] = [[] for _ in range(B)]
+    res = StreamsResult(out, 0)
     if max_new_tokens == 0:
-        return StreamsResult(out, 0)
+        return res
     seqs = [list(p) for p in prompts]
     for s, dr in enumerate(drafters or []):
         dr.start(seqs[s])
-    start = model.initial_state()
-    toks, parents, offs = forest_of([(p, None) for p in prompts])
-    states, logits = model.verify_forest([start] * B, toks, parents)
-    cur: list[IntState] = [states[offs[s + 1] - 1] for s in range(B)]
-    res = StreamsResult(out, 1, [len(toks)])
-    live = [s for s in range(B) if not _emit(s, [greedy(logits[offs[s + 1] - 1])], out, seqs, drafters,
-                                             max_new_tokens, eos_id)]
+    cur: list[IntState] = [model.initial_state()] * B
+    fed = [0] * B
+    live = list(range(B))
     while live:
-        trees = [_tree(seqs[s], k, drafters[s] if drafters else None) for s in live]
+        chunks, roots = plan_pass([(s, len(prompts[s]) - fed[s]) for s in live],
+                                  [s for s in live if fed[s] == len(prompts[s])], max_nodes)
+        trees = [(prompts[s][fed[s]:fed[s] + n], None) for s, n in chunks]
+        trees += [_tree(seqs[s], k, drafters[s] if drafters else None) for s in roots]
+        members = [s for s, _ in chunks] + roots
         toks, parents, offs = forest_of(trees)
-        states, logits = model.verify_forest([cur[s] for s in live], toks, parents)
+        states, logits = model.verify_forest([cur[s] for s in members], toks, parents)
         res.passes += 1
         res.nodes.append(len(toks))
-        still = []
-        for i, s in enumerate(live):
-            t, p = trees[i]
-            o = offs[i]
-            new, node, _ = accept_walk(t, p, lambda n, cands, o=o: greedy_pick(greedy(logits[o + n]), cands))
-            cur[s] = states[o + node]
-            if not _emit(s, new, out, seqs, drafters, max_new_tokens, eos_id):
-                still.append(s)
-        live = still
+        done = set()
+        for i, s in enumerate(members):
+            o, last = offs[i], offs[i + 1] - 1
+            if i < len(chunks):                          # a prompt chunk: the first token after its last one
+                fed[s] += chunks[i][1]
+                cur[s] = states[last]
+                new = [greedy(logits[last])] if fed[s] == len(prompts[s]) else []
+            else:
+                t, p = trees[i]
+                new, node, _ = accept_walk(t, p, lambda n, cands, o=o: greedy_pick(greedy(logits[o + n]), cands))
+                cur[s] = states[o + node]
+            if new and _emit(s, new, out, seqs, drafters, max_new_tokens, eos_id):
+                done.add(s)
+        live = [s for s in live if s not in done]
     return res
 
 

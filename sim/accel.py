@@ -591,7 +591,7 @@ def replay_and_compare(im, passes: list[dict]) -> tuple[bool, list[str]]:
 
 
 def replay_forest(im, passes: list[dict]) -> tuple[bool, list[str]]:
-    """Replay multi-stream passes (:func:`mmfree.host.generate.generate_streams` records with ``starts``) on
+    """Replay multi-stream passes (:func:`mmfree.host.streams.generate_streams` records with ``starts``) on
     IntModel, each from its own start states (``IntModel.forward`` with ``h0`` ``[B, L, d]`` and the pass's
     parents), comparing every logit, argmax and state exactly. Returns (bit_exact, problems)."""
     problems = []
@@ -703,13 +703,16 @@ def simulate_generation(model="default", prompt_ids=(1,), n_tokens: int = 16, pr
 def simulate_streams(model="default", prompts=((1,), (2,)), n_tokens: int = 8, progress=True,
                      hw: HwConfig = DEFAULT_HW, rd_latency: int = DEFAULT_RD_LATENCY, write_logits: bool = True) -> dict:
     """B = ``len(prompts)`` independent streams on the simulated accelerator, every decode pass one forest
-    (:func:`mmfree.host.generate.generate_streams`; the program compiled with ``streams=B``), checked against
+    (:func:`mmfree.host.streams.generate_streams`; the program compiled with ``streams=B``), checked against
     IntModel: every stream's tokens equal plain greedy decoding of its prompt alone, every pass equals
-    ``IntModel.forward`` from its start states. Returns ``bit_exact``, ``problems``, ``streams``, ``tokens`` (per
-    stream), ``reference_tokens``, ``passes``, ``decode_passes``, ``cycles``, ``cycles_decode``,
+    ``IntModel.forward`` from its start states, and the number of passes equals the reference's multi-stream loop
+    (:func:`mmfree.pymodel.multistream.generate_streams` with the build's max tokens per pass). Returns
+    ``bit_exact``, ``problems``, ``streams``, ``tokens`` (per stream), ``reference_tokens``, ``passes``,
+    ``reference_passes``, ``decode_passes``, ``cycles``, ``cycles_decode``,
     ``cycles_per_decode_pass``, ``ddr_bytes``, ``model``, ``hw``, ``wall_s``. MmfreeError for B outside
     1..max_tokens of the build, a prompt outside the vocabulary or too many positions."""
     from mmfree.pymodel.intmodel import open_int_model
+    from mmfree.pymodel.multistream import generate_streams as reference_streams
     from mmfree.rtl.compiler import compile_model
     from mmfree.sim.run import greedy_reference
 
@@ -748,10 +751,16 @@ def simulate_streams(model="default", prompts=((1,), (2,)), n_tokens: int = 8, p
         if got != exp:
             ok = False
             problems.insert(0, f"stream {s}: tokens {got} differ from IntModel greedy decoding {exp}")
+    ref_passes = reference_streams(im, prompts, n_tokens, max_nodes=hw.max_tokens).passes
+    if len(passes) != ref_passes:
+        ok = False
+        problems.insert(0, f"{len(passes)} passes; the reference's multi-stream loop (pymodel.multistream."
+                           f"generate_streams, {hw.max_tokens} tokens per pass) runs {ref_passes}")
     decode = [p for p in passes if not p["prefill"]]
     dec_cycles = sum(p["cycles"] for p in decode)
     return {"bit_exact": ok, "problems": problems[:20], "streams": B, "tokens": res["tokens"],
-            "reference_tokens": ref, "prompt_ids": prompts, "passes": len(passes), "decode_passes": len(decode),
+            "reference_tokens": ref, "prompt_ids": prompts, "passes": len(passes), "reference_passes": ref_passes,
+            "decode_passes": len(decode),
             "cycles": sum(p["cycles"] for p in passes), "cycles_decode": dec_cycles,
             "cycles_per_decode_pass": dec_cycles / len(decode) if decode else None,
             "ddr_bytes": sum(p["rd_bytes"] for p in passes),

@@ -6,7 +6,7 @@ import sys
 
 from mmfree import MmfreeError
 from mmfree.cli import add_subcommand, print_json
-from mmfree.cli_args import DEFAULT_PROMPT, add_json, add_model, add_prompt, parse_ids
+from mmfree.cli_args import DEFAULT_PROMPT, add_json, add_model, add_prompt, parse_ids, stream_prompts
 
 
 def register(sub) -> None:
@@ -119,17 +119,7 @@ def _sim_streams(args) -> int:
                               "memory model); leave it out")
     if args.tokens < 1:
         raise MmfreeError("--tokens must be >= 1")
-    if args.prompt_ids is not None and ";" in args.prompt_ids:
-        prompts = [parse_ids(part) for part in args.prompt_ids.split(";")]
-        if len(prompts) != B:
-            raise MmfreeError(f"--prompt-ids gives {len(prompts)} prompts (';' between them) for --streams {B}: give "
-                              f"one per stream")
-    else:
-        prompt = _prompt(args)
-        if len(prompt) < B:
-            raise MmfreeError(f"the prompt is {len(prompt)} tokens; --streams {B} uses it without its last 0..{B - 1} "
-                              "tokens: give a longer prompt or one per stream (--prompt-ids 'a,b;c,d')")
-        prompts = [prompt[:len(prompt) - s] for s in range(B)]
+    prompts = stream_prompts(args.prompt_ids, B, lambda: _prompt(args))
     hw = dataclasses.replace(DEFAULT_HW, weight_ports=args.weight_ports)
     res = simulate_streams(args.model, prompts, args.tokens, progress=(not args.json) or sys.stderr.isatty(), hw=hw,
                            rd_latency=args.latency, write_logits=not args.no_logits)

@@ -61,6 +61,29 @@ def expected_tokens(im, prompt: list[int], n_tokens: int, temperature: float, to
             f"IntModel sampling (temperature {temperature:g}, top-p {top_p:g}, seed {seed})")
 
 
+def check_streams(im, prompts: list[list[int]], n_tokens: int, max_tokens: int, tokens: list[list[int]],
+                  passes: int, temperature: float = 0.0, top_p: float = 1.0, seeds=None) -> dict:
+    """A multi-stream run against the integer reference: the reference's multi-stream loop
+    (:func:`mmfree.pymodel.multistream.generate_streams` with ``max_nodes = max_tokens``) gives the pass count
+    and, greedy, the tokens; sampled (``temperature`` > 0), each stream's tokens are ``pymodel.generate`` with
+    IntBackend of its prompt alone with its seed (``seeds[s]``, default 0). Returns ``bit_exact``,
+    ``reference_tokens``, ``reference_passes``, ``problems``."""
+    from mmfree.pymodel.multistream import generate_streams as reference_streams
+
+    ref = reference_streams(im, prompts, n_tokens, max_nodes=max_tokens)
+    seeds = [0] * len(prompts) if seeds is None else list(seeds)
+    expect = ref.tokens if not temperature else [sampling_reference(im, p, n_tokens, temperature, top_p, seed)
+                                                 for p, seed in zip(prompts, seeds)]
+    what = "IntModel greedy decoding" if not temperature else f"IntModel sampling (temperature {temperature:g})"
+    problems = [f"stream {s}: tokens {got} differ from {what} {exp}"
+                for s, (got, exp) in enumerate(zip(tokens, expect)) if got != exp]
+    if passes != ref.passes:
+        problems.append(f"{passes} passes; the reference's multi-stream loop (pymodel.multistream.generate_streams, "
+                        f"{max_tokens} tokens per pass) runs {ref.passes}")
+    return {"bit_exact": not problems, "reference_tokens": expect, "reference_passes": ref.passes,
+            "problems": problems}
+
+
 def run_sim(model="default", prompt="def ", n_tokens: int = 8, draft: str | None = None, k: int | None = None,
             table=None, inject: list[dict] | None = None, write_logits: bool = True, timeout_s: float = 60.0,
             hw: HwConfig | None = None, progress=None, workdir=None, onchip: bool = False,

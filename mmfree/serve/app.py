@@ -10,8 +10,9 @@ Endpoints:
   at their defaults. Besides the OpenAI fields each choice carries ``token_ids`` (every generated token, the
   end-of-sequence token and the one that completed a stop string included; text excludes both) and the
   response an ``mmfree`` object (backend, passes, accepted drafts, seconds).
-* ``GET /v1/models``, ``GET /health`` (backend, draft, queue, limits, and ``streams: 1``: one stream at a
-  time, multi-stream batching is not implemented yet), ``GET /metrics`` (:mod:`mmfree.serve.metrics`).
+* ``GET /v1/models``, ``GET /health`` (backend, draft, queue, limits, ``streams``: requests decoded together
+  (``--max-streams``; 1: one stream at a time), ``batching`` (how), ``running`` / ``running_streams`` and
+  ``batch_passes`` (weight passes the multi-stream loop ran)), ``GET /metrics`` (:mod:`mmfree.serve.metrics`).
 
 Errors are OpenAI-shaped, ``{"error": {"message", "type", "param", "code"}}``: 400 for a bad field (``param``
 names it), 404 for another model id, 429 with ``Retry-After`` when the queue is full, 503 while shutting down,
@@ -37,7 +38,6 @@ from mmfree.serve.metrics import CONTENT_TYPE_LATEST, Metrics
 
 #: Seconds the HTTP side waits past a request's deadline for the decode loop to report it (a pass in flight).
 GRACE_S = 2.0
-BATCHING = "one stream at a time: multi-stream batching (one weight pass for several requests) is not implemented yet"
 
 
 class CompletionRequest(BaseModel):
@@ -96,8 +96,9 @@ def create_app(engine: Engine, metrics: Metrics | None = None, drain_timeout_s: 
     @app.get("/health")
     async def health():
         return {"status": "draining" if engine.closing else "ok", "model": b.model_id, **b.describe(),
-                "streams": 1, "batching": BATCHING, "queue_depth": engine.queue_depth,
-                "running": engine.running is not None, "max_queue": lim.max_queue, "max_tokens": lim.max_tokens,
+                "streams": engine.streams, "batching": engine.batching, "queue_depth": engine.queue_depth,
+                "running": engine.running is not None, "running_streams": len(engine.active),
+                "batch_passes": engine.passes, "max_queue": lim.max_queue, "max_tokens": lim.max_tokens,
                 "max_prompt_tokens": lim.max_prompt_tokens, "request_timeout_s": lim.request_timeout_s}
 
     @app.get("/v1/models")

@@ -30,7 +30,10 @@ def register(sub) -> None:
         "name with --bitstream X.bit runs on hardware). Trigram drafts are on for int and board (--draft none\n"
         "turns them off; on a board the draft tree is cut to the build's tokens per pass).\n\n"
         "Requests wait in one queue (at most --max-queue; beyond it HTTP 429 with Retry-After) for ONE decode\n"
-        "loop: one stream at a time (multi-stream batching is not implemented yet, /health says so). Limits:\n"
+        "loop: one stream at a time by default; --max-streams N (--backend board) decodes up to N requests\n"
+        "together, every weight pass shared (a request joins at the next pass, leaves when done; /health says\n"
+        "streams: N), each request's tokens those of decoding it alone (--draft none; sampled with its own seed).\n"
+        "Limits:\n"
         "--max-tokens per request, --max-prompt-tokens, --request-timeout from arrival to the last token\n"
         "(HTTP 504, or an error event in a stream). A bad field gets HTTP 400 naming it; a client that\n"
         "disconnects cancels its request; SIGTERM (or Ctrl-C) stops accepting connections, finishes the\n"
@@ -47,8 +50,10 @@ def register(sub) -> None:
     p.add_argument("--bitstream", default=None, help="--backend board on a PYNQ board: X.bit with X.hwh beside it")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (loopback by default)")
     p.add_argument("--port", type=int, default=8000, help="TCP port; 0 picks a free one")
-    p.add_argument("--max-streams", type=int, default=1,
-                   help="streams decoded at once; only 1 today (multi-stream batching is not implemented yet)")
+    p.add_argument("--max-streams", type=int, default=1, metavar="N",
+                   help="requests decoded together, sharing every weight pass (continuous batching at pass "
+                        "boundaries): 1 (default, one stream at a time) up to the accelerator's tokens per pass; "
+                        "N > 1 needs --backend board and runs without draft trees")
     p.add_argument("--draft", choices=["auto", "trigram", "none"], default="auto",
                    help="speculative decoding with the trigram drafter; auto: on for int and board, off for float")
     p.add_argument("--max-draft", type=int, default=4, help="draft tree depth (as `mmfree generate --max-draft`)")
@@ -71,9 +76,10 @@ def register(sub) -> None:
 
 
 def _check_args(args) -> None:
-    if args.max_streams != 1:
-        raise MmfreeError(f"--max-streams {args.max_streams}: only 1 is supported today (requests are decoded one "
-                          "stream at a time; multi-stream batching is not implemented yet)")
+    from mmfree.serve.engine import check_max_streams
+
+    check_max_streams(args.max_streams, args.backend, args.draft, args.trigram_table, args.tree_rule,
+                      args.draft_nodes)
     if not 0 <= args.port <= 65535:
         raise MmfreeError(f"--port must be in 0..65535 (0: any free port), got {args.port}")
     if not args.pass_timeout > 0:
@@ -122,7 +128,7 @@ def _serve(args) -> int:
 
     backend = open_backend(args.backend, args.model, args.board, args.draft, args.max_draft, args.draft_nodes,
                            args.trigram_table, args.bitstream, args.served_model_name, args.pass_timeout,
-                           tree_rule=args.tree_rule)
+                           tree_rule=args.tree_rule, max_streams=args.max_streams)
     metrics = Metrics()
     engine = Engine(backend, limits, metrics)
     drain = limits.request_timeout_s + GRACE_S
@@ -133,7 +139,8 @@ def _serve(args) -> int:
                                                timeout_graceful_shutdown=drain, lifespan="on"))
         d = backend.describe()
         print(f"mmfree serve: {backend.model_id} on backend {d['backend']}"
-              + (f" ({d['board']})" if "board" in d else "") + f", drafts {d['draft']}, one stream at a time; "
+              + (f" ({d['board']})" if "board" in d else "") + f", drafts {d['draft']}, "
+              + ("one stream at a time" if engine.streams == 1 else f"up to {engine.streams} streams per pass") + "; "
               f"listening on http://{host}:{port} (OpenAI API at /v1)", flush=True)
         # uvicorn re-raises the signal it stopped on once it has drained: a no-op SIGTERM handler makes that an
         # ordinary return, so a drained shutdown exits 0.

@@ -17,7 +17,8 @@ the completion ``mmfree generate`` prints, token for token, greedy or sampled wi
 
 :class:`Engine`: :meth:`Engine.submit` puts a :class:`Job` in a queue of at most ``limits.max_queue`` waiting
 jobs (:class:`QueueFull` beyond, with a Retry-After estimate); one thread takes jobs in order and decodes one
-stream at a time (multi-stream batching on the accelerator is not implemented yet). Each job reports events to
+stream at a time, or with a :class:`StreamsBackend` (``--max-streams N`` > 1 on the accelerator) up to N jobs
+together: continuous batching at pass boundaries (:meth:`Engine._batch_loop`). Each job reports events to
 its ``sink`` from that thread: ``("delta", text, token)`` per token, then one ``("done", finish_reason,
 stats)``. Finish reasons: ``length``, ``stop`` (end-of-sequence token or a stop string), ``timeout`` (the
 request's deadline passed), ``cancelled`` (:meth:`Job.cancel`, e.g. the client went away), ``error`` (the
@@ -317,6 +318,41 @@ class ReferenceBackend(Backend):
         return d
 
 
+class StreamsBackend(Backend):
+    """The accelerator decoding up to ``max_streams`` requests together (``mmfree serve --max-streams N``, N > 1):
+    the engine's batch loop (:meth:`Engine._batch_loop`) runs one :meth:`new_batch` and adds each request as a
+    stream at a pass boundary. Every decode pass carries one token per request (no draft trees), so a request's
+    tokens are those of ``mmfree generate --backend int --draft none`` for its prompt, greedy or sampled with its
+    own seeded generator (:class:`mmfree.host.streams.StreamBatch`)."""
+
+    name = "board"
+
+    def __init__(self, accelerator, intmodel, model_id: str, tok_dir, max_streams: int, extra: dict | None = None):
+        self.acc, self.max_streams, self.extra = accelerator, max_streams, extra or {}
+        eos = ((getattr(intmodel, "manifest", None) or {}).get("config") or {}).get("eos_token_id")
+        super().__init__(model_id, intmodel.vocab_size, eos, _tokenizer(tok_dir))
+
+    def new_batch(self):
+        """An empty batch of up to ``max_streams`` streams on the accelerator."""
+        return self.acc.stream_batch(self.max_streams)
+
+    def decode(self, ids, s, emit, passes):
+        """One request alone (a batch of one stream), as :class:`Backend` decodes."""
+        batch = self.new_batch()
+        batch.add(ids, s.max_tokens, self.eos_id, s.temperature, s.top_p, s.seed)
+        while len(batch):
+            step = batch.step()
+            passes[0 if step.record["prefill"] else 1] += 1
+            for _, tok in step.emitted:
+                emit(tok)
+
+    def describe(self) -> dict:
+        return dict(super().describe(), **self.extra)
+
+    def close(self) -> None:
+        self.acc.close()
+
+
 def _tokenizer(source):
     """The tokenizer of ``source`` (checkpoint/export directory or "default"), or None when it has none."""
     if source is None:
@@ -329,15 +365,20 @@ def _tokenizer(source):
         return None
 
 
-def open_accelerator(board: str, model, bitstream=None, pass_timeout_s: float = 60.0):
+def open_accelerator(board: str, model, bitstream=None, pass_timeout_s: float = 60.0, streams: int = 1):
     """THE one place the serving layer reaches the accelerator driver: an ``Accelerator`` with ``model``
-    (anything ``open_model`` takes) loaded, on ``board``: ``"sim"`` (the ISA emulator with the default
-    simulated build, :data:`mmfree.sim.accel.DEFAULT_HW`) or a PYNQ board name / ``custom:PATH.json`` with
-    ``bitstream`` (X.bit with X.hwh). Returns (accelerator, IntModel, tokenizer directory)."""
+    (anything ``open_model`` takes, compiled for ``streams`` streams per pass) loaded, on ``board``: ``"sim"``
+    (the ISA emulator with the default simulated build, :data:`mmfree.sim.accel.DEFAULT_HW`) or a PYNQ board name
+    / ``custom:PATH.json`` with ``bitstream`` (X.bit with X.hwh). Returns (accelerator, IntModel, tokenizer
+    directory)."""
     from mmfree.boards.accelerator import Accelerator
     from mmfree.host.session import open_model
+    from mmfree.rtl.isa import MAX_STREAMS
 
-    opened = open_model(model)
+    if streams > MAX_STREAMS:
+        raise MmfreeError(f"--max-streams {streams}: a program carries at most {MAX_STREAMS} streams per pass "
+                          "(and a bitstream at most its tokens per pass)")
+    opened = open_model(model, streams=streams)
     compiled, im, tok_dir = opened
     if im is None:
         raise MmfreeError("the board backend samples from the logits with the integer reference's scale: give "
@@ -357,12 +398,17 @@ def open_accelerator(board: str, model, bitstream=None, pass_timeout_s: float = 
 
 def open_backend(backend: str, model: str = "default", board: str | None = None, draft: str = "auto",
                  max_draft: int = 4, draft_nodes: int | None = None, trigram_table=None, bitstream=None,
-                 model_id: str | None = None, pass_timeout_s: float = 60.0, tree_rule: str | None = None) -> Backend:
+                 model_id: str | None = None, pass_timeout_s: float = 60.0, tree_rule: str | None = None,
+                 max_streams: int = 1) -> Backend:
     """Load ``model`` on ``backend`` (see the module docstring). ``draft``: "auto" (trigram on int and board,
     none on float), "trigram" or "none"; ``max_draft``/``draft_nodes``: the draft tree (``mmfree generate``'s
     --max-draft/--draft-nodes; on a board at most the build's tokens per pass minus one); ``tree_rule``: the
-    draft tree shape (``mmfree generate --tree-rule``; None: the default). MmfreeError naming the flag for a bad
+    draft tree shape (``mmfree generate --tree-rule``; None: the default); ``max_streams`` > 1: requests decoded
+    together on the accelerator (:func:`open_streams_backend`). MmfreeError naming the flag for a bad
     combination."""
+    if max_streams != 1:
+        return open_streams_backend(backend, model, board, draft, trigram_table, bitstream, model_id, pass_timeout_s,
+                                    max_streams, tree_rule, draft_nodes)
     if backend not in BACKENDS:
         raise MmfreeError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
     if draft not in ("auto", "trigram", "none"):
@@ -410,6 +456,43 @@ def open_backend(backend: str, model: str = "default", board: str | None = None,
     return ReferenceBackend(backend, im, model_id, tok_dir, table, max_draft, draft_nodes, extra, tree_rule)
 
 
+def check_max_streams(max_streams, backend: str, draft: str = "auto", trigram_table=None, tree_rule=None,
+                      draft_nodes=None) -> int:
+    """``--max-streams`` as an int; MmfreeError for a value that is not an integer >= 1, or > 1 with another
+    backend than board or with trigram drafts (a multi-stream pass carries one token per request)."""
+    if isinstance(max_streams, bool) or not isinstance(max_streams, int) or max_streams < 1:
+        raise MmfreeError(f"--max-streams must be an integer >= 1 (1: one stream at a time), got {max_streams!r}")
+    if max_streams > 1 and backend != "board":
+        raise MmfreeError(f"--max-streams {max_streams} decodes several requests in one accelerator pass: it needs "
+                          "--backend board (the float and int backends decode one stream at a time)")
+    if max_streams > 1 and (draft == "trigram" or trigram_table is not None or tree_rule is not None
+                            or draft_nodes is not None):
+        raise MmfreeError(f"--max-streams {max_streams}: a multi-stream pass carries one token per request, no draft "
+                          "trees; leave out --draft trigram, --trigram-table, --tree-rule and --draft-nodes "
+                          "(--draft auto turns drafts off)")
+    return max_streams
+
+
+def open_streams_backend(backend: str, model, board, draft: str, trigram_table, bitstream, model_id, pass_timeout_s,
+                         max_streams: int, tree_rule=None, draft_nodes=None) -> StreamsBackend:
+    """The accelerator serving up to ``max_streams`` requests per pass (:class:`StreamsBackend`), the model compiled
+    for that many streams. MmfreeError (:func:`check_max_streams`) for a bad combination, and for more streams
+    than the bitstream's tokens per pass (every decoding request feeds one token)."""
+    check_max_streams(max_streams, backend, draft, trigram_table, tree_rule, draft_nodes)
+    if board is None:
+        raise MmfreeError("--backend board needs --board sim or a board name")
+    if draft not in ("auto", "none"):
+        raise MmfreeError(f"--draft must be auto, trigram or none, got {draft!r}")
+    acc, im, tok_dir = open_accelerator(board, model, bitstream, pass_timeout_s, streams=max_streams)
+    K = acc.hw.max_tokens
+    if max_streams > K:
+        acc.close()
+        raise MmfreeError(f"--max-streams {max_streams}: the accelerator verifies {K} tokens per pass, so a pass "
+                          f"carries at most {K} requests; give --max-streams 1..{K}")
+    extra = {"board": board, "tokens_per_pass": K}
+    return StreamsBackend(acc, im, model_id or _model_id(model), tok_dir, max_streams, extra)
+
+
 def _model_id(model: str) -> str:
     from pathlib import Path
 
@@ -445,6 +528,16 @@ class Job:
         return self._cancel.is_set()
 
 
+@dataclass
+class _Live:
+    """A job of the batch loop while it is in the batch: its text stream, start time and [prompt, decode] passes."""
+
+    job: Job
+    text: TextStream
+    t0: float
+    passes: list[int] = field(default_factory=lambda: [0, 0])
+
+
 class Engine:
     """A bounded queue of :class:`Job` and one decode thread (see the module docstring). ``metrics``: an
     object with ``job_done(job)`` (e.g. :class:`mmfree.serve.metrics.Metrics`), called once per job."""
@@ -454,16 +547,28 @@ class Engine:
         self.backend, self.limits, self.metrics = backend, limits, metrics
         self._waiting: deque[Job] = deque()
         self._cv = threading.Condition()
-        self.running: Job | None = None
+        self.running: Job | None = None                 # the oldest job being decoded
+        self.active: list[Job] = []                     # every job being decoded (one, or up to max_streams)
+        self.streams = getattr(backend, "max_streams", 1)
+        self.passes = 0                                 # weight passes run by the batch loop
         self.closing = False
         self._stop = False
         self._service_s = 1.0                           # running mean of seconds per job, for Retry-After
-        self._thread = threading.Thread(target=self._loop, name="mmfree-decode", daemon=True)
+        loop = self._batch_loop if self.streams > 1 else self._loop
+        self._thread = threading.Thread(target=loop, name="mmfree-decode", daemon=True)
         self._thread.start()
 
     @property
     def queue_depth(self) -> int:
         return len(self._waiting)
+
+    @property
+    def batching(self) -> str:
+        """How requests share the accelerator (for /health)."""
+        if self.streams > 1:
+            return (f"continuous batching: up to {self.streams} requests share every weight pass (a request joins "
+                    "at the next pass boundary and leaves when done; one token per request per decode pass)")
+        return "one stream at a time (--max-streams N > 1 with --backend board: N requests per weight pass)"
 
     # ---- requests in ----------------------------------------------------------------------------------------
     def prepare(self, prompt, max_tokens: int, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
@@ -514,7 +619,7 @@ class Engine:
             if self.closing:
                 raise ShuttingDown("the server is shutting down and takes no new requests")
             depth = len(self._waiting)
-            if depth >= self.limits.max_queue and (depth or self.running is not None):
+            if depth >= self.limits.max_queue and (depth or len(self.active) >= self.streams):
                 raise QueueFull(depth, max(1, math.ceil(self._service_s * (depth + 1))))
             self._waiting.append(job)
             self._cv.notify_all()
@@ -529,6 +634,7 @@ class Engine:
                 if not self._waiting:
                     return
                 job = self.running = self._waiting.popleft()
+                self.active = [job]
             try:
                 self._run(job)
             except Exception as exc:                   # a bug of ours: report it, keep the loop alive
@@ -541,7 +647,92 @@ class Engine:
             finally:
                 with self._cv:
                     self.running = None
+                    self.active = []
                     self._cv.notify_all()
+
+    # ---- the batch loop (max_streams > 1) ----------------------------------------------------------------------
+    def _batch_loop(self) -> None:
+        """Decode up to ``self.streams`` jobs together, one weight pass per step of the backend's batch
+        (:class:`StreamsBackend`): waiting jobs join at every pass boundary while there is room, a job leaves when
+        it is done, stopped, cancelled or past its deadline; a pass that fails ends every job in it with ``error``
+        and the loop goes on with a fresh batch."""
+        batch, live = self.backend.new_batch(), {}      # stream id -> _Live
+        while True:
+            with self._cv:
+                while not self._waiting and not live and not self._stop:
+                    self._cv.wait()
+                if not self._waiting and not live:
+                    return
+                fresh = []
+                while self._waiting and len(live) + len(fresh) < self.streams:
+                    fresh.append(self._waiting.popleft())
+                self._set_active(list(self.active) + fresh)
+            for job in fresh:
+                self._join(batch, live, job)
+            if not live:
+                continue
+            try:
+                step = batch.step()
+            except Exception as exc:                   # the pass failed: every job in the batch ends with it
+                if not isinstance(exc, (MmfreeError, ValueError)):
+                    traceback.print_exc(file=sys.stderr)
+                for lv in live.values():
+                    lv.job.error = str(exc) if isinstance(exc, (MmfreeError, ValueError)) else f"{type(exc).__name__}: {exc}"
+                    self._leave(lv, "error")
+                batch, live = self.backend.new_batch(), {}
+                continue
+            self.passes += 1
+            self._advance(batch, live, step)
+
+    def _set_active(self, jobs: list[Job]) -> None:
+        """(With the lock held.) The jobs being decoded; ``running`` is the oldest."""
+        self.active = jobs
+        self.running = jobs[0] if jobs else None
+        self._cv.notify_all()
+
+    def _join(self, batch, live: dict, job: Job) -> None:
+        """Add ``job`` to ``batch`` as a stream, or end it at once (past its deadline, cancelled, refused)."""
+        lv = _Live(job, TextStream(self.backend.tokenizer, job.stops), time.monotonic())
+        if lv.t0 > job.deadline or job.cancelled:
+            return self._leave(lv, "timeout" if lv.t0 > job.deadline else "cancelled")
+        s = job.sampling
+        try:
+            live[batch.add(job.prompt_ids, s.max_tokens, self.backend.eos_id, s.temperature, s.top_p, s.seed)] = lv
+        except (MmfreeError, ValueError) as exc:
+            job.error = str(exc)
+            self._leave(lv, "error")
+
+    def _advance(self, batch, live: dict, step) -> None:
+        """Hand each job its token of this pass; jobs that are done, stopped, cancelled or late leave."""
+        kind = 0 if step.record["prefill"] else 1
+        for sid in step.record["streams"]:
+            live[sid].passes[kind] += 1
+        reasons = {}
+        for sid, tok in step.emitted:
+            try:
+                self._emit(live[sid].job, live[sid].text, tok)
+            except _Stop as stop:
+                reasons[sid] = stop.reason
+        now = time.monotonic()
+        for sid, lv in live.items():
+            if sid in reasons:
+                continue
+            if sid in step.finished:
+                reasons[sid] = "stop" if lv.job.tokens[-1] == self.backend.eos_id else "length"
+            elif now > lv.job.deadline or lv.job.cancelled:
+                reasons[sid] = "timeout" if now > lv.job.deadline else "cancelled"
+        for sid, reason in reasons.items():
+            batch.cancel(sid)
+            self._leave(live.pop(sid), reason)
+
+    def _leave(self, lv: _Live, reason: str) -> None:
+        """End a job of the batch loop: its finish reason, the text held back, the stats and the done event."""
+        lv.job.finish_reason = reason
+        tail = lv.text.flush() if reason in ("length", "stop") else ""
+        lv.job.text = lv.text.text
+        self._finish(lv.job, tail, lv.passes, time.monotonic() - lv.t0)
+        with self._cv:
+            self._set_active([j for j in self.active if j is not lv.job])
 
     def _run(self, job: Job) -> None:
         t0 = time.monotonic()
@@ -599,7 +790,7 @@ class Engine:
             while self._waiting or self.running is not None:
                 left = None if end is None else end - time.monotonic()
                 if left is not None and left <= 0:
-                    for j in list(self._waiting) + ([self.running] if self.running else []):
+                    for j in list(self._waiting) + list(self.active):
                         j.cancel()
                     break
                 self._cv.wait(timeout=left)

@@ -8,8 +8,12 @@ counters). Names (all prefixed ``mmfree_``):
 * ``prompt_tokens_total``, ``completion_tokens_total``: tokens read and generated.
 * ``tokens_per_second``: generated tokens per second of decoding over the last ``window_s`` seconds
   (completed requests only; 0 when none).
-* ``queue_depth``: requests waiting; ``requests_running``: 0 or 1 (one stream at a time).
-* ``passes_total{kind}``: weight passes of the model, ``prefill`` (prompt) and ``decode``.
+* ``queue_depth``: requests waiting; ``requests_running``: requests being decoded (0 or 1 with one stream at a
+  time, up to ``--max-streams``).
+* ``passes_total{kind}``: weight passes of the model each request took part in, ``prefill`` (prompt) and ``decode``
+  (with ``--max-streams`` > 1 a shared pass counts once per request in it).
+* ``batch_passes``: weight passes the multi-stream batch loop ran (each shared by the requests in it; 0 with one
+  stream at a time).
 * ``accepted_drafts_total``: tokens emitted beyond one per decode pass (trigram drafts the model accepted).
 * ``request_seconds``: histogram of arrival-to-last-token time of completed requests.
 """
@@ -54,13 +58,16 @@ class Metrics:
                          registry=r)
         self.tps.set_function(self.tokens_per_second)
         self.depth = Gauge("mmfree_queue_depth", "requests waiting for the decode loop", registry=r)
-        self.running = Gauge("mmfree_requests_running", "requests being decoded (one stream at a time)", registry=r)
+        self.running = Gauge("mmfree_requests_running", "requests being decoded (at most --max-streams)", registry=r)
+        self.batch_passes = Gauge("mmfree_batch_passes", "weight passes run by the multi-stream batch loop",
+                                  registry=r)
         self._recent: deque[tuple[float, int, float]] = deque()      # (finished at, tokens, decode seconds)
         self._lock = threading.Lock()
 
     def bind(self, engine) -> None:
         self.depth.set_function(lambda: engine.queue_depth)
-        self.running.set_function(lambda: 1 if engine.running is not None else 0)
+        self.running.set_function(lambda: len(engine.active))
+        self.batch_passes.set_function(lambda: engine.passes)
 
     def rejected(self, outcome: str) -> None:
         """A request refused before it reached the engine (``rejected`` or ``invalid``)."""

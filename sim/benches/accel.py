@@ -9,7 +9,7 @@ The job comes from the JSON file named by ``MMFREE_ACCEL_JOB`` (written by :func
   file, ``tree_rule`` the draft tree rule: :func:`mmfree.host.generate.generate_onchip`, logits not written; the
   adapted table comes back as ``table_trig`` / ``table_bigram``), ``"script"`` (``steps``, see
   :func:`mmfree.host.generate.run_script`), ``"streams"`` (``prompts``, ``n_tokens``:
-  `mmfree.host.generate.generate_streams`, B streams in forest passes; the compiled program serves B streams) or
+  `mmfree.host.streams.generate_streams`, B streams in forest passes; the compiled program serves B streams) or
   ``"run"``: the host session
   :class:`mmfree.host.session.AccelSession` (what the board's ``Accelerator`` is without its PYNQ constructors)
   over a :class:`~mmfree.host.transport.BoardTransport` around the simulated board, exactly as
@@ -36,8 +36,9 @@ import numpy as np
 from cocotb.task import bridge
 
 from mmfree.host.accel import AccelHost
-from mmfree.host.generate import generate, generate_onchip, generate_streams, run_script
+from mmfree.host.generate import generate, generate_onchip, run_script
 from mmfree.host.session import AccelSession
+from mmfree.host.streams import generate_streams
 from mmfree.host.transport import BoardTransport
 from mmfree.pymodel.drafters import PromptLookupDrafter, TrigramDrafter
 from mmfree.pymodel.trigram import TrigramTable

@@ -61,6 +61,8 @@ CASES = [
     ("sim", ["sim", "--prompt-ids", "1"], "--weight-ports", ANY_INT.filter(lambda v: v not in (1, 2, 4)) | JUNK),
     ("run", ["run", "--board", "sim", "--prompt-ids", "1"], "--tokens", NEG | JUNK),
     ("run", ["run", "--board", "sim", "--prompt-ids", "1"], "--k", NEG | big(5) | JUNK),
+    ("run", ["run", "--board", "sim", "--prompt-ids", "1"], "--streams", NEG | big(17) | JUNK),
+    ("run", ["run", "--board", "pynq-sim", "--prompt-ids", "1;2"], "--streams", NEG | big(17) | JUNK),
     ("run", ["run", "--board", "sim", "--prompt-ids", "1"], "--timeout",
      st.floats(max_value=0) | st.sampled_from([math.nan, math.inf, -math.inf]) | JUNK),
     ("demo", ["demo"], "--tokens", NEG | big(1025) | JUNK),

@@ -12,7 +12,7 @@ from mmfree.pymodel.drafters import PromptLookupDrafter
 from mmfree.pymodel.export import export_model
 from mmfree.pymodel.generate import generate
 from mmfree.pymodel.intmodel import IntBackend, IntModel, forest_of
-from mmfree.pymodel.multistream import generate_streams
+from mmfree.pymodel.multistream import generate_streams, plan_pass
 
 from .helpers import random_model
 
@@ -108,8 +108,31 @@ def test_streams_with_drafts_equal_plain_decoding(im, prompts, n, k):
     assert all(nodes <= k * len(prompts) for nodes in res.nodes[1:])
 
 
+@HYP
+@given(prompts=st.lists(st.lists(st.integers(0, VOCAB - 1), min_size=1, max_size=9), min_size=1, max_size=4),
+       n=st.integers(1, 6), extra=st.integers(0, 3))
+def test_streams_with_a_pass_budget_equal_plain_decoding(im, prompts, n, extra):
+    """max_nodes (the accelerator's tokens per pass): the prompts go in packed chunks, then one token per stream."""
+    budget = len(prompts) + extra
+    res = generate_streams(im, prompts, n, max_nodes=budget)
+    assert res.tokens == [_alone(im, p, n) for p in prompts]
+    assert all(nodes <= budget for nodes in res.nodes)
+    prefill = -(-sum(map(len, prompts)) // budget)                    # chunks fill every prompt pass but the last
+    assert res.passes == prefill + n - 1 and res.nodes[prefill:] == [len(prompts)] * (n - 1)
+
+
+def test_plan_pass_prefill_first_then_one_tree_per_stream():
+    assert plan_pass([(0, 5), (1, 0), (2, 2)], [1], 4) == ([(0, 4)], [])
+    assert plan_pass([(0, 1), (1, 0), (2, 2)], [1], 4) == ([(0, 1), (2, 2)], [])
+    assert plan_pass([(0, 0), (1, 0)], [0, 1], 4) == ([], [0, 1])
+    assert plan_pass([(0, 7), (1, 3)], [], None) == ([(0, 7), (1, 3)], [])
+    with pytest.raises(ValueError, match="max_nodes must be >= 1"):
+        plan_pass([(0, 1)], [], 0)
+
+
 @pytest.mark.parametrize("args, needle", [
-    (dict(prompts=[]), "non-empty list"), (dict(prompts="ab"), "non-empty list"),
+    (dict(max_nodes=1), "max_nodes \\(tokens per pass\\) must be an integer >= k x streams = 2"),
+    (dict(max_nodes=2.0), "max_nodes"), (dict(prompts=[]), "non-empty list"), (dict(prompts="ab"), "non-empty list"),
     (dict(prompts=[[1], []]), "prompt is empty"), (dict(prompts=[[1], [VOCAB]]), "outside the vocabulary"),
     (dict(max_new_tokens=-1), "max_new_tokens"), (dict(k=0), "k \\(tokens per stream"),
     (dict(k=2, drafters=[PromptLookupDrafter()]), "one drafter per stream")])

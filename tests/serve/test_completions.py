@@ -116,7 +116,7 @@ def test_health_models_and_metrics(int_backend):
         models = client.models.list()
     assert [x.id for x in models.data] == [MODEL]
     assert health["status"] == "ok" and health["backend"] == "int" and health["draft"] == "trigram"
-    assert health["streams"] == 1 and "not implemented yet" in health["batching"]
+    assert health["streams"] == 1 and "one stream at a time" in health["batching"]
     assert health["max_queue"] == 3 and health["max_tokens"] == 32 and health["queue_depth"] == 0
     assert m[("mmfree_requests_total", "length")] == 1 and m[("mmfree_requests_total", "invalid")] == 1
     assert m[("mmfree_completion_tokens_total",)] == 8 and m[("mmfree_prompt_tokens_total",)] == 2

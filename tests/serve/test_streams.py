@@ -1,0 +1,236 @@
+"""`mmfree serve --max-streams N` on the accelerator (the simulated board: the driver on the ISA emulator):
+concurrent requests are decoded together, joining the forest at the next pass and leaving when done, in fewer
+weight passes than decoding them one after another, and every request's tokens equal decoding it alone (greedy,
+and sampled with its own seed); the limits and bad flags get one clear error."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import httpx
+import pytest
+
+from mmfree import MmfreeError
+from mmfree.cli import main
+from tests.serve.helpers import generate_cli, live
+
+MODEL = "mmfree-default"
+#: (prompt, max_tokens, sampling) of the concurrent requests
+REQUESTS = [("def ", 12, {"temperature": 0}), ("class Foo", 10, {"temperature": 0.8, "top_p": 0.95, "seed": 3}),
+            ("import os\n", 6, {"temperature": 0})]
+
+
+@pytest.fixture(scope="module")
+def backend():
+    from mmfree.serve.engine import open_backend
+
+    b = open_backend("board", board="sim", max_streams=2)
+    yield b
+    b.close()
+
+
+def _reference(prompt, n, sampling) -> list[int]:
+    """`mmfree generate --backend int --draft none` (the integer reference decoding the request alone)."""
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in sampling.items()]
+    return generate_cli("--backend", "int", "--prompt", prompt, "--max-new-tokens", str(n), "--stop-at-eos",
+                        "--draft", "none", *flags)["tokens"]
+
+
+def _post(url, prompt, n, sampling, out, key, barrier=None):
+    if barrier is not None:
+        barrier.wait()
+    r = httpx.post(url + "/v1/completions", timeout=120,
+                   json=dict(model=MODEL, prompt=prompt, max_tokens=n, **sampling)).json()
+    out[key] = r
+
+
+def _concurrently(url, requests) -> dict:
+    out, barrier = {}, threading.Barrier(len(requests))
+    threads = [threading.Thread(target=_post, args=(url, p, n, s, out, i, barrier))
+               for i, (p, n, s) in enumerate(requests)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    return out
+
+
+def test_concurrent_requests_share_passes_and_equal_their_solo_output(backend):
+    """Two requests at once: each equals its solo output on the same server (and the integer reference's plain
+    decoding), and together they take fewer weight passes than one after the other."""
+    with live(backend) as (server, engine):
+        solo = {}
+        for i, (p, n, s) in enumerate(REQUESTS[:2]):
+            _post(server.url, p, n, s, solo, i)
+        solo_passes = engine.passes
+        both = _concurrently(server.url, REQUESTS[:2])
+        shared = engine.passes - solo_passes
+        health = httpx.get(server.url + "/health").json()
+    for i, (p, n, s) in enumerate(REQUESTS[:2]):
+        ids = both[i]["choices"][0]["token_ids"]
+        assert ids == solo[i]["choices"][0]["token_ids"] == _reference(p, n, s), i
+        m = both[i]["mmfree"]
+        assert m["decode_passes"] == n - 1 and m["accepted_drafts"] == 0
+    assert solo_passes == sum(n for _, n, _ in REQUESTS[:2])      # alone: 1 prompt pass + n - 1 decode passes
+    assert shared < solo_passes, (shared, solo_passes)
+    assert health["streams"] == 2 and health["draft"] == "none" and health["tokens_per_pass"] == 4
+    assert "continuous batching" in health["batching"] and health["running_streams"] == 0
+
+
+def test_a_waiting_request_joins_when_one_leaves(backend):
+    """Three requests, two streams: the third waits in the queue and joins the batch at the pass boundary after
+    the shortest one leaves; all three equal their reference decoding, streamed or not."""
+    with live(backend) as (server, engine):
+        got = _concurrently(server.url, REQUESTS)
+        streamed = [t for ch in server.client().completions.create(model=MODEL, prompt="def ", max_tokens=5,
+                                                                      stream=True, temperature=0)
+                    for t in ch.choices[0].model_extra["token_ids"]]
+    for i, (p, n, s) in enumerate(REQUESTS):
+        assert got[i]["choices"][0]["token_ids"] == _reference(p, n, s), i
+        assert got[i]["choices"][0]["finish_reason"] == "length"
+    assert streamed == _reference("def ", 5, {"temperature": 0})
+
+
+def test_async_clients_through_the_asgi_app(backend):
+    """httpx.AsyncClient on the FastAPI app itself (ASGI transport, one event loop): two requests in flight at
+    once, both exact, and a stop string ends one while the other goes on."""
+    from mmfree.serve.app import create_app
+    from mmfree.serve.engine import Engine, Limits
+
+    engine = Engine(backend, Limits())
+    app = create_app(engine)
+
+    async def both():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+            body = dict(model=MODEL, temperature=0)
+            return await asyncio.gather(c.post("/v1/completions", json=dict(body, prompt="def ", max_tokens=10)),
+                                        c.post("/v1/completions", json=dict(body, prompt="import os\n", max_tokens=8,
+                                                                            stop="\n")))
+    try:
+        a, b = [r.json() for r in asyncio.run(both())]
+        passes = engine.passes
+    finally:
+        engine.close(timeout_s=30)
+    assert a["choices"][0]["token_ids"] == _reference("def ", 10, {"temperature": 0})
+    ref_b = _reference("import os\n", 8, {"temperature": 0})
+    ids_b = b["choices"][0]["token_ids"]
+    assert ids_b == ref_b[:len(ids_b)] and "\n" not in b["choices"][0]["text"]
+    assert passes < 10 + len(ids_b)
+
+
+def test_engine_cancel_leaves_the_other_request_exact(backend):
+    """Engine API: one of two jobs cancelled after its first token; the other finishes with its solo tokens."""
+    from mmfree.serve.engine import Engine, Limits
+
+    engine = Engine(backend, Limits())
+    done = {k: threading.Event() for k in "ab"}
+    try:
+        ids = backend.tokenizer.encode_prompt("def ")
+        a, b = engine.prepare(ids, 12, temperature=0), engine.prepare(ids, 12, temperature=0)
+        a.sink = lambda ev: (a.cancel() if ev[0] == "delta" else done["a"].set())
+        b.sink = lambda ev: ev[0] == "done" and done["b"].set()
+        engine.submit(a)
+        engine.submit(b)
+        assert done["a"].wait(120) and done["b"].wait(120)
+    finally:
+        engine.close(timeout_s=30)
+    assert a.finish_reason == "cancelled" and len(a.tokens) < 12
+    assert b.finish_reason == "length" and b.tokens == _reference("def ", 12, {"temperature": 0})
+
+
+@pytest.mark.parametrize("argv, msg", [
+    (["--max-streams", "0"], "--max-streams must be an integer >= 1"),
+    (["--max-streams", "-2"], "--max-streams must be an integer >= 1"),
+    (["--max-streams", "2"], "it needs --backend board"),
+    (["--max-streams", "2", "--backend", "float"], "it needs --backend board"),
+    (["--max-streams", "5", "--backend", "board", "--board", "sim"], "verifies 4 tokens per pass"),
+    (["--max-streams", "17", "--backend", "board", "--board", "sim"], "at most 16 streams"),
+    (["--max-streams", "2", "--backend", "board", "--board", "sim", "--draft", "trigram"], "no draft trees"),
+    (["--max-streams", "2", "--backend", "board", "--board", "sim", "--tree-rule", "template"], "no draft trees"),
+], ids=lambda x: " ".join(x) if isinstance(x, list) else None)
+def test_bad_max_streams_is_one_clear_error(capsys, argv, msg):
+    assert main(["serve", "--port", "0", *argv]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mmfree serve: error: ") and msg in err[0], err
+
+
+def test_max_streams_not_an_integer_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["serve", "--max-streams", "two"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "mmfree serve: error: argument --max-streams: invalid int value: 'two'" in err
+
+
+def test_streams_backend_refuses_bad_combinations():
+    from mmfree.serve.engine import check_max_streams, open_backend
+
+    with pytest.raises(MmfreeError, match="--max-streams must be an integer >= 1"):
+        check_max_streams(True, "board")
+    with pytest.raises(MmfreeError, match="--max-streams must be an integer >= 1"):
+        open_backend("board", board="sim", max_streams=1.5)
+    with pytest.raises(MmfreeError, match="needs --board"):
+        open_backend("board", max_streams=2)
+
+
+def test_serve_command_reports_its_streams():
+    """The `mmfree serve` process with --max-streams 2 on the simulated board: its first line and /health say so,
+    SIGTERM stops it (exit 0)."""
+    import signal
+
+    from tests.serve.test_serve_cli import _start
+
+    proc, port = _start("--backend", "board", "--board", "sim", "--max-streams", "2")
+    try:
+        health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=60).json()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert health["streams"] == 2 and health["backend"] == "board" and health["draft"] == "none"
+
+
+def test_a_failed_pass_ends_its_requests_and_the_server_goes_on():
+    """A simulated board that swallows the second START (the shared decode pass never finishes): both requests in
+    it end with an error naming the time-out, and the next request runs in a fresh batch with its exact tokens."""
+    from mmfree.boards.accelerator import Accelerator
+    from mmfree.host.session import open_model
+    from mmfree.rtl import regmap as RM
+    from mmfree.serve.engine import Engine, Limits, StreamsBackend
+    from mmfree.sim.accel import DEFAULT_HW
+    from mmfree.sim.emulator import EmulatedBoard
+
+    class StuckOnce(EmulatedBoard):
+        starts = 0
+
+        def write32(self, offset, value):
+            if offset == RM.OFFSET["CONTROL"] and value & RM.CTRL_START:
+                self.starts += 1
+                if self.starts == 2:
+                    return
+            super().write32(offset, value)
+
+    opened = open_model("default", streams=2)
+    acc = Accelerator(StuckOnce(DEFAULT_HW), opened, timeout_s=0.05)
+    backend = StreamsBackend(acc, opened[1], MODEL, opened[2], 2)
+    engine = Engine(backend, Limits())
+    ids = backend.tokenizer.encode_prompt("def ")
+    jobs = [engine.prepare(ids, 6, temperature=0) for _ in range(3)]
+    done = [threading.Event() for _ in jobs]
+    for job, ev in zip(jobs, done):
+        job.sink = lambda e, ev=ev: e[0] == "done" and ev.set()
+    try:
+        with engine._cv:                       # both queued before the loop looks: they share the first pass
+            engine.submit(jobs[0])
+            engine.submit(jobs[1])
+        assert done[0].wait(60) and done[1].wait(60)
+        engine.submit(jobs[2])
+        assert done[2].wait(60)
+    finally:
+        engine.close(timeout_s=30)
+        backend.close()
+    assert [j.finish_reason for j in jobs] == ["error", "error", "length"]
+    assert "did not finish" in jobs[0].error and jobs[0].stats["prefill_passes"] == 1
+    assert jobs[2].tokens == _reference("def ", 6, {"temperature": 0})
