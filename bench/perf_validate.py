@@ -19,6 +19,10 @@ average bus rate and mean latency; recorded under ``realistic_runs[build]``.
 ``--hw ports4``: the four-weight-port build (``sim.accel.PORTS4_HW``: m_axi + m_axi_w1..3, each at 16 bytes
 per cycle in the simulated DDR); recorded under ``runs_by_hw["ports4"]``.
 
+``--memory random --rate 0.5,0.75``: the simulated DDR's random back-pressure (``mmfree.sim.ddr.random_plusargs``:
+each port's data bus moves a beat in a cycle with probability ``rate``, seeded) against the model at that bus rate
+(``pass_cycles(..., rate=...)``); recorded under ``random_runs[build]``, run keys ending ``@R<rate>``.
+
 --record writes the table into docs/performance.md (section "validation") and the measured cycles into
 boards/data/perf_validation.json (read by tests/sim/test_perf.py's fast check of the recorded numbers).
 """
@@ -56,7 +60,9 @@ DATA_FILE = ROOT / "boards" / "data" / "perf_validation.json"
 
 #: The board whose DDR a build's realistic-memory runs model (sim/ddr.py).
 REALISTIC_BOARD = {"default": "kv260", "ports4": "kv260", "pynqz2": "pynq-z2"}
-MEMORIES = ("ideal", "realistic")
+MEMORIES = ("ideal", "realistic", "random")
+#: Seed of the random back-pressure memory's generators (``+MMFREE_DDR_SEED``).
+RANDOM_SEED = 1
 
 
 def realistic(hw_name: str, rd_latency: int) -> tuple[list[str], float, float]:
@@ -81,16 +87,24 @@ def export_config(name: str) -> Path:
     return export_random_model(name, d, inter, L, V, "perf-exports")
 
 
-def run_key(k: int, write_logits: bool, rd_latency: int = RD_LATENCY) -> str:
-    """``k``, ``k-nologits``; a run at another read latency than the simulated DDR's default ends ``@L<cycles>``."""
+def run_key(k: int, write_logits: bool, rd_latency: int = RD_LATENCY, rate: float | None = None) -> str:
+    """``k``, ``k-nologits``; a run at another read latency than the simulated DDR's default ends ``@L<cycles>``; a
+    run on the random back-pressure memory ends ``@R<rate>``."""
     key = f"{k}" if write_logits else f"{k}-nologits"
-    return key if rd_latency == RD_LATENCY else f"{key}@L{rd_latency}"
+    key = key if rd_latency == RD_LATENCY else f"{key}@L{rd_latency}"
+    return key if rate is None else f"{key}@R{rate:g}"
 
 
 def parse_key(key: str) -> tuple[int, bool, int]:
     """(k, write_logits, rd_latency) of a :func:`run_key`."""
-    base, _, lat = key.partition("@L")
+    base, _, lat = key.split("@R")[0].partition("@L")
     return int(base.split("-")[0]), not base.endswith("-nologits"), int(lat) if lat else RD_LATENCY
+
+
+def parse_rate(key: str) -> float | None:
+    """The random back-pressure memory's bus rate of a :func:`run_key` (None: not a random-memory run)."""
+    _, sep, rate = key.partition("@R")
+    return float(rate) if sep else None
 
 
 def hw_for(hw_name: str):
@@ -102,11 +116,24 @@ def hw_for(hw_name: str):
     return {"default": DEFAULT_HW, "ports4": PORTS4_HW, "pynqz2": pynqz2}[hw_name]
 
 
+def memory_plusargs(hw_name: str, rd_latency: int, memory: str, rate: float | None) -> list[str]:
+    """The simulated DDR's plusargs of ``memory``: none (ideal), :func:`realistic`, or the random back-pressure at
+    ``rate`` (:func:`mmfree.sim.ddr.random_plusargs`)."""
+    from mmfree.sim import ddr as D
+
+    if memory == "realistic":
+        return realistic(hw_name, rd_latency)[0]
+    if memory == "random":
+        return D.random_plusargs(rate, RANDOM_SEED)
+    return []
+
+
 def rtl_cycles(name: str, ks=(1, 4), hw_name: str = "default", rd_latency: int = RD_LATENCY,
-               logits=(True, False), memory: str = "ideal") -> dict:
-    """{run_key(k, write_logits, rd_latency): counters of one pass of k tokens} measured on the RTL (a pass of
-    each k, from the zero state, with and without logits written) with the simulated DDR's read latency
-    ``rd_latency`` (cycles); ``memory``: "ideal" (the default simulated DDR) or "realistic" (:func:`realistic`)."""
+               logits=(True, False), memory: str = "ideal", rate: float | None = None) -> dict:
+    """{run_key(k, write_logits, rd_latency[, rate]): counters of one pass of k tokens} measured on the RTL (a pass
+    of each k, from the zero state, with and without logits written) with the simulated DDR's read latency
+    ``rd_latency`` (cycles); ``memory``: "ideal" (the default simulated DDR), "realistic" (:func:`realistic`) or
+    "random" (random back-pressure at bus rate ``rate``, beats per cycle per port)."""
     from mmfree.pymodel.intmodel import IntModel
     from mmfree.rtl.compiler import compile_model
     from mmfree.sim.accel import run_job
@@ -120,26 +147,31 @@ def rtl_cycles(name: str, ks=(1, 4), hw_name: str = "default", rd_latency: int =
         compile_model(im).save(td / "compiled")
         res = run_job({"kind": "script", "compiled": str(td / "compiled"), "steps": steps,
                        "max_wait_cycles": 20_000_000}, hw=hw_for(hw_name), rd_latency=rd_latency,
-                      workdir=td / "run", ddr_plusargs=realistic(hw_name, rd_latency)[0] if memory == "realistic" else ())
+                      workdir=td / "run", ddr_plusargs=memory_plusargs(hw_name, rd_latency, memory, rate))
     if res.get("error"):
         raise RuntimeError(f"{name}: the RTL run failed: {res['error']}")
     out = {}
     for (k, wl), p in zip(runs, res["passes"]):
         if "error" in p:
             raise RuntimeError(f"{name} k={k}: the accelerator reported error {p['error']}")
-        out[run_key(k, wl, rd_latency)] = {"cycles": p["cycles"], "stalls": p["stalls"], "rd_bytes": p["rd_bytes"],
-                                           "wr_bytes": p["wr_bytes"]}
+        key = run_key(k, wl, rd_latency, rate if memory == "random" else None)
+        out[key] = {"cycles": p["cycles"], "stalls": p["stalls"], "rd_bytes": p["rd_bytes"],
+                    "wr_bytes": p["wr_bytes"]}
     return out
 
 
 def model_cycles(name: str, k: int, write_logits: bool = True, hw_name: str = "default",
-                 rd_latency: int = RD_LATENCY, memory: str = "ideal") -> float:
-    """Modeled cycles of the pass :func:`rtl_cycles` runs (the realistic memory: its average rate, mean latency)."""
+                 rd_latency: int = RD_LATENCY, memory: str = "ideal", rate: float | None = None) -> float:
+    """Modeled cycles of the pass :func:`rtl_cycles` runs (the realistic memory: its average rate, mean latency;
+    the random memory: its bus ``rate``)."""
     from mmfree.pymodel.layout import Dims
     from mmfree.sim.perf import pass_cycles
 
     d, inter, L, V = CONFIGS[name]
-    rate, lat = (1.0, rd_latency) if memory == "ideal" else realistic(hw_name, rd_latency)[1:]
+    if memory == "realistic":
+        rate, lat = realistic(hw_name, rd_latency)[1:]
+    else:
+        rate, lat = (rate if memory == "random" else 1.0), rd_latency
     return pass_cycles(Dims(V, d, inter, L), hw_for(hw_name), k, rate=rate, rd_latency=lat,
                        write_logits=write_logits).cycles
 
@@ -150,7 +182,8 @@ def table(rows: list[dict]) -> str:
            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         mem = r.get("memory", "ideal")
-        mem = mem if mem == "ideal" else f"realistic ({REALISTIC_BOARD[r['hw']]})"
+        mem = {"ideal": mem, "realistic": f"realistic ({REALISTIC_BOARD[r['hw']]})",
+               "random": f"random back-pressure, rate {r.get('rate')}"}[mem]
         out.append(f"| {r['hw']} | {mem} | {r['config']} | {r['d']} | {r['inter']} | {r['layers']} | {r['vocab']} | {r['k']} | "
                    f"{'yes' if r['logits'] else 'no'} | {r['rd_latency']} | "
                    f"{r['rtl_cycles']} | {r['model_cycles']:.0f} | {100 * r['error']:+.1f} % |")
@@ -167,7 +200,10 @@ def main() -> int:
     ap.add_argument("--hw", default="default", help="comma-separated builds: default (one weight port), ports4, "
                                                      "pynqz2 (64-bit bus, 2 ports x 1 engine, max_tokens 2)")
     ap.add_argument("--memory", default="ideal", help="comma-separated: ideal (the default simulated DDR), realistic "
-                                                       "(its realistic option, the build's board DDR model)")
+                                                       "(its realistic option, the build's board DDR model), random "
+                                                       "(its random back-pressure at each --rate)")
+    ap.add_argument("--rate", default="0.5,0.75", help="comma-separated bus rates of --memory random, beats per cycle "
+                                                        "per port in (0, 1] (default 0.5,0.75)")
     ap.add_argument("--from-record", action="store_true",
                     help="do not simulate: compare the model with the RTL cycles recorded in boards/data/perf_validation.json")
     ap.add_argument("--same-as-recorded", action="store_true",
@@ -193,13 +229,21 @@ def main() -> int:
     if any(m not in MEMORIES for m in mems):
         print(f"unknown memory in {args.memory!r}; choose from {', '.join(MEMORIES)}", file=sys.stderr)
         return 2
+    try:
+        rates = tuple(float(x) for x in args.rate.split(",") if x.strip())
+    except ValueError:
+        rates = ()
+    if not rates or any(not 0 < r <= 1 for r in rates):
+        print(f"--rate must be comma-separated bus rates in (0, 1] beats per cycle, got {args.rate!r}", file=sys.stderr)
+        return 2
     if args.same_as_recorded:
         return same_as_recorded(recorded, hws, names, ks)
     rows = []
     for mem in mems:
         for hw_name in hws:
             for name in names:
-                rows += measure_config(recorded, args, hw_name, name, ks, lats, logits, mem, hws)
+                for rate in (rates if mem == "random" else (None,)):
+                    rows += measure_config(recorded, args, hw_name, name, ks, lats, logits, mem, hws, rate)
     text = table(rows)
     if args.json:
         print(json.dumps(rows, indent=1))
@@ -207,24 +251,28 @@ def main() -> int:
         print(text)
     if args.record:
         if not args.from_record:
-            save_record(recorded, hws, lats)
+            save_record(recorded, hws, lats, mems)
         # the docs table: every recorded run of every build, against the model as it is now
         all_rows = [r for mem in MEMORIES for h in HW_NAMES for n in CONFIGS
                     for r in compare(h, n, recorded_runs(recorded, h, mem).get(n, {}), (1, 2, 4), memory=mem)]
-        all_rows.sort(key=lambda r: (r["memory"] != "ideal", r["rd_latency"] != RD_LATENCY, r["rd_latency"]))
+        all_rows.sort(key=lambda r: (MEMORIES.index(r["memory"]), r["rd_latency"] != RD_LATENCY, r["rd_latency"],
+                                     -(r.get("rate") or 1)))
         cmds = {"default": recorded.get("command"), **recorded.get("commands", {})}
         body = ("RTL cycles (simulated: Verilator, 128-bit bus (64-bit for pynqz2), simulated DDR one beat per cycle per "
                 f"port, read latency {RD_LATENCY} cycles unless the table says otherwise; one pass of k tokens from the "
                 "zero state) measured with "
                 + "; ".join(f"`{c}` ({h})" for h, c in cmds.items() if c)
-                + "".join(f"; `{c}`" for c in recorded.get("latency_commands", []))
+                + "".join(f"; `{c}`" for c in recorded.get("latency_commands", []) + recorded.get("memory_commands", []))
                 + "; model cycles (modeled) from `mmfree.sim.perf.pass_cycles` with the same bus, compared by "
                   "`python bench/perf_validate.py --from-record --hw default,ports4 --record`. Builds: `default` = one "
                   "weight port, 2 ternary engines; `ports4` = four weight ports (m_axi + m_axi_w1..3), 8 engines; `pynqz2` = "
                   "64-bit bus, two weight ports x 1 engine, max_tokens 2, max_width 1024 (the PYNQ-Z2's shape). Memory "
                   "`ideal`: the default simulated DDR; `realistic (board)`: its realistic option with that board's DDR "
                   "model (sim/ddr.py: aggregate cap, port cap, refresh, latency spread; the read latency column is the "
-                  "base, the model uses the mean), compared against the model at the same average rate.\n\n"
+                  "base, the model uses the mean), compared against the model at the same average rate; `random "
+                  "back-pressure, rate r`: the simulated DDR's random back-pressure (`sim.ddr.random_plusargs`: each "
+                  "port's data bus, R and W, moves a beat in a cycle with probability r, seeded), against the model at bus "
+                  "rate r (`pass_cycles(..., rate=r)`).\n\n"
                 + table(all_rows))
         write_section("performance.md", "validation", body)
     worst = max((abs(r["error"]) for r in rows), default=0.0)
@@ -248,11 +296,16 @@ def same_as_recorded(recorded: dict, hws, names, ks) -> int:
     return 1 if bad else 0
 
 
-def save_record(recorded: dict, hws, lats) -> None:
-    """Write ``recorded`` (with this command line) to :data:`DATA_FILE`."""
+def save_record(recorded: dict, hws, lats, mems=("ideal",)) -> None:
+    """Write ``recorded`` (with this command line) to :data:`DATA_FILE`: the command of a build's ideal-memory runs
+    at the default latency replaces its last one; a command with other latencies or memories is added to a list."""
     from mmfree.atomic import write_text
 
-    if lats == (RD_LATENCY,):
+    if tuple(mems) != ("ideal",):        # runs on another memory: keep every command that added some
+        cmds = recorded.setdefault("memory_commands", [])
+        if command_line() not in cmds:
+            cmds.append(command_line())
+    elif lats == (RD_LATENCY,):
         recorded.setdefault("commands", {})
         for h in hws:
             recorded["commands"][h] = command_line()
@@ -267,19 +320,21 @@ def save_record(recorded: dict, hws, lats) -> None:
     write_text(DATA_FILE, json.dumps(recorded, indent=1) + "\n")
 
 
-def measure_config(recorded: dict, args, hw_name: str, name: str, ks, lats, logits, mem: str, hws) -> list[dict]:
-    """Simulate (or, with ``--from-record``, read back) one build x config x memory at every latency; the rows."""
+def measure_config(recorded: dict, args, hw_name: str, name: str, ks, lats, logits, mem: str, hws,
+                   rate: float | None = None) -> list[dict]:
+    """Simulate (or, with ``--from-record``, read back) one build x config x memory (x bus rate of the random
+    memory) at every latency; the rows."""
     t0 = time.perf_counter()
     store = recorded_runs(recorded, hw_name, mem)
     if args.from_record:
-        meas = dict(store.get(name, {}))
+        meas = {key: v for key, v in store.get(name, {}).items() if parse_rate(key) == rate}
     else:
         meas = {}
         for lat in lats:                # recorded run by run: a long sweep keeps what it finished
-            meas.update(rtl_cycles(name, ks, hw_name, lat, logits, mem))
+            meas.update(rtl_cycles(name, ks, hw_name, lat, logits, mem, rate))
             store.setdefault(name, {}).update(meas)
             if args.record:
-                save_record(recorded, hws, lats)
+                save_record(recorded, hws, lats, (mem,))
     rows = compare(hw_name, name, meas, ks, lats, memory=mem)
     for r in rows:
         r["wall_s"] = time.perf_counter() - t0
@@ -289,9 +344,9 @@ def measure_config(recorded: dict, args, hw_name: str, name: str, ks, lats, logi
 
 def recorded_runs(recorded: dict, hw_name: str, memory: str = "ideal") -> dict:
     """The recorded RTL runs of one build: ``runs`` (the default build) or ``runs_by_hw[hw_name]``; with the
-    realistic memory ``realistic_runs[hw_name]``."""
-    if memory == "realistic":
-        return recorded.setdefault("realistic_runs", {}).setdefault(hw_name, {})
+    realistic memory ``realistic_runs[hw_name]``, with the random back-pressure memory ``random_runs[hw_name]``."""
+    if memory in ("realistic", "random"):
+        return recorded.setdefault(f"{memory}_runs", {}).setdefault(hw_name, {})
     if hw_name == "default":
         return recorded.setdefault("runs", {})
     return recorded.setdefault("runs_by_hw", {}).setdefault(hw_name, {})
@@ -299,17 +354,19 @@ def recorded_runs(recorded: dict, hw_name: str, memory: str = "ideal") -> dict:
 
 def compare(hw_name: str, name: str, meas: dict, ks, lats=None, memory: str = "ideal") -> list[dict]:
     """Model against RTL for the recorded runs ``meas`` of one config with k in ``ks`` and read latency in
-    ``lats`` (None: every latency)."""
+    ``lats`` (None: every latency); a random-memory run at its bus rate (:func:`parse_rate`)."""
     d, inter, L, V = CONFIGS[name]
     out = []
     for key in sorted(meas):
         k, wl, lat = parse_key(key)
         if k not in ks or (lats is not None and lat not in lats):
             continue
-        mc = model_cycles(name, k, wl, hw_name, lat, memory)
+        rate = parse_rate(key)
+        mc = model_cycles(name, k, wl, hw_name, lat, memory, rate)
         rc = meas[key]["cycles"]
         out.append({"hw": hw_name, "memory": memory, "config": name, "d": d, "inter": inter, "layers": L, "vocab": V, "k": k,
-                    "logits": wl, "rd_latency": lat, "rtl_cycles": rc, "model_cycles": mc, "error": (mc - rc) / rc})
+                    "logits": wl, "rd_latency": lat, "rtl_cycles": rc, "model_cycles": mc, "error": (mc - rc) / rc,
+                    **({"rate": rate} if rate is not None else {})})
     return out
 
 

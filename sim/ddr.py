@@ -17,7 +17,8 @@ The model, per board (every figure in :data:`EVIDENCE` / :data:`REFRESH_NS` name
   simulated DDR as base + uniform(0, jitter) per burst.
 
 Public API: :func:`ddr_model` (a :class:`DdrModel`), :func:`sim_plusargs` (the HDL model's plusargs),
-:func:`parse_plusargs` (them as a dict), :func:`r_pauses` / :func:`ar_pauses` (the same behaviour as
+:func:`random_plusargs` (its random back-pressure, a bus rate < 1), :func:`parse_plusargs` (them as a
+dict), :func:`r_pauses` / :func:`ar_pauses` (the same behaviour as
 cocotbext-axi pause generators, for the Python memory ``AxiRam`` on ``m_axi``).
 """
 
@@ -117,6 +118,21 @@ def sim_plusargs(model: DdrModel, clock_hz: float, bus_bytes: int, port_efficien
             f"+MMFREE_RD_JITTER={round(rd_latency * LATENCY_SPREAD)}", f"+MMFREE_DDR_SEED={seed}"]
 
 
+def random_plusargs(rate: float, seed: int = 1, max_den: int = 64) -> list[str]:
+    """Plusargs of the simulated DDR's random back-pressure (``sim/hdl/mmfree_axi_mem.sv``): each port's data bus
+    moves a beat in a cycle (R; on the main port R or W) only with probability ``rate`` (a fraction n/d with
+    d <= ``max_den``; seeded by ``seed``, deterministic), so a busy port averages ``rate`` beats per cycle: the
+    model's bus rate (:func:`mmfree.sim.perf.pass_cycles` ``rate``). ``rate`` must be in (0, 1]
+    (:class:`MmfreeError` otherwise); 1.0 gives no back-pressure."""
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate <= 1:
+        raise MmfreeError(f"the random back-pressure bus rate must be in (0, 1] beats per cycle, got {rate!r}")
+    n, d = _ratio(rate, max_den)
+    if n == 0:
+        raise MmfreeError(f"the random back-pressure bus rate {rate!r} rounds to 0 at denominators <= {max_den}; "
+                          f"give at least 1/{max_den}")
+    return [f"+MMFREE_BUS_RATE_NUM={n}", f"+MMFREE_BUS_RATE_DEN={d}", f"+MMFREE_DDR_SEED={int(seed)}"]
+
+
 def parse_plusargs(plusargs) -> dict:
     """``{"DDR_NUM": n, ...}`` from :func:`sim_plusargs`' strings (MmfreeError on anything else)."""
     out = {}
@@ -131,24 +147,39 @@ def parse_plusargs(plusargs) -> dict:
 def r_pauses(settings: dict):
     """An endless pause pattern for the R channel of cocotbext-axi's ``AxiRam`` (True = no beat this cycle): no
     beat during refresh (REF_CYCLES of every REF_PERIOD), otherwise a beat whenever the credit of the slower of
-    the port rate (PORT_NUM / PORT_DEN) and the aggregate (DDR_NUM / DDR_DEN) reaches one. The Python memory
-    serves one port (m_axi), so the aggregate is its own cap."""
+    the port rate (PORT_NUM / PORT_DEN) and the aggregate (DDR_NUM / DDR_DEN) reaches one and the random
+    back-pressure (BUS_RATE_NUM / BUS_RATE_DEN, seeded by DDR_SEED; :func:`random_plusargs`; the Python memory
+    applies it to R only) allows it. The Python memory serves one port (m_axi), so the aggregate is its own cap."""
     rates = [Fraction(settings[n], settings[d]) for n, d in (("PORT_NUM", "PORT_DEN"), ("DDR_NUM", "DDR_DEN"))
              if settings.get(n, 0) > 0]
     rate = min(rates + [Fraction(1)])
     period, busy = settings.get("REF_PERIOD", 0), settings.get("REF_CYCLES", 0)
+    lucky = _random_draws(settings.get("BUS_RATE_NUM", 0), settings.get("BUS_RATE_DEN", 1),
+                          settings.get("DDR_SEED", 1))
     t, credit = 0, Fraction(0)
     while True:
+        allowed = next(lucky)                   # one draw per cycle, as the HDL model's generator
         if period and t % period < busy:
             yield True
         else:
-            credit += rate                  # rate <= 1: below 2 before a beat, below 1 after
-            if credit >= 1:
+            credit = min(credit + rate, 1 + rate)   # capped as the HDL model's credit counters
+            if allowed and credit >= 1:
                 credit -= 1
                 yield False
             else:
                 yield True
         t += 1
+
+
+def _random_draws(num: int, den: int, seed: int):
+    """Endless booleans: True with probability num / den per step (seeded; always True when 0 < num < den fails,
+    as the HDL model's random back-pressure is off then)."""
+    import random
+
+    rng = random.Random(seed)
+    on = 0 < num < den
+    while True:
+        yield not on or rng.randrange(den) < num
 
 
 def ar_pauses(settings: dict):

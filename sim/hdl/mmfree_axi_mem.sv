@@ -23,6 +23,11 @@
 //   +MMFREE_RD_JITTER=<j> +MMFREE_DDR_SEED=<s>: each burst's latency is READ_LATENCY + a uniform 0..j
 //   cycles from a per-port xorshift generator seeded by s (deterministic). Ports take shared credits in a
 //   fixed order (a W beat, the main port's R, then the extra ports).
+// * Optional random back-pressure (plusargs, no rebuild; 0 = off): +MMFREE_BUS_RATE_NUM=<n>
+//   +MMFREE_BUS_RATE_DEN=<d>: each port's data bus moves a new beat (R; on the main port R or W) only in a
+//   cycle whose draw is below n/d (a xorshift generator per port, stepped every cycle, seeded from
+//   +MMFREE_DDR_SEED: deterministic), so a busy port averages n/d beats per cycle; a beat already offered
+//   stays valid until taken. Combines with the realistic option (both must allow a beat).
 // One AXI read channel's request queue (the main port and each extra read-only port): up to OUTSTANDING
 // bursts, each served READ_LATENCY (rd_lat) cycles after its AR handshake, beat by beat as `take` pulses.
 // The owner reads mem[index] (0 and DECERR where !ok) and decides when the head beat is valid.
@@ -127,14 +132,23 @@ module mmfree_axi_mem #(
 );
     localparam int BB = DATA_W / 8;
     localparam int SH = $clog2(BB);
+    // one step of the xorshift32 generator (Marsaglia 13, 17, 5)
+    function automatic logic [31:0] xs32(input logic [31:0] x);
+        logic [31:0] a, b;
+        a = x ^ (x << 13);
+        b = a ^ (a >> 17);
+        return b ^ (b << 5);
+    endfunction
     localparam longint WORDS = 64'd1 << MEM_WORDS_LOG2;
     localparam int QW = $clog2(OUTSTANDING);
 
     logic [DATA_W-1:0] mem [0:WORDS-1];
     string memfile, dumpfile;
     int rd_lat, wr_lat;
-    int ddr_num, ddr_den, port_num, port_den, ref_period, ref_cycles, rd_jitter, ddr_seed;
+    int ddr_num, ddr_den, port_num, port_den, ref_period, ref_cycles, rd_jitter, ddr_seed, bus_rate_num, bus_rate_den;
     initial begin
+        if (!$value$plusargs("MMFREE_BUS_RATE_NUM=%d", bus_rate_num)) bus_rate_num = 0;
+        if (!$value$plusargs("MMFREE_BUS_RATE_DEN=%d", bus_rate_den)) bus_rate_den = 1;
         if (!$value$plusargs("MMFREE_DDR_NUM=%d", ddr_num)) ddr_num = 0;
         if (!$value$plusargs("MMFREE_DDR_DEN=%d", ddr_den)) ddr_den = 1;
         if (!$value$plusargs("MMFREE_PORT_NUM=%d", port_num)) port_num = 0;
@@ -185,15 +199,27 @@ module mmfree_axi_mem #(
     logic signed [63:0] pcred [0:NP-1];     // per-port read credits
     wire refreshing = (ref_period > 0) && ((now % 64'(ref_period)) < 64'(ref_cycles));
     wire agg_on = ddr_num > 0, port_on = port_num > 0;
+    // random back-pressure: per port a xorshift32 draw each cycle; a new beat only when it is below n/d
+    logic [31:0] rr [0:NP-1];
+    logic [NP-1:0] lucky;
+    wire rand_on = bus_rate_num > 0 && bus_rate_num < bus_rate_den;
+    always_comb
+        for (int i = 0; i < NP; i++) lucky[i] = !rand_on || ((rr[i] % 32'(bus_rate_den)) < 32'(bus_rate_num));
+    always @(posedge clk)
+        for (int i = 0; i < NP; i++)
+            if (rst) rr[i] <= ((32'(ddr_seed) + 32'(i + 7) * 32'h9E3779B9) == 32'd0) ? 32'h2545F491
+                              : (32'(ddr_seed) + 32'(i + 7) * 32'h9E3779B9);
+            else if (rand_on) rr[i] <= xs32(rr[i]);
     always_comb begin
         automatic longint used = 0;
-        w_grant = !refreshing && (!agg_on || cred >= 64'(ddr_den));
+        w_grant = !refreshing && (!agg_on || cred >= 64'(ddr_den)) && lucky[0];
         if (agg_on && wvalid && w_grant) used = 1;     // a W beat on offer goes first
-        m_grant = !refreshing && (!agg_on || cred >= 64'(ddr_den) * (used + 1)) && (!port_on || pcred[0] >= 64'(port_den));
+        m_grant = !refreshing && (!agg_on || cred >= 64'(ddr_den) * (used + 1)) && (!port_on || pcred[0] >= 64'(port_den))
+                  && lucky[0];
         if (agg_on && r_head_ready && m_grant) used = used + 1;
         for (int i = 0; i < XN; i++) begin
             x_grant[i] = !refreshing && (!agg_on || cred >= 64'(ddr_den) * (used + 1))
-                         && (!port_on || pcred[i + 1] >= 64'(port_den));
+                         && (!port_on || pcred[i + 1] >= 64'(port_den)) && lucky[i + 1];
             if (agg_on && x_head[i] && x_grant[i]) used = used + 1;
         end
     end

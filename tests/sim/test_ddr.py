@@ -81,6 +81,25 @@ def test_python_memory_pause_patterns():
         D.parse_plusargs(["+MMFREE_DDR_NUM=x"])
 
 
+def test_random_backpressure_plusargs_and_pauses():
+    """The random back-pressure on reads (a bus rate < 1): plusargs as n/d with the seed; the Python memory's R
+    pause pattern gives the rate on average, seeded (same seed, same pattern; another seed, another); bad rates are
+    refused with one error naming the rate."""
+    import itertools
+
+    assert D.random_plusargs(0.5, seed=3) == ["+MMFREE_BUS_RATE_NUM=1", "+MMFREE_BUS_RATE_DEN=2", "+MMFREE_DDR_SEED=3"]
+    assert D.random_plusargs(0.75)[:2] == ["+MMFREE_BUS_RATE_NUM=3", "+MMFREE_BUS_RATE_DEN=4"]
+    s = D.parse_plusargs(D.random_plusargs(0.75, seed=5))
+    r = list(itertools.islice(D.r_pauses(s), 20000))
+    assert 1 - sum(r) / len(r) == pytest.approx(0.75, abs=0.01)
+    assert r == list(itertools.islice(D.r_pauses(s), 20000))
+    assert r != list(itertools.islice(D.r_pauses(dict(s, DDR_SEED=6)), 20000))
+    assert not any(itertools.islice(D.r_pauses(D.parse_plusargs(D.random_plusargs(1.0))), 1000))   # rate 1: none
+    for bad in (0, 0.0, -0.5, 1.5, float("nan"), "0.5", True, 0.001):
+        with pytest.raises(MmfreeError, match="random back-pressure bus rate"):
+            D.random_plusargs(bad)
+
+
 @pytest.mark.sim
 @pytest.mark.slow
 @pytest.mark.parametrize("memory", ["hdl", "python"])
@@ -104,3 +123,26 @@ def test_realistic_memory_is_bit_exact_and_slower(memory):
         ideal = simulate_generation(model, [1, 2], 2, progress=False, memory=memory)
         assert ideal["bit_exact"] and real["tokens"] == ideal["tokens"]
         assert real["cycles"] > ideal["cycles"]
+
+
+@pytest.mark.sim
+@pytest.mark.slow
+@pytest.mark.parametrize("hw_name", ["default", "pynqz2"])
+def test_random_backpressure_is_bit_exact_and_slower(hw_name):
+    """Generation on the RTL with the simulated DDR's random back-pressure (every read port at rate 0.5) stays
+    bit-exact against IntModel with the ideal memory's tokens, and takes more cycles."""
+    import sys
+
+    from mmfree.sim.accel import simulate_generation
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import perf_validate as V
+    finally:
+        sys.path.pop(0)
+    model, hw = V.export_config("d64"), V.hw_for(hw_name)
+    rnd = simulate_generation(model, [1, 2], 2, progress=False, hw=hw, ddr_plusargs=D.random_plusargs(0.5))
+    assert rnd["bit_exact"], rnd["problems"]
+    ideal = simulate_generation(model, [1, 2], 2, progress=False, hw=hw)
+    assert ideal["bit_exact"] and rnd["tokens"] == ideal["tokens"]
+    assert rnd["cycles"] > ideal["cycles"]
