@@ -50,7 +50,7 @@ def register(sub) -> None:
                    help="tokens emitted per pass with speculative decoding (1..k; default 1)")
     p.add_argument("--streams", type=int, default=None,
                    help="B independent sequences sharing every weight pass (a forest of B trees of --k tokens; "
-                        "modeled forest build of docs/performance.md 'Multi-stream passes', max_tokens = B x k): "
+                        "modeled forest build of docs/accelerator.md 'Multi-stream passes', max_tokens = B x k): "
                         "tokens/s counts all streams, next to the single-stream figure")
     p.add_argument("--write-logits", action="store_true", help="every pass writes all logits to DDR")
     p.add_argument("--latency-ns", type=float, default=None,
