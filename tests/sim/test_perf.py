@@ -262,6 +262,54 @@ def test_recorded_realistic_memory_runs_within_5_percent():
     assert n >= 8, n
 
 
+def test_recorded_random_backpressure_runs_within_5_percent():
+    """The model against the RTL runs on the simulated DDR's random back-pressure (bench/perf_validate.py --memory
+    random --rate 0.5,0.75 --record): ``pass_cycles(..., rate=r)`` within 5 % of CYCLES, on the default and the
+    PYNQ-Z2 builds, each at both rates."""
+    rec = json.loads((ROOT / "boards" / "data" / "perf_validation.json").read_text())
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import perf_validate as V
+    finally:
+        sys.path.pop(0)
+    seen = set()
+    for hw_name, runs_of in rec.get("random_runs", {}).items():
+        for name, runs in runs_of.items():
+            for key, v in runs.items():
+                k, wl, lat = V.parse_key(key)
+                rate = V.parse_rate(key)
+                m = V.model_cycles(name, k, wl, hw_name, lat, "random", rate)
+                assert abs(m - v["cycles"]) <= 0.05 * v["cycles"], (hw_name, name, key, m, v["cycles"])
+                seen.add((hw_name, rate))
+    assert {(h, r) for h in ("default", "pynqz2") for r in (0.5, 0.75)} <= seen, seen
+
+
+@pytest.mark.parametrize("rate", ["0", "1.5", "x", ""])
+def test_bench_refuses_a_bad_bus_rate(rate):
+    """bench/perf_validate.py --rate outside (0, 1]: one line naming --rate, exit 2, nothing simulated."""
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "perf_validate.py"), "--memory", "random", "--rate", rate,
+                          "--configs", "d64"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "--rate must be" in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+@pytest.mark.sim
+def test_model_against_rtl_random_backpressure():
+    """The smallest case on the RTL (d64, k = 1, default build) with the simulated DDR's random back-pressure at
+    rate 0.5: slower than the ideal memory, and the model at bus rate 0.5 within 5 % of CYCLES."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import perf_validate as V
+    finally:
+        sys.path.pop(0)
+    rnd = V.rtl_cycles("d64", (1,), "default", logits=(True,), memory="random", rate=0.5)
+    ideal = V.rtl_cycles("d64", (1,), "default", logits=(True,))
+    key = V.run_key(1, True, rate=0.5)
+    assert set(rnd) == {key} and V.parse_rate(key) == 0.5 and V.parse_key(key) == (1, True, PARAMS.SIM_RD_LATENCY)
+    assert rnd[key]["rd_bytes"] == ideal["1"]["rd_bytes"] and rnd[key]["cycles"] > ideal["1"]["cycles"]
+    m = V.model_cycles("d64", 1, True, "default", memory="random", rate=0.5)
+    assert abs(m - rnd[key]["cycles"]) <= 0.05 * rnd[key]["cycles"], (m, rnd[key]["cycles"])
+
+
 @pytest.mark.sim
 def test_model_against_rtl():
     """Runs the accelerator RTL (Verilator) on 4 shapes (and 2 on the four-weight-port build), k = 1 and 4: the
