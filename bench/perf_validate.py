@@ -165,13 +165,17 @@ def model_cycles(name: str, k: int, write_logits: bool = True, hw_name: str = "d
     """Modeled cycles of the pass :func:`rtl_cycles` runs (the realistic memory: its average rate, mean latency;
     the random memory: its bus ``rate``)."""
     from mmfree.pymodel.layout import Dims
+    from mmfree.sim import ddr as D
     from mmfree.sim.perf import pass_cycles
 
     d, inter, L, V = CONFIGS[name]
     if memory == "realistic":
         rate, lat = realistic(hw_name, rd_latency)[1:]
+    elif memory == "random":            # the fraction the simulated DDR draws against (random_plusargs)
+        v = D.parse_plusargs(D.random_plusargs(rate))
+        rate, lat = v["BUS_RATE_NUM"] / v["BUS_RATE_DEN"], rd_latency
     else:
-        rate, lat = (rate if memory == "random" else 1.0), rd_latency
+        rate, lat = 1.0, rd_latency
     return pass_cycles(Dims(V, d, inter, L), hw_for(hw_name), k, rate=rate, rd_latency=lat,
                        write_logits=write_logits).cycles
 
