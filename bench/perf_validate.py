@@ -21,7 +21,9 @@ per cycle in the simulated DDR); recorded under ``runs_by_hw["ports4"]``.
 
 ``--memory random --rate 0.5,0.75``: the simulated DDR's random back-pressure (``mmfree.sim.ddr.random_plusargs``:
 each port's data bus moves a beat in a cycle with probability ``rate``, seeded) against the model at that bus rate
-(``pass_cycles(..., rate=...)``); recorded under ``random_runs[build]``, run keys ending ``@R<rate>``.
+(``pass_cycles(..., rate=...)``); recorded under ``random_runs[build]``, run keys ending ``@R<rate>``. ``--seed N``
+(not recorded) reruns with another random sequence, to see the spread. The sequence runs on across the passes of
+one job, so a pass's cycles also depend on which passes (--k, --logits) run before it.
 
 --record writes the table into docs/performance.md (section "validation") and the measured cycles into
 boards/data/perf_validation.json (read by tests/sim/test_perf.py's fast check of the recorded numbers).
@@ -116,6 +118,15 @@ def hw_for(hw_name: str):
     return {"default": DEFAULT_HW, "ports4": PORTS4_HW, "pynqz2": pynqz2}[hw_name]
 
 
+def set_seed(seed: int) -> None:
+    """Seed the random back-pressure memory of this process's runs (:data:`RANDOM_SEED` unless told)."""
+    global _seed
+    _seed = seed
+
+
+_seed = RANDOM_SEED
+
+
 def memory_plusargs(hw_name: str, rd_latency: int, memory: str, rate: float | None) -> list[str]:
     """The simulated DDR's plusargs of ``memory``: none (ideal), :func:`realistic`, or the random back-pressure at
     ``rate`` (:func:`mmfree.sim.ddr.random_plusargs`)."""
@@ -124,7 +135,7 @@ def memory_plusargs(hw_name: str, rd_latency: int, memory: str, rate: float | No
     if memory == "realistic":
         return realistic(hw_name, rd_latency)[0]
     if memory == "random":
-        return D.random_plusargs(rate, RANDOM_SEED)
+        return D.random_plusargs(rate, _seed)
     return []
 
 
@@ -165,13 +176,17 @@ def model_cycles(name: str, k: int, write_logits: bool = True, hw_name: str = "d
     """Modeled cycles of the pass :func:`rtl_cycles` runs (the realistic memory: its average rate, mean latency;
     the random memory: its bus ``rate``)."""
     from mmfree.pymodel.layout import Dims
+    from mmfree.sim import ddr as D
     from mmfree.sim.perf import pass_cycles
 
     d, inter, L, V = CONFIGS[name]
     if memory == "realistic":
         rate, lat = realistic(hw_name, rd_latency)[1:]
+    elif memory == "random":            # the fraction the simulated DDR draws against (random_plusargs)
+        v = D.parse_plusargs(D.random_plusargs(rate))
+        rate, lat = v["BUS_RATE_NUM"] / v["BUS_RATE_DEN"], rd_latency
     else:
-        rate, lat = (rate if memory == "random" else 1.0), rd_latency
+        rate, lat = 1.0, rd_latency
     return pass_cycles(Dims(V, d, inter, L), hw_for(hw_name), k, rate=rate, rd_latency=lat,
                        write_logits=write_logits).cycles
 
@@ -204,6 +219,8 @@ def main() -> int:
                                                        "(its random back-pressure at each --rate)")
     ap.add_argument("--rate", default="0.5,0.75", help="comma-separated bus rates of --memory random, beats per cycle "
                                                         "per port in (0, 1] (default 0.5,0.75)")
+    ap.add_argument("--seed", type=int, default=RANDOM_SEED,
+                    help=f"seed of --memory random (default {RANDOM_SEED}; only the default is recorded: run keys carry no seed)")
     ap.add_argument("--from-record", action="store_true",
                     help="do not simulate: compare the model with the RTL cycles recorded in boards/data/perf_validation.json")
     ap.add_argument("--same-as-recorded", action="store_true",
@@ -236,6 +253,11 @@ def main() -> int:
     if not rates or any(not 0 < r <= 1 for r in rates):
         print(f"--rate must be comma-separated bus rates in (0, 1] beats per cycle, got {args.rate!r}", file=sys.stderr)
         return 2
+    if args.seed != RANDOM_SEED and (args.record or args.from_record):
+        print(f"--seed {args.seed}: only seed {RANDOM_SEED} is recorded (run keys carry no seed); leave out --record",
+              file=sys.stderr)
+        return 2
+    set_seed(args.seed)
     if args.same_as_recorded:
         return same_as_recorded(recorded, hws, names, ks)
     rows = []

@@ -487,8 +487,8 @@ def run_job(job: dict, hw: HwConfig = DEFAULT_HW, memory: str = "hdl", waves: bo
 
     ``waves=True`` writes ``dump.fst`` into ``workdir`` (and builds a traced model); ``toggle_coverage=True``
     writes Verilator's ``coverage.dat`` there (give a ``workdir`` to keep it); ``mem_bytes``: simulated DDR size;
-    ``ddr_plusargs``: the HDL DDR model's realistic option (:func:`mmfree.sim.ddr.sim_plusargs`; none: the ideal
-    memory)."""
+    ``ddr_plusargs``: the HDL DDR model's realistic option (:func:`mmfree.sim.ddr.sim_plusargs`) and/or its random
+    back-pressure (:func:`mmfree.sim.ddr.random_plusargs`); none: the ideal memory."""
     b = build_accel(hw, memory=memory, waves=waves, progress=progress, toggle_coverage=toggle_coverage,
                     mem_bytes=mem_bytes)
     job = dict(job, mem_bytes=mem_bytes)
@@ -616,7 +616,8 @@ def simulate_generation(model="default", prompt_ids=(1,), n_tokens: int = 16, pr
 
     ``mem_bytes``: the simulated DDR's size (a power of two); ``None`` sizes it to the model's program, host
     buffers and image (:func:`sim_mem_bytes`), so any model that fits the build's width runs. ``ddr_plusargs``:
-    the simulated DDR's realistic option (:func:`mmfree.sim.ddr.sim_plusargs`; empty: the ideal memory).
+    the simulated DDR's realistic option (:func:`mmfree.sim.ddr.sim_plusargs`) and/or random back-pressure
+    (:func:`mmfree.sim.ddr.random_plusargs`); empty: the ideal memory.
 
     ``model``: "default", a checkpoint directory or an export directory. ``k`` > 1 feeds the prompt k
     tokens per pass and verifies k-1 drafted tokens per pass (prompt-lookup drafts; see

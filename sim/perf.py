@@ -65,7 +65,7 @@ RTL_TIMING = {
     "embed_row": 4,         # per embedding row: command, unpacker, besides the read latency
     "load_tail": 3,         # unpacker + fill counter after the last beat
     "store_token": 4,       # per token of a STORE: command, packer start
-    "store_word": 1.25,     # cycles per word of a STORE (word queue + packer: a bubble per beat); fitted
+    "store_word": 1.25,     # cycles per word of a STORE (word queue + packer: a bubble per beat) at rate 1; fitted
     "mv_gap": 2,            # between MATVEC commands on the ternary engines
     "mv_store": 14,         # ternary engine + serialiser + Dequantize + write (epilogue STORE / HEAD)
     "mv_resid": 20,         # ... + ResidualAdd + MaxAbs (epilogue RESID)
@@ -457,13 +457,17 @@ class _Pass:
         return fin
 
     def store(self, ins: I.Instr, start: float) -> float:
-        """One word per cycle (:data:`RTL_TIMING` ``store_word``) per token; logits skipped when not written."""
+        """:data:`RTL_TIMING` ``store_word`` cycles per word per token, plus the W handshake's wait on a bus slower
+        than a beat per cycle: the packer (rtl/axi.py ``WordPacker``) holds a full beat until W takes it, on
+        average 1 / rate - 1 cycles per beat (issue 27, the random back-pressure runs); logits skipped when not
+        written."""
         T, k = self.T, self.k
         start = max(start, self.engine_last["store"])
         if ins["flags"] & I.STORE_IF_LOGITS and not self.write_logits:
             return start + 1
         n = ins["count"]
-        dur = k * (n * T["store_word"] + T["store_token"])
+        word = T["store_word"] + (1 / self.rate - 1) * 4 / self.bb
+        dur = k * (n * word + T["store_token"])
         self.bus.reserve(start + T["store_token"], k * math.ceil(4 * n / self.bb))
         fin = start + dur + T["store_token"]
         self.ivals["load_store"].append((start, fin))

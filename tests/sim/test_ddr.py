@@ -126,7 +126,6 @@ def test_realistic_memory_is_bit_exact_and_slower(memory):
 
 
 @pytest.mark.sim
-@pytest.mark.slow
 @pytest.mark.parametrize("hw_name", ["default", "pynqz2"])
 def test_random_backpressure_is_bit_exact_and_slower(hw_name):
     """Generation on the RTL with the simulated DDR's random back-pressure (every read port at rate 0.5) stays

@@ -22,9 +22,15 @@ ROOT = Path(__file__).resolve().parents[2]
 KNOWN_GAPS: set = set()
 #: The same for the realistic-memory runs. PYNQ-Z2 build on the PYNQ-Z2 DDR model, where the controller's aggregate
 #: (not the ports) binds: the model gives each port an equal share of it and charges port 0's logits writes at
-#: that share, while the simulated controller serves a W beat and the main port first (the model is +5.4 % and
-#: +6.8 % with logits written, +3.7 % without); open (issue 23).
+#: that share, while the simulated controller serves a W beat and the main port first (the model is +5.5 % and
+#: +7.0 % with logits written (+5.4, +6.8 before the STORE wait of issue 27), +3.7 % without); open (issue 23).
 REALISTIC_KNOWN_GAPS: set = {("pynqz2", "d240-default-shape", "1"), ("pynqz2", "d240-default-shape", "2")}
+#: The same for the random back-pressure runs (issue 27), open, causes not isolated (docs/performance.md): d64 k = 4
+#: without logits at rate 0.25 (-6.3 %; the same pass under seeds 1-3 gives -3.7 to -5.9 %: a small shape whose
+#: cycles move with the random sequence, under-estimated by a few % at low rates); the four-port build at k = 4
+#: (-5.1 %, -5.4 % at rate 0.75), where the model is already -3.6 % on the ideal memory (d512, 24 cycles).
+RANDOM_KNOWN_GAPS: set = {("default", "d64", "4-nologits@R0.25"), ("ports4", "d512", "4-nologits@R0.75"),
+                          ("ports4", "d512", "4@R0.75")}
 KEYS = ("rows", "count", "src", "nproj", "slot", "bank", "epi", "flags", "dst", "fields", "tstride", "vocab", "stride16")
 
 
@@ -260,6 +266,63 @@ def test_recorded_realistic_memory_runs_within_5_percent():
                 assert abs(m - v["cycles"]) <= tol * v["cycles"], (hw_name, name, key, m, v["cycles"])
                 n += 1
     assert n >= 8, n
+
+
+def test_recorded_random_backpressure_runs_within_5_percent():
+    """The model against the RTL runs on the simulated DDR's random back-pressure (bench/perf_validate.py --memory
+    random --rate 0.5,0.75 --record, and 0.25): ``pass_cycles(..., rate=r)`` within 5 % of CYCLES (12 % for the
+    RANDOM_KNOWN_GAPS), on the default and the PYNQ-Z2 builds, each at rates 0.5 and 0.75."""
+    rec = json.loads((ROOT / "boards" / "data" / "perf_validation.json").read_text())
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import perf_validate as V
+    finally:
+        sys.path.pop(0)
+    seen = set()
+    for hw_name, runs_of in rec.get("random_runs", {}).items():
+        for name, runs in runs_of.items():
+            for key, v in runs.items():
+                k, wl, lat = V.parse_key(key)
+                rate = V.parse_rate(key)
+                m = V.model_cycles(name, k, wl, hw_name, lat, "random", rate)
+                tol = 0.12 if (hw_name, name, key) in RANDOM_KNOWN_GAPS else 0.05
+                assert abs(m - v["cycles"]) <= tol * v["cycles"], (hw_name, name, key, m, v["cycles"])
+                seen.add((hw_name, rate))
+    assert {(h, r) for h in ("default", "pynqz2") for r in (0.5, 0.75)} <= seen, seen
+
+
+@pytest.mark.parametrize("rate", ["0", "1.5", "x", ""])
+def test_bench_refuses_a_bad_bus_rate(rate):
+    """bench/perf_validate.py --rate outside (0, 1]: one line naming --rate, exit 2, nothing simulated."""
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "perf_validate.py"), "--memory", "random", "--rate", rate,
+                          "--configs", "d64"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "--rate must be" in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_bench_refuses_to_record_another_seed():
+    """Only seed 1 of the random back-pressure memory is recorded (run keys carry no seed): --seed 2 --record exits 2
+    with one line, before anything is simulated."""
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "perf_validate.py"), "--memory", "random", "--seed", "2",
+                          "--record", "--configs", "d64"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "only seed 1 is recorded" in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+@pytest.mark.sim
+def test_model_against_rtl_random_backpressure():
+    """The smallest case on the RTL (d64, k = 1, default build) with the simulated DDR's random back-pressure at
+    rate 0.5: slower than the ideal memory, and the model at bus rate 0.5 within 5 % of CYCLES."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import perf_validate as V
+    finally:
+        sys.path.pop(0)
+    rnd = V.rtl_cycles("d64", (1,), "default", logits=(True,), memory="random", rate=0.5)
+    ideal = V.rtl_cycles("d64", (1,), "default", logits=(True,))
+    key = V.run_key(1, True, rate=0.5)
+    assert set(rnd) == {key} and V.parse_rate(key) == 0.5 and V.parse_key(key) == (1, True, PARAMS.SIM_RD_LATENCY)
+    assert rnd[key]["rd_bytes"] == ideal["1"]["rd_bytes"] and rnd[key]["cycles"] > ideal["1"]["cycles"]
+    m = V.model_cycles("d64", 1, True, "default", memory="random", rate=0.5)
+    assert abs(m - rnd[key]["cycles"]) <= 0.05 * rnd[key]["cycles"], (m, rnd[key]["cycles"])
 
 
 @pytest.mark.sim
