@@ -15,7 +15,8 @@ the compiler's own emitter, run without the model's data) on an instruction-leve
   time on a lock-step engine whose ``matvec_engines`` ways per port each take one bus beat per cycle, behind a
   serialiser that emits one row (every token of it) per cycle;
 * the AXI read port moves ``rate`` beats per cycle (1.0 in the simulated DDR; on a board, the port and
-  DDR efficiency of :data:`ASSUMPTIONS`); program fetch, embedding rows, LOADs and STOREs go first, the
+  DDR efficiency of :data:`ASSUMPTIONS`); program fetch, embedding rows, LOADs and STOREs go first (a
+  STORE's W beats share the main port's data bus as the packer makes them, spread over the STORE), the
   weight stream takes the rest, runs ahead of the MATVECs (PREFETCH) until the weight queues
   (``matvec_engines x weight_fifo_beats`` beats) are full.
 
@@ -30,6 +31,7 @@ one pass, phases, bytes), :func:`dims_for`, :func:`onchip_memories`,
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 from dataclasses import dataclass, field
@@ -194,6 +196,10 @@ def ternary_weights(dims: LY.Dims) -> int:
 # ======================================================================================================
 # the timing model
 # ======================================================================================================
+def _end(interval: list[float]) -> float:
+    return interval[1]
+
+
 class _Bus:
     """The AXI read port: priority transfers (program, embedding rows, LOAD, STORE) as busy intervals; the
     weight stream uses the free time. Times in cycles, ``rate`` beats per cycle."""
@@ -205,15 +211,50 @@ class _Bus:
         self.beats = 0.0
 
     def reserve(self, t: float, beats: float) -> tuple[float, float]:
+        """A priority transfer of ``beats`` from ``t``, after the earlier ones: (its start, its end); W beats
+        already spread (:meth:`spread`) go first where they fall in its way."""
         s = max(t, self.end)
-        e = s + beats / self.rate
         self.beats += beats
-        if self.busy and self.busy[-1][1] >= s - 1e-9:
-            self.busy[-1][1] = e
-        else:
-            self.busy.append([s, e])
-        self.end = e
+        self.end = e = self._occupy(s, beats / self.rate)
         return s, e
+
+    def spread(self, t0: float, t1: float, beats: float, chunks: int) -> None:
+        """``beats`` that take the bus as they are produced over [t0, t1) (a STORE's W beats: the main port's W
+        shares its data bus with R, ``sim/hdl/mmfree_axi_mem.sv``), as ``chunks`` equal pieces, each once its
+        beats are produced; they do not move ``end`` (the order of the priority transfers)."""
+        chunks = max(1, min(chunks, math.ceil(beats)))
+        step, dur = (t1 - t0) / chunks, beats / chunks / self.rate
+        self.beats += beats
+        for i in range(chunks):         # as late as lets it end with its window, then wherever the bus is free
+            self._occupy(t0 + i * step + max(0.0, step - dur), dur)
+
+    def _occupy(self, t: float, cycles: float) -> float:
+        """Mark the first ``cycles`` of free bus time from ``t`` busy; returns when they end."""
+        busy = self.busy
+        i = j = bisect.bisect_right(busy, t, key=_end)        # the first interval ending after t
+        pieces, need = [], cycles
+        while j < len(busy) and need > 1e-12:
+            s, e = busy[j]
+            if s > t:
+                take = min(need, s - t)
+                pieces.append([t, t + take])
+                need -= take
+            t = max(t, e)
+            j += 1
+        if need > 1e-12:
+            pieces.append([t, t + need])
+        merged: list[list[float]] = busy[i - 1:i] if i > 0 else []
+        lo = i - 1 if i > 0 else i
+        for iv in sorted(busy[i:j] + pieces):
+            if merged and iv[0] <= merged[-1][1] + 1e-9:
+                merged[-1] = [merged[-1][0], max(merged[-1][1], iv[1])]
+            else:
+                merged.append(list(iv))
+        if j < len(busy) and busy[j][0] <= merged[-1][1] + 1e-9:     # the piece ends where the next begins
+            merged[-1] = [merged[-1][0], max(merged[-1][1], busy[j][1])]
+            j += 1
+        busy[lo:j] = merged
+        return pieces[-1][1]
 
     def free(self, a: float, b: float) -> float:
         if b <= a:
@@ -228,9 +269,7 @@ class _Bus:
     def advance(self, a: float, cycles: float) -> float:
         """The earliest T with ``free(a, T) == cycles``."""
         t, need = a, cycles
-        for s, e in self.busy:
-            if e <= t:
-                continue
+        for s, e in self.busy[bisect.bisect_right(self.busy, t, key=_end):]:
             if s > t:
                 if s - t >= need:
                     return t + need
@@ -460,7 +499,10 @@ class _Pass:
         """:data:`RTL_TIMING` ``store_word`` cycles per word per token, plus the W handshake's wait on a bus slower
         than a beat per cycle: the packer (rtl/axi.py ``WordPacker``) holds a full beat until W takes it, on
         average 1 / rate - 1 cycles per beat (issue 27, the random back-pressure runs); logits skipped when not
-        written."""
+        written. Its W beats take the bus (the main port's R and W share one data bus) spread over the STORE as
+        the packer makes them (:meth:`_Bus.spread`, :data:`STORE_CHUNKS` pieces per token): reserved at the
+        STORE's start, as before, they fell in an idle gap between two matrices' prefetches on the four-port build
+        and cost nothing, while the RTL's W beats delay the next matrix's stream (-5.4 % at k = 4, rate 0.75)."""
         T, k = self.T, self.k
         start = max(start, self.engine_last["store"])
         if ins["flags"] & I.STORE_IF_LOGITS and not self.write_logits:
@@ -468,8 +510,8 @@ class _Pass:
         n = ins["count"]
         word = T["store_word"] + (1 / self.rate - 1) * 4 / self.bb
         dur = k * (n * word + T["store_token"])
-        self.bus.reserve(start + T["store_token"], k * math.ceil(4 * n / self.bb))
         fin = start + dur + T["store_token"]
+        self.bus.spread(start + T["store_token"], fin, k * math.ceil(4 * n / self.bb), STORE_CHUNKS * k)
         self.ivals["load_store"].append((start, fin))
         return fin
 
@@ -541,6 +583,9 @@ RM_WR_LATENCY = PARAMS.SIM_WR_LATENCY
 #: controller does between read bursts, and a STORE overlaps the next head chunk's MATVEC (bench/perf_validate.py:
 #: every recorded run within 5 % with False; the rule cost up to 9 % with logits written).
 STORE_WAITS_FOR_MATVEC = False
+#: Pieces per token in which a STORE's W beats take the main port's bus (:meth:`_Bus.spread`). Not fitted: 2, 4,
+#: 8, 16, 64 move every recorded run by < 0.2 points (bench/perf_validate.py --from-record).
+STORE_CHUNKS = 8
 
 
 def _partition(total: float, ivals: dict) -> dict:
