@@ -308,10 +308,15 @@ class PassTiming:
 
 def pass_cycles(dims: LY.Dims, hw: HwConfig, k: int = 1, rate: float = 1.0, rd_latency: float = PARAMS.SIM_RD_LATENCY,
                 write_logits: bool = True, weight_fifo_beats: int = WEIGHT_FIFO_BEATS,
-                prog: list[I.Instr] | None = None, timing: dict | None = None) -> PassTiming:
+                prog: list[I.Instr] | None = None, timing: dict | None = None,
+                main_rate: float | None = None) -> PassTiming:
     """Cycles from START to DONE (the CYCLES register) of one pass of ``k`` tokens.
 
-    ``rate``: AXI beats per cycle the memory sustains (1.0 = the simulated DDR); ``rd_latency``: cycles
+    ``rate``: AXI beats per cycle the memory sustains on each weight port (1.0 = the simulated DDR);
+    ``main_rate``: beats per cycle the main port moves its own transfers at (program, embedding rows, LOADs,
+    STOREs; default ``rate``): higher than ``rate`` where one shared controller's aggregate, not the ports, binds
+    (``rate`` is then each port's equal share) and serves the main port first, as ``sim/hdl/mmfree_axi_mem.sv``
+    does (:func:`main_port_rate`); ``rd_latency``: cycles
     from a read request to its first beat; ``prog``: the program (default: the compiler's,
     :func:`mmfree.rtl.compiler.emit_program`); ``timing``: overrides of :data:`RTL_TIMING`. Phases (cycles,
     summing to the total): ``weight_stream`` (the ternary engines run or wait for weights, layers), ``lm_head``
@@ -323,7 +328,10 @@ def pass_cycles(dims: LY.Dims, hw: HwConfig, k: int = 1, rate: float = 1.0, rd_l
     if max(dims.d, dims.inter) > hw.max_width:
         raise MmfreeError(f"the model is {max(dims.d, dims.inter)} wide but the build's max_width is {hw.max_width}")
     prog = emit_program(dims) if prog is None else prog
-    run = _Pass(hw, k, rate, rd_latency, write_logits, weight_fifo_beats, dict(RTL_TIMING, **(timing or {})))
+    if main_rate is not None and not main_rate > 0:
+        raise MmfreeError(f"the main port's bus rate must be positive beats per cycle, got {main_rate}")
+    run = _Pass(hw, k, rate, rd_latency, write_logits, weight_fifo_beats, dict(RTL_TIMING, **(timing or {})),
+                rate if main_rate is None else main_rate)
     for idx, ins in enumerate(prog):
         run.fetch(idx, len(prog))
         if ins.op == "HALT":
@@ -348,6 +356,17 @@ def stream_rate(rate: float, rd_latency: float, timing: dict | None = None, wind
     return min(rate, window / (rd_latency + turn))
 
 
+def main_port_rate(port_rate: float, aggregate_rate: float) -> float:
+    """Beats per cycle the main port moves its own transfers (program, embedding rows, LOADs, STOREs) at, behind a
+    shared DDR controller that serves a W beat and the main port's reads before the other ports (as the simulated
+    DDR does, ``sim/hdl/mmfree_axi_mem.sv``): its own cap ``port_rate`` or the controller's whole ``aggregate_rate``
+    (beats per cycle of one port's width), whichever is lower. The weight ports' equal share of the aggregate
+    (``min(port_rate, aggregate_rate / ports)``) is what the weight stream gets; charging the main port's own
+    transfers at that share too over-priced them twice where the aggregate binds (the PYNQ-Z2 build on its DDR
+    model: +5.5 % and +7.0 % with logits written, issue 23)."""
+    return min(port_rate, aggregate_rate)
+
+
 def _windowed(beats: float, window: float, rate: float, limited: float) -> float:
     """Cycles from a read client's first beat to its last for a transfer of ``beats`` (its first request already
     paid the latency): the first ``window`` beats were all requested at once and arrive at the bus ``rate``, the
@@ -364,19 +383,20 @@ class _Pass:
     their rows in parallel at the same rate. E: engines on one port."""
 
     def __init__(self, hw: HwConfig, k: int, rate: float, rd_latency: float, write_logits: bool,
-                 weight_fifo_beats: int, T: dict):
+                 weight_fifo_beats: int, T: dict, main_rate: float | None = None):
         self.T, self.k, self.rate, self.write_logits = T, k, rate, write_logits
+        self.mrate = rate if main_rate is None else main_rate     # the main port's own transfers
         self.bb, self.E, self.P = hw.bus_bytes, hw.matvec_engines, hw.weight_ports
         self.L = float(rd_latency)
         vec_fifo, load_fifo = PARAMS.MAIN_READER_FIFO_DEPTHS[1:3]
         self.vwin = min(vec_fifo, PARAMS.MAX_OUTSTANDING * PARAMS.MAX_BURST)
         self.lwin = min(load_fifo, PARAMS.MAX_OUTSTANDING * PARAMS.MAX_BURST)
-        self.vrate = stream_rate(rate, rd_latency, T, self.vwin)
-        self.lrate = stream_rate(rate, rd_latency, T, self.lwin)
+        self.vrate = stream_rate(self.mrate, rd_latency, T, self.vwin)
+        self.lrate = stream_rate(self.mrate, rd_latency, T, self.lwin)
         # weight beats prefetch may run ahead: the queues + the read window's base (a longer latency widens the window
         # but those beats are in flight, not stored ahead: counting them moved the 1.3B model by < 0.1 %)
         self.cap = self.E * weight_fifo_beats + READ_WINDOW_BEATS
-        self.bus = _Bus(rate)
+        self.bus = _Bus(self.mrate)
         self.ivals: dict[str, list] = {"matvec": [], "head": [], "vector": [], "load_store": []}
         self.inflight: list[tuple] = []                 # (engine, finish or MATVEC index, rd, wr)
         self.engine_last: dict[str, float] = {"load": 0.0, "store": 0.0, "vector": 0.0}
@@ -430,7 +450,7 @@ class _Pass:
         n = min(16, n_instr - self.fetched)
         _, e = self.bus.reserve(self.t, n * 16 / self.bb)
         if idx == 0:
-            self.t = max(self.t, e - (n - 1) * 16 / self.bb / self.rate)
+            self.t = max(self.t, e - (n - 1) * 16 / self.bb / self.mrate)
         self.fetched += n
 
     def wait_for(self, ins: I.Instr, eng: str | None, rd: set, wr: set, t_wait: float) -> float:
@@ -508,7 +528,7 @@ class _Pass:
         if ins["flags"] & I.STORE_IF_LOGITS and not self.write_logits:
             return start + 1
         n = ins["count"]
-        word = T["store_word"] + (1 / self.rate - 1) * 4 / self.bb
+        word = T["store_word"] + (1 / self.mrate - 1) * 4 / self.bb
         dur = k * (n * word + T["store_token"])
         fin = start + dur + T["store_token"]
         self.bus.spread(start + T["store_token"], fin, k * math.ceil(4 * n / self.bb), STORE_CHUNKS * k)
@@ -522,7 +542,7 @@ class _Pass:
         for _ in range(self.k):
             beats = math.ceil(4 * ins["count"] / self.bb)
             s0, e = self.bus.reserve(tt + self.T["embed_row"] + self.L, beats)
-            tt = max(e, s0 + _windowed(beats, self.vwin, self.rate, self.vrate), s0 + ins["count"]) + 1
+            tt = max(e, s0 + _windowed(beats, self.vwin, self.mrate, self.vrate), s0 + ins["count"]) + 1
         fin = tt + self.T["hgrn_tail"]
         self.ivals["load_store"].append((start, fin))
         return fin
@@ -783,12 +803,12 @@ def predict(dims, board, clock_mhz: float | None = None, hw: HwConfig | None = N
     hw = _width_problems(dims, b, hw, problems)
     clock_hz = clock * 1e6
     peak = b.ddr_peak_bytes_per_s
-    rate, limiter, port_bps, ddr = _bus_rate(hw, b, clock_hz)
+    rate, limiter, port_bps, ddr, main = _bus_rate(hw, b, clock_hz)
     lat_ns = assumption("rd_latency_ns") if latency_ns is None else float(latency_ns)
     if not (lat_ns >= 0 and math.isfinite(lat_ns)):
         raise MmfreeError(f"--latency-ns must be a finite number >= 0 (DDR read latency in ns), got {latency_ns}")
     lat = lat_ns * 1e-9 * clock_hz
-    pt = pass_cycles(dims, hw, k, rate=rate, rd_latency=lat, write_logits=write_logits, prog=prog)
+    pt = pass_cycles(dims, hw, k, rate=rate, rd_latency=lat, write_logits=write_logits, prog=prog, main_rate=main)
     host = assumption("host_us_per_pass") * 1e-6 * clock_hz
     ideal = _ideal_memory(dims, hw, k, A, write_logits, host, clock_hz, peak / LY.weight_bytes_per_token(dims, padded=False))
     cycles_pass = pt.cycles + host
@@ -870,11 +890,12 @@ def _width_problems(dims: LY.Dims, b, hw: HwConfig, problems: list[str]) -> HwCo
     return hw
 
 
-def _bus_rate(hw: HwConfig, board, clock_hz: float) -> tuple[float, str, float, dict]:
+def _bus_rate(hw: HwConfig, board, clock_hz: float) -> tuple[float, str, float, dict, float]:
     """(beats per cycle on each weight port, what limits it: "hp_port" | "ddr", bytes/s of all weight ports at full
-    rate, the DDR model as a dict). One shared controller (:func:`mmfree.sim.ddr.ddr_model`): each port gets its
-    own cap (``hp_port_efficiency`` between refreshes) or an equal share of the controller's aggregate, whichever
-    is lower."""
+    rate, the DDR model as a dict, beats per cycle of the main port's own transfers). One shared controller
+    (:func:`mmfree.sim.ddr.ddr_model`): each port gets its own cap (``hp_port_efficiency`` between refreshes) or an
+    equal share of the controller's aggregate, whichever is lower; the main port's own transfers
+    :func:`main_port_rate`."""
     from mmfree.sim.ddr import ddr_model
 
     ddr = ddr_model(board)
@@ -882,7 +903,8 @@ def _bus_rate(hw: HwConfig, board, clock_hz: float) -> tuple[float, str, float, 
     port_rate = assumption("hp_port_efficiency") * (1 - ddr.refresh_fraction)
     ddr_rate = ddr.aggregate_bytes_per_s / port_bps            # the controller's share per port, beats per cycle
     limiter = "hp_port" if port_rate <= ddr_rate else "ddr"
-    return min(port_rate, ddr_rate), limiter, port_bps, ddr.as_dict()
+    main = main_port_rate(port_rate, ddr_rate * hw.weight_ports)
+    return min(port_rate, ddr_rate), limiter, port_bps, ddr.as_dict(), main
 
 
 def _ddr_memory(dims: LY.Dims, k: int, b, problems: list[str]) -> dict:
