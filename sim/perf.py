@@ -229,7 +229,9 @@ class _Bus:
             self._occupy(t0 + i * step + max(0.0, step - dur), dur)
 
     def _occupy(self, t: float, cycles: float) -> float:
-        """Mark the first ``cycles`` of free bus time from ``t`` busy; returns when they end."""
+        """Mark the first ``cycles`` of free bus time from ``t`` busy; returns when they end (``t`` for none)."""
+        if cycles <= 0:
+            return t
         busy = self.busy
         i = j = bisect.bisect_right(busy, t, key=_end)        # the first interval ending after t
         pieces, need = [], cycles

@@ -467,6 +467,7 @@ def test_bus_spread_store_beats_take_free_time_where_they_fall():
     assert (s, e) == (170, 310)
     assert bus.end == 310 and bus.busy == [[0, 20], [170, 310], [380, 400], [480, 500]]
     assert bus.advance(0, 100) == 120
+    assert bus.reserve(600, 0) == (600, 600) and bus.busy[-1] == [480, 500]     # nothing to move: nothing taken
     spread_once = P._Bus(1.0)
     spread_once.spread(0, 10, 100, 8)           # slower than the window: one piece after another
     assert spread_once.busy == [[0, 100]]
