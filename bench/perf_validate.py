@@ -67,9 +67,10 @@ MEMORIES = ("ideal", "realistic", "random")
 RANDOM_SEED = 1
 
 
-def realistic(hw_name: str, rd_latency: int) -> tuple[list[str], float, float]:
+def realistic(hw_name: str, rd_latency: int) -> tuple[list[str], float, float, float]:
     """The realistic memory of a build at base read latency ``rd_latency``: (plusargs of the simulated DDR, the
-    per-port beats per cycle they allow on average, their mean read latency in cycles), at the simulation's clock."""
+    per-port beats per cycle they allow on average, their mean read latency in cycles, the beats per cycle of the
+    main port's own transfers: ``perf.main_port_rate``), at the simulation's clock."""
     from mmfree.boardfile import load_board
     from mmfree.sim import ddr as D
     from mmfree.sim import perf as P
@@ -79,8 +80,9 @@ def realistic(hw_name: str, rd_latency: int) -> tuple[list[str], float, float]:
                           P.assumption("hp_port_efficiency"), rd_latency)
     v = {a.split("=")[0][8:]: int(a.split("=")[1]) for a in plus}          # "+MMFREE_DDR_NUM=5" -> DDR_NUM: 5
     between = min(v["PORT_NUM"] / v["PORT_DEN"], v["DDR_NUM"] / v["DDR_DEN"] / hw.weight_ports)
-    rate = between * (1 - v["REF_CYCLES"] / v["REF_PERIOD"])
-    return plus, rate, rd_latency + v["RD_JITTER"] / 2
+    up = 1 - v["REF_CYCLES"] / v["REF_PERIOD"]
+    main = P.main_port_rate(v["PORT_NUM"] / v["PORT_DEN"], v["DDR_NUM"] / v["DDR_DEN"]) * up
+    return plus, between * up, rd_latency + v["RD_JITTER"] / 2, main
 
 
 def export_config(name: str) -> Path:
@@ -180,15 +182,16 @@ def model_cycles(name: str, k: int, write_logits: bool = True, hw_name: str = "d
     from mmfree.sim.perf import pass_cycles
 
     d, inter, L, V = CONFIGS[name]
+    main = None
     if memory == "realistic":
-        rate, lat = realistic(hw_name, rd_latency)[1:]
+        rate, lat, main = realistic(hw_name, rd_latency)[1:]
     elif memory == "random":            # the fraction the simulated DDR draws against (random_plusargs)
         v = D.parse_plusargs(D.random_plusargs(rate))
         rate, lat = v["BUS_RATE_NUM"] / v["BUS_RATE_DEN"], rd_latency
     else:
         rate, lat = 1.0, rd_latency
     return pass_cycles(Dims(V, d, inter, L), hw_for(hw_name), k, rate=rate, rd_latency=lat,
-                       write_logits=write_logits).cycles
+                       write_logits=write_logits, main_rate=main).cycles
 
 
 def table(rows: list[dict]) -> str:

@@ -15,7 +15,8 @@ the compiler's own emitter, run without the model's data) on an instruction-leve
   time on a lock-step engine whose ``matvec_engines`` ways per port each take one bus beat per cycle, behind a
   serialiser that emits one row (every token of it) per cycle;
 * the AXI read port moves ``rate`` beats per cycle (1.0 in the simulated DDR; on a board, the port and
-  DDR efficiency of :data:`ASSUMPTIONS`); program fetch, embedding rows, LOADs and STOREs go first, the
+  DDR efficiency of :data:`ASSUMPTIONS`); program fetch, embedding rows, LOADs and STOREs go first (a
+  STORE's W beats share the main port's data bus as the packer makes them, spread over the STORE), the
   weight stream takes the rest, runs ahead of the MATVECs (PREFETCH) until the weight queues
   (``matvec_engines x weight_fifo_beats`` beats) are full.
 
@@ -30,6 +31,7 @@ one pass, phases, bytes), :func:`dims_for`, :func:`onchip_memories`,
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 from dataclasses import dataclass, field
@@ -194,6 +196,10 @@ def ternary_weights(dims: LY.Dims) -> int:
 # ======================================================================================================
 # the timing model
 # ======================================================================================================
+def _end(interval: list[float]) -> float:
+    return interval[1]
+
+
 class _Bus:
     """The AXI read port: priority transfers (program, embedding rows, LOAD, STORE) as busy intervals; the
     weight stream uses the free time. Times in cycles, ``rate`` beats per cycle."""
@@ -205,15 +211,52 @@ class _Bus:
         self.beats = 0.0
 
     def reserve(self, t: float, beats: float) -> tuple[float, float]:
+        """A priority transfer of ``beats`` from ``t``, after the earlier ones: (its start, its end); W beats
+        already spread (:meth:`spread`) go first where they fall in its way."""
         s = max(t, self.end)
-        e = s + beats / self.rate
         self.beats += beats
-        if self.busy and self.busy[-1][1] >= s - 1e-9:
-            self.busy[-1][1] = e
-        else:
-            self.busy.append([s, e])
-        self.end = e
+        self.end = e = self._occupy(s, beats / self.rate)
         return s, e
+
+    def spread(self, t0: float, t1: float, beats: float, chunks: int) -> None:
+        """``beats`` that take the bus as they are produced over [t0, t1) (a STORE's W beats: the main port's W
+        shares its data bus with R, ``sim/hdl/mmfree_axi_mem.sv``), as ``chunks`` equal pieces, each once its
+        beats are produced; they do not move ``end`` (the order of the priority transfers)."""
+        chunks = max(1, min(chunks, math.ceil(beats)))
+        step, dur = (t1 - t0) / chunks, beats / chunks / self.rate
+        self.beats += beats
+        for i in range(chunks):         # as late as lets it end with its window, then wherever the bus is free
+            self._occupy(t0 + i * step + max(0.0, step - dur), dur)
+
+    def _occupy(self, t: float, cycles: float) -> float:
+        """Mark the first ``cycles`` of free bus time from ``t`` busy; returns when they end (``t`` for none)."""
+        if cycles <= 0:
+            return t
+        busy = self.busy
+        i = j = bisect.bisect_right(busy, t, key=_end)        # the first interval ending after t
+        pieces, need = [], cycles
+        while j < len(busy) and need > 1e-12:
+            s, e = busy[j]
+            if s > t:
+                take = min(need, s - t)
+                pieces.append([t, t + take])
+                need -= take
+            t = max(t, e)
+            j += 1
+        if need > 1e-12:
+            pieces.append([t, t + need])
+        merged: list[list[float]] = busy[i - 1:i] if i > 0 else []
+        lo = i - 1 if i > 0 else i
+        for iv in sorted(busy[i:j] + pieces):
+            if merged and iv[0] <= merged[-1][1] + 1e-9:
+                merged[-1] = [merged[-1][0], max(merged[-1][1], iv[1])]
+            else:
+                merged.append(list(iv))
+        if j < len(busy) and busy[j][0] <= merged[-1][1] + 1e-9:     # the piece ends where the next begins
+            merged[-1] = [merged[-1][0], max(merged[-1][1], busy[j][1])]
+            j += 1
+        busy[lo:j] = merged
+        return pieces[-1][1]
 
     def free(self, a: float, b: float) -> float:
         if b <= a:
@@ -228,9 +271,7 @@ class _Bus:
     def advance(self, a: float, cycles: float) -> float:
         """The earliest T with ``free(a, T) == cycles``."""
         t, need = a, cycles
-        for s, e in self.busy:
-            if e <= t:
-                continue
+        for s, e in self.busy[bisect.bisect_right(self.busy, t, key=_end):]:
             if s > t:
                 if s - t >= need:
                     return t + need
@@ -269,10 +310,15 @@ class PassTiming:
 
 def pass_cycles(dims: LY.Dims, hw: HwConfig, k: int = 1, rate: float = 1.0, rd_latency: float = PARAMS.SIM_RD_LATENCY,
                 write_logits: bool = True, weight_fifo_beats: int = WEIGHT_FIFO_BEATS,
-                prog: list[I.Instr] | None = None, timing: dict | None = None) -> PassTiming:
+                prog: list[I.Instr] | None = None, timing: dict | None = None,
+                main_rate: float | None = None) -> PassTiming:
     """Cycles from START to DONE (the CYCLES register) of one pass of ``k`` tokens.
 
-    ``rate``: AXI beats per cycle the memory sustains (1.0 = the simulated DDR); ``rd_latency``: cycles
+    ``rate``: AXI beats per cycle the memory sustains on each weight port (1.0 = the simulated DDR);
+    ``main_rate``: beats per cycle the main port moves its own transfers at (program, embedding rows, LOADs,
+    STOREs; default ``rate``): higher than ``rate`` where one shared controller's aggregate, not the ports, binds
+    (``rate`` is then each port's equal share) and serves the main port first, as ``sim/hdl/mmfree_axi_mem.sv``
+    does (:func:`main_port_rate`); ``rd_latency``: cycles
     from a read request to its first beat; ``prog``: the program (default: the compiler's,
     :func:`mmfree.rtl.compiler.emit_program`); ``timing``: overrides of :data:`RTL_TIMING`. Phases (cycles,
     summing to the total): ``weight_stream`` (the ternary engines run or wait for weights, layers), ``lm_head``
@@ -284,7 +330,10 @@ def pass_cycles(dims: LY.Dims, hw: HwConfig, k: int = 1, rate: float = 1.0, rd_l
     if max(dims.d, dims.inter) > hw.max_width:
         raise MmfreeError(f"the model is {max(dims.d, dims.inter)} wide but the build's max_width is {hw.max_width}")
     prog = emit_program(dims) if prog is None else prog
-    run = _Pass(hw, k, rate, rd_latency, write_logits, weight_fifo_beats, dict(RTL_TIMING, **(timing or {})))
+    if main_rate is not None and not main_rate > 0:
+        raise MmfreeError(f"the main port's bus rate must be positive beats per cycle, got {main_rate}")
+    run = _Pass(hw, k, rate, rd_latency, write_logits, weight_fifo_beats, dict(RTL_TIMING, **(timing or {})),
+                rate if main_rate is None else main_rate)
     for idx, ins in enumerate(prog):
         run.fetch(idx, len(prog))
         if ins.op == "HALT":
@@ -309,6 +358,17 @@ def stream_rate(rate: float, rd_latency: float, timing: dict | None = None, wind
     return min(rate, window / (rd_latency + turn))
 
 
+def main_port_rate(port_rate: float, aggregate_rate: float) -> float:
+    """Beats per cycle the main port moves its own transfers (program, embedding rows, LOADs, STOREs) at, behind a
+    shared DDR controller that serves a W beat and the main port's reads before the other ports (as the simulated
+    DDR does, ``sim/hdl/mmfree_axi_mem.sv``): its own cap ``port_rate`` or the controller's whole ``aggregate_rate``
+    (beats per cycle of one port's width), whichever is lower. The weight ports' equal share of the aggregate
+    (``min(port_rate, aggregate_rate / ports)``) is what the weight stream gets; charging the main port's own
+    transfers at that share too over-priced them twice where the aggregate binds (the PYNQ-Z2 build on its DDR
+    model: +5.5 % and +7.0 % with logits written, issue 23)."""
+    return min(port_rate, aggregate_rate)
+
+
 def _windowed(beats: float, window: float, rate: float, limited: float) -> float:
     """Cycles from a read client's first beat to its last for a transfer of ``beats`` (its first request already
     paid the latency): the first ``window`` beats were all requested at once and arrive at the bus ``rate``, the
@@ -325,19 +385,20 @@ class _Pass:
     their rows in parallel at the same rate. E: engines on one port."""
 
     def __init__(self, hw: HwConfig, k: int, rate: float, rd_latency: float, write_logits: bool,
-                 weight_fifo_beats: int, T: dict):
+                 weight_fifo_beats: int, T: dict, main_rate: float | None = None):
         self.T, self.k, self.rate, self.write_logits = T, k, rate, write_logits
+        self.mrate = rate if main_rate is None else main_rate     # the main port's own transfers
         self.bb, self.E, self.P = hw.bus_bytes, hw.matvec_engines, hw.weight_ports
         self.L = float(rd_latency)
         vec_fifo, load_fifo = PARAMS.MAIN_READER_FIFO_DEPTHS[1:3]
         self.vwin = min(vec_fifo, PARAMS.MAX_OUTSTANDING * PARAMS.MAX_BURST)
         self.lwin = min(load_fifo, PARAMS.MAX_OUTSTANDING * PARAMS.MAX_BURST)
-        self.vrate = stream_rate(rate, rd_latency, T, self.vwin)
-        self.lrate = stream_rate(rate, rd_latency, T, self.lwin)
+        self.vrate = stream_rate(self.mrate, rd_latency, T, self.vwin)
+        self.lrate = stream_rate(self.mrate, rd_latency, T, self.lwin)
         # weight beats prefetch may run ahead: the queues + the read window's base (a longer latency widens the window
         # but those beats are in flight, not stored ahead: counting them moved the 1.3B model by < 0.1 %)
         self.cap = self.E * weight_fifo_beats + READ_WINDOW_BEATS
-        self.bus = _Bus(rate)
+        self.bus = _Bus(self.mrate)
         self.ivals: dict[str, list] = {"matvec": [], "head": [], "vector": [], "load_store": []}
         self.inflight: list[tuple] = []                 # (engine, finish or MATVEC index, rd, wr)
         self.engine_last: dict[str, float] = {"load": 0.0, "store": 0.0, "vector": 0.0}
@@ -391,7 +452,7 @@ class _Pass:
         n = min(16, n_instr - self.fetched)
         _, e = self.bus.reserve(self.t, n * 16 / self.bb)
         if idx == 0:
-            self.t = max(self.t, e - (n - 1) * 16 / self.bb / self.rate)
+            self.t = max(self.t, e - (n - 1) * 16 / self.bb / self.mrate)
         self.fetched += n
 
     def wait_for(self, ins: I.Instr, eng: str | None, rd: set, wr: set, t_wait: float) -> float:
@@ -460,16 +521,19 @@ class _Pass:
         """:data:`RTL_TIMING` ``store_word`` cycles per word per token, plus the W handshake's wait on a bus slower
         than a beat per cycle: the packer (rtl/axi.py ``WordPacker``) holds a full beat until W takes it, on
         average 1 / rate - 1 cycles per beat (issue 27, the random back-pressure runs); logits skipped when not
-        written."""
+        written. Its W beats take the bus (the main port's R and W share one data bus) spread over the STORE as
+        the packer makes them (:meth:`_Bus.spread`, :data:`STORE_CHUNKS` pieces per token): reserved at the
+        STORE's start, as before, they fell in an idle gap between two matrices' prefetches on the four-port build
+        and cost nothing, while the RTL's W beats delay the next matrix's stream (-5.4 % at k = 4, rate 0.75)."""
         T, k = self.T, self.k
         start = max(start, self.engine_last["store"])
         if ins["flags"] & I.STORE_IF_LOGITS and not self.write_logits:
             return start + 1
         n = ins["count"]
-        word = T["store_word"] + (1 / self.rate - 1) * 4 / self.bb
+        word = T["store_word"] + (1 / self.mrate - 1) * 4 / self.bb
         dur = k * (n * word + T["store_token"])
-        self.bus.reserve(start + T["store_token"], k * math.ceil(4 * n / self.bb))
         fin = start + dur + T["store_token"]
+        self.bus.spread(start + T["store_token"], fin, k * math.ceil(4 * n / self.bb), STORE_CHUNKS * k)
         self.ivals["load_store"].append((start, fin))
         return fin
 
@@ -480,7 +544,7 @@ class _Pass:
         for _ in range(self.k):
             beats = math.ceil(4 * ins["count"] / self.bb)
             s0, e = self.bus.reserve(tt + self.T["embed_row"] + self.L, beats)
-            tt = max(e, s0 + _windowed(beats, self.vwin, self.rate, self.vrate), s0 + ins["count"]) + 1
+            tt = max(e, s0 + _windowed(beats, self.vwin, self.mrate, self.vrate), s0 + ins["count"]) + 1
         fin = tt + self.T["hgrn_tail"]
         self.ivals["load_store"].append((start, fin))
         return fin
@@ -541,6 +605,9 @@ RM_WR_LATENCY = PARAMS.SIM_WR_LATENCY
 #: controller does between read bursts, and a STORE overlaps the next head chunk's MATVEC (bench/perf_validate.py:
 #: every recorded run within 5 % with False; the rule cost up to 9 % with logits written).
 STORE_WAITS_FOR_MATVEC = False
+#: Pieces per token in which a STORE's W beats take the main port's bus (:meth:`_Bus.spread`). Not fitted: 2, 4,
+#: 8, 16, 64 move every recorded run by < 0.2 points (bench/perf_validate.py --from-record).
+STORE_CHUNKS = 8
 
 
 def _partition(total: float, ivals: dict) -> dict:
@@ -738,12 +805,12 @@ def predict(dims, board, clock_mhz: float | None = None, hw: HwConfig | None = N
     hw = _width_problems(dims, b, hw, problems)
     clock_hz = clock * 1e6
     peak = b.ddr_peak_bytes_per_s
-    rate, limiter, port_bps, ddr = _bus_rate(hw, b, clock_hz)
+    rate, limiter, port_bps, ddr, main = _bus_rate(hw, b, clock_hz)
     lat_ns = assumption("rd_latency_ns") if latency_ns is None else float(latency_ns)
     if not (lat_ns >= 0 and math.isfinite(lat_ns)):
         raise MmfreeError(f"--latency-ns must be a finite number >= 0 (DDR read latency in ns), got {latency_ns}")
     lat = lat_ns * 1e-9 * clock_hz
-    pt = pass_cycles(dims, hw, k, rate=rate, rd_latency=lat, write_logits=write_logits, prog=prog)
+    pt = pass_cycles(dims, hw, k, rate=rate, rd_latency=lat, write_logits=write_logits, prog=prog, main_rate=main)
     host = assumption("host_us_per_pass") * 1e-6 * clock_hz
     ideal = _ideal_memory(dims, hw, k, A, write_logits, host, clock_hz, peak / LY.weight_bytes_per_token(dims, padded=False))
     cycles_pass = pt.cycles + host
@@ -825,11 +892,12 @@ def _width_problems(dims: LY.Dims, b, hw: HwConfig, problems: list[str]) -> HwCo
     return hw
 
 
-def _bus_rate(hw: HwConfig, board, clock_hz: float) -> tuple[float, str, float, dict]:
+def _bus_rate(hw: HwConfig, board, clock_hz: float) -> tuple[float, str, float, dict, float]:
     """(beats per cycle on each weight port, what limits it: "hp_port" | "ddr", bytes/s of all weight ports at full
-    rate, the DDR model as a dict). One shared controller (:func:`mmfree.sim.ddr.ddr_model`): each port gets its
-    own cap (``hp_port_efficiency`` between refreshes) or an equal share of the controller's aggregate, whichever
-    is lower."""
+    rate, the DDR model as a dict, beats per cycle of the main port's own transfers). One shared controller
+    (:func:`mmfree.sim.ddr.ddr_model`): each port gets its own cap (``hp_port_efficiency`` between refreshes) or an
+    equal share of the controller's aggregate, whichever is lower; the main port's own transfers
+    :func:`main_port_rate`."""
     from mmfree.sim.ddr import ddr_model
 
     ddr = ddr_model(board)
@@ -837,7 +905,8 @@ def _bus_rate(hw: HwConfig, board, clock_hz: float) -> tuple[float, str, float, 
     port_rate = assumption("hp_port_efficiency") * (1 - ddr.refresh_fraction)
     ddr_rate = ddr.aggregate_bytes_per_s / port_bps            # the controller's share per port, beats per cycle
     limiter = "hp_port" if port_rate <= ddr_rate else "ddr"
-    return min(port_rate, ddr_rate), limiter, port_bps, ddr.as_dict()
+    main = main_port_rate(port_rate, ddr_rate * hw.weight_ports)
+    return min(port_rate, ddr_rate), limiter, port_bps, ddr.as_dict(), main
 
 
 def _ddr_memory(dims: LY.Dims, k: int, b, problems: list[str]) -> dict:
