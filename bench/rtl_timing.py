@@ -201,9 +201,9 @@ def build_section(b: dict, cmd: str) -> str:
         out += ["", "nextpnr-ecp5 failed: `" + b["error"].splitlines()[0].replace("`", "'") + "`"]
     if b["fmax_mhz"] is not None:
         miss = "" if b["meets"]["ecp5_125mhz"] else f" (**misses** the {T.TARGET_ECP5_MHZ:g} MHz target)"
-        nets = cp.get("nets") or []
-        via = (" via nets " + ", ".join(f"`{n}`" for n in nets[:3]) + (f", ... ({len(nets)} nets)" if len(nets) > 3
-                                                                       else "")) if nets else ""
+        nets = T.short_nets(cp.get("nets") or [])
+        n = cp.get("n_nets", len(cp.get("nets") or []))
+        via = (" via nets " + ", ".join(f"`{x}`" for x in nets) + f" ({n} nets)") if nets else ""
         out += ["", f"**Fmax {b['fmax_mhz']:.1f} MHz**{miss} (250 MHz requested). Critical path `{cp.get('from')}` -> "
                     f"`{cp.get('to')}`{via}: {cp.get('logic_ns')} ns logic in {cp.get('logic_cells')} cells, "
                     f"{cp.get('routing_ns')} ns routing."]

@@ -332,7 +332,14 @@ def _critical_path(segs: list[dict]) -> dict:
     nets = [s["net"] for s in segs if s["type"] == "routing" and s.get("net")]
     return {"from": first["from"]["cell"], "to": last["to"]["cell"], "logic_ns": round(split["logic"], 3),
             "routing_ns": round(split["routing"], 3), "total_ns": round(split["logic"] + split["routing"], 3),
-            "logic_cells": cells, "nets": nets}
+            "logic_cells": cells, "n_nets": len(nets), "nets": short_nets(nets)}
+
+
+def short_nets(nets: list[str], head: int = 3, tail: int = 2, width: int = 80) -> list[str]:
+    """The first ``head`` and last ``tail`` net names of a path (``"..."`` between), each cut to ``width``
+    characters (nextpnr names a carry chain's nets by appending to the name at every cell)."""
+    cut = [n if len(n) <= width else n[:width - 3] + "..." for n in nets]
+    return cut if len(cut) <= head + tail else cut[:head] + ["..."] + cut[-tail:]
 
 
 _FMAX_RE = re.compile(r"Max frequency for clock\s+'([^']+)':\s+([\d.]+) MHz \((PASS|FAIL) at ([\d.]+) MHz\)")
@@ -807,6 +814,7 @@ __all__ = [
     "parse_nextpnr_log",
     "parse_nextpnr_report",
     "parse_nextpnr_utilisation",
+    "short_nets",
     "unit_timing",
     "unit_verilog",
     "xilinx_paths",

@@ -20,7 +20,8 @@ def test_parse_nextpnr_report():
     cp = r["critical_path"]
     assert cp["from"] == "o__valid_TRELLIS_FF_Q" and cp["to"] == "o__payload_TRELLIS_FF_Q_16"
     assert (cp["logic_ns"], cp["routing_ns"], cp["total_ns"], cp["logic_cells"]) == (0.575, 1.132, 1.707, 1)
-    assert cp["nets"] == ["o__valid", "i__ready"]
+    assert cp["nets"] == ["o__valid", "i__ready"] and cp["n_nets"] == 2
+    assert T.short_nets([str(i) * 100 for i in range(7)], 2, 1, 10) == ["0000000...", "1111111...", "...", "6666666..."]
     assert r["utilisation"]["TRELLIS_FF"] > 0 and "DP16KD" not in r["utilisation"]
 
 
