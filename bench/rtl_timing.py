@@ -204,7 +204,8 @@ def build_section(b: dict, cmd: str) -> str:
         via = (" via nets " + ", ".join(f"`{x}`" for x in nets) + f" ({n} nets)") if nets else ""
         out += ["", f"**Fmax {b['fmax_mhz']:.1f} MHz**{miss} (250 MHz requested). Critical path `{cp.get('from')}` -> "
                     f"`{cp.get('to')}`{via}: {cp.get('logic_ns')} ns logic in {cp.get('logic_cells')} cells, "
-                    f"{cp.get('routing_ns')} ns routing."]
+                    f"{cp.get('routing_ns')} ns routing; through "
+                    + " -> ".join(f"`{h or '(top)'}`" for h in cp.get("through") or []) + "."]
     return "\n".join(out)
 
 

@@ -332,7 +332,18 @@ def _critical_path(segs: list[dict]) -> dict:
     nets = [s["net"] for s in segs if s["type"] == "routing" and s.get("net")]
     return {"from": first["from"]["cell"], "to": last["to"]["cell"], "logic_ns": round(split["logic"], 3),
             "routing_ns": round(split["routing"], 3), "total_ns": round(split["logic"] + split["routing"], 3),
-            "logic_cells": cells, "n_nets": len(nets), "nets": short_nets(nets)}
+            "logic_cells": cells, "n_nets": len(nets), "nets": short_nets(nets), "through": _through(segs)}
+
+
+def _through(segs: list[dict]) -> list[str]:
+    """The design hierarchy the path's cells belong to, in path order (``""``: the top module)."""
+    out: list[str] = []
+    for s in segs:
+        cell = s["to"]["cell"]
+        mod = cell.rsplit(".", 1)[0] if "." in cell else ""
+        if not out or out[-1] != mod:
+            out.append(mod)
+    return out
 
 
 def short_nets(nets: list[str], head: int = 3, tail: int = 2, width: int = 80) -> list[str]:
@@ -667,6 +678,9 @@ def build_timing(verilog: str, top: str, config: dict, timeout: float = 3 * 3600
     e = ecp5_timing(verilog, top, timeout, cached_only)
     if e is None:
         return None
+    kept = _ecp5_keys(verilog, top)[1].with_suffix(".report.json")
+    if "error" not in e and kept.exists():           # nextpnr's report, parsed by this version of the parser
+        e = {**e, **parse_nextpnr_report(json.loads(kept.read_text()))}
     if "error" in e:
         util = e.get("device_utilisation") or {}
     else:

@@ -20,7 +20,7 @@ def test_parse_nextpnr_report():
     cp = r["critical_path"]
     assert cp["from"] == "o__valid_TRELLIS_FF_Q" and cp["to"] == "o__payload_TRELLIS_FF_Q_16"
     assert (cp["logic_ns"], cp["routing_ns"], cp["total_ns"], cp["logic_cells"]) == (0.575, 1.132, 1.707, 1)
-    assert cp["nets"] == ["o__valid", "i__ready"] and cp["n_nets"] == 2
+    assert cp["nets"] == ["o__valid", "i__ready"] and cp["n_nets"] == 2 and cp["through"] == [""]
     assert T.short_nets([str(i) * 100 for i in range(7)], 2, 1, 10) == ["0000000...", "1111111...", "...", "6666666..."]
     assert r["utilisation"]["TRELLIS_FF"] > 0 and "DP16KD" not in r["utilisation"]
 
@@ -71,6 +71,14 @@ def test_parse_nextpnr_utilisation_takes_the_last_block():
     assert u["DP16KD"] == {"used": 120, "available": 208} and u["TRELLIS_IO"]["used"] == 0
     assert T.overflows(u) == ["MULT18X18D 180 of 156"]
     assert T.parse_nextpnr_utilisation("Info: Program finished normally.\n") == {}
+
+
+def test_parse_nextpnr_utilisation_recorded():
+    """The block nextpnr-ecp5 0.11 printed for the whole `small` build (bench/rtl_timing.py --build small)."""
+    u = T.parse_nextpnr_utilisation((DATA / "nextpnr_small_build_utilisation.log").read_text())
+    assert len(u) == 28 and u["TRELLIS_COMB"] == {"used": 37384, "available": 83640}
+    assert u["MULT18X18D"] == {"used": 118, "available": 156} and u["DP16KD"] == {"used": 96, "available": 208}
+    assert T.overflows(u) == []
 
 
 def test_format_build_names_the_overflow():
