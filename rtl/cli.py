@@ -45,7 +45,9 @@ def register(sub) -> None:
                        "250 MHz requested): Fmax and the critical path from nextpnr's report; (b) Yosys synth_xilinx\n"
                        "-abc9 for xcup (UltraScale+) and xc7 (Zynq-7000): LUT levels, carry cells and DSPs on the\n"
                        "deepest register-to-register path and an estimated Fmax from a cited delay model\n"
-                       "(docs/rtl.md, Timing). Results are cached by content hash under $MMFREE_CACHE/rtl-timing.\n"
+                       "(docs/rtl.md, Timing). A tool that fails is recorded per flow and family, the rest goes on.\n"
+                       "--build NAME: the whole accelerator of one build through the ECP5 flow (utilisation, Fmax).\n"
+                       "Results are cached by content hash under $MMFREE_CACHE/rtl-timing.\n"
                        "Needs `pip install 'mmfree[timing]'` and a native yosys (`apt-get install yosys`).")
     _matvec_args(t)
     t.add_argument("--unit", action="append", default=None,
@@ -62,7 +64,8 @@ def register(sub) -> None:
     t.add_argument("--draft-engine", action=argparse.BooleanOptionalAction, default=None,
                    help="with --build: include the trigram draft engine")
     t.add_argument("--flow", choices=["both", "ecp5", "xilinx"], default="both", help="which flow(s) to run")
-    t.add_argument("--timeout", type=float, default=3600.0, help="seconds per tool run (default 3600)")
+    t.add_argument("--timeout", type=float, default=None,
+                   help="seconds per tool run (default 3600 per unit, 10800 for --build)")
     t.add_argument("--json", action="store_true", help="print one JSON object {units: [...], build: ...}")
 
 
@@ -147,7 +150,7 @@ def _timing(args) -> int:
         units = {u: units[u] for u in args.unit}
     elif args.build:
         units = {}
-    if args.timeout <= 0:
+    if args.timeout is not None and args.timeout <= 0:
         raise MmfreeError(f"--timeout must be > 0 seconds, got {args.timeout}")
     overrides = {k: getattr(args, k) for k in ("max_width", "weight_ports", "max_tokens", "draft_engine")}
     if not args.build and any(v is not None for v in overrides.values()):
@@ -155,8 +158,9 @@ def _timing(args) -> int:
     cfg = _build_config(args.build, overrides) if args.build else None
     flows = ("ecp5", "xilinx") if args.flow == "both" else (args.flow,)
     progress = None if args.json else (lambda what: print(f"  {what} ...", file=sys.stderr, flush=True))
-    rows = [T.unit_timing(name, f, flows, timeout=args.timeout, progress=progress) for name, f in units.items()]
-    build = _build_timing(args.build, cfg, args.timeout, progress) if cfg else None
+    rows = [T.unit_timing(name, f, flows, timeout=args.timeout or 3600.0, progress=progress)
+            for name, f in units.items()]
+    build = _build_timing(args.build, cfg, args.timeout or 3 * 3600.0, progress) if cfg else None
     if args.json:
         print_json({"units": rows, "build": build, "targets": {"ecp5_mhz": T.TARGET_ECP5_MHZ,
                                                               "lut_levels": T.TARGET_LUT_LEVELS}})

