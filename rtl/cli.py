@@ -5,6 +5,7 @@ Nothing heavy is imported at module level (Amaranth loads only when a command ru
 
 from __future__ import annotations
 
+import argparse
 import sys
 
 from mmfree import MmfreeError
@@ -44,12 +45,27 @@ def register(sub) -> None:
                        "250 MHz requested): Fmax and the critical path from nextpnr's report; (b) Yosys synth_xilinx\n"
                        "-abc9 for xcup (UltraScale+) and xc7 (Zynq-7000): LUT levels, carry cells and DSPs on the\n"
                        "deepest register-to-register path and an estimated Fmax from a cited delay model\n"
-                       "(docs/rtl.md, Timing). Results are cached by content hash under $MMFREE_CACHE/rtl-timing.\n"
+                       "(docs/rtl.md, Timing). A tool that fails is recorded per flow and family, the rest goes on.\n"
+                       "--build NAME: the whole accelerator of one build through the ECP5 flow (utilisation, Fmax).\n"
+                       "Results are cached by content hash under $MMFREE_CACHE/rtl-timing.\n"
                        "Needs `pip install 'mmfree[timing]'` and a native yosys (`apt-get install yosys`).")
     _matvec_args(t)
-    t.add_argument("--unit", action="append", default=None, help="unit name (repeat; default: every unit)")
+    t.add_argument("--unit", action="append", default=None,
+                   help="unit name (repeat; default: every unit, or none with --build)")
+    t.add_argument("--build", default=None, metavar="NAME_OR_BOARD",
+                   help="also the whole accelerator (rtl/top.py as `mmfree build` generates it) through the ECP5 flow, "
+                        "out of context on the LFE5U-85F: utilisation, Fmax, critical path (long: tens of minutes). "
+                        "NAME: 'small' (PYNQ-Z2 bus, 1 weight port x 1 engine, k = 1, width 1024, no draft engine) or a "
+                        "board for its default build; --max-width / --weight-ports / --max-tokens / --draft-engine "
+                        "override it")
+    t.add_argument("--max-width", type=int, default=None, help="with --build: widest vector of the build")
+    t.add_argument("--weight-ports", type=int, default=None, help="with --build: AXI masters streaming weights")
+    t.add_argument("--max-tokens", type=int, default=None, help="with --build: tokens per pass (k)")
+    t.add_argument("--draft-engine", action=argparse.BooleanOptionalAction, default=None,
+                   help="with --build: include the trigram draft engine")
     t.add_argument("--flow", choices=["both", "ecp5", "xilinx"], default="both", help="which flow(s) to run")
-    t.add_argument("--timeout", type=float, default=3600.0, help="seconds per tool run (default 3600)")
+    t.add_argument("--timeout", type=float, default=None,
+                   help="seconds per tool run (default 3600 per unit, 10800 for --build)")
     t.add_argument("--json", action="store_true", help="print one JSON object {units: [...], build: ...}")
 
 
@@ -132,14 +148,42 @@ def _timing(args) -> int:
         if bad:
             raise MmfreeError(f"--unit: unknown unit(s) {', '.join(bad)}; units: {', '.join(units)}")
         units = {u: units[u] for u in args.unit}
-    if args.timeout <= 0:
+    elif args.build:
+        units = {}
+    if args.timeout is not None and args.timeout <= 0:
         raise MmfreeError(f"--timeout must be > 0 seconds, got {args.timeout}")
+    overrides = {k: getattr(args, k) for k in ("max_width", "weight_ports", "max_tokens", "draft_engine")}
+    if not args.build and any(v is not None for v in overrides.values()):
+        raise MmfreeError("--max-width / --weight-ports / --max-tokens / --draft-engine go with --build NAME")
+    cfg = _build_config(args.build, overrides) if args.build else None
     flows = ("ecp5", "xilinx") if args.flow == "both" else (args.flow,)
     progress = None if args.json else (lambda what: print(f"  {what} ...", file=sys.stderr, flush=True))
-    rows = [T.unit_timing(name, f, flows, timeout=args.timeout, progress=progress) for name, f in units.items()]
+    rows = [T.unit_timing(name, f, flows, timeout=args.timeout or 3600.0, progress=progress)
+            for name, f in units.items()]
+    build = _build_timing(args.build, cfg, args.timeout or 3 * 3600.0, progress) if cfg else None
     if args.json:
-        print_json({"units": rows, "build": None, "targets": {"ecp5_mhz": T.TARGET_ECP5_MHZ,
-                                                             "lut_levels": T.TARGET_LUT_LEVELS}})
+        print_json({"units": rows, "build": build, "targets": {"ecp5_mhz": T.TARGET_ECP5_MHZ,
+                                                              "lut_levels": T.TARGET_LUT_LEVELS}})
         return 0
-    print(T.format_table(rows))
+    if rows:
+        print(T.format_table(rows))
+    if build:
+        print(T.format_build(build))
     return 0
+
+
+def _build_config(name: str, overrides: dict):
+    from mmfree.boards.build import TIMING_BUILDS, timing_config
+
+    try:
+        return timing_config(name, **overrides)
+    except MmfreeError as exc:
+        if name in TIMING_BUILDS:
+            raise
+        raise MmfreeError(f"--build: {exc} (or a named build: {', '.join(TIMING_BUILDS)})") from None
+
+
+def _build_timing(name: str, cfg, timeout: float, progress) -> dict:
+    from mmfree.boards.build import whole_build_timing
+
+    return whole_build_timing(name, cfg, timeout=timeout, progress=progress)

