@@ -12,8 +12,11 @@ Data goes into and out of a cocotb test through files named by environment varia
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
+import shutil
+import subprocess
 import sys
 from collections.abc import Iterable, Mapping
 from contextlib import contextmanager
@@ -156,8 +159,6 @@ def wave_format() -> str:
 def verilator_runner():
     """cocotb's Verilator runner whose commands (the Verilator build's ``make``, the simulator) run through
     :func:`mmfree.procs.run`: they die with this process (SIGKILL included) and never outlive a command."""
-    import subprocess
-
     from cocotb_tools.runner import Verilator
 
     from mmfree import procs
@@ -171,6 +172,41 @@ def verilator_runner():
                     raise subprocess.CalledProcessError(rc, cmd)
 
     return GuardedVerilator()
+
+
+#: What ``.built`` held before the toolchain stamp: such a build is reused (its toolchain is unknown).
+LEGACY_STAMP = "ok\n"
+
+
+@functools.lru_cache(maxsize=1)
+def toolchain_stamp() -> str:
+    """The tools a Verilator build depends on besides its sources and arguments, one line each: the
+    ``verilator`` and ``cocotb`` distributions' versions and the C++ compiler's first ``--version`` line. A
+    cached build made by other tools is built again (its cache key is the sources' alone)."""
+    from importlib import metadata
+
+    lines = []
+    for dist in ("verilator", "cocotb"):
+        try:
+            lines.append(f"{dist} {metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            lines.append(f"{dist} not installed as a distribution")
+    cxx = os.environ.get("CXX", "c++")
+    try:
+        out = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30).stdout
+        lines.append(f"{cxx}: {out.splitlines()[0] if out else 'no version'}")
+    except (OSError, subprocess.SubprocessError):
+        lines.append(f"{cxx}: not runnable")
+    return "".join(line + "\n" for line in lines)
+
+
+def reusable(done: Path, stamp: str) -> bool:
+    """Whether the build whose ``.built`` marker is ``done`` may be reused by tools with ``stamp``
+    (:func:`toolchain_stamp`): it finished, and with the same tools (or before stamps were written)."""
+    if not done.exists():
+        return False
+    text = done.read_text()
+    return text == stamp or text == LEGACY_STAMP
 
 
 def build(sources: Iterable[Path], toplevel: str, waves: bool = False, extra_args: Iterable[str] = (),
@@ -191,8 +227,11 @@ def build(sources: Iterable[Path], toplevel: str, waves: bool = False, extra_arg
     key = _digest(toplevel, *(s.read_bytes() for s in sources), *args, str(waves), *([opt] if opt else []))
     build_dir = cache_dir() / "verilator" / f"{toplevel}-{key}"
     done = build_dir / ".built"
+    stamp = toolchain_stamp()
     with file_lock(cache_dir() / "verilator" / f".{toplevel}-{key}.lock"):
-        if not done.exists():
+        if not reusable(done, stamp):
+            if build_dir.exists():              # built by another Verilator / cocotb / compiler: start clean
+                shutil.rmtree(build_dir)
             runner = verilator_runner()
             try:
                 with _env(_make_overrides(opt)), stdout_to_stderr():
@@ -200,7 +239,7 @@ def build(sources: Iterable[Path], toplevel: str, waves: bool = False, extra_arg
                                  waves=waves, always=True, timescale=("1ns", "1ps"))
             except (SystemExit, Exception) as exc:
                 raise MmfreeError(f"Verilator build of {toplevel} failed ({exc}); see the log above") from exc
-            done.write_text("ok\n")
+            done.write_text(stamp)
     return Build(toplevel, build_dir, sources, waves)
 
 

@@ -33,3 +33,19 @@ def test_bus_separator_is_amaranths():
 def test_bad_parameter_is_named():
     with pytest.raises(ValueError, match="width"):
         AxisIncrement(width=0)
+
+
+def test_a_build_from_other_tools_is_not_reused(tmp_path):
+    """The Verilator cache key hashes sources and arguments only; the ``.built`` marker carries the tool
+    versions (verilator, cocotb, C++ compiler), so a build made by other tools is built again. A marker
+    from before stamps (``ok``) is still reused."""
+    stamp = runner.toolchain_stamp()
+    assert stamp.startswith("verilator ") and "cocotb " in stamp and stamp.endswith("\n")
+    done = tmp_path / ".built"
+    assert not runner.reusable(done, stamp)
+    done.write_text(stamp)
+    assert runner.reusable(done, stamp)
+    done.write_text(stamp.replace("verilator ", "verilator 0.0-other ", 1))
+    assert not runner.reusable(done, stamp)
+    done.write_text(runner.LEGACY_STAMP)
+    assert runner.reusable(done, stamp)
