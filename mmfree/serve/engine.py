@@ -518,6 +518,7 @@ class Job:
     arrived: float = field(default_factory=time.monotonic)
     next_disconnect_check: float = 0.0          # the HTTP side's next look at the client (monotonic seconds)
     _cancel: threading.Event = field(default_factory=threading.Event)
+    _done: bool = False                         # the done event was sent (exactly once per job)
 
     def cancel(self) -> None:
         """Stop this job at its next token (or drop it from the queue when it has not started)."""
@@ -640,10 +641,8 @@ class Engine:
             except Exception as exc:                   # a bug of ours: report it, keep the loop alive
                 traceback.print_exc(file=sys.stderr)
                 job.finish_reason, job.error = "error", f"{type(exc).__name__}: {exc}"
-                try:
-                    job.sink(("done", "error", {"error": job.error}))
-                except Exception:
-                    pass
+                if not job._done:
+                    self._send_done(job, {"error": job.error})
             finally:
                 with self._cv:
                     self.running = None
@@ -655,8 +654,10 @@ class Engine:
         """Decode up to ``self.streams`` jobs together, one weight pass per step of the backend's batch
         (:class:`StreamsBackend`): waiting jobs join at every pass boundary while there is room, a job leaves when
         it is done, stopped, cancelled or past its deadline; a pass that fails ends every job in it with ``error``
-        and the loop goes on with a fresh batch."""
-        batch, live = self.backend.new_batch(), {}      # stream id -> _Live
+        and the loop goes on with a fresh batch. A job whose sink raises ends alone with ``error``; any other
+        unexpected exception (a bug of ours) ends every job being decoded with ``error`` and the loop goes on
+        with a fresh batch: the decode thread never dies while the engine is open."""
+        batch, live = None, {}                          # stream id -> _Live
         while True:
             with self._cv:
                 while not self._waiting and not live and not self._stop:
@@ -667,22 +668,48 @@ class Engine:
                 while self._waiting and len(live) + len(fresh) < self.streams:
                     fresh.append(self._waiting.popleft())
                 self._set_active(list(self.active) + fresh)
-            for job in fresh:
-                self._join(batch, live, job)
-            if not live:
-                continue
             try:
-                step = batch.step()
-            except Exception as exc:                   # the pass failed: every job in the batch ends with it
-                if not isinstance(exc, (MmfreeError, ValueError)):
-                    traceback.print_exc(file=sys.stderr)
-                for lv in live.values():
-                    lv.job.error = str(exc) if isinstance(exc, (MmfreeError, ValueError)) else f"{type(exc).__name__}: {exc}"
-                    self._leave(lv, "error")
-                batch, live = self.backend.new_batch(), {}
-                continue
-            self.passes += 1
-            self._advance(batch, live, step)
+                batch = batch if batch is not None else self.backend.new_batch()
+                batch = self._batch_round(batch, live, fresh)
+            except Exception as exc:                   # a bug of ours: end every job being decoded, go on
+                traceback.print_exc(file=sys.stderr)
+                self._abort_active(f"{type(exc).__name__}: {exc}")
+                batch, live = None, {}
+
+    def _batch_round(self, batch, live: dict, fresh: list[Job]):
+        """Add the ``fresh`` jobs to ``batch`` and run one pass; the batch to go on with (a new one when the pass
+        failed: its jobs end with ``error``)."""
+        for job in fresh:
+            self._join(batch, live, job)
+        if not live:
+            return batch
+        try:
+            step = batch.step()
+        except Exception as exc:                   # the pass failed: every job in the batch ends with it
+            known = isinstance(exc, (MmfreeError, ValueError))
+            if not known:
+                traceback.print_exc(file=sys.stderr)
+            for lv in list(live.values()):
+                lv.job.error = str(exc) if known else f"{type(exc).__name__}: {exc}"
+                self._leave(lv, "error")
+            live.clear()
+            return self.backend.new_batch()
+        self.passes += 1
+        self._advance(batch, live, step)
+        return batch
+
+    def _abort_active(self, error: str) -> None:
+        """End every job being decoded that has not had its done event with ``error`` (after an unexpected
+        exception in the batch loop). Never raises: a failing metrics object or sink is reported on stderr."""
+        with self._cv:
+            jobs = list(self.active)
+        for job in jobs:
+            if not job._done:
+                job.finish_reason, job.error = "error", job.error or error
+                job.stats = job.stats or {"prompt_tokens": len(job.prompt_ids), "completion_tokens": len(job.tokens)}
+                self._send_done(job, {"error": job.error})
+        with self._cv:
+            self._set_active([j for j in self.active if j not in jobs])
 
     def _set_active(self, jobs: list[Job]) -> None:
         """(With the lock held.) The jobs being decoded; ``running`` is the oldest."""
@@ -713,6 +740,10 @@ class Engine:
                 self._emit(live[sid].job, live[sid].text, tok)
             except _Stop as stop:
                 reasons[sid] = stop.reason
+            except Exception as exc:                   # the job's sink failed: that job ends, the others go on
+                traceback.print_exc(file=sys.stderr)
+                live[sid].job.error = f"the response sink failed: {type(exc).__name__}: {exc}"
+                reasons[sid] = "error"
         now = time.monotonic()
         for sid, lv in live.items():
             if sid in reasons:
@@ -778,22 +809,38 @@ class Engine:
             self._service_s = 0.8 * self._service_s + 0.2 * seconds
         if self.metrics is not None:
             self.metrics.job_done(job)
-        job.sink(("done", job.finish_reason, dict(job.stats, tail=tail, error=job.error)))
+        self._send_done(job, dict(job.stats, tail=tail, error=job.error))
+
+    @staticmethod
+    def _send_done(job: Job, info: dict) -> None:
+        """The job's done event, once; a sink that raises is reported on stderr (the job is over either way)."""
+        job._done = True
+        try:
+            job.sink(("done", job.finish_reason, info))
+        except Exception:
+            traceback.print_exc(file=sys.stderr)
 
     # ---- shutdown --------------------------------------------------------------------------------------------------
     def close(self, timeout_s: float | None = None) -> None:
         """Take no new jobs, finish the queued and running ones (at most ``timeout_s``; then the rest are
-        cancelled), and stop the decode thread."""
+        cancelled), and stop the decode thread. Always returns: should the decode thread be gone, the jobs left
+        end with ``error``."""
         end = None if timeout_s is None else time.monotonic() + timeout_s
         with self._cv:
             self.closing = True
-            while self._waiting or self.running is not None:
+            while (self._waiting or self.running is not None) and self._thread.is_alive():
                 left = None if end is None else end - time.monotonic()
                 if left is not None and left <= 0:
                     for j in list(self._waiting) + list(self.active):
                         j.cancel()
                     break
-                self._cv.wait(timeout=left)
+                self._cv.wait(timeout=1.0 if left is None else min(left, 1.0))
             self._stop = True
             self._cv.notify_all()
+            orphans = [] if self._thread.is_alive() else list(self._waiting) + list(self.active)
+            self._waiting.clear()
+        for job in orphans:
+            if not job._done:
+                job.finish_reason, job.error = "error", "the decode thread stopped before this request finished"
+                self._send_done(job, {"error": job.error})
         self._thread.join(timeout=None if end is None else max(1.0, end - time.monotonic() + 5.0))

@@ -234,3 +234,97 @@ def test_a_failed_pass_ends_its_requests_and_the_server_goes_on():
     assert [j.finish_reason for j in jobs] == ["error", "error", "length"]
     assert "did not finish" in jobs[0].error and jobs[0].stats["prefill_passes"] == 1
     assert jobs[2].tokens == _reference("def ", 6, {"temperature": 0})
+
+
+def _run_jobs(engine, jobs, together=True, wait_s=60) -> list[bool]:
+    """Submit ``jobs`` (all before the batch loop looks when ``together``) and wait for each one's done event."""
+    done = [threading.Event() for _ in jobs]
+    for job, ev in zip(jobs, done):
+        inner = job.sink
+        job.sink = lambda e, ev=ev, inner=inner: (e[0] == "done" and ev.set(), inner(e))
+    if together:
+        with engine._cv:
+            for job in jobs:
+                engine.submit(job)
+    else:
+        for job in jobs:
+            engine.submit(job)
+    return [ev.wait(wait_s) for ev in done]
+
+
+def _close_returns(engine, within_s=30.0) -> bool:
+    t = threading.Thread(target=engine.close, daemon=True)
+    t.start()
+    t.join(within_s)
+    return not t.is_alive()
+
+
+def test_a_raising_sink_ends_only_its_request_and_the_loop_goes_on(backend):
+    """A client sink that raises on every event: that request ends with ``error`` naming the sink, the request
+    sharing its passes finishes with its exact tokens, the decode thread lives, the next request completes and
+    close() returns."""
+    from mmfree.serve.engine import Engine, Limits
+
+    engine = Engine(backend, Limits(request_timeout_s=60))
+    ids = backend.tokenizer.encode_prompt("def ")
+    bad, good, later = (engine.prepare(ids, n, temperature=0) for n in (4, 6, 5))
+
+    def raising(ev):
+        raise RuntimeError("client sink blew up")
+
+    bad.sink = raising
+    try:
+        assert _run_jobs(engine, [bad, good]) == [True, True]
+        assert engine._thread.is_alive()
+        assert _run_jobs(engine, [later]) == [True]
+    finally:
+        assert _close_returns(engine)
+    assert bad.finish_reason == "error" and "sink failed: RuntimeError: client sink blew up" in bad.error
+    assert good.finish_reason == "length" and good.tokens == _reference("def ", 6, {"temperature": 0})
+    assert later.finish_reason == "length" and later.tokens == _reference("def ", 5, {"temperature": 0})
+
+
+def test_an_unexpected_error_ends_every_live_request_and_the_loop_goes_on(backend):
+    """A bug outside the pass (here the metrics object raising once when a job leaves): every request being
+    decoded ends with ``error`` and a clear message (no hang), then the loop serves the next request."""
+    from mmfree.serve.engine import Engine, Limits
+
+    class BrokenOnce:
+        calls = 0
+
+        def job_done(self, job):
+            self.calls += 1
+            if self.calls == 1:
+                raise KeyError("metrics bug")
+
+    engine = Engine(backend, Limits(request_timeout_s=60), BrokenOnce())
+    ids = backend.tokenizer.encode_prompt("def ")
+    short, long_, later = (engine.prepare(ids, n, temperature=0) for n in (2, 8, 3))
+    try:
+        assert _run_jobs(engine, [short, long_]) == [True, True]
+        assert engine._thread.is_alive() and engine.active == []
+        assert _run_jobs(engine, [later]) == [True]
+    finally:
+        assert _close_returns(engine)
+    assert [j.finish_reason for j in (short, long_)] == ["error", "error"]
+    assert "KeyError" in short.error and "metrics bug" in long_.error
+    assert later.finish_reason == "length" and later.tokens == _reference("def ", 3, {"temperature": 0})
+
+
+def test_close_returns_when_the_decode_thread_is_gone(backend):
+    """Should the decode thread be dead (the failure mode before the batch loop caught everything), close()
+    still returns and the queued request ends with ``error`` instead of hanging."""
+    from mmfree.serve.engine import Engine, Limits
+
+    engine = Engine(backend, Limits(request_timeout_s=60))
+    with engine._cv:
+        engine._stop = True
+        engine._cv.notify_all()
+    engine._thread.join(10)
+    engine._stop = False
+    job = engine.prepare(backend.tokenizer.encode_prompt("def "), 3, temperature=0)
+    got = []
+    job.sink = got.append
+    engine.submit(job)
+    assert _close_returns(engine, 10)
+    assert job.finish_reason == "error" and "decode thread stopped" in job.error and got[-1][0] == "done"
