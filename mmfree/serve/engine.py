@@ -555,6 +555,7 @@ class Engine:
         self.closing = False
         self._stop = False
         self._service_s = 1.0                           # running mean of seconds per job, for Retry-After
+        #   (a job's own decoding time: with N streams N jobs are served in that time, so the wait is / N)
         loop = self._batch_loop if self.streams > 1 else self._loop
         self._thread = threading.Thread(target=loop, name="mmfree-decode", daemon=True)
         self._thread.start()
@@ -621,7 +622,7 @@ class Engine:
                 raise ShuttingDown("the server is shutting down and takes no new requests")
             depth = len(self._waiting)
             if depth >= self.limits.max_queue and (depth or len(self.active) >= self.streams):
-                raise QueueFull(depth, max(1, math.ceil(self._service_s * (depth + 1))))
+                raise QueueFull(depth, max(1, math.ceil(self._service_s * (depth + 1) / self.streams)))
             self._waiting.append(job)
             self._cv.notify_all()
         return job

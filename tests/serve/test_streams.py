@@ -328,3 +328,72 @@ def test_close_returns_when_the_decode_thread_is_gone(backend):
     engine.submit(job)
     assert _close_returns(engine, 10)
     assert job.finish_reason == "error" and "decode thread stopped" in job.error and got[-1][0] == "done"
+
+
+def test_busy_seconds_counts_overlapping_intervals_once():
+    from mmfree.serve.metrics import busy_seconds
+
+    assert busy_seconds([]) == 0.0
+    assert busy_seconds([(0, 2), (0, 2), (0, 2), (0, 2)]) == 2.0          # four streams decoded together
+    assert busy_seconds([(0, 2), (1, 3), (5, 6), (5.5, 5.7), (7, 6)]) == 4.0  # merged, disjoint, nested, empty
+    assert busy_seconds([(3, 4), (0, 1)]) == 2.0
+
+
+def test_tokens_per_second_is_the_aggregate_rate_of_overlapping_requests(monkeypatch):
+    """Four requests of 10 tokens decoded together over the same 2 s: 40 tokens / 2 s of busy time = 20 tok/s
+    (summing per-request seconds reported one stream's 5 tok/s)."""
+    from types import SimpleNamespace
+
+    from mmfree.serve import metrics as M
+
+    m, clock = M.Metrics(window_s=60), [100.0]
+    monkeypatch.setattr(M.time, "monotonic", lambda: clock[0])
+    stats = dict(prompt_tokens=3, completion_tokens=10, decode_s=2.0, queue_s=0.0, prefill_passes=1,
+                 decode_passes=9, accepted_drafts=0)
+    for _ in range(4):
+        m.job_done(SimpleNamespace(stats=stats, finish_reason="length"))
+    assert m.tokens_per_second() == 20.0
+    clock[0] = 103.0                                       # one more alone, 1 s later: 50 tokens / 3 s busy
+    m.job_done(SimpleNamespace(stats=dict(stats, decode_s=2.0), finish_reason="length"))
+    assert m.tokens_per_second() == 50 / 4.0
+
+
+def test_tokens_per_second_through_the_engine_is_the_aggregate_rate(backend):
+    """Two requests decoded together through the engine: the metric is their tokens over the wall time they
+    took together (the overlap counted once), not one request's rate."""
+    import time
+
+    from mmfree.serve.engine import Engine, Limits
+    from mmfree.serve.metrics import Metrics
+
+    metrics = Metrics()
+    engine = Engine(backend, Limits(), metrics)
+    metrics.bind(engine)
+    ids = backend.tokenizer.encode_prompt("def ")
+    jobs = [engine.prepare(ids, 12, temperature=0) for _ in range(2)]
+    t0 = time.monotonic()
+    try:
+        assert _run_jobs(engine, jobs) == [True, True]
+        wall = time.monotonic() - t0
+    finally:
+        engine.close(timeout_s=30)
+    n = sum(len(j.tokens) for j in jobs)
+    one = max(len(j.tokens) / j.stats["decode_s"] for j in jobs)
+    assert n == 24 and n / wall <= metrics.tokens_per_second() and metrics.tokens_per_second() > 1.5 * one
+
+
+def test_retry_after_divides_the_wait_by_the_streams(backend):
+    """429's Retry-After with N streams: the queued jobs are served N at a time."""
+    from mmfree.serve.engine import Engine, Limits, QueueFull
+
+    engine = Engine(backend, Limits(max_queue=1))
+    engine._service_s = 10.0
+    ids = backend.tokenizer.encode_prompt("def ")
+    try:
+        with engine._cv:                                   # the loop cannot take them while we hold the lock
+            engine.submit(engine.prepare(ids, 2, temperature=0))
+            with pytest.raises(QueueFull) as e:
+                engine.submit(engine.prepare(ids, 2, temperature=0))
+    finally:
+        engine.close(timeout_s=30)
+    assert e.value.retry_after == 10                           # 10 s x 2 waiting / 2 streams
