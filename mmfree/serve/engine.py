@@ -333,8 +333,9 @@ class StreamsBackend(Backend):
         super().__init__(model_id, intmodel.vocab_size, eos, _tokenizer(tok_dir))
 
     def new_batch(self):
-        """An empty batch of up to ``max_streams`` streams on the accelerator."""
-        return self.acc.stream_batch(self.max_streams)
+        """An empty batch of up to ``max_streams`` streams on the accelerator; decoding requests go first in every
+        pass (``decode_first``: a request joining with a long prompt does not stall the others)."""
+        return self.acc.stream_batch(self.max_streams, decode_first=True)
 
     def decode(self, ids, s, emit, passes):
         """One request alone (a batch of one stream), as :class:`Backend` decodes."""
@@ -732,9 +733,9 @@ class Engine:
 
     def _advance(self, batch, live: dict, step) -> None:
         """Hand each job its token of this pass; jobs that are done, stopped, cancelled or late leave."""
-        kind = 0 if step.record["prefill"] else 1
-        for sid in step.record["streams"]:
-            live[sid].passes[kind] += 1
+        rec = step.record
+        for i, sid in enumerate(rec["streams"]):          # a pass may feed prompt chunks and decode (decode_first)
+            live[sid].passes[0 if i < rec.get("chunks", len(rec["streams"]) * rec["prefill"]) else 1] += 1
         reasons = {}
         for sid, tok in step.emitted:
             try:

@@ -397,3 +397,34 @@ def test_retry_after_divides_the_wait_by_the_streams(backend):
     finally:
         engine.close(timeout_s=30)
     assert e.value.retry_after == 10                           # 10 s x 2 waiting / 2 streams
+
+
+def test_a_long_prompt_joining_does_not_stall_a_decoding_request(backend):
+    """Request a decodes; b joins after a's second token with a 40-token prompt (10 passes of chunks at 4 tokens
+    per pass, that a sat out before): a still gets a token in every batch pass (the server's batches put decoding
+    requests first), and both get their solo tokens."""
+    from mmfree.serve.engine import Engine, Limits
+
+    engine = Engine(backend, Limits(request_timeout_s=120))
+    ids = backend.tokenizer.encode_prompt("def ")
+    long_ids = [(7 * i) % 4000 + 1 for i in range(40)]
+    a, b = engine.prepare(ids, 12, temperature=0), engine.prepare(long_ids, 3, temperature=0)
+    at = []
+
+    def sink_a(ev):
+        if ev[0] == "delta":
+            at.append(engine.passes)
+            if len(at) == 2:
+                engine.submit(b)
+
+    a.sink, done = sink_a, threading.Event()
+    b.sink = lambda ev: ev[0] == "done" and done.set()
+    try:
+        assert _run_jobs(engine, [a], wait_s=120) == [True]
+        assert done.wait(120)
+    finally:
+        engine.close(timeout_s=30)
+    assert a.finish_reason == "length" and a.tokens == _reference("def ", 12, {"temperature": 0})
+    assert b.finish_reason == "length" and b.stats["prefill_passes"] == 13     # 10 x 3 beside a, then 4 + 4 + 2
+    assert [y - x for x, y in zip(at, at[1:])] == [1] * 11, at
+    assert a.stats["decode_passes"] == 11 and a.stats["prefill_passes"] == 1
