@@ -328,6 +328,7 @@ def _run_streams(args, draft) -> int:
     if args.board == "pynq-sim":
         return _run_streams_pynq_sim(args, model, prompts)
     acc = _open_board(args, model)
+    acc.write_logits = not args.no_logits
     with acc:
         _check_fits_streams(acc, B)
         g = acc.generate_streams(prompts, args.tokens, args.temperature, args.top_p, [args.seed] * B)

@@ -334,12 +334,13 @@ class AccelSession:
         texts = [self.decode_text(t) if self.tokenizer_dir is not None else None for t in toks]
         return StreamsGeneration(ids, toks, texts, passes, time.perf_counter() - t0)
 
-    def stream_batch(self, max_streams: int | None = None) -> StreamBatch:
+    def stream_batch(self, max_streams: int | None = None, decode_first: bool = False) -> StreamBatch:
         """A :class:`~mmfree.host.streams.StreamBatch` on this accelerator: streams that join and leave at pass
         boundaries (the server's continuous batching), at most ``max_streams`` at once (default: as many as the
         compiled program and the bitstream's tokens per pass allow). Pass logits are written when
-        :attr:`write_logits` is set or a stream samples."""
-        return StreamBatch(self.host, max_streams, write_logits=self.write_logits)
+        :attr:`write_logits` is set or a stream samples. ``decode_first``: decoding streams advance in every
+        pass, prompt chunks fill the room left (:class:`~mmfree.host.streams.StreamBatch`)."""
+        return StreamBatch(self.host, max_streams, write_logits=self.write_logits, decode_first=decode_first)
 
     @property
     def hw(self) -> HwConfig:

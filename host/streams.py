@@ -73,11 +73,14 @@ class StreamBatch:
 
     ``max_streams``: how many streams may be in the batch at once (default and upper bound: :func:`stream_limit`);
     ``write_logits``: every pass writes its logits (a sampling stream turns them on for the passes it is in);
-    ``keep_arrays``: records keep ``starts``, ``states`` and ``logits`` (for the replay against IntModel).
-    MmfreeError for ``max_streams`` outside ``1..stream_limit(host)``."""
+    ``keep_arrays``: records keep ``starts``, ``states`` and ``logits`` (for the replay against IntModel);
+    ``decode_first``: every pass carries one token per decoding stream first and prompt chunks in the room left
+    (:func:`~mmfree.pymodel.multistream.plan_pass`; the server's batches: a long prompt joining does not stall
+    the streams decoding), else prompt chunks only while any prompt has tokens left. MmfreeError for ``max_streams``
+    outside ``1..stream_limit(host)``."""
 
     def __init__(self, host: AccelHost, max_streams: int | None = None, write_logits: bool = False,
-                 keep_arrays: bool = False):
+                 keep_arrays: bool = False, decode_first: bool = False):
         limit = stream_limit(host)
         max_streams = limit if max_streams is None else max_streams
         if isinstance(max_streams, bool) or not isinstance(max_streams, int) or not 1 <= max_streams <= limit:
@@ -85,7 +88,7 @@ class StreamBatch:
                               f"program serves {host.c.streams}: compile with streams=B; the bitstream verifies "
                               f"{host.hw.max_tokens} tokens per pass)")
         self.host, self.max_streams = host, max_streams
-        self.write_logits, self.keep_arrays = write_logits, keep_arrays
+        self.write_logits, self.keep_arrays, self.decode_first = write_logits, keep_arrays, decode_first
         self.streams: dict[int, Stream] = {}          # join order
         self.passes = 0
         self._next_id = 0
@@ -131,7 +134,8 @@ class StreamBatch:
             raise MmfreeError("the batch has no stream to run: add one first")
         host, live = self.host, self.streams
         chunks, roots = plan_pass([(s, len(st.prompt) - st.fed) for s, st in live.items()],
-                                  [s for s, st in live.items() if not st.prefilling], host.hw.max_tokens)
+                                  [s for s, st in live.items() if not st.prefilling], host.hw.max_tokens,
+                                  self.decode_first)
         members = [s for s, _ in chunks] + roots
         for s, st in live.items():             # a stream sitting out keeps its state on the host: the pass
             if s not in members and not isinstance(st.state, np.ndarray):    # overwrites both state areas
@@ -148,7 +152,7 @@ class StreamBatch:
         finished = [s for s in members if live[s].done]
         for s in finished:
             del live[s]
-        rec = _stream_record(res, kept, members, parents, bool(chunks), len(emitted))
+        rec = _stream_record(res, kept, members, parents, bool(chunks), len(emitted), len(chunks))
         return StepResult(rec, emitted, finished)
 
     def _collect(self, res: PassResult, members, chunks, offs) -> list[tuple[int, int]]:
@@ -169,11 +173,11 @@ class StreamBatch:
 
 def generate_streams(host: AccelHost, prompts, n_tokens: int, write_logits: bool = True, keep_arrays: bool = False,
                      progress=None, eos_id: int | None = None, temperature: float = 0.0, top_p: float = 1.0,
-                     seeds=None) -> tuple[list[list[int]], list[dict]]:
+                     seeds=None, decode_first: bool = False) -> tuple[list[list[int]], list[dict]]:
     """Decode B = ``len(prompts)`` independent streams together on the accelerator (a :class:`StreamBatch` run to
     the end): the passes of :func:`mmfree.pymodel.multistream.generate_streams` with ``max_nodes`` = the
-    bitstream's max tokens (the same number of passes), and per stream the tokens of plain decoding of its
-    prompt alone: greedy, or with ``temperature`` > 0 sampled with seed ``seeds[s]`` (default 0 for each) as
+    bitstream's max tokens and the same ``decode_first`` (the same number of passes), and per stream the tokens of
+    plain decoding of its prompt alone: greedy, or with ``temperature`` > 0 sampled with seed ``seeds[s]`` (default 0 for each) as
     ``pymodel.generate`` with IntBackend samples. Each stream stops after ``n_tokens`` or right after ``eos_id``.
 
     Returns (tokens per stream, pass records): each record as :func:`mmfree.host.generate.generate` writes it
@@ -190,7 +194,7 @@ def generate_streams(host: AccelHost, prompts, n_tokens: int, write_logits: bool
     seeds = [0] * B if seeds is None else list(seeds)
     if len(seeds) != B:
         raise MmfreeError(f"give one seed per stream: {B} prompts, {len(seeds)} seeds")
-    batch = StreamBatch(host, B, write_logits, keep_arrays)
+    batch = StreamBatch(host, B, write_logits, keep_arrays, decode_first)
     ids = [batch.add(p, n_tokens, eos_id, temperature, top_p, seed) for p, seed in zip(prompts, seeds)]
     out = {s: batch.streams[s].tokens for s in ids}
     passes = []
@@ -209,11 +213,13 @@ def _start_arrays(host: AccelHost, starts) -> np.ndarray:
                      for a in starts])
 
 
-def _stream_record(res: PassResult, starts, streams, parents, prefill: bool, emitted: int) -> dict:
-    """A multi-stream pass record (:func:`~mmfree.host.generate._record` plus ``streams``, ``parents`` and, when
-    kept, ``starts``, the arrays read back with it)."""
+def _stream_record(res: PassResult, starts, streams, parents, prefill: bool, emitted: int, chunks: int) -> dict:
+    """A multi-stream pass record (:func:`~mmfree.host.generate._record` plus ``streams``, ``parents``,
+    ``chunks`` (the first ``chunks`` of ``streams`` were fed prompt chunks, the rest decoded one token each; a
+    ``decode_first`` pass may hold both, and is ``prefill`` when it holds a chunk) and, when kept, ``starts``, the
+    arrays read back with it)."""
     rec = _record(res, len(res.tokens) - 1, prefill, emitted, starts is not None, streams=list(streams),
-                  parents=list(parents))
+                  parents=list(parents), chunks=chunks)
     if starts is not None:
         rec["starts"] = starts
     return rec

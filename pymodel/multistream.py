@@ -15,7 +15,10 @@ A pass of the accelerator holds at most its build's max tokens: ``max_nodes`` gi
 budget, and :func:`plan_pass` (the one schedule, which the host's :class:`mmfree.host.streams.StreamBatch` uses
 too) decides what each pass carries: while any stream has prompt tokens left the pass carries prompt chunks
 only (streams in join order, each chunk as long as the budget left allows), otherwise one tree per decoding
-stream. With every prompt fitting one pass this is the unbudgeted schedule above.
+stream. With every prompt fitting one pass this is the unbudgeted schedule above. ``decode_first`` (what the
+server uses) puts the decoding streams' trees in first and packs prompt chunks into the budget left, so a
+request joining with a long prompt no longer stalls the requests already decoding (each still advances one
+step per pass); per stream the tokens are the same either way, only the passes differ.
 """
 
 from __future__ import annotations
@@ -59,7 +62,8 @@ def _check_streams(model, prompts, max_new_tokens: int, k: int, drafters, max_no
     return [check_prompt(p, model.vocab_size) for p in prompts]
 
 
-def plan_pass(prompt_left, decoding, max_nodes: int | None = None) -> tuple[list[tuple[int, int]], list[int]]:
+def plan_pass(prompt_left, decoding, max_nodes: int | None = None, decode_first: bool = False,
+              root_nodes: int = 1) -> tuple[list[tuple[int, int]], list[int]]:
     """What the next pass carries (the schedule of every multi-stream loop, reference and host alike).
 
     ``prompt_left``: ``(stream, prompt tokens not fed yet)`` in join order (streams with 0 left may be listed);
@@ -67,21 +71,41 @@ def plan_pass(prompt_left, decoding, max_nodes: int | None = None) -> tuple[list
     limit). Returns ``(chunks, roots)``: while any prompt has tokens left, ``chunks`` = ``(stream, n)`` prompt
     chunks packed in join order up to ``max_nodes`` and ``roots`` = [] (prefill first: a stream reaches the
     shared decode passes soonest, and every decode pass is one tree per decoding stream); otherwise ``chunks``
-    = [] and ``roots`` = ``decoding``. ``ValueError`` for ``max_nodes < 1``."""
+    = [] and ``roots`` = ``decoding``. With ``decode_first``: ``roots`` = ``decoding`` always (each tree up to
+    ``root_nodes`` tokens, taken from the budget first) and ``chunks`` packed in join order into the budget left
+    (none when it is spent), so every decoding stream advances in every pass. ``ValueError`` for
+    ``max_nodes < 1``, ``root_nodes < 1``, or ``decode_first`` with a budget the roots alone use up while a
+    prompt waits (no pass could ever feed it)."""
     if max_nodes is not None and max_nodes < 1:
         raise ValueError(f"max_nodes must be >= 1, got {max_nodes}")
+    if root_nodes < 1:
+        raise ValueError(f"root_nodes must be >= 1, got {root_nodes}")
     budget = max_nodes if max_nodes is not None else float("inf")
+    if decode_first:
+        roots = list(decoding)
+        budget -= root_nodes * len(roots)
+        if budget < 0 or (budget == 0 and any(left > 0 for _, left in prompt_left)):
+            raise ValueError(f"max_nodes {max_nodes} leaves no room for a prompt chunk beside {len(roots)} "
+                             f"decoding trees of {root_nodes} tokens")
+        return _pack(prompt_left, budget), roots
+    chunks = _pack(prompt_left, budget)
+    return (chunks, []) if chunks else ([], list(decoding))
+
+
+def _pack(prompt_left, budget) -> list[tuple[int, int]]:
+    """Prompt chunks ``(stream, n)`` in join order, as long as ``budget`` tokens allow."""
     chunks = []
     for s, left in prompt_left:
         if left > 0 and budget > 0:
             n = int(min(left, budget))
             chunks.append((s, n))
             budget -= n
-    return (chunks, []) if chunks else ([], list(decoding))
+    return chunks
 
 
 def generate_streams(model, prompts, max_new_tokens: int, k: int = 1, drafters=None,
-                     eos_id: int | None = None, max_nodes: int | None = None) -> StreamsResult:
+                     eos_id: int | None = None, max_nodes: int | None = None,
+                     decode_first: bool = False) -> StreamsResult:
     """Greedy decoding of B = ``len(prompts)`` independent streams on :class:`IntModel` ``model``, every pass
     one forest over the streams still running.
 
@@ -89,7 +113,9 @@ def generate_streams(model, prompts, max_new_tokens: int, k: int = 1, drafters=N
     earlier right after ``eos_id``); ``k``: tokens per stream per decode pass (1: plain decoding; > 1 with
     ``drafters``, one :class:`~mmfree.pymodel.drafters.Drafter` per stream, each given only its own stream's
     context); ``max_nodes``: tokens one pass holds (the accelerator build's max tokens; None: no limit), the
-    passes planned by :func:`plan_pass`. ``tokens[s]`` equals plain greedy decoding of ``prompts[s]`` alone.
+    passes planned by :func:`plan_pass` (``decode_first``: decoding streams' trees first, prompt chunks in the
+    room left, as :class:`mmfree.host.streams.StreamBatch` with the same flag). ``tokens[s]`` equals plain greedy
+    decoding of ``prompts[s]`` alone.
     Raises ``ValueError`` for an empty prompt list or prompt, ids outside the vocabulary, a negative token
     count, ``k < 1``, a drafter count that is not B or ``max_nodes`` below ``k x B``.
     """
@@ -107,7 +133,7 @@ def generate_streams(model, prompts, max_new_tokens: int, k: int = 1, drafters=N
     live = list(range(B))
     while live:
         chunks, roots = plan_pass([(s, len(prompts[s]) - fed[s]) for s in live],
-                                  [s for s in live if fed[s] == len(prompts[s])], max_nodes)
+                                  [s for s in live if fed[s] == len(prompts[s])], max_nodes, decode_first, k)
         trees = [(prompts[s][fed[s]:fed[s] + n], None) for s, n in chunks]
         trees += [_tree(seqs[s], k, drafters[s] if drafters else None) for s in roots]
         members = [s for s, _ in chunks] + roots

@@ -333,8 +333,9 @@ class StreamsBackend(Backend):
         super().__init__(model_id, intmodel.vocab_size, eos, _tokenizer(tok_dir))
 
     def new_batch(self):
-        """An empty batch of up to ``max_streams`` streams on the accelerator."""
-        return self.acc.stream_batch(self.max_streams)
+        """An empty batch of up to ``max_streams`` streams on the accelerator; decoding requests go first in every
+        pass (``decode_first``: a request joining with a long prompt does not stall the others)."""
+        return self.acc.stream_batch(self.max_streams, decode_first=True)
 
     def decode(self, ids, s, emit, passes):
         """One request alone (a batch of one stream), as :class:`Backend` decodes."""
@@ -518,6 +519,7 @@ class Job:
     arrived: float = field(default_factory=time.monotonic)
     next_disconnect_check: float = 0.0          # the HTTP side's next look at the client (monotonic seconds)
     _cancel: threading.Event = field(default_factory=threading.Event)
+    _done: bool = False                         # the done event was sent (exactly once per job)
 
     def cancel(self) -> None:
         """Stop this job at its next token (or drop it from the queue when it has not started)."""
@@ -554,6 +556,7 @@ class Engine:
         self.closing = False
         self._stop = False
         self._service_s = 1.0                           # running mean of seconds per job, for Retry-After
+        #   (a job's own decoding time: with N streams N jobs are served in that time, so the wait is / N)
         loop = self._batch_loop if self.streams > 1 else self._loop
         self._thread = threading.Thread(target=loop, name="mmfree-decode", daemon=True)
         self._thread.start()
@@ -620,7 +623,7 @@ class Engine:
                 raise ShuttingDown("the server is shutting down and takes no new requests")
             depth = len(self._waiting)
             if depth >= self.limits.max_queue and (depth or len(self.active) >= self.streams):
-                raise QueueFull(depth, max(1, math.ceil(self._service_s * (depth + 1))))
+                raise QueueFull(depth, max(1, math.ceil(self._service_s * (depth + 1) / self.streams)))
             self._waiting.append(job)
             self._cv.notify_all()
         return job
@@ -640,10 +643,8 @@ class Engine:
             except Exception as exc:                   # a bug of ours: report it, keep the loop alive
                 traceback.print_exc(file=sys.stderr)
                 job.finish_reason, job.error = "error", f"{type(exc).__name__}: {exc}"
-                try:
-                    job.sink(("done", "error", {"error": job.error}))
-                except Exception:
-                    pass
+                if not job._done:
+                    self._send_done(job, {"error": job.error})
             finally:
                 with self._cv:
                     self.running = None
@@ -655,8 +656,10 @@ class Engine:
         """Decode up to ``self.streams`` jobs together, one weight pass per step of the backend's batch
         (:class:`StreamsBackend`): waiting jobs join at every pass boundary while there is room, a job leaves when
         it is done, stopped, cancelled or past its deadline; a pass that fails ends every job in it with ``error``
-        and the loop goes on with a fresh batch."""
-        batch, live = self.backend.new_batch(), {}      # stream id -> _Live
+        and the loop goes on with a fresh batch. A job whose sink raises ends alone with ``error``; any other
+        unexpected exception (a bug of ours) ends every job being decoded with ``error`` and the loop goes on
+        with a fresh batch: the decode thread never dies while the engine is open."""
+        batch, live = None, {}                          # stream id -> _Live
         while True:
             with self._cv:
                 while not self._waiting and not live and not self._stop:
@@ -667,22 +670,48 @@ class Engine:
                 while self._waiting and len(live) + len(fresh) < self.streams:
                     fresh.append(self._waiting.popleft())
                 self._set_active(list(self.active) + fresh)
-            for job in fresh:
-                self._join(batch, live, job)
-            if not live:
-                continue
             try:
-                step = batch.step()
-            except Exception as exc:                   # the pass failed: every job in the batch ends with it
-                if not isinstance(exc, (MmfreeError, ValueError)):
-                    traceback.print_exc(file=sys.stderr)
-                for lv in live.values():
-                    lv.job.error = str(exc) if isinstance(exc, (MmfreeError, ValueError)) else f"{type(exc).__name__}: {exc}"
-                    self._leave(lv, "error")
-                batch, live = self.backend.new_batch(), {}
-                continue
-            self.passes += 1
-            self._advance(batch, live, step)
+                batch = batch if batch is not None else self.backend.new_batch()
+                batch = self._batch_round(batch, live, fresh)
+            except Exception as exc:                   # a bug of ours: end every job being decoded, go on
+                traceback.print_exc(file=sys.stderr)
+                self._abort_active(f"{type(exc).__name__}: {exc}")
+                batch, live = None, {}
+
+    def _batch_round(self, batch, live: dict, fresh: list[Job]):
+        """Add the ``fresh`` jobs to ``batch`` and run one pass; the batch to go on with (a new one when the pass
+        failed: its jobs end with ``error``)."""
+        for job in fresh:
+            self._join(batch, live, job)
+        if not live:
+            return batch
+        try:
+            step = batch.step()
+        except Exception as exc:                   # the pass failed: every job in the batch ends with it
+            known = isinstance(exc, (MmfreeError, ValueError))
+            if not known:
+                traceback.print_exc(file=sys.stderr)
+            for lv in list(live.values()):
+                lv.job.error = str(exc) if known else f"{type(exc).__name__}: {exc}"
+                self._leave(lv, "error")
+            live.clear()
+            return self.backend.new_batch()
+        self.passes += 1
+        self._advance(batch, live, step)
+        return batch
+
+    def _abort_active(self, error: str) -> None:
+        """End every job being decoded that has not had its done event with ``error`` (after an unexpected
+        exception in the batch loop). Never raises: a failing metrics object or sink is reported on stderr."""
+        with self._cv:
+            jobs = list(self.active)
+        for job in jobs:
+            if not job._done:
+                job.finish_reason, job.error = "error", job.error or error
+                job.stats = job.stats or {"prompt_tokens": len(job.prompt_ids), "completion_tokens": len(job.tokens)}
+                self._send_done(job, {"error": job.error})
+        with self._cv:
+            self._set_active([j for j in self.active if j not in jobs])
 
     def _set_active(self, jobs: list[Job]) -> None:
         """(With the lock held.) The jobs being decoded; ``running`` is the oldest."""
@@ -704,15 +733,19 @@ class Engine:
 
     def _advance(self, batch, live: dict, step) -> None:
         """Hand each job its token of this pass; jobs that are done, stopped, cancelled or late leave."""
-        kind = 0 if step.record["prefill"] else 1
-        for sid in step.record["streams"]:
-            live[sid].passes[kind] += 1
+        rec = step.record
+        for i, sid in enumerate(rec["streams"]):          # a pass may feed prompt chunks and decode (decode_first)
+            live[sid].passes[0 if i < rec.get("chunks", len(rec["streams"]) * rec["prefill"]) else 1] += 1
         reasons = {}
         for sid, tok in step.emitted:
             try:
                 self._emit(live[sid].job, live[sid].text, tok)
             except _Stop as stop:
                 reasons[sid] = stop.reason
+            except Exception as exc:                   # the job's sink failed: that job ends, the others go on
+                traceback.print_exc(file=sys.stderr)
+                live[sid].job.error = f"the response sink failed: {type(exc).__name__}: {exc}"
+                reasons[sid] = "error"
         now = time.monotonic()
         for sid, lv in live.items():
             if sid in reasons:
@@ -778,22 +811,38 @@ class Engine:
             self._service_s = 0.8 * self._service_s + 0.2 * seconds
         if self.metrics is not None:
             self.metrics.job_done(job)
-        job.sink(("done", job.finish_reason, dict(job.stats, tail=tail, error=job.error)))
+        self._send_done(job, dict(job.stats, tail=tail, error=job.error))
+
+    @staticmethod
+    def _send_done(job: Job, info: dict) -> None:
+        """The job's done event, once; a sink that raises is reported on stderr (the job is over either way)."""
+        job._done = True
+        try:
+            job.sink(("done", job.finish_reason, info))
+        except Exception:
+            traceback.print_exc(file=sys.stderr)
 
     # ---- shutdown --------------------------------------------------------------------------------------------------
     def close(self, timeout_s: float | None = None) -> None:
         """Take no new jobs, finish the queued and running ones (at most ``timeout_s``; then the rest are
-        cancelled), and stop the decode thread."""
+        cancelled), and stop the decode thread. Always returns: should the decode thread be gone, the jobs left
+        end with ``error``."""
         end = None if timeout_s is None else time.monotonic() + timeout_s
         with self._cv:
             self.closing = True
-            while self._waiting or self.running is not None:
+            while (self._waiting or self.running is not None) and self._thread.is_alive():
                 left = None if end is None else end - time.monotonic()
                 if left is not None and left <= 0:
                     for j in list(self._waiting) + list(self.active):
                         j.cancel()
                     break
-                self._cv.wait(timeout=left)
+                self._cv.wait(timeout=1.0 if left is None else min(left, 1.0))
             self._stop = True
             self._cv.notify_all()
+            orphans = [] if self._thread.is_alive() else list(self._waiting) + list(self.active)
+            self._waiting.clear()
+        for job in orphans:
+            if not job._done:
+                job.finish_reason, job.error = "error", "the decode thread stopped before this request finished"
+                self._send_done(job, {"error": job.error})
         self._thread.join(timeout=None if end is None else max(1.0, end - time.monotonic() + 5.0))

@@ -6,8 +6,10 @@ counters). Names (all prefixed ``mmfree_``):
 * ``requests_total{outcome}``: finished requests by outcome: ``length``, ``stop``, ``timeout``,
   ``cancelled``, ``error`` (the engine's finish reasons), ``rejected`` (429, queue full), ``invalid`` (400).
 * ``prompt_tokens_total``, ``completion_tokens_total``: tokens read and generated.
-* ``tokens_per_second``: generated tokens per second of decoding over the last ``window_s`` seconds
-  (completed requests only; 0 when none).
+* ``tokens_per_second``: generated tokens per second of busy decoding time over the last ``window_s`` seconds:
+  the tokens of the completed requests that finished in the window over the union of their [start, end]
+  decoding intervals (so N requests decoded together count their passes' wall time once: the aggregate rate;
+  0 when none).
 * ``queue_depth``: requests waiting; ``requests_running``: requests being decoded (0 or 1 with one stream at a
   time, up to ``--max-streams``).
 * ``passes_total{kind}``: weight passes of the model each request took part in, ``prefill`` (prompt) and ``decode``
@@ -61,7 +63,7 @@ class Metrics:
         self.running = Gauge("mmfree_requests_running", "requests being decoded (at most --max-streams)", registry=r)
         self.batch_passes = Gauge("mmfree_batch_passes", "weight passes run by the multi-stream batch loop",
                                   registry=r)
-        self._recent: deque[tuple[float, int, float]] = deque()      # (finished at, tokens, decode seconds)
+        self._recent: deque[tuple[float, int, float]] = deque()      # (finished at, tokens, started at)
         self._lock = threading.Lock()
 
     def bind(self, engine) -> None:
@@ -85,7 +87,8 @@ class Metrics:
         if job.finish_reason in ("length", "stop"):
             self.latency.observe(s["queue_s"] + s["decode_s"])
             with self._lock:
-                self._recent.append((time.monotonic(), s["completion_tokens"], s["decode_s"]))
+                now = time.monotonic()
+                self._recent.append((now, s["completion_tokens"], now - s["decode_s"]))
 
     def tokens_per_second(self) -> float:
         with self._lock:
@@ -93,8 +96,21 @@ class Metrics:
             while self._recent and self._recent[0][0] < cut:
                 self._recent.popleft()
             toks = sum(r[1] for r in self._recent)
-            secs = sum(r[2] for r in self._recent)
+            secs = busy_seconds([(r[2], r[0]) for r in self._recent])
         return toks / secs if secs > 0 else 0.0
 
     def text(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def busy_seconds(intervals) -> float:
+    """The length in seconds of the union of ``intervals`` ((start, end) pairs, seconds; end < start counts as
+    empty): overlapping requests' decoding time counted once."""
+    total, cur_s, cur_e = 0.0, None, None
+    for s, e in sorted((s, e) for s, e in intervals if e > s):
+        if cur_e is None or s > cur_e:
+            total += 0.0 if cur_e is None else cur_e - cur_s
+            cur_s, cur_e = s, e
+        else:
+            cur_e = max(cur_e, e)
+    return total + (0.0 if cur_e is None else cur_e - cur_s)

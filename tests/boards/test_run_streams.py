@@ -109,3 +109,26 @@ def test_run_sim_streams_on_the_rtl(capfd):
     assert res["passes"] == res["reference_passes"] == 3 and res["board"] == "sim"
     im = H.load("d64")
     assert res["tokens"] == [generate(IntBackend(im), p, 3).tokens for p in ([3, 7], [1, 4])]
+
+
+@pytest.mark.parametrize("flags, logits", [([], True), (["--no-logits"], False)])
+def test_run_board_streams_writes_logits_unless_no_logits(capsys, monkeypatch, flags, logits):
+    """`mmfree run --board kv260 --bitstream X --streams 2` (the real-board path: Accelerator.from_bitstream through
+    pynq on the simulated PYNQ device): every pass writes its logits unless --no-logits, as the one-stream and
+    pynq-sim runs do (the flag reaching the host's run_forest, the layer that sets the pass's WRITE_LOGITS bit)."""
+    pytest.importorskip("pynq")
+    from mmfree.boards.pynq import sim_overlay
+    from mmfree.host.accel import AccelHost
+
+    seen, run_forest = [], AccelHost.run_forest
+
+    def spy(self, tokens, parents, starts, write_logits=True):
+        seen.append(write_logits)
+        return run_forest(self, tokens, parents, starts, write_logits)
+
+    monkeypatch.setattr(AccelHost, "run_forest", spy)
+    with sim_overlay() as (ov, _, _):
+        rc, res = _run(capsys, "--board", "kv260", "--bitstream", str(ov.bitfile_name), "--streams", "2",
+                       "--prompt-ids", "1,2", "--tokens", "3", *flags)
+    assert rc == 0 and res["board"] == "kv260" and len(res["tokens"]) == 2
+    assert seen and set(seen) == {logits}, seen

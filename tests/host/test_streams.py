@@ -116,3 +116,36 @@ def test_cancel_leaves_the_others_exact(im):
 def test_bad_input_refused(im, call, needle):
     with pytest.raises(MmfreeError, match=needle):
         call(_host(im, 2))
+
+
+@pytest.mark.parametrize("prompts", [[[3, 7], [1, 4]], [[5], [6, 1, 2, 3, 4, 5, 6], [7]],
+                                     [[3, 7, 3, 9, 3], [1], [4, 4]], [[9, 8, 7, 6, 5, 4], [2]]])
+def test_decode_first_streams_equal_reference_pass_for_pass(im, prompts):
+    """decode_first (the server's schedule): per stream its solo tokens, the reference's passes and forest sizes
+    with the same flag, and every pass replays exactly on IntModel."""
+    tokens, passes = generate_streams(_host(im, len(prompts)), prompts, 5, keep_arrays=True, decode_first=True)
+    ref = reference_streams(im, prompts, 5, max_nodes=HW.max_tokens, decode_first=True)
+    assert tokens == ref.tokens == [_alone(im, p, 5) for p in prompts]
+    assert len(passes) == ref.passes and [len(p["tokens"]) for p in passes] == ref.nodes
+    ok, problems = replay_forest(im, passes)
+    assert ok, problems
+
+
+def test_decode_first_a_decoding_stream_advances_in_every_pass_while_a_prompt_goes_in(im):
+    """Stream a decodes; b joins with a 9-token prompt (3 passes of chunks at 4 tokens per pass): with
+    decode_first a emits a token in every one of those passes (prefill first it sits them out), and the records
+    say which streams were fed chunks."""
+    batch = StreamBatch(_host(im, 2), max_streams=2, decode_first=True)
+    a = batch.add([3, 7], 8)
+    got = {a: [t for _, t in batch.step().emitted]}
+    b = batch.add([9, 8, 7, 6, 5, 4, 3, 2, 1], 3)
+    mixed = 0
+    while len(batch):
+        step = batch.step()
+        if b in step.record["streams"][:step.record["chunks"]]:
+            mixed += 1
+            assert a in step.record["streams"] and a in [s for s, _ in step.emitted]
+        for s, t in step.emitted:
+            got.setdefault(s, []).append(t)
+    assert mixed == 3
+    assert got[a] == _alone(im, [3, 7], 8) and got[b] == _alone(im, [9, 8, 7, 6, 5, 4, 3, 2, 1], 3)

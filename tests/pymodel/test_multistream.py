@@ -140,3 +140,40 @@ def test_generate_streams_bad_input_refused(im, args, needle):
     kw = dict(prompts=[[1], [2]], max_new_tokens=3) | args
     with pytest.raises(ValueError, match=needle):
         generate_streams(im, **kw)
+
+
+def test_plan_pass_decode_first_roots_then_chunks_in_the_room_left():
+    """decode_first: the decoding streams' trees take the budget first, prompt chunks fill what is left."""
+    assert plan_pass([(0, 5), (1, 0), (2, 2)], [1], 4, decode_first=True) == ([(0, 3)], [1])
+    assert plan_pass([(0, 1), (1, 0), (2, 2)], [1], 4, decode_first=True) == ([(0, 1), (2, 2)], [1])
+    assert plan_pass([(0, 0), (1, 0)], [0, 1], 4, decode_first=True) == ([], [0, 1])
+    assert plan_pass([(0, 9), (1, 0), (2, 0)], [1, 2], 8, True, root_nodes=3) == ([(0, 2)], [1, 2])
+    assert plan_pass([(0, 7), (1, 0)], [1], None, decode_first=True) == ([(0, 7)], [1])
+    with pytest.raises(ValueError, match="leaves no room for a prompt chunk"):
+        plan_pass([(0, 3), (1, 0), (2, 0)], [1, 2], 2, decode_first=True)
+    with pytest.raises(ValueError, match="root_nodes must be >= 1"):
+        plan_pass([(0, 1)], [], 4, root_nodes=0)
+
+
+@HYP
+@given(prompts=st.lists(st.lists(st.integers(0, VOCAB - 1), min_size=1, max_size=9), min_size=1, max_size=4),
+       n=st.integers(1, 6), extra=st.integers(0, 3))
+def test_streams_decode_first_equal_plain_decoding(im, prompts, n, extra):
+    """decode_first with a pass budget: per stream the same tokens, no pass over the budget."""
+    budget = len(prompts) + extra
+    res = generate_streams(im, prompts, n, max_nodes=budget, decode_first=True)
+    assert res.tokens == [_alone(im, p, n) for p in prompts]
+    assert all(nodes <= budget for nodes in res.nodes)
+
+
+def test_decode_first_a_decoding_stream_advances_in_every_pass_while_a_long_prompt_goes_in(im):
+    """A 1-token prompt and a 12-token one, 3 tokens per pass, 5 tokens each. Prefill first: passes 2-5 feed only
+    the long prompt (the short stream waits), then 4 shared decode passes: 9. decode_first: the short stream's
+    token rides in passes 2-5 beside 2-token chunks (it is done after pass 5), the long prompt ends in pass 6,
+    then it decodes alone: 10 passes, the short request done 4 passes sooner."""
+    prompts, n = [[1], [5, 3, 2, 7, 1, 4, 4, 6, 2, 3, 5, 1]], 5
+    first = generate_streams(im, prompts, n, max_nodes=3)
+    both = generate_streams(im, prompts, n, max_nodes=3, decode_first=True)
+    assert first.tokens == both.tokens == [_alone(im, p, n) for p in prompts]
+    assert first.nodes == [3, 3, 3, 3, 1, 2, 2, 2, 2]
+    assert both.nodes == [3, 3, 3, 3, 3, 2, 1, 1, 1, 1]

@@ -234,3 +234,197 @@ def test_a_failed_pass_ends_its_requests_and_the_server_goes_on():
     assert [j.finish_reason for j in jobs] == ["error", "error", "length"]
     assert "did not finish" in jobs[0].error and jobs[0].stats["prefill_passes"] == 1
     assert jobs[2].tokens == _reference("def ", 6, {"temperature": 0})
+
+
+def _run_jobs(engine, jobs, together=True, wait_s=60) -> list[bool]:
+    """Submit ``jobs`` (all before the batch loop looks when ``together``) and wait for each one's done event."""
+    done = [threading.Event() for _ in jobs]
+    for job, ev in zip(jobs, done):
+        inner = job.sink
+        job.sink = lambda e, ev=ev, inner=inner: (e[0] == "done" and ev.set(), inner(e))
+    if together:
+        with engine._cv:
+            for job in jobs:
+                engine.submit(job)
+    else:
+        for job in jobs:
+            engine.submit(job)
+    return [ev.wait(wait_s) for ev in done]
+
+
+def _close_returns(engine, within_s=30.0) -> bool:
+    t = threading.Thread(target=engine.close, daemon=True)
+    t.start()
+    t.join(within_s)
+    return not t.is_alive()
+
+
+def test_a_raising_sink_ends_only_its_request_and_the_loop_goes_on(backend):
+    """A client sink that raises on every event: that request ends with ``error`` naming the sink, the request
+    sharing its passes finishes with its exact tokens, the decode thread lives, the next request completes and
+    close() returns."""
+    from mmfree.serve.engine import Engine, Limits
+
+    engine = Engine(backend, Limits(request_timeout_s=60))
+    ids = backend.tokenizer.encode_prompt("def ")
+    bad, good, later = (engine.prepare(ids, n, temperature=0) for n in (4, 6, 5))
+
+    def raising(ev):
+        raise RuntimeError("client sink blew up")
+
+    bad.sink = raising
+    try:
+        assert _run_jobs(engine, [bad, good]) == [True, True]
+        assert engine._thread.is_alive()
+        assert _run_jobs(engine, [later]) == [True]
+    finally:
+        assert _close_returns(engine)
+    assert bad.finish_reason == "error" and "sink failed: RuntimeError: client sink blew up" in bad.error
+    assert good.finish_reason == "length" and good.tokens == _reference("def ", 6, {"temperature": 0})
+    assert later.finish_reason == "length" and later.tokens == _reference("def ", 5, {"temperature": 0})
+
+
+def test_an_unexpected_error_ends_every_live_request_and_the_loop_goes_on(backend):
+    """A bug outside the pass (here the metrics object raising once when a job leaves): every request being
+    decoded ends with ``error`` and a clear message (no hang), then the loop serves the next request."""
+    from mmfree.serve.engine import Engine, Limits
+
+    class BrokenOnce:
+        calls = 0
+
+        def job_done(self, job):
+            self.calls += 1
+            if self.calls == 1:
+                raise KeyError("metrics bug")
+
+    engine = Engine(backend, Limits(request_timeout_s=60), BrokenOnce())
+    ids = backend.tokenizer.encode_prompt("def ")
+    short, long_, later = (engine.prepare(ids, n, temperature=0) for n in (2, 8, 3))
+    try:
+        assert _run_jobs(engine, [short, long_]) == [True, True]
+        assert engine._thread.is_alive() and engine.active == []
+        assert _run_jobs(engine, [later]) == [True]
+    finally:
+        assert _close_returns(engine)
+    assert [j.finish_reason for j in (short, long_)] == ["error", "error"]
+    assert "KeyError" in short.error and "metrics bug" in long_.error
+    assert later.finish_reason == "length" and later.tokens == _reference("def ", 3, {"temperature": 0})
+
+
+def test_close_returns_when_the_decode_thread_is_gone(backend):
+    """Should the decode thread be dead (the failure mode before the batch loop caught everything), close()
+    still returns and the queued request ends with ``error`` instead of hanging."""
+    from mmfree.serve.engine import Engine, Limits
+
+    engine = Engine(backend, Limits(request_timeout_s=60))
+    with engine._cv:
+        engine._stop = True
+        engine._cv.notify_all()
+    engine._thread.join(10)
+    engine._stop = False
+    job = engine.prepare(backend.tokenizer.encode_prompt("def "), 3, temperature=0)
+    got = []
+    job.sink = got.append
+    engine.submit(job)
+    assert _close_returns(engine, 10)
+    assert job.finish_reason == "error" and "decode thread stopped" in job.error and got[-1][0] == "done"
+
+
+def test_busy_seconds_counts_overlapping_intervals_once():
+    from mmfree.serve.metrics import busy_seconds
+
+    assert busy_seconds([]) == 0.0
+    assert busy_seconds([(0, 2), (0, 2), (0, 2), (0, 2)]) == 2.0          # four streams decoded together
+    assert busy_seconds([(0, 2), (1, 3), (5, 6), (5.5, 5.7), (7, 6)]) == 4.0  # merged, disjoint, nested, empty
+    assert busy_seconds([(3, 4), (0, 1)]) == 2.0
+
+
+def test_tokens_per_second_is_the_aggregate_rate_of_overlapping_requests(monkeypatch):
+    """Four requests of 10 tokens decoded together over the same 2 s: 40 tokens / 2 s of busy time = 20 tok/s
+    (summing per-request seconds reported one stream's 5 tok/s)."""
+    from types import SimpleNamespace
+
+    from mmfree.serve import metrics as M
+
+    m, clock = M.Metrics(window_s=60), [100.0]
+    monkeypatch.setattr(M.time, "monotonic", lambda: clock[0])
+    stats = dict(prompt_tokens=3, completion_tokens=10, decode_s=2.0, queue_s=0.0, prefill_passes=1,
+                 decode_passes=9, accepted_drafts=0)
+    for _ in range(4):
+        m.job_done(SimpleNamespace(stats=stats, finish_reason="length"))
+    assert m.tokens_per_second() == 20.0
+    clock[0] = 103.0                                       # one more alone, 1 s later: 50 tokens / 3 s busy
+    m.job_done(SimpleNamespace(stats=dict(stats, decode_s=2.0), finish_reason="length"))
+    assert m.tokens_per_second() == 50 / 4.0
+
+
+def test_tokens_per_second_through_the_engine_is_the_aggregate_rate(backend):
+    """Two requests decoded together through the engine: the metric is their tokens over the wall time they
+    took together (the overlap counted once), not one request's rate."""
+    import time
+
+    from mmfree.serve.engine import Engine, Limits
+    from mmfree.serve.metrics import Metrics
+
+    metrics = Metrics()
+    engine = Engine(backend, Limits(), metrics)
+    metrics.bind(engine)
+    ids = backend.tokenizer.encode_prompt("def ")
+    jobs = [engine.prepare(ids, 12, temperature=0) for _ in range(2)]
+    t0 = time.monotonic()
+    try:
+        assert _run_jobs(engine, jobs) == [True, True]
+        wall = time.monotonic() - t0
+    finally:
+        engine.close(timeout_s=30)
+    n = sum(len(j.tokens) for j in jobs)
+    one = max(len(j.tokens) / j.stats["decode_s"] for j in jobs)
+    assert n == 24 and n / wall <= metrics.tokens_per_second() and metrics.tokens_per_second() > 1.5 * one
+
+
+def test_retry_after_divides_the_wait_by_the_streams(backend):
+    """429's Retry-After with N streams: the queued jobs are served N at a time."""
+    from mmfree.serve.engine import Engine, Limits, QueueFull
+
+    engine = Engine(backend, Limits(max_queue=1))
+    engine._service_s = 10.0
+    ids = backend.tokenizer.encode_prompt("def ")
+    try:
+        with engine._cv:                                   # the loop cannot take them while we hold the lock
+            engine.submit(engine.prepare(ids, 2, temperature=0))
+            with pytest.raises(QueueFull) as e:
+                engine.submit(engine.prepare(ids, 2, temperature=0))
+    finally:
+        engine.close(timeout_s=30)
+    assert e.value.retry_after == 10                           # 10 s x 2 waiting / 2 streams
+
+
+def test_a_long_prompt_joining_does_not_stall_a_decoding_request(backend):
+    """Request a decodes; b joins after a's second token with a 40-token prompt (10 passes of chunks at 4 tokens
+    per pass, that a sat out before): a still gets a token in every batch pass (the server's batches put decoding
+    requests first), and both get their solo tokens."""
+    from mmfree.serve.engine import Engine, Limits
+
+    engine = Engine(backend, Limits(request_timeout_s=120))
+    ids = backend.tokenizer.encode_prompt("def ")
+    long_ids = [(7 * i) % 4000 + 1 for i in range(40)]
+    a, b = engine.prepare(ids, 12, temperature=0), engine.prepare(long_ids, 3, temperature=0)
+    at = []
+
+    def sink_a(ev):
+        if ev[0] == "delta":
+            at.append(engine.passes)
+            if len(at) == 2:
+                engine.submit(b)
+
+    a.sink, done = sink_a, threading.Event()
+    b.sink = lambda ev: ev[0] == "done" and done.set()
+    try:
+        assert _run_jobs(engine, [a], wait_s=120) == [True]
+        assert done.wait(120)
+    finally:
+        engine.close(timeout_s=30)
+    assert a.finish_reason == "length" and a.tokens == _reference("def ", 12, {"temperature": 0})
+    assert b.finish_reason == "length" and b.stats["prefill_passes"] == 13     # 10 x 3 beside a, then 4 + 4 + 2
+    assert [y - x for x, y in zip(at, at[1:])] == [1] * 11, at
+    assert a.stats["decode_passes"] == 11 and a.stats["prefill_passes"] == 1
