@@ -112,8 +112,9 @@ class StreamBatch:
         bad = [t for t in prompt if not 0 <= t < self.host.V]
         if bad:
             raise MmfreeError(f"prompt token ids {bad[:8]} are outside the vocabulary [0, {self.host.V})")
-        if eos_id is not None and not 0 <= eos_id < self.host.V:
-            raise MmfreeError(f"eos_id {eos_id} is outside the vocabulary [0, {self.host.V})")
+        if eos_id is not None and (isinstance(eos_id, bool) or not isinstance(eos_id, (int, np.integer))
+                                   or not 0 <= eos_id < self.host.V):
+            raise MmfreeError(f"eos_id {eos_id!r} must be a token id in [0, {self.host.V}) or None")
         sampler = Sampler(self.host, temperature, top_p, seed, write_logits=True)
         sid, self._next_id = self._next_id, self._next_id + 1
         zero = np.zeros((self.host.L, self.host.d), dtype=np.int64)

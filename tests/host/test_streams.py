@@ -109,6 +109,8 @@ def test_cancel_leaves_the_others_exact(im):
     (lambda h: StreamBatch(h).add([], 2), "prompt is empty"), (lambda h: StreamBatch(h).add([1], 0), "n_tokens"),
     (lambda h: StreamBatch(h).add([1000], 2), "outside the vocabulary"),
     (lambda h: StreamBatch(h).add([1], 2, eos_id=-1), "eos_id"),
+    (lambda h: StreamBatch(h).add([1], 2, eos_id="2"), "eos_id"),
+    (lambda h: StreamBatch(h).add([1], 2, eos_id=1.0), "eos_id"),
     (lambda h: StreamBatch(h).add([1], 2, temperature=-1), "--temperature"),
     (lambda h: generate_streams(h, [[1], [2]], 2, seeds=[1]), "one seed per stream"),
     (lambda h: generate_streams(h, [[1], [2], [3]], 2), "give 1..2 prompts"),
