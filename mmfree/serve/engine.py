@@ -323,7 +323,8 @@ class StreamsBackend(Backend):
     the engine's batch loop (:meth:`Engine._batch_loop`) runs one :meth:`new_batch` and adds each request as a
     stream at a pass boundary. Every decode pass carries one token per request (no draft trees), so a request's
     tokens are those of ``mmfree generate --backend int --draft none`` for its prompt, greedy or sampled with its
-    own seeded generator (:class:`mmfree.host.streams.StreamBatch`)."""
+    own seeded generator (:class:`mmfree.host.streams.StreamBatch`). It has no one-request :meth:`decode`: an
+    engine with ``max_streams`` > 1 decodes through :meth:`new_batch` only."""
 
     name = "board"
 
@@ -336,16 +337,6 @@ class StreamsBackend(Backend):
         """An empty batch of up to ``max_streams`` streams on the accelerator; decoding requests go first in every
         pass (``decode_first``: a request joining with a long prompt does not stall the others)."""
         return self.acc.stream_batch(self.max_streams, decode_first=True)
-
-    def decode(self, ids, s, emit, passes):
-        """One request alone (a batch of one stream), as :class:`Backend` decodes."""
-        batch = self.new_batch()
-        batch.add(ids, s.max_tokens, self.eos_id, s.temperature, s.top_p, s.seed)
-        while len(batch):
-            step = batch.step()
-            passes[0 if step.record["prefill"] else 1] += 1
-            for _, tok in step.emitted:
-                emit(tok)
 
     def describe(self) -> dict:
         return dict(super().describe(), **self.extra)
