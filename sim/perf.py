@@ -333,7 +333,7 @@ def pass_cycles(dims: LY.Dims, hw: HwConfig, k: int = 1, rate: float = 1.0, rd_l
     if main_rate is not None and not main_rate > 0:
         raise MmfreeError(f"the main port's bus rate must be positive beats per cycle, got {main_rate}")
     run = _Pass(hw, k, rate, rd_latency, write_logits, weight_fifo_beats, dict(RTL_TIMING, **(timing or {})),
-                rate if main_rate is None else main_rate)
+                main_rate)
     for idx, ins in enumerate(prog):
         run.fetch(idx, len(prog))
         if ins.op == "HALT":
