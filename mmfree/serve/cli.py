@@ -151,7 +151,12 @@ def _serve(args) -> int:
             signal.signal(signal.SIGTERM, previous)
             sock.close()
     finally:
-        engine.close(timeout_s=0)
-        backend.close()
+        stopped = engine.close(timeout_s=0)
+        if stopped:
+            backend.close()
+    if not stopped:
+        # closing the accelerator under a pass that is still running would pull its buffers away mid-pass
+        raise MmfreeError(f"the decode thread did not stop within the pass time-out ({args.pass_timeout:g} s + 5 s); "
+                          "the accelerator was left open (the process exit releases it)")
     print("mmfree serve: stopped (requests in flight were finished)", file=sys.stderr, flush=True)
     return 0

@@ -220,6 +220,9 @@ class Backend:
 
     name = "backend"
     draft: str | None = None
+    #: The longest one pass may take (seconds): the accelerator's pass time-out on a board backend; None on the
+    #: CPU backends, whose passes always end. :meth:`Engine.close` waits this long for a pass in flight.
+    pass_timeout_s: float | None = None
 
     def __init__(self, model_id: str, vocab_size: int, eos_id, tokenizer):
         self.model_id, self.vocab_size, self.eos_id, self.tokenizer = model_id, vocab_size, eos_id, tokenizer
@@ -445,7 +448,10 @@ def open_backend(backend: str, model: str = "default", board: str | None = None,
 
         max_draft = min(max_draft, k - 1)
         draft_nodes = min(draft_nodes or TG.DEFAULT_MAX_NODES, k - 1)
-    return ReferenceBackend(backend, im, model_id, tok_dir, table, max_draft, draft_nodes, extra, tree_rule)
+    out = ReferenceBackend(backend, im, model_id, tok_dir, table, max_draft, draft_nodes, extra, tree_rule)
+    if backend == "board":
+        out.pass_timeout_s = pass_timeout_s
+    return out
 
 
 def check_max_streams(max_streams, backend: str, draft: str = "auto", trigram_table=None, tree_rule=None,
@@ -482,7 +488,9 @@ def open_streams_backend(backend: str, model, board, draft: str, trigram_table, 
         raise MmfreeError(f"--max-streams {max_streams}: the accelerator verifies {K} tokens per pass, so a pass "
                           f"carries at most {K} requests; give --max-streams 1..{K}")
     extra = {"board": board, "tokens_per_pass": K}
-    return StreamsBackend(acc, im, model_id or _model_id(model), tok_dir, max_streams, extra)
+    out = StreamsBackend(acc, im, model_id or _model_id(model), tok_dir, max_streams, extra)
+    out.pass_timeout_s = pass_timeout_s
+    return out
 
 
 def _model_id(model: str) -> str:
@@ -814,10 +822,12 @@ class Engine:
             traceback.print_exc(file=sys.stderr)
 
     # ---- shutdown --------------------------------------------------------------------------------------------------
-    def close(self, timeout_s: float | None = None) -> None:
+    def close(self, timeout_s: float | None = None) -> bool:
         """Take no new jobs, finish the queued and running ones (at most ``timeout_s``; then the rest are
-        cancelled), and stop the decode thread. Always returns: should the decode thread be gone, the jobs left
-        end with ``error``."""
+        cancelled), and stop the decode thread: a cancelled job still ends the pass it is in, so the thread is
+        given ``timeout_s`` plus the backend's ``pass_timeout_s`` (+ 5 s) to stop (no bound on a CPU backend).
+        Should the decode thread be gone, the jobs left end with ``error``. Returns whether the decode thread
+        stopped: only then may the caller close the backend (a pass may still be using it otherwise)."""
         end = None if timeout_s is None else time.monotonic() + timeout_s
         with self._cv:
             self.closing = True
@@ -836,4 +846,7 @@ class Engine:
             if not job._done:
                 job.finish_reason, job.error = "error", "the decode thread stopped before this request finished"
                 self._send_done(job, {"error": job.error})
-        self._thread.join(timeout=None if end is None else max(1.0, end - time.monotonic() + 5.0))
+        bound = self.backend.pass_timeout_s
+        self._thread.join(timeout=None if end is None or bound is None
+                          else max(0.0, end - time.monotonic()) + bound + 5.0)
+        return not self._thread.is_alive()

@@ -181,3 +181,51 @@ def test_failing_backend_costs_one_request(int_backend):
 
     ref = generate(IntBackend(int_backend.model), int_backend.tokenizer.encode("def "), 4, eos_id=2)
     assert ok.choices[0].model_extra["token_ids"] == ref.tokens
+
+
+def _slow_board_backend(int_backend, pass_s: float, pass_timeout_s: float, started):
+    """The board backend on a simulated board whose START write takes ``pass_s`` seconds (a long pass in flight);
+    the backend's pass time-out says ``pass_timeout_s``."""
+    from mmfree.boards.accelerator import Accelerator
+    from mmfree.host.session import open_model
+    from mmfree.rtl import regmap as RM
+    from mmfree.serve.engine import BoardModel, ReferenceBackend
+    from mmfree.sim.accel import DEFAULT_HW
+    from mmfree.sim.emulator import EmulatedBoard
+
+    class SlowStart(EmulatedBoard):
+        def write32(self, offset, value):
+            if offset == RM.OFFSET["CONTROL"] and value & RM.CTRL_START:
+                started.set()
+                time.sleep(pass_s)
+            super().write32(offset, value)
+
+    opened = open_model("default")
+    acc = Accelerator(SlowStart(DEFAULT_HW), opened, timeout_s=60, write_logits=True)
+    backend = ReferenceBackend("board", BoardModel(acc, opened[1]), MODEL, int_backend.tok_dir)
+    backend.pass_timeout_s = pass_timeout_s
+    return backend
+
+
+@pytest.mark.parametrize("pass_s, pass_timeout_s, stops", [(6.0, 30.0, True), (7.5, 0.5, False)])
+def test_close_waits_for_the_pass_in_flight(int_backend, pass_s, pass_timeout_s, stops):
+    """Shutting down (close with no drain time) while a pass runs longer than 5 s: the engine waits for the pass,
+    up to the backend's pass time-out + 5 s, and says whether the decode thread stopped; only then may the server
+    close the accelerator under it (`mmfree serve` leaves it open otherwise)."""
+    import threading
+
+    from mmfree.serve.engine import Engine, Limits
+
+    started = threading.Event()
+    backend = _slow_board_backend(int_backend, pass_s, pass_timeout_s, started)
+    engine = Engine(backend, Limits(max_tokens=8))
+    job = engine.submit(engine.prepare([1, 2, 3], 8, temperature=0))
+    assert started.wait(timeout=60)
+    t0 = time.monotonic()
+    assert engine.close(timeout_s=0) is stops
+    waited = time.monotonic() - t0
+    if stops:
+        assert job.finish_reason == "cancelled" and waited < pass_s + 1
+    else:
+        assert pass_timeout_s + 5 - 0.5 < waited < pass_s
+    backend.close() if stops else engine._thread.join(timeout=60)
