@@ -682,6 +682,11 @@ class Engine:
         failed: its jobs end with ``error``)."""
         for job in fresh:
             self._join(batch, live, job)
+        now = time.monotonic()
+        for sid, lv in list(live.items()):       # cancelled or late since the last pass: leave before this one
+            if lv.job.cancelled or now > lv.job.deadline:
+                batch.cancel(sid)
+                self._leave(live.pop(sid), "cancelled" if lv.job.cancelled else "timeout")
         if not live:
             return batch
         try:
