@@ -128,6 +128,11 @@ def register(sub) -> None:
                         "(';' between streams) or the prompt without its last s tokens; each stream gets the tokens "
                         "of decoding it alone (sim and pynq-sim check them and the pass count against the integer "
                         "reference); not with --draft, --k, --onchip")
+    r.add_argument("--decode-first", action="store_true",
+                   help="with --streams: decoding streams advance in every pass and prompt chunks fill the room left "
+                        "(the schedule `mmfree serve --max-streams` uses); default: prompts first, then decode passes. "
+                        "The tokens are the same; the pass count may differ (checked against the reference's loop "
+                        "with the same schedule)")
     r.add_argument("--no-logits", action="store_true",
                    help="do not write each token's logits to DDR (greedy decoding reads only the on-chip argmax; "
                         "with --board sim the states and argmax are still compared)")
@@ -251,6 +256,8 @@ def _run(args) -> int:
         raise MmfreeError(ONCHIP_SAMPLING)
     if args.streams is not None:
         return _run_streams(args, draft)
+    if args.decode_first:
+        raise MmfreeError("--decode-first schedules multi-stream passes: it goes with --streams B")
     prompt = _prompt(args)
     if args.board == "sim":
         from mmfree.sim.run import run_sim
@@ -315,7 +322,7 @@ def _run_streams(args, draft) -> int:
         prompts = _stream_ids(args, B, open_int_model(args.model)[1])
         say = None if args.json else (lambda m: print(f"[mmfree run] {m}", file=sys.stderr, flush=True))
         res = dict(simulate_streams(args.model, prompts, args.tokens, progress=say or False,
-                                    write_logits=not args.no_logits), board="sim")
+                                    write_logits=not args.no_logits, decode_first=args.decode_first), board="sim")
         _print_streams(res, args)
         return 0 if res["bit_exact"] else 1
     if args.board != "pynq-sim" and args.board not in RUN_BOARDS and not args.board.startswith("custom:") \
@@ -331,7 +338,8 @@ def _run_streams(args, draft) -> int:
     acc.write_logits = not args.no_logits
     with acc:
         _check_fits_streams(acc, B)
-        g = acc.generate_streams(prompts, args.tokens, args.temperature, args.top_p, [args.seed] * B)
+        g = acc.generate_streams(prompts, args.tokens, args.temperature, args.top_p, [args.seed] * B,
+                                 decode_first=args.decode_first)
     _print_streams(dict(g.as_dict(), board=acc.board.name, clock_mhz=acc.board.clock_mhz), args)
     return 0
 
@@ -349,13 +357,14 @@ def _run_streams_pynq_sim(args, model, prompts) -> int:
         with Accelerator.on_ip(ip, model, timeout_s=args.timeout, tokenizer=tok_dir) as acc:
             acc.write_logits = not args.no_logits
             K = _check_fits_streams(acc, B)
-            g = acc.generate_streams(prompts, args.tokens, args.temperature, args.top_p, [args.seed] * B)
+            g = acc.generate_streams(prompts, args.tokens, args.temperature, args.top_p, [args.seed] * B,
+                                     decode_first=args.decode_first)
             interrupts = dev.uio.count if dev.uio is not None else 0
     res = dict(g.as_dict(), board="pynq-sim", overlay=str(ov.bitfile_name), ip=type(ip).__name__,
                interrupts=interrupts, max_tokens=K)
     if im is not None:
         res.update(check_streams(im, g.prompts, args.tokens, K, g.tokens, len(g.passes), args.temperature,
-                                 args.top_p, [args.seed] * B))
+                                 args.top_p, [args.seed] * B, decode_first=args.decode_first))
     _print_streams(res, args)
     return 0 if res.get("bit_exact", True) else 1
 

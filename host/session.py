@@ -315,13 +315,16 @@ class AccelSession:
         return self.last
 
     def generate_streams(self, prompts, n_tokens: int, temperature: float = 0.0, top_p: float = 1.0, seeds=None,
-                         eos_id: int | None = None, keep_arrays: bool = False, progress=None) -> StreamsGeneration:
+                         eos_id: int | None = None, keep_arrays: bool = False, progress=None,
+                         decode_first: bool = False) -> StreamsGeneration:
         """Decode B = ``len(prompts)`` independent streams (text or ids each) together, every pass one forest
         (:func:`mmfree.host.streams.generate_streams`): per stream the tokens of decoding its prompt alone, greedy
         or with ``temperature`` > 0 sampled with its own generator (``seeds[s]``, default 0 each), stopping after
         ``n_tokens`` or ``eos_id``. The model must be compiled for B streams (``open_model(model, streams=B)``)
         and B at most the bitstream's tokens per pass. ``progress(s, token)`` for every token. MmfreeError for a
-        bad prompt, too many streams, ``n_tokens`` < 1 or more than the board's memory holds for B streams."""
+        bad prompt, too many streams, ``n_tokens`` < 1 or more than the board's memory holds for B streams.
+        ``decode_first``: decoding streams advance in every pass and prompt chunks fill the room left (the
+        server's schedule, :class:`~mmfree.host.streams.StreamBatch`); the tokens are the same either way."""
         ids = [self.check_prompt(p) for p in (prompts or [])]
         if ids:
             check_n_tokens(n_tokens, self.compiled, self.board, self.host.hw.max_tokens, keep_arrays)
@@ -330,7 +333,8 @@ class AccelSession:
         t0 = time.perf_counter()
         toks, passes = generate_streams(self.host, ids, n_tokens, write_logits=self.write_logits,
                                         keep_arrays=keep_arrays, progress=progress, eos_id=eos_id,
-                                        temperature=temperature, top_p=top_p, seeds=seeds)
+                                        temperature=temperature, top_p=top_p, seeds=seeds,
+                                        decode_first=decode_first)
         texts = [self.decode_text(t) if self.tokenizer_dir is not None else None for t in toks]
         return StreamsGeneration(ids, toks, texts, passes, time.perf_counter() - t0)
 

@@ -702,12 +702,14 @@ def simulate_generation(model="default", prompt_ids=(1,), n_tokens: int = 16, pr
 
 
 def simulate_streams(model="default", prompts=((1,), (2,)), n_tokens: int = 8, progress=True,
-                     hw: HwConfig = DEFAULT_HW, rd_latency: int = DEFAULT_RD_LATENCY, write_logits: bool = True) -> dict:
+                     hw: HwConfig = DEFAULT_HW, rd_latency: int = DEFAULT_RD_LATENCY, write_logits: bool = True,
+                     decode_first: bool = False) -> dict:
     """B = ``len(prompts)`` independent streams on the simulated accelerator, every decode pass one forest
     (:func:`mmfree.host.streams.generate_streams`; the program compiled with ``streams=B``), checked against
     IntModel: every stream's tokens equal plain greedy decoding of its prompt alone, every pass equals
     ``IntModel.forward`` from its start states, and the number of passes equals the reference's multi-stream loop
-    (:func:`mmfree.pymodel.multistream.generate_streams` with the build's max tokens per pass). Returns
+    (:func:`mmfree.pymodel.multistream.generate_streams` with the build's max tokens per pass and the same
+    ``decode_first``: decoding streams advance in every pass, prompt chunks fill the room left). Returns
     ``bit_exact``, ``problems``, ``streams``, ``tokens`` (per stream), ``reference_tokens``, ``passes``,
     ``reference_passes``, ``decode_passes``, ``cycles``, ``cycles_decode``,
     ``cycles_per_decode_pass``, ``ddr_bytes``, ``model``, ``hw``, ``wall_s``. MmfreeError for B outside
@@ -738,7 +740,7 @@ def simulate_streams(model="default", prompts=((1,), (2,)), n_tokens: int = 8, p
         say(f"compiling the model for {B} streams")
         compile_model(im, streams=B).save(td / "compiled")
         job = {"kind": "streams", "compiled": str(td / "compiled"), "prompts": prompts, "n_tokens": n_tokens,
-               "write_logits": write_logits, "progress": False}
+               "write_logits": write_logits, "progress": False, "decode_first": decode_first}
         res = run_job(job, hw=hw, rd_latency=rd_latency, workdir=td / "run", progress=say if progress else None)
     arrays = res.get("arrays", {})
     passes = []
@@ -752,7 +754,7 @@ def simulate_streams(model="default", prompts=((1,), (2,)), n_tokens: int = 8, p
         if got != exp:
             ok = False
             problems.insert(0, f"stream {s}: tokens {got} differ from IntModel greedy decoding {exp}")
-    ref_passes = reference_streams(im, prompts, n_tokens, max_nodes=hw.max_tokens).passes
+    ref_passes = reference_streams(im, prompts, n_tokens, max_nodes=hw.max_tokens, decode_first=decode_first).passes
     if len(passes) != ref_passes:
         ok = False
         problems.insert(0, f"{len(passes)} passes; the reference's multi-stream loop (pymodel.multistream."

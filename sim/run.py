@@ -62,15 +62,17 @@ def expected_tokens(im, prompt: list[int], n_tokens: int, temperature: float, to
 
 
 def check_streams(im, prompts: list[list[int]], n_tokens: int, max_tokens: int, tokens: list[list[int]],
-                  passes: int, temperature: float = 0.0, top_p: float = 1.0, seeds=None) -> dict:
+                  passes: int, temperature: float = 0.0, top_p: float = 1.0, seeds=None,
+                  decode_first: bool = False) -> dict:
     """A multi-stream run against the integer reference: the reference's multi-stream loop
     (:func:`mmfree.pymodel.multistream.generate_streams` with ``max_nodes = max_tokens``) gives the pass count
     and, greedy, the tokens; sampled (``temperature`` > 0), each stream's tokens are ``pymodel.generate`` with
-    IntBackend of its prompt alone with its seed (``seeds[s]``, default 0). Returns ``bit_exact``,
+    IntBackend of its prompt alone with its seed (``seeds[s]``, default 0); ``decode_first`` as the run used it (the
+    pass count depends on it). Returns ``bit_exact``,
     ``reference_tokens``, ``reference_passes``, ``problems``."""
     from mmfree.pymodel.multistream import generate_streams as reference_streams
 
-    ref = reference_streams(im, prompts, n_tokens, max_nodes=max_tokens)
+    ref = reference_streams(im, prompts, n_tokens, max_nodes=max_tokens, decode_first=decode_first)
     seeds = [0] * len(prompts) if seeds is None else list(seeds)
     expect = ref.tokens if not temperature else [sampling_reference(im, p, n_tokens, temperature, top_p, seed)
                                                  for p, seed in zip(prompts, seeds)]

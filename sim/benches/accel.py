@@ -103,6 +103,7 @@ def _host_job(board, job, compiled):
     if job["kind"] == "streams":
         tokens, passes = generate_streams(host, job["prompts"], job["n_tokens"],
                                           write_logits=job.get("write_logits", True), keep_arrays=True,
+                                          decode_first=job.get("decode_first", False),
                                           progress=lambda s, tok: progress(tok))
         return {"tokens": tokens, "passes": passes}
     raise ValueError(f"unknown job kind {job['kind']!r}")

@@ -42,6 +42,33 @@ def test_accelerator_generate_streams_on_the_emulator(im):
     assert c["tokens_per_decode_pass"] == 3.0 and all(t is not None for t in g.texts)
 
 
+def test_generate_streams_decode_first_on_the_emulator(im):
+    """decode_first (the server's schedule): the same tokens, the pass count of the reference's loop with the same
+    schedule (here one more pass than prompts-first: the short prompt decodes while the long one is fed)."""
+    from mmfree.boards.accelerator import Accelerator
+    from mmfree.host.session import open_model
+    from mmfree.sim.emulator import EmulatedBoard
+
+    prompts = [[315, 646, 78], [10], [90, 298, 265, 346, 363]]
+    with Accelerator(EmulatedBoard(DEFAULT_HW), open_model("default", streams=3)) as acc:
+        g = acc.generate_streams(prompts, 6, decode_first=True)
+    ref = reference_streams(im, prompts, 6, max_nodes=DEFAULT_HW.max_tokens, decode_first=True)
+    plain = reference_streams(im, prompts, 6, max_nodes=DEFAULT_HW.max_tokens)
+    assert g.tokens == ref.tokens == plain.tokens
+    assert g.counters["passes"] == ref.passes == plain.passes + 1 == 9
+
+
+def test_run_pynq_sim_streams_decode_first(capsys, im):
+    """--decode-first through `mmfree run --board pynq-sim --streams`: bit-exact, and the pass count checked against
+    the reference's loop with the same schedule."""
+    pytest.importorskip("pynq")
+    rc, res = _run(capsys, "--board", "pynq-sim", "--streams", "3", "--tokens", "6", "--decode-first",
+                   "--prompt-ids", "315,646,78;10;90,298,265,346,363")
+    ref = reference_streams(im, res["prompt_ids"], 6, max_nodes=DEFAULT_HW.max_tokens, decode_first=True)
+    assert rc == 0 and res["bit_exact"] is True and res["problems"] == []
+    assert res["tokens"] == ref.tokens and res["passes"] == res["reference_passes"] == ref.passes == 9
+
+
 @pytest.mark.parametrize("argv, passes", [(["--prompt-ids", "3,7;1,4"], 5), (["--prompt", "def hello(x):"], 13)])
 def test_run_pynq_sim_streams_equal_the_reference(capsys, im, argv, passes):
     """--board pynq-sim --streams: pynq.Overlay, MMIO, allocate and one interrupt per pass; every stream equals its
@@ -78,7 +105,8 @@ def test_run_pynq_sim_streams_sample_each_with_its_own_generator(capsys, im):
     (["--streams", "2", "--draft", "trigram", "--onchip"], "does not apply with --streams"),
     (["--streams", "2", "--prompt-ids", "1;2;3"], "gives 3 prompts"),
     (["--streams", "3", "--prompt-ids", "1,2"], "the prompt is 2 tokens"),
-    (["--streams", "2", "--prompt-ids", "1;", "--tokens", "2"], "--prompt-ids is empty")])
+    (["--streams", "2", "--prompt-ids", "1;", "--tokens", "2"], "--prompt-ids is empty"),
+    (["--decode-first"], "--decode-first schedules multi-stream passes: it goes with --streams B")])
 def test_run_streams_bad_input(capsys, argv, needle):
     pytest.importorskip("pynq")
     rc = main(["run", "--board", "pynq-sim", *argv])
