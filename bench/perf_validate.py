@@ -18,6 +18,8 @@ average bus rate and mean latency; recorded under ``realistic_runs[build]``.
 
 ``--hw ports4``: the four-weight-port build (``sim.accel.PORTS4_HW``: m_axi + m_axi_w1..3, each at 16 bytes
 per cycle in the simulated DDR); recorded under ``runs_by_hw["ports4"]``.
+``--hw pipelined``: the default build with the pipelined vector units (``HwConfig.pipelined_units``); the model adds
+their latencies (``mmfree.sim.perf.rtl_timing``); recorded under ``runs_by_hw["pipelined"]``.
 
 ``--memory random --rate 0.5,0.75``: the simulated DDR's random back-pressure (``mmfree.sim.ddr.random_plusargs``:
 each port's data bus moves a beat in a cycle with probability ``rate``, seeded) against the model at that bus rate
@@ -32,6 +34,7 @@ boards/data/perf_validation.json (read by tests/sim/test_perf.py's fast check of
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import tempfile
@@ -56,12 +59,12 @@ CONFIGS = {
 }
 RD_LATENCY = PARAMS.SIM_RD_LATENCY                    # the simulated DDR's read latency (cycles)
 #: Builds the bench can validate: name -> sim.accel constant.
-HW_NAMES = ("default", "ports4", "pynqz2")
+HW_NAMES = ("default", "ports4", "pynqz2", "pipelined")
 DATA_FILE = ROOT / "boards" / "data" / "perf_validation.json"
 
 
 #: The board whose DDR a build's realistic-memory runs model (sim/ddr.py).
-REALISTIC_BOARD = {"default": "kv260", "ports4": "kv260", "pynqz2": "pynq-z2"}
+REALISTIC_BOARD = {"default": "kv260", "ports4": "kv260", "pynqz2": "pynq-z2", "pipelined": "kv260"}
 MEMORIES = ("ideal", "realistic", "random")
 #: Seed of the random back-pressure memory's generators (``+MMFREE_DDR_SEED``).
 RANDOM_SEED = 1
@@ -117,7 +120,9 @@ def hw_for(hw_name: str):
 
     # pynqz2: the 64-bit build shaped like the PYNQ-Z2's (tests/sim/test_accel_rtl.py test_rtl_64bit_bus_bit_exact)
     pynqz2 = HwConfig(bus_bytes=8, max_tokens=2, max_width=1024, weight_ports=2, matvec_engines=1)
-    return {"default": DEFAULT_HW, "ports4": PORTS4_HW, "pynqz2": pynqz2}[hw_name]
+    # pipelined: the default build with the pipelined vector units (HwConfig.pipelined_units, `--pipelined-units`)
+    pipelined = dataclasses.replace(DEFAULT_HW, pipelined_units=True)
+    return {"default": DEFAULT_HW, "ports4": PORTS4_HW, "pynqz2": pynqz2, "pipelined": pipelined}[hw_name]
 
 
 def set_seed(seed: int) -> None:
@@ -216,7 +221,8 @@ def main() -> int:
                     help=f"comma-separated read latencies of the simulated DDR, cycles (default {RD_LATENCY})")
     ap.add_argument("--logits", default="yes,no", help="runs with logits written (yes), without (no), or both")
     ap.add_argument("--hw", default="default", help="comma-separated builds: default (one weight port), ports4, "
-                                                     "pynqz2 (64-bit bus, 2 ports x 1 engine, max_tokens 2)")
+                                                     "pynqz2 (64-bit bus, 2 ports x 1 engine, max_tokens 2), "
+                                                     "pipelined (default with the pipelined vector units)")
     ap.add_argument("--memory", default="ideal", help="comma-separated: ideal (the default simulated DDR), realistic "
                                                        "(its realistic option, the build's board DDR model), random "
                                                        "(its random back-pressure at each --rate)")
@@ -291,7 +297,8 @@ def main() -> int:
                 + "; model cycles (modeled) from `mmfree.sim.perf.pass_cycles` with the same bus, compared by "
                   "`python bench/perf_validate.py --from-record --hw default,ports4 --record`. Builds: `default` = one "
                   "weight port, 2 ternary engines; `ports4` = four weight ports (m_axi + m_axi_w1..3), 8 engines; `pynqz2` = "
-                  "64-bit bus, two weight ports x 1 engine, max_tokens 2, max_width 1024 (the PYNQ-Z2's shape). Memory "
+                  "64-bit bus, two weight ports x 1 engine, max_tokens 2, max_width 1024 (the PYNQ-Z2's shape); `pipelined` = "
+                  "`default` with the pipelined vector units (`--pipelined-units`). Memory "
                   "`ideal`: the default simulated DDR; `realistic (board)`: its realistic option with that board's DDR "
                   "model (sim/ddr.py: aggregate cap, port cap, refresh, latency spread; the read latency column is the "
                   "base, the model uses the mean), compared against the model at the same average rate; `random "

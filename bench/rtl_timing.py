@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 import time
 from pathlib import Path
@@ -25,56 +24,22 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import command_line, write_section
 
-
-def latency_cycles(factory) -> int:
-    """Cycles from a single input element's handshake to its output (amaranth.sim, output always ready).
-    The payload is random with every ``last`` bit set (reductions emit on ``last``)."""
-    from amaranth import Value
-    from amaranth.sim import Simulator
-
-    dut = factory()
-    rng = random.Random(1)
-    word = rng.getrandbits(Value.cast(dut.i.payload).shape().width)
-    for name, field in dut.IN:
-        if name == "last":
-            word |= 1 << field.offset
-    result = {}
-
-    async def bench(ctx):
-        ctx.set(dut.o.ready, 1)
-        ctx.set(Value.cast(dut.i.payload), word)
-        ctx.set(dut.i.valid, 1)
-        cycle = 0
-        while not ctx.get(dut.i.ready):
-            await ctx.tick()
-        await ctx.tick()
-        ctx.set(dut.i.valid, 0)
-        while not ctx.get(dut.o.valid):
-            await ctx.tick()
-            cycle += 1
-            if cycle > 1000:
-                raise RuntimeError("no output within 1000 cycles")
-        result["lat"] = cycle + 1
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    sim.run()
-    return result["lat"]
+from mmfree.rtl.catalog import unit_latency as latency_cycles  # noqa: E402  (moved: the cycle model uses it)
 
 
 def rows_for(names: list[str], progress=True, cached_only: bool = False) -> list[dict]:
     from mmfree.rtl import timing as T
-    from mmfree.rtl.catalog import PIPELINED_VARIANTS, all_units
+    from mmfree.rtl.catalog import PIPELINED_VARIANTS, all_units, control_units
 
     units = all_units()
     units.update(PIPELINED_VARIANTS)
+    units.update(control_units())
     rows = []
     for name in names:
         t0 = time.time()
         row = T.unit_timing(name, units[name], cached_only=cached_only,
                             progress=(lambda w: print(f"  {w} ...", file=sys.stderr, flush=True)) if progress else None)
-        if not name.startswith("matvec"):
+        if not name.startswith("matvec") and name not in control_units():
             row["latency_cycles"] = latency_cycles(units[name])
         rows.append(row)
         if progress:
@@ -132,29 +97,21 @@ def _last_error(msg: str) -> str:
     return " / ".join(hits or lines[-1:]).replace("`", "'")[:300]
 
 
-#: RTL_TIMING entries of the cycle model (sim/perf.py) -> the units on that path; a pipelined variant
-#: lengthens the entry by its extra latency (``recip``: the Reciprocal's).
-TIMING_UNITS = {
-    "qstats_tail": (), "recip": ("reciprocal",), "qcodes_tail": ("codes", "output_multiplier"),
-    "hgrn_token": ("mlgru_update",), "hgrn_tail": ("gated_product",), "mv_store": ("dequantize",),
-    "mv_resid": ("dequantize",), "mv_glu": ("dequantize", "gated_product"),
-}
-
-
 def cycle_effect() -> tuple[dict, list[dict]]:
     """Modeled effect of building the datapath from the pipelined variants: ``(deltas, rows)`` with the
-    RTL_TIMING increments (from :func:`latency_cycles`) and, per validation config and k, the recorded RTL
-    cycles, the model's cycles with the current latencies and with the increments."""
+    RTL_TIMING entries of a pipelined-units build (:func:`mmfree.sim.perf.rtl_timing`) and, per validation config
+    and k, the recorded RTL cycles, the model's cycles with the current latencies and with the pipelined units."""
+    import dataclasses
+
     from perf_validate import CONFIGS, DATA_FILE, RD_LATENCY, hw_for
 
     from mmfree.pymodel.layout import Dims
-    from mmfree.rtl.catalog import PIPELINED_VARIANTS, all_units
-    from mmfree.sim.perf import RTL_TIMING, pass_cycles
+    from mmfree.rtl.catalog import pipelined_extra_cycles
+    from mmfree.sim.perf import PIPELINED_PATHS, pass_cycles, rtl_timing
 
-    units = all_units()
-    extra = {u: latency_cycles(PIPELINED_VARIANTS[f"{u}_p"]) - latency_cycles(units[u])
-             for u in {u for us in TIMING_UNITS.values() for u in us}}
-    deltas = {key: RTL_TIMING[key] + sum(extra[u] for u in us) for key, us in TIMING_UNITS.items() if us}
+    extra = {u: pipelined_extra_cycles(u) for u in {u for us in PIPELINED_PATHS.values() for u in us}}
+    deltas = {key: v for key, v in rtl_timing(dataclasses.replace(hw_for("default"), pipelined_units=True)).items()
+              if key in PIPELINED_PATHS}
     recorded = json.loads(DATA_FILE.read_text())["runs"]
     rows = []
     for name, (d, inter, L, V) in CONFIGS.items():
@@ -188,7 +145,9 @@ def build_section(b: dict, cmd: str) -> str:
            f"{c['board']}'s {c['bus_bits']}-bit bus, {c['weight_ports']} weight port x {c['matvec_engines']} "
            f"ternary engine, k = {c['max_tokens']}, vectors up to {c['max_width']} wide, "
            + (f"draft engine ({c['draft_vocab']} tokens)" if c["draft_vocab"] else "no draft engine")
-           + "; the datapath as `mmfree build` generates it (the default, non-pipelined units).", "",
+           + "; the datapath as `mmfree build` generates it ("
+           + ("`--pipelined-units`: the pipelined vector units)." if c.get("pipelined_units")
+              else "the default, non-pipelined units)."), "",
            "| resource (LFE5U-85F) | used | available | % |", "|---|---|---|---|"]
     for k, v in b["utilisation"].items():
         out.append(f"| {T.BUILD_RESOURCES[k]} | {v['used']:,} | {v['available']:,} | "
@@ -232,10 +191,12 @@ def run_build(args) -> int:
 
 
 def main(argv=None) -> int:
-    from mmfree.rtl.catalog import PIPELINED, all_units
+    from mmfree.rtl.catalog import PIPELINED, all_units, control_units
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--units", default=None, help="comma-separated base unit names (default: all)")
+    ap.add_argument("--units", default=None, help="comma-separated base unit names (default: all vector units and the "
+                                                   "matvec engine; the control units sequencer, scoreboard, ctl_reader "
+                                                   "only when named)")
     ap.add_argument("--no-variants", action="store_true", help="skip the pipelined variants")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--cached-only", action="store_true",
@@ -259,7 +220,7 @@ def main(argv=None) -> int:
     base = list(all_units())
     if args.units:
         base = [u.strip() for u in args.units.split(",") if u.strip()]
-        bad = [u for u in base if u not in all_units()]
+        bad = [u for u in base if u not in all_units() and u not in control_units()]
         if bad:
             print(f"bench/rtl_timing.py: error: unknown unit(s) {', '.join(bad)}", file=sys.stderr)
             return 2

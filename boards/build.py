@@ -84,6 +84,8 @@ class BuildConfig:
     matvec_engines: int = 2
     #: rows of the trigram draft engine's on-chip bigram memory (HwConfig.draft_vocab; 0: no draft engine)
     draft_vocab: int = 0
+    #: the datapath's vector units are their pipelined variants (HwConfig.pipelined_units)
+    pipelined_units: bool = False
     #: the fabric clock the PS really generates for ``clock_mhz`` (:func:`fabric_clock`)
     fabric: dict = field(default_factory=dict)
 
@@ -93,7 +95,7 @@ class BuildConfig:
 
         return HwConfig(bus_bytes=self.bus_bytes, max_tokens=self.max_tokens, max_width=self.max_width,
                         weight_ports=self.weight_ports, matvec_engines=self.matvec_engines,
-                        draft_vocab=self.draft_vocab)
+                        draft_vocab=self.draft_vocab, pipelined_units=self.pipelined_units)
 
     @property
     def freq_hz(self) -> int:
@@ -235,6 +237,18 @@ def fabric_clock(board, clock_mhz: float) -> dict:
             "divisors": [d0, d1], "pll": {**{k: pll[k] for k in ("name", "ref_mhz", "mult")}, "mhz": pll_mhz}}
 
 
+def _pipelined_units(b, pipelined_units: bool | None) -> bool:
+    """``--pipelined-units`` / ``--no-pipelined-units``, else the board file's ``build.pipelined_units`` (default
+    False). MmfreeError for a board-file value that is not a boolean."""
+    if pipelined_units is not None:
+        return bool(pipelined_units)
+    v = (b.raw.get("build") or {}).get("pipelined_units", False)
+    if type(v) is not bool:
+        raise MmfreeError(f"board file {b.name}: field 'build.pipelined_units' must be true or false (the datapath's "
+                          f"vector units pipelined), got {v!r}; set it or remove it (default false)")
+    return v
+
+
 def _draft_vocab(b, draft_engine: bool | None, draft_vocab: int | None) -> int:
     """Rows of the draft engine's bigram memory: ``draft_vocab`` (``--draft-vocab``, implies the engine), else with
     ``draft_engine`` True the board file's ``build.draft_vocab`` or :data:`PARAMS.BOARD_DRAFT_VOCAB`; with it None
@@ -260,7 +274,9 @@ def _draft_vocab(b, draft_engine: bool | None, draft_vocab: int | None) -> int:
 #: Named builds of the whole-design timing run (``mmfree rtl timing --build NAME``): board and overrides of
 #: :func:`config_for`. ``small``: the smallest build that is still a real accelerator (PYNQ-Z2's 64-bit bus, one
 #: weight port with one ternary engine, k = 1, vectors up to 1024 wide: the default model; no draft engine).
-TIMING_BUILDS = {"small": ("pynq-z2", {"max_width": 1024, "weight_ports": 1, "max_tokens": 1, "draft_engine": False})}
+_SMALL = {"max_width": 1024, "weight_ports": 1, "max_tokens": 1, "draft_engine": False}
+TIMING_BUILDS = {"small": ("pynq-z2", _SMALL),
+                 "small-pipelined": ("pynq-z2", {**_SMALL, "pipelined_units": True})}
 
 
 def timing_config(name: str, **overrides) -> BuildConfig:
@@ -281,7 +297,7 @@ def whole_build_timing(name: str, cfg: BuildConfig, timeout: float = 3 * 3600, p
 
     conf = {"name": name, "board": cfg.board, "bus_bits": 8 * cfg.bus_bytes, "max_width": cfg.max_width,
             "max_tokens": cfg.max_tokens, "weight_ports": cfg.weight_ports, "matvec_engines": cfg.matvec_engines,
-            "draft_vocab": cfg.draft_vocab}
+            "draft_vocab": cfg.draft_vocab, "pipelined_units": cfg.pipelined_units}
     text = accel_verilog(cfg, progress).read_text()
     conf["verilog_sha256"] = hashlib.sha256(text.encode()).hexdigest()[:16]
     if progress and not cached_only:
@@ -291,7 +307,7 @@ def whole_build_timing(name: str, cfg: BuildConfig, timeout: float = 3 * 3600, p
 
 def config_for(board, clock_mhz: float | None = None, max_width: int | None = None, max_tokens: int | None = None,
                weight_ports: int | None = None, draft_engine: bool | None = None,
-               draft_vocab: int | None = None) -> BuildConfig:
+               draft_vocab: int | None = None, pipelined_units: bool | None = None) -> BuildConfig:
     """The build parameters of ``board`` (a name or :class:`~mmfree.boardfile.Board`): AXI width from its
     HP ports, the fabric clock (default: the board file's, at most ``max_clock_mhz``), the widest vector
     (default: the board file's ``build.max_width``, else :data:`DEFAULT_MAX_WIDTH`), the tokens per pass
@@ -299,7 +315,8 @@ def config_for(board, clock_mhz: float | None = None, max_width: int | None = No
     the board file's ``build.weight_ports``, else 1), the HP port of each AXI master (``hp_ports.used``,
     default the first ``weight_ports`` of ``hp_ports.names``; see :func:`_ports_for` for the override), the draft
     engine (``draft_engine`` / ``draft_vocab``, :func:`_draft_vocab`; default the board file's
-    ``build.draft_vocab``) and the fabric clock the PS really generates (:func:`fabric_clock`)."""
+    ``build.draft_vocab``), the pipelined vector units (``pipelined_units``; default the board file's
+    ``build.pipelined_units``, else False) and the fabric clock the PS really generates (:func:`fabric_clock`)."""
     from mmfree.boardfile import load_board
     from mmfree.rtl.compiler import HwConfig
 
@@ -328,6 +345,7 @@ def config_for(board, clock_mhz: float | None = None, max_width: int | None = No
                           "missing")
     bus_bytes = b.hp_ports["width_bits"] // 8
     vocab = _draft_vocab(b, draft_engine, draft_vocab)
+    piped = _pipelined_units(b, pipelined_units)
     try:
         HwConfig(bus_bytes=bus_bytes, max_tokens=max_tokens, max_width=max_width, weight_ports=n_ports,
                  matvec_engines=engines)
@@ -341,7 +359,7 @@ def config_for(board, clock_mhz: float | None = None, max_width: int | None = No
                        clock_mhz=clock, bus_bytes=bus_bytes, max_tokens=max_tokens, max_width=max_width,
                        addr_width=ADDR_WIDTH[b.ps], hp_ports=used, gp_port=gp,
                        ps_config=dict(b.raw.get("ps_config") or {}), weight_ports=n_ports, matvec_engines=engines,
-                       draft_vocab=vocab, fabric=fabric_clock(b, clock))
+                       draft_vocab=vocab, pipelined_units=piped, fabric=fabric_clock(b, clock))
 
 
 # ======================================================================================================
@@ -354,7 +372,8 @@ def _source_key(cfg: BuildConfig) -> str:
 
     return source_digest(*RTL_SOURCES, extra=repr((cfg.bus_bytes, cfg.max_tokens, cfg.max_width, cfg.addr_width,
                                                    cfg.weight_ports, cfg.matvec_engines, amaranth.__version__,
-                                                   cfg.draft_vocab, cfg.family)))
+                                                   cfg.draft_vocab, cfg.family)
+                                                  + (("pipelined_units",) if cfg.pipelined_units else ())))
 
 
 def _cache_root() -> Path:
@@ -381,6 +400,7 @@ def accel_verilog(cfg: BuildConfig, progress=None) -> Path:
         progress(f"generating the accelerator's Verilog (bus {8 * cfg.bus_bytes} bits, address {cfg.addr_width} bits, "
                  f"{cfg.weight_ports} weight port(s)"
                  + (f", draft engine for {cfg.draft_vocab} tokens" if cfg.draft_vocab else "")
+                 + (", pipelined vector units" if cfg.pipelined_units else "")
                  + "; once per RTL change, a few minutes)")
     plat = StylePlatform(cfg.family)
     text = verilog.convert(MmfreeAccel(cfg.hw, addr_width=cfg.addr_width), name=RM.TOP_NAME, emit_src=False,
@@ -607,7 +627,8 @@ def estimate(cfg: BuildConfig, verilog: Path | None = None, progress=None, timeo
            "created": time.strftime("%Y-%m-%d %H:%M"),
            "bus_bytes": cfg.bus_bytes, "max_tokens": cfg.max_tokens,
            "max_width": cfg.max_width, "addr_width": cfg.addr_width, "weight_ports": cfg.weight_ports,
-           "matvec_engines": cfg.matvec_engines, "draft_vocab": cfg.draft_vocab, "counts": counts,
+           "matvec_engines": cfg.matvec_engines, "draft_vocab": cfg.draft_vocab,
+           "pipelined_units": cfg.pipelined_units, "counts": counts,
            "seconds": round(time.perf_counter() - t0, 1),
            "command": f"yosys -p 'read_verilog mmfree_accel.v; synth_xilinx -family {cfg.family} -top "
                       f"{RM.TOP_NAME} -flatten; stat'"}
@@ -619,7 +640,7 @@ def latest_estimate(cfg: BuildConfig) -> dict | None:
     """The newest cached estimate for this build's family and parameters, whatever RTL it was made from (the
     docs table uses it while the RTL moves on; ``estimate`` itself only reuses an exact match). An estimate that
     records no ``weight_ports`` was made before multi-port builds: it counts as 1; one without ``draft_vocab`` had no
-    draft engine."""
+    draft engine; one without ``pipelined_units`` had the default units."""
     best = None
     for f in (_cache_root() / "estimate").glob("*.json"):
         try:
@@ -627,9 +648,10 @@ def latest_estimate(cfg: BuildConfig) -> dict | None:
         except (OSError, ValueError):
             continue
         if (e.get("family"), e.get("bus_bytes"), e.get("max_tokens"), e.get("max_width"), e.get("addr_width"),
-                e.get("weight_ports", 1), e.get("matvec_engines", 2), e.get("draft_vocab", 0)) == \
+                e.get("weight_ports", 1), e.get("matvec_engines", 2), e.get("draft_vocab", 0),
+                e.get("pipelined_units", False)) == \
                 (cfg.family, cfg.bus_bytes, cfg.max_tokens, cfg.max_width, cfg.addr_width, cfg.weight_ports,
-                 cfg.matvec_engines, cfg.draft_vocab):
+                 cfg.matvec_engines, cfg.draft_vocab, cfg.pipelined_units):
             mtime = f.stat().st_mtime
             if best is None or mtime > best[0]:
                 e.setdefault("created", time.strftime("%Y-%m-%d %H:%M", time.localtime(mtime)))
@@ -753,18 +775,20 @@ def check_out(out, force: bool = False, inputs=()) -> Path:
 
 def build(board: str, out, clock_mhz: float | None = None, do_estimate: bool = False, run_vivado: bool | None = None,
           max_width: int | None = None, max_tokens: int = 4, progress=None, weight_ports: int | None = None,
-          force: bool = False, draft_engine: bool | None = None, draft_vocab: int | None = None) -> dict:
+          force: bool = False, draft_engine: bool | None = None, draft_vocab: int | None = None,
+          pipelined_units: bool | None = None) -> dict:
     """``mmfree build``: write the project; run Vivado when it is on PATH (``run_vivado`` None) or when asked.
     ``weight_ports`` (``--weight-ports``) overrides the board file's ``build.weight_ports``; ``draft_engine`` /
     ``draft_vocab`` (``--draft-engine``, ``--no-draft-engine``, ``--draft-vocab``) the board file's
-    ``build.draft_vocab`` (:func:`config_for`). A build whose modeled resources (:func:`modeled_resources`) do not
+    ``build.draft_vocab``, ``pipelined_units`` (``--pipelined-units``) ``build.pipelined_units`` (:func:`config_for`).
+    A build whose modeled resources (:func:`modeled_resources`) do not
     fit the part is refused before anything is written, naming the class that overflows.
     Returns the manifest plus ``vivado`` ("ran", or "not found" with ``message``) and ``bitstream`` paths."""
     from mmfree.boardfile import load_board
 
     b = load_board(board)
     cfg = config_for(b, clock_mhz, max_width=max_width, max_tokens=max_tokens, weight_ports=weight_ports,
-                     draft_engine=draft_engine, draft_vocab=draft_vocab)
+                     draft_engine=draft_engine, draft_vocab=draft_vocab, pipelined_units=pipelined_units)
     check_out(out, force)
     out = Path(out)
     say = progress or (lambda m: None)

@@ -56,6 +56,10 @@ def register(sub) -> None:
                    help="rows of the draft engine's bigram memory, at least the model's vocabulary (implies "
                         f"--draft-engine; default: the board file's build.draft_vocab, else {PARAMS.BOARD_DRAFT_VOCAB}, "
                         "the MMfreeLM checkpoints' vocabulary)")
+    b.add_argument("--pipelined-units", action=argparse.BooleanOptionalAction, default=None,
+                   help="build the datapath from the pipelined variants of its vector units (shorter paths for a "
+                        "faster clock, a few more cycles per pass; HW_CONFIG bit 28; docs/rtl.md Timing). Default: "
+                        "the board file's build.pipelined_units, else off")
     b.add_argument("--estimate", action="store_true", help="Yosys resource estimate and fit check (slow, cached)")
     b.add_argument("--no-vivado", action="store_true", help="only write the project, even when Vivado is on PATH")
     add_json(b)
@@ -149,7 +153,7 @@ def _build(args) -> int:
     res = build(args.board, args.out, clock_mhz=args.clock_mhz, do_estimate=args.estimate,
                 run_vivado=False if args.no_vivado else None, max_width=args.max_width,
                 max_tokens=args.max_tokens, weight_ports=args.weight_ports, progress=say, force=args.force,
-                draft_engine=args.draft_engine, draft_vocab=args.draft_vocab)
+                draft_engine=args.draft_engine, draft_vocab=args.draft_vocab, pipelined_units=args.pipelined_units)
     if args.json:
         print_json(res)
         return 0

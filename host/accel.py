@@ -101,7 +101,8 @@ class AccelHost:
         self.draft = read_draft_engine(t.read32)
         self.hw = HwConfig(bus_bytes=hwc["bus_bytes"], max_tokens=hwc["max_tokens"],
                            max_width=16 * (self.regs.read("HW_LIMITS") & 0xFFFF),
-                           weight_ports=hwc["weight_ports"], draft_vocab=self.draft["vocab"] if self.draft else 0)
+                           weight_ports=hwc["weight_ports"], draft_vocab=self.draft["vocab"] if self.draft else 0,
+                           pipelined_units=bool(hwc.get("pipelined_units", 0)))
         dims = compiled.dims
         self.d, self.L, self.V = dims.d, dims.layers, dims.vocab
         if max(dims.d, dims.inter) > self.hw.max_width:

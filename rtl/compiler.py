@@ -70,6 +70,10 @@ class HwConfig:
     matvec_engines: int = 2
     weight_ports: int = 1
     draft_vocab: int = 0
+    #: the datapath instantiates the pipelined variants of its vector units (``pipelined=True``: Reciprocal,
+    #: Codes, OutputMultiplier, Dequantize, MlgruUpdate, GatedProduct; shorter paths, more cycles each;
+    #: docs/rtl.md "Timing"); reported in HW_CONFIG bit 28
+    pipelined_units: bool = False
 
     def __post_init__(self):
         if self.bus_bytes not in (8, 16):
@@ -86,6 +90,8 @@ class HwConfig:
         if not isinstance(self.draft_vocab, int) or not 0 <= self.draft_vocab <= 1 << 16:
             raise ValueError(f"draft_vocab must be 0 (no draft engine) or a vocabulary size up to 65536, "
                              f"got {self.draft_vocab}")
+        if not isinstance(self.pipelined_units, bool):
+            raise ValueError(f"pipelined_units must be True or False, got {self.pipelined_units!r}")
         if self.draft_vocab and self.max_tokens < 2:
             raise ValueError("a draft engine needs max_tokens >= 2 (the root and at least one drafted token per pass)")
 
@@ -97,7 +103,7 @@ class HwConfig:
     @property
     def hw_config_reg(self) -> int:
         return RM.encode_hw_config(self.bus_bytes, self.lanes * self.matvec_engines, self.max_tokens,
-                                   self.weight_ports)
+                                   self.weight_ports, self.pipelined_units)
 
     @property
     def engines(self) -> int:

@@ -193,3 +193,81 @@ class Decoder(wiring.Component):
             with m.Case(I.OPCODE["MATVEC"], I.OPCODE["PREFETCH"]):
                 m.d.comb += [mul_a.eq(rows), mul_b.eq(row_bytes), mul_c.eq(0)]
         m.d.comb += [self.span.eq(mul_a * mul_b + mul_c), self.bpr.eq(row_bytes >> lg_bb)]
+
+
+@cache
+def _row_div() -> tuple[int, int]:
+    """``(m, s)`` with ``ceil(x / d) == ((x + d - 1) * m) >> s`` for every ``x < 2**16`` (``d`` =
+    :data:`numerics.TRITS_PER_BYTE` x :data:`numerics.ROW_ALIGN_BYTES`: bytes of a packed row / its alignment)."""
+    d = N.TRITS_PER_BYTE * N.ROW_ALIGN_BYTES
+    for s in range(16, 40):
+        mult = -(-(1 << s) // d)
+        if all(((x + d - 1) * mult) >> s == (x + d - 1) // d for x in range(1 << 16)):
+            return mult, s
+    raise AssertionError("no multiply-shift divides by the row size")  # pragma: no cover
+
+
+class WindowCheck(wiring.Component):
+    """The DDR operand of one instruction and its window check, pipelined over the sequencer's FETCH, DECODE
+    and RANGE cycles (the same numbers as the combinational :class:`Decoder` ``addr`` / ``span`` / ``bpr``,
+    with no path longer than one multiply or two carry chains).
+
+    Inputs: ``w`` (the instruction being fetched, :func:`instr_layout`), ``load`` (the instruction register takes
+    ``w`` this cycle), the base registers ``bases`` and this run's ``k`` (both steady during a run). Outputs:
+    ``addr`` and ``bpr`` (MATVEC / PREFETCH: bus beats per weight row) from the cycle after ``load`` (DECODE),
+    ``in_window`` (``MEM_LO <= addr`` and ``addr + span <= MEM_HI``) from two cycles after it (RANGE), both until
+    the next ``load``. ``span`` is the operand's bytes as :class:`Decoder` computes them, valid with
+    ``in_window`` (for tests; nothing in the sequencer reads it). Exact while ``count`` / ``rows`` are at most
+    ``max_width`` (the DECODE width check fails any other instruction first) and ``max_width < 2**16``.
+
+    Stages: FETCH (from ``w``): ``addr = base + offset``, ``hi - c`` (``c``: STORE's ``4 * count``), the
+    multiply's operands ``a`` (32 bits) x ``b`` (at most 17 bits) x 16 or not (``ceil(count / 80)`` by a constant
+    multiply for MATVEC / PREFETCH) and ``bpr``; DECODE: the two 17 x 17 partial products of ``a * b``,
+    ``lim = hi - c - addr``, ``addr >= lo``; RANGE: ``pp0 + (pp1 << 17) <= lim``."""
+
+    def __init__(self, max_tokens: int, bus_bytes: int):
+        self.bus_bytes = bus_bytes
+        super().__init__({
+            "w": In(instr_layout()), "load": In(1),
+            "bases": In(data.ArrayLayout(unsigned(64), len(RM.ADDRESS_REGS))), "k": In(range(max_tokens + 1)),
+            "addr": Out(ADDR_INTERNAL + 1), "bpr": Out(16), "in_window": Out(1), "span": Out(66),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        w, opc = self.w, I.OPCODE
+        is_ = {name: w.opcode == opc[name] for name in ("LOAD", "STORE", "EMBED", "MATVEC", "PREFETCH")}
+        is_mv = is_["MATVEC"] | is_["PREFETCH"]
+        lg_bb = self.bus_bytes.bit_length() - 1
+        lg_align = (N.ROW_ALIGN_BYTES - 1).bit_length()
+        mult, shift = _row_div()
+        d = N.TRITS_PER_BYTE * N.ROW_ALIGN_BYTES
+        rows80 = ((w.matvec.count[:16] + (d - 1)) * mult) >> shift          # ceil(count / 80): row_bytes / 16
+        hi, lo = self.bases[I.BASE["MEM_HI"]], self.bases[I.BASE["MEM_LO"]]
+        # stage 1 (registered when the instruction register loads)
+        assert lg_align == 4, "EMBED's stride and a packed row's alignment are both 16 bytes: one x16 flag"
+        addr, a, b, x16 = Signal(ADDR_INTERNAL + 1), Signal(32), Signal(17), Signal()
+        hic, bpr = Signal(signed(67)), Signal(16)
+        c = Mux(is_["STORE"], w.store.count << 2, 0)
+        with m.If(self.load):
+            m.d.sync += [addr.eq(Array(self.bases)[w.load.base[:3]] + w.load.offset), hic.eq(hi - c),
+                         bpr.eq((rows80 << lg_align) >> lg_bb)]
+            with m.If(is_["LOAD"]):
+                m.d.sync += [a.eq(w.load.count), b.eq(w.load.fields << 2), x16.eq(0)]
+            with m.Elif(is_["STORE"]):
+                m.d.sync += [a.eq(w.store.tstride), b.eq(self.k - 1), x16.eq(0)]
+            with m.Elif(is_["EMBED"]):
+                m.d.sync += [a.eq(w.embed.vocab), b.eq(w.embed.stride16), x16.eq(1)]
+            with m.Elif(is_mv):
+                m.d.sync += [a.eq(w.matvec.rows), b.eq(rows80), x16.eq(1)]
+            with m.Else():
+                m.d.sync += [a.eq(0), b.eq(0), x16.eq(0)]
+        # stage 2 (every cycle: steady from RANGE on)
+        pp0, pp1, lim, lo_ok = Signal(34 + 4), Signal(32 + 4), Signal(signed(68)), Signal()
+        p0, p1 = a[:17] * b, a[17:] * b
+        m.d.sync += [pp0.eq(Mux(x16, p0 << 4, p0)), pp1.eq(Mux(x16, p1 << 4, p1)), lim.eq(hic - addr),
+                     lo_ok.eq(addr >= lo)]
+        span = pp0 + (pp1 << 17)
+        m.d.comb += [self.addr.eq(addr), self.bpr.eq(bpr), self.in_window.eq(lo_ok & (span <= lim)),
+                     self.span.eq(span + (hi - hic))]
+        return m

@@ -265,7 +265,7 @@ class MatvecEngine(wiring.Component):
         E, K, k, cur = self.hw.engines, self.hw.max_tokens, self.k, s.cur
         M = Array(Array(self.M[p][t] for t in range(K)) for p in range(I.SLOTS))
         S = Array(Array(self.S[p][t] for t in range(K)) for p in range(I.SLOTS))
-        dqs = [Q.Dequantize() for _ in range(K)]
+        dqs = [Q.Dequantize(pipelined=self.hw.pipelined_units) for _ in range(K)]
         for t, dq in enumerate(dqs):
             m.submodules[f"dequant{t}"] = dq
             acc_t = Array(s.accs[w * K + t] for w in range(E))[s.sw] if E > 1 else s.accs[t]
@@ -324,7 +324,7 @@ class MatvecEngine(wiring.Component):
         Returns (v3: a row finished, r3: its row counter)."""
         K, k, epi = self.hw.max_tokens, self.k, cur.epi
         ras = [A.ResidualAdd() for _ in range(K)]
-        ggs = [A.GatedProduct() for _ in range(K)]
+        ggs = [A.GatedProduct(pipelined=self.hw.pipelined_units) for _ in range(K)]
         for t in range(K):
             ra, gg = ras[t], ggs[t]
             m.submodules[f"resadd{t}"] = ra

@@ -145,8 +145,10 @@ REGISTERS: tuple[Reg, ...] = (
         _f(("minor", 0, 16), ("major", 16, 16))),
     Reg("HW_CONFIG", 0x008, Access.RO, "bits 7:0 bus bytes per beat, 15:8 lanes per weight port (trits per cycle of "
                                         "one port's ternary engines), 23:16 max tokens k, 27:24 weight ports (AXI "
-                                        "masters streaming weights; 0 reads as 1)",
-        _f(("bus_bytes", 0, 8), ("lanes", 8, 8), ("max_tokens", 16, 8), ("weight_ports", 24, 4))),
+                                        "masters streaming weights; 0 reads as 1), 28 pipelined units (the datapath's "
+                                        "vector units are their pipelined variants: HwConfig.pipelined_units)",
+        _f(("bus_bytes", 0, 8), ("lanes", 8, 8), ("max_tokens", 16, 8), ("weight_ports", 24, 4),
+           ("pipelined_units", 28, 1))),
     Reg("HW_LIMITS", 0x00C, Access.RO, "bits 15:0 max width (d, and I) in units of 16 elements; 31:16 reserved",
         _f(("width_units", 0, 16))),
     Reg("CONTROL", 0x010, Access.WO, "bit 0 START, bit 1 SOFT_RESET (abort and clear), bit 2 IRQ_ENABLE (sticky), "
@@ -387,14 +389,17 @@ def decode_hw_config(value: int) -> dict:
     return out
 
 
-def encode_hw_config(bus_bytes: int, lanes: int, max_tokens: int, weight_ports: int = 1) -> int:
-    """HW_CONFIG of a build (bus_bytes, lanes, max_tokens each 1..255; weight_ports 1..MAX_WEIGHT_PORTS)."""
+def encode_hw_config(bus_bytes: int, lanes: int, max_tokens: int, weight_ports: int = 1,
+                     pipelined_units: bool = False) -> int:
+    """HW_CONFIG of a build (bus_bytes, lanes, max_tokens each 1..255; weight_ports 1..MAX_WEIGHT_PORTS;
+    pipelined_units a bool)."""
     for name, v in (("bus_bytes", bus_bytes), ("lanes", lanes), ("max_tokens", max_tokens)):
         if not 0 < v < 256:
             raise RegisterFieldError(f"{name} must be in 1..255, got {v}")
     if not 1 <= weight_ports <= MAX_WEIGHT_PORTS:
         raise RegisterFieldError(f"weight_ports must be in 1..{MAX_WEIGHT_PORTS}, got {weight_ports}")
-    return encode("HW_CONFIG", bus_bytes=bus_bytes, lanes=lanes, max_tokens=max_tokens, weight_ports=weight_ports)
+    return encode("HW_CONFIG", bus_bytes=bus_bytes, lanes=lanes, max_tokens=max_tokens, weight_ports=weight_ports,
+                  pipelined_units=int(bool(pipelined_units)))
 
 
 def state_stride(d: int, layers: int) -> int:

@@ -33,7 +33,7 @@ from mmfree.rtl import isa as I
 from mmfree.rtl import regmap as RM
 from mmfree.rtl.axi import DmaReadClient, cmd_layout
 from mmfree.rtl.compiler import HwConfig
-from mmfree.rtl.decoder import ADDR_INTERNAL, ENGINE_ID, ENGINES, Decoder, field, instr_layout  # noqa: F401
+from mmfree.rtl.decoder import ADDR_INTERNAL, ENGINE_ID, ENGINES, Decoder, WindowCheck, field, instr_layout  # noqa: F401
 from mmfree.rtl.pipeline import width_for
 from mmfree.rtl.scoreboard import ENGINE_SLOTS, Scoreboard  # noqa: F401
 
@@ -111,18 +111,21 @@ class Sequencer(wiring.Component):
         wiring.connect(m, ctl.cmd, wiring.flipped(self.ctl_cmd))
         wiring.connect(m, wiring.flipped(self.ctl_data), ctl.beat)
         m.submodules.dec = dec = Decoder(hw.max_width, hw.max_tokens, hw.bus_bytes)
+        m.submodules.win = win = WindowCheck(hw.max_tokens, hw.bus_bytes)
         m.submodules.sb = sb = Scoreboard()
         run_start = Signal()               # START accepted: clear the scoreboard and the prefetch queue
         m.submodules.pq = pq = ResetInserter(run_start)(fifo.SyncFIFO(width=PREFETCH_ENTRY.size,
                                                                        depth=I.PREFETCH_DEPTH))
         s = self._run_state(m)
         s.ctl, s.dec, s.sb, s.pq, s.run_start = ctl, dec, sb, pq, run_start
+        s.win, s.addr_r, s.bpr = win, win.addr, win.bpr
         s.pq_head = data.View(PREFETCH_ENTRY, pq.r_data)
         m.d.comb += [dec.ir.eq(s.ir), dec.k.eq(s.k), dec.write_logits.eq(s.wlog), sb.clear.eq(run_start),
                      sb.done_pulse.eq(self.dp.done_pulse), sb.engine.eq(dec.engine), sb.rmask.eq(dec.rmask),
                      sb.wmask.eq(dec.wmask), self.dp.issue.eq(sb.issue)]
+        m.d.comb += [win.w.eq(ctl.rec.payload.w.as_value()), win.k.eq(s.k)]
         for i, r in enumerate(s.regs):
-            m.d.comb += dec.bases[i].eq(r)
+            m.d.comb += [dec.bases[i].eq(r), win.bases[i].eq(r)]
         d, fetch = self.dp.dispatch, self.dp.fetch
         m.d.comb += [d.engine.eq(dec.engine), d.op.eq(s.ir.opcode), d.ir.eq(s.ir), d.addr.eq(s.addr_r[:self.addr_width]),
                      d.bpr.eq(s.bpr), d.skip_store.eq(dec.skip_store),
@@ -151,7 +154,6 @@ class Sequencer(wiring.Component):
             core_rst=Signal(), abort=Signal(), stop_requested=Signal(),   # SOFT_RESET while busy: no error code
             ir=Signal(instr_layout()), n_instr=Signal(32), n_fetched=Signal(32), widx=Signal(range(K + 1)),
             roots=Signal(range(K + 1)),    # streams a tree parent may root in: min(header streams, K), at least 1
-            addr_r=Signal(ADDR_INTERNAL + 1), span=Signal(66), bpr=Signal(16),
             regs=[getattr(self, "reg_" + n.lower()) for n in RM.ADDRESS_REGS])
         m.d.comb += [self.busy.eq(s.busy), self.done.eq(s.done), self.error.eq(s.err), self.error_code.eq(s.code),
                      self.pc.eq(s.pc), self.cycles.eq(s.cycles), self.argmax.eq(s.argmax),
@@ -301,6 +303,7 @@ class Sequencer(wiring.Component):
                 with m.Else():
                     m.d.comb += rec.ready.eq(1)
                     with m.If(rec.valid):
+                        m.d.comb += s.win.load.eq(1)       # the window check's first stage, beside the IR
                         m.d.sync += [s.ir.eq(rec.payload.w.as_value()), s.n_fetched.eq(s.n_fetched + 1)]
                         m.next = "DECODE"
         with m.State("DECODE"):
@@ -311,13 +314,12 @@ class Sequencer(wiring.Component):
             with m.Elif(dec.has_addr & dec.misaligned):
                 fail(RM.ERR_BAD_INSTRUCTION, op)
             with m.Else():
-                m.d.sync += [s.span.eq(dec.span), s.addr_r.eq(dec.addr), s.bpr.eq(dec.bpr)]
                 m.next = "RANGE"
         prefetched = s.ir.matvec.flags[I.PREFETCHED.bit_length() - 1]
         head = s.pq_head
         pq_match = s.pq.r_rdy & (head.addr == s.addr_r) & (head.rows == dec.rows) & (head.count == dec.count)
         with m.State("RANGE"):
-            with m.If(dec.has_addr & ~dec.skip_store & ~s.in_window(s.addr_r, s.span)):
+            with m.If(dec.has_addr & ~dec.skip_store & ~s.win.in_window):
                 fail(RM.ERR_ADDRESS_RANGE, dec.base)
             with m.Elif((op == opc["MATVEC"]) & Mux(prefetched, ~pq_match, s.pq.r_rdy)):
                 fail(RM.ERR_BAD_INSTRUCTION, op)        # not the rows the oldest PREFETCH requested

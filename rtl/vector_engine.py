@@ -203,7 +203,7 @@ class VectorEngine(wiring.Component):
         for p in range(I.SLOTS):
             active = (is_["QSTATS"] & (v.nproj > p)) | (is_["QCODES"] & (v.slot == p))
             for t in range(K):
-                q, r = qs[p][t], Q.Reciprocal()
+                q, r = qs[p][t], Q.Reciprocal(pipelined=self.hw.pipelined_units)
                 got_r, rc_req = Signal(name=f"got_r{p}_{t}"), Signal(name=f"rc_req{p}_{t}")
                 m.submodules[f"qstats{p}_{t}"] = q
                 m.submodules[f"recip{p}_{t}"] = r
@@ -230,8 +230,8 @@ class VectorEngine(wiring.Component):
         """QCODES: the slot's p streams -> Codes per token -> ``codes`` (every token of a column at once);
         S -> OutputMultiplier, one token per cycle. Returns codes_done."""
         K, W, k, slot = self.hw.max_tokens, self.hw.max_width, self.k, v.slot
-        cds = [Q.Codes() for _ in range(K)]
-        m.submodules.outmul = om = Q.OutputMultiplier()
+        cds = [Q.Codes(pipelined=self.hw.pipelined_units) for _ in range(K)]
+        m.submodules.outmul = om = Q.OutputMultiplier(pipelined=self.hw.pipelined_units)
         qos = [Array(qs[p][t].o for p in range(I.SLOTS))[slot] for t in range(K)]
         S_lat = Array(Signal.like(qs[0][0].o.payload.S, name=f"S_lat{t}") for t in range(K))
         for t, (cd, qo) in enumerate(zip(cds, qos)):
@@ -276,8 +276,8 @@ class VectorEngine(wiring.Component):
         """HGRN: the MLGRU update token by token (a token's parent state is its tree parent's), H and the gated A.
         Returns hgrn_done."""
         K, W, is_ = self.hw.max_tokens, self.hw.max_width, v.is_
-        m.submodules.mlgru = mg = A.MlgruUpdate()
-        m.submodules.gp_h = gp = A.GatedProduct()
+        m.submodules.mlgru = mg = A.MlgruUpdate(pipelined=self.hw.pipelined_units)
+        m.submodules.gp_h = gp = A.GatedProduct(pipelined=self.hw.pipelined_units)
         m.submodules.gq = gq = fifo.SyncFIFOBuffered(width=32, depth=64)
         hv = v.s1_v & is_["HGRN"]
         m.d.comb += [mg.i.valid.eq(hv), mg.i.payload.h.eq(Mux(v.s1_root, self.h0.data, token_word(self.h, v.s1_par))),

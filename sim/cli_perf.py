@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 
 from mmfree import MmfreeError
@@ -42,6 +43,10 @@ def register(sub) -> None:
                         f"build.weight_ports, else {PARAMS.BOARD_WEIGHT_PORTS}: "
                         f"{board_defaults('weight_ports', PARAMS.BOARD_WEIGHT_PORTS)})")
     p.add_argument("--k", type=int, default=1, help="tokens per pass (the build's max_tokens)")
+    p.add_argument("--pipelined-units", action=argparse.BooleanOptionalAction, default=None,
+                   help="the build's datapath uses the pipelined vector units (`mmfree build --pipelined-units`: more "
+                        "cycles per vector instruction, sim/perf.py rtl_timing); default: the board file's "
+                        "build.pipelined_units, else off")
     p.add_argument("--draft-vocab", type=int, default=0, metavar="V",
                    help="count a trigram draft engine with a bigram memory of V tokens (as `mmfree build "
                         "--draft-engine`: its memory in URAM on UltraScale+, the draft-verify loop's logic); "
@@ -87,7 +92,7 @@ def _perf(args) -> int:
         r = _streams(args, dims, board, bus_bits)
     else:
         hw = P.default_hw(dims, board, args.k, bus_bits=bus_bits, matvec_engines=args.engines,
-                          weight_ports=args.weight_ports)
+                          weight_ports=args.weight_ports, pipelined_units=args.pipelined_units)
         if args.draft_vocab:
             hw = dataclasses.replace(hw, draft_vocab=args.draft_vocab)
         r = P.predict(dims, board, args.clock_mhz, hw=hw, k=args.k, accept_len=args.accept_len,
@@ -110,7 +115,7 @@ def _streams(args, dims, board, bus_bits) -> dict:
         raise MmfreeError(f"--streams {args.streams} x --k {args.k} = {args.streams * args.k} tokens per pass; a build "
                           "holds at most 16: lower --streams or --k")
     hw = P.default_hw(dims, board, args.streams * args.k, bus_bits=bus_bits, matvec_engines=args.engines,
-                      weight_ports=args.weight_ports)
+                      weight_ports=args.weight_ports, pipelined_units=args.pipelined_units)
     return predict_streams(dims, board, args.streams, args.k, args.accept_len, hw=hw, clock_mhz=args.clock_mhz,
                            write_logits=args.write_logits, latency_ns=args.latency_ns)
 

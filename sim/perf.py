@@ -64,6 +64,7 @@ RTL_TIMING = {
     "qcodes_tail": 29,      # QuantStats -> Codes -> OutputMultiplier after the last element; fitted
     "hgrn_token": 22,       # MlgruUpdate drain between tokens (tree parents read the states); fitted
     "hgrn_tail": 12,        # GatedProduct + MaxAbs after the last token
+    "embed_tail": 12,       # MaxAbs after an EMBED's last row (hgrn_tail's value; no GatedProduct on this path)
     "embed_row": 4,         # per embedding row: command, unpacker, besides the read latency
     "load_tail": 3,         # unpacker + fill counter after the last beat
     "store_token": 4,       # per token of a STORE: command, packer start
@@ -81,6 +82,32 @@ try:
 except Exception:  # pragma: no cover - amaranth is a core dependency
     _R_WIDTH = 16
 RTL_TIMING["recip"] = _R_WIDTH + 4
+
+#: The RTL_TIMING entries whose path runs through a vector unit that has a pipelined variant
+#: (``HwConfig.pipelined_units``): entry -> the units (rtl/catalog.py names) on it. ``qcodes_tail``: the
+#: OutputMultiplier's path (the k tokens after the vector's S) is the longer one, not the Codes'.
+PIPELINED_PATHS = {
+    "recip": ("reciprocal",),
+    "qcodes_tail": ("output_multiplier",),
+    "hgrn_token": ("mlgru_update",),
+    "hgrn_tail": ("gated_product",),
+    "mv_store": ("dequantize",),
+    "mv_resid": ("dequantize",),
+    "mv_glu": ("dequantize", "gated_product"),
+}
+
+
+def rtl_timing(hw: HwConfig) -> dict:
+    """:data:`RTL_TIMING` of build ``hw``: with ``hw.pipelined_units`` each :data:`PIPELINED_PATHS` entry grows by
+    the cycles its units' pipelined variants add (simulated from the units themselves,
+    :func:`mmfree.rtl.catalog.pipelined_extra_cycles`)."""
+    if not hw.pipelined_units:
+        return dict(RTL_TIMING)
+    from mmfree.rtl.catalog import pipelined_extra_cycles
+
+    return {key: v + sum(pipelined_extra_cycles(u) for u in PIPELINED_PATHS.get(key, ()))
+            for key, v in RTL_TIMING.items()}
+
 
 #: Reader FIFO of the weight client in rtl/top.py (beats): the most its latency-following window may grow to.
 WEIGHT_CLIENT_FIFO = PARAMS.WEIGHT_CLIENT_FIFO
@@ -167,11 +194,13 @@ def _pow2(n: int) -> int:
 
 
 def default_hw(dims: LY.Dims, board=None, k: int = 1, bus_bits: int | None = None,
-               matvec_engines: int | None = None, weight_ports: int | None = None) -> HwConfig:
+               matvec_engines: int | None = None, weight_ports: int | None = None,
+               pipelined_units: bool | None = None) -> HwConfig:
     """The build a board would get for this model: bus width of the board's HP ports (at most 128 bits)
     unless ``bus_bits``, ``max_tokens = k`` (at least 1), ``max_width`` the power of two covering d, I and
     the head chunk (at least 64), ``weight_ports`` and ``matvec_engines`` the board file's
-    ``build.weight_ports`` (default 1) and ``build.matvec_engines`` (default 2) unless given."""
+    ``build.weight_ports`` (default 1) and ``build.matvec_engines`` (default 2) unless given, ``pipelined_units``
+    the board file's ``build.pipelined_units`` (default False) unless given."""
     if bus_bits is None:
         bus_bits = min(128, board.hp_ports["width_bits"]) if board is not None else 128
     if bus_bits not in (64, 128):
@@ -184,8 +213,13 @@ def default_hw(dims: LY.Dims, board=None, k: int = 1, bus_bits: int | None = Non
         weight_ports = int(build.get("weight_ports", PARAMS.BOARD_WEIGHT_PORTS))
     if matvec_engines is None:
         matvec_engines = int(build.get("matvec_engines", PARAMS.BOARD_MATVEC_ENGINES))
+    if pipelined_units is None:
+        pipelined_units = build.get("pipelined_units", False)
+        if type(pipelined_units) is not bool:
+            raise MmfreeError(f"board file {board.name}: field 'build.pipelined_units' must be true or false, got "
+                              f"{pipelined_units!r}; set it or remove it (default false)")
     return HwConfig(bus_bytes=bus_bits // 8, max_tokens=max(1, k), max_width=width, matvec_engines=matvec_engines,
-                    weight_ports=weight_ports)
+                    weight_ports=weight_ports, pipelined_units=bool(pipelined_units))
 
 
 def ternary_weights(dims: LY.Dims) -> int:
@@ -320,7 +354,8 @@ def pass_cycles(dims: LY.Dims, hw: HwConfig, k: int = 1, rate: float = 1.0, rd_l
     (``rate`` is then each port's equal share) and serves the main port first, as ``sim/hdl/mmfree_axi_mem.sv``
     does (:func:`main_port_rate`); ``rd_latency``: cycles
     from a read request to its first beat; ``prog``: the program (default: the compiler's,
-    :func:`mmfree.rtl.compiler.emit_program`); ``timing``: overrides of :data:`RTL_TIMING`. Phases (cycles,
+    :func:`mmfree.rtl.compiler.emit_program`); ``timing``: overrides of :func:`rtl_timing` (:data:`RTL_TIMING`
+    with the pipelined units' added cycles when ``hw.pipelined_units``). Phases (cycles,
     summing to the total): ``weight_stream`` (the ternary engines run or wait for weights, layers), ``lm_head``
     (the same for the head), ``vector`` (the vector engine runs, the ternary engines idle), ``load_store``
     (only LOAD/STORE/EMBED traffic), ``control`` (start, dispatch, drain: nothing else runs).
@@ -332,7 +367,7 @@ def pass_cycles(dims: LY.Dims, hw: HwConfig, k: int = 1, rate: float = 1.0, rd_l
     prog = emit_program(dims) if prog is None else prog
     if main_rate is not None and not main_rate > 0:
         raise MmfreeError(f"the main port's bus rate must be positive beats per cycle, got {main_rate}")
-    run = _Pass(hw, k, rate, rd_latency, write_logits, weight_fifo_beats, dict(RTL_TIMING, **(timing or {})),
+    run = _Pass(hw, k, rate, rd_latency, write_logits, weight_fifo_beats, dict(rtl_timing(hw), **(timing or {})),
                 main_rate)
     for idx, ins in enumerate(prog):
         run.fetch(idx, len(prog))
@@ -545,7 +580,7 @@ class _Pass:
             beats = math.ceil(4 * ins["count"] / self.bb)
             s0, e = self.bus.reserve(tt + self.T["embed_row"] + self.L, beats)
             tt = max(e, s0 + _windowed(beats, self.vwin, self.mrate, self.vrate), s0 + ins["count"]) + 1
-        fin = tt + self.T["hgrn_tail"]
+        fin = tt + self.T["embed_tail"]
         self.ivals["load_store"].append((start, fin))
         return fin
 
@@ -834,7 +869,8 @@ def predict(dims, board, clock_mhz: float | None = None, hw: HwConfig | None = N
                   "ternary_weights": n_tern},
         "board": b.name, "part": b.part, "clock_mhz": clock,
         "hw": {"bus_bytes": hw.bus_bytes, "max_tokens": hw.max_tokens, "max_width": hw.max_width,
-               "matvec_engines": hw.matvec_engines, "weight_ports": hw.weight_ports, "lanes": hw.lanes},
+               "matvec_engines": hw.matvec_engines, "weight_ports": hw.weight_ports, "lanes": hw.lanes,
+               "pipelined_units": hw.pipelined_units},
         "k": k, "accept_len": A, "write_logits": write_logits,
         "label": "modeled",
         "tokens_per_s": tps,
@@ -863,7 +899,7 @@ def predict(dims, board, clock_mhz: float | None = None, hw: HwConfig | None = N
         "fits": memory["fits"] and res["fits"] and not any("wide" in p for p in problems),
         "problems": problems,
         "assumptions": {name: {"value": v, "source": s} for name, (v, s) in ASSUMPTIONS.items()},
-        "rtl_timing": dict(RTL_TIMING),
+        "rtl_timing": rtl_timing(hw),
     }
 
 

@@ -751,3 +751,27 @@ def test_timing_config_small_and_overrides():
     assert timing_config("pynq-z2").weight_ports == 2                  # the board file's default build
     with pytest.raises(MmfreeError, match="unknown board 'nope'"):
         timing_config("nope")
+
+
+# ---- the pipelined vector units in a board build ------------------------------------------------------------------
+def test_pipelined_units_option_and_board_default(tmp_path, capsys):
+    """``--pipelined-units`` (and the board file's build.pipelined_units) reach HwConfig and HW_CONFIG bit 28; the
+    default leaves both off; a bad board-file value names the field; the named timing build has them."""
+    from mmfree.boards.build import timing_config
+    from mmfree.rtl.compiler import HwConfig
+
+    plain = B.config_for("pynq-z2")
+    assert plain.pipelined_units is False and plain.hw.pipelined_units is False
+    assert (plain.hw.hw_config_reg >> 28) & 1 == 0
+    piped = B.config_for("pynq-z2", pipelined_units=True)
+    assert piped.hw.pipelined_units is True and RM.decode_hw_config(piped.hw.hw_config_reg)["pipelined_units"] == 1
+    assert B.config_for(_board_file(tmp_path, build={"weight_ports": 4, "pipelined_units": True})).pipelined_units
+    assert not B.config_for(_board_file(tmp_path, build={"weight_ports": 4, "pipelined_units": True}),
+                            pipelined_units=False).pipelined_units
+    with pytest.raises(MmfreeError, match=r"build\.pipelined_units.*true or false"):
+        B.config_for(_board_file(tmp_path, build={"weight_ports": 4, "pipelined_units": "yes"}))
+    with pytest.raises(ValueError, match="pipelined_units must be True or False"):
+        HwConfig(pipelined_units=1)
+    assert timing_config("small-pipelined").hw == \
+        HwConfig(**{**timing_config("small").hw.__dict__, "pipelined_units": True})
+    assert B._source_key(plain) != B._source_key(piped)                 # its own cached Verilog

@@ -10,13 +10,13 @@ from __future__ import annotations
 import random
 
 import pytest
-from amaranth import Value
+from amaranth import Module, Value
 from amaranth.sim import Simulator
 
 from mmfree.rtl import isa as I
 from mmfree.rtl import regmap as RM
 from mmfree.rtl.compiler import HwConfig
-from mmfree.rtl.decoder import ENGINE_ID, Decoder, instr_layout, op_layout
+from mmfree.rtl.decoder import ENGINE_ID, Decoder, WindowCheck, instr_layout, op_layout
 from mmfree.sim.emulator import AccelError, Ddr, Emulator
 
 HW = HwConfig()
@@ -158,3 +158,60 @@ def test_layouts_follow_the_isa_table():
         for f in fields:
             assert lay[f.name].offset == 32 * f.word + f.lsb and lay[f.name].width == f.width
             assert lay[f.name].shape.signed == f.signed
+
+
+@pytest.mark.parametrize("k, seed", [(1, 3), (HW.max_tokens, 4)])
+def test_pipelined_window_check_matches_the_decoder(k, seed):
+    """:class:`WindowCheck` (the sequencer's pipelined address / span / window, FETCH -> DECODE -> RANGE) gives
+    the combinational decoder's ``addr`` and ``bpr`` one cycle after ``load`` and its window outcome and span two
+    cycles after, for every instruction that passes the DECODE checks (the only ones the sequencer asks)."""
+    ddr_ops = ("LOAD", "STORE", "EMBED", "MATVEC", "PREFETCH")
+    edges = [I.Instr("EMBED", {"base": 1, "offset": 0, "count": 16, "stride16": 0xFFFF, "vocab": 0xFFFF_FFFF}),
+             I.Instr("STORE", {"src": 0, "flags": 0, "base": 1, "offset": 0, "count": HW.max_width,
+                               "tstride": 0xFFFF_FFFC})]
+    instrs = [ins for ins in _instructions(1500, seed) if ins.op in ddr_ops] + edges
+    dec = Decoder(HW.max_width, HW.max_tokens, HW.bus_bytes)
+    win = WindowCheck(HW.max_tokens, HW.bus_bytes)
+    regs = _bases()
+    checked = {"in": 0, "out": 0}
+
+    async def bench(ctx):
+        for i, name in enumerate(RM.ADDRESS_REGS):
+            ctx.set(dec.bases[i], regs[name])
+            ctx.set(win.bases[i], regs[name])
+        ctx.set(dec.k, k)
+        ctx.set(win.k, k)
+        ctx.set(dec.write_logits, 1)
+        for ins in instrs:
+            word = int.from_bytes(ins.encode(), "little")
+            ctx.set(Value.cast(win.w), word)
+            ctx.set(win.load, 1)
+            await ctx.tick()                                   # FETCH: the instruction register loads
+            ctx.set(win.load, 0)
+            ctx.set(Value.cast(win.w), 0)
+            ctx.set(Value.cast(dec.ir), word)
+            o = {n: ctx.get(getattr(dec, n)) for n in ("known", "legal", "too_wide", "has_addr", "misaligned",
+                                                       "addr", "span", "bpr")}
+            if not (o["known"] and o["legal"]) or o["too_wide"] or not o["has_addr"] or o["misaligned"]:
+                await ctx.tick()
+                continue
+            assert ctx.get(win.addr) == o["addr"], str(ins)                              # DECODE
+            if ins.op in ("MATVEC", "PREFETCH"):
+                assert ctx.get(win.bpr) == o["bpr"], str(ins)
+            await ctx.tick()                                   # RANGE
+            inside = MEM_LO <= o["addr"] and o["addr"] + o["span"] <= MEM_HI
+            assert (ctx.get(win.in_window), ctx.get(win.span)) == (inside, o["span"]), str(ins)
+            checked["in" if inside else "out"] += 1
+
+    sim = _two(dec, win)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert checked["in"] > 20 and checked["out"] > 20, checked
+
+
+def _two(*parts):
+    m = Module()
+    for i, p in enumerate(parts):
+        m.submodules[f"u{i}"] = p
+    return Simulator(m)

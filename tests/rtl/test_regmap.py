@@ -59,7 +59,10 @@ def test_encode_decode_round_trip(reg):
 
 def test_hw_and_draft_config_helpers_use_the_tables():
     v = RM.encode_hw_config(16, 64, 4, 2)
-    assert RM.decode_hw_config(v) == {"bus_bytes": 16, "lanes": 64, "max_tokens": 4, "weight_ports": 2}
+    assert RM.decode_hw_config(v) == {"bus_bytes": 16, "lanes": 64, "max_tokens": 4, "weight_ports": 2,
+                                      "pipelined_units": 0}
+    assert v == RM.encode_hw_config(16, 64, 4, 2, pipelined_units=False)      # the default leaves bit 28 clear
+    assert RM.decode_hw_config(RM.encode_hw_config(16, 64, 4, 2, pipelined_units=True))["pipelined_units"] == 1
     assert RM.decode_hw_config(v & 0x00FF_FFFF)["weight_ports"] == 1        # 0 reads as 1 (older bitstreams)
     assert RM.decode_draft_config(RM.encode_draft_config(10, 4, 3, 8), (7 << 16) | 2) == \
         {"sets_log2": 10, "ways": 4, "slots": 3, "bigram_slots": 8, "inc": 2, "cmax": 7}
@@ -219,7 +222,8 @@ def test_csr_block_fields_through_the_layouts():
 
     _csr_bench(script)
     assert seen["id"] == RM.ID_MAGIC
-    assert seen["hw"] == {"bus_bytes": 16, "lanes": 64, "max_tokens": 4, "weight_ports": 1}
+    assert seen["hw"] == {"bus_bytes": 16, "lanes": 64, "max_tokens": 4, "weight_ports": 1,
+                          "pipelined_units": 0}
     assert seen["ctl"] == {"start": 1, "soft_reset": 0, "generate": 0} and not seen["irq_en_after_start"]
     assert seen["ctl2"] == {"start": 0, "soft_reset": 0, "generate": 1}
     assert seen["ctl3"] == {"start": 0, "soft_reset": 1, "generate": 0}

@@ -231,3 +231,23 @@ def test_small_design_through_both_flows(tmp_path, monkeypatch):
     assert list(tmp_path.glob("rtl-timing/ecp5-*.json")) and len(list(tmp_path.glob("rtl-timing/xilinx-*.json"))) == 2
     again = T.unit_timing("tiny_acc", _tiny, timeout=900)          # cached: same answer, no tool run
     assert again == row
+
+
+def test_control_units_are_timing_units(capsys):
+    """The control glue (`sequencer` with its decoder, `scoreboard`, `ctl_reader`, shaped like the small build) is
+    a `--unit` of `mmfree rtl timing`, inside a scan harness whose only ports are clk, rst, si, se and so (every
+    path through the unit register to register); `--pipelined-units` goes with --build only."""
+    import re
+
+    from mmfree.rtl.catalog import CONTROL_UNITS, control_units
+
+    assert main(["rtl", "timing", "--unit", "no_such_unit"]) == 1
+    err = capsys.readouterr().err
+    assert all(name in err for name in CONTROL_UNITS)
+    text = T.unit_verilog(control_units()["scoreboard"], "scoreboard")
+    top = text[text.index("module scoreboard("):]
+    top = top[:top.index("endmodule")]
+    assert sorted(re.findall(r"^\s*(?:input|output)\s+(?:\[[^\]]*\]\s*)?(\w+);", top, re.M)) == \
+        ["clk", "rst", "se", "si", "so"]
+    assert main(["rtl", "timing", "--unit", "sequencer", "--pipelined-units"]) == 1
+    assert "go with --build NAME" in capsys.readouterr().err

@@ -124,6 +124,25 @@ def test_rtl_64bit_bus_bit_exact():
         H.replay_steps(im, steps, results)
 
 
+@pytest.mark.slow
+def test_rtl_pipelined_units_bit_exact():
+    """The default build with the pipelined vector units (``HwConfig.pipelined_units``, its own Verilator build,
+    shared with ``bench/perf_validate.py --hw pipelined``) on the default model and on d96: chains and a tree, k = 1
+    and 4, every logit, state and argmax bit-exact with IntModel, and the added latency shows in CYCLES."""
+    import dataclasses
+
+    from mmfree.pymodel.intmodel import open_int_model
+    from mmfree.sim.accel import DEFAULT_HW
+
+    piped = dataclasses.replace(DEFAULT_HW, pipelined_units=True)
+    for im in (open_int_model("default")[0], H.load("d96")):
+        steps = H.chain_and_tree_steps(im, np.random.default_rng(13))
+        results, _ = _script(im, steps, hw=piped)
+        H.replay_steps(im, steps, results)
+    plain, _ = _script(im, steps[:1])
+    assert results[0]["cycles"] > plain[0]["cycles"]
+
+
 def test_rtl_weight_ports_bit_exact():
     """The four-weight-port build (sim.accel.PORTS4_HW, its own Verilator build, shared with the perf
     validation): port p reads rows p, p + 4, ... of every matrix into its own two engines. Every shape (d

@@ -486,3 +486,33 @@ def test_main_port_rate_where_the_aggregate_binds():
     assert P.pass_cycles(dims, hw, 1, rate=0.51, rd_latency=30, main_rate=0.51).cycles == share
     with pytest.raises(MmfreeError, match="main port"):
         P.pass_cycles(dims, hw, 1, rate=0.51, main_rate=0)
+
+
+def test_pipelined_units_lengthen_the_unit_paths():
+    """A build with the pipelined vector units: every RTL_TIMING entry on a unit path grows by the cycles its units'
+    variants add (simulated from the units), nothing else moves, and a pass takes longer; the default build's
+    timing is RTL_TIMING itself."""
+    import dataclasses
+
+    from mmfree.rtl.catalog import pipelined_extra_cycles
+    from mmfree.sim.accel import DEFAULT_HW
+
+    assert P.rtl_timing(DEFAULT_HW) == P.RTL_TIMING
+    piped = dataclasses.replace(DEFAULT_HW, pipelined_units=True)
+    t = P.rtl_timing(piped)
+    for key, v in P.RTL_TIMING.items():
+        extra = sum(pipelined_extra_cycles(u) for u in P.PIPELINED_PATHS.get(key, ()))
+        assert t[key] == v + extra and (extra > 0) == (key in P.PIPELINED_PATHS), key
+    dims = Dims(256, 96, 256, 2)
+    assert P.pass_cycles(dims, piped, 1).cycles > P.pass_cycles(dims, DEFAULT_HW, 1).cycles
+    with pytest.raises(KeyError, match="no pipelined variant"):
+        pipelined_extra_cycles("max_abs")
+
+
+def test_cli_pipelined_units(tmp_path):
+    out = _cli("perf", "--model", "370M", "--board", "kv260", "--pipelined-units", "--json")
+    assert out.returncode == 0, out.stderr
+    r = json.loads(out.stdout)
+    assert r["hw"]["pipelined_units"] is True and r["rtl_timing"]["mv_glu"] > P.RTL_TIMING["mv_glu"]
+    out = _cli("perf", "--model", "370M", "--board", _board(tmp_path, **{"build.pipelined_units": "yes"}))
+    assert out.returncode == 1 and "build.pipelined_units" in out.stderr
