@@ -138,6 +138,21 @@ def test_rtl_weight_ports_bit_exact():
         H.replay_steps(im, steps, results)
 
 
+def test_rtl_six_weight_ports_bit_exact():
+    """The six-weight-port build (sim.accel.PORTS6_HW: every HP and HPC port of a ZynqMP, 12 engines; its own
+    Verilator build, shared with the perf validation): port p reads rows p, p + 6, ... (row r is way r mod 12), row
+    counts from a constant division. Every shape (rows not a multiple of 6: d = 64 / 200, vocabularies 97 / 101 /
+    333; d64v163's last head chunk of 3 rows, fewer than the ports: ports 3..5 have no row of it), chains and trees,
+    k up to 4, bit-exact against IntModel."""
+    from mmfree.sim.accel import PORTS6_HW
+
+    for shape in sorted(H.SHAPES) + ["d64v163"]:
+        im = H.load(shape)
+        steps = H.chain_and_tree_steps(im, np.random.default_rng(13))
+        results, _ = _script(im, steps, hw=PORTS6_HW)
+        H.replay_steps(im, steps, results)
+
+
 def test_rtl_sim_cli_weight_ports(tmp_path):
     """`mmfree sim --weight-ports 4` runs the four-port build (shared with the test above) end to end: bit-exact
     generation, the build reported in the JSON, the bandwidth counted over every port."""
