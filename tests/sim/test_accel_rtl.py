@@ -153,6 +153,19 @@ def test_rtl_six_weight_ports_bit_exact():
         H.replay_steps(im, steps, results)
 
 
+def test_rtl_six_weight_ports_default_model():
+    """The six-port build (PORTS6_HW, the build above) generating on the default model (d 240, 4 layers, vocabulary
+    4096: head chunks of 640 rows, not multiples of 6 or of the 12 ways) at k = 1 and k = 4: every pass bit-exact
+    against IntModel, the tokens IntModel's greedy ones."""
+    from mmfree.sim.accel import PORTS6_HW, simulate_generation
+
+    r1 = simulate_generation("default", [1, 2], 3, progress=False, k=1, hw=PORTS6_HW)
+    assert r1["bit_exact"], r1["problems"]
+    r4 = simulate_generation("default", [1, 2], 3, progress=False, k=4, hw=PORTS6_HW)
+    assert r4["bit_exact"], r4["problems"]
+    assert r4["tokens"] == r1["tokens"] and len(r1["tokens"]) == 3
+
+
 def test_rtl_sim_cli_weight_ports(tmp_path):
     """`mmfree sim --weight-ports 4` runs the four-port build (shared with the test above) end to end: bit-exact
     generation, the build reported in the JSON, the bandwidth counted over every port."""
