@@ -250,11 +250,12 @@ def test_recorded_rtl_cycles_within_5_percent():
     """The model against the RTL cycles recorded by bench/perf_validate.py --record (no simulation here)."""
     rec = json.loads((ROOT / "boards" / "data" / "perf_validation.json").read_text())
     from mmfree.rtl.compiler import HwConfig
-    from mmfree.sim.accel import DEFAULT_HW, PORTS4_HW
+    from mmfree.sim.accel import DEFAULT_HW, PORTS4_HW, PORTS6_HW
 
-    n = {"default": 0, "ports4": 0, "pynqz2": 0}
+    n = {"default": 0, "ports4": 0, "ports6": 0, "pynqz2": 0}
     pynqz2 = HwConfig(bus_bytes=8, max_tokens=2, max_width=1024, weight_ports=2, matvec_engines=1)
     builds = [("default", DEFAULT_HW, rec["runs"]), ("ports4", PORTS4_HW, rec.get("runs_by_hw", {}).get("ports4", {})),
+              ("ports6", PORTS6_HW, rec.get("runs_by_hw", {}).get("ports6", {})),
               ("pynqz2", pynqz2, rec.get("runs_by_hw", {}).get("pynqz2", {}))]
     for hw_name, hw, runs_of in builds:
         for name, runs in runs_of.items():
