@@ -5,7 +5,7 @@ on the RTL in Verilator (``mmfree.sim.accel.run_job``, the HDL DDR model: 16 byt
 cycles, logits written); the CYCLES register of each pass is compared with
 ``mmfree.sim.perf.pass_cycles(dims, hw, k, rate=1.0, rd_latency=24, write_logits=True)``.
 
-    python bench/perf_validate.py [--configs d64,d96,...] [--k 1,4] [--hw default|ports4] [--json] [--record]
+    python bench/perf_validate.py [--configs d64,d96,...] [--k 1,4] [--hw default|ports4|ports6] [--json] [--record]
     python bench/perf_validate.py --configs d64,d96 --hw default,ports4 --same-as-recorded
 
 ``--same-as-recorded``: a refactoring check: simulate and require every counter (cycles, stalls, bytes) of every
@@ -17,7 +17,8 @@ of the board each build is shaped for (default, ports4: KV260; pynqz2: PYNQ-Z2),
 average bus rate and mean latency; recorded under ``realistic_runs[build]``.
 
 ``--hw ports4``: the four-weight-port build (``sim.accel.PORTS4_HW``: m_axi + m_axi_w1..3, each at 16 bytes
-per cycle in the simulated DDR); recorded under ``runs_by_hw["ports4"]``.
+per cycle in the simulated DDR); recorded under ``runs_by_hw["ports4"]``. ``--hw ports6``: the six-port build
+(``sim.accel.PORTS6_HW``: every HP and HPC port of a KV260/ZCU104, 12 engines), the same way.
 ``--hw pipelined``: the default build with the pipelined vector units (``HwConfig.pipelined_units``); the model adds
 their latencies (``mmfree.sim.perf.rtl_timing``); recorded under ``runs_by_hw["pipelined"]``.
 
@@ -59,12 +60,12 @@ CONFIGS = {
 }
 RD_LATENCY = PARAMS.SIM_RD_LATENCY                    # the simulated DDR's read latency (cycles)
 #: Builds the bench can validate: name -> sim.accel constant.
-HW_NAMES = ("default", "ports4", "pynqz2", "pipelined")
+HW_NAMES = ("default", "ports4", "ports6", "pynqz2", "pipelined")
 DATA_FILE = ROOT / "boards" / "data" / "perf_validation.json"
 
 
 #: The board whose DDR a build's realistic-memory runs model (sim/ddr.py).
-REALISTIC_BOARD = {"default": "kv260", "ports4": "kv260", "pynqz2": "pynq-z2", "pipelined": "kv260"}
+REALISTIC_BOARD = {"default": "kv260", "ports4": "kv260", "ports6": "kv260", "pynqz2": "pynq-z2", "pipelined": "kv260"}
 MEMORIES = ("ideal", "realistic", "random")
 #: Seed of the random back-pressure memory's generators (``+MMFREE_DDR_SEED``).
 RANDOM_SEED = 1
@@ -116,13 +117,14 @@ def parse_rate(key: str) -> float | None:
 
 def hw_for(hw_name: str):
     from mmfree.rtl.compiler import HwConfig
-    from mmfree.sim.accel import DEFAULT_HW, PORTS4_HW
+    from mmfree.sim.accel import DEFAULT_HW, PORTS4_HW, PORTS6_HW
 
     # pynqz2: the 64-bit build shaped like the PYNQ-Z2's (tests/sim/test_accel_rtl.py test_rtl_64bit_bus_bit_exact)
     pynqz2 = HwConfig(bus_bytes=8, max_tokens=2, max_width=1024, weight_ports=2, matvec_engines=1)
     # pipelined: the default build with the pipelined vector units (HwConfig.pipelined_units, `--pipelined-units`)
     pipelined = dataclasses.replace(DEFAULT_HW, pipelined_units=True)
-    return {"default": DEFAULT_HW, "ports4": PORTS4_HW, "pynqz2": pynqz2, "pipelined": pipelined}[hw_name]
+    return {"default": DEFAULT_HW, "ports4": PORTS4_HW, "ports6": PORTS6_HW, "pynqz2": pynqz2,
+            "pipelined": pipelined}[hw_name]
 
 
 def set_seed(seed: int) -> None:
@@ -221,6 +223,7 @@ def main() -> int:
                     help=f"comma-separated read latencies of the simulated DDR, cycles (default {RD_LATENCY})")
     ap.add_argument("--logits", default="yes,no", help="runs with logits written (yes), without (no), or both")
     ap.add_argument("--hw", default="default", help="comma-separated builds: default (one weight port), ports4, "
+                                                     "ports6 (every HP and HPC port of a ZynqMP), "
                                                      "pynqz2 (64-bit bus, 2 ports x 1 engine, max_tokens 2), "
                                                      "pipelined (default with the pipelined vector units)")
     ap.add_argument("--memory", default="ideal", help="comma-separated: ideal (the default simulated DDR), realistic "
@@ -296,7 +299,8 @@ def main() -> int:
                 + "".join(f"; `{c}`" for c in recorded.get("latency_commands", []) + recorded.get("memory_commands", []))
                 + "; model cycles (modeled) from `mmfree.sim.perf.pass_cycles` with the same bus, compared by "
                   "`python bench/perf_validate.py --from-record --hw default,ports4 --record`. Builds: `default` = one "
-                  "weight port, 2 ternary engines; `ports4` = four weight ports (m_axi + m_axi_w1..3), 8 engines; `pynqz2` = "
+                  "weight port, 2 ternary engines; `ports4` = four weight ports (m_axi + m_axi_w1..3), 8 engines; `ports6` = "
+                  "six weight ports (m_axi + m_axi_w1..5: HP0-HP3 and HPC0-HPC1), 12 engines; `pynqz2` = "
                   "64-bit bus, two weight ports x 1 engine, max_tokens 2, max_width 1024 (the PYNQ-Z2's shape); `pipelined` = "
                   "`default` with the pipelined vector units (`--pipelined-units`). Memory "
                   "`ideal`: the default simulated DDR; `realistic (board)`: its realistic option with that board's DDR "

@@ -78,7 +78,7 @@ class BuildConfig:
     hp_ports: list[str]
     gp_port: str
     ps_config: dict = field(default_factory=dict)
-    #: AXI masters the weight stream is spread over (1, 2 or 4; HwConfig.weight_ports)
+    #: AXI masters the weight stream is spread over (one of RM.WEIGHT_PORT_CHOICES; HwConfig.weight_ports)
     weight_ports: int = 1
     #: ternary engines per weight port (1 or 2; HwConfig.matvec_engines)
     matvec_engines: int = 2
@@ -114,8 +114,9 @@ class BuildConfig:
 
 DEFAULT_MAX_WIDTH = PARAMS.BOARD_MAX_WIDTH
 DEFAULT_MAX_TOKENS = PARAMS.BOARD_MAX_TOKENS
-#: AXI masters a build may stream weights through (HwConfig.weight_ports)
-WEIGHT_PORT_CHOICES = (1, 2, 4)
+#: AXI masters a build may stream weights through (HwConfig.weight_ports; the register map's list)
+WEIGHT_PORT_CHOICES = RM.WEIGHT_PORT_CHOICES
+_CHOICES_TEXT = ", ".join(map(str, WEIGHT_PORT_CHOICES))
 
 
 def masters(weight_ports: int) -> list[str]:
@@ -156,8 +157,8 @@ def _ports_for(b, weight_ports: int | None) -> tuple[int, list[str]]:
                           f"[\"S_AXI_HP0\", ...]), got {names!r}")
     board_n = build.get("weight_ports", PARAMS.BOARD_WEIGHT_PORTS)
     if type(board_n) is not int or board_n not in WEIGHT_PORT_CHOICES:
-        raise MmfreeError(f"{where}: field 'build.weight_ports' must be 1, 2 or 4 (AXI masters streaming weights, "
-                          f"one HP port each), got {board_n!r}; set it to one of those or remove it (default 1)")
+        raise MmfreeError(f"{where}: field 'build.weight_ports' must be one of {_CHOICES_TEXT} (AXI masters streaming "
+                          f"weights, one HP port each), got {board_n!r}; set it to one of those or remove it (default 1)")
     if board_n > len(names):
         raise MmfreeError(f"{where}: field 'build.weight_ports' is {board_n} but hp_ports.names lists only "
                           f"{len(names)} HP port(s); lower build.weight_ports or list the board's HP ports")
@@ -181,12 +182,12 @@ def _ports_for(b, weight_ports: int | None) -> tuple[int, list[str]]:
     if weight_ports is None:
         return board_n, _check_ports(b, list(used))
     if type(weight_ports) is not int or weight_ports not in WEIGHT_PORT_CHOICES:
-        raise MmfreeError(f"--weight-ports {weight_ports!r}: the accelerator streams weights through 1, 2 or 4 AXI "
-                          "masters; choose one of those")
+        raise MmfreeError(f"--weight-ports {weight_ports!r}: the accelerator streams weights through {_CHOICES_TEXT} "
+                          "AXI masters; choose one of those")
     if weight_ports > len(names):
         most = max(n for n in WEIGHT_PORT_CHOICES if n <= len(names))
         raise MmfreeError(f"--weight-ports {weight_ports} is more than the {len(names)} HP port(s) of the {b.name} "
-                          f"(board file hp_ports.names); choose at most {most}")
+                          f"(board file hp_ports.names: {', '.join(names)}); choose at most {most}")
     order = list(used) + [n for n in names if n not in used]
     return weight_ports, _check_ports(b, order[:weight_ports])
 
@@ -564,6 +565,8 @@ def _data_paths(cfg: BuildConfig) -> str:
     for p, (m, hp) in enumerate(zip(masters(n), cfg.hp_ports)):
         what = ("every transfer" if n == 1 else "every transfer but the other ports' weight rows") \
             if p == 0 else f"weight rows {p} mod {n}, read only"
+        if "HPC" in hp:          # ARCACHE 0b0011: AxCACHE[3:2] = 0, so the CCI does not snoop (UG1085)
+            what += "; HPC port used non-coherently: ARCACHE 0b0011 has AxCACHE[3:2] = 0, not snooped, as on HP"
         out.append(_tcl("data_path", MASTER=m, WHAT=what, HP_PORT=hp, BUS_BITS=8 * cfg.bus_bytes, SUFFIX=_suffix(m)))
     return "\n".join(out)
 

@@ -39,7 +39,8 @@ def register(sub) -> None:
                         "2.7B (I = 6912); default: the board file's build.max_width, else 4096 "
                         f"({board_defaults('max_width', PARAMS.BOARD_MAX_WIDTH)})")
     b.add_argument("--weight-ports", type=int, default=None, metavar="N",
-                   help="AXI masters streaming weights, one HP port each: 1, 2 or 4, at most the board's HP ports; "
+                   help="AXI masters streaming weights, one HP port each: 1, 2, 4 or 6 (6: HP0-HP3 and HPC0-HPC1 of a ZynqMP), "
+                        "at most the board's HP ports; "
                         f"default: the board file's build.weight_ports, else {PARAMS.BOARD_WEIGHT_PORTS} "
                         f"({board_defaults('weight_ports', PARAMS.BOARD_WEIGHT_PORTS)})")
     b.add_argument("--max-tokens", type=int, default=None, metavar="K",

@@ -56,7 +56,8 @@ class HwConfig:
     widest vector (d and I) the on-chip buffers hold, a power of two (reported in units of
     :data:`isa.WIDTH_UNIT`); ``matvec_engines``: rows per weight port the lock-step ternary engine computes side
     by side (its ways; 2 consume weights twice as fast as one port delivers them, so prefetched rows catch
-    up after vector passes); ``weight_ports``: AXI masters the weight stream is spread over (1, 2 or 4;
+    up after vector passes); ``weight_ports``: AXI masters the weight stream is spread over (one of
+    :data:`regmap.WEIGHT_PORT_CHOICES`: 1, 2, 4 or 6, every HP and HPC port of a ZynqMP;
     ``m_axi`` plus ``m_axi_w1``..): port ``p`` reads rows ``p, p + P, ...`` of every matrix (strided bursts,
     one row per burst group, so the DDR image is the same for every build) into its ``matvec_engines``
     weight queues; row ``r`` is way ``r mod (weight_ports x matvec_engines)``; ``draft_vocab``: rows of the
@@ -82,8 +83,9 @@ class HwConfig:
             raise ValueError(f"max_tokens must be an integer in 1..16, got {self.max_tokens}")
         if self.matvec_engines not in (1, 2):
             raise ValueError(f"matvec_engines must be 1 or 2, got {self.matvec_engines}")
-        if self.weight_ports not in (1, 2, 4):
-            raise ValueError(f"weight_ports must be 1, 2 or 4, got {self.weight_ports}")
+        if self.weight_ports not in RM.WEIGHT_PORT_CHOICES:
+            raise ValueError(f"weight_ports must be one of {', '.join(map(str, RM.WEIGHT_PORT_CHOICES))}, "
+                             f"got {self.weight_ports!r}")
         if not isinstance(self.max_width, int) or self.max_width < I.WIDTH_UNIT \
                 or self.max_width & (self.max_width - 1) or self.max_width > N.MAX_K:
             raise ValueError(f"max_width must be a power of two in {I.WIDTH_UNIT}..{N.MAX_K}, got {self.max_width}")

@@ -3,7 +3,9 @@
 :class:`WeightFetch`: each weight fetch of the sequencer goes to every weight port's queue; port p reads rows
 ``p, p + P, ...`` of the matrix (one strided reader command: a burst group per row; with one port one
 contiguous command) into its route queue -> row router -> the queues of its ways (way e takes rows
-``e, e + E, ...``; port p feeds ways ``p, p + P, ...``, alternating per row).
+``e, e + E, ...``; port p feeds ways ``p, p + P, ...``, alternating per row). P and E need not be powers of two
+(6 ports: every HP and HPC port of a ZynqMP): the row counts are then constant divisions
+(:func:`~mmfree.rtl.pipeline.div_const`), no divider.
 
 :class:`MatvecEngine`: the weight stream of the next command is requested while the current one runs; one
 lock-step :class:`~mmfree.rtl.matvec.TernaryMatVec` with ``hw.engines`` ways takes a beat of ``hw.engines``
@@ -29,6 +31,7 @@ from mmfree.rtl.axi import row_cmd_layout
 from mmfree.rtl.buffers import TOKEN_BUFFERS, maxabs_feed, read_port, row_write, write_port
 from mmfree.rtl.compiler import HwConfig
 from mmfree.rtl.matvec import TernaryMatVec, act_layout
+from mmfree.rtl.pipeline import div_const
 from mmfree.rtl.sequencer import dispatch_layout, fetch_layout
 from mmfree.rtl.vector_engine import slot_token
 
@@ -70,12 +73,30 @@ class WeightFetch(wiring.Component):
             m.submodules[f"fetchq{p}"] = fqs[p]
             all_rdy = all_rdy & fqs[p].w_rdy
         m.d.comb += self.fetch.ready.eq(all_rdy)
+        port_fetch = self._port_fetches(m)
         for p in range(P):
-            m.d.comb += [fqs[p].w_data.eq(self.fetch.payload), fqs[p].w_en.eq(self.fetch.valid & all_rdy)]
+            m.d.comb += [fqs[p].w_data.eq(port_fetch[p]), fqs[p].w_en.eq(self.fetch.valid & all_rdy)]
             m.submodules[f"routeq{p}"] = rq = fifo.SyncFIFO(width=48, depth=I.PREFETCH_DEPTH + 1)
             self._port_command(m, p, fqs[p], rq)
             self._route(m, p, rq, [wq[p + j * P] for j in range(hw.matvec_engines)])
         return m
+
+    def _port_fetches(self, m):
+        """What each port's fetch queue stores of a fetch: the fetch itself with a power-of-two P (the port's rows are
+        a shift of it at the queue's head); otherwise the fetch with ``rows`` replaced by the port's own row count
+        ``q + (p < r)`` (``q, r = divmod(rows, P)``, one constant division, :func:`~mmfree.rtl.pipeline.div_const`,
+        on the way in, so the queue's head needs no division)."""
+        P, fetch = self.hw.weight_ports, self.fetch.payload
+        if P & (P - 1) == 0:
+            return [fetch] * P
+        q, r = Signal(32, name="fetch_rows_q"), Signal(range(P), name="fetch_rows_r")
+        m.d.comb += [q.eq(div_const(fetch.rows, P)), r.eq(fetch.rows - q * P)]
+        out = []
+        for p in range(P):
+            f = Signal(fetch_layout(self.addr_width), name=f"fetch_in{p}")
+            m.d.comb += [f.eq(fetch), f.rows.eq(q + (r > p))]
+            out.append(f)
+        return out
 
     def _port_command(self, m, p, fq, rq):
         """Port p's reader command for the fetch at the head of its queue (rows p, p + P, ...); its rows and
@@ -88,6 +109,11 @@ class WeightFetch(wiring.Component):
         if P == 1:
             m.d.comb += [rows_p.eq(head.rows), cmd.payload.addr.eq(head.addr),
                          cmd.payload.beats.eq(head.rows * head.bpr), cmd.payload.rows.eq(1), cmd.payload.stride.eq(0)]
+        elif P & (P - 1):               # the queue holds this port's own row count (_port_fetches)
+            rb = Signal(self.addr_width, name=f"row_bytes{p}")
+            m.d.comb += [rb.eq(head.bpr << sh_bus), rows_p.eq(head.rows),
+                         cmd.payload.addr.eq(head.addr + rb * p), cmd.payload.beats.eq(head.bpr),
+                         cmd.payload.rows.eq(rows_p), cmd.payload.stride.eq(rb * P)]
         else:
             rb = Signal(self.addr_width, name=f"row_bytes{p}")
             m.d.comb += [rb.eq(head.bpr << sh_bus), rows_p.eq((head.rows + (P - 1 - p)) >> (P.bit_length() - 1)),
@@ -202,7 +228,11 @@ class MatvecEngine(wiring.Component):
         queue has it (the last group of a matrix whose rows are not a multiple of E has absent ways: zero
         weights, nothing popped, results dropped)."""
         E, mv, cur = self.hw.engines, s.mv, s.cur
-        m.d.comb += [mv.cmd.payload.rows.eq((cur.rows + (E - 1)) >> (E.bit_length() - 1) if E > 1 else cur.rows),
+        if E & (E - 1):                 # groups of E rows: ceil(rows / E) by a constant division
+            groups = div_const(cur.rows + (E - 1), E)
+        else:
+            groups = (cur.rows + (E - 1)) >> (E.bit_length() - 1) if E > 1 else cur.rows
+        m.d.comb += [mv.cmd.payload.rows.eq(groups),
                      mv.cmd.payload.beats.eq(cur.bpr), mv.cmd.payload.bank.eq(cur.bank)]
         with m.If(s.cmd_fire):
             m.d.sync += s.started.eq(1)

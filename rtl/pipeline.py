@@ -219,6 +219,25 @@ def width_for(n: int) -> int:
     return max(1, int(n).bit_length())
 
 
+def div_const(x: Value, d: int) -> Value:
+    """``x // d`` of an unsigned value ``x`` for a constant ``d >= 1``, exact for every ``x`` of its width, with no
+    divider: the power-of-two factor of ``d`` is a shift; an odd factor ``o > 1`` is a multiply by the constant
+    ``ceil(2**(w + l) / o)`` and a shift by ``w + l`` (``w``: bits left after the shift, ``l``: bits of ``o``),
+    exact because ``m * o - 2**(w + l) < o <= 2**l`` (Granlund and Montgomery, 1994). The result has ``x``'s
+    width. Raises ValueError for ``d < 1`` or a signed ``x``."""
+    x = Value.cast(x)
+    if not isinstance(d, int) or d < 1 or x.shape().signed:
+        raise ValueError(f"div_const divides an unsigned value by an integer >= 1, got d = {d!r} for {x.shape()}")
+    width = x.shape().width
+    t = (d & -d).bit_length() - 1
+    odd = d >> t
+    q = x >> t if t else x
+    if odd > 1:
+        w, lo = max(1, width - t), odd.bit_length()
+        q = (q * (-(-(1 << (w + lo)) // odd))) >> (w + lo)
+    return q[:width]
+
+
 def absval(x: Value) -> Value:
     """|x| as an unsigned value of the same width (|INT_MIN| = 2**(w-1) fits)."""
     x = Value.cast(x)

@@ -67,8 +67,12 @@ TOP_NAME = "mmfree_accel"
 PORT_AXI_MASTER = "m_axi"        # AXI4 master to DDR: m_axi__araddr, m_axi__rdata, ...
 PORT_AXI_LITE = "s_axil"         # AXI4-Lite slave: s_axil__awaddr, ...
 PORT_IRQ = "irq"                 # level-high interrupt, cleared by writing IRQ_STATUS
-#: Most AXI masters the accelerator streams weights through (``m_axi`` and ``m_axi_w1`` .. ``m_axi_w3``).
-MAX_WEIGHT_PORTS = 4
+#: AXI masters a build may stream weights through (``HwConfig.weight_ports``, ``build.weight_ports``,
+#: ``--weight-ports``): every HP port of a ZynqMP (HP0-HP3 and HPC0-HPC1) at most. Row ``r`` of a matrix goes to port
+#: ``r mod P``; 6 is not a power of two, so the weight fetch divides by a constant (``rtl.pipeline.div_const``).
+WEIGHT_PORT_CHOICES = (1, 2, 4, 6)
+#: Most AXI masters the accelerator streams weights through (``m_axi`` and ``m_axi_w1`` .. ``m_axi_w5``).
+MAX_WEIGHT_PORTS = max(WEIGHT_PORT_CHOICES)
 
 
 def weight_port(p: int) -> str:
@@ -235,6 +239,11 @@ def fields_of(name: str) -> tuple[Field, ...]:
     return REG[name].fields
 
 
+# the one check of MAX_WEIGHT_PORTS against the width of the HW_CONFIG field that reports it
+if MAX_WEIGHT_PORTS >= 1 << next(f.width for f in fields_of("HW_CONFIG") if f.name == "weight_ports"):
+    raise RegisterFieldError(f"MAX_WEIGHT_PORTS = {MAX_WEIGHT_PORTS} does not fit HW_CONFIG's weight_ports field")
+
+
 def encode(name: str, **fields: int) -> int:
     """The 32-bit value of register ``name`` with these fields (others 0), e.g. ``encode("CONTROL", start=1)``.
     RegisterFieldError names the register and field when a field is unknown or its value does not fit."""
@@ -391,13 +400,14 @@ def decode_hw_config(value: int) -> dict:
 
 def encode_hw_config(bus_bytes: int, lanes: int, max_tokens: int, weight_ports: int = 1,
                      pipelined_units: bool = False) -> int:
-    """HW_CONFIG of a build (bus_bytes, lanes, max_tokens each 1..255; weight_ports 1..MAX_WEIGHT_PORTS;
+    """HW_CONFIG of a build (bus_bytes, lanes, max_tokens each 1..255; weight_ports one of WEIGHT_PORT_CHOICES;
     pipelined_units a bool)."""
     for name, v in (("bus_bytes", bus_bytes), ("lanes", lanes), ("max_tokens", max_tokens)):
         if not 0 < v < 256:
             raise RegisterFieldError(f"{name} must be in 1..255, got {v}")
-    if not 1 <= weight_ports <= MAX_WEIGHT_PORTS:
-        raise RegisterFieldError(f"weight_ports must be in 1..{MAX_WEIGHT_PORTS}, got {weight_ports}")
+    if weight_ports not in WEIGHT_PORT_CHOICES:
+        raise RegisterFieldError(f"weight_ports must be one of {', '.join(map(str, WEIGHT_PORT_CHOICES))}, "
+                                 f"got {weight_ports}")
     return encode("HW_CONFIG", bus_bytes=bus_bytes, lanes=lanes, max_tokens=max_tokens, weight_ports=weight_ports,
                   pipelined_units=int(bool(pipelined_units)))
 

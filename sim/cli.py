@@ -7,6 +7,7 @@ import sys
 from mmfree import MmfreeError
 from mmfree.cli import add_subcommand, print_json
 from mmfree.cli_args import DEFAULT_PROMPT, add_json, add_model, add_prompt, parse_ids, stream_prompts
+from mmfree.rtl import regmap as RM
 
 
 def register(sub) -> None:
@@ -39,9 +40,9 @@ def register(sub) -> None:
                    help="do not write logits to DDR (argmax and states are still compared)")
     p.add_argument("--memory", choices=["hdl", "python"], default="hdl",
                    help="hdl: Verilog DDR model (fast); python: cocotbext-axi AxiRam (protocol checks, slow)")
-    p.add_argument("--weight-ports", type=int, choices=[1, 2, 4], default=1,
-                   help="AXI masters streaming weights in the simulated build (4: the KV260/ZCU104 build; each "
-                        "other value is its own Verilator build, minutes the first time)")
+    p.add_argument("--weight-ports", type=int, choices=RM.WEIGHT_PORT_CHOICES, default=1,
+                   help="AXI masters streaming weights in the simulated build (4: the KV260/ZCU104 build; 6: every "
+                        "HP and HPC port of a ZynqMP; each value is its own Verilator build, minutes the first time)")
     p.add_argument("--waves", action="store_true",
                    help="write a waveform (FST, or VCD without the lz4 headers) and print its path")
     add_json(p)

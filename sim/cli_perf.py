@@ -9,6 +9,7 @@ from mmfree import MmfreeError
 from mmfree.cli import add_subcommand, print_json
 from mmfree.cli_args import add_board, add_json, add_model, board_defaults
 from mmfree.rtl import params as PARAMS
+from mmfree.rtl import regmap as RM
 
 
 def register(sub) -> None:
@@ -38,7 +39,7 @@ def register(sub) -> None:
     p.add_argument("--engines", type=int, default=None, choices=[1, 2],
                    help="ternary matvec engines per weight port (default: the board file's build.matvec_engines, "
                         f"else {PARAMS.BOARD_MATVEC_ENGINES}: {board_defaults('matvec_engines', PARAMS.BOARD_MATVEC_ENGINES)})")
-    p.add_argument("--weight-ports", type=int, default=None, choices=[1, 2, 4],
+    p.add_argument("--weight-ports", type=int, default=None, choices=RM.WEIGHT_PORT_CHOICES,
                    help="AXI masters streaming weights, each on its own HP port (default: the board file's "
                         f"build.weight_ports, else {PARAMS.BOARD_WEIGHT_PORTS}: "
                         f"{board_defaults('weight_ports', PARAMS.BOARD_WEIGHT_PORTS)})")

@@ -211,6 +211,7 @@ def default_hw(dims: LY.Dims, board=None, k: int = 1, bus_bits: int | None = Non
     build = (board.raw.get("build") or {}) if board is not None else {}
     if weight_ports is None:
         weight_ports = int(build.get("weight_ports", PARAMS.BOARD_WEIGHT_PORTS))
+    _check_weight_ports(weight_ports, board)
     if matvec_engines is None:
         matvec_engines = int(build.get("matvec_engines", PARAMS.BOARD_MATVEC_ENGINES))
     if pipelined_units is None:
@@ -220,6 +221,19 @@ def default_hw(dims: LY.Dims, board=None, k: int = 1, bus_bits: int | None = Non
                               f"{pipelined_units!r}; set it or remove it (default false)")
     return HwConfig(bus_bytes=bus_bits // 8, max_tokens=max(1, k), max_width=width, matvec_engines=matvec_engines,
                     weight_ports=weight_ports, pipelined_units=bool(pipelined_units))
+
+
+def _check_weight_ports(weight_ports: int, board) -> None:
+    """One clear error for a weight-port count the accelerator cannot be built with (``RM.WEIGHT_PORT_CHOICES``) or
+    that exceeds the board's HP ports (board file ``hp_ports.names``: 4 on PYNQ-Z2, 6 with HPC0/HPC1 on a ZynqMP)."""
+    if weight_ports not in RM.WEIGHT_PORT_CHOICES:
+        raise MmfreeError(f"--weight-ports / build.weight_ports {weight_ports!r}: the accelerator streams weights through "
+                          f"{', '.join(map(str, RM.WEIGHT_PORT_CHOICES))} AXI masters; choose one of those")
+    names = (board.hp_ports.get("names") or []) if board is not None else None
+    if names and weight_ports > len(names):
+        raise MmfreeError(f"--weight-ports {weight_ports} is more than the {len(names)} HP port(s) of the {board.name} "
+                          f"(board file hp_ports.names: {', '.join(names)}); choose at most "
+                          f"{max(n for n in RM.WEIGHT_PORT_CHOICES if n <= len(names))}")
 
 
 def ternary_weights(dims: LY.Dims) -> int:

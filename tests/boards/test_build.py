@@ -39,7 +39,7 @@ PORTS = {
     "kv260": (4, ["S_AXI_HP0_FPD", "S_AXI_HP1_FPD", "S_AXI_HP2_FPD", "S_AXI_HP3_FPD"]),
     "zcu104": (4, ["S_AXI_HP0_FPD", "S_AXI_HP1_FPD", "S_AXI_HP2_FPD", "S_AXI_HP3_FPD"]),
 }
-MASTERS = ["m_axi", "m_axi_w1", "m_axi_w2", "m_axi_w3"]
+MASTERS = ["m_axi", "m_axi_w1", "m_axi_w2", "m_axi_w3", "m_axi_w4", "m_axi_w5"]
 
 
 @pytest.mark.parametrize("board", sorted(BOARDS))
@@ -149,7 +149,7 @@ def test_wrapper_ports_follow_the_regmap():
     assert not re.search(r"m_axi_w\d", one) and "ASSOCIATED_BUSIF m_axi:s_axil," in one
     assert "ASSOCIATED_BUSIF m_axi:m_axi_w1:m_axi_w2:m_axi_w3:s_axil," in v
     maxi, _ = B._axi_ports(cfg)
-    for m in MASTERS:
+    for m in MASTERS[:4]:
         for name, width, d in maxi:
             io = "output" if d == "o" else "input "
             assert f"{io} wire [{width - 1}:0] {m}_{name}," in v or f"{io} wire [{width - 1}:0] {m}_{name}\n" in v
@@ -160,6 +160,10 @@ def test_wrapper_ports_follow_the_regmap():
     assert "m_axi_w4" not in v
     two = B.wrapper_verilog(B.config_for("pynq-z2", weight_ports=2))
     assert "output wire [31:0] m_axi_w1_araddr" in two and "m_axi_w2_" not in two
+    six = B.wrapper_verilog(B.config_for("kv260", weight_ports=6))       # HP0-HP3 + HPC0-HPC1
+    assert "parameter WEIGHT_PORTS = 6" in six and six.count("PROTOCOL AXI4, DATA_WIDTH 128, ADDR_WIDTH 40") == 6
+    assert "ASSOCIATED_BUSIF m_axi:m_axi_w1:m_axi_w2:m_axi_w3:m_axi_w4:m_axi_w5:s_axil," in six
+    assert "output wire [39:0] m_axi_w5_araddr" in six and "m_axi_w6" not in six
 
 
 @pytest.mark.sim
@@ -216,7 +220,8 @@ def _tcl_calls(script: str) -> list[list[str]]:
 
 
 @pytest.mark.parametrize("board,weight_ports", [("pynq-z2", None), ("kv260", None), ("zcu104", None),
-                                                ("pynq-z2", 4), ("kv260", 2), ("zcu104", 1)])
+                                                ("pynq-z2", 4), ("kv260", 2), ("zcu104", 1), ("kv260", 6),
+                                                ("zcu104", 6)])
 def test_tcl_runs_and_wires_each_master_to_its_hp_port(board, weight_ports):
     """block_design.tcl and package_ip.tcl run under Tcl (stubbed Vivado); each AXI master goes through its own
     SmartConnect to its own HP port, gets that port's DDR segment and no other; the PS enables exactly those
@@ -250,7 +255,8 @@ def test_tcl_runs_and_wires_each_master_to_its_hp_port(board, weight_ports):
             assert f"{ps}/{port}_ACLK" in clocked
         else:
             assert f"CONFIG.PSU__USE__S_AXI_GP{i} 1" in props and f"CONFIG.PSU__SAXIGP{i}__DATA_WIDTH 128" in props
-            assert f"{ps}/saxihp{i - 2}_fpd_aclk" in clocked
+            # HP0..3 FPD are S_AXI_GP2..5 (pins saxihp0..3_fpd_aclk), HPC0/1 FPD are S_AXI_GP0/1 (saxihpc0/1_fpd_aclk)
+            assert f"{ps}/" + (f"saxihp{i - 2}_fpd_aclk" if i >= 2 else f"saxihpc{i}_fpd_aclk") in clocked
     use = re.findall(r"CONFIG\.PCW_USE_S_AXI_HP\d 1|CONFIG\.PSU__USE__S_AXI_GP\d 1", props)
     assert len(use) == n
     # the IP package
@@ -301,6 +307,12 @@ def test_weight_ports_default_and_override(tmp_path):
     z2 = B.config_for("pynq-z2")
     assert (z2.hw.weight_ports, z2.hw.matvec_engines, z2.hw.engines) == (2, 1, 2)
     assert B.config_for("kv260").hw.engines == 8
+    # six ports: the four HP ports, then HPC0 and HPC1 (every 128-bit PS slave port of a ZynqMP), 12 engines
+    for board in ("kv260", "zcu104"):
+        six = B.config_for(board, weight_ports=6)
+        assert six.hp_ports == [f"S_AXI_HP{n}_FPD" for n in range(4)] + ["S_AXI_HPC0_FPD", "S_AXI_HPC1_FPD"]
+        assert (six.hw.weight_ports, six.hw.engines) == (6, 12)
+        assert "HPC port used non-coherently: ARCACHE 0b0011" in B.block_design_tcl(six)
     # the build parameters follow
     one, four = B.config_for("kv260", weight_ports=1), B.config_for("kv260")
     assert B._source_key(one) != B._source_key(four)
@@ -316,9 +328,10 @@ def test_weight_ports_default_and_override(tmp_path):
      r"field 'hp_ports.used' names 'S_AXI_HP9_FPD', which is not one of hp_ports.names \(S_AXI_HP0_FPD, "),
     ({"weight_ports": 2}, {"used": ["S_AXI_HP1_FPD", "S_AXI_HP1_FPD"]},
      r"field 'hp_ports.used' names S_AXI_HP1_FPD more than once: each AXI master needs its own HP port"),
-    ({"weight_ports": 3}, {}, r"field 'build.weight_ports' must be 1, 2 or 4 .*got 3; set it to one of those"),
-    ({"weight_ports": True}, {}, r"field 'build.weight_ports' must be 1, 2 or 4"),
-    ({"weight_ports": 2.0}, {}, r"field 'build.weight_ports' must be 1, 2 or 4"),
+    ({"weight_ports": 3}, {}, r"field 'build.weight_ports' must be one of 1, 2, 4, 6 .*got 3; set it to one of those"),
+    ({"weight_ports": 5}, {}, r"field 'build.weight_ports' must be one of 1, 2, 4, 6 .*got 5; set it to one of those"),
+    ({"weight_ports": True}, {}, r"field 'build.weight_ports' must be a positive integer \(AXI masters"),
+    ({"weight_ports": 2.0}, {}, r"field 'build.weight_ports' must be a positive integer \(AXI masters"),
     ({"weight_ports": 4}, {"names": ["S_AXI_HP0_FPD", "S_AXI_HP1_FPD"], "used": None},
      r"field 'build.weight_ports' is 4 but hp_ports.names lists only 2 HP port\(s\)"),
     ({"weight_ports": 1}, {"names": ["S_AXI_ACP_FPD"], "used": None},
@@ -331,8 +344,12 @@ def test_bad_weight_port_fields_name_the_field(tmp_path, build, hp, needle):
 
 
 def test_weight_ports_option_is_checked(tmp_path, capsys):
-    with pytest.raises(MmfreeError, match=r"--weight-ports 3: the accelerator streams weights through 1, 2 or 4"):
+    with pytest.raises(MmfreeError, match=r"--weight-ports 3: the accelerator streams weights through 1, 2, 4, 6"):
         B.config_for("kv260", weight_ports=3)
+    # PYNQ-Z2: HP0..HP3 only, no HPC ports
+    with pytest.raises(MmfreeError, match=r"--weight-ports 6 is more than the 4 HP port\(s\) of the pynq-z2 \(board "
+                                          r"file hp_ports.names: S_AXI_HP0, .*S_AXI_HP3\); choose at most 4"):
+        B.config_for("pynq-z2", weight_ports=6)
     two = _board_file(tmp_path, build={"weight_ports": 2}, names=["S_AXI_HP0_FPD", "S_AXI_HP1_FPD"], used=None)
     with pytest.raises(MmfreeError, match=r"--weight-ports 4 is more than the 2 HP port\(s\) of the kv260 .*at most 2"):
         B.config_for(two, weight_ports=4)

@@ -160,3 +160,21 @@ def test_build_writes_the_simulated_overlay(tmp_path):
     assert int(_parser(bit).ip_dict["mmfree_accel_0"]["parameters"]["WEIGHT_PORTS"]) == cfg.weight_ports
     m = write_project(config_for("pynq-z2"), tmp_path / "z2", v)
     assert not any(f.startswith("sim/") for f in m["files"])
+
+
+def test_six_port_build_through_the_overlay(capsys, model, tmp_path):
+    """A six-weight-port KV260 build (`mmfree build --weight-ports 6`: HP0-HP3 + HPC0-HPC1): its simulated overlay's
+    .hwh carries WEIGHT_PORTS 6, the driver reads 6 ports from HW_CONFIG, and a run through pynq's stack is
+    bit-exact (the driver needs nothing port-specific: the extra masters only read DDR)."""
+    from mmfree.boards.build import config_for
+    from mmfree.boards.hwh import write_sim_overlay
+
+    _, ref = model
+    cfg = config_for("kv260", weight_ports=6)
+    assert cfg.hp_ports[4:] == ["S_AXI_HPC0_FPD", "S_AXI_HPC1_FPD"]
+    bit = write_sim_overlay(tmp_path, load_board("kv260"), cfg.hw, cfg.clock_mhz)
+    assert int(_parser(bit).ip_dict["mmfree_accel_0"]["parameters"]["WEIGHT_PORTS"]) == 6
+    assert RM.decode_hw_config(cfg.hw.hw_config_reg)["weight_ports"] == 6
+    rc = main(["run", "--board", "pynq-sim", "--bitstream", str(bit), "--prompt", PROMPT, "--tokens", "3", "--json"])
+    res = json.loads(capsys.readouterr().out)
+    assert rc == 0 and res["bit_exact"] is True and res["tokens"] == ref[:3]

@@ -316,17 +316,18 @@ def _matvec_top(hw):
     return m, dut, norm
 
 
-@pytest.mark.parametrize("ports", [1, 2])
+@pytest.mark.parametrize("ports,rows", [(1, 23), (2, 23), (6, 23), (6, 5)])
 @pytest.mark.parametrize("k", [1, 2])
-def test_matvec_engine_matches_reference(ports, k):
-    """MATVEC with every epilogue on random ternary weights (rows not a multiple of the ways): T0-2 (STORE,
-    HEAD), X rows (RESID: saturate(X + y)), A rows (GLU: silu(T0) * y), the argmax and the X / A shifts equal
-    the reference; tokens >= k write nothing."""
+def test_matvec_engine_matches_reference(ports, rows, k):
+    """MATVEC with every epilogue on random ternary weights (rows not a multiple of the ways; six ports: 23 rows,
+    not a multiple of 6 or of the 12 ways, and 5 rows, fewer than the ports): T0-2 (STORE, HEAD), X rows (RESID:
+    saturate(X + y)), A rows (GLU: silu(T0) * y), the argmax and the X / A shifts equal the reference; tokens >= k
+    write nothing."""
     hw = HwConfig(bus_bytes=16, max_tokens=2, max_width=64, matvec_engines=2, weight_ports=ports)
     top, dut, norm = _matvec_top(hw)
     sim = _sim(top)
-    rng = np.random.default_rng(ports * 10 + k)
-    K, cols, rows, frac = hw.max_tokens, 50, 23, 12
+    rng = np.random.default_rng(ports * 10 + k + rows)
+    K, cols, frac = hw.max_tokens, 50, 12
     codes = rng.integers(-N.CODE_MAX, N.CODE_MAX + 1, size=(K, cols))
     W = rng.integers(-1, 2, size=(rows, cols))
     M = rng.integers(1 << 20, 1 << 23, size=K)

@@ -64,6 +64,10 @@ def test_hw_and_draft_config_helpers_use_the_tables():
     assert v == RM.encode_hw_config(16, 64, 4, 2, pipelined_units=False)      # the default leaves bit 28 clear
     assert RM.decode_hw_config(RM.encode_hw_config(16, 64, 4, 2, pipelined_units=True))["pipelined_units"] == 1
     assert RM.decode_hw_config(v & 0x00FF_FFFF)["weight_ports"] == 1        # 0 reads as 1 (older bitstreams)
+    six = RM.decode_hw_config(RM.encode_hw_config(16, 128, 2, 6))            # every HP and HPC port of a ZynqMP
+    assert six["weight_ports"] == 6 == RM.MAX_WEIGHT_PORTS and RM.weight_port(5) == "m_axi_w5"
+    with pytest.raises(ValueError, match=r"weight port must be in 1..5, got 6"):
+        RM.weight_port(6)
     assert RM.decode_draft_config(RM.encode_draft_config(10, 4, 3, 8), (7 << 16) | 2) == \
         {"sets_log2": 10, "ways": 4, "slots": 3, "bigram_slots": 8, "inc": 2, "cmax": 7}
     assert RM.decode_draft_config(0, 0) is None
@@ -76,7 +80,8 @@ def test_hw_and_draft_config_helpers_use_the_tables():
     (lambda: RM.encode("FLAGS", tree=-1), r"FLAGS.tree must be in 0..1"),
     (lambda: RM.decode("NOPE", 0), "unknown register"),
     (lambda: RM.encode_hw_config(0, 64, 4), "bus_bytes must be in 1..255"),
-    (lambda: RM.encode_hw_config(16, 64, 4, 5), "weight_ports must be in 1..4"),
+    (lambda: RM.encode_hw_config(16, 64, 4, 5), "weight_ports must be one of 1, 2, 4, 6, got 5"),
+    (lambda: RM.encode_hw_config(16, 64, 4, 7), "weight_ports must be one of 1, 2, 4, 6, got 7"),
     (lambda: layout("NUM_TOKENS"), "NUM_TOKENS has no bit fields"),
 ])
 def test_bad_names_and_values_raise_one_clear_error(call, match):

@@ -16,6 +16,9 @@ SHAPES = {
     "d96": (96, 2, 101, 256),
     "d200": (200, 3, 333, 84),
 }
+#: Shapes only some tests run (not in SHAPES, which others iterate): d64v163's last head chunk has 3 rows (163 = 160 +
+#: 3), fewer than the six-port build's ports.
+EXTRA_SHAPES = {"d64v163": (64, 1, 163, 172)}
 
 
 def spec_digest() -> str:
@@ -35,7 +38,7 @@ def export_random(name: str, seed: int = 0) -> Path:
 
     from mmfree.pymodel.export import export_model
 
-    d, L, V, inter = SHAPES[name]
+    d, L, V, inter = SHAPES[name] if name in SHAPES else EXTRA_SHAPES[name]
     out = cache_dir() / "test-exports" / f"{name}-s{seed}-{spec_digest()}"
     if not (out / "manifest.json").exists():
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pymodel"))

@@ -157,6 +157,34 @@ def test_rtl_weight_ports_bit_exact():
         H.replay_steps(im, steps, results)
 
 
+def test_rtl_six_weight_ports_bit_exact():
+    """The six-weight-port build (sim.accel.PORTS6_HW: every HP and HPC port of a ZynqMP, 12 engines; its own
+    Verilator build, shared with the perf validation): port p reads rows p, p + 6, ... (row r is way r mod 12), row
+    counts from a constant division. Every shape (rows not a multiple of 6: d = 64 / 200, vocabularies 97 / 101 /
+    333; d64v163's last head chunk of 3 rows, fewer than the ports: ports 3..5 have no row of it), chains and trees,
+    k up to 4, bit-exact against IntModel."""
+    from mmfree.sim.accel import PORTS6_HW
+
+    for shape in sorted(H.SHAPES) + ["d64v163"]:
+        im = H.load(shape)
+        steps = H.chain_and_tree_steps(im, np.random.default_rng(13))
+        results, _ = _script(im, steps, hw=PORTS6_HW)
+        H.replay_steps(im, steps, results)
+
+
+def test_rtl_six_weight_ports_default_model():
+    """The six-port build (PORTS6_HW, the build above) generating on the default model (d 240, 4 layers, vocabulary
+    4096: head chunks of 640 rows, not multiples of 6 or of the 12 ways) at k = 1 and k = 4: every pass bit-exact
+    against IntModel, the tokens IntModel's greedy ones."""
+    from mmfree.sim.accel import PORTS6_HW, simulate_generation
+
+    r1 = simulate_generation("default", [1, 2], 3, progress=False, k=1, hw=PORTS6_HW)
+    assert r1["bit_exact"], r1["problems"]
+    r4 = simulate_generation("default", [1, 2], 3, progress=False, k=4, hw=PORTS6_HW)
+    assert r4["bit_exact"], r4["problems"]
+    assert r4["tokens"] == r1["tokens"] and len(r1["tokens"]) == 3
+
+
 def test_rtl_sim_cli_weight_ports(tmp_path):
     """`mmfree sim --weight-ports 4` runs the four-port build (shared with the test above) end to end: bit-exact
     generation, the build reported in the JSON, the bandwidth counted over every port."""

@@ -135,6 +135,32 @@ def test_kv260_13b_against_its_rooflines():
     assert r["fraction_of_roofline"] == pytest.approx(r["tokens_per_s"] / r["roofline_tokens_per_s"])
 
 
+def test_kv260_six_ports_bind_at_the_ddr_aggregate():
+    """Six weight ports (HP0-HP3 + HPC0-HPC1): 6 x 4 GB/s of ports exceed the controller's 16 GB/s aggregate, so the
+    aggregate binds (each port gets an equal sixth) where four ports were each bound by their own cap; the modeled
+    DDR traffic stays within the aggregate, and the extra engines are counted in the resources."""
+    dims = P.dims_for("1.3B")
+    four = P.predict(dims, "kv260", clock_mhz=250)
+    six = P.predict(dims, "kv260", clock_mhz=250, hw=P.default_hw(dims, None, 1, weight_ports=6))
+    assert six["hw"]["weight_ports"] == 6 and six["bus_limited_by"] == "ddr"
+    agg = six["ddr_model"]["aggregate_bytes_per_s"]
+    assert six["bus_rate_beats_per_cycle"] == pytest.approx(agg / (6 * 16 * 250e6))
+    assert six["ddr_bytes_per_s"] <= agg
+    assert six["tokens_per_s"] >= four["tokens_per_s"]
+    assert six["resources"]["lut"] > four["resources"]["lut"] and six["onchip_bits"] > four["onchip_bits"]
+
+
+@pytest.mark.parametrize("board,ports,match", [
+    ("pynq-z2", 6, r"--weight-ports 6 is more than the 4 HP port\(s\) of the pynq-z2 .*choose at most 4"),
+    ("kv260", 3, r"--weight-ports / build.weight_ports 3: .* 1, 2, 4, 6 AXI masters; choose one of those"),
+])
+def test_weight_ports_the_board_lacks_are_refused(board, ports, match):
+    from mmfree.boardfile import load_board
+
+    with pytest.raises(MmfreeError, match=match):
+        P.default_hw(P.dims_for("370M"), load_board(board), 1, weight_ports=ports)
+
+
 def test_bandwidth_bound_scaling():
     """Halving the clock roughly halves tokens/s when the port binds; k with full acceptance multiplies it."""
     dims = P.dims_for("370M")
@@ -224,11 +250,12 @@ def test_recorded_rtl_cycles_within_5_percent():
     """The model against the RTL cycles recorded by bench/perf_validate.py --record (no simulation here)."""
     rec = json.loads((ROOT / "boards" / "data" / "perf_validation.json").read_text())
     from mmfree.rtl.compiler import HwConfig
-    from mmfree.sim.accel import DEFAULT_HW, PORTS4_HW
+    from mmfree.sim.accel import DEFAULT_HW, PORTS4_HW, PORTS6_HW
 
-    n = {"default": 0, "ports4": 0, "pynqz2": 0}
+    n = {"default": 0, "ports4": 0, "ports6": 0, "pynqz2": 0}
     pynqz2 = HwConfig(bus_bytes=8, max_tokens=2, max_width=1024, weight_ports=2, matvec_engines=1)
     builds = [("default", DEFAULT_HW, rec["runs"]), ("ports4", PORTS4_HW, rec.get("runs_by_hw", {}).get("ports4", {})),
+              ("ports6", PORTS6_HW, rec.get("runs_by_hw", {}).get("ports6", {})),
               ("pynqz2", pynqz2, rec.get("runs_by_hw", {}).get("pynqz2", {}))]
     for hw_name, hw, runs_of in builds:
         for name, runs in runs_of.items():
