@@ -5,7 +5,7 @@ on the RTL in Verilator (``mmfree.sim.accel.run_job``, the HDL DDR model: 16 byt
 cycles, logits written); the CYCLES register of each pass is compared with
 ``mmfree.sim.perf.pass_cycles(dims, hw, k, rate=1.0, rd_latency=24, write_logits=True)``.
 
-    python bench/perf_validate.py [--configs d64,d96,...] [--k 1,4] [--hw default|ports4|ports6] [--json] [--record]
+    python bench/perf_validate.py [--configs d64,d96,...] [--k 1,4] [--hw default|ports4|ports6|ports6e1] [--json] [--record]
     python bench/perf_validate.py --configs d64,d96 --hw default,ports4 --same-as-recorded
 
 ``--same-as-recorded``: a refactoring check: simulate and require every counter (cycles, stalls, bytes) of every
@@ -18,7 +18,8 @@ average bus rate and mean latency; recorded under ``realistic_runs[build]``.
 
 ``--hw ports4``: the four-weight-port build (``sim.accel.PORTS4_HW``: m_axi + m_axi_w1..3, each at 16 bytes
 per cycle in the simulated DDR); recorded under ``runs_by_hw["ports4"]``. ``--hw ports6``: the six-port build
-(``sim.accel.PORTS6_HW``: every HP and HPC port of a KV260/ZCU104, 12 engines), the same way.
+(``sim.accel.PORTS6_HW``: every HP and HPC port of a KV260/ZCU104, 12 engines), the same way; ``--hw ports6e1``: six
+ports x one engine (``sim.accel.PORTS6E1_HW``, 6 engines: the KV260 k = 3 build of the acceptance section).
 ``--hw pipelined``: the default build with the pipelined vector units (``HwConfig.pipelined_units``); the model adds
 their latencies (``mmfree.sim.perf.rtl_timing``); recorded under ``runs_by_hw["pipelined"]``.
 
@@ -60,12 +61,13 @@ CONFIGS = {
 }
 RD_LATENCY = PARAMS.SIM_RD_LATENCY                    # the simulated DDR's read latency (cycles)
 #: Builds the bench can validate: name -> sim.accel constant.
-HW_NAMES = ("default", "ports4", "ports6", "pynqz2", "pipelined")
+HW_NAMES = ("default", "ports4", "ports6", "ports6e1", "pynqz2", "pipelined")
 DATA_FILE = ROOT / "boards" / "data" / "perf_validation.json"
 
 
 #: The board whose DDR a build's realistic-memory runs model (sim/ddr.py).
-REALISTIC_BOARD = {"default": "kv260", "ports4": "kv260", "ports6": "kv260", "pynqz2": "pynq-z2", "pipelined": "kv260"}
+REALISTIC_BOARD = {"default": "kv260", "ports4": "kv260", "ports6": "kv260", "ports6e1": "kv260", "pynqz2": "pynq-z2",
+                   "pipelined": "kv260"}
 MEMORIES = ("ideal", "realistic", "random")
 #: Seed of the random back-pressure memory's generators (``+MMFREE_DDR_SEED``).
 RANDOM_SEED = 1
@@ -117,14 +119,14 @@ def parse_rate(key: str) -> float | None:
 
 def hw_for(hw_name: str):
     from mmfree.rtl.compiler import HwConfig
-    from mmfree.sim.accel import DEFAULT_HW, PORTS4_HW, PORTS6_HW
+    from mmfree.sim.accel import DEFAULT_HW, PORTS4_HW, PORTS6_HW, PORTS6E1_HW
 
     # pynqz2: the 64-bit build shaped like the PYNQ-Z2's (tests/sim/test_accel_rtl.py test_rtl_64bit_bus_bit_exact)
     pynqz2 = HwConfig(bus_bytes=8, max_tokens=2, max_width=1024, weight_ports=2, matvec_engines=1)
     # pipelined: the default build with the pipelined vector units (HwConfig.pipelined_units, `--pipelined-units`)
     pipelined = dataclasses.replace(DEFAULT_HW, pipelined_units=True)
-    return {"default": DEFAULT_HW, "ports4": PORTS4_HW, "ports6": PORTS6_HW, "pynqz2": pynqz2,
-            "pipelined": pipelined}[hw_name]
+    return {"default": DEFAULT_HW, "ports4": PORTS4_HW, "ports6": PORTS6_HW, "ports6e1": PORTS6E1_HW,
+            "pynqz2": pynqz2, "pipelined": pipelined}[hw_name]
 
 
 def set_seed(seed: int) -> None:
@@ -223,7 +225,7 @@ def main() -> int:
                     help=f"comma-separated read latencies of the simulated DDR, cycles (default {RD_LATENCY})")
     ap.add_argument("--logits", default="yes,no", help="runs with logits written (yes), without (no), or both")
     ap.add_argument("--hw", default="default", help="comma-separated builds: default (one weight port), ports4, "
-                                                     "ports6 (every HP and HPC port of a ZynqMP), "
+                                                     "ports6 (every HP and HPC port of a ZynqMP), ports6e1 (six ports x 1 engine), "
                                                      "pynqz2 (64-bit bus, 2 ports x 1 engine, max_tokens 2), "
                                                      "pipelined (default with the pipelined vector units)")
     ap.add_argument("--memory", default="ideal", help="comma-separated: ideal (the default simulated DDR), realistic "
@@ -288,7 +290,7 @@ def main() -> int:
             save_record(recorded, hws, lats, mems)
         # the docs table: every recorded run of every build, against the model as it is now
         all_rows = [r for mem in MEMORIES for h in HW_NAMES for n in CONFIGS
-                    for r in compare(h, n, recorded_runs(recorded, h, mem).get(n, {}), (1, 2, 4), memory=mem)]
+                    for r in compare(h, n, recorded_runs(recorded, h, mem).get(n, {}), (1, 2, 3, 4), memory=mem)]
         all_rows.sort(key=lambda r: (MEMORIES.index(r["memory"]), r["rd_latency"] != RD_LATENCY, r["rd_latency"],
                                      -(r.get("rate") or 1)))
         cmds = {"default": recorded.get("command"), **recorded.get("commands", {})}
@@ -300,7 +302,8 @@ def main() -> int:
                 + "; model cycles (modeled) from `mmfree.sim.perf.pass_cycles` with the same bus, compared by "
                   "`python bench/perf_validate.py --from-record --hw default,ports4 --record`. Builds: `default` = one "
                   "weight port, 2 ternary engines; `ports4` = four weight ports (m_axi + m_axi_w1..3), 8 engines; `ports6` = "
-                  "six weight ports (m_axi + m_axi_w1..5: HP0-HP3 and HPC0-HPC1), 12 engines; `pynqz2` = "
+                  "six weight ports (m_axi + m_axi_w1..5: HP0-HP3 and HPC0-HPC1), 12 engines; `ports6e1` = the same six ports x one "
+                  "engine each, 6 engines; `pynqz2` = "
                   "64-bit bus, two weight ports x 1 engine, max_tokens 2, max_width 1024 (the PYNQ-Z2's shape); `pipelined` = "
                   "`default` with the pipelined vector units (`--pipelined-units`). Memory "
                   "`ideal`: the default simulated DDR; `realistic (board)`: its realistic option with that board's DDR "

@@ -306,18 +306,35 @@ def whole_build_timing(name: str, cfg: BuildConfig, timeout: float = 3 * 3600, p
     return T.build_timing(text, RM.TOP_NAME, conf, timeout=timeout, cached_only=cached_only)
 
 
+def _engines_for(b, matvec_engines: int | None) -> int:
+    """Ternary engines per weight port of a build on board ``b``: ``matvec_engines`` (``--engines``) when given,
+    else the board file's ``build.matvec_engines`` (default :data:`PARAMS.BOARD_MATVEC_ENGINES`); 1 or 2."""
+    if matvec_engines is not None:
+        if type(matvec_engines) is not int or matvec_engines not in (1, 2):
+            raise MmfreeError(f"--engines {matvec_engines!r}: the ternary engines per weight port must be 1 or 2; "
+                              "give --engines 1 or --engines 2")
+        return matvec_engines
+    engines = (b.raw.get("build") or {}).get("matvec_engines", PARAMS.BOARD_MATVEC_ENGINES)
+    if type(engines) is not int or engines not in (1, 2):
+        raise MmfreeError(f"board file {b.name}: field 'build.matvec_engines' must be 1 or 2 (ternary engines per "
+                          f"weight port), got {engines!r}; set it or remove it (default 2)")
+    return engines
+
+
 def config_for(board, clock_mhz: float | None = None, max_width: int | None = None, max_tokens: int | None = None,
                weight_ports: int | None = None, draft_engine: bool | None = None,
-               draft_vocab: int | None = None, pipelined_units: bool | None = None) -> BuildConfig:
+               draft_vocab: int | None = None, pipelined_units: bool | None = None,
+               matvec_engines: int | None = None) -> BuildConfig:
     """The build parameters of ``board`` (a name or :class:`~mmfree.boardfile.Board`): AXI width from its
     HP ports, the fabric clock (default: the board file's, at most ``max_clock_mhz``), the widest vector
     (default: the board file's ``build.max_width``, else :data:`DEFAULT_MAX_WIDTH`), the tokens per pass
     (default: the board file's ``build.max_tokens``, else :data:`DEFAULT_MAX_TOKENS`), the weight ports (default:
     the board file's ``build.weight_ports``, else 1), the HP port of each AXI master (``hp_ports.used``,
-    default the first ``weight_ports`` of ``hp_ports.names``; see :func:`_ports_for` for the override), the draft
-    engine (``draft_engine`` / ``draft_vocab``, :func:`_draft_vocab`; default the board file's
-    ``build.draft_vocab``), the pipelined vector units (``pipelined_units``; default the board file's
-    ``build.pipelined_units``, else False) and the fabric clock the PS really generates (:func:`fabric_clock`)."""
+    default the first ``weight_ports`` of ``hp_ports.names``; see :func:`_ports_for` for the override), the ternary
+    engines per weight port (``matvec_engines``, :func:`_engines_for`), the draft engine (``draft_engine`` /
+    ``draft_vocab``, :func:`_draft_vocab`; default the board file's ``build.draft_vocab``), the pipelined vector
+    units (``pipelined_units``; default the board file's ``build.pipelined_units``, else False) and the fabric
+    clock the PS really generates (:func:`fabric_clock`)."""
     from mmfree.boardfile import load_board
     from mmfree.rtl.compiler import HwConfig
 
@@ -336,10 +353,7 @@ def config_for(board, clock_mhz: float | None = None, max_width: int | None = No
         raise MmfreeError(f"--clock-mhz {clock:g} is outside 10..{top:g} MHz for the {b.name} "
                           f"(board file max_clock_mhz); choose a lower clock")
     n_ports, used = _ports_for(b, weight_ports)
-    engines = (b.raw.get("build") or {}).get("matvec_engines", PARAMS.BOARD_MATVEC_ENGINES)
-    if type(engines) is not int or engines not in (1, 2):
-        raise MmfreeError(f"board file {b.name}: field 'build.matvec_engines' must be 1 or 2 (ternary engines per "
-                          f"weight port), got {engines!r}; set it or remove it (default 2)")
+    engines = _engines_for(b, matvec_engines)
     gp = b.raw.get("gp_port")
     if not gp:
         raise MmfreeError(f"board file {b.name}: field 'gp_port' (the PS master port for the AXI4-Lite CSRs) is "
@@ -779,9 +793,10 @@ def check_out(out, force: bool = False, inputs=()) -> Path:
 def build(board: str, out, clock_mhz: float | None = None, do_estimate: bool = False, run_vivado: bool | None = None,
           max_width: int | None = None, max_tokens: int = 4, progress=None, weight_ports: int | None = None,
           force: bool = False, draft_engine: bool | None = None, draft_vocab: int | None = None,
-          pipelined_units: bool | None = None) -> dict:
+          pipelined_units: bool | None = None, matvec_engines: int | None = None) -> dict:
     """``mmfree build``: write the project; run Vivado when it is on PATH (``run_vivado`` None) or when asked.
-    ``weight_ports`` (``--weight-ports``) overrides the board file's ``build.weight_ports``; ``draft_engine`` /
+    ``weight_ports`` (``--weight-ports``) overrides the board file's ``build.weight_ports``, ``matvec_engines``
+    (``--engines``) its ``build.matvec_engines``; ``draft_engine`` /
     ``draft_vocab`` (``--draft-engine``, ``--no-draft-engine``, ``--draft-vocab``) the board file's
     ``build.draft_vocab``, ``pipelined_units`` (``--pipelined-units``) ``build.pipelined_units`` (:func:`config_for`).
     A build whose modeled resources (:func:`modeled_resources`) do not
@@ -791,7 +806,8 @@ def build(board: str, out, clock_mhz: float | None = None, do_estimate: bool = F
 
     b = load_board(board)
     cfg = config_for(b, clock_mhz, max_width=max_width, max_tokens=max_tokens, weight_ports=weight_ports,
-                     draft_engine=draft_engine, draft_vocab=draft_vocab, pipelined_units=pipelined_units)
+                     draft_engine=draft_engine, draft_vocab=draft_vocab, pipelined_units=pipelined_units,
+                     matvec_engines=matvec_engines)
     check_out(out, force)
     out = Path(out)
     say = progress or (lambda m: None)

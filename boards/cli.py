@@ -43,6 +43,12 @@ def register(sub) -> None:
                         "at most the board's HP ports; "
                         f"default: the board file's build.weight_ports, else {PARAMS.BOARD_WEIGHT_PORTS} "
                         f"({board_defaults('weight_ports', PARAMS.BOARD_WEIGHT_PORTS)})")
+    b.add_argument("--engines", type=int, default=None, metavar="E",
+                   help="ternary engines (ways of the lock-step matvec engine) per weight port: 1 or 2; two consume "
+                        "weights twice as fast as a port delivers them, one halves the engine logic (the six-port "
+                        "KV260 build with --max-tokens 3 fits with 1); default: the board file's build.matvec_engines, "
+                        f"else {PARAMS.BOARD_MATVEC_ENGINES} "
+                        f"({board_defaults('matvec_engines', PARAMS.BOARD_MATVEC_ENGINES)})")
     b.add_argument("--max-tokens", type=int, default=None, metavar="K",
                    help="tokens per pass the build verifies (speculative decoding: k - 1 drafted tokens), 1..16; "
                         "each token adds a copy of the vector buffers, code memories and per-token vector units; "
@@ -154,7 +160,8 @@ def _build(args) -> int:
     res = build(args.board, args.out, clock_mhz=args.clock_mhz, do_estimate=args.estimate,
                 run_vivado=False if args.no_vivado else None, max_width=args.max_width,
                 max_tokens=args.max_tokens, weight_ports=args.weight_ports, progress=say, force=args.force,
-                draft_engine=args.draft_engine, draft_vocab=args.draft_vocab, pipelined_units=args.pipelined_units)
+                draft_engine=args.draft_engine, draft_vocab=args.draft_vocab, pipelined_units=args.pipelined_units,
+                matvec_engines=args.engines)
     if args.json:
         print_json(res)
         return 0
@@ -162,6 +169,8 @@ def _build(args) -> int:
     print(f"board:     {cfg['board']} ({cfg['part']}), accelerator at {cfg['clock_mhz']:g} MHz, "
           f"{cfg['weight_ports']} x {8 * cfg['bus_bytes']}-bit AXI master ({', '.join(cfg['hp_ports'])}), CSRs on "
           f"{cfg['gp_port']}")
+    print(f"datapath:  {cfg['matvec_engines']} ternary engine(s) per weight port, {cfg['max_tokens']} token(s) per pass, "
+          f"vectors up to {cfg['max_width']} wide")
     fab = res["fabric_clock"]
     print(f"clock:     {fab['actual_mhz']:.6f} MHz from the PS ({fab['pll']['name']} {fab['pll']['mhz']:g} MHz / "
           f"{fab['divisors'][0]} / {fab['divisors'][1]}), FREQ_HZ {fab['freq_hz']}")

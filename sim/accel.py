@@ -50,6 +50,10 @@ DEFAULT_HW = HwConfig(bus_bytes=16, max_tokens=4, max_width=4096, draft_vocab=40
 PORTS4_HW = HwConfig(bus_bytes=16, max_tokens=4, max_width=4096, weight_ports=4)
 #: Six weight ports (``m_axi`` + ``m_axi_w1..5``, 12 ternary engines): every HP and HPC port of a KV260/ZCU104.
 PORTS6_HW = HwConfig(bus_bytes=16, max_tokens=4, max_width=4096, weight_ports=6)
+#: Six weight ports with ONE ternary engine each (6 ways in all, row r is way r mod 6): the KV260 k = 3 build of
+#: docs/performance.md's acceptance section (each way already consumes a beat per cycle, faster than its port's
+#: share of the DDR, so a second way per port buys little).
+PORTS6E1_HW = HwConfig(bus_bytes=16, max_tokens=4, max_width=4096, weight_ports=6, matvec_engines=1)
 #: Modelled clock for converting host time-outs into simulated cycles (KV260 fabric clock).
 CLOCK_HZ = PARAMS.SIM_CLOCK_HZ
 CLOCK_PERIOD_NS = PARAMS.SIM_CLOCK_PERIOD_NS

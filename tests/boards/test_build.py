@@ -357,6 +357,44 @@ def test_weight_ports_option_is_checked(tmp_path, capsys):
     assert "--weight-ports 3" in capsys.readouterr().err
 
 
+def test_engines_option_overrides_the_board_file_and_is_checked(tmp_path, capsys):
+    """--engines (``matvec_engines``): ternary engines per weight port, 1 or 2, over the board file's
+    build.matvec_engines; the six-port k = 3 KV260 build has 6 engines in all."""
+    six = B.config_for("kv260", weight_ports=6, matvec_engines=1, max_tokens=3, max_width=8192, draft_engine=False)
+    assert (six.hw.weight_ports, six.hw.matvec_engines, six.hw.engines, six.hw.max_tokens) == (6, 1, 6, 3)
+    assert B.config_for("kv260").matvec_engines == 2                     # the board file's default kept
+    assert B.config_for("pynq-z2", matvec_engines=2).hw.engines == 4     # overrides the PYNQ-Z2's build.matvec_engines 1
+    for bad in (0, 3, True, "1", 1.0):
+        with pytest.raises(MmfreeError, match=r"--engines .*: the ternary engines per weight port must be 1 or 2; "
+                                              r"give --engines 1 or --engines 2"):
+            B.config_for("kv260", matvec_engines=bad)
+    assert main(["build", "--board", "kv260", "--out", str(tmp_path / "o"), "--engines", "3", "--no-vivado"]) == 1
+    err = capsys.readouterr().err
+    assert "mmfree build: error: --engines 3:" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(SystemExit) as exc:                                # a usage error: argparse exits 2
+        main(["build", "--board", "kv260", "--out", str(tmp_path / "o"), "--engines", "one"])
+    assert exc.value.code == 2 and "argument --engines: invalid int value: 'one'" in capsys.readouterr().err
+
+
+def test_six_port_one_engine_build_writes_its_config(tmp_path, stub_verilog, monkeypatch, capsys):
+    """`mmfree build --board kv260 --weight-ports 6 --engines 1 --max-tokens 3 --max-width 8192 --no-draft-engine`
+    (the k = 3 build of docs/performance.md's acceptance section) writes a six-master project with that datapath."""
+    _no_vivado_path(monkeypatch)
+    out = tmp_path / "out"
+    args = ["build", "--board", "kv260", "--out", str(out), "--weight-ports", "6", "--engines", "1", "--max-tokens",
+            "3", "--max-width", "8192", "--no-draft-engine"]
+    assert main(args + ["--json"]) == 0
+    cfg = json.loads(capsys.readouterr().out)["config"]
+    assert (cfg["weight_ports"], cfg["matvec_engines"], cfg["max_tokens"], cfg["max_width"], cfg["draft_vocab"]) == \
+        (6, 1, 3, 8192, 0)
+    assert json.loads((out / "build.json").read_text())["config"]["matvec_engines"] == 1
+    assert "m_axi_w5_araddr" in (out / "hdl" / f"{B.TOP}.v").read_text()
+    assert main(args + ["--force"]) == 0
+    assert "datapath:  1 ternary engine(s) per weight port, 3 token(s) per pass, vectors up to 8192 wide" in \
+        capsys.readouterr().out
+
+
 @pytest.fixture
 def stub_verilog(tmp_path, monkeypatch):
     """The build without generating the real accelerator (minutes): a stub Verilog file."""
