@@ -17,7 +17,8 @@ of the board each build is shaped for (default, ports4: KV260; pynqz2: PYNQ-Z2),
 average bus rate and mean latency; recorded under ``realistic_runs[build]``.
 
 ``--hw ports4``: the four-weight-port build (``sim.accel.PORTS4_HW``: m_axi + m_axi_w1..3, each at 16 bytes
-per cycle in the simulated DDR); recorded under ``runs_by_hw["ports4"]``.
+per cycle in the simulated DDR); recorded under ``runs_by_hw["ports4"]``. ``--hw lanes2`` / ``lanes4``: the
+default build with 2 / 4 vector lanes (``sim.accel.LANES2_HW`` / ``LANES4_HW``); ``runs_by_hw["lanes2"]`` ...
 
 ``--memory random --rate 0.5,0.75``: the simulated DDR's random back-pressure (``mmfree.sim.ddr.random_plusargs``:
 each port's data bus moves a beat in a cycle with probability ``rate``, seeded) against the model at that bus rate
@@ -56,12 +57,12 @@ CONFIGS = {
 }
 RD_LATENCY = PARAMS.SIM_RD_LATENCY                    # the simulated DDR's read latency (cycles)
 #: Builds the bench can validate: name -> sim.accel constant.
-HW_NAMES = ("default", "ports4", "pynqz2")
+HW_NAMES = ("default", "ports4", "pynqz2", "lanes2", "lanes4")
 DATA_FILE = ROOT / "boards" / "data" / "perf_validation.json"
 
 
 #: The board whose DDR a build's realistic-memory runs model (sim/ddr.py).
-REALISTIC_BOARD = {"default": "kv260", "ports4": "kv260", "pynqz2": "pynq-z2"}
+REALISTIC_BOARD = {"default": "kv260", "ports4": "kv260", "pynqz2": "pynq-z2", "lanes2": "kv260", "lanes4": "kv260"}
 MEMORIES = ("ideal", "realistic", "random")
 #: Seed of the random back-pressure memory's generators (``+MMFREE_DDR_SEED``).
 RANDOM_SEED = 1
@@ -113,11 +114,11 @@ def parse_rate(key: str) -> float | None:
 
 def hw_for(hw_name: str):
     from mmfree.rtl.compiler import HwConfig
-    from mmfree.sim.accel import DEFAULT_HW, PORTS4_HW
+    from mmfree.sim.accel import DEFAULT_HW, LANES2_HW, LANES4_HW, PORTS4_HW
 
     # pynqz2: the 64-bit build shaped like the PYNQ-Z2's (tests/sim/test_accel_rtl.py test_rtl_64bit_bus_bit_exact)
     pynqz2 = HwConfig(bus_bytes=8, max_tokens=2, max_width=1024, weight_ports=2, matvec_engines=1)
-    return {"default": DEFAULT_HW, "ports4": PORTS4_HW, "pynqz2": pynqz2}[hw_name]
+    return {"default": DEFAULT_HW, "ports4": PORTS4_HW, "pynqz2": pynqz2, "lanes2": LANES2_HW, "lanes4": LANES4_HW}[hw_name]
 
 
 def set_seed(seed: int) -> None:
@@ -216,7 +217,8 @@ def main() -> int:
                     help=f"comma-separated read latencies of the simulated DDR, cycles (default {RD_LATENCY})")
     ap.add_argument("--logits", default="yes,no", help="runs with logits written (yes), without (no), or both")
     ap.add_argument("--hw", default="default", help="comma-separated builds: default (one weight port), ports4, "
-                                                     "pynqz2 (64-bit bus, 2 ports x 1 engine, max_tokens 2)")
+                                                     "pynqz2 (64-bit bus, 2 ports x 1 engine, max_tokens 2), lanes2, "
+                                                     "lanes4 (the default build with 2 / 4 vector lanes)")
     ap.add_argument("--memory", default="ideal", help="comma-separated: ideal (the default simulated DDR), realistic "
                                                        "(its realistic option, the build's board DDR model), random "
                                                        "(its random back-pressure at each --rate)")
@@ -291,7 +293,8 @@ def main() -> int:
                 + "; model cycles (modeled) from `mmfree.sim.perf.pass_cycles` with the same bus, compared by "
                   "`python bench/perf_validate.py --from-record --hw default,ports4 --record`. Builds: `default` = one "
                   "weight port, 2 ternary engines; `ports4` = four weight ports (m_axi + m_axi_w1..3), 8 engines; `pynqz2` = "
-                  "64-bit bus, two weight ports x 1 engine, max_tokens 2, max_width 1024 (the PYNQ-Z2's shape). Memory "
+                  "64-bit bus, two weight ports x 1 engine, max_tokens 2, max_width 1024 (the PYNQ-Z2's shape); `lanes2` / "
+                  "`lanes4` = the default build with 2 / 4 vector lanes (QSTATS / QCODES on V elements per cycle). Memory "
                   "`ideal`: the default simulated DDR; `realistic (board)`: its realistic option with that board's DDR "
                   "model (sim/ddr.py: aggregate cap, port cap, refresh, latency spread; the read latency column is the "
                   "base, the model uses the mean), compared against the model at the same average rate; `random "

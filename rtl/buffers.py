@@ -5,10 +5,12 @@
   an engine handles every token of an element in the same cycle; a shared buffer (H0, LB, N, NW0-2) is one
   memory. Each reader engine has its own read ports (one per token memory); reads are synchronous (the data
   is there the cycle after the address), writes take effect the next cycle. With ``V = hw.vector_lanes > 1``
-  each of these memories is V banks of ``max_width / V`` words (element i in bank ``i mod V`` at word
-  ``i // V``): the vector engine's read ports (:func:`vector_read_port`) take a group address ``i // V`` and
-  return the V elements ``V (i // V) ..`` side by side; every other port still reads or writes one element
-  by its element address (the bank picked by its low bits).
+  each of these memories is banked by V: one memory of ``max_width / V`` rows of V words (element i in lane
+  ``i mod V`` of row ``i // V``; a write enables its element's lane only, one deep wide memory so that it
+  places like the unbanked one, e.g. in URAM288 with its byte write enables): the vector engine's read ports
+  (:func:`vector_read_port`) take a row address ``i // V`` and return the V elements ``V (i // V) ..`` side by
+  side; every other port still reads or writes one element by its element address (the lane picked by its
+  low bits).
 * :class:`WriteArbiter`: the write ports of X or A, which two engines write (never at the same time).
 * :class:`HWrite`: the write ports of H, which the vector engine (HGRN) and the load engine (LOAD HROOT, a
   stream's start state into its roots' H) write (never at the same time).
@@ -137,28 +139,24 @@ class VectorBuffers(wiring.Component):
             wiring.connect(m, wiring.flipped(read), mem.read_port())
 
     def _banked(self, m, name, shape, write, reads):
-        """V banks of ``max_width / V`` words (element i in bank i mod V): the element write goes to its bank;
-        the vector reader's group address reads every bank; another reader's element address reads its bank
-        (picked the cycle after, when the data is there)."""
+        """``max_width / V`` rows of V words (element i in lane i mod V of row i // V): the element write
+        enables its lane; the vector reader's row address reads the V lanes; another reader's element address
+        reads its row and takes its lane (picked the cycle after, when the data is there)."""
         V = self.hw.vector_lanes
         lb = ceil_log2(V)
-        banks = []
-        for b in range(V):
-            m.submodules[f"buf_{name}_b{b}"] = mem = Memory(shape=shape, depth=self.hw.max_width // V, init=[])
-            wp = mem.write_port()
-            m.d.comb += [wp.en.eq(write.en & (write.addr[:lb] == b)), wp.addr.eq(write.addr[lb:]),
-                         wp.data.eq(write.data)]
-            banks.append(mem)
+        m.submodules["buf_" + name] = mem = Memory(shape=data.ArrayLayout(shape, V), depth=self.hw.max_width // V,
+                                                   init=[])
+        wp = mem.write_port(granularity=1)
+        m.d.comb += [wp.en.eq(Mux(write.en, 1 << write.addr[:lb], 0)), wp.addr.eq(write.addr[lb:])]
+        m.d.comb += [wp.data[j].eq(write.data) for j in range(V)]
         for reader, read in reads:
-            rps = [mem.read_port() for mem in banks]
+            rp = mem.read_port()
             if reader == "vector":
-                for b, rp in enumerate(rps):
-                    m.d.comb += [rp.addr.eq(read.addr), read.data[b].eq(rp.data)]
+                m.d.comb += [rp.addr.eq(read.addr), read.data.eq(rp.data)]
                 continue
-            sel = Signal(lb, name=f"{name}_{reader}_bank")
+            sel = Signal(lb, name=f"{name}_{reader}_lane")
             m.d.sync += sel.eq(read.addr[:lb])
-            m.d.comb += [rp.addr.eq(read.addr[lb:]) for rp in rps]
-            m.d.comb += read.data.eq(Array(rp.data for rp in rps)[sel])
+            m.d.comb += [rp.addr.eq(read.addr[lb:]), read.data.eq(Array(rp.data[j] for j in range(V))[sel])]
 
 
 class WriteArbiter(wiring.Component):

@@ -48,6 +48,9 @@ SIM_MEM_BYTES = 64 << 20
 DEFAULT_HW = HwConfig(bus_bytes=16, max_tokens=4, max_width=4096, draft_vocab=4096)
 #: The same with four weight ports (``m_axi`` + ``m_axi_w1..3``, 8 ternary engines): the KV260/ZCU104 build.
 PORTS4_HW = HwConfig(bus_bytes=16, max_tokens=4, max_width=4096, weight_ports=4)
+#: The default build with V = 2 / 4 vector lanes (QSTATS / QCODES on V elements per cycle, buffers banked by V).
+LANES2_HW = HwConfig(bus_bytes=16, max_tokens=4, max_width=4096, draft_vocab=4096, vector_lanes=2)
+LANES4_HW = HwConfig(bus_bytes=16, max_tokens=4, max_width=4096, draft_vocab=4096, vector_lanes=4)
 #: Modelled clock for converting host time-outs into simulated cycles (KV260 fabric clock).
 CLOCK_HZ = PARAMS.SIM_CLOCK_HZ
 CLOCK_PERIOD_NS = PARAMS.SIM_CLOCK_PERIOD_NS
