@@ -84,6 +84,8 @@ class BuildConfig:
     matvec_engines: int = 2
     #: rows of the trigram draft engine's on-chip bigram memory (HwConfig.draft_vocab; 0: no draft engine)
     draft_vocab: int = 0
+    #: elements per cycle of the vector engine's QSTATS / QCODES (1, 2, 4 or 8; HwConfig.vector_lanes)
+    vector_lanes: int = 1
     #: the fabric clock the PS really generates for ``clock_mhz`` (:func:`fabric_clock`)
     fabric: dict = field(default_factory=dict)
 
@@ -93,7 +95,7 @@ class BuildConfig:
 
         return HwConfig(bus_bytes=self.bus_bytes, max_tokens=self.max_tokens, max_width=self.max_width,
                         weight_ports=self.weight_ports, matvec_engines=self.matvec_engines,
-                        draft_vocab=self.draft_vocab)
+                        draft_vocab=self.draft_vocab, vector_lanes=self.vector_lanes)
 
     @property
     def freq_hz(self) -> int:
@@ -299,7 +301,8 @@ def config_for(board, clock_mhz: float | None = None, max_width: int | None = No
     the board file's ``build.weight_ports``, else 1), the HP port of each AXI master (``hp_ports.used``,
     default the first ``weight_ports`` of ``hp_ports.names``; see :func:`_ports_for` for the override), the draft
     engine (``draft_engine`` / ``draft_vocab``, :func:`_draft_vocab`; default the board file's
-    ``build.draft_vocab``) and the fabric clock the PS really generates (:func:`fabric_clock`)."""
+    ``build.draft_vocab``), the vector lanes (the board file's ``build.vector_lanes``, else 1) and the fabric
+    clock the PS really generates (:func:`fabric_clock`)."""
     from mmfree.boardfile import load_board
     from mmfree.rtl.compiler import HwConfig
 
@@ -328,9 +331,10 @@ def config_for(board, clock_mhz: float | None = None, max_width: int | None = No
                           "missing")
     bus_bytes = b.hp_ports["width_bits"] // 8
     vocab = _draft_vocab(b, draft_engine, draft_vocab)
+    vlanes = (b.raw.get("build") or {}).get("vector_lanes", 1)
     try:
         HwConfig(bus_bytes=bus_bytes, max_tokens=max_tokens, max_width=max_width, weight_ports=n_ports,
-                 matvec_engines=engines)
+                 matvec_engines=engines, vector_lanes=vlanes)
     except ValueError as exc:
         raise MmfreeError(f"{b.name}: {exc}") from None
     if vocab and max_tokens < 2:
@@ -341,7 +345,7 @@ def config_for(board, clock_mhz: float | None = None, max_width: int | None = No
                        clock_mhz=clock, bus_bytes=bus_bytes, max_tokens=max_tokens, max_width=max_width,
                        addr_width=ADDR_WIDTH[b.ps], hp_ports=used, gp_port=gp,
                        ps_config=dict(b.raw.get("ps_config") or {}), weight_ports=n_ports, matvec_engines=engines,
-                       draft_vocab=vocab, fabric=fabric_clock(b, clock))
+                       draft_vocab=vocab, vector_lanes=vlanes, fabric=fabric_clock(b, clock))
 
 
 # ======================================================================================================
@@ -354,7 +358,9 @@ def _source_key(cfg: BuildConfig) -> str:
 
     return source_digest(*RTL_SOURCES, extra=repr((cfg.bus_bytes, cfg.max_tokens, cfg.max_width, cfg.addr_width,
                                                    cfg.weight_ports, cfg.matvec_engines, amaranth.__version__,
-                                                   cfg.draft_vocab, cfg.family)))
+                                                   cfg.draft_vocab, cfg.family)
+                                              # V = 1 builds keep the keys they had before vector lanes existed
+                                              + ((cfg.vector_lanes,) if cfg.vector_lanes != 1 else ())))
 
 
 def _cache_root() -> Path:
