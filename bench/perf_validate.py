@@ -21,7 +21,8 @@ per cycle in the simulated DDR); recorded under ``runs_by_hw["ports4"]``. ``--hw
 (``sim.accel.PORTS6_HW``: every HP and HPC port of a KV260/ZCU104, 12 engines), the same way; ``--hw ports6e1``: six
 ports x one engine (``sim.accel.PORTS6E1_HW``, 6 engines: the KV260 k = 3 build of the acceptance section).
 ``--hw pipelined``: the default build with the pipelined vector units (``HwConfig.pipelined_units``); the model adds
-their latencies (``mmfree.sim.perf.rtl_timing``); recorded under ``runs_by_hw["pipelined"]``.
+their latencies (``mmfree.sim.perf.rtl_timing``); recorded under ``runs_by_hw["pipelined"]``. ``--hw lanes2`` /
+``lanes4``: the default build with 2 / 4 vector lanes (``sim.accel.LANES2_HW`` / ``LANES4_HW``); ``runs_by_hw["lanes2"]`` ...
 
 ``--memory random --rate 0.5,0.75``: the simulated DDR's random back-pressure (``mmfree.sim.ddr.random_plusargs``:
 each port's data bus moves a beat in a cycle with probability ``rate``, seeded) against the model at that bus rate
@@ -61,13 +62,13 @@ CONFIGS = {
 }
 RD_LATENCY = PARAMS.SIM_RD_LATENCY                    # the simulated DDR's read latency (cycles)
 #: Builds the bench can validate: name -> sim.accel constant.
-HW_NAMES = ("default", "ports4", "ports6", "ports6e1", "pynqz2", "pipelined")
+HW_NAMES = ("default", "ports4", "ports6", "ports6e1", "pynqz2", "pipelined", "lanes2", "lanes4")
 DATA_FILE = ROOT / "boards" / "data" / "perf_validation.json"
 
 
 #: The board whose DDR a build's realistic-memory runs model (sim/ddr.py).
 REALISTIC_BOARD = {"default": "kv260", "ports4": "kv260", "ports6": "kv260", "ports6e1": "kv260", "pynqz2": "pynq-z2",
-                   "pipelined": "kv260"}
+                   "pipelined": "kv260", "lanes2": "kv260", "lanes4": "kv260"}
 MEMORIES = ("ideal", "realistic", "random")
 #: Seed of the random back-pressure memory's generators (``+MMFREE_DDR_SEED``).
 RANDOM_SEED = 1
@@ -119,14 +120,14 @@ def parse_rate(key: str) -> float | None:
 
 def hw_for(hw_name: str):
     from mmfree.rtl.compiler import HwConfig
-    from mmfree.sim.accel import DEFAULT_HW, PORTS4_HW, PORTS6_HW, PORTS6E1_HW
+    from mmfree.sim.accel import DEFAULT_HW, LANES2_HW, LANES4_HW, PORTS4_HW, PORTS6_HW, PORTS6E1_HW
 
     # pynqz2: the 64-bit build shaped like the PYNQ-Z2's (tests/sim/test_accel_rtl.py test_rtl_64bit_bus_bit_exact)
     pynqz2 = HwConfig(bus_bytes=8, max_tokens=2, max_width=1024, weight_ports=2, matvec_engines=1)
     # pipelined: the default build with the pipelined vector units (HwConfig.pipelined_units, `--pipelined-units`)
     pipelined = dataclasses.replace(DEFAULT_HW, pipelined_units=True)
     return {"default": DEFAULT_HW, "ports4": PORTS4_HW, "ports6": PORTS6_HW, "ports6e1": PORTS6E1_HW,
-            "pynqz2": pynqz2, "pipelined": pipelined}[hw_name]
+            "pynqz2": pynqz2, "pipelined": pipelined, "lanes2": LANES2_HW, "lanes4": LANES4_HW}[hw_name]
 
 
 def set_seed(seed: int) -> None:
@@ -225,9 +226,11 @@ def main() -> int:
                     help=f"comma-separated read latencies of the simulated DDR, cycles (default {RD_LATENCY})")
     ap.add_argument("--logits", default="yes,no", help="runs with logits written (yes), without (no), or both")
     ap.add_argument("--hw", default="default", help="comma-separated builds: default (one weight port), ports4, "
-                                                     "ports6 (every HP and HPC port of a ZynqMP), ports6e1 (six ports x 1 engine), "
+                                                     "ports6 (every HP and HPC port of a ZynqMP), "
+                                                     "ports6e1 (six ports x 1 engine), "
                                                      "pynqz2 (64-bit bus, 2 ports x 1 engine, max_tokens 2), "
-                                                     "pipelined (default with the pipelined vector units)")
+                                                     "pipelined (default with the pipelined vector units), lanes2, "
+                                                     "lanes4 (the default build with 2 / 4 vector lanes)")
     ap.add_argument("--memory", default="ideal", help="comma-separated: ideal (the default simulated DDR), realistic "
                                                        "(its realistic option, the build's board DDR model), random "
                                                        "(its random back-pressure at each --rate)")
@@ -302,10 +305,11 @@ def main() -> int:
                 + "; model cycles (modeled) from `mmfree.sim.perf.pass_cycles` with the same bus, compared by "
                   "`python bench/perf_validate.py --from-record --hw default,ports4 --record`. Builds: `default` = one "
                   "weight port, 2 ternary engines; `ports4` = four weight ports (m_axi + m_axi_w1..3), 8 engines; `ports6` = "
-                  "six weight ports (m_axi + m_axi_w1..5: HP0-HP3 and HPC0-HPC1), 12 engines; `ports6e1` = the same six ports x one "
-                  "engine each, 6 engines; `pynqz2` = "
+                  "six weight ports (m_axi + m_axi_w1..5: HP0-HP3 and HPC0-HPC1), 12 engines; `ports6e1` = the same six "
+                  "ports x one engine each, 6 engines; `pynqz2` = "
                   "64-bit bus, two weight ports x 1 engine, max_tokens 2, max_width 1024 (the PYNQ-Z2's shape); `pipelined` = "
-                  "`default` with the pipelined vector units (`--pipelined-units`). Memory "
+                  "`default` with the pipelined vector units (`--pipelined-units`); `lanes2` / "
+                  "`lanes4` = the default build with 2 / 4 vector lanes (QSTATS / QCODES on V elements per cycle). Memory "
                   "`ideal`: the default simulated DDR; `realistic (board)`: its realistic option with that board's DDR "
                   "model (sim/ddr.py: aggregate cap, port cap, refresh, latency spread; the read latency column is the "
                   "base, the model uses the mean), compared against the model at the same average rate; `random "

@@ -86,6 +86,8 @@ class BuildConfig:
     draft_vocab: int = 0
     #: the datapath's vector units are their pipelined variants (HwConfig.pipelined_units)
     pipelined_units: bool = False
+    #: elements per cycle of the vector engine's QSTATS / QCODES (1, 2, 4 or 8; HwConfig.vector_lanes)
+    vector_lanes: int = 1
     #: the fabric clock the PS really generates for ``clock_mhz`` (:func:`fabric_clock`)
     fabric: dict = field(default_factory=dict)
 
@@ -95,7 +97,8 @@ class BuildConfig:
 
         return HwConfig(bus_bytes=self.bus_bytes, max_tokens=self.max_tokens, max_width=self.max_width,
                         weight_ports=self.weight_ports, matvec_engines=self.matvec_engines,
-                        draft_vocab=self.draft_vocab, pipelined_units=self.pipelined_units)
+                        draft_vocab=self.draft_vocab, pipelined_units=self.pipelined_units,
+                        vector_lanes=self.vector_lanes)
 
     @property
     def freq_hz(self) -> int:
@@ -333,7 +336,8 @@ def config_for(board, clock_mhz: float | None = None, max_width: int | None = No
     default the first ``weight_ports`` of ``hp_ports.names``; see :func:`_ports_for` for the override), the ternary
     engines per weight port (``matvec_engines``, :func:`_engines_for`), the draft engine (``draft_engine`` /
     ``draft_vocab``, :func:`_draft_vocab`; default the board file's ``build.draft_vocab``), the pipelined vector
-    units (``pipelined_units``; default the board file's ``build.pipelined_units``, else False) and the fabric
+    units (``pipelined_units``; default the board file's ``build.pipelined_units``, else False), the vector lanes
+    (the board file's ``build.vector_lanes``, else 1) and the fabric
     clock the PS really generates (:func:`fabric_clock`)."""
     from mmfree.boardfile import load_board
     from mmfree.rtl.compiler import HwConfig
@@ -361,9 +365,10 @@ def config_for(board, clock_mhz: float | None = None, max_width: int | None = No
     bus_bytes = b.hp_ports["width_bits"] // 8
     vocab = _draft_vocab(b, draft_engine, draft_vocab)
     piped = _pipelined_units(b, pipelined_units)
+    vlanes = (b.raw.get("build") or {}).get("vector_lanes", 1)
     try:
         HwConfig(bus_bytes=bus_bytes, max_tokens=max_tokens, max_width=max_width, weight_ports=n_ports,
-                 matvec_engines=engines)
+                 matvec_engines=engines, vector_lanes=vlanes)
     except ValueError as exc:
         raise MmfreeError(f"{b.name}: {exc}") from None
     if vocab and max_tokens < 2:
@@ -374,7 +379,7 @@ def config_for(board, clock_mhz: float | None = None, max_width: int | None = No
                        clock_mhz=clock, bus_bytes=bus_bytes, max_tokens=max_tokens, max_width=max_width,
                        addr_width=ADDR_WIDTH[b.ps], hp_ports=used, gp_port=gp,
                        ps_config=dict(b.raw.get("ps_config") or {}), weight_ports=n_ports, matvec_engines=engines,
-                       draft_vocab=vocab, pipelined_units=piped, fabric=fabric_clock(b, clock))
+                       draft_vocab=vocab, pipelined_units=piped, vector_lanes=vlanes, fabric=fabric_clock(b, clock))
 
 
 # ======================================================================================================
@@ -388,7 +393,9 @@ def _source_key(cfg: BuildConfig) -> str:
     return source_digest(*RTL_SOURCES, extra=repr((cfg.bus_bytes, cfg.max_tokens, cfg.max_width, cfg.addr_width,
                                                    cfg.weight_ports, cfg.matvec_engines, amaranth.__version__,
                                                    cfg.draft_vocab, cfg.family)
-                                                  + (("pipelined_units",) if cfg.pipelined_units else ())))
+                                                  + (("pipelined_units",) if cfg.pipelined_units else ())
+                                                  # V = 1 builds keep the keys they had before vector lanes existed
+                                                  + ((cfg.vector_lanes,) if cfg.vector_lanes != 1 else ())))
 
 
 def _cache_root() -> Path:

@@ -86,6 +86,10 @@ def _optional_problems(d: dict) -> list[str]:
     for key in ("max_width", "matvec_engines"):
         if build.get(key) is not None and not (_number(build[key], True) and build[key] >= 1):
             problems.append(f"field 'build.{key}' must be a positive integer, got {build[key]!r}")
+    vl = build.get("vector_lanes")
+    if vl is not None and not (_number(vl, True) and vl in (1, 2, 4, 8)):
+        problems.append(f"field 'build.vector_lanes' must be 1, 2, 4 or 8 (elements per cycle of the vector engine's "
+                        f"QSTATS / QCODES passes), got {vl!r}; set it to one of those")
     dv = build.get("draft_vocab")
     if dv is not None and not (_number(dv, True) and 0 <= dv <= 65535):
         problems.append(f"field 'build.draft_vocab' must be an integer in 0..65535 (rows of the draft engine's bigram "

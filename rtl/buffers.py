@@ -4,7 +4,13 @@
   words. A per-token buffer (X, A, H, T0-2) is ``hw.max_tokens`` memories, token t's vector in memory t, so
   an engine handles every token of an element in the same cycle; a shared buffer (H0, LB, N, NW0-2) is one
   memory. Each reader engine has its own read ports (one per token memory); reads are synchronous (the data
-  is there the cycle after the address), writes take effect the next cycle.
+  is there the cycle after the address), writes take effect the next cycle. With ``V = hw.vector_lanes > 1``
+  each of these memories is banked by V: one memory of ``max_width / V`` rows of V words (element i in lane
+  ``i mod V`` of row ``i // V``; a write enables its element's lane only, one deep wide memory so that it
+  places like the unbanked one, e.g. in URAM288 with its byte write enables): the vector engine's read ports
+  (:func:`vector_read_port`) take a row address ``i // V`` and return the V elements ``V (i // V) ..`` side by
+  side; every other port still reads or writes one element by its element address (the lane picked by its
+  low bits).
 * :class:`WriteArbiter`: the write ports of X or A, which two engines write (never at the same time).
 * :class:`HWrite`: the write ports of H, which the vector engine (HGRN) and the load engine (LOAD HROOT, a
   stream's start state into its roots' H) write (never at the same time).
@@ -19,7 +25,7 @@ order can.
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, signed, unsigned
+from amaranth import Array, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory, ReadPort, WritePort
 from amaranth.lib.wiring import In, Out
@@ -52,6 +58,19 @@ def write_port(shape, depth: int) -> wiring.Signature:
     return WritePort.Signature(addr_width=ceil_log2(depth), shape=shape)
 
 
+def vector_read_port(shape, depth: int, lanes: int) -> wiring.Signature:
+    """The vector engine's read port of a buffer banked by ``lanes`` (V): ``addr`` is a group (elements
+    ``V addr .. V addr + V - 1``), ``data`` their V words (an ``ArrayLayout``); V = 1 is :func:`read_port`."""
+    if lanes == 1:
+        return read_port(shape, depth)
+    return ReadPort.Signature(addr_width=ceil_log2(depth // lanes), shape=data.ArrayLayout(shape, lanes))
+
+
+def lane_word(port, lane: int):
+    """Lane ``lane`` of a :func:`vector_read_port`'s ``data`` (its only word when it is a plain read port)."""
+    return port.data[lane] if isinstance(port.data.shape(), data.ArrayLayout) else port.data
+
+
 def one_write(tokens: int, shape, depth: int) -> wiring.Signature:
     """One token's element write, as the writer sees it: ``en``, token ``t``, ``addr``, ``data``."""
     return wiring.Signature({"en": Out(1), "t": Out(range(tokens + 1)), "addr": Out(range(depth + 1)),
@@ -80,39 +99,64 @@ class VectorBuffers(wiring.Component):
     """The vector buffers of a build ``hw`` (see the module docstring). Ports, each as the memory sees it:
 
     * per-token buffer ``b`` of :data:`TOKEN_BUFFERS`: ``b_w[t]`` (write), ``b_<reader>[t]`` (read) per reader;
-    * shared buffer ``b`` of :data:`SHARED_BUFFERS`: ``b_w`` and ``b_r``.
+    * shared buffer ``b`` of :data:`SHARED_BUFFERS`: ``b_w`` and ``b_r`` (the vector engine's).
+
+    The vector engine's read ports are :func:`vector_read_port` of ``hw.vector_lanes``; the others read and
+    write single elements.
     """
 
     def __init__(self, hw: HwConfig):
         self.hw = hw
-        K, W = hw.max_tokens, hw.max_width
+        K, W, V = hw.max_tokens, hw.max_width, hw.vector_lanes
         members = {}
         for name, (shape, readers) in TOKEN_BUFFERS.items():
             members[f"{name}_w"] = Out(write_port(shape, W)).array(K)
             for r in readers:
-                members[f"{name}_{r}"] = Out(read_port(shape, W)).array(K)
+                port = vector_read_port(shape, W, V) if r == "vector" else read_port(shape, W)
+                members[f"{name}_{r}"] = Out(port).array(K)
         for name, shape in SHARED_BUFFERS.items():
             members[f"{name}_w"] = Out(write_port(shape, W))
-            members[f"{name}_r"] = Out(read_port(shape, W))
+            members[f"{name}_r"] = Out(vector_read_port(shape, W, V))
         super().__init__(members)
 
     def elaborate(self, platform):
         m = Module()
-        K, W = self.hw.max_tokens, self.hw.max_width
-
-        def memory(name, shape, write, reads):
-            m.submodules["buf_" + name] = mem = Memory(shape=shape, depth=W, init=[])
-            wiring.connect(m, wiring.flipped(write), mem.write_port())
-            for read in reads:
-                wiring.connect(m, wiring.flipped(read), mem.read_port())
-
+        K = self.hw.max_tokens
+        memory = self._memory if self.hw.vector_lanes == 1 else self._banked
         for name, (shape, readers) in TOKEN_BUFFERS.items():
             for t in range(K):
-                memory(f"{name}_t{t}", shape, getattr(self, f"{name}_w")[t],
-                       [getattr(self, f"{name}_{r}")[t] for r in readers])
+                memory(m, f"{name}_t{t}", shape, getattr(self, f"{name}_w")[t],
+                       [(r, getattr(self, f"{name}_{r}")[t]) for r in readers])
         for name, shape in SHARED_BUFFERS.items():
-            memory(name, shape, getattr(self, f"{name}_w"), [getattr(self, f"{name}_r")])
+            memory(m, name, shape, getattr(self, f"{name}_w"), [("vector", getattr(self, f"{name}_r"))])
         return m
+
+    def _memory(self, m, name, shape, write, reads):
+        """One memory of ``max_width`` words behind a write port and the ``(reader, port)`` read ports."""
+        m.submodules["buf_" + name] = mem = Memory(shape=shape, depth=self.hw.max_width, init=[])
+        wiring.connect(m, wiring.flipped(write), mem.write_port())
+        for _, read in reads:
+            wiring.connect(m, wiring.flipped(read), mem.read_port())
+
+    def _banked(self, m, name, shape, write, reads):
+        """``max_width / V`` rows of V words (element i in lane i mod V of row i // V): the element write
+        enables its lane; the vector reader's row address reads the V lanes; another reader's element address
+        reads its row and takes its lane (picked the cycle after, when the data is there)."""
+        V = self.hw.vector_lanes
+        lb = ceil_log2(V)
+        m.submodules["buf_" + name] = mem = Memory(shape=data.ArrayLayout(shape, V), depth=self.hw.max_width // V,
+                                                   init=[])
+        wp = mem.write_port(granularity=1)
+        m.d.comb += [wp.en.eq(Mux(write.en, 1 << write.addr[:lb], 0)), wp.addr.eq(write.addr[lb:])]
+        m.d.comb += [wp.data[j].eq(write.data) for j in range(V)]
+        for reader, read in reads:
+            rp = mem.read_port()
+            if reader == "vector":
+                m.d.comb += [rp.addr.eq(read.addr), read.data.eq(rp.data)]
+                continue
+            sel = Signal(lb, name=f"{name}_{reader}_lane")
+            m.d.sync += sel.eq(read.addr[:lb])
+            m.d.comb += [rp.addr.eq(read.addr[lb:]), read.data.eq(Array(rp.data[j] for j in range(V))[sel])]
 
 
 class WriteArbiter(wiring.Component):

@@ -48,6 +48,10 @@ def embed_stride(d: int) -> int:
     return LY.round_up(4 * d, 16)
 
 
+#: Legal ``HwConfig.vector_lanes``: elements per cycle of the vector engine's element passes.
+VECTOR_LANES = (1, 2, 4, 8)
+
+
 @dataclass(frozen=True)
 class HwConfig:
     """Build parameters of one accelerator (one bitstream), as its HW_CONFIG/HW_LIMITS registers report.
@@ -62,7 +66,9 @@ class HwConfig:
     one row per burst group, so the DDR image is the same for every build) into its ``matvec_engines``
     weight queues; row ``r`` is way ``r mod (weight_ports x matvec_engines)``; ``draft_vocab``: rows of the
     on-chip bigram fallback of the trigram draft engine that runs the draft-verify loop (0: no engine;
-    tables of at most that many tokens, default :class:`~mmfree.pymodel.trigram.TableParams`).
+    tables of at most that many tokens, default :class:`~mmfree.pymodel.trigram.TableParams`);
+    ``vector_lanes``: V, elements per cycle of the vector engine's QSTATS / QCODES passes (1, 2, 4 or 8; the
+    vector buffers are banked by V, element i in bank i mod V; 1 is the one-element-per-cycle build).
     """
 
     bus_bytes: int = 16
@@ -75,6 +81,7 @@ class HwConfig:
     #: Codes, OutputMultiplier, Dequantize, MlgruUpdate, GatedProduct; shorter paths, more cycles each;
     #: docs/rtl.md "Timing"); reported in HW_CONFIG bit 28
     pipelined_units: bool = False
+    vector_lanes: int = 1
 
     def __post_init__(self):
         if self.bus_bytes not in (8, 16):
@@ -94,6 +101,11 @@ class HwConfig:
                              f"got {self.draft_vocab}")
         if not isinstance(self.pipelined_units, bool):
             raise ValueError(f"pipelined_units must be True or False, got {self.pipelined_units!r}")
+        if type(self.vector_lanes) is not int or self.vector_lanes not in VECTOR_LANES:
+            raise ValueError(f"vector_lanes must be one of {', '.join(map(str, VECTOR_LANES))} (elements per cycle "
+                             f"of the vector engine), got {self.vector_lanes!r}")
+        if self.lanes % self.vector_lanes:     # a cycle's codes never straddle a code memory word
+            raise ValueError(f"vector_lanes {self.vector_lanes} must divide the ternary engine's {self.lanes} lanes")
         if self.draft_vocab and self.max_tokens < 2:
             raise ValueError("a draft engine needs max_tokens >= 2 (the root and at least one drafted token per pass)")
 

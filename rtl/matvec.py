@@ -75,9 +75,11 @@ def beats_per_row(k: int, lanes: int) -> int:
     return N.row_bytes(k) * N.TRITS_PER_BYTE // lanes
 
 
-def act_layout(tokens: int, banks: int) -> data.StructLayout:
-    """The ``act`` stream's payload: ``{code: tokens x signed(8), en: tokens bits, bank, first}``."""
-    return data.StructLayout({"code": data.ArrayLayout(CODE, tokens), "en": unsigned(tokens),
+def act_layout(tokens: int, banks: int, vlanes: int = 1) -> data.StructLayout:
+    """The ``act`` stream's payload: ``{code: tokens x signed(8), en: tokens bits, bank, first}``; with
+    ``vlanes`` V > 1 ``code`` is ``tokens x V x signed(8)``: V consecutive column positions per token."""
+    code = CODE if vlanes == 1 else data.ArrayLayout(CODE, vlanes)
+    return data.StructLayout({"code": data.ArrayLayout(code, tokens), "en": unsigned(tokens),
                               "bank": unsigned(width_for(banks - 1)), "first": 1})
 
 
@@ -96,10 +98,12 @@ class TernaryMatVec(wiring.Component):
         one read of the code memories serves every way (the memories are not replicated per way). A
         command's ``rows`` counts row groups; ``out.acc`` holds ``ways x tokens`` sums, way-major
         (``acc[w * tokens + t]``). ``ways = 1`` is the plain engine.
+    vlanes : column positions per ``act`` transfer (V, dividing ``lanes``): ``act.code[t]`` holds V codes
+        (:func:`act_layout`), written at positions ``V c .. V c + V - 1`` of the c-th transfer. 1: one code.
     """
 
     def __init__(self, lanes: int = 80, tokens: int = 1, max_k: int = 4096, banks: int = 2,
-                 max_rows: int = (1 << 20) - 1, ways: int = 1):
+                 max_rows: int = (1 << 20) - 1, ways: int = 1, vlanes: int = 1):
         check_int(self, "lanes", lanes, f"one of {LEGAL_LANES} (a multiple of {N.TRITS_PER_BYTE} trits whose "
                   f"byte count divides the {N.ROW_ALIGN_BYTES}-byte row group)", lambda v: v in LEGAL_LANES)
         check_int(self, "tokens", tokens, "an integer >= 1", lambda v: v >= 1)
@@ -107,13 +111,15 @@ class TernaryMatVec(wiring.Component):
         check_int(self, "banks", banks, "an integer >= 1", lambda v: v >= 1)
         check_int(self, "max_rows", max_rows, "an integer >= 1", lambda v: v >= 1)
         check_int(self, "ways", ways, "an integer >= 1", lambda v: v >= 1)
+        check_int(self, "vlanes", vlanes, f"an integer >= 1 that divides lanes = {lanes}",
+                  lambda v: v >= 1 and lanes % v == 0)
         self.lanes, self.tokens, self.max_k, self.banks, self.max_rows = lanes, tokens, max_k, banks, max_rows
-        self.ways = ways
+        self.ways, self.vlanes = ways, vlanes
         self.beat_bytes = lanes // N.TRITS_PER_BYTE
         self.words = beats_per_row(max_k, lanes)          # beat positions per bank
         self.word_bits = max(1, ceil_log2(self.words))
         self.bank_bits = width_for(banks - 1)
-        self.ACT = act_layout(tokens, banks)
+        self.ACT = act_layout(tokens, banks, vlanes)
         self.CMD = data.StructLayout({"rows": unsigned(width_for(max_rows)), "beats": unsigned(width_for(self.words)),
                                       "bank": unsigned(self.bank_bits)})
         self.OUT = data.StructLayout({"acc": data.ArrayLayout(signed(N.ACC_BITS), tokens * ways), "last": 1})
@@ -127,7 +133,7 @@ class TernaryMatVec(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        L, k = self.lanes, self.tokens
+        L, k, V = self.lanes, self.tokens, self.vlanes
         depth = self.banks << self.word_bits
         mems = []
         for t in range(k):
@@ -138,8 +144,8 @@ class TernaryMatVec(wiring.Component):
         # ---- code loading: one column position per cycle for every enabled token --------------------------
         # Each token has its own memory of `lanes` codes per word, written whole: a staging register per
         # token collects the word's codes so far and every accepted code writes the staging word with the
-        # new code in its lane. Lanes after the last code of a vector keep stale codes; they face the zero
-        # trits of the row padding, so they never count.
+        # new code in its lane (V codes in V lanes). Lanes after the last code of a vector keep stale codes;
+        # they face the zero trits of the row padding, so they never count.
         lane = Signal(range(L))
         word = Signal(self.word_bits)
         a = self.act.payload
@@ -148,16 +154,18 @@ class TernaryMatVec(wiring.Component):
         m.d.comb += self.act.ready.eq(1)
         for t, (wp, _) in enumerate(mems):
             stage = Signal(L * 8, name=f"stage{t}")
-            new_word = Cat(*[Mux(cur_lane == j, a.code[t].as_unsigned(), stage[8 * j: 8 * j + 8]) for j in range(L)])
+            code = (lambda j: a.code[t]) if V == 1 else (lambda j: a.code[t][j % V])
+            new_word = Cat(*[Mux(cur_lane == j - j % V, code(j).as_unsigned(), stage[8 * j: 8 * j + 8])
+                             for j in range(L)])
             m.d.comb += [wp.addr.eq(Cat(cur_word, a.bank)), wp.data.eq(new_word),
                          wp.en.eq(self.act.valid & a.en[t])]
             with m.If(self.act.valid & a.en[t]):
                 m.d.sync += stage.eq(new_word)
         with m.If(self.act.valid):
-            with m.If(cur_lane == L - 1):
+            with m.If(cur_lane == L - V):
                 m.d.sync += [lane.eq(0), word.eq(cur_word + 1)]
             with m.Else():
-                m.d.sync += [lane.eq(cur_lane + 1), word.eq(cur_word)]
+                m.d.sync += [lane.eq(cur_lane + V), word.eq(cur_word)]
 
         # ---- command sequencing ---------------------------------------------------------------------------
         active = Signal()

@@ -173,7 +173,7 @@ class MatvecEngine(wiring.Component):
         super().__init__({
             "issue": In(1), "dispatch": In(dispatch_layout(addr_width)), "done": Out(1),
             "k": In(range(K + 1)), "act_frac": In(8),
-            "act": In(stream.Signature(act_layout(K, I.BANKS))),
+            "act": In(stream.Signature(act_layout(K, I.BANKS, hw.vector_lanes))),
             "M": In(slot_token(unsigned(Q.MULT_WIDTH), K)), "S": In(slot_token(signed(Q.SHIFT_WIDTH), K)),
             "fetch": fetch_members["fetch"], "w_cmd": fetch_members["w_cmd"], "w_data": fetch_members["w_data"],
             "x": In(read_port(TOKEN_BUFFERS["x"][0], W)).array(K), "t0": In(read_port(TOKEN_BUFFERS["t0"][0], W)).array(K),
@@ -193,7 +193,8 @@ class MatvecEngine(wiring.Component):
             wiring.connect(m, wf.w_cmd[p], wiring.flipped(self.w_cmd[p]))
             wiring.connect(m, wiring.flipped(self.w_data[p]), wf.w_data[p])
         m.submodules.ternary = mv = TernaryMatVec(lanes=hw.lanes, tokens=hw.max_tokens, max_k=hw.max_width,
-                                                  banks=I.BANKS, max_rows=hw.max_width, ways=hw.engines)
+                                                  banks=I.BANKS, max_rows=hw.max_width, ways=hw.engines,
+                                                  vlanes=hw.vector_lanes)
         wiring.connect(m, wiring.flipped(self.act), mv.act)
         s = SimpleNamespace(mv=mv, started=Signal(), finish=Signal())
         s.cur, valid0 = self._queue(m, s.finish)

@@ -141,10 +141,15 @@ class MaxAbs(wiring.Component):
         return m
 
 
-def _sz_of(Z):
+def sz_of(Z):
     """numerics.sum_squares's shift ``max(0, bitlen(Z) - ZS_BITS)`` of an unsigned ``Z``."""
     bl = bitlen(Z)
     return Mux(bl > ZS_BITS, bl - ZS_BITS, 0)[:SZ_WIDTH]
+
+
+def maximum(a, b):
+    """The larger of two unsigned values (combining per-lane maxima of :class:`QuantStats`)."""
+    return Mux(a > b, a, b)
 
 
 class QuantStats(wiring.Component):
@@ -204,7 +209,7 @@ class QuantStats(wiring.Component):
                          z_run.eq(Mux(p["last"], 0, z_new))]
         p["S"], p["P"], p["Z"] = s_new, p_new, z_new
         p.next()
-        p["szo"] = _sz_of(p["Z"])
+        p["szo"] = sz_of(p["Z"])
         p.next()
         p.finish(p=p["pv"], z=p["zv"], S=p["S"], P=p["P"], Z=p["Z"], sz=p["szo"], last=p["last"])
         return m

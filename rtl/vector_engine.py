@@ -1,5 +1,6 @@
 """The vector engine: EMBED, QSTATS, QCODES and HGRN, element passes over the vector buffers, one element
-per cycle (what each computes: :class:`mmfree.sim.emulator.Emulator`).
+per cycle, or V = ``hw.vector_lanes`` consecutive elements per cycle in QSTATS and QCODES (what each computes:
+:class:`mmfree.sim.emulator.Emulator`).
 
 QSTATS and QCODES handle every token of an element in the same cycle (the per-token buffers are one memory
 per token): QSTATS feeds up to three :class:`~mmfree.rtl.quantize.QuantStats` per token in lock step and keeps
@@ -10,22 +11,37 @@ column position per cycle) and, in the same pass, sums the squares and turns ``(
 :class:`~mmfree.rtl.activation.MlgruUpdate` then :class:`~mmfree.rtl.activation.GatedProduct` token by token
 and waits for each token's states before the next token (tree parents read them); EMBED copies one token's
 embedding row after another through a DMA read client.
+
+With V > 1 (the buffers banked by V, :mod:`mmfree.rtl.buffers`) QSTATS and QCODES run V QuantStats lanes per
+slot and token on elements ``V g .. V g + V - 1`` of group g (lanes past ``count`` see u = 0, which adds 0
+to every sum and maximum), combine the lanes' P and Z maxima and S sums at the vector's end (integers: the
+order does not matter), and QCODES streams V codes per token and cycle (V Codes per token). HGRN and EMBED
+stay at one element per cycle (HGRN reads its element's lane out of the group).
 """
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
-from amaranth import Array, Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
 
 from mmfree.rtl import activation as A
 from mmfree.rtl import isa as I
 from mmfree.rtl import quantize as Q
 from mmfree.rtl import regmap as RM
 from mmfree.rtl.axi import DmaReadClient, cmd_layout
-from mmfree.rtl.buffers import SHARED_BUFFERS, TOKEN_BUFFERS, maxabs_feed, one_write, read_port, write_port
+from mmfree.rtl.buffers import (
+    SHARED_BUFFERS,
+    TOKEN_BUFFERS,
+    lane_word,
+    maxabs_feed,
+    one_write,
+    vector_read_port,
+    write_port,
+)
 from mmfree.rtl.compiler import HwConfig
 from mmfree.rtl.engines import FILL_BUFS, fill_layout, token_word
 from mmfree.rtl.matvec import act_layout
@@ -52,16 +68,17 @@ class VectorEngine(wiring.Component):
     stream s's state); ``act_frac``, ``c_m[p]``, ``c_e[p]`` (in): constants; ``filled`` / ``loading`` (in):
     the load engine's fill counters; ``shx[t]`` / ``sha[t]``
     and ``x_done`` / ``a_done`` (in) with ``x_feed`` / ``a_feed`` (out): the :class:`~mmfree.rtl.buffers.NormTrack`
-    of X and A; reads of every buffer (per token ``x[t]``, ..., ``t2[t]``; ``h0``, ``lb``, ``n``, ``nw[p]``),
+    of X and A; reads of every buffer (per token ``x[t]``, ..., ``t2[t]``; ``h0``, ``lb``, ``n``, ``nw[p]``;
+    :func:`~mmfree.rtl.buffers.vector_read_port` of ``hw.vector_lanes``: V elements per read),
     writes of H (``h_w[t]``), X and A (``x_one`` / ``a_one``: one token's element, to the
     :class:`~mmfree.rtl.buffers.WriteArbiter`); ``codes`` (out): a column of every token's codes into the
-    ternary engine's ``act``; ``M[p][t]`` / ``S[p][t]`` (out): the output multiplier and shift of slot p,
+    ternary engine's ``act`` (V columns per transfer); ``M[p][t]`` / ``S[p][t]`` (out): the output multiplier and shift of slot p,
     token t (registers); ``dma_cmd`` / ``dma_data``: EMBED's AXI read client.
     """
 
     def __init__(self, hw: HwConfig, addr_width: int = 40):
         self.hw, self.addr_width = hw, addr_width
-        K, W = hw.max_tokens, hw.max_width
+        K, W, V = hw.max_tokens, hw.max_width, hw.vector_lanes
         self.kbits = width_for(K)
         super().__init__({
             "issue": In(1), "dispatch": In(dispatch_layout(addr_width)), "done": Out(1),
@@ -74,12 +91,12 @@ class VectorEngine(wiring.Component):
             "shx": In(data.ArrayLayout(signed(Q.U_SHIFT_WIDTH), K)), "sha": In(data.ArrayLayout(signed(Q.U_SHIFT_WIDTH), K)),
             "x_done": In(range(K + 1)), "a_done": In(range(K + 1)),
             "x_feed": Out(maxabs_feed(K)), "a_feed": Out(maxabs_feed(K)),
-            **{b: In(read_port(shape, W)).array(K) for b, (shape, _) in TOKEN_BUFFERS.items()},
-            **{b: In(read_port(SHARED_BUFFERS[b], W)) for b in ("h0", "lb", "n")},
-            "nw": In(read_port(SHARED_BUFFERS["nw0"], W)).array(I.SLOTS),
+            **{b: In(vector_read_port(shape, W, V)).array(K) for b, (shape, _) in TOKEN_BUFFERS.items()},
+            **{b: In(vector_read_port(SHARED_BUFFERS[b], W, V)) for b in ("h0", "lb", "n")},
+            "nw": In(vector_read_port(SHARED_BUFFERS["nw0"], W, V)).array(I.SLOTS),
             "h_w": In(write_port(TOKEN_BUFFERS["h"][0], W)).array(K),
             "x_one": Out(one_write(K, TOKEN_BUFFERS["x"][0], W)), "a_one": Out(one_write(K, TOKEN_BUFFERS["a"][0], W)),
-            "codes": Out(stream.Signature(act_layout(K, I.BANKS))),
+            "codes": Out(stream.Signature(act_layout(K, I.BANKS, V))),
             "M": Out(slot_token(unsigned(Q.MULT_WIDTH), K)), "S": Out(slot_token(signed(Q.SHIFT_WIDTH), K)),
             "dma_cmd": Out(stream.Signature(cmd_layout(addr_width))),
             "dma_data": In(stream.Signature(unsigned(8 * hw.bus_bytes))),
@@ -145,10 +162,14 @@ class VectorEngine(wiring.Component):
                 return (is_["QSTATS"] & (v.nproj > p)) | (is_["QCODES"] & (v.slot == p))
             return is_["HGRN"]                     # H0, LB
 
+        V, lb = self.hw.vector_lanes, ceil_log2(self.hw.vector_lanes)
+        # V > 1: QSTATS / QCODES take V elements (up to count) per cycle, HGRN one
+        step = 1 if V == 1 else Mux(is_["HGRN"], 1, V)
+        upto = Mux(is_["HGRN"], v.ji + 1, Mux(v.ji + V > v.count, v.count, v.ji + V))     # elements needed (V > 1)
         fill_ok, starving = Signal(), Signal()
         ok, starve = Const(1, 1), Const(0, 1)
         for i, b in enumerate(FILL_BUFS):
-            short = need(b) & (v.ji >= self.filled[i])
+            short = need(b) & ((v.ji >= self.filled[i]) if V == 1 else (upto > self.filled[i]))
             ok, starve = ok & ~short, starve | (short & ~self.loading[i])
         m.d.comb += [fill_ok.eq(ok), starving.eq(starve)]
         v.hg_inflight = Signal(range(self.hw.max_width + 2))
@@ -158,24 +179,32 @@ class VectorEngine(wiring.Component):
         m.d.comb += v.fire.eq(pass_ops & ~v.start & ~v.all_issued & fill_ok & token_gate)
         with m.If(pass_ops & ~v.start & ~v.all_issued & starving):
             self._raise(m, v, RM.ERR_NOT_LOADED, op)
+        def last_element():      # the issued element (group) is its vector's last
+            return (v.ji + 1 == v.count) if V == 1 else (v.ji + step >= v.count)
+
         with m.If(v.fire):
-            with m.If(v.ji + 1 == v.count):
+            with m.If(last_element()):
                 m.d.sync += [v.ji.eq(0), v.ti.eq(v.ti + 1)]
                 with m.If(is_["QSTATS"] | is_["QCODES"] | (v.ti + 1 == self.k)):   # QSTATS/QCODES: all tokens at once
                     m.d.sync += v.all_issued.eq(1)
             with m.Else():
-                m.d.sync += v.ji.eq(v.ji + 1)
+                m.d.sync += v.ji.eq(v.ji + step)
+        group = v.ji if V == 1 else v.ji[lb:]     # V > 1: the banks' word of element ji
         for b in TOKEN_BUFFERS:
             for port in getattr(self, b):
-                m.d.comb += port.addr.eq(v.ji)
+                m.d.comb += port.addr.eq(group)
         for port in (self.n, self.h0, self.lb, *self.nw):
-            m.d.comb += port.addr.eq(v.ji)
+            m.d.comb += port.addr.eq(group)
         par = Array(self.parents[t] for t in range(K))[v.ti]
         v.s1_v, v.s1_t, v.s1_last, v.s1_root = Signal(), Signal(range(K)), Signal(), Signal()
         v.s1_par = Signal(range(K))
         # a root of stream 0 (-1) reads H0; a root of stream s >= 1 (-1 - s) its own H (LOAD HROOT put it there)
-        m.d.sync += [v.s1_v.eq(v.fire), v.s1_t.eq(v.ti), v.s1_last.eq(v.ji + 1 == v.count), v.s1_root.eq(par == -1),
+        m.d.sync += [v.s1_v.eq(v.fire), v.s1_t.eq(v.ti), v.s1_last.eq(last_element()), v.s1_root.eq(par == -1),
                      v.s1_par.eq(Mux(par < -1, v.ti, par[:width_for(K - 1)].as_unsigned()))]
+        # V > 1: HGRN's element within the group; QSTATS / QCODES: the group's lanes below count
+        v.s1_lane, v.s1_mask = Signal(max(1, lb)), Signal(V)
+        if V > 1:
+            m.d.sync += [v.s1_lane.eq(v.ji[:lb]), v.s1_mask.eq(Cat(v.ji + j < v.count for j in range(V)))]
 
     def _quant(self, m, v):
         """QSTATS (all slots < nproj in lock step, all tokens < k side by side): P = max|u' nw_p| and the
@@ -195,25 +224,26 @@ class VectorEngine(wiring.Component):
         return stats_done, self._codes(m, v, st, qs)
 
     def _stats(self, m, v, st):
-        """QuantStats and Reciprocal per slot and token (QSTATS; QCODES reuses the slot's QuantStats)."""
-        K, is_ = self.hw.max_tokens, v.is_
-        qs = [[Q.QuantStats() for _ in range(K)] for _ in range(I.SLOTS)]
+        """QuantStats (V lanes) and Reciprocal per slot and token (QSTATS; QCODES reuses the slot's QuantStats).
+        Returns ``(qs, stats_done)``, ``qs[p][t]`` the V lanes of slot p, token t."""
+        K, V, is_ = self.hw.max_tokens, self.hw.vector_lanes, v.is_
+        qs = [[[Q.QuantStats() for _ in range(V)] for _ in range(K)] for _ in range(I.SLOTS)]
         stats_done = v.all_issued
         shx, sha = Array(self.shx[t] for t in range(K)), Array(self.sha[t] for t in range(K))
         for p in range(I.SLOTS):
             active = (is_["QSTATS"] & (v.nproj > p)) | (is_["QCODES"] & (v.slot == p))
             for t in range(K):
-                q, r = qs[p][t], Q.Reciprocal(pipelined=self.hw.pipelined_units)
+                r = Q.Reciprocal(pipelined=self.hw.pipelined_units)
                 got_r, rc_req = Signal(name=f"got_r{p}_{t}"), Signal(name=f"rc_req{p}_{t}")
-                m.submodules[f"qstats{p}_{t}"] = q
+                for j, q in enumerate(qs[p][t]):
+                    m.submodules[f"qstats{p}_{t}" if V == 1 else f"qstats{p}_{t}_l{j}"] = q
+                    self._stats_lane(m, v, q, j, v.s1_v & active & (t < self.k), Mux(v.src, sha[t], shx[t]),
+                                     st.SZ[p][t], p, t)
                 m.submodules[f"recip{p}_{t}"] = r
-                pl = q.i.payload
-                m.d.comb += [q.i.valid.eq(v.s1_v & active & (t < self.k)),
-                             pl.u.eq(Mux(v.src, self.a[t].data, self.x[t].data)), pl.n.eq(self.n.data),
-                             pl.nw.eq(self.nw[p].data), pl.shift.eq(Mux(v.src, sha[t], shx[t])),
-                             pl.sz.eq(st.SZ[p][t]), pl.last.eq(v.s1_last), q.o.ready.eq(1)]
+                q = qs[p][t][0]        # the lanes run in lock step
                 with m.If(q.o.valid & q.o.payload.last & is_["QSTATS"]):
-                    m.d.sync += [st.P[p][t].eq(q.o.payload.P), st.SZ[p][t].eq(q.o.payload.sz), rc_req.eq(1)]
+                    P, sz = self._combined(qs[p][t])
+                    m.d.sync += [st.P[p][t].eq(P), st.SZ[p][t].eq(sz), rc_req.eq(1)]
                 m.d.comb += [r.i.valid.eq(rc_req), r.i.payload.P.eq(st.P[p][t]), r.o.ready.eq(1)]
                 with m.If(r.i.valid & r.i.ready):
                     m.d.sync += rc_req.eq(0)
@@ -226,23 +256,44 @@ class VectorEngine(wiring.Component):
                 stats_done = stats_done & ((v.nproj <= p) | (t >= self.k) | got_r)
         return qs, stats_done
 
+    def _stats_lane(self, m, v, q, j, valid, shift, sz, p, t):
+        """QuantStats lane ``j`` of slot p, token t: element ``V g + j`` of the issued group (u = 0 past count)."""
+        pl = q.i.payload
+        u = Mux(v.src, lane_word(self.a[t], j), lane_word(self.x[t], j))
+        if self.hw.vector_lanes > 1:
+            u = Mux(v.s1_mask[j], u, 0)
+        m.d.comb += [q.i.valid.eq(valid), pl.u.eq(u), pl.n.eq(lane_word(self.n, j)),
+                     pl.nw.eq(lane_word(self.nw[p], j)), pl.shift.eq(shift),
+                     pl.sz.eq(sz), pl.last.eq(v.s1_last), q.o.ready.eq(1)]
+
+    @staticmethod
+    def _combined(lanes):
+        """``(P, sz)`` of a vector from its QuantStats lanes' outputs on ``last``: P and Z the lanes' maxima,
+        sz of Z (one lane: its own)."""
+        if len(lanes) == 1:
+            return lanes[0].o.payload.P, lanes[0].o.payload.sz
+        return _tree(Q.maximum, [q.o.payload.P for q in lanes]), Q.sz_of(_tree(Q.maximum, [q.o.payload.Z for q in lanes]))
+
     def _codes(self, m, v, st, qs):
-        """QCODES: the slot's p streams -> Codes per token -> ``codes`` (every token of a column at once);
-        S -> OutputMultiplier, one token per cycle. Returns codes_done."""
-        K, W, k, slot = self.hw.max_tokens, self.hw.max_width, self.k, v.slot
-        cds = [Q.Codes(pipelined=self.hw.pipelined_units) for _ in range(K)]
+        """QCODES: the slot's p streams -> Codes per token and lane -> ``codes`` (every token of a column, or of
+        V columns, at once); S (the lanes' sum) -> OutputMultiplier, one token per cycle. Returns codes_done."""
+        K, W, V, k, slot = self.hw.max_tokens, self.hw.max_width, self.hw.vector_lanes, self.k, v.slot
+        cds = [[Q.Codes(pipelined=self.hw.pipelined_units) for _ in range(V)] for _ in range(K)]
         m.submodules.outmul = om = Q.OutputMultiplier(pipelined=self.hw.pipelined_units)
-        qos = [Array(qs[p][t].o for p in range(I.SLOTS))[slot] for t in range(K)]
-        S_lat = Array(Signal.like(qs[0][0].o.payload.S, name=f"S_lat{t}") for t in range(K))
-        for t, (cd, qo) in enumerate(zip(cds, qos)):
-            m.submodules[f"codes{t}"] = cd
-            m.d.comb += [cd.i.valid.eq(qo.valid & v.is_["QCODES"]), cd.i.payload.p.eq(qo.payload.p),
-                         cd.i.payload.R.eq(st.R[slot][t]), cd.i.payload.k.eq(st.KR[slot][t]),
-                         cd.i.payload.sp.eq(st.SP[slot][t]), cd.i.payload.last.eq(qo.payload.last), cd.o.ready.eq(1)]
-        vec_end = qos[0].valid & qos[0].payload.last & v.is_["QCODES"]
+        qos = [[Array(qs[p][t][j].o for p in range(I.SLOTS))[slot] for j in range(V)] for t in range(K)]
+        S_lat = Array(Signal.like(qs[0][0][0].o.payload.S, name=f"S_lat{t}") for t in range(K))
+        for t in range(K):
+            for j, (cd, qo) in enumerate(zip(cds[t], qos[t])):
+                m.submodules[f"codes{t}" if V == 1 else f"codes{t}_l{j}"] = cd
+                m.d.comb += [cd.i.valid.eq(qo.valid & v.is_["QCODES"]), cd.i.payload.p.eq(qo.payload.p),
+                             cd.i.payload.R.eq(st.R[slot][t]), cd.i.payload.k.eq(st.KR[slot][t]),
+                             cd.i.payload.sp.eq(st.SP[slot][t]), cd.i.payload.last.eq(qo.payload.last),
+                             cd.o.ready.eq(1)]
+        vec_end = qos[0][0].valid & qos[0][0].payload.last & v.is_["QCODES"]
         om_t, om_go = Signal(range(K + 1)), Signal()       # next token into the OutputMultiplier (k: none left)
-        with m.If(vec_end):
-            m.d.sync += [om_t.eq(0), *(S_lat[t].eq(qos[t].payload.S) for t in range(K))]
+        with m.If(vec_end):           # S: the lanes' sums of squares (integers, any order)
+            m.d.sync += [om_t.eq(0), *(S_lat[t].eq(_tree(lambda a, b: a + b, [qo.payload.S for qo in qos[t]]))
+                                       for t in range(K))]
         with m.If(self.issue):
             m.d.sync += om_go.eq(0)
         with m.Elif(vec_end):
@@ -262,14 +313,18 @@ class VectorEngine(wiring.Component):
         with m.If(self.issue):
             m.d.sync += [jc.eq(0), c_done.eq(0)]
         act = self.codes
-        m.d.comb += [act.valid.eq(cds[0].o.valid), act.payload.bank.eq(v.bank), act.payload.first.eq(jc == 0)]
+        m.d.comb += [act.valid.eq(cds[0][0].o.valid), act.payload.bank.eq(v.bank), act.payload.first.eq(jc == 0)]
         for t in range(K):
-            m.d.comb += [act.payload.code[t].eq(cds[t].o.payload.q), act.payload.en[t].eq(t < k)]
-        with m.If(cds[0].o.valid):
-            with m.If(jc + 1 == v.count):
+            if V == 1:
+                m.d.comb += [act.payload.code[t].eq(cds[t][0].o.payload.q), act.payload.en[t].eq(t < k)]
+            else:
+                m.d.comb += [*(act.payload.code[t][j].eq(cds[t][j].o.payload.q) for j in range(V)),
+                             act.payload.en[t].eq(t < k)]
+        with m.If(cds[0][0].o.valid):
+            with m.If((jc + 1 == v.count) if V == 1 else (jc + V >= v.count)):
                 m.d.sync += [jc.eq(0), c_done.eq(1)]
             with m.Else():
-                m.d.sync += jc.eq(jc + 1)
+                m.d.sync += jc.eq(jc + V)
         return v.all_issued & c_done & (om_cnt == k)
 
     def _hgrn(self, m, v):
@@ -280,11 +335,16 @@ class VectorEngine(wiring.Component):
         m.submodules.gp_h = gp = A.GatedProduct(pipelined=self.hw.pipelined_units)
         m.submodules.gq = gq = fifo.SyncFIFOBuffered(width=32, depth=64)
         hv = v.s1_v & is_["HGRN"]
-        m.d.comb += [mg.i.valid.eq(hv), mg.i.payload.h.eq(Mux(v.s1_root, self.h0.data, token_word(self.h, v.s1_par))),
-                     mg.i.payload.i.eq(token_word(self.t0, v.s1_t)), mg.i.payload.f.eq(token_word(self.t1, v.s1_t)),
-                     mg.i.payload.one_minus_lb.eq(self.lb.data), mg.i.payload.frac.eq(self.act_frac),
+        if self.hw.vector_lanes == 1:
+            word, shared = token_word, (lambda port: port.data)
+        else:                       # one element per cycle: its lane of the group read
+            word = lambda ports, t: token_word([self._lane(v, p) for p in ports], t)      # noqa: E731
+            shared = lambda port: self._lane(v, port).data                                  # noqa: E731
+        m.d.comb += [mg.i.valid.eq(hv), mg.i.payload.h.eq(Mux(v.s1_root, shared(self.h0), word(self.h, v.s1_par))),
+                     mg.i.payload.i.eq(word(self.t0, v.s1_t)), mg.i.payload.f.eq(word(self.t1, v.s1_t)),
+                     mg.i.payload.one_minus_lb.eq(shared(self.lb)), mg.i.payload.frac.eq(self.act_frac),
                      mg.i.payload.last.eq(v.s1_last), mg.o.ready.eq(1),
-                     gq.w_en.eq(hv), gq.w_data.eq(token_word(self.t2, v.s1_t))]
+                     gq.w_en.eq(hv), gq.w_data.eq(word(self.t2, v.s1_t))]
         th, jh = Signal(range(K + 1)), Signal(range(W + 1))
         ta, ja = Signal(range(K + 1)), Signal(range(W + 1))
         with m.If(self.issue):
@@ -310,6 +370,10 @@ class VectorEngine(wiring.Component):
         with m.Elif(is_["HGRN"]):
             m.d.sync += mxa_cnt.eq(mxa_cnt + self.a_done)
         return v.all_issued & (ta == self.k) & (mxa_cnt == self.k)
+
+    def _lane(self, v, port):
+        """Element ``s1_lane`` of a V-wide read (an object with its ``data``, for :func:`token_word`)."""
+        return SimpleNamespace(data=Array(lane_word(port, j) for j in range(self.hw.vector_lanes))[v.s1_lane])
 
     def _embed(self, m, v):
         """EMBED: one DMA row per token into X (and its MaxAbs). Returns embed_done."""
@@ -346,6 +410,13 @@ class VectorEngine(wiring.Component):
         _feed_one(m, self.x_feed, K, te, word, je + 1 == v.count, e_take)
         m.d.comb += [self.x_one.en.eq(e_take), self.x_one.t.eq(te), self.x_one.addr.eq(je), self.x_one.data.eq(word)]
         return (te == k) & ~e_rows & (mxx_cnt == k)
+
+
+def _tree(op, values):
+    """``op`` over ``values`` as a balanced tree of two-input ``op``."""
+    while len(values) > 1:
+        values = [op(values[i], values[i + 1]) if i + 1 < len(values) else values[i] for i in range(0, len(values), 2)]
+    return values[0]
 
 
 def _count_elements(m, step, j, t, count):

@@ -54,6 +54,9 @@ PORTS6_HW = HwConfig(bus_bytes=16, max_tokens=4, max_width=4096, weight_ports=6)
 #: docs/performance.md's acceptance section (each way already consumes a beat per cycle, faster than its port's
 #: share of the DDR, so a second way per port buys little).
 PORTS6E1_HW = HwConfig(bus_bytes=16, max_tokens=4, max_width=4096, weight_ports=6, matvec_engines=1)
+#: The default build with V = 2 / 4 vector lanes (QSTATS / QCODES on V elements per cycle, buffers banked by V).
+LANES2_HW = HwConfig(bus_bytes=16, max_tokens=4, max_width=4096, draft_vocab=4096, vector_lanes=2)
+LANES4_HW = HwConfig(bus_bytes=16, max_tokens=4, max_width=4096, draft_vocab=4096, vector_lanes=4)
 #: Modelled clock for converting host time-outs into simulated cycles (KV260 fabric clock).
 CLOCK_HZ = PARAMS.SIM_CLOCK_HZ
 CLOCK_PERIOD_NS = PARAMS.SIM_CLOCK_PERIOD_NS

@@ -43,6 +43,9 @@ def register(sub) -> None:
                    help="AXI masters streaming weights, each on its own HP port (default: the board file's "
                         f"build.weight_ports, else {PARAMS.BOARD_WEIGHT_PORTS}: "
                         f"{board_defaults('weight_ports', PARAMS.BOARD_WEIGHT_PORTS)})")
+    p.add_argument("--vector-lanes", type=int, default=None, metavar="V",
+                   help="elements per cycle of the vector engine's QSTATS / QCODES passes, 1, 2, 4 or 8 (the build's "
+                        "vector_lanes; default: the board file's build.vector_lanes, else 1)")
     p.add_argument("--k", type=int, default=1, help="tokens per pass (the build's max_tokens)")
     p.add_argument("--pipelined-units", action=argparse.BooleanOptionalAction, default=None,
                    help="the build's datapath uses the pipelined vector units (`mmfree build --pipelined-units`: more "
@@ -93,7 +96,8 @@ def _perf(args) -> int:
         r = _streams(args, dims, board, bus_bits)
     else:
         hw = P.default_hw(dims, board, args.k, bus_bits=bus_bits, matvec_engines=args.engines,
-                          weight_ports=args.weight_ports, pipelined_units=args.pipelined_units)
+                          weight_ports=args.weight_ports, pipelined_units=args.pipelined_units,
+                          vector_lanes=args.vector_lanes)
         if args.draft_vocab:
             hw = dataclasses.replace(hw, draft_vocab=args.draft_vocab)
         r = P.predict(dims, board, args.clock_mhz, hw=hw, k=args.k, accept_len=args.accept_len,
@@ -116,7 +120,8 @@ def _streams(args, dims, board, bus_bits) -> dict:
         raise MmfreeError(f"--streams {args.streams} x --k {args.k} = {args.streams * args.k} tokens per pass; a build "
                           "holds at most 16: lower --streams or --k")
     hw = P.default_hw(dims, board, args.streams * args.k, bus_bits=bus_bits, matvec_engines=args.engines,
-                      weight_ports=args.weight_ports, pipelined_units=args.pipelined_units)
+                      weight_ports=args.weight_ports, pipelined_units=args.pipelined_units,
+                      vector_lanes=args.vector_lanes)
     return predict_streams(dims, board, args.streams, args.k, args.accept_len, hw=hw, clock_mhz=args.clock_mhz,
                            write_logits=args.write_logits, latency_ns=args.latency_ns)
 
@@ -127,7 +132,8 @@ def render(r: dict) -> str:
     lines = [f"model     d={m['d']} I={m['inter']} L={m['layers']} V={m['vocab']} "
              f"({m['ternary_weights'] / 1e6:.0f}M ternary weights)",
              f"board     {r['board']} ({r['part']}) at {r['clock_mhz']:g} MHz; build: {8 * hw['bus_bytes']}-bit bus, "
-             f"{hw['weight_ports']} port(s) x {hw['matvec_engines']} x {hw['lanes']} lanes, k={r['k']} (max {hw['max_tokens']}), "
+             f"{hw['weight_ports']} port(s) x {hw['matvec_engines']} x {hw['lanes']} lanes, "
+             f"{hw.get('vector_lanes', 1)} vector lane(s), k={r['k']} (max {hw['max_tokens']}), "
              f"max_width {hw['max_width']}",
              "all numbers modeled (mmfree.sim.perf; assumptions below)", ""]
     total = r["cycles_per_pass"]

@@ -9,8 +9,9 @@ the compiler's own emitter, run without the model's data) on an instruction-leve
   :data:`RTL_TIMING` ``dispatch`` cycles (FETCH, DECODE, RANGE, WAIT states), in order, and holds an
   instruction while its engine is full or an earlier unfinished instruction writes what it reads or
   touches what it writes (``isa.resources``; LOAD destinations are read as they fill);
-* engines (``rtl/datapath.py``): the vector engine handles one element per cycle for every token at once
-  in QSTATS and QCODES, token by token in HGRN (EMBED copies rows over the bus); the load engine streams norm
+* engines (``rtl/datapath.py``): the vector engine handles ``hw.vector_lanes`` (V) elements per cycle for every
+  token at once in QSTATS and QCODES, one element per cycle token by token in HGRN (EMBED copies rows over the
+  bus); the load engine streams norm
   records at bus speed; the store engine writes one word per cycle; the matvec engine runs one MATVEC at a
   time on a lock-step engine whose ``matvec_engines`` ways per port each take one bus beat per cycle, behind a
   serialiser that emits one row (every token of it) per cycle;
@@ -43,7 +44,7 @@ from mmfree.pymodel import numerics as N
 from mmfree.rtl import isa as I
 from mmfree.rtl import params as PARAMS
 from mmfree.rtl import regmap as RM
-from mmfree.rtl.compiler import HwConfig, emit_program, head_chunk_rows, must_move_bytes, plan_image
+from mmfree.rtl.compiler import VECTOR_LANES, HwConfig, emit_program, head_chunk_rows, must_move_bytes, plan_image
 from mmfree.rtl.memstyle import bram36_for, uram_for  # noqa: F401  (re-exported: the model's block counts)
 
 # ======================================================================================================
@@ -195,12 +196,13 @@ def _pow2(n: int) -> int:
 
 def default_hw(dims: LY.Dims, board=None, k: int = 1, bus_bits: int | None = None,
                matvec_engines: int | None = None, weight_ports: int | None = None,
-               pipelined_units: bool | None = None) -> HwConfig:
+               pipelined_units: bool | None = None, vector_lanes: int | None = None) -> HwConfig:
     """The build a board would get for this model: bus width of the board's HP ports (at most 128 bits)
     unless ``bus_bits``, ``max_tokens = k`` (at least 1), ``max_width`` the power of two covering d, I and
-    the head chunk (at least 64), ``weight_ports`` and ``matvec_engines`` the board file's
-    ``build.weight_ports`` (default 1) and ``build.matvec_engines`` (default 2) unless given, ``pipelined_units``
-    the board file's ``build.pipelined_units`` (default False) unless given."""
+    the head chunk (at least 64), ``weight_ports``, ``matvec_engines`` and ``vector_lanes`` the board file's
+    ``build.weight_ports`` (default 1), ``build.matvec_engines`` (default 2) and ``build.vector_lanes``
+    (default 1) unless given, ``pipelined_units`` the board file's ``build.pipelined_units`` (default False)
+    unless given. A ``vector_lanes`` not in 1, 2, 4, 8 is a :class:`MmfreeError`."""
     if bus_bits is None:
         bus_bits = min(128, board.hp_ports["width_bits"]) if board is not None else 128
     if bus_bits not in (64, 128):
@@ -219,8 +221,13 @@ def default_hw(dims: LY.Dims, board=None, k: int = 1, bus_bits: int | None = Non
         if type(pipelined_units) is not bool:
             raise MmfreeError(f"board file {board.name}: field 'build.pipelined_units' must be true or false, got "
                               f"{pipelined_units!r}; set it or remove it (default false)")
+    if vector_lanes is None:
+        vector_lanes = build.get("vector_lanes", 1)
+    if type(vector_lanes) is not int or vector_lanes not in VECTOR_LANES:
+        raise MmfreeError(f"vector lanes (--vector-lanes or the board file's build.vector_lanes) must be one of "
+                          f"{', '.join(map(str, VECTOR_LANES))}, got {vector_lanes!r}")
     return HwConfig(bus_bytes=bus_bits // 8, max_tokens=max(1, k), max_width=width, matvec_engines=matvec_engines,
-                    weight_ports=weight_ports, pipelined_units=bool(pipelined_units))
+                    weight_ports=weight_ports, pipelined_units=bool(pipelined_units), vector_lanes=vector_lanes)
 
 
 def _check_weight_ports(weight_ports: int, board) -> None:
@@ -438,6 +445,7 @@ class _Pass:
         self.T, self.k, self.rate, self.write_logits = T, k, rate, write_logits
         self.mrate = rate if main_rate is None else main_rate     # the main port's own transfers
         self.bb, self.E, self.P = hw.bus_bytes, hw.matvec_engines, hw.weight_ports
+        self.V = hw.vector_lanes
         self.L = float(rd_latency)
         vec_fifo, load_fifo = PARAMS.MAIN_READER_FIFO_DEPTHS[1:3]
         self.vwin = min(vec_fifo, PARAMS.MAX_OUTSTANDING * PARAMS.MAX_BURST)
@@ -599,8 +607,8 @@ class _Pass:
         return fin
 
     def vector(self, ins: I.Instr, start: float, rd: set) -> float:
-        """QSTATS / QCODES: every token of an element at once; HGRN: token by token. Streamed operands are
-        read as their LOAD fills them."""
+        """QSTATS / QCODES: every token of V elements at once (``ceil(count / V)`` groups); HGRN: one element
+        per cycle, token by token. Streamed operands are read as their LOAD fills them."""
         T, k, op = self.T, self.k, ins.op
         start = max(start, self.engine_last["vector"])
         n = ins["count"]
@@ -609,7 +617,7 @@ class _Pass:
             first = max(start + n, ready + 1)
             fin = first + T["hgrn_token"] + (k - 1) * (n + T["hgrn_token"]) + T["hgrn_tail"]
         else:
-            issued = max(start + n, ready + 1)
+            issued = max(start + math.ceil(n / self.V), ready + 1)
             if op == "QSTATS":
                 fin = issued + T["qstats_tail"] + T["recip"]
             else:
@@ -701,12 +709,15 @@ def _partition(total: float, ivals: dict) -> dict:
 def onchip_memories(hw: HwConfig, weight_fifo_beats: int = WEIGHT_FIFO_BEATS) -> list[dict]:
     """The memories of the datapath (rtl/datapath.py, rtl/matvec.py, rtl/top.py) and, with ``hw.draft_vocab``, the
     draft engine's bigram memory (rtl/draft.py): name, depth, width, bits."""
-    K, W, bb, E = hw.max_tokens, hw.max_width, hw.bus_bytes, hw.engines
-    # per-token vectors: one memory of W words per token
-    mems = [(f"{v}_t{t}", W, w) for v, w in (("X", 32), ("A", 64), ("H", 32), ("T0", 32), ("T1", 32), ("T2", 32))
+    K, W, bb, E, V = hw.max_tokens, hw.max_width, hw.bus_bytes, hw.engines, hw.vector_lanes
+    # per-token vectors: one memory of W words per token (W / V rows of V words with V vector lanes)
+    vecs = [(f"{v}_t{t}", w) for v, w in (("X", 32), ("A", 64), ("H", 32), ("T0", 32), ("T1", 32), ("T2", 32))
             for t in range(K)]
-    mems += [("H0", W, 32), ("LB", W, 32), ("N", W, N.VEC_BITS)]
-    mems += [(f"NW{p}", W, N.VEC_BITS) for p in range(I.SLOTS)]
+    vecs += [("H0", 32), ("LB", 32), ("N", N.VEC_BITS)] + [(f"NW{p}", N.VEC_BITS) for p in range(I.SLOTS)]
+    if V == 1:
+        mems = [(name, W, w) for name, w in vecs]
+    else:
+        mems = [(name, W // V, V * w) for name, w in vecs]
     lanes = hw.lanes
     for e in range(E):
         mems.append((f"weight_queue{e}", weight_fifo_beats, 8 * bb))
@@ -743,10 +754,11 @@ def estimate_resources(hw: HwConfig, family: str, part: dict | None = None) -> d
     units = tab["units"]
     K, E = hw.max_tokens, hw.engines
     mv_name = f"matvec_l{hw.lanes}_k{K}"
-    # the token-parallel datapath (rtl/datapath.py): QuantStats and Reciprocal per slot and token; Codes,
-    # Dequantize, ResidualAdd and the GLU's GatedProduct per token; one OutputMultiplier, MlgruUpdate and HGRN
-    # GatedProduct
-    counts = {"quant_stats": I.SLOTS * K, "reciprocal": I.SLOTS * K, "codes": K, "output_multiplier": 1,
+    # the token-parallel datapath (rtl/datapath.py): QuantStats (one per vector lane) and Reciprocal per slot and
+    # token; Codes per token and vector lane; Dequantize, ResidualAdd and the GLU's GatedProduct per token; one
+    # OutputMultiplier, MlgruUpdate and HGRN GatedProduct (HGRN runs one element per cycle at any V)
+    V = hw.vector_lanes
+    counts = {"quant_stats": I.SLOTS * K * V, "reciprocal": I.SLOTS * K, "codes": K * V, "output_multiplier": 1,
               "dequantize": K, "mlgru_update": 1, "gated_product": 1 + K, "residual_add": K, "argmax": K,
               "max_abs": 2 * K}
     logic = {"LUT": 0.0, "FF": 0.0, "DSP": 0.0}
@@ -884,7 +896,7 @@ def predict(dims, board, clock_mhz: float | None = None, hw: HwConfig | None = N
         "board": b.name, "part": b.part, "clock_mhz": clock,
         "hw": {"bus_bytes": hw.bus_bytes, "max_tokens": hw.max_tokens, "max_width": hw.max_width,
                "matvec_engines": hw.matvec_engines, "weight_ports": hw.weight_ports, "lanes": hw.lanes,
-               "pipelined_units": hw.pipelined_units},
+               "pipelined_units": hw.pipelined_units, "vector_lanes": hw.vector_lanes},
         "k": k, "accept_len": A, "write_logits": write_logits,
         "label": "modeled",
         "tokens_per_s": tps,
@@ -934,7 +946,7 @@ def _width_problems(dims: LY.Dims, b, hw: HwConfig, problems: list[str]) -> HwCo
     if max(dims.d, dims.inter) > hw.max_width:
         problems.append(f"the model is {max(dims.d, dims.inter)} wide, the build's max_width is {hw.max_width}")
         hw = HwConfig(hw.bus_bytes, hw.max_tokens, _pow2(max(dims.d, dims.inter)), hw.matvec_engines,
-                      hw.weight_ports)
+                      hw.weight_ports, vector_lanes=hw.vector_lanes)
     board_width = (b.raw.get("build") or {}).get("max_width")
     if isinstance(board_width, int) and max(dims.d, dims.inter) > board_width:
         problems.append(f"the model is {max(dims.d, dims.inter)} wide but the {b.name} build holds vectors up to "

@@ -830,3 +830,13 @@ def test_pipelined_units_option_and_board_default(tmp_path, capsys):
     assert timing_config("small-pipelined").hw == \
         HwConfig(**{**timing_config("small").hw.__dict__, "pipelined_units": True})
     assert B._source_key(plain) != B._source_key(piped)                 # its own cached Verilog
+def test_board_file_vector_lanes_reach_the_build(tmp_path):
+    """``build.vector_lanes`` of a board file is the build's HwConfig.vector_lanes (and its own source key; V = 1
+    keeps the key it had before the field existed); a bad value is one error naming the field."""
+    four = B.config_for(_board_file(tmp_path, build={"weight_ports": 4, "vector_lanes": 4}))
+    one = B.config_for(_board_file(tmp_path, build={"weight_ports": 4}))
+    assert four.hw.vector_lanes == 4 and one.hw.vector_lanes == 1
+    assert B._source_key(four) != B._source_key(one)
+    for bad in (3, True, 2.0):
+        with pytest.raises(MmfreeError, match=r"field 'build.vector_lanes' must be 1, 2, 4 or 8"):
+            B.config_for(_board_file(tmp_path, build={"weight_ports": 4, "vector_lanes": bad}))

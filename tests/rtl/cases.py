@@ -425,10 +425,11 @@ class MatvecJob:
 
 def matvec_job(dut, rng, shapes) -> MatvecJob:
     """One command per ``(rows, K)`` in ``shapes``, alternating banks 0, 1, 0...; the codes of command
-    ``c`` are loaded into its bank before the commands start (so at most ``banks`` commands)."""
+    ``c`` are loaded into its bank before the commands start (so at most ``banks`` commands). With
+    ``dut.vlanes`` V > 1 each ``act`` transfer carries V consecutive positions (zeros past K)."""
     from mmfree.rtl.matvec import beats_per_row
 
-    L, k, R = dut.lanes, dut.tokens, dut.ways
+    L, k, R, V = dut.lanes, dut.tokens, dut.ways, dut.vlanes
     if any(rows % R for rows, _ in shapes):
         raise ValueError(f"rows must be a multiple of ways = {R}")
     if len(shapes) > dut.banks:
@@ -441,19 +442,23 @@ def matvec_job(dut, rng, shapes) -> MatvecJob:
         if kind == 0:
             codes = rng.choice([-N.CODE_MAX, N.CODE_MAX], (k, K))     # accumulator extremes
         bank = c % dut.banks
+        Kv = -(-K // V)         # transfers per vector
+        grouped = np.pad(codes, ((0, 0), (0, Kv * V - K))).reshape(k, Kv, V)
+        words = (grouped & 0xFF) << (8 * np.arange(V)) if V > 1 else codes
+        words = words.sum(axis=2) if V > 1 else words
         if c % 2 == 0:          # every token's code of a position at once (the datapath's QCODES)
             for t in range(k):
-                acts.setdefault(f"code{t}", []).extend(codes[t])
-            acts.setdefault("en", []).extend([(1 << k) - 1] * K)
-            acts.setdefault("bank", []).extend([bank] * K)
-            acts.setdefault("first", []).extend([1] + [0] * (K - 1))
+                acts.setdefault(f"code{t}", []).extend(words[t])
+            acts.setdefault("en", []).extend([(1 << k) - 1] * Kv)
+            acts.setdefault("bank", []).extend([bank] * Kv)
+            acts.setdefault("first", []).extend([1] + [0] * (Kv - 1))
         else:                   # one token vector after another
             for t in range(k):
                 for tt in range(k):
-                    acts.setdefault(f"code{tt}", []).extend(codes[t] if tt == t else [0] * K)
-                acts.setdefault("en", []).extend([1 << t] * K)
-                acts.setdefault("bank", []).extend([bank] * K)
-                acts.setdefault("first", []).extend([1] + [0] * (K - 1))
+                    acts.setdefault(f"code{tt}", []).extend(words[t] if tt == t else [0] * Kv)
+                acts.setdefault("en", []).extend([1 << t] * Kv)
+                acts.setdefault("bank", []).extend([bank] * Kv)
+                acts.setdefault("first", []).extend([1] + [0] * (Kv - 1))
         bpr = beats_per_row(K, L)
         cmds.append((rows // R, bpr, bank))
         packed = N.pack_ternary(W).reshape(rows, bpr, L // N.TRITS_PER_BYTE)

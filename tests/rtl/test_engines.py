@@ -16,7 +16,7 @@ from amaranth.sim import Simulator
 from mmfree.pymodel import numerics as N
 from mmfree.rtl import isa as I
 from mmfree.rtl import regmap as RM
-from mmfree.rtl.buffers import HWrite, NormTrack
+from mmfree.rtl.buffers import HWrite, NormTrack, VectorBuffers
 from mmfree.rtl.compiler import HwConfig
 from mmfree.rtl.engines import FILL_BUFS, LoadEngine, StoreEngine
 from mmfree.rtl.matvec import beats_per_row
@@ -413,6 +413,55 @@ def test_matvec_engine_matches_reference(ports, rows, k):
 
 
 # ---- vector ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("V", [1, 2, 4])
+def test_vector_buffers_banked_by_lanes_read_back_what_was_written(V):
+    """VectorBuffers with V lanes: elements written one at a time (X of each token, N) read back through the
+    vector engine's port as groups of V (group a: elements V a .. V a + V - 1) and through the matvec engine's
+    and the store engine's ports one element at a time, each word where it was written."""
+    hw = HwConfig(bus_bytes=16, max_tokens=2, max_width=64, vector_lanes=V)
+    dut = VectorBuffers(hw)
+    sim = _sim(dut)
+    rng = np.random.default_rng(V)
+    K, W = hw.max_tokens, hw.max_width
+    x = rng.integers(-(1 << 31), 1 << 31, size=(K, W))
+    n = rng.integers(-(1 << (N.VEC_BITS - 1)), 1 << (N.VEC_BITS - 1), size=W)
+    got = {"xv": [[None] * W for _ in range(K)], "xm": [[None] * W for _ in range(K)], "n": [None] * W}
+
+    def vec(port, j):
+        return port.data if V == 1 else port.data[j]
+
+    async def bench(ctx):
+        for i in rng.permutation(W):
+            for t in range(K):
+                ctx.set(dut.x_w[t].en, 1)
+                ctx.set(dut.x_w[t].addr, int(i))
+                ctx.set(dut.x_w[t].data, int(x[t, i]))
+            ctx.set(dut.n_w.en, 1)
+            ctx.set(dut.n_w.addr, int(i))
+            ctx.set(dut.n_w.data, int(n[i]))
+            await ctx.tick()
+        for t in range(K):
+            ctx.set(dut.x_w[t].en, 0)
+        ctx.set(dut.n_w.en, 0)
+        for i in range(W):
+            a = int(rng.integers(0, W))              # the element ports in any order, the groups in turn
+            for t in range(K):
+                ctx.set(dut.x_matvec[t].addr, a)
+                ctx.set(dut.x_vector[t].addr, i // V)
+            ctx.set(dut.n_r.addr, i // V)
+            await ctx.tick()
+            for t in range(K):
+                got["xm"][t][a] = ctx.get(dut.x_matvec[t].data)
+                got["xv"][t][i] = ctx.get(vec(dut.x_vector[t], i % V))
+            got["n"][i] = ctx.get(vec(dut.n_r, i % V))
+
+    sim.add_testbench(bench)
+    sim.run()
+    assert got["xv"] == x.tolist() and got["n"] == n.tolist()
+    assert all(v is None or v == x[t, i] for t in range(K) for i, v in enumerate(got["xm"][t]))
+    assert sum(v is not None for v in got["xm"][0]) > W // 2
+
+
 def _vector_top(hw):
     """The engine with a NormTrack behind its MaxAbs feeds (the shifts QSTATS / QCODES read)."""
     m = Module()
@@ -425,9 +474,10 @@ def _vector_top(hw):
     return m, dut, norm
 
 
-def _buffers(dut, bufs):
+def _buffers(dut, bufs, V=1):
     """The vector buffers as Python arrays behind the engine's ports: synchronous reads (the old word when the
-    same word is written in that cycle), writes of H (``h_w``) and of X / A (``x_one`` / ``a_one``)."""
+    same word is written in that cycle; with V lanes a read of group a returns elements V a .. V a + V - 1),
+    writes of H (``h_w``) and of X / A (``x_one`` / ``a_one``)."""
     K = len(bufs["x"])
     reads = [(b, t, p) for b in ("x", "a", "h", "t0", "t1", "t2") for t, p in enumerate(getattr(dut, b))]
     reads += [(b, None, getattr(dut, b)) for b in ("h0", "lb", "n")] + [(f"nw{i}", None, p) for i, p in enumerate(dut.nw)]
@@ -439,7 +489,11 @@ def _buffers(dut, bufs):
         async for _, _, *vals in ctx.tick().sample(*sigs):
             addrs, rest = vals[:len(reads)], vals[len(reads):]
             for (b, t, p), a in zip(reads, addrs):
-                ctx.set(p.data, int((bufs[b][t] if t is not None else bufs[b])[a]))
+                row = bufs[b][t] if t is not None else bufs[b]
+                if V == 1:
+                    ctx.set(p.data, int(row[a]))
+                for j in range(V if V > 1 else 0):
+                    ctx.set(p.data[j], int(row[V * a + j]))
             for b, t, *_ in writes:
                 if isinstance(t, int):
                     en, addr, value, rest = *rest[:3], rest[3:]
@@ -452,7 +506,8 @@ def _buffers(dut, bufs):
 
 def _vector_reference(hw, k, tokens, parents, frac, consts, emb, bufs, n):
     """The emulator's EMBED, QSTATS (3 slots), QCODES (slot 1) and HGRN on the same buffers, with numerics."""
-    X = np.stack([np.frombuffer(DDR[emb + 4 * tok * n:][:4 * n], dtype="<i4").astype(np.int64) for tok in tokens])
+    stride = 16 * -(-n // 4)           # EMBED's row stride: 16-byte units
+    X = np.stack([np.frombuffer(DDR[emb + stride * tok:][:4 * n], dtype="<i4").astype(np.int64) for tok in tokens])
     shx = [int(np.asarray(N.normalize_input(X[t])[1]).reshape(-1)[0]) for t in range(k)]
     nvec = bufs["n"][:n]
     P, SZ, codes, M, S = {}, {}, [], [], []
@@ -478,17 +533,21 @@ def _vector_reference(hw, k, tokens, parents, frac, consts, emb, bufs, n):
             "error": RM.ERR_TOKEN_RANGE | (k - 1) << 8}
 
 
-@pytest.mark.parametrize("k, parents", [(1, [-1]), (2, [-1, 0]), (2, [-3, 0]), (2, [-1, -2])])
-def test_vector_engine_matches_reference(k, parents):
+@pytest.mark.parametrize("k, parents, V", [(1, [-1], 1), (2, [-1, 0], 1), (2, [-3, 0], 1), (2, [-1, -2], 1),
+                                           (1, [-1], 2), (2, [-1, 0], 2), (2, [-3, 0], 4), (2, [-1, 0], 4),
+                                           (2, [-1, -2], 8)])
+def test_vector_engine_matches_reference(k, parents, V):
     """EMBED, QSTATS, QCODES and HGRN (a tree: token 1's parent state is token 0's; multi-stream: a root of
     stream s >= 1, parent ``-1 - s``, starts from its own H as LOAD HROOT left it, a root of stream 0 from H0)
     in sequence: X, the codes streamed into the ternary engine, (M, shift), H and A equal the reference; an
-    EMBED of a token >= vocab reports ERR_TOKEN_RANGE with the token's index."""
-    hw = HwConfig(bus_bytes=16, max_tokens=2, max_width=64, matvec_engines=2)
+    EMBED of a token >= vocab reports ERR_TOKEN_RANGE with the token's index. With V vector lanes (QSTATS /
+    QCODES on V elements per cycle, a partial last group: n = 42 is no multiple of 4 or 8) the same, and the
+    codes come V columns per transfer, the ones past n zero."""
+    hw = HwConfig(bus_bytes=16, max_tokens=2, max_width=64, matvec_engines=2, vector_lanes=V)
     top, dut, norm = _vector_top(hw)
     sim = _sim(top)
     rng = np.random.default_rng(20 + k)
-    K, W, n, frac, emb = hw.max_tokens, hw.max_width, 40, 12, 0x100
+    K, W, n, frac, emb = hw.max_tokens, hw.max_width, 40 if V == 1 else 42, 12, 0x100
     tokens = [5, 2][:k]
     consts = [(int(rng.integers(1 << 23, 1 << 24)), int(rng.integers(-4, 5))) for _ in range(I.SLOTS)]
     act = lambda *s: rng.integers(-(1 << 14), 1 << 14, size=s)      # noqa: E731  (Q12 activations)
@@ -497,14 +556,15 @@ def test_vector_engine_matches_reference(k, parents):
             "h0": act(W), "lb": rng.integers(1 << 28, 1 << 31, size=W),
             **{b: rng.integers(-(1 << 20), 1 << 20, size=W) for b in ("n", "nw0", "nw1", "nw2")}}
     expected = _vector_reference(hw, k, tokens, parents, frac, consts, emb, {b: v.copy() for b, v in bufs.items()}, n)
-    sim.add_testbench(_buffers(dut, bufs), background=True)
+    sim.add_testbench(_buffers(dut, bufs, V), background=True)
     sim.add_testbench(_reader(dut.dma_cmd, dut.dma_data, random.Random(k)), background=True)
     codes = []
+    code = [dut.codes.payload.code[t] if V == 1 else dut.codes.payload.code[t][j] for j in range(V) for t in range(k)]
 
     async def code_capture(ctx):
-        async for _, _, valid, *c in ctx.tick().sample(dut.codes.valid, *(dut.codes.payload.code[t] for t in range(k))):
+        async for _, _, valid, *c in ctx.tick().sample(dut.codes.valid, *code):
             if valid:
-                codes.append(c)
+                codes.extend(c[j * k: (j + 1) * k] for j in range(V))
 
     sim.add_testbench(code_capture, background=True)
     produced = {}
@@ -520,7 +580,7 @@ def test_vector_engine_matches_reference(k, parents):
             ctx.set(dut.c_e[p], c_e)
         for i in range(len(FILL_BUFS)):
             ctx.set(dut.filled[i], W)
-        for op, kw in (("embed", dict(count=n, vocab=8, stride16=n // 4)), ("qstats", dict(src=I.SRC_X, nproj=3, count=n)),
+        for op, kw in (("embed", dict(count=n, vocab=8, stride16=-(-n // 4))), ("qstats", dict(src=I.SRC_X, nproj=3, count=n)),
                        ("qcodes", dict(src=I.SRC_X, slot=1, bank=2, count=n)), ("hgrn", dict(count=n))):
             ctx.set(dut.dispatch.op, I.OPCODE[op.upper()])
             await _dispatch(ctx, dut, addr=emb, op=op, **kw)
@@ -530,12 +590,13 @@ def test_vector_engine_matches_reference(k, parents):
         produced["sha"] = [ctx.get(norm.sha[t]) for t in range(k)]
         ctx.set(dut.tokens[k - 1], 8)
         ctx.set(dut.dispatch.op, I.OPCODE["EMBED"])
-        await _dispatch(ctx, dut, addr=emb, op="embed", count=n, vocab=8, stride16=n // 4)
+        await _dispatch(ctx, dut, addr=emb, op="embed", count=n, vocab=8, stride16=-(-n // 4))
         await ctx.tick().repeat(200)
         produced["error"] = ctx.get(dut.error_code) if ctx.get(dut.error) else None
 
     sim.add_testbench(bench)
     sim.run()
     produced.update({b: [list(map(int, bufs[b][t, :n])) for t in range(k)] for b in ("x", "h", "a")})
-    produced["codes"] = codes
+    produced["codes"], past = codes[:n], codes[n:]
     assert produced == expected
+    assert len(past) == -n % V and all(c == [0] * k for c in past)

@@ -88,6 +88,27 @@ def test_matvec_ways_share_the_codes(lanes, tokens, ways, shapes, stall):
         assert beat_cycles[-1] - beat_cycles[0] + 1 == len(job.weights)
 
 
+VLANES = [  # lanes, tokens, vlanes, [(rows, K) per command]: K not a multiple of V (a partial last transfer)
+    (80, 2, 4, [(6, 1000), (5, 63)]),
+    (40, 3, 8, [(4, 99), (3, 80)]),
+    (10, 1, 2, [(5, 61), (2, 10)]),
+]
+
+
+@pytest.mark.parametrize("stall", [0.0, 0.35], ids=["nostall", "stall"])
+@pytest.mark.parametrize("lanes,tokens,vlanes,shapes", VLANES, ids=[f"l{c[0]}_k{c[1]}_v{c[2]}" for c in VLANES])
+def test_matvec_takes_v_codes_per_transfer(lanes, tokens, vlanes, shapes, stall):
+    """``vlanes`` V: each ``act`` transfer writes V consecutive column positions of every enabled token (the
+    vector engine's QCODES with V vector lanes); every row exact."""
+    rng = np.random.default_rng(lanes + vlanes)
+    dut = TernaryMatVec(lanes=lanes, tokens=tokens, max_k=1024, banks=2, vlanes=vlanes)
+    job = matvec_job(dut, rng, shapes)
+    out, _ = simulate(dut, job, stall, seed=vlanes)
+    produced, last = matvec_unpack(dut, out)
+    np.testing.assert_array_equal(produced, job.acc)
+    np.testing.assert_array_equal(last, job.last)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("lanes", LEGAL_LANES)
 @pytest.mark.parametrize("tokens", [1, 4])
@@ -119,7 +140,8 @@ def test_beats_per_row():
     ({"lanes": 15}, "lanes"), ({"lanes": 0}, "lanes"), ({"lanes": 7}, "lanes"), ({"lanes": 160}, "lanes"),
     ({"lanes": 30}, "lanes"), ({"tokens": 0}, "tokens"), ({"max_k": 0}, "max_k"),
     ({"max_k": N.MAX_K + 1}, "max_k"), ({"banks": 0}, "banks"), ({"max_rows": 0}, "max_rows"),
-    ({"lanes": 80.0}, "lanes"), ({"ways": 0}, "ways"),
+    ({"lanes": 80.0}, "lanes"), ({"ways": 0}, "ways"), ({"vlanes": 0}, "vlanes"), ({"lanes": 40, "vlanes": 16}, "vlanes"),
+    ({"lanes": 20, "vlanes": 8}, "vlanes"),
 ])
 def test_illegal_parameters_are_named(kw, name):
     with pytest.raises(ValueError, match=name) as exc:

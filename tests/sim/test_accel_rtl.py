@@ -185,6 +185,20 @@ def test_rtl_six_weight_ports_default_model():
     assert r4["tokens"] == r1["tokens"] and len(r1["tokens"]) == 3
 
 
+@pytest.mark.slow
+def test_rtl_vector_lanes_bit_exact():
+    """The default build with 4 vector lanes (sim.accel.LANES4_HW, its own Verilator build, shared with the perf
+    validation's ``--hw lanes4``): QSTATS / QCODES on 4 elements per cycle out of the banked buffers, the
+    other engines' element ports on the same banks. Every shape, chains and trees, k up to 4, bit-exact."""
+    from mmfree.sim.accel import LANES4_HW
+
+    for shape in sorted(H.SHAPES):
+        im = H.load(shape)
+        steps = H.chain_and_tree_steps(im, np.random.default_rng(13))
+        results, _ = _script(im, steps, hw=LANES4_HW)
+        H.replay_steps(im, steps, results)
+
+
 def test_rtl_sim_cli_weight_ports(tmp_path):
     """`mmfree sim --weight-ports 4` runs the four-port build (shared with the test above) end to end: bit-exact
     generation, the build reported in the JSON, the bandwidth counted over every port."""

@@ -49,6 +49,9 @@ def test_hwconfig_rejects_bad_parameters():
         HwConfig(max_width=1000)
     with pytest.raises(ValueError, match="max_tokens"):
         HwConfig(max_tokens=0)
+    for bad in (3, 0, 16, True, 2.0):
+        with pytest.raises(ValueError, match="vector_lanes"):
+            HwConfig(vector_lanes=bad)
 
 
 def test_compiled_image_layout(model):

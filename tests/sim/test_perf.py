@@ -543,3 +543,37 @@ def test_cli_pipelined_units(tmp_path):
     assert r["hw"]["pipelined_units"] is True and r["rtl_timing"]["mv_glu"] > P.RTL_TIMING["mv_glu"]
     out = _cli("perf", "--model", "370M", "--board", _board(tmp_path, **{"build.pipelined_units": "yes"}))
     assert out.returncode == 1 and "build.pipelined_units" in out.stderr
+def test_vector_lanes_shorten_the_vector_phase_and_count_their_units(tmp_path):
+    """V vector lanes: QSTATS / QCODES take ceil(count / V) cycles in the model (HGRN stays per element), so the
+    vector phase of a 1.3B pass shrinks (not V-fold: HGRN and the tails stay); V copies of QuantStats and Codes
+    raise the LUT / DSP estimate; a banked buffer is one memory of W / V rows of V words (same bits). A bad
+    V, from the option or from the board file, is one clear error naming it."""
+    import dataclasses
+
+    from mmfree.rtl.compiler import HwConfig
+
+    dims = P.dims_for("1.3B")
+    hw1 = P.default_hw(dims, None, 1)
+    base = P.pass_cycles(dims, hw1, 1)
+    vec = {1: base.phases["vector"]}
+    for V in (2, 4):
+        hw = P.default_hw(dims, None, 1, vector_lanes=V)
+        assert hw == dataclasses.replace(hw1, vector_lanes=V)
+        r = P.pass_cycles(dims, hw, 1)
+        vec[V] = r.phases["vector"]
+        assert r.cycles < base.cycles
+    assert vec[4] < vec[2] < 0.6 * vec[1] and vec[4] > vec[1] / 8
+    one, four = (P.estimate_resources(HwConfig(max_tokens=2, vector_lanes=v), "xcup") for v in (1, 4))
+    assert four["dsp"] > one["dsp"] and four["lut"] > one["lut"] and four["onchip_bits"] == one["onchip_bits"]
+    names = {m["name"]: m for m in P.onchip_memories(HwConfig(max_tokens=2, max_width=1024, vector_lanes=4))}
+    assert (names["X_t0"]["depth"], names["X_t0"]["width"]) == (256, 128)
+    with pytest.raises(MmfreeError, match="vector lanes .* must be one of 1, 2, 4, 8, got 3"):
+        P.default_hw(dims, None, 1, vector_lanes=3)
+    with pytest.raises(MmfreeError, match="'build.vector_lanes' must be 1, 2, 4 or 8"):
+        P.predict("370M", _board(tmp_path, **{"build.vector_lanes": 16}))
+    bad = subprocess.run([sys.executable, "-m", "mmfree", "perf", "--model", "370M", "--vector-lanes", "5"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 1 and "mmfree perf: error: vector lanes" in bad.stderr and "Traceback" not in bad.stderr
+    ok = subprocess.run([sys.executable, "-m", "mmfree", "perf", "--model", "370M", "--vector-lanes", "2", "--json"],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0 and json.loads(ok.stdout)["hw"]["vector_lanes"] == 2
