@@ -252,11 +252,13 @@ def test_recorded_rtl_cycles_within_5_percent():
     from mmfree.rtl.compiler import HwConfig
     from mmfree.sim.accel import DEFAULT_HW, PORTS4_HW, PORTS6_HW
 
-    n = {"default": 0, "ports4": 0, "ports6": 0, "pynqz2": 0}
+    n = {"default": 0, "ports4": 0, "ports6": 0, "pynqz2": 0, "pipelined": 0}
     pynqz2 = HwConfig(bus_bytes=8, max_tokens=2, max_width=1024, weight_ports=2, matvec_engines=1)
+    piped = HwConfig(**{**DEFAULT_HW.__dict__, "pipelined_units": True})    # the pipelined vector units
     builds = [("default", DEFAULT_HW, rec["runs"]), ("ports4", PORTS4_HW, rec.get("runs_by_hw", {}).get("ports4", {})),
               ("ports6", PORTS6_HW, rec.get("runs_by_hw", {}).get("ports6", {})),
-              ("pynqz2", pynqz2, rec.get("runs_by_hw", {}).get("pynqz2", {}))]
+              ("pynqz2", pynqz2, rec.get("runs_by_hw", {}).get("pynqz2", {})),
+              ("pipelined", piped, rec.get("runs_by_hw", {}).get("pipelined", {}))]
     for hw_name, hw, runs_of in builds:
         for name, runs in runs_of.items():
             c = rec["configs"][name]
@@ -269,7 +271,7 @@ def test_recorded_rtl_cycles_within_5_percent():
                 tol = 0.12 if (hw_name, name, key) in KNOWN_GAPS else 0.05
                 assert abs(m.cycles - v["cycles"]) <= tol * v["cycles"], (hw_name, name, key, m.cycles, v["cycles"])
                 n[hw_name] += 1
-    assert n["default"] >= 16 and n["ports4"] >= 16, n
+    assert n["default"] >= 16 and n["ports4"] >= 16 and n["pipelined"] >= 12, n
 
 
 def test_recorded_realistic_memory_runs_within_5_percent():
