@@ -145,10 +145,6 @@ ASSUMPTIONS = {
                              "simulation uses 24 cycles = 96 ns at 250 MHz)"),
     "host_us_per_pass": (30.0, "host handshake per pass: write NUM_TOKENS/tokens, START, wait for the interrupt, "
                                "read ARGMAX (PYNQ MMIO + a userspace interrupt; assumption, unmeasured)"),
-    "bram_calibration": (1.30, "whole-design Yosys BRAM36-equivalents / the memories counted here: 302 / 232 (KV260 "
-                               "build, width 4096) and 113 / 86 (PYNQ-Z2, width 1024), both k = 4, one weight port "
-                               "(docs/boards.md estimates); the difference (FIFOs, ROMs, pipeline memories not "
-                               "listed by onchip_memories) is added as BRAM"),
     "glue_fraction": (0.30, "LUT/FF of the sequencer, AXI engines, CSRs, buffer muxes and FIFO control on top of "
                             "the Yosys-estimated compute units (assumption: the whole top was not synthesised)"),
 }
@@ -708,7 +704,11 @@ def _partition(total: float, ivals: dict) -> dict:
 # ======================================================================================================
 def onchip_memories(hw: HwConfig, weight_fifo_beats: int = WEIGHT_FIFO_BEATS) -> list[dict]:
     """The memories of the datapath (rtl/datapath.py, rtl/matvec.py, rtl/top.py) and, with ``hw.draft_vocab``, the
-    draft engine's bigram memory (rtl/draft.py): name, depth, width, bits."""
+    draft engine's bigram memory (rtl/draft.py): name, depth, width, bits, reads (synchronous read ports: a per-token
+    buffer has one per reading engine, :data:`mmfree.rtl.buffers.TOKEN_BUFFERS`; every other memory one)."""
+    from mmfree.rtl.buffers import TOKEN_BUFFERS
+    from mmfree.rtl.quantize import OutputMultiplier
+
     K, W, bb, E, V = hw.max_tokens, hw.max_width, hw.bus_bytes, hw.engines, hw.vector_lanes
     # per-token vectors: one memory of W words per token (W / V rows of V words with V vector lanes)
     vecs = [(f"{v}_t{t}", w) for v, w in (("X", 32), ("A", 64), ("H", 32), ("T0", 32), ("T1", 32), ("T2", 32))
@@ -727,7 +727,20 @@ def onchip_memories(hw: HwConfig, weight_fifo_beats: int = WEIGHT_FIFO_BEATS) ->
         mems.append((f"axi_rd_fifo{i}", dpt, 8 * bb))
     if hw.draft_vocab:          # the trigram draft engine's bigram fallback (rtl/draft.py): one row per token
         mems.append(("draft_bigram", hw.draft_vocab, 32 * hw.draft_params.bigram_slots))
-    return [{"name": n, "depth": dd, "width": w, "bits": dd * w} for n, dd, w in mems]
+    # the ROMs (two read ports, no write, initialised): a sigmoid-tail table in MlgruUpdate's sigmoid and SiLU and in
+    # each GatedProduct's SiLU (HGRN's and one per token), the reciprocal square root table of the OutputMultiplier
+    roms = [(f"sigmoid_rom{i}", len(N.sigmoid_tail_table()) - 1, N.SIG_FRAC) for i in range(3 + K)]
+    roms.append(("rsqrt_rom", len(N.rsqrt_table()), OutputMultiplier.R_BITS))
+
+    def reads(name: str) -> int:
+        buf = name.split("_t")[0].lower()
+        return len(TOKEN_BUFFERS[buf][1]) if "_t" in name and buf in TOKEN_BUFFERS and not name.startswith("codes") \
+            else 1
+
+    return ([{"name": n, "depth": dd, "width": w, "bits": dd * w, "reads": reads(n), "writes": 1, "rom": False}
+             for n, dd, w in mems]
+            + [{"name": n, "depth": dd, "width": w, "bits": dd * w, "reads": 2, "writes": 0, "rom": True}
+               for n, dd, w in roms])
 
 
 def _unit_table() -> dict:
@@ -746,7 +759,8 @@ def estimate_resources(hw: HwConfig, family: str, part: dict | None = None) -> d
     (boards/data/unit_resources.json) times how many the datapath instantiates, plus
     ``glue_fraction`` for the control logic (and the draft-verify loop, ``genloop``, with ``hw.draft_vocab``);
     BRAM/URAM from :func:`onchip_memories` placed by the build's rule (:func:`mmfree.rtl.memstyle.place`: what the
-    build marks ``ram_style "ultra"`` in URAM, the rest in block RAM) plus the ``bram_calibration`` share. With
+    build marks ``ram_style "ultra"`` in URAM, the rest in block RAM, a copy per read port beyond a block RAM's;
+    the same count as ``mmfree build``'s elaborated memories, checked in tests/sim/test_perf.py). With
     ``part`` (a board's ``pl`` dict) also what fits."""
     from mmfree.rtl.memstyle import Mem, place
 
@@ -800,15 +814,11 @@ def estimate_resources(hw: HwConfig, family: str, part: dict | None = None) -> d
            "bram36_if_all_bram": bram_all, "onchip_bits": sum(m["bits"] for m in mems), "notes": notes,
            "source": tab.get("source", "")}
     if part is not None:
-        # the build's own placement (rtl/memstyle.py: ram_style "ultra" where the rule says so, the rest block RAM);
-        # the modeled list gives each memory one synchronous read and one write port
-        placed = place([Mem(m["name"], m["depth"], m["width"]) for m in mems], family)
+        # the build's own placement (rtl/memstyle.py: ram_style "ultra" where the rule says so, the rest block RAM,
+        # a copy per read port beyond what a block RAM has); the listed memories are those of the elaborated design
+        placed = place([Mem(m["name"], m["depth"], m["width"], sync_reads=m["reads"], writes=m["writes"],
+                            zero_init=not m["rom"]) for m in mems], family)
         bram, uram = placed["bram36"], placed["uram"]
-        # the calibration is of the datapath's memories (the draft engine's one memory is listed exactly)
-        unlisted = math.ceil((assumption("bram_calibration") - 1)
-                             * sum(bram36_for(m["depth"], m["width"]) for m in mems if m["name"] != "draft_bigram"))
-        bram += unlisted
-        res["bram36_unlisted"] = unlisted
         res.update(bram36=bram, uram=uram)
         fit = {"lut": res["lut"] <= part["lut"], "ff": res["ff"] <= part["ff"], "dsp": res["dsp"] <= part["dsp"],
                "bram36": bram <= part["bram36"], "uram": uram <= part.get("uram", 0)}

@@ -580,3 +580,19 @@ def test_vector_lanes_shorten_the_vector_phase_and_count_their_units(tmp_path):
     ok = subprocess.run([sys.executable, "-m", "mmfree", "perf", "--model", "370M", "--vector-lanes", "2", "--json"],
                         capture_output=True, text=True)
     assert ok.returncode == 0 and json.loads(ok.stdout)["hw"]["vector_lanes"] == 2
+
+
+@pytest.mark.parametrize("board, kw", [("kv260", {"max_width": 1024, "max_tokens": 2, "weight_ports": 4,
+                                                  "draft_engine": False}),
+                                       ("pynq-z2", {})])
+def test_modeled_memories_place_like_the_elaborated_design(board, kw):
+    """The perf model's BRAM36 / URAM (onchip_memories placed by rtl/memstyle) equal `mmfree build`'s count of the
+    memories the RTL elaborates (read ports per buffer, ROMs): one number for "fits" whichever command asks."""
+    from mmfree.boardfile import load_board
+    from mmfree.boards.build import accel_memories, config_for
+    from mmfree.rtl.memstyle import place
+
+    cfg = config_for(board, **kw)
+    elaborated = place(accel_memories(cfg), cfg.family)
+    est = P.estimate_resources(cfg.hw, cfg.family, load_board(board).pl)
+    assert (est["bram36"], est["uram"]) == (elaborated["bram36"], elaborated["uram"])
