@@ -229,6 +229,19 @@ def _cli(*args):
     return subprocess.run([sys.executable, "-m", "mmfree", *args], capture_output=True, text=True, cwd=ROOT)
 
 
+def test_cli_weight_ports_six_and_bad_counts():
+    """`mmfree perf --weight-ports 6` on the KV260 (HP0-HP3 + HPC0-HPC1); 6 on the PYNQ-Z2 (HP0-HP3 only) is one
+    clear error (exit 1) naming hp_ports.names and the fix; a count no build has is a usage error (exit 2)."""
+    out = _cli("perf", "--model", "1.3B", "--board", "kv260", "--weight-ports", "6", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["hw"]["weight_ports"] == 6
+    out = _cli("perf", "--model", "370M", "--board", "pynq-z2", "--weight-ports", "6")
+    assert out.returncode == 1 and "mmfree perf: error: --weight-ports 6 is more than the 4 HP port(s) of the pynq-z2" \
+        in out.stderr and "choose at most 4" in out.stderr and "Traceback" not in out.stderr
+    out = _cli("perf", "--model", "370M", "--board", "kv260", "--weight-ports", "5")
+    assert out.returncode == 2 and "invalid choice: 5" in out.stderr
+
+
 def test_cli_json_and_table(tmp_path):
     out = _cli("perf", "--model", "1.3B", "--board", "kv260", "--clock-mhz", "250", "--json")
     assert out.returncode == 0, out.stderr
