@@ -17,6 +17,7 @@ The model, per board (every figure in :data:`EVIDENCE` / :data:`REFRESH_NS` name
   simulated DDR as base + uniform(0, jitter) per burst.
 
 Public API: :func:`ddr_model` (a :class:`DdrModel`), :func:`sim_plusargs` (the HDL model's plusargs),
+:func:`fixed_order_rate` (the per-port rate its fixed-order arbitration leaves when the aggregate binds),
 :func:`random_plusargs` (its random back-pressure, a bus rate < 1), :func:`parse_plusargs` (them as a
 dict), :func:`r_pauses` / :func:`ar_pauses` (the same behaviour as
 cocotbext-axi pause generators, for the Python memory ``AxiRam`` on ``m_axi``).
@@ -95,6 +96,31 @@ def ddr_model(board) -> DdrModel:
     eff, src = EVIDENCE[ps]
     peak = board.ddr_peak_bytes_per_s
     return DdrModel(peak, eff, eff * peak, trfc / TREFI_NS, trfc, TREFI_NS, gbit, src)
+
+
+def fixed_order_rate(port_rate: float, aggregate_rate: float, ports: int) -> float:
+    """Beats per cycle per port at which ``ports`` equal shares of a matrix finish behind the simulated DDR's shared
+    controller (``sim/hdl/mmfree_axi_mem.sv`` realistic option), which hands its ``aggregate_rate`` (beats per cycle)
+    out in a fixed port order, each port at most ``port_rate``: the first ports stream at their cap and finish early
+    (their weight queues take the run-ahead), the last ones get what is left, then their cap; the lock-step engine
+    waits for the last. ``min(port_rate, aggregate_rate / ports)`` (every port its cap or an equal share) where the
+    aggregate does not bind; lower where it does (six KV260 ports: 0.45 between refreshes instead of 0.70). A fair
+    arbiter, or matrices larger than the queues (back-pressure evens the ports out), give the equal share: this is
+    the bound for matrices that fit the queues. Raises MmfreeError on rates that are not positive or ports < 1."""
+    if not (port_rate > 0 and aggregate_rate > 0) or not isinstance(ports, int) or ports < 1:
+        raise MmfreeError(f"fixed_order_rate needs positive rates and ports >= 1, got {port_rate}, {aggregate_rate}, "
+                          f"{ports}")
+    left, t = [1.0] * ports, 0.0
+    while any(x > 1e-12 for x in left):
+        avail, rates = aggregate_rate, []
+        for x in left:                          # in port order: each its cap or what the earlier ones left
+            r = min(port_rate, avail) if x > 1e-12 else 0.0
+            rates.append(r)
+            avail -= r
+        dt = min(x / r for x, r in zip(left, rates) if r > 0)
+        left = [max(0.0, x - r * dt) for x, r in zip(left, rates)]
+        t += dt
+    return 1.0 / t
 
 
 def _ratio(x: float, max_den: int = 64) -> tuple[int, int]:

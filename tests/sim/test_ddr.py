@@ -66,6 +66,22 @@ def test_unknown_ps_or_ddr_type_is_refused(tmp_path, field, value, match):
     assert out.returncode == 1 and "mmfree perf: error:" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_fixed_order_rate():
+    """The simulated controller's fixed-order share: the equal share / port cap where the aggregate does not bind
+    (1 and 4 KV260 ports: 0.9); where it binds, the schedule's last port sets the rate (6 KV260 ports: ports 0-3 at
+    0.9 for 1/0.9 cycles, port 4 at the 0.5875 left, port 5 at nothing, then both at 0.9: 2/0.9 cycles per unit,
+    0.45); a one-port aggregate cap binds as is; bad inputs are one clear error."""
+    agg = 67 / 16                               # the KV260 plusargs' aggregate between refreshes, beats per cycle
+    assert D.fixed_order_rate(0.9, agg, 1) == pytest.approx(0.9)
+    assert D.fixed_order_rate(0.9, agg, 4) == pytest.approx(0.9)
+    assert D.fixed_order_rate(0.9, agg, 6) == pytest.approx(0.45)
+    assert D.fixed_order_rate(0.9, agg, 6) < agg / 6
+    assert D.fixed_order_rate(0.9, 0.5, 1) == pytest.approx(0.5)
+    for bad in ((0.0, agg, 6), (0.9, -1.0, 6), (0.9, agg, 0)):
+        with pytest.raises(MmfreeError, match="fixed_order_rate needs positive rates and ports >= 1"):
+            D.fixed_order_rate(*bad)
+
+
 def test_python_memory_pause_patterns():
     """The Python memory's pause patterns give the HDL model's average rate (refresh + port rate) and are seeded."""
     import itertools
