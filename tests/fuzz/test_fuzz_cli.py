@@ -87,6 +87,8 @@ CASES = [
      ANY_INT.filter(lambda v: v < 16 or v > 32768 or v & (v - 1)) | JUNK),
     ("build", ["build", "--board", "kv260", "--out", "OUT", "--no-vivado"], "--weight-ports",
      ANY_INT.filter(lambda v: v not in (1, 2, 4)) | JUNK),
+    ("build", ["build", "--board", "kv260", "--out", "OUT", "--no-vivado"], "--engines",
+     ANY_INT.filter(lambda v: v not in (1, 2)) | JUNK),
     ("build", ["build", "--board", "kv260", "--out", "OUT", "--no-vivado"], "--max-tokens",
      st.integers(-2**70, 0) | big(17) | JUNK),
     ("rtl", ["rtl", "verilog", "--out", "OUT"], "--lanes", ANY_INT.filter(lambda v: v not in (5, 10, 20, 40, 80)) | JUNK),

@@ -199,6 +199,33 @@ def test_rtl_vector_lanes_bit_exact():
         H.replay_steps(im, steps, results)
 
 
+def test_rtl_six_ports_one_engine_bit_exact():
+    """Six weight ports x ONE engine each (sim.accel.PORTS6E1_HW, 6 ways: row r is way r mod 6, so each port's rows
+    all go to its single way; its own Verilator build, shared with the perf validation). The small shapes (rows not a
+    multiple of 6; d64v163's last head chunk of 3 rows, fewer than the ports) with chains and a tree at k = 1 and 3,
+    then the default model (d 240, 4 layers, vocabulary 4096: head chunks of 640 rows, not a multiple of 6) with a
+    k = 1 pass, a k = 3 chain and a k = 3 tree (root with two children: two drafts verified side by side) from random
+    states, and a committed k = 3 chain: every logit, argmax and state bit-exact against IntModel."""
+    from mmfree.pymodel.intmodel import open_int_model
+    from mmfree.sim.accel import PORTS6E1_HW
+
+    for shape in sorted(H.SHAPES) + ["d64v163"]:
+        im = H.load(shape)
+        steps = H.chain_and_tree_steps(im, np.random.default_rng(17), k_values=(1, 3))
+        results, _ = _script(im, steps, hw=PORTS6E1_HW)
+        H.replay_steps(im, steps, results)
+    im, _ = open_int_model("default")
+    rng = np.random.default_rng(19)
+    L, d, V = im.dims.layers, im.dims.d, im.dims.vocab
+    steps = [{"tokens": [int(rng.integers(0, V))], "h0": rng.integers(-(1 << 18), 1 << 18, size=(L, d)).tolist()},
+             {"tokens": [int(t) for t in rng.integers(0, V, size=3)], "commit": 2,
+              "h0": rng.integers(-(1 << 18), 1 << 18, size=(L, d)).tolist()},
+             {"tokens": [int(t) for t in rng.integers(0, V, size=3)], "parents": [-1, 0, 0], "commit": 0},
+             {"tokens": [5, V - 1, 0]}]
+    results, _ = _script(im, steps, hw=PORTS6E1_HW)
+    H.replay_steps(im, steps, results)
+
+
 def test_rtl_sim_cli_weight_ports(tmp_path):
     """`mmfree sim --weight-ports 4` runs the four-port build (shared with the test above) end to end: bit-exact
     generation, the build reported in the JSON, the bandwidth counted over every port."""
