@@ -150,23 +150,24 @@ def test_kv260_six_ports_bind_at_the_ddr_aggregate():
     assert six["resources"]["lut"] > four["resources"]["lut"] and six["onchip_bits"] > four["onchip_bits"]
 
 
-def test_kv260_six_ports_one_engine_k3_modeled_fit():
+def test_kv260_six_ports_one_engine_k3_is_refused_for_block_ram():
     """The k = 3 build of docs/performance.md's acceptance section, as `mmfree perf` takes it (the flags of `mmfree
     build --weight-ports 6 --engines 1 --max-tokens 3`): 6 engines in all, width 8192 for 1.3B, the DDR aggregate
-    binds, and the perf resource model fits it on the KV260 where six ports x two engines at k = 3 do not. (The
-    perf model counts one read port per vector buffer; `mmfree build`, placing the elaborated memories, refuses
-    this build: docs/performance.md says why.)"""
+    binds; its LUTs fit the KV260 (six ports x two engines do not), but its per-token buffers' read-port copies need
+    286 BRAM36 of 144, the count `mmfree build` gives for the elaborated design: exit 3, the class named."""
     out = _cli("perf", "--model", "1.3B", "--board", "kv260", "--weight-ports", "6", "--engines", "1", "--k", "3",
                "--accept-len", "2.28", "--json")
-    assert out.returncode == 0, out.stderr
+    assert out.returncode == 3, out.stderr
     r = json.loads(out.stdout)
     assert (r["hw"]["weight_ports"], r["hw"]["matvec_engines"], r["hw"]["max_tokens"], r["hw"]["max_width"]) == \
         (6, 1, 3, 8192)
-    assert r["fits"] is True and not r["problems"] and r["bus_limited_by"] == "ddr"
+    assert r["fits"] is False and r["bus_limited_by"] == "ddr" and r["tokens_per_s"] > 110
+    assert r["resources"]["fit"] == {"lut": True, "ff": True, "dsp": True, "bram36": False, "uram": True}
+    assert r["resources"]["bram36"] == 286 and any("BRAM36 286 of 144" in p for p in r["problems"])
     dims = P.dims_for("1.3B")
     two = P.predict(dims, "kv260", k=3, accept_len=2.28,
                     hw=P.default_hw(dims, None, 3, weight_ports=6, matvec_engines=2))
-    assert not two["fits"] and two["resources"]["lut"] > r["resources"]["lut"]
+    assert not two["fits"] and two["resources"]["lut"] > r["resources"]["lut"] > 0
 
 
 @pytest.mark.parametrize("board,ports,match", [
