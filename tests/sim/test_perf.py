@@ -308,16 +308,22 @@ def test_recorded_rtl_cycles_within_5_percent():
     assert n["default"] >= 16 and n["ports4"] >= 16 and n["pipelined"] >= 12 and n["lanes2"] >= 12, n
 
 
+def _bench_validate():
+    """bench/perf_validate.py as a module (its ``model_cycles`` / ``parse_key`` are what the bench compares)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import perf_validate
+    finally:
+        sys.path.pop(0)
+    return perf_validate
+
+
 def test_recorded_six_ports_one_engine_runs_within_5_percent():
     """The six-port x one-engine build (bench/perf_validate.py --hw ports6e1 --record: sim.accel.PORTS6E1_HW, the k = 3
     KV260 build of docs/performance.md's acceptance section) against its recorded ideal-memory RTL runs, k = 1 and
     k = 3, within 5 %."""
     rec = json.loads((ROOT / "boards" / "data" / "perf_validation.json").read_text())
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import perf_validate as V
-    finally:
-        sys.path.pop(0)
+    V = _bench_validate()
     seen = set()
     for name, runs in rec.get("runs_by_hw", {}).get("ports6e1", {}).items():
         for key, v in runs.items():
@@ -333,11 +339,7 @@ def test_recorded_realistic_memory_runs_within_5_percent():
     realistic --record): the model at the realistic memory's average bus rate and mean latency, within 5 %
     (12 % for the REALISTIC_KNOWN_GAPS)."""
     rec = json.loads((ROOT / "boards" / "data" / "perf_validation.json").read_text())
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import perf_validate as V
-    finally:
-        sys.path.pop(0)
+    V = _bench_validate()
     n = 0
     for hw_name, runs_of in rec.get("realistic_runs", {}).items():
         for name, runs in runs_of.items():
@@ -355,11 +357,7 @@ def test_recorded_random_backpressure_runs_within_5_percent():
     random --rate 0.5,0.75 --record, and 0.25): ``pass_cycles(..., rate=r)`` within 5 % of CYCLES (12 % for the
     RANDOM_KNOWN_GAPS), on the default and the PYNQ-Z2 builds, each at rates 0.5 and 0.75."""
     rec = json.loads((ROOT / "boards" / "data" / "perf_validation.json").read_text())
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import perf_validate as V
-    finally:
-        sys.path.pop(0)
+    V = _bench_validate()
     seen = set()
     for hw_name, runs_of in rec.get("random_runs", {}).items():
         for name, runs in runs_of.items():
@@ -393,11 +391,7 @@ def test_bench_refuses_to_record_another_seed():
 def test_model_against_rtl_random_backpressure():
     """The smallest case on the RTL (d64, k = 1, default build) with the simulated DDR's random back-pressure at
     rate 0.5: slower than the ideal memory, and the model at bus rate 0.5 within 5 % of CYCLES."""
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import perf_validate as V
-    finally:
-        sys.path.pop(0)
+    V = _bench_validate()
     rnd = V.rtl_cycles("d64", (1,), "default", logits=(True,), memory="random", rate=0.5)
     ideal = V.rtl_cycles("d64", (1,), "default", logits=(True,))
     key = V.run_key(1, True, rate=0.5)
@@ -411,11 +405,7 @@ def test_model_against_rtl_random_backpressure():
 def test_model_against_rtl():
     """Runs the accelerator RTL (Verilator) on 4 shapes (and 2 on the four-weight-port build), k = 1 and 4: the
     model within 5 % of CYCLES (12 % for the recorded KNOWN_GAPS)."""
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import perf_validate as V
-    finally:
-        sys.path.pop(0)
+    V = _bench_validate()
     for hw_name, names in (("default", ("d64", "d96", "d200", "d512")), ("ports4", ("d96", "d512"))):
         for name in names:
             meas = V.rtl_cycles(name, (1, 4), hw_name)
