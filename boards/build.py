@@ -327,7 +327,7 @@ def _engines_for(b, matvec_engines: int | None) -> int:
 def config_for(board, clock_mhz: float | None = None, max_width: int | None = None, max_tokens: int | None = None,
                weight_ports: int | None = None, draft_engine: bool | None = None,
                draft_vocab: int | None = None, pipelined_units: bool | None = None,
-               matvec_engines: int | None = None) -> BuildConfig:
+               matvec_engines: int | None = None, vector_lanes: int | None = None) -> BuildConfig:
     """The build parameters of ``board`` (a name or :class:`~mmfree.boardfile.Board`): AXI width from its
     HP ports, the fabric clock (default: the board file's, at most ``max_clock_mhz``), the widest vector
     (default: the board file's ``build.max_width``, else :data:`DEFAULT_MAX_WIDTH`), the tokens per pass
@@ -337,10 +337,10 @@ def config_for(board, clock_mhz: float | None = None, max_width: int | None = No
     engines per weight port (``matvec_engines``, :func:`_engines_for`), the draft engine (``draft_engine`` /
     ``draft_vocab``, :func:`_draft_vocab`; default the board file's ``build.draft_vocab``), the pipelined vector
     units (``pipelined_units``; default the board file's ``build.pipelined_units``, else False), the vector lanes
-    (the board file's ``build.vector_lanes``, else 1) and the fabric
+    (``vector_lanes``, ``--vector-lanes``; default the board file's ``build.vector_lanes``, else 1) and the fabric
     clock the PS really generates (:func:`fabric_clock`)."""
     from mmfree.boardfile import load_board
-    from mmfree.rtl.compiler import HwConfig
+    from mmfree.rtl.compiler import VECTOR_LANES, HwConfig
 
     b = load_board(board) if isinstance(board, str) else board
     if max_width is None:
@@ -365,7 +365,10 @@ def config_for(board, clock_mhz: float | None = None, max_width: int | None = No
     bus_bytes = b.hp_ports["width_bits"] // 8
     vocab = _draft_vocab(b, draft_engine, draft_vocab)
     piped = _pipelined_units(b, pipelined_units)
-    vlanes = (b.raw.get("build") or {}).get("vector_lanes", 1)
+    vlanes = (b.raw.get("build") or {}).get("vector_lanes", 1) if vector_lanes is None else vector_lanes
+    if vector_lanes is not None and (type(vector_lanes) is not int or vector_lanes not in VECTOR_LANES):
+        raise MmfreeError(f"--vector-lanes {vector_lanes!r}: the vector engine runs 1, 2, 4 or 8 elements per "
+                          "cycle; give one of those")
     try:
         HwConfig(bus_bytes=bus_bytes, max_tokens=max_tokens, max_width=max_width, weight_ports=n_ports,
                  matvec_engines=engines, vector_lanes=vlanes)
@@ -800,7 +803,8 @@ def check_out(out, force: bool = False, inputs=()) -> Path:
 def build(board: str, out, clock_mhz: float | None = None, do_estimate: bool = False, run_vivado: bool | None = None,
           max_width: int | None = None, max_tokens: int = 4, progress=None, weight_ports: int | None = None,
           force: bool = False, draft_engine: bool | None = None, draft_vocab: int | None = None,
-          pipelined_units: bool | None = None, matvec_engines: int | None = None) -> dict:
+          pipelined_units: bool | None = None, matvec_engines: int | None = None,
+          vector_lanes: int | None = None) -> dict:
     """``mmfree build``: write the project; run Vivado when it is on PATH (``run_vivado`` None) or when asked.
     ``weight_ports`` (``--weight-ports``) overrides the board file's ``build.weight_ports``, ``matvec_engines``
     (``--engines``) its ``build.matvec_engines``; ``draft_engine`` /
@@ -814,7 +818,7 @@ def build(board: str, out, clock_mhz: float | None = None, do_estimate: bool = F
     b = load_board(board)
     cfg = config_for(b, clock_mhz, max_width=max_width, max_tokens=max_tokens, weight_ports=weight_ports,
                      draft_engine=draft_engine, draft_vocab=draft_vocab, pipelined_units=pipelined_units,
-                     matvec_engines=matvec_engines)
+                     matvec_engines=matvec_engines, vector_lanes=vector_lanes)
     check_out(out, force)
     out = Path(out)
     say = progress or (lambda m: None)

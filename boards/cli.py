@@ -45,8 +45,8 @@ def register(sub) -> None:
                         f"({board_defaults('weight_ports', PARAMS.BOARD_WEIGHT_PORTS)})")
     b.add_argument("--engines", type=int, default=None, metavar="E",
                    help="ternary engines (ways of the lock-step matvec engine) per weight port: 1 or 2; two consume "
-                        "weights twice as fast as a port delivers them, one halves the engine logic (the six-port "
-                        "KV260 build with --max-tokens 3 fits with 1); default: the board file's build.matvec_engines, "
+                        "weights twice as fast as a port delivers them, one halves the engine logic "
+                        "(six ports get less than a beat per cycle each from the DDR, which one engine outruns); default: the board file's build.matvec_engines, "
                         f"else {PARAMS.BOARD_MATVEC_ENGINES} "
                         f"({board_defaults('matvec_engines', PARAMS.BOARD_MATVEC_ENGINES)})")
     b.add_argument("--max-tokens", type=int, default=None, metavar="K",
@@ -67,6 +67,10 @@ def register(sub) -> None:
                    help="build the datapath from the pipelined variants of its vector units (shorter paths for a "
                         "faster clock, a few more cycles per pass; HW_CONFIG bit 28; docs/rtl.md Timing). Default: "
                         "the board file's build.pipelined_units, else off")
+    b.add_argument("--vector-lanes", type=int, default=None, metavar="V",
+                   help="elements per cycle of the vector engine's QSTATS / QCODES passes: 1, 2, 4 or 8 (the vector "
+                        "buffers banked by V; V copies of the quantizer statistics and code units); default: the "
+                        "board file's build.vector_lanes, else 1")
     b.add_argument("--estimate", action="store_true", help="Yosys resource estimate and fit check (slow, cached)")
     b.add_argument("--no-vivado", action="store_true", help="only write the project, even when Vivado is on PATH")
     add_json(b)
@@ -161,7 +165,7 @@ def _build(args) -> int:
                 run_vivado=False if args.no_vivado else None, max_width=args.max_width,
                 max_tokens=args.max_tokens, weight_ports=args.weight_ports, progress=say, force=args.force,
                 draft_engine=args.draft_engine, draft_vocab=args.draft_vocab, pipelined_units=args.pipelined_units,
-                matvec_engines=args.engines)
+                matvec_engines=args.engines, vector_lanes=args.vector_lanes)
     if args.json:
         print_json(res)
         return 0

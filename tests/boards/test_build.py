@@ -840,3 +840,10 @@ def test_board_file_vector_lanes_reach_the_build(tmp_path):
     for bad in (3, True, 2.0):
         with pytest.raises(MmfreeError, match=r"field 'build.vector_lanes' must be 1, 2, 4 or 8"):
             B.config_for(_board_file(tmp_path, build={"weight_ports": 4, "vector_lanes": bad}))
+    # --vector-lanes overrides the board file; a bad value names the flag
+    over = B.config_for(_board_file(tmp_path, build={"weight_ports": 4, "vector_lanes": 4}), vector_lanes=2)
+    assert over.hw.vector_lanes == 2
+    assert B.config_for("kv260", vector_lanes=2).vector_lanes == 2
+    for bad in (3, 0, True, 2.0):
+        with pytest.raises(MmfreeError, match=r"--vector-lanes .*: the vector engine runs 1, 2, 4 or 8"):
+            B.config_for("kv260", vector_lanes=bad)
