@@ -46,7 +46,8 @@ def register(sub) -> None:
     b.add_argument("--engines", type=int, default=None, metavar="E",
                    help="ternary engines (ways of the lock-step matvec engine) per weight port: 1 or 2; two consume "
                         "weights twice as fast as a port delivers them, one halves the engine logic "
-                        "(six ports get less than a beat per cycle each from the DDR, which one engine outruns); default: the board file's build.matvec_engines, "
+                        "(six ports get less than a beat per cycle each from the DDR, which one engine outruns); "
+                        "default: the board file's build.matvec_engines, "
                         f"else {PARAMS.BOARD_MATVEC_ENGINES} "
                         f"({board_defaults('matvec_engines', PARAMS.BOARD_MATVEC_ENGINES)})")
     b.add_argument("--max-tokens", type=int, default=None, metavar="K",
