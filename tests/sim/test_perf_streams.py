@@ -78,11 +78,17 @@ def _cli(*args):
 
 
 def test_cli_streams_json_and_table():
-    out = _cli("--model", "1.3B", "--board", "kv260", "--streams", "2", "--json")
+    out = _cli("--model", "370M", "--board", "kv260", "--streams", "2", "--json")
     assert out.returncode == 0, out.stderr
     r = json.loads(out.stdout)
     assert r["streams"] == 2 and r["label"] == "modeled" and r["fits"] is True
     assert r["aggregate_tokens_per_s"] > 1.9 * r["single_stream_tokens_per_s"]
+    # 1.3B needs width 8192: two tokens' buffers with their read-port copies are over the KV260's block RAM
+    out = _cli("--model", "1.3B", "--board", "kv260", "--streams", "2", "--json")
+    assert out.returncode == 3, out.stderr
+    r = json.loads(out.stdout)
+    assert r["fits"] is False and r["aggregate_tokens_per_s"] > 1.9 * r["single_stream_tokens_per_s"]
+    assert not r["resources"]["fit"]["bram36"] and r["resources"]["fit"]["lut"]
     out = _cli("--model", "1.3B", "--board", "kv260", "--streams", "4")
     assert out.returncode == 3, out.stderr                 # the 4-token build does not fit the KV260 (LUT, BRAM)
     assert "aggregate over 4 streams" in out.stdout and "single stream" in out.stdout and "DOES NOT FIT" in out.stdout
