@@ -73,17 +73,24 @@ WAYS = [  # lanes, tokens, ways, [(rows, K) per command]
 ]
 
 
+def _rows_exact(dut, rng, shapes, stall: float, seed: int):
+    """A random job of ``shapes`` on ``dut`` (with ``stall``): every row's accumulators and last flags exactly the
+    reference's. Returns (job, beat cycles)."""
+    job = matvec_job(dut, rng, shapes)
+    out, beat_cycles = simulate(dut, job, stall, seed=seed)
+    produced, last = matvec_unpack(dut, out)
+    np.testing.assert_array_equal(produced, job.acc)
+    np.testing.assert_array_equal(last, job.last)
+    return job, beat_cycles
+
+
 @pytest.mark.parametrize("stall", [0.0, 0.35], ids=["nostall", "stall"])
 @pytest.mark.parametrize("lanes,tokens,ways,shapes", WAYS, ids=[f"l{c[0]}_k{c[1]}_w{c[2]}" for c in WAYS])
 def test_matvec_ways_share_the_codes(lanes, tokens, ways, shapes, stall):
     """`ways` rows side by side: every row exact, one group per beat position, the stream never waits."""
     rng = np.random.default_rng(lanes * 7 + ways)
     dut = TernaryMatVec(lanes=lanes, tokens=tokens, max_k=1024, banks=2, ways=ways)
-    job = matvec_job(dut, rng, shapes)
-    out, beat_cycles = simulate(dut, job, stall, seed=ways)
-    produced, last = matvec_unpack(dut, out)
-    np.testing.assert_array_equal(produced, job.acc)
-    np.testing.assert_array_equal(last, job.last)
+    job, beat_cycles = _rows_exact(dut, rng, shapes, stall, seed=ways)
     if not stall:
         assert beat_cycles[-1] - beat_cycles[0] + 1 == len(job.weights)
 
@@ -102,11 +109,7 @@ def test_matvec_takes_v_codes_per_transfer(lanes, tokens, vlanes, shapes, stall)
     vector engine's QCODES with V vector lanes); every row exact."""
     rng = np.random.default_rng(lanes + vlanes)
     dut = TernaryMatVec(lanes=lanes, tokens=tokens, max_k=1024, banks=2, vlanes=vlanes)
-    job = matvec_job(dut, rng, shapes)
-    out, _ = simulate(dut, job, stall, seed=vlanes)
-    produced, last = matvec_unpack(dut, out)
-    np.testing.assert_array_equal(produced, job.acc)
-    np.testing.assert_array_equal(last, job.last)
+    _rows_exact(dut, rng, shapes, stall, seed=vlanes)
 
 
 @pytest.mark.slow

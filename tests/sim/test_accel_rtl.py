@@ -38,6 +38,16 @@ def _script(im, steps, memory="hdl", pause_seed=None, rd_latency=24, hw=None):
     return out, res
 
 
+def _chains_and_trees_exact(hw, shapes, seed: int) -> None:
+    """Every shape's chain and tree steps (tests/sim/helpers.py) on the build ``hw``, each replayed exactly
+    against IntModel."""
+    for shape in shapes:
+        im = H.load(shape)
+        steps = H.chain_and_tree_steps(im, np.random.default_rng(seed))
+        results, _ = _script(im, steps, hw=hw)
+        H.replay_steps(im, steps, results)
+
+
 @pytest.mark.parametrize("shape", sorted(H.SHAPES))
 def test_rtl_bit_exact_chains_and_trees(shape):
     """d in {64, 96, 200}, 1-3 layers, odd vocabularies; k = 1 and 4; chains and a tree; random start
@@ -150,11 +160,7 @@ def test_rtl_weight_ports_bit_exact():
     to 4, bit-exact."""
     from mmfree.sim.accel import PORTS4_HW
 
-    for shape in sorted(H.SHAPES):
-        im = H.load(shape)
-        steps = H.chain_and_tree_steps(im, np.random.default_rng(11))
-        results, _ = _script(im, steps, hw=PORTS4_HW)
-        H.replay_steps(im, steps, results)
+    _chains_and_trees_exact(PORTS4_HW, sorted(H.SHAPES), seed=11)
 
 
 def test_rtl_six_weight_ports_bit_exact():
@@ -165,11 +171,7 @@ def test_rtl_six_weight_ports_bit_exact():
     k up to 4, bit-exact against IntModel."""
     from mmfree.sim.accel import PORTS6_HW
 
-    for shape in sorted(H.SHAPES) + ["d64v163"]:
-        im = H.load(shape)
-        steps = H.chain_and_tree_steps(im, np.random.default_rng(13))
-        results, _ = _script(im, steps, hw=PORTS6_HW)
-        H.replay_steps(im, steps, results)
+    _chains_and_trees_exact(PORTS6_HW, sorted(H.SHAPES) + ["d64v163"], seed=13)
 
 
 def test_rtl_six_weight_ports_default_model():
@@ -192,11 +194,7 @@ def test_rtl_vector_lanes_bit_exact():
     other engines' element ports on the same banks. Every shape, chains and trees, k up to 4, bit-exact."""
     from mmfree.sim.accel import LANES4_HW
 
-    for shape in sorted(H.SHAPES):
-        im = H.load(shape)
-        steps = H.chain_and_tree_steps(im, np.random.default_rng(13))
-        results, _ = _script(im, steps, hw=LANES4_HW)
-        H.replay_steps(im, steps, results)
+    _chains_and_trees_exact(LANES4_HW, sorted(H.SHAPES), seed=13)
 
 
 def test_rtl_six_ports_one_engine_bit_exact():
