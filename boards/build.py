@@ -241,18 +241,6 @@ def fabric_clock(board, clock_mhz: float) -> dict:
             "divisors": [d0, d1], "pll": {**{k: pll[k] for k in ("name", "ref_mhz", "mult")}, "mhz": pll_mhz}}
 
 
-def _pipelined_units(b, pipelined_units: bool | None) -> bool:
-    """``--pipelined-units`` / ``--no-pipelined-units``, else the board file's ``build.pipelined_units`` (default
-    False). MmfreeError for a board-file value that is not a boolean."""
-    if pipelined_units is not None:
-        return bool(pipelined_units)
-    v = (b.raw.get("build") or {}).get("pipelined_units", False)
-    if type(v) is not bool:
-        raise MmfreeError(f"board file {b.name}: field 'build.pipelined_units' must be true or false (the datapath's "
-                          f"vector units pipelined), got {v!r}; set it or remove it (default false)")
-    return v
-
-
 def _draft_vocab(b, draft_engine: bool | None, draft_vocab: int | None) -> int:
     """Rows of the draft engine's bigram memory: ``draft_vocab`` (``--draft-vocab``, implies the engine), else with
     ``draft_engine`` True the board file's ``build.draft_vocab`` or :data:`PARAMS.BOARD_DRAFT_VOCAB`; with it None
@@ -364,8 +352,9 @@ def config_for(board, clock_mhz: float | None = None, max_width: int | None = No
                           "missing")
     bus_bytes = b.hp_ports["width_bits"] // 8
     vocab = _draft_vocab(b, draft_engine, draft_vocab)
-    piped = _pipelined_units(b, pipelined_units)
-    vlanes = (b.raw.get("build") or {}).get("vector_lanes", 1) if vector_lanes is None else vector_lanes
+    build_raw = b.raw.get("build") or {}        # its pipelined_units is checked (a boolean) when the file loads
+    piped = build_raw.get("pipelined_units", False) if pipelined_units is None else bool(pipelined_units)
+    vlanes = build_raw.get("vector_lanes", 1) if vector_lanes is None else vector_lanes
     if vector_lanes is not None and (type(vector_lanes) is not int or vector_lanes not in VECTOR_LANES):
         raise MmfreeError(f"--vector-lanes {vector_lanes!r}: the vector engine runs 1, 2, 4 or 8 elements per "
                           "cycle; give one of those")

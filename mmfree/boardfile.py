@@ -90,6 +90,10 @@ def _optional_problems(d: dict) -> list[str]:
     if vl is not None and not (_number(vl, True) and vl in (1, 2, 4, 8)):
         problems.append(f"field 'build.vector_lanes' must be 1, 2, 4 or 8 (elements per cycle of the vector engine's "
                         f"QSTATS / QCODES passes), got {vl!r}; set it to one of those")
+    pu = build.get("pipelined_units")
+    if pu is not None and type(pu) is not bool:
+        problems.append(f"field 'build.pipelined_units' must be true or false (the datapath's vector units pipelined), "
+                        f"got {pu!r}; set it or remove it (default false)")
     dv = build.get("draft_vocab")
     if dv is not None and not (_number(dv, True) and 0 <= dv <= 65535):
         problems.append(f"field 'build.draft_vocab' must be an integer in 0..65535 (rows of the draft engine's bigram "

@@ -33,6 +33,7 @@ one pass, phases, bytes), :func:`dims_for`, :func:`onchip_memories`,
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -212,11 +213,8 @@ def default_hw(dims: LY.Dims, board=None, k: int = 1, bus_bits: int | None = Non
     _check_weight_ports(weight_ports, board)
     if matvec_engines is None:
         matvec_engines = int(build.get("matvec_engines", PARAMS.BOARD_MATVEC_ENGINES))
-    if pipelined_units is None:
+    if pipelined_units is None:          # a boolean: the board file's loader checks it
         pipelined_units = build.get("pipelined_units", False)
-        if type(pipelined_units) is not bool:
-            raise MmfreeError(f"board file {board.name}: field 'build.pipelined_units' must be true or false, got "
-                              f"{pipelined_units!r}; set it or remove it (default false)")
     if vector_lanes is None:
         vector_lanes = build.get("vector_lanes", 1)
     if type(vector_lanes) is not int or vector_lanes not in VECTOR_LANES:
@@ -706,18 +704,19 @@ def onchip_memories(hw: HwConfig, weight_fifo_beats: int = WEIGHT_FIFO_BEATS) ->
     """The memories of the datapath (rtl/datapath.py, rtl/matvec.py, rtl/top.py) and, with ``hw.draft_vocab``, the
     draft engine's bigram memory (rtl/draft.py): name, depth, width, bits, reads (synchronous read ports: a per-token
     buffer has one per reading engine, :data:`mmfree.rtl.buffers.TOKEN_BUFFERS`; every other memory one)."""
-    from mmfree.rtl.buffers import TOKEN_BUFFERS
+    from amaranth import Shape
+
+    from mmfree.rtl.buffers import SHARED_BUFFERS, TOKEN_BUFFERS
     from mmfree.rtl.quantize import OutputMultiplier
 
     K, W, bb, E, V = hw.max_tokens, hw.max_width, hw.bus_bytes, hw.engines, hw.vector_lanes
-    # per-token vectors: one memory of W words per token (W / V rows of V words with V vector lanes)
-    vecs = [(f"{v}_t{t}", w) for v, w in (("X", 32), ("A", 64), ("H", 32), ("T0", 32), ("T1", 32), ("T2", 32))
-            for t in range(K)]
-    vecs += [("H0", 32), ("LB", 32), ("N", N.VEC_BITS)] + [(f"NW{p}", N.VEC_BITS) for p in range(I.SLOTS)]
-    if V == 1:
-        mems = [(name, W, w) for name, w in vecs]
-    else:
-        mems = [(name, W // V, V * w) for name, w in vecs]
+    # the vector buffers (rtl/buffers.py): one memory of W words per token (W / V rows of V words with V vector
+    # lanes), a read port per reading engine; the shared ones read by the vector engine alone
+    vecs = [(f"{b.upper()}_t{t}", Shape.cast(shape).width, len(readers))
+            for b, (shape, readers) in TOKEN_BUFFERS.items() for t in range(K)]
+    vecs += [(b.upper(), Shape.cast(shape).width, 1) for b, shape in SHARED_BUFFERS.items()]
+    buffers = [(name, W // V, V * w, reads) for name, w, reads in vecs]
+    mems = []
     lanes = hw.lanes
     for e in range(E):
         mems.append((f"weight_queue{e}", weight_fifo_beats, 8 * bb))
@@ -732,13 +731,8 @@ def onchip_memories(hw: HwConfig, weight_fifo_beats: int = WEIGHT_FIFO_BEATS) ->
     roms = [(f"sigmoid_rom{i}", len(N.sigmoid_tail_table()) - 1, N.SIG_FRAC) for i in range(3 + K)]
     roms.append(("rsqrt_rom", len(N.rsqrt_table()), OutputMultiplier.R_BITS))
 
-    def reads(name: str) -> int:
-        buf = name.split("_t")[0].lower()
-        return len(TOKEN_BUFFERS[buf][1]) if "_t" in name and buf in TOKEN_BUFFERS and not name.startswith("codes") \
-            else 1
-
-    return ([{"name": n, "depth": dd, "width": w, "bits": dd * w, "reads": reads(n), "writes": 1, "rom": False}
-             for n, dd, w in mems]
+    return ([{"name": n, "depth": dd, "width": w, "bits": dd * w, "reads": r, "writes": 1, "rom": False}
+             for n, dd, w, r in buffers + [(n, dd, w, 1) for n, dd, w in mems]]
             + [{"name": n, "depth": dd, "width": w, "bits": dd * w, "reads": 2, "writes": 0, "rom": True}
                for n, dd, w in roms])
 
@@ -955,8 +949,8 @@ def _width_problems(dims: LY.Dims, b, hw: HwConfig, problems: list[str]) -> HwCo
     the build widened to the model (so the rest can still be modeled)."""
     if max(dims.d, dims.inter) > hw.max_width:
         problems.append(f"the model is {max(dims.d, dims.inter)} wide, the build's max_width is {hw.max_width}")
-        hw = HwConfig(hw.bus_bytes, hw.max_tokens, _pow2(max(dims.d, dims.inter)), hw.matvec_engines,
-                      hw.weight_ports, vector_lanes=hw.vector_lanes)
+        # the same build at the model's width (without a draft engine, as before)
+        hw = dataclasses.replace(hw, max_width=_pow2(max(dims.d, dims.inter)), draft_vocab=0)
     board_width = (b.raw.get("build") or {}).get("max_width")
     if isinstance(board_width, int) and max(dims.d, dims.inter) > board_width:
         problems.append(f"the model is {max(dims.d, dims.inter)} wide but the {b.name} build holds vectors up to "
