@@ -493,6 +493,13 @@ def open_streams_backend(backend: str, model, board, draft: str, trigram_table, 
     return out
 
 
+def _gone(job, now: float) -> str | None:
+    """Why a job being decoded leaves without finishing: "timeout" past its deadline, "cancelled", else None."""
+    if now > job.deadline:
+        return "timeout"
+    return "cancelled" if job.cancelled else None
+
+
 def _model_id(model: str) -> str:
     from pathlib import Path
 
@@ -684,9 +691,10 @@ class Engine:
             self._join(batch, live, job)
         now = time.monotonic()
         for sid, lv in list(live.items()):       # cancelled or late since the last pass: leave before this one
-            if lv.job.cancelled or now > lv.job.deadline:
+            reason = _gone(lv.job, now)
+            if reason:
                 batch.cancel(sid)
-                self._leave(live.pop(sid), "cancelled" if lv.job.cancelled else "timeout")
+                self._leave(live.pop(sid), reason)
         if not live:
             return batch
         try:
@@ -756,8 +764,8 @@ class Engine:
                 continue
             if sid in step.finished:
                 reasons[sid] = "stop" if lv.job.tokens[-1] == self.backend.eos_id else "length"
-            elif now > lv.job.deadline or lv.job.cancelled:
-                reasons[sid] = "timeout" if now > lv.job.deadline else "cancelled"
+            elif reason := _gone(lv.job, now):
+                reasons[sid] = reason
         for sid, reason in reasons.items():
             batch.cancel(sid)
             self._leave(live.pop(sid), reason)
