@@ -558,11 +558,17 @@ class _Pass:
 
     # ---- the engines: each returns when the instruction finishes ------------------------------------------------
     def load(self, ins: I.Instr, start: float) -> float:
-        """Norm records at bus speed."""
+        """Norm records at bus speed, but at most one record per cycle: the unpacker (rtl/axi.py ``WordUnpacker``)
+        hands on one record of ``fields`` words a cycle, so a LOAD of fewer fields than a beat holds (1 or 2 on the
+        128-bit bus) fills its buffers at one element per cycle, not at ``bb / (4 fields)``. Its fill end (when a
+        QSTATS / QCODES that reads N, NW may take its last group) moves with it: at V = 4 lanes those follow the fill
+        (issue 23: the d64 k = 1 pass, model -5.4 % with the fill at bus speed)."""
         start = max(start, self.engine_last["load"])
-        beats = math.ceil(4 * ins["count"] * ins["fields"] / self.bb)
+        n = ins["count"]
+        beats = math.ceil(4 * n * ins["fields"] / self.bb)
         s, e = self.bus.reserve(start + self.L, beats)
-        fin = max(e, s + beats / self.lrate) + self.T["load_tail"]     # the LOAD client's outstanding-read limit
+        # the LOAD client's outstanding-read limit; a record per cycle
+        fin = max(e, s + beats / self.lrate, s + n) + self.T["load_tail"]
         for b in I.resources(ins)[1]:
             self.fill_end[b] = fin
         self.ivals["load_store"].append((s, fin))

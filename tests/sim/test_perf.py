@@ -283,16 +283,17 @@ def test_recorded_rtl_cycles_within_5_percent():
     """The model against the RTL cycles recorded by bench/perf_validate.py --record (no simulation here)."""
     rec = json.loads((ROOT / "boards" / "data" / "perf_validation.json").read_text())
     from mmfree.rtl.compiler import HwConfig
-    from mmfree.sim.accel import DEFAULT_HW, LANES2_HW, PORTS4_HW, PORTS6_HW
+    from mmfree.sim.accel import DEFAULT_HW, LANES2_HW, LANES4_HW, PORTS4_HW, PORTS6_HW
 
-    n = {"default": 0, "ports4": 0, "ports6": 0, "pynqz2": 0, "pipelined": 0, "lanes2": 0}
+    n = {"default": 0, "ports4": 0, "ports6": 0, "pynqz2": 0, "pipelined": 0, "lanes2": 0, "lanes4": 0}
     pynqz2 = HwConfig(bus_bytes=8, max_tokens=2, max_width=1024, weight_ports=2, matvec_engines=1)
     piped = HwConfig(**{**DEFAULT_HW.__dict__, "pipelined_units": True})    # the pipelined vector units
     builds = [("default", DEFAULT_HW, rec["runs"]), ("ports4", PORTS4_HW, rec.get("runs_by_hw", {}).get("ports4", {})),
               ("ports6", PORTS6_HW, rec.get("runs_by_hw", {}).get("ports6", {})),
               ("pynqz2", pynqz2, rec.get("runs_by_hw", {}).get("pynqz2", {})),
               ("pipelined", piped, rec.get("runs_by_hw", {}).get("pipelined", {})),
-              ("lanes2", LANES2_HW, rec.get("runs_by_hw", {}).get("lanes2", {}))]
+              ("lanes2", LANES2_HW, rec.get("runs_by_hw", {}).get("lanes2", {})),
+              ("lanes4", LANES4_HW, rec.get("runs_by_hw", {}).get("lanes4", {}))]
     for hw_name, hw, runs_of in builds:
         for name, runs in runs_of.items():
             c = rec["configs"][name]
@@ -305,7 +306,8 @@ def test_recorded_rtl_cycles_within_5_percent():
                 tol = 0.12 if (hw_name, name, key) in KNOWN_GAPS else 0.05
                 assert abs(m.cycles - v["cycles"]) <= tol * v["cycles"], (hw_name, name, key, m.cycles, v["cycles"])
                 n[hw_name] += 1
-    assert n["default"] >= 16 and n["ports4"] >= 16 and n["pipelined"] >= 12 and n["lanes2"] >= 12, n
+    assert (n["default"] >= 16 and n["ports4"] >= 16 and n["pipelined"] >= 12 and n["lanes2"] >= 12
+            and n["lanes4"] >= 12), n
 
 
 def _bench_validate():
