@@ -560,9 +560,9 @@ class _Pass:
     def load(self, ins: I.Instr, start: float) -> float:
         """Norm records at bus speed, but at most one record per cycle: the unpacker (rtl/axi.py ``WordUnpacker``)
         hands on one record of ``fields`` words a cycle, so a LOAD of fewer fields than a beat holds (1 or 2 on the
-        128-bit bus) fills its buffers at one element per cycle, not at ``bb / (4 fields)``. Its fill end (when a
-        QSTATS / QCODES that reads N, NW may take its last group) moves with it: at V = 4 lanes those follow the fill
-        (issue 23: the d64 k = 1 pass, model -5.4 % with the fill at bus speed)."""
+        128-bit bus) takes a cycle per element, not ``4 fields / bb``. A LOAD behind it waits for the one load slot
+        and holds the in-order sequencer that long: with V = 4 lanes the QSTATS before the LB and H0 LOADs no longer
+        hides that (issue 23: the lanes4 d64 k = 1 pass, model -5.4 % with LOADs at bus speed, -3.9 % now)."""
         start = max(start, self.engine_last["load"])
         n = ins["count"]
         beats = math.ceil(4 * n * ins["fields"] / self.bb)
