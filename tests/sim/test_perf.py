@@ -641,3 +641,21 @@ def test_modeled_memories_place_like_the_elaborated_design(board, kw):
     elaborated = place(accel_memories(cfg), cfg.family)
     est = P.estimate_resources(cfg.hw, cfg.family, load_board(board).pl)
     assert (est["bram36"], est["uram"]) == (elaborated["bram36"], elaborated["uram"])
+
+
+def test_load_fills_one_record_per_cycle():
+    """A LOAD's unpacker hands on one record per cycle (rtl/axi.py WordUnpacker): a LOAD of n one-field records
+    takes n cycles, not the n / 4 beats it reads on the 128-bit bus, so a QSTATS at V = 4 that follows its fill, and
+    a second LOAD waiting for the one load slot (holding the in-order sequencer), come that much later (issue 23:
+    the lanes4 d64 k = 1 pass). A four-field LOAD reads a beat per record: bus speed, as before."""
+    from mmfree.rtl import isa as I
+    from mmfree.rtl.compiler import HwConfig
+
+    hw, n = HwConfig(max_tokens=2, max_width=1024), 512
+    one = [I.Instr("LOAD", {"dst": I.LD_LB, "fields": 1, "base": 1, "count": n}), I.Instr("HALT")]
+    two = one[:1] + [I.Instr("LOAD", {"dst": I.LD_H0, "fields": 1, "base": 1, "count": n}), I.Instr("HALT")]
+    four = [I.Instr("LOAD", {"dst": I.LD_NORM, "fields": 4, "base": 1, "count": n}), I.Instr("HALT")]
+    dims = Dims(97, 64, 172, 1)
+    c1, c2, c4 = (P.pass_cycles(dims, hw, 1, prog=p).cycles for p in (one, two, four))
+    assert c1 > n and c2 > c1 + n, (c1, c2)        # the second LOAD starts after the first's n records
+    assert abs(c4 - c1) < 0.1 * n, (c1, c4)        # n beats of four fields: the same n cycles
