@@ -811,7 +811,7 @@ def estimate_resources(hw: HwConfig, family: str, part: dict | None = None) -> d
         # the build's own placement (rtl/memstyle.py: ram_style "ultra" where the rule says so, the rest block RAM,
         # a copy per read port beyond what a block RAM has); the listed memories are those of the elaborated design
         placed = place([Mem(m["name"], m["depth"], m["width"], sync_reads=m["reads"], writes=m["writes"],
-                            zero_init=not m["rom"]) for m in mems], family)
+                            zero_init=not m["rom"]) for m in mems], family, part.get("uram", 0))
         bram, uram = placed["bram36"], placed["uram"]
         res.update(bram36=bram, uram=uram)
         fit = {"lut": res["lut"] <= part["lut"], "ff": res["ff"] <= part["ff"], "dsp": res["dsp"] <= part["dsp"],

@@ -155,7 +155,8 @@ def test_kv260_six_ports_one_engine_k3_fits():
     build --weight-ports 6 --engines 1 --max-tokens 3`): 6 engines in all, width 8192 for 1.3B, the DDR aggregate
     binds, above 110 tok/s; it fits the KV260 now that every vector buffer memory has one read port (a copy per
     reader, rtl/buffers.py), so URAM holds them: 70 BRAM36 and 54 URAM, where a read port per reader on one memory
-    needed 286 BRAM36 of 144. Six ports x two engines do not fit (LUT, and URAM 66 of 64): exit 3, the classes named."""
+    needed 286 BRAM36 of 144. Six ports x two engines do not fit (LUT): exit 3, the class named; their memories want
+    66 URAM288 of 64, so two go to block RAM."""
     out = _cli("perf", "--model", "1.3B", "--board", "kv260", "--weight-ports", "6", "--engines", "1", "--k", "3",
                "--accept-len", "2.28", "--json")
     assert out.returncode == 0, out.stderr
@@ -170,7 +171,8 @@ def test_kv260_six_ports_one_engine_k3_fits():
     assert out.returncode == 3, out.stderr
     two = json.loads(out.stdout)
     assert not two["fits"] and two["resources"]["lut"] > r["resources"]["lut"] > 0
-    assert any("LUT" in p and "URAM 66 of 64" in p for p in two["problems"])
+    assert any("LUT 141,964 of 117,120" in p for p in two["problems"])
+    assert (two["resources"]["bram36"], two["resources"]["uram"]) == (78, 64)      # 66 wanted: a weight queue to BRAM
 
 
 @pytest.mark.parametrize("board,ports,match", [
@@ -639,6 +641,27 @@ def test_modeled_memories_place_like_the_elaborated_design(board, kw):
     from mmfree.rtl.memstyle import place
 
     cfg = config_for(board, **kw)
-    elaborated = place(accel_memories(cfg), cfg.family)
+    elaborated = place(accel_memories(cfg), cfg.family, cfg.uram_capacity)
     est = P.estimate_resources(cfg.hw, cfg.family, load_board(board).pl)
     assert (est["bram36"], est["uram"]) == (elaborated["bram36"], elaborated["uram"])
+
+
+def test_modeled_memories_within_the_urams_place_like_the_elaborated_design():
+    """The k = 3 six-port one-way build with the on-chip draft engine (width 8192, 32,000-row bigram) wants 70
+    URAM288 of the KV260's 64: the build marks only what fits (rtl/memstyle.uram_plan over the elaborated memories)
+    and the model, placing its own memory list by the same plan, gets the same BRAM36 / URAM; the build fits."""
+    from amaranth.hdl import Fragment
+
+    from mmfree.rtl.compiler import HwConfig
+    from mmfree.rtl.memstyle import StylePlatform, place
+    from mmfree.rtl.top import MmfreeAccel
+
+    hw = HwConfig(max_tokens=3, max_width=8192, weight_ports=6, matvec_engines=1, draft_vocab=32000)
+    survey = StylePlatform("xcup")
+    Fragment.get(MmfreeAccel(hw, addr_width=40), survey)
+    assert place(survey.memories, "xcup")["uram"] == 70
+    elaborated = place(survey.memories, "xcup", 64)
+    part = {"lut": 117120, "ff": 234240, "dsp": 1248, "bram36": 144, "uram": 64}
+    est = P.estimate_resources(hw, "xcup", part)
+    assert (est["bram36"], est["uram"]) == (elaborated["bram36"], elaborated["uram"]) == (94, 64)
+    assert est["fits"]
