@@ -90,6 +90,9 @@ class BuildConfig:
     vector_lanes: int = 1
     #: the fabric clock the PS really generates for ``clock_mhz`` (:func:`fabric_clock`)
     fabric: dict = field(default_factory=dict)
+    #: URAM288 blocks of the part (the board file's ``pl.uram``; 0 on parts without URAM): the build marks no more
+    #: memories ``ram_style "ultra"`` than fit (:func:`mmfree.rtl.memstyle.uram_plan`)
+    uram_capacity: int = 0
 
     @property
     def hw(self):
@@ -371,7 +374,8 @@ def config_for(board, clock_mhz: float | None = None, max_width: int | None = No
                        clock_mhz=clock, bus_bytes=bus_bytes, max_tokens=max_tokens, max_width=max_width,
                        addr_width=ADDR_WIDTH[b.ps], hp_ports=used, gp_port=gp,
                        ps_config=dict(b.raw.get("ps_config") or {}), weight_ports=n_ports, matvec_engines=engines,
-                       draft_vocab=vocab, pipelined_units=piped, vector_lanes=vlanes, fabric=fabric_clock(b, clock))
+                       draft_vocab=vocab, pipelined_units=piped, vector_lanes=vlanes, fabric=fabric_clock(b, clock),
+                       uram_capacity=int(b.pl.get("uram", 0) or 0))
 
 
 # ======================================================================================================
@@ -384,7 +388,7 @@ def _source_key(cfg: BuildConfig) -> str:
 
     return source_digest(*RTL_SOURCES, extra=repr((cfg.bus_bytes, cfg.max_tokens, cfg.max_width, cfg.addr_width,
                                                    cfg.weight_ports, cfg.matvec_engines, amaranth.__version__,
-                                                   cfg.draft_vocab, cfg.family)
+                                                   cfg.draft_vocab, cfg.family, cfg.uram_capacity)
                                                   + (("pipelined_units",) if cfg.pipelined_units else ())
                                                   # V = 1 builds keep the keys they had before vector lanes existed
                                                   + ((cfg.vector_lanes,) if cfg.vector_lanes != 1 else ())))
@@ -416,12 +420,27 @@ def accel_verilog(cfg: BuildConfig, progress=None) -> Path:
                  + (f", draft engine for {cfg.draft_vocab} tokens" if cfg.draft_vocab else "")
                  + (", pipelined vector units" if cfg.pipelined_units else "")
                  + "; once per RTL change, a few minutes)")
-    plat = StylePlatform(cfg.family)
+    plat = StylePlatform(cfg.family, uram_plan_for(cfg))
     text = verilog.convert(MmfreeAccel(cfg.hw, addr_width=cfg.addr_width), name=RM.TOP_NAME, emit_src=False,
                            platform=plat)
     write_json(mems_path, [asdict(m) for m in plat.memories])
     write_text(path, text)
     return path
+
+
+def uram_plan_for(cfg: BuildConfig):
+    """The URAM placement of this build within its part's URAM (:func:`mmfree.rtl.memstyle.uram_plan` over the
+    memories of the elaborated design; a few seconds): None when every memory the rule admits fits."""
+    from amaranth.hdl import Fragment
+
+    from mmfree.rtl.memstyle import URAM_FAMILIES, StylePlatform, uram_plan
+    from mmfree.rtl.top import MmfreeAccel
+
+    if cfg.family not in URAM_FAMILIES:
+        return None
+    survey = StylePlatform(cfg.family)
+    Fragment.get(MmfreeAccel(cfg.hw, addr_width=cfg.addr_width), survey)
+    return uram_plan(survey.memories, cfg.family, cfg.uram_capacity)
 
 
 def accel_memories(cfg: BuildConfig, progress=None) -> list:
@@ -721,7 +740,7 @@ def modeled_resources(cfg: BuildConfig, board, mems) -> dict:
     from mmfree.sim.perf import estimate_resources
 
     logic = estimate_resources(cfg.hw, cfg.family)
-    placed = place(mems, cfg.family)
+    placed = place(mems, cfg.family, cfg.uram_capacity)
     used = {"lut": logic["lut"], "ff": logic["ff"], "dsp": logic["dsp"], "bram36": placed["bram36"],
             "uram": placed["uram"]}
     avail = {k: int(board.pl.get(k, 0)) for k in CLASSES}

@@ -13,6 +13,7 @@ import argparse
 import importlib
 import json
 import math
+import os
 import sys
 
 from mmfree import MmfreeError, __version__
@@ -101,6 +102,11 @@ def main(argv: list[str] | None = None) -> int:
     except procs.Terminated as exc:
         print(f"mmfree {args.command}: terminated", file=sys.stderr)
         return exc.status
+    except BrokenPipeError:
+        # whoever read our output stopped reading (`mmfree perf | head`): end quietly, as a Unix tool killed by
+        # SIGPIPE would, with stdout pointed at /dev/null so the interpreter's last flush cannot fail again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + 13
     return int(rc or 0)
 
 

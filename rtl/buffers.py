@@ -1,16 +1,17 @@
 """The datapath's on-chip vector buffers and the two components that share them between engines.
 
-* :class:`VectorBuffers`: every buffer of :data:`mmfree.rtl.isa.BUFFERS` as memories of ``hw.max_width``
-  words. A per-token buffer (X, A, H, T0-2) is ``hw.max_tokens`` memories, token t's vector in memory t, so
-  an engine handles every token of an element in the same cycle; a shared buffer (H0, LB, N, NW0-2) is one
-  memory. Each reader engine has its own read ports (one per token memory); reads are synchronous (the data
-  is there the cycle after the address), writes take effect the next cycle. With ``V = hw.vector_lanes > 1``
-  each of these memories is banked by V: one memory of ``max_width / V`` rows of V words (element i in lane
-  ``i mod V`` of row ``i // V``; a write enables its element's lane only, one deep wide memory so that it
-  places like the unbanked one, e.g. in URAM288 with its byte write enables): the vector engine's read ports
-  (:func:`vector_read_port`) take a row address ``i // V`` and return the V elements ``V (i // V) ..`` side by
-  side; every other port still reads or writes one element by its element address (the lane picked by its
-  low bits).
+* :class:`VectorBuffers`: every buffer of :data:`mmfree.rtl.isa.BUFFERS`, ``hw.max_width`` words. A per-token
+  buffer (X, A, H, T0-2) is ``hw.max_tokens`` vectors, token t's in its own memories, so an engine handles every
+  token of an element in the same cycle; a shared buffer (H0, LB, N, NW0-2) is one vector. Each reader engine
+  reads its own copy (one memory per token and reader, all written alike), so every memory has one write and one
+  read port and URAM288 can hold it (a memory with more ports could only go to block RAM, a copy per extra port,
+  which at width 8192 and k >= 2 overflowed the KV260's block RAM). Reads are synchronous (the data is there the
+  cycle after the address), writes take effect the next cycle. Each memory is ``max_width / R`` rows of
+  R = :func:`row_words` words (max(V, 2), ``V = hw.vector_lanes``; element i in lane ``i mod R`` of row
+  ``i // R``; a write enables its element's lane only: one deep wide memory, e.g. one URAM288 per 4096 rows
+  with its byte write enables). With V > 1 the vector engine's read ports (:func:`vector_read_port`) take a
+  row address ``i // V`` and return the V elements ``V (i // V) ..`` side by side; every other port reads or
+  writes one element by its element address (the lane picked by its low bits).
 * :class:`WriteArbiter`: the write ports of X or A, which two engines write (never at the same time).
 * :class:`HWrite`: the write ports of H, which the vector engine (HGRN) and the load engine (LOAD HROOT, a
   stream's start state into its roots' H) write (never at the same time).
@@ -71,6 +72,13 @@ def lane_word(port, lane: int):
     return port.data[lane] if isinstance(port.data.shape(), data.ArrayLayout) else port.data
 
 
+def row_words(hw: HwConfig) -> int:
+    """Words per row of a vector buffer's memory: V (``hw.vector_lanes``), and at least two, so that a buffer of
+    32-bit words is 64 bits wide and ``max_width / 2`` deep: one URAM288 (4096 x 72) per 8192 words instead of two
+    (the same block RAM either way)."""
+    return max(hw.vector_lanes, 2)
+
+
 def one_write(tokens: int, shape, depth: int) -> wiring.Signature:
     """One token's element write, as the writer sees it: ``en``, token ``t``, ``addr``, ``data``."""
     return wiring.Signature({"en": Out(1), "t": Out(range(tokens + 1)), "addr": Out(range(depth + 1)),
@@ -122,41 +130,38 @@ class VectorBuffers(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         K = self.hw.max_tokens
-        memory = self._memory if self.hw.vector_lanes == 1 else self._banked
         for name, (shape, readers) in TOKEN_BUFFERS.items():
             for t in range(K):
-                memory(m, f"{name}_t{t}", shape, getattr(self, f"{name}_w")[t],
-                       [(r, getattr(self, f"{name}_{r}")[t]) for r in readers])
+                self._copies(m, f"{name}_t{t}", shape, getattr(self, f"{name}_w")[t],
+                             [(r, getattr(self, f"{name}_{r}")[t]) for r in readers])
         for name, shape in SHARED_BUFFERS.items():
-            memory(m, name, shape, getattr(self, f"{name}_w"), [("vector", getattr(self, f"{name}_r"))])
+            self._copies(m, name, shape, getattr(self, f"{name}_w"), [("vector", getattr(self, f"{name}_r"))])
         return m
 
-    def _memory(self, m, name, shape, write, reads):
-        """One memory of ``max_width`` words behind a write port and the ``(reader, port)`` read ports."""
-        m.submodules["buf_" + name] = mem = Memory(shape=shape, depth=self.hw.max_width, init=[])
-        wiring.connect(m, wiring.flipped(write), mem.write_port())
-        for _, read in reads:
-            wiring.connect(m, wiring.flipped(read), mem.read_port())
-
-    def _banked(self, m, name, shape, write, reads):
-        """``max_width / V`` rows of V words (element i in lane i mod V of row i // V): the element write
-        enables its lane; the vector reader's row address reads the V lanes; another reader's element address
-        reads its row and takes its lane (picked the cycle after, when the data is there)."""
-        V = self.hw.vector_lanes
-        lb = ceil_log2(V)
-        m.submodules["buf_" + name] = mem = Memory(shape=data.ArrayLayout(shape, V), depth=self.hw.max_width // V,
-                                                   init=[])
-        wp = mem.write_port(granularity=1)
-        m.d.comb += [wp.en.eq(Mux(write.en, 1 << write.addr[:lb], 0)), wp.addr.eq(write.addr[lb:])]
-        m.d.comb += [wp.data[j].eq(write.data) for j in range(V)]
+    def _copies(self, m, name, shape, write, reads):
+        """One copy of the buffer per ``(reader, port)`` of ``reads``, each written through ``write`` (so all hold
+        the same words) and read through its one port: a memory of one write and one read port, which URAM288 (two
+        ports) can hold, where one memory with a read port per reader could only go to block RAM, a copy per port.
+        Each copy is ``max_width / R`` rows of R = :func:`row_words` words (element i in lane i mod R of row i // R;
+        the element write enables its lane). The vector reader's row address reads the V lanes of a row (V > 1);
+        any other reader's element address (and the vector reader's at V = 1) reads its row and takes its lane,
+        picked the cycle after, when the data is there."""
+        V, R = self.hw.vector_lanes, row_words(self.hw)
+        lb = ceil_log2(R)
         for reader, read in reads:
+            suffix = "" if len(reads) == 1 else "_" + reader
+            mem = Memory(shape=data.ArrayLayout(shape, R), depth=self.hw.max_width // R, init=[])
+            m.submodules[f"buf_{name}{suffix}"] = mem
+            wp = mem.write_port(granularity=1)
+            m.d.comb += [wp.en.eq(Mux(write.en, 1 << write.addr[:lb], 0)), wp.addr.eq(write.addr[lb:])]
+            m.d.comb += [wp.data[j].eq(write.data) for j in range(R)]
             rp = mem.read_port()
-            if reader == "vector":
+            if reader == "vector" and V > 1:
                 m.d.comb += [rp.addr.eq(read.addr), read.data.eq(rp.data)]
                 continue
-            sel = Signal(lb, name=f"{name}_{reader}_lane")
+            sel = Signal(lb, name=f"{name}{suffix}_lane")
             m.d.sync += sel.eq(read.addr[:lb])
-            m.d.comb += [rp.addr.eq(read.addr[lb:]), read.data.eq(Array(rp.data[j] for j in range(V))[sel])]
+            m.d.comb += [rp.addr.eq(read.addr[lb:]), read.data.eq(Array(rp.data[j] for j in range(R))[sel])]
 
 
 class WriteArbiter(wiring.Component):

@@ -15,6 +15,12 @@ The rule (:func:`ram_style`): on UltraScale+ (``family == "xcup"``) a memory goe
 * each URAM288 it takes replaces at least :data:`URAM_MIN_SAVING` RAMB36 (a URAM is 288 Kb, eight RAMB36;
   four or more means at least half of it replaces block RAM the memory would otherwise take).
 
+With a URAM capacity (the part's URAM288 count) the rule also keeps within it (:func:`uram_plan`): when the
+memories it admits need more URAM288 than the part has, those that save the most RAMB36 per URAM288 go first
+(then the larger, then the deeper), while they fit; the rest stay in block RAM. The plan names how many memories
+of each shape go to URAM, so the build (which marks memories as the design elaborates them) and the model (which
+lists them) place the same.
+
 Everything else keeps Vivado's default (``ram_style`` unset): memories with a combinational read port, and
 those of at most :data:`LUTRAM_MAX_BITS` bits, are counted as LUT RAM; the rest as block RAM, one copy per
 read port beyond what a true dual-port RAMB36 serves (:func:`bram_copies`).
@@ -23,6 +29,7 @@ read port beyond what a true dual-port RAMB36 serves (:func:`bram_copies`).
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 
 #: RAMB36 aspect ratios (depth, width) of the 7-series and UltraScale+ block RAM.
@@ -85,21 +92,57 @@ def ram_style(mem: Mem, family: str) -> str | None:
     return "ultra"
 
 
-def kind(mem: Mem, family: str) -> str:
-    """Where ``mem`` is counted: ``"uram"``, ``"bram"`` or ``"lutram"``."""
-    if ram_style(mem, family):
-        return "uram"
+def _shape(mem: Mem) -> tuple:
+    return (mem.depth, mem.width, mem.sync_reads, mem.writes)
+
+
+def _saving(mem: Mem) -> float:
+    """RAMB36 the memory would take in block RAM, per URAM288 it takes instead."""
+    return bram36_for(mem.depth, mem.width) * bram_copies(mem.sync_reads, mem.writes) / uram_for(mem.depth, mem.width)
+
+
+def uram_plan(mems, family: str, capacity: int | None = None) -> Counter | None:
+    """How many memories of each shape (depth, width, sync reads, writes) go to URAM: None (every one
+    :func:`ram_style` admits) when ``capacity`` is None or they all fit in it; else the admitted memories in the
+    order "most RAMB36 saved per URAM288, then most URAM288, then deepest", each taken while it fits in
+    ``capacity`` URAM288 (the rest stay in block RAM)."""
+    ultra = [m for m in mems if ram_style(m, family)]
+    if capacity is None or sum(uram_for(m.depth, m.width) for m in ultra) <= capacity:
+        return None
+    plan: Counter = Counter()
+    left = capacity
+    for m in sorted(ultra, key=lambda m: (-_saving(m), -uram_for(m.depth, m.width), -m.depth, -m.width)):
+        if uram_for(m.depth, m.width) <= left:
+            plan[_shape(m)] += 1
+            left -= uram_for(m.depth, m.width)
+    return plan
+
+
+def _take(plan: Counter | None, mem: Mem) -> bool:
+    """Whether the next memory of ``mem``'s shape goes to URAM under ``plan`` (None: yes), using up one place."""
+    if plan is None:
+        return True
+    if plan[_shape(mem)] > 0:
+        plan[_shape(mem)] -= 1
+        return True
+    return False
+
+
+def _not_uram(mem: Mem) -> str:
     if mem.comb_reads or mem.bits <= LUTRAM_MAX_BITS:
         return "lutram"
     return "bram"
 
 
-def place(mems, family: str) -> dict:
-    """URAM288 and RAMB36 blocks of ``mems`` (:class:`Mem`) under the rule: ``{"uram", "bram36", "lutram_bits",
-    "memories": [{name, depth, width, kind, uram, bram36}...]}``."""
+def place(mems, family: str, uram_capacity: int | None = None) -> dict:
+    """URAM288 and RAMB36 blocks of ``mems`` (:class:`Mem`) under the rule, within ``uram_capacity`` URAM288 when
+    given (:func:`uram_plan`): ``{"uram", "bram36", "lutram_bits", "memories": [{name, depth, width, kind, uram,
+    bram36}...]}``."""
+    mems = list(mems)
+    plan = uram_plan(mems, family, uram_capacity)
     out = {"uram": 0, "bram36": 0, "lutram_bits": 0, "memories": []}
     for m in mems:
-        k = kind(m, family)
+        k = "uram" if ram_style(m, family) and _take(plan, m) else _not_uram(m)
         u = uram_for(m.depth, m.width) if k == "uram" else 0
         b = bram36_for(m.depth, m.width) * bram_copies(m.sync_reads, m.writes) if k == "bram" else 0
         out["uram"] += u
@@ -127,11 +170,13 @@ def _init_is_zero(memory) -> bool:
 class StylePlatform:
     """An Amaranth platform stand-in for ``verilog.convert(..., platform=StylePlatform(family))``: every
     ``amaranth.lib.memory.Memory`` of the design passes through :meth:`get_memory` (the hook Amaranth's
-    ``Memory.elaborate`` calls), which sets ``ram_style`` per :func:`ram_style` and records the memory in
+    ``Memory.elaborate`` calls), which sets ``ram_style`` per :func:`ram_style` (and, with a ``plan`` from
+    :func:`uram_plan`, only while the plan has a URAM place for the memory's shape) and records the memory in
     ``memories`` (:class:`Mem`). It offers nothing else a platform would."""
 
-    def __init__(self, family: str):
+    def __init__(self, family: str, plan: Counter | None = None):
         self.family = family
+        self.plan = Counter(plan) if plan is not None else None
         self.memories: list[Mem] = []
 
     def get_memory(self, memory):
@@ -145,6 +190,6 @@ class StylePlatform:
                   comb_reads=len(memory.read_ports) - sync, writes=len(memory.write_ports), zero_init=zero)
         self.memories.append(mem)
         style = ram_style(mem, self.family)
-        if style and "ram_style" not in memory.attrs:
+        if style and "ram_style" not in memory.attrs and _take(self.plan, mem):
             memory.attrs["ram_style"] = style
         return Memory.elaborate(memory, None)

@@ -708,20 +708,20 @@ def _partition(total: float, ivals: dict) -> dict:
 # ======================================================================================================
 def onchip_memories(hw: HwConfig, weight_fifo_beats: int = WEIGHT_FIFO_BEATS) -> list[dict]:
     """The memories of the datapath (rtl/datapath.py, rtl/matvec.py, rtl/top.py) and, with ``hw.draft_vocab``, the
-    draft engine's bigram memory (rtl/draft.py): name, depth, width, bits, reads (synchronous read ports: a per-token
-    buffer has one per reading engine, :data:`mmfree.rtl.buffers.TOKEN_BUFFERS`; every other memory one)."""
+    draft engine's bigram memory (rtl/draft.py): name, depth, width, bits, reads (synchronous read ports: one each;
+    a per-token buffer has a copy per reading engine, :data:`mmfree.rtl.buffers.TOKEN_BUFFERS`), writes, rom."""
     from amaranth import Shape
 
-    from mmfree.rtl.buffers import SHARED_BUFFERS, TOKEN_BUFFERS
+    from mmfree.rtl.buffers import SHARED_BUFFERS, TOKEN_BUFFERS, row_words
     from mmfree.rtl.quantize import OutputMultiplier
 
-    K, W, bb, E, V = hw.max_tokens, hw.max_width, hw.bus_bytes, hw.engines, hw.vector_lanes
-    # the vector buffers (rtl/buffers.py): one memory of W words per token (W / V rows of V words with V vector
-    # lanes), a read port per reading engine; the shared ones read by the vector engine alone
-    vecs = [(f"{b.upper()}_t{t}", Shape.cast(shape).width, len(readers))
-            for b, (shape, readers) in TOKEN_BUFFERS.items() for t in range(K)]
-    vecs += [(b.upper(), Shape.cast(shape).width, 1) for b, shape in SHARED_BUFFERS.items()]
-    buffers = [(name, W // V, V * w, reads) for name, w, reads in vecs]
+    K, W, bb, E, R = hw.max_tokens, hw.max_width, hw.bus_bytes, hw.engines, row_words(hw)
+    # the vector buffers (rtl/buffers.py): per token a copy per reading engine (one if one reads it), each W / R
+    # rows of R words; the shared ones read by the vector engine alone
+    vecs = [(f"{b.upper()}_t{t}" + (f"_{r}" if len(readers) > 1 else ""), Shape.cast(shape).width)
+            for b, (shape, readers) in TOKEN_BUFFERS.items() for t in range(K) for r in readers]
+    vecs += [(b.upper(), Shape.cast(shape).width) for b, shape in SHARED_BUFFERS.items()]
+    buffers = [(name, W // R, R * w, 1) for name, w in vecs]
     mems = []
     lanes = hw.lanes
     for e in range(E):
@@ -817,7 +817,7 @@ def estimate_resources(hw: HwConfig, family: str, part: dict | None = None) -> d
         # the build's own placement (rtl/memstyle.py: ram_style "ultra" where the rule says so, the rest block RAM,
         # a copy per read port beyond what a block RAM has); the listed memories are those of the elaborated design
         placed = place([Mem(m["name"], m["depth"], m["width"], sync_reads=m["reads"], writes=m["writes"],
-                            zero_init=not m["rom"]) for m in mems], family)
+                            zero_init=not m["rom"]) for m in mems], family, part.get("uram", 0))
         bram, uram = placed["bram36"], placed["uram"]
         res.update(bram36=bram, uram=uram)
         fit = {"lut": res["lut"] <= part["lut"], "ff": res["ff"] <= part["ff"], "dsp": res["dsp"] <= part["dsp"],

@@ -762,13 +762,14 @@ def test_build_refuses_a_design_that_does_not_fit(tmp_path, stub_verilog, monkey
     from mmfree.rtl.memstyle import Mem
 
     _no_vivado_path(monkeypatch)
-    mems = [Mem("bigram", 32000, 128)] * 5                 # 5 x 16 URAM288 of the KV260's 64
+    # 6 x 16 URAM288: four fill the KV260's 64 (the build marks no more), two stay in block RAM, 120 RAMB36 each
+    mems = [Mem("bigram", 32000, 128)] * 6
     monkeypatch.setattr(B, "accel_memories", lambda cfg, progress=None: mems)
     out = tmp_path / "o"
     assert main(["build", "--board", "kv260", "--out", str(out)]) == 1
     err = capsys.readouterr().err
-    assert "mmfree build: error: the build does not fit the kv260 (xck26-sfvc784-2LV-c), modeled: URAM 80 of 64 " \
-           "(over by 16; " in err and "--no-draft-engine" in err
+    assert "mmfree build: error: the build does not fit the kv260 (xck26-sfvc784-2LV-c), modeled: BRAM36 240 of 144 " \
+           "(over by 96; " in err and "--no-draft-engine" in err and "URAM" not in err
     assert not out.exists()
     monkeypatch.setattr(B, "accel_memories", lambda cfg, progress=None: mems[:1])
     assert main(["build", "--board", "kv260", "--out", str(out), "--json"]) == 0

@@ -150,3 +150,13 @@ def test_real_simulator_dies_with_the_command(tmp_path, argv, sig):
         q = start(["generate", "--max-new-tokens", "-1"], tmp_path)
         q.communicate(timeout=120)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_closed_output_pipe_ends_quietly():
+    """`mmfree perf | head`: the reader leaves before the output is written (here: the read end closed at once);
+    the command ends without a traceback, exit 141 as a Unix tool killed by SIGPIPE."""
+    proc = subprocess.Popen([sys.executable, "-m", "mmfree", "perf", "--model", "370M"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=ROOT)
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 141 and "Traceback" not in err and "BrokenPipe" not in err, err

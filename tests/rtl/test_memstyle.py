@@ -106,3 +106,39 @@ def test_zero_init_of_plain_and_struct_memories():
     assert not MS._init_is_zero(Memory(shape=lay, depth=4, init=[{"a": 0, "b": 3}]))
     assert MS._init_is_zero(Memory(shape=8, depth=4, init=[0, 0]))
     assert not MS._init_is_zero(Memory(shape=8, depth=4, init=[0, 5]))
+
+
+def test_uram_capacity_plan():
+    """Within a URAM capacity the memories that save the most RAMB36 per URAM288 go first and the rest stay in block
+    RAM; the plan counts shapes, so any order of the same memories places the same; with room for all, no plan."""
+    quad = MS.Mem("x", 4096, 64)                        # 1 URAM288 or 8 RAMB36
+    bigram = MS.Mem("bigram", 32000, 128)               # 16 URAM288 or 120 RAMB36 (7.5 per URAM)
+    mems = [bigram] + [quad] * 10
+    assert MS.uram_plan(mems, "xcup", None) is None and MS.uram_plan(mems, "xcup", 26) is None
+    plan = MS.uram_plan(mems, "xcup", 20)
+    assert plan == {(4096, 64, 1, 1): 10}               # the bigram (16) no longer fits after the ten
+    for order in (mems, mems[::-1]):
+        placed = MS.place(order, "xcup", 20)
+        assert (placed["uram"], placed["bram36"]) == (10, 120)
+    assert (MS.place(mems, "xcup", 0)["uram"], MS.place(mems, "xcup", 0)["bram36"]) == (0, 120 + 80)
+    assert MS.place(mems, "xcup")["uram"] == 26
+
+
+def test_style_platform_marks_only_the_plan():
+    """With a plan the platform marks as many memories of a shape as the plan allows; the others keep Vivado's
+    default (block RAM), and every memory is still recorded."""
+    plan = MS.uram_plan([MS.Mem("a", 4096, 64)] * 2, "xcup", 1)
+    plat = MS.StylePlatform("xcup", plan)
+
+    class Two(wiring.Component):
+        def __init__(self):
+            super().__init__({"q": Out(64)})
+
+        def elaborate(self, platform):
+            m = Module()
+            m.submodules.a, m.submodules.b = _Ram(4096, 64), _Ram(4096, 64)
+            m.d.comb += self.q.eq(m.submodules.a.q ^ m.submodules.b.q)
+            return m
+
+    text = verilog.convert(Two(), name="two", platform=plat, emit_src=False)
+    assert text.count('(* ram_style = "ultra" *)') == 1 and len(plat.memories) == 2
