@@ -361,16 +361,25 @@ class WordUnpacker(wiring.Component):
         fields = Signal(range(mf + 1))
         first = Signal()
         nleft = Signal(BEATS_WIDTH)
+        # registered beside count / fields / nleft (one register split, the same cycles): a record is complete,
+        # the words left after it, beats are still due
+        full, left, more = Signal(), Signal(range(cap + 1)), Signal()
+        count_n, fields_n, nleft_n = Signal.like(count), Signal.like(fields), Signal.like(nleft)
+        m.d.comb += [count_n.eq(count), fields_n.eq(fields), nleft_n.eq(nleft)]
+        m.d.sync += [count.eq(count_n), fields.eq(fields_n), nleft.eq(nleft_n),
+                     full.eq((count_n >= fields_n) & (fields_n != 0)), left.eq(count_n - fields_n),
+                     more.eq(nleft_n != 0)]
         with m.If(self.start):
-            m.d.sync += [count.eq(0), skip.eq(self.skip), fields.eq(self.fields), first.eq(1), nleft.eq(self.nbeats)]
+            m.d.comb += [count_n.eq(0), fields_n.eq(self.fields), nleft_n.eq(self.nbeats)]
+            m.d.sync += [skip.eq(self.skip), first.eq(1)]
         emit = Signal()
         take = Signal()
-        m.d.comb += [emit.eq(~self.start & (count >= fields) & (fields != 0)), self.rec.valid.eq(emit)]
+        m.d.comb += [emit.eq(~self.start & full), self.rec.valid.eq(emit)]
         for i in range(mf):
             m.d.comb += self.rec.payload.w[i].eq(words[i])
-        popped = Mux(emit & self.rec.ready, fields, 0)
-        remain = count - popped
-        m.d.comb += take.eq(~self.start & (remain + bw <= cap) & (nleft != 0))
+        pop = emit & self.rec.ready
+        remain = Mux(pop, left, count)
+        m.d.comb += take.eq(~self.start & (remain + bw <= cap) & more)
         m.d.comb += self.beat.ready.eq(take)
         drop = Mux(first, skip, 0)
         beat_words = [self.beat.payload[32 * i: 32 * i + 32] for i in range(bw)]
@@ -378,11 +387,13 @@ class WordUnpacker(wiring.Component):
         for i in range(cap):
             kept = Signal(32, name=f"kept{i}")
             # word i of the shifted old buffer
-            m.d.comb += kept.eq(0)
-            for s in range(mf + 1):
-                with m.If(popped == s):
+            shifted = Signal(32, name=f"shifted{i}")      # word i + fields (from registers only)
+            m.d.comb += shifted.eq(0)
+            for s in range(1, mf + 1):
+                with m.If(fields == s):
                     if i + s < cap:
-                        m.d.comb += kept.eq(words[i + s])
+                        m.d.comb += shifted.eq(words[i + s])
+            m.d.comb += kept.eq(Mux(pop, shifted, words[i]))
             new = Signal(32, name=f"new{i}")
             m.d.comb += new.eq(kept)
             with m.If(self.beat.valid & take):
@@ -395,9 +406,10 @@ class WordUnpacker(wiring.Component):
             m.d.sync += words[i].eq(new)
         with m.If(~self.start):
             with m.If(self.beat.valid & take):
-                m.d.sync += [count.eq(remain + bw - drop), first.eq(0), nleft.eq(nleft - 1)]
+                m.d.comb += [count_n.eq(remain + bw - drop), nleft_n.eq(nleft - 1)]
+                m.d.sync += first.eq(0)
             with m.Else():
-                m.d.sync += count.eq(remain)
+                m.d.comb += count_n.eq(remain)
         return m
 
 
