@@ -44,6 +44,9 @@ from mmfree.rtl.scoreboard import ENGINE_SLOTS, Scoreboard  # noqa: F401
 #: :class:`~mmfree.rtl.decoder.Decoder` outputs the sequencer registers with the instruction register.
 DECODED = ("engine", "to_engine", "rmask", "wmask", "rows", "count", "base", "skip_store")
 
+#: Opcodes RANGE and WAIT tell apart, decoded as the instruction is fetched and registered with the IR.
+DISPATCH_OPS = ("HALT", "SYNC", "PREFETCH", "MATVEC", "SETC", "SETF")
+
 #: A PREFETCH waiting for its MATVEC (the operands the MATVEC must repeat).
 PREFETCH_ENTRY = data.StructLayout({"addr": unsigned(ADDR_INTERNAL + 1), "rows": unsigned(32),
                                     "count": unsigned(32)})
@@ -151,7 +154,8 @@ class Sequencer(wiring.Component):
 
     def _run_state(self, m) -> SimpleNamespace:
         """The run's registers (status, counters, tokens, parents, SETC / SETF values, the instruction register)
-        and their outputs; ``fail(code, detail)`` records an error and goes to ABORT."""
+        and their outputs; ``fail(code, detail)`` records an error and goes to ABORT; ``fail_range(base)`` goes to
+        ABORT, whose first cycle writes ERR_ADDRESS_RANGE with detail ``base`` (before STATUS shows the error)."""
         K = self.hw.max_tokens
         s = SimpleNamespace(
             busy=Signal(), done=Signal(), err=Signal(), code=Signal(32), pc=Signal(32), cycles=Signal(64),
@@ -166,8 +170,14 @@ class Sequencer(wiring.Component):
             roots=Signal(range(K + 1)),    # streams a tree parent may root in: min(header streams, K), at least 1
             # the DECODE checks, computed from the word being fetched and registered with the IR
             chk_bad=Signal(), chk_wide=Signal(), chk_misaligned=Signal(), chk_ranged=Signal(),
-            pq_match=Signal(),             # the PREFETCH match, registered in DECODE for RANGE
-            range_failed=Signal(),         # RANGE's window check failed: ABORT's first cycle writes the code
+            is_op={n: Signal(name=f"is_{n.lower()}") for n in DISPATCH_OPS},   # the IR's opcode is n
+            pq_match=Signal(3),            # the PREFETCH match (addr, rows, count), registered in DECODE for RANGE
+            # a window check failed (base register ``range_base``): ABORT's first cycle writes the code, so that
+            # no comparison's carry chain feeds the error-code register shared by every state
+            range_failed=Signal(), range_base=Signal(8),
+            # the setup window checks, registered a cycle ahead (the base registers are steady during a run, ``k``
+            # from START on, the instruction count from HDR on): the header, the program, the tokens, the parents
+            ok_hdr=Signal(), ok_prog=Signal(), ok_tok=Signal(), ok_par=Signal(),
             fetched_all=Signal(),          # n_fetched == n_instr, registered with them (off the read's ready)
             regs=[getattr(self, "reg_" + n.lower()) for n in RM.ADDRESS_REGS])
         m.d.comb += [self.busy.eq(s.busy), self.done.eq(s.done), self.error.eq(s.err), self.error_code.eq(s.code),
@@ -190,6 +200,10 @@ class Sequencer(wiring.Component):
             m.d.sync += s.code.eq(code_of(c, detail))
             m.next = "ABORT"
 
+        def fail_range(base):
+            m.d.sync += [s.range_failed.eq(1), s.range_base.eq(base)]
+            m.next = "ABORT"
+
         def in_window(a, n):
             return (a >= s.regs[I.BASE["MEM_LO"]]) & ((a + n) <= s.regs[I.BASE["MEM_HI"]])
 
@@ -198,7 +212,7 @@ class Sequencer(wiring.Component):
             m.d.comb += [s.ctl.req.eq(1), s.ctl.addr.eq(a[:self.addr_width]), s.ctl.words.eq(words),
                          s.ctl.fields.eq(fields)]
 
-        s.fail, s.code_of, s.in_window, s.ctl_read = fail, code_of, in_window, ctl_read
+        s.fail, s.fail_range, s.code_of, s.in_window, s.ctl_read = fail, fail_range, code_of, in_window, ctl_read
         return s
 
     @contextmanager
@@ -217,6 +231,9 @@ class Sequencer(wiring.Component):
     def _run_setup(self, m, s):
         """IDLE to PROGREQ: START, the NUM_TOKENS and alignment checks, the header, tokens and parents."""
         K, regs, rec, fail = self.hw.max_tokens, s.regs, s.ctl.rec, s.fail
+        m.d.sync += [s.ok_hdr.eq(s.in_window(regs[0], I.HEADER_BYTES)),
+                     s.ok_tok.eq(s.in_window(regs[I.BASE["TOKENS"]], s.k << 2)),
+                     s.ok_par.eq(s.in_window(regs[I.BASE["PARENTS"]], s.k << 2))]
         with m.State("IDLE"):
             with m.If(self.soft_reset):
                 m.d.sync += [s.done.eq(0), s.err.eq(0), s.code.eq(0), s.core_rst.eq(1)]
@@ -247,8 +264,8 @@ class Sequencer(wiring.Component):
                         m.d.comb += bad.eq(i)
                 with m.If(bad != len(RM.ADDRESS_REGS)):
                     fail(RM.ERR_UNALIGNED, bad)
-                with m.Elif(~s.in_window(regs[0], I.HEADER_BYTES)):
-                    fail(RM.ERR_ADDRESS_RANGE, I.BASE["PROG_BASE"])
+                with m.Elif(~s.ok_hdr):
+                    s.fail_range(I.BASE["PROG_BASE"])
                 with m.Else():
                     s.ctl_read(regs[0], I.HEADER_BYTES // 4, 4)
                     m.next = "HDR"
@@ -256,7 +273,8 @@ class Sequencer(wiring.Component):
             m.d.comb += rec.ready.eq(1)
             with m.If(rec.valid):
                 w = rec.payload.w
-                m.d.sync += [s.n_instr.eq(w[2]), s.roots.eq(Mux(w[3] == 0, 1, Mux(w[3] > K, K, w[3])))]
+                m.d.sync += [s.n_instr.eq(w[2]), s.roots.eq(Mux(w[3] == 0, 1, Mux(w[3] > K, K, w[3]))),
+                             s.ok_prog.eq(s.in_window(regs[0], I.HEADER_BYTES + (w[2] << 4)))]
                 with m.If((w[0] != I.PROGRAM_MAGIC) | (w[1][:16] != I.ISA_VERSION)):
                     fail(RM.ERR_BAD_INSTRUCTION, 0)
                 with m.Elif((w[1][16:32] << 4) > self.hw.max_width):
@@ -264,16 +282,16 @@ class Sequencer(wiring.Component):
                 with m.Else():
                     m.next = "PROGRANGE"
         with m.State("PROGRANGE"):
-            with m.If(~s.in_window(regs[0], I.HEADER_BYTES + (s.n_instr << 4))):
-                fail(RM.ERR_ADDRESS_RANGE, I.BASE["PROG_BASE"])
+            with m.If(~s.ok_prog):
+                s.fail_range(I.BASE["PROG_BASE"])
             with m.Elif(s.ext):
                 for t in range(K):
                     m.d.sync += [s.tokens[t].eq(self.ext_tokens[t]), s.parents[t].eq(self.ext_parents[t])]
                 m.next = "PROGREQ"
-            with m.Elif(~s.in_window(regs[I.BASE["TOKENS"]], s.k << 2)):
-                fail(RM.ERR_ADDRESS_RANGE, I.BASE["TOKENS"])
-            with m.Elif(s.tree & ~s.in_window(regs[I.BASE["PARENTS"]], s.k << 2)):
-                fail(RM.ERR_ADDRESS_RANGE, I.BASE["PARENTS"])
+            with m.Elif(~s.ok_tok):
+                s.fail_range(I.BASE["TOKENS"])
+            with m.Elif(s.tree & ~s.ok_par):
+                s.fail_range(I.BASE["PARENTS"])
             with m.Elif(~self.ctl_cmd.valid):
                 s.ctl_read(regs[I.BASE["TOKENS"]], s.k, 1)
                 m.d.sync += s.widx.eq(0)
@@ -313,7 +331,6 @@ class Sequencer(wiring.Component):
         """FETCH to IDLE: fetch, decode and check, the window and PREFETCH match, dispatch, HALT's drain, abort."""
         dec, rec, fail = s.dec, s.ctl.rec, s.fail
         op = s.ir.opcode
-        opc = I.OPCODE
         with m.State("FETCH"):
             with self._unless_stopping(m, s):
                 with m.If(s.fetched_all):
@@ -338,14 +355,17 @@ class Sequencer(wiring.Component):
         prefetched = s.ir.matvec.flags[I.PREFETCHED.bit_length() - 1]
         head = s.pq_head
         # the queue and the operands are steady from DECODE to RANGE (the queue changes only in WAIT)
-        m.d.sync += s.pq_match.eq(s.pq.r_rdy & (head.addr == s.addr_r) & (head.rows == dec.rows)
-                                  & (head.count == dec.count))
+        m.d.sync += s.pq_match.eq(Cat(head.addr == s.addr_r, head.rows == dec.rows, head.count == dec.count))
         with m.State("RANGE"):
+            # not the rows the oldest PREFETCH requested (its code is written whatever the window check says: a
+            # failed window check overwrites it in ABORT's first cycle, so no code waits for the comparison)
+            bad_matvec = s.is_op["MATVEC"] & Mux(prefetched, ~(s.pq.r_rdy & s.pq_match.all()), s.pq.r_rdy)
+            with m.If(bad_matvec):
+                m.d.sync += s.code.eq(s.code_of(RM.ERR_BAD_INSTRUCTION, op))
             with m.If(s.chk_ranged & ~s.win.in_window):
-                m.d.sync += s.range_failed.eq(1)        # the code follows in ABORT, off the comparison's path
+                s.fail_range(dec.base)
+            with m.Elif(bad_matvec):
                 m.next = "ABORT"
-            with m.Elif((op == opc["MATVEC"]) & Mux(prefetched, ~s.pq_match, s.pq.r_rdy)):
-                fail(RM.ERR_BAD_INSTRUCTION, op)        # not the rows the oldest PREFETCH requested
             with m.Else():
                 m.next = "WAIT"
         with m.State("WAIT"):
@@ -364,7 +384,7 @@ class Sequencer(wiring.Component):
         with m.State("ABORT"):
             m.d.comb += s.abort.eq(1)
             with m.If(s.range_failed):                  # ABORT's first cycle, before STATUS shows the error
-                m.d.sync += [s.code.eq(s.code_of(RM.ERR_ADDRESS_RANGE, dec.base)), s.range_failed.eq(0)]
+                m.d.sync += [s.code.eq(s.code_of(RM.ERR_ADDRESS_RANGE, s.range_base)), s.range_failed.eq(0)]
             with m.If(self.rd_quiet & self.wr_quiet):
                 m.d.sync += [s.busy.eq(0), s.err.eq(~s.stop_requested), s.finished.eq(~s.stop_requested),
                              s.core_rst.eq(1)]
@@ -380,36 +400,37 @@ class Sequencer(wiring.Component):
         order (an unknown or illegal instruction, too wide, a misaligned DDR address) and whether RANGE checks
         the window."""
         return [*(getattr(s.dec, n).eq(getattr(pre, n)) for n in DECODED),
+                *(s.is_op[n].eq(pre.ir.opcode == I.OPCODE[n]) for n in DISPATCH_OPS),
                 s.chk_bad.eq(~pre.known | ~pre.legal), s.chk_wide.eq(pre.too_wide),
                 s.chk_misaligned.eq(pre.has_addr & pre.misaligned), s.chk_ranged.eq(pre.has_addr & ~pre.skip_store)]
 
     def _dispatch(self, m, s, prefetched):
         """WAIT, no abort pending: HALT drains; SYNC waits for every engine; PREFETCH queues its rows; any other
-        instruction goes when the scoreboard sees no hazard and its engine has room (SETC / SETF run here)."""
-        dec, sb, op, opc, fetch = s.dec, s.sb, s.ir.opcode, I.OPCODE, self.dp.fetch
-        raw = (dec.rmask & sb.inflight_wr & ~sum(1 << b for b in I.STREAMED)) != 0
-        war = (dec.wmask & (sb.inflight_rd | sb.inflight_wr)) != 0
+        instruction goes when the scoreboard sees no hazard and its engine has room (SETC / SETF run here). The
+        scoreboard's ``hazard`` is registered from the previous cycle's masks, already the IR's in RANGE, and
+        WAIT issues only on leaving, so it is exact in every WAIT cycle."""
+        dec, sb, fetch = s.dec, s.sb, self.dp.fetch
         next_instr = [s.pc.eq(s.pc + I.INSTR_BYTES)]
-        with m.If(op == opc["HALT"]):
+        with m.If(s.is_op["HALT"]):
             m.next = "DRAIN"
-        with m.Elif(op == opc["SYNC"]):
+        with m.Elif(s.is_op["SYNC"]):
             with m.If(sb.all_idle):
                 m.d.sync += next_instr
                 m.next = "FETCH"
-        with m.Elif(op == opc["PREFETCH"]):
+        with m.Elif(s.is_op["PREFETCH"]):
             with m.If(s.pq.w_rdy & fetch.ready):
                 m.d.comb += [fetch.valid.eq(1), s.pq.w_en.eq(1)]
                 m.d.sync += next_instr
                 m.next = "FETCH"
-        with m.Elif(~raw & ~war & (~dec.to_engine | sb.room) & ((op != opc["MATVEC"]) | prefetched | fetch.ready)):
+        with m.Elif(~sb.hazard & (~dec.to_engine | sb.room) & (~s.is_op["MATVEC"] | prefetched | fetch.ready)):
             m.d.sync += next_instr
             m.next = "FETCH"
-            with m.If(op == opc["SETC"]):
+            with m.If(s.is_op["SETC"]):
                 slot = s.ir.setc.slot
                 m.d.sync += [s.c_m[slot].eq(s.ir.setc.c_m), s.c_e[slot].eq(s.ir.setc.c_e)]
-            with m.If(op == opc["SETF"]):
+            with m.If(s.is_op["SETF"]):
                 m.d.sync += s.act_frac.eq(s.ir.setf.act_frac)
-            with m.If(op == opc["MATVEC"]):
+            with m.If(s.is_op["MATVEC"]):
                 with m.If(prefetched):
                     m.d.comb += s.pq.r_en.eq(1)
                 with m.Else():
