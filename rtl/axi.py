@@ -361,43 +361,53 @@ class WordUnpacker(wiring.Component):
         fields = Signal(range(mf + 1))
         first = Signal()
         nleft = Signal(BEATS_WIDTH)
+        # registered beside count / fields / nleft (a register split, the same cycles): a record is complete
+        # (``full``), the words left after it (``left``), beats are still due (``more``); the next values are
+        # chosen among candidates computed from registers (pop a record or not, take a beat or not)
+        full, left, more = Signal(), Signal(range(cap + 1)), Signal()
         with m.If(self.start):
-            m.d.sync += [count.eq(0), skip.eq(self.skip), fields.eq(self.fields), first.eq(1), nleft.eq(self.nbeats)]
+            m.d.sync += [count.eq(0), skip.eq(self.skip), fields.eq(self.fields), first.eq(1), nleft.eq(self.nbeats),
+                         full.eq(0), more.eq(self.nbeats != 0)]
         emit = Signal()
         take = Signal()
-        m.d.comb += [emit.eq(~self.start & (count >= fields) & (fields != 0)), self.rec.valid.eq(emit)]
+        m.d.comb += [emit.eq(~self.start & full), self.rec.valid.eq(emit)]
         for i in range(mf):
             m.d.comb += self.rec.payload.w[i].eq(words[i])
-        popped = Mux(emit & self.rec.ready, fields, 0)
-        remain = count - popped
-        m.d.comb += take.eq(~self.start & (remain + bw <= cap) & (nleft != 0))
-        m.d.comb += self.beat.ready.eq(take)
+        pop = Signal()
+        m.d.comb += pop.eq(emit & self.rec.ready)
         drop = Mux(first, skip, 0)
+        m.d.comb += take.eq(~self.start & more & Mux(pop, left + bw <= cap, count + bw <= cap))
+        m.d.comb += self.beat.ready.eq(take)
+        got = Signal()
+        m.d.comb += got.eq(self.beat.valid & take)
         beat_words = [self.beat.payload[32 * i: 32 * i + 32] for i in range(bw)]
         # new contents: the remaining words shifted down, then the beat's words after the dropped ones
         for i in range(cap):
-            kept = Signal(32, name=f"kept{i}")
-            # word i of the shifted old buffer
-            m.d.comb += kept.eq(0)
-            for s in range(mf + 1):
-                with m.If(popped == s):
-                    if i + s < cap:
-                        m.d.comb += kept.eq(words[i + s])
+            shifted = Signal(32, name=f"shifted{i}")      # word i + fields of the old buffer
+            m.d.comb += shifted.eq(0)
+            for f in range(1, mf + 1):
+                with m.If(fields == f):
+                    if i + f < cap:
+                        m.d.comb += shifted.eq(words[i + f])
             new = Signal(32, name=f"new{i}")
-            m.d.comb += new.eq(kept)
-            with m.If(self.beat.valid & take):
+            m.d.comb += new.eq(Mux(pop, shifted, words[i]))
+            with m.If(got):
                 for j in range(bw):
                     for d in range(bw):
-                        # beat word j lands at remain + j - d when d words are dropped
-                        with m.If((drop == d) & (j >= d)):
-                            with m.If(remain + j - d == i):
+                        # beat word j lands at remain + j - d when d words are dropped (remain: left or count)
+                        if j >= d:
+                            lands = Mux(pop, left + j - d == i, count + j - d == i)
+                            with m.If((drop == d) & lands):
                                 m.d.comb += new.eq(beat_words[j])
             m.d.sync += words[i].eq(new)
         with m.If(~self.start):
-            with m.If(self.beat.valid & take):
-                m.d.sync += [count.eq(remain + bw - drop), first.eq(0), nleft.eq(nleft - 1)]
-            with m.Else():
-                m.d.sync += count.eq(remain)
+            cands = {(p, g): (x + bw - drop if g else x) for p, x in ((0, count), (1, left)) for g in (0, 1)}
+            with m.Switch(Cat(got, pop)):
+                for (p, g), x in cands.items():
+                    with m.Case(g | (p << 1)):
+                        m.d.sync += [count.eq(x), full.eq((x >= fields) & (fields != 0)), left.eq(x - fields)]
+            with m.If(got):
+                m.d.sync += [first.eq(0), nleft.eq(nleft - 1), more.eq(nleft != 1)]
         return m
 
 

@@ -21,6 +21,7 @@ from amaranth.lib.wiring import In, Out
 from mmfree.pymodel import numerics as N
 from mmfree.rtl import isa as I
 from mmfree.rtl import regmap as RM
+from mmfree.rtl.pipeline import div_const
 
 #: Engines the sequencer dispatches to, in ``done_pulse`` / ``dispatch.engine`` order.
 ENGINES = ("load", "store", "vector", "matvec")
@@ -180,8 +181,9 @@ class Decoder(wiring.Component):
                                         | (is_["STORE"] & (ir.store.tstride[:2] != 0))),
                      self.skip_store.eq(is_["STORE"] & ir.store.flags[0] & ~self.write_logits)]
         # span = mul_a * mul_b + mul_c
-        div5 = ((count[:16] + 4) * 52429) >> 18                     # ceil(count / 5), exact below 2**16
-        row_bytes = ((div5 + (N.ROW_ALIGN_BYTES - 1)) >> row_align) << row_align
+        tpb = N.TRITS_PER_BYTE
+        packed = div_const(count[:16] + (tpb - 1), tpb)                # ceil(count / 5): a row's packed bytes
+        row_bytes = ((packed + (N.ROW_ALIGN_BYTES - 1)) >> row_align) << row_align
         mul_a, mul_b, mul_c = Signal(32), Signal(32), Signal(34)
         with m.Switch(op):
             with m.Case(I.OPCODE["LOAD"]):
@@ -193,18 +195,6 @@ class Decoder(wiring.Component):
             with m.Case(I.OPCODE["MATVEC"], I.OPCODE["PREFETCH"]):
                 m.d.comb += [mul_a.eq(rows), mul_b.eq(row_bytes), mul_c.eq(0)]
         m.d.comb += [self.span.eq(mul_a * mul_b + mul_c), self.bpr.eq(row_bytes >> lg_bb)]
-
-
-@cache
-def _row_div() -> tuple[int, int]:
-    """``(m, s)`` with ``ceil(x / d) == ((x + d - 1) * m) >> s`` for every ``x < 2**16`` (``d`` =
-    :data:`numerics.TRITS_PER_BYTE` x :data:`numerics.ROW_ALIGN_BYTES`: bytes of a packed row / its alignment)."""
-    d = N.TRITS_PER_BYTE * N.ROW_ALIGN_BYTES
-    for s in range(16, 40):
-        mult = -(-(1 << s) // d)
-        if all(((x + d - 1) * mult) >> s == (x + d - 1) // d for x in range(1 << 16)):
-            return mult, s
-    raise AssertionError("no multiply-shift divides by the row size")  # pragma: no cover
 
 
 class WindowCheck(wiring.Component):
@@ -221,9 +211,10 @@ class WindowCheck(wiring.Component):
     ``max_width`` (the DECODE width check fails any other instruction first) and ``max_width < 2**16``.
 
     Stages: FETCH (from ``w``): ``addr = base + offset``, ``hi - c`` (``c``: STORE's ``4 * count``), the
-    multiply's operands ``a`` (32 bits) x ``b`` (at most 17 bits) x 16 or not (``ceil(count / 80)`` by a constant
-    multiply for MATVEC / PREFETCH) and ``bpr``; DECODE: the two 17 x 17 partial products of ``a * b``,
-    ``lim = hi - c - addr``, ``addr >= lo``; RANGE: ``pp0 + (pp1 << 17) <= lim``."""
+    multiply's operands ``a`` (32 bits) x ``b`` (at most 17 bits) x 16 or not (``ceil(count / 80)`` by
+    :func:`~mmfree.rtl.pipeline.div_const`, a constant multiply, for MATVEC / PREFETCH) and ``bpr``; DECODE: the
+    two 17 x 17 partial products of ``a * b``, ``lim = hi - c - addr``, ``addr >= lo``; RANGE:
+    ``pp0 + (pp1 << 17) <= lim``."""
 
     def __init__(self, max_tokens: int, bus_bytes: int):
         self.bus_bytes = bus_bytes
@@ -240,9 +231,8 @@ class WindowCheck(wiring.Component):
         is_mv = is_["MATVEC"] | is_["PREFETCH"]
         lg_bb = self.bus_bytes.bit_length() - 1
         lg_align = (N.ROW_ALIGN_BYTES - 1).bit_length()
-        mult, shift = _row_div()
         d = N.TRITS_PER_BYTE * N.ROW_ALIGN_BYTES
-        rows80 = ((w.matvec.count[:16] + (d - 1)) * mult) >> shift          # ceil(count / 80): row_bytes / 16
+        rows80 = div_const(w.matvec.count[:16] + (d - 1), d)                # ceil(count / 80): row_bytes / 16
         hi, lo = self.bases[I.BASE["MEM_HI"]], self.bases[I.BASE["MEM_LO"]]
         # stage 1 (registered when the instruction register loads)
         assert lg_align == 4, "EMBED's stride and a packed row's alignment are both 16 bytes: one x16 flag"

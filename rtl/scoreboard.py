@@ -22,14 +22,18 @@ ENGINE_SLOTS = {"load": 1, "store": 1, "vector": 1, "matvec": 2}
 class Scoreboard(wiring.Component):
     """``issue`` (with ``engine``, ``rmask``, ``wmask``) fills the engine's first free slot; ``done_pulse`` (one
     bit per engine, :data:`ENGINES` order) frees its oldest; ``clear`` empties every slot (a new run).
-    ``room``: the engine named by ``engine`` has a free slot; ``all_idle``: no slot is held."""
+    ``room``: the engine named by ``engine`` has a free slot; ``all_idle``: no slot is held. ``hazard`` (a
+    register, so that no dispatch waits on the slots' OR and the masks' compare in its own cycle): the slots held
+    this cycle write a resource that the previous cycle's ``rmask`` reads (except :data:`isa.STREAMED`, read
+    element by element as they arrive) or touch one its ``wmask`` writes; exact in a cycle that follows one
+    without ``issue`` (the sequencer reads it only while an instruction waits, and it issues on leaving)."""
 
     def __init__(self):
         NR = I.N_RESOURCES
         super().__init__({
             "clear": In(1), "issue": In(1), "engine": In(2), "rmask": In(NR), "wmask": In(NR),
             "done_pulse": In(len(ENGINES)),
-            "inflight_rd": Out(NR), "inflight_wr": Out(NR), "all_idle": Out(1), "room": Out(1),
+            "inflight_rd": Out(NR), "inflight_wr": Out(NR), "all_idle": Out(1), "room": Out(1), "hazard": Out(1),
         })
 
     def elaborate(self, platform):
@@ -48,6 +52,7 @@ class Scoreboard(wiring.Component):
         for e in ENGINES:
             with m.If(self.engine == ENGINE_ID[e]):
                 m.d.comb += self.room.eq(~valid[(e, ENGINE_SLOTS[e] - 1)])
+        self._hazard(m, slots, valid, rd, wr)
         # completions: the oldest slot of the engine
         for e in ENGINES:
             with m.If(self.done_pulse[ENGINE_ID[e]]):
@@ -74,3 +79,19 @@ class Scoreboard(wiring.Component):
         with m.If(self.clear):
             m.d.sync += [valid[es].eq(0) for es in slots]
         return m
+
+    def _hazard(self, m, slots, valid, rd, wr):
+        """``hazard`` for the next cycle: the slots as they will be without an issue (a completion frees the
+        oldest and moves the second down; ``clear`` empties them) against this cycle's masks."""
+        nxt_r, nxt_w = Const(0, I.N_RESOURCES), Const(0, I.N_RESOURCES)
+        for e, k in slots:
+            done = self.done_pulse[ENGINE_ID[e]]
+            if k + 1 < ENGINE_SLOTS[e]:
+                v, r, w = (Mux(done, valid[(e, k + 1)], valid[(e, k)]), Mux(done, rd[(e, k + 1)], rd[(e, k)]),
+                           Mux(done, wr[(e, k + 1)], wr[(e, k)]))
+            else:                                   # the engine's last slot empties on a completion
+                v, r, w = valid[(e, k)] & ~done, rd[(e, k)], wr[(e, k)]
+            nxt_r = nxt_r | Mux(v & ~self.clear, r, 0)
+            nxt_w = nxt_w | Mux(v & ~self.clear, w, 0)
+        reads = self.rmask & ~sum(1 << b for b in I.STREAMED)
+        m.d.sync += self.hazard.eq(((reads & nxt_w) | (self.wmask & (nxt_r | nxt_w))).any())

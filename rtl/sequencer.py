@@ -6,11 +6,15 @@ read the token ids (and the tree parents) into registers, then fetch the program
 client and execute it in order. Every instruction is decoded and checked exactly as
 :meth:`mmfree.sim.emulator.Emulator.check` does (same error codes, same order): the
 :class:`~mmfree.rtl.decoder.Decoder` is generated from the ISA table (:data:`mmfree.rtl.isa.OPS` and its
-constraint table :data:`mmfree.rtl.isa.LEGAL`). An instruction is dispatched when its engine has room and no
-earlier unfinished instruction writes a resource it reads (except LOAD destinations, read element by element
-as they arrive) or touches a resource it writes (the :class:`~mmfree.rtl.scoreboard.Scoreboard`; the
-read/write sets come from :func:`mmfree.rtl.isa.resources`). PREFETCHes wait for their MATVEC in a
-``lib.fifo.SyncFIFO``. ``HALT`` waits for every engine and the write channel, then reports DONE.
+constraint table :data:`mmfree.rtl.isa.LEGAL`); it decodes the word as it is fetched and its outputs and check
+results are registered with the instruction register, so DECODE, RANGE and dispatch read registers (the
+window check is pipelined the same way, :class:`~mmfree.rtl.decoder.WindowCheck`; a failed window check is
+recorded as a flag and its code written in ABORT's first cycle, off the comparison's path). An instruction
+is dispatched when its engine has room and no earlier unfinished instruction writes a resource it reads
+(except LOAD destinations, read element by element as they arrive) or touches a resource it writes (the
+:class:`~mmfree.rtl.scoreboard.Scoreboard`; the read/write sets come from :func:`mmfree.rtl.isa.resources`).
+PREFETCHes wait for their MATVEC in a ``lib.fifo.SyncFIFO``. ``HALT`` waits for every engine and the write
+channel, then reports DONE.
 
 On an error the run aborts: dispatch stops, the AXI engines stop issuing and drain what is on the bus,
 the datapath is reset, and STATUS shows ERROR with the code, detail and PC.
@@ -36,6 +40,12 @@ from mmfree.rtl.compiler import HwConfig
 from mmfree.rtl.decoder import ADDR_INTERNAL, ENGINE_ID, ENGINES, Decoder, WindowCheck, field, instr_layout  # noqa: F401
 from mmfree.rtl.pipeline import width_for
 from mmfree.rtl.scoreboard import ENGINE_SLOTS, Scoreboard  # noqa: F401
+
+#: :class:`~mmfree.rtl.decoder.Decoder` outputs the sequencer registers with the instruction register.
+DECODED = ("engine", "to_engine", "rmask", "wmask", "rows", "count", "base", "skip_store")
+
+#: Opcodes RANGE and WAIT tell apart, decoded as the instruction is fetched and registered with the IR.
+DISPATCH_OPS = ("HALT", "SYNC", "PREFETCH", "MATVEC", "SETC", "SETF")
 
 #: A PREFETCH waiting for its MATVEC (the operands the MATVEC must repeat).
 PREFETCH_ENTRY = data.StructLayout({"addr": unsigned(ADDR_INTERNAL + 1), "rows": unsigned(32),
@@ -110,22 +120,25 @@ class Sequencer(wiring.Component):
         m.submodules.ctl = ctl = DmaReadClient(self.addr_width, hw.bus_bytes, max_fields=4)
         wiring.connect(m, ctl.cmd, wiring.flipped(self.ctl_cmd))
         wiring.connect(m, wiring.flipped(self.ctl_data), ctl.beat)
-        m.submodules.dec = dec = Decoder(hw.max_width, hw.max_tokens, hw.bus_bytes)
+        m.submodules.dec = pre = Decoder(hw.max_width, hw.max_tokens, hw.bus_bytes)   # the word being fetched
         m.submodules.win = win = WindowCheck(hw.max_tokens, hw.bus_bytes)
         m.submodules.sb = sb = Scoreboard()
         run_start = Signal()               # START accepted: clear the scoreboard and the prefetch queue
         m.submodules.pq = pq = ResetInserter(run_start)(fifo.SyncFIFO(width=PREFETCH_ENTRY.size,
                                                                        depth=I.PREFETCH_DEPTH))
         s = self._run_state(m)
+        # the decoder's outputs, registered with the instruction register (the decode of ``s.ir``)
+        dec = SimpleNamespace(**{n: Signal.like(getattr(pre, n), name="dec_" + n) for n in DECODED})
         s.ctl, s.dec, s.sb, s.pq, s.run_start = ctl, dec, sb, pq, run_start
-        s.win, s.addr_r, s.bpr = win, win.addr, win.bpr
+        s.win, s.addr_r, s.bpr, s.pre = win, win.addr, win.bpr, pre
         s.pq_head = data.View(PREFETCH_ENTRY, pq.r_data)
-        m.d.comb += [dec.ir.eq(s.ir), dec.k.eq(s.k), dec.write_logits.eq(s.wlog), sb.clear.eq(run_start),
+        m.d.comb += [sb.clear.eq(run_start),
                      sb.done_pulse.eq(self.dp.done_pulse), sb.engine.eq(dec.engine), sb.rmask.eq(dec.rmask),
                      sb.wmask.eq(dec.wmask), self.dp.issue.eq(sb.issue)]
-        m.d.comb += [win.w.eq(ctl.rec.payload.w.as_value()), win.k.eq(s.k)]
+        m.d.comb += [win.w.eq(ctl.rec.payload.w.as_value()), win.k.eq(s.k),
+                     pre.ir.eq(ctl.rec.payload.w.as_value()), pre.k.eq(s.k), pre.write_logits.eq(s.wlog)]
         for i, r in enumerate(s.regs):
-            m.d.comb += [dec.bases[i].eq(r), win.bases[i].eq(r)]
+            m.d.comb += [win.bases[i].eq(r), pre.bases[i].eq(r)]
         d, fetch = self.dp.dispatch, self.dp.fetch
         m.d.comb += [d.engine.eq(dec.engine), d.op.eq(s.ir.opcode), d.ir.eq(s.ir), d.addr.eq(s.addr_r[:self.addr_width]),
                      d.bpr.eq(s.bpr), d.skip_store.eq(dec.skip_store),
@@ -141,7 +154,8 @@ class Sequencer(wiring.Component):
 
     def _run_state(self, m) -> SimpleNamespace:
         """The run's registers (status, counters, tokens, parents, SETC / SETF values, the instruction register)
-        and their outputs; ``fail(code, detail)`` records an error and goes to ABORT."""
+        and their outputs; ``fail(code, detail)`` records an error and goes to ABORT; ``fail_range(base)`` goes to
+        ABORT, whose first cycle writes ERR_ADDRESS_RANGE with detail ``base`` (before STATUS shows the error)."""
         K = self.hw.max_tokens
         s = SimpleNamespace(
             busy=Signal(), done=Signal(), err=Signal(), code=Signal(32), pc=Signal(32), cycles=Signal(64),
@@ -154,6 +168,17 @@ class Sequencer(wiring.Component):
             core_rst=Signal(), abort=Signal(), stop_requested=Signal(),   # SOFT_RESET while busy: no error code
             ir=Signal(instr_layout()), n_instr=Signal(32), n_fetched=Signal(32), widx=Signal(range(K + 1)),
             roots=Signal(range(K + 1)),    # streams a tree parent may root in: min(header streams, K), at least 1
+            # the DECODE checks, computed from the word being fetched and registered with the IR
+            chk_bad=Signal(), chk_wide=Signal(), chk_misaligned=Signal(), chk_ranged=Signal(),
+            is_op={n: Signal(name=f"is_{n.lower()}") for n in DISPATCH_OPS},   # the IR's opcode is n
+            pq_match=Signal(3),            # the PREFETCH match (addr, rows, count), registered in DECODE for RANGE
+            # a window check failed (base register ``range_base``): ABORT's first cycle writes the code, so that
+            # no comparison's carry chain feeds the error-code register shared by every state
+            range_failed=Signal(), range_base=Signal(8),
+            # the setup window checks, registered a cycle ahead (the base registers are steady during a run, ``k``
+            # from START on, the instruction count from HDR on): the header, the program, the tokens, the parents
+            ok_hdr=Signal(), ok_prog=Signal(), ok_tok=Signal(), ok_par=Signal(),
+            fetched_all=Signal(),          # n_fetched == n_instr, registered with them (off the read's ready)
             regs=[getattr(self, "reg_" + n.lower()) for n in RM.ADDRESS_REGS])
         m.d.comb += [self.busy.eq(s.busy), self.done.eq(s.done), self.error.eq(s.err), self.error_code.eq(s.code),
                      self.pc.eq(s.pc), self.cycles.eq(s.cycles), self.argmax.eq(s.argmax),
@@ -168,8 +193,15 @@ class Sequencer(wiring.Component):
         with m.If(s.busy):
             m.d.sync += s.cycles.eq(s.cycles + 1)
 
+        def code_of(c, detail=0):
+            return c | (Const(detail, 24) << 8) if isinstance(detail, int) else c | (detail << 8)
+
         def fail(c, detail=0):
-            m.d.sync += s.code.eq(c | (Const(detail, 24) << 8) if isinstance(detail, int) else c | (detail << 8))
+            m.d.sync += s.code.eq(code_of(c, detail))
+            m.next = "ABORT"
+
+        def fail_range(base):
+            m.d.sync += [s.range_failed.eq(1), s.range_base.eq(base)]
             m.next = "ABORT"
 
         def in_window(a, n):
@@ -180,7 +212,7 @@ class Sequencer(wiring.Component):
             m.d.comb += [s.ctl.req.eq(1), s.ctl.addr.eq(a[:self.addr_width]), s.ctl.words.eq(words),
                          s.ctl.fields.eq(fields)]
 
-        s.fail, s.in_window, s.ctl_read = fail, in_window, ctl_read
+        s.fail, s.fail_range, s.code_of, s.in_window, s.ctl_read = fail, fail_range, code_of, in_window, ctl_read
         return s
 
     @contextmanager
@@ -199,6 +231,9 @@ class Sequencer(wiring.Component):
     def _run_setup(self, m, s):
         """IDLE to PROGREQ: START, the NUM_TOKENS and alignment checks, the header, tokens and parents."""
         K, regs, rec, fail = self.hw.max_tokens, s.regs, s.ctl.rec, s.fail
+        m.d.sync += [s.ok_hdr.eq(s.in_window(regs[0], I.HEADER_BYTES)),
+                     s.ok_tok.eq(s.in_window(regs[I.BASE["TOKENS"]], s.k << 2)),
+                     s.ok_par.eq(s.in_window(regs[I.BASE["PARENTS"]], s.k << 2))]
         with m.State("IDLE"):
             with m.If(self.soft_reset):
                 m.d.sync += [s.done.eq(0), s.err.eq(0), s.code.eq(0), s.core_rst.eq(1)]
@@ -229,8 +264,8 @@ class Sequencer(wiring.Component):
                         m.d.comb += bad.eq(i)
                 with m.If(bad != len(RM.ADDRESS_REGS)):
                     fail(RM.ERR_UNALIGNED, bad)
-                with m.Elif(~s.in_window(regs[0], I.HEADER_BYTES)):
-                    fail(RM.ERR_ADDRESS_RANGE, I.BASE["PROG_BASE"])
+                with m.Elif(~s.ok_hdr):
+                    s.fail_range(I.BASE["PROG_BASE"])
                 with m.Else():
                     s.ctl_read(regs[0], I.HEADER_BYTES // 4, 4)
                     m.next = "HDR"
@@ -238,7 +273,8 @@ class Sequencer(wiring.Component):
             m.d.comb += rec.ready.eq(1)
             with m.If(rec.valid):
                 w = rec.payload.w
-                m.d.sync += [s.n_instr.eq(w[2]), s.roots.eq(Mux(w[3] == 0, 1, Mux(w[3] > K, K, w[3])))]
+                m.d.sync += [s.n_instr.eq(w[2]), s.roots.eq(Mux(w[3] == 0, 1, Mux(w[3] > K, K, w[3]))),
+                             s.ok_prog.eq(s.in_window(regs[0], I.HEADER_BYTES + (w[2] << 4)))]
                 with m.If((w[0] != I.PROGRAM_MAGIC) | (w[1][:16] != I.ISA_VERSION)):
                     fail(RM.ERR_BAD_INSTRUCTION, 0)
                 with m.Elif((w[1][16:32] << 4) > self.hw.max_width):
@@ -246,16 +282,16 @@ class Sequencer(wiring.Component):
                 with m.Else():
                     m.next = "PROGRANGE"
         with m.State("PROGRANGE"):
-            with m.If(~s.in_window(regs[0], I.HEADER_BYTES + (s.n_instr << 4))):
-                fail(RM.ERR_ADDRESS_RANGE, I.BASE["PROG_BASE"])
+            with m.If(~s.ok_prog):
+                s.fail_range(I.BASE["PROG_BASE"])
             with m.Elif(s.ext):
                 for t in range(K):
                     m.d.sync += [s.tokens[t].eq(self.ext_tokens[t]), s.parents[t].eq(self.ext_parents[t])]
                 m.next = "PROGREQ"
-            with m.Elif(~s.in_window(regs[I.BASE["TOKENS"]], s.k << 2)):
-                fail(RM.ERR_ADDRESS_RANGE, I.BASE["TOKENS"])
-            with m.Elif(s.tree & ~s.in_window(regs[I.BASE["PARENTS"]], s.k << 2)):
-                fail(RM.ERR_ADDRESS_RANGE, I.BASE["PARENTS"])
+            with m.Elif(~s.ok_tok):
+                s.fail_range(I.BASE["TOKENS"])
+            with m.Elif(s.tree & ~s.ok_par):
+                s.fail_range(I.BASE["PARENTS"])
             with m.Elif(~self.ctl_cmd.valid):
                 s.ctl_read(regs[I.BASE["TOKENS"]], s.k, 1)
                 m.d.sync += s.widx.eq(0)
@@ -288,41 +324,48 @@ class Sequencer(wiring.Component):
             with m.If(~self.ctl_cmd.valid):
                 with m.If(s.n_instr != 0):
                     s.ctl_read(regs[0] + I.HEADER_BYTES, s.n_instr << 2, 4)
-                m.d.sync += [s.n_fetched.eq(0), s.pc.eq(I.HEADER_BYTES)]
+                m.d.sync += [s.n_fetched.eq(0), s.fetched_all.eq(s.n_instr == 0), s.pc.eq(I.HEADER_BYTES)]
                 m.next = "FETCH"
 
     def _run_program(self, m, s):
         """FETCH to IDLE: fetch, decode and check, the window and PREFETCH match, dispatch, HALT's drain, abort."""
         dec, rec, fail = s.dec, s.ctl.rec, s.fail
         op = s.ir.opcode
-        opc = I.OPCODE
         with m.State("FETCH"):
             with self._unless_stopping(m, s):
-                with m.If(s.n_fetched == s.n_instr):
+                with m.If(s.fetched_all):
                     fail(RM.ERR_PROGRAM)
                 with m.Else():
                     m.d.comb += rec.ready.eq(1)
                     with m.If(rec.valid):
                         m.d.comb += s.win.load.eq(1)       # the window check's first stage, beside the IR
-                        m.d.sync += [s.ir.eq(rec.payload.w.as_value()), s.n_fetched.eq(s.n_fetched + 1)]
+                        m.d.sync += [s.ir.eq(rec.payload.w.as_value()), s.n_fetched.eq(s.n_fetched + 1),
+                                     s.fetched_all.eq(s.n_fetched + 1 == s.n_instr)]
+                        m.d.sync += self._checks_of(s.pre, s)
                         m.next = "DECODE"
         with m.State("DECODE"):
-            with m.If(~dec.known | ~dec.legal):
+            with m.If(s.chk_bad):
                 fail(RM.ERR_BAD_INSTRUCTION, op)
-            with m.Elif(dec.too_wide):
+            with m.Elif(s.chk_wide):
                 fail(RM.ERR_TOO_WIDE, 0)
-            with m.Elif(dec.has_addr & dec.misaligned):
+            with m.Elif(s.chk_misaligned):
                 fail(RM.ERR_BAD_INSTRUCTION, op)
             with m.Else():
                 m.next = "RANGE"
         prefetched = s.ir.matvec.flags[I.PREFETCHED.bit_length() - 1]
         head = s.pq_head
-        pq_match = s.pq.r_rdy & (head.addr == s.addr_r) & (head.rows == dec.rows) & (head.count == dec.count)
+        # the queue and the operands are steady from DECODE to RANGE (the queue changes only in WAIT)
+        m.d.sync += s.pq_match.eq(Cat(head.addr == s.addr_r, head.rows == dec.rows, head.count == dec.count))
         with m.State("RANGE"):
-            with m.If(dec.has_addr & ~dec.skip_store & ~s.win.in_window):
-                fail(RM.ERR_ADDRESS_RANGE, dec.base)
-            with m.Elif((op == opc["MATVEC"]) & Mux(prefetched, ~pq_match, s.pq.r_rdy)):
-                fail(RM.ERR_BAD_INSTRUCTION, op)        # not the rows the oldest PREFETCH requested
+            # not the rows the oldest PREFETCH requested (its code is written whatever the window check says: a
+            # failed window check overwrites it in ABORT's first cycle, so no code waits for the comparison)
+            bad_matvec = s.is_op["MATVEC"] & Mux(prefetched, ~(s.pq.r_rdy & s.pq_match.all()), s.pq.r_rdy)
+            with m.If(bad_matvec):
+                m.d.sync += s.code.eq(s.code_of(RM.ERR_BAD_INSTRUCTION, op))
+            with m.If(s.chk_ranged & ~s.win.in_window):
+                s.fail_range(dec.base)
+            with m.Elif(bad_matvec):
+                m.next = "ABORT"
             with m.Else():
                 m.next = "WAIT"
         with m.State("WAIT"):
@@ -340,6 +383,8 @@ class Sequencer(wiring.Component):
                 m.next = "IDLE"
         with m.State("ABORT"):
             m.d.comb += s.abort.eq(1)
+            with m.If(s.range_failed):                  # ABORT's first cycle, before STATUS shows the error
+                m.d.sync += [s.code.eq(s.code_of(RM.ERR_ADDRESS_RANGE, s.range_base)), s.range_failed.eq(0)]
             with m.If(self.rd_quiet & self.wr_quiet):
                 m.d.sync += [s.busy.eq(0), s.err.eq(~s.stop_requested), s.finished.eq(~s.stop_requested),
                              s.core_rst.eq(1)]
@@ -347,33 +392,45 @@ class Sequencer(wiring.Component):
                     m.d.sync += s.code.eq(0)
                 m.next = "IDLE"
 
+    @staticmethod
+    def _checks_of(pre, s) -> list:
+        """What to register with the IR from the decode of the word being fetched (``pre``: a :class:`Decoder`
+        of it; the base registers, ``k`` and FLAGS are steady during a run, so the registers equal the decode of
+        the IR): the outputs :data:`DECODED` the later states read, and the DECODE checks in the emulator's
+        order (an unknown or illegal instruction, too wide, a misaligned DDR address) and whether RANGE checks
+        the window."""
+        return [*(getattr(s.dec, n).eq(getattr(pre, n)) for n in DECODED),
+                *(s.is_op[n].eq(pre.ir.opcode == I.OPCODE[n]) for n in DISPATCH_OPS),
+                s.chk_bad.eq(~pre.known | ~pre.legal), s.chk_wide.eq(pre.too_wide),
+                s.chk_misaligned.eq(pre.has_addr & pre.misaligned), s.chk_ranged.eq(pre.has_addr & ~pre.skip_store)]
+
     def _dispatch(self, m, s, prefetched):
         """WAIT, no abort pending: HALT drains; SYNC waits for every engine; PREFETCH queues its rows; any other
-        instruction goes when the scoreboard sees no hazard and its engine has room (SETC / SETF run here)."""
-        dec, sb, op, opc, fetch = s.dec, s.sb, s.ir.opcode, I.OPCODE, self.dp.fetch
-        raw = (dec.rmask & sb.inflight_wr & ~sum(1 << b for b in I.STREAMED)) != 0
-        war = (dec.wmask & (sb.inflight_rd | sb.inflight_wr)) != 0
+        instruction goes when the scoreboard sees no hazard and its engine has room (SETC / SETF run here). The
+        scoreboard's ``hazard`` is registered from the previous cycle's masks, already the IR's in RANGE, and
+        WAIT issues only on leaving, so it is exact in every WAIT cycle."""
+        dec, sb, fetch = s.dec, s.sb, self.dp.fetch
         next_instr = [s.pc.eq(s.pc + I.INSTR_BYTES)]
-        with m.If(op == opc["HALT"]):
+        with m.If(s.is_op["HALT"]):
             m.next = "DRAIN"
-        with m.Elif(op == opc["SYNC"]):
+        with m.Elif(s.is_op["SYNC"]):
             with m.If(sb.all_idle):
                 m.d.sync += next_instr
                 m.next = "FETCH"
-        with m.Elif(op == opc["PREFETCH"]):
+        with m.Elif(s.is_op["PREFETCH"]):
             with m.If(s.pq.w_rdy & fetch.ready):
                 m.d.comb += [fetch.valid.eq(1), s.pq.w_en.eq(1)]
                 m.d.sync += next_instr
                 m.next = "FETCH"
-        with m.Elif(~raw & ~war & (~dec.to_engine | sb.room) & ((op != opc["MATVEC"]) | prefetched | fetch.ready)):
+        with m.Elif(~sb.hazard & (~dec.to_engine | sb.room) & (~s.is_op["MATVEC"] | prefetched | fetch.ready)):
             m.d.sync += next_instr
             m.next = "FETCH"
-            with m.If(op == opc["SETC"]):
+            with m.If(s.is_op["SETC"]):
                 slot = s.ir.setc.slot
                 m.d.sync += [s.c_m[slot].eq(s.ir.setc.c_m), s.c_e[slot].eq(s.ir.setc.c_e)]
-            with m.If(op == opc["SETF"]):
+            with m.If(s.is_op["SETF"]):
                 m.d.sync += s.act_frac.eq(s.ir.setf.act_frac)
-            with m.If(op == opc["MATVEC"]):
+            with m.If(s.is_op["MATVEC"]):
                 with m.If(prefetched):
                     m.d.comb += s.pq.r_en.eq(1)
                 with m.Else():
