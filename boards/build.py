@@ -384,14 +384,13 @@ def config_for(board, clock_mhz: float | None = None, max_width: int | None = No
 def _source_key(cfg: BuildConfig) -> str:
     import amaranth
 
-    from mmfree.config import RTL_SOURCES, source_digest
+    from mmfree.rtl import source_key
 
-    return source_digest(*RTL_SOURCES, extra=repr((cfg.bus_bytes, cfg.max_tokens, cfg.max_width, cfg.addr_width,
-                                                   cfg.weight_ports, cfg.matvec_engines, amaranth.__version__,
-                                                   cfg.draft_vocab, cfg.family, cfg.uram_capacity)
-                                                  + (("pipelined_units",) if cfg.pipelined_units else ())
-                                                  # V = 1 builds keep the keys they had before vector lanes existed
-                                                  + ((cfg.vector_lanes,) if cfg.vector_lanes != 1 else ())))
+    params = ((cfg.bus_bytes, cfg.max_tokens, cfg.max_width, cfg.addr_width, cfg.weight_ports, cfg.matvec_engines,
+               amaranth.__version__, cfg.draft_vocab, cfg.family, cfg.uram_capacity)
+              + (("pipelined_units",) if cfg.pipelined_units else ())
+              + ((cfg.vector_lanes,) if cfg.vector_lanes != 1 else ()))
+    return source_key(repr(params))
 
 
 def _cache_root() -> Path:

@@ -189,13 +189,14 @@ TB_BUILD_ARGS = ["--no-public-flat-rw"]
 
 
 def _rtl_source_key(hw: HwConfig) -> str:
-    """A digest of everything the accelerator's Verilog depends on: the RTL and numerics sources and the
-    build parameters (so an unchanged design skips the Amaranth -> Verilog conversion)."""
+    """A digest of everything the accelerator's Verilog depends on: the RTL and numerics sources as this process
+    imported them (:func:`mmfree.rtl.source_key`) and the build parameters (so an unchanged design skips the
+    Amaranth -> Verilog conversion, and an edit during a long run cannot file old Verilog under the new key)."""
     import amaranth
 
-    from mmfree.config import RTL_SOURCES, source_digest
+    from mmfree.rtl import source_key
 
-    return source_digest(*RTL_SOURCES, extra=repr((hw, ADDR_WIDTH, amaranth.__version__)))
+    return source_key(repr((hw, ADDR_WIDTH, amaranth.__version__)))
 
 
 def _accel_verilog(hw: HwConfig, progress=None) -> Path:

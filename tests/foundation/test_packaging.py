@@ -125,3 +125,20 @@ def test_board_defaults_in_help_come_from_the_board_files(capsys):
         main(["build", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert "pynq-z2: 2" in out and "xc7z020clg400-1, 100 MHz" in out
+
+
+def test_verilog_cache_keys_follow_the_sources_as_imported(monkeypatch):
+    """The accelerator's Verilog caches (simulation and board build) are keyed by the RTL sources as this process
+    imported them: an edit on disk after the import (here: source_digest reading something else) leaves the key as it
+    was, since the modules in memory, which generate the Verilog, are still the old ones; the snapshot moves it."""
+    import mmfree.rtl as R
+    from mmfree.boards import build as B
+    from mmfree.sim import accel
+
+    cfg = B.config_for("pynq-z2")
+    before = (accel._rtl_source_key(accel.DEFAULT_HW), B._source_key(cfg))
+    monkeypatch.setattr(C, "source_digest", lambda *a, **k: "edited-on-disk")
+    assert (accel._rtl_source_key(accel.DEFAULT_HW), B._source_key(cfg)) == before
+    monkeypatch.setattr(R, "SOURCES_AT_IMPORT", "another-import")
+    after = (accel._rtl_source_key(accel.DEFAULT_HW), B._source_key(cfg))
+    assert after[0] != before[0] and after[1] != before[1]
