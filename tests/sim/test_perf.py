@@ -455,6 +455,20 @@ def test_model_against_rtl_random_backpressure():
 
 
 @pytest.mark.sim
+def test_model_against_rtl_forest_pass():
+    """One multi-stream pass on the RTL (d64, B = 2 streams x k = 1 from nonzero start states, default build):
+    bit-exact against IntModel (rtl_forest_cycles raises otherwise), the same counters as recorded, and the model's
+    forest_program pass within 5 % of CYCLES."""
+    V = _bench_validate()
+    meas = V.rtl_forest_cycles("d64", 2, (1,), "default", logits=(True,))
+    assert set(meas) == {"2x1"} and V.parse_stream_key("2x1") == (2, 1, True) and meas["2x1"]["bit_exact"]
+    rec = json.loads((ROOT / "boards" / "data" / "perf_validation.json").read_text())
+    assert meas["2x1"] == rec["stream_runs"]["default"]["d64"]["2x1"]
+    m = V.model_forest_cycles("d64", 2, 1, True)
+    assert abs(m - meas["2x1"]["cycles"]) <= 0.05 * meas["2x1"]["cycles"], (m, meas["2x1"]["cycles"])
+
+
+@pytest.mark.sim
 def test_model_against_rtl():
     """Runs the accelerator RTL (Verilator) on 4 shapes (and 2 on the four-weight-port build), k = 1 and 4: the
     model within 5 % of CYCLES (12 % for the recorded KNOWN_GAPS)."""
