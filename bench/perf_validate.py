@@ -30,6 +30,13 @@ each port's data bus moves a beat in a cycle with probability ``rate``, seeded) 
 (not recorded) reruns with another random sequence, to see the spread. The sequence runs on across the passes of
 one job, so a pass's cycles also depend on which passes (--k, --logits) run before it.
 
+``--streams 2,4``: multi-stream passes (docs/accelerator.md "Multi-stream passes"): per config and B, ONE forest
+pass of B streams x k tokens (random weights, each stream from its own nonzero start state, so every ``LOAD HROOT``
+moves real data; the program compiled with ``streams=B``) on the RTL, its results required bit-exact against
+IntModel (``mmfree.sim.accel.replay_forest``, ``IntModel.verify_forest``'s numbers) and its CYCLES compared with
+``pass_cycles(dims, hw, B * k, prog=mmfree.sim.perf_streams.forest_program(dims, B))`` (what ``predict_streams``
+prices); recorded under ``stream_runs[build]``, run keys ``<B>x<k>[-nologits]``. Ideal memory, default latency.
+
 --record writes the table into docs/performance.md (section "validation") and the measured cycles into
 boards/data/perf_validation.json (read by tests/sim/test_perf.py's fast check of the recorded numbers).
 """
@@ -43,6 +50,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ROOT, command_line, export_random_model, write_section  # noqa: E402
@@ -206,6 +215,99 @@ def model_cycles(name: str, k: int, write_logits: bool = True, hw_name: str = "d
                        write_logits=write_logits, main_rate=main).cycles
 
 
+def stream_key(streams: int, k: int, write_logits: bool) -> str:
+    """``<B>x<k>`` (B streams of k tokens each in one forest pass), ``-nologits`` appended without logits."""
+    return f"{streams}x{k}" + ("" if write_logits else "-nologits")
+
+
+def parse_stream_key(key: str) -> tuple[int, int, bool]:
+    """(streams, k, write_logits) of a :func:`stream_key`."""
+    base = key.removesuffix("-nologits")
+    B, k = base.split("x")
+    return int(B), int(k), not key.endswith("-nologits")
+
+
+def forest_steps(im, streams: int, k: int, logits) -> tuple[list[dict], np.ndarray]:
+    """Scripted forest passes (``run_script`` steps with ``starts``), one per entry of ``logits``: stream s a chain
+    of k tokens from its own nonzero start state (the state IntModel reaches after ``s + 2`` tokens of its own).
+    Returns (steps, the start states ``[B, L, d]``)."""
+    from mmfree.pymodel.intmodel import forest_of
+
+    V, L, d = im.dims.vocab, im.dims.layers, im.dims.d
+    starts = np.stack([im.forward(np.zeros((L, d), dtype=np.int64), [(5 + 11 * s + j) % V for j in range(s + 2)])[0][-1]
+                       for s in range(streams)])
+    toks, parents, _ = forest_of([([(3 + 7 * (s * k + j)) % V for j in range(k)], None) for s in range(streams)])
+    steps = [{"tokens": toks, "parents": parents, "starts": starts.tolist(), "write_logits": wl} for wl in logits]
+    return steps, starts
+
+
+def rtl_forest_cycles(name: str, streams: int, ks=(1,), hw_name: str = "default", logits=(True, False)) -> dict:
+    """{stream_key(B, k, write_logits): counters of one forest pass of B = ``streams`` streams x k tokens} on the RTL
+    (the ideal simulated DDR, default read latency), each pass checked bit-exact against IntModel
+    (:func:`mmfree.sim.accel.replay_forest`); RuntimeError if it is not, if the accelerator reports an error, or
+    if the compiled program is not timed as :func:`mmfree.sim.perf_streams.forest_program` (the model's)."""
+    from mmfree.pymodel.intmodel import IntModel
+    from mmfree.rtl import isa as I
+    from mmfree.rtl.compiler import compile_model
+    from mmfree.sim.accel import replay_forest, run_job
+    from mmfree.sim.perf import pass_cycles
+    from mmfree.sim.perf_streams import forest_program
+
+    im, hw = IntModel.load(export_config(name)), hw_for(hw_name)
+    c = compile_model(im, streams=streams)
+    out = {}
+    for k in ks:
+        model = pass_cycles(im.dims, hw, streams * k, prog=forest_program(im.dims, streams)).cycles
+        if pass_cycles(im.dims, hw, streams * k, prog=I.disassemble(c.program)[1]).cycles != model:
+            raise RuntimeError(f"{name}: the compiled {streams}-stream program is timed unlike forest_program")
+        steps, starts = forest_steps(im, streams, k, logits)
+        with tempfile.TemporaryDirectory() as td:
+            td = Path(td)
+            c.save(td / "compiled")
+            res = run_job({"kind": "script", "compiled": str(td / "compiled"), "steps": steps,
+                           "max_wait_cycles": 20_000_000}, hw=hw, workdir=td / "run")
+        if res.get("error"):
+            raise RuntimeError(f"{name}: the RTL run failed: {res['error']}")
+        arrays = res.get("arrays", {})
+        for i, (p, wl) in enumerate(zip(res["passes"], logits)):
+            if "error" in p:
+                raise RuntimeError(f"{name} {streams} streams k={k}: the accelerator reported error {p['error']}")
+            rec = dict(p, starts=starts, logits=arrays.get(f"logits{i}"), states=arrays[f"states{i}"],
+                       argmax=arrays[f"argmax{i}"])
+            ok, problems = replay_forest(im, [rec])
+            if not ok:
+                raise RuntimeError(f"{name} {streams} streams k={k}: not bit-exact against IntModel: {problems}")
+            out[stream_key(streams, k, wl)] = {"cycles": p["cycles"], "stalls": p["stalls"], "rd_bytes": p["rd_bytes"],
+                                               "wr_bytes": p["wr_bytes"], "bit_exact": True}
+    return out
+
+
+def model_forest_cycles(name: str, streams: int, k: int, write_logits: bool = True, hw_name: str = "default") -> float:
+    """Modeled cycles of the forest pass :func:`rtl_forest_cycles` runs: ``pass_cycles`` of B x k tokens with
+    :func:`mmfree.sim.perf_streams.forest_program` (what ``predict_streams`` prices), the ideal memory."""
+    from mmfree.pymodel.layout import Dims
+    from mmfree.sim.perf import pass_cycles
+    from mmfree.sim.perf_streams import forest_program
+
+    d, inter, L, V = CONFIGS[name]
+    dims = Dims(V, d, inter, L)
+    return pass_cycles(dims, hw_for(hw_name), streams * k, rate=1.0, rd_latency=RD_LATENCY,
+                       write_logits=write_logits, prog=forest_program(dims, streams)).cycles
+
+
+def compare_streams(hw_name: str, name: str, meas: dict) -> list[dict]:
+    """Model against RTL for the recorded forest runs ``meas`` (:func:`stream_key` -> counters) of one config."""
+    d, inter, L, V = CONFIGS[name]
+    out = []
+    for key in sorted(meas):
+        B, k, wl = parse_stream_key(key)
+        mc, rc = model_forest_cycles(name, B, k, wl, hw_name), meas[key]["cycles"]
+        out.append({"hw": hw_name, "memory": "ideal", "streams": B, "config": name, "d": d, "inter": inter,
+                    "layers": L, "vocab": V, "k": k, "logits": wl, "rd_latency": RD_LATENCY, "rtl_cycles": rc,
+                    "model_cycles": mc, "error": (mc - rc) / rc})
+    return out
+
+
 def table(rows: list[dict]) -> str:
     out = ["| build | memory | config | d | I | L | V | k | logits written | read latency (cycles) | RTL cycles (simulated) "
            "| model cycles (modeled) | error |",
@@ -214,7 +316,8 @@ def table(rows: list[dict]) -> str:
         mem = r.get("memory", "ideal")
         mem = {"ideal": mem, "realistic": f"realistic ({REALISTIC_BOARD[r['hw']]})",
                "random": f"random back-pressure, rate {r.get('rate')}"}[mem]
-        out.append(f"| {r['hw']} | {mem} | {r['config']} | {r['d']} | {r['inter']} | {r['layers']} | {r['vocab']} | {r['k']} | "
+        build = f"{r['hw']}, {r['streams']} streams" if r.get("streams") else r["hw"]
+        out.append(f"| {build} | {mem} | {r['config']} | {r['d']} | {r['inter']} | {r['layers']} | {r['vocab']} | {r['k']} | "
                    f"{'yes' if r['logits'] else 'no'} | {r['rd_latency']} | "
                    f"{r['rtl_cycles']} | {r['model_cycles']:.0f} | {100 * r['error']:+.1f} % |")
     return "\n".join(out)
@@ -223,7 +326,7 @@ def table(rows: list[dict]) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", default=",".join(CONFIGS), help=f"comma-separated, from {', '.join(CONFIGS)}")
-    ap.add_argument("--k", default="1,4", help="tokens per pass")
+    ap.add_argument("--k", default=None, help="tokens per pass (per stream with --streams; default 1,4, with --streams 1)")
     ap.add_argument("--latency", default=str(RD_LATENCY),
                     help=f"comma-separated read latencies of the simulated DDR, cycles (default {RD_LATENCY})")
     ap.add_argument("--logits", default="yes,no", help="runs with logits written (yes), without (no), or both")
@@ -244,10 +347,13 @@ def main() -> int:
                     help="do not simulate: compare the model with the RTL cycles recorded in boards/data/perf_validation.json")
     ap.add_argument("--same-as-recorded", action="store_true",
                     help="simulate and require the counters of every run to equal the recorded ones (exit 1 if not)")
+    ap.add_argument("--streams", default="",
+                    help="comma-separated stream counts B: forest passes of B streams x k tokens (ideal memory, "
+                         "default latency) instead of the single-stream runs")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--record", action="store_true", help="write docs/performance.md and boards/data/perf_validation.json")
     args = ap.parse_args()
-    ks = tuple(int(x) for x in args.k.split(","))
+    ks = tuple(int(x) for x in (args.k or ("1" if args.streams.strip() else "1,4")).split(","))
     lats = tuple(int(x) for x in args.latency.split(","))
     logits = tuple({"yes": True, "no": False}[x.strip()] for x in args.logits.split(","))
     recorded = json.loads(DATA_FILE.read_text()) if DATA_FILE.exists() else {"runs": {}}
@@ -277,10 +383,17 @@ def main() -> int:
               file=sys.stderr)
         return 2
     set_seed(args.seed)
+    streams, err = parse_streams(args, hws, ks, lats, mems)
+    if err:
+        print(err, file=sys.stderr)
+        return 2
     if args.same_as_recorded:
         return same_as_recorded(recorded, hws, names, ks)
     rows = []
-    for mem in mems:
+    for hw_name in hws if streams else ():
+        for name in names:
+            rows += measure_streams(recorded, args, hw_name, name, streams, ks, logits)
+    for mem in mems if not streams else ():
         for hw_name in hws:
             for name in names:
                 for rate in (rates if mem == "random" else (None,)):
@@ -291,19 +404,22 @@ def main() -> int:
     else:
         print(text)
     if args.record:
-        if not args.from_record:
+        if not args.from_record and not streams:
             save_record(recorded, hws, lats, mems)
         # the docs table: every recorded run of every build, against the model as it is now
         all_rows = [r for mem in MEMORIES for h in HW_NAMES for n in CONFIGS
                     for r in compare(h, n, recorded_runs(recorded, h, mem).get(n, {}), (1, 2, 3, 4), memory=mem)]
+        all_rows += [r for h in HW_NAMES for n in CONFIGS
+                     for r in compare_streams(h, n, recorded.get("stream_runs", {}).get(h, {}).get(n, {}))]
         all_rows.sort(key=lambda r: (MEMORIES.index(r["memory"]), r["rd_latency"] != RD_LATENCY, r["rd_latency"],
-                                     -(r.get("rate") or 1)))
+                                     -(r.get("rate") or 1), r.get("streams", 0) > 0))
         cmds = {"default": recorded.get("command"), **recorded.get("commands", {})}
         body = ("RTL cycles (simulated: Verilator, 128-bit bus (64-bit for pynqz2), simulated DDR one beat per cycle per "
                 f"port, read latency {RD_LATENCY} cycles unless the table says otherwise; one pass of k tokens from the "
                 "zero state) measured with "
                 + "; ".join(f"`{c}` ({h})" for h, c in cmds.items() if c)
-                + "".join(f"; `{c}`" for c in recorded.get("latency_commands", []) + recorded.get("memory_commands", []))
+                + "".join(f"; `{c}`" for c in recorded.get("latency_commands", []) + recorded.get("memory_commands", [])
+                          + recorded.get("stream_commands", []))
                 + "; model cycles (modeled) from `mmfree.sim.perf.pass_cycles` with the same bus, compared by "
                   "`python bench/perf_validate.py --from-record --hw default,ports4 --record`. Builds: `default` = one "
                   "weight port, 2 ternary engines; `ports4` = four weight ports (m_axi + m_axi_w1..3), 8 engines; `ports6` = "
@@ -317,12 +433,64 @@ def main() -> int:
                   "base, the model uses the mean), compared against the model at the same average rate; `random "
                   "back-pressure, rate r`: the simulated DDR's random back-pressure (`sim.ddr.random_plusargs`: each "
                   "port's data bus, R and W, moves a beat in a cycle with probability r, seeded), against the model at bus "
-                  "rate r (`pass_cycles(..., rate=r)`).\n\n"
+                  "rate r (`pass_cycles(..., rate=r)`). Build `default, B streams`: one multi-stream pass (a forest "
+                  "of B streams x k tokens, each stream from its own nonzero start state, ISA 2 `LOAD HROOT`; the "
+                  "program compiled with `streams=B`; results bit-exact against `IntModel.verify_forest`) against "
+                  "`pass_cycles(dims, hw, B x k, prog=sim.perf_streams.forest_program(dims, B))`.\n\n"
                 + table(all_rows))
         write_section("performance.md", "validation", body)
     worst = max((abs(r["error"]) for r in rows), default=0.0)
     print(f"worst error {100 * worst:.1f} %", file=sys.stderr)
     return 0 if worst <= 0.05 else 1
+
+
+def parse_streams(args, hws, ks, lats, mems) -> tuple[tuple[int, ...], str | None]:
+    """The ``--streams`` counts (empty: not given) and the one-line usage error, if any: B must be integers in
+    1..MAX_STREAMS with B x k within every build's max_tokens; only the ideal memory at the default latency, and
+    not with ``--same-as-recorded``."""
+    from mmfree.sim.perf_streams import MAX_STREAMS
+
+    if not args.streams.strip():
+        return (), None
+    try:
+        streams = tuple(int(x) for x in args.streams.split(","))
+    except ValueError:
+        streams = ()
+    if not streams or any(not 1 <= b <= MAX_STREAMS for b in streams):
+        return (), f"--streams must be comma-separated stream counts in 1..{MAX_STREAMS}, got {args.streams!r}"
+    for h in hws:
+        top = hw_for(h).max_tokens
+        if max(streams) * max(ks) > top:
+            return (), (f"--streams {max(streams)} x --k {max(ks)} tokens per pass is more than build {h}'s max_tokens "
+                        f"{top}: lower --streams or --k")
+    if tuple(mems) != ("ideal",) or lats != (RD_LATENCY,) or args.same_as_recorded:
+        return (), "--streams runs the ideal memory at the default --latency only, without --same-as-recorded"
+    return streams, None
+
+
+def measure_streams(recorded: dict, args, hw_name: str, name: str, streams, ks, logits) -> list[dict]:
+    """Simulate (or, with ``--from-record``, read back) the forest passes of one build x config for every B in
+    ``streams`` and k in ``ks``; recorded under ``stream_runs[hw_name][name]``; the rows."""
+    from mmfree.atomic import write_text
+
+    store = recorded.setdefault("stream_runs", {}).setdefault(hw_name, {}).setdefault(name, {})
+    if args.from_record:
+        keys = {stream_key(B, k, wl) for B in streams for k in ks for wl in logits}
+        meas = {key: v for key, v in store.items() if key in keys}
+    else:
+        meas = {}
+        for B in streams:
+            meas.update(rtl_forest_cycles(name, B, ks, hw_name, logits))
+            store.update(meas)
+            if args.record:                  # a long sweep keeps what it finished
+                cmds = recorded.setdefault("stream_commands", [])
+                if command_line() not in cmds:
+                    cmds.append(command_line())
+                write_text(DATA_FILE, json.dumps(recorded, indent=1) + "\n")
+    rows = compare_streams(hw_name, name, meas)
+    for r in rows:
+        print(json.dumps(r), file=sys.stderr, flush=True)
+    return rows
 
 
 def same_as_recorded(recorded: dict, hws, names, ks) -> int:

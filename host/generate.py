@@ -365,8 +365,10 @@ def run_script(host: AccelHost, steps: list[dict]) -> list[dict]:
     """Run scripted passes (tests): each step is ``{"tokens", "parents"?, "h0"? (start state [L, d]),
     "commit"? (position, default the last), "write_logits"?, "regs"? (CSR overrides for this step, e.g. a
     bad base address), "num_tokens"? (NUM_TOKENS override), "program"? (hex of a patched program written
-    over the real one for this step)}``. A step that makes the accelerator report an error records
-    ``{"error": code, "detail": detail, "message": text}``; the overrides are undone after every step."""
+    over the real one for this step), "starts"? (B start states [L, d]: a multi-stream forest pass,
+    :meth:`AccelHost.run_forest` with the step's ``parents``; nothing committed)}``. A step that makes the
+    accelerator report an error records ``{"error": code, "detail": detail, "message": text}``; the overrides
+    are undone after every step."""
     out = []
     t = host.transport
     for st in steps:
@@ -383,13 +385,18 @@ def run_script(host: AccelHost, steps: list[dict]) -> list[dict]:
                 saved[name] = host.regs.read(name)
                 host.regs.write(name, int(v))
         try:
-            res = host.run(st["tokens"], parents=st.get("parents"), write_logits=st.get("write_logits", True),
-                           commit_last=False, num_tokens=st.get("num_tokens"))
+            if "starts" in st:
+                res = host.run_forest(st["tokens"], st["parents"], [np.asarray(h) for h in st["starts"]],
+                                      write_logits=st.get("write_logits", True))
+            else:
+                res = host.run(st["tokens"], parents=st.get("parents"), write_logits=st.get("write_logits", True),
+                               commit_last=False, num_tokens=st.get("num_tokens"))
         except AccelRunError as exc:
             out.append({"error": exc.code, "detail": exc.detail, "message": str(exc), "tokens": list(st["tokens"])})
         else:
             commit = st.get("commit", len(st["tokens"]) - 1)
-            host.commit(res, commit)
+            if "starts" not in st:
+                host.commit(res, commit)
             out.append(_record(res, commit, False, 0, True, parents=st.get("parents")))
         for name, v in saved.items():
             if name in RM.ADDRESS_REGS:

@@ -378,6 +378,52 @@ def test_recorded_random_backpressure_runs_within_5_percent():
     assert {(h, r) for h in ("default", "pynqz2") for r in (0.5, 0.75)} <= seen, seen
 
 
+def test_recorded_forest_runs_within_5_percent():
+    """Multi-stream passes (bench/perf_validate.py --configs d64,d96,d200 --streams 2,4 --record: one forest of B
+    streams x k tokens from nonzero start states on the RTL, bit-exact against IntModel) against
+    ``pass_cycles(..., B x k, prog=forest_program(dims, B))`` (what ``predict_streams`` prices), within 5 %."""
+    rec = json.loads((ROOT / "boards" / "data" / "perf_validation.json").read_text())
+    V = _bench_validate()
+    seen = set()
+    for hw_name, runs_of in rec.get("stream_runs", {}).items():
+        for name, runs in runs_of.items():
+            for key, v in runs.items():
+                B, k, wl = V.parse_stream_key(key)
+                m = V.model_forest_cycles(name, B, k, wl, hw_name)
+                assert v["bit_exact"] is True, (hw_name, name, key)
+                assert abs(m - v["cycles"]) <= 0.05 * v["cycles"], (hw_name, name, key, m, v["cycles"])
+                seen.add((name, B, wl))
+    assert {(c, B, wl) for c in ("d64", "d96", "d200") for B in (2, 4) for wl in (True, False)} <= seen, seen
+
+
+def test_forest_program_is_timed_as_the_compiled_one():
+    """The model prices ``forest_program(dims, B)``; the RTL runs the program ``compile_model(..., streams=B)``
+    assembles: the same cycles, and more than the single-stream program of B tokens (the LOAD HROOTs)."""
+    from mmfree.pymodel.intmodel import IntModel
+    from mmfree.rtl import isa as I
+    from mmfree.rtl.compiler import compile_model
+    from mmfree.sim.accel import DEFAULT_HW
+    from mmfree.sim.perf_streams import forest_program
+
+    V = _bench_validate()
+    im = IntModel.load(V.export_config("d96"))
+    for B in (2, 4):
+        ran = I.disassemble(compile_model(im, streams=B).program)[1]
+        model = P.pass_cycles(im.dims, DEFAULT_HW, B, prog=forest_program(im.dims, B)).cycles
+        assert P.pass_cycles(im.dims, DEFAULT_HW, B, prog=ran).cycles == model
+        assert model > P.pass_cycles(im.dims, DEFAULT_HW, B).cycles
+
+
+@pytest.mark.parametrize("streams", ["0", "17", "x", "2,", "4 --k 2", "2 --memory random", "2 --latency 48",
+                                     "2 --same-as-recorded"])
+def test_bench_refuses_bad_streams(streams):
+    """bench/perf_validate.py --streams outside 1..16, B x k over the build's max_tokens, or with another memory,
+    latency or --same-as-recorded: one line naming --streams, exit 2, nothing simulated."""
+    out = subprocess.run([sys.executable, str(ROOT / "bench" / "perf_validate.py"), "--configs", "d64", "--streams",
+                          *streams.split()], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "--streams" in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
 @pytest.mark.parametrize("rate", ["0", "1.5", "x", ""])
 def test_bench_refuses_a_bad_bus_rate(rate):
     """bench/perf_validate.py --rate outside (0, 1]: one line naming --rate, exit 2, nothing simulated."""
@@ -406,6 +452,20 @@ def test_model_against_rtl_random_backpressure():
     assert rnd[key]["rd_bytes"] == ideal["1"]["rd_bytes"] and rnd[key]["cycles"] > ideal["1"]["cycles"]
     m = V.model_cycles("d64", 1, True, "default", memory="random", rate=0.5)
     assert abs(m - rnd[key]["cycles"]) <= 0.05 * rnd[key]["cycles"], (m, rnd[key]["cycles"])
+
+
+@pytest.mark.sim
+def test_model_against_rtl_forest_pass():
+    """One multi-stream pass on the RTL (d64, B = 2 streams x k = 1 from nonzero start states, default build):
+    bit-exact against IntModel (rtl_forest_cycles raises otherwise), the same counters as recorded, and the model's
+    forest_program pass within 5 % of CYCLES."""
+    V = _bench_validate()
+    meas = V.rtl_forest_cycles("d64", 2, (1,), "default", logits=(True,))
+    assert set(meas) == {"2x1"} and V.parse_stream_key("2x1") == (2, 1, True) and meas["2x1"]["bit_exact"]
+    rec = json.loads((ROOT / "boards" / "data" / "perf_validation.json").read_text())
+    assert meas["2x1"] == rec["stream_runs"]["default"]["d64"]["2x1"]
+    m = V.model_forest_cycles("d64", 2, 1, True)
+    assert abs(m - meas["2x1"]["cycles"]) <= 0.05 * meas["2x1"]["cycles"], (m, meas["2x1"]["cycles"])
 
 
 @pytest.mark.sim

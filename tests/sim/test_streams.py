@@ -58,6 +58,27 @@ def test_emulator_forest_pass_equals_intmodel(shape):
     np.testing.assert_array_equal(res2.states, hs2)
 
 
+def test_scripted_forest_steps_equal_intmodel():
+    """``run_script`` steps with ``starts`` (what bench/perf_validate.py --streams runs on the RTL): each a forest
+    pass from the given start states, nothing committed, equal to IntModel (replay_forest); a start state of the
+    wrong shape is refused with MmfreeError."""
+    from mmfree.host.generate import run_script
+
+    im = H.load("d64")
+    rng = np.random.default_rng(5)
+    L, d = im.dims.layers, im.dims.d
+    host = AccelHost(EmulatedBoard(HW), compile_model(im, streams=2))
+    starts = np.stack([rng.integers(-(1 << 20), 1 << 20, size=(L, d)) for _ in range(2)])
+    steps = [{"tokens": [5, 6], "parents": [-1, -2], "starts": starts.tolist(), "write_logits": wl}
+             for wl in (True, False)]
+    recs = run_script(host, steps)
+    assert [r["logits"] is None for r in recs] == [False, True]
+    ok, problems = replay_forest(im, [dict(r, starts=starts) for r in recs])
+    assert ok, problems
+    with pytest.raises(MmfreeError, match="start state"):
+        run_script(host, [{"tokens": [5, 6], "parents": [-1, -2], "starts": [starts[0][:, :3]] * 2}])
+
+
 @pytest.mark.parametrize("B", [1, 2, 4])
 def test_emulator_streams_equal_plain_decoding(B):
     im = H.load("d64")
