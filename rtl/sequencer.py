@@ -121,7 +121,7 @@ class Sequencer(wiring.Component):
         wiring.connect(m, ctl.cmd, wiring.flipped(self.ctl_cmd))
         wiring.connect(m, wiring.flipped(self.ctl_data), ctl.beat)
         m.submodules.dec = pre = Decoder(hw.max_width, hw.max_tokens, hw.bus_bytes)   # the word being fetched
-        m.submodules.win = win = WindowCheck(hw.max_tokens, hw.bus_bytes)
+        m.submodules.win = win = WindowCheck(hw.max_tokens, hw.bus_bytes, hw.max_width)
         m.submodules.sb = sb = Scoreboard()
         run_start = Signal()               # START accepted: clear the scoreboard and the prefetch queue
         m.submodules.pq = pq = ResetInserter(run_start)(fifo.SyncFIFO(width=PREFETCH_ENTRY.size,
