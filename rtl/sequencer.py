@@ -132,6 +132,7 @@ class Sequencer(wiring.Component):
         s.ctl, s.dec, s.sb, s.pq, s.run_start = ctl, dec, sb, pq, run_start
         s.win, s.addr_r, s.bpr, s.pre = win, win.addr, win.bpr, pre
         s.pq_head = data.View(PREFETCH_ENTRY, pq.r_data)
+        m.d.comb += ctl.rec.ready.eq(s.rd_ready)
         m.d.comb += [sb.clear.eq(run_start),
                      sb.done_pulse.eq(self.dp.done_pulse), sb.engine.eq(dec.engine), sb.rmask.eq(dec.rmask),
                      sb.wmask.eq(dec.wmask), self.dp.issue.eq(sb.issue)]
@@ -179,6 +180,9 @@ class Sequencer(wiring.Component):
             # from START on, the instruction count from HDR on): the header, the program, the tokens, the parents
             ok_hdr=Signal(), ok_prog=Signal(), ok_tok=Signal(), ok_par=Signal(),
             fetched_all=Signal(),          # n_fetched == n_instr, registered with them (off the read's ready)
+            # the control read's ready, a register: set on entering (or staying in) HDR, TOK, PAR, and FETCH
+            # with words left; cleared on leaving them (FETCH's abort checks are not on its path)
+            rd_ready=Signal(),
             regs=[getattr(self, "reg_" + n.lower()) for n in RM.ADDRESS_REGS])
         m.d.comb += [self.busy.eq(s.busy), self.done.eq(s.done), self.error.eq(s.err), self.error_code.eq(s.code),
                      self.pc.eq(s.pc), self.cycles.eq(s.cycles), self.argmax.eq(s.argmax),
@@ -189,7 +193,7 @@ class Sequencer(wiring.Component):
             m.d.comb += [self.dp.tokens[t].eq(s.tokens[t]), self.dp.parents[t].eq(s.parents[t])]
         for p in range(I.SLOTS):
             m.d.comb += [self.dp.c_m[p].eq(s.c_m[p]), self.dp.c_e[p].eq(s.c_e[p])]
-        m.d.sync += [s.finished.eq(0), s.core_rst.eq(0)]
+        m.d.sync += [s.finished.eq(0), s.core_rst.eq(0), s.rd_ready.eq(0)]   # a state that reads sets rd_ready
         with m.If(s.busy):
             m.d.sync += s.cycles.eq(s.cycles + 1)
 
@@ -268,10 +272,12 @@ class Sequencer(wiring.Component):
                     s.fail_range(I.BASE["PROG_BASE"])
                 with m.Else():
                     s.ctl_read(regs[0], I.HEADER_BYTES // 4, 4)
+                    m.d.sync += s.rd_ready.eq(1)
                     m.next = "HDR"
         with m.State("HDR"):
-            m.d.comb += rec.ready.eq(1)
-            with m.If(rec.valid):
+            with m.If(~rec.valid):
+                m.d.sync += s.rd_ready.eq(1)
+            with m.Else():
                 w = rec.payload.w
                 m.d.sync += [s.n_instr.eq(w[2]), s.roots.eq(Mux(w[3] == 0, 1, Mux(w[3] > K, K, w[3]))),
                              s.ok_prog.eq(s.in_window(regs[0], I.HEADER_BYTES + (w[2] << 4)))]
@@ -294,10 +300,10 @@ class Sequencer(wiring.Component):
                 s.fail_range(I.BASE["PARENTS"])
             with m.Elif(~self.ctl_cmd.valid):
                 s.ctl_read(regs[I.BASE["TOKENS"]], s.k, 1)
-                m.d.sync += s.widx.eq(0)
+                m.d.sync += [s.widx.eq(0), s.rd_ready.eq(1)]
                 m.next = "TOK"
         with m.State("TOK"):
-            m.d.comb += rec.ready.eq(1)
+            m.d.sync += s.rd_ready.eq(~rec.valid | (s.widx != s.k - 1))
             with m.If(rec.valid):
                 m.d.sync += [s.tokens[s.widx].eq(rec.payload.w[0]), s.parents[s.widx].eq(s.widx - 1),
                              s.widx.eq(s.widx + 1)]
@@ -309,22 +315,26 @@ class Sequencer(wiring.Component):
         with m.State("PARREQ"):
             with m.If(~self.ctl_cmd.valid):
                 s.ctl_read(regs[I.BASE["PARENTS"]], s.k, 1)
-                m.d.sync += s.widx.eq(0)
+                m.d.sync += [s.widx.eq(0), s.rd_ready.eq(1)]
                 m.next = "PAR"
         with m.State("PAR"):
-            m.d.comb += rec.ready.eq(1)
-            with m.If(rec.valid):
+            with m.If(~rec.valid):
+                m.d.sync += s.rd_ready.eq(1)
+            with m.Else():
                 q = rec.payload.w[0].as_signed()
                 m.d.sync += [s.parents[s.widx].eq(q), s.widx.eq(s.widx + 1)]
                 with m.If((q + s.roots < 0) | (q >= s.widx)):       # -1 - s: a root of stream s < roots
                     fail(RM.ERR_BAD_PARENT, s.widx)
                 with m.Elif(s.widx == s.k - 1):
                     m.next = "PROGREQ"
+                with m.Else():
+                    m.d.sync += s.rd_ready.eq(1)
         with m.State("PROGREQ"):
             with m.If(~self.ctl_cmd.valid):
                 with m.If(s.n_instr != 0):
                     s.ctl_read(regs[0] + I.HEADER_BYTES, s.n_instr << 2, 4)
-                m.d.sync += [s.n_fetched.eq(0), s.fetched_all.eq(s.n_instr == 0), s.pc.eq(I.HEADER_BYTES)]
+                m.d.sync += [s.n_fetched.eq(0), s.fetched_all.eq(s.n_instr == 0), s.pc.eq(I.HEADER_BYTES),
+                             s.rd_ready.eq(s.n_instr != 0)]
                 m.next = "FETCH"
 
     def _run_program(self, m, s):
@@ -332,11 +342,13 @@ class Sequencer(wiring.Component):
         dec, rec, fail = s.dec, s.ctl.rec, s.fail
         op = s.ir.opcode
         with m.State("FETCH"):
+            # the read's ready is ``rd_ready`` (1 here while words are left): a record that arrives with a pending
+            # abort is taken and dropped (the run ends in ABORT either way; the next run restarts the reader)
             with self._unless_stopping(m, s):
                 with m.If(s.fetched_all):
                     fail(RM.ERR_PROGRAM)
                 with m.Else():
-                    m.d.comb += rec.ready.eq(1)
+                    m.d.sync += s.rd_ready.eq(~rec.valid)  # rec.ready is rd_ready: 1 here, whatever is pending
                     with m.If(rec.valid):
                         m.d.comb += s.win.load.eq(1)       # the window check's first stage, beside the IR
                         m.d.sync += [s.ir.eq(rec.payload.w.as_value()), s.n_fetched.eq(s.n_fetched + 1),
@@ -410,7 +422,7 @@ class Sequencer(wiring.Component):
         scoreboard's ``hazard`` is registered from the previous cycle's masks, already the IR's in RANGE, and
         WAIT issues only on leaving, so it is exact in every WAIT cycle."""
         dec, sb, fetch = s.dec, s.sb, self.dp.fetch
-        next_instr = [s.pc.eq(s.pc + I.INSTR_BYTES)]
+        next_instr = [s.pc.eq(s.pc + I.INSTR_BYTES), s.rd_ready.eq(~s.fetched_all)]   # to FETCH
         with m.If(s.is_op["HALT"]):
             m.next = "DRAIN"
         with m.Elif(s.is_op["SYNC"]):
