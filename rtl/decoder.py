@@ -105,6 +105,16 @@ def resource_table():
     return table
 
 
+def _above(x, w: int):
+    """``x > w`` for an unsigned ``x`` and a constant ``w``: for a power of two, bit logic only (any bit above
+    ``w``'s, or ``w``'s bit and any below it), no carry chain; otherwise the comparison."""
+    lg = w.bit_length() - 1
+    if w < 1 or w & (w - 1) or len(x) <= lg:
+        return x > w
+    above = x[lg] & x[:lg].any()
+    return above if len(x) == lg + 1 else x[lg + 1:].any() | above
+
+
 def _ops_with(name: str) -> list[str]:
     return [op for op, (_, fields) in I.OPS.items() if any(f.name == name for f in fields)]
 
@@ -170,8 +180,14 @@ class Decoder(wiring.Component):
         is_ = {name: op == I.OPCODE[name] for name in I.OPS}
         is_mv = is_["MATVEC"] | is_["PREFETCH"]
         count, rows = self.count, self.rows
-        m.d.comb += [self.too_wide.eq((count > W) | (is_mv & (rows > W))),
-                     self.has_addr.eq(is_["LOAD"] | is_["STORE"] | is_["EMBED"] | is_mv)]
+        m.d.comb += self.has_addr.eq(is_["LOAD"] | is_["STORE"] | is_["EMBED"] | is_mv)
+        with m.Switch(op):                          # each opcode's own fields against W, then the opcode picks
+            for name in _ops_with("count"):
+                with m.Case(I.OPCODE[name]):
+                    wide = _above(field(ir, "count", name), W)
+                    if name in ("MATVEC", "PREFETCH"):
+                        wide = wide | _above(field(ir, "rows", name), W)
+                    m.d.comb += self.too_wide.eq(wide)
         offset = ir.load.offset                     # every DDR operand's offset is word 1
         assert all((op_layout(o)["offset"].offset, op_layout(o)["offset"].width) == (32, 32) for o in _ops_with("offset"))
         addr = self.addr
