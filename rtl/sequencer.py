@@ -235,6 +235,17 @@ class Sequencer(wiring.Component):
     def _run_setup(self, m, s):
         """IDLE to PROGREQ: START, the NUM_TOKENS and alignment checks, the header, tokens and parents."""
         K, regs, rec, fail = self.hw.max_tokens, s.regs, s.ctl.rec, s.fail
+        # the program window (``PROG_BASE >= MEM_LO`` and ``PROG_BASE + 32 + 16 n <= MEM_HI``, n: the header's
+        # instruction count) as ``16 n <= room`` with ``room = MEM_HI - PROG_BASE - 32`` registered: HDR adds one
+        # 32-bit compare of ``n`` with ``room / 16`` instead of an add and a 64-bit compare
+        room, prog_lo_ok = Signal(signed(67)), Signal()
+        nb = 32 + 4                                  # 16 n < 2**36
+        m.d.sync += [room.eq(regs[I.BASE["MEM_HI"]] - regs[0] - I.HEADER_BYTES),
+                     prog_lo_ok.eq(regs[0] >= regs[I.BASE["MEM_LO"]])]
+        room_neg, room_big = room[-1], ~room[-1] & room[nb:].any()
+
+        def prog_fits(n):
+            return prog_lo_ok & ~room_neg & (room_big | (n <= room[4:nb]))
         m.d.sync += [s.ok_hdr.eq(s.in_window(regs[0], I.HEADER_BYTES)),
                      s.ok_tok.eq(s.in_window(regs[I.BASE["TOKENS"]], s.k << 2)),
                      s.ok_par.eq(s.in_window(regs[I.BASE["PARENTS"]], s.k << 2))]
@@ -280,7 +291,7 @@ class Sequencer(wiring.Component):
             with m.Else():
                 w = rec.payload.w
                 m.d.sync += [s.n_instr.eq(w[2]), s.roots.eq(Mux(w[3] == 0, 1, Mux(w[3] > K, K, w[3]))),
-                             s.ok_prog.eq(s.in_window(regs[0], I.HEADER_BYTES + (w[2] << 4)))]
+                             s.ok_prog.eq(prog_fits(w[2]))]
                 with m.If((w[0] != I.PROGRAM_MAGIC) | (w[1][:16] != I.ISA_VERSION)):
                     fail(RM.ERR_BAD_INSTRUCTION, 0)
                 with m.Elif((w[1][16:32] << 4) > self.hw.max_width):
