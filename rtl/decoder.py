@@ -21,7 +21,7 @@ from amaranth.lib.wiring import In, Out
 from mmfree.pymodel import numerics as N
 from mmfree.rtl import isa as I
 from mmfree.rtl import regmap as RM
-from mmfree.rtl.pipeline import div_const
+from mmfree.rtl.pipeline import ceil_div_table, div_const
 
 #: Engines the sequencer dispatches to, in ``done_pulse`` / ``dispatch.engine`` order.
 ENGINES = ("load", "store", "vector", "matvec")
@@ -105,6 +105,16 @@ def resource_table():
     return table
 
 
+def _above(x, w: int):
+    """``x > w`` for an unsigned ``x`` and a constant ``w``: for a power of two, bit logic only (any bit above
+    ``w``'s, or ``w``'s bit and any below it), no carry chain; otherwise the comparison."""
+    lg = w.bit_length() - 1
+    if w < 1 or w & (w - 1) or len(x) <= lg:
+        return x > w
+    above = x[lg] & x[:lg].any()
+    return above if len(x) == lg + 1 else x[lg + 1:].any() | above
+
+
 def _ops_with(name: str) -> list[str]:
     return [op for op, (_, fields) in I.OPS.items() if any(f.name == name for f in fields)]
 
@@ -170,8 +180,14 @@ class Decoder(wiring.Component):
         is_ = {name: op == I.OPCODE[name] for name in I.OPS}
         is_mv = is_["MATVEC"] | is_["PREFETCH"]
         count, rows = self.count, self.rows
-        m.d.comb += [self.too_wide.eq((count > W) | (is_mv & (rows > W))),
-                     self.has_addr.eq(is_["LOAD"] | is_["STORE"] | is_["EMBED"] | is_mv)]
+        m.d.comb += self.has_addr.eq(is_["LOAD"] | is_["STORE"] | is_["EMBED"] | is_mv)
+        with m.Switch(op):                          # each opcode's own fields against W, then the opcode picks
+            for name in _ops_with("count"):
+                with m.Case(I.OPCODE[name]):
+                    wide = _above(field(ir, "count", name), W)
+                    if name in ("MATVEC", "PREFETCH"):
+                        wide = wide | _above(field(ir, "rows", name), W)
+                    m.d.comb += self.too_wide.eq(wide)
         offset = ir.load.offset                     # every DDR operand's offset is word 1
         assert all((op_layout(o)["offset"].offset, op_layout(o)["offset"].width) == (32, 32) for o in _ops_with("offset"))
         addr = self.addr
@@ -209,15 +225,18 @@ class WindowCheck(wiring.Component):
     the next ``load``. ``span`` is the operand's bytes as :class:`Decoder` computes them, valid with
     ``in_window`` (for tests; nothing in the sequencer reads it). Exact while ``count`` / ``rows`` are at most
     ``max_width`` (the DECODE width check fails any other instruction first) and ``max_width < 2**16``.
+    ``max_width`` given (the sequencer's build): ``ceil(count / 80)`` is a constant table over the bits of
+    ``count`` up to ``max_width`` (:func:`~mmfree.rtl.pipeline.ceil_div_table`, logic only); ``None``: a
+    constant multiply (:func:`~mmfree.rtl.pipeline.div_const`), for any ``count < 2**16``.
 
     Stages: FETCH (from ``w``): ``addr = base + offset``, ``hi - c`` (``c``: STORE's ``4 * count``), the
-    multiply's operands ``a`` (32 bits) x ``b`` (at most 17 bits) x 16 or not (``ceil(count / 80)`` by
-    :func:`~mmfree.rtl.pipeline.div_const`, a constant multiply, for MATVEC / PREFETCH) and ``bpr``; DECODE: the
+    multiply's operands ``a`` (32 bits) x ``b`` (at most 17 bits) x 16 or not (``ceil(count / 80)`` for
+    MATVEC / PREFETCH) and ``bpr``; DECODE: the
     two 17 x 17 partial products of ``a * b``, ``lim = hi - c - addr``, ``addr >= lo``; RANGE:
     ``pp0 + (pp1 << 17) <= lim``."""
 
-    def __init__(self, max_tokens: int, bus_bytes: int):
-        self.bus_bytes = bus_bytes
+    def __init__(self, max_tokens: int, bus_bytes: int, max_width: int | None = None):
+        self.bus_bytes, self.max_width = bus_bytes, max_width
         super().__init__({
             "w": In(instr_layout()), "load": In(1),
             "bases": In(data.ArrayLayout(unsigned(64), len(RM.ADDRESS_REGS))), "k": In(range(max_tokens + 1)),
@@ -232,7 +251,10 @@ class WindowCheck(wiring.Component):
         lg_bb = self.bus_bytes.bit_length() - 1
         lg_align = (N.ROW_ALIGN_BYTES - 1).bit_length()
         d = N.TRITS_PER_BYTE * N.ROW_ALIGN_BYTES
-        rows80 = div_const(w.matvec.count[:16] + (d - 1), d)                # ceil(count / 80): row_bytes / 16
+        if self.max_width is None:                                          # ceil(count / 80): row_bytes / 16
+            rows80 = div_const(w.matvec.count[:16] + (d - 1), d)
+        else:                                                               # a table: no multiplier, no carry
+            rows80 = ceil_div_table(w.matvec.count[:16], d, self.max_width)
         hi, lo = self.bases[I.BASE["MEM_HI"]], self.bases[I.BASE["MEM_LO"]]
         # stage 1 (registered when the instruction register loads)
         assert lg_align == 4, "EMBED's stride and a packed row's alignment are both 16 bytes: one x16 flag"

@@ -19,7 +19,7 @@ for the operand widths they are given.
 
 from __future__ import annotations
 
-from amaranth import Cat, Const, Mux, Signal, Value, signed
+from amaranth import Array, Cat, Const, Mux, Signal, Value, signed
 
 #: Attributes for table ROMs: ask synthesis for block RAM (Yosys otherwise builds the tables from LUTs).
 ROM_ATTRS = {"rom_style": "block"}
@@ -236,6 +236,26 @@ def div_const(x: Value, d: int) -> Value:
         w, lo = max(1, width - t), odd.bit_length()
         q = (q * (-(-(1 << (w + lo)) // odd))) >> (w + lo)
     return q[:width]
+
+
+def ceil_div_table(x: Value, d: int, max_x: int) -> Value:
+    """``ceil(x / d)`` of an unsigned value ``x`` for a constant ``d >= 1``, exact for ``0 <= x <= max_x``, with no
+    multiplier and no carry chain: a constant table (logic only). The power-of-two factor ``2**t`` of ``d`` is
+    folded in first: ``n = x >> t`` and ``f`` (any of the ``t`` low bits set) index a table of
+    ``ceil((n * 2**t + f) / d)``, equal to ``ceil(x / d)`` because only whether the low bits are zero matters to
+    the quotient by ``2**t * odd``. The table has ``2 * 2**bits(max_x >> t)`` entries; the bits of ``x`` above
+    those are ignored (so the result for ``x > max_x`` is unspecified). Raises ValueError for ``d < 1``,
+    ``max_x < 0`` or a signed ``x``."""
+    x = Value.cast(x)
+    if not isinstance(d, int) or d < 1 or not isinstance(max_x, int) or max_x < 0 or x.shape().signed:
+        raise ValueError(f"ceil_div_table divides an unsigned value by an integer >= 1 up to an integer max_x >= 0, "
+                         f"got d = {d!r}, max_x = {max_x!r} for {x.shape()}")
+    t = (d & -d).bit_length() - 1
+    nb = max(1, (max_x >> t).bit_length())
+    n = x[t:t + nb] if x.shape().width > t else Const(0, 1)
+    f = x[:t].any() if t else Const(0, 1)
+    entries = [-(-((i >> 1) * (1 << t) + (i & 1)) // d) for i in range(2 << nb)]
+    return Array(Const(v, max(1, max(entries).bit_length())) for v in entries)[Cat(f, n)]
 
 
 def absval(x: Value) -> Value:

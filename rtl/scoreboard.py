@@ -82,16 +82,16 @@ class Scoreboard(wiring.Component):
 
     def _hazard(self, m, slots, valid, rd, wr):
         """``hazard`` for the next cycle: the slots as they will be without an issue (a completion frees the
-        oldest and moves the second down; ``clear`` empties them) against this cycle's masks."""
-        nxt_r, nxt_w = Const(0, I.N_RESOURCES), Const(0, I.N_RESOURCES)
+        oldest and moves the second down; ``clear`` empties them) against this cycle's masks. Each slot is
+        compared with the masks first (registers only) and the completion then picks among those bits, so that
+        no mux of the slots' contents sits in front of the compare."""
+        reads = self.rmask & ~sum(1 << b for b in I.STREAMED)
+        hit = {es: valid[es] & ((reads & wr[es]) | (self.wmask & (rd[es] | wr[es]))).any() for es in slots}
+        nxt = []
         for e, k in slots:
             done = self.done_pulse[ENGINE_ID[e]]
             if k + 1 < ENGINE_SLOTS[e]:
-                v, r, w = (Mux(done, valid[(e, k + 1)], valid[(e, k)]), Mux(done, rd[(e, k + 1)], rd[(e, k)]),
-                           Mux(done, wr[(e, k + 1)], wr[(e, k)]))
+                nxt.append(Mux(done, hit[(e, k + 1)], hit[(e, k)]))
             else:                                   # the engine's last slot empties on a completion
-                v, r, w = valid[(e, k)] & ~done, rd[(e, k)], wr[(e, k)]
-            nxt_r = nxt_r | Mux(v & ~self.clear, r, 0)
-            nxt_w = nxt_w | Mux(v & ~self.clear, w, 0)
-        reads = self.rmask & ~sum(1 << b for b in I.STREAMED)
-        m.d.sync += self.hazard.eq(((reads & nxt_w) | (self.wmask & (nxt_r | nxt_w))).any())
+                nxt.append(hit[(e, k)] & ~done)
+        m.d.sync += self.hazard.eq(Cat(*nxt).any() & ~self.clear)

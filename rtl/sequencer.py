@@ -121,7 +121,7 @@ class Sequencer(wiring.Component):
         wiring.connect(m, ctl.cmd, wiring.flipped(self.ctl_cmd))
         wiring.connect(m, wiring.flipped(self.ctl_data), ctl.beat)
         m.submodules.dec = pre = Decoder(hw.max_width, hw.max_tokens, hw.bus_bytes)   # the word being fetched
-        m.submodules.win = win = WindowCheck(hw.max_tokens, hw.bus_bytes)
+        m.submodules.win = win = WindowCheck(hw.max_tokens, hw.bus_bytes, hw.max_width)
         m.submodules.sb = sb = Scoreboard()
         run_start = Signal()               # START accepted: clear the scoreboard and the prefetch queue
         m.submodules.pq = pq = ResetInserter(run_start)(fifo.SyncFIFO(width=PREFETCH_ENTRY.size,
@@ -132,6 +132,7 @@ class Sequencer(wiring.Component):
         s.ctl, s.dec, s.sb, s.pq, s.run_start = ctl, dec, sb, pq, run_start
         s.win, s.addr_r, s.bpr, s.pre = win, win.addr, win.bpr, pre
         s.pq_head = data.View(PREFETCH_ENTRY, pq.r_data)
+        m.d.comb += ctl.rec.ready.eq(s.rd_ready)
         m.d.comb += [sb.clear.eq(run_start),
                      sb.done_pulse.eq(self.dp.done_pulse), sb.engine.eq(dec.engine), sb.rmask.eq(dec.rmask),
                      sb.wmask.eq(dec.wmask), self.dp.issue.eq(sb.issue)]
@@ -179,6 +180,9 @@ class Sequencer(wiring.Component):
             # from START on, the instruction count from HDR on): the header, the program, the tokens, the parents
             ok_hdr=Signal(), ok_prog=Signal(), ok_tok=Signal(), ok_par=Signal(),
             fetched_all=Signal(),          # n_fetched == n_instr, registered with them (off the read's ready)
+            # the control read's ready, a register: set on entering (or staying in) HDR, TOK, PAR, and FETCH
+            # with words left; cleared on leaving them (FETCH's abort checks are not on its path)
+            rd_ready=Signal(),
             regs=[getattr(self, "reg_" + n.lower()) for n in RM.ADDRESS_REGS])
         m.d.comb += [self.busy.eq(s.busy), self.done.eq(s.done), self.error.eq(s.err), self.error_code.eq(s.code),
                      self.pc.eq(s.pc), self.cycles.eq(s.cycles), self.argmax.eq(s.argmax),
@@ -189,7 +193,7 @@ class Sequencer(wiring.Component):
             m.d.comb += [self.dp.tokens[t].eq(s.tokens[t]), self.dp.parents[t].eq(s.parents[t])]
         for p in range(I.SLOTS):
             m.d.comb += [self.dp.c_m[p].eq(s.c_m[p]), self.dp.c_e[p].eq(s.c_e[p])]
-        m.d.sync += [s.finished.eq(0), s.core_rst.eq(0)]
+        m.d.sync += [s.finished.eq(0), s.core_rst.eq(0), s.rd_ready.eq(0)]   # a state that reads sets rd_ready
         with m.If(s.busy):
             m.d.sync += s.cycles.eq(s.cycles + 1)
 
@@ -231,6 +235,17 @@ class Sequencer(wiring.Component):
     def _run_setup(self, m, s):
         """IDLE to PROGREQ: START, the NUM_TOKENS and alignment checks, the header, tokens and parents."""
         K, regs, rec, fail = self.hw.max_tokens, s.regs, s.ctl.rec, s.fail
+        # the program window (``PROG_BASE >= MEM_LO`` and ``PROG_BASE + 32 + 16 n <= MEM_HI``, n: the header's
+        # instruction count) as ``16 n <= room`` with ``room = MEM_HI - PROG_BASE - 32`` registered: HDR adds one
+        # 32-bit compare of ``n`` with ``room / 16`` instead of an add and a 64-bit compare
+        room, prog_lo_ok = Signal(signed(67)), Signal()
+        nb = 32 + 4                                  # 16 n < 2**36
+        m.d.sync += [room.eq(regs[I.BASE["MEM_HI"]] - regs[0] - I.HEADER_BYTES),
+                     prog_lo_ok.eq(regs[0] >= regs[I.BASE["MEM_LO"]])]
+        room_neg, room_big = room[-1], ~room[-1] & room[nb:].any()
+
+        def prog_fits(n):
+            return prog_lo_ok & ~room_neg & (room_big | (n <= room[4:nb]))
         m.d.sync += [s.ok_hdr.eq(s.in_window(regs[0], I.HEADER_BYTES)),
                      s.ok_tok.eq(s.in_window(regs[I.BASE["TOKENS"]], s.k << 2)),
                      s.ok_par.eq(s.in_window(regs[I.BASE["PARENTS"]], s.k << 2))]
@@ -268,13 +283,15 @@ class Sequencer(wiring.Component):
                     s.fail_range(I.BASE["PROG_BASE"])
                 with m.Else():
                     s.ctl_read(regs[0], I.HEADER_BYTES // 4, 4)
+                    m.d.sync += s.rd_ready.eq(1)
                     m.next = "HDR"
         with m.State("HDR"):
-            m.d.comb += rec.ready.eq(1)
-            with m.If(rec.valid):
+            with m.If(~rec.valid):
+                m.d.sync += s.rd_ready.eq(1)
+            with m.Else():
                 w = rec.payload.w
                 m.d.sync += [s.n_instr.eq(w[2]), s.roots.eq(Mux(w[3] == 0, 1, Mux(w[3] > K, K, w[3]))),
-                             s.ok_prog.eq(s.in_window(regs[0], I.HEADER_BYTES + (w[2] << 4)))]
+                             s.ok_prog.eq(prog_fits(w[2]))]
                 with m.If((w[0] != I.PROGRAM_MAGIC) | (w[1][:16] != I.ISA_VERSION)):
                     fail(RM.ERR_BAD_INSTRUCTION, 0)
                 with m.Elif((w[1][16:32] << 4) > self.hw.max_width):
@@ -294,10 +311,10 @@ class Sequencer(wiring.Component):
                 s.fail_range(I.BASE["PARENTS"])
             with m.Elif(~self.ctl_cmd.valid):
                 s.ctl_read(regs[I.BASE["TOKENS"]], s.k, 1)
-                m.d.sync += s.widx.eq(0)
+                m.d.sync += [s.widx.eq(0), s.rd_ready.eq(1)]
                 m.next = "TOK"
         with m.State("TOK"):
-            m.d.comb += rec.ready.eq(1)
+            m.d.sync += s.rd_ready.eq(~rec.valid | (s.widx != s.k - 1))
             with m.If(rec.valid):
                 m.d.sync += [s.tokens[s.widx].eq(rec.payload.w[0]), s.parents[s.widx].eq(s.widx - 1),
                              s.widx.eq(s.widx + 1)]
@@ -309,22 +326,26 @@ class Sequencer(wiring.Component):
         with m.State("PARREQ"):
             with m.If(~self.ctl_cmd.valid):
                 s.ctl_read(regs[I.BASE["PARENTS"]], s.k, 1)
-                m.d.sync += s.widx.eq(0)
+                m.d.sync += [s.widx.eq(0), s.rd_ready.eq(1)]
                 m.next = "PAR"
         with m.State("PAR"):
-            m.d.comb += rec.ready.eq(1)
-            with m.If(rec.valid):
+            with m.If(~rec.valid):
+                m.d.sync += s.rd_ready.eq(1)
+            with m.Else():
                 q = rec.payload.w[0].as_signed()
                 m.d.sync += [s.parents[s.widx].eq(q), s.widx.eq(s.widx + 1)]
                 with m.If((q + s.roots < 0) | (q >= s.widx)):       # -1 - s: a root of stream s < roots
                     fail(RM.ERR_BAD_PARENT, s.widx)
                 with m.Elif(s.widx == s.k - 1):
                     m.next = "PROGREQ"
+                with m.Else():
+                    m.d.sync += s.rd_ready.eq(1)
         with m.State("PROGREQ"):
             with m.If(~self.ctl_cmd.valid):
                 with m.If(s.n_instr != 0):
                     s.ctl_read(regs[0] + I.HEADER_BYTES, s.n_instr << 2, 4)
-                m.d.sync += [s.n_fetched.eq(0), s.fetched_all.eq(s.n_instr == 0), s.pc.eq(I.HEADER_BYTES)]
+                m.d.sync += [s.n_fetched.eq(0), s.fetched_all.eq(s.n_instr == 0), s.pc.eq(I.HEADER_BYTES),
+                             s.rd_ready.eq(s.n_instr != 0)]
                 m.next = "FETCH"
 
     def _run_program(self, m, s):
@@ -332,11 +353,13 @@ class Sequencer(wiring.Component):
         dec, rec, fail = s.dec, s.ctl.rec, s.fail
         op = s.ir.opcode
         with m.State("FETCH"):
+            # the read's ready is ``rd_ready`` (1 here while words are left): a record that arrives with a pending
+            # abort is taken and dropped (the run ends in ABORT either way; the next run restarts the reader)
             with self._unless_stopping(m, s):
                 with m.If(s.fetched_all):
                     fail(RM.ERR_PROGRAM)
                 with m.Else():
-                    m.d.comb += rec.ready.eq(1)
+                    m.d.sync += s.rd_ready.eq(~rec.valid)  # rec.ready is rd_ready: 1 here, whatever is pending
                     with m.If(rec.valid):
                         m.d.comb += s.win.load.eq(1)       # the window check's first stage, beside the IR
                         m.d.sync += [s.ir.eq(rec.payload.w.as_value()), s.n_fetched.eq(s.n_fetched + 1),
@@ -410,7 +433,7 @@ class Sequencer(wiring.Component):
         scoreboard's ``hazard`` is registered from the previous cycle's masks, already the IR's in RANGE, and
         WAIT issues only on leaving, so it is exact in every WAIT cycle."""
         dec, sb, fetch = s.dec, s.sb, self.dp.fetch
-        next_instr = [s.pc.eq(s.pc + I.INSTR_BYTES)]
+        next_instr = [s.pc.eq(s.pc + I.INSTR_BYTES), s.rd_ready.eq(~s.fetched_all)]   # to FETCH
         with m.If(s.is_op["HALT"]):
             m.next = "DRAIN"
         with m.Elif(s.is_op["SYNC"]):

@@ -7,7 +7,7 @@ import pytest
 from amaranth import Module, Signal, signed
 from amaranth.sim import Simulator
 
-from mmfree.rtl.pipeline import div_const
+from mmfree.rtl.pipeline import ceil_div_table, div_const
 
 
 @pytest.mark.parametrize("width,d", [(32, 6), (33, 12), (32, 3), (32, 5), (16, 7), (8, 6), (32, 1), (32, 4), (3, 6)])
@@ -45,3 +45,32 @@ def test_div_const_refuses_a_bad_divisor(d):
 def test_div_const_refuses_a_signed_value():
     with pytest.raises(ValueError, match="unsigned"):
         div_const(Signal(signed(8)), 3)
+
+
+@pytest.mark.parametrize("width,d,max_x", [(16, 80, 1024), (16, 80, 4096), (16, 5, 4096), (12, 80, 1000),
+                                           (8, 1, 200), (8, 6, 255), (8, 16, 100), (3, 80, 7)])
+def test_ceil_div_table_is_exact_up_to_its_bound(width, d, max_x):
+    """``ceil_div_table`` (the sequencer's ``ceil(count / 80)`` without a multiplier) equals ``ceil(x / d)`` for
+    every ``x`` from 0 to ``max_x`` (exhaustive), whatever the bits above it."""
+    m = Module()
+    x, q = Signal(width), Signal(16)
+    m.d.comb += q.eq(ceil_div_table(x, d, max_x))
+    wrong = []
+
+    async def bench(ctx):
+        for v in range(min(max_x, (1 << width) - 1) + 1):
+            ctx.set(x, v)
+            if ctx.get(q) != -(-v // d):
+                wrong.append((v, ctx.get(q), -(-v // d)))
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
+    assert wrong == []
+
+
+@pytest.mark.parametrize("d,max_x,signed_x", [(0, 10, False), (2.0, 10, False), (5, -1, False), (5, 10, True)])
+def test_ceil_div_table_refuses_bad_arguments(d, max_x, signed_x):
+    x = Signal(signed(8) if signed_x else 8)
+    with pytest.raises(ValueError, match="ceil_div_table"):
+        ceil_div_table(x, d, max_x)
