@@ -359,22 +359,28 @@ def test_recorded_realistic_memory_runs_within_5_percent():
     assert n >= 8, n
 
 
+def _recorded_runs(section: str):
+    """(build, config, run key, counters) of every run recorded under ``section`` of perf_validation.json."""
+    rec = json.loads((ROOT / "boards" / "data" / "perf_validation.json").read_text())
+    for hw_name, runs_of in rec.get(section, {}).items():
+        for name, runs in runs_of.items():
+            for key, v in runs.items():
+                yield hw_name, name, key, v
+
+
 def test_recorded_random_backpressure_runs_within_5_percent():
     """The model against the RTL runs on the simulated DDR's random back-pressure (bench/perf_validate.py --memory
     random --rate 0.5,0.75 --record, and 0.25): ``pass_cycles(..., rate=r)`` within 5 % of CYCLES (12 % for the
     RANDOM_KNOWN_GAPS), on the default and the PYNQ-Z2 builds, each at rates 0.5 and 0.75."""
-    rec = json.loads((ROOT / "boards" / "data" / "perf_validation.json").read_text())
     V = _bench_validate()
     seen = set()
-    for hw_name, runs_of in rec.get("random_runs", {}).items():
-        for name, runs in runs_of.items():
-            for key, v in runs.items():
-                k, wl, lat = V.parse_key(key)
-                rate = V.parse_rate(key)
-                m = V.model_cycles(name, k, wl, hw_name, lat, "random", rate)
-                tol = 0.12 if (hw_name, name, key) in RANDOM_KNOWN_GAPS else 0.05
-                assert abs(m - v["cycles"]) <= tol * v["cycles"], (hw_name, name, key, m, v["cycles"])
-                seen.add((hw_name, rate))
+    for hw_name, name, key, v in _recorded_runs("random_runs"):
+        k, wl, lat = V.parse_key(key)
+        rate = V.parse_rate(key)
+        m = V.model_cycles(name, k, wl, hw_name, lat, "random", rate)
+        tol = 0.12 if (hw_name, name, key) in RANDOM_KNOWN_GAPS else 0.05
+        assert abs(m - v["cycles"]) <= tol * v["cycles"], (hw_name, name, key, m, v["cycles"])
+        seen.add((hw_name, rate))
     assert {(h, r) for h in ("default", "pynqz2") for r in (0.5, 0.75)} <= seen, seen
 
 
@@ -382,17 +388,14 @@ def test_recorded_forest_runs_within_5_percent():
     """Multi-stream passes (bench/perf_validate.py --configs d64,d96,d200 --streams 2,4 --record: one forest of B
     streams x k tokens from nonzero start states on the RTL, bit-exact against IntModel) against
     ``pass_cycles(..., B x k, prog=forest_program(dims, B))`` (what ``predict_streams`` prices), within 5 %."""
-    rec = json.loads((ROOT / "boards" / "data" / "perf_validation.json").read_text())
     V = _bench_validate()
     seen = set()
-    for hw_name, runs_of in rec.get("stream_runs", {}).items():
-        for name, runs in runs_of.items():
-            for key, v in runs.items():
-                B, k, wl = V.parse_stream_key(key)
-                m = V.model_forest_cycles(name, B, k, wl, hw_name)
-                assert v["bit_exact"] is True, (hw_name, name, key)
-                assert abs(m - v["cycles"]) <= 0.05 * v["cycles"], (hw_name, name, key, m, v["cycles"])
-                seen.add((name, B, wl))
+    for hw_name, name, key, v in _recorded_runs("stream_runs"):
+        B, k, wl = V.parse_stream_key(key)
+        m = V.model_forest_cycles(name, B, k, wl, hw_name)
+        assert v["bit_exact"] is True, (hw_name, name, key)
+        assert abs(m - v["cycles"]) <= 0.05 * v["cycles"], (hw_name, name, key, m, v["cycles"])
+        seen.add((name, B, wl))
     assert {(c, B, wl) for c in ("d64", "d96", "d200") for B in (2, 4) for wl in (True, False)} <= seen, seen
 
 
