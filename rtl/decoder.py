@@ -225,9 +225,8 @@ class WindowCheck(wiring.Component):
     the next ``load``. ``span`` is the operand's bytes as :class:`Decoder` computes them, valid with
     ``in_window`` (for tests; nothing in the sequencer reads it). Exact while ``count`` / ``rows`` are at most
     ``max_width`` (the DECODE width check fails any other instruction first) and ``max_width < 2**16``.
-    ``max_width`` given (the sequencer's build): ``ceil(count / 80)`` is a constant table over the bits of
-    ``count`` up to ``max_width`` (:func:`~mmfree.rtl.pipeline.ceil_div_table`, logic only); ``None``: a
-    constant multiply (:func:`~mmfree.rtl.pipeline.div_const`), for any ``count < 2**16``.
+    ``ceil(count / 80)`` is a constant table over the bits of ``count`` up to ``max_width``
+    (:func:`~mmfree.rtl.pipeline.ceil_div_table`, logic only: no multiplier, no carry chain).
 
     Stages: FETCH (from ``w``): ``addr = base + offset``, ``hi - c`` (``c``: STORE's ``4 * count``), the
     multiply's operands ``a`` (32 bits) x ``b`` (at most 17 bits) x 16 or not (``ceil(count / 80)`` for
@@ -235,7 +234,7 @@ class WindowCheck(wiring.Component):
     two 17 x 17 partial products of ``a * b``, ``lim = hi - c - addr``, ``addr >= lo``; RANGE:
     ``pp0 + (pp1 << 17) <= lim``."""
 
-    def __init__(self, max_tokens: int, bus_bytes: int, max_width: int | None = None):
+    def __init__(self, max_tokens: int, bus_bytes: int, max_width: int):
         self.bus_bytes, self.max_width = bus_bytes, max_width
         super().__init__({
             "w": In(instr_layout()), "load": In(1),
@@ -251,10 +250,7 @@ class WindowCheck(wiring.Component):
         lg_bb = self.bus_bytes.bit_length() - 1
         lg_align = (N.ROW_ALIGN_BYTES - 1).bit_length()
         d = N.TRITS_PER_BYTE * N.ROW_ALIGN_BYTES
-        if self.max_width is None:                                          # ceil(count / 80): row_bytes / 16
-            rows80 = div_const(w.matvec.count[:16] + (d - 1), d)
-        else:                                                               # a table: no multiplier, no carry
-            rows80 = ceil_div_table(w.matvec.count[:16], d, self.max_width)
+        rows80 = ceil_div_table(w.matvec.count[:16], d, self.max_width)    # ceil(count / 80): row_bytes / 16
         hi, lo = self.bases[I.BASE["MEM_HI"]], self.bases[I.BASE["MEM_LO"]]
         # stage 1 (registered when the instruction register loads)
         assert lg_align == 4, "EMBED's stride and a packed row's alignment are both 16 bytes: one x16 flag"

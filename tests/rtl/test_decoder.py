@@ -160,20 +160,18 @@ def test_layouts_follow_the_isa_table():
             assert lay[f.name].shape.signed == f.signed
 
 
-@pytest.mark.parametrize("table", [False, True])
 @pytest.mark.parametrize("k, seed", [(1, 3), (HW.max_tokens, 4)])
-def test_pipelined_window_check_matches_the_decoder(k, seed, table):
+def test_pipelined_window_check_matches_the_decoder(k, seed):
     """:class:`WindowCheck` (the sequencer's pipelined address / span / window, FETCH -> DECODE -> RANGE) gives
     the combinational decoder's ``addr`` and ``bpr`` one cycle after ``load`` and its window outcome and span two
-    cycles after, for every instruction that passes the DECODE checks (the only ones the sequencer asks); with
-    ``ceil(count / 80)`` as a multiply (no ``max_width``) and as the sequencer's table (``max_width`` given)."""
+    cycles after, for every instruction that passes the DECODE checks (the only ones the sequencer asks)."""
     ddr_ops = ("LOAD", "STORE", "EMBED", "MATVEC", "PREFETCH")
     edges = [I.Instr("EMBED", {"base": 1, "offset": 0, "count": 16, "stride16": 0xFFFF, "vocab": 0xFFFF_FFFF}),
              I.Instr("STORE", {"src": 0, "flags": 0, "base": 1, "offset": 0, "count": HW.max_width,
                                "tstride": 0xFFFF_FFFC})]
     instrs = [ins for ins in _instructions(1500, seed) if ins.op in ddr_ops] + edges
     dec = Decoder(HW.max_width, HW.max_tokens, HW.bus_bytes)
-    win = WindowCheck(HW.max_tokens, HW.bus_bytes, HW.max_width if table else None)
+    win = WindowCheck(HW.max_tokens, HW.bus_bytes, HW.max_width)
     regs = _bases()
     checked = {"in": 0, "out": 0}
 
