@@ -721,8 +721,7 @@ def onchip_memories(hw: HwConfig, weight_fifo_beats: int = WEIGHT_FIFO_BEATS) ->
     vecs = [(f"{b.upper()}_t{t}" + (f"_{r}" if len(readers) > 1 else ""), Shape.cast(shape).width)
             for b, (shape, readers) in TOKEN_BUFFERS.items() for t in range(K) for r in readers]
     vecs += [(b.upper(), Shape.cast(shape).width) for b, shape in SHARED_BUFFERS.items()]
-    buffers = [(name, W // R, R * w, 1) for name, w in vecs]
-    mems = []
+    mems = [(name, W // R, R * w) for name, w in vecs]
     lanes = hw.lanes
     for e in range(E):
         mems.append((f"weight_queue{e}", weight_fifo_beats, 8 * bb))
@@ -737,8 +736,8 @@ def onchip_memories(hw: HwConfig, weight_fifo_beats: int = WEIGHT_FIFO_BEATS) ->
     roms = [(f"sigmoid_rom{i}", len(N.sigmoid_tail_table()) - 1, N.SIG_FRAC) for i in range(3 + K)]
     roms.append(("rsqrt_rom", len(N.rsqrt_table()), OutputMultiplier.R_BITS))
 
-    return ([{"name": n, "depth": dd, "width": w, "bits": dd * w, "reads": r, "writes": 1, "rom": False}
-             for n, dd, w, r in buffers + [(n, dd, w, 1) for n, dd, w in mems]]
+    return ([{"name": n, "depth": dd, "width": w, "bits": dd * w, "reads": 1, "writes": 1, "rom": False}
+             for n, dd, w in mems]
             + [{"name": n, "depth": dd, "width": w, "bits": dd * w, "reads": 2, "writes": 0, "rom": True}
                for n, dd, w in roms])
 
