@@ -835,6 +835,7 @@ def test_pipelined_units_option_and_board_default(tmp_path, capsys):
         HwConfig(pipelined_units=1)
     assert timing_config("small-pipelined").hw == \
         HwConfig(**{**timing_config("small").hw.__dict__, "pipelined_units": True})
+    assert timing_config("small").hw.pipelined_units is False       # the recorded plain build, whatever the board file
     assert B._source_key(plain) != B._source_key(piped)                 # its own cached Verilog
     assert B.config_for("pynq-z2") == piped                             # the board file's default build
 
