@@ -105,7 +105,12 @@ def run_units(only: str | None = None) -> int:
     merged = {"source": "Yosys synth_xilinx -flatten per unit (mmfree rtl estimate); see 'commands'",
               "commands": [], "units": {}}
     if only is not None:        # keep what the other commands recorded
-        merged = json.loads(UNIT_FILE.read_text())
+        try:
+            merged = json.loads(UNIT_FILE.read_text())
+        except (OSError, ValueError) as exc:
+            print(f"perf_table.py: error: --only merges into {UNIT_FILE}, which is missing or unreadable ({exc}); "
+                  "run --units without --only", file=sys.stderr)
+            return 1
         redo = {" ".join(UNIT_COMMANDS[n]) for n in names}
         merged["commands"] = [c for c in merged.get("commands", []) if c not in redo]
     for cmd in (UNIT_COMMANDS[n] for n in names):

@@ -701,6 +701,19 @@ def test_pipelined_estimate_missing_falls_back_with_a_note(monkeypatch):
     assert piped["ff"] > P.estimate_resources(hw, "xcup")["ff"]          # the other _p units still count
 
 
+def test_perf_table_only_bad_input():
+    """`bench/perf_table.py --units --only NAME`: an unknown name is one error listing the names (exit 2, nothing
+    run or written); --only without --units is a usage error."""
+    before = (ROOT / "boards" / "data" / "unit_resources.json").read_bytes()
+    for args, msg in ((["--units", "--only", "pipelined,nope"], "--only: unknown command name(s) nope; names: "),
+                      (["--units", "--only", ","], "--only: unknown command name(s) (none given)"),
+                      (["--only", "pipelined"], "--only needs --units")):
+        out = subprocess.run([sys.executable, str(ROOT / "bench" / "perf_table.py"), *args], capture_output=True,
+                             text=True)
+        assert out.returncode == 2 and msg in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
+    assert (ROOT / "boards" / "data" / "unit_resources.json").read_bytes() == before
+
+
 def test_cli_pipelined_units(tmp_path):
     out = _cli("perf", "--model", "370M", "--board", "kv260", "--pipelined-units", "--json")
     assert out.returncode == 0, out.stderr
