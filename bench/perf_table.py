@@ -7,11 +7,15 @@ anchors and the physical limit, from the performance model (mmfree.sim.perf.pred
     python bench/perf_table.py --streams [--record]   # multi-stream passes (modeled forest build), section
                                                       # "projections-streams"
     python bench/perf_table.py --units        # re-run Yosys on the units the resource estimate composes
+    python bench/perf_table.py --units --only pipelined   # re-run only those commands, merged into the file
 
 --record writes the table into docs/performance.md (section "projections") and the plot docs/img/perf.png
 (tokens/s vs model size per board, with each board's DDR roofline and physical limit).
 --units runs ``mmfree rtl estimate`` (Yosys synth_xilinx; minutes) for the matvec engines the boards use and
-the vector units, and writes boards/data/unit_resources.json with the commands that produced it.
+the vector units (and, by --pipelined-unit, the pipelined variants the datapath instantiates with
+``HwConfig.pipelined_units``), and writes boards/data/unit_resources.json with the commands that produced it.
+--only NAME[,NAME] (with --units) re-runs only the :data:`UNIT_COMMANDS` entries of those names and merges their
+units into the existing file (the other entries and their commands kept).
 """
 
 from __future__ import annotations
@@ -39,18 +43,25 @@ ANCHORS = [
 UNIT_FILE = ROOT / "boards" / "data" / "unit_resources.json"
 #: The Yosys runs behind boards/data/unit_resources.json (the accelerator's matvec engines have 3 code banks
 #: and max_k = max_width 4096).
-UNIT_COMMANDS = [
-    ["mmfree", "rtl", "estimate", "--lanes", "80", "--tokens", "1", "--banks", "3", "--units", "matvec_l80_k1",
-     "--family", "xcup", "--json"],
-    ["mmfree", "rtl", "estimate", "--lanes", "80", "--tokens", "4", "--banks", "3", "--units", "matvec_l80_k4",
-     "--family", "xcup", "--json"],
-    ["mmfree", "rtl", "estimate", "--lanes", "40", "--tokens", "1", "--banks", "3", "--units", "matvec_l40_k1",
-     "--family", "xc7", "--json"],
-    ["mmfree", "rtl", "estimate", "--units", "max_abs,quant_stats,codes_from_p,reciprocal,codes,output_multiplier,dequantize,"
-     "mlgru_update,gated_product,residual_add,argmax", "--json"],
+UNIT_COMMANDS = {
+    "matvec_l80_k1": ["mmfree", "rtl", "estimate", "--lanes", "80", "--tokens", "1", "--banks", "3", "--units",
+                      "matvec_l80_k1", "--family", "xcup", "--json"],
+    "matvec_l80_k4": ["mmfree", "rtl", "estimate", "--lanes", "80", "--tokens", "4", "--banks", "3", "--units",
+                      "matvec_l80_k4", "--family", "xcup", "--json"],
+    "matvec_l40_k1": ["mmfree", "rtl", "estimate", "--lanes", "40", "--tokens", "1", "--banks", "3", "--units",
+                      "matvec_l40_k1", "--family", "xc7", "--json"],
+    "vector": ["mmfree", "rtl", "estimate", "--units", "max_abs,quant_stats,codes_from_p,reciprocal,codes,"
+               "output_multiplier,dequantize,mlgru_update,gated_product,residual_add,argmax", "--json"],
+    # the pipelined variants the datapath instantiates with HwConfig.pipelined_units (rtl/catalog.py PIPELINED)
+    "pipelined": ["python", "bench/perf_table.py", "--pipelined-unit"],
     # the on-chip draft-verify loop (builds with a draft engine): GenLoop(DEFAULT_HW), the DraftEngine included
-    ["python", str(ROOT / "bench" / "perf_table.py"), "--genloop-unit"],
-]
+    "genloop": ["python", "bench/perf_table.py", "--genloop-unit"],
+}
+#: The pipelined variants (rtl/catalog.py names) the datapath swaps in with ``HwConfig.pipelined_units``
+#: (rtl/vector_engine.py, rtl/matvec_engine.py): what :func:`mmfree.sim.perf.estimate_resources` counts instead of
+#: the plain unit of the same base name.
+PIPELINED_ESTIMATED = ("reciprocal_p", "codes_p", "output_multiplier_p", "dequantize_p", "mlgru_update_p",
+                       "gated_product_p")
 
 
 def genloop_unit() -> int:
@@ -66,18 +77,53 @@ def genloop_unit() -> int:
     return 0
 
 
-def run_units() -> int:
+def pipelined_unit() -> int:
+    """Print ``{"yosys", "families", "units": {name: {family: counts}}}``: Yosys synth_xilinx (xc7 and xcup) of
+    the :data:`PIPELINED_ESTIMATED` variants (``mmfree rtl estimate`` lists the plain units only)."""
+    from mmfree.rtl.catalog import PIPELINED_VARIANTS
+    from mmfree.rtl.estimate import FAMILIES, estimate_units, find_yosys, yosys_version
+
+    yosys = find_yosys()
+    res = estimate_units({n: PIPELINED_VARIANTS[n] for n in PIPELINED_ESTIMATED}, FAMILIES, yosys,
+                         lambda what: print(f"  synth_xilinx {what} ...", file=sys.stderr, flush=True))
+    print(json.dumps({"yosys": yosys_version(yosys), "families": list(FAMILIES), "units": res}))
+    return 0
+
+
+def run_units(only: str | None = None) -> int:
+    """Run :data:`UNIT_COMMANDS` (or only the comma-separated names in ``only``, merged into the existing file) and
+    write boards/data/unit_resources.json. Exit status 1 with the tool's stderr when one fails, 2 on an unknown
+    name."""
     from mmfree.atomic import write_text
 
+    names = list(UNIT_COMMANDS) if only is None else [n.strip() for n in only.split(",") if n.strip()]
+    bad = [n for n in names if n not in UNIT_COMMANDS]
+    if bad or not names:
+        print(f"perf_table.py: error: --only: unknown command name(s) {', '.join(bad) or '(none given)'}; "
+              f"names: {', '.join(UNIT_COMMANDS)}", file=sys.stderr)
+        return 2
     merged = {"source": "Yosys synth_xilinx -flatten per unit (mmfree rtl estimate); see 'commands'",
               "commands": [], "units": {}}
-    for cmd in UNIT_COMMANDS:
+    if only is not None:        # keep what the other commands recorded
+        try:
+            merged = json.loads(UNIT_FILE.read_text())
+        except (OSError, ValueError) as exc:
+            print(f"perf_table.py: error: --only merges into {UNIT_FILE}, which is missing or unreadable ({exc}); "
+                  "run --units without --only", file=sys.stderr)
+            return 1
+        redo = {" ".join(UNIT_COMMANDS[n]) for n in names}
+        merged["commands"] = [c for c in merged.get("commands", []) if c not in redo]
+    for cmd in (UNIT_COMMANDS[n] for n in names):
         print("running: " + " ".join(cmd), file=sys.stderr, flush=True)
-        out = subprocess.run(cmd, capture_output=True, text=True)
+        run = [sys.executable, str(ROOT / cmd[1]), *cmd[2:]] if cmd[0] == "python" else cmd
+        out = subprocess.run(run, capture_output=True, text=True, cwd=ROOT)
         if out.returncode != 0:
             print(out.stderr, file=sys.stderr)
             return 1
         res = json.loads(out.stdout)
+        if merged.get("yosys") not in (None, res.get("yosys")):
+            print(f"note: {' '.join(cmd)} ran Yosys {res.get('yosys')}, the other entries {merged['yosys']}",
+                  file=sys.stderr)
         merged["yosys"] = res.get("yosys")
         merged["commands"].append(" ".join(cmd))
         for unit, fams in res["units"].items():
@@ -211,12 +257,21 @@ def main() -> int:
     ap.add_argument("--record", action="store_true", help="write docs/performance.md and docs/img/perf.png")
     ap.add_argument("--units", action="store_true", help="re-run Yosys for boards/data/unit_resources.json")
     ap.add_argument("--streams", action="store_true", help="multi-stream rows (section projections-streams)")
+    ap.add_argument("--only", default=None,
+                    help="with --units: comma-separated UNIT_COMMANDS names to re-run (" + ", ".join(UNIT_COMMANDS) +
+                    "), merged into the existing file")
     ap.add_argument("--genloop-unit", action="store_true", help="print the Yosys estimate of GenLoop (run by --units)")
+    ap.add_argument("--pipelined-unit", action="store_true",
+                    help="print the Yosys estimates of the pipelined vector units (run by --units)")
     args = ap.parse_args()
+    if args.only is not None and not args.units:
+        ap.error("--only needs --units")
     if args.units:
-        return run_units()
+        return run_units(args.only)
     if args.genloop_unit:
         return genloop_unit()
+    if args.pipelined_unit:
+        return pipelined_unit()
     if args.streams:
         srs = stream_rows()
         print(json.dumps(srs, indent=1) if args.json else stream_table(srs))

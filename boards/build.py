@@ -268,8 +268,10 @@ def _draft_vocab(b, draft_engine: bool | None, draft_vocab: int | None) -> int:
 
 #: Named builds of the whole-design timing run (``mmfree rtl timing --build NAME``): board and overrides of
 #: :func:`config_for`. ``small``: the smallest build that is still a real accelerator (PYNQ-Z2's 64-bit bus, one
-#: weight port with one ternary engine, k = 1, vectors up to 1024 wide: the default model; no draft engine).
-_SMALL = {"max_width": 1024, "weight_ports": 1, "max_tokens": 1, "draft_engine": False}
+#: weight port with one ternary engine, k = 1, vectors up to 1024 wide: the default model; no draft engine; the
+#: plain vector units, as recorded in docs/rtl.md, whatever the board file's build.pipelined_units says).
+#: ``small-pipelined``: the same with the pipelined vector units.
+_SMALL = {"max_width": 1024, "weight_ports": 1, "max_tokens": 1, "draft_engine": False, "pipelined_units": False}
 TIMING_BUILDS = {"small": ("pynq-z2", _SMALL),
                  "small-pipelined": ("pynq-z2", {**_SMALL, "pipelined_units": True})}
 

@@ -753,10 +753,31 @@ def _unit_table() -> dict:
                           "regenerate them with `python bench/perf_table.py --units`") from None
 
 
+def _pipelined_counts(counts: dict, units: dict, family: str, notes: list) -> dict:
+    """``counts`` (unit name -> instances) of a build with ``pipelined_units``: each unit that has a pipelined variant
+    (rtl/catalog.py ``PIPELINED``, ``NAME_p``) counted as that variant, whose recorded estimate has the registers it
+    adds; a variant not recorded for ``family`` keeps the plain unit's figure, with a note in ``notes``."""
+    from mmfree.rtl.catalog import PIPELINED
+
+    out = {}
+    for name, n in counts.items():
+        piped = f"{name}_p"
+        if piped not in PIPELINED:
+            out[name] = n
+        elif family in units.get(piped, {}):
+            out[piped] = n
+        else:
+            out[name] = n
+            notes.append(f"{piped} not recorded for {family}: the plain {name} stands in (run "
+                         "`python bench/perf_table.py --units --only pipelined`)")
+    return out
+
+
 def estimate_resources(hw: HwConfig, family: str, part: dict | None = None) -> dict:
     """LUT/FF/DSP of the accelerator composed from the Yosys estimates of its units
     (boards/data/unit_resources.json) times how many the datapath instantiates, plus
-    ``glue_fraction`` for the control logic (and the draft-verify loop, ``genloop``, with ``hw.draft_vocab``);
+    ``glue_fraction`` for the control logic (and the draft-verify loop, ``genloop``, with ``hw.draft_vocab``; the
+    ``NAME_p`` estimates of the pipelined vector units, with their added registers, with ``hw.pipelined_units``);
     BRAM/URAM from :func:`onchip_memories` placed by the build's rule (:func:`mmfree.rtl.memstyle.place`: what the
     build marks ``ram_style "ultra"`` in URAM, the rest in block RAM, a copy per read port beyond a block RAM's;
     the same count as ``mmfree build``'s elaborated memories, checked in tests/sim/test_perf.py). With
@@ -793,6 +814,8 @@ def estimate_resources(hw: HwConfig, family: str, part: dict | None = None) -> d
         notes.append(f"{mv_name} not recorded: scaled from {ref_name} by lanes x k ({f:.2f})")
     if hw.draft_vocab:          # the on-chip draft-verify loop: GenLoop with its DraftEngine (rtl/genloop.py)
         counts["genloop"] = 1
+    if hw.pipelined_units:      # the datapath instantiates the pipelined variant of every unit that has one
+        counts = _pipelined_counts(counts, units, family, notes)
     for name, n in counts.items():
         u = units.get(name, {}).get(family)
         if u is None and name == "genloop" and units.get(name):      # recorded for xc7 only: LUT6 on both families

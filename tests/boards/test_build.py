@@ -811,13 +811,18 @@ def test_timing_config_small_and_overrides():
 
 # ---- the pipelined vector units in a board build ------------------------------------------------------------------
 def test_pipelined_units_option_and_board_default(tmp_path, capsys):
-    """``--pipelined-units`` (and the board file's build.pipelined_units) reach HwConfig and HW_CONFIG bit 28; the
-    default leaves both off; a bad board-file value names the field; the named timing build has them."""
+    """``--pipelined-units`` (and the board file's build.pipelined_units) reach HwConfig and HW_CONFIG bit 28;
+    ``pipelined_units=False`` (and a board file without the key) leaves both off; every shipped board file turns them
+    on; a bad board-file value names the field; the named timing build has them."""
     from mmfree.boards.build import timing_config
     from mmfree.rtl.compiler import HwConfig
 
-    plain = B.config_for("pynq-z2")
+    plain = B.config_for("pynq-z2", pipelined_units=False)
     assert plain.pipelined_units is False and plain.hw.pipelined_units is False
+    assert not B.config_for(_board_file(tmp_path, build={"weight_ports": 4})).hw.pipelined_units   # key absent: off
+    for board in BOARDS:                                # the shipped board files: the pipelined units by default
+        assert B.config_for(board).hw.pipelined_units is True, board
+        assert B.config_for(board, pipelined_units=False).hw.pipelined_units is False, board
     assert (plain.hw.hw_config_reg >> 28) & 1 == 0
     piped = B.config_for("pynq-z2", pipelined_units=True)
     assert piped.hw.pipelined_units is True and RM.decode_hw_config(piped.hw.hw_config_reg)["pipelined_units"] == 1
@@ -830,7 +835,24 @@ def test_pipelined_units_option_and_board_default(tmp_path, capsys):
         HwConfig(pipelined_units=1)
     assert timing_config("small-pipelined").hw == \
         HwConfig(**{**timing_config("small").hw.__dict__, "pipelined_units": True})
+    assert timing_config("small").hw.pipelined_units is False       # the recorded plain build, whatever the board file
     assert B._source_key(plain) != B._source_key(piped)                 # its own cached Verilog
+    assert B.config_for("pynq-z2") == piped                             # the board file's default build
+
+
+def test_build_cli_pipelined_units_default_and_off(tmp_path, stub_verilog, monkeypatch, capsys):
+    """`mmfree build --board kv260` writes a build with the pipelined units (the board file's build.pipelined_units),
+    `--no-pipelined-units` the plain one; the modeled resources count the pipelined units' extra registers."""
+    _no_vivado_path(monkeypatch)
+    res = {}
+    for flag in ([], ["--no-pipelined-units"]):
+        out = tmp_path / ("out" + "".join(flag))
+        assert main(["build", "--board", "kv260", "--out", str(out), "--no-vivado", "--json", *flag]) == 0
+        m = json.loads(capsys.readouterr().out)
+        assert json.loads((out / "build.json").read_text())["config"]["pipelined_units"] == m["config"]["pipelined_units"]
+        res[bool(flag)] = m
+    assert res[False]["config"]["pipelined_units"] is True and res[True]["config"]["pipelined_units"] is False
+    assert res[False]["modeled_resources"]["used"]["ff"] > res[True]["modeled_resources"]["used"]["ff"]
 def test_board_file_vector_lanes_reach_the_build(tmp_path):
     """``build.vector_lanes`` of a board file is the build's HwConfig.vector_lanes (and its own source key; V = 1
     keeps the key it had before the field existed); a bad value is one error naming the field."""

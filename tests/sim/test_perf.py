@@ -156,23 +156,30 @@ def test_kv260_six_ports_one_engine_k3_fits():
     binds, above 110 tok/s; it fits the KV260 now that every vector buffer memory has one read port (a copy per
     reader, rtl/buffers.py), so URAM holds them: 70 BRAM36 and 54 URAM, where a read port per reader on one memory
     needed 286 BRAM36 of 144. Six ports x two engines do not fit (LUT): exit 3, the class named; their memories want
-    66 URAM288 of 64, so two go to block RAM."""
-    out = _cli("perf", "--model", "1.3B", "--board", "kv260", "--weight-ports", "6", "--engines", "1", "--k", "3",
-               "--accept-len", "2.28", "--json")
-    assert out.returncode == 0, out.stderr
-    r = json.loads(out.stdout)
-    assert (r["hw"]["weight_ports"], r["hw"]["matvec_engines"], r["hw"]["max_tokens"], r["hw"]["max_width"]) == \
-        (6, 1, 3, 8192)
-    assert r["fits"] is True and r["bus_limited_by"] == "ddr" and r["tokens_per_s"] > 110 and r["problems"] == []
-    assert all(r["resources"]["fit"].values())
-    assert (r["resources"]["bram36"], r["resources"]["uram"]) == (70, 54)
-    out = _cli("perf", "--model", "1.3B", "--board", "kv260", "--weight-ports", "6", "--engines", "2", "--k", "3",
-               "--accept-len", "2.28", "--json")
-    assert out.returncode == 3, out.stderr
-    two = json.loads(out.stdout)
-    assert not two["fits"] and two["resources"]["lut"] > r["resources"]["lut"] > 0
-    assert any("LUT 141,964 of 117,120" in p for p in two["problems"])
-    assert (two["resources"]["bram36"], two["resources"]["uram"]) == (78, 64)      # 66 wanted: a weight queue to BRAM
+    66 URAM288 of 64, so two go to block RAM. All of it with the plain units (``--no-pipelined-units``) and with the
+    board file's pipelined ones (the default), which the model prices with their own unit estimates."""
+    for piped, lut_two in (("--no-pipelined-units", "LUT 141,964 of 117,120"),
+                           ("--pipelined-units", "LUT 138,670 of 117,120")):
+        out = _cli("perf", "--model", "1.3B", "--board", "kv260", "--weight-ports", "6", "--engines", "1", "--k", "3",
+                   "--accept-len", "2.28", piped, "--json")
+        assert out.returncode == 0, out.stderr
+        r = json.loads(out.stdout)
+        assert (r["hw"]["weight_ports"], r["hw"]["matvec_engines"], r["hw"]["max_tokens"], r["hw"]["max_width"]) == \
+            (6, 1, 3, 8192)
+        assert r["hw"]["pipelined_units"] is (piped == "--pipelined-units")
+        assert r["fits"] is True and r["bus_limited_by"] == "ddr" and r["tokens_per_s"] > 110 and r["problems"] == []
+        assert all(r["resources"]["fit"].values())
+        assert (r["resources"]["bram36"], r["resources"]["uram"]) == (70, 54)
+        out = _cli("perf", "--model", "1.3B", "--board", "kv260", "--weight-ports", "6", "--engines", "2", "--k", "3",
+                   "--accept-len", "2.28", piped, "--json")
+        assert out.returncode == 3, out.stderr
+        two = json.loads(out.stdout)
+        assert not two["fits"] and two["resources"]["lut"] > r["resources"]["lut"] > 0
+        assert any(lut_two in p for p in two["problems"]), two["problems"]
+        assert (two["resources"]["bram36"], two["resources"]["uram"]) == (78, 64)  # 66 wanted: a weight queue to BRAM
+    default = json.loads(_cli("perf", "--model", "1.3B", "--board", "kv260", "--weight-ports", "6", "--engines", "1",
+                              "--k", "3", "--accept-len", "2.28", "--json").stdout)
+    assert default["hw"]["pipelined_units"] is True and default["resources"] == r["resources"]
 
 
 @pytest.mark.parametrize("board,ports,match", [
@@ -650,6 +657,61 @@ def test_pipelined_units_lengthen_the_unit_paths():
     assert P.pass_cycles(dims, piped, 1).cycles > P.pass_cycles(dims, DEFAULT_HW, 1).cycles
     with pytest.raises(KeyError, match="no pipelined variant"):
         pipelined_extra_cycles("max_abs")
+
+
+@pytest.mark.parametrize("family", ["xcup", "xc7"])
+def test_pipelined_units_count_their_registers(family):
+    """The resource estimate of a build with the pipelined vector units counts each unit that has a variant
+    (rtl/catalog.py PIPELINED) as its recorded ``NAME_p`` estimate (boards/data/unit_resources.json,
+    `python bench/perf_table.py --units --only pipelined`): more FF than the plain build, no note of a missing
+    estimate; the memories do not change."""
+    import dataclasses
+
+    from mmfree.rtl.catalog import PIPELINED
+    from mmfree.rtl.compiler import HwConfig
+
+    units = P._unit_table()["units"]
+    counted = ("reciprocal", "codes", "output_multiplier", "dequantize", "mlgru_update", "gated_product")
+    for name in counted:
+        assert f"{name}_p" in PIPELINED and family in units[f"{name}_p"], name
+        assert units[f"{name}_p"][family]["FF"] > units[name][family]["FF"], name
+    plain_hw = HwConfig(bus_bytes=16, max_tokens=2, max_width=8192, weight_ports=4)
+    plain = P.estimate_resources(plain_hw, family)
+    piped = P.estimate_resources(dataclasses.replace(plain_hw, pipelined_units=True), family)
+    assert piped["ff"] > plain["ff"] and piped["lut"] >= 0.95 * plain["lut"]
+    assert not any("_p not recorded" in n for n in piped["notes"]), piped["notes"]
+    assert (piped["bram36_if_all_bram"], piped["onchip_bits"]) == (plain["bram36_if_all_bram"], plain["onchip_bits"])
+
+
+def test_pipelined_estimate_missing_falls_back_with_a_note(monkeypatch):
+    """A unit file without a ``NAME_p`` entry (one written before they were recorded) prices the plain unit and says
+    so in ``notes``, naming the command that records it."""
+    import copy
+    import dataclasses
+
+    from mmfree.rtl.compiler import HwConfig
+
+    tab = copy.deepcopy(P._unit_table())
+    del tab["units"]["dequantize_p"]
+    monkeypatch.setattr(P, "_unit_table", lambda: tab)
+    hw = HwConfig(bus_bytes=16, max_tokens=2, weight_ports=4)
+    piped = P.estimate_resources(dataclasses.replace(hw, pipelined_units=True), "xcup")
+    assert any(n.startswith("dequantize_p not recorded for xcup: the plain dequantize stands in") and
+               "--units --only pipelined" in n for n in piped["notes"]), piped["notes"]
+    assert piped["ff"] > P.estimate_resources(hw, "xcup")["ff"]          # the other _p units still count
+
+
+def test_perf_table_only_bad_input():
+    """`bench/perf_table.py --units --only NAME`: an unknown name is one error listing the names (exit 2, nothing
+    run or written); --only without --units is a usage error."""
+    before = (ROOT / "boards" / "data" / "unit_resources.json").read_bytes()
+    for args, msg in ((["--units", "--only", "pipelined,nope"], "--only: unknown command name(s) nope; names: "),
+                      (["--units", "--only", ","], "--only: unknown command name(s) (none given)"),
+                      (["--only", "pipelined"], "--only needs --units")):
+        out = subprocess.run([sys.executable, str(ROOT / "bench" / "perf_table.py"), *args], capture_output=True,
+                             text=True)
+        assert out.returncode == 2 and msg in out.stderr and "Traceback" not in out.stderr, (args, out.stderr)
+    assert (ROOT / "boards" / "data" / "unit_resources.json").read_bytes() == before
 
 
 def test_cli_pipelined_units(tmp_path):
