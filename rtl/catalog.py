@@ -61,6 +61,8 @@ CONTROL_UNITS: dict[str, tuple[Callable, str]] = {
     "sequencer": (lambda: ScanHarness(_sequencer()), "run control, program fetch, decoder and checks, scoreboard, dispatch"),
     "scoreboard": (lambda: ScanHarness(_scoreboard()), "the hazard scoreboard (in-flight read/write sets per engine slot)"),
     "ctl_reader": (lambda: ScanHarness(_ctl_reader()), "the sequencer's control read client (header, tokens, program)"),
+    "axi_reader": (lambda: ScanHarness(_axi_reader()), "the main port's AXI read engine (four clients, burst "
+                                                        "arbitration, data FIFOs, latency window)"),
 }
 
 
@@ -115,6 +117,12 @@ def _ctl_reader():
     from mmfree.rtl.axi import DmaReadClient
 
     return DmaReadClient(40, CONTROL_SMALL["bus_bytes"], max_fields=4)
+
+
+def _axi_reader():
+    from mmfree.rtl.top import MmfreeAccel
+
+    return MmfreeAccel.main_reader(CONTROL_SMALL["bus_bytes"], addr_width=40)
 
 
 def control_units() -> dict[str, Callable]:
