@@ -96,12 +96,14 @@ def _boundary_len(beat, max_burst: int):
     return Mux(beat[max_burst.bit_length() - 1:].all(), max_burst - lo, max_burst)
 
 
-def _step_len(beat, left, blen, big, max_burst: int):
-    """:func:`_next_len` of the burst after one of ``blen`` beats, given ``beat`` (the index after it, as in
-    :func:`_boundary_len`), ``left`` (beats before it) and ``big`` (``left >= 2 * max_burst``, registered: then at
-    least ``max_burst`` beats are left after it and only the boundary can cut the burst). Otherwise ``left`` fits in
-    a few bits, so the compare is short."""
-    lim = _boundary_len(beat, max_burst)
+def _step_len(lim_full, left, blen, big, max_burst: int):
+    """:func:`_next_len` of the burst after one of ``blen`` beats that does not end its command or row, given
+    ``lim_full`` (:func:`_boundary_len` of the address ``max_burst`` beats on, registered), ``left`` (beats before
+    it) and ``big`` (``left >= 2 * max_burst``, registered). A burst shorter than ``max_burst`` that leaves beats
+    behind was cut by the 4 KiB boundary, so the next one starts a page: ``max_burst`` beats to the boundary; a full
+    one leaves ``lim_full``. With ``big``, at least ``max_burst`` beats are left after it, so only the boundary can
+    cut the next burst; otherwise ``left`` fits in a few bits and the compare is short."""
+    lim = Mux(blen == max_burst, lim_full, max_burst)
     after = (left[:(2 * max_burst).bit_length()] - blen)[:(2 * max_burst).bit_length()]
     return Mux(~big & (after < lim), after, lim)
 
@@ -234,6 +236,7 @@ class AxiReader(wiring.Component):
                             blen=Signal(range(self.max_burst + 1), name=f"blen{i}"), active=Signal(name=f"active{i}"),
                             used=Signal(range(depth + 1), name=f"used{i}"), want=Signal(name=f"want{i}"),
                             took=Signal(name=f"took{i}"), big=Signal(name=f"big{i}"),
+                            lim_full=Signal(range(self.max_burst + 1), name=f"lim_full{i}"),
                             free=Signal(range(depth + 1), name=f"free{i}", init=limit if isinstance(limit, int) else limit.init),
                             limit_next=limit_next, popped=out.valid & out.ready)
         m.d.comb += c.want.eq(c.active & ~self.abort & (c.blen <= c.free))
@@ -261,22 +264,25 @@ class AxiReader(wiring.Component):
         with m.If(cmd.valid & cmd.ready):
             p = cmd.payload
             m.d.sync += [c.addr.eq(p.addr), c.left.eq(p.beats), c.blen.eq(_next_len(p.addr[sh:12], p.beats, mb)),
-                         c.big.eq(p.beats >= 2 * mb), c.active.eq(step.starts)]
+                         c.big.eq(p.beats >= 2 * mb), c.active.eq(step.starts),
+                         c.lim_full.eq(_boundary_len((p.addr[sh:12] + mb)[:12 - sh], mb))]
         with m.Elif(took):
             m.d.sync += [c.addr.eq(step.addr), c.left.eq(step.left), c.blen.eq(step.blen), c.big.eq(step.big),
+                         c.lim_full.eq(step.lim_full),
                          c.active.eq(step.active)]
         with m.If(self.abort):
             m.d.sync += c.active.eq(0)
 
     def _stepped(self, m: Module, i: int, c: SimpleNamespace, cmd) -> SimpleNamespace:
-        """Client ``i``'s ``addr``, ``left``, ``blen``, ``big`` and ``active`` once its next burst is issued, and
-        ``starts`` (a command being accepted makes it active). A strided client keeps the row registers here: at
-        a row's last burst the next row starts ``stride`` after this one and ``left`` counts its beats."""
+        """Client ``i``'s ``addr``, ``left``, ``blen``, ``big``, ``lim_full`` and ``active`` once its next burst is
+        issued, and ``starts`` (a command being accepted makes it active). A strided client keeps the row registers
+        here: at a row's last burst the next row starts ``stride`` after this one and ``left`` counts its beats."""
         mb, sh = self.max_burst, self.bus_bytes.bit_length() - 1
         last = c.left == c.blen                 # this burst ends the command (a plain client) or the row
         plain = SimpleNamespace(addr=c.addr + (c.blen << sh), left=c.left - c.blen,
-                                blen=_step_len((c.addr[sh:12] + c.blen)[:12 - sh], c.left, c.blen, c.big, mb),
-                                big=c.left - c.blen >= 2 * mb)
+                                blen=_step_len(c.lim_full, c.left, c.blen, c.big, mb),
+                                big=c.left - c.blen >= 2 * mb,
+                                lim_full=_boundary_len((c.addr[sh:12] + c.blen + mb)[:12 - sh], mb))
         if i < self.n_plain:
             return SimpleNamespace(**plain.__dict__, active=~last, starts=cmd.payload.beats != 0)
         row_addr = Signal(self.addr_width, name=f"row_addr{i}")
@@ -289,9 +295,14 @@ class AxiReader(wiring.Component):
                          stride.eq(cmd.payload.stride)]
         with m.Elif(c.took & last):
             m.d.sync += [rows_left.eq(rows_left - 1), row_addr.eq(next_row)]
+        # the next row's first burst: its beat index from the low address bits alone, `bpr < lim` on a few bits
+        row_beat = (row_addr[sh:12] + stride[sh:12])[:12 - sh]
+        row_lim, bpr_short = _boundary_len(row_beat, mb), bpr < mb
+        row_len = Mux(bpr_short & (bpr[:(mb - 1).bit_length()] < row_lim), bpr[:(mb - 1).bit_length()], row_lim)
         return SimpleNamespace(addr=Mux(last, next_row, plain.addr), left=Mux(last, bpr, plain.left),
-                               blen=Mux(last, _next_len(next_row[sh:12], bpr, mb), plain.blen),
+                               blen=Mux(last, row_len, plain.blen),
                                big=Mux(last, bpr >= 2 * mb, plain.big), active=~last | (rows_left != 1),
+                               lim_full=Mux(last, _boundary_len((row_beat + mb)[:12 - sh], mb), plain.lim_full),
                                starts=(cmd.payload.beats != 0) & (cmd.payload.rows != 0))
 
     def _latency(self, m: Module, tags) -> Signal:
