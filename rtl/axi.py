@@ -70,16 +70,6 @@ def row_cmd_layout(addr_width: int) -> data.StructLayout:
                               "stride": unsigned(addr_width)})
 
 
-def _burst_len(addr, beats_left, bus_bytes: int, max_burst: int, m: Module, name: str):
-    """Beats of the next burst: min(max_burst, beats_left, beats to the next 4 KiB boundary)."""
-    to_boundary = Signal(range(BURST_BOUNDARY // bus_bytes + 1), name=f"{name}_tob")
-    m.d.comb += to_boundary.eq((BURST_BOUNDARY - addr[:12]) >> (bus_bytes.bit_length() - 1))
-    n = Signal(range(max_burst + 1), name=f"{name}_len")
-    lim = Mux(to_boundary < max_burst, to_boundary, max_burst)
-    m.d.comb += n.eq(Mux(beats_left < lim, beats_left, lim))
-    return n
-
-
 def _one_hot_select(cases):
     """OR of ``value`` over the ``(select, value)`` pairs whose ``select`` is set (at most one is)."""
     out = 0
@@ -109,8 +99,8 @@ def _step_len(lim_full, left, blen, big, max_burst: int):
 
 
 def _next_len(beat, beats_left, max_burst: int):
-    """:func:`_burst_len` given ``beat`` (as in :func:`_boundary_len`), for a register that holds the next burst's
-    length."""
+    """The next burst's beats, min(max_burst, beats_left, beats to the 4 KiB boundary), given ``beat`` (as in
+    :func:`_boundary_len`); for a register that holds it."""
     lim = _boundary_len(beat, max_burst)
     return Mux(beats_left < lim, beats_left, lim)
 
@@ -223,7 +213,7 @@ class AxiReader(wiring.Component):
 
     def _client(self, m: Module, i: int, depth: int, lat_max) -> SimpleNamespace:
         """Client ``i``'s data FIFO and registers: ``addr``/``left`` (next burst's address, beats left), ``blen``
-        (the next burst's beats, kept equal to :func:`_burst_len` of them), ``used`` (beats stored + reserved for
+        (the next burst's beats, kept equal to :func:`_next_len` of them), ``used`` (beats stored + reserved for
         bursts issued and not yet arrived: the FIFO's level + the reservations), ``free`` (the read window minus
         ``used``) and ``want`` (comb: active and the next burst fits, ``blen <= free``). Everything ``want`` reads
         is a flip-flop, so the arbitration starts with one small compare."""
@@ -361,7 +351,13 @@ class AxiWriter(wiring.Component):
                      axi.awprot.eq(0), axi.awlock.eq(0), axi.bready.eq(1)]
         addr = Signal(self.addr_width)
         left = Signal(BEATS_WIDTH)
-        blen = _burst_len(addr, left, bb, self.max_burst, m, "w")
+        # the next burst's length, a register: from the command as it is accepted, else from addr/left as they
+        # stand; AW is entered only from IDLE (the command) or after at least one W cycle (addr/left already final)
+        blen = Signal(range(self.max_burst + 1))
+        sh = bb.bit_length() - 1
+        p = self.cmd.payload
+        m.d.sync += blen.eq(Mux(self.cmd.valid & self.cmd.ready, _next_len(p.addr[sh:12], p.beats, self.max_burst),
+                                _next_len(addr[sh:12], left, self.max_burst)))
         wleft = Signal(range(self.max_burst + 1))
         outstanding = Signal(8)
         err = Signal()

@@ -63,6 +63,7 @@ CONTROL_UNITS: dict[str, tuple[Callable, str]] = {
     "ctl_reader": (lambda: ScanHarness(_ctl_reader()), "the sequencer's control read client (header, tokens, program)"),
     "axi_reader": (lambda: ScanHarness(_axi_reader()), "the main port's AXI read engine (four clients, burst "
                                                         "arbitration, data FIFOs, latency window)"),
+    "axi_writer": (lambda: ScanHarness(_axi_writer()), "the main port's AXI write engine (bursts, strobes, responses)"),
 }
 
 
@@ -123,6 +124,13 @@ def _axi_reader():
     from mmfree.rtl.top import MmfreeAccel
 
     return MmfreeAccel.main_reader(CONTROL_SMALL["bus_bytes"], addr_width=40)
+
+
+def _axi_writer():
+    from mmfree.rtl import params as P
+    from mmfree.rtl.axi import AxiWriter
+
+    return AxiWriter(40, CONTROL_SMALL["bus_bytes"], max_burst=P.MAX_BURST)
 
 
 def control_units() -> dict[str, Callable]:

@@ -1,15 +1,26 @@
-"""A naive twin of :class:`mmfree.rtl.axi.AxiReader` for lock-step tests: the same ports, parameters and
-behaviour, with the burst length, the FIFO-room check and the arbitration computed combinationally each cycle from
-``addr``/``left``/``reserved`` (the reader before its timing work, issue 20). Not part of the package."""
+"""Naive twins of :class:`mmfree.rtl.axi.AxiReader` and :class:`~mmfree.rtl.axi.AxiWriter` for lock-step tests:
+the same ports, parameters and behaviour, with the burst length, the FIFO-room check and the arbitration computed
+combinationally each cycle from ``addr``/``left``/``reserved`` (the engines before their timing work, issue 20).
+Not part of the package."""
 
 from __future__ import annotations
 
 from amaranth import Module, Mux, Signal, unsigned
-from amaranth.lib import fifo, stream, wiring
+from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from mmfree.rtl.axi import BEATS_WIDTH, MAX_BURST_LEGAL, _burst_len, axi4_signature, cmd_layout, row_cmd_layout
+from mmfree.rtl.axi import BEATS_WIDTH, BURST_BOUNDARY, MAX_BURST_LEGAL, axi4_signature, cmd_layout, row_cmd_layout
 from mmfree.rtl.pipeline import check_int, width_for
+
+
+def _burst_len(addr, beats_left, bus_bytes: int, max_burst: int, m: Module, name: str):
+    """Beats of the next burst: min(max_burst, beats_left, beats to the next 4 KiB boundary)."""
+    to_boundary = Signal(range(BURST_BOUNDARY // bus_bytes + 1), name=f"{name}_tob")
+    m.d.comb += to_boundary.eq((BURST_BOUNDARY - addr[:12]) >> (bus_bytes.bit_length() - 1))
+    n = Signal(range(max_burst + 1), name=f"{name}_len")
+    lim = Mux(to_boundary < max_burst, to_boundary, max_burst)
+    m.d.comb += n.eq(Mux(beats_left < lim, beats_left, lim))
+    return n
 
 
 class TwinReader(wiring.Component):
@@ -188,3 +199,79 @@ class TwinReader(wiring.Component):
         limit = Signal(range(depth + 1), name=f"window{i}", init=base)
         m.d.sync += limit.eq(Mux(need <= base, base, Mux(need >= depth, depth, need)))
         return limit
+
+
+class TwinWriter(wiring.Component):
+    """The writer as first written, its burst length combinational from ``addr``/``left`` (the twin of
+    :class:`mmfree.rtl.axi.AxiWriter`).
+
+    Write master: ``cmd`` ``{addr, beats}`` (beat aligned) and ``data`` ``{data, strb}`` beats, in order.
+
+    Bursts as in :class:`AxiReader`; AW of a burst, then its W beats. ``quiet``: no command active and every
+    B response received. ``error`` (sticky): a B response was not OKAY. ``beats``: a pulse per W beat.
+    """
+
+    def __init__(self, addr_width: int = 40, bus_bytes: int = 16, max_burst: int = 16, id_width: int = 1):
+        check_int("bus_bytes", bus_bytes, "8 or 16", lambda v: v in (8, 16))
+        check_int("max_burst", max_burst, f"one of {MAX_BURST_LEGAL}", lambda v: v in MAX_BURST_LEGAL)
+        self.addr_width, self.bus_bytes, self.max_burst, self.id_width = addr_width, bus_bytes, max_burst, id_width
+        self.DATA = data.StructLayout({"data": unsigned(8 * bus_bytes), "strb": unsigned(bus_bytes)})
+        super().__init__({
+            "axi": Out(axi4_signature(addr_width, 8 * bus_bytes, id_width)),
+            "cmd": In(stream.Signature(cmd_layout(addr_width))),
+            "data": In(stream.Signature(self.DATA)),
+            "abort": In(1), "quiet": Out(1), "error": Out(1), "beats": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        axi, bb = self.axi, self.bus_bytes
+        m.d.comb += [axi.awsize.eq(bb.bit_length() - 1), axi.awburst.eq(1), axi.awid.eq(0), axi.awcache.eq(0b0011),
+                     axi.awprot.eq(0), axi.awlock.eq(0), axi.bready.eq(1)]
+        addr = Signal(self.addr_width)
+        left = Signal(BEATS_WIDTH)
+        blen = _burst_len(addr, left, bb, self.max_burst, m, "w")
+        wleft = Signal(range(self.max_burst + 1))
+        outstanding = Signal(8)
+        err = Signal()
+        aw_fire = axi.awvalid & axi.awready
+        w_fire = axi.wvalid & axi.wready
+        b_fire = axi.bvalid & axi.bready
+        m.d.sync += outstanding.eq(outstanding + aw_fire - b_fire)
+        with m.If(b_fire & (axi.bresp != 0)):
+            m.d.sync += err.eq(1)
+        idle = Signal()
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += [self.cmd.ready.eq(~self.abort), idle.eq(1)]
+                with m.If(self.cmd.valid & ~self.abort & (self.cmd.payload.beats != 0)):
+                    m.d.sync += [addr.eq(self.cmd.payload.addr), left.eq(self.cmd.payload.beats)]
+                    m.next = "AW"
+            with m.State("AW"):
+                with m.If(self.abort):
+                    m.next = "IDLE"
+                with m.Elif(outstanding != 255):
+                    m.d.comb += [axi.awvalid.eq(1), axi.awaddr.eq(addr), axi.awlen.eq(blen - 1)]
+                    with m.If(axi.awready):
+                        m.d.sync += [wleft.eq(blen), addr.eq(addr + (blen << (bb.bit_length() - 1))),
+                                     left.eq(left - blen)]
+                        m.next = "W"
+            with m.State("W"):
+                # after an abort the burst is completed with empty strobes and the data stream is ignored
+                m.d.comb += [
+                    axi.wvalid.eq(Mux(self.abort, 1, self.data.valid)),
+                    axi.wdata.eq(self.data.payload.data),
+                    axi.wstrb.eq(Mux(self.abort, 0, self.data.payload.strb)),
+                    axi.wlast.eq(wleft == 1),
+                    self.data.ready.eq(axi.wready & ~self.abort),
+                ]
+                with m.If(w_fire):
+                    m.d.sync += wleft.eq(wleft - 1)
+                    with m.If(wleft == 1):
+                        with m.If((left == 0) | self.abort):
+                            m.next = "IDLE"
+                        with m.Else():
+                            m.next = "AW"
+        m.d.comb += [self.error.eq(err), self.beats.eq(w_fire),
+                     self.quiet.eq((outstanding == 0) & idle)]
+        return m
