@@ -20,6 +20,8 @@ issued transaction completes holds, and nothing hangs.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from amaranth import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, fifo, stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -68,14 +70,39 @@ def row_cmd_layout(addr_width: int) -> data.StructLayout:
                               "stride": unsigned(addr_width)})
 
 
-def _burst_len(addr, beats_left, bus_bytes: int, max_burst: int, m: Module, name: str):
-    """Beats of the next burst: min(max_burst, beats_left, beats to the next 4 KiB boundary)."""
-    to_boundary = Signal(range(BURST_BOUNDARY // bus_bytes + 1), name=f"{name}_tob")
-    m.d.comb += to_boundary.eq((BURST_BOUNDARY - addr[:12]) >> (bus_bytes.bit_length() - 1))
-    n = Signal(range(max_burst + 1), name=f"{name}_len")
-    lim = Mux(to_boundary < max_burst, to_boundary, max_burst)
-    m.d.comb += n.eq(Mux(beats_left < lim, beats_left, lim))
-    return n
+def _one_hot_select(cases):
+    """OR of ``value`` over the ``(select, value)`` pairs whose ``select`` is set (at most one is)."""
+    out = 0
+    for sel, value in cases:
+        out = out | Mux(sel, value, 0)
+    return out
+
+
+def _boundary_len(beat, max_burst: int):
+    """min(max_burst, beats to the 4 KiB boundary) given ``beat``, the address's beat index within its page (the
+    address bits ``log2(bus_bytes)..11``). Fewer than ``max_burst`` beats are left only when the index's high bits
+    are all ones; then ``max_burst`` minus its low bits are (``max_burst`` divides the page)."""
+    lo = beat[:max_burst.bit_length() - 1]
+    return Mux(beat[max_burst.bit_length() - 1:].all(), max_burst - lo, max_burst)
+
+
+def _step_len(lim_full, left, blen, big, max_burst: int):
+    """:func:`_next_len` of the burst after one of ``blen`` beats that does not end its command or row, given
+    ``lim_full`` (:func:`_boundary_len` of the address ``max_burst`` beats on, registered), ``left`` (beats before
+    it) and ``big`` (``left >= 2 * max_burst``, registered). A burst shorter than ``max_burst`` that leaves beats
+    behind was cut by the 4 KiB boundary, so the next one starts a page: ``max_burst`` beats to the boundary; a full
+    one leaves ``lim_full``. With ``big``, at least ``max_burst`` beats are left after it, so only the boundary can
+    cut the next burst; otherwise ``left`` fits in a few bits and the compare is short."""
+    lim = Mux(blen == max_burst, lim_full, max_burst)
+    after = (left[:(2 * max_burst).bit_length()] - blen)[:(2 * max_burst).bit_length()]
+    return Mux(~big & (after < lim), after, lim)
+
+
+def _next_len(beat, beats_left, max_burst: int):
+    """The next burst's beats, min(max_burst, beats_left, beats to the 4 KiB boundary), given ``beat`` (as in
+    :func:`_boundary_len`); for a register that holds it."""
+    lim = _boundary_len(beat, max_burst)
+    return Mux(beats_left < lim, beats_left, lim)
 
 
 class AxiReader(wiring.Component):
@@ -141,25 +168,8 @@ class AxiReader(wiring.Component):
         tagw = width_for(max(1, n - 1))
         # tags: client of each outstanding burst; first-word fall-through (an R beat can follow its AR by one cycle)
         m.submodules.tags = tags = fifo.SyncFIFO(width=tagw, depth=self.max_outstanding)
-        fifos, reserved, active, addr, left, want, lens = [], [], [], [], [], [], []
         lat_max = self._latency(m, tags) if self.latency_windows else None
-        for i, depth in enumerate(self.fifo_depths):
-            f = fifo.SyncFIFOBuffered(width=8 * bb, depth=depth)
-            m.submodules[f"fifo{i}"] = f
-            fifos.append(f)
-            cmd, out = self.client_cmd(i), self.data[i]
-            m.d.comb += [out.payload.eq(f.r_data), out.valid.eq(f.r_rdy), f.r_en.eq(out.ready)]
-            res = Signal(range(depth + 1), name=f"reserved{i}")
-            act = Signal(name=f"active{i}")
-            a = Signal(self.addr_width, name=f"addr{i}")
-            lft = Signal(BEATS_WIDTH, name=f"left{i}")
-            blen = _burst_len(a, lft, bb, self.max_burst, m, f"c{i}")
-            w = Signal(name=f"want{i}")
-            # room for the whole burst: what is stored + what is on its way + this burst
-            limit = self._window(m, i, depth, lat_max) if i in self.latency_windows else depth
-            m.d.comb += w.eq(act & ~self.abort & (f.level + res + blen <= limit))
-            m.d.comb += cmd.ready.eq(~act & ~self.abort)
-            reserved.append(res), active.append(act), addr.append(a), left.append(lft), want.append(w), lens.append(blen)
+        clients = [self._client(m, i, depth, lat_max) for i, depth in enumerate(self.fifo_depths)]
 
         # ---- AR issue: a registered request, lowest client index first -----------------------------------
         ar_pending = Signal()
@@ -167,65 +177,123 @@ class AxiReader(wiring.Component):
         issue = Signal()
         pick = Signal(tagw)
         anyw = Signal()
+        go = Signal()               # a burst may be issued this cycle, if a client wants one
+        for i, c in enumerate(clients):
+            with m.If(c.want):
+                m.d.comb += anyw.eq(1)
+            # one-hot grant: this client wants and no lower index does
+            m.d.comb += c.took.eq(go & c.want & ~Cat(d.want for d in clients[:i]).any())
         for i in reversed(range(n)):
-            with m.If(want[i]):
-                m.d.comb += [pick.eq(i), anyw.eq(1)]
-        room = (tags.level + ar_pending) < self.max_outstanding
-        m.d.comb += issue.eq(anyw & (~ar_pending | axi.arready) & room & ~self.abort)
+            with m.If(clients[i].want):
+                m.d.comb += pick.eq(i)
+        room = self._room(m, tags, issue)
+        m.d.comb += [go.eq((~ar_pending | axi.arready) & room & ~self.abort), issue.eq(anyw & go)]
         with m.If(axi.arvalid & axi.arready):
             m.d.sync += ar_pending.eq(0)
         with m.If(issue):
             m.d.sync += [ar_pending.eq(1), ar_client.eq(pick)]
-            for i in range(n):
-                with m.If(pick == i):
-                    m.d.sync += [axi.araddr.eq(addr[i]), axi.arlen.eq(lens[i] - 1)]
+            # the grant is one-hot: an AND-OR select (a priority mux of `blen - 1` would let Yosys's opt_share move
+            # the subtraction after the select, onto the arbitration path)
+            m.d.sync += [axi.araddr.eq(_one_hot_select([(c.took, c.addr) for c in clients])),
+                         axi.arlen.eq(_one_hot_select([(c.took, c.blen - 1) for c in clients]))]
         m.d.comb += [axi.arvalid.eq(ar_pending), tags.w_data.eq(ar_client), tags.w_en.eq(axi.arvalid & axi.arready)]
-        # tags are pushed at the AR handshake; a pending AR already reserved its FIFO space below
+        # tags are pushed at the AR handshake; a pending AR already reserved its FIFO space
 
-        # ---- per-client command state ----------------------------------------------------------------------
         rfire = axi.rvalid & axi.rready
-        for i in range(n):
-            cmd = self.client_cmd(i)
-            took = issue & (pick == i)
+        for i, c in enumerate(clients):
             arrived = rfire & (tags.r_data == i) & tags.r_rdy
-            m.d.sync += reserved[i].eq(reserved[i] + Mux(took, lens[i], 0) - arrived)
-            if i >= self.n_plain:
-                # strided: `left` counts the current row's beats; the next row starts `stride` after this one
-                row_addr = Signal(self.addr_width, name=f"row_addr{i}")
-                rows_left, bpr = Signal(32, name=f"rows_left{i}"), Signal(BEATS_WIDTH, name=f"bpr{i}")
-                stride = Signal(self.addr_width, name=f"stride{i}")
-                with m.If(cmd.valid & cmd.ready):
-                    m.d.sync += [addr[i].eq(cmd.payload.addr), row_addr.eq(cmd.payload.addr),
-                                 left[i].eq(cmd.payload.beats), bpr.eq(cmd.payload.beats),
-                                 rows_left.eq(cmd.payload.rows), stride.eq(cmd.payload.stride),
-                                 active[i].eq((cmd.payload.beats != 0) & (cmd.payload.rows != 0))]
-                with m.Elif(took):
-                    with m.If(left[i] == lens[i]):
-                        m.d.sync += [rows_left.eq(rows_left - 1), row_addr.eq(row_addr + stride),
-                                     addr[i].eq(row_addr + stride), left[i].eq(bpr)]
-                        with m.If(rows_left == 1):
-                            m.d.sync += active[i].eq(0)
-                    with m.Else():
-                        m.d.sync += [addr[i].eq(addr[i] + (lens[i] << (bb.bit_length() - 1))),
-                                     left[i].eq(left[i] - lens[i])]
-            else:
-                with m.If(cmd.valid & cmd.ready):
-                    m.d.sync += [addr[i].eq(cmd.payload.addr), left[i].eq(cmd.payload.beats),
-                                 active[i].eq(cmd.payload.beats != 0)]
-                with m.Elif(took):
-                    m.d.sync += [addr[i].eq(addr[i] + (lens[i] << (bb.bit_length() - 1))),
-                                 left[i].eq(left[i] - lens[i])]
-                    with m.If(left[i] == lens[i]):
-                        m.d.sync += active[i].eq(0)
-            with m.If(self.abort):
-                m.d.sync += active[i].eq(0)
-            m.d.comb += [fifos[i].w_data.eq(axi.rdata), fifos[i].w_en.eq(arrived)]
+            self._advance(m, i, c, c.took)
+            m.d.comb += [c.fifo.w_data.eq(axi.rdata), c.fifo.w_en.eq(arrived)]
         m.d.comb += tags.r_en.eq(rfire & axi.rlast)
         err = Signal()
         with m.If(rfire & (axi.rresp != 0)):
             m.d.sync += err.eq(1)
         m.d.comb += [self.error.eq(err), self.beats.eq(rfire), self.quiet.eq(~tags.r_rdy & ~ar_pending)]
         return m
+
+    def _client(self, m: Module, i: int, depth: int, lat_max) -> SimpleNamespace:
+        """Client ``i``'s data FIFO and registers: ``addr``/``left`` (next burst's address, beats left), ``blen``
+        (the next burst's beats, kept equal to :func:`_next_len` of them), ``used`` (beats stored + reserved for
+        bursts issued and not yet arrived: the FIFO's level + the reservations), ``free`` (the read window minus
+        ``used``) and ``want`` (comb: active and the next burst fits, ``blen <= free``). Everything ``want`` reads
+        is a flip-flop, so the arbitration starts with one small compare."""
+        f = fifo.SyncFIFOBuffered(width=8 * self.bus_bytes, depth=depth)
+        m.submodules[f"fifo{i}"] = f
+        out = self.data[i]
+        m.d.comb += [out.payload.eq(f.r_data), out.valid.eq(f.r_rdy), f.r_en.eq(out.ready)]
+        limit, limit_next = self._window(m, i, depth, lat_max) if i in self.latency_windows else (depth, depth)
+        c = SimpleNamespace(fifo=f, addr=Signal(self.addr_width, name=f"addr{i}"), left=Signal(BEATS_WIDTH, name=f"left{i}"),
+                            blen=Signal(range(self.max_burst + 1), name=f"blen{i}"), active=Signal(name=f"active{i}"),
+                            used=Signal(range(depth + 1), name=f"used{i}"), want=Signal(name=f"want{i}"),
+                            took=Signal(name=f"took{i}"), big=Signal(name=f"big{i}"),
+                            lim_full=Signal(range(self.max_burst + 1), name=f"lim_full{i}"),
+                            free=Signal(range(depth + 1), name=f"free{i}", init=limit if isinstance(limit, int) else limit.init),
+                            limit_next=limit_next, popped=out.valid & out.ready)
+        m.d.comb += c.want.eq(c.active & ~self.abort & (c.blen <= c.free))
+        m.d.comb += self.client_cmd(i).ready.eq(~c.active & ~self.abort)
+        return c
+
+    def _room(self, m: Module, tags, issue) -> Signal:
+        """Registered ``tags.level + ar_pending < max_outstanding``: ``inflight`` (that sum) counts bursts issued and
+        not yet completed; ``room`` is next cycle's compare, chosen by ``issue`` at the end."""
+        mo = self.max_outstanding
+        inflight, room = Signal(range(mo + 2)), Signal(init=1)
+        done = tags.r_en & tags.r_rdy
+        after = inflight - done
+        m.d.sync += [inflight.eq(Mux(issue, after + 1, after)), room.eq(Mux(issue, after + 1 < mo, after < mo))]
+        return room
+
+    def _advance(self, m: Module, i: int, c: SimpleNamespace, took) -> None:
+        """Client ``i``'s registers after this cycle: a new command, a burst issued (``took``), an abort. What a
+        burst leaves behind (:meth:`_stepped`) is computed from registers alone; ``took`` only selects it."""
+        cmd, mb, sh = self.client_cmd(i), self.max_burst, self.bus_bytes.bit_length() - 1
+        kept = c.used - c.popped                       # used after this cycle without a burst issued
+        free0 = c.limit_next - kept
+        m.d.sync += [c.used.eq(Mux(took, kept + c.blen, kept)), c.free.eq(Mux(took, free0 - c.blen, free0))]
+        step = self._stepped(m, i, c, cmd)
+        with m.If(cmd.valid & cmd.ready):
+            p = cmd.payload
+            m.d.sync += [c.addr.eq(p.addr), c.left.eq(p.beats), c.blen.eq(_next_len(p.addr[sh:12], p.beats, mb)),
+                         c.big.eq(p.beats >= 2 * mb), c.active.eq(step.starts),
+                         c.lim_full.eq(_boundary_len((p.addr[sh:12] + mb)[:12 - sh], mb))]
+        with m.Elif(took):
+            m.d.sync += [c.addr.eq(step.addr), c.left.eq(step.left), c.blen.eq(step.blen), c.big.eq(step.big),
+                         c.lim_full.eq(step.lim_full),
+                         c.active.eq(step.active)]
+        with m.If(self.abort):
+            m.d.sync += c.active.eq(0)
+
+    def _stepped(self, m: Module, i: int, c: SimpleNamespace, cmd) -> SimpleNamespace:
+        """Client ``i``'s ``addr``, ``left``, ``blen``, ``big``, ``lim_full`` and ``active`` once its next burst is
+        issued, and ``starts`` (a command being accepted makes it active). A strided client keeps the row registers
+        here: at a row's last burst the next row starts ``stride`` after this one and ``left`` counts its beats."""
+        mb, sh = self.max_burst, self.bus_bytes.bit_length() - 1
+        last = c.left == c.blen                 # this burst ends the command (a plain client) or the row
+        plain = SimpleNamespace(addr=c.addr + (c.blen << sh), left=c.left - c.blen,
+                                blen=_step_len(c.lim_full, c.left, c.blen, c.big, mb),
+                                big=c.left - c.blen >= 2 * mb,
+                                lim_full=_boundary_len((c.addr[sh:12] + c.blen + mb)[:12 - sh], mb))
+        if i < self.n_plain:
+            return SimpleNamespace(**plain.__dict__, active=~last, starts=cmd.payload.beats != 0)
+        row_addr = Signal(self.addr_width, name=f"row_addr{i}")
+        rows_left, bpr = Signal(32, name=f"rows_left{i}"), Signal(BEATS_WIDTH, name=f"bpr{i}")
+        stride = Signal(self.addr_width, name=f"stride{i}")
+        next_row = Signal(self.addr_width, name=f"next_row{i}")
+        m.d.comb += next_row.eq(row_addr + stride)
+        with m.If(cmd.valid & cmd.ready):
+            m.d.sync += [row_addr.eq(cmd.payload.addr), bpr.eq(cmd.payload.beats), rows_left.eq(cmd.payload.rows),
+                         stride.eq(cmd.payload.stride)]
+        with m.Elif(c.took & last):
+            m.d.sync += [rows_left.eq(rows_left - 1), row_addr.eq(next_row)]
+        # the next row's first burst: its beat index from the low address bits alone, `bpr < lim` on a few bits
+        row_beat = (row_addr[sh:12] + stride[sh:12])[:12 - sh]
+        row_lim, bpr_short = _boundary_len(row_beat, mb), bpr < mb
+        row_len = Mux(bpr_short & (bpr[:(mb - 1).bit_length()] < row_lim), bpr[:(mb - 1).bit_length()], row_lim)
+        return SimpleNamespace(addr=Mux(last, next_row, plain.addr), left=Mux(last, bpr, plain.left),
+                               blen=Mux(last, row_len, plain.blen),
+                               big=Mux(last, bpr >= 2 * mb, plain.big), active=~last | (rows_left != 1),
+                               lim_full=Mux(last, _boundary_len((row_beat + mb)[:12 - sh], mb), plain.lim_full),
+                               starts=(cmd.payload.beats != 0) & (cmd.payload.rows != 0))
 
     def _latency(self, m: Module, tags) -> Signal:
         """The largest read latency measured since reset (cycles, saturating): from the AR handshake of a burst
@@ -243,16 +311,18 @@ class AxiReader(wiring.Component):
             m.d.sync += [run.eq(1), cnt.eq(1)]
         return lat_max
 
-    def _window(self, m: Module, i: int, depth: int, lat_max: Signal) -> Signal:
-        """Client ``i``'s read window (beats, registered): ``base`` or the measured latency + margin rounded up to a
-        burst, at most ``depth``."""
+    def _window(self, m: Module, i: int, depth: int, lat_max: Signal) -> tuple[Signal, Signal]:
+        """Client ``i``'s read window (beats, a register) and its next value: ``base`` or the measured latency +
+        margin rounded up to a burst, at most ``depth``."""
         base, margin = self.latency_windows[i]
         mb = self.max_burst
         need = Signal(range(depth + margin + mb + 1), name=f"need{i}")
         m.d.comb += need.eq(((lat_max + margin + mb - 1) >> (mb.bit_length() - 1)) << (mb.bit_length() - 1))
         limit = Signal(range(depth + 1), name=f"window{i}", init=base)
-        m.d.sync += limit.eq(Mux(need <= base, base, Mux(need >= depth, depth, need)))
-        return limit
+        limit_next = Signal(range(depth + 1), name=f"window{i}_next")
+        m.d.comb += limit_next.eq(Mux(need <= base, base, Mux(need >= depth, depth, need)))
+        m.d.sync += limit.eq(limit_next)
+        return limit, limit_next
 
 
 class AxiWriter(wiring.Component):
@@ -281,7 +351,13 @@ class AxiWriter(wiring.Component):
                      axi.awprot.eq(0), axi.awlock.eq(0), axi.bready.eq(1)]
         addr = Signal(self.addr_width)
         left = Signal(BEATS_WIDTH)
-        blen = _burst_len(addr, left, bb, self.max_burst, m, "w")
+        # the next burst's length, a register: from the command as it is accepted, else from addr/left as they
+        # stand; AW is entered only from IDLE (the command) or after at least one W cycle (addr/left already final)
+        blen = Signal(range(self.max_burst + 1))
+        sh = bb.bit_length() - 1
+        p = self.cmd.payload
+        m.d.sync += blen.eq(Mux(self.cmd.valid & self.cmd.ready, _next_len(p.addr[sh:12], p.beats, self.max_burst),
+                                _next_len(addr[sh:12], left, self.max_burst)))
         wleft = Signal(range(self.max_burst + 1))
         outstanding = Signal(8)
         err = Signal()

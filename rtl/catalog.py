@@ -61,6 +61,9 @@ CONTROL_UNITS: dict[str, tuple[Callable, str]] = {
     "sequencer": (lambda: ScanHarness(_sequencer()), "run control, program fetch, decoder and checks, scoreboard, dispatch"),
     "scoreboard": (lambda: ScanHarness(_scoreboard()), "the hazard scoreboard (in-flight read/write sets per engine slot)"),
     "ctl_reader": (lambda: ScanHarness(_ctl_reader()), "the sequencer's control read client (header, tokens, program)"),
+    "axi_reader": (lambda: ScanHarness(_axi_reader()), "the main port's AXI read engine (four clients, burst "
+                                                        "arbitration, data FIFOs, latency window)"),
+    "axi_writer": (lambda: ScanHarness(_axi_writer()), "the main port's AXI write engine (bursts, strobes, responses)"),
 }
 
 
@@ -115,6 +118,19 @@ def _ctl_reader():
     from mmfree.rtl.axi import DmaReadClient
 
     return DmaReadClient(40, CONTROL_SMALL["bus_bytes"], max_fields=4)
+
+
+def _axi_reader():
+    from mmfree.rtl.top import MmfreeAccel
+
+    return MmfreeAccel.main_reader(CONTROL_SMALL["bus_bytes"], addr_width=40)
+
+
+def _axi_writer():
+    from mmfree.rtl import params as P
+    from mmfree.rtl.axi import AxiWriter
+
+    return AxiWriter(40, CONTROL_SMALL["bus_bytes"], max_burst=P.MAX_BURST)
 
 
 def control_units() -> dict[str, Callable]:

@@ -64,6 +64,14 @@ class MmfreeAccel(wiring.Component):
             RM.PORT_IRQ: Out(1),
         })
 
+    @staticmethod
+    def main_reader(bus_bytes: int, addr_width: int = 40, max_burst: int = P.MAX_BURST,
+                    max_outstanding: int = P.MAX_OUTSTANDING) -> AxiReader:
+        """The main port's read engine: the clients CLIENT_CTL, CLIENT_VEC, CLIENT_LOAD and (strided) CLIENT_W."""
+        return AxiReader(addr_width, bus_bytes, fifo_depths=P.MAIN_READER_FIFO_DEPTHS, max_burst=max_burst,
+                         max_outstanding=max_outstanding, row_clients=1,
+                         latency_windows={CLIENT_W: (P.WEIGHT_WINDOW_BASE, P.READ_WINDOW_MARGIN)})
+
     def elaborate(self, platform):
         m = Module()
         hw = self.hw
@@ -71,9 +79,7 @@ class MmfreeAccel(wiring.Component):
         m.submodules.csr = csr = CsrBlock(hw.hw_config_reg, hw.hw_limits_reg, draft_regs=hw.draft_regs)
         m.submodules.gen = gen = GenLoop(hw, self.addr_width)
         m.submodules.seq = seq = Sequencer(hw, self.addr_width)
-        rd = AxiReader(self.addr_width, hw.bus_bytes, fifo_depths=P.MAIN_READER_FIFO_DEPTHS,
-                       max_burst=self.max_burst, max_outstanding=self.max_outstanding, row_clients=1,
-                       latency_windows={CLIENT_W: (P.WEIGHT_WINDOW_BASE, P.READ_WINDOW_MARGIN)})
+        rd = self.main_reader(hw.bus_bytes, self.addr_width, self.max_burst, self.max_outstanding)
         # weight ports 1..P-1: a reader each, one strided client (the rows p, p + P, ... of every matrix)
         wrd = [AxiReader(self.addr_width, hw.bus_bytes, fifo_depths=(P.WEIGHT_CLIENT_FIFO,), max_burst=self.max_burst,
                          max_outstanding=self.max_outstanding, row_clients=1,
