@@ -195,8 +195,8 @@ def main(argv=None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--units", default=None, help="comma-separated base unit names (default: all vector units and the "
-                                                   "matvec engine; the control units sequencer, scoreboard, ctl_reader "
-                                                   "only when named)")
+                                                   "matvec engine; the control units sequencer, scoreboard, "
+                                                   "ctl_reader, axi_reader, axi_writer only when named)")
     ap.add_argument("--no-variants", action="store_true", help="skip the pipelined variants")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--cached-only", action="store_true",
