@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 from functools import cache, reduce
 
-from amaranth import Array, Cat, Module, Mux, Signal, signed, unsigned
+from amaranth import Array, Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -61,8 +61,61 @@ def field(ir, name: str, op: str):
     return getattr(getattr(view, op.lower()), name)
 
 
+def ge_tree(x, y):
+    """``x >= y`` of two unsigned values as a balanced tree of (greater, equal) pairs: ``log2(width)`` levels of
+    two-input merges instead of a ripple (the decoder's one operand-against-operand comparison, EMBED's stride
+    against its count, sits in front of the registered checks)."""
+    x, y = Value.cast(x), Value.cast(y)
+    assert not (x.shape().signed or y.shape().signed), "ge_tree compares unsigned values"
+    n = max(len(x), len(y))
+    x, y = Cat(x, Const(0, n - len(x))), Cat(y, Const(0, n - len(y)))
+    pairs = [(x[i] & ~y[i], ~(x[i] ^ y[i])) for i in range(n)]     # (gt, eq) per bit, lowest first
+    while len(pairs) > 1:
+        nxt = []
+        for k in range(0, len(pairs) - 1, 2):
+            (gl, el), (gh, eh) = pairs[k], pairs[k + 1]
+            nxt.append((gh | (eh & gl), eh & el))
+        pairs = nxt + ([pairs[-1]] if len(pairs) % 2 else [])
+    gt, eq = pairs[0]
+    return gt | eq
+
+
+class _Operand:
+    """One operand for :data:`isa.LEGAL`: its value, shifted by constants, and ``>=`` / ``<=`` against another
+    operand as :func:`ge_tree`; anything else is the Amaranth value's (comparisons with constants stay as
+    they are)."""
+
+    def __init__(self, value):
+        self.value = Value.cast(value)
+
+    def __lshift__(self, n):
+        return _Operand(self.value << n)
+
+    def __ge__(self, other):
+        return ge_tree(self.value, other.value) if isinstance(other, _Operand) else self.value >= other
+
+    def __le__(self, other):
+        return ge_tree(other.value, self.value) if isinstance(other, _Operand) else self.value <= other
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.value, name)
+
+
+def _plain(v):
+    return v.value if isinstance(v, _Operand) else v
+
+
+for _op in ("__lt__", "__gt__", "__eq__", "__ne__", "__and__", "__rand__", "__or__", "__ror__", "__invert__",
+            "__rshift__", "__add__", "__sub__"):
+    setattr(_Operand, _op, (lambda name: lambda self, *o: getattr(self.value, name)(*map(_plain, o)))(_op))
+_Operand.__hash__ = None
+
+
 class _HwOperands:
-    """The operands of one opcode's view as attributes, for :data:`isa.LEGAL` on Amaranth values."""
+    """The operands of one opcode's view as attributes (:class:`_Operand`), for :data:`isa.LEGAL` on Amaranth
+    values."""
 
     def __init__(self, view):
         self._view = view
@@ -70,11 +123,12 @@ class _HwOperands:
     def __getattr__(self, name):
         if name.startswith("_"):
             raise AttributeError(name)
-        return getattr(self._view, name)
+        v = getattr(self._view, name)
+        return _Operand(v) if not v.shape().signed else v
 
     @staticmethod
     def select(cond, if_true, if_false):
-        return Mux(cond, if_true, if_false)
+        return Mux(_plain(cond), _plain(if_true), _plain(if_false))
 
 
 def resource_table():
@@ -270,12 +324,32 @@ class WindowCheck(wiring.Component):
                 m.d.sync += [a.eq(w.matvec.rows), b.eq(rows80), x16.eq(1)]
             with m.Else():
                 m.d.sync += [a.eq(0), b.eq(0), x16.eq(0)]
-        # stage 2 (every cycle: steady from RANGE on)
-        pp0, pp1, lim, lo_ok = Signal(34 + 4), Signal(32 + 4), Signal(signed(68)), Signal()
-        p0, p1 = a[:17] * b, a[17:] * b
-        m.d.sync += [pp0.eq(Mux(x16, p0 << 4, p0)), pp1.eq(Mux(x16, p1 << 4, p1)), lim.eq(hic - addr),
-                     lo_ok.eq(addr >= lo)]
-        span = pp0 + (pp1 << 17)
-        m.d.comb += [self.addr.eq(addr), self.bpr.eq(bpr), self.in_window.eq(lo_ok & (span <= lim)),
+        # stage 2 (every cycle: steady from RANGE on): ``span <= lim`` as the sign of one sum, carry-saved here
+        s_, c_, lo_ok = self._stage2(m, a, b, x16, hic - addr)
+        m.d.sync += lo_ok.eq(addr >= lo)
+        # RANGE: one carry chain of two registers (``s + 2 c < 0`` iff the span fits)
+        fits = (s_ + Cat(Const(0, 1), c_))[len(s_) - 1]
+        pp0, pp1, x16_r = Signal(34), Signal(32), Signal()    # the span for tests (the sequencer reads none)
+        m.d.sync += [pp0.eq(a[:17] * b), pp1.eq(a[17:] * b), x16_r.eq(x16)]
+        span = Mux(x16_r, (pp0 + (pp1 << 17)) << 4, pp0 + (pp1 << 17))
+        m.d.comb += [self.addr.eq(addr), self.bpr.eq(bpr), self.in_window.eq(lo_ok & fits),
                      self.span.eq(span + (hi - hic))]
         return m
+
+    @staticmethod
+    def _stage2(m, a, b, x16, lim):
+        """DECODE's registers for RANGE's window outcome. ``span <= lim`` (``span = a * b``, times 16 under ``x16``)
+        is ``p0 + (p1 << 17) <= L`` (``p0``, ``p1``: the 17 x 17 partial products; ``L = floor(lim / 16)`` under
+        ``x16``, as ``16 n <= lim`` iff ``n <= floor(lim / 16)``), that is ``p0 + (p1 << 17) + ~L < 0`` (``~L =
+        -L - 1``). The three terms are carry-saved here (one LUT per bit after the multiply) into ``s`` and ``c``
+        (``s + 2 c`` = their sum modulo ``2**W``, its sign the outcome: the sum lies in ``(-2**67, 2**67 + 2**50)``),
+        so that RANGE adds two registers in one carry chain and reads the sign. Returns the registers ``s``,
+        ``c`` (``W - 1`` bits: ``2 c`` modulo ``2**W``) and ``lo_ok`` (for the caller to drive)."""
+        W = 70
+        L = Mux(x16, lim >> 4, lim)                  # lim is signed: >> is floor
+        x, y, z = a[:17] * b, (a[17:] * b) << 17, ~L
+        xe, ye = Cat(x, Const(0, W - len(x))), Cat(y, Const(0, W - len(y)))
+        ze = Cat(z, *([z[-1]] * (W - len(z))))        # sign-extended
+        s_, c_, lo_ok = Signal(W, name="win_s"), Signal(W - 1, name="win_c"), Signal(name="win_lo_ok")
+        m.d.sync += [s_.eq(xe ^ ye ^ ze), c_.eq(((xe & ye) | (xe & ze) | (ye & ze))[:W - 1])]
+        return s_, c_, lo_ok

@@ -334,7 +334,7 @@ class Sequencer(wiring.Component):
             with m.Else():
                 q = rec.payload.w[0].as_signed()
                 m.d.sync += [s.parents[s.widx].eq(q), s.widx.eq(s.widx + 1)]
-                with m.If((q + s.roots < 0) | (q >= s.widx)):       # -1 - s: a root of stream s < roots
+                with m.If(self._bad_parent(q, s.roots, s.widx)):     # -1 - s: a root of stream s < roots
                     fail(RM.ERR_BAD_PARENT, s.widx)
                 with m.Elif(s.widx == s.k - 1):
                     m.next = "PROGREQ"
@@ -347,6 +347,17 @@ class Sequencer(wiring.Component):
                 m.d.sync += [s.n_fetched.eq(0), s.fetched_all.eq(s.n_instr == 0), s.pc.eq(I.HEADER_BYTES),
                              s.rd_ready.eq(s.n_instr != 0)]
                 m.next = "FETCH"
+
+    @staticmethod
+    def _bad_parent(q, roots, widx):
+        """``q + roots < 0 or q >= widx`` for a signed 32-bit parent ``q`` and small unsigned ``roots`` / ``widx``,
+        without a 32-bit carry chain: ``q + roots < 0`` is ``q < 0`` and ``~q >= roots`` (``~q = -q - 1``), and
+        each comparison with a small value is "any bit above its width" or a compare of the low bits."""
+        def ge_small(x, y):                      # x >= y: x unsigned (31 bits), y a narrow unsigned value
+            n = len(y)
+            return x[n:].any() | (x[:n] >= y)
+        neg, mag = q[31], q[:31]
+        return (neg & ge_small(~mag, roots)) | (~neg & ge_small(mag, widx))
 
     def _run_program(self, m, s):
         """FETCH to IDLE: fetch, decode and check, the window and PREFETCH match, dispatch, HALT's drain, abort."""
@@ -430,8 +441,8 @@ class Sequencer(wiring.Component):
     def _dispatch(self, m, s, prefetched):
         """WAIT, no abort pending: HALT drains; SYNC waits for every engine; PREFETCH queues its rows; any other
         instruction goes when the scoreboard sees no hazard and its engine has room (SETC / SETF run here). The
-        scoreboard's ``hazard`` is registered from the previous cycle's masks, already the IR's in RANGE, and
-        WAIT issues only on leaving, so it is exact in every WAIT cycle."""
+        scoreboard's ``hazard`` is registered two cycles behind the masks (the IR's from DECODE on: the slots'
+        compares in DECODE, the OR in RANGE), and WAIT issues only on leaving, so it is exact in every WAIT cycle."""
         dec, sb, fetch = s.dec, s.sb, self.dp.fetch
         next_instr = [s.pc.eq(s.pc + I.INSTR_BYTES), s.rd_ready.eq(~s.fetched_all)]   # to FETCH
         with m.If(s.is_op["HALT"]):
