@@ -285,8 +285,9 @@ class WindowCheck(wiring.Component):
     Stages: FETCH (from ``w``): ``addr = base + offset``, ``hi - c`` (``c``: STORE's ``4 * count``), the
     multiply's operands ``a`` (32 bits) x ``b`` (at most 17 bits) x 16 or not (``ceil(count / 80)`` for
     MATVEC / PREFETCH) and ``bpr``; DECODE: the
-    two 17 x 17 partial products of ``a * b``, ``lim = hi - c - addr``, ``addr >= lo``; RANGE:
-    ``pp0 + (pp1 << 17) <= lim``."""
+    two 17 x 17 partial products of ``a * b``, ``~L`` (``L``: ``lim = hi - c - addr``, divided by 16 under the x16
+    flag, rounded down), ``addr >= lo``; RANGE: ``pp0 + (pp1 << 17) + ~L < 0`` carry-saved into one carry chain
+    (:meth:`_fits`)."""
 
     def __init__(self, max_tokens: int, bus_bytes: int, max_width: int):
         self.bus_bytes, self.max_width = bus_bytes, max_width
@@ -324,32 +325,28 @@ class WindowCheck(wiring.Component):
                 m.d.sync += [a.eq(w.matvec.rows), b.eq(rows80), x16.eq(1)]
             with m.Else():
                 m.d.sync += [a.eq(0), b.eq(0), x16.eq(0)]
-        # stage 2 (every cycle: steady from RANGE on): ``span <= lim`` as the sign of one sum, carry-saved here
-        s_, c_, lo_ok = self._stage2(m, a, b, x16, hic - addr)
-        m.d.sync += lo_ok.eq(addr >= lo)
-        # RANGE: one carry chain of two registers (``s + 2 c < 0`` iff the span fits)
-        fits = (s_ + Cat(Const(0, 1), c_))[len(s_) - 1]
-        pp0, pp1, x16_r = Signal(34), Signal(32), Signal()    # the span for tests (the sequencer reads none)
-        m.d.sync += [pp0.eq(a[:17] * b), pp1.eq(a[17:] * b), x16_r.eq(x16)]
-        span = Mux(x16_r, (pp0 + (pp1 << 17)) << 4, pp0 + (pp1 << 17))
-        m.d.comb += [self.addr.eq(addr), self.bpr.eq(bpr), self.in_window.eq(lo_ok & fits),
+        # stage 2 (every cycle: steady from RANGE on): the partial products as they leave the multipliers (a DSP's
+        # own output register), ``~L`` and ``addr >= lo``
+        pp0, pp1, nl, lo_ok = Signal(34), Signal(32), Signal(signed(68)), Signal()
+        lim = hic - addr
+        m.d.sync += [pp0.eq(a[:17] * b), pp1.eq(a[17:] * b), nl.eq(~Mux(x16, lim >> 4, lim)), lo_ok.eq(addr >= lo)]
+        x16_r = Signal()
+        m.d.sync += x16_r.eq(x16)
+        span = Mux(x16_r, (pp0 + (pp1 << 17)) << 4, pp0 + (pp1 << 17))   # for tests (the sequencer reads none)
+        m.d.comb += [self.addr.eq(addr), self.bpr.eq(bpr), self.in_window.eq(lo_ok & self._fits(pp0, pp1, nl)),
                      self.span.eq(span + (hi - hic))]
         return m
 
     @staticmethod
-    def _stage2(m, a, b, x16, lim):
-        """DECODE's registers for RANGE's window outcome. ``span <= lim`` (``span = a * b``, times 16 under ``x16``)
-        is ``p0 + (p1 << 17) <= L`` (``p0``, ``p1``: the 17 x 17 partial products; ``L = floor(lim / 16)`` under
-        ``x16``, as ``16 n <= lim`` iff ``n <= floor(lim / 16)``), that is ``p0 + (p1 << 17) + ~L < 0`` (``~L =
-        -L - 1``). The three terms are carry-saved here (one LUT per bit after the multiply) into ``s`` and ``c``
-        (``s + 2 c`` = their sum modulo ``2**W``, its sign the outcome: the sum lies in ``(-2**67, 2**67 + 2**50)``),
-        so that RANGE adds two registers in one carry chain and reads the sign. Returns the registers ``s``,
-        ``c`` (``W - 1`` bits: ``2 c`` modulo ``2**W``) and ``lo_ok`` (for the caller to drive)."""
+    def _fits(pp0, pp1, nl):
+        """RANGE's ``span <= lim``: ``span = a * b`` (times 16 under ``x16``) is at most ``lim`` iff ``p0 + (p1 << 17)
+        <= L`` (``p0``, ``p1``: the 17 x 17 partial products; ``L = floor(lim / 16)`` under ``x16``, as ``16 n <=
+        lim`` iff ``n <= floor(lim / 16)``), that is iff ``p0 + (p1 << 17) + ~L < 0`` (``~L = -L - 1``, DECODE's
+        ``nl``). The three terms are carry-saved (one LUT per bit) into ``s + 2 c``, added in one carry chain
+        (instead of an add and then a compare, two chains) and the sign read: in ``W`` bits, as the sum lies in
+        ``(-2**67, 2**67 + 2**50)``."""
         W = 70
-        L = Mux(x16, lim >> 4, lim)                  # lim is signed: >> is floor
-        x, y, z = a[:17] * b, (a[17:] * b) << 17, ~L
-        xe, ye = Cat(x, Const(0, W - len(x))), Cat(y, Const(0, W - len(y)))
-        ze = Cat(z, *([z[-1]] * (W - len(z))))        # sign-extended
-        s_, c_, lo_ok = Signal(W, name="win_s"), Signal(W - 1, name="win_c"), Signal(name="win_lo_ok")
-        m.d.sync += [s_.eq(xe ^ ye ^ ze), c_.eq(((xe & ye) | (xe & ze) | (ye & ze))[:W - 1])]
-        return s_, c_, lo_ok
+        x, y = Cat(pp0, Const(0, W - len(pp0))), Cat(Const(0, 17), pp1, Const(0, W - 17 - len(pp1)))
+        z = Cat(nl, *([nl[-1]] * (W - len(nl))))      # sign-extended
+        s_, c_ = x ^ y ^ z, (x & y) | (x & z) | (y & z)
+        return (s_ + Cat(Const(0, 1), c_[:W - 1]))[W - 1]

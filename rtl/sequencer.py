@@ -176,6 +176,10 @@ class Sequencer(wiring.Component):
             # a window check failed (base register ``range_base``): ABORT's first cycle writes the code, so that
             # no comparison's carry chain feeds the error-code register shared by every state
             range_failed=Signal(), range_base=Signal(8),
+            # a setup check on the fetched word or the registers failed (CHECK, HDR, PAR): its code is
+            # ``late_code``, written in every cycle of those states whatever the check says, and ABORT's first
+            # cycle copies it, so that the comparisons steer only this flag and the next state, not the code
+            late=Signal(), late_code=Signal(32),
             # the setup window checks, registered a cycle ahead (the base registers are steady during a run, ``k``
             # from START on, the instruction count from HDR on): the header, the program, the tokens, the parents
             ok_hdr=Signal(), ok_prog=Signal(), ok_tok=Signal(), ok_par=Signal(),
@@ -204,6 +208,10 @@ class Sequencer(wiring.Component):
             m.d.sync += s.code.eq(code_of(c, detail))
             m.next = "ABORT"
 
+        def fail_late():
+            m.d.sync += s.late.eq(1)
+            m.next = "ABORT"
+
         def fail_range(base):
             m.d.sync += [s.range_failed.eq(1), s.range_base.eq(base)]
             m.next = "ABORT"
@@ -216,7 +224,7 @@ class Sequencer(wiring.Component):
             m.d.comb += [s.ctl.req.eq(1), s.ctl.addr.eq(a[:self.addr_width]), s.ctl.words.eq(words),
                          s.ctl.fields.eq(fields)]
 
-        s.fail, s.fail_range, s.code_of, s.in_window, s.ctl_read = fail, fail_range, code_of, in_window, ctl_read
+        s.fail, s.fail_late, s.fail_range, s.code_of, s.in_window, s.ctl_read = fail, fail_range, code_of, in_window, ctl_read
         return s
 
     @contextmanager
@@ -234,7 +242,7 @@ class Sequencer(wiring.Component):
 
     def _run_setup(self, m, s):
         """IDLE to PROGREQ: START, the NUM_TOKENS and alignment checks, the header, tokens and parents."""
-        K, regs, rec, fail = self.hw.max_tokens, s.regs, s.ctl.rec, s.fail
+        K, regs, rec = self.hw.max_tokens, s.regs, s.ctl.rec
         # the program window (``PROG_BASE >= MEM_LO`` and ``PROG_BASE + 32 + 16 n <= MEM_HI``, n: the header's
         # instruction count) as ``16 n <= room`` with ``room = MEM_HI - PROG_BASE - 32`` registered: HDR adds one
         # 32-bit compare of ``n`` with ``room / 16`` instead of an add and a 64-bit compare
@@ -261,24 +269,26 @@ class Sequencer(wiring.Component):
                 m.next = "CHECK"
         with m.State("CHECK"):
             nt = self.num_tokens
-            with m.If((nt == 0) | (nt > K)):
-                fail(RM.ERR_NUM_TOKENS)
+            nt_bad = (nt == 0) | (nt > K)
+            bad = Signal(range(len(RM.ADDRESS_REGS) + 1))
+            m.d.comb += bad.eq(len(RM.ADDRESS_REGS))
+            for i in reversed(range(len(RM.ADDRESS_REGS))):
+                nm = RM.ADDRESS_REGS[i]
+                cond = regs[i][:6] != 0
+                if nm == "PARENTS":
+                    cond = cond & s.tree & ~s.ext
+                if nm == "TOKENS":
+                    cond = cond & ~s.ext
+                if nm == "LOGITS":
+                    cond = cond & s.wlog
+                with m.If(cond):
+                    m.d.comb += bad.eq(i)
+            m.d.sync += s.late_code.eq(Mux(nt_bad, s.code_of(RM.ERR_NUM_TOKENS), s.code_of(RM.ERR_UNALIGNED, bad)))
+            with m.If(nt_bad):
+                s.fail_late()
             with m.Else():
-                bad = Signal(range(len(RM.ADDRESS_REGS) + 1))
-                m.d.comb += bad.eq(len(RM.ADDRESS_REGS))
-                for i in reversed(range(len(RM.ADDRESS_REGS))):
-                    nm = RM.ADDRESS_REGS[i]
-                    cond = regs[i][:6] != 0
-                    if nm == "PARENTS":
-                        cond = cond & s.tree & ~s.ext
-                    if nm == "TOKENS":
-                        cond = cond & ~s.ext
-                    if nm == "LOGITS":
-                        cond = cond & s.wlog
-                    with m.If(cond):
-                        m.d.comb += bad.eq(i)
                 with m.If(bad != len(RM.ADDRESS_REGS)):
-                    fail(RM.ERR_UNALIGNED, bad)
+                    s.fail_late()
                 with m.Elif(~s.ok_hdr):
                     s.fail_range(I.BASE["PROG_BASE"])
                 with m.Else():
@@ -290,12 +300,15 @@ class Sequencer(wiring.Component):
                 m.d.sync += s.rd_ready.eq(1)
             with m.Else():
                 w = rec.payload.w
+                bad_hdr = (w[0] != I.PROGRAM_MAGIC) | (w[1][:16] != I.ISA_VERSION)
                 m.d.sync += [s.n_instr.eq(w[2]), s.roots.eq(Mux(w[3] == 0, 1, Mux(w[3] > K, K, w[3]))),
-                             s.ok_prog.eq(prog_fits(w[2]))]
-                with m.If((w[0] != I.PROGRAM_MAGIC) | (w[1][:16] != I.ISA_VERSION)):
-                    fail(RM.ERR_BAD_INSTRUCTION, 0)
+                             s.ok_prog.eq(prog_fits(w[2])),
+                             s.late_code.eq(Mux(bad_hdr, s.code_of(RM.ERR_BAD_INSTRUCTION, 0),
+                                                s.code_of(RM.ERR_TOO_WIDE, w[1][16:32])))]
+                with m.If(bad_hdr):
+                    s.fail_late()
                 with m.Elif((w[1][16:32] << 4) > self.hw.max_width):
-                    fail(RM.ERR_TOO_WIDE, w[1][16:32])
+                    s.fail_late()
                 with m.Else():
                     m.next = "PROGRANGE"
         with m.State("PROGRANGE"):
@@ -333,9 +346,10 @@ class Sequencer(wiring.Component):
                 m.d.sync += s.rd_ready.eq(1)
             with m.Else():
                 q = rec.payload.w[0].as_signed()
-                m.d.sync += [s.parents[s.widx].eq(q), s.widx.eq(s.widx + 1)]
+                m.d.sync += [s.parents[s.widx].eq(q), s.widx.eq(s.widx + 1),
+                             s.late_code.eq(s.code_of(RM.ERR_BAD_PARENT, s.widx))]
                 with m.If(self._bad_parent(q, s.roots, s.widx)):     # -1 - s: a root of stream s < roots
-                    fail(RM.ERR_BAD_PARENT, s.widx)
+                    s.fail_late()
                 with m.Elif(s.widx == s.k - 1):
                     m.next = "PROGREQ"
                 with m.Else():
@@ -419,6 +433,8 @@ class Sequencer(wiring.Component):
             m.d.comb += s.abort.eq(1)
             with m.If(s.range_failed):                  # ABORT's first cycle, before STATUS shows the error
                 m.d.sync += [s.code.eq(s.code_of(RM.ERR_ADDRESS_RANGE, s.range_base)), s.range_failed.eq(0)]
+            with m.If(s.late):                          # the same for CHECK's, HDR's and PAR's codes
+                m.d.sync += [s.code.eq(s.late_code), s.late.eq(0)]
             with m.If(self.rd_quiet & self.wr_quiet):
                 m.d.sync += [s.busy.eq(0), s.err.eq(~s.stop_requested), s.finished.eq(~s.stop_requested),
                              s.core_rst.eq(1)]
