@@ -9,7 +9,8 @@ client and execute it in order. Every instruction is decoded and checked exactly
 constraint table :data:`mmfree.rtl.isa.LEGAL`); it decodes the word as it is fetched and its outputs and check
 results are registered with the instruction register, so DECODE, RANGE and dispatch read registers (the
 window check is pipelined the same way, :class:`~mmfree.rtl.decoder.WindowCheck`; a failed window check is
-recorded as a flag and its code written in ABORT's first cycle, off the comparison's path). An instruction
+recorded as a flag and its code written in ABORT's first cycle, off the comparison's path, and so are the
+codes of the setup checks in CHECK, HDR and PAR). An instruction
 is dispatched when its engine has room and no earlier unfinished instruction writes a resource it reads
 (except LOAD destinations, read element by element as they arrive) or touches a resource it writes (the
 :class:`~mmfree.rtl.scoreboard.Scoreboard`; the read/write sets come from :func:`mmfree.rtl.isa.resources`).
@@ -224,7 +225,8 @@ class Sequencer(wiring.Component):
             m.d.comb += [s.ctl.req.eq(1), s.ctl.addr.eq(a[:self.addr_width]), s.ctl.words.eq(words),
                          s.ctl.fields.eq(fields)]
 
-        s.fail, s.fail_late, s.fail_range, s.code_of, s.in_window, s.ctl_read = fail, fail_range, code_of, in_window, ctl_read
+        s.fail, s.fail_late, s.fail_range = fail, fail_late, fail_range
+        s.code_of, s.in_window, s.ctl_read = code_of, in_window, ctl_read
         return s
 
     @contextmanager
