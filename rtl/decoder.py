@@ -284,10 +284,9 @@ class WindowCheck(wiring.Component):
 
     Stages: FETCH (from ``w``): ``addr = base + offset``, ``hi - c`` (``c``: STORE's ``4 * count``), the
     multiply's operands ``a`` (32 bits) x ``b`` (at most 17 bits) x 16 or not (``ceil(count / 80)`` for
-    MATVEC / PREFETCH) and ``bpr``; DECODE: the
-    two 17 x 17 partial products of ``a * b``, ``~L`` (``L``: ``lim = hi - c - addr``, divided by 16 under the x16
-    flag, rounded down), ``addr >= lo``; RANGE: ``pp0 + (pp1 << 17) + ~L < 0`` carry-saved into one carry chain
-    (:meth:`_fits`)."""
+    MATVEC / PREFETCH) and ``bpr``; DECODE: the two 17 x 17 partial products of ``a * b``, ``~L`` (``L``:
+    ``lim = hi - c - addr``, divided by 16 under the x16 flag, rounded down, clamped to ``[-1, 2**50]``),
+    ``addr >= lo``; RANGE: ``pp0 + (pp1 << 17) + ~L < 0``, carry-saved into one carry chain (:meth:`_fits`)."""
 
     def __init__(self, max_tokens: int, bus_bytes: int, max_width: int):
         self.bus_bytes, self.max_width = bus_bytes, max_width
@@ -327,9 +326,12 @@ class WindowCheck(wiring.Component):
                 m.d.sync += [a.eq(0), b.eq(0), x16.eq(0)]
         # stage 2 (every cycle: steady from RANGE on): the partial products as they leave the multipliers (a DSP's
         # own output register), ``~L`` and ``addr >= lo``
-        pp0, pp1, nl, lo_ok = Signal(34), Signal(32), Signal(signed(68)), Signal()
+        pp0, pp1, nl, lo_ok = Signal(34), Signal(32), Signal(signed(52)), Signal()
         lim = hic - addr
-        m.d.sync += [pp0.eq(a[:17] * b), pp1.eq(a[17:] * b), nl.eq(~Mux(x16, lim >> 4, lim)), lo_ok.eq(addr >= lo)]
+        L = Mux(x16, lim >> 4, lim)
+        big = ~L[-1] & L[50:].any()                  # L >= 2**50 > any span: as 2**50; L < 0: as -1
+        m.d.sync += [pp0.eq(a[:17] * b), pp1.eq(a[17:] * b), lo_ok.eq(addr >= lo),
+                     nl.eq(~Mux(L[-1], -1, Mux(big, 1 << 50, L[:51])))]
         x16_r = Signal()
         m.d.sync += x16_r.eq(x16)
         span = Mux(x16_r, (pp0 + (pp1 << 17)) << 4, pp0 + (pp1 << 17))   # for tests (the sequencer reads none)
@@ -342,10 +344,10 @@ class WindowCheck(wiring.Component):
         """RANGE's ``span <= lim``: ``span = a * b`` (times 16 under ``x16``) is at most ``lim`` iff ``p0 + (p1 << 17)
         <= L`` (``p0``, ``p1``: the 17 x 17 partial products; ``L = floor(lim / 16)`` under ``x16``, as ``16 n <=
         lim`` iff ``n <= floor(lim / 16)``), that is iff ``p0 + (p1 << 17) + ~L < 0`` (``~L = -L - 1``, DECODE's
-        ``nl``). The three terms are carry-saved (one LUT per bit) into ``s + 2 c``, added in one carry chain
-        (instead of an add and then a compare, two chains) and the sign read: in ``W`` bits, as the sum lies in
-        ``(-2**67, 2**67 + 2**50)``."""
-        W = 70
+        ``nl``, with ``L`` clamped to ``[-1, 2**50]``: every span is below ``2**50``). The three terms are
+        carry-saved (one LUT per bit) into ``s + 2 c``, added in one carry chain (instead of an add and then a
+        compare, two chains) and the sign read: in ``W = 53`` bits, as the sum lies in ``[-2**50 - 1, 2**50)``."""
+        W = len(nl) + 1
         x, y = Cat(pp0, Const(0, W - len(pp0))), Cat(Const(0, 17), pp1, Const(0, W - 17 - len(pp1)))
         z = Cat(nl, *([nl[-1]] * (W - len(nl))))      # sign-extended
         s_, c_ = x ^ y ^ z, (x & y) | (x & z) | (y & z)
