@@ -256,9 +256,14 @@ class Sequencer(wiring.Component):
 
         def prog_fits(n):
             return prog_lo_ok & ~room_neg & (room_big | (n <= room[4:nb]))
-        m.d.sync += [s.ok_hdr.eq(s.in_window(regs[0], I.HEADER_BYTES)),
-                     s.ok_tok.eq(s.in_window(regs[I.BASE["TOKENS"]], s.k << 2)),
-                     s.ok_par.eq(s.in_window(regs[I.BASE["PARENTS"]], s.k << 2))]
+        # the token and parent windows in two steps (the end address, then the compares): ``k`` is set by START,
+        # so they are exact from the third cycle after it, before PROGRANGE (after CHECK and at least one HDR cycle)
+        tok_end, par_end = Signal(65), Signal(65)
+        lo, hi = regs[I.BASE["MEM_LO"]], regs[I.BASE["MEM_HI"]]
+        m.d.sync += [tok_end.eq(regs[I.BASE["TOKENS"]] + (s.k << 2)), par_end.eq(regs[I.BASE["PARENTS"]] + (s.k << 2)),
+                     s.ok_hdr.eq(self._header_fits(regs[0], lo, hi)),
+                     s.ok_tok.eq((regs[I.BASE["TOKENS"]] >= lo) & (tok_end <= hi)),
+                     s.ok_par.eq((regs[I.BASE["PARENTS"]] >= lo) & (par_end <= hi))]
         with m.State("IDLE"):
             with m.If(self.soft_reset):
                 m.d.sync += [s.done.eq(0), s.err.eq(0), s.code.eq(0), s.core_rst.eq(1)]
@@ -363,6 +368,15 @@ class Sequencer(wiring.Component):
                 m.d.sync += [s.n_fetched.eq(0), s.fetched_all.eq(s.n_instr == 0), s.pc.eq(I.HEADER_BYTES),
                              s.rd_ready.eq(s.n_instr != 0)]
                 m.next = "FETCH"
+
+    @staticmethod
+    def _header_fits(a, lo, hi):
+        """``lo <= a`` and ``a + n <= hi`` (the header's window, ``n = HEADER_BYTES``, a power of two) with one carry
+        chain each: ``hi - a`` (65 bits, signed) is at least ``n`` when it is not negative and has a bit at
+        ``log2(n)`` or above."""
+        assert I.HEADER_BYTES & (I.HEADER_BYTES - 1) == 0
+        d = hi - a
+        return (a >= lo) & ~d[-1] & d[(I.HEADER_BYTES - 1).bit_length():].any()
 
     @staticmethod
     def _bad_parent(q, roots, widx):

@@ -34,3 +34,32 @@ def test_bad_parent_is_the_emulators_rule(bits):
     sim = Simulator(m)
     sim.add_testbench(bench)
     sim.run()
+
+
+def test_header_fits_is_the_window():
+    """CHECK's header window as one carry chain is ``lo <= a and a + HEADER_BYTES <= hi`` for 64-bit registers,
+    at the edges (the end at, one below and one past MEM_HI; wrap-around) and at random."""
+    from mmfree.rtl import isa as I
+
+    n = I.HEADER_BYTES
+    a, lo, hi, out = Signal(64), Signal(64), Signal(64), Signal()
+    m = Module()
+    m.d.comb += out.eq(Sequencer._header_fits(a, lo, hi))
+    rng = random.Random(2)
+    cases = []
+    for _ in range(2000):
+        x = rng.choice([0, 1, 2**64 - 1, 2**64 - n, rng.randrange(2**64), rng.randrange(2**20)])
+        low = rng.choice([0, x, x + 1, x - 1, rng.randrange(2**64)]) % 2**64
+        high = rng.choice([x + n, x + n - 1, x + n + 1, x, x - 1, 2**64 - 1, rng.randrange(2**64)]) % 2**64
+        cases.append((x, low, high))
+
+    async def bench(ctx):
+        for x, low, high in cases:
+            ctx.set(a, x)
+            ctx.set(lo, low)
+            ctx.set(hi, high)
+            assert ctx.get(out) == (low <= x and x + n <= high), (x, low, high)
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
