@@ -217,16 +217,13 @@ class Sequencer(wiring.Component):
             m.d.sync += [s.range_failed.eq(1), s.range_base.eq(base)]
             m.next = "ABORT"
 
-        def in_window(a, n):
-            return (a >= s.regs[I.BASE["MEM_LO"]]) & ((a + n) <= s.regs[I.BASE["MEM_HI"]])
-
         def ctl_read(a, words, fields):
             """Request ``words`` 32-bit words at byte address ``a`` (4-byte aligned) as records of ``fields``."""
             m.d.comb += [s.ctl.req.eq(1), s.ctl.addr.eq(a[:self.addr_width]), s.ctl.words.eq(words),
                          s.ctl.fields.eq(fields)]
 
         s.fail, s.fail_late, s.fail_range = fail, fail_late, fail_range
-        s.code_of, s.in_window, s.ctl_read = code_of, in_window, ctl_read
+        s.code_of, s.ctl_read = code_of, ctl_read
         return s
 
     @contextmanager
