@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 from functools import cache, reduce
 
-from amaranth import Array, Cat, Module, Mux, Signal, signed, unsigned
+from amaranth import Array, Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -61,8 +61,61 @@ def field(ir, name: str, op: str):
     return getattr(getattr(view, op.lower()), name)
 
 
+def ge_tree(x, y):
+    """``x >= y`` of two unsigned values as a balanced tree of (greater, equal) pairs: ``log2(width)`` levels of
+    two-input merges instead of a ripple (the decoder's one operand-against-operand comparison, EMBED's stride
+    against its count, sits in front of the registered checks)."""
+    x, y = Value.cast(x), Value.cast(y)
+    assert not (x.shape().signed or y.shape().signed), "ge_tree compares unsigned values"
+    n = max(len(x), len(y))
+    x, y = Cat(x, Const(0, n - len(x))), Cat(y, Const(0, n - len(y)))
+    pairs = [(x[i] & ~y[i], ~(x[i] ^ y[i])) for i in range(n)]     # (gt, eq) per bit, lowest first
+    while len(pairs) > 1:
+        nxt = []
+        for k in range(0, len(pairs) - 1, 2):
+            (gl, el), (gh, eh) = pairs[k], pairs[k + 1]
+            nxt.append((gh | (eh & gl), eh & el))
+        pairs = nxt + ([pairs[-1]] if len(pairs) % 2 else [])
+    gt, eq = pairs[0]
+    return gt | eq
+
+
+class _Operand:
+    """One operand for :data:`isa.LEGAL`: its value, shifted by constants, and ``>=`` / ``<=`` against another
+    operand as :func:`ge_tree`; anything else is the Amaranth value's (comparisons with constants stay as
+    they are)."""
+
+    def __init__(self, value):
+        self.value = Value.cast(value)
+
+    def __lshift__(self, n):
+        return _Operand(self.value << n)
+
+    def __ge__(self, other):
+        return ge_tree(self.value, other.value) if isinstance(other, _Operand) else self.value >= other
+
+    def __le__(self, other):
+        return ge_tree(other.value, self.value) if isinstance(other, _Operand) else self.value <= other
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.value, name)
+
+
+def _plain(v):
+    return v.value if isinstance(v, _Operand) else v
+
+
+for _op in ("__lt__", "__gt__", "__eq__", "__ne__", "__and__", "__rand__", "__or__", "__ror__", "__invert__",
+            "__rshift__", "__add__", "__sub__"):
+    setattr(_Operand, _op, (lambda name: lambda self, *o: getattr(self.value, name)(*map(_plain, o)))(_op))
+_Operand.__hash__ = None
+
+
 class _HwOperands:
-    """The operands of one opcode's view as attributes, for :data:`isa.LEGAL` on Amaranth values."""
+    """The operands of one opcode's view as attributes (:class:`_Operand`), for :data:`isa.LEGAL` on Amaranth
+    values."""
 
     def __init__(self, view):
         self._view = view
@@ -70,11 +123,12 @@ class _HwOperands:
     def __getattr__(self, name):
         if name.startswith("_"):
             raise AttributeError(name)
-        return getattr(self._view, name)
+        v = getattr(self._view, name)
+        return _Operand(v) if not v.shape().signed else v
 
     @staticmethod
     def select(cond, if_true, if_false):
-        return Mux(cond, if_true, if_false)
+        return Mux(_plain(cond), _plain(if_true), _plain(if_false))
 
 
 def resource_table():
@@ -230,9 +284,9 @@ class WindowCheck(wiring.Component):
 
     Stages: FETCH (from ``w``): ``addr = base + offset``, ``hi - c`` (``c``: STORE's ``4 * count``), the
     multiply's operands ``a`` (32 bits) x ``b`` (at most 17 bits) x 16 or not (``ceil(count / 80)`` for
-    MATVEC / PREFETCH) and ``bpr``; DECODE: the
-    two 17 x 17 partial products of ``a * b``, ``lim = hi - c - addr``, ``addr >= lo``; RANGE:
-    ``pp0 + (pp1 << 17) <= lim``."""
+    MATVEC / PREFETCH) and ``bpr``; DECODE: the two 17 x 17 partial products of ``a * b``, ``~L`` (``L``:
+    ``lim = hi - c - addr``, divided by 16 under the x16 flag, rounded down, clamped to ``[-1, 2**50]``),
+    ``addr >= lo``; RANGE: ``pp0 + (pp1 << 17) + ~L < 0``, carry-saved into one carry chain (:meth:`_fits`)."""
 
     def __init__(self, max_tokens: int, bus_bytes: int, max_width: int):
         self.bus_bytes, self.max_width = bus_bytes, max_width
@@ -270,12 +324,31 @@ class WindowCheck(wiring.Component):
                 m.d.sync += [a.eq(w.matvec.rows), b.eq(rows80), x16.eq(1)]
             with m.Else():
                 m.d.sync += [a.eq(0), b.eq(0), x16.eq(0)]
-        # stage 2 (every cycle: steady from RANGE on)
-        pp0, pp1, lim, lo_ok = Signal(34 + 4), Signal(32 + 4), Signal(signed(68)), Signal()
-        p0, p1 = a[:17] * b, a[17:] * b
-        m.d.sync += [pp0.eq(Mux(x16, p0 << 4, p0)), pp1.eq(Mux(x16, p1 << 4, p1)), lim.eq(hic - addr),
-                     lo_ok.eq(addr >= lo)]
-        span = pp0 + (pp1 << 17)
-        m.d.comb += [self.addr.eq(addr), self.bpr.eq(bpr), self.in_window.eq(lo_ok & (span <= lim)),
+        # stage 2 (every cycle: steady from RANGE on): the partial products as they leave the multipliers (a DSP's
+        # own output register), ``~L`` and ``addr >= lo``
+        pp0, pp1, nl, lo_ok = Signal(34), Signal(32), Signal(signed(52)), Signal()
+        lim = hic - addr
+        L = Mux(x16, lim >> 4, lim)
+        big = ~L[-1] & L[50:].any()                  # L >= 2**50 > any span: as 2**50; L < 0: as -1
+        m.d.sync += [pp0.eq(a[:17] * b), pp1.eq(a[17:] * b), lo_ok.eq(addr >= lo),
+                     nl.eq(~Mux(L[-1], -1, Mux(big, 1 << 50, L[:51])))]
+        x16_r = Signal()
+        m.d.sync += x16_r.eq(x16)
+        span = Mux(x16_r, (pp0 + (pp1 << 17)) << 4, pp0 + (pp1 << 17))   # for tests (the sequencer reads none)
+        m.d.comb += [self.addr.eq(addr), self.bpr.eq(bpr), self.in_window.eq(lo_ok & self._fits(pp0, pp1, nl)),
                      self.span.eq(span + (hi - hic))]
         return m
+
+    @staticmethod
+    def _fits(pp0, pp1, nl):
+        """RANGE's ``span <= lim``: ``span = a * b`` (times 16 under ``x16``) is at most ``lim`` iff ``p0 + (p1 << 17)
+        <= L`` (``p0``, ``p1``: the 17 x 17 partial products; ``L = floor(lim / 16)`` under ``x16``, as ``16 n <=
+        lim`` iff ``n <= floor(lim / 16)``), that is iff ``p0 + (p1 << 17) + ~L < 0`` (``~L = -L - 1``, DECODE's
+        ``nl``, with ``L`` clamped to ``[-1, 2**50]``: every span is below ``2**50``). The three terms are
+        carry-saved (one LUT per bit) into ``s + 2 c``, added in one carry chain (instead of an add and then a
+        compare, two chains) and the sign read: in ``W = 53`` bits, as the sum lies in ``[-2**50 - 1, 2**50)``."""
+        W = len(nl) + 1
+        x, y = Cat(pp0, Const(0, W - len(pp0))), Cat(Const(0, 17), pp1, Const(0, W - 17 - len(pp1)))
+        z = Cat(nl, *([nl[-1]] * (W - len(nl))))      # sign-extended
+        s_, c_ = x ^ y ^ z, (x & y) | (x & z) | (y & z)
+        return (s_ + Cat(Const(0, 1), c_[:W - 1]))[W - 1]

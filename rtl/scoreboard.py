@@ -23,10 +23,12 @@ class Scoreboard(wiring.Component):
     """``issue`` (with ``engine``, ``rmask``, ``wmask``) fills the engine's first free slot; ``done_pulse`` (one
     bit per engine, :data:`ENGINES` order) frees its oldest; ``clear`` empties every slot (a new run).
     ``room``: the engine named by ``engine`` has a free slot; ``all_idle``: no slot is held. ``hazard`` (a
-    register, so that no dispatch waits on the slots' OR and the masks' compare in its own cycle): the slots held
-    this cycle write a resource that the previous cycle's ``rmask`` reads (except :data:`isa.STREAMED`, read
-    element by element as they arrive) or touch one its ``wmask`` writes; exact in a cycle that follows one
-    without ``issue`` (the sequencer reads it only while an instruction waits, and it issues on leaving)."""
+    register, two cycles behind the masks, so that no dispatch waits on the slots' OR and the masks' compare in
+    its own cycle, and the compare and the OR sit in different cycles): the slots held this cycle write a
+    resource that ``rmask`` (as it was two cycles ago) reads (except :data:`isa.STREAMED`, read element by
+    element as they arrive) or touch one its ``wmask`` writes; exact in a cycle that follows two without
+    ``issue`` and with the same masks (the sequencer reads it only while an instruction waits, its masks load
+    two cycles before it starts waiting, and it issues on leaving)."""
 
     def __init__(self):
         NR = I.N_RESOURCES
@@ -81,17 +83,26 @@ class Scoreboard(wiring.Component):
         return m
 
     def _hazard(self, m, slots, valid, rd, wr):
-        """``hazard`` for the next cycle: the slots as they will be without an issue (a completion frees the
-        oldest and moves the second down; ``clear`` empties them) against this cycle's masks. Each slot is
-        compared with the masks first (registers only) and the completion then picks among those bits, so that
-        no mux of the slots' contents sits in front of the compare."""
+        """``hazard`` two cycles on: each held slot's compare with this cycle's masks is registered (``hit``,
+        registers only in front of it), then the next cycle's and this one's completions pick which registered
+        compares stand for the slots as they will be (each completion frees the engine's oldest slot and moves
+        the second down; ``clear`` empties them) and their OR is ``hazard``. Exact where the masks are steady
+        and no ``issue`` comes in the two cycles before (the sequencer's masks load in FETCH, two cycles before
+        WAIT, and it issues only on leaving WAIT)."""
         reads = self.rmask & ~sum(1 << b for b in I.STREAMED)
-        hit = {es: valid[es] & ((reads & wr[es]) | (self.wmask & (rd[es] | wr[es]))).any() for es in slots}
+        hit = {es: Signal(name=f"sb_hit_{es[0]}{es[1]}") for es in slots}
+        done_r = Signal(len(ENGINES), name="sb_done_r")        # the previous cycle's completions
+        m.d.sync += [hit[es].eq(valid[es] & ~self.clear & ((reads & wr[es]) | (self.wmask & (rd[es] | wr[es]))).any())
+                     for es in slots]
+        m.d.sync += done_r.eq(self.done_pulse)
         nxt = []
-        for e, k in slots:
-            done = self.done_pulse[ENGINE_ID[e]]
-            if k + 1 < ENGINE_SLOTS[e]:
-                nxt.append(Mux(done, hit[(e, k + 1)], hit[(e, k)]))
-            else:                                   # the engine's last slot empties on a completion
-                nxt.append(hit[(e, k)] & ~done)
+        for e in ENGINES:
+            n_slots, i = ENGINE_SLOTS[e], ENGINE_ID[e]
+            gone = [done_r[i], self.done_pulse[i]]              # completions: at most n_slots free
+            assert n_slots <= 2
+            if n_slots == 1:
+                nxt.append(hit[(e, 0)] & ~gone[0] & ~gone[1])
+            else:                                   # none done: both held; one: slot 1 moved down; two: empty
+                none, one = ~gone[0] & ~gone[1], gone[0] ^ gone[1]
+                nxt.append((none & (hit[(e, 0)] | hit[(e, 1)])) | (one & hit[(e, 1)]))
         m.d.sync += self.hazard.eq(Cat(*nxt).any() & ~self.clear)

@@ -9,7 +9,8 @@ client and execute it in order. Every instruction is decoded and checked exactly
 constraint table :data:`mmfree.rtl.isa.LEGAL`); it decodes the word as it is fetched and its outputs and check
 results are registered with the instruction register, so DECODE, RANGE and dispatch read registers (the
 window check is pipelined the same way, :class:`~mmfree.rtl.decoder.WindowCheck`; a failed window check is
-recorded as a flag and its code written in ABORT's first cycle, off the comparison's path). An instruction
+recorded as a flag and its code written in ABORT's first cycle, off the comparison's path, and so are the
+codes of the setup checks in CHECK, HDR and PAR). An instruction
 is dispatched when its engine has room and no earlier unfinished instruction writes a resource it reads
 (except LOAD destinations, read element by element as they arrive) or touches a resource it writes (the
 :class:`~mmfree.rtl.scoreboard.Scoreboard`; the read/write sets come from :func:`mmfree.rtl.isa.resources`).
@@ -176,6 +177,10 @@ class Sequencer(wiring.Component):
             # a window check failed (base register ``range_base``): ABORT's first cycle writes the code, so that
             # no comparison's carry chain feeds the error-code register shared by every state
             range_failed=Signal(), range_base=Signal(8),
+            # a setup check on the fetched word or the registers failed (CHECK, HDR, PAR): its code is
+            # ``late_code``, written in every cycle of those states whatever the check says, and ABORT's first
+            # cycle copies it, so that the comparisons steer only this flag and the next state, not the code
+            late=Signal(), late_code=Signal(32),
             # the setup window checks, registered a cycle ahead (the base registers are steady during a run, ``k``
             # from START on, the instruction count from HDR on): the header, the program, the tokens, the parents
             ok_hdr=Signal(), ok_prog=Signal(), ok_tok=Signal(), ok_par=Signal(),
@@ -204,19 +209,21 @@ class Sequencer(wiring.Component):
             m.d.sync += s.code.eq(code_of(c, detail))
             m.next = "ABORT"
 
+        def fail_late():
+            m.d.sync += s.late.eq(1)
+            m.next = "ABORT"
+
         def fail_range(base):
             m.d.sync += [s.range_failed.eq(1), s.range_base.eq(base)]
             m.next = "ABORT"
-
-        def in_window(a, n):
-            return (a >= s.regs[I.BASE["MEM_LO"]]) & ((a + n) <= s.regs[I.BASE["MEM_HI"]])
 
         def ctl_read(a, words, fields):
             """Request ``words`` 32-bit words at byte address ``a`` (4-byte aligned) as records of ``fields``."""
             m.d.comb += [s.ctl.req.eq(1), s.ctl.addr.eq(a[:self.addr_width]), s.ctl.words.eq(words),
                          s.ctl.fields.eq(fields)]
 
-        s.fail, s.fail_range, s.code_of, s.in_window, s.ctl_read = fail, fail_range, code_of, in_window, ctl_read
+        s.fail, s.fail_late, s.fail_range = fail, fail_late, fail_range
+        s.code_of, s.ctl_read = code_of, ctl_read
         return s
 
     @contextmanager
@@ -234,7 +241,7 @@ class Sequencer(wiring.Component):
 
     def _run_setup(self, m, s):
         """IDLE to PROGREQ: START, the NUM_TOKENS and alignment checks, the header, tokens and parents."""
-        K, regs, rec, fail = self.hw.max_tokens, s.regs, s.ctl.rec, s.fail
+        K, regs, rec = self.hw.max_tokens, s.regs, s.ctl.rec
         # the program window (``PROG_BASE >= MEM_LO`` and ``PROG_BASE + 32 + 16 n <= MEM_HI``, n: the header's
         # instruction count) as ``16 n <= room`` with ``room = MEM_HI - PROG_BASE - 32`` registered: HDR adds one
         # 32-bit compare of ``n`` with ``room / 16`` instead of an add and a 64-bit compare
@@ -246,9 +253,14 @@ class Sequencer(wiring.Component):
 
         def prog_fits(n):
             return prog_lo_ok & ~room_neg & (room_big | (n <= room[4:nb]))
-        m.d.sync += [s.ok_hdr.eq(s.in_window(regs[0], I.HEADER_BYTES)),
-                     s.ok_tok.eq(s.in_window(regs[I.BASE["TOKENS"]], s.k << 2)),
-                     s.ok_par.eq(s.in_window(regs[I.BASE["PARENTS"]], s.k << 2))]
+        # the token and parent windows in two steps (the end address, then the compares): ``k`` is set by START,
+        # so they are exact from the third cycle after it, before PROGRANGE (after CHECK and at least one HDR cycle)
+        tok_end, par_end = Signal(65), Signal(65)
+        lo, hi = regs[I.BASE["MEM_LO"]], regs[I.BASE["MEM_HI"]]
+        m.d.sync += [tok_end.eq(regs[I.BASE["TOKENS"]] + (s.k << 2)), par_end.eq(regs[I.BASE["PARENTS"]] + (s.k << 2)),
+                     s.ok_hdr.eq(self._header_fits(regs[0], lo, hi)),
+                     s.ok_tok.eq((regs[I.BASE["TOKENS"]] >= lo) & (tok_end <= hi)),
+                     s.ok_par.eq((regs[I.BASE["PARENTS"]] >= lo) & (par_end <= hi))]
         with m.State("IDLE"):
             with m.If(self.soft_reset):
                 m.d.sync += [s.done.eq(0), s.err.eq(0), s.code.eq(0), s.core_rst.eq(1)]
@@ -261,24 +273,26 @@ class Sequencer(wiring.Component):
                 m.next = "CHECK"
         with m.State("CHECK"):
             nt = self.num_tokens
-            with m.If((nt == 0) | (nt > K)):
-                fail(RM.ERR_NUM_TOKENS)
+            nt_bad = (nt == 0) | (nt > K)
+            bad = Signal(range(len(RM.ADDRESS_REGS) + 1))
+            m.d.comb += bad.eq(len(RM.ADDRESS_REGS))
+            for i in reversed(range(len(RM.ADDRESS_REGS))):
+                nm = RM.ADDRESS_REGS[i]
+                cond = regs[i][:6] != 0
+                if nm == "PARENTS":
+                    cond = cond & s.tree & ~s.ext
+                if nm == "TOKENS":
+                    cond = cond & ~s.ext
+                if nm == "LOGITS":
+                    cond = cond & s.wlog
+                with m.If(cond):
+                    m.d.comb += bad.eq(i)
+            m.d.sync += s.late_code.eq(Mux(nt_bad, s.code_of(RM.ERR_NUM_TOKENS), s.code_of(RM.ERR_UNALIGNED, bad)))
+            with m.If(nt_bad):
+                s.fail_late()
             with m.Else():
-                bad = Signal(range(len(RM.ADDRESS_REGS) + 1))
-                m.d.comb += bad.eq(len(RM.ADDRESS_REGS))
-                for i in reversed(range(len(RM.ADDRESS_REGS))):
-                    nm = RM.ADDRESS_REGS[i]
-                    cond = regs[i][:6] != 0
-                    if nm == "PARENTS":
-                        cond = cond & s.tree & ~s.ext
-                    if nm == "TOKENS":
-                        cond = cond & ~s.ext
-                    if nm == "LOGITS":
-                        cond = cond & s.wlog
-                    with m.If(cond):
-                        m.d.comb += bad.eq(i)
                 with m.If(bad != len(RM.ADDRESS_REGS)):
-                    fail(RM.ERR_UNALIGNED, bad)
+                    s.fail_late()
                 with m.Elif(~s.ok_hdr):
                     s.fail_range(I.BASE["PROG_BASE"])
                 with m.Else():
@@ -290,12 +304,15 @@ class Sequencer(wiring.Component):
                 m.d.sync += s.rd_ready.eq(1)
             with m.Else():
                 w = rec.payload.w
+                bad_hdr = (w[0] != I.PROGRAM_MAGIC) | (w[1][:16] != I.ISA_VERSION)
                 m.d.sync += [s.n_instr.eq(w[2]), s.roots.eq(Mux(w[3] == 0, 1, Mux(w[3] > K, K, w[3]))),
-                             s.ok_prog.eq(prog_fits(w[2]))]
-                with m.If((w[0] != I.PROGRAM_MAGIC) | (w[1][:16] != I.ISA_VERSION)):
-                    fail(RM.ERR_BAD_INSTRUCTION, 0)
+                             s.ok_prog.eq(prog_fits(w[2])),
+                             s.late_code.eq(Mux(bad_hdr, s.code_of(RM.ERR_BAD_INSTRUCTION, 0),
+                                                s.code_of(RM.ERR_TOO_WIDE, w[1][16:32])))]
+                with m.If(bad_hdr):
+                    s.fail_late()
                 with m.Elif((w[1][16:32] << 4) > self.hw.max_width):
-                    fail(RM.ERR_TOO_WIDE, w[1][16:32])
+                    s.fail_late()
                 with m.Else():
                     m.next = "PROGRANGE"
         with m.State("PROGRANGE"):
@@ -333,9 +350,10 @@ class Sequencer(wiring.Component):
                 m.d.sync += s.rd_ready.eq(1)
             with m.Else():
                 q = rec.payload.w[0].as_signed()
-                m.d.sync += [s.parents[s.widx].eq(q), s.widx.eq(s.widx + 1)]
-                with m.If((q + s.roots < 0) | (q >= s.widx)):       # -1 - s: a root of stream s < roots
-                    fail(RM.ERR_BAD_PARENT, s.widx)
+                m.d.sync += [s.parents[s.widx].eq(q), s.widx.eq(s.widx + 1),
+                             s.late_code.eq(s.code_of(RM.ERR_BAD_PARENT, s.widx))]
+                with m.If(self._bad_parent(q, s.roots, s.widx)):     # -1 - s: a root of stream s < roots
+                    s.fail_late()
                 with m.Elif(s.widx == s.k - 1):
                     m.next = "PROGREQ"
                 with m.Else():
@@ -347,6 +365,26 @@ class Sequencer(wiring.Component):
                 m.d.sync += [s.n_fetched.eq(0), s.fetched_all.eq(s.n_instr == 0), s.pc.eq(I.HEADER_BYTES),
                              s.rd_ready.eq(s.n_instr != 0)]
                 m.next = "FETCH"
+
+    @staticmethod
+    def _header_fits(a, lo, hi):
+        """``lo <= a`` and ``a + n <= hi`` (the header's window, ``n = HEADER_BYTES``, a power of two) with one carry
+        chain each: ``hi - a`` (65 bits, signed) is at least ``n`` when it is not negative and has a bit at
+        ``log2(n)`` or above."""
+        assert I.HEADER_BYTES & (I.HEADER_BYTES - 1) == 0
+        d = hi - a
+        return (a >= lo) & ~d[-1] & d[(I.HEADER_BYTES - 1).bit_length():].any()
+
+    @staticmethod
+    def _bad_parent(q, roots, widx):
+        """``q + roots < 0 or q >= widx`` for a signed 32-bit parent ``q`` and small unsigned ``roots`` / ``widx``,
+        without a 32-bit carry chain: ``q + roots < 0`` is ``q < 0`` and ``~q >= roots`` (``~q = -q - 1``), and
+        each comparison with a small value is "any bit above its width" or a compare of the low bits."""
+        def ge_small(x, y):                      # x >= y: x unsigned (31 bits), y a narrow unsigned value
+            n = len(y)
+            return x[n:].any() | (x[:n] >= y)
+        neg, mag = q[31], q[:31]
+        return (neg & ge_small(~mag, roots)) | (~neg & ge_small(mag, widx))
 
     def _run_program(self, m, s):
         """FETCH to IDLE: fetch, decode and check, the window and PREFETCH match, dispatch, HALT's drain, abort."""
@@ -408,6 +446,8 @@ class Sequencer(wiring.Component):
             m.d.comb += s.abort.eq(1)
             with m.If(s.range_failed):                  # ABORT's first cycle, before STATUS shows the error
                 m.d.sync += [s.code.eq(s.code_of(RM.ERR_ADDRESS_RANGE, s.range_base)), s.range_failed.eq(0)]
+            with m.If(s.late):                          # the same for CHECK's, HDR's and PAR's codes
+                m.d.sync += [s.code.eq(s.late_code), s.late.eq(0)]
             with m.If(self.rd_quiet & self.wr_quiet):
                 m.d.sync += [s.busy.eq(0), s.err.eq(~s.stop_requested), s.finished.eq(~s.stop_requested),
                              s.core_rst.eq(1)]
@@ -430,8 +470,8 @@ class Sequencer(wiring.Component):
     def _dispatch(self, m, s, prefetched):
         """WAIT, no abort pending: HALT drains; SYNC waits for every engine; PREFETCH queues its rows; any other
         instruction goes when the scoreboard sees no hazard and its engine has room (SETC / SETF run here). The
-        scoreboard's ``hazard`` is registered from the previous cycle's masks, already the IR's in RANGE, and
-        WAIT issues only on leaving, so it is exact in every WAIT cycle."""
+        scoreboard's ``hazard`` is registered two cycles behind the masks (the IR's from DECODE on: the slots'
+        compares in DECODE, the OR in RANGE), and WAIT issues only on leaving, so it is exact in every WAIT cycle."""
         dec, sb, fetch = s.dec, s.sb, self.dp.fetch
         next_instr = [s.pc.eq(s.pc + I.INSTR_BYTES), s.rd_ready.eq(~s.fetched_all)]   # to FETCH
         with m.If(s.is_op["HALT"]):

@@ -10,13 +10,13 @@ from __future__ import annotations
 import random
 
 import pytest
-from amaranth import Module, Value
+from amaranth import Module, Signal, Value
 from amaranth.sim import Simulator
 
 from mmfree.rtl import isa as I
 from mmfree.rtl import regmap as RM
 from mmfree.rtl.compiler import HwConfig
-from mmfree.rtl.decoder import ENGINE_ID, Decoder, WindowCheck, instr_layout, op_layout
+from mmfree.rtl.decoder import ENGINE_ID, Decoder, WindowCheck, ge_tree, instr_layout, op_layout
 from mmfree.sim.emulator import AccelError, Ddr, Emulator
 
 HW = HwConfig()
@@ -160,19 +160,20 @@ def test_layouts_follow_the_isa_table():
             assert lay[f.name].shape.signed == f.signed
 
 
-@pytest.mark.parametrize("k, seed", [(1, 3), (HW.max_tokens, 4)])
-def test_pipelined_window_check_matches_the_decoder(k, seed):
+@pytest.mark.parametrize("k, seed, mem_hi", [(1, 3, MEM_HI), (HW.max_tokens, 4, MEM_HI), (1, 6, 1 << 62)])
+def test_pipelined_window_check_matches_the_decoder(k, seed, mem_hi):
     """:class:`WindowCheck` (the sequencer's pipelined address / span / window, FETCH -> DECODE -> RANGE) gives
     the combinational decoder's ``addr`` and ``bpr`` one cycle after ``load`` and its window outcome and span two
-    cycles after, for every instruction that passes the DECODE checks (the only ones the sequencer asks)."""
+    cycles after, for every instruction that passes the DECODE checks (the only ones the sequencer asks); also
+    with a MEM_HI far above any span (the window compare's clamped limit)."""
     ddr_ops = ("LOAD", "STORE", "EMBED", "MATVEC", "PREFETCH")
     edges = [I.Instr("EMBED", {"base": 1, "offset": 0, "count": 16, "stride16": 0xFFFF, "vocab": 0xFFFF_FFFF}),
              I.Instr("STORE", {"src": 0, "flags": 0, "base": 1, "offset": 0, "count": HW.max_width,
                                "tstride": 0xFFFF_FFFC})]
-    instrs = [ins for ins in _instructions(1500, seed) if ins.op in ddr_ops] + edges
+    instrs = [ins for ins in _instructions(1500, seed) if ins.op in ddr_ops] + edges + _window_edges()
     dec = Decoder(HW.max_width, HW.max_tokens, HW.bus_bytes)
     win = WindowCheck(HW.max_tokens, HW.bus_bytes, HW.max_width)
-    regs = _bases()
+    regs = {**_bases(), "MEM_HI": mem_hi}
     checked = {"in": 0, "out": 0}
 
     async def bench(ctx):
@@ -199,7 +200,7 @@ def test_pipelined_window_check_matches_the_decoder(k, seed):
             if ins.op in ("MATVEC", "PREFETCH"):
                 assert ctx.get(win.bpr) == o["bpr"], str(ins)
             await ctx.tick()                                   # RANGE
-            inside = MEM_LO <= o["addr"] and o["addr"] + o["span"] <= MEM_HI
+            inside = MEM_LO <= o["addr"] and o["addr"] + o["span"] <= mem_hi
             assert (ctx.get(win.in_window), ctx.get(win.span)) == (inside, o["span"]), str(ins)
             checked["in" if inside else "out"] += 1
 
@@ -207,7 +208,26 @@ def test_pipelined_window_check_matches_the_decoder(k, seed):
     sim.add_clock(1e-8)
     sim.add_testbench(bench)
     sim.run()
-    assert checked["in"] > 20 and checked["out"] > 20, checked
+    assert checked["in"] > 20 and (checked["out"] > 20 or mem_hi > 1 << 50), checked   # no span reaches 2**50
+
+
+def _window_edges() -> list:
+    """Legal DDR operands that end just inside, at, or just past MEM_HI (a few bytes either side, also not a
+    multiple of 16 away for the x16 spans of EMBED and MATVEC): the window compare's edge."""
+    regs, out = _bases(), []
+    base = 1                                   # the base register of index 1
+    reg = regs[RM.ADDRESS_REGS[base]]
+    row_bytes = 48                             # MATVEC count 200: ceil(ceil(200 / 5) / 16) * 16 bytes a row
+    spans = {"EMBED": (3 * 7 * 16, {"count": 16, "stride16": 7, "vocab": 3}),
+             "LOAD": (7 * 1 * 4, {"dst": 0, "count": 7, "fields": 1}),
+             "MATVEC": (3 * row_bytes, {"count": 200, "rows": 3, "flags": 0})}
+    for op, (span, args) in spans.items():
+        align = 16 if op == "MATVEC" else 4
+        for d in (-32, -16, -12, -8, -4, 0, 4, 8, 12, 16, 32):
+            off = MEM_HI - span + d - reg
+            off -= off % align
+            out.append(I.Instr(op, {**{f.name: 0 for f in I.OPS[op][1]}, **args, "base": base, "offset": off}))
+    return out
 
 
 def _two(*parts):
@@ -215,3 +235,27 @@ def _two(*parts):
     for i, p in enumerate(parts):
         m.submodules[f"u{i}"] = p
     return Simulator(m)
+
+
+def test_ge_tree_is_ge():
+    """:func:`~mmfree.rtl.decoder.ge_tree` (the decoder's balanced operand comparison) is ``x >= y`` for unsigned
+    values of different widths, at the edges and at random."""
+    x, y = Signal(18), Signal(16)
+    out = Signal()
+    m = Module()
+    m.d.comb += out.eq(ge_tree(x, y))
+    rng = random.Random(5)
+    edges = [0, 1, 2, 3, 4, 0x7FFF, 0x8000, 0xFFFE, 0xFFFF, 0x10000, 0x3FFFF]
+    pairs = [(a, b & 0xFFFF) for a in edges for b in edges]
+    pairs += [(v, max(0, min(0xFFFF, v + d))) for v in (rng.randrange(1 << 16) for _ in range(200)) for d in (-1, 0, 1)]
+    pairs += [(rng.randrange(1 << 18), rng.randrange(1 << 16)) for _ in range(300)]
+
+    async def bench(ctx):
+        for a, b in pairs:
+            ctx.set(x, a)
+            ctx.set(y, b)
+            assert ctx.get(out) == (a >= b), (a, b)
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
