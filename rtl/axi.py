@@ -351,13 +351,7 @@ class AxiWriter(wiring.Component):
                      axi.awprot.eq(0), axi.awlock.eq(0), axi.bready.eq(1)]
         addr = Signal(self.addr_width)
         left = Signal(BEATS_WIDTH)
-        # the next burst's length, a register: from the command as it is accepted, else from addr/left as they
-        # stand; AW is entered only from IDLE (the command) or after at least one W cycle (addr/left already final)
-        blen = Signal(range(self.max_burst + 1))
-        sh = bb.bit_length() - 1
-        p = self.cmd.payload
-        m.d.sync += blen.eq(Mux(self.cmd.valid & self.cmd.ready, _next_len(p.addr[sh:12], p.beats, self.max_burst),
-                                _next_len(addr[sh:12], left, self.max_burst)))
+        blen = self._next_burst(m, addr, left)
         wleft = Signal(range(self.max_burst + 1))
         outstanding = Signal(8)
         err = Signal()
@@ -402,6 +396,18 @@ class AxiWriter(wiring.Component):
         m.d.comb += [self.error.eq(err), self.beats.eq(w_fire),
                      self.quiet.eq((outstanding == 0) & idle)]
         return m
+
+
+    def _next_burst(self, m: Module, addr: Signal, left: Signal) -> Signal:
+        """The next burst's length, a register: from the command as it is accepted, else from ``addr`` / ``left``
+        as they stand (AW is entered only from IDLE, with the command, or after at least one W cycle, when
+        ``addr`` / ``left`` are final)."""
+        blen = Signal(range(self.max_burst + 1))
+        sh = self.bus_bytes.bit_length() - 1
+        p = self.cmd.payload
+        m.d.sync += blen.eq(Mux(self.cmd.valid & self.cmd.ready, _next_len(p.addr[sh:12], p.beats, self.max_burst),
+                                _next_len(addr[sh:12], left, self.max_burst)))
+        return blen
 
 
 class WordUnpacker(wiring.Component):
