@@ -159,15 +159,20 @@ class AxiReader(wiring.Component):
         """Client ``i``'s command stream: ``cmd[i]`` or, for a strided client, ``row_cmd[i - n_plain]``."""
         return self.cmd[i] if i < self.n_plain else self.row_cmd[i - self.n_plain]
 
+    def _setup(self, m: Module):
+        """The AR fields that never change, and ``tags`` (the client of each outstanding burst; first-word
+        fall-through, so an R beat can follow its AR by one cycle). Returns ``(tags, its width)``."""
+        axi = self.axi
+        m.d.comb += [axi.arsize.eq(self.bus_bytes.bit_length() - 1), axi.arburst.eq(1), axi.arid.eq(0),
+                     axi.arcache.eq(0b0011), axi.arprot.eq(0), axi.arlock.eq(0), axi.rready.eq(1)]
+        tagw = width_for(max(1, len(self.fifo_depths) - 1))
+        m.submodules.tags = tags = fifo.SyncFIFO(width=tagw, depth=self.max_outstanding)
+        return tags, tagw
+
     def elaborate(self, platform):
         m = Module()
         axi, n = self.axi, len(self.fifo_depths)
-        bb = self.bus_bytes
-        m.d.comb += [axi.arsize.eq(bb.bit_length() - 1), axi.arburst.eq(1), axi.arid.eq(0), axi.arcache.eq(0b0011),
-                     axi.arprot.eq(0), axi.arlock.eq(0), axi.rready.eq(1)]
-        tagw = width_for(max(1, n - 1))
-        # tags: client of each outstanding burst; first-word fall-through (an R beat can follow its AR by one cycle)
-        m.submodules.tags = tags = fifo.SyncFIFO(width=tagw, depth=self.max_outstanding)
+        tags, tagw = self._setup(m)
         lat_max = self._latency(m, tags) if self.latency_windows else None
         clients = [self._client(m, i, depth, lat_max) for i, depth in enumerate(self.fifo_depths)]
 
@@ -204,12 +209,18 @@ class AxiReader(wiring.Component):
             arrived = rfire & (tags.r_data == i) & tags.r_rdy
             self._advance(m, i, c, c.took)
             m.d.comb += [c.fifo.w_data.eq(axi.rdata), c.fifo.w_en.eq(arrived)]
+        self._status(m, tags, ar_pending)
+        return m
+
+    def _status(self, m: Module, tags, ar_pending) -> None:
+        """A burst's last beat retires its tag; ``error`` (sticky), ``beats`` and ``quiet``."""
+        axi = self.axi
+        rfire = axi.rvalid & axi.rready
         m.d.comb += tags.r_en.eq(rfire & axi.rlast)
         err = Signal()
         with m.If(rfire & (axi.rresp != 0)):
             m.d.sync += err.eq(1)
         m.d.comb += [self.error.eq(err), self.beats.eq(rfire), self.quiet.eq(~tags.r_rdy & ~ar_pending)]
-        return m
 
     def _client(self, m: Module, i: int, depth: int, lat_max) -> SimpleNamespace:
         """Client ``i``'s data FIFO and registers: ``addr``/``left`` (next burst's address, beats left), ``blen``

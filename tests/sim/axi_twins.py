@@ -9,7 +9,6 @@ from amaranth import Module, Mux, Signal
 from amaranth.lib import fifo
 
 from mmfree.rtl.axi import BEATS_WIDTH, BURST_BOUNDARY, AxiReader, AxiWriter
-from mmfree.rtl.pipeline import width_for
 
 
 def _burst_len(addr, beats_left, bus_bytes: int, max_burst: int, m: Module, name: str):
@@ -31,11 +30,7 @@ class TwinReader(AxiReader):
         m = Module()
         axi, n = self.axi, len(self.fifo_depths)
         bb = self.bus_bytes
-        m.d.comb += [axi.arsize.eq(bb.bit_length() - 1), axi.arburst.eq(1), axi.arid.eq(0), axi.arcache.eq(0b0011),
-                     axi.arprot.eq(0), axi.arlock.eq(0), axi.rready.eq(1)]
-        tagw = width_for(max(1, n - 1))
-        # tags: client of each outstanding burst; first-word fall-through (an R beat can follow its AR by one cycle)
-        m.submodules.tags = tags = fifo.SyncFIFO(width=tagw, depth=self.max_outstanding)
+        tags, tagw = self._setup(m)
         fifos, reserved, active, addr, left, want, lens = [], [], [], [], [], [], []
         lat_max = self._latency(m, tags) if self.latency_windows else None
         for i, depth in enumerate(self.fifo_depths):
@@ -115,11 +110,7 @@ class TwinReader(AxiReader):
             with m.If(self.abort):
                 m.d.sync += active[i].eq(0)
             m.d.comb += [fifos[i].w_data.eq(axi.rdata), fifos[i].w_en.eq(arrived)]
-        m.d.comb += tags.r_en.eq(rfire & axi.rlast)
-        err = Signal()
-        with m.If(rfire & (axi.rresp != 0)):
-            m.d.sync += err.eq(1)
-        m.d.comb += [self.error.eq(err), self.beats.eq(rfire), self.quiet.eq(~tags.r_rdy & ~ar_pending)]
+        self._status(m, tags, ar_pending)
         return m
 
 
