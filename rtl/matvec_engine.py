@@ -27,7 +27,7 @@ from mmfree.pymodel import numerics as N
 from mmfree.rtl import activation as A
 from mmfree.rtl import isa as I
 from mmfree.rtl import quantize as Q
-from mmfree.rtl.axi import row_cmd_layout
+from mmfree.rtl.axi import BEATS_WIDTH, row_cmd_layout
 from mmfree.rtl.buffers import TOKEN_BUFFERS, maxabs_feed, read_port, row_write, write_port
 from mmfree.rtl.compiler import HwConfig
 from mmfree.rtl.matvec import TernaryMatVec, act_layout
@@ -67,7 +67,7 @@ class WeightFetch(wiring.Component):
         for e, q in enumerate(wq):
             m.submodules[f"wq{e}"] = q
             m.d.comb += [self.ways[e].valid.eq(q.r_rdy), self.ways[e].payload.eq(q.r_data), q.r_en.eq(self.ways[e].ready)]
-        fqs = [fifo.SyncFIFO(width=fetch_layout(self.addr_width).size, depth=I.PREFETCH_DEPTH) for _ in range(P)]
+        fqs = [fifo.SyncFIFO(width=self._entry_width(), depth=I.PREFETCH_DEPTH) for _ in range(P)]
         all_rdy = Const(1, 1)
         for p in range(P):
             m.submodules[f"fetchq{p}"] = fqs[p]
@@ -81,12 +81,22 @@ class WeightFetch(wiring.Component):
             self._route(m, p, rq, [wq[p + j * P] for j in range(hw.matvec_engines)])
         return m
 
+    def _entry_width(self) -> int:
+        """Bits of a fetch-queue entry: the fetch, and with one port the command's ``beats`` (:meth:`_port_fetches`)."""
+        return fetch_layout(self.addr_width).size + (BEATS_WIDTH if self.hw.weight_ports == 1 else 0)
+
     def _port_fetches(self, m):
-        """What each port's fetch queue stores of a fetch: the fetch itself with a power-of-two P (the port's rows are
-        a shift of it at the queue's head); otherwise the fetch with ``rows`` replaced by the port's own row count
-        ``q + (p < r)`` (``q, r = divmod(rows, P)``, one constant division, :func:`~mmfree.rtl.pipeline.div_const`,
-        on the way in, so the queue's head needs no division)."""
+        """What each port's fetch queue stores of a fetch: with one port, the fetch and its command's ``beats`` =
+        ``rows * bpr`` (multiplied on the way in, so the queue's head hands the reader a stored value, not a
+        product); with another power-of-two P, the fetch itself (the port's rows are a shift of it at the queue's
+        head); otherwise the fetch with ``rows`` replaced by the port's own row count ``q + (p < r)`` (``q, r =
+        divmod(rows, P)``, one constant division, :func:`~mmfree.rtl.pipeline.div_const`, on the way in, so the
+        queue's head needs no division)."""
         P, fetch = self.hw.weight_ports, self.fetch.payload
+        if P == 1:
+            beats = Signal(BEATS_WIDTH, name="fetch_beats")
+            m.d.comb += beats.eq(fetch.rows * fetch.bpr)
+            return [Cat(fetch.as_value(), beats)]
         if P & (P - 1) == 0:
             return [fetch] * P
         q, r = Signal(32, name="fetch_rows_q"), Signal(range(P), name="fetch_rows_r")
@@ -103,12 +113,13 @@ class WeightFetch(wiring.Component):
         beats per row into the route queue."""
         P, sh_bus = self.hw.weight_ports, self.hw.bus_bytes.bit_length() - 1
         head = Signal(fetch_layout(self.addr_width), name=f"fetch_head{p}")
-        m.d.comb += head.eq(fq.r_data)
+        m.d.comb += head.eq(fq.r_data[:fetch_layout(self.addr_width).size])
         cmd = self.w_cmd[p]
         rows_p = Signal(32, name=f"rows_p{p}")
         if P == 1:
             m.d.comb += [rows_p.eq(head.rows), cmd.payload.addr.eq(head.addr),
-                         cmd.payload.beats.eq(head.rows * head.bpr), cmd.payload.rows.eq(1), cmd.payload.stride.eq(0)]
+                         cmd.payload.beats.eq(fq.r_data[fetch_layout(self.addr_width).size:]), cmd.payload.rows.eq(1),
+                         cmd.payload.stride.eq(0)]
         elif P & (P - 1):               # the queue holds this port's own row count (_port_fetches)
             rb = Signal(self.addr_width, name=f"row_bytes{p}")
             m.d.comb += [rb.eq(head.bpr << sh_bus), rows_p.eq(head.rows),
