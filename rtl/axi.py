@@ -207,7 +207,7 @@ class AxiReader(wiring.Component):
         rfire = axi.rvalid & axi.rready
         for i, c in enumerate(clients):
             arrived = rfire & (tags.r_data == i) & tags.r_rdy
-            self._advance(m, i, c, c.took)
+            self._advance(m, i, c)
             m.d.comb += [c.fifo.w_data.eq(axi.rdata), c.fifo.w_en.eq(arrived)]
         self._status(m, tags, ar_pending)
         return m
@@ -254,10 +254,10 @@ class AxiReader(wiring.Component):
         m.d.sync += [inflight.eq(Mux(issue, after + 1, after)), room.eq(Mux(issue, after + 1 < mo, after < mo))]
         return room
 
-    def _advance(self, m: Module, i: int, c: SimpleNamespace, took) -> None:
-        """Client ``i``'s registers after this cycle: a new command, a burst issued (``took``), an abort. What a
-        burst leaves behind (:meth:`_stepped`) is computed from registers alone; ``took`` only selects it."""
-        cmd, mb, sh = self.client_cmd(i), self.max_burst, self.bus_bytes.bit_length() - 1
+    def _advance(self, m: Module, i: int, c: SimpleNamespace) -> None:
+        """Client ``i``'s registers after this cycle: a new command, a burst issued (``c.took``), an abort. What a
+        burst leaves behind (:meth:`_stepped`) is computed from registers alone; ``c.took`` only selects it."""
+        cmd, mb, sh, took = self.client_cmd(i), self.max_burst, self.bus_bytes.bit_length() - 1, c.took
         kept = c.used - c.popped                       # used after this cycle without a burst issued
         free0 = c.limit_next - kept
         m.d.sync += [c.used.eq(Mux(took, kept + c.blen, kept)), c.free.eq(Mux(took, free0 - c.blen, free0))]

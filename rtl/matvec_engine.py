@@ -113,12 +113,12 @@ class WeightFetch(wiring.Component):
         beats per row into the route queue."""
         P, sh_bus = self.hw.weight_ports, self.hw.bus_bytes.bit_length() - 1
         head = Signal(fetch_layout(self.addr_width), name=f"fetch_head{p}")
-        m.d.comb += head.eq(fq.r_data[:fetch_layout(self.addr_width).size])
+        m.d.comb += head.eq(fq.r_data[:len(head.as_value())])
         cmd = self.w_cmd[p]
         rows_p = Signal(32, name=f"rows_p{p}")
         if P == 1:
             m.d.comb += [rows_p.eq(head.rows), cmd.payload.addr.eq(head.addr),
-                         cmd.payload.beats.eq(fq.r_data[fetch_layout(self.addr_width).size:]), cmd.payload.rows.eq(1),
+                         cmd.payload.beats.eq(fq.r_data[len(head.as_value()):]), cmd.payload.rows.eq(1),
                          cmd.payload.stride.eq(0)]
         elif P & (P - 1):               # the queue holds this port's own row count (_port_fetches)
             rb = Signal(self.addr_width, name=f"row_bytes{p}")
