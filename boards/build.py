@@ -664,7 +664,7 @@ def estimate(cfg: BuildConfig, verilog: Path | None = None, progress=None, timeo
            "bus_bytes": cfg.bus_bytes, "max_tokens": cfg.max_tokens,
            "max_width": cfg.max_width, "addr_width": cfg.addr_width, "weight_ports": cfg.weight_ports,
            "matvec_engines": cfg.matvec_engines, "draft_vocab": cfg.draft_vocab,
-           "pipelined_units": cfg.pipelined_units, "counts": counts,
+           "pipelined_units": cfg.pipelined_units, "vector_lanes": cfg.vector_lanes, "counts": counts,
            "seconds": round(time.perf_counter() - t0, 1),
            "command": f"yosys -p 'read_verilog mmfree_accel.v; synth_xilinx -family {cfg.family} -top "
                       f"{RM.TOP_NAME} -flatten; stat'"}
@@ -676,7 +676,8 @@ def latest_estimate(cfg: BuildConfig) -> dict | None:
     """The newest cached estimate for this build's family and parameters, whatever RTL it was made from (the
     docs table uses it while the RTL moves on; ``estimate`` itself only reuses an exact match). An estimate that
     records no ``weight_ports`` was made before multi-port builds: it counts as 1; one without ``draft_vocab`` had no
-    draft engine; one without ``pipelined_units`` had the default units."""
+    draft engine; one without ``pipelined_units`` had the default units; one without ``vector_lanes`` counts as one
+    lane."""
     best = None
     for f in (_cache_root() / "estimate").glob("*.json"):
         try:
@@ -685,9 +686,9 @@ def latest_estimate(cfg: BuildConfig) -> dict | None:
             continue
         if (e.get("family"), e.get("bus_bytes"), e.get("max_tokens"), e.get("max_width"), e.get("addr_width"),
                 e.get("weight_ports", 1), e.get("matvec_engines", 2), e.get("draft_vocab", 0),
-                e.get("pipelined_units", False)) == \
+                e.get("pipelined_units", False), e.get("vector_lanes", 1)) == \
                 (cfg.family, cfg.bus_bytes, cfg.max_tokens, cfg.max_width, cfg.addr_width, cfg.weight_ports,
-                 cfg.matvec_engines, cfg.draft_vocab, cfg.pipelined_units):
+                 cfg.matvec_engines, cfg.draft_vocab, cfg.pipelined_units, cfg.vector_lanes):
             mtime = f.stat().st_mtime
             if best is None or mtime > best[0]:
                 e.setdefault("created", time.strftime("%Y-%m-%d %H:%M", time.localtime(mtime)))
@@ -862,43 +863,69 @@ def build(board: str, out, clock_mhz: float | None = None, do_estimate: bool = F
     return manifest
 
 
-def estimates_markdown(boards=("pynq-z2", "kv260", "zcu104"), progress=None, latest: bool = True,
-                       run_missing: bool = True) -> str:
-    """The resource table of docs/boards.md: the Yosys estimate of each board's build against its part. With
-    ``latest`` the newest cached estimate of each build is used (see :func:`latest_estimate`); Yosys runs only
-    for a build never estimated."""
+#: the builds of docs/boards.md's resource table: each board file's own build, then the build the 1.3B projection on
+#: the KV260 relies on (docs/performance.md: six weight ports x one way, k = 3, width 8192, drafts from the host)
+ESTIMATE_BUILDS = (("pynq-z2", {}), ("kv260", {}), ("zcu104", {}),
+                   ("kv260", {"max_width": 8192, "max_tokens": 3, "weight_ports": 6, "matvec_engines": 1,
+                              "draft_engine": False}))
+
+
+def _build_flags(overrides: dict) -> str:
+    """The ``mmfree build`` flags of :func:`config_for` overrides, e.g. ``--weight-ports 6 --no-draft-engine``."""
+    names = {"matvec_engines": "engines"}
+    flags = [f"--{names.get(k, k).replace('_', '-')} {v}" for k, v in overrides.items() if type(v) is not bool]
+    flags += [f"--{'' if v else 'no-'}{k.replace('_', '-')}" for k, v in overrides.items() if type(v) is bool]
+    return " ".join(flags)
+
+
+def _build_text(cfg: BuildConfig, overrides: dict) -> str:
+    """The build column of the resource table: bus, k, width, ports x ways, draft engine, units."""
+    ports = f"{cfg.weight_ports} weight port{'s' if cfg.weight_ports > 1 else ''} x {cfg.matvec_engines} " \
+            f"engine{'s' if cfg.matvec_engines > 1 else ''}"
+    extras = [f"draft engine {cfg.draft_vocab}" if cfg.draft_vocab else "no draft engine",
+              "pipelined units" if cfg.pipelined_units else "plain units"]
+    if cfg.vector_lanes != 1:
+        extras.append(f"V = {cfg.vector_lanes}")
+    origin = f"`{_build_flags(overrides)}`" if overrides else "the board file's"
+    return (f"{origin}: {8 * cfg.bus_bytes}-bit bus, k = {cfg.max_tokens}, width {cfg.max_width}, {ports}, "
+            + ", ".join(extras))
+
+
+def estimates_markdown(builds=ESTIMATE_BUILDS, progress=None, latest: bool = True, run_missing: bool = True) -> str:
+    """The resource table of docs/boards.md: the Yosys estimate of each build (``(board, config_for overrides)``)
+    against its part. With ``latest`` the newest cached estimate of each build is used (see
+    :func:`latest_estimate`); Yosys runs only for a build never estimated."""
     from mmfree.boardfile import load_board
 
-    rows = ["| board (part) | build | Yosys family | LUT | LUTRAM | FF | DSP | BRAM36 | LUT % | FF % | DSP % | "
-            "BRAM % | synth time |", "|---" * 13 + "|"]
+    rows = ["| board (part) | build | Yosys family | LUT | LUTRAM | FF | DSP | BRAM36 | URAM288 | LUT % | FF % | "
+            "DSP % | BRAM % | URAM % | synth time |", "|---" * 15 + "|"]
     meta = set()
-    for name in boards:
+    for name, overrides in builds:
         b = load_board(name)
-        cfg = config_for(b)
+        cfg = config_for(b, **overrides)
         est = latest_estimate(cfg) if latest else None
-        what = (f"{8 * cfg.bus_bytes}-bit bus, k = {cfg.max_tokens}, width {cfg.max_width}, "
-                f"{cfg.weight_ports} weight port{'s' if cfg.weight_ports > 1 else ''} x {cfg.matvec_engines} "
-                f"engine{'s' if cfg.matvec_engines > 1 else ''}")
+        what = _build_text(cfg, overrides)
         if est is None and not run_missing:
             rows.append(f"| {name} ({b.part}) | {what} | {cfg.family} | not estimated yet: `mmfree build --board "
-                        f"{name} --out DIR --estimate --no-vivado` |" + " |" * 9)
+                        f"{name} {_build_flags(overrides)} --out DIR --estimate --no-vivado` |" + " |" * 11)
             continue
         est = est or estimate(cfg, progress=progress)
         c, fit = est["counts"], fit_report(est["counts"], b)
         meta.add((est["yosys"], f"{est.get('source_key')} ({est.get('created')})"))
         verdict = "" if all(v["fraction"] <= FIT_LIMIT for v in fit.values()) else " **does not fit**"
+        uram = f"{fit['URAM']['fraction'] * 100:.0f}" if fit["URAM"]["available"] else "-"
         rows.append(f"| {name} ({b.part}){verdict} | {what} | {cfg.family} | {c['LUT']:,} | {c['LUTRAM']:,} | "
-                    f"{c['FF']:,} | {c['DSP']} | {c['BRAM']:g} | "
+                    f"{c['FF']:,} | {c['DSP']} | {c['BRAM']:g} | {c.get('URAM', 0):g} | "
                     + " | ".join(f"{100 * fit[k]['fraction']:.0f}" for k in ("LUT", "FF", "DSP", "BRAM"))
-                    + f" | {est['seconds'] / 60:.0f} min |")
+                    + f" | {uram} | {est['seconds'] / 60:.0f} min |")
     versions = ", ".join(sorted({v for v, _ in meta}))
     keys = ", ".join(sorted({k for _, k in meta}))
     return ("\n".join(rows) + f"\n\nYosys {versions}; RTL source key and date of each estimate: {keys} "
             "(`mmfree.boards.build._source_key`: the RTL moves on, so rerun for the current numbers); "
-            "LUT % counts LUT + LUTRAM cells; BRAM % is against the part's BRAM36 (URAM288 cells, the memories the build "
-            "marks ram_style \"ultra\", are counted apart in the fit check). Command: `mmfree build --board B "
-            "--out DIR --estimate --no-vivado` (or `python -m mmfree.boards.build --record-estimates`, which rewrites "
-            "this table).")
+            "LUT % counts LUT + LUTRAM cells; BRAM % is against the part's BRAM36 (RAMB36 + RAMB18 / 2) and URAM % "
+            "against its URAM288 (the memories the build marks ram_style \"ultra\"). Command: `mmfree build --board B "
+            "[the build's flags] --out DIR --estimate --no-vivado` (or `python -m mmfree.boards.build "
+            "--record-estimates`, which rewrites this table).")
 
 
 def record_estimates(doc=None, progress=None, run_missing: bool = True) -> Path:

@@ -688,7 +688,30 @@ def test_record_estimates_rewrites_the_docs_table(tmp_path, monkeypatch):
     assert text.startswith("before\n<!-- estimates:begin -->\n| board (part)")
     assert text.endswith("<!-- estimates:end -->\nafter\n")
     assert "old" not in text and "| pynq-z2 (xc7z020clg400-1) **does not fit** |" in text     # 60100 LUT > 53200
-    assert "| kv260 (xck26-sfvc784-2LV-c) | 128-bit bus" in text and "| zcu104 (" in text
+    assert "| kv260 (xck26-sfvc784-2LV-c) | the board file's: 128-bit bus" in text and "| zcu104 (" in text
+    # the 1.3B projection's build is a row of its own, named by the flags that make it
+    assert ("| kv260 (xck26-sfvc784-2LV-c) | `--max-width 8192 --max-tokens 3 --weight-ports 6 --engines 1 "
+            "--no-draft-engine`: 128-bit bus, k = 3, width 8192, 6 weight ports x 1 engine, no draft engine, "
+            "pipelined units |") in text
+    rows = [r for r in text.splitlines() if r.startswith("| ") and "(x" in r]
+    assert len(rows) == len(B.ESTIMATE_BUILDS) and all(r.count("|") == 16 for r in rows)
+    assert "| - | 10 min |" in rows[0]                                # the xc7z020 has no URAM288
+
+
+def test_latest_estimate_matches_the_whole_build(tmp_path, monkeypatch):
+    """A cached estimate stands for a build only when every parameter matches, the vector lanes included."""
+    monkeypatch.setenv("MMFREE_BUILD_CACHE", str(tmp_path))
+    cache = tmp_path / "boards" / "estimate"
+    cache.mkdir(parents=True)
+    cfg = B.config_for("kv260")
+    keys = ("family", "bus_bytes", "max_tokens", "max_width", "addr_width", "weight_ports", "matvec_engines",
+            "draft_vocab", "pipelined_units")
+    e = {k: getattr(cfg, k) for k in keys} | {"counts": {"LUT": 1}, "yosys": "0.23", "seconds": 1}
+    (cache / "a.json").write_text(json.dumps(e | {"vector_lanes": 2}))
+    assert B.latest_estimate(cfg) is None
+    assert B.latest_estimate(B.config_for("kv260", vector_lanes=2))["vector_lanes"] == 2
+    (cache / "b.json").write_text(json.dumps(e))          # made before lanes were recorded: one
+    assert B.latest_estimate(cfg)["counts"] == {"LUT": 1}
 
 
 def test_max_tokens_from_the_board_file(tmp_path):
