@@ -907,7 +907,8 @@ def estimates_markdown(builds=ESTIMATE_BUILDS, progress=None, latest: bool = Tru
         what = _build_text(cfg, overrides)
         if est is None and not run_missing:
             rows.append(f"| {name} ({b.part}) | {what} | {cfg.family} | not estimated yet: `mmfree build --board "
-                        f"{name} {_build_flags(overrides)} --out DIR --estimate --no-vivado` |" + " |" * 11)
+                        f"{' '.join([name, _build_flags(overrides)]).strip()} --out DIR --estimate --no-vivado` |"
+                        + " |" * 11)
             continue
         est = est or estimate(cfg, progress=progress)
         c, fit = est["counts"], fit_report(est["counts"], b)

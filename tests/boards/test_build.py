@@ -696,6 +696,10 @@ def test_record_estimates_rewrites_the_docs_table(tmp_path, monkeypatch):
     rows = [r for r in text.splitlines() if r.startswith("| ") and "(x" in r]
     assert len(rows) == len(B.ESTIMATE_BUILDS) and all(r.count("|") == 16 for r in rows)
     assert "| - | 10 min |" in rows[0]                                # the xc7z020 has no URAM288
+    missing = B.estimates_markdown(run_missing=False)               # nothing cached: each row says how to make it
+    assert "`mmfree build --board kv260 --out DIR --estimate --no-vivado`" in missing
+    assert "`mmfree build --board kv260 --max-width 8192 --max-tokens 3 --weight-ports 6 --engines 1 " \
+           "--no-draft-engine --out DIR --estimate --no-vivado`" in missing
 
 
 def test_latest_estimate_matches_the_whole_build(tmp_path, monkeypatch):
