@@ -641,6 +641,13 @@ def vivado_command(out: Path) -> str:
 # ======================================================================================================
 # resource estimate (Yosys synth_xilinx)
 # ======================================================================================================
+#: the build parameters an estimate records, each with what an estimate that lacks it was made with
+#: (:func:`latest_estimate`); None: recorded by every estimate
+_ESTIMATE_PARAMS = {"family": None, "bus_bytes": None, "max_tokens": None, "max_width": None, "addr_width": None,
+                    "weight_ports": 1, "matvec_engines": 2, "draft_vocab": 0, "pipelined_units": False,
+                    "vector_lanes": 1}
+
+
 def estimate(cfg: BuildConfig, verilog: Path | None = None, progress=None, timeout: float = 6 * 3600) -> dict:
     """Yosys ``synth_xilinx -family <family> -flatten`` of the whole accelerator for this build, cached by
     content (RTL sources, build parameters, family, Yosys version). Returns counts and the command."""
@@ -659,12 +666,9 @@ def estimate(cfg: BuildConfig, verilog: Path | None = None, progress=None, timeo
     t0 = time.perf_counter()
     counts = estimate_verilog(v, RM.TOP_NAME, cfg.family, yosys, timeout=timeout)
     counts.pop("cells", None)
-    res = {"family": cfg.family, "yosys": ver, "source_key": _source_key(cfg),
+    res = {"yosys": ver, "source_key": _source_key(cfg),
            "created": time.strftime("%Y-%m-%d %H:%M"),
-           "bus_bytes": cfg.bus_bytes, "max_tokens": cfg.max_tokens,
-           "max_width": cfg.max_width, "addr_width": cfg.addr_width, "weight_ports": cfg.weight_ports,
-           "matvec_engines": cfg.matvec_engines, "draft_vocab": cfg.draft_vocab,
-           "pipelined_units": cfg.pipelined_units, "vector_lanes": cfg.vector_lanes, "counts": counts,
+           **{k: getattr(cfg, k) for k in _ESTIMATE_PARAMS}, "counts": counts,
            "seconds": round(time.perf_counter() - t0, 1),
            "command": f"yosys -p 'read_verilog mmfree_accel.v; synth_xilinx -family {cfg.family} -top "
                       f"{RM.TOP_NAME} -flatten; stat'"}
@@ -684,11 +688,7 @@ def latest_estimate(cfg: BuildConfig) -> dict | None:
             e = json.loads(f.read_text())
         except (OSError, ValueError):
             continue
-        if (e.get("family"), e.get("bus_bytes"), e.get("max_tokens"), e.get("max_width"), e.get("addr_width"),
-                e.get("weight_ports", 1), e.get("matvec_engines", 2), e.get("draft_vocab", 0),
-                e.get("pipelined_units", False), e.get("vector_lanes", 1)) == \
-                (cfg.family, cfg.bus_bytes, cfg.max_tokens, cfg.max_width, cfg.addr_width, cfg.weight_ports,
-                 cfg.matvec_engines, cfg.draft_vocab, cfg.pipelined_units, cfg.vector_lanes):
+        if all(e.get(k, default) == getattr(cfg, k) for k, default in _ESTIMATE_PARAMS.items()):
             mtime = f.stat().st_mtime
             if best is None or mtime > best[0]:
                 e.setdefault("created", time.strftime("%Y-%m-%d %H:%M", time.localtime(mtime)))
