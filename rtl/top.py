@@ -183,13 +183,19 @@ class MmfreeAccel(wiring.Component):
                      csr.in_argmax.eq(seq.argmax), csr.in_pc.eq(seq.pc), csr.in_cycles.eq(seq.cycles),
                      csr.in_gen_count.eq(gen.count), csr.in_gen_passes.eq(gen.passes), csr.in_gen_nodes.eq(gen.nodes),
                      csr.in_gen_cycles.eq(gen.cycles), csr.in_gen_state.eq(gen.gen_state)]
+        # The counters add what the cycle before saw (its busy, stall and beats, registered): the handshakes behind
+        # the beats are long combinational paths, kept out of the 64-bit adders. A run's last cycle is counted in
+        # the cycle after it, before DONE can be read (its last W beat waits for B and the quiet AXI engines).
         stalls, rd_bytes, wr_bytes = Signal(64), Signal(64), Signal(64)
+        rd_beats = sum(r.beats for r in [rd, *wrd])
+        busy_q, stall_q = Signal(), Signal()
+        rd_beats_q, wr_beats_q = Signal.like(rd_beats), Signal.like(wr.beats)
+        m.d.sync += [busy_q.eq(seq.busy), stall_q.eq(dp.stall), rd_beats_q.eq(rd_beats), wr_beats_q.eq(wr.beats)]
         with m.If(seq.start & ~seq.busy):
             m.d.sync += [stalls.eq(0), rd_bytes.eq(0), wr_bytes.eq(0)]
-        with m.Elif(seq.busy):
-            m.d.sync += [stalls.eq(stalls + dp.stall),
-                         rd_bytes.eq(rd_bytes + sum(r.beats for r in [rd, *wrd]) * hw.bus_bytes),
-                         wr_bytes.eq(wr_bytes + wr.beats * hw.bus_bytes)]
+        with m.Elif(busy_q):
+            m.d.sync += [stalls.eq(stalls + stall_q), rd_bytes.eq(rd_bytes + rd_beats_q * hw.bus_bytes),
+                         wr_bytes.eq(wr_bytes + wr_beats_q * hw.bus_bytes)]
         m.d.comb += [csr.in_stalls.eq(stalls), csr.in_rd_bytes.eq(rd_bytes), csr.in_wr_bytes.eq(wr_bytes)]
 
     def _datapath_wiring(self, v):
