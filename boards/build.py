@@ -891,42 +891,67 @@ def _build_text(cfg: BuildConfig, overrides: dict) -> str:
             + ", ".join(extras))
 
 
-def estimates_markdown(builds=ESTIMATE_BUILDS, progress=None, latest: bool = True, run_missing: bool = True) -> str:
+_NOT_FIT = " **does not fit**"
+
+
+def _table_rows(table: str) -> dict[tuple[str, str], list[str]]:
+    """The rows of an earlier resource table (markdown), by (board cell without the does-not-fit mark, build cell):
+    each row's cells, stripped."""
+    rows = {}
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| ") and len(cells) >= 14 and "(x" in cells[0]:
+            rows[(cells[0].replace(_NOT_FIT, ""), cells[1])] = cells
+    return rows
+
+
+def estimates_markdown(builds=ESTIMATE_BUILDS, progress=None, latest: bool = True, run_missing: bool = True,
+                       previous: str = "") -> str:
     """The resource table of docs/boards.md: the Yosys estimate of each build (``(board, config_for overrides)``)
-    against its part. With ``latest`` the newest cached estimate of each build is used (see
-    :func:`latest_estimate`); Yosys runs only for a build never estimated."""
+    against its part, each row naming the RTL source key and date of its estimate. With ``latest`` the newest cached
+    estimate of each build is used (see :func:`latest_estimate`); Yosys runs only for a build never estimated, and
+    only with ``run_missing``. Without it, a build with no cached estimate keeps its row of ``previous`` (the
+    table this one replaces: estimates are cached per machine, so a fresh machine would otherwise blank the rows
+    it did not rerun) and otherwise names the command that makes it."""
     from mmfree.boardfile import load_board
 
     rows = ["| board (part) | build | Yosys family | LUT | LUTRAM | FF | DSP | BRAM36 | URAM288 | LUT % | FF % | "
-            "DSP % | BRAM % | URAM % | synth time |", "|---" * 15 + "|"]
-    meta = set()
+            "DSP % | BRAM % | URAM % | synth time | estimated on (RTL key, date) |", "|---" * 16 + "|"]
+    before = _table_rows(previous)
+    versions = set()
     for name, overrides in builds:
         b = load_board(name)
         cfg = config_for(b, **overrides)
         est = latest_estimate(cfg) if latest else None
         what = _build_text(cfg, overrides)
         if est is None and not run_missing:
+            old = before.get((f"{name} ({b.part})", what))
+            if old is not None and not old[3].startswith("not estimated"):
+                if len(old) == 15:          # a table from before the per-row column
+                    old.append("an earlier RTL (that table gave the keys of all its rows together)")
+                rows.append("| " + " | ".join(old) + " |")
+                continue
             rows.append(f"| {name} ({b.part}) | {what} | {cfg.family} | not estimated yet: `mmfree build --board "
                         f"{' '.join([name, _build_flags(overrides)]).strip()} --out DIR --estimate --no-vivado` |"
-                        + " |" * 11)
+                        + " |" * 12)
             continue
         est = est or estimate(cfg, progress=progress)
         c, fit = est["counts"], fit_report(est["counts"], b)
-        meta.add((est["yosys"], f"{est.get('source_key')} ({est.get('created')})"))
-        verdict = "" if all(v["fraction"] <= FIT_LIMIT for v in fit.values()) else " **does not fit**"
+        versions.add(est["yosys"])
+        verdict = "" if all(v["fraction"] <= FIT_LIMIT for v in fit.values()) else _NOT_FIT
         uram = f"{fit['URAM']['fraction'] * 100:.0f}" if fit["URAM"]["available"] else "-"
         rows.append(f"| {name} ({b.part}){verdict} | {what} | {cfg.family} | {c['LUT']:,} | {c['LUTRAM']:,} | "
                     f"{c['FF']:,} | {c['DSP']} | {c['BRAM']:g} | {c.get('URAM', 0):g} | "
                     + " | ".join(f"{100 * fit[k]['fraction']:.0f}" for k in ("LUT", "FF", "DSP", "BRAM"))
-                    + f" | {uram} | {est['seconds'] / 60:.0f} min |")
-    versions = ", ".join(sorted({v for v, _ in meta}))
-    keys = ", ".join(sorted({k for _, k in meta}))
-    return ("\n".join(rows) + f"\n\nYosys {versions}; RTL source key and date of each estimate: {keys} "
-            "(`mmfree.boards.build._source_key`: the RTL moves on, so rerun for the current numbers); "
-            "LUT % counts LUT + LUTRAM cells; BRAM % is against the part's BRAM36 (RAMB36 + RAMB18 / 2) and URAM % "
-            "against its URAM288 (the memories the build marks ram_style \"ultra\"). Command: `mmfree build --board B "
-            "[the build's flags] --out DIR --estimate --no-vivado` (or `python -m mmfree.boards.build "
-            "--record-estimates`, which rewrites this table).")
+                    + f" | {uram} | {est['seconds'] / 60:.0f} min | {est.get('source_key')}, {est.get('created')} |")
+    made_here = f"Yosys {', '.join(sorted(versions))} for the rows estimated here; " if versions else ""
+    return ("\n".join(rows) + f"\n\n{made_here}The last "
+            "column is each estimate's `mmfree.boards.build._source_key` and date (the RTL moves on, so rerun for the "
+            "current numbers); LUT % counts LUT + LUTRAM cells; BRAM % is against the part's BRAM36 (RAMB36 + RAMB18 / "
+            "2) and URAM % against its URAM288 (the memories the build marks ram_style \"ultra\"). Command: `mmfree "
+            "build --board B [the build's flags] --out DIR --estimate --no-vivado` (or `python -m mmfree.boards.build "
+            "--record-estimates`, which rewrites this table from the estimates cached on this machine and keeps the "
+            "rows it has none for).")
 
 
 def record_estimates(doc=None, progress=None, run_missing: bool = True) -> Path:
@@ -941,14 +966,15 @@ def record_estimates(doc=None, progress=None, run_missing: bool = True) -> Path:
     begin, end = "<!-- estimates:begin -->", "<!-- estimates:end -->"
     if begin not in text or end not in text:
         raise MmfreeError(f"{doc} has no {begin} ... {end} section")
-    table = estimates_markdown(progress=progress, run_missing=run_missing)
     head, rest = text.split(begin, 1)
+    table = estimates_markdown(progress=progress, run_missing=run_missing, previous=rest.split(end, 1)[0])
     write_text(doc, head + begin + "\n" + table + "\n" + end + rest.split(end, 1)[1])
     return doc
 
 
-if __name__ == "__main__":          # python -m mmfree.boards.build BOARD OUT | --record-estimates
-    if sys.argv[1:] == ["--record-estimates"]:
-        print(record_estimates(progress=lambda m: print(m, file=sys.stderr, flush=True)))
+if __name__ == "__main__":          # python -m mmfree.boards.build BOARD OUT | --record-estimates [--run-missing]
+    if sys.argv[1:2] == ["--record-estimates"]:       # [--run-missing]: run Yosys for builds with no estimate here
+        print(record_estimates(progress=lambda m: print(m, file=sys.stderr, flush=True),
+                               run_missing=sys.argv[2:] == ["--run-missing"]))
     else:
         print(json.dumps(build(sys.argv[1], sys.argv[2], progress=print), indent=2, default=str))

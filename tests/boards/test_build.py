@@ -694,12 +694,40 @@ def test_record_estimates_rewrites_the_docs_table(tmp_path, monkeypatch):
             "--no-draft-engine`: 128-bit bus, k = 3, width 8192, 6 weight ports x 1 engine, no draft engine, "
             "pipelined units |") in text
     rows = [r for r in text.splitlines() if r.startswith("| ") and "(x" in r]
-    assert len(rows) == len(B.ESTIMATE_BUILDS) and all(r.count("|") == 16 for r in rows)
-    assert "| - | 10 min |" in rows[0]                                # the xc7z020 has no URAM288
+    assert len(rows) == len(B.ESTIMATE_BUILDS) and all(r.count("|") == 17 for r in rows)
+    assert "| - | 10 min | k, d |" in rows[0]                         # the xc7z020 has no URAM288; the RTL key, date
     missing = B.estimates_markdown(run_missing=False)               # nothing cached: each row says how to make it
     assert "`mmfree build --board kv260 --out DIR --estimate --no-vivado`" in missing
     assert "`mmfree build --board kv260 --max-width 8192 --max-tokens 3 --weight-ports 6 --engines 1 " \
            "--no-draft-engine --out DIR --estimate --no-vivado`" in missing
+
+
+def test_record_estimates_keeps_the_rows_it_has_no_estimate_for(tmp_path, monkeypatch):
+    """Estimates are cached per machine: rewriting the table where only some builds were estimated keeps the other
+    rows of the table before (its own RTL key with them; a row of the older 15-column table says its key is not
+    known per row), and a build never estimated names its command."""
+    est = {"yosys": "0.23", "counts": {"LUT": 100, "LUTRAM": 1, "FF": 2, "DSP": 3, "BRAM": 4.5}, "seconds": 60,
+           "source_key": "new", "created": "today"}
+    kv260 = B.config_for("kv260")
+    monkeypatch.setattr(B, "latest_estimate", lambda cfg: est | {"family": cfg.family} if cfg == kv260 else None)
+    monkeypatch.setattr(B, "estimate", lambda cfg, progress=None: pytest.fail("ran Yosys"))
+    pynq, proj = B.ESTIMATE_BUILDS[0], B.ESTIMATE_BUILDS[3]
+    from mmfree.boardfile import load_board
+
+    def cells(b):
+        return f"{b[0]} ({load_board(b[0]).part}) | {B._build_text(B.config_for(b[0], **b[1]), b[1])}"
+
+    previous = (f"| {cells(pynq)} | xc7 | 36,462 | 129 | 36,855 | 146 | 67.5 | 0 | 69 | 35 | 66 | 48 | - | 10 min |\n"
+                f"| {cells(proj)} | xcup | 1 | 2 | 3 | 4 | 5 | 6 | 7 | 8 | 9 | 10 | 11 | 40 min | old, then |")
+    doc = tmp_path / "boards.md"
+    doc.write_text(f"<!-- estimates:begin -->\n{previous}\n<!-- estimates:end -->\n")
+    B.record_estimates(doc, run_missing=False)
+    rows = [r for r in doc.read_text().splitlines() if r.startswith("| ") and "(x" in r]
+    assert len(rows) == 4 and all(r.count("|") == 17 for r in rows)
+    assert rows[0].startswith(f"| {cells(pynq)} | xc7 | 36,462 |") and "an earlier RTL" in rows[0]
+    assert "| 100 | 1 | 2 | 3 | 4.5 |" in rows[1] and rows[1].endswith("| new, today |")      # kv260: estimated here
+    assert "not estimated yet: `mmfree build --board zcu104 --out DIR" in rows[2]
+    assert rows[3] == f"| {cells(proj)} | xcup | 1 | 2 | 3 | 4 | 5 | 6 | 7 | 8 | 9 | 10 | 11 | 40 min | old, then |"
 
 
 def test_latest_estimate_matches_the_whole_build(tmp_path, monkeypatch):
