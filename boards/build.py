@@ -908,15 +908,15 @@ def _table_rows(table: str) -> dict[tuple[str, str], list[str]]:
 def estimates_markdown(builds=ESTIMATE_BUILDS, progress=None, latest: bool = True, run_missing: bool = True,
                        previous: str = "") -> str:
     """The resource table of docs/boards.md: the Yosys estimate of each build (``(board, config_for overrides)``)
-    against its part, each row naming the RTL source key and date of its estimate. With ``latest`` the newest cached
-    estimate of each build is used (see :func:`latest_estimate`); Yosys runs only for a build never estimated, and
-    only with ``run_missing``. Without it, a build with no cached estimate keeps its row of ``previous`` (the
-    table this one replaces: estimates are cached per machine, so a fresh machine would otherwise blank the rows
-    it did not rerun) and otherwise names the command that makes it."""
+    against its part, each row naming its estimate's key (RTL sources and build parameters) and date. With
+    ``latest`` the newest cached estimate of each build is used (see :func:`latest_estimate`); Yosys runs only for
+    a build never estimated, and only with ``run_missing``. Without it, a build with no cached estimate keeps its
+    row of ``previous`` (the table this one replaces: estimates are cached per machine, so a fresh machine would
+    otherwise blank the rows it did not rerun) and otherwise names the command that makes it."""
     from mmfree.boardfile import load_board
 
     rows = ["| board (part) | build | Yosys family | LUT | LUTRAM | FF | DSP | BRAM36 | URAM288 | LUT % | FF % | "
-            "DSP % | BRAM % | URAM % | synth time | estimated on (RTL key, date) |", "|---" * 16 + "|"]
+            "DSP % | BRAM % | URAM % | synth time | estimate (key of RTL + build, date) |", "|---" * 16 + "|"]
     before = _table_rows(previous)
     versions = set()
     for name, overrides in builds:
@@ -945,13 +945,13 @@ def estimates_markdown(builds=ESTIMATE_BUILDS, progress=None, latest: bool = Tru
                     + " | ".join(f"{100 * fit[k]['fraction']:.0f}" for k in ("LUT", "FF", "DSP", "BRAM"))
                     + f" | {uram} | {est['seconds'] / 60:.0f} min | {est.get('source_key')}, {est.get('created')} |")
     made_here = f"Yosys {', '.join(sorted(versions))} for the rows estimated here; " if versions else ""
-    return ("\n".join(rows) + f"\n\n{made_here}The last "
-            "column is each estimate's `mmfree.boards.build._source_key` and date (the RTL moves on, so rerun for the "
-            "current numbers); LUT % counts LUT + LUTRAM cells; BRAM % is against the part's BRAM36 (RAMB36 + RAMB18 / "
-            "2) and URAM % against its URAM288 (the memories the build marks ram_style \"ultra\"). Command: `mmfree "
-            "build --board B [the build's flags] --out DIR --estimate --no-vivado` (or `python -m mmfree.boards.build "
-            "--record-estimates`, which rewrites this table from the estimates cached on this machine and keeps the "
-            "rows it has none for).")
+    return ("\n".join(rows) + f"\n\n{made_here}The last column is each estimate's key "
+            "(`mmfree.boards.build._source_key`: a hash of the RTL sources and the build's parameters) and date (the "
+            "RTL moves on, so rerun for the current numbers); LUT % counts LUT + LUTRAM cells; BRAM % is against the "
+            "part's BRAM36 (RAMB36 + RAMB18 / 2) and URAM % against its URAM288 (the memories the build marks "
+            "ram_style \"ultra\"). Command: `mmfree build --board B [the build's flags] --out DIR --estimate "
+            "--no-vivado` (or `python -m mmfree.boards.build --record-estimates`, which rewrites this table from the "
+            "estimates cached on this machine and keeps the rows it has none for).")
 
 
 def record_estimates(doc=None, progress=None, run_missing: bool = True) -> Path:

@@ -695,7 +695,7 @@ def test_record_estimates_rewrites_the_docs_table(tmp_path, monkeypatch):
             "pipelined units |") in text
     rows = [r for r in text.splitlines() if r.startswith("| ") and "(x" in r]
     assert len(rows) == len(B.ESTIMATE_BUILDS) and all(r.count("|") == 17 for r in rows)
-    assert "| - | 10 min | k, d |" in rows[0]                         # the xc7z020 has no URAM288; the RTL key, date
+    assert "| - | 10 min | k, d |" in rows[0]                         # the xc7z020 has no URAM288; the key, date
     missing = B.estimates_markdown(run_missing=False)               # nothing cached: each row says how to make it
     assert "`mmfree build --board kv260 --out DIR --estimate --no-vivado`" in missing
     assert "`mmfree build --board kv260 --max-width 8192 --max-tokens 3 --weight-ports 6 --engines 1 " \
@@ -704,7 +704,7 @@ def test_record_estimates_rewrites_the_docs_table(tmp_path, monkeypatch):
 
 def test_record_estimates_keeps_the_rows_it_has_no_estimate_for(tmp_path, monkeypatch):
     """Estimates are cached per machine: rewriting the table where only some builds were estimated keeps the other
-    rows of the table before (its own RTL key with them; a row of the older 15-column table says its key is not
+    rows of the table before (their own keys with them; a row of the older 15-column table says its key is not
     known per row), and a build never estimated names its command."""
     est = {"yosys": "0.23", "counts": {"LUT": 100, "LUTRAM": 1, "FF": 2, "DSP": 3, "BRAM": 4.5}, "seconds": 60,
            "source_key": "new", "created": "today"}
