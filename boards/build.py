@@ -945,9 +945,10 @@ def estimates_markdown(builds=ESTIMATE_BUILDS, progress=None, latest: bool = Tru
                     + " | ".join(f"{100 * fit[k]['fraction']:.0f}" for k in ("LUT", "FF", "DSP", "BRAM"))
                     + f" | {uram} | {est['seconds'] / 60:.0f} min | {est.get('source_key')}, {est.get('created')} |")
     made_here = f"Yosys {', '.join(sorted(versions))} for the rows estimated here; " if versions else ""
-    return ("\n".join(rows) + f"\n\n{made_here}The last column is each estimate's key "
+    return ("\n".join(rows) + f"\n\n{made_here}{'t' if made_here else 'T'}he last column is each estimate's key "
             "(`mmfree.boards.build._source_key`: a hash of the RTL sources and the build's parameters) and date (the "
-            "RTL moves on, so rerun for the current numbers); LUT % counts LUT + LUTRAM cells; BRAM % is against the "
+            "RTL moves on, so rerun for the current numbers); synth time is Yosys's wall time on the machine that ran "
+            "it (longer on a busy one); LUT % counts LUT + LUTRAM cells; BRAM % is against the "
             "part's BRAM36 (RAMB36 + RAMB18 / 2) and URAM % against its URAM288 (the memories the build marks "
             "ram_style \"ultra\"). Command: `mmfree build --board B [the build's flags] --out DIR --estimate "
             "--no-vivado` (or `python -m mmfree.boards.build --record-estimates`, which rewrites this table from the "
