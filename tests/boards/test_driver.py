@@ -598,20 +598,6 @@ class _PtyUio:
         os.close(self.slave)
 
 
-def _settles(cond, within_s: float = 5.0) -> bool:
-    """``cond()`` becomes true within ``within_s``: the UIO stand-in's thread counts an interrupt after the board's
-    step that raised it, so a pass the driver saw end (IRQ_STATUS read before or after its wait) may be counted a
-    moment later; on a loaded machine that moment was long enough to fail an immediate check."""
-    import time as _time
-
-    deadline = _time.monotonic() + within_s
-    while not cond():
-        if _time.monotonic() > deadline:
-            return False
-        _time.sleep(0.001)
-    return True
-
-
 @pytest.fixture
 def pynq_irq():
     """(a pynq.interrupt.Interrupt on the accelerator's pin, the busy board behind it, the UIO stand-in, the event
@@ -666,9 +652,12 @@ def test_interrupt_wait_through_pynq_interrupt(model, reference, pynq_irq, monke
     assert acc.transport.irq is irq and acc.transport.loop is loop
     g = acc.generate(PROMPT, N_TOKENS)
     assert g.tokens == reference
-    assert _settles(lambda: uio.fired == len(g.passes) == uio.enables)     # each pass ended by its interrupt
+    # the UIO stand-in's thread counts an interrupt after the board step that raised it, so a pass the driver saw
+    # end (IRQ_STATUS read before or after its wait) may be counted a moment later
+    H.wait_for(lambda: uio.fired == len(g.passes) == uio.enables, 5, "an interrupt per pass", poll_s=0.001)
     g2 = acc.generate(ids, N_TOKENS, draft="trigram", k=4)
-    assert g2.tokens == reference and _settles(lambda: uio.fired == len(g.passes) + len(g2.passes))
+    assert g2.tokens == reference
+    H.wait_for(lambda: uio.fired == len(g.passes) + len(g2.passes), 5, "an interrupt per pass", poll_s=0.001)
     acc.close()
     assert fake.freed
 
@@ -693,7 +682,7 @@ def test_interrupt_wait_times_out_and_recovers(model, pynq_irq, monkeypatch):
         assert board.events[-3:] == ["start", "soft_reset", "idle"]
     board.step = run
     assert acc.host.run([1]).argmax.shape == (1,)
-    assert _settles(lambda: uio.fired == 1)
+    H.wait_for(lambda: uio.fired == 1, 5, "the recovered pass's interrupt", poll_s=0.001)     # counted late
     acc.close()
 
 

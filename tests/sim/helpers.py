@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -218,3 +219,15 @@ def busy_board(hw, finish: bool = True, **kw):
                 return True
 
     return BusyBoard()
+
+
+def wait_for(cond, timeout: float, what: str, poll_s: float = 0.1):
+    """``cond()``'s first true value, polled every ``poll_s`` for at most ``timeout`` seconds; AssertionError
+    naming ``what`` when it stays false (a thread or process that acts a moment after the call under test)."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        v = cond()
+        if v:
+            return v
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out waiting for {what}")
