@@ -968,8 +968,9 @@ def record_estimates(doc=None, progress=None, run_missing: bool = True) -> Path:
     if begin not in text or end not in text:
         raise MmfreeError(f"{doc} has no {begin} ... {end} section")
     head, rest = text.split(begin, 1)
-    table = estimates_markdown(progress=progress, run_missing=run_missing, previous=rest.split(end, 1)[0])
-    write_text(doc, head + begin + "\n" + table + "\n" + end + rest.split(end, 1)[1])
+    previous, tail = rest.split(end, 1)
+    table = estimates_markdown(progress=progress, run_missing=run_missing, previous=previous)
+    write_text(doc, head + begin + "\n" + table + "\n" + end + tail)
     return doc
 
 
