@@ -46,7 +46,7 @@ PIPELINED: dict[str, tuple[Callable, str]] = {
     f"{base}_p": ((lambda f=f: f(pipelined=True)), base)
     for base, (f, _) in VECTOR_UNITS.items()
     if base in ("sigmoid", "silu", "forget_rate", "hgrn_update", "mlgru_update", "gated_product",
-                "output_multiplier", "dequantize", "codes", "codes_from_p", "reciprocal")
+                "output_multiplier", "dequantize", "codes", "codes_from_p", "reciprocal", "quant_stats")
 }
 #: name -> zero-argument factory of every pipelined variant.
 PIPELINED_VARIANTS: dict[str, Callable] = {name: f for name, (f, _) in PIPELINED.items()}

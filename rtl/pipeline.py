@@ -62,6 +62,11 @@ class Pipeline:
     def __contains__(self, name: str) -> bool:
         return name in self._values
 
+    def drop(self, *names: str) -> None:
+        """Forget values of the current stage (temporaries that later stages need not carry)."""
+        for name in names:
+            del self._values[name]
+
     @property
     def fire(self) -> Value:
         """High when the element of the current stage moves on this cycle (valid and enabled)."""
@@ -99,33 +104,44 @@ class Pipeline:
         so that every partial product fits one DSP / MULT18 tile; the partial products are registered, then
         summed by a tree of registered two-input adds; ``p[out]`` is the final sum in the stage the call
         ends in. Adds ``ceil(log2(pieces))`` stages (0 when both operands fit one piece)."""
-        a, b = Value.cast(a), Value.cast(b)
-        pa, pb = _pieces(a, chunk), _pieces(b, chunk)
-        if not split or len(pa) * len(pb) == 1:
-            self[out] = a * b
-            return
-        terms = []
-        for i, (va, sa) in enumerate(pa):
-            for j, (vb, sb) in enumerate(pb):
-                name = f"{out}_pp{i}{j}"
-                self[name] = va * vb
-                terms.append((name, sa + sb))
+        self.multiply_all({out: (a, b)}, split, chunk)
+
+    def multiply_all(self, products: dict, split: bool = False, chunk: int = MUL_CHUNK) -> None:
+        """:meth:`multiply` of several independent products side by side (``products``: ``{out: (a, b)}``):
+        their partial products and adder trees share stages, so the call adds the stages of the largest
+        product only."""
+        trees = {}
+        for out, (a, b) in products.items():
+            a, b = Value.cast(a), Value.cast(b)
+            pa, pb = _pieces(a, chunk), _pieces(b, chunk)
+            if not split or len(pa) * len(pb) == 1:
+                self[out] = a * b
+                continue
+            terms = []
+            for i, (va, sa) in enumerate(pa):
+                for j, (vb, sb) in enumerate(pb):
+                    name = f"{out}_pp{i}{j}"
+                    self[name] = va * vb
+                    terms.append((name, sa + sb))
+            trees[out] = (terms, a * b)
         level = 0
-        while len(terms) > 1:
+        while any(len(terms) > 1 for terms, _ in trees.values()):
             self.next()
             level += 1
-            nxt = []
-            for k in range(0, len(terms), 2):
-                pair = terms[k:k + 2]
-                name = f"{out}_s{level}_{k // 2}"
-                lo = min(sh for _, sh in pair)
-                self[name] = _sum_shifted([(self[n], sh - lo) for n, sh in pair])
-                nxt.append((name, lo))
-            terms = nxt
-        name, sh = terms[0]
-        self[out] = (self[name] << sh)[:len(a * b)]
-        if (a * b).shape().signed:
-            self[out] = self[out].as_signed()
+            for out, (terms, prod) in trees.items():
+                nxt = []
+                for k in range(0, len(terms), 2):
+                    pair = terms[k:k + 2]
+                    name = f"{out}_s{level}_{k // 2}"
+                    lo = min(sh for _, sh in pair)
+                    self[name] = _sum_shifted([(self[n], sh - lo) for n, sh in pair])
+                    nxt.append((name, lo))
+                trees[out] = (nxt, prod)
+        for out, (terms, prod) in trees.items():
+            name, sh = terms[0]
+            self[out] = (self[name] << sh)[:len(prod)]
+            if prod.shape().signed:
+                self[out] = self[out].as_signed()
 
     def shift_round(self, out: str, x: str, s: str, max_s: int, split: bool = False) -> None:
         """``p[out] = rshift_round(p[x], p[s], max_s)``; ``split=True`` registers the rounding add before

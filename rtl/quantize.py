@@ -174,29 +174,34 @@ class QuantStats(wiring.Component):
     OUT = _layout(p=signed(P_WIDTH), S=unsigned(S_WIDTH), P=unsigned(PMAX_WIDTH), last=1,
                   z=signed(Z_WIDTH), Z=unsigned(ZMAX_WIDTH), sz=unsigned(SZ_WIDTH))
 
-    def __init__(self):
+    def __init__(self, pipelined: bool = False):
+        self.pipelined = _pipelined_arg(self, pipelined)
         super().__init__({"i": In(stream.Signature(self.IN)), "o": Out(stream.Signature(self.OUT))})
 
     def elaborate(self, platform):
         m = Module()
+        split = self.pipelined
         p = Pipeline(m, self.i, self.o)
         for f in ("u", "n", "nw", "shift", "sz", "last"):
             p[f] = getattr(self.i.payload, f)
         p.next()
-        sh = p["shift"]
-        right = rshift_round(p["u"], Mux(sh < 0, 0, sh)[:width_for(U_SHIFT_MAX)], U_SHIFT_MAX)
-        left = p["u"] << Mux(sh < 0, -sh, 0)[:width_for(-U_SHIFT_MIN)]
-        p["up"] = Mux(sh < 0, left[:UP_WIDTH], right[:UP_WIDTH]).as_signed()
+        self._normalise(p, split)
         p.next()
-        # two UP_WIDTH x VEC_WIDTH products (several DSPs each)
-        p["zv"] = (p["up"] * p["n"])[:Z_WIDTH].as_signed()
-        p["pv"] = (p["up"] * p["nw"])[:P_WIDTH].as_signed()
+        # two UP_WIDTH x VEC_WIDTH products (four DSP-sized partial products each)
+        p.multiply_all({"zf": (p["up"], p["n"]), "pf": (p["up"], p["nw"])}, split)
+        p["zv"] = p["zf"][:Z_WIDTH].as_signed()
+        p["pv"] = p["pf"][:P_WIDTH].as_signed()
+        p.drop("zf", "pf")
         p.next()
         p["az"] = absval(p["zv"])[:ZMAX_WIDTH]
         p["ap"] = absval(p["pv"])[:PMAX_WIDTH]
-        p["zs"] = rshift_round(p["zv"], p["sz"], SZ_MAX)[:ZS_BITS + 2].as_signed()
+        p.shift_round("zsr", "zv", "sz", SZ_MAX, split)
+        p["zs"] = p["zsr"][:ZS_BITS + 2].as_signed()
+        p.drop("zsr")
         p.next()
-        p["sq"] = (p["zs"] * p["zs"]).as_unsigned()[:2 * ZS_BITS + 1]
+        p.multiply("sqf", p["zs"], p["zs"], split)
+        p["sq"] = p["sqf"].as_unsigned()[:2 * ZS_BITS + 1]
+        p.drop("sqf")
         p.next()
         s_run = Signal(S_WIDTH)
         p_run = Signal(PMAX_WIDTH)
@@ -209,10 +214,28 @@ class QuantStats(wiring.Component):
                          z_run.eq(Mux(p["last"], 0, z_new))]
         p["S"], p["P"], p["Z"] = s_new, p_new, z_new
         p.next()
-        p["szo"] = sz_of(p["Z"])
+        p.bitlen("blz", "Z", split, hit_stage=split)
+        p["szo"] = Mux(p["blz"] > ZS_BITS, p["blz"] - ZS_BITS, 0)[:SZ_WIDTH]
+        p.drop("blz")
         p.next()
         p.finish(p=p["pv"], z=p["zv"], S=p["S"], P=p["P"], Z=p["Z"], sz=p["szo"], last=p["last"])
         return m
+
+    @staticmethod
+    def _normalise(p, split):
+        """``p["up"] = u 2**-shift`` (rounded right shift, or left shift for a negative ``shift``); ``split``:
+        the shift amounts, the rounding add and the shift in three stages."""
+        sh = p["shift"]
+        shr = Mux(sh < 0, 0, sh)[:width_for(U_SHIFT_MAX)]
+        shl = Mux(sh < 0, -sh, 0)[:width_for(-U_SHIFT_MIN)]
+        if split:
+            p["shr"], p["shl"], p["neg"] = shr, shl, sh < 0
+            p.next()
+            p.shift_round("right", "u", "shr", U_SHIFT_MAX, split)
+            right, left, neg = p["right"], p["u"] << p["shl"], p["neg"]
+        else:
+            right, left, neg = rshift_round(p["u"], shr, U_SHIFT_MAX), p["u"] << shl, sh < 0
+        p["up"] = Mux(neg, left[:UP_WIDTH], right[:UP_WIDTH]).as_signed()
 
 
 class Reciprocal(wiring.Component):

@@ -227,7 +227,8 @@ class VectorEngine(wiring.Component):
         """QuantStats (V lanes) and Reciprocal per slot and token (QSTATS; QCODES reuses the slot's QuantStats).
         Returns ``(qs, stats_done)``, ``qs[p][t]`` the V lanes of slot p, token t."""
         K, V, is_ = self.hw.max_tokens, self.hw.vector_lanes, v.is_
-        qs = [[[Q.QuantStats() for _ in range(V)] for _ in range(K)] for _ in range(I.SLOTS)]
+        piped = self.hw.pipelined_units
+        qs = [[[Q.QuantStats(pipelined=piped) for _ in range(V)] for _ in range(K)] for _ in range(I.SLOTS)]
         stats_done = v.all_issued
         shx, sha = Array(self.shx[t] for t in range(K)), Array(self.sha[t] for t in range(K))
         for p in range(I.SLOTS):

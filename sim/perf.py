@@ -90,7 +90,8 @@ RTL_TIMING["recip"] = _R_WIDTH + 4
 #: OutputMultiplier's path (the k tokens after the vector's S) is the longer one, not the Codes'.
 PIPELINED_PATHS = {
     "recip": ("reciprocal",),
-    "qcodes_tail": ("output_multiplier",),
+    "qstats_tail": ("quant_stats",),
+    "qcodes_tail": ("quant_stats", "output_multiplier"),
     "hgrn_token": ("mlgru_update",),
     "hgrn_tail": ("gated_product",),
     "mv_store": ("dequantize",),

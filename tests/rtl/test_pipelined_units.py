@@ -72,7 +72,45 @@ def test_split_multiply_is_exact(wa, wb, sa, sb):
     assert got == [x * y for x, y in zip(a, b)]
 
 
-@pytest.mark.parametrize("cls", [A.Sigmoid, A.MlgruUpdate, Q.Dequantize, Q.OutputMultiplier, Q.Reciprocal])
+class _Mul2(wiring.Component):
+    """``y = a * b`` (32 x 32: four partial products, two adder levels) and ``z = a * c`` (32 x 17: two partial
+    products, one level) through one :meth:`Pipeline.multiply_all`."""
+
+    IN = data.StructLayout({"a": signed(32), "b": signed(32), "c": unsigned(17)})
+    OUT = data.StructLayout({"y": signed(64), "z": signed(49)})
+
+    def __init__(self):
+        super().__init__({"i": In(stream.Signature(self.IN)), "o": Out(stream.Signature(self.OUT))})
+
+    def elaborate(self, platform):
+        m = Module()
+        p = Pipeline(m, self.i, self.o)
+        for f in ("a", "b", "c"):
+            p[f] = getattr(self.i.payload, f)
+        p.next()
+        p.multiply_all({"y": (p["a"], p["b"]), "z": (p["a"], p["c"])}, split=True)
+        self.depth = p.depth
+        p.next()
+        p.finish(y=p["y"], z=p["z"])
+        return m
+
+
+def test_multiply_all_is_exact_and_shares_stages():
+    rng = np.random.default_rng(7)
+    n = 200
+    a = [-(1 << 31), (1 << 31) - 1, 0] + [int(x) for x in rng.integers(-(1 << 31), 1 << 31, n)]
+    b = [(1 << 31) - 1, -(1 << 31), 5] + [int(x) for x in rng.integers(-(1 << 31), 1 << 31, n)]
+    c = [(1 << 17) - 1, 1, 0] + [int(x) for x in rng.integers(0, 1 << 17, n)]
+    dut = _Mul2()
+    out = unpack(dut.OUT, run_unit(dut, pack(dut.IN, a=np.array(a, dtype=object), b=np.array(b, dtype=object),
+                                                c=np.array(c, dtype=object)), len(a), stall=0.3, seed=2))
+    assert [int(v) for v in out["y"]] == [x * y for x, y in zip(a, b)]
+    assert [int(v) for v in out["z"]] == [x * y for x, y in zip(a, c)]
+    assert dut.depth == 1 + 2      # the input stage + the 32 x 32 product's two adder levels, not 2 + 1
+
+
+@pytest.mark.parametrize("cls", [A.Sigmoid, A.MlgruUpdate, Q.Dequantize, Q.OutputMultiplier, Q.Reciprocal,
+                                 Q.QuantStats])
 def test_pipelined_must_be_bool(cls):
     with pytest.raises(ValueError, match="pipelined must be True or False"):
         cls(pipelined=1)
