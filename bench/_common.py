@@ -29,6 +29,16 @@ def write_section(doc: str, marker: str, body: str) -> None:
     write_text(path, text)
 
 
+def read_section(doc: str, marker: str) -> str:
+    """The text between ``<!-- marker:begin -->`` and ``<!-- marker:end -->`` in docs/<doc> ("" if absent)."""
+    path = ROOT / "docs" / doc
+    text = path.read_text() if path.exists() else ""
+    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
+    if begin not in text or end not in text:
+        return ""
+    return text.split(begin, 1)[1].split(end, 1)[0]
+
+
 def export_random_model(name: str, d: int, inter: int, layers: int, vocab: int, subdir: str) -> Path:
     """A random model of that shape (seed 0; norm weights near 1, projection weights 0.05 sigma, unit-variance
     embedding), exported once per numerics/layout/export/model source under ``build/<subdir>/`` (cached)."""

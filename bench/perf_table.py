@@ -61,7 +61,7 @@ UNIT_COMMANDS = {
 #: (rtl/vector_engine.py, rtl/matvec_engine.py): what :func:`mmfree.sim.perf.estimate_resources` counts instead of
 #: the plain unit of the same base name.
 PIPELINED_ESTIMATED = ("reciprocal_p", "codes_p", "output_multiplier_p", "dequantize_p", "mlgru_update_p",
-                       "gated_product_p")
+                       "gated_product_p", "quant_stats_p")
 
 
 def genloop_unit() -> int:

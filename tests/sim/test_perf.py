@@ -671,7 +671,8 @@ def test_pipelined_units_count_their_registers(family):
     from mmfree.rtl.compiler import HwConfig
 
     units = P._unit_table()["units"]
-    counted = ("reciprocal", "codes", "output_multiplier", "dequantize", "mlgru_update", "gated_product")
+    counted = ("reciprocal", "codes", "output_multiplier", "dequantize", "mlgru_update", "gated_product",
+               "quant_stats")
     for name in counted:
         assert f"{name}_p" in PIPELINED and family in units[f"{name}_p"], name
         assert units[f"{name}_p"][family]["FF"] > units[name][family]["FF"], name
