@@ -974,9 +974,36 @@ def record_estimates(doc=None, progress=None, run_missing: bool = True) -> Path:
     return doc
 
 
-if __name__ == "__main__":          # python -m mmfree.boards.build BOARD OUT | --record-estimates [--run-missing]
-    if sys.argv[1:2] == ["--record-estimates"]:       # [--run-missing]: run Yosys for builds with no estimate here
-        print(record_estimates(progress=lambda m: print(m, file=sys.stderr, flush=True),
-                               run_missing=sys.argv[2:] == ["--run-missing"]))
-    else:
-        print(json.dumps(build(sys.argv[1], sys.argv[2], progress=print), indent=2, default=str))
+def _main(argv=None) -> int:
+    """``python -m mmfree.boards.build BOARD OUT`` (build, JSON on stdout) or ``--record-estimates [--run-missing]``
+    (rewrite docs/boards.md's resource table; ``--run-missing``: run Yosys for the builds with no estimate here).
+    Usage errors exit 2, a failed build or record 1, each with one line on stderr."""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m mmfree.boards.build", description=_main.__doc__)
+    ap.add_argument("--record-estimates", action="store_true", help="rewrite docs/boards.md's resource table")
+    ap.add_argument("--run-missing", action="store_true",
+                    help="with --record-estimates: run Yosys (about an hour per build) for builds never estimated here")
+    ap.add_argument("board", nargs="?", help="board name (without --record-estimates)")
+    ap.add_argument("out", nargs="?", help="output folder (without --record-estimates)")
+    args = ap.parse_args(argv)
+    if args.record_estimates and (args.board or args.out):
+        ap.error("--record-estimates takes no BOARD / OUT")
+    if args.run_missing and not args.record_estimates:
+        ap.error("--run-missing goes with --record-estimates")
+    if not args.record_estimates and not (args.board and args.out):
+        ap.error("give BOARD and OUT, or --record-estimates")
+    try:
+        if args.record_estimates:
+            print(record_estimates(progress=lambda m: print(m, file=sys.stderr, flush=True),
+                                   run_missing=args.run_missing))
+        else:
+            print(json.dumps(build(args.board, args.out, progress=print), indent=2, default=str))
+    except MmfreeError as exc:
+        print(f"{ap.prog}: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

@@ -730,6 +730,33 @@ def test_record_estimates_keeps_the_rows_it_has_no_estimate_for(tmp_path, monkey
     assert rows[3] == f"| {cells(proj)} | xcup | 1 | 2 | 3 | 4 | 5 | 6 | 7 | 8 | 9 | 10 | 11 | 40 min | old, then |"
 
 
+@pytest.mark.parametrize("argv,says", [
+    (["--record-estimates", "zcu104"], "--record-estimates takes no BOARD / OUT"),
+    (["--run-missing"], "--run-missing goes with --record-estimates"),
+    (["kv260"], "give BOARD and OUT, or --record-estimates"),
+    ([], "give BOARD and OUT, or --record-estimates"),
+    (["--record-estimates", "--run-misssing"], "unrecognized arguments: --run-misssing"),
+])
+def test_module_entry_refuses_bad_arguments(argv, says, capsys, monkeypatch):
+    """`python -m mmfree.boards.build`: a usage error exits 2 with one line naming it (an extra or misspelt argument
+    used to be ignored, and the table rewritten without --run-missing), before anything runs."""
+    monkeypatch.setattr(B, "record_estimates", lambda **kw: pytest.fail("ran"))
+    with pytest.raises(SystemExit) as exc:
+        B._main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert says in err and "Traceback" not in err
+
+
+def test_module_entry_reports_a_failed_record(capsys, monkeypatch):
+    def fail(**kw):
+        raise MmfreeError("docs/boards.md has no section")
+
+    monkeypatch.setattr(B, "record_estimates", fail)
+    assert B._main(["--record-estimates"]) == 1
+    assert capsys.readouterr().err == "python -m mmfree.boards.build: error: docs/boards.md has no section\n"
+
+
 def test_latest_estimate_matches_the_whole_build(tmp_path, monkeypatch):
     """A cached estimate stands for a build only when every parameter matches, the vector lanes included."""
     monkeypatch.setenv("MMFREE_BUILD_CACHE", str(tmp_path))
