@@ -143,7 +143,11 @@ class MaxAbs(wiring.Component):
 
 def sz_of(Z):
     """numerics.sum_squares's shift ``max(0, bitlen(Z) - ZS_BITS)`` of an unsigned ``Z``."""
-    bl = bitlen(Z)
+    return sz_of_bitlen(bitlen(Z))
+
+
+def sz_of_bitlen(bl):
+    """:func:`sz_of` given ``bl = bitlen(Z)``."""
     return Mux(bl > ZS_BITS, bl - ZS_BITS, 0)[:SZ_WIDTH]
 
 
@@ -167,6 +171,10 @@ class QuantStats(wiring.Component):
       running ``P = max|p|``, ``Z = max|z|`` and ``o.sz = max(0, bitlen(Z) - ZS_BITS)`` (pass 2's results),
       and ``S = sum rshift_round(z, i.sz)**2`` (pass 3's result: :func:`numerics.sum_squares` when ``i.sz``
       is this vector's ``o.sz``; with a smaller ``i.sz`` it is meaningless).
+
+    Latency 7 cycles, one element per cycle; ``pipelined``: 16 (both products and the square cut into registered
+    DSP-sized partial products summed by registered adds, the two rounding shifts' adds and the bitlen of ``Z`` in
+    stages of their own).
     """
 
     IN = _layout(u=signed(U_WIDTH), n=signed(VEC_WIDTH), nw=signed(VEC_WIDTH),
@@ -215,7 +223,7 @@ class QuantStats(wiring.Component):
         p["S"], p["P"], p["Z"] = s_new, p_new, z_new
         p.next()
         p.bitlen("blz", "Z", split, hit_stage=split)
-        p["szo"] = Mux(p["blz"] > ZS_BITS, p["blz"] - ZS_BITS, 0)[:SZ_WIDTH]
+        p["szo"] = sz_of_bitlen(p["blz"])
         p.drop("blz")
         p.next()
         p.finish(p=p["pv"], z=p["zv"], S=p["S"], P=p["P"], Z=p["Z"], sz=p["szo"], last=p["last"])
