@@ -629,8 +629,11 @@ def pynq_irq():
     finally:
         _InterruptController._uio_devices.pop(RAW_IRQ, None)
         loop.remove_reader(ctrl.uio)                    # the loop's reader holds the controller
-        del ctrl
+        node = ctrl.uio     # held here: a timed-out wait's traceback can keep the controller in a cycle, and the
+        del ctrl            # collector would otherwise finalise the node's file first, under UioController.__del__
         gc.collect()                                    # UioController.__del__ (closes the node) on its own loop
+        assert node.closed
+        del node
         if old is None:
             del pynq.Device._active_device
         else:
