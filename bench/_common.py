@@ -14,13 +14,17 @@ def command_line() -> str:
                                  else sys.argv[0]] + sys.argv[1:])
 
 
+def _section(doc: str, marker: str) -> tuple[Path, str, str, str]:
+    """docs/<doc>'s path, its text ("" if absent) and the ``marker`` section's begin and end lines."""
+    path = ROOT / "docs" / doc
+    return path, path.read_text() if path.exists() else "", f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
+
+
 def write_section(doc: str, marker: str, body: str) -> None:
     """Replace the text between ``<!-- marker:begin -->`` and ``<!-- marker:end -->`` in docs/<doc> (appended if absent)."""
     from mmfree.atomic import write_text
 
-    path = ROOT / "docs" / doc
-    text = path.read_text() if path.exists() else ""
-    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
+    path, text, begin, end = _section(doc, marker)
     block = f"{begin}\n{body.rstrip()}\n{end}"
     if begin in text and end in text:
         text = re.sub(re.escape(begin) + ".*?" + re.escape(end), lambda _: block, text, flags=re.S)
@@ -31,9 +35,7 @@ def write_section(doc: str, marker: str, body: str) -> None:
 
 def read_section(doc: str, marker: str) -> str:
     """The text between ``<!-- marker:begin -->`` and ``<!-- marker:end -->`` in docs/<doc> ("" if absent)."""
-    path = ROOT / "docs" / doc
-    text = path.read_text() if path.exists() else ""
-    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
+    _, text, begin, end = _section(doc, marker)
     if begin not in text or end not in text:
         return ""
     return text.split(begin, 1)[1].split(end, 1)[0]
