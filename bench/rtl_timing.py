@@ -209,7 +209,7 @@ def run_build(args) -> int:
     try:
         cfg = timing_config(args.build)
         b = whole_build_timing(args.build, cfg, progress=lambda w: print(f"  {w} ...", file=sys.stderr, flush=True),
-                               cached_only=args.cached_only)
+                               cached_only=args.cached_only, seed=args.seed)
     except MmfreeError as exc:
         print(f"bench/rtl_timing.py: error: {exc}", file=sys.stderr)
         return 1
@@ -240,7 +240,21 @@ def main(argv=None) -> int:
                     help="only the modeled cycle-count effect of the pipelined variants (no tool runs)")
     ap.add_argument("--build", default=None, metavar="NAME_OR_BOARD",
                     help="the whole accelerator of one build instead of the units (LONG; 'small' or a board)")
+    ap.add_argument("--seed", type=int, default=None,
+                    help="with --build: nextpnr's placement seed (default 1, the recorded seed; another seed reruns "
+                         "only nextpnr and is printed, not recorded)")
     args = ap.parse_args(argv)
+    if args.seed is not None:
+        from mmfree import MmfreeError
+        from mmfree.rtl.timing import DEFAULT_SEED, nextpnr_args
+        try:
+            nextpnr_args(args.seed)
+        except MmfreeError as exc:
+            ap.error(f"--seed: {exc}")
+        if not args.build:
+            ap.error("--seed goes with --build")
+        if args.record and args.seed != DEFAULT_SEED:
+            ap.error(f"--record writes the build section of seed {DEFAULT_SEED}; another seed is printed, not recorded")
     if args.build:
         return run_build(args)
     if args.cycle_effect:

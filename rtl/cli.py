@@ -67,6 +67,9 @@ def register(sub) -> None:
     t.add_argument("--pipelined-units", action=argparse.BooleanOptionalAction, default=None,
                    help="with --build: the datapath's vector units pipelined (HwConfig.pipelined_units)")
     t.add_argument("--flow", choices=["both", "ecp5", "xilinx"], default="both", help="which flow(s) to run")
+    t.add_argument("--seed", type=int, default=None,
+                   help="nextpnr's placement seed for the ECP5 flow (default 1, the seed of the recorded results; "
+                        "another seed reruns only nextpnr: the synthesis is cached per design)")
     t.add_argument("--timeout", type=float, default=None,
                    help="seconds per tool run (default 3600 per unit, 10800 for --build)")
     t.add_argument("--json", action="store_true", help="print one JSON object {units: [...], build: ...}")
@@ -156,6 +159,14 @@ def _timing(args) -> int:
         units = {}
     if args.timeout is not None and args.timeout <= 0:
         raise MmfreeError(f"--timeout must be > 0 seconds, got {args.timeout}")
+    seed = T.DEFAULT_SEED if args.seed is None else args.seed
+    try:
+        T.nextpnr_args(seed)
+    except MmfreeError as exc:
+        raise MmfreeError(f"--seed: {exc}") from None
+    if args.seed is not None and args.flow == "xilinx" and not args.build:
+        raise MmfreeError("--seed is nextpnr's placement seed: it goes with --flow ecp5 or both, or --build (Yosys's "
+                          "Xilinx mapping has none)")
     overrides = {k: getattr(args, k) for k in ("max_width", "weight_ports", "max_tokens", "draft_engine",
                                                "pipelined_units")}
     if not args.build and any(v is not None for v in overrides.values()):
@@ -164,9 +175,9 @@ def _timing(args) -> int:
     cfg = _build_config(args.build, overrides) if args.build else None
     flows = ("ecp5", "xilinx") if args.flow == "both" else (args.flow,)
     progress = None if args.json else (lambda what: print(f"  {what} ...", file=sys.stderr, flush=True))
-    rows = [T.unit_timing(name, f, flows, timeout=args.timeout or 3600.0, progress=progress)
+    rows = [T.unit_timing(name, f, flows, timeout=args.timeout or 3600.0, progress=progress, seed=seed)
             for name, f in units.items()]
-    build = _build_timing(args.build, cfg, args.timeout or 3 * 3600.0, progress) if cfg else None
+    build = _build_timing(args.build, cfg, args.timeout or 3 * 3600.0, progress, seed) if cfg else None
     if args.json:
         print_json({"units": rows, "build": build, "targets": {"ecp5_mhz": T.TARGET_ECP5_MHZ,
                                                               "lut_levels": T.TARGET_LUT_LEVELS}})
@@ -189,7 +200,7 @@ def _build_config(name: str, overrides: dict):
         raise MmfreeError(f"--build: {exc} (or a named build: {', '.join(TIMING_BUILDS)})") from None
 
 
-def _build_timing(name: str, cfg, timeout: float, progress) -> dict:
+def _build_timing(name: str, cfg, timeout: float, progress, seed: int) -> dict:
     from mmfree.boards.build import whole_build_timing
 
-    return whole_build_timing(name, cfg, timeout=timeout, progress=progress)
+    return whole_build_timing(name, cfg, timeout=timeout, progress=progress, seed=seed)

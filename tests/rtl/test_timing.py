@@ -171,6 +171,29 @@ def test_cli_bad_timeout(capsys):
     assert "--timeout must be > 0" in capsys.readouterr().err
 
 
+def test_nextpnr_seed():
+    """The default seed's arguments are NEXTPNR_ARGS (so recorded results keep their cache keys); a seed replaces
+    only the value after --seed; anything but an integer in 1..2**31-1 is refused."""
+    assert T.nextpnr_args() == T.NEXTPNR_ARGS and T.NEXTPNR_ARGS[T.NEXTPNR_ARGS.index("--seed") + 1] == "1"
+    s7 = T.nextpnr_args(7)
+    assert s7[s7.index("--seed") + 1] == "7" and len(s7) == len(T.NEXTPNR_ARGS)
+    assert [a for a in s7 if a != "7"] == [a for a in T.NEXTPNR_ARGS if a != "1"]
+    for bad in (0, -1, 2 ** 31, 1.5, "2", True):
+        with pytest.raises(T.MmfreeError, match="seed must be an integer in 1..2147483647"):
+            T.nextpnr_args(bad)
+
+
+def test_cli_bad_seed(capsys):
+    assert main(["rtl", "timing", "--unit", "residual_add", "--seed", "0"]) == 1
+    assert "mmfree rtl: error: --seed: seed must be an integer in 1..2147483647 (nextpnr's --seed), got 0" in \
+        capsys.readouterr().err
+    assert main(["rtl", "timing", "--unit", "residual_add", "--flow", "xilinx", "--seed", "2"]) == 1
+    assert "--seed is nextpnr's placement seed" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["rtl", "timing", "--seed", "two"])
+    assert exc.value.code == 2
+
+
 def test_cli_build_bad_input(capsys):
     assert main(["rtl", "timing", "--build", "no_such_board"]) == 1
     err = capsys.readouterr().err
@@ -231,6 +254,12 @@ def test_small_design_through_both_flows(tmp_path, monkeypatch):
     assert list(tmp_path.glob("rtl-timing/ecp5-*.json")) and len(list(tmp_path.glob("rtl-timing/xilinx-*.json"))) == 2
     again = T.unit_timing("tiny_acc", _tiny, timeout=900)          # cached: same answer, no tool run
     assert again == row
+    # another placement seed: nextpnr again on the cached synthesis (one netlist), its own cached result
+    s2 = T.unit_timing("tiny_acc", _tiny, flows=("ecp5",), timeout=900, seed=2)
+    assert 125 < s2["fmax_mhz"] < 1000
+    assert len(list(tmp_path.glob("rtl-timing/*.netlist.json"))) == 1
+    assert len([p for p in tmp_path.glob("rtl-timing/ecp5-*.json") if ".netlist" not in p.name
+                and ".report" not in p.name]) == 2
 
 
 def test_control_units_are_timing_units(capsys):
