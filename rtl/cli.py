@@ -47,6 +47,8 @@ def register(sub) -> None:
                        "deepest register-to-register path and an estimated Fmax from a cited delay model\n"
                        "(docs/rtl.md, Timing). A tool that fails is recorded per flow and family, the rest goes on.\n"
                        "--build NAME: the whole accelerator of one build through the ECP5 flow (utilisation, Fmax).\n"
+                       "--paths N: each unit's N deepest paths on the Xilinx mapping, to see what a miss is made of.\n"
+                       "--seed S: nextpnr's placement seed (one run says little about a routing-bound design).\n"
                        "Results are cached by content hash under $MMFREE_CACHE/rtl-timing.\n"
                        "Needs `pip install 'mmfree[timing]'` and a native yosys (`apt-get install yosys`).")
     _matvec_args(t)
@@ -67,6 +69,10 @@ def register(sub) -> None:
     t.add_argument("--pipelined-units", action=argparse.BooleanOptionalAction, default=None,
                    help="with --build: the datapath's vector units pipelined (HwConfig.pipelined_units)")
     t.add_argument("--flow", choices=["both", "ecp5", "xilinx"], default="both", help="which flow(s) to run")
+    t.add_argument("--paths", type=int, default=0, metavar="N",
+                   help="also list each unit's N deepest register-to-register paths on the Xilinx mapping (start, "
+                        "end, the named signals between, Amaranth's unnamed ones with their source line): what would "
+                        "have to change for a unit to meet its LUT-level target (a mapping of its own, cached apart)")
     t.add_argument("--seed", type=int, default=None,
                    help="nextpnr's placement seed for the ECP5 flow (default 1, the seed of the recorded results; "
                         "another seed reruns only nextpnr: the synthesis is cached per design)")
@@ -159,6 +165,10 @@ def _timing(args) -> int:
         units = {}
     if args.timeout is not None and args.timeout <= 0:
         raise MmfreeError(f"--timeout must be > 0 seconds, got {args.timeout}")
+    if not 0 <= args.paths <= 1000:
+        raise MmfreeError(f"--paths must be in 0..1000, got {args.paths}")
+    if args.paths and args.flow == "ecp5":
+        raise MmfreeError("--paths lists the Xilinx mapping's paths: it goes with --flow xilinx or both")
     seed = T.DEFAULT_SEED if args.seed is None else args.seed
     try:
         T.nextpnr_args(seed)
@@ -175,7 +185,8 @@ def _timing(args) -> int:
     cfg = _build_config(args.build, overrides) if args.build else None
     flows = ("ecp5", "xilinx") if args.flow == "both" else (args.flow,)
     progress = None if args.json else (lambda what: print(f"  {what} ...", file=sys.stderr, flush=True))
-    rows = [T.unit_timing(name, f, flows, timeout=args.timeout or 3600.0, progress=progress, seed=seed)
+    rows = [T.unit_timing(name, f, flows, timeout=args.timeout or 3600.0, progress=progress, seed=seed,
+                          paths=args.paths)
             for name, f in units.items()]
     build = _build_timing(args.build, cfg, args.timeout or 3 * 3600.0, progress, seed) if cfg else None
     if args.json:
@@ -184,6 +195,8 @@ def _timing(args) -> int:
         return 0
     if rows:
         print(T.format_table(rows))
+    if args.paths and rows:
+        print(T.format_paths(rows))
     if build:
         print(T.format_build(build))
     return 0

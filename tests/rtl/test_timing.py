@@ -132,6 +132,53 @@ def test_xilinx_paths_counts_levels_and_carries():
     assert r["cells"]["CARRY4"] == 2
 
 
+def test_worst_paths_name_both_ends_and_the_signals_between():
+    """FF a -> l1 -> l2 (its output net named ``dut.mid``) -> carries -> FF b; FF b -> l3 -> FF a. The deepest path
+    first, each end named by its register's output net; an unnamed Amaranth signal gets its source line."""
+    n = _netlist()
+    n["modules"]["t"]["netnames"] = {"dut.a_q": {"bits": [3]}, "dut.mid": {"bits": [5]}, "dut.$signal$4": {"bits": [9]},
+                                     "x": {"bits": [2]}, "$abc$12$internal": {"bits": [4]}}
+    r = T.xilinx_paths(n, "t", "xc7", n_paths=5, sources={"t.dut.$signal$4": "unit.py:42"})
+    assert r["worst_paths"] == [
+        {"lut_levels": 2, "from": "dut.a_q", "to": "dut.$signal$4@unit.py:42", "through": ["dut.mid"]},
+        {"lut_levels": 1, "from": "dut.$signal$4@unit.py:42", "to": "dut.a_q", "through": []}]
+    assert "worst_paths" not in T.xilinx_paths(n, "t", "xc7")
+    text = T.format_paths([{"name": "t", "xilinx": {"xc7": r}}])
+    assert "t on xc7 (target <= 8 LUT levels): the 2 deepest" in text
+    assert "   2  dut.a_q -> dut.$signal$4@unit.py:42  (via dut.mid)" in text
+
+
+def test_verilog_sources_maps_unnamed_signals_to_their_line():
+    from amaranth import Module, Signal
+    from amaranth.lib import wiring
+    from amaranth.lib.wiring import In, Out
+
+    class Inner(wiring.Component):
+        x: In(4)
+        y: Out(4)
+
+        def elaborate(self, platform):
+            m = Module()
+            regs = [Signal(4) for _ in range(2)]          # unnamed: $signal, $signal$N
+            m.d.sync += [regs[0].eq(self.x), regs[1].eq(regs[0]), self.y.eq(regs[1])]
+            return m
+
+    class Outer(wiring.Component):
+        x: In(4)
+        y: Out(4)
+
+        def elaborate(self, platform):
+            m = Module()
+            m.submodules.inner = inner = Inner()
+            m.d.comb += [inner.x.eq(self.x), self.y.eq(inner.y)]
+            return m
+
+    src = T.verilog_sources(T.unit_verilog(Outer, "outer", emit_src=True))
+    anon = {k: v for k, v in src.items() if k.startswith("outer.inner.$signal")}
+    assert len(anon) == 2 and set(anon.values()) == {f"test_timing.py:{Inner.elaborate.__code__.co_firstlineno + 2}"}
+    assert T.verilog_sources(T.unit_verilog(Outer, "outer")) == {}          # no src attributes: nothing
+
+
 def test_ultrascale_model_is_the_scaled_7series_model():
     up, x7 = T.xilinx_paths(_netlist(), "t", "xcup"), T.xilinx_paths(_netlist(), "t", "xc7")
     assert up["lut_levels"] == x7["lut_levels"]
@@ -181,6 +228,13 @@ def test_nextpnr_seed():
     for bad in (0, -1, 2 ** 31, 1.5, "2", True):
         with pytest.raises(T.MmfreeError, match="seed must be an integer in 1..2147483647"):
             T.nextpnr_args(bad)
+
+
+def test_cli_bad_paths(capsys):
+    assert main(["rtl", "timing", "--unit", "residual_add", "--paths", "-1"]) == 1
+    assert "mmfree rtl: error: --paths must be in 0..1000, got -1" in capsys.readouterr().err
+    assert main(["rtl", "timing", "--unit", "residual_add", "--flow", "ecp5", "--paths", "3"]) == 1
+    assert "--paths lists the Xilinx mapping's paths: it goes with --flow xilinx or both" in capsys.readouterr().err
 
 
 def test_cli_bad_seed(capsys):
@@ -254,6 +308,10 @@ def test_small_design_through_both_flows(tmp_path, monkeypatch):
     assert list(tmp_path.glob("rtl-timing/ecp5-*.json")) and len(list(tmp_path.glob("rtl-timing/xilinx-*.json"))) == 2
     again = T.unit_timing("tiny_acc", _tiny, timeout=900)          # cached: same answer, no tool run
     assert again == row
+    # the deepest paths: a mapping of its own (Verilog with source lines), its ends named
+    wp = T.unit_timing("tiny_acc", _tiny, flows=("xilinx",), families=("xc7",), timeout=900, paths=3)
+    deep = wp["xilinx"]["xc7"]["worst_paths"]
+    assert deep and deep[0]["lut_levels"] == row["xilinx"]["xc7"]["lut_levels"] and deep[0]["to"].startswith("y")
     # another placement seed: nextpnr again on the cached synthesis (one netlist), its own cached result
     s2 = T.unit_timing("tiny_acc", _tiny, flows=("ecp5",), timeout=900, seed=2)
     assert 125 < s2["fmax_mhz"] < 1000
