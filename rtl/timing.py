@@ -605,7 +605,7 @@ def _deepest(cells: dict, kind: dict, arr: dict, names: dict, n: int) -> list[di
     """The ``n`` deepest register-to-register paths by LUT levels (``arr``: arrivals by levels from registers),
     one per (start signal, end register) pair and at most ``max(2, n // 4)`` per start signal, so that one wide
     register does not hide the other starts."""
-    best: dict[tuple, tuple] = {}
+    best: dict[tuple, _Arrival] = {}
     for name, c in cells.items():
         if kind[name][0] != "seq" or kind[name][1] != "reg":
             continue
@@ -620,10 +620,10 @@ def _deepest(cells: dict, kind: dict, arr: dict, names: dict, n: int) -> list[di
                 if a is None or a.start != "reg" or not a.lut:
                     continue
                 key = (_signal(names.get(a.path[0], "?")), end)
-                if key not in best or a.lut > best[key][0].lut:
-                    best[key] = (a,)
+                if key not in best or a.lut > best[key].lut:
+                    best[key] = a
     out, per_start = [], defaultdict(int)
-    for (start, end), (a,) in sorted(best.items(), key=lambda kv: (-kv[1][0].lut, kv[0])):
+    for (start, end), a in sorted(best.items(), key=lambda kv: (-kv[1].lut, kv[0])):
         if len(out) == n:
             break
         if per_start[start] == max(2, n // 4):
