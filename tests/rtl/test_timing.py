@@ -365,3 +365,20 @@ def test_recorded_table_keeps_rows_this_machine_has_no_result_for(monkeypatch):
     assert any(ln.startswith("| `c_p` | - | not run |") for ln in lines)
     assert "* `a_p`, xilinx-xc7: it failed — `boom`" in lines and "gone" not in out
     assert lines[-1].startswith("Kept from the previous record") and lines[-1].endswith(": `a_p`.")
+
+
+def test_bench_seed_bad_input(monkeypatch, capsys):
+    """bench/rtl_timing.py --seed: usage errors (exit 2) for a bad seed, a seed without --build and a recorded
+    non-default seed (the build section is seed 1's); nothing runs."""
+    import sys
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "bench"))
+    sys.modules.pop("rtl_timing", None)
+    import rtl_timing as B
+
+    for argv, msg in ((["--build", "small", "--seed", "0"], "--seed: seed must be an integer in 1..2147483647"),
+                      (["--seed", "2"], "--seed goes with --build"),
+                      (["--build", "small", "--seed", "2", "--record"], "--record writes the build section of seed 1")):
+        with pytest.raises(SystemExit) as exc:
+            B.main(argv)
+        assert exc.value.code == 2 and msg in capsys.readouterr().err
