@@ -521,6 +521,7 @@ def xilinx_paths(netlist: dict, top: str, family: str, n_paths: int = 0, sources
     res = {"family": family, "cells": _count_types(cells), "comb_loops": 0}
     best: dict[str, dict] = {}
     deep: list = []
+    names = _net_names(mod)
     for by, start in [(by, st) for by in ("delay", "levels") for st in ("reg", "ram", "dsp", "in")]:
         arr, loops = _arrivals(cells, drivers, kind, family, by, start)
         res["comb_loops"] = max(res["comb_loops"], loops)
@@ -530,7 +531,7 @@ def xilinx_paths(netlist: dict, top: str, family: str, n_paths: int = 0, sources
             cur = best.setdefault(cls, {})
             if by == "levels":
                 cur["lut_levels"] = a.lut
-                cur["deepest_path"] = _describe(a.path, cells, mod)
+                cur["deepest_path"] = _describe(a.path, cells, names)
             else:
                 cur.update(carry_cells=a.carry, muxf=a.muxf, dsp=a.dsp, est_ns=round(a.d, 3),
                            est_fmax_mhz=round(1000.0 / a.d, 1) if a.d > 0 else None, levels_at_worst=a.lut)
@@ -591,8 +592,6 @@ def _net_names(mod: dict, top: str = "", sources: dict | None = None) -> dict[in
 
 
 _ANONYMOUS = re.compile(r"(^|\.)\$(signal(\$\d+)?|\d+)$")
-
-
 _INTERNAL = re.compile(r"\$(abc|techmap|auto|aiger|flatten|procdff|procmux|opt_|memory_)|^\$")
 
 
@@ -606,22 +605,19 @@ def _deepest(cells: dict, kind: dict, arr: dict, names: dict, n: int) -> list[di
     one per (start signal, end register) pair and at most ``max(2, n // 4)`` per start signal, so that one wide
     register does not hide the other starts."""
     best: dict[tuple, _Arrival] = {}
-    for name, c in cells.items():
-        if kind[name][0] != "seq" or kind[name][1] != "reg":
+    ends: dict[str, str] = {}
+    for name, end_kind, b in _end_inputs(cells, kind):
+        a = arr.get(b) if isinstance(b, int) else None
+        if end_kind != "reg" or a is None or a.start != "reg" or not a.lut:
             continue
-        q = next((b for p, bits in c["connections"].items() if c["port_directions"].get(p) == "output"
-                  for b in bits if isinstance(b, int)), None)
-        end = _signal(names.get(q, name)) if q is not None else name
-        for port, bits in c["connections"].items():
-            if c["port_directions"].get(port) != "input" or port in ("C", "CLK"):
-                continue
-            for b in bits:
-                a = arr.get(b) if isinstance(b, int) else None
-                if a is None or a.start != "reg" or not a.lut:
-                    continue
-                key = (_signal(names.get(a.path[0], "?")), end)
-                if key not in best or a.lut > best[key].lut:
-                    best[key] = a
+        if name not in ends:                 # the register's name: its output net's
+            c = cells[name]
+            q = next((x for p, bits in c["connections"].items() if c["port_directions"].get(p) == "output"
+                      for x in bits if isinstance(x, int)), None)
+            ends[name] = _signal(names.get(q, name)) if q is not None else name
+        key = (_signal(names.get(a.path[0], "?")), ends[name])
+        if key not in best or a.lut > best[key].lut:
+            best[key] = a
     out, per_start = [], defaultdict(int)
     for (start, end), a in sorted(best.items(), key=lambda kv: (-kv[1].lut, kv[0])):
         if len(out) == n:
@@ -642,9 +638,9 @@ def _deepest(cells: dict, kind: dict, arr: dict, names: dict, n: int) -> list[di
     return out
 
 
-def _describe(path: tuple, cells: dict, mod: dict) -> list[str]:
-    """A path (start net bit, cells..., end net bit) as text: the named signals at both ends, cell types between."""
-    names = _net_names(mod)
+def _describe(path: tuple, cells: dict, names: dict) -> list[str]:
+    """A path (start net bit, cells..., end net bit) as text: the named signals at both ends (``names``:
+    :func:`_net_names`), cell types between."""
     ends = [names.get(x, str(x)) for x in (path[0], path[-1])] if path else ["?", "?"]
     kinds = [cells[c]["type"] for c in path[1:-1] if isinstance(c, str)]
     return [f"from {ends[0]}", " -> ".join(kinds), f"to {ends[1]}"]
@@ -731,6 +727,20 @@ def _is_comb(k) -> bool:
     return k[0] == "comb" or (k[0] == "dsp" and not k[2])
 
 
+def _end_inputs(cells: dict, kind: dict):
+    """``(cell, end kind, net bit)`` for every data input (not a clock) of the cells a path ends at: registers and
+    RAMs (end kind ``reg`` / ``ram``) and DSP48s with input registers (``dsp``)."""
+    for name, c in cells.items():
+        k = kind[name]
+        if not (k[0] == "seq" or (k[0] == "dsp" and k[1])):
+            continue
+        end = k[1] if k[0] == "seq" else "dsp"
+        for port, bits in c["connections"].items():
+            if c["port_directions"].get(port) == "input" and port not in ("C", "CLK", "CLKARDCLK", "CLKBWRCLK"):
+                for b in bits:
+                    yield name, end, b
+
+
 def _endpoints(mod, cells, kind, arr, family, by) -> dict[str, _Arrival]:
     """Worst arrival (by delay or by LUT levels) per path class ``start->end`` at the sequential inputs and
     output ports; the delay includes setup and the model's routing share."""
@@ -747,16 +757,8 @@ def _endpoints(mod, cells, kind, arr, family, by) -> dict[str, _Arrival]:
         if cls not in worst or cand.key(by) > worst[cls].key(by):
             worst[cls] = cand
 
-    for name, c in cells.items():
-        k = kind[name]
-        is_end = k[0] == "seq" or (k[0] == "dsp" and k[1])
-        if not is_end:
-            continue
-        end = k[1] if k[0] == "seq" else "dsp"
-        for port, bits in c["connections"].items():
-            if c["port_directions"].get(port) == "input" and port not in ("C", "CLK", "CLKARDCLK", "CLKBWRCLK"):
-                for b in bits:
-                    take(b, end)
+    for _, end, b in _end_inputs(cells, kind):
+        take(b, end)
     for p in mod["ports"].values():
         if p["direction"] == "output":
             for b in p["bits"]:
