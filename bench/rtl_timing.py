@@ -199,6 +199,9 @@ def build_section(b: dict, cmd: str) -> str:
                     f"`{cp.get('to')}`{via}: {cp.get('logic_ns')} ns logic in {cp.get('logic_cells')} cells, "
                     f"{cp.get('routing_ns')} ns routing; through "
                     + " -> ".join(f"`{h or '(top)'}`" for h in cp.get("through") or []) + "."]
+        if cp.get("longest_nets"):
+            out[-1] += (" Its longest nets (routing delay, fanout in the synthesised netlist): "
+                        + T.format_longest_nets(cp["longest_nets"], "`") + ".")
     return "\n".join(out)
 
 

