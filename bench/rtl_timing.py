@@ -202,6 +202,9 @@ def build_section(b: dict, cmd: str) -> str:
         if cp.get("longest_nets"):
             out[-1] += (" Its longest nets (routing delay, fanout in the synthesised netlist): "
                         + T.format_longest_nets(cp["longest_nets"], "`") + ".")
+    if b.get("endpoints"):
+        out += ["", "Timing endpoints (nextpnr `--detailed-timing-report`): " + T.format_endpoints(b["endpoints"], "`")
+                + "."]
     return "\n".join(out)
 
 
@@ -212,7 +215,7 @@ def run_build(args) -> int:
     try:
         cfg = timing_config(args.build)
         b = whole_build_timing(args.build, cfg, progress=lambda w: print(f"  {w} ...", file=sys.stderr, flush=True),
-                               cached_only=args.cached_only, seed=args.seed)
+                               cached_only=args.cached_only, seed=args.seed, endpoints=args.endpoints)
     except MmfreeError as exc:
         print(f"bench/rtl_timing.py: error: {exc}", file=sys.stderr)
         return 1
@@ -246,7 +249,12 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=None,
                     help="with --build: nextpnr's placement seed (default 1, the recorded seed; another seed reruns "
                          "only nextpnr and is printed, not recorded)")
+    ap.add_argument("--endpoints", action="store_true",
+                    help="with --build: nextpnr's --detailed-timing-report too (a run of its own, the same placement): "
+                         "the timing endpoints late at 125 / 100 / 80 MHz, per block")
     args = ap.parse_args(argv)
+    if args.endpoints and not args.build:
+        ap.error("--endpoints goes with --build")
     if args.seed is not None:
         from mmfree import MmfreeError
         from mmfree.rtl.timing import DEFAULT_SEED, nextpnr_args

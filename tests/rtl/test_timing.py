@@ -41,6 +41,25 @@ def test_longest_nets_carry_the_synthesised_fanout():
     assert T.parse_nextpnr_report(report)["critical_path"]["longest_nets"][0]["fanout"] is None
 
 
+def test_endpoint_summary_counts_late_endpoints_per_block():
+    """A 16-bit registered adder placed and routed with --detailed-timing-report (431 MHz): no endpoint is late;
+    then the same report with its arrivals scaled to put some past 8 / 10 / 12.5 ns, and a cell in a sub-block."""
+    report = json.loads((DATA / "nextpnr_adder_detailed_report.json").read_text())
+    ep = T.endpoint_summary(report)
+    assert ep == {"endpoints": 16, "late": {"125": 0, "100": 0, "80": 0}, "blocks": []}
+    assert T.endpoint_summary({"fmax": {}, "critical_paths": []}) is None        # no detailed report
+    for i, n in enumerate(report["detailed_net_timings"]):
+        for e in n["endpoints"]:
+            e["delay"] = [0.5, 4.5 * i / 2.318 if i < 8 else 13.0]
+            e["cell"] = ("blk.sub." if i >= 12 else "") + e["cell"]
+    ep = T.endpoint_summary(report)
+    late = {f: sum(1 for i in range(16) if (4.5 * i / 2.318 if i < 8 else 13.0) > 1000 / float(f)) for f in ep["late"]}
+    assert ep["late"] == late and ep["late"]["80"] == 9
+    assert ep["blocks"] == [{"block": "", "endpoints": 12, "late": 7, "worst_ns": round(4.5 * 7 / 2.318, 3)},
+                            {"block": "blk.sub", "endpoints": 4, "late": 4, "worst_ns": 13.0}]
+    assert "(top) 7 of 12" in T.format_endpoints(ep) and "`blk.sub` 4 of 4" in T.format_endpoints(ep, "`")
+
+
 def test_parse_nextpnr_log_takes_the_post_route_report():
     r = T.parse_nextpnr_log((DATA / "nextpnr_residual_add.log").read_text())
     assert (r["fmax_mhz"], r["target_mhz"], r["clock"]) == (585.82, 250.0, "clk")     # not the 432.71 pre-route
@@ -246,6 +265,11 @@ def test_nextpnr_seed():
             T.nextpnr_args(bad)
 
 
+def test_cli_endpoints_need_a_build(capsys):
+    assert main(["rtl", "timing", "--unit", "residual_add", "--endpoints"]) == 1
+    assert "--endpoints goes with --build" in capsys.readouterr().err
+
+
 def test_cli_bad_paths(capsys):
     assert main(["rtl", "timing", "--unit", "residual_add", "--paths", "-1"]) == 1
     assert "mmfree rtl: error: --paths must be in 0..1000, got -1" in capsys.readouterr().err
@@ -335,8 +359,12 @@ def test_small_design_through_both_flows(tmp_path, monkeypatch):
     s2 = T.unit_timing("tiny_acc", _tiny, flows=("ecp5",), timeout=900, seed=2)
     assert 125 < s2["fmax_mhz"] < 1000
     assert len(list(tmp_path.glob("rtl-timing/*.netlist.json"))) == 1
+    # the detailed report: a run of its own, the same placement (same Fmax), every endpoint's arrival
+    b = T.build_timing(T.unit_verilog(_tiny, "tiny_acc"), "tiny_acc", {"name": "tiny"}, timeout=900, endpoints=True)
+    assert b["fmax_mhz"] == row["fmax_mhz"] and "--detailed-timing-report" in b["flow"]
+    assert b["endpoints"]["endpoints"] >= 1 and b["endpoints"]["late"]["125"] == 0
     assert len([p for p in tmp_path.glob("rtl-timing/ecp5-*.json") if ".netlist" not in p.name
-                and ".report" not in p.name]) == 2
+                and ".report" not in p.name]) == 3                       # seed 1, seed 2, seed 1 detailed
 
 
 def test_control_units_are_timing_units(capsys):
