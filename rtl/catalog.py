@@ -51,6 +51,19 @@ PIPELINED: dict[str, tuple[Callable, str]] = {
 #: name -> zero-argument factory of every pipelined variant.
 PIPELINED_VARIANTS: dict[str, Callable] = {name: f for name, (f, _) in PIPELINED.items()}
 
+#: Output payload fields the datapath never reads (rtl/vector_engine.py reads QuantStats's ``p``, ``S``, ``P``, ``Z``,
+#: ``sz`` and ``last``, not the per-element ``z``): base unit -> {output port: fields}. Synthesis removes their
+#: registers and logic in the whole design; ``mmfree rtl estimate --as-used`` leaves them unconnected in a unit's
+#: estimate too (:func:`mmfree.rtl.estimate.as_used`; the pipelined variant of a unit has its unit's entry).
+DATAPATH_UNREAD: dict[str, dict[str, tuple[str, ...]]] = {"quant_stats": {"o": ("z",)}}
+
+
+def unread_outputs(name: str) -> dict[str, tuple[str, ...]]:
+    """:data:`DATAPATH_UNREAD` of unit ``name`` or of the unit it is the pipelined variant of (``NAME_p``); {} if
+    none."""
+    base = PIPELINED[name][1] if name in PIPELINED else name
+    return DATAPATH_UNREAD.get(base, {})
+
 
 #: The control glue, parameterised like the ``small`` timing build (boards/build.py ``TIMING_BUILDS``: 64-bit
 #: bus, k = 1, width 1024, 40-bit addresses), for ``mmfree rtl timing --unit NAME`` out of context: name ->

@@ -37,7 +37,12 @@ def register(sub) -> None:
     _matvec_args(e)
     e.add_argument("--family", action="append", choices=["xc7", "xcup"], default=None,
                    help="device family (repeat for several; default: both)")
-    e.add_argument("--units", default=None, help="comma-separated unit names (default: all)")
+    e.add_argument("--units", default=None, help="comma-separated unit names (default: all; a pipelined variant "
+                                                 "NAME_p only when named)")
+    e.add_argument("--as-used", action="store_true",
+                   help="each unit as the datapath uses it: the output fields it never reads (QuantStats's per-element "
+                        "z) left unconnected, so Yosys removes their logic as it does in a whole build; the default "
+                        "keeps every output, as boards/data/unit_resources.json records")
     e.add_argument("--json", action="store_true", help="print one JSON object")
 
     t = add_subcommand(rsub, "timing", _timing, "place and route per unit (ECP5) and logic depth on the Xilinx mapping",
@@ -131,23 +136,26 @@ def _verilog(args) -> int:
 
 
 def _estimate(args) -> int:
+    from mmfree.rtl.catalog import PIPELINED_VARIANTS
     from mmfree.rtl.estimate import FAMILIES, estimate_units, find_yosys, yosys_version
 
     yosys = find_yosys()
     units = _units(args)
     if args.units:
         wanted = [u.strip() for u in args.units.split(",") if u.strip()]
-        bad = [u for u in wanted if u not in units]
+        known = {**units, **PIPELINED_VARIANTS}
+        bad = [u for u in wanted if u not in known]
         if bad:
-            raise MmfreeError(f"unknown unit(s) {', '.join(bad)}; units: {', '.join(units)}")
-        units = {u: units[u] for u in wanted}
+            raise MmfreeError(f"unknown unit(s) {', '.join(bad)}; units: {', '.join(known)}")
+        units = {u: known[u] for u in wanted}
     families = tuple(args.family or FAMILIES)
     progress = None if args.json else (lambda what: print(f"  synth_xilinx {what} ...", file=sys.stderr, flush=True))
-    res = estimate_units(units, families, yosys, progress)
+    res = estimate_units(units, families, yosys, progress, as_used=args.as_used)
     if args.json:
-        print_json({"yosys": yosys_version(yosys), "families": list(families), "units": res})
+        print_json({"yosys": yosys_version(yosys), "families": list(families), "as_used": args.as_used, "units": res})
         return 0
-    print(f"Yosys {yosys_version(yosys)} synth_xilinx -flatten (out of context); BRAM in 36 Kb blocks")
+    print(f"Yosys {yosys_version(yosys)} synth_xilinx -flatten (out of context); BRAM in 36 Kb blocks"
+          + ("; as the datapath uses each unit (unread outputs unconnected)" if args.as_used else ""))
     print(f"{'unit':<22}" + "".join(f"{fam + ' ' + k:>12}" for fam in families for k in ("LUT", "FF", "DSP", "BRAM")))
     for name, per in res.items():
         print(f"{name:<22}" + "".join(f"{per[f][k]:>12g}" for f in families for k in ("LUT", "FF", "DSP", "BRAM")))

@@ -114,23 +114,73 @@ def estimate_verilog(verilog: Path, top: str, family: str, yosys: str | None = N
         return parse_stat(stat.read_text())
 
 
-def write_verilog(component, name: str, path: Path) -> Path:
-    """Write one component's Verilog (top module ``name``) to ``path``."""
+def write_verilog(component, name: str, path: Path, unread: dict | None = None) -> Path:
+    """Write one component's Verilog (top module ``name``) to ``path``; with ``unread`` (``{output port: payload
+    fields}``), as :func:`as_used` wraps it."""
     from amaranth.back import verilog
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(verilog.convert(component, name=name, emit_src=False))
+    if unread:
+        top, ports = as_used(component, unread)
+        text = verilog.convert(top, name=name, ports=ports, emit_src=False)
+    else:
+        text = verilog.convert(component, name=name, emit_src=False)
+    path.write_text(text)
     return path
 
 
-def estimate_units(units: dict, families=FAMILIES, yosys: str | None = None, progress=None) -> dict:
-    """``{unit: {family: counts}}`` for ``units`` (name -> zero-argument component factory)."""
+def as_used(component, unread: dict) -> tuple:
+    """``(top, ports)``: ``component`` (a ``wiring.Component``) inside a top whose ports are the component's, except
+    the payload fields ``unread`` names (``{output port: (field, ...)}``, e.g. ``{"o": ("z",)}``), which are left
+    unconnected, as in a design that never reads them (synthesis then removes their logic). The other fields of
+    such a payload become ports of their own (``<port>__payload__<field>``). Raises ValueError for a name that is
+    not an output stream's payload field."""
+    from amaranth import Elaboratable, Module, Signal, Value
+    from amaranth.lib import data, wiring
+
+    ports, comb = [], []
+    for path, member, value in component.signature.flatten(component):
+        port = path[0]
+        if port in unread and member.flow == wiring.Out and path[1:] == ("payload",) and isinstance(value, data.View):
+            layout = data.Layout.cast(value.shape())
+            names = [n for n, _ in layout]
+            bad = [f for f in unread[port] if f not in names]
+            if bad:
+                raise ValueError(f"unread field(s) {', '.join(bad)} not in {port}.payload ({', '.join(names)})")
+            for fname, _ in layout:
+                if fname not in unread[port]:
+                    s = Signal(Value.cast(value[fname]).shape(), name=f"{port}__payload__{fname}")
+                    comb.append(s.eq(value[fname]))
+                    ports.append(s)
+        else:
+            ports.append(Value.cast(value))
+    missing = [p for p in unread if p not in dict(component.signature.members)]
+    if missing:
+        raise ValueError(f"unread port(s) {', '.join(missing)} not in the component's signature")
+
+    class _Top(Elaboratable):
+        def elaborate(self, platform):
+            m = Module()
+            m.submodules.dut = component
+            m.d.comb += comb
+            return m
+
+    return _Top(), ports
+
+
+def estimate_units(units: dict, families=FAMILIES, yosys: str | None = None, progress=None,
+                   as_used: bool = False) -> dict:
+    """``{unit: {family: counts}}`` for ``units`` (name -> zero-argument component factory), every output a port
+    (what boards/data/unit_resources.json records); ``as_used``: each unit as the datapath uses it instead, the
+    output fields it never reads (:func:`mmfree.rtl.catalog.unread_outputs`) left unconnected (:func:`as_used`)."""
+    from mmfree.rtl.catalog import unread_outputs
+
     yosys = yosys or find_yosys()
     result: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as d:
         for name, factory in units.items():
-            v = write_verilog(factory(), name, Path(d) / f"{name}.v")
+            v = write_verilog(factory(), name, Path(d) / f"{name}.v", unread_outputs(name) if as_used else None)
             result[name] = {}
             for fam in families:
                 if progress:

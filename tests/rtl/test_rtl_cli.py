@@ -64,3 +64,60 @@ def test_estimate_without_yosys_says_how(monkeypatch, capsys):
     monkeypatch.setattr(E, "_beside_python", lambda exe: None)
     assert main(["rtl", "estimate", "--units", "residual_add"]) == 1
     assert "apt-get install yosys" in capsys.readouterr().err
+
+
+def _two_field_unit():
+    from amaranth import Module, unsigned
+    from amaranth.lib import data, stream, wiring
+    from amaranth.lib.wiring import In, Out
+
+    class TwoFields(wiring.Component):
+        """Registers ``keep = i`` and ``drop = i + 1`` (the second field is what the test leaves unread)."""
+
+        def __init__(self):
+            super().__init__({"i": In(stream.Signature(unsigned(8))),
+                              "o": Out(stream.Signature(data.StructLayout({"keep": 8, "drop": 10})))})
+
+        def elaborate(self, platform):
+            m = Module()
+            m.d.comb += self.i.ready.eq(1)
+            with m.If(self.i.valid):
+                m.d.sync += [self.o.payload.keep.eq(self.i.payload), self.o.payload.drop.eq(self.i.payload + 1)]
+            m.d.sync += self.o.valid.eq(self.i.valid)
+            return m
+
+    return TwoFields()
+
+
+def test_as_used_leaves_unread_fields_unconnected(tmp_path):
+    from mmfree.rtl.catalog import all_units, unread_outputs
+    from mmfree.rtl.estimate import as_used, write_verilog
+
+    top, ports = as_used(_two_field_unit(), {"o": ("drop",)})
+    names = [getattr(p, "name", "") for p in ports]
+    assert "o__payload__keep" in names and not any("drop" in n for n in names)
+    with pytest.raises(ValueError, match="nope"):
+        as_used(_two_field_unit(), {"o": ("nope",)})
+    with pytest.raises(ValueError, match="q"):
+        as_used(_two_field_unit(), {"q": ("drop",)})
+    text = write_verilog(_two_field_unit(), "t", tmp_path / "t.v", {"o": ("drop",)}).read_text()
+    assert "o__payload__keep" in text and "o__payload__drop" not in text
+    # the datapath's list names fields the real units have (a renamed field would raise here)
+    assert unread_outputs("quant_stats") == unread_outputs("quant_stats_p") == {"o": ("z",)}
+    assert unread_outputs("residual_add") == {}
+    as_used(all_units()["quant_stats"](), unread_outputs("quant_stats"))
+
+
+@pytest.mark.skipif(shutil.which("yosys") is None, reason="needs Yosys with synth_xilinx: `apt-get install yosys`")
+def test_estimate_as_used_removes_the_unread_logic(tmp_path):
+    from mmfree.rtl.estimate import estimate_verilog, write_verilog
+
+    full = estimate_verilog(write_verilog(_two_field_unit(), "t", tmp_path / "full.v"), "t", "xc7")
+    used = estimate_verilog(write_verilog(_two_field_unit(), "t", tmp_path / "used.v", {"o": ("drop",)}), "t", "xc7")
+    assert used["FF"] == full["FF"] - 9 and used["CARRY"] < full["CARRY"]      # drop's 9 bits and its adder
+
+
+def test_estimate_names_a_pipelined_variant_and_refuses_an_unknown_one(capsys):
+    assert main(["rtl", "estimate", "--units", "quant_stats_q", "--as-used"]) == 1
+    err = capsys.readouterr().err
+    assert "unknown unit(s) quant_stats_q" in err and "quant_stats_p" in err
