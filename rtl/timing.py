@@ -241,6 +241,23 @@ def ecp5_synth_cells(verilog: str, top: str, mod: dict | None = None) -> dict | 
     return None if mod is None else _count_types(mod["cells"])
 
 
+#: Cell types :func:`cells_by_block` counts (the resources of the LFE5U-85F that a build fills).
+BLOCK_CELLS = ("TRELLIS_FF", "LUT4", "CCU2C", "MULT18X18D", "DP16KD")
+
+
+def cells_by_block(mod: dict) -> dict[str, dict[str, int]]:
+    """The cells of a flattened ``synth_ecp5`` netlist module per design block: ``{block: {type: count}}`` for the
+    types in :data:`BLOCK_CELLS`, blocks ordered by flip-flops then LUT4s, most first. A cell's block is its name up
+    to the last ``.`` (``""``: the top). Yosys names a cell after the net it drives, so a register that drives a port
+    between two blocks can count in the parent, under the port's name (``datapath.st_data__payload``)."""
+    out: dict[str, dict[str, int]] = {}
+    for name, cell in mod["cells"].items():
+        if cell["type"] in BLOCK_CELLS:
+            b = out.setdefault(name.rsplit(".", 1)[0] if "." in name else "", dict.fromkeys(BLOCK_CELLS, 0))
+            b[cell["type"]] += 1
+    return dict(sorted(out.items(), key=lambda kv: (-kv[1]["TRELLIS_FF"], -kv[1]["LUT4"], kv[0])))
+
+
 def net_fanouts(mod: dict) -> dict[str, int]:
     """Fanout of every net of a Yosys JSON module (``{"cells", "netnames"}``), by the name nextpnr gives it: the
     name for a one-bit net, ``name[i]`` for bit ``i`` of a wider one. Fanout: the cell input pins the bit drives in
@@ -266,7 +283,8 @@ def ecp5_timing(verilog: str, top: str, timeout: float = 3600, cached_only: bool
                 seed: int = DEFAULT_SEED, endpoints: bool = False) -> dict | None:
     """Place and route ``verilog`` (text, top module ``top``) on ECP5-85 -8 with nextpnr placement seed ``seed``;
     :func:`parse_nextpnr_report` of nextpnr's report (with ``utilisation``: cells of the packed design;
-    ``synth_cells``: cell types of the synthesised netlist; the critical path's ``longest_nets`` with the fanouts of
+    ``synth_cells``: cell types of the synthesised netlist, ``synth_blocks``: its :func:`cells_by_block`; the critical
+    path's ``longest_nets`` with the fanouts of
     that netlist, :func:`net_fanouts`; with ``endpoints``, a run of its own with nextpnr's detailed report, and
     ``endpoints``: its :func:`endpoint_summary`). Cached by
     content hash (the synthesised netlist too, so another seed or nextpnr option does not rerun Yosys);
@@ -311,6 +329,7 @@ def ecp5_timing(verilog: str, top: str, timeout: float = 3600, cached_only: bool
         res = {**res, **parse_nextpnr_report(report, net_fanouts(mod) if mod else None)}
         if mod is not None:
             res["synth_cells"] = ecp5_synth_cells(verilog, top, mod)
+            res["synth_blocks"] = cells_by_block(mod)
         if endpoints:
             res["endpoints"] = endpoint_summary(report)
     return res
@@ -870,7 +889,8 @@ def build_timing(verilog: str, top: str, config: dict, timeout: float = 3 * 3600
     result.
 
     Returns ``{"config", "flow", "fmax_mhz", "critical_path", "utilisation": {bel type: {"used",
-    "available", "fraction"}}, "synth_cells", "fits", "overflow": [...], "meets": {"ecp5_125mhz"}, "error"}``;
+    "available", "fraction"}}, "synth_cells", "synth_blocks" (:func:`cells_by_block`), "fits", "overflow": [...],
+    "meets": {"ecp5_125mhz"}, "error"}``;
     a design that does not fit the device has ``fits`` False, ``overflow`` naming each resource over the
     device (from nextpnr's utilisation report) and ``error`` nextpnr's message. None with ``cached_only``
     and no cached result. ``endpoints``: nextpnr's detailed report too (a run of its own) and ``endpoints``, its
@@ -890,6 +910,7 @@ def build_timing(verilog: str, top: str, config: dict, timeout: float = 3 * 3600
                                       + " ".join(nextpnr_args(seed, endpoints)),
            "fmax_mhz": e.get("fmax_mhz"), "critical_path": e.get("critical_path"), "utilisation": util,
            "synth_cells": e.get("synth_cells") or ecp5_synth_cells(verilog, top),
+           "synth_blocks": e.get("synth_blocks"),
            "fits": not over and "error" not in e, "overflow": over,
            "error": e.get("error")}
     if endpoints:
@@ -921,7 +942,16 @@ def format_build(b: dict) -> str:
             lines.append("longest nets on it: " + format_longest_nets(cp["longest_nets"]))
     if b.get("endpoints"):
         lines.append(format_endpoints(b["endpoints"]))
+    if b.get("synth_blocks"):
+        lines.append("the blocks with the most flip-flops (synth_ecp5 netlist; FF / LUT4 / MULT18X18D): "
+                     + format_blocks(b["synth_blocks"]))
     return "\n".join(lines)
+
+
+def format_blocks(blocks: dict, n: int = 8, quote: str = "") -> str:
+    """The first ``n`` blocks of a :func:`cells_by_block` result as ``block FF / LUT4 / MULT18X18D``."""
+    return "; ".join(f"{quote}{k or '(top)'}{quote} {v['TRELLIS_FF']:,} / {v['LUT4']:,} / {v['MULT18X18D']}"
+                     for k, v in list(blocks.items())[:n])
 
 
 def format_endpoints(ep: dict, quote: str = "") -> str:
@@ -1059,10 +1089,12 @@ __all__ = [
     "XILINX_FAMILIES",
     "ToolFailed",
     "build_timing",
+    "cells_by_block",
     "ecp5_synth_cells",
     "ecp5_timing",
     "endpoint_summary",
     "failures",
+    "format_blocks",
     "format_build",
     "format_endpoints",
     "format_longest_nets",

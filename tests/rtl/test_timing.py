@@ -41,6 +41,18 @@ def test_longest_nets_carry_the_synthesised_fanout():
     assert T.parse_nextpnr_report(report)["critical_path"]["longest_nets"][0]["fanout"] is None
 
 
+def test_cells_by_block_counts_the_resources_per_design_block():
+    mod = {"cells": {"a.b.x_TRELLIS_FF_Q": {"type": "TRELLIS_FF"}, "a.b.y_TRELLIS_FF_Q": {"type": "TRELLIS_FF"},
+                     "a.b.z_LUT4_Z": {"type": "LUT4"}, "a.m_MULT18X18D": {"type": "MULT18X18D"},
+                     "a.f_TRELLIS_FF_Q": {"type": "TRELLIS_FF"}, "top_FF": {"type": "TRELLIS_FF"},
+                     "$scope": {"type": "$scopeinfo"}}}
+    blocks = T.cells_by_block(mod)
+    assert list(blocks) == ["a.b", "", "a"]                      # by flip-flops, then LUT4s, then name
+    assert blocks["a.b"] == {"TRELLIS_FF": 2, "LUT4": 1, "CCU2C": 0, "MULT18X18D": 0, "DP16KD": 0}
+    assert blocks["a"]["MULT18X18D"] == 1 and "$scope" not in str(blocks)
+    assert T.format_blocks(blocks, 2) == "a.b 2 / 1 / 0; (top) 1 / 0 / 0"
+
+
 def test_endpoint_summary_counts_late_endpoints_per_block():
     """A 16-bit registered adder placed and routed with --detailed-timing-report (431 MHz): no endpoint is late;
     then the same report with its arrivals scaled to put some past 8 / 10 / 12.5 ns, and a cell in a sub-block."""
@@ -341,6 +353,7 @@ def test_small_design_through_both_flows(tmp_path, monkeypatch):
     row = T.unit_timing("tiny_acc", _tiny, timeout=900)
     assert 125 < row["fmax_mhz"] < 1000 and row["critical_path"]["total_ns"] > 0
     assert row["ecp5"]["utilisation"]["TRELLIS_FF"] >= 16
+    assert sum(b["TRELLIS_FF"] for b in row["ecp5"]["synth_blocks"].values()) == row["ecp5"]["synth_cells"]["TRELLIS_FF"]
     assert row["critical_path"]["longest_nets"] and all(
         isinstance(n["fanout"], int) or n["fanout"] is None for n in row["critical_path"]["longest_nets"])
     assert any(isinstance(n["fanout"], int) and n["fanout"] >= 1 for n in row["critical_path"]["longest_nets"])
