@@ -258,25 +258,29 @@ def cells_by_block(mod: dict) -> dict[str, dict[str, int]]:
     return dict(sorted(out.items(), key=lambda kv: (-kv[1]["TRELLIS_FF"], -kv[1]["LUT4"], kv[0])))
 
 
-def net_fanouts(mod: dict) -> dict[str, int]:
-    """Fanout of every net of a Yosys JSON module (``{"cells", "netnames"}``), by the name nextpnr gives it: the
-    name for a one-bit net, ``name[i]`` for bit ``i`` of a wider one. Fanout: the cell input pins the bit drives in
-    that netlist, i.e. before nextpnr packs it (packing merges a LUT and its flip-flop into one slice, so the sink
-    count after packing can be lower; carry-chain nets that nextpnr creates while packing are not in it)."""
-    pins: dict[int, int] = defaultdict(int)
-    for cell in mod["cells"].values():
-        for port, direction in (cell.get("port_directions") or {}).items():
-            if direction == "input":
-                for bit in cell["connections"].get(port, ()):
-                    if isinstance(bit, int):
-                        pins[bit] += 1
-    out = {}
+def net_sinks(mod: dict, names) -> dict[str, dict[str, int]]:
+    """Where each net of ``names`` goes in a Yosys JSON module (``{"cells", "netnames"}``): ``{name: {block: input
+    pins}}``, blocks as in :func:`cells_by_block`, most pins first. Names are nextpnr's: the net's name for a one-bit
+    net, ``name[i]`` for bit ``i`` of a wider one; a name the netlist does not have is left out. The pins are those of
+    this netlist, before nextpnr packs it (packing merges a LUT and its flip-flop into one slice, so the count after
+    packing can be lower; carry-chain nets that nextpnr creates while packing are not in it)."""
+    want: dict[int, list[str]] = defaultdict(list)
+    wanted = set(names)
     for name, net in mod["netnames"].items():
         bits = net["bits"]
         for i, bit in enumerate(bits):
-            if isinstance(bit, int):
-                out[name if len(bits) == 1 else f"{name}[{i}]"] = pins.get(bit, 0)
-    return out
+            key = name if len(bits) == 1 else f"{name}[{i}]"
+            if key in wanted and isinstance(bit, int):
+                want[bit].append(key)
+    out: dict[str, dict[str, int]] = {k: {} for ks in want.values() for k in ks}
+    for cname, cell in mod["cells"].items():
+        block = cname.rsplit(".", 1)[0] if "." in cname else ""
+        for port, direction in (cell.get("port_directions") or {}).items():
+            if direction == "input":
+                for bit in cell["connections"].get(port, ()):
+                    for key in want.get(bit, ()) if isinstance(bit, int) else ():
+                        out[key][block] = out[key].get(block, 0) + 1
+    return {k: dict(sorted(v.items(), key=lambda kv: (-kv[1], kv[0]))) for k, v in out.items()}
 
 
 def ecp5_timing(verilog: str, top: str, timeout: float = 3600, cached_only: bool = False,
@@ -284,8 +288,8 @@ def ecp5_timing(verilog: str, top: str, timeout: float = 3600, cached_only: bool
     """Place and route ``verilog`` (text, top module ``top``) on ECP5-85 -8 with nextpnr placement seed ``seed``;
     :func:`parse_nextpnr_report` of nextpnr's report (with ``utilisation``: cells of the packed design;
     ``synth_cells``: cell types of the synthesised netlist, ``synth_blocks``: its :func:`cells_by_block`; the critical
-    path's ``longest_nets`` with the fanouts of
-    that netlist, :func:`net_fanouts`; with ``endpoints``, a run of its own with nextpnr's detailed report, and
+    path's ``longest_nets`` with their sinks in
+    that netlist, :func:`net_sinks`; with ``endpoints``, a run of its own with nextpnr's detailed report, and
     ``endpoints``: its :func:`endpoint_summary`). Cached by
     content hash (the synthesised netlist too, so another seed or nextpnr option does not rerun Yosys);
     ``cached_only``: None instead of running the tools when there is no cached result."""
@@ -326,7 +330,9 @@ def ecp5_timing(verilog: str, top: str, timeout: float = 3600, cached_only: bool
     kept = key.with_suffix(".report.json")
     if res is not None and "error" not in res and kept.exists():   # parsed by this version, with the nets' fanouts
         mod, report = _synth_netlist(verilog, top), json.loads(kept.read_text())
-        res = {**res, **parse_nextpnr_report(report, net_fanouts(mod) if mod else None)}
+        cp = parse_nextpnr_report(report)["critical_path"] or {}
+        sinks = net_sinks(mod, [n["net"] for n in cp.get("longest_nets", ())]) if mod else None
+        res = {**res, **parse_nextpnr_report(report, sinks)}
         if mod is not None:
             res["synth_cells"] = ecp5_synth_cells(verilog, top, mod)
             res["synth_blocks"] = cells_by_block(mod)
@@ -394,15 +400,15 @@ def _segment_kind(seg_type: str) -> str:
     return "routing" if seg_type == "routing" else "logic"
 
 
-def parse_nextpnr_report(report: dict, fanouts: dict[str, int] | None = None) -> dict:
+def parse_nextpnr_report(report: dict, sinks: dict[str, dict[str, int]] | None = None) -> dict:
     """Fmax and the critical path from nextpnr's ``--report`` JSON.
 
     Returns ``{"fmax_mhz", "target_mhz", "clock", "critical_path": {"from", "to", "logic_ns", "routing_ns",
     "total_ns", "logic_cells", "n_nets", "nets", "longest_nets", "through"}, "utilisation": {cell type: used}}``;
-    ``longest_nets``: the path's :data:`LONGEST_NETS` longest routing delays, ``{"net", "ns", "fanout"}`` each, the
-    fanout from ``fanouts`` (:func:`net_fanouts` of the synthesised netlist; None without it or for a net it does not
-    have). ``fmax_mhz`` is None when the design has no clocked path (a purely combinational unit). Raises
-    ValueError on a report without ``fmax``."""
+    ``longest_nets``: the path's :data:`LONGEST_NETS` longest routing delays, ``{"net", "ns", "fanout", "sinks"}``
+    each, ``sinks`` (input pins per block) from ``sinks`` (:func:`net_sinks` of the synthesised netlist) and
+    ``fanout`` their sum (both None without it or for a net it does not have). ``fmax_mhz`` is None when the design
+    has no clocked path (a purely combinational unit). Raises ValueError on a report without ``fmax``."""
     if not isinstance(report, dict) or "fmax" not in report:
         raise ValueError("not a nextpnr report: no 'fmax' key")
     fmax = report["fmax"] or {}
@@ -421,7 +427,7 @@ def parse_nextpnr_report(report: dict, fanouts: dict[str, int] | None = None) ->
         same = [p for p in paths if str(p.get("from", "")).endswith(clock) and str(p.get("to", "")).endswith(clock)]
         paths = same or paths
     if paths:
-        res["critical_path"] = _critical_path(paths[0]["path"], fanouts)
+        res["critical_path"] = _critical_path(paths[0]["path"], sinks)
     return res
 
 
@@ -429,7 +435,7 @@ def parse_nextpnr_report(report: dict, fanouts: dict[str, int] | None = None) ->
 LONGEST_NETS = 3
 
 
-def _critical_path(segs: list[dict], fanouts: dict[str, int] | None = None) -> dict:
+def _critical_path(segs: list[dict], sinks: dict[str, dict[str, int]] | None = None) -> dict:
     split = {"logic": 0.0, "routing": 0.0}
     for s in segs:
         split[_segment_kind(s["type"])] += float(s["delay"])
@@ -441,9 +447,13 @@ def _critical_path(segs: list[dict], fanouts: dict[str, int] | None = None) -> d
     return {"from": first["from"]["cell"], "to": last["to"]["cell"], "logic_ns": round(split["logic"], 3),
             "routing_ns": round(split["routing"], 3), "total_ns": round(split["logic"] + split["routing"], 3),
             "logic_cells": cells, "n_nets": len(nets), "nets": short_nets(nets),
-            "longest_nets": [{"net": s["net"], "ns": round(float(s["delay"]), 3),
-                              "fanout": (fanouts or {}).get(s["net"])} for s in longest if float(s["delay"]) > 0],
+            "longest_nets": [_net_entry(s, (sinks or {}).get(s["net"])) for s in longest if float(s["delay"]) > 0],
             "through": _through(segs)}
+
+
+def _net_entry(seg: dict, sinks: dict[str, int] | None) -> dict:
+    return {"net": seg["net"], "ns": round(float(seg["delay"]), 3),
+            "fanout": None if sinks is None else sum(sinks.values()), "sinks": sinks}
 
 
 def _through(segs: list[dict]) -> list[str]:
@@ -964,11 +974,16 @@ def format_endpoints(ep: dict, quote: str = "") -> str:
             + (f"; the blocks with the most late at {ENDPOINT_CLOCKS_MHZ[0]:g} MHz: {blocks}" if blocks else ""))
 
 
-def format_longest_nets(nets: list[dict], quote: str = "") -> str:
-    """``net (ns, fanout N)``, comma-separated, of a critical path's ``longest_nets`` (names cut as by
-    :func:`short_nets`; ``quote`` around each name, e.g. a backtick for Markdown)."""
-    return ", ".join(f"{quote}{short_nets([n['net']])[0]}{quote} ({n['ns']:g} ns, fanout "
-                     f"{'?' if n['fanout'] is None else n['fanout']})" for n in nets)
+def format_longest_nets(nets: list[dict], quote: str = "", blocks: int = 3) -> str:
+    """``net (ns, fanout N: block n, ...)``, comma-separated, of a critical path's ``longest_nets`` (names cut as by
+    :func:`short_nets`, at most ``blocks`` sink blocks each; ``quote`` around names, e.g. a backtick for Markdown)."""
+    def where(n):
+        if n.get("sinks") is None:
+            return "fanout ?"
+        top = [f"{quote}{b or '(top)'}{quote} {c}" for b, c in list(n["sinks"].items())[:blocks]]
+        more = ", ..." if len(n["sinks"]) > blocks else ""
+        return f"fanout {n['fanout']}" + (f": {', '.join(top)}{more}" if top else "")
+    return "; ".join(f"{quote}{short_nets([n['net']])[0]}{quote} ({n['ns']:g} ns, {where(n)})" for n in nets)
 
 
 def unit_verilog(factory, name: str, emit_src: bool = False) -> str:
@@ -1103,7 +1118,7 @@ __all__ = [
     "meets",
     "model_value",
     "native_yosys",
-    "net_fanouts",
+    "net_sinks",
     "nextpnr_args",
     "overflows",
     "parse_nextpnr_log",

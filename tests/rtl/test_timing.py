@@ -26,18 +26,20 @@ def test_parse_nextpnr_report():
 
 
 def test_longest_nets_carry_the_synthesised_fanout():
-    mod = {"cells": {"a": {"port_directions": {"A": "input", "Z": "output"}, "connections": {"A": [2], "Z": [3]}},
-                     "b": {"port_directions": {"A": "input", "B": "input", "Z": "output"},
-                           "connections": {"A": [3], "B": [3], "Z": [4]}},
+    mod = {"cells": {"u.a": {"port_directions": {"A": "input", "Z": "output"}, "connections": {"A": [2], "Z": [3]}},
+                     "v.b": {"port_directions": {"A": "input", "B": "input", "Z": "output"},
+                             "connections": {"A": [3], "B": [3], "Z": [4]}},
                      "c": {"port_directions": {"D": "input", "Q": "output"}, "connections": {"D": [3, "0"], "Q": [2]}}},
            "netnames": {"q": {"bits": [2]}, "mid": {"bits": [3, 4]}, "alias": {"bits": [3]}}}
-    assert T.net_fanouts(mod) == {"q": 1, "mid[0]": 3, "mid[1]": 0, "alias": 3}
+    assert T.net_sinks(mod, ["q", "mid[0]", "mid[1]", "alias", "nope"]) == {
+        "q": {"u": 1}, "mid[0]": {"v": 2, "": 1}, "mid[1]": {}, "alias": {"v": 2, "": 1}}
     report = json.loads((DATA / "nextpnr_residual_add_report.json").read_text())
-    cp = T.parse_nextpnr_report(report, {"i__ready": 7})["critical_path"]
+    cp = T.parse_nextpnr_report(report, {"i__ready": {"x": 5, "": 2}})["critical_path"]
     assert [n["net"] for n in cp["longest_nets"]] == ["i__ready", "o__valid"]      # longest first
     assert [n["fanout"] for n in cp["longest_nets"]] == [7, None]                  # None: not in the netlist
     assert sum(n["ns"] for n in cp["longest_nets"]) == pytest.approx(cp["routing_ns"], abs=2e-3)
-    assert T.format_longest_nets(cp["longest_nets"][:1], "`").startswith("`i__ready` (")
+    assert T.format_longest_nets(cp["longest_nets"], "`", blocks=1) == (
+        "`i__ready` (0.768 ns, fanout 7: `x` 5, ...); `o__valid` (0.364 ns, fanout ?)")
     assert T.parse_nextpnr_report(report)["critical_path"]["longest_nets"][0]["fanout"] is None
 
 
