@@ -65,14 +65,15 @@ PIPELINED_ESTIMATED = ("reciprocal_p", "codes_p", "output_multiplier_p", "dequan
 
 
 def genloop_unit() -> int:
-    """Print ``{"yosys", "units": {"genloop": {"xc7": counts}}}``: Yosys synth_xilinx -family xc7 of GenLoop(DEFAULT_HW)
-    (V = 4096, k = 4, the draft engine included), as recorded in docs/speculative.md."""
-    from mmfree.rtl.estimate import estimate_units, find_yosys, yosys_version
+    """Print ``{"yosys", "units": {"genloop": {family: counts}}}``: Yosys synth_xilinx (xc7 and xcup) of
+    GenLoop(DEFAULT_HW) (V = 4096, k = 4, the draft engine included; xc7 as recorded in docs/speculative.md)."""
+    from mmfree.rtl.estimate import FAMILIES, estimate_units, find_yosys, yosys_version
     from mmfree.rtl.genloop import GenLoop
     from mmfree.sim.accel import DEFAULT_HW
 
     yosys = find_yosys()
-    res = estimate_units({"genloop": lambda: GenLoop(DEFAULT_HW)}, ("xc7",), yosys)
+    res = estimate_units({"genloop": lambda: GenLoop(DEFAULT_HW)}, FAMILIES, yosys,
+                         lambda what: print(f"  synth_xilinx {what} ...", file=sys.stderr, flush=True))
     print(json.dumps({"yosys": yosys_version(yosys), "units": res}))
     return 0
 
