@@ -241,19 +241,24 @@ def ecp5_synth_cells(verilog: str, top: str, mod: dict | None = None) -> dict | 
     return None if mod is None else _count_types(mod["cells"])
 
 
+def block_of(cell: str) -> str:
+    """The design block a cell of a flattened netlist belongs to: its name up to the last ``.`` (``""``: the top)."""
+    return cell.rsplit(".", 1)[0] if "." in cell else ""
+
+
 #: Cell types :func:`cells_by_block` counts (the resources of the LFE5U-85F that a build fills).
 BLOCK_CELLS = ("TRELLIS_FF", "LUT4", "CCU2C", "MULT18X18D", "DP16KD")
 
 
 def cells_by_block(mod: dict) -> dict[str, dict[str, int]]:
     """The cells of a flattened ``synth_ecp5`` netlist module per design block: ``{block: {type: count}}`` for the
-    types in :data:`BLOCK_CELLS`, blocks ordered by flip-flops then LUT4s, most first. A cell's block is its name up
-    to the last ``.`` (``""``: the top). Yosys names a cell after the net it drives, so a register that drives a port
-    between two blocks can count in the parent, under the port's name (``datapath.st_data__payload``)."""
+    types in :data:`BLOCK_CELLS`, blocks (:func:`block_of`) ordered by flip-flops then LUT4s, most first. Yosys
+    names a cell after the net it drives, so a register that drives a port between two blocks can count in the
+    parent, under the port's name (``datapath.st_data__payload``)."""
     out: dict[str, dict[str, int]] = {}
     for name, cell in mod["cells"].items():
         if cell["type"] in BLOCK_CELLS:
-            b = out.setdefault(name.rsplit(".", 1)[0] if "." in name else "", dict.fromkeys(BLOCK_CELLS, 0))
+            b = out.setdefault(block_of(name), dict.fromkeys(BLOCK_CELLS, 0))
             b[cell["type"]] += 1
     return dict(sorted(out.items(), key=lambda kv: (-kv[1]["TRELLIS_FF"], -kv[1]["LUT4"], kv[0])))
 
@@ -274,7 +279,7 @@ def net_sinks(mod: dict, names) -> dict[str, dict[str, int]]:
                 want[bit].append(key)
     out: dict[str, dict[str, int]] = {k: {} for ks in want.values() for k in ks}
     for cname, cell in mod["cells"].items():
-        block = cname.rsplit(".", 1)[0] if "." in cname else ""
+        block = block_of(cname)
         for port, direction in (cell.get("port_directions") or {}).items():
             if direction == "input":
                 for bit in cell["connections"].get(port, ()):
@@ -330,10 +335,11 @@ def ecp5_timing(verilog: str, top: str, timeout: float = 3600, cached_only: bool
     kept = key.with_suffix(".report.json")
     if res is not None and "error" not in res and kept.exists():   # parsed by this version, with the nets' fanouts
         mod, report = _synth_netlist(verilog, top), json.loads(kept.read_text())
-        cp = parse_nextpnr_report(report)["critical_path"] or {}
-        sinks = net_sinks(mod, [n["net"] for n in cp.get("longest_nets", ())]) if mod else None
-        res = {**res, **parse_nextpnr_report(report, sinks)}
+        res = {**res, **parse_nextpnr_report(report)}
         if mod is not None:
+            if res["critical_path"]:
+                nets = res["critical_path"]["longest_nets"]
+                _add_sinks(nets, net_sinks(mod, [n["net"] for n in nets]))
             res["synth_cells"] = ecp5_synth_cells(verilog, top, mod)
             res["synth_blocks"] = cells_by_block(mod)
         if endpoints:
@@ -352,7 +358,7 @@ def endpoint_summary(report: dict, blocks: int = 12) -> dict | None:
 
     Returns ``{"endpoints": count, "late": {MHz: endpoints whose arrival exceeds the period, for each of
     :data:`ENDPOINT_CLOCKS_MHZ`}, "blocks": [{"block", "endpoints", "late", "worst_ns"}]}``: ``blocks`` lists the
-    design hierarchy (the cell name up to its last ``.``; ``""`` the top) of the ``blocks`` blocks with the most
+    design hierarchy (:func:`block_of` the cell) of the ``blocks`` blocks with the most
     endpoints late at the first clock, most first (then by ``worst_ns``)."""
     nets = report.get("detailed_net_timings") if isinstance(report, dict) else None
     if nets is None:
@@ -367,7 +373,7 @@ def endpoint_summary(report: dict, blocks: int = 12) -> dict | None:
     first = 1000.0 / ENDPOINT_CLOCKS_MHZ[0]
     per: dict[str, list] = {}
     for (cell, _), t in arrival.items():
-        b = per.setdefault(cell.rsplit(".", 1)[0] if "." in cell else "", [0, 0, 0.0])
+        b = per.setdefault(block_of(cell), [0, 0, 0.0])
         b[0] += 1
         b[1] += t > first
         b[2] = max(b[2], t)
@@ -427,7 +433,8 @@ def parse_nextpnr_report(report: dict, sinks: dict[str, dict[str, int]] | None =
         same = [p for p in paths if str(p.get("from", "")).endswith(clock) and str(p.get("to", "")).endswith(clock)]
         paths = same or paths
     if paths:
-        res["critical_path"] = _critical_path(paths[0]["path"], sinks)
+        res["critical_path"] = _critical_path(paths[0]["path"])
+        _add_sinks(res["critical_path"]["longest_nets"], sinks)
     return res
 
 
@@ -435,7 +442,7 @@ def parse_nextpnr_report(report: dict, sinks: dict[str, dict[str, int]] | None =
 LONGEST_NETS = 3
 
 
-def _critical_path(segs: list[dict], sinks: dict[str, dict[str, int]] | None = None) -> dict:
+def _critical_path(segs: list[dict]) -> dict:
     split = {"logic": 0.0, "routing": 0.0}
     for s in segs:
         split[_segment_kind(s["type"])] += float(s["delay"])
@@ -447,21 +454,23 @@ def _critical_path(segs: list[dict], sinks: dict[str, dict[str, int]] | None = N
     return {"from": first["from"]["cell"], "to": last["to"]["cell"], "logic_ns": round(split["logic"], 3),
             "routing_ns": round(split["routing"], 3), "total_ns": round(split["logic"] + split["routing"], 3),
             "logic_cells": cells, "n_nets": len(nets), "nets": short_nets(nets),
-            "longest_nets": [_net_entry(s, (sinks or {}).get(s["net"])) for s in longest if float(s["delay"]) > 0],
+            "longest_nets": [{"net": s["net"], "ns": round(float(s["delay"]), 3), "fanout": None, "sinks": None}
+                             for s in longest if float(s["delay"]) > 0],
             "through": _through(segs)}
 
 
-def _net_entry(seg: dict, sinks: dict[str, int] | None) -> dict:
-    return {"net": seg["net"], "ns": round(float(seg["delay"]), 3),
-            "fanout": None if sinks is None else sum(sinks.values()), "sinks": sinks}
+def _add_sinks(nets: list[dict], sinks: dict[str, dict[str, int]] | None) -> None:
+    """Fill ``sinks`` and ``fanout`` (their sum) of ``longest_nets`` entries from :func:`net_sinks`' result."""
+    for n in nets:
+        where = (sinks or {}).get(n["net"])
+        n.update(sinks=where, fanout=None if where is None else sum(where.values()))
 
 
 def _through(segs: list[dict]) -> list[str]:
     """The design hierarchy the path's cells belong to, in path order (``""``: the top module)."""
     out: list[str] = []
     for s in segs:
-        cell = s["to"]["cell"]
-        mod = cell.rsplit(".", 1)[0] if "." in cell else ""
+        mod = block_of(s["to"]["cell"])
         if not out or out[-1] != mod:
             out.append(mod)
     return out
@@ -1103,6 +1112,7 @@ __all__ = [
     "TARGET_LUT_LEVELS",
     "XILINX_FAMILIES",
     "ToolFailed",
+    "block_of",
     "build_timing",
     "cells_by_block",
     "ecp5_synth_cells",
